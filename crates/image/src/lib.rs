@@ -1,0 +1,5 @@
+//! The stasis image directory.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub use model::*;

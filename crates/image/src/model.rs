@@ -1,0 +1,314 @@
+//! The metadata an image holds: plain serde structs, separate from any live
+//! object. New fields must be `#[serde(default)]` so old images still load;
+//! unknown fields are ignored so newer images load in older readers when the
+//! format version allows it (see docs/image-format.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Page size the image format is defined for (x86-64).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// `inventory.img`: the root of an image. It is written last, so a directory
+/// without it is not an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Version of stasis that wrote the image.
+    pub tool_version: String,
+    /// Seconds since the epoch when the dump completed.
+    pub created_unix: u64,
+    /// `uname -r` of the dumping machine.
+    pub kernel_release: String,
+    /// PID of the root of the dumped tree.
+    pub root_pid: u32,
+    /// Every process of the tree, parents before children.
+    pub processes: Vec<ProcessRef>,
+    /// Whether the dump was taken with `--shell-job`.
+    #[serde(default)]
+    pub shell_job: bool,
+}
+
+/// Where one process's state lives inside the image directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    /// File name of its [`ProcessImage`] (`core-PID.img`).
+    pub core_file: String,
+    /// File name of its raw page file (`pages-PID.img`).
+    pub pages_file: String,
+}
+
+/// `core-PID.img`: everything about one process except page contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    /// Process name (`/proc/PID/comm`), at most 15 bytes.
+    pub comm: String,
+    /// Target of `/proc/PID/exe`.
+    pub exe: FileId,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    /// `personality(0xffffffff)` value.
+    pub personality: u32,
+    pub creds: Creds,
+    pub rlimits: Vec<Rlimit>,
+    pub sched: Sched,
+    /// `prctl(PR_GET_PDEATHSIG)`.
+    pub pdeath_signal: u32,
+    /// `prctl(PR_GET_DUMPABLE)`.
+    pub dumpable: u32,
+    /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
+    pub sigactions: Vec<SigAction>,
+    /// Every thread, the thread-group leader first.
+    pub threads: Vec<ThreadState>,
+    pub files: Vec<FdEntry>,
+    pub mm: MmState,
+}
+
+/// Identity of a regular file when it was dumped: restore refuses a file
+/// whose size or mtime changed, unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+    pub dev: u64,
+    pub ino: u64,
+    /// File mode bits (type and permissions) as `st_mode`.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    /// Real, effective, saved, filesystem.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    /// `prctl(PR_GET_SECUREBITS)`.
+    #[serde(default)]
+    pub securebits: u32,
+    /// `prctl(PR_GET_NO_NEW_PRIVS)`.
+    #[serde(default)]
+    pub no_new_privs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// `RLIMIT_*` number.
+    pub resource: u32,
+    /// `u64::MAX` is RLIM_INFINITY.
+    pub cur: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sched {
+    /// `SCHED_*` policy, including SCHED_RESET_ON_FORK if set.
+    pub policy: u32,
+    /// Real-time priority (0 for normal policies).
+    pub rt_priority: u32,
+    /// Nice value, -20..=19.
+    pub nice: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: u32,
+    /// Handler address, or 1 for SIG_IGN.
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// x86-64 `struct user_regs_struct`, field for field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadState {
+    pub tid: u32,
+    /// Thread name (`/proc/PID/task/TID/comm`).
+    pub comm: String,
+    pub regs: UserRegs,
+    /// The XSAVE area as returned by PTRACE_GETREGSET(NT_X86_XSTATE).
+    #[serde(with = "hex_bytes")]
+    pub xsave: Vec<u8>,
+    /// Blocked signal mask (bit N-1 = signal N).
+    pub sigmask: u64,
+    pub sigaltstack: SigAltStack,
+    /// `set_tid_address` value (`prctl(PR_GET_TID_ADDRESS)`).
+    pub clear_child_tid: u64,
+    /// rseq registration, if any.
+    pub rseq: Option<Rseq>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAltStack {
+    pub sp: u64,
+    pub flags: u32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub cloexec: bool,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FdKind {
+    /// A regular file or directory opened by path.
+    Regular {
+        file: FileId,
+        /// `O_*` flags from fdinfo, without O_CLOEXEC.
+        flags: u32,
+        pos: u64,
+    },
+    /// A character device (/dev/null, /dev/zero, a tty with --shell-job, ...).
+    CharDevice { path: String, rdev: u64, flags: u32 },
+}
+
+/// Memory layout and the mm fields set with PR_SET_MM_MAP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmState {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// `/proc/PID/auxv` as (type, value) words, AT_NULL included.
+    pub auxv: Vec<u64>,
+    /// Every mapping, sorted by address, non-overlapping.
+    pub vmas: Vec<Vma>,
+    /// Runs of saved pages, sorted by address, each inside one VMA.
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC bits.
+    pub prot: u32,
+    pub shared: bool,
+    /// File offset for file mappings, else 0.
+    pub pgoff: u64,
+    pub kind: VmaKind,
+    /// Mapping grows down (MAP_GROWSDOWN, the main stack).
+    #[serde(default)]
+    pub growsdown: bool,
+    /// madvise state worth keeping: 'dontdump', 'dontfork', 'hugepage', 'nohugepage', 'wipeonfork', 'mergeable'.
+    #[serde(default)]
+    pub advice: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VmaKind {
+    /// Anonymous memory (private, or MAP_SHARED anonymous / /dev/zero).
+    Anon,
+    /// The brk heap (anonymous).
+    Heap,
+    /// A file mapping.
+    File { file: FileId },
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+/// `nr_pages` pages at `addr`, stored at `offset` bytes into the page file's
+/// payload (page-aligned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub nr_pages: u64,
+    pub offset: u64,
+}
+
+/// Serialise byte blobs as lowercase hex strings: readable in `show`, stable.
+pub mod hex_bytes {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(D::Error::custom("hex string of odd length"));
+        }
+        let digit = |c: u8| -> Result<u8, D::Error> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(D::Error::custom("invalid hex digit")),
+            }
+        };
+        s.as_bytes()
+            .chunks_exact(2)
+            .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
+            .collect()
+    }
+}

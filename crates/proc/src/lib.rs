@@ -1,0 +1,2 @@
+//! Parsers for /proc.
+#![forbid(unsafe_code)]
