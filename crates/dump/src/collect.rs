@@ -1,0 +1,259 @@
+//! Collecting a frozen process's state from /proc, ptrace and remote syscalls.
+
+use crate::freeze::Frozen;
+use crate::{files, memory, At, DumpError, DumpOptions, Result, Stage};
+use stasis_image::{
+    Creds, FileId, MmState, ProcessImage, Rlimit, Rseq, Sched, SigAction, SigAltStack, ThreadState, UserRegs,
+};
+use stasis_sys::ptrace::{self, Regs};
+use stasis_sys::remote::{le_u32, le_u64, RemoteThread};
+use stasis_sys::{util, Pid};
+
+/// Everything collected before pages are written.
+pub(crate) struct Collected {
+    pub image: ProcessImage,
+    pub page_plan: memory::PagePlan,
+}
+
+pub(crate) fn regs_to_image(r: &Regs) -> UserRegs {
+    UserRegs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// FileId of whatever `path` (e.g. /proc/PID/map_files/..., /proc/PID/exe) resolves to.
+pub(crate) fn file_id(pid: u32, stage: Stage, display_path: &str, stat_path: &str) -> Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(stat_path).map_err(|source| DumpError::Io {
+        pid,
+        stage,
+        what: format!("stat {display_path}"),
+        source,
+    })?;
+    Ok(FileId {
+        path: display_path.to_string(),
+        size: md.size(),
+        mtime_sec: md.mtime(),
+        mtime_nsec: md.mtime_nsec(),
+        dev: md.dev(),
+        ino: md.ino(),
+        mode: md.mode(),
+    })
+}
+
+pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collected> {
+    let pid = opts.pid;
+    let p = Pid(pid as i32);
+
+    // ---- check: what we cannot save yet, before anything is written ----
+    if frozen.tids.len() > 1 {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!("a multi-threaded process ({} threads)", frozen.tids.len()),
+        });
+    }
+    let children = stasis_proc::read_children(pid, pid).at(pid, Stage::Check)?;
+    if !children.is_empty() {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!("a process with child processes (pids {children:?})"),
+        });
+    }
+    let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
+    let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
+    if status.seccomp != 0 {
+        return Err(DumpError::Unsupported { pid, stage: Stage::Check, what: "a seccomp-filtered process".into() });
+    }
+    if status.ns_pid.len() > 1 {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: "a process inside a nested PID namespace".into(),
+        });
+    }
+    let fds = files::collect_fds(pid, opts.shell_job)?;
+    let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
+    let (vmas, page_plan) = memory::plan(pid, &smaps)?;
+
+    // ---- collect: /proc and ptrace ----
+    let tid = p;
+    let regs = ptrace::get_regs(tid).at(pid, Stage::Collect)?;
+    let xsave = ptrace::get_xstate(tid).at(pid, Stage::Collect)?;
+    let sigmask = ptrace::get_sigmask(tid).at(pid, Stage::Collect)?;
+    let rseq = ptrace::get_rseq(tid)
+        .at(pid, Stage::Collect)?
+        .map(|(addr, len, signature)| Rseq { addr, len, signature });
+    let exe_link = stasis_proc::read_link(pid, "exe").at(pid, Stage::Collect)?;
+    let exe = file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
+    let cwd = stasis_proc::read_link(pid, "cwd").at(pid, Stage::Collect)?;
+    let root = stasis_proc::read_link(pid, "root").at(pid, Stage::Collect)?;
+    let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .unwrap_or(0);
+    let rlimits = stasis_proc::read_limits(pid)
+        .at(pid, Stage::Collect)?
+        .into_iter()
+        .map(|(resource, cur, max)| Rlimit { resource, cur, max })
+        .collect();
+    let (policy, rt_priority) = util::sched_get(p).at(pid, Stage::Collect)?;
+    let nice = util::get_nice(p).at(pid, Stage::Collect)?;
+    let auxv = stasis_proc::read_auxv(pid).at(pid, Stage::Collect)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .unwrap_or(stat.comm.clone());
+
+    // ---- query: remote syscalls, self-healing ----
+    let writable: Vec<(u64, u64)> = smaps.iter().filter(|s| s.map.write).map(|s| (s.map.start, s.map.end)).collect();
+    let vdso = smaps
+        .iter()
+        .find(|s| s.map.path.as_deref() == Some("[vdso]"))
+        .map(|s| (s.map.start, s.map.end))
+        .unwrap_or((0, 0));
+    let remote = RemoteThread::healing(tid, vdso, &writable, &xsave).at(pid, Stage::Query)?;
+    frozen.set_remote(remote);
+    let r = frozen.remote().ok_or(DumpError::Unsupported { pid, stage: Stage::Query, what: "remote".into() })?;
+    let q = query(r, pid, status.sig_cgt | status.sig_ign)?;
+    frozen.finish_remote().at(pid, Stage::Query)?;
+
+    let mm = MmState {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk: q.brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv,
+        vmas,
+        pages: Vec::new(),
+    };
+    let thread = ThreadState {
+        tid: pid,
+        comm: comm.clone(),
+        regs: regs_to_image(&regs),
+        xsave,
+        sigmask,
+        sigaltstack: q.altstack,
+        clear_child_tid: q.clear_child_tid,
+        rseq,
+    };
+    let image = ProcessImage {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        comm,
+        exe,
+        cwd,
+        root,
+        umask: status.umask.unwrap_or(0o022),
+        personality,
+        creds: Creds {
+            uids: status.uids,
+            gids: status.gids,
+            groups: status.groups.clone(),
+            cap_inheritable: status.cap_inh,
+            cap_permitted: status.cap_prm,
+            cap_effective: status.cap_eff,
+            cap_bounding: status.cap_bnd,
+            cap_ambient: status.cap_amb,
+            securebits: q.securebits,
+            no_new_privs: status.no_new_privs,
+        },
+        rlimits,
+        sched: Sched { policy, rt_priority, nice },
+        pdeath_signal: q.pdeath_signal,
+        dumpable: q.dumpable,
+        sigactions: q.sigactions,
+        threads: vec![thread],
+        files: fds,
+        mm,
+    };
+    Ok(Collected { image, page_plan })
+}
+
+struct Queried {
+    altstack: SigAltStack,
+    sigactions: Vec<SigAction>,
+    clear_child_tid: u64,
+    pdeath_signal: u32,
+    dumpable: u32,
+    securebits: u32,
+    brk: u64,
+}
+
+/// State only the process itself can report, through remote syscalls.
+/// Every call is a pure query writing into scratch memory below the
+/// thread's healing frame.
+fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
+    let st = Stage::Query;
+    let (scratch, _) = r.scratch();
+    // sigaltstack: the healing setup already asked for it; ask again into scratch.
+    r.call(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack").at(pid, st)?;
+    let b = r.read_scratch(0, 24).at(pid, st)?;
+    let altstack = SigAltStack { sp: le_u64(&b, 0), flags: le_u32(&b, 8), size: le_u64(&b, 16) };
+
+    let mut sigactions = Vec::new();
+    for signo in 1..=64u32 {
+        if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
+            continue;
+        }
+        if handled & (1u64 << (signo - 1)) == 0 {
+            continue; // SIG_DFL
+        }
+        r.call(libc::SYS_rt_sigaction, &[u64::from(signo), 0, scratch, 8], "rt_sigaction").at(pid, st)?;
+        let b = r.read_scratch(0, 32).at(pid, st)?;
+        sigactions.push(SigAction {
+            signo,
+            handler: le_u64(&b, 0),
+            flags: le_u64(&b, 8),
+            restorer: le_u64(&b, 16),
+            mask: le_u64(&b, 24),
+        });
+    }
+
+    r.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], "prctl(PR_GET_TID_ADDRESS)")
+        .at(pid, st)?;
+    let clear_child_tid = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
+    r.call(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, scratch], "prctl(PR_GET_PDEATHSIG)").at(pid, st)?;
+    let pdeath_signal = le_u32(&r.read_scratch(0, 4).at(pid, st)?, 0);
+    let dumpable =
+        r.call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64], "prctl(PR_GET_DUMPABLE)").at(pid, st)? as u32;
+    let securebits =
+        r.call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64], "prctl(PR_GET_SECUREBITS)").at(pid, st)? as u32;
+    let brk = r.call(libc::SYS_brk, &[0], "brk(0)").at(pid, st)?;
+    Ok(Queried { altstack, sigactions, clear_child_tid, pdeath_signal, dumpable, securebits, brk })
+}

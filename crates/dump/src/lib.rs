@@ -1,0 +1,251 @@
+//! Checkpoint a running process from the outside.
+//!
+//! The dump runs as a flat sequence of stages (see [`dump`]):
+//!
+//! 1. **freeze**: PTRACE_SEIZE + PTRACE_INTERRUPT every thread; a guard
+//!    ([`freeze::Frozen`]) puts every thread back as it was on every exit path.
+//! 2. **check**: refuse what cannot be saved yet (threads, children,
+//!    sockets, pipes, ...), naming the process and the resource, before
+//!    anything is written.
+//! 3. **collect**: /proc and ptrace state (maps, registers, XSAVE, fds, creds, ...).
+//! 4. **query**: state only the process can tell (sigactions, tid address,
+//!    pdeath signal, ...) by self-healing remote syscalls.
+//! 5. **memory**: page contents straight to the raw page file.
+//! 6. **commit**: the image directory becomes complete atomically
+//!    (inventory last); then the process is killed, or resumed with
+//!    `leave_running`.
+#![forbid(unsafe_code)]
+
+mod collect;
+mod files;
+pub mod freeze;
+mod memory;
+
+use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
+use stasis_proc::ProcError;
+use stasis_sys::{Pid, SysError};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What to dump and how.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Root of the tree to dump.
+    pub pid: u32,
+    /// Image directory (created if missing).
+    pub images_dir: PathBuf,
+    /// Resume the process after the dump instead of killing it.
+    pub leave_running: bool,
+    /// Allow a controlling terminal and tty descriptors (criu's `--shell-job`).
+    pub shell_job: bool,
+    /// Give up (leaving the process running) after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Figures from a completed dump.
+#[derive(Debug, Clone, Default)]
+pub struct DumpStats {
+    /// How long the process was stopped (freeze to resume/kill).
+    pub frozen: Duration,
+    /// Bytes of page data written.
+    pub page_bytes: u64,
+    pub vmas: usize,
+    pub page_runs: usize,
+}
+
+/// A dump stage, named in every error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Freeze,
+    Check,
+    Collect,
+    Query,
+    Memory,
+    Write,
+    Commit,
+    Finish,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Freeze => "freeze",
+            Stage::Check => "check",
+            Stage::Collect => "collect",
+            Stage::Query => "query",
+            Stage::Memory => "memory",
+            Stage::Write => "write image",
+            Stage::Commit => "commit",
+            Stage::Finish => "finish",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("dump pid {pid}: no such process")]
+    NoProcess { pid: u32 },
+    #[error("dump pid {pid}: {stage}: cannot dump {what}")]
+    Unsupported { pid: u32, stage: Stage, what: String },
+    #[error("dump pid {pid}: {stage}: {source}")]
+    Sys {
+        pid: u32,
+        stage: Stage,
+        #[source]
+        source: SysError,
+    },
+    #[error("dump pid {pid}: {stage}: {source}")]
+    Proc {
+        pid: u32,
+        stage: Stage,
+        #[source]
+        source: ProcError,
+    },
+    #[error("dump pid {pid}: {stage}: {source}")]
+    Image {
+        pid: u32,
+        stage: Stage,
+        #[source]
+        source: ImageError,
+    },
+    #[error("dump pid {pid}: {stage}: {what}: {source}")]
+    Io {
+        pid: u32,
+        stage: Stage,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dump pid {pid}: {stage}: timed out after {secs} s; the process was left running")]
+    Timeout { pid: u32, stage: Stage, secs: u64 },
+}
+
+pub type Result<T> = std::result::Result<T, DumpError>;
+
+/// Error-mapping helpers so each call site names its stage.
+pub(crate) trait At<T> {
+    fn at(self, pid: u32, stage: Stage) -> Result<T>;
+}
+
+impl<T> At<T> for std::result::Result<T, SysError> {
+    fn at(self, pid: u32, stage: Stage) -> Result<T> {
+        self.map_err(|source| DumpError::Sys { pid, stage, source })
+    }
+}
+
+impl<T> At<T> for std::result::Result<T, ProcError> {
+    fn at(self, pid: u32, stage: Stage) -> Result<T> {
+        self.map_err(|source| match &source {
+            ProcError::Io { source: e, .. } if e.raw_os_error() == Some(libc::ESRCH) => DumpError::NoProcess { pid },
+            _ => DumpError::Proc { pid, stage, source },
+        })
+    }
+}
+
+impl<T> At<T> for std::result::Result<T, ImageError> {
+    fn at(self, pid: u32, stage: Stage) -> Result<T> {
+        self.map_err(|source| DumpError::Image { pid, stage, source })
+    }
+}
+
+/// Checks the deadline between stages.
+pub(crate) struct Deadline {
+    pid: u32,
+    start: Instant,
+    limit: Option<Duration>,
+}
+
+impl Deadline {
+    pub(crate) fn check(&self, stage: Stage) -> Result<()> {
+        match self.limit {
+            Some(l) if self.start.elapsed() > l => Err(DumpError::Timeout { pid: self.pid, stage, secs: l.as_secs() }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Test hook: `STASIS_FAULT=dump:<stage>` makes the dump fail right after
+/// that stage, to prove that failures leave the process as it was.
+fn fault_point(pid: u32, stage: Stage) -> Result<()> {
+    if let Ok(v) = std::env::var("STASIS_FAULT") {
+        if v.strip_prefix("dump:") == Some(&stage.to_string()) {
+            return Err(DumpError::Io {
+                pid,
+                stage,
+                what: "injected fault (STASIS_FAULT)".into(),
+                source: std::io::Error::other("injected"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Dumps the process `opts.pid` into `opts.images_dir`.
+///
+/// On success the image directory holds a complete image and the process
+/// is killed (or resumed with `leave_running`). On any error the process is
+/// resumed exactly as it was and the directory holds no image.
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    let pid = opts.pid;
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Err(DumpError::NoProcess { pid });
+    }
+    if pid == std::process::id() {
+        return Err(DumpError::Unsupported { pid, stage: Stage::Check, what: "stasis itself".into() });
+    }
+    let deadline = Deadline { pid, start: Instant::now(), limit: opts.timeout };
+    let t0 = Instant::now();
+    let mut frozen = freeze::Frozen::freeze(Pid(pid as i32))?;
+    log::info!("pid {pid}: frozen in {:?}", t0.elapsed());
+    // On error `frozen` drops and resumes every thread as it was.
+    let mut stats = dump_frozen(&mut frozen, opts, &deadline)?;
+    if opts.leave_running {
+        frozen.release().at(pid, Stage::Finish)?;
+    } else {
+        frozen.kill().at(pid, Stage::Finish)?;
+    }
+    stats.frozen = t0.elapsed();
+    log::info!("pid {pid}: dump done, process stopped for {:?}", stats.frozen);
+    Ok(stats)
+}
+
+fn dump_frozen(frozen: &mut freeze::Frozen, opts: &DumpOptions, deadline: &Deadline) -> Result<DumpStats> {
+    let pid = opts.pid;
+    fault_point(pid, Stage::Freeze)?;
+    deadline.check(Stage::Freeze)?;
+    let mut state = collect::collect(frozen, opts)?;
+    fault_point(pid, Stage::Collect)?;
+    deadline.check(Stage::Collect)?;
+
+    // Dropping the writer on any error below removes everything it wrote.
+    let writer = ImageWriter::create(&opts.images_dir).at(pid, Stage::Write)?;
+    let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
+    memory::dump_pages(Pid(pid as i32), &mut state.image.mm, &state.page_plan, &mut pages)?;
+    let page_bytes = pages.offset();
+    let pages_file = pages.finish().at(pid, Stage::Memory)?;
+    fault_point(pid, Stage::Memory)?;
+    deadline.check(Stage::Memory)?;
+
+    let core_file = writer.write_process(&state.image).at(pid, Stage::Write)?;
+    fault_point(pid, Stage::Write)?;
+    deadline.check(Stage::Write)?;
+    let inventory = Inventory {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        kernel_release: stasis_sys::util::kernel_release(),
+        root_pid: pid,
+        processes: vec![ProcessRef { pid, core_file, pages_file }],
+        shell_job: opts.shell_job,
+    };
+    fault_point(pid, Stage::Commit)?;
+    writer.commit(&inventory).at(pid, Stage::Commit)?;
+    Ok(DumpStats {
+        frozen: Duration::ZERO,
+        page_bytes,
+        vmas: state.image.mm.vmas.len(),
+        page_runs: state.image.mm.pages.len(),
+    })
+}

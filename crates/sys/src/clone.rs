@@ -1,0 +1,68 @@
+//! clone3(2) with `set_tid`: a child with a chosen PID.
+
+use crate::{last_errno, Pid, Result, SysError};
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What [`fork_with_pid`] returned in this process.
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// Forks the calling thread like fork(2), but the child gets PID `tids[0]` in
+/// the innermost PID namespace (`tids` lists the PID for each namespace
+/// level, innermost first; see clone3(2)). `flags` may add CLONE_NEW* flags.
+///
+/// # Safety
+/// Like fork(2) in a multithreaded program: the child may only use
+/// async-signal-safe operations (raw syscalls, no allocation, no locks)
+/// until it execs or exits, and it must not return into code that assumes
+/// glibc's cached thread id (glibc is not told about this fork).
+pub unsafe fn fork_with_pid(tids: &[i32], flags: u64) -> Result<Forked> {
+    let set: Vec<libc::pid_t> = tids.to_vec();
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if set.is_empty() { 0 } else { set.as_ptr() as u64 },
+        set_tid_size: set.len() as u64,
+        ..Default::default()
+    };
+    // SAFETY: args is a valid clone_args of the size passed; with stack = 0
+    // the child continues on a copy of our stack, like fork(2). The caller
+    // upholds the post-fork restrictions.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::addr_of!(args), std::mem::size_of::<CloneArgs>()) };
+    match r {
+        -1 => {
+            let e = last_errno();
+            let what = match e {
+                libc::EEXIST => format!("PID {} is already in use", tids.first().copied().unwrap_or(0)),
+                _ => format!("clone3 with PID {}", tids.first().copied().unwrap_or(0)),
+            };
+            Err(SysError::new(what, tids.first().map(|&p| Pid(p)), e))
+        }
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid(pid as i32))),
+    }
+}
+
+/// Terminates the calling process at once (no atexit handlers, no flushing):
+/// the only safe exit for a forked child.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}

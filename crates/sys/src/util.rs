@@ -1,0 +1,140 @@
+//! Small raw calls used across stasis.
+
+use crate::{check, last_errno, Pid, Result, SysError};
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Does a process or thread with this id exist (in our PID namespace)?
+pub fn pid_exists(pid: Pid) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid.0, 0) };
+    r == 0 || last_errno() == libc::EPERM
+}
+
+pub fn kill(pid: Pid, sig: i32) -> Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::kill(pid.0, sig) }.into(), "kill", Some(pid)).map(drop)
+}
+
+/// tgkill(2): a signal to one thread.
+pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid.0, tid.0, sig) }, "tgkill", Some(tid)).map(drop)
+}
+
+pub fn gettid() -> Pid {
+    // SAFETY: gettid cannot fail.
+    Pid(unsafe { libc::syscall(libc::SYS_gettid) } as i32)
+}
+
+pub fn getpid() -> Pid {
+    // SAFETY: getpid cannot fail.
+    Pid(unsafe { libc::syscall(libc::SYS_getpid) } as i32)
+}
+
+/// waitpid without ptrace interpretation: returns the raw status, or None with WNOHANG and nothing to report.
+pub fn waitpid(pid: Pid, flags: i32) -> Result<Option<i32>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid.0, &mut status, flags) };
+        if r == -1 {
+            let e = last_errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(SysError::new("waitpid", Some(pid), e));
+        }
+        return Ok((r != 0).then_some(status));
+    }
+}
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; on success the returned fd is ours to own.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) }, "pidfd_open", Some(pid))?;
+    // SAFETY: fd was just returned by the kernel and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// pidfd_getfd(2): a duplicate of another process's descriptor.
+pub fn pidfd_getfd(pidfd: &OwnedFd, pid: Pid, fd: i32) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall; on success the returned fd is ours to own.
+    let r = check(
+        unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) },
+        &format!("pidfd_getfd(fd {fd})"),
+        Some(pid),
+    )?;
+    // SAFETY: fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// sched_setaffinity for one thread (0 = caller), to a single CPU or a mask.
+pub fn set_affinity(tid: Pid, cpus: &[usize]) -> Result<()> {
+    // SAFETY: cpu_set_t is a plain bitmask; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: CPU_SET only writes inside `set`; c < CPU_SETSIZE is checked by the macro.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: set is a valid cpu_set_t of the size we pass.
+    let r = unsafe { libc::sched_setaffinity(tid.0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    check(r.into(), "sched_setaffinity", Some(tid)).map(drop)
+}
+
+pub fn get_affinity(tid: Pid) -> Result<Vec<usize>> {
+    // SAFETY: as above.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid out-buffer of the size we pass.
+    let r = unsafe { libc::sched_getaffinity(tid.0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    check(r.into(), "sched_getaffinity", Some(tid))?;
+    // SAFETY: CPU_ISSET only reads `set`.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// Scheduling policy and real-time priority of a task.
+pub fn sched_get(pid: Pid) -> Result<(u32, u32)> {
+    // SAFETY: plain syscall.
+    let policy = check(unsafe { libc::sched_getscheduler(pid.0) }.into(), "sched_getscheduler", Some(pid))?;
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a valid out-pointer.
+    check(unsafe { libc::sched_getparam(pid.0, &mut param) }.into(), "sched_getparam", Some(pid))?;
+    Ok((policy as u32, param.sched_priority as u32))
+}
+
+/// Nice value of a task.
+pub fn get_nice(pid: Pid) -> Result<i32> {
+    // getpriority returns 20 - nice as a raw syscall.
+    // SAFETY: plain syscall.
+    let r = check(unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, pid.0) }, "getpriority", Some(pid))?;
+    Ok(20 - r as i32)
+}
+
+/// uname -r.
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain bytes; zeroed is valid.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid out-buffer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::from("unknown");
+    }
+    let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `personality(0xffffffff)` of the caller.
+pub fn personality_get() -> u32 {
+    // SAFETY: query form of personality(2).
+    unsafe { libc::personality(0xffff_ffff) as u32 }
+}
+
+pub fn cstring(s: &str, what: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| SysError::other(what, None, format!("path contains a NUL byte: {s:?}")))
+}
+
+/// Closes every descriptor of the caller from `from` upward.
+pub fn close_from(from: u32) {
+    // SAFETY: close_range on our own descriptor table; callers own the decision.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
