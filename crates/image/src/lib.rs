@@ -1,5 +1,33 @@
-//! The stasis image directory.
+//! The stasis image directory: file format, metadata model, validation.
+//!
+//! An image is a directory holding `inventory.img`, one `core-PID.img` and
+//! one `pages-PID.img` per process. Every file starts with a header (magic,
+//! format version, kind, payload length, xxh3-64 checksum); metadata files
+//! carry JSON, page files raw page-aligned memory. [`ImageWriter`] writes an
+//! image atomically, [`ImageDir`] reads one without trusting it. The format
+//! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+pub mod error;
+pub mod format;
 pub mod model;
+pub mod reader;
+pub mod show;
+pub mod validate;
+pub mod writer;
+
+pub use error::{ImageError, Result};
+pub use format::{
+    FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC, MAX_METADATA_LEN,
+    PAGES_HEADER_LEN,
+};
 pub use model::*;
+pub use reader::{parse_inventory, parse_process, Image, ImageDir};
+pub use show::{show_dir, show_file};
+pub use validate::{
+    is_plain_name, pages_len, validate_inventory, validate_process, USER_SPACE_END,
+};
+pub use writer::{core_file_name, pages_file_name, ImageWriter, PagesWriter};
+
+#[cfg(test)]
+mod tests;

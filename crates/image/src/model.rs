@@ -37,6 +37,18 @@ pub struct ProcessRef {
     pub pages_file: String,
 }
 
+impl ProcessRef {
+    /// The entry the writer produces for `pid`: `core-PID.img` and
+    /// `pages-PID.img`.
+    pub fn for_pid(pid: u32) -> ProcessRef {
+        ProcessRef {
+            pid,
+            core_file: format!("core-{pid}.img"),
+            pages_file: format!("pages-{pid}.img"),
+        }
+    }
+}
+
 /// `core-PID.img`: everything about one process except page contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessImage {
@@ -263,7 +275,9 @@ pub enum VmaKind {
     /// The brk heap (anonymous).
     Heap,
     /// A file mapping.
-    File { file: FileId },
+    File {
+        file: FileId,
+    },
     Vdso,
     Vvar,
     VvarVclock,
@@ -294,7 +308,9 @@ pub mod hex_bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <&str>::deserialize(d)?;
+        // Owned, not borrowed: works with every deserializer (from_reader,
+        // from_value) and with escaped strings.
+        let s = String::deserialize(d)?;
         if s.len() % 2 != 0 {
             return Err(D::Error::custom("hex string of odd length"));
         }

@@ -1,0 +1,366 @@
+//! Semantic validation: what serde cannot check. Everything here treats the
+//! input as hostile: no arithmetic can overflow, no count is trusted.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::error::{ImageError, Result};
+use crate::format::INVENTORY_FILE;
+use crate::model::{FdKind, FileId, Inventory, ProcessImage, VmaKind, PAGE_SIZE};
+
+/// First address above x86-64 user space (47-bit, minus the guard page).
+/// Only a `[vsyscall]` VMA may lie above it.
+pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+
+/// Most VMAs a process image may hold.
+pub const MAX_VMAS: usize = 1_000_000;
+/// Most page runs a process image may hold.
+pub const MAX_PAGE_RUNS: usize = 10_000_000;
+/// Most file descriptors a process image may hold.
+pub const MAX_FDS: usize = 1_000_000;
+/// Highest file descriptor number accepted (the kernel's `nr_open` ceiling).
+pub const MAX_FD: i32 = 1 << 20;
+/// Most threads a process image may hold.
+pub const MAX_THREADS: usize = 100_000;
+/// Most auxv words.
+pub const MAX_AUXV_WORDS: usize = 1024;
+/// Most supplementary groups (NGROUPS_MAX).
+pub const MAX_GROUPS: usize = 65536;
+/// Most rlimit entries.
+pub const MAX_RLIMITS: usize = 64;
+/// Most sigaction entries (one per signal 1..=64).
+pub const MAX_SIGACTIONS: usize = 64;
+/// Largest XSAVE area accepted, in bytes.
+pub const MAX_XSAVE_LEN: usize = 64 << 10;
+/// Most processes an inventory may list (the kernel's PID_MAX_LIMIT).
+pub const MAX_PROCESSES: usize = 4 << 20;
+/// Longest path string accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest comm string accepted, in bytes.
+pub const MAX_COMM_LEN: usize = 64;
+/// Longest plain file name accepted inside the image directory.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Whether `name` is a plain file name that cannot leave the image
+/// directory: not empty, not `.` or `..`, no `/`, no NUL, at most 255 bytes.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= MAX_NAME_LEN
+        && !name.contains('/')
+        && !name.contains('\0')
+}
+
+/// Pages payload length implied by the page runs of `img`: the largest
+/// `offset + nr_pages * PAGE_SIZE` (0 without runs). Saturates instead of
+/// overflowing on hostile input; [`validate_process`] rejects such runs.
+pub fn pages_len(img: &ProcessImage) -> u64 {
+    img.mm
+        .pages
+        .iter()
+        .map(|r| {
+            r.offset
+                .saturating_add(r.nr_pages.saturating_mul(PAGE_SIZE))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&self, what: String) -> ImageError {
+        ImageError::invalid(self.file, what)
+    }
+
+    fn ensure(&self, ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(what()))
+        }
+    }
+
+    fn count(&self, field: &str, len: usize, cap: usize) -> Result<()> {
+        self.ensure(len <= cap, || format!("{field}: {len} entries, cap {cap}"))
+    }
+
+    fn string(&self, field: &str, s: &str, cap: usize) -> Result<()> {
+        self.ensure(!s.contains('\0'), || {
+            format!("{field}: contains a NUL byte")
+        })?;
+        self.ensure(s.len() <= cap, || {
+            format!("{field}: {} bytes long, cap {cap}", s.len())
+        })
+    }
+
+    fn file_id(&self, field: &str, f: &FileId) -> Result<()> {
+        self.string(&format!("{field}.path"), &f.path, MAX_PATH_LEN)
+    }
+}
+
+fn aligned(x: u64) -> bool {
+    x % PAGE_SIZE == 0
+}
+
+/// Checks one process image against the rules of the format (see
+/// docs/image-format.md, "Validation"). `file` names the core file in the
+/// error, which is an [`ImageError::Invalid`] naming the field.
+pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
+    let c = Checker { file };
+
+    // Identity.
+    c.ensure(img.pid > 0, || "pid: must be > 0".into())?;
+    c.string("comm", &img.comm, MAX_COMM_LEN)?;
+    c.file_id("exe", &img.exe)?;
+    c.string("cwd", &img.cwd, MAX_PATH_LEN)?;
+    c.string("root", &img.root, MAX_PATH_LEN)?;
+    c.ensure(img.umask <= 0o777, || {
+        format!("umask: {:#o} has bits outside 0o777", img.umask)
+    })?;
+
+    // Credentials and limits.
+    c.count("creds.groups", img.creds.groups.len(), MAX_GROUPS)?;
+    c.count("rlimits", img.rlimits.len(), MAX_RLIMITS)?;
+    let mut seen = HashSet::new();
+    for (i, r) in img.rlimits.iter().enumerate() {
+        c.ensure(r.resource < 64, || {
+            format!("rlimits[{i}].resource: {} out of range", r.resource)
+        })?;
+        c.ensure(seen.insert(r.resource), || {
+            format!("rlimits[{i}].resource: {} listed twice", r.resource)
+        })?;
+        c.ensure(r.cur <= r.max, || {
+            format!("rlimits[{i}]: cur {} above max {}", r.cur, r.max)
+        })?;
+    }
+    c.ensure((-20..=19).contains(&img.sched.nice), || {
+        format!("sched.nice: {} outside -20..=19", img.sched.nice)
+    })?;
+
+    // Signals.
+    c.count("sigactions", img.sigactions.len(), MAX_SIGACTIONS)?;
+    let mut seen = HashSet::new();
+    for (i, s) in img.sigactions.iter().enumerate() {
+        c.ensure((1..=64).contains(&s.signo), || {
+            format!("sigactions[{i}].signo: {} outside 1..=64", s.signo)
+        })?;
+        c.ensure(seen.insert(s.signo), || {
+            format!("sigactions[{i}].signo: {} listed twice", s.signo)
+        })?;
+    }
+
+    // Threads.
+    c.ensure(!img.threads.is_empty(), || "threads: empty".into())?;
+    c.count("threads", img.threads.len(), MAX_THREADS)?;
+    c.ensure(img.threads[0].tid == img.pid, || {
+        format!(
+            "threads[0].tid: {} is not the pid {}",
+            img.threads[0].tid, img.pid
+        )
+    })?;
+    let mut seen = HashSet::new();
+    for (i, t) in img.threads.iter().enumerate() {
+        c.ensure(t.tid > 0, || format!("threads[{i}].tid: must be > 0"))?;
+        c.ensure(seen.insert(t.tid), || {
+            format!("threads[{i}].tid: {} listed twice", t.tid)
+        })?;
+        c.string(&format!("threads[{i}].comm"), &t.comm, MAX_COMM_LEN)?;
+        c.ensure(t.xsave.len() <= MAX_XSAVE_LEN, || {
+            format!(
+                "threads[{i}].xsave: {} bytes, cap {MAX_XSAVE_LEN}",
+                t.xsave.len()
+            )
+        })?;
+    }
+
+    // Files.
+    c.count("files", img.files.len(), MAX_FDS)?;
+    let mut seen = HashSet::new();
+    for (i, f) in img.files.iter().enumerate() {
+        c.ensure((0..=MAX_FD).contains(&f.fd), || {
+            format!("files[{i}].fd: {} outside 0..={MAX_FD}", f.fd)
+        })?;
+        c.ensure(seen.insert(f.fd), || {
+            format!("files[{i}].fd: {} listed twice", f.fd)
+        })?;
+        match &f.kind {
+            FdKind::Regular { file, .. } => c.file_id(&format!("files[{i}].kind.file"), file)?,
+            FdKind::CharDevice { path, .. } => {
+                c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?
+            }
+        }
+    }
+
+    validate_mm(&c, img)
+}
+
+fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
+    let mm = &img.mm;
+    c.count("mm.auxv", mm.auxv.len(), MAX_AUXV_WORDS)?;
+    c.ensure(mm.auxv.len() % 2 == 0, || {
+        format!("mm.auxv: {} words, not (type, value) pairs", mm.auxv.len())
+    })?;
+    for (name, lo, hi) in [
+        ("code", mm.start_code, mm.end_code),
+        ("data", mm.start_data, mm.end_data),
+        ("brk", mm.start_brk, mm.brk),
+        ("arg", mm.arg_start, mm.arg_end),
+        ("env", mm.env_start, mm.env_end),
+    ] {
+        c.ensure(lo <= hi, || {
+            format!("mm: {name} range {lo:#x}..{hi:#x} ends before it starts")
+        })?;
+    }
+
+    // VMAs: sorted, non-overlapping, page-aligned, inside user space.
+    c.count("mm.vmas", mm.vmas.len(), MAX_VMAS)?;
+    let mut prev_end = 0u64;
+    for (i, v) in mm.vmas.iter().enumerate() {
+        let field = format!("mm.vmas[{i}]");
+        c.ensure(v.start < v.end, || {
+            format!("{field}: start {:#x} not below end {:#x}", v.start, v.end)
+        })?;
+        c.ensure(aligned(v.start) && aligned(v.end), || {
+            format!("{field}: {:#x}-{:#x} not page-aligned", v.start, v.end)
+        })?;
+        c.ensure(
+            v.end <= USER_SPACE_END || matches!(v.kind, VmaKind::Vsyscall),
+            || {
+                format!(
+                    "{field}: end {:#x} above user space ({USER_SPACE_END:#x})",
+                    v.end
+                )
+            },
+        )?;
+        c.ensure(i == 0 || v.start >= prev_end, || {
+            format!(
+                "{field}: start {:#x} overlaps or precedes the previous vma (ends {prev_end:#x})",
+                v.start
+            )
+        })?;
+        c.ensure(v.prot & !7 == 0, || {
+            format!("{field}.prot: {:#x} has bits other than rwx", v.prot)
+        })?;
+        c.ensure(aligned(v.pgoff), || {
+            format!("{field}.pgoff: {:#x} not page-aligned", v.pgoff)
+        })?;
+        c.ensure(v.pgoff.checked_add(v.end - v.start).is_some(), || {
+            format!("{field}.pgoff: {:#x} + length overflows", v.pgoff)
+        })?;
+        c.count(&format!("{field}.advice"), v.advice.len(), 16)?;
+        for (j, a) in v.advice.iter().enumerate() {
+            c.string(&format!("{field}.advice[{j}]"), a, 32)?;
+        }
+        if let VmaKind::File { file } = &v.kind {
+            c.file_id(&format!("{field}.kind.file"), file)?;
+        }
+        prev_end = v.end;
+    }
+
+    // Page runs: sorted by address, each inside one VMA, page-aligned
+    // offsets, no two runs sharing bytes of the page file.
+    c.count("mm.pages", mm.pages.len(), MAX_PAGE_RUNS)?;
+    let mut prev_addr_end = 0u64;
+    let mut prev_off_end = 0u64;
+    let mut offsets_monotonic = true;
+    let mut vma_idx = 0usize;
+    for (i, r) in mm.pages.iter().enumerate() {
+        let field = format!("mm.pages[{i}]");
+        c.ensure(r.nr_pages > 0, || format!("{field}.nr_pages: 0"))?;
+        let len = r
+            .nr_pages
+            .checked_mul(PAGE_SIZE)
+            .ok_or_else(|| c.err(format!("{field}.nr_pages: {} too large", r.nr_pages)))?;
+        c.ensure(aligned(r.addr), || {
+            format!("{field}.addr: {:#x} not page-aligned", r.addr)
+        })?;
+        c.ensure(aligned(r.offset), || {
+            format!("{field}.offset: {:#x} not page-aligned", r.offset)
+        })?;
+        let end = r
+            .addr
+            .checked_add(len)
+            .ok_or_else(|| c.err(format!("{field}: {:#x} + length overflows", r.addr)))?;
+        let off_end = r.offset.checked_add(len).ok_or_else(|| {
+            c.err(format!(
+                "{field}.offset: {:#x} + length overflows",
+                r.offset
+            ))
+        })?;
+        c.ensure(i == 0 || r.addr >= prev_addr_end, || {
+            format!(
+                "{field}.addr: {:#x} overlaps or precedes the previous run (ends {prev_addr_end:#x})",
+                r.addr
+            )
+        })?;
+        // Find the VMA holding the start; runs and VMAs are both sorted.
+        while vma_idx < mm.vmas.len() && mm.vmas[vma_idx].end <= r.addr {
+            vma_idx += 1;
+        }
+        let inside = mm
+            .vmas
+            .get(vma_idx)
+            .is_some_and(|v| v.start <= r.addr && end <= v.end);
+        c.ensure(inside, || {
+            format!("{field}: {:#x}-{end:#x} not inside a single vma", r.addr)
+        })?;
+        if i > 0 && r.offset < prev_off_end {
+            offsets_monotonic = false;
+        }
+        prev_addr_end = end;
+        prev_off_end = off_end;
+    }
+    if !offsets_monotonic {
+        // The dumper writes runs in order; anything else must at least not
+        // share file bytes between two runs.
+        let mut spans: Vec<(u64, u64, usize)> = mm
+            .pages
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.offset, r.offset + r.nr_pages * PAGE_SIZE, i))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            c.ensure(w[1].0 >= w[0].1, || {
+                format!(
+                    "mm.pages[{}].offset: {:#x} overlaps mm.pages[{}] in the page file",
+                    w[1].2, w[1].0, w[0].2
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks an inventory: processes non-empty and capped, pids > 0 and unique,
+/// the root among them, file names plain and unique.
+pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
+    let c = Checker { file };
+    c.ensure(!inv.processes.is_empty(), || "processes: empty".into())?;
+    c.count("processes", inv.processes.len(), MAX_PROCESSES)?;
+    c.string("tool_version", &inv.tool_version, MAX_PATH_LEN)?;
+    c.string("kernel_release", &inv.kernel_release, MAX_PATH_LEN)?;
+    let mut pids = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, p) in inv.processes.iter().enumerate() {
+        c.ensure(p.pid > 0, || format!("processes[{i}].pid: must be > 0"))?;
+        c.ensure(pids.insert(p.pid), || {
+            format!("processes[{i}].pid: {} listed twice", p.pid)
+        })?;
+        for (field, name) in [("core_file", &p.core_file), ("pages_file", &p.pages_file)] {
+            c.ensure(is_plain_name(name) && name != INVENTORY_FILE, || {
+                format!("processes[{i}].{field}: {name:?} is not a plain file name")
+            })?;
+            c.ensure(names.insert(name.as_str()), || {
+                format!("processes[{i}].{field}: {name:?} used twice")
+            })?;
+        }
+    }
+    c.ensure(pids.contains(&inv.root_pid), || {
+        format!("root_pid: {} is not among the processes", inv.root_pid)
+    })
+}
