@@ -78,3 +78,4 @@ pub(crate) fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 pub mod pagemap;
+pub mod spawn;

@@ -138,3 +138,30 @@ pub fn close_from(from: u32) {
     // SAFETY: close_range on our own descriptor table; callers own the decision.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
+
+/// open(2) with raw flags; the returned descriptor is O_CLOEXEC in the caller.
+pub fn open(path: &str, flags: i32) -> Result<OwnedFd> {
+    let c = cstring(path, "open")?;
+    // SAFETY: c is a valid NUL-terminated path; the mode is only used with O_CREAT.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        return Err(SysError::new(format!("open {path}"), None, last_errno()));
+    }
+    // SAFETY: fresh descriptor from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// lseek(fd, pos, SEEK_SET).
+pub fn seek_to(fd: &OwnedFd, pos: u64, what: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor we own.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), pos as libc::off_t, libc::SEEK_SET) };
+    check(r, &format!("lseek {what} to {pos}"), None).map(drop)
+}
+
+/// Highest descriptor number open in the caller, or -1.
+pub fn max_open_fd() -> i32 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).max().unwrap_or(-1))
+        .unwrap_or(1024)
+}

@@ -1,0 +1,218 @@
+//! Restore a process from an image, driven from the outside.
+//!
+//! Named stages, in order (see [`restore`]):
+//!
+//! 1. **validate**: the whole image is loaded and checked (headers,
+//!    checksums of metadata *and* page data, semantic rules) before
+//!    anything is created.
+//! 2. **preflight**: the PID must be free, every file must exist and be
+//!    unchanged since the dump (size, mtime), and a free address for the
+//!    restorer's syscall stub is chosen.
+//! 3. **fork**: clone3 with `set_tid` creates the process with its old PID;
+//!    the child places its file descriptors (plain Rust, raw syscalls only),
+//!    then stops itself under ptrace (PTRACE_O_EXITKILL: if the restorer
+//!    dies, the half-built process dies too).
+//! 4. **memory**: by remote syscalls the child's address space is torn
+//!    down and rebuilt: every mapping at its address, pages read from the
+//!    page file in large preadv calls, protections, madvise, [vdso] moved,
+//!    mm fields and the exe link set with PR_SET_MM_MAP.
+//! 5. **attributes**: cwd, root, umask, personality, name, scheduling,
+//!    rlimits, sigactions, sigaltstack, tid address, rseq.
+//! 6. **creds**: credentials last but one, since they may take away the
+//!    capabilities the steps before need; then dumpable and the
+//!    parent-death signal, which a credential change resets.
+//! 7. **registers**: blocked mask, XSAVE area, general registers (with the
+//!    syscall-restart fix-up), then the process is detached and runs.
+//!
+//! Any failure kills the process being built and reports the stage.
+#![forbid(unsafe_code)]
+
+mod memory;
+mod process;
+
+use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
+use stasis_sys::{Pid, SysError};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub images_dir: PathBuf,
+    /// Restore even if a file changed size or mtime since the dump.
+    pub allow_changed_files: bool,
+}
+
+/// A restored, running process (a child of the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct Restored {
+    pub pid: Pid,
+}
+
+/// A restore stage, named in every error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Validate,
+    Preflight,
+    Fork,
+    Memory,
+    Attributes,
+    Creds,
+    Registers,
+    Resume,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Validate => "validate",
+            Stage::Preflight => "preflight",
+            Stage::Fork => "fork",
+            Stage::Memory => "memory",
+            Stage::Attributes => "attributes",
+            Stage::Creds => "credentials",
+            Stage::Registers => "registers",
+            Stage::Resume => "resume",
+        })
+    }
+}
+
+impl Stage {
+    fn parse(s: &str) -> Option<Stage> {
+        [
+            Stage::Validate,
+            Stage::Preflight,
+            Stage::Fork,
+            Stage::Memory,
+            Stage::Attributes,
+            Stage::Creds,
+            Stage::Registers,
+            Stage::Resume,
+        ]
+        .into_iter()
+        .find(|st| st.to_string() == s)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("restore: validate: {0}")]
+    Image(#[from] ImageError),
+    #[error("restore pid {pid}: {stage}: {what}")]
+    Refused { pid: u32, stage: Stage, what: String },
+    #[error("restore pid {pid}: {stage}: {source}")]
+    Sys {
+        pid: u32,
+        stage: Stage,
+        #[source]
+        source: SysError,
+    },
+    #[error("restore pid {pid}: {stage}: {what}: {source}")]
+    Io {
+        pid: u32,
+        stage: Stage,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, RestoreError>;
+
+pub(crate) trait At<T> {
+    fn at(self, pid: u32, stage: Stage) -> Result<T>;
+}
+
+impl<T> At<T> for std::result::Result<T, SysError> {
+    fn at(self, pid: u32, stage: Stage) -> Result<T> {
+        self.map_err(|source| RestoreError::Sys { pid, stage, source })
+    }
+}
+
+/// Test hook: `STASIS_FAULT=restore:<stage>` fails the restore right after
+/// that stage, to prove a failure leaves nothing behind.
+pub(crate) fn fault_point(pid: u32, stage: Stage) -> Result<()> {
+    if let Ok(v) = std::env::var("STASIS_FAULT") {
+        if v.strip_prefix("restore:").and_then(Stage::parse) == Some(stage) {
+            return Err(RestoreError::Refused { pid, stage, what: "injected fault (STASIS_FAULT)".into() });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a file the image refers to is still the one that was dumped.
+fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&f.path).map_err(|source| RestoreError::Io {
+        pid,
+        stage: Stage::Preflight,
+        what: format!("file {}", f.path),
+        source,
+    })?;
+    let is_reg = md.file_type().is_file();
+    if is_reg && !allow_changed && (md.size() != f.size || md.mtime() != f.mtime_sec || md.mtime_nsec() != f.mtime_nsec) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: Stage::Preflight,
+            what: format!(
+                "file {} changed since the dump (size {} -> {}, mtime {}.{:09} -> {}.{:09}); \
+                 use --allow-changed-files to restore anyway",
+                f.path,
+                f.size,
+                md.size(),
+                f.mtime_sec,
+                f.mtime_nsec,
+                md.mtime(),
+                md.mtime_nsec()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn preflight(img: &ProcessImage, opts: &RestoreOptions) -> Result<()> {
+    let pid = img.pid;
+    if stasis_sys::util::pid_exists(Pid(pid as i32)) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: Stage::Preflight,
+            what: format!("PID {pid} is already in use by another process"),
+        });
+    }
+    check_file(pid, &img.exe, opts.allow_changed_files)?;
+    for v in &img.mm.vmas {
+        if let stasis_image::VmaKind::File { file } = &v.kind {
+            check_file(pid, file, opts.allow_changed_files)?;
+        }
+    }
+    for fd in &img.files {
+        if let stasis_image::FdKind::Regular { file, .. } = &fd.kind {
+            check_file(pid, file, opts.allow_changed_files)?;
+        }
+    }
+    Ok(())
+}
+
+/// Restores the image in `opts.images_dir`. Returns once the process runs,
+/// as a child of the caller. On error nothing of the restore is left.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    let t0 = Instant::now();
+    let dir = ImageDir::open(&opts.images_dir)?;
+    let image = dir.load_all()?;
+    log::info!("image validated in {:?}", t0.elapsed());
+    if image.processes.len() != 1 {
+        return Err(RestoreError::Refused {
+            pid: image.inventory.root_pid,
+            stage: Stage::Validate,
+            what: format!("image holds {} processes; only single processes are supported yet", image.processes.len()),
+        });
+    }
+    let img = &image.processes[0];
+    fault_point(img.pid, Stage::Validate)?;
+    preflight(img, opts)?;
+    fault_point(img.pid, Stage::Preflight)?;
+    let pages = dir.pages_path(&image.inventory.processes[0]);
+    let pid = process::restore_one(img, &pages)?;
+    log::info!("pid {pid}: restored in {:?}", t0.elapsed());
+    Ok(Restored { pid })
+}

@@ -1,0 +1,322 @@
+//! Rebuilding a child's address space by remote syscalls.
+
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::{MmState, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
+use stasis_sys::remote::RemoteThread;
+use stasis_sys::ptrace;
+use std::collections::HashMap;
+
+/// Size of the stub + scratch area the restorer injects through.
+pub(crate) const STUB_LEN: u64 = 256 * 1024;
+const SCRATCH_IOV_MAX: usize = 1024;
+const MAX_BATCH_BYTES: u64 = 1 << 30;
+
+fn is_special(k: &VmaKind) -> bool {
+    matches!(k, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall)
+}
+
+fn special_kind(path: Option<&str>) -> Option<VmaKind> {
+    match path {
+        Some("[vdso]") => Some(VmaKind::Vdso),
+        Some("[vvar]") => Some(VmaKind::Vvar),
+        Some("[vvar_vclock]") => Some(VmaKind::VvarVclock),
+        Some("[vsyscall]") => Some(VmaKind::Vsyscall),
+        _ => None,
+    }
+}
+
+/// Picks a free address for the stub area: in a gap of the target's
+/// layout, and free in the restorer itself (the caller maps it with
+/// MAP_FIXED_NOREPLACE and asks again on EEXIST via `skip`).
+pub(crate) fn stub_candidates(mm: &MmState) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut prev_end = 1u64 << 32; // stay clear of low addresses and brk-adjacent space
+    let mut gaps = Vec::new();
+    for v in mm.vmas.iter().filter(|v| !matches!(v.kind, VmaKind::Vsyscall)) {
+        if v.start > prev_end {
+            gaps.push((prev_end, v.start));
+        }
+        prev_end = prev_end.max(v.end);
+    }
+    gaps.push((prev_end, stasis_image::USER_SPACE_END));
+    for (s, e) in gaps.into_iter().rev() {
+        let guard = 16 * PAGE_SIZE;
+        if e - s < STUB_LEN + 2 * guard {
+            continue;
+        }
+        out.push((e - guard - STUB_LEN) & !0xffff);
+        out.push((s + guard + 0xffff) & !0xffff);
+        let mid = s + (e - s) / 2;
+        out.push(mid & !0xffff);
+    }
+    out.retain(|a| *a >= 1 << 32);
+    out
+}
+
+/// Service descriptors in the child: numbers of the pages file, the exe and
+/// each mapped file (by path).
+pub(crate) struct ServiceFds {
+    pub pages: i32,
+    pub exe: i32,
+    pub files: HashMap<String, i32>,
+}
+
+pub(crate) fn rebuild(r: &mut RemoteThread, mm: &MmState, svc: &ServiceFds, stub: u64) -> Result<()> {
+    let child = r.tid();
+    let pid = child.0 as u32;
+    let st = Stage::Memory;
+
+    // glibc registered rseq in the restorer's TLS, which is about to go.
+    if let Some((addr, len, sig)) = ptrace::get_rseq(child).at(pid, st)? {
+        r.call(libc::SYS_rseq, &[addr, u64::from(len), 1, u64::from(sig)], "rseq(unregister)").at(pid, st)?;
+    }
+
+    // Tear down everything the fork inherited but the stub area and the vDSO trio.
+    let maps = stasis_proc::read_maps(pid).map_err(|e| RestoreError::Refused {
+        pid,
+        stage: st,
+        what: e.to_string(),
+    })?;
+    let mut child_special = Vec::new();
+    for m in &maps {
+        if let Some(k) = special_kind(m.path.as_deref()) {
+            if k != VmaKind::Vsyscall {
+                child_special.push((k, m.start, m.end));
+            }
+            continue;
+        }
+        if m.start >= stub && m.end <= stub + STUB_LEN {
+            continue;
+        }
+        r.call(libc::SYS_munmap, &[m.start, m.end - m.start], &format!("munmap {:#x}-{:#x}", m.start, m.end))
+            .at(pid, st)?;
+    }
+
+    move_vdso(r, mm, &child_special, stub)?;
+
+    // Map every area, writable first where pages will be filled.
+    let mut has_pages = vec![false; mm.vmas.len()];
+    {
+        let mut vi = 0;
+        for run in &mm.pages {
+            while vi < mm.vmas.len() && mm.vmas[vi].end <= run.addr {
+                vi += 1;
+            }
+            if let Some(f) = has_pages.get_mut(vi) {
+                *f = true;
+            }
+        }
+    }
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if is_special(&v.kind) {
+            continue;
+        }
+        map_vma(r, v, has_pages[i], svc)?;
+    }
+
+    fill_pages(r, mm, svc.pages)?;
+
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if is_special(&v.kind) {
+            continue;
+        }
+        if has_pages[i] && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+            r.call(
+                libc::SYS_mprotect,
+                &[v.start, v.end - v.start, u64::from(v.prot)],
+                &format!("mprotect {:#x}-{:#x}", v.start, v.end),
+            )
+            .at(pid, st)?;
+        }
+        for a in &v.advice {
+            let advice = match a.as_str() {
+                "dontdump" => libc::MADV_DONTDUMP,
+                "dontfork" => libc::MADV_DONTFORK,
+                "hugepage" => libc::MADV_HUGEPAGE,
+                "nohugepage" => libc::MADV_NOHUGEPAGE,
+                "wipeonfork" => libc::MADV_WIPEONFORK,
+                "mergeable" => libc::MADV_MERGEABLE,
+                _ => continue,
+            };
+            r.call(libc::SYS_madvise, &[v.start, v.end - v.start, advice as u64], &format!("madvise({a})"))
+                .at(pid, st)?;
+        }
+    }
+
+    set_mm(r, mm, svc.exe)?;
+    Ok(())
+}
+
+fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let mut flags = libc::MAP_FIXED | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    if v.growsdown {
+        flags |= libc::MAP_GROWSDOWN;
+    }
+    let fd: i64 = match &v.kind {
+        VmaKind::File { file } => *svc.files.get(&file.path).ok_or_else(|| RestoreError::Refused {
+            pid,
+            stage: Stage::Memory,
+            what: format!("no descriptor for mapped file {}", file.path),
+        })? as i64,
+        _ => {
+            flags |= libc::MAP_ANONYMOUS;
+            -1
+        }
+    };
+    let prot = if fill { (libc::PROT_READ | libc::PROT_WRITE) as u32 } else { v.prot };
+    let got = r
+        .call(
+            libc::SYS_mmap,
+            &[v.start, v.end - v.start, u64::from(prot), flags as u64, fd as u64, v.pgoff],
+            &format!("mmap {:#x}-{:#x}", v.start, v.end),
+        )
+        .at(pid, Stage::Memory)?;
+    if got != v.start {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: Stage::Memory,
+            what: format!("mmap {:#x}-{:#x} landed at {got:#x}", v.start, v.end),
+        });
+    }
+    Ok(())
+}
+
+/// Reads every page run from the page file into place with remote preadv,
+/// up to 1024 runs and 1 GiB per call.
+fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let mut i = 0;
+    while i < mm.pages.len() {
+        let first = mm.pages[i];
+        let mut iov = Vec::with_capacity(SCRATCH_IOV_MAX * 16);
+        let mut bytes = 0u64;
+        let mut n = 0;
+        while i < mm.pages.len() && n < SCRATCH_IOV_MAX {
+            let run = mm.pages[i];
+            let len = run.nr_pages * PAGE_SIZE;
+            if n > 0 && (run.offset != first.offset + bytes || bytes + len > MAX_BATCH_BYTES) {
+                break;
+            }
+            iov.extend_from_slice(&run.addr.to_le_bytes());
+            iov.extend_from_slice(&len.to_le_bytes());
+            bytes += len;
+            n += 1;
+            i += 1;
+        }
+        let at = r.write_scratch(0, &iov).at(pid, Stage::Memory)?;
+        let got = r
+            .call(
+                libc::SYS_preadv,
+                &[fd as u64, at, n as u64, PAGES_HEADER_LEN + first.offset, 0],
+                &format!("preadv pages into {:#x}", first.addr),
+            )
+            .at(pid, Stage::Memory)?;
+        if got != bytes {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: Stage::Memory,
+                what: format!("short read of page data at {:#x}: {got} of {bytes} bytes", first.addr),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Moves the child's [vdso]/[vvar]/[vvar_vclock] to the saved addresses,
+/// keeping their layout (the kernel only accepts whole, same-size moves).
+fn move_vdso(r: &mut RemoteThread, mm: &MmState, child: &[(VmaKind, u64, u64)], stub: u64) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let st = Stage::Memory;
+    let target: Vec<&Vma> = mm.vmas.iter().filter(|v| is_special(&v.kind) && v.kind != VmaKind::Vsyscall).collect();
+    if target.is_empty() {
+        for &(_, s, e) in child {
+            r.call(libc::SYS_munmap, &[s, e - s], "munmap [vdso]").at(pid, st)?;
+        }
+        return Ok(());
+    }
+    let mut pairs = Vec::new();
+    for v in &target {
+        let c = child.iter().find(|c| c.0 == v.kind);
+        match c {
+            Some(&(_, s, e)) if e - s == v.end - v.start => pairs.push((s, v.start, e - s)),
+            _ => {
+                return Err(RestoreError::Refused {
+                    pid,
+                    stage: st,
+                    what: format!(
+                        "the vDSO layout of this kernel differs from the dumped one ({:?} {:#x}-{:#x}); \
+                         restoring across kernels with different vDSOs is not supported yet",
+                        v.kind, v.start, v.end
+                    ),
+                })
+            }
+        }
+    }
+    if pairs.len() != child.len() {
+        return Err(RestoreError::Refused { pid, stage: st, what: "the vDSO layout of this kernel differs".into() });
+    }
+    let delta: Vec<u64> = pairs.iter().map(|p| p.1.wrapping_sub(p.0)).collect();
+    if delta.iter().any(|d| *d != delta[0]) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: "the vDSO areas were not dumped in the kernel's layout".into(),
+        });
+    }
+    if delta[0] == 0 {
+        return Ok(());
+    }
+    // Through a temporary place right after the stub area: free in both layouts.
+    let lo = pairs.iter().map(|p| p.0).min().unwrap_or(0);
+    let temp = stub + STUB_LEN + 16 * PAGE_SIZE;
+    let span = pairs.iter().map(|p| p.0 + p.2).max().unwrap_or(0) - lo;
+    let overlaps = |a: u64| mm.vmas.iter().any(|v| v.start < a + span && a < v.end);
+    if overlaps(temp) {
+        return Err(RestoreError::Refused { pid, stage: st, what: "no room to move the vDSO".into() });
+    }
+    for &(s, _, len) in &pairs {
+        let to = temp + (s - lo);
+        r.call(libc::SYS_mremap, &[s, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, to], "mremap vdso")
+            .at(pid, st)?;
+    }
+    for &(s, d, len) in &pairs {
+        let from = temp + (s - lo);
+        r.call(libc::SYS_mremap, &[from, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, d], "mremap vdso")
+            .at(pid, st)?;
+    }
+    Ok(())
+}
+
+/// PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv and the exe link.
+fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let mut b = Vec::with_capacity(104 + mm.auxv.len() * 8);
+    for v in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+    ] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    let (scratch, _) = r.scratch();
+    let auxv_at = scratch + 104;
+    b.extend_from_slice(&auxv_at.to_le_bytes());
+    b.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
+    b.extend_from_slice(&exe_fd.to_le_bytes());
+    for w in &mm.auxv {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    let at = r.write_scratch(0, &b).at(pid, Stage::Memory)?;
+    r.call(libc::SYS_prctl, &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, at, 104, 0], "prctl(PR_SET_MM_MAP)")
+        .at(pid, Stage::Memory)?;
+    Ok(())
+}

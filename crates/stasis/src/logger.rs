@@ -1,0 +1,75 @@
+//! A small `log` backend: to a file (criu's `-o`) or to stderr.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+struct Logger {
+    out: Mutex<Box<dyn Write + Send>>,
+    level: log::LevelFilter,
+    start: Instant,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let t = self.start.elapsed();
+        if let Ok(mut o) = self.out.lock() {
+            let _ = writeln!(
+                o,
+                "({:>4}.{:06}) {:<5} {}: {}",
+                t.as_secs(),
+                t.subsec_micros(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {
+        if let Ok(mut o) = self.out.lock() {
+            let _ = o.flush();
+        }
+    }
+}
+
+fn level(v: u8) -> log::LevelFilter {
+    match v {
+        0 => log::LevelFilter::Error,
+        1 => log::LevelFilter::Warn,
+        2 => log::LevelFilter::Info,
+        3 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
+}
+
+/// Logs to `file` (appending; created 0600) at `verbosity` (default 2), or
+/// to stderr (default: warnings).
+pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
+    let (out, lvl): (Box<dyn Write + Send>, _) = match file {
+        Some(p) if p.as_os_str() != "-" => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("open log file {}", p.display()))?;
+            (Box::new(f), level(verbosity.unwrap_or(2)))
+        }
+        _ => (Box::new(std::io::stderr()), level(verbosity.unwrap_or(1))),
+    };
+    let logger = Logger { out: Mutex::new(out), level: lvl, start: Instant::now() };
+    log::set_max_level(lvl);
+    log::set_boxed_logger(Box::new(logger)).context("install logger")?;
+    Ok(())
+}

@@ -1,0 +1,698 @@
+//! End-to-end harness: run a test program, checkpoint it with the `stasis`
+//! binary, check it is gone, restore it and let it verify itself.
+//!
+//! The protocol with the programs is described in `stasis_tests` (src/lib.rs).
+//! Every test gets its own work directory under the system temp directory,
+//! removed when the test ends (set `STASIS_TEST_KEEP=1` to keep it), and only
+//! ever waits for or kills PIDs it started itself, so tests run in parallel.
+//!
+//! The `stasis` binary is `STASIS_BIN` if set, else `stasis` next to the
+//! `deps/` directory holding this test binary (`target/debug/stasis`): build
+//! it first with `cargo build -p stasis`.
+
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Once, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A test program.
+#[derive(Clone, Copy, Debug)]
+pub enum Program {
+    /// A binary of this crate (`src/bin/NAME.rs`).
+    Bin(&'static str),
+    /// `scripts/tp_python.py` under the real python3 executable.
+    Python,
+    /// `scripts/tp_shell.sh` under bash.
+    Shell,
+}
+
+impl Program {
+    fn argv(self, work: &Path, args: &[&str]) -> (PathBuf, Vec<OsString>) {
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+        let (exe, mut argv): (PathBuf, Vec<OsString>) = match self {
+            Program::Bin(name) => (bin_path(name), vec![]),
+            Program::Python => (
+                python(),
+                vec!["-I".into(), scripts.join("tp_python.py").into()],
+            ),
+            Program::Shell => ("/bin/bash".into(), vec![scripts.join("tp_shell.sh").into()]),
+        };
+        argv.push(work.as_os_str().to_owned());
+        argv.extend(args.iter().map(OsString::from));
+        (exe, argv)
+    }
+}
+
+fn bin_path(name: &str) -> PathBuf {
+    let p = match name {
+        "tp_memory" => env!("CARGO_BIN_EXE_tp_memory"),
+        "tp_regs" => env!("CARGO_BIN_EXE_tp_regs"),
+        "tp_files" => env!("CARGO_BIN_EXE_tp_files"),
+        "tp_signals" => env!("CARGO_BIN_EXE_tp_signals"),
+        "tp_misc" => env!("CARGO_BIN_EXE_tp_misc"),
+        "tp_sleep" => env!("CARGO_BIN_EXE_tp_sleep"),
+        "tp_unsupported" => env!("CARGO_BIN_EXE_tp_unsupported"),
+        other => panic!("unknown test program {other}"),
+    };
+    PathBuf::from(p)
+}
+
+/// The real python3 binary (not a pyenv shim, which would fork).
+fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("run python3");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// The stasis binary under test.
+pub fn stasis_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STASIS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/e2e-xxxx -> target/debug/stasis
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("stasis")
+}
+
+/// Makes the test process a child subreaper, so that a process restored with
+/// `-d` is reparented to us when `stasis restore` exits and can be waited for.
+pub fn ensure_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: integer-only prctl on our own process.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1u64, 0u64, 0u64, 0u64) };
+        assert_eq!(
+            r,
+            0,
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
+/// A unique work directory, removed on drop (also when the test panics).
+pub struct Work {
+    dir: PathBuf,
+}
+
+impl Work {
+    pub fn new(name: &str) -> Work {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let base = fs::canonicalize(std::env::temp_dir()).expect("temp dir");
+        let dir = base.join(format!("stasis-e2e-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create work dir");
+        Work { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The image directory (`WORK/img`).
+    pub fn img(&self) -> PathBuf {
+        self.dir.join("img")
+    }
+
+    /// Releases go: creates `go` if needed (never truncating it, a program
+    /// may have it mapped) and writes '1' at offset 0.
+    pub fn release_go(&self) {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path("go"))
+            .expect("open go");
+        f.write_all_at(b"1", 0).expect("write go");
+    }
+
+    /// Removes `go` and `result`, for running a restored image again.
+    pub fn reset_go(&self) {
+        let _ = fs::remove_file(self.path("go"));
+        let _ = fs::remove_file(self.path("result"));
+    }
+
+    /// The result line, if written.
+    pub fn result(&self) -> Option<String> {
+        fs::read_to_string(self.path("result")).ok()
+    }
+
+    /// A file's content for diagnostics (its last 6000 bytes).
+    pub fn tail(&self, name: &str) -> String {
+        tail(&self.path(name))
+    }
+
+    /// Everything useful when a step fails.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for name in [
+            "out.log",
+            "result",
+            "img/dump.log",
+            "img/restore.log",
+            "img2/dump.log",
+        ] {
+            if self.path(name).exists() {
+                s.push_str(&format!("\n----- {name} -----\n{}", self.tail(name)));
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if std::env::var_os("STASIS_TEST_KEEP").is_some() {
+            eprintln!("keeping work dir {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn tail(p: &Path) -> String {
+    match fs::read(p) {
+        Ok(b) => {
+            let start = b.len().saturating_sub(6000);
+            String::from_utf8_lossy(&b[start..]).into_owned()
+        }
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// How a process ended, from its wait status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    fn from_status(status: i32) -> Exit {
+        if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else {
+            Exit::Signal(libc::WTERMSIG(status))
+        }
+    }
+}
+
+/// A process this test started (spawned, or restored and reparented to us).
+/// Dropping it kills and reaps it if it is still our running child; a PID
+/// that is not our child is never touched.
+pub struct Proc {
+    pub pid: i32,
+    exited: Option<Exit>,
+}
+
+impl Proc {
+    /// Adopts a PID that must be our child (e.g. after a restore with -d).
+    pub fn adopt(pid: i32) -> Proc {
+        Proc { pid, exited: None }
+    }
+
+    /// Non-blocking check: `Ok(None)` while running, `Ok(Some(exit))` once
+    /// exited (reaped), `Err` if the PID is not our child.
+    pub fn poll(&mut self) -> Result<Option<Exit>, String> {
+        if let Some(e) = self.exited {
+            return Ok(Some(e));
+        }
+        let mut status = 0;
+        // SAFETY: waits only for this specific PID; status is a valid out pointer.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if r == self.pid {
+            let e = Exit::from_status(status);
+            self.exited = Some(e);
+            Ok(Some(e))
+        } else if r == 0 {
+            Ok(None)
+        } else {
+            Err(format!(
+                "waitpid({}): {} (not a child of the test process)",
+                self.pid,
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// Waits for the process to exit; on timeout kills it and fails.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Exit, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.poll()? {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "process {} did not exit within {timeout:?}; killed",
+                    self.pid
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs and reaps the process if it is our running child.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.poll() {
+            // SAFETY: the PID is our unreaped child, so it cannot have been reused.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let mut status = 0;
+            // SAFETY: as above.
+            if unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) } == self.pid {
+                self.exited = Some(Exit::from_status(status));
+            }
+        }
+    }
+
+    /// Whether the process is running and neither stopped nor traced.
+    pub fn check_running_untraced(&mut self) -> Result<(), String> {
+        if let Some(e) = self.poll()? {
+            return Err(format!("process {} exited: {e:?}", self.pid));
+        }
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.pid)).map_err(|e| e.to_string())?;
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.chars().next())
+            .unwrap_or('?');
+        if state == 'T' || state == 't' {
+            return Err(format!(
+                "process {} is left stopped (state {state})",
+                self.pid
+            ));
+        }
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.pid)).map_err(|e| e.to_string())?;
+        let tracer = stasis_tests::status_field(&status, "TracerPid").unwrap_or_default();
+        if tracer != "0" {
+            return Err(format!("process {} is still traced by {tracer}", self.pid));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `program` in `work` with stdin /dev/null and stdout/stderr appended
+/// to `WORK/out.log`.
+pub fn start(work: &Work, program: Program, args: &[&str]) -> Proc {
+    ensure_subreaper();
+    let (exe, argv) = program.argv(work.dir(), args);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work.path("out.log"))
+        .expect("out.log");
+    let child = Command::new(&exe)
+        .args(&argv)
+        .current_dir(work.dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup out.log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+    let pid = i32::try_from(child.id()).expect("pid");
+    // The std handle is dropped without waiting: Proc owns the PID now.
+    drop(child);
+    Proc { pid, exited: None }
+}
+
+/// Waits until `WORK/ready` holds a complete line.
+pub fn wait_ready(work: &Work, proc: &mut Proc, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if fs::read(work.path("ready")).is_ok_and(|b| b.ends_with(b"\n")) {
+            return Ok(());
+        }
+        if let Some(e) = proc.poll()? {
+            return Err(format!("program exited before ready: {e:?}"));
+        }
+        if Instant::now() > deadline {
+            proc.kill();
+            return Err(format!("no ready within {timeout:?}; killed"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Output of one `stasis` run.
+#[derive(Debug)]
+pub struct CmdOut {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOut {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `stasis ARGS` with stdout/stderr captured through files in the work
+/// directory (so a restored process can never hold a pipe of ours), killing
+/// it after `timeout`.
+pub fn stasis(work: &Work, args: &[&str], timeout: Duration) -> CmdOut {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let bin = stasis_bin();
+    assert!(
+        bin.exists(),
+        "stasis binary not found at {}: run `cargo build -p stasis` or set STASIS_BIN",
+        bin.display()
+    );
+    let (out_p, err_p) = (
+        work.path(&format!("stasis-{n}.stdout")),
+        work.path(&format!("stasis-{n}.stderr")),
+    );
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_p).expect("stdout file"))
+        .stderr(File::create(&err_p).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("try_wait stasis") {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = CmdOut {
+        code,
+        stdout: fs::read_to_string(&out_p).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_p).unwrap_or_default(),
+    };
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work.path("stasis-commands.log"))
+        .expect("log");
+    let _ = writeln!(
+        log,
+        "stasis {} -> {:?}\n{}",
+        args.join(" "),
+        out.code,
+        out.stderr
+    );
+    out
+}
+
+/// Timeouts and extra options of one case.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub ready_timeout: Duration,
+    pub finish_timeout: Duration,
+    pub stasis_timeout: Duration,
+    pub dump_extra: Vec<&'static str>,
+    pub restore_extra: Vec<&'static str>,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            ready_timeout: Duration::from_secs(30),
+            finish_timeout: Duration::from_secs(30),
+            stasis_timeout: Duration::from_secs(120),
+            dump_extra: vec![],
+            restore_extra: vec![],
+        }
+    }
+}
+
+/// What a completed case produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub pid: i32,
+    pub exit: Exit,
+    pub result: String,
+}
+
+impl Outcome {
+    /// Panics unless the program reported PASS (or SKIP, which is printed).
+    pub fn assert_pass(&self, work: &Work) {
+        if self.result.starts_with("SKIP") {
+            eprintln!("skipped: {}", self.result.trim_end());
+            return;
+        }
+        assert!(
+            self.result == "PASS\n" && self.exit == Exit::Code(0),
+            "program did not pass: result {:?}, exit {:?}{}",
+            self.result,
+            self.exit,
+            work.diagnostics()
+        );
+    }
+}
+
+/// Fails the test with `msg` and the work directory's diagnostics.
+pub fn fail(work: &Work, msg: impl std::fmt::Display) -> ! {
+    panic!("{msg}{}", work.diagnostics())
+}
+
+/// Unwraps a step's result, failing with diagnostics.
+pub fn step<T>(work: &Work, what: &str, r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| fail(work, format!("{what}: {e}")))
+}
+
+/// Releases go and waits for the program to finish; returns its outcome.
+pub fn finish(work: &Work, proc: &mut Proc, timeout: Duration) -> Outcome {
+    work.release_go();
+    let exit = step(
+        work,
+        "waiting for the program to finish",
+        proc.wait(timeout),
+    );
+    Outcome {
+        pid: proc.pid,
+        exit,
+        result: work.result().unwrap_or_else(|| "<no result file>".into()),
+    }
+}
+
+/// Runs a program through the protocol without stasis: start, ready, go.
+pub fn run_plain(work: &Work, program: Program, args: &[&str]) -> Outcome {
+    let opts = Opts::default();
+    let mut p = start(work, program, args);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, opts.ready_timeout),
+    );
+    finish(work, &mut p, opts.finish_timeout)
+}
+
+/// `stasis dump -t PID -D WORK/img -o dump.log -v4 EXTRA...`. Creates the
+/// (empty) image directory first.
+pub fn dump(work: &Work, pid: i32, extra: &[&str], timeout: Duration) -> CmdOut {
+    fs::create_dir_all(work.img()).expect("create img dir");
+    let pid_s = pid.to_string();
+    let img = work.img();
+    let mut args = vec![
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        img.to_str().expect("utf-8 path"),
+        "-o",
+        "dump.log",
+        "-v4",
+    ];
+    args.extend_from_slice(extra);
+    stasis(work, &args, timeout)
+}
+
+/// `stasis restore -D WORK/img -o restore.log -v4 -d --pidfile WORK/pidfile EXTRA...`.
+pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOut {
+    let img = work.img();
+    let pidfile = work.path("pidfile");
+    let _ = fs::remove_file(&pidfile);
+    let mut args = vec![
+        "restore",
+        "-D",
+        img.to_str().expect("utf-8 path"),
+        "-o",
+        "restore.log",
+        "-v4",
+        "-d",
+        "--pidfile",
+        pidfile.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    stasis(work, &args, timeout)
+}
+
+/// Whether a process with this PID exists at all.
+pub fn pid_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Dumps the running program: asserts success, that the program was killed
+/// by SIGKILL and that its PID is gone.
+pub fn dump_and_check_gone(work: &Work, proc: &mut Proc, opts: &Opts) {
+    let out = dump(work, proc.pid, &opts.dump_extra, opts.stasis_timeout);
+    if !out.success() {
+        fail(
+            work,
+            format!("stasis dump failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    let exit = step(
+        work,
+        "waiting for the dumped process to die",
+        proc.wait(Duration::from_secs(10)),
+    );
+    if exit != Exit::Signal(libc::SIGKILL) {
+        fail(
+            work,
+            format!("dumped process ended with {exit:?}, expected SIGKILL"),
+        );
+    }
+    if pid_exists(proc.pid) {
+        fail(work, format!("PID {} still exists after dump", proc.pid));
+    }
+    if !work.img().join("inventory.img").exists() {
+        fail(work, "image has no inventory.img after a successful dump");
+    }
+}
+
+/// Restores with -d and returns the restored process, checking the pidfile
+/// and that it is our child and running.
+pub fn restore_and_adopt(work: &Work, pid: i32, opts: &Opts) -> Proc {
+    let out = restore_detached(work, &opts.restore_extra, opts.stasis_timeout);
+    let mut p = Proc::adopt(pid);
+    if !out.success() {
+        fail(
+            work,
+            format!("stasis restore failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    let pidfile = fs::read_to_string(work.path("pidfile")).unwrap_or_default();
+    if pidfile.trim() != pid.to_string() {
+        fail(work, format!("pidfile says {pidfile:?}, expected {pid}"));
+    }
+    match p.poll() {
+        Ok(None) => {}
+        Ok(Some(e)) => fail(
+            work,
+            format!("restored process {pid} already exited: {e:?}"),
+        ),
+        Err(e) => {
+            if pid_exists(pid) {
+                // We restored it; it is ours to clean up even though it is
+                // not our child.
+                // SAFETY: plain kill of the PID stasis just restored for us.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            fail(work, format!("restored process: {e}"));
+        }
+    }
+    step(work, "restored process state", p.check_running_untraced());
+    p
+}
+
+/// The standard case: start, ready, dump (gone), restore -d (same PID, our
+/// child), go, wait, read the result.
+pub fn run_case(work: &Work, program: Program, args: &[&str], opts: &Opts) -> Outcome {
+    let mut p = start(work, program, args);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(work, &mut p, opts);
+    let mut r = restore_and_adopt(work, p.pid, opts);
+    finish(work, &mut r, opts.finish_timeout)
+}
+
+/// `stasis show DIR` parsed as JSON.
+pub fn show(work: &Work, dir: &Path) -> serde_json::Value {
+    let out = stasis(
+        work,
+        &["show", dir.to_str().expect("utf-8 path")],
+        Duration::from_secs(60),
+    );
+    if !out.success() {
+        fail(
+            work,
+            format!("stasis show failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| fail(work, format!("stasis show: not JSON: {e}")))
+}
+
+/// Every page run (`addr`, `nr_pages`) found anywhere in `show` output under
+/// a `pages` array (the `mm.pages` of each process).
+pub fn page_runs(v: &serde_json::Value) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    fn walk(v: &serde_json::Value, runs: &mut Vec<(u64, u64)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "pages" {
+                        if let Some(arr) = x.as_array() {
+                            for r in arr {
+                                if let (Some(a), Some(n)) =
+                                    (r["addr"].as_u64(), r["nr_pages"].as_u64())
+                                {
+                                    runs.push((a, n));
+                                }
+                            }
+                        }
+                    }
+                    walk(x, runs);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, runs)),
+            _ => {}
+        }
+    }
+    walk(v, &mut runs);
+    runs
+}
+
+/// Pages of `runs` inside `[start, end)`.
+pub fn pages_in(runs: &[(u64, u64)], start: u64, end: u64, page: u64) -> u64 {
+    runs.iter()
+        .map(|&(a, n)| {
+            let (lo, hi) = (a.max(start), (a + n * page).min(end));
+            if hi > lo {
+                (hi - lo) / page
+            } else {
+                0
+            }
+        })
+        .sum()
+}

@@ -1,0 +1,566 @@
+//! End-to-end tests: every capability proven on a real process.
+//!
+//! `selfcheck_*` run the test programs without stasis (start, ready, go) and
+//! must PASS; `negative_*` run them with `--corrupt` and must FAIL, proving
+//! their checks can fail. All other tests need the `stasis` binary
+//! (`cargo build -p stasis`, or `STASIS_BIN=/path/to/stasis`).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::time::Duration;
+
+const MEM_SMALL: &[&str] = &["--size-mib", "16", "--sparse-mib", "64"];
+
+// ---------------------------------------------------------------------------
+// The programs themselves, without stasis.
+
+macro_rules! selfcheck {
+    ($pass:ident, $fail:ident, $prog:expr, [$($arg:expr),*]) => {
+        #[test]
+        fn $pass() {
+            let work = Work::new(stringify!($pass));
+            run_plain(&work, $prog, &[$($arg),*]).assert_pass(&work);
+        }
+
+        #[test]
+        fn $fail() {
+            let work = Work::new(stringify!($fail));
+            let out = run_plain(&work, $prog, &[$($arg,)* "--corrupt"]);
+            assert!(
+                out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+                "the negative control did not fail: {out:?}{}",
+                work.diagnostics()
+            );
+        }
+    };
+}
+
+selfcheck!(
+    selfcheck_memory,
+    negative_memory,
+    Program::Bin("tp_memory"),
+    ["--size-mib", "16", "--sparse-mib", "64"]
+);
+selfcheck!(selfcheck_regs, negative_regs, Program::Bin("tp_regs"), []);
+selfcheck!(
+    selfcheck_files,
+    negative_files,
+    Program::Bin("tp_files"),
+    []
+);
+selfcheck!(
+    selfcheck_signals,
+    negative_signals,
+    Program::Bin("tp_signals"),
+    []
+);
+selfcheck!(
+    selfcheck_signals_pending,
+    negative_signals_pending,
+    Program::Bin("tp_signals"),
+    ["--pending"]
+);
+selfcheck!(selfcheck_misc, negative_misc, Program::Bin("tp_misc"), []);
+selfcheck!(
+    selfcheck_sleep_nanosleep,
+    negative_sleep_nanosleep,
+    Program::Bin("tp_sleep"),
+    ["--mode", "nanosleep", "--sleep-ms", "200"]
+);
+selfcheck!(
+    selfcheck_sleep_clock_nanosleep,
+    negative_sleep_clock_nanosleep,
+    Program::Bin("tp_sleep"),
+    ["--mode", "clock_nanosleep", "--sleep-ms", "200"]
+);
+selfcheck!(
+    selfcheck_sleep_poll,
+    negative_sleep_poll,
+    Program::Bin("tp_sleep"),
+    ["--mode", "poll", "--sleep-ms", "200"]
+);
+selfcheck!(selfcheck_python, negative_python, Program::Python, []);
+selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
+
+#[test]
+fn selfcheck_unsupported_resources_work() {
+    for what in ["pipe", "thread", "child"] {
+        let work = Work::new(&format!("selfcheck_unsupported_{what}"));
+        run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
+    }
+}
+
+#[test]
+fn selfcheck_memory_writes_sparse_range() {
+    let work = Work::new("selfcheck_memory_sparse");
+    run_plain(&work, Program::Bin("tp_memory"), MEM_SMALL).assert_pass(&work);
+    let (start, end, touched) = sparse_range(&work);
+    assert_eq!(end - start, 64 << 20);
+    assert_eq!(touched, 256);
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoint/restore of each capability.
+
+fn cr(name: &str, program: Program, args: &[&str]) {
+    let work = Work::new(name);
+    run_case(&work, program, args, &Opts::default()).assert_pass(&work);
+}
+
+#[test]
+fn cr_memory_small() {
+    cr("cr_memory_small", Program::Bin("tp_memory"), MEM_SMALL);
+}
+
+#[test]
+fn cr_memory_256mib() {
+    let opts = Opts {
+        ready_timeout: Duration::from_secs(120),
+        finish_timeout: Duration::from_secs(120),
+        ..Opts::default()
+    };
+    let work = Work::new("cr_memory_256mib");
+    run_case(
+        &work,
+        Program::Bin("tp_memory"),
+        &["--size-mib", "256"],
+        &opts,
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn cr_regs_avx512() {
+    cr("cr_regs_avx512", Program::Bin("tp_regs"), &[]);
+}
+
+#[test]
+fn cr_files() {
+    cr("cr_files", Program::Bin("tp_files"), &[]);
+}
+
+#[test]
+fn cr_signals() {
+    cr("cr_signals", Program::Bin("tp_signals"), &[]);
+}
+
+#[test]
+fn cr_signals_pending_across_dump() {
+    cr(
+        "cr_signals_pending",
+        Program::Bin("tp_signals"),
+        &["--pending"],
+    );
+}
+
+#[test]
+fn cr_misc() {
+    cr("cr_misc", Program::Bin("tp_misc"), &[]);
+}
+
+#[test]
+fn cr_sleep_nanosleep() {
+    cr(
+        "cr_sleep_nanosleep",
+        Program::Bin("tp_sleep"),
+        &["--mode", "nanosleep"],
+    );
+}
+
+#[test]
+fn cr_sleep_clock_nanosleep() {
+    cr(
+        "cr_sleep_clock_nanosleep",
+        Program::Bin("tp_sleep"),
+        &["--mode", "clock_nanosleep"],
+    );
+}
+
+#[test]
+fn cr_sleep_poll() {
+    cr(
+        "cr_sleep_poll",
+        Program::Bin("tp_sleep"),
+        &["--mode", "poll"],
+    );
+}
+
+#[test]
+fn cr_python() {
+    cr("cr_python", Program::Python, &[]);
+}
+
+#[test]
+fn cr_shell() {
+    cr("cr_shell", Program::Shell, &[]);
+}
+
+// ---------------------------------------------------------------------------
+// Dump and restore behaviour.
+
+/// `dump -R` leaves the process running, untraced and intact (its maps check
+/// catches anything the dump left behind), with a complete image.
+fn leave_running(name: &str, program: Program, args: &[&str]) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, program, args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["-R"], opts.stasis_timeout);
+    if !out.success() {
+        fail(
+            &work,
+            format!("stasis dump -R failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    step(&work, "process after dump -R", p.check_running_untraced());
+    assert!(
+        work.img().join("inventory.img").exists(),
+        "no inventory.img{}",
+        work.diagnostics()
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn dump_leave_running() {
+    leave_running("dump_leave_running", Program::Bin("tp_memory"), MEM_SMALL);
+}
+
+#[test]
+fn dump_leave_running_regs() {
+    leave_running("dump_leave_running_regs", Program::Bin("tp_regs"), &[]);
+}
+
+#[test]
+fn dump_leave_running_signals() {
+    leave_running(
+        "dump_leave_running_signals",
+        Program::Bin("tp_signals"),
+        &[],
+    );
+}
+
+#[test]
+fn restore_pid_in_use_fails() {
+    let work = Work::new("restore_pid_in_use_fails");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_files"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["-R"], opts.stasis_timeout);
+    if !out.success() {
+        fail(
+            &work,
+            format!("stasis dump -R failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "restore over a live PID did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string()),
+        "restore error does not name PID {}: {:?}",
+        p.pid,
+        out.stderr
+    );
+    assert!(
+        out.stderr.trim_end().lines().count() >= 1,
+        "restore failed without a message on stderr{}",
+        work.diagnostics()
+    );
+    step(
+        &work,
+        "original after the failed restore",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn restore_twice_sequentially() {
+    let work = Work::new("restore_twice_sequentially");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    for round in 1..=2 {
+        work.reset_go();
+        let mut r = restore_and_adopt(&work, p.pid, &opts);
+        let out = finish(&work, &mut r, opts.finish_timeout);
+        eprintln!("round {round}: {:?}", out.result);
+        out.assert_pass(&work);
+        assert!(
+            !pid_exists(p.pid),
+            "PID {} still exists after round {round}",
+            p.pid
+        );
+    }
+}
+
+/// Restore without -d: stasis stays the parent, waits, and exits with the
+/// process's status.
+#[test]
+fn restore_attached() {
+    let work = Work::new("restore_attached");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_signals"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let pid = p.pid;
+    let pidfile = work.path("pidfile");
+    let img = work.img();
+    let mut child = std::process::Command::new(stasis_bin())
+        .args([
+            "restore",
+            "-D",
+            img.to_str().expect("utf-8"),
+            "-o",
+            "restore.log",
+            "-v4",
+        ])
+        .args(["--pidfile", pidfile.to_str().expect("utf-8")])
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(work.path("attached.stdout")).expect("stdout file"))
+        .stderr(fs::File::create(work.path("attached.stderr")).expect("stderr file"))
+        .spawn()
+        .expect("spawn stasis restore");
+    // If anything below fails, the restored process ends up our child (we
+    // are its subreaper once stasis is gone) and is killed by this guard.
+    let _restored = Proc::adopt(pid);
+    let deadline = std::time::Instant::now() + opts.stasis_timeout + opts.finish_timeout;
+    let mut released = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break Some(st);
+        }
+        if !released
+            && fs::read_to_string(&pidfile).is_ok_and(|s| s.trim() == pid.to_string())
+            && pid_exists(pid)
+        {
+            work.release_go();
+            released = true;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = work.tail("attached.stderr");
+    assert!(
+        released,
+        "the restored process never appeared (pidfile/PID {pid}); stasis: {status:?} {stderr}{}",
+        work.diagnostics()
+    );
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "stasis restore (attached) ended with {status:?}: {stderr}{}",
+        work.diagnostics()
+    );
+    assert_eq!(
+        work.result().as_deref(),
+        Some("PASS\n"),
+        "{}",
+        work.diagnostics()
+    );
+}
+
+/// Attached restore must report the process's own failure as its exit status.
+#[test]
+fn restore_attached_propagates_failure() {
+    let work = Work::new("restore_attached_propagates_failure");
+    let opts = Opts::default();
+    // --corrupt makes the restored program FAIL and exit 1.
+    let mut p = start(&work, Program::Bin("tp_misc"), &["--corrupt"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    work.release_go();
+    let img = work.img();
+    let _restored = Proc::adopt(p.pid);
+    let out = stasis(
+        &work,
+        &[
+            "restore",
+            "-D",
+            img.to_str().expect("utf-8"),
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
+        opts.stasis_timeout,
+    );
+    assert_eq!(
+        out.code,
+        Some(1),
+        "attached restore of a failing program: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        work.result().is_some_and(|r| r.starts_with("FAIL: nice")),
+        "{}",
+        work.diagnostics()
+    );
+}
+
+fn sparse_range(work: &Work) -> (u64, u64, u64) {
+    let s = work.tail("sparse");
+    let f: Vec<&str> = s.split_whitespace().collect();
+    assert_eq!(f.len(), 3, "bad sparse file {s:?}");
+    let hex = |x: &str| u64::from_str_radix(x, 16).expect("hex");
+    (hex(f[0]), hex(f[1]), f[2].parse().expect("count"))
+}
+
+/// Only touched pages are saved: inside the 64 MiB sparse area the image's
+/// page runs cover exactly the touched pages, and the page file is small.
+#[test]
+fn sparse_image_is_small() {
+    let work = Work::new("sparse_image_is_small");
+    let opts = Opts::default();
+    let mut p = start(
+        &work,
+        Program::Bin("tp_memory"),
+        &["--size-mib", "4", "--sparse-mib", "64"],
+    );
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let (start_addr, end_addr, touched) = sparse_range(&work);
+    let json = show(&work, &work.img());
+    let runs = page_runs(&json);
+    assert!(!runs.is_empty(), "no page runs in `stasis show` output");
+    let saved = pages_in(&runs, start_addr, end_addr, 4096);
+    assert_eq!(
+        saved, touched,
+        "pages saved inside the sparse area {start_addr:#x}-{end_addr:#x}"
+    );
+    let page_bytes: u64 = fs::read_dir(work.img())
+        .expect("read img")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(page_bytes > 0, "no pages-*.img files in the image");
+    assert!(
+        page_bytes < (end_addr - start_addr) / 4,
+        "page files hold {page_bytes} bytes, not small against the {} byte sparse area",
+        end_addr - start_addr
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A process with an unsupported resource: dump fails, naming the PID and
+/// the resource, leaves no image, and the process runs on unharmed.
+fn refuse(what: &str, words: &[&str]) {
+    let work = Work::new(&format!("refuse_unsupported_{what}"));
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_unsupported"), &["--with", what]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of a process with a {what} did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string()),
+        "dump error does not name PID {}: {:?}",
+        p.pid,
+        out.stderr
+    );
+    let lower = out.stderr.to_lowercase();
+    assert!(
+        words.iter().any(|w| lower.contains(w)),
+        "dump error does not name the {what}: {:?}",
+        out.stderr
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn refuse_unsupported_pipe() {
+    refuse("pipe", &["pipe"]);
+}
+
+#[test]
+fn refuse_unsupported_thread() {
+    refuse("thread", &["thread"]);
+}
+
+#[test]
+fn refuse_unsupported_child() {
+    refuse("child", &["child", "children"]);
+}
+
+#[test]
+fn check_succeeds() {
+    let work = Work::new("check_succeeds");
+    let out = stasis(&work, &["check"], Duration::from_secs(60));
+    assert!(
+        out.success(),
+        "stasis check failed ({:?}): {}",
+        out.code,
+        out.stderr
+    );
+    assert!(
+        !(out.stdout.trim().is_empty() && out.stderr.trim().is_empty()),
+        "stasis check printed nothing"
+    );
+}
+
+#[test]
+fn dump_of_missing_pid_fails() {
+    let work = Work::new("dump_of_missing_pid_fails");
+    // A PID above any pid_max cannot exist.
+    let out = dump(&work, 99_999_999, &[], Duration::from_secs(60));
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of a missing PID succeeded: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("99999999"),
+        "error does not name the PID: {:?}",
+        out.stderr
+    );
+}
