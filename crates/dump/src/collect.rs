@@ -3,7 +3,8 @@
 use crate::freeze::Frozen;
 use crate::{files, memory, At, DumpError, DumpOptions, Result, Stage};
 use stasis_image::{
-    Creds, FileId, MmState, ProcessImage, Rlimit, Rseq, Sched, SigAction, SigAltStack, ThreadState, UserRegs,
+    Creds, FileId, MmState, PendingSignal, ProcessImage, Rlimit, Rseq, Sched, SigAction,
+    SigAltStack, ThreadState, UserRegs,
 };
 use stasis_sys::ptrace::{self, Regs};
 use stasis_sys::remote::{le_u32, le_u64, RemoteThread};
@@ -48,7 +49,12 @@ pub(crate) fn regs_to_image(r: &Regs) -> UserRegs {
 }
 
 /// FileId of whatever `path` (e.g. /proc/PID/map_files/..., /proc/PID/exe) resolves to.
-pub(crate) fn file_id(pid: u32, stage: Stage, display_path: &str, stat_path: &str) -> Result<FileId> {
+pub(crate) fn file_id(
+    pid: u32,
+    stage: Stage,
+    display_path: &str,
+    stat_path: &str,
+) -> Result<FileId> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(stat_path).map_err(|source| DumpError::Io {
         pid,
@@ -90,7 +96,11 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     if status.seccomp != 0 {
-        return Err(DumpError::Unsupported { pid, stage: Stage::Check, what: "a seccomp-filtered process".into() });
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: "a seccomp-filtered process".into(),
+        });
     }
     if status.ns_pid.len() > 1 {
         return Err(DumpError::Unsupported {
@@ -108,9 +118,25 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
     let regs = ptrace::get_regs(tid).at(pid, Stage::Collect)?;
     let xsave = ptrace::get_xstate(tid).at(pid, Stage::Collect)?;
     let sigmask = ptrace::get_sigmask(tid).at(pid, Stage::Collect)?;
+    let pending = |shared| -> Result<Vec<PendingSignal>> {
+        Ok(ptrace::peek_siginfo(tid, shared)
+            .at(pid, Stage::Collect)?
+            .into_iter()
+            .map(|info| PendingSignal {
+                signo: le_u32(&info, 0),
+                info: info.to_vec(),
+            })
+            .collect())
+    };
+    let thread_pending = pending(false)?;
+    let shared_pending = pending(true)?;
     let rseq = ptrace::get_rseq(tid)
         .at(pid, Stage::Collect)?
-        .map(|(addr, len, signature)| Rseq { addr, len, signature });
+        .map(|(addr, len, signature)| Rseq {
+            addr,
+            len,
+            signature,
+        });
     let exe_link = stasis_proc::read_link(pid, "exe").at(pid, Stage::Collect)?;
     let exe = file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
     let cwd = stasis_proc::read_link(pid, "cwd").at(pid, Stage::Collect)?;
@@ -132,7 +158,11 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         .unwrap_or(stat.comm.clone());
 
     // ---- query: remote syscalls, self-healing ----
-    let writable: Vec<(u64, u64)> = smaps.iter().filter(|s| s.map.write).map(|s| (s.map.start, s.map.end)).collect();
+    let writable: Vec<(u64, u64)> = smaps
+        .iter()
+        .filter(|s| s.map.write)
+        .map(|s| (s.map.start, s.map.end))
+        .collect();
     let vdso = smaps
         .iter()
         .find(|s| s.map.path.as_deref() == Some("[vdso]"))
@@ -140,7 +170,11 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         .unwrap_or((0, 0));
     let remote = RemoteThread::healing(tid, vdso, &writable, &xsave).at(pid, Stage::Query)?;
     frozen.set_remote(remote);
-    let r = frozen.remote().ok_or(DumpError::Unsupported { pid, stage: Stage::Query, what: "remote".into() })?;
+    let r = frozen.remote().ok_or(DumpError::Unsupported {
+        pid,
+        stage: Stage::Query,
+        what: "remote".into(),
+    })?;
     let q = query(r, pid, status.sig_cgt | status.sig_ign)?;
     frozen.finish_remote().at(pid, Stage::Query)?;
 
@@ -169,6 +203,7 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         sigaltstack: q.altstack,
         clear_child_tid: q.clear_child_tid,
         rseq,
+        pending: thread_pending,
     };
     let image = ProcessImage {
         pid,
@@ -194,10 +229,15 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
             no_new_privs: status.no_new_privs,
         },
         rlimits,
-        sched: Sched { policy, rt_priority, nice },
+        sched: Sched {
+            policy,
+            rt_priority,
+            nice,
+        },
         pdeath_signal: q.pdeath_signal,
         dumpable: q.dumpable,
         sigactions: q.sigactions,
+        shared_pending,
         threads: vec![thread],
         files: fds,
         mm,
@@ -222,9 +262,14 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
     let st = Stage::Query;
     let (scratch, _) = r.scratch();
     // sigaltstack: the healing setup already asked for it; ask again into scratch.
-    r.call(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack").at(pid, st)?;
+    r.call(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")
+        .at(pid, st)?;
     let b = r.read_scratch(0, 24).at(pid, st)?;
-    let altstack = SigAltStack { sp: le_u64(&b, 0), flags: le_u32(&b, 8), size: le_u64(&b, 16) };
+    let altstack = SigAltStack {
+        sp: le_u64(&b, 0),
+        flags: le_u32(&b, 8),
+        size: le_u64(&b, 16),
+    };
 
     let mut sigactions = Vec::new();
     for signo in 1..=64u32 {
@@ -234,7 +279,12 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
         if handled & (1u64 << (signo - 1)) == 0 {
             continue; // SIG_DFL
         }
-        r.call(libc::SYS_rt_sigaction, &[u64::from(signo), 0, scratch, 8], "rt_sigaction").at(pid, st)?;
+        r.call(
+            libc::SYS_rt_sigaction,
+            &[u64::from(signo), 0, scratch, 8],
+            "rt_sigaction",
+        )
+        .at(pid, st)?;
         let b = r.read_scratch(0, 32).at(pid, st)?;
         sigactions.push(SigAction {
             signo,
@@ -245,15 +295,42 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
         });
     }
 
-    r.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], "prctl(PR_GET_TID_ADDRESS)")
-        .at(pid, st)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+        "prctl(PR_GET_TID_ADDRESS)",
+    )
+    .at(pid, st)?;
     let clear_child_tid = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
-    r.call(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, scratch], "prctl(PR_GET_PDEATHSIG)").at(pid, st)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_PDEATHSIG as u64, scratch],
+        "prctl(PR_GET_PDEATHSIG)",
+    )
+    .at(pid, st)?;
     let pdeath_signal = le_u32(&r.read_scratch(0, 4).at(pid, st)?, 0);
-    let dumpable =
-        r.call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64], "prctl(PR_GET_DUMPABLE)").at(pid, st)? as u32;
-    let securebits =
-        r.call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64], "prctl(PR_GET_SECUREBITS)").at(pid, st)? as u32;
+    let dumpable = r
+        .call(
+            libc::SYS_prctl,
+            &[libc::PR_GET_DUMPABLE as u64],
+            "prctl(PR_GET_DUMPABLE)",
+        )
+        .at(pid, st)? as u32;
+    let securebits = r
+        .call(
+            libc::SYS_prctl,
+            &[libc::PR_GET_SECUREBITS as u64],
+            "prctl(PR_GET_SECUREBITS)",
+        )
+        .at(pid, st)? as u32;
     let brk = r.call(libc::SYS_brk, &[0], "brk(0)").at(pid, st)?;
-    Ok(Queried { altstack, sigactions, clear_child_tid, pdeath_signal, dumpable, securebits, brk })
+    Ok(Queried {
+        altstack,
+        sigactions,
+        clear_child_tid,
+        pdeath_signal,
+        dumpable,
+        securebits,
+        brk,
+    })
 }

@@ -24,7 +24,10 @@ fn seize_one(tid: Pid) -> stasis_sys::Result<bool> {
     ptrace::interrupt(tid)?;
     loop {
         match ptrace::wait(tid)? {
-            Stop::Event { event: PTRACE_EVENT_STOP, sig } => {
+            Stop::Event {
+                event: PTRACE_EVENT_STOP,
+                sig,
+            } => {
                 return Ok(sig != libc::SIGTRAP);
             }
             // A signal arrived before the interrupt: let it be delivered as
@@ -32,7 +35,11 @@ fn seize_one(tid: Pid) -> stasis_sys::Result<bool> {
             Stop::Signal(sig) => ptrace::cont(tid, sig)?,
             Stop::Syscall | Stop::Event { .. } => ptrace::cont(tid, 0)?,
             Stop::Exited(_) | Stop::Killed(_) => {
-                return Err(stasis_sys::SysError::other("freeze", Some(tid), "task exited while being frozen"))
+                return Err(stasis_sys::SysError::other(
+                    "freeze",
+                    Some(tid),
+                    "task exited while being frozen",
+                ))
             }
         }
     }
@@ -61,10 +68,20 @@ impl Frozen {
                 what: format!("a process traced by pid {}", status.tracer_pid),
             });
         }
-        let mut f = Frozen { pid, tids: Vec::new(), was_stopped: false, remote: None, done: false };
+        let mut f = Frozen {
+            pid,
+            tids: Vec::new(),
+            was_stopped: false,
+            remote: None,
+            done: false,
+        };
         loop {
             let tasks = stasis_proc::list_tasks(p).at(p, Stage::Freeze)?;
-            let new: Vec<Pid> = tasks.iter().map(|&t| Pid(t as i32)).filter(|t| !f.tids.contains(t)).collect();
+            let new: Vec<Pid> = tasks
+                .iter()
+                .map(|&t| Pid(t as i32))
+                .filter(|t| !f.tids.contains(t))
+                .collect();
             if new.is_empty() {
                 break;
             }
@@ -76,7 +93,13 @@ impl Frozen {
                     }
                     // A thread that exited meanwhile is simply gone.
                     Err(e) if tid != pid && e.errno() == Some(libc::ESRCH) => {}
-                    Err(e) => return Err(DumpError::Sys { pid: p, stage: Stage::Freeze, source: e }),
+                    Err(e) => {
+                        return Err(DumpError::Sys {
+                            pid: p,
+                            stage: Stage::Freeze,
+                            source: e,
+                        })
+                    }
                 }
             }
         }

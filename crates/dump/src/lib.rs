@@ -86,7 +86,11 @@ pub enum DumpError {
     #[error("dump pid {pid}: no such process")]
     NoProcess { pid: u32 },
     #[error("dump pid {pid}: {stage}: cannot dump {what}")]
-    Unsupported { pid: u32, stage: Stage, what: String },
+    Unsupported {
+        pid: u32,
+        stage: Stage,
+        what: String,
+    },
     #[error("dump pid {pid}: {stage}: {source}")]
     Sys {
         pid: u32,
@@ -136,7 +140,9 @@ impl<T> At<T> for std::result::Result<T, SysError> {
 impl<T> At<T> for std::result::Result<T, ProcError> {
     fn at(self, pid: u32, stage: Stage) -> Result<T> {
         self.map_err(|source| match &source {
-            ProcError::Io { source: e, .. } if e.raw_os_error() == Some(libc::ESRCH) => DumpError::NoProcess { pid },
+            ProcError::Io { source: e, .. } if e.raw_os_error() == Some(libc::ESRCH) => {
+                DumpError::NoProcess { pid }
+            }
             _ => DumpError::Proc { pid, stage, source },
         })
     }
@@ -158,7 +164,11 @@ pub(crate) struct Deadline {
 impl Deadline {
     pub(crate) fn check(&self, stage: Stage) -> Result<()> {
         match self.limit {
-            Some(l) if self.start.elapsed() > l => Err(DumpError::Timeout { pid: self.pid, stage, secs: l.as_secs() }),
+            Some(l) if self.start.elapsed() > l => Err(DumpError::Timeout {
+                pid: self.pid,
+                stage,
+                secs: l.as_secs(),
+            }),
             _ => Ok(()),
         }
     }
@@ -191,9 +201,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         return Err(DumpError::NoProcess { pid });
     }
     if pid == std::process::id() {
-        return Err(DumpError::Unsupported { pid, stage: Stage::Check, what: "stasis itself".into() });
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: "stasis itself".into(),
+        });
     }
-    let deadline = Deadline { pid, start: Instant::now(), limit: opts.timeout };
+    let deadline = Deadline {
+        pid,
+        start: Instant::now(),
+        limit: opts.timeout,
+    };
     let t0 = Instant::now();
     let mut frozen = freeze::Frozen::freeze(Pid(pid as i32))?;
     log::info!("pid {pid}: frozen in {:?}", t0.elapsed());
@@ -205,11 +223,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         frozen.kill().at(pid, Stage::Finish)?;
     }
     stats.frozen = t0.elapsed();
-    log::info!("pid {pid}: dump done, process stopped for {:?}", stats.frozen);
+    log::info!(
+        "pid {pid}: dump done, process stopped for {:?}",
+        stats.frozen
+    );
     Ok(stats)
 }
 
-fn dump_frozen(frozen: &mut freeze::Frozen, opts: &DumpOptions, deadline: &Deadline) -> Result<DumpStats> {
+fn dump_frozen(
+    frozen: &mut freeze::Frozen,
+    opts: &DumpOptions,
+    deadline: &Deadline,
+) -> Result<DumpStats> {
     let pid = opts.pid;
     fault_point(pid, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
@@ -220,7 +245,12 @@ fn dump_frozen(frozen: &mut freeze::Frozen, opts: &DumpOptions, deadline: &Deadl
     // Dropping the writer on any error below removes everything it wrote.
     let writer = ImageWriter::create(&opts.images_dir).at(pid, Stage::Write)?;
     let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
-    memory::dump_pages(Pid(pid as i32), &mut state.image.mm, &state.page_plan, &mut pages)?;
+    memory::dump_pages(
+        Pid(pid as i32),
+        &mut state.image.mm,
+        &state.page_plan,
+        &mut pages,
+    )?;
     let page_bytes = pages.offset();
     let pages_file = pages.finish().at(pid, Stage::Memory)?;
     fault_point(pid, Stage::Memory)?;
@@ -237,7 +267,11 @@ fn dump_frozen(frozen: &mut freeze::Frozen, opts: &DumpOptions, deadline: &Deadl
             .unwrap_or(0),
         kernel_release: stasis_sys::util::kernel_release(),
         root_pid: pid,
-        processes: vec![ProcessRef { pid, core_file, pages_file }],
+        processes: vec![ProcessRef {
+            pid,
+            core_file,
+            pages_file,
+        }],
         shell_job: opts.shell_job,
     };
     fault_point(pid, Stage::Commit)?;

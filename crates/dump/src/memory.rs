@@ -5,7 +5,9 @@ use crate::collect::file_id;
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::{MmState, PageRun, PagesWriter, Vma, VmaKind, PAGE_SIZE};
 use stasis_proc::SmapsEntry;
-use stasis_sys::pagemap::{Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+use stasis_sys::pagemap::{
+    Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+};
 use stasis_sys::{mem, Pid};
 use std::os::unix::fs::FileExt;
 
@@ -32,7 +34,11 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
     let mut runs = Vec::new();
     for s in smaps {
         let m = &s.map;
-        let unsupported = |what: String| DumpError::Unsupported { pid, stage: Stage::Check, what };
+        let unsupported = |what: String| DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what,
+        };
         let range = format!("{:#x}-{:#x}", m.start, m.end);
         let kind = match m.path.as_deref() {
             Some("[vdso]") => VmaKind::Vdso,
@@ -45,15 +51,28 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             Some("/dev/zero (deleted)") if m.shared && m.inode != 0 => VmaKind::Anon,
             Some(p) if p.starts_with('/') => {
                 if m.is_deleted() {
-                    return Err(unsupported(format!("mapping {range} of deleted file {p} (not supported yet)")));
+                    return Err(unsupported(format!(
+                        "mapping {range} of deleted file {p} (not supported yet)"
+                    )));
                 }
-                let file = file_id(pid, st, p, &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))?;
+                let file = file_id(
+                    pid,
+                    st,
+                    p,
+                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+                )?;
                 if file.mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(unsupported(format!("mapping {range} of {p}: not a regular file")));
+                    return Err(unsupported(format!(
+                        "mapping {range} of {p}: not a regular file"
+                    )));
                 }
                 VmaKind::File { file }
             }
-            Some(p) => return Err(unsupported(format!("mapping {range} ({p}) is not supported yet"))),
+            Some(p) => {
+                return Err(unsupported(format!(
+                    "mapping {range} ({p}) is not supported yet"
+                )))
+            }
         };
         let prot = (if m.read { libc::PROT_READ } else { 0 })
             | (if m.write { libc::PROT_WRITE } else { 0 })
@@ -70,7 +89,11 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
                 anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             }),
             // Shared anonymous pages are shmem ("file") pages: take all present.
-            (_, true) => Some(Query { inverted: 0, mask: 0, anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED }),
+            (_, true) => Some(Query {
+                inverted: 0,
+                mask: 0,
+                anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            }),
             // Private anonymous: present or swapped, but not the shared zero page.
             (_, false) => Some(Query {
                 inverted: PAGE_IS_PFNZERO,
@@ -91,6 +114,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             pgoff: if is_file { m.offset } else { 0 },
             kind,
             growsdown: s.has_flag("gd"),
+            noreserve: s.has_flag("nr"),
             advice: ADVICE_FLAGS
                 .iter()
                 .filter(|(f, _)| s.has_flag(f))
@@ -105,7 +129,12 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
 const CHUNK: usize = 8 << 20;
 
 /// Streams every planned page into `out`, recording page runs in `mm.pages`.
-pub(crate) fn dump_pages(pid: Pid, mm: &mut MmState, plan: &PagePlan, out: &mut PagesWriter) -> Result<()> {
+pub(crate) fn dump_pages(
+    pid: Pid,
+    mm: &mut MmState,
+    plan: &PagePlan,
+    out: &mut PagesWriter,
+) -> Result<()> {
     let p = pid.0 as u32;
     let st = Stage::Memory;
     let mut buf = vec![0u8; CHUNK];
@@ -113,7 +142,11 @@ pub(crate) fn dump_pages(pid: Pid, mm: &mut MmState, plan: &PagePlan, out: &mut 
     let mut filled = 0usize;
     let mut mem_file: Option<std::fs::File> = None;
 
-    let flush = |pending: &mut Vec<(u64, usize)>, filled: &mut usize, buf: &mut [u8], out: &mut PagesWriter| -> Result<()> {
+    let flush = |pending: &mut Vec<(u64, usize)>,
+                 filled: &mut usize,
+                 buf: &mut [u8],
+                 out: &mut PagesWriter|
+     -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -126,26 +159,36 @@ pub(crate) fn dump_pages(pid: Pid, mm: &mut MmState, plan: &PagePlan, out: &mut 
 
     for &(start, end, readable) in &plan.runs {
         let offset = out.offset() + filled as u64;
-        mm.pages.push(PageRun { addr: start, nr_pages: (end - start) / PAGE_SIZE, offset });
+        mm.pages.push(PageRun {
+            addr: start,
+            nr_pages: (end - start) / PAGE_SIZE,
+            offset,
+        });
         if !readable {
             // PROT_NONE and other unreadable areas: /proc/PID/mem reads
             // them with FOLL_FORCE where process_vm_readv cannot.
             flush(&mut pending, &mut filled, &mut buf, out)?;
             let f = match &mut mem_file {
                 Some(f) => f,
-                None => mem_file.insert(std::fs::File::open(format!("/proc/{p}/mem")).map_err(|source| {
-                    DumpError::Io { pid: p, stage: st, what: format!("open /proc/{p}/mem"), source }
-                })?),
+                None => mem_file.insert(std::fs::File::open(format!("/proc/{p}/mem")).map_err(
+                    |source| DumpError::Io {
+                        pid: p,
+                        stage: st,
+                        what: format!("open /proc/{p}/mem"),
+                        source,
+                    },
+                )?),
             };
             let mut a = start;
             while a < end {
                 let n = ((end - a) as usize).min(CHUNK);
-                f.read_exact_at(&mut buf[..n], a).map_err(|source| DumpError::Io {
-                    pid: p,
-                    stage: st,
-                    what: format!("read /proc/{p}/mem at {a:#x}"),
-                    source,
-                })?;
+                f.read_exact_at(&mut buf[..n], a)
+                    .map_err(|source| DumpError::Io {
+                        pid: p,
+                        stage: st,
+                        what: format!("read /proc/{p}/mem at {a:#x}"),
+                        source,
+                    })?;
                 out.write_all(&buf[..n]).at(p, st)?;
                 a += n as u64;
             }

@@ -74,6 +74,9 @@ pub struct ProcessImage {
     pub dumpable: u32,
     /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
     pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process (shared queue), oldest first.
+    #[serde(default)]
+    pub shared_pending: Vec<PendingSignal>,
     /// Every thread, the thread-group leader first.
     pub threads: Vec<ThreadState>,
     pub files: Vec<FdEntry>,
@@ -190,6 +193,17 @@ pub struct ThreadState {
     pub clear_child_tid: u64,
     /// rseq registration, if any.
     pub rseq: Option<Rseq>,
+    /// Signals pending for this thread only, oldest first.
+    #[serde(default)]
+    pub pending: Vec<PendingSignal>,
+}
+
+/// A queued signal with its full `siginfo_t` (128 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSignal {
+    pub signo: u32,
+    #[serde(with = "hex_bytes")]
+    pub info: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +276,9 @@ pub struct Vma {
     /// Mapping grows down (MAP_GROWSDOWN, the main stack).
     #[serde(default)]
     pub growsdown: bool,
+    /// Mapped with MAP_NORESERVE (no swap accounting).
+    #[serde(default)]
+    pub noreserve: bool,
     /// madvise state worth keeping: 'dontdump', 'dontfork', 'hugepage', 'nohugepage', 'wipeonfork', 'mergeable'.
     #[serde(default)]
     pub advice: Vec<String>,

@@ -64,6 +64,10 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         },
         xsave: (0..2432u32).map(|i| (i % 251) as u8).collect(),
         sigmask: 1 << 13,
+        pending: vec![PendingSignal {
+            signo: 10,
+            info: vec![0; 128],
+        }],
         sigaltstack: SigAltStack {
             sp: 0,
             flags: 2,
@@ -85,6 +89,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         pgoff: 0,
         kind,
         growsdown: false,
+        noreserve: false,
         advice: vec![],
     };
     let mut stack = vma(0x7ffc_0000_0000, 0x7ffc_0002_1000, 3, VmaKind::Anon);
@@ -188,6 +193,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             restorer: 0x7f00_0000_2000,
             mask: 0,
         }],
+        shared_pending: vec![],
         threads: vec![thread(pid), thread(pid + 1)],
         files: vec![
             FdEntry {

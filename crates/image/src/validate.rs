@@ -22,6 +22,8 @@ pub const MAX_FDS: usize = 1_000_000;
 pub const MAX_FD: i32 = 1 << 20;
 /// Most threads a process image may hold.
 pub const MAX_THREADS: usize = 100_000;
+/// Cap on queued signals per queue (the kernel's RLIMIT_SIGPENDING is per user).
+pub const MAX_PENDING: usize = 1 << 20;
 /// Most auxv words.
 pub const MAX_AUXV_WORDS: usize = 1024;
 /// Most supplementary groups (NGROUPS_MAX).
@@ -153,6 +155,20 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
         })?;
     }
 
+    let check_pending = |c: &Checker, what: &str, list: &[crate::PendingSignal]| -> Result<()> {
+        c.count(what, list.len(), MAX_PENDING)?;
+        for (i, p) in list.iter().enumerate() {
+            c.ensure((1..=64).contains(&p.signo), || {
+                format!("{what}[{i}].signo: {} outside 1..=64", p.signo)
+            })?;
+            c.ensure(p.info.len() == 128, || {
+                format!("{what}[{i}].info: {} bytes, expected 128", p.info.len())
+            })?;
+        }
+        Ok(())
+    };
+    check_pending(&c, "shared_pending", &img.shared_pending)?;
+
     // Threads.
     c.ensure(!img.threads.is_empty(), || "threads: empty".into())?;
     c.count("threads", img.threads.len(), MAX_THREADS)?;
@@ -169,6 +185,7 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
             format!("threads[{i}].tid: {} listed twice", t.tid)
         })?;
         c.string(&format!("threads[{i}].comm"), &t.comm, MAX_COMM_LEN)?;
+        check_pending(&c, &format!("threads[{i}].pending"), &t.pending)?;
         c.ensure(t.xsave.len() <= MAX_XSAVE_LEN, || {
             format!(
                 "threads[{i}].xsave: {} bytes, cap {MAX_XSAVE_LEN}",

@@ -99,7 +99,11 @@ pub enum RestoreError {
     #[error("restore: validate: {0}")]
     Image(#[from] ImageError),
     #[error("restore pid {pid}: {stage}: {what}")]
-    Refused { pid: u32, stage: Stage, what: String },
+    Refused {
+        pid: u32,
+        stage: Stage,
+        what: String,
+    },
     #[error("restore pid {pid}: {stage}: {source}")]
     Sys {
         pid: u32,
@@ -134,7 +138,11 @@ impl<T> At<T> for std::result::Result<T, SysError> {
 pub(crate) fn fault_point(pid: u32, stage: Stage) -> Result<()> {
     if let Ok(v) = std::env::var("STASIS_FAULT") {
         if v.strip_prefix("restore:").and_then(Stage::parse) == Some(stage) {
-            return Err(RestoreError::Refused { pid, stage, what: "injected fault (STASIS_FAULT)".into() });
+            return Err(RestoreError::Refused {
+                pid,
+                stage,
+                what: "injected fault (STASIS_FAULT)".into(),
+            });
         }
     }
     Ok(())
@@ -150,7 +158,10 @@ fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
         source,
     })?;
     let is_reg = md.file_type().is_file();
-    if is_reg && !allow_changed && (md.size() != f.size || md.mtime() != f.mtime_sec || md.mtime_nsec() != f.mtime_nsec) {
+    if is_reg
+        && !allow_changed
+        && (md.size() != f.size || md.mtime() != f.mtime_sec || md.mtime_nsec() != f.mtime_nsec)
+    {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Preflight,
@@ -204,7 +215,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         return Err(RestoreError::Refused {
             pid: image.inventory.root_pid,
             stage: Stage::Validate,
-            what: format!("image holds {} processes; only single processes are supported yet", image.processes.len()),
+            what: format!(
+                "image holds {} processes; only single processes are supported yet",
+                image.processes.len()
+            ),
         });
     }
     let img = &image.processes[0];

@@ -2,8 +2,8 @@
 
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::{MmState, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
-use stasis_sys::remote::RemoteThread;
 use stasis_sys::ptrace;
+use stasis_sys::remote::RemoteThread;
 use std::collections::HashMap;
 
 /// Size of the stub + scratch area the restorer injects through.
@@ -12,7 +12,10 @@ const SCRATCH_IOV_MAX: usize = 1024;
 const MAX_BATCH_BYTES: u64 = 1 << 30;
 
 fn is_special(k: &VmaKind) -> bool {
-    matches!(k, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall)
+    matches!(
+        k,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+    )
 }
 
 fn special_kind(path: Option<&str>) -> Option<VmaKind> {
@@ -32,7 +35,11 @@ pub(crate) fn stub_candidates(mm: &MmState) -> Vec<u64> {
     let mut out = Vec::new();
     let mut prev_end = 1u64 << 32; // stay clear of low addresses and brk-adjacent space
     let mut gaps = Vec::new();
-    for v in mm.vmas.iter().filter(|v| !matches!(v.kind, VmaKind::Vsyscall)) {
+    for v in mm
+        .vmas
+        .iter()
+        .filter(|v| !matches!(v.kind, VmaKind::Vsyscall))
+    {
         if v.start > prev_end {
             gaps.push((prev_end, v.start));
         }
@@ -61,14 +68,24 @@ pub(crate) struct ServiceFds {
     pub files: HashMap<String, i32>,
 }
 
-pub(crate) fn rebuild(r: &mut RemoteThread, mm: &MmState, svc: &ServiceFds, stub: u64) -> Result<()> {
+pub(crate) fn rebuild(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    svc: &ServiceFds,
+    stub: u64,
+) -> Result<()> {
     let child = r.tid();
     let pid = child.0 as u32;
     let st = Stage::Memory;
 
     // glibc registered rseq in the restorer's TLS, which is about to go.
     if let Some((addr, len, sig)) = ptrace::get_rseq(child).at(pid, st)? {
-        r.call(libc::SYS_rseq, &[addr, u64::from(len), 1, u64::from(sig)], "rseq(unregister)").at(pid, st)?;
+        r.call(
+            libc::SYS_rseq,
+            &[addr, u64::from(len), 1, u64::from(sig)],
+            "rseq(unregister)",
+        )
+        .at(pid, st)?;
     }
 
     // Tear down everything the fork inherited but the stub area and the vDSO trio.
@@ -88,8 +105,12 @@ pub(crate) fn rebuild(r: &mut RemoteThread, mm: &MmState, svc: &ServiceFds, stub
         if m.start >= stub && m.end <= stub + STUB_LEN {
             continue;
         }
-        r.call(libc::SYS_munmap, &[m.start, m.end - m.start], &format!("munmap {:#x}-{:#x}", m.start, m.end))
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_munmap,
+            &[m.start, m.end - m.start],
+            &format!("munmap {:#x}-{:#x}", m.start, m.end),
+        )
+        .at(pid, st)?;
     }
 
     move_vdso(r, mm, &child_special, stub)?;
@@ -138,8 +159,12 @@ pub(crate) fn rebuild(r: &mut RemoteThread, mm: &MmState, svc: &ServiceFds, stub
                 "mergeable" => libc::MADV_MERGEABLE,
                 _ => continue,
             };
-            r.call(libc::SYS_madvise, &[v.start, v.end - v.start, advice as u64], &format!("madvise({a})"))
-                .at(pid, st)?;
+            r.call(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, advice as u64],
+                &format!("madvise({a})"),
+            )
+            .at(pid, st)?;
         }
     }
 
@@ -149,26 +174,49 @@ pub(crate) fn rebuild(r: &mut RemoteThread, mm: &MmState, svc: &ServiceFds, stub
 
 fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Result<()> {
     let pid = r.tid().0 as u32;
-    let mut flags = libc::MAP_FIXED | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    let mut flags = libc::MAP_FIXED
+        | if v.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
     if v.growsdown {
         flags |= libc::MAP_GROWSDOWN;
     }
+    if v.noreserve {
+        flags |= libc::MAP_NORESERVE;
+    }
     let fd: i64 = match &v.kind {
-        VmaKind::File { file } => *svc.files.get(&file.path).ok_or_else(|| RestoreError::Refused {
-            pid,
-            stage: Stage::Memory,
-            what: format!("no descriptor for mapped file {}", file.path),
-        })? as i64,
+        VmaKind::File { file } => {
+            *svc.files
+                .get(&file.path)
+                .ok_or_else(|| RestoreError::Refused {
+                    pid,
+                    stage: Stage::Memory,
+                    what: format!("no descriptor for mapped file {}", file.path),
+                })? as i64
+        }
         _ => {
             flags |= libc::MAP_ANONYMOUS;
             -1
         }
     };
-    let prot = if fill { (libc::PROT_READ | libc::PROT_WRITE) as u32 } else { v.prot };
+    let prot = if fill {
+        (libc::PROT_READ | libc::PROT_WRITE) as u32
+    } else {
+        v.prot
+    };
     let got = r
         .call(
             libc::SYS_mmap,
-            &[v.start, v.end - v.start, u64::from(prot), flags as u64, fd as u64, v.pgoff],
+            &[
+                v.start,
+                v.end - v.start,
+                u64::from(prot),
+                flags as u64,
+                fd as u64,
+                v.pgoff,
+            ],
             &format!("mmap {:#x}-{:#x}", v.start, v.end),
         )
         .at(pid, Stage::Memory)?;
@@ -216,7 +264,10 @@ fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
             return Err(RestoreError::Refused {
                 pid,
                 stage: Stage::Memory,
-                what: format!("short read of page data at {:#x}: {got} of {bytes} bytes", first.addr),
+                what: format!(
+                    "short read of page data at {:#x}: {got} of {bytes} bytes",
+                    first.addr
+                ),
             });
         }
     }
@@ -225,13 +276,23 @@ fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
 
 /// Moves the child's [vdso]/[vvar]/[vvar_vclock] to the saved addresses,
 /// keeping their layout (the kernel only accepts whole, same-size moves).
-fn move_vdso(r: &mut RemoteThread, mm: &MmState, child: &[(VmaKind, u64, u64)], stub: u64) -> Result<()> {
+fn move_vdso(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    child: &[(VmaKind, u64, u64)],
+    stub: u64,
+) -> Result<()> {
     let pid = r.tid().0 as u32;
     let st = Stage::Memory;
-    let target: Vec<&Vma> = mm.vmas.iter().filter(|v| is_special(&v.kind) && v.kind != VmaKind::Vsyscall).collect();
+    let target: Vec<&Vma> = mm
+        .vmas
+        .iter()
+        .filter(|v| is_special(&v.kind) && v.kind != VmaKind::Vsyscall)
+        .collect();
     if target.is_empty() {
         for &(_, s, e) in child {
-            r.call(libc::SYS_munmap, &[s, e - s], "munmap [vdso]").at(pid, st)?;
+            r.call(libc::SYS_munmap, &[s, e - s], "munmap [vdso]")
+                .at(pid, st)?;
         }
         return Ok(());
     }
@@ -254,7 +315,11 @@ fn move_vdso(r: &mut RemoteThread, mm: &MmState, child: &[(VmaKind, u64, u64)], 
         }
     }
     if pairs.len() != child.len() {
-        return Err(RestoreError::Refused { pid, stage: st, what: "the vDSO layout of this kernel differs".into() });
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: "the vDSO layout of this kernel differs".into(),
+        });
     }
     let delta: Vec<u64> = pairs.iter().map(|p| p.1.wrapping_sub(p.0)).collect();
     if delta.iter().any(|d| *d != delta[0]) {
@@ -273,17 +338,41 @@ fn move_vdso(r: &mut RemoteThread, mm: &MmState, child: &[(VmaKind, u64, u64)], 
     let span = pairs.iter().map(|p| p.0 + p.2).max().unwrap_or(0) - lo;
     let overlaps = |a: u64| mm.vmas.iter().any(|v| v.start < a + span && a < v.end);
     if overlaps(temp) {
-        return Err(RestoreError::Refused { pid, stage: st, what: "no room to move the vDSO".into() });
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: "no room to move the vDSO".into(),
+        });
     }
     for &(s, _, len) in &pairs {
         let to = temp + (s - lo);
-        r.call(libc::SYS_mremap, &[s, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, to], "mremap vdso")
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_mremap,
+            &[
+                s,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                to,
+            ],
+            "mremap vdso",
+        )
+        .at(pid, st)?;
     }
     for &(s, d, len) in &pairs {
         let from = temp + (s - lo);
-        r.call(libc::SYS_mremap, &[from, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, d], "mremap vdso")
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_mremap,
+            &[
+                from,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                d,
+            ],
+            "mremap vdso",
+        )
+        .at(pid, st)?;
     }
     Ok(())
 }
@@ -316,7 +405,17 @@ fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
         b.extend_from_slice(&w.to_le_bytes());
     }
     let at = r.write_scratch(0, &b).at(pid, Stage::Memory)?;
-    r.call(libc::SYS_prctl, &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, at, 104, 0], "prctl(PR_SET_MM_MAP)")
-        .at(pid, Stage::Memory)?;
+    r.call(
+        libc::SYS_prctl,
+        &[
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            at,
+            104,
+            0,
+        ],
+        "prctl(PR_SET_MM_MAP)",
+    )
+    .at(pid, Stage::Memory)?;
     Ok(())
 }

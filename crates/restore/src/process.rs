@@ -55,7 +55,8 @@ pub(crate) fn image_to_regs(u: &UserRegs) -> Regs {
     }
 }
 
-const OPEN_FLAGS_DROP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
+const OPEN_FLAGS_DROP: i32 =
+    libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
 
 /// Opens, in the restorer, every file the child needs; returns the fd plan.
 fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan, ServiceFds)> {
@@ -68,11 +69,15 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan,
             FdKind::Regular { file, flags, pos } => (file.path.as_str(), *flags as i32, *pos),
             FdKind::CharDevice { path, flags, .. } => (path.as_str(), *flags as i32, 0),
         };
-        let fd = util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
-            pid,
-            stage: st,
-            source: stasis_sys::SysError { op: format!("fd {}: {}", e.fd, source.op), ..source },
-        })?;
+        let fd =
+            util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
+                pid,
+                stage: st,
+                source: stasis_sys::SysError {
+                    op: format!("fd {}: {}", e.fd, source.op),
+                    ..source
+                },
+            })?;
         if pos != 0 {
             util::seek_to(&fd, pos, path).at(pid, st)?;
         }
@@ -90,7 +95,9 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan,
     for v in &img.mm.vmas {
         if let VmaKind::File { file } = &v.kind {
             let needs_write = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            let entry = files_i.entry(file.path.clone()).or_insert((usize::MAX, false));
+            let entry = files_i
+                .entry(file.path.clone())
+                .or_insert((usize::MAX, false));
             entry.1 |= needs_write;
         }
     }
@@ -98,7 +105,11 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan,
     let mut names: Vec<_> = files_i.into_iter().collect();
     names.sort();
     for (path, (_, write)) in names {
-        let i = service(&path, if write { libc::O_RDWR } else { libc::O_RDONLY }, &mut owned)?;
+        let i = service(
+            &path,
+            if write { libc::O_RDWR } else { libc::O_RDONLY },
+            &mut owned,
+        )?;
         files_idx.insert(path, i);
     }
     let max_target = img.files.iter().map(|f| f.fd).max().unwrap_or(-1);
@@ -139,12 +150,17 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
             stage: Stage::Fork,
             what: format!("PID {pid} is already in use by another process"),
         },
-        _ => RestoreError::Sys { pid, stage: Stage::Fork, source },
+        _ => RestoreError::Sys {
+            pid,
+            stage: Stage::Fork,
+            source,
+        },
     })?;
     let mut guard = ChildGuard(Some(child));
     fault_point(pid, Stage::Fork)?;
 
-    let mut r = RemoteThread::plain(child, stub, stub + 4096, STUB_LEN - 4096).at(pid, Stage::Fork)?;
+    let mut r =
+        RemoteThread::plain(child, stub, stub + 4096, STUB_LEN - 4096).at(pid, Stage::Fork)?;
     memory::rebuild(&mut r, &img.mm, &svc, stub)?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
@@ -158,9 +174,11 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
     svc_fds.sort_unstable();
     svc_fds.dedup();
     for fd in svc_fds {
-        r.call(libc::SYS_close, &[fd as u64], "close service fd").at(pid, Stage::Registers)?;
+        r.call(libc::SYS_close, &[fd as u64], "close service fd")
+            .at(pid, Stage::Registers)?;
     }
-    r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area").at(pid, Stage::Registers)?;
+    r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")
+        .at(pid, Stage::Registers)?;
 
     let t = &img.threads[0];
     ptrace::set_sigmask(child, t.sigmask).at(pid, Stage::Registers)?;
@@ -185,39 +203,70 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
     let at = r.write_scratch(0, &cstr_bytes(&img.cwd)).at(pid, st)?;
-    r.call(libc::SYS_chdir, &[at], &format!("chdir {}", img.cwd)).at(pid, st)?;
+    r.call(libc::SYS_chdir, &[at], &format!("chdir {}", img.cwd))
+        .at(pid, st)?;
     if img.root != "/" {
         let at = r.write_scratch(0, &cstr_bytes(&img.root)).at(pid, st)?;
-        r.call(libc::SYS_chroot, &[at], &format!("chroot {}", img.root)).at(pid, st)?;
+        r.call(libc::SYS_chroot, &[at], &format!("chroot {}", img.root))
+            .at(pid, st)?;
     }
-    r.call(libc::SYS_umask, &[u64::from(img.umask)], "umask").at(pid, st)?;
-    r.call(libc::SYS_personality, &[u64::from(img.personality)], "personality").at(pid, st)?;
+    r.call(libc::SYS_umask, &[u64::from(img.umask)], "umask")
+        .at(pid, st)?;
+    r.call(
+        libc::SYS_personality,
+        &[u64::from(img.personality)],
+        "personality",
+    )
+    .at(pid, st)?;
     let mut comm = img.comm.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
     let at = r.write_scratch(0, &comm).at(pid, st)?;
-    r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, at], "prctl(PR_SET_NAME)").at(pid, st)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, at],
+        "prctl(PR_SET_NAME)",
+    )
+    .at(pid, st)?;
 
     let policy = img.sched.policy;
     if policy & !0x4000_0000 != libc::SCHED_OTHER as u32 || img.sched.rt_priority != 0 {
-        let at = r.write_scratch(0, &img.sched.rt_priority.to_le_bytes()).at(pid, st)?;
-        r.call(libc::SYS_sched_setscheduler, &[0, u64::from(policy), at], "sched_setscheduler").at(pid, st)?;
-    }
-    r.call(libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, img.sched.nice as i64 as u64], "setpriority")
+        let at = r
+            .write_scratch(0, &img.sched.rt_priority.to_le_bytes())
+            .at(pid, st)?;
+        r.call(
+            libc::SYS_sched_setscheduler,
+            &[0, u64::from(policy), at],
+            "sched_setscheduler",
+        )
         .at(pid, st)?;
+    }
+    r.call(
+        libc::SYS_setpriority,
+        &[libc::PRIO_PROCESS as u64, 0, img.sched.nice as i64 as u64],
+        "setpriority",
+    )
+    .at(pid, st)?;
 
     for l in &img.rlimits {
         let mut b = l.cur.to_le_bytes().to_vec();
         b.extend_from_slice(&l.max.to_le_bytes());
         let at = r.write_scratch(0, &b).at(pid, st)?;
-        r.call(libc::SYS_prlimit64, &[0, u64::from(l.resource), at, 0], &format!("setrlimit({})", l.resource))
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_prlimit64,
+            &[0, u64::from(l.resource), at, 0],
+            &format!("setrlimit({})", l.resource),
+        )
+        .at(pid, st)?;
     }
 
     // Signal dispositions: the saved ones, and SIG_DFL for whatever the
     // restorer's own runtime had installed.
-    let status = stasis_proc::read_status(pid)
-        .map_err(|e| RestoreError::Refused { pid, stage: st, what: e.to_string() })?;
+    let status = stasis_proc::read_status(pid).map_err(|e| RestoreError::Refused {
+        pid,
+        stage: st,
+        what: e.to_string(),
+    })?;
     let inherited = status.sig_cgt | status.sig_ign;
     for signo in 1..=64u32 {
         if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
@@ -234,11 +283,40 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
             b.extend_from_slice(&w.to_le_bytes());
         }
         let at = r.write_scratch(0, &b).at(pid, st)?;
-        r.call(libc::SYS_rt_sigaction, &[u64::from(signo), at, 0, 8], &format!("rt_sigaction({signo})"))
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_rt_sigaction,
+            &[u64::from(signo), at, 0, 8],
+            &format!("rt_sigaction({signo})"),
+        )
+        .at(pid, st)?;
     }
 
+    // Pending signals: queued by the process to itself (only a process may
+    // queue kernel-style siginfo to itself); all signals are blocked here.
     let t = &img.threads[0];
+    for (p, shared) in img
+        .shared_pending
+        .iter()
+        .map(|p| (p, true))
+        .chain(t.pending.iter().map(|p| (p, false)))
+    {
+        let at = r.write_scratch(0, &p.info).at(pid, st)?;
+        if shared {
+            r.call(
+                libc::SYS_rt_sigqueueinfo,
+                &[u64::from(pid), u64::from(p.signo), at],
+                "rt_sigqueueinfo",
+            )
+            .at(pid, st)?;
+        } else {
+            r.call(
+                libc::SYS_rt_tgsigqueueinfo,
+                &[u64::from(pid), u64::from(t.tid), u64::from(p.signo), at],
+                "rt_tgsigqueueinfo",
+            )
+            .at(pid, st)?;
+        }
+    }
     let ss = t.sigaltstack;
     let mut b = ss.sp.to_le_bytes().to_vec();
     // SS_ONSTACK is a report, not a setting.
@@ -246,11 +324,21 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     b.extend_from_slice(&[0; 4]);
     b.extend_from_slice(&ss.size.to_le_bytes());
     let at = r.write_scratch(0, &b).at(pid, st)?;
-    r.call(libc::SYS_sigaltstack, &[at, 0], "sigaltstack").at(pid, st)?;
-    r.call(libc::SYS_set_tid_address, &[t.clear_child_tid], "set_tid_address").at(pid, st)?;
+    r.call(libc::SYS_sigaltstack, &[at, 0], "sigaltstack")
+        .at(pid, st)?;
+    r.call(
+        libc::SYS_set_tid_address,
+        &[t.clear_child_tid],
+        "set_tid_address",
+    )
+    .at(pid, st)?;
     if let Some(rs) = t.rseq {
-        r.call(libc::SYS_rseq, &[rs.addr, u64::from(rs.len), 0, u64::from(rs.signature)], "rseq(register)")
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_rseq,
+            &[rs.addr, u64::from(rs.len), 0, u64::from(rs.signature)],
+            "rseq(register)",
+        )
+        .at(pid, st)?;
     }
     Ok(())
 }
@@ -268,7 +356,8 @@ fn capset(r: &mut RemoteThread, pid: u32, eff: u64, prm: u64, inh: u64) -> Resul
         }
     }
     let at = r.write_scratch(0, &b).at(pid, Stage::Creds)?;
-    r.call(libc::SYS_capset, &[at, at + 8], "capset").at(pid, Stage::Creds)?;
+    r.call(libc::SYS_capset, &[at, at + 8], "capset")
+        .at(pid, Stage::Creds)?;
     Ok(())
 }
 
@@ -286,34 +375,60 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         .unwrap_or(40);
     for cap in 0..=last_cap {
         if c.cap_bounding & (1 << cap) == 0 {
-            r.call(libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap], "prctl(PR_CAPBSET_DROP)").at(pid, st)?;
+            r.call(
+                libc::SYS_prctl,
+                &[libc::PR_CAPBSET_DROP as u64, cap],
+                "prctl(PR_CAPBSET_DROP)",
+            )
+            .at(pid, st)?;
         }
     }
     let root_only = c.uids == [0; 4] && c.gids == [0; 4];
     let want_bits = u64::from(c.securebits);
     if !root_only || want_bits != 0 {
-        r.call(libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, want_bits | SECBIT_KEEP_CAPS], "prctl(PR_SET_SECUREBITS)")
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_SET_SECUREBITS as u64, want_bits | SECBIT_KEEP_CAPS],
+            "prctl(PR_SET_SECUREBITS)",
+        )
+        .at(pid, st)?;
     }
     let mut groups = Vec::with_capacity(c.groups.len() * 4);
     for g in &c.groups {
         groups.extend_from_slice(&g.to_le_bytes());
     }
     let at = r.write_scratch(0, &groups).at(pid, st)?;
-    r.call(libc::SYS_setgroups, &[c.groups.len() as u64, at], "setgroups").at(pid, st)?;
+    r.call(
+        libc::SYS_setgroups,
+        &[c.groups.len() as u64, at],
+        "setgroups",
+    )
+    .at(pid, st)?;
     let [gr, ge, gs, gf] = c.gids.map(u64::from);
-    r.call(libc::SYS_setresgid, &[gr, ge, gs], "setresgid").at(pid, st)?;
+    r.call(libc::SYS_setresgid, &[gr, ge, gs], "setresgid")
+        .at(pid, st)?;
     let [ur, ue, us, uf] = c.uids.map(u64::from);
-    r.call(libc::SYS_setresuid, &[ur, ue, us], "setresuid").at(pid, st)?;
+    r.call(libc::SYS_setresuid, &[ur, ue, us], "setresuid")
+        .at(pid, st)?;
     r.call(libc::SYS_setfsgid, &[gf], "setfsgid").at(pid, st)?;
     r.call(libc::SYS_setfsuid, &[uf], "setfsuid").at(pid, st)?;
     if !root_only || want_bits != 0 {
         // Keep CAP_SETPCAP effective (if permitted) long enough to put securebits back.
         let setpcap = c.cap_permitted & (1 << CAP_SETPCAP);
-        capset(r, pid, c.cap_effective | setpcap, c.cap_permitted, c.cap_inheritable)?;
+        capset(
+            r,
+            pid,
+            c.cap_effective | setpcap,
+            c.cap_permitted,
+            c.cap_inheritable,
+        )?;
         if want_bits & SECBIT_KEEP_CAPS == 0 && setpcap != 0 {
-            r.call(libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, want_bits], "prctl(PR_SET_SECUREBITS)")
-                .at(pid, st)?;
+            r.call(
+                libc::SYS_prctl,
+                &[libc::PR_SET_SECUREBITS as u64, want_bits],
+                "prctl(PR_SET_SECUREBITS)",
+            )
+            .at(pid, st)?;
         }
     }
     capset(r, pid, c.cap_effective, c.cap_permitted, c.cap_inheritable)?;
@@ -321,21 +436,39 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         if c.cap_ambient & (1 << cap) != 0 {
             r.call(
                 libc::SYS_prctl,
-                &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0],
+                &[
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                ],
                 "prctl(PR_CAP_AMBIENT_RAISE)",
             )
             .at(pid, st)?;
         }
     }
     if c.no_new_privs {
-        r.call(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], "prctl(PR_SET_NO_NEW_PRIVS)")
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+        )
+        .at(pid, st)?;
     }
     if img.dumpable <= 1 {
-        r.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)], "prctl(PR_SET_DUMPABLE)")
-            .at(pid, st)?;
-    }
-    r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)], "prctl(PR_SET_PDEATHSIG)")
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)],
+            "prctl(PR_SET_DUMPABLE)",
+        )
         .at(pid, st)?;
+    }
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)],
+        "prctl(PR_SET_PDEATHSIG)",
+    )
+    .at(pid, st)?;
     Ok(())
 }

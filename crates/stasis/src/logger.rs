@@ -68,7 +68,11 @@ pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
         }
         _ => (Box::new(std::io::stderr()), level(verbosity.unwrap_or(1))),
     };
-    let logger = Logger { out: Mutex::new(out), level: lvl, start: Instant::now() };
+    let logger = Logger {
+        out: Mutex::new(out),
+        level: lvl,
+        start: Instant::now(),
+    };
     log::set_max_level(lvl);
     log::set_boxed_logger(Box::new(logger)).context("install logger")?;
     Ok(())

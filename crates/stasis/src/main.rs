@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "stasis", version, about = "Checkpoint/restore for Linux processes")]
+#[command(
+    name = "stasis",
+    version,
+    about = "Checkpoint/restore for Linux processes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -108,7 +112,8 @@ fn setup_log(common: &Common, images_dir: Option<&Path>) -> Result<()> {
     });
     if let (Some(f), Some(d)) = (&file, images_dir) {
         if f.starts_with(d) {
-            std::fs::create_dir_all(d).with_context(|| format!("create images directory {}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("create images directory {}", d.display()))?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
         }
@@ -118,7 +123,14 @@ fn setup_log(common: &Common, images_dir: Option<&Path>) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, timeout, pre_dump_mode: _, common } => {
+        Cmd::Dump {
+            pid,
+            dir,
+            leave_running,
+            timeout,
+            pre_dump_mode: _,
+            common,
+        } => {
             setup_log(&common, Some(&dir))?;
             let _ = common.no_default_config;
             let opts = stasis_dump::DumpOptions {
@@ -139,20 +151,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Restore { dir, detached, pidfile, allow_changed_files, common } => {
+        Cmd::Restore {
+            dir,
+            detached,
+            pidfile,
+            allow_changed_files,
+            common,
+        } => {
             setup_log(&common, Some(&dir))?;
-            let opts = stasis_restore::RestoreOptions { images_dir: dir.clone(), allow_changed_files };
+            let opts = stasis_restore::RestoreOptions {
+                images_dir: dir.clone(),
+                allow_changed_files,
+            };
             let restored = stasis_restore::restore(&opts)?;
             let pid = restored.pid;
             if let Some(p) = pidfile {
-                let p = if p.is_relative() && !p.exists() && p.parent() == Some(Path::new("")) { p } else { p };
-                std::fs::write(&p, format!("{pid}\n")).with_context(|| format!("write pidfile {}", p.display()))?;
+                std::fs::write(&p, format!("{pid}\n"))
+                    .with_context(|| format!("write pidfile {}", p.display()))?;
             }
             log::info!("restored pid {pid}");
             if detached {
                 return Ok(ExitCode::SUCCESS);
             }
-            let status = stasis_sys::util::waitpid(pid, 0).with_context(|| format!("wait for restored pid {pid}"))?;
+            let status = stasis_sys::util::waitpid(pid, 0)
+                .with_context(|| format!("wait for restored pid {pid}"))?;
             let code = match status {
                 Some(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
                 Some(s) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s),
@@ -180,8 +202,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let mut all_needed = true;
             for f in &features {
-                println!("{:<20} {:<4} {}", f.name, if f.ok { "yes" } else { "no" }, f.note);
-                if !f.ok && matches!(f.name, "ptrace" | "checkpoint_restore" | "pagemap" | "clone3_set_tid") {
+                println!(
+                    "{:<20} {:<4} {}",
+                    f.name,
+                    if f.ok { "yes" } else { "no" },
+                    f.note
+                );
+                if !f.ok
+                    && matches!(
+                        f.name,
+                        "ptrace" | "checkpoint_restore" | "pagemap" | "clone3_set_tid"
+                    )
+                {
                     all_needed = false;
                 }
             }
@@ -194,7 +226,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Show { path } => {
-            let v = if path.is_dir() { stasis_image::show_dir(&path)? } else { stasis_image::show_file(&path)? };
+            let v = if path.is_dir() {
+                stasis_image::show_dir(&path)?
+            } else {
+                stasis_image::show_file(&path)?
+            };
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }

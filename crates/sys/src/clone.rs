@@ -38,19 +38,32 @@ pub unsafe fn fork_with_pid(tids: &[i32], flags: u64) -> Result<Forked> {
     let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: if set.is_empty() { 0 } else { set.as_ptr() as u64 },
+        set_tid: if set.is_empty() {
+            0
+        } else {
+            set.as_ptr() as u64
+        },
         set_tid_size: set.len() as u64,
         ..Default::default()
     };
     // SAFETY: args is a valid clone_args of the size passed; with stack = 0
     // the child continues on a copy of our stack, like fork(2). The caller
     // upholds the post-fork restrictions.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::addr_of!(args), std::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     match r {
         -1 => {
             let e = last_errno();
             let what = match e {
-                libc::EEXIST => format!("PID {} is already in use", tids.first().copied().unwrap_or(0)),
+                libc::EEXIST => format!(
+                    "PID {} is already in use",
+                    tids.first().copied().unwrap_or(0)
+                ),
                 _ => format!("clone3 with PID {}", tids.first().copied().unwrap_or(0)),
             };
             Err(SysError::new(what, tids.first().map(|&p| Pid(p)), e))

@@ -27,7 +27,10 @@ fn caps_effective() -> u64 {
 
 fn cpu_has(flag: &str) -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == flag)))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == flag))
+        })
         .unwrap_or(false)
 }
 
@@ -36,13 +39,46 @@ pub fn probe() -> Vec<Feature> {
     let caps = caps_effective();
     let cap = |n: u32| caps & (1u64 << n) != 0;
     let mut v = Vec::new();
-    let mut add = |name, ok: bool, note: &str| v.push(Feature { name, ok, note: note.to_string() });
-    add("ptrace", cap(19), "CAP_SYS_PTRACE: seize and inspect any process");
-    add("checkpoint_restore", cap(40) || cap(21), "CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN): clone3 set_tid, exe link");
-    add("map_files", file_exists("/proc/self/map_files"), "/proc/PID/map_files");
-    add("pagemap", file_exists("/proc/self/pagemap"), "/proc/PID/pagemap");
-    add("timers", file_exists("/proc/self/timers"), "/proc/PID/timers (CONFIG_CHECKPOINT_RESTORE)");
-    add("children", file_exists(&format!("/proc/self/task/{}/children", crate::util::gettid())), "/proc/PID/task/TID/children");
+    let mut add = |name, ok: bool, note: &str| {
+        v.push(Feature {
+            name,
+            ok,
+            note: note.to_string(),
+        })
+    };
+    add(
+        "ptrace",
+        cap(19),
+        "CAP_SYS_PTRACE: seize and inspect any process",
+    );
+    add(
+        "checkpoint_restore",
+        cap(40) || cap(21),
+        "CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN): clone3 set_tid, exe link",
+    );
+    add(
+        "map_files",
+        file_exists("/proc/self/map_files"),
+        "/proc/PID/map_files",
+    );
+    add(
+        "pagemap",
+        file_exists("/proc/self/pagemap"),
+        "/proc/PID/pagemap",
+    );
+    add(
+        "timers",
+        file_exists("/proc/self/timers"),
+        "/proc/PID/timers (CONFIG_CHECKPOINT_RESTORE)",
+    );
+    add(
+        "children",
+        file_exists(&format!(
+            "/proc/self/task/{}/children",
+            crate::util::gettid()
+        )),
+        "/proc/PID/task/TID/children",
+    );
     // SAFETY: pidfd_open on ourselves; the fd is closed right away.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
     if pidfd >= 0 {
@@ -54,16 +90,52 @@ pub fn probe() -> Vec<Feature> {
     // SAFETY: a null args pointer with size 0 is rejected before anything happens.
     let r = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
     let e = crate::last_errno();
-    add("clone3_set_tid", r == -1 && e != libc::ENOSYS, "clone3(2) with set_tid");
-    let mut rs = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    add(
+        "clone3_set_tid",
+        r == -1 && e != libc::ENOSYS,
+        "clone3(2) with set_tid",
+    );
+    let mut rs = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid out-pointer.
     let _ = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rs) };
-    add("cap_sys_resource", cap(24), "CAP_SYS_RESOURCE: raising hard rlimits (not needed otherwise)");
-    add("avx512", cpu_has("avx512f"), "AVX-512 register state (saved through XSAVE)");
-    add("xsave", cpu_has("xsave"), "XSAVE area via PTRACE_GETREGSET(NT_X86_XSTATE)");
-    add("rseq", file_exists("/proc/self/status"), "PTRACE_GET_RSEQ_CONFIGURATION");
-    add("soft_dirty", false, "not built into this kernel: no incremental pre-dump by soft-dirty");
-    add("userfaultfd", file_exists("/proc/sys/vm/unprivileged_userfaultfd") || file_exists("/dev/userfaultfd"), "lazy restore (not used yet)");
-    add("cgroup2", file_exists("/sys/fs/cgroup/unified/cgroup.controllers") || file_exists("/sys/fs/cgroup/cgroup.controllers"), "cgroup v2");
+    add(
+        "cap_sys_resource",
+        cap(24),
+        "CAP_SYS_RESOURCE: raising hard rlimits (not needed otherwise)",
+    );
+    add(
+        "avx512",
+        cpu_has("avx512f"),
+        "AVX-512 register state (saved through XSAVE)",
+    );
+    add(
+        "xsave",
+        cpu_has("xsave"),
+        "XSAVE area via PTRACE_GETREGSET(NT_X86_XSTATE)",
+    );
+    add(
+        "rseq",
+        file_exists("/proc/self/status"),
+        "PTRACE_GET_RSEQ_CONFIGURATION",
+    );
+    add(
+        "soft_dirty",
+        false,
+        "not built into this kernel: no incremental pre-dump by soft-dirty",
+    );
+    add(
+        "userfaultfd",
+        file_exists("/proc/sys/vm/unprivileged_userfaultfd") || file_exists("/dev/userfaultfd"),
+        "lazy restore (not used yet)",
+    );
+    add(
+        "cgroup2",
+        file_exists("/sys/fs/cgroup/unified/cgroup.controllers")
+            || file_exists("/sys/fs/cgroup/cgroup.controllers"),
+        "cgroup v2",
+    );
     v
 }

@@ -75,7 +75,9 @@ pub(crate) fn check(ret: libc::c_long, op: &str, pid: Option<Pid>) -> Result<lib
 }
 
 pub(crate) fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 pub mod pagemap;
 pub mod spawn;

@@ -14,19 +14,31 @@ pub const IOV_MAX: usize = 1024;
 pub fn read_ranges(pid: Pid, remote: &[(u64, usize)], local: &mut [u8]) -> Result<()> {
     let total: usize = remote.iter().map(|r| r.1).sum();
     if total != local.len() {
-        return Err(SysError::other("process_vm_readv", Some(pid), "buffer size mismatch"));
+        return Err(SysError::other(
+            "process_vm_readv",
+            Some(pid),
+            "buffer size mismatch",
+        ));
     }
     let mut done = 0usize;
     for chunk in remote.chunks(IOV_MAX) {
         let want: usize = chunk.iter().map(|r| r.1).sum();
-        let riov: Vec<libc::iovec> =
-            chunk.iter().map(|&(a, l)| libc::iovec { iov_base: a as usize as *mut libc::c_void, iov_len: l }).collect();
+        let riov: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&(a, l)| libc::iovec {
+                iov_base: a as usize as *mut libc::c_void,
+                iov_len: l,
+            })
+            .collect();
         let mut got = 0usize;
         while got < want {
             // A partial transfer stops at a range boundary or fault; retry the rest.
             let (riov_rest, skip) = skip_iov(&riov, got);
             let local_slice = &mut local[done + got..done + want];
-            let liov = libc::iovec { iov_base: local_slice.as_mut_ptr().cast(), iov_len: local_slice.len() };
+            let liov = libc::iovec {
+                iov_base: local_slice.as_mut_ptr().cast(),
+                iov_len: local_slice.len(),
+            };
             let mut first = riov_rest.to_vec();
             if let Some(f) = first.first_mut() {
                 f.iov_base = (f.iov_base as usize + skip) as *mut libc::c_void;
@@ -34,15 +46,32 @@ pub fn read_ranges(pid: Pid, remote: &[(u64, usize)], local: &mut [u8]) -> Resul
             }
             // SAFETY: liov points into `local`, which is live and writable for
             // its length; remote iovecs are only interpreted in the target.
-            let n = unsafe { libc::process_vm_readv(pid.0, &liov, 1, first.as_ptr(), first.len() as libc::c_ulong, 0) };
+            let n = unsafe {
+                libc::process_vm_readv(
+                    pid.0,
+                    &liov,
+                    1,
+                    first.as_ptr(),
+                    first.len() as libc::c_ulong,
+                    0,
+                )
+            };
             if n < 0 {
                 let e = last_errno();
                 let addr = first.first().map(|f| f.iov_base as usize).unwrap_or(0);
-                return Err(SysError::new(format!("process_vm_readv at {addr:#x}"), Some(pid), e));
+                return Err(SysError::new(
+                    format!("process_vm_readv at {addr:#x}"),
+                    Some(pid),
+                    e,
+                ));
             }
             if n == 0 {
                 let addr = first.first().map(|f| f.iov_base as usize).unwrap_or(0);
-                return Err(SysError::other(format!("process_vm_readv at {addr:#x}"), Some(pid), "no progress"));
+                return Err(SysError::other(
+                    format!("process_vm_readv at {addr:#x}"),
+                    Some(pid),
+                    "no progress",
+                ));
             }
             got += n as usize;
         }
@@ -73,13 +102,23 @@ pub fn read_bytes(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
 pub fn write_bytes(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
     let mut done = 0usize;
     while done < data.len() {
-        let liov = libc::iovec { iov_base: data[done..].as_ptr() as *mut libc::c_void, iov_len: data.len() - done };
-        let riov = libc::iovec { iov_base: (addr as usize + done) as *mut libc::c_void, iov_len: data.len() - done };
+        let liov = libc::iovec {
+            iov_base: data[done..].as_ptr() as *mut libc::c_void,
+            iov_len: data.len() - done,
+        };
+        let riov = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: data.len() - done,
+        };
         // SAFETY: liov points into `data`, live for the call; the kernel only reads it.
         let n = unsafe { libc::process_vm_writev(pid.0, &liov, 1, &riov, 1, 0) };
         if n <= 0 {
             let e = if n < 0 { last_errno() } else { libc::EFAULT };
-            return Err(SysError::new(format!("process_vm_writev at {:#x}", addr as usize + done), Some(pid), e));
+            return Err(SysError::new(
+                format!("process_vm_writev at {:#x}", addr as usize + done),
+                Some(pid),
+                e,
+            ));
         }
         done += n as usize;
     }

@@ -58,8 +58,13 @@ pub struct Pagemap {
 impl Pagemap {
     pub fn open(pid: Pid) -> Result<Pagemap> {
         let path = format!("/proc/{pid}/pagemap");
-        let f = std::fs::File::open(&path)
-            .map_err(|e| SysError::new(format!("open {path}"), Some(pid), e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let f = std::fs::File::open(&path).map_err(|e| {
+            SysError::new(
+                format!("open {path}"),
+                Some(pid),
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })?;
         Ok(Pagemap { fd: f.into(), pid })
     }
 
@@ -83,9 +88,19 @@ impl Pagemap {
             };
             // SAFETY: arg is a valid pm_scan_arg whose `vec` points to
             // `regions`, live and writable for vec_len entries.
-            let n = unsafe { libc::ioctl(self.fd.as_raw_fd(), PAGEMAP_SCAN, std::ptr::addr_of_mut!(arg)) };
+            let n = unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    PAGEMAP_SCAN,
+                    std::ptr::addr_of_mut!(arg),
+                )
+            };
             if n < 0 {
-                return Err(SysError::new(format!("ioctl(PAGEMAP_SCAN) {cur:#x}-{end:#x}"), Some(self.pid), last_errno()));
+                return Err(SysError::new(
+                    format!("ioctl(PAGEMAP_SCAN) {cur:#x}-{end:#x}"),
+                    Some(self.pid),
+                    last_errno(),
+                ));
             }
             for r in &regions[..n as usize] {
                 match out.last_mut() {

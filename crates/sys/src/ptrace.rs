@@ -16,37 +16,86 @@ fn raw(req: libc::c_uint, pid: Pid, addr: usize, data: usize, op: &str) -> Resul
     // SAFETY: ptrace with integer/pointer arguments; every caller passes either
     // 0 or a pointer to a live, correctly sized buffer for requests that
     // read or write through `addr`/`data`.
-    let r = unsafe { libc::ptrace(req, pid.0, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            pid.0,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
     check(r, op, Some(pid))
 }
 
 /// PTRACE_SEIZE with the given PTRACE_O_* options; the task keeps running.
 pub fn seize(pid: Pid, options: libc::c_int) -> Result<()> {
-    raw(libc::PTRACE_SEIZE, pid, 0, options as usize, "ptrace(PTRACE_SEIZE)").map(drop)
+    raw(
+        libc::PTRACE_SEIZE,
+        pid,
+        0,
+        options as usize,
+        "ptrace(PTRACE_SEIZE)",
+    )
+    .map(drop)
 }
 
 /// PTRACE_INTERRUPT: stop a seized task in PTRACE_EVENT_STOP.
 pub fn interrupt(pid: Pid) -> Result<()> {
-    raw(libc::PTRACE_INTERRUPT, pid, 0, 0, "ptrace(PTRACE_INTERRUPT)").map(drop)
+    raw(
+        libc::PTRACE_INTERRUPT,
+        pid,
+        0,
+        0,
+        "ptrace(PTRACE_INTERRUPT)",
+    )
+    .map(drop)
 }
 
 pub fn set_options(pid: Pid, options: libc::c_int) -> Result<()> {
-    raw(libc::PTRACE_SETOPTIONS, pid, 0, options as usize, "ptrace(PTRACE_SETOPTIONS)").map(drop)
+    raw(
+        libc::PTRACE_SETOPTIONS,
+        pid,
+        0,
+        options as usize,
+        "ptrace(PTRACE_SETOPTIONS)",
+    )
+    .map(drop)
 }
 
 /// Resume, delivering `sig` (0 for none).
 pub fn cont(pid: Pid, sig: i32) -> Result<()> {
-    raw(libc::PTRACE_CONT, pid, 0, sig as usize, "ptrace(PTRACE_CONT)").map(drop)
+    raw(
+        libc::PTRACE_CONT,
+        pid,
+        0,
+        sig as usize,
+        "ptrace(PTRACE_CONT)",
+    )
+    .map(drop)
 }
 
 /// Resume until the next syscall entry or exit.
 pub fn syscall(pid: Pid, sig: i32) -> Result<()> {
-    raw(libc::PTRACE_SYSCALL, pid, 0, sig as usize, "ptrace(PTRACE_SYSCALL)").map(drop)
+    raw(
+        libc::PTRACE_SYSCALL,
+        pid,
+        0,
+        sig as usize,
+        "ptrace(PTRACE_SYSCALL)",
+    )
+    .map(drop)
 }
 
 /// Detach, delivering `sig` (0 for none).
 pub fn detach(pid: Pid, sig: i32) -> Result<()> {
-    raw(libc::PTRACE_DETACH, pid, 0, sig as usize, "ptrace(PTRACE_DETACH)").map(drop)
+    raw(
+        libc::PTRACE_DETACH,
+        pid,
+        0,
+        sig as usize,
+        "ptrace(PTRACE_DETACH)",
+    )
+    .map(drop)
 }
 
 /// PTRACE_TRACEME, called by a child of the tracer.
@@ -57,14 +106,33 @@ pub fn traceme() -> Result<()> {
 }
 
 fn getregset(pid: Pid, nt: libc::c_int, buf: &mut [u8], op: &str) -> Result<usize> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    raw(libc::PTRACE_GETREGSET, pid, nt as usize, std::ptr::addr_of_mut!(iov) as usize, op)?;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    raw(
+        libc::PTRACE_GETREGSET,
+        pid,
+        nt as usize,
+        std::ptr::addr_of_mut!(iov) as usize,
+        op,
+    )?;
     Ok(iov.iov_len)
 }
 
 fn setregset(pid: Pid, nt: libc::c_int, buf: &[u8], op: &str) -> Result<()> {
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    raw(libc::PTRACE_SETREGSET, pid, nt as usize, std::ptr::addr_of_mut!(iov) as usize, op).map(drop)
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    raw(
+        libc::PTRACE_SETREGSET,
+        pid,
+        nt as usize,
+        std::ptr::addr_of_mut!(iov) as usize,
+        op,
+    )
+    .map(drop)
 }
 
 /// General registers (NT_PRSTATUS), including fs_base and gs_base.
@@ -73,10 +141,20 @@ pub fn get_regs(pid: Pid) -> Result<Regs> {
     let mut regs: Regs = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<Regs>();
     // SAFETY: the slice covers exactly `regs`, which outlives it.
-    let buf = unsafe { std::slice::from_raw_parts_mut(std::ptr::addr_of_mut!(regs).cast::<u8>(), size) };
-    let n = getregset(pid, NT_PRSTATUS, buf, "ptrace(PTRACE_GETREGSET, NT_PRSTATUS)")?;
+    let buf =
+        unsafe { std::slice::from_raw_parts_mut(std::ptr::addr_of_mut!(regs).cast::<u8>(), size) };
+    let n = getregset(
+        pid,
+        NT_PRSTATUS,
+        buf,
+        "ptrace(PTRACE_GETREGSET, NT_PRSTATUS)",
+    )?;
     if n != size {
-        return Err(SysError::other("ptrace(PTRACE_GETREGSET, NT_PRSTATUS)", Some(pid), format!("short regset: {n} bytes")));
+        return Err(SysError::other(
+            "ptrace(PTRACE_GETREGSET, NT_PRSTATUS)",
+            Some(pid),
+            format!("short regset: {n} bytes"),
+        ));
     }
     Ok(regs)
 }
@@ -85,31 +163,59 @@ pub fn set_regs(pid: Pid, regs: &Regs) -> Result<()> {
     let size = std::mem::size_of::<Regs>();
     // SAFETY: the slice covers exactly `*regs`, plain integers.
     let buf = unsafe { std::slice::from_raw_parts(std::ptr::from_ref(regs).cast::<u8>(), size) };
-    setregset(pid, NT_PRSTATUS, buf, "ptrace(PTRACE_SETREGSET, NT_PRSTATUS)")
+    setregset(
+        pid,
+        NT_PRSTATUS,
+        buf,
+        "ptrace(PTRACE_SETREGSET, NT_PRSTATUS)",
+    )
 }
 
 /// The full XSAVE area (NT_X86_XSTATE), in the standard (non-compacted) format.
 pub fn get_xstate(pid: Pid) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; XSTATE_MAX];
-    let n = getregset(pid, NT_X86_XSTATE, &mut buf, "ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)")?;
+    let n = getregset(
+        pid,
+        NT_X86_XSTATE,
+        &mut buf,
+        "ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)",
+    )?;
     buf.truncate(n);
     Ok(buf)
 }
 
 pub fn set_xstate(pid: Pid, xstate: &[u8]) -> Result<()> {
-    setregset(pid, NT_X86_XSTATE, xstate, "ptrace(PTRACE_SETREGSET, NT_X86_XSTATE)")
+    setregset(
+        pid,
+        NT_X86_XSTATE,
+        xstate,
+        "ptrace(PTRACE_SETREGSET, NT_X86_XSTATE)",
+    )
 }
 
 /// Blocked signal mask (bit N-1 = signal N).
 pub fn get_sigmask(pid: Pid) -> Result<u64> {
     let mut mask = 0u64;
-    raw(libc::PTRACE_GETSIGMASK, pid, 8, std::ptr::addr_of_mut!(mask) as usize, "ptrace(PTRACE_GETSIGMASK)")?;
+    raw(
+        libc::PTRACE_GETSIGMASK,
+        pid,
+        8,
+        std::ptr::addr_of_mut!(mask) as usize,
+        "ptrace(PTRACE_GETSIGMASK)",
+    )?;
     Ok(mask)
 }
 
 pub fn set_sigmask(pid: Pid, mask: u64) -> Result<()> {
     let m = mask;
-    raw(libc::PTRACE_SETSIGMASK, pid, 8, std::ptr::addr_of!(m) as usize, "ptrace(PTRACE_SETSIGMASK)").map(drop)
+    raw(
+        libc::PTRACE_SETSIGMASK,
+        pid,
+        8,
+        std::ptr::addr_of!(m) as usize,
+        "ptrace(PTRACE_SETSIGMASK)",
+    )
+    .map(drop)
 }
 
 /// rseq registration: (address, length, signature), or None.
@@ -140,11 +246,22 @@ pub fn peek(pid: Pid, addr: u64) -> Result<u64> {
     // SAFETY: __errno_location returns the calling thread's errno slot.
     unsafe { *libc::__errno_location() = 0 };
     // SAFETY: PEEKDATA reads the tracee's memory, not ours.
-    let r = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, pid.0, addr as usize as *mut libc::c_void, 0usize) };
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_PEEKDATA,
+            pid.0,
+            addr as usize as *mut libc::c_void,
+            0usize,
+        )
+    };
     if r == -1 {
         let e = last_errno();
         if e != 0 {
-            return Err(SysError::new(format!("ptrace(PTRACE_PEEKDATA, {addr:#x})"), Some(pid), e));
+            return Err(SysError::new(
+                format!("ptrace(PTRACE_PEEKDATA, {addr:#x})"),
+                Some(pid),
+                e,
+            ));
         }
     }
     Ok(r as u64)
@@ -153,7 +270,14 @@ pub fn peek(pid: Pid, addr: u64) -> Result<u64> {
 /// Writes one word of the tracee's memory, even into read-only or executable
 /// private pages (the kernel breaks copy-on-write).
 pub fn poke(pid: Pid, addr: u64, word: u64) -> Result<()> {
-    raw(libc::PTRACE_POKEDATA, pid, addr as usize, word as usize, &format!("ptrace(PTRACE_POKEDATA, {addr:#x})")).map(drop)
+    raw(
+        libc::PTRACE_POKEDATA,
+        pid,
+        addr as usize,
+        word as usize,
+        &format!("ptrace(PTRACE_POKEDATA, {addr:#x})"),
+    )
+    .map(drop)
 }
 
 /// What `waitpid` reported for a traced task.
@@ -164,7 +288,10 @@ pub enum Stop {
     /// Syscall entry or exit (PTRACE_O_TRACESYSGOOD).
     Syscall,
     /// A PTRACE_EVENT_* stop; for PTRACE_EVENT_STOP, `sig` tells interrupt (SIGTRAP) from group stop.
-    Event { event: i32, sig: i32 },
+    Event {
+        event: i32,
+        sig: i32,
+    },
     /// Signal-delivery stop (or a TRACEME child's stop).
     Signal(i32),
 }
@@ -203,4 +330,38 @@ pub fn decode_status(status: i32) -> Stop {
             Stop::Signal(sig)
         }
     }
+}
+
+/// Pending signals of a stopped tracee, without dequeuing them
+/// (PTRACE_PEEKSIGINFO): the thread's own queue, or with `shared` the
+/// process-wide one. Each entry is a raw 128-byte `siginfo_t`.
+pub fn peek_siginfo(pid: Pid, shared: bool) -> Result<Vec<[u8; 128]>> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const PEEKSIGINFO_SHARED: u32 = 1;
+    let mut out = Vec::new();
+    let mut buf = vec![[0u8; 128]; 64];
+    loop {
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: if shared { PEEKSIGINFO_SHARED } else { 0 },
+            nr: 64,
+        };
+        let n = raw(
+            libc::PTRACE_PEEKSIGINFO,
+            pid,
+            std::ptr::addr_of!(args) as usize,
+            buf.as_mut_ptr() as usize,
+            "ptrace(PTRACE_PEEKSIGINFO)",
+        )?;
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    Ok(out)
 }

@@ -98,17 +98,42 @@ fn put(buf: &mut [u8], off: usize, v: u64) {
 fn build_frame(frame: u64, fpstate: u64, regs: &Regs, mask: u64, fp: &[u8]) -> Vec<u8> {
     let total = (fpstate - frame) as usize + fp.len();
     let mut b = vec![0u8; total];
-    put(&mut b, 8, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    put(
+        &mut b,
+        8,
+        UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS,
+    );
     let m = MCONTEXT_OFF;
     let gp = [
-        regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.rdi, regs.rsi, regs.rbp,
-        regs.rbx, regs.rdx, regs.rax, regs.rcx, regs.rsp, regs.rip, regs.eflags,
+        regs.r8,
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12,
+        regs.r13,
+        regs.r14,
+        regs.r15,
+        regs.rdi,
+        regs.rsi,
+        regs.rbp,
+        regs.rbx,
+        regs.rdx,
+        regs.rax,
+        regs.rcx,
+        regs.rsp,
+        regs.rip,
+        regs.eflags,
     ];
     for (i, v) in gp.iter().enumerate() {
         put(&mut b, m + i * 8, *v);
     }
     // cs, gs, fs, ss as u16 at m+144.
-    let segs = [regs.cs as u16, regs.gs as u16, regs.fs as u16, regs.ss as u16];
+    let segs = [
+        regs.cs as u16,
+        regs.gs as u16,
+        regs.fs as u16,
+        regs.ss as u16,
+    ];
     for (i, s) in segs.iter().enumerate() {
         b[m + 144 + i * 2..m + 146 + i * 2].copy_from_slice(&s.to_le_bytes());
     }
@@ -145,12 +170,25 @@ impl RemoteThread {
     /// its writable mappings, to check the frame fits on the stack. `xstate`
     /// is the thread's XSAVE area as read by [`ptrace::get_xstate`].
     /// Nothing about the thread changes if this fails.
-    pub fn healing(tid: Pid, vdso: (u64, u64), writable: &[(u64, u64)], xstate: &[u8]) -> Result<RemoteThread> {
+    pub fn healing(
+        tid: Pid,
+        vdso: (u64, u64),
+        writable: &[(u64, u64)],
+        xstate: &[u8],
+    ) -> Result<RemoteThread> {
         let orig_regs = ptrace::get_regs(tid)?;
         let orig_mask = ptrace::get_sigmask(tid)?;
-        let patch = vdso.1.checked_sub(STUB.len() as u64).filter(|p| *p >= vdso.0).ok_or_else(|| {
-            SysError::other("prepare remote syscalls", Some(tid), "no [vdso] mapping to hold the syscall stub")
-        })?;
+        let patch = vdso
+            .1
+            .checked_sub(STUB.len() as u64)
+            .filter(|p| *p >= vdso.0)
+            .ok_or_else(|| {
+                SysError::other(
+                    "prepare remote syscalls",
+                    Some(tid),
+                    "no [vdso] mapping to hold the syscall stub",
+                )
+            })?;
         let w0 = ptrace::peek(tid, patch)?;
         let w1 = ptrace::peek(tid, patch + 8)?;
         if w0 != 0 || w1 != 0 {
@@ -165,25 +203,44 @@ impl RemoteThread {
         let fpstate = top.wrapping_sub(fp.len() as u64) & !63;
         let frame = fpstate.wrapping_sub(RT_SIGFRAME_SIZE) & !15;
         let scratch = frame.wrapping_sub(HEAL_SCRATCH) & !63;
-        let fits = writable.iter().any(|&(s, e)| s <= scratch && orig_regs.rsp <= e && scratch < orig_regs.rsp);
+        let fits = writable
+            .iter()
+            .any(|&(s, e)| s <= scratch && orig_regs.rsp <= e && scratch < orig_regs.rsp);
         if !fits {
             return Err(SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
-                format!("stack pointer {:#x} has no {} writable bytes below it", orig_regs.rsp, orig_regs.rsp - scratch),
+                format!(
+                    "stack pointer {:#x} has no {} writable bytes below it",
+                    orig_regs.rsp,
+                    orig_regs.rsp - scratch
+                ),
             ));
         }
         let frame_bytes = build_frame(frame, fpstate, &restart_fixed(&orig_regs), orig_mask, &fp);
         mem::write_bytes(tid, frame, &frame_bytes)?;
-        ptrace::poke(tid, patch, u64::from_le_bytes(STUB[0..8].try_into().unwrap_or_default()))?;
-        ptrace::poke(tid, patch + 8, u64::from_le_bytes(STUB[8..16].try_into().unwrap_or_default()))?;
+        ptrace::poke(
+            tid,
+            patch,
+            u64::from_le_bytes(STUB[0..8].try_into().unwrap_or_default()),
+        )?;
+        ptrace::poke(
+            tid,
+            patch + 8,
+            u64::from_le_bytes(STUB[8..16].try_into().unwrap_or_default()),
+        )?;
         let mut t = RemoteThread {
             tid,
             stub: patch,
             scratch,
             scratch_len: frame - scratch,
             base: orig_regs,
-            heal: Some(Heal { orig_regs, orig_mask, frame, patch }),
+            heal: Some(Heal {
+                orig_regs,
+                orig_mask,
+                frame,
+                patch,
+            }),
             pending_stop: false,
         };
         // First call: let the kernel write the altstack into the frame. From
@@ -215,7 +272,15 @@ impl RemoteThread {
     /// with PTRACE_O_TRACESYSGOOD.
     pub fn plain(tid: Pid, stub: u64, scratch: u64, scratch_len: u64) -> Result<RemoteThread> {
         let base = ptrace::get_regs(tid)?;
-        Ok(RemoteThread { tid, stub, scratch, scratch_len, base, heal: None, pending_stop: false })
+        Ok(RemoteThread {
+            tid,
+            stub,
+            scratch,
+            scratch_len,
+            base,
+            heal: None,
+            pending_stop: false,
+        })
     }
 
     pub fn tid(&self) -> Pid {
@@ -238,7 +303,11 @@ impl RemoteThread {
 
     pub fn write_scratch(&self, off: u64, data: &[u8]) -> Result<u64> {
         if off + data.len() as u64 > self.scratch_len {
-            return Err(SysError::other("write scratch", Some(self.tid), "argument too large for scratch area"));
+            return Err(SysError::other(
+                "write scratch",
+                Some(self.tid),
+                "argument too large for scratch area",
+            ));
         }
         mem::write_bytes(self.tid, self.scratch + off, data)?;
         Ok(self.scratch + off)
@@ -246,7 +315,11 @@ impl RemoteThread {
 
     pub fn read_scratch(&self, off: u64, len: usize) -> Result<Vec<u8>> {
         if off + len as u64 > self.scratch_len {
-            return Err(SysError::other("read scratch", Some(self.tid), "read beyond scratch area"));
+            return Err(SysError::other(
+                "read scratch",
+                Some(self.tid),
+                "read beyond scratch area",
+            ));
         }
         mem::read_bytes(self.tid, self.scratch + off, len)
     }
@@ -287,7 +360,11 @@ impl RemoteThread {
     pub fn call(&mut self, nr: libc::c_long, args: &[u64], what: &str) -> Result<u64> {
         let r = self.syscall(nr, args)?;
         if (-4095..0).contains(&r) {
-            return Err(SysError::new(format!("remote {what}"), Some(self.tid), (-r) as i32));
+            return Err(SysError::new(
+                format!("remote {what}"),
+                Some(self.tid),
+                (-r) as i32,
+            ));
         }
         Ok(r as u64)
     }
@@ -325,7 +402,9 @@ impl RemoteThread {
     /// resuming it applies the kernel's own syscall-restart logic. Plain
     /// mode: nothing to undo. The thread stays traced and stopped.
     pub fn finish(mut self) -> Result<()> {
-        let Some(h) = self.heal.take() else { return Ok(()) };
+        let Some(h) = self.heal.take() else {
+            return Ok(());
+        };
         let tid = self.tid;
         ptrace::set_sigmask(tid, h.orig_mask)?;
         // Leave the syscall stop for an interrupt stop taken before any user
@@ -334,7 +413,10 @@ impl RemoteThread {
         ptrace::cont(tid, 0)?;
         loop {
             match ptrace::wait(tid)? {
-                Stop::Event { event: ptrace::PTRACE_EVENT_STOP, .. } => break,
+                Stop::Event {
+                    event: ptrace::PTRACE_EVENT_STOP,
+                    ..
+                } => break,
                 Stop::Signal(libc::SIGSTOP) => {
                     self.pending_stop = true;
                     ptrace::cont(tid, 0)?;
@@ -342,7 +424,11 @@ impl RemoteThread {
                 Stop::Signal(s) => ptrace::cont(tid, s)?,
                 Stop::Syscall | Stop::Event { .. } => ptrace::cont(tid, 0)?,
                 Stop::Exited(_) | Stop::Killed(_) => {
-                    return Err(SysError::other("finish remote syscalls", Some(tid), "task died"))
+                    return Err(SysError::other(
+                        "finish remote syscalls",
+                        Some(tid),
+                        "task died",
+                    ))
                 }
             }
         }
@@ -358,9 +444,15 @@ impl RemoteThread {
 
 /// Reads a NUL-free C struct field helper: little-endian u64 at `off`.
 pub fn le_u64(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+    b.get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
 }
 
 pub fn le_u32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0)
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0)
 }

@@ -44,7 +44,11 @@ pub fn spawn_stopped(pid: i32, plan: &FdPlan) -> Result<Pid> {
                 match ptrace::wait(child)? {
                     Stop::Signal(libc::SIGSTOP) => {}
                     Stop::Exited(code) => {
-                        return Err(SysError::other("start restore child", Some(child), child_failure(code)))
+                        return Err(SysError::other(
+                            "start restore child",
+                            Some(child),
+                            child_failure(code),
+                        ))
                     }
                     other => {
                         return Err(SysError::other(
@@ -72,22 +76,33 @@ pub fn kill_and_reap(child: Pid) {
 }
 
 fn child(parent: i32, plan: &FdPlan) -> ! {
-    // SAFETY (whole function): raw syscalls with integer arguments or
-    // pointers to memory that lives for the call; no allocation.
+    // SAFETY: raw syscalls with integer arguments or pointers to memory
+    // that lives for the call; no allocation (this runs right after a fork).
     unsafe {
         libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::syscall(libc::SYS_getppid) as i32 != parent {
             exit_now(2);
         }
         let all: u64 = !0;
-        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, 0usize, 8usize);
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        );
         for (i, &src) in plan.srcs.iter().enumerate() {
             if libc::syscall(libc::SYS_dup2, src, plan.staging + i as i32) < 0 {
                 exit_now(3);
             }
         }
         libc::syscall(libc::SYS_close_range, 0u32, (plan.staging - 1) as u32, 0u32);
-        libc::syscall(libc::SYS_close_range, (plan.staging + plan.srcs.len() as i32) as u32, u32::MAX, 0u32);
+        libc::syscall(
+            libc::SYS_close_range,
+            (plan.staging + plan.srcs.len() as i32) as u32,
+            u32::MAX,
+            0u32,
+        );
         for &(i, fd, cloexec) in &plan.targets {
             let from = plan.staging + i as i32;
             let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
@@ -99,7 +114,11 @@ fn child(parent: i32, plan: &FdPlan) -> ! {
         if libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
             exit_now(5);
         }
-        libc::syscall(libc::SYS_kill, libc::syscall(libc::SYS_getpid), libc::SIGSTOP);
+        libc::syscall(
+            libc::SYS_kill,
+            libc::syscall(libc::SYS_getpid),
+            libc::SIGSTOP,
+        );
         exit_now(6)
     }
 }
@@ -121,16 +140,26 @@ pub fn map_stub_area(addr: u64, len: u64) -> Result<()> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(SysError::new(format!("mmap stub area at {addr:#x}"), None, last_errno()));
+        return Err(SysError::new(
+            format!("mmap stub area at {addr:#x}"),
+            None,
+            last_errno(),
+        ));
     }
     if p as u64 != addr {
         // Old kernels ignore NOREPLACE and treat it as a hint.
         // SAFETY: unmapping the range the kernel just gave us.
         unsafe { libc::munmap(p, len as usize) };
-        return Err(SysError::new(format!("mmap stub area at {addr:#x}"), None, libc::EEXIST));
+        return Err(SysError::new(
+            format!("mmap stub area at {addr:#x}"),
+            None,
+            libc::EEXIST,
+        ));
     }
     // SAFETY: p points to a fresh, writable mapping of at least one page.
-    unsafe { std::ptr::copy_nonoverlapping(remote::STUB.as_ptr(), p.cast::<u8>(), remote::STUB.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(remote::STUB.as_ptr(), p.cast::<u8>(), remote::STUB.len())
+    };
     // SAFETY: changing protection of the first page of our own new mapping.
     let r = unsafe { libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) };
     check(r.into(), "mprotect stub", None)?;

@@ -19,7 +19,12 @@ pub fn kill(pid: Pid, sig: i32) -> Result<()> {
 /// tgkill(2): a signal to one thread.
 pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<()> {
     // SAFETY: plain syscall with integer arguments.
-    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid.0, tid.0, sig) }, "tgkill", Some(tid)).map(drop)
+    check(
+        unsafe { libc::syscall(libc::SYS_tgkill, tgid.0, tid.0, sig) },
+        "tgkill",
+        Some(tid),
+    )
+    .map(drop)
 }
 
 pub fn gettid() -> Pid {
@@ -52,7 +57,11 @@ pub fn waitpid(pid: Pid, flags: i32) -> Result<Option<i32>> {
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     // SAFETY: plain syscall; on success the returned fd is ours to own.
-    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) }, "pidfd_open", Some(pid))?;
+    let fd = check(
+        unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) },
+        "pidfd_open",
+        Some(pid),
+    )?;
     // SAFETY: fd was just returned by the kernel and is not owned elsewhere.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -87,19 +96,30 @@ pub fn get_affinity(tid: Pid) -> Result<Vec<usize>> {
     // SAFETY: as above.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: set is a valid out-buffer of the size we pass.
-    let r = unsafe { libc::sched_getaffinity(tid.0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let r =
+        unsafe { libc::sched_getaffinity(tid.0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     check(r.into(), "sched_getaffinity", Some(tid))?;
     // SAFETY: CPU_ISSET only reads `set`.
-    Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
 }
 
 /// Scheduling policy and real-time priority of a task.
 pub fn sched_get(pid: Pid) -> Result<(u32, u32)> {
-    // SAFETY: plain syscall.
-    let policy = check(unsafe { libc::sched_getscheduler(pid.0) }.into(), "sched_getscheduler", Some(pid))?;
+    let policy = check(
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_getscheduler(pid.0) }.into(),
+        "sched_getscheduler",
+        Some(pid),
+    )?;
     let mut param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: param is a valid out-pointer.
-    check(unsafe { libc::sched_getparam(pid.0, &mut param) }.into(), "sched_getparam", Some(pid))?;
+    check(
+        // SAFETY: param is a valid out-pointer.
+        unsafe { libc::sched_getparam(pid.0, &mut param) }.into(),
+        "sched_getparam",
+        Some(pid),
+    )?;
     Ok((policy as u32, param.sched_priority as u32))
 }
 
@@ -107,7 +127,11 @@ pub fn sched_get(pid: Pid) -> Result<(u32, u32)> {
 pub fn get_nice(pid: Pid) -> Result<i32> {
     // getpriority returns 20 - nice as a raw syscall.
     // SAFETY: plain syscall.
-    let r = check(unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, pid.0) }, "getpriority", Some(pid))?;
+    let r = check(
+        unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, pid.0) },
+        "getpriority",
+        Some(pid),
+    )?;
     Ok(20 - r as i32)
 }
 
@@ -119,7 +143,12 @@ pub fn kernel_release() -> String {
     if unsafe { libc::uname(&mut u) } != 0 {
         return String::from("unknown");
     }
-    let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -130,7 +159,8 @@ pub fn personality_get() -> u32 {
 }
 
 pub fn cstring(s: &str, what: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| SysError::other(what, None, format!("path contains a NUL byte: {s:?}")))
+    CString::new(s)
+        .map_err(|_| SysError::other(what, None, format!("path contains a NUL byte: {s:?}")))
 }
 
 /// Closes every descriptor of the caller from `from` upward.
@@ -162,6 +192,10 @@ pub fn seek_to(fd: &OwnedFd, pos: u64, what: &str) -> Result<()> {
 /// Highest descriptor number open in the caller, or -1.
 pub fn max_open_fd() -> i32 {
     std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).max().unwrap_or(-1))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .max()
+                .unwrap_or(-1)
+        })
         .unwrap_or(1024)
 }

@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -328,12 +329,22 @@ pub fn start(work: &Work, program: Program, args: &[&str]) -> Proc {
         .append(true)
         .open(work.path("out.log"))
         .expect("out.log");
-    let child = Command::new(&exe)
-        .args(&argv)
+    let mut cmd = Command::new(&exe);
+    cmd.args(&argv)
         .current_dir(work.dir())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup out.log"))
-        .stderr(log)
+        .stderr(log);
+    // Descriptors inherited from whoever runs the tests (a CI runner's
+    // pipes, say) are not the program's own state: close them.
+    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
     let pid = i32::try_from(child.id()).expect("pid");
