@@ -78,13 +78,6 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
     let p = Pid(pid as i32);
 
     // ---- check: what we cannot save yet, before anything is written ----
-    if frozen.tids.len() > 1 {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what: format!("a multi-threaded process ({} threads)", frozen.tids.len()),
-        });
-    }
     let children = stasis_proc::read_children(pid, pid).at(pid, Stage::Check)?;
     if !children.is_empty() {
         return Err(DumpError::Unsupported {
@@ -115,28 +108,7 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
 
     // ---- collect: /proc and ptrace ----
     let tid = p;
-    let regs = ptrace::get_regs(tid).at(pid, Stage::Collect)?;
-    let xsave = ptrace::get_xstate(tid).at(pid, Stage::Collect)?;
-    let sigmask = ptrace::get_sigmask(tid).at(pid, Stage::Collect)?;
-    let pending = |shared| -> Result<Vec<PendingSignal>> {
-        Ok(ptrace::peek_siginfo(tid, shared)
-            .at(pid, Stage::Collect)?
-            .into_iter()
-            .map(|info| PendingSignal {
-                signo: le_u32(&info, 0),
-                info: info.to_vec(),
-            })
-            .collect())
-    };
-    let thread_pending = pending(false)?;
-    let shared_pending = pending(true)?;
-    let rseq = ptrace::get_rseq(tid)
-        .at(pid, Stage::Collect)?
-        .map(|(addr, len, signature)| Rseq {
-            addr,
-            len,
-            signature,
-        });
+    let shared_pending = pending_signals(pid, tid, true)?;
     let exe_link = stasis_proc::read_link(pid, "exe").at(pid, Stage::Collect)?;
     let exe = file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
     let cwd = stasis_proc::read_link(pid, "cwd").at(pid, Stage::Collect)?;
@@ -157,7 +129,7 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         .map(|s| s.trim_end_matches('\n').to_string())
         .unwrap_or(stat.comm.clone());
 
-    // ---- query: remote syscalls, self-healing ----
+    // ---- query: remote syscalls, self-healing, one thread at a time ----
     let writable: Vec<(u64, u64)> = smaps
         .iter()
         .filter(|s| s.map.write)
@@ -168,15 +140,27 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         .find(|s| s.map.path.as_deref() == Some("[vdso]"))
         .map(|s| (s.map.start, s.map.end))
         .unwrap_or((0, 0));
-    let remote = RemoteThread::healing(tid, vdso, &writable, &xsave).at(pid, Stage::Query)?;
-    frozen.set_remote(remote);
-    let r = frozen.remote().ok_or(DumpError::Unsupported {
-        pid,
-        stage: Stage::Query,
-        what: "remote".into(),
-    })?;
-    let q = query(r, pid, status.sig_cgt | status.sig_ign)?;
-    frozen.finish_remote().at(pid, Stage::Query)?;
+    let mut threads = Vec::with_capacity(frozen.tids.len());
+    let mut q = None;
+    for tid in frozen.tids.clone() {
+        let mut t = collect_thread(pid, tid)?;
+        let remote = RemoteThread::healing(tid, vdso, &writable, &t.xsave).at(pid, Stage::Query)?;
+        frozen.set_remote(remote);
+        let r = frozen.remote().ok_or(DumpError::Unsupported {
+            pid,
+            stage: Stage::Query,
+            what: "remote".into(),
+        })?;
+        let (altstack, clear_child_tid) = query_thread(r, pid)?;
+        t.sigaltstack = altstack;
+        t.clear_child_tid = clear_child_tid;
+        if tid == p {
+            q = Some(query(r, pid, status.sig_cgt | status.sig_ign)?);
+        }
+        frozen.finish_remote().at(pid, Stage::Query)?;
+        threads.push(t);
+    }
+    let q = q.ok_or(DumpError::NoProcess { pid })?;
 
     let mm = MmState {
         start_code: stat.start_code,
@@ -193,17 +177,6 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         auxv,
         vmas,
         pages: Vec::new(),
-    };
-    let thread = ThreadState {
-        tid: pid,
-        comm: comm.clone(),
-        regs: regs_to_image(&regs),
-        xsave,
-        sigmask,
-        sigaltstack: q.altstack,
-        clear_child_tid: q.clear_child_tid,
-        rseq,
-        pending: thread_pending,
     };
     let image = ProcessImage {
         pid,
@@ -238,7 +211,7 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         dumpable: q.dumpable,
         sigactions: q.sigactions,
         shared_pending,
-        threads: vec![thread],
+        threads,
         files: fds,
         mm,
     };
@@ -246,9 +219,7 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
 }
 
 struct Queried {
-    altstack: SigAltStack,
     sigactions: Vec<SigAction>,
-    clear_child_tid: u64,
     pdeath_signal: u32,
     dumpable: u32,
     securebits: u32,
@@ -261,16 +232,6 @@ struct Queried {
 fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
     let st = Stage::Query;
     let (scratch, _) = r.scratch();
-    // sigaltstack: the healing setup already asked for it; ask again into scratch.
-    r.call(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")
-        .at(pid, st)?;
-    let b = r.read_scratch(0, 24).at(pid, st)?;
-    let altstack = SigAltStack {
-        sp: le_u64(&b, 0),
-        flags: le_u32(&b, 8),
-        size: le_u64(&b, 16),
-    };
-
     let mut sigactions = Vec::new();
     for signo in 1..=64u32 {
         if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
@@ -297,13 +258,6 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
 
     r.call(
         libc::SYS_prctl,
-        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
-        "prctl(PR_GET_TID_ADDRESS)",
-    )
-    .at(pid, st)?;
-    let clear_child_tid = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
-    r.call(
-        libc::SYS_prctl,
         &[libc::PR_GET_PDEATHSIG as u64, scratch],
         "prctl(PR_GET_PDEATHSIG)",
     )
@@ -325,12 +279,76 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
         .at(pid, st)? as u32;
     let brk = r.call(libc::SYS_brk, &[0], "brk(0)").at(pid, st)?;
     Ok(Queried {
-        altstack,
         sigactions,
-        clear_child_tid,
         pdeath_signal,
         dumpable,
         securebits,
         brk,
     })
+}
+
+fn pending_signals(pid: u32, tid: Pid, shared: bool) -> Result<Vec<PendingSignal>> {
+    Ok(ptrace::peek_siginfo(tid, shared)
+        .at(pid, Stage::Collect)?
+        .into_iter()
+        .map(|info| PendingSignal {
+            signo: le_u32(&info, 0),
+            info: info.to_vec(),
+        })
+        .collect())
+}
+
+/// Per-thread state visible through ptrace and /proc.
+fn collect_thread(pid: u32, tid: Pid) -> Result<ThreadState> {
+    let st = Stage::Collect;
+    let regs = ptrace::get_regs(tid).at(pid, st)?;
+    let xsave = ptrace::get_xstate(tid).at(pid, st)?;
+    let sigmask = ptrace::get_sigmask(tid).at(pid, st)?;
+    let pending = pending_signals(pid, tid, false)?;
+    let rseq = ptrace::get_rseq(tid)
+        .at(pid, st)?
+        .map(|(addr, len, signature)| Rseq {
+            addr,
+            len,
+            signature,
+        });
+    let (robust_list_head, robust_list_len) = util::get_robust_list(tid).at(pid, st)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .unwrap_or_default();
+    Ok(ThreadState {
+        tid: tid.0 as u32,
+        comm,
+        regs: regs_to_image(&regs),
+        xsave,
+        sigmask,
+        sigaltstack: SigAltStack::default(),
+        clear_child_tid: 0,
+        rseq,
+        pending,
+        robust_list_head,
+        robust_list_len,
+    })
+}
+
+/// Per-thread state only the thread can tell: (sigaltstack, clear_child_tid).
+fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<(SigAltStack, u64)> {
+    let st = Stage::Query;
+    let (scratch, _) = r.scratch();
+    r.call(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")
+        .at(pid, st)?;
+    let b = r.read_scratch(0, 24).at(pid, st)?;
+    let altstack = SigAltStack {
+        sp: le_u64(&b, 0),
+        flags: le_u32(&b, 8),
+        size: le_u64(&b, 16),
+    };
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+        "prctl(PR_GET_TID_ADDRESS)",
+    )
+    .at(pid, st)?;
+    let clear_child_tid = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
+    Ok((altstack, clear_child_tid))
 }

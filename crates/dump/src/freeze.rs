@@ -142,7 +142,9 @@ impl Frozen {
     pub fn kill(mut self) -> stasis_sys::Result<()> {
         self.done = true;
         util::kill(self.pid, libc::SIGKILL)?;
-        for &tid in &self.tids {
+        // Non-leader threads first: the leader's exit is reported only
+        // once every other (traced) thread has been reaped.
+        for &tid in self.tids.iter().rev() {
             // As tracer we see each thread die; the real parent then reaps the process.
             loop {
                 match ptrace::wait(tid) {

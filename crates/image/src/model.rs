@@ -196,6 +196,11 @@ pub struct ThreadState {
     /// Signals pending for this thread only, oldest first.
     #[serde(default)]
     pub pending: Vec<PendingSignal>,
+    /// `set_robust_list` head and length (0, 0 if none).
+    #[serde(default)]
+    pub robust_list_head: u64,
+    #[serde(default)]
+    pub robust_list_len: u64,
 }
 
 /// A queued signal with its full `siginfo_t` (128 bytes).

@@ -64,6 +64,8 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         },
         xsave: (0..2432u32).map(|i| (i % 251) as u8).collect(),
         sigmask: 1 << 13,
+        robust_list_head: 0x7f00_0000_0a00,
+        robust_list_len: 24,
         pending: vec![PendingSignal {
             signo: 10,
             info: vec![0; 128],

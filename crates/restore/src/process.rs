@@ -2,7 +2,7 @@
 
 use crate::memory::{self, ServiceFds, STUB_LEN};
 use crate::{fault_point, At, RestoreError, Result, Stage};
-use stasis_image::{FdKind, ProcessImage, UserRegs, VmaKind};
+use stasis_image::{FdKind, ProcessImage, ThreadState, UserRegs, VmaKind};
 use stasis_sys::ptrace::{self, Regs};
 use stasis_sys::remote::{restart_fixed, RemoteThread};
 use stasis_sys::spawn::{self, FdPlan};
@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-/// Kills the half-built child unless disarmed.
-struct ChildGuard(Option<Pid>);
+/// Kills the half-built child (and reaps its traced threads) unless disarmed.
+struct ChildGuard(Option<Pid>, Vec<Pid>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
             log::warn!("pid {p}: killing the partly restored process");
-            spawn::kill_and_reap(p);
+            spawn::kill_and_reap_threads(p, &self.1);
         }
     }
 }
@@ -156,7 +156,7 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
             source,
         },
     })?;
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = ChildGuard(Some(child), Vec::new());
     fault_point(pid, Stage::Fork)?;
 
     let mut r =
@@ -164,7 +164,29 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
     memory::rebuild(&mut r, &img.mm, &svc, stub)?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
+    thread_attributes(&mut r, pid, &img.threads[0])?;
+    // Threads, created by the leader; each then sets up what is its own.
+    let mut threads = Vec::with_capacity(img.threads.len() - 1);
+    if img.threads.len() > 1 {
+        ptrace::set_options(
+            child,
+            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+        )
+        .at(pid, Stage::Attributes)?;
+    }
+    for t in &img.threads[1..] {
+        let tid = create_thread(&mut r, pid, t.tid)?;
+        guard.1.push(tid);
+        let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
+            .at(pid, Stage::Attributes)?;
+        thread_attributes(&mut tr, pid, t)?;
+        threads.push(tr);
+    }
     fault_point(pid, Stage::Attributes)?;
+    // Credentials are per thread in the kernel: every thread sets its own.
+    for tr in &mut threads {
+        creds(tr, img)?;
+    }
     creds(&mut r, img)?;
     fault_point(pid, Stage::Creds)?;
 
@@ -180,15 +202,20 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
     r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")
         .at(pid, Stage::Registers)?;
 
-    let t = &img.threads[0];
-    ptrace::set_sigmask(child, t.sigmask).at(pid, Stage::Registers)?;
-    if !t.xsave.is_empty() {
-        ptrace::set_xstate(child, &t.xsave).at(pid, Stage::Registers)?;
+    let mut tids = vec![child];
+    tids.extend(threads.iter().map(|t| t.tid()));
+    for (t, &tid) in img.threads.iter().zip(&tids) {
+        ptrace::set_sigmask(tid, t.sigmask).at(pid, Stage::Registers)?;
+        if !t.xsave.is_empty() {
+            ptrace::set_xstate(tid, &t.xsave).at(pid, Stage::Registers)?;
+        }
+        // Stopped at a syscall exit, the kernel applies no restart logic: do it.
+        ptrace::set_regs(tid, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;
     }
-    // Stopped at a syscall exit, the kernel applies no restart logic: do it.
-    ptrace::set_regs(child, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;
     fault_point(pid, Stage::Registers)?;
-    ptrace::detach(child, 0).at(pid, Stage::Resume)?;
+    for &tid in tids.iter().rev() {
+        ptrace::detach(tid, 0).at(pid, Stage::Resume)?;
+    }
     guard.0 = None;
     Ok(child)
 }
@@ -293,29 +320,39 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
 
     // Pending signals: queued by the process to itself (only a process may
     // queue kernel-style siginfo to itself); all signals are blocked here.
-    let t = &img.threads[0];
-    for (p, shared) in img
-        .shared_pending
-        .iter()
-        .map(|p| (p, true))
-        .chain(t.pending.iter().map(|p| (p, false)))
-    {
+    for p in &img.shared_pending {
         let at = r.write_scratch(0, &p.info).at(pid, st)?;
-        if shared {
-            r.call(
-                libc::SYS_rt_sigqueueinfo,
-                &[u64::from(pid), u64::from(p.signo), at],
-                "rt_sigqueueinfo",
-            )
-            .at(pid, st)?;
-        } else {
-            r.call(
-                libc::SYS_rt_tgsigqueueinfo,
-                &[u64::from(pid), u64::from(t.tid), u64::from(p.signo), at],
-                "rt_tgsigqueueinfo",
-            )
-            .at(pid, st)?;
-        }
+        r.call(
+            libc::SYS_rt_sigqueueinfo,
+            &[u64::from(pid), u64::from(p.signo), at],
+            "rt_sigqueueinfo",
+        )
+        .at(pid, st)?;
+    }
+    Ok(())
+}
+
+/// What belongs to one thread, executed by that thread.
+fn thread_attributes(r: &mut RemoteThread, pid: u32, t: &ThreadState) -> Result<()> {
+    let st = Stage::Attributes;
+    let mut comm = t.comm.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    let at = r.write_scratch(0, &comm).at(pid, st)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, at],
+        "prctl(PR_SET_NAME)",
+    )
+    .at(pid, st)?;
+    for p in &t.pending {
+        let at = r.write_scratch(0, &p.info).at(pid, st)?;
+        r.call(
+            libc::SYS_rt_tgsigqueueinfo,
+            &[u64::from(pid), u64::from(t.tid), u64::from(p.signo), at],
+            "rt_tgsigqueueinfo",
+        )
+        .at(pid, st)?;
     }
     let ss = t.sigaltstack;
     let mut b = ss.sp.to_le_bytes().to_vec();
@@ -332,6 +369,14 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         "set_tid_address",
     )
     .at(pid, st)?;
+    if t.robust_list_head != 0 {
+        r.call(
+            libc::SYS_set_robust_list,
+            &[t.robust_list_head, t.robust_list_len],
+            "set_robust_list",
+        )
+        .at(pid, st)?;
+    }
     if let Some(rs) = t.rseq {
         r.call(
             libc::SYS_rseq,
@@ -341,6 +386,53 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         .at(pid, st)?;
     }
     Ok(())
+}
+
+const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Creates thread `tid` in the process by a remote clone3 in its leader
+/// (set_tid gives the old TID); with PTRACE_O_TRACECLONE it arrives traced
+/// and stopped before running any instruction.
+fn create_thread(leader: &mut RemoteThread, pid: u32, tid: u32) -> Result<Pid> {
+    let st = Stage::Attributes;
+    let (scratch, _) = leader.scratch();
+    let mut args = Vec::with_capacity(88);
+    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
+    for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, scratch + 128, 1, 0] {
+        args.extend_from_slice(&v.to_le_bytes());
+    }
+    leader.write_scratch(0, &args).at(pid, st)?;
+    leader
+        .write_scratch(128, &(tid as i32).to_le_bytes())
+        .at(pid, st)?;
+    let got = leader
+        .call(
+            libc::SYS_clone3,
+            &[scratch, 88],
+            &format!("clone3 thread {tid}"),
+        )
+        .at(pid, st)?;
+    let t = Pid(got as i32);
+    if got != u64::from(tid) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!("thread {tid} was created as {got}"),
+        });
+    }
+    match ptrace::wait(t).at(pid, st)? {
+        ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => Ok(t),
+        other => Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!("new thread {tid}: unexpected {other:?}"),
+        }),
+    }
 }
 
 const SECBIT_KEEP_CAPS: u64 = 1 << 4;

@@ -71,7 +71,17 @@ pub fn spawn_stopped(pid: i32, plan: &FdPlan) -> Result<Pid> {
 
 /// SIGKILL a child of ours and reap it.
 pub fn kill_and_reap(child: Pid) {
+    kill_and_reap_threads(child, &[]);
+}
+
+/// SIGKILL a child of ours whose other threads `threads` we trace, and reap
+/// them all: traced threads first, since the leader's exit is reported
+/// only after every other traced thread has been waited for.
+pub fn kill_and_reap_threads(child: Pid, threads: &[Pid]) {
     let _ = crate::util::kill(child, libc::SIGKILL);
+    for &t in threads {
+        let _ = crate::util::waitpid(t, libc::__WALL);
+    }
     let _ = crate::util::waitpid(child, libc::__WALL);
 }
 

@@ -199,3 +199,20 @@ pub fn max_open_fd() -> i32 {
         })
         .unwrap_or(1024)
 }
+
+/// get_robust_list(2) of another thread: (head, length).
+pub fn get_robust_list(tid: Pid) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers are valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.0,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    check(r, "get_robust_list", Some(tid))?;
+    Ok((head, len as u64))
+}

@@ -64,6 +64,12 @@ selfcheck!(
 );
 selfcheck!(selfcheck_misc, negative_misc, Program::Bin("tp_misc"), []);
 selfcheck!(
+    selfcheck_threads,
+    negative_threads,
+    Program::Bin("tp_threads"),
+    []
+);
+selfcheck!(
     selfcheck_sleep_nanosleep,
     negative_sleep_nanosleep,
     Program::Bin("tp_sleep"),
@@ -524,8 +530,18 @@ fn refuse_unsupported_pipe() {
 }
 
 #[test]
-fn refuse_unsupported_thread() {
-    refuse("thread", &["thread"]);
+fn cr_threads() {
+    cr("cr_threads", Program::Bin("tp_threads"), &[]);
+}
+
+/// The program that used to be refused for its thread now checkpoints.
+#[test]
+fn cr_unsupported_thread_now_supported() {
+    cr(
+        "cr_unsupported_thread",
+        Program::Bin("tp_unsupported"),
+        &["--with", "thread"],
+    );
 }
 
 #[test]
