@@ -1,7 +1,7 @@
 //! Collecting a frozen process's state from /proc, ptrace and remote syscalls.
 
 use crate::freeze::Frozen;
-use crate::{files, memory, At, DumpError, DumpOptions, Result, Stage};
+use crate::{files, memory, At, DumpError, Result, Stage};
 use stasis_image::{
     Creds, FileId, MmState, PendingSignal, ProcessImage, Rlimit, Rseq, Sched, SigAction,
     SigAltStack, ThreadState, UserRegs,
@@ -73,19 +73,11 @@ pub(crate) fn file_id(
     })
 }
 
-pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collected> {
-    let pid = opts.pid;
-    let p = Pid(pid as i32);
+pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected> {
+    let p = frozen.pid;
+    let pid = p.0 as u32;
 
     // ---- check: what we cannot save yet, before anything is written ----
-    let children = stasis_proc::read_children(pid, pid).at(pid, Stage::Check)?;
-    if !children.is_empty() {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what: format!("a process with child processes (pids {children:?})"),
-        });
-    }
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     if status.seccomp != 0 {
@@ -102,7 +94,7 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
             what: "a process inside a nested PID namespace".into(),
         });
     }
-    let fds = files::collect_fds(pid, opts.shell_job)?;
+    let fds = files::collect_fds(pid, shell_job)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
 
@@ -183,6 +175,8 @@ pub(crate) fn collect(frozen: &mut Frozen, opts: &DumpOptions) -> Result<Collect
         ppid: stat.ppid,
         pgid: stat.pgrp,
         sid: stat.session,
+        exit_signal: stat.exit_signal.max(0) as u32,
+        stopped: frozen.was_stopped,
         comm,
         exe,
         cwd,

@@ -168,3 +168,88 @@ impl Drop for Frozen {
         }
     }
 }
+
+/// An exited, not yet reaped member of the tree.
+pub struct ZombieInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    pub exit_status: i32,
+    pub exit_signal: u32,
+}
+
+/// A whole process tree, frozen parents first.
+pub struct FrozenTree {
+    /// Live processes in breadth-first order (parents before children).
+    pub procs: Vec<Frozen>,
+    pub zombies: Vec<ZombieInfo>,
+}
+
+impl FrozenTree {
+    /// Freezes `root` and all its descendants: each process is frozen
+    /// before its children are listed, so no new child can appear behind
+    /// our back (a frozen process cannot fork).
+    pub fn freeze(root: Pid) -> Result<FrozenTree> {
+        let mut tree = FrozenTree {
+            procs: Vec::new(),
+            zombies: Vec::new(),
+        };
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(p) = queue.pop_front() {
+            let pu = p.0 as u32;
+            let stat = match stasis_proc::read_stat(pu) {
+                Ok(s) => s,
+                Err(_) if p != root => continue, // exited and reaped meanwhile
+                Err(e) => return Err(e).at(pu, Stage::Freeze),
+            };
+            if stat.state == 'Z' || stat.state == 'X' {
+                if p == root {
+                    return Err(DumpError::Unsupported {
+                        pid: pu,
+                        stage: Stage::Freeze,
+                        what: "a zombie".into(),
+                    });
+                }
+                tree.zombies.push(ZombieInfo {
+                    pid: pu,
+                    ppid: stat.ppid,
+                    pgid: stat.pgrp,
+                    sid: stat.session,
+                    exit_status: stat.exit_code,
+                    exit_signal: stat.exit_signal.max(0) as u32,
+                });
+                continue;
+            }
+            let f = Frozen::freeze(p)?;
+            for &tid in &f.tids {
+                let kids = stasis_proc::read_children(pu, tid.0 as u32).at(pu, Stage::Freeze)?;
+                queue.extend(kids.into_iter().map(|k| Pid(k as i32)));
+            }
+            tree.procs.push(f);
+        }
+        Ok(tree)
+    }
+
+    /// Resumes every process as it was (dump with --leave-running).
+    pub fn release(self) -> stasis_sys::Result<()> {
+        let mut first = None;
+        for f in self.procs {
+            if let Err(e) = f.release() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Kills every process after a complete dump.
+    pub fn kill(self) -> stasis_sys::Result<()> {
+        let mut first = None;
+        for f in self.procs {
+            if let Err(e) = f.kill() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

@@ -213,8 +213,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         limit: opts.timeout,
     };
     let t0 = Instant::now();
-    let mut frozen = freeze::Frozen::freeze(Pid(pid as i32))?;
-    log::info!("pid {pid}: frozen in {:?}", t0.elapsed());
+    let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
+    log::info!(
+        "pid {pid}: {} processes and {} zombies frozen in {:?}",
+        frozen.procs.len(),
+        frozen.zombies.len(),
+        t0.elapsed()
+    );
     // On error `frozen` drops and resumes every thread as it was.
     let mut stats = dump_frozen(&mut frozen, opts, &deadline)?;
     if opts.leave_running {
@@ -231,33 +236,47 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 }
 
 fn dump_frozen(
-    frozen: &mut freeze::Frozen,
+    frozen: &mut freeze::FrozenTree,
     opts: &DumpOptions,
     deadline: &Deadline,
 ) -> Result<DumpStats> {
-    let pid = opts.pid;
-    fault_point(pid, Stage::Freeze)?;
+    let root = opts.pid;
+    fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
-    let mut state = collect::collect(frozen, opts)?;
-    fault_point(pid, Stage::Collect)?;
+    let mut collected = Vec::with_capacity(frozen.procs.len());
+    for f in &mut frozen.procs {
+        collected.push(collect::collect(f, opts.shell_job)?);
+    }
+    fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 
     // Dropping the writer on any error below removes everything it wrote.
-    let writer = ImageWriter::create(&opts.images_dir).at(pid, Stage::Write)?;
-    let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
-    memory::dump_pages(
-        Pid(pid as i32),
-        &mut state.image.mm,
-        &state.page_plan,
-        &mut pages,
-    )?;
-    let page_bytes = pages.offset();
-    let pages_file = pages.finish().at(pid, Stage::Memory)?;
-    fault_point(pid, Stage::Memory)?;
-    deadline.check(Stage::Memory)?;
-
-    let core_file = writer.write_process(&state.image).at(pid, Stage::Write)?;
-    fault_point(pid, Stage::Write)?;
+    let writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
+    let mut refs = Vec::with_capacity(collected.len());
+    let (mut page_bytes, mut vmas, mut page_runs) = (0, 0, 0);
+    for state in &mut collected {
+        let pid = state.image.pid;
+        let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
+        memory::dump_pages(
+            Pid(pid as i32),
+            &mut state.image.mm,
+            &state.page_plan,
+            &mut pages,
+        )?;
+        page_bytes += pages.offset();
+        let pages_file = pages.finish().at(pid, Stage::Memory)?;
+        fault_point(pid, Stage::Memory)?;
+        deadline.check(Stage::Memory)?;
+        let core_file = writer.write_process(&state.image).at(pid, Stage::Write)?;
+        vmas += state.image.mm.vmas.len();
+        page_runs += state.image.mm.pages.len();
+        refs.push(ProcessRef {
+            pid,
+            core_file,
+            pages_file,
+        });
+    }
+    fault_point(root, Stage::Write)?;
     deadline.check(Stage::Write)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -266,20 +285,28 @@ fn dump_frozen(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         kernel_release: stasis_sys::util::kernel_release(),
-        root_pid: pid,
-        processes: vec![ProcessRef {
-            pid,
-            core_file,
-            pages_file,
-        }],
+        root_pid: root,
+        processes: refs,
         shell_job: opts.shell_job,
+        zombies: frozen
+            .zombies
+            .iter()
+            .map(|z| stasis_image::Zombie {
+                pid: z.pid,
+                ppid: z.ppid,
+                pgid: z.pgid,
+                sid: z.sid,
+                exit_status: z.exit_status,
+                exit_signal: z.exit_signal,
+            })
+            .collect(),
     };
-    fault_point(pid, Stage::Commit)?;
-    writer.commit(&inventory).at(pid, Stage::Commit)?;
+    fault_point(root, Stage::Commit)?;
+    writer.commit(&inventory).at(root, Stage::Commit)?;
     Ok(DumpStats {
         frozen: Duration::ZERO,
         page_bytes,
-        vmas: state.image.mm.vmas.len(),
-        page_runs: state.image.mm.pages.len(),
+        vmas,
+        page_runs,
     })
 }

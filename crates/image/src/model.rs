@@ -25,6 +25,23 @@ pub struct Inventory {
     /// Whether the dump was taken with `--shell-job`.
     #[serde(default)]
     pub shell_job: bool,
+    /// Children that had exited but were not yet reaped by their parent.
+    #[serde(default)]
+    pub zombies: Vec<Zombie>,
+}
+
+/// An exited, unreaped process: restored as a child that exits at once
+/// with the same status, for its parent to collect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zombie {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    /// The wait status its parent will see (as from waitpid).
+    pub exit_status: i32,
+    /// Signal sent to the parent at exit (SIGCHLD normally).
+    pub exit_signal: u32,
 }
 
 /// Where one process's state lives inside the image directory.
@@ -56,6 +73,12 @@ pub struct ProcessImage {
     pub ppid: u32,
     pub pgid: u32,
     pub sid: u32,
+    /// Signal its parent gets when it exits (`clone` exit_signal; SIGCHLD normally).
+    #[serde(default = "default_exit_signal")]
+    pub exit_signal: u32,
+    /// The process was stopped (SIGSTOP, SIGTSTP, ...) when dumped.
+    #[serde(default)]
+    pub stopped: bool,
     /// Process name (`/proc/PID/comm`), at most 15 bytes.
     pub comm: String,
     /// Target of `/proc/PID/exe`.
@@ -81,6 +104,10 @@ pub struct ProcessImage {
     pub threads: Vec<ThreadState>,
     pub files: Vec<FdEntry>,
     pub mm: MmState,
+}
+
+fn default_exit_signal() -> u32 {
+    17
 }
 
 /// Identity of a regular file when it was dumped: restore refuses a file

@@ -156,6 +156,8 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         ppid,
         pgid: pid,
         sid: ppid,
+        exit_signal: 17,
+        stopped: false,
         comm: "sample".into(),
         exe: exe.clone(),
         cwd: "/home/user".into(),
@@ -249,6 +251,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         root_pid: imgs[0].pid,
         processes: imgs.iter().map(|i| ProcessRef::for_pid(i.pid)).collect(),
         shell_job: false,
+        zombies: vec![],
     }
 }
 

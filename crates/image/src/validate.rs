@@ -379,5 +379,21 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
     }
     c.ensure(pids.contains(&inv.root_pid), || {
         format!("root_pid: {} is not among the processes", inv.root_pid)
-    })
+    })?;
+    c.count("zombies", inv.zombies.len(), MAX_PROCESSES)?;
+    for (i, z) in inv.zombies.iter().enumerate() {
+        c.ensure(z.pid > 0 && pids.insert(z.pid), || {
+            format!("zombies[{i}].pid: {} is 0 or listed twice", z.pid)
+        })?;
+        c.ensure(inv.processes.iter().any(|p| p.pid == z.ppid), || {
+            format!(
+                "zombies[{i}].ppid: {} is not a process of the image",
+                z.ppid
+            )
+        })?;
+        c.ensure((1..=64).contains(&z.exit_signal), || {
+            format!("zombies[{i}].exit_signal: {} outside 1..=64", z.exit_signal)
+        })?;
+    }
+    Ok(())
 }

@@ -211,22 +211,35 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let dir = ImageDir::open(&opts.images_dir)?;
     let image = dir.load_all()?;
     log::info!("image validated in {:?}", t0.elapsed());
-    if image.processes.len() != 1 {
+    let root = image.inventory.root_pid;
+    if image.processes.first().map(|p| p.pid) != Some(root) {
         return Err(RestoreError::Refused {
-            pid: image.inventory.root_pid,
+            pid: root,
             stage: Stage::Validate,
-            what: format!(
-                "image holds {} processes; only single processes are supported yet",
-                image.processes.len()
-            ),
+            what: "the root is not listed first".into(),
         });
     }
-    let img = &image.processes[0];
-    fault_point(img.pid, Stage::Validate)?;
-    preflight(img, opts)?;
-    fault_point(img.pid, Stage::Preflight)?;
-    let pages = dir.pages_path(&image.inventory.processes[0]);
-    let pid = process::restore_one(img, &pages)?;
+    fault_point(root, Stage::Validate)?;
+    for img in &image.processes {
+        preflight(img, opts)?;
+    }
+    for z in &image.inventory.zombies {
+        if stasis_sys::util::pid_exists(Pid(z.pid as i32)) {
+            return Err(RestoreError::Refused {
+                pid: z.pid,
+                stage: Stage::Preflight,
+                what: format!("PID {} is already in use by another process", z.pid),
+            });
+        }
+    }
+    fault_point(root, Stage::Preflight)?;
+    let pages: Vec<PathBuf> = image
+        .inventory
+        .processes
+        .iter()
+        .map(|r| dir.pages_path(r))
+        .collect();
+    let pid = process::restore_tree(&image.processes, &pages, &image.inventory.zombies)?;
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
     Ok(Restored { pid })
 }

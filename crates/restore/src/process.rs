@@ -2,7 +2,7 @@
 
 use crate::memory::{self, ServiceFds, STUB_LEN};
 use crate::{fault_point, At, RestoreError, Result, Stage};
-use stasis_image::{FdKind, ProcessImage, ThreadState, UserRegs, VmaKind};
+use stasis_image::{FdKind, ProcessImage, ThreadState, UserRegs, VmaKind, Zombie};
 use stasis_sys::ptrace::{self, Regs};
 use stasis_sys::remote::{restart_fixed, RemoteThread};
 use stasis_sys::spawn::{self, FdPlan};
@@ -10,18 +10,6 @@ use stasis_sys::{util, Pid};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-
-/// Kills the half-built child (and reaps its traced threads) unless disarmed.
-struct ChildGuard(Option<Pid>, Vec<Pid>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            log::warn!("pid {p}: killing the partly restored process");
-            spawn::kill_and_reap_threads(p, &self.1);
-        }
-    }
-}
 
 pub(crate) fn image_to_regs(u: &UserRegs) -> Regs {
     Regs {
@@ -58,12 +46,23 @@ pub(crate) fn image_to_regs(u: &UserRegs) -> Regs {
 const OPEN_FLAGS_DROP: i32 =
     libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
 
-/// Opens, in the restorer, every file the child needs; returns the fd plan.
-fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan, ServiceFds)> {
+/// Descriptors the restorer opened for one process.
+struct ProcFiles {
+    owned: Vec<OwnedFd>,
+    /// (index into `owned`, target fd, close-on-exec)
+    targets: Vec<(usize, i32, bool)>,
+    pages_i: usize,
+    exe_i: usize,
+    files_i: HashMap<String, usize>,
+}
+
+/// Opens, in the restorer, every file a process needs: its descriptors
+/// (flags, offset) and the service files (page file, exe, mapped files).
+fn open_files(img: &ProcessImage, pages: &Path) -> Result<ProcFiles> {
     let pid = img.pid;
     let st = Stage::Fork;
     let mut owned: Vec<OwnedFd> = Vec::new();
-    let mut plan = FdPlan::default();
+    let mut targets = Vec::new();
     for e in &img.files {
         let (path, flags, pos) = match &e.kind {
             FdKind::Regular { file, flags, pos } => (file.path.as_str(), *flags as i32, *pos),
@@ -81,7 +80,7 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan,
         if pos != 0 {
             util::seek_to(&fd, pos, path).at(pid, st)?;
         }
-        plan.targets.push((owned.len(), e.fd, e.cloexec));
+        targets.push((owned.len(), e.fd, e.cloexec));
         owned.push(fd);
     }
     let service = |path: &str, flags: i32, owned: &mut Vec<OwnedFd>| -> Result<usize> {
@@ -91,92 +90,324 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan,
     };
     let pages_i = service(&pages.to_string_lossy(), libc::O_RDONLY, &mut owned)?;
     let exe_i = service(&img.exe.path, libc::O_RDONLY, &mut owned)?;
-    let mut files_i = HashMap::new();
+    let mut writes: HashMap<String, bool> = HashMap::new();
     for v in &img.mm.vmas {
         if let VmaKind::File { file } = &v.kind {
-            let needs_write = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            let entry = files_i
-                .entry(file.path.clone())
-                .or_insert((usize::MAX, false));
-            entry.1 |= needs_write;
+            *writes.entry(file.path.clone()).or_default() |=
+                v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
         }
     }
-    let mut files_idx = HashMap::new();
-    let mut names: Vec<_> = files_i.into_iter().collect();
+    let mut names: Vec<_> = writes.into_iter().collect();
     names.sort();
-    for (path, (_, write)) in names {
+    let mut files_i = HashMap::new();
+    for (path, write) in names {
         let i = service(
             &path,
             if write { libc::O_RDWR } else { libc::O_RDONLY },
             &mut owned,
         )?;
-        files_idx.insert(path, i);
+        files_i.insert(path, i);
     }
-    let max_target = img.files.iter().map(|f| f.fd).max().unwrap_or(-1);
-    plan.staging = util::max_open_fd().max(max_target) + 1;
-    plan.srcs = owned.iter().map(|f| f.as_raw_fd()).collect();
-    let at = |i: usize| plan.staging + i as i32;
-    let svc = ServiceFds {
-        pages: at(pages_i),
-        exe: at(exe_i),
-        files: files_idx.into_iter().map(|(p, i)| (p, at(i))).collect(),
-    };
-    Ok((owned, plan, svc))
+    Ok(ProcFiles {
+        owned,
+        targets,
+        pages_i,
+        exe_i,
+        files_i,
+    })
 }
 
-pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
-    let pid = img.pid;
-    let (owned, plan, svc) = open_files(img, pages)?;
+/// Kills every process the restore created (and reaps what we trace) unless disarmed.
+struct TreeGuard {
+    armed: bool,
+    root: Option<Pid>,
+    /// Traced tasks: (process, its threads other than the leader).
+    traced: Vec<(Pid, Vec<Pid>)>,
+    /// Created but not (yet) traced.
+    untraced: Vec<Pid>,
+}
 
-    // The stub area, inherited by the child through the fork.
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(r) = self.root {
+            log::warn!("pid {r}: killing the partly restored tree");
+        }
+        for &p in &self.untraced {
+            let _ = util::kill(p, libc::SIGKILL);
+        }
+        for (p, threads) in self.traced.iter().rev() {
+            spawn::kill_and_reap_threads(*p, threads);
+        }
+        if let Some(r) = self.root {
+            spawn::kill_and_reap(r);
+        }
+    }
+}
+
+/// Restores every process of the image (parents first in `procs`) and
+/// leaves them running; returns the root's PID.
+pub(crate) fn restore_tree(
+    procs: &[ProcessImage],
+    pages: &[std::path::PathBuf],
+    zombies: &[Zombie],
+) -> Result<Pid> {
+    let root_pid = procs[0].pid;
+    // 1. Files, opened once by the restorer and inherited through the forks.
+    let mut files = Vec::with_capacity(procs.len());
+    for (img, pg) in procs.iter().zip(pages) {
+        files.push(open_files(img, pg)?);
+    }
+    let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
+    let max_target = procs
+        .iter()
+        .flat_map(|p| p.files.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(-1);
+    let staging = util::max_open_fd().max(max_target) + 1;
+
+    // 2. The tree plan: each process forked by its parent, zombies last.
+    let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let mut plan = spawn::TreePlan {
+        procs: Vec::new(),
+        staging,
+        ready_fd: ready_w.as_raw_fd(),
+    };
+    let mut svcs = Vec::with_capacity(procs.len());
+    for (img, f) in procs.iter().zip(&files) {
+        let mut srcs: Vec<i32> = f.owned.iter().map(|o| o.as_raw_fd()).collect();
+        let ready_index = srcs.len();
+        srcs.push(ready_w.as_raw_fd());
+        let at = |i: usize| staging + i as i32;
+        svcs.push((
+            ServiceFds {
+                pages: at(f.pages_i),
+                exe: at(f.exe_i),
+                files: f.files_i.iter().map(|(p, &i)| (p.clone(), at(i))).collect(),
+            },
+            at(ready_index),
+        ));
+        plan.procs.push(spawn::ProcPlan {
+            pid: img.pid as i32,
+            exit_signal: img.exit_signal as i32,
+            setsid: img.sid == img.pid,
+            zombie_status: None,
+            fds: FdPlan {
+                staging,
+                srcs,
+                targets: f.targets.clone(),
+            },
+            ready_index,
+            children: Vec::new(),
+        });
+    }
+    for (i, img) in procs.iter().enumerate().skip(1) {
+        let parent = *index.get(&img.ppid).ok_or_else(|| RestoreError::Refused {
+            pid: img.pid,
+            stage: Stage::Fork,
+            what: format!("parent {} is not in the image", img.ppid),
+        })?;
+        plan.procs[parent].children.push(i);
+    }
+    for z in zombies {
+        let parent = *index.get(&z.ppid).ok_or_else(|| RestoreError::Refused {
+            pid: z.pid,
+            stage: Stage::Fork,
+            what: format!("parent {} of the zombie is not in the image", z.ppid),
+        })?;
+        plan.procs.push(spawn::ProcPlan {
+            pid: z.pid as i32,
+            exit_signal: z.exit_signal as i32,
+            zombie_status: Some(z.exit_status),
+            ..Default::default()
+        });
+        let zi = plan.procs.len() - 1;
+        plan.procs[parent].children.push(zi);
+    }
+
+    // 3. The stub area, free in every process's layout, inherited by all.
     let mut stub = None;
-    for cand in memory::stub_candidates(&img.mm) {
-        if spawn::map_stub_area(cand, STUB_LEN).is_ok() {
+    for cand in memory::stub_candidates(&procs[0].mm) {
+        let clash = procs.iter().any(|p| {
+            p.mm.vmas
+                .iter()
+                .any(|v| v.start < cand + STUB_LEN + 0x20000 && cand < v.end)
+        });
+        if !clash && spawn::map_stub_area(cand, STUB_LEN).is_ok() {
             stub = Some(cand);
             break;
         }
     }
     let stub = stub.ok_or_else(|| RestoreError::Refused {
-        pid,
+        pid: root_pid,
         stage: Stage::Fork,
         what: "no free address for the restorer's stub area".into(),
     })?;
-    let child = spawn::spawn_stopped(pid as i32, &plan);
+    let root = spawn::spawn_tree(&plan);
     spawn::unmap_stub_area(stub, STUB_LEN);
-    drop(owned);
-    let child = child.map_err(|source| match source.errno() {
+    drop(files);
+    drop(ready_w);
+    let root = root.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::Refused {
-            pid,
+            pid: root_pid,
             stage: Stage::Fork,
-            what: format!("PID {pid} is already in use by another process"),
+            what: format!("PID {root_pid} is already in use by another process"),
         },
         _ => RestoreError::Sys {
-            pid,
+            pid: root_pid,
             stage: Stage::Fork,
             source,
         },
     })?;
-    let mut guard = ChildGuard(Some(child), Vec::new());
-    fault_point(pid, Stage::Fork)?;
+    let mut guard = TreeGuard {
+        armed: true,
+        root: Some(root),
+        traced: Vec::new(),
+        untraced: procs.iter().skip(1).map(|p| Pid(p.pid as i32)).collect(),
+    };
 
-    let mut r =
-        RemoteThread::plain(child, stub, stub + 4096, STUB_LEN - 4096).at(pid, Stage::Fork)?;
-    memory::rebuild(&mut r, &img.mm, &svc, stub)?;
+    // 4. Wait until every live process reports ready (or a failure).
+    let mut ready = 0;
+    let mut buf = [0u8; 8 * 64];
+    let mut pending: Vec<u8> = Vec::new();
+    while ready < procs.len() {
+        let n = util::read_timeout(&ready_r, &mut buf, 30_000).at(root_pid, Stage::Fork)?;
+        if n == 0 {
+            return Err(RestoreError::Refused {
+                pid: root_pid,
+                stage: Stage::Fork,
+                what: format!(
+                    "only {ready} of {} processes started within 30 s",
+                    procs.len()
+                ),
+            });
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while pending.len() >= 8 {
+            let pid = i32::from_le_bytes(pending[0..4].try_into().unwrap_or_default());
+            let code = i32::from_le_bytes(pending[4..8].try_into().unwrap_or_default());
+            pending.drain(..8);
+            if code != 0 {
+                let what = match code {
+                    7 => format!("PID {pid} is already in use by another process"),
+                    _ => format!(
+                        "process {pid} failed to start: {}",
+                        spawn::tree_failure(code)
+                    ),
+                };
+                return Err(RestoreError::Refused {
+                    pid: pid as u32,
+                    stage: Stage::Fork,
+                    what,
+                });
+            }
+            ready += 1;
+        }
+    }
+    fault_point(root_pid, Stage::Fork)?;
+
+    // 5. Seize every process (EXITKILL: if we die, they die).
+    let mut remotes = Vec::with_capacity(procs.len());
+    for img in procs {
+        let p = Pid(img.pid as i32);
+        spawn::seize_waiting(p).at(img.pid, Stage::Fork)?;
+        guard.untraced.retain(|u| *u != p);
+        guard.traced.push((p, Vec::new()));
+        remotes.push(
+            RemoteThread::plain(p, stub, stub + 4096, STUB_LEN - 4096).at(img.pid, Stage::Fork)?,
+        );
+    }
+
+    // 6. Process groups: leaders first, then members.
+    set_process_groups(procs, &mut remotes)?;
+
+    // 7. Rebuild each process; all stay stopped until every one is done.
+    let mut built = Vec::with_capacity(procs.len());
+    for (k, (img, r)) in procs.iter().zip(remotes).enumerate() {
+        let threads = rebuild(img, r, &svcs[k].0, svcs[k].1, stub, &mut guard, k)?;
+        built.push(threads);
+    }
+    fault_point(root_pid, Stage::Registers)?;
+
+    // 8. Resume: children before parents; stopped processes stay stopped.
+    for (img, tids) in procs.iter().zip(&built).rev() {
+        for &tid in tids.iter().rev() {
+            let sig = if img.stopped && tid.0 as u32 == img.pid {
+                libc::SIGSTOP
+            } else {
+                0
+            };
+            ptrace::detach(tid, sig).at(img.pid, Stage::Resume)?;
+        }
+    }
+    guard.armed = false;
+    Ok(root)
+}
+
+/// setpgid in each process: group leaders first. A group whose leader is
+/// not part of the tree stays the restorer's (the root's group, normally).
+fn set_process_groups(procs: &[ProcessImage], remotes: &mut [RemoteThread]) -> Result<()> {
+    let pids: std::collections::HashSet<u32> = procs.iter().map(|p| p.pid).collect();
+    let root = &procs[0];
+    let mut order: Vec<usize> = (0..procs.len()).collect();
+    order.sort_by_key(|&i| procs[i].pgid != procs[i].pid);
+    for i in order {
+        let img = &procs[i];
+        if img.pgid == root.pgid && root.pgid != root.pid {
+            continue; // the root's outside group: inherited from the restorer
+        }
+        if !pids.contains(&img.pgid) {
+            log::warn!(
+                "pid {}: process group {} has no leader in the tree; left in the restorer's group",
+                img.pid,
+                img.pgid
+            );
+            continue;
+        }
+        let current = stasis_proc::read_stat(img.pid).map(|s| s.pgrp).unwrap_or(0);
+        if current == img.pgid {
+            continue; // a session leader is its own group already
+        }
+        let arg = if img.pgid == img.pid {
+            0
+        } else {
+            u64::from(img.pgid)
+        };
+        remotes[i]
+            .call(
+                libc::SYS_setpgid,
+                &[0, arg],
+                &format!("setpgid(0, {})", img.pgid),
+            )
+            .at(img.pid, Stage::Attributes)?;
+    }
+    Ok(())
+}
+
+/// Rebuilds one seized process completely and leaves every thread stopped
+/// with its final registers. Returns its tids, leader first.
+fn rebuild(
+    img: &ProcessImage,
+    mut r: RemoteThread,
+    svc: &ServiceFds,
+    ready_fd: i32,
+    stub: u64,
+    guard: &mut TreeGuard,
+    k: usize,
+) -> Result<Vec<Pid>> {
+    let pid = img.pid;
+    let child = r.tid();
+    memory::rebuild(&mut r, &img.mm, svc, stub)?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
     thread_attributes(&mut r, pid, &img.threads[0])?;
     // Threads, created by the leader; each then sets up what is its own.
     let mut threads = Vec::with_capacity(img.threads.len() - 1);
-    if img.threads.len() > 1 {
-        ptrace::set_options(
-            child,
-            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
-        )
-        .at(pid, Stage::Attributes)?;
-    }
     for t in &img.threads[1..] {
         let tid = create_thread(&mut r, pid, t.tid)?;
-        guard.1.push(tid);
+        guard.traced[k].1.push(tid);
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;
         thread_attributes(&mut tr, pid, t)?;
@@ -191,7 +422,7 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
     fault_point(pid, Stage::Creds)?;
 
     // The last remote calls: close service descriptors, drop the stub.
-    let mut svc_fds: Vec<i32> = vec![svc.pages, svc.exe];
+    let mut svc_fds: Vec<i32> = vec![svc.pages, svc.exe, ready_fd];
     svc_fds.extend(svc.files.values().copied());
     svc_fds.sort_unstable();
     svc_fds.dedup();
@@ -212,12 +443,7 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
         // Stopped at a syscall exit, the kernel applies no restart logic: do it.
         ptrace::set_regs(tid, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;
     }
-    fault_point(pid, Stage::Registers)?;
-    for &tid in tids.iter().rev() {
-        ptrace::detach(tid, 0).at(pid, Stage::Resume)?;
-    }
-    guard.0 = None;
-    Ok(child)
+    Ok(tids)
 }
 
 fn cstr_bytes(s: &str) -> Vec<u8> {
@@ -318,6 +544,18 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         .at(pid, st)?;
     }
 
+    // Signals that arrived while the tree was built (SIGCHLD from a zombie
+    // child, say) are not the process's: drain them, all are blocked.
+    let all = r.write_scratch(0, &(!0u64).to_le_bytes()).at(pid, st)?;
+    let zero = r.write_scratch(16, &[0u8; 16]).at(pid, st)?;
+    for _ in 0..128 {
+        let got = r
+            .syscall(libc::SYS_rt_sigtimedwait, &[all, 0, zero, 8])
+            .at(pid, st)?;
+        if got < 0 {
+            break;
+        }
+    }
     // Pending signals: queued by the process to itself (only a process may
     // queue kernel-style siginfo to itself); all signals are blocked here.
     for p in &img.shared_pending {

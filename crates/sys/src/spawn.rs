@@ -180,3 +180,233 @@ pub fn unmap_stub_area(addr: u64, len: u64) {
     // SAFETY: the range was mapped by map_stub_area and nothing of ours lives there.
     unsafe { libc::munmap(addr as usize as *mut libc::c_void, len as usize) };
 }
+
+/// One process of a tree to create (see [`spawn_tree`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProcPlan {
+    pub pid: i32,
+    /// Signal the parent gets when this process exits.
+    pub exit_signal: i32,
+    /// Call setsid() first (a session leader).
+    pub setsid: bool,
+    /// Exit at once with this wait status (a zombie for its parent to reap).
+    pub zombie_status: Option<i32>,
+    /// Descriptors; `fds.staging` is ignored (the tree's is used). The
+    /// ready pipe must be one of `fds.srcs`, at index `ready_index`.
+    pub fds: FdPlan,
+    pub ready_index: usize,
+    /// Indices of its children in the tree's `procs`.
+    pub children: Vec<usize>,
+}
+
+/// A whole tree: `procs[0]` is the root, forked by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct TreePlan {
+    pub procs: Vec<ProcPlan>,
+    /// Staging base above every descriptor of the caller and every target.
+    pub staging: i32,
+    /// The caller's end of the ready pipe every process writes to.
+    pub ready_fd: i32,
+}
+
+/// Failure codes a tree child reports through the ready pipe.
+pub fn tree_failure(code: i32) -> &'static str {
+    match code {
+        2 => "its parent died before it started",
+        3 => "duplicating descriptors to the staging range failed",
+        4 => "placing a descriptor at its number failed",
+        7 => "creating a child with its PID failed (PID taken?)",
+        8 => "setsid failed",
+        _ => "unexpected failure",
+    }
+}
+
+/// Forks the tree: the root by us, every other process by its parent (clone3
+/// with set_tid), zombies exiting at once. Each live process places its
+/// descriptors, writes `[pid, 0]` (two i32) to the ready pipe, and waits in
+/// pause() with every signal blocked, to be seized by the caller. A failing
+/// process writes `[pid, code]` and exits. Returns the root's PID.
+pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
+    let parent = crate::util::getpid().0;
+    let root = plan
+        .procs
+        .first()
+        .ok_or_else(|| SysError::other("spawn tree", None, "empty tree"))?;
+    // SAFETY: the child runs tree_child: raw syscalls on data prepared
+    // before the fork only.
+    match unsafe { fork_with_pid(&[root.pid], 0)? } {
+        Forked::Child => tree_child(plan, 0, parent),
+        Forked::Parent(p) => Ok(p),
+    }
+}
+
+fn report(fd: i32, pid: i32, code: i32) {
+    let rec = [pid, code];
+    // SAFETY: writing 8 bytes from a live array to a pipe (atomic below PIPE_BUF).
+    unsafe { libc::syscall(libc::SYS_write, fd, rec.as_ptr(), 8usize) };
+}
+
+fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
+    let p = &plan.procs[i];
+    // SAFETY: raw syscalls with integer arguments or pointers to memory that
+    // lives for the call; no allocation (this runs right after a fork).
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let me = libc::syscall(libc::SYS_getpid) as i32;
+        if libc::syscall(libc::SYS_getppid) as i32 != parent {
+            report(plan.ready_fd, me, 2);
+            exit_now(2);
+        }
+        let all: u64 = !0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        );
+        if let Some(status) = p.zombie_status {
+            die_with(status);
+        }
+        if p.setsid && libc::syscall(libc::SYS_setsid) < 0 {
+            report(plan.ready_fd, me, 8);
+            exit_now(8);
+        }
+        for &c in &p.children {
+            let cp = &plan.procs[c];
+            let set = [cp.pid];
+            let args = CloneArgsRaw {
+                exit_signal: cp.exit_signal as u64,
+                set_tid: set.as_ptr() as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            let r = libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgsRaw,
+                std::mem::size_of::<CloneArgsRaw>(),
+            );
+            if r == 0 {
+                tree_child(plan, c, me);
+            }
+            if r < 0 {
+                report(plan.ready_fd, cp.pid, 7);
+                exit_now(7);
+            }
+        }
+        let f = &p.fds;
+        let staging = plan.staging;
+        for (k, &src) in f.srcs.iter().enumerate() {
+            if libc::syscall(libc::SYS_dup2, src, staging + k as i32) < 0 {
+                report(plan.ready_fd, me, 3);
+                exit_now(3);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, 0u32, (staging - 1) as u32, 0u32);
+        libc::syscall(
+            libc::SYS_close_range,
+            (staging + f.srcs.len() as i32) as u32,
+            u32::MAX,
+            0u32,
+        );
+        let ready = staging + p.ready_index as i32;
+        for &(k, fd, cloexec) in &f.targets {
+            let from = staging + k as i32;
+            let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+            if libc::syscall(libc::SYS_dup3, from, fd, flags) < 0 {
+                report(ready, me, 4);
+                exit_now(4);
+            }
+        }
+        // Target slots are closed by the restorer later (it knows which
+        // staging slots are not services); close them now.
+        for &(k, _, _) in &f.targets {
+            libc::syscall(libc::SYS_close, staging + k as i32);
+        }
+        report(ready, me, 0);
+        loop {
+            libc::syscall(libc::SYS_pause);
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgsRaw {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Ends the calling process so that its parent's wait sees `status`.
+fn die_with(status: i32) -> ! {
+    // SAFETY: raw syscalls on our own process.
+    unsafe {
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::syscall(
+                libc::SYS_setrlimit,
+                libc::RLIMIT_CORE,
+                &no_core as *const libc::rlimit,
+            );
+            let dfl = [0u64; 4];
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
+            let none: u64 = 0;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &none as *const u64,
+                0usize,
+                8usize,
+            );
+            libc::syscall(libc::SYS_kill, libc::syscall(libc::SYS_getpid), sig);
+        }
+        libc::syscall(libc::SYS_exit_group, libc::WEXITSTATUS(status));
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}
+
+/// Seizes a process of the tree waiting in pause(): PTRACE_SEIZE with
+/// EXITKILL (it dies with us) and PTRACE_INTERRUPT; returns when stopped.
+pub fn seize_waiting(pid: Pid) -> Result<()> {
+    ptrace::seize(
+        pid,
+        libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+    )?;
+    ptrace::interrupt(pid)?;
+    loop {
+        match ptrace::wait(pid)? {
+            Stop::Event {
+                event: ptrace::PTRACE_EVENT_STOP,
+                ..
+            } => return Ok(()),
+            Stop::Exited(c) => {
+                return Err(SysError::other(
+                    "seize restore child",
+                    Some(pid),
+                    format!("exited with {c}"),
+                ))
+            }
+            Stop::Killed(s) => {
+                return Err(SysError::other(
+                    "seize restore child",
+                    Some(pid),
+                    format!("killed by signal {s}"),
+                ))
+            }
+            _ => ptrace::cont(pid, 0)?,
+        }
+    }
+}

@@ -216,3 +216,39 @@ pub fn get_robust_list(tid: Pid) -> Result<(u64, u64)> {
     check(r, "get_robust_list", Some(tid))?;
     Ok((head, len as u64))
 }
+
+/// pipe2(O_CLOEXEC): (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid 2-int out array.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(r.into(), "pipe2", None)?;
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads up to `buf.len()` bytes, waiting at most `timeout_ms` for data.
+/// Returns 0 on timeout.
+pub fn read_timeout(fd: &OwnedFd, buf: &mut [u8], timeout_ms: i32) -> Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: pfd is a valid pollfd array of length 1.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r < 0 && last_errno() == libc::EINTR {
+            continue;
+        }
+        check(r.into(), "poll", None)?;
+        if r == 0 {
+            return Ok(0);
+        }
+        break;
+    }
+    // SAFETY: buf is valid for writes of its length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    check(n as libc::c_long, "read", None).map(|n| n as usize)
+}

@@ -69,6 +69,7 @@ selfcheck!(
     Program::Bin("tp_threads"),
     []
 );
+selfcheck!(selfcheck_tree, negative_tree, Program::Bin("tp_tree"), []);
 selfcheck!(
     selfcheck_sleep_nanosleep,
     negative_sleep_nanosleep,
@@ -545,8 +546,18 @@ fn cr_unsupported_thread_now_supported() {
 }
 
 #[test]
-fn refuse_unsupported_child() {
-    refuse("child", &["child", "children"]);
+fn cr_tree() {
+    cr("cr_tree", Program::Bin("tp_tree"), &[]);
+}
+
+/// The program that used to be refused for its child now checkpoints.
+#[test]
+fn cr_unsupported_child_now_supported() {
+    cr(
+        "cr_unsupported_child",
+        Program::Bin("tp_unsupported"),
+        &["--with", "child"],
+    );
 }
 
 #[test]

@@ -61,6 +61,7 @@ fn bin_path(name: &str) -> PathBuf {
         "tp_sleep" => env!("CARGO_BIN_EXE_tp_sleep"),
         "tp_unsupported" => env!("CARGO_BIN_EXE_tp_unsupported"),
         "tp_threads" => env!("CARGO_BIN_EXE_tp_threads"),
+        "tp_tree" => env!("CARGO_BIN_EXE_tp_tree"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
@@ -596,6 +597,37 @@ pub fn dump_and_check_gone(work: &Work, proc: &mut Proc, opts: &Opts) {
     }
     if !work.img().join("inventory.img").exists() {
         fail(work, "image has no inventory.img after a successful dump");
+    }
+    // The rest of the tree was killed too; its orphans are reparented to
+    // us (the subreaper) or to init: reap ours and wait for the others, so
+    // that their PIDs are free for the restore.
+    let v = show(work, &work.img());
+    let inv = &v["inventory"];
+    let mut others: Vec<i32> = Vec::new();
+    for key in ["processes", "zombies"] {
+        for p in inv[key].as_array().into_iter().flatten() {
+            if let Some(pid) = p["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) {
+                if pid != proc.pid {
+                    others.push(pid);
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in others {
+        while pid_exists(pid) {
+            let mut st = 0;
+            // SAFETY: WNOHANG wait for one specific PID of the dumped tree,
+            // which is either our (adopted) child or not ours at all.
+            unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
+            if Instant::now() > deadline {
+                fail(
+                    work,
+                    format!("PID {pid} of the dumped tree still exists after dump"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
