@@ -247,6 +247,13 @@ fn dump_frozen(
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);
     }
+    {
+        let mut all: Vec<(u32, &mut Vec<stasis_image::FdEntry>)> = collected
+            .iter_mut()
+            .map(|c| (c.image.pid, &mut c.image.files))
+            .collect();
+        files::link_shared(&mut all)?;
+    }
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 

@@ -49,6 +49,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             None | Some("[stack]") => VmaKind::Anon,
             Some(p) if p.starts_with("[anon:") => VmaKind::Anon,
             Some("/dev/zero (deleted)") if m.shared && m.inode != 0 => VmaKind::Anon,
+            Some(p) if p.starts_with("[anon_shmem:") && m.shared => VmaKind::Anon,
             Some(p) if p.starts_with('/') => {
                 if m.is_deleted() {
                     return Err(unsupported(format!(
@@ -111,10 +112,15 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             end: m.end,
             prot: prot as u32,
             shared: m.shared,
-            pgoff: if is_file { m.offset } else { 0 },
+            pgoff: if is_file || (m.shared && m.inode != 0) {
+                m.offset
+            } else {
+                0
+            },
             kind,
             growsdown: s.has_flag("gd"),
             noreserve: s.has_flag("nr"),
+            shmem: if m.shared && !is_file { m.inode } else { 0 },
             advice: ADVICE_FLAGS
                 .iter()
                 .filter(|(f, _)| s.has_flag(f))

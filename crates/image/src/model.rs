@@ -257,6 +257,10 @@ pub struct FdEntry {
     pub fd: i32,
     pub cloexec: bool,
     pub kind: FdKind,
+    /// Open file description: entries (in any process of the image) with the
+    /// same non-zero `ofd` share one (one offset, one set of flags). 0: not shared.
+    #[serde(default)]
+    pub ofd: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +275,18 @@ pub enum FdKind {
     },
     /// A character device (/dev/null, /dev/zero, a tty with --shell-job, ...).
     CharDevice { path: String, rdev: u64, flags: u32 },
+    /// One end of a pipe whose both ends are in the image. `id` is the
+    /// pipe's inode; the bytes waiting in it and its capacity are stored
+    /// with the first entry of each pipe (empty elsewhere).
+    Pipe {
+        id: u64,
+        write_end: bool,
+        flags: u32,
+        #[serde(default, with = "hex_bytes")]
+        data: Vec<u8>,
+        #[serde(default)]
+        capacity: u32,
+    },
 }
 
 /// Memory layout and the mm fields set with PR_SET_MM_MAP.
@@ -311,6 +327,11 @@ pub struct Vma {
     /// Mapped with MAP_NORESERVE (no swap accounting).
     #[serde(default)]
     pub noreserve: bool,
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, /dev/zero): the
+    /// kernel object's inode; every VMA with the same id, in any process,
+    /// maps the same memory (at byte offset `pgoff`). 0: not shared.
+    #[serde(default)]
+    pub shmem: u64,
     /// madvise state worth keeping: 'dontdump', 'dontfork', 'hugepage', 'nohugepage', 'wipeonfork', 'mergeable'.
     #[serde(default)]
     pub advice: Vec<String>,

@@ -92,6 +92,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         kind,
         growsdown: false,
         noreserve: false,
+        shmem: 0,
         advice: vec![],
     };
     let mut stack = vma(0x7ffc_0000_0000, 0x7ffc_0002_1000, 3, VmaKind::Anon);
@@ -203,6 +204,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             FdEntry {
                 fd: 0,
                 cloexec: false,
+                ofd: 0,
                 kind: FdKind::CharDevice {
                     path: "/dev/null".into(),
                     rdev: 0x103,
@@ -212,6 +214,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             FdEntry {
                 fd: 3,
                 cloexec: true,
+                ofd: 0,
                 kind: FdKind::Regular {
                     file: file_id("/tmp/data \"quoted\" ünïcode"),
                     flags: 0o2,

@@ -22,6 +22,8 @@ pub const MAX_FDS: usize = 1_000_000;
 pub const MAX_FD: i32 = 1 << 20;
 /// Most threads a process image may hold.
 pub const MAX_THREADS: usize = 100_000;
+/// Largest pipe buffer the image may hold (the kernel's pipe-max-size is 1 MiB by default).
+pub const MAX_PIPE_DATA: usize = 64 << 20;
 /// Cap on queued signals per queue (the kernel's RLIMIT_SIGPENDING is per user).
 pub const MAX_PENDING: usize = 1 << 20;
 /// Most auxv words.
@@ -208,6 +210,17 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
             FdKind::Regular { file, .. } => c.file_id(&format!("files[{i}].kind.file"), file)?,
             FdKind::CharDevice { path, .. } => {
                 c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?
+            }
+            FdKind::Pipe { data, capacity, .. } => {
+                c.ensure(data.len() <= *capacity as usize, || {
+                    format!(
+                        "files[{i}].kind.data: {} bytes in a pipe of capacity {capacity}",
+                        data.len()
+                    )
+                })?;
+                c.ensure(*capacity as usize <= MAX_PIPE_DATA, || {
+                    format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
+                })?;
             }
         }
     }

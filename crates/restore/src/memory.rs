@@ -32,6 +32,12 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 /// layout, and free in the restorer itself (the caller maps it with
 /// MAP_FIXED_NOREPLACE and asks again on EEXIST via `skip`).
 pub(crate) fn stub_candidates(mm: &MmState) -> Vec<u64> {
+    free_candidates(mm, STUB_LEN)
+}
+
+/// Addresses where `len` bytes fit in a gap of the target's layout (with
+/// guard space), highest gaps first.
+pub(crate) fn free_candidates(mm: &MmState, len: u64) -> Vec<u64> {
     let mut out = Vec::new();
     let mut prev_end = 1u64 << 32; // stay clear of low addresses and brk-adjacent space
     let mut gaps = Vec::new();
@@ -46,14 +52,14 @@ pub(crate) fn stub_candidates(mm: &MmState) -> Vec<u64> {
         prev_end = prev_end.max(v.end);
     }
     gaps.push((prev_end, stasis_image::USER_SPACE_END));
+    let guard = 16 * PAGE_SIZE;
     for (s, e) in gaps.into_iter().rev() {
-        let guard = 16 * PAGE_SIZE;
-        if e - s < STUB_LEN + 2 * guard {
+        if e - s < len + 2 * guard + 0x10000 {
             continue;
         }
-        out.push((e - guard - STUB_LEN) & !0xffff);
+        out.push((e - guard - len) & !0xffff);
         out.push((s + guard + 0xffff) & !0xffff);
-        let mid = s + (e - s) / 2;
+        let mid = s + (e - s - len) / 2;
         out.push(mid & !0xffff);
     }
     out.retain(|a| *a >= 1 << 32);
@@ -66,6 +72,9 @@ pub(crate) struct ServiceFds {
     pub pages: i32,
     pub exe: i32,
     pub files: HashMap<String, i32>,
+    /// Shared anonymous objects the restorer created before forking, as
+    /// inherited by every process: id -> (address, length).
+    pub shmem: HashMap<u64, (u64, u64)>,
 }
 
 pub(crate) fn rebuild(
@@ -104,6 +113,13 @@ pub(crate) fn rebuild(
         }
         if m.start >= stub && m.end <= stub + STUB_LEN {
             continue;
+        }
+        if svc
+            .shmem
+            .values()
+            .any(|&(a, l)| m.start >= a && m.end <= a + l)
+        {
+            continue; // unmapped once every VMA sharing it has been set up
         }
         r.call(
             libc::SYS_munmap,
@@ -185,6 +201,49 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Resul
     }
     if v.noreserve {
         flags |= libc::MAP_NORESERVE;
+    }
+    if v.shmem != 0 {
+        // Another mapping of the very object the restorer created: mremap
+        // with old_size 0 duplicates a shared mapping.
+        let &(base, len) = svc
+            .shmem
+            .get(&v.shmem)
+            .ok_or_else(|| RestoreError::Refused {
+                pid,
+                stage: Stage::Memory,
+                what: format!("no shared memory object {}", v.shmem),
+            })?;
+        if v.pgoff + (v.end - v.start) > len {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: Stage::Memory,
+                what: format!(
+                    "shared memory {:#x}-{:#x} lies outside its object",
+                    v.start, v.end
+                ),
+            });
+        }
+        r.call(
+            libc::SYS_mremap,
+            &[
+                base + v.pgoff,
+                0,
+                v.end - v.start,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                v.start,
+            ],
+            &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
+        )
+        .at(pid, Stage::Memory)?;
+        if !fill && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+            r.call(
+                libc::SYS_mprotect,
+                &[v.start, v.end - v.start, u64::from(v.prot)],
+                "mprotect shared memory",
+            )
+            .at(pid, Stage::Memory)?;
+        }
+        return Ok(());
     }
     let fd: i64 = match &v.kind {
         VmaKind::File { file } => {

@@ -46,50 +46,141 @@ pub(crate) fn image_to_regs(u: &UserRegs) -> Regs {
 const OPEN_FLAGS_DROP: i32 =
     libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
 
-/// Descriptors the restorer opened for one process.
-struct ProcFiles {
+/// Every descriptor the restorer opened for the tree; shared open file
+/// descriptions (same `ofd`) and pipes are opened once.
+#[derive(Default)]
+struct Opened {
     owned: Vec<OwnedFd>,
-    /// (index into `owned`, target fd, close-on-exec)
+    by_ofd: HashMap<u64, usize>,
+    /// pipe id -> (read end, write end) indices into `owned`
+    pipes: HashMap<u64, (usize, usize)>,
+}
+
+impl Opened {
+    fn push(&mut self, fd: OwnedFd) -> usize {
+        self.owned.push(fd);
+        self.owned.len() - 1
+    }
+}
+
+/// Descriptors one process needs, as indices into [`Opened::owned`].
+struct ProcFiles {
+    srcs: Vec<usize>,
+    /// (index into `srcs`, target fd, close-on-exec)
     targets: Vec<(usize, i32, bool)>,
-    pages_i: usize,
-    exe_i: usize,
-    files_i: HashMap<String, usize>,
+    pages_k: usize,
+    exe_k: usize,
+    files_k: HashMap<String, usize>,
+}
+
+/// Creates a pipe for `id` with its saved capacity and waiting bytes.
+fn make_pipe(
+    pid: u32,
+    id: u64,
+    procs: &[ProcessImage],
+    opened: &mut Opened,
+) -> Result<(usize, usize)> {
+    let st = Stage::Fork;
+    let (mut data, mut capacity) = (&[][..], 0);
+    for e in procs.iter().flat_map(|p| &p.files) {
+        if let FdKind::Pipe {
+            id: i,
+            data: d,
+            capacity: c,
+            ..
+        } = &e.kind
+        {
+            if *i == id && *c != 0 {
+                data = d;
+                capacity = *c;
+            }
+        }
+    }
+    let (r, w) = util::pipe().at(pid, st)?;
+    if capacity != 0 {
+        util::set_pipe_capacity(&w, capacity).at(pid, st)?;
+    }
+    util::write_all(&w, data, &format!("fill pipe:[{id}]")).at(pid, st)?;
+    let ri = opened.push(r);
+    let wi = opened.push(w);
+    opened.pipes.insert(id, (ri, wi));
+    Ok((ri, wi))
 }
 
 /// Opens, in the restorer, every file a process needs: its descriptors
 /// (flags, offset) and the service files (page file, exe, mapped files).
-fn open_files(img: &ProcessImage, pages: &Path) -> Result<ProcFiles> {
+fn open_files(
+    img: &ProcessImage,
+    pages: &Path,
+    procs: &[ProcessImage],
+    opened: &mut Opened,
+) -> Result<ProcFiles> {
     let pid = img.pid;
     let st = Stage::Fork;
-    let mut owned: Vec<OwnedFd> = Vec::new();
+    let mut srcs = Vec::new();
     let mut targets = Vec::new();
     for e in &img.files {
-        let (path, flags, pos) = match &e.kind {
-            FdKind::Regular { file, flags, pos } => (file.path.as_str(), *flags as i32, *pos),
-            FdKind::CharDevice { path, flags, .. } => (path.as_str(), *flags as i32, 0),
-        };
-        let fd =
-            util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
-                pid,
-                stage: st,
-                source: stasis_sys::SysError {
-                    op: format!("fd {}: {}", e.fd, source.op),
-                    ..source
+        let shared = (e.ofd != 0)
+            .then(|| opened.by_ofd.get(&e.ofd).copied())
+            .flatten();
+        let idx = match (shared, &e.kind) {
+            (Some(i), _) => i,
+            (
+                None,
+                FdKind::Pipe {
+                    id,
+                    write_end,
+                    flags,
+                    ..
                 },
-            })?;
-        if pos != 0 {
-            util::seek_to(&fd, pos, path).at(pid, st)?;
+            ) => {
+                let (ri, wi) = match opened.pipes.get(id) {
+                    Some(&p) => p,
+                    None => make_pipe(pid, *id, procs, opened)?,
+                };
+                let i = if *write_end { wi } else { ri };
+                let keep = (*flags as i32) & (libc::O_NONBLOCK | libc::O_DIRECT);
+                util::set_status_flags(&opened.owned[i], keep).at(pid, st)?;
+                i
+            }
+            (None, kind) => {
+                let (path, flags, pos) = match kind {
+                    FdKind::Regular { file, flags, pos } => {
+                        (file.path.as_str(), *flags as i32, *pos)
+                    }
+                    FdKind::CharDevice { path, flags, .. } => (path.as_str(), *flags as i32, 0),
+                    FdKind::Pipe { .. } => unreachable!("handled above"),
+                };
+                let fd = util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| {
+                    RestoreError::Sys {
+                        pid,
+                        stage: st,
+                        source: stasis_sys::SysError {
+                            op: format!("fd {}: {}", e.fd, source.op),
+                            ..source
+                        },
+                    }
+                })?;
+                if pos != 0 {
+                    util::seek_to(&fd, pos, path).at(pid, st)?;
+                }
+                opened.push(fd)
+            }
+        };
+        if e.ofd != 0 {
+            opened.by_ofd.insert(e.ofd, idx);
         }
-        targets.push((owned.len(), e.fd, e.cloexec));
-        owned.push(fd);
+        targets.push((srcs.len(), e.fd, e.cloexec));
+        srcs.push(idx);
     }
-    let service = |path: &str, flags: i32, owned: &mut Vec<OwnedFd>| -> Result<usize> {
-        let fd = util::open(path, flags).at(pid, st)?;
-        owned.push(fd);
-        Ok(owned.len() - 1)
-    };
-    let pages_i = service(&pages.to_string_lossy(), libc::O_RDONLY, &mut owned)?;
-    let exe_i = service(&img.exe.path, libc::O_RDONLY, &mut owned)?;
+    let service =
+        |path: &str, flags: i32, opened: &mut Opened, srcs: &mut Vec<usize>| -> Result<usize> {
+            let fd = util::open(path, flags).at(pid, st)?;
+            srcs.push(opened.push(fd));
+            Ok(srcs.len() - 1)
+        };
+    let pages_k = service(&pages.to_string_lossy(), libc::O_RDONLY, opened, &mut srcs)?;
+    let exe_k = service(&img.exe.path, libc::O_RDONLY, opened, &mut srcs)?;
     let mut writes: HashMap<String, bool> = HashMap::new();
     for v in &img.mm.vmas {
         if let VmaKind::File { file } = &v.kind {
@@ -99,21 +190,22 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<ProcFiles> {
     }
     let mut names: Vec<_> = writes.into_iter().collect();
     names.sort();
-    let mut files_i = HashMap::new();
+    let mut files_k = HashMap::new();
     for (path, write) in names {
-        let i = service(
+        let k = service(
             &path,
             if write { libc::O_RDWR } else { libc::O_RDONLY },
-            &mut owned,
+            opened,
+            &mut srcs,
         )?;
-        files_i.insert(path, i);
+        files_k.insert(path, k);
     }
     Ok(ProcFiles {
-        owned,
+        srcs,
         targets,
-        pages_i,
-        exe_i,
-        files_i,
+        pages_k,
+        exe_k,
+        files_k,
     })
 }
 
@@ -156,9 +248,10 @@ pub(crate) fn restore_tree(
 ) -> Result<Pid> {
     let root_pid = procs[0].pid;
     // 1. Files, opened once by the restorer and inherited through the forks.
+    let mut opened = Opened::default();
     let mut files = Vec::with_capacity(procs.len());
     for (img, pg) in procs.iter().zip(pages) {
-        files.push(open_files(img, pg)?);
+        files.push(open_files(img, pg, procs, &mut opened)?);
     }
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     let max_target = procs
@@ -177,15 +270,20 @@ pub(crate) fn restore_tree(
     };
     let mut svcs = Vec::with_capacity(procs.len());
     for (img, f) in procs.iter().zip(&files) {
-        let mut srcs: Vec<i32> = f.owned.iter().map(|o| o.as_raw_fd()).collect();
+        let mut srcs: Vec<i32> = f
+            .srcs
+            .iter()
+            .map(|&i| opened.owned[i].as_raw_fd())
+            .collect();
         let ready_index = srcs.len();
         srcs.push(ready_w.as_raw_fd());
         let at = |i: usize| staging + i as i32;
         svcs.push((
             ServiceFds {
-                pages: at(f.pages_i),
-                exe: at(f.exe_i),
-                files: f.files_i.iter().map(|(p, &i)| (p.clone(), at(i))).collect(),
+                pages: at(f.pages_k),
+                exe: at(f.exe_k),
+                files: f.files_k.iter().map(|(p, &i)| (p.clone(), at(i))).collect(),
+                shmem: HashMap::new(),
             },
             at(ready_index),
         ));
@@ -245,9 +343,59 @@ pub(crate) fn restore_tree(
         stage: Stage::Fork,
         what: "no free address for the restorer's stub area".into(),
     })?;
+    // Shared anonymous objects, created here and inherited by every process.
+    let mut shm_sizes: HashMap<u64, u64> = HashMap::new();
+    for v in procs
+        .iter()
+        .flat_map(|p| &p.mm.vmas)
+        .filter(|v| v.shmem != 0)
+    {
+        let e = shm_sizes.entry(v.shmem).or_default();
+        *e = (*e).max(v.pgoff + (v.end - v.start));
+    }
+    let mut shmem: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut taken = vec![(stub, stub + STUB_LEN + 0x20000)];
+    let mut ids: Vec<_> = shm_sizes.into_iter().collect();
+    ids.sort_unstable();
+    for (id, len) in ids {
+        let mut placed = false;
+        for cand in memory::free_candidates(&procs[0].mm, len) {
+            let clash = procs.iter().any(|p| {
+                p.mm.vmas
+                    .iter()
+                    .any(|v| v.start < cand + len + 0x10000 && cand < v.end)
+            }) || taken
+                .iter()
+                .any(|&(a, b)| a < cand + len + 0x10000 && cand < b);
+            if !clash && spawn::map_shared_anon(cand, len).is_ok() {
+                shmem.insert(id, (cand, len));
+                taken.push((cand, cand + len + 0x10000));
+                placed = true;
+                break;
+            }
+        }
+        if !placed {
+            spawn::unmap_stub_area(stub, STUB_LEN);
+            for &(a, l) in shmem.values() {
+                spawn::unmap_stub_area(a, l);
+            }
+            return Err(RestoreError::Refused {
+                pid: root_pid,
+                stage: Stage::Fork,
+                what: format!("no free address for shared memory object {id} ({len} bytes)"),
+            });
+        }
+    }
+    for (s, _) in &mut svcs {
+        s.shmem = shmem.clone();
+    }
     let root = spawn::spawn_tree(&plan);
     spawn::unmap_stub_area(stub, STUB_LEN);
+    for &(a, l) in shmem.values() {
+        spawn::unmap_stub_area(a, l);
+    }
     drop(files);
+    drop(opened);
     drop(ready_w);
     let root = root.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::Refused {

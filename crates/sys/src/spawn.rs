@@ -410,3 +410,36 @@ pub fn seize_waiting(pid: Pid) -> Result<()> {
         }
     }
 }
+
+/// Maps `len` bytes of shared anonymous memory in the caller at `addr`
+/// (never replacing anything). Children forked afterwards share it.
+pub fn map_shared_anon(addr: u64, len: u64) -> Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            addr as usize as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::new(
+            format!("mmap shared memory at {addr:#x}"),
+            None,
+            last_errno(),
+        ));
+    }
+    if p as u64 != addr {
+        // SAFETY: unmapping what the kernel just gave us elsewhere.
+        unsafe { libc::munmap(p, len as usize) };
+        return Err(SysError::new(
+            format!("mmap shared memory at {addr:#x}"),
+            None,
+            libc::EEXIST,
+        ));
+    }
+    Ok(())
+}

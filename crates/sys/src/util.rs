@@ -252,3 +252,105 @@ pub fn read_timeout(fd: &OwnedFd, buf: &mut [u8], timeout_ms: i32) -> Result<usi
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     check(n as libc::c_long, "read", None).map(|n| n as usize)
 }
+
+/// kcmp(KCMP_FILE): do `fd1` of `pid1` and `fd2` of `pid2` share one open
+/// file description?
+pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1.0, pid2.0, KCMP_FILE, fd1, fd2) };
+    check(
+        r,
+        &format!("kcmp(fd {fd1}, pid {pid2} fd {fd2})"),
+        Some(pid1),
+    )
+    .map(|r| r == 0)
+}
+
+/// Capacity of a pipe (F_GETPIPE_SZ).
+pub fn pipe_capacity(fd: &OwnedFd) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl query on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    check(r.into(), "fcntl(F_GETPIPE_SZ)", None).map(|r| r as u32)
+}
+
+/// Sets a pipe's capacity (F_SETPIPE_SZ).
+pub fn set_pipe_capacity(fd: &OwnedFd, size: u32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    check(r.into(), "fcntl(F_SETPIPE_SZ)", None).map(drop)
+}
+
+/// Sets a descriptor's status flags (F_SETFL: O_NONBLOCK, O_APPEND, ...).
+pub fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+    check(r.into(), "fcntl(F_SETFL)", None).map(drop)
+}
+
+/// Copies the bytes waiting in a pipe without consuming them: tee(2) into a
+/// private pipe of the same capacity, then read that. `read_end` must be a
+/// read end of the pipe.
+pub fn pipe_peek(read_end: &OwnedFd) -> Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let cap = pipe_capacity(read_end)?;
+    let (r, w) = pipe()?;
+    set_pipe_capacity(&w, cap)?;
+    // SAFETY: tee between two pipe descriptors we hold; non-blocking.
+    let n = unsafe {
+        libc::tee(
+            read_end.as_raw_fd(),
+            w.as_raw_fd(),
+            cap as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        let e = last_errno();
+        if e == libc::EAGAIN {
+            return Ok(Vec::new()); // empty pipe
+        }
+        return Err(SysError::new("tee pipe contents", None, e));
+    }
+    let mut out = vec![0u8; n as usize];
+    let mut got = 0;
+    while got < out.len() {
+        // SAFETY: reading into the unfilled tail of `out`.
+        let k = unsafe {
+            libc::read(
+                r.as_raw_fd(),
+                out[got..].as_mut_ptr().cast(),
+                out.len() - got,
+            )
+        };
+        if k <= 0 {
+            return Err(SysError::new("read teed pipe contents", None, last_errno()));
+        }
+        got += k as usize;
+    }
+    Ok(out)
+}
+
+/// Writes all of `data` to a descriptor.
+pub fn write_all(fd: &OwnedFd, data: &[u8], what: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writing from the live tail of `data`.
+        let n = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+            )
+        };
+        if n <= 0 {
+            return Err(SysError::new(what, None, last_errno()));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

@@ -71,6 +71,12 @@ selfcheck!(
 );
 selfcheck!(selfcheck_tree, negative_tree, Program::Bin("tp_tree"), []);
 selfcheck!(
+    selfcheck_shared,
+    negative_shared,
+    Program::Bin("tp_shared"),
+    []
+);
+selfcheck!(
     selfcheck_sleep_nanosleep,
     negative_sleep_nanosleep,
     Program::Bin("tp_sleep"),
@@ -526,8 +532,18 @@ fn refuse(what: &str, words: &[&str]) {
 }
 
 #[test]
-fn refuse_unsupported_pipe() {
-    refuse("pipe", &["pipe"]);
+fn refuse_unsupported_socket() {
+    refuse("socket", &["socket"]);
+}
+
+/// The program that used to be refused for its pipe now checkpoints.
+#[test]
+fn cr_unsupported_pipe_now_supported() {
+    cr(
+        "cr_unsupported_pipe",
+        Program::Bin("tp_unsupported"),
+        &["--with", "pipe"],
+    );
 }
 
 #[test]
@@ -543,6 +559,11 @@ fn cr_unsupported_thread_now_supported() {
         Program::Bin("tp_unsupported"),
         &["--with", "thread"],
     );
+}
+
+#[test]
+fn cr_shared() {
+    cr("cr_shared", Program::Bin("tp_shared"), &[]);
 }
 
 #[test]

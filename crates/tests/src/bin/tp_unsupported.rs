@@ -1,7 +1,7 @@
 //! tp_unsupported: holds one resource stasis does not support yet, for the
 //! "dump refuses cleanly and leaves the process unharmed" tests.
 //!
-//! Usage: `tp_unsupported WORKDIR --with pipe|thread|child`
+//! Usage: `tp_unsupported WORKDIR --with pipe|socket|thread|child`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -37,6 +37,20 @@ fn main() {
                 &b"hello world"[..],
                 &buf[..usize::try_from(n).unwrap_or(0)],
             );
+        }
+        "socket" => {
+            let mut fds = [0i32; 2];
+            // SAFETY: fds is a valid array of two ints.
+            let r =
+                unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+            assert_eq!(r, 0, "socketpair");
+            proto.ready_and_wait();
+            // SAFETY: writes 2 bytes from a literal into our socket.
+            let w = unsafe { libc::write(fds[0], b"hi".as_ptr().cast(), 2) };
+            let mut buf = [0u8; 8];
+            // SAFETY: buf is a valid 8-byte buffer.
+            let n = unsafe { libc::read(fds[1], buf.as_mut_ptr().cast(), buf.len()) };
+            report.eq("socket round trip", (2, 2), (w, n));
         }
         "thread" => {
             let dir = proto.dir().to_path_buf();

@@ -62,6 +62,7 @@ fn bin_path(name: &str) -> PathBuf {
         "tp_unsupported" => env!("CARGO_BIN_EXE_tp_unsupported"),
         "tp_threads" => env!("CARGO_BIN_EXE_tp_threads"),
         "tp_tree" => env!("CARGO_BIN_EXE_tp_tree"),
+        "tp_shared" => env!("CARGO_BIN_EXE_tp_shared"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
