@@ -89,7 +89,12 @@ fn open_files(img: &ProcessImage, pages: &Path) -> Result<(Vec<OwnedFd>, FdPlan,
         owned.push(fd);
         Ok(owned.len() - 1)
     };
-    let pages_i = service(&pages.to_string_lossy(), libc::O_RDONLY, &mut owned)?;
+    // Never through a symlink swapped in since validation.
+    let pages_i = service(
+        &pages.to_string_lossy(),
+        libc::O_RDONLY | libc::O_NOFOLLOW,
+        &mut owned,
+    )?;
     let exe_i = service(&img.exe.path, libc::O_RDONLY, &mut owned)?;
     let mut files_i = HashMap::new();
     for v in &img.mm.vmas {
@@ -188,6 +193,8 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
     // Stopped at a syscall exit, the kernel applies no restart logic: do it.
     ptrace::set_regs(child, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;
     fault_point(pid, Stage::Registers)?;
+    // The last instant a failure can still undo everything.
+    fault_point(pid, Stage::Resume)?;
     ptrace::detach(child, 0).at(pid, Stage::Resume)?;
     guard.0 = None;
     Ok(child)

@@ -60,6 +60,7 @@ fn bin_path(name: &str) -> PathBuf {
         "tp_misc" => env!("CARGO_BIN_EXE_tp_misc"),
         "tp_sleep" => env!("CARGO_BIN_EXE_tp_sleep"),
         "tp_unsupported" => env!("CARGO_BIN_EXE_tp_unsupported"),
+        "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
