@@ -21,6 +21,7 @@ pub struct Frozen {
 
 fn seize_one(tid: Pid) -> stasis_sys::Result<bool> {
     ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)?;
+    stasis_sys::hook::kill_point("freeze-seized");
     ptrace::interrupt(tid)?;
     loop {
         match ptrace::wait(tid)? {
@@ -124,6 +125,7 @@ impl Frozen {
 
     fn undo(&mut self) -> stasis_sys::Result<()> {
         let mut first_err = self.finish_remote().err();
+        stasis_sys::hook::kill_point("before-detach");
         for &tid in &self.tids {
             if let Err(e) = ptrace::detach(tid, 0) {
                 first_err.get_or_insert(e);

@@ -174,9 +174,11 @@ impl Deadline {
     }
 }
 
-/// Test hook: `STASIS_FAULT=dump:<stage>` makes the dump fail right after
-/// that stage, to prove that failures leave the process as it was.
+/// Test hooks: `STASIS_FAULT=dump:<stage>` makes the dump fail right after
+/// that stage, to prove that failures leave the process as it was;
+/// `STASIS_KILL_AT=dump:<stage>` (spaces as `-`) SIGKILLs the dumper there.
 fn fault_point(pid: u32, stage: Stage) -> Result<()> {
+    stasis_sys::hook::kill_point(&format!("dump:{}", stage.to_string().replace(' ', "-")));
     if let Ok(v) = std::env::var("STASIS_FAULT") {
         if v.strip_prefix("dump:") == Some(&stage.to_string()) {
             return Err(DumpError::Io {
@@ -222,6 +224,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     );
     // On error `frozen` drops and resumes every thread as it was.
     let mut stats = dump_frozen(&mut frozen, opts, &deadline)?;
+    stasis_sys::hook::kill_point("dump:release");
     if opts.leave_running {
         frozen.release().at(pid, Stage::Finish)?;
     } else {
@@ -258,7 +261,8 @@ fn dump_frozen(
     deadline.check(Stage::Collect)?;
 
     // Dropping the writer on any error below removes everything it wrote.
-    let writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
+    let mut writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
+    writer.set_hook(stasis_sys::hook::kill_point);
     let mut refs = Vec::with_capacity(collected.len());
     let (mut page_bytes, mut vmas, mut page_runs) = (0, 0, 0);
     for state in &mut collected {

@@ -18,8 +18,8 @@ pub mod writer;
 
 pub use error::{ImageError, Result};
 pub use format::{
-    FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC, MAX_METADATA_LEN,
-    PAGES_HEADER_LEN,
+    encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
+    MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
 pub use model::*;
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};

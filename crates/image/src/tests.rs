@@ -1162,3 +1162,164 @@ fn fuzz_core_mutations() {
         start.elapsed()
     );
 }
+
+/// Byte-level and JSON-level mutations of a metadata file's bytes, as the
+/// core fuzz does them (shared by the inventory and `show` fuzzes).
+fn mutate_metadata(
+    valid: &[u8],
+    value: &serde_json::Value,
+    kind: FileKind,
+    rng: &mut Rng,
+) -> Vec<u8> {
+    match rng.below(4) {
+        0 => {
+            let mut b = valid.to_vec();
+            for _ in 0..=rng.below(4) {
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+            }
+            b
+        }
+        1 => {
+            let mut b = valid[..rng.below(valid.len())].to_vec();
+            if b.len() >= HEADER_LEN && rng.below(2) == 0 {
+                b = format::encode_metadata(kind, &b[HEADER_LEN..]);
+            }
+            b
+        }
+        2 => {
+            let mut payload = valid[HEADER_LEN..].to_vec();
+            let at = rng.below(payload.len());
+            let junk: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next() as u8).collect();
+            payload.splice(at..at, junk);
+            format::encode_metadata(kind, &payload)
+        }
+        _ => {
+            let mut v = value.clone();
+            for _ in 0..=rng.below(3) {
+                mutate_json(&mut v, rng);
+            }
+            format::encode_metadata(kind, &serde_json::to_vec(&v).unwrap())
+        }
+    }
+}
+
+#[test]
+fn fuzz_inventory_mutations() {
+    let t = TempDir::new("fuzz-inv");
+    write_sample(t.path());
+    let path = t.path().join(INVENTORY_FILE);
+    let valid = fs::read(&path).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&valid[HEADER_LEN..]).unwrap();
+    parse_inventory(&path, &valid).unwrap();
+    let dir = ImageDir::open(t.path()).unwrap();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut ok, mut err) = (0u32, 0u32);
+    for iter in 0..5000 {
+        let bytes = mutate_metadata(&valid, &value, FileKind::Inventory, &mut rng);
+        let res = if iter % 50 == 0 {
+            fs::remove_file(&path).unwrap();
+            fs::write(&path, &bytes).unwrap();
+            // The whole load: names in the inventory are followed only if plain.
+            dir.load_all().map(|i| i.inventory)
+        } else {
+            parse_inventory(&path, &bytes)
+        };
+        match res {
+            Ok(inv) => {
+                ok += 1;
+                for p in &inv.processes {
+                    assert!(is_plain_name(&p.core_file) && is_plain_name(&p.pages_file));
+                }
+            }
+            Err(e) => {
+                err += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    eprintln!("fuzz inventory: {ok} ok, {err} err");
+    assert!(err > 2500, "mutations should mostly be rejected ({ok} ok)");
+}
+
+#[test]
+fn fuzz_page_files() {
+    let t = TempDir::new("fuzz-pages");
+    let (inv, imgs) = write_sample(t.path());
+    let dir = ImageDir::open(t.path()).unwrap();
+    let r = &inv.processes[0];
+    let path = pages_path(t.path(), r.pid);
+    let valid = fs::read(&path).unwrap();
+    dir.verify_pages(r, &imgs[0]).unwrap();
+    let mut rng = Rng(0xfeed_beef_0000_0003);
+    let (mut ok, mut err) = (0u32, 0u32);
+    for _ in 0..2000 {
+        let mut b = valid.clone();
+        let mut damaged = true;
+        match rng.below(5) {
+            0 => {
+                // A flip anywhere; flips in the header padding are ignored
+                // by design (docs/image-format.md).
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+                damaged = !(32..PAGES_HEADER_LEN as usize).contains(&i);
+            }
+            1 => b.truncate(rng.below(b.len())),
+            2 => b.extend((0..1 + rng.below(8192)).map(|_| rng.next() as u8)),
+            3 => {
+                // Header fields rewritten with arbitrary values.
+                let at = [8usize, 12, 16, 24][rng.below(4)];
+                let v = rng.next().to_le_bytes();
+                let n = if at < 16 { 4 } else { 8 };
+                b[at..at + n].copy_from_slice(&v[..n]);
+            }
+            _ => {
+                // A declared length matching a truncated file.
+                let cut = PAGES_HEADER_LEN as usize + 4096 * rng.below(4);
+                b.truncate(cut.min(b.len()));
+                let len = (b.len() as u64).saturating_sub(PAGES_HEADER_LEN);
+                b[16..24].copy_from_slice(&len.to_le_bytes());
+            }
+        }
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, &b).unwrap();
+        match dir.verify_pages(r, &imgs[0]) {
+            Ok(()) => {
+                ok += 1;
+                assert!(!damaged || b == valid, "a damaged page file was accepted");
+            }
+            Err(e) => {
+                err += 1;
+                assert_eq!(e.path(), path.as_path());
+            }
+        }
+        // `show` on the same file never panics either.
+        let _ = show_file(&path);
+    }
+    eprintln!("fuzz pages: {ok} ok, {err} err");
+    assert!(err > 1500);
+}
+
+#[test]
+fn fuzz_show() {
+    let t = TempDir::new("fuzz-show");
+    write_sample(t.path());
+    let mut rng = Rng(0x0051_0a11_0000_0007);
+    for (name, kind) in [
+        (INVENTORY_FILE.to_string(), FileKind::Inventory),
+        (core_file_name(100), FileKind::Core),
+    ] {
+        let path = t.path().join(&name);
+        let valid = fs::read(&path).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&valid[HEADER_LEN..]).unwrap();
+        for _ in 0..1000 {
+            let bytes = mutate_metadata(&valid, &value, kind, &mut rng);
+            fs::remove_file(&path).unwrap();
+            fs::write(&path, &bytes).unwrap();
+            let _ = show_file(&path);
+            let _ = show_dir(t.path());
+        }
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, &valid).unwrap();
+    }
+}

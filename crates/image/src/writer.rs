@@ -34,6 +34,7 @@ pub struct ImageWriter {
     dir: PathBuf,
     tmp: PathBuf,
     committed: bool,
+    hook: Option<fn(&str)>,
 }
 
 /// File name of the core file of `pid`.
@@ -129,6 +130,7 @@ impl ImageWriter {
             dir: dir.to_path_buf(),
             tmp,
             committed: false,
+            hook: None,
         };
         // The umask can only clear bits, but make the mode exact anyway.
         fs::set_permissions(&writer.tmp, fs::Permissions::from_mode(0o700))
@@ -188,6 +190,19 @@ impl ImageWriter {
     /// must all have been written), fsyncs every file and the directories,
     /// renames every file into the image directory with `inventory.img`
     /// last, and removes the temporary directory.
+    /// Installs a test hook called with the name of each step of
+    /// [`ImageWriter::commit`] (`commit-written`, `commit-renamed`,
+    /// `commit-inventory`), e.g. to kill the writer there.
+    pub fn set_hook(&mut self, hook: fn(&str)) {
+        self.hook = Some(hook);
+    }
+
+    fn hook(&self, point: &str) {
+        if let Some(h) = self.hook {
+            h(point);
+        }
+    }
+
     pub fn commit(mut self, inventory: &Inventory) -> Result<()> {
         let inv_final = self.dir.join(INVENTORY_FILE);
         validate_inventory(&inv_final, inventory)?;
@@ -228,6 +243,7 @@ impl ImageWriter {
         }
         fsync_path(&inv_tmp)?;
         fsync_path(&self.tmp)?;
+        self.hook("commit-written");
 
         for name in &names {
             let from = self.tmp.join(name);
@@ -237,7 +253,9 @@ impl ImageWriter {
         // Every other file is in place and durable before the inventory
         // appears.
         fsync_path(&self.dir)?;
+        self.hook("commit-renamed");
         fs::rename(&inv_tmp, &inv_final).map_err(|e| ImageError::io(&inv_final, "rename", e))?;
+        self.hook("commit-inventory");
         fs::remove_dir(&self.tmp).map_err(|e| ImageError::io(&self.tmp, "remove", e))?;
         self.committed = true;
         fsync_path(&self.dir)

@@ -27,6 +27,7 @@
 //! Any failure kills the process being built and reports the stage.
 #![forbid(unsafe_code)]
 
+mod creds_check;
 mod memory;
 mod process;
 
@@ -181,6 +182,45 @@ fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
     Ok(())
 }
 
+/// Preflight checks on what the image asks for, before anything exists:
+/// credentials an unprivileged caller could not obtain itself (see
+/// creds_check.rs), and descriptor numbers no process can have.
+fn preflight_image(img: &ProcessImage, core: &std::path::Path) -> Result<()> {
+    let pid = img.pid;
+    let refused = |what: String| RestoreError::Refused {
+        pid,
+        stage: Stage::Preflight,
+        what,
+    };
+    let caller = creds_check::Caller::current()
+        .map_err(|e| refused(format!("reading the caller's credentials: {e}")))?;
+    if !caller.is_root() {
+        if let Some(why) = creds_check::refusal(&caller, &img.creds) {
+            return Err(refused(format!(
+                "credentials refused: {why}; only root may restore credentials \
+                 the caller could not obtain itself"
+            )));
+        }
+    }
+    let nofile = stasis_sys::util::raise_nofile();
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let limit = nofile.min(nr_open);
+    // Room for the staging range the restorer moves descriptors through.
+    let needed = img.files.len() as u64 * 2 + 64;
+    if let Some(f) = img.files.iter().find(|f| f.fd as u64 + needed >= limit) {
+        return Err(refused(format!(
+            "{}: fd {} cannot be restored: the descriptor limit is {limit} \
+             (RLIMIT_NOFILE hard limit / fs.nr_open)",
+            core.display(),
+            f.fd
+        )));
+    }
+    Ok(())
+}
+
 fn preflight(img: &ProcessImage, opts: &RestoreOptions) -> Result<()> {
     let pid = img.pid;
     if stasis_sys::util::pid_exists(Pid(pid as i32)) {
@@ -220,7 +260,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         });
     }
     fault_point(root, Stage::Validate)?;
-    for img in &image.processes {
+    for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
+        preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts)?;
     }
     for z in &image.inventory.zombies {

@@ -179,7 +179,13 @@ fn open_files(
             srcs.push(opened.push(fd));
             Ok(srcs.len() - 1)
         };
-    let pages_k = service(&pages.to_string_lossy(), libc::O_RDONLY, opened, &mut srcs)?;
+    // Never through a symlink swapped in since validation.
+    let pages_k = service(
+        &pages.to_string_lossy(),
+        libc::O_RDONLY | libc::O_NOFOLLOW,
+        opened,
+        &mut srcs,
+    )?;
     let exe_k = service(&img.exe.path, libc::O_RDONLY, opened, &mut srcs)?;
     let mut writes: HashMap<String, bool> = HashMap::new();
     for v in &img.mm.vmas {
@@ -478,6 +484,8 @@ pub(crate) fn restore_tree(
         built.push(threads);
     }
     fault_point(root_pid, Stage::Registers)?;
+    // The last instant a failure can still undo everything.
+    fault_point(root_pid, Stage::Resume)?;
 
     // 8. Resume: children before parents; stopped processes stay stopped.
     for (img, tids) in procs.iter().zip(&built).rev() {
@@ -576,6 +584,10 @@ fn rebuild(
     svc_fds.dedup();
     for fd in svc_fds {
         r.call(libc::SYS_close, &[fd as u64], "close service fd")
+            .at(pid, Stage::Registers)?;
+    }
+    for &(a, l) in svc.shmem.values() {
+        r.call(libc::SYS_munmap, &[a, l], "munmap inherited shared memory")
             .at(pid, Stage::Registers)?;
     }
     r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")

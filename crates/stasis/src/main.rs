@@ -121,6 +121,14 @@ fn setup_log(common: &Common, images_dir: Option<&Path>) -> Result<()> {
     logger::init(file.as_deref(), verbosity)
 }
 
+/// Descriptors stasis itself holds (logged after a dump or restore, so
+/// tests can see that repeated runs leak nothing).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Dump {
@@ -149,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stats.page_bytes,
                 stats.frozen
             );
+            log::info!("descriptors open at exit: {}", open_fds());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Restore {
@@ -170,6 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("write pidfile {}", p.display()))?;
             }
             log::info!("restored pid {pid}");
+            log::info!("descriptors open at exit: {}", open_fds());
             if detached {
                 return Ok(ExitCode::SUCCESS);
             }

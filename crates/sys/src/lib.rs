@@ -6,6 +6,7 @@
 
 pub mod clone;
 pub mod features;
+pub mod hook;
 pub mod mem;
 pub mod ptrace;
 pub mod remote;

@@ -26,6 +26,7 @@
 //!   restore child, which is traced with PTRACE_O_EXITKILL: a half-built
 //!   process must die with its restorer.
 
+use crate::hook::{fail_point, kill_point};
 use crate::ptrace::{self, Regs, Stop};
 use crate::{mem, Pid, Result, SysError};
 
@@ -33,6 +34,100 @@ use crate::{mem, Pid, Result, SysError};
 pub const STUB: [u8; 16] = [
     0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
 ];
+
+/// Length of the healing stubs written into the `[vdso]` padding.
+const HEAL_STUB_LEN: usize = 64;
+
+/// Healing stub for a thread stopped anywhere but in `restart_syscall`:
+/// the injected call, then `rt_sigreturn` to the frame.
+const HEAL_STUB: [u8; HEAL_STUB_LEN] = {
+    let mut s = [0xcc; HEAL_STUB_LEN];
+    let mut i = 0;
+    while i < STUB.len() {
+        s[i] = STUB[i];
+        i += 1;
+    }
+    s
+};
+
+/// Healing stub for a thread stopped inside `restart_syscall` (a sleep that
+/// was already interrupted once, by a stop signal or an earlier dump).
+/// `rt_sigreturn` resets the kernel's restart block, so such a thread
+/// cannot simply be sent back to re-execute `restart_syscall` through the
+/// frame: it would get EINTR. This stub therefore runs `restart_syscall`
+/// itself *before* any `rt_sigreturn`, with the original mask back in
+/// place, stores the result into the frame's rax, and only then returns to
+/// the original context (whose rip is already past its `syscall`):
+///
+/// ```text
+///   0f 05                     syscall                 ; the injected call
+///   bf 02 00 00 00            mov  edi, 2             ; SIG_SETMASK
+///   48 8d b4 24 28 01 00 00   lea  rsi, [rsp+0x128]   ; &frame.uc_sigmask
+///   31 d2                     xor  edx, edx
+///   41 ba 08 00 00 00         mov  r10d, 8
+///   b8 0e 00 00 00            mov  eax, 14            ; rt_sigprocmask
+///   0f 05                     syscall
+///   b8 db 00 00 00            mov  eax, 219           ; restart_syscall
+///   0f 05                     syscall
+///   48 89 84 24 90 00 00 00   mov  [rsp+0x90], rax    ; frame.uc_mcontext.rax
+///   b8 0f 00 00 00            mov  eax, 15            ; rt_sigreturn
+///   0f 05                     syscall
+/// ```
+///
+/// (`rsp` is frame + 8 throughout; a signal handler running meanwhile
+/// builds its frame below it.) If the restarted call is interrupted again
+/// without a handler, the kernel's own restart logic re-executes the
+/// `syscall` above with rax = restart_syscall.
+const HEAL_STUB_RESTART: [u8; HEAL_STUB_LEN] = {
+    let code: [u8; 52] = [
+        0x0f, 0x05, 0xbf, 0x02, 0x00, 0x00, 0x00, 0x48, 0x8d, 0xb4, 0x24, 0x28, 0x01, 0x00, 0x00,
+        0x31, 0xd2, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00, 0xb8, 0x0e, 0x00, 0x00, 0x00, 0x0f, 0x05,
+        0xb8, 0xdb, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x89, 0x84, 0x24, 0x90, 0x00, 0x00, 0x00,
+        0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    ];
+    let mut s = [0xcc; HEAL_STUB_LEN];
+    let mut i = 0;
+    while i < code.len() {
+        s[i] = code[i];
+        i += 1;
+    }
+    s
+};
+
+const NR_RESTART_SYSCALL: u64 = 219;
+
+/// A stub as the words poked into the tracee.
+fn words(stub: &[u8; HEAL_STUB_LEN]) -> [u64; HEAL_STUB_LEN / 8] {
+    let mut out = [0u64; HEAL_STUB_LEN / 8];
+    for (i, w) in out.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&stub[i * 8..i * 8 + 8]);
+        *w = u64::from_le_bytes(b);
+    }
+    out
+}
+
+/// Whether the bytes at the end of `[vdso]` may hold a healing stub.
+///
+/// Invariant: the padding past the end of the vDSO image is never executed
+/// or read by the program, and stasis only ever writes a healing stub
+/// there. So each word is either zero (free padding) or the matching word
+/// of one of the stubs, left by an earlier stasis that was killed between
+/// poking a stub and zeroing it again (possibly halfway). Both are safe to
+/// overwrite; anything else is not padding and is refused.
+fn padding_is_ours(found: &[u64]) -> bool {
+    let (a, b) = (words(&HEAL_STUB), words(&HEAL_STUB_RESTART));
+    found.len() == a.len()
+        && found
+            .iter()
+            .enumerate()
+            .all(|(i, &w)| w == 0 || w == a[i] || w == b[i])
+}
+
+/// Whether `r` is a thread stopped inside an interrupted `restart_syscall`.
+fn in_restart_syscall(r: &Regs) -> bool {
+    r.orig_rax == NR_RESTART_SYSCALL && r.rax as i64 == ERESTART_RESTARTBLOCK
+}
 
 const ERESTARTSYS: i64 = -512;
 const ERESTARTNOINTR: i64 = -513;
@@ -149,6 +244,8 @@ struct Heal {
     orig_mask: u64,
     frame: u64,
     patch: u64,
+    /// The thread was stopped inside the stub itself: leave it in place.
+    keep_stub: bool,
 }
 
 /// A stopped thread that executes system calls on our behalf.
@@ -180,7 +277,7 @@ impl RemoteThread {
         let orig_mask = ptrace::get_sigmask(tid)?;
         let patch = vdso
             .1
-            .checked_sub(STUB.len() as u64)
+            .checked_sub(HEAL_STUB_LEN as u64)
             .filter(|p| *p >= vdso.0)
             .ok_or_else(|| {
                 SysError::other(
@@ -189,9 +286,11 @@ impl RemoteThread {
                     "no [vdso] mapping to hold the syscall stub",
                 )
             })?;
-        let w0 = ptrace::peek(tid, patch)?;
-        let w1 = ptrace::peek(tid, patch + 8)?;
-        if w0 != 0 || w1 != 0 {
+        let mut found = Vec::with_capacity(HEAL_STUB_LEN / 8);
+        for i in 0..HEAL_STUB_LEN as u64 / 8 {
+            found.push(ptrace::peek(tid, patch + i * 8)?);
+        }
+        if !padding_is_ours(&found) {
             return Err(SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
@@ -217,18 +316,45 @@ impl RemoteThread {
                 ),
             ));
         }
-        let frame_bytes = build_frame(frame, fpstate, &restart_fixed(&orig_regs), orig_mask, &fp);
+        // The context the frame returns to. Normally the original one with
+        // the kernel's restart fix-up applied (an interrupted call runs
+        // again). Inside restart_syscall that is impossible (rt_sigreturn
+        // resets the restart block), so the stub restarts the call itself
+        // first and the frame returns past it (see HEAL_STUB_RESTART).
+        let (stub, frame_regs) = if in_restart_syscall(&orig_regs) {
+            let mut x = orig_regs;
+            x.orig_rax = u64::MAX;
+            (&HEAL_STUB_RESTART, x)
+        } else {
+            (&HEAL_STUB, restart_fixed(&orig_regs))
+        };
+        // A thread may be stopped *inside* a stub left by an earlier stasis
+        // that was killed (typically sleeping in the restart stub's
+        // restart_syscall). That code must stay exactly as it is (zeroing
+        // or rewriting it would crash the thread), and registers pointing
+        // into it would make an image no restore can run. Refused before
+        // the thread is touched: it leaves the stub within a few
+        // instructions, or when its restarted call returns.
+        let stub_area = patch..patch + HEAL_STUB_LEN as u64;
+        let keep_stub = stub_area.contains(&orig_regs.rip);
+        if keep_stub {
+            return Err(SysError::other(
+                "prepare remote syscalls",
+                Some(tid),
+                "the thread is still running the healing stub of a stasis that was killed; \
+                 try again once its interrupted call has returned",
+            ));
+        }
+        let frame_bytes = build_frame(frame, fpstate, &frame_regs, orig_mask, &fp);
         mem::write_bytes(tid, frame, &frame_bytes)?;
-        ptrace::poke(
-            tid,
-            patch,
-            u64::from_le_bytes(STUB[0..8].try_into().unwrap_or_default()),
-        )?;
-        ptrace::poke(
-            tid,
-            patch + 8,
-            u64::from_le_bytes(STUB[8..16].try_into().unwrap_or_default()),
-        )?;
+        kill_point("heal-frame");
+        for (i, w) in words(stub).iter().enumerate() {
+            ptrace::poke(tid, patch + i as u64 * 8, *w)?;
+            if i == 3 {
+                kill_point("heal-stub-half");
+            }
+        }
+        kill_point("heal-stub");
         let mut t = RemoteThread {
             tid,
             stub: patch,
@@ -240,6 +366,7 @@ impl RemoteThread {
                 orig_mask,
                 frame,
                 patch,
+                keep_stub,
             }),
             pending_stop: false,
         };
@@ -264,6 +391,7 @@ impl RemoteThread {
             let _ = t.finish();
             return Err(e);
         }
+        kill_point("heal-mask");
         Ok(t)
     }
 
@@ -350,8 +478,22 @@ impl RemoteThread {
             None => self.scratch + self.scratch_len,
         };
         ptrace::set_regs(self.tid, &r)?;
+        // From here until finish() the thread holds an injected register
+        // set; in healing mode its rsp is the sigframe, so a dumper killed
+        // at any of these points leaves a thread that runs the injected
+        // query, then rt_sigreturn, and is back where it was stopped.
+        kill_point("inject-set-regs");
         self.step_to_syscall(nr)?; // entry
+        kill_point("syscall-entry");
         self.step_to_syscall(nr)?; // exit
+        kill_point("syscall-exit");
+        if fail_point("syscall-exit") {
+            return Err(SysError::other(
+                format!("remote syscall {nr}"),
+                Some(self.tid),
+                "injected fault (STASIS_FAULT)",
+            ));
+        }
         let out = ptrace::get_regs(self.tid)?;
         Ok(out.rax as i64)
     }
@@ -406,11 +548,17 @@ impl RemoteThread {
             return Ok(());
         };
         let tid = self.tid;
+        // Order matters: until set_regs below the thread still holds an
+        // injected register set, whose rt_sigreturn restores the original
+        // mask anyway; the original registers never run with the all-blocked
+        // injection mask.
         ptrace::set_sigmask(tid, h.orig_mask)?;
+        kill_point("finish-mask");
         // Leave the syscall stop for an interrupt stop taken before any user
         // instruction runs (INTERRUPT sets TIF_SIGPENDING).
         ptrace::interrupt(tid)?;
         ptrace::cont(tid, 0)?;
+        kill_point("finish-cont");
         loop {
             match ptrace::wait(tid)? {
                 Stop::Event {
@@ -432,9 +580,19 @@ impl RemoteThread {
                 }
             }
         }
+        kill_point("finish-stop");
         ptrace::set_regs(tid, &h.orig_regs)?;
-        ptrace::poke(tid, h.patch, 0)?;
-        ptrace::poke(tid, h.patch + 8, 0)?;
+        // The original registers are back: from here on the stub is never
+        // run again; a kill below leaves (part of) it in the padding, which
+        // the next dump recognises (see padding_is_ours).
+        kill_point("finish-regs");
+        for i in 0..HEAL_STUB_LEN as u64 / 8 * u64::from(!h.keep_stub) {
+            ptrace::poke(tid, h.patch + i * 8, 0)?;
+            if i == 3 {
+                kill_point("finish-unpatch-half");
+            }
+        }
+        kill_point("finish-unpatch");
         if self.pending_stop {
             crate::util::kill(tid, libc::SIGSTOP)?;
         }
@@ -455,4 +613,40 @@ pub fn le_u32(b: &[u8], off: usize) -> u32 {
         .and_then(|s| s.try_into().ok())
         .map(u32::from_le_bytes)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_stub_is_recognised() {
+        let (a, b) = (words(&HEAL_STUB), words(&HEAL_STUB_RESTART));
+        assert!(padding_is_ours(&[0; 8]));
+        assert!(padding_is_ours(&a));
+        assert!(padding_is_ours(&b));
+        let mut half = a;
+        half[..4].fill(0);
+        assert!(padding_is_ours(&half));
+        let mut mixed = b;
+        mixed[0] = a[0];
+        assert!(padding_is_ours(&mixed));
+        let mut swapped = a;
+        swapped.swap(0, 1);
+        assert!(!padding_is_ours(&swapped));
+        let mut other = [0u64; 8];
+        other[7] = 1;
+        assert!(!padding_is_ours(&other));
+        assert!(!padding_is_ours(&[0; 2]));
+    }
+
+    #[test]
+    fn restart_stub_offsets_match_the_frame() {
+        // rsp = frame + 8 while the stub runs.
+        let disp =
+            |at: usize| u32::from_le_bytes(HEAL_STUB_RESTART[at..at + 4].try_into().unwrap());
+        assert_eq!(disp(11) as usize, SIGMASK_OFF - 8);
+        assert_eq!(disp(41) as usize, MCONTEXT_OFF + 13 * 8 - 8);
+        assert_eq!(&HEAL_STUB_RESTART[50..52], &[0x0f, 0x05]);
+    }
 }

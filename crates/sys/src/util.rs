@@ -354,3 +354,35 @@ pub fn write_all(fd: &OwnedFd, data: &[u8], what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The caller's securebits (`prctl(PR_GET_SECUREBITS)`).
+pub fn securebits() -> Result<u32> {
+    // SAFETY: integer-only prctl on the calling thread.
+    let r = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0u64, 0u64, 0u64, 0u64) };
+    check(r.into(), "prctl(PR_GET_SECUREBITS)", None).map(|v| v as u32)
+}
+
+/// Raises the caller's RLIMIT_NOFILE soft limit to its hard limit (a restore
+/// opens every file of the process at once); returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: rl is a valid out-pointer for getrlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let new = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: new is a valid rlimit; raising the soft limit up to the
+        // hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            return rl.rlim_max;
+        }
+    }
+    rl.rlim_cur
+}

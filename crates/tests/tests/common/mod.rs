@@ -63,6 +63,7 @@ fn bin_path(name: &str) -> PathBuf {
         "tp_threads" => env!("CARGO_BIN_EXE_tp_threads"),
         "tp_tree" => env!("CARGO_BIN_EXE_tp_tree"),
         "tp_shared" => env!("CARGO_BIN_EXE_tp_shared"),
+        "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
