@@ -3,8 +3,8 @@
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::progress::Progress;
 use stasis_image::{MmState, PageRun, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
-use stasis_sys::ptrace;
 use stasis_sys::remote::RemoteThread;
+use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
@@ -73,11 +73,14 @@ pub(crate) struct ServiceFds {
     pub files: HashMap<String, i32>,
 }
 
+/// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
+/// the restorer's helper thread may use.
 pub(crate) fn rebuild(
     r: &mut RemoteThread,
     mm: &MmState,
     svc: &ServiceFds,
     stub: u64,
+    spread: Option<&[usize]>,
 ) -> Result<()> {
     let child = r.tid();
     let pid = child.0 as u32;
@@ -150,7 +153,7 @@ pub(crate) fn rebuild(
         }
     }
 
-    fill_pages(r, mm, svc.pages)?;
+    fill_pages(r, mm, svc.pages, spread)?;
 
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
@@ -263,7 +266,7 @@ const COPY_CHUNK: usize = 8 << 20;
 /// copies the previous piece in with `pread` + `process_vm_writev` (fast
 /// into pages already present): the two run on different CPUs. Small runs
 /// go by remote `preadv`, up to 1024 runs per call.
-fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
+fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32, spread: Option<&[usize]>) -> Result<()> {
     let child = r.tid();
     let pid = child.0 as u32;
     let st = Stage::Memory;
@@ -300,6 +303,17 @@ fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
         let (tx, rx) = mpsc::channel::<(u64, u64, u64)>();
         let (done_tx, done_rx) = mpsc::channel::<u64>();
         let helper = s.spawn(move || -> Result<()> {
+            // Not on the child's CPU: it is busy populating (and wake-ups
+            // from the pinned restorer would pull this thread there).
+            if let Some(cpus) = spread {
+                let here = stasis_sys::util::current_cpu();
+                let others: Vec<usize> =
+                    cpus.iter().copied().filter(|c| Some(*c) != here).collect();
+                let _ = stasis_sys::util::set_affinity(
+                    Pid(0),
+                    if others.is_empty() { cpus } else { &others },
+                );
+            }
             let mut buf = vec![0u8; COPY_CHUNK];
             for (addr, off, len) in rx {
                 let mut done = 0u64;

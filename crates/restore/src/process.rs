@@ -161,7 +161,10 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
 
     let mut r =
         RemoteThread::plain(child, stub, stub + 4096, STUB_LEN - 4096).at(pid, Stage::Fork)?;
-    memory::rebuild(&mut r, &img.mm, &svc, stub)?;
+    // Remote syscalls are cheapest with both on one CPU (best effort).
+    let pin = util::CpuPin::new(child).ok();
+    let spread = pin.as_ref().map(|p| p.original().to_vec());
+    memory::rebuild(&mut r, &img.mm, &svc, stub, spread.as_deref())?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
     fault_point(pid, Stage::Attributes)?;
@@ -188,6 +191,9 @@ pub(crate) fn restore_one(img: &ProcessImage, pages: &Path) -> Result<Pid> {
     // Stopped at a syscall exit, the kernel applies no restart logic: do it.
     ptrace::set_regs(child, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;
     fault_point(pid, Stage::Registers)?;
+    if let Some(pin) = pin {
+        pin.release().at(pid, Stage::Resume)?;
+    }
     ptrace::detach(child, 0).at(pid, Stage::Resume)?;
     guard.0 = None;
     Ok(child)

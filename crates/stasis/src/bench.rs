@@ -6,7 +6,9 @@
 //! killed by the dump), restores it through [`stasis_restore::restore`],
 //! releases it and requires it to verify every page it filled (PASS).
 //!
-//! Baselines, per case and round, for the number of page bytes the image holds:
+//! Baselines, per case and round, for the number of page bytes the image
+//! holds, each the mean of one run just before and one just after the
+//! stasis operation it is compared with:
 //! * raw write: an already-populated buffer written into a new file in the
 //!   same directory, then fsync'd (stasis fsyncs every image file on commit);
 //! * raw read: anonymous memory mmap'd and populated (MADV_POPULATE_WRITE),
@@ -264,6 +266,13 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     )?;
     let filled: u64 = fs::read_to_string(work.join("filled"))?.trim().parse()?;
 
+    // Baselines run both before and after the stasis operation and are
+    // averaged: freeing and reallocating gigabytes costs differently
+    // depending on how recently the memory was freed (on a VM whose
+    // balloon takes freed pages back), and neither order should favour
+    // either side.
+    let write_before = raw_write(&work, filled.div_ceil(4096).max(1) * 4096)?;
+
     reset_hwm();
     let t = Instant::now();
     let stats = stasis_dump::dump(&stasis_dump::DumpOptions {
@@ -281,6 +290,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let image_bytes = dir_bytes(&img)?;
     let pages = img.join(stasis_image::pages_file_name(pid));
 
+    let read_before = raw_read(&pages, stats.page_bytes)?;
     let t = Instant::now();
     let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
         images_dir: img.clone(),
@@ -299,8 +309,8 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         );
     }
 
-    let raw_write = raw_write(&work, stats.page_bytes)?;
-    let raw_read = raw_read(&pages, stats.page_bytes)?;
+    let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
+    let raw_read = (read_before + raw_read(&pages, stats.page_bytes)?) / 2;
     fs::remove_dir_all(&work)?;
     Ok(Sample {
         dump,
