@@ -3,13 +3,15 @@
 
 use crate::collect::file_id;
 use crate::{At, DumpError, Result, Stage};
-use stasis_image::{MmState, PageRun, PagesWriter, Vma, VmaKind, PAGE_SIZE};
+use stasis_image::progress::Progress;
+use stasis_image::{MmState, PageRun, PagesWriter, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
 use stasis_proc::SmapsEntry;
 use stasis_sys::pagemap::{
     Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
 };
 use stasis_sys::{mem, Pid};
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
 
 /// Runs of pages to save, in address order.
 pub(crate) struct PagePlan {
@@ -131,10 +133,71 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
     Ok((vmas, PagePlan { runs }))
 }
 
-/// Bytes read from the target per batch.
-const CHUNK: usize = 8 << 20;
+/// Bytes per batch: one process_vm_readv (up to 1024 iovecs) each.
+const CHUNK: usize = 4 << 20;
+/// Batches in flight between the reading and the writing thread.
+const BUFFERS: usize = 4;
+
+/// Bytes written between two calls that start writeback.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// One batch of page data, in file order.
+enum Batch {
+    /// Readable ranges, read with one process_vm_readv.
+    Vm(Vec<(u64, usize)>, usize),
+    /// An unreadable (e.g. PROT_NONE) range, read through /proc/PID/mem.
+    Mem(u64, usize),
+}
+
+/// Cuts the plan into batches and records every page run, with its file
+/// offset, in `mm.pages`.
+fn batches(mm: &mut MmState, plan: &PagePlan, base: u64) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut pending: Vec<(u64, usize)> = Vec::new();
+    let mut filled = 0usize;
+    let mut offset = base;
+    for &(start, end, readable) in &plan.runs {
+        mm.pages.push(PageRun {
+            addr: start,
+            nr_pages: (end - start) / PAGE_SIZE,
+            offset,
+        });
+        offset += end - start;
+        let mut a = start;
+        while a < end {
+            if !readable {
+                let n = ((end - a) as usize).min(CHUNK);
+                if !pending.is_empty() {
+                    out.push(Batch::Vm(std::mem::take(&mut pending), filled));
+                    filled = 0;
+                }
+                out.push(Batch::Mem(a, n));
+                a += n as u64;
+                continue;
+            }
+            let n = ((end - a) as usize).min(CHUNK - filled);
+            pending.push((a, n));
+            filled += n;
+            a += n as u64;
+            if filled == CHUNK || pending.len() == mem::IOV_MAX {
+                out.push(Batch::Vm(std::mem::take(&mut pending), filled));
+                filled = 0;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        out.push(Batch::Vm(pending, filled));
+    }
+    out
+}
 
 /// Streams every planned page into `out`, recording page runs in `mm.pages`.
+///
+/// Two threads: this one reads a batch from the target (process_vm_readv,
+/// or /proc/PID/mem for unreadable areas) and hashes it while it is still
+/// in cache; the other writes the previous batches into the page file.
+/// [`BUFFERS`] buffers of [`CHUNK`] bytes circulate between them, so memory
+/// use does not grow with the size of the process.
 pub(crate) fn dump_pages(
     pid: Pid,
     mm: &mut MmState,
@@ -143,74 +206,92 @@ pub(crate) fn dump_pages(
 ) -> Result<()> {
     let p = pid.0 as u32;
     let st = Stage::Memory;
-    let mut buf = vec![0u8; CHUNK];
-    let mut pending: Vec<(u64, usize)> = Vec::new();
-    let mut filled = 0usize;
+    let batches = batches(mm, plan, out.offset());
+    let total: u64 = plan.runs.iter().map(|r| r.1 - r.0).sum();
+    let mut progress = Progress::new("dump", total);
     let mut mem_file: Option<std::fs::File> = None;
+    let (mut hasher, mut sink) = out.split();
 
-    let flush = |pending: &mut Vec<(u64, usize)>,
-                 filled: &mut usize,
-                 buf: &mut [u8],
-                 out: &mut PagesWriter|
-     -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
+    std::thread::scope(|s| -> Result<()> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..BUFFERS {
+            let _ = empty_tx.send(vec![0u8; CHUNK]);
         }
-        mem::read_ranges(pid, pending, &mut buf[..*filled]).at(p, st)?;
-        out.write_all(&buf[..*filled]).at(p, st)?;
-        pending.clear();
-        *filled = 0;
-        Ok(())
-    };
-
-    for &(start, end, readable) in &plan.runs {
-        let offset = out.offset() + filled as u64;
-        mm.pages.push(PageRun {
-            addr: start,
-            nr_pages: (end - start) / PAGE_SIZE,
-            offset,
+        let writer = s.spawn(move || -> Result<()> {
+            let mut flushed = sink.offset();
+            for (buf, n) in full_rx {
+                sink.write_all(&buf[..n]).at(p, st)?;
+                // Start writeback now, so the fsync at commit has little
+                // left to wait for (best effort: the fsync is what counts).
+                if sink.offset() - flushed >= WRITEBACK_EVERY {
+                    let _ = stasis_sys::util::start_writeback(
+                        sink.fd(),
+                        PAGES_HEADER_LEN + flushed,
+                        sink.offset() - flushed,
+                    );
+                    flushed = sink.offset();
+                }
+                // The reader may be gone (error): nothing to return it to.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
         });
-        if !readable {
-            // PROT_NONE and other unreadable areas: /proc/PID/mem reads
-            // them with FOLL_FORCE where process_vm_readv cannot.
-            flush(&mut pending, &mut filled, &mut buf, out)?;
-            let f = match &mut mem_file {
-                Some(f) => f,
-                None => mem_file.insert(std::fs::File::open(format!("/proc/{p}/mem")).map_err(
-                    |source| DumpError::Io {
-                        pid: p,
-                        stage: st,
-                        what: format!("open /proc/{p}/mem"),
-                        source,
-                    },
-                )?),
-            };
-            let mut a = start;
-            while a < end {
-                let n = ((end - a) as usize).min(CHUNK);
-                f.read_exact_at(&mut buf[..n], a)
-                    .map_err(|source| DumpError::Io {
-                        pid: p,
-                        stage: st,
-                        what: format!("read /proc/{p}/mem at {a:#x}"),
-                        source,
-                    })?;
-                out.write_all(&buf[..n]).at(p, st)?;
-                a += n as u64;
+        let read = (|| -> Result<()> {
+            for b in &batches {
+                // A closed channel means the writer failed: its error wins.
+                let Ok(mut buf) = empty_rx.recv() else {
+                    return Ok(());
+                };
+                let n = match b {
+                    Batch::Vm(ranges, n) => {
+                        mem::read_ranges(pid, ranges, &mut buf[..*n]).at(p, st)?;
+                        *n
+                    }
+                    Batch::Mem(addr, n) => {
+                        let f = match &mut mem_file {
+                            Some(f) => f,
+                            None => mem_file.insert(
+                                std::fs::File::open(format!("/proc/{p}/mem")).map_err(
+                                    |source| DumpError::Io {
+                                        pid: p,
+                                        stage: st,
+                                        what: format!("open /proc/{p}/mem"),
+                                        source,
+                                    },
+                                )?,
+                            ),
+                        };
+                        // FOLL_FORCE: reads what process_vm_readv cannot.
+                        f.read_exact_at(&mut buf[..*n], *addr)
+                            .map_err(|source| DumpError::Io {
+                                pid: p,
+                                stage: st,
+                                what: format!("read /proc/{p}/mem at {addr:#x}"),
+                                source,
+                            })?;
+                        *n
+                    }
+                };
+                hasher.update(&buf[..n]);
+                progress.add(n as u64);
+                if full_tx.send((buf, n)).is_err() {
+                    return Ok(());
+                }
             }
-            continue;
-        }
-        let mut a = start;
-        while a < end {
-            let n = ((end - a) as usize).min(CHUNK - filled);
-            pending.push((a, n));
-            filled += n;
-            a += n as u64;
-            if filled == CHUNK || pending.len() == mem::IOV_MAX {
-                flush(&mut pending, &mut filled, &mut buf, out)?;
-            }
-        }
-    }
-    flush(&mut pending, &mut filled, &mut buf, out)?;
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(DumpError::Io {
+                pid: p,
+                stage: st,
+                what: "page writer thread".into(),
+                source: std::io::Error::other("panicked"),
+            })
+        });
+        read.and(written)
+    })?;
+    progress.done();
     Ok(())
 }

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod format;
 pub mod model;
+pub mod progress;
 pub mod reader;
 pub mod show;
 pub mod validate;
@@ -27,7 +28,7 @@ pub use show::{show_dir, show_file};
 pub use validate::{
     is_plain_name, pages_len, validate_inventory, validate_process, USER_SPACE_END,
 };
-pub use writer::{core_file_name, pages_file_name, ImageWriter, PagesWriter};
+pub use writer::{core_file_name, pages_file_name, ImageWriter, PageHasher, PageSink, PagesWriter};
 
 #[cfg(test)]
 mod tests;

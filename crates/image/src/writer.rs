@@ -179,6 +179,7 @@ impl ImageWriter {
             final_path: self.tmp.join(&name),
             name,
             hasher: Xxh3::new(),
+            hashed: 0,
             offset: 0,
             done: false,
         };
@@ -282,8 +283,64 @@ pub struct PagesWriter {
     final_path: PathBuf,
     name: String,
     hasher: Xxh3,
+    /// Bytes fed to `hasher`; equal to `offset` except while split.
+    hashed: u64,
     offset: u64,
     done: bool,
+}
+
+/// The hashing half of a split [`PagesWriter`] (see [`PagesWriter::split`]).
+pub struct PageHasher<'a> {
+    hasher: &'a mut Xxh3,
+    hashed: &'a mut u64,
+}
+
+/// The writing half of a split [`PagesWriter`] (see [`PagesWriter::split`]).
+pub struct PageSink<'a> {
+    file: &'a mut File,
+    part: &'a Path,
+    offset: &'a mut u64,
+}
+
+impl PageHasher<'_> {
+    /// Feeds the next payload bytes to the checksum; the same bytes must go,
+    /// in the same order, through [`PageSink::write_all`].
+    pub fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        *self.hashed += data.len() as u64;
+    }
+}
+
+impl PageSink<'_> {
+    /// Appends `data` (a multiple of [`PAGE_SIZE`]) without hashing it.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        if data.len() as u64 % PAGE_SIZE != 0 {
+            return Err(ImageError::invalid(
+                self.part,
+                format!(
+                    "write of {} bytes is not a multiple of the page size",
+                    data.len()
+                ),
+            ));
+        }
+        self.file
+            .write_all(data)
+            .map_err(|e| ImageError::io(self.part, "write", e))?;
+        *self.offset += data.len() as u64;
+        Ok(())
+    }
+
+    /// Payload bytes written so far.
+    pub fn offset(&self) -> u64 {
+        *self.offset
+    }
+
+    /// The page file (payload byte `n` is at file offset
+    /// [`PAGES_HEADER_LEN`] + `n`), e.g. to start its writeback early.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
 }
 
 impl std::fmt::Debug for PagesWriter {
@@ -335,8 +392,28 @@ impl PagesWriter {
             .write_all(data)
             .map_err(|e| ImageError::io(&self.part, "write", e))?;
         self.hasher.update(data);
+        self.hashed += data.len() as u64;
         self.offset += data.len() as u64;
         Ok(())
+    }
+
+    /// Splits the writer into a hashing half and a writing half, so that
+    /// checksumming and writing can run on different threads (one reads
+    /// and hashes the next batch while the other writes the last one).
+    /// Every byte must pass through both halves in the same order;
+    /// [`PagesWriter::finish`] refuses a file where they differ.
+    pub fn split(&mut self) -> (PageHasher<'_>, PageSink<'_>) {
+        (
+            PageHasher {
+                hasher: &mut self.hasher,
+                hashed: &mut self.hashed,
+            },
+            PageSink {
+                file: &mut self.file,
+                part: &self.part,
+                offset: &mut self.offset,
+            },
+        )
     }
 
     /// Appends several buffers with vectored writes; their total length
@@ -370,6 +447,7 @@ impl PagesWriter {
         for b in bufs {
             self.hasher.update(b);
         }
+        self.hashed += total as u64;
         self.offset += total as u64;
         Ok(())
     }
@@ -377,6 +455,12 @@ impl PagesWriter {
     /// Writes the final header and gives the file its name. Returns the
     /// file name, as the inventory should list it.
     pub fn finish(mut self) -> Result<String> {
+        if self.hashed != self.offset {
+            return Err(ImageError::invalid(
+                &self.part,
+                format!("{} bytes written but {} hashed", self.offset, self.hashed),
+            ));
+        }
         let digest = self.hasher.digest();
         self.write_header(self.offset, digest)?;
         fs::rename(&self.part, &self.final_path)

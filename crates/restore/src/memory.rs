@@ -1,10 +1,15 @@
 //! Rebuilding a child's address space by remote syscalls.
 
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::{MmState, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
-use stasis_sys::ptrace;
+use stasis_image::progress::Progress;
+use stasis_image::{MmState, PageRun, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
+use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
+
+const MADV_POPULATE_WRITE: u64 = stasis_sys::buf::MADV_POPULATE_WRITE as u64;
 
 /// Size of the stub + scratch area the restorer injects through.
 pub(crate) const STUB_LEN: u64 = 256 * 1024;
@@ -77,11 +82,14 @@ pub(crate) struct ServiceFds {
     pub shmem: HashMap<u64, (u64, u64)>,
 }
 
+/// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
+/// the restorer's helper thread may use.
 pub(crate) fn rebuild(
     r: &mut RemoteThread,
     mm: &MmState,
     svc: &ServiceFds,
     stub: u64,
+    spread: Option<&[usize]>,
 ) -> Result<()> {
     let child = r.tid();
     let pid = child.0 as u32;
@@ -149,9 +157,19 @@ pub(crate) fn rebuild(
             continue;
         }
         map_vma(r, v, has_pages[i], svc)?;
+        // Before the pages arrive, so that they arrive as huge pages where
+        // the process had asked for them.
+        if has_pages[i] && v.advice.iter().any(|a| a == "hugepage") {
+            r.call(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, libc::MADV_HUGEPAGE as u64],
+                "madvise(hugepage)",
+            )
+            .at(pid, st)?;
+        }
     }
 
-    fill_pages(r, mm, svc.pages)?;
+    fill_pages(r, mm, svc.pages, spread)?;
 
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
@@ -169,6 +187,7 @@ pub(crate) fn rebuild(
             let advice = match a.as_str() {
                 "dontdump" => libc::MADV_DONTDUMP,
                 "dontfork" => libc::MADV_DONTFORK,
+                "hugepage" if has_pages[i] => continue, // done before filling
                 "hugepage" => libc::MADV_HUGEPAGE,
                 "nohugepage" => libc::MADV_NOHUGEPAGE,
                 "wipeonfork" => libc::MADV_WIPEONFORK,
@@ -289,18 +308,139 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Resul
     Ok(())
 }
 
-/// Reads every page run from the page file into place with remote preadv,
-/// up to 1024 runs and 1 GiB per call.
-fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
+/// Runs at least this long are filled by populate + process_vm_writev;
+/// shorter ones by remote preadv, many per call.
+const BIG_RUN: u64 = 256 << 10;
+/// Pieces the big runs are cut into: populated by one remote madvise each.
+const PIECE: u64 = 32 << 20;
+/// The helper thread's read buffer.
+const COPY_CHUNK: usize = 8 << 20;
+
+/// Fills every page run from the page file.
+///
+/// Faulting in fresh memory costs more than copying into it, and only the
+/// child itself can fault in its memory in bulk. So big runs are cut into
+/// [`PIECE`]s; for each, the child populates it (remote
+/// `madvise(MADV_POPULATE_WRITE)`) while a helper thread of the restorer
+/// copies the previous piece in with `pread` + `process_vm_writev` (fast
+/// into pages already present): the two run on different CPUs. Small runs
+/// go by remote `preadv`, up to 1024 runs per call.
+fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32, spread: Option<&[usize]>) -> Result<()> {
+    let child = r.tid();
+    let pid = child.0 as u32;
+    let st = Stage::Memory;
+    let (big, small): (Vec<PageRun>, Vec<PageRun>) = mm
+        .pages
+        .iter()
+        .partition(|p| p.nr_pages * PAGE_SIZE >= BIG_RUN);
+    let mut pieces = Vec::new();
+    for run in &big {
+        let len = run.nr_pages * PAGE_SIZE;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(PIECE);
+            pieces.push((run.addr + done, run.offset + done, n));
+            done += n;
+        }
+    }
+    let total: u64 = mm.pages.iter().map(|p| p.nr_pages * PAGE_SIZE).sum();
+    let mut progress = Progress::new("restore", total);
+    if pieces.is_empty() {
+        preadv_runs(r, &small, fd, &mut progress)?;
+        progress.done();
+        return Ok(());
+    }
+    // The child's own descriptor of the page file, opened again here.
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let file = std::fs::File::open(&path).map_err(|source| RestoreError::Io {
+        pid,
+        stage: st,
+        what: format!("open {path}"),
+        source,
+    })?;
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = mpsc::channel::<(u64, u64, u64)>();
+        let (done_tx, done_rx) = mpsc::channel::<u64>();
+        let helper = s.spawn(move || -> Result<()> {
+            // Not on the child's CPU: it is busy populating (and wake-ups
+            // from the pinned restorer would pull this thread there).
+            if let Some(cpus) = spread {
+                let here = stasis_sys::util::current_cpu();
+                let others: Vec<usize> =
+                    cpus.iter().copied().filter(|c| Some(*c) != here).collect();
+                let _ = stasis_sys::util::set_affinity(
+                    Pid(0),
+                    if others.is_empty() { cpus } else { &others },
+                );
+            }
+            let mut buf = vec![0u8; COPY_CHUNK];
+            for (addr, off, len) in rx {
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(COPY_CHUNK as u64) as usize;
+                    let at = PAGES_HEADER_LEN + off + done;
+                    file.read_exact_at(&mut buf[..n], at)
+                        .map_err(|source| RestoreError::Io {
+                            pid,
+                            stage: st,
+                            what: format!("read page file at {at}"),
+                            source,
+                        })?;
+                    stasis_sys::mem::write_bytes(child, addr + done, &buf[..n]).at(pid, st)?;
+                    done += n as u64;
+                }
+                let _ = done_tx.send(len);
+            }
+            Ok(())
+        });
+        let res = (|| -> Result<()> {
+            for &(addr, off, len) in &pieces {
+                r.call(
+                    libc::SYS_madvise,
+                    &[addr, len, MADV_POPULATE_WRITE],
+                    &format!("madvise(MADV_POPULATE_WRITE) {addr:#x}+{len:#x}"),
+                )
+                .at(pid, st)?;
+                // A closed channel means the helper failed: its error wins.
+                if tx.send((addr, off, len)).is_err() {
+                    return Ok(());
+                }
+                progress.add(done_rx.try_iter().sum());
+            }
+            preadv_runs(r, &small, fd, &mut progress)
+        })();
+        drop(tx);
+        let copied = helper.join().unwrap_or_else(|_| {
+            Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: "page copy thread panicked".into(),
+            })
+        });
+        progress.add(done_rx.try_iter().sum());
+        res.and(copied)
+    })?;
+    progress.done();
+    Ok(())
+}
+
+/// Reads page runs from the page file into place with remote preadv, up to
+/// 1024 runs and 1 GiB per call (runs contiguous in the file).
+fn preadv_runs(
+    r: &mut RemoteThread,
+    runs: &[PageRun],
+    fd: i32,
+    progress: &mut Progress,
+) -> Result<()> {
     let pid = r.tid().0 as u32;
     let mut i = 0;
-    while i < mm.pages.len() {
-        let first = mm.pages[i];
+    while i < runs.len() {
+        let first = runs[i];
         let mut iov = Vec::with_capacity(SCRATCH_IOV_MAX * 16);
         let mut bytes = 0u64;
         let mut n = 0;
-        while i < mm.pages.len() && n < SCRATCH_IOV_MAX {
-            let run = mm.pages[i];
+        while i < runs.len() && n < SCRATCH_IOV_MAX {
+            let run = runs[i];
             let len = run.nr_pages * PAGE_SIZE;
             if n > 0 && (run.offset != first.offset + bytes || bytes + len > MAX_BATCH_BYTES) {
                 break;
@@ -329,6 +469,7 @@ fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32) -> Result<()> {
                 ),
             });
         }
+        progress.add(bytes);
     }
     Ok(())
 }

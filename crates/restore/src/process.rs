@@ -555,7 +555,10 @@ fn rebuild(
 ) -> Result<Vec<Pid>> {
     let pid = img.pid;
     let child = r.tid();
-    memory::rebuild(&mut r, &img.mm, svc, stub)?;
+    // Remote syscalls are cheapest with both on one CPU (best effort).
+    let pin = util::CpuPin::new(child).ok();
+    let spread = pin.as_ref().map(|p| p.original().to_vec());
+    memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
     thread_attributes(&mut r, pid, &img.threads[0])?;
@@ -602,6 +605,14 @@ fn rebuild(
         }
         // Stopped at a syscall exit, the kernel applies no restart logic: do it.
         ptrace::set_regs(tid, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;
+    }
+    // Threads created while pinned inherited the pin: give every one the
+    // original mask back.
+    if let Some(pin) = pin {
+        for &tid in &tids[1..] {
+            util::set_affinity(tid, pin.original()).at(pid, Stage::Resume)?;
+        }
+        pin.release().at(pid, Stage::Resume)?;
     }
     Ok(tids)
 }

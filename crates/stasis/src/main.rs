@@ -4,6 +4,7 @@
 //! The command line follows criu's spelling for the options scripts use
 //! (`dump -t PID -D DIR -o LOG -v4 -R -j`, `restore -D DIR -d --pidfile F`).
 
+mod bench;
 mod logger;
 
 use anyhow::{bail, Context, Result};
@@ -86,6 +87,8 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Benchmark dump and restore against raw baselines (see README).
+    Bench(bench::BenchArgs),
     /// Print an image directory or file as JSON.
     Show {
         /// Image directory or one image file.
@@ -130,6 +133,12 @@ fn open_fds() -> usize {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // A progress bar for long page transfers, when someone is watching.
+    use std::io::IsTerminal;
+    stasis_image::progress::set_enabled(
+        matches!(cli.cmd, Cmd::Dump { .. } | Cmd::Restore { .. })
+            && std::io::stderr().is_terminal(),
+    );
     match cli.cmd {
         Cmd::Dump {
             pid,
@@ -234,6 +243,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("Some features stasis needs are missing.");
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Cmd::Bench(args) => {
+            bench::run(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Show { path } => {
             let v = if path.is_dir() {

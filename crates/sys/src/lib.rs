@@ -4,6 +4,7 @@
 //! `// SAFETY:` comment naming the invariant it relies on. Everything above
 //! this crate is safe Rust.
 
+pub mod buf;
 pub mod clone;
 pub mod features;
 pub mod hook;

@@ -124,3 +124,74 @@ pub fn write_bytes(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes `local` to the remote ranges `remote` (address, length), in
+/// order; their lengths must add up to `local.len()`. One
+/// process_vm_writev(2) per [`IOV_MAX`] ranges (more on partial transfers).
+/// The pages must be writable in the target; they are written fastest when
+/// already faulted in.
+pub fn write_ranges(pid: Pid, remote: &[(u64, usize)], local: &[u8]) -> Result<()> {
+    let total: usize = remote.iter().map(|r| r.1).sum();
+    if total != local.len() {
+        return Err(SysError::other(
+            "process_vm_writev",
+            Some(pid),
+            "buffer size mismatch",
+        ));
+    }
+    let mut done = 0usize;
+    for chunk in remote.chunks(IOV_MAX) {
+        let want: usize = chunk.iter().map(|r| r.1).sum();
+        let riov: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&(a, l)| libc::iovec {
+                iov_base: a as usize as *mut libc::c_void,
+                iov_len: l,
+            })
+            .collect();
+        let mut got = 0usize;
+        while got < want {
+            let (riov_rest, skip) = skip_iov(&riov, got);
+            let local_slice = &local[done + got..done + want];
+            let liov = libc::iovec {
+                iov_base: local_slice.as_ptr() as *mut libc::c_void,
+                iov_len: local_slice.len(),
+            };
+            let mut first = riov_rest.to_vec();
+            if let Some(f) = first.first_mut() {
+                f.iov_base = (f.iov_base as usize + skip) as *mut libc::c_void;
+                f.iov_len -= skip;
+            }
+            // SAFETY: liov points into `local`, live for the call; the kernel
+            // only reads it. Remote iovecs are only interpreted in the target.
+            let n = unsafe {
+                libc::process_vm_writev(
+                    pid.0,
+                    &liov,
+                    1,
+                    first.as_ptr(),
+                    first.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            let addr = first.first().map(|f| f.iov_base as usize).unwrap_or(0);
+            if n < 0 {
+                return Err(SysError::new(
+                    format!("process_vm_writev at {addr:#x}"),
+                    Some(pid),
+                    last_errno(),
+                ));
+            }
+            if n == 0 {
+                return Err(SysError::other(
+                    format!("process_vm_writev at {addr:#x}"),
+                    Some(pid),
+                    "no progress",
+                ));
+            }
+            got += n as usize;
+        }
+        done += want;
+    }
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! `stasis bench`: dump and restore real processes and compare every time
+//! with a raw baseline measured in the same run on the same filesystem.
+//!
+//! Each case starts `bench_workload` (crates/tests), waits until it has
+//! filled its memory, dumps it through [`stasis_dump::dump`] (the process is
+//! killed by the dump), restores it through [`stasis_restore::restore`],
+//! releases it and requires it to verify every page it filled (PASS).
+//!
+//! Baselines, per case and round, for the number of page bytes the image
+//! holds, each the mean of one run just before and one just after the
+//! stasis operation it is compared with:
+//! * raw write: an already-populated buffer written into a new file in the
+//!   same directory, then fsync'd (stasis fsyncs every image file on commit);
+//! * raw read: anonymous memory mmap'd and populated (MADV_POPULATE_WRITE),
+//!   then the page file read into it (warm page cache, as a restore finds it).
+
+use anyhow::{bail, Context, Result};
+use stasis_sys::buf::AnonBuf;
+use stasis_sys::Pid;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k, tiny
+    /// (default: all). `--size-mib` and `--count` rescale them.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Rounds per case; min and median are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Small and fast, for CI: 64 MiB instead of 1 GiB, 256 MiB instead of
+    /// 4 GiB, 1000 small mappings, one round. Checks correctness, not speed.
+    #[arg(long)]
+    quick: bool,
+    /// Size of the "1 GiB" cases in MiB (the "4 GiB" case is 4x this).
+    #[arg(long, value_name = "MIB")]
+    size_mib: Option<u64>,
+    /// Number of mappings in the small-mappings case.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Directory for work and image files (default: a new directory under
+    /// the system temp directory). Baselines use the same filesystem.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The bench_workload binary (default: next to this executable).
+    #[arg(long, value_name = "FILE")]
+    workload: Option<PathBuf>,
+}
+
+struct Case {
+    name: String,
+    args: Vec<String>,
+}
+
+fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
+    let unit = a.size_mib.unwrap_or(if a.quick { 64 } else { 1024 });
+    let count = a.count.unwrap_or(if a.quick { 1000 } else { 10_000 });
+    let all = ["dense1g", "dense4g", "sparse1g", "small10k", "tiny"];
+    let chosen: Vec<String> = if a.cases.is_empty() {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.cases.clone()
+    };
+    let mut out = Vec::new();
+    for c in chosen {
+        let (name, args): (String, Vec<String>) = match c.as_str() {
+            "dense1g" => (
+                format!("dense {}", human(unit << 20)),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    unit.to_string(),
+                ],
+            ),
+            "dense4g" => (
+                format!("dense {}", human((4 * unit) << 20)),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    (4 * unit).to_string(),
+                ],
+            ),
+            "sparse1g" => (
+                format!("sparse {} 1/16", human(unit << 20)),
+                vec![
+                    "--shape".into(),
+                    "sparse".into(),
+                    "--size-mib".into(),
+                    unit.to_string(),
+                    "--stride".into(),
+                    "16".into(),
+                ],
+            ),
+            "small10k" => (
+                format!("{count} small maps"),
+                vec![
+                    "--shape".into(),
+                    "small".into(),
+                    "--count".into(),
+                    count.to_string(),
+                ],
+            ),
+            "tiny" => ("tiny process".into(), vec!["--shape".into(), "tiny".into()]),
+            other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
+        };
+        out.push(Case { name, args });
+    }
+    Ok(out)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes & ((1 << 30) - 1) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+/// One round of one case.
+#[derive(Default, Clone)]
+struct Sample {
+    dump: Duration,
+    frozen: Duration,
+    restore: Duration,
+    raw_write: Duration,
+    raw_read: Duration,
+    image_bytes: u64,
+    page_bytes: u64,
+    filled: u64,
+    dump_hwm: u64,
+}
+
+struct Running {
+    child: Child,
+    work: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only our own child, by its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_file(path: &Path, child: &mut Child, timeout: Duration) -> Result<String> {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(path) {
+            if s.ends_with('\n') {
+                return Ok(s);
+            }
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!(
+                "workload exited early ({st}) before writing {}",
+                path.display()
+            );
+        }
+        if t.elapsed() > timeout {
+            bail!("timed out waiting for {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn release_go(work: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(work.join("go"))?;
+    f.write_all_at(b"1", 0)?;
+    Ok(())
+}
+
+fn read_hwm() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn reset_hwm() {
+    // "5" resets the peak RSS (VmHWM) of the process.
+    let _ = fs::write("/proc/self/clear_refs", "5");
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        n += e.metadata()?.len();
+    }
+    Ok(n)
+}
+
+fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
+    let len = usize::try_from(bytes)?;
+    let mut buf = AnonBuf::new(len)?;
+    buf.populate()?;
+    // Non-zero content, like page data.
+    for (i, b) in buf.as_mut_slice().iter_mut().step_by(4096).enumerate() {
+        *b = i as u8 | 1;
+    }
+    let path = dir.join("raw-write.tmp");
+    let _ = fs::remove_file(&path);
+    let t = Instant::now();
+    let mut f = File::create(&path)?;
+    // 8 MiB writes: much faster here than one huge write.
+    for c in buf.as_slice().chunks(8 << 20) {
+        f.write_all(c)?;
+    }
+    f.sync_all()?;
+    let d = t.elapsed();
+    drop(f);
+    fs::remove_file(&path)?;
+    Ok(d)
+}
+
+fn raw_read(pages: &Path, bytes: u64) -> Result<Duration> {
+    let len = usize::try_from(bytes)?;
+    let t = Instant::now();
+    let mut buf = AnonBuf::new(len)?;
+    buf.populate()?;
+    let mut f = File::open(pages)?;
+    f.seek(SeekFrom::Start(stasis_image::PAGES_HEADER_LEN))?;
+    f.read_exact(buf.as_mut_slice())?;
+    Ok(t.elapsed())
+}
+
+fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<Sample> {
+    let work = base.join(format!("{}-{round}", case.name.replace([' ', '/'], "_")));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let img = work.join("img");
+    let log = File::create(work.join("out.log"))?;
+    let child = Command::new(workload)
+        .arg(&work)
+        .args(&case.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", workload.display()))?;
+    let mut run = Running {
+        child,
+        work: work.clone(),
+    };
+    let pid = run.child.id();
+    wait_file(
+        &work.join("ready"),
+        &mut run.child,
+        Duration::from_secs(300),
+    )?;
+    let filled: u64 = fs::read_to_string(work.join("filled"))?.trim().parse()?;
+
+    // Baselines run both before and after the stasis operation and are
+    // averaged: freeing and reallocating gigabytes costs differently
+    // depending on how recently the memory was freed (on a VM whose
+    // balloon takes freed pages back), and neither order should favour
+    // either side.
+    let write_before = raw_write(&work, filled.div_ceil(4096).max(1) * 4096)?;
+
+    reset_hwm();
+    let t = Instant::now();
+    let stats = stasis_dump::dump(&stasis_dump::DumpOptions {
+        pid,
+        images_dir: img.clone(),
+        leave_running: false,
+        shell_job: false,
+        timeout: None,
+    })?;
+    let dump = t.elapsed();
+    let dump_hwm = read_hwm();
+    // The dump killed it: reap it so its PID is free again.
+    let _ = run.child.wait();
+
+    let image_bytes = dir_bytes(&img)?;
+    let pages = img.join(stasis_image::pages_file_name(pid));
+
+    let read_before = raw_read(&pages, stats.page_bytes)?;
+    let t = Instant::now();
+    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
+        images_dir: img.clone(),
+        allow_changed_files: false,
+    })?;
+    let restore = t.elapsed();
+    release_go(&run.work)?;
+    let status = stasis_sys::util::waitpid(Pid(restored.pid.0), 0)?;
+    let result = fs::read_to_string(work.join("result")).unwrap_or_default();
+    if !result.starts_with("PASS") {
+        bail!(
+            "{}: restored process did not verify: {} (wait status {status:?}); see {}",
+            case.name,
+            result.trim(),
+            work.join("out.log").display()
+        );
+    }
+
+    let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
+    let raw_read = (read_before + raw_read(&pages, stats.page_bytes)?) / 2;
+    fs::remove_dir_all(&work)?;
+    Ok(Sample {
+        dump,
+        frozen: stats.frozen,
+        restore,
+        raw_write,
+        raw_read,
+        image_bytes,
+        page_bytes: stats.page_bytes,
+        filled,
+        dump_hwm,
+    })
+}
+
+fn min_med(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2])
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+fn gbps(bytes: u64, d: Duration) -> String {
+    if bytes < (16 << 20) {
+        return "-".into();
+    }
+    format!("{:.2}", bytes as f64 / d.as_secs_f64() / 1e9)
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let cases = cases(a)?;
+    let rounds = if a.quick { 1 } else { a.rounds.max(1) };
+    let workload = match &a.workload {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable directory")?
+            .join("bench_workload"),
+    };
+    if !workload.exists() {
+        bail!(
+            "{} not found: build it (`cargo build --release --workspace`) or pass --workload",
+            workload.display()
+        );
+    }
+    let (base, own_base) = match &a.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("stasis-bench-{}", std::process::id())),
+            true,
+        ),
+    };
+    fs::create_dir_all(&base)?;
+    eprintln!(
+        "stasis bench: {} rounds, work in {} ({})",
+        rounds,
+        base.display(),
+        if cfg!(debug_assertions) {
+            "DEBUG build: numbers are not representative"
+        } else {
+            "release build"
+        }
+    );
+    let mut rows = Vec::new();
+    let mut failed = None;
+    for case in &cases {
+        let mut samples = Vec::new();
+        for r in 0..rounds {
+            match run_round(case, &workload, &base, r) {
+                Ok(s) => {
+                    eprintln!(
+                        "  {:<22} round {}: dump {} ms (frozen {} ms), restore {} ms; raw write {} ms, raw read {} ms",
+                        case.name,
+                        r + 1,
+                        ms(s.dump),
+                        ms(s.frozen),
+                        ms(s.restore),
+                        ms(s.raw_write),
+                        ms(s.raw_read)
+                    );
+                    samples.push(s);
+                }
+                Err(e) => {
+                    eprintln!("  {:<22} round {}: FAILED: {e:#}", case.name, r + 1);
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if !samples.is_empty() {
+            rows.push((case.name.clone(), samples));
+        }
+    }
+    if own_base {
+        let _ = fs::remove_dir_all(&base);
+    }
+    print_table(&rows);
+    if let Some(e) = failed {
+        return Err(e.context("a benchmark case failed"));
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[(String, Vec<Sample>)]) {
+    println!(
+        "{:<22} {:>10} {:>9} {:>15} {:>15} {:>15} {:>7} {:>7} {:>13} {:>13} {:>9}",
+        "case",
+        "image MiB",
+        "over KiB",
+        "dump ms",
+        "frozen ms",
+        "restore ms",
+        "dump",
+        "rest.",
+        "dump/raw",
+        "restore/raw",
+        "dump RSS"
+    );
+    println!(
+        "{:<22} {:>10} {:>9} {:>15} {:>15} {:>15} {:>7} {:>7} {:>13} {:>13} {:>9}",
+        "",
+        "",
+        "",
+        "min / med",
+        "min / med",
+        "min / med",
+        "GB/s",
+        "GB/s",
+        "min / med",
+        "min / med",
+        "MiB"
+    );
+    for (name, s) in rows {
+        let pick = |f: fn(&Sample) -> Duration| min_med(s.iter().map(f).collect());
+        let dump = pick(|x| x.dump);
+        let frozen = pick(|x| x.frozen);
+        let restore = pick(|x| x.restore);
+        let rw = pick(|x| x.raw_write);
+        let rr = pick(|x| x.raw_read);
+        let image = s[0].image_bytes;
+        let over = image.saturating_sub(s[0].filled);
+        let bytes = s[0].page_bytes;
+        let ratio = |a: Duration, b: Duration| {
+            if b.is_zero() {
+                0.0
+            } else {
+                a.as_secs_f64() / b.as_secs_f64()
+            }
+        };
+        let hwm = s.iter().map(|x| x.dump_hwm).max().unwrap_or(0);
+        println!(
+            "{:<22} {:>10.1} {:>9} {:>15} {:>15} {:>15} {:>7} {:>7} {:>13} {:>13} {:>9.1}",
+            name,
+            image as f64 / (1 << 20) as f64,
+            over >> 10,
+            format!("{} / {}", ms(dump.0), ms(dump.1)),
+            format!("{} / {}", ms(frozen.0), ms(frozen.1)),
+            format!("{} / {}", ms(restore.0), ms(restore.1)),
+            gbps(bytes, dump.1),
+            gbps(bytes, restore.1),
+            format!("{:.2} / {:.2}", ratio(dump.0, rw.0), ratio(dump.1, rw.1)),
+            format!(
+                "{:.2} / {:.2}",
+                ratio(restore.0, rr.0),
+                ratio(restore.1, rr.1)
+            ),
+            hwm as f64 / (1 << 20) as f64,
+        );
+    }
+    println!();
+    println!("raw baselines (same bytes, same filesystem, same run):");
+    for (name, s) in rows {
+        let rw = min_med(s.iter().map(|x| x.raw_write).collect());
+        let rr = min_med(s.iter().map(|x| x.raw_read).collect());
+        println!(
+            "  {:<22} write+fsync {} / {} ms, populate+read {} / {} ms (min / med)",
+            name,
+            ms(rw.0),
+            ms(rw.1),
+            ms(rr.0),
+            ms(rr.1)
+        );
+    }
+}
