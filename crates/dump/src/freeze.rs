@@ -247,7 +247,10 @@ impl FrozenTree {
     /// Kills every process after a complete dump.
     pub fn kill(self) -> stasis_sys::Result<()> {
         let mut first = None;
-        for f in self.procs {
+        // Leaves first: a parent (above all the init of a PID namespace,
+        // which waits for every task of its namespace when it dies) cannot
+        // finish exiting while its traced children are not yet released.
+        for f in self.procs.into_iter().rev() {
             if let Err(e) = f.kill() {
                 first.get_or_insert(e);
             }

@@ -257,6 +257,7 @@ fn dump_frozen(
             .collect();
         files::link_shared(&mut all)?;
     }
+    let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 
@@ -269,7 +270,7 @@ fn dump_frozen(
         let pid = state.image.pid;
         let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
         memory::dump_pages(
-            Pid(pid as i32),
+            Pid(state.host_pid as i32),
             &mut state.image.mm,
             &state.page_plan,
             &mut pages,
@@ -296,8 +297,9 @@ fn dump_frozen(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         kernel_release: stasis_sys::util::kernel_release(),
-        root_pid: root,
+        root_pid: collected.first().map(|c| c.image.pid).unwrap_or(root),
         processes: refs,
+        pid_ns,
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies

@@ -28,6 +28,10 @@ pub struct Inventory {
     /// Children that had exited but were not yet reaped by their parent.
     #[serde(default)]
     pub zombies: Vec<Zombie>,
+    /// The root was the init of its own PID namespace: every PID in the
+    /// image is that namespace's, and a restore creates a new namespace.
+    #[serde(default)]
+    pub pid_ns: bool,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once

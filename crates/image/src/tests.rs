@@ -255,6 +255,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         processes: imgs.iter().map(|i| ProcessRef::for_pid(i.pid)).collect(),
         shell_job: false,
         zombies: vec![],
+        pid_ns: false,
     }
 }
 

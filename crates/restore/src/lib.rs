@@ -42,12 +42,19 @@ pub struct RestoreOptions {
     pub images_dir: PathBuf,
     /// Restore even if a file changed size or mtime since the dump.
     pub allow_changed_files: bool,
+    /// Restore into a fresh PID namespace (with a helper init as PID 1 if
+    /// the root was not an init), so PIDs taken here do not matter.
+    pub new_pid_ns: bool,
 }
 
 /// A restored, running process (a child of the caller).
 #[derive(Debug, Clone, Copy)]
 pub struct Restored {
+    /// The root of the restored tree, as seen from here.
     pub pid: Pid,
+    /// Our child, to wait for: the root, or the helper init of a new PID
+    /// namespace (which exits with the root's status).
+    pub wait_pid: Pid,
 }
 
 /// A restore stage, named in every error.
@@ -221,9 +228,10 @@ fn preflight_image(img: &ProcessImage, core: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn preflight(img: &ProcessImage, opts: &RestoreOptions) -> Result<()> {
+fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<()> {
     let pid = img.pid;
-    if stasis_sys::util::pid_exists(Pid(pid as i32)) {
+    // In a new PID namespace the image's PIDs cannot clash with ours.
+    if !pid_ns && stasis_sys::util::pid_exists(Pid(pid as i32)) {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Preflight,
@@ -262,9 +270,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     fault_point(root, Stage::Validate)?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
-        preflight(img, opts)?;
+        preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
     }
-    for z in &image.inventory.zombies {
+    for z in image
+        .inventory
+        .zombies
+        .iter()
+        .filter(|_| !image.inventory.pid_ns && !opts.new_pid_ns)
+    {
         if stasis_sys::util::pid_exists(Pid(z.pid as i32)) {
             return Err(RestoreError::Refused {
                 pid: z.pid,
@@ -280,7 +293,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .iter()
         .map(|r| dir.pages_path(r))
         .collect();
-    let pid = process::restore_tree(&image.processes, &pages, &image.inventory.zombies)?;
+    let (pid, wait_pid) = process::restore_tree(
+        &image.processes,
+        &pages,
+        &image.inventory.zombies,
+        image.inventory.pid_ns || opts.new_pid_ns,
+    )?;
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
-    Ok(Restored { pid })
+    Ok(Restored { pid, wait_pid })
 }

@@ -251,7 +251,8 @@ pub(crate) fn restore_tree(
     procs: &[ProcessImage],
     pages: &[std::path::PathBuf],
     zombies: &[Zombie],
-) -> Result<Pid> {
+    pid_ns: bool,
+) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. Files, opened once by the restorer and inherited through the forks.
     let mut opened = Opened::default();
@@ -273,6 +274,7 @@ pub(crate) fn restore_tree(
         procs: Vec::new(),
         staging,
         ready_fd: ready_w.as_raw_fd(),
+        new_pid_ns: pid_ns,
     };
     let mut svcs = Vec::with_capacity(procs.len());
     for (img, f) in procs.iter().zip(&files) {
@@ -403,7 +405,7 @@ pub(crate) fn restore_tree(
     drop(files);
     drop(opened);
     drop(ready_w);
-    let root = root.map_err(|source| match source.errno() {
+    let top = root.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::Refused {
             pid: root_pid,
             stage: Stage::Fork,
@@ -417,9 +419,9 @@ pub(crate) fn restore_tree(
     })?;
     let mut guard = TreeGuard {
         armed: true,
-        root: Some(root),
+        root: Some(top),
         traced: Vec::new(),
-        untraced: procs.iter().skip(1).map(|p| Pid(p.pid as i32)).collect(),
+        untraced: Vec::new(),
     };
 
     // 4. Wait until every live process reports ready (or a failure).
@@ -460,12 +462,27 @@ pub(crate) fn restore_tree(
             ready += 1;
         }
     }
+    // Our PIDs for the image's (the same ones unless in a new namespace).
+    let host = host_pids(top, pid_ns).at(root_pid, Stage::Fork)?;
+    let host_of = |pid: u32| -> Result<Pid> {
+        host.get(&pid)
+            .copied()
+            .ok_or_else(|| RestoreError::Refused {
+                pid,
+                stage: Stage::Fork,
+                what: format!("process {pid} did not appear in the restored tree"),
+            })
+    };
+    let root = host_of(root_pid)?;
+    for img in procs.iter().filter(|p| host_of(p.pid).ok() != Some(top)) {
+        guard.untraced.push(host_of(img.pid)?);
+    }
     fault_point(root_pid, Stage::Fork)?;
 
     // 5. Seize every process (EXITKILL: if we die, they die).
     let mut remotes = Vec::with_capacity(procs.len());
     for img in procs {
-        let p = Pid(img.pid as i32);
+        let p = host_of(img.pid)?;
         spawn::seize_waiting(p).at(img.pid, Stage::Fork)?;
         guard.untraced.retain(|u| *u != p);
         guard.traced.push((p, Vec::new()));
@@ -487,10 +504,16 @@ pub(crate) fn restore_tree(
     // The last instant a failure can still undo everything.
     fault_point(root_pid, Stage::Resume)?;
 
+    // The helper init of a new namespace must outlive us: clear the
+    // parent-death signal that tied it to the restore until now.
+    if top != root {
+        release_helper(top, stub).at(root_pid, Stage::Resume)?;
+    }
+
     // 8. Resume: children before parents; stopped processes stay stopped.
     for (img, tids) in procs.iter().zip(&built).rev() {
         for &tid in tids.iter().rev() {
-            let sig = if img.stopped && tid.0 as u32 == img.pid {
+            let sig = if img.stopped && tid == tids[0] {
                 libc::SIGSTOP
             } else {
                 0
@@ -499,7 +522,7 @@ pub(crate) fn restore_tree(
         }
     }
     guard.armed = false;
-    Ok(root)
+    Ok((root, top))
 }
 
 /// setpgid in each process: group leaders first. A group whose leader is
@@ -511,7 +534,7 @@ fn set_process_groups(procs: &[ProcessImage], remotes: &mut [RemoteThread]) -> R
     order.sort_by_key(|&i| procs[i].pgid != procs[i].pid);
     for i in order {
         let img = &procs[i];
-        if img.pgid == root.pgid && root.pgid != root.pid {
+        if img.pgid == 0 || (img.pgid == root.pgid && root.pgid != root.pid) {
             continue; // the root's outside group: inherited from the restorer
         }
         if !pids.contains(&img.pgid) {
@@ -522,7 +545,11 @@ fn set_process_groups(procs: &[ProcessImage], remotes: &mut [RemoteThread]) -> R
             );
             continue;
         }
-        let current = stasis_proc::read_stat(img.pid).map(|s| s.pgrp).unwrap_or(0);
+        let host = remotes[i].tid().0 as u32;
+        let current = stasis_proc::read_status(host)
+            .ok()
+            .and_then(|s| s.ns_pgid.last().copied())
+            .unwrap_or(0);
         if current == img.pgid {
             continue; // a session leader is its own group already
         }
@@ -686,7 +713,7 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
 
     // Signal dispositions: the saved ones, and SIG_DFL for whatever the
     // restorer's own runtime had installed.
-    let status = stasis_proc::read_status(pid).map_err(|e| RestoreError::Refused {
+    let status = stasis_proc::read_status(r.tid().0 as u32).map_err(|e| RestoreError::Refused {
         pid,
         stage: st,
         what: e.to_string(),
@@ -826,7 +853,6 @@ fn create_thread(leader: &mut RemoteThread, pid: u32, tid: u32) -> Result<Pid> {
             &format!("clone3 thread {tid}"),
         )
         .at(pid, st)?;
-    let t = Pid(got as i32);
     if got != u64::from(tid) {
         return Err(RestoreError::Refused {
             pid,
@@ -834,6 +860,11 @@ fn create_thread(leader: &mut RemoteThread, pid: u32, tid: u32) -> Result<Pid> {
             what: format!("thread {tid} was created as {got}"),
         });
     }
+    let t = host_tid(leader.tid(), tid).ok_or_else(|| RestoreError::Refused {
+        pid,
+        stage: st,
+        what: format!("new thread {tid} not found in /proc"),
+    })?;
     match ptrace::wait(t).at(pid, st)? {
         ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => Ok(t),
         other => Err(RestoreError::Refused {
@@ -972,4 +1003,64 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     )
     .at(pid, st)?;
     Ok(())
+}
+
+/// The innermost PID of a task (last NSpid entry), from our /proc.
+fn inner_pid(host: u32, tid: u32) -> Option<u32> {
+    let text = stasis_proc::read(host, &format!("task/{tid}/status")).ok()?;
+    stasis_proc::parse_status(&text)
+        .ok()?
+        .ns_pid
+        .last()
+        .copied()
+}
+
+/// Our PID of thread `inner` of the process whose leader we know as `leader`.
+fn host_tid(leader: Pid, inner: u32) -> Option<Pid> {
+    let l = leader.0 as u32;
+    stasis_proc::list_tasks(l)
+        .ok()?
+        .into_iter()
+        .find(|&t| inner_pid(l, t) == Some(inner))
+        .map(|t| Pid(t as i32))
+}
+
+/// Maps the image's PIDs of the restored tree to ours, walking the tree
+/// from its root. Outside a new PID namespace they are equal.
+fn host_pids(root: Pid, pid_ns: bool) -> stasis_sys::Result<HashMap<u32, Pid>> {
+    let mut map = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(h) = queue.pop_front() {
+        let hu = h.0 as u32;
+        let inner = if pid_ns {
+            inner_pid(hu, hu).unwrap_or(hu)
+        } else {
+            hu
+        };
+        map.insert(inner, h);
+        for t in stasis_proc::list_tasks(hu).unwrap_or_default() {
+            for c in stasis_proc::read_children(hu, t).unwrap_or_default() {
+                queue.push_back(Pid(c as i32));
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// The helper init waits in wait4 with PR_SET_PDEATHSIG(SIGKILL), so that
+/// it dies if the restore fails. Once the tree is whole: seize it, clear
+/// that, drop the inherited stub area, and let it go back to waiting.
+fn release_helper(helper: Pid, stub: u64) -> stasis_sys::Result<()> {
+    spawn::seize_waiting(helper)?;
+    let orig = ptrace::get_regs(helper)?;
+    let mut r = RemoteThread::plain(helper, stub, stub + 4096, STUB_LEN - 4096)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, 0],
+        "prctl(PR_SET_PDEATHSIG, 0)",
+    )?;
+    r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")?;
+    // Back into its interrupted wait4, restarted as the kernel would.
+    ptrace::set_regs(helper, &restart_fixed(&orig))?;
+    ptrace::detach(helper, 0)
 }

@@ -295,10 +295,11 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
         images_dir: img.clone(),
         allow_changed_files: false,
+        new_pid_ns: false,
     })?;
     let restore = t.elapsed();
     release_go(&run.work)?;
-    let status = stasis_sys::util::waitpid(Pid(restored.pid.0), 0)?;
+    let status = stasis_sys::util::waitpid(Pid(restored.wait_pid.0), 0)?;
     let result = fs::read_to_string(work.join("result")).unwrap_or_default();
     if !result.starts_with("PASS") {
         bail!(

@@ -76,6 +76,10 @@ enum Cmd {
         /// Restore even if files changed size or mtime since the dump.
         #[arg(long = "allow-changed-files")]
         allow_changed_files: bool,
+        /// Restore into a fresh PID namespace (PIDs taken here do not matter;
+        /// a helper init becomes PID 1 unless the root was an init).
+        #[arg(long = "new-pid-ns")]
+        new_pid_ns: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -89,6 +93,20 @@ enum Cmd {
     },
     /// Benchmark dump and restore against raw baselines (see README).
     Bench(bench::BenchArgs),
+    /// Run a command as init (PID 1) of a new PID namespace with its own
+    /// /proc: a tree that can be checkpointed and restored any number of
+    /// times, and restored copies side by side, without PID clashes.
+    Run {
+        /// Return at once, leaving the command running.
+        #[arg(short = 'd', long = "detach")]
+        detach: bool,
+        /// Write the command's PID (in our namespace) to FILE.
+        #[arg(long = "pidfile", value_name = "FILE")]
+        pidfile: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// Print an image directory or file as JSON.
     Show {
         /// Image directory or one image file.
@@ -174,12 +192,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detached,
             pidfile,
             allow_changed_files,
+            new_pid_ns,
             common,
         } => {
             setup_log(&common, Some(&dir))?;
             let opts = stasis_restore::RestoreOptions {
                 images_dir: dir.clone(),
                 allow_changed_files,
+                new_pid_ns,
             };
             let restored = stasis_restore::restore(&opts)?;
             let pid = restored.pid;
@@ -192,7 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if detached {
                 return Ok(ExitCode::SUCCESS);
             }
-            let status = stasis_sys::util::waitpid(pid, 0)
+            let status = stasis_sys::util::waitpid(restored.wait_pid, 0)
                 .with_context(|| format!("wait for restored pid {pid}"))?;
             let code = match status {
                 Some(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
@@ -247,6 +267,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench(args) => {
             bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run {
+            detach,
+            pidfile,
+            cmd,
+        } => {
+            let argv = cmd
+                .iter()
+                .map(|a| std::ffi::CString::new(a.as_str()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .context("command argument contains a NUL byte")?;
+            let pid = stasis_sys::spawn::run_in_pid_ns(&argv)
+                .with_context(|| format!("run {:?}", cmd[0]))?;
+            if let Some(p) = pidfile {
+                std::fs::write(&p, format!("{pid}\n"))
+                    .with_context(|| format!("write pidfile {}", p.display()))?;
+            }
+            if detach {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status =
+                stasis_sys::util::waitpid(pid, 0).with_context(|| format!("wait for pid {pid}"))?;
+            let code = match status {
+                Some(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
+                Some(s) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s),
+                _ => 1,
+            };
+            Ok(ExitCode::from(code as u8))
         }
         Cmd::Show { path } => {
             let v = if path.is_dir() {

@@ -207,6 +207,10 @@ pub struct TreePlan {
     pub staging: i32,
     /// The caller's end of the ready pipe every process writes to.
     pub ready_fd: i32,
+    /// Create the root as init (PID 1) of a new PID namespace, with a new
+    /// mount namespace and its own /proc; every PID in `procs` is then the
+    /// namespace's.
+    pub new_pid_ns: bool,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -217,12 +221,15 @@ pub fn tree_failure(code: i32) -> &'static str {
         4 => "placing a descriptor at its number failed",
         7 => "creating a child with its PID failed (PID taken?)",
         8 => "setsid failed",
+        9 => "mounting /proc for the new PID namespace failed",
         _ => "unexpected failure",
     }
 }
 
 /// Forks the tree: the root by us, every other process by its parent (clone3
-/// with set_tid), zombies exiting at once. Each live process places its
+/// with set_tid), zombies exiting at once. With `new_pid_ns` and a root
+/// that is not PID 1, a helper init (PID 1) forks the root, reaps orphans,
+/// and exits with the root's status; its PID is returned instead. Each live process places its
 /// descriptors, writes `[pid, 0]` (two i32) to the ready pipe, and waits in
 /// pause() with every signal blocked, to be seized by the caller. A failing
 /// process writes `[pid, code]` and exits. Returns the root's PID.
@@ -234,8 +241,20 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
         .ok_or_else(|| SysError::other("spawn tree", None, "empty tree"))?;
     // SAFETY: the child runs tree_child: raw syscalls on data prepared
     // before the fork only.
-    match unsafe { fork_with_pid(&[root.pid], 0)? } {
-        Forked::Child => tree_child(plan, 0, parent),
+    let flags = if plan.new_pid_ns {
+        (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64
+    } else {
+        0
+    };
+    // Inside a new namespace the root's parent is invisible: getppid() is 0.
+    let expect_parent = if plan.new_pid_ns { 0 } else { parent };
+    // A tree whose root is not PID 1 gets a helper init in the namespace.
+    let helper = plan.new_pid_ns && root.pid != 1;
+    let first = if helper { 1 } else { root.pid };
+    // SAFETY: as above.
+    match unsafe { fork_with_pid(&[first], flags)? } {
+        Forked::Child if helper => helper_init(plan),
+        Forked::Child => tree_child(plan, 0, expect_parent),
         Forked::Parent(p) => Ok(p),
     }
 }
@@ -267,6 +286,10 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         );
         if let Some(status) = p.zombie_status {
             die_with(status);
+        }
+        if i == 0 && plan.new_pid_ns && mount_private_proc() != 0 {
+            report(plan.ready_fd, me, 9);
+            exit_now(9);
         }
         if p.setsid && libc::syscall(libc::SYS_setsid) < 0 {
             report(plan.ready_fd, me, 8);
@@ -442,4 +465,125 @@ pub fn map_shared_anon(addr: u64, len: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// In a new mount namespace: stop propagation to the parent's mounts and
+/// mount a /proc that shows the new PID namespace. Returns 0 or -errno.
+/// Raw syscalls only (runs right after a fork).
+pub fn mount_private_proc() -> i64 {
+    // SAFETY: mount(2) with static NUL-terminated strings.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_mount,
+            std::ptr::null::<libc::c_char>(),
+            c"/".as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong,
+            std::ptr::null::<libc::c_void>(),
+        );
+        if r < 0 {
+            return -1;
+        }
+        libc::syscall(
+            libc::SYS_mount,
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
+            std::ptr::null::<libc::c_void>(),
+        )
+    }
+}
+
+/// `stasis run`: starts `argv` as init (PID 1) of a new PID namespace with
+/// its own mount namespace and /proc, as its own session leader. Returns
+/// its PID in our namespace.
+pub fn run_in_pid_ns(argv: &[std::ffi::CString]) -> Result<Pid> {
+    if argv.is_empty() {
+        return Err(SysError::other("run", None, "no command given"));
+    }
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    // SAFETY: the child only makes raw syscalls on data prepared before
+    // the fork and then execs (or _exits).
+    match unsafe { fork_with_pid(&[], flags)? } {
+        Forked::Child => {
+            // SAFETY: raw syscalls; execvp with a NULL-terminated argv.
+            unsafe {
+                if mount_private_proc() != 0 {
+                    exit_now(126);
+                }
+                libc::syscall(libc::SYS_setsid);
+                libc::execvp(ptrs[0], ptrs.as_ptr());
+            }
+            exit_now(127)
+        }
+        Forked::Parent(p) => Ok(p),
+    }
+}
+
+/// PID 1 of a new namespace for a restored tree whose root was not an
+/// init: forks the root with its PID, then only reaps, and leaves with the
+/// root's exit status. Raw syscalls only (runs right after a fork).
+fn helper_init(plan: &TreePlan) -> ! {
+    let root = &plan.procs[0];
+    // SAFETY: raw syscalls on prepared data; no allocation.
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let all: u64 = !0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        );
+        if mount_private_proc() != 0 {
+            report(plan.ready_fd, root.pid, 9);
+            exit_now(9);
+        }
+        libc::syscall(libc::SYS_setsid);
+        let set = [root.pid];
+        let args = CloneArgsRaw {
+            exit_signal: root.exit_signal as u64,
+            set_tid: set.as_ptr() as u64,
+            set_tid_size: 1,
+            ..Default::default()
+        };
+        let r = libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgsRaw,
+            std::mem::size_of::<CloneArgsRaw>(),
+        );
+        if r == 0 {
+            tree_child(plan, 0, 1);
+        }
+        if r < 0 {
+            report(plan.ready_fd, root.pid, 7);
+            exit_now(7);
+        }
+        loop {
+            let mut st = 0i32;
+            let got = libc::syscall(
+                libc::SYS_wait4,
+                -1,
+                &mut st as *mut i32,
+                libc::__WALL,
+                0usize,
+            );
+            if got == r {
+                // An init cannot kill itself with a signal: report it as a shell would.
+                let code = if libc::WIFSIGNALED(st) {
+                    128 + libc::WTERMSIG(st)
+                } else {
+                    libc::WEXITSTATUS(st)
+                };
+                libc::syscall(libc::SYS_exit_group, code);
+            }
+            if got < 0 && crate::last_errno() == libc::ECHILD {
+                exit_now(1);
+            }
+        }
+    }
 }

@@ -612,3 +612,261 @@ fn dump_of_missing_pid_fails() {
         out.stderr
     );
 }
+
+fn pidfile(work: &Work, name: &str) -> i32 {
+    fs::read_to_string(work.path(name))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| fail(work, format!("no pid in {name}")))
+}
+
+fn ok(work: &Work, what: &str, out: &CmdOut) {
+    if !out.success() {
+        fail(
+            work,
+            format!("{what} failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+}
+
+/// `stasis run` puts a tree in its own PID namespace; it is checkpointed,
+/// restored, checkpointed again (a restored tree dumps like any other),
+/// and that image restored twice at once: two copies with the same PIDs
+/// inside, side by side. Both must pass.
+#[test]
+fn pidns_tree_twice_and_side_by_side() {
+    let work = Work::new("pidns_tree");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_tree");
+    ensure_subreaper();
+    let out = stasis(
+        &work,
+        &[
+            "run",
+            "-d",
+            "--pidfile",
+            &format!("{dir}/run.pid"),
+            "--",
+            prog.to_str().expect("utf-8"),
+            &dir,
+        ],
+        t,
+    );
+    ok(&work, "stasis run", &out);
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut init, Duration::from_secs(30)),
+    );
+    let ready = fs::read_to_string(work.path("ready")).unwrap_or_default();
+    assert!(
+        ready.starts_with("READY 1"),
+        "the program is not PID 1 of its namespace: {ready:?}"
+    );
+
+    let img1 = format!("{dir}/img1");
+    ok(
+        &work,
+        "dump",
+        &stasis(
+            &work,
+            &[
+                "dump",
+                "-t",
+                &init.pid.to_string(),
+                "-D",
+                &img1,
+                "-o",
+                "dump.log",
+                "-v4",
+            ],
+            t,
+        ),
+    );
+    let exit = step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(Duration::from_secs(10)),
+    );
+    assert_eq!(
+        exit,
+        Exit::Signal(libc::SIGKILL),
+        "dumped init ended with {exit:?}"
+    );
+
+    ok(
+        &work,
+        "restore 1",
+        &stasis(
+            &work,
+            &[
+                "restore",
+                "-D",
+                &img1,
+                "-d",
+                "--pidfile",
+                &format!("{dir}/r1.pid"),
+                "-o",
+                "restore.log",
+                "-v4",
+            ],
+            t,
+        ),
+    );
+    let mut r1 = Proc::adopt(pidfile(&work, "r1.pid"));
+    let img2 = format!("{dir}/img2");
+    ok(
+        &work,
+        "second dump",
+        &stasis(
+            &work,
+            &[
+                "dump",
+                "-t",
+                &r1.pid.to_string(),
+                "-D",
+                &img2,
+                "-o",
+                "dump.log",
+                "-v4",
+            ],
+            t,
+        ),
+    );
+    let exit = step(
+        &work,
+        "waiting for the restored init",
+        r1.wait(Duration::from_secs(10)),
+    );
+    assert_eq!(
+        exit,
+        Exit::Signal(libc::SIGKILL),
+        "re-dumped init ended with {exit:?}"
+    );
+
+    let mut copies = Vec::new();
+    for n in ["a", "b"] {
+        let pf = format!("{dir}/copy-{n}.pid");
+        ok(
+            &work,
+            "restore copy",
+            &stasis(
+                &work,
+                &[
+                    "restore",
+                    "-D",
+                    &img2,
+                    "-d",
+                    "--pidfile",
+                    &pf,
+                    "-o",
+                    &format!("restore-{n}.log"),
+                    "-v4",
+                ],
+                t,
+            ),
+        );
+        copies.push(Proc::adopt(pidfile(&work, &format!("copy-{n}.pid"))));
+    }
+    assert_ne!(copies[0].pid, copies[1].pid);
+    for c in &copies {
+        let ns = fs::read_to_string(format!("/proc/{}/status", c.pid)).unwrap_or_default();
+        let nspid = ns
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            nspid.trim_end().ends_with("\t1"),
+            "copy {} is not PID 1 of its namespace: {nspid:?}",
+            c.pid
+        );
+    }
+    work.release_go();
+    for c in &mut copies {
+        let exit = step(&work, "waiting for a copy", c.wait(Duration::from_secs(30)));
+        assert_eq!(
+            exit,
+            Exit::Code(0),
+            "copy {} did not pass: {exit:?}{}",
+            c.pid,
+            work.diagnostics()
+        );
+    }
+}
+
+/// A plain tree restored into a fresh PID namespace while its PIDs are
+/// still taken here (the original keeps running after `dump -R`): a helper
+/// init becomes PID 1 there, the tree keeps its own PIDs, and the helper
+/// exits with the root's status. Original and copy both pass.
+#[test]
+fn restore_into_new_pid_ns_while_pids_taken() {
+    let work = Work::new("new_pid_ns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let mut orig = start(&work, Program::Bin("tp_shared"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut orig, Duration::from_secs(30)),
+    );
+    ok(&work, "dump -R", &dump(&work, orig.pid, &["-R"], t));
+    let taken = restore_detached(&work, &[], t);
+    assert!(
+        !taken.success(),
+        "restore over taken PIDs succeeded: {taken:?}"
+    );
+    let out = stasis(
+        &work,
+        &[
+            "restore",
+            "-D",
+            work.img().to_str().expect("utf-8"),
+            "--new-pid-ns",
+            "-d",
+            "--pidfile",
+            &format!("{dir}/copy.pid"),
+        ],
+        t,
+    );
+    ok(&work, "restore --new-pid-ns", &out);
+    let copy_root = pidfile(&work, "copy.pid");
+    assert_ne!(copy_root, orig.pid, "the copy got the original's host PID");
+    let status = fs::read_to_string(format!("/proc/{copy_root}/status")).unwrap_or_default();
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        nspid.trim_end().ends_with(&format!("\t{}", orig.pid)),
+        "the copy does not have PID {} in its namespace: {nspid:?}",
+        orig.pid
+    );
+    // The helper init (PID 1 there) is the copy's parent; it is ours to wait for.
+    let helper = fs::read_to_string(format!("/proc/{copy_root}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+        })
+        .unwrap_or_else(|| fail(&work, "no parent of the copy"));
+    let mut helper = Proc::adopt(helper);
+    work.release_go();
+    let e = step(&work, "original", orig.wait(Duration::from_secs(30)));
+    assert_eq!(
+        e,
+        Exit::Code(0),
+        "original did not pass: {e:?}{}",
+        work.diagnostics()
+    );
+    let e = step(&work, "copy", helper.wait(Duration::from_secs(30)));
+    assert_eq!(
+        e,
+        Exit::Code(0),
+        "copy did not pass: {e:?}{}",
+        work.diagnostics()
+    );
+}

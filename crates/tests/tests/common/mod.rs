@@ -51,7 +51,7 @@ impl Program {
     }
 }
 
-fn bin_path(name: &str) -> PathBuf {
+pub fn bin_path(name: &str) -> PathBuf {
     let p = match name {
         "tp_memory" => env!("CARGO_BIN_EXE_tp_memory"),
         "tp_regs" => env!("CARGO_BIN_EXE_tp_regs"),
@@ -405,11 +405,20 @@ pub fn stasis(work: &Work, args: &[&str], timeout: Duration) -> CmdOut {
         work.path(&format!("stasis-{n}.stdout")),
         work.path(&format!("stasis-{n}.stderr")),
     );
-    let mut child = Command::new(&bin)
-        .args(args)
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(File::create(&out_p).expect("stdout file"))
-        .stderr(File::create(&err_p).expect("stderr file"))
+        .stderr(File::create(&err_p).expect("stderr file"));
+    // What `stasis run` starts must not inherit the test runner's descriptors.
+    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     let deadline = Instant::now() + timeout;
