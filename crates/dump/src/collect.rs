@@ -208,6 +208,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         threads,
         files: fds,
         mm,
+        saved_files: Vec::new(),
     };
     Ok(Collected { image, page_plan })
 }

@@ -238,6 +238,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             vmas,
             pages,
         },
+        saved_files: Vec::new(),
     }
 }
 
