@@ -94,6 +94,7 @@ selfcheck!(
     Program::Bin("tp_sleep"),
     ["--mode", "poll", "--sleep-ms", "200"]
 );
+selfcheck!(selfcheck_memfd, negative_memfd, Program::Bin("tp_memfd"), []);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -564,6 +565,11 @@ fn cr_unsupported_thread_now_supported() {
 #[test]
 fn cr_shared() {
     cr("cr_shared", Program::Bin("tp_shared"), &[]);
+}
+
+#[test]
+fn cr_memfd() {
+    cr("cr_memfd", Program::Bin("tp_memfd"), &[]);
 }
 
 #[test]
