@@ -72,7 +72,11 @@ fn main() {
         a,
         0,
     );
-    fcntl(a, libc::F_ADD_SEALS, libc::F_SEAL_GROW | libc::F_SEAL_SHRINK);
+    fcntl(
+        a,
+        libc::F_ADD_SEALS,
+        libc::F_SEAL_GROW | libc::F_SEAL_SHRINK,
+    );
     // SAFETY: lseek on our own descriptor.
     unsafe { libc::lseek(a, 1234, libc::SEEK_SET) };
 
@@ -101,7 +105,9 @@ fn main() {
     // SAFETY: valid path.
     let b_rd = unsafe {
         libc::open(
-            CString::new(format!("/proc/self/fd/{b}")).expect("p").as_ptr(),
+            CString::new(format!("/proc/self/fd/{b}"))
+                .expect("p")
+                .as_ptr(),
             libc::O_RDONLY,
         )
     };
@@ -175,7 +181,11 @@ fn main() {
     report.eq("child's answer", 1, n);
 
     // A: names, identity, seals, offset, contents, the child's writes.
-    report.eq("link of A", "/memfd:stasis-shared (deleted)", a_link.as_str());
+    report.eq(
+        "link of A",
+        "/memfd:stasis-shared (deleted)",
+        a_link.as_str(),
+    );
     report.eq("link of A after restore", a_link.clone(), link(a));
     report.eq("size of A", a_len as i64, fstat(a).st_size);
     report.eq(
@@ -198,7 +208,11 @@ fn main() {
     });
     // The mapping and the descriptor are one object.
     a_map.bytes_mut()[3] = 0x77;
-    report.eq("write through A's mapping seen by read", vec![0x77], pread(a, 1, 3));
+    report.eq(
+        "write through A's mapping seen by read",
+        vec![0x77],
+        pread(a, 1, 3),
+    );
 
     // B: seals, mode, contents, mappings.
     report.eq("seals of B", b_seals, fcntl(b, libc::F_GET_SEALS, 0));
@@ -231,13 +245,27 @@ fn main() {
         libc::O_RDONLY,
         fcntl(b_rd, libc::F_GETFL, 0) & libc::O_ACCMODE,
     );
-    report.eq("B through its read-only fd", b_data[..8].to_vec(), pread(b_rd, 8, 0));
+    report.eq(
+        "B through its read-only fd",
+        b_data[..8].to_vec(),
+        pread(b_rd, 8, 0),
+    );
 
     // C: no sealing allowed, offset, contents.
-    report.eq("link of C", "/memfd:stasis-plain (deleted)", link(c).as_str());
-    report.eq("seals of C", libc::F_SEAL_SEAL, fcntl(c, libc::F_GET_SEALS, 0));
+    report.eq(
+        "link of C",
+        "/memfd:stasis-plain (deleted)",
+        link(c).as_str(),
+    );
+    report.eq(
+        "seals of C",
+        libc::F_SEAL_SEAL,
+        fcntl(c, libc::F_GET_SEALS, 0),
+    );
     // SAFETY: lseek on our own descriptor.
-    report.eq("offset of C", 6, unsafe { libc::lseek(c, 0, libc::SEEK_CUR) });
+    report.eq("offset of C", 6, unsafe {
+        libc::lseek(c, 0, libc::SEEK_CUR)
+    });
     report.eq(
         "contents of C",
         b"plain memfd contents".to_vec(),
