@@ -71,6 +71,11 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
                         "mapping {range} of {p}: not a regular file"
                     )));
                 }
+                if s.has_flag("ht") {
+                    return Err(unsupported(format!(
+                        "mapping {range} of {p}: hugetlb memory is not supported yet"
+                    )));
+                }
                 VmaKind::Saved { id: 0 }
             }
             Some(p) if p.starts_with('/') => {
