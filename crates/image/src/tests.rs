@@ -1372,7 +1372,7 @@ fn saved_files_validation() {
     assert!(invalid(&m).contains("not page-aligned"));
 
     let mut m = good.clone();
-    m.saved_files[0].offset = u64::MAX & !(PAGE_SIZE - 1);
+    m.saved_files[0].offset = !(PAGE_SIZE - 1); // the last page-aligned offset
     assert!(invalid(&m).contains("overflows"));
 
     let mut m = good.clone();
