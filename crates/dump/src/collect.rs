@@ -211,6 +211,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         threads,
         files: fds,
         mm,
+        saved_files: Vec::new(),
     };
     Ok(Collected {
         image,

@@ -5,6 +5,18 @@ use stasis_image::{FdEntry, FdKind, FileId};
 use std::os::unix::fs::MetadataExt;
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+const O_PATH: u32 = libc::O_PATH as u32;
+const DELETED: &str = " (deleted)";
+
+/// stat of fd `fd` through its /proc link.
+fn stat(pid: u32, fd: i32, link: &str) -> Result<std::fs::Metadata> {
+    std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|source| DumpError::Io {
+        pid,
+        stage: Stage::Check,
+        what: format!("stat fd {fd} ({link})"),
+        source,
+    })
+}
 
 /// Is this a terminal device (pty slave, virtual console, /dev/tty, console)?
 fn is_tty(rdev: u64) -> bool {
@@ -45,27 +57,58 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             });
             continue;
         }
+        let cloexec = info.flags & O_CLOEXEC != 0;
+        let flags = info.flags & !O_CLOEXEC;
+        let deleted = link.ends_with(DELETED);
+        if flags & O_PATH != 0 {
+            // An O_PATH descriptor: a reference to a name, nothing opened.
+            if !link.starts_with('/') || deleted {
+                return Err(unsupported(format!(
+                    "fd {fd} ({link}): O_PATH descriptor of an unnamed or deleted object"
+                )));
+            }
+            let md = stat(pid, fd, &link)?;
+            out.push(FdEntry {
+                fd,
+                cloexec,
+                kind: FdKind::Path {
+                    path: link.clone(),
+                    flags,
+                    mode: md.mode(),
+                },
+                ofd: 0,
+            });
+            continue;
+        }
         if !link.starts_with('/') {
-            // pipe:[..], socket:[..], anon_inode:[eventfd], ...
+            // socket:[..], anon_inode:[eventfd], ...
             return Err(unsupported(format!(
                 "fd {fd} ({link}): this kind of file is not supported yet"
             )));
         }
         // stat through the /proc link: the very object the process has open.
-        let md =
-            std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|source| DumpError::Io {
-                pid,
-                stage: st,
-                what: format!("stat fd {fd} ({link})"),
-                source,
-            })?;
-        let cloexec = info.flags & O_CLOEXEC != 0;
-        let flags = info.flags & !O_CLOEXEC;
+        let md = stat(pid, fd, &link)?;
         let ft = md.file_type();
-        let kind = if ft.is_file() || ft.is_dir() {
-            if link.ends_with(" (deleted)") {
+        let kind = if ft.is_file() && deleted {
+            // A memfd or a file deleted while open: its contents go into
+            // the image (`link_objects` identifies and sizes it).
+            FdKind::Saved {
+                id: 0,
+                flags,
+                pos: info.pos,
+            }
+        } else if ft.is_fifo() && !deleted {
+            FdKind::Fifo {
+                path: link.clone(),
+                id: md.ino(),
+                flags,
+                data: Vec::new(),
+                capacity: 0,
+            }
+        } else if ft.is_file() || ft.is_dir() {
+            if deleted {
                 return Err(unsupported(format!(
-                    "fd {fd} ({link}): open deleted files are not supported yet"
+                    "fd {fd} ({link}): open deleted directories are not supported"
                 )));
             }
             FdKind::Regular {
@@ -115,6 +158,10 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Regular { file, .. } => (0, file.dev, file.ino),
         FdKind::CharDevice { rdev, .. } => (1, *rdev, 0),
         FdKind::Pipe { id, write_end, .. } => (2, *id, u64::from(*write_end)),
+        // Identified later (by kcmp within the bucket).
+        FdKind::Saved { .. } => (3, 0, 0),
+        FdKind::Path { .. } => (4, 0, 0),
+        FdKind::Fifo { id, .. } => (5, *id, 0),
     }
 }
 
@@ -198,3 +245,186 @@ pub(crate) fn link_shared(procs: &mut [(u32, &mut Vec<FdEntry>)]) -> Result<()> 
 }
 
 use stasis_sys::{util, Pid};
+
+/// Where the dumper can open saved-file object `id` of process `img`: a
+/// descriptor or a mapping of it, through /proc.
+fn saved_source(img: &ProcessImage, pid: u32, id: u64) -> Option<String> {
+    img.files
+        .iter()
+        .find_map(|e| match e.kind {
+            FdKind::Saved { id: i, .. } if i == id => Some(format!("/proc/{pid}/fd/{}", e.fd)),
+            _ => None,
+        })
+        .or_else(|| {
+            img.mm.vmas.iter().find_map(|v| match v.kind {
+                VmaKind::Saved { id: i } if i == id => {
+                    Some(format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end))
+                }
+                _ => None,
+            })
+        })
+}
+
+/// Identifies, across the tree, the objects whose contents go into the
+/// image (memfds, files deleted while open or mapped: `Saved` fds and
+/// VMAs, found by collection with id 0) by device and inode, gives each an
+/// id and records it once, in the first process that has it; and saves
+/// the bytes waiting in every FIFO (with its first entry).
+pub(crate) fn link_objects(images: &mut [&mut ProcessImage]) -> Result<()> {
+    use std::collections::HashMap;
+    let mut ids: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut fifos = std::collections::HashSet::new();
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        let st = Stage::Collect;
+        let mut srcs: Vec<(String, usize, bool)> = Vec::new();
+        for (i, e) in img.files.iter().enumerate() {
+            if let FdKind::Saved { .. } = e.kind {
+                srcs.push((format!("/proc/{pid}/fd/{}", e.fd), i, true));
+            }
+        }
+        for (i, v) in img.mm.vmas.iter().enumerate() {
+            if let VmaKind::Saved { .. } = v.kind {
+                let src = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                srcs.push((src, i, false));
+            }
+        }
+        for (src, i, is_fd) in srcs {
+            let io = |what: String| {
+                move |source| DumpError::Io {
+                    pid,
+                    stage: st,
+                    what,
+                    source,
+                }
+            };
+            let link = std::fs::read_link(&src)
+                .map_err(io(format!("readlink {src}")))?
+                .to_string_lossy()
+                .into_owned();
+            let md = std::fs::metadata(&src).map_err(io(format!("stat {src} ({link})")))?;
+            let next = ids.len() as u64 + 1;
+            let id = *ids.entry((md.dev(), md.ino())).or_insert(next);
+            if id == next {
+                let what = if is_fd {
+                    format!("fd {} ({link})", img.files[i].fd)
+                } else {
+                    let v = &img.mm.vmas[i];
+                    format!("mapping {:#x}-{:#x} ({link})", v.start, v.end)
+                };
+                if md.size() > MAX_SAVED_FILE {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        stage: Stage::Check,
+                        what: format!(
+                            "{what}: {} bytes, more than the {} MiB a memfd or deleted file may hold in an image",
+                            md.size(),
+                            MAX_SAVED_FILE >> 20
+                        ),
+                    });
+                }
+                let name = link.strip_suffix(DELETED).unwrap_or(&link);
+                let file = std::fs::File::open(&src).map_err(io(format!("open {what}")))?;
+                let seals = name
+                    .strip_prefix("/memfd:")
+                    .and_then(|n| Some((n, util::get_seals(file.as_fd()).ok()?)));
+                let kind = match seals {
+                    Some((n, seals)) => SavedFileKind::Memfd {
+                        name: n.to_string(),
+                        seals,
+                    },
+                    None => SavedFileKind::Deleted {
+                        path: name.to_string(),
+                    },
+                };
+                log::debug!(
+                    "pid {pid}: {what}: saved file {id} ({kind:?}, {} bytes)",
+                    md.size()
+                );
+                img.saved_files.push(SavedFile {
+                    id,
+                    kind,
+                    size: md.size(),
+                    offset: 0,
+                    mode: md.mode() & 0o7777,
+                    dev: md.dev(),
+                    ino: md.ino(),
+                });
+            }
+            if is_fd {
+                if let FdKind::Saved { id: slot, .. } = &mut img.files[i].kind {
+                    *slot = id;
+                }
+            } else {
+                img.mm.vmas[i].kind = VmaKind::Saved { id };
+            }
+        }
+        // FIFOs: the waiting bytes, read without consuming them through a
+        // reader of our own (non-blocking: it never waits for a writer).
+        for e in img.files.iter_mut() {
+            let FdKind::Fifo {
+                id, data, capacity, ..
+            } = &mut e.kind
+            else {
+                continue;
+            };
+            if !fifos.insert(*id) {
+                continue;
+            }
+            let src = format!("/proc/{pid}/fd/{}", e.fd);
+            let r = util::open(&src, libc::O_RDONLY | libc::O_NONBLOCK).at(pid, st)?;
+            *capacity = util::pipe_capacity(&r).at(pid, st)?;
+            *data = util::pipe_peek(&r).at(pid, st)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the contents of the saved files recorded in `img` to its page
+/// file, each at a page-aligned offset, padded to whole pages.
+/// `host_pid` is the process's PID in our namespace (for /proc).
+pub(crate) fn write_saved(
+    img: &mut ProcessImage,
+    host_pid: u32,
+    pages: &mut PagesWriter,
+) -> Result<()> {
+    use std::io::Read;
+    let pid = host_pid;
+    let st = Stage::Memory;
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    for k in 0..img.saved_files.len() {
+        let (id, size) = (img.saved_files[k].id, img.saved_files[k].size);
+        let src = saved_source(img, pid, id).ok_or_else(|| DumpError::Unsupported {
+            pid,
+            stage: st,
+            what: format!("saved file {id}: no descriptor or mapping of it"),
+        })?;
+        let io = |what: &str| {
+            let what = format!("{what} {src} (saved file {id})");
+            move |source| DumpError::Io {
+                pid,
+                stage: st,
+                what,
+                source,
+            }
+        };
+        let mut f = std::fs::File::open(&src).map_err(io("open"))?;
+        img.saved_files[k].offset = pages.offset();
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(CHUNK as u64) as usize;
+            f.read_exact(&mut buf[..want]).map_err(io("read"))?;
+            let padded = want.next_multiple_of(PAGE_SIZE as usize);
+            buf[want..padded].fill(0);
+            pages.write_all(&buf[..padded]).at(pid, st)?;
+            left -= want as u64;
+        }
+    }
+    Ok(())
+}
+
+use stasis_image::{
+    PagesWriter, ProcessImage, SavedFile, SavedFileKind, VmaKind, MAX_SAVED_FILE, PAGE_SIZE,
+};
+use std::os::fd::AsFd;

@@ -257,6 +257,12 @@ fn dump_frozen(
             .collect();
         files::link_shared(&mut all)?;
     }
+    files::link_objects(
+        &mut collected
+            .iter_mut()
+            .map(|c| &mut c.image)
+            .collect::<Vec<_>>(),
+    )?;
     let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
@@ -275,6 +281,7 @@ fn dump_frozen(
             &state.page_plan,
             &mut pages,
         )?;
+        files::write_saved(&mut state.image, state.host_pid, &mut pages)?;
         page_bytes += pages.offset();
         let pages_file = pages.finish().at(pid, Stage::Memory)?;
         fault_point(pid, Stage::Memory)?;

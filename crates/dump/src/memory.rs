@@ -52,12 +52,33 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             Some(p) if p.starts_with("[anon:") => VmaKind::Anon,
             Some("/dev/zero (deleted)") if m.shared && m.inode != 0 => VmaKind::Anon,
             Some(p) if p.starts_with("[anon_shmem:") && m.shared => VmaKind::Anon,
-            Some(p) if p.starts_with('/') => {
-                if m.is_deleted() {
+            Some(p) if p.starts_with("/SYSV") && m.is_deleted() => {
+                return Err(unsupported(format!(
+                    "mapping {range} ({p}): SysV shared memory is not supported yet"
+                )))
+            }
+            Some(p) if p.starts_with('/') && m.is_deleted() => {
+                // A memfd or a file deleted while mapped: its contents go
+                // into the image (`files::link_objects` assigns the id).
+                let file = file_id(
+                    pid,
+                    st,
+                    p,
+                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+                )?;
+                if file.mode & libc::S_IFMT != libc::S_IFREG {
                     return Err(unsupported(format!(
-                        "mapping {range} of deleted file {p} (not supported yet)"
+                        "mapping {range} of {p}: not a regular file"
                     )));
                 }
+                if s.has_flag("ht") {
+                    return Err(unsupported(format!(
+                        "mapping {range} of {p}: hugetlb memory is not supported yet"
+                    )));
+                }
+                VmaKind::Saved { id: 0 }
+            }
+            Some(p) if p.starts_with('/') => {
                 let file = file_id(
                     pid,
                     st,
@@ -80,13 +101,13 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
         let prot = (if m.read { libc::PROT_READ } else { 0 })
             | (if m.write { libc::PROT_WRITE } else { 0 })
             | (if m.exec { libc::PROT_EXEC } else { 0 });
-        let is_file = matches!(kind, VmaKind::File { .. });
+        let is_file = matches!(kind, VmaKind::File { .. } | VmaKind::Saved { .. });
         let q = match (&kind, m.shared) {
             (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => None,
             // Shared file mappings live in the file itself.
-            (VmaKind::File { .. }, true) => None,
+            (VmaKind::File { .. } | VmaKind::Saved { .. }, true) => None,
             // Private file mappings: only pages copied on write (anonymous).
-            (VmaKind::File { .. }, false) => Some(Query {
+            (VmaKind::File { .. } | VmaKind::Saved { .. }, false) => Some(Query {
                 inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
                 mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
                 anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,

@@ -26,7 +26,8 @@ pub use model::*;
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};
 pub use validate::{
-    is_plain_name, pages_len, validate_inventory, validate_process, USER_SPACE_END,
+    is_plain_name, pages_len, saved_span, validate_inventory, validate_process,
+    validate_saved_refs, MAX_SAVED_FILE, USER_SPACE_END,
 };
 pub use writer::{core_file_name, pages_file_name, ImageWriter, PageHasher, PageSink, PagesWriter};
 

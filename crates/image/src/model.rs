@@ -108,6 +108,44 @@ pub struct ProcessImage {
     pub threads: Vec<ThreadState>,
     pub files: Vec<FdEntry>,
     pub mm: MmState,
+    /// Files whose contents the image holds (memfds, files deleted while
+    /// open or mapped), each listed once in the image: in the first
+    /// process that has it. Their bytes are in this process's page file.
+    #[serde(default)]
+    pub saved_files: Vec<SavedFile>,
+}
+
+/// A file object whose contents are saved in the image: referenced by
+/// `FdKind::Saved` and `VmaKind::Saved` entries (in any process) with the
+/// same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFile {
+    /// Unique within the image, > 0.
+    pub id: u64,
+    pub kind: SavedFileKind,
+    /// File size in bytes; the contents are `size` bytes at payload
+    /// offset `offset` of the page file (page-aligned, padded with zeros
+    /// to a whole page).
+    pub size: u64,
+    pub offset: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Device and inode at dump time (informational).
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SavedFileKind {
+    /// memfd_create(2) object: its name (without the `memfd:` prefix) and
+    /// seals (`F_GET_SEALS`; F_SEAL_SEAL alone = created without
+    /// MFD_ALLOW_SEALING).
+    Memfd { name: String, seals: u32 },
+    /// A regular file unlinked while open or mapped: the path it had
+    /// (without " (deleted)"). Restored as a new file in the same
+    /// directory, unlinked again.
+    Deleted { path: String },
 }
 
 fn default_exit_signal() -> u32 {
@@ -291,6 +329,24 @@ pub enum FdKind {
         #[serde(default)]
         capacity: u32,
     },
+    /// An open file whose contents are in the image ([`SavedFile`] `id`):
+    /// reopened with these flags at this offset.
+    Saved { id: u64, flags: u32, pos: u64 },
+    /// An `O_PATH` descriptor (flags include O_PATH, and O_NOFOLLOW for a
+    /// symlink itself); `mode` is the `st_mode` of the object.
+    Path { path: String, flags: u32, mode: u32 },
+    /// One end of a named pipe (FIFO) at `path`; `id` is its inode. The
+    /// waiting bytes and capacity are stored with the first entry of each
+    /// FIFO in the image, like [`FdKind::Pipe`].
+    Fifo {
+        path: String,
+        id: u64,
+        flags: u32,
+        #[serde(default, with = "hex_bytes")]
+        data: Vec<u8>,
+        #[serde(default)]
+        capacity: u32,
+    },
 }
 
 /// Memory layout and the mm fields set with PR_SET_MM_MAP.
@@ -351,6 +407,10 @@ pub enum VmaKind {
     /// A file mapping.
     File {
         file: FileId,
+    },
+    /// A mapping of a [`SavedFile`] (memfd, deleted file) at `pgoff`.
+    Saved {
+        id: u64,
     },
     Vdso,
     Vvar,

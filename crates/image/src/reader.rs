@@ -15,7 +15,9 @@ use crate::format::{
     FileKind, Header, HEADER_LEN, INVENTORY_FILE, MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
 use crate::model::{Inventory, ProcessImage, ProcessRef};
-use crate::validate::{is_plain_name, pages_len, validate_inventory, validate_process};
+use crate::validate::{
+    is_plain_name, pages_len, validate_inventory, validate_process, validate_saved_refs,
+};
 
 /// Size of the reads that stream a page file through the checksum.
 const VERIFY_CHUNK: usize = 8 << 20;
@@ -393,6 +395,7 @@ impl ImageDir {
             self.verify_pages(r, &img)?;
             processes.push(img);
         }
+        validate_saved_refs(&inv_path, &processes)?;
         Ok(Image {
             inventory,
             processes,

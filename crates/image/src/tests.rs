@@ -238,6 +238,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             vmas,
             pages,
         },
+        saved_files: Vec::new(),
     }
 }
 
@@ -1323,4 +1324,103 @@ fn fuzz_show() {
         fs::remove_file(&path).unwrap();
         fs::write(&path, &valid).unwrap();
     }
+}
+
+fn with_saved(img: &ProcessImage) -> ProcessImage {
+    let mut m = img.clone();
+    m.saved_files.push(SavedFile {
+        id: 7,
+        kind: SavedFileKind::Memfd {
+            name: "buf".into(),
+            seals: 1,
+        },
+        size: 5000,
+        offset: pages_len(img),
+        mode: 0o777,
+        dev: 1,
+        ino: 2,
+    });
+    m.files.push(FdEntry {
+        fd: 900,
+        cloexec: false,
+        kind: FdKind::Saved {
+            id: 7,
+            flags: 2,
+            pos: 0,
+        },
+        ofd: 0,
+    });
+    m
+}
+
+#[test]
+fn saved_files_validation() {
+    let good = with_saved(&sample_process(100, 1));
+    validate_process(Path::new("/x/core-100.img"), &good).unwrap();
+    // Two pages past the runs: 5000 bytes take two whole pages.
+    assert_eq!(pages_len(&good), good.saved_files[0].offset + 2 * PAGE_SIZE);
+
+    let mut m = good.clone();
+    m.saved_files[0].size = MAX_SAVED_FILE + 1;
+    assert!(invalid(&m).contains("above the cap"));
+
+    let mut m = good.clone();
+    m.saved_files[0].offset = m.mm.pages[0].offset; // shares bytes with a run
+    assert!(invalid(&m).contains("overlaps"));
+
+    let mut m = good.clone();
+    m.saved_files[0].offset += 1;
+    assert!(invalid(&m).contains("not page-aligned"));
+
+    let mut m = good.clone();
+    m.saved_files[0].offset = !(PAGE_SIZE - 1); // the last page-aligned offset
+    assert!(invalid(&m).contains("overflows"));
+
+    let mut m = good.clone();
+    m.saved_files.push(m.saved_files[0].clone()); // id twice
+    assert!(invalid(&m).contains("listed twice"));
+
+    let mut m = good.clone();
+    m.saved_files[0].kind = SavedFileKind::Memfd {
+        name: "n".repeat(250),
+        seals: 0,
+    };
+    assert!(invalid(&m).contains("kind.name"));
+
+    let mut m = good.clone();
+    m.saved_files[0].kind = SavedFileKind::Deleted {
+        path: "relative/x".into(),
+    };
+    assert!(invalid(&m).contains("not absolute"));
+
+    let mut m = good.clone();
+    m.files.push(FdEntry {
+        fd: 901,
+        cloexec: false,
+        kind: FdKind::Path {
+            path: "/".into(),
+            flags: 0,
+            mode: 0,
+        },
+        ofd: 0,
+    });
+    assert!(invalid(&m).contains("without O_PATH"));
+
+    // Whole image: references must name a saved file defined once.
+    let inv = Path::new("/x/inventory.img");
+    validate_saved_refs(inv, std::slice::from_ref(&good)).unwrap();
+    let mut other = sample_process(101, 100);
+    other.files.push(good.files.last().unwrap().clone());
+    validate_saved_refs(inv, &[good.clone(), other.clone()]).unwrap();
+    let mut dangling = good.clone();
+    dangling.saved_files.clear();
+    let e = validate_saved_refs(inv, &[dangling])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("saved file 7 is not in the image"), "{e}");
+    other.saved_files = good.saved_files.clone();
+    let e = validate_saved_refs(inv, &[good, other])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than one process"), "{e}");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::error::{ImageError, Result};
 use crate::format::INVENTORY_FILE;
-use crate::model::{FdKind, FileId, Inventory, ProcessImage, VmaKind, PAGE_SIZE};
+use crate::model::{FdKind, FileId, Inventory, ProcessImage, SavedFileKind, VmaKind, PAGE_SIZE};
 
 /// First address above x86-64 user space (47-bit, minus the guard page).
 /// Only a `[vsyscall]` VMA may lie above it.
@@ -26,6 +26,12 @@ pub const MAX_THREADS: usize = 100_000;
 pub const MAX_PIPE_DATA: usize = 64 << 20;
 /// Cap on queued signals per queue (the kernel's RLIMIT_SIGPENDING is per user).
 pub const MAX_PENDING: usize = 1 << 20;
+/// Largest saved file (memfd, deleted file) the image may hold.
+pub const MAX_SAVED_FILE: u64 = 1 << 30;
+/// Most saved files one process image may hold.
+pub const MAX_SAVED_FILES: usize = 100_000;
+/// Longest memfd name (memfd_create allows 249 bytes).
+pub const MAX_MEMFD_NAME: usize = 249;
 /// Most auxv words.
 pub const MAX_AUXV_WORDS: usize = 1024;
 /// Most supplementary groups (NGROUPS_MAX).
@@ -60,15 +66,20 @@ pub fn is_plain_name(name: &str) -> bool {
 /// `offset + nr_pages * PAGE_SIZE` (0 without runs). Saturates instead of
 /// overflowing on hostile input; [`validate_process`] rejects such runs.
 pub fn pages_len(img: &ProcessImage) -> u64 {
-    img.mm
-        .pages
+    let runs = img.mm.pages.iter().map(|r| {
+        r.offset
+            .saturating_add(r.nr_pages.saturating_mul(PAGE_SIZE))
+    });
+    let saved = img
+        .saved_files
         .iter()
-        .map(|r| {
-            r.offset
-                .saturating_add(r.nr_pages.saturating_mul(PAGE_SIZE))
-        })
-        .max()
-        .unwrap_or(0)
+        .map(|f| f.offset.saturating_add(saved_span(f.size)));
+    runs.chain(saved).max().unwrap_or(0)
+}
+
+/// Bytes a saved file of `size` takes in the page file: whole pages.
+pub fn saved_span(size: u64) -> u64 {
+    size.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
 }
 
 struct Checker<'a> {
@@ -211,6 +222,30 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
             FdKind::CharDevice { path, .. } => {
                 c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?
             }
+            FdKind::Saved { id, .. } => c.ensure(*id > 0, || format!("files[{i}].kind.id: 0"))?,
+            FdKind::Path { path, flags, .. } => {
+                c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?;
+                c.ensure(*flags & O_PATH != 0, || {
+                    format!("files[{i}].kind.flags: {flags:#o} without O_PATH")
+                })?;
+            }
+            FdKind::Fifo {
+                path,
+                data,
+                capacity,
+                ..
+            } => {
+                c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?;
+                c.ensure(data.len() <= *capacity as usize, || {
+                    format!(
+                        "files[{i}].kind.data: {} bytes in a fifo of capacity {capacity}",
+                        data.len()
+                    )
+                })?;
+                c.ensure(*capacity as usize <= MAX_PIPE_DATA, || {
+                    format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
+                })?;
+            }
             FdKind::Pipe { data, capacity, .. } => {
                 c.ensure(data.len() <= *capacity as usize, || {
                     format!(
@@ -225,7 +260,111 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
         }
     }
 
+    validate_saved(&c, img)?;
     validate_mm(&c, img)
+}
+
+const O_PATH: u32 = 0o10_000_000;
+
+/// Saved files: ids unique, sizes capped, names and paths bounded, page
+/// file spans aligned and not shared with page runs or each other.
+fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
+    c.count("saved_files", img.saved_files.len(), MAX_SAVED_FILES)?;
+    if img.saved_files.is_empty() {
+        return Ok(());
+    }
+    let mut ids = HashSet::new();
+    let mut spans = Vec::with_capacity(img.saved_files.len() + img.mm.pages.len());
+    for (i, f) in img.saved_files.iter().enumerate() {
+        let field = format!("saved_files[{i}]");
+        c.ensure(f.id > 0 && ids.insert(f.id), || {
+            format!("{field}.id: {} is 0 or listed twice", f.id)
+        })?;
+        c.ensure(f.size <= MAX_SAVED_FILE, || {
+            format!("{field}.size: {} above the cap {MAX_SAVED_FILE}", f.size)
+        })?;
+        c.ensure(aligned(f.offset), || {
+            format!("{field}.offset: {:#x} not page-aligned", f.offset)
+        })?;
+        c.ensure(f.offset.checked_add(saved_span(f.size)).is_some(), || {
+            format!("{field}.offset: {:#x} + size overflows", f.offset)
+        })?;
+        c.ensure(f.mode & !0o7777 == 0, || {
+            format!("{field}.mode: {:#o} has bits beyond 0o7777", f.mode)
+        })?;
+        match &f.kind {
+            SavedFileKind::Memfd { name, .. } => {
+                c.string(&format!("{field}.kind.name"), name, MAX_MEMFD_NAME)?
+            }
+            SavedFileKind::Deleted { path } => {
+                c.string(&format!("{field}.kind.path"), path, MAX_PATH_LEN)?;
+                c.ensure(path.starts_with('/'), || {
+                    format!("{field}.kind.path: {path:?} is not absolute")
+                })?;
+            }
+        }
+        if f.size > 0 {
+            spans.push((f.offset, f.offset + saved_span(f.size), field));
+        }
+    }
+    for (i, r) in img.mm.pages.iter().enumerate() {
+        let len = r.nr_pages.saturating_mul(PAGE_SIZE);
+        spans.push((
+            r.offset,
+            r.offset.saturating_add(len),
+            format!("mm.pages[{i}]"),
+        ));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        c.ensure(w[1].0 >= w[0].1, || {
+            format!(
+                "{}: page file offset {:#x} overlaps {}",
+                w[1].2, w[1].0, w[0].2
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Whole-image rule for saved files: every id defined once in the image,
+/// and every `Saved` descriptor or mapping refers to one.
+pub fn validate_saved_refs(file: &Path, procs: &[ProcessImage]) -> Result<()> {
+    let c = Checker { file };
+    let mut defined = HashSet::new();
+    for p in procs {
+        for f in &p.saved_files {
+            c.ensure(defined.insert(f.id), || {
+                format!(
+                    "saved file {} defined by more than one process (pid {})",
+                    f.id, p.pid
+                )
+            })?;
+        }
+    }
+    for p in procs {
+        for e in &p.files {
+            if let FdKind::Saved { id, .. } = e.kind {
+                c.ensure(defined.contains(&id), || {
+                    format!(
+                        "pid {} fd {}: saved file {id} is not in the image",
+                        p.pid, e.fd
+                    )
+                })?;
+            }
+        }
+        for v in &p.mm.vmas {
+            if let VmaKind::Saved { id } = v.kind {
+                c.ensure(defined.contains(&id), || {
+                    format!(
+                        "pid {} mapping {:#x}-{:#x}: saved file {id} is not in the image",
+                        p.pid, v.start, v.end
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {

@@ -71,8 +71,19 @@ pub(crate) fn free_candidates(mm: &MmState, len: u64) -> Vec<u64> {
     out
 }
 
+/// Key in [`ServiceFds::files`] of the descriptor a saved file (memfd,
+/// deleted file) is mapped through; `ro`: the read-only one. Paths start
+/// with `/`, these keys never do.
+pub(crate) fn saved_key(id: u64, ro: bool) -> String {
+    if ro {
+        format!("saved-ro:{id}")
+    } else {
+        format!("saved:{id}")
+    }
+}
+
 /// Service descriptors in the child: numbers of the pages file, the exe and
-/// each mapped file (by path).
+/// each mapped file (by path, or [`saved_key`]).
 pub(crate) struct ServiceFds {
     pub pages: i32,
     pub exe: i32,
@@ -265,6 +276,21 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Resul
         return Ok(());
     }
     let fd: i64 = match &v.kind {
+        VmaKind::Saved { id } => {
+            // A read-only shared mapping of a write-sealed memfd goes
+            // through a read-only descriptor, as the kernel gave the
+            // original one no way to become writable.
+            let ro = v.shared && v.prot & libc::PROT_WRITE as u32 == 0;
+            let fd = ro
+                .then(|| svc.files.get(&saved_key(*id, true)))
+                .flatten()
+                .or_else(|| svc.files.get(&saved_key(*id, false)));
+            *fd.ok_or_else(|| RestoreError::Refused {
+                pid,
+                stage: Stage::Memory,
+                what: format!("no descriptor for saved file {id}"),
+            })? as i64
+        }
         VmaKind::File { file } => {
             *svc.files
                 .get(&file.path)

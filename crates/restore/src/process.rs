@@ -2,7 +2,7 @@
 
 use crate::memory::{self, ServiceFds, STUB_LEN};
 use crate::{fault_point, At, RestoreError, Result, Stage};
-use stasis_image::{FdKind, ProcessImage, ThreadState, UserRegs, VmaKind, Zombie};
+use stasis_image::{FdKind, ProcessImage, SavedFileKind, ThreadState, UserRegs, VmaKind, Zombie};
 use stasis_sys::ptrace::{self, Regs};
 use stasis_sys::remote::{restart_fixed, RemoteThread};
 use stasis_sys::spawn::{self, FdPlan};
@@ -54,6 +54,13 @@ struct Opened {
     by_ofd: HashMap<u64, usize>,
     /// pipe id -> (read end, write end) indices into `owned`
     pipes: HashMap<u64, (usize, usize)>,
+    /// saved file id -> (index of the object's O_RDWR descriptor, seals)
+    saved: HashMap<u64, (usize, u32)>,
+    /// FIFO id -> index of a descriptor holding it open for reading and
+    /// writing (so that opening either end never blocks).
+    fifos: HashMap<u64, usize>,
+    /// memfds to seal once every process has mapped them: (id, fd, seals).
+    seal_later: Vec<(u64, OwnedFd, u32)>,
 }
 
 impl Opened {
@@ -107,6 +114,160 @@ fn make_pipe(
     Ok((ri, wi))
 }
 
+const F_SEAL_SEAL: u32 = libc::F_SEAL_SEAL as u32;
+const F_SEAL_WRITE_ANY: u32 = (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) as u32;
+
+impl Opened {
+    /// Creates every saved file of the image (memfds, files deleted while
+    /// open) with its contents from the page file of the process that
+    /// holds it, before anything is forked. Seals are added at the end
+    /// ([`seal_saved`]), once every process has mapped the memfd.
+    fn create_saved(&mut self, procs: &[ProcessImage], pages: &[std::path::PathBuf]) -> Result<()> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+        let st = Stage::Fork;
+        for (img, pg) in procs.iter().zip(pages) {
+            let pid = img.pid;
+            for f in &img.saved_files {
+                let io = |what: String| {
+                    move |source: std::io::Error| RestoreError::Sys {
+                        pid,
+                        stage: st,
+                        source: stasis_sys::SysError {
+                            op: what,
+                            pid: None,
+                            source,
+                        },
+                    }
+                };
+                let (file, seals) = match &f.kind {
+                    SavedFileKind::Memfd { name, seals } => {
+                        let flags = if *seals == F_SEAL_SEAL {
+                            0
+                        } else {
+                            libc::MFD_ALLOW_SEALING
+                        };
+                        let fd = util::memfd_create(name, flags).at(pid, st)?;
+                        (std::fs::File::from(fd), *seals)
+                    }
+                    SavedFileKind::Deleted { path } => {
+                        // Under its own name if free (the fd link then reads
+                        // as before), else a temporary one; unlinked at once.
+                        let p = Path::new(path);
+                        let dir = p.parent().unwrap_or(Path::new("/"));
+                        let mut opts = std::fs::OpenOptions::new();
+                        opts.read(true)
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                        let (file, at) = match opts.open(p) {
+                            Ok(file) => (file, p.to_path_buf()),
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                                let at = dir.join(format!(".stasis-deleted-{pid}-{}", f.id));
+                                let file = opts.open(&at).map_err(io(format!(
+                                    "create {} for deleted file {path}",
+                                    at.display()
+                                )))?;
+                                (file, at)
+                            }
+                            Err(e) => {
+                                return Err(io(format!("recreate deleted file {path}"))(e));
+                            }
+                        };
+                        std::fs::remove_file(&at)
+                            .map_err(io(format!("unlink {}", at.display())))?;
+                        (file, 0)
+                    }
+                };
+                let what = format!("saved file {} ({:?})", f.id, f.kind);
+                file.set_len(f.size)
+                    .map_err(io(format!("ftruncate {what}")))?;
+                let src = std::fs::File::open(pg).map_err(io(format!("open {}", pg.display())))?;
+                let mut buf = vec![0u8; (1 << 20).min(f.size as usize)];
+                let mut done = 0u64;
+                while done < f.size {
+                    let n = buf.len().min((f.size - done) as usize);
+                    src.read_exact_at(
+                        &mut buf[..n],
+                        stasis_image::PAGES_HEADER_LEN + f.offset + done,
+                    )
+                    .map_err(io(format!("read {what} from {}", pg.display())))?;
+                    file.write_all_at(&buf[..n], done)
+                        .map_err(io(format!("fill {what}")))?;
+                    done += n as u64;
+                }
+                file.set_permissions(std::fs::Permissions::from_mode(f.mode))
+                    .map_err(io(format!("fchmod {what}")))?;
+                let fd = OwnedFd::from(file);
+                if seals & !F_SEAL_SEAL != 0 {
+                    let dup = fd.try_clone().map_err(io(format!("dup {what}")))?;
+                    self.seal_later.push((f.id, dup, seals));
+                }
+                let i = self.push(fd);
+                self.saved.insert(f.id, (i, seals));
+            }
+        }
+        Ok(())
+    }
+
+    /// The FIFO `path` (id `id`) held open read-write, filled with its
+    /// saved bytes: opening either end then never blocks.
+    fn fifo(&mut self, pid: u32, id: u64, path: &str, procs: &[ProcessImage]) -> Result<usize> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Some(&i) = self.fifos.get(&id) {
+            return Ok(i);
+        }
+        let st = Stage::Fork;
+        let is_fifo = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+        if !is_fifo {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!("{path} is no longer a FIFO"),
+            });
+        }
+        let (mut data, mut capacity) = (&[][..], 0);
+        for e in procs.iter().flat_map(|p| &p.files) {
+            if let FdKind::Fifo {
+                id: i,
+                data: d,
+                capacity: c,
+                ..
+            } = &e.kind
+            {
+                if *i == id && *c != 0 {
+                    data = d;
+                    capacity = *c;
+                }
+            }
+        }
+        let fd = util::open(path, libc::O_RDWR | libc::O_NONBLOCK).at(pid, st)?;
+        if capacity != 0 {
+            util::set_pipe_capacity(&fd, capacity).at(pid, st)?;
+        }
+        util::write_all(&fd, data, &format!("fill fifo {path}")).at(pid, st)?;
+        let i = self.push(fd);
+        self.fifos.insert(id, i);
+        Ok(i)
+    }
+}
+
+/// Adds the saved seals to every memfd, after every process has mapped it
+/// (a write seal forbids new writable shared mappings).
+fn seal_saved(pid: u32, seals: Vec<(u64, OwnedFd, u32)>) -> Result<()> {
+    for (id, fd, s) in seals {
+        util::add_seals(&fd, s).map_err(|source| RestoreError::Sys {
+            pid,
+            stage: Stage::Memory,
+            source: stasis_sys::SysError {
+                op: format!("saved file {id}: {}", source.op),
+                ..source
+            },
+        })?;
+    }
+    Ok(())
+}
+
 /// Opens, in the restorer, every file a process needs: its descriptors
 /// (flags, offset) and the service files (page file, exe, mapped files).
 fn open_files(
@@ -143,13 +304,45 @@ fn open_files(
                 util::set_status_flags(&opened.owned[i], keep).at(pid, st)?;
                 i
             }
+            (None, FdKind::Saved { id, flags, pos }) => {
+                let &(obj, _) = opened.saved.get(id).ok_or_else(|| RestoreError::Refused {
+                    pid,
+                    stage: st,
+                    what: format!("fd {}: saved file {id} is not in the image", e.fd),
+                })?;
+                // A new open file description of the same object.
+                let again = format!("/proc/self/fd/{}", opened.owned[obj].as_raw_fd());
+                let fd = util::open(&again, *flags as i32 & !OPEN_FLAGS_DROP).at(pid, st)?;
+                if *pos != 0 {
+                    util::seek_to(&fd, *pos, &format!("fd {}", e.fd)).at(pid, st)?;
+                }
+                opened.push(fd)
+            }
+            (
+                None,
+                FdKind::Fifo {
+                    path, id, flags, ..
+                },
+            ) => {
+                opened.fifo(pid, *id, path, procs)?;
+                let flags = *flags as i32 & !OPEN_FLAGS_DROP;
+                let fd = util::open(path, flags | libc::O_NONBLOCK).at(pid, st)?;
+                if flags & libc::O_NONBLOCK == 0 {
+                    let keep = flags & (libc::O_APPEND | libc::O_DIRECT);
+                    util::set_status_flags(&fd, keep).at(pid, st)?;
+                }
+                opened.push(fd)
+            }
             (None, kind) => {
                 let (path, flags, pos) = match kind {
                     FdKind::Regular { file, flags, pos } => {
                         (file.path.as_str(), *flags as i32, *pos)
                     }
                     FdKind::CharDevice { path, flags, .. } => (path.as_str(), *flags as i32, 0),
-                    FdKind::Pipe { .. } => unreachable!("handled above"),
+                    FdKind::Path { path, flags, .. } => (path.as_str(), *flags as i32, 0),
+                    FdKind::Pipe { .. } | FdKind::Saved { .. } | FdKind::Fifo { .. } => {
+                        unreachable!("handled above")
+                    }
                 };
                 let fd = util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| {
                     RestoreError::Sys {
@@ -197,6 +390,40 @@ fn open_files(
     let mut names: Vec<_> = writes.into_iter().collect();
     names.sort();
     let mut files_k = HashMap::new();
+    // Saved files (memfds, deleted files) are mapped through the object
+    // itself; shared read-only mappings of a write-sealed memfd through a
+    // read-only descriptor.
+    let mut saved: Vec<(u64, bool)> = img
+        .mm
+        .vmas
+        .iter()
+        .filter_map(|v| match v.kind {
+            VmaKind::Saved { id } => Some((id, v.shared && v.prot & libc::PROT_WRITE as u32 == 0)),
+            _ => None,
+        })
+        .collect();
+    saved.sort_unstable();
+    saved.dedup();
+    for (id, ro_map) in saved {
+        let &(obj, seals) = opened.saved.get(&id).ok_or_else(|| RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!("mapping of saved file {id}, which is not in the image"),
+        })?;
+        let ro = ro_map && seals & F_SEAL_WRITE_ANY != 0;
+        let key = memory::saved_key(id, ro);
+        if files_k.contains_key(&key) {
+            continue;
+        }
+        let k = if ro {
+            let again = format!("/proc/self/fd/{}", opened.owned[obj].as_raw_fd());
+            service(&again, libc::O_RDONLY, opened, &mut srcs)?
+        } else {
+            srcs.push(obj);
+            srcs.len() - 1
+        };
+        files_k.insert(key, k);
+    }
     for (path, write) in names {
         let k = service(
             &path,
@@ -256,6 +483,7 @@ pub(crate) fn restore_tree(
     let root_pid = procs[0].pid;
     // 1. Files, opened once by the restorer and inherited through the forks.
     let mut opened = Opened::default();
+    opened.create_saved(procs, pages)?;
     let mut files = Vec::with_capacity(procs.len());
     for (img, pg) in procs.iter().zip(pages) {
         files.push(open_files(img, pg, procs, &mut opened)?);
@@ -403,6 +631,7 @@ pub(crate) fn restore_tree(
         spawn::unmap_stub_area(a, l);
     }
     drop(files);
+    let seals = std::mem::take(&mut opened.seal_later);
     drop(opened);
     drop(ready_w);
     let top = root.map_err(|source| match source.errno() {
@@ -500,6 +729,7 @@ pub(crate) fn restore_tree(
         let threads = rebuild(img, r, &svcs[k].0, svcs[k].1, stub, &mut guard, k)?;
         built.push(threads);
     }
+    seal_saved(root_pid, seals)?;
     fault_point(root_pid, Stage::Registers)?;
     // The last instant a failure can still undo everything.
     fault_point(root_pid, Stage::Resume)?;

@@ -449,3 +449,36 @@ impl Drop for CpuPin {
         let _ = set_affinity(Pid(0), &self.original);
     }
 }
+
+/// memfd_create(2): a new memory file named `name` (`flags`: MFD_*).
+/// The descriptor is close-on-exec in the caller.
+pub fn memfd_create(name: &str, flags: u32) -> Result<OwnedFd> {
+    let c = cstring(name, "memfd_create")?;
+    // SAFETY: c is a valid NUL-terminated name; integer flags.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), flags | libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(SysError::new(
+            format!("memfd_create {name:?}"),
+            None,
+            last_errno(),
+        ));
+    }
+    // SAFETY: fresh descriptor from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// fcntl(F_GET_SEALS): the seals of a memfd (EINVAL for other files).
+pub fn get_seals(fd: std::os::fd::BorrowedFd<'_>) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl query on a descriptor the caller holds.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    check(r.into(), "fcntl(F_GET_SEALS)", None).map(|r| r as u32)
+}
+
+/// fcntl(F_ADD_SEALS).
+pub fn add_seals(fd: &OwnedFd, seals: u32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; integer argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) };
+    check(r.into(), &format!("fcntl(F_ADD_SEALS, {seals:#x})"), None).map(drop)
+}

@@ -94,12 +94,24 @@ selfcheck!(
     Program::Bin("tp_sleep"),
     ["--mode", "poll", "--sleep-ms", "200"]
 );
+selfcheck!(
+    selfcheck_memfd,
+    negative_memfd,
+    Program::Bin("tp_memfd"),
+    []
+);
+selfcheck!(
+    selfcheck_fdkinds,
+    negative_fdkinds,
+    Program::Bin("tp_fdkinds"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
 #[test]
 fn selfcheck_unsupported_resources_work() {
-    for what in ["pipe", "thread", "child"] {
+    for what in ["pipe", "thread", "child", "huge-deleted"] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
     }
@@ -536,6 +548,12 @@ fn refuse_unsupported_socket() {
     refuse("socket", &["socket"]);
 }
 
+/// A deleted file above the size an image may hold is refused by name.
+#[test]
+fn refuse_unsupported_huge_deleted() {
+    refuse("huge-deleted", &["huge.dat (deleted)"]);
+}
+
 /// The program that used to be refused for its pipe now checkpoints.
 #[test]
 fn cr_unsupported_pipe_now_supported() {
@@ -564,6 +582,16 @@ fn cr_unsupported_thread_now_supported() {
 #[test]
 fn cr_shared() {
     cr("cr_shared", Program::Bin("tp_shared"), &[]);
+}
+
+#[test]
+fn cr_memfd() {
+    cr("cr_memfd", Program::Bin("tp_memfd"), &[]);
+}
+
+#[test]
+fn cr_fdkinds() {
+    cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
 }
 
 #[test]

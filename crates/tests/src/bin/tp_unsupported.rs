@@ -1,11 +1,13 @@
 //! tp_unsupported: holds one resource stasis does not support yet, for the
 //! "dump refuses cleanly and leaves the process unharmed" tests.
 //!
-//! Usage: `tp_unsupported WORKDIR --with pipe|socket|thread|child`
+//! Usage: `tp_unsupported WORKDIR --with pipe|socket|thread|child|huge-deleted`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
-//! - `child`: a forked child waits for go and exits with status 0.
+//! - `child`: a forked child waits for go and exits with status 0;
+//! - `huge-deleted`: an open, deleted, sparse file of 1 GiB + 4 KiB (above
+//!   the size an image may hold).
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -51,6 +53,20 @@ fn main() {
             // SAFETY: buf is a valid 8-byte buffer.
             let n = unsafe { libc::read(fds[1], buf.as_mut_ptr().cast(), buf.len()) };
             report.eq("socket round trip", (2, 2), (w, n));
+        }
+        "huge-deleted" => {
+            // A sparse deleted file larger than an image may hold (1 GiB).
+            let path = proto.path("huge.dat");
+            let f = std::fs::File::create(&path).expect("create");
+            f.set_len((1 << 30) + 4096).expect("ftruncate");
+            std::fs::remove_file(&path).expect("unlink");
+            proto.ready_and_wait();
+            use std::os::unix::fs::FileExt;
+            report.eq(
+                "write to the deleted file",
+                2,
+                f.write_at(b"ok", 7).unwrap_or(0),
+            );
         }
         "thread" => {
             let dir = proto.dir().to_path_buf();

@@ -64,6 +64,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_tree" => env!("CARGO_BIN_EXE_tp_tree"),
         "tp_shared" => env!("CARGO_BIN_EXE_tp_shared"),
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
+        "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
+        "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
