@@ -3,8 +3,8 @@
 use crate::freeze::Frozen;
 use crate::{files, memory, At, DumpError, Result, Stage};
 use stasis_image::{
-    Creds, FileId, MmState, PendingSignal, ProcessImage, Rlimit, Rseq, Sched, SigAction,
-    SigAltStack, ThreadState, UserRegs,
+    Creds, FileId, ITimer, MmState, PendingSignal, PosixTimer, ProcessImage, Rlimit, Rseq, Sched,
+    SigAction, SigAltStack, ThreadState, UserRegs,
 };
 use stasis_sys::ptrace::{self, Regs};
 use stasis_sys::remote::{le_u32, le_u64, RemoteThread};
@@ -137,6 +137,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         .unwrap_or((0, 0));
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
+    let mut timers = (Vec::new(), Vec::new());
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable, &t.xsave).at(pid, Stage::Query)?;
@@ -151,6 +152,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         t.clear_child_tid = clear_child_tid;
         if tid == p {
             q = Some(query(r, pid, status.sig_cgt | status.sig_ign)?);
+            timers = query_timers(r, pid)?;
         }
         frozen.finish_remote().at(pid, Stage::Query)?;
         threads.push(t);
@@ -208,6 +210,8 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         dumpable: q.dumpable,
         sigactions: q.sigactions,
         shared_pending,
+        itimers: timers.0,
+        posix_timers: timers.1,
         threads,
         files: fds,
         mm,
@@ -416,6 +420,11 @@ pub(crate) fn translate_to_pid_ns(
         img.ppid = map.get(&img.ppid).copied().unwrap_or(0);
         img.pgid = st.ns_pgid.last().copied().unwrap_or(0);
         img.sid = st.ns_sid.last().copied().unwrap_or(0);
+        for t in &mut img.posix_timers {
+            if t.notify_tid != 0 {
+                t.notify_tid = inner_id(host, t.notify_tid, Stage::Check)?.0;
+            }
+        }
         for t in &mut img.threads {
             t.tid = inner_id(host, t.tid, Stage::Check)?.0;
         }
@@ -428,4 +437,65 @@ pub(crate) fn translate_to_pid_ns(
         z.pid = inner;
     }
     Ok(true)
+}
+
+/// Interval timers and POSIX timers, read by the process itself
+/// (getitimer, timer_gettime: queries only).
+fn query_timers(r: &mut RemoteThread, pid: u32) -> Result<(Vec<ITimer>, Vec<PosixTimer>)> {
+    let st = Stage::Query;
+    let (scratch, _) = r.scratch();
+    let mut itimers = Vec::new();
+    for which in 0..3u32 {
+        r.call(
+            libc::SYS_getitimer,
+            &[u64::from(which), scratch],
+            "getitimer",
+        )
+        .at(pid, st)?;
+        let b = r.read_scratch(0, 32).at(pid, st)?;
+        let us = |off: usize| le_u64(&b, off) * 1_000_000 + le_u64(&b, off + 8);
+        let (interval_us, value_us) = (us(0), us(16));
+        if interval_us != 0 || value_us != 0 {
+            itimers.push(ITimer {
+                which,
+                interval_us,
+                value_us,
+            });
+        }
+    }
+    let mut timers = Vec::new();
+    let list = match stasis_proc::read_timers(pid) {
+        Ok(l) => l,
+        Err(_) => return Ok((itimers, timers)), // no CONFIG_CHECKPOINT_RESTORE: no timers file
+    };
+    for t in list {
+        r.call(
+            libc::SYS_timer_gettime,
+            &[t.id as u64, scratch],
+            &format!("timer_gettime({})", t.id),
+        )
+        .at(pid, st)?;
+        let b = r.read_scratch(0, 32).at(pid, st)?;
+        let ns = |off: usize| le_u64(&b, off) * 1_000_000_000 + le_u64(&b, off + 8);
+        let overrun = r
+            .syscall(libc::SYS_timer_getoverrun, &[t.id as u64])
+            .at(pid, st)?;
+        let base = match t.notify.as_str() {
+            "none" => 1,
+            "thread" => 2,
+            _ => 0,
+        };
+        timers.push(PosixTimer {
+            id: t.id,
+            clock_id: t.clock_id,
+            notify: base | if t.notify_tid.is_some() { 4 } else { 0 },
+            signo: t.signal.max(0) as u32,
+            sigev_value: t.sigev_value,
+            notify_tid: t.notify_tid.unwrap_or(0),
+            interval_ns: ns(0),
+            value_ns: ns(16),
+            overrun: overrun.max(0) as i32,
+        });
+    }
+    Ok((itimers, timers))
 }

@@ -104,6 +104,12 @@ pub struct ProcessImage {
     /// Signals pending for the whole process (shared queue), oldest first.
     #[serde(default)]
     pub shared_pending: Vec<PendingSignal>,
+    /// Interval timers (setitimer): real, virtual, prof.
+    #[serde(default)]
+    pub itimers: Vec<ITimer>,
+    /// POSIX timers (timer_create), with their ids.
+    #[serde(default)]
+    pub posix_timers: Vec<PosixTimer>,
     /// Every thread, the thread-group leader first.
     pub threads: Vec<ThreadState>,
     pub files: Vec<FdEntry>,
@@ -270,6 +276,35 @@ pub struct ThreadState {
     pub robust_list_head: u64,
     #[serde(default)]
     pub robust_list_len: u64,
+}
+
+/// One armed interval timer (`getitimer`): times in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    /// ITIMER_REAL (0), ITIMER_VIRTUAL (1) or ITIMER_PROF (2).
+    pub which: u32,
+    pub interval_us: u64,
+    /// Time left until it next fires.
+    pub value_us: u64,
+}
+
+/// One POSIX timer: how it was created and how it is armed (times in ns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock_id: i32,
+    /// Kernel `sigev_notify` (SIGEV_SIGNAL 0, SIGEV_NONE 1, | SIGEV_THREAD_ID 4).
+    pub notify: u32,
+    pub signo: u32,
+    pub sigev_value: u64,
+    /// Thread the signal goes to with SIGEV_THREAD_ID (0 otherwise).
+    pub notify_tid: u32,
+    pub interval_ns: u64,
+    /// Time left until it next fires (0: disarmed).
+    pub value_ns: u64,
+    /// Overruns at dump time (not restorable: the kernel resets them).
+    #[serde(default)]
+    pub overrun: i32,
 }
 
 /// A queued signal with its full `siginfo_t` (128 bytes).

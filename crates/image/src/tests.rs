@@ -199,6 +199,12 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             mask: 0,
         }],
         shared_pending: vec![],
+        itimers: vec![ITimer {
+            which: 0,
+            interval_us: 1_000_000,
+            value_us: 5_000_000,
+        }],
+        posix_timers: vec![],
         threads: vec![thread(pid), thread(pid + 1)],
         files: vec![
             FdEntry {

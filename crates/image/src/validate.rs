@@ -22,6 +22,8 @@ pub const MAX_FDS: usize = 1_000_000;
 pub const MAX_FD: i32 = 1 << 20;
 /// Most threads a process image may hold.
 pub const MAX_THREADS: usize = 100_000;
+/// Most POSIX timers per process an image may hold.
+pub const MAX_TIMERS: usize = 1 << 20;
 /// Largest pipe buffer the image may hold (the kernel's pipe-max-size is 1 MiB by default).
 pub const MAX_PIPE_DATA: usize = 64 << 20;
 /// Cap on queued signals per queue (the kernel's RLIMIT_SIGPENDING is per user).
@@ -181,6 +183,25 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
         Ok(())
     };
     check_pending(&c, "shared_pending", &img.shared_pending)?;
+    c.count("itimers", img.itimers.len(), 3)?;
+    for (i, t) in img.itimers.iter().enumerate() {
+        c.ensure(t.which <= 2, || {
+            format!("itimers[{i}].which: {} is not 0, 1 or 2", t.which)
+        })?;
+    }
+    c.count("posix_timers", img.posix_timers.len(), MAX_TIMERS)?;
+    let mut ids = HashSet::new();
+    for (i, t) in img.posix_timers.iter().enumerate() {
+        c.ensure(t.id >= 0 && ids.insert(t.id), || {
+            format!("posix_timers[{i}].id: {} negative or listed twice", t.id)
+        })?;
+        c.ensure(t.signo <= 64, || {
+            format!("posix_timers[{i}].signo: {} above 64", t.signo)
+        })?;
+        c.ensure(matches!(t.notify, 0 | 1 | 4), || {
+            format!("posix_timers[{i}].notify: {} unknown", t.notify)
+        })?;
+    }
 
     // Threads.
     c.ensure(!img.threads.is_empty(), || "threads: empty".into())?;

@@ -829,6 +829,8 @@ fn rebuild(
         thread_attributes(&mut tr, pid, t)?;
         threads.push(tr);
     }
+    // Timers after the threads (one may be the target of a timer's signal).
+    timers(&mut r, img)?;
     fault_point(pid, Stage::Attributes)?;
     // Credentials are per thread in the kernel: every thread sets its own.
     for tr in &mut threads {
@@ -1293,4 +1295,96 @@ fn release_helper(helper: Pid, stub: u64) -> stasis_sys::Result<()> {
     // Back into its interrupted wait4, restarted as the kernel would.
     ptrace::set_regs(helper, &restart_fixed(&orig))?;
     ptrace::detach(helper, 0)
+}
+
+/// PR_TIMER_CREATE_RESTORE_IDS (Linux 6.15): timer_create takes the id to
+/// use from its `created_timer_id` argument.
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+
+/// Interval timers and POSIX timers (same ids, clocks, notification,
+/// interval, time left), created by the process itself.
+fn timers(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+    let pid = img.pid;
+    let st = Stage::Attributes;
+    for t in &img.itimers {
+        let mut b = Vec::with_capacity(32);
+        for v in [
+            t.interval_us / 1_000_000,
+            t.interval_us % 1_000_000,
+            t.value_us / 1_000_000,
+            t.value_us % 1_000_000,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let at = r.write_scratch(0, &b).at(pid, st)?;
+        r.call(
+            libc::SYS_setitimer,
+            &[u64::from(t.which), at, 0],
+            &format!("setitimer({})", t.which),
+        )
+        .at(pid, st)?;
+    }
+    if img.posix_timers.is_empty() {
+        return Ok(());
+    }
+    r.call(
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+    )
+    .at(pid, st)?;
+    // /proc lists the newest timer first: create them oldest first.
+    for t in img.posix_timers.iter().rev() {
+        let mut ev = vec![0u8; 64];
+        ev[0..8].copy_from_slice(&t.sigev_value.to_le_bytes());
+        ev[8..12].copy_from_slice(&t.signo.to_le_bytes());
+        ev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+        ev[16..20].copy_from_slice(&t.notify_tid.to_le_bytes());
+        ev.extend_from_slice(&t.id.to_le_bytes());
+        let at = r.write_scratch(0, &ev).at(pid, st)?;
+        r.call(
+            libc::SYS_timer_create,
+            &[t.clock_id as i64 as u64, at, at + 64],
+            &format!("timer_create(id {})", t.id),
+        )
+        .at(pid, st)?;
+        let got = i32::from_le_bytes(
+            r.read_scratch(64, 4)
+                .at(pid, st)?
+                .try_into()
+                .unwrap_or_default(),
+        );
+        if got != t.id {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!("timer {} was created as {got}", t.id),
+            });
+        }
+        if t.value_ns != 0 {
+            let mut b = Vec::with_capacity(32);
+            for v in [
+                t.interval_ns / 1_000_000_000,
+                t.interval_ns % 1_000_000_000,
+                t.value_ns / 1_000_000_000,
+                t.value_ns % 1_000_000_000,
+            ] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            let at = r.write_scratch(0, &b).at(pid, st)?;
+            r.call(
+                libc::SYS_timer_settime,
+                &[t.id as u64, 0, at, 0],
+                &format!("timer_settime({})", t.id),
+            )
+            .at(pid, st)?;
+        }
+    }
+    r.call(
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+    )
+    .at(pid, st)?;
+    Ok(())
 }

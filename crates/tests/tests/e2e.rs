@@ -71,6 +71,12 @@ selfcheck!(
 );
 selfcheck!(selfcheck_tree, negative_tree, Program::Bin("tp_tree"), []);
 selfcheck!(
+    selfcheck_timers,
+    negative_timers,
+    Program::Bin("tp_timers"),
+    []
+);
+selfcheck!(
     selfcheck_shared,
     negative_shared,
     Program::Bin("tp_shared"),
@@ -592,6 +598,11 @@ fn cr_memfd() {
 #[test]
 fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
+}
+
+#[test]
+fn cr_timers() {
+    cr("cr_timers", Program::Bin("tp_timers"), &[]);
 }
 
 #[test]

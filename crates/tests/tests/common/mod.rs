@@ -63,6 +63,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_threads" => env!("CARGO_BIN_EXE_tp_threads"),
         "tp_tree" => env!("CARGO_BIN_EXE_tp_tree"),
         "tp_shared" => env!("CARGO_BIN_EXE_tp_shared"),
+        "tp_timers" => env!("CARGO_BIN_EXE_tp_timers"),
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
