@@ -174,6 +174,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         auxv,
         vmas,
         pages: Vec::new(),
+        cow_pages: Vec::new(),
     };
     let image = ProcessImage {
         pid,
@@ -420,6 +421,11 @@ pub(crate) fn translate_to_pid_ns(
         img.ppid = map.get(&img.ppid).copied().unwrap_or(0);
         img.pgid = st.ns_pgid.last().copied().unwrap_or(0);
         img.sid = st.ns_sid.last().copied().unwrap_or(0);
+        for v in &mut img.mm.vmas {
+            if v.cow_owner != 0 {
+                v.cow_owner = map.get(&v.cow_owner).copied().unwrap_or(0);
+            }
+        }
         for t in &mut img.posix_timers {
             if t.notify_tid != 0 {
                 t.notify_tid = inner_id(host, t.notify_tid, Stage::Check)?.0;

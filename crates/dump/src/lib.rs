@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod collect;
+mod cow;
 mod files;
 pub mod freeze;
 mod memory;
@@ -263,6 +264,7 @@ fn dump_frozen(
             .map(|c| &mut c.image)
             .collect::<Vec<_>>(),
     )?;
+    cow::find_shared(&mut collected)?;
     let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;

@@ -144,6 +144,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             growsdown: s.has_flag("gd"),
             noreserve: s.has_flag("nr"),
             shmem: if m.shared && !is_file { m.inode } else { 0 },
+            cow_owner: 0,
             advice: ADVICE_FLAGS
                 .iter()
                 .filter(|(f, _)| s.has_flag(f))

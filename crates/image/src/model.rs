@@ -404,6 +404,10 @@ pub struct MmState {
     pub vmas: Vec<Vma>,
     /// Runs of saved pages, sorted by address, each inside one VMA.
     pub pages: Vec<PageRun>,
+    /// Pages (of VMAs with a `cow_owner`) that are the owner's, shared
+    /// copy-on-write: not in this process's page file. Sorted.
+    #[serde(default)]
+    pub cow_pages: Vec<CowRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,6 +426,12 @@ pub struct Vma {
     /// Mapped with MAP_NORESERVE (no swap accounting).
     #[serde(default)]
     pub noreserve: bool,
+    /// Private anonymous memory whose pages marked in `MmState::cow_pages`
+    /// are still shared copy-on-write with this ancestor's VMA at the same
+    /// address (PID in the image's numbering; 0: none). Restored from one
+    /// copy, so memory is not doubled.
+    #[serde(default)]
+    pub cow_owner: u32,
     /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, /dev/zero): the
     /// kernel object's inode; every VMA with the same id, in any process,
     /// maps the same memory (at byte offset `pgoff`). 0: not shared.
@@ -451,6 +461,13 @@ pub enum VmaKind {
     Vvar,
     VvarVclock,
     Vsyscall,
+}
+
+/// `nr_pages` pages at `addr` shared copy-on-write with an ancestor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CowRun {
+    pub addr: u64,
+    pub nr_pages: u64,
 }
 
 /// `nr_pages` pages at `addr`, stored at `offset` bytes into the page file's

@@ -93,6 +93,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         growsdown: false,
         noreserve: false,
         shmem: 0,
+        cow_owner: 0,
         advice: vec![],
     };
     let mut stack = vma(0x7ffc_0000_0000, 0x7ffc_0002_1000, 3, VmaKind::Anon);
@@ -243,6 +244,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             auxv: vec![33, 0x7ffc_0010_4000, 6, 4096, 0, 0],
             vmas,
             pages,
+            cow_pages: vec![],
         },
         saved_files: Vec::new(),
     }

@@ -523,6 +523,26 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
             })?;
         }
     }
+    c.count("mm.cow_pages", mm.cow_pages.len(), MAX_PAGE_RUNS)?;
+    let mut prev_end = 0u64;
+    for (i, r) in mm.cow_pages.iter().enumerate() {
+        let end = r
+            .nr_pages
+            .checked_mul(crate::PAGE_SIZE)
+            .and_then(|l| r.addr.checked_add(l));
+        c.ensure(
+            r.nr_pages > 0 && r.addr % crate::PAGE_SIZE == 0 && r.addr >= prev_end && end.is_some(),
+            || format!("mm.cow_pages[{i}]: empty, unaligned, unsorted or overflowing"),
+        )?;
+        let end = end.unwrap_or(0);
+        c.ensure(
+            mm.vmas
+                .iter()
+                .any(|v| v.cow_owner != 0 && v.start <= r.addr && end <= v.end),
+            || format!("mm.cow_pages[{i}]: not inside a VMA shared copy-on-write"),
+        )?;
+        prev_end = end;
+    }
     Ok(())
 }
 

@@ -91,6 +91,11 @@ pub(crate) struct ServiceFds {
     /// Shared anonymous objects the restorer created before forking, as
     /// inherited by every process: id -> (address, length).
     pub shmem: HashMap<u64, (u64, u64)>,
+    /// Private memory shared copy-on-write, filled by the restorer with the
+    /// owner's pages before forking: (owner PID, VMA start) -> (address, length).
+    pub cow: HashMap<(u32, u64), (u64, u64)>,
+    /// This process's PID in the image.
+    pub image_pid: u32,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
@@ -140,6 +145,13 @@ pub(crate) fn rebuild(
         {
             continue; // unmapped once every VMA sharing it has been set up
         }
+        if svc
+            .cow
+            .values()
+            .any(|&(a, l)| m.start >= a && m.end <= a + l)
+        {
+            continue; // moved into place below, or unmapped at the end
+        }
         r.call(
             libc::SYS_munmap,
             &[m.start, m.end - m.start],
@@ -163,8 +175,44 @@ pub(crate) fn rebuild(
             }
         }
     }
+    // VMAs whose pages come (at least partly) from a copy-on-write object.
+    let cow_key = |v: &Vma| {
+        (
+            if v.cow_owner != 0 {
+                v.cow_owner
+            } else {
+                svc.image_pid
+            },
+            v.start,
+        )
+    };
+    let from_cow: Vec<bool> = mm
+        .vmas
+        .iter()
+        .map(|v| svc.cow.contains_key(&cow_key(v)))
+        .collect();
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
+            continue;
+        }
+        if from_cow[i] {
+            let (g, len) = svc.cow[&cow_key(v)];
+            r.call(
+                libc::SYS_mremap,
+                &[
+                    g,
+                    len,
+                    len,
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                    v.start,
+                ],
+                &format!("mremap copy-on-write memory to {:#x}-{:#x}", v.start, v.end),
+            )
+            .at(pid, st)?;
+            has_pages[i] = true; // so that the saved protection is applied
+            if v.cow_owner != 0 {
+                zero_unshared(r, v, mm)?;
+            }
             continue;
         }
         map_vma(r, v, has_pages[i], svc)?;
@@ -180,7 +228,25 @@ pub(crate) fn rebuild(
         }
     }
 
-    fill_pages(r, mm, svc.pages, spread)?;
+    // The owner's pages of its copy-on-write VMAs are in place already.
+    let owned_cow: Vec<&Vma> = mm
+        .vmas
+        .iter()
+        .zip(&from_cow)
+        .filter(|(v, &c)| c && v.cow_owner == 0)
+        .map(|(v, _)| v)
+        .collect();
+    let runs: Vec<PageRun> = mm
+        .pages
+        .iter()
+        .filter(|p| {
+            !owned_cow
+                .iter()
+                .any(|v| p.addr >= v.start && p.addr < v.end)
+        })
+        .copied()
+        .collect();
+    fill_pages(r, &runs, svc.pages, spread)?;
 
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
@@ -351,12 +417,16 @@ const COPY_CHUNK: usize = 8 << 20;
 /// copies the previous piece in with `pread` + `process_vm_writev` (fast
 /// into pages already present): the two run on different CPUs. Small runs
 /// go by remote `preadv`, up to 1024 runs per call.
-fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32, spread: Option<&[usize]>) -> Result<()> {
+fn fill_pages(
+    r: &mut RemoteThread,
+    pages: &[PageRun],
+    fd: i32,
+    spread: Option<&[usize]>,
+) -> Result<()> {
     let child = r.tid();
     let pid = child.0 as u32;
     let st = Stage::Memory;
-    let (big, small): (Vec<PageRun>, Vec<PageRun>) = mm
-        .pages
+    let (big, small): (Vec<PageRun>, Vec<PageRun>) = pages
         .iter()
         .partition(|p| p.nr_pages * PAGE_SIZE >= BIG_RUN);
     let mut pieces = Vec::new();
@@ -369,7 +439,7 @@ fn fill_pages(r: &mut RemoteThread, mm: &MmState, fd: i32, spread: Option<&[usiz
             done += n;
         }
     }
-    let total: u64 = mm.pages.iter().map(|p| p.nr_pages * PAGE_SIZE).sum();
+    let total: u64 = pages.iter().map(|p| p.nr_pages * PAGE_SIZE).sum();
     let mut progress = Progress::new("restore", total);
     if pieces.is_empty() {
         preadv_runs(r, &small, fd, &mut progress)?;
@@ -643,5 +713,44 @@ fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
         "prctl(PR_SET_MM_MAP)",
     )
     .at(pid, Stage::Memory)?;
+    Ok(())
+}
+
+/// In a VMA that came from its owner's copy-on-write object, every page
+/// that is neither shared with the owner nor saved for this process must
+/// read as zero (the process had never touched it, or dropped it).
+fn zero_unshared(r: &mut RemoteThread, v: &Vma, mm: &MmState) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let mut keep: Vec<(u64, u64)> = mm
+        .cow_pages
+        .iter()
+        .map(|c| (c.addr, c.addr + c.nr_pages * PAGE_SIZE))
+        .chain(
+            mm.pages
+                .iter()
+                .map(|p| (p.addr, p.addr + p.nr_pages * PAGE_SIZE)),
+        )
+        .filter(|&(s, e)| s < v.end && e > v.start)
+        .collect();
+    keep.sort_unstable();
+    let mut cur = v.start;
+    let mut holes = Vec::new();
+    for (s, e) in keep {
+        if s > cur {
+            holes.push((cur, s));
+        }
+        cur = cur.max(e);
+    }
+    if cur < v.end {
+        holes.push((cur, v.end));
+    }
+    for (s, e) in holes {
+        r.call(
+            libc::SYS_madvise,
+            &[s, e - s, libc::MADV_DONTNEED as u64],
+            "madvise(MADV_DONTNEED)",
+        )
+        .at(pid, Stage::Memory)?;
+    }
     Ok(())
 }

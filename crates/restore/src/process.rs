@@ -520,6 +520,8 @@ pub(crate) fn restore_tree(
                 exe: at(f.exe_k),
                 files: f.files_k.iter().map(|(p, &i)| (p.clone(), at(i))).collect(),
                 shmem: HashMap::new(),
+                cow: HashMap::new(),
+                image_pid: img.pid,
             },
             at(ready_index),
         ));
@@ -622,12 +624,26 @@ pub(crate) fn restore_tree(
             });
         }
     }
+    // Private memory shared copy-on-write between a process and its
+    // descendants: one copy, filled here with the owner's pages and
+    // inherited by the whole tree through the forks.
+    let cow = match make_cow_objects(procs, pages, &mut taken) {
+        Ok(c) => c,
+        Err(e) => {
+            spawn::unmap_stub_area(stub, STUB_LEN);
+            for &(a, l) in shmem.values() {
+                spawn::unmap_stub_area(a, l);
+            }
+            return Err(e);
+        }
+    };
     for (s, _) in &mut svcs {
         s.shmem = shmem.clone();
+        s.cow = cow.clone();
     }
     let root = spawn::spawn_tree(&plan);
     spawn::unmap_stub_area(stub, STUB_LEN);
-    for &(a, l) in shmem.values() {
+    for &(a, l) in shmem.values().chain(cow.values()) {
         spawn::unmap_stub_area(a, l);
     }
     drop(files);
@@ -848,7 +864,7 @@ fn rebuild(
         r.call(libc::SYS_close, &[fd as u64], "close service fd")
             .at(pid, Stage::Registers)?;
     }
-    for &(a, l) in svc.shmem.values() {
+    for &(a, l) in svc.shmem.values().chain(svc.cow.values()) {
         r.call(libc::SYS_munmap, &[a, l], "munmap inherited shared memory")
             .at(pid, Stage::Registers)?;
     }
@@ -1387,4 +1403,106 @@ fn timers(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     )
     .at(pid, st)?;
     Ok(())
+}
+
+/// Creates, in the restorer, one private anonymous object per VMA that
+/// descendants share copy-on-write with its owner, holding the owner's
+/// pages (from the owner's verified page file). Returns (owner PID, VMA
+/// start) -> (address, length). On error nothing stays mapped.
+fn make_cow_objects(
+    procs: &[ProcessImage],
+    pages: &[std::path::PathBuf],
+    taken: &mut Vec<(u64, u64)>,
+) -> Result<HashMap<(u32, u64), (u64, u64)>> {
+    let mut out: HashMap<(u32, u64), (u64, u64)> = HashMap::new();
+    let res = (|| {
+        for v in procs
+            .iter()
+            .flat_map(|p| &p.mm.vmas)
+            .filter(|v| v.cow_owner != 0)
+        {
+            let key = (v.cow_owner, v.start);
+            if out.contains_key(&key) {
+                continue;
+            }
+            let Some(oi) = procs.iter().position(|p| p.pid == v.cow_owner) else {
+                return Err(RestoreError::Refused {
+                    pid: v.cow_owner,
+                    stage: Stage::Fork,
+                    what: format!(
+                        "copy-on-write owner of {:#x}-{:#x} is not in the image",
+                        v.start, v.end
+                    ),
+                });
+            };
+            let owner = &procs[oi];
+            if !owner
+                .mm
+                .vmas
+                .iter()
+                .any(|w| w.start == v.start && w.end == v.end && !w.shared)
+            {
+                return Err(RestoreError::Refused {
+                    pid: owner.pid,
+                    stage: Stage::Fork,
+                    what: format!(
+                        "no private mapping {:#x}-{:#x} to share copy-on-write",
+                        v.start, v.end
+                    ),
+                });
+            }
+            let len = v.end - v.start;
+            let mut placed = None;
+            for cand in memory::free_candidates(&procs[0].mm, len) {
+                let clash = procs.iter().any(|p| {
+                    p.mm.vmas
+                        .iter()
+                        .any(|w| w.start < cand + len + 0x10000 && cand < w.end)
+                }) || taken
+                    .iter()
+                    .any(|&(a, b)| a < cand + len + 0x10000 && cand < b);
+                if !clash && spawn::map_private_anon(cand, len).is_ok() {
+                    placed = Some(cand);
+                    break;
+                }
+            }
+            let g = placed.ok_or_else(|| RestoreError::Refused {
+                pid: owner.pid,
+                stage: Stage::Fork,
+                what: format!("no free address for copy-on-write memory ({len} bytes)"),
+            })?;
+            taken.push((g, g + len + 0x10000));
+            out.insert(key, (g, len));
+            let file = std::fs::File::open(&pages[oi]).map_err(|source| RestoreError::Io {
+                pid: owner.pid,
+                stage: Stage::Fork,
+                what: format!("open {}", pages[oi].display()),
+                source,
+            })?;
+            for run in owner
+                .mm
+                .pages
+                .iter()
+                .filter(|p| p.addr >= v.start && p.addr < v.end)
+            {
+                spawn::fill_from_file(
+                    g + (run.addr - v.start),
+                    run.nr_pages * stasis_image::PAGE_SIZE,
+                    &file,
+                    stasis_image::PAGES_HEADER_LEN + run.offset,
+                )
+                .at(owner.pid, Stage::Fork)?;
+            }
+        }
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            for &(a, l) in out.values() {
+                spawn::unmap_stub_area(a, l);
+            }
+            Err(e)
+        }
+    }
 }

@@ -587,3 +587,67 @@ fn helper_init(plan: &TreePlan) -> ! {
         }
     }
 }
+
+/// Maps `len` bytes of private anonymous memory in the caller at `addr`
+/// (never replacing anything). Children forked afterwards share its pages
+/// copy-on-write.
+pub fn map_private_anon(addr: u64, len: u64) -> Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            addr as usize as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::new(
+            format!("mmap private memory at {addr:#x}"),
+            None,
+            last_errno(),
+        ));
+    }
+    if p as u64 != addr {
+        // SAFETY: unmapping what the kernel just gave us elsewhere.
+        unsafe { libc::munmap(p, len as usize) };
+        return Err(SysError::new(
+            format!("mmap private memory at {addr:#x}"),
+            None,
+            libc::EEXIST,
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `offset` of `file` into our own memory at `addr`,
+/// which must be a writable mapping made by [`map_private_anon`] (or
+/// [`map_shared_anon`]) covering the range.
+pub fn fill_from_file(addr: u64, len: u64, file: &std::fs::File, offset: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0u64;
+    while done < len {
+        // SAFETY: [addr, addr+len) is a writable anonymous mapping we made
+        // and no Rust object lives there; pread writes only inside it.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                (addr + done) as usize as *mut libc::c_void,
+                (len - done) as usize,
+                (offset + done) as libc::off_t,
+            )
+        };
+        if n <= 0 {
+            let e = if n < 0 { last_errno() } else { libc::EIO };
+            return Err(SysError::new(
+                format!("read pages into {:#x}", addr + done),
+                None,
+                e,
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}

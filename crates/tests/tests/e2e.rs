@@ -76,6 +76,7 @@ selfcheck!(
     Program::Bin("tp_timers"),
     []
 );
+selfcheck!(selfcheck_cow, negative_cow, Program::Bin("tp_cow"), []);
 selfcheck!(
     selfcheck_shared,
     negative_shared,
@@ -598,6 +599,11 @@ fn cr_memfd() {
 #[test]
 fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
+}
+
+#[test]
+fn cr_cow_memory_stays_shared() {
+    cr("cr_cow", Program::Bin("tp_cow"), &[]);
 }
 
 #[test]

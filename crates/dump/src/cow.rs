@@ -1,0 +1,165 @@
+//! Private pages a child still shares copy-on-write with an ancestor.
+//!
+//! After fork, parent and child map the same physical pages until one of
+//! them writes. Saving them once and restoring them from one copy keeps a
+//! restored tree as small in memory as the original. Two present pages are
+//! the same page when /proc/PID/pagemap gives the same PFN (readable by
+//! root); a page of a descendant is attributed to the topmost ancestor
+//! that maps the same private anonymous range (the "owner").
+
+use crate::collect::Collected;
+use crate::{DumpError, Result, Stage};
+use stasis_image::{CowRun, VmaKind, PAGE_SIZE};
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+
+const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+const PFN_MASK: u64 = (1 << 55) - 1;
+
+fn private_anon(v: &stasis_image::Vma) -> bool {
+    !v.shared && v.shmem == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
+}
+
+fn pagemap(pid: u32, start: u64, end: u64) -> Result<Vec<u64>> {
+    let path = format!("/proc/{pid}/pagemap");
+    let io = |source| DumpError::Io {
+        pid,
+        stage: Stage::Collect,
+        what: format!("read {path}"),
+        source,
+    };
+    let f = std::fs::File::open(&path).map_err(io)?;
+    let n = ((end - start) / PAGE_SIZE) as usize;
+    let mut buf = vec![0u8; n * 8];
+    f.read_exact_at(&mut buf, start / PAGE_SIZE * 8)
+        .map_err(io)?;
+    Ok(buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect())
+}
+
+/// A VMA of a descendant with pages shared: (VMA index, owner PID, runs).
+type SharedVma = (usize, u32, Vec<(u64, u64)>);
+
+/// Removes `cut` (sorted, disjoint) from `runs` (sorted, disjoint).
+fn subtract(runs: &[(u64, u64, bool)], cut: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
+    let mut out = Vec::with_capacity(runs.len());
+    for &(s, e, r) in runs {
+        let mut cur = s;
+        for &(cs, ce) in cut.iter().filter(|&&(cs, ce)| cs < e && ce > s) {
+            if cs > cur {
+                out.push((cur, cs, r));
+            }
+            cur = cur.max(ce);
+        }
+        if cur < e {
+            out.push((cur, e, r));
+        }
+    }
+    out
+}
+
+/// Finds, for every process but the root, the pages of its private
+/// anonymous VMAs that are the very pages of its owner's VMA at the same
+/// address; marks the VMA (`cow_owner`), records the runs (`cow_pages`),
+/// and drops them from the process's own page plan. PIDs are ours here.
+pub(crate) fn find_shared(procs: &mut [Collected]) -> Result<()> {
+    let index: HashMap<u32, usize> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.host_pid, i))
+        .collect();
+    let parent = |i: usize, procs: &[Collected]| index.get(&procs[i].image.ppid).copied();
+    for c in 1..procs.len() {
+        // (VMA index, owner PID, shared runs)
+        let mut found: Vec<SharedVma> = Vec::new();
+        for (vi, v) in procs[c].image.mm.vmas.iter().enumerate() {
+            if !private_anon(v) {
+                continue;
+            }
+            // The topmost ancestor mapping the same private anonymous range.
+            let mut owner = None;
+            let mut a = parent(c, procs);
+            while let Some(p) = a {
+                let same = procs[p]
+                    .image
+                    .mm
+                    .vmas
+                    .iter()
+                    .any(|w| w.start == v.start && w.end == v.end && private_anon(w));
+                if !same {
+                    break;
+                }
+                owner = Some(p);
+                a = parent(p, procs);
+            }
+            let Some(o) = owner else { continue };
+            let mine = pagemap(procs[c].host_pid, v.start, v.end)?;
+            let theirs = pagemap(procs[o].host_pid, v.start, v.end)?;
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for (k, (&m, &t)) in mine.iter().zip(&theirs).enumerate() {
+                let same = m & PRESENT != 0
+                    && t & PRESENT != 0
+                    && m & SWAPPED == 0
+                    && m & PFN_MASK != 0 // PFNs hidden without CAP_SYS_ADMIN
+                    && m & PFN_MASK == t & PFN_MASK;
+                if same {
+                    let a = v.start + k as u64 * PAGE_SIZE;
+                    match runs.last_mut() {
+                        Some(r) if r.1 == a => r.1 = a + PAGE_SIZE,
+                        _ => runs.push((a, a + PAGE_SIZE)),
+                    }
+                }
+            }
+            if !runs.is_empty() {
+                found.push((vi, procs[o].host_pid, runs));
+            }
+        }
+        let me = &mut procs[c];
+        let mut all_cut = Vec::new();
+        for (vi, owner, runs) in found {
+            me.image.mm.vmas[vi].cow_owner = owner;
+            for &(s, e) in &runs {
+                me.image.mm.cow_pages.push(CowRun {
+                    addr: s,
+                    nr_pages: (e - s) / PAGE_SIZE,
+                });
+            }
+            all_cut.extend(runs);
+        }
+        if !all_cut.is_empty() {
+            all_cut.sort_unstable();
+            me.page_plan.runs = subtract(&me.page_plan.runs, &all_cut);
+            log::info!(
+                "pid {}: {} pages shared copy-on-write with an ancestor",
+                me.host_pid,
+                all_cut.iter().map(|r| (r.1 - r.0) / PAGE_SIZE).sum::<u64>()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subtract;
+
+    #[test]
+    fn subtract_cuts_runs() {
+        let runs = [(0, 100, true), (200, 300, false)];
+        let cut = [(10, 20), (90, 210), (250, 260)];
+        assert_eq!(
+            subtract(&runs, &cut),
+            vec![
+                (0, 10, true),
+                (20, 90, true),
+                (210, 250, false),
+                (260, 300, false)
+            ]
+        );
+        assert_eq!(subtract(&runs, &[]), runs.to_vec());
+        assert_eq!(subtract(&runs, &[(0, 300)]), vec![]);
+    }
+}
