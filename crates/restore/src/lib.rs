@@ -149,6 +149,13 @@ pub(crate) fn fault_point(pid: u32, stage: Stage) -> Result<()> {
     Ok(())
 }
 
+/// Test hook: `STASIS_FAULT=restore:skip-pid-check` skips the preflight's
+/// free-PID check, so a PID taken after the preflight (a race) can be
+/// tested: the fork stage must then fail and leave nothing.
+fn skip_pid_check() -> bool {
+    std::env::var("STASIS_FAULT").is_ok_and(|v| v == "restore:skip-pid-check")
+}
+
 /// Checks that a file the image refers to is still the one that was dumped.
 fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -223,7 +230,7 @@ fn preflight_image(img: &ProcessImage, core: &std::path::Path) -> Result<()> {
 
 fn preflight(img: &ProcessImage, opts: &RestoreOptions) -> Result<()> {
     let pid = img.pid;
-    if stasis_sys::util::pid_exists(Pid(pid as i32)) {
+    if !skip_pid_check() && stasis_sys::util::pid_exists(Pid(pid as i32)) {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Preflight,
@@ -265,7 +272,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         preflight(img, opts)?;
     }
     for z in &image.inventory.zombies {
-        if stasis_sys::util::pid_exists(Pid(z.pid as i32)) {
+        if !skip_pid_check() && stasis_sys::util::pid_exists(Pid(z.pid as i32)) {
             return Err(RestoreError::Refused {
                 pid: z.pid,
                 stage: Stage::Preflight,
@@ -280,7 +287,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .iter()
         .map(|r| dir.pages_path(r))
         .collect();
+    let calls0 = stasis_sys::remote::remote_syscalls();
     let pid = process::restore_tree(&image.processes, &pages, &image.inventory.zombies)?;
+    let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
+    log::debug!(
+        "pid {pid}: {} remote syscalls for {} processes, {threads} threads, {} mappings",
+        stasis_sys::remote::remote_syscalls() - calls0,
+        image.processes.len(),
+        image
+            .processes
+            .iter()
+            .map(|p| p.mm.vmas.len())
+            .sum::<usize>()
+    );
     Ok(Restored { pid })
 }

@@ -215,32 +215,106 @@ fn open_files(
     })
 }
 
-/// Kills every process the restore created (and reaps what we trace) unless disarmed.
+/// Kills and reaps every process the restore created unless disarmed.
+///
+/// Invariant: a failed restore leaves no process of the tree behind, not
+/// even a zombie. While the tree is built the restorer is a child
+/// subreaper, so the orphans of every killed process are reparented to it
+/// (never to whoever runs stasis) and reaped here. Only processes that are
+/// descendants of our root, or our own children, *and* carry a PID of the
+/// image are killed: a PID held by a foreign process (the reason a fork
+/// failed) is never touched.
 struct TreeGuard {
     armed: bool,
     root: Option<Pid>,
     /// Traced tasks: (process, its threads other than the leader).
     traced: Vec<(Pid, Vec<Pid>)>,
-    /// Created but not (yet) traced.
-    untraced: Vec<Pid>,
+    /// Every PID of the image (processes and zombies).
+    pids: std::collections::HashSet<i32>,
+    /// The subreaper flag to put back when the guard ends.
+    was_subreaper: bool,
+}
+
+impl TreeGuard {
+    /// Descendants of `p` (not `p`) with image PIDs, as /proc shows them now.
+    fn descendants(&self, p: Pid, out: &mut Vec<Pid>) {
+        let mut queue = vec![p];
+        while let Some(q) = queue.pop() {
+            let tasks = stasis_proc::list_tasks(q.0 as u32).unwrap_or_default();
+            for t in tasks {
+                for c in stasis_proc::read_children(q.0 as u32, t).unwrap_or_default() {
+                    let c = Pid(c as i32);
+                    if self.pids.contains(&c.0) && !out.contains(&c) {
+                        out.push(c);
+                        queue.push(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        let Some(root) = self.root else { return };
+        log::warn!("pid {root}: killing the partly restored tree");
+        // Found before anything dies, while every process is still where
+        // the restore put it.
+        let mut ours = vec![root];
+        self.descendants(root, &mut ours);
+        for &p in &ours {
+            let _ = util::kill(p, libc::SIGKILL);
+        }
+        for (p, threads) in self.traced.iter().rev() {
+            if *p != root {
+                spawn::kill_and_reap_threads(*p, threads);
+            }
+        }
+        let root_threads = self
+            .traced
+            .iter()
+            .find(|(p, _)| *p == root)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        spawn::kill_and_reap_threads(root, &root_threads);
+        // Orphans come to us as their parents die: kill (a fork may have
+        // been in flight) and reap them until none of ours is left.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mine: Vec<Pid> = util::own_children()
+                .into_iter()
+                .filter(|c| self.pids.contains(&c.0))
+                .collect();
+            for &c in &mine {
+                if !ours.contains(&c) {
+                    ours.push(c);
+                }
+                self.descendants(c, &mut ours);
+            }
+            for &c in &ours {
+                let _ = util::kill(c, libc::SIGKILL);
+            }
+            for &c in &mine {
+                let _ = util::waitpid(c, libc::WNOHANG | libc::__WALL);
+            }
+            ours.retain(|&p| util::pid_exists(p));
+            if ours.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                log::warn!("pid {root}: processes of the failed restore still exist: {ours:?}");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }
 
 impl Drop for TreeGuard {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.kill_all();
         }
-        if let Some(r) = self.root {
-            log::warn!("pid {r}: killing the partly restored tree");
-        }
-        for &p in &self.untraced {
-            let _ = util::kill(p, libc::SIGKILL);
-        }
-        for (p, threads) in self.traced.iter().rev() {
-            spawn::kill_and_reap_threads(*p, threads);
-        }
-        if let Some(r) = self.root {
-            spawn::kill_and_reap(r);
+        if !self.was_subreaper {
+            let _ = util::set_child_subreaper(false);
         }
     }
 }
@@ -395,6 +469,11 @@ pub(crate) fn restore_tree(
     for (s, _) in &mut svcs {
         s.shmem = shmem.clone();
     }
+    // Orphans of a failed restore must come to us (see TreeGuard).
+    let was_subreaper = util::is_child_subreaper();
+    if let Err(e) = util::set_child_subreaper(true) {
+        log::warn!("pid {root_pid}: {e}: a failed restore may leave zombies to our parent");
+    }
     let root = spawn::spawn_tree(&plan);
     spawn::unmap_stub_area(stub, STUB_LEN);
     for &(a, l) in shmem.values() {
@@ -403,6 +482,9 @@ pub(crate) fn restore_tree(
     drop(files);
     drop(opened);
     drop(ready_w);
+    if root.is_err() && !was_subreaper {
+        let _ = util::set_child_subreaper(false);
+    }
     let root = root.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::Refused {
             pid: root_pid,
@@ -419,7 +501,12 @@ pub(crate) fn restore_tree(
         armed: true,
         root: Some(root),
         traced: Vec::new(),
-        untraced: procs.iter().skip(1).map(|p| Pid(p.pid as i32)).collect(),
+        pids: procs
+            .iter()
+            .map(|p| p.pid as i32)
+            .chain(zombies.iter().map(|z| z.pid as i32))
+            .collect(),
+        was_subreaper,
     };
 
     // 4. Wait until every live process reports ready (or a failure).
@@ -467,7 +554,6 @@ pub(crate) fn restore_tree(
     for img in procs {
         let p = Pid(img.pid as i32);
         spawn::seize_waiting(p).at(img.pid, Stage::Fork)?;
-        guard.untraced.retain(|u| *u != p);
         guard.traced.push((p, Vec::new()));
         remotes.push(
             RemoteThread::plain(p, stub, stub + 4096, STUB_LEN - 4096).at(img.pid, Stage::Fork)?,
