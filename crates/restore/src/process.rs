@@ -296,7 +296,14 @@ impl TreeGuard {
                 let _ = util::waitpid(c, libc::WNOHANG | libc::__WALL);
             }
             ours.retain(|&p| util::pid_exists(p));
-            if ours.is_empty() {
+            // Done only when a scan after the last death finds no child of
+            // ours either: a process is reparented to us before its dead
+            // parent can be reaped, so nothing can appear later.
+            if ours.is_empty()
+                && !util::own_children()
+                    .iter()
+                    .any(|c| self.pids.contains(&c.0))
+            {
                 break;
             }
             if std::time::Instant::now() > deadline {
@@ -659,11 +666,13 @@ fn rebuild(
         threads.push(tr);
     }
     fault_point(pid, Stage::Attributes)?;
-    // Credentials are per thread in the kernel: every thread sets its own.
+    // Credentials are per thread in the kernel: every thread sets its own,
+    // unless they are already the ones every thread inherited from us.
+    let same = creds_inherited(img);
     for tr in &mut threads {
-        creds(tr, img)?;
+        creds(tr, img, same, false)?;
     }
-    creds(&mut r, img)?;
+    creds(&mut r, img, same, true)?;
     fault_point(pid, Stage::Creds)?;
 
     // The last remote calls: close service descriptors, drop the stub.
@@ -758,7 +767,12 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     )
     .at(pid, st)?;
 
+    // Limits equal to the ones inherited from the restorer need no call.
+    let current = stasis_proc::read_limits(pid).unwrap_or_default();
     for l in &img.rlimits {
+        if current.contains(&(l.resource, l.cur, l.max)) {
+            continue;
+        }
         let mut b = l.cur.to_le_bytes().to_vec();
         b.extend_from_slice(&l.max.to_le_bytes());
         let at = r.write_scratch(0, &b).at(pid, st)?;
@@ -952,7 +966,55 @@ fn capset(r: &mut RemoteThread, pid: u32, eff: u64, prm: u64, inh: u64) -> Resul
 /// securebits while we still hold CAP_SETPCAP, ids (keeping capabilities),
 /// then the capability sets, ambient caps, no_new_privs; then what a
 /// credential change resets (dumpable, parent-death signal).
-fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+fn creds(r: &mut RemoteThread, img: &ProcessImage, inherited: bool, leader: bool) -> Result<()> {
+    let pid = img.pid;
+    let st = Stage::Creds;
+    if !inherited {
+        set_ids_and_caps(r, img)?;
+    }
+    // Dumpable belongs to the whole process; the parent-death signal to each thread.
+    if leader && img.dumpable <= 1 {
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)],
+            "prctl(PR_SET_DUMPABLE)",
+        )
+        .at(pid, st)?;
+    }
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)],
+        "prctl(PR_SET_PDEATHSIG)",
+    )
+    .at(pid, st)?;
+    Ok(())
+}
+
+/// Whether the image's credentials are exactly the ones the restored
+/// process inherited from the restorer (ids, groups, every capability
+/// set, securebits, no_new_privs): then there is nothing to set.
+fn creds_inherited(img: &ProcessImage) -> bool {
+    let Ok(s) = stasis_proc::read_status(img.pid) else {
+        return false;
+    };
+    let c = &img.creds;
+    let mut groups = s.groups.clone();
+    groups.sort_unstable();
+    let mut want = c.groups.clone();
+    want.sort_unstable();
+    s.uids == c.uids
+        && s.gids == c.gids
+        && groups == want
+        && s.cap_inh == c.cap_inheritable
+        && s.cap_prm == c.cap_permitted
+        && s.cap_eff == c.cap_effective
+        && s.cap_bnd == c.cap_bounding
+        && s.cap_amb == c.cap_ambient
+        && s.no_new_privs == c.no_new_privs
+        && util::securebits().ok() == Some(c.securebits)
+}
+
+fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Creds;
     let c = &img.creds;
@@ -1043,19 +1105,5 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         )
         .at(pid, st)?;
     }
-    if img.dumpable <= 1 {
-        r.call(
-            libc::SYS_prctl,
-            &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)],
-            "prctl(PR_SET_DUMPABLE)",
-        )
-        .at(pid, st)?;
-    }
-    r.call(
-        libc::SYS_prctl,
-        &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)],
-        "prctl(PR_SET_PDEATHSIG)",
-    )
-    .at(pid, st)?;
     Ok(())
 }

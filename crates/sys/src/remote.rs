@@ -473,6 +473,7 @@ impl RemoteThread {
     /// (a negative errno on failure).
     pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> Result<i64> {
         REMOTE_SYSCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::trace!("tid {}: remote syscall {nr}", self.tid);
         let mut r = self.base;
         r.rip = self.stub;
         r.rax = nr as u64;
