@@ -156,6 +156,13 @@ pub(crate) fn fault_point(pid: u32, stage: Stage) -> Result<()> {
     Ok(())
 }
 
+/// Test hook: `STASIS_FAULT=restore:skip-pid-check` skips the preflight's
+/// free-PID check, so a PID taken after the preflight (a race) can be
+/// tested: the fork stage must then fail and leave nothing.
+fn skip_pid_check() -> bool {
+    std::env::var("STASIS_FAULT").is_ok_and(|v| v == "restore:skip-pid-check")
+}
+
 /// Checks that a file the image refers to is still the one that was dumped.
 fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -231,7 +238,7 @@ fn preflight_image(img: &ProcessImage, core: &std::path::Path) -> Result<()> {
 fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<()> {
     let pid = img.pid;
     // In a new PID namespace the image's PIDs cannot clash with ours.
-    if !pid_ns && stasis_sys::util::pid_exists(Pid(pid as i32)) {
+    if !pid_ns && !skip_pid_check() && stasis_sys::util::pid_exists(Pid(pid as i32)) {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Preflight,
@@ -278,7 +285,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .iter()
         .filter(|_| !image.inventory.pid_ns && !opts.new_pid_ns)
     {
-        if stasis_sys::util::pid_exists(Pid(z.pid as i32)) {
+        if !skip_pid_check() && stasis_sys::util::pid_exists(Pid(z.pid as i32)) {
             return Err(RestoreError::Refused {
                 pid: z.pid,
                 stage: Stage::Preflight,
@@ -293,12 +300,24 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .iter()
         .map(|r| dir.pages_path(r))
         .collect();
+    let calls0 = stasis_sys::remote::remote_syscalls();
     let (pid, wait_pid) = process::restore_tree(
         &image.processes,
         &pages,
         &image.inventory.zombies,
         image.inventory.pid_ns || opts.new_pid_ns,
     )?;
+    let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
+    log::debug!(
+        "pid {pid}: {} remote syscalls for {} processes, {threads} threads, {} mappings",
+        stasis_sys::remote::remote_syscalls() - calls0,
+        image.processes.len(),
+        image
+            .processes
+            .iter()
+            .map(|p| p.mm.vmas.len())
+            .sum::<usize>()
+    );
     Ok(Restored { pid, wait_pid })
 }

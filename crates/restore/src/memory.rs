@@ -128,34 +128,39 @@ pub(crate) fn rebuild(
         what: e.to_string(),
     })?;
     let mut child_special = Vec::new();
+    // Consecutive doomed mappings are unmapped by one call spanning them
+    // (munmap accepts holes): one remote syscall per run between kept
+    // mappings, not one per mapping.
+    let mut run: Option<(u64, u64)> = None;
+    let mut runs = Vec::new();
     for m in &maps {
-        if let Some(k) = special_kind(m.path.as_deref()) {
+        let keep = if let Some(k) = special_kind(m.path.as_deref()) {
             if k != VmaKind::Vsyscall {
                 child_special.push((k, m.start, m.end));
             }
-            continue;
+            true
+        } else {
+            (m.start >= stub && m.end <= stub + STUB_LEN)
+                // shared memory: unmapped once every VMA sharing it has been set up
+                || svc
+                    .shmem
+                    .values()
+                    .any(|&(a, l)| m.start >= a && m.end <= a + l)
+                // copy-on-write objects: moved into place below, or unmapped at the end
+                || svc.cow.values().any(|&(a, l)| m.start >= a && m.end <= a + l)
+        };
+        if keep {
+            runs.extend(run.take());
+        } else {
+            run = Some(run.map_or((m.start, m.end), |(s, _)| (s, m.end)));
         }
-        if m.start >= stub && m.end <= stub + STUB_LEN {
-            continue;
-        }
-        if svc
-            .shmem
-            .values()
-            .any(|&(a, l)| m.start >= a && m.end <= a + l)
-        {
-            continue; // unmapped once every VMA sharing it has been set up
-        }
-        if svc
-            .cow
-            .values()
-            .any(|&(a, l)| m.start >= a && m.end <= a + l)
-        {
-            continue; // moved into place below, or unmapped at the end
-        }
+    }
+    runs.extend(run);
+    for (s, e) in runs {
         r.call(
             libc::SYS_munmap,
-            &[m.start, m.end - m.start],
-            &format!("munmap {:#x}-{:#x}", m.start, m.end),
+            &[s, e - s],
+            &format!("munmap {s:#x}-{e:#x}"),
         )
         .at(pid, st)?;
     }

@@ -442,32 +442,113 @@ fn open_files(
     })
 }
 
-/// Kills every process the restore created (and reaps what we trace) unless disarmed.
+/// Kills and reaps every process the restore created unless disarmed.
+///
+/// Invariant: a failed restore leaves no process of the tree behind, not
+/// even a zombie. While the tree is built the restorer is a child
+/// subreaper, so the orphans of every killed process are reparented to it
+/// (never to whoever runs stasis) and reaped here. Only processes that are
+/// descendants of our root, or our own children, *and* carry a PID of the
+/// image are killed: a PID held by a foreign process (the reason a fork
+/// failed) is never touched.
 struct TreeGuard {
     armed: bool,
     root: Option<Pid>,
     /// Traced tasks: (process, its threads other than the leader).
     traced: Vec<(Pid, Vec<Pid>)>,
-    /// Created but not (yet) traced.
-    untraced: Vec<Pid>,
+    /// Every PID of the image (processes and zombies).
+    pids: std::collections::HashSet<i32>,
+    /// The subreaper flag to put back when the guard ends.
+    was_subreaper: bool,
+}
+
+impl TreeGuard {
+    /// Descendants of `p` (not `p`) with image PIDs, as /proc shows them now.
+    fn descendants(&self, p: Pid, out: &mut Vec<Pid>) {
+        let mut queue = vec![p];
+        while let Some(q) = queue.pop() {
+            let tasks = stasis_proc::list_tasks(q.0 as u32).unwrap_or_default();
+            for t in tasks {
+                for c in stasis_proc::read_children(q.0 as u32, t).unwrap_or_default() {
+                    let c = Pid(c as i32);
+                    if self.pids.contains(&c.0) && !out.contains(&c) {
+                        out.push(c);
+                        queue.push(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        let Some(root) = self.root else { return };
+        log::warn!("pid {root}: killing the partly restored tree");
+        // Found before anything dies, while every process is still where
+        // the restore put it.
+        let mut ours = vec![root];
+        self.descendants(root, &mut ours);
+        for &p in &ours {
+            let _ = util::kill(p, libc::SIGKILL);
+        }
+        for (p, threads) in self.traced.iter().rev() {
+            if *p != root {
+                spawn::kill_and_reap_threads(*p, threads);
+            }
+        }
+        let root_threads = self
+            .traced
+            .iter()
+            .find(|(p, _)| *p == root)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        spawn::kill_and_reap_threads(root, &root_threads);
+        // Orphans come to us as their parents die: kill (a fork may have
+        // been in flight) and reap them until none of ours is left.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mine: Vec<Pid> = util::own_children()
+                .into_iter()
+                .filter(|c| self.pids.contains(&c.0))
+                .collect();
+            for &c in &mine {
+                if !ours.contains(&c) {
+                    ours.push(c);
+                }
+                self.descendants(c, &mut ours);
+            }
+            for &c in &ours {
+                let _ = util::kill(c, libc::SIGKILL);
+            }
+            for &c in &mine {
+                let _ = util::waitpid(c, libc::WNOHANG | libc::__WALL);
+            }
+            ours.retain(|&p| util::pid_exists(p));
+            // Done only when a scan after the last death finds no child of
+            // ours either: a process is reparented to us before its dead
+            // parent can be reaped, so nothing can appear later.
+            if ours.is_empty()
+                && !util::own_children()
+                    .iter()
+                    .any(|c| self.pids.contains(&c.0))
+            {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                log::warn!("pid {root}: processes of the failed restore still exist: {ours:?}");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }
 
 impl Drop for TreeGuard {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.kill_all();
         }
-        if let Some(r) = self.root {
-            log::warn!("pid {r}: killing the partly restored tree");
-        }
-        for &p in &self.untraced {
-            let _ = util::kill(p, libc::SIGKILL);
-        }
-        for (p, threads) in self.traced.iter().rev() {
-            spawn::kill_and_reap_threads(*p, threads);
-        }
-        if let Some(r) = self.root {
-            spawn::kill_and_reap(r);
+        if !self.was_subreaper {
+            let _ = util::set_child_subreaper(false);
         }
     }
 }
@@ -641,6 +722,11 @@ pub(crate) fn restore_tree(
         s.shmem = shmem.clone();
         s.cow = cow.clone();
     }
+    // Orphans of a failed restore must come to us (see TreeGuard).
+    let was_subreaper = util::is_child_subreaper();
+    if let Err(e) = util::set_child_subreaper(true) {
+        log::warn!("pid {root_pid}: {e}: a failed restore may leave zombies to our parent");
+    }
     let root = spawn::spawn_tree(&plan);
     spawn::unmap_stub_area(stub, STUB_LEN);
     for &(a, l) in shmem.values().chain(cow.values()) {
@@ -650,6 +736,9 @@ pub(crate) fn restore_tree(
     let seals = std::mem::take(&mut opened.seal_later);
     drop(opened);
     drop(ready_w);
+    if root.is_err() && !was_subreaper {
+        let _ = util::set_child_subreaper(false);
+    }
     let top = root.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::Refused {
             pid: root_pid,
@@ -666,7 +755,12 @@ pub(crate) fn restore_tree(
         armed: true,
         root: Some(top),
         traced: Vec::new(),
-        untraced: Vec::new(),
+        pids: procs
+            .iter()
+            .map(|p| p.pid as i32)
+            .chain(zombies.iter().map(|z| z.pid as i32))
+            .collect(),
+        was_subreaper,
     };
 
     // 4. Wait until every live process reports ready (or a failure).
@@ -719,9 +813,8 @@ pub(crate) fn restore_tree(
             })
     };
     let root = host_of(root_pid)?;
-    for img in procs.iter().filter(|p| host_of(p.pid).ok() != Some(top)) {
-        guard.untraced.push(host_of(img.pid)?);
-    }
+    // In a new namespace our PIDs of the tree differ from the image's.
+    guard.pids.extend(host.values().map(|h| h.0));
     fault_point(root_pid, Stage::Fork)?;
 
     // 5. Seize every process (EXITKILL: if we die, they die).
@@ -729,7 +822,6 @@ pub(crate) fn restore_tree(
     for img in procs {
         let p = host_of(img.pid)?;
         spawn::seize_waiting(p).at(img.pid, Stage::Fork)?;
-        guard.untraced.retain(|u| *u != p);
         guard.traced.push((p, Vec::new()));
         remotes.push(
             RemoteThread::plain(p, stub, stub + 4096, STUB_LEN - 4096).at(img.pid, Stage::Fork)?,
@@ -848,11 +940,13 @@ fn rebuild(
     // Timers after the threads (one may be the target of a timer's signal).
     timers(&mut r, img)?;
     fault_point(pid, Stage::Attributes)?;
-    // Credentials are per thread in the kernel: every thread sets its own.
+    // Credentials are per thread in the kernel: every thread sets its own,
+    // unless they are already the ones every thread inherited from us.
+    let same = creds_inherited(img);
     for tr in &mut threads {
-        creds(tr, img)?;
+        creds(tr, img, same, false)?;
     }
-    creds(&mut r, img)?;
+    creds(&mut r, img, same, true)?;
     fault_point(pid, Stage::Creds)?;
 
     // The last remote calls: close service descriptors, drop the stub.
@@ -947,7 +1041,12 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     )
     .at(pid, st)?;
 
+    // Limits equal to the ones inherited from the restorer need no call.
+    let current = stasis_proc::read_limits(pid).unwrap_or_default();
     for l in &img.rlimits {
+        if current.contains(&(l.resource, l.cur, l.max)) {
+            continue;
+        }
         let mut b = l.cur.to_le_bytes().to_vec();
         b.extend_from_slice(&l.max.to_le_bytes());
         let at = r.write_scratch(0, &b).at(pid, st)?;
@@ -1145,7 +1244,55 @@ fn capset(r: &mut RemoteThread, pid: u32, eff: u64, prm: u64, inh: u64) -> Resul
 /// securebits while we still hold CAP_SETPCAP, ids (keeping capabilities),
 /// then the capability sets, ambient caps, no_new_privs; then what a
 /// credential change resets (dumpable, parent-death signal).
-fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+fn creds(r: &mut RemoteThread, img: &ProcessImage, inherited: bool, leader: bool) -> Result<()> {
+    let pid = img.pid;
+    let st = Stage::Creds;
+    if !inherited {
+        set_ids_and_caps(r, img)?;
+    }
+    // Dumpable belongs to the whole process; the parent-death signal to each thread.
+    if leader && img.dumpable <= 1 {
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)],
+            "prctl(PR_SET_DUMPABLE)",
+        )
+        .at(pid, st)?;
+    }
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)],
+        "prctl(PR_SET_PDEATHSIG)",
+    )
+    .at(pid, st)?;
+    Ok(())
+}
+
+/// Whether the image's credentials are exactly the ones the restored
+/// process inherited from the restorer (ids, groups, every capability
+/// set, securebits, no_new_privs): then there is nothing to set.
+fn creds_inherited(img: &ProcessImage) -> bool {
+    let Ok(s) = stasis_proc::read_status(img.pid) else {
+        return false;
+    };
+    let c = &img.creds;
+    let mut groups = s.groups.clone();
+    groups.sort_unstable();
+    let mut want = c.groups.clone();
+    want.sort_unstable();
+    s.uids == c.uids
+        && s.gids == c.gids
+        && groups == want
+        && s.cap_inh == c.cap_inheritable
+        && s.cap_prm == c.cap_permitted
+        && s.cap_eff == c.cap_effective
+        && s.cap_bnd == c.cap_bounding
+        && s.cap_amb == c.cap_ambient
+        && s.no_new_privs == c.no_new_privs
+        && util::securebits().ok() == Some(c.securebits)
+}
+
+fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Creds;
     let c = &img.creds;
@@ -1236,20 +1383,6 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         )
         .at(pid, st)?;
     }
-    if img.dumpable <= 1 {
-        r.call(
-            libc::SYS_prctl,
-            &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)],
-            "prctl(PR_SET_DUMPABLE)",
-        )
-        .at(pid, st)?;
-    }
-    r.call(
-        libc::SYS_prctl,
-        &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)],
-        "prctl(PR_SET_PDEATHSIG)",
-    )
-    .at(pid, st)?;
     Ok(())
 }
 

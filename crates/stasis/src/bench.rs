@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k, tiny
-    /// (default: all). `--size-mib` and `--count` rescale them.
+    /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k,
+    /// tiny, tree100, threads64 (default: all). `--size-mib`, `--count`,
+    /// `--procs` and `--threads` rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Rounds per case; min and median are reported.
@@ -42,6 +43,12 @@ pub struct BenchArgs {
     /// Number of mappings in the small-mappings case.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Number of processes in the tree case (default 100; 10 with --quick).
+    #[arg(long, value_name = "N")]
+    procs: Option<u64>,
+    /// Number of threads in the threads case (default 64; 8 with --quick).
+    #[arg(long, value_name = "N")]
+    threads: Option<u64>,
     /// Directory for work and image files (default: a new directory under
     /// the system temp directory). Baselines use the same filesystem.
     #[arg(long, value_name = "DIR")]
@@ -54,12 +61,26 @@ pub struct BenchArgs {
 struct Case {
     name: String,
     args: Vec<String>,
+    /// Processes and threads in all (for the fixed costs per process and
+    /// per thread).
+    procs: u64,
+    threads: u64,
 }
 
 fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     let unit = a.size_mib.unwrap_or(if a.quick { 64 } else { 1024 });
     let count = a.count.unwrap_or(if a.quick { 1000 } else { 10_000 });
-    let all = ["dense1g", "dense4g", "sparse1g", "small10k", "tiny"];
+    let procs = a.procs.unwrap_or(if a.quick { 10 } else { 100 }).max(1);
+    let threads = a.threads.unwrap_or(if a.quick { 8 } else { 64 }).max(1);
+    let all = [
+        "dense1g",
+        "dense4g",
+        "sparse1g",
+        "small10k",
+        "tiny",
+        "tree100",
+        "threads64",
+    ];
     let chosen: Vec<String> = if a.cases.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
     } else {
@@ -107,9 +128,37 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                 ],
             ),
             "tiny" => ("tiny process".into(), vec!["--shape".into(), "tiny".into()]),
+            "tree100" => (
+                format!("tree of {procs} processes"),
+                vec![
+                    "--shape".into(),
+                    "tree".into(),
+                    "--count".into(),
+                    procs.to_string(),
+                ],
+            ),
+            "threads64" => (
+                format!("{threads} threads"),
+                vec![
+                    "--shape".into(),
+                    "threads".into(),
+                    "--count".into(),
+                    threads.to_string(),
+                ],
+            ),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
-        out.push(Case { name, args });
+        let (p, t) = match c.as_str() {
+            "tree100" => (procs, procs),
+            "threads64" => (1, threads),
+            _ => (1, 1),
+        };
+        out.push(Case {
+            name,
+            args,
+            procs: p,
+            threads: t,
+        });
     }
     Ok(out)
 }
@@ -134,6 +183,8 @@ struct Sample {
     page_bytes: u64,
     filled: u64,
     dump_hwm: u64,
+    /// Remote system calls the restore made.
+    remote_calls: u64,
 }
 
 struct Running {
@@ -229,15 +280,40 @@ fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
     Ok(d)
 }
 
-fn raw_read(pages: &Path, bytes: u64) -> Result<Duration> {
+/// Populates `bytes` of memory and reads the page files (one per process)
+/// into it, one after another.
+fn raw_read(pages: &[PathBuf], bytes: u64) -> Result<Duration> {
     let len = usize::try_from(bytes)?;
     let t = Instant::now();
-    let mut buf = AnonBuf::new(len)?;
+    let mut buf = AnonBuf::new(len.max(1))?;
     buf.populate()?;
-    let mut f = File::open(pages)?;
-    f.seek(SeekFrom::Start(stasis_image::PAGES_HEADER_LEN))?;
-    f.read_exact(buf.as_mut_slice())?;
+    let mut at = 0;
+    for p in pages {
+        let mut f = File::open(p)?;
+        let n = usize::try_from(
+            f.metadata()?
+                .len()
+                .saturating_sub(stasis_image::PAGES_HEADER_LEN),
+        )?;
+        let n = n.min(len - at);
+        f.seek(SeekFrom::Start(stasis_image::PAGES_HEADER_LEN))?;
+        f.read_exact(&mut buf.as_mut_slice()[at..at + n])?;
+        at += n;
+    }
     Ok(t.elapsed())
+}
+
+/// Every process of the tree under `root`, root first.
+fn tree_pids(root: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(p) = queue.pop() {
+        out.push(p);
+        for t in stasis_proc::list_tasks(p).unwrap_or_default() {
+            queue.extend(stasis_proc::read_children(p, t).unwrap_or_default());
+        }
+    }
+    out
 }
 
 fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<Sample> {
@@ -265,6 +341,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         Duration::from_secs(300),
     )?;
     let filled: u64 = fs::read_to_string(work.join("filled"))?.trim().parse()?;
+    let pids = tree_pids(pid);
 
     // Baselines run both before and after the stasis operation and are
     // averaged: freeing and reallocating gigabytes costs differently
@@ -284,13 +361,28 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     })?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();
-    // The dump killed it: reap it so its PID is free again.
+    // The dump killed it: reap it so its PID is free again; its orphaned
+    // children are reaped by init.
     let _ = run.child.wait();
+    let t = Instant::now();
+    while pids
+        .iter()
+        .any(|&p| stasis_sys::util::pid_exists(Pid(p as i32)))
+    {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("processes of the dumped tree still exist after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 
     let image_bytes = dir_bytes(&img)?;
-    let pages = img.join(stasis_image::pages_file_name(pid));
+    let pages: Vec<PathBuf> = pids
+        .iter()
+        .map(|&p| img.join(stasis_image::pages_file_name(p)))
+        .collect();
 
     let read_before = raw_read(&pages, stats.page_bytes)?;
+    let calls0 = stasis_sys::remote::remote_syscalls();
     let t = Instant::now();
     let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
         images_dir: img.clone(),
@@ -298,6 +390,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         new_pid_ns: false,
     })?;
     let restore = t.elapsed();
+    let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
     release_go(&run.work)?;
     let status = stasis_sys::util::waitpid(Pid(restored.wait_pid.0), 0)?;
     let result = fs::read_to_string(work.join("result")).unwrap_or_default();
@@ -323,6 +416,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         page_bytes: stats.page_bytes,
         filled,
         dump_hwm,
+        remote_calls,
     })
 }
 
@@ -415,10 +509,51 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let _ = fs::remove_dir_all(&base);
     }
     print_table(&rows);
+    print_fixed_costs(&cases, &rows);
     if let Some(e) = failed {
         return Err(e.context("a benchmark case failed"));
     }
     Ok(())
+}
+
+/// Cost of one more process or thread: (case - tiny) / (extra tasks), on
+/// the medians; and remote syscalls per restore.
+fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
+    let med = |name: &str, f: fn(&Sample) -> Duration| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| min_med(s.iter().map(f).collect()).1)
+    };
+    println!();
+    println!("remote syscalls per restore:");
+    for (name, s) in rows {
+        println!("  {:<22} {}", name, s[0].remote_calls);
+    }
+    let Some(tiny) = cases.iter().find(|c| c.args.iter().any(|a| a == "tiny")) else {
+        return;
+    };
+    for c in cases {
+        let extra = if c.procs > 1 {
+            (c.procs - 1, "process")
+        } else if c.threads > 1 {
+            (c.threads - 1, "thread")
+        } else {
+            continue;
+        };
+        let n = extra.0 as f64;
+        let per = |f: fn(&Sample) -> Duration| match (med(&c.name, f), med(&tiny.name, f)) {
+            (Some(a), Some(b)) => format!("{:.2}", (a.as_secs_f64() - b.as_secs_f64()) * 1e3 / n),
+            _ => "-".into(),
+        };
+        println!(
+            "fixed cost per extra {} ({}): dump {} ms, frozen {} ms, restore {} ms (medians, minus the tiny process)",
+            extra.1,
+            c.name,
+            per(|x| x.dump),
+            per(|x| x.frozen),
+            per(|x| x.restore)
+        );
+    }
 }
 
 fn print_table(rows: &[(String, Vec<Sample>)]) {

@@ -248,6 +248,16 @@ struct Heal {
     keep_stub: bool,
 }
 
+/// Remote system calls executed by this process so far (each one is a
+/// ptrace round trip: set registers, two syscall stops, get registers).
+static REMOTE_SYSCALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many remote system calls this process has executed so far; the
+/// difference across an operation is its count.
+pub fn remote_syscalls() -> u64 {
+    REMOTE_SYSCALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A stopped thread that executes system calls on our behalf.
 pub struct RemoteThread {
     tid: Pid,
@@ -462,6 +472,8 @@ impl RemoteThread {
     /// Executes syscall `nr` with up to six arguments; returns the raw result
     /// (a negative errno on failure).
     pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> Result<i64> {
+        REMOTE_SYSCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::trace!("tid {}: remote syscall {nr}", self.tid);
         let mut r = self.base;
         r.rip = self.stub;
         r.rax = nr as u64;

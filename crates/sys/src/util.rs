@@ -482,3 +482,32 @@ pub fn add_seals(fd: &OwnedFd, seals: u32) -> Result<()> {
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) };
     check(r.into(), &format!("fcntl(F_ADD_SEALS, {seals:#x})"), None).map(drop)
 }
+
+/// Whether the caller is a child subreaper (PR_GET_CHILD_SUBREAPER).
+pub fn is_child_subreaper() -> bool {
+    let mut v: libc::c_int = 0;
+    // SAFETY: v is a valid out-pointer for the int the kernel writes.
+    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut v as *mut libc::c_int) };
+    r == 0 && v != 0
+}
+
+/// Makes the caller a child subreaper or not (PR_SET_CHILD_SUBREAPER):
+/// orphaned descendants are reparented to it instead of to init.
+pub fn set_child_subreaper(on: bool) -> Result<()> {
+    // SAFETY: integer-only prctl on our own process.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on)) };
+    check(r.into(), "prctl(PR_SET_CHILD_SUBREAPER)", None).map(drop)
+}
+
+/// The children of every thread of the caller (/proc/self/task/*/children).
+pub fn own_children() -> Vec<Pid> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.filter_map(std::result::Result::ok) {
+        let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(s.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid));
+    }
+    out
+}

@@ -34,12 +34,15 @@ fn bench_quick_verifies_every_case() {
         "stasis bench failed: {}\n{stdout}\n{stderr}",
         out.status
     );
+    assert!(stdout.contains("remote syscalls per restore"), "{stdout}");
     for case in [
         "dense 16 MiB",
         "dense 64 MiB",
         "sparse 16 MiB",
         "200 small maps",
         "tiny",
+        "tree of 10 processes",
+        "8 threads",
     ] {
         assert!(stdout.contains(case), "no row for {case}:\n{stdout}");
     }

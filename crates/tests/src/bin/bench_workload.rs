@@ -1,6 +1,6 @@
 //! bench_workload: the memory a `stasis bench` case checkpoints.
 //!
-//! Usage: `bench_workload WORKDIR --shape dense|sparse|small|tiny
+//! Usage: `bench_workload WORKDIR --shape dense|sparse|small|tiny|tree|threads
 //! [--size-mib N] [--stride N] [--count N] [--huge] [--seed N] [--corrupt]`
 //!
 //! * `dense`: N MiB (default 1024) of private anonymous memory, every page
@@ -11,6 +11,12 @@
 //!   mappings (one page apart, so the kernel cannot merge them), each filled.
 //! * `tiny`: nothing beyond what every Rust program has: the fixed cost of a
 //!   process.
+//! * `tree`: `--count` (default 100) processes in all, process k forked by
+//!   process (k-1)/4; each fills 64 KiB of its own, waits for go, checks
+//!   its memory, pid and parent, and reports through its exit status; each
+//!   waits for its children.
+//! * `threads`: one process with `--count` (default 64) threads in all;
+//!   each worker fills 64 KiB of its own and checks it and its TID after go.
 //!
 //! `--huge` asks for transparent huge pages (MADV_HUGEPAGE) on the dense area.
 //! It writes `WORK/ready` (`READY <pid>`) and the number of bytes it filled
@@ -39,6 +45,8 @@ fn main() {
     let mut areas: Vec<(Mapping, u64)> = Vec::new();
     let mut sparse: Option<(Mapping, Vec<u64>)> = None;
     let mut filled = 0usize;
+    let mut children: Vec<(usize, i32)> = Vec::new();
+    let mut workers: Vec<std::thread::JoinHandle<Result<(), String>>> = Vec::new();
     match shape.as_str() {
         "dense" => {
             let m = Mapping::anon(size);
@@ -92,6 +100,46 @@ fn main() {
             }
         }
         "tiny" => {}
+        "tree" => {
+            let kids = tree_children(&proto, count.max(1), 0, seed);
+            let m = Mapping::anon(PER_TASK);
+            Rng::new(seed).fill(m.bytes_mut());
+            let h = hash(m.bytes());
+            filled += PER_TASK * count.max(1);
+            areas.push((m, h));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while (1..count).any(|k| !proto.path(&format!("ready.{k}")).exists())
+                && std::time::Instant::now() < deadline
+            {
+                stasis_tests::nap(2_000_000);
+            }
+            children = kids;
+        }
+        "threads" => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for w in 1..count.max(1) {
+                let tx = tx.clone();
+                let go = proto.go_cpath().to_owned();
+                workers.push(std::thread::spawn(move || {
+                    let tid = gettid();
+                    let m = Mapping::anon(PER_TASK);
+                    Rng::new(seed + w as u64).fill(m.bytes_mut());
+                    let h = hash(m.bytes());
+                    tx.send(()).ok();
+                    while !go_released(&go) {
+                        stasis_tests::nap(stasis_tests::POLL_NS);
+                    }
+                    (gettid() == tid && hash(m.bytes()) == h)
+                        .then_some(())
+                        .ok_or_else(|| format!("worker {w} (tid {tid}): memory or tid differs"))
+                }));
+                filled += PER_TASK;
+            }
+            drop(tx);
+            for _ in 1..count.max(1) {
+                rx.recv().expect("worker started");
+            }
+        }
         other => {
             eprintln!("unknown --shape {other}");
             std::process::exit(2);
@@ -135,5 +183,92 @@ fn main() {
             )
         });
     }
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => report.fail(e),
+            Err(_) => report.fail("a worker panicked"),
+        }
+    }
+    wait_children(&proto, children, &mut report);
     proto.finish(&report);
+}
+
+/// Memory of each process or thread in the `tree` and `threads` shapes.
+const PER_TASK: usize = 64 << 10;
+
+fn gettid() -> i32 {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+fn go_released(go: &std::ffi::CStr) -> bool {
+    // SAFETY: valid path; the fd is closed below.
+    let fd = unsafe { libc::open(go.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    let mut b = 0u8;
+    // SAFETY: reads one byte into a local.
+    let n = unsafe { libc::pread(fd, (&raw mut b).cast(), 1, 0) };
+    // SAFETY: fd was opened above and is not used afterwards.
+    unsafe { libc::close(fd) };
+    n == 1 && b == b'1'
+}
+
+/// Forks the children of tree process `k` (4k+1 .. 4k+4 below `count`);
+/// each runs [`tree_process`]. Returns (k, pid) of each.
+fn tree_children(proto: &Proto, count: usize, k: usize, seed: u64) -> Vec<(usize, i32)> {
+    let mut kids = Vec::new();
+    for c in (4 * k + 1)..(4 * k + 5).min(count) {
+        // SAFETY: the program is single-threaded here, so fork is safe.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            stasis_tests::fatal("fork");
+        }
+        if pid == 0 {
+            let code = tree_process(proto, count, c, seed);
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        kids.push((c, pid));
+    }
+    kids
+}
+
+/// A non-root process of the tree: 0 if everything verified.
+fn tree_process(proto: &Proto, count: usize, k: usize, seed: u64) -> i32 {
+    // SAFETY: these cannot fail.
+    let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
+    let kids = tree_children(proto, count, k, seed);
+    let m = Mapping::anon(PER_TASK);
+    Rng::new(seed + k as u64).fill(m.bytes_mut());
+    let h = hash(m.bytes());
+    std::fs::write(proto.path(&format!("ready.{k}")), b"").expect("ready.k");
+    proto.wait_go();
+    let mut report = Report::new();
+    // SAFETY: these cannot fail.
+    let (pid1, ppid1) = unsafe { (libc::getpid(), libc::getppid()) };
+    report.eq("pid", pid, pid1);
+    report.eq("parent", ppid, ppid1);
+    report.check(hash(m.bytes()) == h, || "memory differs".into());
+    wait_children(proto, kids, &mut report);
+    let (line, code) = report.verdict();
+    if code != 0 {
+        std::fs::write(proto.path(&format!("fail.{k}")), line).ok();
+    }
+    code
+}
+
+fn wait_children(proto: &Proto, kids: Vec<(usize, i32)>, report: &mut Report) {
+    for (c, pid) in kids {
+        let mut st = 0;
+        // SAFETY: valid out pointer; pid is our child.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r != pid || !libc::WIFEXITED(st) || libc::WEXITSTATUS(st) != 0 {
+            let why = std::fs::read_to_string(proto.path(&format!("fail.{c}")))
+                .unwrap_or_else(|_| format!("wait status {st:#x}"));
+            report.fail(format!("process {c} (pid {pid}): {}", why.trim()));
+        }
+    }
 }
