@@ -579,11 +579,26 @@ pub(crate) fn restore_tree(
 
     // 2. The tree plan: each process forked by its parent, zombies last.
     let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    // A root whose session leader had exited (a daemon after a double
+    // fork) gets that session back from a helper, when its PID is free.
+    let tree_pids: std::collections::HashSet<u32> = procs
+        .iter()
+        .map(|p| p.pid)
+        .chain(zombies.iter().map(|z| z.pid))
+        .collect();
+    let r0 = &procs[0];
+    let session_helper = (!pid_ns
+        && r0.sid != r0.pid
+        && r0.sid != 0
+        && !tree_pids.contains(&r0.sid)
+        && !util::pid_exists(Pid(r0.sid as i32)))
+    .then_some(r0.sid as i32);
     let mut plan = spawn::TreePlan {
         procs: Vec::new(),
         staging,
         ready_fd: ready_w.as_raw_fd(),
         new_pid_ns: pid_ns,
+        session_helper,
     };
     let mut svcs = Vec::with_capacity(procs.len());
     for (img, f) in procs.iter().zip(&files) {
@@ -618,6 +633,7 @@ pub(crate) fn restore_tree(
             },
             ready_index,
             children: Vec::new(),
+            group_helper: false,
         });
     }
     for (i, img) in procs.iter().enumerate().skip(1) {
@@ -643,6 +659,46 @@ pub(crate) fn restore_tree(
         let zi = plan.procs.len() - 1;
         plan.procs[parent].children.push(zi);
     }
+
+    // Process groups whose leader had exited: a helper child of the first
+    // member's parent holds the group until the members have joined it.
+    let outside_group = (r0.pgid != r0.pid).then_some(r0.pgid);
+    let mut group_helpers: Vec<(u32, usize)> = Vec::new();
+    for img in procs.iter().skip(1) {
+        let g = img.pgid;
+        if g == 0
+            || g == img.pid
+            || tree_pids.contains(&g)
+            || Some(g) == outside_group
+            || Some(g as i32) == session_helper
+            || group_helpers.iter().any(|h| h.0 == g)
+        {
+            continue;
+        }
+        if !pid_ns && util::pid_exists(Pid(g as i32)) {
+            log::warn!("pid {}: the leader PID {g} of its process group is taken here; left in its parent's group", img.pid);
+            continue;
+        }
+        let Some(&parent) = index.get(&img.ppid) else {
+            continue;
+        };
+        plan.procs.push(spawn::ProcPlan {
+            pid: g as i32,
+            exit_signal: libc::SIGCHLD,
+            group_helper: true,
+            fds: FdPlan {
+                staging,
+                srcs: vec![ready_w.as_raw_fd()],
+                targets: Vec::new(),
+            },
+            ready_index: 0,
+            ..Default::default()
+        });
+        let hi = plan.procs.len() - 1;
+        plan.procs[parent].children.insert(0, hi);
+        group_helpers.push((g, parent));
+    }
+    let expected_ready = procs.len() + group_helpers.len();
 
     // 3. The stub area, free in every process's layout, inherited by all.
     let mut stub = None;
@@ -762,12 +818,19 @@ pub(crate) fn restore_tree(
             .collect(),
         was_subreaper,
     };
+    // Helpers are ours to kill and reap on failure too.
+    guard.pids.extend(
+        group_helpers
+            .iter()
+            .map(|h| h.0 as i32)
+            .chain(session_helper),
+    );
 
     // 4. Wait until every live process reports ready (or a failure).
     let mut ready = 0;
     let mut buf = [0u8; 8 * 64];
     let mut pending: Vec<u8> = Vec::new();
-    while ready < procs.len() {
+    while ready < expected_ready {
         let n = util::read_timeout(&ready_r, &mut buf, 30_000).at(root_pid, Stage::Fork)?;
         if n == 0 {
             return Err(RestoreError::Refused {
@@ -829,7 +892,24 @@ pub(crate) fn restore_tree(
     }
 
     // 6. Process groups: leaders first, then members.
-    set_process_groups(procs, &mut remotes)?;
+    let helper_groups: std::collections::HashSet<u32> = group_helpers.iter().map(|h| h.0).collect();
+    set_process_groups(procs, &mut remotes, &helper_groups)?;
+    // The members have joined: the group helpers go, reaped by their parents.
+    for &(g, parent) in &group_helpers {
+        let r = &mut remotes[parent];
+        r.call(
+            libc::SYS_kill,
+            &[u64::from(g), libc::SIGKILL as u64],
+            "kill group helper",
+        )
+        .at(procs[parent].pid, Stage::Attributes)?;
+        r.call(
+            libc::SYS_wait4,
+            &[u64::from(g), 0, libc::__WALL as u64, 0],
+            "reap group helper",
+        )
+        .at(procs[parent].pid, Stage::Attributes)?;
+    }
 
     // 7. Rebuild each process; all stay stopped until every one is done.
     let mut built = Vec::with_capacity(procs.len());
@@ -859,13 +939,27 @@ pub(crate) fn restore_tree(
             ptrace::detach(tid, sig).at(img.pid, Stage::Resume)?;
         }
     }
+    // The session helper goes last: the root is reparented to us (a child
+    // subreaper while restoring), and its parent-death signal is the
+    // image's by now.
+    let wait_pid = if session_helper.is_some() && top != root {
+        let _ = util::kill(top, libc::SIGKILL);
+        let _ = util::waitpid(top, libc::__WALL);
+        root
+    } else {
+        top
+    };
     guard.armed = false;
-    Ok((root, top))
+    Ok((root, wait_pid))
 }
 
 /// setpgid in each process: group leaders first. A group whose leader is
 /// not part of the tree stays the restorer's (the root's group, normally).
-fn set_process_groups(procs: &[ProcessImage], remotes: &mut [RemoteThread]) -> Result<()> {
+fn set_process_groups(
+    procs: &[ProcessImage],
+    remotes: &mut [RemoteThread],
+    helpers: &std::collections::HashSet<u32>,
+) -> Result<()> {
     let pids: std::collections::HashSet<u32> = procs.iter().map(|p| p.pid).collect();
     let root = &procs[0];
     let mut order: Vec<usize> = (0..procs.len()).collect();
@@ -875,7 +969,7 @@ fn set_process_groups(procs: &[ProcessImage], remotes: &mut [RemoteThread]) -> R
         if img.pgid == 0 || (img.pgid == root.pgid && root.pgid != root.pid) {
             continue; // the root's outside group: inherited from the restorer
         }
-        if !pids.contains(&img.pgid) {
+        if !pids.contains(&img.pgid) && !helpers.contains(&img.pgid) {
             log::warn!(
                 "pid {}: process group {} has no leader in the tree; left in the restorer's group",
                 img.pid,

@@ -197,6 +197,10 @@ pub struct ProcPlan {
     pub ready_index: usize,
     /// Indices of its children in the tree's `procs`.
     pub children: Vec<usize>,
+    /// A helper holding a process group whose leader had exited: it makes
+    /// itself the group's leader, reports ready, and waits to be killed
+    /// (by its parent, once the members have joined).
+    pub group_helper: bool,
 }
 
 /// A whole tree: `procs[0]` is the root, forked by the caller.
@@ -211,6 +215,10 @@ pub struct TreePlan {
     /// mount namespace and its own /proc; every PID in `procs` is then the
     /// namespace's.
     pub new_pid_ns: bool,
+    /// Recreate the root's session, whose leader had exited: a helper with
+    /// this PID calls setsid, forks the root, and waits until the caller
+    /// kills (and reaps) it once the tree is restored.
+    pub session_helper: Option<i32>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -251,6 +259,13 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
     // A tree whose root is not PID 1 gets a helper init in the namespace.
     let helper = plan.new_pid_ns && root.pid != 1;
     let first = if helper { 1 } else { root.pid };
+    if let Some(sid) = plan.session_helper.filter(|_| !plan.new_pid_ns) {
+        // SAFETY: as above; the helper runs raw syscalls only.
+        return match unsafe { fork_with_pid(&[sid], 0)? } {
+            Forked::Child => session_helper(plan, sid),
+            Forked::Parent(p) => Ok(p),
+        };
+    }
     // SAFETY: as above.
     match unsafe { fork_with_pid(&[first], flags)? } {
         Forked::Child if helper => helper_init(plan),
@@ -286,6 +301,13 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         );
         if let Some(status) = p.zombie_status {
             die_with(status);
+        }
+        if p.group_helper {
+            libc::syscall(libc::SYS_setpgid, 0, 0);
+            report(plan.ready_fd, me, 0);
+            loop {
+                libc::syscall(libc::SYS_pause);
+            }
         }
         if i == 0 && plan.new_pid_ns && mount_private_proc() != 0 {
             report(plan.ready_fd, me, 9);
@@ -650,4 +672,51 @@ pub fn fill_from_file(addr: u64, len: u64, file: &std::fs::File, offset: u64) ->
         done += n as u64;
     }
     Ok(())
+}
+
+/// The leader of a session that had lost it: setsid, fork the root with
+/// its PID (it inherits the session and the group), then wait to be killed.
+fn session_helper(plan: &TreePlan, sid: i32) -> ! {
+    let root = &plan.procs[0];
+    // SAFETY: raw syscalls on prepared data; no allocation.
+    unsafe {
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let all: u64 = !0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        );
+        if libc::syscall(libc::SYS_setsid) < 0 {
+            report(plan.ready_fd, root.pid, 8);
+            exit_now(8);
+        }
+        let set = [root.pid];
+        let args = CloneArgsRaw {
+            exit_signal: root.exit_signal as u64,
+            set_tid: set.as_ptr() as u64,
+            set_tid_size: 1,
+            ..Default::default()
+        };
+        let r = libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgsRaw,
+            std::mem::size_of::<CloneArgsRaw>(),
+        );
+        if r == 0 {
+            tree_child(plan, 0, sid);
+        }
+        if r < 0 {
+            report(plan.ready_fd, root.pid, 7);
+            exit_now(7);
+        }
+        // Stay until the caller kills us once the tree is restored: the root
+        // (tied to us by PR_SET_PDEATHSIG until then) must not lose its parent
+        // before that.
+        loop {
+            libc::syscall(libc::SYS_pause);
+        }
+    }
 }

@@ -915,3 +915,26 @@ fn restore_into_new_pid_ns_while_pids_taken() {
         work.diagnostics()
     );
 }
+
+/// A daemon after a double fork: its session leader has exited, and a
+/// process group of its has lost its leader too. Restore recreates both
+/// through helper processes (which then go), so the daemon and its child
+/// keep their session and group.
+#[test]
+fn cr_daemon_with_leaderless_session_and_group() {
+    let work = Work::new("cr_daemon");
+    let opts = Opts::default();
+    let mut starter = start(&work, Program::Bin("tp_daemon"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut starter, opts.ready_timeout),
+    );
+    let mut daemon = Proc::adopt(pidfile(&work, "daemon.pid"));
+    dump_and_check_gone(&work, &mut daemon, &opts);
+    let mut restored = restore_and_adopt(&work, daemon.pid, &opts);
+    let outcome = finish(&work, &mut restored, opts.finish_timeout);
+    outcome.assert_pass(&work);
+    let e = step(&work, "starter", starter.wait(Duration::from_secs(10)));
+    assert_eq!(e, Exit::Code(0), "starter: {e:?}");
+}

@@ -65,6 +65,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_shared" => env!("CARGO_BIN_EXE_tp_shared"),
         "tp_timers" => env!("CARGO_BIN_EXE_tp_timers"),
         "tp_cow" => env!("CARGO_BIN_EXE_tp_cow"),
+        "tp_daemon" => env!("CARGO_BIN_EXE_tp_daemon"),
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
