@@ -11,7 +11,8 @@
 //!  ├─ b: blocked in waitpid() for its child b1
 //!  │   └─ b1: polls for go, exits 0
 //!  ├─ z: exits 42 at once, left unreaped (a zombie)
-//!  └─ s: stops itself (SIGSTOP) and stays stopped
+//!  ├─ s: stops itself (SIGSTOP) and stays stopped
+//!  └─ e: created with exit signal SIGUSR1 instead of SIGCHLD
 //! ```
 //!
 //! Every live process checks its own pid, ppid, pgid and sid after go and
@@ -91,10 +92,54 @@ fn state_of(pid: i32) -> char {
         .unwrap_or('?')
 }
 
+/// A child whose exit signal is SIGUSR1 instead of SIGCHLD (clone3).
+fn spawn_exit_signal(sig: i32, f: impl FnOnce() -> i32) -> i32 {
+    let mut args = [0u64; 11];
+    args[4] = sig as u64; // exit_signal
+                          // SAFETY: clone3 without CLONE_VM behaves like fork; single-threaded,
+                          // the child leaves with _exit.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args.as_ptr(),
+            std::mem::size_of_val(&args),
+        )
+    } as i32;
+    assert!(pid >= 0, "clone3 failed");
+    if pid == 0 {
+        let code = f();
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn exit_signal_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(35)?.parse().ok()
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let corrupt = args.corrupt();
     let root_before = ids();
+    // SIGUSR1 stays blocked: it is the exit signal of child e.
+    let usr1 = 1u64 << (libc::SIGUSR1 - 1);
+    // SAFETY: setting our own mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &usr1 as *const u64,
+            0usize,
+            8usize,
+        )
+    };
+    let e = spawn_exit_signal(libc::SIGUSR1, || {
+        proto.wait_go();
+        0
+    });
 
     let a = spawn(|| {
         // SAFETY: setsid in a fresh child that is not a group leader.
@@ -154,6 +199,18 @@ fn main() {
     // s must still be stopped after a restore.
     report.eq("state of the stopped child", 'T', state_of(s));
     report.eq("state of the zombie", 'Z', state_of(z));
+    report.eq(
+        "exit signal of child e",
+        Some(libc::SIGUSR1),
+        exit_signal_of(e),
+    );
+    let mut st = 0;
+    // SAFETY: a child with a non-SIGCHLD exit signal needs __WALL.
+    let r = unsafe { libc::waitpid(e, &mut st, libc::__WALL) };
+    report.check(
+        r == e && libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        || format!("child e: status {st:#x}"),
+    );
     // SAFETY: continuing our own stopped child.
     unsafe { libc::kill(s, libc::SIGCONT) };
     let zs = wait_status(z);
