@@ -80,6 +80,20 @@ struct ProcFiles {
     files_k: HashMap<String, usize>,
 }
 
+/// The bytes waiting in a pipe or FIFO and its capacity, stored with the
+/// one entry (of any process) that `pick` accepts with a capacity set.
+fn waiting_bytes<'a>(
+    procs: &'a [ProcessImage],
+    pick: impl Fn(&'a FdKind) -> Option<(&'a [u8], u32)>,
+) -> (&'a [u8], u32) {
+    procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .filter_map(|e| pick(&e.kind))
+        .find(|&(_, c)| c != 0)
+        .unwrap_or((&[], 0))
+}
+
 /// Creates a pipe for `id` with its saved capacity and waiting bytes.
 fn make_pipe(
     pid: u32,
@@ -88,21 +102,15 @@ fn make_pipe(
     opened: &mut Opened,
 ) -> Result<(usize, usize)> {
     let st = Stage::Fork;
-    let (mut data, mut capacity) = (&[][..], 0);
-    for e in procs.iter().flat_map(|p| &p.files) {
-        if let FdKind::Pipe {
+    let (data, capacity) = waiting_bytes(procs, |k| match k {
+        FdKind::Pipe {
             id: i,
-            data: d,
-            capacity: c,
+            data,
+            capacity,
             ..
-        } = &e.kind
-        {
-            if *i == id && *c != 0 {
-                data = d;
-                capacity = *c;
-            }
-        }
-    }
+        } if *i == id => Some((data.as_slice(), *capacity)),
+        _ => None,
+    });
     let (r, w) = util::pipe().at(pid, st)?;
     if capacity != 0 {
         util::set_pipe_capacity(&w, capacity).at(pid, st)?;
@@ -226,21 +234,15 @@ impl Opened {
                 what: format!("{path} is no longer a FIFO"),
             });
         }
-        let (mut data, mut capacity) = (&[][..], 0);
-        for e in procs.iter().flat_map(|p| &p.files) {
-            if let FdKind::Fifo {
+        let (data, capacity) = waiting_bytes(procs, |k| match k {
+            FdKind::Fifo {
                 id: i,
-                data: d,
-                capacity: c,
+                data,
+                capacity,
                 ..
-            } = &e.kind
-            {
-                if *i == id && *c != 0 {
-                    data = d;
-                    capacity = *c;
-                }
-            }
-        }
+            } if *i == id => Some((data.as_slice(), *capacity)),
+            _ => None,
+        });
         let fd = util::open(path, libc::O_RDWR | libc::O_NONBLOCK).at(pid, st)?;
         if capacity != 0 {
             util::set_pipe_capacity(&fd, capacity).at(pid, st)?;

@@ -1,7 +1,7 @@
 //! Creating a restore child: fork with a chosen PID, place its descriptors,
 //! stop under ptrace. Also the syscall-stub area the restorer injects through.
 
-use crate::clone::{exit_now, fork_with_pid, Forked};
+use crate::clone::{exit_now, fork_with_pid, CloneArgs, Forked};
 use crate::ptrace::{self, Stop};
 use crate::{check, last_errno, remote, Pid, Result, SysError};
 
@@ -137,35 +137,7 @@ fn child(parent: i32, plan: &FdPlan) -> ! {
 /// replacing anything): the first page holds [`remote::STUB`] (r-x), the
 /// rest is scratch (rw-). A child forked afterwards inherits it.
 pub fn map_stub_area(addr: u64, len: u64) -> Result<()> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
-    // memory of ours changes; on success we own the new range.
-    let p = unsafe {
-        libc::mmap(
-            addr as usize as *mut libc::c_void,
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(SysError::new(
-            format!("mmap stub area at {addr:#x}"),
-            None,
-            last_errno(),
-        ));
-    }
-    if p as u64 != addr {
-        // Old kernels ignore NOREPLACE and treat it as a hint.
-        // SAFETY: unmapping the range the kernel just gave us.
-        unsafe { libc::munmap(p, len as usize) };
-        return Err(SysError::new(
-            format!("mmap stub area at {addr:#x}"),
-            None,
-            libc::EEXIST,
-        ));
-    }
+    let p = mmap_noreplace(addr, len, libc::MAP_PRIVATE, "stub area")?;
     // SAFETY: p points to a fresh, writable mapping of at least one page.
     unsafe {
         std::ptr::copy_nonoverlapping(remote::STUB.as_ptr(), p.cast::<u8>(), remote::STUB.len())
@@ -274,6 +246,36 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
     }
 }
 
+/// Forks process `i` of the plan with its PID and exit signal (clone3
+/// set_tid); the child runs [`tree_child`] expecting `me` as its parent.
+/// Returns clone3's result in the caller (the child never returns).
+///
+/// # Safety
+/// Only from a forked restore child: raw syscalls, no allocation.
+unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32) -> i64 {
+    let cp = &plan.procs[i];
+    let set = [cp.pid];
+    let args = CloneArgs {
+        exit_signal: cp.exit_signal as u64,
+        set_tid: set.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: args and set live for the call; without CLONE_VM the child
+    // runs on a copy of this stack, like fork.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        tree_child(plan, i, me);
+    }
+    r
+}
+
 fn report(fd: i32, pid: i32, code: i32) {
     let rec = [pid, code];
     // SAFETY: writing 8 bytes from a live array to a pipe (atomic below PIPE_BUF).
@@ -318,24 +320,9 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
             exit_now(8);
         }
         for &c in &p.children {
-            let cp = &plan.procs[c];
-            let set = [cp.pid];
-            let args = CloneArgsRaw {
-                exit_signal: cp.exit_signal as u64,
-                set_tid: set.as_ptr() as u64,
-                set_tid_size: 1,
-                ..Default::default()
-            };
-            let r = libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgsRaw,
-                std::mem::size_of::<CloneArgsRaw>(),
-            );
-            if r == 0 {
-                tree_child(plan, c, me);
-            }
+            let r = fork_plan_child(plan, c, me);
             if r < 0 {
-                report(plan.ready_fd, cp.pid, 7);
+                report(plan.ready_fd, plan.procs[c].pid, 7);
                 exit_now(7);
             }
         }
@@ -373,22 +360,6 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
             libc::syscall(libc::SYS_pause);
         }
     }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgsRaw {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 /// Ends the calling process so that its parent's wait sees `status`.
@@ -456,37 +427,45 @@ pub fn seize_waiting(pid: Pid) -> Result<()> {
     }
 }
 
-/// Maps `len` bytes of shared anonymous memory in the caller at `addr`
-/// (never replacing anything). Children forked afterwards share it.
-pub fn map_shared_anon(addr: u64, len: u64) -> Result<()> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+/// mmap with MAP_FIXED_NOREPLACE: `len` bytes at exactly `addr`, read
+/// and write, never replacing anything (EEXIST otherwise).
+fn mmap_noreplace(addr: u64, len: u64, flags: i32, what: &str) -> Result<*mut libc::c_void> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
+    // memory of ours changes; on success we own the new range.
     let p = unsafe {
         libc::mmap(
             addr as usize as *mut libc::c_void,
             len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            flags | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
     };
     if p == libc::MAP_FAILED {
         return Err(SysError::new(
-            format!("mmap shared memory at {addr:#x}"),
+            format!("mmap {what} at {addr:#x}"),
             None,
             last_errno(),
         ));
     }
     if p as u64 != addr {
+        // Old kernels treat NOREPLACE as a hint.
         // SAFETY: unmapping what the kernel just gave us elsewhere.
         unsafe { libc::munmap(p, len as usize) };
         return Err(SysError::new(
-            format!("mmap shared memory at {addr:#x}"),
+            format!("mmap {what} at {addr:#x}"),
             None,
             libc::EEXIST,
         ));
     }
-    Ok(())
+    Ok(p)
+}
+
+/// Maps `len` bytes of shared anonymous memory in the caller at `addr`
+/// (never replacing anything). Children forked afterwards share it.
+pub fn map_shared_anon(addr: u64, len: u64) -> Result<()> {
+    mmap_noreplace(addr, len, libc::MAP_SHARED, "shared memory").map(drop)
 }
 
 /// In a new mount namespace: stop propagation to the parent's mounts and
@@ -566,21 +545,7 @@ fn helper_init(plan: &TreePlan) -> ! {
             exit_now(9);
         }
         libc::syscall(libc::SYS_setsid);
-        let set = [root.pid];
-        let args = CloneArgsRaw {
-            exit_signal: root.exit_signal as u64,
-            set_tid: set.as_ptr() as u64,
-            set_tid_size: 1,
-            ..Default::default()
-        };
-        let r = libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgsRaw,
-            std::mem::size_of::<CloneArgsRaw>(),
-        );
-        if r == 0 {
-            tree_child(plan, 0, 1);
-        }
+        let r = fork_plan_child(plan, 0, 1);
         if r < 0 {
             report(plan.ready_fd, root.pid, 7);
             exit_now(7);
@@ -614,34 +579,7 @@ fn helper_init(plan: &TreePlan) -> ! {
 /// (never replacing anything). Children forked afterwards share its pages
 /// copy-on-write.
 pub fn map_private_anon(addr: u64, len: u64) -> Result<()> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-    let p = unsafe {
-        libc::mmap(
-            addr as usize as *mut libc::c_void,
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(SysError::new(
-            format!("mmap private memory at {addr:#x}"),
-            None,
-            last_errno(),
-        ));
-    }
-    if p as u64 != addr {
-        // SAFETY: unmapping what the kernel just gave us elsewhere.
-        unsafe { libc::munmap(p, len as usize) };
-        return Err(SysError::new(
-            format!("mmap private memory at {addr:#x}"),
-            None,
-            libc::EEXIST,
-        ));
-    }
-    Ok(())
+    mmap_noreplace(addr, len, libc::MAP_PRIVATE, "private memory").map(drop)
 }
 
 /// Reads `len` bytes at `offset` of `file` into our own memory at `addr`,
@@ -693,21 +631,7 @@ fn session_helper(plan: &TreePlan, sid: i32) -> ! {
             report(plan.ready_fd, root.pid, 8);
             exit_now(8);
         }
-        let set = [root.pid];
-        let args = CloneArgsRaw {
-            exit_signal: root.exit_signal as u64,
-            set_tid: set.as_ptr() as u64,
-            set_tid_size: 1,
-            ..Default::default()
-        };
-        let r = libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgsRaw,
-            std::mem::size_of::<CloneArgsRaw>(),
-        );
-        if r == 0 {
-            tree_child(plan, 0, sid);
-        }
+        let r = fork_plan_child(plan, 0, sid);
         if r < 0 {
             report(plan.ready_fd, root.pid, 7);
             exit_now(7);

@@ -62,6 +62,24 @@ fn verify(
         );
         code |= 4;
     }
+    // Sharing needs the others alive: stay until all four have measured.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(proto.path("measured"))
+    {
+        use std::io::Write;
+        let _ = f.write_all(b"x");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(proto.path("measured"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < 4
+        && std::time::Instant::now() < deadline
+    {
+        stasis_tests::nap(1_000_000);
+    }
     code
 }
 
