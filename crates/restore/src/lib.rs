@@ -45,6 +45,9 @@ pub struct RestoreOptions {
     /// Restore into a fresh PID namespace (with a helper init as PID 1 if
     /// the root was not an init), so PIDs taken here do not matter.
     pub new_pid_ns: bool,
+    /// criu's `--shell-job`: terminal descriptors are opened on the
+    /// restorer's own terminal (the processes join its session).
+    pub shell_job: bool,
 }
 
 /// A restored, running process (a child of the caller).
@@ -306,6 +309,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         &pages,
         &image.inventory.zombies,
         image.inventory.pid_ns || opts.new_pid_ns,
+        opts.shell_job,
     )?;
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());

@@ -61,6 +61,9 @@ struct Opened {
     fifos: HashMap<u64, usize>,
     /// memfds to seal once every process has mapped them: (id, fd, seals).
     seal_later: Vec<(u64, OwnedFd, u32)>,
+    /// `--shell-job`: the restorer's own terminal, which replaces the
+    /// terminal the processes had.
+    shell_tty: Option<String>,
 }
 
 impl Opened {
@@ -340,7 +343,13 @@ fn open_files(
                     FdKind::Regular { file, flags, pos } => {
                         (file.path.as_str(), *flags as i32, *pos)
                     }
-                    FdKind::CharDevice { path, flags, .. } => (path.as_str(), *flags as i32, 0),
+                    FdKind::CharDevice { path, flags, rdev } => {
+                        let path = match &opened.shell_tty {
+                            Some(tty) if is_tty(*rdev) => tty.as_str(),
+                            _ => path.as_str(),
+                        };
+                        (path, *flags as i32, 0)
+                    }
                     FdKind::Path { path, flags, .. } => (path.as_str(), *flags as i32, 0),
                     FdKind::Pipe { .. } | FdKind::Saved { .. } | FdKind::Fifo { .. } => {
                         unreachable!("handled above")
@@ -562,10 +571,18 @@ pub(crate) fn restore_tree(
     pages: &[std::path::PathBuf],
     zombies: &[Zombie],
     pid_ns: bool,
+    shell_job: bool,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. Files, opened once by the restorer and inherited through the forks.
     let mut opened = Opened::default();
+    if shell_job {
+        opened.shell_tty = Some(own_tty().ok_or_else(|| RestoreError::Refused {
+            pid: procs[0].pid,
+            stage: Stage::Fork,
+            what: "--shell-job: stasis has no terminal on stdin, stdout or stderr to give the processes".into(),
+        })?);
+    }
     opened.create_saved(procs, pages)?;
     let mut files = Vec::with_capacity(procs.len());
     for (img, pg) in procs.iter().zip(pages) {
@@ -1734,4 +1751,22 @@ fn make_cow_objects(
             Err(e)
         }
     }
+}
+
+/// Is this a terminal device (pty slave, virtual console, /dev/tty, console)?
+fn is_tty(rdev: u64) -> bool {
+    matches!(libc::major(rdev), 4 | 5 | 136..=143)
+}
+
+/// The terminal on our stdin, stdout or stderr, by path.
+fn own_tty() -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    (0..3).find_map(|fd| {
+        let md = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+        (md.file_type().is_char_device() && is_tty(md.rdev()))
+            .then(|| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+            .flatten()
+            .and_then(|p| p.to_str().map(str::to_string))
+    })
 }

@@ -388,6 +388,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         images_dir: img.clone(),
         allow_changed_files: false,
         new_pid_ns: false,
+        shell_job: false,
     })?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;

@@ -200,6 +200,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 images_dir: dir.clone(),
                 allow_changed_files,
                 new_pid_ns,
+                shell_job: common.shell_job,
             };
             let restored = stasis_restore::restore(&opts)?;
             let pid = restored.pid;

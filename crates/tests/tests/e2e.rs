@@ -938,3 +938,132 @@ fn cr_daemon_with_leaderless_session_and_group() {
     let e = step(&work, "starter", starter.wait(Duration::from_secs(10)));
     assert_eq!(e, Exit::Code(0), "starter: {e:?}");
 }
+
+/// A new pseudo-terminal: (master, slave path).
+fn open_pty() -> (std::fs::File, String) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt returns a fresh descriptor we then own.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(m >= 0, "posix_openpt");
+    let mut buf = [0 as libc::c_char; 128];
+    // SAFETY: grantpt/unlockpt on our master; ptsname_r writes into buf.
+    unsafe {
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+    }
+    // SAFETY: buf holds a NUL-terminated path now.
+    let path = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: m is ours.
+    (unsafe { std::fs::File::from_raw_fd(m) }, path)
+}
+
+/// A shell job: a program whose stdio is a terminal is dumped with `-j`
+/// and restored with `-j` by a stasis whose stdio is a terminal; the
+/// program gets that terminal and writes to it.
+#[test]
+fn cr_shell_job_on_a_terminal() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let work = Work::new("cr_shell_job");
+    let t = Duration::from_secs(60);
+    let (mut master, slave) = open_pty();
+    let tty = |p: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .expect("open pty slave")
+    };
+    let mut cmd = std::process::Command::new(bin_path("tp_tty"));
+    cmd.arg(work.dir())
+        .stdin(tty(&slave))
+        .stdout(tty(&slave))
+        .stderr(tty(&slave));
+    // SAFETY: close_range in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    ensure_subreaper();
+    let child = cmd.spawn().expect("spawn tp_tty");
+    let mut p = Proc::adopt(child.id() as i32);
+    drop(child);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, Duration::from_secs(30)),
+    );
+    let refused = dump(&work, p.pid, &[], t);
+    assert!(
+        !refused.success() && refused.stderr.contains("shell-job"),
+        "a terminal without -j: {refused:?}"
+    );
+    ok(&work, "dump -j", &dump(&work, p.pid, &["-j"], t));
+    let e = step(&work, "dumped process", p.wait(Duration::from_secs(10)));
+    assert_eq!(e, Exit::Signal(libc::SIGKILL));
+    let img = work.img().to_str().expect("utf-8").to_string();
+    let pidfile = work.path("pidfile").to_str().expect("utf-8").to_string();
+    let mut restore = std::process::Command::new(
+        std::env::var("STASIS_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                bin_path("tp_tty")
+                    .parent()
+                    .expect("target dir")
+                    .join("stasis")
+            }),
+    );
+    restore.args([
+        "restore",
+        "-j",
+        "-d",
+        "-D",
+        &img,
+        "--pidfile",
+        &pidfile,
+        "-o",
+        "restore.log",
+        "-v4",
+    ]);
+    restore
+        .stdin(tty(&slave))
+        .stdout(tty(&slave))
+        .stderr(tty(&slave));
+    let st = restore.status().expect("run stasis restore");
+    assert!(
+        st.success(),
+        "restore -j failed: {st:?}{}",
+        work.diagnostics()
+    );
+    let mut r = Proc::adopt(pidfile_pid(&work));
+    work.release_go();
+    let e = step(&work, "restored process", r.wait(Duration::from_secs(30)));
+    assert_eq!(
+        e,
+        Exit::Code(0),
+        "restored shell job did not pass: {e:?}{}",
+        work.diagnostics()
+    );
+    // What it wrote arrived on the terminal.
+    // SAFETY: make the master non-blocking for the read below.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::F_SETFL,
+            libc::O_NONBLOCK,
+        )
+    };
+    let mut out = vec![0u8; 4096];
+    let n = master.read(&mut out).unwrap_or(0);
+    let text = String::from_utf8_lossy(&out[..n]);
+    assert!(text.contains("TTY-OK"), "the terminal got {text:?}");
+}
+
+fn pidfile_pid(work: &Work) -> i32 {
+    pidfile(work, "pidfile")
+}

@@ -66,6 +66,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_timers" => env!("CARGO_BIN_EXE_tp_timers"),
         "tp_cow" => env!("CARGO_BIN_EXE_tp_cow"),
         "tp_daemon" => env!("CARGO_BIN_EXE_tp_daemon"),
+        "tp_tty" => env!("CARGO_BIN_EXE_tp_tty"),
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
