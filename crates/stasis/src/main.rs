@@ -251,7 +251,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if !f.ok
                     && matches!(
                         f.name,
-                        "ptrace" | "checkpoint_restore" | "pagemap" | "clone3_set_tid"
+                        "ptrace"
+                            | "checkpoint_restore"
+                            | "pagemap"
+                            | "pagemap_scan"
+                            | "clone3_set_tid"
+                            | "pidfd"
                     )
                 {
                     all_needed = false;

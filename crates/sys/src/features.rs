@@ -116,15 +116,51 @@ pub fn probe() -> Vec<Feature> {
         cpu_has("xsave"),
         "XSAVE area via PTRACE_GETREGSET(NT_X86_XSTATE)",
     );
+    // rseq(NULL, 0, 0, 0) is refused with EINVAL where the call exists.
+    // SAFETY: invalid arguments are rejected before anything happens.
+    let r = unsafe { libc::syscall(libc::SYS_rseq, 0usize, 0u32, 0i32, 0u32) };
+    let rseq_ok = r == -1 && crate::last_errno() != libc::ENOSYS;
     add(
         "rseq",
-        file_exists("/proc/self/status"),
-        "PTRACE_GET_RSEQ_CONFIGURATION",
+        rseq_ok,
+        "rseq(2), saved and re-registered per thread",
     );
+    // The kernel marks new VMAs VM_SOFTDIRTY ("sd") only when soft-dirty
+    // tracking is built in.
+    let sd = std::fs::read_to_string("/proc/self/smaps")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|w| w == "sd"))
+        })
+        .unwrap_or(false);
     add(
         "soft_dirty",
-        false,
-        "not built into this kernel: no incremental pre-dump by soft-dirty",
+        sd,
+        "soft-dirty tracking (incremental pre-dump; not used yet)",
+    );
+    let probe = 0u64;
+    let page = std::ptr::addr_of!(probe) as u64 & !4095;
+    let scan_ok = crate::pagemap::Pagemap::open(crate::util::getpid())
+        .and_then(|pm| {
+            let q = crate::pagemap::Query {
+                inverted: 0,
+                mask: 0,
+                anyof: crate::pagemap::PAGE_IS_PRESENT,
+            };
+            pm.scan(page, page + 4096, q, &mut Vec::new())
+        })
+        .is_ok();
+    add(
+        "pagemap_scan",
+        scan_ok,
+        "ioctl(PAGEMAP_SCAN): runs of present pages (Linux 6.7)",
+    );
+    // SAFETY: PR_TIMER_CREATE_RESTORE_IDS_GET only reads a flag.
+    let t = unsafe { libc::prctl(77, 2u64, 0u64, 0u64, 0u64) };
+    add(
+        "timer_restore_ids",
+        t >= 0,
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS): POSIX timers keep their ids (Linux 6.15)",
     );
     add(
         "userfaultfd",
