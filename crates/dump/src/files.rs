@@ -28,6 +28,8 @@ fn is_tty(rdev: u64) -> bool {
 pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
     let st = Stage::Check;
     let mut out = Vec::new();
+    // AF_UNIX sockets of our network namespace, asked for once if needed.
+    let mut unix: Option<std::collections::HashMap<u64, stasis_sys::sockdiag::UnixSocket>> = None;
     for fd in stasis_proc::list_fds(pid).at(pid, st)? {
         let link = stasis_proc::read_link(pid, &format!("fd/{fd}")).at(pid, st)?;
         let info = stasis_proc::read_fdinfo(pid, fd).at(pid, st)?;
@@ -53,6 +55,44 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
                 fd,
                 cloexec: info.flags & O_CLOEXEC != 0,
                 kind,
+                ofd: 0,
+            });
+            continue;
+        }
+        if let Some(ino) = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let socks = match &unix {
+                Some(u) => u,
+                None => unix.insert(stasis_sys::sockdiag::unix_sockets().at(pid, st)?),
+            };
+            let what =
+                |why: &str| unsupported(format!("fd {fd} ({link}): {why} (not supported yet)"));
+            let Some(s) = socks.get(&ino) else {
+                return Err(what("a socket other than AF_UNIX"));
+            };
+            if s.name.is_some() {
+                return Err(what("a bound (named) unix socket"));
+            }
+            if s.state != 1 {
+                return Err(what(
+                    "a unix socket that is not connected (listening or unconnected)",
+                ));
+            }
+            if s.rqueue != 0 {
+                return Err(what("a unix socket with unread data queued"));
+            }
+            out.push(FdEntry {
+                fd,
+                cloexec: info.flags & O_CLOEXEC != 0,
+                kind: FdKind::UnixSocket {
+                    id: ino,
+                    peer: s.peer,
+                    sock_type: u32::from(s.sock_type),
+                    flags: info.flags & !O_CLOEXEC,
+                },
                 ofd: 0,
             });
             continue;
@@ -162,6 +202,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Saved { .. } => (3, 0, 0),
         FdKind::Path { .. } => (4, 0, 0),
         FdKind::Fifo { id, .. } => (5, *id, 0),
+        FdKind::UnixSocket { id, .. } => (6, *id, 0),
     }
 }
 
@@ -196,6 +237,31 @@ pub(crate) fn link_shared(procs: &mut [(u32, &mut Vec<FdEntry>)]) -> Result<()> 
                     id
                 }
             };
+        }
+    }
+    // Unix socket pairs: the other end is in the tree, or was closed.
+    let socks: std::collections::HashSet<u64> = procs
+        .iter()
+        .flat_map(|(_, fds)| fds.iter())
+        .filter_map(|e| match e.kind {
+            FdKind::UnixSocket { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    for (pid, fds) in procs.iter() {
+        for e in fds.iter() {
+            if let FdKind::UnixSocket { id, peer, .. } = e.kind {
+                if peer != 0 && !socks.contains(&peer) {
+                    return Err(DumpError::Unsupported {
+                        pid: *pid,
+                        stage: Stage::Check,
+                        what: format!(
+                            "fd {} (socket:[{id}]): the other end of this unix socket is outside the dumped tree",
+                            e.fd
+                        ),
+                    });
+                }
+            }
         }
     }
     // Pipes: both ends present, contents saved once.

@@ -382,6 +382,15 @@ pub enum FdKind {
         #[serde(default)]
         capacity: u32,
     },
+    /// One end of an unnamed, connected AF_UNIX socket (a socketpair), with
+    /// nothing queued. `id` is its inode; `peer` the other end's (also in
+    /// the image), or 0 if the other end had been closed.
+    UnixSocket {
+        id: u64,
+        peer: u64,
+        sock_type: u32,
+        flags: u32,
+    },
 }
 
 /// Memory layout and the mm fields set with PR_SET_MM_MAP.

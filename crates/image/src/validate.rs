@@ -267,6 +267,13 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
                     format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
                 })?;
             }
+            FdKind::UnixSocket { sock_type, .. } => {
+                c.ensure(matches!(*sock_type, 1 | 2 | 5), || {
+                    format!(
+                        "files[{i}].kind.sock_type: {sock_type} is not stream, dgram or seqpacket"
+                    )
+                })?;
+            }
             FdKind::Pipe { data, capacity, .. } => {
                 c.ensure(data.len() <= *capacity as usize, || {
                     format!(

@@ -64,6 +64,8 @@ struct Opened {
     /// `--shell-job`: the restorer's own terminal, which replaces the
     /// terminal the processes had.
     shell_tty: Option<String>,
+    /// unix socket inode -> index of its end of a new socketpair.
+    socks: HashMap<u64, usize>,
 }
 
 impl Opened {
@@ -309,6 +311,34 @@ fn open_files(
                 util::set_status_flags(&opened.owned[i], keep).at(pid, st)?;
                 i
             }
+            (
+                None,
+                FdKind::UnixSocket {
+                    id,
+                    peer,
+                    sock_type,
+                    flags,
+                },
+            ) => {
+                let i = match opened.socks.get(id) {
+                    Some(&i) => i,
+                    None => {
+                        // One socketpair per pair; a lone end gets a closed peer.
+                        let (a, b) =
+                            stasis_sys::sockdiag::socketpair(*sock_type as i32).at(pid, st)?;
+                        let ia = opened.push(a);
+                        opened.socks.insert(*id, ia);
+                        if *peer != 0 {
+                            let ib = opened.push(b);
+                            opened.socks.insert(*peer, ib);
+                        }
+                        ia
+                    }
+                };
+                let keep = (*flags as i32) & libc::O_NONBLOCK;
+                util::set_status_flags(&opened.owned[i], keep).at(pid, st)?;
+                i
+            }
             (None, FdKind::Saved { id, flags, pos }) => {
                 let &(obj, _) = opened.saved.get(id).ok_or_else(|| RestoreError::Refused {
                     pid,
@@ -351,7 +381,10 @@ fn open_files(
                         (path, *flags as i32, 0)
                     }
                     FdKind::Path { path, flags, .. } => (path.as_str(), *flags as i32, 0),
-                    FdKind::Pipe { .. } | FdKind::Saved { .. } | FdKind::Fifo { .. } => {
+                    FdKind::Pipe { .. }
+                    | FdKind::Saved { .. }
+                    | FdKind::Fifo { .. }
+                    | FdKind::UnixSocket { .. } => {
                         unreachable!("handled above")
                     }
                 };

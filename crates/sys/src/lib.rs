@@ -82,4 +82,5 @@ pub(crate) fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 pub mod pagemap;
+pub mod sockdiag;
 pub mod spawn;

@@ -78,6 +78,12 @@ selfcheck!(
 );
 selfcheck!(selfcheck_cow, negative_cow, Program::Bin("tp_cow"), []);
 selfcheck!(
+    selfcheck_sockets,
+    negative_sockets,
+    Program::Bin("tp_sockets"),
+    []
+);
+selfcheck!(
     selfcheck_shared,
     negative_shared,
     Program::Bin("tp_shared"),
@@ -551,8 +557,23 @@ fn refuse(what: &str, words: &[&str]) {
 }
 
 #[test]
-fn refuse_unsupported_socket() {
-    refuse("socket", &["socket"]);
+fn refuse_unsupported_tcp_socket() {
+    refuse("tcp", &["socket"]);
+}
+
+/// The program that used to be refused for its socket pair now checkpoints.
+#[test]
+fn cr_unsupported_socket_now_supported() {
+    cr(
+        "cr_unsupported_socket",
+        Program::Bin("tp_unsupported"),
+        &["--with", "socket"],
+    );
+}
+
+#[test]
+fn cr_unix_sockets() {
+    cr("cr_unix_sockets", Program::Bin("tp_sockets"), &[]);
 }
 
 /// A deleted file above the size an image may hold is refused by name.
@@ -1066,4 +1087,34 @@ fn cr_shell_job_on_a_terminal() {
 
 fn pidfile_pid(work: &Work) -> i32 {
     pidfile(work, "pidfile")
+}
+
+/// A JVM (about 20 threads, signal handlers, NIO's socket pair, its
+/// perf-data file mapped shared) with a warmed-up heap carries on.
+#[test]
+fn cr_java() {
+    if !have_java() {
+        eprintln!("SKIP cr_java: no `java` on PATH (needs a JDK, e.g. openjdk-17-jdk-headless)");
+        return;
+    }
+    let opts = Opts {
+        ready_timeout: Duration::from_secs(120),
+        ..Opts::default()
+    };
+    let work = Work::new("cr_java");
+    run_case(&work, Program::Java, &[], &opts).assert_pass(&work);
+}
+
+#[test]
+fn negative_java() {
+    if !have_java() {
+        eprintln!("SKIP negative_java: no `java` on PATH");
+        return;
+    }
+    let work = Work::new("negative_java");
+    let out = run_plain(&work, Program::Java, &["--corrupt"]);
+    assert!(
+        out.result.starts_with("FAIL"),
+        "the negative control did not fail: {out:?}"
+    );
 }

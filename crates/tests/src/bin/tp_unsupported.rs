@@ -1,7 +1,7 @@
 //! tp_unsupported: holds one resource stasis does not support yet, for the
 //! "dump refuses cleanly and leaves the process unharmed" tests.
 //!
-//! Usage: `tp_unsupported WORKDIR --with pipe|socket|thread|child|huge-deleted`
+//! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -53,6 +53,14 @@ fn main() {
             // SAFETY: buf is a valid 8-byte buffer.
             let n = unsafe { libc::read(fds[1], buf.as_mut_ptr().cast(), buf.len()) };
             report.eq("socket round trip", (2, 2), (w, n));
+        }
+        "tcp" => {
+            // A listening TCP socket on loopback (port chosen by the kernel).
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            let addr = l.local_addr().expect("local_addr");
+            proto.ready_and_wait();
+            let c = std::net::TcpStream::connect(addr);
+            report.check(c.is_ok(), || format!("connect to {addr}: {c:?}"));
         }
         "huge-deleted" => {
             // A sparse deleted file larger than an image may hold (1 GiB).

@@ -32,6 +32,8 @@ pub enum Program {
     Python,
     /// `scripts/tp_shell.sh` under bash.
     Shell,
+    /// `scripts/TpJava.java` under the JVM (`java` in PATH, source launcher).
+    Java,
 }
 
 impl Program {
@@ -44,6 +46,7 @@ impl Program {
                 vec!["-I".into(), scripts.join("tp_python.py").into()],
             ),
             Program::Shell => ("/bin/bash".into(), vec![scripts.join("tp_shell.sh").into()]),
+            Program::Java => ("java".into(), vec![scripts.join("TpJava.java").into()]),
         };
         argv.push(work.as_os_str().to_owned());
         argv.extend(args.iter().map(OsString::from));
@@ -67,6 +70,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_cow" => env!("CARGO_BIN_EXE_tp_cow"),
         "tp_daemon" => env!("CARGO_BIN_EXE_tp_daemon"),
         "tp_tty" => env!("CARGO_BIN_EXE_tp_tty"),
+        "tp_sockets" => env!("CARGO_BIN_EXE_tp_sockets"),
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
@@ -756,4 +760,14 @@ pub fn pages_in(runs: &[(u64, u64)], start: u64, end: u64, page: u64) -> u64 {
             }
         })
         .sum()
+}
+
+/// Is `java` on PATH (the JVM test is skipped, saying so, without it)?
+pub fn have_java() -> bool {
+    Command::new("java")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
