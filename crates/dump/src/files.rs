@@ -1,7 +1,7 @@
 //! Open file descriptors.
 
 use crate::{At, DumpError, Result, Stage};
-use stasis_image::{FdEntry, FdKind, FileId};
+use stasis_image::{EpollTarget, FdEntry, FdKind, FileId};
 use std::os::unix::fs::MetadataExt;
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
@@ -55,6 +55,60 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
                 fd,
                 cloexec: info.flags & O_CLOEXEC != 0,
                 kind,
+                ofd: 0,
+            });
+            continue;
+        }
+        if link == "anon_inode:[eventfd]" {
+            let count = info
+                .get("eventfd-count")
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+            let Some(count) = count else {
+                return Err(unsupported(format!(
+                    "fd {fd} ({link}): no eventfd-count in fdinfo"
+                )));
+            };
+            out.push(FdEntry {
+                fd,
+                cloexec: info.flags & O_CLOEXEC != 0,
+                kind: FdKind::EventFd {
+                    count,
+                    semaphore: info.get("eventfd-semaphore").map(str::trim) == Some("1"),
+                    flags: info.flags & !O_CLOEXEC,
+                },
+                ofd: 0,
+            });
+            continue;
+        }
+        if link == "anon_inode:[eventpoll]" {
+            let mut targets = Vec::new();
+            for (k, v) in info.extra.iter().filter(|(k, _)| k == "tfd") {
+                let t = parse_tfd(v)
+                    .ok_or_else(|| unsupported(format!("fd {fd} ({link}): fdinfo line {k}:{v}")))?;
+                // The registration names the watched file by descriptor
+                // number: it must still be that very file.
+                let same = std::fs::metadata(format!("/proc/{pid}/fd/{}", t.0))
+                    .map(|m| m.ino() == t.3)
+                    .unwrap_or(false);
+                if !same {
+                    return Err(unsupported(format!(
+                        "fd {fd} ({link}): it watches a file no longer open as fd {} (not supported yet)",
+                        t.0
+                    )));
+                }
+                targets.push(EpollTarget {
+                    fd: t.0,
+                    events: t.1,
+                    data: t.2,
+                });
+            }
+            out.push(FdEntry {
+                fd,
+                cloexec: info.flags & O_CLOEXEC != 0,
+                kind: FdKind::Epoll {
+                    flags: info.flags & !O_CLOEXEC,
+                    targets,
+                },
                 ofd: 0,
             });
             continue;
@@ -203,6 +257,8 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Path { .. } => (4, 0, 0),
         FdKind::Fifo { id, .. } => (5, *id, 0),
         FdKind::UnixSocket { id, .. } => (6, *id, 0),
+        FdKind::EventFd { .. } => (7, 0, 0),
+        FdKind::Epoll { .. } => (8, 0, 0),
     }
 }
 
@@ -494,3 +550,34 @@ use stasis_image::{
     PagesWriter, ProcessImage, SavedFile, SavedFileKind, VmaKind, MAX_SAVED_FILE, PAGE_SIZE,
 };
 use std::os::fd::AsFd;
+
+/// One `tfd:` line of an epoll's fdinfo: (fd, events, data, inode).
+/// The kernel prints `tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x`.
+fn parse_tfd(v: &str) -> Option<(i32, u32, u64, u64)> {
+    let mut it = v.split_whitespace();
+    let fd = it.next()?.parse().ok()?;
+    let (mut events, mut data, mut ino) = (None, None, None);
+    while let Some(tok) = it.next() {
+        match tok {
+            "events:" => events = u32::from_str_radix(it.next()?, 16).ok(),
+            "data:" => data = u64::from_str_radix(it.next()?, 16).ok(),
+            t if t.starts_with("ino:") => ino = u64::from_str_radix(&t[4..], 16).ok(),
+            _ => {}
+        }
+    }
+    Some((fd, events?, data?, ino?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parse_tfd_lines() {
+        assert_eq!(
+            super::parse_tfd(
+                "       5 events: 80000019 data:                5  pos:0 ino:11289f sdev:f"
+            ),
+            Some((5, 0x8000_0019, 5, 0x11289f))
+        );
+        assert_eq!(super::parse_tfd("garbage"), None);
+    }
+}

@@ -391,6 +391,26 @@ pub enum FdKind {
         sock_type: u32,
         flags: u32,
     },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: u32,
+    },
+    /// An epoll instance and what it watches: each target is a descriptor
+    /// number of the same process (added again from that descriptor).
+    Epoll {
+        flags: u32,
+        targets: Vec<EpollTarget>,
+    },
+}
+
+/// One registration of an epoll instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 /// Memory layout and the mm fields set with PR_SET_MM_MAP.

@@ -267,6 +267,15 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
                     format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
                 })?;
             }
+            FdKind::EventFd { .. } => {}
+            FdKind::Epoll { targets, .. } => {
+                c.count(&format!("files[{i}].kind.targets"), targets.len(), MAX_FDS)?;
+                for (k, t) in targets.iter().enumerate() {
+                    c.ensure(img.files.iter().any(|g| g.fd == t.fd && g.fd != f.fd), || {
+                        format!("files[{i}].kind.targets[{k}].fd: {} is not another descriptor of the process", t.fd)
+                    })?;
+                }
+            }
             FdKind::UnixSocket { sock_type, .. } => {
                 c.ensure(matches!(*sock_type, 1 | 2 | 5), || {
                     format!(

@@ -339,6 +339,28 @@ fn open_files(
                 util::set_status_flags(&opened.owned[i], keep).at(pid, st)?;
                 i
             }
+            (
+                None,
+                FdKind::EventFd {
+                    count,
+                    semaphore,
+                    flags,
+                },
+            ) => {
+                let mut f = (*flags as i32) & libc::O_NONBLOCK;
+                if *semaphore {
+                    f |= libc::EFD_SEMAPHORE;
+                }
+                // The counter may exceed eventfd()'s 32-bit start value.
+                let fd = util::eventfd(0, f).at(pid, st)?;
+                if *count != 0 {
+                    util::eventfd_add(&fd, *count).at(pid, st)?;
+                }
+                opened.push(fd)
+            }
+            // Registered later by the process itself (`epoll_targets`):
+            // epoll keys a registration by the registering descriptor number.
+            (None, FdKind::Epoll { .. }) => opened.push(util::epoll_create().at(pid, st)?),
             (None, FdKind::Saved { id, flags, pos }) => {
                 let &(obj, _) = opened.saved.get(id).ok_or_else(|| RestoreError::Refused {
                     pid,
@@ -384,7 +406,9 @@ fn open_files(
                     FdKind::Pipe { .. }
                     | FdKind::Saved { .. }
                     | FdKind::Fifo { .. }
-                    | FdKind::UnixSocket { .. } => {
+                    | FdKind::UnixSocket { .. }
+                    | FdKind::EventFd { .. }
+                    | FdKind::Epoll { .. } => {
                         unreachable!("handled above")
                     }
                 };
@@ -1085,6 +1109,7 @@ fn rebuild(
     }
     // Timers after the threads (one may be the target of a timer's signal).
     timers(&mut r, img)?;
+    epoll_targets(&mut r, img)?;
     fault_point(pid, Stage::Attributes)?;
     // Credentials are per thread in the kernel: every thread sets its own,
     // unless they are already the ones every thread inherited from us.
@@ -1802,4 +1827,42 @@ fn own_tty() -> Option<String> {
             .flatten()
             .and_then(|p| p.to_str().map(str::to_string))
     })
+}
+
+/// Re-adds what each epoll instance watched, by the process itself, so that
+/// every registration has the descriptor number the process knows it by
+/// (EPOLL_CTL_MOD and DEL name it). A description shared with a process
+/// restored earlier is registered already (EEXIST).
+fn epoll_targets(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+    let pid = img.pid;
+    let st = Stage::Attributes;
+    for e in &img.files {
+        let FdKind::Epoll { targets, .. } = &e.kind else {
+            continue;
+        };
+        for t in targets {
+            // struct epoll_event is packed on x86-64: u32 events, u64 data.
+            let mut ev = t.events.to_le_bytes().to_vec();
+            ev.extend_from_slice(&t.data.to_le_bytes());
+            let at = r.write_scratch(0, &ev).at(pid, st)?;
+            let got = r
+                .syscall(
+                    libc::SYS_epoll_ctl,
+                    &[e.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
+                )
+                .at(pid, st)?;
+            if got < 0 && got != -i64::from(libc::EEXIST) {
+                return Err(RestoreError::Sys {
+                    pid,
+                    stage: st,
+                    source: stasis_sys::SysError::new(
+                        format!("remote epoll_ctl(fd {}, ADD, fd {})", e.fd, t.fd),
+                        None,
+                        (-got) as i32,
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

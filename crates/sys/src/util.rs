@@ -511,3 +511,29 @@ pub fn own_children() -> Vec<Pid> {
     }
     out
 }
+
+/// eventfd(2) with `count` and `flags` (EFD_NONBLOCK, EFD_SEMAPHORE);
+/// close-on-exec in the caller.
+pub fn eventfd(count: u64, flags: i32) -> Result<OwnedFd> {
+    let init =
+        u32::try_from(count).map_err(|_| SysError::other("eventfd", None, "count above 2^32-1"))?;
+    // SAFETY: plain syscall; the descriptor is ours to own.
+    let fd = unsafe { libc::eventfd(init, flags | libc::EFD_CLOEXEC) };
+    check(fd.into(), "eventfd", None)?;
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds to the eventfd's counter (a write of `n`).
+pub fn eventfd_add(fd: &OwnedFd, n: u64) -> Result<()> {
+    write_all(fd, &n.to_ne_bytes(), "write eventfd")
+}
+
+/// epoll_create1(EPOLL_CLOEXEC).
+pub fn epoll_create() -> Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is ours to own.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    check(fd.into(), "epoll_create1", None)?;
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -84,6 +84,12 @@ selfcheck!(
     []
 );
 selfcheck!(
+    selfcheck_epoll,
+    negative_epoll,
+    Program::Bin("tp_epoll"),
+    []
+);
+selfcheck!(
     selfcheck_shared,
     negative_shared,
     Program::Bin("tp_shared"),
@@ -569,6 +575,11 @@ fn cr_unsupported_socket_now_supported() {
         Program::Bin("tp_unsupported"),
         &["--with", "socket"],
     );
+}
+
+#[test]
+fn cr_epoll_eventfd() {
+    cr("cr_epoll", Program::Bin("tp_epoll"), &[]);
 }
 
 #[test]

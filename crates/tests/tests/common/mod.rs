@@ -71,6 +71,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_daemon" => env!("CARGO_BIN_EXE_tp_daemon"),
         "tp_tty" => env!("CARGO_BIN_EXE_tp_tty"),
         "tp_sockets" => env!("CARGO_BIN_EXE_tp_sockets"),
+        "tp_epoll" => env!("CARGO_BIN_EXE_tp_epoll"),
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
