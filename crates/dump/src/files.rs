@@ -80,6 +80,53 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             });
             continue;
         }
+        if link == "anon_inode:[timerfd]" || link == "anon_inode:[signalfd]" {
+            let bad = || unsupported(format!("fd {fd} ({link}): unexpected fdinfo"));
+            let kind = if link == "anon_inode:[timerfd]" {
+                // "it_value: (S, NS)" and "it_interval: (S, NS)": time left and interval.
+                let pair = |key: &str| -> Option<u64> {
+                    let v = info
+                        .get(key)?
+                        .trim()
+                        .trim_start_matches('(')
+                        .trim_end_matches(')')
+                        .to_string();
+                    let (s, ns) = v.split_once(',')?;
+                    Some(
+                        s.trim().parse::<u64>().ok()? * 1_000_000_000
+                            + ns.trim().parse::<u64>().ok()?,
+                    )
+                };
+                FdKind::TimerFd {
+                    clock_id: info
+                        .get("clockid")
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or_else(bad)?,
+                    flags: info.flags & !O_CLOEXEC,
+                    value_ns: pair("it_value").ok_or_else(bad)?,
+                    interval_ns: pair("it_interval").ok_or_else(bad)?,
+                    ticks: info
+                        .get("ticks")
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0),
+                }
+            } else {
+                FdKind::SignalFd {
+                    mask: info
+                        .get("sigmask")
+                        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                        .ok_or_else(bad)?,
+                    flags: info.flags & !O_CLOEXEC,
+                }
+            };
+            out.push(FdEntry {
+                fd,
+                cloexec: info.flags & O_CLOEXEC != 0,
+                kind,
+                ofd: 0,
+            });
+            continue;
+        }
         if link == "anon_inode:[eventpoll]" {
             let mut targets = Vec::new();
             for (k, v) in info.extra.iter().filter(|(k, _)| k == "tfd") {
@@ -258,6 +305,8 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Fifo { id, .. } => (5, *id, 0),
         FdKind::UnixSocket { id, .. } => (6, *id, 0),
         FdKind::EventFd { .. } => (7, 0, 0),
+        FdKind::TimerFd { .. } => (9, 0, 0),
+        FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
     }
 }

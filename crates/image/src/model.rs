@@ -397,6 +397,16 @@ pub enum FdKind {
         semaphore: bool,
         flags: u32,
     },
+    /// A timerfd: clock, time left and interval (ns), expirations not yet read.
+    TimerFd {
+        clock_id: i32,
+        flags: u32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
+    /// A signalfd and its signal mask.
+    SignalFd { mask: u64, flags: u32 },
     /// An epoll instance and what it watches: each target is a descriptor
     /// number of the same process (added again from that descriptor).
     Epoll {

@@ -267,7 +267,7 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
                     format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
                 })?;
             }
-            FdKind::EventFd { .. } => {}
+            FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } => {}
             FdKind::Epoll { targets, .. } => {
                 c.count(&format!("files[{i}].kind.targets"), targets.len(), MAX_FDS)?;
                 for (k, t) in targets.iter().enumerate() {

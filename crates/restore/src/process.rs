@@ -358,6 +358,29 @@ fn open_files(
                 }
                 opened.push(fd)
             }
+            (
+                None,
+                FdKind::TimerFd {
+                    clock_id,
+                    flags,
+                    value_ns,
+                    interval_ns,
+                    ticks,
+                },
+            ) => {
+                // Unread expirations cannot be set: a due timer fires again at once.
+                let value = if *value_ns == 0 && *ticks > 0 {
+                    1
+                } else {
+                    *value_ns
+                };
+                let keep = (*flags as i32) & libc::O_NONBLOCK;
+                opened.push(util::timerfd(*clock_id, keep, value, *interval_ns).at(pid, st)?)
+            }
+            (None, FdKind::SignalFd { mask, flags }) => {
+                let keep = (*flags as i32) & libc::O_NONBLOCK;
+                opened.push(util::signalfd(*mask, keep).at(pid, st)?)
+            }
             // Registered later by the process itself (`epoll_targets`):
             // epoll keys a registration by the registering descriptor number.
             (None, FdKind::Epoll { .. }) => opened.push(util::epoll_create().at(pid, st)?),
@@ -408,6 +431,8 @@ fn open_files(
                     | FdKind::Fifo { .. }
                     | FdKind::UnixSocket { .. }
                     | FdKind::EventFd { .. }
+                    | FdKind::TimerFd { .. }
+                    | FdKind::SignalFd { .. }
                     | FdKind::Epoll { .. } => {
                         unreachable!("handled above")
                     }

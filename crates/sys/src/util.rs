@@ -537,3 +537,45 @@ pub fn epoll_create() -> Result<OwnedFd> {
     // SAFETY: fresh descriptor from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// timerfd_create(clock, flags) armed (relative) with `value_ns` left and
+/// `interval_ns`; close-on-exec in the caller.
+pub fn timerfd(clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is ours to own.
+    let fd = unsafe { libc::timerfd_create(clock, flags | libc::TFD_CLOEXEC) };
+    check(fd.into(), "timerfd_create", None)?;
+    // SAFETY: fresh descriptor from the kernel.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if value_ns != 0 {
+        use std::os::fd::AsRawFd;
+        let ts = |ns: u64| libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as i64,
+            tv_nsec: (ns % 1_000_000_000) as i64,
+        };
+        let its = libc::itimerspec {
+            it_interval: ts(interval_ns),
+            it_value: ts(value_ns),
+        };
+        // SAFETY: its lives for the call; no old value wanted.
+        let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &its, std::ptr::null_mut()) };
+        check(r.into(), "timerfd_settime", None)?;
+    }
+    Ok(fd)
+}
+
+/// signalfd(-1, mask, flags); close-on-exec in the caller.
+pub fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd> {
+    // SAFETY: raw syscall with an 8-byte kernel sigset that lives for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            8usize,
+            flags | libc::SFD_CLOEXEC,
+        )
+    };
+    check(fd, "signalfd", None)?;
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -1,7 +1,8 @@
 //! tp_epoll: an event loop's kernel objects survive checkpoint/restore:
 //! eventfds (counter, semaphore mode, O_NONBLOCK) and an epoll instance
 //! with its registrations (events incl. EPOLLET, user data), still keyed
-//! by the same descriptor numbers (EPOLL_CTL_DEL works).
+//! by the same descriptor numbers (EPOLL_CTL_DEL works); a timerfd (interval,
+//! time left, still fires) and a signalfd (its mask; reads a signal).
 //!
 //! Usage: `tp_epoll WORKDIR [--corrupt]`
 
@@ -44,6 +45,53 @@ fn main() {
     };
     add(efd, libc::EPOLLIN as u32, 0x1234);
     add(p[0], (libc::EPOLLIN | libc::EPOLLET) as u32, 42);
+    // A timerfd: 40 s left, 7 s interval, non-blocking.
+    // SAFETY: creating and arming our own timerfd.
+    let tfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK) };
+    let its = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 7,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 40,
+            tv_nsec: 0,
+        },
+    };
+    // SAFETY: its lives for the call.
+    unsafe { libc::timerfd_settime(tfd, 0, &its, std::ptr::null_mut()) };
+    // A signalfd for SIGUSR2 (blocked).
+    let usr2 = 1u64 << (libc::SIGUSR2 - 1);
+    // SAFETY: blocking SIGUSR2 for ourselves; a signalfd with an 8-byte mask.
+    let sfd = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &usr2 as *const u64,
+            0usize,
+            8usize,
+        );
+        libc::syscall(libc::SYS_signalfd4, -1, &usr2 as *const u64, 8usize, 0) as i32
+    };
+    let gettime = |fd: i32| {
+        let mut cur = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+        };
+        // SAFETY: valid out pointer.
+        unsafe { libc::timerfd_gettime(fd, &mut cur) };
+        (
+            cur.it_interval.tv_sec,
+            cur.it_value.tv_sec * 1_000_000_000 + cur.it_value.tv_nsec,
+        )
+    };
+    let t_before = gettime(tfd);
     let regs = epoll_fdinfo_targets(ep);
     proto.ready_and_wait();
 
@@ -70,5 +118,43 @@ fn main() {
     // SAFETY: removing our own registration by its descriptor number.
     let del = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, p[0], std::ptr::null_mut()) };
     report.eq("EPOLL_CTL_DEL by the descriptor number", 0, del);
+    let (iv, left) = gettime(tfd);
+    report.eq("timerfd interval (s)", t_before.0, iv);
+    report.check(
+        left <= t_before.1 && left > t_before.1 - 30_000_000_000,
+        || format!("timerfd: {} ns left before, {left} after", t_before.1),
+    );
+    // It still fires: re-arm to 10 ms and wait for one expiration.
+    let soon = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        },
+    };
+    // SAFETY: re-arming our own timer; then reading its 8-byte count.
+    let fired = unsafe {
+        libc::timerfd_settime(tfd, 0, &soon, std::ptr::null_mut());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut n = 0u64;
+        libc::read(tfd, (&mut n as *mut u64).cast(), 8);
+        n
+    };
+    report.eq("timerfd expirations after re-arming", 1, fired);
+    // The signalfd still reports SIGUSR2.
+    let mut info = [0u8; 128];
+    // SAFETY: signalling ourselves (SIGUSR2 is blocked); reading a signalfd_siginfo.
+    let n = unsafe {
+        libc::raise(libc::SIGUSR2);
+        libc::read(sfd, info.as_mut_ptr().cast(), 128)
+    };
+    report.eq(
+        "signalfd read",
+        (128, libc::SIGUSR2 as u32),
+        (n, u32::from_le_bytes([info[0], info[1], info[2], info[3]])),
+    );
     proto.finish(&report);
 }
