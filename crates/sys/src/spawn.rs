@@ -1,5 +1,7 @@
-//! Creating a restore child: fork with a chosen PID, place its descriptors,
-//! stop under ptrace. Also the syscall-stub area the restorer injects through.
+//! Creating the restore tree: every process forked by its parent with its
+//! PID, its descriptors placed, waiting to be seized; the helpers that
+//! recreate namespaces, sessions and groups; the areas (syscall stub,
+//! shared and copy-on-write memory) every process inherits.
 
 use crate::clone::{exit_now, fork_with_pid, CloneArgs, Forked};
 use crate::ptrace::{self, Stop};
@@ -17,58 +19,6 @@ pub struct FdPlan {
     pub targets: Vec<(usize, i32, bool)>,
 }
 
-/// Exit codes of a child that failed before stopping.
-pub fn child_failure(code: i32) -> &'static str {
-    match code {
-        2 => "the restorer died before the child started",
-        3 => "duplicating descriptors to the staging range failed",
-        4 => "placing a descriptor at its number failed",
-        5 => "ptrace(PTRACE_TRACEME) failed",
-        _ => "the child exited unexpectedly",
-    }
-}
-
-/// Forks a child with PID `pid` (clone3 set_tid), which arranges its
-/// descriptors by `plan`, blocks all signals and stops itself traced by us
-/// with PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD. Returns it stopped.
-/// On failure the child is killed and reaped.
-pub fn spawn_stopped(pid: i32, plan: &FdPlan) -> Result<Pid> {
-    let parent = crate::util::getpid().0;
-    // SAFETY: the child only executes raw syscalls on data prepared before
-    // the fork (no allocation, no locks) and leaves by _exit or by being
-    // rebuilt under ptrace.
-    match unsafe { fork_with_pid(&[pid], 0)? } {
-        Forked::Child => child(parent, plan),
-        Forked::Parent(child) => {
-            let res = (|| {
-                match ptrace::wait(child)? {
-                    Stop::Signal(libc::SIGSTOP) => {}
-                    Stop::Exited(code) => {
-                        return Err(SysError::other(
-                            "start restore child",
-                            Some(child),
-                            child_failure(code),
-                        ))
-                    }
-                    other => {
-                        return Err(SysError::other(
-                            "start restore child",
-                            Some(child),
-                            format!("unexpected state {other:?}"),
-                        ))
-                    }
-                }
-                ptrace::set_options(child, libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD)
-            })();
-            if let Err(e) = res {
-                kill_and_reap(child);
-                return Err(e);
-            }
-            Ok(child)
-        }
-    }
-}
-
 /// SIGKILL a child of ours and reap it.
 pub fn kill_and_reap(child: Pid) {
     kill_and_reap_threads(child, &[]);
@@ -83,54 +33,6 @@ pub fn kill_and_reap_threads(child: Pid, threads: &[Pid]) {
         let _ = crate::util::waitpid(t, libc::__WALL);
     }
     let _ = crate::util::waitpid(child, libc::__WALL);
-}
-
-fn child(parent: i32, plan: &FdPlan) -> ! {
-    // SAFETY: raw syscalls with integer arguments or pointers to memory
-    // that lives for the call; no allocation (this runs right after a fork).
-    unsafe {
-        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::syscall(libc::SYS_getppid) as i32 != parent {
-            exit_now(2);
-        }
-        let all: u64 = !0;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const u64,
-            0usize,
-            8usize,
-        );
-        for (i, &src) in plan.srcs.iter().enumerate() {
-            if libc::syscall(libc::SYS_dup2, src, plan.staging + i as i32) < 0 {
-                exit_now(3);
-            }
-        }
-        libc::syscall(libc::SYS_close_range, 0u32, (plan.staging - 1) as u32, 0u32);
-        libc::syscall(
-            libc::SYS_close_range,
-            (plan.staging + plan.srcs.len() as i32) as u32,
-            u32::MAX,
-            0u32,
-        );
-        for &(i, fd, cloexec) in &plan.targets {
-            let from = plan.staging + i as i32;
-            let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
-            if libc::syscall(libc::SYS_dup3, from, fd, flags) < 0 {
-                exit_now(4);
-            }
-            libc::syscall(libc::SYS_close, from);
-        }
-        if libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
-            exit_now(5);
-        }
-        libc::syscall(
-            libc::SYS_kill,
-            libc::syscall(libc::SYS_getpid),
-            libc::SIGSTOP,
-        );
-        exit_now(6)
-    }
 }
 
 /// Maps the stub area in the caller at `addr` (`len` bytes, fixed, never
@@ -276,6 +178,28 @@ unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32) -> i64 {
     r
 }
 
+/// A restore child's first steps: die with its parent (until the
+/// restorer clears this), and block every signal while it is built.
+fn die_with_parent_and_block_signals() {
+    // SAFETY: integer-only prctl on the calling process.
+    unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    block_all_signals();
+}
+
+fn block_all_signals() {
+    let all: u64 = !0;
+    // SAFETY: an 8-byte kernel sigset that lives for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        )
+    };
+}
+
 fn report(fd: i32, pid: i32, code: i32) {
     let rec = [pid, code];
     // SAFETY: writing 8 bytes from a live array to a pipe (atomic below PIPE_BUF).
@@ -293,14 +217,7 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
             report(plan.ready_fd, me, 2);
             exit_now(2);
         }
-        let all: u64 = !0;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const u64,
-            0usize,
-            8usize,
-        );
+        block_all_signals();
         if let Some(status) = p.zombie_status {
             die_with(status);
         }
@@ -531,15 +448,7 @@ fn helper_init(plan: &TreePlan) -> ! {
     let root = &plan.procs[0];
     // SAFETY: raw syscalls on prepared data; no allocation.
     unsafe {
-        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let all: u64 = !0;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const u64,
-            0usize,
-            8usize,
-        );
+        die_with_parent_and_block_signals();
         if mount_private_proc() != 0 {
             report(plan.ready_fd, root.pid, 9);
             exit_now(9);
@@ -618,15 +527,7 @@ fn session_helper(plan: &TreePlan, sid: i32) -> ! {
     let root = &plan.procs[0];
     // SAFETY: raw syscalls on prepared data; no allocation.
     unsafe {
-        libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let all: u64 = !0;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const u64,
-            0usize,
-            8usize,
-        );
+        die_with_parent_and_block_signals();
         if libc::syscall(libc::SYS_setsid) < 0 {
             report(plan.ready_fd, root.pid, 8);
             exit_now(8);
