@@ -1646,21 +1646,27 @@ fn release_helper(helper: Pid, stub: u64) -> stasis_sys::Result<()> {
 /// use from its `created_timer_id` argument.
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 
+/// `struct itimerval` / `struct itimerspec` bytes: (seconds, sub-second)
+/// of the interval, then of the value; `per_sec` sub-second units a second.
+fn interval_and_value(interval: u64, value: u64, per_sec: u64) -> Vec<u8> {
+    [
+        interval / per_sec,
+        interval % per_sec,
+        value / per_sec,
+        value % per_sec,
+    ]
+    .iter()
+    .flat_map(|v| v.to_le_bytes())
+    .collect()
+}
+
 /// Interval timers and POSIX timers (same ids, clocks, notification,
 /// interval, time left), created by the process itself.
 fn timers(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
     for t in &img.itimers {
-        let mut b = Vec::with_capacity(32);
-        for v in [
-            t.interval_us / 1_000_000,
-            t.interval_us % 1_000_000,
-            t.value_us / 1_000_000,
-            t.value_us % 1_000_000,
-        ] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
+        let b = interval_and_value(t.interval_us, t.value_us, 1_000_000);
         let at = r.write_scratch(0, &b).at(pid, st)?;
         r.call(
             libc::SYS_setitimer,
@@ -1707,15 +1713,7 @@ fn timers(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
             });
         }
         if t.value_ns != 0 {
-            let mut b = Vec::with_capacity(32);
-            for v in [
-                t.interval_ns / 1_000_000_000,
-                t.interval_ns % 1_000_000_000,
-                t.value_ns / 1_000_000_000,
-                t.value_ns % 1_000_000_000,
-            ] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
+            let b = interval_and_value(t.interval_ns, t.value_ns, 1_000_000_000);
             let at = r.write_scratch(0, &b).at(pid, st)?;
             r.call(
                 libc::SYS_timer_settime,

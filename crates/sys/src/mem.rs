@@ -12,72 +12,7 @@ pub const IOV_MAX: usize = 1024;
 /// `local`, which must be exactly as long as their sum. Returns an error on
 /// a short read.
 pub fn read_ranges(pid: Pid, remote: &[(u64, usize)], local: &mut [u8]) -> Result<()> {
-    let total: usize = remote.iter().map(|r| r.1).sum();
-    if total != local.len() {
-        return Err(SysError::other(
-            "process_vm_readv",
-            Some(pid),
-            "buffer size mismatch",
-        ));
-    }
-    let mut done = 0usize;
-    for chunk in remote.chunks(IOV_MAX) {
-        let want: usize = chunk.iter().map(|r| r.1).sum();
-        let riov: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|&(a, l)| libc::iovec {
-                iov_base: a as usize as *mut libc::c_void,
-                iov_len: l,
-            })
-            .collect();
-        let mut got = 0usize;
-        while got < want {
-            // A partial transfer stops at a range boundary or fault; retry the rest.
-            let (riov_rest, skip) = skip_iov(&riov, got);
-            let local_slice = &mut local[done + got..done + want];
-            let liov = libc::iovec {
-                iov_base: local_slice.as_mut_ptr().cast(),
-                iov_len: local_slice.len(),
-            };
-            let mut first = riov_rest.to_vec();
-            if let Some(f) = first.first_mut() {
-                f.iov_base = (f.iov_base as usize + skip) as *mut libc::c_void;
-                f.iov_len -= skip;
-            }
-            // SAFETY: liov points into `local`, which is live and writable for
-            // its length; remote iovecs are only interpreted in the target.
-            let n = unsafe {
-                libc::process_vm_readv(
-                    pid.0,
-                    &liov,
-                    1,
-                    first.as_ptr(),
-                    first.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = last_errno();
-                let addr = first.first().map(|f| f.iov_base as usize).unwrap_or(0);
-                return Err(SysError::new(
-                    format!("process_vm_readv at {addr:#x}"),
-                    Some(pid),
-                    e,
-                ));
-            }
-            if n == 0 {
-                let addr = first.first().map(|f| f.iov_base as usize).unwrap_or(0);
-                return Err(SysError::other(
-                    format!("process_vm_readv at {addr:#x}"),
-                    Some(pid),
-                    "no progress",
-                ));
-            }
-            got += n as usize;
-        }
-        done += want;
-    }
-    Ok(())
+    transfer(pid, remote, local.as_mut_ptr(), local.len(), false)
 }
 
 /// Skips `n` bytes of an iovec list: returns the remaining list and the
@@ -100,29 +35,7 @@ pub fn read_bytes(pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>> {
 
 /// Writes `data` at `addr` (pages must be writable in the target).
 pub fn write_bytes(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
-    let mut done = 0usize;
-    while done < data.len() {
-        let liov = libc::iovec {
-            iov_base: data[done..].as_ptr() as *mut libc::c_void,
-            iov_len: data.len() - done,
-        };
-        let riov = libc::iovec {
-            iov_base: (addr as usize + done) as *mut libc::c_void,
-            iov_len: data.len() - done,
-        };
-        // SAFETY: liov points into `data`, live for the call; the kernel only reads it.
-        let n = unsafe { libc::process_vm_writev(pid.0, &liov, 1, &riov, 1, 0) };
-        if n <= 0 {
-            let e = if n < 0 { last_errno() } else { libc::EFAULT };
-            return Err(SysError::new(
-                format!("process_vm_writev at {:#x}", addr as usize + done),
-                Some(pid),
-                e,
-            ));
-        }
-        done += n as usize;
-    }
-    Ok(())
+    write_ranges(pid, &[(addr, data.len())], data)
 }
 
 /// Writes `local` to the remote ranges `remote` (address, length), in
@@ -131,13 +44,28 @@ pub fn write_bytes(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
 /// The pages must be writable in the target; they are written fastest when
 /// already faulted in.
 pub fn write_ranges(pid: Pid, remote: &[(u64, usize)], local: &[u8]) -> Result<()> {
+    // The kernel only reads `local` for a write.
+    transfer(pid, remote, local.as_ptr().cast_mut(), local.len(), true)
+}
+
+/// process_vm_readv / process_vm_writev between `len` bytes at `local` and
+/// the remote ranges, up to IOV_MAX ranges per call, resuming after
+/// partial transfers (they stop at a range boundary or a fault).
+fn transfer(
+    pid: Pid,
+    remote: &[(u64, usize)],
+    local: *mut u8,
+    len: usize,
+    write: bool,
+) -> Result<()> {
+    let op = if write {
+        "process_vm_writev"
+    } else {
+        "process_vm_readv"
+    };
     let total: usize = remote.iter().map(|r| r.1).sum();
-    if total != local.len() {
-        return Err(SysError::other(
-            "process_vm_writev",
-            Some(pid),
-            "buffer size mismatch",
-        ));
+    if total != len {
+        return Err(SysError::other(op, Some(pid), "buffer size mismatch"));
     }
     let mut done = 0usize;
     for chunk in remote.chunks(IOV_MAX) {
@@ -152,41 +80,53 @@ pub fn write_ranges(pid: Pid, remote: &[(u64, usize)], local: &[u8]) -> Result<(
         let mut got = 0usize;
         while got < want {
             let (riov_rest, skip) = skip_iov(&riov, got);
-            let local_slice = &local[done + got..done + want];
             let liov = libc::iovec {
-                iov_base: local_slice.as_ptr() as *mut libc::c_void,
-                iov_len: local_slice.len(),
+                iov_base: local.wrapping_add(done + got).cast(),
+                iov_len: want - got,
             };
             let mut first = riov_rest.to_vec();
             if let Some(f) = first.first_mut() {
                 f.iov_base = (f.iov_base as usize + skip) as *mut libc::c_void;
                 f.iov_len -= skip;
             }
-            // SAFETY: liov points into `local`, live for the call; the kernel
-            // only reads it. Remote iovecs are only interpreted in the target.
+            // SAFETY: liov lies inside the caller's buffer of `len` bytes
+            // (done + want <= total == len), live for the call, writable for
+            // a read; remote iovecs are only interpreted in the target.
             let n = unsafe {
-                libc::process_vm_writev(
-                    pid.0,
-                    &liov,
-                    1,
-                    first.as_ptr(),
-                    first.len() as libc::c_ulong,
-                    0,
-                )
+                if write {
+                    libc::process_vm_writev(
+                        pid.0,
+                        &liov,
+                        1,
+                        first.as_ptr(),
+                        first.len() as libc::c_ulong,
+                        0,
+                    )
+                } else {
+                    libc::process_vm_readv(
+                        pid.0,
+                        &liov,
+                        1,
+                        first.as_ptr(),
+                        first.len() as libc::c_ulong,
+                        0,
+                    )
+                }
             };
             let addr = first.first().map(|f| f.iov_base as usize).unwrap_or(0);
             if n < 0 {
                 return Err(SysError::new(
-                    format!("process_vm_writev at {addr:#x}"),
+                    format!("{op} at {addr:#x}"),
                     Some(pid),
                     last_errno(),
                 ));
             }
             if n == 0 {
-                return Err(SysError::other(
-                    format!("process_vm_writev at {addr:#x}"),
+                // Nothing moved: the remote range is not accessible.
+                return Err(SysError::new(
+                    format!("{op} at {addr:#x}"),
                     Some(pid),
-                    "no progress",
+                    libc::EFAULT,
                 ));
             }
             got += n as usize;
