@@ -8,7 +8,7 @@ use stasis_image::{
 };
 use stasis_sys::ptrace::{self, Regs};
 use stasis_sys::remote::{le_u32, le_u64, RemoteThread};
-use stasis_sys::{util, Pid};
+use stasis_sys::{util, xsave, Pid};
 
 /// Everything collected before pages are written.
 pub(crate) struct Collected {
@@ -97,6 +97,29 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
             what: "a process in a PID namespace nested two levels below stasis's".into(),
         });
     }
+    // Per-process x86 state that lives outside the XSAVE area: refused
+    // until it is restored (linear address masking changes how every
+    // pointer is read; a shadow stack must be rebuilt with the stack).
+    if status.untag_mask != u64::MAX {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!(
+                "linear address masking (LAM, untag mask {:#x})",
+                status.untag_mask
+            ),
+        });
+    }
+    if !status.x86_thread_features.is_empty() {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!(
+                "x86 thread features enabled by arch_prctl ({}: shadow stack)",
+                status.x86_thread_features
+            ),
+        });
+    }
     let fds = files::collect_fds(pid, shell_job)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
@@ -151,7 +174,8 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         t.sigaltstack = altstack;
         t.clear_child_tid = clear_child_tid;
         if tid == p {
-            q = Some(query(r, pid, status.sig_cgt | status.sig_ign)?);
+            let dynamic = xsave::dynamic(xsave::features(&t.xsave));
+            q = Some(query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?);
             timers = query_timers(r, pid)?;
         }
         frozen.finish_remote().at(pid, Stage::Query)?;
@@ -209,6 +233,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         },
         pdeath_signal: q.pdeath_signal,
         dumpable: q.dumpable,
+        xcomp_perm: q.xcomp_perm,
         sigactions: q.sigactions,
         shared_pending,
         itimers: timers.0,
@@ -225,7 +250,12 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     })
 }
 
+/// arch_prctl: the XSAVE components the process may use.
+const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+
 struct Queried {
+    /// ARCH_GET_XCOMP_PERM (0 when the CPU has no dynamic components).
+    xcomp_perm: u64,
     sigactions: Vec<SigAction>,
     pdeath_signal: u32,
     dumpable: u32,
@@ -236,7 +266,12 @@ struct Queried {
 /// State only the process itself can report, through remote syscalls.
 /// Every call is a pure query writing into scratch memory below the
 /// thread's healing frame.
-fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
+///
+/// `dynamic` lists the XSAVE components this CPU enables on first use (AMX
+/// tile data): when there are any, the process's permission for them is
+/// read too (a process that asked for AMX must get it back, or its next
+/// tile instruction dies with SIGILL).
+fn query(r: &mut RemoteThread, pid: u32, handled: u64, dynamic: u64) -> Result<Queried> {
     let st = Stage::Query;
     let (scratch, _) = r.scratch();
     let mut sigactions = Vec::new();
@@ -285,7 +320,18 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64) -> Result<Queried> {
         )
         .at(pid, st)? as u32;
     let brk = r.call(libc::SYS_brk, &[0], "brk(0)").at(pid, st)?;
+    let mut xcomp_perm = 0;
+    if dynamic != 0 {
+        r.call(
+            libc::SYS_arch_prctl,
+            &[ARCH_GET_XCOMP_PERM, scratch],
+            "arch_prctl(ARCH_GET_XCOMP_PERM)",
+        )
+        .at(pid, st)?;
+        xcomp_perm = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
+    }
     Ok(Queried {
+        xcomp_perm,
         sigactions,
         pdeath_signal,
         dumpable,

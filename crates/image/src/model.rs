@@ -99,6 +99,11 @@ pub struct ProcessImage {
     pub pdeath_signal: u32,
     /// `prctl(PR_GET_DUMPABLE)`.
     pub dumpable: u32,
+    /// `arch_prctl(ARCH_GET_XCOMP_PERM)`: the XSAVE components the process
+    /// may use, saved only on CPUs with components enabled on first use
+    /// (AMX); 0 otherwise.
+    #[serde(default)]
+    pub xcomp_perm: u64,
     /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
     pub sigactions: Vec<SigAction>,
     /// Signals pending for the whole process (shared queue), oldest first.

@@ -60,6 +60,12 @@ pub struct Status {
     pub no_new_privs: bool,
     /// `Seccomp:` 0 disabled, 1 strict, 2 filter (0 if absent).
     pub seccomp: u32,
+    /// `untag_mask:` the address bits kept by linear address masking (all
+    /// ones unless the process enabled LAM; all ones if absent).
+    pub untag_mask: u64,
+    /// `x86_Thread_features:` x86 per-thread features enabled through
+    /// arch_prctl (shadow stack: `shstk`, `wrss`); empty if absent.
+    pub x86_thread_features: String,
 }
 
 /// Undoes the kernel's escaping of the `Name:` value (`\n`, `\\`, ...).
@@ -116,6 +122,8 @@ pub fn parse_status(text: &[u8]) -> Result<Status, ParseError> {
     let mut cap_amb = 0;
     let mut no_new_privs = false;
     let mut seccomp = 0;
+    let mut untag_mask = u64::MAX;
+    let mut x86_thread_features = String::new();
 
     for (n, l) in lines(text) {
         let at = |e: ParseError| ParseError::new(format!("line {n}: {e}"));
@@ -168,6 +176,11 @@ pub fn parse_status(text: &[u8]) -> Result<Status, ParseError> {
                     }
                 }
                 "Seccomp" => seccomp = dec_u32(v, key)?,
+                "untag_mask" => {
+                    let h = v.strip_prefix("0x").unwrap_or(v);
+                    untag_mask = hex_u64(h, key)?
+                }
+                "x86_Thread_features" => x86_thread_features = v.trim().to_string(),
                 _ => {}
             }
             Ok(())
@@ -206,6 +219,8 @@ pub fn parse_status(text: &[u8]) -> Result<Status, ParseError> {
         cap_amb,
         no_new_privs,
         seccomp,
+        untag_mask,
+        x86_thread_features,
     })
 }
 

@@ -30,6 +30,7 @@
 mod creds_check;
 mod memory;
 mod process;
+mod xstate;
 
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
 use stasis_sys::{Pid, SysError};

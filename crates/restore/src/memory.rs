@@ -196,6 +196,7 @@ pub(crate) fn rebuild(
         .iter()
         .map(|v| svc.cow.contains_key(&cow_key(v)))
         .collect();
+    let apart = keep_apart(&mm.vmas, &from_cow);
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
             continue;
@@ -220,7 +221,12 @@ pub(crate) fn rebuild(
             }
             continue;
         }
-        map_vma(r, v, has_pages[i], svc)?;
+        if apart[i] {
+            map_apart(r, v, svc)?;
+            has_pages[i] = true; // mapped writable: the saved protection is applied below
+        } else {
+            map_vma(r, v, has_pages[i], svc, v.start)?;
+        }
         // Before the pages arrive, so that they arrive as huge pages where
         // the process had asked for them.
         if has_pages[i] && v.advice.iter().any(|a| a == "hugepage") {
@@ -289,9 +295,85 @@ pub(crate) fn rebuild(
     Ok(())
 }
 
-fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Result<()> {
+/// Whether two saved VMAs are neighbours the kernel might merge into one if
+/// both were mapped afresh: adjacent, private, same protection, neither
+/// special. (An over-approximation: keeping apart two VMAs the kernel
+/// would not have merged anyway costs a few remote calls, nothing else.)
+fn may_merge(a: &Vma, b: &Vma) -> bool {
+    a.end == b.start
+        && !a.shared
+        && !b.shared
+        && a.prot == b.prot
+        && !a.growsdown
+        && !b.growsdown
+        && !is_special(&a.kind)
+        && !is_special(&b.kind)
+}
+
+/// VMAs that must each get their own anon_vma so that they stay apart.
+///
+/// VMA boundaries are part of what a process can observe (/proc/PID/maps;
+/// mremap and mprotect semantics at the edges), so they are restored as
+/// they were. In the original, neighbours with identical flags stay
+/// separate VMAs when their anon_vmas differ, typically a child's area
+/// inherited at fork beside one it mapped itself. Mapped afresh they would
+/// merge. The kernel never merges two VMAs that have different anon_vmas,
+/// so each such VMA is given its own before it is put beside its neighbour
+/// (see [`map_apart`]). VMAs rebuilt from a copy-on-write object carry
+/// their inherited anon_vma and stay apart on their own.
+fn keep_apart(vmas: &[Vma], from_cow: &[bool]) -> Vec<bool> {
+    let mut apart = vec![false; vmas.len()];
+    for i in 1..vmas.len() {
+        if !from_cow[i - 1] && !from_cow[i] && may_merge(&vmas[i - 1], &vmas[i]) {
+            apart[i - 1] = true;
+            apart[i] = true;
+        }
+    }
+    apart
+}
+
+/// Maps `v` writable away from its neighbours, gives it an anon_vma (one
+/// page written, then dropped again), and moves it into place: with an
+/// anon_vma of its own it cannot merge with a neighbour.
+fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
     let pid = r.tid().0 as u32;
-    let mut flags = libc::MAP_FIXED
+    let st = Stage::Memory;
+    let tmp = map_vma(r, v, true, svc, 0)?;
+    let len = v.end - v.start;
+    let page = [tmp, PAGE_SIZE];
+    r.call(
+        libc::SYS_madvise,
+        &[page[0], page[1], MADV_POPULATE_WRITE],
+        "madvise(populate_write)",
+    )
+    .at(pid, st)?;
+    r.call(
+        libc::SYS_madvise,
+        &[page[0], page[1], libc::MADV_DONTNEED as u64],
+        "madvise(dontneed)",
+    )
+    .at(pid, st)?;
+    r.call(
+        libc::SYS_mremap,
+        &[
+            tmp,
+            len,
+            len,
+            (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+            v.start,
+        ],
+        &format!("mremap {:#x}-{:#x} into place", v.start, v.end),
+    )
+    .at(pid, st)?;
+    Ok(())
+}
+
+/// Maps `v` at `at` (its own start, or 0 for any address the kernel picks);
+/// returns the address. `fill`: writable, for its pages to be copied in.
+fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64) -> Result<u64> {
+    let pid = r.tid().0 as u32;
+    let fixed = if at != 0 { libc::MAP_FIXED } else { 0 };
+    let mut flags = fixed
         | if v.shared {
             libc::MAP_SHARED
         } else {
@@ -344,7 +426,7 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Resul
             )
             .at(pid, Stage::Memory)?;
         }
-        return Ok(());
+        return Ok(v.start);
     }
     let fd: i64 = match &v.kind {
         VmaKind::Saved { id } => {
@@ -385,7 +467,7 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Resul
         .call(
             libc::SYS_mmap,
             &[
-                v.start,
+                at,
                 v.end - v.start,
                 u64::from(prot),
                 flags as u64,
@@ -395,14 +477,14 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds) -> Resul
             &format!("mmap {:#x}-{:#x}", v.start, v.end),
         )
         .at(pid, Stage::Memory)?;
-    if got != v.start {
+    if at != 0 && got != at {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Memory,
             what: format!("mmap {:#x}-{:#x} landed at {got:#x}", v.start, v.end),
         });
     }
-    Ok(())
+    Ok(got)
 }
 
 /// Runs at least this long are filled by populate + process_vm_writev;

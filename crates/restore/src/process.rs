@@ -1,6 +1,7 @@
 //! Restoring one process: fork it with its PID, rebuild it, resume it.
 
 use crate::memory::{self, ServiceFds, STUB_LEN};
+use crate::xstate;
 use crate::{fault_point, At, RestoreError, Result, Stage};
 use stasis_image::{FdKind, ProcessImage, SavedFileKind, ThreadState, UserRegs, VmaKind, Zombie};
 use stasis_sys::ptrace::{self, Regs};
@@ -1118,18 +1119,24 @@ fn rebuild(
     // Remote syscalls are cheapest with both on one CPU (best effort).
     let pin = util::CpuPin::new(child).ok();
     let spread = pin.as_ref().map(|p| p.original().to_vec());
+    // Refused before the address space is touched if this CPU cannot hold it.
+    let xsaves = xstate::fit(img, child)?;
     memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
+    // AMX permission before threads and altstacks (see xstate::permit).
+    xstate::permit(&mut r, img)?;
     thread_attributes(&mut r, pid, &img.threads[0])?;
+    xstate::warm(&mut r, pid, &xsaves[0])?;
     // Threads, created by the leader; each then sets up what is its own.
     let mut threads = Vec::with_capacity(img.threads.len() - 1);
-    for t in &img.threads[1..] {
+    for (t, area) in img.threads[1..].iter().zip(&xsaves[1..]) {
         let tid = create_thread(&mut r, pid, t.tid)?;
         guard.traced[k].1.push(tid);
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;
         thread_attributes(&mut tr, pid, t)?;
+        xstate::warm(&mut tr, pid, area)?;
         threads.push(tr);
     }
     // Timers after the threads (one may be the target of a timer's signal).
@@ -1163,10 +1170,10 @@ fn rebuild(
 
     let mut tids = vec![child];
     tids.extend(threads.iter().map(|t| t.tid()));
-    for (t, &tid) in img.threads.iter().zip(&tids) {
+    for ((t, &tid), area) in img.threads.iter().zip(&tids).zip(&xsaves) {
         ptrace::set_sigmask(tid, t.sigmask).at(pid, Stage::Registers)?;
-        if !t.xsave.is_empty() {
-            ptrace::set_xstate(tid, &t.xsave).at(pid, Stage::Registers)?;
+        if !area.is_empty() {
+            ptrace::set_xstate(tid, area).at(pid, Stage::Registers)?;
         }
         // Stopped at a syscall exit, the kernel applies no restart logic: do it.
         ptrace::set_regs(tid, &restart_fixed(&image_to_regs(&t.regs))).at(pid, Stage::Registers)?;

@@ -12,6 +12,7 @@ pub mod mem;
 pub mod ptrace;
 pub mod remote;
 pub mod util;
+pub mod xsave;
 
 use std::fmt;
 

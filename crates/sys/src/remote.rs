@@ -28,12 +28,46 @@
 
 use crate::hook::{fail_point, kill_point};
 use crate::ptrace::{self, Regs, Stop};
-use crate::{mem, Pid, Result, SysError};
+use crate::{mem, xsave, Pid, Result, SysError};
 
 /// The stub's bytes (see the module docs).
 pub const STUB: [u8; 16] = [
     0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
 ];
+
+/// The restore stub page: [`STUB`], then at [`AMX_WARMUP_OFF`] a sequence
+/// that makes the kernel enable AMX tile state for the thread running it:
+///
+/// ```text
+///   c4 e2 78 49 07   ldtilecfg [rdi]   ; a tile configuration in scratch
+///   c4 e2 7b 49 c0   tilezero  tmm0    ; first use: the kernel grows the
+///                                      ; thread's XSAVE buffer (XFD fault)
+///   0f 05            syscall           ; stop here (rax: a harmless call)
+/// ```
+///
+/// Until a thread has used AMX the kernel refuses (EINVAL) an XSAVE area
+/// with live tile data through PTRACE_SETREGSET; asking for the permission
+/// is not enough.
+pub const RESTORE_STUB: [u8; 32] = {
+    let amx: [u8; 12] = [
+        0xc4, 0xe2, 0x78, 0x49, 0x07, 0xc4, 0xe2, 0x7b, 0x49, 0xc0, 0x0f, 0x05,
+    ];
+    let mut s = [0xcc; 32];
+    let mut i = 0;
+    while i < STUB.len() {
+        s[i] = STUB[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < amx.len() {
+        s[AMX_WARMUP_OFF as usize + j] = amx[j];
+        j += 1;
+    }
+    s
+};
+
+/// Offset of the AMX warm-up sequence in [`RESTORE_STUB`].
+pub const AMX_WARMUP_OFF: u64 = 16;
 
 /// Length of the healing stubs written into the `[vdso]` padding.
 const HEAL_STUB_LEN: usize = 64;
@@ -168,19 +202,26 @@ pub fn restart_fixed(r: &Regs) -> Regs {
     x
 }
 
-/// Writes the sigframe `_fpx_sw_bytes` into an XSAVE image from ptrace (whose
-/// sw area holds XCR0 in its first word) and appends FP_XSTATE_MAGIC2.
+/// The fpstate of a healing frame: the thread's XSAVE area from ptrace, cut
+/// to the size the kernel accepts for this task's signal frames (see
+/// [`xsave::sigframe_layout`]: on CPUs with AMX that is less than ptrace's
+/// size until the task uses AMX), with the sigframe `_fpx_sw_bytes` in the
+/// software-reserved bytes and FP_XSTATE_MAGIC2 appended.
 fn sigframe_fpstate(xstate: &[u8]) -> Vec<u8> {
-    let mut fp = xstate.to_vec();
-    if fp.len() >= 512 {
-        let xcr0 = u64::from_le_bytes(fp[464..472].try_into().unwrap_or([0; 8]));
-        let size = fp.len() as u32;
-        fp[464..468].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
-        fp[468..472].copy_from_slice(&(size + 4).to_le_bytes());
-        fp[472..480].copy_from_slice(&xcr0.to_le_bytes());
-        fp[480..484].copy_from_slice(&size.to_le_bytes());
-        fp[484..512].fill(0);
+    if xstate.len() < xsave::HEADER_END {
+        return xstate.to_vec();
     }
+    let (size, features) = xsave::sigframe_layout(xstate);
+    let mut fp = xstate[..size].to_vec();
+    let bv = xsave::xstate_bv(&fp) & features;
+    fp[xsave::HEADER_OFF..xsave::HEADER_OFF + 8].copy_from_slice(&bv.to_le_bytes());
+    let sw = xsave::SW_RESERVED_OFF;
+    let size = size as u32;
+    fp[sw..sw + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+    fp[sw + 4..sw + 8].copy_from_slice(&(size + 4).to_le_bytes());
+    fp[sw + 8..sw + 16].copy_from_slice(&features.to_le_bytes());
+    fp[sw + 16..sw + 20].copy_from_slice(&size.to_le_bytes());
+    fp[sw + 20..512].fill(0);
     fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
     fp
 }
@@ -472,10 +513,40 @@ impl RemoteThread {
     /// Executes syscall `nr` with up to six arguments; returns the raw result
     /// (a negative errno on failure).
     pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> Result<i64> {
+        self.inject(self.stub, nr, args)
+    }
+
+    /// Restore only: runs the AMX warm-up sequence of [`RESTORE_STUB`] in
+    /// this thread (which must be allowed to use AMX: ARCH_REQ_XCOMP_PERM),
+    /// so that its tile state can then be set through ptrace.
+    pub fn amx_warmup(&mut self) -> Result<()> {
+        if self.heal.is_some() {
+            return Err(SysError::other(
+                "AMX warm-up",
+                Some(self.tid),
+                "only in a process being restored",
+            ));
+        }
+        // Palette 1; tmm0: 16 rows of 64 bytes.
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        cfg[16..18].copy_from_slice(&64u16.to_le_bytes());
+        cfg[48] = 16;
+        let at = self.write_scratch(0, &cfg)?;
+        let r = self.inject(self.stub + AMX_WARMUP_OFF, libc::SYS_getpid, &[at])?;
+        if r < 0 {
+            return Err(SysError::new("AMX warm-up", Some(self.tid), (-r) as i32));
+        }
+        Ok(())
+    }
+
+    /// Runs the code at `entry` (which ends in a `syscall`) with `nr` and
+    /// `args` in the syscall registers; returns rax after that syscall.
+    fn inject(&mut self, entry: u64, nr: libc::c_long, args: &[u64]) -> Result<i64> {
         REMOTE_SYSCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         log::trace!("tid {}: remote syscall {nr}", self.tid);
         let mut r = self.base;
-        r.rip = self.stub;
+        r.rip = entry;
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
@@ -529,6 +600,18 @@ impl RemoteThread {
             match ptrace::wait(self.tid)? {
                 Stop::Syscall => return Ok(()),
                 Stop::Signal(libc::SIGSTOP) => self.pending_stop = true,
+                // Injected code faulted (restore: every signal is blocked,
+                // so these can only be synchronous): resuming would run
+                // the faulting instruction again forever.
+                Stop::Signal(s @ (libc::SIGILL | libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE))
+                    if self.heal.is_none() =>
+                {
+                    return Err(SysError::other(
+                        format!("remote syscall {nr}"),
+                        Some(self.tid),
+                        format!("injected code faulted with signal {s}"),
+                    ))
+                }
                 Stop::Signal(_) | Stop::Event { .. } => {
                     // Everything else is blocked; an event stop here is an
                     // INTERRUPT from elsewhere or a group stop: just go on.

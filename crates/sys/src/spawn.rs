@@ -42,7 +42,11 @@ pub fn map_stub_area(addr: u64, len: u64) -> Result<()> {
     let p = mmap_noreplace(addr, len, libc::MAP_PRIVATE, "stub area")?;
     // SAFETY: p points to a fresh, writable mapping of at least one page.
     unsafe {
-        std::ptr::copy_nonoverlapping(remote::STUB.as_ptr(), p.cast::<u8>(), remote::STUB.len())
+        std::ptr::copy_nonoverlapping(
+            remote::RESTORE_STUB.as_ptr(),
+            p.cast::<u8>(),
+            remote::RESTORE_STUB.len(),
+        )
     };
     // SAFETY: changing protection of the first page of our own new mapping.
     let r = unsafe { libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) };

@@ -190,6 +190,47 @@ fn main() {
         end: anon_ro.start() + anon_ro.len,
     });
 
+    // Neighbours that are separate VMAs although their flags are identical
+    // (their anon_vmas differ, as for a child's inherited area beside one of
+    // its own): A holds data; B was written once, moved beside A and its page
+    // dropped again (no pages); C holds data and was moved beside B.
+    let apart = Mapping::anon(6 * pg);
+    Rng::new(0xa9a7).fill(&mut apart.bytes_mut()[..2 * pg]);
+    for (k, seed) in [(1usize, None), (2, Some(0xc0c0u64))] {
+        let m = Mapping::anon(2 * pg);
+        m.bytes_mut()[0] = 1;
+        match seed {
+            Some(seed) => Rng::new(seed).fill(m.bytes_mut()),
+            // SAFETY: drops the pages of our own mapping; nothing refers to them.
+            None => unsafe {
+                libc::madvise(m.addr.cast(), m.len, libc::MADV_DONTNEED);
+            },
+        }
+        let to = apart.start() + 2 * k * pg;
+        // SAFETY: moves our own mapping over the tail of another of ours.
+        let r = unsafe {
+            libc::mremap(
+                m.addr.cast(),
+                m.len,
+                m.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to as *mut libc::c_void,
+            )
+        };
+        if r as usize != to {
+            stasis_tests::fatal("mremap");
+        }
+        std::mem::forget(m);
+    }
+    let apart_hash = hash(apart.bytes());
+    for (k, name) in ["apart A", "apart B", "apart C"].into_iter().enumerate() {
+        areas.push(Area {
+            name,
+            start: apart.start() + 2 * k * pg,
+            end: apart.start() + 2 * (k + 1) * pg,
+        });
+    }
+
     // Snapshot the layout, then hand over to the harness.
     // SAFETY: sbrk(0) only queries the break.
     let brk_before = unsafe { libc::sbrk(0) } as usize;
@@ -297,6 +338,30 @@ fn main() {
         hash(anon_ro.bytes()),
     );
 
+    report.eq(
+        "kept-apart neighbours hash",
+        apart_hash,
+        hash(apart.bytes()),
+    );
+    let starts = |maps: &[u8]| -> Vec<bool> {
+        (0..3)
+            .map(|k| {
+                let at = format!("{:x}-", apart.start() + 2 * k * pg);
+                maps.split(|&b| b == b'\n')
+                    .any(|l| l.starts_with(at.as_bytes()))
+            })
+            .collect()
+    };
+    report.eq(
+        "kept-apart neighbours start separate VMAs (before: must be all true)",
+        vec![true; 3],
+        starts(&maps_before),
+    );
+    report.eq(
+        "kept-apart neighbours start separate VMAs after restore",
+        vec![true; 3],
+        starts(&maps_after),
+    );
     compare_maps(&mut report, &maps_before, &maps_after);
     compare_vmflags(&mut report, &areas, &smaps_before, &smaps_after);
 
