@@ -114,7 +114,12 @@ pub fn probe() -> Vec<Feature> {
     add(
         "xsave",
         cpu_has("xsave"),
-        "XSAVE area via PTRACE_GETREGSET(NT_X86_XSTATE)",
+        "XSAVE area via PTRACE_GETREGSET(NT_X86_XSTATE); layout from CPUID leaf 0xD",
+    );
+    add(
+        "amx",
+        cpu_has("amx_tile"),
+        "AMX tile state (TILECFG, TILEDATA) and its ARCH_REQ_XCOMP_PERM permission",
     );
     // rseq(NULL, 0, 0, 0) is refused with EINVAL where the call exists.
     // SAFETY: invalid arguments are rejected before anything happens.

@@ -175,6 +175,34 @@ fn cr_memory_256mib() {
     .assert_pass(&work);
 }
 
+/// tp_amx reports SKIP on CPUs without AMX; where it runs, its negative
+/// control must fail.
+#[test]
+fn selfcheck_amx() {
+    let work = Work::new("selfcheck_amx");
+    run_plain(&work, Program::Bin("tp_amx"), &[]).assert_pass(&work);
+}
+
+#[test]
+fn negative_amx() {
+    let work = Work::new("negative_amx");
+    let out = run_plain(&work, Program::Bin("tp_amx"), &["--corrupt"]);
+    if out.result.starts_with("SKIP") {
+        eprintln!("negative_amx: {}", out.result.trim());
+        return;
+    }
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+#[test]
+fn cr_amx_live_tiles() {
+    cr("cr_amx_live_tiles", Program::Bin("tp_amx"), &[]);
+}
+
 #[test]
 fn cr_regs_avx512() {
     cr("cr_regs_avx512", Program::Bin("tp_regs"), &[]);

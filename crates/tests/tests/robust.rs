@@ -238,6 +238,11 @@ fn kill_dumper_at_every_point_regs() {
 }
 
 #[test]
+fn kill_dumper_at_every_point_amx() {
+    kill_at_every_point("kill_points_amx", Program::Bin("tp_amx"), &[]);
+}
+
+#[test]
 fn kill_dumper_at_every_point_sleep() {
     kill_at_every_point(
         "kill_points_sleep",
@@ -361,6 +366,11 @@ fn kill_at_timed_instants(name: &str, program: Program, args: &[&str], kills: u3
 #[test]
 fn kill_dumper_at_timed_instants_regs() {
     kill_at_timed_instants("kill_timed_regs", Program::Bin("tp_regs"), &[], 48);
+}
+
+#[test]
+fn kill_dumper_at_timed_instants_amx() {
+    kill_at_timed_instants("kill_timed_amx", Program::Bin("tp_amx"), &[], 24);
 }
 
 #[test]
@@ -1096,6 +1106,57 @@ fn restore_out_of_memory_leaves_nothing() {
     work.reset_go();
     let mut r = restore_and_adopt(&work, pid, &Opts::default());
     finish(&work, &mut r, Duration::from_secs(120)).assert_pass(&work);
+}
+
+/// An image from a CPU with a bigger XSAVE layout (AMX: 11,008 bytes, tile
+/// components in the feature mask) restores here when the thread's tile
+/// state was not live; claiming live tile data is refused by name on a CPU
+/// without AMX.
+#[test]
+fn xsave_area_from_another_cpu_layout() {
+    let work = Work::new("xsave_layout");
+    let (pid, _) = dumped_image(&work, Program::Bin("tp_regs"), &[]);
+    let core = work.img().join(format!("core-{pid}.img"));
+    let pristine = fs::read(&core).expect("read core");
+    let amx = fs::read_to_string("/proc/cpuinfo")
+        .expect("cpuinfo")
+        .contains(" amx_tile");
+    // Live tile data claimed: only an AMX CPU can hold it.
+    let bigger = |live_tiles: bool| {
+        move |v: &mut serde_json::Value| {
+            let hex = v["threads"][0]["xsave"]
+                .as_str()
+                .expect("xsave")
+                .to_string();
+            let mut b: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+                .collect();
+            b.resize(11_008, 0);
+            let features = u64::from_le_bytes(b[464..472].try_into().expect("8")) | 3 << 17;
+            b[464..472].copy_from_slice(&features.to_le_bytes());
+            if live_tiles {
+                let bv = u64::from_le_bytes(b[512..520].try_into().expect("8")) | 3 << 17;
+                b[512..520].copy_from_slice(&bv.to_le_bytes());
+            }
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            v["threads"][0]["xsave"] = serde_json::json!(hex);
+        }
+    };
+    if !amx {
+        edit_json(&core, &bigger(true));
+        restore_must_fail(
+            &work,
+            &work.img(),
+            pid,
+            &[],
+            &["registers", "XSAVE state this CPU lacks", "AMX TILEDATA"],
+            "live tile data on a CPU without AMX",
+        );
+        fs::write(&core, &pristine).expect("restore core");
+    }
+    edit_json(&core, &bigger(false));
+    let mut r = restore_and_adopt(&work, pid, &Opts::default());
+    finish(&work, &mut r, Duration::from_secs(60)).assert_pass(&work);
 }
 
 #[test]

@@ -58,6 +58,7 @@ pub fn bin_path(name: &str) -> PathBuf {
     let p = match name {
         "tp_memory" => env!("CARGO_BIN_EXE_tp_memory"),
         "tp_regs" => env!("CARGO_BIN_EXE_tp_regs"),
+        "tp_amx" => env!("CARGO_BIN_EXE_tp_amx"),
         "tp_files" => env!("CARGO_BIN_EXE_tp_files"),
         "tp_signals" => env!("CARGO_BIN_EXE_tp_signals"),
         "tp_misc" => env!("CARGO_BIN_EXE_tp_misc"),
