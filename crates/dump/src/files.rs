@@ -221,6 +221,9 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             });
             continue;
         }
+        if let Some(why) = crate::memkinds::refuse_fd(&link) {
+            return Err(unsupported(format!("fd {fd} ({link}): {why}")));
+        }
         if !link.starts_with('/') {
             // socket:[..], anon_inode:[eventfd], ...
             return Err(unsupported(format!(
@@ -441,7 +444,7 @@ fn saved_source(img: &ProcessImage, pid: u32, id: u64) -> Option<String> {
 /// VMAs, found by collection with id 0) by device and inode, gives each an
 /// id and records it once, in the first process that has it; and saves
 /// the bytes waiting in every FIFO (with its first entry).
-pub(crate) fn link_objects(images: &mut [&mut ProcessImage]) -> Result<()> {
+pub(crate) fn link_objects(images: &mut [&mut ProcessImage], ghost_limit: u64) -> Result<()> {
     use std::collections::HashMap;
     let mut ids: HashMap<(u64, u64), u64> = HashMap::new();
     let mut fifos = std::collections::HashSet::new();
@@ -483,14 +486,14 @@ pub(crate) fn link_objects(images: &mut [&mut ProcessImage]) -> Result<()> {
                     let v = &img.mm.vmas[i];
                     format!("mapping {:#x}-{:#x} ({link})", v.start, v.end)
                 };
-                if md.size() > MAX_SAVED_FILE {
+                if md.size() > ghost_limit.min(MAX_SAVED_FILE) {
                     return Err(DumpError::Unsupported {
                         pid,
                         stage: Stage::Check,
                         what: format!(
-                            "{what}: {} bytes, more than the {} MiB a memfd or deleted file may hold in an image",
+                            "{what}: {} bytes, above the ghost limit of {} bytes for a memfd or deleted file (raise it with --ghost-limit SIZE)",
                             md.size(),
-                            MAX_SAVED_FILE >> 20
+                            ghost_limit.min(MAX_SAVED_FILE)
                         ),
                     });
                 }

@@ -20,6 +20,7 @@ mod collect;
 mod cow;
 mod files;
 pub mod freeze;
+mod memkinds;
 mod memory;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -41,7 +42,13 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
+    /// Largest memfd or deleted file whose contents go into the image
+    /// (criu's `--ghost-limit`; ours defaults to [`DEFAULT_GHOST_LIMIT`]).
+    pub ghost_limit: u64,
 }
+
+/// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 30;
 
 /// Figures from a completed dump.
 #[derive(Debug, Clone, Default)]
@@ -263,6 +270,7 @@ fn dump_frozen(
             .iter_mut()
             .map(|c| &mut c.image)
             .collect::<Vec<_>>(),
+        opts.ghost_limit,
     )?;
     cow::find_shared(&mut collected)?;
     let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;

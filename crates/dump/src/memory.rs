@@ -41,6 +41,9 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             stage: Stage::Check,
             what,
         };
+        if let Some(why) = crate::memkinds::refuse_mapping(s) {
+            return Err(unsupported(why));
+        }
         let range = format!("{:#x}-{:#x}", m.start, m.end);
         let kind = match m.path.as_deref() {
             Some("[vdso]") => VmaKind::Vdso,
@@ -69,11 +72,6 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
                 if file.mode & libc::S_IFMT != libc::S_IFREG {
                     return Err(unsupported(format!(
                         "mapping {range} of {p}: not a regular file"
-                    )));
-                }
-                if s.has_flag("ht") {
-                    return Err(unsupported(format!(
-                        "mapping {range} of {p}: hugetlb memory is not supported yet"
                     )));
                 }
                 VmaKind::Saved { id: 0 }

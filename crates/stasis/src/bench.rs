@@ -358,6 +358,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         leave_running: false,
         shell_job: false,
         timeout: None,
+        ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
     })?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();

@@ -57,6 +57,10 @@ enum Cmd {
         /// Give up after N seconds, leaving the process running.
         #[arg(long = "timeout", value_name = "N")]
         timeout: Option<u64>,
+        /// Largest memfd or deleted file saved into the image (bytes, or
+        /// with a K, M or G suffix; default 1G; criu's default is 1M).
+        #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size)]
+        ghost_limit: Option<u64>,
         /// Accepted for criu compatibility; ignored.
         #[arg(long = "pre-dump-mode", value_name = "MODE")]
         pre_dump_mode: Option<String>,
@@ -114,6 +118,24 @@ enum Cmd {
     },
 }
 
+/// A size in bytes, with an optional K, M or G suffix (powers of 1024), as
+/// criu's `--ghost-limit` takes it.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|v| *v <= stasis_image::MAX_SAVED_FILE)
+        .ok_or_else(|| format!("{s:?}: above the largest ghost limit (1T)"))
+}
+
 fn parse_verbosity(v: &Option<String>) -> Result<Option<u8>> {
     match v.as_deref() {
         None => Ok(None),
@@ -163,6 +185,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             leave_running,
             timeout,
+            ghost_limit,
             pre_dump_mode: _,
             common,
         } => {
@@ -174,6 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 leave_running,
                 shell_job: common.shell_job,
                 timeout: timeout.map(Duration::from_secs),
+                ghost_limit: ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
             };
             let stats = stasis_dump::dump(&opts)?;
             log::info!(

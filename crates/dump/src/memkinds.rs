@@ -1,0 +1,49 @@
+//! Kinds of memory and kernel objects behind mappings that stasis cannot
+//! save yet: each is refused by name at the check stage, before anything
+//! is written, so a dump never silently loses them.
+//!
+//! * hugetlb memory (`ht` in VmFlags): MAP_HUGETLB anonymous memory
+//!   (`/anon_hugepage (deleted)`), hugetlbfs files, MFD_HUGETLB memfds.
+//! * AIO rings (`io_setup`): a special mapping `/[aio] (deleted)` whose
+//!   address is the context id the process uses.
+//! * io_uring instances: the descriptor `anon_inode:[io_uring]` and the
+//!   mappings of its rings.
+
+use stasis_proc::SmapsEntry;
+
+/// Why the mapping `s` cannot be saved, if it cannot.
+pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
+    let m = &s.map;
+    let range = format!("{:#x}-{:#x}", m.start, m.end);
+    let path = m.path.as_deref().unwrap_or("");
+    if path.starts_with("/[aio]") {
+        return Some(format!(
+            "mapping {range} ({path}): an AIO ring (io_setup context); AIO contexts are not supported yet"
+        ));
+    }
+    if path.contains("[io_uring]") {
+        return Some(format!(
+            "mapping {range} ({path}): an io_uring ring; io_uring instances are not supported yet"
+        ));
+    }
+    if s.has_flag("ht") {
+        let what = if path.starts_with("/memfd:") {
+            "a hugetlb memfd (MFD_HUGETLB)"
+        } else if path.starts_with("/anon_hugepage") {
+            "MAP_HUGETLB anonymous memory"
+        } else {
+            "a hugetlbfs file"
+        };
+        return Some(format!(
+            "mapping {range} ({path}): {what}; hugetlb memory is not supported yet"
+        ));
+    }
+    None
+}
+
+/// Why the descriptor whose /proc link reads `link` cannot be saved, if
+/// this module knows the kind.
+pub(crate) fn refuse_fd(link: &str) -> Option<String> {
+    (link == "anon_inode:[io_uring]")
+        .then(|| "an io_uring instance; io_uring is not supported yet".to_string())
+}

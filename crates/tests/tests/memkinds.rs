@@ -1,0 +1,212 @@
+//! End-to-end tests for kinds of memory (issue 9): private mappings of
+//! memfds and shmem files whose pages differ from the object, the ghost
+//! limit for memfds and deleted files, and the kinds refused by name
+//! (hugetlb, AIO rings, io_uring).
+
+mod common;
+
+use common::*;
+use std::fs;
+
+/// A process holding `args`: the dump (with `dump_extra`) fails naming the
+/// PID and one of `words`, leaves no image, and the process runs on.
+fn refuse_with(name: &str, args: &[&str], dump_extra: &[&str], words: &[&str]) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_unsupported"), args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, dump_extra, opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of {args:?} did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "dump error is not one line: {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string()),
+        "dump error does not name PID {}: {:?}",
+        p.pid,
+        out.stderr
+    );
+    assert!(
+        words.iter().all(|w| out.stderr.contains(w)),
+        "dump error does not name {words:?}: {:?}",
+        out.stderr
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn selfcheck_memkinds_resources_work() {
+    for what in ["deleted-2m", "aio", "io-uring"] {
+        let work = Work::new(&format!("selfcheck_memkinds_{what}"));
+        run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
+    }
+}
+
+/// Above `--ghost-limit`, a deleted file is refused naming it and the option.
+#[test]
+fn refuse_deleted_above_ghost_limit() {
+    refuse_with(
+        "refuse_deleted_above_ghost_limit",
+        &["--with", "deleted-2m"],
+        &["--ghost-limit", "1M"],
+        &["ghost.dat (deleted)", "--ghost-limit"],
+    );
+}
+
+/// Below it (here the default, 1 GiB, and an explicit 4M), it is saved and
+/// comes back with its contents.
+#[test]
+fn cr_deleted_below_ghost_limit() {
+    let work = Work::new("cr_deleted_below_ghost_limit");
+    let opts = Opts {
+        dump_extra: vec!["--ghost-limit", "4M"],
+        ..Opts::default()
+    };
+    run_case(
+        &work,
+        Program::Bin("tp_unsupported"),
+        &["--with", "deleted-2m"],
+        &opts,
+    )
+    .assert_pass(&work);
+}
+
+/// The ghost limit also bounds the default: the 1 GiB + 4 KiB sparse file
+/// is refused naming the option.
+#[test]
+fn refuse_huge_deleted_names_ghost_limit() {
+    refuse_with(
+        "refuse_huge_deleted_names_ghost_limit",
+        &["--with", "huge-deleted"],
+        &[],
+        &["huge.dat (deleted)", "--ghost-limit"],
+    );
+}
+
+#[test]
+fn refuse_aio_ring() {
+    refuse_with(
+        "refuse_aio_ring",
+        &["--with", "aio"],
+        &[],
+        &["/[aio]", "AIO ring"],
+    );
+}
+
+#[test]
+fn refuse_io_uring() {
+    refuse_with(
+        "refuse_io_uring",
+        &["--with", "io-uring"],
+        &[],
+        &["io_uring"],
+    );
+}
+
+/// Reserves 2 MiB huge pages for a test; puts the old count back on drop.
+struct HugePages {
+    old: String,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePages {
+    /// At least `n` free huge pages, or None (the test then skips).
+    fn reserve(n: u64) -> Option<HugePages> {
+        let old = fs::read_to_string(NR_HUGEPAGES).ok()?;
+        let guard = HugePages { old: old.clone() };
+        let want = old.trim().parse::<u64>().ok()? + n;
+        fs::write(NR_HUGEPAGES, want.to_string()).ok()?;
+        let free = fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        (free >= n).then_some(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = fs::write(NR_HUGEPAGES, self.old.trim());
+    }
+}
+
+/// A hugetlbfs mounted on a directory of the work area; unmounted on drop.
+struct HugeMount {
+    dir: std::path::PathBuf,
+}
+
+impl HugeMount {
+    fn new(work: &Work) -> Option<HugeMount> {
+        let dir = work.path("hugetlbfs");
+        fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "stasis-test"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(HugeMount { dir })
+    }
+}
+
+impl Drop for HugeMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// Every kind of hugetlb memory is refused by name, the process unharmed.
+#[test]
+fn refuse_hugetlb() {
+    let Some(_pages) = HugePages::reserve(4) else {
+        eprintln!("skipped: no 2 MiB huge pages could be reserved");
+        return;
+    };
+    for (what, word) in [
+        ("hugetlb-anon", "MAP_HUGETLB anonymous memory"),
+        ("hugetlb-shared", "MAP_HUGETLB anonymous memory"),
+        ("hugetlb-memfd", "hugetlb memfd (MFD_HUGETLB)"),
+    ] {
+        refuse_with(
+            &format!("refuse_{what}"),
+            &["--with", what],
+            &[],
+            &[word, "hugetlb"],
+        );
+    }
+    let work = Work::new("refuse_hugetlb_file_mount");
+    let Some(mnt) = HugeMount::new(&work) else {
+        eprintln!("skipped: cannot mount hugetlbfs");
+        return;
+    };
+    let dir = mnt.dir.to_str().expect("utf-8").to_string();
+    refuse_with(
+        "refuse_hugetlb-file",
+        &["--with", "hugetlb-file", "--mnt", &dir],
+        &[],
+        &["a hugetlbfs file", "hugetlb"],
+    );
+    let _ = fs::remove_file(mnt.dir.join("huge"));
+}
