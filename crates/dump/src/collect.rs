@@ -153,11 +153,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         .filter(|s| s.map.write)
         .map(|s| (s.map.start, s.map.end))
         .collect();
-    let vdso = smaps
-        .iter()
-        .find(|s| s.map.path.as_deref() == Some("[vdso]"))
-        .map(|s| (s.map.start, s.map.end))
-        .unwrap_or((0, 0));
+    let vdso = crate::stub_site::find(pid, &smaps);
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());

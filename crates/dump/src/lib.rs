@@ -22,6 +22,7 @@ mod files;
 pub mod freeze;
 mod memkinds;
 mod memory;
+mod stub_site;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;

@@ -11,7 +11,11 @@
 //!
 //! * **Healing** (dump): the stub is written into the zero padding at the end
 //!   of the target's own `[vdso]` (PTRACE_POKEDATA breaks copy-on-write on
-//!   that page only; no new mapping), and below the thread's red zone we
+//!   that page only; no new mapping) or, in a process that unmapped its
+//!   vDSO, into the zero padding past the end of an executable ELF segment
+//!   in the last page of its mapping (the dump's `stub_site` module finds
+//!   it: bytes that belong to no segment, never executed or read by the
+//!   program), and below the thread's red zone we
 //!   build a real `rt_sigframe` holding the thread's original registers
 //!   (with the kernel's syscall-restart fix-up applied), its blocked mask,
 //!   its sigaltstack and its full XSAVE area. Every injected register set
@@ -71,6 +75,8 @@ pub const AMX_WARMUP_OFF: u64 = 16;
 
 /// Length of the healing stubs written into the `[vdso]` padding.
 const HEAL_STUB_LEN: usize = 64;
+/// Bytes a stub site must offer (see [`RemoteThread::healing`]).
+pub const HEAL_STUB_BYTES: u64 = HEAL_STUB_LEN as u64;
 
 /// Healing stub for a thread stopped anywhere but in `restart_syscall`:
 /// the injected call, then `rt_sigreturn` to the frame.
@@ -141,7 +147,8 @@ fn words(stub: &[u8; HEAL_STUB_LEN]) -> [u64; HEAL_STUB_LEN / 8] {
     out
 }
 
-/// Whether the bytes at the end of `[vdso]` may hold a healing stub.
+/// Whether the bytes at the end of `[vdso]` (or of another stub site, see
+/// the module docs) may hold a healing stub.
 ///
 /// Invariant: the padding past the end of the vDSO image is never executed
 /// or read by the program, and stasis only ever writes a healing stub
@@ -149,7 +156,7 @@ fn words(stub: &[u8; HEAL_STUB_LEN]) -> [u64; HEAL_STUB_LEN / 8] {
 /// of one of the stubs, left by an earlier stasis that was killed between
 /// poking a stub and zeroing it again (possibly halfway). Both are safe to
 /// overwrite; anything else is not padding and is refused.
-fn padding_is_ours(found: &[u64]) -> bool {
+pub fn padding_is_ours(found: &[u64]) -> bool {
     let (a, b) = (words(&HEAL_STUB), words(&HEAL_STUB_RESTART));
     found.len() == a.len()
         && found
@@ -314,7 +321,9 @@ pub struct RemoteThread {
 
 impl RemoteThread {
     /// Prepares self-healing injection into a thread that is seized and stopped
-    /// in PTRACE_EVENT_STOP. `vdso` is its `[vdso]` range; `writable` lists
+    /// in PTRACE_EVENT_STOP. `vdso` is the stub site: its `[vdso]` range,
+    /// or a range of never-used executable bytes (the stub goes into the
+    /// last [`HEAL_STUB_BYTES`] bytes of it); `writable` lists
     /// its writable mappings, to check the frame fits on the stack. `xstate`
     /// is the thread's XSAVE area as read by [`ptrace::get_xstate`].
     /// Nothing about the thread changes if this fails.
@@ -334,7 +343,7 @@ impl RemoteThread {
                 SysError::other(
                     "prepare remote syscalls",
                     Some(tid),
-                    "no [vdso] mapping to hold the syscall stub",
+                    "no [vdso] mapping, nor zero padding past an executable segment, to hold the syscall stub",
                 )
             })?;
         let mut found = Vec::with_capacity(HEAL_STUB_LEN / 8);
@@ -345,7 +354,7 @@ impl RemoteThread {
             return Err(SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
-                format!("the tail of [vdso] at {patch:#x} is not free padding"),
+                format!("the stub site at {patch:#x} (end of [vdso] or of an executable segment) is not free padding"),
             ));
         }
         let fp = sigframe_fpstate(xstate);

@@ -210,3 +210,74 @@ fn refuse_hugetlb() {
     );
     let _ = fs::remove_file(mnt.dir.join("huge"));
 }
+
+#[test]
+fn selfcheck_memkinds_private() {
+    let work = Work::new("selfcheck_memkinds_private");
+    run_plain(&work, Program::Bin("tp_memkinds"), &["--case", "private"]).assert_pass(&work);
+}
+
+#[test]
+fn negative_memkinds_private() {
+    let work = Work::new("negative_memkinds_private");
+    let out = run_plain(
+        &work,
+        Program::Bin("tp_memkinds"),
+        &["--case", "private", "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// Private mappings of memfds and shmem/deleted files whose pages differ
+/// from the object: every page exact, and the mapping still shares the
+/// object's pages it had not copied (item 1 of issue 9).
+#[test]
+fn cr_private_file_mappings() {
+    let work = Work::new("cr_private_file_mappings");
+    run_case(
+        &work,
+        Program::Bin("tp_memkinds"),
+        &["--case", "private"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn selfcheck_memkinds_novdso() {
+    let work = Work::new("selfcheck_memkinds_novdso");
+    run_plain(&work, Program::Bin("tp_memkinds"), &["--case", "novdso"]).assert_pass(&work);
+}
+
+#[test]
+fn negative_memkinds_novdso() {
+    let work = Work::new("negative_memkinds_novdso");
+    let out = run_plain(
+        &work,
+        Program::Bin("tp_memkinds"),
+        &["--case", "novdso", "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// A process that unmapped its vDSO: dumped (the healing stub goes into
+/// padding past an executable segment) and restored without a vDSO.
+#[test]
+fn cr_without_vdso() {
+    let work = Work::new("cr_without_vdso");
+    run_case(
+        &work,
+        Program::Bin("tp_memkinds"),
+        &["--case", "novdso"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}

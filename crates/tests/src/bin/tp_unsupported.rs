@@ -131,16 +131,24 @@ fn main() {
         }
         "deleted-2m" => {
             let path = proto.path("ghost.dat");
-            let data: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let data: Vec<u8> = (0..2u32 << 20)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
             std::fs::write(&path, &data).expect("write ghost.dat");
-            let f = std::fs::File::options().read(true).write(true).open(&path).expect("open");
+            let f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open");
             std::fs::remove_file(&path).expect("unlink");
             proto.ready_and_wait();
             use std::os::unix::fs::FileExt;
             let mut back = vec![0u8; data.len()];
             let n = f.read_at(&mut back, 0).unwrap_or(0);
             report.eq("bytes read from the deleted file", data.len(), n);
-            report.check(back == data, || "contents of the deleted file differ".into());
+            report.check(back == data, || {
+                "contents of the deleted file differ".into()
+            });
         }
         "aio" => {
             let mut ctx: u64 = 0;
@@ -149,10 +157,22 @@ fn main() {
             assert_eq!(r, 0, "io_setup: {}", std::io::Error::last_os_error());
             proto.ready_and_wait();
             // The context still exists: io_getevents with no events waits 0.
-            let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             let mut ev = [0u64; 4];
             // SAFETY: io_getevents into a live buffer big enough for one event.
-            let n = unsafe { libc::syscall(libc::SYS_io_getevents, ctx, 0i64, 1i64, ev.as_mut_ptr(), &raw const ts) };
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    ctx,
+                    0i64,
+                    1i64,
+                    ev.as_mut_ptr(),
+                    &raw const ts,
+                )
+            };
             report.eq("io_getevents on the context", 0, n);
         }
         "io-uring" => {
@@ -160,26 +180,53 @@ fn main() {
             let mut params = [0u32; 30];
             // SAFETY: io_uring_setup fills a live, zeroed io_uring_params.
             let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
-            assert!(fd >= 0, "io_uring_setup: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "io_uring_setup: {}",
+                std::io::Error::last_os_error()
+            );
             let fd = fd as i32;
             let sq_entries = params[0] as usize;
             let sq_array = params[10 + 6] as usize; // sq_off.array
             let sq_len = sq_array + sq_entries * 4;
             // SAFETY: maps the submission ring of our own io_uring (offset 0).
-            let sq = unsafe { libc::mmap(std::ptr::null_mut(), sq_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd, 0) };
+            let sq = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    sq_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd,
+                    0,
+                )
+            };
             assert!(sq != libc::MAP_FAILED, "mmap sq ring");
             proto.ready_and_wait();
             // A NOP is not needed to prove the instance lives: register probe.
             let mut probe = vec![0u8; 16 + 256 * 8];
             // SAFETY: IORING_REGISTER_PROBE (8) fills a live buffer for 256 ops.
-            let r = unsafe { libc::syscall(libc::SYS_io_uring_register, fd, 8u32, probe.as_mut_ptr(), 256u32) };
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_register,
+                    fd,
+                    8u32,
+                    probe.as_mut_ptr(),
+                    256u32,
+                )
+            };
             report.eq("io_uring_register(PROBE)", 0, r);
         }
         "hugetlb-anon" | "hugetlb-shared" | "hugetlb-memfd" | "hugetlb-file" => {
             const HUGE: usize = 2 << 20;
             let (flags, fd) = match what.as_str() {
-                "hugetlb-anon" => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB, -1),
-                "hugetlb-shared" => (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB, -1),
+                "hugetlb-anon" => (
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                    -1,
+                ),
+                "hugetlb-shared" => (
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                    -1,
+                ),
                 "hugetlb-memfd" => {
                     let name = std::ffi::CString::new("stasis-huge").expect("name");
                     // SAFETY: valid NUL-terminated name.
@@ -191,14 +238,29 @@ fn main() {
                 }
                 _ => {
                     let dir = args.get("mnt").expect("--mnt DIR");
-                    let f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(format!("{dir}/huge")).expect("create on hugetlbfs");
+                    let f = std::fs::File::options()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(format!("{dir}/huge"))
+                        .expect("create on hugetlbfs");
                     f.set_len(HUGE as u64).expect("ftruncate");
                     use std::os::fd::IntoRawFd;
                     (libc::MAP_SHARED, f.into_raw_fd())
                 }
             };
             // SAFETY: a fresh mapping at a kernel-chosen address.
-            let p = unsafe { libc::mmap(std::ptr::null_mut(), HUGE, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    HUGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    fd,
+                    0,
+                )
+            };
             if p == libc::MAP_FAILED {
                 std::process::exit(4);
             }
@@ -209,7 +271,9 @@ fn main() {
             unsafe { m.add(12345).write_volatile(0x5a) };
             proto.ready_and_wait();
             // SAFETY: reads the byte written above.
-            report.eq("byte in the huge page", 0x5a, unsafe { m.add(12345).read_volatile() });
+            report.eq("byte in the huge page", 0x5a, unsafe {
+                m.add(12345).read_volatile()
+            });
         }
         other => panic!("unknown --with {other}"),
     }

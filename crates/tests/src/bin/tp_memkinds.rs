@@ -1,0 +1,318 @@
+//! tp_memkinds: kinds of memory (issue 9).
+//!
+//! Usage: `tp_memkinds WORKDIR --case novdso|private [--corrupt]`
+//!
+//! * `novdso`: the process unmaps its [vdso], [vvar] and [vvar_vclock]
+//!   (as some sandboxes do). After restore it checks that none of them is
+//!   back, that its auxv is unchanged, that the last page of every
+//!   executable file mapping holds the bytes it held before (the dump puts
+//!   its healing stub into such padding and must leave it as it was), and
+//!   that system calls still work. `--corrupt` maps a new vDSO
+//!   (`arch_prctl(ARCH_MAP_VDSO_64)`) after go.
+//! * `private`: MAP_PRIVATE mappings of a memfd, of a /dev/shm file, of a
+//!   deleted /dev/shm file and of a deleted file in the work directory,
+//!   each with pages copied on write (small and large runs, some never
+//!   faulted before), pages of the object written after the mapping (which
+//!   the mapping sees where it has not copied), a read-only part and a
+//!   PROT_NONE part, and a forked child with the same mappings. After
+//!   restore every page must read as before, and writing the whole object
+//!   again must show through exactly the pages not copied on write (the
+//!   mapping still shares the object's pages). `--corrupt` flips a byte of
+//!   one copied page.
+
+use stasis_tests::{Mapping, Proto, Report, Rng};
+use std::ffi::CString;
+
+const PAGE: usize = 4096;
+
+fn main() {
+    let (proto, args) = Proto::from_args();
+    let mut report = Report::new();
+    match args.get("case").unwrap_or("private") {
+        "novdso" => novdso(&proto, args.corrupt(), &mut report),
+        "private" => private(&proto, args.corrupt(), &mut report),
+        other => panic!("unknown --case {other}"),
+    }
+    proto.finish(&report);
+}
+
+/// (start, end, perms, path) of every line of /proc/self/maps.
+fn maps() -> Vec<(usize, usize, String, String)> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (a, b) = f.first()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+                f.get(1)?.to_string(),
+                f.get(5..).map(|p| p.join(" ")).unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+const SPECIAL: [&str; 3] = ["[vdso]", "[vvar]", "[vvar_vclock]"];
+
+/// The last page of every executable file mapping: (start, bytes).
+fn exec_tails() -> Vec<(usize, Vec<u8>)> {
+    maps()
+        .into_iter()
+        .filter(|m| m.2.contains('x') && m.3.starts_with('/'))
+        .map(|m| {
+            // SAFETY: the page is mapped readable and executable for the
+            // whole life of the program (no library is unloaded).
+            let b = unsafe { std::slice::from_raw_parts((m.1 - PAGE) as *const u8, PAGE) };
+            (m.0, b.to_vec())
+        })
+        .collect()
+}
+
+fn novdso(proto: &Proto, corrupt: bool, report: &mut Report) {
+    for m in maps()
+        .into_iter()
+        .filter(|m| SPECIAL.contains(&m.3.as_str()))
+    {
+        // SAFETY: unmaps the vDSO areas; nothing in this program calls into
+        // the vDSO afterwards (only raw system calls and nanosleep).
+        let r = unsafe { libc::munmap(m.0 as *mut libc::c_void, m.1 - m.0) };
+        assert_eq!(r, 0, "munmap {}", m.3);
+    }
+    let auxv = std::fs::read("/proc/self/auxv").unwrap_or_default();
+    let tails = exec_tails();
+    let before: Vec<_> = maps();
+    proto.ready_and_wait();
+    if corrupt {
+        // SAFETY: asks the kernel for a new vDSO (ARCH_MAP_VDSO_64).
+        unsafe { libc::syscall(libc::SYS_arch_prctl, 0x2003, 0x7f00_0000_0000usize) };
+    }
+    let after = maps();
+    let special: Vec<_> = after
+        .iter()
+        .filter(|m| SPECIAL.contains(&m.3.as_str()))
+        .map(|m| m.3.clone())
+        .collect();
+    report.check(special.is_empty(), || {
+        format!("vDSO areas mapped after restore: {special:?}")
+    });
+    report.eq(
+        "mappings (address, perms, path)",
+        before.clone(),
+        after.clone(),
+    );
+    report.check(
+        std::fs::read("/proc/self/auxv").unwrap_or_default() == auxv,
+        || "auxv differs".into(),
+    );
+    let now = exec_tails();
+    for ((a, b), (_, c)) in tails.iter().zip(&now) {
+        report.check(b == c, || {
+            format!("last page of the executable mapping at {a:#x} changed")
+        });
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a raw clock_gettime into a live timespec (no vDSO involved).
+    let r = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &raw mut ts) };
+    report.check(r == 0 && ts.tv_sec + ts.tv_nsec > 0, || {
+        "clock_gettime by system call failed".into()
+    });
+}
+
+/// One backing object with its private mapping.
+struct Obj {
+    name: &'static str,
+    fd: i32,
+    map: Mapping,
+    /// Pages copied on write.
+    cowed: Vec<bool>,
+    expect: Vec<u8>,
+}
+
+const NPAGES: usize = 1024;
+
+fn open_obj(proto: &Proto, name: &'static str) -> i32 {
+    match name {
+        "memfd" => {
+            let n = CString::new("stasis-private").expect("name");
+            // SAFETY: valid NUL-terminated name.
+            unsafe { libc::memfd_create(n.as_ptr(), 0) }
+        }
+        _ => {
+            let path = match name {
+                "shm" => format!("/dev/shm/stasis-private-{}", std::process::id()),
+                "shm-deleted" => format!("/dev/shm/stasis-private-del-{}", std::process::id()),
+                _ => proto
+                    .path("private-deleted.dat")
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let c = CString::new(path).expect("path");
+            // SAFETY: valid path.
+            let fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+                    0o600,
+                )
+            };
+            if name != "shm" {
+                // SAFETY: valid path.
+                unsafe { libc::unlink(c.as_ptr()) };
+            }
+            fd
+        }
+    }
+}
+
+fn pwrite(fd: i32, data: &[u8], page: usize) {
+    // SAFETY: writes from a live slice.
+    let n = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), (page * PAGE) as i64) };
+    assert_eq!(n, data.len() as isize, "pwrite");
+}
+
+fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
+    let mut rng = Rng::new(0x9e37_0001);
+    let mut objs = Vec::new();
+    for name in ["memfd", "shm", "shm-deleted", "deleted"] {
+        let fd = open_obj(proto, name);
+        assert!(fd >= 0, "open {name}");
+        let mut data = vec![0u8; NPAGES * PAGE];
+        rng.fill(&mut data);
+        pwrite(fd, &data, 0);
+        let map = Mapping::new(
+            NPAGES * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            fd,
+            0,
+        );
+        let mut cowed = vec![false; NPAGES];
+        // Fault in the first half for reading.
+        let mut sum = 0u8;
+        for p in 0..NPAGES / 2 {
+            sum = sum.wrapping_add(map.bytes()[p * PAGE]);
+        }
+        std::hint::black_box(sum);
+        // Copy on write: a small run, a large run (filled by the restore's
+        // bulk path), scattered pages, pages never faulted before.
+        let mut cow = |p: usize, rng: &mut Rng| {
+            let mut b = [0u8; 64];
+            rng.fill(&mut b);
+            map.bytes_mut()[p * PAGE + 100..p * PAGE + 164].copy_from_slice(&b);
+            cowed[p] = true;
+        };
+        for p in (0..4).chain(100..300).chain((400..NPAGES).step_by(7)) {
+            cow(p, &mut rng);
+        }
+        // The object written after the mapping, at copied and uncopied pages.
+        let mut y = vec![0u8; PAGE];
+        for p in (0..NPAGES).step_by(5) {
+            rng.fill(&mut y);
+            pwrite(fd, &y, p);
+        }
+        // A read-only part and a PROT_NONE part, both with copied pages.
+        // SAFETY: mprotect of our own mapping.
+        unsafe {
+            libc::mprotect(map.addr.add(600 * PAGE).cast(), 40 * PAGE, libc::PROT_READ);
+            libc::mprotect(map.addr.add(700 * PAGE).cast(), 40 * PAGE, libc::PROT_NONE);
+        }
+        let expect = snapshot(&map);
+        objs.push(Obj {
+            name,
+            fd,
+            map,
+            cowed,
+            expect,
+        });
+    }
+    // A child with the same mappings (sharing the parent's copied pages
+    // until it writes) that copies a few more.
+    let mut q = [0i32; 2];
+    // SAFETY: valid out array.
+    unsafe { libc::pipe(q.as_mut_ptr()) };
+    // SAFETY: single-threaded: fork is safe; the child exits with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        for o in &mut objs {
+            o.map.bytes_mut()[10 * PAGE + 1] ^= 0x55;
+            o.cowed[10] = true;
+            o.expect[10 * PAGE + 1] ^= 0x55;
+        }
+        // SAFETY: one byte from a literal into our pipe.
+        unsafe { libc::write(q[1], b"r".as_ptr().cast(), 1) };
+        proto.wait_go();
+        let mut r = Report::new();
+        verify(&objs, &mut r, false, "child");
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(i32::from(!r.ok())) };
+    }
+    let mut one = [0u8; 1];
+    // SAFETY: reads one byte into a live array: the child is set up.
+    unsafe { libc::read(q[0], one.as_mut_ptr().cast(), 1) };
+    proto.ready_and_wait();
+    if corrupt {
+        objs[0].map.bytes_mut()[150 * PAGE + 120] ^= 1;
+    }
+    verify(&objs, report, false, "parent");
+    let mut st = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+        format!("child's check failed: status {st:#x}")
+    });
+    // Then (the child done reading) the objects written all over.
+    verify(&objs, report, true, "parent");
+    let _ = std::fs::remove_file(format!("/dev/shm/stasis-private-{}", std::process::id()));
+}
+
+/// The mapping's bytes (PROT_NONE part made readable for the copy).
+fn snapshot(map: &Mapping) -> Vec<u8> {
+    // SAFETY: mprotect of our own mapping, put back below.
+    unsafe { libc::mprotect(map.addr.add(700 * PAGE).cast(), 40 * PAGE, libc::PROT_READ) };
+    let v = map.bytes().to_vec();
+    // SAFETY: as above.
+    unsafe { libc::mprotect(map.addr.add(700 * PAGE).cast(), 40 * PAGE, libc::PROT_NONE) };
+    v
+}
+
+fn verify(objs: &[Obj], report: &mut Report, write_object: bool, who: &str) {
+    for o in objs {
+        let now = snapshot(&o.map);
+        let bad: Vec<usize> = (0..NPAGES)
+            .filter(|p| now[p * PAGE..(p + 1) * PAGE] != o.expect[p * PAGE..(p + 1) * PAGE])
+            .collect();
+        report.check(bad.is_empty(), || {
+            format!(
+                "{who}: {}: {} pages differ, first {:?}",
+                o.name,
+                bad.len(),
+                &bad[..bad.len().min(8)]
+            )
+        });
+        if !write_object {
+            continue;
+        }
+        // The object written all over: exactly the uncopied pages follow.
+        let fill = vec![0xa5u8; NPAGES * PAGE];
+        pwrite(o.fd, &fill, 0);
+        let now = snapshot(&o.map);
+        let wrong: Vec<usize> = (0..NPAGES)
+            .filter(|&p| {
+                let follows = now[p * PAGE..(p + 1) * PAGE].iter().all(|&b| b == 0xa5);
+                follows == o.cowed[p]
+            })
+            .collect();
+        report.check(wrong.is_empty(), || {
+            format!(
+                "{who}: {}: {} pages do not share the object as before (copied on write or not), first {:?}",
+                o.name,
+                wrong.len(),
+                &wrong[..wrong.len().min(8)]
+            )
+        });
+    }
+}
