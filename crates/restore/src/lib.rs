@@ -29,6 +29,7 @@
 
 mod creds_check;
 mod memory;
+mod placement;
 mod process;
 mod xstate;
 

@@ -866,7 +866,12 @@ pub(crate) fn restore_tree(
     // Private memory shared copy-on-write between a process and its
     // descendants: one copy, filled here with the owner's pages and
     // inherited by the whole tree through the forks.
-    let cow = match make_cow_objects(procs, pages, &mut taken) {
+    let saved_fds: HashMap<u64, i32> = opened
+        .saved
+        .iter()
+        .map(|(&id, &(i, _))| (id, opened.owned[i].as_raw_fd()))
+        .collect();
+    let cow = match make_cow_objects(procs, pages, &mut taken, &saved_fds) {
         Ok(c) => c,
         Err(e) => {
             spawn::unmap_stub_area(stub, STUB_LEN);
@@ -1739,14 +1744,18 @@ fn timers(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     Ok(())
 }
 
-/// Creates, in the restorer, one private anonymous object per VMA that
-/// descendants share copy-on-write with its owner, holding the owner's
-/// pages (from the owner's verified page file). Returns (owner PID, VMA
-/// start) -> (address, length). On error nothing stays mapped.
+/// Creates, in the restorer, one private object per VMA that descendants
+/// share copy-on-write with its owner, holding the owner's pages (from the
+/// owner's verified page file): anonymous memory, or for a private file
+/// mapping a private mapping of the same file at the same offset (memfds
+/// and deleted files through `saved_fds`, regular files by path), whose
+/// other pages stay the file's. Returns (owner PID, VMA start) ->
+/// (address, length). On error nothing stays mapped.
 fn make_cow_objects(
     procs: &[ProcessImage],
     pages: &[std::path::PathBuf],
     taken: &mut Vec<(u64, u64)>,
+    saved_fds: &HashMap<u64, i32>,
 ) -> Result<HashMap<(u32, u64), (u64, u64)>> {
     let mut out: HashMap<(u32, u64), (u64, u64)> = HashMap::new();
     let res = (|| {
@@ -1770,12 +1779,12 @@ fn make_cow_objects(
                 });
             };
             let owner = &procs[oi];
-            if !owner
+            let Some(ov) = owner
                 .mm
                 .vmas
                 .iter()
-                .any(|w| w.start == v.start && w.end == v.end && !w.shared)
-            {
+                .find(|w| w.start == v.start && w.end == v.end && !w.shared)
+            else {
                 return Err(RestoreError::Refused {
                     pid: owner.pid,
                     stage: Stage::Fork,
@@ -1784,20 +1793,45 @@ fn make_cow_objects(
                         v.start, v.end
                     ),
                 });
-            }
+            };
+            // The file behind a private file mapping (kept open until mapped).
+            let mut file_hold = None;
+            let fd = match &ov.kind {
+                VmaKind::Saved { id } => {
+                    Some(*saved_fds.get(id).ok_or_else(|| RestoreError::Refused {
+                        pid: owner.pid,
+                        stage: Stage::Fork,
+                        what: format!(
+                            "copy-on-write mapping of saved file {id}, which is not in the image"
+                        ),
+                    })?)
+                }
+                VmaKind::File { file } => {
+                    let f = std::fs::File::open(&file.path).map_err(|source| RestoreError::Io {
+                        pid: owner.pid,
+                        stage: Stage::Fork,
+                        what: format!("open {} for copy-on-write memory", file.path),
+                        source,
+                    })?;
+                    Some(file_hold.insert(f).as_raw_fd())
+                }
+                _ => None,
+            };
             let len = v.end - v.start;
             let mut placed = None;
-            for cand in memory::free_candidates(&procs[0].mm, len) {
-                let clash = procs.iter().any(|p| {
-                    p.mm.vmas
-                        .iter()
-                        .any(|w| w.start < cand + len + 0x10000 && cand < w.end)
-                }) || taken
-                    .iter()
-                    .any(|&(a, b)| a < cand + len + 0x10000 && cand < b);
-                if !clash && spawn::map_private_anon(cand, len).is_ok() {
-                    placed = Some(cand);
-                    break;
+            for cand in crate::placement::candidates(procs, taken, len) {
+                let map = || match fd {
+                    Some(fd) => spawn::map_private_file(cand, len, fd, ov.pgoff),
+                    None => spawn::map_private_anon(cand, len),
+                };
+                {
+                    match map() {
+                        Ok(()) => {
+                            placed = Some(cand);
+                            break;
+                        }
+                        Err(e) => log::debug!("copy-on-write memory at {cand:#x}: {e}"),
+                    }
                 }
             }
             let g = placed.ok_or_else(|| RestoreError::Refused {

@@ -495,6 +495,42 @@ pub fn map_private_anon(addr: u64, len: u64) -> Result<()> {
     mmap_noreplace(addr, len, libc::MAP_PRIVATE, "private memory").map(drop)
 }
 
+/// Maps `len` bytes of `fd` at `pgoff`, MAP_PRIVATE and writable, in the
+/// caller at `addr` (never replacing anything): the object a private file
+/// mapping shared copy-on-write is rebuilt in. Children forked afterwards
+/// share its written pages copy-on-write.
+pub fn map_private_file(addr: u64, len: u64, fd: i32, pgoff: u64) -> Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
+    // memory of ours changes; on success we own the new range.
+    let p = unsafe {
+        libc::mmap(
+            addr as usize as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+            fd,
+            pgoff as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::new(
+            format!("mmap private file memory at {addr:#x}"),
+            None,
+            last_errno(),
+        ));
+    }
+    if p as u64 != addr {
+        // SAFETY: unmapping what the kernel just gave us elsewhere.
+        unsafe { libc::munmap(p, len as usize) };
+        return Err(SysError::new(
+            format!("mmap private file memory at {addr:#x}"),
+            None,
+            libc::EEXIST,
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `len` bytes at `offset` of `file` into our own memory at `addr`,
 /// which must be a writable mapping made by [`map_private_anon`] (or
 /// [`map_shared_anon`]) covering the range.

@@ -17,8 +17,11 @@
 //!   PROT_NONE part, and a forked child with the same mappings. After
 //!   restore every page must read as before, and writing the whole object
 //!   again must show through exactly the pages not copied on write (the
-//!   mapping still shares the object's pages). `--corrupt` flips a byte of
-//!   one copied page.
+//!   mapping still shares the object's pages). A private anonymous mapping
+//!   too. The parent writes elsewhere in each mapping after the fork; the
+//!   pages it shares copy-on-write with the child must stay shared after
+//!   restore (Shared_Dirty of its first VMA keeps 90%). `--corrupt` flips
+//!   a byte of one copied page.
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -177,19 +180,26 @@ fn pwrite(fd: i32, data: &[u8], page: usize) {
 fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
     let mut rng = Rng::new(0x9e37_0001);
     let mut objs = Vec::new();
-    for name in ["memfd", "shm", "shm-deleted", "deleted"] {
-        let fd = open_obj(proto, name);
-        assert!(fd >= 0, "open {name}");
-        let mut data = vec![0u8; NPAGES * PAGE];
-        rng.fill(&mut data);
-        pwrite(fd, &data, 0);
-        let map = Mapping::new(
-            NPAGES * PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
-            fd,
-            0,
-        );
+    for name in ["memfd", "shm", "shm-deleted", "deleted", "anon"] {
+        let (fd, map) = if name == "anon" {
+            let map = Mapping::anon(NPAGES * PAGE);
+            rng.fill(map.bytes_mut());
+            (-1, map)
+        } else {
+            let fd = open_obj(proto, name);
+            assert!(fd >= 0, "open {name}");
+            let mut data = vec![0u8; NPAGES * PAGE];
+            rng.fill(&mut data);
+            pwrite(fd, &data, 0);
+            let map = Mapping::new(
+                NPAGES * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            );
+            (fd, map)
+        };
         let mut cowed = vec![false; NPAGES];
         // Fault in the first half for reading.
         let mut sum = 0u8;
@@ -210,7 +220,7 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
         }
         // The object written after the mapping, at copied and uncopied pages.
         let mut y = vec![0u8; PAGE];
-        for p in (0..NPAGES).step_by(5) {
+        for p in (0..NPAGES).step_by(5).filter(|_| fd >= 0) {
             rng.fill(&mut y);
             pwrite(fd, &y, p);
         }
@@ -231,9 +241,11 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
     }
     // A child with the same mappings (sharing the parent's copied pages
     // until it writes) that copies a few more.
-    let mut q = [0i32; 2];
-    // SAFETY: valid out array.
+    let (mut q, mut done) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: valid out arrays.
     unsafe { libc::pipe(q.as_mut_ptr()) };
+    // SAFETY: as above.
+    unsafe { libc::pipe(done.as_mut_ptr()) };
     // SAFETY: single-threaded: fork is safe; the child exits with _exit.
     let child = unsafe { libc::fork() };
     if child == 0 {
@@ -247,17 +259,44 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
         proto.wait_go();
         let mut r = Report::new();
         verify(&objs, &mut r, false, "child");
+        // Stay until the parent has measured the sharing.
+        let mut b = [0u8; 1];
+        // SAFETY: reads one byte into a live array.
+        unsafe { libc::read(done[0], b.as_mut_ptr().cast(), 1) };
         // SAFETY: ends the child.
         unsafe { libc::_exit(i32::from(!r.ok())) };
     }
     let mut one = [0u8; 1];
     // SAFETY: reads one byte into a live array: the child is set up.
     unsafe { libc::read(q[0], one.as_mut_ptr().cast(), 1) };
+    // The parent writes elsewhere in the same mappings after the fork:
+    // the pages it did not write stay shared with the child.
+    for o in &mut objs {
+        o.map.bytes_mut()[500 * PAGE + 9] ^= 0x33;
+        o.cowed[500] = true;
+        o.expect[500 * PAGE + 9] ^= 0x33;
+    }
+    let shared_before: Vec<u64> = objs
+        .iter()
+        .map(|o| shared_dirty_kb(o.map.start()))
+        .collect();
     proto.ready_and_wait();
     if corrupt {
         objs[0].map.bytes_mut()[150 * PAGE + 120] ^= 1;
     }
     verify(&objs, report, false, "parent");
+    // Copy-on-write sharing with the child kept (memory not doubled).
+    for (o, &before) in objs.iter().zip(&shared_before) {
+        let after = shared_dirty_kb(o.map.start());
+        report.check(before > 0 && after * 10 >= before * 9, || {
+            format!(
+                "{}: Shared_Dirty {before} kB before, {after} kB after",
+                o.name
+            )
+        });
+    }
+    // SAFETY: one byte from a literal into our pipe: the child may go.
+    unsafe { libc::write(done[1], b"d".as_ptr().cast(), 1) };
     let mut st = 0;
     // SAFETY: waits for our own child.
     unsafe { libc::waitpid(child, &mut st, 0) };
@@ -267,6 +306,27 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
     // Then (the child done reading) the objects written all over.
     verify(&objs, report, true, "parent");
     let _ = std::fs::remove_file(format!("/dev/shm/stasis-private-{}", std::process::id()));
+}
+
+/// Shared_Dirty (kB) of the first VMA starting at `start`, from smaps.
+fn shared_dirty_kb(start: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let head = format!("{start:x}-");
+    let mut inside = false;
+    for line in smaps.lines() {
+        if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            inside = line.starts_with(&head);
+        } else if inside {
+            if let Some(v) = line.strip_prefix("Shared_Dirty:") {
+                return v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    0
 }
 
 /// The mapping's bytes (PROT_NONE part made readable for the copy).
@@ -293,7 +353,7 @@ fn verify(objs: &[Obj], report: &mut Report, write_object: bool, who: &str) {
                 &bad[..bad.len().min(8)]
             )
         });
-        if !write_object {
+        if !write_object || o.fd < 0 {
             continue;
         }
         // The object written all over: exactly the uncopied pages follow.
