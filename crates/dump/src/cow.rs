@@ -21,7 +21,10 @@ const SWAPPED: u64 = 1 << 62;
 const PFN_MASK: u64 = (1 << 55) - 1;
 
 fn private_anon(v: &stasis_image::Vma) -> bool {
-    !v.shared && v.shmem == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
+    !v.shared
+        && v.shmem == 0
+        && v.huge_page_size == 0
+        && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
 }
 
 /// A private mapping whose written pages may be shared copy-on-write:

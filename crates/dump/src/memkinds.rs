@@ -2,8 +2,10 @@
 //! save yet: each is refused by name at the check stage, before anything
 //! is written, so a dump never silently loses them.
 //!
-//! * hugetlb memory (`ht` in VmFlags): MAP_HUGETLB anonymous memory
-//!   (`/anon_hugepage (deleted)`), hugetlbfs files, MFD_HUGETLB memfds.
+//! * hugetlb memory (`ht` in VmFlags) other than private anonymous
+//!   (which is saved, see [`private_hugetlb`]): MAP_HUGETLB|MAP_SHARED
+//!   anonymous memory (`/anon_hugepage (deleted)`), hugetlbfs files,
+//!   MFD_HUGETLB memfds.
 //! * AIO rings (`io_setup`): a special mapping `/[aio] (deleted)` whose
 //!   address is the context id the process uses.
 //! * io_uring instances: the descriptor `anon_inode:[io_uring]` and the
@@ -26,7 +28,7 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
             "mapping {range} ({path}): an io_uring ring; io_uring instances are not supported yet"
         ));
     }
-    if s.has_flag("ht") {
+    if s.has_flag("ht") && private_hugetlb(s).is_none() {
         let what = if path.starts_with("/memfd:") {
             "a hugetlb memfd (MFD_HUGETLB)"
         } else if path.starts_with("/anon_hugepage") {
@@ -46,4 +48,16 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
 pub(crate) fn refuse_fd(link: &str) -> Option<String> {
     (link == "anon_inode:[io_uring]")
         .then(|| "an io_uring instance; io_uring is not supported yet".to_string())
+}
+
+/// Private anonymous hugetlb memory (MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB):
+/// its huge page size in bytes. Saved like private anonymous memory (only
+/// the huge pages it touched) and mapped again with the same page size.
+pub(crate) fn private_hugetlb(s: &SmapsEntry) -> Option<u64> {
+    let m = &s.map;
+    let anon = m.path.as_deref() == Some("/anon_hugepage (deleted)");
+    (s.has_flag("ht") && anon && !m.shared)
+        .then(|| s.kernel_page_size_kb.map(|kb| kb * 1024))
+        .flatten()
+        .filter(|&b| b > 4096 && b.is_power_of_two())
 }

@@ -45,7 +45,9 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             return Err(unsupported(why));
         }
         let range = format!("{:#x}-{:#x}", m.start, m.end);
+        let huge_page_size = crate::memkinds::private_hugetlb(s).unwrap_or(0);
         let kind = match m.path.as_deref() {
+            _ if huge_page_size != 0 => VmaKind::Anon,
             Some("[vdso]") => VmaKind::Vdso,
             Some("[vvar]") => VmaKind::Vvar,
             Some("[vvar_vclock]") => VmaKind::VvarVclock,
@@ -148,6 +150,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
                 .filter(|(f, _)| s.has_flag(f))
                 .map(|(_, name)| (*name).to_string())
                 .collect(),
+            huge_page_size,
         });
     }
     Ok((vmas, PagePlan { runs }))

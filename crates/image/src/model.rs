@@ -484,6 +484,9 @@ pub struct Vma {
     /// madvise state worth keeping: 'dontdump', 'dontfork', 'hugepage', 'nohugepage', 'wipeonfork', 'mergeable'.
     #[serde(default)]
     pub advice: Vec<String>,
+    /// hugetlb memory (MAP_HUGETLB): its page size in bytes; 0: ordinary pages.
+    #[serde(default)]
+    pub huge_page_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,6 +95,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         shmem: 0,
         cow_owner: 0,
         advice: vec![],
+        huge_page_size: 0,
     };
     let mut stack = vma(0x7ffc_0000_0000, 0x7ffc_0002_1000, 3, VmaKind::Anon);
     stack.growsdown = true;

@@ -458,6 +458,19 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
         c.ensure(v.pgoff.checked_add(v.end - v.start).is_some(), || {
             format!("{field}.pgoff: {:#x} + length overflows", v.pgoff)
         })?;
+        if v.huge_page_size != 0 {
+            let h = v.huge_page_size;
+            c.ensure(
+                h.is_power_of_two()
+                    && h > PAGE_SIZE
+                    && h <= 1 << 30
+                    && v.start % h == 0
+                    && v.end % h == 0
+                    && !v.shared
+                    && matches!(v.kind, VmaKind::Anon),
+                || format!("{field}.huge_page_size: {h:#x} not a huge page size this VMA can have"),
+            )?;
+        }
         c.count(&format!("{field}.advice"), v.advice.len(), 16)?;
         for (j, a) in v.advice.iter().enumerate() {
             c.string(&format!("{field}.advice[{j}]"), a, 32)?;

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod creds_check;
+mod hugetlb;
 mod memory;
 mod placement;
 mod process;

@@ -301,6 +301,8 @@ pub(crate) fn rebuild(
 /// would not have merged anyway costs a few remote calls, nothing else.)
 fn may_merge(a: &Vma, b: &Vma) -> bool {
     a.end == b.start
+        && a.huge_page_size == 0
+        && b.huge_page_size == 0
         && !a.shared
         && !b.shared
         && a.prot == b.prot
@@ -385,6 +387,7 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
     if v.noreserve {
         flags |= libc::MAP_NORESERVE;
     }
+    flags |= crate::hugetlb::map_flags(v);
     if v.shmem != 0 {
         // Another mapping of the very object the restorer created: mremap
         // with old_size 0 duplicates a shared mapping.

@@ -1,6 +1,6 @@
 //! tp_memkinds: kinds of memory (issue 9).
 //!
-//! Usage: `tp_memkinds WORKDIR --case novdso|private [--corrupt]`
+//! Usage: `tp_memkinds WORKDIR --case novdso|private|hugetlb [--corrupt]`
 //!
 //! * `novdso`: the process unmaps its [vdso], [vvar] and [vvar_vclock]
 //!   (as some sandboxes do). After restore it checks that none of them is
@@ -22,6 +22,12 @@
 //!   pages it shares copy-on-write with the child must stay shared after
 //!   restore (Shared_Dirty of its first VMA keeps 90%). `--corrupt` flips
 //!   a byte of one copied page.
+//! * `hugetlb`: 8 MiB of MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB memory (2 MiB
+//!   pages), two of its four huge pages written with known bytes. After
+//!   restore: the same VMA with KernelPageSize 2048 kB, still only two huge
+//!   pages allocated (Private_Hugetlb), their bytes exact, the untouched
+//!   ones zero. Exits 4 without huge pages (the harness reserves them).
+//!   `--corrupt` flips one byte.
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -34,6 +40,7 @@ fn main() {
     match args.get("case").unwrap_or("private") {
         "novdso" => novdso(&proto, args.corrupt(), &mut report),
         "private" => private(&proto, args.corrupt(), &mut report),
+        "hugetlb" => hugetlb(&proto, args.corrupt(), &mut report),
         other => panic!("unknown --case {other}"),
     }
     proto.finish(&report);
@@ -375,4 +382,93 @@ fn verify(objs: &[Obj], report: &mut Report, write_object: bool, who: &str) {
             )
         });
     }
+}
+
+/// `key:` (kB) of the smaps entry starting at `start`.
+fn smaps_field(start: usize, key: &str) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let head = format!("{start:x}-");
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if !first.ends_with(':') {
+            inside = line.starts_with(&head);
+        } else if inside && first == key {
+            return line[key.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok();
+        }
+    }
+    None
+}
+
+fn hugetlb(proto: &Proto, corrupt: bool, report: &mut Report) {
+    const HUGE: usize = 2 << 20;
+    const LEN: usize = 4 * HUGE;
+    // SAFETY: a fresh mapping at a kernel-chosen address.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | (21 << 26),
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::process::exit(4);
+    }
+    let map = Mapping {
+        addr: p.cast(),
+        len: LEN,
+    };
+    let mut rng = Rng::new(0x4a9e_7001);
+    // Huge pages 1 and 3 written (MAP_POPULATE-free: faults allocate them;
+    // without a free huge page the fault is SIGBUS, so check first).
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if free < 2 {
+        std::process::exit(4);
+    }
+    rng.fill(&mut map.bytes_mut()[HUGE..2 * HUGE]);
+    rng.fill(&mut map.bytes_mut()[3 * HUGE..4 * HUGE]);
+    let want1 = map.bytes()[HUGE..2 * HUGE].to_vec();
+    let want3 = map.bytes()[3 * HUGE..].to_vec();
+    let start = map.start();
+    let page_kb = smaps_field(start, "KernelPageSize:");
+    let huge_kb = smaps_field(start, "Private_Hugetlb:");
+    proto.ready_and_wait();
+    if corrupt {
+        map.bytes_mut()[3 * HUGE + 77] ^= 1;
+    }
+    report.eq("KernelPageSize", Some(2048), page_kb);
+    report.eq(
+        "KernelPageSize after restore",
+        page_kb,
+        smaps_field(start, "KernelPageSize:"),
+    );
+    report.eq("Private_Hugetlb before", Some(4096), huge_kb);
+    report.eq(
+        "Private_Hugetlb after restore (only the touched huge pages)",
+        huge_kb,
+        smaps_field(start, "Private_Hugetlb:"),
+    );
+    report.check(map.bytes()[HUGE..2 * HUGE] == want1[..], || {
+        "huge page 1 differs".into()
+    });
+    report.check(map.bytes()[3 * HUGE..] == want3[..], || {
+        "huge page 3 differs".into()
+    });
+    // Read last: this faults in the untouched huge pages.
+    report.check(map.bytes()[..HUGE].iter().all(|&b| b == 0), || {
+        "untouched huge page 0 is not zero".into()
+    });
 }
