@@ -155,6 +155,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         },
     ];
     ProcessImage {
+        xcomp_perm: 0,
         pid,
         ppid,
         pgid: pid,
