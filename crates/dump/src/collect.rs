@@ -81,6 +81,13 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     let pid = p.0 as u32;
 
     // ---- check: what we cannot save yet, before anything is written ----
+    if let Some(what) = crate::memkinds::refuse_tasks(pid, &frozen.tids) {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what,
+        });
+    }
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     if status.seccomp != 0 {

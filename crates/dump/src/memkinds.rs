@@ -8,8 +8,10 @@
 //!   MFD_HUGETLB memfds.
 //! * AIO rings (`io_setup`): a special mapping `/[aio] (deleted)` whose
 //!   address is the context id the process uses.
-//! * io_uring instances: the descriptor `anon_inode:[io_uring]` and the
-//!   mappings of its rings.
+//! * io_uring instances: the descriptor `anon_inode:[io_uring]`, the
+//!   mappings of its rings, and its kernel threads in the process
+//!   (`iou-sqp-*`, `iou-wrk-*`: PF_IO_WORKER), which also betray a ring
+//!   kept only as a registered descriptor.
 
 use stasis_proc::SmapsEntry;
 
@@ -60,4 +62,22 @@ pub(crate) fn private_hugetlb(s: &SmapsEntry) -> Option<u64> {
         .then(|| s.kernel_page_size_kb.map(|kb| kb * 1024))
         .flatten()
         .filter(|&b| b > 4096 && b.is_power_of_two())
+}
+
+/// PF_IO_WORKER in the flags field of /proc/PID/task/TID/stat.
+const PF_IO_WORKER: u64 = 0x10;
+
+/// Why the process cannot be saved because of one of its threads, if so:
+/// an io_uring kernel thread (SQPOLL or async worker) is part of it.
+pub(crate) fn refuse_tasks(pid: u32, tids: &[stasis_sys::Pid]) -> Option<String> {
+    tids.iter().find_map(|t| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat")).ok()?;
+        // Fields after the parenthesised comm: state is field 3, flags 9.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(').map_or("", |x| x.1);
+        let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+        (flags & PF_IO_WORKER != 0).then(|| {
+            format!("thread {t} ({comm}): an io_uring kernel thread; io_uring is not supported yet")
+        })
+    })
 }

@@ -345,3 +345,15 @@ fn cr_private_hugetlb() {
         )
     });
 }
+
+/// An io_uring with a SQPOLL kernel thread: refused by name (the thread or
+/// the descriptor), the process unharmed.
+#[test]
+fn refuse_io_uring_sqpoll() {
+    refuse_with(
+        "refuse_io_uring_sqpoll",
+        &["--with", "io-uring", "--sqpoll"],
+        &[],
+        &["io_uring"],
+    );
+}

@@ -178,6 +178,9 @@ fn main() {
         "io-uring" => {
             // struct io_uring_params: 120 bytes; sq_off at 40, cq_off at 80.
             let mut params = [0u32; 30];
+            if args.flag("sqpoll") {
+                params[2] = 2; // IORING_SETUP_SQPOLL: a kernel thread polls the ring
+            }
             // SAFETY: io_uring_setup fills a live, zeroed io_uring_params.
             let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
             assert!(
