@@ -81,3 +81,53 @@ pub(crate) fn refuse_tasks(pid: u32, tids: &[stasis_sys::Pid]) -> Option<String>
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(line: &str, flags: &str, page_kb: u64) -> SmapsEntry {
+        let text = format!("{line}\nKernelPageSize: {page_kb} kB\nVmFlags: {flags}\n");
+        stasis_proc::parse_smaps(text.as_bytes())
+            .expect("smaps")
+            .remove(0)
+    }
+
+    #[test]
+    fn kinds_refused_and_saved() {
+        let anon_huge = entry(
+            "7f0000000000-7f0000800000 rw-p 00000000 00:10 1234 /anon_hugepage (deleted)",
+            "rd wr mr mw me de ht",
+            2048,
+        );
+        assert_eq!(private_hugetlb(&anon_huge), Some(2 << 20));
+        assert_eq!(refuse_mapping(&anon_huge), None);
+        let shared_huge = entry(
+            "7f0000000000-7f0000800000 rw-s 00000000 00:10 1234 /anon_hugepage (deleted)",
+            "rd wr sh mr mw me ms de ht",
+            2048,
+        );
+        assert_eq!(private_hugetlb(&shared_huge), None);
+        assert!(refuse_mapping(&shared_huge).is_some_and(|w| w.contains("MAP_HUGETLB")));
+        let memfd_huge = entry(
+            "7f0000000000-7f0000200000 rw-s 00000000 00:10 99 /memfd:x (deleted)",
+            "rd wr sh mr mw me ms de ht",
+            2048,
+        );
+        assert!(refuse_mapping(&memfd_huge).is_some_and(|w| w.contains("MFD_HUGETLB")));
+        let aio = entry(
+            "7f0000000000-7f0000001000 rw-s 00000000 00:12 5 /[aio] (deleted)",
+            "rd wr sh mr mw me ms",
+            4,
+        );
+        assert!(refuse_mapping(&aio).is_some_and(|w| w.contains("AIO ring")));
+        let plain = entry(
+            "7f0000000000-7f0000001000 rw-p 00000000 00:00 0",
+            "rd wr mr mw me ac",
+            4,
+        );
+        assert_eq!(refuse_mapping(&plain), None);
+        assert!(refuse_fd("anon_inode:[io_uring]").is_some());
+        assert!(refuse_fd("anon_inode:[eventfd]").is_none());
+    }
+}

@@ -12,9 +12,18 @@ const LOW: u64 = 1 << 32;
 /// gap (the caller tries them in order: the restorer's own mappings may
 /// still be in the way).
 pub(crate) fn candidates(procs: &[ProcessImage], taken: &[(u64, u64)], len: u64) -> Vec<u64> {
-    let mut used: Vec<(u64, u64)> = procs
+    let vmas: Vec<(u64, u64)> = procs
         .iter()
         .flat_map(|p| p.mm.vmas.iter().map(|v| (v.start, v.end)))
+        .collect();
+    candidates_in(&vmas, taken, len)
+}
+
+/// [`candidates`] for the ranges `vmas` (every process's VMAs).
+fn candidates_in(vmas: &[(u64, u64)], taken: &[(u64, u64)], len: u64) -> Vec<u64> {
+    let mut used: Vec<(u64, u64)> = vmas
+        .iter()
+        .copied()
         .filter(|&(s, _)| s < stasis_image::USER_SPACE_END)
         .chain(taken.iter().copied())
         .collect();
@@ -40,4 +49,28 @@ pub(crate) fn candidates(procs: &[ProcessImage], taken: &[(u64, u64)], len: u64)
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_avoid_every_layout_and_each_other() {
+        let vmas = [
+            (0x7f00_0000_0000, 0x7f00_1000_0000),
+            (0x5555_0000_0000, 0x5555_0001_0000),
+        ];
+        let taken = [(0x7fff_0000_0000, 0x7fff_f000_0000)];
+        let len = 0x20_0000;
+        let c = candidates_in(&vmas, &taken, len);
+        assert!(c.len() > 16, "several candidates per gap: {}", c.len());
+        for a in c {
+            assert_eq!(a % 0x10000, 0);
+            assert!(a >= LOW && a + len <= stasis_image::USER_SPACE_END);
+            for &(s, e) in vmas.iter().chain(&taken) {
+                assert!(a + len <= s || a >= e, "{a:#x} overlaps {s:#x}-{e:#x}");
+            }
+        }
+    }
 }
