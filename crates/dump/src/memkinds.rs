@@ -2,10 +2,8 @@
 //! save yet: each is refused by name at the check stage, before anything
 //! is written, so a dump never silently loses them.
 //!
-//! * hugetlb memory (`ht` in VmFlags) other than private anonymous
-//!   (which is saved, see [`private_hugetlb`]): MAP_HUGETLB|MAP_SHARED
-//!   anonymous memory (`/anon_hugepage (deleted)`), hugetlbfs files,
-//!   MFD_HUGETLB memfds.
+//! * hugetlb memory (`ht` in VmFlags) other than anonymous (which is
+//!   saved, see [`anon_hugetlb`]): hugetlbfs files, MFD_HUGETLB memfds.
 //! * AIO rings (`io_setup`): a special mapping `/[aio] (deleted)` whose
 //!   address is the context id the process uses.
 //! * io_uring instances: the descriptor `anon_inode:[io_uring]`, the
@@ -30,7 +28,7 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
             "mapping {range} ({path}): an io_uring ring; io_uring instances are not supported yet"
         ));
     }
-    if s.has_flag("ht") && private_hugetlb(s).is_none() {
+    if s.has_flag("ht") && anon_hugetlb(s).is_none() {
         let what = if path.starts_with("/memfd:") {
             "a hugetlb memfd (MFD_HUGETLB)"
         } else if path.starts_with("/anon_hugepage") {
@@ -52,13 +50,13 @@ pub(crate) fn refuse_fd(link: &str) -> Option<String> {
         .then(|| "an io_uring instance; io_uring is not supported yet".to_string())
 }
 
-/// Private anonymous hugetlb memory (MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB):
-/// its huge page size in bytes. Saved like private anonymous memory (only
-/// the huge pages it touched) and mapped again with the same page size.
-pub(crate) fn private_hugetlb(s: &SmapsEntry) -> Option<u64> {
+/// Anonymous hugetlb memory (MAP_ANONYMOUS|MAP_HUGETLB, private or shared):
+/// its huge page size in bytes. Saved like anonymous memory (only the huge
+/// pages present) and mapped again with the same page size.
+pub(crate) fn anon_hugetlb(s: &SmapsEntry) -> Option<u64> {
     let m = &s.map;
     let anon = m.path.as_deref() == Some("/anon_hugepage (deleted)");
-    (s.has_flag("ht") && anon && !m.shared)
+    (s.has_flag("ht") && anon)
         .then(|| s.kernel_page_size_kb.map(|kb| kb * 1024))
         .flatten()
         .filter(|&b| b > 4096 && b.is_power_of_two())
@@ -100,15 +98,15 @@ mod tests {
             "rd wr mr mw me de ht",
             2048,
         );
-        assert_eq!(private_hugetlb(&anon_huge), Some(2 << 20));
+        assert_eq!(anon_hugetlb(&anon_huge), Some(2 << 20));
         assert_eq!(refuse_mapping(&anon_huge), None);
         let shared_huge = entry(
             "7f0000000000-7f0000800000 rw-s 00000000 00:10 1234 /anon_hugepage (deleted)",
             "rd wr sh mr mw me ms de ht",
             2048,
         );
-        assert_eq!(private_hugetlb(&shared_huge), None);
-        assert!(refuse_mapping(&shared_huge).is_some_and(|w| w.contains("MAP_HUGETLB")));
+        assert_eq!(anon_hugetlb(&shared_huge), Some(2 << 20));
+        assert_eq!(refuse_mapping(&shared_huge), None);
         let memfd_huge = entry(
             "7f0000000000-7f0000200000 rw-s 00000000 00:10 99 /memfd:x (deleted)",
             "rd wr sh mr mw me ms de ht",

@@ -409,18 +409,23 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
                 ),
             });
         }
-        r.call(
-            libc::SYS_mremap,
-            &[
-                base + v.pgoff,
-                0,
-                v.end - v.start,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                v.start,
-            ],
-            &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
-        )
-        .at(pid, Stage::Memory)?;
+        if v.huge_page_size != 0 {
+            // mremap cannot duplicate hugetlb memory: map its file.
+            crate::hugetlb::map_shared_view(r, v, base, len)?;
+        } else {
+            r.call(
+                libc::SYS_mremap,
+                &[
+                    base + v.pgoff,
+                    0,
+                    v.end - v.start,
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                    v.start,
+                ],
+                &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
+            )
+            .at(pid, Stage::Memory)?;
+        }
         if !fill && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
             r.call(
                 libc::SYS_mprotect,

@@ -836,7 +836,23 @@ pub(crate) fn restore_tree(
     ids.sort_unstable();
     for (id, len) in ids {
         let mut placed = false;
-        for cand in memory::free_candidates(&procs[0].mm, len) {
+        // Shared hugetlb memory: an object of the same page size, at an
+        // address aligned to it.
+        let huge = crate::hugetlb::shared_page_size(procs, id);
+        let cands = match huge {
+            0 => memory::free_candidates(&procs[0].mm, len),
+            h => crate::hugetlb::aligned_candidates(procs, &taken, len, h),
+        };
+        for cand in cands {
+            if huge != 0 {
+                if spawn::map_shared_huge(cand, len, crate::hugetlb::huge_flags(huge)).is_ok() {
+                    shmem.insert(id, (cand, len));
+                    taken.push((cand, cand + len + 0x10000));
+                    placed = true;
+                    break;
+                }
+                continue;
+            }
             let clash = procs.iter().any(|p| {
                 p.mm.vmas
                     .iter()

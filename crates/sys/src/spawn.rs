@@ -389,6 +389,13 @@ pub fn map_shared_anon(addr: u64, len: u64) -> Result<()> {
     mmap_noreplace(addr, len, libc::MAP_SHARED, "shared memory").map(drop)
 }
 
+/// Maps `len` bytes of shared anonymous hugetlb memory (`huge`: MAP_HUGETLB
+/// and the page size flags) in the caller at `addr`, never replacing
+/// anything. Children forked afterwards share it.
+pub fn map_shared_huge(addr: u64, len: u64, huge: i32) -> Result<()> {
+    mmap_noreplace(addr, len, libc::MAP_SHARED | huge, "shared hugetlb memory").map(drop)
+}
+
 /// In a new mount namespace: stop propagation to the parent's mounts and
 /// mount a /proc that shows the new PID namespace. Returns 0 or -errno.
 /// Raw syscalls only (runs right after a fork).

@@ -26,8 +26,11 @@
 //!   pages), two of its four huge pages written with known bytes. After
 //!   restore: the same VMA with KernelPageSize 2048 kB, still only two huge
 //!   pages allocated (Private_Hugetlb), their bytes exact, the untouched
-//!   ones zero. Exits 4 without huge pages (the harness reserves them).
-//!   `--corrupt` flips one byte.
+//!   ones zero. Also 4 MiB of MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB memory
+//!   shared with a child, each having written one huge page: after restore
+//!   both see both pages, with 2 MiB pages, and a write by the child after
+//!   restore is seen by the parent (one object). Exits 4 without huge pages
+//!   (the harness reserves them). `--corrupt` flips one byte.
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -445,10 +448,79 @@ fn hugetlb(proto: &Proto, corrupt: bool, report: &mut Report) {
     let start = map.start();
     let page_kb = smaps_field(start, "KernelPageSize:");
     let huge_kb = smaps_field(start, "Private_Hugetlb:");
+
+    // Shared hugetlb memory with a child.
+    // SAFETY: a fresh mapping at a kernel-chosen address.
+    let sp = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | (21 << 26),
+            -1,
+            0,
+        )
+    };
+    if sp == libc::MAP_FAILED {
+        std::process::exit(4);
+    }
+    let shared = Mapping {
+        addr: sp.cast(),
+        len: 2 * HUGE,
+    };
+    rng.fill(&mut shared.bytes_mut()[..HUGE]);
+    let mut child_page = vec![0u8; HUGE];
+    rng.fill(&mut child_page);
+    let (mut q, mut fin) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: valid out arrays.
+    unsafe { libc::pipe(q.as_mut_ptr()) };
+    // SAFETY: as above.
+    unsafe { libc::pipe(fin.as_mut_ptr()) };
+    // SAFETY: single-threaded: fork is safe; the child exits with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        shared.bytes_mut()[HUGE..].copy_from_slice(&child_page);
+        // SAFETY: one byte from a literal into our pipe.
+        unsafe { libc::write(q[1], b"r".as_ptr().cast(), 1) };
+        proto.wait_go();
+        shared.bytes_mut()[12] = 0x77; // seen by the parent: one object
+                                       // SAFETY: one byte into our pipe, then the end of the child.
+        unsafe {
+            libc::write(fin[1], b"d".as_ptr().cast(), 1);
+            libc::_exit(0)
+        };
+    }
+    let mut one = [0u8; 1];
+    // SAFETY: reads one byte into a live array.
+    unsafe { libc::read(q[0], one.as_mut_ptr().cast(), 1) };
+    let shared_want0 = shared.bytes()[..HUGE].to_vec();
+    let shared_kb = smaps_field(shared.start(), "KernelPageSize:");
     proto.ready_and_wait();
     if corrupt {
         map.bytes_mut()[3 * HUGE + 77] ^= 1;
     }
+    // SAFETY: reads one byte into a live array: the child wrote after go.
+    unsafe { libc::read(fin[0], one.as_mut_ptr().cast(), 1) };
+    let mut st = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+        format!("child status {st:#x}")
+    });
+    report.eq("shared KernelPageSize", Some(2048), shared_kb);
+    report.eq(
+        "shared KernelPageSize after restore",
+        shared_kb,
+        smaps_field(shared.start(), "KernelPageSize:"),
+    );
+    let mut want0 = shared_want0;
+    want0[12] = 0x77;
+    report.check(shared.bytes()[..HUGE] == want0[..], || {
+        "shared huge page 0 differs (or the child's write after restore is not seen)".into()
+    });
+    report.check(shared.bytes()[HUGE..] == child_page[..], || {
+        "shared huge page 1 (written by the child) differs".into()
+    });
     report.eq("KernelPageSize", Some(2048), page_kb);
     report.eq(
         "KernelPageSize after restore",
