@@ -193,14 +193,12 @@ fn refuse_hugetlb() {
         eprintln!("skipped: no 2 MiB huge pages could be reserved");
         return;
     };
-    for (what, word) in [("hugetlb-memfd", "hugetlb memfd (MFD_HUGETLB)")] {
-        refuse_with(
-            &format!("refuse_{what}"),
-            &["--with", what],
-            &[],
-            &[word, "hugetlb"],
-        );
-    }
+    refuse_with(
+        "refuse_hugetlb-memfd",
+        &["--with", "hugetlb-memfd"],
+        &[],
+        &["hugetlb memfd (MFD_HUGETLB)", "hugetlb"],
+    );
     let work = Work::new("refuse_hugetlb_file_mount");
     let Some(mnt) = HugeMount::new(&work) else {
         eprintln!("skipped: cannot mount hugetlbfs");
