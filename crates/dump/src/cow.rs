@@ -31,7 +31,10 @@ fn private_anon(v: &stasis_image::Vma) -> bool {
 /// anonymous, or of a file (regular, memfd, deleted) whose copied pages are
 /// anonymous while the others stay the file's.
 fn cow_candidate(v: &stasis_image::Vma) -> bool {
-    private_anon(v) || (!v.shared && matches!(v.kind, VmaKind::File { .. } | VmaKind::Saved { .. }))
+    private_anon(v)
+        || (!v.shared
+            && v.huge_page_size == 0
+            && matches!(v.kind, VmaKind::File { .. } | VmaKind::Saved { .. }))
 }
 
 /// Whether `w` (an ancestor's VMA) maps what `v` maps: the same range of

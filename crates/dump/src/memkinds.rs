@@ -2,8 +2,10 @@
 //! save yet: each is refused by name at the check stage, before anything
 //! is written, so a dump never silently loses them.
 //!
-//! * hugetlb memory (`ht` in VmFlags) other than anonymous (which is
-//!   saved, see [`anon_hugetlb`]): hugetlbfs files, MFD_HUGETLB memfds.
+//! * hugetlb memory (`ht` in VmFlags) other than anonymous memory and
+//!   mappings of hugetlbfs files that still have a name (both saved, see
+//!   [`huge_page_size`]): MFD_HUGETLB memfds and deleted hugetlbfs files,
+//!   whose contents would have to go into the image.
 //! * AIO rings (`io_setup`): a special mapping `/[aio] (deleted)` whose
 //!   address is the context id the process uses.
 //! * io_uring instances: the descriptor `anon_inode:[io_uring]`, the
@@ -28,13 +30,13 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
             "mapping {range} ({path}): an io_uring ring; io_uring instances are not supported yet"
         ));
     }
-    if s.has_flag("ht") && anon_hugetlb(s).is_none() {
-        let what = if path.starts_with("/memfd:") {
+    if s.has_flag("ht") && huge_page_size(s).is_none() {
+        let what = if path.starts_with("/memfd:") && m.is_deleted() {
             "a hugetlb memfd (MFD_HUGETLB)"
         } else if path.starts_with("/anon_hugepage") {
             "MAP_HUGETLB anonymous memory"
         } else {
-            "a hugetlbfs file"
+            "a deleted hugetlbfs file"
         };
         return Some(format!(
             "mapping {range} ({path}): {what}; hugetlb memory is not supported yet"
@@ -54,9 +56,19 @@ pub(crate) fn refuse_fd(link: &str) -> Option<String> {
 /// its huge page size in bytes. Saved like anonymous memory (only the huge
 /// pages present) and mapped again with the same page size.
 pub(crate) fn anon_hugetlb(s: &SmapsEntry) -> Option<u64> {
+    let anon = s.map.path.as_deref() == Some("/anon_hugepage (deleted)");
+    huge_page_size(s).filter(|_| anon)
+}
+
+/// A hugetlb mapping stasis can save: anonymous memory, or a hugetlbfs file
+/// that still has its name (a shared mapping's pages live in the file; a
+/// private one's copied pages are saved like any private file mapping's):
+/// its huge page size in bytes.
+pub(crate) fn huge_page_size(s: &SmapsEntry) -> Option<u64> {
     let m = &s.map;
-    let anon = m.path.as_deref() == Some("/anon_hugepage (deleted)");
-    (s.has_flag("ht") && anon)
+    let path = m.path.as_deref().unwrap_or("");
+    let ok = path == "/anon_hugepage (deleted)" || (path.starts_with('/') && !m.is_deleted());
+    (s.has_flag("ht") && ok)
         .then(|| s.kernel_page_size_kb.map(|kb| kb * 1024))
         .flatten()
         .filter(|&b| b > 4096 && b.is_power_of_two())

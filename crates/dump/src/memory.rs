@@ -45,9 +45,9 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             return Err(unsupported(why));
         }
         let range = format!("{:#x}-{:#x}", m.start, m.end);
-        let huge_page_size = crate::memkinds::anon_hugetlb(s).unwrap_or(0);
+        let huge_page_size = crate::memkinds::huge_page_size(s).unwrap_or(0);
         let kind = match m.path.as_deref() {
-            _ if huge_page_size != 0 => VmaKind::Anon,
+            _ if crate::memkinds::anon_hugetlb(s).is_some() => VmaKind::Anon,
             Some("[vdso]") => VmaKind::Vdso,
             Some("[vvar]") => VmaKind::Vvar,
             Some("[vvar_vclock]") => VmaKind::VvarVclock,

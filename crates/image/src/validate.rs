@@ -466,9 +466,12 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
                     && h <= 1 << 30
                     && v.start % h == 0
                     && v.end % h == 0
-                    && v.shared == (v.shmem != 0)
                     && v.pgoff % h == 0
-                    && matches!(v.kind, VmaKind::Anon),
+                    && match v.kind {
+                        VmaKind::Anon => v.shared == (v.shmem != 0),
+                        VmaKind::File { .. } => true,
+                        _ => false,
+                    },
                 || format!("{field}.huge_page_size: {h:#x} not a huge page size this VMA can have"),
             )?;
         }

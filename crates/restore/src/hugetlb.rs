@@ -2,8 +2,10 @@
 //! huge page size (the dump saved only the huge pages they had touched;
 //! filling them faults in huge pages of the same size). Shared ones are one
 //! object of that page size, created before the fork like other shared
-//! anonymous memory. hugetlbfs files and MFD_HUGETLB memfds are refused at
-//! dump (`stasis_dump` module `memkinds`).
+//! anonymous memory. Mappings of hugetlbfs files that still have a name are
+//! mapped from the file like any file mapping. MFD_HUGETLB memfds and
+//! deleted hugetlbfs files are refused at dump (`stasis_dump` module
+//! `memkinds`).
 
 use crate::{At, Result, Stage};
 use stasis_image::{ProcessImage, Vma};
@@ -15,7 +17,8 @@ const MAP_HUGE_SHIFT: u32 = 26;
 /// Extra mmap flags for `v`: MAP_HUGETLB with its page size, or 0. (A
 /// shared one is a view of the object the restorer made: no flags.)
 pub(crate) fn map_flags(v: &Vma) -> i32 {
-    if v.shmem != 0 {
+    // A hugetlbfs file brings its page size itself.
+    if v.shmem != 0 || !matches!(v.kind, stasis_image::VmaKind::Anon) {
         return 0;
     }
     huge_flags(v.huge_page_size)

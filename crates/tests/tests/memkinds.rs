@@ -209,7 +209,7 @@ fn refuse_hugetlb() {
         "refuse_hugetlb-file",
         &["--with", "hugetlb-file", "--mnt", &dir],
         &[],
-        &["a hugetlbfs file", "hugetlb"],
+        &["a deleted hugetlbfs file", "hugetlb"],
     );
     let _ = fs::remove_file(mnt.dir.join("huge"));
 }
@@ -352,4 +352,38 @@ fn refuse_io_uring_sqpoll() {
         &[],
         &["io_uring"],
     );
+}
+
+/// Shared and private mappings of a file on hugetlbfs (item 4 of issue 9).
+#[test]
+fn cr_hugetlbfs_file() {
+    let Some(_pages) = HugePages::reserve(12) else {
+        eprintln!("skipped: no 2 MiB huge pages could be reserved");
+        return;
+    };
+    let work = Work::new("cr_hugetlbfs_file");
+    let Some(mnt) = HugeMount::new(&work) else {
+        eprintln!("skipped: cannot mount hugetlbfs");
+        return;
+    };
+    let dir = mnt.dir.to_str().expect("utf-8").to_string();
+    let args = ["--case", "hugetlbfs", "--mnt", dir.as_str()];
+    let out = run_case(&work, Program::Bin("tp_memkinds"), &args, &Opts::default());
+    if out.exit == Exit::Code(4) {
+        eprintln!("skipped: the program found no free huge page");
+        return;
+    }
+    out.assert_pass(&work);
+    let neg = Work::new("negative_hugetlbfs_file");
+    let out = run_plain(
+        &neg,
+        Program::Bin("tp_memkinds"),
+        &["--case", "hugetlbfs", "--mnt", dir.as_str(), "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        neg.diagnostics()
+    );
+    let _ = fs::remove_file(mnt.dir.join("file"));
 }

@@ -1,6 +1,6 @@
 //! tp_memkinds: kinds of memory (issue 9).
 //!
-//! Usage: `tp_memkinds WORKDIR --case novdso|private|hugetlb [--corrupt]`
+//! Usage: `tp_memkinds WORKDIR --case novdso|private|hugetlb|hugetlbfs [--mnt DIR] [--corrupt]`
 //!
 //! * `novdso`: the process unmaps its [vdso], [vvar] and [vvar_vclock]
 //!   (as some sandboxes do). After restore it checks that none of them is
@@ -31,6 +31,11 @@
 //!   both see both pages, with 2 MiB pages, and a write by the child after
 //!   restore is seen by the parent (one object). Exits 4 without huge pages
 //!   (the harness reserves them). `--corrupt` flips one byte.
+//! * `hugetlbfs`: a 4 MiB file on the hugetlbfs mounted at `--mnt DIR`,
+//!   mapped MAP_SHARED (huge page 0 written through it) and MAP_PRIVATE
+//!   (huge page 1 copied on write). After restore: both with 2 MiB pages,
+//!   the bytes exact, and a write through the shared mapping is seen by the
+//!   private one where it had not copied. `--corrupt` flips one byte.
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -44,6 +49,12 @@ fn main() {
         "novdso" => novdso(&proto, args.corrupt(), &mut report),
         "private" => private(&proto, args.corrupt(), &mut report),
         "hugetlb" => hugetlb(&proto, args.corrupt(), &mut report),
+        "hugetlbfs" => hugetlbfs(
+            &proto,
+            args.get("mnt").expect("--mnt DIR"),
+            args.corrupt(),
+            &mut report,
+        ),
         other => panic!("unknown --case {other}"),
     }
     proto.finish(&report);
@@ -543,4 +554,74 @@ fn hugetlb(proto: &Proto, corrupt: bool, report: &mut Report) {
     report.check(map.bytes()[..HUGE].iter().all(|&b| b == 0), || {
         "untouched huge page 0 is not zero".into()
     });
+}
+
+fn hugetlbfs(proto: &Proto, mnt: &str, corrupt: bool, report: &mut Report) {
+    const HUGE: usize = 2 << 20;
+    let path = CString::new(format!("{mnt}/file")).expect("path");
+    // SAFETY: valid path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
+    assert!(fd >= 0, "open on hugetlbfs");
+    // SAFETY: ftruncate of our own file.
+    unsafe { libc::ftruncate(fd, (2 * HUGE) as i64) };
+    let map = |flags: i32| -> Option<Mapping> {
+        // SAFETY: a fresh mapping of our file at a kernel-chosen address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * HUGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then(|| Mapping {
+            addr: p.cast(),
+            len: 2 * HUGE,
+        })
+    };
+    let (Some(shared), Some(private)) = (map(libc::MAP_SHARED), map(libc::MAP_PRIVATE)) else {
+        std::process::exit(4);
+    };
+    let mut rng = Rng::new(0x4a9e_7002);
+    rng.fill(&mut shared.bytes_mut()[..HUGE]);
+    rng.fill(&mut private.bytes_mut()[HUGE..]);
+    let want_shared = shared.bytes().to_vec();
+    let want_private = private.bytes().to_vec();
+    let kb = (
+        smaps_field(shared.start(), "KernelPageSize:"),
+        smaps_field(private.start(), "KernelPageSize:"),
+    );
+    proto.ready_and_wait();
+    if corrupt {
+        private.bytes_mut()[HUGE + 5] ^= 1;
+    }
+    report.eq(
+        "KernelPageSize (shared, private)",
+        (Some(2048), Some(2048)),
+        kb,
+    );
+    report.eq(
+        "KernelPageSize after restore",
+        kb,
+        (
+            smaps_field(shared.start(), "KernelPageSize:"),
+            smaps_field(private.start(), "KernelPageSize:"),
+        ),
+    );
+    report.check(shared.bytes() == want_shared, || {
+        "shared hugetlbfs mapping differs".into()
+    });
+    report.check(private.bytes() == want_private, || {
+        "private hugetlbfs mapping differs".into()
+    });
+    shared.bytes_mut()[99] ^= 0xff;
+    report.eq(
+        "write through the shared mapping seen by the private one",
+        shared.bytes()[99],
+        private.bytes()[99],
+    );
+    // SAFETY: valid path: the harness unmounts the directory.
+    unsafe { libc::unlink(path.as_ptr()) };
 }

@@ -16,7 +16,7 @@
 //!   through it after go;
 //! - `hugetlb-*`: one touched huge page of MAP_HUGETLB private or shared
 //!   anonymous memory, of an MFD_HUGETLB memfd, or of a file on a hugetlbfs
-//!   mounted by the harness at `--mnt DIR`; exits 4 if no huge page could
+//!   mounted by the harness at `--mnt DIR` (deleted); exits 4 if no huge page could
 //!   be had (the harness reserves them).
 //!
 //! After go it checks that the resource still works: the pipe yields the
@@ -248,6 +248,8 @@ fn main() {
                         .truncate(true)
                         .open(format!("{dir}/huge"))
                         .expect("create on hugetlbfs");
+                    // Deleted: its contents would have to go into the image.
+                    std::fs::remove_file(format!("{dir}/huge")).expect("unlink");
                     f.set_len(HUGE as u64).expect("ftruncate");
                     use std::os::fd::IntoRawFd;
                     (libc::MAP_SHARED, f.into_raw_fd())
