@@ -220,7 +220,6 @@ fn main() {
         if r as usize != to {
             stasis_tests::fatal("mremap");
         }
-        std::mem::forget(m);
     }
     let apart_hash = hash(apart.bytes());
     for (k, name) in ["apart A", "apart B", "apart C"].into_iter().enumerate() {
