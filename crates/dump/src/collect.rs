@@ -1,7 +1,7 @@
 //! Collecting a frozen process's state from /proc, ptrace and remote syscalls.
 
 use crate::freeze::Frozen;
-use crate::{files, memory, At, DumpError, Result, Stage};
+use crate::{checks, files, memory, At, DumpError, Result, Stage};
 use stasis_image::{
     Creds, FileId, ITimer, MmState, PendingSignal, PosixTimer, ProcessImage, Rlimit, Rseq, Sched,
     SigAction, SigAltStack, ThreadState, UserRegs,
@@ -171,11 +171,13 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
             what: "remote".into(),
         })?;
         let (altstack, clear_child_tid) = query_thread(r, pid)?;
+        checks::query_thread(r, pid)?;
         t.sigaltstack = altstack;
         t.clear_child_tid = clear_child_tid;
         if tid == p {
             let dynamic = xsave::dynamic(xsave::features(&t.xsave));
             q = Some(query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?);
+            checks::query_process(r, pid)?;
             timers = query_timers(r, pid)?;
         }
         frozen.finish_remote().at(pid, Stage::Query)?;

@@ -16,6 +16,7 @@
 //!    `leave_running`.
 #![forbid(unsafe_code)]
 
+mod checks;
 mod collect;
 mod cow;
 mod files;
@@ -247,6 +248,7 @@ fn dump_frozen(
     let root = opts.pid;
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
+    checks::check_tree(frozen)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);

@@ -267,6 +267,28 @@ pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool> {
     .map(|r| r == 0)
 }
 
+/// Kernel objects two tasks may share, compared by [`same_object`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// The address space (CLONE_VM).
+    Vm = 1,
+    /// The descriptor table (CLONE_FILES).
+    Files = 2,
+    /// cwd, root and umask (CLONE_FS).
+    Fs = 3,
+    /// Signal handlers (CLONE_SIGHAND).
+    Sighand = 4,
+    /// SysV semaphore undo lists (CLONE_SYSVSEM).
+    SysvSem = 6,
+}
+
+/// kcmp(2): do tasks `a` and `b` share the object `what`?
+pub fn same_object(a: Pid, b: Pid, what: Shared) -> Result<bool> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a.0, b.0, what as i32, 0, 0) };
+    check(r, &format!("kcmp({what:?}, pid {b})"), Some(a)).map(|r| r == 0)
+}
+
 /// Capacity of a pipe (F_GETPIPE_SZ).
 pub fn pipe_capacity(fd: &OwnedFd) -> Result<u32> {
     use std::os::fd::AsRawFd;

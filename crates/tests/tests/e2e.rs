@@ -130,7 +130,21 @@ selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
 #[test]
 fn selfcheck_unsupported_resources_work() {
-    for what in ["pipe", "thread", "child", "huge-deleted"] {
+    for what in [
+        "pipe",
+        "thread",
+        "child",
+        "huge-deleted",
+        "uts-ns",
+        "clone-files",
+        "thread-unshare-files",
+        "thread-creds",
+        "thread-seccomp",
+        "gdt-tls",
+        "debugreg",
+        "ldt",
+        "mempolicy",
+    ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
     }
@@ -588,6 +602,51 @@ fn refuse(what: &str, words: &[&str]) {
         p.check_running_untraced(),
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn refuse_own_uts_namespace() {
+    refuse("uts-ns", &["uts namespace"]);
+}
+
+#[test]
+fn refuse_shared_descriptor_table() {
+    refuse("clone-files", &["descriptor table (clone_files)"]);
+}
+
+#[test]
+fn refuse_thread_with_own_descriptor_table() {
+    refuse("thread-unshare-files", &["unshared its descriptor table"]);
+}
+
+#[test]
+fn refuse_thread_with_own_credentials() {
+    refuse("thread-creds", &["credentials of its own"]);
+}
+
+#[test]
+fn refuse_thread_under_seccomp() {
+    refuse("thread-seccomp", &["under seccomp"]);
+}
+
+#[test]
+fn refuse_hardware_breakpoint() {
+    refuse("debugreg", &["hardware breakpoints"]);
+}
+
+#[test]
+fn refuse_local_descriptor_table() {
+    refuse("ldt", &["local descriptor table"]);
+}
+
+#[test]
+fn refuse_numa_memory_policy() {
+    refuse("mempolicy", &["numa memory policy"]);
+}
+
+#[test]
+fn refuse_gdt_tls_entry() {
+    refuse("gdt-tls", &["gdt tls entry"]);
 }
 
 #[test]
