@@ -1,7 +1,7 @@
 //! Collecting a frozen process's state from /proc, ptrace and remote syscalls.
 
 use crate::freeze::Frozen;
-use crate::{checks, files, memory, At, DumpError, Result, Stage};
+use crate::{affinity, checks, files, memory, At, DumpError, Result, Stage};
 use stasis_image::{
     Creds, FileId, ITimer, MmState, PendingSignal, PosixTimer, ProcessImage, Rlimit, Rseq, Sched,
     SigAction, SigAltStack, ThreadState, UserRegs,
@@ -368,6 +368,7 @@ fn collect_thread(pid: u32, tid: Pid) -> Result<ThreadState> {
             signature,
         });
     let (robust_list_head, robust_list_len) = util::get_robust_list(tid).at(pid, st)?;
+    let cpus = affinity::bound_cpus(pid, tid)?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
         .map(|s| s.trim_end_matches('\n').to_string())
         .unwrap_or_default();
@@ -383,6 +384,7 @@ fn collect_thread(pid: u32, tid: Pid) -> Result<ThreadState> {
         pending,
         robust_list_head,
         robust_list_len,
+        cpus,
     })
 }
 

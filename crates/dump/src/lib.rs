@@ -16,6 +16,7 @@
 //!    `leave_running`.
 #![forbid(unsafe_code)]
 
+mod affinity;
 mod checks;
 mod collect;
 mod cow;

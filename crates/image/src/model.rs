@@ -281,6 +281,10 @@ pub struct ThreadState {
     pub robust_list_head: u64,
     #[serde(default)]
     pub robust_list_len: u64,
+    /// CPUs the thread may run on (sched_setaffinity), when it was bound to
+    /// fewer than every CPU online at the dump; empty: not bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<u32>,
 }
 
 /// One armed interval timer (`getitimer`): times in microseconds.

@@ -66,6 +66,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         sigmask: 1 << 13,
         robust_list_head: 0x7f00_0000_0a00,
         robust_list_len: 24,
+        cpus: Vec::new(),
         pending: vec![PendingSignal {
             signo: 10,
             info: vec![0; 128],

@@ -42,6 +42,8 @@ pub const MAX_GROUPS: usize = 65536;
 pub const MAX_RLIMITS: usize = 64;
 /// Most sigaction entries (one per signal 1..=64).
 pub const MAX_SIGACTIONS: usize = 64;
+/// CPU numbers accepted in an affinity list (glibc's CPU_SETSIZE).
+pub const MAX_CPU: u32 = 1024;
 /// Largest XSAVE area accepted, in bytes.
 pub const MAX_XSAVE_LEN: usize = 64 << 10;
 /// Most processes an inventory may list (the kernel's PID_MAX_LIMIT).
@@ -225,6 +227,9 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
                 "threads[{i}].xsave: {} bytes, cap {MAX_XSAVE_LEN}",
                 t.xsave.len()
             )
+        })?;
+        c.ensure(t.cpus.iter().all(|&cpu| cpu < MAX_CPU), || {
+            format!("threads[{i}].cpus: a CPU number not below {MAX_CPU}")
         })?;
     }
 

@@ -27,6 +27,7 @@
 //! Any failure kills the process being built and reports the stage.
 #![forbid(unsafe_code)]
 
+mod affinity;
 mod creds_check;
 mod memory;
 mod process;

@@ -1,7 +1,7 @@
 //! Restoring one process: fork it with its PID, rebuild it, resume it.
 
 use crate::memory::{self, ServiceFds, STUB_LEN};
-use crate::xstate;
+use crate::{affinity, xstate};
 use crate::{fault_point, At, RestoreError, Result, Stage};
 use stasis_image::{FdKind, ProcessImage, SavedFileKind, ThreadState, UserRegs, VmaKind, Zombie};
 use stasis_sys::ptrace::{self, Regs};
@@ -1186,6 +1186,7 @@ fn rebuild(
         }
         pin.release().at(pid, Stage::Resume)?;
     }
+    affinity::apply(pid, &img.threads, &tids)?;
     Ok(tids)
 }
 
