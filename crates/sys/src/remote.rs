@@ -69,6 +69,11 @@ const D_RCX: usize = 11;
 const D_R11: usize = 12;
 const D_RIP: usize = 13;
 const D_WORDS: usize = 14;
+// The context block fits between the code and the saved bytes, which end the area.
+const _: () = assert!(
+    HEAL_DATA_OFF + D_WORDS * 8 <= HEAL_SAVED_OFF
+        && HEAL_SAVED_OFF as u64 + HEAL_SCRATCH == HEAL_AREA_LEN
+);
 
 /// The healing stub: the injected call, then the way back to the original
 /// context without touching the stack or the flags (only `mov`, `lea`,
@@ -287,7 +292,10 @@ impl RemoteThread {
             return Err(SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
-                format!("the tail of [vdso] at {:#x} is not free padding", area.start),
+                format!(
+                    "the tail of [vdso] at {:#x} is not free padding",
+                    area.start
+                ),
             ));
         }
         // A thread stopped inside the stub of an earlier stasis that was
@@ -305,7 +313,11 @@ impl RemoteThread {
         // memory (it is put back byte for byte, so it need not be free),
         // else the start of the first private writable mapping.
         let below = orig_regs.rsp.wrapping_sub(RED_ZONE + HEAL_SCRATCH) & !15;
-        let inside = |a: u64| writable.iter().any(|&(s, e)| s <= a && a + HEAL_SCRATCH <= e);
+        let inside = |a: u64| {
+            writable
+                .iter()
+                .any(|&(s, e)| s <= a && a + HEAL_SCRATCH <= e)
+        };
         let scratch = if inside(below) {
             below
         } else {
@@ -668,7 +680,5 @@ mod tests {
         assert_eq!(&c[118..120], &[0xff, 0x25]);
         assert_eq!(target(118, 6), HEAL_DATA_OFF + D_RIP * 8);
         assert!(c[124..].iter().all(|&b| b == 0xcc));
-        assert!(HEAL_DATA_OFF + D_WORDS * 8 <= HEAL_SAVED_OFF);
-        assert_eq!(HEAL_SAVED_OFF as u64 + HEAL_SCRATCH, HEAL_AREA_LEN);
     }
 }
