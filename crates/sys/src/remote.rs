@@ -374,8 +374,7 @@ impl RemoteThread {
         };
         // Park the thread on the stub (a getpid, should we vanish now), then
         // block every signal while we inject: the stub puts the mask back.
-        let mut park = t.injected(libc::SYS_getpid, &[]);
-        park.orig_rax = u64::MAX;
+        let park = t.injected(libc::SYS_getpid, &[]);
         if let Err(e) = ptrace::set_regs(tid, &park).and_then(|_| ptrace::set_sigmask(tid, !0)) {
             let _ = t.finish();
             return Err(e);
