@@ -150,7 +150,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     // ---- query: remote syscalls, self-healing, one thread at a time ----
     let writable: Vec<(u64, u64)> = smaps
         .iter()
-        .filter(|s| s.map.write)
+        .filter(|s| s.map.write && !s.map.shared)
         .map(|s| (s.map.start, s.map.end))
         .collect();
     let vdso = smaps
@@ -158,12 +158,28 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         .find(|s| s.map.path.as_deref() == Some("[vdso]"))
         .map(|s| (s.map.start, s.map.end))
         .unwrap_or((0, 0));
+    // The healing area is shared by the threads: none may still be in it.
+    for &tid in &frozen.tids {
+        let rip = ptrace::get_regs(tid).at(pid, Stage::Query)?.rip;
+        if stasis_sys::remote::in_heal_area(vdso, rip) {
+            return Err(DumpError::Sys {
+                pid,
+                stage: Stage::Query,
+                source: stasis_sys::SysError::other(
+                    "prepare remote syscalls",
+                    Some(tid),
+                    "the thread is still running the healing stub of a stasis that was killed; \
+                     try again once it has left it",
+                ),
+            });
+        }
+    }
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
-        let remote = RemoteThread::healing(tid, vdso, &writable, &t.xsave).at(pid, Stage::Query)?;
+        let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
         frozen.set_remote(remote);
         let r = frozen.remote().ok_or(DumpError::Unsupported {
             pid,
@@ -266,8 +282,8 @@ struct Queried {
 }
 
 /// State only the process itself can report, through remote syscalls.
-/// Every call is a pure query writing into scratch memory below the
-/// thread's healing frame.
+/// Every call is a pure query writing into the healing scratch area
+/// (64 bytes, put back afterwards).
 ///
 /// `dynamic` lists the XSAVE components this CPU enables on first use (AMX
 /// tile data): when there are any, the process's permission for them is

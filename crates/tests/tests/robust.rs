@@ -274,6 +274,17 @@ fn kill_dumper_at_every_point_memory() {
     kill_at_every_point("kill_points_memory", Program::Bin("tp_memory"), MEM_SMALL);
 }
 
+/// A Go program: threads in tight loops (live flags), on goroutine stacks
+/// with other stacks right below them, each left mid-injection.
+#[test]
+fn kill_dumper_at_every_point_go() {
+    match go_program() {
+        Ok(_) => kill_at_every_point("kill_points_go", Program::Go, &[]),
+        Err(e) if e == NO_GO => eprintln!("SKIP kill_dumper_at_every_point_go: {NO_GO}"),
+        Err(e) => panic!("kill_dumper_at_every_point_go: {e}"),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The dumper killed at timed instants spread over a whole dump.
 
