@@ -18,8 +18,10 @@
 
 mod collect;
 mod cow;
+mod fdowner;
 mod files;
 pub mod freeze;
+mod locks;
 mod memory;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -39,6 +41,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Allow a controlling terminal and tty descriptors (criu's `--shell-job`).
     pub shell_job: bool,
+    /// Save file locks and leases (criu's `--file-locks`); without it a
+    /// process holding one is refused.
+    pub file_locks: bool,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
 }
@@ -258,6 +263,7 @@ fn dump_frozen(
             .collect();
         files::link_shared(&mut all)?;
     }
+    locks::collect(&mut collected, opts.file_locks)?;
     files::link_objects(
         &mut collected
             .iter_mut()
@@ -266,6 +272,7 @@ fn dump_frozen(
     )?;
     cow::find_shared(&mut collected)?;
     let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
+    fdowner::collect(&mut collected)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 

@@ -247,6 +247,8 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             cow_pages: vec![],
         },
         saved_files: Vec::new(),
+        file_locks: Vec::new(),
+        fd_owners: Vec::new(),
     }
 }
 

@@ -28,6 +28,8 @@
 #![forbid(unsafe_code)]
 
 mod creds_check;
+mod fdowner;
+mod locks;
 mod memory;
 mod process;
 

@@ -125,6 +125,12 @@ selfcheck!(
     Program::Bin("tp_fdkinds"),
     []
 );
+selfcheck!(
+    selfcheck_locks,
+    negative_locks,
+    Program::Bin("tp_locks"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -1128,4 +1134,96 @@ fn negative_java() {
         out.result.starts_with("FAIL"),
         "the negative control did not fail: {out:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// File locks and descriptor owners (criu's --file-locks).
+
+fn locks_opts() -> Opts {
+    Opts {
+        dump_extra: vec!["--file-locks"],
+        restore_extra: vec!["--file-locks"],
+        ..Opts::default()
+    }
+}
+
+/// POSIX, flock, OFD locks, a lease, F_SETOWN_EX/F_SETSIG and O_ASYNC
+/// survive a dump with --file-locks.
+#[test]
+fn cr_file_locks() {
+    let work = Work::new("cr_file_locks");
+    run_case(&work, Program::Bin("tp_locks"), &[], &locks_opts()).assert_pass(&work);
+}
+
+/// Without --file-locks the dump refuses by name, and the process keeps
+/// running with every lock (its own checks after go prove it).
+#[test]
+fn refuse_file_locks_without_option() {
+    let work = Work::new("refuse_file_locks");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_locks"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of a process holding locks did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string())
+            && out.stderr.contains("lock on ")
+            && out.stderr.contains("pass --file-locks"),
+        "dump error does not name the PID, the lock and the option: {:?}",
+        out.stderr
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A lock taken by someone else between dump and restore: the restore
+/// fails naming the lock, and leaves no process behind.
+#[test]
+fn restore_fails_when_a_lock_was_taken_meanwhile() {
+    let work = Work::new("restore_lock_taken");
+    let opts = locks_opts();
+    let mut p = start(&work, Program::Bin("tp_locks"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let f = fs::File::open(work.path("flock_ex.dat")).expect("open flock_ex.dat");
+    // SAFETY: flock on our own descriptor.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(r, 0, "the contender could not take the free lock");
+    let out = restore_detached(&work, &opts.restore_extra, opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("flock_ex.dat") && out.stderr.contains("flock"),
+        "restore did not fail naming the lock: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "the failed restore left process {}",
+        p.pid
+    );
+    drop(f);
 }
