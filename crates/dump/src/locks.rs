@@ -121,7 +121,7 @@ pub(crate) fn collect(procs: &mut [Collected], file_locks: bool) -> Result<()> {
                         pid,
                         stage: Stage::Check,
                         what: format!(
-                            "fd {} holds a {} on {}; pass --file-locks",
+                            "fd {}: it holds a {} on {}; pass --file-locks",
                             e.fd,
                             kind_name(kind),
                             fd_path(pid, e.fd)
@@ -258,7 +258,7 @@ fn refuse_waiters(procs: &[Collected]) -> Result<()> {
                 pid: c.host_pid,
                 stage: Stage::Check,
                 what: format!(
-                    "thread {} blocked waiting for a file lock ({what} on fd {}, {}; not supported)",
+                    "thread {}, blocked waiting for a file lock ({what} on fd {}, {}; not supported)",
                     t.tid,
                     r.rdi as i32,
                     fd_path(c.host_pid, r.rdi as i32)

@@ -1227,3 +1227,36 @@ fn restore_fails_when_a_lock_was_taken_meanwhile() {
     );
     drop(f);
 }
+
+/// A process blocked in F_SETLKW is refused by name, even with
+/// --file-locks, and the tree runs on unharmed.
+#[test]
+fn refuse_blocked_lock_waiter() {
+    let work = Work::new("refuse_lock_waiter");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_locks"), &["--waiter"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["--file-locks"], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.contains("blocked waiting for a file lock")
+            && out.stderr.contains("F_SETLKW")
+            && out.stderr.contains("posix.dat"),
+        "dump of a blocked lock waiter did not fail naming it: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}

@@ -18,9 +18,11 @@
 //! F_OFD_GETLK and must see the same conflicts as before the dump; the
 //! /proc/locks lines of our files, F_GETLEASE, F_GETOWN_EX, F_GETSIG and
 //! F_GETFL of every descriptor must be as before.
-//! `--corrupt` releases one POSIX range after go.
+//! `--corrupt` releases one POSIX range after go. `--waiter` adds a child
+//! blocked in F_SETLKW on a range we hold (a dump must refuse it); it is
+//! killed after go.
 //!
-//! Usage: `tp_locks WORKDIR [--corrupt]`
+//! Usage: `tp_locks WORKDIR [--corrupt] [--waiter]`
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -184,7 +186,9 @@ fn proc_locks(inodes: &[u64]) -> Vec<String> {
         .lines()
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
+            // Blocked requests ("N: -> POSIX ...") are not locks held.
             f.len() >= 8
+                && f[1] != "->"
                 && f[5]
                     .rsplit(':')
                     .next()
@@ -355,6 +359,25 @@ fn main() {
             .collect()
     };
     let probed = probe_in_child(&dir);
+    let waiter = args.flag("waiter").then(|| {
+        // SAFETY: single-threaded; the child only blocks on a lock, then dies.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let fd = open(&path("posix.dat"), libc::O_RDWR);
+            setlk(fd, libc::F_SETLKW, libc::F_WRLCK, 0, 10);
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(0) };
+        }
+        // Until it is queued behind our lock.
+        for _ in 0..500 {
+            let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            if text.contains(&format!("-> POSIX  ADVISORY  WRITE {child} ")) {
+                break;
+            }
+            stasis_tests::nap(2_000_000);
+        }
+        child
+    });
     let locks = proc_locks(&inodes);
     let fd_state = state(&fds);
     // The setup is what we think it is: the probe sees conflicts.
@@ -374,6 +397,13 @@ fn main() {
     });
     proto.ready_and_wait();
 
+    if let Some(child) = waiter {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+    }
     if args.corrupt() {
         setlk(posix, libc::F_SETLK, libc::F_UNLCK, 200, 100);
     }
