@@ -1260,3 +1260,59 @@ fn refuse_blocked_lock_waiter() {
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
+
+/// The same inside a PID namespace (`stasis run`): owners and lock PIDs
+/// are saved and restored in the namespace's numbering.
+#[test]
+fn cr_file_locks_in_pid_ns() {
+    let work = Work::new("cr_file_locks_pidns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_locks");
+    ensure_subreaper();
+    let out = stasis(
+        &work,
+        &[
+            "run",
+            "-d",
+            "--pidfile",
+            &format!("{dir}/run.pid"),
+            "--",
+            prog.to_str().expect("utf-8"),
+            &dir,
+        ],
+        t,
+    );
+    ok(&work, "stasis run", &out);
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut init, Duration::from_secs(30)),
+    );
+    let img = format!("{dir}/img");
+    let args = ["-D", &img, "-o", "log", "-v4", "--file-locks"];
+    let pid_s = init.pid.to_string();
+    let mut dump_args = vec!["dump", "-t", &pid_s];
+    dump_args.extend_from_slice(&args);
+    ok(&work, "dump", &stasis(&work, &dump_args, t));
+    let exit = step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(Duration::from_secs(10)),
+    );
+    assert_eq!(exit, Exit::Signal(libc::SIGKILL), "dumped init: {exit:?}");
+    let pf = format!("{dir}/r.pid");
+    let mut restore_args = vec!["restore", "-d", "--pidfile", &pf];
+    restore_args.extend_from_slice(&args);
+    ok(&work, "restore", &stasis(&work, &restore_args, t));
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    work.release_go();
+    let exit = step(&work, "waiting for the restored init", r.wait(t));
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "restored tp_locks did not pass: {exit:?}{}",
+        work.diagnostics()
+    );
+}
