@@ -1155,6 +1155,20 @@ fn cr_file_locks() {
     run_case(&work, Program::Bin("tp_locks"), &[], &locks_opts()).assert_pass(&work);
 }
 
+/// The same with 600 more descriptors: the dump reads /proc/locks first
+/// and the fdinfo of locked files' descriptors only.
+#[test]
+fn cr_file_locks_many_fds() {
+    let work = Work::new("cr_file_locks_many");
+    run_case(
+        &work,
+        Program::Bin("tp_locks"),
+        &["--extra-fds", "600"],
+        &locks_opts(),
+    )
+    .assert_pass(&work);
+}
+
 /// Without --file-locks the dump refuses by name, and the process keeps
 /// running with every lock (its own checks after go prove it).
 #[test]

@@ -20,9 +20,10 @@
 //! F_GETFL of every descriptor must be as before.
 //! `--corrupt` releases one POSIX range after go. `--waiter` adds a child
 //! blocked in F_SETLKW on a range we hold (a dump must refuse it); it is
-//! killed after go.
+//! killed after go. `--extra-fds N` also opens an unlocked file N times
+//! (a dump then reads /proc/locks first).
 //!
-//! Usage: `tp_locks WORKDIR [--corrupt] [--waiter]`
+//! Usage: `tp_locks WORKDIR [--corrupt] [--waiter] [--extra-fds N]`
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -274,6 +275,11 @@ fn main() {
         "lease.dat",
     ] {
         std::fs::write(path(n), vec![b'.'; 4096]).unwrap_or_else(|_| stasis_tests::fatal(n));
+    }
+    let filler = path("filler.dat");
+    std::fs::write(&filler, b"unlocked").unwrap_or_else(|_| stasis_tests::fatal("filler"));
+    for _ in 0..args.num("extra-fds", 0) {
+        open(&filler, libc::O_RDONLY);
     }
     // POSIX: write 0+100, read 200+100, write 1000..EOF; whole-file read
     // lock through a read-only descriptor.
