@@ -260,6 +260,8 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         files: fds,
         mm,
         saved_files: Vec::new(),
+        file_locks: Vec::new(),
+        fd_owners: Vec::new(),
     };
     Ok(Collected {
         image,

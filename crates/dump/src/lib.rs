@@ -20,8 +20,10 @@ mod affinity;
 mod checks;
 mod collect;
 mod cow;
+mod fdowner;
 mod files;
 pub mod freeze;
+mod locks;
 mod memory;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -41,6 +43,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Allow a controlling terminal and tty descriptors (criu's `--shell-job`).
     pub shell_job: bool,
+    /// Save file locks and leases (criu's `--file-locks`); without it a
+    /// process holding one is refused.
+    pub file_locks: bool,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
 }
@@ -261,6 +266,7 @@ fn dump_frozen(
             .collect();
         files::link_shared(&mut all)?;
     }
+    locks::collect(&mut collected, opts.file_locks)?;
     files::link_objects(
         &mut collected
             .iter_mut()
@@ -269,6 +275,7 @@ fn dump_frozen(
     )?;
     cow::find_shared(&mut collected)?;
     let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
+    fdowner::collect(&mut collected)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod format;
+pub mod locks;
 pub mod model;
 pub mod progress;
 pub mod reader;
@@ -22,6 +23,7 @@ pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
+pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};

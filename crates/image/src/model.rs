@@ -124,6 +124,12 @@ pub struct ProcessImage {
     /// process that has it. Their bytes are in this process's page file.
     #[serde(default)]
     pub saved_files: Vec<SavedFile>,
+    /// File locks and leases held (dumped with `--file-locks`).
+    #[serde(default)]
+    pub file_locks: Vec<crate::FileLock>,
+    /// Descriptors with a signal owner, a signal or O_ASYNC set.
+    #[serde(default)]
+    pub fd_owners: Vec<crate::FdOwner>,
 }
 
 /// A file object whose contents are saved in the image: referenced by

@@ -249,6 +249,8 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             cow_pages: vec![],
         },
         saved_files: Vec::new(),
+        file_locks: Vec::new(),
+        fd_owners: Vec::new(),
     }
 }
 
@@ -1433,4 +1435,46 @@ fn saved_files_validation() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("more than one process"), "{e}");
+}
+
+#[test]
+fn file_locks_and_owners_validation() {
+    let mut good = sample_process(100, 1);
+    let fd = good.files[0].fd;
+    good.file_locks.push(FileLock {
+        fd,
+        kind: LockKind::Posix,
+        write: true,
+        start: 10,
+        len: 0,
+    });
+    good.fd_owners.push(FdOwner {
+        fd,
+        owner_type: 1,
+        owner_pid: 100,
+        signal: 10,
+        flags: 0o20000,
+    });
+    validate_process(Path::new("/x/core-100.img"), &good).unwrap();
+    // Round trip through the format, and older images (no fields) load.
+    let back: ProcessImage = serde_json::from_slice(&serde_json::to_vec(&good).unwrap()).unwrap();
+    assert_eq!(back, good);
+    let mut v = serde_json::to_value(sample_process(100, 1)).unwrap();
+    v.as_object_mut().unwrap().remove("file_locks");
+    v.as_object_mut().unwrap().remove("fd_owners");
+    let old: ProcessImage = serde_json::from_value(v).unwrap();
+    assert!(old.file_locks.is_empty() && old.fd_owners.is_empty());
+
+    let mut m = good.clone();
+    m.file_locks[0].fd = 999;
+    assert!(invalid(&m).contains("file_locks[0].fd"));
+    let mut m = good.clone();
+    m.file_locks[0].kind = LockKind::Flock;
+    assert!(invalid(&m).contains("with a range"));
+    let mut m = good.clone();
+    m.file_locks[0].len = u64::MAX;
+    assert!(invalid(&m).contains("too large"));
+    let mut m = good.clone();
+    m.fd_owners[0].owner_type = 7;
+    assert!(invalid(&m).contains("fd_owners[0]"));
 }

@@ -302,6 +302,9 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
         }
     }
 
+    if let Err(m) = crate::locks::check(img) {
+        c.ensure(false, || m)?;
+    }
     validate_saved(&c, img)?;
     validate_mm(&c, img)
 }

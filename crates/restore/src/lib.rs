@@ -29,6 +29,8 @@
 
 mod affinity;
 mod creds_check;
+mod fdowner;
+mod locks;
 mod memory;
 mod process;
 mod xstate;

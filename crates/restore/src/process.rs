@@ -44,8 +44,10 @@ pub(crate) fn image_to_regs(u: &UserRegs) -> Regs {
     }
 }
 
+// O_ASYNC too: open(2) records it without arming it, after which F_SETFL
+// cannot arm it either (fdowner.rs sets it).
 const OPEN_FLAGS_DROP: i32 =
-    libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
+    libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_ASYNC;
 
 /// Every descriptor the restorer opened for the tree; shared open file
 /// descriptions (same `ofd`) and pipes are opened once.
@@ -1161,6 +1163,10 @@ fn rebuild(
         r.call(libc::SYS_close, &[fd as u64], "close service fd")
             .at(pid, Stage::Registers)?;
     }
+    // Descriptor owners and file locks: after the threads, the credentials
+    // and the closes above (see their modules).
+    crate::fdowner::restore(&mut r, img)?;
+    crate::locks::restore(&mut r, img)?;
     for &(a, l) in svc.shmem.values().chain(svc.cow.values()) {
         r.call(libc::SYS_munmap, &[a, l], "munmap inherited shared memory")
             .at(pid, Stage::Registers)?;

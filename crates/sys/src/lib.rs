@@ -6,6 +6,7 @@
 
 pub mod buf;
 pub mod clone;
+pub mod fdowner;
 pub mod features;
 pub mod hook;
 pub mod mem;

@@ -125,6 +125,12 @@ selfcheck!(
     Program::Bin("tp_fdkinds"),
     []
 );
+selfcheck!(
+    selfcheck_locks,
+    negative_locks,
+    Program::Bin("tp_locks"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -1214,5 +1220,200 @@ fn negative_java() {
     assert!(
         out.result.starts_with("FAIL"),
         "the negative control did not fail: {out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// File locks and descriptor owners (criu's --file-locks).
+
+fn locks_opts() -> Opts {
+    Opts {
+        dump_extra: vec!["--file-locks"],
+        restore_extra: vec!["--file-locks"],
+        ..Opts::default()
+    }
+}
+
+/// POSIX, flock, OFD locks, a lease, F_SETOWN_EX/F_SETSIG and O_ASYNC
+/// survive a dump with --file-locks.
+#[test]
+fn cr_file_locks() {
+    let work = Work::new("cr_file_locks");
+    run_case(&work, Program::Bin("tp_locks"), &[], &locks_opts()).assert_pass(&work);
+}
+
+/// The same with 600 more descriptors: the dump reads /proc/locks first
+/// and the fdinfo of locked files' descriptors only.
+#[test]
+fn cr_file_locks_many_fds() {
+    let work = Work::new("cr_file_locks_many");
+    run_case(
+        &work,
+        Program::Bin("tp_locks"),
+        &["--extra-fds", "600"],
+        &locks_opts(),
+    )
+    .assert_pass(&work);
+}
+
+/// Without --file-locks the dump refuses by name, and the process keeps
+/// running with every lock (its own checks after go prove it).
+#[test]
+fn refuse_file_locks_without_option() {
+    let work = Work::new("refuse_file_locks");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_locks"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of a process holding locks did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string())
+            && out.stderr.contains("lock on ")
+            && out.stderr.contains("pass --file-locks"),
+        "dump error does not name the PID, the lock and the option: {:?}",
+        out.stderr
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A lock taken by someone else between dump and restore: the restore
+/// fails naming the lock, and leaves no process behind.
+#[test]
+fn restore_fails_when_a_lock_was_taken_meanwhile() {
+    let work = Work::new("restore_lock_taken");
+    let opts = locks_opts();
+    let mut p = start(&work, Program::Bin("tp_locks"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let f = fs::File::open(work.path("flock_ex.dat")).expect("open flock_ex.dat");
+    // SAFETY: flock on our own descriptor.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(r, 0, "the contender could not take the free lock");
+    let out = restore_detached(&work, &opts.restore_extra, opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("flock_ex.dat") && out.stderr.contains("flock"),
+        "restore did not fail naming the lock: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "the failed restore left process {}",
+        p.pid
+    );
+    drop(f);
+}
+
+/// A process blocked in F_SETLKW is refused by name, even with
+/// --file-locks, and the tree runs on unharmed.
+#[test]
+fn refuse_blocked_lock_waiter() {
+    let work = Work::new("refuse_lock_waiter");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_locks"), &["--waiter"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["--file-locks"], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.contains("blocked waiting for a file lock")
+            && out.stderr.contains("F_SETLKW")
+            && out.stderr.contains("posix.dat"),
+        "dump of a blocked lock waiter did not fail naming it: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// The same inside a PID namespace (`stasis run`): owners and lock PIDs
+/// are saved and restored in the namespace's numbering.
+#[test]
+fn cr_file_locks_in_pid_ns() {
+    let work = Work::new("cr_file_locks_pidns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_locks");
+    ensure_subreaper();
+    let out = stasis(
+        &work,
+        &[
+            "run",
+            "-d",
+            "--pidfile",
+            &format!("{dir}/run.pid"),
+            "--",
+            prog.to_str().expect("utf-8"),
+            &dir,
+        ],
+        t,
+    );
+    ok(&work, "stasis run", &out);
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut init, Duration::from_secs(30)),
+    );
+    let img = format!("{dir}/img");
+    let args = ["-D", &img, "-o", "log", "-v4", "--file-locks"];
+    let pid_s = init.pid.to_string();
+    let mut dump_args = vec!["dump", "-t", &pid_s];
+    dump_args.extend_from_slice(&args);
+    ok(&work, "dump", &stasis(&work, &dump_args, t));
+    let exit = step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(Duration::from_secs(10)),
+    );
+    assert_eq!(exit, Exit::Signal(libc::SIGKILL), "dumped init: {exit:?}");
+    let pf = format!("{dir}/r.pid");
+    let mut restore_args = vec!["restore", "-d", "--pidfile", &pf];
+    restore_args.extend_from_slice(&args);
+    ok(&work, "restore", &stasis(&work, &restore_args, t));
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    work.release_go();
+    let exit = step(&work, "waiting for the restored init", r.wait(t));
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "restored tp_locks did not pass: {exit:?}{}",
+        work.diagnostics()
     );
 }
