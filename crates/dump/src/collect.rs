@@ -138,6 +138,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());
+    let mut attrs = crate::procattrs::Collector::new(pid);
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable, &t.xsave).at(pid, Stage::Query)?;
@@ -150,9 +151,11 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         let (altstack, clear_child_tid) = query_thread(r, pid)?;
         t.sigaltstack = altstack;
         t.clear_child_tid = clear_child_tid;
+        attrs.thread(r, tid)?;
         if tid == p {
             q = Some(query(r, pid, status.sig_cgt | status.sig_ign)?);
             timers = query_timers(r, pid)?;
+            attrs.process(r)?;
         }
         frozen.finish_remote().at(pid, Stage::Query)?;
         threads.push(t);
@@ -217,6 +220,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         files: fds,
         mm,
         saved_files: Vec::new(),
+        proc_attrs: Some(attrs.finish()?),
     };
     Ok(Collected {
         image,

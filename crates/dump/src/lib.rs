@@ -21,6 +21,7 @@ mod cow;
 mod files;
 pub mod freeze;
 mod memory;
+mod procattrs;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod format;
 pub mod model;
+pub mod procattrs;
 pub mod progress;
 pub mod reader;
 pub mod show;
@@ -23,6 +24,7 @@ pub use format::{
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
 pub use model::*;
+pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};
 pub use validate::{

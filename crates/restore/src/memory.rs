@@ -283,6 +283,7 @@ pub(crate) fn rebuild(
             )
             .at(pid, st)?;
         }
+        crate::procattrs::vma(r, v)?;
     }
 
     set_mm(r, mm, svc.exe)?;

@@ -11,6 +11,7 @@ pub mod hook;
 pub mod mem;
 pub mod ptrace;
 pub mod remote;
+pub mod sched;
 pub mod util;
 
 use std::fmt;

@@ -1,0 +1,247 @@
+//! Per-process and per-thread settings (issue 9): read from /proc and
+//! sched_getattr/ioprio_get from outside, and by remote prctl/membarrier
+//! where only the process can tell. The image type is
+//! [`stasis_image::ProcAttrs`]; the restore side is restore/src/procattrs.rs.
+
+use crate::{At, DumpError, Result, Stage};
+use stasis_image::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
+use stasis_proc::SmapsEntry;
+use stasis_sys::remote::{le_u32, RemoteThread};
+use stasis_sys::{sched, Pid};
+
+const PR_GET_MEMORY_MERGE: u64 = 68;
+const PR_GET_SPECULATION_CTRL: u64 = 52;
+/// PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH, PR_SPEC_L1D_FLUSH.
+pub(crate) const SPEC_CONTROLS: [u64; 3] = [0, 1, 2];
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE: what PR_SET_IO_FLUSHER sets.
+const PF_IO_FLUSHER: u32 = 0x0008_0000 | 0x0010_0000;
+
+/// VmFlags that mean state no mapping call can give back: refused by name.
+const REFUSED_VM_FLAGS: [(&str, &str); 6] = [
+    ("um", "registered with a userfaultfd (missing mode)"),
+    ("uw", "registered with a userfaultfd (write-protect mode)"),
+    ("ui", "registered with a userfaultfd (minor mode)"),
+    ("dp", "mapped MAP_DROPPABLE"),
+    ("sf", "mapped MAP_SYNC"),
+    ("ss", "a shadow stack"),
+];
+
+/// The per-mapping flags of one smaps entry, by name ([`VMA_ADVICE`]), or
+/// a refusal naming a flag that cannot be restored.
+pub(crate) fn vma_advice(pid: u32, s: &SmapsEntry) -> Result<Vec<String>> {
+    if let Some((f, why)) = REFUSED_VM_FLAGS.iter().find(|(f, _)| s.has_flag(f)) {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!(
+                "mapping {:#x}-{:#x}: it is {why} (VmFlags {f})",
+                s.map.start, s.map.end
+            ),
+        });
+    }
+    Ok(VMA_ADVICE
+        .iter()
+        .filter(|(f, _)| s.has_flag(f))
+        .map(|(_, name)| (*name).to_string())
+        .collect())
+}
+
+/// Gathers [`ProcAttrs`] while the dump walks the threads.
+pub(crate) struct Collector {
+    pid: u32,
+    attrs: ProcAttrs,
+}
+
+fn read_proc(pid: u32, path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| DumpError::Io {
+        pid,
+        stage: Stage::Collect,
+        what: format!("read {path}"),
+        source,
+    })
+}
+
+fn parse<T: std::str::FromStr>(pid: u32, path: &str, text: &str) -> Result<T> {
+    text.trim().parse().map_err(|_| DumpError::Unsupported {
+        pid,
+        stage: Stage::Collect,
+        what: format!("{path}: unexpected contents {:?}", text.trim()),
+    })
+}
+
+/// `VmLck:` of /proc/PID/status, in KiB.
+fn vm_locked_kb(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = read_proc(pid, &path)?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .unwrap_or("0 kB");
+    parse(pid, &path, line.trim().trim_end_matches("kB"))
+}
+
+impl Collector {
+    pub(crate) fn new(pid: u32) -> Collector {
+        Collector {
+            pid,
+            attrs: ProcAttrs::default(),
+        }
+    }
+
+    /// What belongs to thread `tid` (call once per thread, in image
+    /// order); `r` runs in that thread.
+    pub(crate) fn thread(&mut self, r: &mut RemoteThread, tid: Pid) -> Result<()> {
+        let pid = self.pid;
+        let st = Stage::Query;
+        let a = sched::sched_getattr(tid).at(pid, Stage::Collect)?;
+        let ioprio = sched::ioprio_get(tid).at(pid, Stage::Collect)?;
+        let path = format!("/proc/{tid}/timerslack_ns");
+        let timer_slack_ns = parse(pid, &path, &read_proc(pid, &path)?)?;
+        let stat = stasis_proc::read(pid, &format!("task/{tid}/stat")).at(pid, Stage::Collect)?;
+        let stat = stasis_proc::parse_stat(&stat).map_err(|e| DumpError::Unsupported {
+            pid,
+            stage: Stage::Collect,
+            what: format!("stat of task {tid}: {e}"),
+        })?;
+        let mut spec = [None; 3];
+        for (slot, which) in spec.iter_mut().zip(SPEC_CONTROLS) {
+            let v = r
+                .syscall(libc::SYS_prctl, &[PR_GET_SPECULATION_CTRL, which, 0, 0, 0])
+                .at(pid, st)?;
+            // EINVAL/ENODEV: this kernel has no such control.
+            *slot = u32::try_from(v).ok();
+        }
+        self.attrs.threads.push(ThreadAttrs {
+            sched: SchedAttrs {
+                policy: a.policy,
+                flags: a.flags,
+                nice: a.nice,
+                priority: a.priority,
+                runtime: a.runtime,
+                deadline: a.deadline,
+                period: a.period,
+                util_min: a.util_min,
+                util_max: a.util_max,
+            },
+            ioprio,
+            timer_slack_ns,
+            io_flusher: stat.flags & PF_IO_FLUSHER == PF_IO_FLUSHER,
+            spec,
+        });
+        Ok(())
+    }
+
+    /// What belongs to the whole process; `r` runs in its leader.
+    pub(crate) fn process(&mut self, r: &mut RemoteThread) -> Result<()> {
+        let pid = self.pid;
+        let st = Stage::Query;
+        let (scratch, _) = r.scratch();
+        let a = &mut self.attrs;
+        a.thp_disable = r
+            .call(
+                libc::SYS_prctl,
+                &[libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0],
+                "prctl(PR_GET_THP_DISABLE)",
+            )
+            .at(pid, st)? as u32;
+        // EINVAL: a kernel without KSM, where nothing can be merged.
+        a.memory_merge = r
+            .syscall(libc::SYS_prctl, &[PR_GET_MEMORY_MERGE, 0, 0, 0, 0])
+            .at(pid, st)?
+            == 1;
+        a.membarrier = r
+            .call(
+                libc::SYS_membarrier,
+                &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+                "membarrier(GET_REGISTRATIONS)",
+            )
+            .at(pid, st)? as u32;
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_GET_CHILD_SUBREAPER as u64, scratch],
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+        )
+        .at(pid, st)?;
+        a.child_subreaper = le_u32(&r.read_scratch(0, 4).at(pid, st)?, 0) != 0;
+        let mlockall = self.probe_mlockall(r)?;
+        self.attrs.mlockall = mlockall;
+        Ok(())
+    }
+
+    /// mlockall(MCL_FUTURE) is not shown anywhere: map one probe page and
+    /// see whether it came out locked (VmLck grows), and if so whether on
+    /// fault (smaps `lf`); then unmap it. PROT_EXEC alone, so that it
+    /// merges with no neighbour.
+    fn probe_mlockall(&self, r: &mut RemoteThread) -> Result<u32> {
+        let pid = self.pid;
+        let st = Stage::Query;
+        let before = vm_locked_kb(pid)?;
+        let addr = r
+            .syscall(
+                libc::SYS_mmap,
+                &[
+                    0,
+                    4096,
+                    libc::PROT_EXEC as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .at(pid, st)?;
+        if addr == -i64::from(libc::EAGAIN) {
+            return Err(DumpError::Unsupported {
+                pid,
+                stage: Stage::Check,
+                what: "mlockall(MCL_FUTURE) with RLIMIT_MEMLOCK exhausted (a probe mapping was refused with EAGAIN)".into(),
+            });
+        }
+        if (-4095..0).contains(&addr) {
+            return Err(DumpError::Sys {
+                pid,
+                stage: st,
+                source: stasis_sys::SysError::new(
+                    "remote mmap (mlockall probe)",
+                    Some(r.tid()),
+                    (-addr) as i32,
+                ),
+            });
+        }
+        let addr = addr as u64;
+        // Whatever happens, the probe goes before this returns.
+        let found = (|| -> Result<u32> {
+            if vm_locked_kb(pid)? <= before {
+                return Ok(0);
+            }
+            let onfault = stasis_proc::read_smaps(pid)
+                .at(pid, Stage::Collect)?
+                .iter()
+                .any(|e| e.map.start <= addr && addr < e.map.end && e.has_flag("lf"));
+            Ok(if onfault {
+                (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32
+            } else {
+                libc::MCL_FUTURE as u32
+            })
+        })();
+        r.call(libc::SYS_munmap, &[addr, 4096], "munmap (mlockall probe)")
+            .at(pid, st)?;
+        found
+    }
+
+    /// The settings read from /proc of the process; the whole record.
+    pub(crate) fn finish(mut self) -> Result<ProcAttrs> {
+        let pid = self.pid;
+        let path = format!("/proc/{pid}/oom_score_adj");
+        self.attrs.oom_score_adj = parse(pid, &path, &read_proc(pid, &path)?)?;
+        let path = format!("/proc/{pid}/coredump_filter");
+        let text = read_proc(pid, &path)?;
+        self.attrs.coredump_filter =
+            u32::from_str_radix(text.trim(), 16).map_err(|_| DumpError::Unsupported {
+                pid,
+                stage: Stage::Collect,
+                what: format!("{path}: unexpected contents {:?}", text.trim()),
+            })?;
+        Ok(self.attrs)
+    }
+}
