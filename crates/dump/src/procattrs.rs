@@ -245,3 +245,37 @@ impl Collector {
         Ok(self.attrs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(flags: &str) -> SmapsEntry {
+        let text = format!(
+            "7f0000000000-7f0000004000 rw-p 00000000 00:00 0 \nRss: 16 kB\nVmFlags: {flags} \n"
+        );
+        stasis_proc::parse_smaps(text.as_bytes())
+            .unwrap()
+            .pop()
+            .unwrap()
+    }
+
+    #[test]
+    fn advice_names_from_vmflags() {
+        let got = vma_advice(1, &entry("rd wr mr mw me lo lf ac rr dc mg sl sd")).unwrap();
+        assert_eq!(
+            got,
+            ["dontfork", "mergeable", "random", "locked", "lockonfault", "sealed"]
+        );
+        assert!(vma_advice(1, &entry("rd wr mr mw me ac")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unrestorable_vmflags_refused_by_name() {
+        for (f, word) in [("dp", "MAP_DROPPABLE"), ("um", "userfaultfd"), ("sf", "MAP_SYNC")] {
+            let e = vma_advice(7, &entry(&format!("rd wr {f}"))).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(word) && msg.contains("7f0000000000"), "{msg}");
+        }
+    }
+}
