@@ -265,14 +265,27 @@ mod tests {
         let got = vma_advice(1, &entry("rd wr mr mw me lo lf ac rr dc mg sl sd")).unwrap();
         assert_eq!(
             got,
-            ["dontfork", "mergeable", "random", "locked", "lockonfault", "sealed"]
+            [
+                "dontfork",
+                "mergeable",
+                "random",
+                "locked",
+                "lockonfault",
+                "sealed"
+            ]
         );
-        assert!(vma_advice(1, &entry("rd wr mr mw me ac")).unwrap().is_empty());
+        assert!(vma_advice(1, &entry("rd wr mr mw me ac"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn unrestorable_vmflags_refused_by_name() {
-        for (f, word) in [("dp", "MAP_DROPPABLE"), ("um", "userfaultfd"), ("sf", "MAP_SYNC")] {
+        for (f, word) in [
+            ("dp", "MAP_DROPPABLE"),
+            ("um", "userfaultfd"),
+            ("sf", "MAP_SYNC"),
+        ] {
             let e = vma_advice(7, &entry(&format!("rd wr {f}"))).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(word) && msg.contains("7f0000000000"), "{msg}");

@@ -10,7 +10,8 @@
 //!    advice, mlock (populates, so after the fill) and mseal (last for
 //!    that mapping: a sealed mapping refuses mprotect and madvise).
 //! 4. [`after_threads`], remote, once every thread exists: the subreaper
-//!    flag, membarrier registrations, mlockall(MCL_FUTURE) (after the last
+//!    flag, membarrier registrations, MADV_UNMERGEABLE where a merge-any
+//!    process had opted a mapping out, mlockall(MCL_FUTURE) (after the last
 //!    mapping the restore creates), io_flusher, and last the speculation
 //!    controls (force-disable is one-way).
 //! 5. [`finish`], from outside, after the CPU pin is released: sched
@@ -22,7 +23,7 @@
 //! Old images (`proc_attrs: None`) skip all but the per-mapping flags.
 
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::{ProcAttrs, ProcessImage, Vma};
+use stasis_image::{ProcAttrs, ProcessImage, Vma, VmaKind};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::sched::{self, SchedAttr};
 use stasis_sys::Pid;
@@ -219,6 +220,24 @@ pub(crate) fn after_threads(
                 libc::SYS_membarrier,
                 &[cmd, 0, 0],
                 &format!("membarrier(register {cmd:#x})"),
+            )
+            .at(pid, st)?;
+        }
+    }
+    // Under KSM merge-any every new mapping came out mergeable; the ones
+    // the process had opted out (MADV_UNMERGEABLE) opt out again.
+    if a.memory_merge {
+        for v in img.mm.vmas.iter().filter(|v| {
+            !v.advice.iter().any(|x| x == "mergeable")
+                && matches!(
+                    v.kind,
+                    VmaKind::Anon | VmaKind::Heap | VmaKind::File { .. } | VmaKind::Saved { .. }
+                )
+        }) {
+            r.call(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, libc::MADV_UNMERGEABLE as u64],
+                &format!("madvise(unmergeable) {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
         }

@@ -11,7 +11,7 @@
 //!
 //! Per mapping, each its own area with gaps between: mlock, mlock2(ONFAULT),
 //! MADV_RANDOM, MADV_SEQUENTIAL, DONTFORK, WIPEONFORK, DONTDUMP, NOHUGEPAGE,
-//! HUGEPAGE, MERGEABLE, mseal. Their VmFlags and contents are compared.
+//! HUGEPAGE, MERGEABLE, UNMERGEABLE (out of merge-any), mseal. Their VmFlags and contents are compared.
 //!
 //! Per thread (sched_getattr, ioprio, timer slack, io_flusher, speculation
 //! controls): the leader SCHED_BATCH nice 7 with RESET_ON_FORK and ioprio
@@ -47,7 +47,7 @@ const IOPRIO_WHO_PROCESS: i32 = 1;
 const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
 
 /// (name, what is done to the area)
-const SLOTS: [&str; 11] = [
+const SLOTS: [&str; 12] = [
     "mlock",
     "mlock-onfault",
     "random",
@@ -58,6 +58,7 @@ const SLOTS: [&str; 11] = [
     "nohugepage",
     "hugepage",
     "mergeable",
+    "unmergeable",
     "mseal",
 ];
 
@@ -274,6 +275,8 @@ fn setup_slots(droppable: bool) -> Vec<usize> {
                 "nohugepage" => libc::madvise(p, len, libc::MADV_NOHUGEPAGE) as i64,
                 "hugepage" => libc::madvise(p, len, libc::MADV_HUGEPAGE) as i64,
                 "mergeable" => libc::madvise(p, len, libc::MADV_MERGEABLE) as i64,
+                // Opted out of KSM merge-any (set before): no `mg`.
+                "unmergeable" => libc::madvise(p, len, libc::MADV_UNMERGEABLE) as i64,
                 _ => libc::syscall(SYS_MSEAL, p, len, 0),
             }
         };
