@@ -138,7 +138,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());
-    let mut attrs = crate::procattrs::Collector::new(pid);
+    let mut attrs = crate::procattrs::Collector::new(pid, &smaps);
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable, &t.xsave).at(pid, Stage::Query)?;

@@ -4,7 +4,7 @@
 //! [`stasis_image::ProcAttrs`]; the restore side is restore/src/procattrs.rs.
 
 use crate::{At, DumpError, Result, Stage};
-use stasis_image::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
+use stasis_image::{ProcAttrs, SchedAttrs, ThreadAttrs, USER_SPACE_END, VMA_ADVICE};
 use stasis_proc::SmapsEntry;
 use stasis_sys::remote::{le_u32, RemoteThread};
 use stasis_sys::{sched, Pid};
@@ -51,6 +51,10 @@ pub(crate) fn vma_advice(pid: u32, s: &SmapsEntry) -> Result<Vec<String>> {
 pub(crate) struct Collector {
     pid: u32,
     attrs: ProcAttrs,
+    /// A page with a free page on each side (found in the frozen
+    /// process's smaps) for the mlockall probe: anything mapped there
+    /// later is the probe's, so it can be removed even after an error.
+    probe_at: u64,
 }
 
 fn read_proc(pid: u32, path: &str) -> Result<String> {
@@ -70,6 +74,37 @@ fn parse<T: std::str::FromStr>(pid: u32, path: &str, text: &str) -> Result<T> {
     })
 }
 
+/// The highest page with a free page on each side, between two mappings,
+/// in user space and not in a stack's guard gap (0: none found, let the
+/// kernel choose).
+fn probe_address(smaps: &[SmapsEntry]) -> u64 {
+    const PAGE: u64 = 4096;
+    smaps
+        .windows(2)
+        .rev()
+        .map(|w| {
+            (
+                w[0].map.end + PAGE,
+                w[1].map.start.min(USER_SPACE_END),
+                &w[1],
+            )
+        })
+        .find(|&(at, limit, next)| at >= 1 << 20 && at + 2 * PAGE <= limit && !next.has_flag("gd"))
+        .map_or(0, |(at, _, _)| at)
+}
+
+/// Whether /proc/PID/maps has a mapping starting at `addr`.
+fn mapped_at(pid: u32, addr: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split('-')
+                .next()
+                .and_then(|a| u64::from_str_radix(a, 16).ok())
+                == Some(addr)
+        })
+    })
+}
+
 /// `VmLck:` of /proc/PID/status, in KiB.
 fn vm_locked_kb(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -82,10 +117,11 @@ fn vm_locked_kb(pid: u32) -> Result<u64> {
 }
 
 impl Collector {
-    pub(crate) fn new(pid: u32) -> Collector {
+    pub(crate) fn new(pid: u32, smaps: &[SmapsEntry]) -> Collector {
         Collector {
             pid,
             attrs: ProcAttrs::default(),
+            probe_at: probe_address(smaps),
         }
     }
 
@@ -169,27 +205,40 @@ impl Collector {
         Ok(())
     }
 
-    /// mlockall(MCL_FUTURE) is not shown anywhere: map one probe page and
-    /// see whether it came out locked (VmLck grows), and if so whether on
-    /// fault (smaps `lf`); then unmap it. PROT_EXEC alone, so that it
-    /// merges with no neighbour.
+    /// mlockall(MCL_FUTURE) is not shown anywhere: map one probe page
+    /// and see whether it came out locked (VmLck grows), and if so whether
+    /// on fault (smaps `lf`); then unmap it. Free pages on both sides, so
+    /// it merges with nothing. A dumper killed between the two calls
+    /// leaves this one page mapped (the process runs on unharmed).
     fn probe_mlockall(&self, r: &mut RemoteThread) -> Result<u32> {
         let pid = self.pid;
         let st = Stage::Query;
         let before = vm_locked_kb(pid)?;
-        let addr = r
-            .syscall(
-                libc::SYS_mmap,
-                &[
-                    0,
-                    4096,
-                    libc::PROT_EXEC as u64,
-                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                    u64::MAX,
-                    0,
-                ],
-            )
-            .at(pid, st)?;
+        let at = self.probe_at;
+        let flags = if at == 0 {
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+        } else {
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE
+        };
+        let mapped = r.syscall(
+            libc::SYS_mmap,
+            &[at, 4096, libc::PROT_EXEC as u64, flags as u64, u64::MAX, 0],
+        );
+        let addr = match mapped {
+            Ok(a) => a,
+            Err(e) => {
+                // The call may have run before the error: take the page
+                // back if it is there (it was free while we are frozen).
+                if at != 0 && mapped_at(pid, at) {
+                    let _ = r.syscall(libc::SYS_munmap, &[at, 4096]);
+                }
+                return Err(DumpError::Sys {
+                    pid,
+                    stage: st,
+                    source: e,
+                });
+            }
+        };
         if addr == -i64::from(libc::EAGAIN) {
             return Err(DumpError::Unsupported {
                 pid,
@@ -277,6 +326,29 @@ mod tests {
         assert!(vma_advice(1, &entry("rd wr mr mw me ac"))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn probe_goes_between_mappings_with_free_pages_around() {
+        let text = "0000555555554000-0000555555556000 r-xp 00000000 00:00 0 \nVmFlags: rd ex \n\
+                    00007f0000000000-00007f0000001000 rw-p 00000000 00:00 0 \nVmFlags: rd wr \n\
+                    00007f0000004000-00007f0000005000 rw-p 00000000 00:00 0 \nVmFlags: rd wr \n\
+                    00007ffc00000000-00007ffc00021000 rw-p 00000000 00:00 0 [stack]\nVmFlags: rd wr gd \n\
+                    00007ffc00100000-00007ffc00102000 r-xp 00000000 00:00 0 [vdso]\nVmFlags: rd ex \n\
+                    ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]\nVmFlags: ex \n";
+        let smaps = stasis_proc::parse_smaps(text.as_bytes()).unwrap();
+        // Above the vDSO (below the end of user space), not under the stack.
+        assert_eq!(probe_address(&smaps), 0x7ffc_0010_3000);
+        // Without the vDSO: above the stack (it grows down).
+        let smaps: Vec<_> = smaps
+            .into_iter()
+            .filter(|s| s.map.start != 0x7ffc_0010_0000)
+            .collect();
+        assert_eq!(probe_address(&smaps), 0x7ffc_0002_2000);
+        // Nothing above the stack: between the two anonymous pages, not
+        // in the gap below [stack].
+        let smaps: Vec<_> = smaps.into_iter().take(4).collect();
+        assert_eq!(probe_address(&smaps), 0x7f00_0000_2000);
     }
 
     #[test]

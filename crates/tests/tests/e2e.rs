@@ -1148,6 +1148,17 @@ fn cr_procattrs() {
     cr("cr_procattrs", Program::Bin("tp_procattrs"), &[]);
 }
 
+/// mlockall(MCL_FUTURE) without MCL_ONFAULT: found by the probe and
+/// given back (a new mapping comes out locked and populated).
+#[test]
+fn cr_procattrs_mlockall_future() {
+    cr(
+        "cr_procattrs_mlockall_future",
+        Program::Bin("tp_procattrs"),
+        &["--mlockall-future"],
+    );
+}
+
 /// Re-encodes the core file of `pid` in the image after `edit` changed
 /// its JSON (valid header and checksum).
 fn edit_core(work: &Work, pid: i32, edit: &dyn Fn(&mut serde_json::Value)) {

@@ -1,7 +1,7 @@
 //! tp_procattrs: per-process and per-thread settings survive
 //! checkpoint/restore (issue 9, part 4).
 //!
-//! Usage: `tp_procattrs WORKDIR [--corrupt] [--droppable]`
+//! Usage: `tp_procattrs WORKDIR [--corrupt] [--droppable] [--mlockall-future]`
 //!
 //! Process-wide: oom_score_adj 345 (raised: lowering needs CAP_SYS_RESOURCE),
 //! THP disabled except where advised (PR_GET_THP_DISABLE 3), KSM merge-any,
@@ -23,7 +23,8 @@
 //! After go: every value read again and compared; functional checks:
 //! membarrier(PRIVATE_EXPEDITED) works, the sealed area refuses mprotect, a
 //! new mapping comes out locked on fault, a fresh orphan is reparented to
-//! us. `--corrupt` expects a wrong oom_score_adj. `--droppable` adds a
+//! us. `--corrupt` expects a wrong oom_score_adj. `--mlockall-future`
+//! uses MCL_FUTURE without MCL_ONFAULT. `--droppable` adds a
 //! MAP_DROPPABLE area (which the dump must refuse).
 
 use stasis_tests::{nap, Proto, Report};
@@ -358,6 +359,7 @@ fn make_orphan(body: impl FnOnce() -> i32) -> i32 {
 fn main() {
     let (proto, args) = Proto::from_args();
     let corrupt = args.corrupt();
+    let plain_future = args.flag("mlockall-future");
     let me = std::process::id() as i32;
 
     // ---- process-wide ----
@@ -449,8 +451,13 @@ fn main() {
             [0; 3],
         );
         try_unchangeable();
+        let mcl = if plain_future {
+            libc::MCL_FUTURE
+        } else {
+            libc::MCL_FUTURE | libc::MCL_ONFAULT
+        };
         // SAFETY: mlockall has no memory-safety preconditions.
-        if unsafe { libc::mlockall(libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
+        if unsafe { libc::mlockall(mcl) } != 0 {
             stasis_tests::fatal("mlockall");
         }
         let before = (proc_view(), thread_view());
@@ -495,8 +502,8 @@ fn main() {
         let fresh = stasis_tests::Mapping::anon(PAGE);
         let f = vm_flags(fresh.start());
         report.check(
-            f.iter().any(|x| x == "lo") && f.iter().any(|x| x == "lf"),
-            || format!("a new mapping is not locked on fault (mlockall lost): {f:?}"),
+            f.iter().any(|x| x == "lo") && f.iter().any(|x| x == "lf") != plain_future,
+            || format!("a new mapping is not locked as mlockall({mcl:#x}) asks: {f:?}"),
         );
         report.eq("the orphan's status (parent kept)", 0, wait_exit(orphan));
         let o2 = make_orphan(|| {
