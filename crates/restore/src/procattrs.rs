@@ -285,8 +285,10 @@ pub(crate) fn after_threads(
                     pid,
                     st,
                     format!(
-                        "thread {tid}: {name} was {want:?} and is {have:?} here, \
-                         and this kernel does not let a task change it"
+                        "thread {tid}: {name} was {} and is {} here, \
+                         and this kernel does not let a task change it",
+                        spec_text(want),
+                        spec_text(have)
                     ),
                 ));
             };
@@ -305,6 +307,11 @@ pub(crate) fn after_threads(
         }
     }
     Ok(())
+}
+
+/// A PR_GET_SPECULATION_CTRL value for a message.
+fn spec_text(v: Option<u32>) -> String {
+    v.map_or_else(|| "unknown to the kernel".into(), |v| format!("{v:#x}"))
 }
 
 fn sched_attr(a: &stasis_image::SchedAttrs) -> SchedAttr {

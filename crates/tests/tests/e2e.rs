@@ -1262,3 +1262,67 @@ fn refuse_procattrs_droppable_mapping() {
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
+
+/// Settings this machine cannot give back, put into a real image: each
+/// restore refuses by name and leaves none of the image's processes.
+/// (No task here can set them itself: speculation controls are not
+/// per-task on this CPU, io_flusher needs CAP_SYS_RESOURCE, util clamp is
+/// not built.)
+#[test]
+fn refuse_procattrs_unrestorable_settings() {
+    let work = Work::new("refuse_procattrs_unrestorable");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    let pids: Vec<i32> = show(&work, &work.img())["inventory"]["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|x| x["pid"].as_i64().and_then(|v| i32::try_from(v).ok()))
+        .collect();
+    let core = work.img().join(format!("core-{}.img", p.pid));
+    let original = fs::read(&core).expect("read core");
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "a speculation control set by prctl",
+            Box::new(|v| v["proc_attrs"]["threads"][1]["spec"][0] = serde_json::json!(1 | 4)),
+            "PR_SPEC_STORE_BYPASS",
+        ),
+        (
+            "a speculation control no task can change",
+            Box::new(|v| v["proc_attrs"]["threads"][0]["spec"][1] = serde_json::json!(4)),
+            "PR_SPEC_INDIRECT_BRANCH",
+        ),
+        (
+            "io_flusher",
+            Box::new(|v| v["proc_attrs"]["threads"][2]["io_flusher"] = serde_json::json!(true)),
+            "io_flusher",
+        ),
+        (
+            "util clamp",
+            Box::new(|v| {
+                v["proc_attrs"]["threads"][0]["sched"]["util_min"] = serde_json::json!(100);
+                v["proc_attrs"]["threads"][0]["sched"]["util_max"] = serde_json::json!(512);
+            }),
+            "scheduling attributes",
+        ),
+    ];
+    for (what, edit, word) in cases {
+        fs::write(&core, &original).expect("restore core");
+        edit_core(&work, p.pid, &*edit);
+        let out = restore_detached(&work, &[], opts.stasis_timeout);
+        assert!(
+            !out.success() && out.stderr.contains(word),
+            "{what}: restore did not refuse it naming {word:?}: {out:?}{}",
+            work.diagnostics()
+        );
+        eprintln!("{what}: {}", out.stderr.trim());
+        for &pid in &pids {
+            assert!(!pid_exists(pid), "{what}: PID {pid} left behind");
+        }
+    }
+    // The untouched image still restores.
+    fs::write(&core, &original).expect("restore core");
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
