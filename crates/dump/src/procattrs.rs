@@ -132,8 +132,19 @@ impl Collector {
         let st = Stage::Query;
         let a = sched::sched_getattr(tid).at(pid, Stage::Collect)?;
         let ioprio = sched::ioprio_get(tid).at(pid, Stage::Collect)?;
+        // From outside that needs CAP_SYS_NICE; the thread itself can
+        // always tell.
         let path = format!("/proc/{tid}/timerslack_ns");
-        let timer_slack_ns = parse(pid, &path, &read_proc(pid, &path)?)?;
+        let timer_slack_ns = match std::fs::read_to_string(&path) {
+            Ok(text) => parse(pid, &path, &text)?,
+            Err(_) => r
+                .call(
+                    libc::SYS_prctl,
+                    &[libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
+                    "prctl(PR_GET_TIMERSLACK)",
+                )
+                .at(pid, st)?,
+        };
         let stat = stasis_proc::read(pid, &format!("task/{tid}/stat")).at(pid, Stage::Collect)?;
         let stat = stasis_proc::parse_stat(&stat).map_err(|e| DumpError::Unsupported {
             pid,

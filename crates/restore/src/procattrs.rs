@@ -10,15 +10,15 @@
 //!    advice, mlock (populates, so after the fill) and mseal (last for
 //!    that mapping: a sealed mapping refuses mprotect and madvise).
 //! 4. [`after_threads`], remote, once every thread exists: the subreaper
-//!    flag, membarrier registrations, MADV_UNMERGEABLE where a merge-any
+//!    flag, membarrier registrations, timer slack (each thread its own), MADV_UNMERGEABLE where a merge-any
 //!    process had opted a mapping out, mlockall(MCL_FUTURE) (after the last
 //!    mapping the restore creates), io_flusher, and last the speculation
 //!    controls (force-disable is one-way).
 //! 5. [`finish`], from outside, after the CPU pin is released: sched
 //!    attributes (SCHED_DEADLINE needs the full affinity mask, and a
-//!    deadline thread could not have created the other threads), I/O
-//!    priority, timer slack (after the policy: the kernel forces 0 for
-//!    real-time threads), OOM score and coredump filter.
+//!    deadline thread could not have created the other threads; a
+//!    real-time policy also gives the thread its timer slack of 0), I/O
+//!    priority, OOM score and coredump filter.
 //!
 //! Old images (`proc_attrs: None`) skip all but the per-mapping flags.
 
@@ -228,7 +228,9 @@ pub(crate) fn after_threads(
     // the process had opted out (MADV_UNMERGEABLE) opt out again.
     if a.memory_merge {
         for v in img.mm.vmas.iter().filter(|v| {
-            !v.advice.iter().any(|x| x == "mergeable")
+            // Shared mappings are never mergeable.
+            !v.shared
+                && !v.advice.iter().any(|x| x == "mergeable")
                 && matches!(
                     v.kind,
                     VmaKind::Anon | VmaKind::Heap | VmaKind::File { .. } | VmaKind::Saved { .. }
@@ -260,6 +262,31 @@ pub(crate) fn after_threads(
                 libc::SYS_prctl,
                 &[PR_SET_IO_FLUSHER, 1, 0, 0, 0],
                 &format!("prctl(PR_SET_IO_FLUSHER) in thread {}", t.tid()),
+            )
+            .at(pid, st)?;
+        }
+    }
+    // Timer slack, by each thread itself (from outside it needs
+    // CAP_SYS_NICE). Every thread has the leader's so far. 0 is what
+    // real-time threads have, and the policy set in `finish` gives it back
+    // (PR_SET_TIMERSLACK 0 would mean "the default" instead).
+    let inherited = all[0]
+        .call(
+            libc::SYS_prctl,
+            &[libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
+            "prctl(PR_GET_TIMERSLACK)",
+        )
+        .at(pid, st)?;
+    for (t, ta) in all.iter_mut().zip(&a.threads) {
+        if ta.timer_slack_ns != 0 && ta.timer_slack_ns != inherited {
+            t.call(
+                libc::SYS_prctl,
+                &[libc::PR_SET_TIMERSLACK as u64, ta.timer_slack_ns, 0, 0, 0],
+                &format!(
+                    "prctl(PR_SET_TIMERSLACK, {}) in thread {}",
+                    ta.timer_slack_ns,
+                    t.tid()
+                ),
             )
             .at(pid, st)?;
         }
@@ -367,21 +394,6 @@ pub(crate) fn finish(img: &ProcessImage, tids: &[Pid]) -> Result<()> {
                     ),
                 )
             })?;
-        }
-        let path = format!("/proc/{tid}/timerslack_ns");
-        if read_i64(&path) != i64::try_from(ta.timer_slack_ns).ok() {
-            write_proc(pid, &path, &ta.timer_slack_ns.to_string(), "timer slack")?;
-            let now = read_i64(&path);
-            if now != i64::try_from(ta.timer_slack_ns).ok() {
-                return Err(refused(
-                    pid,
-                    st,
-                    format!(
-                        "thread {tid}: timer slack {} ns cannot be restored (it reads {now:?})",
-                        ta.timer_slack_ns
-                    ),
-                ));
-            }
         }
     }
     let host = tids.first().map_or(0, |t| t.0);
