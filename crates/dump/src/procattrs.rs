@@ -11,6 +11,7 @@ use stasis_sys::{sched, Pid};
 
 const PR_GET_MEMORY_MERGE: u64 = 68;
 const PR_GET_SPECULATION_CTRL: u64 = 52;
+const PR_SPEC_PRCTL: u32 = 1;
 /// PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH, PR_SPEC_L1D_FLUSH.
 pub(crate) const SPEC_CONTROLS: [u64; 3] = [0, 1, 2];
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
@@ -151,8 +152,17 @@ impl Collector {
             stage: Stage::Collect,
             what: format!("stat of task {tid}: {e}"),
         })?;
+        // A control whose value lacks PR_SPEC_PRCTL is in a global mode
+        // (fixed at boot, the same for every task): asked of the first
+        // thread only. Per-task ones are asked of every thread.
         let mut spec = [None; 3];
-        for (slot, which) in spec.iter_mut().zip(SPEC_CONTROLS) {
+        for (k, (slot, which)) in spec.iter_mut().zip(SPEC_CONTROLS).enumerate() {
+            if let Some(first) = self.attrs.threads.first() {
+                if first.spec[k].is_none_or(|v| v & PR_SPEC_PRCTL == 0) {
+                    *slot = first.spec[k];
+                    continue;
+                }
+            }
             let v = r
                 .syscall(libc::SYS_prctl, &[PR_GET_SPECULATION_CTRL, which, 0, 0, 0])
                 .at(pid, st)?;
