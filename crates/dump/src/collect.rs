@@ -177,6 +177,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());
+    let mut attrs = crate::procattrs::Collector::new(pid, &smaps);
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
@@ -190,11 +191,13 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         checks::query_thread(r, pid)?;
         t.sigaltstack = altstack;
         t.clear_child_tid = clear_child_tid;
+        attrs.thread(r, tid)?;
         if tid == p {
             let dynamic = xsave::dynamic(xsave::features(&t.xsave));
             q = Some(query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?);
             checks::query_process(r, pid)?;
             timers = query_timers(r, pid)?;
+            attrs.process(r)?;
         }
         frozen.finish_remote().at(pid, Stage::Query)?;
         threads.push(t);
@@ -262,6 +265,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         saved_files: Vec::new(),
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
+        proc_attrs: Some(attrs.finish()?),
     };
     Ok(Collected {
         image,

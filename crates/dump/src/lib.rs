@@ -25,6 +25,7 @@ mod files;
 pub mod freeze;
 mod locks;
 mod memory;
+mod procattrs;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;

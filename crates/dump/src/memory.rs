@@ -19,15 +19,6 @@ pub(crate) struct PagePlan {
     pub runs: Vec<(u64, u64, bool)>,
 }
 
-const ADVICE_FLAGS: [(&str, &str); 6] = [
-    ("dd", "dontdump"),
-    ("dc", "dontfork"),
-    ("hg", "hugepage"),
-    ("nh", "nohugepage"),
-    ("wf", "wipeonfork"),
-    ("mg", "mergeable"),
-];
-
 /// Classifies every mapping and finds the pages worth saving.
 pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan)> {
     let st = Stage::Collect;
@@ -145,11 +136,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             noreserve: s.has_flag("nr"),
             shmem: if m.shared && !is_file { m.inode } else { 0 },
             cow_owner: 0,
-            advice: ADVICE_FLAGS
-                .iter()
-                .filter(|(f, _)| s.has_flag(f))
-                .map(|(_, name)| (*name).to_string())
-                .collect(),
+            advice: crate::procattrs::vma_advice(pid, s)?,
         });
     }
     Ok((vmas, PagePlan { runs }))

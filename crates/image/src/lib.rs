@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 pub mod locks;
 pub mod model;
+pub mod procattrs;
 pub mod progress;
 pub mod reader;
 pub mod show;
@@ -25,6 +26,7 @@ pub use format::{
 };
 pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;
+pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};
 pub use validate::{

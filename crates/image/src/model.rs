@@ -130,6 +130,10 @@ pub struct ProcessImage {
     /// Descriptors with a signal owner, a signal or O_ASYNC set.
     #[serde(default)]
     pub fd_owners: Vec<crate::FdOwner>,
+    /// Per-process and per-thread settings (OOM score, THP, membarrier,
+    /// sched attributes, ...); `None` in images that predate them.
+    #[serde(default)]
+    pub proc_attrs: Option<crate::ProcAttrs>,
 }
 
 /// A file object whose contents are saved in the image: referenced by
@@ -491,7 +495,7 @@ pub struct Vma {
     /// maps the same memory (at byte offset `pgoff`). 0: not shared.
     #[serde(default)]
     pub shmem: u64,
-    /// madvise state worth keeping: 'dontdump', 'dontfork', 'hugepage', 'nohugepage', 'wipeonfork', 'mergeable'.
+    /// Per-mapping flags (madvise, mlock, mseal) by name: see [`crate::VMA_ADVICE`].
     #[serde(default)]
     pub advice: Vec<String>,
 }

@@ -251,6 +251,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         saved_files: Vec::new(),
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
+        proc_attrs: None,
     }
 }
 
@@ -1477,4 +1478,52 @@ fn file_locks_and_owners_validation() {
     let mut m = good.clone();
     m.fd_owners[0].owner_type = 7;
     assert!(invalid(&m).contains("fd_owners[0]"));
+}
+
+#[test]
+fn proc_attrs_validation_and_old_images() {
+    use crate::{ProcAttrs, SchedAttrs, ThreadAttrs};
+    let mut good = sample_process(100, 1);
+    good.proc_attrs = Some(ProcAttrs {
+        oom_score_adj: 300,
+        thp_disable: 3,
+        mlockall: 6,
+        membarrier: 1 << 4,
+        coredump_filter: 0x33,
+        threads: good
+            .threads
+            .iter()
+            .map(|_| ThreadAttrs {
+                sched: SchedAttrs {
+                    nice: 5,
+                    ..SchedAttrs::default()
+                },
+                timer_slack_ns: 50_000,
+                ..ThreadAttrs::default()
+            })
+            .collect(),
+        ..ProcAttrs::default()
+    });
+    validate_process(Path::new("/x/core-100.img"), &good).unwrap();
+    let json = serde_json::to_value(&good).unwrap();
+    let back: ProcessImage = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, good);
+    // An image without the field (older writer) loads with None.
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("proc_attrs");
+    let back: ProcessImage = serde_json::from_value(old).unwrap();
+    assert_eq!(back.proc_attrs, None);
+
+    let mut m = good.clone();
+    m.proc_attrs.as_mut().unwrap().thp_disable = 2;
+    assert!(invalid(&m).contains("proc_attrs.thp_disable"));
+    let mut m = good.clone();
+    m.proc_attrs.as_mut().unwrap().threads.pop();
+    assert!(invalid(&m).contains("proc_attrs.threads"));
+    let mut m = good.clone();
+    m.proc_attrs.as_mut().unwrap().oom_score_adj = -1001;
+    assert!(invalid(&m).contains("oom_score_adj"));
+    let mut m = good.clone();
+    m.mm.vmas[0].advice.push("frobnicate".into());
+    assert!(invalid(&m).contains("unknown flag"));
 }

@@ -306,7 +306,8 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
         c.ensure(false, || m)?;
     }
     validate_saved(&c, img)?;
-    validate_mm(&c, img)
+    validate_mm(&c, img)?;
+    crate::procattrs::validate(file, img)
 }
 
 const O_PATH: u32 = 0o10_000_000;

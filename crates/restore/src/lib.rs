@@ -32,6 +32,7 @@ mod creds_check;
 mod fdowner;
 mod locks;
 mod memory;
+mod procattrs;
 mod process;
 mod xstate;
 
@@ -285,6 +286,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
+        procattrs::preflight(img)?;
     }
     for z in image
         .inventory

@@ -289,6 +289,7 @@ pub(crate) fn rebuild(
             )
             .at(pid, st)?;
         }
+        crate::procattrs::vma(r, v)?;
     }
 
     set_mm(r, mm, svc.exe)?;

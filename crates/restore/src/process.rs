@@ -1123,6 +1123,7 @@ fn rebuild(
     let spread = pin.as_ref().map(|p| p.original().to_vec());
     // Refused before the address space is touched if this CPU cannot hold it.
     let xsaves = xstate::fit(img, child)?;
+    crate::procattrs::before_memory(&mut r, img)?;
     memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
     fault_point(pid, Stage::Memory)?;
     attributes(&mut r, img)?;
@@ -1144,6 +1145,7 @@ fn rebuild(
     // Timers after the threads (one may be the target of a timer's signal).
     timers(&mut r, img)?;
     epoll_targets(&mut r, img)?;
+    crate::procattrs::after_threads(&mut r, &mut threads, img)?;
     fault_point(pid, Stage::Attributes)?;
     // Credentials are per thread in the kernel: every thread sets its own,
     // unless they are already the ones every thread inherited from us.
@@ -1192,6 +1194,9 @@ fn rebuild(
         }
         pin.release().at(pid, Stage::Resume)?;
     }
+    // Scheduling attributes first: a bound thread cannot have become
+    // SCHED_DEADLINE, which needs every CPU.
+    crate::procattrs::finish(img, &tids)?;
     affinity::apply(pid, &img.threads, &tids)?;
     Ok(tids)
 }
@@ -1233,7 +1238,11 @@ fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     .at(pid, st)?;
 
     let policy = img.sched.policy;
-    if policy & !0x4000_0000 != libc::SCHED_OTHER as u32 || img.sched.rt_priority != 0 {
+    // Images with proc_attrs get every thread's full sched_setattr later.
+    let old_image = img.proc_attrs.is_none();
+    if old_image
+        && (policy & !0x4000_0000 != libc::SCHED_OTHER as u32 || img.sched.rt_priority != 0)
+    {
         let at = r
             .write_scratch(0, &img.sched.rt_priority.to_le_bytes())
             .at(pid, st)?;

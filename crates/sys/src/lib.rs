@@ -12,6 +12,7 @@ pub mod hook;
 pub mod mem;
 pub mod ptrace;
 pub mod remote;
+pub mod sched;
 pub mod util;
 pub mod xsave;
 

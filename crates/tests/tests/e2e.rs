@@ -131,6 +131,12 @@ selfcheck!(
     Program::Bin("tp_locks"),
     []
 );
+selfcheck!(
+    selfcheck_procattrs,
+    negative_procattrs,
+    Program::Bin("tp_procattrs"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -1416,4 +1422,195 @@ fn cr_file_locks_in_pid_ns() {
         "restored tp_locks did not pass: {exit:?}{}",
         work.diagnostics()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Per-process and per-thread settings (issue 9, part 4): tp_procattrs.
+
+/// OOM score, THP/KSM modes, membarrier, mlockall, subreaper with an
+/// orphan, coredump filter, per-mapping advice/locks/seals and per-thread
+/// sched attributes (FIFO, DEADLINE, BATCH with RESET_ON_FORK), ioprio,
+/// timer slack: all back after a restore.
+#[test]
+fn cr_procattrs() {
+    cr("cr_procattrs", Program::Bin("tp_procattrs"), &[]);
+}
+
+/// mlockall(MCL_FUTURE) without MCL_ONFAULT: found by the probe and
+/// given back (a new mapping comes out locked and populated).
+#[test]
+fn cr_procattrs_mlockall_future() {
+    cr(
+        "cr_procattrs_mlockall_future",
+        Program::Bin("tp_procattrs"),
+        &["--mlockall-future"],
+    );
+}
+
+/// Re-encodes the core file of `pid` in the image after `edit` changed
+/// its JSON (valid header and checksum).
+fn edit_core(work: &Work, pid: i32, edit: &dyn Fn(&mut serde_json::Value)) {
+    let path = work.img().join(format!("core-{pid}.img"));
+    let bytes = fs::read(&path).expect("read core");
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes[32..]).expect("core json");
+    edit(&mut v);
+    let payload = serde_json::to_vec(&v).expect("encode");
+    let out = stasis_image::encode_metadata(stasis_image::FileKind::Core, &payload);
+    fs::write(&path, out).expect("write core");
+}
+
+/// Starts tp_procattrs, dumps it and returns it (dead, PID free).
+fn dumped_procattrs(work: &Work, opts: &Opts) -> Proc {
+    let mut p = start(work, Program::Bin("tp_procattrs"), &[]);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(work, &mut p, opts);
+    let v = show(work, &work.img());
+    let attrs = &v["processes"][0]["proc_attrs"];
+    assert_eq!(attrs["oom_score_adj"], 345, "image: {attrs}");
+    assert_eq!(attrs["thp_disable"], 3, "image: {attrs}");
+    assert_eq!(attrs["mlockall"], 6, "image: {attrs}");
+    assert_eq!(attrs["child_subreaper"], true, "image: {attrs}");
+    p
+}
+
+/// An OOM score below the restorer's cannot be given without
+/// CAP_SYS_RESOURCE: the restore refuses it by name before creating
+/// anything, and no process is left.
+#[test]
+fn refuse_procattrs_oom_score_lowered() {
+    let work = Work::new("refuse_procattrs_oom_score_lowered");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    edit_core(&work, p.pid, &|v| {
+        v["proc_attrs"]["oom_score_adj"] = serde_json::json!(-500);
+    });
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("oom_score_adj -500"),
+        "restore with a lowered oom_score_adj did not refuse it by name: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains("preflight"),
+        "refused late: {}",
+        out.stderr
+    );
+    assert!(!pid_exists(p.pid), "a process was left behind");
+}
+
+/// An image without `proc_attrs` (as older stasis wrote) still loads and
+/// restores, and the program sees its settings lost: proof that its checks
+/// would catch a restore that drops them.
+#[test]
+fn cr_procattrs_old_image_loses_settings() {
+    let work = Work::new("cr_procattrs_old_image");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    edit_core(&work, p.pid, &|v| {
+        v.as_object_mut().expect("object").remove("proc_attrs");
+    });
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    let out = finish(&work, &mut r, opts.finish_timeout);
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("process settings"),
+        "settings not in the image, yet the program saw none lost: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// A MAP_DROPPABLE mapping cannot be recreated by the restorer: the dump
+/// refuses it by name and the process runs on unharmed.
+#[test]
+fn refuse_procattrs_droppable_mapping() {
+    let work = Work::new("refuse_procattrs_droppable");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_procattrs"), &["--droppable"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        !out.success()
+            && out.stderr.contains("MAP_DROPPABLE")
+            && out.stderr.contains(&p.pid.to_string()),
+        "dump of a MAP_DROPPABLE mapping was not refused by name: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// Settings this machine cannot give back, put into a real image: each
+/// restore refuses by name and leaves none of the image's processes.
+/// (No task here can set them itself: speculation controls are not
+/// per-task on this CPU, io_flusher needs CAP_SYS_RESOURCE, util clamp is
+/// not built.)
+#[test]
+fn refuse_procattrs_unrestorable_settings() {
+    let work = Work::new("refuse_procattrs_unrestorable");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    let pids: Vec<i32> = show(&work, &work.img())["inventory"]["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|x| x["pid"].as_i64().and_then(|v| i32::try_from(v).ok()))
+        .collect();
+    let core = work.img().join(format!("core-{}.img", p.pid));
+    let original = fs::read(&core).expect("read core");
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "a speculation control set by prctl",
+            Box::new(|v| v["proc_attrs"]["threads"][1]["spec"][0] = serde_json::json!(1 | 4)),
+            "PR_SPEC_STORE_BYPASS",
+        ),
+        (
+            "a speculation control no task can change",
+            Box::new(|v| v["proc_attrs"]["threads"][0]["spec"][1] = serde_json::json!(4)),
+            "PR_SPEC_INDIRECT_BRANCH",
+        ),
+        (
+            "io_flusher",
+            Box::new(|v| v["proc_attrs"]["threads"][2]["io_flusher"] = serde_json::json!(true)),
+            "io_flusher",
+        ),
+        (
+            "util clamp",
+            Box::new(|v| {
+                v["proc_attrs"]["threads"][0]["sched"]["util_min"] = serde_json::json!(100);
+                v["proc_attrs"]["threads"][0]["sched"]["util_max"] = serde_json::json!(512);
+            }),
+            "scheduling attributes",
+        ),
+    ];
+    for (what, edit, word) in cases {
+        fs::write(&core, &original).expect("restore core");
+        edit_core(&work, p.pid, &*edit);
+        let out = restore_detached(&work, &[], opts.stasis_timeout);
+        assert!(
+            !out.success() && out.stderr.contains(word),
+            "{what}: restore did not refuse it naming {word:?}: {out:?}{}",
+            work.diagnostics()
+        );
+        eprintln!("{what}: {}", out.stderr.trim());
+        for &pid in &pids {
+            assert!(!pid_exists(pid), "{what}: PID {pid} left behind");
+        }
+    }
+    // The untouched image still restores.
+    fs::write(&core, &original).expect("restore core");
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
