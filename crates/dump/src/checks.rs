@@ -170,6 +170,12 @@ fn thread_arch(pid: u32, tid: Pid) -> Result<()> {
             format!("thread {tid} has hardware breakpoints set (debug register DR7 {dr7:#x})"),
         ));
     }
+    if ptrace::syscall_user_dispatch_on(tid).at(pid, Stage::Check)? {
+        return Err(refuse(
+            pid,
+            format!("thread {tid} uses syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH)"),
+        ));
+    }
     for entry in 12..=14 {
         if ptrace::thread_area_used(tid, entry).at(pid, Stage::Check)? {
             return Err(refuse(
@@ -247,8 +253,9 @@ pub(crate) fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Per-process x86 state only the process can report: a local descriptor
-/// table (modify_ldt) and CPUID faulting (ARCH_SET_CPUID 0).
+/// Per-process state only the process can report: a local descriptor
+/// table (modify_ldt), memory-deny-write-execute, a trapping TSC, a
+/// machine-check kill policy and CPUID faulting (ARCH_SET_CPUID 0).
 pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
     let (scratch, _) = r.scratch();
     let ldt = r
@@ -256,6 +263,41 @@ pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
         .at(pid, Stage::Query)?;
     if ldt != 0 {
         return Err(refuse(pid, "a local descriptor table (modify_ldt)".into()));
+    }
+    let mdwe = r
+        .call(
+            libc::SYS_prctl,
+            &[PR_GET_MDWE, 0, 0, 0, 0],
+            "prctl(PR_GET_MDWE)",
+        )
+        .at(pid, Stage::Query)?;
+    if mdwe != 0 {
+        return Err(refuse(
+            pid,
+            format!("memory-deny-write-execute (PR_SET_MDWE {mdwe:#x})"),
+        ));
+    }
+    r.call(libc::SYS_prctl, &[PR_GET_TSC, scratch], "prctl(PR_GET_TSC)")
+        .at(pid, Stage::Query)?;
+    let tsc = le_u32(&r.read_scratch(0, 4).at(pid, Stage::Query)?, 0);
+    if tsc != PR_TSC_ENABLE {
+        return Err(refuse(
+            pid,
+            "a trapping time-stamp counter (PR_SET_TSC PR_TSC_SIGSEGV)".into(),
+        ));
+    }
+    let mce = r
+        .call(
+            libc::SYS_prctl,
+            &[PR_MCE_KILL_GET, 0, 0, 0, 0],
+            "prctl(PR_MCE_KILL_GET)",
+        )
+        .at(pid, Stage::Query)?;
+    if mce != PR_MCE_KILL_DEFAULT {
+        return Err(refuse(
+            pid,
+            format!("a machine-check kill policy (PR_MCE_KILL {mce})"),
+        ));
     }
     let cpuid = r
         .syscall(libc::SYS_arch_prctl, &[ARCH_GET_CPUID, 0])
@@ -270,4 +312,9 @@ pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
 }
 
 const MPOL_DEFAULT: u32 = 0;
+const PR_GET_TSC: u64 = 25;
+const PR_TSC_ENABLE: u32 = 1;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_MCE_KILL_DEFAULT: u64 = 2;
+const PR_GET_MDWE: u64 = 66;
 const ARCH_GET_CPUID: u64 = 0x1011;

@@ -294,6 +294,31 @@ pub fn thread_area_used(pid: Pid, entry: u32) -> Result<bool> {
     Ok(desc[1] != 0 || desc[2] != 0 || desc[3] != 0b10_1000)
 }
 
+/// Whether syscall user dispatch is on for a stopped tracee
+/// (PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG).
+pub fn syscall_user_dispatch_on(pid: Pid) -> Result<bool> {
+    const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
+    // struct ptrace_sud_config: mode, selector, offset, len.
+    let mut cfg = [0u64; 4];
+    // SAFETY: the kernel writes at most `addr` (= the struct's size) bytes into cfg.
+    let r = unsafe {
+        libc::ptrace(
+            PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+            pid.0,
+            std::mem::size_of_val(&cfg),
+            cfg.as_mut_ptr(),
+        )
+    };
+    if r == -1 {
+        return Err(SysError::new(
+            "ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG)",
+            Some(pid),
+            last_errno(),
+        ));
+    }
+    Ok(cfg[0] != 0)
+}
+
 pub fn peek(pid: Pid, addr: u64) -> Result<u64> {
     // PTRACE_PEEKDATA returns the word; -1 is ambiguous, so clear errno first.
     // SAFETY: __errno_location returns the calling thread's errno slot.

@@ -156,6 +156,9 @@ fn selfcheck_unsupported_resources_work() {
         "debugreg",
         "ldt",
         "mempolicy",
+        "mdwe",
+        "mce",
+        "sud",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -654,6 +657,21 @@ fn refuse_local_descriptor_table() {
 #[test]
 fn refuse_numa_memory_policy() {
     refuse("mempolicy", &["numa memory policy"]);
+}
+
+#[test]
+fn refuse_memory_deny_write_execute() {
+    refuse("mdwe", &["memory-deny-write-execute"]);
+}
+
+#[test]
+fn refuse_machine_check_kill_policy() {
+    refuse("mce", &["machine-check kill policy"]);
+}
+
+#[test]
+fn refuse_syscall_user_dispatch() {
+    refuse("sud", &["syscall user dispatch"]);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy`
+//! ldt|mempolicy|mdwe|mce|sud`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -19,7 +19,10 @@
 //! - `debugreg`: a hardware breakpoint (DR0/DR7) a debugger set and left
 //!   behind when it detached;
 //! - `ldt`: a local descriptor table entry (modify_ldt);
-//! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread.
+//! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread;
+//! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
+//! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
+//! - `sud`: syscall user dispatch on, selector allowing every call.
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -279,6 +282,31 @@ fn main() {
             // SAFETY: get_mempolicy writes one int.
             unsafe { libc::syscall(libc::SYS_get_mempolicy, &mut mode, 0usize, 0u64, 0u64, 0u64) };
             report.eq("memory policy mode", 2, mode);
+        }
+        "mdwe" | "mce" => {
+            let (set, get, args): (i32, i32, [u64; 2]) = if what == "mdwe" {
+                (65, 66, [1, 0]) // PR_SET_MDWE REFUSE_EXEC_GAIN
+            } else {
+                (33, 34, [1, 1]) // PR_MCE_KILL SET EARLY
+            };
+            // SAFETY: integer-only prctl on our own process.
+            let r = unsafe { libc::prctl(set, args[0], args[1], 0u64, 0u64) };
+            assert_eq!(r, 0, "prctl({set})");
+            // SAFETY: as above.
+            let before = unsafe { libc::prctl(get, 0u64, 0u64, 0u64, 0u64) };
+            proto.ready_and_wait();
+            // SAFETY: as above.
+            let after = unsafe { libc::prctl(get, 0u64, 0u64, 0u64, 0u64) };
+            report.eq(&format!("prctl({get})"), before, after);
+        }
+        "sud" => {
+            // SYSCALL_DISPATCH_FILTER_ALLOW: every syscall goes through.
+            let selector: &'static u8 = Box::leak(Box::new(0u8));
+            // SAFETY: the kernel keeps a pointer to the leaked selector byte.
+            let r = unsafe { libc::prctl(59, 1u64, 0u64, 0u64, selector as *const u8 as u64) };
+            assert_eq!(r, 0, "PR_SET_SYSCALL_USER_DISPATCH");
+            proto.ready_and_wait();
+            report.eq("a syscall still works", std::process::id() > 0, true);
         }
         other => panic!("unknown --with {other}"),
     }
