@@ -780,8 +780,16 @@ pub(crate) fn restore_tree(
             continue;
         }
         if !pid_ns && util::pid_exists(Pid(g as i32)) {
-            log::warn!("pid {}: the leader PID {g} of its process group is taken here; left in its parent's group", img.pid);
-            continue;
+            // Its members would end up in another group: refused, not
+            // restored differently.
+            return Err(RestoreError::Refused {
+                pid: img.pid,
+                stage: Stage::Preflight,
+                what: format!(
+                    "process group {g}: the PID of its exited leader is taken here, so the group \
+                     cannot be recreated (free PID {g}, or restore with --new-pid-ns)"
+                ),
+            });
         }
         let Some(&parent) = index.get(&img.ppid) else {
             continue;

@@ -807,13 +807,6 @@ fn dump_of_missing_pid_fails() {
     );
 }
 
-fn pidfile(work: &Work, name: &str) -> i32 {
-    fs::read_to_string(work.path(name))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| fail(work, format!("no pid in {name}")))
-}
-
 fn ok(work: &Work, what: &str, out: &CmdOut) {
     if !out.success() {
         fail(

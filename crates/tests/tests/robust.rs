@@ -1703,6 +1703,45 @@ fn negative_load_tree() {
     );
 }
 
+/// A daemon's process group whose leader exited: if that leader's PID is
+/// taken here, the group cannot be recreated, so the restore is refused
+/// by name before anything is created (not restored into another group);
+/// once the PID is free it restores.
+#[test]
+fn group_leader_pid_taken_refused() {
+    let work = Work::new("group_leader_taken");
+    let opts = Opts::default();
+    let mut starter = started(&work, Program::Bin("tp_daemon"), &[]);
+    let mut daemon = Proc::adopt(pidfile(&work, "daemon.pid"));
+    dump_and_check_gone(&work, &mut daemon, &opts);
+    let v = show(&work, &work.img());
+    let procs = v["processes"].as_array().expect("processes").clone();
+    let pids: Vec<i64> = procs.iter().filter_map(|p| p["pid"].as_i64()).collect();
+    let group = procs
+        .iter()
+        .filter_map(|p| Some((p["pgid"].as_i64()?, p["sid"].as_i64()?)))
+        .find(|(g, sid)| !pids.contains(g) && g != sid)
+        .map(|(g, _)| g)
+        .expect("a leaderless group in the image");
+    let Some(mut holder) = take_pid(group as i32) else {
+        eprintln!("group_leader_pid_taken_refused: PID {group} could not be taken; skipped");
+        return;
+    };
+    restore_must_fail(
+        &work,
+        &work.img(),
+        daemon.pid,
+        &[],
+        &["preflight", "process group", "--new-pid-ns"],
+        "group leader PID taken",
+    );
+    holder.kill();
+    let _ = holder.wait(Duration::from_secs(10));
+    let mut r = restore_and_adopt(&work, daemon.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+    let _ = starter.wait(Duration::from_secs(10));
+}
+
 /// Creates a process with PID `pid` (clone3 with set_tid) that pauses
 /// until killed; returns it.
 fn take_pid(pid: i32) -> Option<Proc> {

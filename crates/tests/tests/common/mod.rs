@@ -712,6 +712,14 @@ pub fn run_case(work: &Work, program: Program, args: &[&str], opts: &Opts) -> Ou
 }
 
 /// `stasis show DIR` parsed as JSON.
+/// The PID a program wrote into `WORK/name`.
+pub fn pidfile(work: &Work, name: &str) -> i32 {
+    fs::read_to_string(work.path(name))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| fail(work, format!("no pid in {name}")))
+}
+
 pub fn show(work: &Work, dir: &Path) -> serde_json::Value {
     let out = stasis(
         work,
