@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+mod file_kind;
 pub mod format;
 pub mod model;
 pub mod progress;
