@@ -27,9 +27,19 @@
 //! Any failure kills the process being built and reports the stage.
 #![forbid(unsafe_code)]
 
+mod attributes;
+mod creds;
 mod creds_check;
+mod guard;
+mod kinds;
 mod memory;
-mod process;
+mod pids;
+mod rebuild;
+mod shared;
+mod signals;
+mod threads;
+mod timers;
+mod tree;
 
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
 use stasis_sys::{Pid, SysError};
@@ -304,7 +314,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .map(|r| dir.pages_path(r))
         .collect();
     let calls0 = stasis_sys::remote::remote_syscalls();
-    let (pid, wait_pid) = process::restore_tree(
+    let (pid, wait_pid) = tree::restore_tree(
         &image.processes,
         &pages,
         &image.inventory.zombies,
