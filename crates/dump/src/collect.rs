@@ -1,9 +1,9 @@
 //! Collecting a frozen process's state from /proc, ptrace and remote syscalls.
 
 use crate::freeze::Frozen;
-use crate::{files, memory, At, DumpError, Result, Stage};
+use crate::{kinds, memory, At, DumpError, Result, Stage};
 use stasis_image::{
-    Creds, FileId, ITimer, MmState, PendingSignal, PosixTimer, ProcessImage, Rlimit, Rseq, Sched,
+    Creds, ITimer, MmState, PendingSignal, PosixTimer, ProcessImage, Rlimit, Rseq, Sched,
     SigAction, SigAltStack, ThreadState, UserRegs,
 };
 use stasis_sys::ptrace::{self, Regs};
@@ -51,31 +51,6 @@ pub(crate) fn regs_to_image(r: &Regs) -> UserRegs {
     }
 }
 
-/// FileId of whatever `path` (e.g. /proc/PID/map_files/..., /proc/PID/exe) resolves to.
-pub(crate) fn file_id(
-    pid: u32,
-    stage: Stage,
-    display_path: &str,
-    stat_path: &str,
-) -> Result<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(stat_path).map_err(|source| DumpError::Io {
-        pid,
-        stage,
-        what: format!("stat {display_path}"),
-        source,
-    })?;
-    Ok(FileId {
-        path: display_path.to_string(),
-        size: md.size(),
-        mtime_sec: md.mtime(),
-        mtime_nsec: md.mtime_nsec(),
-        dev: md.dev(),
-        ino: md.ino(),
-        mode: md.mode(),
-    })
-}
-
 pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -97,7 +72,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
             what: "a process in a PID namespace nested two levels below stasis's".into(),
         });
     }
-    let fds = files::collect_fds(pid, shell_job)?;
+    let fds = kinds::collect_fds(pid, shell_job)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
 
@@ -105,7 +80,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     let tid = p;
     let shared_pending = pending_signals(pid, tid, true)?;
     let exe_link = stasis_proc::read_link(pid, "exe").at(pid, Stage::Collect)?;
-    let exe = file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
+    let exe = kinds::regular::file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
     let cwd = stasis_proc::read_link(pid, "cwd").at(pid, Stage::Collect)?;
     let root = stasis_proc::read_link(pid, "root").at(pid, Stage::Collect)?;
     let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))

@@ -18,8 +18,8 @@
 
 mod collect;
 mod cow;
-mod files;
 pub mod freeze;
+mod kinds;
 mod memory;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -251,14 +251,7 @@ fn dump_frozen(
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);
     }
-    {
-        let mut all: Vec<(u32, &mut Vec<stasis_image::FdEntry>)> = collected
-            .iter_mut()
-            .map(|c| (c.image.pid, &mut c.image.files))
-            .collect();
-        files::link_shared(&mut all)?;
-    }
-    files::link_objects(
+    kinds::link_tree(
         &mut collected
             .iter_mut()
             .map(|c| &mut c.image)
@@ -283,7 +276,7 @@ fn dump_frozen(
             &state.page_plan,
             &mut pages,
         )?;
-        files::write_saved(&mut state.image, state.host_pid, &mut pages)?;
+        kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
         page_bytes += pages.offset();
         let pages_file = pages.finish().at(pid, Stage::Memory)?;
         fault_point(pid, Stage::Memory)?;

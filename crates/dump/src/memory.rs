@@ -1,7 +1,7 @@
 //! Memory: which mappings exist, which of their pages must be saved, and
 //! streaming those pages into the page file.
 
-use crate::collect::file_id;
+use crate::kinds::regular::file_id;
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::progress::Progress;
 use stasis_image::{MmState, PageRun, PagesWriter, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
