@@ -21,6 +21,10 @@ mod cow;
 pub mod freeze;
 mod kinds;
 mod memory;
+mod pidns;
+mod signals;
+mod threads;
+mod timers;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;
@@ -258,7 +262,7 @@ fn dump_frozen(
             .collect::<Vec<_>>(),
     )?;
     cow::find_shared(&mut collected)?;
-    let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
+    let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 
