@@ -8,9 +8,12 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+mod checker;
 pub mod error;
 mod file_kind;
 pub mod format;
+mod kinds;
+pub mod limits;
 pub mod model;
 pub mod progress;
 pub mod reader;
