@@ -7,7 +7,12 @@
 //! 2. **check**: refuse what cannot be saved yet (threads, children,
 //!    sockets, pipes, ...), naming the process and the resource, before
 //!    anything is written.
-//! 3. **collect**: /proc and ptrace state (maps, registers, XSAVE, fds, creds, ...).
+//! 3. **collect**: /proc and ptrace state (maps, registers, XSAVE, fds, creds, ...);
+//!    then **link**: what spans processes (shared descriptions, pipes,
+//!    socket pairs, saved files, FIFOs, copy-on-write pages, PID namespace).
+//!    Each kind of descriptor is a module of `kinds/`; each kind of process
+//!    state has its own module (`threads.rs`, `signals.rs`, `timers.rs`,
+//!    `pidns.rs`, `memory.rs`, `cow.rs`).
 //! 4. **query**: state only the process can tell (sigactions, tid address,
 //!    pdeath signal, ...) by self-healing remote syscalls.
 //! 5. **memory**: page contents straight to the raw page file.

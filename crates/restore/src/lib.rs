@@ -25,6 +25,12 @@
 //!    syscall-restart fix-up), then the process is detached and runs.
 //!
 //! Any failure kills the process being built and reports the stage.
+//!
+//! Where things are: the tree's stages in `tree.rs` (the reason for each
+//! ordering constraint is written at its call), one process's stages in
+//! `rebuild.rs`, each kind of descriptor in `kinds/`, and one module per
+//! kind of process state (`attributes.rs`, `signals.rs`, `threads.rs`,
+//! `timers.rs`, `creds.rs`, `memory.rs`, `shared.rs`).
 #![forbid(unsafe_code)]
 
 mod attributes;
