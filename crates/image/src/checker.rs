@@ -3,8 +3,7 @@
 use std::path::Path;
 
 use crate::error::{ImageError, Result};
-use crate::limits::MAX_PATH_LEN;
-use crate::model::{FileId, PAGE_SIZE};
+use crate::limits::PAGE_SIZE;
 
 /// Checks fields of one file, naming the file in every error.
 pub(crate) struct Checker<'a> {
@@ -35,10 +34,6 @@ impl Checker<'_> {
         self.ensure(s.len() <= cap, || {
             format!("{field}: {} bytes long, cap {cap}", s.len())
         })
-    }
-
-    pub(crate) fn file_id(&self, field: &str, f: &FileId) -> Result<()> {
-        self.string(&format!("{field}.path"), &f.path, MAX_PATH_LEN)
     }
 }
 

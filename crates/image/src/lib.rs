@@ -12,7 +12,8 @@ mod checker;
 pub mod error;
 mod file_kind;
 pub mod format;
-mod kinds;
+pub mod hex_bytes;
+pub mod kinds;
 pub mod limits;
 pub mod model;
 pub mod progress;
@@ -26,6 +27,7 @@ pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
+pub use kinds::inotify::InotifyWatch;
 pub use model::*;
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};

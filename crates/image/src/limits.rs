@@ -1,6 +1,9 @@
 //! Caps on every count and length an image may declare: checked before
 //! anything is allocated or trusted (see docs/image-format.md).
 
+/// Page size the image format is defined for (x86-64).
+pub const PAGE_SIZE: u64 = 4096;
+
 /// First address above x86-64 user space (47-bit, minus the guard page).
 /// Only a `[vsyscall]` VMA may lie above it.
 pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;

@@ -7,7 +7,8 @@ use std::path::Path;
 use crate::checker::{aligned, Checker};
 use crate::error::Result;
 use crate::format::INVENTORY_FILE;
-use crate::model::{Inventory, ProcessImage, VmaKind, PAGE_SIZE};
+use crate::kinds::regular::file_id;
+use crate::model::{Inventory, ProcessImage, VmaKind};
 
 pub use crate::kinds::saved::{saved_span, validate_saved_refs};
 pub use crate::limits::*;
@@ -47,7 +48,7 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
     // Identity.
     c.ensure(img.pid > 0, || "pid: must be > 0".into())?;
     c.string("comm", &img.comm, MAX_COMM_LEN)?;
-    c.file_id("exe", &img.exe)?;
+    file_id(&c, "exe", &img.exe)?;
     c.string("cwd", &img.cwd, MAX_PATH_LEN)?;
     c.string("root", &img.root, MAX_PATH_LEN)?;
     c.ensure(img.umask <= 0o777, || {
@@ -218,7 +219,7 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
             c.string(&format!("{field}.advice[{j}]"), a, 32)?;
         }
         if let VmaKind::File { file } = &v.kind {
-            c.file_id(&format!("{field}.kind.file"), file)?;
+            file_id(c, &format!("{field}.kind.file"), file)?;
         }
         prev_end = v.end;
     }

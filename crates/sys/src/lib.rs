@@ -8,6 +8,7 @@ pub mod buf;
 pub mod clone;
 pub mod features;
 pub mod hook;
+pub mod inotify;
 pub mod mem;
 pub mod ptrace;
 pub mod remote;

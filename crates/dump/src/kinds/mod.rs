@@ -11,6 +11,7 @@
 //! | `TimerFd` | [`timerfd`] | link `anon_inode:[timerfd]` |
 //! | `SignalFd` | [`signalfd`] | link `anon_inode:[signalfd]` |
 //! | `Epoll` | [`epoll`] | link `anon_inode:[eventpoll]` |
+//! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
 //! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag |
 //! | `Path` | [`opath`] | O_PATH in fdinfo flags |
 //! | `Saved` | [`saved`] | a regular file whose link ends in " (deleted)" (memfds too) |
@@ -26,6 +27,7 @@ mod chardev;
 mod epoll;
 mod eventfd;
 mod fifo;
+mod inotify;
 mod opath;
 mod pipe;
 pub(crate) mod regular;
@@ -112,6 +114,7 @@ const KINDS: &[(&str, Identify)] = &[
     ("timerfd", timerfd::identify),
     ("signalfd", signalfd::identify),
     ("epoll", epoll::identify),
+    ("inotify", inotify::identify),
     ("unix socket", unix::identify),
     ("O_PATH", opath::identify),
     ("saved file", saved::identify),
@@ -201,6 +204,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::TimerFd { .. } => (9, 0, 0),
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
+        FdKind::Inotify { .. } => (11, 0, 0),
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `Saved` | [`saved`] | id set; `SavedFile` records, their page-file spans, references |
 //! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
+//! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
 //! Adding a kind: its variant in `FdKind`, a module here if it has rules,
@@ -21,9 +22,10 @@
 mod chardev;
 mod epoll;
 mod fifo;
+pub mod inotify;
 mod opath;
 mod pipe;
-mod regular;
+pub(crate) mod regular;
 pub(crate) mod saved;
 mod unix;
 
@@ -54,5 +56,6 @@ pub(crate) fn validate_fd(
         FdKind::Epoll { targets, .. } => epoll::validate(c, &field, img, f.fd, targets),
         FdKind::UnixSocket { sock_type, .. } => unix::validate(c, &field, *sock_type),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
+        FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
     }
 }

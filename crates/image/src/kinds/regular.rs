@@ -2,8 +2,14 @@
 
 use crate::checker::Checker;
 use crate::error::Result;
+use crate::limits::MAX_PATH_LEN;
 use crate::model::FileId;
 
 pub(super) fn validate(c: &Checker<'_>, field: &str, file: &FileId) -> Result<()> {
-    c.file_id(&format!("{field}.file"), file)
+    file_id(c, &format!("{field}.file"), file)
+}
+
+/// A file named by path (also the exe and mapped files): the path's length.
+pub(crate) fn file_id(c: &Checker<'_>, field: &str, f: &FileId) -> Result<()> {
+    c.string(&format!("{field}.path"), &f.path, MAX_PATH_LEN)
 }

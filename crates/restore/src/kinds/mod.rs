@@ -17,6 +17,7 @@
 //! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
 //! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
+//! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
 //!
 //! Adding a kind: a module here with its `open`, and one arm in
 //! [`open_one`]. The dump refuses any kind it cannot identify, so every
@@ -26,6 +27,7 @@ mod chardev;
 pub(crate) mod epoll;
 mod eventfd;
 mod fifo;
+mod inotify;
 mod opath;
 mod pipe;
 mod regular;
@@ -130,6 +132,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         } => timerfd::open(o, cx, *clock_id, *flags, *value_ns, *interval_ns, *ticks),
         FdKind::SignalFd { mask, flags } => signalfd::open(o, cx, *mask, *flags),
         FdKind::Epoll { .. } => epoll::open(o, cx),
+        FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
     }
 }
 

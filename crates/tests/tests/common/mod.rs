@@ -75,6 +75,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
+        "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
