@@ -21,23 +21,6 @@ fn ids(host: u32) -> Option<(u32, u32, u32)> {
     Some((*s.ns_pid.last()?, *s.ns_pgid.last()?, s.tgid))
 }
 
-/// The status flags collection recorded (fdinfo `flags:` without O_CLOEXEC).
-fn kind_flags(k: &FdKind) -> u32 {
-    match k {
-        FdKind::Regular { flags, .. }
-        | FdKind::CharDevice { flags, .. }
-        | FdKind::Pipe { flags, .. }
-        | FdKind::Saved { flags, .. }
-        | FdKind::Path { flags, .. }
-        | FdKind::Fifo { flags, .. }
-        | FdKind::UnixSocket { flags, .. }
-        | FdKind::EventFd { flags, .. }
-        | FdKind::TimerFd { flags, .. }
-        | FdKind::SignalFd { flags, .. }
-        | FdKind::Epoll { flags, .. } => *flags,
-    }
-}
-
 /// Records, once per open file description, every descriptor with an
 /// owner, a signal or O_ASYNC; refuses an owner outside the tree. Runs
 /// after `translate_to_pid_ns` (owners are saved in the image's PIDs).
@@ -68,7 +51,7 @@ pub(crate) fn collect(procs: &mut [Collected]) -> Result<()> {
             let dup = util::pidfd_getfd(pfd, Pid(pid as i32), e.fd).at(pid, Stage::Collect)?;
             let (otype, opid) = fdowner::get_owner_ex(dup.as_fd()).at(pid, Stage::Collect)?;
             let signal = fdowner::get_sig(dup.as_fd()).at(pid, Stage::Collect)?;
-            let flags = kind_flags(&e.kind);
+            let flags = e.kind.flags();
             let o_async = flags & libc::O_ASYNC as u32 != 0;
             if opid <= 0 && signal == 0 && !o_async {
                 continue;

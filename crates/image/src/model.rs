@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Page size the image format is defined for (x86-64).
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::hex_bytes;
+
+pub use crate::limits::PAGE_SIZE;
 
 /// `inventory.img`: the root of an image. It is written last, so a directory
 /// without it is not an image.
@@ -432,6 +433,32 @@ pub enum FdKind {
         flags: u32,
         targets: Vec<EpollTarget>,
     },
+    /// An inotify instance and its watches (crates/image/src/kinds/inotify.rs).
+    Inotify {
+        flags: u32,
+        watches: Vec<crate::kinds::inotify::InotifyWatch>,
+    },
+}
+
+impl FdKind {
+    /// The open file status flags the descriptor had (fdinfo `flags:`
+    /// without O_CLOEXEC). Every kind records them.
+    pub fn flags(&self) -> u32 {
+        match self {
+            FdKind::Regular { flags, .. }
+            | FdKind::CharDevice { flags, .. }
+            | FdKind::Pipe { flags, .. }
+            | FdKind::Saved { flags, .. }
+            | FdKind::Path { flags, .. }
+            | FdKind::Fifo { flags, .. }
+            | FdKind::UnixSocket { flags, .. }
+            | FdKind::EventFd { flags, .. }
+            | FdKind::TimerFd { flags, .. }
+            | FdKind::SignalFd { flags, .. }
+            | FdKind::Epoll { flags, .. }
+            | FdKind::Inotify { flags, .. } => *flags,
+        }
+    }
 }
 
 /// One registration of an epoll instance.
@@ -535,40 +562,4 @@ pub struct PageRun {
     pub addr: u64,
     pub nr_pages: u64,
     pub offset: u64,
-}
-
-/// Serialise byte blobs as lowercase hex strings: readable in `show`, stable.
-pub mod hex_bytes {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(bytes.len() * 2);
-        for b in bytes {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        s.serialize_str(&out)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        // Owned, not borrowed: works with every deserializer (from_reader,
-        // from_value) and with escaped strings.
-        let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 {
-            return Err(D::Error::custom("hex string of odd length"));
-        }
-        let digit = |c: u8| -> Result<u8, D::Error> {
-            match c {
-                b'0'..=b'9' => Ok(c - b'0'),
-                b'a'..=b'f' => Ok(c - b'a' + 10),
-                b'A'..=b'F' => Ok(c - b'A' + 10),
-                _ => Err(D::Error::custom("invalid hex digit")),
-            }
-        };
-        s.as_bytes()
-            .chunks_exact(2)
-            .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
-            .collect()
-    }
 }

@@ -25,15 +25,31 @@
 //!    syscall-restart fix-up), then the process is detached and runs.
 //!
 //! Any failure kills the process being built and reports the stage.
+//!
+//! Where things are: the tree's stages in `tree.rs` (the reason for each
+//! ordering constraint is written at its call), one process's stages in
+//! `rebuild.rs`, each kind of descriptor in `kinds/`, and one module per
+//! kind of process state (`attributes.rs`, `signals.rs`, `threads.rs`,
+//! `timers.rs`, `creds.rs`, `memory.rs`, `shared.rs`).
 #![forbid(unsafe_code)]
 
 mod affinity;
+mod attributes;
+mod creds;
 mod creds_check;
 mod fdowner;
+mod guard;
+mod kinds;
 mod locks;
 mod memory;
+mod pids;
 mod procattrs;
-mod process;
+mod rebuild;
+mod shared;
+mod signals;
+mod threads;
+mod timers;
+mod tree;
 mod xstate;
 
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
@@ -310,7 +326,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .map(|r| dir.pages_path(r))
         .collect();
     let calls0 = stasis_sys::remote::remote_syscalls();
-    let (pid, wait_pid) = process::restore_tree(
+    let (pid, wait_pid) = tree::restore_tree(
         &image.processes,
         &pages,
         &image.inventory.zombies,

@@ -38,6 +38,7 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::TimerFd { .. } => "anon_inode:[timerfd]".into(),
             FdKind::SignalFd { .. } => "anon_inode:[signalfd]".into(),
             FdKind::Epoll { .. } => "anon_inode:[eventpoll]".into(),
+            FdKind::Inotify { .. } => "anon_inode:inotify".into(),
         })
         .unwrap_or_else(|| "?".into())
 }

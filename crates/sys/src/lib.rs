@@ -9,6 +9,7 @@ pub mod clone;
 pub mod fdowner;
 pub mod features;
 pub mod hook;
+pub mod inotify;
 pub mod mem;
 pub mod ptrace;
 pub mod remote;

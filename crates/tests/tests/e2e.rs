@@ -90,6 +90,12 @@ selfcheck!(
     []
 );
 selfcheck!(
+    selfcheck_inotify,
+    negative_inotify,
+    Program::Bin("tp_inotify"),
+    []
+);
+selfcheck!(
     selfcheck_shared,
     negative_shared,
     Program::Bin("tp_shared"),
@@ -581,9 +587,21 @@ fn sparse_image_is_small() {
 /// A process with an unsupported resource: dump fails, naming the PID and
 /// the resource, leaves no image, and the process runs on unharmed.
 fn refuse(what: &str, words: &[&str]) {
-    let work = Work::new(&format!("refuse_unsupported_{what}"));
+    let name = format!("refuse_unsupported_{what}");
+    refuse_in(
+        &name,
+        what,
+        Program::Bin("tp_unsupported"),
+        &["--with", what],
+        words,
+    );
+}
+
+/// As [`refuse`], for `program` run with `args`.
+fn refuse_in(name: &str, what: &str, program: Program, args: &[&str], words: &[&str]) {
+    let work = Work::new(name);
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_unsupported"), &["--with", what]);
+    let mut p = start(&work, program, args);
     step(
         &work,
         "waiting for ready",
@@ -697,6 +715,24 @@ fn cr_unsupported_socket_now_supported() {
 #[test]
 fn cr_epoll_eventfd() {
     cr("cr_epoll", Program::Bin("tp_epoll"), &[]);
+}
+
+#[test]
+fn cr_inotify() {
+    cr("cr_inotify", Program::Bin("tp_inotify"), &[]);
+}
+
+/// An inotify instance with events waiting is refused by name (they
+/// cannot be saved), and the events are still there afterwards.
+#[test]
+fn refuse_inotify_with_queued_events() {
+    refuse_in(
+        "refuse_inotify_queued",
+        "inotify instance with unread events",
+        Program::Bin("tp_inotify"),
+        &["--queued"],
+        &["inotify", "unread events"],
+    );
 }
 
 #[test]

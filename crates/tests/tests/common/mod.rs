@@ -84,6 +84,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
         "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
+        "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
