@@ -424,6 +424,14 @@ pub enum FdKind {
         value_ns: u64,
         interval_ns: u64,
         ticks: u64,
+        /// timerfd_settime flags: TFD_TIMER_ABSTIME (1),
+        /// TFD_TIMER_CANCEL_ON_SET (2).
+        #[serde(default)]
+        settime_flags: u32,
+        /// With TFD_TIMER_ABSTIME: the absolute expiry on `clock_id`, in ns
+        /// (the timer fires then, however long the process was dumped).
+        #[serde(default)]
+        expires_ns: u64,
     },
     /// A signalfd and its signal mask.
     SignalFd { mask: u64, flags: u32 },
