@@ -1,14 +1,17 @@
-//! Collecting a frozen process's state from /proc, ptrace and remote syscalls.
+//! Collecting a frozen process's state from /proc, ptrace and remote
+//! syscalls. The kinds of state have their own modules (kinds/ for
+//! descriptors, memory.rs, threads.rs, signals.rs, timers.rs, pidns.rs);
+//! this gathers them into one `ProcessImage`.
 
 use crate::freeze::Frozen;
-use crate::{files, memory, At, DumpError, Result, Stage};
+use crate::threads::{collect_thread, query_thread};
+use crate::{checks, kinds, memory, signals, timers, At, DumpError, Result, Stage};
 use stasis_image::{
-    Creds, FileId, ITimer, MmState, PendingSignal, PosixTimer, ProcessImage, Rlimit, Rseq, Sched,
-    SigAction, SigAltStack, ThreadState, UserRegs,
+    Creds, MmState, ProcAttrs, ProcessImage, Rlimit, Sched, SigAction, ThreadState,
 };
-use stasis_sys::ptrace::{self, Regs};
+use stasis_proc::{SmapsEntry, Status};
 use stasis_sys::remote::{le_u32, le_u64, RemoteThread};
-use stasis_sys::{util, xsave, Pid};
+use stasis_sys::{ptrace, util, xsave};
 
 /// Everything collected before pages are written.
 pub(crate) struct Collected {
@@ -19,77 +22,8 @@ pub(crate) struct Collected {
     pub host_pid: u32,
 }
 
-pub(crate) fn regs_to_image(r: &Regs) -> UserRegs {
-    UserRegs {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    }
-}
-
-/// FileId of whatever `path` (e.g. /proc/PID/map_files/..., /proc/PID/exe) resolves to.
-pub(crate) fn file_id(
-    pid: u32,
-    stage: Stage,
-    display_path: &str,
-    stat_path: &str,
-) -> Result<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(stat_path).map_err(|source| DumpError::Io {
-        pid,
-        stage,
-        what: format!("stat {display_path}"),
-        source,
-    })?;
-    Ok(FileId {
-        path: display_path.to_string(),
-        size: md.size(),
-        mtime_sec: md.mtime(),
-        mtime_nsec: md.mtime_nsec(),
-        dev: md.dev(),
-        ino: md.ino(),
-        mode: md.mode(),
-    })
-}
-
-pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected> {
-    let p = frozen.pid;
-    let pid = p.0 as u32;
-
-    // ---- check: what we cannot save yet, before anything is written ----
-    if let Some(what) = crate::memkinds::refuse_tasks(pid, &frozen.tids) {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what,
-        });
-    }
-    let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
-    let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
+/// What cannot be saved yet, refused before anything is written.
+fn check(pid: u32, status: &Status) -> Result<()> {
     if status.seccomp != 0 {
         return Err(DumpError::Unsupported {
             pid,
@@ -127,15 +61,33 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
             ),
         });
     }
-    let fds = files::collect_fds(pid, shell_job)?;
+    Ok(())
+}
+
+pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected> {
+    let p = frozen.pid;
+    let pid = p.0 as u32;
+
+    // ---- check: what we cannot save yet, before anything is written ----
+    if let Some(what) = crate::memkinds::refuse_tasks(pid, &frozen.tids) {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what,
+        });
+    }
+    let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
+    let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
+    check(pid, &status)?;
+    let fds = kinds::collect_fds(pid, shell_job)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
 
     // ---- collect: /proc and ptrace ----
     let tid = p;
-    let shared_pending = pending_signals(pid, tid, true)?;
+    let shared_pending = signals::pending_signals(pid, tid, true)?;
     let exe_link = stasis_proc::read_link(pid, "exe").at(pid, Stage::Collect)?;
-    let exe = file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
+    let exe = kinds::regular::file_id(pid, Stage::Collect, &exe_link, &format!("/proc/{pid}/exe"))?;
     let cwd = stasis_proc::read_link(pid, "cwd").at(pid, Stage::Collect)?;
     let root = stasis_proc::read_link(pid, "root").at(pid, Stage::Collect)?;
     let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
@@ -155,36 +107,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         .unwrap_or(stat.comm.clone());
 
     // ---- query: remote syscalls, self-healing, one thread at a time ----
-    let writable: Vec<(u64, u64)> = smaps
-        .iter()
-        .filter(|s| s.map.write)
-        .map(|s| (s.map.start, s.map.end))
-        .collect();
-    let vdso = crate::stub_site::find(pid, &smaps);
-    let mut threads = Vec::with_capacity(frozen.tids.len());
-    let mut q = None;
-    let mut timers = (Vec::new(), Vec::new());
-    for tid in frozen.tids.clone() {
-        let mut t = collect_thread(pid, tid)?;
-        let remote = RemoteThread::healing(tid, vdso, &writable, &t.xsave).at(pid, Stage::Query)?;
-        frozen.set_remote(remote);
-        let r = frozen.remote().ok_or(DumpError::Unsupported {
-            pid,
-            stage: Stage::Query,
-            what: "remote".into(),
-        })?;
-        let (altstack, clear_child_tid) = query_thread(r, pid)?;
-        t.sigaltstack = altstack;
-        t.clear_child_tid = clear_child_tid;
-        if tid == p {
-            let dynamic = xsave::dynamic(xsave::features(&t.xsave));
-            q = Some(query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?);
-            timers = query_timers(r, pid)?;
-        }
-        frozen.finish_remote().at(pid, Stage::Query)?;
-        threads.push(t);
-    }
-    let q = q.ok_or(DumpError::NoProcess { pid })?;
+    let (threads, q, timers, attrs) = query_threads(frozen, pid, &status, &smaps)?;
 
     let mm = MmState {
         start_code: stat.start_code,
@@ -245,12 +168,79 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         files: fds,
         mm,
         saved_files: Vec::new(),
+        file_locks: Vec::new(),
+        fd_owners: Vec::new(),
+        proc_attrs: Some(attrs),
     };
     Ok(Collected {
         image,
         page_plan,
         host_pid: pid,
     })
+}
+
+/// Queries every thread by self-healing remote syscalls, one at a time;
+/// the leader also answers for the process. Returns the threads, the
+/// process's answers, its timers and its settings.
+fn query_threads(
+    frozen: &mut Frozen,
+    pid: u32,
+    status: &Status,
+    smaps: &[SmapsEntry],
+) -> Result<(Vec<ThreadState>, Queried, timers::Timers, ProcAttrs)> {
+    let p = frozen.pid;
+    let writable: Vec<(u64, u64)> = smaps
+        .iter()
+        .filter(|s| s.map.write && !s.map.shared)
+        .map(|s| (s.map.start, s.map.end))
+        .collect();
+    let vdso = crate::stub_site::find(pid, smaps);
+    // The healing area is shared by the threads: none may still be in it.
+    for &tid in &frozen.tids {
+        let rip = ptrace::get_regs(tid).at(pid, Stage::Query)?.rip;
+        if stasis_sys::remote::in_heal_area(vdso, rip) {
+            return Err(DumpError::Sys {
+                pid,
+                stage: Stage::Query,
+                source: stasis_sys::SysError::other(
+                    "prepare remote syscalls",
+                    Some(tid),
+                    "the thread is still running the healing stub of a stasis that was killed; \
+                     try again once it has left it",
+                ),
+            });
+        }
+    }
+    let mut threads = Vec::with_capacity(frozen.tids.len());
+    let mut q = None;
+    let mut timers = (Vec::new(), Vec::new());
+    let mut attrs = crate::procattrs::Collector::new(pid, smaps);
+    for tid in frozen.tids.clone() {
+        let mut t = collect_thread(pid, tid)?;
+        let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
+        frozen.set_remote(remote);
+        let r = frozen.remote().ok_or(DumpError::Unsupported {
+            pid,
+            stage: Stage::Query,
+            what: "remote".into(),
+        })?;
+        let (altstack, clear_child_tid) = query_thread(r, pid)?;
+        checks::query_thread(r, pid)?;
+        t.sigaltstack = altstack;
+        t.clear_child_tid = clear_child_tid;
+        attrs.thread(r, tid)?;
+        if tid == p {
+            let dynamic = xsave::dynamic(xsave::features(&t.xsave));
+            q = Some(query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?);
+            checks::query_process(r, pid)?;
+            timers = timers::query_timers(r, pid)?;
+            attrs.process(r)?;
+        }
+        frozen.finish_remote().at(pid, Stage::Query)?;
+        threads.push(t);
+    }
+    let q = q.ok_or(DumpError::NoProcess { pid })?;
+    Ok((threads, q, timers, attrs.finish()?))
 }
 
 /// arch_prctl: the XSAVE components the process may use.
@@ -267,8 +257,8 @@ struct Queried {
 }
 
 /// State only the process itself can report, through remote syscalls.
-/// Every call is a pure query writing into scratch memory below the
-/// thread's healing frame.
+/// Every call is a pure query writing into the healing scratch area
+/// (64 bytes, put back afterwards).
 ///
 /// `dynamic` lists the XSAVE components this CPU enables on first use (AMX
 /// tile data): when there are any, the process's permission for them is
@@ -277,30 +267,7 @@ struct Queried {
 fn query(r: &mut RemoteThread, pid: u32, handled: u64, dynamic: u64) -> Result<Queried> {
     let st = Stage::Query;
     let (scratch, _) = r.scratch();
-    let mut sigactions = Vec::new();
-    for signo in 1..=64u32 {
-        if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
-            continue;
-        }
-        if handled & (1u64 << (signo - 1)) == 0 {
-            continue; // SIG_DFL
-        }
-        r.call(
-            libc::SYS_rt_sigaction,
-            &[u64::from(signo), 0, scratch, 8],
-            "rt_sigaction",
-        )
-        .at(pid, st)?;
-        let b = r.read_scratch(0, 32).at(pid, st)?;
-        sigactions.push(SigAction {
-            signo,
-            handler: le_u64(&b, 0),
-            flags: le_u64(&b, 8),
-            restorer: le_u64(&b, 16),
-            mask: le_u64(&b, 24),
-        });
-    }
-
+    let sigactions = crate::signals::query_sigactions(r, pid, handled)?;
     r.call(
         libc::SYS_prctl,
         &[libc::PR_GET_PDEATHSIG as u64, scratch],
@@ -341,216 +308,4 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64, dynamic: u64) -> Result<Q
         securebits,
         brk,
     })
-}
-
-fn pending_signals(pid: u32, tid: Pid, shared: bool) -> Result<Vec<PendingSignal>> {
-    Ok(ptrace::peek_siginfo(tid, shared)
-        .at(pid, Stage::Collect)?
-        .into_iter()
-        .map(|info| PendingSignal {
-            signo: le_u32(&info, 0),
-            info: info.to_vec(),
-        })
-        .collect())
-}
-
-/// Per-thread state visible through ptrace and /proc.
-fn collect_thread(pid: u32, tid: Pid) -> Result<ThreadState> {
-    let st = Stage::Collect;
-    let regs = ptrace::get_regs(tid).at(pid, st)?;
-    let xsave = ptrace::get_xstate(tid).at(pid, st)?;
-    let sigmask = ptrace::get_sigmask(tid).at(pid, st)?;
-    let pending = pending_signals(pid, tid, false)?;
-    let rseq = ptrace::get_rseq(tid)
-        .at(pid, st)?
-        .map(|(addr, len, signature)| Rseq {
-            addr,
-            len,
-            signature,
-        });
-    let (robust_list_head, robust_list_len) = util::get_robust_list(tid).at(pid, st)?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_string())
-        .unwrap_or_default();
-    Ok(ThreadState {
-        tid: tid.0 as u32,
-        comm,
-        regs: regs_to_image(&regs),
-        xsave,
-        sigmask,
-        sigaltstack: SigAltStack::default(),
-        clear_child_tid: 0,
-        rseq,
-        pending,
-        robust_list_head,
-        robust_list_len,
-    })
-}
-
-/// Per-thread state only the thread can tell: (sigaltstack, clear_child_tid).
-fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<(SigAltStack, u64)> {
-    let st = Stage::Query;
-    let (scratch, _) = r.scratch();
-    r.call(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")
-        .at(pid, st)?;
-    let b = r.read_scratch(0, 24).at(pid, st)?;
-    let altstack = SigAltStack {
-        sp: le_u64(&b, 0),
-        flags: le_u32(&b, 8),
-        size: le_u64(&b, 16),
-    };
-    r.call(
-        libc::SYS_prctl,
-        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
-        "prctl(PR_GET_TID_ADDRESS)",
-    )
-    .at(pid, st)?;
-    let clear_child_tid = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
-    Ok((altstack, clear_child_tid))
-}
-
-/// The innermost PID of a task, from /proc/PID/task/TID/status NSpid.
-fn inner_id(host: u32, tid: u32, stage: Stage) -> Result<(u32, stasis_proc::Status)> {
-    let text = stasis_proc::read(host, &format!("task/{tid}/status")).at(host, stage)?;
-    let st = stasis_proc::parse_status(&text).map_err(|e| DumpError::Unsupported {
-        pid: host,
-        stage,
-        what: format!("status of task {tid}: {e}"),
-    })?;
-    let inner = st.ns_pid.last().copied().unwrap_or(tid);
-    Ok((inner, st))
-}
-
-/// A tree whose root is the init of its own PID namespace is saved with
-/// the namespace's PIDs (a restore recreates the namespace, so the host
-/// PIDs are free to differ): rewrites pid, ppid, pgid, sid and tids.
-/// Returns whether the tree is such a namespace.
-pub(crate) fn translate_to_pid_ns(
-    procs: &mut [Collected],
-    zombies: &mut [crate::freeze::ZombieInfo],
-) -> Result<bool> {
-    let Some(root) = procs.first() else {
-        return Ok(false);
-    };
-    let root_host = root.host_pid;
-    let (root_inner, root_status) = inner_id(root_host, root_host, Stage::Check)?;
-    if root_status.ns_pid.len() < 2 {
-        return Ok(false);
-    }
-    if root_inner != 1 {
-        return Err(DumpError::Unsupported {
-            pid: root_host,
-            stage: Stage::Check,
-            what: format!(
-                "a process inside a PID namespace (PID {root_inner} there) that is not its init; dump the namespace's init"
-            ),
-        });
-    }
-    let mut map = std::collections::HashMap::new();
-    for c in procs.iter() {
-        let (inner, st) = inner_id(c.host_pid, c.host_pid, Stage::Check)?;
-        if st.ns_pid.len() != root_status.ns_pid.len() {
-            return Err(DumpError::Unsupported {
-                pid: c.host_pid,
-                stage: Stage::Check,
-                what: "a process in a nested PID namespace".into(),
-            });
-        }
-        map.insert(c.host_pid, inner);
-    }
-    for z in zombies.iter() {
-        let (inner, _) = inner_id(z.pid, z.pid, Stage::Check)?;
-        map.insert(z.pid, inner);
-    }
-    for c in procs.iter_mut() {
-        let host = c.host_pid;
-        let (_, st) = inner_id(host, host, Stage::Check)?;
-        let img = &mut c.image;
-        img.pid = map[&host];
-        img.ppid = map.get(&img.ppid).copied().unwrap_or(0);
-        img.pgid = st.ns_pgid.last().copied().unwrap_or(0);
-        img.sid = st.ns_sid.last().copied().unwrap_or(0);
-        for v in &mut img.mm.vmas {
-            if v.cow_owner != 0 {
-                v.cow_owner = map.get(&v.cow_owner).copied().unwrap_or(0);
-            }
-        }
-        for t in &mut img.posix_timers {
-            if t.notify_tid != 0 {
-                t.notify_tid = inner_id(host, t.notify_tid, Stage::Check)?.0;
-            }
-        }
-        for t in &mut img.threads {
-            t.tid = inner_id(host, t.tid, Stage::Check)?.0;
-        }
-    }
-    for z in zombies.iter_mut() {
-        let (inner, st) = inner_id(z.pid, z.pid, Stage::Check)?;
-        z.ppid = map.get(&z.ppid).copied().unwrap_or(0);
-        z.pgid = st.ns_pgid.last().copied().unwrap_or(0);
-        z.sid = st.ns_sid.last().copied().unwrap_or(0);
-        z.pid = inner;
-    }
-    Ok(true)
-}
-
-/// Interval timers and POSIX timers, read by the process itself
-/// (getitimer, timer_gettime: queries only).
-fn query_timers(r: &mut RemoteThread, pid: u32) -> Result<(Vec<ITimer>, Vec<PosixTimer>)> {
-    let st = Stage::Query;
-    let (scratch, _) = r.scratch();
-    let mut itimers = Vec::new();
-    for which in 0..3u32 {
-        r.call(
-            libc::SYS_getitimer,
-            &[u64::from(which), scratch],
-            "getitimer",
-        )
-        .at(pid, st)?;
-        let b = r.read_scratch(0, 32).at(pid, st)?;
-        let us = |off: usize| le_u64(&b, off) * 1_000_000 + le_u64(&b, off + 8);
-        let (interval_us, value_us) = (us(0), us(16));
-        if interval_us != 0 || value_us != 0 {
-            itimers.push(ITimer {
-                which,
-                interval_us,
-                value_us,
-            });
-        }
-    }
-    let mut timers = Vec::new();
-    let list = match stasis_proc::read_timers(pid) {
-        Ok(l) => l,
-        Err(_) => return Ok((itimers, timers)), // no CONFIG_CHECKPOINT_RESTORE: no timers file
-    };
-    for t in list {
-        r.call(
-            libc::SYS_timer_gettime,
-            &[t.id as u64, scratch],
-            &format!("timer_gettime({})", t.id),
-        )
-        .at(pid, st)?;
-        let b = r.read_scratch(0, 32).at(pid, st)?;
-        let ns = |off: usize| le_u64(&b, off) * 1_000_000_000 + le_u64(&b, off + 8);
-        let overrun = r
-            .syscall(libc::SYS_timer_getoverrun, &[t.id as u64])
-            .at(pid, st)?;
-        let base = match t.notify.as_str() {
-            "none" => 1,
-            "thread" => 2,
-            _ => 0,
-        };
-        timers.push(PosixTimer {
-            id: t.id,
-            clock_id: t.clock_id,
-            notify: base | if t.notify_tid.is_some() { 4 } else { 0 },
-            signo: t.signal.max(0) as u32,
-            sigev_value: t.sigev_value,
-            notify_tid: t.notify_tid.unwrap_or(0),
-            interval_ns: ns(0),
-            value_ns: ns(16),
-            overrun: overrun.max(0) as i32,
-        });
-    }
-    Ok((itimers, timers))
 }

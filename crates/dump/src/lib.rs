@@ -7,7 +7,12 @@
 //! 2. **check**: refuse what cannot be saved yet (threads, children,
 //!    sockets, pipes, ...), naming the process and the resource, before
 //!    anything is written.
-//! 3. **collect**: /proc and ptrace state (maps, registers, XSAVE, fds, creds, ...).
+//! 3. **collect**: /proc and ptrace state (maps, registers, XSAVE, fds, creds, ...);
+//!    then **link**: what spans processes (shared descriptions, pipes,
+//!    socket pairs, saved files, FIFOs, copy-on-write pages, PID namespace).
+//!    Each kind of descriptor is a module of `kinds/`; each kind of process
+//!    state has its own module (`threads.rs`, `signals.rs`, `timers.rs`,
+//!    `pidns.rs`, `memory.rs`, `cow.rs`).
 //! 4. **query**: state only the process can tell (sigactions, tid address,
 //!    pdeath signal, ...) by self-healing remote syscalls.
 //! 5. **memory**: page contents straight to the raw page file.
@@ -16,13 +21,22 @@
 //!    `leave_running`.
 #![forbid(unsafe_code)]
 
+mod affinity;
+mod checks;
 mod collect;
 mod cow;
-mod files;
+mod fdowner;
 pub mod freeze;
+mod kinds;
+mod locks;
 mod memkinds;
 mod memory;
+mod pidns;
+mod procattrs;
+mod signals;
 mod stub_site;
+mod threads;
+mod timers;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;
@@ -41,6 +55,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Allow a controlling terminal and tty descriptors (criu's `--shell-job`).
     pub shell_job: bool,
+    /// Save file locks and leases (criu's `--file-locks`); without it a
+    /// process holding one is refused.
+    pub file_locks: bool,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
     /// Largest memfd or deleted file whose contents go into the image
@@ -255,26 +272,23 @@ fn dump_frozen(
     let root = opts.pid;
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
+    checks::check_tree(frozen)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);
     }
-    {
-        let mut all: Vec<(u32, &mut Vec<stasis_image::FdEntry>)> = collected
-            .iter_mut()
-            .map(|c| (c.image.pid, &mut c.image.files))
-            .collect();
-        files::link_shared(&mut all)?;
-    }
-    files::link_objects(
+    kinds::link_tree(
         &mut collected
             .iter_mut()
             .map(|c| &mut c.image)
             .collect::<Vec<_>>(),
         opts.ghost_limit,
     )?;
+    // After the open file descriptions are linked: a flock belongs to one.
+    locks::collect(&mut collected, opts.file_locks)?;
     cow::find_shared(&mut collected)?;
-    let pid_ns = collect::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
+    let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
+    fdowner::collect(&mut collected)?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 
@@ -292,7 +306,7 @@ fn dump_frozen(
             &state.page_plan,
             &mut pages,
         )?;
-        files::write_saved(&mut state.image, state.host_pid, &mut pages)?;
+        kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
         page_bytes += pages.offset();
         let pages_file = pages.finish().at(pid, Stage::Memory)?;
         fault_point(pid, Stage::Memory)?;

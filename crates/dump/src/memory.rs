@@ -1,7 +1,7 @@
 //! Memory: which mappings exist, which of their pages must be saved, and
 //! streaming those pages into the page file.
 
-use crate::collect::file_id;
+use crate::kinds::regular::file_id;
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::progress::Progress;
 use stasis_image::{MmState, PageRun, PagesWriter, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
@@ -19,15 +19,6 @@ pub(crate) struct PagePlan {
     pub runs: Vec<(u64, u64, bool)>,
 }
 
-const ADVICE_FLAGS: [(&str, &str); 6] = [
-    ("dd", "dontdump"),
-    ("dc", "dontfork"),
-    ("hg", "hugepage"),
-    ("nh", "nohugepage"),
-    ("wf", "wipeonfork"),
-    ("mg", "mergeable"),
-];
-
 /// Classifies every mapping and finds the pages worth saving.
 pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan)> {
     let st = Stage::Collect;
@@ -36,95 +27,12 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
     let mut runs = Vec::new();
     for s in smaps {
         let m = &s.map;
-        let unsupported = |what: String| DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what,
-        };
-        if let Some(why) = crate::memkinds::refuse_mapping(s) {
-            return Err(unsupported(why));
-        }
-        let range = format!("{:#x}-{:#x}", m.start, m.end);
-        let huge_page_size = crate::memkinds::huge_page_size(s).unwrap_or(0);
-        let kind = match m.path.as_deref() {
-            _ if crate::memkinds::anon_hugetlb(s).is_some() => VmaKind::Anon,
-            Some("[vdso]") => VmaKind::Vdso,
-            Some("[vvar]") => VmaKind::Vvar,
-            Some("[vvar_vclock]") => VmaKind::VvarVclock,
-            Some("[vsyscall]") => VmaKind::Vsyscall,
-            Some("[heap]") => VmaKind::Heap,
-            None | Some("[stack]") => VmaKind::Anon,
-            Some(p) if p.starts_with("[anon:") => VmaKind::Anon,
-            Some("/dev/zero (deleted)") if m.shared && m.inode != 0 => VmaKind::Anon,
-            Some(p) if p.starts_with("[anon_shmem:") && m.shared => VmaKind::Anon,
-            Some(p) if p.starts_with("/SYSV") && m.is_deleted() => {
-                return Err(unsupported(format!(
-                    "mapping {range} ({p}): SysV shared memory is not supported yet"
-                )))
-            }
-            Some(p) if p.starts_with('/') && m.is_deleted() => {
-                // A memfd or a file deleted while mapped: its contents go
-                // into the image (`files::link_objects` assigns the id).
-                let file = file_id(
-                    pid,
-                    st,
-                    p,
-                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
-                )?;
-                if file.mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(unsupported(format!(
-                        "mapping {range} of {p}: not a regular file"
-                    )));
-                }
-                VmaKind::Saved { id: 0 }
-            }
-            Some(p) if p.starts_with('/') => {
-                let file = file_id(
-                    pid,
-                    st,
-                    p,
-                    &format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
-                )?;
-                if file.mode & libc::S_IFMT != libc::S_IFREG {
-                    return Err(unsupported(format!(
-                        "mapping {range} of {p}: not a regular file"
-                    )));
-                }
-                VmaKind::File { file }
-            }
-            Some(p) => {
-                return Err(unsupported(format!(
-                    "mapping {range} ({p}) is not supported yet"
-                )))
-            }
-        };
+        let kind = vma_kind(pid, s)?;
         let prot = (if m.read { libc::PROT_READ } else { 0 })
             | (if m.write { libc::PROT_WRITE } else { 0 })
             | (if m.exec { libc::PROT_EXEC } else { 0 });
         let is_file = matches!(kind, VmaKind::File { .. } | VmaKind::Saved { .. });
-        let q = match (&kind, m.shared) {
-            (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => None,
-            // Shared file mappings live in the file itself.
-            (VmaKind::File { .. } | VmaKind::Saved { .. }, true) => None,
-            // Private file mappings: only pages copied on write (anonymous).
-            (VmaKind::File { .. } | VmaKind::Saved { .. }, false) => Some(Query {
-                inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
-                mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
-                anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            }),
-            // Shared anonymous pages are shmem ("file") pages: take all present.
-            (_, true) => Some(Query {
-                inverted: 0,
-                mask: 0,
-                anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            }),
-            // Private anonymous: present or swapped, but not the shared zero page.
-            (_, false) => Some(Query {
-                inverted: PAGE_IS_PFNZERO,
-                mask: PAGE_IS_PFNZERO,
-                anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            }),
-        };
+        let q = page_query(&kind, m.shared);
         if let Some(q) = q {
             let mut found = Vec::new();
             pm.scan(m.start, m.end, q, &mut found).at(pid, st)?;
@@ -145,15 +53,97 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             noreserve: s.has_flag("nr"),
             shmem: if m.shared && !is_file { m.inode } else { 0 },
             cow_owner: 0,
-            advice: ADVICE_FLAGS
-                .iter()
-                .filter(|(f, _)| s.has_flag(f))
-                .map(|(_, name)| (*name).to_string())
-                .collect(),
-            huge_page_size,
+            advice: crate::procattrs::vma_advice(pid, s)?,
+            huge_page_size: crate::memkinds::huge_page_size(s).unwrap_or(0),
         });
     }
     Ok((vmas, PagePlan { runs }))
+}
+
+/// What a mapping is (from its smaps entry), or its refusal by name.
+fn vma_kind(pid: u32, s: &SmapsEntry) -> Result<VmaKind> {
+    let st = Stage::Collect;
+    let m = &s.map;
+    let unsupported = |what: String| DumpError::Unsupported {
+        pid,
+        stage: Stage::Check,
+        what,
+    };
+    if let Some(why) = crate::memkinds::refuse_mapping(s) {
+        return Err(unsupported(why));
+    }
+    let range = format!("{:#x}-{:#x}", m.start, m.end);
+    let map_file = || {
+        let at = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let file = file_id(pid, st, m.path.as_deref().unwrap_or_default(), &at)?;
+        if file.mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(unsupported(format!(
+                "mapping {range} of {}: not a regular file",
+                m.path.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(file)
+    };
+    Ok(match m.path.as_deref() {
+        _ if crate::memkinds::anon_hugetlb(s).is_some() => VmaKind::Anon,
+        Some("[vdso]") => VmaKind::Vdso,
+        Some("[vvar]") => VmaKind::Vvar,
+        Some("[vvar_vclock]") => VmaKind::VvarVclock,
+        Some("[vsyscall]") => VmaKind::Vsyscall,
+        Some("[heap]") => VmaKind::Heap,
+        None | Some("[stack]") => VmaKind::Anon,
+        Some(p) if p.starts_with("[anon:") => VmaKind::Anon,
+        Some("/dev/zero (deleted)") if m.shared && m.inode != 0 => VmaKind::Anon,
+        Some(p) if p.starts_with("[anon_shmem:") && m.shared => VmaKind::Anon,
+        Some(p) if p.starts_with("/SYSV") && m.is_deleted() => {
+            return Err(unsupported(format!(
+                "mapping {range} ({p}): SysV shared memory is not supported yet"
+            )))
+        }
+        Some(p) if p.starts_with('/') && m.is_deleted() => {
+            // A memfd or a file deleted while mapped: its contents go
+            // into the image (`kinds::saved::link` assigns the id).
+            map_file()?;
+            VmaKind::Saved { id: 0 }
+        }
+        Some(p) if p.starts_with('/') => {
+            let file = map_file()?;
+            VmaKind::File { file }
+        }
+        Some(p) => {
+            return Err(unsupported(format!(
+                "mapping {range} ({p}) is not supported yet"
+            )))
+        }
+    })
+}
+
+/// Which pages of a mapping of this kind the page file holds (a
+/// PAGEMAP_SCAN query), or None for none.
+fn page_query(kind: &VmaKind, shared: bool) -> Option<Query> {
+    match (kind, shared) {
+        (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => None,
+        // Shared file mappings live in the file itself.
+        (VmaKind::File { .. } | VmaKind::Saved { .. }, true) => None,
+        // Private file mappings: only pages copied on write (anonymous).
+        (VmaKind::File { .. } | VmaKind::Saved { .. }, false) => Some(Query {
+            inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        }),
+        // Shared anonymous pages are shmem ("file") pages: take all present.
+        (_, true) => Some(Query {
+            inverted: 0,
+            mask: 0,
+            anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        }),
+        // Private anonymous: present or swapped, but not the shared zero page.
+        (_, false) => Some(Query {
+            inverted: PAGE_IS_PFNZERO,
+            mask: PAGE_IS_PFNZERO,
+            anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        }),
+    }
 }
 
 /// Bytes per batch: one process_vm_readv (up to 1024 iovecs) each.

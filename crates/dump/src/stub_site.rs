@@ -7,20 +7,20 @@
 //! at that address (with GNU ld's separate-code layout, the zeros that pad
 //! the text segment to a page boundary), so the program never executes or
 //! reads them there. PTRACE_POKEDATA copies that one page on write; the
-//! stub is zeroed again at the end, so the bytes are as they were. A
-//! candidate is used only if its 64 bytes are zero, or a stub a killed
+//! healing area is zeroed again at the end, so the bytes are as they were.
+//! A candidate is used only if its 320 bytes are zero, or what a killed
 //! dumper left (`remote::padding_is_ours`), as for the vDSO padding.
 
 use stasis_proc::SmapsEntry;
-use stasis_sys::remote::{padding_is_ours, HEAL_STUB_BYTES};
+use stasis_sys::remote::{padding_is_ours, HEAL_AREA_LEN};
 use std::os::unix::fs::FileExt;
 
 const PT_LOAD: u32 = 1;
 const PF_X: u32 = 1;
 
-/// The stub site for process `pid`: `(start, end)`, the stub going into
-/// the last 64 bytes; `(0, 0)` if there is none (the healing setup then
-/// refuses the dump by name).
+/// The healing site for process `pid`: `(start, end)`, the healing area
+/// going into its last `HEAL_AREA_LEN` (320) bytes; `(0, 0)` if there is
+/// none (the healing setup then refuses the dump by name).
 pub(crate) fn find(pid: u32, smaps: &[SmapsEntry]) -> (u64, u64) {
     if let Some(s) = smaps
         .iter()
@@ -38,14 +38,14 @@ pub(crate) fn find(pid: u32, smaps: &[SmapsEntry]) -> (u64, u64) {
         let Some(boundary) = segment_end(pid, s) else {
             continue;
         };
-        if m.end < boundary + HEAL_STUB_BYTES {
+        if m.end < boundary + HEAL_AREA_LEN {
             continue;
         }
         // The bytes themselves: zero padding (or a killed dumper's stub).
-        let mut buf = [0u8; HEAL_STUB_BYTES as usize];
+        let mut buf = [0u8; HEAL_AREA_LEN as usize];
         let read = mem
             .as_ref()
-            .is_some_and(|f| f.read_exact_at(&mut buf, m.end - HEAL_STUB_BYTES).is_ok());
+            .is_some_and(|f| f.read_exact_at(&mut buf, m.end - HEAL_AREA_LEN).is_ok());
         let words: Vec<u64> = buf
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
@@ -53,7 +53,7 @@ pub(crate) fn find(pid: u32, smaps: &[SmapsEntry]) -> (u64, u64) {
         if read && padding_is_ours(&words) {
             log::info!(
                 "pid {pid}: no [vdso]: healing stub at {:#x} (past the executable segment of {path})",
-                m.end - HEAL_STUB_BYTES
+                m.end - HEAL_AREA_LEN
             );
             return (boundary, m.end);
         }

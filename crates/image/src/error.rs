@@ -3,7 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::format::{FileKind, FORMAT_VERSION};
+use crate::file_kind::{FileKind, FORMAT_VERSION};
 
 /// Everything that can go wrong reading, writing or checking an image.
 /// Messages are lowercase and start with `image file PATH:`.

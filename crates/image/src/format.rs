@@ -13,14 +13,10 @@
 //! bytes. Page files pad the header with zeros to [`PAGES_HEADER_LEN`] bytes
 //! so page data stays page-aligned in the file.
 
-use std::fmt;
 use std::path::Path;
 
 use crate::error::{ImageError, Result};
-
-/// Version of the image format this code reads and writes. Bumped on every
-/// incompatible change (see docs/image-format.md).
-pub const FORMAT_VERSION: u32 = 1;
+pub use crate::file_kind::{FileKind, FORMAT_VERSION};
 
 /// First eight bytes of every image file.
 pub const MAGIC: [u8; 8] = *b"STASISIM";
@@ -38,50 +34,6 @@ pub const MAX_METADATA_LEN: u64 = 256 << 20;
 
 /// File name of the inventory inside an image directory.
 pub const INVENTORY_FILE: &str = "inventory.img";
-
-/// What an image file holds, stored in the header's `kind` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum FileKind {
-    /// `inventory.img`: JSON [`crate::Inventory`].
-    Inventory = 1,
-    /// `core-PID.img`: JSON [`crate::ProcessImage`].
-    Core = 2,
-    /// `pages-PID.img`: raw page data.
-    Pages = 3,
-}
-
-impl FileKind {
-    /// The kind stored as `raw` in a header, if it is one this code knows.
-    pub fn from_u32(raw: u32) -> Option<FileKind> {
-        match raw {
-            1 => Some(FileKind::Inventory),
-            2 => Some(FileKind::Core),
-            3 => Some(FileKind::Pages),
-            _ => None,
-        }
-    }
-
-    /// The value stored in the header.
-    pub fn as_u32(self) -> u32 {
-        self as u32
-    }
-
-    /// Lowercase name, as shown by `stasis show`.
-    pub fn name(self) -> &'static str {
-        match self {
-            FileKind::Inventory => "inventory",
-            FileKind::Core => "core",
-            FileKind::Pages => "pages",
-        }
-    }
-}
-
-impl fmt::Display for FileKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The decoded fixed part of a file header, before any check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,9 +8,16 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+mod checker;
 pub mod error;
+mod file_kind;
 pub mod format;
+pub mod hex_bytes;
+pub mod kinds;
+pub mod limits;
+pub mod locks;
 pub mod model;
+pub mod procattrs;
 pub mod progress;
 pub mod reader;
 pub mod show;
@@ -22,7 +29,10 @@ pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
+pub use kinds::inotify::InotifyWatch;
+pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;
+pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};
 pub use validate::{

@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Page size the image format is defined for (x86-64).
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::hex_bytes;
+
+pub use crate::limits::PAGE_SIZE;
 
 /// `inventory.img`: the root of an image. It is written last, so a directory
 /// without it is not an image.
@@ -124,6 +125,16 @@ pub struct ProcessImage {
     /// process that has it. Their bytes are in this process's page file.
     #[serde(default)]
     pub saved_files: Vec<SavedFile>,
+    /// File locks and leases held (dumped with `--file-locks`).
+    #[serde(default)]
+    pub file_locks: Vec<crate::FileLock>,
+    /// Descriptors with a signal owner, a signal or O_ASYNC set.
+    #[serde(default)]
+    pub fd_owners: Vec<crate::FdOwner>,
+    /// Per-process and per-thread settings (OOM score, THP, membarrier,
+    /// sched attributes, ...); `None` in images that predate them.
+    #[serde(default)]
+    pub proc_attrs: Option<crate::ProcAttrs>,
 }
 
 /// A file object whose contents are saved in the image: referenced by
@@ -281,6 +292,10 @@ pub struct ThreadState {
     pub robust_list_head: u64,
     #[serde(default)]
     pub robust_list_len: u64,
+    /// CPUs the thread may run on (sched_setaffinity), when it was bound to
+    /// fewer than every CPU online at the dump; empty: not bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<u32>,
 }
 
 /// One armed interval timer (`getitimer`): times in microseconds.
@@ -409,6 +424,14 @@ pub enum FdKind {
         value_ns: u64,
         interval_ns: u64,
         ticks: u64,
+        /// timerfd_settime flags: TFD_TIMER_ABSTIME (1),
+        /// TFD_TIMER_CANCEL_ON_SET (2).
+        #[serde(default)]
+        settime_flags: u32,
+        /// With TFD_TIMER_ABSTIME: the absolute expiry on `clock_id`, in ns
+        /// (the timer fires then, however long the process was dumped).
+        #[serde(default)]
+        expires_ns: u64,
     },
     /// A signalfd and its signal mask.
     SignalFd { mask: u64, flags: u32 },
@@ -418,6 +441,32 @@ pub enum FdKind {
         flags: u32,
         targets: Vec<EpollTarget>,
     },
+    /// An inotify instance and its watches (crates/image/src/kinds/inotify.rs).
+    Inotify {
+        flags: u32,
+        watches: Vec<crate::kinds::inotify::InotifyWatch>,
+    },
+}
+
+impl FdKind {
+    /// The open file status flags the descriptor had (fdinfo `flags:`
+    /// without O_CLOEXEC). Every kind records them.
+    pub fn flags(&self) -> u32 {
+        match self {
+            FdKind::Regular { flags, .. }
+            | FdKind::CharDevice { flags, .. }
+            | FdKind::Pipe { flags, .. }
+            | FdKind::Saved { flags, .. }
+            | FdKind::Path { flags, .. }
+            | FdKind::Fifo { flags, .. }
+            | FdKind::UnixSocket { flags, .. }
+            | FdKind::EventFd { flags, .. }
+            | FdKind::TimerFd { flags, .. }
+            | FdKind::SignalFd { flags, .. }
+            | FdKind::Epoll { flags, .. }
+            | FdKind::Inotify { flags, .. } => *flags,
+        }
+    }
 }
 
 /// One registration of an epoll instance.
@@ -481,7 +530,7 @@ pub struct Vma {
     /// maps the same memory (at byte offset `pgoff`). 0: not shared.
     #[serde(default)]
     pub shmem: u64,
-    /// madvise state worth keeping: 'dontdump', 'dontfork', 'hugepage', 'nohugepage', 'wipeonfork', 'mergeable'.
+    /// Per-mapping flags (madvise, mlock, mseal) by name: see [`crate::VMA_ADVICE`].
     #[serde(default)]
     pub advice: Vec<String>,
     /// hugetlb memory (MAP_HUGETLB): its page size in bytes; 0: ordinary pages.
@@ -524,40 +573,4 @@ pub struct PageRun {
     pub addr: u64,
     pub nr_pages: u64,
     pub offset: u64,
-}
-
-/// Serialise byte blobs as lowercase hex strings: readable in `show`, stable.
-pub mod hex_bytes {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(bytes.len() * 2);
-        for b in bytes {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        s.serialize_str(&out)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        // Owned, not borrowed: works with every deserializer (from_reader,
-        // from_value) and with escaped strings.
-        let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 {
-            return Err(D::Error::custom("hex string of odd length"));
-        }
-        let digit = |c: u8| -> Result<u8, D::Error> {
-            match c {
-                b'0'..=b'9' => Ok(c - b'0'),
-                b'a'..=b'f' => Ok(c - b'a' + 10),
-                b'A'..=b'F' => Ok(c - b'A' + 10),
-                _ => Err(D::Error::custom("invalid hex digit")),
-            }
-        };
-        s.as_bytes()
-            .chunks_exact(2)
-            .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
-            .collect()
-    }
 }

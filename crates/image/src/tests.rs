@@ -66,6 +66,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         sigmask: 1 << 13,
         robust_list_head: 0x7f00_0000_0a00,
         robust_list_len: 24,
+        cpus: Vec::new(),
         pending: vec![PendingSignal {
             signo: 10,
             info: vec![0; 128],
@@ -155,7 +156,6 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         },
     ];
     ProcessImage {
-        xcomp_perm: 0,
         pid,
         ppid,
         pgid: pid,
@@ -194,6 +194,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         },
         pdeath_signal: 0,
         dumpable: 1,
+        xcomp_perm: 0,
         sigactions: vec![SigAction {
             signo: 10,
             handler: 0x5555_5555_4100,
@@ -249,6 +250,9 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             cow_pages: vec![],
         },
         saved_files: Vec::new(),
+        file_locks: Vec::new(),
+        fd_owners: Vec::new(),
+        proc_attrs: None,
     }
 }
 
@@ -1433,4 +1437,94 @@ fn saved_files_validation() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("more than one process"), "{e}");
+}
+
+#[test]
+fn file_locks_and_owners_validation() {
+    let mut good = sample_process(100, 1);
+    let fd = good.files[0].fd;
+    good.file_locks.push(FileLock {
+        fd,
+        kind: LockKind::Posix,
+        write: true,
+        start: 10,
+        len: 0,
+    });
+    good.fd_owners.push(FdOwner {
+        fd,
+        owner_type: 1,
+        owner_pid: 100,
+        signal: 10,
+        flags: 0o20000,
+    });
+    validate_process(Path::new("/x/core-100.img"), &good).unwrap();
+    // Round trip through the format, and older images (no fields) load.
+    let back: ProcessImage = serde_json::from_slice(&serde_json::to_vec(&good).unwrap()).unwrap();
+    assert_eq!(back, good);
+    let mut v = serde_json::to_value(sample_process(100, 1)).unwrap();
+    v.as_object_mut().unwrap().remove("file_locks");
+    v.as_object_mut().unwrap().remove("fd_owners");
+    let old: ProcessImage = serde_json::from_value(v).unwrap();
+    assert!(old.file_locks.is_empty() && old.fd_owners.is_empty());
+
+    let mut m = good.clone();
+    m.file_locks[0].fd = 999;
+    assert!(invalid(&m).contains("file_locks[0].fd"));
+    let mut m = good.clone();
+    m.file_locks[0].kind = LockKind::Flock;
+    assert!(invalid(&m).contains("with a range"));
+    let mut m = good.clone();
+    m.file_locks[0].len = u64::MAX;
+    assert!(invalid(&m).contains("too large"));
+    let mut m = good.clone();
+    m.fd_owners[0].owner_type = 7;
+    assert!(invalid(&m).contains("fd_owners[0]"));
+}
+
+#[test]
+fn proc_attrs_validation_and_old_images() {
+    use crate::{ProcAttrs, SchedAttrs, ThreadAttrs};
+    let mut good = sample_process(100, 1);
+    good.proc_attrs = Some(ProcAttrs {
+        oom_score_adj: 300,
+        thp_disable: 3,
+        mlockall: 6,
+        membarrier: 1 << 4,
+        coredump_filter: 0x33,
+        threads: good
+            .threads
+            .iter()
+            .map(|_| ThreadAttrs {
+                sched: SchedAttrs {
+                    nice: 5,
+                    ..SchedAttrs::default()
+                },
+                timer_slack_ns: 50_000,
+                ..ThreadAttrs::default()
+            })
+            .collect(),
+        ..ProcAttrs::default()
+    });
+    validate_process(Path::new("/x/core-100.img"), &good).unwrap();
+    let json = serde_json::to_value(&good).unwrap();
+    let back: ProcessImage = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, good);
+    // An image without the field (older writer) loads with None.
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("proc_attrs");
+    let back: ProcessImage = serde_json::from_value(old).unwrap();
+    assert_eq!(back.proc_attrs, None);
+
+    let mut m = good.clone();
+    m.proc_attrs.as_mut().unwrap().thp_disable = 2;
+    assert!(invalid(&m).contains("proc_attrs.thp_disable"));
+    let mut m = good.clone();
+    m.proc_attrs.as_mut().unwrap().threads.pop();
+    assert!(invalid(&m).contains("proc_attrs.threads"));
+    let mut m = good.clone();
+    m.proc_attrs.as_mut().unwrap().oom_score_adj = -1001;
+    assert!(invalid(&m).contains("oom_score_adj"));
+    let mut m = good.clone();
+    m.mm.vmas[0].advice.push("frobnicate".into());
+    assert!(invalid(&m).contains("unknown flag"));
 }

@@ -4,55 +4,14 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::error::{ImageError, Result};
+use crate::checker::{aligned, Checker};
+use crate::error::Result;
 use crate::format::INVENTORY_FILE;
-use crate::model::{FdKind, FileId, Inventory, ProcessImage, SavedFileKind, VmaKind, PAGE_SIZE};
+use crate::kinds::regular::file_id;
+use crate::model::{Inventory, ProcessImage, VmaKind};
 
-/// First address above x86-64 user space (47-bit, minus the guard page).
-/// Only a `[vsyscall]` VMA may lie above it.
-pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
-
-/// Most VMAs a process image may hold.
-pub const MAX_VMAS: usize = 1_000_000;
-/// Most page runs a process image may hold.
-pub const MAX_PAGE_RUNS: usize = 10_000_000;
-/// Most file descriptors a process image may hold.
-pub const MAX_FDS: usize = 1_000_000;
-/// Highest file descriptor number accepted (the kernel's `nr_open` ceiling).
-pub const MAX_FD: i32 = 1 << 20;
-/// Most threads a process image may hold.
-pub const MAX_THREADS: usize = 100_000;
-/// Most POSIX timers per process an image may hold.
-pub const MAX_TIMERS: usize = 1 << 20;
-/// Largest pipe buffer the image may hold (the kernel's pipe-max-size is 1 MiB by default).
-pub const MAX_PIPE_DATA: usize = 64 << 20;
-/// Cap on queued signals per queue (the kernel's RLIMIT_SIGPENDING is per user).
-pub const MAX_PENDING: usize = 1 << 20;
-/// Largest saved file (memfd, deleted file) the image may hold: the
-/// ceiling of `dump --ghost-limit` (1 TiB).
-pub const MAX_SAVED_FILE: u64 = 1 << 40;
-/// Most saved files one process image may hold.
-pub const MAX_SAVED_FILES: usize = 100_000;
-/// Longest memfd name (memfd_create allows 249 bytes).
-pub const MAX_MEMFD_NAME: usize = 249;
-/// Most auxv words.
-pub const MAX_AUXV_WORDS: usize = 1024;
-/// Most supplementary groups (NGROUPS_MAX).
-pub const MAX_GROUPS: usize = 65536;
-/// Most rlimit entries.
-pub const MAX_RLIMITS: usize = 64;
-/// Most sigaction entries (one per signal 1..=64).
-pub const MAX_SIGACTIONS: usize = 64;
-/// Largest XSAVE area accepted, in bytes.
-pub const MAX_XSAVE_LEN: usize = 64 << 10;
-/// Most processes an inventory may list (the kernel's PID_MAX_LIMIT).
-pub const MAX_PROCESSES: usize = 4 << 20;
-/// Longest path string accepted, in bytes.
-pub const MAX_PATH_LEN: usize = 4096;
-/// Longest comm string accepted, in bytes.
-pub const MAX_COMM_LEN: usize = 64;
-/// Longest plain file name accepted inside the image directory.
-pub const MAX_NAME_LEN: usize = 255;
+pub use crate::kinds::saved::{saved_span, validate_saved_refs};
+pub use crate::limits::*;
 
 /// Whether `name` is a plain file name that cannot leave the image
 /// directory: not empty, not `.` or `..`, no `/`, no NUL, at most 255 bytes.
@@ -80,50 +39,6 @@ pub fn pages_len(img: &ProcessImage) -> u64 {
     runs.chain(saved).max().unwrap_or(0)
 }
 
-/// Bytes a saved file of `size` takes in the page file: whole pages.
-pub fn saved_span(size: u64) -> u64 {
-    size.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
-}
-
-struct Checker<'a> {
-    file: &'a Path,
-}
-
-impl Checker<'_> {
-    fn err(&self, what: String) -> ImageError {
-        ImageError::invalid(self.file, what)
-    }
-
-    fn ensure(&self, ok: bool, what: impl FnOnce() -> String) -> Result<()> {
-        if ok {
-            Ok(())
-        } else {
-            Err(self.err(what()))
-        }
-    }
-
-    fn count(&self, field: &str, len: usize, cap: usize) -> Result<()> {
-        self.ensure(len <= cap, || format!("{field}: {len} entries, cap {cap}"))
-    }
-
-    fn string(&self, field: &str, s: &str, cap: usize) -> Result<()> {
-        self.ensure(!s.contains('\0'), || {
-            format!("{field}: contains a NUL byte")
-        })?;
-        self.ensure(s.len() <= cap, || {
-            format!("{field}: {} bytes long, cap {cap}", s.len())
-        })
-    }
-
-    fn file_id(&self, field: &str, f: &FileId) -> Result<()> {
-        self.string(&format!("{field}.path"), &f.path, MAX_PATH_LEN)
-    }
-}
-
-fn aligned(x: u64) -> bool {
-    x % PAGE_SIZE == 0
-}
-
 /// Checks one process image against the rules of the format (see
 /// docs/image-format.md, "Validation"). `file` names the core file in the
 /// error, which is an [`ImageError::Invalid`] naming the field.
@@ -133,7 +48,7 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
     // Identity.
     c.ensure(img.pid > 0, || "pid: must be > 0".into())?;
     c.string("comm", &img.comm, MAX_COMM_LEN)?;
-    c.file_id("exe", &img.exe)?;
+    file_id(&c, "exe", &img.exe)?;
     c.string("cwd", &img.cwd, MAX_PATH_LEN)?;
     c.string("root", &img.root, MAX_PATH_LEN)?;
     c.ensure(img.umask <= 0o777, || {
@@ -227,6 +142,9 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
                 t.xsave.len()
             )
         })?;
+        c.ensure(t.cpus.iter().all(|&cpu| cpu < MAX_CPU), || {
+            format!("threads[{i}].cpus: a CPU number not below {MAX_CPU}")
+        })?;
     }
 
     // Files.
@@ -239,170 +157,15 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
         c.ensure(seen.insert(f.fd), || {
             format!("files[{i}].fd: {} listed twice", f.fd)
         })?;
-        match &f.kind {
-            FdKind::Regular { file, .. } => c.file_id(&format!("files[{i}].kind.file"), file)?,
-            FdKind::CharDevice { path, .. } => {
-                c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?
-            }
-            FdKind::Saved { id, .. } => c.ensure(*id > 0, || format!("files[{i}].kind.id: 0"))?,
-            FdKind::Path { path, flags, .. } => {
-                c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?;
-                c.ensure(*flags & O_PATH != 0, || {
-                    format!("files[{i}].kind.flags: {flags:#o} without O_PATH")
-                })?;
-            }
-            FdKind::Fifo {
-                path,
-                data,
-                capacity,
-                ..
-            } => {
-                c.string(&format!("files[{i}].kind.path"), path, MAX_PATH_LEN)?;
-                c.ensure(data.len() <= *capacity as usize, || {
-                    format!(
-                        "files[{i}].kind.data: {} bytes in a fifo of capacity {capacity}",
-                        data.len()
-                    )
-                })?;
-                c.ensure(*capacity as usize <= MAX_PIPE_DATA, || {
-                    format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
-                })?;
-            }
-            FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } => {}
-            FdKind::Epoll { targets, .. } => {
-                c.count(&format!("files[{i}].kind.targets"), targets.len(), MAX_FDS)?;
-                for (k, t) in targets.iter().enumerate() {
-                    c.ensure(img.files.iter().any(|g| g.fd == t.fd && g.fd != f.fd), || {
-                        format!("files[{i}].kind.targets[{k}].fd: {} is not another descriptor of the process", t.fd)
-                    })?;
-                }
-            }
-            FdKind::UnixSocket { sock_type, .. } => {
-                c.ensure(matches!(*sock_type, 1 | 2 | 5), || {
-                    format!(
-                        "files[{i}].kind.sock_type: {sock_type} is not stream, dgram or seqpacket"
-                    )
-                })?;
-            }
-            FdKind::Pipe { data, capacity, .. } => {
-                c.ensure(data.len() <= *capacity as usize, || {
-                    format!(
-                        "files[{i}].kind.data: {} bytes in a pipe of capacity {capacity}",
-                        data.len()
-                    )
-                })?;
-                c.ensure(*capacity as usize <= MAX_PIPE_DATA, || {
-                    format!("files[{i}].kind.capacity: {capacity}, cap {MAX_PIPE_DATA}")
-                })?;
-            }
-        }
+        crate::kinds::validate_fd(&c, img, i, f)?;
     }
 
-    validate_saved(&c, img)?;
-    validate_mm(&c, img)
-}
-
-const O_PATH: u32 = 0o10_000_000;
-
-/// Saved files: ids unique, sizes capped, names and paths bounded, page
-/// file spans aligned and not shared with page runs or each other.
-fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
-    c.count("saved_files", img.saved_files.len(), MAX_SAVED_FILES)?;
-    if img.saved_files.is_empty() {
-        return Ok(());
+    if let Err(m) = crate::locks::check(img) {
+        c.ensure(false, || m)?;
     }
-    let mut ids = HashSet::new();
-    let mut spans = Vec::with_capacity(img.saved_files.len() + img.mm.pages.len());
-    for (i, f) in img.saved_files.iter().enumerate() {
-        let field = format!("saved_files[{i}]");
-        c.ensure(f.id > 0 && ids.insert(f.id), || {
-            format!("{field}.id: {} is 0 or listed twice", f.id)
-        })?;
-        c.ensure(f.size <= MAX_SAVED_FILE, || {
-            format!("{field}.size: {} above the cap {MAX_SAVED_FILE}", f.size)
-        })?;
-        c.ensure(aligned(f.offset), || {
-            format!("{field}.offset: {:#x} not page-aligned", f.offset)
-        })?;
-        c.ensure(f.offset.checked_add(saved_span(f.size)).is_some(), || {
-            format!("{field}.offset: {:#x} + size overflows", f.offset)
-        })?;
-        c.ensure(f.mode & !0o7777 == 0, || {
-            format!("{field}.mode: {:#o} has bits beyond 0o7777", f.mode)
-        })?;
-        match &f.kind {
-            SavedFileKind::Memfd { name, .. } => {
-                c.string(&format!("{field}.kind.name"), name, MAX_MEMFD_NAME)?
-            }
-            SavedFileKind::Deleted { path } => {
-                c.string(&format!("{field}.kind.path"), path, MAX_PATH_LEN)?;
-                c.ensure(path.starts_with('/'), || {
-                    format!("{field}.kind.path: {path:?} is not absolute")
-                })?;
-            }
-        }
-        if f.size > 0 {
-            spans.push((f.offset, f.offset + saved_span(f.size), field));
-        }
-    }
-    for (i, r) in img.mm.pages.iter().enumerate() {
-        let len = r.nr_pages.saturating_mul(PAGE_SIZE);
-        spans.push((
-            r.offset,
-            r.offset.saturating_add(len),
-            format!("mm.pages[{i}]"),
-        ));
-    }
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        c.ensure(w[1].0 >= w[0].1, || {
-            format!(
-                "{}: page file offset {:#x} overlaps {}",
-                w[1].2, w[1].0, w[0].2
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Whole-image rule for saved files: every id defined once in the image,
-/// and every `Saved` descriptor or mapping refers to one.
-pub fn validate_saved_refs(file: &Path, procs: &[ProcessImage]) -> Result<()> {
-    let c = Checker { file };
-    let mut defined = HashSet::new();
-    for p in procs {
-        for f in &p.saved_files {
-            c.ensure(defined.insert(f.id), || {
-                format!(
-                    "saved file {} defined by more than one process (pid {})",
-                    f.id, p.pid
-                )
-            })?;
-        }
-    }
-    for p in procs {
-        for e in &p.files {
-            if let FdKind::Saved { id, .. } = e.kind {
-                c.ensure(defined.contains(&id), || {
-                    format!(
-                        "pid {} fd {}: saved file {id} is not in the image",
-                        p.pid, e.fd
-                    )
-                })?;
-            }
-        }
-        for v in &p.mm.vmas {
-            if let VmaKind::Saved { id } = v.kind {
-                c.ensure(defined.contains(&id), || {
-                    format!(
-                        "pid {} mapping {:#x}-{:#x}: saved file {id} is not in the image",
-                        p.pid, v.start, v.end
-                    )
-                })?;
-            }
-        }
-    }
-    Ok(())
+    crate::kinds::saved::validate_saved(&c, img)?;
+    validate_mm(&c, img)?;
+    crate::procattrs::validate(file, img)
 }
 
 fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
@@ -462,7 +225,7 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
             let h = v.huge_page_size;
             c.ensure(
                 h.is_power_of_two()
-                    && h > PAGE_SIZE
+                    && h > crate::limits::PAGE_SIZE
                     && h <= 1 << 30
                     && v.start % h == 0
                     && v.end % h == 0
@@ -480,7 +243,7 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
             c.string(&format!("{field}.advice[{j}]"), a, 32)?;
         }
         if let VmaKind::File { file } = &v.kind {
-            c.file_id(&format!("{field}.kind.file"), file)?;
+            file_id(c, &format!("{field}.kind.file"), file)?;
         }
         prev_end = v.end;
     }

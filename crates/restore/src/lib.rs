@@ -25,13 +25,33 @@
 //!    syscall-restart fix-up), then the process is detached and runs.
 //!
 //! Any failure kills the process being built and reports the stage.
+//!
+//! Where things are: the tree's stages in `tree.rs` (the reason for each
+//! ordering constraint is written at its call), one process's stages in
+//! `rebuild.rs`, each kind of descriptor in `kinds/`, and one module per
+//! kind of process state (`attributes.rs`, `signals.rs`, `threads.rs`,
+//! `timers.rs`, `creds.rs`, `memory.rs`, `shared.rs`).
 #![forbid(unsafe_code)]
 
+mod affinity;
+mod attributes;
+mod creds;
 mod creds_check;
+mod fdowner;
+mod guard;
 mod hugetlb;
+mod kinds;
+mod locks;
 mod memory;
+mod pids;
 mod placement;
-mod process;
+mod procattrs;
+mod rebuild;
+mod shared;
+mod signals;
+mod threads;
+mod timers;
+mod tree;
 mod xstate;
 
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
@@ -284,6 +304,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
+        procattrs::preflight(img)?;
     }
     for z in image
         .inventory
@@ -307,7 +328,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .map(|r| dir.pages_path(r))
         .collect();
     let calls0 = stasis_sys::remote::remote_syscalls();
-    let (pid, wait_pid) = process::restore_tree(
+    let (pid, wait_pid) = tree::restore_tree(
         &image.processes,
         &pages,
         &image.inventory.zombies,

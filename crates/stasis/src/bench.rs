@@ -357,6 +357,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         images_dir: img.clone(),
         leave_running: false,
         shell_job: false,
+        file_locks: false,
         timeout: None,
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
     })?;

@@ -39,6 +39,11 @@ struct Common {
     /// The process is a shell job: allow its terminal.
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
+    /// Save and restore file locks and leases (dump refuses a process
+    /// holding one without it). Nothing may take the locks between the
+    /// dump and the restore.
+    #[arg(short = 'l', long = "file-locks")]
+    file_locks: bool,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 images_dir: dir.clone(),
                 leave_running,
                 shell_job: common.shell_job,
+                file_locks: common.file_locks,
                 timeout: timeout.map(Duration::from_secs),
                 ghost_limit: ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
             };

@@ -6,11 +6,14 @@
 
 pub mod buf;
 pub mod clone;
+pub mod fdowner;
 pub mod features;
 pub mod hook;
+pub mod inotify;
 pub mod mem;
 pub mod ptrace;
 pub mod remote;
+pub mod sched;
 pub mod util;
 pub mod xsave;
 

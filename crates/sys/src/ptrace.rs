@@ -241,6 +241,84 @@ pub fn get_rseq(pid: Pid) -> Result<Option<(u64, u32, u32)>> {
 }
 
 /// Reads one word of the tracee's memory (works on read-only pages).
+/// Offset of `u_debugreg` in the x86-64 `struct user` (PTRACE_PEEKUSER).
+const USER_DEBUGREG_OFF: u64 = 848;
+
+/// Debug register `n` (0-7) of a stopped tracee (PTRACE_PEEKUSER).
+pub fn debug_reg(pid: Pid, n: u64) -> Result<u64> {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: PEEKUSER reads the tracee's user area into the return value.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_PEEKUSER,
+            pid.0,
+            (USER_DEBUGREG_OFF + 8 * n) as usize as *mut libc::c_void,
+            0usize,
+        )
+    };
+    if r == -1 && last_errno() != 0 {
+        return Err(SysError::new(
+            "ptrace(PTRACE_PEEKUSER, debug register)",
+            Some(pid),
+            last_errno(),
+        ));
+    }
+    Ok(r as u64)
+}
+
+/// Whether GDT TLS entry `entry` (12-14) of a stopped tracee is in use
+/// (set_thread_area; PTRACE_GET_THREAD_AREA).
+pub fn thread_area_used(pid: Pid, entry: u32) -> Result<bool> {
+    const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
+    // struct user_desc: entry_number, base_addr, limit, then a flags word.
+    let mut desc = [0u32; 4];
+    // SAFETY: the kernel writes one struct user_desc (16 bytes) into desc.
+    let r = unsafe {
+        libc::ptrace(
+            PTRACE_GET_THREAD_AREA,
+            pid.0,
+            entry as usize as *mut libc::c_void,
+            desc.as_mut_ptr(),
+        )
+    };
+    if r == -1 {
+        return Err(SysError::new(
+            "ptrace(PTRACE_GET_THREAD_AREA)",
+            Some(pid),
+            last_errno(),
+        ));
+    }
+    // An empty entry reads back as base 0, limit 0, read_exec_only and
+    // seg_not_present set (flag bits 3 and 5), nothing else.
+    Ok(desc[1] != 0 || desc[2] != 0 || desc[3] != 0b10_1000)
+}
+
+/// Whether syscall user dispatch is on for a stopped tracee
+/// (PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG).
+pub fn syscall_user_dispatch_on(pid: Pid) -> Result<bool> {
+    const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
+    // struct ptrace_sud_config: mode, selector, offset, len.
+    let mut cfg = [0u64; 4];
+    // SAFETY: the kernel writes at most `addr` (= the struct's size) bytes into cfg.
+    let r = unsafe {
+        libc::ptrace(
+            PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+            pid.0,
+            std::mem::size_of_val(&cfg),
+            cfg.as_mut_ptr(),
+        )
+    };
+    if r == -1 {
+        return Err(SysError::new(
+            "ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG)",
+            Some(pid),
+            last_errno(),
+        ));
+    }
+    Ok(cfg[0] != 0)
+}
+
 pub fn peek(pid: Pid, addr: u64) -> Result<u64> {
     // PTRACE_PEEKDATA returns the word; -1 is ambiguous, so clear errno first.
     // SAFETY: __errno_location returns the calling thread's errno slot.

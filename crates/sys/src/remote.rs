@@ -1,40 +1,44 @@
 //! Remote system calls: making a stopped tracee execute a syscall for us.
 //!
-//! Two flavours share one mechanism, a 16-byte stub:
+//! * **Healing** (dump): the code below is written into the zero padding at
+//!   the end of the target's own `[vdso]` (PTRACE_POKEDATA breaks
+//!   copy-on-write on that page only; no new mapping), followed by a data
+//!   block holding the thread's original context: the registers a syscall
+//!   and the stub clobber (with the kernel's syscall-restart fix-up
+//!   applied), its blocked mask, and the original bytes of the small
+//!   scratch area the injected calls write their results into. Every
+//!   injected register set points `rip` at the stub and leaves `rsp` and
+//!   every other register as the thread had them. If the dumper dies at
+//!   *any* moment, the kernel detaches the tracee, which finishes the
+//!   injected syscall (always a harmless query), copies the scratch bytes
+//!   back, restores its mask and registers, and jumps to where it was
+//!   stopped. Nothing is written below the stack pointer and no byte of the
+//!   program's memory stays changed: the scratch bytes are put back by the
+//!   dumper (or by the stub) before the thread runs again.
 //!
-//! ```text
-//!   0f 05            syscall            ; the injected call
-//!   b8 0f 00 00 00   mov  eax, 15       ; __NR_rt_sigreturn
-//!   0f 05            syscall            ; return to the saved context
-//!   cc ...           int3 (padding)
-//! ```
-//!
-//! * **Healing** (dump): the stub is written into the zero padding at the end
-//!   of the target's own `[vdso]` (PTRACE_POKEDATA breaks copy-on-write on
-//!   that page only; no new mapping) or, in a process that unmapped its
-//!   vDSO, into the zero padding past the end of an executable ELF segment
-//!   in the last page of its mapping (the dump's `stub_site` module finds
-//!   it: bytes that belong to no segment, never executed or read by the
-//!   program), and below the thread's red zone we
-//!   build a real `rt_sigframe` holding the thread's original registers
-//!   (with the kernel's syscall-restart fix-up applied), its blocked mask,
-//!   its sigaltstack and its full XSAVE area. Every injected register set
-//!   points `rsp` at that frame. If the dumper dies at *any* moment, the
-//!   kernel detaches the tracee, which finishes the injected syscall (always
-//!   a harmless query whose output lands in scratch memory below the frame),
-//!   then executes `rt_sigreturn` and carries on exactly where it was
-//!   stopped. The first injected call is `sigaltstack(NULL, &frame.uc_stack)`,
-//!   so the frame's altstack is filled by the kernel itself before any
-//!   `rt_sigreturn` can read it.
+//!   An earlier design built an `rt_sigframe` (registers + 2.8 KiB XSAVE +
+//!   4 KiB scratch) below the thread's red zone and left it there. That is
+//!   dead memory only under the C ABI: a Go thread runs on a goroutine
+//!   stack of a few KiB carved out of the heap, with other goroutines'
+//!   stacks right below it, so the dump zeroed their return addresses and
+//!   every Go program (even with `dump -R`) died moments later.
 //! * **Plain** (restore): the stub lives in a page stasis mapped into its own
 //!   restore child, which is traced with PTRACE_O_EXITKILL: a half-built
 //!   process must die with its restorer.
 
 use crate::hook::{fail_point, kill_point};
 use crate::ptrace::{self, Regs, Stop};
-use crate::{mem, xsave, Pid, Result, SysError};
+use crate::{mem, Pid, Result, SysError};
 
-/// The stub's bytes (see the module docs).
+/// The plain stub's bytes: the injected call, then `rt_sigreturn`
+/// (restore only: its stub page is the restorer's own).
+///
+/// ```text
+///   0f 05            syscall            ; the injected call
+///   b8 0f 00 00 00   mov  eax, 15       ; __NR_rt_sigreturn
+///   0f 05            syscall
+///   cc ...           int3 (padding)
+/// ```
 pub const STUB: [u8; 16] = [
     0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
 ];
@@ -73,121 +77,144 @@ pub const RESTORE_STUB: [u8; 32] = {
 /// Offset of the AMX warm-up sequence in [`RESTORE_STUB`].
 pub const AMX_WARMUP_OFF: u64 = 16;
 
-/// Length of the healing stubs written into the `[vdso]` padding.
-const HEAL_STUB_LEN: usize = 64;
-/// Bytes a stub site must offer (see [`RemoteThread::healing`]).
-pub const HEAL_STUB_BYTES: u64 = HEAL_STUB_LEN as u64;
+/// Bytes at the end of `[vdso]` used while healing: code, data, saved scratch.
+pub const HEAL_AREA_LEN: u64 = 320;
+/// Offset of the context block in the healing area (after the code).
+const HEAL_CODE_LEN: usize = 128;
+const HEAL_DATA_OFF: usize = HEAL_CODE_LEN;
+/// Offset of the original scratch bytes in the healing area.
+const HEAL_SAVED_OFF: usize = 256;
+/// Scratch bytes for the injected calls' results (every dump query fits).
+pub const HEAL_SCRATCH: u64 = 64;
 
-/// Healing stub for a thread stopped anywhere but in `restart_syscall`:
-/// the injected call, then `rt_sigreturn` to the frame.
-const HEAL_STUB: [u8; HEAL_STUB_LEN] = {
-    let mut s = [0xcc; HEAL_STUB_LEN];
-    let mut i = 0;
-    while i < STUB.len() {
-        s[i] = STUB[i];
-        i += 1;
-    }
-    s
-};
+/// Words of the context block, in order.
+const D_SRC: usize = 0;
+const D_DST: usize = 1;
+const D_LEN: usize = 2;
+const D_MASK: usize = 3;
+const D_RAX: usize = 4;
+const D_RDI: usize = 5;
+const D_RSI: usize = 6;
+const D_RDX: usize = 7;
+const D_R10: usize = 8;
+const D_R8: usize = 9;
+const D_R9: usize = 10;
+const D_RCX: usize = 11;
+const D_R11: usize = 12;
+const D_RIP: usize = 13;
+const D_WORDS: usize = 14;
+// The context block fits between the code and the saved bytes, which end the area.
+const _: () = assert!(
+    HEAL_DATA_OFF + D_WORDS * 8 <= HEAL_SAVED_OFF
+        && HEAL_SAVED_OFF as u64 + HEAL_SCRATCH == HEAL_AREA_LEN
+);
 
-/// Healing stub for a thread stopped inside `restart_syscall` (a sleep that
-/// was already interrupted once, by a stop signal or an earlier dump).
-/// `rt_sigreturn` resets the kernel's restart block, so such a thread
-/// cannot simply be sent back to re-execute `restart_syscall` through the
-/// frame: it would get EINTR. This stub therefore runs `restart_syscall`
-/// itself *before* any `rt_sigreturn`, with the original mask back in
-/// place, stores the result into the frame's rax, and only then returns to
-/// the original context (whose rip is already past its `syscall`):
+/// The healing stub: the injected call, then the way back to the original
+/// context without touching the stack or the flags (only `mov`, `lea`,
+/// `rep movsb` and syscalls, which keep rflags):
 ///
 /// ```text
-///   0f 05                     syscall                 ; the injected call
-///   bf 02 00 00 00            mov  edi, 2             ; SIG_SETMASK
-///   48 8d b4 24 28 01 00 00   lea  rsi, [rsp+0x128]   ; &frame.uc_sigmask
-///   31 d2                     xor  edx, edx
-///   41 ba 08 00 00 00         mov  r10d, 8
-///   b8 0e 00 00 00            mov  eax, 14            ; rt_sigprocmask
-///   0f 05                     syscall
-///   b8 db 00 00 00            mov  eax, 219           ; restart_syscall
-///   0f 05                     syscall
-///   48 89 84 24 90 00 00 00   mov  [rsp+0x90], rax    ; frame.uc_mcontext.rax
-///   b8 0f 00 00 00            mov  eax, 15            ; rt_sigreturn
-///   0f 05                     syscall
+///   0f 05                  syscall                  ; the injected call
+///   48 8b 35 <d>           mov  rsi, [rip+SRC]      ; saved scratch bytes
+///   48 8b 3d <d>           mov  rdi, [rip+DST]      ; scratch area
+///   48 8b 0d <d>           mov  rcx, [rip+LEN]
+///   f3 a4                  rep movsb                ; scratch put back
+///   bf 02 00 00 00         mov  edi, 2              ; SIG_SETMASK
+///   48 8d 35 <d>           lea  rsi, [rip+MASK]
+///   ba 00 00 00 00         mov  edx, 0
+///   41 ba 08 00 00 00      mov  r10d, 8
+///   b8 0e 00 00 00         mov  eax, 14             ; rt_sigprocmask
+///   0f 05                  syscall                  ; mask put back
+///   48 8b 05 <d> ...       mov  rax/rdi/rsi/rdx/r10/r8/r9/rcx/r11, [rip+..]
+///   ff 25 <d>              jmp  [rip+RIP]           ; original context
 /// ```
 ///
-/// (`rsp` is frame + 8 throughout; a signal handler running meanwhile
-/// builds its frame below it.) If the restarted call is interrupted again
-/// without a handler, the kernel's own restart logic re-executes the
-/// `syscall` above with rax = restart_syscall.
-const HEAL_STUB_RESTART: [u8; HEAL_STUB_LEN] = {
-    let code: [u8; 52] = [
-        0x0f, 0x05, 0xbf, 0x02, 0x00, 0x00, 0x00, 0x48, 0x8d, 0xb4, 0x24, 0x28, 0x01, 0x00, 0x00,
-        0x31, 0xd2, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00, 0xb8, 0x0e, 0x00, 0x00, 0x00, 0x0f, 0x05,
-        0xb8, 0xdb, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x89, 0x84, 0x24, 0x90, 0x00, 0x00, 0x00,
-        0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05,
-    ];
-    let mut s = [0xcc; HEAL_STUB_LEN];
-    let mut i = 0;
-    while i < code.len() {
-        s[i] = code[i];
-        i += 1;
+/// `rep movsb` follows the direction flag, which is the thread's own: the
+/// context block gives the last bytes instead of the first when it is set.
+/// The scratch bytes go back before the mask: a signal handler that runs
+/// once the mask is back sees the program's memory as it was.
+fn heal_code() -> [u8; HEAL_CODE_LEN] {
+    fn rip_rel(c: &mut Vec<u8>, op: &[u8], word: usize) {
+        c.extend_from_slice(op);
+        let next = c.len() + 4;
+        let target = HEAL_DATA_OFF + word * 8;
+        c.extend_from_slice(&((target as i32) - (next as i32)).to_le_bytes());
     }
-    s
-};
-
-const NR_RESTART_SYSCALL: u64 = 219;
-
-/// A stub as the words poked into the tracee.
-fn words(stub: &[u8; HEAL_STUB_LEN]) -> [u64; HEAL_STUB_LEN / 8] {
-    let mut out = [0u64; HEAL_STUB_LEN / 8];
-    for (i, w) in out.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&stub[i * 8..i * 8 + 8]);
-        *w = u64::from_le_bytes(b);
+    let mut c: Vec<u8> = Vec::with_capacity(HEAL_CODE_LEN);
+    c.extend_from_slice(&[0x0f, 0x05]);
+    rip_rel(&mut c, &[0x48, 0x8b, 0x35], D_SRC);
+    rip_rel(&mut c, &[0x48, 0x8b, 0x3d], D_DST);
+    rip_rel(&mut c, &[0x48, 0x8b, 0x0d], D_LEN);
+    c.extend_from_slice(&[0xf3, 0xa4]);
+    c.extend_from_slice(&[0xbf, 0x02, 0x00, 0x00, 0x00]);
+    rip_rel(&mut c, &[0x48, 0x8d, 0x35], D_MASK);
+    c.extend_from_slice(&[0xba, 0x00, 0x00, 0x00, 0x00]);
+    c.extend_from_slice(&[0x41, 0xba, 0x08, 0x00, 0x00, 0x00]);
+    c.extend_from_slice(&[0xb8, 0x0e, 0x00, 0x00, 0x00]);
+    c.extend_from_slice(&[0x0f, 0x05]);
+    for (op, word) in [
+        ([0x48, 0x8b, 0x05], D_RAX),
+        ([0x48, 0x8b, 0x3d], D_RDI),
+        ([0x48, 0x8b, 0x35], D_RSI),
+        ([0x48, 0x8b, 0x15], D_RDX),
+        ([0x4c, 0x8b, 0x15], D_R10),
+        ([0x4c, 0x8b, 0x05], D_R8),
+        ([0x4c, 0x8b, 0x0d], D_R9),
+        ([0x48, 0x8b, 0x0d], D_RCX),
+        ([0x4c, 0x8b, 0x1d], D_R11),
+    ] {
+        rip_rel(&mut c, &op, word);
     }
+    rip_rel(&mut c, &[0xff, 0x25], D_RIP);
+    let mut out = [0xcc; HEAL_CODE_LEN];
+    out[..c.len()].copy_from_slice(&c);
     out
 }
 
-/// Whether the bytes at the end of `[vdso]` (or of another stub site, see
-/// the module docs) may hold a healing stub.
+/// Bytes as the words poked into the tracee.
+fn to_words(b: &[u8]) -> Vec<u64> {
+    b.chunks(8)
+        .map(|w| {
+            let mut x = [0u8; 8];
+            x[..w.len()].copy_from_slice(w);
+            u64::from_le_bytes(x)
+        })
+        .collect()
+}
+
+/// The healing area of a `[vdso]` mapping: its last [`HEAL_AREA_LEN`] bytes.
+pub fn heal_area(vdso: (u64, u64)) -> Option<std::ops::Range<u64>> {
+    let start = vdso.1.checked_sub(HEAL_AREA_LEN)?;
+    (start >= vdso.0).then_some(start..vdso.1)
+}
+
+/// Whether the bytes at the end of `[vdso]` (or of another healing site:
+/// zero padding past an executable ELF segment in a process without a
+/// vDSO, found by the dump's `stub_site` module) may hold the healing area.
 ///
 /// Invariant: the padding past the end of the vDSO image is never executed
-/// or read by the program, and stasis only ever writes a healing stub
-/// there. So each word is either zero (free padding) or the matching word
-/// of one of the stubs, left by an earlier stasis that was killed between
-/// poking a stub and zeroing it again (possibly halfway). Both are safe to
-/// overwrite; anything else is not padding and is refused.
+/// or read by the program, and stasis only ever writes its healing area
+/// there: the code first, then the data; when done, the data is zeroed
+/// first, then the code. So every code word is zero or the stub's own,
+/// and a non-zero data word implies the whole code is in place (left by an
+/// earlier stasis killed in between). Anything else is not padding and is
+/// refused.
 pub fn padding_is_ours(found: &[u64]) -> bool {
-    let (a, b) = (words(&HEAL_STUB), words(&HEAL_STUB_RESTART));
-    found.len() == a.len()
-        && found
-            .iter()
-            .enumerate()
-            .all(|(i, &w)| w == 0 || w == a[i] || w == b[i])
+    let code = to_words(&heal_code());
+    if found.len() != HEAL_AREA_LEN as usize / 8 {
+        return false;
+    }
+    let (c, d) = found.split_at(code.len());
+    let code_ok = c.iter().zip(&code).all(|(&w, &s)| w == 0 || w == s);
+    let code_whole = c == code.as_slice();
+    code_ok && (code_whole || d.iter().all(|&w| w == 0))
 }
 
-/// Whether `r` is a thread stopped inside an interrupted `restart_syscall`.
-fn in_restart_syscall(r: &Regs) -> bool {
-    r.orig_rax == NR_RESTART_SYSCALL && r.rax as i64 == ERESTART_RESTARTBLOCK
-}
-
+const NR_RESTART_SYSCALL: u64 = 219;
 const ERESTARTSYS: i64 = -512;
 const ERESTARTNOINTR: i64 = -513;
 const ERESTARTNOHAND: i64 = -514;
 const ERESTART_RESTARTBLOCK: i64 = -516;
-
-const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
-const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
-const UC_FP_XSTATE: u64 = 0x1;
-const UC_SIGCONTEXT_SS: u64 = 0x2;
-const UC_STRICT_RESTORE_SS: u64 = 0x4;
-/// Size of `struct rt_sigframe` on x86-64 (pretcode + ucontext + siginfo).
-const RT_SIGFRAME_SIZE: u64 = 440;
-const UC_STACK_OFF: u64 = 24;
-const MCONTEXT_OFF: usize = 48;
-const SIGMASK_OFF: usize = 304;
-/// Bytes below the frame for syscall arguments and results.
-pub const HEAL_SCRATCH: u64 = 4096;
-const RED_ZONE: u64 = 128;
 
 /// Applies what the kernel does to a task leaving an interrupted syscall
 /// with no signal handler to run: restartable errors re-execute the syscall.
@@ -209,91 +236,47 @@ pub fn restart_fixed(r: &Regs) -> Regs {
     x
 }
 
-/// The fpstate of a healing frame: the thread's XSAVE area from ptrace, cut
-/// to the size the kernel accepts for this task's signal frames (see
-/// [`xsave::sigframe_layout`]: on CPUs with AMX that is less than ptrace's
-/// size until the task uses AMX), with the sigframe `_fpx_sw_bytes` in the
-/// software-reserved bytes and FP_XSTATE_MAGIC2 appended.
-fn sigframe_fpstate(xstate: &[u8]) -> Vec<u8> {
-    if xstate.len() < xsave::HEADER_END {
-        return xstate.to_vec();
-    }
-    let (size, features) = xsave::sigframe_layout(xstate);
-    let mut fp = xstate[..size].to_vec();
-    let bv = xsave::xstate_bv(&fp) & features;
-    fp[xsave::HEADER_OFF..xsave::HEADER_OFF + 8].copy_from_slice(&bv.to_le_bytes());
-    let sw = xsave::SW_RESERVED_OFF;
-    let size = size as u32;
-    fp[sw..sw + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
-    fp[sw + 4..sw + 8].copy_from_slice(&(size + 4).to_le_bytes());
-    fp[sw + 8..sw + 16].copy_from_slice(&features.to_le_bytes());
-    fp[sw + 16..sw + 20].copy_from_slice(&size.to_le_bytes());
-    fp[sw + 20..512].fill(0);
-    fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
-    fp
+/// The direction flag in rflags.
+const EFLAGS_DF: u64 = 1 << 10;
+
+/// The context block: where the stub copies the scratch bytes from and to,
+/// the original mask, and the registers to return with.
+fn context_block(area: u64, scratch: u64, back: &Regs, mask: u64) -> [u64; D_WORDS] {
+    let saved = area + HEAL_SAVED_OFF as u64;
+    // Backwards when the thread's direction flag is set.
+    let last = if back.eflags & EFLAGS_DF != 0 {
+        HEAL_SCRATCH - 1
+    } else {
+        0
+    };
+    let mut d = [0u64; D_WORDS];
+    d[D_SRC] = saved + last;
+    d[D_DST] = scratch + last;
+    d[D_LEN] = HEAL_SCRATCH;
+    d[D_MASK] = mask;
+    d[D_RAX] = back.rax;
+    d[D_RDI] = back.rdi;
+    d[D_RSI] = back.rsi;
+    d[D_RDX] = back.rdx;
+    d[D_R10] = back.r10;
+    d[D_R8] = back.r8;
+    d[D_R9] = back.r9;
+    d[D_RCX] = back.rcx;
+    d[D_R11] = back.r11;
+    d[D_RIP] = back.rip;
+    d
 }
 
-fn put(buf: &mut [u8], off: usize, v: u64) {
-    buf[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Builds the rt_sigframe (at `frame`) plus the fpstate (at `fpstate`).
-fn build_frame(frame: u64, fpstate: u64, regs: &Regs, mask: u64, fp: &[u8]) -> Vec<u8> {
-    let total = (fpstate - frame) as usize + fp.len();
-    let mut b = vec![0u8; total];
-    put(
-        &mut b,
-        8,
-        UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS,
-    );
-    let m = MCONTEXT_OFF;
-    let gp = [
-        regs.r8,
-        regs.r9,
-        regs.r10,
-        regs.r11,
-        regs.r12,
-        regs.r13,
-        regs.r14,
-        regs.r15,
-        regs.rdi,
-        regs.rsi,
-        regs.rbp,
-        regs.rbx,
-        regs.rdx,
-        regs.rax,
-        regs.rcx,
-        regs.rsp,
-        regs.rip,
-        regs.eflags,
-    ];
-    for (i, v) in gp.iter().enumerate() {
-        put(&mut b, m + i * 8, *v);
-    }
-    // cs, gs, fs, ss as u16 at m+144.
-    let segs = [
-        regs.cs as u16,
-        regs.gs as u16,
-        regs.fs as u16,
-        regs.ss as u16,
-    ];
-    for (i, s) in segs.iter().enumerate() {
-        b[m + 144 + i * 2..m + 146 + i * 2].copy_from_slice(&s.to_le_bytes());
-    }
-    put(&mut b, m + 184, fpstate);
-    put(&mut b, SIGMASK_OFF, mask);
-    let off = (fpstate - frame) as usize;
-    b[off..off + fp.len()].copy_from_slice(fp);
-    b
-}
+/// Bytes below the stack pointer left alone when picking the scratch area.
+const RED_ZONE: u64 = 128;
 
 struct Heal {
     orig_regs: Regs,
     orig_mask: u64,
-    frame: u64,
-    patch: u64,
-    /// The thread was stopped inside the stub itself: leave it in place.
-    keep_stub: bool,
+    /// Start of the healing area in `[vdso]`.
+    area: u64,
+    /// The scratch area's original bytes, written back by finish().
+    saved: Vec<u8>,
 }
 
 /// Remote system calls executed by this process so far (each one is a
@@ -321,133 +304,116 @@ pub struct RemoteThread {
 
 impl RemoteThread {
     /// Prepares self-healing injection into a thread that is seized and stopped
-    /// in PTRACE_EVENT_STOP. `vdso` is the stub site: its `[vdso]` range,
-    /// or a range of never-used executable bytes (the stub goes into the
-    /// last [`HEAL_STUB_BYTES`] bytes of it); `writable` lists
-    /// its writable mappings, to check the frame fits on the stack. `xstate`
-    /// is the thread's XSAVE area as read by [`ptrace::get_xstate`].
-    /// Nothing about the thread changes if this fails.
-    pub fn healing(
-        tid: Pid,
-        vdso: (u64, u64),
-        writable: &[(u64, u64)],
-        xstate: &[u8],
-    ) -> Result<RemoteThread> {
+    /// in PTRACE_EVENT_STOP. `vdso` is its `[vdso]` range (or, without a
+    /// vDSO, a range of never-used executable padding whose last
+    /// [`HEAL_AREA_LEN`] bytes hold the area); `writable` lists
+    /// its private writable mappings, where the scratch area may go. The
+    /// caller must have checked that no thread of the process is inside the
+    /// healing area ([`in_heal_area`]). Nothing about the thread changes if
+    /// this fails; once it succeeds, the thread's registers point at the
+    /// stub and a dumper dying at any instant leaves it unharmed.
+    pub fn healing(tid: Pid, vdso: (u64, u64), writable: &[(u64, u64)]) -> Result<RemoteThread> {
         let orig_regs = ptrace::get_regs(tid)?;
         let orig_mask = ptrace::get_sigmask(tid)?;
-        let patch = vdso
-            .1
-            .checked_sub(HEAL_STUB_LEN as u64)
-            .filter(|p| *p >= vdso.0)
-            .ok_or_else(|| {
-                SysError::other(
-                    "prepare remote syscalls",
-                    Some(tid),
-                    "no [vdso] mapping, nor zero padding past an executable segment, to hold the syscall stub",
-                )
-            })?;
-        let mut found = Vec::with_capacity(HEAL_STUB_LEN / 8);
-        for i in 0..HEAL_STUB_LEN as u64 / 8 {
-            found.push(ptrace::peek(tid, patch + i * 8)?);
+        let area = heal_area(vdso).ok_or_else(|| {
+            SysError::other(
+                "prepare remote syscalls",
+                Some(tid),
+                "no [vdso] mapping, nor zero padding past an executable segment, to hold the syscall stub",
+            )
+        })?;
+        let mut found = Vec::with_capacity(HEAL_AREA_LEN as usize / 8);
+        for i in 0..HEAL_AREA_LEN / 8 {
+            found.push(ptrace::peek(tid, area.start + i * 8)?);
         }
         if !padding_is_ours(&found) {
             return Err(SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
-                format!("the stub site at {patch:#x} (end of [vdso] or of an executable segment) is not free padding"),
-            ));
-        }
-        let fp = sigframe_fpstate(xstate);
-        let top = orig_regs.rsp.wrapping_sub(RED_ZONE);
-        let fpstate = top.wrapping_sub(fp.len() as u64) & !63;
-        let frame = fpstate.wrapping_sub(RT_SIGFRAME_SIZE) & !15;
-        let scratch = frame.wrapping_sub(HEAL_SCRATCH) & !63;
-        let fits = writable
-            .iter()
-            .any(|&(s, e)| s <= scratch && orig_regs.rsp <= e && scratch < orig_regs.rsp);
-        if !fits {
-            return Err(SysError::other(
-                "prepare remote syscalls",
-                Some(tid),
                 format!(
-                    "stack pointer {:#x} has no {} writable bytes below it",
-                    orig_regs.rsp,
-                    orig_regs.rsp - scratch
+                    "the healing site at {:#x} (end of [vdso] or of an executable segment) is not free padding",
+                    area.start
                 ),
             ));
         }
-        // The context the frame returns to. Normally the original one with
-        // the kernel's restart fix-up applied (an interrupted call runs
-        // again). Inside restart_syscall that is impossible (rt_sigreturn
-        // resets the restart block), so the stub restarts the call itself
-        // first and the frame returns past it (see HEAL_STUB_RESTART).
-        let (stub, frame_regs) = if in_restart_syscall(&orig_regs) {
-            let mut x = orig_regs;
-            x.orig_rax = u64::MAX;
-            (&HEAL_STUB_RESTART, x)
-        } else {
-            (&HEAL_STUB, restart_fixed(&orig_regs))
-        };
-        // A thread may be stopped *inside* a stub left by an earlier stasis
-        // that was killed (typically sleeping in the restart stub's
-        // restart_syscall). That code must stay exactly as it is (zeroing
-        // or rewriting it would crash the thread), and registers pointing
-        // into it would make an image no restore can run. Refused before
-        // the thread is touched: it leaves the stub within a few
-        // instructions, or when its restarted call returns.
-        let stub_area = patch..patch + HEAL_STUB_LEN as u64;
-        let keep_stub = stub_area.contains(&orig_regs.rip);
-        if keep_stub {
+        // A thread stopped inside the stub of an earlier stasis that was
+        // killed is a few instructions from its own context; its registers
+        // are half restored and the area must not change under it.
+        if area.contains(&orig_regs.rip) {
             return Err(SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
                 "the thread is still running the healing stub of a stasis that was killed; \
-                 try again once its interrupted call has returned",
+                 try again once it has left it",
             ));
         }
-        let frame_bytes = build_frame(frame, fpstate, &frame_regs, orig_mask, &fp);
-        mem::write_bytes(tid, frame, &frame_bytes)?;
-        kill_point("heal-frame");
-        for (i, w) in words(stub).iter().enumerate() {
-            ptrace::poke(tid, patch + i as u64 * 8, *w)?;
+        // Scratch: just below the red zone when that is private writable
+        // memory (it is put back byte for byte, so it need not be free),
+        // else the start of the first private writable mapping.
+        let below = orig_regs.rsp.wrapping_sub(RED_ZONE + HEAL_SCRATCH) & !15;
+        let inside = |a: u64| {
+            writable
+                .iter()
+                .any(|&(s, e)| s <= a && a + HEAL_SCRATCH <= e)
+        };
+        let scratch = if inside(below) {
+            below
+        } else {
+            writable
+                .iter()
+                .find(|&&(s, e)| e - s >= HEAL_SCRATCH)
+                .map(|&(s, _)| s)
+                .ok_or_else(|| {
+                    SysError::other(
+                        "prepare remote syscalls",
+                        Some(tid),
+                        "no private writable memory for the scratch area",
+                    )
+                })?
+        };
+        let saved = mem::read_bytes(tid, scratch, HEAL_SCRATCH as usize)?;
+        // The context the stub returns to: the original one with the
+        // kernel's own restart fix-up applied. Nothing here calls
+        // rt_sigreturn, so the restart block of an interrupted sleep is
+        // intact: it goes on through restart_syscall, as the kernel does.
+        let mut back = restart_fixed(&orig_regs);
+        if (orig_regs.orig_rax as i64) >= 0 && orig_regs.rax as i64 == ERESTART_RESTARTBLOCK {
+            back.rax = NR_RESTART_SYSCALL;
+        }
+        let code = to_words(&heal_code());
+        for (i, w) in code.iter().enumerate() {
+            ptrace::poke(tid, area.start + i as u64 * 8, *w)?;
             if i == 3 {
                 kill_point("heal-stub-half");
             }
         }
         kill_point("heal-stub");
-        let mut t = RemoteThread {
+        let mut data = context_block(area.start, scratch, &back, orig_mask).to_vec();
+        data.resize((HEAL_SAVED_OFF - HEAL_DATA_OFF) / 8, 0);
+        data.extend(to_words(&saved));
+        let data_at = area.start + HEAL_DATA_OFF as u64;
+        for (i, w) in data.iter().enumerate() {
+            ptrace::poke(tid, data_at + i as u64 * 8, *w)?;
+        }
+        kill_point("heal-frame");
+        let t = RemoteThread {
             tid,
-            stub: patch,
+            stub: area.start,
             scratch,
-            scratch_len: frame - scratch,
+            scratch_len: HEAL_SCRATCH,
             base: orig_regs,
             heal: Some(Heal {
                 orig_regs,
                 orig_mask,
-                frame,
-                patch,
-                keep_stub,
+                area: area.start,
+                saved,
             }),
             pending_stop: false,
         };
-        // First call: let the kernel write the altstack into the frame. From
-        // here on the injected context heals itself if we disappear.
-        let r = t.syscall(libc::SYS_sigaltstack, &[0, frame + UC_STACK_OFF]);
-        let r = match r {
-            Ok(v) => v,
-            Err(e) => {
-                // The stub and frame are in place but may not have run; undo.
-                let _ = t.finish();
-                return Err(e);
-            }
-        };
-        if r < 0 {
-            let _ = t.finish();
-            return Err(SysError::new("remote sigaltstack", Some(tid), (-r) as i32));
-        }
-        // Block every signal while we inject; rt_sigreturn would restore the
-        // original mask, and finish() does too.
-        if let Err(e) = ptrace::set_sigmask(tid, !0) {
+        // Park the thread on the stub (a getpid, should we vanish now), then
+        // block every signal while we inject: the stub puts the mask back.
+        let park = t.injected(t.stub, libc::SYS_getpid, &[]);
+        if let Err(e) = ptrace::set_regs(tid, &park).and_then(|_| ptrace::set_sigmask(tid, !0)) {
             let _ = t.finish();
             return Err(e);
         }
@@ -519,6 +485,27 @@ impl RemoteThread {
         self.scratch_len = len;
     }
 
+    /// The register set that runs syscall `nr` through the stub. Healing
+    /// mode keeps the thread's own stack pointer (nothing is pushed);
+    /// plain mode runs on the scratch area.
+    fn injected(&self, entry: u64, nr: libc::c_long, args: &[u64]) -> Regs {
+        let mut r = self.base;
+        r.rip = entry;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        r.rdi = a(0);
+        r.rsi = a(1);
+        r.rdx = a(2);
+        r.r10 = a(3);
+        r.r8 = a(4);
+        r.r9 = a(5);
+        if self.heal.is_none() {
+            r.rsp = self.scratch + self.scratch_len;
+        }
+        r
+    }
+
     /// Executes syscall `nr` with up to six arguments; returns the raw result
     /// (a negative errno on failure).
     pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> Result<i64> {
@@ -554,26 +541,12 @@ impl RemoteThread {
     fn inject(&mut self, entry: u64, nr: libc::c_long, args: &[u64]) -> Result<i64> {
         REMOTE_SYSCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         log::trace!("tid {}: remote syscall {nr}", self.tid);
-        let mut r = self.base;
-        r.rip = entry;
-        r.rax = nr as u64;
-        r.orig_rax = u64::MAX;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        r.rdi = a(0);
-        r.rsi = a(1);
-        r.rdx = a(2);
-        r.r10 = a(3);
-        r.r8 = a(4);
-        r.r9 = a(5);
-        r.rsp = match &self.heal {
-            Some(h) => h.frame + 8,
-            None => self.scratch + self.scratch_len,
-        };
+        let r = self.injected(entry, nr, args);
         ptrace::set_regs(self.tid, &r)?;
         // From here until finish() the thread holds an injected register
-        // set; in healing mode its rsp is the sigframe, so a dumper killed
-        // at any of these points leaves a thread that runs the injected
-        // query, then rt_sigreturn, and is back where it was stopped.
+        // set; in healing mode a dumper killed at any of these points leaves
+        // a thread that runs the injected query, then the rest of the stub,
+        // and is back where it was stopped with its memory as it was.
         kill_point("inject-set-regs");
         self.step_to_syscall(nr)?; // entry
         kill_point("syscall-entry");
@@ -644,18 +617,20 @@ impl RemoteThread {
     }
 
     /// Healing mode: puts the thread back exactly as it was found, stopped in
-    /// PTRACE_EVENT_STOP with its original registers and mask, so that
-    /// resuming it applies the kernel's own syscall-restart logic. Plain
-    /// mode: nothing to undo. The thread stays traced and stopped.
+    /// PTRACE_EVENT_STOP with its original registers, mask and scratch
+    /// bytes, so that resuming it applies the kernel's own syscall-restart
+    /// logic. Plain mode: nothing to undo. The thread stays traced and stopped.
     pub fn finish(mut self) -> Result<()> {
         let Some(h) = self.heal.take() else {
             return Ok(());
         };
         let tid = self.tid;
         // Order matters: until set_regs below the thread still holds an
-        // injected register set, whose rt_sigreturn restores the original
-        // mask anyway; the original registers never run with the all-blocked
-        // injection mask.
+        // injected register set, whose stub puts the scratch bytes and the
+        // mask back anyway (doing it twice is harmless); the original
+        // registers never run with the all-blocked injection mask or with
+        // the scratch area changed.
+        mem::write_bytes(tid, self.scratch, &h.saved)?;
         ptrace::set_sigmask(tid, h.orig_mask)?;
         kill_point("finish-mask");
         // Leave the syscall stop for an interrupt stop taken before any user
@@ -688,11 +663,12 @@ impl RemoteThread {
         ptrace::set_regs(tid, &h.orig_regs)?;
         // The original registers are back: from here on the stub is never
         // run again; a kill below leaves (part of) it in the padding, which
-        // the next dump recognises (see padding_is_ours).
+        // the next dump recognises (see padding_is_ours): data first, then
+        // code, so that data is never left without its code.
         kill_point("finish-regs");
-        for i in 0..HEAL_STUB_LEN as u64 / 8 * u64::from(!h.keep_stub) {
-            ptrace::poke(tid, h.patch + i * 8, 0)?;
-            if i == 3 {
+        for i in (0..HEAL_AREA_LEN / 8).rev() {
+            ptrace::poke(tid, h.area + i * 8, 0)?;
+            if i == HEAL_CODE_LEN as u64 / 8 - 4 {
                 kill_point("finish-unpatch-half");
             }
         }
@@ -702,6 +678,12 @@ impl RemoteThread {
         }
         Ok(())
     }
+}
+
+/// Whether `rip` lies in the healing area of `vdso` (a thread left there
+/// by a stasis that was killed).
+pub fn in_heal_area(vdso: (u64, u64), rip: u64) -> bool {
+    heal_area(vdso).is_some_and(|a| a.contains(&rip))
 }
 
 /// Reads a NUL-free C struct field helper: little-endian u64 at `off`.
@@ -725,32 +707,57 @@ mod tests {
 
     #[test]
     fn leftover_stub_is_recognised() {
-        let (a, b) = (words(&HEAL_STUB), words(&HEAL_STUB_RESTART));
-        assert!(padding_is_ours(&[0; 8]));
+        let n = HEAL_AREA_LEN as usize / 8;
+        let code = to_words(&heal_code());
+        let k = code.len();
+        assert!(padding_is_ours(&vec![0; n]));
+        // Code only, whole or half written; code and data; code and half-zeroed data.
+        let mut a = vec![0u64; n];
+        a[..k].copy_from_slice(&code);
         assert!(padding_is_ours(&a));
+        a[..4].fill(0);
+        assert!(padding_is_ours(&a));
+        let mut b = vec![7u64; n];
+        b[..k].copy_from_slice(&code);
         assert!(padding_is_ours(&b));
-        let mut half = a;
-        half[..4].fill(0);
-        assert!(padding_is_ours(&half));
-        let mut mixed = b;
-        mixed[0] = a[0];
-        assert!(padding_is_ours(&mixed));
-        let mut swapped = a;
-        swapped.swap(0, 1);
-        assert!(!padding_is_ours(&swapped));
-        let mut other = [0u64; 8];
-        other[7] = 1;
-        assert!(!padding_is_ours(&other));
+        b[k + 3..].fill(0);
+        assert!(padding_is_ours(&b));
+        // Data without the whole code, or code that is not ours.
+        let mut c = b.clone();
+        c[0] = 0;
+        assert!(!padding_is_ours(&c));
+        let mut d = a.clone();
+        d.swap(5, 6);
+        assert!(!padding_is_ours(&d));
+        let mut e = vec![0u64; n];
+        e[n - 1] = 1;
+        assert!(!padding_is_ours(&e));
         assert!(!padding_is_ours(&[0; 2]));
     }
 
     #[test]
-    fn restart_stub_offsets_match_the_frame() {
-        // rsp = frame + 8 while the stub runs.
-        let disp =
-            |at: usize| u32::from_le_bytes(HEAL_STUB_RESTART[at..at + 4].try_into().unwrap());
-        assert_eq!(disp(11) as usize, SIGMASK_OFF - 8);
-        assert_eq!(disp(41) as usize, MCONTEXT_OFF + 13 * 8 - 8);
-        assert_eq!(&HEAL_STUB_RESTART[50..52], &[0x0f, 0x05]);
+    fn heal_code_addresses_the_context_block() {
+        let c = heal_code();
+        // Every rip-relative operand lands on its word of the block.
+        let target = |at: usize, len: usize| {
+            let d = i32::from_le_bytes(c[at + len - 4..at + len].try_into().unwrap());
+            (at as i64 + len as i64 + i64::from(d)) as usize
+        };
+        assert_eq!(&c[0..2], &[0x0f, 0x05]);
+        assert_eq!(target(2, 7), HEAL_DATA_OFF + D_SRC * 8);
+        assert_eq!(target(9, 7), HEAL_DATA_OFF + D_DST * 8);
+        assert_eq!(target(16, 7), HEAL_DATA_OFF + D_LEN * 8);
+        assert_eq!(&c[23..25], &[0xf3, 0xa4]);
+        assert_eq!(target(30, 7), HEAL_DATA_OFF + D_MASK * 8);
+        assert_eq!(&c[53..55], &[0x0f, 0x05]);
+        for (i, w) in [D_RAX, D_RDI, D_RSI, D_RDX, D_R10, D_R8, D_R9, D_RCX, D_R11]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(target(55 + i * 7, 7), HEAL_DATA_OFF + w * 8);
+        }
+        assert_eq!(&c[118..120], &[0xff, 0x25]);
+        assert_eq!(target(118, 6), HEAL_DATA_OFF + D_RIP * 8);
+        assert!(c[124..].iter().all(|&b| b == 0xcc));
     }
 }

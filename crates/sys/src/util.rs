@@ -267,6 +267,28 @@ pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool> {
     .map(|r| r == 0)
 }
 
+/// Kernel objects two tasks may share, compared by [`same_object`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// The address space (CLONE_VM).
+    Vm = 1,
+    /// The descriptor table (CLONE_FILES).
+    Files = 2,
+    /// cwd, root and umask (CLONE_FS).
+    Fs = 3,
+    /// Signal handlers (CLONE_SIGHAND).
+    Sighand = 4,
+    /// SysV semaphore undo lists (CLONE_SYSVSEM).
+    SysvSem = 6,
+}
+
+/// kcmp(2): do tasks `a` and `b` share the object `what`?
+pub fn same_object(a: Pid, b: Pid, what: Shared) -> Result<bool> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a.0, b.0, what as i32, 0, 0) };
+    check(r, &format!("kcmp({what:?}, pid {b})"), Some(a)).map(|r| r == 0)
+}
+
 /// Capacity of a pipe (F_GETPIPE_SZ).
 pub fn pipe_capacity(fd: &OwnedFd) -> Result<u32> {
     use std::os::fd::AsRawFd;
@@ -540,14 +562,23 @@ pub fn epoll_create() -> Result<OwnedFd> {
 
 /// timerfd_create(clock, flags) armed (relative) with `value_ns` left and
 /// `interval_ns`; close-on-exec in the caller.
-pub fn timerfd(clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> Result<OwnedFd> {
+pub fn timerfd(
+    clock: i32,
+    flags: i32,
+    settime_flags: u32,
+    value_ns: u64,
+    interval_ns: u64,
+    ticks: u64,
+) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    /// `_IOW('T', 0, u64)`: sets the count of unread expirations.
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
     // SAFETY: plain syscall; the descriptor is ours to own.
     let fd = unsafe { libc::timerfd_create(clock, flags | libc::TFD_CLOEXEC) };
     check(fd.into(), "timerfd_create", None)?;
     // SAFETY: fresh descriptor from the kernel.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if value_ns != 0 {
-        use std::os::fd::AsRawFd;
         let ts = |ns: u64| libc::timespec {
             tv_sec: (ns / 1_000_000_000) as i64,
             tv_nsec: (ns % 1_000_000_000) as i64,
@@ -557,10 +588,34 @@ pub fn timerfd(clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> Resul
             it_value: ts(value_ns),
         };
         // SAFETY: its lives for the call; no old value wanted.
-        let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &its, std::ptr::null_mut()) };
+        let r = unsafe {
+            libc::timerfd_settime(
+                fd.as_raw_fd(),
+                settime_flags as i32,
+                &its,
+                std::ptr::null_mut(),
+            )
+        };
         check(r.into(), "timerfd_settime", None)?;
     }
+    if ticks != 0 {
+        // SAFETY: the ioctl reads one u64 that lives for the call.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) };
+        check(r.into(), "ioctl(TFD_IOC_SET_TICKS)", None)?;
+    }
     Ok(fd)
+}
+
+/// clock_gettime(clock) in nanoseconds.
+pub fn clock_now_ns(clock: i32) -> Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out pointer.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    check(r.into(), "clock_gettime", None)?;
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// signalfd(-1, mask, flags); close-on-exec in the caller.

@@ -6,15 +6,10 @@
 //! from the area ptrace returns (its software-reserved bytes hold that mask,
 //! and its length is the kernel's full user size on this CPU).
 //!
-//! Two sizes matter and they differ on CPUs with AMX:
-//! * ptrace (`NT_X86_XSTATE`) always returns, and `PTRACE_SETREGSET` only
-//!   accepts, the full size for every feature the kernel supports (11,008
-//!   bytes with AMX);
-//! * a signal frame must not claim more than the task's own buffer, which
-//!   stays at the default size (every feature but the XFD ones: 2,816 bytes
-//!   with AMX) until the task first uses a dynamically enabled feature. A
-//!   frame claiming more makes `rt_sigreturn` silently fall back to legacy
-//!   FP/SSE state, zeroing AVX and AVX-512 registers.
+//! ptrace (`NT_X86_XSTATE`) always returns, and `PTRACE_SETREGSET` only
+//! accepts, the full size for every feature the kernel supports on this
+//! CPU (11,008 bytes with AMX, whatever the task has used), so a saved area
+//! is rewritten for the restoring CPU ([`adapt`]).
 
 /// Offset of the software-reserved bytes of the legacy area; ptrace stores
 /// the kernel's user feature mask (XCR0 as exposed to user space) there,
@@ -90,26 +85,6 @@ pub fn size_for(mask: u64) -> usize {
         .map(component)
         .map(|c| c.offset + c.size)
         .fold(HEADER_END, usize::max)
-}
-
-/// The size and feature mask of the signal frame the kernel accepts for a
-/// task whose area (as read through ptrace) is `area`.
-///
-/// A task holding live state of a dynamically enabled component (its
-/// `xstate_bv` has the bit) has the full buffer: the frame covers
-/// everything. Any other task may still have only the default buffer, and
-/// a frame of the default size is valid for both: components it leaves
-/// out are loaded in their initial state, which is exactly what their
-/// clear `xstate_bv` bits say they hold.
-pub fn sigframe_layout(area: &[u8]) -> (usize, u64) {
-    let all = features(area);
-    let dynamic = dynamic(all);
-    if xstate_bv(area) & dynamic != 0 {
-        (area.len(), all)
-    } else {
-        let mask = all & !dynamic;
-        (size_for(mask).min(area.len()), mask)
-    }
 }
 
 /// A readable name for an XSAVE component, for error messages.
@@ -208,15 +183,6 @@ mod tests {
         assert_eq!(avx.size, 256);
         assert_eq!(size_for(0b111), 832);
         assert_eq!(size_for(0b11), HEADER_END);
-    }
-
-    #[test]
-    fn frame_without_dynamic_state_is_default_sized() {
-        let all = 0b111 | dynamic(u64::MAX);
-        let a = area(size_for(all), all, 0b111);
-        let (size, mask) = sigframe_layout(&a);
-        assert_eq!(mask, all & !dynamic(all));
-        assert_eq!(size, size_for(mask));
     }
 
     #[test]

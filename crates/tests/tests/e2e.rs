@@ -90,6 +90,12 @@ selfcheck!(
     []
 );
 selfcheck!(
+    selfcheck_inotify,
+    negative_inotify,
+    Program::Bin("tp_inotify"),
+    []
+);
+selfcheck!(
     selfcheck_shared,
     negative_shared,
     Program::Bin("tp_shared"),
@@ -125,12 +131,41 @@ selfcheck!(
     Program::Bin("tp_fdkinds"),
     []
 );
+selfcheck!(
+    selfcheck_locks,
+    negative_locks,
+    Program::Bin("tp_locks"),
+    []
+);
+selfcheck!(
+    selfcheck_procattrs,
+    negative_procattrs,
+    Program::Bin("tp_procattrs"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
 #[test]
 fn selfcheck_unsupported_resources_work() {
-    for what in ["pipe", "thread", "child", "huge-deleted"] {
+    for what in [
+        "pipe",
+        "thread",
+        "child",
+        "huge-deleted",
+        "uts-ns",
+        "clone-files",
+        "thread-unshare-files",
+        "thread-creds",
+        "thread-seccomp",
+        "gdt-tls",
+        "debugreg",
+        "ldt",
+        "mempolicy",
+        "mdwe",
+        "mce",
+        "sud",
+    ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
     }
@@ -552,9 +587,21 @@ fn sparse_image_is_small() {
 /// A process with an unsupported resource: dump fails, naming the PID and
 /// the resource, leaves no image, and the process runs on unharmed.
 fn refuse(what: &str, words: &[&str]) {
-    let work = Work::new(&format!("refuse_unsupported_{what}"));
+    let name = format!("refuse_unsupported_{what}");
+    refuse_in(
+        &name,
+        what,
+        Program::Bin("tp_unsupported"),
+        &["--with", what],
+        words,
+    );
+}
+
+/// As [`refuse`], for `program` run with `args`.
+fn refuse_in(name: &str, what: &str, program: Program, args: &[&str], words: &[&str]) {
+    let work = Work::new(name);
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_unsupported"), &["--with", what]);
+    let mut p = start(&work, program, args);
     step(
         &work,
         "waiting for ready",
@@ -591,6 +638,66 @@ fn refuse(what: &str, words: &[&str]) {
 }
 
 #[test]
+fn refuse_own_uts_namespace() {
+    refuse("uts-ns", &["uts namespace"]);
+}
+
+#[test]
+fn refuse_shared_descriptor_table() {
+    refuse("clone-files", &["descriptor table (clone_files)"]);
+}
+
+#[test]
+fn refuse_thread_with_own_descriptor_table() {
+    refuse("thread-unshare-files", &["unshared its descriptor table"]);
+}
+
+#[test]
+fn refuse_thread_with_own_credentials() {
+    refuse("thread-creds", &["credentials of its own"]);
+}
+
+#[test]
+fn refuse_thread_under_seccomp() {
+    refuse("thread-seccomp", &["under seccomp"]);
+}
+
+#[test]
+fn refuse_hardware_breakpoint() {
+    refuse("debugreg", &["hardware breakpoints"]);
+}
+
+#[test]
+fn refuse_local_descriptor_table() {
+    refuse("ldt", &["local descriptor table"]);
+}
+
+#[test]
+fn refuse_numa_memory_policy() {
+    refuse("mempolicy", &["numa memory policy"]);
+}
+
+#[test]
+fn refuse_memory_deny_write_execute() {
+    refuse("mdwe", &["memory-deny-write-execute"]);
+}
+
+#[test]
+fn refuse_machine_check_kill_policy() {
+    refuse("mce", &["machine-check kill policy"]);
+}
+
+#[test]
+fn refuse_syscall_user_dispatch() {
+    refuse("sud", &["syscall user dispatch"]);
+}
+
+#[test]
+fn refuse_gdt_tls_entry() {
+    refuse("gdt-tls", &["gdt tls entry"]);
+}
+
+#[test]
 fn refuse_unsupported_tcp_socket() {
     refuse("tcp", &["socket"]);
 }
@@ -608,6 +715,24 @@ fn cr_unsupported_socket_now_supported() {
 #[test]
 fn cr_epoll_eventfd() {
     cr("cr_epoll", Program::Bin("tp_epoll"), &[]);
+}
+
+#[test]
+fn cr_inotify() {
+    cr("cr_inotify", Program::Bin("tp_inotify"), &[]);
+}
+
+/// An inotify instance with events waiting is refused by name (they
+/// cannot be saved), and the events are still there afterwards.
+#[test]
+fn refuse_inotify_with_queued_events() {
+    refuse_in(
+        "refuse_inotify_queued",
+        "inotify instance with unread events",
+        Program::Bin("tp_inotify"),
+        &["--queued"],
+        &["inotify", "unread events"],
+    );
 }
 
 #[test]
@@ -716,13 +841,6 @@ fn dump_of_missing_pid_fails() {
         "error does not name the PID: {:?}",
         out.stderr
     );
-}
-
-fn pidfile(work: &Work, name: &str) -> i32 {
-    fs::read_to_string(work.path(name))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| fail(work, format!("no pid in {name}")))
 }
 
 fn ok(work: &Work, what: &str, out: &CmdOut) {
@@ -1156,4 +1274,390 @@ fn negative_java() {
         out.result.starts_with("FAIL"),
         "the negative control did not fail: {out:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// File locks and descriptor owners (criu's --file-locks).
+
+fn locks_opts() -> Opts {
+    Opts {
+        dump_extra: vec!["--file-locks"],
+        restore_extra: vec!["--file-locks"],
+        ..Opts::default()
+    }
+}
+
+/// POSIX, flock, OFD locks, a lease, F_SETOWN_EX/F_SETSIG and O_ASYNC
+/// survive a dump with --file-locks.
+#[test]
+fn cr_file_locks() {
+    let work = Work::new("cr_file_locks");
+    run_case(&work, Program::Bin("tp_locks"), &[], &locks_opts()).assert_pass(&work);
+}
+
+/// The same with 600 more descriptors: the dump reads /proc/locks first
+/// and the fdinfo of locked files' descriptors only.
+#[test]
+fn cr_file_locks_many_fds() {
+    let work = Work::new("cr_file_locks_many");
+    run_case(
+        &work,
+        Program::Bin("tp_locks"),
+        &["--extra-fds", "600"],
+        &locks_opts(),
+    )
+    .assert_pass(&work);
+}
+
+/// Without --file-locks the dump refuses by name, and the process keeps
+/// running with every lock (its own checks after go prove it).
+#[test]
+fn refuse_file_locks_without_option() {
+    let work = Work::new("refuse_file_locks");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_locks"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of a process holding locks did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string())
+            && out.stderr.contains("lock on ")
+            && out.stderr.contains("pass --file-locks"),
+        "dump error does not name the PID, the lock and the option: {:?}",
+        out.stderr
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A lock taken by someone else between dump and restore: the restore
+/// fails naming the lock, and leaves no process behind.
+#[test]
+fn restore_fails_when_a_lock_was_taken_meanwhile() {
+    let work = Work::new("restore_lock_taken");
+    let opts = locks_opts();
+    let mut p = start(&work, Program::Bin("tp_locks"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let f = fs::File::open(work.path("flock_ex.dat")).expect("open flock_ex.dat");
+    // SAFETY: flock on our own descriptor.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(r, 0, "the contender could not take the free lock");
+    let out = restore_detached(&work, &opts.restore_extra, opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("flock_ex.dat") && out.stderr.contains("flock"),
+        "restore did not fail naming the lock: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "the failed restore left process {}",
+        p.pid
+    );
+    drop(f);
+}
+
+/// A process blocked in F_SETLKW is refused by name, even with
+/// --file-locks, and the tree runs on unharmed.
+#[test]
+fn refuse_blocked_lock_waiter() {
+    let work = Work::new("refuse_lock_waiter");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_locks"), &["--waiter"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["--file-locks"], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.contains("blocked waiting for a file lock")
+            && out.stderr.contains("F_SETLKW")
+            && out.stderr.contains("posix.dat"),
+        "dump of a blocked lock waiter did not fail naming it: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// The same inside a PID namespace (`stasis run`): owners and lock PIDs
+/// are saved and restored in the namespace's numbering.
+#[test]
+fn cr_file_locks_in_pid_ns() {
+    let work = Work::new("cr_file_locks_pidns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_locks");
+    ensure_subreaper();
+    let out = stasis(
+        &work,
+        &[
+            "run",
+            "-d",
+            "--pidfile",
+            &format!("{dir}/run.pid"),
+            "--",
+            prog.to_str().expect("utf-8"),
+            &dir,
+        ],
+        t,
+    );
+    ok(&work, "stasis run", &out);
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut init, Duration::from_secs(30)),
+    );
+    let img = format!("{dir}/img");
+    let args = ["-D", &img, "-o", "log", "-v4", "--file-locks"];
+    let pid_s = init.pid.to_string();
+    let mut dump_args = vec!["dump", "-t", &pid_s];
+    dump_args.extend_from_slice(&args);
+    ok(&work, "dump", &stasis(&work, &dump_args, t));
+    let exit = step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(Duration::from_secs(10)),
+    );
+    assert_eq!(exit, Exit::Signal(libc::SIGKILL), "dumped init: {exit:?}");
+    let pf = format!("{dir}/r.pid");
+    let mut restore_args = vec!["restore", "-d", "--pidfile", &pf];
+    restore_args.extend_from_slice(&args);
+    ok(&work, "restore", &stasis(&work, &restore_args, t));
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    work.release_go();
+    let exit = step(&work, "waiting for the restored init", r.wait(t));
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "restored tp_locks did not pass: {exit:?}{}",
+        work.diagnostics()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Per-process and per-thread settings (issue 9, part 4): tp_procattrs.
+
+/// OOM score, THP/KSM modes, membarrier, mlockall, subreaper with an
+/// orphan, coredump filter, per-mapping advice/locks/seals and per-thread
+/// sched attributes (FIFO, DEADLINE, BATCH with RESET_ON_FORK), ioprio,
+/// timer slack: all back after a restore.
+#[test]
+fn cr_procattrs() {
+    cr("cr_procattrs", Program::Bin("tp_procattrs"), &[]);
+}
+
+/// mlockall(MCL_FUTURE) without MCL_ONFAULT: found by the probe and
+/// given back (a new mapping comes out locked and populated).
+#[test]
+fn cr_procattrs_mlockall_future() {
+    cr(
+        "cr_procattrs_mlockall_future",
+        Program::Bin("tp_procattrs"),
+        &["--mlockall-future"],
+    );
+}
+
+/// Re-encodes the core file of `pid` in the image after `edit` changed
+/// its JSON (valid header and checksum).
+fn edit_core(work: &Work, pid: i32, edit: &dyn Fn(&mut serde_json::Value)) {
+    let path = work.img().join(format!("core-{pid}.img"));
+    let bytes = fs::read(&path).expect("read core");
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes[32..]).expect("core json");
+    edit(&mut v);
+    let payload = serde_json::to_vec(&v).expect("encode");
+    let out = stasis_image::encode_metadata(stasis_image::FileKind::Core, &payload);
+    fs::write(&path, out).expect("write core");
+}
+
+/// Starts tp_procattrs, dumps it and returns it (dead, PID free).
+fn dumped_procattrs(work: &Work, opts: &Opts) -> Proc {
+    let mut p = start(work, Program::Bin("tp_procattrs"), &[]);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(work, &mut p, opts);
+    let v = show(work, &work.img());
+    let attrs = &v["processes"][0]["proc_attrs"];
+    assert_eq!(attrs["oom_score_adj"], 345, "image: {attrs}");
+    assert_eq!(attrs["thp_disable"], 3, "image: {attrs}");
+    assert_eq!(attrs["mlockall"], 6, "image: {attrs}");
+    assert_eq!(attrs["child_subreaper"], true, "image: {attrs}");
+    p
+}
+
+/// An OOM score below the restorer's cannot be given without
+/// CAP_SYS_RESOURCE: the restore refuses it by name before creating
+/// anything, and no process is left.
+#[test]
+fn refuse_procattrs_oom_score_lowered() {
+    let work = Work::new("refuse_procattrs_oom_score_lowered");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    edit_core(&work, p.pid, &|v| {
+        v["proc_attrs"]["oom_score_adj"] = serde_json::json!(-500);
+    });
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("oom_score_adj -500"),
+        "restore with a lowered oom_score_adj did not refuse it by name: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        out.stderr.contains("preflight"),
+        "refused late: {}",
+        out.stderr
+    );
+    assert!(!pid_exists(p.pid), "a process was left behind");
+}
+
+/// An image without `proc_attrs` (as older stasis wrote) still loads and
+/// restores, and the program sees its settings lost: proof that its checks
+/// would catch a restore that drops them.
+#[test]
+fn cr_procattrs_old_image_loses_settings() {
+    let work = Work::new("cr_procattrs_old_image");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    edit_core(&work, p.pid, &|v| {
+        v.as_object_mut().expect("object").remove("proc_attrs");
+    });
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    let out = finish(&work, &mut r, opts.finish_timeout);
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("process settings"),
+        "settings not in the image, yet the program saw none lost: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// A MAP_DROPPABLE mapping cannot be recreated by the restorer: the dump
+/// refuses it by name and the process runs on unharmed.
+#[test]
+fn refuse_procattrs_droppable_mapping() {
+    let work = Work::new("refuse_procattrs_droppable");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_procattrs"), &["--droppable"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        !out.success()
+            && out.stderr.contains("MAP_DROPPABLE")
+            && out.stderr.contains(&p.pid.to_string()),
+        "dump of a MAP_DROPPABLE mapping was not refused by name: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// Settings this machine cannot give back, put into a real image: each
+/// restore refuses by name and leaves none of the image's processes.
+/// (No task here can set them itself: speculation controls are not
+/// per-task on this CPU, io_flusher needs CAP_SYS_RESOURCE, util clamp is
+/// not built.)
+#[test]
+fn refuse_procattrs_unrestorable_settings() {
+    let work = Work::new("refuse_procattrs_unrestorable");
+    let opts = Opts::default();
+    let p = dumped_procattrs(&work, &opts);
+    let pids: Vec<i32> = show(&work, &work.img())["inventory"]["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|x| x["pid"].as_i64().and_then(|v| i32::try_from(v).ok()))
+        .collect();
+    let core = work.img().join(format!("core-{}.img", p.pid));
+    let original = fs::read(&core).expect("read core");
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "a speculation control set by prctl",
+            Box::new(|v| v["proc_attrs"]["threads"][1]["spec"][0] = serde_json::json!(1 | 4)),
+            "PR_SPEC_STORE_BYPASS",
+        ),
+        (
+            "a speculation control no task can change",
+            Box::new(|v| v["proc_attrs"]["threads"][0]["spec"][1] = serde_json::json!(4)),
+            "PR_SPEC_INDIRECT_BRANCH",
+        ),
+        (
+            "io_flusher",
+            Box::new(|v| v["proc_attrs"]["threads"][2]["io_flusher"] = serde_json::json!(true)),
+            "io_flusher",
+        ),
+        (
+            "util clamp",
+            Box::new(|v| {
+                v["proc_attrs"]["threads"][0]["sched"]["util_min"] = serde_json::json!(100);
+                v["proc_attrs"]["threads"][0]["sched"]["util_max"] = serde_json::json!(512);
+            }),
+            "scheduling attributes",
+        ),
+    ];
+    for (what, edit, word) in cases {
+        fs::write(&core, &original).expect("restore core");
+        edit_core(&work, p.pid, &*edit);
+        let out = restore_detached(&work, &[], opts.stasis_timeout);
+        assert!(
+            !out.success() && out.stderr.contains(word),
+            "{what}: restore did not refuse it naming {word:?}: {out:?}{}",
+            work.diagnostics()
+        );
+        eprintln!("{what}: {}", out.stderr.trim());
+        for &pid in &pids {
+            assert!(!pid_exists(pid), "{what}: PID {pid} left behind");
+        }
+    }
+    // The untouched image still restores.
+    fs::write(&core, &original).expect("restore core");
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }

@@ -286,6 +286,17 @@ fn kill_dumper_at_every_point_memory() {
     kill_at_every_point("kill_points_memory", Program::Bin("tp_memory"), MEM_SMALL);
 }
 
+/// A Go program: threads in tight loops (live flags), on goroutine stacks
+/// with other stacks right below them, each left mid-injection.
+#[test]
+fn kill_dumper_at_every_point_go() {
+    match go_program() {
+        Ok(_) => kill_at_every_point("kill_points_go", Program::Go, &[]),
+        Err(e) if e == NO_GO => eprintln!("SKIP kill_dumper_at_every_point_go: {NO_GO}"),
+        Err(e) => panic!("kill_dumper_at_every_point_go: {e}"),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The dumper killed at timed instants spread over a whole dump.
 
@@ -1702,6 +1713,45 @@ fn negative_load_tree() {
         out.result.starts_with("FAIL: ") && out.result.contains("process 5"),
         "{out:?}"
     );
+}
+
+/// A daemon's process group whose leader exited: if that leader's PID is
+/// taken here, the group cannot be recreated, so the restore is refused
+/// by name before anything is created (not restored into another group);
+/// once the PID is free it restores.
+#[test]
+fn group_leader_pid_taken_refused() {
+    let work = Work::new("group_leader_taken");
+    let opts = Opts::default();
+    let mut starter = started(&work, Program::Bin("tp_daemon"), &[]);
+    let mut daemon = Proc::adopt(pidfile(&work, "daemon.pid"));
+    dump_and_check_gone(&work, &mut daemon, &opts);
+    let v = show(&work, &work.img());
+    let procs = v["processes"].as_array().expect("processes").clone();
+    let pids: Vec<i64> = procs.iter().filter_map(|p| p["pid"].as_i64()).collect();
+    let group = procs
+        .iter()
+        .filter_map(|p| Some((p["pgid"].as_i64()?, p["sid"].as_i64()?)))
+        .find(|(g, sid)| !pids.contains(g) && g != sid)
+        .map(|(g, _)| g)
+        .expect("a leaderless group in the image");
+    let Some(mut holder) = take_pid(group as i32) else {
+        eprintln!("group_leader_pid_taken_refused: PID {group} could not be taken; skipped");
+        return;
+    };
+    restore_must_fail(
+        &work,
+        &work.img(),
+        daemon.pid,
+        &[],
+        &["preflight", "process group", "--new-pid-ns"],
+        "group leader PID taken",
+    );
+    holder.kill();
+    let _ = holder.wait(Duration::from_secs(10));
+    let mut r = restore_and_adopt(&work, daemon.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+    let _ = starter.wait(Duration::from_secs(10));
 }
 
 /// Creates a process with PID `pid` (clone3 with set_tid) that pauses

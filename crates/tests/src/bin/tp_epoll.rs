@@ -2,7 +2,10 @@
 //! eventfds (counter, semaphore mode, O_NONBLOCK) and an epoll instance
 //! with its registrations (events incl. EPOLLET, user data), still keyed
 //! by the same descriptor numbers (EPOLL_CTL_DEL works); a timerfd (interval,
-//! time left, still fires) and a signalfd (its mask; reads a signal).
+//! time left, still fires); an absolute CLOCK_REALTIME timerfd with
+//! TFD_TIMER_CANCEL_ON_SET (same expiry, same settime flags); a timerfd
+//! holding 5 unread expirations (read returns 5); and a signalfd (its mask;
+//! reads a signal).
 //!
 //! Usage: `tp_epoll WORKDIR [--corrupt]`
 
@@ -91,6 +94,50 @@ fn main() {
             cur.it_value.tv_sec * 1_000_000_000 + cur.it_value.tv_nsec,
         )
     };
+    // An absolute timer on the wall clock, one hour ahead, cancelled if the
+    // clock is set; and a disarmed one holding 5 unread expirations.
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let abs_expiry = now.tv_sec + 3600;
+    // SAFETY: creating and arming our own timerfds; the ioctl reads a u64.
+    let (afd, tickfd) = unsafe {
+        let afd = libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_NONBLOCK);
+        let at = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: abs_expiry,
+                tv_nsec: 0,
+            },
+        };
+        let flags = libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET;
+        assert_eq!(
+            libc::timerfd_settime(afd, flags, &at, std::ptr::null_mut()),
+            0
+        );
+        let tickfd = libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK);
+        let five = 5u64;
+        assert_eq!(
+            libc::ioctl(tickfd, 0x4008_5400, &five),
+            0,
+            "TFD_IOC_SET_TICKS"
+        );
+        (afd, tickfd)
+    };
+    let settime_flags = |fd: i32| {
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("settime flags:"))
+            .map(str::to_string)
+    };
+    let abs_flags = settime_flags(afd);
     let t_before = gettime(tfd);
     let regs = epoll_fdinfo_targets(ep);
     proto.ready_and_wait();
@@ -124,6 +171,22 @@ fn main() {
         left <= t_before.1 && left > t_before.1 - 30_000_000_000,
         || format!("timerfd: {} ns left before, {left} after", t_before.1),
     );
+    report.eq(
+        "absolute timerfd settime flags",
+        abs_flags,
+        settime_flags(afd),
+    );
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let (_, abs_left) = gettime(afd);
+    let expiry = now.tv_sec + abs_left / 1_000_000_000;
+    report.check((expiry - abs_expiry).abs() <= 1, || {
+        format!("absolute timerfd expires at {expiry}, not {abs_expiry}")
+    });
+    let mut unread = 0u64;
+    // SAFETY: 8-byte read from our timerfd.
+    unsafe { libc::read(tickfd, (&mut unread as *mut u64).cast(), 8) };
+    report.eq("unread timerfd expirations", 5, unread);
     // It still fires: re-arm to 10 ms and wait for one expiration.
     let soon = libc::itimerspec {
         it_interval: libc::timespec {

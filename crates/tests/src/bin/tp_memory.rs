@@ -220,11 +220,9 @@ fn main() {
         if r as usize != to {
             stasis_tests::fatal("mremap");
         }
-        // The old range is gone (moved): nothing to unmap.
-        let _ = m;
     }
     let apart_hash = hash(apart.bytes());
-    for (k, name) in ["apart A", "apart B", "apart C"].into_iter().enumerate() {
+    for (k, name) in [(1, "apart B"), (2, "apart C")] {
         areas.push(Area {
             name,
             start: apart.start() + 2 * k * pg,
@@ -345,7 +343,8 @@ fn main() {
         hash(apart.bytes()),
     );
     let starts = |maps: &[u8]| -> Vec<bool> {
-        (0..3)
+        // A may merge with whatever precedes it; B and C must start VMAs.
+        (1..3)
             .map(|k| {
                 let at = format!("{:x}-", apart.start() + 2 * k * pg);
                 maps.split(|&b| b == b'\n')
@@ -355,12 +354,12 @@ fn main() {
     };
     report.eq(
         "kept-apart neighbours start separate VMAs (before: must be all true)",
-        vec![true; 3],
+        vec![true; 2],
         starts(&maps_before),
     );
     report.eq(
         "kept-apart neighbours start separate VMAs after restore",
-        vec![true; 3],
+        vec![true; 2],
         starts(&maps_after),
     );
     compare_maps(&mut report, &maps_before, &maps_after);

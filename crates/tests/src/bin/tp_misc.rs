@@ -10,7 +10,8 @@
 //! CAP_SYS_BOOT from the bounding set, CAP_NET_BIND_SERVICE inheritable and
 //! ambient; securebits KEEP_CAPS; no_new_privs; SCHED_BATCH at nice 5;
 //! pdeathsig SIGUSR1 (handled, so a parent's death does not kill us);
-//! dumpable 0. After go every one is read back and compared, and
+//! dumpable 0; bound to the last CPU (sched_setaffinity) when there are
+//! several. After go every one is read back and compared, and
 //! /proc/self/exe still names the same file.
 
 use stasis_tests::{status_field, Proto, Report};
@@ -23,7 +24,7 @@ const CAP_SYS_BOOT: i32 = 22;
 const SECBIT_KEEP_CAPS: i32 = 1 << 4;
 const UNAME26: u32 = 0x0020000;
 const NAME: &str = "tp-misc-name";
-const STATUS_KEYS: [&str; 11] = [
+const STATUS_KEYS: [&str; 12] = [
     "Name",
     "Uid",
     "Gid",
@@ -35,6 +36,7 @@ const STATUS_KEYS: [&str; 11] = [
     "CapAmb",
     "NoNewPrivs",
     "Seccomp",
+    "Cpus_allowed_list",
 ];
 
 static PDEATH_COUNT: AtomicU32 = AtomicU32::new(0);
@@ -268,6 +270,16 @@ fn main() {
         0,
         "PR_SET_NO_NEW_PRIVS"
     );
+    // SAFETY: cpu_set_t is a plain bitmask; CPU_SET stays inside it.
+    unsafe {
+        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN);
+        if n > 1 {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(usize::try_from(n - 1).expect("cpu"), &mut set);
+            let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            assert_eq!(r, 0, "sched_setaffinity");
+        }
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: param is valid; only our own scheduling changes.
     unsafe {

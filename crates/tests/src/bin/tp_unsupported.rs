@@ -2,13 +2,15 @@
 //! "dump refuses cleanly and leaves the process unharmed" tests.
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
-//! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-file`
+//! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-file|
+//! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
+//! ldt|mempolicy|mdwe|mce|sud`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
 //! - `child`: a forked child waits for go and exits with status 0;
 //! - `huge-deleted`: an open, deleted, sparse file of 1 GiB + 4 KiB (above
-//!   the size an image may hold).
+//!   the size an image may hold);
 //! - `deleted-2m`: an open, deleted file of 2 MiB of known bytes (above a
 //!   `--ghost-limit 1M`, below the default);
 //! - `aio`: an AIO context (io_setup) with its ring mapped;
@@ -17,7 +19,20 @@
 //! - `hugetlb-*`: one touched huge page of MAP_HUGETLB private or shared
 //!   anonymous memory, of an MFD_HUGETLB memfd, or of a file on a hugetlbfs
 //!   mounted by the harness at `--mnt DIR` (deleted); exits 4 if no huge page could
-//!   be had (the harness reserves them).
+//!   be had (the harness reserves them);
+//! - `uts-ns`: a UTS namespace of its own with its own hostname;
+//! - `clone-files`: a child sharing the descriptor table (CLONE_FILES);
+//! - `thread-unshare-files`: a thread that unshared its descriptor table;
+//! - `thread-creds`: a thread whose effective gid differs (raw setresgid);
+//! - `thread-seccomp`: a thread under an allow-all seccomp filter;
+//! - `gdt-tls`: a GDT TLS entry set with set_thread_area;
+//! - `debugreg`: a hardware breakpoint (DR0/DR7) a debugger set and left
+//!   behind when it detached;
+//! - `ldt`: a local descriptor table entry (modify_ldt);
+//! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread;
+//! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
+//! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
+//! - `sud`: syscall user dispatch on, selector allowing every call.
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -280,7 +295,244 @@ fn main() {
                 m.add(12345).read_volatile()
             });
         }
+        "uts-ns" => {
+            // SAFETY: integer-only syscalls on our own process.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
+            assert_eq!(r, 0, "unshare(CLONE_NEWUTS)");
+            let name = b"stasis-uts";
+            // SAFETY: name is valid for its length.
+            let r = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+            assert_eq!(r, 0, "sethostname");
+            proto.ready_and_wait();
+            let mut buf = [0u8; 64];
+            // SAFETY: buf is valid for its length.
+            unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+            report.eq("hostname", &name[..], &buf[..end]);
+        }
+        "clone-files" => {
+            // SAFETY: a fork-like clone (no CLONE_VM, no new stack) that
+            // shares the descriptor table; the program is single-threaded.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_FILES | libc::SIGCHLD) as u64,
+                    0u64,
+                    0u64,
+                    0u64,
+                    0u64,
+                )
+            } as i32;
+            if pid == 0 {
+                proto.wait_go();
+                // SAFETY: leaves the child without running the parent's exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            assert!(pid > 0, "clone(CLONE_FILES)");
+            proto.ready_and_wait();
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            report.eq("waitpid(child)", pid, r);
+        }
+        "thread-unshare-files" | "thread-creds" | "thread-seccomp" => {
+            let dir = proto.dir().to_path_buf();
+            let kind = what.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = std::thread::spawn(move || {
+                let ok = match kind.as_str() {
+                    // SAFETY: integer-only syscall affecting this thread only.
+                    "thread-unshare-files" => unsafe { libc::unshare(libc::CLONE_FILES) == 0 },
+                    // SAFETY: the raw syscall changes this thread's gids only.
+                    "thread-creds" => unsafe {
+                        libc::syscall(libc::SYS_setresgid, -1i64, 4321i64, -1i64) == 0
+                    },
+                    _ => allow_all_seccomp(),
+                };
+                tx.send(ok).expect("send");
+                Proto::new(&dir).wait_go();
+                // SAFETY: raw getegid of this thread.
+                unsafe { libc::syscall(libc::SYS_getegid) }
+            });
+            assert!(rx.recv().expect("recv"), "thread setup for {what}");
+            proto.ready_and_wait();
+            match t.join() {
+                Ok(egid) if what == "thread-creds" => report.eq("thread egid", 4321, egid),
+                Ok(_) => {}
+                Err(_) => report.fail("thread panicked"),
+            }
+        }
+        "gdt-tls" => {
+            // Only the 32-bit entry point has set_thread_area (243 there):
+            // int 0x80 from 64-bit code, with the user_desc below 4 GiB.
+            let page = stasis_tests::Mapping::new(
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            );
+            // struct user_desc: entry (-1: any free), base, limit, flags
+            // (seg_32bit, limit_in_pages, useable).
+            let desc: [u32; 4] = [u32::MAX, 0x1000, 0xfffff, 0b101_0001];
+            let d = page.addr.cast::<[u32; 4]>();
+            // SAFETY: the page is ours, writable and big enough.
+            unsafe { d.write(desc) };
+            let r = int80(243, page.start() as u64);
+            assert_eq!(r, 0, "set_thread_area (int 0x80)");
+            // SAFETY: the kernel wrote the chosen entry back into the page.
+            let entry = unsafe { d.read() }[0];
+            proto.ready_and_wait();
+            // SAFETY: as above.
+            unsafe { d.write([entry, 0, 0, 0]) };
+            let r = int80(244, page.start() as u64);
+            // SAFETY: the kernel wrote one struct user_desc.
+            let got = unsafe { d.read() };
+            report.eq("get_thread_area", (0, 0x1000), (r, got[1]));
+        }
+        "debugreg" => {
+            // A child plays debugger: seizes us, sets an execute breakpoint
+            // at an address never executed, detaches, exits.
+            // SAFETY: integer-only prctl: any process may trace us.
+            unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY, 0, 0, 0) };
+            let me = std::process::id() as i32;
+            // SAFETY: the program is single-threaded here; the child only
+            // makes ptrace calls and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let ok = set_breakpoint(me);
+                // SAFETY: leaves the child without running the parent's exit handlers.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the debugger child failed"
+            );
+            proto.ready_and_wait();
+        }
+        "ldt" => {
+            // struct user_desc for entry 0: base 0, limit 0xfff, 32-bit data.
+            let desc: [u32; 4] = [0, 0, 0xfff, 0b1];
+            // SAFETY: modify_ldt(1) reads one struct user_desc.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_modify_ldt,
+                    1,
+                    desc.as_ptr(),
+                    std::mem::size_of_val(&desc),
+                )
+            };
+            assert_eq!(r, 0, "modify_ldt(write)");
+            proto.ready_and_wait();
+            let mut buf = [0u8; 16];
+            // SAFETY: modify_ldt(0) writes at most buf.len() bytes.
+            let n = unsafe { libc::syscall(libc::SYS_modify_ldt, 0, buf.as_mut_ptr(), buf.len()) };
+            report.eq("LDT bytes read back", 16, n);
+        }
+        "mempolicy" => {
+            const MPOL_BIND: i64 = 2;
+            let nodes: u64 = 1;
+            // SAFETY: set_mempolicy reads one word of node mask.
+            let r = unsafe { libc::syscall(libc::SYS_set_mempolicy, MPOL_BIND, &nodes, 64u64) };
+            assert_eq!(r, 0, "set_mempolicy(MPOL_BIND, node 0)");
+            proto.ready_and_wait();
+            let mut mode = -1i32;
+            // SAFETY: get_mempolicy writes one int.
+            unsafe { libc::syscall(libc::SYS_get_mempolicy, &mut mode, 0usize, 0u64, 0u64, 0u64) };
+            report.eq("memory policy mode", 2, mode);
+        }
+        "mdwe" | "mce" => {
+            let (set, get, args): (i32, i32, [u64; 2]) = if what == "mdwe" {
+                (65, 66, [1, 0]) // PR_SET_MDWE REFUSE_EXEC_GAIN
+            } else {
+                (33, 34, [1, 1]) // PR_MCE_KILL SET EARLY
+            };
+            // SAFETY: integer-only prctl on our own process.
+            let r = unsafe { libc::prctl(set, args[0], args[1], 0u64, 0u64) };
+            assert_eq!(r, 0, "prctl({set})");
+            // SAFETY: as above.
+            let before = unsafe { libc::prctl(get, 0u64, 0u64, 0u64, 0u64) };
+            proto.ready_and_wait();
+            // SAFETY: as above.
+            let after = unsafe { libc::prctl(get, 0u64, 0u64, 0u64, 0u64) };
+            report.eq(&format!("prctl({get})"), before, after);
+        }
+        "sud" => {
+            // SYSCALL_DISPATCH_FILTER_ALLOW: every syscall goes through.
+            let selector: &'static u8 = Box::leak(Box::new(0u8));
+            // SAFETY: the kernel keeps a pointer to the leaked selector byte.
+            let r = unsafe { libc::prctl(59, 1u64, 0u64, 0u64, selector as *const u8 as u64) };
+            assert_eq!(r, 0, "PR_SET_SYSCALL_USER_DISPATCH");
+            proto.ready_and_wait();
+            report.eq("a syscall still works", std::process::id() > 0, true);
+        }
         other => panic!("unknown --with {other}"),
     }
     proto.finish(&report);
+}
+
+/// Installs an allow-all seccomp filter on the calling thread.
+fn allow_all_seccomp() -> bool {
+    // One instruction: BPF_RET | BPF_K, SECCOMP_RET_ALLOW.
+    let insn = libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000,
+    };
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: &insn as *const libc::sock_filter as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integers; seccomp reads the valid program above.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1u64, 0u64, 0u64, 0u64) == 0
+            && libc::syscall(
+                libc::SYS_seccomp,
+                1u64,
+                0u64,
+                &prog as *const libc::sock_fprog,
+            ) == 0
+    }
+}
+
+/// A 32-bit system call through `int 0x80` with one argument (in ebx,
+/// which LLVM reserves, hence the exchanges).
+fn int80(nr: u32, arg: u64) -> i64 {
+    let ret: u64;
+    // SAFETY: the 32-bit syscall entry clobbers nothing but eax (and the
+    // flags); the callers pass a pointer below 4 GiB to memory they own.
+    unsafe {
+        core::arch::asm!(
+            "xchg rbx, {a}",
+            "int 0x80",
+            "xchg rbx, {a}",
+            a = inout(reg) arg => _,
+            inlateout("rax") u64::from(nr) => ret,
+        );
+    }
+    i64::from(ret as u32 as i32)
+}
+
+/// Seizes `pid`, sets DR0 = 0x1000 and DR7 = L0 (an execute breakpoint),
+/// detaches. Offsets are those of `u_debugreg` in the x86-64 `struct user`.
+fn set_breakpoint(pid: i32) -> bool {
+    const DEBUGREG: usize = 848;
+    // SAFETY: ptrace requests on the given process, with integer arguments.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) != 0
+            || libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize) != 0
+        {
+            return false;
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, libc::__WALL);
+        let ok = libc::ptrace(libc::PTRACE_POKEUSER, pid, DEBUGREG, 0x1000usize) == 0
+            && libc::ptrace(libc::PTRACE_POKEUSER, pid, DEBUGREG + 7 * 8, 1usize) == 0;
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize);
+        ok
+    }
 }

@@ -34,6 +34,8 @@ pub enum Program {
     Shell,
     /// `scripts/TpJava.java` under the JVM (`java` in PATH, source launcher).
     Java,
+    /// `go/tp_go.go` built with the `go` toolchain (see [`go_program`]).
+    Go,
 }
 
 impl Program {
@@ -47,6 +49,10 @@ impl Program {
             ),
             Program::Shell => ("/bin/bash".into(), vec![scripts.join("tp_shell.sh").into()]),
             Program::Java => ("java".into(), vec![scripts.join("TpJava.java").into()]),
+            Program::Go => (
+                go_program().unwrap_or_else(|e| panic!("tp_go: {e}")),
+                vec![],
+            ),
         };
         argv.push(work.as_os_str().to_owned());
         argv.extend(args.iter().map(OsString::from));
@@ -77,6 +83,9 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
         "tp_memkinds" => env!("CARGO_BIN_EXE_tp_memkinds"),
+        "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
+        "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
+        "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
@@ -705,6 +714,14 @@ pub fn run_case(work: &Work, program: Program, args: &[&str], opts: &Opts) -> Ou
 }
 
 /// `stasis show DIR` parsed as JSON.
+/// The PID a program wrote into `WORK/name`.
+pub fn pidfile(work: &Work, name: &str) -> i32 {
+    fs::read_to_string(work.path(name))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| fail(work, format!("no pid in {name}")))
+}
+
 pub fn show(work: &Work, dir: &Path) -> serde_json::Value {
     let out = stasis(
         work,
@@ -774,3 +791,57 @@ pub fn have_java() -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// `go/tp_go.go` built once per test run with the `go` toolchain in PATH
+/// (Debian's `golang`) into `target/tmp/go/`, with its build cache there
+/// too (`GOCACHE`; CI runs as root, possibly without HOME). `Err` says
+/// why there is none: no toolchain (tests skip, saying so) or a failed
+/// build (tests fail).
+pub fn go_program() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/tp_go.go");
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+            fs::create_dir_all(dir.join("cache")).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let version = Command::new("go").arg("version").output();
+            match version {
+                Ok(o) if o.status.success() => {}
+                _ => return Err(NO_GO.into()),
+            }
+            // A private output name, renamed into place: several test
+            // binaries may build at once.
+            let out = dir.join(format!("tp_go.{}", std::process::id()));
+            let mut cmd = Command::new("go");
+            cmd.args(["build", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .current_dir(&dir)
+                .env("CGO_ENABLED", "0")
+                .env("GO111MODULE", "off")
+                .env("GOPATH", dir.join("gopath"))
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "");
+            if std::env::var_os("GOCACHE").is_none() {
+                cmd.env("GOCACHE", dir.join("cache"));
+            }
+            if std::env::var_os("HOME").is_none() {
+                cmd.env("HOME", &dir);
+            }
+            let o = cmd.output().map_err(|e| format!("run go build: {e}"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "go build {} failed: {}",
+                    src.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            let exe = dir.join("tp_go");
+            fs::rename(&out, &exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+            Ok(exe)
+        })
+        .clone()
+}
+
+/// What [`go_program`] says when there is no `go` in PATH.
+pub const NO_GO: &str = "no `go` toolchain in PATH (Debian: apt-get install golang)";

@@ -1,0 +1,320 @@
+//! Refusals: state the tree holds that stasis cannot restore yet, found
+//! before anything is collected or written, each named in the error.
+//!
+//! These are the kinds of state a restore would otherwise hand back
+//! silently different: namespaces other than the restorer's, kernel
+//! objects shared between processes without being threads (or unshared by
+//! one thread), per-thread credentials and seccomp that differ from the
+//! leader's, 32-bit code, hardware debug registers and GDT TLS entries.
+
+use crate::freeze::FrozenTree;
+use crate::{At, DumpError, Result, Stage};
+use stasis_sys::remote::{le_u32, RemoteThread};
+use stasis_sys::util::{self, Shared};
+use stasis_sys::{ptrace, Pid};
+
+/// The namespaces a process may not hold apart from stasis's own (a PID
+/// namespace is handled by the dump and restore themselves).
+const NAMESPACES: [&str; 9] = [
+    "mnt",
+    "net",
+    "uts",
+    "ipc",
+    "user",
+    "cgroup",
+    "time",
+    "pid_for_children",
+    "time_for_children",
+];
+
+/// The 64-bit user code segment selector; 0x23 is the 32-bit one.
+const USER_CS_64: u64 = 0x33;
+
+pub(crate) fn refuse(pid: u32, what: String) -> DumpError {
+    DumpError::Unsupported {
+        pid,
+        stage: Stage::Check,
+        what,
+    }
+}
+
+/// Runs every check on every process and thread of `tree`.
+pub(crate) fn check_tree(tree: &FrozenTree) -> Result<()> {
+    let root = tree.procs.first().map(|f| f.pid);
+    let Some(root) = root else { return Ok(()) };
+    let reference = Namespaces::of(root, "self")?;
+    for f in &tree.procs {
+        let pid = f.pid.0 as u32;
+        namespaces(pid, &reference)?;
+        sharing(f.pid)?;
+        let lead = if f.tids.len() > 1 {
+            Some(stasis_proc::read_status(pid).at(pid, Stage::Check)?)
+        } else {
+            None
+        };
+        for &tid in &f.tids {
+            thread_arch(pid, tid)?;
+            if let (Some(lead), true) = (&lead, tid != f.pid) {
+                thread_differs(pid, f.pid, lead, tid)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inode numbers of a task's namespaces, in [`NAMESPACES`] order (None
+/// where the kernel has no such namespace).
+struct Namespaces {
+    /// `mnt` may differ from stasis's when the tree is a PID namespace
+    /// stasis runs (`stasis run`): its private mount namespace is made
+    /// anew at restore. Then every process must share the root's.
+    pid_ns_tree: bool,
+    ids: Vec<Option<u64>>,
+    root_mnt: Option<u64>,
+}
+
+fn ns_id(task: &str, ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{task}/ns/{ns}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+impl Namespaces {
+    fn of(root: Pid, me: &str) -> Result<Namespaces> {
+        let root_s = root.0.to_string();
+        let pid_ns_tree = ns_id(&root_s, "pid") != ns_id(me, "pid");
+        Ok(Namespaces {
+            pid_ns_tree,
+            ids: NAMESPACES.iter().map(|ns| ns_id(me, ns)).collect(),
+            root_mnt: ns_id(&root_s, "mnt"),
+        })
+    }
+}
+
+fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
+    let task = pid.to_string();
+    let own_pid_ns = ns_id(&task, "pid");
+    for (i, ns) in NAMESPACES.iter().enumerate() {
+        let id = ns_id(&task, ns);
+        let want = match *ns {
+            "mnt" if reference.pid_ns_tree => reference.root_mnt,
+            // A process that unshared its children's PID namespace.
+            "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
+            _ => reference.ids[i],
+        };
+        if id != want {
+            return Err(refuse(
+                pid,
+                format!(
+                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace is restored yet",
+                    id.unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Objects a process shares with its parent without being a thread of it
+/// (clone with CLONE_VM, CLONE_FILES, CLONE_FS, CLONE_SIGHAND, or a
+/// parent stopped in vfork). Compared with the parent only: that is how
+/// such sharing arises.
+fn sharing(pid: Pid) -> Result<()> {
+    let p = pid.0 as u32;
+    let stat = stasis_proc::read_stat(p).at(p, Stage::Check)?;
+    let parent = Pid(stat.ppid as i32);
+    if stat.ppid == 0 || !std::path::Path::new(&format!("/proc/{}/task", stat.ppid)).exists() {
+        return Ok(());
+    }
+    for (what, name) in [
+        (Shared::Vm, "its address space (CLONE_VM or vfork)"),
+        (Shared::Files, "its descriptor table (CLONE_FILES)"),
+        (Shared::Fs, "its cwd, root and umask (CLONE_FS)"),
+        (Shared::Sighand, "its signal handlers (CLONE_SIGHAND)"),
+    ] {
+        // The parent may be outside the tree (the root's parent): kcmp
+        // works on any task we may ptrace.
+        match util::same_object(pid, parent, what) {
+            Ok(true) => {
+                return Err(refuse(
+                    p,
+                    format!("shares {name} with its parent {}", parent.0),
+                ))
+            }
+            Ok(false) => {}
+            Err(e) if e.errno() == Some(libc::EPERM) || e.errno() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e).at(p, Stage::Check),
+        }
+    }
+    Ok(())
+}
+
+/// Per-thread x86 state outside the registers stasis saves.
+fn thread_arch(pid: u32, tid: Pid) -> Result<()> {
+    let regs = ptrace::get_regs(tid).at(pid, Stage::Check)?;
+    if regs.cs != USER_CS_64 {
+        return Err(refuse(
+            pid,
+            format!(
+                "thread {tid} runs 32-bit or other non-64-bit code (cs {:#x})",
+                regs.cs
+            ),
+        ));
+    }
+    // DR7's enable bits (L0-G3): a hardware breakpoint or watchpoint.
+    let dr7 = ptrace::debug_reg(tid, 7).at(pid, Stage::Check)?;
+    if dr7 & 0xff != 0 {
+        return Err(refuse(
+            pid,
+            format!("thread {tid} has hardware breakpoints set (debug register DR7 {dr7:#x})"),
+        ));
+    }
+    if ptrace::syscall_user_dispatch_on(tid).at(pid, Stage::Check)? {
+        return Err(refuse(
+            pid,
+            format!("thread {tid} uses syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH)"),
+        ));
+    }
+    for entry in 12..=14 {
+        if ptrace::thread_area_used(tid, entry).at(pid, Stage::Check)? {
+            return Err(refuse(
+                pid,
+                format!("thread {tid} has a GDT TLS entry {entry} (set_thread_area)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A thread whose credentials, seccomp state or unshared fs/files differ
+/// from its leader's: stasis restores these per process.
+fn thread_differs(pid: u32, leader: Pid, lead: &stasis_proc::Status, tid: Pid) -> Result<()> {
+    for (what, name) in [
+        (Shared::Files, "unshared its descriptor table"),
+        (Shared::Fs, "unshared its cwd, root and umask"),
+    ] {
+        if !util::same_object(leader, tid, what).at(pid, Stage::Check)? {
+            return Err(refuse(pid, format!("thread {tid} {name} (unshare)")));
+        }
+    }
+    let path = format!("/proc/{pid}/task/{}/status", tid.0);
+    let text = std::fs::read(&path).map_err(|source| DumpError::Io {
+        pid,
+        stage: Stage::Check,
+        what: format!("read {path}"),
+        source,
+    })?;
+    let t = stasis_proc::parse_status(&text).map_err(|e| refuse(pid, format!("{path}: {e}")))?;
+    if t.seccomp != 0 {
+        return Err(refuse(
+            pid,
+            format!("thread {tid} is under seccomp (mode {})", t.seccomp),
+        ));
+    }
+    let creds = |s: &stasis_proc::Status| {
+        (
+            s.uids,
+            s.gids,
+            s.groups.clone(),
+            [s.cap_inh, s.cap_prm, s.cap_eff, s.cap_bnd, s.cap_amb],
+            s.no_new_privs,
+        )
+    };
+    if creds(&t) != creds(lead) {
+        return Err(refuse(
+            pid,
+            format!("thread {tid} has credentials of its own (ids, groups or capabilities differ from the leader's)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Per-thread state only the thread itself can report (remote syscalls
+/// through its healing frame): a NUMA memory policy other than the default.
+pub(crate) fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<()> {
+    let (scratch, _) = r.scratch();
+    r.call(
+        libc::SYS_get_mempolicy,
+        &[scratch, 0, 0, 0, 0],
+        "get_mempolicy",
+    )
+    .at(pid, Stage::Query)?;
+    let mode = le_u32(&r.read_scratch(0, 4).at(pid, Stage::Query)?, 0);
+    if mode != MPOL_DEFAULT {
+        return Err(refuse(
+            pid,
+            format!(
+                "thread {} has a NUMA memory policy (set_mempolicy mode {mode})",
+                r.tid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Per-process state only the process can report: a local descriptor
+/// table (modify_ldt), memory-deny-write-execute, a trapping TSC, a
+/// machine-check kill policy and CPUID faulting (ARCH_SET_CPUID 0).
+pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
+    let (scratch, _) = r.scratch();
+    let ldt = r
+        .call(libc::SYS_modify_ldt, &[0, scratch, 16], "modify_ldt(read)")
+        .at(pid, Stage::Query)?;
+    if ldt != 0 {
+        return Err(refuse(pid, "a local descriptor table (modify_ldt)".into()));
+    }
+    let mdwe = r
+        .call(
+            libc::SYS_prctl,
+            &[PR_GET_MDWE, 0, 0, 0, 0],
+            "prctl(PR_GET_MDWE)",
+        )
+        .at(pid, Stage::Query)?;
+    if mdwe != 0 {
+        return Err(refuse(
+            pid,
+            format!("memory-deny-write-execute (PR_SET_MDWE {mdwe:#x})"),
+        ));
+    }
+    r.call(libc::SYS_prctl, &[PR_GET_TSC, scratch], "prctl(PR_GET_TSC)")
+        .at(pid, Stage::Query)?;
+    let tsc = le_u32(&r.read_scratch(0, 4).at(pid, Stage::Query)?, 0);
+    if tsc != PR_TSC_ENABLE {
+        return Err(refuse(
+            pid,
+            "a trapping time-stamp counter (PR_SET_TSC PR_TSC_SIGSEGV)".into(),
+        ));
+    }
+    let mce = r
+        .call(
+            libc::SYS_prctl,
+            &[PR_MCE_KILL_GET, 0, 0, 0, 0],
+            "prctl(PR_MCE_KILL_GET)",
+        )
+        .at(pid, Stage::Query)?;
+    if mce != PR_MCE_KILL_DEFAULT {
+        return Err(refuse(
+            pid,
+            format!("a machine-check kill policy (PR_MCE_KILL {mce})"),
+        ));
+    }
+    let cpuid = r
+        .syscall(libc::SYS_arch_prctl, &[ARCH_GET_CPUID, 0])
+        .at(pid, Stage::Query)?;
+    if cpuid == 0 {
+        return Err(refuse(
+            pid,
+            "CPUID faulting (arch_prctl ARCH_SET_CPUID 0)".into(),
+        ));
+    }
+    Ok(())
+}
+
+const MPOL_DEFAULT: u32 = 0;
+const PR_GET_TSC: u64 = 25;
+const PR_TSC_ENABLE: u32 = 1;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_MCE_KILL_DEFAULT: u64 = 2;
+const PR_GET_MDWE: u64 = 66;
+const ARCH_GET_CPUID: u64 = 0x1011;

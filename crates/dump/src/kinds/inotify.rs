@@ -1,0 +1,107 @@
+//! inotify instances: each watch from its fdinfo line (`inotify wd:%x
+//! ino:%lx sdev:%x mask:%x ignored_mask:%x fhandle-bytes:%x fhandle-type:%x
+//! f_handle:%02x...`), saved with the file handle of the watched object and
+//! the mount point of its filesystem. Events waiting to be read cannot be
+//! saved: an instance with any is refused.
+
+use super::Fd;
+use crate::{At, Result, Stage};
+use stasis_image::{FdKind, InotifyWatch};
+use stasis_sys::{util, Pid};
+
+pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
+    if d.link != "anon_inode:inotify" {
+        return Ok(None);
+    }
+    let mut watches = Vec::new();
+    for (_, v) in d.info.extra.iter().filter(|(k, _)| k == "inotify wd") {
+        let w = parse_watch(v).ok_or_else(|| d.refuse(&format!("fdinfo line inotify wd:{v}")))?;
+        let (wd, mask, ino, sdev, handle_type, handle) = w;
+        if handle.is_empty() {
+            return Err(d.refuse(&format!(
+                "watch {wd}: the kernel gives no file handle for the watched object"
+            )));
+        }
+        let mount = mount_point(d.pid, sdev)?
+            .ok_or_else(|| d.refuse(&format!("watch {wd}: no mount of device {sdev:#x}")))?;
+        watches.push(InotifyWatch {
+            wd,
+            mask,
+            ino,
+            mount,
+            handle_type,
+            handle,
+        });
+    }
+    watches.sort_by_key(|w| w.wd);
+    if queued(d)? != 0 {
+        return Err(d.refuse("an inotify instance with unread events (not supported yet)"));
+    }
+    Ok(Some(FdKind::Inotify {
+        flags: d.flags(),
+        watches,
+    }))
+}
+
+/// Bytes of events waiting in the instance, asked of a duplicate.
+fn queued(d: &Fd<'_>) -> Result<u32> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
+    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    stasis_sys::inotify::queued_bytes(&dup).at(pid, st)
+}
+
+/// The mount point (as the process sees it) of the filesystem whose
+/// superblock device is `sdev` (the kernel's encoding: major << 20 | minor).
+fn mount_point(pid: u32, sdev: u64) -> Result<Option<String>> {
+    let (major, minor) = ((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
+    let mounts = stasis_proc::read_mountinfo(pid).at(pid, Stage::Check)?;
+    // A mount of the whole filesystem if there is one, else any of it
+    // (a file handle is valid on every mount of its filesystem).
+    let mut of_dev: Vec<_> = mounts
+        .into_iter()
+        .filter(|m| m.major == major && m.minor == minor)
+        .collect();
+    of_dev.sort_by_key(|m| m.root != "/");
+    Ok(of_dev.into_iter().next().map(|m| m.mount_point))
+}
+
+/// One watch: (wd, mask, ino, sdev, handle type, handle bytes).
+type Watch = (i32, u32, u64, u64, i32, Vec<u8>);
+
+/// Parses the value of an `inotify wd:` fdinfo line (every number hex).
+fn parse_watch(v: &str) -> Option<Watch> {
+    let mut it = v.split_whitespace();
+    let wd = i32::from_str_radix(it.next()?, 16).ok()?;
+    let (mut mask, mut ino, mut sdev, mut htype, mut handle) = (None, None, None, 0, Vec::new());
+    for tok in it {
+        let (k, val) = tok.split_once(':')?;
+        match k {
+            "mask" => mask = u32::from_str_radix(val, 16).ok(),
+            "ino" => ino = u64::from_str_radix(val, 16).ok(),
+            "sdev" => sdev = u64::from_str_radix(val, 16).ok(),
+            "fhandle-type" => htype = i32::from_str_radix(val, 16).ok()?,
+            "f_handle" => {
+                handle = (0..val.len() / 2)
+                    .map(|i| u8::from_str_radix(val.get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()?;
+            }
+            _ => {}
+        }
+    }
+    Some((wd, mask?, ino?, sdev?, htype, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parse_watch_lines() {
+        assert_eq!(
+            super::parse_watch(
+                "1 ino:2a sdev:800001 mask:fff ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:2a000000dcd1c7b1"
+            ),
+            Some((1, 0xfff, 0x2a, 0x80_0001, 1, vec![0x2a, 0, 0, 0, 0xdc, 0xd1, 0xc7, 0xb1]))
+        );
+        assert_eq!(super::parse_watch("1 ino:zz"), None);
+    }
+}

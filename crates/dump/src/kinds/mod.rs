@@ -1,0 +1,245 @@
+//! Open descriptors, one module per kind of file. Each kind's `identify`
+//! looks at one descriptor (its /proc link, fdinfo and, for a named file,
+//! its stat) and either claims it, refuses it by name, or passes. Kinds that
+//! span processes (a pipe's two ends, a socket pair, a saved object) also
+//! have a `link` run over the whole tree once every process is collected.
+//!
+//! | kind (`FdKind`) | module | identified by |
+//! |---|---|---|
+//! | `Pipe` | [`pipe`] | link `pipe:[INO]` |
+//! | `EventFd` | [`eventfd`] | link `anon_inode:[eventfd]` |
+//! | `TimerFd` | [`timerfd`] | link `anon_inode:[timerfd]` |
+//! | `SignalFd` | [`signalfd`] | link `anon_inode:[signalfd]` |
+//! | `Epoll` | [`epoll`] | link `anon_inode:[eventpoll]` |
+//! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
+//! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag |
+//! | `Path` | [`opath`] | O_PATH in fdinfo flags |
+//! | `Saved` | [`saved`] | a regular file whose link ends in " (deleted)" (memfds too) |
+//! | `Fifo` | [`fifo`] | a FIFO by path |
+//! | `Regular` | [`regular`] | a regular file or directory by path |
+//! | `CharDevice` | [`chardev`] | a character device (a terminal only with --shell-job) |
+//!
+//! Adding a kind: a module here with its `identify` (and `link` if it spans
+//! processes), one line in [`KINDS`] (and [`LINKS`]). A descriptor no kind
+//! claims is refused in one place, [`collect_fds`].
+
+mod chardev;
+mod epoll;
+mod eventfd;
+mod fifo;
+mod inotify;
+mod opath;
+mod pipe;
+pub(crate) mod regular;
+pub(crate) mod saved;
+mod signalfd;
+mod timerfd;
+mod unix;
+
+use crate::{At, DumpError, Result, Stage};
+use stasis_image::{FdEntry, FdKind, ProcessImage};
+use stasis_proc::FdInfo;
+use stasis_sys::{util, Pid};
+use std::collections::HashMap;
+
+const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+const DELETED: &str = " (deleted)";
+
+/// One descriptor being identified.
+pub(crate) struct Fd<'a> {
+    pub(crate) pid: u32,
+    pub(crate) fd: i32,
+    /// Its /proc/PID/fd link.
+    pub(crate) link: &'a str,
+    pub(crate) info: &'a FdInfo,
+    pub(crate) shell_job: bool,
+    /// stat of a named file (link starting with '/'), read once on demand.
+    md: Option<std::fs::Metadata>,
+    /// AF_UNIX sockets of our network namespace, asked for once if needed.
+    unix: &'a mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
+}
+
+impl Fd<'_> {
+    /// The open flags without O_CLOEXEC (kept in `FdEntry::cloexec`).
+    pub(crate) fn flags(&self) -> u32 {
+        self.info.flags & !O_CLOEXEC
+    }
+
+    /// Whether the link names a deleted file.
+    pub(crate) fn deleted(&self) -> bool {
+        self.link.ends_with(DELETED)
+    }
+
+    /// stat through the /proc link (the very object the process has open),
+    /// for a descriptor whose link is a path; None for anything else.
+    pub(crate) fn stat(&mut self) -> Result<Option<&std::fs::Metadata>> {
+        if !self.link.starts_with('/') {
+            return Ok(None);
+        }
+        if self.md.is_none() {
+            self.md = Some(stat(self.pid, self.fd, self.link)?);
+        }
+        Ok(self.md.as_ref())
+    }
+
+    /// "cannot dump fd N (LINK): why" for this descriptor.
+    pub(crate) fn refuse(&self, why: &str) -> DumpError {
+        DumpError::Unsupported {
+            pid: self.pid,
+            stage: Stage::Check,
+            what: format!("fd {} ({}): {why}", self.fd, self.link),
+        }
+    }
+}
+
+/// stat of fd `fd` through its /proc link.
+pub(crate) fn stat(pid: u32, fd: i32, link: &str) -> Result<std::fs::Metadata> {
+    std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|source| DumpError::Io {
+        pid,
+        stage: Stage::Check,
+        what: format!("stat fd {fd} ({link})"),
+        source,
+    })
+}
+
+/// A kind's answer for one descriptor: claimed (`Some`), refused (`Err`),
+/// or not this kind (`None`).
+type Identify = fn(&mut Fd<'_>) -> Result<Option<FdKind>>;
+
+/// The kinds, asked in this order: those known by their link first, then
+/// O_PATH (any object can be opened so), then those known by stat.
+const KINDS: &[(&str, Identify)] = &[
+    ("pipe", pipe::identify),
+    ("eventfd", eventfd::identify),
+    ("timerfd", timerfd::identify),
+    ("signalfd", signalfd::identify),
+    ("epoll", epoll::identify),
+    ("inotify", inotify::identify),
+    ("unix socket", unix::identify),
+    ("O_PATH", opath::identify),
+    ("saved file", saved::identify),
+    ("fifo", fifo::identify),
+    ("regular file", regular::identify),
+    ("character device", chardev::identify),
+];
+
+/// Records every open descriptor; a descriptor no kind claims is refused.
+pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
+    let st = Stage::Check;
+    let mut out = Vec::new();
+    let mut unix = None;
+    for fd in stasis_proc::list_fds(pid).at(pid, st)? {
+        let link = stasis_proc::read_link(pid, &format!("fd/{fd}")).at(pid, st)?;
+        let info = stasis_proc::read_fdinfo(pid, fd).at(pid, st)?;
+        let mut d = Fd {
+            pid,
+            fd,
+            link: &link,
+            info: &info,
+            shell_job,
+            md: None,
+            unix: &mut unix,
+        };
+        let mut kind = None;
+        for (name, identify) in KINDS {
+            kind = identify(&mut d)?;
+            if let Some(k) = &kind {
+                log::trace!("pid {pid}: fd {fd} ({link}): {name} {k:?}");
+                break;
+            }
+        }
+        let Some(kind) = kind else {
+            if let Some(why) = crate::memkinds::refuse_fd(&link) {
+                return Err(d.refuse(&why));
+            }
+            return Err(d.refuse(if link.starts_with('/') {
+                "file type not supported yet"
+            } else {
+                "this kind of file is not supported yet"
+            }));
+        };
+        out.push(FdEntry {
+            fd,
+            cloexec: info.flags & O_CLOEXEC != 0,
+            kind,
+            ofd: 0,
+        });
+    }
+    Ok(out)
+}
+
+/// A kind's pass over the whole tree (every process collected).
+type Link = fn(&mut [&mut ProcessImage]) -> Result<()>;
+
+/// What links the descriptors of the whole tree, in this order: open file
+/// descriptions first (every later step sees shared entries), then the
+/// kinds whose objects span processes.
+const LINKS: &[(&str, Link)] = &[
+    ("open file descriptions", link_descriptions),
+    ("unix socket pairs", unix::link),
+    ("pipes", pipe::link),
+    ("saved files", saved::link),
+    ("fifos", fifo::link),
+];
+
+/// Links the descriptors and objects of every process of the tree.
+pub(crate) fn link_tree(images: &mut [&mut ProcessImage], ghost_limit: u64) -> Result<()> {
+    for (name, link) in LINKS {
+        log::trace!("linking {name}");
+        link(images)?;
+    }
+    saved::check_ghost_limit(images, ghost_limit)
+}
+
+/// Identity key for finding shared open file descriptions: only entries
+/// with the same key are compared with kcmp.
+fn key(k: &FdKind) -> (u8, u64, u64) {
+    match k {
+        FdKind::Regular { file, .. } => (0, file.dev, file.ino),
+        FdKind::CharDevice { rdev, .. } => (1, *rdev, 0),
+        FdKind::Pipe { id, write_end, .. } => (2, *id, u64::from(*write_end)),
+        // Identified later (by kcmp within the bucket).
+        FdKind::Saved { .. } => (3, 0, 0),
+        FdKind::Path { .. } => (4, 0, 0),
+        FdKind::Fifo { id, .. } => (5, *id, 0),
+        FdKind::UnixSocket { id, .. } => (6, *id, 0),
+        FdKind::EventFd { .. } => (7, 0, 0),
+        FdKind::TimerFd { .. } => (9, 0, 0),
+        FdKind::SignalFd { .. } => (10, 0, 0),
+        FdKind::Epoll { .. } => (8, 0, 0),
+        FdKind::Inotify { .. } => (11, 0, 0),
+    }
+}
+
+/// Entries sharing an open file description (kcmp) get the same `ofd` id.
+fn link_descriptions(images: &mut [&mut ProcessImage]) -> Result<()> {
+    // Per identity key: the (pid, fd, ofd id) of each distinct description seen.
+    type Seen = Vec<(u32, i32, u64)>;
+    let mut reps: HashMap<(u8, u64, u64), Seen> = HashMap::new();
+    let mut next = 1u64;
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        for e in img.files.iter_mut() {
+            let cands = reps.entry(key(&e.kind)).or_default();
+            let mut found = None;
+            for &(p2, fd2, id) in cands.iter() {
+                if util::same_file(Pid(pid as i32), e.fd, Pid(p2 as i32), fd2)
+                    .at(pid, Stage::Collect)?
+                {
+                    found = Some(id);
+                    break;
+                }
+            }
+            e.ofd = match found {
+                Some(id) => id,
+                None => {
+                    let id = next;
+                    next += 1;
+                    cands.push((pid, e.fd, id));
+                    id
+                }
+            };
+        }
+    }
+    Ok(())
+}

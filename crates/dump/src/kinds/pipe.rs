@@ -1,0 +1,76 @@
+//! Pipes. Both ends must be in the tree; the bytes waiting in a pipe are
+//! copied without consuming them (`tee` from a `pidfd_getfd` duplicate of a
+//! read end into a private pipe of the same capacity) and saved with its
+//! first entry.
+
+use super::Fd;
+use crate::{At, DumpError, Result, Stage};
+use stasis_image::{FdKind, ProcessImage};
+use stasis_sys::{util, Pid};
+use std::collections::{HashMap, HashSet};
+
+pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
+    let Some(ino) = d
+        .link
+        .strip_prefix("pipe:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(FdKind::Pipe {
+        id: ino,
+        write_end: d.info.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+        flags: d.flags(),
+        data: Vec::new(),
+        capacity: 0,
+    }))
+}
+
+/// Both ends present, contents saved once.
+pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
+    let mut ends: HashMap<u64, (Option<(u32, i32)>, bool)> = HashMap::new();
+    for img in images.iter() {
+        for e in &img.files {
+            if let FdKind::Pipe { id, write_end, .. } = e.kind {
+                let slot = ends.entry(id).or_default();
+                if write_end {
+                    slot.1 = true;
+                } else if slot.0.is_none() {
+                    slot.0 = Some((img.pid, e.fd));
+                }
+            }
+        }
+    }
+    let mut saved = HashSet::new();
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        for e in img.files.iter_mut() {
+            let FdKind::Pipe {
+                id, data, capacity, ..
+            } = &mut e.kind
+            else {
+                continue;
+            };
+            let (reader, writer) = ends.get(id).copied().unwrap_or_default();
+            let Some((rpid, rfd)) = reader.filter(|_| writer) else {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    stage: Stage::Check,
+                    what: format!(
+                        "fd {} (pipe:[{id}]): the other end of this pipe is outside the dumped tree",
+                        e.fd
+                    ),
+                });
+            };
+            if !saved.insert(*id) {
+                continue;
+            }
+            let pidfd = util::pidfd_open(Pid(rpid as i32)).at(rpid, Stage::Collect)?;
+            let dup = util::pidfd_getfd(&pidfd, Pid(rpid as i32), rfd).at(rpid, Stage::Collect)?;
+            *capacity = util::pipe_capacity(&dup).at(rpid, Stage::Collect)?;
+            *data = util::pipe_peek(&dup).at(rpid, Stage::Collect)?;
+        }
+    }
+    Ok(())
+}

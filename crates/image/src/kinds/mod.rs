@@ -1,0 +1,61 @@
+//! Validation of each kind of open file, one module per kind. The image
+//! type of a kind is its variant of [`FdKind`] (in model.rs: one enum,
+//! serialized with a `type` tag, so the JSON names every kind); the rules
+//! serde cannot check live here, next to the kind's name.
+//!
+//! | kind (`FdKind`) | module | rules |
+//! |---|---|---|
+//! | `Regular` | [`regular`] | path length |
+//! | `CharDevice` | [`chardev`] | path length |
+//! | `Path` | [`opath`] | path length, O_PATH in flags |
+//! | `Pipe` | [`pipe`] | waiting bytes within capacity, capacity capped |
+//! | `Fifo` | [`fifo`] | path length, as a pipe |
+//! | `Saved` | [`saved`] | id set; `SavedFile` records, their page-file spans, references |
+//! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket |
+//! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
+//! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
+//! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
+//!
+//! Adding a kind: its variant in `FdKind`, a module here if it has rules,
+//! and one arm in [`validate_fd`].
+
+mod chardev;
+mod epoll;
+mod fifo;
+pub mod inotify;
+mod opath;
+mod pipe;
+pub(crate) mod regular;
+pub(crate) mod saved;
+mod unix;
+
+use crate::checker::Checker;
+use crate::error::Result;
+use crate::model::{FdEntry, FdKind, ProcessImage};
+
+/// The rules of descriptor `f` (entry `i` of `img.files`), by kind.
+pub(crate) fn validate_fd(
+    c: &Checker<'_>,
+    img: &ProcessImage,
+    i: usize,
+    f: &FdEntry,
+) -> Result<()> {
+    let field = format!("files[{i}].kind");
+    match &f.kind {
+        FdKind::Regular { file, .. } => regular::validate(c, &field, file),
+        FdKind::CharDevice { path, .. } => chardev::validate(c, &field, path),
+        FdKind::Saved { id, .. } => saved::validate_fd(c, &field, *id),
+        FdKind::Path { path, flags, .. } => opath::validate(c, &field, path, *flags),
+        FdKind::Fifo {
+            path,
+            data,
+            capacity,
+            ..
+        } => fifo::validate(c, &field, path, data, *capacity),
+        FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } => Ok(()),
+        FdKind::Epoll { targets, .. } => epoll::validate(c, &field, img, f.fd, targets),
+        FdKind::UnixSocket { sock_type, .. } => unix::validate(c, &field, *sock_type),
+        FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
+        FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
+    }
+}

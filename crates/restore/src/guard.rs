@@ -1,0 +1,114 @@
+//! The all-or-nothing guarantee of a tree restore: [`TreeGuard`].
+
+use stasis_sys::{spawn, util, Pid};
+
+/// Kills and reaps every process the restore created unless disarmed.
+///
+/// Invariant: a failed restore leaves no process of the tree behind, not
+/// even a zombie. While the tree is built the restorer is a child
+/// subreaper, so the orphans of every killed process are reparented to it
+/// (never to whoever runs stasis) and reaped here. Only processes that are
+/// descendants of our root, or our own children, *and* carry a PID of the
+/// image are killed: a PID held by a foreign process (the reason a fork
+/// failed) is never touched.
+pub(crate) struct TreeGuard {
+    pub(crate) armed: bool,
+    pub(crate) root: Option<Pid>,
+    /// Traced tasks: (process, its threads other than the leader).
+    pub(crate) traced: Vec<(Pid, Vec<Pid>)>,
+    /// Every PID of the image (processes and zombies).
+    pub(crate) pids: std::collections::HashSet<i32>,
+    /// The subreaper flag to put back when the guard ends.
+    pub(crate) was_subreaper: bool,
+}
+
+impl TreeGuard {
+    /// Descendants of `p` (not `p`) with image PIDs, as /proc shows them now.
+    fn descendants(&self, p: Pid, out: &mut Vec<Pid>) {
+        let mut queue = vec![p];
+        while let Some(q) = queue.pop() {
+            let tasks = stasis_proc::list_tasks(q.0 as u32).unwrap_or_default();
+            for t in tasks {
+                for c in stasis_proc::read_children(q.0 as u32, t).unwrap_or_default() {
+                    let c = Pid(c as i32);
+                    if self.pids.contains(&c.0) && !out.contains(&c) {
+                        out.push(c);
+                        queue.push(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        let Some(root) = self.root else { return };
+        log::warn!("pid {root}: killing the partly restored tree");
+        // Found before anything dies, while every process is still where
+        // the restore put it.
+        let mut ours = vec![root];
+        self.descendants(root, &mut ours);
+        for &p in &ours {
+            let _ = util::kill(p, libc::SIGKILL);
+        }
+        for (p, threads) in self.traced.iter().rev() {
+            if *p != root {
+                spawn::kill_and_reap_threads(*p, threads);
+            }
+        }
+        let root_threads = self
+            .traced
+            .iter()
+            .find(|(p, _)| *p == root)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        spawn::kill_and_reap_threads(root, &root_threads);
+        // Orphans come to us as their parents die: kill (a fork may have
+        // been in flight) and reap them until none of ours is left.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mine: Vec<Pid> = util::own_children()
+                .into_iter()
+                .filter(|c| self.pids.contains(&c.0))
+                .collect();
+            for &c in &mine {
+                if !ours.contains(&c) {
+                    ours.push(c);
+                }
+                self.descendants(c, &mut ours);
+            }
+            for &c in &ours {
+                let _ = util::kill(c, libc::SIGKILL);
+            }
+            for &c in &mine {
+                let _ = util::waitpid(c, libc::WNOHANG | libc::__WALL);
+            }
+            ours.retain(|&p| util::pid_exists(p));
+            // Done only when a scan after the last death finds no child of
+            // ours either: a process is reparented to us before its dead
+            // parent can be reaped, so nothing can appear later.
+            if ours.is_empty()
+                && !util::own_children()
+                    .iter()
+                    .any(|c| self.pids.contains(&c.0))
+            {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                log::warn!("pid {root}: processes of the failed restore still exist: {ours:?}");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.kill_all();
+        }
+        if !self.was_subreaper {
+            let _ = util::set_child_subreaper(false);
+        }
+    }
+}

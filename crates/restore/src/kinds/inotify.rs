@@ -1,0 +1,61 @@
+//! inotify instances: created by the restorer, each watch added again on
+//! the object its file handle names (`open_by_handle_at` on the mount
+//! point of its filesystem, then `inotify_add_watch` through the object's
+//! /proc/self/fd link, so a renamed object is still found). The kernel
+//! gives watch descriptors in increasing order: a watch whose number is not
+//! the next one is added and removed until it is (the IN_IGNORED events of
+//! those removals are then read away; the dump refused queued events, so
+//! the queue is empty as it was).
+
+use super::{Cx, Opened};
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::InotifyWatch;
+use stasis_sys::{inotify, util};
+use std::os::fd::AsRawFd;
+
+/// How many watch numbers a gap may skip before giving up.
+const MAX_SKIP: i32 = 1 << 16;
+
+pub(super) fn open(
+    o: &mut Opened,
+    cx: &Cx<'_>,
+    flags: u32,
+    watches: &[InotifyWatch],
+) -> Result<usize> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let ifd = inotify::init(flags as i32 & libc::O_NONBLOCK).at(pid, st)?;
+    for w in watches {
+        let mnt = util::open(&w.mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
+        let obj = inotify::open_by_handle(&mnt, w.handle_type, &w.handle, libc::O_PATH).map_err(
+            |source| RestoreError::Sys {
+                pid,
+                stage: st,
+                source: stasis_sys::SysError {
+                    op: format!(
+                        "fd {}: inotify watch {} (inode {}): {}",
+                        cx.fd, w.wd, w.ino, source.op
+                    ),
+                    ..source
+                },
+            },
+        )?;
+        let path = format!("/proc/self/fd/{}", obj.as_raw_fd());
+        let mut got = inotify::add_watch(&ifd, &path, w.mask).at(pid, st)?;
+        while got < w.wd && got > w.wd - MAX_SKIP {
+            inotify::rm_watch(&ifd, got).at(pid, st)?;
+            got = inotify::add_watch(&ifd, &path, w.mask).at(pid, st)?;
+        }
+        if got != w.wd {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!(
+                    "fd {}: inotify watch {} came back as {got} (inode {})",
+                    cx.fd, w.wd, w.ino
+                ),
+            });
+        }
+    }
+    inotify::drain(&ifd).at(pid, st)?;
+    Ok(o.push(ifd))
+}

@@ -1,0 +1,270 @@
+//! Open descriptors, one module per kind of file. The restorer opens every
+//! descriptor of every process before the tree is forked (each process
+//! inherits them and moves its own to their numbers), so each kind's
+//! `open` runs here, in the restorer, and returns an index into
+//! [`Opened::owned`].
+//!
+//! | kind (`FdKind`) | module | what restore does |
+//! |---|---|---|
+//! | `Regular` | [`regular`] | open by path, flags, offset |
+//! | `CharDevice` | [`chardev`] | open by path (a terminal: the restorer's own with `--shell-job`) |
+//! | `Path` | [`opath`] | `O_PATH` open by path |
+//! | `Pipe` | [`pipe`] | one `pipe2` per pipe, capacity and waiting bytes |
+//! | `Fifo` | [`fifo`] | a read-write holder with the waiting bytes, then each end |
+//! | `Saved` | [`saved`] | memfd / deleted file recreated from the page file, reopened |
+//! | `UnixSocket` | [`unix`] | one `socketpair` per pair |
+//! | `EventFd` | [`eventfd`] | `eventfd2` with its counter |
+//! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
+//! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
+//! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
+//! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
+//!
+//! Adding a kind: a module here with its `open`, and one arm in
+//! [`open_one`]. The dump refuses any kind it cannot identify, so every
+//! kind in an image has an arm.
+
+mod chardev;
+pub(crate) mod epoll;
+mod eventfd;
+mod fifo;
+mod inotify;
+mod opath;
+mod pipe;
+mod regular;
+pub(crate) mod saved;
+mod signalfd;
+mod timerfd;
+mod unix;
+
+use crate::memory::ServiceFds;
+use crate::{At, Result, Stage};
+use stasis_image::{FdEntry, FdKind, ProcessImage, VmaKind};
+use stasis_sys::util;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+pub(crate) use chardev::own_tty;
+
+/// Open flags that describe how a file was created, not how it is open;
+/// and O_ASYNC: open(2) records it without arming it, after which F_SETFL
+/// cannot arm it either (fdowner.rs sets it).
+const OPEN_FLAGS_DROP: i32 =
+    libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_ASYNC;
+
+/// Every descriptor the restorer opened for the tree; shared open file
+/// descriptions (same `ofd`) and objects with an id (a pipe, a socket
+/// pair, a FIFO, a saved file) are opened once.
+#[derive(Default)]
+pub(crate) struct Opened {
+    pub(crate) owned: Vec<OwnedFd>,
+    by_ofd: HashMap<u64, usize>,
+    /// (kind, id) -> index into `owned` of an object shared by several
+    /// descriptors (pipe ends, socket ends, FIFO holders).
+    objects: HashMap<(&'static str, u64), usize>,
+    /// Saved files (memfds, deleted files): see [`saved`].
+    pub(crate) saved: saved::SavedObjects,
+    /// `--shell-job`: the restorer's own terminal, which replaces the
+    /// terminal the processes had.
+    pub(crate) shell_tty: Option<String>,
+}
+
+impl Opened {
+    pub(crate) fn push(&mut self, fd: OwnedFd) -> usize {
+        self.owned.push(fd);
+        self.owned.len() - 1
+    }
+
+    fn object(&self, kind: &'static str, id: u64) -> Option<usize> {
+        self.objects.get(&(kind, id)).copied()
+    }
+
+    fn set_object(&mut self, kind: &'static str, id: u64, i: usize) {
+        self.objects.insert((kind, id), i);
+    }
+
+    /// `/proc/self/fd/N` of descriptor `i`: a new open file description of
+    /// the same object.
+    fn reopen_path(&self, i: usize) -> String {
+        format!("/proc/self/fd/{}", self.owned[i].as_raw_fd())
+    }
+}
+
+/// What every kind's `open` gets: the process and descriptor being opened
+/// (for errors) and the whole image (objects stored with another entry).
+pub(crate) struct Cx<'a> {
+    pub(crate) pid: u32,
+    pub(crate) fd: i32,
+    pub(crate) procs: &'a [ProcessImage],
+}
+
+/// Opens one descriptor: the table of kinds.
+fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
+    match kind {
+        FdKind::Regular { file, flags, pos } => regular::open(o, cx, &file.path, *flags, *pos),
+        FdKind::CharDevice { path, flags, rdev } => chardev::open(o, cx, path, *flags, *rdev),
+        FdKind::Path { path, flags, .. } => opath::open(o, cx, path, *flags),
+        FdKind::Pipe {
+            id,
+            write_end,
+            flags,
+            ..
+        } => pipe::open(o, cx, *id, *write_end, *flags),
+        FdKind::Fifo {
+            path, id, flags, ..
+        } => fifo::open(o, cx, path, *id, *flags),
+        FdKind::Saved { id, flags, pos } => saved::open(o, cx, *id, *flags, *pos),
+        FdKind::UnixSocket {
+            id,
+            peer,
+            sock_type,
+            flags,
+        } => unix::open(o, cx, *id, *peer, *sock_type, *flags),
+        FdKind::EventFd {
+            count,
+            semaphore,
+            flags,
+        } => eventfd::open(o, cx, *count, *semaphore, *flags),
+        k @ FdKind::TimerFd { .. } => timerfd::open(o, cx, k),
+        FdKind::SignalFd { mask, flags } => signalfd::open(o, cx, *mask, *flags),
+        FdKind::Epoll { .. } => epoll::open(o, cx),
+        FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
+    }
+}
+
+/// The bytes waiting in a pipe or FIFO and its capacity, stored with the
+/// one entry (of any process) that `pick` accepts with a capacity set.
+fn waiting_bytes<'a>(
+    procs: &'a [ProcessImage],
+    pick: impl Fn(&'a FdKind) -> Option<(&'a [u8], u32)>,
+) -> (&'a [u8], u32) {
+    procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .filter_map(|e| pick(&e.kind))
+        .find(|&(_, c)| c != 0)
+        .unwrap_or((&[], 0))
+}
+
+/// A new pipe (or FIFO holder) `fd` gets its capacity and waiting bytes.
+fn fill_pipe(pid: u32, fd: &OwnedFd, data: &[u8], capacity: u32, what: &str) -> Result<()> {
+    let st = Stage::Fork;
+    if capacity != 0 {
+        util::set_pipe_capacity(fd, capacity).at(pid, st)?;
+    }
+    util::write_all(fd, data, &format!("fill {what}")).at(pid, st)
+}
+
+/// Descriptors one process needs, as indices into [`Opened::owned`].
+pub(crate) struct ProcFiles {
+    pub(crate) srcs: Vec<usize>,
+    /// (index into `srcs`, target fd, close-on-exec)
+    pub(crate) targets: Vec<(usize, i32, bool)>,
+    pub(crate) pages_k: usize,
+    pub(crate) exe_k: usize,
+    pub(crate) files_k: HashMap<String, usize>,
+}
+
+impl ProcFiles {
+    /// Opens, in the restorer, every file a process needs: its descriptors
+    /// (flags, offset) and the service files (page file, exe, mapped files).
+    pub(crate) fn open(
+        img: &ProcessImage,
+        pages: &Path,
+        procs: &[ProcessImage],
+        opened: &mut Opened,
+    ) -> Result<ProcFiles> {
+        let mut f = ProcFiles {
+            srcs: Vec::new(),
+            targets: Vec::new(),
+            pages_k: 0,
+            exe_k: 0,
+            files_k: HashMap::new(),
+        };
+        for e in &img.files {
+            f.descriptor(img.pid, e, procs, opened)?;
+        }
+        // Never through a symlink swapped in since validation.
+        let (pid, o) = (img.pid, libc::O_RDONLY);
+        f.pages_k = f.service(pid, &pages.to_string_lossy(), o | libc::O_NOFOLLOW, opened)?;
+        f.exe_k = f.service(pid, &img.exe.path, o, opened)?;
+        saved::map_sources(img, opened, &mut f)?;
+        f.mapped_files(img, opened)
+    }
+
+    /// One descriptor: the open file description it shares with an entry
+    /// opened before, or a new one of its kind.
+    fn descriptor(
+        &mut self,
+        pid: u32,
+        e: &FdEntry,
+        procs: &[ProcessImage],
+        opened: &mut Opened,
+    ) -> Result<()> {
+        let shared = (e.ofd != 0)
+            .then(|| opened.by_ofd.get(&e.ofd).copied())
+            .flatten();
+        let idx = match shared {
+            Some(i) => i,
+            None => open_one(
+                opened,
+                &Cx {
+                    pid,
+                    fd: e.fd,
+                    procs,
+                },
+                &e.kind,
+            )?,
+        };
+        if e.ofd != 0 {
+            opened.by_ofd.insert(e.ofd, idx);
+        }
+        self.targets.push((self.srcs.len(), e.fd, e.cloexec));
+        self.srcs.push(idx);
+        Ok(())
+    }
+
+    /// A service descriptor: opened here, closed by the process at the end.
+    fn service(&mut self, pid: u32, path: &str, flags: i32, opened: &mut Opened) -> Result<usize> {
+        let fd = util::open(path, flags).at(pid, Stage::Fork)?;
+        self.srcs.push(opened.push(fd));
+        Ok(self.srcs.len() - 1)
+    }
+
+    /// Every mapped file, read-write if some shared mapping writes it.
+    fn mapped_files(mut self, img: &ProcessImage, opened: &mut Opened) -> Result<ProcFiles> {
+        let mut writes: HashMap<String, bool> = HashMap::new();
+        for v in &img.mm.vmas {
+            if let VmaKind::File { file } = &v.kind {
+                *writes.entry(file.path.clone()).or_default() |=
+                    v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+            }
+        }
+        let mut names: Vec<_> = writes.into_iter().collect();
+        names.sort();
+        for (path, write) in names {
+            let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
+            let k = self.service(img.pid, &path, flags, opened)?;
+            self.files_k.insert(path, k);
+        }
+        Ok(self)
+    }
+
+    /// The service descriptors of this process as the child will number
+    /// them (staging range starting at `staging`).
+    pub(crate) fn service_fds(&self, img: &ProcessImage, staging: i32) -> ServiceFds {
+        let at = |i: usize| staging + i as i32;
+        ServiceFds {
+            pages: at(self.pages_k),
+            exe: at(self.exe_k),
+            files: self
+                .files_k
+                .iter()
+                .map(|(p, &i)| (p.clone(), at(i)))
+                .collect(),
+            shmem: HashMap::new(),
+            cow: HashMap::new(),
+            image_pid: img.pid,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Rebuilding one seized process, stage by stage. Every process of the
+//! tree is a copy of the restorer stopped in `pause()`, holding its
+//! descriptors at their numbers; this turns it into the image's process and
+//! leaves every thread stopped with its final registers.
+
+use crate::guard::TreeGuard;
+use crate::memory::{self, ServiceFds, STUB_LEN};
+use crate::{affinity, attributes, creds, kinds, threads, timers, xstate};
+use crate::{fault_point, At, Result, Stage};
+use stasis_image::ProcessImage;
+use stasis_sys::remote::{restart_fixed, RemoteThread};
+use stasis_sys::{ptrace, util, Pid};
+
+/// The stages for one process, in order. Returns its tids, leader first.
+pub(crate) fn rebuild(
+    img: &ProcessImage,
+    mut r: RemoteThread,
+    svc: &ServiceFds,
+    ready_fd: i32,
+    stub: u64,
+    guard: &mut TreeGuard,
+    k: usize,
+) -> Result<Vec<Pid>> {
+    let pid = img.pid;
+    // Remote syscalls are cheapest with both on one CPU (best effort).
+    let pin = util::CpuPin::new(r.tid()).ok();
+    let spread = pin.as_ref().map(|p| p.original().to_vec());
+    // Refused before the address space is touched if this CPU cannot hold
+    // the saved register state.
+    let xsaves = xstate::fit(img, r.tid())?;
+    // THP and KSM modes before memory: they decide how it is populated.
+    crate::procattrs::before_memory(&mut r, img)?;
+    // Memory first: it replaces the restorer's copy, and PR_SET_MM_MAP
+    // needs the final layout.
+    memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
+    fault_point(pid, Stage::Memory)?;
+    attributes::attributes(&mut r, img)?;
+    // AMX permission before threads and altstacks (see xstate::permit).
+    xstate::permit(&mut r, img)?;
+    threads::thread_attributes(&mut r, pid, &img.threads[0])?;
+    let mut others = threads::create_all(&mut r, img, stub, guard, k)?;
+    // Live tiles need one tile instruction per thread, through the stub.
+    xstate::warm(&mut r, pid, &xsaves[0])?;
+    for (tr, area) in others.iter_mut().zip(&xsaves[1..]) {
+        xstate::warm(tr, pid, area)?;
+    }
+    // Timers after the threads (one may be the target of a timer's signal).
+    timers::timers(&mut r, img)?;
+    // Registrations name descriptor numbers, known only in the process.
+    kinds::epoll::add_targets(&mut r, img)?;
+    // Per-thread settings once every thread exists.
+    crate::procattrs::after_threads(&mut r, &mut others, img)?;
+    fault_point(pid, Stage::Attributes)?;
+    // Credentials last but one: they may take away what the steps before need.
+    creds::all_threads(&mut r, &mut others, img)?;
+    fault_point(pid, Stage::Creds)?;
+    drop_service(&mut r, img, svc, ready_fd, stub)?;
+    let mut tids = vec![r.tid()];
+    tids.extend(others.iter().map(|t| t.tid()));
+    registers(img, &tids, &xsaves)?;
+    // Threads created while pinned inherited the pin: give every one the
+    // original mask back.
+    if let Some(pin) = pin {
+        for &tid in &tids[1..] {
+            util::set_affinity(tid, pin.original()).at(pid, Stage::Resume)?;
+        }
+        pin.release().at(pid, Stage::Resume)?;
+    }
+    // Scheduling attributes first: a bound thread cannot have become
+    // SCHED_DEADLINE, which needs every CPU.
+    crate::procattrs::finish(img, &tids)?;
+    affinity::apply(pid, &img.threads, &tids)?;
+    Ok(tids)
+}
+
+/// The last remote calls: close the service descriptors, take the file
+/// locks, unmap the inherited shared objects and the stub.
+fn drop_service(
+    r: &mut RemoteThread,
+    img: &ProcessImage,
+    svc: &ServiceFds,
+    ready_fd: i32,
+    stub: u64,
+) -> Result<()> {
+    let pid = img.pid;
+    let mut svc_fds: Vec<i32> = vec![svc.pages, svc.exe, ready_fd];
+    svc_fds.extend(svc.files.values().copied());
+    svc_fds.sort_unstable();
+    svc_fds.dedup();
+    for fd in svc_fds {
+        r.call(libc::SYS_close, &[fd as u64], "close service fd")
+            .at(pid, Stage::Registers)?;
+    }
+    // Descriptor owners and file locks: after the threads, the credentials
+    // and the closes above (closing any descriptor of a file drops the
+    // process's POSIX locks on it; see their modules).
+    crate::fdowner::restore(r, img)?;
+    crate::locks::restore(r, img)?;
+    for &(a, l) in svc.shmem.values().chain(svc.cow.values()) {
+        r.call(libc::SYS_munmap, &[a, l], "munmap inherited shared memory")
+            .at(pid, Stage::Registers)?;
+    }
+    r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")
+        .at(pid, Stage::Registers)?;
+    Ok(())
+}
+
+/// Blocked mask, XSAVE area (fitted to this CPU) and general registers of
+/// every thread.
+fn registers(img: &ProcessImage, tids: &[Pid], xsaves: &[Vec<u8>]) -> Result<()> {
+    let pid = img.pid;
+    for ((t, &tid), area) in img.threads.iter().zip(tids).zip(xsaves) {
+        ptrace::set_sigmask(tid, t.sigmask).at(pid, Stage::Registers)?;
+        if !area.is_empty() {
+            ptrace::set_xstate(tid, area).at(pid, Stage::Registers)?;
+        }
+        // Stopped at a syscall exit, the kernel applies no restart logic: do it.
+        let regs = restart_fixed(&threads::image_to_regs(&t.regs));
+        ptrace::set_regs(tid, &regs).at(pid, Stage::Registers)?;
+    }
+    Ok(())
+}

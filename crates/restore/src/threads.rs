@@ -1,0 +1,179 @@
+//! Threads: created by the leader with their old TIDs, each then sets what
+//! is its own (name, pending signals, sigaltstack, tid address, robust
+//! list, rseq); registers come last (registers stage).
+
+use crate::guard::TreeGuard;
+use crate::memory::STUB_LEN;
+use crate::pids::host_tid;
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::{ProcessImage, ThreadState, UserRegs};
+use stasis_sys::ptrace::{self, Regs};
+use stasis_sys::remote::RemoteThread;
+use stasis_sys::Pid;
+
+pub(crate) fn image_to_regs(u: &UserRegs) -> Regs {
+    Regs {
+        r15: u.r15,
+        r14: u.r14,
+        r13: u.r13,
+        r12: u.r12,
+        rbp: u.rbp,
+        rbx: u.rbx,
+        r11: u.r11,
+        r10: u.r10,
+        r9: u.r9,
+        r8: u.r8,
+        rax: u.rax,
+        rcx: u.rcx,
+        rdx: u.rdx,
+        rsi: u.rsi,
+        rdi: u.rdi,
+        orig_rax: u.orig_rax,
+        rip: u.rip,
+        cs: u.cs,
+        eflags: u.eflags,
+        rsp: u.rsp,
+        ss: u.ss,
+        fs_base: u.fs_base,
+        gs_base: u.gs_base,
+        ds: u.ds,
+        es: u.es,
+        fs: u.fs,
+        gs: u.gs,
+    }
+}
+
+/// PR_SET_NAME (the kernel keeps 15 bytes) for the calling thread.
+pub(crate) fn set_name(r: &mut RemoteThread, pid: u32, name: &str) -> Result<()> {
+    let mut comm = name.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    let at = r.write_scratch(0, &comm).at(pid, Stage::Attributes)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, at],
+        "prctl(PR_SET_NAME)",
+    )
+    .at(pid, Stage::Attributes)?;
+    Ok(())
+}
+
+/// What belongs to one thread, executed by that thread.
+pub(crate) fn thread_attributes(r: &mut RemoteThread, pid: u32, t: &ThreadState) -> Result<()> {
+    let st = Stage::Attributes;
+    set_name(r, pid, &t.comm)?;
+    for p in &t.pending {
+        let at = r.write_scratch(0, &p.info).at(pid, st)?;
+        r.call(
+            libc::SYS_rt_tgsigqueueinfo,
+            &[u64::from(pid), u64::from(t.tid), u64::from(p.signo), at],
+            "rt_tgsigqueueinfo",
+        )
+        .at(pid, st)?;
+    }
+    let ss = t.sigaltstack;
+    let mut b = ss.sp.to_le_bytes().to_vec();
+    // SS_ONSTACK is a report, not a setting.
+    b.extend_from_slice(&(ss.flags & !(libc::SS_ONSTACK as u32)).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&ss.size.to_le_bytes());
+    let at = r.write_scratch(0, &b).at(pid, st)?;
+    r.call(libc::SYS_sigaltstack, &[at, 0], "sigaltstack")
+        .at(pid, st)?;
+    r.call(
+        libc::SYS_set_tid_address,
+        &[t.clear_child_tid],
+        "set_tid_address",
+    )
+    .at(pid, st)?;
+    if t.robust_list_head != 0 {
+        r.call(
+            libc::SYS_set_robust_list,
+            &[t.robust_list_head, t.robust_list_len],
+            "set_robust_list",
+        )
+        .at(pid, st)?;
+    }
+    if let Some(rs) = t.rseq {
+        r.call(
+            libc::SYS_rseq,
+            &[rs.addr, u64::from(rs.len), 0, u64::from(rs.signature)],
+            "rseq(register)",
+        )
+        .at(pid, st)?;
+    }
+    Ok(())
+}
+
+const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Creates thread `tid` in the process by a remote clone3 in its leader
+/// (set_tid gives the old TID); with PTRACE_O_TRACECLONE it arrives traced
+/// and stopped before running any instruction.
+fn create_thread(leader: &mut RemoteThread, pid: u32, tid: u32) -> Result<Pid> {
+    let st = Stage::Attributes;
+    let (scratch, _) = leader.scratch();
+    let mut args = Vec::with_capacity(88);
+    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
+    for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, scratch + 128, 1, 0] {
+        args.extend_from_slice(&v.to_le_bytes());
+    }
+    leader.write_scratch(0, &args).at(pid, st)?;
+    leader
+        .write_scratch(128, &(tid as i32).to_le_bytes())
+        .at(pid, st)?;
+    let got = leader
+        .call(
+            libc::SYS_clone3,
+            &[scratch, 88],
+            &format!("clone3 thread {tid}"),
+        )
+        .at(pid, st)?;
+    if got != u64::from(tid) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!("thread {tid} was created as {got}"),
+        });
+    }
+    let t = host_tid(leader.tid(), tid).ok_or_else(|| RestoreError::Refused {
+        pid,
+        stage: st,
+        what: format!("new thread {tid} not found in /proc"),
+    })?;
+    match ptrace::wait(t).at(pid, st)? {
+        ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => Ok(t),
+        other => Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!("new thread {tid}: unexpected {other:?}"),
+        }),
+    }
+}
+
+/// Creates every thread but the leader, each traced and set up with what
+/// is its own; returns them in image order.
+pub(crate) fn create_all(
+    leader: &mut RemoteThread,
+    img: &ProcessImage,
+    stub: u64,
+    guard: &mut TreeGuard,
+    k: usize,
+) -> Result<Vec<RemoteThread>> {
+    let pid = img.pid;
+    let mut threads = Vec::with_capacity(img.threads.len() - 1);
+    for t in &img.threads[1..] {
+        let tid = create_thread(leader, pid, t.tid)?;
+        guard.traced[k].1.push(tid);
+        let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
+            .at(pid, Stage::Attributes)?;
+        thread_attributes(&mut tr, pid, t)?;
+        threads.push(tr);
+    }
+    Ok(threads)
+}

@@ -1,0 +1,541 @@
+//! Restoring a whole tree: the named stages of [`restore_tree`]. Each stage
+//! is one function below, in the order they run; the reason for each
+//! ordering constraint is written where the stage is called.
+
+use crate::guard::TreeGuard;
+use crate::kinds::{self, Opened, ProcFiles};
+use crate::memory::{ServiceFds, STUB_LEN};
+use crate::shared::SharedObjects;
+use crate::{fault_point, pids, rebuild, At, RestoreError, Result, Stage};
+use stasis_image::{ProcessImage, Zombie};
+use stasis_sys::ptrace;
+use stasis_sys::remote::{restart_fixed, RemoteThread};
+use stasis_sys::spawn::{self, FdPlan};
+use stasis_sys::{util, Pid};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+/// Restores every process of the image (parents first in `procs`) and
+/// leaves them running; returns the root's PID and the PID to wait for.
+pub(crate) fn restore_tree(
+    procs: &[ProcessImage],
+    pages: &[PathBuf],
+    zombies: &[Zombie],
+    pid_ns: bool,
+    shell_job: bool,
+) -> Result<(Pid, Pid)> {
+    let root_pid = procs[0].pid;
+    // 1. open files: before the fork, so that every process inherits them
+    //    and descriptions shared in the image are shared again.
+    let (mut opened, files) = open_files(procs, pages, shell_job)?;
+    let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
+    // 2. plan: who forks whom, with which descriptors, which helpers.
+    let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
+    // 3. shared objects (stub area, shared anonymous memory, copy-on-write
+    //    memory): before the fork, since only inheritance gives every
+    //    process the very same object.
+    let saved_fds: std::collections::HashMap<u64, i32> = opened
+        .saved
+        .indices()
+        .map(|(id, i)| (id, opened.owned[i].as_raw_fd()))
+        .collect();
+    let shared = SharedObjects::create(procs, pages, &saved_fds)?;
+    tree.stub = shared.stub;
+    for (s, _) in &mut tree.svcs {
+        s.shmem = shared.shmem.clone();
+        s.cow = shared.cow.clone();
+    }
+    // 4. fork: the restorer's copies of everything go once the tree has them.
+    let seals = opened.saved.take_seals();
+    let (top, mut guard) = fork(procs, zombies, &tree, shared, (files, opened, ready_w))?;
+    // 5. ready: every live process has placed its descriptors.
+    wait_ready(&ready_r, tree.expected_ready, procs.len(), root_pid)?;
+    let host = pids::host_pids(top, pid_ns).at(root_pid, Stage::Fork)?;
+    let host_of = |pid: u32| -> Result<Pid> {
+        host.get(&pid)
+            .copied()
+            .ok_or_else(|| RestoreError::Refused {
+                pid,
+                stage: Stage::Fork,
+                what: format!("process {pid} did not appear in the restored tree"),
+            })
+    };
+    let root = host_of(root_pid)?;
+    // In a new namespace our PIDs of the tree differ from the image's.
+    guard.pids.extend(host.values().map(|h| h.0));
+    fault_point(root_pid, Stage::Fork)?;
+    // 6. seize every process (EXITKILL: if we die, they die).
+    let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
+    // 7. process groups: leaders first, then members; then the group
+    //    helpers, whose only job was to hold a group until it was joined.
+    set_process_groups(procs, &mut remotes, &tree.group_helpers)?;
+    reap_group_helpers(procs, &mut remotes, &tree.group_helpers)?;
+    // 8. rebuild each process; all stay stopped until every one is done,
+    //    so a failure can still undo the whole tree.
+    let mut built = Vec::with_capacity(procs.len());
+    for (k, (img, r)) in procs.iter().zip(remotes).enumerate() {
+        let (svc, ready_fd) = &tree.svcs[k];
+        built.push(rebuild::rebuild(
+            img, r, svc, *ready_fd, tree.stub, &mut guard, k,
+        )?);
+    }
+    // 9. seals: after every process has mapped the memfds (a write seal
+    //    forbids new writable shared mappings).
+    kinds::saved::seal_all(root_pid, seals)?;
+    fault_point(root_pid, Stage::Registers)?;
+    // The last instant a failure can still undo everything.
+    fault_point(root_pid, Stage::Resume)?;
+    // 10. resume.
+    let wait_pid = resume(procs, &built, top, root, tree.stub, tree.session_helper)?;
+    guard.armed = false;
+    Ok((root, wait_pid))
+}
+
+/// Stage 1: every descriptor of every process (shared descriptions and
+/// objects once), the saved files first since descriptors reopen them.
+fn open_files(
+    procs: &[ProcessImage],
+    pages: &[PathBuf],
+    shell_job: bool,
+) -> Result<(Opened, Vec<ProcFiles>)> {
+    let mut opened = Opened::default();
+    if shell_job {
+        opened.shell_tty = Some(kinds::own_tty().ok_or_else(|| RestoreError::Refused {
+            pid: procs[0].pid,
+            stage: Stage::Fork,
+            what: "--shell-job: stasis has no terminal on stdin, stdout or stderr to give the processes".into(),
+        })?);
+    }
+    kinds::saved::create_all(&mut opened, procs, pages)?;
+    let mut files = Vec::with_capacity(procs.len());
+    for (img, pg) in procs.iter().zip(pages) {
+        files.push(ProcFiles::open(img, pg, procs, &mut opened)?);
+    }
+    Ok((opened, files))
+}
+
+/// The tree to fork and what each process will find.
+struct Tree {
+    plan: spawn::TreePlan,
+    /// Per process: its service descriptors and its end of the ready pipe.
+    svcs: Vec<(ServiceFds, i32)>,
+    /// Group helpers: (process group, index of the parent that forks it).
+    group_helpers: Vec<(u32, usize)>,
+    session_helper: Option<i32>,
+    expected_ready: usize,
+    /// Where the stub area is (set when the shared objects are made).
+    stub: u64,
+}
+
+/// Stage 2: each process forked by its parent, zombies last, and the
+/// helpers that hold a session or a process group whose leader had exited.
+fn plan_tree(
+    procs: &[ProcessImage],
+    zombies: &[Zombie],
+    pid_ns: bool,
+    files: &[ProcFiles],
+    opened: &Opened,
+    ready_w: &OwnedFd,
+) -> Result<Tree> {
+    let max_target = procs
+        .iter()
+        .flat_map(|p| p.files.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(-1);
+    let staging = util::max_open_fd().max(max_target) + 1;
+    let tree_pids: HashSet<u32> = procs
+        .iter()
+        .map(|p| p.pid)
+        .chain(zombies.iter().map(|z| z.pid))
+        .collect();
+    // A root whose session leader had exited (a daemon after a double
+    // fork) gets that session back from a helper, when its PID is free.
+    let r0 = &procs[0];
+    let session_helper = (!pid_ns
+        && r0.sid != r0.pid
+        && r0.sid != 0
+        && !tree_pids.contains(&r0.sid)
+        && !util::pid_exists(Pid(r0.sid as i32)))
+    .then_some(r0.sid as i32);
+    let mut tree = Tree {
+        plan: spawn::TreePlan {
+            procs: Vec::new(),
+            staging,
+            ready_fd: ready_w.as_raw_fd(),
+            new_pid_ns: pid_ns,
+            session_helper,
+        },
+        svcs: Vec::with_capacity(procs.len()),
+        group_helpers: Vec::new(),
+        session_helper,
+        expected_ready: 0,
+        stub: 0,
+    };
+    for (img, f) in procs.iter().zip(files) {
+        let mut srcs: Vec<i32> = f
+            .srcs
+            .iter()
+            .map(|&i| opened.owned[i].as_raw_fd())
+            .collect();
+        let ready_index = srcs.len();
+        srcs.push(ready_w.as_raw_fd());
+        tree.svcs
+            .push((f.service_fds(img, staging), staging + ready_index as i32));
+        tree.plan.procs.push(spawn::ProcPlan {
+            pid: img.pid as i32,
+            exit_signal: img.exit_signal as i32,
+            setsid: img.sid == img.pid,
+            zombie_status: None,
+            fds: FdPlan {
+                staging,
+                srcs,
+                targets: f.targets.clone(),
+            },
+            ready_index,
+            children: Vec::new(),
+            group_helper: false,
+        });
+    }
+    link_parents(procs, zombies, &mut tree.plan)?;
+    plan_group_helpers(procs, pid_ns, &tree_pids, &mut tree, ready_w)?;
+    tree.expected_ready = procs.len() + tree.group_helpers.len();
+    Ok(tree)
+}
+
+/// Each process and zombie becomes a child of its parent in the plan.
+fn link_parents(
+    procs: &[ProcessImage],
+    zombies: &[Zombie],
+    plan: &mut spawn::TreePlan,
+) -> Result<()> {
+    let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    for (i, img) in procs.iter().enumerate().skip(1) {
+        let parent = *index.get(&img.ppid).ok_or_else(|| RestoreError::Refused {
+            pid: img.pid,
+            stage: Stage::Fork,
+            what: format!("parent {} is not in the image", img.ppid),
+        })?;
+        plan.procs[parent].children.push(i);
+    }
+    for z in zombies {
+        let parent = *index.get(&z.ppid).ok_or_else(|| RestoreError::Refused {
+            pid: z.pid,
+            stage: Stage::Fork,
+            what: format!("parent {} of the zombie is not in the image", z.ppid),
+        })?;
+        plan.procs.push(spawn::ProcPlan {
+            pid: z.pid as i32,
+            exit_signal: z.exit_signal as i32,
+            zombie_status: Some(z.exit_status),
+            ..Default::default()
+        });
+        let zi = plan.procs.len() - 1;
+        plan.procs[parent].children.push(zi);
+    }
+    Ok(())
+}
+
+/// Process groups whose leader had exited: a helper child of the first
+/// member's parent holds the group until the members have joined it.
+fn plan_group_helpers(
+    procs: &[ProcessImage],
+    pid_ns: bool,
+    tree_pids: &HashSet<u32>,
+    tree: &mut Tree,
+    ready_w: &OwnedFd,
+) -> Result<()> {
+    let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let r0 = &procs[0];
+    let outside_group = (r0.pgid != r0.pid).then_some(r0.pgid);
+    for img in procs.iter().skip(1) {
+        let g = img.pgid;
+        if g == 0
+            || g == img.pid
+            || tree_pids.contains(&g)
+            || Some(g) == outside_group
+            || Some(g as i32) == tree.session_helper
+            || tree.group_helpers.iter().any(|h| h.0 == g)
+        {
+            continue;
+        }
+        if !pid_ns && util::pid_exists(Pid(g as i32)) {
+            // Its members would end up in another group: refused, not
+            // restored differently.
+            return Err(RestoreError::Refused {
+                pid: img.pid,
+                stage: Stage::Preflight,
+                what: format!(
+                    "process group {g}: the PID of its exited leader is taken here, so the group \
+                     cannot be recreated (free PID {g}, or restore with --new-pid-ns)"
+                ),
+            });
+        }
+        let Some(&parent) = index.get(&img.ppid) else {
+            continue;
+        };
+        tree.plan.procs.push(spawn::ProcPlan {
+            pid: g as i32,
+            exit_signal: libc::SIGCHLD,
+            group_helper: true,
+            fds: FdPlan {
+                staging: tree.plan.staging,
+                srcs: vec![ready_w.as_raw_fd()],
+                targets: Vec::new(),
+            },
+            ready_index: 0,
+            ..Default::default()
+        });
+        let hi = tree.plan.procs.len() - 1;
+        tree.plan.procs[parent].children.insert(0, hi);
+        tree.group_helpers.push((g, parent));
+    }
+    Ok(())
+}
+
+/// Stage 4: forks the tree from the plan. Every object the restorer made
+/// for it (files, shared memory, the stub area) is dropped here, right
+/// after, whatever the outcome. Returns our child (the root, or a helper
+/// above it) and the guard that kills the tree on any later error.
+fn fork(
+    procs: &[ProcessImage],
+    zombies: &[Zombie],
+    tree: &Tree,
+    shared: SharedObjects,
+    inherited: (Vec<ProcFiles>, Opened, OwnedFd),
+) -> Result<(Pid, TreeGuard)> {
+    let root_pid = procs[0].pid;
+    // Orphans of a failed restore must come to us (see TreeGuard).
+    let was_subreaper = util::is_child_subreaper();
+    if let Err(e) = util::set_child_subreaper(true) {
+        log::warn!("pid {root_pid}: {e}: a failed restore may leave zombies to our parent");
+    }
+    let root = spawn::spawn_tree(&tree.plan);
+    shared.unmap();
+    drop(inherited);
+    if root.is_err() && !was_subreaper {
+        let _ = util::set_child_subreaper(false);
+    }
+    let top = root.map_err(|source| match source.errno() {
+        Some(libc::EEXIST) => RestoreError::Refused {
+            pid: root_pid,
+            stage: Stage::Fork,
+            what: format!("PID {root_pid} is already in use by another process"),
+        },
+        _ => RestoreError::Sys {
+            pid: root_pid,
+            stage: Stage::Fork,
+            source,
+        },
+    })?;
+    let mut guard = TreeGuard {
+        armed: true,
+        root: Some(top),
+        traced: Vec::new(),
+        pids: procs
+            .iter()
+            .map(|p| p.pid as i32)
+            .chain(zombies.iter().map(|z| z.pid as i32))
+            .collect(),
+        was_subreaper,
+    };
+    // Helpers are ours to kill and reap on failure too.
+    guard.pids.extend(
+        tree.group_helpers
+            .iter()
+            .map(|h| h.0 as i32)
+            .chain(tree.session_helper),
+    );
+    Ok((top, guard))
+}
+
+/// Stage 5: one `[pid, code]` record per live process (30 s limit); a
+/// non-zero code is a process that failed to start.
+fn wait_ready(ready_r: &OwnedFd, expected: usize, procs: usize, root_pid: u32) -> Result<()> {
+    let mut ready = 0;
+    let mut buf = [0u8; 8 * 64];
+    let mut pending: Vec<u8> = Vec::new();
+    while ready < expected {
+        let n = util::read_timeout(ready_r, &mut buf, 30_000).at(root_pid, Stage::Fork)?;
+        if n == 0 {
+            return Err(RestoreError::Refused {
+                pid: root_pid,
+                stage: Stage::Fork,
+                what: format!("only {ready} of {procs} processes started within 30 s"),
+            });
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while pending.len() >= 8 {
+            let pid = i32::from_le_bytes(pending[0..4].try_into().unwrap_or_default());
+            let code = i32::from_le_bytes(pending[4..8].try_into().unwrap_or_default());
+            pending.drain(..8);
+            if code != 0 {
+                let what = match code {
+                    7 => format!("PID {pid} is already in use by another process"),
+                    _ => format!(
+                        "process {pid} failed to start: {}",
+                        spawn::tree_failure(code)
+                    ),
+                };
+                return Err(RestoreError::Refused {
+                    pid: pid as u32,
+                    stage: Stage::Fork,
+                    what,
+                });
+            }
+            ready += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Stage 6: seizes every process (PTRACE_O_EXITKILL) and gets a remote
+/// thread for its leader.
+fn seize_all(
+    procs: &[ProcessImage],
+    host_of: &dyn Fn(u32) -> Result<Pid>,
+    stub: u64,
+    guard: &mut TreeGuard,
+) -> Result<Vec<RemoteThread>> {
+    let mut remotes = Vec::with_capacity(procs.len());
+    for img in procs {
+        let p = host_of(img.pid)?;
+        spawn::seize_waiting(p).at(img.pid, Stage::Fork)?;
+        guard.traced.push((p, Vec::new()));
+        remotes.push(
+            RemoteThread::plain(p, stub, stub + 4096, STUB_LEN - 4096).at(img.pid, Stage::Fork)?,
+        );
+    }
+    Ok(remotes)
+}
+
+/// Stage 7: setpgid in each process, group leaders first. A group whose
+/// leader is not part of the tree stays the restorer's (the root's group,
+/// normally).
+fn set_process_groups(
+    procs: &[ProcessImage],
+    remotes: &mut [RemoteThread],
+    group_helpers: &[(u32, usize)],
+) -> Result<()> {
+    let helpers: HashSet<u32> = group_helpers.iter().map(|h| h.0).collect();
+    let pids: HashSet<u32> = procs.iter().map(|p| p.pid).collect();
+    let root = &procs[0];
+    let mut order: Vec<usize> = (0..procs.len()).collect();
+    order.sort_by_key(|&i| procs[i].pgid != procs[i].pid);
+    for i in order {
+        let img = &procs[i];
+        if img.pgid == 0 || (img.pgid == root.pgid && root.pgid != root.pid) {
+            continue; // the root's outside group: inherited from the restorer
+        }
+        if !pids.contains(&img.pgid) && !helpers.contains(&img.pgid) {
+            log::warn!(
+                "pid {}: process group {} has no leader in the tree; left in the restorer's group",
+                img.pid,
+                img.pgid
+            );
+            continue;
+        }
+        let host = remotes[i].tid().0 as u32;
+        let current = stasis_proc::read_status(host)
+            .ok()
+            .and_then(|s| s.ns_pgid.last().copied())
+            .unwrap_or(0);
+        if current == img.pgid {
+            continue; // a session leader is its own group already
+        }
+        let arg = if img.pgid == img.pid {
+            0
+        } else {
+            u64::from(img.pgid)
+        };
+        remotes[i]
+            .call(
+                libc::SYS_setpgid,
+                &[0, arg],
+                &format!("setpgid(0, {})", img.pgid),
+            )
+            .at(img.pid, Stage::Attributes)?;
+    }
+    Ok(())
+}
+
+/// The members have joined: the group helpers go, killed and reaped by
+/// their parents.
+fn reap_group_helpers(
+    procs: &[ProcessImage],
+    remotes: &mut [RemoteThread],
+    group_helpers: &[(u32, usize)],
+) -> Result<()> {
+    for &(g, parent) in group_helpers {
+        let r = &mut remotes[parent];
+        r.call(
+            libc::SYS_kill,
+            &[u64::from(g), libc::SIGKILL as u64],
+            "kill group helper",
+        )
+        .at(procs[parent].pid, Stage::Attributes)?;
+        r.call(
+            libc::SYS_wait4,
+            &[u64::from(g), 0, libc::__WALL as u64, 0],
+            "reap group helper",
+        )
+        .at(procs[parent].pid, Stage::Attributes)?;
+    }
+    Ok(())
+}
+
+/// Stage 10: detach children before parents (a stopped process with
+/// SIGSTOP, so it stays stopped). The helper init of a new namespace must
+/// outlive us, the session helper must not. Returns the PID to wait for.
+fn resume(
+    procs: &[ProcessImage],
+    built: &[Vec<Pid>],
+    top: Pid,
+    root: Pid,
+    stub: u64,
+    session_helper: Option<i32>,
+) -> Result<Pid> {
+    let root_pid = procs[0].pid;
+    // Clear the parent-death signal that tied the helper init to the
+    // restore until now.
+    if top != root {
+        release_helper(top, stub).at(root_pid, Stage::Resume)?;
+    }
+    for (img, tids) in procs.iter().zip(built).rev() {
+        for &tid in tids.iter().rev() {
+            let sig = if img.stopped && tid == tids[0] {
+                libc::SIGSTOP
+            } else {
+                0
+            };
+            ptrace::detach(tid, sig).at(img.pid, Stage::Resume)?;
+        }
+    }
+    // The session helper goes last: the root is reparented to us (a child
+    // subreaper while restoring), and its parent-death signal is the
+    // image's by now.
+    if session_helper.is_some() && top != root {
+        let _ = util::kill(top, libc::SIGKILL);
+        let _ = util::waitpid(top, libc::__WALL);
+        return Ok(root);
+    }
+    Ok(top)
+}
+
+/// The helper init waits in wait4 with PR_SET_PDEATHSIG(SIGKILL), so that
+/// it dies if the restore fails. Once the tree is whole: seize it, clear
+/// that, drop the inherited stub area, and let it go back to waiting.
+fn release_helper(helper: Pid, stub: u64) -> stasis_sys::Result<()> {
+    spawn::seize_waiting(helper)?;
+    let orig = ptrace::get_regs(helper)?;
+    let mut r = RemoteThread::plain(helper, stub, stub + 4096, STUB_LEN - 4096)?;
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, 0],
+        "prctl(PR_SET_PDEATHSIG, 0)",
+    )?;
+    r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")?;
+    // Back into its interrupted wait4, restarted as the kernel would.
+    ptrace::set_regs(helper, &restart_fixed(&orig))?;
+    ptrace::detach(helper, 0)
+}
