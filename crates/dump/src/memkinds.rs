@@ -45,6 +45,23 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
     None
 }
 
+/// Why descriptor `fd` of `pid` cannot be saved because it is a hugetlb
+/// memfd or a deleted hugetlbfs file (whose contents would go into the
+/// image, and would come back on tmpfs), if so.
+pub(crate) fn refuse_hugetlb_fd(pid: u32, fd: i32, link: &str) -> Option<String> {
+    if !link.ends_with(" (deleted)") {
+        return None;
+    }
+    let magic = stasis_sys::util::fs_magic(&format!("/proc/{pid}/fd/{fd}")).ok()?;
+    (magic == stasis_sys::util::HUGETLBFS_MAGIC).then(|| {
+        if link.starts_with("/memfd:") {
+            "a hugetlb memfd (MFD_HUGETLB); hugetlb memfds are not supported yet".to_string()
+        } else {
+            "a deleted hugetlbfs file; its contents cannot be saved yet".to_string()
+        }
+    })
+}
+
 /// Why the descriptor whose /proc link reads `link` cannot be saved, if
 /// this module knows the kind.
 pub(crate) fn refuse_fd(link: &str) -> Option<String> {

@@ -135,6 +135,24 @@ pub fn get_nice(pid: Pid) -> Result<i32> {
     Ok(20 - r as i32)
 }
 
+/// hugetlbfs's statfs magic number.
+pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The filesystem magic number (`statfs` f_type) of what `path` names
+/// (through /proc links: the object itself).
+pub fn fs_magic(path: &str) -> Result<i64> {
+    let c = CString::new(path)
+        .map_err(|_| SysError::new(format!("statfs {path}"), None, libc::EINVAL))?;
+    // SAFETY: an all-zero statfs is a valid out buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a live, writable out buffer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(SysError::new(format!("statfs {path}"), None, last_errno()));
+    }
+    Ok(st.f_type)
+}
+
 /// uname -r.
 pub fn kernel_release() -> String {
     // SAFETY: utsname is plain bytes; zeroed is valid.

@@ -199,6 +199,13 @@ fn refuse_hugetlb() {
         &[],
         &["hugetlb memfd (MFD_HUGETLB)", "hugetlb"],
     );
+    // Held as a descriptor only: it would come back on tmpfs.
+    refuse_with(
+        "refuse_hugetlb-memfd-fd",
+        &["--with", "hugetlb-memfd-fd"],
+        &[],
+        &["hugetlb memfd (MFD_HUGETLB)", "fd "],
+    );
     let work = Work::new("refuse_hugetlb_file_mount");
     let Some(mnt) = HugeMount::new(&work) else {
         eprintln!("skipped: cannot mount hugetlbfs");

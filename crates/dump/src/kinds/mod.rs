@@ -140,6 +140,9 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             md: None,
             unix: &mut unix,
         };
+        if let Some(why) = crate::memkinds::refuse_hugetlb_fd(pid, fd, &link) {
+            return Err(d.refuse(&why));
+        }
         let mut kind = None;
         for (name, identify) in KINDS {
             kind = identify(&mut d)?;

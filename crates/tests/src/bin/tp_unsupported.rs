@@ -2,7 +2,7 @@
 //! "dump refuses cleanly and leaves the process unharmed" tests.
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
-//! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-file|
+//! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
 //! ldt|mempolicy|mdwe|mce|sud`
 //!
@@ -294,6 +294,24 @@ fn main() {
             report.eq("byte in the huge page", 0x5a, unsafe {
                 m.add(12345).read_volatile()
             });
+        }
+        "hugetlb-memfd-fd" => {
+            // An MFD_HUGETLB memfd held as a descriptor only (no mapping).
+            let name = std::ffi::CString::new("stasis-huge-fd").expect("name");
+            // SAFETY: valid NUL-terminated name.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_HUGETLB) };
+            if fd < 0 {
+                std::process::exit(4);
+            }
+            // SAFETY: ftruncate of our own memfd (2 MiB: one huge page).
+            let r = unsafe { libc::ftruncate(fd, 2 << 20) };
+            report.eq("ftruncate", 0, r);
+            proto.ready_and_wait();
+            // SAFETY: fstat of our own descriptor into a zeroed buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let r = unsafe { libc::fstat(fd, &mut st) };
+            report.eq("fstat and size", (0, 2 << 20), (r, st.st_size));
         }
         "uts-ns" => {
             // SAFETY: integer-only syscalls on our own process.
