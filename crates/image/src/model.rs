@@ -519,6 +519,11 @@ pub struct Vma {
     /// Mapped with MAP_NORESERVE (no swap accounting).
     #[serde(default)]
     pub noreserve: bool,
+    /// A shared file mapping that may be made writable (VmFlags `mw`): the
+    /// file was mapped through a descriptor open for writing, so it is
+    /// mapped through one again, even when the mapping is read-only now.
+    #[serde(default)]
+    pub maywrite: bool,
     /// Private anonymous memory whose pages marked in `MmState::cow_pages`
     /// are still shared copy-on-write with this ancestor's VMA at the same
     /// address (PID in the image's numbering; 0: none). Restored from one

@@ -93,6 +93,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         kind,
         growsdown: false,
         noreserve: false,
+        maywrite: false,
         shmem: 0,
         cow_owner: 0,
         advice: vec![],

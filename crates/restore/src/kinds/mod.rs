@@ -231,21 +231,27 @@ impl ProcFiles {
         Ok(self.srcs.len() - 1)
     }
 
-    /// Every mapped file, read-write if some shared mapping writes it.
+    /// Every mapped file: read-only, and read-write where a shared mapping
+    /// is or may become writable (so VM_MAYWRITE comes back exactly).
     fn mapped_files(mut self, img: &ProcessImage, opened: &mut Opened) -> Result<ProcFiles> {
-        let mut writes: HashMap<String, bool> = HashMap::new();
-        for v in &img.mm.vmas {
-            if let VmaKind::File { file } = &v.kind {
-                *writes.entry(file.path.clone()).or_default() |=
-                    v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            }
-        }
-        let mut names: Vec<_> = writes.into_iter().collect();
-        names.sort();
-        for (path, write) in names {
+        let mut needed: Vec<(String, bool)> = img
+            .mm
+            .vmas
+            .iter()
+            .filter_map(|v| match &v.kind {
+                VmaKind::File { file } => {
+                    Some((file.path.clone(), crate::memory::maps_writable(v)))
+                }
+                _ => None,
+            })
+            .collect();
+        needed.sort();
+        needed.dedup();
+        for (path, write) in needed {
             let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
             let k = self.service(img.pid, &path, flags, opened)?;
-            self.files_k.insert(path, k);
+            self.files_k
+                .insert(crate::memory::file_key(&path, write), k);
         }
         Ok(self)
     }
