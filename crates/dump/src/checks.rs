@@ -39,14 +39,14 @@ pub(crate) fn refuse(pid: u32, what: String) -> DumpError {
 }
 
 /// Runs every check on every process and thread of `tree`.
-pub(crate) fn check_tree(tree: &FrozenTree) -> Result<()> {
+pub(crate) fn check_tree(tree: &FrozenTree, shell_job: bool) -> Result<()> {
     let root = tree.procs.first().map(|f| f.pid);
     let Some(root) = root else { return Ok(()) };
     let reference = Namespaces::of(root, "self")?;
     for f in &tree.procs {
         let pid = f.pid.0 as u32;
         namespaces(pid, &reference)?;
-        sharing(f.pid)?;
+        sharing(f.pid, shell_job)?;
         let lead = if f.tids.len() > 1 {
             Some(stasis_proc::read_status(pid).at(pid, Stage::Check)?)
         } else {
@@ -116,13 +116,26 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
     Ok(())
 }
 
-/// Objects a process shares with its parent without being a thread of it
+/// A controlling terminal (without `--shell-job`), and objects a process
+/// shares with its parent without being a thread of it
 /// (clone with CLONE_VM, CLONE_FILES, CLONE_FS, CLONE_SIGHAND, or a
 /// parent stopped in vfork). Compared with the parent only: that is how
 /// such sharing arises.
-fn sharing(pid: Pid) -> Result<()> {
+fn sharing(pid: Pid, shell_job: bool) -> Result<()> {
     let p = pid.0 as u32;
     let stat = stasis_proc::read_stat(p).at(p, Stage::Check)?;
+    // A controlling terminal is the restorer's after a restore, or none:
+    // only a shell job may change it (criu's --shell-job).
+    if stat.tty_nr != 0 && !shell_job {
+        return Err(refuse(
+            p,
+            format!(
+                "a controlling terminal (tty {}:{}); use --shell-job (-j) to dump a process attached to one",
+                libc::major(u64::from(stat.tty_nr)),
+                libc::minor(u64::from(stat.tty_nr))
+            ),
+        ));
+    }
     let parent = Pid(stat.ppid as i32);
     if stat.ppid == 0 || !std::path::Path::new(&format!("/proc/{}/task", stat.ppid)).exists() {
         return Ok(());

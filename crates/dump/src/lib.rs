@@ -264,7 +264,7 @@ fn dump_frozen(
     let root = opts.pid;
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
-    checks::check_tree(frozen)?;
+    checks::check_tree(frozen, opts.shell_job)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);

@@ -165,6 +165,9 @@ fn selfcheck_unsupported_resources_work() {
         "mdwe",
         "mce",
         "sud",
+        "ctty",
+        "chardev",
+        "packet-pipe",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -690,6 +693,21 @@ fn refuse_machine_check_kill_policy() {
 #[test]
 fn refuse_syscall_user_dispatch() {
     refuse("sud", &["syscall user dispatch"]);
+}
+
+#[test]
+fn refuse_controlling_terminal_without_shell_job() {
+    refuse("ctty", &["controlling terminal"]);
+}
+
+#[test]
+fn refuse_stateful_character_device() {
+    refuse("chardev", &["driver state cannot be saved"]);
+}
+
+#[test]
+fn refuse_packet_pipe_with_queued_packets() {
+    refuse("packet-pipe", &["packet-mode pipe"]);
 }
 
 #[test]

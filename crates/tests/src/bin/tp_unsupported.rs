@@ -3,7 +3,7 @@
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mdwe|mce|sud`
+//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -22,7 +22,10 @@
 //! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread;
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
-//! - `sud`: syscall user dispatch on, selector allowing every call.
+//! - `sud`: syscall user dispatch on, selector allowing every call;
+//! - `ctty`: a controlling terminal (a pseudo-terminal it made its own);
+//! - `chardev`: /dev/kmsg open (a device with a read position in the log);
+//! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued.
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -307,6 +310,59 @@ fn main() {
             assert_eq!(r, 0, "PR_SET_SYSCALL_USER_DISPATCH");
             proto.ready_and_wait();
             report.eq("a syscall still works", std::process::id() > 0, true);
+        }
+        "ctty" => {
+            // A session of our own, and a new pseudo-terminal as its
+            // controlling terminal; the slave descriptor is closed again.
+            // SAFETY: plain calls on our own process and descriptors.
+            unsafe {
+                libc::setsid();
+                let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                assert!(m >= 0, "posix_openpt");
+                assert_eq!(libc::grantpt(m), 0);
+                assert_eq!(libc::unlockpt(m), 0);
+                let name = libc::ptsname(m);
+                let sl = libc::open(name, libc::O_RDWR);
+                assert!(sl >= 0, "open slave");
+                assert_eq!(libc::ioctl(sl, libc::TIOCSCTTY, 0), 0, "TIOCSCTTY");
+                libc::close(sl);
+            }
+            let tty = |s: String| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(4).map(str::to_string))
+            };
+            let before = tty(std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+            proto.ready_and_wait();
+            let after = tty(std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+            report.eq("controlling terminal (stat tty_nr)", before, after);
+        }
+        "chardev" => {
+            let f = std::fs::File::open("/dev/kmsg").expect("open /dev/kmsg");
+            proto.ready_and_wait();
+            use std::io::Read;
+            let mut buf = vec![0u8; 8192];
+            let n = (&f).read(&mut buf).unwrap_or(0);
+            report.check(n > 0, || "read from /dev/kmsg".into());
+        }
+        "packet-pipe" => {
+            let mut fds = [0i32; 2];
+            // SAFETY: fds is a valid array of two ints.
+            let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_DIRECT) };
+            assert_eq!(r, 0, "pipe2");
+            for m in [&b"one"[..], &b"second"[..]] {
+                // SAFETY: writes a literal into our pipe.
+                let w = unsafe { libc::write(fds[1], m.as_ptr().cast(), m.len()) };
+                assert_eq!(w, m.len() as isize);
+            }
+            proto.ready_and_wait();
+            let mut sizes = Vec::new();
+            for _ in 0..2 {
+                let mut buf = [0u8; 64];
+                // SAFETY: buf is valid for its length.
+                sizes.push(unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) });
+            }
+            report.eq("packet sizes", vec![3, 6], sizes);
         }
         other => panic!("unknown --with {other}"),
     }
