@@ -12,6 +12,7 @@ use crate::{At, DumpError, Result, Stage};
 use stasis_sys::remote::{le_u32, RemoteThread};
 use stasis_sys::util::{self, Shared};
 use stasis_sys::{ptrace, Pid};
+use std::collections::HashSet;
 
 /// The namespaces a process may not hold apart from stasis's own (a PID
 /// namespace is handled by the dump and restore themselves).
@@ -331,3 +332,39 @@ const PR_MCE_KILL_GET: u64 = 34;
 const PR_MCE_KILL_DEFAULT: u64 = 2;
 const PR_GET_MDWE: u64 = 66;
 const ARCH_GET_CPUID: u64 = 0x1011;
+
+/// A child with a parent-death signal whose parent is a non-leader thread:
+/// the signal fires when that thread exits, but a restore forks every
+/// child from its parent's leader. Refused by name. (Without a
+/// parent-death signal the forking thread is visible only to a `wait`
+/// with `__WNOTHREAD`, and is not kept.)
+pub(crate) fn parent_threads(collected: &[crate::collect::Collected]) -> Result<()> {
+    let in_tree: HashSet<u32> = collected.iter().map(|c| c.host_pid).collect();
+    for c in collected {
+        let img = &c.image;
+        if img.pdeath_signal == 0 || !in_tree.contains(&img.ppid) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", img.ppid)) else {
+            continue;
+        };
+        for t in tasks.filter_map(std::result::Result::ok) {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            if tid == img.ppid.to_string() {
+                continue;
+            }
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            if kids.split_whitespace().any(|k| k == c.host_pid.to_string()) {
+                return Err(refuse(
+                    c.host_pid,
+                    format!(
+                        "its parent-death signal {} is tied to thread {tid} of its parent {}, \
+                         not the leader; a restore forks children from the leader",
+                        img.pdeath_signal, img.ppid
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

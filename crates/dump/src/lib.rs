@@ -269,6 +269,7 @@ fn dump_frozen(
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);
     }
+    checks::parent_threads(&collected)?;
     kinds::link_tree(
         &mut collected
             .iter_mut()

@@ -168,6 +168,7 @@ fn selfcheck_unsupported_resources_work() {
         "ctty",
         "chardev",
         "packet-pipe",
+        "thread-child-pdeath",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -708,6 +709,11 @@ fn refuse_stateful_character_device() {
 #[test]
 fn refuse_packet_pipe_with_queued_packets() {
     refuse("packet-pipe", &["packet-mode pipe"]);
+}
+
+#[test]
+fn refuse_pdeath_child_of_a_non_leader_thread() {
+    refuse("thread-child-pdeath", &["parent-death signal"]);
 }
 
 #[test]

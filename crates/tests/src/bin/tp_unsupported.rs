@@ -3,7 +3,7 @@
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe`
+//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -25,7 +25,9 @@
 //! - `sud`: syscall user dispatch on, selector allowing every call;
 //! - `ctty`: a controlling terminal (a pseudo-terminal it made its own);
 //! - `chardev`: /dev/kmsg open (a device with a read position in the log);
-//! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued.
+//! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued;
+//! - `thread-child-pdeath`: a child forked by a non-leader thread, with a
+//!   parent-death signal (which that thread's exit would send).
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -363,6 +365,35 @@ fn main() {
                 sizes.push(unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) });
             }
             report.eq("packet sizes", vec![3, 6], sizes);
+        }
+        "thread-child-pdeath" => {
+            let dir = proto.dir().to_path_buf();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = std::thread::spawn(move || {
+                // SAFETY: the child only makes raw calls, polls the go
+                // file and leaves with _exit.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: integer-only prctl.
+                    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2 as u64, 0, 0, 0) };
+                    Proto::new(&dir).wait_go();
+                    // SAFETY: ends the child.
+                    unsafe { libc::_exit(0) };
+                }
+                tx.send(pid).expect("send");
+                let mut st = 0;
+                // SAFETY: waits for the child this thread forked.
+                let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+                (r == pid, st)
+            });
+            let _child = rx.recv().expect("recv");
+            proto.ready_and_wait();
+            match t.join() {
+                Ok((waited, st)) => report.check(waited && libc::WIFEXITED(st), || {
+                    format!("child of the thread: status {st:#x}")
+                }),
+                Err(_) => report.fail("thread panicked"),
+            }
         }
         other => panic!("unknown --with {other}"),
     }
