@@ -281,6 +281,18 @@ fn dump_frozen(
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
+    // Descriptors naming processes, once PIDs are final.
+    kinds::finish_tree(
+        &mut collected
+            .iter_mut()
+            .map(|c| kinds::Proc {
+                host: c.host_pid,
+                image: &mut c.image,
+            })
+            .collect::<Vec<_>>(),
+        &frozen.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
+        pid_ns,
+    )?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 

@@ -253,6 +253,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
         proc_attrs: None,
+        cwd_saved: 0,
     }
 }
 
@@ -1353,6 +1354,9 @@ fn with_saved(img: &ProcessImage) -> ProcessImage {
         mode: 0o777,
         dev: 1,
         ino: 2,
+        owner: None,
+        times: None,
+        extents: None,
     });
     m.files.push(FdEntry {
         fd: 900,

@@ -85,6 +85,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
         "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
+        "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
