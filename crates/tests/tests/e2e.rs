@@ -175,6 +175,8 @@ fn selfcheck_unsupported_resources_work() {
         "chardev",
         "packet-pipe",
         "thread-child-pdeath",
+        "mqueue",
+        "detached-mount",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -720,6 +722,16 @@ fn refuse_packet_pipe_with_queued_packets() {
 #[test]
 fn refuse_pdeath_child_of_a_non_leader_thread() {
     refuse("thread-child-pdeath", &["parent-death signal"]);
+}
+
+#[test]
+fn refuse_posix_message_queue() {
+    refuse("mqueue", &["posix message queue"]);
+}
+
+#[test]
+fn refuse_detached_mount() {
+    refuse("detached-mount", &["detached mount"]);
 }
 
 #[test]

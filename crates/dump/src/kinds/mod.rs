@@ -77,6 +77,31 @@ impl Fd<'_> {
         self.link.ends_with(DELETED)
     }
 
+    /// Refuses a named file the restore could not reopen as the same
+    /// object by its path: one on a detached mount (open_tree, fsmount:
+    /// its link reads `/`, its mount is in no mount table) or a POSIX
+    /// message queue (mqueue file system).
+    pub(crate) fn refuse_unreachable(&self) -> Result<()> {
+        const MQUEUE_MAGIC: i64 = 0x1980_0202;
+        let proc_path = format!("/proc/{}/fd/{}", self.pid, self.fd);
+        if stasis_sys::fileops::fs_type(&proc_path).ok() == Some(MQUEUE_MAGIC) {
+            return Err(self.refuse("a POSIX message queue (not supported yet)"));
+        }
+        if self.link == "/" {
+            let text = stasis_proc::read(self.pid, "mountinfo").at(self.pid, Stage::Collect)?;
+            let known = stasis_proc::parse_mountinfo(&text)
+                .map(|m| m.iter().any(|m| u64::from(m.mount_id) == self.info.mnt_id))
+                .unwrap_or(true);
+            if !known {
+                return Err(self.refuse(&format!(
+                    "a detached mount (open_tree or fsmount; mount {} is in no mount table)",
+                    self.info.mnt_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// stat through the /proc link (the very object the process has open),
     /// for a descriptor whose link is a path; None for anything else.
     pub(crate) fn stat(&mut self) -> Result<Option<&std::fs::Metadata>> {
@@ -151,6 +176,9 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             md: None,
             unix: &mut unix,
         };
+        if link.starts_with('/') {
+            d.refuse_unreachable()?;
+        }
         let mut kind = None;
         for (name, identify) in KINDS {
             kind = identify(&mut d)?;

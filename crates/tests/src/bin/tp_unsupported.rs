@@ -3,7 +3,8 @@
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath`
+//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! mqueue|detached-mount`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -27,7 +28,9 @@
 //! - `chardev`: /dev/kmsg open (a device with a read position in the log);
 //! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued;
 //! - `thread-child-pdeath`: a child forked by a non-leader thread, with a
-//!   parent-death signal (which that thread's exit would send).
+//!   parent-death signal (which that thread's exit would send);
+//! - `mqueue`: a POSIX message queue descriptor with a message in it;
+//! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE).
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -394,6 +397,51 @@ fn main() {
                 }),
                 Err(_) => report.fail("thread panicked"),
             }
+        }
+        "mqueue" => {
+            let name = format!("/stasis-tp-{}\0", std::process::id());
+            // SAFETY: a NUL-terminated name; default attributes.
+            let q = unsafe {
+                libc::mq_open(
+                    name.as_ptr().cast(),
+                    libc::O_RDWR | libc::O_CREAT,
+                    0o600,
+                    std::ptr::null_mut::<libc::mq_attr>(),
+                )
+            };
+            assert!(q >= 0, "mq_open");
+            // SAFETY: the name is ours; the queue stays open through q.
+            unsafe {
+                libc::mq_unlink(name.as_ptr().cast());
+                assert_eq!(libc::mq_send(q, b"hi".as_ptr().cast(), 2, 0), 0, "mq_send");
+            }
+            proto.ready_and_wait();
+            let mut buf = [0u8; 8192];
+            // SAFETY: buf is big enough for the default message size.
+            let n = unsafe {
+                libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut())
+            };
+            report.eq("queued message", 2, n);
+        }
+        "detached-mount" => {
+            const OPEN_TREE_CLONE: u64 = 1;
+            // SAFETY: open_tree with a NUL-terminated path returns a new descriptor.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    c"/tmp".as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as u64,
+                )
+            };
+            assert!(fd >= 0, "open_tree");
+            proto.ready_and_wait();
+            // SAFETY: fstat into a zeroed buffer of the right type.
+            let r = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd as i32, &mut st)
+            };
+            report.eq("fstat of the detached mount", 0, r);
         }
         other => panic!("unknown --with {other}"),
     }
