@@ -12,6 +12,7 @@ use crate::{At, DumpError, Result, Stage};
 use stasis_sys::remote::{le_u32, RemoteThread};
 use stasis_sys::util::{self, Shared};
 use stasis_sys::{ptrace, Pid};
+use std::collections::HashSet;
 
 /// The namespaces a process may not hold apart from stasis's own (a PID
 /// namespace is handled by the dump and restore themselves).
@@ -39,14 +40,14 @@ pub(crate) fn refuse(pid: u32, what: String) -> DumpError {
 }
 
 /// Runs every check on every process and thread of `tree`.
-pub(crate) fn check_tree(tree: &FrozenTree) -> Result<()> {
+pub(crate) fn check_tree(tree: &FrozenTree, shell_job: bool) -> Result<()> {
     let root = tree.procs.first().map(|f| f.pid);
     let Some(root) = root else { return Ok(()) };
     let reference = Namespaces::of(root, "self")?;
     for f in &tree.procs {
         let pid = f.pid.0 as u32;
         namespaces(pid, &reference)?;
-        sharing(f.pid)?;
+        sharing(f.pid, shell_job)?;
         let lead = if f.tids.len() > 1 {
             Some(stasis_proc::read_status(pid).at(pid, Stage::Check)?)
         } else {
@@ -116,13 +117,26 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
     Ok(())
 }
 
-/// Objects a process shares with its parent without being a thread of it
+/// A controlling terminal (without `--shell-job`), and objects a process
+/// shares with its parent without being a thread of it
 /// (clone with CLONE_VM, CLONE_FILES, CLONE_FS, CLONE_SIGHAND, or a
 /// parent stopped in vfork). Compared with the parent only: that is how
 /// such sharing arises.
-fn sharing(pid: Pid) -> Result<()> {
+fn sharing(pid: Pid, shell_job: bool) -> Result<()> {
     let p = pid.0 as u32;
     let stat = stasis_proc::read_stat(p).at(p, Stage::Check)?;
+    // A controlling terminal is the restorer's after a restore, or none:
+    // only a shell job may change it (criu's --shell-job).
+    if stat.tty_nr != 0 && !shell_job {
+        return Err(refuse(
+            p,
+            format!(
+                "a controlling terminal (tty {}:{}); use --shell-job (-j) to dump a process attached to one",
+                libc::major(u64::from(stat.tty_nr)),
+                libc::minor(u64::from(stat.tty_nr))
+            ),
+        ));
+    }
     let parent = Pid(stat.ppid as i32);
     if stat.ppid == 0 || !std::path::Path::new(&format!("/proc/{}/task", stat.ppid)).exists() {
         return Ok(());
@@ -318,3 +332,39 @@ const PR_MCE_KILL_GET: u64 = 34;
 const PR_MCE_KILL_DEFAULT: u64 = 2;
 const PR_GET_MDWE: u64 = 66;
 const ARCH_GET_CPUID: u64 = 0x1011;
+
+/// A child with a parent-death signal whose parent is a non-leader thread:
+/// the signal fires when that thread exits, but a restore forks every
+/// child from its parent's leader. Refused by name. (Without a
+/// parent-death signal the forking thread is visible only to a `wait`
+/// with `__WNOTHREAD`, and is not kept.)
+pub(crate) fn parent_threads(collected: &[crate::collect::Collected]) -> Result<()> {
+    let in_tree: HashSet<u32> = collected.iter().map(|c| c.host_pid).collect();
+    for c in collected {
+        let img = &c.image;
+        if img.pdeath_signal == 0 || !in_tree.contains(&img.ppid) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", img.ppid)) else {
+            continue;
+        };
+        for t in tasks.filter_map(std::result::Result::ok) {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            if tid == img.ppid.to_string() {
+                continue;
+            }
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            if kids.split_whitespace().any(|k| k == c.host_pid.to_string()) {
+                return Err(refuse(
+                    c.host_pid,
+                    format!(
+                        "its parent-death signal {} is tied to thread {tid} of its parent {}, \
+                         not the leader; a restore forks children from the leader",
+                        img.pdeath_signal, img.ppid
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

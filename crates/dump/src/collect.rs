@@ -171,6 +171,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
         proc_attrs: Some(attrs),
+        cwd_saved: 0,
     };
     Ok(Collected {
         image,

@@ -272,11 +272,12 @@ fn dump_frozen(
     let root = opts.pid;
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
-    checks::check_tree(frozen)?;
+    checks::check_tree(frozen, opts.shell_job)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);
     }
+    checks::parent_threads(&collected)?;
     kinds::link_tree(
         &mut collected
             .iter_mut()
@@ -289,6 +290,18 @@ fn dump_frozen(
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
+    // Descriptors naming processes, once PIDs are final.
+    kinds::finish_tree(
+        &mut collected
+            .iter_mut()
+            .map(|c| kinds::Proc {
+                host: c.host_pid,
+                image: &mut c.image,
+            })
+            .collect::<Vec<_>>(),
+        &frozen.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
+        pid_ns,
+    )?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 

@@ -96,29 +96,7 @@ struct Found {
 pub(crate) fn collect(procs: &mut [Collected], file_locks: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     refuse_waiters(procs)?;
-    // Each descriptor's fdinfo costs ~10 µs; reading /proc/locks takes
-    // the kernel's file_rwsem for writing (an RCU grace period: 5-15 ms
-    // measured here, and it stalls every lock operation on the machine).
-    // So: fdinfo of every descriptor for small trees; for big ones
-    // /proc/locks first, and fdinfo only of descriptors of a locked inode
-    // (a lock of the frozen tree cannot come or go meanwhile).
-    let fds: usize = procs.iter().map(|c| c.image.files.len()).sum();
-    let locked: Option<HashSet<u64>> = if fds > PROC_LOCKS_ABOVE {
-        let text = std::fs::read_to_string("/proc/locks").map_err(|source| DumpError::Io {
-            pid: procs.first().map_or(0, |c| c.host_pid),
-            stage: Stage::Collect,
-            what: "read /proc/locks".into(),
-            source,
-        })?;
-        Some(
-            text.lines()
-                .filter_map(parse_lock_line)
-                .map(|l| l.dev_ino.2)
-                .collect(),
-        )
-    } else {
-        None
-    };
+    let locked = locked_inodes(procs)?;
     let mut found = Vec::new();
     for (k, c) in procs.iter().enumerate() {
         let pid = c.host_pid;
@@ -133,95 +111,137 @@ pub(crate) fn collect(procs: &mut [Collected], file_locks: bool) -> Result<()> {
             }
             let info = stasis_proc::read_fdinfo(pid, e.fd).at(pid, Stage::Collect)?;
             for (_, v) in info.extra.iter().filter(|(k, _)| k == "lock") {
-                let what = |why: String| DumpError::Unsupported {
-                    pid,
-                    stage: Stage::Check,
-                    what: format!("fd {} ({}): {why}", e.fd, fd_path(pid, e.fd)),
-                };
-                let line = parse_lock_line(v)
-                    .ok_or_else(|| what(format!("unexpected fdinfo lock line {v:?}")))?;
-                let kind = match line.kind.as_str() {
-                    "POSIX" => LockKind::Posix,
-                    "FLOCK" => LockKind::Flock,
-                    "OFDLCK" => LockKind::Ofd,
-                    "LEASE" => LockKind::Lease,
-                    other => return Err(what(format!("a {other} lock (not supported)"))),
-                };
-                if !file_locks {
-                    return Err(DumpError::Unsupported {
-                        pid,
-                        stage: Stage::Check,
-                        what: format!(
-                            "fd {}: it holds a {} on {}; pass --file-locks",
-                            e.fd,
-                            kind_name(kind),
-                            fd_path(pid, e.fd)
-                        ),
-                    });
-                }
-                let write = match line.access.as_str() {
-                    "WRITE" => true,
-                    "READ" => false,
-                    a => return Err(what(format!("a {} in state {a}", kind_name(kind)))),
-                };
-                match (kind, line.mode.as_str()) {
-                    (LockKind::Lease, "ACTIVE") | (_, "ADVISORY") => {}
-                    (_, m) => {
-                        return Err(what(format!(
-                            "a {} in state {m} (being broken or mandatory; not supported)",
-                            kind_name(kind)
-                        )))
-                    }
-                }
-                if kind == LockKind::Posix && line.pid != i64::from(pid) {
-                    return Err(what(format!(
-                        "a POSIX lock owned by process {} sharing its descriptor table (not supported)",
-                        line.pid
-                    )));
-                }
-                if kind == LockKind::Lease {
-                    // fdinfo and F_GETLEASE on the description must agree.
-                    let pidfd =
-                        stasis_sys::util::pidfd_open(Pid(pid as i32)).at(pid, Stage::Collect)?;
-                    let dup = stasis_sys::util::pidfd_getfd(&pidfd, Pid(pid as i32), e.fd)
-                        .at(pid, Stage::Collect)?;
-                    let got =
-                        stasis_sys::fdowner::get_lease(dup.as_fd()).at(pid, Stage::Collect)?;
-                    let want = if write { libc::F_WRLCK } else { libc::F_RDLCK };
-                    if got != want {
-                        return Err(what(format!(
-                            "a lease that F_GETLEASE reports as {got}, fdinfo as {} (changing; not supported)",
-                            line.access
-                        )));
-                    }
-                }
-                let (start, len) = match (kind, line.end) {
-                    (LockKind::Posix | LockKind::Ofd, Some(end)) => {
-                        (line.start, end.saturating_sub(line.start) + 1)
-                    }
-                    (LockKind::Posix | LockKind::Ofd, None) => (line.start, 0),
-                    _ => (0, 0),
-                };
-                found.push(Found {
-                    proc_k: k,
-                    fd: e.fd,
-                    ofd: e.ofd,
-                    line,
-                    lock: FileLock {
-                        fd: e.fd,
-                        kind,
-                        write,
-                        start,
-                        len,
-                    },
-                });
+                found.push(lock_line(k, pid, e, v, file_locks)?);
             }
         }
     }
     log::debug!("file locks: {} found in {:?}", found.len(), t0.elapsed());
-    if found.is_empty() {
-        return Ok(());
+    choose(procs, &found);
+    Ok(())
+}
+
+/// The inodes /proc/locks lists, read only for trees with many
+/// descriptors (None: read every descriptor's fdinfo).
+///
+/// Each descriptor's fdinfo costs ~10 µs; reading /proc/locks takes the
+/// kernel's file_rwsem for writing (an RCU grace period: 5-15 ms measured
+/// here, and it stalls every lock operation on the machine). So: fdinfo
+/// of every descriptor for small trees; for big ones /proc/locks first,
+/// and fdinfo only of descriptors of a locked inode (a lock of the frozen
+/// tree cannot come or go meanwhile).
+fn locked_inodes(procs: &[Collected]) -> Result<Option<HashSet<u64>>> {
+    let fds: usize = procs.iter().map(|c| c.image.files.len()).sum();
+    Ok(if fds > PROC_LOCKS_ABOVE {
+        let text = std::fs::read_to_string("/proc/locks").map_err(|source| DumpError::Io {
+            pid: procs.first().map_or(0, |c| c.host_pid),
+            stage: Stage::Collect,
+            what: "read /proc/locks".into(),
+            source,
+        })?;
+        Some(
+            text.lines()
+                .filter_map(parse_lock_line)
+                .map(|l| l.dev_ino.2)
+                .collect(),
+        )
+    } else {
+        None
+    })
+}
+
+/// One fdinfo `lock:` line of descriptor `e` of process `pid` (the `k`th
+/// of the tree), checked and turned into the lock to take again.
+fn lock_line(
+    k: usize,
+    pid: u32,
+    e: &stasis_image::FdEntry,
+    v: &str,
+    file_locks: bool,
+) -> Result<Found> {
+    let what = |why: String| DumpError::Unsupported {
+        pid,
+        stage: Stage::Check,
+        what: format!("fd {} ({}): {why}", e.fd, fd_path(pid, e.fd)),
+    };
+    let line =
+        parse_lock_line(v).ok_or_else(|| what(format!("unexpected fdinfo lock line {v:?}")))?;
+    let kind = match line.kind.as_str() {
+        "POSIX" => LockKind::Posix,
+        "FLOCK" => LockKind::Flock,
+        "OFDLCK" => LockKind::Ofd,
+        "LEASE" => LockKind::Lease,
+        other => return Err(what(format!("a {other} lock (not supported)"))),
+    };
+    if !file_locks {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!(
+                "fd {}: it holds a {} on {}; pass --file-locks",
+                e.fd,
+                kind_name(kind),
+                fd_path(pid, e.fd)
+            ),
+        });
     }
+    let write = match line.access.as_str() {
+        "WRITE" => true,
+        "READ" => false,
+        a => return Err(what(format!("a {} in state {a}", kind_name(kind)))),
+    };
+    match (kind, line.mode.as_str()) {
+        (LockKind::Lease, "ACTIVE") | (_, "ADVISORY") => {}
+        (_, m) => {
+            return Err(what(format!(
+                "a {} in state {m} (being broken or mandatory; not supported)",
+                kind_name(kind)
+            )))
+        }
+    }
+    if kind == LockKind::Posix && line.pid != i64::from(pid) {
+        return Err(what(format!(
+            "a POSIX lock owned by process {} sharing its descriptor table (not supported)",
+            line.pid
+        )));
+    }
+    if kind == LockKind::Lease {
+        // fdinfo and F_GETLEASE on the description must agree.
+        let pidfd = stasis_sys::util::pidfd_open(Pid(pid as i32)).at(pid, Stage::Collect)?;
+        let dup =
+            stasis_sys::util::pidfd_getfd(&pidfd, Pid(pid as i32), e.fd).at(pid, Stage::Collect)?;
+        let got = stasis_sys::fdowner::get_lease(dup.as_fd()).at(pid, Stage::Collect)?;
+        let want = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+        if got != want {
+            return Err(what(format!(
+                "a lease that F_GETLEASE reports as {got}, fdinfo as {} (changing; not supported)",
+                line.access
+            )));
+        }
+    }
+    let (start, len) = match (kind, line.end) {
+        (LockKind::Posix | LockKind::Ofd, Some(end)) => {
+            (line.start, end.saturating_sub(line.start) + 1)
+        }
+        (LockKind::Posix | LockKind::Ofd, None) => (line.start, 0),
+        _ => (0, 0),
+    };
+    Ok(Found {
+        proc_k: k,
+        fd: e.fd,
+        ofd: e.ofd,
+        line,
+        lock: FileLock {
+            fd: e.fd,
+            kind,
+            write,
+            start,
+            len,
+        },
+    })
+}
+
+/// Keeps each lock once and records it in its process's image.
+fn choose(procs: &mut [Collected], found: &[Found]) {
     // POSIX: once per (process, lock); the others once per open file
     // description, preferring the process that took it (/proc/locks then
     // shows the same PID after restore).
@@ -271,7 +291,6 @@ pub(crate) fn collect(procs: &mut [Collected], file_locks: bool) -> Result<()> {
         );
         procs[f.proc_k].image.file_locks.push(f.lock.clone());
     }
-    Ok(())
 }
 
 /// Descriptors in the tree above which /proc/locks is read first.

@@ -51,6 +51,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             kind,
             growsdown: s.has_flag("gd"),
             noreserve: s.has_flag("nr"),
+            maywrite: m.shared && is_file && s.has_flag("mw"),
             shmem: if m.shared && !is_file { m.inode } else { 0 },
             cow_owner: 0,
             advice: crate::procattrs::vma_advice(pid, s)?,

@@ -29,6 +29,8 @@ pub const MAX_PENDING: usize = 1 << 20;
 pub const MAX_SAVED_FILE: u64 = 1 << 40;
 /// Most saved files one process image may hold.
 pub const MAX_SAVED_FILES: usize = 100_000;
+/// Most data extents one saved file may list.
+pub const MAX_EXTENTS: usize = 1 << 20;
 /// Longest memfd name (memfd_create allows 249 bytes).
 pub const MAX_MEMFD_NAME: usize = 249;
 /// Most auxv words.

@@ -135,6 +135,10 @@ pub struct ProcessImage {
     /// sched attributes, ...); `None` in images that predate them.
     #[serde(default)]
     pub proc_attrs: Option<crate::ProcAttrs>,
+    /// The working directory is a deleted directory: this [`SavedFile`] id
+    /// (`SavedFileKind::DeletedDir`); 0 otherwise (`cwd` is then its path).
+    #[serde(default)]
+    pub cwd_saved: u64,
 }
 
 /// A file object whose contents are saved in the image: referenced by
@@ -155,6 +159,17 @@ pub struct SavedFile {
     /// Device and inode at dump time (informational).
     pub dev: u64,
     pub ino: u64,
+    /// Owner, restored with fchown (absent in older images: left to the restorer).
+    #[serde(default)]
+    pub owner: Option<crate::kinds::saved::Owner>,
+    /// Access and modification times, set after the contents.
+    #[serde(default)]
+    pub times: Option<crate::kinds::saved::FileTimes>,
+    /// Data extents (SEEK_DATA/SEEK_HOLE), sorted, disjoint, inside `size`:
+    /// only these bytes are in the page file, each extent padded to whole
+    /// pages; the rest of the file is holes. Absent: the whole file is stored.
+    #[serde(default)]
+    pub extents: Option<Vec<crate::kinds::saved::Extent>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +183,10 @@ pub enum SavedFileKind {
     /// (without " (deleted)"). Restored as a new file in the same
     /// directory, unlinked again.
     Deleted { path: String },
+    /// A directory removed while a process had it open or as its working
+    /// directory (it is empty): restored as a new directory under the same
+    /// parent, opened, and removed again.
+    DeletedDir { path: String },
 }
 
 fn default_exit_signal() -> u32 {
@@ -446,6 +465,22 @@ pub enum FdKind {
         flags: u32,
         watches: Vec<crate::kinds::inotify::InotifyWatch>,
     },
+    /// A file or directory under `/proc/PID` of a process of the image
+    /// (`pid`, in the image's numbering, which is the numbering of the
+    /// process's own /proc): reopened by the process itself, at `path`,
+    /// once every process of the tree exists again
+    /// (crates/image/src/kinds/procfile.rs).
+    ProcFile {
+        path: String,
+        pid: u32,
+        flags: u32,
+        pos: u64,
+    },
+    /// A pidfd (pidfd_open, CLONE_PIDFD) for process or thread `pid` of the
+    /// image; `flags` may hold O_NONBLOCK (PIDFD_NONBLOCK) and O_EXCL
+    /// (PIDFD_THREAD). Reopened by the process itself on the restored one
+    /// (crates/image/src/kinds/pidfd.rs).
+    Pidfd { pid: u32, flags: u32 },
 }
 
 impl FdKind {
@@ -464,7 +499,9 @@ impl FdKind {
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }
             | FdKind::Epoll { flags, .. }
-            | FdKind::Inotify { flags, .. } => *flags,
+            | FdKind::Inotify { flags, .. }
+            | FdKind::ProcFile { flags, .. }
+            | FdKind::Pidfd { flags, .. } => *flags,
         }
     }
 }
@@ -519,6 +556,11 @@ pub struct Vma {
     /// Mapped with MAP_NORESERVE (no swap accounting).
     #[serde(default)]
     pub noreserve: bool,
+    /// A shared file mapping that may be made writable (VmFlags `mw`): the
+    /// file was mapped through a descriptor open for writing, so it is
+    /// mapped through one again, even when the mapping is read-only now.
+    #[serde(default)]
+    pub maywrite: bool,
     /// Private anonymous memory whose pages marked in `MmState::cow_pages`
     /// are still shared copy-on-write with this ancestor's VMA at the same
     /// address (PID in the image's numbering; 0: none). Restored from one

@@ -93,6 +93,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         kind,
         growsdown: false,
         noreserve: false,
+        maywrite: false,
         shmem: 0,
         cow_owner: 0,
         advice: vec![],
@@ -253,6 +254,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
         proc_attrs: None,
+        cwd_saved: 0,
     }
 }
 
@@ -1353,6 +1355,9 @@ fn with_saved(img: &ProcessImage) -> ProcessImage {
         mode: 0o777,
         dev: 1,
         ino: 2,
+        owner: None,
+        times: None,
+        extents: None,
     });
     m.files.push(FdEntry {
         fd: 900,

@@ -35,7 +35,7 @@ pub fn pages_len(img: &ProcessImage) -> u64 {
     let saved = img
         .saved_files
         .iter()
-        .map(|f| f.offset.saturating_add(saved_span(f.size)));
+        .map(|f| f.offset.saturating_add(f.payload_len()));
     runs.chain(saved).max().unwrap_or(0)
 }
 

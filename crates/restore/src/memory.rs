@@ -71,6 +71,24 @@ pub(crate) fn free_candidates(mm: &MmState, len: u64) -> Vec<u64> {
     out
 }
 
+/// Key in [`ServiceFds::files`] of the descriptor a mapped file is mapped
+/// through: the path for a read-only one, `rw:PATH` for one open for
+/// writing (what a shared mapping that is or may become writable needs).
+pub(crate) fn file_key(path: &str, write: bool) -> String {
+    if write {
+        format!("rw:{path}")
+    } else {
+        path.to_string()
+    }
+}
+
+/// Whether a file VMA must be mapped through a descriptor open for
+/// writing: a shared mapping that is writable or may become so (VmFlags
+/// `mw`). Private mappings never need one.
+pub(crate) fn maps_writable(v: &Vma) -> bool {
+    v.shared && (v.prot & libc::PROT_WRITE as u32 != 0 || v.maywrite)
+}
+
 /// Key in [`ServiceFds::files`] of the descriptor a saved file (memfd,
 /// deleted file) is mapped through; `ro`: the read-only one. Paths start
 /// with `/`, these keys never do.
@@ -457,15 +475,14 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
                 what: format!("no descriptor for saved file {id}"),
             })? as i64
         }
-        VmaKind::File { file } => {
-            *svc.files
-                .get(&file.path)
-                .ok_or_else(|| RestoreError::Refused {
-                    pid,
-                    stage: Stage::Memory,
-                    what: format!("no descriptor for mapped file {}", file.path),
-                })? as i64
-        }
+        VmaKind::File { file } => *svc
+            .files
+            .get(&file_key(&file.path, maps_writable(v)))
+            .ok_or_else(|| RestoreError::Refused {
+                pid,
+                stage: Stage::Memory,
+                what: format!("no descriptor for mapped file {}", file.path),
+            })? as i64,
         _ => {
             flags |= libc::MAP_ANONYMOUS;
             -1

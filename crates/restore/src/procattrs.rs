@@ -204,6 +204,18 @@ pub(crate) fn after_threads(
         return Ok(());
     };
     let pid = img.pid;
+    process_wide(r, a, img)?;
+    let mut all: Vec<&mut RemoteThread> = Vec::with_capacity(threads.len() + 1);
+    all.push(r);
+    all.extend(threads.iter_mut());
+    per_thread(&mut all, a, pid)?;
+    speculation(&mut all, a, pid)
+}
+
+/// The process's own settings: subreaper, membarrier, KSM opt-outs,
+/// mlockall (after the last mapping the restore makes).
+fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Result<()> {
+    let pid = img.pid;
     let st = Stage::Attributes;
     if a.child_subreaper {
         r.call(
@@ -253,9 +265,12 @@ pub(crate) fn after_threads(
         )
         .at(pid, st)?;
     }
-    let mut all: Vec<&mut RemoteThread> = Vec::with_capacity(threads.len() + 1);
-    all.push(r);
-    all.extend(threads.iter_mut());
+    Ok(())
+}
+
+/// io_flusher and timer slack, set by each thread itself.
+fn per_thread(all: &mut [&mut RemoteThread], a: &ProcAttrs, pid: u32) -> Result<()> {
+    let st = Stage::Attributes;
     for (t, ta) in all.iter_mut().zip(&a.threads) {
         if ta.io_flusher {
             t.call(
@@ -291,6 +306,12 @@ pub(crate) fn after_threads(
             .at(pid, st)?;
         }
     }
+    Ok(())
+}
+
+/// Speculation controls of every thread.
+fn speculation(all: &mut [&mut RemoteThread], a: &ProcAttrs, pid: u32) -> Result<()> {
+    let st = Stage::Attributes;
     // Speculation controls last: force-disable cannot be undone. Every
     // thread was created by the leader, so all have the leader's values.
     let mut current = [None; 3];

@@ -48,6 +48,7 @@ pub(crate) fn restore_tree(
     }
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
+    let times = opened.saved.take_times();
     let (top, mut guard) = fork(procs, zombies, &tree, shared, (files, opened, ready_w))?;
     // 5. ready: every live process has placed its descriptors.
     wait_ready(&ready_r, tree.expected_ready, procs.len(), root_pid)?;
@@ -81,8 +82,11 @@ pub(crate) fn restore_tree(
         )?);
     }
     // 9. seals: after every process has mapped the memfds (a write seal
-    //    forbids new writable shared mappings).
+    //    forbids new writable shared mappings); then the saved files'
+    //    times again.
     kinds::saved::seal_all(root_pid, seals)?;
+    // Saved files' times once more: the remote mmaps moved access times.
+    kinds::saved::times_again(root_pid, times)?;
     fault_point(root_pid, Stage::Registers)?;
     // The last instant a failure can still undo everything.
     fault_point(root_pid, Stage::Resume)?;

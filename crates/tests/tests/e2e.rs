@@ -143,6 +143,12 @@ selfcheck!(
     Program::Bin("tp_procattrs"),
     []
 );
+selfcheck!(
+    selfcheck_files2,
+    negative_files2,
+    Program::Bin("tp_files2"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -165,6 +171,12 @@ fn selfcheck_unsupported_resources_work() {
         "mdwe",
         "mce",
         "sud",
+        "ctty",
+        "chardev",
+        "packet-pipe",
+        "thread-child-pdeath",
+        "mqueue",
+        "detached-mount",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -693,6 +705,36 @@ fn refuse_syscall_user_dispatch() {
 }
 
 #[test]
+fn refuse_controlling_terminal_without_shell_job() {
+    refuse("ctty", &["controlling terminal"]);
+}
+
+#[test]
+fn refuse_stateful_character_device() {
+    refuse("chardev", &["driver state cannot be saved"]);
+}
+
+#[test]
+fn refuse_packet_pipe_with_queued_packets() {
+    refuse("packet-pipe", &["packet-mode pipe"]);
+}
+
+#[test]
+fn refuse_pdeath_child_of_a_non_leader_thread() {
+    refuse("thread-child-pdeath", &["parent-death signal"]);
+}
+
+#[test]
+fn refuse_posix_message_queue() {
+    refuse("mqueue", &["posix message queue"]);
+}
+
+#[test]
+fn refuse_detached_mount() {
+    refuse("detached-mount", &["detached mount"]);
+}
+
+#[test]
 fn refuse_gdt_tls_entry() {
     refuse("gdt-tls", &["gdt tls entry"]);
 }
@@ -784,6 +826,132 @@ fn cr_memfd() {
 #[test]
 fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
+}
+
+/// Deleted files (owner, mode, holes, times), memfd times, deleted
+/// directories as cwd and fd, /proc entries and pidfds of the tree.
+#[test]
+fn cr_files2() {
+    cr("cr_files2", Program::Bin("tp_files2"), &[]);
+}
+
+/// The same inside a PID namespace (`stasis run`): /proc paths and pidfds
+/// use the namespace's PIDs and its own /proc, before and after.
+#[test]
+fn cr_files2_in_pid_ns() {
+    let work = Work::new("cr_files2_pidns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_files2");
+    ensure_subreaper();
+    let run = [
+        "run",
+        "-d",
+        "--pidfile",
+        &format!("{dir}/run.pid"),
+        "--",
+        prog.to_str().expect("utf-8"),
+        &dir,
+    ];
+    ok(&work, "stasis run", &stasis(&work, &run, t));
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut init, Duration::from_secs(30)),
+    );
+    let img = format!("{dir}/img");
+    let pid = init.pid.to_string();
+    let dump_args = ["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"];
+    ok(&work, "dump", &stasis(&work, &dump_args, t));
+    step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(Duration::from_secs(10)),
+    );
+    let restore_args = [
+        "restore",
+        "-D",
+        &img,
+        "-d",
+        "--pidfile",
+        &format!("{dir}/r.pid"),
+        "-o",
+        "restore.log",
+        "-v4",
+    ];
+    ok(&work, "restore", &stasis(&work, &restore_args, t));
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    work.release_go();
+    let exit = step(&work, "waiting for the restored init", r.wait(t));
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "restored program did not pass: {exit:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// `dump -R` reads saved files without moving their access times
+/// (O_NOATIME) and leaves every descriptor of tp_files2 as it was.
+#[test]
+fn dump_leave_running_files2() {
+    leave_running("dump_leave_running_files2", Program::Bin("tp_files2"), &[]);
+}
+
+#[test]
+fn refuse_pidfd_outside_tree() {
+    refuse_in(
+        "refuse_pidfd_outside",
+        "pidfd of a process outside the tree",
+        Program::Bin("tp_files2"),
+        &["--refuse", "outside-pidfd"],
+        &["pidfd of a process outside the dumped tree"],
+    );
+}
+
+#[test]
+fn refuse_pidfd_of_reaped_process() {
+    refuse_in(
+        "refuse_pidfd_reaped",
+        "pidfd of a reaped process",
+        Program::Bin("tp_files2"),
+        &["--refuse", "reaped-pidfd"],
+        &["pidfd of a process that has exited and was reaped"],
+    );
+}
+
+#[test]
+fn refuse_pidfd_shared_with_another_process() {
+    refuse_in(
+        "refuse_pidfd_shared",
+        "pidfd shared with another process",
+        Program::Bin("tp_files2"),
+        &["--refuse", "shared-pidfd"],
+        &["shared with another process"],
+    );
+}
+
+#[test]
+fn refuse_proc_file_outside_tree() {
+    refuse_in(
+        "refuse_proc_outside",
+        "/proc file of a process outside the tree",
+        Program::Bin("tp_files2"),
+        &["--refuse", "outside-proc"],
+        &["/status): a /proc entry of process"],
+    );
+}
+
+#[test]
+fn refuse_proc_cwd_outside_tree() {
+    refuse_in(
+        "refuse_proc_cwd_outside",
+        "working directory under /proc of a process outside the tree",
+        Program::Bin("tp_files2"),
+        &["--refuse", "outside-cwd"],
+        &["working directory /proc/"],
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Character devices by path; a terminal only with `--shell-job`.
+//! Character devices by path: the stateless memory devices, and a
+//! terminal only with `--shell-job`; any other device is refused by name.
 
 use super::Fd;
 use crate::Result;
@@ -10,6 +11,12 @@ fn is_tty(rdev: u64) -> bool {
     matches!(libc::major(rdev), 4 | 5 | 136..=143)
 }
 
+/// Devices without driver state worth keeping: /dev/null, zero, full,
+/// random, urandom (reopened by path, the same device again).
+fn stateless(rdev: u64) -> bool {
+    libc::major(rdev) == 1 && matches!(libc::minor(rdev), 3 | 5 | 7 | 8 | 9)
+}
+
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let rdev = match d.stat()? {
         Some(md) if md.file_type().is_char_device() => md.rdev(),
@@ -17,6 +24,14 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     };
     if is_tty(rdev) && !d.shell_job {
         return Err(d.refuse("a terminal; use --shell-job (-j) to dump a process attached to one"));
+    }
+    if !is_tty(rdev) && !stateless(rdev) {
+        return Err(d.refuse(&format!(
+            "character device {}:{}: its driver state cannot be saved (only /dev/null, zero, \
+             full, random, urandom and terminals are supported)",
+            libc::major(rdev),
+            libc::minor(rdev)
+        )));
     }
     Ok(Some(FdKind::CharDevice {
         path: d.link.to_string(),

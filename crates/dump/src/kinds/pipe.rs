@@ -30,9 +30,20 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
 /// Both ends present, contents saved once.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
     let mut ends: HashMap<u64, (Option<(u32, i32)>, bool)> = HashMap::new();
+    // Pipes with an end in packet mode (O_DIRECT).
+    let mut packets = HashSet::new();
     for img in images.iter() {
         for e in &img.files {
-            if let FdKind::Pipe { id, write_end, .. } = e.kind {
+            if let FdKind::Pipe {
+                id,
+                write_end,
+                flags,
+                ..
+            } = e.kind
+            {
+                if flags & libc::O_DIRECT as u32 != 0 {
+                    packets.insert(id);
+                }
                 let slot = ends.entry(id).or_default();
                 if write_end {
                     slot.1 = true;
@@ -70,6 +81,20 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
             let dup = util::pidfd_getfd(&pidfd, Pid(rpid as i32), rfd).at(rpid, Stage::Collect)?;
             *capacity = util::pipe_capacity(&dup).at(rpid, Stage::Collect)?;
             *data = util::pipe_peek(&dup).at(rpid, Stage::Collect)?;
+            // Queued packets would come back as one: their boundaries are
+            // not visible from outside.
+            if !data.is_empty() && packets.contains(id) {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    stage: Stage::Check,
+                    what: format!(
+                        "fd {} (pipe:[{id}]): a packet-mode pipe (O_DIRECT) with {} bytes queued; \
+                         the packet boundaries cannot be saved",
+                        e.fd,
+                        data.len()
+                    ),
+                });
+            }
         }
     }
     Ok(())

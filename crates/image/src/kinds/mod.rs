@@ -10,10 +10,12 @@
 //! | `Path` | [`opath`] | path length, O_PATH in flags |
 //! | `Pipe` | [`pipe`] | waiting bytes within capacity, capacity capped |
 //! | `Fifo` | [`fifo`] | path length, as a pipe |
-//! | `Saved` | [`saved`] | id set; `SavedFile` records, their page-file spans, references |
+//! | `Saved` | [`saved`] | id set; `SavedFile` records (extents, owner, times), their page-file spans, references (the deleted cwd too) |
 //! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
+//! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
+//! | `Pidfd` | [`pidfd`] | pid > 0 |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
 //! Adding a kind: its variant in `FdKind`, a module here if it has rules,
@@ -24,7 +26,9 @@ mod epoll;
 mod fifo;
 pub mod inotify;
 mod opath;
+mod pidfd;
 mod pipe;
+mod procfile;
 pub(crate) mod regular;
 pub(crate) mod saved;
 mod unix;
@@ -57,5 +61,7 @@ pub(crate) fn validate_fd(
         FdKind::UnixSocket { sock_type, .. } => unix::validate(c, &field, *sock_type),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
+        FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
+        FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
     }
 }

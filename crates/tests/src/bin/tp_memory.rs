@@ -177,6 +177,28 @@ fn main() {
         start: romap.start(),
         end: romap.start() + romap.len,
     });
+    // A shared read-only mapping of a file opened for writing: it may be
+    // made writable later (VmFlags `sh mw`), and then writes reach the file.
+    let shro_path = proto.path("shro.bin");
+    make_data_file(&shro_path, 2 * pg, 0x5a5);
+    let shro_fd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&shro_path)
+        .expect("open shro.bin");
+    let shro = Mapping::new(
+        2 * pg,
+        libc::PROT_READ,
+        libc::MAP_SHARED,
+        std::os::fd::AsRawFd::as_raw_fd(&shro_fd),
+        0,
+    );
+    drop(shro_fd);
+    areas.push(Area {
+        name: "shared ro file, may write",
+        start: shro.start(),
+        end: shro.start() + shro.len,
+    });
     let anon_ro = Mapping::anon(4 * pg);
     Rng::new(0xa120).fill(anon_ro.bytes_mut());
     let anon_ro_hash = hash(anon_ro.bytes());
@@ -331,6 +353,24 @@ fn main() {
     report.check(romap.bytes() == ro_data.as_slice(), || {
         "read-only file mapping differs from ro.bin".into()
     });
+    // It may become writable (VM_MAYWRITE), as before; it is made
+    // read-only again at once, and nothing is written (a later restore of
+    // the same image checks the file is unchanged).
+    // SAFETY: changes protection of our own shared mapping; nothing is written.
+    let made_writable = unsafe {
+        let r = libc::mprotect(
+            shro.addr.cast(),
+            shro.len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        );
+        libc::mprotect(shro.addr.cast(), shro.len, libc::PROT_READ);
+        r
+    };
+    report.eq(
+        "mprotect(PROT_WRITE) of the shared mapping",
+        0,
+        made_writable,
+    );
     report.eq(
         "read-only anonymous mapping hash",
         anon_ro_hash,

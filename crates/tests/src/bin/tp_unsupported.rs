@@ -4,7 +4,8 @@
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mdwe|mce|sud`
+//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! mqueue|detached-mount`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -32,7 +33,14 @@
 //! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread;
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
-//! - `sud`: syscall user dispatch on, selector allowing every call.
+//! - `sud`: syscall user dispatch on, selector allowing every call;
+//! - `ctty`: a controlling terminal (a pseudo-terminal it made its own);
+//! - `chardev`: /dev/kmsg open (a device with a read position in the log);
+//! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued;
+//! - `thread-child-pdeath`: a child forked by a non-leader thread, with a
+//!   parent-death signal (which that thread's exit would send);
+//! - `mqueue`: a POSIX message queue descriptor with a message in it;
+//! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE).
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -486,6 +494,133 @@ fn main() {
             assert_eq!(r, 0, "PR_SET_SYSCALL_USER_DISPATCH");
             proto.ready_and_wait();
             report.eq("a syscall still works", std::process::id() > 0, true);
+        }
+        "ctty" => {
+            // A session of our own, and a new pseudo-terminal as its
+            // controlling terminal; the slave descriptor is closed again.
+            // SAFETY: plain calls on our own process and descriptors.
+            unsafe {
+                libc::setsid();
+                let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                assert!(m >= 0, "posix_openpt");
+                assert_eq!(libc::grantpt(m), 0);
+                assert_eq!(libc::unlockpt(m), 0);
+                let name = libc::ptsname(m);
+                let sl = libc::open(name, libc::O_RDWR);
+                assert!(sl >= 0, "open slave");
+                assert_eq!(libc::ioctl(sl, libc::TIOCSCTTY, 0), 0, "TIOCSCTTY");
+                libc::close(sl);
+            }
+            let tty = |s: String| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(4).map(str::to_string))
+            };
+            let before = tty(std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+            proto.ready_and_wait();
+            let after = tty(std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+            report.eq("controlling terminal (stat tty_nr)", before, after);
+        }
+        "chardev" => {
+            let f = std::fs::File::open("/dev/kmsg").expect("open /dev/kmsg");
+            proto.ready_and_wait();
+            use std::io::Read;
+            let mut buf = vec![0u8; 8192];
+            let n = (&f).read(&mut buf).unwrap_or(0);
+            report.check(n > 0, || "read from /dev/kmsg".into());
+        }
+        "packet-pipe" => {
+            let mut fds = [0i32; 2];
+            // SAFETY: fds is a valid array of two ints.
+            let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_DIRECT) };
+            assert_eq!(r, 0, "pipe2");
+            for m in [&b"one"[..], &b"second"[..]] {
+                // SAFETY: writes a literal into our pipe.
+                let w = unsafe { libc::write(fds[1], m.as_ptr().cast(), m.len()) };
+                assert_eq!(w, m.len() as isize);
+            }
+            proto.ready_and_wait();
+            let mut sizes = Vec::new();
+            for _ in 0..2 {
+                let mut buf = [0u8; 64];
+                // SAFETY: buf is valid for its length.
+                sizes.push(unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) });
+            }
+            report.eq("packet sizes", vec![3, 6], sizes);
+        }
+        "thread-child-pdeath" => {
+            let dir = proto.dir().to_path_buf();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = std::thread::spawn(move || {
+                // SAFETY: the child only makes raw calls, polls the go
+                // file and leaves with _exit.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: integer-only prctl.
+                    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2 as u64, 0, 0, 0) };
+                    Proto::new(&dir).wait_go();
+                    // SAFETY: ends the child.
+                    unsafe { libc::_exit(0) };
+                }
+                tx.send(pid).expect("send");
+                let mut st = 0;
+                // SAFETY: waits for the child this thread forked.
+                let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+                (r == pid, st)
+            });
+            let _child = rx.recv().expect("recv");
+            proto.ready_and_wait();
+            match t.join() {
+                Ok((waited, st)) => report.check(waited && libc::WIFEXITED(st), || {
+                    format!("child of the thread: status {st:#x}")
+                }),
+                Err(_) => report.fail("thread panicked"),
+            }
+        }
+        "mqueue" => {
+            let name = format!("/stasis-tp-{}\0", std::process::id());
+            // SAFETY: a NUL-terminated name; default attributes.
+            let q = unsafe {
+                libc::mq_open(
+                    name.as_ptr().cast(),
+                    libc::O_RDWR | libc::O_CREAT,
+                    0o600,
+                    std::ptr::null_mut::<libc::mq_attr>(),
+                )
+            };
+            assert!(q >= 0, "mq_open");
+            // SAFETY: the name is ours; the queue stays open through q.
+            unsafe {
+                libc::mq_unlink(name.as_ptr().cast());
+                assert_eq!(libc::mq_send(q, b"hi".as_ptr().cast(), 2, 0), 0, "mq_send");
+            }
+            proto.ready_and_wait();
+            let mut buf = [0u8; 8192];
+            // SAFETY: buf is big enough for the default message size.
+            let n = unsafe {
+                libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut())
+            };
+            report.eq("queued message", 2, n);
+        }
+        "detached-mount" => {
+            const OPEN_TREE_CLONE: u64 = 1;
+            // SAFETY: open_tree with a NUL-terminated path returns a new descriptor.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    c"/tmp".as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as u64,
+                )
+            };
+            assert!(fd >= 0, "open_tree");
+            proto.ready_and_wait();
+            // SAFETY: fstat into a zeroed buffer of the right type.
+            let r = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd as i32, &mut st)
+            };
+            report.eq("fstat of the detached mount", 0, r);
         }
         other => panic!("unknown --with {other}"),
     }

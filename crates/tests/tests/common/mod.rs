@@ -86,6 +86,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
         "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
+        "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
@@ -362,11 +363,14 @@ pub fn start(work: &Work, program: Program, args: &[&str]) -> Proc {
         .stdout(log.try_clone().expect("dup out.log"))
         .stderr(log);
     // Descriptors inherited from whoever runs the tests (a CI runner's
-    // pipes, say) are not the program's own state: close them.
-    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    // pipes, say) are not the program's own state: close them. Its own
+    // session, too, so a terminal the tests run on is not its controlling
+    // terminal (which only a shell job may have).
+    // SAFETY: close_range and setsid are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            libc::setsid();
             Ok(())
         });
     }
