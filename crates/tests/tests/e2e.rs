@@ -600,53 +600,14 @@ fn sparse_image_is_small() {
 /// the resource, leaves no image, and the process runs on unharmed.
 fn refuse(what: &str, words: &[&str]) {
     let name = format!("refuse_unsupported_{what}");
-    refuse_in(
+    refused_dump(
         &name,
-        what,
         Program::Bin("tp_unsupported"),
         &["--with", what],
+        &[],
         words,
+        false,
     );
-}
-
-/// As [`refuse`], for `program` run with `args`.
-fn refuse_in(name: &str, what: &str, program: Program, args: &[&str], words: &[&str]) {
-    let work = Work::new(name);
-    let opts = Opts::default();
-    let mut p = start(&work, program, args);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
-    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
-    assert!(
-        out.code.is_some_and(|c| c != 0),
-        "dump of a process with a {what} did not fail: {out:?}{}",
-        work.diagnostics()
-    );
-    assert!(
-        out.stderr.contains(&p.pid.to_string()),
-        "dump error does not name PID {}: {:?}",
-        p.pid,
-        out.stderr
-    );
-    let lower = out.stderr.to_lowercase();
-    assert!(
-        words.iter().any(|w| lower.contains(w)),
-        "dump error does not name the {what}: {:?}",
-        out.stderr
-    );
-    assert!(
-        !work.img().join("inventory.img").exists(),
-        "a failed dump left an inventory.img"
-    );
-    step(
-        &work,
-        "process after the refused dump",
-        p.check_running_untraced(),
-    );
-    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]
@@ -768,12 +729,13 @@ fn cr_inotify() {
 /// cannot be saved), and the events are still there afterwards.
 #[test]
 fn refuse_inotify_with_queued_events() {
-    refuse_in(
+    refused_dump(
         "refuse_inotify_queued",
-        "inotify instance with unread events",
         Program::Bin("tp_inotify"),
         &["--queued"],
+        &[],
         &["inotify", "unread events"],
+        false,
     );
 }
 
@@ -835,14 +797,11 @@ fn cr_files2() {
     cr("cr_files2", Program::Bin("tp_files2"), &[]);
 }
 
-/// The same inside a PID namespace (`stasis run`): /proc paths and pidfds
-/// use the namespace's PIDs and its own /proc, before and after.
-#[test]
-fn cr_files2_in_pid_ns() {
-    let work = Work::new("cr_files2_pidns");
-    let t = Duration::from_secs(60);
+/// Starts test program `name` with `stasis run -d` as the init of a new
+/// PID namespace and waits until it is ready; returns it (its PID here).
+fn run_in_pid_ns(work: &Work, name: &str) -> Proc {
     let dir = work.dir().to_str().expect("utf-8").to_string();
-    let prog = bin_path("tp_files2");
+    let prog = bin_path(name);
     ensure_subreaper();
     let run = [
         "run",
@@ -853,13 +812,28 @@ fn cr_files2_in_pid_ns() {
         prog.to_str().expect("utf-8"),
         &dir,
     ];
-    ok(&work, "stasis run", &stasis(&work, &run, t));
-    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut init, Duration::from_secs(30)),
+    ok(
+        work,
+        "stasis run",
+        &stasis(work, &run, Duration::from_secs(60)),
     );
+    let mut init = Proc::adopt(pidfile(work, "run.pid"));
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut init, Duration::from_secs(30)),
+    );
+    init
+}
+
+/// The same inside a PID namespace (`stasis run`): /proc paths and pidfds
+/// use the namespace's PIDs and its own /proc, before and after.
+#[test]
+fn cr_files2_in_pid_ns() {
+    let work = Work::new("cr_files2_pidns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let mut init = run_in_pid_ns(&work, "tp_files2");
     let img = format!("{dir}/img");
     let pid = init.pid.to_string();
     let dump_args = ["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"];
@@ -901,56 +875,61 @@ fn dump_leave_running_files2() {
 
 #[test]
 fn refuse_pidfd_outside_tree() {
-    refuse_in(
+    refused_dump(
         "refuse_pidfd_outside",
-        "pidfd of a process outside the tree",
         Program::Bin("tp_files2"),
         &["--refuse", "outside-pidfd"],
+        &[],
         &["pidfd of a process outside the dumped tree"],
+        false,
     );
 }
 
 #[test]
 fn refuse_pidfd_of_reaped_process() {
-    refuse_in(
+    refused_dump(
         "refuse_pidfd_reaped",
-        "pidfd of a reaped process",
         Program::Bin("tp_files2"),
         &["--refuse", "reaped-pidfd"],
+        &[],
         &["pidfd of a process that has exited and was reaped"],
+        false,
     );
 }
 
 #[test]
 fn refuse_pidfd_shared_with_another_process() {
-    refuse_in(
+    refused_dump(
         "refuse_pidfd_shared",
-        "pidfd shared with another process",
         Program::Bin("tp_files2"),
         &["--refuse", "shared-pidfd"],
+        &[],
         &["shared with another process"],
+        false,
     );
 }
 
 #[test]
 fn refuse_proc_file_outside_tree() {
-    refuse_in(
+    refused_dump(
         "refuse_proc_outside",
-        "/proc file of a process outside the tree",
         Program::Bin("tp_files2"),
         &["--refuse", "outside-proc"],
+        &[],
         &["/status): a /proc entry of process"],
+        false,
     );
 }
 
 #[test]
 fn refuse_proc_cwd_outside_tree() {
-    refuse_in(
+    refused_dump(
         "refuse_proc_cwd_outside",
-        "working directory under /proc of a process outside the tree",
         Program::Bin("tp_files2"),
         &["--refuse", "outside-cwd"],
+        &[],
         &["working directory /proc/"],
+        false,
     );
 }
 
@@ -1029,28 +1008,7 @@ fn pidns_tree_twice_and_side_by_side() {
     let work = Work::new("pidns_tree");
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
-    let prog = bin_path("tp_tree");
-    ensure_subreaper();
-    let out = stasis(
-        &work,
-        &[
-            "run",
-            "-d",
-            "--pidfile",
-            &format!("{dir}/run.pid"),
-            "--",
-            prog.to_str().expect("utf-8"),
-            &dir,
-        ],
-        t,
-    );
-    ok(&work, "stasis run", &out);
-    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut init, Duration::from_secs(30)),
-    );
+    let mut init = run_in_pid_ns(&work, "tp_tree");
     let ready = fs::read_to_string(work.path("ready")).unwrap_or_default();
     assert!(
         ready.starts_with("READY 1"),
@@ -1590,28 +1548,7 @@ fn cr_file_locks_in_pid_ns() {
     let work = Work::new("cr_file_locks_pidns");
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
-    let prog = bin_path("tp_locks");
-    ensure_subreaper();
-    let out = stasis(
-        &work,
-        &[
-            "run",
-            "-d",
-            "--pidfile",
-            &format!("{dir}/run.pid"),
-            "--",
-            prog.to_str().expect("utf-8"),
-            &dir,
-        ],
-        t,
-    );
-    ok(&work, "stasis run", &out);
-    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut init, Duration::from_secs(30)),
-    );
+    let mut init = run_in_pid_ns(&work, "tp_locks");
     let img = format!("{dir}/img");
     let args = ["-D", &img, "-o", "log", "-v4", "--file-locks"];
     let pid_s = init.pid.to_string();

@@ -9,49 +9,16 @@ use common::*;
 use std::fs;
 
 /// A process holding `args`: the dump (with `dump_extra`) fails naming the
-/// PID and one of `words`, leaves no image, and the process runs on.
+/// PID and every one of `words`, leaves no image, and the process runs on.
 fn refuse_with(name: &str, args: &[&str], dump_extra: &[&str], words: &[&str]) {
-    let work = Work::new(name);
-    let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_unsupported"), args);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
+    refused_dump(
+        name,
+        Program::Bin("tp_unsupported"),
+        args,
+        dump_extra,
+        words,
+        true,
     );
-    let out = dump(&work, p.pid, dump_extra, opts.stasis_timeout);
-    assert!(
-        out.code.is_some_and(|c| c != 0),
-        "dump of {args:?} did not fail: {out:?}{}",
-        work.diagnostics()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "dump error is not one line: {:?}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(&p.pid.to_string()),
-        "dump error does not name PID {}: {:?}",
-        p.pid,
-        out.stderr
-    );
-    assert!(
-        words.iter().all(|w| out.stderr.contains(w)),
-        "dump error does not name {words:?}: {:?}",
-        out.stderr
-    );
-    assert!(
-        !work.img().join("inventory.img").exists(),
-        "a failed dump left an inventory.img"
-    );
-    step(
-        &work,
-        "process after the refused dump",
-        p.check_running_untraced(),
-    );
-    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]
