@@ -92,6 +92,14 @@ const fn s(
     }
 }
 
+impl Opt {
+    /// Also `--no-NAME` (criu's boolean options).
+    const fn neg(mut self) -> Opt {
+        self.negatable = true;
+        self
+    }
+}
+
 /// A boolean option with its `--no-` form.
 const fn b(long: &'static str, scope: u8, fate: Fate) -> Opt {
     Opt {
@@ -183,8 +191,8 @@ pub static OPTIONS: &[Opt] = &[
     b("allow-uprobes", D, Ref),
     o("ms", No, DR, Ref, ""),
     // Dump and restore.
-    s("shell-job", 'j', No, DR, App, ""),
-    s("file-locks", 'l', No, DR, App, ""),
+    s("shell-job", 'j', No, DR, App, "").neg(),
+    s("file-locks", 'l', No, DR, App, "").neg(),
     o("manage-cgroups", Opti, DR, ByValue, "ignore"),
     o("cgroup-root", Req, RESTORE, Ref, "/x"),
     o("cgroup-props", Req, DR, Ref, "x"),
@@ -232,9 +240,9 @@ pub static OPTIONS: &[Opt] = &[
     o("action-script", Req, DR, Ref, "/bin/true"),
     b("deprecated", ANY, Acc("stasis supports nothing criu deprecated")),
     // Restore.
-    s("restore-detached", 'd', No, RESTORE, App, ""),
+    s("restore-detached", 'd', No, RESTORE, App, "").neg(),
     b("daemon", RESTORE, App),
-    s("restore-sibling", 'S', No, RESTORE, Ref, ""),
+    s("restore-sibling", 'S', No, RESTORE, Ref, "").neg(),
     s("root", 'r', Req, RESTORE, Ref, "/"),
     s("join-ns", 'J', Req, RESTORE, Ref, "net:/proc/1/ns/net"),
     o("veth-pair", Req, RESTORE, Ref, "eth0=veth0"),
