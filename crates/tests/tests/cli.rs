@@ -559,3 +559,44 @@ fn dump_restore_with_criu_arguments() {
     step(&work, "restored process state", r.check_running_untraced());
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
+
+/// criu would read its default configuration files; stasis does not, so a
+/// dump refuses to run while one exists, unless --no-default-config.
+#[test]
+fn criu_config_file_refused_unless_no_default_config() {
+    let work = Work::new("cli_config");
+    let conf = work.path("criu.conf");
+    fs::write(&conf, "tcp-established\n").expect("write conf");
+    let img = work.path("img");
+    let run = |extra: &[&str]| {
+        let mut args = strings(&["dump", "-t", "99999999", "-D"]);
+        args.push(img.to_str().expect("utf-8").into());
+        args.extend(strings(&["-o", "x.log"]));
+        args.extend(strings(extra));
+        let out_p = work.path("conf.stderr");
+        let st = Command::new(stasis_bin())
+            .args(&args)
+            .current_dir(work.dir())
+            .env("CRIU_CONFIG_FILE", &conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&out_p).expect("stderr file"))
+            .status()
+            .expect("run stasis");
+        (st.code(), fs::read_to_string(&out_p).unwrap_or_default())
+    };
+    let (code, err) = run(&[]);
+    assert!(
+        code == Some(1) && err.contains("is not read by stasis") && err.lines().count() == 1,
+        "{code:?} {err:?}"
+    );
+    assert!(
+        !img.exists(),
+        "refused, yet the image directory was created"
+    );
+    let (code, err) = run(&["--no-default-config"]);
+    assert!(
+        code == Some(1) && err.contains("dump pid 99999999"),
+        "{code:?} {err:?}"
+    );
+}
