@@ -159,13 +159,7 @@ pub static OPTIONS: &[Opt] = &[
         DR,
         Acc("stasis saves the contents of every deleted open file (criu's ghost files)"),
     ),
-    o(
-        "ghost-limit",
-        Req,
-        D,
-        Acc("stasis saves deleted files up to 1 GiB whatever the limit and refuses bigger ones by name"),
-        "1M",
-    ),
+    o("ghost-limit", Req, D, App, "1M"),
     b(
         "ghost-fiemap",
         D,

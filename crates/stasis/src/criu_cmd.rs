@@ -24,6 +24,7 @@ struct Request {
     shell_job: bool,
     file_locks: bool,
     timeout: Option<u64>,
+    ghost_limit: Option<u64>,
     detached: bool,
     pidfile: Option<PathBuf>,
     no_default_config: bool,
@@ -64,6 +65,29 @@ fn number<T: std::str::FromStr>(g: &Given) -> Result<T> {
         .map_err(|_| anyhow!("invalid argument for --{}: {v}", g.opt.long))
 }
 
+/// A size in bytes, with an optional K, M or G suffix (powers of 1024), as
+/// criu's `--ghost-limit` takes it.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|v| *v <= stasis_image::MAX_SAVED_FILE)
+        .ok_or_else(|| {
+            format!(
+                "{s:?}: above the largest ghost limit ({} GiB)",
+                stasis_image::MAX_SAVED_FILE >> 30
+            )
+        })
+}
+
 /// Applies one applied option.
 fn apply(r: &mut Request, g: &Given) -> Result<()> {
     let on = !g.negated;
@@ -94,6 +118,12 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "timeout" => r.timeout = Some(number(g)?),
+        "ghost-limit" => {
+            r.ghost_limit = Some(
+                parse_size(g.value.as_deref().unwrap_or(""))
+                    .map_err(|e| anyhow!("invalid argument for --ghost-limit: {e}"))?,
+            )
+        }
         "restore-detached" | "daemon" => r.detached = on,
         "pidfile" => r.pidfile = Some(path()),
         "no-default-config" => r.no_default_config = true,
@@ -276,6 +306,7 @@ fn dump(r: &Request) -> Result<ExitCode> {
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         timeout: r.timeout.map(Duration::from_secs),
+        ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
     };
     let stats = stasis_dump::dump(&opts)?;
     log::info!(

@@ -232,6 +232,14 @@ fn option_syntax_errors() {
             &["dump", "-t", "5", "--network-lock", "bogus"][..],
             "invalid argument",
         ),
+        (
+            &["dump", "-t", "5", "--ghost-limit", "1X"][..],
+            "invalid argument",
+        ),
+        (
+            &["dump", "-t", "5", "--ghost-limit=2000G"][..],
+            "above the largest",
+        ),
         (&["frobnicate"][..], "unknown command"),
         (&[][..], "no command given"),
     ] {
