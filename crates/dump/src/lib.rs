@@ -37,6 +37,7 @@ mod signals;
 mod stub_site;
 mod threads;
 mod timers;
+mod uts;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;
@@ -273,6 +274,7 @@ fn dump_frozen(
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
     checks::check_tree(frozen, opts.shell_job)?;
+    let uts = uts::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job)?);
@@ -345,6 +347,7 @@ fn dump_frozen(
         root_pid: collected.first().map(|c| c.image.pid).unwrap_or(root),
         processes: refs,
         pid_ns,
+        uts,
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies

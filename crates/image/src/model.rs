@@ -33,6 +33,10 @@ pub struct Inventory {
     /// image is that namespace's, and a restore creates a new namespace.
     #[serde(default)]
     pub pid_ns: bool,
+    /// The tree's own UTS namespace (the root's, shared by every process),
+    /// when it differed from the dumper's; a restore creates a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uts: Option<crate::uts::UtsNs>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once

@@ -273,6 +273,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         shell_job: false,
         zombies: vec![],
         pid_ns: false,
+        uts: None,
     }
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn restore_tree(
     zombies: &[Zombie],
     pid_ns: bool,
     shell_job: bool,
+    uts: Option<&stasis_image::UtsNs>,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
@@ -32,6 +33,13 @@ pub(crate) fn restore_tree(
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
+    // The tree's own UTS namespace, made by the first process forked.
+    tree.plan.uts = uts.map(|u| {
+        (
+            u.hostname.clone().into_bytes(),
+            u.domainname.clone().into_bytes(),
+        )
+    });
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -169,6 +177,7 @@ fn plan_tree(
             ready_fd: ready_w.as_raw_fd(),
             new_pid_ns: pid_ns,
             session_helper,
+            uts: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

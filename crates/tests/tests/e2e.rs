@@ -160,6 +160,7 @@ fn selfcheck_unsupported_resources_work() {
         "child",
         "huge-deleted",
         "uts-ns",
+        "uts-ns-child",
         "clone-files",
         "thread-unshare-files",
         "thread-creds",
@@ -610,9 +611,63 @@ fn refuse(what: &str, words: &[&str]) {
     );
 }
 
+/// A tree whose root has a UTS namespace of its own comes back in a new
+/// one with the same host and domain names (not in init's).
 #[test]
-fn refuse_own_uts_namespace() {
-    refuse("uts-ns", &["uts namespace"]);
+fn cr_own_uts_namespace() {
+    cr(
+        "cr_own_uts_namespace",
+        Program::Bin("tp_unsupported"),
+        &["--with", "uts-ns"],
+    );
+}
+
+#[test]
+fn negative_own_uts_namespace() {
+    let work = Work::new("negative_own_uts_namespace");
+    let out = run_plain(
+        &work,
+        Program::Bin("tp_unsupported"),
+        &["--with", "uts-ns", "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// A child in a UTS namespace the root does not share is refused, naming
+/// the child; the tree runs on.
+#[test]
+fn refuse_child_with_own_uts_namespace() {
+    let work = Work::new("refuse_child_uts");
+    let opts = Opts::default();
+    let mut p = start(
+        &work,
+        Program::Bin("tp_unsupported"),
+        &["--with", "uts-ns-child"],
+    );
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains("uts namespace of its own")
+            && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
+        "dump did not refuse the child's UTS namespace by name: {out:?}"
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "tree after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]

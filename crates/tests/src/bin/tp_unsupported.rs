@@ -3,7 +3,7 @@
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
-//! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
+//! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
 //! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
 //! mqueue|detached-mount`
 //!
@@ -21,7 +21,9 @@
 //!   anonymous memory, of an MFD_HUGETLB memfd, or of a file on a hugetlbfs
 //!   mounted by the harness at `--mnt DIR` (deleted); exits 4 if no huge page could
 //!   be had (the harness reserves them);
-//! - `uts-ns`: a UTS namespace of its own with its own hostname;
+//! - `uts-ns`: a UTS namespace of its own with its own host and domain name
+//!   (supported since: `--corrupt` makes the check fail); `uts-ns-child`: a
+//!   child in a UTS namespace of its own (refused);
 //! - `clone-files`: a child sharing the descriptor table (CLONE_FILES);
 //! - `thread-unshare-files`: a thread that unshared its descriptor table;
 //! - `thread-creds`: a thread whose effective gid differs (raw setresgid);
@@ -321,20 +323,65 @@ fn main() {
             let r = unsafe { libc::fstat(fd, &mut st) };
             report.eq("fstat and size", (0, 2 << 20), (r, st.st_size));
         }
-        "uts-ns" => {
-            // SAFETY: integer-only syscalls on our own process.
-            let r = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
-            assert_eq!(r, 0, "unshare(CLONE_NEWUTS)");
-            let name = b"stasis-uts";
-            // SAFETY: name is valid for its length.
-            let r = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-            assert_eq!(r, 0, "sethostname");
-            proto.ready_and_wait();
-            let mut buf = [0u8; 64];
-            // SAFETY: buf is valid for its length.
-            unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-            report.eq("hostname", &name[..], &buf[..end]);
+        "uts-ns" | "uts-ns-child" => {
+            // Our own UTS namespace (supported: the whole tree shares the
+            // root's), or a child's own one (refused).
+            let own = || {
+                // SAFETY: integer-only syscalls on our own process; the names are literals.
+                unsafe {
+                    assert_eq!(
+                        libc::unshare(libc::CLONE_NEWUTS),
+                        0,
+                        "unshare(CLONE_NEWUTS)"
+                    );
+                    assert_eq!(libc::sethostname(b"stasis-uts".as_ptr().cast(), 10), 0);
+                    assert_eq!(libc::setdomainname(b"stasis-dom".as_ptr().cast(), 10), 0);
+                }
+            };
+            let uts = || {
+                // SAFETY: an all-zero utsname is a valid out buffer.
+                let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+                // SAFETY: u is a live buffer.
+                unsafe { libc::uname(&mut u) };
+                let text = |f: &[libc::c_char]| -> String {
+                    f.iter()
+                        .take_while(|&&c| c != 0)
+                        .map(|&c| c as u8 as char)
+                        .collect()
+                };
+                (text(&u.nodename), text(&u.domainname))
+            };
+            let ns = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).ok();
+            if what == "uts-ns" {
+                own();
+                let before = (uts(), ns("/proc/self/ns/uts") == ns("/proc/1/ns/uts"));
+                proto.ready_and_wait();
+                let mut after = (uts(), ns("/proc/self/ns/uts") == ns("/proc/1/ns/uts"));
+                if args.corrupt() {
+                    after.0 .0.push('x');
+                }
+                report.eq(
+                    "host and domain name, and whether the namespace is init's",
+                    before,
+                    after,
+                );
+            } else {
+                // SAFETY: single-threaded; the child polls go and _exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    own();
+                    proto.wait_go();
+                    // SAFETY: ends the child.
+                    unsafe { libc::_exit(i32::from(uts().0 != "stasis-uts")) };
+                }
+                proto.ready_and_wait();
+                let mut st = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+                report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+                    format!("child in its own UTS namespace: status {st:#x}")
+                });
+            }
         }
         "clone-files" => {
             // SAFETY: a fork-like clone (no CLONE_VM, no new stack) that
