@@ -369,20 +369,34 @@ fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result
 }
 
 /// Whether two saved VMAs are neighbours the kernel might merge into one if
-/// both were mapped afresh: adjacent, private, same protection, neither
-/// special. (An over-approximation: keeping apart two VMAs the kernel
-/// would not have merged anyway costs a few remote calls, nothing else.)
+/// both were mapped afresh: adjacent, private, the same protection, the
+/// same advice (VMAs whose advice differs are split again when it is
+/// applied), the same backing (anonymous, or the same file at contiguous
+/// offsets), neither special. Still an over-approximation: keeping apart
+/// two VMAs the kernel would not have merged anyway costs a few remote
+/// calls, nothing else.
 fn may_merge(a: &Vma, b: &Vma) -> bool {
+    let same_backing = match (&a.kind, &b.kind) {
+        (VmaKind::Anon | VmaKind::Heap, VmaKind::Anon | VmaKind::Heap) => true,
+        (VmaKind::File { file: fa }, VmaKind::File { file: fb }) => {
+            fa.path == fb.path && a.pgoff + (a.end - a.start) == b.pgoff
+        }
+        (VmaKind::Saved { id: ia }, VmaKind::Saved { id: ib }) => {
+            ia == ib && a.pgoff + (a.end - a.start) == b.pgoff
+        }
+        _ => false,
+    };
     a.end == b.start
+        && same_backing
         && a.huge_page_size == 0
         && b.huge_page_size == 0
         && !a.shared
         && !b.shared
         && a.prot == b.prot
+        && a.advice == b.advice
+        && a.noreserve == b.noreserve
         && !a.growsdown
         && !b.growsdown
-        && !is_special(&a.kind)
-        && !is_special(&b.kind)
 }
 
 /// VMAs that must each get their own anon_vma so that they stay apart.
