@@ -411,6 +411,39 @@ pub enum FdKind {
         sock_type: u32,
         flags: u32,
     },
+    /// A TCP socket that is not connected: a listener (its backlog) or a
+    /// socket not yet listening, bound (`local`) or not
+    /// (crates/image/src/kinds/inet.rs).
+    TcpSocket {
+        /// AF_INET (2) or AF_INET6 (10).
+        family: u32,
+        #[serde(default)]
+        local: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        listening: bool,
+        #[serde(default)]
+        backlog: i32,
+        /// Options that differ from a new socket's, by name.
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        /// SO_BINDTODEVICE, empty for none.
+        #[serde(default)]
+        device: String,
+        flags: u32,
+    },
+    /// A UDP socket, bound and/or connected, nothing queued.
+    UdpSocket {
+        family: u32,
+        #[serde(default)]
+        local: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        peer: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        #[serde(default)]
+        device: String,
+        flags: u32,
+    },
     /// An eventfd with its counter.
     EventFd {
         count: u64,
@@ -460,6 +493,8 @@ impl FdKind {
             | FdKind::Path { flags, .. }
             | FdKind::Fifo { flags, .. }
             | FdKind::UnixSocket { flags, .. }
+            | FdKind::TcpSocket { flags, .. }
+            | FdKind::UdpSocket { flags, .. }
             | FdKind::EventFd { flags, .. }
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }

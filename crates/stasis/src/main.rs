@@ -62,6 +62,10 @@ enum Cmd {
         /// Give up after N seconds, leaving the process running.
         #[arg(long = "timeout", value_name = "N")]
         timeout: Option<u64>,
+        /// Drop TCP connections waiting in a listener's accept queue (their
+        /// clients see a reset); without it such a listener is refused.
+        #[arg(long = "skip-in-flight")]
+        skip_in_flight: bool,
         /// Accepted for criu compatibility; ignored.
         #[arg(long = "pre-dump-mode", value_name = "MODE")]
         pre_dump_mode: Option<String>,
@@ -168,6 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             leave_running,
             timeout,
+            skip_in_flight,
             pre_dump_mode: _,
             common,
         } => {
@@ -179,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 leave_running,
                 shell_job: common.shell_job,
                 file_locks: common.file_locks,
+                skip_in_flight,
                 timeout: timeout.map(Duration::from_secs),
             };
             let stats = stasis_dump::dump(&opts)?;

@@ -143,6 +143,13 @@ selfcheck!(
     Program::Bin("tp_procattrs"),
     []
 );
+selfcheck!(selfcheck_inet, negative_inet, Program::Bin("tp_inet"), []);
+selfcheck!(
+    selfcheck_httpd,
+    negative_httpd,
+    Program::Bin("tp_httpd"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -721,9 +728,20 @@ fn refuse_gdt_tls_entry() {
     refuse("gdt-tls", &["gdt tls entry"]);
 }
 
+/// The program that used to be refused for its TCP listener now checkpoints.
 #[test]
-fn refuse_unsupported_tcp_socket() {
-    refuse("tcp", &["socket"]);
+fn cr_unsupported_tcp_now_supported() {
+    cr(
+        "cr_unsupported_tcp",
+        Program::Bin("tp_unsupported"),
+        &["--with", "tcp"],
+    );
+}
+
+/// Other socket families stay refused by name.
+#[test]
+fn refuse_unsupported_netlink_socket() {
+    refuse("netlink", &["netlink socket"]);
 }
 
 /// The program that used to be refused for its socket pair now checkpoints.
@@ -762,6 +780,87 @@ fn refuse_inotify_with_queued_events() {
 #[test]
 fn cr_unix_sockets() {
     cr("cr_unix_sockets", Program::Bin("tp_sockets"), &[]);
+}
+
+/// TCP listeners (IPv4, IPv6-only, dual-stack) with their options and
+/// backlog, UDP sockets bound and connected.
+#[test]
+fn cr_inet_sockets() {
+    cr("cr_inet_sockets", Program::Bin("tp_inet"), &[]);
+}
+
+/// A connection waiting in a listener's accept queue is refused by name...
+#[test]
+fn refuse_tcp_in_flight() {
+    refuse_in(
+        "refuse_tcp_in_flight",
+        "connection waiting to be accepted",
+        Program::Bin("tp_inet"),
+        &["--in-flight"],
+        &["--skip-in-flight"],
+    );
+}
+
+/// ...and dropped with --skip-in-flight: the listener accepts new ones.
+#[test]
+fn cr_tcp_skip_in_flight() {
+    let work = Work::new("cr_tcp_skip_in_flight");
+    let opts = Opts {
+        dump_extra: vec!["--skip-in-flight"],
+        ..Opts::default()
+    };
+    run_case(
+        &work,
+        Program::Bin("tp_inet"),
+        &["--in-flight", "--expect-dropped"],
+        &opts,
+    )
+    .assert_pass(&work);
+}
+
+/// The negative control of --skip-in-flight: the same check fails.
+#[test]
+fn negative_tcp_skip_in_flight() {
+    let work = Work::new("negative_tcp_skip_in_flight");
+    let opts = Opts {
+        dump_extra: vec!["--skip-in-flight"],
+        ..Opts::default()
+    };
+    let out = run_case(
+        &work,
+        Program::Bin("tp_inet"),
+        &["--in-flight", "--expect-dropped", "--corrupt"],
+        &opts,
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+#[test]
+fn refuse_tcp_established() {
+    refuse_in(
+        "refuse_tcp_established",
+        "established TCP connection",
+        Program::Bin("tp_inet"),
+        &["--established"],
+        &["--tcp-established"],
+    );
+}
+
+#[test]
+fn refuse_udp_queued() {
+    refuse_in(
+        "refuse_udp_queued",
+        "UDP socket with a datagram waiting",
+        Program::Bin("tp_inet"),
+        &["--udp-queued"],
+        &["udp socket with datagrams waiting"],
+    );
+}
+
+/// python3 -m http.server dumped while listening answers curl after restore.
+#[test]
+fn cr_http_server() {
+    cr("cr_http_server", Program::Bin("tp_httpd"), &[]);
 }
 
 /// A deleted file above the size an image may hold is refused by name.

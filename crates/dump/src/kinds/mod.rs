@@ -12,6 +12,7 @@
 //! | `SignalFd` | [`signalfd`] | link `anon_inode:[signalfd]` |
 //! | `Epoll` | [`epoll`] | link `anon_inode:[eventpoll]` |
 //! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
+//! | `TcpSocket`, `UdpSocket` | [`inet`] | link `socket:[INO]`, SO_DOMAIN AF_INET/AF_INET6 on a duplicate (other families refused by name) |
 //! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag |
 //! | `Path` | [`opath`] | O_PATH in fdinfo flags |
 //! | `Saved` | [`saved`] | a regular file whose link ends in " (deleted)" (memfds too) |
@@ -27,6 +28,7 @@ mod chardev;
 mod epoll;
 mod eventfd;
 mod fifo;
+mod inet;
 mod inotify;
 mod opath;
 mod pipe;
@@ -53,6 +55,9 @@ pub(crate) struct Fd<'a> {
     pub(crate) link: &'a str,
     pub(crate) info: &'a FdInfo,
     pub(crate) shell_job: bool,
+    /// criu's `--skip-in-flight`: connections waiting in a listener's
+    /// accept queue are dropped instead of refused.
+    pub(crate) skip_in_flight: bool,
     /// stat of a named file (link starting with '/'), read once on demand.
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
@@ -115,6 +120,7 @@ const KINDS: &[(&str, Identify)] = &[
     ("signalfd", signalfd::identify),
     ("epoll", epoll::identify),
     ("inotify", inotify::identify),
+    ("TCP/UDP socket", inet::identify),
     ("unix socket", unix::identify),
     ("O_PATH", opath::identify),
     ("saved file", saved::identify),
@@ -124,7 +130,7 @@ const KINDS: &[(&str, Identify)] = &[
 ];
 
 /// Records every open descriptor; a descriptor no kind claims is refused.
-pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
+pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Result<Vec<FdEntry>> {
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
@@ -137,6 +143,7 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             link: &link,
             info: &info,
             shell_job,
+            skip_in_flight,
             md: None,
             unix: &mut unix,
         };
@@ -205,6 +212,8 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
+        FdKind::TcpSocket { .. } => (12, 0, 0),
+        FdKind::UdpSocket { .. } => (13, 0, 0),
     }
 }
 

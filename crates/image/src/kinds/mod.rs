@@ -14,6 +14,7 @@
 //! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
+//! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
 //! Adding a kind: its variant in `FdKind`, a module here if it has rules,
@@ -22,6 +23,7 @@
 mod chardev;
 mod epoll;
 mod fifo;
+mod inet;
 pub mod inotify;
 mod opath;
 mod pipe;
@@ -57,5 +59,27 @@ pub(crate) fn validate_fd(
         FdKind::UnixSocket { sock_type, .. } => unix::validate(c, &field, *sock_type),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
+        FdKind::TcpSocket {
+            family,
+            local,
+            opts,
+            device,
+            ..
+        } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device),
+        FdKind::UdpSocket {
+            family,
+            local,
+            peer,
+            opts,
+            device,
+            ..
+        } => inet::validate(
+            c,
+            &field,
+            *family,
+            [local.as_ref(), peer.as_ref()],
+            opts,
+            device,
+        ),
     }
 }

@@ -13,6 +13,7 @@
 //! | `Fifo` | [`fifo`] | a read-write holder with the waiting bytes, then each end |
 //! | `Saved` | [`saved`] | memfd / deleted file recreated from the page file, reopened |
 //! | `UnixSocket` | [`unix`] | one `socketpair` per pair |
+//! | `TcpSocket`, `UdpSocket` | [`inet`] | `socket`, options, bind, listen (backlog) or connect |
 //! | `EventFd` | [`eventfd`] | `eventfd2` with its counter |
 //! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
@@ -27,6 +28,7 @@ mod chardev;
 pub(crate) mod epoll;
 mod eventfd;
 mod fifo;
+mod inet;
 mod inotify;
 mod opath;
 mod pipe;
@@ -129,6 +131,45 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::SignalFd { mask, flags } => signalfd::open(o, cx, *mask, *flags),
         FdKind::Epoll { .. } => epoll::open(o, cx),
         FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
+        FdKind::TcpSocket {
+            family,
+            local,
+            listening,
+            backlog,
+            opts,
+            device,
+            flags,
+        } => {
+            let s = inet::Saved {
+                family: *family,
+                local: local.as_ref(),
+                peer: None,
+                listen: listening.then_some(*backlog),
+                opts,
+                device,
+                flags: *flags,
+            };
+            inet::open(o, cx, &s, true)
+        }
+        FdKind::UdpSocket {
+            family,
+            local,
+            peer,
+            opts,
+            device,
+            flags,
+        } => {
+            let s = inet::Saved {
+                family: *family,
+                local: local.as_ref(),
+                peer: peer.as_ref(),
+                listen: None,
+                opts,
+                device,
+                flags: *flags,
+            };
+            inet::open(o, cx, &s, false)
+        }
     }
 }
 

@@ -85,6 +85,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
         "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
+        "tp_inet" => env!("CARGO_BIN_EXE_tp_inet"),
+        "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)

@@ -1,0 +1,44 @@
+//! TCP and UDP sockets (not connected TCP; UDP bound or connected): the
+//! family, the addresses (of that family), the options saved by name and
+//! the device bound to.
+
+use crate::checker::Checker;
+use crate::error::Result;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Option names are short identifiers (`SO_REUSEADDR`, `TCP_KEEPIDLE`).
+const MAX_OPT_NAME: usize = 32;
+/// IFNAMSIZ - 1.
+const MAX_DEVICE: usize = 15;
+
+pub(super) fn validate(
+    c: &Checker<'_>,
+    field: &str,
+    family: u32,
+    addrs: [Option<&SocketAddr>; 2],
+    opts: &BTreeMap<String, i32>,
+    device: &str,
+) -> Result<()> {
+    c.ensure(matches!(family, 2 | 10), || {
+        format!("{field}.family: {family} is not AF_INET or AF_INET6")
+    })?;
+    for a in addrs.into_iter().flatten() {
+        c.ensure(a.is_ipv4() == (family == 2), || {
+            format!("{field}: address {a} is not of family {family}")
+        })?;
+    }
+    for name in opts.keys() {
+        c.ensure(
+            !name.is_empty()
+                && name.len() <= MAX_OPT_NAME
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+            || format!("{field}.opts: {name:?} is not an option name"),
+        )?;
+    }
+    c.ensure(device.len() <= MAX_DEVICE && !device.contains('\0'), || {
+        format!("{field}.device: {device:?} is not a device name")
+    })
+}

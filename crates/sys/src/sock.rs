@@ -1,0 +1,314 @@
+//! Socket calls on descriptors of our own (a socket being restored, or a
+//! `pidfd_getfd` duplicate of a process's socket): integer and string
+//! options, local and peer addresses, bind/listen/connect.
+
+use crate::{check, last_errno, Result, SysError};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// socket(2) with close-on-exec.
+pub fn socket(family: i32, ty: i32, protocol: i32) -> Result<OwnedFd> {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
+    check(fd.into(), "socket", None)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// getsockopt of an int option.
+pub fn get_int(fd: &OwnedFd, level: i32, opt: i32) -> Result<i32> {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            std::ptr::addr_of_mut!(v).cast(),
+            &mut len,
+        )
+    };
+    check(r.into(), &format!("getsockopt({level}, {opt})"), None)?;
+    Ok(v)
+}
+
+/// setsockopt of an int option.
+pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
+    // SAFETY: v lives for the call; its size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            std::ptr::addr_of!(v).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
+}
+
+/// getsockopt of a byte-string option (up to 256 bytes), trailing NULs cut.
+pub fn get_bytes(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; 256];
+    let mut len = b.len() as libc::socklen_t;
+    // SAFETY: b and len are live out-parameters; len is b's size.
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, b.as_mut_ptr().cast(), &mut len) };
+    check(r.into(), &format!("getsockopt({level}, {opt})"), None)?;
+    b.truncate(len as usize);
+    while b.last() == Some(&0) {
+        b.pop();
+    }
+    Ok(b)
+}
+
+/// setsockopt of a byte-string option.
+pub fn set_bytes(fd: &OwnedFd, level: i32, opt: i32, v: &[u8]) -> Result<()> {
+    // SAFETY: v lives for the call; its length is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            v.as_ptr().cast(),
+            v.len() as libc::socklen_t,
+        )
+    };
+    check(r.into(), &format!("setsockopt({level}, {opt})"), None).map(drop)
+}
+
+fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(*ss).cast() };
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(*ss).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: storage is large and aligned enough for sockaddr_in.
+            let s: &mut libc::sockaddr_in = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin_family = libc::AF_INET as u16;
+            s.sin_port = v4.port().to_be();
+            s.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: storage is large and aligned enough for sockaddr_in6.
+            let s: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin6_family = libc::AF_INET6 as u16;
+            s.sin6_port = v6.port().to_be();
+            s.sin6_flowinfo = v6.flowinfo().to_be();
+            s.sin6_addr.s6_addr = v6.ip().octets();
+            s.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn name(fd: &OwnedFd, peer: bool) -> Result<Option<SocketAddr>> {
+    // SAFETY: plain data, zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = std::ptr::addr_of_mut!(ss).cast();
+    // SAFETY: ss and len are live out-parameters; len is ss's size.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        }
+    };
+    if r != 0 {
+        let e = last_errno();
+        if peer && e == libc::ENOTCONN {
+            return Ok(None);
+        }
+        return Err(SysError::new(
+            if peer { "getpeername" } else { "getsockname" },
+            None,
+            e,
+        ));
+    }
+    Ok(from_storage(&ss))
+}
+
+/// getsockname of an AF_INET or AF_INET6 socket.
+pub fn local_addr(fd: &OwnedFd) -> Result<Option<SocketAddr>> {
+    name(fd, false)
+}
+
+/// getpeername; None when not connected.
+pub fn peer_addr(fd: &OwnedFd) -> Result<Option<SocketAddr>> {
+    name(fd, true)
+}
+
+/// bind(2) to an inet address.
+pub fn bind(fd: &OwnedFd, a: &SocketAddr) -> Result<()> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: ss holds a valid address of length len.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(ss).cast(), len) };
+    check(r.into(), &format!("bind({a})"), None).map(drop)
+}
+
+/// connect(2) to an inet address (a datagram socket: no packet is sent).
+pub fn connect(fd: &OwnedFd, a: &SocketAddr) -> Result<()> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: ss holds a valid address of length len.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(ss).cast(), len) };
+    check(r.into(), &format!("connect({a})"), None).map(drop)
+}
+
+/// listen(2).
+pub fn listen(fd: &OwnedFd, backlog: i32) -> Result<()> {
+    // SAFETY: plain call on our descriptor.
+    let r = unsafe { libc::listen(fd.as_raw_fd(), backlog) };
+    check(r.into(), &format!("listen({backlog})"), None).map(drop)
+}
+
+/// Whether a datagram (even an empty one) is waiting, without taking it.
+pub fn has_datagram(fd: &OwnedFd) -> Result<bool> {
+    let mut b = [0u8; 1];
+    // SAFETY: b is a live buffer of its length.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            0,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    };
+    if r >= 0 {
+        return Ok(true);
+    }
+    match last_errno() {
+        libc::EAGAIN => Ok(false),
+        e => Err(SysError::new("recv(MSG_PEEK)", None, e)),
+    }
+}
+
+/// SIOCOUTQ: bytes in the send queue (UDP: corked data not yet sent).
+pub fn outq(fd: &OwnedFd) -> Result<i32> {
+    let mut v: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut v) };
+    check(r.into(), "ioctl(SIOCOUTQ)", None)?;
+    Ok(v)
+}
+
+const SOL_TCP: i32 = libc::IPPROTO_TCP;
+const SOL_UDP: i32 = libc::IPPROTO_UDP;
+const IP: i32 = libc::IPPROTO_IP;
+const IP6: i32 = libc::IPPROTO_IPV6;
+const S: i32 = libc::SOL_SOCKET;
+
+/// The int options a TCP or UDP socket is saved with, by name: (name,
+/// level, option). The dump saves those that differ from a new socket's;
+/// SOL_TCP ones apply to TCP only, SOL_UDP to UDP, IPPROTO_IP to AF_INET,
+/// IPPROTO_IPV6 to AF_INET6.
+pub const INET_OPTS: &[(&str, i32, i32)] = &[
+    ("SO_REUSEADDR", S, libc::SO_REUSEADDR),
+    ("SO_REUSEPORT", S, libc::SO_REUSEPORT),
+    ("SO_KEEPALIVE", S, libc::SO_KEEPALIVE),
+    ("SO_RCVBUF", S, libc::SO_RCVBUF),
+    ("SO_SNDBUF", S, libc::SO_SNDBUF),
+    ("SO_MARK", S, libc::SO_MARK),
+    ("SO_PRIORITY", S, libc::SO_PRIORITY),
+    ("SO_RCVLOWAT", S, libc::SO_RCVLOWAT),
+    ("SO_OOBINLINE", S, libc::SO_OOBINLINE),
+    ("SO_BROADCAST", S, libc::SO_BROADCAST),
+    ("SO_DONTROUTE", S, libc::SO_DONTROUTE),
+    ("SO_NO_CHECK", S, libc::SO_NO_CHECK),
+    ("SO_TIMESTAMP", S, libc::SO_TIMESTAMP),
+    ("SO_TIMESTAMPNS", S, libc::SO_TIMESTAMPNS),
+    ("SO_RXQ_OVFL", S, libc::SO_RXQ_OVFL),
+    ("SO_PASSCRED", S, libc::SO_PASSCRED),
+    ("SO_BUSY_POLL", S, libc::SO_BUSY_POLL),
+    ("TCP_NODELAY", SOL_TCP, libc::TCP_NODELAY),
+    ("TCP_MAXSEG", SOL_TCP, libc::TCP_MAXSEG),
+    ("TCP_CORK", SOL_TCP, libc::TCP_CORK),
+    ("TCP_KEEPIDLE", SOL_TCP, libc::TCP_KEEPIDLE),
+    ("TCP_KEEPINTVL", SOL_TCP, libc::TCP_KEEPINTVL),
+    ("TCP_KEEPCNT", SOL_TCP, libc::TCP_KEEPCNT),
+    ("TCP_SYNCNT", SOL_TCP, libc::TCP_SYNCNT),
+    ("TCP_LINGER2", SOL_TCP, libc::TCP_LINGER2),
+    ("TCP_DEFER_ACCEPT", SOL_TCP, libc::TCP_DEFER_ACCEPT),
+    ("TCP_WINDOW_CLAMP", SOL_TCP, libc::TCP_WINDOW_CLAMP),
+    ("TCP_USER_TIMEOUT", SOL_TCP, libc::TCP_USER_TIMEOUT),
+    ("TCP_FASTOPEN", SOL_TCP, libc::TCP_FASTOPEN),
+    ("TCP_NOTSENT_LOWAT", SOL_TCP, libc::TCP_NOTSENT_LOWAT),
+    ("UDP_CORK", SOL_UDP, 1),
+    ("UDP_SEGMENT", SOL_UDP, 103),
+    ("IP_TOS", IP, libc::IP_TOS),
+    ("IP_TTL", IP, libc::IP_TTL),
+    ("IP_RECVERR", IP, libc::IP_RECVERR),
+    ("IP_FREEBIND", IP, libc::IP_FREEBIND),
+    ("IP_TRANSPARENT", IP, libc::IP_TRANSPARENT),
+    ("IP_PKTINFO", IP, libc::IP_PKTINFO),
+    ("IP_MTU_DISCOVER", IP, libc::IP_MTU_DISCOVER),
+    ("IP_MULTICAST_TTL", IP, libc::IP_MULTICAST_TTL),
+    ("IP_MULTICAST_LOOP", IP, libc::IP_MULTICAST_LOOP),
+    ("IP_BIND_ADDRESS_NO_PORT", IP, libc::IP_BIND_ADDRESS_NO_PORT),
+    ("IPV6_V6ONLY", IP6, libc::IPV6_V6ONLY),
+    ("IPV6_UNICAST_HOPS", IP6, libc::IPV6_UNICAST_HOPS),
+    ("IPV6_TCLASS", IP6, libc::IPV6_TCLASS),
+    ("IPV6_RECVPKTINFO", IP6, libc::IPV6_RECVPKTINFO),
+    ("IPV6_RECVERR", IP6, libc::IPV6_RECVERR),
+    ("IPV6_MTU_DISCOVER", IP6, libc::IPV6_MTU_DISCOVER),
+    ("IPV6_MULTICAST_HOPS", IP6, libc::IPV6_MULTICAST_HOPS),
+    ("IPV6_MULTICAST_LOOP", IP6, libc::IPV6_MULTICAST_LOOP),
+    ("IPV6_FREEBIND", IP6, 78),
+    ("IPV6_TRANSPARENT", IP6, 75),
+];
+
+/// Whether an option of `level` applies to a socket of this family and
+/// protocol.
+pub fn opt_applies(level: i32, family: i32, protocol: i32) -> bool {
+    match level {
+        SOL_TCP => protocol == libc::IPPROTO_TCP,
+        SOL_UDP => protocol == libc::IPPROTO_UDP,
+        IP => family == libc::AF_INET,
+        IP6 => family == libc::AF_INET6,
+        _ => true,
+    }
+}
+
+/// Instructions of a classic BPF filter attached with SO_ATTACH_FILTER
+/// (0: none).
+pub fn filter_len(fd: &OwnedFd) -> Result<u32> {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: with a zero length the kernel writes only `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::null_mut(),
+            &mut len,
+        )
+    };
+    check(r.into(), "getsockopt(SO_GET_FILTER)", None)?;
+    Ok(len)
+}
