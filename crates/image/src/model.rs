@@ -410,6 +410,16 @@ pub enum FdKind {
         peer: u64,
         sock_type: u32,
         flags: u32,
+        /// Data waiting to be read by this end, oldest first: one entry
+        /// per message (datagram, seqpacket), one for a stream.
+        #[serde(default)]
+        queued: Vec<crate::kinds::unix::Queued>,
+        /// SHUT_* state as sock_diag shows it (1 receive, 2 send).
+        #[serde(default)]
+        shutdown: u8,
+        /// Options that differ from a new socket pair's, by name.
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
     },
     /// A TCP socket that is not connected: a listener (its backlog) or a
     /// socket not yet listening, bound (`local`) or not

@@ -312,3 +312,142 @@ pub fn filter_len(fd: &OwnedFd) -> Result<u32> {
     check(r.into(), "getsockopt(SO_GET_FILTER)", None)?;
     Ok(len)
 }
+
+/// The int options a unix socket is saved with (those that differ from a
+/// new socket's), by name.
+pub const UNIX_OPTS: &[(&str, i32, i32)] = &[
+    ("SO_PASSCRED", S, libc::SO_PASSCRED),
+    ("SO_PASSSEC", S, libc::SO_PASSSEC),
+    ("SO_PEEK_OFF", S, libc::SO_PEEK_OFF),
+    ("SO_RCVBUF", S, libc::SO_RCVBUF),
+    ("SO_SNDBUF", S, libc::SO_SNDBUF),
+    ("SO_RCVLOWAT", S, libc::SO_RCVLOWAT),
+    ("SO_TIMESTAMP", S, libc::SO_TIMESTAMP),
+    ("SO_TIMESTAMPNS", S, libc::SO_TIMESTAMPNS),
+    ("SO_MARK", S, libc::SO_MARK),
+    ("SO_PRIORITY", S, libc::SO_PRIORITY),
+    ("SO_PASSPIDFD", S, 76),
+];
+
+/// What [`peek_queue`] found waiting in a socket.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// One entry per message; a stream: its bytes in one or more pieces.
+    pub msgs: Vec<Vec<u8>>,
+    /// Some message carries descriptors (SCM_RIGHTS); they were closed.
+    pub rights: bool,
+    /// Some message was larger than the buffer or was empty.
+    pub odd: bool,
+}
+
+/// Reads every message waiting in a socket without taking it: MSG_PEEK
+/// with SO_PEEK_OFF walking the queue from 0 (the socket's own peek
+/// offset is put back). At most `limit` bytes. `eof`: an empty read ends
+/// the queue (a stream, or a socket shut down for reading); otherwise it
+/// is an empty message, which SO_PEEK_OFF cannot step over (`odd`).
+pub fn peek_queue(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
+    let old = get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let r = peek_loop(fd, limit, eof);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+    r
+}
+
+fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
+    let mut p = Peeked::default();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut cbuf = [0u64; 64];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; zero is valid.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: every pointer in mh refers to live buffers of their lengths.
+        let n =
+            unsafe { libc::recvmsg(fd.as_raw_fd(), &mut mh, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            match last_errno() {
+                libc::EAGAIN => return Ok(p),
+                e => return Err(SysError::new("recvmsg(MSG_PEEK)", None, e)),
+            }
+        }
+        close_rights(&mh, &mut p);
+        if mh.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+            p.odd = true;
+            return Ok(p);
+        }
+        if n == 0 {
+            p.odd = !eof;
+            return Ok(p);
+        }
+        total += n as usize;
+        if total > limit {
+            return Err(SysError::other(
+                "peek socket queue",
+                None,
+                format!("more than {limit} bytes queued"),
+            ));
+        }
+        p.msgs.push(buf[..n as usize].to_vec());
+    }
+}
+
+/// Closes descriptors an SCM_RIGHTS message installed in us, noting them.
+fn close_rights(mh: &libc::msghdr, p: &mut Peeked) {
+    // SAFETY: the kernel filled msg_control; the CMSG macros walk it within
+    // msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(mh);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                p.rights = true;
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..n {
+                    libc::close(data.add(i).read_unaligned());
+                }
+            }
+            c = libc::CMSG_NXTHDR(mh, c);
+        }
+    }
+}
+
+/// send(2) of one whole message, non-blocking, no SIGPIPE.
+pub fn send_all(fd: &OwnedFd, data: &[u8], stream: bool) -> Result<()> {
+    let mut off = 0;
+    loop {
+        // SAFETY: sending from a live slice.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data[off..].as_ptr().cast(),
+                data.len() - off,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        check(n as libc::c_long, "send queued data", None)?;
+        off += n as usize;
+        if off >= data.len() || !stream {
+            return Ok(());
+        }
+    }
+}
+
+/// shutdown(2) with sock_diag's mode (1 receive, 2 send, 3 both).
+pub fn shutdown(fd: &OwnedFd, mode: u8) -> Result<()> {
+    let how = match mode {
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    // SAFETY: plain call on our descriptor.
+    let r = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+    check(r.into(), &format!("shutdown({mode})"), None).map(drop)
+}

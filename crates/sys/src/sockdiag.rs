@@ -17,6 +17,11 @@ const UDIAG_SHOW_RQLEN: u32 = 0x10;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
+const UDIAG_SHOW_VFS: u32 = 0x2;
+const UDIAG_SHOW_ICONS: u32 = 0x8;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// One AF_UNIX socket of our network namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,8 +35,18 @@ pub struct UnixSocket {
     pub peer: u64,
     /// Bound name (abstract names start with a NUL byte), if any.
     pub name: Option<Vec<u8>>,
-    /// Bytes (stream) or messages waiting to be read.
+    /// Bytes (stream) or messages waiting to be read; a listener: the
+    /// connections waiting to be accepted.
     pub rqueue: u32,
+    /// A listener: its backlog.
+    pub wqueue: u32,
+    /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2).
+    pub shutdown: u8,
+    /// A bound path: the socket file's inode and device (kernel form
+    /// major << 20 | minor).
+    pub vfs: Option<(u64, u32)>,
+    /// A listener: the inodes of the clients waiting to be accepted.
+    pub icons: Vec<u64>,
 }
 
 fn u16le(b: &[u8], o: usize) -> u16 {
@@ -121,8 +136,10 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
     let mut req = [0u8; 24];
     req[0] = libc::AF_UNIX as u8;
     req[4..8].copy_from_slice(&u32::MAX.to_le_bytes()); // all states
-    req[12..16]
-        .copy_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_le_bytes());
+    req[12..16].copy_from_slice(
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_VFS | UDIAG_SHOW_ICONS)
+            .to_le_bytes(),
+    );
     let mut out = HashMap::new();
     diag_dump(&req, |msg| {
         if msg.len() >= 16 {
@@ -143,7 +160,20 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
                 match aty {
                     UNIX_DIAG_NAME => s.name = Some(payload.to_vec()),
                     UNIX_DIAG_PEER if payload.len() >= 4 => s.peer = u64::from(u32le(payload, 0)),
-                    UNIX_DIAG_RQLEN if payload.len() >= 4 => s.rqueue = u32le(payload, 0),
+                    UNIX_DIAG_RQLEN if payload.len() >= 8 => {
+                        s.rqueue = u32le(payload, 0);
+                        s.wqueue = u32le(payload, 4);
+                    }
+                    UNIX_DIAG_SHUTDOWN if !payload.is_empty() => s.shutdown = payload[0],
+                    UNIX_DIAG_VFS if payload.len() >= 8 => {
+                        s.vfs = Some((u64::from(u32le(payload, 0)), u32le(payload, 4)));
+                    }
+                    UNIX_DIAG_ICONS => {
+                        s.icons = payload
+                            .chunks_exact(4)
+                            .map(|c| u64::from(u32le(c, 0)))
+                            .collect();
+                    }
                     _ => {}
                 }
                 a += (alen + 3) & !3;

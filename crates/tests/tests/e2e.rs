@@ -144,6 +144,7 @@ selfcheck!(
     []
 );
 selfcheck!(selfcheck_inet, negative_inet, Program::Bin("tp_inet"), []);
+selfcheck!(selfcheck_unix, negative_unix, Program::Bin("tp_unix"), []);
 selfcheck!(
     selfcheck_httpd,
     negative_httpd,
@@ -780,6 +781,25 @@ fn refuse_inotify_with_queued_events() {
 #[test]
 fn cr_unix_sockets() {
     cr("cr_unix_sockets", Program::Bin("tp_sockets"), &[]);
+}
+
+/// Unix socket pairs with data queued (stream, datagram, seqpacket),
+/// shutdown state and options.
+#[test]
+fn cr_unix_queued() {
+    cr("cr_unix_queued", Program::Bin("tp_unix"), &[]);
+}
+
+/// A descriptor in flight (SCM_RIGHTS) is refused by name.
+#[test]
+fn refuse_unix_rights_in_flight() {
+    refuse_in(
+        "refuse_unix_rights",
+        "descriptor in flight",
+        Program::Bin("tp_unix"),
+        &["--rights"],
+        &["scm_rights"],
+    );
 }
 
 /// TCP listeners (IPv4, IPv6-only, dual-stack) with their options and

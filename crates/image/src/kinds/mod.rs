@@ -11,7 +11,7 @@
 //! | `Pipe` | [`pipe`] | waiting bytes within capacity, capacity capped |
 //! | `Fifo` | [`fifo`] | path length, as a pipe |
 //! | `Saved` | [`saved`] | id set; `SavedFile` records, their page-file spans, references |
-//! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket |
+//! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket; queued bytes capped; shutdown mode |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
@@ -29,7 +29,7 @@ mod opath;
 mod pipe;
 pub(crate) mod regular;
 pub(crate) mod saved;
-mod unix;
+pub mod unix;
 
 use crate::checker::Checker;
 use crate::error::Result;
@@ -56,7 +56,12 @@ pub(crate) fn validate_fd(
         } => fifo::validate(c, &field, path, data, *capacity),
         FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } => Ok(()),
         FdKind::Epoll { targets, .. } => epoll::validate(c, &field, img, f.fd, targets),
-        FdKind::UnixSocket { sock_type, .. } => unix::validate(c, &field, *sock_type),
+        FdKind::UnixSocket {
+            sock_type,
+            queued,
+            shutdown,
+            ..
+        } => unix::validate(c, &field, *sock_type, queued, *shutdown),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
         FdKind::TcpSocket {

@@ -121,6 +121,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             peer,
             sock_type,
             flags,
+            ..
         } => unix::open(o, cx, *id, *peer, *sock_type, *flags),
         FdKind::EventFd {
             count,

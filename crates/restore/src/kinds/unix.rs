@@ -1,10 +1,97 @@
-//! Unix socket pairs (unnamed, connected, nothing queued): one
-//! `socketpair` per pair, keyed by inode; a lone end (its peer closed at
-//! dump) gets a pair whose other end is closed once the tree is forked.
+//! Unix socket pairs (unnamed, connected): one `socketpair` per pair,
+//! keyed by inode; a lone end (its peer closed at dump) gets a pair whose
+//! other end is closed right away. Each end's queued data is sent into it
+//! from the other end (message by message), then its options (SO_PEEK_OFF
+//! after the data) and its shutdown state are set.
 
 use super::{Cx, Opened};
-use crate::{At, Result, Stage};
-use stasis_sys::util;
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::kinds::unix::Queued;
+use stasis_image::FdKind;
+use stasis_sys::{sock, util};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+/// What the image holds for one end: queued data, shutdown, options.
+type End<'a> = (&'a [Queued], u8, Option<&'a BTreeMap<String, i32>>);
+
+fn end<'a>(cx: &Cx<'a>, id: u64) -> End<'a> {
+    cx.procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match &e.kind {
+            FdKind::UnixSocket {
+                id: i,
+                queued,
+                shutdown,
+                opts,
+                ..
+            } if *i == id => Some((queued.as_slice(), *shutdown, Some(opts))),
+            _ => None,
+        })
+        .unwrap_or((&[], 0, None))
+}
+
+/// Sets `name` on a unix socket (buffer sizes halved, with FORCE).
+pub(super) fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let Some(&(_, level, opt)) = sock::UNIX_OPTS.iter().find(|(n, _, _)| *n == name) else {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!("fd {}: unknown unix socket option {name}", cx.fd),
+        });
+    };
+    let (opt, v) = match opt {
+        libc::SO_RCVBUF => (libc::SO_RCVBUFFORCE, v / 2),
+        libc::SO_SNDBUF => (libc::SO_SNDBUFFORCE, v / 2),
+        _ => (opt, v),
+    };
+    sock::set_int(fd, level, opt, v)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {name}: {}", cx.fd, e.op);
+            e
+        })
+        .at(pid, st)
+}
+
+/// Fills `to` with its queued data, sent from `from`.
+fn fill(cx: &Cx<'_>, from: &OwnedFd, queued: &[Queued], sock_type: u32) -> Result<()> {
+    let stream = sock_type == libc::SOCK_STREAM as u32;
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let total: usize = queued.iter().map(|q| q.data.len()).sum();
+    // Room for everything in one go (the kernel doubles the value).
+    let room = i32::try_from(total.saturating_mul(2) + (1 << 16)).unwrap_or(i32::MAX);
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let was = sock::get_int(from, libc::SOL_SOCKET, libc::SO_SNDBUF).at(pid, st)?;
+    sock::set_int(from, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, room).at(pid, st)?;
+    for q in queued {
+        sock::send_all(from, &q.data, stream)
+            .map_err(|mut e| {
+                e.op = format!("fd {}: {}", cx.fd, e.op);
+                e
+            })
+            .at(pid, st)?;
+    }
+    // The sender's buffer back to what it was (its saved value, if any,
+    // is set afterwards).
+    sock::set_int(from, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, was / 2).at(pid, st)
+}
+
+/// Options, then the shutdown state, of one end.
+fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
+    if let Some(opts) = e.2 {
+        for (name, &v) in opts {
+            set_opt(cx, fd, name, v)?;
+        }
+    }
+    if e.1 != 0 {
+        sock::shutdown(fd, e.1).at(cx.pid, Stage::Fork)?;
+    }
+    Ok(())
+}
 
 pub(super) fn open(
     o: &mut Opened,
@@ -19,6 +106,18 @@ pub(super) fn open(
         Some(i) => i,
         None => {
             let (a, b) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
+            let ea = end(cx, id);
+            let eb = if peer != 0 {
+                end(cx, peer)
+            } else {
+                (&[][..], 0, None)
+            };
+            fill(cx, &b, ea.0, sock_type)?;
+            fill(cx, &a, eb.0, sock_type)?;
+            finish(cx, &a, &ea)?;
+            if peer != 0 {
+                finish(cx, &b, &eb)?;
+            }
             let ia = o.push(a);
             o.set_object("unix", id, ia);
             if peer != 0 {

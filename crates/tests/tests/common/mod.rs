@@ -86,6 +86,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
         "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
         "tp_inet" => env!("CARGO_BIN_EXE_tp_inet"),
+        "tp_unix" => env!("CARGO_BIN_EXE_tp_unix"),
         "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
         other => panic!("unknown test program {other}"),
     };
