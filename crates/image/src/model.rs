@@ -421,6 +421,33 @@ pub enum FdKind {
         #[serde(default)]
         opts: std::collections::BTreeMap<String, i32>,
     },
+    /// An AF_UNIX socket that is not connected: bound to a path or an
+    /// abstract name (or not bound), listening (its backlog) or not
+    /// (crates/image/src/kinds/unixbound.rs).
+    UnixBound {
+        sock_type: u32,
+        /// As sock_diag reports it: a path with its trailing NUL, an
+        /// abstract name starting with NUL; empty when not bound.
+        #[serde(default, with = "crate::hex_bytes")]
+        name: Vec<u8>,
+        #[serde(default)]
+        listening: bool,
+        #[serde(default)]
+        backlog: i32,
+        /// A path's socket file: mode (permission bits), owner, group.
+        #[serde(default)]
+        mode: u32,
+        #[serde(default)]
+        uid: u32,
+        #[serde(default)]
+        gid: u32,
+        /// Datagrams waiting (from unnamed senders), oldest first.
+        #[serde(default)]
+        queued: Vec<crate::kinds::unix::Queued>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        flags: u32,
+    },
     /// A TCP socket that is not connected: a listener (its backlog) or a
     /// socket not yet listening, bound (`local`) or not
     /// (crates/image/src/kinds/inet.rs).
@@ -504,6 +531,7 @@ impl FdKind {
             | FdKind::Fifo { flags, .. }
             | FdKind::UnixSocket { flags, .. }
             | FdKind::TcpSocket { flags, .. }
+            | FdKind::UnixBound { flags, .. }
             | FdKind::UdpSocket { flags, .. }
             | FdKind::EventFd { flags, .. }
             | FdKind::TimerFd { flags, .. }

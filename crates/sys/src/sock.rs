@@ -338,6 +338,8 @@ pub struct Peeked {
     pub rights: bool,
     /// Some message was larger than the buffer or was empty.
     pub odd: bool,
+    /// Some message came from a bound (named) sender.
+    pub named_sender: bool,
 }
 
 /// Reads every message waiting in a socket without taking it: MSG_PEEK
@@ -358,6 +360,8 @@ fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
     let mut total = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     let mut cbuf = [0u64; 64];
+    // SAFETY: plain data; zero is valid.
+    let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     loop {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -369,6 +373,8 @@ fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
         mh.msg_iovlen = 1;
         mh.msg_control = cbuf.as_mut_ptr().cast();
         mh.msg_controllen = std::mem::size_of_val(&cbuf);
+        mh.msg_name = std::ptr::addr_of_mut!(from).cast();
+        mh.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
         // SAFETY: every pointer in mh refers to live buffers of their lengths.
         let n =
             unsafe { libc::recvmsg(fd.as_raw_fd(), &mut mh, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
@@ -379,6 +385,10 @@ fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
             }
         }
         close_rights(&mh, &mut p);
+        // Only the family (2 bytes): an unnamed sender.
+        if mh.msg_namelen as usize > std::mem::size_of::<libc::sa_family_t>() {
+            p.named_sender = true;
+        }
         if mh.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
             p.odd = true;
             return Ok(p);
@@ -450,4 +460,86 @@ pub fn shutdown(fd: &OwnedFd, mode: u8) -> Result<()> {
     // SAFETY: plain call on our descriptor.
     let r = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
     check(r.into(), &format!("shutdown({mode})"), None).map(drop)
+}
+
+/// sockaddr_un for a name as sock_diag reports it (a path with its NUL,
+/// or an abstract name starting with NUL).
+fn unix_addr(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: plain data; zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() > sa.sun_path.len() {
+        return Err(SysError::other("unix address", None, "name too long"));
+    }
+    sa.sun_family = libc::AF_UNIX as u16;
+    for (d, &s) in sa.sun_path.iter_mut().zip(name) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + name.len();
+    Ok((sa, len as libc::socklen_t))
+}
+
+/// bind(2) to a unix name.
+pub fn bind_unix(fd: &OwnedFd, name: &[u8]) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    // SAFETY: sa holds a valid address of length len.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(sa).cast(), len) };
+    check(
+        r.into(),
+        &format!("bind({})", String::from_utf8_lossy(name)),
+        None,
+    )
+    .map(drop)
+}
+
+/// connect(2) to a unix name.
+pub fn connect_unix(fd: &OwnedFd, name: &[u8]) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    // SAFETY: sa holds a valid address of length len.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(sa).cast(), len) };
+    check(
+        r.into(),
+        &format!("connect({})", String::from_utf8_lossy(name)),
+        None,
+    )
+    .map(drop)
+}
+
+/// sendto(2) of one datagram to a unix name, non-blocking.
+pub fn sendto_unix(fd: &OwnedFd, name: &[u8], data: &[u8]) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    // SAFETY: data and sa are live for the call.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            std::ptr::addr_of!(sa).cast(),
+            len,
+        )
+    };
+    check(r as libc::c_long, "sendto queued datagram", None).map(drop)
+}
+
+/// Sets the option called `name` in `table` ([`INET_OPTS`],
+/// [`UNIX_OPTS`]) to `v` as getsockopt read it: buffer sizes are halved
+/// (the kernel doubles them) and set with the FORCE variants (above the
+/// sysctl maximum, as the process may have had them).
+pub fn set_named(fd: &OwnedFd, table: &[(&str, i32, i32)], name: &str, v: i32) -> Result<()> {
+    let Some(&(_, level, opt)) = table.iter().find(|(n, _, _)| *n == name) else {
+        return Err(SysError::other(
+            format!("setsockopt {name}"),
+            None,
+            "unknown option",
+        ));
+    };
+    let (opt, v) = match (level, opt) {
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => (libc::SO_RCVBUFFORCE, v / 2),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => (libc::SO_SNDBUFFORCE, v / 2),
+        _ => (opt, v),
+    };
+    set_int(fd, level, opt, v).map_err(|mut e| {
+        e.op = format!("{name}: {}", e.op);
+        e
+    })
 }

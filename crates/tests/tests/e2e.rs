@@ -802,6 +802,30 @@ fn refuse_unix_rights_in_flight() {
     );
 }
 
+/// A unix listener with a connection waiting to be accepted is refused.
+#[test]
+fn refuse_unix_pending_connection() {
+    refuse_in(
+        "refuse_unix_pending",
+        "pending unix connection",
+        Program::Bin("tp_unix"),
+        &["--pending"],
+        &["waiting to be accepted"],
+    );
+}
+
+/// A unix listener whose path was unlinked is refused.
+#[test]
+fn refuse_unix_unlinked_path() {
+    refuse_in(
+        "refuse_unix_unlinked",
+        "unlinked unix socket path",
+        Program::Bin("tp_unix"),
+        &["--unlinked"],
+        &["unlinked or replaced"],
+    );
+}
+
 /// TCP listeners (IPv4, IPv6-only, dual-stack) with their options and
 /// backlog, UDP sockets bound and connected.
 #[test]

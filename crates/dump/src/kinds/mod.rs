@@ -13,7 +13,8 @@
 //! | `Epoll` | [`epoll`] | link `anon_inode:[eventpoll]` |
 //! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | link `socket:[INO]`, SO_DOMAIN AF_INET/AF_INET6 on a duplicate (other families refused by name) |
-//! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag |
+//! | `UnixBound` | [`unixbound`] | link `socket:[INO]`, AF_UNIX in sock_diag, not connected |
+//! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag, connected, no name at either end |
 //! | `Path` | [`opath`] | O_PATH in fdinfo flags |
 //! | `Saved` | [`saved`] | a regular file whose link ends in " (deleted)" (memfds too) |
 //! | `Fifo` | [`fifo`] | a FIFO by path |
@@ -37,6 +38,7 @@ pub(crate) mod saved;
 mod signalfd;
 mod timerfd;
 mod unix;
+mod unixbound;
 
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::{FdEntry, FdKind, ProcessImage};
@@ -121,6 +123,7 @@ const KINDS: &[(&str, Identify)] = &[
     ("epoll", epoll::identify),
     ("inotify", inotify::identify),
     ("TCP/UDP socket", inet::identify),
+    ("unix socket (not connected)", unixbound::identify),
     ("unix socket", unix::identify),
     ("O_PATH", opath::identify),
     ("saved file", saved::identify),
@@ -214,6 +217,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Inotify { .. } => (11, 0, 0),
         FdKind::TcpSocket { .. } => (12, 0, 0),
         FdKind::UdpSocket { .. } => (13, 0, 0),
+        FdKind::UnixBound { .. } => (14, 0, 0),
     }
 }
 

@@ -7,7 +7,7 @@
 //! Refused by name: descriptors in flight (SCM_RIGHTS), empty datagrams,
 //! queued data on a socket that passes credentials (SO_PASSCRED,
 //! SO_PASSPIDFD: the re-sent data would carry the restorer's); bound
-//! sockets and sockets not connected are [`super::unixnamed`]'s.
+//! sockets and sockets not connected are [`super::unixbound`]'s.
 
 use super::Fd;
 use crate::{At, DumpError, Result, Stage};

@@ -14,6 +14,7 @@
 //! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket; queued bytes capped; shutdown mode |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
+//! | `UnixBound` | [`unixbound`] | type; an absolute path or an abstract name; queued bytes capped |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
@@ -30,6 +31,7 @@ mod pipe;
 pub(crate) mod regular;
 pub(crate) mod saved;
 pub mod unix;
+mod unixbound;
 
 use crate::checker::Checker;
 use crate::error::Result;
@@ -64,6 +66,12 @@ pub(crate) fn validate_fd(
         } => unix::validate(c, &field, *sock_type, queued, *shutdown),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
+        FdKind::UnixBound {
+            sock_type,
+            name,
+            queued,
+            ..
+        } => unixbound::validate(c, &field, *sock_type, name, queued),
         FdKind::TcpSocket {
             family,
             local,

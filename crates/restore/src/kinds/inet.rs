@@ -7,7 +7,7 @@
 //! TCP_DEFER_ACCEPT are set once listening.
 
 use super::{Cx, Opened};
-use crate::{At, RestoreError, Result, Stage};
+use crate::{At, Result, Stage};
 use stasis_sys::{sock, util};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,25 +28,12 @@ pub(super) struct Saved<'a> {
 }
 
 fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
-    let (pid, st) = (cx.pid, Stage::Fork);
-    let Some(&(_, level, opt)) = sock::INET_OPTS.iter().find(|(n, _, _)| *n == name) else {
-        return Err(RestoreError::Refused {
-            pid,
-            stage: st,
-            what: format!("fd {}: unknown socket option {name}", cx.fd),
-        });
-    };
-    let (opt, v) = match opt {
-        libc::SO_RCVBUF => (libc::SO_RCVBUFFORCE, v / 2),
-        libc::SO_SNDBUF => (libc::SO_SNDBUFFORCE, v / 2),
-        _ => (opt, v),
-    };
-    sock::set_int(fd, level, opt, v)
+    sock::set_named(fd, sock::INET_OPTS, name, v)
         .map_err(|mut e| {
-            e.op = format!("fd {}: {name}: {}", cx.fd, e.op);
+            e.op = format!("fd {}: {}", cx.fd, e.op);
             e
         })
-        .at(pid, st)
+        .at(cx.pid, Stage::Fork)
 }
 
 pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>, tcp: bool) -> Result<usize> {

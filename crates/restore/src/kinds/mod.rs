@@ -13,6 +13,7 @@
 //! | `Fifo` | [`fifo`] | a read-write holder with the waiting bytes, then each end |
 //! | `Saved` | [`saved`] | memfd / deleted file recreated from the page file, reopened |
 //! | `UnixSocket` | [`unix`] | one `socketpair` per pair |
+//! | `UnixBound` | [`unixbound`] | `socket`, options, the stale socket file removed, bind, mode and owner, listen; queued datagrams re-sent |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | `socket`, options, bind, listen (backlog) or connect |
 //! | `EventFd` | [`eventfd`] | `eventfd2` with its counter |
 //! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
@@ -37,6 +38,7 @@ pub(crate) mod saved;
 mod signalfd;
 mod timerfd;
 mod unix;
+mod unixbound;
 
 use crate::memory::ServiceFds;
 use crate::{At, Result, Stage};
@@ -132,6 +134,29 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::SignalFd { mask, flags } => signalfd::open(o, cx, *mask, *flags),
         FdKind::Epoll { .. } => epoll::open(o, cx),
         FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
+        FdKind::UnixBound {
+            sock_type,
+            name,
+            listening,
+            backlog,
+            mode,
+            uid,
+            gid,
+            queued,
+            opts,
+            flags,
+        } => {
+            let s = unixbound::Saved {
+                sock_type: *sock_type,
+                name,
+                listen: listening.then_some(*backlog),
+                owner: (*mode, *uid, *gid),
+                queued,
+                opts,
+                flags: *flags,
+            };
+            unixbound::open(o, cx, &s)
+        }
         FdKind::TcpSocket {
             family,
             local,

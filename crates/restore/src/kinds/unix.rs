@@ -5,7 +5,7 @@
 //! after the data) and its shutdown state are set.
 
 use super::{Cx, Opened};
-use crate::{At, RestoreError, Result, Stage};
+use crate::{At, Result, Stage};
 use stasis_image::kinds::unix::Queued;
 use stasis_image::FdKind;
 use stasis_sys::{sock, util};
@@ -32,27 +32,14 @@ fn end<'a>(cx: &Cx<'a>, id: u64) -> End<'a> {
         .unwrap_or((&[], 0, None))
 }
 
-/// Sets `name` on a unix socket (buffer sizes halved, with FORCE).
-pub(super) fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
-    let (pid, st) = (cx.pid, Stage::Fork);
-    let Some(&(_, level, opt)) = sock::UNIX_OPTS.iter().find(|(n, _, _)| *n == name) else {
-        return Err(RestoreError::Refused {
-            pid,
-            stage: st,
-            what: format!("fd {}: unknown unix socket option {name}", cx.fd),
-        });
-    };
-    let (opt, v) = match opt {
-        libc::SO_RCVBUF => (libc::SO_RCVBUFFORCE, v / 2),
-        libc::SO_SNDBUF => (libc::SO_SNDBUFFORCE, v / 2),
-        _ => (opt, v),
-    };
-    sock::set_int(fd, level, opt, v)
+/// Sets the unix socket option `name`.
+fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
+    sock::set_named(fd, sock::UNIX_OPTS, name, v)
         .map_err(|mut e| {
-            e.op = format!("fd {}: {name}: {}", cx.fd, e.op);
+            e.op = format!("fd {}: {}", cx.fd, e.op);
             e
         })
-        .at(pid, st)
+        .at(cx.pid, Stage::Fork)
 }
 
 /// Fills `to` with its queued data, sent from `from`.

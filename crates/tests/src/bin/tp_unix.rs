@@ -6,9 +6,20 @@
 //! peer, and options (SO_PASSCRED, SO_PEEK_OFF, SO_RCVBUF, SO_SNDBUF).
 //! Every option and shutdown-visible behaviour is checked after restore.
 //!
-//! `--rights`: a descriptor in flight (SCM_RIGHTS, unread): refused.
+//! Named sockets too: a stream listener on a path (backlog 5, mode 0640),
+//! a seqpacket listener on an abstract name (backlog 3), a datagram socket
+//! bound to a path with two datagrams from an unnamed sender waiting and
+//! SO_RCVBUF set, and a socket not bound at all. After restore: names,
+//! backlogs (as `ss` shows them), the file's mode, options; then clients
+//! connect to both listeners and talk, the datagrams are read and a new one
+//! is sent to the path.
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights]`
+//! `--rights`: a descriptor in flight (SCM_RIGHTS, unread): refused.
+//! `--pending`: a connection waiting to be accepted on a unix listener:
+//! refused (the program then accepts it).
+//! `--unlinked`: a listener whose path was unlinked: refused.
+//!
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending|--unlinked]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -103,6 +114,100 @@ fn send_fd(sock: i32, fd: i32) {
     }
 }
 
+fn sock(ty: i32) -> i32 {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, ty, 0) };
+    assert!(fd >= 0, "socket: errno {}", errno());
+    fd
+}
+
+fn addr(name: &[u8]) -> (libc::sockaddr_un, u32) {
+    // SAFETY: zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as u16;
+    for (d, &c) in sa.sun_path.iter_mut().zip(name) {
+        *d = c as libc::c_char;
+    }
+    // Paths with their NUL; abstract names exactly.
+    let extra = usize::from(name.first() != Some(&0));
+    (sa, (2 + name.len() + extra) as u32)
+}
+
+fn bind(fd: i32, name: &[u8]) {
+    let (sa, len) = addr(name);
+    // SAFETY: sa holds a valid address.
+    let r = unsafe { libc::bind(fd, std::ptr::addr_of!(sa).cast(), len) };
+    assert_eq!(r, 0, "bind: errno {}", errno());
+}
+
+fn connect(fd: i32, name: &[u8]) -> i32 {
+    let (sa, len) = addr(name);
+    // SAFETY: sa holds a valid address.
+    unsafe { libc::connect(fd, std::ptr::addr_of!(sa).cast(), len) }
+}
+
+fn listen(fd: i32, n: i32) {
+    // SAFETY: plain call.
+    let r = unsafe { libc::listen(fd, n) };
+    assert_eq!(r, 0, "listen: errno {}", errno());
+}
+
+fn local_name(fd: i32) -> Vec<u8> {
+    // SAFETY: zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    // SAFETY: live out-parameters.
+    unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(sa).cast(), &mut len) };
+    sa.sun_path[..(len as usize).saturating_sub(2)]
+        .iter()
+        .map(|&c| c as u8)
+        .collect()
+}
+
+/// Send-Q of a unix listener as `ss` shows it: its backlog.
+fn backlog(name: &str) -> Option<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hxl", "src", name])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+fn sendto(fd: i32, name: &[u8], b: &[u8]) -> isize {
+    let (sa, len) = addr(name);
+    // SAFETY: live buffers.
+    unsafe {
+        libc::sendto(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            0,
+            std::ptr::addr_of!(sa).cast(),
+            len,
+        )
+    }
+}
+
+/// A client talks to a listener: connect, send, accept, receive.
+fn talk(report: &mut Report, what: &str, listener: i32, name: &[u8], ty: i32) {
+    let c = sock(ty);
+    report.eq(&format!("{what}: connect"), 0, connect(c, name));
+    send(c, b"hi");
+    // SAFETY: no address wanted; the listener is blocking and has a client.
+    let a = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    report.check(a >= 0, || format!("{what}: accept: errno {}", errno()));
+    report.eq(&format!("{what}: bytes"), b"hi".to_vec(), recv(a, 0).1);
+    // SAFETY: our own descriptors.
+    unsafe {
+        libc::close(a);
+        libc::close(c);
+    }
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
@@ -113,6 +218,59 @@ fn main() {
         report.eq("descriptor still in flight", 1, recv(p[0], 0).0);
         proto.finish(&report);
     }
+    if args.flag("pending") || args.flag("unlinked") {
+        let path = proto.path("pending.sock");
+        let name = path.to_string_lossy().into_owned();
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, name.as_bytes());
+        listen(l, 4);
+        let c = sock(libc::SOCK_STREAM);
+        if args.flag("pending") {
+            connect(c, name.as_bytes());
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+        proto.ready_and_wait();
+        if args.flag("pending") {
+            // SAFETY: a client is waiting.
+            let a = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+            report.check(a >= 0, || "the waiting client is still there".into());
+        }
+        proto.finish(&report);
+    }
+    let srv_path = proto.path("srv.sock").to_string_lossy().into_owned();
+    let dg_path = proto.path("dg.sock").to_string_lossy().into_owned();
+    let abs = format!("\0stasis-tp-unix-{}", std::process::id()).into_bytes();
+    let srv = sock(libc::SOCK_STREAM);
+    bind(srv, srv_path.as_bytes());
+    listen(srv, 5);
+    std::fs::set_permissions(
+        &srv_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .expect("chmod srv.sock");
+    let seq = sock(libc::SOCK_SEQPACKET);
+    bind(seq, &abs);
+    listen(seq, 3);
+    let dg = sock(libc::SOCK_DGRAM);
+    set(dg, libc::SO_RCVBUF, 70_000);
+    bind(dg, dg_path.as_bytes());
+    let sender = sock(libc::SOCK_DGRAM);
+    sendto(sender, dg_path.as_bytes(), b"q-one");
+    sendto(sender, dg_path.as_bytes(), b"q-two");
+    let unbound = sock(libc::SOCK_STREAM);
+    let named = [srv, seq, dg, unbound];
+    let names_before: Vec<Vec<u8>> = named.iter().map(|&fd| local_name(fd)).collect();
+    let named_opts: Vec<[i32; 4]> = named.iter().map(|&fd| opts(fd)).collect();
+    let mode = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .ok()
+    };
+    let modes_before = (mode(&srv_path), mode(&dg_path));
+    let abs_ss = format!("@{}", String::from_utf8_lossy(&abs[1..]));
+    let backlogs_before = (backlog(&srv_path), backlog(&abs_ss));
+
     let s = pair(libc::SOCK_STREAM);
     send(s[1], b"stream-bytes-1");
     send(s[1], b"-2");
@@ -137,6 +295,54 @@ fn main() {
     let before: Vec<[i32; 4]> = ends.iter().map(|&fd| opts(fd)).collect();
 
     proto.ready_and_wait();
+    report.eq(
+        "names",
+        names_before,
+        named.iter().map(|&fd| local_name(fd)).collect::<Vec<_>>(),
+    );
+    report.eq(
+        "named sockets' options",
+        named_opts,
+        named.iter().map(|&fd| opts(fd)).collect::<Vec<_>>(),
+    );
+    report.eq(
+        "socket files' modes",
+        modes_before,
+        (mode(&srv_path), mode(&dg_path)),
+    );
+    let mut bl = (backlog(&srv_path), backlog(&abs_ss));
+    if args.corrupt() {
+        bl.0 = bl.0.map(|n| n + 1);
+    }
+    report.eq(
+        "backlogs (path, abstract)",
+        (Some(5), Some(3)),
+        backlogs_before,
+    );
+    report.eq("backlogs (path, abstract)", backlogs_before, bl);
+    report.eq("mode set before the dump", Some(0o640), modes_before.0);
+    talk(
+        &mut report,
+        "path listener",
+        srv,
+        srv_path.as_bytes(),
+        libc::SOCK_STREAM,
+    );
+    talk(
+        &mut report,
+        "abstract listener",
+        seq,
+        &abs,
+        libc::SOCK_SEQPACKET,
+    );
+    report.eq("queued datagram 1", b"q-one".to_vec(), recv(dg, 0).1);
+    report.eq("queued datagram 2", b"q-two".to_vec(), recv(dg, 0).1);
+    report.eq(
+        "new datagram sent",
+        3,
+        sendto(sender, dg_path.as_bytes(), b"new"),
+    );
+    report.eq("new datagram", b"new".to_vec(), recv(dg, 0).1);
     let after: Vec<[i32; 4]> = ends.iter().map(|&fd| opts(fd)).collect();
     report.eq(
         "options (PASSCRED, PEEK_OFF, RCVBUF, SNDBUF) of every end",

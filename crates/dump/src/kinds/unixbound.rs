@@ -1,0 +1,158 @@
+//! Unix sockets that are not connected: bound to a path or an abstract
+//! name, or not bound; listening (backlog) or not; with their options and,
+//! for a datagram socket, the datagrams waiting (MSG_PEEK with SO_PEEK_OFF
+//! on a duplicate). A path must still name this very socket (its inode, as
+//! sock_diag's VFS attribute gives it); the file's mode and owner are kept.
+//!
+//! Refused by name: a path that was unlinked or replaced, a relative path,
+//! connections waiting to be accepted, a connected socket with a name at
+//! either end (accepted from a listener, or connected to a named socket),
+//! datagrams from named senders, descriptors in flight. Connected unnamed
+//! pairs are [`super::unix`]'s.
+
+use super::Fd;
+use crate::{At, Result, Stage};
+use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
+use stasis_image::FdKind;
+use stasis_sys::sockdiag::UnixSocket;
+use stasis_sys::{sock, util, Pid};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+const ESTABLISHED: u8 = 1;
+const LISTEN: u8 = 10;
+
+pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
+    let Some(ino) = d
+        .link
+        .strip_prefix("socket:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        return Ok(None);
+    };
+    let socks = match d.unix {
+        Some(u) => u,
+        None => d
+            .unix
+            .insert(stasis_sys::sockdiag::unix_sockets().at(d.pid, Stage::Check)?),
+    };
+    let Some(s) = socks.get(&ino).cloned() else {
+        return Ok(None);
+    };
+    let peer_named = socks.get(&s.peer).is_some_and(|p| p.name.is_some());
+    if s.state == ESTABLISHED || s.peer != 0 {
+        if s.name.is_some() || peer_named {
+            return Err(d.refuse(
+                "a connected unix socket with a name at either end (accepted from a \
+                 listener or connected to a named socket; not supported yet)",
+            ));
+        }
+        return Ok(None);
+    }
+    let listening = match s.state {
+        LISTEN if s.rqueue != 0 || !s.icons.is_empty() => {
+            return Err(d.refuse(&format!(
+                "a listening unix socket with {} connection(s) waiting to be accepted \
+                 (not supported yet)",
+                s.rqueue.max(s.icons.len() as u32)
+            )))
+        }
+        LISTEN => true,
+        7 => false,
+        st => return Err(d.refuse(&format!("a unix socket in state {st} (not supported)"))),
+    };
+    let (mode, uid, gid) = path_owner(d, &s)?;
+    let (queued, opts) = contents(d, &s, listening)?;
+    Ok(Some(FdKind::UnixBound {
+        sock_type: u32::from(s.sock_type),
+        name: s.name.clone().unwrap_or_default(),
+        listening,
+        backlog: if listening { s.wqueue as i32 } else { 0 },
+        mode,
+        uid,
+        gid,
+        queued,
+        opts,
+        flags: d.flags(),
+    }))
+}
+
+/// A path name: it must still be this socket's file; its mode and owner.
+fn path_owner(d: &Fd<'_>, s: &UnixSocket) -> Result<(u32, u32, u32)> {
+    let Some(name) = s.name.as_deref().filter(|n| n.first() != Some(&0)) else {
+        return Ok((0, 0, 0));
+    };
+    let path = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned();
+    if !path.starts_with('/') {
+        return Err(d.refuse(&format!(
+            "a unix socket bound to the relative path {path:?} (not supported)"
+        )));
+    }
+    let seen = std::fs::symlink_metadata(format!("/proc/{}/root{path}", d.pid));
+    let same = match (&seen, s.vfs) {
+        (Ok(m), Some((ino, kdev))) => {
+            let dev = m.dev();
+            let kernel = ((libc::major(dev) as u64) << 20) | libc::minor(dev) as u64;
+            m.file_type().is_socket() && m.ino() == ino && kernel == u64::from(kdev)
+        }
+        _ => false,
+    };
+    match seen {
+        Ok(m) if same => Ok((m.mode() & 0o7777, m.uid(), m.gid())),
+        _ => Err(d.refuse(&format!(
+            "a unix socket whose path {path} was unlinked or replaced (not supported)"
+        ))),
+    }
+}
+
+/// Options that differ from a new socket's; datagrams waiting.
+fn contents(
+    d: &Fd<'_>,
+    s: &UnixSocket,
+    listening: bool,
+) -> Result<(Vec<Queued>, BTreeMap<String, i32>)> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
+    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    let fresh = sock::socket(libc::AF_UNIX, i32::from(s.sock_type), 0).at(pid, st)?;
+    let mut opts = BTreeMap::new();
+    for &(name, level, opt) in sock::UNIX_OPTS {
+        if let (Ok(v), Ok(new)) = (
+            sock::get_int(&dup, level, opt),
+            sock::get_int(&fresh, level, opt),
+        ) {
+            if v != new {
+                opts.insert(name.to_string(), v);
+            }
+        }
+    }
+    // A listener cannot be peeked (EINVAL); an unconnected stream socket
+    // has no queue.
+    if listening || s.sock_type != libc::SOCK_DGRAM as u8 {
+        return Ok((Vec::new(), opts));
+    }
+    let p = sock::peek_queue(&dup, MAX_QUEUED, s.shutdown & 1 != 0).map_err(|e| {
+        d.refuse(&format!(
+            "a unix socket whose queued data cannot be read: {e}"
+        ))
+    })?;
+    let why = if p.rights {
+        "a unix socket with descriptors in flight (SCM_RIGHTS, not supported yet)"
+    } else if p.odd {
+        "a unix socket with an empty or truncated message queued"
+    } else if p.named_sender {
+        "a unix datagram socket with datagrams queued from a named sender (not supported yet)"
+    } else if !p.msgs.is_empty() && s.name.is_none() {
+        "an unbound unix datagram socket with datagrams queued"
+    } else if !p.msgs.is_empty()
+        && (opts.contains_key("SO_PASSCRED") || opts.contains_key("SO_PASSPIDFD"))
+    {
+        "a unix socket with data queued for a reader of credentials (SO_PASSCRED: \
+         re-sent data would carry the restorer's)"
+    } else {
+        let queued = p.msgs.into_iter().map(|data| Queued { data }).collect();
+        return Ok((queued, opts));
+    };
+    Err(d.refuse(why))
+}

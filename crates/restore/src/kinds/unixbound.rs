@@ -1,0 +1,109 @@
+//! Unix sockets that are not connected: a new socket gets its options,
+//! is bound to its name and listened on (backlog); a path's file gets its
+//! mode and owner back. The dead process's socket file still lies at the
+//! path: it is removed only if it is a socket nobody listens on (connect
+//! is refused); a live socket or another kind of file there is an error.
+//! Queued datagrams are sent to the name from a new unnamed socket;
+//! SO_PEEK_OFF is set after them.
+
+use super::{Cx, Opened};
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::kinds::unix::Queued;
+use stasis_sys::sock;
+use stasis_sys::util;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+/// One saved socket, as the image has it.
+pub(super) struct Saved<'a> {
+    pub(super) sock_type: u32,
+    pub(super) name: &'a [u8],
+    pub(super) listen: Option<i32>,
+    pub(super) owner: (u32, u32, u32),
+    pub(super) queued: &'a [Queued],
+    pub(super) opts: &'a BTreeMap<String, i32>,
+    pub(super) flags: u32,
+}
+
+fn refused(cx: &Cx<'_>, what: String) -> RestoreError {
+    RestoreError::Refused {
+        pid: cx.pid,
+        stage: Stage::Fork,
+        what: format!("fd {}: {what}", cx.fd),
+    }
+}
+
+/// Makes room at `path` for the new socket: the dead one's file goes.
+fn clear_path(cx: &Cx<'_>, s: &Saved<'_>, path: &str) -> Result<()> {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !m.file_type().is_socket() {
+        return Err(refused(cx, format!("{path} exists and is not a socket")));
+    }
+    let probe = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(cx.pid, Stage::Fork)?;
+    match sock::connect_unix(&probe, s.name) {
+        Err(e) if e.errno() == Some(libc::ECONNREFUSED) => {}
+        _ => return Err(refused(cx, format!("{path} is in use by a live socket"))),
+    }
+    std::fs::remove_file(path).map_err(|source| RestoreError::Io {
+        pid: cx.pid,
+        stage: Stage::Fork,
+        what: format!("remove the old socket file {path}"),
+        source,
+    })
+}
+
+/// Sets the unix socket option `name`.
+fn set_opt(cx: &Cx<'_>, fd: &std::os::fd::OwnedFd, name: &str, v: i32) -> Result<()> {
+    sock::set_named(fd, sock::UNIX_OPTS, name, v)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {}", cx.fd, e.op);
+            e
+        })
+        .at(cx.pid, Stage::Fork)
+}
+
+pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let fd = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
+    for (name, &v) in s.opts {
+        if name != "SO_PEEK_OFF" {
+            set_opt(cx, &fd, name, v)?;
+        }
+    }
+    let path = (s.name.first().is_some_and(|&c| c != 0))
+        .then(|| String::from_utf8_lossy(s.name.strip_suffix(&[0]).unwrap_or(s.name)).into_owned());
+    if let Some(p) = &path {
+        clear_path(cx, s, p)?;
+    }
+    if !s.name.is_empty() {
+        sock::bind_unix(&fd, s.name).at(pid, st)?;
+    }
+    if let Some(p) = &path {
+        let io = |what: &str, source| RestoreError::Io {
+            pid,
+            stage: st,
+            what: format!("{what} {p}"),
+            source,
+        };
+        let (mode, uid, gid) = s.owner;
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| io("chown", e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("chmod", e))?;
+    }
+    if let Some(backlog) = s.listen {
+        sock::listen(&fd, backlog).at(pid, st)?;
+    }
+    if !s.queued.is_empty() {
+        let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
+        for q in s.queued {
+            sock::sendto_unix(&from, s.name, &q.data).at(pid, st)?;
+        }
+    }
+    if let Some(&v) = s.opts.get("SO_PEEK_OFF") {
+        set_opt(cx, &fd, "SO_PEEK_OFF", v)?;
+    }
+    util::set_status_flags(&fd, (s.flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
+    Ok(o.push(fd))
+}
