@@ -91,6 +91,9 @@ fn contents(
     let (pid, st) = (d.pid, Stage::Check);
     let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
     let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    if sock::filter_len(&dup).at(pid, st)? != 0 {
+        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
+    }
     let (fresh, _) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
     let mut opts = BTreeMap::new();
     for &(name, level, opt) in sock::UNIX_OPTS {

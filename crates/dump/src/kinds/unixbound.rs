@@ -115,6 +115,9 @@ fn contents(
     let (pid, st) = (d.pid, Stage::Check);
     let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
     let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    if sock::filter_len(&dup).at(pid, st)? != 0 {
+        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
+    }
     let fresh = sock::socket(libc::AF_UNIX, i32::from(s.sock_type), 0).at(pid, st)?;
     let mut opts = BTreeMap::new();
     for &(name, level, opt) in sock::UNIX_OPTS {
