@@ -420,6 +420,10 @@ pub enum FdKind {
         /// Options that differ from a new socket pair's, by name.
         #[serde(default)]
         opts: std::collections::BTreeMap<String, i32>,
+        /// The name of an accepted connection (its listener's, as
+        /// sock_diag gives it), empty for an unnamed end.
+        #[serde(default, with = "crate::hex_bytes")]
+        name: Vec<u8>,
     },
     /// An AF_UNIX socket that is not connected: bound to a path or an
     /// abstract name (or not bound), listening (its backlog) or not

@@ -543,3 +543,57 @@ pub fn set_named(fd: &OwnedFd, table: &[(&str, i32, i32)], name: &str, v: i32) -
         e
     })
 }
+
+/// accept4(2) with close-on-exec.
+pub fn accept(fd: &OwnedFd) -> Result<OwnedFd> {
+    // SAFETY: no address wanted.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    check(r.into(), "accept", None)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Makes room at a unix socket's path: a socket file nobody listens on
+/// (connect is refused: a dead process's) is removed. Ok(false): nothing
+/// was there; an error names a live socket or another kind of file.
+pub fn remove_stale_socket(path: &str, ty: i32) -> Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(false);
+    };
+    if !m.file_type().is_socket() {
+        return Err(SysError::other(
+            format!("bind {path}"),
+            None,
+            "the path exists and is not a socket",
+        ));
+    }
+    let probe = socket(libc::AF_UNIX, ty, 0)?;
+    let mut name = path.as_bytes().to_vec();
+    name.push(0);
+    match connect_unix(&probe, &name) {
+        Err(e) if e.errno() == Some(libc::ECONNREFUSED) => {}
+        _ => {
+            return Err(SysError::other(
+                format!("bind {path}"),
+                None,
+                "the path is in use by a live socket",
+            ))
+        }
+    }
+    std::fs::remove_file(path).map_err(|e| {
+        SysError::new(
+            format!("remove the old socket file {path}"),
+            None,
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    Ok(true)
+}

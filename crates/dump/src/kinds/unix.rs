@@ -1,6 +1,6 @@
 //! Unix sockets, from the kernel's sock_diag netlink interface (what
-//! `ss -x` reads): an unnamed, connected socket is saved with its peer's
-//! inode, which must be in the tree, or 0 when the peer was closed; its
+//! `ss -x` reads): a connected socket (an accepted connection with its
+//! listener's name) is saved with its peer's inode, which must be in the tree, or 0 when the peer was closed; its
 //! shutdown state, the options of `sock::UNIX_OPTS` that differ from a new
 //! socket's, and the data waiting in it, read without taking it (MSG_PEEK
 //! walking the queue with SO_PEEK_OFF on a `pidfd_getfd` duplicate).
@@ -33,10 +33,20 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     };
     let why = match socks.get(&ino) {
         None => "a socket other than AF_UNIX",
-        Some(s) if s.name.is_some() => "a bound (named) unix socket",
         Some(s) if s.state != 1 => "a unix socket that is not connected (listening or unconnected)",
+        Some(_) if socks.values().any(|l| l.icons.contains(&ino)) => {
+            "a unix socket whose connection waits in a listener's accept queue"
+        }
+        Some(s)
+            if s.name
+                .as_ref()
+                .is_some_and(|n| !n.is_empty() && n[0] != 0 && n[0] != b'/') =>
+        {
+            "a unix socket bound to a relative path"
+        }
         Some(s) => {
             let (peer, sock_type, shutdown) = (s.peer, u32::from(s.sock_type), s.shutdown);
+            let name = s.name.clone().unwrap_or_default();
             let (queued, opts) = contents(d, sock_type, shutdown)?;
             return Ok(Some(FdKind::UnixSocket {
                 id: ino,
@@ -46,6 +56,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 queued,
                 shutdown,
                 opts,
+                name,
             }));
         }
     };

@@ -6,9 +6,9 @@
 //!
 //! Refused by name: a path that was unlinked or replaced, a relative path,
 //! connections waiting to be accepted, a connected socket with a name at
-//! either end (accepted from a listener, or connected to a named socket),
-//! datagrams from named senders, descriptors in flight. Connected unnamed
-//! pairs are [`super::unix`]'s.
+//! both ends or a datagram socket connected to a named one, datagrams from
+//! named senders, descriptors in flight. Connected pairs (an accepted
+//! connection and its client among them) are [`super::unix`]'s.
 
 use super::Fd;
 use crate::{At, Result, Stage};
@@ -42,10 +42,14 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     };
     let peer_named = socks.get(&s.peer).is_some_and(|p| p.name.is_some());
     if s.state == ESTABLISHED || s.peer != 0 {
-        if s.name.is_some() || peer_named {
+        // An accepted connection (its name is the listener's) and its
+        // client are a pair: `super::unix`'s, unless both ends are named
+        // or it is a datagram socket connected to a named one.
+        let dgram = s.sock_type == libc::SOCK_DGRAM as u8;
+        if (s.name.is_some() && peer_named) || (dgram && (s.name.is_some() || peer_named)) {
             return Err(d.refuse(
-                "a connected unix socket with a name at either end (accepted from a \
-                 listener or connected to a named socket; not supported yet)",
+                "a connected unix socket with a name at both ends, or a datagram socket \
+                 connected to a named one (not supported yet)",
             ));
         }
         return Ok(None);

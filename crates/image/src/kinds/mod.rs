@@ -62,8 +62,9 @@ pub(crate) fn validate_fd(
             sock_type,
             queued,
             shutdown,
+            name,
             ..
-        } => unix::validate(c, &field, *sock_type, queued, *shutdown),
+        } => unix::validate(c, &field, *sock_type, queued, *shutdown, name),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
         FdKind::UnixBound {

@@ -21,7 +21,11 @@ pub(super) fn validate(
     sock_type: u32,
     queued: &[Queued],
     shutdown: u8,
+    name: &[u8],
 ) -> Result<()> {
+    c.ensure(name.len() <= 108, || {
+        format!("{field}.name: {} bytes, more than sun_path", name.len())
+    })?;
     c.ensure(matches!(sock_type, 1 | 2 | 5), || {
         format!("{field}.sock_type: {sock_type} is not stream, dgram or seqpacket")
     })?;

@@ -94,6 +94,14 @@ impl Opened {
     }
 }
 
+/// The key of a unix socket name among [`Opened`]'s objects.
+fn name_key(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
 /// What every kind's `open` gets: the process and descriptor being opened
 /// (for errors) and the whole image (objects stored with another entry).
 pub(crate) struct Cx<'a> {

@@ -1,5 +1,6 @@
-//! Unix socket pairs (unnamed, connected): one `socketpair` per pair,
-//! keyed by inode; a lone end (its peer closed at dump) gets a pair whose
+//! Unix socket pairs (connected): one `socketpair` per pair, keyed by
+//! inode; an accepted connection (named as its listener) and its client
+//! through a listener of that name (`through_listener`); a lone end (its peer closed at dump) gets a pair whose
 //! other end is closed right away. Each end's queued data is sent into it
 //! from the other end (message by message), then its options (SO_PEEK_OFF
 //! after the data) and its shutdown state are set.
@@ -12,8 +13,13 @@ use stasis_sys::{sock, util};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
-/// What the image holds for one end: queued data, shutdown, options.
-type End<'a> = (&'a [Queued], u8, Option<&'a BTreeMap<String, i32>>);
+/// What the image holds for one end: queued data, shutdown, options, name.
+type End<'a> = (
+    &'a [Queued],
+    u8,
+    Option<&'a BTreeMap<String, i32>>,
+    &'a [u8],
+);
 
 fn end<'a>(cx: &Cx<'a>, id: u64) -> End<'a> {
     cx.procs
@@ -25,11 +31,12 @@ fn end<'a>(cx: &Cx<'a>, id: u64) -> End<'a> {
                 queued,
                 shutdown,
                 opts,
+                name,
                 ..
-            } if *i == id => Some((queued.as_slice(), *shutdown, Some(opts))),
+            } if *i == id => Some((queued.as_slice(), *shutdown, Some(opts), name.as_slice())),
             _ => None,
         })
-        .unwrap_or((&[], 0, None))
+        .unwrap_or((&[], 0, None, &[]))
 }
 
 /// Sets the unix socket option `name`.
@@ -80,6 +87,39 @@ fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
     Ok(())
 }
 
+/// An accepted connection named `name` and its client: connected through
+/// the image's listener of that name if it was opened already, else
+/// through a listener made for the purpose and closed again (its socket
+/// file removed if it made one).
+fn through_listener(
+    o: &Opened,
+    cx: &Cx<'_>,
+    name: &[u8],
+    sock_type: u32,
+) -> Result<(OwnedFd, OwnedFd)> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let ty = sock_type as i32;
+    let client = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
+    if let Some(i) = o.object("unix listener", super::name_key(name)) {
+        let l = &o.owned[i];
+        sock::connect_unix(&client, name).at(pid, st)?;
+        return Ok((sock::accept(l).at(pid, st)?, client));
+    }
+    let path = (name.first() != Some(&0))
+        .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
+    if let Some(p) = &path {
+        sock::remove_stale_socket(p, ty).at(pid, st)?;
+    }
+    let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
+    sock::bind_unix(&l, name).at(pid, st)?;
+    sock::listen(&l, 1).at(pid, st)?;
+    let r = sock::connect_unix(&client, name).and_then(|()| sock::accept(&l));
+    if let Some(p) = &path {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok((r.at(pid, st)?, client))
+}
+
 pub(super) fn open(
     o: &mut Opened,
     cx: &Cx<'_>,
@@ -92,12 +132,20 @@ pub(super) fn open(
     let i = match o.object("unix", id) {
         Some(i) => i,
         None => {
-            let (a, b) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
             let ea = end(cx, id);
             let eb = if peer != 0 {
                 end(cx, peer)
             } else {
-                (&[][..], 0, None)
+                (&[][..], 0, None, &[][..])
+            };
+            let (a, b) = if !ea.3.is_empty() {
+                let (server, client) = through_listener(o, cx, ea.3, sock_type)?;
+                (server, client)
+            } else if !eb.3.is_empty() {
+                let (server, client) = through_listener(o, cx, eb.3, sock_type)?;
+                (client, server)
+            } else {
+                stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?
             };
             fill(cx, &b, ea.0, sock_type)?;
             fill(cx, &a, eb.0, sock_type)?;

@@ -3,6 +3,8 @@
 //! mode and owner back. The dead process's socket file still lies at the
 //! path: it is removed only if it is a socket nobody listens on (connect
 //! is refused); a live socket or another kind of file there is an error.
+//! A named listener is registered for the accepted connections of the
+//! image (see `unix.rs`).
 //! Queued datagrams are sent to the name from a new unnamed socket;
 //! SO_PEEK_OFF is set after them.
 
@@ -12,7 +14,7 @@ use stasis_image::kinds::unix::Queued;
 use stasis_sys::sock;
 use stasis_sys::util;
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 
 /// One saved socket, as the image has it.
 pub(super) struct Saved<'a> {
@@ -23,35 +25,6 @@ pub(super) struct Saved<'a> {
     pub(super) queued: &'a [Queued],
     pub(super) opts: &'a BTreeMap<String, i32>,
     pub(super) flags: u32,
-}
-
-fn refused(cx: &Cx<'_>, what: String) -> RestoreError {
-    RestoreError::Refused {
-        pid: cx.pid,
-        stage: Stage::Fork,
-        what: format!("fd {}: {what}", cx.fd),
-    }
-}
-
-/// Makes room at `path` for the new socket: the dead one's file goes.
-fn clear_path(cx: &Cx<'_>, s: &Saved<'_>, path: &str) -> Result<()> {
-    let Ok(m) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !m.file_type().is_socket() {
-        return Err(refused(cx, format!("{path} exists and is not a socket")));
-    }
-    let probe = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(cx.pid, Stage::Fork)?;
-    match sock::connect_unix(&probe, s.name) {
-        Err(e) if e.errno() == Some(libc::ECONNREFUSED) => {}
-        _ => return Err(refused(cx, format!("{path} is in use by a live socket"))),
-    }
-    std::fs::remove_file(path).map_err(|source| RestoreError::Io {
-        pid: cx.pid,
-        stage: Stage::Fork,
-        what: format!("remove the old socket file {path}"),
-        source,
-    })
 }
 
 /// Sets the unix socket option `name`.
@@ -75,7 +48,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     let path = (s.name.first().is_some_and(|&c| c != 0))
         .then(|| String::from_utf8_lossy(s.name.strip_suffix(&[0]).unwrap_or(s.name)).into_owned());
     if let Some(p) = &path {
-        clear_path(cx, s, p)?;
+        sock::remove_stale_socket(p, s.sock_type as i32).at(pid, st)?;
     }
     if !s.name.is_empty() {
         sock::bind_unix(&fd, s.name).at(pid, st)?;
@@ -92,8 +65,10 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
             .map_err(|e| io("chmod", e))?;
     }
+    let mut listener = false;
     if let Some(backlog) = s.listen {
         sock::listen(&fd, backlog).at(pid, st)?;
+        listener = !s.name.is_empty();
     }
     if !s.queued.is_empty() {
         let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
@@ -105,5 +80,10 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
         set_opt(cx, &fd, "SO_PEEK_OFF", v)?;
     }
     util::set_status_flags(&fd, (s.flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
-    Ok(o.push(fd))
+    let i = o.push(fd);
+    if listener {
+        // Accepted connections of the image are made through it.
+        o.set_object("unix listener", super::name_key(s.name), i);
+    }
+    Ok(i)
 }

@@ -6,6 +6,9 @@
 //! peer, and options (SO_PASSCRED, SO_PEEK_OFF, SO_RCVBUF, SO_SNDBUF).
 //! Every option and shutdown-visible behaviour is checked after restore.
 //!
+//! Accepted connections: one of the path listener with data waiting both
+//! ways, one of an abstract listener closed since (names on both sides
+//! checked).
 //! Named sockets too: a stream listener on a path (backlog 5, mode 0640),
 //! a seqpacket listener on an abstract name (backlog 3), a datagram socket
 //! bound to a path with two datagrams from an unnamed sender waiting and
@@ -153,11 +156,22 @@ fn listen(fd: i32, n: i32) {
 }
 
 fn local_name(fd: i32) -> Vec<u8> {
+    sock_name(fd, false)
+}
+
+fn sock_name(fd: i32, peer: bool) -> Vec<u8> {
     // SAFETY: zero is valid.
     let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    let p = std::ptr::addr_of_mut!(sa).cast();
     // SAFETY: live out-parameters.
-    unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(sa).cast(), &mut len) };
+    unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
     sa.sun_path[..(len as usize).saturating_sub(2)]
         .iter()
         .map(|&c| c as u8)
@@ -259,6 +273,34 @@ fn main() {
     sendto(sender, dg_path.as_bytes(), b"q-one");
     sendto(sender, dg_path.as_bytes(), b"q-two");
     let unbound = sock(libc::SOCK_STREAM);
+    // An accepted connection of the path listener, data waiting both ways,
+    // and one of an abstract listener that was closed since.
+    let cli = sock(libc::SOCK_STREAM);
+    connect(cli, srv_path.as_bytes());
+    // SAFETY: a client is waiting.
+    let acc = unsafe { libc::accept(srv, std::ptr::null_mut(), std::ptr::null_mut()) };
+    send(cli, b"to-server");
+    send(acc, b"to-client");
+    let gone = format!("\0stasis-tp-unix-gone-{}", std::process::id()).into_bytes();
+    let gl = sock(libc::SOCK_SEQPACKET);
+    bind(gl, &gone);
+    listen(gl, 1);
+    let gcli = sock(libc::SOCK_SEQPACKET);
+    connect(gcli, &gone);
+    // SAFETY: a client is waiting; then the listener goes.
+    let gacc = unsafe {
+        let a = libc::accept(gl, std::ptr::null_mut(), std::ptr::null_mut());
+        libc::close(gl);
+        a
+    };
+    let conns = [cli, acc, gcli, gacc];
+    let conn_names = |_: ()| -> Vec<(Vec<u8>, Vec<u8>)> {
+        conns
+            .iter()
+            .map(|&fd| (sock_name(fd, false), sock_name(fd, true)))
+            .collect()
+    };
+    let conn_names_before = conn_names(());
     let named = [srv, seq, dg, unbound];
     let names_before: Vec<Vec<u8>> = named.iter().map(|&fd| local_name(fd)).collect();
     let named_opts: Vec<[i32; 4]> = named.iter().map(|&fd| opts(fd)).collect();
@@ -321,6 +363,27 @@ fn main() {
     );
     report.eq("backlogs (path, abstract)", backlogs_before, bl);
     report.eq("mode set before the dump", Some(0o640), modes_before.0);
+    report.eq(
+        "accepted connections' names (local, peer)",
+        conn_names_before,
+        conn_names(()),
+    );
+    report.eq(
+        "accepted: data from the client",
+        b"to-server".to_vec(),
+        recv(acc, 0).1,
+    );
+    report.eq(
+        "client: data from the server",
+        b"to-client".to_vec(),
+        recv(cli, 0).1,
+    );
+    report.eq("gone listener's connection", 4, send(gcli, b"ping"));
+    report.eq(
+        "gone listener's connection: message",
+        b"ping".to_vec(),
+        recv(gacc, 0).1,
+    );
     talk(
         &mut report,
         "path listener",
