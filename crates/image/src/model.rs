@@ -424,11 +424,22 @@ pub enum FdKind {
         /// sock_diag gives it), empty for an unnamed end.
         #[serde(default, with = "crate::hex_bytes")]
         name: Vec<u8>,
+        /// A client whose connection waits in this listener's accept
+        /// queue (the listener's `id`), 0 for none; `peer` is then 0.
+        #[serde(default)]
+        listener: u64,
     },
     /// An AF_UNIX socket that is not connected: bound to a path or an
     /// abstract name (or not bound), listening (its backlog) or not
     /// (crates/image/src/kinds/unixbound.rs).
     UnixBound {
+        /// Its inode (a listener's clients name it).
+        #[serde(default)]
+        id: u64,
+        /// A listener: the clients (`UnixSocket` ids, all in the image)
+        /// whose connections wait to be accepted, in accept order.
+        #[serde(default)]
+        pending: Vec<u64>,
         sock_type: u32,
         /// As sock_diag reports it: a path with its trailing NUL, an
         /// abstract name starting with NUL; empty when not bound.

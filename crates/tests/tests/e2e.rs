@@ -802,15 +802,35 @@ fn refuse_unix_rights_in_flight() {
     );
 }
 
-/// A unix listener with a connection waiting to be accepted is refused.
+/// Clients waiting in a unix listener's accept queue are connected again,
+/// in order.
 #[test]
-fn refuse_unix_pending_connection() {
-    refuse_in(
-        "refuse_unix_pending",
-        "pending unix connection",
+fn cr_unix_pending_connections() {
+    cr("cr_unix_pending", Program::Bin("tp_unix"), &["--pending"]);
+}
+
+/// The negative control: the other order fails.
+#[test]
+fn negative_unix_pending_connections() {
+    let work = Work::new("negative_unix_pending");
+    let out = run_case(
+        &work,
         Program::Bin("tp_unix"),
-        &["--pending"],
-        &["waiting to be accepted"],
+        &["--pending", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A waiting client that already sent data is refused.
+#[test]
+fn refuse_unix_pending_with_data() {
+    refuse_in(
+        "refuse_unix_pending_data",
+        "pending unix connection with data",
+        Program::Bin("tp_unix"),
+        &["--pending", "--pending-data"],
+        &["data sent"],
     );
 }
 

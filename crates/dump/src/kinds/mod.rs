@@ -184,6 +184,7 @@ type Link = fn(&mut [&mut ProcessImage]) -> Result<()>;
 const LINKS: &[(&str, Link)] = &[
     ("open file descriptions", link_descriptions),
     ("unix socket pairs", unix::link),
+    ("unix listeners' waiting clients", unixbound::link),
     ("pipes", pipe::link),
     ("saved files", saved::link),
     ("fifos", fifo::link),

@@ -34,8 +34,8 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let why = match socks.get(&ino) {
         None => "a socket other than AF_UNIX",
         Some(s) if s.state != 1 => "a unix socket that is not connected (listening or unconnected)",
-        Some(_) if socks.values().any(|l| l.icons.contains(&ino)) => {
-            "a unix socket whose connection waits in a listener's accept queue"
+        Some(s) if s.shutdown != 0 && socks.values().any(|l| l.icons.contains(&ino)) => {
+            "a unix socket shut down while its connection waits in a listener's accept queue"
         }
         Some(s)
             if s.name
@@ -47,16 +47,21 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         Some(s) => {
             let (peer, sock_type, shutdown) = (s.peer, u32::from(s.sock_type), s.shutdown);
             let name = s.name.clone().unwrap_or_default();
-            let (queued, opts) = contents(d, sock_type, shutdown)?;
+            let listener = socks
+                .values()
+                .find(|l| l.icons.contains(&ino))
+                .map_or(0, |l| l.ino);
+            let (queued, opts) = contents(d, sock_type, shutdown, listener != 0)?;
             return Ok(Some(FdKind::UnixSocket {
                 id: ino,
-                peer,
                 sock_type,
                 flags: d.flags(),
                 queued,
                 shutdown,
                 opts,
                 name,
+                listener,
+                peer: if listener != 0 { 0 } else { peer },
             }));
         }
     };
@@ -98,6 +103,7 @@ fn contents(
     d: &Fd<'_>,
     sock_type: u32,
     shutdown: u8,
+    pending: bool,
 ) -> Result<(Vec<Queued>, BTreeMap<String, i32>)> {
     let (pid, st) = (d.pid, Stage::Check);
     let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
@@ -116,6 +122,15 @@ fn contents(
                 opts.insert(name.to_string(), v);
             }
         }
+    }
+    // A waiting client's sent data sits in the server side's queue, which
+    // has no descriptor to read it through: only an idle client is kept
+    // (SIOCOUTQ counts what it sent and nobody read).
+    if pending && sock::outq(&dup).at(pid, st)? != 0 {
+        return Err(d.refuse(
+            "a unix socket whose connection waits in a listener's accept queue with data \
+             sent (not supported yet)",
+        ));
     }
     let stream = sock_type == libc::SOCK_STREAM as u32;
     // An empty read is the end of the data once the reading side is shut

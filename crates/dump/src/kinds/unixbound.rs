@@ -4,19 +4,21 @@
 //! on a duplicate). A path must still name this very socket (its inode, as
 //! sock_diag's VFS attribute gives it); the file's mode and owner are kept.
 //!
+//! A listener's connections waiting to be accepted are saved as the list
+//! of their clients (each must be in the tree, idle: see `super::unix`).
 //! Refused by name: a path that was unlinked or replaced, a relative path,
-//! connections waiting to be accepted, a connected socket with a name at
+//! a waiting connection whose client was closed or is outside the tree, a connected socket with a name at
 //! both ends or a datagram socket connected to a named one, datagrams from
 //! named senders, descriptors in flight. Connected pairs (an accepted
 //! connection and its client among them) are [`super::unix`]'s.
 
 use super::Fd;
-use crate::{At, Result, Stage};
+use crate::{At, DumpError, Result, Stage};
 use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
-use stasis_image::FdKind;
+use stasis_image::{FdKind, ProcessImage};
 use stasis_sys::sockdiag::UnixSocket;
 use stasis_sys::{sock, util, Pid};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 const ESTABLISHED: u8 = 1;
@@ -55,11 +57,11 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         return Ok(None);
     }
     let listening = match s.state {
-        LISTEN if s.rqueue != 0 || !s.icons.is_empty() => {
+        LISTEN if s.rqueue as usize != s.icons.len() || s.icons.contains(&0) => {
             return Err(d.refuse(&format!(
-                "a listening unix socket with {} connection(s) waiting to be accepted \
-                 (not supported yet)",
-                s.rqueue.max(s.icons.len() as u32)
+                "a listening unix socket with {} connection(s) waiting to be accepted whose \
+                 client was closed (not supported)",
+                s.rqueue
             )))
         }
         LISTEN => true,
@@ -69,6 +71,8 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let (mode, uid, gid) = path_owner(d, &s)?;
     let (queued, opts) = contents(d, &s, listening)?;
     Ok(Some(FdKind::UnixBound {
+        id: ino,
+        pending: s.icons.clone(),
         sock_type: u32::from(s.sock_type),
         name: s.name.clone().unwrap_or_default(),
         listening,
@@ -162,4 +166,35 @@ fn contents(
         return Ok((queued, opts));
     };
     Err(d.refuse(why))
+}
+
+/// Every client waiting in a listener's accept queue is in the tree (only
+/// those can be connected again).
+pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
+    let socks: HashSet<u64> = images
+        .iter()
+        .flat_map(|img| img.files.iter())
+        .filter_map(|e| match e.kind {
+            FdKind::UnixSocket { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    for img in images.iter() {
+        for e in &img.files {
+            if let FdKind::UnixBound { id, pending, .. } = &e.kind {
+                if let Some(c) = pending.iter().find(|c| !socks.contains(c)) {
+                    return Err(DumpError::Unsupported {
+                        pid: img.pid,
+                        stage: Stage::Check,
+                        what: format!(
+                            "fd {} (socket:[{id}]): a connection waiting to be accepted comes \
+                             from socket:[{c}] outside the dumped tree",
+                            e.fd
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }

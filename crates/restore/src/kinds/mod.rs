@@ -131,8 +131,9 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             peer,
             sock_type,
             flags,
+            listener,
             ..
-        } => unix::open(o, cx, *id, *peer, *sock_type, *flags),
+        } => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
         FdKind::EventFd {
             count,
             semaphore,
@@ -143,6 +144,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::Epoll { .. } => epoll::open(o, cx),
         FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
         FdKind::UnixBound {
+            pending,
             sock_type,
             name,
             listening,
@@ -153,8 +155,10 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             queued,
             opts,
             flags,
+            ..
         } => {
             let s = unixbound::Saved {
+                pending,
                 sock_type: *sock_type,
                 name,
                 listen: listening.then_some(*backlog),

@@ -127,10 +127,20 @@ pub(super) fn open(
     peer: u64,
     sock_type: u32,
     flags: u32,
+    listener: u64,
 ) -> Result<usize> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let i = match o.object("unix", id) {
         Some(i) => i,
+        None if listener != 0 => {
+            // A client waiting in an accept queue: connected by its
+            // listener's open (see unixbound.rs), whichever comes first.
+            let c = sock::socket(libc::AF_UNIX, sock_type as i32, 0).at(pid, st)?;
+            finish(cx, &c, &end(cx, id))?;
+            let i = o.push(c);
+            o.set_object("unix", id, i);
+            i
+        }
         None => {
             let ea = end(cx, id);
             let eb = if peer != 0 {

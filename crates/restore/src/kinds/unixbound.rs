@@ -18,6 +18,8 @@ use std::os::unix::fs::PermissionsExt;
 
 /// One saved socket, as the image has it.
 pub(super) struct Saved<'a> {
+    /// Clients waiting in the accept queue, in order.
+    pub(super) pending: &'a [u64],
     pub(super) sock_type: u32,
     pub(super) name: &'a [u8],
     pub(super) listen: Option<i32>,
@@ -35,6 +37,42 @@ fn set_opt(cx: &Cx<'_>, fd: &std::os::fd::OwnedFd, name: &str, v: i32) -> Result
             e
         })
         .at(cx.pid, Stage::Fork)
+}
+
+/// Connects the clients that waited in the accept queue, in order: those
+/// opened already (unconnected, by `unix.rs`), or new ones registered for
+/// their entries.
+fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<()> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    for &cid in s.pending {
+        let i = match o.object("unix", cid) {
+            Some(i) => i,
+            None => {
+                let c = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
+                if let Some(opts) = client_opts(cx, cid) {
+                    for (name, &v) in opts {
+                        set_opt(cx, &c, name, v)?;
+                    }
+                }
+                let i = o.push(c);
+                o.set_object("unix", cid, i);
+                i
+            }
+        };
+        sock::connect_unix(&o.owned[i], s.name).at(pid, st)?;
+    }
+    Ok(())
+}
+
+/// The options saved with client `id`'s entry.
+fn client_opts<'a>(cx: &Cx<'a>, id: u64) -> Option<&'a BTreeMap<String, i32>> {
+    cx.procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match &e.kind {
+            stasis_image::FdKind::UnixSocket { id: i, opts, .. } if *i == id => Some(opts),
+            _ => None,
+        })
 }
 
 pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> {
@@ -69,6 +107,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     if let Some(backlog) = s.listen {
         sock::listen(&fd, backlog).at(pid, st)?;
         listener = !s.name.is_empty();
+        connect_pending(o, cx, s)?;
     }
     if !s.queued.is_empty() {
         let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;

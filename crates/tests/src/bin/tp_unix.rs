@@ -18,11 +18,13 @@
 //! is sent to the path.
 //!
 //! `--rights`: a descriptor in flight (SCM_RIGHTS, unread): refused.
-//! `--pending`: a connection waiting to be accepted on a unix listener:
-//! refused (the program then accepts it).
+//! `--pending`: two clients waiting in a unix listener's accept queue
+//! (one created before the listener, one after): after restore they are
+//! accepted in the order they connected. With `--pending-data` the first
+//! has sent data: refused (the program then goes on).
 //! `--unlinked`: a listener whose path was unlinked: refused.
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending|--unlinked]`
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -59,6 +61,18 @@ fn recv(fd: i32, flags: i32) -> (isize, Vec<u8>) {
     };
     b.truncate(n.max(0) as usize);
     (n, b)
+}
+
+/// recv after waiting up to 5 s for data.
+fn recv_wait(fd: i32) -> Vec<u8> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut p, 1, 5000) };
+    recv(fd, 0).1
 }
 
 fn set(fd: i32, opt: i32, v: i32) {
@@ -232,23 +246,49 @@ fn main() {
         report.eq("descriptor still in flight", 1, recv(p[0], 0).0);
         proto.finish(&report);
     }
-    if args.flag("pending") || args.flag("unlinked") {
-        let path = proto.path("pending.sock");
-        let name = path.to_string_lossy().into_owned();
+    if args.flag("unlinked") {
+        let path = proto.path("unlinked.sock");
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, path.to_string_lossy().as_bytes());
+        listen(l, 4);
+        let _ = std::fs::remove_file(&path);
+        proto.ready_and_wait();
+        proto.finish(&report);
+    }
+    if args.flag("pending") {
+        // Two clients wait in the accept queue, the first created before
+        // the listener (a lower descriptor), the second after it.
+        let name = proto.path("pending.sock").to_string_lossy().into_owned();
+        let c1 = sock(libc::SOCK_STREAM);
         let l = sock(libc::SOCK_STREAM);
         bind(l, name.as_bytes());
         listen(l, 4);
-        let c = sock(libc::SOCK_STREAM);
-        if args.flag("pending") {
-            connect(c, name.as_bytes());
-        } else {
-            let _ = std::fs::remove_file(&path);
+        let c2 = sock(libc::SOCK_STREAM);
+        connect(c1, name.as_bytes());
+        connect(c2, name.as_bytes());
+        if args.flag("pending-data") {
+            send(c1, b"early");
         }
         proto.ready_and_wait();
-        if args.flag("pending") {
+        let mut path_name = name.into_bytes();
+        path_name.push(0);
+        report.eq("client 1's peer", path_name.clone(), sock_name(c1, true));
+        report.eq("client 2's peer", path_name, sock_name(c2, true));
+        let order: [(i32, &[u8]); 2] = if args.corrupt() {
+            [(c2, b"first"), (c1, b"second")]
+        } else {
+            [(c1, b"first"), (c2, b"second")]
+        };
+        for (c, msg) in order {
             // SAFETY: a client is waiting.
             let a = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
-            report.check(a >= 0, || "the waiting client is still there".into());
+            report.check(a >= 0, || format!("accept: errno {}", errno()));
+            send(a, msg);
+            report.eq(
+                "accepted in the order of connection",
+                msg.to_vec(),
+                recv_wait(c),
+            );
         }
         proto.finish(&report);
     }
