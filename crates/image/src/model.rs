@@ -483,13 +483,15 @@ pub enum FdKind {
         device: String,
         flags: u32,
     },
-    /// A UDP socket, bound and/or connected, nothing queued.
+    /// A UDP socket, bound and/or connected, with the datagrams waiting.
     UdpSocket {
         family: u32,
         #[serde(default)]
         local: Option<std::net::SocketAddr>,
         #[serde(default)]
         peer: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        queued: Vec<crate::kinds::inet::UdpDatagram>,
         #[serde(default)]
         opts: std::collections::BTreeMap<String, i32>,
         #[serde(default)]

@@ -89,3 +89,4 @@ pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
+pub mod udpq;

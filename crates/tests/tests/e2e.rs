@@ -910,15 +910,22 @@ fn refuse_tcp_established() {
     );
 }
 
+/// Datagrams waiting in UDP sockets come back with their sources.
 #[test]
-fn refuse_udp_queued() {
-    refuse_in(
-        "refuse_udp_queued",
-        "UDP socket with a datagram waiting",
+fn cr_udp_queued() {
+    cr("cr_udp_queued", Program::Bin("tp_inet"), &["--udp-queued"]);
+}
+
+#[test]
+fn negative_udp_queued() {
+    let work = Work::new("negative_udp_queued");
+    let out = run_case(
+        &work,
         Program::Bin("tp_inet"),
-        &["--udp-queued"],
-        &["udp socket with datagrams waiting"],
+        &["--udp-queued", "--corrupt"],
+        &Opts::default(),
     );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
 /// python3 -m http.server dumped while listening answers curl after restore.

@@ -5,18 +5,20 @@
 //! for a listener its backlog and accept queue from inet sock_diag.
 //!
 //! Saved: TCP sockets that are not connected (listening, or bound or not);
-//! UDP sockets bound and/or connected with nothing queued. Refused by name:
+//! UDP sockets bound and/or connected, with the datagrams waiting (their
+//! sources and destinations: `udpq`). Refused by name:
 //! established or closing TCP connections (criu's `--tcp-established`, not
 //! implemented), connections waiting in a listener's accept queue (unless
-//! `--skip-in-flight`, which drops them), queued or corked datagrams, a
+//! `--skip-in-flight`, which drops them), empty or corked datagrams, a
 //! socket filter, other protocols over IP (raw, ICMP, SCTP, MPTCP) and
 //! other address families (netlink, packet, ...). AF_UNIX is left to
 //! [`super::unix`].
 
 use super::Fd;
 use crate::{At, Result, Stage};
+use stasis_image::kinds::inet::{UdpDatagram, MAX_UDP_QUEUED};
 use stasis_image::FdKind;
-use stasis_sys::{sock, sockdiag, util, Pid};
+use stasis_sys::{sock, sockdiag, udpq, util, Pid};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
@@ -164,9 +166,19 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
 
 fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     let (pid, st) = (d.pid, Stage::Check);
-    if sock::has_datagram(dup).at(pid, st)? {
-        return Err(d.refuse("a UDP socket with datagrams waiting to be read (not supported yet)"));
-    }
+    let queued = udpq::peek_datagrams(dup, family, MAX_UDP_QUEUED)
+        .map_err(|e| {
+            d.refuse(&format!(
+                "a UDP socket whose waiting datagrams cannot be saved: {e}"
+            ))
+        })?
+        .into_iter()
+        .map(|g| UdpDatagram {
+            from: g.from,
+            to: g.to,
+            data: g.data,
+        })
+        .collect();
     if sock::outq(dup).at(pid, st)? != 0 {
         return Err(d.refuse("a UDP socket with corked data not yet sent (not supported)"));
     }
@@ -177,6 +189,7 @@ fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
         family: family as u32,
         local,
         peer,
+        queued,
         opts,
         device,
         flags: d.flags(),

@@ -4,8 +4,22 @@
 
 use crate::checker::Checker;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+
+/// One datagram waiting in a UDP socket: its source, the address it was
+/// sent to, its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpDatagram {
+    pub from: SocketAddr,
+    pub to: std::net::IpAddr,
+    #[serde(with = "crate::hex_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Bytes of queued datagrams one socket may carry in an image.
+pub const MAX_UDP_QUEUED: usize = 16 << 20;
 
 /// Option names are short identifiers (`SO_REUSEADDR`, `TCP_KEEPIDLE`).
 const MAX_OPT_NAME: usize = 32;
@@ -41,4 +55,17 @@ pub(super) fn validate(
     c.ensure(device.len() <= MAX_DEVICE && !device.contains('\0'), || {
         format!("{field}.device: {device:?} is not a device name")
     })
+}
+
+pub(super) fn validate_queued(c: &Checker<'_>, field: &str, queued: &[UdpDatagram]) -> Result<()> {
+    let total: usize = queued.iter().map(|d| d.data.len()).sum();
+    c.ensure(total <= MAX_UDP_QUEUED, || {
+        format!("{field}.queued: {total} bytes, more than {MAX_UDP_QUEUED}")
+    })?;
+    for d in queued {
+        c.ensure(!d.data.is_empty() && d.data.len() <= 65507, || {
+            format!("{field}.queued: a datagram of {} bytes", d.data.len())
+        })?;
+    }
+    Ok(())
 }

@@ -24,7 +24,7 @@
 mod chardev;
 mod epoll;
 mod fifo;
-mod inet;
+pub mod inet;
 pub mod inotify;
 mod opath;
 mod pipe;
@@ -86,6 +86,7 @@ pub(crate) fn validate_fd(
             peer,
             opts,
             device,
+            queued,
             ..
         } => inet::validate(
             c,
@@ -94,6 +95,7 @@ pub(crate) fn validate_fd(
             [local.as_ref(), peer.as_ref()],
             opts,
             device,
-        ),
+        )
+        .and_then(|()| inet::validate_queued(c, &field, queued)),
     }
 }

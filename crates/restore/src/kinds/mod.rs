@@ -186,6 +186,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 opts,
                 device,
                 flags: *flags,
+                queued: &[],
             };
             inet::open(o, cx, &s, true)
         }
@@ -196,8 +197,10 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             opts,
             device,
             flags,
+            queued,
         } => {
             let s = inet::Saved {
+                queued,
                 family: *family,
                 local: local.as_ref(),
                 peer: peer.as_ref(),

@@ -15,7 +15,9 @@
 //! after which the queue is empty and the listener still accepts
 //! (`--expect-dropped`; without it the connection must still be queued).
 //! `--established`: an established TCP connection (refused).
-//! `--udp-queued`: a UDP socket with a datagram waiting (refused).
+//! `--udp-queued`: UDP sockets with datagrams waiting (IPv4 from two
+//! senders, IPv6 on a connected socket): read after restore with their
+//! sources, in order.
 //!
 //! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued]`
 
@@ -311,12 +313,43 @@ fn main() {
         proto.finish(&report);
     }
     if args.flag("udp-queued") {
+        // Datagrams waiting: two from one IPv4 sender, one from another
+        // (unconnected receiver); one over IPv6 to a connected socket.
         let u = sock(libc::AF_INET, libc::SOCK_DGRAM);
         bind(u, lo4());
         let v = sock(libc::AF_INET, libc::SOCK_DGRAM);
         connect(v, name(u, false).unwrap_or(lo4()));
-        send(v, b"queued");
+        let w = sock(libc::AF_INET, libc::SOCK_DGRAM);
+        connect(w, name(u, false).unwrap_or(lo4()));
+        send(v, b"q1");
+        send(w, b"from-w");
+        send(v, b"q22");
+        let a6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+        bind(a6, lo6());
+        let b6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+        bind(b6, lo6());
+        connect(a6, name(b6, false).unwrap_or(lo6()));
+        connect(b6, name(a6, false).unwrap_or(lo6()));
+        send(b6, b"six");
+        // Let loopback deliver them before the dump.
+        stasis_tests::nap(50_000_000);
         proto.ready_and_wait();
+        let mut want = vec![
+            (b"q1".to_vec(), name(v, false)),
+            (b"from-w".to_vec(), name(w, false)),
+            (b"q22".to_vec(), name(v, false)),
+        ];
+        if args.corrupt() {
+            want.swap(0, 2);
+        }
+        for w in want {
+            report.eq("queued datagram (data, source)", w, recv_from(u));
+        }
+        report.eq(
+            "queued ipv6 datagram",
+            (b"six".to_vec(), name(b6, false)),
+            recv_from(a6),
+        );
         proto.finish(&report);
     }
     if args.flag("in-flight") {
