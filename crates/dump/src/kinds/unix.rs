@@ -47,11 +47,22 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         Some(s) => {
             let (peer, sock_type, shutdown) = (s.peer, u32::from(s.sock_type), s.shutdown);
             let name = s.name.clone().unwrap_or_default();
-            let listener = socks
-                .values()
-                .find(|l| l.icons.contains(&ino))
-                .map_or(0, |l| l.ino);
-            let (queued, opts) = contents(d, sock_type, shutdown, listener != 0)?;
+            // A client waiting in an accept queue, or an unnamed datagram
+            // socket connected to a named one: connected again by that
+            // socket's restore.
+            let dgram_to_named = s.sock_type == libc::SOCK_DGRAM as u8
+                && s.name.is_none()
+                && socks.get(&s.peer).is_some_and(|p| p.name.is_some());
+            let listener = if dgram_to_named {
+                s.peer
+            } else {
+                socks
+                    .values()
+                    .find(|l| l.icons.contains(&ino))
+                    .map_or(0, |l| l.ino)
+            };
+            let pending = listener != 0 && !dgram_to_named;
+            let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
             return Ok(Some(FdKind::UnixSocket {
                 id: ino,
                 sock_type,
@@ -68,20 +79,31 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     Err(d.refuse(&format!("{why} (not supported yet)")))
 }
 
-/// The other end of each socket is in the tree, or was closed.
+/// The other end of each socket is in the tree, or was closed; the
+/// listener or named datagram socket a client is connected to is in it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
-    let socks: HashSet<u64> = images
-        .iter()
-        .flat_map(|img| img.files.iter())
-        .filter_map(|e| match e.kind {
-            FdKind::UnixSocket { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let mut socks: HashSet<u64> = HashSet::new();
+    let mut named: HashSet<u64> = HashSet::new();
+    for e in images.iter().flat_map(|img| img.files.iter()) {
+        match e.kind {
+            FdKind::UnixSocket { id, .. } => {
+                socks.insert(id);
+            }
+            FdKind::UnixBound { id, .. } => {
+                named.insert(id);
+            }
+            _ => {}
+        }
+    }
     for img in images.iter() {
         for e in &img.files {
-            if let FdKind::UnixSocket { id, peer, .. } = e.kind {
-                if peer != 0 && !socks.contains(&peer) {
+            if let FdKind::UnixSocket {
+                id, peer, listener, ..
+            } = e.kind
+            {
+                let outside = (peer != 0 && !socks.contains(&peer))
+                    || (listener != 0 && !named.contains(&listener));
+                if outside {
                     return Err(DumpError::Unsupported {
                         pid: img.pid,
                         stage: Stage::Check,

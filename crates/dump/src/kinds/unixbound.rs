@@ -18,7 +18,7 @@ use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
 use stasis_image::{FdKind, ProcessImage};
 use stasis_sys::sockdiag::UnixSocket;
 use stasis_sys::{sock, util, Pid};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 const ESTABLISHED: u8 = 1;
@@ -43,15 +43,19 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         return Ok(None);
     };
     let peer_named = socks.get(&s.peer).is_some_and(|p| p.name.is_some());
-    if s.state == ESTABLISHED || s.peer != 0 {
+    let dgram = s.sock_type == libc::SOCK_DGRAM as u8;
+    // A named datagram socket others connected to shows ESTABLISHED but
+    // has no peer itself: a receiver, this kind's.
+    let receiver = dgram && s.peer == 0 && s.name.is_some();
+    if (s.state == ESTABLISHED && !receiver) || s.peer != 0 {
         // An accepted connection (its name is the listener's) and its
-        // client are a pair: `super::unix`'s, unless both ends are named
-        // or it is a datagram socket connected to a named one.
-        let dgram = s.sock_type == libc::SOCK_DGRAM as u8;
-        if (s.name.is_some() && peer_named) || (dgram && (s.name.is_some() || peer_named)) {
+        // client are a pair, and an unnamed datagram socket connected to
+        // a named one a client: `super::unix`'s; refused when both ends
+        // are named, or a named datagram socket is connected.
+        if (s.name.is_some() && peer_named) || (dgram && s.name.is_some()) {
             return Err(d.refuse(
-                "a connected unix socket with a name at both ends, or a datagram socket \
-                 connected to a named one (not supported yet)",
+                "a connected unix socket with a name at both ends, or a named datagram \
+                 socket connected to another (not supported yet)",
             ));
         }
         return Ok(None);
@@ -66,6 +70,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         }
         LISTEN => true,
         7 => false,
+        ESTABLISHED if receiver => false,
         st => return Err(d.refuse(&format!("a unix socket in state {st} (not supported)"))),
     };
     let (mode, uid, gid) = path_owner(d, &s)?;
@@ -169,16 +174,37 @@ fn contents(
 }
 
 /// Every client waiting in a listener's accept queue is in the tree (only
-/// those can be connected again).
+/// those can be connected again); a named datagram socket gets the list of
+/// the datagram sockets connected to it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
-    let socks: HashSet<u64> = images
-        .iter()
-        .flat_map(|img| img.files.iter())
-        .filter_map(|e| match e.kind {
-            FdKind::UnixSocket { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let mut socks: HashSet<u64> = HashSet::new();
+    let mut clients: HashMap<u64, Vec<u64>> = HashMap::new();
+    for e in images.iter().flat_map(|img| img.files.iter()) {
+        if let FdKind::UnixSocket { id, listener, .. } = e.kind {
+            socks.insert(id);
+            if listener != 0 {
+                clients.entry(listener).or_default().push(id);
+            }
+        }
+    }
+    for img in images.iter_mut() {
+        for e in img.files.iter_mut() {
+            if let FdKind::UnixBound {
+                id,
+                pending,
+                sock_type,
+                ..
+            } = &mut e.kind
+            {
+                if *sock_type == libc::SOCK_DGRAM as u32 {
+                    let mut c = clients.get(id).cloned().unwrap_or_default();
+                    c.sort_unstable();
+                    c.dedup();
+                    *pending = c;
+                }
+            }
+        }
+    }
     for img in images.iter() {
         for e in &img.files {
             if let FdKind::UnixBound { id, pending, .. } = &e.kind {

@@ -107,6 +107,9 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     if let Some(backlog) = s.listen {
         sock::listen(&fd, backlog).at(pid, st)?;
         listener = !s.name.is_empty();
+    }
+    // A listener's waiting clients; a datagram socket's connected ones.
+    if !s.name.is_empty() {
         connect_pending(o, cx, s)?;
     }
     if !s.queued.is_empty() {

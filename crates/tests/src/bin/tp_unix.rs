@@ -9,6 +9,8 @@
 //! Accepted connections: one of the path listener with data waiting both
 //! ways, one of an abstract listener closed since (names on both sides
 //! checked).
+//! A datagram socket connected to the bound datagram one (a syslog
+//! client's way): its peer name and a datagram through it.
 //! Named sockets too: a stream listener on a path (backlog 5, mode 0640),
 //! a seqpacket listener on an abstract name (backlog 3), a datagram socket
 //! bound to a path with two datagrams from an unnamed sender waiting and
@@ -313,6 +315,9 @@ fn main() {
     sendto(sender, dg_path.as_bytes(), b"q-one");
     sendto(sender, dg_path.as_bytes(), b"q-two");
     let unbound = sock(libc::SOCK_STREAM);
+    // A datagram socket connected to the bound one (as a syslog client).
+    let dc = sock(libc::SOCK_DGRAM);
+    report.eq("datagram connect", 0, connect(dc, dg_path.as_bytes()));
     // An accepted connection of the path listener, data waiting both ways,
     // and one of an abstract listener that was closed since.
     let cli = sock(libc::SOCK_STREAM);
@@ -446,6 +451,19 @@ fn main() {
         sendto(sender, dg_path.as_bytes(), b"new"),
     );
     report.eq("new datagram", b"new".to_vec(), recv(dg, 0).1);
+    let mut dg_name = dg_path.clone().into_bytes();
+    dg_name.push(0);
+    report.eq(
+        "connected datagram socket's peer",
+        dg_name,
+        sock_name(dc, true),
+    );
+    report.eq(
+        "send on the connected datagram socket",
+        4,
+        send(dc, b"conn"),
+    );
+    report.eq("its datagram", b"conn".to_vec(), recv(dg, 0).1);
     let after: Vec<[i32; 4]> = ends.iter().map(|&fd| opts(fd)).collect();
     report.eq(
         "options (PASSCRED, PEEK_OFF, RCVBUF, SNDBUF) of every end",
