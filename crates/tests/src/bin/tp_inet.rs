@@ -4,7 +4,8 @@
 //! (SO_REUSEADDR, SO_REUSEPORT, keepalive and its TCP_KEEP*, TCP_NODELAY,
 //! buffer sizes, TCP_DEFER_ACCEPT, TCP_FASTOPEN, SO_MARK, SO_BINDTODEVICE,
 //! O_NONBLOCK, backlog 7), an IPv6-only listener, a dual-stack listener,
-//! a bound UDP socket and a bound, connected one (SO_BROADCAST, IP_TOS).
+//! a bound UDP socket and a bound, connected one (SO_BROADCAST, IP_TOS),
+//! a TCP socket bound but not listening and one not bound.
 //! After restore every option, address, flag and backlog (as `ss` shows it)
 //! is compared with what it was, and every socket is used: a client
 //! connects to each listener (the dual-stack one over IPv4) and datagrams
@@ -436,6 +437,10 @@ fn main() {
     assert_eq!(r, 0, "udp connect: errno {}", errno());
     let ud = sock(libc::AF_INET, libc::SOCK_DGRAM);
     bind(ud, lo4());
+    // TCP bound but not listening yet, and not even bound.
+    let tb = sock(libc::AF_INET6, libc::SOCK_STREAM);
+    bind(tb, lo6());
+    let tu = sock(libc::AF_INET6, libc::SOCK_STREAM);
 
     let socks = [
         ("ipv4 listener", l4, true),
@@ -445,6 +450,8 @@ fn main() {
         ("udp connected", ub, false),
         ("udp peer", uc, false),
         ("udp v4 peer", ud, false),
+        ("tcp bound", tb, false),
+        ("tcp unbound", tu, false),
     ];
     let before: Vec<State> = socks.iter().map(|&(_, fd, l)| state(fd, l)).collect();
     proto.ready_and_wait();
@@ -474,6 +481,11 @@ fn main() {
         ld,
         SocketAddr::from((Ipv4Addr::LOCALHOST, port(ld))),
     );
+    // The bound socket listens on its port now; the unbound one connects.
+    listen(tb, 2);
+    let tb_at = SocketAddr::from((Ipv6Addr::LOCALHOST, port(tb)));
+    report.eq("connect from the unbound TCP socket", 0, connect(tu, tb_at));
+    report.check(accept(tb) >= 0, || "accept on the bound TCP socket".into());
     // Datagrams both ways, sources checked.
     send(ub, b"to-c");
     let (got, from) = recv_from(uc);
