@@ -72,6 +72,9 @@ struct Namespaces {
     pid_ns_tree: bool,
     ids: Vec<Option<u64>>,
     root_mnt: Option<u64>,
+    /// The root's UTS namespace, which the whole tree must share (its
+    /// names are saved when it is not stasis's: uts.rs).
+    root_uts: Option<u64>,
 }
 
 fn ns_id(task: &str, ns: &str) -> Option<u64> {
@@ -89,6 +92,7 @@ impl Namespaces {
             pid_ns_tree,
             ids: NAMESPACES.iter().map(|ns| ns_id(me, ns)).collect(),
             root_mnt: ns_id(&root_s, "mnt"),
+            root_uts: ns_id(&root_s, "uts"),
         })
     }
 }
@@ -100,6 +104,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
         let id = ns_id(&task, ns);
         let want = match *ns {
             "mnt" if reference.pid_ns_tree => reference.root_mnt,
+            "uts" => reference.root_uts,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
@@ -108,7 +113,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             return Err(refuse(
                 pid,
                 format!(
-                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace is restored yet",
+                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and a UTS \
+                     namespace the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

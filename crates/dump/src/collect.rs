@@ -73,6 +73,13 @@ pub(crate) fn collect(
     let pid = p.0 as u32;
 
     // ---- check: what we cannot save yet, before anything is written ----
+    if let Some(what) = crate::memkinds::refuse_tasks(pid, &frozen.tids) {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what,
+        });
+    }
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     check(pid, &status)?;
@@ -168,6 +175,7 @@ pub(crate) fn collect(
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
         proc_attrs: Some(attrs),
+        cwd_saved: 0,
     };
     Ok(Collected {
         image,
@@ -191,11 +199,7 @@ fn query_threads(
         .filter(|s| s.map.write && !s.map.shared)
         .map(|s| (s.map.start, s.map.end))
         .collect();
-    let vdso = smaps
-        .iter()
-        .find(|s| s.map.path.as_deref() == Some("[vdso]"))
-        .map(|s| (s.map.start, s.map.end))
-        .unwrap_or((0, 0));
+    let vdso = crate::stub_site::find(pid, smaps);
     // The healing area is shared by the threads: none may still be in it.
     for &tid in &frozen.tids {
         let rip = ptrace::get_regs(tid).at(pid, Stage::Query)?.rip;

@@ -5,7 +5,10 @@
 //! restored tree as small in memory as the original. Two present pages are
 //! the same page when /proc/PID/pagemap gives the same PFN (readable by
 //! root); a page of a descendant is attributed to the topmost ancestor
-//! that maps the same private anonymous range (the "owner").
+//! that maps the same private range (the "owner"): anonymous memory, or
+//! a private mapping of the same file at the same offset, whose pages
+//! copied on write are anonymous (pagemap bit 61 clear) while the others
+//! are the file's own (never counted as shared copies).
 
 use crate::collect::Collected;
 use crate::{DumpError, Result, Stage};
@@ -18,8 +21,36 @@ const SWAPPED: u64 = 1 << 62;
 const PFN_MASK: u64 = (1 << 55) - 1;
 
 fn private_anon(v: &stasis_image::Vma) -> bool {
-    !v.shared && v.shmem == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
+    !v.shared
+        && v.shmem == 0
+        && v.huge_page_size == 0
+        && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
 }
+
+/// A private mapping whose written pages may be shared copy-on-write:
+/// anonymous, or of a file (regular, memfd, deleted) whose copied pages are
+/// anonymous while the others stay the file's.
+fn cow_candidate(v: &stasis_image::Vma) -> bool {
+    private_anon(v)
+        || (!v.shared
+            && v.huge_page_size == 0
+            && matches!(v.kind, VmaKind::File { .. } | VmaKind::Saved { .. }))
+}
+
+/// Whether `w` (an ancestor's VMA) maps what `v` maps: the same range of
+/// the same object at the same offset.
+fn same_mapping(v: &stasis_image::Vma, w: &stasis_image::Vma) -> bool {
+    let same_object = match (&v.kind, &w.kind) {
+        (VmaKind::File { file: a }, VmaKind::File { file: b }) => a.dev == b.dev && a.ino == b.ino,
+        (VmaKind::Saved { id: a }, VmaKind::Saved { id: b }) => a == b,
+        _ => private_anon(v) && private_anon(w),
+    };
+    w.start == v.start && w.end == v.end && w.pgoff == v.pgoff && cow_candidate(w) && same_object
+}
+
+/// Bit 61 of a pagemap entry: a file page or shared anonymous page (not a
+/// page copied on write).
+const FILE_PAGE: u64 = 1 << 61;
 
 fn pagemap(pid: u32, start: u64, end: u64) -> Result<Vec<u64>> {
     let path = format!("/proc/{pid}/pagemap");
@@ -76,19 +107,14 @@ pub(crate) fn find_shared(procs: &mut [Collected]) -> Result<()> {
         // (VMA index, owner PID, shared runs)
         let mut found: Vec<SharedVma> = Vec::new();
         for (vi, v) in procs[c].image.mm.vmas.iter().enumerate() {
-            if !private_anon(v) {
+            if !cow_candidate(v) {
                 continue;
             }
             // The topmost ancestor mapping the same private anonymous range.
             let mut owner = None;
             let mut a = parent(c, procs);
             while let Some(p) = a {
-                let same = procs[p]
-                    .image
-                    .mm
-                    .vmas
-                    .iter()
-                    .any(|w| w.start == v.start && w.end == v.end && private_anon(w));
+                let same = procs[p].image.mm.vmas.iter().any(|w| same_mapping(v, w));
                 if !same {
                     break;
                 }
@@ -103,6 +129,7 @@ pub(crate) fn find_shared(procs: &mut [Collected]) -> Result<()> {
                 let same = m & PRESENT != 0
                     && t & PRESENT != 0
                     && m & SWAPPED == 0
+                    && (m | t) & FILE_PAGE == 0 // the file's own pages are not copies
                     && m & PFN_MASK != 0 // PFNs hidden without CAP_SYS_ADMIN
                     && m & PFN_MASK == t & PFN_MASK;
                 if same {

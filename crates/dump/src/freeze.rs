@@ -104,6 +104,9 @@ impl Frozen {
                 }
             }
         }
+        // The main thread first: /proc lists tasks by number, and after
+        // the PID counter wrapped a thread's TID can be below the PID.
+        f.tids.sort_by_key(|&t| t != pid);
         Ok(f)
     }
 

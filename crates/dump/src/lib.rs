@@ -29,12 +29,15 @@ mod fdowner;
 pub mod freeze;
 mod kinds;
 mod locks;
+mod memkinds;
 mod memory;
 mod pidns;
 mod procattrs;
 mod signals;
+mod stub_site;
 mod threads;
 mod timers;
+mod uts;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;
@@ -61,7 +64,13 @@ pub struct DumpOptions {
     pub skip_in_flight: bool,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
+    /// Largest memfd or deleted file whose contents go into the image
+    /// (criu's `--ghost-limit`; ours defaults to [`DEFAULT_GHOST_LIMIT`]).
+    pub ghost_limit: u64,
 }
+
+/// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 30;
 
 /// Figures from a completed dump.
 #[derive(Debug, Clone, Default)]
@@ -268,6 +277,7 @@ fn dump_frozen(
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
     checks::check_tree(frozen, opts.shell_job)?;
+    let uts = uts::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job, opts.skip_in_flight)?);
@@ -278,12 +288,25 @@ fn dump_frozen(
             .iter_mut()
             .map(|c| &mut c.image)
             .collect::<Vec<_>>(),
+        opts.ghost_limit,
     )?;
     // After the open file descriptions are linked: a flock belongs to one.
     locks::collect(&mut collected, opts.file_locks)?;
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
+    // Descriptors naming processes, once PIDs are final.
+    kinds::finish_tree(
+        &mut collected
+            .iter_mut()
+            .map(|c| kinds::Proc {
+                host: c.host_pid,
+                image: &mut c.image,
+            })
+            .collect::<Vec<_>>(),
+        &frozen.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
+        pid_ns,
+    )?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 
@@ -327,6 +350,7 @@ fn dump_frozen(
         root_pid: collected.first().map(|c| c.image.pid).unwrap_or(root),
         processes: refs,
         pid_ns,
+        uts,
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies

@@ -55,6 +55,7 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             shmem: if m.shared && !is_file { m.inode } else { 0 },
             cow_owner: 0,
             advice: crate::procattrs::vma_advice(pid, s)?,
+            huge_page_size: crate::memkinds::huge_page_size(s).unwrap_or(0),
         });
     }
     Ok((vmas, PagePlan { runs }))
@@ -69,6 +70,9 @@ fn vma_kind(pid: u32, s: &SmapsEntry) -> Result<VmaKind> {
         stage: Stage::Check,
         what,
     };
+    if let Some(why) = crate::memkinds::refuse_mapping(s) {
+        return Err(unsupported(why));
+    }
     let range = format!("{:#x}-{:#x}", m.start, m.end);
     let map_file = || {
         let at = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
@@ -82,6 +86,7 @@ fn vma_kind(pid: u32, s: &SmapsEntry) -> Result<VmaKind> {
         Ok(file)
     };
     Ok(match m.path.as_deref() {
+        _ if crate::memkinds::anon_hugetlb(s).is_some() => VmaKind::Anon,
         Some("[vdso]") => VmaKind::Vdso,
         Some("[vvar]") => VmaKind::Vvar,
         Some("[vvar_vclock]") => VmaKind::VvarVclock,
@@ -100,11 +105,6 @@ fn vma_kind(pid: u32, s: &SmapsEntry) -> Result<VmaKind> {
             // A memfd or a file deleted while mapped: its contents go
             // into the image (`kinds::saved::link` assigns the id).
             map_file()?;
-            if s.has_flag("ht") {
-                return Err(unsupported(format!(
-                    "mapping {range} of {p}: hugetlb memory is not supported yet"
-                )));
-            }
             VmaKind::Saved { id: 0 }
         }
         Some(p) if p.starts_with('/') => {

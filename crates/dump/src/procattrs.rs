@@ -312,6 +312,8 @@ impl Collector {
                 stage: Stage::Collect,
                 what: format!("{path}: unexpected contents {:?}", text.trim()),
             })?;
+        let path = format!("/proc/{pid}/loginuid");
+        self.attrs.loginuid = parse(pid, &path, &read_proc(pid, &path)?)?;
         Ok(self.attrs)
     }
 }

@@ -21,6 +21,7 @@ pub mod procattrs;
 pub mod progress;
 pub mod reader;
 pub mod show;
+pub mod uts;
 pub mod validate;
 pub mod writer;
 
@@ -30,11 +31,13 @@ pub use format::{
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
 pub use kinds::inotify::InotifyWatch;
+pub use kinds::saved::{Extent, FileTimes, Owner};
 pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;
 pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use show::{show_dir, show_file};
+pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,
     validate_saved_refs, MAX_SAVED_FILE, USER_SPACE_END,

@@ -24,10 +24,13 @@ pub const MAX_TIMERS: usize = 1 << 20;
 pub const MAX_PIPE_DATA: usize = 64 << 20;
 /// Cap on queued signals per queue (the kernel's RLIMIT_SIGPENDING is per user).
 pub const MAX_PENDING: usize = 1 << 20;
-/// Largest saved file (memfd, deleted file) the image may hold.
-pub const MAX_SAVED_FILE: u64 = 1 << 30;
+/// Largest saved file (memfd, deleted file) the image may hold: the
+/// ceiling of `dump --ghost-limit` (1 TiB).
+pub const MAX_SAVED_FILE: u64 = 1 << 40;
 /// Most saved files one process image may hold.
 pub const MAX_SAVED_FILES: usize = 100_000;
+/// Most data extents one saved file may list.
+pub const MAX_EXTENTS: usize = 1 << 20;
 /// Longest memfd name (memfd_create allows 249 bytes).
 pub const MAX_MEMFD_NAME: usize = 249;
 /// Most auxv words.

@@ -33,6 +33,10 @@ pub struct Inventory {
     /// image is that namespace's, and a restore creates a new namespace.
     #[serde(default)]
     pub pid_ns: bool,
+    /// The tree's own UTS namespace (the root's, shared by every process),
+    /// when it differed from the dumper's; a restore creates a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uts: Option<crate::uts::UtsNs>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once
@@ -135,6 +139,10 @@ pub struct ProcessImage {
     /// sched attributes, ...); `None` in images that predate them.
     #[serde(default)]
     pub proc_attrs: Option<crate::ProcAttrs>,
+    /// The working directory is a deleted directory: this [`SavedFile`] id
+    /// (`SavedFileKind::DeletedDir`); 0 otherwise (`cwd` is then its path).
+    #[serde(default)]
+    pub cwd_saved: u64,
 }
 
 /// A file object whose contents are saved in the image: referenced by
@@ -155,6 +163,17 @@ pub struct SavedFile {
     /// Device and inode at dump time (informational).
     pub dev: u64,
     pub ino: u64,
+    /// Owner, restored with fchown (absent in older images: left to the restorer).
+    #[serde(default)]
+    pub owner: Option<crate::kinds::saved::Owner>,
+    /// Access and modification times, set after the contents.
+    #[serde(default)]
+    pub times: Option<crate::kinds::saved::FileTimes>,
+    /// Data extents (SEEK_DATA/SEEK_HOLE), sorted, disjoint, inside `size`:
+    /// only these bytes are in the page file, each extent padded to whole
+    /// pages; the rest of the file is holes. Absent: the whole file is stored.
+    #[serde(default)]
+    pub extents: Option<Vec<crate::kinds::saved::Extent>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +187,10 @@ pub enum SavedFileKind {
     /// (without " (deleted)"). Restored as a new file in the same
     /// directory, unlinked again.
     Deleted { path: String },
+    /// A directory removed while a process had it open or as its working
+    /// directory (it is empty): restored as a new directory under the same
+    /// parent, opened, and removed again.
+    DeletedDir { path: String },
 }
 
 fn default_exit_signal() -> u32 {
@@ -533,6 +556,22 @@ pub enum FdKind {
         flags: u32,
         watches: Vec<crate::kinds::inotify::InotifyWatch>,
     },
+    /// A file or directory under `/proc/PID` of a process of the image
+    /// (`pid`, in the image's numbering, which is the numbering of the
+    /// process's own /proc): reopened by the process itself, at `path`,
+    /// once every process of the tree exists again
+    /// (crates/image/src/kinds/procfile.rs).
+    ProcFile {
+        path: String,
+        pid: u32,
+        flags: u32,
+        pos: u64,
+    },
+    /// A pidfd (pidfd_open, CLONE_PIDFD) for process or thread `pid` of the
+    /// image; `flags` may hold O_NONBLOCK (PIDFD_NONBLOCK) and O_EXCL
+    /// (PIDFD_THREAD). Reopened by the process itself on the restored one
+    /// (crates/image/src/kinds/pidfd.rs).
+    Pidfd { pid: u32, flags: u32 },
 }
 
 impl FdKind {
@@ -554,7 +593,9 @@ impl FdKind {
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }
             | FdKind::Epoll { flags, .. }
-            | FdKind::Inotify { flags, .. } => *flags,
+            | FdKind::Inotify { flags, .. }
+            | FdKind::ProcFile { flags, .. }
+            | FdKind::Pidfd { flags, .. } => *flags,
         }
     }
 }
@@ -628,6 +669,9 @@ pub struct Vma {
     /// Per-mapping flags (madvise, mlock, mseal) by name: see [`crate::VMA_ADVICE`].
     #[serde(default)]
     pub advice: Vec<String>,
+    /// hugetlb memory (MAP_HUGETLB): its page size in bytes; 0: ordinary pages.
+    #[serde(default)]
+    pub huge_page_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

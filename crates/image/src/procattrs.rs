@@ -70,10 +70,17 @@ pub struct ProcAttrs {
     /// One entry per thread, in the order of `ProcessImage::threads`.
     #[serde(default)]
     pub threads: Vec<ThreadAttrs>,
+    /// `/proc/PID/loginuid` (u32::MAX: unset), the audit login uid.
+    #[serde(default = "unset_loginuid")]
+    pub loginuid: u32,
 }
 
 fn default_coredump_filter() -> u32 {
     0x33
+}
+
+fn unset_loginuid() -> u32 {
+    u32::MAX
 }
 
 /// Settings the kernel keeps per thread.

@@ -97,6 +97,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         shmem: 0,
         cow_owner: 0,
         advice: vec![],
+        huge_page_size: 0,
     };
     let mut stack = vma(0x7ffc_0000_0000, 0x7ffc_0002_1000, 3, VmaKind::Anon);
     stack.growsdown = true;
@@ -253,6 +254,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         file_locks: Vec::new(),
         fd_owners: Vec::new(),
         proc_attrs: None,
+        cwd_saved: 0,
     }
 }
 
@@ -271,6 +273,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         shell_job: false,
         zombies: vec![],
         pid_ns: false,
+        uts: None,
     }
 }
 
@@ -1353,6 +1356,9 @@ fn with_saved(img: &ProcessImage) -> ProcessImage {
         mode: 0o777,
         dev: 1,
         ino: 2,
+        owner: None,
+        times: None,
+        extents: None,
     });
     m.files.push(FdEntry {
         fd: 900,

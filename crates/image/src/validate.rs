@@ -35,7 +35,7 @@ pub fn pages_len(img: &ProcessImage) -> u64 {
     let saved = img
         .saved_files
         .iter()
-        .map(|f| f.offset.saturating_add(saved_span(f.size)));
+        .map(|f| f.offset.saturating_add(f.payload_len()));
     runs.chain(saved).max().unwrap_or(0)
 }
 
@@ -221,6 +221,23 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
         c.ensure(v.pgoff.checked_add(v.end - v.start).is_some(), || {
             format!("{field}.pgoff: {:#x} + length overflows", v.pgoff)
         })?;
+        if v.huge_page_size != 0 {
+            let h = v.huge_page_size;
+            c.ensure(
+                h.is_power_of_two()
+                    && h > crate::limits::PAGE_SIZE
+                    && h <= 1 << 30
+                    && v.start % h == 0
+                    && v.end % h == 0
+                    && v.pgoff % h == 0
+                    && match v.kind {
+                        VmaKind::Anon => v.shared == (v.shmem != 0),
+                        VmaKind::File { .. } => true,
+                        _ => false,
+                    },
+                || format!("{field}.huge_page_size: {h:#x} not a huge page size this VMA can have"),
+            )?;
+        }
         c.count(&format!("{field}.advice"), v.advice.len(), 16)?;
         for (j, a) in v.advice.iter().enumerate() {
             c.string(&format!("{field}.advice[{j}]"), a, 32)?;
@@ -334,6 +351,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
     c.count("processes", inv.processes.len(), MAX_PROCESSES)?;
     c.string("tool_version", &inv.tool_version, MAX_PATH_LEN)?;
     c.string("kernel_release", &inv.kernel_release, MAX_PATH_LEN)?;
+    if let Some(uts) = &inv.uts {
+        if let Err(m) = uts.check() {
+            c.ensure(false, || m)?;
+        }
+    }
     let mut pids = HashSet::new();
     let mut names = HashSet::new();
     for (i, p) in inv.processes.iter().enumerate() {

@@ -154,6 +154,8 @@ pub struct SmapsEntry {
     pub anon_huge_kb: u64,
     /// `THPeligible:`, if the kernel prints it.
     pub thp_eligible: Option<bool>,
+    /// `KernelPageSize:` in KiB (2048 for 2 MiB hugetlb pages), if printed.
+    pub kernel_page_size_kb: Option<u64>,
 }
 
 impl SmapsEntry {
@@ -176,6 +178,7 @@ fn apply_smaps_field(e: &mut SmapsEntry, key: &str, value: &str) -> Result<(), P
         "Anonymous" => e.anonymous_kb = parse_kb(value, key)?,
         "Swap" => e.swap_kb = parse_kb(value, key)?,
         "AnonHugePages" => e.anon_huge_kb = parse_kb(value, key)?,
+        "KernelPageSize" => e.kernel_page_size_kb = Some(parse_kb(value, key)?),
         "THPeligible" => {
             e.thp_eligible = Some(match value {
                 "0" => false,
@@ -214,6 +217,7 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<SmapsEntry>, ParseError> {
                 swap_kb: 0,
                 anon_huge_kb: 0,
                 thp_eligible: None,
+                kernel_page_size_kb: None,
             });
         }
     }

@@ -23,13 +23,16 @@ pub(crate) fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()>
     crate::signals::queue_pending(r, img)
 }
 
-/// cwd, root, umask, personality, name.
+/// cwd (a deleted one is entered later by descriptor: kinds/saved.rs
+/// `fchdir`), root, umask, personality, name.
 fn dirs_and_name(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
-    let at = r.write_scratch(0, &cstr_bytes(&img.cwd)).at(pid, st)?;
-    r.call(libc::SYS_chdir, &[at], &format!("chdir {}", img.cwd))
-        .at(pid, st)?;
+    if img.cwd_saved == 0 {
+        let at = r.write_scratch(0, &cstr_bytes(&img.cwd)).at(pid, st)?;
+        r.call(libc::SYS_chdir, &[at], &format!("chdir {}", img.cwd))
+            .at(pid, st)?;
+    }
     if img.root != "/" {
         let at = r.write_scratch(0, &cstr_bytes(&img.root)).at(pid, st)?;
         r.call(libc::SYS_chroot, &[at], &format!("chroot {}", img.root))

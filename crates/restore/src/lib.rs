@@ -39,10 +39,12 @@ mod creds;
 mod creds_check;
 mod fdowner;
 mod guard;
+mod hugetlb;
 mod kinds;
 mod locks;
 mod memory;
 mod pids;
+mod placement;
 mod procattrs;
 mod rebuild;
 mod shared;
@@ -332,6 +334,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         &image.inventory.zombies,
         image.inventory.pid_ns || opts.new_pid_ns,
         opts.shell_job,
+        image.inventory.uts.as_ref(),
     )?;
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());

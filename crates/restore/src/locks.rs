@@ -30,7 +30,9 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::Regular { file, .. } => file.path.clone(),
             FdKind::CharDevice { path, .. }
             | FdKind::Path { path, .. }
-            | FdKind::Fifo { path, .. } => path.clone(),
+            | FdKind::Fifo { path, .. }
+            | FdKind::ProcFile { path, .. } => path.clone(),
+            FdKind::Pidfd { pid, .. } => format!("pidfd of PID {pid}"),
             FdKind::Pipe { id, .. } => format!("pipe:[{id}]"),
             FdKind::UnixSocket { id, .. } => format!("socket:[{id}]"),
             FdKind::Saved { id, .. } => format!("saved file {id}"),

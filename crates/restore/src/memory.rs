@@ -118,10 +118,6 @@ pub(crate) struct ServiceFds {
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
 /// the restorer's helper thread may use.
-///
-/// Longer than the other stages (about 190 lines) on purpose, for now: its
-/// mapping loop is being reworked (keeping VMA boundaries) at the same time
-/// as the one-module-per-kind refactor, so it is split after that lands.
 pub(crate) fn rebuild(
     r: &mut RemoteThread,
     mm: &MmState,
@@ -129,12 +125,24 @@ pub(crate) fn rebuild(
     stub: u64,
     spread: Option<&[usize]>,
 ) -> Result<()> {
-    let child = r.tid();
-    let pid = child.0 as u32;
-    let st = Stage::Memory;
+    let pid = r.tid().0 as u32;
+    // rseq first: its area is in memory about to go.
+    unregister_rseq(r, pid)?;
+    let child_special = tear_down(r, pid, svc, stub)?;
+    move_vdso(r, mm, &child_special, stub)?;
+    let from_cow = from_cow(mm, svc);
+    let has_pages = map_all(r, mm, svc, &from_cow)?;
+    fill(r, mm, svc, &from_cow, spread)?;
+    // Protections and advice after the fill: the pages went in writable.
+    finish_vmas(r, mm, &has_pages)?;
+    set_mm(r, mm, svc.exe)?;
+    Ok(())
+}
 
-    // glibc registered rseq in the restorer's TLS, which is about to go.
-    if let Some((addr, len, sig)) = ptrace::get_rseq(child).at(pid, st)? {
+/// glibc registered rseq in the restorer's TLS, which is about to go.
+fn unregister_rseq(r: &mut RemoteThread, pid: u32) -> Result<()> {
+    let st = Stage::Memory;
+    if let Some((addr, len, sig)) = ptrace::get_rseq(r.tid()).at(pid, st)? {
         r.call(
             libc::SYS_rseq,
             &[addr, u64::from(len), 1, u64::from(sig)],
@@ -143,7 +151,18 @@ pub(crate) fn rebuild(
         .at(pid, st)?;
     }
 
-    // Tear down everything the fork inherited but the stub area and the vDSO trio.
+    Ok(())
+}
+
+/// Tears down everything the fork inherited but the stub area, the shared
+/// objects and the vDSO trio; returns the special mappings the child has.
+fn tear_down(
+    r: &mut RemoteThread,
+    pid: u32,
+    svc: &ServiceFds,
+    stub: u64,
+) -> Result<Vec<(VmaKind, u64, u64)>> {
+    let st = Stage::Memory;
     let maps = stasis_proc::read_maps(pid).map_err(|e| RestoreError::Refused {
         pid,
         stage: st,
@@ -187,9 +206,40 @@ pub(crate) fn rebuild(
         .at(pid, st)?;
     }
 
-    move_vdso(r, mm, &child_special, stub)?;
+    Ok(child_special)
+}
 
-    // Map every area, writable first where pages will be filled.
+/// For each VMA: do its pages come (at least partly) from a copy-on-write
+/// object the tree inherited?
+fn from_cow(mm: &MmState, svc: &ServiceFds) -> Vec<bool> {
+    mm.vmas
+        .iter()
+        .map(|v| svc.cow.contains_key(&cow_key(svc, v)))
+        .collect()
+}
+
+/// The key of a VMA's copy-on-write object in [`ServiceFds::cow`].
+fn cow_key(svc: &ServiceFds, v: &Vma) -> (u32, u64) {
+    (
+        if v.cow_owner != 0 {
+            v.cow_owner
+        } else {
+            svc.image_pid
+        },
+        v.start,
+    )
+}
+
+/// Maps every area, writable first where pages will be filled; returns
+/// which VMAs were mapped writable for their pages.
+fn map_all(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    svc: &ServiceFds,
+    from_cow: &[bool],
+) -> Result<Vec<bool>> {
+    let pid = r.tid().0 as u32;
+    let st = Stage::Memory;
     let mut has_pages = vec![false; mm.vmas.len()];
     {
         let mut vi = 0;
@@ -202,29 +252,13 @@ pub(crate) fn rebuild(
             }
         }
     }
-    // VMAs whose pages come (at least partly) from a copy-on-write object.
-    let cow_key = |v: &Vma| {
-        (
-            if v.cow_owner != 0 {
-                v.cow_owner
-            } else {
-                svc.image_pid
-            },
-            v.start,
-        )
-    };
-    let from_cow: Vec<bool> = mm
-        .vmas
-        .iter()
-        .map(|v| svc.cow.contains_key(&cow_key(v)))
-        .collect();
-    let apart = keep_apart(&mm.vmas, &from_cow);
+    let apart = keep_apart(&mm.vmas, from_cow);
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
             continue;
         }
         if from_cow[i] {
-            let (g, len) = svc.cow[&cow_key(v)];
+            let (g, len) = svc.cow[&cow_key(svc, v)];
             r.call(
                 libc::SYS_mremap,
                 &[
@@ -261,11 +295,22 @@ pub(crate) fn rebuild(
         }
     }
 
-    // The owner's pages of its copy-on-write VMAs are in place already.
+    Ok(has_pages)
+}
+
+/// Fills the pages, but those already in place in an owner's
+/// copy-on-write VMAs.
+fn fill(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    svc: &ServiceFds,
+    from_cow: &[bool],
+    spread: Option<&[usize]>,
+) -> Result<()> {
     let owned_cow: Vec<&Vma> = mm
         .vmas
         .iter()
-        .zip(&from_cow)
+        .zip(from_cow)
         .filter(|(v, &c)| c && v.cow_owner == 0)
         .map(|(v, _)| v)
         .collect();
@@ -279,8 +324,14 @@ pub(crate) fn rebuild(
         })
         .copied()
         .collect();
-    fill_pages(r, &runs, svc.pages, spread)?;
+    fill_pages(r, &runs, svc.pages, spread)
+}
 
+/// The saved protection of every VMA mapped writable for its pages, then
+/// its advice, locks and seals.
+fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let st = Stage::Memory;
     for (i, v) in mm.vmas.iter().enumerate() {
         if is_special(&v.kind) {
             continue;
@@ -314,7 +365,6 @@ pub(crate) fn rebuild(
         crate::procattrs::vma(r, v)?;
     }
 
-    set_mm(r, mm, svc.exe)?;
     Ok(())
 }
 
@@ -324,6 +374,8 @@ pub(crate) fn rebuild(
 /// would not have merged anyway costs a few remote calls, nothing else.)
 fn may_merge(a: &Vma, b: &Vma) -> bool {
     a.end == b.start
+        && a.huge_page_size == 0
+        && b.huge_page_size == 0
         && !a.shared
         && !b.shared
         && a.prot == b.prot
@@ -408,6 +460,7 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
     if v.noreserve {
         flags |= libc::MAP_NORESERVE;
     }
+    flags |= crate::hugetlb::map_flags(v);
     if v.shmem != 0 {
         // Another mapping of the very object the restorer created: mremap
         // with old_size 0 duplicates a shared mapping.
@@ -429,18 +482,23 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
                 ),
             });
         }
-        r.call(
-            libc::SYS_mremap,
-            &[
-                base + v.pgoff,
-                0,
-                v.end - v.start,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                v.start,
-            ],
-            &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
-        )
-        .at(pid, Stage::Memory)?;
+        if v.huge_page_size != 0 {
+            // mremap cannot duplicate hugetlb memory: map its file.
+            crate::hugetlb::map_shared_view(r, v, base, len)?;
+        } else {
+            r.call(
+                libc::SYS_mremap,
+                &[
+                    base + v.pgoff,
+                    0,
+                    v.end - v.start,
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                    v.start,
+                ],
+                &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
+            )
+            .at(pid, Stage::Memory)?;
+        }
         if !fill && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
             r.call(
                 libc::SYS_mprotect,

@@ -213,10 +213,12 @@ pub(crate) fn after_threads(
 }
 
 /// The process's own settings: subreaper, membarrier, KSM opt-outs,
-/// mlockall (after the last mapping the restore makes).
+/// mlockall (after the last mapping the restore makes), the audit login
+/// uid.
 fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
+    loginuid(r, a, pid)?;
     if a.child_subreaper {
         r.call(
             libc::SYS_prctl,
@@ -425,6 +427,44 @@ pub(crate) fn finish(img: &ProcessImage, tids: &[Pid]) -> Result<()> {
         "coredump_filter",
     )?;
     oom_score_adj(pid, host, a)
+}
+
+/// The audit login uid, when it differs from the one the process
+/// inherited from the restorer: only the process itself may write its
+/// /proc/self/loginuid (with CAP_AUDIT_CONTROL, before its credentials are
+/// set).
+fn loginuid(r: &mut RemoteThread, a: &ProcAttrs, pid: u32) -> Result<()> {
+    let st = Stage::Attributes;
+    let inherited = read_i64(&format!("/proc/{}/loginuid", r.tid().0));
+    if inherited == Some(i64::from(a.loginuid)) {
+        return Ok(());
+    }
+    let path = r.write_scratch(0, b"/proc/self/loginuid\0").at(pid, st)?;
+    let value = a.loginuid.to_string();
+    let buf = r.write_scratch(64, value.as_bytes()).at(pid, st)?;
+    let fd = r
+        .call(
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, path, libc::O_WRONLY as u64],
+            "open /proc/self/loginuid",
+        )
+        .at(pid, st)?;
+    let w = r.syscall(libc::SYS_write, &[fd, buf, value.len() as u64]);
+    r.call(libc::SYS_close, &[fd], "close /proc/self/loginuid")
+        .at(pid, st)?;
+    let w = w.at(pid, st)?;
+    if w < 0 {
+        return Err(refused(
+            pid,
+            st,
+            format!(
+                "audit login uid {} cannot be restored: {}",
+                a.loginuid,
+                std::io::Error::from_raw_os_error((-w) as i32)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn oom_score_adj(pid: u32, host: i32, a: &ProcAttrs) -> Result<()> {

@@ -35,6 +35,8 @@ pub(crate) fn rebuild(
     memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
     fault_point(pid, Stage::Memory)?;
     attributes::attributes(&mut r, img)?;
+    // A deleted working directory has no name: entered by descriptor.
+    kinds::saved::fchdir(&mut r, img, svc)?;
     // AMX permission before threads and altstacks (see xstate::permit).
     xstate::permit(&mut r, img)?;
     threads::thread_attributes(&mut r, pid, &img.threads[0])?;
@@ -46,6 +48,9 @@ pub(crate) fn rebuild(
     }
     // Timers after the threads (one may be the target of a timer's signal).
     timers::timers(&mut r, img)?;
+    // pidfds and /proc entries name processes: opened by the process
+    // itself now that every process exists, before epoll may watch them.
+    kinds::reopen_late(&mut r, img)?;
     // Registrations name descriptor numbers, known only in the process.
     kinds::epoll::add_targets(&mut r, img)?;
     // Per-thread settings once every thread exists.

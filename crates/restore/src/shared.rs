@@ -4,9 +4,10 @@
 
 use crate::memory::{self, STUB_LEN};
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::ProcessImage;
+use stasis_image::{ProcessImage, VmaKind};
 use stasis_sys::spawn;
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 
 /// What the restorer maps for the tree to inherit.
 pub(crate) struct SharedObjects {
@@ -23,7 +24,14 @@ impl SharedObjects {
     /// largest size any VMA needs), then the copy-on-write objects, each
     /// at an address free in every process's layout. On error nothing
     /// stays mapped.
-    pub(crate) fn create(procs: &[ProcessImage], pages: &[std::path::PathBuf]) -> Result<Self> {
+    /// `saved_fds`: the restorer's descriptor of each saved file (memfd,
+    /// deleted file) by id, for private mappings of them shared
+    /// copy-on-write.
+    pub(crate) fn create(
+        procs: &[ProcessImage],
+        pages: &[std::path::PathBuf],
+        saved_fds: &HashMap<u64, i32>,
+    ) -> Result<Self> {
         let stub = map_stub(procs)?;
         let mut objs = SharedObjects {
             stub,
@@ -35,7 +43,7 @@ impl SharedObjects {
             objs.unmap();
             return Err(e);
         }
-        match make_cow_objects(procs, pages, &mut taken) {
+        match make_cow_objects(procs, pages, &mut taken, saved_fds) {
             Ok(c) => objs.cow = c,
             Err(e) => {
                 objs.unmap();
@@ -67,12 +75,23 @@ impl SharedObjects {
         let mut ids: Vec<_> = sizes.into_iter().collect();
         ids.sort_unstable();
         for (id, len) in ids {
-            let at = place(procs, len, taken, spawn::map_shared_anon).ok_or_else(|| {
-                RestoreError::Refused {
-                    pid: root_pid,
-                    stage: Stage::Fork,
-                    what: format!("no free address for shared memory object {id} ({len} bytes)"),
-                }
+            // Shared hugetlb memory: an object of the same page size, at an
+            // address aligned to it.
+            let huge = crate::hugetlb::shared_page_size(procs, id);
+            let at = if huge == 0 {
+                place(procs, len, taken, spawn::map_shared_anon)
+            } else {
+                crate::hugetlb::aligned_candidates(procs, taken, len, huge)
+                    .into_iter()
+                    .find(|&a| {
+                        spawn::map_shared_huge(a, len, crate::hugetlb::huge_flags(huge)).is_ok()
+                    })
+                    .inspect(|&a| taken.push((a, a + len + 0x10000)))
+            };
+            let at = at.ok_or_else(|| RestoreError::Refused {
+                pid: root_pid,
+                stage: Stage::Fork,
+                what: format!("no free address for shared memory object {id} ({len} bytes)"),
             })?;
             self.shmem.insert(id, (at, len));
         }
@@ -123,14 +142,18 @@ fn place(
     None
 }
 
-/// Creates, in the restorer, one private anonymous object per VMA that
-/// descendants share copy-on-write with its owner, holding the owner's
-/// pages (from the owner's verified page file). Returns (owner PID, VMA
-/// start) -> (address, length). On error nothing stays mapped.
+/// Creates, in the restorer, one private object per VMA that descendants
+/// share copy-on-write with its owner, holding the owner's pages (from the
+/// owner's verified page file): anonymous memory, or for a private file
+/// mapping a private mapping of the same file at the same offset (memfds
+/// and deleted files through `saved_fds`, regular files by path), whose
+/// other pages stay the file's. Returns (owner PID, VMA start) ->
+/// (address, length). On error nothing stays mapped.
 fn make_cow_objects(
     procs: &[ProcessImage],
     pages: &[std::path::PathBuf],
     taken: &mut Vec<(u64, u64)>,
+    saved_fds: &HashMap<u64, i32>,
 ) -> Result<HashMap<(u32, u64), (u64, u64)>> {
     let mut out: HashMap<(u32, u64), (u64, u64)> = HashMap::new();
     let res = (|| {
@@ -154,12 +177,12 @@ fn make_cow_objects(
                 });
             };
             let owner = &procs[oi];
-            if !owner
+            let Some(ov) = owner
                 .mm
                 .vmas
                 .iter()
-                .any(|w| w.start == v.start && w.end == v.end && !w.shared)
-            {
+                .find(|w| w.start == v.start && w.end == v.end && !w.shared)
+            else {
                 return Err(RestoreError::Refused {
                     pid: owner.pid,
                     stage: Stage::Fork,
@@ -168,15 +191,48 @@ fn make_cow_objects(
                         v.start, v.end
                     ),
                 });
-            }
+            };
+            // The file behind a private file mapping (kept open until mapped).
+            let mut file_hold = None;
+            let fd = match &ov.kind {
+                VmaKind::Saved { id } => {
+                    Some(*saved_fds.get(id).ok_or_else(|| RestoreError::Refused {
+                        pid: owner.pid,
+                        stage: Stage::Fork,
+                        what: format!(
+                            "copy-on-write mapping of saved file {id}, which is not in the image"
+                        ),
+                    })?)
+                }
+                VmaKind::File { file } => {
+                    let f = std::fs::File::open(&file.path).map_err(|source| RestoreError::Io {
+                        pid: owner.pid,
+                        stage: Stage::Fork,
+                        what: format!("open {} for copy-on-write memory", file.path),
+                        source,
+                    })?;
+                    Some(file_hold.insert(f).as_raw_fd())
+                }
+                _ => None,
+            };
             let len = v.end - v.start;
-            let g = place(procs, len, taken, spawn::map_private_anon).ok_or_else(|| {
-                RestoreError::Refused {
+            // Many objects (every library's written pages a child still
+            // shares): candidates in every gap, not a few per gap.
+            let g = crate::placement::candidates(procs, taken, len)
+                .into_iter()
+                .find(|&a| {
+                    match fd {
+                        Some(fd) => spawn::map_private_file(a, len, fd, ov.pgoff),
+                        None => spawn::map_private_anon(a, len),
+                    }
+                    .is_ok()
+                })
+                .ok_or_else(|| RestoreError::Refused {
                     pid: owner.pid,
                     stage: Stage::Fork,
                     what: format!("no free address for copy-on-write memory ({len} bytes)"),
-                }
-            })?;
+                })?;
+            taken.push((g, g + len + 0x10000));
             out.insert(key, (g, len));
             let file = std::fs::File::open(&pages[oi]).map_err(|source| RestoreError::Io {
                 pid: owner.pid,

@@ -24,6 +24,7 @@ pub(crate) fn restore_tree(
     zombies: &[Zombie],
     pid_ns: bool,
     shell_job: bool,
+    uts: Option<&stasis_image::UtsNs>,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
@@ -32,10 +33,22 @@ pub(crate) fn restore_tree(
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
+    // The tree's own UTS namespace, made by the first process forked.
+    tree.plan.uts = uts.map(|u| {
+        (
+            u.hostname.clone().into_bytes(),
+            u.domainname.clone().into_bytes(),
+        )
+    });
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
-    let shared = SharedObjects::create(procs, pages)?;
+    let saved_fds: std::collections::HashMap<u64, i32> = opened
+        .saved
+        .indices()
+        .map(|(id, i)| (id, opened.owned[i].as_raw_fd()))
+        .collect();
+    let shared = SharedObjects::create(procs, pages, &saved_fds)?;
     tree.stub = shared.stub;
     for (s, _) in &mut tree.svcs {
         s.shmem = shared.shmem.clone();
@@ -43,6 +56,7 @@ pub(crate) fn restore_tree(
     }
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
+    let times = opened.saved.take_times();
     let (top, mut guard) = fork(procs, zombies, &tree, shared, (files, opened, ready_w))?;
     // 5. ready: every live process has placed its descriptors.
     wait_ready(&ready_r, tree.expected_ready, procs.len(), root_pid)?;
@@ -76,8 +90,11 @@ pub(crate) fn restore_tree(
         )?);
     }
     // 9. seals: after every process has mapped the memfds (a write seal
-    //    forbids new writable shared mappings).
+    //    forbids new writable shared mappings); then the saved files'
+    //    times again.
     kinds::saved::seal_all(root_pid, seals)?;
+    // Saved files' times once more: the remote mmaps moved access times.
+    kinds::saved::times_again(root_pid, times)?;
     fault_point(root_pid, Stage::Registers)?;
     // The last instant a failure can still undo everything.
     fault_point(root_pid, Stage::Resume)?;
@@ -160,6 +177,7 @@ fn plan_tree(
             ready_fd: ready_w.as_raw_fd(),
             new_pid_ns: pid_ns,
             session_helper,
+            uts: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

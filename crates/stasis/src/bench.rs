@@ -360,6 +360,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         file_locks: false,
         skip_in_flight: false,
         timeout: None,
+        ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
     })?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();

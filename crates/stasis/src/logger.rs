@@ -52,6 +52,13 @@ fn level(v: u8) -> log::LevelFilter {
     }
 }
 
+static TO_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the log goes to a file (else to stderr, or nowhere yet).
+pub fn to_file() -> bool {
+    TO_FILE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Logs to `file` (appending; created 0600) at `verbosity` (default 2), or
 /// to stderr (default: warnings).
 pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
@@ -64,6 +71,7 @@ pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
                 .mode(0o600)
                 .open(p)
                 .with_context(|| format!("open log file {}", p.display()))?;
+            TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             (Box::new(f), level(verbosity.unwrap_or(2)))
         }
         _ => (Box::new(std::io::stderr()), level(verbosity.unwrap_or(1))),

@@ -1,17 +1,19 @@
 #![forbid(unsafe_code)]
 //! `stasis`: checkpoint/restore for Linux processes.
 //!
-//! The command line follows criu's spelling for the options scripts use
-//! (`dump -t PID -D DIR -o LOG -v4 -R -j`, `restore -D DIR -d --pidfile F`).
+//! The command line is criu's (see `criu.rs` and README, "criu compatibility"):
+//! every criu option parses and is applied, accepted with a note, or refused by name.
 
 mod bench;
+mod criu;
+mod criu_check;
+mod criu_cmd;
 mod logger;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -24,82 +26,10 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Options every command shares (criu's spelling).
-#[derive(Args, Clone)]
-struct Common {
-    /// Log file; a relative path is relative to the images directory.
-    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
-    log_file: Option<PathBuf>,
-    /// Verbosity 0-4 (-v, -v4, -vvv, --verbosity=N). Default 2 in a log file.
-    #[arg(short = 'v', long = "verbosity", value_name = "N", num_args = 0..=1, default_missing_value = "v", require_equals = false)]
-    verbosity: Option<String>,
-    /// Accepted for criu compatibility; stasis reads no configuration files.
-    #[arg(long = "no-default-config")]
-    no_default_config: bool,
-    /// The process is a shell job: allow its terminal.
-    #[arg(short = 'j', long = "shell-job")]
-    shell_job: bool,
-    /// Save and restore file locks and leases (dump refuses a process
-    /// holding one without it). Nothing may take the locks between the
-    /// dump and the restore.
-    #[arg(short = 'l', long = "file-locks")]
-    file_locks: bool,
-}
-
+/// stasis's own commands; criu's commands (dump, restore, check, ...) are
+/// parsed by `criu::parse` with criu's full option table.
 #[derive(Subcommand)]
 enum Cmd {
-    /// Checkpoint a running process into an image directory.
-    Dump {
-        /// PID of the process (root of the tree) to dump.
-        #[arg(short = 't', long = "tree", value_name = "PID")]
-        pid: u32,
-        /// Image directory (created if missing).
-        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
-        dir: PathBuf,
-        /// Leave the process running after the dump (default: kill it).
-        #[arg(short = 'R', long = "leave-running")]
-        leave_running: bool,
-        /// Give up after N seconds, leaving the process running.
-        #[arg(long = "timeout", value_name = "N")]
-        timeout: Option<u64>,
-        /// Drop TCP connections waiting in a listener's accept queue (their
-        /// clients see a reset); without it such a listener is refused.
-        #[arg(long = "skip-in-flight")]
-        skip_in_flight: bool,
-        /// Accepted for criu compatibility; ignored.
-        #[arg(long = "pre-dump-mode", value_name = "MODE")]
-        pre_dump_mode: Option<String>,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Restore a process from an image directory.
-    Restore {
-        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
-        dir: PathBuf,
-        /// Return once the process runs (default: wait for it and exit with its status).
-        #[arg(short = 'd', long = "restore-detached")]
-        detached: bool,
-        /// Write the restored PID to FILE.
-        #[arg(long = "pidfile", value_name = "FILE")]
-        pidfile: Option<PathBuf>,
-        /// Restore even if files changed size or mtime since the dump.
-        #[arg(long = "allow-changed-files")]
-        allow_changed_files: bool,
-        /// Restore into a fresh PID namespace (PIDs taken here do not matter;
-        /// a helper init becomes PID 1 unless the root was an init).
-        #[arg(long = "new-pid-ns")]
-        new_pid_ns: bool,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Probe the kernel and print what stasis can use.
-    Check {
-        /// Exit 0 only if this feature is supported.
-        #[arg(long = "feature", value_name = "NAME")]
-        feature: Option<String>,
-        #[command(flatten)]
-        common: Common,
-    },
     /// Benchmark dump and restore against raw baselines (see README).
     Bench(bench::BenchArgs),
     /// Run a command as init (PID 1) of a new PID namespace with its own
@@ -121,167 +51,27 @@ enum Cmd {
         /// Image directory or one image file.
         path: PathBuf,
     },
-}
-
-fn parse_verbosity(v: &Option<String>) -> Result<Option<u8>> {
-    match v.as_deref() {
-        None => Ok(None),
-        Some(s) if !s.is_empty() && s.chars().all(|c| c == 'v') => Ok(Some((s.len() as u8).min(4))),
-        Some(s) => s
-            .parse::<u8>()
-            .map(|n| Some(n.min(4)))
-            .with_context(|| format!("invalid verbosity {s:?}: expected 0-4")),
-    }
-}
-
-fn setup_log(common: &Common, images_dir: Option<&Path>) -> Result<()> {
-    let verbosity = parse_verbosity(&common.verbosity)?;
-    let file = common.log_file.as_ref().map(|f| match images_dir {
-        Some(d) if f.is_relative() && f.as_os_str() != "-" => d.join(f),
-        _ => f.clone(),
-    });
-    if let (Some(f), Some(d)) = (&file, images_dir) {
-        if f.starts_with(d) {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("create images directory {}", d.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
-        }
-    }
-    logger::init(file.as_deref(), verbosity)
+    /// Make `DIR/criu` (default /usr/local/sbin) a symbolic link to this
+    /// binary: invoked as `criu`, stasis answers criu's command line.
+    InstallCriuLink {
+        /// Directory for the link.
+        dir: Option<PathBuf>,
+    },
+    /// Print criu's option table as stasis handles it (tab-separated).
+    #[command(hide = true)]
+    CriuOptions,
 }
 
 /// Descriptors stasis itself holds (logged after a dump or restore, so
 /// tests can see that repeated runs leak nothing).
-fn open_fds() -> usize {
+pub(crate) fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count().saturating_sub(1))
         .unwrap_or(0)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    // A progress bar for long page transfers, when someone is watching.
-    use std::io::IsTerminal;
-    stasis_image::progress::set_enabled(
-        matches!(cli.cmd, Cmd::Dump { .. } | Cmd::Restore { .. })
-            && std::io::stderr().is_terminal(),
-    );
     match cli.cmd {
-        Cmd::Dump {
-            pid,
-            dir,
-            leave_running,
-            timeout,
-            skip_in_flight,
-            pre_dump_mode: _,
-            common,
-        } => {
-            setup_log(&common, Some(&dir))?;
-            let _ = common.no_default_config;
-            let opts = stasis_dump::DumpOptions {
-                pid,
-                images_dir: dir.clone(),
-                leave_running,
-                shell_job: common.shell_job,
-                file_locks: common.file_locks,
-                skip_in_flight,
-                timeout: timeout.map(Duration::from_secs),
-            };
-            let stats = stasis_dump::dump(&opts)?;
-            log::info!(
-                "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, stopped {:?}",
-                dir.display(),
-                stats.vmas,
-                stats.page_runs,
-                stats.page_bytes,
-                stats.frozen
-            );
-            log::info!("descriptors open at exit: {}", open_fds());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Restore {
-            dir,
-            detached,
-            pidfile,
-            allow_changed_files,
-            new_pid_ns,
-            common,
-        } => {
-            setup_log(&common, Some(&dir))?;
-            let opts = stasis_restore::RestoreOptions {
-                images_dir: dir.clone(),
-                allow_changed_files,
-                new_pid_ns,
-                shell_job: common.shell_job,
-            };
-            let restored = stasis_restore::restore(&opts)?;
-            let pid = restored.pid;
-            if let Some(p) = pidfile {
-                std::fs::write(&p, format!("{pid}\n"))
-                    .with_context(|| format!("write pidfile {}", p.display()))?;
-            }
-            log::info!("restored pid {pid}");
-            log::info!("descriptors open at exit: {}", open_fds());
-            if detached {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let status = stasis_sys::util::waitpid(restored.wait_pid, 0)
-                .with_context(|| format!("wait for restored pid {pid}"))?;
-            let code = match status {
-                Some(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
-                Some(s) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s),
-                _ => 1,
-            };
-            log::info!("restored pid {pid} exited with {code}");
-            Ok(ExitCode::from(code as u8))
-        }
-        Cmd::Check { feature, common } => {
-            setup_log(&common, None)?;
-            let features = stasis_sys::features::probe();
-            if let Some(name) = feature {
-                let f = features.iter().find(|f| f.name == name);
-                match f {
-                    Some(f) if f.ok => {
-                        println!("{name}: supported");
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    Some(_) => {
-                        println!("{name}: not supported");
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    None => bail!("unknown feature {name:?}; `stasis check` lists them"),
-                }
-            }
-            let mut all_needed = true;
-            for f in &features {
-                println!(
-                    "{:<20} {:<4} {}",
-                    f.name,
-                    if f.ok { "yes" } else { "no" },
-                    f.note
-                );
-                if !f.ok
-                    && matches!(
-                        f.name,
-                        "ptrace"
-                            | "checkpoint_restore"
-                            | "pagemap"
-                            | "pagemap_scan"
-                            | "clone3_set_tid"
-                            | "pidfd"
-                    )
-                {
-                    all_needed = false;
-                }
-            }
-            if all_needed {
-                println!("Looks good.");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                println!("Some features stasis needs are missing.");
-                Ok(ExitCode::FAILURE)
-            }
-        }
         Cmd::Bench(args) => {
             bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -323,12 +113,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::InstallCriuLink { dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("/usr/local/sbin"));
+            let exe = std::env::current_exe()
+                .and_then(std::fs::canonicalize)
+                .context("find the stasis binary")?;
+            let link = dir.join("criu");
+            match std::fs::read_link(&link) {
+                Ok(t) if t == exe => {}
+                Ok(_) | Err(_) if link.symlink_metadata().is_ok() => bail!(
+                    "{} exists and is not a link to {}: remove it first",
+                    link.display(),
+                    exe.display()
+                ),
+                _ => std::os::unix::fs::symlink(&exe, &link).with_context(|| {
+                    format!("create link {} -> {}", link.display(), exe.display())
+                })?,
+            }
+            println!("{} -> {}", link.display(), exe.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CriuOptions => {
+            print!("{}", criu::table());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
+/// stasis's own commands (clap); anything else is a criu command line.
+const OWN_COMMANDS: &[&str] = &[
+    "bench",
+    "run",
+    "show",
+    "install-criu-link",
+    "criu-options",
+    "help",
+];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // Installed as `criu`, stasis answers as criu (same parser either way).
+    let prog = match argv.first().map(|a| Path::new(a).file_name()) {
+        Some(Some(n)) if n == "criu" => "criu",
+        _ => "stasis",
+    };
+    let own = argv
+        .get(1)
+        .is_some_and(|a| OWN_COMMANDS.contains(&a.as_str()));
+    let result = if own {
+        run(Cli::parse_from(&argv))
+    } else {
+        criu::parse(&argv[1..])
+            .map_err(|e| anyhow::anyhow!(e))
+            .and_then(|p| criu_cmd::prepare(p, prog))
+            .and_then(|o| match o {
+                criu_cmd::Outcome::Print(t) => {
+                    print!("{t}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                criu_cmd::Outcome::Run(p) => p.run(),
+            })
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -341,7 +189,10 @@ fn main() -> ExitCode {
                     line.push_str(c);
                 }
             }
-            log::error!("{line}");
+            // One line on stderr; the log file (if any) gets it too.
+            if logger::to_file() {
+                log::error!("{line}");
+            }
             eprintln!("stasis: error: {line}");
             ExitCode::FAILURE
         }

@@ -8,6 +8,7 @@ pub mod buf;
 pub mod clone;
 pub mod fdowner;
 pub mod features;
+pub mod fileops;
 pub mod hook;
 pub mod inotify;
 pub mod mem;

@@ -188,7 +188,9 @@ pub fn heal_area(vdso: (u64, u64)) -> Option<std::ops::Range<u64>> {
     (start >= vdso.0).then_some(start..vdso.1)
 }
 
-/// Whether the bytes at the end of `[vdso]` may hold the healing area.
+/// Whether the bytes at the end of `[vdso]` (or of another healing site:
+/// zero padding past an executable ELF segment in a process without a
+/// vDSO, found by the dump's `stub_site` module) may hold the healing area.
 ///
 /// Invariant: the padding past the end of the vDSO image is never executed
 /// or read by the program, and stasis only ever writes its healing area
@@ -197,7 +199,7 @@ pub fn heal_area(vdso: (u64, u64)) -> Option<std::ops::Range<u64>> {
 /// and a non-zero data word implies the whole code is in place (left by an
 /// earlier stasis killed in between). Anything else is not padding and is
 /// refused.
-fn padding_is_ours(found: &[u64]) -> bool {
+pub fn padding_is_ours(found: &[u64]) -> bool {
     let code = to_words(&heal_code());
     if found.len() != HEAL_AREA_LEN as usize / 8 {
         return false;
@@ -302,7 +304,9 @@ pub struct RemoteThread {
 
 impl RemoteThread {
     /// Prepares self-healing injection into a thread that is seized and stopped
-    /// in PTRACE_EVENT_STOP. `vdso` is its `[vdso]` range; `writable` lists
+    /// in PTRACE_EVENT_STOP. `vdso` is its `[vdso]` range (or, without a
+    /// vDSO, a range of never-used executable padding whose last
+    /// [`HEAL_AREA_LEN`] bytes hold the area); `writable` lists
     /// its private writable mappings, where the scratch area may go. The
     /// caller must have checked that no thread of the process is inside the
     /// healing area ([`in_heal_area`]). Nothing about the thread changes if
@@ -315,7 +319,7 @@ impl RemoteThread {
             SysError::other(
                 "prepare remote syscalls",
                 Some(tid),
-                "no [vdso] mapping to hold the syscall stub",
+                "no [vdso] mapping, nor zero padding past an executable segment, to hold the syscall stub",
             )
         })?;
         let mut found = Vec::with_capacity(HEAL_AREA_LEN as usize / 8);
@@ -327,7 +331,7 @@ impl RemoteThread {
                 "prepare remote syscalls",
                 Some(tid),
                 format!(
-                    "the tail of [vdso] at {:#x} is not free padding",
+                    "the healing site at {:#x} (end of [vdso] or of an executable segment) is not free padding",
                     area.start
                 ),
             ));

@@ -97,6 +97,9 @@ pub struct TreePlan {
     /// this PID calls setsid, forks the root, and waits until the caller
     /// kills (and reaps) it once the tree is restored.
     pub session_helper: Option<i32>,
+    /// Create the tree in a new UTS namespace with this host name and
+    /// domain name (the first process stasis forks sets them).
+    pub uts: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -108,6 +111,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         7 => "creating a child with its PID failed (PID taken?)",
         8 => "setsid failed",
         9 => "mounting /proc for the new PID namespace failed",
+        10 => "setting the host or domain name of the new UTS namespace failed",
         _ => "unexpected failure",
     }
 }
@@ -127,11 +131,19 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
         .ok_or_else(|| SysError::other("spawn tree", None, "empty tree"))?;
     // SAFETY: the child runs tree_child: raw syscalls on data prepared
     // before the fork only.
-    let flags = if plan.new_pid_ns {
+    let mut flags = if plan.new_pid_ns {
         (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64
     } else {
         0
     };
+    // The UTS namespace is made by the first process we fork, which names
+    // it before anything else; every other process inherits it.
+    let uts_flag = if plan.uts.is_some() {
+        libc::CLONE_NEWUTS as u64
+    } else {
+        0
+    };
+    flags |= uts_flag;
     // Inside a new namespace the root's parent is invisible: getppid() is 0.
     let expect_parent = if plan.new_pid_ns { 0 } else { parent };
     // A tree whose root is not PID 1 gets a helper init in the namespace.
@@ -139,15 +151,24 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
     let first = if helper { 1 } else { root.pid };
     if let Some(sid) = plan.session_helper.filter(|_| !plan.new_pid_ns) {
         // SAFETY: as above; the helper runs raw syscalls only.
-        return match unsafe { fork_with_pid(&[sid], 0)? } {
-            Forked::Child => session_helper(plan, sid),
+        return match unsafe { fork_with_pid(&[sid], uts_flag)? } {
+            Forked::Child => {
+                set_uts(plan, root.pid);
+                session_helper(plan, sid)
+            }
             Forked::Parent(p) => Ok(p),
         };
     }
     // SAFETY: as above.
     match unsafe { fork_with_pid(&[first], flags)? } {
-        Forked::Child if helper => helper_init(plan),
-        Forked::Child => tree_child(plan, 0, expect_parent),
+        Forked::Child => {
+            set_uts(plan, root.pid);
+            if helper {
+                helper_init(plan)
+            } else {
+                tree_child(plan, 0, expect_parent)
+            }
+        }
         Forked::Parent(p) => Ok(p),
     }
 }
@@ -202,6 +223,24 @@ fn block_all_signals() {
             8usize,
         )
     };
+}
+
+/// In the first process of a tree with its own UTS namespace: sets its
+/// names (raw syscalls on data prepared before the fork), or reports
+/// failure 10 and exits.
+fn set_uts(plan: &TreePlan, root: i32) {
+    let Some((host, domain)) = &plan.uts else {
+        return;
+    };
+    // SAFETY: raw syscalls reading prepared buffers of the given lengths.
+    unsafe {
+        if libc::syscall(libc::SYS_sethostname, host.as_ptr(), host.len()) < 0
+            || libc::syscall(libc::SYS_setdomainname, domain.as_ptr(), domain.len()) < 0
+        {
+            report(plan.ready_fd, root, 10);
+            exit_now(10);
+        }
+    }
 }
 
 fn report(fd: i32, pid: i32, code: i32) {
@@ -389,6 +428,13 @@ pub fn map_shared_anon(addr: u64, len: u64) -> Result<()> {
     mmap_noreplace(addr, len, libc::MAP_SHARED, "shared memory").map(drop)
 }
 
+/// Maps `len` bytes of shared anonymous hugetlb memory (`huge`: MAP_HUGETLB
+/// and the page size flags) in the caller at `addr`, never replacing
+/// anything. Children forked afterwards share it.
+pub fn map_shared_huge(addr: u64, len: u64, huge: i32) -> Result<()> {
+    mmap_noreplace(addr, len, libc::MAP_SHARED | huge, "shared hugetlb memory").map(drop)
+}
+
 /// In a new mount namespace: stop propagation to the parent's mounts and
 /// mount a /proc that shows the new PID namespace. Returns 0 or -errno.
 /// Raw syscalls only (runs right after a fork).
@@ -493,6 +539,42 @@ fn helper_init(plan: &TreePlan) -> ! {
 /// copy-on-write.
 pub fn map_private_anon(addr: u64, len: u64) -> Result<()> {
     mmap_noreplace(addr, len, libc::MAP_PRIVATE, "private memory").map(drop)
+}
+
+/// Maps `len` bytes of `fd` at `pgoff`, MAP_PRIVATE and writable, in the
+/// caller at `addr` (never replacing anything): the object a private file
+/// mapping shared copy-on-write is rebuilt in. Children forked afterwards
+/// share its written pages copy-on-write.
+pub fn map_private_file(addr: u64, len: u64, fd: i32, pgoff: u64) -> Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
+    // memory of ours changes; on success we own the new range.
+    let p = unsafe {
+        libc::mmap(
+            addr as usize as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+            fd,
+            pgoff as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::new(
+            format!("mmap private file memory at {addr:#x}"),
+            None,
+            last_errno(),
+        ));
+    }
+    if p as u64 != addr {
+        // SAFETY: unmapping what the kernel just gave us elsewhere.
+        unsafe { libc::munmap(p, len as usize) };
+        return Err(SysError::new(
+            format!("mmap private file memory at {addr:#x}"),
+            None,
+            libc::EEXIST,
+        ));
+    }
+    Ok(())
 }
 
 /// Reads `len` bytes at `offset` of `file` into our own memory at `addr`,

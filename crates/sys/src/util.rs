@@ -135,6 +135,24 @@ pub fn get_nice(pid: Pid) -> Result<i32> {
     Ok(20 - r as i32)
 }
 
+/// hugetlbfs's statfs magic number.
+pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The filesystem magic number (`statfs` f_type) of what `path` names
+/// (through /proc links: the object itself).
+pub fn fs_magic(path: &str) -> Result<i64> {
+    let c = CString::new(path)
+        .map_err(|_| SysError::new(format!("statfs {path}"), None, libc::EINVAL))?;
+    // SAFETY: an all-zero statfs is a valid out buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a live, writable out buffer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(SysError::new(format!("statfs {path}"), None, last_errno()));
+    }
+    Ok(st.f_type)
+}
+
 /// uname -r.
 pub fn kernel_release() -> String {
     // SAFETY: utsname is plain bytes; zeroed is valid.
@@ -633,4 +651,49 @@ pub fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd> {
     check(fd, "signalfd", None)?;
     // SAFETY: fresh descriptor from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Closes descriptor `fd` of the caller (criu's `--close FD`); false if it
+/// was not open.
+pub fn close_fd(fd: i32) -> bool {
+    // SAFETY: closing a descriptor number the caller names; nothing in this
+    // process owns it as an OwnedFd at that point (called before anything runs).
+    unsafe { libc::close(fd) == 0 }
+}
+
+/// The host name and domain name in the UTS namespace of process `pid`
+/// (read by a short-lived thread that joins that namespace: setns changes
+/// only the calling thread's).
+pub fn uts_names_of(pid: Pid) -> Result<(String, String)> {
+    let path = format!("/proc/{}/ns/uts", pid.0);
+    let ns = std::fs::File::open(&path).map_err(|e| {
+        SysError::new(
+            format!("open {path}"),
+            Some(pid),
+            e.raw_os_error().unwrap_or(0),
+        )
+    })?;
+    std::thread::spawn(move || -> Result<(String, String)> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace descriptor we own; it changes this
+        // short-lived thread only.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUTS) };
+        check(r.into(), "setns(uts)", Some(pid))?;
+        // SAFETY: an all-zero utsname is a valid out buffer.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: u is a live buffer of the right type.
+        let r = unsafe { libc::uname(&mut u) };
+        check(r.into(), "uname", Some(pid))?;
+        let text = |f: &[libc::c_char]| {
+            let b: Vec<u8> = f
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            String::from_utf8_lossy(&b).into_owned()
+        };
+        Ok((text(&u.nodename), text(&u.domainname)))
+    })
+    .join()
+    .map_err(|_| SysError::other("read uts names", Some(pid), "reader thread panicked"))?
 }

@@ -269,6 +269,18 @@ fn kill_dumper_at_every_point_signals() {
     );
 }
 
+/// Without a vDSO the healing stub lives in padding past libc's text
+/// segment: a killed dumper must leave the process unharmed there too
+/// (tp_memkinds checks those bytes are as they were after the final dump).
+#[test]
+fn kill_dumper_at_every_point_novdso() {
+    kill_at_every_point(
+        "kill_points_novdso",
+        Program::Bin("tp_memkinds"),
+        &["--case", "novdso"],
+    );
+}
+
 #[test]
 fn kill_dumper_at_every_point_memory() {
     kill_at_every_point("kill_points_memory", Program::Bin("tp_memory"), MEM_SMALL);

@@ -3,6 +3,8 @@
 //! its stat) and either claims it, refuses it by name, or passes. Kinds that
 //! span processes (a pipe's two ends, a socket pair, a saved object) also
 //! have a `link` run over the whole tree once every process is collected.
+//! Kinds that name processes (pidfds, /proc entries) have a `finish` run
+//! once the tree's PIDs are final (after the PID namespace translation).
 //!
 //! | kind (`FdKind`) | module | identified by |
 //! |---|---|---|
@@ -15,15 +17,18 @@
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | link `socket:[INO]`, SO_DOMAIN AF_INET/AF_INET6 on a duplicate (other families refused by name) |
 //! | `UnixBound` | [`unixbound`] | link `socket:[INO]`, AF_UNIX in sock_diag, not connected |
 //! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag, connected, no name at either end |
+//! | `Pidfd` | [`pidfd`] | link `anon_inode:[pidfd]` (or `pidfd:`), fdinfo `Pid:` |
+//! | `ProcFile` | [`procfile`] | link `/proc/N...` on procfs (O_PATH ones too) |
 //! | `Path` | [`opath`] | O_PATH in fdinfo flags |
-//! | `Saved` | [`saved`] | a regular file whose link ends in " (deleted)" (memfds too) |
+//! | `Saved` | [`saved`] | a regular file or directory whose link ends in " (deleted)" (memfds too) |
 //! | `Fifo` | [`fifo`] | a FIFO by path |
 //! | `Regular` | [`regular`] | a regular file or directory by path |
 //! | `CharDevice` | [`chardev`] | a character device (a terminal only with --shell-job) |
 //!
 //! Adding a kind: a module here with its `identify` (and `link` if it spans
-//! processes), one line in [`KINDS`] (and [`LINKS`]). A descriptor no kind
-//! claims is refused in one place, [`collect_fds`].
+//! processes), one line in [`KINDS`] (and [`LINKS`], or [`FINISH`] if it
+//! names processes). A descriptor no kind claims is refused in one place,
+//! [`collect_fds`].
 
 mod chardev;
 mod epoll;
@@ -32,7 +37,9 @@ mod fifo;
 mod inet;
 mod inotify;
 mod opath;
+mod pidfd;
 mod pipe;
+mod procfile;
 pub(crate) mod regular;
 pub(crate) mod saved;
 mod signalfd;
@@ -44,7 +51,7 @@ use crate::{At, DumpError, Result, Stage};
 use stasis_image::{FdEntry, FdKind, ProcessImage};
 use stasis_proc::FdInfo;
 use stasis_sys::{util, Pid};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 const DELETED: &str = " (deleted)";
@@ -75,6 +82,31 @@ impl Fd<'_> {
     /// Whether the link names a deleted file.
     pub(crate) fn deleted(&self) -> bool {
         self.link.ends_with(DELETED)
+    }
+
+    /// Refuses a named file the restore could not reopen as the same
+    /// object by its path: one on a detached mount (open_tree, fsmount:
+    /// its link reads `/`, its mount is in no mount table) or a POSIX
+    /// message queue (mqueue file system).
+    pub(crate) fn refuse_unreachable(&self) -> Result<()> {
+        const MQUEUE_MAGIC: i64 = 0x1980_0202;
+        let proc_path = format!("/proc/{}/fd/{}", self.pid, self.fd);
+        if stasis_sys::fileops::fs_type(&proc_path).ok() == Some(MQUEUE_MAGIC) {
+            return Err(self.refuse("a POSIX message queue (not supported yet)"));
+        }
+        if self.link == "/" {
+            let text = stasis_proc::read(self.pid, "mountinfo").at(self.pid, Stage::Collect)?;
+            let known = stasis_proc::parse_mountinfo(&text)
+                .map(|m| m.iter().any(|m| u64::from(m.mount_id) == self.info.mnt_id))
+                .unwrap_or(true);
+            if !known {
+                return Err(self.refuse(&format!(
+                    "a detached mount (open_tree or fsmount; mount {} is in no mount table)",
+                    self.info.mnt_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// stat through the /proc link (the very object the process has open),
@@ -113,8 +145,10 @@ pub(crate) fn stat(pid: u32, fd: i32, link: &str) -> Result<std::fs::Metadata> {
 /// or not this kind (`None`).
 type Identify = fn(&mut Fd<'_>) -> Result<Option<FdKind>>;
 
-/// The kinds, asked in this order: those known by their link first, then
-/// O_PATH (any object can be opened so), then those known by stat.
+/// The kinds, asked in this order: those known by their link first (a
+/// /proc entry before O_PATH: an O_PATH descriptor of one is reopened like
+/// any other), then O_PATH (any object can be opened so), then those known
+/// by stat.
 const KINDS: &[(&str, Identify)] = &[
     ("pipe", pipe::identify),
     ("eventfd", eventfd::identify),
@@ -125,6 +159,8 @@ const KINDS: &[(&str, Identify)] = &[
     ("TCP/UDP socket", inet::identify),
     ("unix socket (not connected)", unixbound::identify),
     ("unix socket", unix::identify),
+    ("pidfd", pidfd::identify),
+    ("/proc entry", procfile::identify),
     ("O_PATH", opath::identify),
     ("saved file", saved::identify),
     ("fifo", fifo::identify),
@@ -150,6 +186,12 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Re
             md: None,
             unix: &mut unix,
         };
+        if let Some(why) = crate::memkinds::refuse_hugetlb_fd(pid, fd, &link) {
+            return Err(d.refuse(&why));
+        }
+        if link.starts_with('/') {
+            d.refuse_unreachable()?;
+        }
         let mut kind = None;
         for (name, identify) in KINDS {
             kind = identify(&mut d)?;
@@ -159,6 +201,9 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Re
             }
         }
         let Some(kind) = kind else {
+            if let Some(why) = crate::memkinds::refuse_fd(&link) {
+                return Err(d.refuse(&why));
+            }
             return Err(d.refuse(if link.starts_with('/') {
                 "file type not supported yet"
             } else {
@@ -191,12 +236,12 @@ const LINKS: &[(&str, Link)] = &[
 ];
 
 /// Links the descriptors and objects of every process of the tree.
-pub(crate) fn link_tree(images: &mut [&mut ProcessImage]) -> Result<()> {
+pub(crate) fn link_tree(images: &mut [&mut ProcessImage], ghost_limit: u64) -> Result<()> {
     for (name, link) in LINKS {
         log::trace!("linking {name}");
         link(images)?;
     }
-    Ok(())
+    saved::check_ghost_limit(images, ghost_limit)
 }
 
 /// Identity key for finding shared open file descriptions: only entries
@@ -216,9 +261,11 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
-        FdKind::TcpSocket { .. } => (12, 0, 0),
-        FdKind::UdpSocket { .. } => (13, 0, 0),
-        FdKind::UnixBound { .. } => (14, 0, 0),
+        FdKind::TcpSocket { .. } => (14, 0, 0),
+        FdKind::UdpSocket { .. } => (15, 0, 0),
+        FdKind::UnixBound { .. } => (16, 0, 0),
+        FdKind::ProcFile { .. } => (12, 0, 0),
+        FdKind::Pidfd { .. } => (13, 0, 0),
     }
 }
 
@@ -251,6 +298,107 @@ fn link_descriptions(images: &mut [&mut ProcessImage]) -> Result<()> {
                 }
             };
         }
+    }
+    Ok(())
+}
+
+/// One process for the passes once PIDs are final: its PID in our
+/// namespace (for /proc) and its image (in the image's numbering).
+pub(crate) struct Proc<'a> {
+    pub(crate) host: u32,
+    pub(crate) image: &'a mut ProcessImage,
+}
+
+/// The tasks of the tree in the image's numbering: each process's thread
+/// ids (its own PID included), and the zombies.
+pub(crate) struct Tasks {
+    procs: HashMap<u32, HashSet<u32>>,
+    zombies: HashSet<u32>,
+}
+
+impl Tasks {
+    fn new(procs: &[Proc<'_>], zombies: &[u32]) -> Tasks {
+        Tasks {
+            procs: procs
+                .iter()
+                .map(|p| (p.image.pid, p.image.threads.iter().map(|t| t.tid).collect()))
+                .collect(),
+            zombies: zombies.iter().copied().collect(),
+        }
+    }
+
+    /// `pid` is a (live) process of the tree.
+    fn is_process(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    /// The thread ids of process `pid`.
+    fn tids(&self, pid: u32) -> Option<&HashSet<u32>> {
+        self.procs.get(&pid)
+    }
+
+    /// `tid` is a thread (a leader too) of some process of the tree.
+    fn is_task(&self, tid: u32) -> bool {
+        self.procs.values().any(|s| s.contains(&tid))
+    }
+
+    fn is_zombie(&self, pid: u32) -> bool {
+        self.zombies.contains(&pid)
+    }
+
+    /// `t` is a non-leader thread of a process other than `me`: it may
+    /// not exist yet when `me` reopens its descriptors, since threads are
+    /// made process by process.
+    fn thread_of_another(&self, me: u32, t: u32) -> bool {
+        !self.procs.contains_key(&t) && self.procs.iter().any(|(p, s)| *p != me && s.contains(&t))
+    }
+}
+
+/// A descriptor of a kind the process reopens itself (`is_kind`) that
+/// shares its open file description with another process (inherited
+/// across fork) is refused: each process would open its own.
+fn refuse_shared(procs: &[Proc<'_>], noun: &str, is_kind: fn(&FdKind) -> bool) -> Result<()> {
+    let mut owners: HashMap<u64, HashSet<u32>> = HashMap::new();
+    for p in procs {
+        for e in p.image.files.iter().filter(|e| is_kind(&e.kind)) {
+            owners.entry(e.ofd).or_default().insert(p.image.pid);
+        }
+    }
+    for p in procs {
+        for e in p.image.files.iter().filter(|e| is_kind(&e.kind)) {
+            if owners.get(&e.ofd).is_some_and(|o| o.len() > 1) {
+                return Err(DumpError::Unsupported {
+                    pid: p.host,
+                    stage: Stage::Check,
+                    what: format!(
+                        "fd {}: {noun} shared with another process (inherited across fork; not supported yet)",
+                        e.fd
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A kind's pass once the tree's PIDs are final (`pid_ns`: the tree is in
+/// a PID namespace of its own).
+type Finish = fn(&mut [Proc<'_>], &Tasks, bool) -> Result<()>;
+
+/// The kinds whose descriptors name processes: each must name one of the
+/// tree, in the image's numbering.
+const FINISH: &[(&str, Finish)] = &[
+    ("pidfds", pidfd::finish),
+    ("/proc entries", procfile::finish),
+];
+
+/// Runs every kind's [`FINISH`] pass, after the PID namespace translation
+/// (`zombies`: their PIDs, translated too).
+pub(crate) fn finish_tree(procs: &mut [Proc<'_>], zombies: &[u32], pid_ns: bool) -> Result<()> {
+    let tasks = Tasks::new(procs, zombies);
+    for (name, finish) in FINISH {
+        log::trace!("checking {name}");
+        finish(procs, &tasks, pid_ns)?;
     }
     Ok(())
 }

@@ -9,7 +9,6 @@ use stasis_image::{FdKind, FileId};
 use std::os::unix::fs::MetadataExt;
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
-    let deleted = d.deleted();
     let Some(md) = d.stat()?.cloned() else {
         return Ok(None);
     };
@@ -17,10 +16,8 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     if !(ft.is_file() || ft.is_dir()) {
         return Ok(None);
     }
-    // (A deleted regular file is a saved file, asked for before this.)
-    if deleted {
-        return Err(d.refuse("open deleted directories are not supported"));
-    }
+    // (A deleted regular file or directory is a saved file, asked for
+    // before this.)
     let file = id_of(d.link, &md);
     Ok(Some(FdKind::Regular {
         file,

@@ -1,25 +1,32 @@
 //! Files whose contents go into the image: memfds (their link reads
-//! `/memfd:NAME (deleted)`) and files deleted while open or mapped.
-//! Collection marks them `Saved` with id 0 ([`identify`], and the memory
-//! plan for mappings); [`link`] identifies each object by (device, inode)
-//! across the tree and records it once (`SavedFile`: memfd name and seals,
-//! or the deleted path; size, mode); [`write_saved`] appends the bytes to
-//! the page file of the process that records it. Files above
-//! `MAX_SAVED_FILE` are refused by name.
+//! `/memfd:NAME (deleted)`), files deleted while open or mapped, and
+//! directories deleted while open or as the working directory (empty, so
+//! no contents). Collection marks them `Saved` with id 0 ([`identify`],
+//! and the memory plan for mappings); [`link`] identifies each object by
+//! (device, inode) across the tree and records it once (`SavedFile`: memfd
+//! name and seals, or the deleted path; size, mode, owner, times from a
+//! stat taken before anything reads it, and the data extents: holes are
+//! not stored, SEEK_DATA/SEEK_HOLE give where the data lies);
+//! [`write_saved`] appends the data extents to the page file of the
+//! process that records it, read with O_NOATIME. Files above
+//! `dump --ghost-limit` ([`check_ghost_limit`]; at most `MAX_SAVED_FILE`)
+//! are refused by name, naming the option.
 
 use super::{Fd, DELETED};
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::{
-    FdKind, PagesWriter, ProcessImage, SavedFile, SavedFileKind, VmaKind, MAX_SAVED_FILE, PAGE_SIZE,
+    Extent, FdKind, FileTimes, Owner, PagesWriter, ProcessImage, SavedFile, SavedFileKind, VmaKind,
+    MAX_SAVED_FILE, PAGE_SIZE,
 };
 use stasis_sys::util;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let deleted = d.deleted();
     match d.stat()? {
-        Some(md) if md.file_type().is_file() && deleted => Ok(Some(FdKind::Saved {
+        // A deleted directory (empty) is recreated and removed again.
+        Some(md) if (md.is_file() || md.is_dir()) && deleted => Ok(Some(FdKind::Saved {
             id: 0,
             flags: d.flags(),
             pos: d.info.pos,
@@ -49,8 +56,9 @@ fn saved_source(img: &ProcessImage, pid: u32, id: u64) -> Option<String> {
 
 /// Identifies, across the tree, the objects whose contents go into the
 /// image (memfds, files deleted while open or mapped: `Saved` fds and
-/// VMAs, found by collection with id 0) by device and inode, gives each an
-/// id and records it once, in the first process that has it.
+/// VMAs, found by collection with id 0; a deleted working directory) by
+/// device and inode, gives each an id and records it once, in the first
+/// process that has it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
     use std::collections::HashMap;
     let mut ids: HashMap<(u64, u64), u64> = HashMap::new();
@@ -68,6 +76,10 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                 let src = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
                 srcs.push((src, i, false));
             }
+        }
+        // A deleted working directory (usize::MAX: not an fd or a mapping).
+        if img.cwd.ends_with(DELETED) {
+            srcs.push((format!("/proc/{pid}/cwd"), usize::MAX, false));
         }
         for (src, i, is_fd) in srcs {
             let io = |what: String| {
@@ -88,6 +100,8 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
             if id == next {
                 let what = if is_fd {
                     format!("fd {} ({link})", img.files[i].fd)
+                } else if i == usize::MAX {
+                    format!("working directory ({link})")
                 } else {
                     let v = &img.mm.vmas[i];
                     format!("mapping {:#x}-{:#x} ({link})", v.start, v.end)
@@ -104,11 +118,16 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                     });
                 }
                 let name = link.strip_suffix(DELETED).unwrap_or(&link);
-                let file = std::fs::File::open(&src).map_err(io(format!("open {what}")))?;
+                let (owner, times) = describe(&md);
+                let file = open_quietly(&src).map_err(io(format!("open {what}")))?;
                 let seals = name
                     .strip_prefix("/memfd:")
                     .and_then(|n| Some((n, util::get_seals(file.as_fd()).ok()?)));
+                let is_dir = md.is_dir();
                 let kind = match seals {
+                    _ if is_dir => SavedFileKind::DeletedDir {
+                        path: name.to_string(),
+                    },
                     Some((n, seals)) => SavedFileKind::Memfd {
                         name: n.to_string(),
                         seals,
@@ -117,6 +136,21 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                         path: name.to_string(),
                     },
                 };
+                if is_dir
+                    && !std::path::Path::new(name)
+                        .parent()
+                        .is_some_and(|p| p.is_dir())
+                {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        stage: Stage::Check,
+                        what: format!(
+                            "{what}: a deleted directory whose parent no longer exists (not supported)"
+                        ),
+                    });
+                }
+                let size = if is_dir { 0 } else { md.size() };
+                let extents = extents(pid, &file, size, &what)?;
                 log::debug!(
                     "pid {pid}: {what}: saved file {id} ({kind:?}, {} bytes)",
                     md.size()
@@ -124,14 +158,19 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                 img.saved_files.push(SavedFile {
                     id,
                     kind,
-                    size: md.size(),
+                    size,
                     offset: 0,
                     mode: md.mode() & 0o7777,
                     dev: md.dev(),
                     ino: md.ino(),
+                    owner: Some(owner),
+                    times: Some(times),
+                    extents: Some(extents),
                 });
             }
-            if is_fd {
+            if i == usize::MAX {
+                img.cwd_saved = id;
+            } else if is_fd {
                 if let FdKind::Saved { id: slot, .. } = &mut img.files[i].kind {
                     *slot = id;
                 }
@@ -144,45 +183,207 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
 }
 
 /// Appends the contents of the saved files recorded in `img` to its page
-/// file, each at a page-aligned offset, padded to whole pages.
-/// `host_pid` is the process's PID in our namespace (for /proc).
+/// file, each at a page-aligned offset: its data extents, each padded to
+/// whole pages. `host_pid` is the process's PID in our namespace (for /proc).
 pub(crate) fn write_saved(
     img: &mut ProcessImage,
     host_pid: u32,
     pages: &mut PagesWriter,
 ) -> Result<()> {
-    use std::io::Read;
     let pid = host_pid;
     let st = Stage::Memory;
-    const CHUNK: usize = 1 << 20;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; 1 << 20];
     for k in 0..img.saved_files.len() {
-        let (id, size) = (img.saved_files[k].id, img.saved_files[k].size);
+        let id = img.saved_files[k].id;
+        if img.saved_files[k].data_extents().is_empty() {
+            img.saved_files[k].offset = pages.offset();
+            continue; // all holes, or a directory
+        }
         let src = saved_source(img, pid, id).ok_or_else(|| DumpError::Unsupported {
             pid,
             stage: st,
             what: format!("saved file {id}: no descriptor or mapping of it"),
         })?;
-        let io = |what: &str| {
-            let what = format!("{what} {src} (saved file {id})");
-            move |source| DumpError::Io {
-                pid,
-                stage: st,
-                what,
-                source,
+        let f = open_quietly(&src).map_err(|source| DumpError::Io {
+            pid,
+            stage: st,
+            what: format!("open {src} (saved file {id})"),
+            source,
+        })?;
+        write_contents(pid, &f, &mut img.saved_files[k], pages, &mut buf, &src)?;
+    }
+    Ok(())
+}
+
+/// Owner and times from a stat taken before anything read the file (a
+/// read may move its access time).
+fn describe(md: &std::fs::Metadata) -> (Owner, FileTimes) {
+    (
+        Owner {
+            uid: md.uid(),
+            gid: md.gid(),
+        },
+        FileTimes {
+            atime_sec: md.atime(),
+            atime_nsec: md.atime_nsec(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+        },
+    )
+}
+
+/// The data extents of `file` (`size` bytes).
+fn extents(pid: u32, file: &std::fs::File, size: u64, what: &str) -> Result<Vec<Extent>> {
+    let ext =
+        stasis_sys::fileops::data_extents(file.as_fd(), size).map_err(|source| DumpError::Sys {
+            pid,
+            stage: Stage::Collect,
+            source: stasis_sys::SysError {
+                op: format!("{what}: {}", source.op),
+                ..source
+            },
+        })?;
+    Ok(page_aligned(&ext, size))
+}
+
+/// Extents widened to whole pages (the last may end at `size`) and merged:
+/// a hole smaller than a page (file systems with small blocks) is stored
+/// as zeros. Whole-page extents keep the image unreadable by an older
+/// stasis that does not know extents (its page file length or overlap
+/// check fails) rather than misread, and a file without a whole-page
+/// hole is stored exactly as before extents existed.
+fn page_aligned(ext: &[(u64, u64)], size: u64) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::new();
+    for &(off, len) in ext {
+        let start = off & !(PAGE_SIZE - 1);
+        let end = off
+            .saturating_add(len)
+            .next_multiple_of(PAGE_SIZE)
+            .min(size);
+        if end <= start {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.offset + last.len >= start => {
+                last.len = last.len.max(end - last.offset);
             }
-        };
-        let mut f = std::fs::File::open(&src).map_err(io("open"))?;
-        img.saved_files[k].offset = pages.offset();
-        let mut left = size;
-        while left > 0 {
-            let want = left.min(CHUNK as u64) as usize;
-            f.read_exact(&mut buf[..want]).map_err(io("read"))?;
+            _ => out.push(Extent {
+                offset: start,
+                len: end - start,
+            }),
+        }
+    }
+    out
+}
+
+/// Opens `src` for reading without moving its access time (O_NOATIME,
+/// where the file system and our privileges allow it).
+fn open_quietly(src: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(src)
+        .or_else(|_| std::fs::File::open(src))
+}
+
+/// Appends the data extents of `f` (open as `file`) to the page file, each
+/// padded to whole pages, and records where they start.
+fn write_contents(
+    pid: u32,
+    file: &std::fs::File,
+    f: &mut SavedFile,
+    pages: &mut PagesWriter,
+    buf: &mut [u8],
+    src: &str,
+) -> Result<()> {
+    let st = Stage::Memory;
+    f.offset = pages.offset();
+    for e in f.data_extents() {
+        let mut done = 0u64;
+        while done < e.len {
+            let want = (e.len - done).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..want], e.offset + done)
+                .map_err(|source| DumpError::Io {
+                    pid,
+                    stage: st,
+                    what: format!("read {src} (saved file {}) at {}", f.id, e.offset + done),
+                    source,
+                })?;
             let padded = want.next_multiple_of(PAGE_SIZE as usize);
             buf[want..padded].fill(0);
             pages.write_all(&buf[..padded]).at(pid, st)?;
-            left -= want as u64;
+            done += want as u64;
         }
     }
     Ok(())
+}
+
+/// Refuses, naming the descriptor or mapping and the option, a saved file
+/// above `--ghost-limit` (criu's option for the size of deleted files it
+/// carries in the image; ours also bounds memfds).
+pub(crate) fn check_ghost_limit(images: &[&mut ProcessImage], limit: u64) -> Result<()> {
+    for img in images {
+        if let Some(f) = img.saved_files.iter().find(|f| f.size > limit) {
+            let pid = img.pid;
+            let what = img
+                .files
+                .iter()
+                .find_map(|e| match e.kind {
+                    FdKind::Saved { id, .. } if id == f.id => Some(format!("fd {}", e.fd)),
+                    _ => None,
+                })
+                .or_else(|| {
+                    img.mm.vmas.iter().find_map(|v| match v.kind {
+                        VmaKind::Saved { id } if id == f.id => {
+                            Some(format!("mapping {:#x}-{:#x}", v.start, v.end))
+                        }
+                        _ => None,
+                    })
+                })
+                .unwrap_or_else(|| format!("saved file {}", f.id));
+            let name = match &f.kind {
+                SavedFileKind::Memfd { name, .. } => format!("/memfd:{name} (deleted)"),
+                SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => {
+                    format!("{path}{DELETED}")
+                }
+            };
+            return Err(DumpError::Unsupported {
+                pid,
+                stage: Stage::Check,
+                what: format!(
+                    "{what} ({name}): {} bytes, above the ghost limit of {limit} bytes for a memfd or deleted file (raise it with --ghost-limit SIZE)",
+                    f.size
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(v: Vec<Extent>) -> Vec<(u64, u64)> {
+        v.into_iter().map(|e| (e.offset, e.len)).collect()
+    }
+
+    #[test]
+    fn extents_widened_to_pages_and_merged() {
+        // 1 KiB blocks: data, a 1 KiB hole, data: one extent.
+        assert_eq!(
+            pairs(page_aligned(&[(0, 1024), (2048, 1024)], 3072)),
+            vec![(0, 3072)]
+        );
+        // A whole-page hole stays a hole; the tail ends at the size.
+        assert_eq!(
+            pairs(page_aligned(
+                &[(0, 8192), (1 << 20, 5000)],
+                (1 << 20) + 9000
+            )),
+            vec![(0, 8192), (1 << 20, 8192)]
+        );
+        assert_eq!(pairs(page_aligned(&[(0, 100)], 100)), vec![(0, 100)]);
+        assert!(page_aligned(&[], 1 << 20).is_empty());
+    }
 }

@@ -10,12 +10,14 @@
 //! | `Path` | [`opath`] | path length, O_PATH in flags |
 //! | `Pipe` | [`pipe`] | waiting bytes within capacity, capacity capped |
 //! | `Fifo` | [`fifo`] | path length, as a pipe |
-//! | `Saved` | [`saved`] | id set; `SavedFile` records, their page-file spans, references |
+//! | `Saved` | [`saved`] | id set; `SavedFile` records (extents, owner, times), their page-file spans, references (the deleted cwd too) |
 //! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket; queued bytes capped; shutdown mode |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
 //! | `UnixBound` | [`unixbound`] | type; an absolute path or an abstract name; queued bytes capped |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
+//! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
+//! | `Pidfd` | [`pidfd`] | pid > 0 |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
 //! Adding a kind: its variant in `FdKind`, a module here if it has rules,
@@ -27,7 +29,9 @@ mod fifo;
 pub mod inet;
 pub mod inotify;
 mod opath;
+mod pidfd;
 mod pipe;
+mod procfile;
 pub(crate) mod regular;
 pub(crate) mod saved;
 pub mod unix;
@@ -97,5 +101,7 @@ pub(crate) fn validate_fd(
             device,
         )
         .and_then(|()| inet::validate_queued(c, &field, queued)),
+        FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
+        FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
     }
 }

@@ -1,15 +1,94 @@
-//! Files whose contents are in the image (memfds, deleted files): the
-//! `Saved` descriptor names a `SavedFile` record by id; the records' spans
-//! in the page file are aligned and overlap nothing; every reference
-//! resolves to one record in the image.
+//! Files whose contents are in the image (memfds, files and directories
+//! deleted while open): the `Saved` descriptor names a `SavedFile` record
+//! by id; the records' spans in the page file are aligned and overlap
+//! nothing; every reference (descriptor, mapping, deleted working
+//! directory) resolves to one record in the image. Besides their bytes a
+//! record keeps the owner, the times and the data extents, so that a
+//! restored object is the same one down to its holes.
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::checker::{aligned, Checker};
 use crate::error::Result;
-use crate::limits::{MAX_MEMFD_NAME, MAX_PATH_LEN, MAX_SAVED_FILE, MAX_SAVED_FILES};
-use crate::model::{FdKind, ProcessImage, SavedFileKind, VmaKind, PAGE_SIZE};
+use crate::limits::{MAX_EXTENTS, MAX_MEMFD_NAME, MAX_PATH_LEN, MAX_SAVED_FILE, MAX_SAVED_FILES};
+use crate::model::{FdKind, ProcessImage, SavedFile, SavedFileKind, VmaKind, PAGE_SIZE};
+
+/// Owner of a saved file (`st_uid`, `st_gid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Access and modification times of a saved file (set with `futimens`
+/// after its contents). The change time cannot be set: it is the time of
+/// the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileTimes {
+    pub atime_sec: i64,
+    pub atime_nsec: i64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+/// `len` bytes of data at byte `offset` of a saved file (as SEEK_DATA /
+/// SEEK_HOLE see them); everything outside the extents is a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl SavedFile {
+    /// The data ranges of the file, in order: its extents, or the whole
+    /// file for images written before extents were recorded.
+    pub fn data_extents(&self) -> Vec<Extent> {
+        match &self.extents {
+            Some(e) => e.clone(),
+            None if self.size > 0 => vec![Extent {
+                offset: 0,
+                len: self.size,
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    /// Bytes the file takes in the page file: each extent padded to whole
+    /// pages, one after the other from `offset`.
+    pub fn payload_len(&self) -> u64 {
+        self.data_extents()
+            .iter()
+            .fold(0u64, |acc, e| acc.saturating_add(saved_span(e.len)))
+    }
+}
+
+/// Extents are sorted, disjoint, non-empty and inside the file.
+fn validate_extents(f: &SavedFile) -> std::result::Result<(), String> {
+    let Some(ext) = &f.extents else {
+        return Ok(());
+    };
+    if ext.len() > MAX_EXTENTS {
+        return Err(format!("{} extents, cap {MAX_EXTENTS}", ext.len()));
+    }
+    let mut end = 0u64;
+    for (i, e) in ext.iter().enumerate() {
+        let stop = e
+            .offset
+            .checked_add(e.len)
+            .ok_or(format!("[{i}] overflows"))?;
+        if e.len == 0 || e.offset < end || stop > f.size {
+            return Err(format!(
+                "[{i}] {}+{} is empty, out of order or beyond the size {}",
+                e.offset, e.len, f.size
+            ));
+        }
+        end = stop;
+    }
+    Ok(())
+}
 
 /// Bytes a saved file of `size` takes in the page file: whole pages.
 pub fn saved_span(size: u64) -> u64 {
@@ -41,7 +120,8 @@ pub(crate) fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> 
         c.ensure(aligned(f.offset), || {
             format!("{field}.offset: {:#x} not page-aligned", f.offset)
         })?;
-        c.ensure(f.offset.checked_add(saved_span(f.size)).is_some(), || {
+        validate_extents(f).map_err(|e| c.err(format!("{field}.extents: {e}")))?;
+        c.ensure(f.offset.checked_add(f.payload_len()).is_some(), || {
             format!("{field}.offset: {:#x} + size overflows", f.offset)
         })?;
         c.ensure(f.mode & !0o7777 == 0, || {
@@ -51,15 +131,15 @@ pub(crate) fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> 
             SavedFileKind::Memfd { name, .. } => {
                 c.string(&format!("{field}.kind.name"), name, MAX_MEMFD_NAME)?
             }
-            SavedFileKind::Deleted { path } => {
+            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => {
                 c.string(&format!("{field}.kind.path"), path, MAX_PATH_LEN)?;
                 c.ensure(path.starts_with('/'), || {
                     format!("{field}.kind.path: {path:?} is not absolute")
                 })?;
             }
         }
-        if f.size > 0 {
-            spans.push((f.offset, f.offset + saved_span(f.size), field));
+        if f.payload_len() > 0 {
+            spans.push((f.offset, f.offset + f.payload_len(), field));
         }
     }
     for (i, r) in img.mm.pages.iter().enumerate() {
@@ -83,7 +163,8 @@ pub(crate) fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> 
 }
 
 /// Whole-image rule for saved files: every id defined once in the image,
-/// and every `Saved` descriptor or mapping refers to one.
+/// and every `Saved` descriptor or mapping and every deleted working
+/// directory (`cwd_saved`) refers to one.
 pub fn validate_saved_refs(file: &Path, procs: &[ProcessImage]) -> Result<()> {
     let c = Checker { file };
     let mut defined = HashSet::new();
@@ -98,6 +179,12 @@ pub fn validate_saved_refs(file: &Path, procs: &[ProcessImage]) -> Result<()> {
         }
     }
     for p in procs {
+        c.ensure(p.cwd_saved == 0 || defined.contains(&p.cwd_saved), || {
+            format!(
+                "pid {}: working directory: saved file {} is not in the image",
+                p.pid, p.cwd_saved
+            )
+        })?;
         for e in &p.files {
             if let FdKind::Saved { id, .. } = e.kind {
                 c.ensure(defined.contains(&id), || {
@@ -120,4 +207,54 @@ pub fn validate_saved_refs(file: &Path, procs: &[ProcessImage]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(size: u64, extents: Option<Vec<(u64, u64)>>) -> SavedFile {
+        SavedFile {
+            id: 1,
+            kind: SavedFileKind::Deleted { path: "/x".into() },
+            size,
+            offset: 0,
+            mode: 0o640,
+            dev: 0,
+            ino: 0,
+            owner: None,
+            times: None,
+            extents: extents.map(|v| {
+                v.into_iter()
+                    .map(|(offset, len)| Extent { offset, len })
+                    .collect()
+            }),
+        }
+    }
+
+    #[test]
+    fn payload_is_extents_padded() {
+        assert_eq!(file(5000, None).payload_len(), 8192);
+        assert_eq!(file(0, None).payload_len(), 0);
+        let f = file(1 << 20, Some(vec![(0, 100), (8192, 4096), (65536, 1)]));
+        assert_eq!(f.payload_len(), 3 * 4096);
+        assert_eq!(file(1 << 20, Some(vec![])).payload_len(), 0);
+    }
+
+    #[test]
+    fn bad_extents_refused() {
+        assert!(validate_extents(&file(100, Some(vec![(0, 100)]))).is_ok());
+        for bad in [
+            vec![(0, 101)],
+            vec![(10, 0)],
+            vec![(50, 10), (40, 5)],
+            vec![(0, 20), (10, 20)],
+            vec![(u64::MAX, 2)],
+        ] {
+            assert!(
+                validate_extents(&file(100, Some(bad.clone()))).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! descriptor of every process before the tree is forked (each process
 //! inherits them and moves its own to their numbers), so each kind's
 //! `open` runs here, in the restorer, and returns an index into
-//! [`Opened::owned`].
+//! [`Opened::owned`]. Kinds that name processes (pidfds, /proc entries) are
+//! the exception: the process opens them itself, once the whole tree
+//! exists with its PIDs ([`reopen_late`], called from rebuild.rs).
 //!
 //! | kind (`FdKind`) | module | what restore does |
 //! |---|---|---|
@@ -11,7 +13,7 @@
 //! | `Path` | [`opath`] | `O_PATH` open by path |
 //! | `Pipe` | [`pipe`] | one `pipe2` per pipe, capacity and waiting bytes |
 //! | `Fifo` | [`fifo`] | a read-write holder with the waiting bytes, then each end |
-//! | `Saved` | [`saved`] | memfd / deleted file recreated from the page file, reopened |
+//! | `Saved` | [`saved`] | memfd / deleted file / deleted directory recreated from the page file (holes, owner, mode, times), reopened |
 //! | `UnixSocket` | [`unix`] | one `socketpair` per pair |
 //! | `UnixBound` | [`unixbound`] | `socket`, options, the stale socket file removed, bind, mode and owner, listen; queued datagrams re-sent |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | `socket`, options, bind, listen (backlog) or connect |
@@ -20,10 +22,13 @@
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
 //! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
 //! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
+//! | `ProcFile` | [`procfile`] | late: `openat` by the process itself, offset |
+//! | `Pidfd` | [`pidfd`] | late: `pidfd_open` by the process itself |
 //!
 //! Adding a kind: a module here with its `open`, and one arm in
-//! [`open_one`]. The dump refuses any kind it cannot identify, so every
-//! kind in an image has an arm.
+//! [`open_one`] (or, for a kind the process opens itself, in [`is_late`]
+//! and [`open_late`]). The dump refuses any kind it cannot identify, so
+//! every kind in an image has an arm.
 
 mod chardev;
 pub(crate) mod epoll;
@@ -32,7 +37,9 @@ mod fifo;
 mod inet;
 mod inotify;
 mod opath;
+mod pidfd;
 mod pipe;
+mod procfile;
 mod regular;
 pub(crate) mod saved;
 mod signalfd;
@@ -41,8 +48,9 @@ mod unix;
 mod unixbound;
 
 use crate::memory::ServiceFds;
-use crate::{At, Result, Stage};
+use crate::{At, RestoreError, Result, Stage};
 use stasis_image::{FdEntry, FdKind, ProcessImage, VmaKind};
+use stasis_sys::remote::RemoteThread;
 use stasis_sys::util;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -211,7 +219,77 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             };
             inet::open(o, cx, &s, false)
         }
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } => Err(RestoreError::Refused {
+            pid: cx.pid,
+            stage: Stage::Fork,
+            what: format!(
+                "fd {}: opened by the process itself, not before the fork",
+                cx.fd
+            ),
+        }),
     }
+}
+
+/// Kinds the process opens itself, by remote calls, once every process of
+/// the tree exists with its PID: they name processes, which the restorer
+/// cannot reach before the fork (nor through its own /proc and PID
+/// namespace). See [`reopen_late`].
+pub(crate) fn is_late(k: &FdKind) -> bool {
+    matches!(k, FdKind::ProcFile { .. } | FdKind::Pidfd { .. })
+}
+
+/// Opens one late descriptor in the process: the table of late kinds.
+/// Returns the new descriptor (close-on-exec, at any number) and its name
+/// for messages.
+fn open_late(r: &mut RemoteThread, pid: u32, e: &FdEntry) -> Result<Option<(u64, String)>> {
+    match &e.kind {
+        FdKind::ProcFile {
+            path, flags, pos, ..
+        } => procfile::open(r, pid, e.fd, path, *flags, *pos).map(Some),
+        FdKind::Pidfd { pid: target, flags } => {
+            pidfd::open(r, pid, e.fd, *target, *flags).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reopens every late descriptor of `img` ([`is_late`]) at its number, by
+/// the process itself. Two descriptors of the process sharing an open file
+/// description stay shared (dup3); sharing across processes is refused at
+/// dump.
+pub(crate) fn reopen_late(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+    let pid = img.pid;
+    let st = Stage::Attributes;
+    // ofd -> the descriptor already opened for it.
+    let mut first: HashMap<u64, i32> = HashMap::new();
+    for e in img.files.iter().filter(|e| is_late(&e.kind)) {
+        let cloexec = if e.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        if let Some(&src) = first.get(&e.ofd) {
+            r.call(
+                libc::SYS_dup3,
+                &[src as u64, e.fd as u64, cloexec],
+                &format!("dup3({src}, {})", e.fd),
+            )
+            .at(pid, st)?;
+            continue;
+        }
+        let Some((tmp, what)) = open_late(r, pid, e)? else {
+            continue;
+        };
+        if tmp == e.fd as u64 {
+            // Opened at its own number already (always close-on-exec).
+            if !e.cloexec {
+                r.call(libc::SYS_fcntl, &[tmp, libc::F_SETFD as u64, 0], &what)
+                    .at(pid, st)?;
+            }
+        } else {
+            r.call(libc::SYS_dup3, &[tmp, e.fd as u64, cloexec], &what)
+                .at(pid, st)?;
+            r.call(libc::SYS_close, &[tmp], &what).at(pid, st)?;
+        }
+        first.insert(e.ofd, e.fd);
+    }
+    Ok(())
 }
 
 /// The bytes waiting in a pipe or FIFO and its capacity, stored with the
@@ -263,7 +341,8 @@ impl ProcFiles {
             exe_k: 0,
             files_k: HashMap::new(),
         };
-        for e in &img.files {
+        // Late kinds are opened by the process itself (reopen_late).
+        for e in img.files.iter().filter(|e| !is_late(&e.kind)) {
             f.descriptor(img.pid, e, procs, opened)?;
         }
         // Never through a symlink swapped in since validation.
@@ -271,6 +350,7 @@ impl ProcFiles {
         f.pages_k = f.service(pid, &pages.to_string_lossy(), o | libc::O_NOFOLLOW, opened)?;
         f.exe_k = f.service(pid, &img.exe.path, o, opened)?;
         saved::map_sources(img, opened, &mut f)?;
+        saved::cwd_source(img, opened, &mut f)?;
         f.mapped_files(img, opened)
     }
 

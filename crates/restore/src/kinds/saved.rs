@@ -1,16 +1,26 @@
-//! Files whose contents are in the image (`SavedFile`): memfds and files
-//! deleted while open or mapped. Each object is created before anything is
+//! Files whose contents are in the image (`SavedFile`): memfds, files
+//! deleted while open or mapped, and directories deleted while open or as
+//! the working directory. Each object is created before anything is
 //! forked ([`create_all`]): a memfd with `memfd_create`, a deleted file
 //! under its old path if free, else as `.stasis-deleted-PID-ID` in the same
-//! directory, unlinked at once; then sized, filled from the page file of the
-//! process that holds it, and given its mode. Each descriptor is a new open
+//! directory, unlinked at once (a deleted directory likewise with `mkdir`,
+//! opened and removed); then sized and filled extent by extent from the
+//! page file of the process that holds it (holes stay holes), and given its
+//! owner, mode and times, in that order (fchown clears set-id bits, and
+//! every write or fchmod moves the times; the change time cannot be set by
+//! any call: it is the time of the restore). Each descriptor is a new open
 //! of `/proc/self/fd/OBJ` ([`open`]); mappings go through the object itself
-//! ([`map_sources`]). Seals come last ([`seal_all`]), once every process
-//! has mapped the memfd.
+//! ([`map_sources`]); a deleted working directory is entered by the process
+//! through a service descriptor of it ([`cwd_source`], [`fchdir`]). Seals
+//! come last ([`seal_all`]), once every process has mapped the memfd, and
+//! the times once more ([`times_again`]), since mapping a file moves its
+//! access time.
 
 use super::{Cx, Opened, ProcFiles, OPEN_FLAGS_DROP};
+use crate::memory::ServiceFds;
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::{ProcessImage, SavedFile, SavedFileKind, VmaKind};
+use stasis_image::{ProcessImage, SavedFile, SavedFileKind, VmaKind, PAGE_SIZE};
+use stasis_sys::remote::RemoteThread;
 use stasis_sys::util;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -26,15 +36,35 @@ pub(crate) struct SavedObjects {
     by_id: HashMap<u64, (usize, u32)>,
     /// memfds to seal once every process has mapped them: (id, fd, seals).
     seal_later: Vec<(u64, OwnedFd, u32)>,
+    /// Saved files whose times are set again at the end.
+    times_later: TimesLater,
 }
 
 impl SavedObjects {
+    /// Saved file id -> index (in the opened descriptors) of its object.
+    pub(crate) fn indices(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.by_id.iter().map(|(&id, &(i, _))| (id, i))
+    }
+
     /// The seals still to add, taken out so that every other descriptor
     /// can be closed once the tree is forked.
     pub(crate) fn take_seals(&mut self) -> Vec<(u64, OwnedFd, u32)> {
         std::mem::take(&mut self.seal_later)
     }
+
+    /// The files whose times are set again at the end ([`times_again`]),
+    /// taken out like the seals.
+    pub(crate) fn take_times(&mut self) -> TimesLater {
+        std::mem::take(&mut self.times_later)
+    }
 }
+
+/// Saved files whose times are set again once every process is rebuilt:
+/// mapping a file (the restorer's remote mmap) moves its access time.
+pub(crate) type TimesLater = Vec<(std::fs::File, SavedFile)>;
+
+/// Key in the service descriptors of a deleted working directory.
+pub(crate) const CWD_KEY: &str = "cwd-saved";
 
 /// An error of a plain file operation on a saved object.
 fn io(pid: u32, what: String) -> impl FnOnce(std::io::Error) -> RestoreError {
@@ -56,6 +86,13 @@ pub(crate) fn create_all(o: &mut Opened, procs: &[ProcessImage], pages: &[PathBu
         for f in &img.saved_files {
             let (file, seals) = create_object(img.pid, f)?;
             fill(img.pid, f, &file, pg)?;
+            set_metadata(img.pid, &file, f)?;
+            if f.times.is_some() {
+                let dup = file
+                    .try_clone()
+                    .map_err(io(img.pid, format!("dup saved file {}", f.id)))?;
+                o.saved.times_later.push((dup, f.clone()));
+            }
             let fd = OwnedFd::from(file);
             if seals & !F_SEAL_SEAL != 0 {
                 let dup = fd
@@ -71,7 +108,8 @@ pub(crate) fn create_all(o: &mut Opened, procs: &[ProcessImage], pages: &[PathBu
 }
 
 /// The empty object: a memfd (sealable unless it had only F_SEAL_SEAL), or
-/// a deleted file recreated and unlinked at once. Returns it and its seals.
+/// a deleted file or directory recreated and unlinked at once. Returns it
+/// and its seals.
 fn create_object(pid: u32, f: &SavedFile) -> Result<(std::fs::File, u32)> {
     use std::os::unix::fs::OpenOptionsExt;
     match &f.kind {
@@ -110,31 +148,110 @@ fn create_object(pid: u32, f: &SavedFile) -> Result<(std::fs::File, u32)> {
             std::fs::remove_file(&at).map_err(io(pid, format!("unlink {}", at.display())))?;
             Ok((file, 0))
         }
+        SavedFileKind::DeletedDir { path } => Ok((deleted_dir(pid, f.id, path)?, 0)),
     }
 }
 
-/// Size, contents (from the page file `pg`, through a 1 MiB buffer) and mode.
+/// A new directory for the deleted directory `path`: under its own name
+/// if free (its links then read as before), else a unique one in the same
+/// parent; opened and removed at once, so it is deleted again.
+fn deleted_dir(pid: u32, id: u64, path: &str) -> Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let p = Path::new(path);
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    let mut b = std::fs::DirBuilder::new();
+    b.mode(0o700);
+    let at = match b.create(p) {
+        Ok(()) => p.to_path_buf(),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let at = dir.join(format!(".stasis-deleted-{pid}-{id}"));
+            b.create(&at).map_err(io(
+                pid,
+                format!("mkdir {} for deleted directory {path}", at.display()),
+            ))?;
+            at
+        }
+        Err(e) => return Err(io(pid, format!("recreate deleted directory {path}"))(e)),
+    };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&at);
+    let removed = std::fs::remove_dir(&at);
+    let file = opened.map_err(io(pid, format!("open {}", at.display())))?;
+    removed.map_err(io(pid, format!("rmdir {}", at.display())))?;
+    Ok(file)
+}
+
+/// Size and the saved data extents from the page file `pg` (through a
+/// 1 MiB buffer) into the new, empty `file`; the rest stays holes. A
+/// directory has neither.
 fn fill(pid: u32, f: &SavedFile, file: &std::fs::File, pg: &Path) -> Result<()> {
-    use std::os::unix::fs::{FileExt, PermissionsExt};
+    use std::os::unix::fs::FileExt;
+    if matches!(f.kind, SavedFileKind::DeletedDir { .. }) {
+        return Ok(());
+    }
     let what = format!("saved file {} ({:?})", f.id, f.kind);
     file.set_len(f.size)
         .map_err(io(pid, format!("ftruncate {what}")))?;
+    let ext = f.data_extents();
+    if ext.is_empty() {
+        return Ok(());
+    }
     let src = std::fs::File::open(pg).map_err(io(pid, format!("open {}", pg.display())))?;
-    let mut buf = vec![0u8; (1 << 20).min(f.size as usize)];
-    let mut done = 0u64;
-    while done < f.size {
-        let n = buf.len().min((f.size - done) as usize);
-        src.read_exact_at(
-            &mut buf[..n],
-            stasis_image::PAGES_HEADER_LEN + f.offset + done,
-        )
-        .map_err(io(pid, format!("read {what} from {}", pg.display())))?;
-        file.write_all_at(&buf[..n], done)
-            .map_err(io(pid, format!("fill {what}")))?;
-        done += n as u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut payload = f.offset;
+    for e in ext {
+        let mut done = 0u64;
+        while done < e.len {
+            let n = buf.len().min((e.len - done) as usize);
+            src.read_exact_at(
+                &mut buf[..n],
+                stasis_image::PAGES_HEADER_LEN + payload + done,
+            )
+            .map_err(io(pid, format!("read {what} from {}", pg.display())))?;
+            file.write_all_at(&buf[..n], e.offset + done)
+                .map_err(io(pid, format!("fill {what}")))?;
+            done += n as u64;
+        }
+        payload += e.len.next_multiple_of(PAGE_SIZE);
+    }
+    Ok(())
+}
+
+/// Owner, mode, then times: the last changes made to the object.
+fn set_metadata(pid: u32, file: &std::fs::File, f: &SavedFile) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = format!("saved file {} ({:?})", f.id, f.kind);
+    if let Some(o) = f.owner {
+        std::os::unix::fs::fchown(file, Some(o.uid), Some(o.gid))
+            .map_err(io(pid, format!("fchown {what} to {}:{}", o.uid, o.gid)))?;
     }
     file.set_permissions(std::fs::Permissions::from_mode(f.mode))
-        .map_err(io(pid, format!("fchmod {what}")))
+        .map_err(io(pid, format!("fchmod {what}")))?;
+    if let Some(t) = f.times {
+        let at = |s: i64, ns: i64| -> Option<std::time::SystemTime> {
+            let base = std::time::UNIX_EPOCH;
+            let ns = u32::try_from(ns).ok()?;
+            if s >= 0 {
+                base.checked_add(std::time::Duration::new(s as u64, ns))
+            } else {
+                base.checked_sub(std::time::Duration::from_secs(s.unsigned_abs()))?
+                    .checked_add(std::time::Duration::new(0, ns))
+            }
+        };
+        let (Some(a), Some(m)) = (at(t.atime_sec, t.atime_nsec), at(t.mtime_sec, t.mtime_nsec))
+        else {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: Stage::Fork,
+                what: format!("{what}: times out of range"),
+            });
+        };
+        file.set_times(std::fs::FileTimes::new().set_accessed(a).set_modified(m))
+            .map_err(io(pid, format!("futimens {what}")))?;
+    }
+    Ok(())
 }
 
 /// A descriptor of saved file `id`: a new open file description of the
@@ -195,6 +312,66 @@ pub(super) fn map_sources(img: &ProcessImage, o: &mut Opened, f: &mut ProcFiles)
             f.srcs.len() - 1
         };
         f.files_k.insert(key, k);
+    }
+    Ok(())
+}
+
+/// The deleted working directory of `img` (`cwd_saved`), passed to the
+/// process as a service descriptor ([`CWD_KEY`]) to enter ([`fchdir`]).
+pub(super) fn cwd_source(img: &ProcessImage, o: &mut Opened, f: &mut ProcFiles) -> Result<()> {
+    if img.cwd_saved == 0 {
+        return Ok(());
+    }
+    let &(obj, _) = o
+        .saved
+        .by_id
+        .get(&img.cwd_saved)
+        .ok_or_else(|| RestoreError::Refused {
+            pid: img.pid,
+            stage: Stage::Fork,
+            what: format!(
+                "working directory: saved file {} is not in the image",
+                img.cwd_saved
+            ),
+        })?;
+    f.srcs.push(obj);
+    f.files_k.insert(CWD_KEY.to_string(), f.srcs.len() - 1);
+    Ok(())
+}
+
+/// A deleted working directory: the process enters it through the
+/// descriptor the restorer passed it (the directory has no name).
+pub(crate) fn fchdir(r: &mut RemoteThread, img: &ProcessImage, svc: &ServiceFds) -> Result<()> {
+    if img.cwd_saved == 0 {
+        return Ok(());
+    }
+    let pid = img.pid;
+    let fd = *svc
+        .files
+        .get(CWD_KEY)
+        .ok_or_else(|| RestoreError::Refused {
+            pid,
+            stage: Stage::Attributes,
+            what: format!(
+                "no descriptor for the deleted working directory {}",
+                img.cwd
+            ),
+        })?;
+    r.call(
+        libc::SYS_fchdir,
+        &[fd as u64],
+        &format!("fchdir to the deleted directory {}", img.cwd),
+    )
+    .at(pid, Stage::Attributes)?;
+    Ok(())
+}
+
+/// The saved times again, after the last mapping (see [`TimesLater`]).
+pub(crate) fn times_again(pid: u32, later: TimesLater) -> Result<()> {
+    for (file, mut f) in later {
+        // Owner and mode are already right; only the times moved.
+        f.owner = None;
+        set_metadata(pid, &file, &f)?;
     }
     Ok(())
 }

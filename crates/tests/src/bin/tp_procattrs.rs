@@ -6,7 +6,7 @@
 //! Process-wide: oom_score_adj 345 (raised: lowering needs CAP_SYS_RESOURCE),
 //! THP disabled except where advised (PR_GET_THP_DISABLE 3), KSM merge-any,
 //! membarrier GLOBAL_EXPEDITED + PRIVATE_EXPEDITED registrations,
-//! coredump_filter 0x7b, child subreaper with an orphan reparented to us
+//! coredump_filter 0x7b, audit login uid 4242, child subreaper with an orphan reparented to us
 //! (its parent exited), mlockall(MCL_FUTURE | MCL_ONFAULT).
 //!
 //! Per mapping, each its own area with gaps between: mlock, mlock2(ONFAULT),
@@ -152,6 +152,7 @@ fn try_unchangeable() {
 struct ProcView {
     oom: String,
     coredump_filter: String,
+    loginuid: String,
     thp: i64,
     merge: i64,
     membarrier: i64,
@@ -172,6 +173,7 @@ fn proc_view() -> ProcView {
     ProcView {
         oom: read("/proc/self/oom_score_adj"),
         coredump_filter: read("/proc/self/coredump_filter"),
+        loginuid: read("/proc/self/loginuid"),
         thp: prctl(libc::PR_GET_THP_DISABLE, 0, 0),
         merge: prctl(PR_GET_MEMORY_MERGE, 0, 0),
         membarrier: membarrier(MEMBARRIER_GET_REGISTRATIONS),
@@ -365,6 +367,8 @@ fn main() {
     // ---- process-wide ----
     std::fs::write("/proc/self/oom_score_adj", "345").expect("raise oom_score_adj");
     std::fs::write("/proc/self/coredump_filter", "0x7b").expect("coredump_filter");
+    // The audit login uid (root may set it; the restorer's is usually unset).
+    std::fs::write("/proc/self/loginuid", "4242").expect("loginuid");
     if prctl(libc::PR_SET_THP_DISABLE, 1, 1 << 1) != 0 {
         stasis_tests::fatal("PR_SET_THP_DISABLE except advised");
     }

@@ -2,15 +2,28 @@
 //! "dump refuses cleanly and leaves the process unharmed" tests.
 //!
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
-//! uts-ns|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath`
+//! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
+//! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
+//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! mqueue|detached-mount`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
 //! - `child`: a forked child waits for go and exits with status 0;
 //! - `huge-deleted`: an open, deleted, sparse file of 1 GiB + 4 KiB (above
 //!   the size an image may hold);
-//! - `uts-ns`: a UTS namespace of its own with its own hostname;
+//! - `deleted-2m`: an open, deleted file of 2 MiB of known bytes (above a
+//!   `--ghost-limit 1M`, below the default);
+//! - `aio`: an AIO context (io_setup) with its ring mapped;
+//! - `io-uring`: an io_uring instance with its rings mapped; a NOP goes
+//!   through it after go;
+//! - `hugetlb-*`: one touched huge page of MAP_HUGETLB private or shared
+//!   anonymous memory, of an MFD_HUGETLB memfd, or of a file on a hugetlbfs
+//!   mounted by the harness at `--mnt DIR` (deleted); exits 4 if no huge page could
+//!   be had (the harness reserves them);
+//! - `uts-ns`: a UTS namespace of its own with its own host and domain name
+//!   (supported since: `--corrupt` makes the check fail); `uts-ns-child`: a
+//!   child in a UTS namespace of its own (refused);
 //! - `clone-files`: a child sharing the descriptor table (CLONE_FILES);
 //! - `thread-unshare-files`: a thread that unshared its descriptor table;
 //! - `thread-creds`: a thread whose effective gid differs (raw setresgid);
@@ -27,7 +40,9 @@
 //! - `chardev`: /dev/kmsg open (a device with a read position in the log);
 //! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued;
 //! - `thread-child-pdeath`: a child forked by a non-leader thread, with a
-//!   parent-death signal (which that thread's exit would send).
+//!   parent-death signal (which that thread's exit would send);
+//! - `mqueue`: a POSIX message queue descriptor with a message in it;
+//! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE).
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -145,20 +160,234 @@ fn main() {
                 || format!("child status {status:#x}"),
             );
         }
-        "uts-ns" => {
-            // SAFETY: integer-only syscalls on our own process.
-            let r = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
-            assert_eq!(r, 0, "unshare(CLONE_NEWUTS)");
-            let name = b"stasis-uts";
-            // SAFETY: name is valid for its length.
-            let r = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-            assert_eq!(r, 0, "sethostname");
+        "deleted-2m" => {
+            let path = proto.path("ghost.dat");
+            let data: Vec<u8> = (0..2u32 << 20)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            std::fs::write(&path, &data).expect("write ghost.dat");
+            let f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open");
+            std::fs::remove_file(&path).expect("unlink");
             proto.ready_and_wait();
-            let mut buf = [0u8; 64];
-            // SAFETY: buf is valid for its length.
-            unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-            report.eq("hostname", &name[..], &buf[..end]);
+            use std::os::unix::fs::FileExt;
+            let mut back = vec![0u8; data.len()];
+            let n = f.read_at(&mut back, 0).unwrap_or(0);
+            report.eq("bytes read from the deleted file", data.len(), n);
+            report.check(back == data, || {
+                "contents of the deleted file differ".into()
+            });
+        }
+        "aio" => {
+            let mut ctx: u64 = 0;
+            // SAFETY: io_setup writes the context id into a live u64.
+            let r = unsafe { libc::syscall(libc::SYS_io_setup, 8i64, &raw mut ctx) };
+            assert_eq!(r, 0, "io_setup: {}", std::io::Error::last_os_error());
+            proto.ready_and_wait();
+            // The context still exists: io_getevents with no events waits 0.
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let mut ev = [0u64; 4];
+            // SAFETY: io_getevents into a live buffer big enough for one event.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    ctx,
+                    0i64,
+                    1i64,
+                    ev.as_mut_ptr(),
+                    &raw const ts,
+                )
+            };
+            report.eq("io_getevents on the context", 0, n);
+        }
+        "io-uring" => {
+            // struct io_uring_params: 120 bytes; sq_off at 40, cq_off at 80.
+            let mut params = [0u32; 30];
+            if args.flag("sqpoll") {
+                params[2] = 2; // IORING_SETUP_SQPOLL: a kernel thread polls the ring
+            }
+            // SAFETY: io_uring_setup fills a live, zeroed io_uring_params.
+            let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+            assert!(
+                fd >= 0,
+                "io_uring_setup: {}",
+                std::io::Error::last_os_error()
+            );
+            let fd = fd as i32;
+            let sq_entries = params[0] as usize;
+            let sq_array = params[10 + 6] as usize; // sq_off.array
+            let sq_len = sq_array + sq_entries * 4;
+            // SAFETY: maps the submission ring of our own io_uring (offset 0).
+            let sq = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    sq_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd,
+                    0,
+                )
+            };
+            assert!(sq != libc::MAP_FAILED, "mmap sq ring");
+            proto.ready_and_wait();
+            // A NOP is not needed to prove the instance lives: register probe.
+            let mut probe = vec![0u8; 16 + 256 * 8];
+            // SAFETY: IORING_REGISTER_PROBE (8) fills a live buffer for 256 ops.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_register,
+                    fd,
+                    8u32,
+                    probe.as_mut_ptr(),
+                    256u32,
+                )
+            };
+            report.eq("io_uring_register(PROBE)", 0, r);
+        }
+        "hugetlb-anon" | "hugetlb-shared" | "hugetlb-memfd" | "hugetlb-file" => {
+            const HUGE: usize = 2 << 20;
+            let (flags, fd) = match what.as_str() {
+                "hugetlb-anon" => (
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                    -1,
+                ),
+                "hugetlb-shared" => (
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                    -1,
+                ),
+                "hugetlb-memfd" => {
+                    let name = std::ffi::CString::new("stasis-huge").expect("name");
+                    // SAFETY: valid NUL-terminated name.
+                    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_HUGETLB) };
+                    assert!(fd >= 0, "memfd_create(MFD_HUGETLB)");
+                    // SAFETY: ftruncate of our own memfd.
+                    unsafe { libc::ftruncate(fd, HUGE as i64) };
+                    (libc::MAP_SHARED, fd)
+                }
+                _ => {
+                    let dir = args.get("mnt").expect("--mnt DIR");
+                    let f = std::fs::File::options()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(format!("{dir}/huge"))
+                        .expect("create on hugetlbfs");
+                    // Deleted: its contents would have to go into the image.
+                    std::fs::remove_file(format!("{dir}/huge")).expect("unlink");
+                    f.set_len(HUGE as u64).expect("ftruncate");
+                    use std::os::fd::IntoRawFd;
+                    (libc::MAP_SHARED, f.into_raw_fd())
+                }
+            };
+            // SAFETY: a fresh mapping at a kernel-chosen address.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    HUGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    fd,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                std::process::exit(4);
+            }
+            let m = p.cast::<u8>();
+            // SAFETY: writes one byte into the huge page just mapped (a
+            // fault without a huge page kills us with SIGBUS: the harness
+            // reserved them).
+            unsafe { m.add(12345).write_volatile(0x5a) };
+            proto.ready_and_wait();
+            // SAFETY: reads the byte written above.
+            report.eq("byte in the huge page", 0x5a, unsafe {
+                m.add(12345).read_volatile()
+            });
+        }
+        "hugetlb-memfd-fd" => {
+            // An MFD_HUGETLB memfd held as a descriptor only (no mapping).
+            let name = std::ffi::CString::new("stasis-huge-fd").expect("name");
+            // SAFETY: valid NUL-terminated name.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_HUGETLB) };
+            if fd < 0 {
+                std::process::exit(4);
+            }
+            // SAFETY: ftruncate of our own memfd (2 MiB: one huge page).
+            let r = unsafe { libc::ftruncate(fd, 2 << 20) };
+            report.eq("ftruncate", 0, r);
+            proto.ready_and_wait();
+            // SAFETY: fstat of our own descriptor into a zeroed buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let r = unsafe { libc::fstat(fd, &mut st) };
+            report.eq("fstat and size", (0, 2 << 20), (r, st.st_size));
+        }
+        "uts-ns" | "uts-ns-child" => {
+            // Our own UTS namespace (supported: the whole tree shares the
+            // root's), or a child's own one (refused).
+            let own = || {
+                // SAFETY: integer-only syscalls on our own process; the names are literals.
+                unsafe {
+                    assert_eq!(
+                        libc::unshare(libc::CLONE_NEWUTS),
+                        0,
+                        "unshare(CLONE_NEWUTS)"
+                    );
+                    assert_eq!(libc::sethostname(b"stasis-uts".as_ptr().cast(), 10), 0);
+                    assert_eq!(libc::setdomainname(b"stasis-dom".as_ptr().cast(), 10), 0);
+                }
+            };
+            let uts = || {
+                // SAFETY: an all-zero utsname is a valid out buffer.
+                let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+                // SAFETY: u is a live buffer.
+                unsafe { libc::uname(&mut u) };
+                let text = |f: &[libc::c_char]| -> String {
+                    f.iter()
+                        .take_while(|&&c| c != 0)
+                        .map(|&c| c as u8 as char)
+                        .collect()
+                };
+                (text(&u.nodename), text(&u.domainname))
+            };
+            let ns = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).ok();
+            if what == "uts-ns" {
+                own();
+                let before = (uts(), ns("/proc/self/ns/uts") == ns("/proc/1/ns/uts"));
+                proto.ready_and_wait();
+                let mut after = (uts(), ns("/proc/self/ns/uts") == ns("/proc/1/ns/uts"));
+                if args.corrupt() {
+                    after.0 .0.push('x');
+                }
+                report.eq(
+                    "host and domain name, and whether the namespace is init's",
+                    before,
+                    after,
+                );
+            } else {
+                // SAFETY: single-threaded; the child polls go and _exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    own();
+                    proto.wait_go();
+                    // SAFETY: ends the child.
+                    unsafe { libc::_exit(i32::from(uts().0 != "stasis-uts")) };
+                }
+                proto.ready_and_wait();
+                let mut st = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+                report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+                    format!("child in its own UTS namespace: status {st:#x}")
+                });
+            }
         }
         "clone-files" => {
             // SAFETY: a fork-like clone (no CLONE_VM, no new stack) that
@@ -400,6 +629,51 @@ fn main() {
                 }),
                 Err(_) => report.fail("thread panicked"),
             }
+        }
+        "mqueue" => {
+            let name = format!("/stasis-tp-{}\0", std::process::id());
+            // SAFETY: a NUL-terminated name; default attributes.
+            let q = unsafe {
+                libc::mq_open(
+                    name.as_ptr().cast(),
+                    libc::O_RDWR | libc::O_CREAT,
+                    0o600,
+                    std::ptr::null_mut::<libc::mq_attr>(),
+                )
+            };
+            assert!(q >= 0, "mq_open");
+            // SAFETY: the name is ours; the queue stays open through q.
+            unsafe {
+                libc::mq_unlink(name.as_ptr().cast());
+                assert_eq!(libc::mq_send(q, b"hi".as_ptr().cast(), 2, 0), 0, "mq_send");
+            }
+            proto.ready_and_wait();
+            let mut buf = [0u8; 8192];
+            // SAFETY: buf is big enough for the default message size.
+            let n = unsafe {
+                libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut())
+            };
+            report.eq("queued message", 2, n);
+        }
+        "detached-mount" => {
+            const OPEN_TREE_CLONE: u64 = 1;
+            // SAFETY: open_tree with a NUL-terminated path returns a new descriptor.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    c"/tmp".as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as u64,
+                )
+            };
+            assert!(fd >= 0, "open_tree");
+            proto.ready_and_wait();
+            // SAFETY: fstat into a zeroed buffer of the right type.
+            let r = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd as i32, &mut st)
+            };
+            report.eq("fstat of the detached mount", 0, r);
         }
         other => panic!("unknown --with {other}"),
     }

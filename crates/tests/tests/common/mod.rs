@@ -82,12 +82,14 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_load" => env!("CARGO_BIN_EXE_tp_load"),
         "tp_memfd" => env!("CARGO_BIN_EXE_tp_memfd"),
         "tp_fdkinds" => env!("CARGO_BIN_EXE_tp_fdkinds"),
+        "tp_memkinds" => env!("CARGO_BIN_EXE_tp_memkinds"),
         "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
         "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
         "tp_inet" => env!("CARGO_BIN_EXE_tp_inet"),
         "tp_unix" => env!("CARGO_BIN_EXE_tp_unix"),
         "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
+        "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
@@ -850,3 +852,62 @@ pub fn go_program() -> Result<PathBuf, String> {
 
 /// What [`go_program`] says when there is no `go` in PATH.
 pub const NO_GO: &str = "no `go` toolchain in PATH (Debian: apt-get install golang)";
+
+/// A process of `program` run with `args` holds something the dump must
+/// refuse: the dump (with `dump_extra`) fails with one line naming the PID
+/// and `words` (any of them, or with `all` every one; case-insensitive),
+/// leaves no image, and the process runs on unharmed, passing its own
+/// checks after go.
+pub fn refused_dump(
+    name: &str,
+    program: Program,
+    args: &[&str],
+    dump_extra: &[&str],
+    words: &[&str],
+    all: bool,
+) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, program, args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, dump_extra, opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "dump of {args:?} did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "dump error is not one line: {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&p.pid.to_string()),
+        "dump error does not name PID {}: {:?}",
+        p.pid,
+        out.stderr
+    );
+    let lower = out.stderr.to_lowercase();
+    let named = |w: &&str| lower.contains(&w.to_lowercase());
+    let ok = if all {
+        words.iter().all(named)
+    } else {
+        words.iter().any(named)
+    };
+    assert!(ok, "dump error does not name {words:?}: {:?}", out.stderr);
+    assert!(
+        !work.img().join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    step(
+        &work,
+        "process after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}

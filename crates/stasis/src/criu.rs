@@ -1,0 +1,584 @@
+//! criu's command line: every option of every criu command, parsed the way
+//! criu parses it (GNU getopt_long: options and the command in any order,
+//! `--opt=VALUE` or `--opt VALUE`, unambiguous prefixes of long names,
+//! clustered short options, `-vN`, `--no-NAME` for criu's boolean options).
+//!
+//! Each option has one fate here: *applied* (stasis does what criu does),
+//! *accepted* (it only permits something stasis refuses by name anyway, or
+//! has no effect on this command: a note goes to the log), or *refused*
+//! (one line naming it, before anything is done). The table is written
+//! from criu's documentation (`criu(8)`) and its option list; criu 4.1 is
+//! the version stasis answers for.
+
+use std::fmt::Write as _;
+
+/// The criu version stasis answers for (`--version`, README).
+pub const CRIU_VERSION: &str = "4.1";
+
+/// Whether an option takes an argument (getopt's three kinds).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arg {
+    No,
+    Required,
+    Optional,
+}
+
+/// What stasis does with an option.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fate {
+    /// Implemented as criu implements it.
+    Applied,
+    /// Parsed and allowed; the note (logged) says why it changes nothing.
+    Accepted(&'static str),
+    /// Refused by name: stasis does not implement what it asks for.
+    Refused,
+    /// Decided by its value (see `judge_value`).
+    ByValue,
+}
+
+/// Commands an option concerns (outside them criu ignores it, and so do we).
+pub const DUMP: u8 = 1;
+pub const PRE_DUMP: u8 = 2;
+pub const RESTORE: u8 = 4;
+pub const CHECK: u8 = 8;
+/// page-server, lazy-pages, service, swrk, dedup, cpuinfo, exec.
+pub const OTHER: u8 = 16;
+pub const ANY: u8 = 31;
+const DR: u8 = DUMP | PRE_DUMP | RESTORE;
+const D: u8 = DUMP | PRE_DUMP;
+
+/// One criu option.
+#[derive(Debug)]
+pub struct Opt {
+    pub long: &'static str,
+    pub short: Option<char>,
+    pub arg: Arg,
+    /// criu's boolean options also exist as `--no-NAME`.
+    pub negatable: bool,
+    pub scope: u8,
+    pub fate: Fate,
+    /// A valid argument (tests build command lines from it).
+    pub example: &'static str,
+}
+
+const fn o(long: &'static str, arg: Arg, scope: u8, fate: Fate, example: &'static str) -> Opt {
+    Opt {
+        long,
+        short: None,
+        arg,
+        negatable: false,
+        scope,
+        fate,
+        example,
+    }
+}
+
+const fn s(
+    long: &'static str,
+    short: char,
+    arg: Arg,
+    scope: u8,
+    fate: Fate,
+    example: &'static str,
+) -> Opt {
+    Opt {
+        long,
+        short: Some(short),
+        arg,
+        negatable: false,
+        scope,
+        fate,
+        example,
+    }
+}
+
+impl Opt {
+    /// Also `--no-NAME` (criu's boolean options).
+    const fn neg(mut self) -> Opt {
+        self.negatable = true;
+        self
+    }
+}
+
+/// A boolean option with its `--no-` form.
+const fn b(long: &'static str, scope: u8, fate: Fate) -> Opt {
+    Opt {
+        long,
+        short: None,
+        arg: Arg::No,
+        negatable: true,
+        scope,
+        fate,
+        example: "",
+    }
+}
+
+use Arg::{No, Optional as Opti, Required as Req};
+use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
+
+const NO_SOCKETS: &str =
+    "stasis dumps no established TCP connection or external unix socket (each is refused by \
+     name): nothing to permit";
+const NO_MNTNS: &str =
+    "stasis dumps no mount namespace of its own (refused by name): nothing to map or permit";
+const NO_INCREMENTAL: &str =
+    "stasis writes a complete image every time; no earlier image is read or tracked";
+
+/// Every option of criu 4.1, by long name.
+pub static OPTIONS: &[Opt] = &[
+    // Common options.
+    s("verbosity", 'v', Opti, ANY, App, "4"),
+    s("log-file", 'o', Req, ANY, App, "criu.log"),
+    o("config", Req, ANY, Ref, "/nonexistent/criu.conf"),
+    o("no-default-config", No, ANY, App, ""),
+    o("pidfile", Req, RESTORE | OTHER, App, "stasis.pid"),
+    s("images-dir", 'D', Req, ANY, App, "."),
+    s("work-dir", 'W', Req, ANY, App, "."),
+    s("libdir", 'L', Req, ANY, Acc("stasis has no plugins to load"), "/nonexistent"),
+    b("display-stats", DR, Acc("the log file has the figures of every dump and restore")),
+    b("log-pid", ANY, Acc("stasis logs from one process into one file")),
+    o("close", Req, ANY, App, "99"),
+    s("help", 'h', No, ANY, App, ""),
+    s("version", 'V', No, ANY, App, ""),
+    b(
+        "unprivileged",
+        ANY,
+        Acc("stasis uses the capabilities it has and refuses by name whatever needs more"),
+    ),
+    // Dump and pre-dump.
+    s("tree", 't', Req, D, App, "99999998"),
+    s("leave-running", 'R', No, D, App, ""),
+    s("leave-stopped", 's', No, D, Ref, ""),
+    o("timeout", Req, DR, App, "30"),
+    o("freeze-cgroup", Req, D, Ref, "/sys/fs/cgroup/x"),
+    s("ext-unix-sk", 'x', Opti, DR, Acc(NO_SOCKETS), ""),
+    b("tcp-established", DR, Acc(NO_SOCKETS)),
+    b("skip-in-flight", DR, App),
+    b("tcp-close", DR, Acc(NO_SOCKETS)),
+    b(
+        "link-remap",
+        DR,
+        Acc("stasis saves the contents of every deleted open file (criu's ghost files)"),
+    ),
+    o("ghost-limit", Req, D, App, "1M"),
+    b(
+        "ghost-fiemap",
+        D,
+        Acc("only how criu reads sparse deleted files; the saved contents are the same"),
+    ),
+    o("network-lock", Req, DR, ByValue, "iptables"),
+    o("prev-images-dir", Req, D, Acc(NO_INCREMENTAL), "../parent"),
+    b("track-mem", D, Acc(NO_INCREMENTAL)),
+    b("auto-dedup", ANY, Acc(NO_INCREMENTAL)),
+    b("page-server", D, Ref),
+    o("address", Req, D | OTHER, Ref, "127.0.0.1"),
+    o("port", Req, D | OTHER, Ref, "27"),
+    o("ps-socket", Req, D | OTHER, Ref, "3"),
+    b("tls", D | RESTORE | OTHER, Ref),
+    o("tls-cacert", Req, D | RESTORE | OTHER, Ref, "ca.pem"),
+    o("tls-cacrl", Req, D | RESTORE | OTHER, Ref, "crl.pem"),
+    o("tls-cert", Req, D | RESTORE | OTHER, Ref, "cert.pem"),
+    o("tls-key", Req, D | RESTORE | OTHER, Ref, "key.pem"),
+    o("tls-no-cn-verify", No, D | RESTORE | OTHER, Ref, ""),
+    o("pre-dump-mode", Req, D, ByValue, "splice"),
+    b("check-only", D, Ref),
+    b("stream", DR, Ref),
+    b("allow-uprobes", D, Ref),
+    o("ms", No, DR, Ref, ""),
+    // Dump and restore.
+    s("shell-job", 'j', No, DR, App, "").neg(),
+    s("file-locks", 'l', No, DR, App, "").neg(),
+    o("manage-cgroups", Opti, DR, ByValue, "ignore"),
+    o("cgroup-root", Req, RESTORE, Ref, "/x"),
+    o("cgroup-props", Req, DR, Ref, "x"),
+    o("cgroup-props-file", Req, DR, Ref, "x.yaml"),
+    o("cgroup-dump-controller", Req, D, Ref, "cpu"),
+    o("cgroup-yard", Req, DR, Ref, "/x"),
+    o("external", Req, DR, Ref, "net[1]:x"),
+    s("ext-mount-map", 'M', Req, DR, Acc(NO_MNTNS), "auto"),
+    o("enable-external-sharing", No, DR, Acc(NO_MNTNS), ""),
+    o("enable-external-masters", No, DR, Acc(NO_MNTNS), ""),
+    o("skip-mnt", Req, D, Acc(NO_MNTNS), "/mnt"),
+    o("enable-fs", Req, D, Acc(NO_MNTNS), "nfs"),
+    b("mntns-compat-mode", RESTORE, Acc(NO_MNTNS)),
+    b(
+        "evasive-devices",
+        DR,
+        Acc("only stateless devices (/dev/null, zero, full, random, urandom) are restored; any other is refused by name"),
+    ),
+    b(
+        "force-irmap",
+        D,
+        Acc("inotify watches are restored through file handles, not paths"),
+    ),
+    o(
+        "irmap-scan-path",
+        Req,
+        D,
+        Acc("inotify watches are restored through file handles, not paths"),
+        "/",
+    ),
+    o("empty-ns", Req, D, Ref, "net"),
+    b(
+        "weak-sysctls",
+        RESTORE,
+        Acc("stasis restores no namespace, so no sysctl"),
+    ),
+    o("file-validation", Req, DR, ByValue, "filesize"),
+    b(
+        "skip-file-rwx-check",
+        RESTORE,
+        Acc("stasis makes no such check: files are opened as the restorer"),
+    ),
+    o("lsm-profile", Req, RESTORE, Ref, "apparmor:x"),
+    o("lsm-mount-context", Req, RESTORE, Ref, "x"),
+    o("action-script", Req, DR, Ref, "/bin/true"),
+    b("deprecated", ANY, Acc("stasis supports nothing criu deprecated")),
+    // Restore.
+    s("restore-detached", 'd', No, RESTORE, App, "").neg(),
+    b("daemon", RESTORE, App),
+    s("restore-sibling", 'S', No, RESTORE, Ref, "").neg(),
+    s("root", 'r', Req, RESTORE, Ref, "/"),
+    s("join-ns", 'J', Req, RESTORE, Ref, "net:/proc/1/ns/net"),
+    o("veth-pair", Req, RESTORE, Ref, "eth0=veth0"),
+    o("inherit-fd", Req, RESTORE, Ref, "fd[3]:x"),
+    o("exec-cmd", No, RESTORE, Ref, ""),
+    o("cpu-cap", Opti, RESTORE | OTHER, ByValue, "fpu"),
+    o("lazy-pages", No, DR, Ref, ""),
+    o("status-fd", Req, OTHER, App, "3"),
+    // Check.
+    o("feature", Req, CHECK, App, "clone3_set_tid"),
+    b("extra", CHECK, App),
+    b("experimental", CHECK, App),
+    o("all", No, CHECK, App, ""),
+    // stasis's own (not criu's).
+    o("allow-changed-files", No, RESTORE, App, ""),
+    o("new-pid-ns", No, RESTORE, App, ""),
+];
+
+/// criu's commands, and whether stasis implements each.
+pub static COMMANDS: &[(&str, u8, bool)] = &[
+    ("dump", DUMP, true),
+    ("pre-dump", PRE_DUMP, false),
+    ("restore", RESTORE, true),
+    ("check", CHECK, true),
+    ("page-server", OTHER, false),
+    ("lazy-pages", OTHER, false),
+    ("service", OTHER, false),
+    ("swrk", OTHER, false),
+    ("dedup", OTHER, false),
+    ("cpuinfo", OTHER, false),
+    ("exec", OTHER, false),
+];
+
+/// One option as given on the command line.
+#[derive(Debug, Clone)]
+pub struct Given {
+    pub opt: &'static Opt,
+    /// `--no-NAME`.
+    pub negated: bool,
+    pub value: Option<String>,
+}
+
+impl Given {
+    /// How the user would recognise it: `--name[=value]`.
+    pub fn spelled(&self) -> String {
+        let mut s = format!(
+            "--{}{}",
+            if self.negated { "no-" } else { "" },
+            self.opt.long
+        );
+        if let Some(v) = &self.value {
+            let _ = write!(s, "={v}");
+        }
+        s
+    }
+}
+
+/// A parsed command line.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub given: Vec<Given>,
+    pub positionals: Vec<String>,
+}
+
+fn by_long(name: &str) -> Result<(&'static Opt, bool), String> {
+    let candidates = || {
+        OPTIONS.iter().flat_map(|o| {
+            let mut v = vec![(o.long.to_string(), o, false)];
+            if o.negatable {
+                v.push((format!("no-{}", o.long), o, true));
+            }
+            v
+        })
+    };
+    if let Some((_, o, neg)) = candidates().find(|(n, _, _)| n == name) {
+        return Ok((o, neg));
+    }
+    let matches: Vec<_> = candidates()
+        .filter(|(n, _, _)| n.starts_with(name))
+        .collect();
+    match matches.as_slice() {
+        [(_, o, neg)] => Ok((o, *neg)),
+        [] => Err(format!("unrecognized option --{name}")),
+        _ => Err(format!(
+            "option --{name} is ambiguous ({})",
+            matches
+                .iter()
+                .map(|(n, _, _)| format!("--{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Parses `args` (without argv[0]) as criu's getopt_long would.
+pub fn parse(args: &[String]) -> Result<Parsed, String> {
+    let mut p = Parsed::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            p.positionals.extend(args[i..].iter().cloned());
+            break;
+        }
+        if let Some(body) = a.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let (opt, negated) = by_long(name)?;
+            let value = match (opt.arg, negated, inline) {
+                (Arg::No, _, Some(_)) | (_, true, Some(_)) => {
+                    return Err(format!("option --{name} doesn't allow an argument"))
+                }
+                (Arg::Required, false, None) => match args.get(i) {
+                    Some(v) => {
+                        i += 1;
+                        Some(v.clone())
+                    }
+                    None => return Err(format!("option --{} requires an argument", opt.long)),
+                },
+                (_, _, v) => v,
+            };
+            p.given.push(Given {
+                opt,
+                negated,
+                value,
+            });
+            continue;
+        }
+        let Some(cluster) = a.strip_prefix('-').filter(|c| !c.is_empty()) else {
+            p.positionals.push(a.clone());
+            continue;
+        };
+        let chars: Vec<char> = cluster.chars().collect();
+        let mut k = 0;
+        while k < chars.len() {
+            let c = chars[k];
+            k += 1;
+            let opt = OPTIONS
+                .iter()
+                .find(|o| o.short == Some(c))
+                .ok_or_else(|| format!("invalid option -- '{c}'"))?;
+            let rest: String = chars[k..].iter().collect();
+            let value = match opt.arg {
+                Arg::No => None,
+                Arg::Optional => {
+                    k = chars.len();
+                    (!rest.is_empty()).then_some(rest)
+                }
+                Arg::Required => {
+                    k = chars.len();
+                    if !rest.is_empty() {
+                        Some(rest)
+                    } else if let Some(v) = args.get(i) {
+                        i += 1;
+                        Some(v.clone())
+                    } else {
+                        return Err(format!("option requires an argument -- '{c}'"));
+                    }
+                }
+            };
+            p.given.push(Given {
+                opt,
+                negated: false,
+                value,
+            });
+        }
+    }
+    Ok(p)
+}
+
+/// The fate of an option whose fate depends on its value; an invalid value
+/// is an error, as in criu.
+pub fn judge_value(g: &Given) -> Result<Fate, String> {
+    let v = g.value.as_deref();
+    let bad = || format!("invalid argument for --{}: {}", g.opt.long, v.unwrap_or(""));
+    Ok(match g.opt.long {
+        "manage-cgroups" => match v {
+            Some("ignore") => Fate::Accepted(
+                "stasis does not touch cgroups: the restored tree joins the restorer's",
+            ),
+            None | Some("none" | "props" | "soft" | "full" | "strict") => Fate::Refused,
+            Some(_) => return Err(bad()),
+        },
+        "network-lock" => match v {
+            Some("iptables" | "nftables" | "skip") => Fate::Accepted(
+                "stasis dumps no TCP connection (refused by name): there is nothing to lock",
+            ),
+            _ => return Err(bad()),
+        },
+        "pre-dump-mode" => match v {
+            Some("splice" | "read") => {
+                Fate::Accepted("only pre-dump uses it, and stasis has no pre-dump yet")
+            }
+            _ => return Err(bad()),
+        },
+        "file-validation" => match v {
+            Some("filesize" | "buildid") => Fate::Accepted(
+                "stasis checks the size and mtime of every file (stricter than either method)",
+            ),
+            _ => return Err(bad()),
+        },
+        "cpu-cap" => {
+            let ok = v.is_none_or(|v| {
+                v.split(',').all(|c| {
+                    matches!(
+                        c.trim_start_matches('^'),
+                        "all" | "cpu" | "fpu" | "ins" | "none" | "default"
+                    )
+                })
+            });
+            if !ok {
+                return Err(bad());
+            }
+            Fate::Accepted(
+                "stasis checks every image's XSAVE layout against this CPU whatever the value",
+            )
+        }
+        _ => g.opt.fate,
+    })
+}
+
+/// The usage text.
+pub fn usage(prog: &str) -> String {
+    let mut u = format!(
+        "Usage:\n  {prog} dump|pre-dump -t PID [<options>]\n  {prog} restore [<options>]\n  \
+         {prog} check [--feature FEAT] [--extra|--experimental|--all]\n  \
+         {prog} page-server|lazy-pages|service|swrk|dedup|cpuinfo|exec (refused: not supported yet)\n  \
+         stasis run [-d] [--pidfile FILE] -- CMD [ARGS...]\n  stasis show DIR|FILE\n  \
+         stasis bench [...]\n  stasis install-criu-link [DIR]\n\n\
+         criu {CRIU_VERSION}'s options (README, \"criu compatibility\"):\n"
+    );
+    for o in OPTIONS {
+        let fate = match o.fate {
+            Fate::Applied => "applied",
+            Fate::Accepted(_) => "accepted",
+            Fate::Refused => "refused",
+            Fate::ByValue => "by value",
+        };
+        let short = o.short.map(|c| format!("-{c}, ")).unwrap_or_default();
+        let arg = match o.arg {
+            Arg::No => "",
+            Arg::Required => " ARG",
+            Arg::Optional => "[=ARG]",
+        };
+        let _ = writeln!(u, "  {short}--{}{arg}  ({fate})", o.long);
+    }
+    u
+}
+
+/// The table as tab-separated lines (for tests): long, short, arg, negatable,
+/// scope, fate, example.
+pub fn table() -> String {
+    let mut t = String::new();
+    for o in OPTIONS {
+        let fate = match o.fate {
+            Fate::Applied => "applied",
+            Fate::Accepted(_) => "accepted",
+            Fate::Refused => "refused",
+            Fate::ByValue => "byvalue",
+        };
+        let arg = match o.arg {
+            Arg::No => "no",
+            Arg::Required => "required",
+            Arg::Optional => "optional",
+        };
+        let _ = writeln!(
+            t,
+            "{}\t{}\t{arg}\t{}\t{}\t{fate}\t{}",
+            o.long,
+            o.short.map(String::from).unwrap_or_default(),
+            o.negatable,
+            o.scope,
+            o.example
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Parsed, String> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn getopt_forms() {
+        let r = p(&[
+            "-v4",
+            "dump",
+            "-t",
+            "5",
+            "-D/x",
+            "--log-file=d.log",
+            "-Rj",
+            "--tcp-est",
+        ])
+        .expect("parse");
+        assert_eq!(r.positionals, ["dump"]);
+        let names: Vec<_> = r.given.iter().map(|g| g.spelled()).collect();
+        assert_eq!(
+            names,
+            [
+                "--verbosity=4",
+                "--tree=5",
+                "--images-dir=/x",
+                "--log-file=d.log",
+                "--leave-running",
+                "--shell-job",
+                "--tcp-established"
+            ]
+        );
+        let r = p(&["--no-shell-job", "--manage-cgroups", "x", "-vvv"]).expect("parse");
+        assert!(r.given[0].negated);
+        assert_eq!(r.given[1].value, None);
+        assert_eq!(r.positionals, ["x"]);
+        assert_eq!(r.given[2].value.as_deref(), Some("vv"));
+        assert!(p(&["--pidfile"]).is_err());
+        assert!(p(&["--nosuch"]).is_err());
+        assert!(p(&["--tls-c"]).is_err(), "ambiguous");
+        assert!(p(&["--leave-running=1"]).is_err());
+        assert!(p(&["-q"]).is_err());
+    }
+
+    #[test]
+    fn table_is_sane() {
+        for (i, o) in OPTIONS.iter().enumerate() {
+            assert!(
+                !OPTIONS[i + 1..]
+                    .iter()
+                    .any(|x| x.long == o.long || (o.short.is_some() && x.short == o.short)),
+                "{} twice",
+                o.long
+            );
+            if o.arg == Arg::Required {
+                assert!(!o.example.is_empty(), "{} needs an example", o.long);
+            }
+        }
+    }
+}

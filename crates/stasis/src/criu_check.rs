@@ -1,0 +1,175 @@
+//! `check`: criu's kernel feature names, answered for stasis.
+//!
+//! A feature is "supported" only where stasis uses it and the kernel has
+//! it; a name for something stasis does not do (userns, TCP, lazy pages,
+//! ...) is answered "not supported" whatever the kernel offers, so a caller
+//! that gates a feature on `check --feature` never relies on it.
+
+use stasis_sys::features::Feature;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+
+/// criu's category: 2 is checked by `--extra`/`--all`, 3 by
+/// `--experimental`/`--all`; 0 is checked only by name.
+struct CriuFeature {
+    name: &'static str,
+    category: u8,
+    /// None: stasis does not do it.
+    why_not: Option<&'static str>,
+}
+
+const fn f(name: &'static str, category: u8, why_not: Option<&'static str>) -> CriuFeature {
+    CriuFeature {
+        name,
+        category,
+        why_not,
+    }
+}
+
+const NS: Option<&str> =
+    Some("stasis restores no namespace but the PID and mount ones of `stasis run`");
+const NET: Option<&str> = Some("stasis dumps no socket but unix socket pairs");
+const LAZY: Option<&str> = Some("stasis has no lazy restore");
+
+/// criu 4.1's feature names (`criu check --feature list`).
+static CRIU_FEATURES: &[CriuFeature] = &[
+    f("mnt_id", 2, None),
+    f(
+        "mem_dirty_track",
+        2,
+        Some("stasis has no pre-dump (soft-dirty tracking is not used)"),
+    ),
+    f("aio_remap", 2, Some("AIO rings are refused")),
+    f("timerfd", 2, None),
+    f("tun", 0, Some("tun devices are refused")),
+    f("tun_ns", 0, Some("tun devices are refused")),
+    f("userns", 2, NS),
+    f("fdinfo_lock", 2, None),
+    f("seccomp_suspend", 2, Some("seccomp filters are refused")),
+    f("seccomp_filters", 2, Some("seccomp filters are refused")),
+    f("loginuid", 2, Some("the audit login uid is not restored")),
+    f("cgroupns", 2, NS),
+    f("autofs", 3, Some("autofs mounts are not restored")),
+    f("tcp_half_closed", 2, NET),
+    f("compat_cr", 3, Some("32-bit code is refused")),
+    f("uffd", 2, LAZY),
+    f("uffd-noncoop", 2, LAZY),
+    f(
+        "can_map_vdso",
+        2,
+        Some("the vDSO is moved with mremap, not mapped with arch_prctl"),
+    ),
+    f("sk_ns", 2, NET),
+    f("sk_unix_file", 0, Some("named unix sockets are refused")),
+    f("net_diag_raw", 2, NET),
+    f("nsid", 0, NS),
+    f("link_nsid", 0, NS),
+    f(
+        "kcmp_epoll",
+        2,
+        Some("epoll targets are found through fdinfo, not kcmp"),
+    ),
+    f("timens", 2, NS),
+    f("external_net_ns", 0, NS),
+    f("clone3_set_tid", 2, None),
+    f("newifindex", 2, NET),
+    f("nftables", 0, NET),
+    f("has_ipt_legacy", 0, NET),
+    f("pidfd_store", 2, Some("stasis has no RPC service")),
+    f("ns_pid", 2, None),
+    f(
+        "apparmor_stacking",
+        2,
+        Some("LSM profiles are not restored"),
+    ),
+    f("network_lock_nftables", 2, NET),
+    f("sockopt_buf_lock", 2, NET),
+    f("memfd_hugetlb", 2, Some("hugetlb memfds are refused")),
+    f("move_mount_set_group", 2, NS),
+    f("openat2", 2, Some("stasis does not use openat2")),
+    f("get_rseq_conf", 2, None),
+];
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    v >= (major, minor)
+}
+
+fn fdinfo_has(file: &std::fs::File, key: &str) -> bool {
+    let mut s = String::new();
+    std::fs::File::open(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .is_ok()
+        && s.lines().any(|l| l.starts_with(key))
+}
+
+/// Probes the kernel for a feature stasis uses.
+fn kernel_has(name: &str, stasis: &[Feature]) -> Result<(), String> {
+    let probed = |n: &str| stasis.iter().any(|f| f.name == n && f.ok);
+    let ok = match name {
+        "mnt_id" => std::fs::File::open("/proc/self/status")
+            .map(|f| fdinfo_has(&f, "mnt_id:"))
+            .unwrap_or(false),
+        "timerfd" => kernel_at_least(3, 17),
+        "fdinfo_lock" => {
+            let path = std::env::temp_dir().join(format!(".stasis-check-{}", std::process::id()));
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .map(|f| f.lock().is_ok() && fdinfo_has(&f, "lock:"));
+            let _ = std::fs::remove_file(&path);
+            r.unwrap_or(false)
+        }
+        "clone3_set_tid" => probed("clone3_set_tid"),
+        "ns_pid" => std::fs::read_to_string("/proc/self/status")
+            .map(|s| s.lines().any(|l| l.starts_with("NSpid:")))
+            .unwrap_or(false),
+        "get_rseq_conf" => probed("rseq") && kernel_at_least(5, 13),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("the kernel does not provide it".into())
+    }
+}
+
+/// Whether `name` (a criu or a stasis feature name) is supported: Ok, or
+/// the reason. None: an unknown name.
+pub fn feature(name: &str, stasis: &[Feature]) -> Option<Result<(), String>> {
+    if let Some(cf) = CRIU_FEATURES.iter().find(|f| f.name == name) {
+        return Some(match cf.why_not {
+            Some(w) => Err(w.to_string()),
+            None => kernel_has(name, stasis),
+        });
+    }
+    stasis
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| if f.ok { Ok(()) } else { Err(f.note.clone()) })
+}
+
+/// Every criu feature name.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    CRIU_FEATURES.iter().map(|f| f.name)
+}
+
+/// criu's category-2/3 features (`--extra`, `--experimental`), answered:
+/// (name, result).
+pub fn categories(
+    extra: bool,
+    experimental: bool,
+    stasis: &[Feature],
+) -> Vec<(&'static str, Result<(), String>)> {
+    CRIU_FEATURES
+        .iter()
+        .filter(|f| (extra && f.category == 2) || (experimental && f.category == 3))
+        .map(|f| (f.name, feature(f.name, stasis).unwrap_or(Ok(()))))
+        .collect()
+}
