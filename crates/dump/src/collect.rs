@@ -64,7 +64,11 @@ fn check(pid: u32, status: &Status) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected> {
+pub(crate) fn collect(
+    frozen: &mut Frozen,
+    shell_job: bool,
+    skip_in_flight: bool,
+) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
 
@@ -79,7 +83,7 @@ pub(crate) fn collect(frozen: &mut Frozen, shell_job: bool) -> Result<Collected>
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     check(pid, &status)?;
-    let fds = kinds::collect_fds(pid, shell_job)?;
+    let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
 

@@ -59,6 +59,9 @@ pub struct DumpOptions {
     /// Save file locks and leases (criu's `--file-locks`); without it a
     /// process holding one is refused.
     pub file_locks: bool,
+    /// Drop connections waiting in a listener's accept queue (criu's
+    /// `--skip-in-flight`); without it such a listener is refused.
+    pub skip_in_flight: bool,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
     /// Largest memfd or deleted file whose contents go into the image
@@ -277,7 +280,7 @@ fn dump_frozen(
     let uts = uts::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
-        collected.push(collect::collect(f, opts.shell_job)?);
+        collected.push(collect::collect(f, opts.shell_job, opts.skip_in_flight)?);
     }
     checks::parent_threads(&collected)?;
     kinds::link_tree(

@@ -433,6 +433,93 @@ pub enum FdKind {
         peer: u64,
         sock_type: u32,
         flags: u32,
+        /// Data waiting to be read by this end, oldest first: one entry
+        /// per message (datagram, seqpacket), one for a stream.
+        #[serde(default)]
+        queued: Vec<crate::kinds::unix::Queued>,
+        /// SHUT_* state as sock_diag shows it (1 receive, 2 send).
+        #[serde(default)]
+        shutdown: u8,
+        /// Options that differ from a new socket pair's, by name.
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        /// The name of an accepted connection (its listener's, as
+        /// sock_diag gives it), empty for an unnamed end.
+        #[serde(default, with = "crate::hex_bytes")]
+        name: Vec<u8>,
+        /// A client whose connection waits in this listener's accept
+        /// queue (the listener's `id`), 0 for none; `peer` is then 0.
+        #[serde(default)]
+        listener: u64,
+    },
+    /// An AF_UNIX socket that is not connected: bound to a path or an
+    /// abstract name (or not bound), listening (its backlog) or not
+    /// (crates/image/src/kinds/unixbound.rs).
+    UnixBound {
+        /// Its inode (a listener's clients name it).
+        #[serde(default)]
+        id: u64,
+        /// A listener: the clients (`UnixSocket` ids, all in the image)
+        /// whose connections wait to be accepted, in accept order.
+        #[serde(default)]
+        pending: Vec<u64>,
+        sock_type: u32,
+        /// As sock_diag reports it: a path with its trailing NUL, an
+        /// abstract name starting with NUL; empty when not bound.
+        #[serde(default, with = "crate::hex_bytes")]
+        name: Vec<u8>,
+        #[serde(default)]
+        listening: bool,
+        #[serde(default)]
+        backlog: i32,
+        /// A path's socket file: mode (permission bits), owner, group.
+        #[serde(default)]
+        mode: u32,
+        #[serde(default)]
+        uid: u32,
+        #[serde(default)]
+        gid: u32,
+        /// Datagrams waiting (from unnamed senders), oldest first.
+        #[serde(default)]
+        queued: Vec<crate::kinds::unix::Queued>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        flags: u32,
+    },
+    /// A TCP socket that is not connected: a listener (its backlog) or a
+    /// socket not yet listening, bound (`local`) or not
+    /// (crates/image/src/kinds/inet.rs).
+    TcpSocket {
+        /// AF_INET (2) or AF_INET6 (10).
+        family: u32,
+        #[serde(default)]
+        local: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        listening: bool,
+        #[serde(default)]
+        backlog: i32,
+        /// Options that differ from a new socket's, by name.
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        /// SO_BINDTODEVICE, empty for none.
+        #[serde(default)]
+        device: String,
+        flags: u32,
+    },
+    /// A UDP socket, bound and/or connected, with the datagrams waiting.
+    UdpSocket {
+        family: u32,
+        #[serde(default)]
+        local: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        peer: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        queued: Vec<crate::kinds::inet::UdpDatagram>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        #[serde(default)]
+        device: String,
+        flags: u32,
     },
     /// An eventfd with its counter.
     EventFd {
@@ -499,6 +586,9 @@ impl FdKind {
             | FdKind::Path { flags, .. }
             | FdKind::Fifo { flags, .. }
             | FdKind::UnixSocket { flags, .. }
+            | FdKind::TcpSocket { flags, .. }
+            | FdKind::UnixBound { flags, .. }
+            | FdKind::UdpSocket { flags, .. }
             | FdKind::EventFd { flags, .. }
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }

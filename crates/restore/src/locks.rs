@@ -41,6 +41,11 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::SignalFd { .. } => "anon_inode:[signalfd]".into(),
             FdKind::Epoll { .. } => "anon_inode:[eventpoll]".into(),
             FdKind::Inotify { .. } => "anon_inode:inotify".into(),
+            FdKind::UnixBound { name, .. } => {
+                format!("unix socket {}", String::from_utf8_lossy(name))
+            }
+            FdKind::TcpSocket { local, .. } => format!("TCP socket {local:?}"),
+            FdKind::UdpSocket { local, .. } => format!("UDP socket {local:?}"),
         })
         .unwrap_or_else(|| "?".into())
 }

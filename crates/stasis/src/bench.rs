@@ -358,6 +358,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         leave_running: false,
         shell_job: false,
         file_locks: false,
+        skip_in_flight: false,
         timeout: None,
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
     })?;

@@ -117,7 +117,8 @@ use Arg::{No, Optional as Opti, Required as Req};
 use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
 
 const NO_SOCKETS: &str =
-    "stasis dumps no TCP or external unix socket (each is refused by name): nothing to permit";
+    "stasis dumps no established TCP connection or external unix socket (each is refused by \
+     name): nothing to permit";
 const NO_MNTNS: &str =
     "stasis dumps no mount namespace of its own (refused by name): nothing to map or permit";
 const NO_INCREMENTAL: &str =
@@ -152,7 +153,7 @@ pub static OPTIONS: &[Opt] = &[
     o("freeze-cgroup", Req, D, Ref, "/sys/fs/cgroup/x"),
     s("ext-unix-sk", 'x', Opti, DR, Acc(NO_SOCKETS), ""),
     b("tcp-established", DR, Acc(NO_SOCKETS)),
-    b("skip-in-flight", DR, Acc(NO_SOCKETS)),
+    b("skip-in-flight", DR, App),
     b("tcp-close", DR, Acc(NO_SOCKETS)),
     b(
         "link-remap",

@@ -23,6 +23,9 @@ struct Request {
     leave_running: bool,
     shell_job: bool,
     file_locks: bool,
+    /// criu's `--skip-in-flight`: drop connections waiting in a TCP
+    /// listener's accept queue.
+    skip_in_flight: bool,
     timeout: Option<u64>,
     ghost_limit: Option<u64>,
     detached: bool,
@@ -117,6 +120,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "leave-running" => r.leave_running = true,
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
+        "skip-in-flight" => r.skip_in_flight = on,
         "timeout" => r.timeout = Some(number(g)?),
         "ghost-limit" => {
             r.ghost_limit = Some(
@@ -305,6 +309,7 @@ fn dump(r: &Request) -> Result<ExitCode> {
         leave_running: r.leave_running,
         shell_job: r.shell_job,
         file_locks: r.file_locks,
+        skip_in_flight: r.skip_in_flight,
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
     };

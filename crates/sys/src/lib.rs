@@ -87,5 +87,7 @@ pub(crate) fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 pub mod pagemap;
+pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
+pub mod udpq;

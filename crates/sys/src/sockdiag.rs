@@ -17,6 +17,11 @@ const UDIAG_SHOW_RQLEN: u32 = 0x10;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
+const UDIAG_SHOW_VFS: u32 = 0x2;
+const UDIAG_SHOW_ICONS: u32 = 0x8;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// One AF_UNIX socket of our network namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,8 +35,18 @@ pub struct UnixSocket {
     pub peer: u64,
     /// Bound name (abstract names start with a NUL byte), if any.
     pub name: Option<Vec<u8>>,
-    /// Bytes (stream) or messages waiting to be read.
+    /// Bytes (stream) or messages waiting to be read; a listener: the
+    /// connections waiting to be accepted.
     pub rqueue: u32,
+    /// A listener: its backlog.
+    pub wqueue: u32,
+    /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2).
+    pub shutdown: u8,
+    /// A bound path: the socket file's inode and device (kernel form
+    /// major << 20 | minor).
+    pub vfs: Option<(u64, u32)>,
+    /// A listener: the inodes of the clients waiting to be accepted.
+    pub icons: Vec<u64>,
 }
 
 fn u16le(b: &[u8], o: usize) -> u16 {
@@ -42,8 +57,9 @@ fn u32le(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-/// Every AF_UNIX socket of our network namespace, by inode.
-pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
+/// Sends one sock_diag dump request (`req`: the family's request struct,
+/// after the netlink header) and hands each answer's payload to `each`.
+pub(crate) fn diag_dump(req_body: &[u8], mut each: impl FnMut(&[u8])) -> Result<()> {
     // SAFETY: plain socket creation; the descriptor is ours to own.
     let fd = check(
         unsafe {
@@ -59,16 +75,13 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
     )?;
     // SAFETY: fresh descriptor from the kernel.
     let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // nlmsghdr (16) + unix_diag_req (24)
-    let mut req = [0u8; 40];
-    req[0..4].copy_from_slice(&40u32.to_le_bytes());
+    let mut req = vec![0u8; 16 + req_body.len()];
+    let total = req.len() as u32;
+    req[0..4].copy_from_slice(&total.to_le_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_le_bytes());
     req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_le_bytes());
     req[8..12].copy_from_slice(&1u32.to_le_bytes());
-    req[16] = libc::AF_UNIX as u8;
-    req[20..24].copy_from_slice(&u32::MAX.to_le_bytes()); // all states
-    req[28..32]
-        .copy_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_le_bytes());
+    req[16..].copy_from_slice(req_body);
     // SAFETY: sockaddr_nl is plain data; zero means "the kernel".
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
@@ -84,7 +97,6 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
         )
     };
     check(n as libc::c_long, "send sock_diag request", None)?;
-    let mut out = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for writes of its length.
@@ -105,45 +117,112 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
                 ));
             }
             match ty {
-                NLMSG_DONE => return Ok(out),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let err =
                         i32::from_le_bytes(data[off + 16..off + 20].try_into().unwrap_or_default());
                     return Err(SysError::new("sock_diag", None, -err));
                 }
-                _ => {}
-            }
-            let msg = &data[off + 16..off + len];
-            if msg.len() >= 16 {
-                let mut s = UnixSocket {
-                    sock_type: msg[1],
-                    state: msg[2],
-                    ino: u64::from(u32le(msg, 4)),
-                    ..Default::default()
-                };
-                let mut a = 16;
-                while a + 4 <= msg.len() {
-                    let alen = usize::from(u16le(msg, a));
-                    let aty = u16le(msg, a + 2);
-                    if alen < 4 || a + alen > msg.len() {
-                        break;
-                    }
-                    let payload = &msg[a + 4..a + alen];
-                    match aty {
-                        UNIX_DIAG_NAME => s.name = Some(payload.to_vec()),
-                        UNIX_DIAG_PEER if payload.len() >= 4 => {
-                            s.peer = u64::from(u32le(payload, 0))
-                        }
-                        UNIX_DIAG_RQLEN if payload.len() >= 4 => s.rqueue = u32le(payload, 0),
-                        _ => {}
-                    }
-                    a += (alen + 3) & !3;
-                }
-                out.insert(s.ino, s);
+                _ => each(&data[off + 16..off + len]),
             }
             off += (len + 3) & !3;
         }
     }
+}
+
+/// Every AF_UNIX socket of our network namespace, by inode.
+pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
+    // unix_diag_req (24)
+    let mut req = [0u8; 24];
+    req[0] = libc::AF_UNIX as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes()); // all states
+    req[12..16].copy_from_slice(
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_VFS | UDIAG_SHOW_ICONS)
+            .to_le_bytes(),
+    );
+    let mut out = HashMap::new();
+    diag_dump(&req, |msg| {
+        if msg.len() >= 16 {
+            let mut s = UnixSocket {
+                sock_type: msg[1],
+                state: msg[2],
+                ino: u64::from(u32le(msg, 4)),
+                ..Default::default()
+            };
+            let mut a = 16;
+            while a + 4 <= msg.len() {
+                let alen = usize::from(u16le(msg, a));
+                let aty = u16le(msg, a + 2);
+                if alen < 4 || a + alen > msg.len() {
+                    break;
+                }
+                let payload = &msg[a + 4..a + alen];
+                match aty {
+                    UNIX_DIAG_NAME => s.name = Some(payload.to_vec()),
+                    UNIX_DIAG_PEER if payload.len() >= 4 => s.peer = u64::from(u32le(payload, 0)),
+                    UNIX_DIAG_RQLEN if payload.len() >= 8 => {
+                        s.rqueue = u32le(payload, 0);
+                        s.wqueue = u32le(payload, 4);
+                    }
+                    UNIX_DIAG_SHUTDOWN if !payload.is_empty() => s.shutdown = payload[0],
+                    UNIX_DIAG_VFS if payload.len() >= 8 => {
+                        s.vfs = Some((u64::from(u32le(payload, 0)), u32le(payload, 4)));
+                    }
+                    UNIX_DIAG_ICONS => {
+                        s.icons = payload
+                            .chunks_exact(4)
+                            .map(|c| u64::from(u32le(c, 0)))
+                            .collect();
+                    }
+                    _ => {}
+                }
+                a += (alen + 3) & !3;
+            }
+            out.insert(s.ino, s);
+        }
+    })?;
+    Ok(out)
+}
+
+/// One TCP or UDP socket of our network namespace, as inet sock_diag
+/// reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InetSocket {
+    pub ino: u64,
+    /// TCP state (1 established, 7 close, 10 listen, ...).
+    pub state: u8,
+    /// A listener: connections waiting in its accept queue; otherwise
+    /// bytes (TCP) or memory (UDP) in the receive queue.
+    pub rqueue: u32,
+    /// A listener: its backlog; otherwise the send queue.
+    pub wqueue: u32,
+}
+
+/// Every socket of `family` (AF_INET or AF_INET6) and `protocol`
+/// (IPPROTO_TCP or IPPROTO_UDP) of our network namespace, by inode.
+pub fn inet_sockets(family: i32, protocol: i32) -> Result<HashMap<u64, InetSocket>> {
+    // inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48)
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = protocol as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut out = HashMap::new();
+    diag_dump(&req, |msg| {
+        // inet_diag_msg: family, state, timer, retrans, id (48), expires,
+        // rqueue, wqueue, uid, inode
+        if msg.len() >= 72 {
+            let s = InetSocket {
+                state: msg[1],
+                rqueue: u32le(msg, 56),
+                wqueue: u32le(msg, 60),
+                ino: u64::from(u32le(msg, 68)),
+            };
+            if s.ino != 0 {
+                out.insert(s.ino, s);
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// socketpair(AF_UNIX, `sock_type`) with close-on-exec in the caller.

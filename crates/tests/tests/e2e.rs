@@ -143,6 +143,14 @@ selfcheck!(
     Program::Bin("tp_procattrs"),
     []
 );
+selfcheck!(selfcheck_inet, negative_inet, Program::Bin("tp_inet"), []);
+selfcheck!(selfcheck_unix, negative_unix, Program::Bin("tp_unix"), []);
+selfcheck!(
+    selfcheck_httpd,
+    negative_httpd,
+    Program::Bin("tp_httpd"),
+    []
+);
 selfcheck!(
     selfcheck_files2,
     negative_files2,
@@ -755,9 +763,20 @@ fn refuse_gdt_tls_entry() {
     refuse("gdt-tls", &["gdt tls entry"]);
 }
 
+/// The program that used to be refused for its TCP listener now checkpoints.
 #[test]
-fn refuse_unsupported_tcp_socket() {
-    refuse("tcp", &["socket"]);
+fn cr_unsupported_tcp_now_supported() {
+    cr(
+        "cr_unsupported_tcp",
+        Program::Bin("tp_unsupported"),
+        &["--with", "tcp"],
+    );
+}
+
+/// Other socket families stay refused by name.
+#[test]
+fn refuse_unsupported_netlink_socket() {
+    refuse("netlink", &["netlink socket"]);
 }
 
 /// The program that used to be refused for its socket pair now checkpoints.
@@ -797,6 +816,162 @@ fn refuse_inotify_with_queued_events() {
 #[test]
 fn cr_unix_sockets() {
     cr("cr_unix_sockets", Program::Bin("tp_sockets"), &[]);
+}
+
+/// Unix socket pairs with data queued (stream, datagram, seqpacket),
+/// shutdown state and options.
+#[test]
+fn cr_unix_queued() {
+    cr("cr_unix_queued", Program::Bin("tp_unix"), &[]);
+}
+
+/// A descriptor in flight (SCM_RIGHTS) is refused by name.
+#[test]
+fn refuse_unix_rights_in_flight() {
+    refused_dump(
+        "refuse_unix_rights",
+        Program::Bin("tp_unix"),
+        &["--rights"],
+        &[],
+        &["scm_rights"],
+        false,
+    );
+}
+
+/// Clients waiting in a unix listener's accept queue are connected again,
+/// in order.
+#[test]
+fn cr_unix_pending_connections() {
+    cr("cr_unix_pending", Program::Bin("tp_unix"), &["--pending"]);
+}
+
+/// The negative control: the other order fails.
+#[test]
+fn negative_unix_pending_connections() {
+    let work = Work::new("negative_unix_pending");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--pending", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A waiting client that already sent data is refused.
+#[test]
+fn refuse_unix_pending_with_data() {
+    refused_dump(
+        "refuse_unix_pending_data",
+        Program::Bin("tp_unix"),
+        &["--pending", "--pending-data"],
+        &[],
+        &["data sent"],
+        false,
+    );
+}
+
+/// A unix listener whose path was unlinked is refused.
+#[test]
+fn refuse_unix_unlinked_path() {
+    refused_dump(
+        "refuse_unix_unlinked",
+        Program::Bin("tp_unix"),
+        &["--unlinked"],
+        &[],
+        &["unlinked or replaced"],
+        false,
+    );
+}
+
+/// TCP listeners (IPv4, IPv6-only, dual-stack) with their options and
+/// backlog, UDP sockets bound and connected.
+#[test]
+fn cr_inet_sockets() {
+    cr("cr_inet_sockets", Program::Bin("tp_inet"), &[]);
+}
+
+/// A connection waiting in a listener's accept queue is refused by name...
+#[test]
+fn refuse_tcp_in_flight() {
+    refused_dump(
+        "refuse_tcp_in_flight",
+        Program::Bin("tp_inet"),
+        &["--in-flight"],
+        &[],
+        &["--skip-in-flight"],
+        false,
+    );
+}
+
+/// ...and dropped with --skip-in-flight: the listener accepts new ones.
+#[test]
+fn cr_tcp_skip_in_flight() {
+    let work = Work::new("cr_tcp_skip_in_flight");
+    let opts = Opts {
+        dump_extra: vec!["--skip-in-flight"],
+        ..Opts::default()
+    };
+    run_case(
+        &work,
+        Program::Bin("tp_inet"),
+        &["--in-flight", "--expect-dropped"],
+        &opts,
+    )
+    .assert_pass(&work);
+}
+
+/// The negative control of --skip-in-flight: the same check fails.
+#[test]
+fn negative_tcp_skip_in_flight() {
+    let work = Work::new("negative_tcp_skip_in_flight");
+    let opts = Opts {
+        dump_extra: vec!["--skip-in-flight"],
+        ..Opts::default()
+    };
+    let out = run_case(
+        &work,
+        Program::Bin("tp_inet"),
+        &["--in-flight", "--expect-dropped", "--corrupt"],
+        &opts,
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+#[test]
+fn refuse_tcp_established() {
+    refused_dump(
+        "refuse_tcp_established",
+        Program::Bin("tp_inet"),
+        &["--established"],
+        &[],
+        &["--tcp-established"],
+        false,
+    );
+}
+
+/// Datagrams waiting in UDP sockets come back with their sources.
+#[test]
+fn cr_udp_queued() {
+    cr("cr_udp_queued", Program::Bin("tp_inet"), &["--udp-queued"]);
+}
+
+#[test]
+fn negative_udp_queued() {
+    let work = Work::new("negative_udp_queued");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_inet"),
+        &["--udp-queued", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// python3 -m http.server dumped while listening answers curl after restore.
+#[test]
+fn cr_http_server() {
+    cr("cr_http_server", Program::Bin("tp_httpd"), &[]);
 }
 
 /// A deleted file above the size an image may hold is refused by name.

@@ -14,7 +14,9 @@
 //! | `SignalFd` | [`signalfd`] | link `anon_inode:[signalfd]` |
 //! | `Epoll` | [`epoll`] | link `anon_inode:[eventpoll]` |
 //! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
-//! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag |
+//! | `TcpSocket`, `UdpSocket` | [`inet`] | link `socket:[INO]`, SO_DOMAIN AF_INET/AF_INET6 on a duplicate (other families refused by name) |
+//! | `UnixBound` | [`unixbound`] | link `socket:[INO]`, AF_UNIX in sock_diag, not connected |
+//! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag, connected, no name at either end |
 //! | `Pidfd` | [`pidfd`] | link `anon_inode:[pidfd]` (or `pidfd:`), fdinfo `Pid:` |
 //! | `ProcFile` | [`procfile`] | link `/proc/N...` on procfs (O_PATH ones too) |
 //! | `Path` | [`opath`] | O_PATH in fdinfo flags |
@@ -32,6 +34,7 @@ mod chardev;
 mod epoll;
 mod eventfd;
 mod fifo;
+mod inet;
 mod inotify;
 mod opath;
 mod pidfd;
@@ -42,6 +45,7 @@ pub(crate) mod saved;
 mod signalfd;
 mod timerfd;
 mod unix;
+mod unixbound;
 
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::{FdEntry, FdKind, ProcessImage};
@@ -60,6 +64,9 @@ pub(crate) struct Fd<'a> {
     pub(crate) link: &'a str,
     pub(crate) info: &'a FdInfo,
     pub(crate) shell_job: bool,
+    /// criu's `--skip-in-flight`: connections waiting in a listener's
+    /// accept queue are dropped instead of refused.
+    pub(crate) skip_in_flight: bool,
     /// stat of a named file (link starting with '/'), read once on demand.
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
@@ -149,6 +156,8 @@ const KINDS: &[(&str, Identify)] = &[
     ("signalfd", signalfd::identify),
     ("epoll", epoll::identify),
     ("inotify", inotify::identify),
+    ("TCP/UDP socket", inet::identify),
+    ("unix socket (not connected)", unixbound::identify),
     ("unix socket", unix::identify),
     ("pidfd", pidfd::identify),
     ("/proc entry", procfile::identify),
@@ -160,7 +169,7 @@ const KINDS: &[(&str, Identify)] = &[
 ];
 
 /// Records every open descriptor; a descriptor no kind claims is refused.
-pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
+pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Result<Vec<FdEntry>> {
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
@@ -173,6 +182,7 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool) -> Result<Vec<FdEntry>> {
             link: &link,
             info: &info,
             shell_job,
+            skip_in_flight,
             md: None,
             unix: &mut unix,
         };
@@ -219,6 +229,7 @@ type Link = fn(&mut [&mut ProcessImage]) -> Result<()>;
 const LINKS: &[(&str, Link)] = &[
     ("open file descriptions", link_descriptions),
     ("unix socket pairs", unix::link),
+    ("unix listeners' waiting clients", unixbound::link),
     ("pipes", pipe::link),
     ("saved files", saved::link),
     ("fifos", fifo::link),
@@ -250,6 +261,9 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
+        FdKind::TcpSocket { .. } => (14, 0, 0),
+        FdKind::UdpSocket { .. } => (15, 0, 0),
+        FdKind::UnixBound { .. } => (16, 0, 0),
         FdKind::ProcFile { .. } => (12, 0, 0),
         FdKind::Pidfd { .. } => (13, 0, 0),
     }

@@ -1,12 +1,20 @@
 //! Unix sockets, from the kernel's sock_diag netlink interface (what
-//! `ss -x` reads): an unnamed, connected socket with nothing queued is
-//! saved with its peer's inode, which must be in the tree, or 0 when the
-//! peer was closed; everything else is refused.
+//! `ss -x` reads): a connected socket (an accepted connection with its
+//! listener's name) is saved with its peer's inode, which must be in the tree, or 0 when the peer was closed; its
+//! shutdown state, the options of `sock::UNIX_OPTS` that differ from a new
+//! socket's, and the data waiting in it, read without taking it (MSG_PEEK
+//! walking the queue with SO_PEEK_OFF on a `pidfd_getfd` duplicate).
+//! Refused by name: descriptors in flight (SCM_RIGHTS), empty datagrams,
+//! queued data on a socket that passes credentials (SO_PASSCRED,
+//! SO_PASSPIDFD: the re-sent data would carry the restorer's); bound
+//! sockets and sockets not connected are [`super::unixbound`]'s.
 
 use super::Fd;
 use crate::{At, DumpError, Result, Stage};
+use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
 use stasis_image::{FdKind, ProcessImage};
-use std::collections::HashSet;
+use stasis_sys::{sock, util, Pid};
+use std::collections::{BTreeMap, HashSet};
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let Some(ino) = d
@@ -25,36 +33,77 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     };
     let why = match socks.get(&ino) {
         None => "a socket other than AF_UNIX",
-        Some(s) if s.name.is_some() => "a bound (named) unix socket",
         Some(s) if s.state != 1 => "a unix socket that is not connected (listening or unconnected)",
-        Some(s) if s.rqueue != 0 => "a unix socket with unread data queued",
+        Some(s) if s.shutdown != 0 && socks.values().any(|l| l.icons.contains(&ino)) => {
+            "a unix socket shut down while its connection waits in a listener's accept queue"
+        }
+        Some(s)
+            if s.name
+                .as_ref()
+                .is_some_and(|n| !n.is_empty() && n[0] != 0 && n[0] != b'/') =>
+        {
+            "a unix socket bound to a relative path"
+        }
         Some(s) => {
-            let (peer, sock_type) = (s.peer, u32::from(s.sock_type));
+            let (peer, sock_type, shutdown) = (s.peer, u32::from(s.sock_type), s.shutdown);
+            let name = s.name.clone().unwrap_or_default();
+            // A client waiting in an accept queue, or an unnamed datagram
+            // socket connected to a named one: connected again by that
+            // socket's restore.
+            let dgram_to_named = s.sock_type == libc::SOCK_DGRAM as u8
+                && s.name.is_none()
+                && socks.get(&s.peer).is_some_and(|p| p.name.is_some());
+            let listener = if dgram_to_named {
+                s.peer
+            } else {
+                socks
+                    .values()
+                    .find(|l| l.icons.contains(&ino))
+                    .map_or(0, |l| l.ino)
+            };
+            let pending = listener != 0 && !dgram_to_named;
+            let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
             return Ok(Some(FdKind::UnixSocket {
                 id: ino,
-                peer,
                 sock_type,
                 flags: d.flags(),
+                queued,
+                shutdown,
+                opts,
+                name,
+                listener,
+                peer: if listener != 0 { 0 } else { peer },
             }));
         }
     };
     Err(d.refuse(&format!("{why} (not supported yet)")))
 }
 
-/// The other end of each socket is in the tree, or was closed.
+/// The other end of each socket is in the tree, or was closed; the
+/// listener or named datagram socket a client is connected to is in it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
-    let socks: HashSet<u64> = images
-        .iter()
-        .flat_map(|img| img.files.iter())
-        .filter_map(|e| match e.kind {
-            FdKind::UnixSocket { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let mut socks: HashSet<u64> = HashSet::new();
+    let mut named: HashSet<u64> = HashSet::new();
+    for e in images.iter().flat_map(|img| img.files.iter()) {
+        match e.kind {
+            FdKind::UnixSocket { id, .. } => {
+                socks.insert(id);
+            }
+            FdKind::UnixBound { id, .. } => {
+                named.insert(id);
+            }
+            _ => {}
+        }
+    }
     for img in images.iter() {
         for e in &img.files {
-            if let FdKind::UnixSocket { id, peer, .. } = e.kind {
-                if peer != 0 && !socks.contains(&peer) {
+            if let FdKind::UnixSocket {
+                id, peer, listener, ..
+            } = e.kind
+            {
+                let outside = (peer != 0 && !socks.contains(&peer))
+                    || (listener != 0 && !named.contains(&listener));
+                if outside {
                     return Err(DumpError::Unsupported {
                         pid: img.pid,
                         stage: Stage::Check,
@@ -68,4 +117,71 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The data waiting in the socket and its options that differ from a new
+/// socket pair's.
+fn contents(
+    d: &Fd<'_>,
+    sock_type: u32,
+    shutdown: u8,
+    pending: bool,
+) -> Result<(Vec<Queued>, BTreeMap<String, i32>)> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
+    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    if sock::filter_len(&dup).at(pid, st)? != 0 {
+        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
+    }
+    let (fresh, _) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
+    let mut opts = BTreeMap::new();
+    for &(name, level, opt) in sock::UNIX_OPTS {
+        if let (Ok(v), Ok(new)) = (
+            sock::get_int(&dup, level, opt),
+            sock::get_int(&fresh, level, opt),
+        ) {
+            if v != new {
+                opts.insert(name.to_string(), v);
+            }
+        }
+    }
+    // A waiting client's sent data sits in the server side's queue, which
+    // has no descriptor to read it through: only an idle client is kept
+    // (SIOCOUTQ counts what it sent and nobody read).
+    if pending && sock::outq(&dup).at(pid, st)? != 0 {
+        return Err(d.refuse(
+            "a unix socket whose connection waits in a listener's accept queue with data \
+             sent (not supported yet)",
+        ));
+    }
+    let stream = sock_type == libc::SOCK_STREAM as u32;
+    // An empty read is the end of the data once the reading side is shut
+    // down (a seqpacket's EOF); otherwise an empty message.
+    let eof = stream || shutdown & 1 != 0;
+    let p = sock::peek_queue(&dup, MAX_QUEUED, eof).map_err(|e| {
+        d.refuse(&format!(
+            "a unix socket whose queued data cannot be read: {e}"
+        ))
+    })?;
+    if p.rights {
+        return Err(
+            d.refuse("a unix socket with descriptors in flight (SCM_RIGHTS, not supported yet)")
+        );
+    }
+    if p.odd {
+        return Err(d.refuse("a unix socket with an empty or truncated message queued"));
+    }
+    if !p.msgs.is_empty() && (opts.contains_key("SO_PASSCRED") || opts.contains_key("SO_PASSPIDFD"))
+    {
+        return Err(d.refuse(
+            "a unix socket with data queued for a reader of credentials (SO_PASSCRED: \
+             re-sent data would carry the restorer's)",
+        ));
+    }
+    let mut queued: Vec<Queued> = p.msgs.into_iter().map(|data| Queued { data }).collect();
+    if stream && queued.len() > 1 {
+        let data = queued.drain(..).flat_map(|q| q.data).collect();
+        queued.push(Queued { data });
+    }
+    Ok((queued, opts))
 }

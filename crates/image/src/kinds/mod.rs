@@ -11,9 +11,11 @@
 //! | `Pipe` | [`pipe`] | waiting bytes within capacity, capacity capped |
 //! | `Fifo` | [`fifo`] | path length, as a pipe |
 //! | `Saved` | [`saved`] | id set; `SavedFile` records (extents, owner, times), their page-file spans, references (the deleted cwd too) |
-//! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket |
+//! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket; queued bytes capped; shutdown mode |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
+//! | `UnixBound` | [`unixbound`] | type; an absolute path or an abstract name; queued bytes capped |
+//! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
 //! | `Pidfd` | [`pidfd`] | pid > 0 |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
@@ -24,6 +26,7 @@
 mod chardev;
 mod epoll;
 mod fifo;
+pub mod inet;
 pub mod inotify;
 mod opath;
 mod pidfd;
@@ -31,7 +34,8 @@ mod pipe;
 mod procfile;
 pub(crate) mod regular;
 pub(crate) mod saved;
-mod unix;
+pub mod unix;
+mod unixbound;
 
 use crate::checker::Checker;
 use crate::error::Result;
@@ -58,9 +62,45 @@ pub(crate) fn validate_fd(
         } => fifo::validate(c, &field, path, data, *capacity),
         FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } => Ok(()),
         FdKind::Epoll { targets, .. } => epoll::validate(c, &field, img, f.fd, targets),
-        FdKind::UnixSocket { sock_type, .. } => unix::validate(c, &field, *sock_type),
+        FdKind::UnixSocket {
+            sock_type,
+            queued,
+            shutdown,
+            name,
+            ..
+        } => unix::validate(c, &field, *sock_type, queued, *shutdown, name),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
+        FdKind::UnixBound {
+            sock_type,
+            name,
+            queued,
+            ..
+        } => unixbound::validate(c, &field, *sock_type, name, queued),
+        FdKind::TcpSocket {
+            family,
+            local,
+            opts,
+            device,
+            ..
+        } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device),
+        FdKind::UdpSocket {
+            family,
+            local,
+            peer,
+            opts,
+            device,
+            queued,
+            ..
+        } => inet::validate(
+            c,
+            &field,
+            *family,
+            [local.as_ref(), peer.as_ref()],
+            opts,
+            device,
+        )
+        .and_then(|()| inet::validate_queued(c, &field, queued)),
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
     }

@@ -15,6 +15,8 @@
 //! | `Fifo` | [`fifo`] | a read-write holder with the waiting bytes, then each end |
 //! | `Saved` | [`saved`] | memfd / deleted file / deleted directory recreated from the page file (holes, owner, mode, times), reopened |
 //! | `UnixSocket` | [`unix`] | one `socketpair` per pair |
+//! | `UnixBound` | [`unixbound`] | `socket`, options, the stale socket file removed, bind, mode and owner, listen; queued datagrams re-sent |
+//! | `TcpSocket`, `UdpSocket` | [`inet`] | `socket`, options, bind, listen (backlog) or connect |
 //! | `EventFd` | [`eventfd`] | `eventfd2` with its counter |
 //! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
@@ -32,6 +34,7 @@ mod chardev;
 pub(crate) mod epoll;
 mod eventfd;
 mod fifo;
+mod inet;
 mod inotify;
 mod opath;
 mod pidfd;
@@ -42,6 +45,7 @@ pub(crate) mod saved;
 mod signalfd;
 mod timerfd;
 mod unix;
+mod unixbound;
 
 use crate::memory::ServiceFds;
 use crate::{At, RestoreError, Result, Stage};
@@ -98,6 +102,14 @@ impl Opened {
     }
 }
 
+/// The key of a unix socket name among [`Opened`]'s objects.
+fn name_key(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
 /// What every kind's `open` gets: the process and descriptor being opened
 /// (for errors) and the whole image (objects stored with another entry).
 pub(crate) struct Cx<'a> {
@@ -127,7 +139,9 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             peer,
             sock_type,
             flags,
-        } => unix::open(o, cx, *id, *peer, *sock_type, *flags),
+            listener,
+            ..
+        } => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
         FdKind::EventFd {
             count,
             semaphore,
@@ -137,6 +151,74 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::SignalFd { mask, flags } => signalfd::open(o, cx, *mask, *flags),
         FdKind::Epoll { .. } => epoll::open(o, cx),
         FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
+        FdKind::UnixBound {
+            pending,
+            sock_type,
+            name,
+            listening,
+            backlog,
+            mode,
+            uid,
+            gid,
+            queued,
+            opts,
+            flags,
+            ..
+        } => {
+            let s = unixbound::Saved {
+                pending,
+                sock_type: *sock_type,
+                name,
+                listen: listening.then_some(*backlog),
+                owner: (*mode, *uid, *gid),
+                queued,
+                opts,
+                flags: *flags,
+            };
+            unixbound::open(o, cx, &s)
+        }
+        FdKind::TcpSocket {
+            family,
+            local,
+            listening,
+            backlog,
+            opts,
+            device,
+            flags,
+        } => {
+            let s = inet::Saved {
+                family: *family,
+                local: local.as_ref(),
+                peer: None,
+                listen: listening.then_some(*backlog),
+                opts,
+                device,
+                flags: *flags,
+                queued: &[],
+            };
+            inet::open(o, cx, &s, true)
+        }
+        FdKind::UdpSocket {
+            family,
+            local,
+            peer,
+            opts,
+            device,
+            flags,
+            queued,
+        } => {
+            let s = inet::Saved {
+                queued,
+                family: *family,
+                local: local.as_ref(),
+                peer: peer.as_ref(),
+                listen: None,
+                opts,
+                device,
+                flags: *flags,
+            };
+            inet::open(o, cx, &s, false)
+        }
         FdKind::ProcFile { .. } | FdKind::Pidfd { .. } => Err(RestoreError::Refused {
             pid: cx.pid,
             stage: Stage::Fork,

@@ -1,10 +1,124 @@
-//! Unix socket pairs (unnamed, connected, nothing queued): one
-//! `socketpair` per pair, keyed by inode; a lone end (its peer closed at
-//! dump) gets a pair whose other end is closed once the tree is forked.
+//! Unix socket pairs (connected): one `socketpair` per pair, keyed by
+//! inode; an accepted connection (named as its listener) and its client
+//! through a listener of that name (`through_listener`); a lone end (its peer closed at dump) gets a pair whose
+//! other end is closed right away. Each end's queued data is sent into it
+//! from the other end (message by message), then its options (SO_PEEK_OFF
+//! after the data) and its shutdown state are set.
 
 use super::{Cx, Opened};
 use crate::{At, Result, Stage};
-use stasis_sys::util;
+use stasis_image::kinds::unix::Queued;
+use stasis_image::FdKind;
+use stasis_sys::{sock, util};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+/// What the image holds for one end: queued data, shutdown, options, name.
+type End<'a> = (
+    &'a [Queued],
+    u8,
+    Option<&'a BTreeMap<String, i32>>,
+    &'a [u8],
+);
+
+fn end<'a>(cx: &Cx<'a>, id: u64) -> End<'a> {
+    cx.procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match &e.kind {
+            FdKind::UnixSocket {
+                id: i,
+                queued,
+                shutdown,
+                opts,
+                name,
+                ..
+            } if *i == id => Some((queued.as_slice(), *shutdown, Some(opts), name.as_slice())),
+            _ => None,
+        })
+        .unwrap_or((&[], 0, None, &[]))
+}
+
+/// Sets the unix socket option `name`.
+fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
+    sock::set_named(fd, sock::UNIX_OPTS, name, v)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {}", cx.fd, e.op);
+            e
+        })
+        .at(cx.pid, Stage::Fork)
+}
+
+/// Fills `to` with its queued data, sent from `from`.
+fn fill(cx: &Cx<'_>, from: &OwnedFd, queued: &[Queued], sock_type: u32) -> Result<()> {
+    let stream = sock_type == libc::SOCK_STREAM as u32;
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let total: usize = queued.iter().map(|q| q.data.len()).sum();
+    // Room for everything in one go (the kernel doubles the value).
+    let room = i32::try_from(total.saturating_mul(2) + (1 << 16)).unwrap_or(i32::MAX);
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let was = sock::get_int(from, libc::SOL_SOCKET, libc::SO_SNDBUF).at(pid, st)?;
+    sock::set_int(from, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, room).at(pid, st)?;
+    for q in queued {
+        sock::send_all(from, &q.data, stream)
+            .map_err(|mut e| {
+                e.op = format!("fd {}: {}", cx.fd, e.op);
+                e
+            })
+            .at(pid, st)?;
+    }
+    // The sender's buffer back to what it was (its saved value, if any,
+    // is set afterwards).
+    sock::set_int(from, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, was / 2).at(pid, st)
+}
+
+/// Options, then the shutdown state, of one end.
+fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
+    if let Some(opts) = e.2 {
+        for (name, &v) in opts {
+            set_opt(cx, fd, name, v)?;
+        }
+    }
+    if e.1 != 0 {
+        sock::shutdown(fd, e.1).at(cx.pid, Stage::Fork)?;
+    }
+    Ok(())
+}
+
+/// An accepted connection named `name` and its client: connected through
+/// the image's listener of that name if it was opened already, else
+/// through a listener made for the purpose and closed again (its socket
+/// file removed if it made one).
+fn through_listener(
+    o: &Opened,
+    cx: &Cx<'_>,
+    name: &[u8],
+    sock_type: u32,
+) -> Result<(OwnedFd, OwnedFd)> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let ty = sock_type as i32;
+    let client = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
+    if let Some(i) = o.object("unix listener", super::name_key(name)) {
+        let l = &o.owned[i];
+        sock::connect_unix(&client, name).at(pid, st)?;
+        return Ok((sock::accept(l).at(pid, st)?, client));
+    }
+    let path = (name.first() != Some(&0))
+        .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
+    if let Some(p) = &path {
+        sock::remove_stale_socket(p, ty).at(pid, st)?;
+    }
+    let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
+    sock::bind_unix(&l, name).at(pid, st)?;
+    sock::listen(&l, 1).at(pid, st)?;
+    let r = sock::connect_unix(&client, name).and_then(|()| sock::accept(&l));
+    if let Some(p) = &path {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok((r.at(pid, st)?, client))
+}
 
 pub(super) fn open(
     o: &mut Opened,
@@ -13,12 +127,42 @@ pub(super) fn open(
     peer: u64,
     sock_type: u32,
     flags: u32,
+    listener: u64,
 ) -> Result<usize> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let i = match o.object("unix", id) {
         Some(i) => i,
+        None if listener != 0 => {
+            // A client waiting in an accept queue: connected by its
+            // listener's open (see unixbound.rs), whichever comes first.
+            let c = sock::socket(libc::AF_UNIX, sock_type as i32, 0).at(pid, st)?;
+            finish(cx, &c, &end(cx, id))?;
+            let i = o.push(c);
+            o.set_object("unix", id, i);
+            i
+        }
         None => {
-            let (a, b) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
+            let ea = end(cx, id);
+            let eb = if peer != 0 {
+                end(cx, peer)
+            } else {
+                (&[][..], 0, None, &[][..])
+            };
+            let (a, b) = if !ea.3.is_empty() {
+                let (server, client) = through_listener(o, cx, ea.3, sock_type)?;
+                (server, client)
+            } else if !eb.3.is_empty() {
+                let (server, client) = through_listener(o, cx, eb.3, sock_type)?;
+                (client, server)
+            } else {
+                stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?
+            };
+            fill(cx, &b, ea.0, sock_type)?;
+            fill(cx, &a, eb.0, sock_type)?;
+            finish(cx, &a, &ea)?;
+            if peer != 0 {
+                finish(cx, &b, &eb)?;
+            }
             let ia = o.push(a);
             o.set_object("unix", id, ia);
             if peer != 0 {

@@ -97,6 +97,12 @@ fn main() {
             let c = std::net::TcpStream::connect(addr);
             report.check(c.is_ok(), || format!("connect to {addr}: {c:?}"));
         }
+        "netlink" => {
+            // SAFETY: plain socket creation; closed when the program exits.
+            let s = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) };
+            report.check(s >= 0, || "socket(AF_NETLINK)".into());
+            proto.ready_and_wait();
+        }
         "huge-deleted" => {
             // A sparse deleted file larger than an image may hold (1 GiB).
             let path = proto.path("huge.dat");

@@ -86,6 +86,9 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_locks" => env!("CARGO_BIN_EXE_tp_locks"),
         "tp_procattrs" => env!("CARGO_BIN_EXE_tp_procattrs"),
         "tp_inotify" => env!("CARGO_BIN_EXE_tp_inotify"),
+        "tp_inet" => env!("CARGO_BIN_EXE_tp_inet"),
+        "tp_unix" => env!("CARGO_BIN_EXE_tp_unix"),
+        "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
         "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         other => panic!("unknown test program {other}"),
     };

@@ -1,0 +1,197 @@
+//! TCP and UDP sockets, read from a `pidfd_getfd` duplicate of the
+//! process's socket: family, type and protocol (SO_DOMAIN, SO_TYPE,
+//! SO_PROTOCOL), addresses, state (TCP_INFO), the int options of
+//! `sock::INET_OPTS` that differ from a new socket's, the bound device;
+//! for a listener its backlog and accept queue from inet sock_diag.
+//!
+//! Saved: TCP sockets that are not connected (listening, or bound or not);
+//! UDP sockets bound and/or connected, with the datagrams waiting (their
+//! sources and destinations: `udpq`). Refused by name:
+//! established or closing TCP connections (criu's `--tcp-established`, not
+//! implemented), connections waiting in a listener's accept queue (unless
+//! `--skip-in-flight`, which drops them), empty or corked datagrams, a
+//! socket filter, other protocols over IP (raw, ICMP, SCTP, MPTCP) and
+//! other address families (netlink, packet, ...). AF_UNIX is left to
+//! [`super::unix`].
+
+use super::Fd;
+use crate::{At, Result, Stage};
+use stasis_image::kinds::inet::{UdpDatagram, MAX_UDP_QUEUED};
+use stasis_image::FdKind;
+use stasis_sys::{sock, sockdiag, udpq, util, Pid};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+const TCP_LISTEN: u8 = 10;
+const TCP_CLOSE: u8 = 7;
+const TCP_ESTABLISHED: u8 = 1;
+
+pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
+    if !d.link.starts_with("socket:[") {
+        return Ok(None);
+    }
+    let (pid, st) = (d.pid, Stage::Check);
+    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
+    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    let int = |opt| sock::get_int(&dup, libc::SOL_SOCKET, opt).at(pid, st);
+    let family = int(libc::SO_DOMAIN)?;
+    let family_name = match family {
+        libc::AF_UNIX => return Ok(None),
+        libc::AF_INET | libc::AF_INET6 => "",
+        libc::AF_NETLINK => "a netlink socket",
+        libc::AF_PACKET => "a packet socket",
+        libc::AF_ALG => "a crypto (AF_ALG) socket",
+        libc::AF_VSOCK => "a vsock socket",
+        libc::AF_BLUETOOTH => "a bluetooth socket",
+        libc::AF_XDP => "an AF_XDP socket",
+        _ => "a socket of an unknown address family",
+    };
+    if !family_name.is_empty() {
+        return Err(d.refuse(&format!("{family_name} (family {family}, not supported)")));
+    }
+    let (ty, proto) = (int(libc::SO_TYPE)?, int(libc::SO_PROTOCOL)?);
+    match (ty, proto) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => tcp(d, &dup, family).map(Some),
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => udp(d, &dup, family).map(Some),
+        (libc::SOCK_RAW, _) => Err(d.refuse("a raw IP socket (not supported)")),
+        (_, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
+            Err(d.refuse("an ICMP (ping) socket (not supported)"))
+        }
+        (_, libc::IPPROTO_SCTP) => Err(d.refuse("an SCTP socket (not supported)")),
+        (_, libc::IPPROTO_MPTCP) => Err(d.refuse("an MPTCP socket (not supported)")),
+        _ => Err(d.refuse(&format!(
+            "an IP socket of type {ty}, protocol {proto} (not supported)"
+        ))),
+    }
+}
+
+/// The options that differ from a new socket's, the bound device; refuses
+/// a socket filter.
+fn options(
+    d: &Fd<'_>,
+    dup: &OwnedFd,
+    family: i32,
+    ty: i32,
+    proto: i32,
+) -> Result<(BTreeMap<String, i32>, String)> {
+    let (pid, st) = (d.pid, Stage::Check);
+    if sock::filter_len(dup).at(pid, st)? != 0 {
+        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
+    }
+    let fresh = sock::socket(family, ty, proto).at(pid, st)?;
+    let mut opts = BTreeMap::new();
+    for &(name, level, opt) in sock::INET_OPTS {
+        if !sock::opt_applies(level, family, proto) {
+            continue;
+        }
+        // An option the kernel does not answer for this socket (or for a
+        // new one) is not one it can have set.
+        let (Ok(v), Ok(new)) = (
+            sock::get_int(dup, level, opt),
+            sock::get_int(&fresh, level, opt),
+        ) else {
+            continue;
+        };
+        // IPV6_V6ONLY's default follows a sysctl (net.ipv6.bindv6only):
+        // saved always, so a dual-stack socket stays one.
+        if v != new || opt == libc::IPV6_V6ONLY {
+            opts.insert(name.to_string(), v);
+        }
+    }
+    let dev = sock::get_bytes(dup, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).at(pid, st)?;
+    Ok((opts, String::from_utf8_lossy(&dev).into_owned()))
+}
+
+fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let info = sock::get_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO).at(pid, st)?;
+    let state = info.first().copied().unwrap_or(TCP_CLOSE);
+    let (mut listening, mut backlog) = (false, 0);
+    match state {
+        TCP_CLOSE => {}
+        TCP_LISTEN => {
+            let ino = d
+                .link
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            let diag = sockdiag::inet_sockets(family, libc::IPPROTO_TCP).at(pid, st)?;
+            let Some(s) = diag.get(&ino) else {
+                return Err(d.refuse("a listening TCP socket sock_diag does not list"));
+            };
+            if s.rqueue != 0 {
+                if !d.skip_in_flight {
+                    return Err(d.refuse(&format!(
+                        "a listening TCP socket with {} connection(s) waiting to be accepted \
+                         (criu's --skip-in-flight drops them)",
+                        s.rqueue
+                    )));
+                }
+                log::warn!(
+                    "pid {pid}: fd {} ({}): {} connection(s) waiting to be accepted dropped \
+                     (--skip-in-flight)",
+                    d.fd,
+                    d.link,
+                    s.rqueue
+                );
+            }
+            listening = true;
+            backlog = s.wqueue as i32;
+        }
+        TCP_ESTABLISHED => {
+            return Err(d.refuse(
+                "an established TCP connection (criu's --tcp-established, not implemented yet)",
+            ))
+        }
+        s => {
+            return Err(d.refuse(&format!(
+                "a TCP socket connecting or closing (state {s}; criu's --tcp-established, \
+                 not implemented yet)"
+            )))
+        }
+    }
+    let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
+    let (opts, device) = options(d, dup, family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    Ok(FdKind::TcpSocket {
+        family: family as u32,
+        local,
+        listening,
+        backlog,
+        opts,
+        device,
+        flags: d.flags(),
+    })
+}
+
+fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let queued = udpq::peek_datagrams(dup, family, MAX_UDP_QUEUED)
+        .map_err(|e| {
+            d.refuse(&format!(
+                "a UDP socket whose waiting datagrams cannot be saved: {e}"
+            ))
+        })?
+        .into_iter()
+        .map(|g| UdpDatagram {
+            from: g.from,
+            to: g.to,
+            data: g.data,
+        })
+        .collect();
+    if sock::outq(dup).at(pid, st)? != 0 {
+        return Err(d.refuse("a UDP socket with corked data not yet sent (not supported)"));
+    }
+    let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
+    let peer = sock::peer_addr(dup).at(pid, st)?;
+    let (opts, device) = options(d, dup, family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    Ok(FdKind::UdpSocket {
+        family: family as u32,
+        local,
+        peer,
+        queued,
+        opts,
+        device,
+        flags: d.flags(),
+    })
+}

@@ -1,0 +1,142 @@
+//! TCP and UDP sockets: a new socket gets the saved options (each by its
+//! name in `sock::INET_OPTS`; buffer sizes with the FORCE variants, halved
+//! since the kernel doubles them) and device, then is bound, listened on
+//! (TCP, with the saved backlog) or connected (UDP). SO_REUSEADDR is on
+//! while binding (the dead process's connections may linger in TIME_WAIT
+//! on the port) and set to its saved value afterwards. TCP_FASTOPEN and
+//! TCP_DEFER_ACCEPT are set once listening. A UDP socket's waiting
+//! datagrams are sent to it again from their sources through a raw socket.
+
+use super::{Cx, Opened};
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::kinds::inet::UdpDatagram;
+use stasis_sys::{sock, udpq, util};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+const AFTER_LISTEN: &[&str] = &["TCP_FASTOPEN", "TCP_DEFER_ACCEPT"];
+
+/// One saved socket, as the image has it.
+pub(super) struct Saved<'a> {
+    pub(super) family: u32,
+    pub(super) local: Option<&'a SocketAddr>,
+    pub(super) peer: Option<&'a SocketAddr>,
+    /// TCP: Some(backlog) for a listener.
+    pub(super) listen: Option<i32>,
+    pub(super) opts: &'a BTreeMap<String, i32>,
+    pub(super) device: &'a str,
+    pub(super) flags: u32,
+    /// UDP: the datagrams waiting.
+    pub(super) queued: &'a [UdpDatagram],
+}
+
+fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
+    sock::set_named(fd, sock::INET_OPTS, name, v)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {}", cx.fd, e.op);
+            e
+        })
+        .at(cx.pid, Stage::Fork)
+}
+
+/// The waiting datagrams, sent again from their sources through a raw
+/// socket; waits (up to a second) until the socket holds them all.
+fn requeue(cx: &Cx<'_>, fd: &OwnedFd, s: &Saved<'_>) -> Result<()> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    if s.queued.is_empty() {
+        return Ok(());
+    }
+    let port = s.local.map_or(0, |a| a.port());
+    for g in s.queued {
+        let d = udpq::Datagram {
+            from: g.from,
+            to: g.to,
+            data: g.data.clone(),
+        };
+        udpq::inject(&d, port)
+            .map_err(|mut e| {
+                e.op = format!("fd {}: {}", cx.fd, e.op);
+                e
+            })
+            .at(pid, st)?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let got = udpq::peek_datagrams(fd, s.family as i32, usize::MAX).at(pid, st)?;
+        if got.len() >= s.queued.len() {
+            let same = got
+                .iter()
+                .zip(s.queued)
+                .all(|(a, b)| a.data == b.data && a.from == b.from);
+            if same {
+                return Ok(());
+            }
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!(
+                    "fd {}: the requeued datagrams differ from the saved ones",
+                    cx.fd
+                ),
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!(
+                    "fd {}: {} of {} requeued datagrams arrived",
+                    cx.fd,
+                    got.len(),
+                    s.queued.len()
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>, tcp: bool) -> Result<usize> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let (ty, proto) = if tcp {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP)
+    } else {
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+    };
+    let fd = sock::socket(s.family as i32, ty, proto).at(pid, st)?;
+    if !s.device.is_empty() {
+        sock::set_bytes(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            s.device.as_bytes(),
+        )
+        .at(pid, st)?;
+    }
+    for (name, &v) in s.opts {
+        if !AFTER_LISTEN.contains(&name.as_str()) {
+            set_opt(cx, &fd, name, v)?;
+        }
+    }
+    if let Some(a) = s.local {
+        sock::set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).at(pid, st)?;
+        sock::bind(&fd, a).at(pid, st)?;
+        let reuse = s.opts.get("SO_REUSEADDR").copied().unwrap_or(0);
+        sock::set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse).at(pid, st)?;
+    }
+    if let Some(backlog) = s.listen {
+        sock::listen(&fd, backlog).at(pid, st)?;
+    }
+    for (name, &v) in s.opts {
+        if AFTER_LISTEN.contains(&name.as_str()) {
+            set_opt(cx, &fd, name, v)?;
+        }
+    }
+    if let Some(a) = s.peer {
+        sock::connect(&fd, a).at(pid, st)?;
+    }
+    requeue(cx, &fd, s)?;
+    util::set_status_flags(&fd, (s.flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
+    Ok(o.push(fd))
+}

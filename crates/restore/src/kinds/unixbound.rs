@@ -1,0 +1,131 @@
+//! Unix sockets that are not connected: a new socket gets its options,
+//! is bound to its name and listened on (backlog); a path's file gets its
+//! mode and owner back. The dead process's socket file still lies at the
+//! path: it is removed only if it is a socket nobody listens on (connect
+//! is refused); a live socket or another kind of file there is an error.
+//! A named listener is registered for the accepted connections of the
+//! image (see `unix.rs`).
+//! Queued datagrams are sent to the name from a new unnamed socket;
+//! SO_PEEK_OFF is set after them.
+
+use super::{Cx, Opened};
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::kinds::unix::Queued;
+use stasis_sys::sock;
+use stasis_sys::util;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+
+/// One saved socket, as the image has it.
+pub(super) struct Saved<'a> {
+    /// Clients waiting in the accept queue, in order.
+    pub(super) pending: &'a [u64],
+    pub(super) sock_type: u32,
+    pub(super) name: &'a [u8],
+    pub(super) listen: Option<i32>,
+    pub(super) owner: (u32, u32, u32),
+    pub(super) queued: &'a [Queued],
+    pub(super) opts: &'a BTreeMap<String, i32>,
+    pub(super) flags: u32,
+}
+
+/// Sets the unix socket option `name`.
+fn set_opt(cx: &Cx<'_>, fd: &std::os::fd::OwnedFd, name: &str, v: i32) -> Result<()> {
+    sock::set_named(fd, sock::UNIX_OPTS, name, v)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {}", cx.fd, e.op);
+            e
+        })
+        .at(cx.pid, Stage::Fork)
+}
+
+/// Connects the clients that waited in the accept queue, in order: those
+/// opened already (unconnected, by `unix.rs`), or new ones registered for
+/// their entries.
+fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<()> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    for &cid in s.pending {
+        let i = match o.object("unix", cid) {
+            Some(i) => i,
+            None => {
+                let c = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
+                if let Some(opts) = client_opts(cx, cid) {
+                    for (name, &v) in opts {
+                        set_opt(cx, &c, name, v)?;
+                    }
+                }
+                let i = o.push(c);
+                o.set_object("unix", cid, i);
+                i
+            }
+        };
+        sock::connect_unix(&o.owned[i], s.name).at(pid, st)?;
+    }
+    Ok(())
+}
+
+/// The options saved with client `id`'s entry.
+fn client_opts<'a>(cx: &Cx<'a>, id: u64) -> Option<&'a BTreeMap<String, i32>> {
+    cx.procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match &e.kind {
+            stasis_image::FdKind::UnixSocket { id: i, opts, .. } if *i == id => Some(opts),
+            _ => None,
+        })
+}
+
+pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let fd = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
+    for (name, &v) in s.opts {
+        if name != "SO_PEEK_OFF" {
+            set_opt(cx, &fd, name, v)?;
+        }
+    }
+    let path = (s.name.first().is_some_and(|&c| c != 0))
+        .then(|| String::from_utf8_lossy(s.name.strip_suffix(&[0]).unwrap_or(s.name)).into_owned());
+    if let Some(p) = &path {
+        sock::remove_stale_socket(p, s.sock_type as i32).at(pid, st)?;
+    }
+    if !s.name.is_empty() {
+        sock::bind_unix(&fd, s.name).at(pid, st)?;
+    }
+    if let Some(p) = &path {
+        let io = |what: &str, source| RestoreError::Io {
+            pid,
+            stage: st,
+            what: format!("{what} {p}"),
+            source,
+        };
+        let (mode, uid, gid) = s.owner;
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| io("chown", e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("chmod", e))?;
+    }
+    let mut listener = false;
+    if let Some(backlog) = s.listen {
+        sock::listen(&fd, backlog).at(pid, st)?;
+        listener = !s.name.is_empty();
+    }
+    // A listener's waiting clients; a datagram socket's connected ones.
+    if !s.name.is_empty() {
+        connect_pending(o, cx, s)?;
+    }
+    if !s.queued.is_empty() {
+        let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
+        for q in s.queued {
+            sock::sendto_unix(&from, s.name, &q.data).at(pid, st)?;
+        }
+    }
+    if let Some(&v) = s.opts.get("SO_PEEK_OFF") {
+        set_opt(cx, &fd, "SO_PEEK_OFF", v)?;
+    }
+    util::set_status_flags(&fd, (s.flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
+    let i = o.push(fd);
+    if listener {
+        // Accepted connections of the image are made through it.
+        o.set_object("unix listener", super::name_key(s.name), i);
+    }
+    Ok(i)
+}

@@ -1,0 +1,599 @@
+//! Socket calls on descriptors of our own (a socket being restored, or a
+//! `pidfd_getfd` duplicate of a process's socket): integer and string
+//! options, local and peer addresses, bind/listen/connect.
+
+use crate::{check, last_errno, Result, SysError};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// socket(2) with close-on-exec.
+pub fn socket(family: i32, ty: i32, protocol: i32) -> Result<OwnedFd> {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
+    check(fd.into(), "socket", None)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// getsockopt of an int option.
+pub fn get_int(fd: &OwnedFd, level: i32, opt: i32) -> Result<i32> {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            std::ptr::addr_of_mut!(v).cast(),
+            &mut len,
+        )
+    };
+    check(r.into(), &format!("getsockopt({level}, {opt})"), None)?;
+    Ok(v)
+}
+
+/// setsockopt of an int option.
+pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
+    // SAFETY: v lives for the call; its size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            std::ptr::addr_of!(v).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
+}
+
+/// getsockopt of a byte-string option (up to 256 bytes), trailing NULs cut.
+pub fn get_bytes(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; 256];
+    let mut len = b.len() as libc::socklen_t;
+    // SAFETY: b and len are live out-parameters; len is b's size.
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, b.as_mut_ptr().cast(), &mut len) };
+    check(r.into(), &format!("getsockopt({level}, {opt})"), None)?;
+    b.truncate(len as usize);
+    while b.last() == Some(&0) {
+        b.pop();
+    }
+    Ok(b)
+}
+
+/// setsockopt of a byte-string option.
+pub fn set_bytes(fd: &OwnedFd, level: i32, opt: i32, v: &[u8]) -> Result<()> {
+    // SAFETY: v lives for the call; its length is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            v.as_ptr().cast(),
+            v.len() as libc::socklen_t,
+        )
+    };
+    check(r.into(), &format!("setsockopt({level}, {opt})"), None).map(drop)
+}
+
+fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(*ss).cast() };
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(*ss).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: storage is large and aligned enough for sockaddr_in.
+            let s: &mut libc::sockaddr_in = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin_family = libc::AF_INET as u16;
+            s.sin_port = v4.port().to_be();
+            s.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: storage is large and aligned enough for sockaddr_in6.
+            let s: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin6_family = libc::AF_INET6 as u16;
+            s.sin6_port = v6.port().to_be();
+            s.sin6_flowinfo = v6.flowinfo().to_be();
+            s.sin6_addr.s6_addr = v6.ip().octets();
+            s.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn name(fd: &OwnedFd, peer: bool) -> Result<Option<SocketAddr>> {
+    // SAFETY: plain data, zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = std::ptr::addr_of_mut!(ss).cast();
+    // SAFETY: ss and len are live out-parameters; len is ss's size.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        }
+    };
+    if r != 0 {
+        let e = last_errno();
+        if peer && e == libc::ENOTCONN {
+            return Ok(None);
+        }
+        return Err(SysError::new(
+            if peer { "getpeername" } else { "getsockname" },
+            None,
+            e,
+        ));
+    }
+    Ok(from_storage(&ss))
+}
+
+/// getsockname of an AF_INET or AF_INET6 socket.
+pub fn local_addr(fd: &OwnedFd) -> Result<Option<SocketAddr>> {
+    name(fd, false)
+}
+
+/// getpeername; None when not connected.
+pub fn peer_addr(fd: &OwnedFd) -> Result<Option<SocketAddr>> {
+    name(fd, true)
+}
+
+/// bind(2) to an inet address.
+pub fn bind(fd: &OwnedFd, a: &SocketAddr) -> Result<()> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: ss holds a valid address of length len.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(ss).cast(), len) };
+    check(r.into(), &format!("bind({a})"), None).map(drop)
+}
+
+/// connect(2) to an inet address (a datagram socket: no packet is sent).
+pub fn connect(fd: &OwnedFd, a: &SocketAddr) -> Result<()> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: ss holds a valid address of length len.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(ss).cast(), len) };
+    check(r.into(), &format!("connect({a})"), None).map(drop)
+}
+
+/// listen(2).
+pub fn listen(fd: &OwnedFd, backlog: i32) -> Result<()> {
+    // SAFETY: plain call on our descriptor.
+    let r = unsafe { libc::listen(fd.as_raw_fd(), backlog) };
+    check(r.into(), &format!("listen({backlog})"), None).map(drop)
+}
+
+/// Whether a datagram (even an empty one) is waiting, without taking it.
+pub fn has_datagram(fd: &OwnedFd) -> Result<bool> {
+    let mut b = [0u8; 1];
+    // SAFETY: b is a live buffer of its length.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            0,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    };
+    if r >= 0 {
+        return Ok(true);
+    }
+    match last_errno() {
+        libc::EAGAIN => Ok(false),
+        e => Err(SysError::new("recv(MSG_PEEK)", None, e)),
+    }
+}
+
+/// SIOCOUTQ: bytes in the send queue (UDP: corked data not yet sent).
+pub fn outq(fd: &OwnedFd) -> Result<i32> {
+    let mut v: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut v) };
+    check(r.into(), "ioctl(SIOCOUTQ)", None)?;
+    Ok(v)
+}
+
+const SOL_TCP: i32 = libc::IPPROTO_TCP;
+const SOL_UDP: i32 = libc::IPPROTO_UDP;
+const IP: i32 = libc::IPPROTO_IP;
+const IP6: i32 = libc::IPPROTO_IPV6;
+const S: i32 = libc::SOL_SOCKET;
+
+/// The int options a TCP or UDP socket is saved with, by name: (name,
+/// level, option). The dump saves those that differ from a new socket's;
+/// SOL_TCP ones apply to TCP only, SOL_UDP to UDP, IPPROTO_IP to AF_INET,
+/// IPPROTO_IPV6 to AF_INET6.
+pub const INET_OPTS: &[(&str, i32, i32)] = &[
+    ("SO_REUSEADDR", S, libc::SO_REUSEADDR),
+    ("SO_REUSEPORT", S, libc::SO_REUSEPORT),
+    ("SO_KEEPALIVE", S, libc::SO_KEEPALIVE),
+    ("SO_RCVBUF", S, libc::SO_RCVBUF),
+    ("SO_SNDBUF", S, libc::SO_SNDBUF),
+    ("SO_MARK", S, libc::SO_MARK),
+    ("SO_PRIORITY", S, libc::SO_PRIORITY),
+    ("SO_RCVLOWAT", S, libc::SO_RCVLOWAT),
+    ("SO_OOBINLINE", S, libc::SO_OOBINLINE),
+    ("SO_BROADCAST", S, libc::SO_BROADCAST),
+    ("SO_DONTROUTE", S, libc::SO_DONTROUTE),
+    ("SO_NO_CHECK", S, libc::SO_NO_CHECK),
+    ("SO_TIMESTAMP", S, libc::SO_TIMESTAMP),
+    ("SO_TIMESTAMPNS", S, libc::SO_TIMESTAMPNS),
+    ("SO_RXQ_OVFL", S, libc::SO_RXQ_OVFL),
+    ("SO_PASSCRED", S, libc::SO_PASSCRED),
+    ("SO_BUSY_POLL", S, libc::SO_BUSY_POLL),
+    ("TCP_NODELAY", SOL_TCP, libc::TCP_NODELAY),
+    ("TCP_MAXSEG", SOL_TCP, libc::TCP_MAXSEG),
+    ("TCP_CORK", SOL_TCP, libc::TCP_CORK),
+    ("TCP_KEEPIDLE", SOL_TCP, libc::TCP_KEEPIDLE),
+    ("TCP_KEEPINTVL", SOL_TCP, libc::TCP_KEEPINTVL),
+    ("TCP_KEEPCNT", SOL_TCP, libc::TCP_KEEPCNT),
+    ("TCP_SYNCNT", SOL_TCP, libc::TCP_SYNCNT),
+    ("TCP_LINGER2", SOL_TCP, libc::TCP_LINGER2),
+    ("TCP_DEFER_ACCEPT", SOL_TCP, libc::TCP_DEFER_ACCEPT),
+    ("TCP_WINDOW_CLAMP", SOL_TCP, libc::TCP_WINDOW_CLAMP),
+    ("TCP_USER_TIMEOUT", SOL_TCP, libc::TCP_USER_TIMEOUT),
+    ("TCP_FASTOPEN", SOL_TCP, libc::TCP_FASTOPEN),
+    ("TCP_NOTSENT_LOWAT", SOL_TCP, libc::TCP_NOTSENT_LOWAT),
+    ("UDP_CORK", SOL_UDP, 1),
+    ("UDP_SEGMENT", SOL_UDP, 103),
+    ("IP_TOS", IP, libc::IP_TOS),
+    ("IP_TTL", IP, libc::IP_TTL),
+    ("IP_RECVERR", IP, libc::IP_RECVERR),
+    ("IP_FREEBIND", IP, libc::IP_FREEBIND),
+    ("IP_TRANSPARENT", IP, libc::IP_TRANSPARENT),
+    ("IP_PKTINFO", IP, libc::IP_PKTINFO),
+    ("IP_MTU_DISCOVER", IP, libc::IP_MTU_DISCOVER),
+    ("IP_MULTICAST_TTL", IP, libc::IP_MULTICAST_TTL),
+    ("IP_MULTICAST_LOOP", IP, libc::IP_MULTICAST_LOOP),
+    ("IP_BIND_ADDRESS_NO_PORT", IP, libc::IP_BIND_ADDRESS_NO_PORT),
+    ("IPV6_V6ONLY", IP6, libc::IPV6_V6ONLY),
+    ("IPV6_UNICAST_HOPS", IP6, libc::IPV6_UNICAST_HOPS),
+    ("IPV6_TCLASS", IP6, libc::IPV6_TCLASS),
+    ("IPV6_RECVPKTINFO", IP6, libc::IPV6_RECVPKTINFO),
+    ("IPV6_RECVERR", IP6, libc::IPV6_RECVERR),
+    ("IPV6_MTU_DISCOVER", IP6, libc::IPV6_MTU_DISCOVER),
+    ("IPV6_MULTICAST_HOPS", IP6, libc::IPV6_MULTICAST_HOPS),
+    ("IPV6_MULTICAST_LOOP", IP6, libc::IPV6_MULTICAST_LOOP),
+    ("IPV6_FREEBIND", IP6, 78),
+    ("IPV6_TRANSPARENT", IP6, 75),
+];
+
+/// Whether an option of `level` applies to a socket of this family and
+/// protocol.
+pub fn opt_applies(level: i32, family: i32, protocol: i32) -> bool {
+    match level {
+        SOL_TCP => protocol == libc::IPPROTO_TCP,
+        SOL_UDP => protocol == libc::IPPROTO_UDP,
+        IP => family == libc::AF_INET,
+        IP6 => family == libc::AF_INET6,
+        _ => true,
+    }
+}
+
+/// Instructions of a classic BPF filter attached with SO_ATTACH_FILTER
+/// (0: none).
+pub fn filter_len(fd: &OwnedFd) -> Result<u32> {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: with a zero length the kernel writes only `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::null_mut(),
+            &mut len,
+        )
+    };
+    check(r.into(), "getsockopt(SO_GET_FILTER)", None)?;
+    Ok(len)
+}
+
+/// The int options a unix socket is saved with (those that differ from a
+/// new socket's), by name.
+pub const UNIX_OPTS: &[(&str, i32, i32)] = &[
+    ("SO_PASSCRED", S, libc::SO_PASSCRED),
+    ("SO_PASSSEC", S, libc::SO_PASSSEC),
+    ("SO_PEEK_OFF", S, libc::SO_PEEK_OFF),
+    ("SO_RCVBUF", S, libc::SO_RCVBUF),
+    ("SO_SNDBUF", S, libc::SO_SNDBUF),
+    ("SO_RCVLOWAT", S, libc::SO_RCVLOWAT),
+    ("SO_TIMESTAMP", S, libc::SO_TIMESTAMP),
+    ("SO_TIMESTAMPNS", S, libc::SO_TIMESTAMPNS),
+    ("SO_MARK", S, libc::SO_MARK),
+    ("SO_PRIORITY", S, libc::SO_PRIORITY),
+    ("SO_PASSPIDFD", S, 76),
+];
+
+/// What [`peek_queue`] found waiting in a socket.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// One entry per message; a stream: its bytes in one or more pieces.
+    pub msgs: Vec<Vec<u8>>,
+    /// Some message carries descriptors (SCM_RIGHTS); they were closed.
+    pub rights: bool,
+    /// Some message was larger than the buffer or was empty.
+    pub odd: bool,
+    /// Some message came from a bound (named) sender.
+    pub named_sender: bool,
+}
+
+/// Reads every message waiting in a socket without taking it: MSG_PEEK
+/// with SO_PEEK_OFF walking the queue from 0 (the socket's own peek
+/// offset is put back). At most `limit` bytes. `eof`: an empty read ends
+/// the queue (a stream, or a socket shut down for reading); otherwise it
+/// is an empty message, which SO_PEEK_OFF cannot step over (`odd`).
+pub fn peek_queue(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
+    let old = get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let r = peek_loop(fd, limit, eof);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+    r
+}
+
+fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
+    let mut p = Peeked::default();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut cbuf = [0u64; 64];
+    // SAFETY: plain data; zero is valid.
+    let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; zero is valid.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = std::mem::size_of_val(&cbuf);
+        mh.msg_name = std::ptr::addr_of_mut!(from).cast();
+        mh.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        // SAFETY: every pointer in mh refers to live buffers of their lengths.
+        let n =
+            unsafe { libc::recvmsg(fd.as_raw_fd(), &mut mh, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            match last_errno() {
+                libc::EAGAIN => return Ok(p),
+                e => return Err(SysError::new("recvmsg(MSG_PEEK)", None, e)),
+            }
+        }
+        close_rights(&mh, &mut p);
+        // Only the family (2 bytes): an unnamed sender.
+        if mh.msg_namelen as usize > std::mem::size_of::<libc::sa_family_t>() {
+            p.named_sender = true;
+        }
+        if mh.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+            p.odd = true;
+            return Ok(p);
+        }
+        if n == 0 {
+            p.odd = !eof;
+            return Ok(p);
+        }
+        total += n as usize;
+        if total > limit {
+            return Err(SysError::other(
+                "peek socket queue",
+                None,
+                format!("more than {limit} bytes queued"),
+            ));
+        }
+        p.msgs.push(buf[..n as usize].to_vec());
+    }
+}
+
+/// Closes descriptors an SCM_RIGHTS message installed in us, noting them.
+fn close_rights(mh: &libc::msghdr, p: &mut Peeked) {
+    // SAFETY: the kernel filled msg_control; the CMSG macros walk it within
+    // msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(mh);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                p.rights = true;
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..n {
+                    libc::close(data.add(i).read_unaligned());
+                }
+            }
+            c = libc::CMSG_NXTHDR(mh, c);
+        }
+    }
+}
+
+/// send(2) of one whole message, non-blocking, no SIGPIPE.
+pub fn send_all(fd: &OwnedFd, data: &[u8], stream: bool) -> Result<()> {
+    let mut off = 0;
+    loop {
+        // SAFETY: sending from a live slice.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data[off..].as_ptr().cast(),
+                data.len() - off,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        check(n as libc::c_long, "send queued data", None)?;
+        off += n as usize;
+        if off >= data.len() || !stream {
+            return Ok(());
+        }
+    }
+}
+
+/// shutdown(2) with sock_diag's mode (1 receive, 2 send, 3 both).
+pub fn shutdown(fd: &OwnedFd, mode: u8) -> Result<()> {
+    let how = match mode {
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    // SAFETY: plain call on our descriptor.
+    let r = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+    check(r.into(), &format!("shutdown({mode})"), None).map(drop)
+}
+
+/// sockaddr_un for a name as sock_diag reports it (a path with its NUL,
+/// or an abstract name starting with NUL).
+fn unix_addr(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: plain data; zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() > sa.sun_path.len() {
+        return Err(SysError::other("unix address", None, "name too long"));
+    }
+    sa.sun_family = libc::AF_UNIX as u16;
+    for (d, &s) in sa.sun_path.iter_mut().zip(name) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + name.len();
+    Ok((sa, len as libc::socklen_t))
+}
+
+/// bind(2) to a unix name.
+pub fn bind_unix(fd: &OwnedFd, name: &[u8]) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    // SAFETY: sa holds a valid address of length len.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(sa).cast(), len) };
+    check(
+        r.into(),
+        &format!("bind({})", String::from_utf8_lossy(name)),
+        None,
+    )
+    .map(drop)
+}
+
+/// connect(2) to a unix name.
+pub fn connect_unix(fd: &OwnedFd, name: &[u8]) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    // SAFETY: sa holds a valid address of length len.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(sa).cast(), len) };
+    check(
+        r.into(),
+        &format!("connect({})", String::from_utf8_lossy(name)),
+        None,
+    )
+    .map(drop)
+}
+
+/// sendto(2) of one datagram to a unix name, non-blocking.
+pub fn sendto_unix(fd: &OwnedFd, name: &[u8], data: &[u8]) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    // SAFETY: data and sa are live for the call.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            std::ptr::addr_of!(sa).cast(),
+            len,
+        )
+    };
+    check(r as libc::c_long, "sendto queued datagram", None).map(drop)
+}
+
+/// Sets the option called `name` in `table` ([`INET_OPTS`],
+/// [`UNIX_OPTS`]) to `v` as getsockopt read it: buffer sizes are halved
+/// (the kernel doubles them) and set with the FORCE variants (above the
+/// sysctl maximum, as the process may have had them).
+pub fn set_named(fd: &OwnedFd, table: &[(&str, i32, i32)], name: &str, v: i32) -> Result<()> {
+    let Some(&(_, level, opt)) = table.iter().find(|(n, _, _)| *n == name) else {
+        return Err(SysError::other(
+            format!("setsockopt {name}"),
+            None,
+            "unknown option",
+        ));
+    };
+    let (opt, v) = match (level, opt) {
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => (libc::SO_RCVBUFFORCE, v / 2),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => (libc::SO_SNDBUFFORCE, v / 2),
+        _ => (opt, v),
+    };
+    set_int(fd, level, opt, v).map_err(|mut e| {
+        e.op = format!("{name}: {}", e.op);
+        e
+    })
+}
+
+/// accept4(2) with close-on-exec.
+pub fn accept(fd: &OwnedFd) -> Result<OwnedFd> {
+    // SAFETY: no address wanted.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    check(r.into(), "accept", None)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Makes room at a unix socket's path: a socket file nobody listens on
+/// (connect is refused: a dead process's) is removed. Ok(false): nothing
+/// was there; an error names a live socket or another kind of file.
+pub fn remove_stale_socket(path: &str, ty: i32) -> Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(false);
+    };
+    if !m.file_type().is_socket() {
+        return Err(SysError::other(
+            format!("bind {path}"),
+            None,
+            "the path exists and is not a socket",
+        ));
+    }
+    let probe = socket(libc::AF_UNIX, ty, 0)?;
+    let mut name = path.as_bytes().to_vec();
+    name.push(0);
+    match connect_unix(&probe, &name) {
+        Err(e) if e.errno() == Some(libc::ECONNREFUSED) => {}
+        _ => {
+            return Err(SysError::other(
+                format!("bind {path}"),
+                None,
+                "the path is in use by a live socket",
+            ))
+        }
+    }
+    std::fs::remove_file(path).map_err(|e| {
+        SysError::new(
+            format!("remove the old socket file {path}"),
+            None,
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    Ok(true)
+}

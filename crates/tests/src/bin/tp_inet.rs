@@ -1,0 +1,516 @@
+//! tp_inet: TCP listeners and UDP sockets survive checkpoint/restore.
+//!
+//! Default: an IPv4 listener with every option applications set
+//! (SO_REUSEADDR, SO_REUSEPORT, keepalive and its TCP_KEEP*, TCP_NODELAY,
+//! buffer sizes, TCP_DEFER_ACCEPT, TCP_FASTOPEN, SO_MARK, SO_BINDTODEVICE,
+//! O_NONBLOCK, backlog 7), an IPv6-only listener, a dual-stack listener,
+//! a bound UDP socket and a bound, connected one (SO_BROADCAST, IP_TOS),
+//! a TCP socket bound but not listening and one not bound.
+//! After restore every option, address, flag and backlog (as `ss` shows it)
+//! is compared with what it was, and every socket is used: a client
+//! connects to each listener (the dual-stack one over IPv4) and datagrams
+//! go both ways with their sources checked.
+//!
+//! `--in-flight`: a listener with one connection waiting to be accepted
+//! (its client closed); the dump refuses it unless `--skip-in-flight`,
+//! after which the queue is empty and the listener still accepts
+//! (`--expect-dropped`; without it the connection must still be queued).
+//! `--established`: an established TCP connection (refused).
+//! `--udp-queued`: UDP sockets with datagrams waiting (IPv4 from two
+//! senders, IPv6 on a connected socket): read after restore with their
+//! sources, in order.
+//!
+//! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued]`
+
+use stasis_tests::{errno, Proto, Report};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+fn sock(family: i32, ty: i32) -> i32 {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(family, ty, 0) };
+    assert!(fd >= 0, "socket: errno {}", errno());
+    fd
+}
+
+fn set(fd: i32, level: i32, opt: i32, v: i32) {
+    // SAFETY: v lives for the call.
+    let r = unsafe { libc::setsockopt(fd, level, opt, std::ptr::addr_of!(v).cast(), 4) };
+    assert_eq!(r, 0, "setsockopt({level}, {opt}, {v}): errno {}", errno());
+}
+
+fn get(fd: i32, level: i32, opt: i32) -> i32 {
+    let (mut v, mut len) = (0i32, 4u32);
+    // SAFETY: v and len are live out-parameters.
+    let r = unsafe { libc::getsockopt(fd, level, opt, std::ptr::addr_of_mut!(v).cast(), &mut len) };
+    if r != 0 {
+        return -errno() - 1000;
+    }
+    v
+}
+
+fn device(fd: i32) -> String {
+    let mut b = [0u8; 32];
+    let mut len = b.len() as u32;
+    // SAFETY: b and len are live out-parameters.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            b.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    String::from_utf8_lossy(&b[..len as usize])
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+fn raw(a: &SocketAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v) => {
+            // SAFETY: storage fits a sockaddr_in.
+            let s: &mut libc::sockaddr_in = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin_family = libc::AF_INET as u16;
+            s.sin_port = v.port().to_be();
+            s.sin_addr.s_addr = u32::from(*v.ip()).to_be();
+            16
+        }
+        SocketAddr::V6(v) => {
+            // SAFETY: storage fits a sockaddr_in6.
+            let s: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin6_family = libc::AF_INET6 as u16;
+            s.sin6_port = v.port().to_be();
+            s.sin6_addr.s6_addr = v.ip().octets();
+            28
+        }
+    };
+    (ss, len)
+}
+
+fn parse(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: family says sockaddr_in.
+            let s: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(*ss).cast() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+                u16::from_be(s.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says sockaddr_in6.
+            let s: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(*ss).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(s.sin6_addr.s6_addr),
+                u16::from_be(s.sin6_port),
+                0,
+                0,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn bind(fd: i32, a: SocketAddr) {
+    let (ss, len) = raw(&a);
+    // SAFETY: ss holds a valid address.
+    let r = unsafe { libc::bind(fd, std::ptr::addr_of!(ss).cast(), len) };
+    assert_eq!(r, 0, "bind {a}: errno {}", errno());
+}
+
+fn connect(fd: i32, a: SocketAddr) -> i32 {
+    let (ss, len) = raw(&a);
+    // SAFETY: ss holds a valid address.
+    unsafe { libc::connect(fd, std::ptr::addr_of!(ss).cast(), len) }
+}
+
+fn name(fd: i32, peer: bool) -> Option<SocketAddr> {
+    // SAFETY: zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    let p = std::ptr::addr_of_mut!(ss).cast();
+    // SAFETY: ss and len are live out-parameters.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    (r == 0).then(|| parse(&ss)).flatten()
+}
+
+fn listen(fd: i32, backlog: i32) {
+    // SAFETY: plain call.
+    let r = unsafe { libc::listen(fd, backlog) };
+    assert_eq!(r, 0, "listen: errno {}", errno());
+}
+
+fn wait_readable(fd: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut p, 1, 5000) == 1 }
+}
+
+fn accept(fd: i32) -> i32 {
+    if !wait_readable(fd) {
+        return -1;
+    }
+    // SAFETY: no address wanted.
+    unsafe { libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) }
+}
+
+fn send(fd: i32, b: &[u8]) -> isize {
+    // SAFETY: live slice, no SIGPIPE.
+    unsafe { libc::send(fd, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) }
+}
+
+fn recv_from(fd: i32) -> (Vec<u8>, Option<SocketAddr>) {
+    if !wait_readable(fd) {
+        return (vec![], None);
+    }
+    let mut b = vec![0u8; 256];
+    // SAFETY: zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    // SAFETY: live buffers.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            b.as_mut_ptr().cast(),
+            b.len(),
+            0,
+            std::ptr::addr_of_mut!(ss).cast(),
+            &mut len,
+        )
+    };
+    b.truncate(n.max(0) as usize);
+    (b, parse(&ss))
+}
+
+fn close(fd: i32) {
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+}
+
+const OPTS: &[(&str, i32, i32)] = &[
+    ("SO_REUSEADDR", libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    ("SO_REUSEPORT", libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    ("SO_KEEPALIVE", libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    ("SO_RCVBUF", libc::SOL_SOCKET, libc::SO_RCVBUF),
+    ("SO_SNDBUF", libc::SOL_SOCKET, libc::SO_SNDBUF),
+    ("SO_MARK", libc::SOL_SOCKET, libc::SO_MARK),
+    ("SO_BROADCAST", libc::SOL_SOCKET, libc::SO_BROADCAST),
+    ("TCP_KEEPIDLE", libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    ("TCP_KEEPINTVL", libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    ("TCP_KEEPCNT", libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    ("TCP_NODELAY", libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (
+        "TCP_DEFER_ACCEPT",
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+    ),
+    ("TCP_FASTOPEN", libc::IPPROTO_TCP, libc::TCP_FASTOPEN),
+    ("IP_TOS", libc::IPPROTO_IP, libc::IP_TOS),
+    ("IPV6_V6ONLY", libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+];
+
+/// Everything checked about one socket.
+#[derive(Debug, Clone, PartialEq)]
+struct State {
+    opts: Vec<(&'static str, i32)>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    nonblock: bool,
+    device: String,
+    backlog: Option<u32>,
+}
+
+/// Send-Q of a listener as `ss` shows it: its backlog.
+fn backlog(port: u16) -> Option<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn state(fd: i32, listener: bool) -> State {
+    let tcp = get(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == libc::IPPROTO_TCP;
+    let local = name(fd, false);
+    State {
+        opts: OPTS
+            .iter()
+            .filter(|(n, _, _)| tcp || !n.starts_with("TCP_"))
+            .map(|&(n, l, o)| (n, get(fd, l, o)))
+            .collect(),
+        local,
+        peer: name(fd, true),
+        // SAFETY: plain fcntl.
+        nonblock: unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0,
+        device: device(fd),
+        backlog: if listener {
+            local.and_then(|a| backlog(a.port()))
+        } else {
+            None
+        },
+    }
+}
+
+fn lo4() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+fn lo6() -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::LOCALHOST, 0))
+}
+
+/// A client connects to `to`, sends "ping"; the listener accepts and reads it.
+fn serve_one(report: &mut Report, what: &str, listener: i32, to: SocketAddr) {
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let c = sock(family, libc::SOCK_STREAM);
+    let r = connect(c, to);
+    report.check(r == 0, || {
+        format!("{what}: connect {to}: errno {}", errno())
+    });
+    send(c, b"ping");
+    let a = accept(listener);
+    report.check(a >= 0, || format!("{what}: accept: errno {}", errno()));
+    if a >= 0 {
+        let (got, _) = recv_from(a);
+        report.eq(
+            &format!("{what}: bytes through the accepted connection"),
+            b"ping".to_vec(),
+            got,
+        );
+        close(a);
+    }
+    close(c);
+}
+
+fn main() {
+    let (proto, args) = Proto::from_args();
+    let mut report = Report::new();
+    if args.flag("established") {
+        let l = sock(libc::AF_INET, libc::SOCK_STREAM);
+        bind(l, lo4());
+        listen(l, 1);
+        let c = sock(libc::AF_INET, libc::SOCK_STREAM);
+        connect(c, name(l, false).unwrap_or(lo4()));
+        let _a = accept(l);
+        proto.ready_and_wait();
+        proto.finish(&report);
+    }
+    if args.flag("udp-queued") {
+        // Datagrams waiting: two from one IPv4 sender, one from another
+        // (unconnected receiver); one over IPv6 to a connected socket.
+        let u = sock(libc::AF_INET, libc::SOCK_DGRAM);
+        bind(u, lo4());
+        let v = sock(libc::AF_INET, libc::SOCK_DGRAM);
+        connect(v, name(u, false).unwrap_or(lo4()));
+        let w = sock(libc::AF_INET, libc::SOCK_DGRAM);
+        connect(w, name(u, false).unwrap_or(lo4()));
+        send(v, b"q1");
+        send(w, b"from-w");
+        send(v, b"q22");
+        let a6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+        bind(a6, lo6());
+        let b6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+        bind(b6, lo6());
+        connect(a6, name(b6, false).unwrap_or(lo6()));
+        connect(b6, name(a6, false).unwrap_or(lo6()));
+        send(b6, b"six");
+        // Let loopback deliver them before the dump.
+        stasis_tests::nap(50_000_000);
+        proto.ready_and_wait();
+        let mut want = vec![
+            (b"q1".to_vec(), name(v, false)),
+            (b"from-w".to_vec(), name(w, false)),
+            (b"q22".to_vec(), name(v, false)),
+        ];
+        if args.corrupt() {
+            want.swap(0, 2);
+        }
+        for w in want {
+            report.eq("queued datagram (data, source)", w, recv_from(u));
+        }
+        report.eq(
+            "queued ipv6 datagram",
+            (b"six".to_vec(), name(b6, false)),
+            recv_from(a6),
+        );
+        proto.finish(&report);
+    }
+    if args.flag("in-flight") {
+        let l = sock(libc::AF_INET, libc::SOCK_STREAM);
+        bind(l, lo4());
+        listen(l, 4);
+        let at = name(l, false).unwrap_or(lo4());
+        let c = sock(libc::AF_INET, libc::SOCK_STREAM);
+        connect(c, at);
+        close(c);
+        proto.ready_and_wait();
+        // The waiting connection was dropped: nothing to accept at once.
+        // SAFETY: plain fcntl and accept on our listener.
+        let a = unsafe {
+            libc::fcntl(l, libc::F_SETFL, libc::O_NONBLOCK);
+            libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut())
+        };
+        // With --expect-dropped (restored after `dump --skip-in-flight`)
+        // the queue is empty; without it (the dump refused, the process
+        // ran on) the connection is still there.
+        let dropped = a < 0 && errno() == libc::EAGAIN;
+        let expect = args.flag("expect-dropped") != args.corrupt();
+        report.check(dropped == expect, || {
+            format!("accept queue after restore: accept returned {a}")
+        });
+        serve_one(&mut report, "listener after the drop", l, at);
+        proto.finish(&report);
+    }
+
+    // IPv4 listener with every option.
+    let l4 = sock(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+    for (o, v) in [
+        (libc::SO_REUSEADDR, 1),
+        (libc::SO_REUSEPORT, 1),
+        (libc::SO_KEEPALIVE, 1),
+        (libc::SO_RCVBUF, 100_000),
+        (libc::SO_SNDBUF, 70_000),
+        (libc::SO_MARK, 0x5eed),
+    ] {
+        set(l4, libc::SOL_SOCKET, o, v);
+    }
+    for (o, v) in [
+        (libc::TCP_KEEPIDLE, 77),
+        (libc::TCP_KEEPINTVL, 13),
+        (libc::TCP_KEEPCNT, 4),
+        (libc::TCP_NODELAY, 1),
+        (libc::TCP_DEFER_ACCEPT, 9),
+        (libc::TCP_FASTOPEN, 5),
+    ] {
+        set(l4, libc::IPPROTO_TCP, o, v);
+    }
+    // SAFETY: a literal device name.
+    let r = unsafe {
+        libc::setsockopt(
+            l4,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            b"lo".as_ptr().cast(),
+            2,
+        )
+    };
+    assert_eq!(r, 0, "SO_BINDTODEVICE: errno {}", errno());
+    bind(l4, lo4());
+    listen(l4, 7);
+    // IPv6 only, and dual-stack.
+    let l6 = sock(libc::AF_INET6, libc::SOCK_STREAM);
+    set(l6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1);
+    bind(l6, lo6());
+    listen(l6, 3);
+    let ld = sock(libc::AF_INET6, libc::SOCK_STREAM);
+    set(ld, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
+    bind(ld, SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
+    listen(ld, 128);
+    // UDP: bound, and bound + connected.
+    let ua = sock(libc::AF_INET, libc::SOCK_DGRAM);
+    set(ua, libc::SOL_SOCKET, libc::SO_BROADCAST, 1);
+    set(ua, libc::IPPROTO_IP, libc::IP_TOS, 0x10);
+    bind(ua, lo4());
+    let ub = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+    bind(ub, lo6());
+    let uc = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+    bind(uc, lo6());
+    let r = connect(ub, name(uc, false).unwrap_or(lo6()));
+    assert_eq!(r, 0, "udp connect: errno {}", errno());
+    let ud = sock(libc::AF_INET, libc::SOCK_DGRAM);
+    bind(ud, lo4());
+    // TCP bound but not listening yet, and not even bound.
+    let tb = sock(libc::AF_INET6, libc::SOCK_STREAM);
+    bind(tb, lo6());
+    let tu = sock(libc::AF_INET6, libc::SOCK_STREAM);
+
+    let socks = [
+        ("ipv4 listener", l4, true),
+        ("ipv6 listener", l6, true),
+        ("dual-stack listener", ld, true),
+        ("udp bound", ua, false),
+        ("udp connected", ub, false),
+        ("udp peer", uc, false),
+        ("udp v4 peer", ud, false),
+        ("tcp bound", tb, false),
+        ("tcp unbound", tu, false),
+    ];
+    let before: Vec<State> = socks.iter().map(|&(_, fd, l)| state(fd, l)).collect();
+    proto.ready_and_wait();
+    for (i, &(what, fd, l)) in socks.iter().enumerate() {
+        let mut b = before[i].clone();
+        if args.corrupt() && i == 0 {
+            b.backlog = b.backlog.map(|n| n + 1);
+        }
+        report.eq(what, b, state(fd, l));
+    }
+    let port = |fd| name(fd, false).map(|a| a.port()).unwrap_or(0);
+    serve_one(
+        &mut report,
+        "ipv4 listener",
+        l4,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port(l4))),
+    );
+    serve_one(
+        &mut report,
+        "ipv6 listener",
+        l6,
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port(l6))),
+    );
+    serve_one(
+        &mut report,
+        "dual-stack listener over ipv4",
+        ld,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port(ld))),
+    );
+    // The bound socket listens on its port now; the unbound one connects.
+    listen(tb, 2);
+    let tb_at = SocketAddr::from((Ipv6Addr::LOCALHOST, port(tb)));
+    report.eq("connect from the unbound TCP socket", 0, connect(tu, tb_at));
+    report.check(accept(tb) >= 0, || "accept on the bound TCP socket".into());
+    // Datagrams both ways, sources checked.
+    send(ub, b"to-c");
+    let (got, from) = recv_from(uc);
+    report.eq(
+        "datagram from the connected socket",
+        (b"to-c".to_vec(), name(ub, false)),
+        (got, from),
+    );
+    let (ss, len) = raw(&name(ua, false).unwrap_or(lo4()));
+    // SAFETY: ss holds a valid address.
+    unsafe {
+        libc::sendto(
+            ud,
+            b"to-a".as_ptr().cast(),
+            4,
+            0,
+            std::ptr::addr_of!(ss).cast(),
+            len,
+        )
+    };
+    let (got, from) = recv_from(ua);
+    report.eq(
+        "datagram to the bound socket",
+        (b"to-a".to_vec(), name(ud, false)),
+        (got, from),
+    );
+    proto.finish(&report);
+}

@@ -1,0 +1,503 @@
+//! tp_unix: unix sockets beyond empty pairs survive checkpoint/restore:
+//! data waiting in a stream pair (read from the peek offset the program
+//! set), three datagrams in a datagram pair (boundaries and order kept), a
+//! seqpacket pair shut down for writing with two messages queued (then
+//! EOF; writing draws EPIPE), a lone stream end with data from its closed
+//! peer, and options (SO_PASSCRED, SO_PEEK_OFF, SO_RCVBUF, SO_SNDBUF).
+//! Every option and shutdown-visible behaviour is checked after restore.
+//!
+//! Accepted connections: one of the path listener with data waiting both
+//! ways, one of an abstract listener closed since (names on both sides
+//! checked).
+//! A datagram socket connected to the bound datagram one (a syslog
+//! client's way): its peer name and a datagram through it.
+//! Named sockets too: a stream listener on a path (backlog 5, mode 0640),
+//! a seqpacket listener on an abstract name (backlog 3), a datagram socket
+//! bound to a path with two datagrams from an unnamed sender waiting and
+//! SO_RCVBUF set, and a socket not bound at all. After restore: names,
+//! backlogs (as `ss` shows them), the file's mode, options; then clients
+//! connect to both listeners and talk, the datagrams are read and a new one
+//! is sent to the path.
+//!
+//! `--rights`: a descriptor in flight (SCM_RIGHTS, unread): refused.
+//! `--pending`: two clients waiting in a unix listener's accept queue
+//! (one created before the listener, one after): after restore they are
+//! accepted in the order they connected. With `--pending-data` the first
+//! has sent data: refused (the program then goes on).
+//! `--unlinked`: a listener whose path was unlinked: refused.
+//!
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked]`
+
+use stasis_tests::{errno, Proto, Report};
+
+fn pair(ty: i32) -> [i32; 2] {
+    let mut f = [0i32; 2];
+    // SAFETY: valid out array.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, f.as_mut_ptr()) };
+    assert_eq!(r, 0, "socketpair");
+    f
+}
+
+fn send(fd: i32, b: &[u8]) -> isize {
+    // SAFETY: sending from a live slice; no SIGPIPE.
+    unsafe {
+        libc::send(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    }
+}
+
+fn recv(fd: i32, flags: i32) -> (isize, Vec<u8>) {
+    let mut b = vec![0u8; 256];
+    // SAFETY: receiving into a live buffer.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            b.len(),
+            flags | libc::MSG_DONTWAIT,
+        )
+    };
+    b.truncate(n.max(0) as usize);
+    (n, b)
+}
+
+/// recv after waiting up to 5 s for data.
+fn recv_wait(fd: i32) -> Vec<u8> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut p, 1, 5000) };
+    recv(fd, 0).1
+}
+
+fn set(fd: i32, opt: i32, v: i32) {
+    // SAFETY: v lives for the call.
+    let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, std::ptr::addr_of!(v).cast(), 4) };
+    assert_eq!(r, 0, "setsockopt {opt}: errno {}", errno());
+}
+
+fn get(fd: i32, opt: i32) -> i32 {
+    let (mut v, mut len) = (0i32, 4u32);
+    // SAFETY: live out-parameters.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            std::ptr::addr_of_mut!(v).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return -1000 - errno();
+    }
+    v
+}
+
+fn opts(fd: i32) -> [i32; 4] {
+    [
+        get(fd, libc::SO_PASSCRED),
+        get(fd, libc::SO_PEEK_OFF),
+        get(fd, libc::SO_RCVBUF),
+        get(fd, libc::SO_SNDBUF),
+    ]
+}
+
+fn send_fd(sock: i32, fd: i32) {
+    let mut cbuf = [0u64; 8];
+    let mut data = *b"x";
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; the CMSG macros stay inside cbuf.
+    unsafe {
+        let mut mh: libc::msghdr = std::mem::zeroed();
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+        assert_eq!(libc::sendmsg(sock, &mh, 0), 1, "sendmsg SCM_RIGHTS");
+    }
+}
+
+fn sock(ty: i32) -> i32 {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, ty, 0) };
+    assert!(fd >= 0, "socket: errno {}", errno());
+    fd
+}
+
+fn addr(name: &[u8]) -> (libc::sockaddr_un, u32) {
+    // SAFETY: zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as u16;
+    for (d, &c) in sa.sun_path.iter_mut().zip(name) {
+        *d = c as libc::c_char;
+    }
+    // Paths with their NUL; abstract names exactly.
+    let extra = usize::from(name.first() != Some(&0));
+    (sa, (2 + name.len() + extra) as u32)
+}
+
+fn bind(fd: i32, name: &[u8]) {
+    let (sa, len) = addr(name);
+    // SAFETY: sa holds a valid address.
+    let r = unsafe { libc::bind(fd, std::ptr::addr_of!(sa).cast(), len) };
+    assert_eq!(r, 0, "bind: errno {}", errno());
+}
+
+fn connect(fd: i32, name: &[u8]) -> i32 {
+    let (sa, len) = addr(name);
+    // SAFETY: sa holds a valid address.
+    unsafe { libc::connect(fd, std::ptr::addr_of!(sa).cast(), len) }
+}
+
+fn listen(fd: i32, n: i32) {
+    // SAFETY: plain call.
+    let r = unsafe { libc::listen(fd, n) };
+    assert_eq!(r, 0, "listen: errno {}", errno());
+}
+
+fn local_name(fd: i32) -> Vec<u8> {
+    sock_name(fd, false)
+}
+
+fn sock_name(fd: i32, peer: bool) -> Vec<u8> {
+    // SAFETY: zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    let p = std::ptr::addr_of_mut!(sa).cast();
+    // SAFETY: live out-parameters.
+    unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    sa.sun_path[..(len as usize).saturating_sub(2)]
+        .iter()
+        .map(|&c| c as u8)
+        .collect()
+}
+
+/// Send-Q of a unix listener as `ss` shows it: its backlog.
+fn backlog(name: &str) -> Option<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hxl", "src", name])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+fn sendto(fd: i32, name: &[u8], b: &[u8]) -> isize {
+    let (sa, len) = addr(name);
+    // SAFETY: live buffers.
+    unsafe {
+        libc::sendto(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            0,
+            std::ptr::addr_of!(sa).cast(),
+            len,
+        )
+    }
+}
+
+/// A client talks to a listener: connect, send, accept, receive.
+fn talk(report: &mut Report, what: &str, listener: i32, name: &[u8], ty: i32) {
+    let c = sock(ty);
+    report.eq(&format!("{what}: connect"), 0, connect(c, name));
+    send(c, b"hi");
+    // SAFETY: no address wanted; the listener is blocking and has a client.
+    let a = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    report.check(a >= 0, || format!("{what}: accept: errno {}", errno()));
+    report.eq(&format!("{what}: bytes"), b"hi".to_vec(), recv(a, 0).1);
+    // SAFETY: our own descriptors.
+    unsafe {
+        libc::close(a);
+        libc::close(c);
+    }
+}
+
+fn main() {
+    let (proto, args) = Proto::from_args();
+    let mut report = Report::new();
+    if args.flag("rights") {
+        let p = pair(libc::SOCK_STREAM);
+        send_fd(p[1], 0);
+        proto.ready_and_wait();
+        report.eq("descriptor still in flight", 1, recv(p[0], 0).0);
+        proto.finish(&report);
+    }
+    if args.flag("unlinked") {
+        let path = proto.path("unlinked.sock");
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, path.to_string_lossy().as_bytes());
+        listen(l, 4);
+        let _ = std::fs::remove_file(&path);
+        proto.ready_and_wait();
+        proto.finish(&report);
+    }
+    if args.flag("pending") {
+        // Two clients wait in the accept queue, the first created before
+        // the listener (a lower descriptor), the second after it.
+        let name = proto.path("pending.sock").to_string_lossy().into_owned();
+        let c1 = sock(libc::SOCK_STREAM);
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, name.as_bytes());
+        listen(l, 4);
+        let c2 = sock(libc::SOCK_STREAM);
+        connect(c1, name.as_bytes());
+        connect(c2, name.as_bytes());
+        if args.flag("pending-data") {
+            send(c1, b"early");
+        }
+        proto.ready_and_wait();
+        let mut path_name = name.into_bytes();
+        path_name.push(0);
+        report.eq("client 1's peer", path_name.clone(), sock_name(c1, true));
+        report.eq("client 2's peer", path_name, sock_name(c2, true));
+        let order: [(i32, &[u8]); 2] = if args.corrupt() {
+            [(c2, b"first"), (c1, b"second")]
+        } else {
+            [(c1, b"first"), (c2, b"second")]
+        };
+        for (c, msg) in order {
+            // SAFETY: a client is waiting.
+            let a = unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) };
+            report.check(a >= 0, || format!("accept: errno {}", errno()));
+            send(a, msg);
+            report.eq(
+                "accepted in the order of connection",
+                msg.to_vec(),
+                recv_wait(c),
+            );
+        }
+        proto.finish(&report);
+    }
+    let srv_path = proto.path("srv.sock").to_string_lossy().into_owned();
+    let dg_path = proto.path("dg.sock").to_string_lossy().into_owned();
+    let abs = format!("\0stasis-tp-unix-{}", std::process::id()).into_bytes();
+    let srv = sock(libc::SOCK_STREAM);
+    bind(srv, srv_path.as_bytes());
+    listen(srv, 5);
+    std::fs::set_permissions(
+        &srv_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .expect("chmod srv.sock");
+    let seq = sock(libc::SOCK_SEQPACKET);
+    bind(seq, &abs);
+    listen(seq, 3);
+    let dg = sock(libc::SOCK_DGRAM);
+    set(dg, libc::SO_RCVBUF, 70_000);
+    bind(dg, dg_path.as_bytes());
+    let sender = sock(libc::SOCK_DGRAM);
+    sendto(sender, dg_path.as_bytes(), b"q-one");
+    sendto(sender, dg_path.as_bytes(), b"q-two");
+    let unbound = sock(libc::SOCK_STREAM);
+    // A datagram socket connected to the bound one (as a syslog client).
+    let dc = sock(libc::SOCK_DGRAM);
+    report.eq("datagram connect", 0, connect(dc, dg_path.as_bytes()));
+    // An accepted connection of the path listener, data waiting both ways,
+    // and one of an abstract listener that was closed since.
+    let cli = sock(libc::SOCK_STREAM);
+    connect(cli, srv_path.as_bytes());
+    // SAFETY: a client is waiting.
+    let acc = unsafe { libc::accept(srv, std::ptr::null_mut(), std::ptr::null_mut()) };
+    send(cli, b"to-server");
+    send(acc, b"to-client");
+    let gone = format!("\0stasis-tp-unix-gone-{}", std::process::id()).into_bytes();
+    let gl = sock(libc::SOCK_SEQPACKET);
+    bind(gl, &gone);
+    listen(gl, 1);
+    let gcli = sock(libc::SOCK_SEQPACKET);
+    connect(gcli, &gone);
+    // SAFETY: a client is waiting; then the listener goes.
+    let gacc = unsafe {
+        let a = libc::accept(gl, std::ptr::null_mut(), std::ptr::null_mut());
+        libc::close(gl);
+        a
+    };
+    let conns = [cli, acc, gcli, gacc];
+    let conn_names = |_: ()| -> Vec<(Vec<u8>, Vec<u8>)> {
+        conns
+            .iter()
+            .map(|&fd| (sock_name(fd, false), sock_name(fd, true)))
+            .collect()
+    };
+    let conn_names_before = conn_names(());
+    let named = [srv, seq, dg, unbound];
+    let names_before: Vec<Vec<u8>> = named.iter().map(|&fd| local_name(fd)).collect();
+    let named_opts: Vec<[i32; 4]> = named.iter().map(|&fd| opts(fd)).collect();
+    let mode = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .ok()
+    };
+    let modes_before = (mode(&srv_path), mode(&dg_path));
+    let abs_ss = format!("@{}", String::from_utf8_lossy(&abs[1..]));
+    let backlogs_before = (backlog(&srv_path), backlog(&abs_ss));
+
+    let s = pair(libc::SOCK_STREAM);
+    send(s[1], b"stream-bytes-1");
+    send(s[1], b"-2");
+    set(s[0], libc::SO_PEEK_OFF, 3);
+    set(s[1], libc::SO_PASSCRED, 1);
+    let d = pair(libc::SOCK_DGRAM);
+    set(d[0], libc::SO_RCVBUF, 50_000);
+    set(d[1], libc::SO_SNDBUF, 60_000);
+    for m in [&b"m1"[..], b"m22", b"m333"] {
+        send(d[1], m);
+    }
+    let q = pair(libc::SOCK_SEQPACKET);
+    send(q[0], b"p1");
+    send(q[0], b"p22");
+    // SAFETY: plain call on our socket.
+    unsafe { libc::shutdown(q[0], libc::SHUT_WR) };
+    let l = pair(libc::SOCK_STREAM);
+    send(l[1], b"bye");
+    // SAFETY: closing our own descriptor: l[0] keeps data from a closed peer.
+    unsafe { libc::close(l[1]) };
+    let ends = [s[0], s[1], d[0], d[1], q[0], q[1], l[0]];
+    let before: Vec<[i32; 4]> = ends.iter().map(|&fd| opts(fd)).collect();
+
+    proto.ready_and_wait();
+    report.eq(
+        "names",
+        names_before,
+        named.iter().map(|&fd| local_name(fd)).collect::<Vec<_>>(),
+    );
+    report.eq(
+        "named sockets' options",
+        named_opts,
+        named.iter().map(|&fd| opts(fd)).collect::<Vec<_>>(),
+    );
+    report.eq(
+        "socket files' modes",
+        modes_before,
+        (mode(&srv_path), mode(&dg_path)),
+    );
+    let mut bl = (backlog(&srv_path), backlog(&abs_ss));
+    if args.corrupt() {
+        bl.0 = bl.0.map(|n| n + 1);
+    }
+    report.eq(
+        "backlogs (path, abstract)",
+        (Some(5), Some(3)),
+        backlogs_before,
+    );
+    report.eq("backlogs (path, abstract)", backlogs_before, bl);
+    report.eq("mode set before the dump", Some(0o640), modes_before.0);
+    report.eq(
+        "accepted connections' names (local, peer)",
+        conn_names_before,
+        conn_names(()),
+    );
+    report.eq(
+        "accepted: data from the client",
+        b"to-server".to_vec(),
+        recv(acc, 0).1,
+    );
+    report.eq(
+        "client: data from the server",
+        b"to-client".to_vec(),
+        recv(cli, 0).1,
+    );
+    report.eq("gone listener's connection", 4, send(gcli, b"ping"));
+    report.eq(
+        "gone listener's connection: message",
+        b"ping".to_vec(),
+        recv(gacc, 0).1,
+    );
+    talk(
+        &mut report,
+        "path listener",
+        srv,
+        srv_path.as_bytes(),
+        libc::SOCK_STREAM,
+    );
+    talk(
+        &mut report,
+        "abstract listener",
+        seq,
+        &abs,
+        libc::SOCK_SEQPACKET,
+    );
+    report.eq("queued datagram 1", b"q-one".to_vec(), recv(dg, 0).1);
+    report.eq("queued datagram 2", b"q-two".to_vec(), recv(dg, 0).1);
+    report.eq(
+        "new datagram sent",
+        3,
+        sendto(sender, dg_path.as_bytes(), b"new"),
+    );
+    report.eq("new datagram", b"new".to_vec(), recv(dg, 0).1);
+    let mut dg_name = dg_path.clone().into_bytes();
+    dg_name.push(0);
+    report.eq(
+        "connected datagram socket's peer",
+        dg_name,
+        sock_name(dc, true),
+    );
+    report.eq(
+        "send on the connected datagram socket",
+        4,
+        send(dc, b"conn"),
+    );
+    report.eq("its datagram", b"conn".to_vec(), recv(dg, 0).1);
+    let after: Vec<[i32; 4]> = ends.iter().map(|&fd| opts(fd)).collect();
+    report.eq(
+        "options (PASSCRED, PEEK_OFF, RCVBUF, SNDBUF) of every end",
+        before,
+        after,
+    );
+    // The peek offset 3 skips "str".
+    report.eq(
+        "stream peek from offset 3",
+        b"eam-bytes-1-2".to_vec(),
+        recv(s[0], libc::MSG_PEEK).1,
+    );
+    set(s[0], libc::SO_PEEK_OFF, -1);
+    report.eq(
+        "stream bytes",
+        b"stream-bytes-1-2".to_vec(),
+        recv(s[0], 0).1,
+    );
+    report.eq("stream still open both ways", 2, send(s[0], b"ok"));
+    let third: &[u8] = if args.corrupt() { b"m33" } else { b"m333" };
+    for m in [&b"m1"[..], b"m22", third] {
+        report.eq("datagram", m.to_vec(), recv(d[0], 0).1);
+    }
+    report.eq("datagram queue empty", -1, recv(d[0], 0).0);
+    report.eq("seqpacket 1", b"p1".to_vec(), recv(q[1], 0).1);
+    report.eq("seqpacket 2", b"p22".to_vec(), recv(q[1], 0).1);
+    report.eq("seqpacket EOF after shutdown", 0, recv(q[1], 0).0);
+    let w = send(q[0], b"late");
+    report.check(w == -1 && errno() == libc::EPIPE, || {
+        format!("write after SHUT_WR: {w}, errno {}", errno())
+    });
+    report.eq("seqpacket other way still open", 2, send(q[1], b"up"));
+    report.eq("seqpacket other way", b"up".to_vec(), recv(q[0], 0).1);
+    report.eq("lone end data", b"bye".to_vec(), recv(l[0], 0).1);
+    report.eq("lone end EOF", 0, recv(l[0], 0).0);
+    proto.finish(&report);
+}
