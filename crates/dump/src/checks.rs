@@ -251,8 +251,11 @@ fn thread_differs(pid: u32, leader: Pid, lead: &stasis_proc::Status, tid: Pid) -
 }
 
 /// Per-thread state only the thread itself can report (remote syscalls
-/// through its healing frame): a NUMA memory policy other than the default.
-pub(crate) fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<()> {
+/// through its healing area): a NUMA memory policy other than the default,
+/// a thread keyring. Returns the thread's parent-death signal, which the
+/// caller compares with the leader's (a restore sets the leader's in every
+/// thread).
+pub(crate) fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<u32> {
     let (scratch, _) = r.scratch();
     r.call(
         libc::SYS_get_mempolicy,
@@ -270,13 +273,93 @@ pub(crate) fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<()> {
             ),
         ));
     }
+    let keyring = r
+        .syscall(
+            libc::SYS_keyctl,
+            &[KEYCTL_GET_KEYRING_ID, KEY_SPEC_THREAD_KEYRING as u64, 0],
+        )
+        .at(pid, Stage::Query)?;
+    if keyring >= 0 {
+        return Err(refuse(
+            pid,
+            format!("thread {} has a thread keyring (key {keyring})", r.tid()),
+        ));
+    }
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_PDEATHSIG as u64, scratch],
+        "prctl(PR_GET_PDEATHSIG)",
+    )
+    .at(pid, Stage::Query)?;
+    Ok(le_u32(&r.read_scratch(0, 4).at(pid, Stage::Query)?, 0))
+}
+
+/// The keyrings a restored process inherits are the restorer's: one of
+/// its own (a joined session keyring, a process keyring) is refused. A
+/// process without a session keyring reports its user's default one,
+/// which a restored process of that user finds again by itself. (Asking
+/// installs that default as the process's session keyring, as the
+/// kernel does on any access: the same keyring its lookups fell back to.)
+fn keyrings(r: &mut RemoteThread, pid: u32) -> Result<()> {
+    let mut id = |spec: i64| -> Result<Option<i64>> {
+        let k = r
+            .syscall(libc::SYS_keyctl, &[KEYCTL_GET_KEYRING_ID, spec as u64, 0])
+            .at(pid, Stage::Query)?;
+        Ok((k >= 0).then_some(k))
+    };
+    if let Some(k) = id(KEY_SPEC_PROCESS_KEYRING)? {
+        return Err(refuse(
+            pid,
+            format!("a process keyring of its own (key {k}): keyrings are not restored yet"),
+        ));
+    }
+    let session = id(KEY_SPEC_SESSION_KEYRING)?;
+    let user_default = id(KEY_SPEC_USER_SESSION_KEYRING)?;
+    log::debug!(
+        "pid {pid}: session keyring {session:?}, user default {user_default:?}, ours {:?}",
+        stasis_sys::util::own_keyring(KEY_SPEC_SESSION_KEYRING)
+    );
+    if session.is_some()
+        && session != user_default
+        && session != stasis_sys::util::own_keyring(KEY_SPEC_SESSION_KEYRING)
+    {
+        return Err(refuse(
+            pid,
+            format!(
+                "a session keyring of its own (key {}): keyrings are not restored yet",
+                session.unwrap_or(0)
+            ),
+        ));
+    }
     Ok(())
 }
 
-/// Per-process state only the process can report: a local descriptor
-/// table (modify_ldt), memory-deny-write-execute, a trapping TSC, a
-/// machine-check kill policy and CPUID faulting (ARCH_SET_CPUID 0).
+/// An autogroup nice value other than 0: the restored sessions get new
+/// autogroups (or share the restorer's), at nice 0.
+fn autogroup(pid: u32) -> Result<()> {
+    // "/autogroup-123 nice 5"
+    let text = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).unwrap_or_default();
+    let nice = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if nice != 0 {
+        return Err(refuse(
+            pid,
+            format!("an autogroup nice value ({nice}): not restored yet"),
+        ));
+    }
+    Ok(())
+}
+
+/// Per-process state only the process can report: keyrings of its own, an
+/// autogroup nice value, a local descriptor table (modify_ldt),
+/// memory-deny-write-execute, a trapping TSC, a machine-check kill policy
+/// and CPUID faulting (ARCH_SET_CPUID 0).
 pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
+    keyrings(r, pid)?;
+    autogroup(pid)?;
     let (scratch, _) = r.scratch();
     let ldt = r
         .call(libc::SYS_modify_ldt, &[0, scratch, 16], "modify_ldt(read)")
@@ -332,6 +415,11 @@ pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
 }
 
 const MPOL_DEFAULT: u32 = 0;
+const KEYCTL_GET_KEYRING_ID: u64 = 0;
+const KEY_SPEC_THREAD_KEYRING: i64 = -1;
+const KEY_SPEC_PROCESS_KEYRING: i64 = -2;
+const KEY_SPEC_SESSION_KEYRING: i64 = -3;
+const KEY_SPEC_USER_SESSION_KEYRING: i64 = -5;
 const PR_GET_TSC: u64 = 25;
 const PR_TSC_ENABLE: u32 = 1;
 const PR_MCE_KILL_GET: u64 = 34;

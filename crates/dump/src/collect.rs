@@ -220,6 +220,7 @@ fn query_threads(
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());
     let mut attrs = crate::procattrs::Collector::new(pid, smaps);
+    let mut pdeaths = Vec::with_capacity(frozen.tids.len());
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
@@ -230,7 +231,7 @@ fn query_threads(
             what: "remote".into(),
         })?;
         let (altstack, clear_child_tid) = query_thread(r, pid)?;
-        checks::query_thread(r, pid)?;
+        pdeaths.push((tid, checks::query_thread(r, pid)?));
         t.sigaltstack = altstack;
         t.clear_child_tid = clear_child_tid;
         attrs.thread(r, tid)?;
@@ -245,6 +246,23 @@ fn query_threads(
         threads.push(t);
     }
     let q = q.ok_or(DumpError::NoProcess { pid })?;
+    // A restore gives every thread the leader's parent-death signal.
+    if let Some((tid, sig)) = pdeaths.iter().find(|(_, s)| *s != q.pdeath_signal) {
+        return Err(checks::refuse(
+            pid,
+            format!(
+                "thread {tid} has a parent-death signal of its own ({sig}; the leader's is {})",
+                q.pdeath_signal
+            ),
+        ));
+    }
+    // SUID_DUMP_ROOT is set by the kernel only; prctl cannot give it back.
+    if q.dumpable == 2 {
+        return Err(checks::refuse(
+            pid,
+            "dumpable 2 (SUID_DUMP_ROOT, set by the kernel after a set-id exec)".into(),
+        ));
+    }
     Ok((threads, q, timers, attrs.finish()?))
 }
 

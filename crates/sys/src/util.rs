@@ -697,3 +697,12 @@ pub fn uts_names_of(pid: Pid) -> Result<(String, String)> {
     .join()
     .map_err(|_| SysError::other("read uts names", Some(pid), "reader thread panicked"))?
 }
+
+/// keyctl(KEYCTL_GET_KEYRING_ID, spec, 0) for the calling thread: the
+/// serial of one of its keyrings (`spec` is KEY_SPEC_*), or None if it has
+/// none.
+pub fn own_keyring(spec: i64) -> Option<i64> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, 0i64, spec, 0i64) };
+    (r >= 0).then_some(r)
+}

@@ -186,6 +186,9 @@ fn selfcheck_unsupported_resources_work() {
         "thread-child-pdeath",
         "mqueue",
         "detached-mount",
+        "keyring",
+        "autogroup",
+        "thread-pdeath",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -756,6 +759,21 @@ fn refuse_posix_message_queue() {
 #[test]
 fn refuse_detached_mount() {
     refuse("detached-mount", &["detached mount"]);
+}
+
+#[test]
+fn refuse_own_session_keyring() {
+    refuse("keyring", &["session keyring of its own"]);
+}
+
+#[test]
+fn refuse_autogroup_nice() {
+    refuse("autogroup", &["autogroup nice"]);
+}
+
+#[test]
+fn refuse_thread_with_own_pdeath_signal() {
+    refuse("thread-pdeath", &["parent-death signal of its own"]);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
 //! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
-//! mqueue|detached-mount`
+//! mqueue|detached-mount|keyring|autogroup|thread-pdeath`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -42,7 +42,10 @@
 //! - `thread-child-pdeath`: a child forked by a non-leader thread, with a
 //!   parent-death signal (which that thread's exit would send);
 //! - `mqueue`: a POSIX message queue descriptor with a message in it;
-//! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE).
+//! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE);
+//! - `keyring`: a session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING);
+//! - `autogroup`: its session's autogroup at nice 5;
+//! - `thread-pdeath`: a thread with a parent-death signal of its own.
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -674,6 +677,39 @@ fn main() {
                 libc::fstat(fd as i32, &mut st)
             };
             report.eq("fstat of the detached mount", 0, r);
+        }
+        "keyring" => {
+            // SAFETY: keyctl with a NUL-terminated literal name.
+            let key = unsafe { libc::syscall(libc::SYS_keyctl, 1i64, c"stasis-tp".as_ptr()) };
+            assert!(key > 0, "KEYCTL_JOIN_SESSION_KEYRING");
+            proto.ready_and_wait();
+            // SAFETY: integer-only keyctl.
+            let now = unsafe { libc::syscall(libc::SYS_keyctl, 0i64, -3i64, 0i64) };
+            report.eq("session keyring", key, now);
+        }
+        "autogroup" => {
+            std::fs::write("/proc/self/autogroup", "5").expect("write autogroup");
+            let nice = || std::fs::read_to_string("/proc/self/autogroup").unwrap_or_default();
+            let before = nice();
+            proto.ready_and_wait();
+            report.eq("autogroup", before, nice());
+        }
+        "thread-pdeath" => {
+            let dir = proto.dir().to_path_buf();
+            let t = std::thread::spawn(move || {
+                // SAFETY: integer-only prctl for this thread.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1 as u64, 0, 0, 0) };
+                Proto::new(&dir).wait_go();
+                let mut sig = 0i32;
+                // SAFETY: PR_GET_PDEATHSIG writes an int.
+                unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &raw mut sig) };
+                sig
+            });
+            proto.ready_and_wait();
+            match t.join() {
+                Ok(sig) => report.eq("thread's parent-death signal", libc::SIGUSR1, sig),
+                Err(_) => report.fail("thread panicked"),
+            }
         }
         other => panic!("unknown --with {other}"),
     }
