@@ -4,7 +4,9 @@
 use crate::kinds::regular::file_id;
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::progress::Progress;
-use stasis_image::{MmState, PageRun, PagesWriter, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
+use stasis_image::{
+    MmState, PageRun, PagesWriter, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE, USER_SPACE_END,
+};
 use stasis_proc::SmapsEntry;
 use stasis_sys::pagemap::{
     Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
@@ -23,6 +25,7 @@ pub(crate) struct PagePlan {
 pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan)> {
     let st = Stage::Collect;
     let pm = Pagemap::open(Pid(pid as i32)).at(pid, st)?;
+    refuse_guard_regions(pid, &pm, smaps)?;
     let mut vmas = Vec::with_capacity(smaps.len());
     let mut runs = Vec::new();
     for s in smaps {
@@ -59,6 +62,37 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
         });
     }
     Ok((vmas, PagePlan { runs }))
+}
+
+/// Guard regions (MADV_GUARD_INSTALL) live in page tables only: a mapping
+/// made afresh would have none, and the area would read as memory instead
+/// of faulting. Refused by name; one scan of the whole address space
+/// (kernels before 6.14 have no guard regions and refuse the category).
+fn refuse_guard_regions(pid: u32, pm: &Pagemap, smaps: &[SmapsEntry]) -> Result<()> {
+    let (Some(first), Some(last)) = (
+        smaps.first(),
+        smaps.iter().rfind(|s| s.map.end <= USER_SPACE_END),
+    ) else {
+        return Ok(());
+    };
+    let q = Query {
+        inverted: 0,
+        mask: 0,
+        anyof: stasis_sys::pagemap::PAGE_IS_GUARD,
+    };
+    let mut found = Vec::new();
+    match pm.scan(first.map.start, last.map.end, q, &mut found) {
+        Err(e) if e.errno() == Some(libc::EINVAL) => return Ok(()),
+        r => r.at(pid, Stage::Collect)?,
+    }
+    if let Some(&(a, b)) = found.first() {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!("a guard region (MADV_GUARD_INSTALL) at {a:#x}-{b:#x}: not restored yet"),
+        });
+    }
+    Ok(())
 }
 
 /// What a mapping is (from its smaps entry), or its refusal by name.

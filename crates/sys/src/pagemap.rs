@@ -11,6 +11,8 @@ pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 pub const PAGE_IS_HUGE: u64 = 1 << 6;
+/// A guard region (MADV_GUARD_INSTALL; Linux 6.14).
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
 
 #[repr(C)]
 #[derive(Default)]
@@ -83,7 +85,7 @@ impl Pagemap {
                 category_inverted: q.inverted,
                 category_mask: q.mask,
                 category_anyof_mask: q.anyof,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | q.mask | q.anyof,
                 ..Default::default()
             };
             // SAFETY: arg is a valid pm_scan_arg whose `vec` points to

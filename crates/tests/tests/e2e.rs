@@ -189,6 +189,7 @@ fn selfcheck_unsupported_resources_work() {
         "keyring",
         "autogroup",
         "thread-pdeath",
+        "guard",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -774,6 +775,11 @@ fn refuse_autogroup_nice() {
 #[test]
 fn refuse_thread_with_own_pdeath_signal() {
     refuse("thread-pdeath", &["parent-death signal of its own"]);
+}
+
+#[test]
+fn refuse_guard_region() {
+    refuse("guard", &["guard region"]);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
 //! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
-//! mqueue|detached-mount|keyring|autogroup|thread-pdeath`
+//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -45,7 +45,8 @@
 //! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE);
 //! - `keyring`: a session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING);
 //! - `autogroup`: its session's autogroup at nice 5;
-//! - `thread-pdeath`: a thread with a parent-death signal of its own.
+//! - `thread-pdeath`: a thread with a parent-death signal of its own;
+//! - `guard`: a guard region (MADV_GUARD_INSTALL) in an anonymous mapping.
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -710,6 +711,21 @@ fn main() {
                 Ok(sig) => report.eq("thread's parent-death signal", libc::SIGUSR1, sig),
                 Err(_) => report.fail("thread panicked"),
             }
+        }
+        "guard" => {
+            const MADV_GUARD_INSTALL: i32 = 102;
+            let pg = stasis_tests::page_size();
+            let m = stasis_tests::Mapping::anon(4 * pg);
+            m.bytes_mut()[0] = 7;
+            // SAFETY: advice on the second page of our own mapping.
+            let r = unsafe { libc::madvise(m.addr.add(pg).cast(), pg, MADV_GUARD_INSTALL) };
+            if r != 0 {
+                proto.ready_and_wait();
+                report.skip("MADV_GUARD_INSTALL not supported by this kernel");
+                proto.finish(&report);
+            }
+            proto.ready_and_wait();
+            report.eq("first page", 7, m.bytes()[0]);
         }
         other => panic!("unknown --with {other}"),
     }
