@@ -56,6 +56,9 @@ pub(crate) struct Collector {
     /// process's smaps) for the mlockall probe: anything mapped there
     /// later is the probe's, so it can be removed even after an error.
     probe_at: u64,
+    /// Some mapping is locked (VmFlags `lo` or `lf`): only then is the
+    /// probe made (see [`Collector::probe_mlockall`]).
+    any_locked: bool,
 }
 
 fn read_proc(pid: u32, path: &str) -> Result<String> {
@@ -123,6 +126,7 @@ impl Collector {
             pid,
             attrs: ProcAttrs::default(),
             probe_at: probe_address(smaps),
+            any_locked: smaps.iter().any(|e| e.has_flag("lo") || e.has_flag("lf")),
         }
     }
 
@@ -229,11 +233,21 @@ impl Collector {
     /// mlockall(MCL_FUTURE) is not shown anywhere: map one probe page
     /// and see whether it came out locked (VmLck grows), and if so whether
     /// on fault (smaps `lf`); then unmap it. Free pages on both sides, so
-    /// it merges with nothing. A dumper killed between the two calls
-    /// leaves this one page mapped (the process runs on unharmed).
+    /// it merges with nothing.
+    ///
+    /// A dumper killed between the two calls would leave this page mapped,
+    /// against the promise that a killed dumper leaves the process as it
+    /// was. So the probe is made only in a process that has locked memory
+    /// already: under MCL_FUTURE every mapping made since is locked, so a
+    /// process without any locked mapping has made none since (or has no
+    /// MCL_FUTURE), and the narrow case missed is MCL_FUTURE set after the
+    /// last mapping the process made.
     fn probe_mlockall(&self, r: &mut RemoteThread) -> Result<u32> {
         let pid = self.pid;
         let st = Stage::Query;
+        if !self.any_locked {
+            return Ok(0);
+        }
         let before = vm_locked_kb(pid)?;
         let at = self.probe_at;
         let flags = if at == 0 {
