@@ -10,7 +10,9 @@
 //! CAP_SYS_BOOT from the bounding set, CAP_NET_BIND_SERVICE inheritable and
 //! ambient; securebits KEEP_CAPS; no_new_privs; SCHED_BATCH at nice 5;
 //! pdeathsig SIGUSR1 (handled, so a parent's death does not kill us);
-//! dumpable 0; bound to the last CPU (sched_setaffinity) when there are
+//! dumpable 0; a GS base, an SS_AUTODISARM sigaltstack, a file open with
+//! O_NOATIME|O_SYNC|O_DSYNC, and its command line, environment and auxv
+//! as /proc shows them; bound to the last CPU (sched_setaffinity) when there are
 //! several. After go every one is read back and compared, and
 //! /proc/self/exe still names the same file.
 
@@ -305,6 +307,64 @@ fn main() {
     );
     assert_eq!(prctl(libc::PR_SET_DUMPABLE, 0), 0, "PR_SET_DUMPABLE");
 
+    // Views of the process's own memory and registers: command line,
+    // environment and auxiliary vector (from /proc), a GS base, an
+    // SS_AUTODISARM altstack, and status flags of a regular file.
+    const ARCH_SET_GS: i32 = 0x1001;
+    const ARCH_GET_GS: i32 = 0x1004;
+    const SS_AUTODISARM: i32 = 1 << 31;
+    let gs_value: u64 = 0x7e57_0000_1234;
+    let altstack: &'static mut [u8] = Box::leak(vec![0u8; 64 << 10].into_boxed_slice());
+    let flag_path = proto.path("flags.bin");
+    std::fs::write(&flag_path, b"x").expect("flags.bin");
+    // SAFETY: arch_prctl and sigaltstack on our own thread with valid
+    // arguments (the leaked buffer lives for the rest of the program);
+    // open of a NUL-terminated path.
+    let flag_fd = unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, gs_value),
+            0
+        );
+        let ss = libc::stack_t {
+            ss_sp: altstack.as_mut_ptr().cast(),
+            ss_flags: SS_AUTODISARM,
+            ss_size: altstack.len(),
+        };
+        assert_eq!(
+            libc::sigaltstack(&ss, std::ptr::null_mut()),
+            0,
+            "sigaltstack"
+        );
+        let c = std::ffi::CString::new(flag_path.as_os_str().as_encoded_bytes()).expect("path");
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_NOATIME | libc::O_SYNC | libc::O_DSYNC,
+        )
+    };
+    assert!(flag_fd >= 0, "open flags.bin");
+    let views = || {
+        let mut gs = 0u64;
+        let mut ss: libc::stack_t = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: 0,
+            ss_size: 0,
+        };
+        // SAFETY: out pointers to live locals; fcntl query on our descriptor.
+        let fl = unsafe {
+            libc::syscall(libc::SYS_arch_prctl, ARCH_GET_GS, &raw mut gs);
+            libc::sigaltstack(std::ptr::null(), &mut ss);
+            libc::fcntl(flag_fd, libc::F_GETFL)
+        };
+        (
+            std::fs::read("/proc/self/cmdline").unwrap_or_default(),
+            std::fs::read("/proc/self/environ").unwrap_or_default(),
+            std::fs::read("/proc/self/auxv").unwrap_or_default(),
+            gs,
+            (ss.ss_sp as usize, ss.ss_flags, ss.ss_size),
+            fl,
+        )
+    };
+    let views_before = views();
     let before = snapshot();
     // The setup took effect (so the comparison below is not vacuous).
     assert_eq!(before.comm, NAME);
@@ -323,6 +383,17 @@ fn main() {
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 6) };
     }
     let after = snapshot();
+    let views_after = views();
+    report.eq("/proc/self/cmdline", &views_before.0, &views_after.0);
+    report.eq("/proc/self/environ", &views_before.1, &views_after.1);
+    report.eq("/proc/self/auxv", &views_before.2, &views_after.2);
+    report.eq("GS base", views_before.3, views_after.3);
+    report.eq("sigaltstack (SS_AUTODISARM)", views_before.4, views_after.4);
+    report.eq(
+        "O_NOATIME|O_SYNC|O_DSYNC file flags",
+        views_before.5,
+        views_after.5,
+    );
     report.eq("rlimits", &before.rlimits, &after.rlimits);
     report.eq("comm (PR_GET_NAME)", &before.comm, &after.comm);
     report.eq("/proc/self/comm", &before.proc_comm, &after.proc_comm);
