@@ -190,6 +190,8 @@ fn selfcheck_unsupported_resources_work() {
         "autogroup",
         "thread-pdeath",
         "guard",
+        "ptmx",
+        "two-ttys",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -780,6 +782,32 @@ fn refuse_thread_with_own_pdeath_signal() {
 #[test]
 fn refuse_guard_region() {
     refuse("guard", &["guard region"]);
+}
+
+/// Shell jobs get the restorer's terminal for every terminal descriptor:
+/// a pty master or a second terminal is refused by name even with `-j`.
+#[test]
+fn refuse_pty_master_with_shell_job() {
+    refused_dump(
+        "refuse_pty_master",
+        Program::Bin("tp_unsupported"),
+        &["--with", "ptmx"],
+        &["-j"],
+        &["pseudo-terminal master"],
+        false,
+    );
+}
+
+#[test]
+fn refuse_two_terminals_with_shell_job() {
+    refused_dump(
+        "refuse_two_ttys",
+        Program::Bin("tp_unsupported"),
+        &["--with", "two-ttys"],
+        &["-j"],
+        &["a second terminal"],
+        false,
+    );
 }
 
 #[test]

@@ -25,6 +25,23 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     if is_tty(rdev) && !d.shell_job {
         return Err(d.refuse("a terminal; use --shell-job (-j) to dump a process attached to one"));
     }
+    // A shell job's terminal descriptors are all opened on the restorer's
+    // one terminal: a pty master, or descriptors of two terminals, would
+    // come back as something else.
+    if is_tty(rdev) {
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        if (major, minor) == (5, 2) {
+            return Err(d.refuse("a pseudo-terminal master (not supported yet)"));
+        }
+        if (major, minor) != (5, 0) {
+            d.ttys.insert(rdev);
+            if d.ttys.len() > 1 {
+                return Err(d.refuse(
+                    "a second terminal: a shell job's descriptors may name one terminal only",
+                ));
+            }
+        }
+    }
     if !is_tty(rdev) && !stateless(rdev) {
         return Err(d.refuse(&format!(
             "character device {}:{}: its driver state cannot be saved (only /dev/null, zero, \

@@ -71,6 +71,8 @@ pub(crate) struct Fd<'a> {
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
     unix: &'a mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
+    /// Terminal devices (rdev) the process's descriptors seen so far name.
+    pub(crate) ttys: &'a mut HashSet<u64>,
 }
 
 impl Fd<'_> {
@@ -173,6 +175,7 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Re
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
+    let mut ttys = HashSet::new();
     for fd in stasis_proc::list_fds(pid).at(pid, st)? {
         let link = stasis_proc::read_link(pid, &format!("fd/{fd}")).at(pid, st)?;
         let info = stasis_proc::read_fdinfo(pid, fd).at(pid, st)?;
@@ -185,6 +188,7 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Re
             skip_in_flight,
             md: None,
             unix: &mut unix,
+            ttys: &mut ttys,
         };
         if let Some(why) = crate::memkinds::refuse_hugetlb_fd(pid, fd, &link) {
             return Err(d.refuse(&why));

@@ -5,7 +5,7 @@
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
 //! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
-//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard`
+//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -46,7 +46,9 @@
 //! - `keyring`: a session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING);
 //! - `autogroup`: its session's autogroup at nice 5;
 //! - `thread-pdeath`: a thread with a parent-death signal of its own;
-//! - `guard`: a guard region (MADV_GUARD_INSTALL) in an anonymous mapping.
+//! - `guard`: a guard region (MADV_GUARD_INSTALL) in an anonymous mapping;
+//! - `ptmx`: a pseudo-terminal master (dumped with `-j`);
+//! - `two-ttys`: the slaves of two pseudo-terminals (dumped with `-j`).
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -726,6 +728,53 @@ fn main() {
             }
             proto.ready_and_wait();
             report.eq("first page", 7, m.bytes()[0]);
+        }
+        "ptmx" | "two-ttys" => {
+            // A new pseudo-terminal: (master, slave).
+            let pty = || {
+                // SAFETY: plain calls on descriptors we own; ptsname's
+                // buffer is read before the next call.
+                unsafe {
+                    let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                    assert!(m >= 0, "posix_openpt");
+                    assert_eq!(libc::grantpt(m), 0);
+                    assert_eq!(libc::unlockpt(m), 0);
+                    let sl = libc::open(libc::ptsname(m), libc::O_RDWR | libc::O_NOCTTY);
+                    assert!(sl >= 0, "open slave");
+                    (m, sl)
+                }
+            };
+            let (m1, s1) = pty();
+            let (m2, s2) = pty();
+            // `two-ttys` keeps both slaves (its masters closed: the slaves
+            // stay valid, hung-up terminal descriptors); `ptmx` keeps one
+            // master only.
+            if what == "two-ttys" {
+                // SAFETY: closing our own descriptors.
+                unsafe {
+                    libc::close(m1);
+                    libc::close(m2);
+                }
+            } else {
+                // SAFETY: closing our own descriptors.
+                unsafe {
+                    libc::close(s1);
+                    libc::close(m2);
+                    libc::close(s2);
+                }
+            }
+            proto.ready_and_wait();
+            let alive = |fd: i32| {
+                // SAFETY: fcntl query on a descriptor number.
+                unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+            };
+            if what == "two-ttys" {
+                report.check(alive(s1) && alive(s2), || {
+                    "a slave descriptor is gone".into()
+                });
+            } else {
+                report.check(alive(m1), || "the master descriptor is gone".into());
+            }
         }
         other => panic!("unknown --with {other}"),
     }
