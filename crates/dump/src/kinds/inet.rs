@@ -110,12 +110,7 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     match state {
         TCP_CLOSE => {}
         TCP_LISTEN => {
-            let ino = d
-                .link
-                .strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
+            let ino = d.socket_ino().unwrap_or(0);
             let diag = sockdiag::inet_sockets(family, libc::IPPROTO_TCP).at(pid, st)?;
             let Some(s) = diag.get(&ino) else {
                 return Err(d.refuse("a listening TCP socket sock_diag does not list"));

@@ -56,6 +56,19 @@ use std::collections::{HashMap, HashSet};
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 const DELETED: &str = " (deleted)";
 
+/// The unix sockets of our network namespace by inode, from one
+/// sock_diag dump asked for on first use (`cache` is [`Fd`]'s, shared by
+/// every descriptor of a process).
+pub(crate) fn unix_sockets(
+    cache: &mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
+    pid: u32,
+) -> Result<&mut HashMap<u64, stasis_sys::sockdiag::UnixSocket>> {
+    match cache {
+        Some(u) => Ok(u),
+        None => Ok(cache.insert(stasis_sys::sockdiag::unix_sockets().at(pid, Stage::Check)?)),
+    }
+}
+
 /// One descriptor being identified.
 pub(crate) struct Fd<'a> {
     pub(crate) pid: u32,
@@ -70,7 +83,7 @@ pub(crate) struct Fd<'a> {
     /// stat of a named file (link starting with '/'), read once on demand.
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
-    unix: &'a mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
+    pub(crate) unix: &'a mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
     /// Terminal devices (rdev) the process's descriptors seen so far name.
     pub(crate) ttys: &'a mut HashSet<u64>,
 }
@@ -79,6 +92,14 @@ impl Fd<'_> {
     /// The open flags without O_CLOEXEC (kept in `FdEntry::cloexec`).
     pub(crate) fn flags(&self) -> u32 {
         self.info.flags & !O_CLOEXEC
+    }
+
+    /// The inode of a socket descriptor (`socket:[INO]`), if it is one.
+    pub(crate) fn socket_ino(&self) -> Option<u64> {
+        self.link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
     }
 
     /// Whether the link names a deleted file.

@@ -17,20 +17,10 @@ use stasis_sys::{sock, util, Pid};
 use std::collections::{BTreeMap, HashSet};
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
-    let Some(ino) = d
-        .link
-        .strip_prefix("socket:[")
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|n| n.parse::<u64>().ok())
-    else {
+    let Some(ino) = d.socket_ino() else {
         return Ok(None);
     };
-    let socks = match d.unix {
-        Some(u) => u,
-        None => d
-            .unix
-            .insert(stasis_sys::sockdiag::unix_sockets().at(d.pid, Stage::Check)?),
-    };
+    let socks = super::unix_sockets(d.unix, d.pid)?;
     let why = match socks.get(&ino) {
         None => "a socket other than AF_UNIX",
         Some(s) if s.state != 1 => "a unix socket that is not connected (listening or unconnected)",

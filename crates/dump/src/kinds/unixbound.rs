@@ -25,20 +25,10 @@ const ESTABLISHED: u8 = 1;
 const LISTEN: u8 = 10;
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
-    let Some(ino) = d
-        .link
-        .strip_prefix("socket:[")
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|n| n.parse::<u64>().ok())
-    else {
+    let Some(ino) = d.socket_ino() else {
         return Ok(None);
     };
-    let socks = match d.unix {
-        Some(u) => u,
-        None => d
-            .unix
-            .insert(stasis_sys::sockdiag::unix_sockets().at(d.pid, Stage::Check)?),
-    };
+    let socks = super::unix_sockets(d.unix, d.pid)?;
     let Some(s) = socks.get(&ino).cloned() else {
         return Ok(None);
     };
