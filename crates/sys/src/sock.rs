@@ -315,6 +315,24 @@ pub fn filter_len(fd: &OwnedFd) -> Result<u32> {
 
 /// The int options a unix socket is saved with (those that differ from a
 /// new socket's), by name.
+/// The options of [`UNIX_OPTS`] whose value on `sock` differs from the one
+/// on `fresh` (a new socket of the same type), by name; options either
+/// socket does not answer are left out.
+pub fn changed_unix_options(
+    sock: &OwnedFd,
+    fresh: &OwnedFd,
+) -> std::collections::BTreeMap<String, i32> {
+    UNIX_OPTS
+        .iter()
+        .filter_map(|&(name, level, opt)| {
+            match (get_int(sock, level, opt), get_int(fresh, level, opt)) {
+                (Ok(v), Ok(new)) if v != new => Some((name.to_string(), v)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 pub const UNIX_OPTS: &[(&str, i32, i32)] = &[
     ("SO_PASSCRED", S, libc::SO_PASSCRED),
     ("SO_PASSSEC", S, libc::SO_PASSSEC),

@@ -124,17 +124,7 @@ fn contents(
         return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
     }
     let (fresh, _) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
-    let mut opts = BTreeMap::new();
-    for &(name, level, opt) in sock::UNIX_OPTS {
-        if let (Ok(v), Ok(new)) = (
-            sock::get_int(&dup, level, opt),
-            sock::get_int(&fresh, level, opt),
-        ) {
-            if v != new {
-                opts.insert(name.to_string(), v);
-            }
-        }
-    }
+    let opts = sock::changed_unix_options(&dup, &fresh);
     // A waiting client's sent data sits in the server side's queue, which
     // has no descriptor to read it through: only an idle client is kept
     // (SIOCOUTQ counts what it sent and nobody read).

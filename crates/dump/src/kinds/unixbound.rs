@@ -122,17 +122,7 @@ fn contents(
         return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
     }
     let fresh = sock::socket(libc::AF_UNIX, i32::from(s.sock_type), 0).at(pid, st)?;
-    let mut opts = BTreeMap::new();
-    for &(name, level, opt) in sock::UNIX_OPTS {
-        if let (Ok(v), Ok(new)) = (
-            sock::get_int(&dup, level, opt),
-            sock::get_int(&fresh, level, opt),
-        ) {
-            if v != new {
-                opts.insert(name.to_string(), v);
-            }
-        }
-    }
+    let opts = sock::changed_unix_options(&dup, &fresh);
     // A listener cannot be peeked (EINVAL); an unconnected stream socket
     // has no queue.
     if listening || s.sock_type != libc::SOCK_DGRAM as u8 {
