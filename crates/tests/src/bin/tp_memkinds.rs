@@ -20,7 +20,7 @@
 //!   mapping still shares the object's pages). A private anonymous mapping
 //!   too. The parent writes elsewhere in each mapping after the fork; the
 //!   pages it shares copy-on-write with the child must stay shared after
-//!   restore (Shared_Dirty of its first VMA keeps 90%). `--corrupt` flips
+//!   restore (Shared_Clean + Shared_Dirty of its first VMA keep 90%). `--corrupt` flips
 //!   a byte of one copied page.
 //! * `hugetlb`: 8 MiB of MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB memory (2 MiB
 //!   pages), two of its four huge pages written with known bytes. After
@@ -280,13 +280,18 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
         proto.wait_go();
         let mut r = Report::new();
         verify(&objs, &mut r, false, "child");
-        // Stay until the parent has measured the sharing.
+        // Tell the parent the child has read every page (its file pages
+        // are mapped again), then stay until the parent has measured the sharing.
+        // SAFETY: one byte from a literal into our pipe.
+        unsafe { libc::write(q[1], b"v".as_ptr().cast(), 1) };
         let mut b = [0u8; 1];
         // SAFETY: reads one byte into a live array.
         unsafe { libc::read(done[0], b.as_mut_ptr().cast(), 1) };
         // SAFETY: ends the child.
         unsafe { libc::_exit(i32::from(!r.ok())) };
     }
+    // SAFETY: our own descriptor: a dead child then reads as EOF.
+    unsafe { libc::close(q[1]) };
     let mut one = [0u8; 1];
     // SAFETY: reads one byte into a live array: the child is set up.
     unsafe { libc::read(q[0], one.as_mut_ptr().cast(), 1) };
@@ -299,19 +304,24 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
     }
     let shared_before: Vec<u64> = objs
         .iter()
-        .map(|o| shared_dirty_kb(o.map.start()))
+        .map(|o| shared_kb(o.map.start()))
         .collect();
     proto.ready_and_wait();
     if corrupt {
         objs[0].map.bytes_mut()[150 * PAGE + 120] ^= 1;
     }
     verify(&objs, report, false, "parent");
-    // Copy-on-write sharing with the child kept (memory not doubled).
+    // Copy-on-write sharing with the child kept (memory not doubled),
+    // measured once the child has read its pages too: until then the
+    // file's page-cache pages are mapped only in the parent (the restore
+    // maps them lazily, as fault-around did before).
+    // SAFETY: reads one byte into a live array.
+    unsafe { libc::read(q[0], one.as_mut_ptr().cast(), 1) };
     for (o, &before) in objs.iter().zip(&shared_before) {
-        let after = shared_dirty_kb(o.map.start());
+        let after = shared_kb(o.map.start());
         report.check(before > 0 && after * 10 >= before * 9, || {
             format!(
-                "{}: Shared_Dirty {before} kB before, {after} kB after",
+                "{}: Shared {before} kB before, {after} kB after",
                 o.name
             )
         });
@@ -329,11 +339,14 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
     let _ = std::fs::remove_file(format!("/dev/shm/stasis-private-{}", std::process::id()));
 }
 
-/// Shared_Dirty (kB) of the first VMA starting at `start`, from smaps.
-fn shared_dirty_kb(start: usize) -> u64 {
+/// Shared_Clean + Shared_Dirty (kB) of the first VMA starting at `start`,
+/// from smaps. Both: writeback may clean the file's page-cache pages
+/// between the two measurements (it did on a busy CI machine).
+fn shared_kb(start: usize) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
     let head = format!("{start:x}-");
     let mut inside = false;
+    let mut total = 0;
     for line in smaps.lines() {
         if line
             .split_whitespace()
@@ -342,12 +355,14 @@ fn shared_dirty_kb(start: usize) -> u64 {
         {
             inside = line.starts_with(&head);
         } else if inside {
-            if let Some(v) = line.strip_prefix("Shared_Dirty:") {
-                return v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            for key in ["Shared_Clean:", "Shared_Dirty:"] {
+                if let Some(v) = line.strip_prefix(key) {
+                    total += v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                }
             }
         }
     }
-    0
+    total
 }
 
 /// The mapping's bytes (PROT_NONE part made readable for the copy).
