@@ -109,6 +109,11 @@ pub struct ProcessImage {
     /// (AMX); 0 otherwise.
     #[serde(default)]
     pub xcomp_perm: u64,
+    /// `arch_prctl(ARCH_GET_XCOMP_GUEST_PERM)`: the same for the KVM guests
+    /// the process runs (a VMM asks for AMX for them), saved like
+    /// `xcomp_perm`.
+    #[serde(default)]
+    pub xcomp_guest_perm: u64,
     /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
     pub sigactions: Vec<SigAction>,
     /// Signals pending for the whole process (shared queue), oldest first.

@@ -720,6 +720,11 @@ fn refuse_numa_memory_policy() {
 }
 
 #[test]
+fn refuse_numa_policy_of_a_mapping() {
+    refuse("mbind", &["numa memory policy preferred", "mapping at"]);
+}
+
+#[test]
 fn refuse_memory_deny_write_execute() {
     refuse("mdwe", &["memory-deny-write-execute"]);
 }

@@ -4,7 +4,7 @@
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! ldt|mempolicy|mbind|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
 //! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
@@ -33,6 +33,8 @@
 //!   behind when it detached;
 //! - `ldt`: a local descriptor table entry (modify_ldt);
 //! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread;
+//! - `mbind`: a NUMA memory policy (MPOL_PREFERRED, node 0) on one
+//!   mapping only (mbind);
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
 //! - `sud`: syscall user dispatch on, selector allowing every call;
@@ -528,6 +530,41 @@ fn main() {
             // SAFETY: get_mempolicy writes one int.
             unsafe { libc::syscall(libc::SYS_get_mempolicy, &mut mode, 0usize, 0u64, 0u64, 0u64) };
             report.eq("memory policy mode", 2, mode);
+        }
+        "mbind" => {
+            const MPOL_PREFERRED: i64 = 1;
+            let nodes: u64 = 1;
+            let pg = stasis_tests::page_size();
+            let m = stasis_tests::Mapping::anon(4 * pg);
+            // SAFETY: mbind reads one word of node mask; our own mapping.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_mbind,
+                    m.addr,
+                    4 * pg,
+                    MPOL_PREFERRED,
+                    &nodes,
+                    64u64,
+                    0u64,
+                )
+            };
+            assert_eq!(r, 0, "mbind(MPOL_PREFERRED, node 0)");
+            m.bytes_mut()[0] = 7;
+            proto.ready_and_wait();
+            let mut mode = -1i32;
+            const MPOL_F_ADDR: u64 = 2;
+            // SAFETY: get_mempolicy writes one int; the address is mapped.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_get_mempolicy,
+                    &mut mode,
+                    0usize,
+                    0u64,
+                    m.addr,
+                    MPOL_F_ADDR,
+                )
+            };
+            report.eq("mapping's memory policy mode", MPOL_PREFERRED as i32, mode);
         }
         "mdwe" | "mce" => {
             let (set, get, args): (i32, i32, [u64; 2]) = if what == "mdwe" {
