@@ -8,6 +8,7 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+pub mod cgroups;
 mod checker;
 pub mod error;
 mod file_kind;
@@ -25,6 +26,7 @@ pub mod uts;
 pub mod validate;
 pub mod writer;
 
+pub use cgroups::{CgroupDir, CgroupPath, CgroupSet, Cgroups};
 pub use error::{ImageError, Result};
 pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,

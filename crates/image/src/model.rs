@@ -37,6 +37,10 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// The cgroups of the tree's processes (absent in older images and in
+    /// dumps with `--manage-cgroups=ignore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once

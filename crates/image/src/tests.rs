@@ -275,6 +275,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        cgroups: None,
     }
 }
 

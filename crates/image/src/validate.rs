@@ -356,6 +356,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
             c.ensure(false, || m)?;
         }
     }
+    if let Some(cg) = &inv.cgroups {
+        if let Err(m) = cg.check() {
+            c.ensure(false, || m)?;
+        }
+    }
     let mut pids = HashSet::new();
     let mut names = HashSet::new();
     for (i, p) in inv.processes.iter().enumerate() {
