@@ -176,3 +176,39 @@ fn refuse_thread_in_its_own_cgroup() {
         true,
     );
 }
+
+/// `--cgroup-root cpu:/NEW`: the root's cpu cgroup (and its child's, the
+/// same) becomes NEW, made with the saved one's properties; the program,
+/// which expects its old memberships, says they changed.
+#[test]
+fn cgroup_root_moves_the_tree() {
+    let work = Work::new("cgroup_root_moves");
+    let (p, _c) = dumped(&work, &[]);
+    let new = format!("/stasis-tp-moved-{}", p.pid);
+    let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu{new}"));
+    let _moved = Cleanup(vec![dir.clone()]);
+    let root = format!("cpu:{new}");
+    let opts = Opts {
+        restore_extra: vec![],
+        ..Opts::default()
+    };
+    let out = restore_detached(&work, &["--cgroup-root", &root], opts.stasis_timeout);
+    let mut r = Proc::adopt(p.pid);
+    assert!(out.success(), "restore with --cgroup-root failed: {out:?}");
+    let cg = fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
+    let shares = fs::read_to_string(dir.join("cpu.shares")).unwrap_or_default();
+    let result = finish(&work, &mut r, opts.finish_timeout);
+    assert!(
+        cg.lines().any(|l| l.ends_with(&format!(":cpu:{new}"))),
+        "the restored root is not in {new}: {cg}"
+    );
+    assert_eq!(
+        shares.trim(),
+        "333",
+        "the moved cgroup lacks the saved cpu.shares"
+    );
+    assert!(
+        result.result.contains("/proc/self/cgroup"),
+        "the program should see its cpu cgroup changed: {result:?}"
+    );
+}
