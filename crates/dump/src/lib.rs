@@ -34,6 +34,7 @@ mod memkinds;
 mod memory;
 mod pidns;
 mod procattrs;
+mod seccomp;
 mod signals;
 mod stub_site;
 mod threads;

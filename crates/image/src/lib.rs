@@ -21,6 +21,7 @@ pub mod model;
 pub mod procattrs;
 pub mod progress;
 pub mod reader;
+pub mod seccomp;
 pub mod show;
 pub mod uts;
 pub mod validate;
@@ -38,6 +39,7 @@ pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;
 pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
+pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
 pub use uts::UtsNs;
 pub use validate::{

@@ -118,6 +118,9 @@ pub struct ProcessImage {
     /// `xcomp_perm`.
     #[serde(default)]
     pub xcomp_guest_perm: u64,
+    /// Seccomp filters, oldest first (every thread's; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp: Vec<crate::seccomp::SeccompFilter>,
     /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
     pub sigactions: Vec<SigAction>,
     /// Signals pending for the whole process (shared queue), oldest first.

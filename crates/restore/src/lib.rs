@@ -48,6 +48,7 @@ mod pids;
 mod placement;
 mod procattrs;
 mod rebuild;
+mod seccomp;
 mod shared;
 mod signals;
 mod threads;
