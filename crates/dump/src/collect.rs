@@ -76,6 +76,7 @@ pub(crate) fn collect(
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     check(pid, &status)?;
+    crate::lsm::check(pid)?;
     let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
     let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;

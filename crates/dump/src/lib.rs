@@ -30,6 +30,7 @@ mod fdowner;
 pub mod freeze;
 mod kinds;
 mod locks;
+mod lsm;
 mod memkinds;
 mod memory;
 mod pidns;

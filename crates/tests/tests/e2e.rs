@@ -200,6 +200,7 @@ fn selfcheck_unsupported_resources_work() {
         "two-ttys",
         "mbind",
         "seccomp-strict",
+        "unix-oob",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -731,6 +732,11 @@ fn refuse_local_descriptor_table() {
 #[test]
 fn refuse_numa_memory_policy() {
     refuse("mempolicy", &["numa memory policy"]);
+}
+
+#[test]
+fn refuse_unix_out_of_band_byte() {
+    refuse("unix-oob", &["out-of-band byte"]);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mbind|seccomp-strict|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! ldt|mempolicy|mbind|seccomp-strict|unix-oob|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
 //! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
@@ -37,6 +37,8 @@
 //!   mapping only (mbind);
 //! - `seccomp-strict`: a child in strict seccomp mode (mode 1), waiting
 //!   in read on a pipe; after go it reads a byte and leaves with exit(2);
+//! - `unix-oob`: a unix stream pair with "abc" and an out-of-band "Z"
+//!   (MSG_OOB) queued; after go both read back;
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
 //! - `sud`: syscall user dispatch on, selector allowing every call;
@@ -565,6 +567,35 @@ fn main() {
                 st
             };
             report.eq("strict child's exit status", 0, st);
+        }
+        "unix-oob" => {
+            let mut sv = [0i32; 2];
+            // SAFETY: valid out array; sends from literals.
+            unsafe {
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr());
+                libc::send(sv[0], b"abc".as_ptr().cast(), 3, 0);
+                libc::send(sv[0], b"Z".as_ptr().cast(), 1, libc::MSG_OOB);
+            }
+            proto.ready_and_wait();
+            let (mut oob, mut data) = ([0u8; 1], [0u8; 8]);
+            // SAFETY: reads into live buffers of their lengths.
+            let (o, n) = unsafe {
+                (
+                    libc::recv(
+                        sv[1],
+                        oob.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_OOB | libc::MSG_DONTWAIT,
+                    ),
+                    libc::recv(sv[1], data.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT),
+                )
+            };
+            report.eq("out-of-band byte", (1, b'Z'), (o, oob[0]));
+            report.eq(
+                "in-band data",
+                b"abc".to_vec(),
+                data[..n.max(0) as usize].to_vec(),
+            );
         }
         "mbind" => {
             const MPOL_PREFERRED: i64 = 1;
