@@ -275,19 +275,50 @@ fn identity(pid: i32) -> (String, String, String) {
 }
 
 /// Dumps the server's tree (waiting for its clients to be gone first),
-/// checks it is gone, restores it, checks the PIDs and each process's
-/// owner, limits and command line, and returns the restored root.
+/// checks it is gone, restores it and checks it ([`restored`]).
 fn dump_restore(work: &Work, p: &mut Proc, trees: &mut Trees, opts: &Opts) -> Proc {
     let pids = tree_pids(p.pid);
     wait_quiet(work, &pids);
     let before: Vec<_> = pids.iter().map(|&pid| identity(pid)).collect();
     dump_and_check_gone(work, p, opts);
-    let r = restore_and_adopt(work, p.pid, opts);
+    restored(work, p.pid, (&pids, before), trees, opts)
+}
+
+/// Waits until `root`'s tree is `pids` again (the backends, workers, ...
+/// that served a client have exited); on timeout names what is there.
+fn wait_tree(work: &Work, root: i32, pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tree_pids(root) != pids {
+        if Instant::now() > deadline {
+            let now: Vec<String> = tree_pids(root)
+                .iter()
+                .map(|p| format!("{p} {:?}", identity(*p).2))
+                .collect();
+            fail(
+                work,
+                format!("tree of {root} is not {pids:?} again: {now:?}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Restores the dumped tree of `root`, which held `pids` with identities
+/// `before`: the same PIDs come back, each with its owner, limits and
+/// command line. Returns the restored root.
+fn restored(
+    work: &Work,
+    root: i32,
+    (pids, before): (&[i32], Vec<(String, String, String)>),
+    trees: &mut Trees,
+    opts: &Opts,
+) -> Proc {
+    let r = restore_and_adopt(work, root, opts);
     trees.track(r.pid);
     check_eq(
         work,
         "PIDs of the restored tree",
-        pids.clone(),
+        pids.to_vec(),
         tree_pids(r.pid),
     );
     let after: Vec<_> = pids.iter().map(|&pid| identity(pid)).collect();
@@ -300,15 +331,31 @@ fn dump_restore(work: &Work, p: &mut Proc, trees: &mut Trees, opts: &Opts) -> Pr
     r
 }
 
+/// SIGKILLs the tree of `root` (our child; the others are its
+/// descendants now, ours once orphaned: this test is a subreaper) and
+/// waits until every one of its PIDs is gone, reaping ours.
+fn kill_tree(work: &Work, root: &mut Proc) {
+    let pids = tree_pids(root.pid);
+    for &pid in &pids {
+        // SAFETY: plain kill of a process of the tree this test restored.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    root.kill();
+    for pid in pids {
+        wait_for(work, &format!("PID {pid} to be gone"), || {
+            let mut st = 0;
+            // SAFETY: WNOHANG wait for one PID of the tree, ours once orphaned.
+            unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
+            !pid_exists(pid)
+        });
+    }
+}
+
 /// Kills the restored tree (its root is our child) and restores the same
 /// image again: the negative control of the servers whose state written
 /// after the restore must then be absent.
 fn restore_again(work: &Work, r: &mut Proc, trees: &mut Trees, opts: &Opts) -> Proc {
-    let pids = tree_pids(r.pid);
-    r.kill();
-    for pid in &pids {
-        wait_for(work, &format!("PID {pid} to be gone"), || !pid_exists(*pid));
-    }
+    kill_tree(work, r);
     let again = restore_and_adopt(work, r.pid, opts);
     trees.track(again.pid);
     again
@@ -829,22 +876,35 @@ impl Drop for ShmOf {
     }
 }
 
-/// PostgreSQL (postmaster and its background processes, as user
-/// postgres) keeps its interlock in a SysV shared memory segment, which
-/// the dump refuses by name: this asserts that refusal (one line, the
-/// mapping named) and that the server runs on, serving old and new rows,
-/// then shuts down cleanly.
-#[test]
-fn postgres_refused_sysv_shm() {
-    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
-        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
-        return;
-    };
-    let Some(ids) = user_ids("postgres") else {
-        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
-        return;
-    };
-    let (work, opts, mut trees) = (Work::new("srv_postgres"), Opts::default(), Trees::default());
+/// The PostgreSQL server a test runs: its tree, and psql's way in.
+struct Pg {
+    psql: PathBuf,
+    port: String,
+    p: Proc,
+}
+
+impl Pg {
+    /// psql's answer to `q` (unaligned, tuples only).
+    fn sql(&self, work: &Work, q: &str) -> Result<String, String> {
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ];
+        let mut a = args.to_vec();
+        a.extend(["-Atqc", q]);
+        client(work, &self.psql, &a)
+    }
+}
+
+/// initdb, then the postmaster (as `ids`, our child, a tree of its own)
+/// with its socket and data under `WORK/pg`; waits until it answers.
+fn start_postgres(work: &Work, bin: &Path, psql: PathBuf, ids: (u32, u32)) -> Pg {
     let (port, dir) = (free_port(), work.path("pg"));
     fs::create_dir_all(&dir).expect("pg dir");
     std::os::unix::fs::chown(&dir, Some(ids.0), Some(ids.1)).expect("chown pg dir");
@@ -852,24 +912,20 @@ fn postgres_refused_sysv_shm() {
         dir.to_str().expect("utf-8"),
         format!("{}/data", dir.display()),
     );
-    let mut init = spawn(
-        &work,
-        &bin.join("initdb"),
-        &[
-            "-D",
-            &data,
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        Some(ids),
-    );
-    let exit = step(&work, "initdb", init.wait(Duration::from_secs(60)));
-    check_eq(&work, "initdb exit", Exit::Code(0), exit);
+    let init = [
+        "-D",
+        &data,
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+        "-E",
+        "UTF8",
+    ];
+    let mut init = spawn(work, &bin.join("initdb"), &init, Some(ids));
+    let exit = step(work, "initdb", init.wait(Duration::from_secs(60)));
+    check_eq(work, "initdb exit", Exit::Code(0), exit);
     let args = [
         "-D",
         &data,
@@ -879,100 +935,161 @@ fn postgres_refused_sysv_shm() {
         d,
         "-c",
         "listen_addresses=127.0.0.1",
-        "-c",
-        "fsync=off",
     ];
-    let mut p = spawn(&work, &bin.join("postgres"), &args, Some(ids));
-    trees.track(p.pid);
-    let _shm = ShmOf(vec![p.pid]);
-    let sql = |q: &str| {
-        client(
-            &work,
-            &psql,
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-Atqc",
-                q,
-            ],
-        )
-    };
-    wait_for(&work, "postgres to answer", || {
-        sql("select 1").as_deref() == Ok("1")
+    let p = spawn(work, &bin.join("postgres"), &args, Some(ids));
+    let pg = Pg { psql, port, p };
+    wait_for(work, "postgres to answer", || {
+        pg.sql(work, "select 1").as_deref() == Ok("1")
     });
+    pg
+}
+
+/// PostgreSQL: the postmaster and its background processes, as user
+/// postgres. Rows are written with psql; once no backend is left, the
+/// tree is dumped. PostgreSQL keeps an interlock in a SysV shared memory
+/// segment: while stasis refuses SysV shared memory, the dump must fail
+/// with exactly that refusal (one line naming the root and the mapping)
+/// and leave the server running and serving old and new rows. Once the
+/// dump succeeds, the full cycle runs instead: rows back through psql, a
+/// new row served, a checkpoint, and a restore of the image again
+/// refused, since the server has written its log since.
+#[test]
+fn postgres() {
+    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
+        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
+        return;
+    };
+    let Some(ids) = user_ids("postgres") else {
+        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
+        return;
+    };
+    let (work, opts, mut trees) = (Work::new("srv_postgres"), Opts::default(), Trees::default());
+    let mut pg = start_postgres(&work, &bin, psql, ids);
+    trees.track(pg.p.pid);
+    let _shm = ShmOf(vec![pg.p.pid]);
+    let baseline = tree_pids(pg.p.pid);
+    let create = "create table t(k text, v text); insert into t values ('a', 'before the dump')";
+    check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
+    // The backend that served psql has gone.
+    wait_tree(&work, pg.p.pid, &baseline);
+    wait_quiet(&work, &baseline);
+    let before: Vec<_> = baseline.iter().map(|&pid| identity(pid)).collect();
+    let out = dump(&work, pg.p.pid, &[], opts.stasis_timeout);
+    if !out.success() {
+        refused_sysv_shm(&work, &mut pg, &baseline, &out);
+        return;
+    }
+    check_gone(&work, &mut pg.p);
+    pg.p = restored(&work, pg.p.pid, (&baseline, before), &mut trees, &opts);
+    let select = "select v from t order by k";
     check_eq(
         &work,
-        "create",
-        Ok(String::new()),
-        sql("create table t(k text, v text); insert into t values ('a', 'before the dump')"),
+        "rows after restore",
+        Ok("before the dump".into()),
+        pg.sql(&work, select),
     );
-    // The background processes (checkpointer, writers, launchers).
-    wait_for(&work, "the background processes", || {
-        tree_pids(p.pid).len() >= 5
-    });
-    let pids = tree_pids(p.pid);
-    wait_quiet(&work, &pids);
-    trees.track(p.pid);
-    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    let insert = "insert into t values ('b', 'new')";
+    check_eq(
+        &work,
+        "insert after restore",
+        Ok(String::new()),
+        pg.sql(&work, insert),
+    );
+    check_eq(
+        &work,
+        "rows",
+        Ok("before the dump\nnew".into()),
+        pg.sql(&work, select),
+    );
+    // Negative control: a checkpoint writes the new row to the data files
+    // and, logged (log_checkpoints), to the server's stderr: the image is
+    // stale now, and its restore refused, naming the log.
+    check_eq(
+        &work,
+        "checkpoint",
+        Ok(String::new()),
+        pg.sql(&work, "checkpoint"),
+    );
+    wait_tree(&work, pg.p.pid, &baseline);
+    kill_tree(&work, &mut pg.p);
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    let log = format!(
+        "file {} changed since the dump",
+        work.path("out.log").display()
+    );
+    if out.success() || !out.stderr.contains(&log) {
+        fail(&work, format!("restore of a stale postgres image: {out:?}"));
+    }
+    for pid in &baseline {
+        check_eq(
+            &work,
+            "a process left by the refused restore",
+            false,
+            pid_exists(*pid),
+        );
+    }
+}
+
+/// The dump of postgres failed: it must be the SysV shared memory refusal,
+/// with no image left, and the server must run on, serving old and new
+/// rows, then shut down cleanly.
+fn refused_sysv_shm(work: &Work, pg: &mut Pg, pids: &[i32], out: &CmdOut) {
     let line = format!(
         "stasis: error: dump pid {}: check: cannot dump mapping ",
-        p.pid
+        pg.p.pid
     );
-    let refused = out.code.is_some_and(|c| c != 0)
-        && out.stderr.trim_end().lines().count() == 1
-        && out.stderr.starts_with(&line)
-        && out.stderr.contains(" (/SYSV")
-        && out
-            .stderr
-            .trim_end()
-            .ends_with("(deleted)): SysV shared memory is not supported yet");
+    let err = out.stderr.trim_end();
+    let refused = err.lines().count() == 1
+        && err.starts_with(&line)
+        && err.contains(" (/SYSV")
+        && err.ends_with(" (deleted)): SysV shared memory is not supported yet");
     if !refused {
         fail(
-            &work,
+            work,
             format!("dump of postgres: expected the SysV shared memory refusal, got {out:?}"),
         );
     }
+    eprintln!("postgres refused, as expected while SysV shared memory is: {err}");
     check_eq(
-        &work,
+        work,
         "an image after the refused dump",
         false,
         work.img().join("inventory.img").exists(),
     );
-    // A failed dump leaves the server running as it was.
-    for pid in &pids {
+    for pid in pids {
         step(
-            &work,
+            work,
             "a postgres process after the refused dump",
             running_untraced(*pid),
         );
     }
+    let select = "select v from t order by k";
     check_eq(
-        &work,
-        "select after the refused dump",
+        work,
+        "rows after the refused dump",
         Ok("before the dump".into()),
-        sql("select v from t where k = 'a'"),
+        pg.sql(work, select),
     );
+    let insert = "insert into t values ('b', 'new')";
     check_eq(
-        &work,
+        work,
         "insert after the refused dump",
         Ok(String::new()),
-        sql("insert into t values ('b', 'new')"),
+        pg.sql(work, insert),
     );
     check_eq(
-        &work,
-        "select new",
-        Ok("new".into()),
-        sql("select v from t where k = 'b'"),
+        work,
+        "rows",
+        Ok("before the dump\nnew".into()),
+        pg.sql(work, select),
     );
     // Fast shutdown.
     // SAFETY: plain kill of the postmaster, our child.
-    unsafe { libc::kill(p.pid, libc::SIGINT) };
-    let exit = step(&work, "postgres shutdown", p.wait(Duration::from_secs(30)));
-    check_eq(&work, "postgres exit after SIGINT", Exit::Code(0), exit);
+    unsafe { libc::kill(pg.p.pid, libc::SIGINT) };
+    let exit = step(
+        work,
+        "postgres shutdown",
+        pg.p.wait(Duration::from_secs(30)),
+    );
+    check_eq(work, "postgres exit after SIGINT", Exit::Code(0), exit);
 }

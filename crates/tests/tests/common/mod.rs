@@ -622,6 +622,13 @@ pub fn dump_and_check_gone(work: &Work, proc: &mut Proc, opts: &Opts) {
             format!("stasis dump failed ({:?}): {}", out.code, out.stderr),
         );
     }
+    check_gone(work, proc);
+}
+
+/// After a successful dump: the program was killed by SIGKILL, its PID is
+/// gone, the image has an inventory, and every other process of the tree
+/// is gone too (ours reaped), so their PIDs are free for the restore.
+pub fn check_gone(work: &Work, proc: &mut Proc) {
     let exit = step(
         work,
         "waiting for the dumped process to die",
