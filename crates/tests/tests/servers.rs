@@ -55,6 +55,17 @@ fn user_ids(user: &str) -> Option<(u32, u32)> {
     Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
 }
 
+/// Makes `paths` readable (and directories searchable) by everyone, so
+/// that a server running as another user reaches its files whatever the
+/// umask the tests run with.
+fn open_to_all(paths: &[&Path]) {
+    use std::os::unix::fs::PermissionsExt;
+    for p in paths {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
 /// A TCP port free right now on 127.0.0.1.
 fn free_port() -> String {
     TcpListener::bind("127.0.0.1:0")
@@ -623,6 +634,12 @@ fn nginx(name: &str, user: &str) {
     }
     fs::write(dir.join("www/hello.txt"), "hello\n").expect("hello.txt");
     fs::write(dir.join("nginx.conf"), nginx_conf(&dir, user, &port)).expect("conf");
+    open_to_all(&[
+        work.dir(),
+        &dir,
+        &dir.join("www"),
+        &dir.join("www/hello.txt"),
+    ]);
     let d = dir.to_str().expect("utf-8");
     let (conf, errlog) = (format!("{d}/nginx.conf"), format!("{d}/error.log"));
     let mut p = spawn(
@@ -724,6 +741,7 @@ fn nginx_after_restore(
         get("hello.txt"),
     );
     fs::write(dir.join("www/new.txt"), "new\n").expect("new.txt");
+    open_to_all(&[&dir.join("www/new.txt")]);
     check_eq(work, "GET of a new file", Ok("new".into()), get("new.txt"));
     let old = tree_pids(r.pid);
     // SAFETY: plain kill of the restored master, our child.
@@ -907,6 +925,7 @@ impl Pg {
 fn start_postgres(work: &Work, bin: &Path, psql: PathBuf, ids: (u32, u32)) -> Pg {
     let (port, dir) = (free_port(), work.path("pg"));
     fs::create_dir_all(&dir).expect("pg dir");
+    open_to_all(&[work.dir()]);
     std::os::unix::fs::chown(&dir, Some(ids.0), Some(ids.1)).expect("chown pg dir");
     let (d, data) = (
         dir.to_str().expect("utf-8"),
