@@ -74,40 +74,17 @@ fn free_port() -> String {
         .expect("free port")
 }
 
-/// Starts `exe args` in `work` as a tree of its own (a new session, no
-/// inherited descriptors), stdin /dev/null, stdout and stderr appended to
-/// `WORK/out.log`; as `user` (uid, gid; no supplementary groups) if given.
+/// Starts `exe args` in `work` as a tree of its own
+/// ([`spawn_in_session`]); as `user` (uid, gid; no supplementary groups)
+/// if given.
 fn spawn(work: &Work, exe: &Path, args: &[&str], user: Option<(u32, u32)>) -> Proc {
-    ensure_subreaper();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(work.path("out.log"))
-        .expect("out.log");
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .current_dir(work.dir())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup out.log"))
-        .stderr(log);
+    cmd.args(args);
     if let Some((uid, gid)) = user {
         // std drops the supplementary groups too when root sets a uid.
         cmd.uid(uid).gid(gid);
     }
-    // SAFETY: close_range and setsid are async-signal-safe and touch only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
-    let pid = i32::try_from(child.id()).expect("pid");
-    drop(child);
-    Proc::adopt(pid)
+    spawn_in_session(work, cmd)
 }
 
 /// Runs a client to its end (killed after 30 s): its stdout without the
