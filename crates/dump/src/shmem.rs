@@ -35,6 +35,10 @@ pub(crate) fn is_object(s: &SmapsEntry, kind: &VmaKind) -> bool {
 pub(crate) fn runs(pid: u32, s: &SmapsEntry, saved: &mut Saved) -> Result<Vec<(u64, u64)>> {
     let m = &s.map;
     let (from, to) = (m.offset, m.offset + (m.end - m.start));
+    let done = saved.0.entry(m.inode).or_default();
+    if outside((from, to), done).is_empty() {
+        return Ok(Vec::new());
+    }
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
     let object = std::fs::File::open(&path).map_err(|source| DumpError::Io {
         pid,
@@ -44,7 +48,6 @@ pub(crate) fn runs(pid: u32, s: &SmapsEntry, saved: &mut Saved) -> Result<Vec<(u
     })?;
     let data =
         stasis_sys::fileops::data_extents_in(object.as_fd(), from, to).at(pid, Stage::Collect)?;
-    let done = saved.0.entry(m.inode).or_default();
     let mut out = Vec::new();
     for (off, len) in data {
         // Whole pages: an object's size need not be a page multiple.
