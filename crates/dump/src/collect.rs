@@ -57,10 +57,13 @@ fn check(pid: u32, status: &Status) -> Result<()> {
     Ok(())
 }
 
+/// Collects one frozen process; `shmem` records the pages of shared
+/// anonymous objects saved by the processes collected before.
 pub(crate) fn collect(
     frozen: &mut Frozen,
     shell_job: bool,
     skip_in_flight: bool,
+    shmem: &mut crate::shmem::Saved,
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -80,7 +83,7 @@ pub(crate) fn collect(
     let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
     let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
-    let (vmas, page_plan) = memory::plan(pid, &smaps)?;
+    let (vmas, page_plan) = memory::plan(pid, &smaps, shmem)?;
 
     // ---- collect: /proc and ptrace ----
     let tid = p;

@@ -36,6 +36,7 @@ mod memory;
 mod pidns;
 mod procattrs;
 mod seccomp;
+mod shmem;
 mod signals;
 mod stub_site;
 mod threads;
@@ -284,8 +285,14 @@ fn dump_frozen(
     checks::check_tree(frozen, opts.shell_job)?;
     let uts = uts::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
+    let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {
-        collected.push(collect::collect(f, opts.shell_job, opts.skip_in_flight)?);
+        collected.push(collect::collect(
+            f,
+            opts.shell_job,
+            opts.skip_in_flight,
+            &mut shmem,
+        )?);
     }
     checks::parent_threads(&collected)?;
     kinds::link_tree(

@@ -22,7 +22,12 @@ pub(crate) struct PagePlan {
 }
 
 /// Classifies every mapping and finds the pages worth saving.
-pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan)> {
+/// `shmem`: what the tree's shared anonymous objects have saved so far.
+pub(crate) fn plan(
+    pid: u32,
+    smaps: &[SmapsEntry],
+    shmem: &mut crate::shmem::Saved,
+) -> Result<(Vec<Vma>, PagePlan)> {
     let st = Stage::Collect;
     let pm = Pagemap::open(Pid(pid as i32)).at(pid, st)?;
     refuse_guard_regions(pid, &pm, smaps)?;
@@ -42,8 +47,10 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
             | (if m.write { libc::PROT_WRITE } else { 0 })
             | (if m.exec { libc::PROT_EXEC } else { 0 });
         let is_file = matches!(kind, VmaKind::File { .. } | VmaKind::Saved { .. });
-        let q = page_query(&kind, m.shared);
-        if let Some(q) = q {
+        if crate::shmem::is_object(s, &kind) {
+            let found = crate::shmem::runs(pid, s, shmem)?;
+            runs.extend(found.into_iter().map(|(a, b)| (a, b, m.read)));
+        } else if let Some(q) = page_query(&kind, m.shared) {
             let mut found = Vec::new();
             pm.scan(m.start, m.end, q, &mut found).at(pid, st)?;
             runs.extend(found.into_iter().map(|(a, b)| (a, b, m.read)));

@@ -24,18 +24,24 @@ fn seek(fd: BorrowedFd<'_>, off: u64, whence: i32, what: &str) -> Result<Option<
 /// `size`, as SEEK_DATA and SEEK_HOLE see them (file systems without hole
 /// support report one range: the whole file). Moves the file offset.
 pub fn data_extents(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<(u64, u64)>> {
+    data_extents_in(fd, 0, size)
+}
+
+/// The data ranges `(offset, len)` of the file open as `fd` within
+/// `[from, to)`, cut to it. Moves the file offset.
+pub fn data_extents_in(fd: BorrowedFd<'_>, from: u64, to: u64) -> Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
-    let mut at = 0u64;
-    while at < size {
+    let mut at = from;
+    while at < to {
         let Some(start) = seek(fd, at, libc::SEEK_DATA, "SEEK_DATA")? else {
             break;
         };
-        if start >= size {
+        if start >= to {
             break;
         }
         let end = seek(fd, start, libc::SEEK_HOLE, "SEEK_HOLE")?
-            .unwrap_or(size)
-            .min(size);
+            .unwrap_or(to)
+            .min(to);
         if end <= start {
             break;
         }

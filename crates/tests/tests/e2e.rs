@@ -102,6 +102,12 @@ selfcheck!(
     []
 );
 selfcheck!(
+    selfcheck_shmem,
+    negative_shmem,
+    Program::Bin("tp_shmem"),
+    []
+);
+selfcheck!(
     selfcheck_sleep_nanosleep,
     negative_sleep_nanosleep,
     Program::Bin("tp_sleep"),
@@ -1119,6 +1125,28 @@ fn cr_unsupported_thread_now_supported() {
 #[test]
 fn cr_shared() {
     cr("cr_shared", Program::Bin("tp_shared"), &[]);
+}
+
+/// Shared anonymous memory whose pages are in the object but in no page
+/// table (written by a child since exited, dropped by MADV_DONTNEED), in a
+/// mapping split at an offset: every page comes back, and the image holds
+/// each written page of the object once, not once per process.
+#[test]
+fn cr_shmem() {
+    let work = Work::new("cr_shmem");
+    run_case(&work, Program::Bin("tp_shmem"), &[], &Opts::default()).assert_pass(&work);
+    let addr: u64 = fs::read_to_string(work.path("shm.addr"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| fail(&work, "no shm.addr"));
+    let runs = page_runs(&show(&work, &work.img()));
+    let saved = pages_in(&runs, addr, addr + 1024 * 4096, 4096);
+    assert_eq!(
+        saved,
+        14,
+        "pages of the object saved (14 written){}",
+        work.diagnostics()
+    );
 }
 
 #[test]

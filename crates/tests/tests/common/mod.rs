@@ -92,6 +92,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         "tp_cgroup" => env!("CARGO_BIN_EXE_tp_cgroup"),
         "tp_seccomp" => env!("CARGO_BIN_EXE_tp_seccomp"),
+        "tp_shmem" => env!("CARGO_BIN_EXE_tp_shmem"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
@@ -354,16 +355,23 @@ impl Drop for Proc {
 /// Starts `program` in `work` with stdin /dev/null and stdout/stderr appended
 /// to `WORK/out.log`.
 pub fn start(work: &Work, program: Program, args: &[&str]) -> Proc {
-    ensure_subreaper();
     let (exe, argv) = program.argv(work.dir(), args);
+    let mut cmd = Command::new(&exe);
+    cmd.args(&argv);
+    spawn_in_session(work, cmd)
+}
+
+/// Spawns `cmd` in `work` as a tree of its own (a new session, no
+/// inherited descriptors), stdin /dev/null, stdout and stderr appended to
+/// `WORK/out.log`.
+pub fn spawn_in_session(work: &Work, mut cmd: Command) -> Proc {
+    ensure_subreaper();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(work.path("out.log"))
         .expect("out.log");
-    let mut cmd = Command::new(&exe);
-    cmd.args(&argv)
-        .current_dir(work.dir())
+    cmd.current_dir(work.dir())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup out.log"))
         .stderr(log);
@@ -379,9 +387,10 @@ pub fn start(work: &Work, program: Program, args: &[&str]) -> Proc {
             Ok(())
         });
     }
+    let exe = cmd.get_program().to_owned();
     let child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.to_string_lossy()));
     let pid = i32::try_from(child.id()).expect("pid");
     // The std handle is dropped without waiting: Proc owns the PID now.
     drop(child);
@@ -623,6 +632,13 @@ pub fn dump_and_check_gone(work: &Work, proc: &mut Proc, opts: &Opts) {
             format!("stasis dump failed ({:?}): {}", out.code, out.stderr),
         );
     }
+    check_gone(work, proc);
+}
+
+/// After a successful dump: the program was killed by SIGKILL, its PID is
+/// gone, the image has an inventory, and every other process of the tree
+/// is gone too (ours reaped), so their PIDs are free for the restore.
+pub fn check_gone(work: &Work, proc: &mut Proc) {
     let exit = step(
         work,
         "waiting for the dumped process to die",
