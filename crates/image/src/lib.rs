@@ -8,6 +8,7 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 mod checker;
 pub mod error;
 mod file_kind;

@@ -134,26 +134,31 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             addr: 0x5555_5555_6000,
             nr_pages: 1,
             offset: 0,
+            in_parent: false,
         },
         PageRun {
             addr: 0x5555_5557_0000,
             nr_pages: 3,
             offset: 4096,
+            in_parent: false,
         },
         PageRun {
             addr: 0x7f00_0000_0000,
             nr_pages: 2,
             offset: 4 * 4096,
+            in_parent: false,
         },
         PageRun {
             addr: 0x7ffc_0002_0000,
             nr_pages: 1,
             offset: 6 * 4096,
+            in_parent: false,
         },
         PageRun {
             addr: 0x7ffc_0010_4000,
             nr_pages: 4,
             offset: 7 * 4096,
+            in_parent: false,
         },
     ];
     ProcessImage {
@@ -274,6 +279,8 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        parent: None,
+        tracking: None,
     }
 }
 

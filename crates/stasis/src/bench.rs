@@ -361,6 +361,8 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         skip_in_flight: false,
         timeout: None,
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
+        prev_images_dir: None,
+        track_mem: false,
     })?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();

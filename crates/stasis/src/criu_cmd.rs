@@ -37,6 +37,9 @@ struct Request {
     experimental: bool,
     allow_changed_files: bool,
     new_pid_ns: bool,
+    /// criu's `--prev-images-dir` (relative to the images directory).
+    prev_images_dir: Option<PathBuf>,
+    track_mem: bool,
     /// Notes for the log: accepted options and why they change nothing.
     notes: Vec<String>,
 }
@@ -140,6 +143,8 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             r.experimental = true;
         }
         "allow-changed-files" => r.allow_changed_files = true,
+        "prev-images-dir" => r.prev_images_dir = Some(path()),
+        "track-mem" => r.track_mem = on,
         "new-pid-ns" => r.new_pid_ns = true,
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -230,8 +235,8 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
             );
         }
     }
-    if command == "dump" && r.tree.is_none() {
-        bail!("dump: the process tree to dump must be given with -t PID");
+    if matches!(command.as_str(), "dump" | "pre-dump") && r.tree.is_none() {
+        bail!("{command}: the process tree to dump must be given with -t PID");
     }
     Ok(Outcome::Run(Box::new(Prepared { req: r })))
 }
@@ -291,7 +296,7 @@ impl Prepared {
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
         match r.command.as_str() {
-            "dump" => dump(&r),
+            "dump" | "pre-dump" => dump(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             other => bail!("command {other} is not supported yet"),
@@ -303,10 +308,15 @@ fn dump(r: &Request) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
     r.setup_log(Some(&dir))?;
+    // criu's pre-dump saves memory and leaves the tree running, tracking
+    // writes for the next round; stasis's writes a complete image too.
+    let pre = r.command == "pre-dump";
     let opts = stasis_dump::DumpOptions {
         pid,
         images_dir: dir.clone(),
-        leave_running: r.leave_running,
+        prev_images_dir: r.prev_images_dir.clone(),
+        track_mem: pre || r.track_mem,
+        leave_running: pre || r.leave_running,
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
@@ -315,11 +325,12 @@ fn dump(r: &Request) -> Result<ExitCode> {
     };
     let stats = stasis_dump::dump(&opts)?;
     log::info!(
-        "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, stopped {:?}",
+        "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),
         stats.vmas,
         stats.page_runs,
         stats.page_bytes,
+        stats.parent_bytes,
         stats.frozen
     );
     log::info!("descriptors open at exit: {}", open_fds());

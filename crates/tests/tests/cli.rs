@@ -310,7 +310,6 @@ fn option_syntax_errors() {
 fn unimplemented_commands_refused_by_name() {
     let work = Work::new("cli_commands");
     for cmd in [
-        "pre-dump",
         "page-server",
         "lazy-pages",
         "swrk",
