@@ -75,14 +75,13 @@ fn step(work: &Work, proc: &mut Proc, k: u64) -> u64 {
     }
 }
 
-/// Bytes of page data in the image at `dir` (page files minus headers).
-fn page_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .expect("image dir")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
-        .map(|e| e.metadata().expect("stat").len() - 4096)
-        .sum()
+/// Bytes of page data of process `pid` in the image at `dir` (its page
+/// file minus the header). Only the root's: a dump unshares the pages it
+/// reads (process_vm_readv pins them), so a child's copy-on-write pages
+/// are its own in the next round.
+fn page_bytes(dir: &Path, pid: i32) -> u64 {
+    let f = dir.join(format!("pages-{pid}.img"));
+    fs::metadata(&f).expect("stat page file").len() - 4096
 }
 
 /// The holder PID recorded in the image at `dir`, if any.
@@ -122,8 +121,8 @@ fn chain(work: &Work, args: &[&str]) -> (Proc, u64) {
     assert_eq!(fds(p.pid), before, "{}", work.diagnostics());
     wait_gone(work, h1);
     let n2 = step(work, &mut p, 2);
-    let pre1 = page_bytes(&work.path("pre1"));
-    let pre2 = page_bytes(&work.path("pre2"));
+    let pre1 = page_bytes(&work.path("pre1"), p.pid);
+    let pre2 = page_bytes(&work.path("pre2"), p.pid);
     // Round 2 saved what step 1 wrote, and far less than round 1.
     assert!(
         pre2 >= n1 * 4096 && pre2 < pre1 / 4,
@@ -144,8 +143,8 @@ fn chain(work: &Work, args: &[&str]) -> (Proc, u64) {
 fn precopy_two_pre_dumps_then_dump() {
     let work = Work::new("precopy_chain");
     let (p, n2) = chain(&work, &[]);
-    let pre1 = page_bytes(&work.path("pre1"));
-    let last = page_bytes(&work.img());
+    let pre1 = page_bytes(&work.path("pre1"), p.pid);
+    let last = page_bytes(&work.img(), p.pid);
     assert!(
         last >= n2 * 4096 && last < pre1 / 10,
         "final {last} bytes, pre1 {pre1} bytes, step 2 wrote {n2} pages{}",
@@ -157,6 +156,21 @@ fn precopy_two_pre_dumps_then_dump() {
         "no run refers to the parent{}",
         work.diagnostics()
     );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// A tree: a child tracked since the first pre-dump exits before the
+/// dump, another is forked after the last pre-dump (saved whole).
+#[test]
+fn precopy_tree_fork_and_exit() {
+    let work = Work::new("precopy_tree");
+    let (p, _) = chain(&work, &["--fork"]);
+    let v = show(&work, &work.path("pre2"));
+    let tracked = v["inventory"]["tracking"]["procs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(tracked, 2, "pre2 tracks parent and child{}", work.diagnostics());
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     finish(&work, &mut r, T).assert_pass(&work);
 }

@@ -1,6 +1,6 @@
 //! tp_precopy: memory written between pre-dumps survives a chain of images.
 //!
-//! Usage: `tp_precopy WORKDIR [--pages N] [--corrupt]`
+//! Usage: `tp_precopy WORKDIR [--pages N] [--fork] [--corrupt]`
 //!
 //! State: an anonymous area of N pages (default 16384, 64 MiB, no huge
 //! pages), every page holding a pattern of (page, generation) in each
@@ -15,6 +15,11 @@
 //! - 2: rewrite every 64th page (generation 2), unmap `C`, move `D`
 //!   (mremap MREMAP_FIXED) and rewrite its first page, map a new area `B`
 //!   and fill it.
+//!
+//! With `--fork`: a child forked before the first pre-dump rewrites every
+//! 4th page of its own area at step 1 and exits at step 2; a second child
+//! is forked at step 2 (after every pre-dump). Each child checks its own
+//! pages after go; the parent checks their exit statuses.
 //!
 //! After go it checks every page of the area, `B`, `D` (at its new
 //! address) and the hot area, and that `C` is unmapped.
@@ -103,6 +108,59 @@ fn check_page_from(m: &Mapping, page: usize, gen: u64, pg: usize, from: usize) -
     })
 }
 
+const CHILD_PAGES: usize = 512;
+
+/// A child's life: its own area, rewritten at step 1; it exits at step
+/// `exit_at` if given, else checks its pages after go (exit 0 or 1).
+fn child(proto: &Proto, tag: u64, exit_at: Option<u64>, corrupt: bool) -> ! {
+    let pg = stasis_tests::page_size();
+    let m = Mapping::anon(CHILD_PAGES * pg);
+    let mut gens = vec![0u64; CHILD_PAGES];
+    for i in 0..CHILD_PAGES {
+        fill(&m, tag, i, 0, pg);
+    }
+    let mut done = read_step(proto);
+    while !proto.go_released() {
+        let want = read_step(proto);
+        if want > done {
+            if want == 1 {
+                for i in (0..CHILD_PAGES).step_by(4) {
+                    fill(&m, tag, i, 1, pg);
+                    gens[i] = 1;
+                }
+            }
+            if Some(want) == exit_at {
+                std::process::exit(0);
+            }
+            done = want;
+        }
+        stasis_tests::nap(1_000_000);
+    }
+    if corrupt {
+        m.bytes_mut()[pg + 3] ^= 1;
+    }
+    let ok = (0..CHILD_PAGES).all(|i| check_page(&m, tag, i, gens[i], pg).is_none());
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+fn fork_child(proto: &Proto, tag: u64, exit_at: Option<u64>, corrupt: bool) -> i32 {
+    // SAFETY: the program is single-threaded; the child runs `child` only.
+    match unsafe { libc::fork() } {
+        -1 => stasis_tests::fatal("fork"),
+        0 => child(proto, tag, exit_at, corrupt),
+        pid => pid,
+    }
+}
+
+fn wait_child(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: waits for our own child.
+    if unsafe { libc::waitpid(pid, &mut st, 0) } != pid {
+        stasis_tests::fatal("waitpid");
+    }
+    st
+}
+
 fn no_huge(m: &Mapping) {
     // SAFETY: advice on our own mapping.
     if unsafe { libc::madvise(m.addr.cast(), m.len, libc::MADV_NOHUGEPAGE) } != 0 {
@@ -149,6 +207,9 @@ fn main() {
     }
     let mut b: Option<Mapping> = None;
     let mut done = 0u64;
+    let forks = args.flag("fork");
+    let first = forks.then(|| fork_child(&proto, 7, Some(2), false));
+    let mut second = None;
     proto.ready();
 
     let mut iter = 0u64;
@@ -204,6 +265,13 @@ fn main() {
                     fill(&nb, 6, i, 2, pg);
                 }
                 b = Some(nb);
+                if let Some(c) = first {
+                    let st = wait_child(c);
+                    report.check(st == 0, || format!("first child: wait status {st:#x}"));
+                }
+                if forks {
+                    second = Some(fork_child(&proto, 8, None, args.corrupt()));
+                }
                 k + 1 + B_PAGES
             }
             _ => 0,
@@ -246,5 +314,11 @@ fn main() {
         });
     }
     hot.verify(pg, &mut report);
+    if let Some(c) = second {
+        let st = wait_child(c);
+        report.check(st == 0, || {
+            format!("second child: wait status {st:#x} (it checks its pages)")
+        });
+    }
     proto.finish(&report);
 }
