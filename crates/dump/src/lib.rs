@@ -255,7 +255,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     };
     let parent = match &opts.prev_images_dir {
         Some(prev) => Some(track::load_parent(pid, &opts.images_dir, prev)?),
-        None => None,
+        None => track::running_holder(pid),
     };
     let t0 = Instant::now();
     let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
@@ -398,7 +398,7 @@ fn dump_frozen(
     } else {
         None
     };
-    let parent = parent.map(|p| p.link.clone());
+    let parent = parent.and_then(|p| p.link.clone());
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()

@@ -40,7 +40,9 @@ pub const HOLD_COMMAND: &str = "__track-hold";
 
 /// The image a dump builds on (`--prev-images-dir`).
 pub(crate) struct Parent {
-    pub link: ParentLink,
+    /// None: no parent image, only a holder found running for the target
+    /// (see [`running_holder`]).
+    pub link: Option<ParentLink>,
     /// Per image PID: sorted, merged address ranges the chain holds pages of.
     covered: HashMap<u32, Vec<(u64, u64)>>,
     tracking: Option<Tracking>,
@@ -89,11 +91,64 @@ pub(crate) fn load_parent(pid: u32, images_dir: &Path, prev: &Path) -> Result<Pa
         );
     }
     Ok(Parent {
-        link,
+        link: Some(link),
         covered,
         tracking: inv.tracking,
         holder,
     })
+}
+
+/// A dump without `--prev-images-dir` of a process a pre-dump still
+/// tracks: the holder running for it (found by its command line), so
+/// that the tracker's own registrations are recognised (not refused as
+/// an application's userfaultfd) and the holder is ended by a successful
+/// dump. Every page is saved.
+pub(crate) fn running_holder(root: u32) -> Option<Parent> {
+    let want = format!("{root}:");
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(hp) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{hp}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) != Some(HOLD_COMMAND)
+            || !args.get(2).is_some_and(|a| a.starts_with(&want))
+        {
+            continue;
+        }
+        let procs = args[2..]
+            .iter()
+            .filter_map(|a| {
+                let (p, f) = a.split_once(':')?;
+                let host_pid: u32 = p.parse().ok()?;
+                Some(TrackedProc {
+                    pid: host_pid,
+                    host_pid,
+                    host_start: start_time(host_pid).ok()?,
+                    fd: f.parse().ok()?,
+                })
+            })
+            .collect();
+        let tracking = Tracking {
+            holder_pid: hp,
+            holder_start: start_time(hp).ok()?,
+            procs,
+        };
+        let holder = verify_holder(&tracking).ok()?;
+        log::info!("pid {root}: write tracking held by PID {hp} ends with this dump");
+        return Some(Parent {
+            link: None,
+            covered: HashMap::new(),
+            tracking: Some(tracking),
+            holder: Some(holder),
+        });
+    }
+    None
 }
 
 fn start_time(pid: u32) -> std::result::Result<u64, String> {
@@ -298,6 +353,7 @@ pub(crate) fn spawn_holder(root: u32, fds: &[(u32, u32, &OwnedFd)]) -> Result<(T
     }
     use std::os::unix::process::CommandExt;
     let child = std::process::Command::new("/proc/self/exe")
+        .arg0("stasis")
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

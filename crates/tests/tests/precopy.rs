@@ -170,7 +170,12 @@ fn precopy_tree_fork_and_exit() {
     let tracked = v["inventory"]["tracking"]["procs"]
         .as_array()
         .map_or(0, Vec::len);
-    assert_eq!(tracked, 2, "pre2 tracks parent and child{}", work.diagnostics());
+    assert_eq!(
+        tracked,
+        2,
+        "pre2 tracks parent and child{}",
+        work.diagnostics()
+    );
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     finish(&work, &mut r, T).assert_pass(&work);
 }
@@ -212,6 +217,36 @@ fn precopy_parent_damaged_refused() {
     assert!(!pid_exists(p.pid), "a process was created");
     // Put back, the chain restores.
     fs::rename(work.path("pre2.moved"), work.path("pre2")).expect("rename");
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// A dump without `--prev-images-dir` of a tracked process saves every
+/// page and ends the tracking; a dump naming a missing parent is refused
+/// with the process left running.
+#[test]
+fn precopy_plain_dump_after_pre_dump() {
+    let work = Work::new("precopy_plain");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &[]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    pre_dump(&work, p.pid, "pre1", &[]);
+    let h1 = holder(&work, &work.path("pre1")).expect("holder");
+    step(&work, &mut p, 1);
+    let out = dump(&work, p.pid, &["--prev-images-dir", "../nonexistent"], T);
+    assert!(
+        !out.success() && out.stderr.contains("nonexistent"),
+        "{out:?}"
+    );
+    step_ok(&work, p.check_running_untraced());
+    assert!(pid_exists(h1), "the failed dump ended the tracking");
+    dump_and_check_gone(&work, &mut p, &Opts::default());
+    wait_gone(&work, h1);
+    let pre1 = page_bytes(&work.path("pre1"), p.pid);
+    assert!(
+        page_bytes(&work.img(), p.pid) >= pre1,
+        "{}",
+        work.diagnostics()
+    );
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     finish(&work, &mut r, T).assert_pass(&work);
 }
