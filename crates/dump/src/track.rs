@@ -54,6 +54,19 @@ pub(crate) struct Parent {
 /// anything is frozen: a missing or corrupt parent is refused here.
 pub(crate) fn load_parent(pid: u32, images_dir: &Path, prev: &Path) -> Result<Parent> {
     let st = Stage::Check;
+    // The parent is named relative to the image directory: it must exist
+    // for `..` to resolve (the writer would create it anyway).
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(images_dir)
+        .map_err(|source| DumpError::Io {
+            pid,
+            stage: st,
+            what: format!("create {}", images_dir.display()),
+            source,
+        })?;
     let pdir = images_dir.join(prev);
     let dir = ImageDir::open(&pdir).at(pid, st)?;
     let inv = dir.load_inventory().at(pid, st)?;
