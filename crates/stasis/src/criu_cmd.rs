@@ -40,6 +40,10 @@ struct Request {
     /// criu's `--prev-images-dir` (relative to the images directory).
     prev_images_dir: Option<PathBuf>,
     track_mem: bool,
+    /// criu's `--page-server`, `--address`, `--port`.
+    page_server: bool,
+    address: Option<String>,
+    port: Option<u16>,
     /// Notes for the log: accepted options and why they change nothing.
     notes: Vec<String>,
 }
@@ -145,6 +149,9 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "allow-changed-files" => r.allow_changed_files = true,
         "prev-images-dir" => r.prev_images_dir = Some(path()),
         "track-mem" => r.track_mem = on,
+        "page-server" => r.page_server = on,
+        "address" => r.address = g.value.clone(),
+        "port" => r.port = Some(number(g)?),
         "new-pid-ns" => r.new_pid_ns = true,
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -297,6 +304,7 @@ impl Prepared {
         );
         match r.command.as_str() {
             "dump" | "pre-dump" => dump(&r),
+            "page-server" => page_server(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             other => bail!("command {other} is not supported yet"),
@@ -304,10 +312,35 @@ impl Prepared {
     }
 }
 
+fn page_server(r: &Request) -> Result<ExitCode> {
+    let dir = r.images_dir();
+    r.setup_log(None)?;
+    if r.detached {
+        bail!("page-server: --daemon is not supported yet");
+    }
+    let port = r.port.context("page-server: --port is required")?;
+    if let Some(p) = &r.pidfile {
+        let p = r.in_work_dir(p);
+        std::fs::write(&p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("write pidfile {}", p.display()))?;
+    }
+    crate::page_server::serve(r.address.as_deref(), port, &dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dump(r: &Request) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
     r.setup_log(Some(&dir))?;
+    // Connected before anything is frozen: no server, no dump.
+    let server = match (r.page_server, r.port) {
+        (false, _) => None,
+        (true, None) => bail!("dump pid {pid}: --page-server needs --port"),
+        (true, Some(port)) => Some(
+            crate::page_server::connect(r.address.as_deref(), port)
+                .with_context(|| format!("dump pid {pid}"))?,
+        ),
+    };
     // criu's pre-dump saves memory and leaves the tree running, tracking
     // writes for the next round; stasis's writes a complete image too.
     let pre = r.command == "pre-dump";
@@ -333,6 +366,15 @@ fn dump(r: &Request) -> Result<ExitCode> {
         stats.parent_bytes,
         stats.frozen
     );
+    if let Some(s) = server {
+        let sent = crate::page_server::send(s, &dir).with_context(|| {
+            format!(
+                "dump pid {pid}: sending the image to the page server (the image is complete in {})",
+                dir.display()
+            )
+        })?;
+        log::info!("sent {sent} bytes of image to the page server");
+    }
     log::info!("descriptors open at exit: {}", open_fds());
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod criu;
 mod criu_check;
 mod criu_cmd;
 mod logger;
+mod page_server;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};

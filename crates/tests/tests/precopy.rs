@@ -254,3 +254,82 @@ fn precopy_plain_dump_after_pre_dump() {
 fn step_ok<T>(work: &Work, r: Result<T, String>) -> T {
     common::step(work, "waiting for ready", r)
 }
+
+/// A free TCP port on the loopback (the listener is closed again).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `dump --page-server` sends the image to `stasis page-server` over the
+/// loopback; the server's copy (verified before it answers) restores.
+/// Without a server the dump is refused and the process runs on.
+#[test]
+fn page_server_loopback() {
+    let work = Work::new("page_server");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &["--pages", "4096"]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    let port = free_port().to_string();
+    let local = work.path("local");
+    let pid_s = p.pid.to_string();
+    let dump_args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        local.to_str().expect("utf-8"),
+        "-o",
+        "dump.log",
+        "--page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ];
+    let out = stasis(&work, &dump_args, T);
+    assert!(
+        !out.success() && out.stderr.contains("page server") && out.stderr.contains(&pid_s),
+        "{out:?}"
+    );
+    step_ok(&work, p.check_running_untraced());
+
+    let log = work.path("ps.log");
+    let img = work.img();
+    let mut server = std::process::Command::new(stasis_bin())
+        .args([
+            "page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "-D",
+        ])
+        .arg(&img)
+        .arg("-o")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start page server");
+    let deadline = Instant::now() + T;
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("listening")) {
+        assert!(Instant::now() < deadline, "page server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = stasis(&work, &dump_args, T);
+    let served = server.wait().expect("page server");
+    if !out.success() || !served.success() {
+        let _ = server.kill();
+        fail(&work, format!("dump {out:?}, page server {served:?}"));
+    }
+    assert_eq!(
+        step_ok(&work, p.wait(Duration::from_secs(10))),
+        Exit::Signal(libc::SIGKILL)
+    );
+    assert!(img.join("inventory.img").exists() && local.join("inventory.img").exists());
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
