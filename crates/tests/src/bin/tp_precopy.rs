@@ -101,8 +101,8 @@ impl Hot {
 fn check_page_from(m: &Mapping, page: usize, gen: u64, pg: usize, from: usize) -> bool {
     // SAFETY: inside the live mapping.
     let p = unsafe { m.addr.add(page * pg).cast::<u64>() };
-    // SAFETY: w < words of the page.
     (from..pg / 8).all(|w| {
+        // SAFETY: w < words of the page.
         let v = unsafe { p.add(w).read() };
         v == pattern(3, page, gen, w)
     })
@@ -216,7 +216,7 @@ fn main() {
     while !proto.go_released() {
         hot.step(pg);
         iter += 1;
-        if iter % 256 != 0 {
+        if !iter.is_multiple_of(256) {
             continue;
         }
         // Leave the CPUs to the dumper now and then.
