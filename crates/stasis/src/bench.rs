@@ -588,55 +588,41 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut failed = None;
     let mut precopy = Vec::new();
     for case in cases.iter().filter(|c| c.precopy) {
-        let mut v = Vec::new();
-        for r in 0..rounds {
-            match run_precopy_round(case, &workload, &base, r) {
-                Ok(s) => {
-                    eprintln!(
-                        "  {:<22} round {}: full dump frozen {} ms, pre-dump {} ms, final dump {} ms",
-                        case.name,
-                        r + 1,
-                        ms(s.full),
-                        ms(s.pre),
-                        ms(s.last)
-                    );
-                    v.push(s);
-                }
-                Err(e) => {
-                    eprintln!("  {:<22} round {}: FAILED: {e:#}", case.name, r + 1);
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+        let v = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_precopy_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "full dump frozen {} ms, pre-dump {} ms, final dump {} ms",
+                    ms(s.full),
+                    ms(s.pre),
+                    ms(s.last)
+                )
+            },
+        );
         if !v.is_empty() {
             precopy.push((case.name.clone(), v));
         }
     }
     for case in cases.iter().filter(|c| !c.precopy) {
-        let mut samples = Vec::new();
-        for r in 0..rounds {
-            match run_round(case, &workload, &base, r) {
-                Ok(s) => {
-                    eprintln!(
-                        "  {:<22} round {}: dump {} ms (frozen {} ms), restore {} ms; raw write {} ms, raw read {} ms",
-                        case.name,
-                        r + 1,
-                        ms(s.dump),
-                        ms(s.frozen),
-                        ms(s.restore),
-                        ms(s.raw_write),
-                        ms(s.raw_read)
-                    );
-                    samples.push(s);
-                }
-                Err(e) => {
-                    eprintln!("  {:<22} round {}: FAILED: {e:#}", case.name, r + 1);
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+        let samples = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "dump {} ms (frozen {} ms), restore {} ms; raw write {} ms, raw read {} ms",
+                    ms(s.dump),
+                    ms(s.frozen),
+                    ms(s.restore),
+                    ms(s.raw_write),
+                    ms(s.raw_read)
+                )
+            },
+        );
         if !samples.is_empty() {
             rows.push((case.name.clone(), samples));
         }
@@ -653,6 +639,32 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         return Err(e.context("a benchmark case failed"));
     }
     Ok(())
+}
+
+/// Runs `rounds` rounds of `case`, printing a line for each; stops at the
+/// first failure, which goes into `failed`.
+fn run_rounds<S>(
+    case: &Case,
+    rounds: usize,
+    failed: &mut Option<anyhow::Error>,
+    run: impl Fn(usize) -> Result<S>,
+    line: impl Fn(&S) -> String,
+) -> Vec<S> {
+    let mut v = Vec::new();
+    for r in 0..rounds {
+        match run(r) {
+            Ok(s) => {
+                eprintln!("  {:<22} round {}: {}", case.name, r + 1, line(&s));
+                v.push(s);
+            }
+            Err(e) => {
+                eprintln!("  {:<22} round {}: FAILED: {e:#}", case.name, r + 1);
+                *failed = Some(e);
+                break;
+            }
+        }
+    }
+    v
 }
 
 /// Cost of one more process or thread: (case - tiny) / (extra tasks), on
