@@ -399,3 +399,26 @@ pub(crate) fn dump_pages(
     progress.done();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{pieces, PagePlan};
+
+    #[test]
+    fn pieces_cut_at_parent_ranges() {
+        let plan = PagePlan {
+            runs: vec![(0x1000, 0x5000, true), (0x8000, 0x9000, false)],
+            from_parent: vec![(0x0, 0x2000), (0x3000, 0x4000), (0x8000, 0x9000)],
+        };
+        assert_eq!(
+            pieces(&plan),
+            vec![
+                (0x1000, 0x2000, true, true),
+                (0x2000, 0x3000, true, false),
+                (0x3000, 0x4000, true, true),
+                (0x4000, 0x5000, true, false),
+                (0x8000, 0x9000, false, true),
+            ]
+        );
+    }
+}

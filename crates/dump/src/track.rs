@@ -466,3 +466,19 @@ impl Drop for Round<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::intersect;
+
+    #[test]
+    fn intersect_sorted_ranges() {
+        let a = [(0, 10), (20, 30), (40, 50)];
+        let b = [(5, 25), (28, 45)];
+        assert_eq!(
+            intersect(&a, &b),
+            vec![(5, 10), (20, 25), (28, 30), (40, 45)]
+        );
+        assert!(intersect(&a, &[]).is_empty());
+    }
+}
