@@ -333,3 +333,43 @@ fn page_server_loopback() {
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     finish(&work, &mut r, T).assert_pass(&work);
 }
+
+/// Pre-dump `program`, dump it against the pre-dump, restore: PASS, and
+/// the final page file at most half the pre-dump's.
+fn pre_dump_then_dump(work: &Work, program: Program) {
+    let mut p = start(work, program, &[]);
+    step_ok(work, wait_ready(work, &mut p, T));
+    pre_dump(work, p.pid, "pre1", &[]);
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre1", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(work, &mut p, &opts);
+    let (pre1, last) = (
+        page_bytes(&work.path("pre1"), p.pid),
+        page_bytes(&work.img(), p.pid),
+    );
+    assert!(
+        last < pre1 / 2,
+        "pre1 {pre1} bytes, final {last}{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(work, p.pid, &Opts::default());
+    finish(work, &mut r, T).assert_pass(work);
+}
+
+/// A CPython interpreter (tp_python).
+#[test]
+fn precopy_python() {
+    pre_dump_then_dump(&Work::new("precopy_python"), Program::Python);
+}
+
+/// A Go program (tp_go: goroutines, runtime threads, GC).
+#[test]
+fn precopy_go() {
+    match go_program() {
+        Ok(_) => pre_dump_then_dump(&Work::new("precopy_go"), Program::Go),
+        Err(e) if e == NO_GO => eprintln!("SKIP precopy_go: {NO_GO}"),
+        Err(e) => panic!("precopy_go: {e}"),
+    }
+}
