@@ -373,3 +373,48 @@ fn precopy_go() {
         Err(e) => panic!("precopy_go: {e}"),
     }
 }
+
+/// A round that fails after re-arming the trackers (injected fault after
+/// the pages are written): the tree runs on, the parent's tracking is
+/// ended (it no longer tells what changed since the parent), and the next
+/// dump against that parent saves every page; the restore passes.
+#[test]
+fn precopy_failed_round_ends_tracking() {
+    let work = Work::new("precopy_failed_round");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &["--pages", "4096"]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    pre_dump(&work, p.pid, "pre1", &[]);
+    let h1 = holder(&work, &work.path("pre1")).expect("holder");
+    step(&work, &mut p, 1);
+    let pre2 = work.path("pre2");
+    let out = std::process::Command::new(stasis_bin())
+        .args(["pre-dump", "-t", &p.pid.to_string(), "-D"])
+        .arg(&pre2)
+        .args(["--prev-images-dir", "../pre1"])
+        .env("STASIS_FAULT", "dump:write image")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run stasis");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("injected"), "{err}");
+    assert!(!pre2.join("inventory.img").exists());
+    step_ok(&work, p.check_running_untraced());
+    wait_gone(&work, h1);
+    step(&work, &mut p, 2);
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre1", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(&work, &mut p, &opts);
+    let (pre1, last) = (
+        page_bytes(&work.path("pre1"), p.pid),
+        page_bytes(&work.img(), p.pid),
+    );
+    assert!(
+        last > pre1 / 2,
+        "pre1 {pre1} bytes, final {last}: tracking not ended{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
