@@ -331,6 +331,22 @@ fn tree_pids(root: u32) -> Vec<u32> {
     out
 }
 
+/// Releases the restored workload and requires its PASS.
+fn verify_restored(case: &Case, run: &Running, wait_pid: Pid) -> Result<()> {
+    release_go(&run.work)?;
+    let status = stasis_sys::util::waitpid(wait_pid, 0)?;
+    let result = fs::read_to_string(run.work.join("result")).unwrap_or_default();
+    if !result.starts_with("PASS") {
+        bail!(
+            "{}: restored process did not verify: {} (wait status {status:?}); see {}",
+            case.name,
+            result.trim(),
+            run.work.join("out.log").display()
+        );
+    }
+    Ok(())
+}
+
 /// Starts the workload of `case` in `work` and waits until it is ready.
 fn start_workload(case: &Case, workload: &Path, work: &Path) -> Result<(Running, u32)> {
     let log = File::create(work.join("out.log"))?;
@@ -407,17 +423,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     })?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
-    release_go(&run.work)?;
-    let status = stasis_sys::util::waitpid(Pid(restored.wait_pid.0), 0)?;
-    let result = fs::read_to_string(work.join("result")).unwrap_or_default();
-    if !result.starts_with("PASS") {
-        bail!(
-            "{}: restored process did not verify: {} (wait status {status:?}); see {}",
-            case.name,
-            result.trim(),
-            work.join("out.log").display()
-        );
-    }
+    verify_restored(case, &run, restored.wait_pid)?;
 
     let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
     let raw_read = (read_before + raw_read(&pages, stats.page_bytes)?) / 2;
@@ -493,16 +499,7 @@ fn run_precopy_round(
         new_pid_ns: false,
         shell_job: false,
     })?;
-    release_go(&run.work)?;
-    let status = stasis_sys::util::waitpid(Pid(restored.wait_pid.0), 0)?;
-    let result = fs::read_to_string(work.join("result")).unwrap_or_default();
-    if !result.starts_with("PASS") {
-        bail!(
-            "{}: restored process did not verify: {} (wait status {status:?})",
-            case.name,
-            result.trim()
-        );
-    }
+    verify_restored(case, &run, restored.wait_pid)?;
     fs::remove_dir_all(&work)?;
     Ok(PrecopySample {
         full,
