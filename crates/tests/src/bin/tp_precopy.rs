@@ -54,6 +54,14 @@ fn check_page(m: &Mapping, tag: u64, page: usize, gen: u64, pg: usize) -> Option
     (0..words).find(|&w| unsafe { p.add(w).read_volatile() } != pattern(tag, page, gen, w))
 }
 
+/// Exits with status 3 once the work directory is gone (the harness is
+/// gone), so an abandoned program never polls forever.
+fn harness_alive(proto: &Proto) {
+    if !proto.dir().exists() {
+        std::process::exit(3);
+    }
+}
+
 fn read_step(proto: &Proto) -> u64 {
     std::fs::read_to_string(proto.path("step"))
         .ok()
@@ -121,6 +129,7 @@ fn child(proto: &Proto, tag: u64, exit_at: Option<u64>, corrupt: bool) -> ! {
     }
     let mut done = read_step(proto);
     while !proto.go_released() {
+        harness_alive(proto);
         let want = read_step(proto);
         if want > done {
             if want == 1 {
@@ -221,6 +230,7 @@ fn main() {
         }
         // Leave the CPUs to the dumper now and then.
         stasis_tests::nap(1_000_000);
+        harness_alive(&proto);
         let want = read_step(&proto);
         if want <= done {
             continue;
