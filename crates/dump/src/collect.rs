@@ -12,6 +12,7 @@ use stasis_image::{
 use stasis_proc::{SmapsEntry, Status};
 use stasis_sys::remote::{le_u32, le_u64, RemoteThread};
 use stasis_sys::{ptrace, util, xsave};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// Everything collected before pages are written.
 pub(crate) struct Collected {
@@ -20,6 +21,19 @@ pub(crate) struct Collected {
     /// The process's PID in our namespace (`image.pid` may be rewritten
     /// to the PID namespace's view).
     pub host_pid: u32,
+    /// Its write tracker (pre-copy), taken back from the last round's
+    /// holder or created for this one.
+    pub uffd: Option<OwnedFd>,
+    /// Its PID in the parent image, when `uffd` comes from there.
+    pub parent_pid: Option<u32>,
+}
+
+/// The write tracker a process starts collection with (pre-copy).
+pub(crate) struct TrackIn {
+    /// Taken back from the parent's holder, with the parent image's PID.
+    pub taken: Option<(OwnedFd, u32)>,
+    /// Create one in the target if none was taken.
+    pub want_new: bool,
 }
 
 /// What cannot be saved yet, refused before anything is written.
@@ -64,6 +78,7 @@ pub(crate) fn collect(
     shell_job: bool,
     skip_in_flight: bool,
     shmem: &mut crate::shmem::Saved,
+    track: TrackIn,
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -83,7 +98,10 @@ pub(crate) fn collect(
     let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
     let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
-    let (vmas, page_plan) = memory::plan(pid, &smaps, shmem)?;
+    let (mut uffd, parent_pid) = track
+        .taken
+        .map_or((None, None), |(f, p)| (Some(f), Some(p)));
+    let (vmas, page_plan) = memory::plan(pid, &smaps, shmem, uffd.as_ref().map(|f| f.as_fd()))?;
 
     // ---- collect: /proc and ptrace ----
     let tid = p;
@@ -109,7 +127,9 @@ pub(crate) fn collect(
         .unwrap_or(stat.comm.clone());
 
     // ---- query: remote syscalls, self-healing, one thread at a time ----
-    let (threads, q, timers, attrs) = query_threads(frozen, pid, &status, &smaps)?;
+    let new_uffd = track.want_new && uffd.is_none();
+    let (threads, q, timers, attrs) =
+        query_threads(frozen, pid, &status, &smaps, new_uffd.then_some(&mut uffd))?;
 
     let mm = MmState {
         start_code: stat.start_code,
@@ -181,6 +201,8 @@ pub(crate) fn collect(
         image,
         page_plan,
         host_pid: pid,
+        uffd,
+        parent_pid,
     })
 }
 
@@ -192,7 +214,9 @@ fn query_threads(
     pid: u32,
     status: &Status,
     smaps: &[SmapsEntry],
+    uffd: Option<&mut Option<OwnedFd>>,
 ) -> Result<(Vec<ThreadState>, Queried, timers::Timers, ProcAttrs)> {
+    let mut uffd = uffd;
     let p = frozen.pid;
     let writable: Vec<(u64, u64)> = smaps
         .iter()
@@ -241,6 +265,9 @@ fn query_threads(
             checks::query_process(r, pid)?;
             timers = timers::query_timers(r, pid)?;
             attrs.process(r)?;
+            if let Some(u) = uffd.as_mut() {
+                **u = Some(crate::track::inject(r, pid)?);
+            }
         }
         frozen.finish_remote().at(pid, Stage::Query)?;
         threads.push(t);

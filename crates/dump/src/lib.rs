@@ -41,6 +41,7 @@ mod signals;
 mod stub_site;
 mod threads;
 mod timers;
+pub mod track;
 mod uts;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -73,6 +74,12 @@ pub struct DumpOptions {
     pub ghost_limit: u64,
     /// Save the tree's cgroups (false: criu's `--manage-cgroups=ignore`).
     pub cgroups: bool,
+    /// The image this one builds on (criu's `--prev-images-dir`, relative
+    /// to `images_dir`): pages unchanged since are recorded as in it.
+    pub prev_images_dir: Option<PathBuf>,
+    /// Keep tracking writes after this dump (criu's `--track-mem`; a
+    /// pre-dump always does): only with `leave_running`.
+    pub track_mem: bool,
 }
 
 /// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
@@ -85,6 +92,8 @@ pub struct DumpStats {
     pub frozen: Duration,
     /// Bytes of page data written.
     pub page_bytes: u64,
+    /// Bytes of pages recorded as unchanged since the parent image.
+    pub parent_bytes: u64,
     pub vmas: usize,
     pub page_runs: usize,
 }
@@ -250,6 +259,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         start: Instant::now(),
         limit: opts.timeout,
     };
+    let parent = match &opts.prev_images_dir {
+        Some(prev) => Some(track::load_parent(pid, &opts.images_dir, prev)?),
+        None => track::running_holder(pid),
+    };
     let t0 = Instant::now();
     let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
     log::info!(
@@ -259,7 +272,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         t0.elapsed()
     );
     // On error `frozen` drops and resumes every thread as it was.
-    let mut stats = dump_frozen(&mut frozen, opts, &deadline)?;
+    let round = track::Round::new(parent.as_ref());
+    let mut stats = dump_frozen(&mut frozen, opts, &deadline, round)?;
     stasis_sys::hook::kill_point("dump:release");
     if opts.leave_running {
         frozen.release().at(pid, Stage::Finish)?;
@@ -278,7 +292,10 @@ fn dump_frozen(
     frozen: &mut freeze::FrozenTree,
     opts: &DumpOptions,
     deadline: &Deadline,
+    mut round: track::Round<'_>,
 ) -> Result<DumpStats> {
+    let parent = round.parent();
+    let tracking = opts.track_mem && opts.leave_running;
     let root = opts.pid;
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
@@ -287,11 +304,16 @@ fn dump_frozen(
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {
+        let track = collect::TrackIn {
+            taken: parent.and_then(|p| p.take_over(f.pid.0 as u32)),
+            want_new: tracking,
+        };
         collected.push(collect::collect(
             f,
             opts.shell_job,
             opts.skip_in_flight,
             &mut shmem,
+            track,
         )?);
     }
     checks::parent_threads(&collected)?;
@@ -326,6 +348,19 @@ fn dump_frozen(
         &frozen.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
         pid_ns,
     )?;
+    for c in &mut collected {
+        if let (Some(p), Some(pp)) = (parent, c.parent_pid) {
+            track::use_parent(c, p, pp)?;
+        }
+    }
+    if tracking {
+        round.armed = true;
+        for c in &collected {
+            if let Some(fd) = &c.uffd {
+                track::arm(c, fd)?;
+            }
+        }
+    }
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
 
@@ -333,7 +368,7 @@ fn dump_frozen(
     let mut writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
     writer.set_hook(stasis_sys::hook::kill_point);
     let mut refs = Vec::with_capacity(collected.len());
-    let (mut page_bytes, mut vmas, mut page_runs) = (0, 0, 0);
+    let (mut page_bytes, mut parent_bytes, mut vmas, mut page_runs) = (0, 0, 0, 0);
     for state in &mut collected {
         let pid = state.image.pid;
         let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
@@ -345,6 +380,14 @@ fn dump_frozen(
         )?;
         kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
         page_bytes += pages.offset();
+        parent_bytes += state
+            .image
+            .mm
+            .pages
+            .iter()
+            .filter(|r| r.in_parent)
+            .map(|r| r.nr_pages * stasis_image::PAGE_SIZE)
+            .sum::<u64>();
         let pages_file = pages.finish().at(pid, Stage::Memory)?;
         fault_point(pid, Stage::Memory)?;
         deadline.check(Stage::Memory)?;
@@ -359,6 +402,18 @@ fn dump_frozen(
     }
     fault_point(root, Stage::Write)?;
     deadline.check(Stage::Write)?;
+    let tracking = if tracking {
+        let fds: Vec<(u32, u32, &std::os::fd::OwnedFd)> = collected
+            .iter()
+            .filter_map(|c| Some((c.host_pid, c.image.pid, c.uffd.as_ref()?)))
+            .collect();
+        let (t, holder) = track::spawn_holder(root, &fds)?;
+        round.new_holder = Some(holder);
+        Some(t)
+    } else {
+        None
+    };
+    let parent = parent.and_then(|p| p.link.clone());
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()
@@ -371,6 +426,8 @@ fn dump_frozen(
         pid_ns,
         uts,
         cgroups,
+        parent,
+        tracking,
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies
@@ -387,9 +444,11 @@ fn dump_frozen(
     };
     fault_point(root, Stage::Commit)?;
     writer.commit(&inventory).at(root, Stage::Commit)?;
+    round.succeed();
     Ok(DumpStats {
         frozen: Duration::ZERO,
         page_bytes,
+        parent_bytes,
         vmas,
         page_runs,
     })

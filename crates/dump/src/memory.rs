@@ -12,6 +12,7 @@ use stasis_sys::pagemap::{
     Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
 };
 use stasis_sys::{mem, Pid};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 
@@ -19,14 +20,21 @@ use std::sync::mpsc;
 pub(crate) struct PagePlan {
     /// (start, end, readable through process_vm_readv)
     pub runs: Vec<(u64, u64, bool)>,
+    /// Sorted, disjoint ranges whose pages are unchanged since the parent
+    /// image (pre-copy): the parts of `runs` inside them are recorded as
+    /// `in_parent` and not read.
+    pub from_parent: Vec<(u64, u64)>,
 }
 
 /// Classifies every mapping and finds the pages worth saving.
 /// `shmem`: what the tree's shared anonymous objects have saved so far.
+/// `uffd`: the write tracker of an earlier pre-dump, whose own
+/// registrations are not refused.
 pub(crate) fn plan(
     pid: u32,
     smaps: &[SmapsEntry],
     shmem: &mut crate::shmem::Saved,
+    uffd: Option<BorrowedFd<'_>>,
 ) -> Result<(Vec<Vma>, PagePlan)> {
     let st = Stage::Collect;
     let pm = Pagemap::open(Pid(pid as i32)).at(pid, st)?;
@@ -71,11 +79,17 @@ pub(crate) fn plan(
             maywrite: m.shared && is_file && s.has_flag("mw"),
             shmem: if m.shared && !is_file { m.inode } else { 0 },
             cow_owner: 0,
-            advice: crate::procattrs::vma_advice(pid, s)?,
+            advice: crate::procattrs::vma_advice(pid, s, uffd)?,
             huge_page_size: crate::memkinds::huge_page_size(s).unwrap_or(0),
         });
     }
-    Ok((vmas, PagePlan { runs }))
+    Ok((
+        vmas,
+        PagePlan {
+            runs,
+            from_parent: Vec::new(),
+        },
+    ))
 }
 
 /// Guard regions (MADV_GUARD_INSTALL) live in page tables only: a mapping
@@ -218,12 +232,16 @@ fn batches(mm: &mut MmState, plan: &PagePlan, base: u64) -> Vec<Batch> {
     let mut pending: Vec<(u64, usize)> = Vec::new();
     let mut filled = 0usize;
     let mut offset = base;
-    for &(start, end, readable) in &plan.runs {
+    for (start, end, readable, in_parent) in pieces(plan) {
         mm.pages.push(PageRun {
             addr: start,
             nr_pages: (end - start) / PAGE_SIZE,
-            offset,
+            offset: if in_parent { 0 } else { offset },
+            in_parent,
         });
+        if in_parent {
+            continue;
+        }
         offset += end - start;
         let mut a = start;
         while a < end {
@@ -253,6 +271,36 @@ fn batches(mm: &mut MmState, plan: &PagePlan, base: u64) -> Vec<Batch> {
     out
 }
 
+/// The planned runs cut where they enter or leave `from_parent`:
+/// (start, end, readable, in the parent).
+fn pieces(plan: &PagePlan) -> Vec<(u64, u64, bool, bool)> {
+    let mut out = Vec::with_capacity(plan.runs.len());
+    let fp = &plan.from_parent;
+    for &(start, end, readable) in &plan.runs {
+        let mut a = start;
+        let mut i = fp.partition_point(|r| r.1 <= a);
+        while a < end {
+            match fp.get(i) {
+                Some(&(ps, pe)) if ps <= a => {
+                    let b = pe.min(end);
+                    out.push((a, b, readable, true));
+                    a = b;
+                    i += 1;
+                }
+                Some(&(ps, _)) if ps < end => {
+                    out.push((a, ps, readable, false));
+                    a = ps;
+                }
+                _ => {
+                    out.push((a, end, readable, false));
+                    a = end;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Streams every planned page into `out`, recording page runs in `mm.pages`.
 ///
 /// Two threads: this one reads a batch from the target (process_vm_readv,
@@ -269,7 +317,12 @@ pub(crate) fn dump_pages(
     let p = pid.0 as u32;
     let st = Stage::Memory;
     let batches = batches(mm, plan, out.offset());
-    let total: u64 = plan.runs.iter().map(|r| r.1 - r.0).sum();
+    let total: u64 = batches
+        .iter()
+        .map(|b| match b {
+            Batch::Vm(_, n) | Batch::Mem(_, n) => *n as u64,
+        })
+        .sum();
     let mut progress = Progress::new("dump", total);
     let mut mem_file: Option<std::fs::File> = None;
     let (mut hasher, mut sink) = out.split();
@@ -356,4 +409,27 @@ pub(crate) fn dump_pages(
     })?;
     progress.done();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pieces, PagePlan};
+
+    #[test]
+    fn pieces_cut_at_parent_ranges() {
+        let plan = PagePlan {
+            runs: vec![(0x1000, 0x5000, true), (0x8000, 0x9000, false)],
+            from_parent: vec![(0x0, 0x2000), (0x3000, 0x4000), (0x8000, 0x9000)],
+        };
+        assert_eq!(
+            pieces(&plan),
+            vec![
+                (0x1000, 0x2000, true, true),
+                (0x2000, 0x3000, true, false),
+                (0x3000, 0x4000, true, true),
+                (0x4000, 0x5000, true, false),
+                (0x8000, 0x9000, false, true),
+            ]
+        );
+    }
 }

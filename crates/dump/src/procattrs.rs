@@ -30,8 +30,27 @@ const REFUSED_VM_FLAGS: [(&str, &str); 6] = [
 
 /// The per-mapping flags of one smaps entry, by name ([`VMA_ADVICE`]), or
 /// a refusal naming a flag that cannot be restored.
-pub(crate) fn vma_advice(pid: u32, s: &SmapsEntry) -> Result<Vec<String>> {
-    if let Some((f, why)) = REFUSED_VM_FLAGS.iter().find(|(f, _)| s.has_flag(f)) {
+///
+/// `uffd`: stasis's own write tracker for this process (pre-copy): a
+/// write-protect registration it owns (registering again succeeds; an
+/// application's own userfaultfd gives EBUSY) is not refused.
+pub(crate) fn vma_advice(
+    pid: u32,
+    s: &SmapsEntry,
+    uffd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Vec<String>> {
+    let ours = |f: &str| {
+        f == "uw"
+            && !s.has_flag("um")
+            && !s.has_flag("ui")
+            && uffd.is_some_and(|u| {
+                stasis_sys::uffd::register_wp(u, s.map.start, s.map.end - s.map.start).is_ok()
+            })
+    };
+    if let Some((f, why)) = REFUSED_VM_FLAGS
+        .iter()
+        .find(|(f, _)| s.has_flag(f) && !ours(f))
+    {
         return Err(DumpError::Unsupported {
             pid,
             stage: Stage::Check,
@@ -348,7 +367,7 @@ mod tests {
 
     #[test]
     fn advice_names_from_vmflags() {
-        let got = vma_advice(1, &entry("rd wr mr mw me lo lf ac rr dc mg sl sd")).unwrap();
+        let got = vma_advice(1, &entry("rd wr mr mw me lo lf ac rr dc mg sl sd"), None).unwrap();
         assert_eq!(
             got,
             [
@@ -360,7 +379,7 @@ mod tests {
                 "sealed"
             ]
         );
-        assert!(vma_advice(1, &entry("rd wr mr mw me ac"))
+        assert!(vma_advice(1, &entry("rd wr mr mw me ac"), None)
             .unwrap()
             .is_empty());
     }
@@ -395,7 +414,7 @@ mod tests {
             ("um", "userfaultfd"),
             ("sf", "MAP_SYNC"),
         ] {
-            let e = vma_advice(7, &entry(&format!("rd wr {f}"))).unwrap_err();
+            let e = vma_advice(7, &entry(&format!("rd wr {f}")), None).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(word) && msg.contains("7f0000000000"), "{msg}");
         }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroups;
+pub mod chain;
 mod checker;
 pub mod error;
 mod file_kind;

@@ -41,6 +41,14 @@ pub struct Inventory {
     /// dumps with `--manage-cgroups=ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups: Option<crate::cgroups::Cgroups>,
+    /// The image this one builds on (pre-copy): runs marked `in_parent`
+    /// take their pages from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::chain::ParentLink>,
+    /// Write tracking left running after this image (pre-dump): where the
+    /// next round finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<crate::chain::Tracking>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once
@@ -721,4 +729,10 @@ pub struct PageRun {
     pub addr: u64,
     pub nr_pages: u64,
     pub offset: u64,
+    /// The pages were not written since the parent image (pre-copy): their
+    /// contents are the parent's pages at the same addresses, of the process
+    /// with the same PID (`Inventory.parent`); `offset` is 0 and the run
+    /// takes no bytes of this page file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_parent: bool,
 }

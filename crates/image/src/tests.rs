@@ -134,26 +134,31 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
             addr: 0x5555_5555_6000,
             nr_pages: 1,
             offset: 0,
+            in_parent: false,
         },
         PageRun {
             addr: 0x5555_5557_0000,
             nr_pages: 3,
             offset: 4096,
+            in_parent: false,
         },
         PageRun {
             addr: 0x7f00_0000_0000,
             nr_pages: 2,
             offset: 4 * 4096,
+            in_parent: false,
         },
         PageRun {
             addr: 0x7ffc_0002_0000,
             nr_pages: 1,
             offset: 6 * 4096,
+            in_parent: false,
         },
         PageRun {
             addr: 0x7ffc_0010_4000,
             nr_pages: 4,
             offset: 7 * 4096,
+            in_parent: false,
         },
     ];
     ProcessImage {
@@ -277,6 +282,8 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         pid_ns: false,
         uts: None,
         cgroups: None,
+        parent: None,
+        tracking: None,
     }
 }
 
@@ -1536,4 +1543,27 @@ fn proc_attrs_validation_and_old_images() {
     let mut m = good.clone();
     m.mm.vmas[0].advice.push("frobnicate".into());
     assert!(invalid(&m).contains("unknown flag"));
+}
+
+#[test]
+fn in_parent_runs_take_no_page_file_bytes() {
+    let good = sample_process(100, 1);
+    let len = pages_len(&good);
+    let mut m = good.clone();
+    // Run 1 now refers to the parent: offset 0, no bytes here; the others
+    // keep theirs (run 0 also starts at offset 0).
+    m.mm.pages[1].in_parent = true;
+    m.mm.pages[1].offset = 0;
+    validate_process(Path::new("/x/core-100.img"), &m).unwrap();
+    assert_eq!(pages_len(&m), len);
+    let last = m.mm.pages.len() - 1;
+    m.mm.pages[last].in_parent = true;
+    m.mm.pages[last].offset = 0;
+    assert!(pages_len(&m) < len);
+    let mut bad = m.clone();
+    bad.mm.pages[1].offset = 4096;
+    assert!(invalid(&bad).contains("not 0 in a run in the parent"));
+    // Written only when true: older images read as before.
+    let j = serde_json::to_string(&good.mm.pages[0]).unwrap();
+    assert!(!j.contains("in_parent"), "{j}");
 }

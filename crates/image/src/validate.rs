@@ -28,7 +28,7 @@ pub fn is_plain_name(name: &str) -> bool {
 /// `offset + nr_pages * PAGE_SIZE` (0 without runs). Saturates instead of
 /// overflowing on hostile input; [`validate_process`] rejects such runs.
 pub fn pages_len(img: &ProcessImage) -> u64 {
-    let runs = img.mm.pages.iter().map(|r| {
+    let runs = img.mm.pages.iter().filter(|r| !r.in_parent).map(|r| {
         r.offset
             .saturating_add(r.nr_pages.saturating_mul(PAGE_SIZE))
     });
@@ -298,10 +298,17 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
         c.ensure(inside, || {
             format!("{field}: {:#x}-{end:#x} not inside a single vma", r.addr)
         })?;
-        if i > 0 && r.offset < prev_off_end {
+        prev_addr_end = end;
+        if r.in_parent {
+            // In the parent image: no bytes of this page file.
+            c.ensure(r.offset == 0, || {
+                format!("{field}.offset: not 0 in a run in the parent")
+            })?;
+            continue;
+        }
+        if r.offset < prev_off_end {
             offsets_monotonic = false;
         }
-        prev_addr_end = end;
         prev_off_end = off_end;
     }
     if !offsets_monotonic {
@@ -311,6 +318,7 @@ fn validate_mm(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
             .pages
             .iter()
             .enumerate()
+            .filter(|(_, r)| !r.in_parent)
             .map(|(i, r)| (r.offset, r.offset + r.nr_pages * PAGE_SIZE, i))
             .collect();
         spans.sort_unstable();

@@ -298,7 +298,11 @@ fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
-    let image = dir.load_all()?;
+    // A pre-copy image: its parents are loaded and verified too, and each
+    // process gets one page file again (temporary, removed when `chain`
+    // drops), before anything is created.
+    let chain = stasis_image::chain::resolve_chain(&dir)?;
+    let image = &chain.image;
     log::info!("image validated in {:?}", t0.elapsed());
     let root = image.inventory.root_pid;
     if image.processes.first().map(|p| p.pid) != Some(root) {
@@ -337,12 +341,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         root,
     )?;
     fault_point(root, Stage::Preflight)?;
-    let pages: Vec<PathBuf> = image
-        .inventory
-        .processes
-        .iter()
-        .map(|r| dir.pages_path(r))
-        .collect();
+    let pages: Vec<PathBuf> = chain.pages.clone();
     let calls0 = stasis_sys::remote::remote_syscalls();
     let trips0 = stasis_sys::remote::round_trips();
     let (pid, wait_pid) = tree::restore_tree(

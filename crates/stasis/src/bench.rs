@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k,
-    /// tiny, tree100, threads64 (default: all). `--size-mib`, `--count`,
+    /// tiny, tree100, threads64, precopy1g (default: all). `--size-mib`, `--count`,
     /// `--procs` and `--threads` rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -65,6 +65,8 @@ struct Case {
     /// per thread).
     procs: u64,
     threads: u64,
+    /// The pre-copy case ([`run_precopy_round`]).
+    precopy: bool,
 }
 
 fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
@@ -80,6 +82,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "tiny",
         "tree100",
         "threads64",
+        "precopy1g",
     ];
     let chosen: Vec<String> = if a.cases.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
@@ -146,6 +149,17 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     threads.to_string(),
                 ],
             ),
+            "precopy1g" => (
+                format!("pre-copy {} at {PRECOPY_MIB_S} MiB/s", human(unit << 20)),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    unit.to_string(),
+                    "--write-mib-s".into(),
+                    PRECOPY_MIB_S.to_string(),
+                ],
+            ),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
@@ -158,6 +172,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             args,
             procs: p,
             threads: t,
+            precopy: c == "precopy1g",
         });
     }
     Ok(out)
@@ -316,14 +331,27 @@ fn tree_pids(root: u32) -> Vec<u32> {
     out
 }
 
-fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<Sample> {
-    let work = base.join(format!("{}-{round}", case.name.replace([' ', '/'], "_")));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-    let img = work.join("img");
+/// Releases the restored workload and requires its PASS.
+fn verify_restored(case: &Case, run: &Running, wait_pid: Pid) -> Result<()> {
+    release_go(&run.work)?;
+    let status = stasis_sys::util::waitpid(wait_pid, 0)?;
+    let result = fs::read_to_string(run.work.join("result")).unwrap_or_default();
+    if !result.starts_with("PASS") {
+        bail!(
+            "{}: restored process did not verify: {} (wait status {status:?}); see {}",
+            case.name,
+            result.trim(),
+            run.work.join("out.log").display()
+        );
+    }
+    Ok(())
+}
+
+/// Starts the workload of `case` in `work` and waits until it is ready.
+fn start_workload(case: &Case, workload: &Path, work: &Path) -> Result<(Running, u32)> {
     let log = File::create(work.join("out.log"))?;
     let child = Command::new(workload)
-        .arg(&work)
+        .arg(work)
         .args(&case.args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -332,7 +360,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         .with_context(|| format!("start {}", workload.display()))?;
     let mut run = Running {
         child,
-        work: work.clone(),
+        work: work.to_path_buf(),
     };
     let pid = run.child.id();
     wait_file(
@@ -340,6 +368,15 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         &mut run.child,
         Duration::from_secs(300),
     )?;
+    Ok((run, pid))
+}
+
+fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<Sample> {
+    let work = base.join(format!("{}-{round}", case.name.replace([' ', '/'], "_")));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let img = work.join("img");
+    let (mut run, pid) = start_workload(case, workload, &work)?;
     let filled: u64 = fs::read_to_string(work.join("filled"))?.trim().parse()?;
     let pids = tree_pids(pid);
 
@@ -352,17 +389,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
 
     reset_hwm();
     let t = Instant::now();
-    let stats = stasis_dump::dump(&stasis_dump::DumpOptions {
-        pid,
-        images_dir: img.clone(),
-        leave_running: false,
-        shell_job: false,
-        file_locks: false,
-        skip_in_flight: false,
-        timeout: None,
-        ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
-        cgroups: true,
-    })?;
+    let stats = stasis_dump::dump(&dump_opts(pid, img.clone(), None, false))?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();
     // The dump killed it: reap it so its PID is free again; its orphaned
@@ -398,17 +425,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     })?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
-    release_go(&run.work)?;
-    let status = stasis_sys::util::waitpid(Pid(restored.wait_pid.0), 0)?;
-    let result = fs::read_to_string(work.join("result")).unwrap_or_default();
-    if !result.starts_with("PASS") {
-        bail!(
-            "{}: restored process did not verify: {} (wait status {status:?}); see {}",
-            case.name,
-            result.trim(),
-            work.join("out.log").display()
-        );
-    }
+    verify_restored(case, &run, restored.wait_pid)?;
 
     let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
     let raw_read = (read_before + raw_read(&pages, stats.page_bytes)?) / 2;
@@ -425,6 +442,93 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         dump_hwm,
         remote_calls,
     })
+}
+
+/// Write rate of the pre-copy case's workload.
+const PRECOPY_MIB_S: u64 = 64;
+/// How long the pre-copy workload writes between pre-dump and dump.
+const PRECOPY_GAP: Duration = Duration::from_secs(1);
+
+/// One round of the pre-copy case.
+struct PrecopySample {
+    /// Frozen time of a full dump (`-R`) of the same process.
+    full: Duration,
+    /// Frozen time of the pre-dump.
+    pre: Duration,
+    /// Frozen time of the final dump after the pre-dump.
+    last: Duration,
+    last_bytes: u64,
+    parent_bytes: u64,
+}
+
+fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_dump::DumpOptions {
+    stasis_dump::DumpOptions {
+        pid,
+        images_dir: dir,
+        leave_running: leave,
+        shell_job: false,
+        file_locks: false,
+        skip_in_flight: false,
+        timeout: None,
+        ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
+        prev_images_dir: prev.map(PathBuf::from),
+        track_mem: leave && prev.is_none(),
+        cgroups: true,
+    }
+}
+
+/// A dense area written at [`PRECOPY_MIB_S`]: a full dump with the
+/// process left running, then a pre-dump, [`PRECOPY_GAP`] of writing, and
+/// the final dump against it; restored through the chain and verified.
+fn run_precopy_round(
+    case: &Case,
+    workload: &Path,
+    base: &Path,
+    round: usize,
+) -> Result<PrecopySample> {
+    let work = base.join(format!("precopy-{round}"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let (mut run, pid) = start_workload(case, workload, &work)?;
+    let full = stasis_dump::dump(&dump_opts(pid, work.join("full"), None, true))?.frozen;
+    fs::remove_dir_all(work.join("full"))?;
+    let pre = stasis_dump::dump(&dump_opts(pid, work.join("pre"), None, true))?.frozen;
+    std::thread::sleep(PRECOPY_GAP);
+    let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some("../pre"), false))?;
+    let _ = run.child.wait();
+    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
+        images_dir: work.join("img"),
+        allow_changed_files: false,
+        new_pid_ns: false,
+        shell_job: false,
+        manage_cgroups: stasis_restore::CgroupMode::default(),
+        cgroup_roots: Vec::new(),
+    })?;
+    verify_restored(case, &run, restored.wait_pid)?;
+    fs::remove_dir_all(&work)?;
+    Ok(PrecopySample {
+        full,
+        pre,
+        last: last.frozen,
+        last_bytes: last.page_bytes,
+        parent_bytes: last.parent_bytes,
+    })
+}
+
+fn print_precopy(name: &str, v: &[PrecopySample]) {
+    let (_, full) = min_med(v.iter().map(|s| s.full).collect());
+    let (_, pre) = min_med(v.iter().map(|s| s.pre).collect());
+    let (_, last) = min_med(v.iter().map(|s| s.last).collect());
+    let s = &v[v.len() / 2];
+    println!(
+        "\n{name} (medians): full dump frozen {} ms; pre-dump frozen {} ms; final dump frozen {} ms = {:.3} of the full dump; final image {} of pages, {} in the parent",
+        ms(full),
+        ms(pre),
+        ms(last),
+        last.as_secs_f64() / full.as_secs_f64().max(1e-9),
+        human(s.last_bytes),
+        human(s.parent_bytes)
+    );
 }
 
 fn min_med(mut v: Vec<Duration>) -> (Duration, Duration) {
@@ -484,30 +588,43 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     );
     let mut rows = Vec::new();
     let mut failed = None;
-    for case in &cases {
-        let mut samples = Vec::new();
-        for r in 0..rounds {
-            match run_round(case, &workload, &base, r) {
-                Ok(s) => {
-                    eprintln!(
-                        "  {:<22} round {}: dump {} ms (frozen {} ms), restore {} ms; raw write {} ms, raw read {} ms",
-                        case.name,
-                        r + 1,
-                        ms(s.dump),
-                        ms(s.frozen),
-                        ms(s.restore),
-                        ms(s.raw_write),
-                        ms(s.raw_read)
-                    );
-                    samples.push(s);
-                }
-                Err(e) => {
-                    eprintln!("  {:<22} round {}: FAILED: {e:#}", case.name, r + 1);
-                    failed = Some(e);
-                    break;
-                }
-            }
+    let mut precopy = Vec::new();
+    for case in cases.iter().filter(|c| c.precopy) {
+        let v = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_precopy_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "full dump frozen {} ms, pre-dump {} ms, final dump {} ms",
+                    ms(s.full),
+                    ms(s.pre),
+                    ms(s.last)
+                )
+            },
+        );
+        if !v.is_empty() {
+            precopy.push((case.name.clone(), v));
         }
+    }
+    for case in cases.iter().filter(|c| !c.precopy) {
+        let samples = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "dump {} ms (frozen {} ms), restore {} ms; raw write {} ms, raw read {} ms",
+                    ms(s.dump),
+                    ms(s.frozen),
+                    ms(s.restore),
+                    ms(s.raw_write),
+                    ms(s.raw_read)
+                )
+            },
+        );
         if !samples.is_empty() {
             rows.push((case.name.clone(), samples));
         }
@@ -517,10 +634,39 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     print_table(&rows);
     print_fixed_costs(&cases, &rows);
+    for (name, v) in &precopy {
+        print_precopy(name, v);
+    }
     if let Some(e) = failed {
         return Err(e.context("a benchmark case failed"));
     }
     Ok(())
+}
+
+/// Runs `rounds` rounds of `case`, printing a line for each; stops at the
+/// first failure, which goes into `failed`.
+fn run_rounds<S>(
+    case: &Case,
+    rounds: usize,
+    failed: &mut Option<anyhow::Error>,
+    run: impl Fn(usize) -> Result<S>,
+    line: impl Fn(&S) -> String,
+) -> Vec<S> {
+    let mut v = Vec::new();
+    for r in 0..rounds {
+        match run(r) {
+            Ok(s) => {
+                eprintln!("  {:<22} round {}: {}", case.name, r + 1, line(&s));
+                v.push(s);
+            }
+            Err(e) => {
+                eprintln!("  {:<22} round {}: FAILED: {e:#}", case.name, r + 1);
+                *failed = Some(e);
+                break;
+            }
+        }
+    }
+    v
 }
 
 /// Cost of one more process or thread: (case - tiny) / (extra tasks), on

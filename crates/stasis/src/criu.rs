@@ -122,7 +122,7 @@ const NO_SOCKETS: &str =
 const NO_MNTNS: &str =
     "stasis dumps no mount namespace of its own (refused by name): nothing to map or permit";
 const NO_INCREMENTAL: &str =
-    "stasis writes a complete image every time; no earlier image is read or tracked";
+    "stasis does not deduplicate a chain of pre-dump images: each keeps its own pages, and a restore resolves the chain";
 
 /// Every option of criu 4.1, by long name.
 pub static OPTIONS: &[Opt] = &[
@@ -167,12 +167,12 @@ pub static OPTIONS: &[Opt] = &[
         Acc("only how criu reads sparse deleted files; the saved contents are the same"),
     ),
     o("network-lock", Req, DR, ByValue, "iptables"),
-    o("prev-images-dir", Req, D, Acc(NO_INCREMENTAL), "../parent"),
-    b("track-mem", D, Acc(NO_INCREMENTAL)),
+    o("prev-images-dir", Req, D, App, "../parent"),
+    b("track-mem", D, App),
     b("auto-dedup", ANY, Acc(NO_INCREMENTAL)),
-    b("page-server", D, Ref),
-    o("address", Req, D | OTHER, Ref, "127.0.0.1"),
-    o("port", Req, D | OTHER, Ref, "27"),
+    b("page-server", D, App),
+    o("address", Req, D | OTHER, App, "127.0.0.1"),
+    o("port", Req, D | OTHER, App, "27"),
     o("ps-socket", Req, D | OTHER, Ref, "3"),
     b("tls", D | RESTORE | OTHER, Ref),
     o("tls-cacert", Req, D | RESTORE | OTHER, Ref, "ca.pem"),
@@ -259,10 +259,10 @@ pub static OPTIONS: &[Opt] = &[
 /// criu's commands, and whether stasis implements each.
 pub static COMMANDS: &[(&str, u8, bool)] = &[
     ("dump", DUMP, true),
-    ("pre-dump", PRE_DUMP, false),
+    ("pre-dump", PRE_DUMP, true),
     ("restore", RESTORE, true),
     ("check", CHECK, true),
-    ("page-server", OTHER, false),
+    ("page-server", OTHER, true),
     ("lazy-pages", OTHER, false),
     ("service", OTHER, false),
     ("swrk", OTHER, false),
@@ -429,7 +429,7 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
         },
         "pre-dump-mode" => match v {
             Some("splice" | "read") => {
-                Fate::Accepted("only pre-dump uses it, and stasis has no pre-dump yet")
+                Fate::Accepted("stasis's pre-dump reads pages with process_vm_readv either way")
             }
             _ => return Err(bad()),
         },

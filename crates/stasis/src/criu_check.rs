@@ -34,11 +34,9 @@ const LAZY: Option<&str> = Some("stasis has no lazy restore");
 /// criu 4.1's feature names (`criu check --feature list`).
 static CRIU_FEATURES: &[CriuFeature] = &[
     f("mnt_id", 2, None),
-    f(
-        "mem_dirty_track",
-        2,
-        Some("stasis has no pre-dump (soft-dirty tracking is not used)"),
-    ),
+    // stasis tracks writes with userfaultfd write-protection (async) and
+    // PAGEMAP_SCAN, both required anyway: no soft-dirty needed.
+    f("mem_dirty_track", 2, None),
     f("aio_remap", 2, Some("AIO rings are refused")),
     f("timerfd", 2, None),
     f("tun", 0, Some("tun devices are refused")),

@@ -41,6 +41,13 @@ struct Request {
     manage_cgroups: Option<stasis_restore::CgroupMode>,
     /// criu's `--cgroup-root [CONTROLLER:]/PATH`, each one given.
     cgroup_roots: Vec<stasis_restore::CgroupRoot>,
+    /// criu's `--prev-images-dir` (relative to the images directory).
+    prev_images_dir: Option<PathBuf>,
+    track_mem: bool,
+    /// criu's `--page-server`, `--address`, `--port`.
+    page_server: bool,
+    address: Option<String>,
+    port: Option<u16>,
     /// Notes for the log: accepted options and why they change nothing.
     notes: Vec<String>,
 }
@@ -144,6 +151,11 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             r.experimental = true;
         }
         "allow-changed-files" => r.allow_changed_files = true,
+        "prev-images-dir" => r.prev_images_dir = Some(path()),
+        "track-mem" => r.track_mem = on,
+        "page-server" => r.page_server = on,
+        "address" => r.address = g.value.clone(),
+        "port" => r.port = Some(number(g)?),
         "new-pid-ns" => r.new_pid_ns = true,
         "manage-cgroups" => {
             // criu: the mode defaults to soft when the option has none.
@@ -240,8 +252,8 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
             );
         }
     }
-    if command == "dump" && r.tree.is_none() {
-        bail!("dump: the process tree to dump must be given with -t PID");
+    if matches!(command.as_str(), "dump" | "pre-dump") && r.tree.is_none() {
+        bail!("{command}: the process tree to dump must be given with -t PID");
     }
     Ok(Outcome::Run(Box::new(Prepared { req: r })))
 }
@@ -301,7 +313,8 @@ impl Prepared {
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
         match r.command.as_str() {
-            "dump" => dump(&r),
+            "dump" | "pre-dump" => dump(&r),
+            "page-server" => page_server(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             other => bail!("command {other} is not supported yet"),
@@ -309,14 +322,44 @@ impl Prepared {
     }
 }
 
+fn page_server(r: &Request) -> Result<ExitCode> {
+    let dir = r.images_dir();
+    r.setup_log(None)?;
+    if r.detached {
+        bail!("page-server: --daemon is not supported yet");
+    }
+    let port = r.port.context("page-server: --port is required")?;
+    if let Some(p) = &r.pidfile {
+        let p = r.in_work_dir(p);
+        std::fs::write(&p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("write pidfile {}", p.display()))?;
+    }
+    crate::page_server::serve(r.address.as_deref(), port, &dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dump(r: &Request) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
     r.setup_log(Some(&dir))?;
+    // Connected before anything is frozen: no server, no dump.
+    let server = match (r.page_server, r.port) {
+        (false, _) => None,
+        (true, None) => bail!("dump pid {pid}: --page-server needs --port"),
+        (true, Some(port)) => Some(
+            crate::page_server::connect(r.address.as_deref(), port)
+                .with_context(|| format!("dump pid {pid}"))?,
+        ),
+    };
+    // criu's pre-dump saves memory and leaves the tree running, tracking
+    // writes for the next round; stasis's writes a complete image too.
+    let pre = r.command == "pre-dump";
     let opts = stasis_dump::DumpOptions {
         pid,
         images_dir: dir.clone(),
-        leave_running: r.leave_running,
+        prev_images_dir: r.prev_images_dir.clone(),
+        track_mem: pre || r.track_mem,
+        leave_running: pre || r.leave_running,
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
@@ -326,13 +369,23 @@ fn dump(r: &Request) -> Result<ExitCode> {
     };
     let stats = stasis_dump::dump(&opts)?;
     log::info!(
-        "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, stopped {:?}",
+        "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),
         stats.vmas,
         stats.page_runs,
         stats.page_bytes,
+        stats.parent_bytes,
         stats.frozen
     );
+    if let Some(s) = server {
+        let sent = crate::page_server::send(s, &dir).with_context(|| {
+            format!(
+                "dump pid {pid}: sending the image to the page server (the image is complete in {})",
+                dir.display()
+            )
+        })?;
+        log::info!("sent {sent} bytes of image to the page server");
+    }
     log::info!("descriptors open at exit: {}", open_fds());
     Ok(ExitCode::SUCCESS)
 }

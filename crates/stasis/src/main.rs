@@ -9,6 +9,7 @@ mod criu;
 mod criu_check;
 mod criu_cmd;
 mod logger;
+mod page_server;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -154,6 +155,13 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // The holder of a pre-dump's write trackers (started by the dumper).
+    if argv.get(1).map(String::as_str) == Some(stasis_dump::track::HOLD_COMMAND) {
+        return match stasis_dump::track::hold(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     // Installed as `criu`, stasis answers as criu (same parser either way).
     let prog = match argv.first().map(|a| Path::new(a).file_name()) {
         Some(Some(n)) if n == "criu" => "criu",

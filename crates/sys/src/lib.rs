@@ -91,3 +91,4 @@ pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
 pub mod udpq;
+pub mod uffd;

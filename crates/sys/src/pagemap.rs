@@ -39,6 +39,11 @@ struct PageRegion {
     categories: u64,
 }
 
+/// Write-protect the pages reported (get and clear "written").
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// Fail (EPERM) on a VMA without async userfaultfd write-protection.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
 
@@ -73,11 +78,27 @@ impl Pagemap {
     /// Appends to `out` the (start, end) runs in [start, end) matching `q`.
     /// Adjacent runs are merged.
     pub fn scan(&self, start: u64, end: u64, q: Query, out: &mut Vec<(u64, u64)>) -> Result<()> {
+        self.scan_flags(start, end, q, 0, out)
+    }
+
+    /// [`Pagemap::scan`] with PM_SCAN_* `flags` ([`PM_SCAN_WP_MATCHING`]
+    /// write-protects the pages it reports again, [`PM_SCAN_CHECK_WPASYNC`]
+    /// fails with EPERM on a VMA not registered in async write-protect
+    /// mode).
+    pub fn scan_flags(
+        &self,
+        start: u64,
+        end: u64,
+        q: Query,
+        flags: u64,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
         let mut regions = vec![PageRegion::default(); 512];
         let mut cur = start;
         while cur < end {
             let mut arg = PmScanArg {
                 size: std::mem::size_of::<PmScanArg>() as u64,
+                flags,
                 start: cur,
                 end,
                 vec: regions.as_mut_ptr() as u64,

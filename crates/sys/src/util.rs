@@ -706,3 +706,57 @@ pub fn own_keyring(spec: i64) -> Option<i64> {
     let r = unsafe { libc::syscall(libc::SYS_keyctl, 0i64, spec, 0i64) };
     (r >= 0).then_some(r)
 }
+
+/// pidfd_send_signal(2): a signal to exactly the process `pidfd` names.
+pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a pidfd we hold; no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(r, "pidfd_send_signal", None).map(|_| ())
+}
+
+/// Waits until every process of `pidfds` has exited (a pidfd polls
+/// readable once its process is gone).
+pub fn wait_all_exit(pidfds: &[OwnedFd]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pfds: Vec<libc::pollfd> = pidfds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !pfds.is_empty() {
+        // SAFETY: pfds is a valid pollfd array of its length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if r < 0 && last_errno() == libc::EINTR {
+            continue;
+        }
+        check(r.into(), "poll(pidfds)", None)?;
+        pfds.retain(|p| p.revents == 0);
+    }
+    Ok(())
+}
+
+/// Closes every descriptor of this process but those in `keep` (for a
+/// helper that must hold nothing else; call before anything owns one).
+pub fn close_others(keep: &[i32]) {
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open.into_iter().filter(|f| !keep.contains(f)) {
+        close_fd(fd);
+    }
+}

@@ -276,16 +276,7 @@ fn option_syntax_errors() {
 #[test]
 fn unimplemented_commands_refused_by_name() {
     let work = Work::new("cli_commands");
-    for cmd in [
-        "pre-dump",
-        "page-server",
-        "lazy-pages",
-        "swrk",
-        "service",
-        "dedup",
-        "cpuinfo",
-        "exec",
-    ] {
+    for cmd in ["lazy-pages", "swrk", "service", "dedup", "cpuinfo", "exec"] {
         let img = work.path(cmd);
         let args = strings(&[
             cmd,

@@ -142,7 +142,13 @@ pub(crate) fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> 
             spans.push((f.offset, f.offset + f.payload_len(), field));
         }
     }
-    for (i, r) in img.mm.pages.iter().enumerate() {
+    for (i, r) in img
+        .mm
+        .pages
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.in_parent)
+    {
         let len = r.nr_pages.saturating_mul(PAGE_SIZE);
         spans.push((
             r.offset,

@@ -19,6 +19,10 @@
 //!   each worker fills 64 KiB of its own and checks it and its TID after go.
 //!
 //! `--huge` asks for transparent huge pages (MADV_HUGEPAGE) on the dense area.
+//! `--write-mib-s N` (dense): once ready, a thread keeps writing N MiB/s of
+//! the dense area (every 10 ms the next pages in turn, each page's first
+//! word rewritten with its own value: dirty to the kernel, same content),
+//! until go.
 //! It writes `WORK/ready` (`READY <pid>`) and the number of bytes it filled
 //! to `WORK/filled`, waits for go, re-hashes everything it filled and writes
 //! PASS or FAIL to `WORK/result` (protocol in `stasis_tests`).
@@ -147,7 +151,20 @@ fn main() {
     }
     std::fs::write(proto.path("filled"), format!("{filled}\n")).expect("write filled");
 
+    let rate = args.num("write-mib-s", 0) as usize;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = match (rate, areas.first()) {
+        (r, Some((m, _))) if r > 0 && shape == "dense" => {
+            let (addr, len, stop) = (m.start(), m.len, stop.clone());
+            Some(std::thread::spawn(move || rewrite(addr, len, r, pg, &stop)))
+        }
+        _ => None,
+    };
     proto.ready_and_wait();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(w) = writer {
+        w.join().expect("writer");
+    }
 
     if args.corrupt() {
         if let Some((m, _)) = areas.first() {
@@ -192,6 +209,23 @@ fn main() {
     }
     wait_children(&proto, children, &mut report);
     proto.finish(&report);
+}
+
+/// Dirties `mib_s` MiB/s of [addr, addr + len) without changing it, until
+/// `stop`.
+fn rewrite(addr: usize, len: usize, mib_s: usize, pg: usize, stop: &std::sync::atomic::AtomicBool) {
+    let per_tick = ((mib_s << 20) / 100 / pg).max(1);
+    let pages = len / pg;
+    let mut next = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for _ in 0..per_tick {
+            let p = (addr + next * pg) as *mut u64;
+            // SAFETY: inside the live dense mapping; same value written back.
+            unsafe { p.write_volatile(p.read_volatile()) };
+            next = (next + 1) % pages;
+        }
+        stasis_tests::nap(10_000_000);
+    }
 }
 
 /// Memory of each process or thread in the `tree` and `threads` shapes.

@@ -93,6 +93,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_cgroup" => env!("CARGO_BIN_EXE_tp_cgroup"),
         "tp_seccomp" => env!("CARGO_BIN_EXE_tp_seccomp"),
         "tp_shmem" => env!("CARGO_BIN_EXE_tp_shmem"),
+        "tp_precopy" => env!("CARGO_BIN_EXE_tp_precopy"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)

@@ -1,0 +1,420 @@
+//! End-to-end tests for pre-copy (issue 13): `stasis pre-dump` twice, then
+//! `dump --prev-images-dir --track-mem`, restore through the chain; the
+//! program (tp_precopy) writes memory between rounds, maps, unmaps and
+//! moves areas, and checks every page itself after the restore.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+fn pre_dump(work: &Work, pid: i32, dir: &str, extra: &[&str]) {
+    let d = work.path(dir);
+    let pid_s = pid.to_string();
+    let log = format!("{dir}.log");
+    let mut args = vec![
+        "pre-dump",
+        "-t",
+        &pid_s,
+        "-D",
+        d.to_str().expect("utf-8"),
+        "-o",
+        &log,
+        "-v4",
+    ];
+    args.extend_from_slice(extra);
+    let out = stasis(work, &args, T);
+    if !out.success() {
+        fail(work, format!("pre-dump {dir} failed: {}", out.stderr));
+    }
+}
+
+/// The descriptors of `pid` as `fd -> link`.
+fn fds(pid: i32) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let l = fs::read_link(e.path()).ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    l.display().to_string(),
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Asks the program for step `k`; returns the pages it wrote.
+fn step(work: &Work, proc: &mut Proc, k: u64) -> u64 {
+    fs::write(work.path("step"), format!("{k}\n")).expect("write step");
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some((s, n)) = fs::read_to_string(work.path("stepped")).ok().and_then(|l| {
+            let mut w = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((w.next()??, w.next()??))
+        }) {
+            if s == k {
+                return n;
+            }
+        }
+        if let Ok(Some(e)) = proc.poll() {
+            fail(work, format!("program exited during step {k}: {e:?}"));
+        }
+        if Instant::now() > deadline {
+            fail(work, format!("no answer to step {k}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Bytes of page data of process `pid` in the image at `dir` (its page
+/// file minus the header). Only the root's: a dump unshares the pages it
+/// reads (process_vm_readv pins them), so a child's copy-on-write pages
+/// are its own in the next round.
+fn page_bytes(dir: &Path, pid: i32) -> u64 {
+    let f = dir.join(format!("pages-{pid}.img"));
+    fs::metadata(&f).expect("stat page file").len() - 4096
+}
+
+/// The holder PID recorded in the image at `dir`, if any.
+fn holder(work: &Work, dir: &Path) -> Option<i32> {
+    show(work, dir)["inventory"]["tracking"]["holder_pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+}
+
+/// Waits until `pid` is gone (reaping it if it became our child).
+fn wait_gone(work: &Work, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_exists(pid) {
+        let mut st = 0;
+        // SAFETY: WNOHANG wait for one PID that may have been reparented to us.
+        unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if Instant::now() > deadline {
+            fail(work, format!("PID {pid} still exists"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Two pre-dumps with writes between, a final dump; returns the running
+/// (killed) program and the fresh pages of the last step.
+fn chain(work: &Work, args: &[&str]) -> (Proc, u64) {
+    let mut p = start(work, Program::Bin("tp_precopy"), args);
+    step_ok(work, wait_ready(work, &mut p, T));
+    let before = fds(p.pid);
+    pre_dump(work, p.pid, "pre1", &[]);
+    // The tracker is not in the target's descriptor table, and the
+    // program goes on running.
+    assert_eq!(fds(p.pid), before, "{}", work.diagnostics());
+    let h1 = holder(work, &work.path("pre1")).expect("pre1 records its holder");
+    let n1 = step(work, &mut p, 1);
+    pre_dump(work, p.pid, "pre2", &["--prev-images-dir", "../pre1"]);
+    assert_eq!(fds(p.pid), before, "{}", work.diagnostics());
+    wait_gone(work, h1);
+    let n2 = step(work, &mut p, 2);
+    let pre1 = page_bytes(&work.path("pre1"), p.pid);
+    let pre2 = page_bytes(&work.path("pre2"), p.pid);
+    // Round 2 saved what step 1 wrote, and far less than round 1.
+    assert!(
+        pre2 >= n1 * 4096 && pre2 < pre1 / 4,
+        "pre1 {pre1} bytes, pre2 {pre2} bytes, step 1 wrote {n1} pages{}",
+        work.diagnostics()
+    );
+    let h2 = holder(work, &work.path("pre2")).expect("pre2 records its holder");
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre2", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(work, &mut p, &opts);
+    wait_gone(work, h2);
+    (p, n2)
+}
+
+#[test]
+fn precopy_two_pre_dumps_then_dump() {
+    let work = Work::new("precopy_chain");
+    let (p, n2) = chain(&work, &[]);
+    let pre1 = page_bytes(&work.path("pre1"), p.pid);
+    let last = page_bytes(&work.img(), p.pid);
+    assert!(
+        last >= n2 * 4096 && last < pre1 / 10,
+        "final {last} bytes, pre1 {pre1} bytes, step 2 wrote {n2} pages{}",
+        work.diagnostics()
+    );
+    let v = show(&work, &work.img());
+    assert!(
+        v.to_string().contains("\"in_parent\":true"),
+        "no run refers to the parent{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// A tree: a child tracked since the first pre-dump exits before the
+/// dump, another is forked after the last pre-dump (saved whole).
+#[test]
+fn precopy_tree_fork_and_exit() {
+    let work = Work::new("precopy_tree");
+    let (p, _) = chain(&work, &["--fork"]);
+    let v = show(&work, &work.path("pre2"));
+    let tracked = v["inventory"]["tracking"]["procs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        tracked,
+        2,
+        "pre2 tracks parent and child{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+#[test]
+fn negative_precopy_corrupt() {
+    let work = Work::new("precopy_corrupt");
+    let (p, _) = chain(&work, &["--corrupt"]);
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    let out = finish(&work, &mut r, T);
+    assert!(
+        out.result.starts_with("FAIL") && out.result.contains("area page"),
+        "corrupted run did not fail: {:?}",
+        out.result
+    );
+}
+
+/// A damaged or missing parent is refused before anything is created.
+#[test]
+fn precopy_parent_damaged_refused() {
+    let work = Work::new("precopy_parent");
+    let (p, _) = chain(&work, &[]);
+    let pages = work.path(&format!("pre1/pages-{}.img", p.pid));
+    let mut b = fs::read(&pages).expect("read pre1 pages");
+    let at = b.len() / 2;
+    b[at] ^= 1;
+    fs::write(&pages, &b).expect("write");
+    let out = restore_detached(&work, &[], T);
+    assert!(
+        !out.success() && out.stderr.contains("checksum") && out.stderr.contains("pre1"),
+        "{out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a process was created");
+    b[at] ^= 1;
+    fs::write(&pages, &b).expect("write");
+    fs::rename(work.path("pre2"), work.path("pre2.moved")).expect("rename");
+    let out = restore_detached(&work, &[], T);
+    assert!(!out.success() && out.stderr.contains("pre2"), "{out:?}");
+    assert!(!pid_exists(p.pid), "a process was created");
+    // Put back, the chain restores.
+    fs::rename(work.path("pre2.moved"), work.path("pre2")).expect("rename");
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// A dump without `--prev-images-dir` of a tracked process saves every
+/// page and ends the tracking; a dump naming a missing parent is refused
+/// with the process left running.
+#[test]
+fn precopy_plain_dump_after_pre_dump() {
+    let work = Work::new("precopy_plain");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &[]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    pre_dump(&work, p.pid, "pre1", &[]);
+    let h1 = holder(&work, &work.path("pre1")).expect("holder");
+    step(&work, &mut p, 1);
+    let out = dump(&work, p.pid, &["--prev-images-dir", "../nonexistent"], T);
+    assert!(
+        !out.success() && out.stderr.contains("nonexistent"),
+        "{out:?}"
+    );
+    step_ok(&work, p.check_running_untraced());
+    assert!(pid_exists(h1), "the failed dump ended the tracking");
+    dump_and_check_gone(&work, &mut p, &Opts::default());
+    wait_gone(&work, h1);
+    let pre1 = page_bytes(&work.path("pre1"), p.pid);
+    assert!(
+        page_bytes(&work.img(), p.pid) >= pre1,
+        "{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+fn step_ok<T>(work: &Work, r: Result<T, String>) -> T {
+    common::step(work, "waiting for ready", r)
+}
+
+/// A free TCP port on the loopback (the listener is closed again).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `dump --page-server` sends the image to `stasis page-server` over the
+/// loopback; the server's copy (verified before it answers) restores.
+/// Without a server the dump is refused and the process runs on.
+#[test]
+fn page_server_loopback() {
+    let work = Work::new("page_server");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &["--pages", "4096"]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    let port = free_port().to_string();
+    let local = work.path("local");
+    let pid_s = p.pid.to_string();
+    let dump_args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        local.to_str().expect("utf-8"),
+        "-o",
+        "dump.log",
+        "--page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ];
+    let out = stasis(&work, &dump_args, T);
+    assert!(
+        !out.success() && out.stderr.contains("page server") && out.stderr.contains(&pid_s),
+        "{out:?}"
+    );
+    step_ok(&work, p.check_running_untraced());
+
+    let log = work.path("ps.log");
+    let img = work.img();
+    let mut server = std::process::Command::new(stasis_bin())
+        .args([
+            "page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "-D",
+        ])
+        .arg(&img)
+        .arg("-o")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start page server");
+    let deadline = Instant::now() + T;
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("listening")) {
+        assert!(Instant::now() < deadline, "page server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = stasis(&work, &dump_args, T);
+    let served = server.wait().expect("page server");
+    if !out.success() || !served.success() {
+        let _ = server.kill();
+        fail(&work, format!("dump {out:?}, page server {served:?}"));
+    }
+    assert_eq!(
+        step_ok(&work, p.wait(Duration::from_secs(10))),
+        Exit::Signal(libc::SIGKILL)
+    );
+    assert!(img.join("inventory.img").exists() && local.join("inventory.img").exists());
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// Pre-dump `program`, dump it against the pre-dump, restore: PASS, and
+/// the final page file at most half the pre-dump's.
+fn pre_dump_then_dump(work: &Work, program: Program) {
+    let mut p = start(work, program, &[]);
+    step_ok(work, wait_ready(work, &mut p, T));
+    pre_dump(work, p.pid, "pre1", &[]);
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre1", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(work, &mut p, &opts);
+    let (pre1, last) = (
+        page_bytes(&work.path("pre1"), p.pid),
+        page_bytes(&work.img(), p.pid),
+    );
+    assert!(
+        last < pre1 / 2,
+        "pre1 {pre1} bytes, final {last}{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(work, p.pid, &Opts::default());
+    finish(work, &mut r, T).assert_pass(work);
+}
+
+/// A CPython interpreter (tp_python).
+#[test]
+fn precopy_python() {
+    pre_dump_then_dump(&Work::new("precopy_python"), Program::Python);
+}
+
+/// A Go program (tp_go: goroutines, runtime threads, GC).
+#[test]
+fn precopy_go() {
+    match go_program() {
+        Ok(_) => pre_dump_then_dump(&Work::new("precopy_go"), Program::Go),
+        Err(e) if e == NO_GO => eprintln!("SKIP precopy_go: {NO_GO}"),
+        Err(e) => panic!("precopy_go: {e}"),
+    }
+}
+
+/// A round that fails after re-arming the trackers (injected fault after
+/// the pages are written): the tree runs on, the parent's tracking is
+/// ended (it no longer tells what changed since the parent), and the next
+/// dump against that parent saves every page; the restore passes.
+#[test]
+fn precopy_failed_round_ends_tracking() {
+    let work = Work::new("precopy_failed_round");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &["--pages", "4096"]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    pre_dump(&work, p.pid, "pre1", &[]);
+    let h1 = holder(&work, &work.path("pre1")).expect("holder");
+    step(&work, &mut p, 1);
+    let pre2 = work.path("pre2");
+    let out = std::process::Command::new(stasis_bin())
+        .args(["pre-dump", "-t", &p.pid.to_string(), "-D"])
+        .arg(&pre2)
+        .args(["--prev-images-dir", "../pre1"])
+        .env("STASIS_FAULT", "dump:write image")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run stasis");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("injected"), "{err}");
+    assert!(!pre2.join("inventory.img").exists());
+    step_ok(&work, p.check_running_untraced());
+    wait_gone(&work, h1);
+    step(&work, &mut p, 2);
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre1", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(&work, &mut p, &opts);
+    let (pre1, last) = (
+        page_bytes(&work.path("pre1"), p.pid),
+        page_bytes(&work.img(), p.pid),
+    );
+    assert!(
+        last > pre1 / 2,
+        "pre1 {pre1} bytes, final {last}: tracking not ended{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
