@@ -67,7 +67,7 @@ fn check(pid: u32, status: &Status) -> Result<()> {
 pub(crate) fn collect(
     frozen: &mut Frozen,
     shell_job: bool,
-    skip_in_flight: bool,
+    sockets: kinds::SockOpts,
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -83,7 +83,7 @@ pub(crate) fn collect(
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     check(pid, &status)?;
-    let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
+    let fds = kinds::collect_fds(pid, shell_job, sockets)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
 

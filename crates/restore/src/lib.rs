@@ -71,6 +71,8 @@ pub struct RestoreOptions {
     /// criu's `--shell-job`: terminal descriptors are opened on the
     /// restorer's own terminal (the processes join its session).
     pub shell_job: bool,
+    /// criu's `--tcp-close`: TCP connections are restored closed.
+    pub tcp_close: bool,
 }
 
 /// A restored, running process (a child of the caller).
@@ -335,6 +337,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         image.inventory.pid_ns || opts.new_pid_ns,
         opts.shell_job,
         image.inventory.uts.as_ref(),
+        tree::Net {
+            tcp_close: opts.tcp_close,
+            lock: image.inventory.net_lock.as_ref(),
+        },
     )?;
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());

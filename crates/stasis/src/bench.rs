@@ -359,6 +359,9 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         shell_job: false,
         file_locks: false,
         skip_in_flight: false,
+        tcp_established: false,
+        tcp_close: false,
+        network_lock: stasis_sys::netlock::Method::Skip,
         timeout: None,
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
     })?;
@@ -391,6 +394,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         images_dir: img.clone(),
         allow_changed_files: false,
         new_pid_ns: false,
+        tcp_close: false,
         shell_job: false,
     })?;
     let restore = t.elapsed();

@@ -26,6 +26,10 @@ struct Request {
     /// criu's `--skip-in-flight`: drop connections waiting in a TCP
     /// listener's accept queue.
     skip_in_flight: bool,
+    /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
+    tcp_established: bool,
+    tcp_close: bool,
+    network_lock: Option<stasis_sys::netlock::Method>,
     timeout: Option<u64>,
     ghost_limit: Option<u64>,
     detached: bool,
@@ -121,6 +125,14 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "skip-in-flight" => r.skip_in_flight = on,
+        "tcp-established" => r.tcp_established = on,
+        "tcp-close" => r.tcp_close = on,
+        "network-lock" => {
+            r.network_lock = g
+                .value
+                .as_deref()
+                .and_then(stasis_sys::netlock::Method::parse)
+        }
         "timeout" => r.timeout = Some(number(g)?),
         "ghost-limit" => {
             r.ghost_limit = Some(
@@ -310,6 +322,12 @@ fn dump(r: &Request) -> Result<ExitCode> {
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
+        tcp_established: r.tcp_established,
+        tcp_close: r.tcp_close,
+        // criu's default.
+        network_lock: r
+            .network_lock
+            .unwrap_or(stasis_sys::netlock::Method::Iptables),
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
     };
@@ -334,6 +352,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
         allow_changed_files: r.allow_changed_files,
         new_pid_ns: r.new_pid_ns,
         shell_job: r.shell_job,
+        tcp_close: r.tcp_close,
     };
     let restored = stasis_restore::restore(&opts)?;
     let pid = restored.pid;

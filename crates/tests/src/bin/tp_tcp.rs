@@ -1,0 +1,640 @@
+//! tp_tcp: established TCP connections survive checkpoint/restore
+//! (`--tcp-established`), byte-exact both ways, without the peer seeing a
+//! reset.
+//!
+//! Set up before the dump:
+//! * a peer OUTSIDE the dumped tree: a process started by a double fork in
+//!   a new session (its parent exits, so it is no descendant), listening on
+//!   127.0.0.1 and [::1] (and, with `--mapped`, on 127.0.0.1 reached from a
+//!   dual-stack IPv6 socket as ::ffff:127.0.0.1); the program connects to
+//!   each. The peer sends 50 000 bytes the program does not read (its
+//!   receive queue) and reads nothing, while the program writes until its
+//!   send queue is full (EAGAIN): data in flight, acknowledged and not.
+//! * a connection with both ends inside the program (IPv4): one end writes
+//!   until full, the other sends 30 000 bytes not read.
+//! Every socket is non-blocking; some have TCP_NODELAY, SO_KEEPALIVE.
+//!
+//! After restore each end checks its addresses, O_NONBLOCK and options,
+//! then both ends of every connection go on: each sends 200 000 more bytes
+//! of its stream (byte i of a direction's stream is a function of i), then
+//! its total, then shuts down its writing side, while reading everything
+//! the other side sent until end of file: every byte must be the one
+//! expected at its position and the total must match (nothing lost,
+//! duplicated or reordered). The peer writes its own verdict (a reset is a
+//! FAIL) into peer-N.result, which the program waits for.
+//!
+//! `--close` (dump or restore with `--tcp-close`): the connections come
+//! back closed: reading gives end of file, writing EPIPE.
+//!
+//! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close]`
+
+use stasis_tests::{errno, Proto, Report};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const PEER_UNREAD: usize = 50_000;
+const INSIDE_UNREAD: usize = 30_000;
+const MORE: usize = 200_000;
+
+/// Byte `i` of the stream of direction `seed`.
+fn gen(seed: u64, i: u64) -> u8 {
+    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (x >> 29) as u8 ^ (i as u8)
+}
+
+fn fill(seed: u64, from: u64, buf: &mut [u8]) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = gen(seed, from + k as u64);
+    }
+}
+
+fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v) => {
+            // SAFETY: storage fits a sockaddr_in.
+            let s: &mut libc::sockaddr_in = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin_family = libc::AF_INET as u16;
+            s.sin_port = v.port().to_be();
+            s.sin_addr.s_addr = u32::from(*v.ip()).to_be();
+            16
+        }
+        SocketAddr::V6(v) => {
+            // SAFETY: storage fits a sockaddr_in6.
+            let s: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
+            s.sin6_family = libc::AF_INET6 as u16;
+            s.sin6_port = v.port().to_be();
+            s.sin6_addr.s6_addr = v.ip().octets();
+            28
+        }
+    };
+    (ss, len)
+}
+
+fn name(fd: i32, peer: bool) -> Option<SocketAddr> {
+    // SAFETY: zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    let p = std::ptr::addr_of_mut!(ss).cast();
+    // SAFETY: ss and len are live out-parameters.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    if r != 0 {
+        return None;
+    }
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(ss).cast() };
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(ss).cast() };
+            Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
+                u16::from_be(a.sin6_port),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn sock(family: i32) -> i32 {
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: errno {}", errno());
+    fd
+}
+
+fn set(fd: i32, level: i32, opt: i32, v: i32) {
+    // SAFETY: v lives for the call.
+    let r = unsafe { libc::setsockopt(fd, level, opt, std::ptr::addr_of!(v).cast(), 4) };
+    assert_eq!(r, 0, "setsockopt({level}, {opt}): errno {}", errno());
+}
+
+fn get(fd: i32, level: i32, opt: i32) -> i32 {
+    let (mut v, mut len) = (0i32, 4u32);
+    // SAFETY: v and len are live out-parameters.
+    unsafe { libc::getsockopt(fd, level, opt, std::ptr::addr_of_mut!(v).cast(), &mut len) };
+    v
+}
+
+fn listener(a: SocketAddr, v6only: Option<i32>) -> i32 {
+    let fd = sock(if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    });
+    if let Some(v) = v6only {
+        set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v);
+    }
+    let (ss, len) = sockaddr(&a);
+    // SAFETY: ss holds an address of length len.
+    let r = unsafe { libc::bind(fd, std::ptr::addr_of!(ss).cast(), len) };
+    assert_eq!(r, 0, "bind {a}: errno {}", errno());
+    // SAFETY: plain call.
+    assert_eq!(unsafe { libc::listen(fd, 8) }, 0);
+    fd
+}
+
+fn connect(family: i32, to: SocketAddr) -> i32 {
+    let fd = sock(family);
+    if family == libc::AF_INET6 {
+        set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
+    }
+    let (ss, len) = sockaddr(&to);
+    // SAFETY: ss holds an address of length len.
+    let r = unsafe { libc::connect(fd, std::ptr::addr_of!(ss).cast(), len) };
+    assert_eq!(r, 0, "connect {to}: errno {}", errno());
+    fd
+}
+
+fn accept(l: i32) -> i32 {
+    // SAFETY: null address out-parameters are allowed.
+    let fd = unsafe {
+        libc::accept4(
+            l,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "accept: errno {}", errno());
+    fd
+}
+
+fn nonblock(fd: i32) {
+    // SAFETY: plain fcntl calls.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
+}
+
+fn send_some(fd: i32, buf: &[u8]) -> Result<usize, i32> {
+    // SAFETY: sending from a live slice.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Sends `n` bytes of stream `seed` from position `*pos` (blocking by
+/// polling), or until the socket takes no more when `n` is None.
+fn push(fd: i32, seed: u64, pos: &mut u64, n: Option<usize>) -> Result<(), String> {
+    let mut buf = vec![0u8; 16 << 10];
+    let end = n.map(|n| *pos + n as u64);
+    loop {
+        let want = end.map_or(buf.len() as u64, |e| (e - *pos).min(buf.len() as u64)) as usize;
+        if want == 0 {
+            return Ok(());
+        }
+        fill(seed, *pos, &mut buf[..want]);
+        match send_some(fd, &buf[..want]) {
+            Ok(k) => *pos += k as u64,
+            Err(libc::EAGAIN) if end.is_none() => return Ok(()),
+            Err(libc::EAGAIN) => wait(fd, libc::POLLOUT)?,
+            Err(e) => return Err(format!("send: errno {e}")),
+        }
+    }
+}
+
+fn wait(fd: i32, ev: i16) -> Result<(), String> {
+    let mut p = libc::pollfd {
+        fd,
+        events: ev,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, 30_000) };
+    if r == 0 {
+        return Err(format!("poll({ev}) timed out after 30 s"));
+    }
+    Ok(())
+}
+
+/// One end of a connection: its descriptor, the stream it sends, how much
+/// it sent, the stream it expects.
+struct End {
+    fd: i32,
+    tx_seed: u64,
+    tx: u64,
+    rx_seed: u64,
+}
+
+/// After restore: sends MORE bytes, its total, shuts down writing, and
+/// reads the other side's stream to end of file, checking every byte.
+fn carry_on(e: &mut End) -> Result<String, String> {
+    let mut sent_more = 0usize;
+    let mut trailer_sent = false;
+    let mut got: Vec<u8> = Vec::new();
+    let mut rx = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("timed out: {rx} bytes received, {} sent", e.tx));
+        }
+        if !trailer_sent {
+            if sent_more < MORE {
+                let before = e.tx;
+                let n = (MORE - sent_more).min(16 << 10);
+                let mut chunk = vec![0u8; n];
+                fill(e.tx_seed, e.tx, &mut chunk);
+                match send_some(e.fd, &chunk) {
+                    Ok(k) => e.tx += k as u64,
+                    Err(libc::EAGAIN) => {}
+                    Err(x) => return Err(format!("send after restore: errno {x}")),
+                }
+                sent_more += (e.tx - before) as usize;
+            } else {
+                let t = e.tx.to_le_bytes();
+                match send_some(e.fd, &t) {
+                    Ok(8) => {
+                        trailer_sent = true;
+                        // SAFETY: plain call.
+                        unsafe { libc::shutdown(e.fd, libc::SHUT_WR) };
+                    }
+                    Ok(k) => return Err(format!("short trailer send {k}")),
+                    Err(libc::EAGAIN) => {}
+                    Err(x) => return Err(format!("send trailer: errno {x}")),
+                }
+            }
+        }
+        // SAFETY: reading into a live buffer.
+        let n = unsafe { libc::recv(e.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            // Keep the last 8 bytes aside: they may be the trailer.
+            got.extend_from_slice(&buf[..n as usize]);
+            let keep = got.len().saturating_sub(8);
+            for (k, &b) in got[..keep].iter().enumerate() {
+                let i = rx + k as u64;
+                if b != gen(e.rx_seed, i) {
+                    return Err(format!(
+                        "byte {i} is {b:#x}, expected {:#x}",
+                        gen(e.rx_seed, i)
+                    ));
+                }
+            }
+            rx += keep as u64;
+            got.drain(..keep);
+        } else if n == 0 {
+            if !trailer_sent {
+                continue;
+            }
+            if got.len() != 8 {
+                return Err(format!("end of file after {rx} bytes without a total"));
+            }
+            let total = u64::from_le_bytes(got[..8].try_into().unwrap_or([0; 8]));
+            if total != rx {
+                return Err(format!("received {rx} bytes, the sender sent {total}"));
+            }
+            return Ok(format!("{rx} received, {} sent", e.tx));
+        } else {
+            match errno() {
+                libc::EAGAIN => {
+                    let ev = if trailer_sent {
+                        libc::POLLIN
+                    } else {
+                        libc::POLLIN | libc::POLLOUT
+                    };
+                    wait(e.fd, ev)?;
+                }
+                x => return Err(format!("recv after {rx} bytes: errno {x} (reset?)")),
+            }
+        }
+    }
+}
+
+/// Resets a connection whose check failed, so its other end stops at once.
+fn abort(fd: i32) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: l lives for the call; the descriptor is not used afterwards.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(l).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+        libc::close(fd);
+    }
+}
+
+fn peer_result(proto: &Proto, k: usize) -> String {
+    proto
+        .path(&format!("peer-{k}.result"))
+        .display()
+        .to_string()
+}
+
+/// The peer, outside the tree: accepts one connection per listener,
+/// sends PEER_UNREAD bytes on each, reads nothing until go (or until a
+/// connection ends before it: FAIL), then carries on and writes its verdict.
+fn peer(proto: &Proto, listeners: &[i32]) -> ! {
+    let mut conns: Vec<End> = listeners
+        .iter()
+        .enumerate()
+        .map(|(k, &l)| {
+            let fd = accept(l);
+            nonblock(fd);
+            End {
+                fd,
+                tx_seed: 100 + k as u64,
+                tx: 0,
+                rx_seed: 200 + k as u64,
+            }
+        })
+        .collect();
+    for c in &mut conns {
+        let mut pos = 0;
+        let _ = push(c.fd, c.tx_seed, &mut pos, Some(PEER_UNREAD));
+        c.tx = pos;
+    }
+    let start = Instant::now();
+    while !proto.go_released() {
+        let dead = conns.iter().any(|c| {
+            let mut p = libc::pollfd {
+                fd: c.fd,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            unsafe { libc::poll(&mut p, 1, 0) };
+            p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+        });
+        if dead || !proto.dir().exists() || start.elapsed() > Duration::from_secs(300) {
+            for k in 0..conns.len() {
+                let _ = std::fs::write(peer_result(proto, k), "FAIL: closed before go\n");
+            }
+            std::process::exit(1);
+        }
+        stasis_tests::nap(stasis_tests::POLL_NS);
+    }
+    std::thread::scope(|s| {
+        for (k, c) in conns.iter_mut().enumerate() {
+            s.spawn(move || {
+                let line = match carry_on(c).inspect_err(|_| abort(c.fd)) {
+                    Ok(m) => format!("PASS: {m}\n"),
+                    Err(m) => format!("FAIL: {m}\n"),
+                };
+                let path = peer_result(proto, k);
+                let tmp = format!("{path}.tmp");
+                if std::fs::write(&tmp, line).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+            });
+        }
+    });
+    std::process::exit(0);
+}
+
+/// Starts the peer by a double fork into a new session; returns once its
+/// first child has exited (the peer is then nobody's descendant here).
+fn start_peer(proto: &Proto, listeners: &[i32]) {
+    // SAFETY: fork in a single-threaded program.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: plain calls in the child.
+        unsafe { libc::setsid() };
+        // SAFETY: as above.
+        if unsafe { libc::fork() } == 0 {
+            peer(proto, listeners);
+        }
+        // SAFETY: leave at once.
+        unsafe { libc::_exit(0) };
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    for &l in listeners {
+        // SAFETY: our copies of the listeners are not needed.
+        unsafe { libc::close(l) };
+    }
+}
+
+/// Waits until `n` bytes are waiting on `fd`.
+fn await_inq(fd: i32, n: usize) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let mut v = 0i32;
+        // SAFETY: FIONREAD writes one int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut v) };
+        if v as usize >= n {
+            return;
+        }
+        stasis_tests::nap(5_000_000);
+    }
+}
+
+struct Before {
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    nodelay: i32,
+    keepalive: i32,
+}
+
+fn before(fd: i32) -> Before {
+    Before {
+        local: name(fd, false),
+        peer: name(fd, true),
+        nodelay: get(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        keepalive: get(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    }
+}
+
+fn check_same(report: &mut Report, what: &str, fd: i32, b: &Before) {
+    let a = before(fd);
+    report.eq(&format!("{what}: local address"), b.local, a.local);
+    report.eq(&format!("{what}: peer address"), b.peer, a.peer);
+    report.eq(&format!("{what}: TCP_NODELAY"), b.nodelay, a.nodelay);
+    report.eq(&format!("{what}: SO_KEEPALIVE"), b.keepalive, a.keepalive);
+    // SAFETY: plain fcntl.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    report.check(fl & libc::O_NONBLOCK != 0, || {
+        format!("{what}: O_NONBLOCK lost")
+    });
+}
+
+/// `--close`: every end reads end of file (or an error) and cannot write.
+fn check_closed(report: &mut Report, what: &str, fd: i32) {
+    let mut b = [0u8; 16];
+    // SAFETY: reading into a live buffer.
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT) };
+    report.check(n <= 0 && (n == 0 || errno() != libc::EAGAIN), || {
+        format!(
+            "{what}: read {n} (errno {}) on a closed connection",
+            errno()
+        )
+    });
+    let r = send_some(fd, b"x");
+    report.check(r.is_err(), || {
+        format!("{what}: a write succeeded on a closed connection")
+    });
+}
+
+fn main() {
+    let (proto, args) = Proto::from_args();
+    let mut report = Report::new();
+    let lo4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let lo6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0);
+    // The peer's listeners: IPv4, IPv6, and (--mapped) IPv4 again for a
+    // dual-stack client.
+    let mut ls = vec![listener(lo4, None), listener(lo6, Some(1))];
+    if args.flag("mapped") {
+        ls.push(listener(lo4, None));
+    }
+    let addrs: Vec<SocketAddr> = ls.iter().filter_map(|&l| name(l, false)).collect();
+    // The peer first: it must not inherit the program's connections.
+    start_peer(&proto, &ls);
+    let mut ends: Vec<(String, End)> = Vec::new();
+    for (k, a) in addrs.iter().enumerate() {
+        let (family, to) = match k {
+            0 => (libc::AF_INET, *a),
+            1 => (libc::AF_INET6, *a),
+            _ => {
+                let m = match a.ip() {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                (libc::AF_INET6, SocketAddr::new(IpAddr::V6(m), a.port()))
+            }
+        };
+        let fd = connect(family, to);
+        ends.push((
+            format!("outside peer over {to}"),
+            End {
+                fd,
+                tx_seed: 200 + k as u64,
+                tx: 0,
+                rx_seed: 100 + k as u64,
+            },
+        ));
+    }
+    // Both ends inside.
+    let l = listener(lo4, None);
+    let a = connect(libc::AF_INET, name(l, false).unwrap_or(lo4));
+    let b = accept(l);
+    // SAFETY: the listener is not needed any more.
+    unsafe { libc::close(l) };
+    ends.push((
+        "inside, writer".into(),
+        End {
+            fd: a,
+            tx_seed: 300,
+            tx: 0,
+            rx_seed: 301,
+        },
+    ));
+    ends.push((
+        "inside, reader".into(),
+        End {
+            fd: b,
+            tx_seed: 301,
+            tx: 0,
+            rx_seed: 300,
+        },
+    ));
+    for (k, (_, e)) in ends.iter_mut().enumerate() {
+        nonblock(e.fd);
+        set(e.fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (k % 2) as i32);
+        set(
+            e.fd,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            1 - (k % 2) as i32,
+        );
+    }
+    // Queues: the reader inside sends INSIDE_UNREAD bytes; every other end
+    // writes until its send queue is full.
+    let n = ends.len();
+    for (k, (what, e)) in ends.iter_mut().enumerate() {
+        let amount = (k == n - 1).then_some(INSIDE_UNREAD);
+        if let Err(m) = push(e.fd, e.tx_seed, &mut e.tx, amount) {
+            report.fail(format!("{what}: filling: {m}"));
+        }
+    }
+    for (k, (_, e)) in ends.iter().enumerate() {
+        let want = if k < n - 2 {
+            PEER_UNREAD
+        } else if k == n - 2 {
+            INSIDE_UNREAD
+        } else {
+            1
+        };
+        await_inq(e.fd, want);
+    }
+    let saved: Vec<Before> = ends.iter().map(|(_, e)| before(e.fd)).collect();
+    proto.ready_and_wait();
+    if args.corrupt() {
+        ends[0].1.rx_seed ^= 1;
+    }
+    for ((what, e), b) in ends.iter().zip(&saved) {
+        check_same(&mut report, what, e.fd, b);
+    }
+    if args.flag("close") {
+        for (what, e) in &ends {
+            check_closed(&mut report, what, e.fd);
+        }
+        proto.finish(&report);
+    }
+    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = ends
+            .iter_mut()
+            .map(|(_, e)| s.spawn(move || carry_on(e).inspect_err(|_| abort(e.fd))))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
+    });
+    for ((what, _), r) in ends.iter().zip(results) {
+        match r {
+            Ok(m) => eprintln!("tp_tcp: {what}: {m}"),
+            Err(m) => report.fail(format!("{what}: {m}")),
+        }
+    }
+    for k in 0..addrs.len() {
+        let path = peer_result(&proto, k);
+        let t = Instant::now();
+        let line = loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                break "FAIL: no verdict".into();
+            }
+            stasis_tests::nap(stasis_tests::POLL_NS);
+        };
+        report.check(line.starts_with("PASS"), || {
+            format!("peer {k}: {}", line.trim())
+        });
+    }
+    proto.finish(&report);
+}
