@@ -134,3 +134,108 @@ fn cr_tcp_close_on_restore() {
 fn cr_tcp_close_on_dump() {
     tcp_case("cr_tcp_close_on_dump", &["--close"], &["--tcp-close"], &[]);
 }
+
+/// `stasis ARGS` with extra environment (a fault to inject); (success,
+/// stderr).
+fn stasis_env(work: &Work, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(stasis_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| fail(work, format!("spawn stasis: {e}")));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn started(work: &Work, args: &[&str]) -> Proc {
+    let mut p = start(work, Program::Bin("tp_tcp"), args);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, Opts::default().ready_timeout),
+    );
+    p
+}
+
+/// Whether a lock of the tree rooted at `pid` exists.
+fn locked(pid: i32) -> bool {
+    lock_rules().contains(&format!("stasis_{pid}_"))
+}
+
+/// A dump failing after the lock and repair mode: the lock is released,
+/// repair is off, the program carries on with every connection intact and
+/// the peer saw nothing.
+#[test]
+fn tcp_failed_dump_unlocks() {
+    let work = Work::new("tcp_failed_dump_unlocks");
+    let mut p = started(&work, &[]);
+    std::fs::create_dir_all(work.img()).expect("img dir");
+    let pid = p.pid.to_string();
+    let img = work.img().display().to_string();
+    let args = [
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        &img,
+        "--tcp-established",
+        "--network-lock",
+        "nftables",
+    ];
+    let (ok, err) = stasis_env(&work, &args, &[("STASIS_FAULT", "dump:collect")]);
+    assert!(!ok && err.contains("injected"), "dump did not fail: {err}");
+    assert!(
+        !locked(p.pid),
+        "lock left after a failed dump: {}",
+        lock_rules()
+    );
+    finish(&work, &mut p, Opts::default().finish_timeout).assert_pass(&work);
+}
+
+/// A restore failing at its last step leaves the lock (the peers wait);
+/// a second restore of the same image succeeds and releases it.
+#[test]
+fn tcp_failed_restore_keeps_lock() {
+    let work = Work::new("tcp_failed_restore_keeps_lock");
+    let opts = Opts {
+        dump_extra: vec!["--tcp-established", "--network-lock", "nftables"],
+        ..Opts::default()
+    };
+    let mut p = started(&work, &[]);
+    dump_and_check_gone(&work, &mut p, &opts);
+    let img = work.img().display().to_string();
+    let (ok, err) = stasis_env(
+        &work,
+        &["restore", "-D", &img, "-d"],
+        &[("STASIS_FAULT", "restore:resume")],
+    );
+    assert!(
+        !ok && err.contains("injected"),
+        "restore did not fail: {err}"
+    );
+    assert!(!pid_exists(p.pid), "a failed restore left PID {}", p.pid);
+    assert!(locked(p.pid), "the lock went with a failed restore");
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+    no_leak(&work);
+}
+
+/// dump -R --tcp-established: the connections keep working (repair off,
+/// lock released) and nothing is left locked.
+#[test]
+fn tcp_leave_running() {
+    let work = Work::new("tcp_leave_running");
+    let mut p = started(&work, &["--mapped"]);
+    let out = dump(
+        &work,
+        p.pid,
+        &["-R", "--tcp-established"],
+        Opts::default().stasis_timeout,
+    );
+    assert!(out.success(), "dump -R failed: {}", out.stderr);
+    assert!(!locked(p.pid), "lock left after dump -R: {}", lock_rules());
+    finish(&work, &mut p, Opts::default().finish_timeout).assert_pass(&work);
+}
