@@ -6,9 +6,8 @@
 //!
 //! Saved: TCP sockets that are not connected (listening, or bound or not);
 //! UDP sockets bound and/or connected, with the datagrams waiting (their
-//! sources and destinations: `udpq`). Refused by name:
-//! established or closing TCP connections (criu's `--tcp-established`, not
-//! implemented), connections waiting in a listener's accept queue (unless
+//! sources and destinations: `udpq`); connected TCP sockets go to
+//! [`super::tcp`]. Refused by name: connections waiting in a listener's accept queue (unless
 //! `--skip-in-flight`, which drops them), empty or corked datagrams, a
 //! socket filter, other protocols over IP (raw, ICMP, SCTP, MPTCP) and
 //! other address families (netlink, packet, ...). AF_UNIX is left to

@@ -12,6 +12,7 @@
 //!   send queue is full (EAGAIN): data in flight, acknowledged and not.
 //! * a connection with both ends inside the program (IPv4): one end writes
 //!   until full, the other sends 30 000 bytes not read.
+//!
 //! Every socket is non-blocking; some have TCP_NODELAY, SO_KEEPALIVE.
 //!
 //! After restore each end checks its addresses, O_NONBLOCK and options,
