@@ -25,6 +25,8 @@ const TCPI_OPT_WSCALE: u8 = 4;
 /// Bytes handed to the kernel per send while refilling a queue (the
 /// receive queue takes one buffer per call).
 const CHUNK: usize = 64 << 10;
+const FIN_WAIT1: u8 = 4;
+const FIN_WAIT2: u8 = 5;
 
 /// The kernel's `struct tcp_repair_window`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,8 +150,14 @@ pub fn dump(fd: &OwnedFd, limit: usize) -> Result<Stream> {
         return Err(SysError::other("TCP_INFO", None, "short answer"));
     }
     let inq = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")? as usize;
-    let outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")? as usize;
-    let unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
+    let mut outq = ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")? as usize;
+    let mut unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
+    // Our FIN, not yet acknowledged, takes a sequence number at the end
+    // of the send queue (unsent if `unsent` counts it) but no byte.
+    if info[0] == FIN_WAIT1 && outq > 0 {
+        outq -= 1;
+        unsent = unsent.saturating_sub(1);
+    }
     if inq > limit || outq > limit {
         return Err(SysError::other(
             "TCP queues",
@@ -240,7 +248,14 @@ fn fill_queues(fd: &OwnedFd, s: &Stream) -> Result<()> {
 /// options and buffer sizes are set: repair on, bind, queue sequences,
 /// connect (no SYN), TCP options, the queues, the window. Repair stays on
 /// (see [`set_repair`]) until the caller's network lock is released.
+///
+/// FIN_WAIT1 and FIN_WAIT2 (our FIN sent, acknowledged or not) are rebuilt
+/// as ESTABLISHED without the FIN's sequence number, then shut down for
+/// writing: the FIN goes (again) once the lock is released; a peer that
+/// had it acknowledges it again, and the socket reaches FIN_WAIT2.
 pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) -> Result<()> {
+    let fin = matches!(s.state, FIN_WAIT1 | FIN_WAIT2);
+    let write_seq = s.write_seq.wrapping_sub(u32::from(fin));
     set_repair(fd, 1)?;
     sock::bind(fd, local)?;
     let outq = s.send_queue.len() as u32;
@@ -257,7 +272,7 @@ pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) 
         fd,
         libc::IPPROTO_TCP,
         TCP_QUEUE_SEQ,
-        s.write_seq.wrapping_sub(outq) as i32,
+        write_seq.wrapping_sub(outq) as i32,
     )?;
     sock::connect(fd, peer)?;
     set_options(fd, s)?;
@@ -286,5 +301,12 @@ pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) 
         .flat_map(|v| v.to_ne_bytes())
         .collect();
     sock::set_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &bytes)?;
-    sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+    sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)?;
+    if fin {
+        set_repair(fd, TCP_REPAIR_OFF_NO_WP)?;
+        let r = sock::shutdown(fd, 2);
+        set_repair(fd, 1)?;
+        r?;
+    }
+    Ok(())
 }

@@ -239,3 +239,22 @@ fn tcp_leave_running() {
     assert!(!locked(p.pid), "lock left after dump -R: {}", lock_rules());
     finish(&work, &mut p, Opts::default().finish_timeout).assert_pass(&work);
 }
+
+/// Half-closed by the program (FIN_WAIT1 behind a full send queue,
+/// FIN_WAIT2): restored; the peers read everything to end of file and
+/// still send to the program.
+#[test]
+fn cr_tcp_half_closed() {
+    tcp_case(
+        "cr_tcp_half_closed",
+        &["--half-closed"],
+        &["--tcp-established", "--network-lock", "nftables"],
+        &[],
+    );
+}
+
+#[test]
+fn selfcheck_tcp_half_closed() {
+    let work = Work::new("selfcheck_tcp_half_closed");
+    run_plain(&work, Program::Bin("tp_tcp"), &["--half-closed"]).assert_pass(&work);
+}

@@ -9,10 +9,11 @@
 //! a word to the peer (the network lock, `crate::netlock`, holds the rest);
 //! a failed dump or `--leave-running` turns repair off again.
 //!
-//! Saved: ESTABLISHED (IPv4, IPv6, v4-mapped on dual-stack sockets); with
-//! `--tcp-close` any connected state, restored closed. Refused by name:
-//! any connection without either option, half-closed states (FIN_WAIT1,
-//! FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING) with `--tcp-established`, and
+//! Saved: ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 (we shut down writing)
+//! (IPv4, IPv6, v4-mapped on dual-stack sockets); with `--tcp-close` any
+//! connected state, restored closed. Refused by name: any connection
+//! without either option; with `--tcp-established` the states where the
+//! peer's FIN was received (CLOSE_WAIT, LAST_ACK, CLOSING), and
 //! connections not yet established (SYN_SENT, SYN_RECV).
 
 use super::{Fd, TcpMode};
@@ -90,10 +91,10 @@ pub(super) fn connection(d: &Fd<'_>, dup: &OwnedFd, family: i32, state: u8) -> R
              --tcp-close restores it closed)"
         )));
     }
-    if mode == TcpMode::Established && state != 1 {
+    if mode == TcpMode::Established && !matches!(state, 1 | 4 | 5) {
         return Err(d.refuse(&format!(
-            "a half-closed TCP connection (state {name}; not supported yet; \
-             --tcp-close restores it closed)"
+            "a half-closed TCP connection in state {name} (the peer's FIN cannot be \
+             restored yet; --tcp-close restores it closed)"
         )));
     }
     let (Some(local), Some(peer)) = (

@@ -86,7 +86,8 @@ pub struct TcpWindow {
 /// A TCP connection's state as repair mode reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpStream {
-    /// TCP state: 1 ESTABLISHED (the only one saved for now).
+    /// TCP state: 1 ESTABLISHED, 4 FIN_WAIT1, 5 FIN_WAIT2 (our FIN sent,
+    /// counted in `write_seq`).
     pub state: u8,
     /// The sequence after the last byte received (rcv_nxt).
     pub rcv_nxt: u32,
@@ -144,8 +145,11 @@ pub(crate) fn validate_lock(c: &Checker<'_>, l: &NetLock) -> Result<()> {
 }
 
 pub(super) fn validate_stream(c: &Checker<'_>, field: &str, s: &TcpStream) -> Result<()> {
-    c.ensure(s.state == 1, || {
-        format!("{field}.stream.state: {} is not ESTABLISHED", s.state)
+    c.ensure(matches!(s.state, 1 | 4 | 5), || {
+        format!(
+            "{field}.stream.state: {} is not ESTABLISHED, FIN_WAIT1 or FIN_WAIT2",
+            s.state
+        )
     })?;
     for (name, q) in [("recv_queue", &s.recv_queue), ("send_queue", &s.send_queue)] {
         c.ensure(q.len() <= MAX_TCP_QUEUE, || {

@@ -24,10 +24,15 @@
 //! duplicated or reordered). The peer writes its own verdict (a reset is a
 //! FAIL) into peer-N.result, which the program waits for.
 //!
+//! `--half-closed`: before the dump every end but the inside reader shuts
+//! down writing (FIN_WAIT1 behind its full send queue; FIN_WAIT2 for the
+//! IPv6 one, which sent 1000 bytes only); its total goes to a file
+//! instead of the stream.
+//!
 //! `--close` (dump or restore with `--tcp-close`): the connections come
 //! back closed: reading gives end of file, writing EPIPE.
 //!
-//! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close]`
+//! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close] [--half-closed]`
 
 use stasis_tests::{errno, Proto, Report};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -243,13 +248,32 @@ struct End {
     tx_seed: u64,
     tx: u64,
     rx_seed: u64,
+    /// This end shut down writing before the dump (`--half-closed`).
+    half: bool,
+    /// The other end did: its total is in this file, not in the stream.
+    rx_total_file: Option<std::path::PathBuf>,
+}
+
+impl End {
+    fn new(fd: i32, tx_seed: u64, rx_seed: u64) -> End {
+        End {
+            fd,
+            tx_seed,
+            tx: 0,
+            rx_seed,
+            half: false,
+            rx_total_file: None,
+        }
+    }
 }
 
 /// After restore: sends MORE bytes, its total, shuts down writing, and
 /// reads the other side's stream to end of file, checking every byte.
 fn carry_on(e: &mut End) -> Result<String, String> {
     let mut sent_more = 0usize;
-    let mut trailer_sent = false;
+    let mut trailer_sent = e.half;
+    // Without a trailer every byte received is data.
+    let aside = if e.rx_total_file.is_some() { 0 } else { 8 };
     let mut got: Vec<u8> = Vec::new();
     let mut rx = 0u64;
     let mut buf = vec![0u8; 64 << 10];
@@ -289,7 +313,7 @@ fn carry_on(e: &mut End) -> Result<String, String> {
         if n > 0 {
             // Keep the last 8 bytes aside: they may be the trailer.
             got.extend_from_slice(&buf[..n as usize]);
-            let keep = got.len().saturating_sub(8);
+            let keep = got.len().saturating_sub(aside);
             for (k, &b) in got[..keep].iter().enumerate() {
                 let i = rx + k as u64;
                 if b != gen(e.rx_seed, i) {
@@ -305,10 +329,14 @@ fn carry_on(e: &mut End) -> Result<String, String> {
             if !trailer_sent {
                 continue;
             }
-            if got.len() != 8 {
-                return Err(format!("end of file after {rx} bytes without a total"));
-            }
-            let total = u64::from_le_bytes(got[..8].try_into().unwrap_or([0; 8]));
+            let total = match &e.rx_total_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(u64::MAX),
+                None if got.len() == 8 => u64::from_le_bytes(got[..8].try_into().unwrap_or([0; 8])),
+                None => return Err(format!("end of file after {rx} bytes without a total")),
+            };
             if total != rx {
                 return Err(format!("received {rx} bytes, the sender sent {total}"));
             }
@@ -358,19 +386,18 @@ fn peer_result(proto: &Proto, k: usize) -> String {
 /// The peer, outside the tree: accepts one connection per listener,
 /// sends PEER_UNREAD bytes on each, reads nothing until go (or until a
 /// connection ends before it: FAIL), then carries on and writes its verdict.
-fn peer(proto: &Proto, listeners: &[i32]) -> ! {
+fn peer(proto: &Proto, listeners: &[i32], half: bool) -> ! {
     let mut conns: Vec<End> = listeners
         .iter()
         .enumerate()
         .map(|(k, &l)| {
             let fd = accept(l);
             nonblock(fd);
-            End {
-                fd,
-                tx_seed: 100 + k as u64,
-                tx: 0,
-                rx_seed: 200 + k as u64,
+            let mut e = End::new(fd, 100 + k as u64, 200 + k as u64);
+            if half {
+                e.rx_total_file = Some(tx_file(proto, e.rx_seed));
             }
+            e
         })
         .collect();
     for c in &mut conns {
@@ -383,7 +410,7 @@ fn peer(proto: &Proto, listeners: &[i32]) -> ! {
         let dead = conns.iter().any(|c| {
             let mut p = libc::pollfd {
                 fd: c.fd,
-                events: libc::POLLRDHUP,
+                events: if half { 0 } else { libc::POLLRDHUP },
                 revents: 0,
             };
             // SAFETY: one live pollfd.
@@ -418,7 +445,7 @@ fn peer(proto: &Proto, listeners: &[i32]) -> ! {
 
 /// Starts the peer by a double fork into a new session; returns once its
 /// first child has exited (the peer is then nobody's descendant here).
-fn start_peer(proto: &Proto, listeners: &[i32]) {
+fn start_peer(proto: &Proto, listeners: &[i32], half: bool) {
     // SAFETY: fork in a single-threaded program.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
@@ -427,7 +454,7 @@ fn start_peer(proto: &Proto, listeners: &[i32]) {
         unsafe { libc::setsid() };
         // SAFETY: as above.
         if unsafe { libc::fork() } == 0 {
-            peer(proto, listeners);
+            peer(proto, listeners, half);
         }
         // SAFETY: leave at once.
         unsafe { libc::_exit(0) };
@@ -439,6 +466,45 @@ fn start_peer(proto: &Proto, listeners: &[i32]) {
         // SAFETY: our copies of the listeners are not needed.
         unsafe { libc::close(l) };
     }
+}
+
+fn tx_file(proto: &Proto, seed: u64) -> std::path::PathBuf {
+    proto.path(&format!("tx-{seed}"))
+}
+
+/// `--half-closed`: every end but the inside reader shuts down writing
+/// (FIN_WAIT1 behind a full send queue; FIN_WAIT2 for the IPv6 one, whose
+/// data fit), its total written to a file.
+fn shut_down_writers(proto: &Proto, ends: &mut [(String, End)]) {
+    let n = ends.len();
+    for (what, e) in ends[..n - 1].iter_mut() {
+        // SAFETY: plain call.
+        unsafe { libc::shutdown(e.fd, libc::SHUT_WR) };
+        e.half = true;
+        std::fs::write(tx_file(proto, e.tx_seed), e.tx.to_string()).expect("tx file");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            let mut info = [0u8; 8];
+            let mut len = 8u32;
+            // SAFETY: info and len are live out-parameters.
+            unsafe {
+                libc::getsockopt(
+                    e.fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    info.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if info[0] == 5 || (info[0] == 4 && e.tx > 100_000) {
+                eprintln!("tp_tcp: {what}: state {}", info[0]);
+                break;
+            }
+            stasis_tests::nap(5_000_000);
+        }
+    }
+    let reader = &mut ends[n - 1].1;
+    reader.rx_total_file = Some(tx_file(proto, reader.rx_seed));
 }
 
 /// Waits until `n` bytes are waiting on `fd`.
@@ -514,7 +580,8 @@ fn main() {
     }
     let addrs: Vec<SocketAddr> = ls.iter().filter_map(|&l| name(l, false)).collect();
     // The peer first: it must not inherit the program's connections.
-    start_peer(&proto, &ls);
+    let half = args.flag("half-closed");
+    start_peer(&proto, &ls, half);
     let mut ends: Vec<(String, End)> = Vec::new();
     for (k, a) in addrs.iter().enumerate() {
         let (family, to) = match k {
@@ -531,12 +598,7 @@ fn main() {
         let fd = connect(family, to);
         ends.push((
             format!("outside peer over {to}"),
-            End {
-                fd,
-                tx_seed: 200 + k as u64,
-                tx: 0,
-                rx_seed: 100 + k as u64,
-            },
+            End::new(fd, 200 + k as u64, 100 + k as u64),
         ));
     }
     // Both ends inside.
@@ -545,24 +607,8 @@ fn main() {
     let b = accept(l);
     // SAFETY: the listener is not needed any more.
     unsafe { libc::close(l) };
-    ends.push((
-        "inside, writer".into(),
-        End {
-            fd: a,
-            tx_seed: 300,
-            tx: 0,
-            rx_seed: 301,
-        },
-    ));
-    ends.push((
-        "inside, reader".into(),
-        End {
-            fd: b,
-            tx_seed: 301,
-            tx: 0,
-            rx_seed: 300,
-        },
-    ));
+    ends.push(("inside, writer".into(), End::new(a, 300, 301)));
+    ends.push(("inside, reader".into(), End::new(b, 301, 300)));
     for (k, (_, e)) in ends.iter_mut().enumerate() {
         nonblock(e.fd);
         set(e.fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (k % 2) as i32);
@@ -577,7 +623,14 @@ fn main() {
     // writes until its send queue is full.
     let n = ends.len();
     for (k, (what, e)) in ends.iter_mut().enumerate() {
-        let amount = (k == n - 1).then_some(INSIDE_UNREAD);
+        let amount = if k == n - 1 {
+            Some(INSIDE_UNREAD)
+        } else if half && k == 1 {
+            // Fits: its FIN is acknowledged (FIN_WAIT2).
+            Some(1000)
+        } else {
+            None
+        };
         if let Err(m) = push(e.fd, e.tx_seed, &mut e.tx, amount) {
             report.fail(format!("{what}: filling: {m}"));
         }
@@ -591,6 +644,9 @@ fn main() {
             1
         };
         await_inq(e.fd, want);
+    }
+    if half {
+        shut_down_writers(&proto, &mut ends);
     }
     let saved: Vec<Before> = ends.iter().map(|(_, e)| before(e.fd)).collect();
     proto.ready_and_wait();
