@@ -34,6 +34,7 @@
 //!
 //! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close] [--half-closed]`
 
+use stasis_tests::inet::{get, name, set, sock, sockaddr};
 use stasis_tests::{errno, Proto, Report};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -54,93 +55,15 @@ fn fill(seed: u64, from: u64, buf: &mut [u8]) {
     }
 }
 
-fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, u32) {
-    // SAFETY: zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v) => {
-            // SAFETY: storage fits a sockaddr_in.
-            let s: &mut libc::sockaddr_in = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
-            s.sin_family = libc::AF_INET as u16;
-            s.sin_port = v.port().to_be();
-            s.sin_addr.s_addr = u32::from(*v.ip()).to_be();
-            16
-        }
-        SocketAddr::V6(v) => {
-            // SAFETY: storage fits a sockaddr_in6.
-            let s: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
-            s.sin6_family = libc::AF_INET6 as u16;
-            s.sin6_port = v.port().to_be();
-            s.sin6_addr.s6_addr = v.ip().octets();
-            28
-        }
-    };
-    (ss, len)
-}
-
-fn name(fd: i32, peer: bool) -> Option<SocketAddr> {
-    // SAFETY: zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    let p = std::ptr::addr_of_mut!(ss).cast();
-    // SAFETY: ss and len are live out-parameters.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    if r != 0 {
-        return None;
-    }
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(ss).cast() };
-            Some(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
-                u16::from_be(a.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(ss).cast() };
-            Some(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
-                u16::from_be(a.sin6_port),
-            ))
-        }
-        _ => None,
-    }
-}
-
-fn sock(family: i32) -> i32 {
-    // SAFETY: plain socket creation.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: errno {}", errno());
-    fd
-}
-
-fn set(fd: i32, level: i32, opt: i32, v: i32) {
-    // SAFETY: v lives for the call.
-    let r = unsafe { libc::setsockopt(fd, level, opt, std::ptr::addr_of!(v).cast(), 4) };
-    assert_eq!(r, 0, "setsockopt({level}, {opt}): errno {}", errno());
-}
-
-fn get(fd: i32, level: i32, opt: i32) -> i32 {
-    let (mut v, mut len) = (0i32, 4u32);
-    // SAFETY: v and len are live out-parameters.
-    unsafe { libc::getsockopt(fd, level, opt, std::ptr::addr_of_mut!(v).cast(), &mut len) };
-    v
-}
-
 fn listener(a: SocketAddr, v6only: Option<i32>) -> i32 {
-    let fd = sock(if a.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    });
+    let fd = sock(
+        if a.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        },
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+    );
     if let Some(v) = v6only {
         set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v);
     }
@@ -154,7 +77,7 @@ fn listener(a: SocketAddr, v6only: Option<i32>) -> i32 {
 }
 
 fn connect(family: i32, to: SocketAddr) -> i32 {
-    let fd = sock(family);
+    let fd = sock(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
     if family == libc::AF_INET6 {
         set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
     }
