@@ -27,6 +27,20 @@ const TCPI_OPT_WSCALE: u8 = 4;
 const CHUNK: usize = 64 << 10;
 const FIN_WAIT1: u8 = 4;
 const FIN_WAIT2: u8 = 5;
+const CLOSE_WAIT: u8 = 8;
+const LAST_ACK: u8 = 9;
+const CLOSING: u8 = 11;
+
+/// Our FIN was sent: it takes the sequence number after the send queue.
+fn our_fin(state: u8) -> bool {
+    matches!(state, FIN_WAIT1 | FIN_WAIT2 | LAST_ACK | CLOSING)
+}
+
+/// The peer's FIN was received: it took the sequence number after the
+/// receive queue.
+fn peer_fin(state: u8) -> bool {
+    matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING)
+}
 
 /// The kernel's `struct tcp_repair_window`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -154,7 +168,7 @@ pub fn dump(fd: &OwnedFd, limit: usize) -> Result<Stream> {
     let mut unsent = ioctl_int(fd, SIOCOUTQNSD, "ioctl(SIOCOUTQNSD)")?;
     // Our FIN, not yet acknowledged, takes a sequence number at the end
     // of the send queue (unsent if `unsent` counts it) but no byte.
-    if info[0] == FIN_WAIT1 && outq > 0 {
+    if matches!(info[0], FIN_WAIT1 | LAST_ACK | CLOSING) && outq > 0 {
         outq -= 1;
         unsent = unsent.saturating_sub(1);
     }
@@ -249,13 +263,16 @@ fn fill_queues(fd: &OwnedFd, s: &Stream) -> Result<()> {
 /// connect (no SYN), TCP options, the queues, the window. Repair stays on
 /// (see [`set_repair`]) until the caller's network lock is released.
 ///
-/// FIN_WAIT1 and FIN_WAIT2 (our FIN sent, acknowledged or not) are rebuilt
-/// as ESTABLISHED without the FIN's sequence number, then shut down for
-/// writing: the FIN goes (again) once the lock is released; a peer that
-/// had it acknowledges it again, and the socket reaches FIN_WAIT2.
+/// Half-closed states are rebuilt as ESTABLISHED without the FINs'
+/// sequence numbers, then: our FIN (FIN_WAIT1, FIN_WAIT2, LAST_ACK,
+/// CLOSING) by shutdown(SHUT_WR), sent (again) once the lock is released
+/// (a peer that had it acknowledges it again: FIN_WAIT2 comes back as
+/// FIN_WAIT1 until then); the peer's (CLOSE_WAIT, LAST_ACK, CLOSING) by a
+/// forged FIN|ACK through a raw socket, before our shutdown except in
+/// CLOSING.
 pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) -> Result<()> {
-    let fin = matches!(s.state, FIN_WAIT1 | FIN_WAIT2);
-    let write_seq = s.write_seq.wrapping_sub(u32::from(fin));
+    let write_seq = s.write_seq.wrapping_sub(u32::from(our_fin(s.state)));
+    let rcv_nxt = s.rcv_nxt.wrapping_sub(u32::from(peer_fin(s.state)));
     set_repair(fd, 1)?;
     sock::bind(fd, local)?;
     let outq = s.send_queue.len() as u32;
@@ -265,7 +282,7 @@ pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) 
         fd,
         libc::IPPROTO_TCP,
         TCP_QUEUE_SEQ,
-        s.rcv_nxt.wrapping_sub(inq) as i32,
+        rcv_nxt.wrapping_sub(inq) as i32,
     )?;
     sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)?;
     sock::set_int(
@@ -295,18 +312,95 @@ pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) 
     for (force, cur) in before {
         sock::set_int(fd, libc::SOL_SOCKET, force, cur / 2)?;
     }
-    let w = s.window;
+    let mut w = s.window;
+    // The kernel refuses a window update beyond rcv_nxt: the peer's FIN
+    // is not received yet.
+    if (w.rcv_wup.wrapping_sub(rcv_nxt) as i32) > 0 {
+        w.rcv_wup = rcv_nxt;
+    }
     let bytes: Vec<u8> = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup]
         .iter()
         .flat_map(|v| v.to_ne_bytes())
         .collect();
     sock::set_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &bytes)?;
     sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)?;
-    if fin {
-        set_repair(fd, TCP_REPAIR_OFF_NO_WP)?;
-        let r = sock::shutdown(fd, 2);
-        set_repair(fd, 1)?;
-        r?;
+    let fins = Fins {
+        local,
+        peer,
+        seq: rcv_nxt,
+        ack: write_seq.wrapping_sub(outq),
+    };
+    match s.state {
+        CLOSING => {
+            shut_write(fd)?;
+            fins.receive(fd, s, CLOSING)
+        }
+        st => {
+            if peer_fin(st) {
+                fins.receive(fd, s, CLOSE_WAIT)?;
+            }
+            if our_fin(st) {
+                shut_write(fd)?;
+            }
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// shutdown(SHUT_WR) out of repair mode: the FIN is queued (and sent once
+/// the lock is released).
+fn shut_write(fd: &OwnedFd) -> Result<()> {
+    set_repair(fd, TCP_REPAIR_OFF_NO_WP)?;
+    let r = sock::shutdown(fd, 2);
+    set_repair(fd, 1)?;
+    r
+}
+
+/// The peer's FIN, forged: from `peer` to `local`, sequence `seq` (the
+/// receive queue's end), acknowledging `ack` (nothing new).
+struct Fins<'a> {
+    local: &'a SocketAddr,
+    peer: &'a SocketAddr,
+    seq: u32,
+    ack: u32,
+}
+
+impl Fins<'_> {
+    /// Sends the FIN through a raw socket (marked: the network lock lets
+    /// it in) and waits (up to a second) for the socket to reach `want`.
+    fn receive(&self, fd: &OwnedFd, s: &Stream, want: u8) -> Result<()> {
+        let (src, dst) = (
+            crate::netlock::on_wire(self.peer),
+            crate::netlock::on_wire(self.local),
+        );
+        let shift = s.wscale.map_or(0, |w| w.0);
+        let win = (s.window.snd_wnd >> shift).min(0xffff) as u16;
+        let mut tcp = Vec::with_capacity(20);
+        tcp.extend_from_slice(&src.port().to_be_bytes());
+        tcp.extend_from_slice(&dst.port().to_be_bytes());
+        tcp.extend_from_slice(&self.seq.to_be_bytes());
+        tcp.extend_from_slice(&self.ack.to_be_bytes());
+        tcp.extend_from_slice(&[5 << 4, 0x11]); // 20-byte header; FIN|ACK
+        tcp.extend_from_slice(&win.to_be_bytes());
+        tcp.extend_from_slice(&[0; 4]); // checksum, urgent pointer
+        let ck = crate::udpq::l4_checksum(src.ip(), dst.ip(), libc::IPPROTO_TCP as u8, &tcp);
+        tcp[16..18].copy_from_slice(&ck.to_be_bytes());
+        let proto = libc::IPPROTO_TCP as u8;
+        crate::udpq::send_raw(src.ip(), dst.ip(), proto, &tcp, crate::netlock::MARK)?;
+        let t = std::time::Instant::now();
+        loop {
+            let st = state(fd)?;
+            if st == want {
+                return Ok(());
+            }
+            if t.elapsed() > std::time::Duration::from_secs(1) {
+                return Err(SysError::other(
+                    "the peer's FIN, forged",
+                    None,
+                    format!("the socket is in state {st}, not {want}"),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }

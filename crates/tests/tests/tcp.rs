@@ -240,9 +240,9 @@ fn tcp_leave_running() {
     finish(&work, &mut p, Opts::default().finish_timeout).assert_pass(&work);
 }
 
-/// Half-closed by the program (FIN_WAIT1 behind a full send queue,
-/// FIN_WAIT2): restored; the peers read everything to end of file and
-/// still send to the program.
+/// Half-closed connections in every state (FIN_WAIT1, FIN_WAIT2, CLOSING,
+/// CLOSE_WAIT, LAST_ACK; each checked before the dump): restored; both
+/// sides read everything to end of file, the open directions carry on.
 #[test]
 fn cr_tcp_half_closed() {
     tcp_case(

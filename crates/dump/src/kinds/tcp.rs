@@ -9,11 +9,10 @@
 //! a word to the peer (the network lock, `crate::netlock`, holds the rest);
 //! a failed dump or `--leave-running` turns repair off again.
 //!
-//! Saved: ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 (we shut down writing)
-//! (IPv4, IPv6, v4-mapped on dual-stack sockets); with `--tcp-close` any
-//! connected state, restored closed. Refused by name: any connection
-//! without either option; with `--tcp-established` the states where the
-//! peer's FIN was received (CLOSE_WAIT, LAST_ACK, CLOSING), and
+//! Saved: ESTABLISHED and the half-closed states FIN_WAIT1, FIN_WAIT2,
+//! CLOSING, CLOSE_WAIT, LAST_ACK (IPv4, IPv6, v4-mapped on dual-stack
+//! sockets); with `--tcp-close` any connected state, restored closed.
+//! Refused by name: any connection without either option, and
 //! connections not yet established (SYN_SENT, SYN_RECV).
 
 use super::{Fd, TcpMode};
@@ -91,10 +90,9 @@ pub(super) fn connection(d: &Fd<'_>, dup: &OwnedFd, family: i32, state: u8) -> R
              --tcp-close restores it closed)"
         )));
     }
-    if mode == TcpMode::Established && !matches!(state, 1 | 4 | 5) {
+    if mode == TcpMode::Established && !matches!(state, 1 | 4 | 5 | 8 | 9 | 11) {
         return Err(d.refuse(&format!(
-            "a half-closed TCP connection in state {name} (the peer's FIN cannot be \
-             restored yet; --tcp-close restores it closed)"
+            "a TCP connection in state {name} (not supported; --tcp-close restores it closed)"
         )));
     }
     let (Some(local), Some(peer)) = (

@@ -86,8 +86,9 @@ pub struct TcpWindow {
 /// A TCP connection's state as repair mode reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpStream {
-    /// TCP state: 1 ESTABLISHED, 4 FIN_WAIT1, 5 FIN_WAIT2 (our FIN sent,
-    /// counted in `write_seq`).
+    /// TCP state: 1 ESTABLISHED; half-closed: 4 FIN_WAIT1, 5 FIN_WAIT2,
+    /// 9 LAST_ACK, 11 CLOSING (our FIN sent, counted in `write_seq`), 8
+    /// CLOSE_WAIT, 9, 11 (the peer's FIN received, counted in `rcv_nxt`).
     pub state: u8,
     /// The sequence after the last byte received (rcv_nxt).
     pub rcv_nxt: u32,
@@ -145,9 +146,9 @@ pub(crate) fn validate_lock(c: &Checker<'_>, l: &NetLock) -> Result<()> {
 }
 
 pub(super) fn validate_stream(c: &Checker<'_>, field: &str, s: &TcpStream) -> Result<()> {
-    c.ensure(matches!(s.state, 1 | 4 | 5), || {
+    c.ensure(matches!(s.state, 1 | 4 | 5 | 8 | 9 | 11), || {
         format!(
-            "{field}.stream.state: {} is not ESTABLISHED, FIN_WAIT1 or FIN_WAIT2",
+            "{field}.stream.state: {} is not ESTABLISHED or half-closed",
             s.state
         )
     })?;

@@ -24,9 +24,10 @@
 //! duplicated or reordered). The peer writes its own verdict (a reset is a
 //! FAIL) into peer-N.result, which the program waits for.
 //!
-//! `--half-closed`: before the dump every end but the inside reader shuts
-//! down writing (FIN_WAIT1 behind its full send queue; FIN_WAIT2 for the
-//! IPv6 one, which sent 1000 bytes only); its total goes to a file
+//! `--half-closed`: before the dump, ends are half-closed into every
+//! state: FIN_WAIT1 (FIN behind a full send queue), FIN_WAIT2, CLOSING
+//! (both sides shut down, ours unsent), CLOSE_WAIT, LAST_ACK (FIN behind a
+//! full send queue); an end that shut down writes its total to a file
 //! instead of the stream.
 //!
 //! `--close` (dump or restore with `--tcp-close`): the connections come
@@ -316,17 +317,21 @@ fn peer(proto: &Proto, listeners: &[i32], half: bool) -> ! {
         .map(|(k, &l)| {
             let fd = accept(l);
             nonblock(fd);
-            let mut e = End::new(fd, 100 + k as u64, 200 + k as u64);
-            if half {
-                e.rx_total_file = Some(tx_file(proto, e.rx_seed));
-            }
-            e
+            End::new(fd, 100 + k as u64, 200 + k as u64)
         })
         .collect();
     for c in &mut conns {
         let mut pos = 0;
         let _ = push(c.fd, c.tx_seed, &mut pos, Some(PEER_UNREAD));
         c.tx = pos;
+    }
+    if half {
+        // The program's IPv4 end goes to CLOSING: it shuts down first.
+        let t = Instant::now();
+        while !proto.path("c-shut").exists() && t.elapsed() < Duration::from_secs(5) {
+            stasis_tests::nap(stasis_tests::POLL_NS);
+        }
+        shut(proto, &mut conns[0]);
     }
     let start = Instant::now();
     while !proto.go_released() {
@@ -348,6 +353,7 @@ fn peer(proto: &Proto, listeners: &[i32], half: bool) -> ! {
         }
         stasis_tests::nap(stasis_tests::POLL_NS);
     }
+    totals_from_files(proto, &mut conns.iter_mut().collect::<Vec<_>>());
     std::thread::scope(|s| {
         for (k, c) in conns.iter_mut().enumerate() {
             s.spawn(move || {
@@ -395,39 +401,105 @@ fn tx_file(proto: &Proto, seed: u64) -> std::path::PathBuf {
     proto.path(&format!("tx-{seed}"))
 }
 
-/// `--half-closed`: every end but the inside reader shuts down writing
-/// (FIN_WAIT1 behind a full send queue; FIN_WAIT2 for the IPv6 one, whose
-/// data fit), its total written to a file.
-fn shut_down_writers(proto: &Proto, ends: &mut [(String, End)]) {
-    let n = ends.len();
-    for (what, e) in ends[..n - 1].iter_mut() {
-        // SAFETY: plain call.
-        unsafe { libc::shutdown(e.fd, libc::SHUT_WR) };
-        e.half = true;
-        std::fs::write(tx_file(proto, e.tx_seed), e.tx.to_string()).expect("tx file");
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(2) {
-            let mut info = [0u8; 8];
-            let mut len = 8u32;
-            // SAFETY: info and len are live out-parameters.
-            unsafe {
-                libc::getsockopt(
-                    e.fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    info.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            if info[0] == 5 || (info[0] == 4 && e.tx > 100_000) {
-                eprintln!("tp_tcp: {what}: state {}", info[0]);
-                break;
-            }
-            stasis_tests::nap(5_000_000);
+/// Shuts down writing on `e`, its total written to a file first.
+fn shut(proto: &Proto, e: &mut End) {
+    std::fs::write(tx_file(proto, e.tx_seed), e.tx.to_string()).expect("tx file");
+    // SAFETY: plain call.
+    unsafe { libc::shutdown(e.fd, libc::SHUT_WR) };
+    e.half = true;
+}
+
+/// After go: an end whose other side shut down reads that side's total
+/// from its file.
+fn totals_from_files(proto: &Proto, ends: &mut [&mut End]) {
+    for e in ends {
+        let f = tx_file(proto, e.rx_seed);
+        if f.exists() {
+            e.rx_total_file = Some(f);
         }
     }
-    let reader = &mut ends[n - 1].1;
-    reader.rx_total_file = Some(tx_file(proto, reader.rx_seed));
+}
+
+fn tcp_state(fd: i32) -> u8 {
+    let mut info = [0u8; 8];
+    let mut len = 8u32;
+    // SAFETY: info and len are live out-parameters.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    info[0]
+}
+
+/// `--half-closed`: the outside IPv4 end (full send queue) and the inside
+/// writer shut down writing (FIN_WAIT1, the FIN behind unsent data; the
+/// peer also shut down its side of the IPv4 one: CLOSING); the IPv6 end
+/// after 1000 bytes (FIN_WAIT2). Two more pairs inside: one side sends
+/// 1000 bytes and shuts down (FIN_WAIT2), the other stays (CLOSE_WAIT) or
+/// fills its send queue and shuts down (LAST_ACK). Every end must reach
+/// its state before the dump.
+fn half_closed_setup(proto: &Proto, ends: &mut Vec<(String, End)>, report: &mut Report) {
+    let n = ends.len();
+    for k in [0, 1, n - 2] {
+        shut(proto, &mut ends[k].1);
+    }
+    std::fs::write(proto.path("c-shut"), "").expect("c-shut");
+    for (k, last_ack) in [(0u64, false), (1, true)] {
+        let lo4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let l = listener(lo4, None);
+        let mut w = End::new(
+            connect(libc::AF_INET, name(l, false).unwrap_or(lo4)),
+            400 + 2 * k,
+            401 + 2 * k,
+        );
+        let mut r = End::new(accept(l), 401 + 2 * k, 400 + 2 * k);
+        // SAFETY: the listener is not needed any more.
+        unsafe { libc::close(l) };
+        nonblock(w.fd);
+        nonblock(r.fd);
+        let _ = push(w.fd, w.tx_seed, &mut w.tx, Some(1000));
+        shut(proto, &mut w);
+        if last_ack {
+            await_state(r.fd, 8);
+            let _ = push(r.fd, r.tx_seed, &mut r.tx, None);
+            shut(proto, &mut r);
+        }
+        let name = if last_ack { "LAST_ACK" } else { "CLOSE_WAIT" };
+        ends.push((format!("inside {name} pair, FIN_WAIT2 side"), w));
+        ends.push((format!("inside {name} pair, {name} side"), r));
+    }
+    let want: Vec<u8> = ends
+        .iter()
+        .enumerate()
+        .map(|(k, _)| match k {
+            0 => 11,
+            1 => 5,
+            k if k == n - 2 => 4,
+            k if k == n - 1 => 1,
+            k if k >= n => [5, 8, 5, 9][k - n],
+            _ => 1,
+        })
+        .collect();
+    for ((what, e), w) in ends.iter().zip(want) {
+        let st = await_state(e.fd, w);
+        report.check(st == w, || {
+            format!("{what}: state {st} before the dump, not {w}")
+        });
+    }
+}
+
+/// Waits (up to 3 s) for `fd` to reach TCP state `want`; the state then.
+fn await_state(fd: i32, want: u8) -> u8 {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) && tcp_state(fd) != want {
+        stasis_tests::nap(5_000_000);
+    }
+    tcp_state(fd)
 }
 
 /// Waits until `n` bytes are waiting on `fd`.
@@ -569,7 +641,7 @@ fn main() {
         await_inq(e.fd, want);
     }
     if half {
-        shut_down_writers(&proto, &mut ends);
+        half_closed_setup(&proto, &mut ends, &mut report);
     }
     let saved: Vec<Before> = ends.iter().map(|(_, e)| before(e.fd)).collect();
     proto.ready_and_wait();
@@ -579,6 +651,10 @@ fn main() {
     for ((what, e), b) in ends.iter().zip(&saved) {
         check_same(&mut report, what, e.fd, b);
     }
+    totals_from_files(
+        &proto,
+        &mut ends.iter_mut().map(|(_, e)| e).collect::<Vec<_>>(),
+    );
     if args.flag("close") {
         for (what, e) in &ends {
             check_closed(&mut report, what, e.fd);
