@@ -126,6 +126,12 @@ fn queue_seq(fd: &OwnedFd, queue: i32) -> Result<u32> {
 }
 
 /// TCP_REPAIR_WINDOW (the kernel wants exactly its struct's size).
+/// Selects `queue` and sets its sequence (where its first byte will be).
+fn set_queue_seq(fd: &OwnedFd, queue: i32, seq: u32) -> Result<()> {
+    sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)?;
+    sock::set_int(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ, seq as i32)
+}
+
 fn get_window(fd: &OwnedFd) -> Result<Window> {
     let mut w = [0u32; 5];
     let mut len = std::mem::size_of_val(&w) as libc::socklen_t;
@@ -277,20 +283,8 @@ pub fn restore(fd: &OwnedFd, s: &Stream, local: &SocketAddr, peer: &SocketAddr) 
     sock::bind(fd, local)?;
     let outq = s.send_queue.len() as u32;
     let inq = s.recv_queue.len() as u32;
-    sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE)?;
-    sock::set_int(
-        fd,
-        libc::IPPROTO_TCP,
-        TCP_QUEUE_SEQ,
-        rcv_nxt.wrapping_sub(inq) as i32,
-    )?;
-    sock::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)?;
-    sock::set_int(
-        fd,
-        libc::IPPROTO_TCP,
-        TCP_QUEUE_SEQ,
-        write_seq.wrapping_sub(outq) as i32,
-    )?;
+    set_queue_seq(fd, RECV_QUEUE, rcv_nxt.wrapping_sub(inq))?;
+    set_queue_seq(fd, SEND_QUEUE, write_seq.wrapping_sub(outq))?;
     sock::connect(fd, peer)?;
     set_options(fd, s)?;
     // Room for the queues while they are refilled (the skbs take more than
