@@ -76,7 +76,7 @@ fn check(pid: u32, status: &Status) -> Result<()> {
 pub(crate) fn collect(
     frozen: &mut Frozen,
     shell_job: bool,
-    skip_in_flight: bool,
+    sockets: kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
     track: TrackIn,
 ) -> Result<Collected> {
@@ -96,7 +96,7 @@ pub(crate) fn collect(
     check(pid, &status)?;
     crate::lsm::check(pid)?;
     let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
-    let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
+    let fds = kinds::collect_fds(pid, shell_job, sockets)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (mut uffd, parent_pid) = track
         .taken

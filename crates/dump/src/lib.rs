@@ -33,6 +33,7 @@ mod locks;
 mod lsm;
 mod memkinds;
 mod memory;
+mod netlock;
 mod pidns;
 mod procattrs;
 mod seccomp;
@@ -67,6 +68,14 @@ pub struct DumpOptions {
     /// Drop connections waiting in a listener's accept queue (criu's
     /// `--skip-in-flight`); without it such a listener is refused.
     pub skip_in_flight: bool,
+    /// Save established TCP connections in repair mode (criu's
+    /// `--tcp-established`), under a network lock.
+    pub tcp_established: bool,
+    /// Save TCP connections to be restored closed (criu's `--tcp-close`;
+    /// no repair, no lock). Wins over `tcp_established`.
+    pub tcp_close: bool,
+    /// How the connections are locked (criu's `--network-lock`).
+    pub network_lock: stasis_sys::netlock::Method,
     /// Give up (leaving the process running) after this long.
     pub timeout: Option<Duration>,
     /// Largest memfd or deleted file whose contents go into the image
@@ -271,14 +280,31 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         frozen.zombies.len(),
         t0.elapsed()
     );
+    // Declared after `frozen`: on error it is released (and repair mode
+    // turned off) before the threads resume.
+    let lock = if opts.tcp_established && !opts.tcp_close {
+        netlock::lock_tree(&frozen, opts.network_lock)?
+    } else {
+        None
+    };
+    let net_lock = lock
+        .as_ref()
+        .filter(|_| !opts.leave_running)
+        .and_then(|l| l.image());
     // On error `frozen` drops and resumes every thread as it was.
     let round = track::Round::new(parent.as_ref());
-    let mut stats = dump_frozen(&mut frozen, opts, &deadline, round)?;
+    let mut stats = dump_frozen(&mut frozen, opts, &deadline, round, net_lock)?;
     stasis_sys::hook::kill_point("dump:release");
     if opts.leave_running {
+        if let Some(l) = lock {
+            l.release()?;
+        }
         frozen.release().at(pid, Stage::Finish)?;
     } else {
         frozen.kill().at(pid, Stage::Finish)?;
+        if let Some(l) = lock {
+            l.keep();
+        }
     }
     stats.frozen = t0.elapsed();
     log::info!(
@@ -293,6 +319,7 @@ fn dump_frozen(
     opts: &DumpOptions,
     deadline: &Deadline,
     mut round: track::Round<'_>,
+    net_lock: Option<stasis_image::kinds::inet::NetLock>,
 ) -> Result<DumpStats> {
     let parent = round.parent();
     let tracking = opts.track_mem && opts.leave_running;
@@ -300,6 +327,14 @@ fn dump_frozen(
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
     checks::check_tree(frozen, opts.shell_job)?;
+    let sockets = kinds::SockOpts {
+        skip_in_flight: opts.skip_in_flight,
+        tcp: match (opts.tcp_close, opts.tcp_established) {
+            (true, _) => kinds::TcpMode::Close,
+            (false, true) => kinds::TcpMode::Established,
+            (false, false) => kinds::TcpMode::Refuse,
+        },
+    };
     let uts = uts::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
@@ -311,7 +346,7 @@ fn dump_frozen(
         collected.push(collect::collect(
             f,
             opts.shell_job,
-            opts.skip_in_flight,
+            sockets,
             &mut shmem,
             track,
         )?);
@@ -428,6 +463,7 @@ fn dump_frozen(
         cgroups,
         parent,
         tracking,
+        net_lock,
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies

@@ -49,6 +49,10 @@ pub struct Inventory {
     /// next round finds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<crate::chain::Tracking>,
+    /// The network lock the dump left on the tree's TCP connections; a
+    /// successful restore releases it (crates/image/src/kinds/inet.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_lock: Option<crate::kinds::inet::NetLock>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once
@@ -526,6 +530,22 @@ pub enum FdKind {
         device: String,
         flags: u32,
     },
+    /// A TCP connection (`--tcp-established`): its two ends, options and,
+    /// unless it was dumped with `--tcp-close`, its repair-mode state
+    /// (crates/image/src/kinds/inet.rs).
+    TcpConnection {
+        family: u32,
+        local: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+        /// None: restored closed (criu's `--tcp-close`).
+        #[serde(default)]
+        stream: Option<Box<crate::kinds::inet::TcpStream>>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        #[serde(default)]
+        device: String,
+        flags: u32,
+    },
     /// A UDP socket, bound and/or connected, with the datagrams waiting.
     UdpSocket {
         family: u32,
@@ -607,6 +627,7 @@ impl FdKind {
             | FdKind::Fifo { flags, .. }
             | FdKind::UnixSocket { flags, .. }
             | FdKind::TcpSocket { flags, .. }
+            | FdKind::TcpConnection { flags, .. }
             | FdKind::UnixBound { flags, .. }
             | FdKind::UdpSocket { flags, .. }
             | FdKind::EventFd { flags, .. }

@@ -284,6 +284,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         cgroups: None,
         parent: None,
         tracking: None,
+        net_lock: None,
     }
 }
 

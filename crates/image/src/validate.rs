@@ -372,6 +372,9 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
             c.ensure(false, || m)?;
         }
     }
+    if let Some(l) = &inv.net_lock {
+        crate::kinds::inet::validate_lock(&c, l)?;
+    }
     let mut pids = HashSet::new();
     let mut names = HashSet::new();
     for (i, p) in inv.processes.iter().enumerate() {

@@ -79,6 +79,8 @@ pub struct RestoreOptions {
     pub manage_cgroups: CgroupMode,
     /// criu's `--cgroup-root`, in the order given.
     pub cgroup_roots: Vec<CgroupRoot>,
+    /// criu's `--tcp-close`: TCP connections are restored closed.
+    pub tcp_close: bool,
 }
 
 /// A restored, running process (a child of the caller).
@@ -352,6 +354,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         opts.shell_job,
         image.inventory.uts.as_ref(),
         &cgroups,
+        tree::Net {
+            tcp_close: opts.tcp_close,
+            lock: image.inventory.net_lock.as_ref(),
+        },
     )?;
     cgroups.keep();
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();

@@ -45,6 +45,7 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
                 format!("unix socket {}", String::from_utf8_lossy(name))
             }
             FdKind::TcpSocket { local, .. } => format!("TCP socket {local:?}"),
+            FdKind::TcpConnection { local, peer, .. } => format!("TCP {local} -> {peer}"),
             FdKind::UdpSocket { local, .. } => format!("UDP socket {local:?}"),
         })
         .unwrap_or_else(|| "?".into())

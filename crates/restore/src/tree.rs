@@ -26,11 +26,12 @@ pub(crate) fn restore_tree(
     shell_job: bool,
     uts: Option<&stasis_image::UtsNs>,
     cgroups: &crate::cgroups::Prepared,
+    net: Net<'_>,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
-    let (mut opened, files) = open_files(procs, pages, shell_job)?;
+    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close)?;
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
@@ -58,6 +59,7 @@ pub(crate) fn restore_tree(
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();
+    let repaired = std::mem::take(&mut opened.repaired);
     let (top, mut guard) = fork(procs, zombies, &tree, shared, (files, opened, ready_w))?;
     // 5. ready: every live process has placed its descriptors.
     wait_ready(&ready_r, tree.expected_ready, procs.len(), root_pid)?;
@@ -103,8 +105,11 @@ pub(crate) fn restore_tree(
     // Saved files' times once more: the remote mmaps moved access times.
     kinds::saved::times_again(root_pid, times)?;
     fault_point(root_pid, Stage::Registers)?;
-    // The last instant a failure can still undo everything.
+    // The last instant a failure can still undo everything (the network
+    // lock stays on: the peers wait for another try).
     fault_point(root_pid, Stage::Resume)?;
+    // The network lock released, the TCP connections out of repair mode.
+    kinds::tcp::go_live(root_pid, net.lock, repaired)?;
     // 10. resume.
     let wait_pid = resume(procs, &built, top, root, tree.stub, tree.session_helper)?;
     guard.armed = false;
@@ -117,8 +122,10 @@ fn open_files(
     procs: &[ProcessImage],
     pages: &[PathBuf],
     shell_job: bool,
+    tcp_close: bool,
 ) -> Result<(Opened, Vec<ProcFiles>)> {
     let mut opened = Opened::default();
+    opened.tcp_close = tcp_close;
     if shell_job {
         opened.shell_tty = Some(kinds::own_tty().ok_or_else(|| RestoreError::Refused {
             pid: procs[0].pid,
@@ -132,6 +139,13 @@ fn open_files(
         files.push(ProcFiles::open(img, pg, procs, &mut opened)?);
     }
     Ok((opened, files))
+}
+
+/// The tree's TCP connections: criu's `--tcp-close`, and the network lock
+/// the dump left, to release before the tree resumes.
+pub(crate) struct Net<'a> {
+    pub(crate) tcp_close: bool,
+    pub(crate) lock: Option<&'a stasis_image::kinds::inet::NetLock>,
 }
 
 /// The tree to fork and what each process will find.

@@ -422,6 +422,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         shell_job: false,
         manage_cgroups: stasis_restore::CgroupMode::default(),
         cgroup_roots: Vec::new(),
+        tcp_close: false,
     })?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
@@ -469,6 +470,9 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         shell_job: false,
         file_locks: false,
         skip_in_flight: false,
+        tcp_established: false,
+        tcp_close: false,
+        network_lock: stasis_sys::netlock::Method::Skip,
         timeout: None,
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
         prev_images_dir: prev.map(PathBuf::from),
@@ -503,6 +507,7 @@ fn run_precopy_round(
         shell_job: false,
         manage_cgroups: stasis_restore::CgroupMode::default(),
         cgroup_roots: Vec::new(),
+        tcp_close: false,
     })?;
     verify_restored(case, &run, restored.wait_pid)?;
     fs::remove_dir_all(&work)?;

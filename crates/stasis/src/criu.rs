@@ -117,8 +117,7 @@ use Arg::{No, Optional as Opti, Required as Req};
 use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
 
 const NO_SOCKETS: &str =
-    "stasis dumps no established TCP connection or external unix socket (each is refused by \
-     name): nothing to permit";
+    "stasis dumps no external unix socket (refused by name): nothing to permit";
 const NO_MNTNS: &str =
     "stasis dumps no mount namespace of its own (refused by name): nothing to map or permit";
 const NO_INCREMENTAL: &str =
@@ -152,9 +151,9 @@ pub static OPTIONS: &[Opt] = &[
     o("timeout", Req, DR, App, "30"),
     o("freeze-cgroup", Req, D, Ref, "/sys/fs/cgroup/x"),
     s("ext-unix-sk", 'x', Opti, DR, Acc(NO_SOCKETS), ""),
-    b("tcp-established", DR, Acc(NO_SOCKETS)),
+    b("tcp-established", DR, App),
     b("skip-in-flight", DR, App),
-    b("tcp-close", DR, Acc(NO_SOCKETS)),
+    b("tcp-close", DR, App),
     b(
         "link-remap",
         DR,
@@ -422,9 +421,7 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
             Some(_) => return Err(bad()),
         },
         "network-lock" => match v {
-            Some("iptables" | "nftables" | "skip") => Fate::Accepted(
-                "stasis dumps no TCP connection (refused by name): there is nothing to lock",
-            ),
+            Some("iptables" | "nftables" | "skip") => Fate::Applied,
             _ => return Err(bad()),
         },
         "pre-dump-mode" => match v {

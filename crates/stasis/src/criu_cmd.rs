@@ -26,6 +26,10 @@ struct Request {
     /// criu's `--skip-in-flight`: drop connections waiting in a TCP
     /// listener's accept queue.
     skip_in_flight: bool,
+    /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
+    tcp_established: bool,
+    tcp_close: bool,
+    network_lock: Option<stasis_sys::netlock::Method>,
     timeout: Option<u64>,
     ghost_limit: Option<u64>,
     detached: bool,
@@ -132,6 +136,14 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "skip-in-flight" => r.skip_in_flight = on,
+        "tcp-established" => r.tcp_established = on,
+        "tcp-close" => r.tcp_close = on,
+        "network-lock" => {
+            r.network_lock = g
+                .value
+                .as_deref()
+                .and_then(stasis_sys::netlock::Method::parse)
+        }
         "timeout" => r.timeout = Some(number(g)?),
         "ghost-limit" => {
             r.ghost_limit = Some(
@@ -363,6 +375,12 @@ fn dump(r: &Request) -> Result<ExitCode> {
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
+        tcp_established: r.tcp_established,
+        tcp_close: r.tcp_close,
+        // criu's default.
+        network_lock: r
+            .network_lock
+            .unwrap_or(stasis_sys::netlock::Method::Iptables),
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
         cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
@@ -400,6 +418,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
         shell_job: r.shell_job,
         manage_cgroups: r.manage_cgroups.unwrap_or_default(),
         cgroup_roots: r.cgroup_roots.clone(),
+        tcp_close: r.tcp_close,
     };
     let restored = stasis_restore::restore(&opts)?;
     let pid = restored.pid;

@@ -12,9 +12,11 @@ pub mod fileops;
 pub mod hook;
 pub mod inotify;
 pub mod mem;
+pub mod netlock;
 pub mod ptrace;
 pub mod remote;
 pub mod sched;
+pub mod tcprepair;
 pub mod util;
 pub mod xsave;
 

@@ -166,35 +166,52 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
-/// Sends `d` to port `port` of its destination, from its original
-/// source, through a raw socket (needs CAP_NET_RAW). IPv4-mapped IPv6
-/// addresses go as IPv4.
-pub fn inject(d: &Datagram, port: u16) -> Result<()> {
-    let src = match d.from.ip() {
+/// The ones' complement checksum of a TCP or UDP segment `l4` from `src`
+/// to `dst` (with the pseudo header).
+pub(crate) fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(v) => v.octets(),
+                IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+            };
+            pseudo.extend_from_slice(&v6(s));
+            pseudo.extend_from_slice(&v6(d));
+            pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        }
+    }
+    fold(sum16(l4, sum16(&pseudo, 0)))
+}
+
+/// An address as on the wire: IPv4-mapped IPv6 goes as IPv4.
+fn wire(a: IpAddr) -> IpAddr {
+    match a {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
-    };
-    let dst = match d.to {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    let ulen = 8 + d.data.len();
-    let mut udp = Vec::with_capacity(ulen);
-    udp.extend_from_slice(&d.from.port().to_be_bytes());
-    udp.extend_from_slice(&port.to_be_bytes());
-    udp.extend_from_slice(&(ulen as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&d.data);
+    }
+}
+
+/// Sends the segment `l4` of protocol `proto` from `src` to `dst` through
+/// a raw socket (needs CAP_NET_RAW), marked with `mark` (the network
+/// lock lets marked packets through).
+pub(crate) fn send_raw(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8], mark: u32) -> Result<()> {
     let (family, pkt, to) = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(t)) => {
-            // UDP checksum 0: none (allowed over IPv4).
-            let total = 20 + ulen;
+            let total = 20 + l4.len();
             let mut p = vec![0x45, 0];
             p.extend_from_slice(&(total as u16).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&t.octets());
-            p.extend_from_slice(&udp);
+            p.extend_from_slice(l4);
             // SAFETY: plain data; zero is valid.
             let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
             sa.sin_family = libc::AF_INET as u16;
@@ -210,22 +227,12 @@ pub fn inject(d: &Datagram, port: u16) -> Result<()> {
             )
         }
         (IpAddr::V6(s), IpAddr::V6(t)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&t.octets());
-            pseudo.extend_from_slice(&(ulen as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_UDP as u8]);
-            let mut ck = fold(sum16(&udp, sum16(&pseudo, 0)));
-            if ck == 0 {
-                ck = 0xffff;
-            }
-            udp[6..8].copy_from_slice(&ck.to_be_bytes());
             let mut p = vec![0x60, 0, 0, 0];
-            p.extend_from_slice(&(ulen as u16).to_be_bytes());
-            p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&t.octets());
-            p.extend_from_slice(&udp);
+            p.extend_from_slice(l4);
             // SAFETY: plain data; zero is valid.
             let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
             sa.sin6_family = libc::AF_INET6 as u16;
@@ -242,7 +249,7 @@ pub fn inject(d: &Datagram, port: u16) -> Result<()> {
         }
         _ => {
             return Err(SysError::other(
-                "inject datagram",
+                "inject a packet",
                 None,
                 "source and destination of different families",
             ))
@@ -259,6 +266,7 @@ pub fn inject(d: &Datagram, port: u16) -> Result<()> {
     check(fd.into(), "socket(SOCK_RAW)", None)?;
     // SAFETY: a fresh descriptor nobody else owns.
     let raw = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int(&raw, libc::SOL_SOCKET, libc::SO_MARK, mark as i32)?;
     // SAFETY: pkt and the address live for the call.
     let n = unsafe {
         libc::sendto(
@@ -270,10 +278,34 @@ pub fn inject(d: &Datagram, port: u16) -> Result<()> {
             to.1 as libc::socklen_t,
         )
     };
-    check(
-        n as libc::c_long,
-        "send datagram through a raw socket",
-        None,
+    check(n as libc::c_long, "send through a raw socket", None).map(drop)
+}
+
+/// Sends `d` to port `port` of its destination, from its original
+/// source, through a raw socket (needs CAP_NET_RAW). IPv4-mapped IPv6
+/// addresses go as IPv4.
+pub fn inject(d: &Datagram, port: u16) -> Result<()> {
+    let (src, dst) = (wire(d.from.ip()), wire(d.to));
+    let ulen = 8 + d.data.len();
+    let mut udp = Vec::with_capacity(ulen);
+    udp.extend_from_slice(&d.from.port().to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&(ulen as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&d.data);
+    // Over IPv4 checksum 0 means none; over IPv6 it is required.
+    if src.is_ipv6() {
+        let mut ck = l4_checksum(src, dst, libc::IPPROTO_UDP as u8, &udp);
+        if ck == 0 {
+            ck = 0xffff;
+        }
+        udp[6..8].copy_from_slice(&ck.to_be_bytes());
+    }
+    send_raw(
+        src,
+        dst,
+        libc::IPPROTO_UDP as u8,
+        &udp,
+        crate::netlock::MARK,
     )
-    .map(drop)
 }

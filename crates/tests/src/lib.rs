@@ -27,6 +27,8 @@
 //! change its own memory layout; [`Proto::ready`] and [`Proto::wait_go`]
 //! therefore make no allocations and only use raw system calls.
 
+pub mod inet;
+
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

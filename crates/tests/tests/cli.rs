@@ -496,7 +496,7 @@ fn dump_restore_with_criu_arguments() {
     assert_eq!(exit, Exit::Signal(libc::SIGKILL));
     let log = fs::read_to_string(img.join("dump.log")).expect("dump.log in the images dir");
     assert!(
-        log.contains("--tcp-established: accepted"),
+        log.contains("--link-remap: accepted"),
         "the log has no note for an accepted option"
     );
     let mut args = strings(&[

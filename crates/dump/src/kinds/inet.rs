@@ -6,9 +6,8 @@
 //!
 //! Saved: TCP sockets that are not connected (listening, or bound or not);
 //! UDP sockets bound and/or connected, with the datagrams waiting (their
-//! sources and destinations: `udpq`). Refused by name:
-//! established or closing TCP connections (criu's `--tcp-established`, not
-//! implemented), connections waiting in a listener's accept queue (unless
+//! sources and destinations: `udpq`); connected TCP sockets go to
+//! [`super::tcp`]. Refused by name: connections waiting in a listener's accept queue (unless
 //! `--skip-in-flight`, which drops them), empty or corked datagrams, a
 //! socket filter, other protocols over IP (raw, ICMP, SCTP, MPTCP) and
 //! other address families (netlink, packet, ...). AF_UNIX is left to
@@ -24,7 +23,6 @@ use std::os::fd::OwnedFd;
 
 const TCP_LISTEN: u8 = 10;
 const TCP_CLOSE: u8 = 7;
-const TCP_ESTABLISHED: u8 = 1;
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     if !d.link.starts_with("socket:[") {
@@ -67,7 +65,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
 
 /// The options that differ from a new socket's, the bound device; refuses
 /// a socket filter.
-fn options(
+pub(super) fn options(
     d: &Fd<'_>,
     dup: &OwnedFd,
     family: i32,
@@ -116,7 +114,7 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
                 return Err(d.refuse("a listening TCP socket sock_diag does not list"));
             };
             if s.rqueue != 0 {
-                if !d.skip_in_flight {
+                if !d.sockets.skip_in_flight {
                     return Err(d.refuse(&format!(
                         "a listening TCP socket with {} connection(s) waiting to be accepted \
                          (criu's --skip-in-flight drops them)",
@@ -134,17 +132,7 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
             listening = true;
             backlog = s.wqueue as i32;
         }
-        TCP_ESTABLISHED => {
-            return Err(d.refuse(
-                "an established TCP connection (criu's --tcp-established, not implemented yet)",
-            ))
-        }
-        s => {
-            return Err(d.refuse(&format!(
-                "a TCP socket connecting or closing (state {s}; criu's --tcp-established, \
-                 not implemented yet)"
-            )))
-        }
+        s => return super::tcp::connection(d, dup, family, s),
     }
     let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
     let (opts, device) = options(d, dup, family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;

@@ -43,6 +43,7 @@ mod procfile;
 pub(crate) mod regular;
 pub(crate) mod saved;
 mod signalfd;
+mod tcp;
 mod timerfd;
 mod unix;
 mod unixbound;
@@ -69,6 +70,28 @@ pub(crate) fn unix_sockets(
     }
 }
 
+/// What to do with a TCP connection (criu's `--tcp-established`,
+/// `--tcp-close`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum TcpMode {
+    /// Refused by name.
+    #[default]
+    Refuse,
+    /// Saved in repair mode (the tree's network lock is on).
+    Established,
+    /// Saved as a closed socket.
+    Close,
+}
+
+/// How sockets are dumped.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SockOpts {
+    /// criu's `--skip-in-flight`: connections waiting in a listener's
+    /// accept queue are dropped instead of refused.
+    pub(crate) skip_in_flight: bool,
+    pub(crate) tcp: TcpMode,
+}
+
 /// One descriptor being identified.
 pub(crate) struct Fd<'a> {
     pub(crate) pid: u32,
@@ -77,9 +100,8 @@ pub(crate) struct Fd<'a> {
     pub(crate) link: &'a str,
     pub(crate) info: &'a FdInfo,
     pub(crate) shell_job: bool,
-    /// criu's `--skip-in-flight`: connections waiting in a listener's
-    /// accept queue are dropped instead of refused.
-    pub(crate) skip_in_flight: bool,
+    /// How sockets are dumped (criu's socket options).
+    pub(crate) sockets: SockOpts,
     /// stat of a named file (link starting with '/'), read once on demand.
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
@@ -192,7 +214,7 @@ const KINDS: &[(&str, Identify)] = &[
 ];
 
 /// Records every open descriptor; a descriptor no kind claims is refused.
-pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Result<Vec<FdEntry>> {
+pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Result<Vec<FdEntry>> {
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
@@ -206,7 +228,7 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Re
             link: &link,
             info: &info,
             shell_job,
-            skip_in_flight,
+            sockets,
             md: None,
             unix: &mut unix,
             ttys: &mut ttys,
@@ -221,7 +243,13 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, skip_in_flight: bool) -> Re
         for (name, identify) in KINDS {
             kind = identify(&mut d)?;
             if let Some(k) = &kind {
-                log::trace!("pid {pid}: fd {fd} ({link}): {name} {k:?}");
+                // A connection's queues may be megabytes: its own module
+                // logs them by size.
+                if matches!(k, FdKind::TcpConnection { .. }) {
+                    log::trace!("pid {pid}: fd {fd} ({link}): {name}");
+                } else {
+                    log::trace!("pid {pid}: fd {fd} ({link}): {name} {k:?}");
+                }
                 break;
             }
         }
@@ -287,6 +315,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
         FdKind::TcpSocket { .. } => (14, 0, 0),
+        FdKind::TcpConnection { .. } => (17, 0, 0),
         FdKind::UdpSocket { .. } => (15, 0, 0),
         FdKind::UnixBound { .. } => (16, 0, 0),
         FdKind::ProcFile { .. } => (12, 0, 0),

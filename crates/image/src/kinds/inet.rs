@@ -69,3 +69,105 @@ pub(super) fn validate_queued(c: &Checker<'_>, field: &str, queued: &[UdpDatagra
     }
     Ok(())
 }
+
+/// Bytes one TCP queue (receive or send) may carry in an image.
+pub const MAX_TCP_QUEUE: usize = 64 << 20;
+
+/// `struct tcp_repair_window`, as TCP_REPAIR_WINDOW reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpWindow {
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+}
+
+/// A TCP connection's state as repair mode reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpStream {
+    /// TCP state: 1 ESTABLISHED; half-closed: 4 FIN_WAIT1, 5 FIN_WAIT2,
+    /// 9 LAST_ACK, 11 CLOSING (our FIN sent, counted in `write_seq`), 8
+    /// CLOSE_WAIT, 9, 11 (the peer's FIN received, counted in `rcv_nxt`).
+    pub state: u8,
+    /// The sequence after the last byte received (rcv_nxt).
+    pub rcv_nxt: u32,
+    /// The sequence after the last byte the process wrote (write_seq).
+    pub write_seq: u32,
+    /// Received, not yet read by the process.
+    #[serde(with = "crate::hex_bytes")]
+    pub recv_queue: Vec<u8>,
+    /// Written by the process, not acknowledged by the peer: sent (first)
+    /// and never sent (the last `unsent` bytes).
+    #[serde(with = "crate::hex_bytes")]
+    pub send_queue: Vec<u8>,
+    pub unsent: u32,
+    /// The MSS clamp (TCP_MAXSEG in repair mode).
+    pub mss: u32,
+    /// Window scaling (send, receive), when negotiated.
+    #[serde(default)]
+    pub wscale: Option<(u8, u8)>,
+    #[serde(default)]
+    pub sack: bool,
+    /// The timestamp clock (TCP_TIMESTAMP), when timestamps were negotiated.
+    #[serde(default)]
+    pub timestamp: Option<u32>,
+    pub window: TcpWindow,
+}
+
+/// The network lock a dump left on its TCP connections: the method
+/// (criu's `--network-lock` names), the lock's name (the nftables table or
+/// iptables chain) and the connections (local, peer) it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetLock {
+    pub method: String,
+    pub name: String,
+    pub conns: Vec<(SocketAddr, SocketAddr)>,
+}
+
+/// Lock names: what nftables tables and iptables chains both accept.
+const MAX_LOCK_NAME: usize = 28;
+
+pub(crate) fn validate_lock(c: &Checker<'_>, l: &NetLock) -> Result<()> {
+    c.ensure(matches!(l.method.as_str(), "iptables" | "nftables"), || {
+        format!(
+            "net_lock.method: {:?} is not iptables or nftables",
+            l.method
+        )
+    })?;
+    c.ensure(
+        !l.name.is_empty()
+            && l.name.len() <= MAX_LOCK_NAME
+            && l.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        || format!("net_lock.name: {:?} is not a lock name", l.name),
+    )
+}
+
+pub(super) fn validate_stream(c: &Checker<'_>, field: &str, s: &TcpStream) -> Result<()> {
+    c.ensure(matches!(s.state, 1 | 4 | 5 | 8 | 9 | 11), || {
+        format!(
+            "{field}.stream.state: {} is not ESTABLISHED or half-closed",
+            s.state
+        )
+    })?;
+    for (name, q) in [("recv_queue", &s.recv_queue), ("send_queue", &s.send_queue)] {
+        c.ensure(q.len() <= MAX_TCP_QUEUE, || {
+            format!(
+                "{field}.stream.{name}: {} bytes, more than {MAX_TCP_QUEUE}",
+                q.len()
+            )
+        })?;
+    }
+    c.ensure(s.unsent as usize <= s.send_queue.len(), || {
+        format!(
+            "{field}.stream.unsent: {} bytes of a {}-byte send queue",
+            s.unsent,
+            s.send_queue.len()
+        )
+    })?;
+    c.ensure(s.wscale.is_none_or(|(a, b)| a <= 14 && b <= 14), || {
+        format!("{field}.stream.wscale: {:?} above 14", s.wscale)
+    })
+}

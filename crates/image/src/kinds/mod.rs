@@ -15,7 +15,7 @@
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
 //! | `UnixBound` | [`unixbound`] | type; an absolute path or an abstract name; queued bytes capped |
-//! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
+//! | `TcpSocket`, `UdpSocket`, `TcpConnection` | [`inet`] | family, addresses of that family, option names, device name; a connection's state ESTABLISHED, queue sizes, window scales |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
 //! | `Pidfd` | [`pidfd`] | pid > 0 |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
@@ -84,6 +84,20 @@ pub(crate) fn validate_fd(
             device,
             ..
         } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device),
+        FdKind::TcpConnection {
+            family,
+            local,
+            peer,
+            stream,
+            opts,
+            device,
+            ..
+        } => {
+            inet::validate(c, &field, *family, [Some(local), Some(peer)], opts, device)?;
+            stream
+                .as_ref()
+                .map_or(Ok(()), |s| inet::validate_stream(c, &field, s))
+        }
         FdKind::UdpSocket {
             family,
             local,

@@ -97,6 +97,30 @@ fn requeue(cx: &Cx<'_>, fd: &OwnedFd, s: &Saved<'_>) -> Result<()> {
     }
 }
 
+/// The device bound to and the options (those set once listening aside).
+pub(super) fn device_and_options(
+    cx: &Cx<'_>,
+    fd: &OwnedFd,
+    device: &str,
+    opts: &BTreeMap<String, i32>,
+) -> Result<()> {
+    if !device.is_empty() {
+        sock::set_bytes(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            device.as_bytes(),
+        )
+        .at(cx.pid, Stage::Fork)?;
+    }
+    for (name, &v) in opts {
+        if !AFTER_LISTEN.contains(&name.as_str()) {
+            set_opt(cx, fd, name, v)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>, tcp: bool) -> Result<usize> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let (ty, proto) = if tcp {
@@ -105,20 +129,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>, tcp: bool) -> Res
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
     };
     let fd = sock::socket(s.family as i32, ty, proto).at(pid, st)?;
-    if !s.device.is_empty() {
-        sock::set_bytes(
-            &fd,
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            s.device.as_bytes(),
-        )
-        .at(pid, st)?;
-    }
-    for (name, &v) in s.opts {
-        if !AFTER_LISTEN.contains(&name.as_str()) {
-            set_opt(cx, &fd, name, v)?;
-        }
-    }
+    device_and_options(cx, &fd, s.device, s.opts)?;
     if let Some(a) = s.local {
         sock::set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).at(pid, st)?;
         sock::bind(&fd, a).at(pid, st)?;

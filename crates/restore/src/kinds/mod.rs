@@ -17,6 +17,7 @@
 //! | `UnixSocket` | [`unix`] | one `socketpair` per pair |
 //! | `UnixBound` | [`unixbound`] | `socket`, options, the stale socket file removed, bind, mode and owner, listen; queued datagrams re-sent |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | `socket`, options, bind, listen (backlog) or connect |
+//! | `TcpConnection` | [`tcp`] | `socket`, options, the connection rebuilt in repair mode (repair off at resume), or closed |
 //! | `EventFd` | [`eventfd`] | `eventfd2` with its counter |
 //! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
@@ -43,6 +44,7 @@ mod procfile;
 mod regular;
 pub(crate) mod saved;
 mod signalfd;
+pub(crate) mod tcp;
 mod timerfd;
 mod unix;
 mod unixbound;
@@ -79,6 +81,11 @@ pub(crate) struct Opened {
     /// `--shell-job`: the restorer's own terminal, which replaces the
     /// terminal the processes had.
     pub(crate) shell_tty: Option<String>,
+    /// criu's `--tcp-close`: TCP connections come back closed.
+    pub(crate) tcp_close: bool,
+    /// Copies of the TCP connections rebuilt in repair mode, for
+    /// [`tcp::go_live`].
+    pub(crate) repaired: Vec<OwnedFd>,
 }
 
 impl Opened {
@@ -197,6 +204,26 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 queued: &[],
             };
             inet::open(o, cx, &s, true)
+        }
+        FdKind::TcpConnection {
+            family,
+            local,
+            peer,
+            stream,
+            opts,
+            device,
+            flags,
+        } => {
+            let s = tcp::Saved {
+                family: *family,
+                local,
+                peer,
+                stream: stream.as_deref(),
+                opts,
+                device,
+                flags: *flags,
+            };
+            tcp::open(o, cx, &s)
         }
         FdKind::UdpSocket {
             family,

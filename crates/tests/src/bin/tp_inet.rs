@@ -22,31 +22,9 @@
 //!
 //! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued]`
 
+use stasis_tests::inet::{get, name, parse, set, sock, sockaddr};
 use stasis_tests::{errno, Proto, Report};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-
-fn sock(family: i32, ty: i32) -> i32 {
-    // SAFETY: plain socket creation.
-    let fd = unsafe { libc::socket(family, ty, 0) };
-    assert!(fd >= 0, "socket: errno {}", errno());
-    fd
-}
-
-fn set(fd: i32, level: i32, opt: i32, v: i32) {
-    // SAFETY: v lives for the call.
-    let r = unsafe { libc::setsockopt(fd, level, opt, std::ptr::addr_of!(v).cast(), 4) };
-    assert_eq!(r, 0, "setsockopt({level}, {opt}, {v}): errno {}", errno());
-}
-
-fn get(fd: i32, level: i32, opt: i32) -> i32 {
-    let (mut v, mut len) = (0i32, 4u32);
-    // SAFETY: v and len are live out-parameters.
-    let r = unsafe { libc::getsockopt(fd, level, opt, std::ptr::addr_of_mut!(v).cast(), &mut len) };
-    if r != 0 {
-        return -errno() - 1000;
-    }
-    v
-}
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 fn device(fd: i32) -> String {
     let mut b = [0u8; 32];
@@ -66,81 +44,17 @@ fn device(fd: i32) -> String {
         .to_string()
 }
 
-fn raw(a: &SocketAddr) -> (libc::sockaddr_storage, u32) {
-    // SAFETY: zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v) => {
-            // SAFETY: storage fits a sockaddr_in.
-            let s: &mut libc::sockaddr_in = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
-            s.sin_family = libc::AF_INET as u16;
-            s.sin_port = v.port().to_be();
-            s.sin_addr.s_addr = u32::from(*v.ip()).to_be();
-            16
-        }
-        SocketAddr::V6(v) => {
-            // SAFETY: storage fits a sockaddr_in6.
-            let s: &mut libc::sockaddr_in6 = unsafe { &mut *std::ptr::addr_of_mut!(ss).cast() };
-            s.sin6_family = libc::AF_INET6 as u16;
-            s.sin6_port = v.port().to_be();
-            s.sin6_addr.s6_addr = v.ip().octets();
-            28
-        }
-    };
-    (ss, len)
-}
-
-fn parse(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: family says sockaddr_in.
-            let s: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(*ss).cast() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
-                u16::from_be(s.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: family says sockaddr_in6.
-            let s: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(*ss).cast() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(s.sin6_addr.s6_addr),
-                u16::from_be(s.sin6_port),
-                0,
-                0,
-            )))
-        }
-        _ => None,
-    }
-}
-
 fn bind(fd: i32, a: SocketAddr) {
-    let (ss, len) = raw(&a);
+    let (ss, len) = sockaddr(&a);
     // SAFETY: ss holds a valid address.
     let r = unsafe { libc::bind(fd, std::ptr::addr_of!(ss).cast(), len) };
     assert_eq!(r, 0, "bind {a}: errno {}", errno());
 }
 
 fn connect(fd: i32, a: SocketAddr) -> i32 {
-    let (ss, len) = raw(&a);
+    let (ss, len) = sockaddr(&a);
     // SAFETY: ss holds a valid address.
     unsafe { libc::connect(fd, std::ptr::addr_of!(ss).cast(), len) }
-}
-
-fn name(fd: i32, peer: bool) -> Option<SocketAddr> {
-    // SAFETY: zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    let p = std::ptr::addr_of_mut!(ss).cast();
-    // SAFETY: ss and len are live out-parameters.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    (r == 0).then(|| parse(&ss)).flatten()
 }
 
 fn listen(fd: i32, backlog: i32) {
@@ -494,7 +408,7 @@ fn main() {
         (b"to-c".to_vec(), name(ub, false)),
         (got, from),
     );
-    let (ss, len) = raw(&name(ua, false).unwrap_or(lo4()));
+    let (ss, len) = sockaddr(&name(ua, false).unwrap_or(lo4()));
     // SAFETY: ss holds a valid address.
     unsafe {
         libc::sendto(
