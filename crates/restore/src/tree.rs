@@ -25,6 +25,7 @@ pub(crate) fn restore_tree(
     pid_ns: bool,
     shell_job: bool,
     uts: Option<&stasis_image::UtsNs>,
+    hook: &mut crate::ActionHook<'_>,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
@@ -74,6 +75,10 @@ pub(crate) fn restore_tree(
     // In a new namespace our PIDs of the tree differ from the image's.
     guard.pids.extend(host.values().map(|h| h.0));
     fault_point(root_pid, Stage::Fork)?;
+    // criu's namespace points: the tree exists (stasis makes no namespace
+    // but the PID and UTS ones the tree was forked into).
+    crate::action(hook, "setup-namespaces", root_pid, root.0)?;
+    crate::action(hook, "post-setup-namespaces", root_pid, root.0)?;
     // 6. seize every process (EXITKILL: if we die, they die).
     let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
     // 7. process groups: leaders first, then members; then the group
@@ -97,6 +102,8 @@ pub(crate) fn restore_tree(
     kinds::saved::times_again(root_pid, times)?;
     fault_point(root_pid, Stage::Registers)?;
     // The last instant a failure can still undo everything.
+    crate::action(hook, "post-restore", root_pid, root.0)?;
+    crate::action(hook, "pre-resume", root_pid, root.0)?;
     fault_point(root_pid, Stage::Resume)?;
     // 10. resume.
     let wait_pid = resume(procs, &built, top, root, tree.stub, tree.session_helper)?;

@@ -232,7 +232,7 @@ pub static OPTIONS: &[Opt] = &[
     ),
     o("lsm-profile", Req, RESTORE, Ref, "apparmor:x"),
     o("lsm-mount-context", Req, RESTORE, Ref, "x"),
-    o("action-script", Req, DR, Ref, "/bin/true"),
+    o("action-script", Req, DR, App, "/bin/true"),
     b("deprecated", ANY, Acc("stasis supports nothing criu deprecated")),
     // Restore.
     s("restore-detached", 'd', No, RESTORE, App, "").neg(),

@@ -11,34 +11,36 @@ use std::time::Duration;
 
 /// What the options ask for, once judged.
 #[derive(Debug, Default)]
-struct Request {
-    command: String,
-    scope: u8,
-    tree: Option<u32>,
-    images_dir: Option<PathBuf>,
-    work_dir: Option<PathBuf>,
-    log_file: Option<PathBuf>,
+pub(crate) struct Request {
+    pub(crate) command: String,
+    pub(crate) scope: u8,
+    pub(crate) tree: Option<u32>,
+    pub(crate) images_dir: Option<PathBuf>,
+    pub(crate) work_dir: Option<PathBuf>,
+    pub(crate) log_file: Option<PathBuf>,
     /// criu's level: 0 none .. 4 debug; None = default.
-    verbosity: Option<u8>,
-    leave_running: bool,
-    shell_job: bool,
-    file_locks: bool,
+    pub(crate) verbosity: Option<u8>,
+    pub(crate) leave_running: bool,
+    pub(crate) shell_job: bool,
+    pub(crate) file_locks: bool,
     /// criu's `--skip-in-flight`: drop connections waiting in a TCP
     /// listener's accept queue.
-    skip_in_flight: bool,
-    timeout: Option<u64>,
-    ghost_limit: Option<u64>,
-    detached: bool,
-    pidfile: Option<PathBuf>,
-    no_default_config: bool,
-    close: Vec<i32>,
-    feature: Option<String>,
-    extra: bool,
-    experimental: bool,
-    allow_changed_files: bool,
-    new_pid_ns: bool,
+    pub(crate) skip_in_flight: bool,
+    pub(crate) timeout: Option<u64>,
+    pub(crate) ghost_limit: Option<u64>,
+    pub(crate) detached: bool,
+    pub(crate) pidfile: Option<PathBuf>,
+    pub(crate) no_default_config: bool,
+    pub(crate) close: Vec<i32>,
+    pub(crate) feature: Option<String>,
+    pub(crate) extra: bool,
+    pub(crate) experimental: bool,
+    pub(crate) allow_changed_files: bool,
+    pub(crate) new_pid_ns: bool,
+    /// criu's `--action-script`: run at each action point.
+    pub(crate) action_scripts: Vec<String>,
     /// Notes for the log: accepted options and why they change nothing.
-    notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// What the caller should do with a parsed command line.
@@ -140,6 +142,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             r.experimental = true;
         }
         "allow-changed-files" => r.allow_changed_files = true,
+        "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
         "new-pid-ns" => r.new_pid_ns = true,
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -160,6 +163,44 @@ fn default_configs() -> Vec<PathBuf> {
         v.push(PathBuf::from(c));
     }
     v.into_iter().filter(|p| p.exists()).collect()
+}
+
+/// Applies every given option to `r` (its command and scope set), noting
+/// accepted ones; returns the first refused option, if any. An invalid
+/// value is an error.
+pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given>> {
+    let mut refused = None;
+    for g in given {
+        let fate = criu::judge_value(g).map_err(|e| anyhow!(e))?;
+        let in_scope = g.opt.scope & r.scope != 0;
+        match fate {
+            _ if g.negated && !matches!(fate, Fate::Applied) => {
+                r.notes.push(format!("{}: the default", g.spelled()));
+            }
+            Fate::Applied => apply(r, g)?,
+            _ if !in_scope => r.notes.push(format!(
+                "{}: no effect on {} (criu ignores it there too)",
+                g.spelled(),
+                r.command
+            )),
+            Fate::Accepted(note) => r.notes.push(format!("{}: accepted; {note}", g.spelled())),
+            Fate::Refused | Fate::ByValue => {
+                refused.get_or_insert_with(|| g.clone());
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// The one-line refusal of an option.
+pub(crate) fn refusal(g: &Given) -> String {
+    if g.opt.long == "manage-cgroups" {
+        return format!(
+            "option {} is not supported yet (stasis does not dump or restore cgroups; only --manage-cgroups=ignore is accepted)",
+            g.spelled()
+        );
+    }
+    format!("option --{} is not supported yet", g.opt.long)
 }
 
 /// Judges a parsed criu command line. Errors are refusals: nothing has
@@ -188,33 +229,8 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
         // Its options parsed; the command itself is what stasis lacks.
         bail!("command {command} is not supported yet");
     }
-    let mut refused = None;
-    for g in &p.given {
-        let fate = criu::judge_value(g).map_err(|e| anyhow!(e))?;
-        let in_scope = g.opt.scope & scope != 0;
-        match fate {
-            _ if g.negated && !matches!(fate, Fate::Applied) => {
-                r.notes.push(format!("{}: the default", g.spelled()));
-            }
-            Fate::Applied => apply(&mut r, g)?,
-            _ if !in_scope => r.notes.push(format!(
-                "{}: no effect on {command} (criu ignores it there too)",
-                g.spelled()
-            )),
-            Fate::Accepted(note) => r.notes.push(format!("{}: accepted; {note}", g.spelled())),
-            Fate::Refused | Fate::ByValue => {
-                refused.get_or_insert_with(|| g.clone());
-            }
-        }
-    }
-    if let Some(g) = refused {
-        if g.opt.long == "manage-cgroups" {
-            bail!(
-                "option {} is not supported yet (stasis does not dump or restore cgroups; only --manage-cgroups=ignore is accepted)",
-                g.spelled()
-            );
-        }
-        bail!("option --{} is not supported yet", g.opt.long);
+    if let Some(g) = judge_all(&mut r, &p.given)? {
+        bail!("{}", refusal(&g));
     }
     if r.extra_positional(&p) {
         bail!(
@@ -291,7 +307,7 @@ impl Prepared {
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
         match r.command.as_str() {
-            "dump" => dump(&r),
+            "dump" => dump(&r, &mut crate::action::scripts(&r.action_scripts)),
             "restore" => restore(&r),
             "check" => check(&r),
             other => bail!("command {other} is not supported yet"),
@@ -299,7 +315,8 @@ impl Prepared {
     }
 }
 
-fn dump(r: &Request) -> Result<ExitCode> {
+/// Dumps as `r` asks, calling `hook` at criu's action points.
+pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
     r.setup_log(Some(&dir))?;
@@ -313,7 +330,7 @@ fn dump(r: &Request) -> Result<ExitCode> {
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
     };
-    let stats = stasis_dump::dump(&opts)?;
+    let stats = stasis_dump::dump_with(&opts, hook)?;
     log::info!(
         "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, stopped {:?}",
         dir.display(),
@@ -326,7 +343,12 @@ fn dump(r: &Request) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(r: &Request) -> Result<ExitCode> {
+/// Restores as `r` asks, calling `hook` at criu's action points; the tree
+/// runs as our child.
+pub(crate) fn restore_tree(
+    r: &Request,
+    hook: stasis_restore::ActionHook<'_>,
+) -> Result<stasis_restore::Restored> {
     let dir = r.images_dir();
     r.setup_log(Some(&dir))?;
     let opts = stasis_restore::RestoreOptions {
@@ -335,7 +357,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
         new_pid_ns: r.new_pid_ns,
         shell_job: r.shell_job,
     };
-    let restored = stasis_restore::restore(&opts)?;
+    let restored = stasis_restore::restore_with(&opts, hook)?;
     let pid = restored.pid;
     if let Some(p) = &r.pidfile {
         let p = r.in_work_dir(p);
@@ -344,6 +366,12 @@ fn restore(r: &Request) -> Result<ExitCode> {
     }
     log::info!("restored pid {pid}");
     log::info!("descriptors open at exit: {}", open_fds());
+    Ok(restored)
+}
+
+fn restore(r: &Request) -> Result<ExitCode> {
+    let restored = restore_tree(r, &mut crate::action::scripts(&r.action_scripts))?;
+    let pid = restored.pid;
     if r.detached {
         return Ok(ExitCode::SUCCESS);
     }

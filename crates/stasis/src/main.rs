@@ -4,6 +4,7 @@
 //! The command line is criu's (see `criu.rs` and README, "criu compatibility"):
 //! every criu option parses and is applied, accepted with a note, or refused by name.
 
+mod action;
 mod bench;
 mod criu;
 mod criu_check;

@@ -15,6 +15,7 @@ pub mod mem;
 pub mod ptrace;
 pub mod remote;
 pub mod sched;
+pub mod seqpacket;
 pub mod util;
 pub mod xsave;
 
