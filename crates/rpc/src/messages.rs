@@ -24,6 +24,28 @@ pub enum ReqType {
     SinglePreDump = 13,
 }
 
+impl ReqType {
+    /// criu's name of the request type.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReqType::Empty => "EMPTY",
+            ReqType::Dump => "DUMP",
+            ReqType::Restore => "RESTORE",
+            ReqType::Check => "CHECK",
+            ReqType::PreDump => "PRE_DUMP",
+            ReqType::PageServer => "PAGE_SERVER",
+            ReqType::Notify => "NOTIFY",
+            ReqType::CpuinfoDump => "CPUINFO_DUMP",
+            ReqType::CpuinfoCheck => "CPUINFO_CHECK",
+            ReqType::FeatureCheck => "FEATURE_CHECK",
+            ReqType::Version => "VERSION",
+            ReqType::WaitPid => "WAIT_PID",
+            ReqType::PageServerChld => "PAGE_SERVER_CHLD",
+            ReqType::SinglePreDump => "SINGLE_PRE_DUMP",
+        }
+    }
+}
+
 /// criu_cg_mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]

@@ -39,6 +39,10 @@ pub(crate) struct Request {
     pub(crate) new_pid_ns: bool,
     /// criu's `--action-script`: run at each action point.
     pub(crate) action_scripts: Vec<String>,
+    /// `service --address PATH`.
+    pub(crate) address: Option<PathBuf>,
+    /// The command's argument (`swrk FD`).
+    pub(crate) argument: Option<String>,
     /// Notes for the log: accepted options and why they change nothing.
     pub(crate) notes: Vec<String>,
 }
@@ -143,6 +147,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         }
         "allow-changed-files" => r.allow_changed_files = true,
         "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
+        "address" => r.address = Some(path()),
         "new-pid-ns" => r.new_pid_ns = true,
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -171,7 +176,12 @@ fn default_configs() -> Vec<PathBuf> {
 pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given>> {
     let mut refused = None;
     for g in given {
-        let fate = criu::judge_value(g).map_err(|e| anyhow!(e))?;
+        // --address is the page server's on dump, the listener's on service.
+        let fate = if g.opt.long == "address" && r.command == "service" {
+            Fate::Applied
+        } else {
+            criu::judge_value(g).map_err(|e| anyhow!(e))?
+        };
         let in_scope = g.opt.scope & r.scope != 0;
         match fate {
             _ if g.negated && !matches!(fate, Fate::Applied) => {
@@ -246,6 +256,10 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
             );
         }
     }
+    r.argument = p.positionals.get(1).cloned();
+    if command == "swrk" && r.argument.is_none() {
+        bail!("swrk: the socket's descriptor must be given (swrk FD)");
+    }
     if command == "dump" && r.tree.is_none() {
         bail!("dump: the process tree to dump must be given with -t PID");
     }
@@ -254,10 +268,11 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
 
 impl Request {
     fn extra_positional(&self, p: &Parsed) -> bool {
-        p.positionals.len() > 1
+        // `swrk FD` takes one argument.
+        p.positionals.len() > 1 + usize::from(self.command == "swrk")
     }
 
-    fn images_dir(&self) -> PathBuf {
+    pub(crate) fn images_dir(&self) -> PathBuf {
         self.images_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("."))
@@ -265,7 +280,7 @@ impl Request {
 
     /// criu works in the work directory (default: the images directory):
     /// relative log and pid files are relative to it.
-    fn in_work_dir(&self, f: &Path) -> PathBuf {
+    pub(crate) fn in_work_dir(&self, f: &Path) -> PathBuf {
         if f.is_relative() && f.as_os_str() != "-" {
             self.work_dir
                 .clone()
@@ -276,7 +291,7 @@ impl Request {
         }
     }
 
-    fn setup_log(&self, images_dir: Option<&Path>) -> Result<()> {
+    pub(crate) fn setup_log(&self, images_dir: Option<&Path>) -> Result<()> {
         let file = self.log_file.as_ref().map(|f| self.in_work_dir(f));
         if let (Some(f), Some(d)) = (&file, images_dir) {
             if f.starts_with(d) {
@@ -310,6 +325,8 @@ impl Prepared {
             "dump" => dump(&r, &mut crate::action::scripts(&r.action_scripts)),
             "restore" => restore(&r),
             "check" => check(&r),
+            "swrk" => crate::rpc::swrk(&r),
+            "service" => crate::rpc::service(&r),
             other => bail!("command {other} is not supported yet"),
         }
     }
@@ -387,7 +404,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
 }
 
 /// stasis's own features without which it cannot work at all.
-const NEEDED: &[&str] = &[
+pub(crate) const NEEDED: &[&str] = &[
     "ptrace",
     "checkpoint_restore",
     "pagemap",
@@ -395,6 +412,13 @@ const NEEDED: &[&str] = &[
     "clone3_set_tid",
     "pidfd",
 ];
+
+/// Whether every feature stasis cannot work without is there.
+pub(crate) fn needed_features_ok(features: &[stasis_sys::features::Feature]) -> bool {
+    features
+        .iter()
+        .all(|f| f.ok || !NEEDED.contains(&f.name))
+}
 
 fn check(r: &Request) -> Result<ExitCode> {
     r.setup_log(None)?;

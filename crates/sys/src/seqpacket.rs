@@ -139,3 +139,13 @@ pub fn connect_to(path: &str) -> Result<OwnedFd> {
     crate::sock::connect_unix(&fd, &name)?;
     Ok(fd)
 }
+
+/// Adopts an inherited listening SOCK_SEQPACKET socket by number (the
+/// daemonized `service`).
+pub fn adopt_listener(fd: i32) -> Result<OwnedFd> {
+    let s = adopt_socket(fd)?;
+    if crate::sock::get_int(&s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0 {
+        return Err(SysError::other(format!("fd {fd}"), None, "not listening"));
+    }
+    Ok(s)
+}
