@@ -87,10 +87,31 @@ pub(crate) fn handle(sock: &OwnedFd, peer: i32, buf: &[u8]) -> Resp {
     }
 }
 
-/// The first errno in an error's chain (0 if none).
+/// A request stasis refuses (an option or a request type it does not
+/// implement): answered with EOPNOTSUPP.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(msg: String) -> anyhow::Error {
+    anyhow::Error::new(Refused(msg))
+}
+
+/// The errno of an error: EOPNOTSUPP for a refusal, else the first in its
+/// chain (0 if none).
 fn errno_of(e: &anyhow::Error) -> i32 {
     e.chain()
         .find_map(|c| {
+            if c.is::<Refused>() {
+                return Some(libc::EOPNOTSUPP);
+            }
             c.downcast_ref::<std::io::Error>()
                 .and_then(|io| io.raw_os_error())
                 .or_else(|| c.downcast_ref::<stasis_sys::SysError>().and_then(|s| s.errno()))
@@ -108,7 +129,10 @@ fn dispatch(sock: &OwnedFd, peer: i32, kind: ReqType, req: &Req) -> Result<Resp>
         ReqType::WaitPid => wait_pid(req),
         ReqType::Notify => bail!("a NOTIFY answer outside a dump or restore"),
         ReqType::Empty => bail!("an EMPTY request"),
-        other => bail!("request {} is not supported yet", other.name()),
+        other => Err(refused(format!(
+            "request {} is not supported yet",
+            other.name()
+        ))),
     }
 }
 
@@ -166,7 +190,7 @@ fn request(command: &str, o: &Opts, peer: i32) -> Result<Request> {
         ..Request::default()
     };
     if let Some(name) = rpc_opts::refused_rpc_only(o) {
-        bail!("criu_opts.{name} is not supported yet");
+        return Err(refused(format!("criu_opts.{name} is not supported yet")));
     }
     let fields = rpc_opts::fields(o)?;
     let given: Vec<_> = fields.iter().map(|f| f.given.clone()).collect();
@@ -175,10 +199,10 @@ fn request(command: &str, o: &Opts, peer: i32) -> Result<Request> {
             .iter()
             .find(|f| f.given.opt.long == g.opt.long && f.given.value == g.value)
             .map_or("?", |f| f.rpc);
-        bail!(
+        return Err(refused(format!(
             "criu_opts.{name} is not supported yet (criu's {})",
             g.spelled()
-        );
+        )));
     }
     r.images_dir = Some(rpc_opts::client_dir(peer, o.images_dir_fd, "images_dir_fd")?);
     if let Some(fd) = o.work_dir_fd {
