@@ -209,3 +209,138 @@ pub fn client_dir(peer: i32, fd: i32, field: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use stasis_rpc::{CgroupRoot, InheritFd, JoinNamespace, KeyVal, PageServerInfo, UnixSk};
+
+    /// Every criu_opts field set at once.
+    fn everything() -> Opts {
+        let s = || Some("x".to_string());
+        let kv = || KeyVal {
+            key: "k".into(),
+            val: "v".into(),
+        };
+        Opts {
+            images_dir_fd: 3,
+            pid: Some(1),
+            leave_running: Some(true),
+            ext_unix_sk: Some(true),
+            tcp_established: Some(true),
+            evasive_devices: Some(true),
+            shell_job: Some(true),
+            file_locks: Some(true),
+            log_level: Some(4),
+            log_file: s(),
+            ps: Some(PageServerInfo::default()),
+            notify_scripts: Some(true),
+            root: s(),
+            parent_img: s(),
+            track_mem: Some(true),
+            auto_dedup: Some(true),
+            work_dir_fd: Some(3),
+            link_remap: Some(true),
+            veths: vec![kv()],
+            cpu_cap: Some(1),
+            force_irmap: Some(true),
+            exec_cmd: vec!["x".into()],
+            ext_mnt: vec![kv()],
+            manage_cgroups: Some(true),
+            cg_root: vec![CgroupRoot {
+                ctrl: None,
+                path: "/".into(),
+            }],
+            rst_sibling: Some(true),
+            inherit_fd: vec![InheritFd {
+                key: "k".into(),
+                fd: 3,
+            }],
+            auto_ext_mnt: Some(true),
+            ext_sharing: Some(true),
+            ext_masters: Some(true),
+            skip_mnt: vec!["/m".into()],
+            enable_fs: vec!["nfs".into()],
+            unix_sk_ino: vec![UnixSk { inode: 1 }],
+            manage_cgroups_mode: Some(CgMode::Soft as i32),
+            ghost_limit: Some(1),
+            irmap_scan_paths: vec!["/".into()],
+            external: vec!["x".into()],
+            empty_ns: Some(1),
+            join_ns: vec![JoinNamespace {
+                ns: "net".into(),
+                ns_file: "/f".into(),
+                extra_opt: None,
+            }],
+            cgroup_props: s(),
+            cgroup_props_file: s(),
+            cgroup_dump_controller: vec!["cpu".into()],
+            freeze_cgroup: s(),
+            timeout: Some(1),
+            tcp_skip_in_flight: Some(true),
+            weak_sysctls: Some(true),
+            lazy_pages: Some(true),
+            status_fd: Some(1),
+            orphan_pts_master: Some(true),
+            config_file: s(),
+            tcp_close: Some(true),
+            lsm_profile: s(),
+            tls_cacert: s(),
+            tls_cacrl: s(),
+            tls_cert: s(),
+            tls_key: s(),
+            tls: Some(true),
+            tls_no_cn_verify: Some(true),
+            cgroup_yard: s(),
+            pre_dump_mode: Some(PreDumpMode::VmRead as i32),
+            pidfd_store_sk: Some(1),
+            lsm_mount_context: s(),
+            network_lock: Some(NetworkLock::Skip as i32),
+            mntns_compat_mode: Some(true),
+            skip_file_rwx_check: Some(true),
+            unprivileged: Some(true),
+        }
+    }
+
+    /// Every field of criu_opts has a home: a command-line option (and so
+    /// the table's fate), the caller (descriptors, pid, log, notify), or
+    /// a refusal by name. None is dropped.
+    #[test]
+    fn every_field_has_a_fate() {
+        let o = everything();
+        let numbers: Vec<u32> = stasis_rpc::wire::fields(&o.encode_to_vec())
+            .expect("fields")
+            .iter()
+            .map(|f| f.0)
+            .collect();
+        let want: Vec<u32> = Opts::KNOWN_FIELDS.filter(|n| *n != 40).collect();
+        let mut got = numbers.clone();
+        got.dedup();
+        assert_eq!(got, want, "the test sets every field");
+        let mapped: std::collections::BTreeSet<&str> =
+            fields(&o).expect("fields").iter().map(|f| f.rpc).collect();
+        let by_caller = [
+            "images_dir_fd",
+            "pid",
+            "log_level",
+            "log_file",
+            "notify_scripts",
+            "work_dir_fd",
+            // With manage_cgroups_mode set, the mode speaks for both.
+            "manage_cgroups",
+        ];
+        let refused = ["orphan_pts_master", "pidfd_store_sk"];
+        assert_eq!(refused_rpc_only(&o), Some("orphan_pts_master"));
+        assert_eq!(
+            mapped.len() + by_caller.len() + refused.len(),
+            want.len(),
+            "mapped: {mapped:?}"
+        );
+        let alone = Opts {
+            manage_cgroups: Some(true),
+            ..Opts::default()
+        };
+        assert_eq!(fields(&alone).expect("fields")[0].rpc, "manage_cgroups");
+    }
+}

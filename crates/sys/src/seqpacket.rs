@@ -20,7 +20,8 @@ pub fn adopt_socket(fd: i32) -> Result<OwnedFd> {
     // SAFETY: fd is open (checked above) and handed to us by our parent
     // for our exclusive use; nothing else in this process owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ty = crate::sock::get_int(&owned, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    // Not a socket at all reads as -1.
+    let ty = crate::sock::get_int(&owned, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
     if ty != libc::SOCK_SEQPACKET {
         // Not ours to close: give the number back untouched.
         std::mem::forget(owned);

@@ -317,6 +317,32 @@ fn rpc_malformed_requests() {
         )
         .expect("version");
     assert!(v.success && v.version.is_some(), "{v:?}");
+    assert_eq!(v.version.as_ref().map(|v| (v.major_number, v.minor_number)), Some((4, 1)));
+    let ask = |ty: ReqType| {
+        c.call(
+            &Req {
+                r#type: ty as i32,
+                ..Req::default()
+            },
+            |_| true,
+        )
+        .expect("call")
+    };
+    let check = ask(ReqType::Check);
+    assert!(check.success && check.r#type == ReqType::Check as i32, "{check:?}");
+    // Requests stasis does not serve are refused by name (EOPNOTSUPP).
+    for (ty, name) in [
+        (ReqType::PreDump, "PRE_DUMP"),
+        (ReqType::PageServer, "PAGE_SERVER"),
+        (ReqType::CpuinfoDump, "CPUINFO_DUMP"),
+    ] {
+        let r = ask(ty);
+        assert!(!r.success && r.cr_errno == Some(libc::EOPNOTSUPP), "{r:?}");
+        assert!(r.cr_errmsg.as_deref().unwrap_or("").contains(name), "{r:?}");
+    }
+    // A dump without criu_opts is an error, not a panic.
+    let r = ask(ReqType::Dump);
+    assert!(!r.success, "{r:?}");
     // A zero-length record reads as the end of the connection on a
     // SOCK_SEQPACKET socket: the worker ends cleanly.
     c.send_raw(&[]).expect("send empty");
