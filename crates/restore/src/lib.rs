@@ -166,7 +166,12 @@ pub type Result<T> = std::result::Result<T, RestoreError>;
 pub use stasis_sys::hook::ActionHook;
 
 /// Runs the action `name` (`pid`: the image's root, `host`: its PID here).
-pub(crate) fn action(hook: &mut ActionHook<'_>, name: &'static str, pid: u32, host: i32) -> Result<()> {
+pub(crate) fn action(
+    hook: &mut ActionHook<'_>,
+    name: &'static str,
+    pid: u32,
+    host: i32,
+) -> Result<()> {
     log::info!("pid {pid}: action {name}");
     hook(name, host).map_err(|why| RestoreError::Action {
         pid,

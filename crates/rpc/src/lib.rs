@@ -80,11 +80,7 @@ impl Client {
 
     /// One request and its final response; each notification on the way
     /// goes to `notify`, whose verdict is sent back as the NOTIFY ack.
-    pub fn call(
-        &self,
-        req: &Req,
-        mut notify: impl FnMut(&Notify) -> bool,
-    ) -> Result<Resp, Error> {
+    pub fn call(&self, req: &Req, mut notify: impl FnMut(&Notify) -> bool) -> Result<Resp, Error> {
         self.send_raw(&req.encode_to_vec())?;
         loop {
             let resp = self.recv()?.ok_or_else(|| Error("server closed".into()))?;

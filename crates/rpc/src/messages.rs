@@ -262,7 +262,12 @@ pub struct Opts {
     pub pidfd_store_sk: Option<i32>,
     #[prost(string, optional, tag = "63")]
     pub lsm_mount_context: Option<String>,
-    #[prost(enumeration = "NetworkLock", optional, tag = "64", default = "Iptables")]
+    #[prost(
+        enumeration = "NetworkLock",
+        optional,
+        tag = "64",
+        default = "Iptables"
+    )]
     pub network_lock: Option<i32>,
     #[prost(bool, optional, tag = "65")]
     pub mntns_compat_mode: Option<bool>,

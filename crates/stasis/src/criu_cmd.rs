@@ -415,9 +415,7 @@ pub(crate) const NEEDED: &[&str] = &[
 
 /// Whether every feature stasis cannot work without is there.
 pub(crate) fn needed_features_ok(features: &[stasis_sys::features::Feature]) -> bool {
-    features
-        .iter()
-        .all(|f| f.ok || !NEEDED.contains(&f.name))
+    features.iter().all(|f| f.ok || !NEEDED.contains(&f.name))
 }
 
 fn check(r: &Request) -> Result<ExitCode> {
@@ -440,7 +438,6 @@ fn check(r: &Request) -> Result<ExitCode> {
             None => bail!("unknown feature {name} (`check --feature list` lists criu's)"),
         };
     }
-    let mut all_needed = true;
     for f in &features {
         println!(
             "{:<22} {:<4} {}",
@@ -448,11 +445,8 @@ fn check(r: &Request) -> Result<ExitCode> {
             if f.ok { "yes" } else { "no" },
             f.note
         );
-        if !f.ok && NEEDED.contains(&f.name) {
-            all_needed = false;
-        }
     }
-    if !all_needed {
+    if !needed_features_ok(&features) {
         println!("Does not look good.");
         return Ok(ExitCode::FAILURE);
     }

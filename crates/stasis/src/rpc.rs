@@ -114,7 +114,10 @@ fn errno_of(e: &anyhow::Error) -> i32 {
             }
             c.downcast_ref::<std::io::Error>()
                 .and_then(|io| io.raw_os_error())
-                .or_else(|| c.downcast_ref::<stasis_sys::SysError>().and_then(|s| s.errno()))
+                .or_else(|| {
+                    c.downcast_ref::<stasis_sys::SysError>()
+                        .and_then(|s| s.errno())
+                })
         })
         .unwrap_or(0)
 }
@@ -204,13 +207,19 @@ fn request(command: &str, o: &Opts, peer: i32) -> Result<Request> {
             g.spelled()
         )));
     }
-    r.images_dir = Some(rpc_opts::client_dir(peer, o.images_dir_fd, "images_dir_fd")?);
+    r.images_dir = Some(rpc_opts::client_dir(
+        peer,
+        o.images_dir_fd,
+        "images_dir_fd",
+    )?);
     if let Some(fd) = o.work_dir_fd {
         r.work_dir = Some(rpc_opts::client_dir(peer, fd, "work_dir_fd")?);
     }
     if let Some(f) = &o.log_file {
         if f.contains('/') {
-            bail!("criu_opts.log_file {f:?}: no directories allowed (criu's rule): use work_dir_fd");
+            bail!(
+                "criu_opts.log_file {f:?}: no directories allowed (criu's rule): use work_dir_fd"
+            );
         }
         r.log_file = Some(f.into());
     }

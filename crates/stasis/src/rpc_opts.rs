@@ -90,7 +90,11 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
         f.push("exec_cmd", "exec-cmd", None);
     }
     for m in &o.ext_mnt {
-        f.push("ext_mnt", "ext-mount-map", Some(format!("{}:{}", m.key, m.val)));
+        f.push(
+            "ext_mnt",
+            "ext-mount-map",
+            Some(format!("{}:{}", m.key, m.val)),
+        );
     }
     if o.manage_cgroups == Some(true) && o.manage_cgroups_mode.is_none() {
         f.push("manage_cgroups", "manage-cgroups", None);
@@ -104,7 +108,11 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
     }
     f.flag("rst_sibling", "restore-sibling", o.rst_sibling);
     for i in &o.inherit_fd {
-        f.push("inherit_fd", "inherit-fd", Some(format!("fd[{}]:{}", i.fd, i.key)));
+        f.push(
+            "inherit_fd",
+            "inherit-fd",
+            Some(format!("fd[{}]:{}", i.fd, i.key)),
+        );
     }
     if o.auto_ext_mnt == Some(true) {
         f.push("auto_ext_mnt", "ext-mount-map", Some("auto".into()));
@@ -114,7 +122,11 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
     f.values("skip_mnt", "skip-mnt", &o.skip_mnt);
     f.values("enable_fs", "enable-fs", &o.enable_fs);
     for u in &o.unix_sk_ino {
-        f.push("unix_sk_ino", "external", Some(format!("unix[{}]", u.inode)));
+        f.push(
+            "unix_sk_ino",
+            "external",
+            Some(format!("unix[{}]", u.inode)),
+        );
     }
     if let Some(m) = o.manage_cgroups_mode {
         let name = match CgMode::try_from(m) {
@@ -135,11 +147,23 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
         f.push("empty_ns", "empty-ns", Some("net".into()));
     }
     for j in &o.join_ns {
-        f.push("join_ns", "join-ns", Some(format!("{}:{}", j.ns, j.ns_file)));
+        f.push(
+            "join_ns",
+            "join-ns",
+            Some(format!("{}:{}", j.ns, j.ns_file)),
+        );
     }
     f.value("cgroup_props", "cgroup-props", &o.cgroup_props);
-    f.value("cgroup_props_file", "cgroup-props-file", &o.cgroup_props_file);
-    f.values("cgroup_dump_controller", "cgroup-dump-controller", &o.cgroup_dump_controller);
+    f.value(
+        "cgroup_props_file",
+        "cgroup-props-file",
+        &o.cgroup_props_file,
+    );
+    f.values(
+        "cgroup_dump_controller",
+        "cgroup-dump-controller",
+        &o.cgroup_dump_controller,
+    );
     f.value("freeze_cgroup", "freeze-cgroup", &o.freeze_cgroup);
     f.value("timeout", "timeout", &o.timeout.filter(|t| *t != 0));
     f.flag("tcp_skip_in_flight", "skip-in-flight", o.tcp_skip_in_flight);
@@ -164,7 +188,11 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
         };
         f.push("pre_dump_mode", "pre-dump-mode", Some(name.into()));
     }
-    f.value("lsm_mount_context", "lsm-mount-context", &o.lsm_mount_context);
+    f.value(
+        "lsm_mount_context",
+        "lsm-mount-context",
+        &o.lsm_mount_context,
+    );
     if let Some(m) = o.network_lock {
         let name = match NetworkLock::try_from(m) {
             Ok(NetworkLock::Iptables) => "iptables",
@@ -174,8 +202,16 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
         };
         f.push("network_lock", "network-lock", Some(name.into()));
     }
-    f.flag("mntns_compat_mode", "mntns-compat-mode", o.mntns_compat_mode);
-    f.flag("skip_file_rwx_check", "skip-file-rwx-check", o.skip_file_rwx_check);
+    f.flag(
+        "mntns_compat_mode",
+        "mntns-compat-mode",
+        o.mntns_compat_mode,
+    );
+    f.flag(
+        "skip_file_rwx_check",
+        "skip-file-rwx-check",
+        o.skip_file_rwx_check,
+    );
     f.flag("unprivileged", "unprivileged", o.unprivileged);
     Ok(f.0)
 }

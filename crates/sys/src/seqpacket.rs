@@ -12,7 +12,11 @@ pub const MAX_RECORD: usize = 1 << 20;
 /// it must be open and a SOCK_SEQPACKET socket; it becomes close-on-exec.
 pub fn adopt_socket(fd: i32) -> Result<OwnedFd> {
     if fd < 0 {
-        return Err(SysError::other(format!("fd {fd}"), None, "not a descriptor"));
+        return Err(SysError::other(
+            format!("fd {fd}"),
+            None,
+            "not a descriptor",
+        ));
     }
     // SAFETY: F_GETFD only reads the descriptor's flags.
     let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };

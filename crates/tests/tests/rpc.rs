@@ -62,25 +62,9 @@ fn build_client() -> Result<PathBuf, String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/criu_client/main.go");
     fs::copy(&src, pkg.join("main.go")).map_err(|e| e.to_string())?;
     let out = dir.join(format!("criu_client.{}", std::process::id()));
-    let mut cmd = Command::new("go");
-    cmd.args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(&pkg)
-        .env("CGO_ENABLED", "0")
-        .env("GO111MODULE", "off")
-        .env(
-            "GOPATH",
-            format!("{}:/usr/share/gocode", gopath.display()),
-        )
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "");
-    if std::env::var_os("GOCACHE").is_none() {
-        cmd.env("GOCACHE", dir.join("cache"));
-    }
-    if std::env::var_os("HOME").is_none() {
-        cmd.env("HOME", &dir);
-    }
+    let gopath_env = format!("{}:/usr/share/gocode", gopath.display());
+    let mut cmd = go_build(&dir, gopath_env.as_ref(), &out);
+    cmd.arg(".").current_dir(&pkg);
     let o = cmd.output().map_err(|e| format!("run go build: {e}"))?;
     let _ = fs::remove_dir_all(&gopath);
     if !o.status.success() {
@@ -153,6 +137,17 @@ fn line<'a>(out: &'a str, tag: &str) -> &'a str {
         .trim()
 }
 
+/// The program checkpointed by every test here, started and ready.
+fn target(work: &Work) -> Proc {
+    let mut p = start(work, Program::Bin("tp_memory"), MEM_SMALL);
+    step(
+        work,
+        "ready",
+        wait_ready(work, &mut p, Opts::default().ready_timeout),
+    );
+    p
+}
+
 fn img(work: &Work) -> String {
     fs::create_dir_all(work.img()).expect("img");
     work.img().to_string_lossy().into_owned()
@@ -183,18 +178,24 @@ fn gocriu_dump_restore_notify() {
     };
     let work = Work::new("gocriu_dump_restore");
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    let mut p = target(&work);
     let pid = p.pid.to_string();
     let out = go_criu(&work, &exe, &["dump", &img(&work), &pid]);
     if !out.contains("DUMPED") {
         fail(&work, format!("go-criu dump failed: {out}"));
     }
     assert_eq!(line(&out, "NOTIFY"), "pre-dump,post-dump", "{out}");
-    let exit = step(&work, "dumped process dies", p.wait(Duration::from_secs(10)));
+    let exit = step(
+        &work,
+        "dumped process dies",
+        p.wait(Duration::from_secs(10)),
+    );
     assert_eq!(exit, Exit::Signal(libc::SIGKILL));
     assert!(work.img().join("inventory.img").exists());
-    assert!(work.img().join("dump.log").exists(), "log_file in the images dir");
+    assert!(
+        work.img().join("dump.log").exists(),
+        "log_file in the images dir"
+    );
 
     let out = go_criu(&work, &exe, &["restore", &img(&work)]);
     let mut r = Proc::adopt(p.pid);
@@ -222,8 +223,7 @@ fn gocriu_refusals_leave_target_running() {
     };
     let work = Work::new("gocriu_refusals");
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    let mut p = target(&work);
     let pid = p.pid.to_string();
     let out = go_criu(&work, &exe, &["refused", &img(&work), &pid]);
     let d = line(&out, "DUMP-REFUSED");
@@ -235,7 +235,11 @@ fn gocriu_refusals_leave_target_running() {
     assert!(r.contains("criu_opts.rst_sibling"), "{out}");
     step(&work, "after refusals", p.check_running_untraced());
 
-    let out = go_criu(&work, &exe, &["dump", &img(&work), &pid, "--fail-post-dump"]);
+    let out = go_criu(
+        &work,
+        &exe,
+        &["dump", &img(&work), &pid, "--fail-post-dump"],
+    );
     assert_eq!(line(&out, "NOTIFY"), "pre-dump,post-dump", "{out}");
     let e = line(&out, "ERROR");
     assert!(e.contains("post-dump"), "{out}");
@@ -243,7 +247,11 @@ fn gocriu_refusals_leave_target_running() {
         !work.img().join("inventory.img").exists(),
         "a failed post-dump left an image"
     );
-    step(&work, "after a failed post-dump", p.check_running_untraced());
+    step(
+        &work,
+        "after a failed post-dump",
+        p.check_running_untraced(),
+    );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
@@ -263,8 +271,7 @@ fn resp_of(c: &Client) -> stasis_rpc::Resp {
 fn rpc_malformed_requests() {
     let work = Work::new("rpc_malformed");
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    let mut p = target(&work);
     fs::create_dir_all(work.img()).expect("img");
     let dir = fs::File::open(work.img()).expect("open img");
     let dump = Req {
@@ -317,7 +324,10 @@ fn rpc_malformed_requests() {
         )
         .expect("version");
     assert!(v.success && v.version.is_some(), "{v:?}");
-    assert_eq!(v.version.as_ref().map(|v| (v.major_number, v.minor_number)), Some((4, 1)));
+    assert_eq!(
+        v.version.as_ref().map(|v| (v.major_number, v.minor_number)),
+        Some((4, 1))
+    );
     let ask = |ty: ReqType| {
         c.call(
             &Req {
@@ -329,7 +339,10 @@ fn rpc_malformed_requests() {
         .expect("call")
     };
     let check = ask(ReqType::Check);
-    assert!(check.success && check.r#type == ReqType::Check as i32, "{check:?}");
+    assert!(
+        check.success && check.r#type == ReqType::Check as i32,
+        "{check:?}"
+    );
     // Requests stasis does not serve are refused by name (EOPNOTSUPP).
     for (ty, name) in [
         (ReqType::PreDump, "PRE_DUMP"),
@@ -353,7 +366,11 @@ fn rpc_malformed_requests() {
         !work.img().join("inventory.img").exists(),
         "a malformed request wrote an image"
     );
-    step(&work, "after malformed requests", p.check_running_untraced());
+    step(
+        &work,
+        "after malformed requests",
+        p.check_running_untraced(),
+    );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
@@ -382,7 +399,11 @@ fn rpc_service_dump_restore() {
     let svc = pidfile(&work, "service.pid");
     let _svc = KillOnDrop(svc);
     let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    step(
+        &work,
+        "ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
     fs::create_dir_all(work.img()).expect("img");
     let dir = fs::File::open(work.img()).expect("open img");
     let req = |ty: ReqType, pid: Option<i32>| Req {
@@ -407,7 +428,11 @@ fn rpc_service_dump_restore() {
         .expect("dump");
     assert!(!r.success, "a refused pre-dump must fail the dump: {r:?}");
     assert_eq!(seen, ["pre-dump"]);
-    step(&work, "after a refused pre-dump", p.check_running_untraced());
+    step(
+        &work,
+        "after a refused pre-dump",
+        p.check_running_untraced(),
+    );
     seen.clear();
     let r = c
         .call(&req(ReqType::Dump, Some(p.pid)), |n| {
@@ -418,7 +443,11 @@ fn rpc_service_dump_restore() {
     assert!(r.success, "{r:?}");
     assert_eq!(r.r#type, ReqType::Dump as i32);
     assert_eq!(seen, ["pre-dump", "post-dump"]);
-    let exit = step(&work, "dumped process dies", p.wait(Duration::from_secs(10)));
+    let exit = step(
+        &work,
+        "dumped process dies",
+        p.wait(Duration::from_secs(10)),
+    );
     assert_eq!(exit, Exit::Signal(libc::SIGKILL));
     seen.clear();
     let r = c
@@ -477,7 +506,11 @@ fn action_scripts_cli() {
         log.display()
     );
     let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    step(
+        &work,
+        "ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
     let pid = p.pid;
     let script: &'static str = Box::leak(script.into_boxed_str());
     let o = Opts {
@@ -511,8 +544,7 @@ fn action_scripts_cli() {
 fn action_script_failure() {
     let work = Work::new("action_script_failure");
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    let mut p = target(&work);
     let pid = p.pid;
     let fail_at = |point: &str| format!("test \"$CRTOOLS_SCRIPT_ACTION\" != {point}");
     let out = dump(
@@ -528,7 +560,10 @@ fn action_script_failure() {
     step(&work, "after a failed dump", p.check_running_untraced());
     // A good dump, then a restore whose pre-resume script fails.
     let o = Opts {
-        restore_extra: vec!["--action-script", Box::leak(fail_at("pre-resume").into_boxed_str())],
+        restore_extra: vec![
+            "--action-script",
+            Box::leak(fail_at("pre-resume").into_boxed_str()),
+        ],
         ..opts.clone()
     };
     dump_and_check_gone(&work, &mut p, &o);
