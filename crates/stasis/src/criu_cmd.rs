@@ -322,7 +322,10 @@ impl Prepared {
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
         match r.command.as_str() {
-            "dump" => dump(&r, &mut crate::action::scripts(&r.action_scripts)),
+            "dump" => dump(
+                &r,
+                &mut crate::action::scripts(&r.action_scripts, &r.images_dir()),
+            ),
             "restore" => restore(&r),
             "check" => check(&r),
             "swrk" => crate::rpc::swrk(&r),
@@ -387,7 +390,8 @@ pub(crate) fn restore_tree(
 }
 
 fn restore(r: &Request) -> Result<ExitCode> {
-    let restored = restore_tree(r, &mut crate::action::scripts(&r.action_scripts))?;
+    let dir = r.images_dir();
+    let restored = restore_tree(r, &mut crate::action::scripts(&r.action_scripts, &dir))?;
     let pid = restored.pid;
     if r.detached {
         return Ok(ExitCode::SUCCESS);

@@ -502,7 +502,7 @@ fn action_scripts_cli() {
     let opts = Opts::default();
     let log = work.path("actions");
     let script = format!(
-        "echo \"$CRTOOLS_SCRIPT_ACTION:${{CRTOOLS_INIT_PID:-}}\" >> {}",
+        "echo \"$CRTOOLS_SCRIPT_ACTION:${{CRTOOLS_INIT_PID:-}}:$CRTOOLS_IMAGE_DIR\" >> {}",
         log.display()
     );
     let mut p = start(&work, Program::Bin("tp_memory"), MEM_SMALL);
@@ -533,7 +533,7 @@ fn action_scripts_cli() {
         format!("post-resume:{pid}"),
     ]
     .iter()
-    .map(|l| format!("{l}\n"))
+    .map(|l| format!("{l}:{}\n", work.img().display()))
     .collect();
     assert_eq!(got, want);
 }
