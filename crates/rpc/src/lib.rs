@@ -111,3 +111,23 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// proto2's required fields are on the wire even at their zero value
+    /// (go-criu's decoder rejects a criu_resp without `success`).
+    #[test]
+    fn required_fields_are_encoded() {
+        let b = Resp::error(ReqType::Empty as i32, 0, "x").encode_to_vec();
+        let f = wire::fields(&b).expect("fields");
+        let numbers: Vec<u32> = f.iter().map(|x| x.0).collect();
+        assert_eq!(numbers, [1, 2, 7, 9]);
+        let r = RestoreResp { pid: 0 }.encode_to_vec();
+        assert_eq!(r, [0x08, 0x00]);
+        let back = Resp::decode(b.as_slice()).expect("decode");
+        assert!(!back.success);
+        assert_eq!(back.cr_errmsg.as_deref(), Some("x"));
+    }
+}
