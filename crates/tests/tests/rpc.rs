@@ -376,7 +376,8 @@ fn rpc_malformed_requests() {
 
 /// `criu service -d --address SOCK --pidfile F`: a client connects, dumps
 /// with notifications answered (one refused: the dump fails, the target
-/// runs on), dumps again, and restores; the restored tree passes.
+/// runs on), dumps again, restores, and waits (WAIT_PID) for the restored
+/// tree, which passes its own checks.
 #[test]
 fn rpc_service_dump_restore() {
     let work = Work::new("rpc_service");
@@ -474,15 +475,27 @@ fn rpc_service_dump_restore() {
             "post-resume".into()
         ]
     );
-    drop(c);
-    // The worker exits when we close; the tree is reparented to us.
-    let mut r = Proc::adopt(pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while r.check_running_untraced().is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    step(&work, "restored process state", r.check_running_untraced());
-    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+    // The tree is the worker's child: WAIT_PID waits for it to finish.
+    work.release_go();
+    let w = c
+        .call(
+            &Req {
+                r#type: ReqType::WaitPid as i32,
+                pid: Some(pid as u32),
+                ..Req::default()
+            },
+            |_| true,
+        )
+        .expect("wait_pid");
+    assert!(w.success && w.r#type == ReqType::WaitPid as i32, "{w:?}");
+    let st = w.status.expect("a wait status");
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "status {st:#x}{}",
+        work.diagnostics()
+    );
+    let result = work.result().unwrap_or_default();
+    assert!(result.starts_with("PASS"), "{result}{}", work.diagnostics());
 }
 
 struct KillOnDrop(i32);
