@@ -16,17 +16,33 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
+/// What a tree is restored into, besides its images.
+pub(crate) struct Setting<'a> {
+    /// In a PID namespace of its own.
+    pub(crate) pid_ns: bool,
+    /// criu's `--shell-job`.
+    pub(crate) shell_job: bool,
+    /// Its own UTS namespace, if it had one.
+    pub(crate) uts: Option<&'a stasis_image::UtsNs>,
+    pub(crate) cgroups: &'a crate::cgroups::Prepared,
+}
+
 /// Restores every process of the image (parents first in `procs`) and
-/// leaves them running; returns the root's PID and the PID to wait for.
+/// leaves them running, calling `hook` at criu's action points; returns
+/// the root's PID and the PID to wait for.
 pub(crate) fn restore_tree(
     procs: &[ProcessImage],
     pages: &[PathBuf],
     zombies: &[Zombie],
-    pid_ns: bool,
-    shell_job: bool,
-    uts: Option<&stasis_image::UtsNs>,
+    setting: &Setting<'_>,
     hook: &mut crate::ActionHook<'_>,
 ) -> Result<(Pid, Pid)> {
+    let Setting {
+        pid_ns,
+        shell_job,
+        uts,
+        cgroups,
+    } = *setting;
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
@@ -81,6 +97,12 @@ pub(crate) fn restore_tree(
     crate::action(hook, "post-setup-namespaces", root_pid, root.0)?;
     // 6. seize every process (EXITKILL: if we die, they die).
     let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
+    // 6b. cgroups: each process joins its own before its memory is
+    //     rebuilt (pages are charged where they are first touched) and
+    //     before its threads exist (they inherit the process's).
+    for img in procs {
+        cgroups.join(img.pid, host_of(img.pid)?)?;
+    }
     // 7. process groups: leaders first, then members; then the group
     //    helpers, whose only job was to hold a group until it was joined.
     set_process_groups(procs, &mut remotes, &tree.group_helpers)?;

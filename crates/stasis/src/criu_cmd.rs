@@ -37,6 +37,10 @@ pub(crate) struct Request {
     pub(crate) experimental: bool,
     pub(crate) allow_changed_files: bool,
     pub(crate) new_pid_ns: bool,
+    /// criu's `--manage-cgroups [MODE]` (the last one given).
+    pub(crate) manage_cgroups: Option<stasis_restore::CgroupMode>,
+    /// criu's `--cgroup-root [CONTROLLER:]/PATH`, each one given.
+    pub(crate) cgroup_roots: Vec<stasis_restore::CgroupRoot>,
     /// criu's `--action-script`: run at each action point.
     pub(crate) action_scripts: Vec<String>,
     /// `service --address PATH`.
@@ -149,6 +153,18 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
         "address" => r.address = Some(path()),
         "new-pid-ns" => r.new_pid_ns = true,
+        "manage-cgroups" => {
+            // criu: the mode defaults to soft when the option has none.
+            let v = g.value.as_deref().unwrap_or("soft");
+            r.manage_cgroups = Some(
+                stasis_restore::CgroupMode::parse(v)
+                    .ok_or_else(|| anyhow!("invalid argument for --manage-cgroups: {v}"))?,
+            );
+        }
+        "cgroup-root" => r.cgroup_roots.push(
+            stasis_restore::CgroupRoot::parse(g.value.as_deref().unwrap_or(""))
+                .map_err(|e| anyhow!("invalid argument for --cgroup-root: {e}"))?,
+        ),
         "status-fd" => {
             let _: i32 = number(g)?;
         }
@@ -204,12 +220,6 @@ pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given
 
 /// The one-line refusal of an option.
 pub(crate) fn refusal(g: &Given) -> String {
-    if g.opt.long == "manage-cgroups" {
-        return format!(
-            "option {} is not supported yet (stasis does not dump or restore cgroups; only --manage-cgroups=ignore is accepted)",
-            g.spelled()
-        );
-    }
     format!("option --{} is not supported yet", g.opt.long)
 }
 
@@ -349,6 +359,7 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         skip_in_flight: r.skip_in_flight,
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
+        cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
     };
     let stats = stasis_dump::dump_with(&opts, hook)?;
     log::info!(
@@ -376,6 +387,8 @@ pub(crate) fn restore_tree(
         allow_changed_files: r.allow_changed_files,
         new_pid_ns: r.new_pid_ns,
         shell_job: r.shell_job,
+        manage_cgroups: r.manage_cgroups.unwrap_or_default(),
+        cgroup_roots: r.cgroup_roots.clone(),
     };
     let restored = stasis_restore::restore_with(&opts, hook)?;
     let pid = restored.pid;

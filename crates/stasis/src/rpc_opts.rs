@@ -96,8 +96,11 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
             Some(format!("{}:{}", m.key, m.val)),
         );
     }
-    if o.manage_cgroups == Some(true) && o.manage_cgroups_mode.is_none() {
-        f.push("manage_cgroups", "manage-cgroups", None);
+    // The old boolean: true is criu's default mode (soft), false ignore.
+    match (o.manage_cgroups, o.manage_cgroups_mode) {
+        (Some(true), None) => f.push("manage_cgroups", "manage-cgroups", None),
+        (Some(false), None) => f.push("manage_cgroups", "manage-cgroups", Some("ignore".into())),
+        _ => {}
     }
     for c in &o.cg_root {
         let v = match &c.ctrl {
