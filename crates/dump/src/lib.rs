@@ -176,6 +176,12 @@ pub enum DumpError {
     },
     #[error("dump pid {pid}: {stage}: timed out after {secs} s; the process was left running")]
     Timeout { pid: u32, stage: Stage, secs: u64 },
+    #[error("dump pid {pid}: action {action} failed: {why}; the process was left running")]
+    Action {
+        pid: u32,
+        action: &'static str,
+        why: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, DumpError>;
@@ -252,6 +258,25 @@ fn fault_point(pid: u32, stage: Stage) -> Result<()> {
 /// is killed (or resumed with `leave_running`). On any error the process is
 /// resumed exactly as it was and the directory holds no image.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    dump_with(opts, &mut |_, _| Ok(()))
+}
+
+pub use stasis_sys::hook::ActionHook;
+
+fn action(hook: &mut ActionHook<'_>, name: &'static str, pid: u32) -> Result<()> {
+    log::info!("pid {pid}: action {name}");
+    hook(name, pid as i32).map_err(|why| DumpError::Action {
+        pid,
+        action: name,
+        why,
+    })
+}
+
+/// [`dump`], calling `hook` at criu's points: `pre-dump` before the tree
+/// is frozen, `post-dump` once the image is complete and before the tree
+/// is killed or resumed. A failed `post-dump` withdraws the image (its
+/// inventory goes) and resumes the tree.
+pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpStats> {
     let pid = opts.pid;
     if pid == 0 || pid > i32::MAX as u32 {
         return Err(DumpError::NoProcess { pid });
@@ -272,6 +297,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         Some(prev) => Some(track::load_parent(pid, &opts.images_dir, prev)?),
         None => track::running_holder(pid),
     };
+    action(&mut hook, "pre-dump", pid)?;
     let t0 = Instant::now();
     let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
     log::info!(
@@ -294,6 +320,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     // On error `frozen` drops and resumes every thread as it was.
     let round = track::Round::new(parent.as_ref());
     let mut stats = dump_frozen(&mut frozen, opts, &deadline, round, net_lock)?;
+    if let Err(e) = action(&mut hook, "post-dump", pid) {
+        let inv = opts.images_dir.join(stasis_image::INVENTORY_FILE);
+        if let Err(re) = std::fs::remove_file(&inv) {
+            log::error!("withdraw the image: remove {}: {re}", inv.display());
+        }
+        return Err(e);
+    }
     stasis_sys::hook::kill_point("dump:release");
     if opts.leave_running {
         if let Some(l) = lock {

@@ -163,9 +163,32 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("restore pid {pid}: action {action} failed: {why}; nothing was restored")]
+    Action {
+        pid: u32,
+        action: &'static str,
+        why: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, RestoreError>;
+
+pub use stasis_sys::hook::ActionHook;
+
+/// Runs the action `name` (`pid`: the image's root, `host`: its PID here).
+pub(crate) fn action(
+    hook: &mut ActionHook<'_>,
+    name: &'static str,
+    pid: u32,
+    host: i32,
+) -> Result<()> {
+    log::info!("pid {pid}: action {name}");
+    hook(name, host).map_err(|why| RestoreError::Action {
+        pid,
+        action: name,
+        why,
+    })
+}
 
 pub(crate) trait At<T> {
     fn at(self, pid: u32, stage: Stage) -> Result<T>;
@@ -298,6 +321,16 @@ fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<
 /// Restores the image in `opts.images_dir`. Returns once the process runs,
 /// as a child of the caller. On error nothing of the restore is left.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    restore_with(opts, &mut |_, _| Ok(()))
+}
+
+/// [`restore`], calling `hook` at criu's points: `pre-restore` before
+/// anything is done; `setup-namespaces` and `post-setup-namespaces` once
+/// the tree's processes exist; `post-restore` and `pre-resume` when every
+/// process is rebuilt and still stopped (a failure there still undoes the
+/// whole tree); `post-resume` once it runs (a failure is only logged, as
+/// in criu).
+pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
     // A pre-copy image: its parents are loaded and verified too, and each
@@ -315,6 +348,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         });
     }
     fault_point(root, Stage::Validate)?;
+    action(&mut hook, "pre-restore", root, -1)?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
@@ -350,16 +384,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         &image.processes,
         &pages,
         &image.inventory.zombies,
-        image.inventory.pid_ns || opts.new_pid_ns,
-        opts.shell_job,
-        image.inventory.uts.as_ref(),
-        &cgroups,
-        tree::Net {
-            tcp_close: opts.tcp_close,
-            lock: image.inventory.net_lock.as_ref(),
+        &tree::Setting {
+            pid_ns: image.inventory.pid_ns || opts.new_pid_ns,
+            shell_job: opts.shell_job,
+            uts: image.inventory.uts.as_ref(),
+            cgroups: &cgroups,
+            net: tree::Net {
+                tcp_close: opts.tcp_close,
+                lock: image.inventory.net_lock.as_ref(),
+            },
         },
+        &mut hook,
     )?;
     cgroups.keep();
+    if let Err(e) = hook("post-resume", pid.0) {
+        log::error!("pid {pid}: action post-resume failed: {e} (the tree runs on)");
+    }
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
     log::debug!(

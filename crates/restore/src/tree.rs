@@ -16,18 +16,36 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
+/// What a tree is restored into, besides its images.
+pub(crate) struct Setting<'a> {
+    /// In a PID namespace of its own.
+    pub(crate) pid_ns: bool,
+    /// criu's `--shell-job`.
+    pub(crate) shell_job: bool,
+    /// Its own UTS namespace, if it had one.
+    pub(crate) uts: Option<&'a stasis_image::UtsNs>,
+    pub(crate) cgroups: &'a crate::cgroups::Prepared,
+    /// `--tcp-close`, and the network lock to release once the tree runs.
+    pub(crate) net: Net<'a>,
+}
+
 /// Restores every process of the image (parents first in `procs`) and
-/// leaves them running; returns the root's PID and the PID to wait for.
+/// leaves them running, calling `hook` at criu's action points; returns
+/// the root's PID and the PID to wait for.
 pub(crate) fn restore_tree(
     procs: &[ProcessImage],
     pages: &[PathBuf],
     zombies: &[Zombie],
-    pid_ns: bool,
-    shell_job: bool,
-    uts: Option<&stasis_image::UtsNs>,
-    cgroups: &crate::cgroups::Prepared,
-    net: Net<'_>,
+    setting: &Setting<'_>,
+    hook: &mut crate::ActionHook<'_>,
 ) -> Result<(Pid, Pid)> {
+    let Setting {
+        pid_ns,
+        shell_job,
+        uts,
+        cgroups,
+        net,
+    } = *setting;
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
@@ -77,6 +95,10 @@ pub(crate) fn restore_tree(
     // In a new namespace our PIDs of the tree differ from the image's.
     guard.pids.extend(host.values().map(|h| h.0));
     fault_point(root_pid, Stage::Fork)?;
+    // criu's namespace points: the tree exists (stasis makes no namespace
+    // but the PID and UTS ones the tree was forked into).
+    crate::action(hook, "setup-namespaces", root_pid, root.0)?;
+    crate::action(hook, "post-setup-namespaces", root_pid, root.0)?;
     // 6. seize every process (EXITKILL: if we die, they die).
     let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
     // 6b. cgroups: each process joins its own before its memory is
@@ -107,6 +129,8 @@ pub(crate) fn restore_tree(
     fault_point(root_pid, Stage::Registers)?;
     // The last instant a failure can still undo everything (the network
     // lock stays on: the peers wait for another try).
+    crate::action(hook, "post-restore", root_pid, root.0)?;
+    crate::action(hook, "pre-resume", root_pid, root.0)?;
     fault_point(root_pid, Stage::Resume)?;
     // The network lock released, the TCP connections out of repair mode.
     kinds::tcp::go_live(root_pid, net.lock, repaired)?;
@@ -143,6 +167,7 @@ fn open_files(
 
 /// The tree's TCP connections: criu's `--tcp-close`, and the network lock
 /// the dump left, to release before the tree resumes.
+#[derive(Clone, Copy)]
 pub(crate) struct Net<'a> {
     pub(crate) tcp_close: bool,
     pub(crate) lock: Option<&'a stasis_image::kinds::inet::NetLock>,

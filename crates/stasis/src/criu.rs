@@ -231,7 +231,7 @@ pub static OPTIONS: &[Opt] = &[
     ),
     o("lsm-profile", Req, RESTORE, Ref, "apparmor:x"),
     o("lsm-mount-context", Req, RESTORE, Ref, "x"),
-    o("action-script", Req, DR, Ref, "/bin/true"),
+    o("action-script", Req, DR, App, "/bin/true"),
     b("deprecated", ANY, Acc("stasis supports nothing criu deprecated")),
     // Restore.
     s("restore-detached", 'd', No, RESTORE, App, "").neg(),
@@ -263,8 +263,8 @@ pub static COMMANDS: &[(&str, u8, bool)] = &[
     ("check", CHECK, true),
     ("page-server", OTHER, true),
     ("lazy-pages", OTHER, false),
-    ("service", OTHER, false),
-    ("swrk", OTHER, false),
+    ("service", OTHER, true),
+    ("swrk", OTHER, true),
     ("dedup", OTHER, false),
     ("cpuinfo", OTHER, false),
     ("exec", OTHER, false),
@@ -461,7 +461,8 @@ pub fn usage(prog: &str) -> String {
     let mut u = format!(
         "Usage:\n  {prog} dump|pre-dump -t PID [<options>]\n  {prog} restore [<options>]\n  \
          {prog} check [--feature FEAT] [--extra|--experimental|--all]\n  \
-         {prog} page-server|lazy-pages|service|swrk|dedup|cpuinfo|exec (refused: not supported yet)\n  \
+         {prog} swrk FD | service [--address PATH] [-d] [--pidfile FILE]  (criu's RPC)\n  \
+         {prog} page-server|lazy-pages|dedup|cpuinfo|exec (refused: not supported yet)\n  \
          stasis run [-d] [--pidfile FILE] -- CMD [ARGS...]\n  stasis show DIR|FILE\n  \
          stasis bench [...]\n  stasis install-criu-link [DIR]\n\n\
          criu {CRIU_VERSION}'s options (README, \"criu compatibility\"):\n"

@@ -11,49 +11,54 @@ use std::time::Duration;
 
 /// What the options ask for, once judged.
 #[derive(Debug, Default)]
-struct Request {
-    command: String,
-    scope: u8,
-    tree: Option<u32>,
-    images_dir: Option<PathBuf>,
-    work_dir: Option<PathBuf>,
-    log_file: Option<PathBuf>,
+pub(crate) struct Request {
+    pub(crate) command: String,
+    pub(crate) scope: u8,
+    pub(crate) tree: Option<u32>,
+    pub(crate) images_dir: Option<PathBuf>,
+    pub(crate) work_dir: Option<PathBuf>,
+    pub(crate) log_file: Option<PathBuf>,
     /// criu's level: 0 none .. 4 debug; None = default.
-    verbosity: Option<u8>,
-    leave_running: bool,
-    shell_job: bool,
-    file_locks: bool,
+    pub(crate) verbosity: Option<u8>,
+    pub(crate) leave_running: bool,
+    pub(crate) shell_job: bool,
+    pub(crate) file_locks: bool,
     /// criu's `--skip-in-flight`: drop connections waiting in a TCP
     /// listener's accept queue.
-    skip_in_flight: bool,
+    pub(crate) skip_in_flight: bool,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
-    tcp_established: bool,
-    tcp_close: bool,
-    network_lock: Option<stasis_sys::netlock::Method>,
-    timeout: Option<u64>,
-    ghost_limit: Option<u64>,
-    detached: bool,
-    pidfile: Option<PathBuf>,
-    no_default_config: bool,
-    close: Vec<i32>,
-    feature: Option<String>,
-    extra: bool,
-    experimental: bool,
-    allow_changed_files: bool,
-    new_pid_ns: bool,
+    pub(crate) tcp_established: bool,
+    pub(crate) tcp_close: bool,
+    pub(crate) network_lock: Option<stasis_sys::netlock::Method>,
+    pub(crate) timeout: Option<u64>,
+    pub(crate) ghost_limit: Option<u64>,
+    pub(crate) detached: bool,
+    pub(crate) pidfile: Option<PathBuf>,
+    pub(crate) no_default_config: bool,
+    pub(crate) close: Vec<i32>,
+    pub(crate) feature: Option<String>,
+    pub(crate) extra: bool,
+    pub(crate) experimental: bool,
+    pub(crate) allow_changed_files: bool,
+    pub(crate) new_pid_ns: bool,
     /// criu's `--manage-cgroups [MODE]` (the last one given).
-    manage_cgroups: Option<stasis_restore::CgroupMode>,
+    pub(crate) manage_cgroups: Option<stasis_restore::CgroupMode>,
     /// criu's `--cgroup-root [CONTROLLER:]/PATH`, each one given.
-    cgroup_roots: Vec<stasis_restore::CgroupRoot>,
+    pub(crate) cgroup_roots: Vec<stasis_restore::CgroupRoot>,
     /// criu's `--prev-images-dir` (relative to the images directory).
-    prev_images_dir: Option<PathBuf>,
-    track_mem: bool,
-    /// criu's `--page-server`, `--address`, `--port`.
-    page_server: bool,
-    address: Option<String>,
-    port: Option<u16>,
+    pub(crate) prev_images_dir: Option<PathBuf>,
+    pub(crate) track_mem: bool,
+    /// criu's `--page-server`, `--port`.
+    pub(crate) page_server: bool,
+    pub(crate) port: Option<u16>,
+    /// criu's `--address`: the page server's host, or `service`'s socket path.
+    pub(crate) address: Option<String>,
+    /// criu's `--action-script`: run at each action point.
+    pub(crate) action_scripts: Vec<String>,
+    /// The command's argument (`swrk FD`).
+    pub(crate) argument: Option<String>,
     /// Notes for the log: accepted options and why they change nothing.
-    notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// What the caller should do with a parsed command line.
@@ -168,6 +173,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "page-server" => r.page_server = on,
         "address" => r.address = g.value.clone(),
         "port" => r.port = Some(number(g)?),
+        "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
         "new-pid-ns" => r.new_pid_ns = true,
         "manage-cgroups" => {
             // criu: the mode defaults to soft when the option has none.
@@ -202,6 +208,43 @@ fn default_configs() -> Vec<PathBuf> {
     v.into_iter().filter(|p| p.exists()).collect()
 }
 
+/// Applies every given option to `r` (its command and scope set), noting
+/// accepted ones; returns the first refused option, if any. An invalid
+/// value is an error.
+pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given>> {
+    let mut refused = None;
+    for g in given {
+        // --address is the page server's on dump, the listener's on service.
+        let fate = if g.opt.long == "address" && r.command == "service" {
+            Fate::Applied
+        } else {
+            criu::judge_value(g).map_err(|e| anyhow!(e))?
+        };
+        let in_scope = g.opt.scope & r.scope != 0;
+        match fate {
+            _ if g.negated && !matches!(fate, Fate::Applied) => {
+                r.notes.push(format!("{}: the default", g.spelled()));
+            }
+            Fate::Applied => apply(r, g)?,
+            _ if !in_scope => r.notes.push(format!(
+                "{}: no effect on {} (criu ignores it there too)",
+                g.spelled(),
+                r.command
+            )),
+            Fate::Accepted(note) => r.notes.push(format!("{}: accepted; {note}", g.spelled())),
+            Fate::Refused | Fate::ByValue => {
+                refused.get_or_insert_with(|| g.clone());
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// The one-line refusal of an option.
+pub(crate) fn refusal(g: &Given) -> String {
+    format!("option --{} is not supported yet", g.opt.long)
+}
+
 /// Judges a parsed criu command line. Errors are refusals: nothing has
 /// been done.
 pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
@@ -228,27 +271,8 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
         // Its options parsed; the command itself is what stasis lacks.
         bail!("command {command} is not supported yet");
     }
-    let mut refused = None;
-    for g in &p.given {
-        let fate = criu::judge_value(g).map_err(|e| anyhow!(e))?;
-        let in_scope = g.opt.scope & scope != 0;
-        match fate {
-            _ if g.negated && !matches!(fate, Fate::Applied) => {
-                r.notes.push(format!("{}: the default", g.spelled()));
-            }
-            Fate::Applied => apply(&mut r, g)?,
-            _ if !in_scope => r.notes.push(format!(
-                "{}: no effect on {command} (criu ignores it there too)",
-                g.spelled()
-            )),
-            Fate::Accepted(note) => r.notes.push(format!("{}: accepted; {note}", g.spelled())),
-            Fate::Refused | Fate::ByValue => {
-                refused.get_or_insert_with(|| g.clone());
-            }
-        }
-    }
-    if let Some(g) = refused {
-        bail!("option --{} is not supported yet", g.opt.long);
+    if let Some(g) = judge_all(&mut r, &p.given)? {
+        bail!("{}", refusal(&g));
     }
     if r.extra_positional(&p) {
         bail!(
@@ -264,6 +288,10 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
             );
         }
     }
+    r.argument = p.positionals.get(1).cloned();
+    if command == "swrk" && r.argument.is_none() {
+        bail!("swrk: the socket's descriptor must be given (swrk FD)");
+    }
     if matches!(command.as_str(), "dump" | "pre-dump") && r.tree.is_none() {
         bail!("{command}: the process tree to dump must be given with -t PID");
     }
@@ -272,10 +300,11 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
 
 impl Request {
     fn extra_positional(&self, p: &Parsed) -> bool {
-        p.positionals.len() > 1
+        // `swrk FD` takes one argument.
+        p.positionals.len() > 1 + usize::from(self.command == "swrk")
     }
 
-    fn images_dir(&self) -> PathBuf {
+    pub(crate) fn images_dir(&self) -> PathBuf {
         self.images_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("."))
@@ -283,7 +312,7 @@ impl Request {
 
     /// criu works in the work directory (default: the images directory):
     /// relative log and pid files are relative to it.
-    fn in_work_dir(&self, f: &Path) -> PathBuf {
+    pub(crate) fn in_work_dir(&self, f: &Path) -> PathBuf {
         if f.is_relative() && f.as_os_str() != "-" {
             self.work_dir
                 .clone()
@@ -294,7 +323,7 @@ impl Request {
         }
     }
 
-    fn setup_log(&self, images_dir: Option<&Path>) -> Result<()> {
+    pub(crate) fn setup_log(&self, images_dir: Option<&Path>) -> Result<()> {
         let file = self.log_file.as_ref().map(|f| self.in_work_dir(f));
         if let (Some(f), Some(d)) = (&file, images_dir) {
             if f.starts_with(d) {
@@ -325,10 +354,15 @@ impl Prepared {
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
         match r.command.as_str() {
-            "dump" | "pre-dump" => dump(&r),
+            "dump" | "pre-dump" => dump(
+                &r,
+                &mut crate::action::scripts(&r.action_scripts, &r.images_dir()),
+            ),
             "page-server" => page_server(&r),
             "restore" => restore(&r),
             "check" => check(&r),
+            "swrk" => crate::rpc::swrk(&r),
+            "service" => crate::rpc::service(&r),
             other => bail!("command {other} is not supported yet"),
         }
     }
@@ -350,7 +384,8 @@ fn page_server(r: &Request) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dump(r: &Request) -> Result<ExitCode> {
+/// Dumps as `r` asks, calling `hook` at criu's action points.
+pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
     r.setup_log(Some(&dir))?;
@@ -385,7 +420,7 @@ fn dump(r: &Request) -> Result<ExitCode> {
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
         cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
     };
-    let stats = stasis_dump::dump(&opts)?;
+    let stats = stasis_dump::dump_with(&opts, hook)?;
     log::info!(
         "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),
@@ -408,7 +443,12 @@ fn dump(r: &Request) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(r: &Request) -> Result<ExitCode> {
+/// Restores as `r` asks, calling `hook` at criu's action points; the tree
+/// runs as our child.
+pub(crate) fn restore_tree(
+    r: &Request,
+    hook: stasis_restore::ActionHook<'_>,
+) -> Result<stasis_restore::Restored> {
     let dir = r.images_dir();
     r.setup_log(Some(&dir))?;
     let opts = stasis_restore::RestoreOptions {
@@ -420,7 +460,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
         cgroup_roots: r.cgroup_roots.clone(),
         tcp_close: r.tcp_close,
     };
-    let restored = stasis_restore::restore(&opts)?;
+    let restored = stasis_restore::restore_with(&opts, hook)?;
     let pid = restored.pid;
     if let Some(p) = &r.pidfile {
         let p = r.in_work_dir(p);
@@ -429,6 +469,13 @@ fn restore(r: &Request) -> Result<ExitCode> {
     }
     log::info!("restored pid {pid}");
     log::info!("descriptors open at exit: {}", open_fds());
+    Ok(restored)
+}
+
+fn restore(r: &Request) -> Result<ExitCode> {
+    let dir = r.images_dir();
+    let restored = restore_tree(r, &mut crate::action::scripts(&r.action_scripts, &dir))?;
+    let pid = restored.pid;
     if r.detached {
         return Ok(ExitCode::SUCCESS);
     }
@@ -444,7 +491,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
 }
 
 /// stasis's own features without which it cannot work at all.
-const NEEDED: &[&str] = &[
+pub(crate) const NEEDED: &[&str] = &[
     "ptrace",
     "checkpoint_restore",
     "pagemap",
@@ -452,6 +499,11 @@ const NEEDED: &[&str] = &[
     "clone3_set_tid",
     "pidfd",
 ];
+
+/// Whether every feature stasis cannot work without is there.
+pub(crate) fn needed_features_ok(features: &[stasis_sys::features::Feature]) -> bool {
+    features.iter().all(|f| f.ok || !NEEDED.contains(&f.name))
+}
 
 fn check(r: &Request) -> Result<ExitCode> {
     r.setup_log(None)?;
@@ -473,7 +525,6 @@ fn check(r: &Request) -> Result<ExitCode> {
             None => bail!("unknown feature {name} (`check --feature list` lists criu's)"),
         };
     }
-    let mut all_needed = true;
     for f in &features {
         println!(
             "{:<22} {:<4} {}",
@@ -481,11 +532,8 @@ fn check(r: &Request) -> Result<ExitCode> {
             if f.ok { "yes" } else { "no" },
             f.note
         );
-        if !f.ok && NEEDED.contains(&f.name) {
-            all_needed = false;
-        }
     }
-    if !all_needed {
+    if !needed_features_ok(&features) {
         println!("Does not look good.");
         return Ok(ExitCode::FAILURE);
     }

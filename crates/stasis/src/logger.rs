@@ -6,15 +6,16 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// The one logger; `init` may be called again (one RPC connection serves
+/// several requests, each with its own log file) and swaps its output.
 struct Logger {
     out: Mutex<Box<dyn Write + Send>>,
-    level: log::LevelFilter,
     start: Instant,
 }
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.level
+        m.level() <= log::max_level()
     }
 
     fn log(&self, r: &log::Record) {
@@ -74,14 +75,26 @@ pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
             TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             (Box::new(f), level(verbosity.unwrap_or(2)))
         }
-        _ => (Box::new(std::io::stderr()), level(verbosity.unwrap_or(1))),
+        _ => {
+            TO_FILE.store(false, std::sync::atomic::Ordering::Relaxed);
+            (Box::new(std::io::stderr()), level(verbosity.unwrap_or(1)))
+        }
     };
-    let logger = Logger {
-        out: Mutex::new(out),
-        level: lvl,
+    static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
+    let mut fresh = Some(out);
+    let logger = LOGGER.get_or_init(|| Logger {
+        out: Mutex::new(fresh.take().unwrap_or_else(|| Box::new(std::io::sink()))),
         start: Instant::now(),
-    };
+    });
+    if let Some(out) = fresh {
+        // Installed before: swap the output.
+        if let Ok(mut o) = logger.out.lock() {
+            let _ = o.flush();
+            *o = out;
+        }
+    } else {
+        log::set_logger(logger).context("install logger")?;
+    }
     log::set_max_level(lvl);
-    log::set_boxed_logger(Box::new(logger)).context("install logger")?;
     Ok(())
 }

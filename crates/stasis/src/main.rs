@@ -4,12 +4,15 @@
 //! The command line is criu's (see `criu.rs` and README, "criu compatibility"):
 //! every criu option parses and is applied, accepted with a note, or refused by name.
 
+mod action;
 mod bench;
 mod criu;
 mod criu_check;
 mod criu_cmd;
 mod logger;
 mod page_server;
+mod rpc;
+mod rpc_opts;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -141,6 +144,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// An error and its causes on one line. Each layer's message already
+/// includes its source in our error types: the outermost message, and the
+/// rest only if new.
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let mut line = chain[0].clone();
+    for c in &chain[1..] {
+        if !line.contains(c.as_str()) {
+            line.push_str(": ");
+            line.push_str(c);
+        }
+    }
+    line
+}
+
 /// stasis's own commands (clap); anything else is a criu command line.
 const OWN_COMMANDS: &[&str] = &[
     "bench",
@@ -187,16 +205,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            // Each layer's message already includes its source in our error
-            // types; print the outermost message, and the rest only if new.
-            let mut line = chain[0].clone();
-            for c in &chain[1..] {
-                if !line.contains(c.as_str()) {
-                    line.push_str(": ");
-                    line.push_str(c);
-                }
-            }
+            let line = one_line(&e);
             // One line on stderr; the log file (if any) gets it too.
             if logger::to_file() {
                 log::error!("{line}");

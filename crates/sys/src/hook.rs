@@ -102,6 +102,13 @@ pub fn kill_point(point: &str) {
     }
 }
 
+/// Called by dump and restore at criu's action-script points with the
+/// point's name (criu's `CRTOOLS_SCRIPT_ACTION`: `pre-dump`, `post-dump`,
+/// `pre-restore`, `setup-namespaces`, ...) and the root's PID as seen by
+/// the caller; an error fails the dump or restore there, undoing it. The
+/// CLI runs `--action-script`s from it, the RPC server sends criu_notify.
+pub type ActionHook<'a> = &'a mut dyn FnMut(&'static str, i32) -> Result<(), String>;
+
 #[cfg(test)]
 mod tests {
     use super::parse;

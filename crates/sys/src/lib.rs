@@ -16,6 +16,7 @@ pub mod netlock;
 pub mod ptrace;
 pub mod remote;
 pub mod sched;
+pub mod seqpacket;
 pub mod tcprepair;
 pub mod util;
 pub mod xsave;

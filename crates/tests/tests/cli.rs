@@ -276,7 +276,7 @@ fn option_syntax_errors() {
 #[test]
 fn unimplemented_commands_refused_by_name() {
     let work = Work::new("cli_commands");
-    for cmd in ["lazy-pages", "swrk", "service", "dedup", "cpuinfo", "exec"] {
+    for cmd in ["lazy-pages", "dedup", "cpuinfo", "exec"] {
         let img = work.path(cmd);
         let args = strings(&[
             cmd,
@@ -565,4 +565,25 @@ fn criu_config_file_refused_unless_no_default_config() {
         code == Some(1) && err.contains("dump pid 99999999"),
         "{code:?} {err:?}"
     );
+}
+
+/// `swrk` needs a SOCK_SEQPACKET socket's descriptor: anything else is one
+/// line of refusal (the RPC itself is tested in tests/rpc.rs).
+#[test]
+fn swrk_needs_a_seqpacket_socket() {
+    let work = Work::new("cli_swrk");
+    for (args, words) in [
+        (vec!["swrk"], "swrk FD"),
+        (vec!["swrk", "x"], "not a descriptor number"),
+        (vec!["swrk", "0"], "not a SOCK_SEQPACKET socket"),
+        (vec!["swrk", "77"], "fd 77"),
+    ] {
+        let out = run_in(&work, work.dir(), &stasis_bin(), &strings(&args));
+        assert!(
+            out.code == Some(1) && out.stderr.lines().count() == 1 && out.stderr.contains(words),
+            "{args:?}: got {:?} {:?}",
+            out.code,
+            out.stderr
+        );
+    }
 }

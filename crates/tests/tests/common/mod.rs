@@ -839,22 +839,8 @@ pub fn go_program() -> Result<PathBuf, String> {
             // A private output name, renamed into place: several test
             // binaries may build at once.
             let out = dir.join(format!("tp_go.{}", std::process::id()));
-            let mut cmd = Command::new("go");
-            cmd.args(["build", "-o"])
-                .arg(&out)
-                .arg(&src)
-                .current_dir(&dir)
-                .env("CGO_ENABLED", "0")
-                .env("GO111MODULE", "off")
-                .env("GOPATH", dir.join("gopath"))
-                .env("GOTOOLCHAIN", "local")
-                .env("GOFLAGS", "");
-            if std::env::var_os("GOCACHE").is_none() {
-                cmd.env("GOCACHE", dir.join("cache"));
-            }
-            if std::env::var_os("HOME").is_none() {
-                cmd.env("HOME", &dir);
-            }
+            let mut cmd = go_build(&dir, dir.join("gopath").as_os_str(), &out);
+            cmd.arg(&src).current_dir(&dir);
             let o = cmd.output().map_err(|e| format!("run go build: {e}"))?;
             if !o.status.success() {
                 return Err(format!(
@@ -868,6 +854,27 @@ pub fn go_program() -> Result<PathBuf, String> {
             Ok(exe)
         })
         .clone()
+}
+
+/// `go build -o OUT` in GOPATH mode (GOPATH `gopath`), static, with the
+/// build cache (and HOME, if unset) under `dir`; the caller adds what to
+/// build.
+pub fn go_build(dir: &Path, gopath: &std::ffi::OsStr, out: &Path) -> Command {
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-o"])
+        .arg(out)
+        .env("CGO_ENABLED", "0")
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "");
+    if std::env::var_os("GOCACHE").is_none() {
+        cmd.env("GOCACHE", dir.join("cache"));
+    }
+    if std::env::var_os("HOME").is_none() {
+        cmd.env("HOME", dir);
+    }
+    cmd
 }
 
 /// What [`go_program`] says when there is no `go` in PATH.
