@@ -35,6 +35,7 @@ mod pidns;
 mod procattrs;
 mod signals;
 mod stub_site;
+mod sysvipc;
 mod threads;
 mod timers;
 mod uts;
@@ -283,6 +284,7 @@ fn dump_frozen(
         collected.push(collect::collect(f, opts.shell_job, opts.skip_in_flight)?);
     }
     checks::parent_threads(&collected)?;
+    let mut ipc = sysvipc::collect(root, &collected)?;
     kinds::link_tree(
         &mut collected
             .iter_mut()
@@ -325,6 +327,10 @@ fn dump_frozen(
             &mut pages,
         )?;
         kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
+        if let (Some(saved), true) = (ipc.as_mut(), refs.is_empty()) {
+            // Segment contents: in the root's page file.
+            sysvipc::write_contents(saved, state.host_pid, &mut pages)?;
+        }
         page_bytes += pages.offset();
         let pages_file = pages.finish().at(pid, Stage::Memory)?;
         fault_point(pid, Stage::Memory)?;
@@ -351,6 +357,7 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        ipc: ipc.map(|s| s.ipc),
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies

@@ -274,6 +274,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        ipc: None,
     }
 }
 

@@ -49,6 +49,7 @@ mod procattrs;
 mod rebuild;
 mod shared;
 mod signals;
+mod sysvipc;
 mod threads;
 mod timers;
 mod tree;
@@ -335,6 +336,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         image.inventory.pid_ns || opts.new_pid_ns,
         opts.shell_job,
         image.inventory.uts.as_ref(),
+        image.inventory.ipc.as_ref(),
     )?;
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());

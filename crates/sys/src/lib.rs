@@ -90,4 +90,5 @@ pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
+pub mod sysvipc;
 pub mod udpq;

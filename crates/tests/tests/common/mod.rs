@@ -63,6 +63,7 @@ impl Program {
 pub fn bin_path(name: &str) -> PathBuf {
     let p = match name {
         "tp_memory" => env!("CARGO_BIN_EXE_tp_memory"),
+        "tp_sysvipc" => env!("CARGO_BIN_EXE_tp_sysvipc"),
         "tp_regs" => env!("CARGO_BIN_EXE_tp_regs"),
         "tp_amx" => env!("CARGO_BIN_EXE_tp_amx"),
         "tp_files" => env!("CARGO_BIN_EXE_tp_files"),

@@ -1,0 +1,148 @@
+//! SysV IPC end to end: a tree in its own IPC namespace (every kind of
+//! object, sysctls, attachments shared between processes), a segment of
+//! stasis's own namespace kept, recreated, or refused when its id is
+//! taken, and the refusals.
+
+mod common;
+
+use common::*;
+
+macro_rules! selfcheck {
+    ($pass:ident, $fail:ident, [$($arg:expr),*]) => {
+        #[test]
+        fn $pass() {
+            let work = Work::new(stringify!($pass));
+            run_plain(&work, Program::Bin("tp_sysvipc"), &[$($arg),*]).assert_pass(&work);
+        }
+
+        #[test]
+        fn $fail() {
+            let work = Work::new(stringify!($fail));
+            let out = run_plain(&work, Program::Bin("tp_sysvipc"), &[$($arg,)* "--corrupt"]);
+            assert!(
+                out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+                "the negative control did not fail: {out:?}{}",
+                work.diagnostics()
+            );
+        }
+    };
+}
+
+selfcheck!(selfcheck_sysvipc_own, negative_sysvipc_own, ["--mode", "own"]);
+selfcheck!(selfcheck_sysvipc_host, negative_sysvipc_host, ["--mode", "host"]);
+
+/// The negative control through a real dump and restore: the program's
+/// own check must catch the change.
+#[test]
+fn negative_cr_sysvipc_own() {
+    let work = Work::new("negative_cr_sysvipc_own");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "own", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+#[test]
+fn cr_sysvipc_own_namespace() {
+    let work = Work::new("cr_sysvipc_own_namespace");
+    run_case(&work, Program::Bin("tp_sysvipc"), &["--mode", "own"], &Opts::default())
+        .assert_pass(&work);
+}
+
+fn shmid(work: &Work) -> i32 {
+    pidfile(work, "shmid")
+}
+
+fn rmid(id: i32) {
+    // SAFETY: IPC_RMID ignores the buffer.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+}
+
+/// Starts and dumps a `--mode host` program; returns its work directory,
+/// PID and segment id.
+fn host_dumped(name: &str) -> (Work, i32, i32) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_sysvipc"), &["--mode", "host"]);
+    step(&work, "waiting for ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    let id = shmid(&work);
+    dump_and_check_gone(&work, &mut p, &opts);
+    (work, p.pid, id)
+}
+
+/// The segment outlives the dumped process (nobody removed it): the
+/// restore attaches that very segment again, with the saved contents.
+#[test]
+fn cr_sysvipc_host_segment_kept() {
+    let (work, pid, id) = host_dumped("cr_sysvipc_host_segment_kept");
+    let opts = Opts::default();
+    let mut r = restore_and_adopt(&work, pid, &opts);
+    let out = finish(&work, &mut r, opts.finish_timeout);
+    rmid(id);
+    out.assert_pass(&work);
+}
+
+/// The segment was removed after the dump: recreated with its id.
+#[test]
+fn cr_sysvipc_host_segment_recreated() {
+    let (work, pid, id) = host_dumped("cr_sysvipc_host_segment_recreated");
+    rmid(id);
+    let opts = Opts::default();
+    let mut r = restore_and_adopt(&work, pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// Another segment holds the id now: the restore refuses by name and
+/// leaves nothing behind.
+#[test]
+fn refuse_sysvipc_host_id_taken() {
+    let (work, pid, id) = host_dumped("refuse_sysvipc_host_id_taken");
+    rmid(id);
+    std::fs::write("/proc/sys/kernel/shm_next_id", id.to_string()).expect("shm_next_id");
+    // SAFETY: integer-only syscall.
+    let other = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, 0o600) };
+    let out = restore_detached(&work, &[], Opts::default().stasis_timeout);
+    rmid(other);
+    assert_eq!(other, id, "could not take the id for the test");
+    assert!(
+        !out.success()
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains("taken by another segment")
+            && out.stderr.contains(&format!("segment {id}")),
+        "restore did not refuse the taken id by name: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(!pid_exists(pid), "PID {pid} left behind");
+    // SAFETY: an all-zero shmid_ds is a valid out buffer.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a live buffer.
+    let r = unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) };
+    assert!(r < 0, "the refused restore left segment {id} behind");
+}
+
+#[test]
+fn refuse_sysvipc_child_in_other_ipc_namespace() {
+    refused_dump(
+        "refuse_sysvipc_child_ns",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "child-ns"],
+        &[],
+        &["ipc namespace of its own"],
+        false,
+    );
+}
+
+#[test]
+fn refuse_sysvipc_posix_mqueue_in_namespace() {
+    refused_dump(
+        "refuse_sysvipc_mqueue",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "mqueue"],
+        &[],
+        &["posix message queue /stasis-sysvipc"],
+        false,
+    );
+}
