@@ -62,7 +62,11 @@ type Raw = (
 /// process shares: checks.rs), or None when there is none to save.
 pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
     let st = Stage::Collect;
-    let ino = |t: &str| std::fs::metadata(format!("/proc/{t}/ns/ipc")).map(|m| m.ino()).ok();
+    let ino = |t: &str| {
+        std::fs::metadata(format!("/proc/{t}/ns/ipc"))
+            .map(|m| m.ino())
+            .ok()
+    };
     let own = ino(&root.to_string()) != ino("self");
     // Attachments per segment id in the tree, and the first process with each.
     let mut attached: BTreeMap<i32, (u64, u32)> = BTreeMap::new();
@@ -122,7 +126,10 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
         .iter()
         .find(|(id, _)| !saved.ipc.shm.iter().any(|s| s.id == **id))
     {
-        return Err(unsupported(pid, format!("a mapping of SysV shm segment {id}, which no longer exists")));
+        return Err(unsupported(
+            pid,
+            format!("a mapping of SysV shm segment {id}, which no longer exists"),
+        ));
     }
     Ok(Some(saved))
 }
@@ -163,7 +170,10 @@ fn read_ns(own: bool, wanted: Option<&HashSet<i32>>) -> stasis_sys::Result<Raw> 
             continue;
         }
         let fd = ipc::shm_object(s.id, s.size, false).map_err(|e| SysError {
-            op: format!("SysV shm segment {} (key {:#x}): {}", s.id, s.perm.key, e.op),
+            op: format!(
+                "SysV shm segment {} (key {:#x}): {}",
+                s.id, s.perm.key, e.op
+            ),
             ..e
         })?;
         shm.push((s, fd));
@@ -212,7 +222,9 @@ fn messages(id: i32, n: u64) -> stasis_sys::Result<Vec<Message>> {
                 out.push(Message { mtype, text });
                 i += 1;
             }
-            Err(e) if e.errno() == Some(libc::E2BIG) && max < stasis_image::sysvipc::MAX_MESSAGE => {
+            Err(e)
+                if e.errno() == Some(libc::E2BIG) && max < stasis_image::sysvipc::MAX_MESSAGE =>
+            {
                 max *= 4;
             }
             Err(e) => return Err(e),

@@ -99,6 +99,21 @@ pub struct ShmSegment {
     pub extents: Vec<Extent>,
 }
 
+impl IpcNs {
+    /// Where the segments' contents end in the root's page file.
+    pub fn payload_end(&self) -> u64 {
+        self.shm
+            .iter()
+            .map(|s| {
+                s.extents.iter().fold(s.offset, |acc, e| {
+                    acc.saturating_add(e.len.next_multiple_of(crate::PAGE_SIZE))
+                })
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl ShmSegment {
     pub fn locked(&self) -> bool {
         self.perm.mode & 0o2000 != 0
@@ -141,16 +156,19 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
         })?;
         c.string("ipc.sysctls.value", &s.value, 256)?;
     }
-    c.ensure(ipc.own || (ipc.sysctls.is_empty() && ipc.sem.is_empty() && ipc.msg.is_empty()), || {
-        "ipc: sysctls, semaphores or queues of a namespace not the tree's own".into()
-    })?;
+    c.ensure(
+        ipc.own || (ipc.sysctls.is_empty() && ipc.sem.is_empty() && ipc.msg.is_empty()),
+        || "ipc: sysctls, semaphores or queues of a namespace not the tree's own".into(),
+    )?;
     c.count("ipc.shm", ipc.shm.len(), MAX_IPC_OBJECTS)?;
     c.count("ipc.sem", ipc.sem.len(), MAX_IPC_OBJECTS)?;
     c.count("ipc.msg", ipc.msg.len(), MAX_IPC_OBJECTS)?;
     let ids = |v: Vec<i32>, what: &str| {
         let mut seen = std::collections::HashSet::new();
         for id in v {
-            c.ensure(id >= 0 && seen.insert(id), || format!("ipc.{what}: id {id} negative or twice"))?;
+            c.ensure(id >= 0 && seen.insert(id), || {
+                format!("ipc.{what}: id {id} negative or twice")
+            })?;
         }
         Ok::<(), crate::ImageError>(())
     };
@@ -158,9 +176,15 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
     ids(ipc.sem.iter().map(|s| s.id).collect(), "sem")?;
     ids(ipc.msg.iter().map(|s| s.id).collect(), "msg")?;
     for s in &ipc.shm {
-        c.ensure(s.size > 0 && s.size <= MAX_SAVED_FILE && aligned(s.offset), || {
-            format!("ipc.shm {}: size {} or offset {:#x}", s.id, s.size, s.offset)
-        })?;
+        c.ensure(
+            s.size > 0 && s.size <= MAX_SAVED_FILE && aligned(s.offset),
+            || {
+                format!(
+                    "ipc.shm {}: size {} or offset {:#x}",
+                    s.id, s.size, s.offset
+                )
+            },
+        )?;
         c.count("ipc.shm.extents", s.extents.len(), MAX_EXTENTS)?;
         let mut end = 0u64;
         for e in &s.extents {
@@ -181,7 +205,12 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
         c.count("ipc.msg.messages", q.messages.len(), MAX_MESSAGES)?;
         for m in &q.messages {
             c.ensure(m.mtype > 0 && m.text.len() <= MAX_MESSAGE, || {
-                format!("ipc.msg {}: message type {} of {} bytes", q.id, m.mtype, m.text.len())
+                format!(
+                    "ipc.msg {}: message type {} of {} bytes",
+                    q.id,
+                    m.mtype,
+                    m.text.len()
+                )
             })?;
         }
     }

@@ -52,26 +52,30 @@ pub(crate) fn preflight(img: &IpcNs, pid: u32) -> Result<Vec<i32>> {
     }
     let mut create = Vec::new();
     for s in &img.shm {
-        let name = format!("SysV shm segment {} (key {:#x}, {} bytes)", s.id, s.perm.key, s.size);
+        let name = format!(
+            "SysV shm segment {} (key {:#x}, {} bytes)",
+            s.id, s.perm.key, s.size
+        );
         match ipc::shm_stat(s.id).at(pid, Stage::Preflight)? {
             None => create.push(s.id),
             Some(now) if now.perm.key == s.perm.key && now.size == s.size && now.cpid == s.cpid => {
                 if now.nattch != 0 {
                     return Err(refused(
                         pid,
-                        format!("{name} still exists and is attached {} times outside the image", now.nattch),
+                        format!(
+                            "{name} still exists and is attached {} times outside the image",
+                            now.nattch
+                        ),
                     ));
                 }
             }
-            Some(now) => {
-                return Err(refused(
-                    pid,
-                    format!(
-                        "{name}: the id is taken by another segment (key {:#x}, {} bytes, creator {})",
-                        now.perm.key, now.size, now.cpid
-                    ),
-                ))
-            }
+            Some(now) => return Err(refused(
+                pid,
+                format!(
+                    "{name}: the id is taken by another segment (key {:#x}, {} bytes, creator {})",
+                    now.perm.key, now.size, now.cpid
+                ),
+            )),
         }
     }
     Ok(create)
@@ -155,7 +159,13 @@ impl Ipc {
     /// sysctls take their saved values.
     pub(crate) fn finish(&mut self) -> Result<()> {
         let pid = self.pid;
-        let dest: Vec<i32> = self.image.shm.iter().filter(|s| s.dest()).map(|s| s.id).collect();
+        let dest: Vec<i32> = self
+            .image
+            .shm
+            .iter()
+            .filter(|s| s.dest())
+            .map(|s| s.id)
+            .collect();
         let img = self.image.clone();
         let work = move || -> stasis_sys::Result<()> {
             for id in dest {
@@ -209,7 +219,10 @@ fn fill(pid: u32, s: &ShmSegment, src: &std::fs::File) -> Result<()> {
         while done < e.len {
             let n = buf.len().min((e.len - done) as usize);
             src.read_exact_at(&mut buf[..n], PAGES_HEADER_LEN + payload + done)
-                .map_err(io(format!("read SysV shm segment {} from the page file", s.id)))?;
+                .map_err(io(format!(
+                    "read SysV shm segment {} from the page file",
+                    s.id
+                )))?;
             obj.write_all_at(&buf[..n], e.offset + done)
                 .map_err(io(format!("fill SysV shm segment {}", s.id)))?;
             done += n as u64;
@@ -249,7 +262,11 @@ fn write_sysctls(img: &IpcNs, raise_only: bool) -> stasis_sys::Result<()> {
             s.value.clone()
         };
         std::fs::write(&path, &value).map_err(|e| {
-            stasis_sys::SysError::new(format!("write {path} = {value}"), None, e.raw_os_error().unwrap_or(0))
+            stasis_sys::SysError::new(
+                format!("write {path} = {value}"),
+                None,
+                e.raw_os_error().unwrap_or(0),
+            )
         })?;
     }
     Ok(())
@@ -261,9 +278,14 @@ fn raised(now: &str, saved: &str) -> String {
     saved
         .split_whitespace()
         .enumerate()
-        .map(|(i, v)| match (v.parse::<u64>(), now.get(i).and_then(|n| n.parse::<u64>().ok())) {
-            (Ok(a), Some(b)) => a.max(b).to_string(),
-            _ => v.to_string(),
+        .map(|(i, v)| {
+            match (
+                v.parse::<u64>(),
+                now.get(i).and_then(|n| n.parse::<u64>().ok()),
+            ) {
+                (Ok(a), Some(b)) => a.max(b).to_string(),
+                _ => v.to_string(),
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -273,7 +295,12 @@ fn raised(now: &str, saved: &str) -> String {
 /// SHM_RDONLY where the mapping could never be writable), a part of it
 /// (a VMA split by mprotect or munmap) through a temporary attachment
 /// moved into place; then the saved protection.
-pub(crate) fn attach(r: &mut RemoteThread, v: &Vma, id: i32, sizes: &HashMap<i32, u64>) -> Result<()> {
+pub(crate) fn attach(
+    r: &mut RemoteThread,
+    v: &Vma,
+    id: i32,
+    sizes: &HashMap<i32, u64>,
+) -> Result<()> {
     let pid = r.tid().0 as u32;
     let st = Stage::Memory;
     let size = sizes
@@ -281,7 +308,10 @@ pub(crate) fn attach(r: &mut RemoteThread, v: &Vma, id: i32, sizes: &HashMap<i32
         .ok_or_else(|| RestoreError::Refused {
             pid,
             stage: st,
-            what: format!("mapping {:#x}-{:#x} of SysV shm segment {id}, not in the image", v.start, v.end),
+            what: format!(
+                "mapping {:#x}-{:#x} of SysV shm segment {id}, not in the image",
+                v.start, v.end
+            ),
         })?
         .next_multiple_of(PAGE_SIZE);
     let len = v.end - v.start;
@@ -289,13 +319,23 @@ pub(crate) fn attach(r: &mut RemoteThread, v: &Vma, id: i32, sizes: &HashMap<i32
     let what = format!("shmat({id}) at {:#x}-{:#x}", v.start, v.end);
     if v.pgoff == 0 && len == size {
         let got = r
-            .call(libc::SYS_shmat, &[id as u64, v.start, rdonly | SHM_REMAP], &what)
+            .call(
+                libc::SYS_shmat,
+                &[id as u64, v.start, rdonly | SHM_REMAP],
+                &what,
+            )
             .at(pid, st)?;
         if got != v.start {
-            return Err(RestoreError::Refused { pid, stage: st, what: format!("{what} landed at {got:#x}") });
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!("{what} landed at {got:#x}"),
+            });
         }
     } else {
-        let tmp = r.call(libc::SYS_shmat, &[id as u64, 0, rdonly], &what).at(pid, st)?;
+        let tmp = r
+            .call(libc::SYS_shmat, &[id as u64, 0, rdonly], &what)
+            .at(pid, st)?;
         r.call(
             libc::SYS_mremap,
             &[
@@ -308,10 +348,19 @@ pub(crate) fn attach(r: &mut RemoteThread, v: &Vma, id: i32, sizes: &HashMap<i32
             &format!("mremap part of SysV shm segment {id} to {:#x}", v.start),
         )
         .at(pid, st)?;
-        r.call(libc::SYS_munmap, &[tmp, size], "munmap the rest of a SysV shm attachment")
-            .at(pid, st)?;
+        r.call(
+            libc::SYS_munmap,
+            &[tmp, size],
+            "munmap the rest of a SysV shm attachment",
+        )
+        .at(pid, st)?;
     }
-    let given = libc::PROT_READ as u32 | if v.maywrite { libc::PROT_WRITE as u32 } else { 0 };
+    let given = libc::PROT_READ as u32
+        | if v.maywrite {
+            libc::PROT_WRITE as u32
+        } else {
+            0
+        };
     if v.prot != given {
         r.call(
             libc::SYS_mprotect,

@@ -187,7 +187,7 @@ pub fn shm_detach(addr: u64) -> Result<()> {
 pub fn shm_object(id: i32, size: u64, write: bool) -> Result<OwnedFd> {
     let addr = shm_attach(id, !write)?;
     let end = addr + size.next_multiple_of(4096);
-    let path = format!("/proc/thread-self/map_files/{addr:x}-{end:x}");
+    let path = format!("/proc/self/map_files/{addr:x}-{end:x}");
     let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
     let fd = crate::util::open(&path, mode | libc::O_CLOEXEC);
     shm_detach(addr)?;
@@ -198,7 +198,11 @@ pub fn shm_object(id: i32, size: u64, write: bool) -> Result<OwnedFd> {
     let r = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sf) };
     check(r.into(), "fstatfs(shm)", None)?;
     if sf.f_type == HUGETLBFS_MAGIC {
-        return Err(SysError::new("shm segment on hugetlbfs", None, libc::EOPNOTSUPP));
+        return Err(SysError::new(
+            "shm segment on hugetlbfs",
+            None,
+            libc::EOPNOTSUPP,
+        ));
     }
     Ok(fd)
 }
@@ -362,7 +366,11 @@ pub fn create(kind: Kind, id: i32, key: i32, size: u64, mode: u32) -> Result<()>
             Kind::Msg => libc::msgget(key, flags),
         }
     };
-    let got = check(got.into(), &format!("create {kind:?} id {id} key {key:#x}"), None)?;
+    let got = check(
+        got.into(),
+        &format!("create {kind:?} id {id} key {key:#x}"),
+        None,
+    )?;
     if got as i32 != id {
         remove(kind, got as i32)?;
         return Err(SysError::new(
@@ -406,8 +414,13 @@ pub fn set_perm(kind: Kind, id: i32, uid: u32, gid: u32, mode: u32, qbytes: u64)
             Kind::Sem => {
                 let (_, mut ds) = sem_ds(id, libc::IPC_STAT)?.ok_or_else(|| gone(&what))?;
                 set(&mut ds.perm);
-                libc::syscall(libc::SYS_semctl, id, 0, libc::IPC_SET, &mut ds as *mut SemidDs)
-                    as i32
+                libc::syscall(
+                    libc::SYS_semctl,
+                    id,
+                    0,
+                    libc::IPC_SET,
+                    &mut ds as *mut SemidDs,
+                ) as i32
             }
             Kind::Msg => {
                 let (_, mut ds) = msq_ds(id, libc::IPC_STAT)?.ok_or_else(|| gone(&what))?;

@@ -28,8 +28,16 @@ macro_rules! selfcheck {
     };
 }
 
-selfcheck!(selfcheck_sysvipc_own, negative_sysvipc_own, ["--mode", "own"]);
-selfcheck!(selfcheck_sysvipc_host, negative_sysvipc_host, ["--mode", "host"]);
+selfcheck!(
+    selfcheck_sysvipc_own,
+    negative_sysvipc_own,
+    ["--mode", "own"]
+);
+selfcheck!(
+    selfcheck_sysvipc_host,
+    negative_sysvipc_host,
+    ["--mode", "host"]
+);
 
 /// The negative control through a real dump and restore: the program's
 /// own check must catch the change.
@@ -48,8 +56,13 @@ fn negative_cr_sysvipc_own() {
 #[test]
 fn cr_sysvipc_own_namespace() {
     let work = Work::new("cr_sysvipc_own_namespace");
-    run_case(&work, Program::Bin("tp_sysvipc"), &["--mode", "own"], &Opts::default())
-        .assert_pass(&work);
+    run_case(
+        &work,
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "own"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
 }
 
 fn shmid(work: &Work) -> i32 {
@@ -67,7 +80,11 @@ fn host_dumped(name: &str) -> (Work, i32, i32) {
     let work = Work::new(name);
     let opts = Opts::default();
     let mut p = start(&work, Program::Bin("tp_sysvipc"), &["--mode", "host"]);
-    step(&work, "waiting for ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
     let id = shmid(&work);
     dump_and_check_gone(&work, &mut p, &opts);
     (work, p.pid, id)
@@ -123,16 +140,33 @@ fn refuse_sysvipc_host_id_taken() {
     assert!(r < 0, "the refused restore left segment {id} behind");
 }
 
+/// A child in an IPC namespace its root does not share: refused naming
+/// the child (one line), no image, the tree runs on.
 #[test]
 fn refuse_sysvipc_child_in_other_ipc_namespace() {
-    refused_dump(
-        "refuse_sysvipc_child_ns",
-        Program::Bin("tp_sysvipc"),
-        &["--mode", "child-ns"],
-        &[],
-        &["ipc namespace of its own"],
-        false,
+    let work = Work::new("refuse_sysvipc_child_ns");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_sysvipc"), &["--mode", "child-ns"]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
     );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains("ipc namespace of its own")
+            && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
+        "dump did not refuse the child's IPC namespace by name: {out:?}"
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "tree after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]
@@ -143,6 +177,18 @@ fn refuse_sysvipc_posix_mqueue_in_namespace() {
         &["--mode", "mqueue"],
         &[],
         &["posix message queue /stasis-sysvipc"],
+        false,
+    );
+}
+
+#[test]
+fn refuse_sysvipc_sem_undo() {
+    refused_dump(
+        "refuse_sysvipc_sem_undo",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "sem-undo"],
+        &[],
+        &["semaphore undo list"],
         false,
     );
 }

@@ -302,10 +302,7 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
         o.cowed[500] = true;
         o.expect[500 * PAGE + 9] ^= 0x33;
     }
-    let shared_before: Vec<u64> = objs
-        .iter()
-        .map(|o| shared_kb(o.map.start()))
-        .collect();
+    let shared_before: Vec<u64> = objs.iter().map(|o| shared_kb(o.map.start())).collect();
     proto.ready_and_wait();
     if corrupt {
         objs[0].map.bytes_mut()[150 * PAGE + 120] ^= 1;
@@ -320,10 +317,7 @@ fn private(proto: &Proto, corrupt: bool, report: &mut Report) {
     for (o, &before) in objs.iter().zip(&shared_before) {
         let after = shared_kb(o.map.start());
         report.check(before > 0 && after * 10 >= before * 9, || {
-            format!(
-                "{}: Shared {before} kB before, {after} kB after",
-                o.name
-            )
+            format!("{}: Shared {before} kB before, {after} kB after", o.name)
         });
     }
     // SAFETY: one byte from a literal into our pipe: the child may go.

@@ -19,6 +19,8 @@
 //! - `child-ns`: a child in an IPC namespace of its own (refused).
 //! - `mqueue`: its own IPC namespace holding a POSIX message queue no
 //!   descriptor has open (refused).
+//! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO (refused:
+//!   the adjustment cannot be read).
 
 use stasis_tests::{Proto, Report};
 use std::ffi::c_void;
@@ -46,7 +48,10 @@ fn shm_ds(id: i32) -> libc::shmid_ds {
     // SAFETY: an all-zero shmid_ds is a valid out buffer.
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: ds is a live buffer.
-    ok(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) }, "IPC_STAT");
+    ok(
+        unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) },
+        "IPC_STAT",
+    );
     ds
 }
 
@@ -93,11 +98,17 @@ fn sysctls() -> Vec<String> {
 fn sem_state(id: i32, n: usize) -> (Vec<u16>, i32, u32, u32, u16) {
     let mut v = vec![0u16; n];
     // SAFETY: GETALL writes n values into v.
-    ok(unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) }, "GETALL");
+    ok(
+        unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) },
+        "GETALL",
+    );
     // SAFETY: an all-zero semid_ds is a valid out buffer.
     let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: ds is a live semid_ds.
-    ok(unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) }, "sem IPC_STAT");
+    ok(
+        unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) },
+        "sem IPC_STAT",
+    );
     let p = ds.sem_perm;
     (v, p.__key, p.uid, p.gid, p.mode)
 }
@@ -106,7 +117,10 @@ fn msq_state(id: i32) -> (i32, u32, u32, u16, u64, u64) {
     // SAFETY: an all-zero msqid_ds is a valid out buffer.
     let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: ds is a live buffer.
-    ok(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) }, "msg IPC_STAT");
+    ok(
+        unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) },
+        "msg IPC_STAT",
+    );
     let p = ds.msg_perm;
     (p.__key, p.uid, p.gid, p.mode, ds.msg_qbytes, ds.msg_qnum)
 }
@@ -115,7 +129,10 @@ fn send(q: i32, mtype: i64, text: &[u8]) {
     let mut b = mtype.to_ne_bytes().to_vec();
     b.extend_from_slice(text);
     // SAFETY: b holds the type and the text.
-    ok(unsafe { libc::msgsnd(q, b.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) }, "msgsnd");
+    ok(
+        unsafe { libc::msgsnd(q, b.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) },
+        "msgsnd",
+    );
 }
 
 /// Every message of queue `q`, received (type 0: in order).
@@ -164,6 +181,7 @@ fn main() {
         "host" => host(&proto, &mut report, args.corrupt()),
         "child-ns" => child_ns(&proto, &mut report),
         "mqueue" => mqueue(&proto, &mut report),
+        "sem-undo" => sem_undo(&proto, &mut report),
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
@@ -171,7 +189,10 @@ fn main() {
 
 fn unshare_ipc() {
     // SAFETY: integer-only syscall on ourselves.
-    ok(unsafe { libc::unshare(libc::CLONE_NEWIPC) }, "unshare(CLONE_NEWIPC)");
+    ok(
+        unsafe { libc::unshare(libc::CLONE_NEWIPC) },
+        "unshare(CLONE_NEWIPC)",
+    );
 }
 
 /// What the own-namespace case compares before and after.
@@ -221,7 +242,10 @@ fn seen(o: &Objects) -> Seen {
         sems: vec![sem_state(o.s1, 4), sem_state(o.s2, 1)],
         queues: vec![msq_state(o.q1), msq_state(o.q2)],
         sysctls: sysctls(),
-        perms: vec![perms_at("self", o.pa as usize), perms_at("self", o.pc as usize)],
+        perms: vec![
+            perms_at("self", o.pa as usize),
+            perms_at("self", o.pc as usize),
+        ],
         own_ns: ns("/proc/self/ns/ipc") != ns("/proc/1/ns/ipc"),
     }
 }
@@ -235,16 +259,25 @@ fn create_objects() -> Objects {
         // Ids past the first ones: a segment made and removed first.
         let gone = ok(libc::shmget(libc::IPC_PRIVATE, PAGE, 0o600), "shmget");
         libc::shmctl(gone, libc::IPC_RMID, std::ptr::null_mut());
-        let a = ok(libc::shmget(KEY_A, A_LEN, libc::IPC_CREAT | 0o640), "shmget A");
+        let a = ok(
+            libc::shmget(KEY_A, A_LEN, libc::IPC_CREAT | 0o640),
+            "shmget A",
+        );
         let b = ok(libc::shmget(libc::IPC_PRIVATE, 8 * PAGE, 0o600), "shmget B");
-        let c = ok(libc::shmget(KEY_C, PAGE, libc::IPC_CREAT | 0o644), "shmget C");
+        let c = ok(
+            libc::shmget(KEY_C, PAGE, libc::IPC_CREAT | 0o644),
+            "shmget C",
+        );
         let pa = attach(a, 0);
         fill(pa, A_LEN, 1);
         let pb = attach(b, 0);
         fill(pb, PAGE, 2);
         fill(pb.add(5 * PAGE), PAGE, 3);
         libc::shmdt(pb as *const c_void);
-        ok(libc::shmctl(b, libc::SHM_LOCK, std::ptr::null_mut()), "SHM_LOCK");
+        ok(
+            libc::shmctl(b, libc::SHM_LOCK, std::ptr::null_mut()),
+            "SHM_LOCK",
+        );
         let w = attach(c, 0);
         fill(w, PAGE, 4);
         libc::shmdt(w as *const c_void);
@@ -257,7 +290,10 @@ fn create_objects() -> Objects {
         ds.sem_perm.uid = 1234;
         ds.sem_perm.gid = 4321;
         ds.sem_perm.mode = 0o660;
-        ok(libc::semctl(s1, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds), "sem IPC_SET");
+        ok(
+            libc::semctl(s1, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds),
+            "sem IPC_SET",
+        );
         let s2 = ok(libc::semget(libc::IPC_PRIVATE, 1, 0o600), "semget 2");
         ok(libc::semctl(s2, 0, libc::SETVAL, 7), "SETVAL");
         let q1 = ok(libc::msgget(KEY_Q, libc::IPC_CREAT | 0o620), "msgget");
@@ -269,7 +305,17 @@ fn create_objects() -> Objects {
             send(q1, t, &m);
         }
         let q2 = ok(libc::msgget(libc::IPC_PRIVATE, 0o600), "msgget 2");
-        Objects { a, b, c, s1, s2, q1, q2, pa, pc }
+        Objects {
+            a,
+            b,
+            c,
+            s1,
+            s2,
+            q1,
+            q2,
+            pa,
+            pc,
+        }
     }
 }
 
@@ -279,16 +325,24 @@ fn child(proto: &Proto, o: &Objects) -> ! {
     let a2 = attach(o.a, 0);
     // SAFETY: a2 maps A (4 pages); the first page is made read-only.
     unsafe { libc::mprotect(a2.cast(), PAGE, libc::PROT_READ) };
-    let split = (perms_at("self", a2 as usize), perms_at("self", a2 as usize + PAGE));
+    let split = (
+        perms_at("self", a2 as usize),
+        perms_at("self", a2 as usize + PAGE),
+    );
     let c_hash = hash(o.pc, PAGE);
     proto.wait_go();
-    let after = (perms_at("self", a2 as usize), perms_at("self", a2 as usize + PAGE));
+    let after = (
+        perms_at("self", a2 as usize),
+        perms_at("self", a2 as usize + PAGE),
+    );
     // The parent writes 0xab at 2*PAGE+8 of A; we answer at +9 through a2.
     // SAFETY: a2 + 2 pages is writable (rw part of the split).
-    let ok = await_byte(o.pa.wrapping_add(2 * PAGE + 8), 0xab) && {
-        unsafe { std::ptr::write_volatile(a2.add(2 * PAGE + 9), 0xcd) };
-        true
-    } && split == after
+    let ok = await_byte(o.pa.wrapping_add(2 * PAGE + 8), 0xab)
+        && {
+            unsafe { std::ptr::write_volatile(a2.add(2 * PAGE + 9), 0xcd) };
+            true
+        }
+        && split == after
         && split.0 == "r--s"
         && hash(o.pc, PAGE) == c_hash;
     // SAFETY: ends the child.
@@ -305,7 +359,10 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     }
     // Marked for removal while attached (here and in the child).
     // SAFETY: IPC_RMID ignores the buffer.
-    ok(unsafe { libc::shmctl(o.c, libc::IPC_RMID, std::ptr::null_mut()) }, "IPC_RMID C");
+    ok(
+        unsafe { libc::shmctl(o.c, libc::IPC_RMID, std::ptr::null_mut()) },
+        "IPC_RMID C",
+    );
     // Wait until the child has attached A a second time and split it.
     for _ in 0..1000 {
         if shm_ds(o.a).shm_nattch == 4 {
@@ -319,11 +376,19 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     if corrupt {
         before.sems[0].0[3] ^= 1;
     }
-    report.eq("ids, segments, contents, semaphores, queues, sysctls, attachments", before, after);
+    report.eq(
+        "ids, segments, contents, semaphores, queues, sysctls, attachments",
+        before,
+        after,
+    );
     report.eq("messages in order", messages(), drain(o.q1));
     report.eq("empty queue", Vec::<(i64, Vec<u8>)>::new(), drain(o.q2));
-    report.check(shm_ds(o.c).shm_perm.mode & 0o1000 != 0, || "C is no longer marked for removal".into());
-    report.check(shm_ds(o.b).shm_perm.mode & 0o2000 != 0, || "B is no longer locked".into());
+    report.check(shm_ds(o.c).shm_perm.mode & 0o1000 != 0, || {
+        "C is no longer marked for removal".into()
+    });
+    report.check(shm_ds(o.b).shm_perm.mode & 0o2000 != 0, || {
+        "B is no longer locked".into()
+    });
     // Shared with the child: we write, it answers.
     // SAFETY: pa maps A read-write.
     unsafe { std::ptr::write_volatile(o.pa.add(2 * PAGE + 8), 0xab) };
@@ -341,13 +406,23 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
 fn host(proto: &Proto, report: &mut Report, corrupt: bool) {
     let len = 2 * PAGE + 10;
     // SAFETY: integer-only syscall.
-    let id = ok(unsafe { libc::shmget(libc::IPC_PRIVATE, len, 0o640) }, "shmget");
+    let id = ok(
+        unsafe { libc::shmget(libc::IPC_PRIVATE, len, 0o640) },
+        "shmget",
+    );
     std::fs::write(proto.path("shmid"), id.to_string()).expect("write shmid");
     let p = attach(id, 0);
     fill(p, len, 9);
     let snap = || {
         let d = shm_ds(id);
-        (d.shm_perm.__key, d.shm_perm.mode, d.shm_segsz, d.shm_nattch, hash(p, len), perms_at("self", p as usize))
+        (
+            d.shm_perm.__key,
+            d.shm_perm.mode,
+            d.shm_segsz,
+            d.shm_nattch,
+            hash(p, len),
+            perms_at("self", p as usize),
+        )
     };
     let mut before = snap();
     proto.ready_and_wait();
@@ -355,7 +430,11 @@ fn host(proto: &Proto, report: &mut Report, corrupt: bool) {
     if corrupt {
         before.4 ^= 1;
     }
-    report.eq("segment (key, mode, size, attachments, contents, protection)", before, after);
+    report.eq(
+        "segment (key, mode, size, attachments, contents, protection)",
+        before,
+        after,
+    );
     // SAFETY: removes our own segment (it goes when we detach or exit).
     unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
 }
@@ -381,7 +460,12 @@ fn mqueue(proto: &Proto, report: &mut Report) {
     let name = c"/stasis-sysvipc";
     // SAFETY: a NUL-terminated name, default attributes; the descriptor is closed.
     unsafe {
-        let q = libc::mq_open(name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600, std::ptr::null_mut::<libc::mq_attr>());
+        let q = libc::mq_open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT,
+            0o600,
+            std::ptr::null_mut::<libc::mq_attr>(),
+        );
         assert!(q >= 0, "mq_open");
         libc::mq_send(q, b"hi".as_ptr().cast(), 2, 3);
         libc::mq_close(q);
@@ -391,6 +475,27 @@ fn mqueue(proto: &Proto, report: &mut Report) {
     let q = unsafe { libc::mq_open(name.as_ptr(), libc::O_RDWR) };
     let mut buf = [0u8; 8192];
     // SAFETY: buf is big enough for the default message size.
-    let n = unsafe { libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut()) };
+    let n =
+        unsafe { libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut()) };
     report.eq("queued message", 2, n);
+}
+
+fn sem_undo(proto: &Proto, report: &mut Report) {
+    unshare_ipc();
+    // SAFETY: SysV calls with integer arguments and a live sembuf.
+    let id = unsafe {
+        let id = ok(libc::semget(libc::IPC_PRIVATE, 1, 0o600), "semget");
+        let mut op = libc::sembuf {
+            sem_num: 0,
+            sem_op: 3,
+            sem_flg: libc::SEM_UNDO as i16,
+        };
+        ok(libc::semop(id, &mut op, 1), "semop(SEM_UNDO)");
+        id
+    };
+    proto.ready_and_wait();
+    // SAFETY: GETVAL with integer arguments.
+    report.eq("semaphore value", 3, unsafe {
+        libc::semctl(id, 0, libc::GETVAL)
+    });
 }
