@@ -69,13 +69,15 @@ pub(crate) fn preflight(img: &IpcNs, pid: u32) -> Result<Vec<i32>> {
                     ));
                 }
             }
-            Some(now) => return Err(refused(
-                pid,
-                format!(
+            Some(now) => {
+                return Err(refused(
+                    pid,
+                    format!(
                     "{name}: the id is taken by another segment (key {:#x}, {} bytes, creator {})",
                     now.perm.key, now.size, now.cpid
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(create)

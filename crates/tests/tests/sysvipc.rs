@@ -192,3 +192,37 @@ fn refuse_sysvipc_sem_undo() {
         false,
     );
 }
+
+fn segment_exists(id: i32) -> bool {
+    // SAFETY: an all-zero shmid_ds is a valid out buffer.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a live buffer.
+    unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) >= 0 }
+}
+
+/// A restore failing at any stage after the segments were created leaves
+/// neither a process nor a segment it created behind; then the image
+/// still restores.
+#[test]
+fn failed_restore_removes_created_segments() {
+    let (work, pid, id) = host_dumped("failed_restore_removes_created_segments");
+    rmid(id);
+    let img = work.img();
+    for stage in ["fork", "memory", "registers", "resume"] {
+        let out = std::process::Command::new(stasis_bin())
+            .args(["restore", "-D", img.to_str().expect("utf-8"), "-d"])
+            .env("STASIS_FAULT", format!("restore:{stage}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run stasis");
+        assert!(!out.status.success(), "restore:{stage} did not fail");
+        assert!(!pid_exists(pid), "restore:{stage} left PID {pid}");
+        assert!(
+            !segment_exists(id),
+            "restore:{stage} left segment {id} behind"
+        );
+    }
+    let opts = Opts::default();
+    let mut r = restore_and_adopt(&work, pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}

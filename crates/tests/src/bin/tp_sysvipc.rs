@@ -254,7 +254,8 @@ fn create_objects() -> Objects {
     for (n, v) in SYSCTLS {
         std::fs::write(format!("/proc/sys/{n}"), v).expect("write IPC sysctl");
     }
-    // SAFETY (whole block): SysV calls with integer arguments and live buffers.
+    // SAFETY: SysV calls with integer arguments and live buffers; the
+    // attachments are used within their lengths.
     unsafe {
         // Ids past the first ones: a segment made and removed first.
         let gone = ok(libc::shmget(libc::IPC_PRIVATE, PAGE, 0o600), "shmget");
@@ -336,9 +337,9 @@ fn child(proto: &Proto, o: &Objects) -> ! {
         perms_at("self", a2 as usize + PAGE),
     );
     // The parent writes 0xab at 2*PAGE+8 of A; we answer at +9 through a2.
-    // SAFETY: a2 + 2 pages is writable (rw part of the split).
     let ok = await_byte(o.pa.wrapping_add(2 * PAGE + 8), 0xab)
         && {
+            // SAFETY: a2 + 2 pages is writable (the rw part of the split).
             unsafe { std::ptr::write_volatile(a2.add(2 * PAGE + 9), 0xcd) };
             true
         }
