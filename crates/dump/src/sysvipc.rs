@@ -80,6 +80,9 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
     if !own && attached.is_empty() {
         return Ok(None);
     }
+    if own {
+        outsiders(root, ino(&root.to_string()), procs)?;
+    }
     let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, st)?;
     let wanted: Option<HashSet<i32>> = (!own).then(|| attached.keys().copied().collect());
     let (shm, sem, msg, sysctls, mqueues) =
@@ -132,6 +135,30 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
         ));
     }
     Ok(Some(saved))
+}
+
+/// A process outside the tree in the tree's own IPC namespace would share
+/// objects the restore gives only to the tree: refused by name.
+fn outsiders(root: u32, ns: Option<u64>, procs: &[Collected]) -> Result<()> {
+    let tree: HashSet<u32> = procs.iter().map(|c| c.host_pid).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/ipc"))
+            .map(|m| m.ino())
+            .ok();
+        if theirs.is_some() && theirs == ns && !tree.contains(&pid) {
+            return Err(unsupported(
+                root,
+                format!("its IPC namespace, which process {pid} outside the tree shares"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every attachment of a segment must be a mapping of the tree (an

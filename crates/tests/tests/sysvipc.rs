@@ -226,3 +226,15 @@ fn failed_restore_removes_created_segments() {
     let mut r = restore_and_adopt(&work, pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
+
+#[test]
+fn refuse_sysvipc_namespace_shared_outside_the_tree() {
+    refused_dump(
+        "refuse_sysvipc_outsider",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "outsider"],
+        &[],
+        &["outside the tree shares"],
+        false,
+    );
+}

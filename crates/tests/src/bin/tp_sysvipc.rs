@@ -19,6 +19,8 @@
 //! - `child-ns`: a child in an IPC namespace of its own (refused).
 //! - `mqueue`: its own IPC namespace holding a POSIX message queue no
 //!   descriptor has open (refused).
+//! - `outsider`: its own IPC namespace, shared with a process outside the
+//!   tree (a grandchild orphaned by a double fork; refused).
 //! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO (refused:
 //!   the adjustment cannot be read).
 
@@ -182,6 +184,7 @@ fn main() {
         "child-ns" => child_ns(&proto, &mut report),
         "mqueue" => mqueue(&proto, &mut report),
         "sem-undo" => sem_undo(&proto, &mut report),
+        "outsider" => outsider(&proto, &mut report),
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
@@ -499,4 +502,24 @@ fn sem_undo(proto: &Proto, report: &mut Report) {
     report.eq("semaphore value", 3, unsafe {
         libc::semctl(id, 0, libc::GETVAL)
     });
+}
+
+fn outsider(proto: &Proto, report: &mut Report) {
+    unshare_ipc();
+    // SAFETY: single-threaded; the child forks the grandchild and _exits at
+    // once, the grandchild polls go and _exits.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            if libc::fork() == 0 {
+                proto.wait_go();
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+    }
+    proto.ready_and_wait();
+    report.check(true, String::new);
 }
