@@ -47,7 +47,6 @@ pub(crate) fn check_tree(tree: &FrozenTree, shell_job: bool) -> Result<()> {
     for f in &tree.procs {
         let pid = f.pid.0 as u32;
         namespaces(pid, &reference)?;
-        sem_undo(f.pid)?;
         sharing(f.pid, shell_job)?;
         let lead = if f.tids.len() > 1 {
             Some(stasis_proc::read_status(pid).at(pid, Stage::Check)?)
@@ -172,22 +171,6 @@ fn sharing(pid: Pid, shell_job: bool) -> Result<()> {
             Err(e) if e.errno() == Some(libc::EPERM) || e.errno() == Some(libc::ESRCH) => {}
             Err(e) => return Err(e).at(p, Stage::Check),
         }
-    }
-    Ok(())
-}
-
-/// A SysV semaphore undo list (made by the first semop with SEM_UNDO, kept
-/// for the process's life): its adjustments show nowhere, so it is refused.
-/// kcmp(KCMP_SYSVSEM) against the dumper, which has none, tells whether
-/// the process has one (two tasks without one compare equal).
-fn sem_undo(pid: Pid) -> Result<()> {
-    let p = pid.0 as u32;
-    if !util::same_object(pid, util::getpid(), Shared::SysvSem).at(p, Stage::Check)? {
-        return Err(refuse(
-            p,
-            "a SysV semaphore undo list (semop with SEM_UNDO): its adjustments cannot be read"
-                .into(),
-        ));
     }
     Ok(())
 }

@@ -11,12 +11,11 @@
 
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::sysvipc::{IpcNs, ShmSegment};
-use stasis_image::{Vma, PAGES_HEADER_LEN, PAGE_SIZE};
+use stasis_image::{Vma, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::sysvipc::{self as ipc, Kind, SHM_RDONLY, SHM_REMAP};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The IPC state being restored. Dropped before [`Ipc::done`]: goes back
@@ -204,34 +203,9 @@ impl Drop for Ipc {
 
 /// The segment's saved data, written through its memory object.
 fn fill(pid: u32, s: &ShmSegment, src: &std::fs::File) -> Result<()> {
-    let st = Stage::Fork;
-    let obj = std::fs::File::from(ipc::shm_object(s.id, s.size, true).at(pid, st)?);
-    let io = |what: String| {
-        move |source| RestoreError::Io {
-            pid,
-            stage: st,
-            what,
-            source,
-        }
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut payload = s.offset;
-    for e in &s.extents {
-        let mut done = 0u64;
-        while done < e.len {
-            let n = buf.len().min((e.len - done) as usize);
-            src.read_exact_at(&mut buf[..n], PAGES_HEADER_LEN + payload + done)
-                .map_err(io(format!(
-                    "read SysV shm segment {} from the page file",
-                    s.id
-                )))?;
-            obj.write_all_at(&buf[..n], e.offset + done)
-                .map_err(io(format!("fill SysV shm segment {}", s.id)))?;
-            done += n as u64;
-        }
-        payload += e.len.next_multiple_of(PAGE_SIZE);
-    }
-    Ok(())
+    let obj = std::fs::File::from(ipc::shm_object(s.id, s.size, true).at(pid, Stage::Fork)?);
+    let what = format!("SysV shm segment {}", s.id);
+    crate::kinds::saved::copy_extents(pid, src, s.offset, &s.extents, &obj, &what)
 }
 
 /// Sysctls whose value only limits what may be created: raised before the

@@ -655,33 +655,12 @@ fn negative_own_uts_namespace() {
 /// the child; the tree runs on.
 #[test]
 fn refuse_child_with_own_uts_namespace() {
-    let work = Work::new("refuse_child_uts");
-    let opts = Opts::default();
-    let mut p = start(
-        &work,
+    refused_child_dump(
+        "refuse_child_uts",
         Program::Bin("tp_unsupported"),
         &["--with", "uts-ns-child"],
+        "uts namespace of its own",
     );
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
-    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
-    assert!(
-        out.code.is_some_and(|c| c != 0)
-            && out.stderr.trim_end().lines().count() == 1
-            && out.stderr.contains("uts namespace of its own")
-            && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
-        "dump did not refuse the child's UTS namespace by name: {out:?}"
-    );
-    assert!(!work.img().join("inventory.img").exists());
-    step(
-        &work,
-        "tree after the refused dump",
-        p.check_running_untraced(),
-    );
-    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]

@@ -21,8 +21,8 @@
 //!   descriptor has open (refused).
 //! - `outsider`: its own IPC namespace, shared with a process outside the
 //!   tree (a grandchild orphaned by a double fork; refused).
-//! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO (refused:
-//!   the adjustment cannot be read).
+//! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO: the value
+//!   is kept (the adjustment itself is lost: docs/state.md).
 
 use stasis_tests::{Proto, Report};
 use std::ffi::c_void;

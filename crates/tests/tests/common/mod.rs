@@ -912,3 +912,32 @@ pub fn refused_dump(
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
+
+/// A child of the tree holds something the dump must refuse: the dump
+/// fails with one line naming `word` and a process other than the root,
+/// leaves no image, and the tree runs on, passing its own checks.
+pub fn refused_child_dump(name: &str, program: Program, args: &[&str], word: &str) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, program, args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains(word)
+            && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
+        "dump did not refuse the child's {word:?} by name: {out:?}"
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "tree after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
