@@ -452,6 +452,10 @@ fn child_ns(proto: &Proto, report: &mut Report) {
         // SAFETY: ends the child.
         unsafe { libc::_exit(0) };
     }
+    assert!(
+        stasis_tests::await_other_ns(pid, "ipc"),
+        "child unshare(ipc)"
+    );
     proto.ready_and_wait();
     let mut st = 0;
     // SAFETY: waits for our own child.
