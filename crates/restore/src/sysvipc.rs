@@ -347,3 +347,24 @@ pub(crate) fn attach(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_raised_field_by_field() {
+        assert_eq!(
+            raised("32000 1024000000 500 32000", "200 64000 40 100"),
+            "32000 1024000000 500 32000"
+        );
+        assert_eq!(
+            raised("250\t32000\t32\t128", "300 1000 64 10"),
+            "300 32000 64 128"
+        );
+        assert_eq!(raised("8192", "9000"), "9000");
+        assert_eq!(raised("", "9000"), "9000");
+        assert!(is_limit("kernel/msgmax") && !is_limit("kernel/shm_next_id"));
+        assert!(!is_limit("kernel/shm_rmid_forced"));
+    }
+}
