@@ -113,19 +113,24 @@ pub fn join(ns: &OwnedFd) -> Result<()> {
     check(r.into(), "setns(ipc)", None).map(|_| ())
 }
 
+/// Decodes a *ctl return value: None when there is no such object
+/// (EINVAL, EIDRM: a free index or a removed id).
+fn present(r: libc::c_long, call: &str, id: i32, cmd: i32) -> Result<Option<i32>> {
+    if r >= 0 {
+        return Ok(Some(r as i32));
+    }
+    match crate::last_errno() {
+        libc::EINVAL | libc::EIDRM => Ok(None),
+        e => Err(SysError::new(format!("{call}({id}, {cmd})"), None, e)),
+    }
+}
+
 fn shm_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::shmid_ds)>> {
     // SAFETY: an all-zero shmid_ds is a valid out buffer.
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: ds is a live buffer of the type the command fills.
     let r = unsafe { libc::shmctl(id, cmd, &mut ds) };
-    if r < 0 {
-        let e = crate::last_errno();
-        if e == libc::EINVAL || e == libc::EIDRM {
-            return Ok(None);
-        }
-        return Err(SysError::new(format!("shmctl({id}, {cmd})"), None, e));
-    }
-    Ok(Some((r, ds)))
+    Ok(present(r.into(), "shmctl", id, cmd)?.map(|r| (r, ds)))
 }
 
 /// Every shared memory segment of the calling thread's namespace.
@@ -225,14 +230,7 @@ fn sem_ds(id: i32, cmd: i32) -> Result<Option<(i32, SemidDs)>> {
     // SAFETY: raw semctl; the fourth argument points at a live buffer of
     // the size the command writes (semid64_ds, or the smaller seminfo).
     let r = unsafe { libc::syscall(libc::SYS_semctl, id, 0, cmd, &mut ds as *mut SemidDs) };
-    if r < 0 {
-        let e = crate::last_errno();
-        if e == libc::EINVAL || e == libc::EIDRM {
-            return Ok(None);
-        }
-        return Err(SysError::new(format!("semctl({id}, {cmd})"), None, e));
-    }
-    Ok(Some((r as i32, ds)))
+    Ok(present(r, "semctl", id, cmd)?.map(|r| (r, ds)))
 }
 
 /// Every semaphore set of the calling thread's namespace.
@@ -272,14 +270,7 @@ fn msq_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::msqid_ds)>> {
     let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: ds is a live buffer at least the size the command writes.
     let r = unsafe { libc::msgctl(id, cmd, &mut ds) };
-    if r < 0 {
-        let e = crate::last_errno();
-        if e == libc::EINVAL || e == libc::EIDRM {
-            return Ok(None);
-        }
-        return Err(SysError::new(format!("msgctl({id}, {cmd})"), None, e));
-    }
-    Ok(Some((r, ds)))
+    Ok(present(r.into(), "msgctl", id, cmd)?.map(|r| (r, ds)))
 }
 
 /// Every message queue of the calling thread's namespace.
