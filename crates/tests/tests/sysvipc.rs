@@ -224,3 +224,15 @@ fn refuse_sysvipc_namespace_shared_outside_the_tree() {
         false,
     );
 }
+
+/// `dump -R` reads every object without changing it: the program then
+/// finds every message still queued, the semaphores and segments (and
+/// their attachment counts) as they were.
+#[test]
+fn dump_leave_running_sysvipc_own() {
+    leave_running(
+        "dump_leave_running_sysvipc_own",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "own"],
+    );
+}

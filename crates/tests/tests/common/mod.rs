@@ -941,3 +941,30 @@ pub fn refused_child_dump(name: &str, program: Program, args: &[&str], word: &st
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
+
+/// `dump -R` leaves the process running, untraced and intact (its maps check
+/// catches anything the dump left behind), with a complete image.
+pub fn leave_running(name: &str, program: Program, args: &[&str]) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, program, args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["-R"], opts.stasis_timeout);
+    if !out.success() {
+        fail(
+            &work,
+            format!("stasis dump -R failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    step(&work, "process after dump -R", p.check_running_untraced());
+    assert!(
+        work.img().join("inventory.img").exists(),
+        "no inventory.img{}",
+        work.diagnostics()
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
