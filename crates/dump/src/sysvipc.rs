@@ -102,6 +102,7 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
     let mut saved = Saved {
         ipc: IpcNs {
             own,
+            end: 0,
             sysctls,
             shm: Vec::new(),
             sem,
@@ -272,10 +273,20 @@ fn dup(fd: &OwnedFd, pid: u32, stage: Stage) -> Result<OwnedFd> {
 /// Appends every segment's data to the root's page file.
 pub(crate) fn write_contents(saved: &mut Saved, pid: u32, pages: &mut PagesWriter) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
+    let start = pages.offset();
     for (s, fd) in saved.ipc.shm.iter_mut().zip(&saved.objects) {
         let f = std::fs::File::from(dup(fd, pid, Stage::Memory)?);
         let what = format!("SysV shm segment {}", s.id);
         s.offset = write_extents(pid, &f, &s.extents, pages, &mut buf, &what)?;
     }
+    // At least one page of IPC data, so that a reader that does not know
+    // `ipc` refuses the root's page file rather than ignore the namespace.
+    if pages.offset() == start {
+        buf[..stasis_image::PAGE_SIZE as usize].fill(0);
+        pages
+            .write_all(&buf[..stasis_image::PAGE_SIZE as usize])
+            .at(pid, Stage::Memory)?;
+    }
+    saved.ipc.end = pages.offset();
     Ok(())
 }

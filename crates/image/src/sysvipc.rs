@@ -52,6 +52,13 @@ pub const MAX_MESSAGE: usize = 1 << 24;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct IpcNs {
     pub own: bool,
+    /// Where the IPC data ends in the root's page file (payload bytes). At
+    /// least one page past the root's own data, a zero page when no
+    /// segment has data: an older stasis, which knows nothing of `ipc`,
+    /// then refuses the image (page file length) instead of restoring the
+    /// tree without its IPC state.
+    #[serde(default)]
+    pub end: u64,
     #[serde(default)]
     pub sysctls: Vec<IpcSysctl>,
     #[serde(default)]
@@ -100,8 +107,13 @@ pub struct ShmSegment {
 }
 
 impl IpcNs {
-    /// Where the segments' contents end in the root's page file.
+    /// Where the IPC data ends in the root's page file.
     pub fn payload_end(&self) -> u64 {
+        self.end.max(self.data_end())
+    }
+
+    /// Where the segments' contents end in the root's page file.
+    fn data_end(&self) -> u64 {
         self.shm
             .iter()
             .map(|s| {
@@ -160,6 +172,9 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
         ipc.own || (ipc.sysctls.is_empty() && ipc.sem.is_empty() && ipc.msg.is_empty()),
         || "ipc: sysctls, semaphores or queues of a namespace not the tree's own".into(),
     )?;
+    c.ensure(aligned(ipc.end), || {
+        format!("ipc.end: {:#x} not page-aligned", ipc.end)
+    })?;
     c.count("ipc.shm", ipc.shm.len(), MAX_IPC_OBJECTS)?;
     c.count("ipc.sem", ipc.sem.len(), MAX_IPC_OBJECTS)?;
     c.count("ipc.msg", ipc.msg.len(), MAX_IPC_OBJECTS)?;

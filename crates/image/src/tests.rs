@@ -1552,6 +1552,7 @@ fn ipc_rules() {
     let mut good = inventory_for(&[&a]);
     good.ipc = Some(IpcNs {
         own: true,
+        end: 0,
         sysctls: vec![IpcSysctl {
             name: "kernel/shmmax".into(),
             value: "4096".into(),
@@ -1610,4 +1611,5 @@ fn ipc_rules() {
     bad(&|i| i.msg[0].messages[0].mtype = 0, "message type");
     // Semaphores or queues of a namespace that is not the tree's own.
     bad(&|i| i.own = false, "not the tree's own");
+    bad(&|i| i.end = 100, "ipc.end");
 }
