@@ -24,13 +24,6 @@ pub(crate) struct Collected {
 
 /// What cannot be saved yet, refused before anything is written.
 fn check(pid: u32, status: &Status) -> Result<()> {
-    if status.seccomp != 0 {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what: "a seccomp-filtered process".into(),
-        });
-    }
     if status.ns_pid.len() > 2 {
         return Err(DumpError::Unsupported {
             pid,
@@ -83,6 +76,8 @@ pub(crate) fn collect(
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     check(pid, &status)?;
+    crate::lsm::check(pid)?;
+    let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
     let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
@@ -164,6 +159,8 @@ pub(crate) fn collect(
         pdeath_signal: q.pdeath_signal,
         dumpable: q.dumpable,
         xcomp_perm: q.xcomp_perm,
+        xcomp_guest_perm: q.xcomp_guest_perm,
+        seccomp,
         sigactions: q.sigactions,
         shared_pending,
         itimers: timers.0,
@@ -268,10 +265,14 @@ fn query_threads(
 
 /// arch_prctl: the XSAVE components the process may use.
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+/// arch_prctl: the XSAVE components its KVM guests may use.
+const ARCH_GET_XCOMP_GUEST_PERM: u64 = 0x1024;
 
 struct Queried {
     /// ARCH_GET_XCOMP_PERM (0 when the CPU has no dynamic components).
     xcomp_perm: u64,
+    /// ARCH_GET_XCOMP_GUEST_PERM (0 likewise).
+    xcomp_guest_perm: u64,
     sigactions: Vec<SigAction>,
     pdeath_signal: u32,
     dumpable: u32,
@@ -313,18 +314,22 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64, dynamic: u64) -> Result<Q
         )
         .at(pid, st)? as u32;
     let brk = r.call(libc::SYS_brk, &[0], "brk(0)").at(pid, st)?;
-    let mut xcomp_perm = 0;
+    let (mut xcomp_perm, mut xcomp_guest_perm) = (0, 0);
     if dynamic != 0 {
-        r.call(
-            libc::SYS_arch_prctl,
-            &[ARCH_GET_XCOMP_PERM, scratch],
-            "arch_prctl(ARCH_GET_XCOMP_PERM)",
-        )
-        .at(pid, st)?;
-        xcomp_perm = le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0);
+        let mut perm = |code: u64, what: &str| -> Result<u64> {
+            r.call(libc::SYS_arch_prctl, &[code, scratch], what)
+                .at(pid, st)?;
+            Ok(le_u64(&r.read_scratch(0, 8).at(pid, st)?, 0))
+        };
+        xcomp_perm = perm(ARCH_GET_XCOMP_PERM, "arch_prctl(ARCH_GET_XCOMP_PERM)")?;
+        xcomp_guest_perm = perm(
+            ARCH_GET_XCOMP_GUEST_PERM,
+            "arch_prctl(ARCH_GET_XCOMP_GUEST_PERM)",
+        )?;
     }
     Ok(Queried {
         xcomp_perm,
+        xcomp_guest_perm,
         sigactions,
         pdeath_signal,
         dumpable,

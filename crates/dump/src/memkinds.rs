@@ -12,6 +12,9 @@
 //!   mappings of its rings, and its kernel threads in the process
 //!   (`iou-sqp-*`, `iou-wrk-*`: PF_IO_WORKER), which also betray a ring
 //!   kept only as a registered descriptor.
+//! * memory protection keys (smaps `ProtectionKey` other than 0), and NUMA
+//!   memory policies of mappings (mbind, or the task's set_mempolicy that
+//!   numa_maps shows for mappings without their own, see [`refuse_policies`]).
 
 use stasis_proc::SmapsEntry;
 
@@ -30,6 +33,11 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
             "mapping {range} ({path}): an io_uring ring; io_uring instances are not supported yet"
         ));
     }
+    if let Some(key) = s.protection_key.filter(|&k| k != 0) {
+        return Some(format!(
+            "mapping {range} ({path}): protection key {key} (pkey_mprotect); protection keys are not restored yet"
+        ));
+    }
     if s.has_flag("ht") && huge_page_size(s).is_none() {
         let what = if path.starts_with("/memfd:") && m.is_deleted() {
             "a hugetlb memfd (MFD_HUGETLB)"
@@ -43,6 +51,17 @@ pub(crate) fn refuse_mapping(s: &SmapsEntry) -> Option<String> {
         ));
     }
     None
+}
+
+/// A mapping whose NUMA memory policy is not the default (mbind, or a
+/// task policy that applies to it) would come back with none: the first
+/// such mapping's refusal, if any. A kernel without NUMA has no numa_maps.
+pub(crate) fn refuse_policies(pid: u32) -> Option<String> {
+    let maps = stasis_proc::read_numa_maps(pid).ok()?;
+    let (start, policy) = maps.into_iter().find(|(_, p)| p != "default")?;
+    Some(format!(
+        "mapping at {start:#x}: NUMA memory policy {policy} (mbind or set_mempolicy); memory policies are not restored yet"
+    ))
 }
 
 /// Why descriptor `fd` of `pid` cannot be saved because it is a hugetlb

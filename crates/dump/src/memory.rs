@@ -26,6 +26,13 @@ pub(crate) fn plan(pid: u32, smaps: &[SmapsEntry]) -> Result<(Vec<Vma>, PagePlan
     let st = Stage::Collect;
     let pm = Pagemap::open(Pid(pid as i32)).at(pid, st)?;
     refuse_guard_regions(pid, &pm, smaps)?;
+    if let Some(what) = crate::memkinds::refuse_policies(pid) {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what,
+        });
+    }
     let mut vmas = Vec::with_capacity(smaps.len());
     let mut runs = Vec::new();
     for s in smaps {

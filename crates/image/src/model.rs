@@ -41,6 +41,10 @@ pub struct Inventory {
     /// sysctls), or the segments of the dumper's namespace the tree maps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipc: Option<crate::sysvipc::IpcNs>,
+    /// The cgroups of the tree's processes (absent in older images and in
+    /// dumps with `--manage-cgroups=ignore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once
@@ -113,6 +117,14 @@ pub struct ProcessImage {
     /// (AMX); 0 otherwise.
     #[serde(default)]
     pub xcomp_perm: u64,
+    /// `arch_prctl(ARCH_GET_XCOMP_GUEST_PERM)`: the same for the KVM guests
+    /// the process runs (a VMM asks for AMX for them), saved like
+    /// `xcomp_perm`.
+    #[serde(default)]
+    pub xcomp_guest_perm: u64,
+    /// Seccomp filters, oldest first (every thread's; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp: Vec<crate::seccomp::SeccompFilter>,
     /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
     pub sigactions: Vec<SigAction>,
     /// Signals pending for the whole process (shared queue), oldest first.

@@ -21,11 +21,13 @@
 #![warn(missing_docs)]
 
 mod auxv;
+mod cgroup;
 mod error;
 mod fdinfo;
 mod limits;
 mod maps;
 mod mountinfo;
+mod numa_maps;
 pub mod pagemap;
 mod pids;
 mod reader;
@@ -35,15 +37,18 @@ mod timers;
 mod util;
 
 pub use auxv::parse_auxv;
+pub use cgroup::{cgroup_dir, parse_cgroup};
 pub use error::{ParseError, ProcError};
 pub use fdinfo::{parse_fdinfo, FdInfo};
 pub use limits::parse_limits;
 pub use maps::{parse_maps, parse_smaps, MapEntry, SmapsEntry};
 pub use mountinfo::{parse_mountinfo, MountInfo};
+pub use numa_maps::parse_numa_maps;
 pub use pids::parse_pid_list;
 pub use reader::{
     list_fds, list_tasks, proc_path, read, read_auxv, read_children, read_fdinfo, read_limits,
-    read_link, read_maps, read_mountinfo, read_smaps, read_stat, read_status, read_timers,
+    read_link, read_maps, read_mountinfo, read_numa_maps, read_smaps, read_stat, read_status,
+    read_timers,
 };
 pub use stat::{parse_stat, Stat};
 pub use status::{parse_status, Status};

@@ -156,6 +156,9 @@ pub struct SmapsEntry {
     pub thp_eligible: Option<bool>,
     /// `KernelPageSize:` in KiB (2048 for 2 MiB hugetlb pages), if printed.
     pub kernel_page_size_kb: Option<u64>,
+    /// `ProtectionKey:` (pkey_mprotect), printed only where the CPU and
+    /// kernel have protection keys.
+    pub protection_key: Option<u32>,
 }
 
 impl SmapsEntry {
@@ -179,6 +182,7 @@ fn apply_smaps_field(e: &mut SmapsEntry, key: &str, value: &str) -> Result<(), P
         "Swap" => e.swap_kb = parse_kb(value, key)?,
         "AnonHugePages" => e.anon_huge_kb = parse_kb(value, key)?,
         "KernelPageSize" => e.kernel_page_size_kb = Some(parse_kb(value, key)?),
+        "ProtectionKey" => e.protection_key = Some(dec_u64(value, key)? as u32),
         "THPeligible" => {
             e.thp_eligible = Some(match value {
                 "0" => false,
@@ -218,6 +222,7 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<SmapsEntry>, ParseError> {
                 anon_huge_kb: 0,
                 thp_eligible: None,
                 kernel_page_size_kb: None,
+                protection_key: None,
             });
         }
     }

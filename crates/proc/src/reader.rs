@@ -47,6 +47,11 @@ pub fn read_maps(pid: u32) -> Result<Vec<MapEntry>, ProcError> {
     read_parse(pid, "maps", parse_maps)
 }
 
+/// Reads and parses `/proc/PID/numa_maps`.
+pub fn read_numa_maps(pid: u32) -> Result<Vec<(u64, String)>, ProcError> {
+    read_parse(pid, "numa_maps", crate::parse_numa_maps)
+}
+
 /// Reads and parses `/proc/PID/smaps`.
 pub fn read_smaps(pid: u32) -> Result<Vec<SmapsEntry>, ProcError> {
     read_parse(pid, "smaps", parse_smaps)

@@ -200,14 +200,14 @@ fn tear_down(
     }
     runs.extend(run);
     for (s, e) in runs {
-        r.call(
+        r.queue(
             libc::SYS_munmap,
             &[s, e - s],
-            &format!("munmap {s:#x}-{e:#x}"),
+            format!("munmap {s:#x}-{e:#x}"),
         )
         .at(pid, st)?;
     }
-
+    r.flush().at(pid, st)?;
     Ok(child_special)
 }
 
@@ -261,7 +261,7 @@ fn map_all(
         }
         if from_cow[i] {
             let (g, len) = svc.cow[&cow_key(svc, v)];
-            r.call(
+            r.queue(
                 libc::SYS_mremap,
                 &[
                     g,
@@ -270,7 +270,7 @@ fn map_all(
                     (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
                     v.start,
                 ],
-                &format!("mremap copy-on-write memory to {:#x}-{:#x}", v.start, v.end),
+                format!("mremap copy-on-write memory to {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
             has_pages[i] = true; // so that the saved protection is applied
@@ -288,7 +288,7 @@ fn map_all(
         // Before the pages arrive, so that they arrive as huge pages where
         // the process had asked for them.
         if has_pages[i] && v.advice.iter().any(|a| a == "hugepage") {
-            r.call(
+            r.queue(
                 libc::SYS_madvise,
                 &[v.start, v.end - v.start, libc::MADV_HUGEPAGE as u64],
                 "madvise(hugepage)",
@@ -296,7 +296,7 @@ fn map_all(
             .at(pid, st)?;
         }
     }
-
+    r.flush().at(pid, st)?;
     Ok(has_pages)
 }
 
@@ -339,10 +339,10 @@ fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result
             continue;
         }
         if has_pages[i] && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
-            r.call(
+            r.queue(
                 libc::SYS_mprotect,
                 &[v.start, v.end - v.start, u64::from(v.prot)],
-                &format!("mprotect {:#x}-{:#x}", v.start, v.end),
+                format!("mprotect {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
         }
@@ -357,16 +357,16 @@ fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result
                 "mergeable" => libc::MADV_MERGEABLE,
                 _ => continue,
             };
-            r.call(
+            r.queue(
                 libc::SYS_madvise,
                 &[v.start, v.end - v.start, advice as u64],
-                &format!("madvise({a})"),
+                format!("madvise({a})"),
             )
             .at(pid, st)?;
         }
         crate::procattrs::vma(r, v)?;
     }
-
+    r.flush().at(pid, st)?;
     Ok(())
 }
 
@@ -429,22 +429,25 @@ fn keep_apart(vmas: &[Vma], from_cow: &[bool]) -> Vec<bool> {
 fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
     let pid = r.tid().0 as u32;
     let st = Stage::Memory;
+    // The temporary mapping needs its address now; the rest is queued
+    // (and runs before any later call, so it is in place before the next
+    // temporary mapping is made).
     let tmp = map_vma(r, v, true, svc, 0)?;
     let len = v.end - v.start;
     let page = [tmp, PAGE_SIZE];
-    r.call(
+    r.queue(
         libc::SYS_madvise,
         &[page[0], page[1], MADV_POPULATE_WRITE],
         "madvise(populate_write)",
     )
     .at(pid, st)?;
-    r.call(
+    r.queue(
         libc::SYS_madvise,
         &[page[0], page[1], libc::MADV_DONTNEED as u64],
         "madvise(dontneed)",
     )
     .at(pid, st)?;
-    r.call(
+    r.queue(
         libc::SYS_mremap,
         &[
             tmp,
@@ -453,7 +456,7 @@ fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
             (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
             v.start,
         ],
-        &format!("mremap {:#x}-{:#x} into place", v.start, v.end),
+        format!("mremap {:#x}-{:#x} into place", v.start, v.end),
     )
     .at(pid, st)?;
     Ok(())
@@ -507,7 +510,7 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
             // mremap cannot duplicate hugetlb memory: map its file.
             crate::hugetlb::map_shared_view(r, v, base, len)?;
         } else {
-            r.call(
+            r.queue(
                 libc::SYS_mremap,
                 &[
                     base + v.pgoff,
@@ -516,12 +519,12 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
                     (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
                     v.start,
                 ],
-                &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
+                format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, Stage::Memory)?;
         }
         if !fill && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
-            r.call(
+            r.queue(
                 libc::SYS_mprotect,
                 &[v.start, v.end - v.start, u64::from(v.prot)],
                 "mprotect shared memory",
@@ -564,19 +567,24 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
     } else {
         v.prot
     };
+    let args = [
+        at,
+        v.end - v.start,
+        u64::from(prot),
+        flags as u64,
+        fd as u64,
+        v.pgoff,
+    ];
+    let what = format!("mmap {:#x}-{:#x}", v.start, v.end);
+    if at != 0 {
+        // MAP_FIXED: the mapping lands at `at` or the call fails; queued
+        // with the other mappings (one round trip for all of them).
+        r.queue(libc::SYS_mmap, &args, what)
+            .at(pid, Stage::Memory)?;
+        return Ok(at);
+    }
     let got = r
-        .call(
-            libc::SYS_mmap,
-            &[
-                at,
-                v.end - v.start,
-                u64::from(prot),
-                flags as u64,
-                fd as u64,
-                v.pgoff,
-            ],
-            &format!("mmap {:#x}-{:#x}", v.start, v.end),
-        )
+        .call(libc::SYS_mmap, &args, &what)
         .at(pid, Stage::Memory)?;
     if at != 0 && got != at {
         return Err(RestoreError::Refused {
@@ -933,7 +941,7 @@ fn zero_unshared(r: &mut RemoteThread, v: &Vma, mm: &MmState) -> Result<()> {
         holes.push((cur, v.end));
     }
     for (s, e) in holes {
-        r.call(
+        r.queue(
             libc::SYS_madvise,
             &[s, e - s, libc::MADV_DONTNEED as u64],
             "madvise(MADV_DONTNEED)",

@@ -56,6 +56,10 @@ pub(crate) fn rebuild(
     // Per-thread settings once every thread exists.
     crate::procattrs::after_threads(&mut r, &mut others, img)?;
     fault_point(pid, Stage::Attributes)?;
+    // Seccomp filters before the credentials (installing one needs
+    // CAP_SYS_ADMIN or no_new_privs); suspended for our remote calls until
+    // the tree is detached.
+    crate::seccomp::install(&mut r, &others, img)?;
     // Credentials last but one: they may take away what the steps before need.
     creds::all_threads(&mut r, &mut others, img)?;
     fault_point(pid, Stage::Creds)?;
@@ -93,9 +97,14 @@ fn drop_service(
     svc_fds.sort_unstable();
     svc_fds.dedup();
     for fd in svc_fds {
-        r.call(libc::SYS_close, &[fd as u64], "close service fd")
-            .at(pid, Stage::Registers)?;
+        r.queue(
+            libc::SYS_close,
+            &[fd as u64],
+            format!("close service fd {fd}"),
+        )
+        .at(pid, Stage::Registers)?;
     }
+    r.flush().at(pid, Stage::Registers)?;
     // Descriptor owners and file locks: after the threads, the credentials
     // and the closes above (closing any descriptor of a file drops the
     // process's POSIX locks on it; see their modules).

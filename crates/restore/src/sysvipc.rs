@@ -291,6 +291,9 @@ pub(crate) fn attach(
         })?
         .next_multiple_of(PAGE_SIZE);
     let len = v.end - v.start;
+    // The mappings queued before this one go first: the order of the
+    // address space's changes stays the image's.
+    r.flush().at(pid, st)?;
     let rdonly = if v.maywrite { 0 } else { SHM_RDONLY };
     let what = format!("shmat({id}) at {:#x}-{:#x}", v.start, v.end);
     if v.pgoff == 0 && len == size {

@@ -16,6 +16,13 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
+/// The namespaces a restore makes for the tree besides PID and mount:
+/// UTS (its names) and IPC (its objects), when the tree had its own.
+pub(crate) struct TreeNs<'a> {
+    pub uts: Option<&'a stasis_image::UtsNs>,
+    pub ipc: Option<&'a stasis_image::IpcNs>,
+}
+
 /// Restores every process of the image (parents first in `procs`) and
 /// leaves them running; returns the root's PID and the PID to wait for.
 pub(crate) fn restore_tree(
@@ -24,10 +31,11 @@ pub(crate) fn restore_tree(
     zombies: &[Zombie],
     pid_ns: bool,
     shell_job: bool,
-    uts: Option<&stasis_image::UtsNs>,
-    ipc: Option<&stasis_image::IpcNs>,
+    ns: TreeNs<'_>,
+    cgroups: &crate::cgroups::Prepared,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
+    let TreeNs { uts, ipc } = ns;
     if let Some(img) = ipc {
         crate::sysvipc::preflight(img, root_pid)?;
     }
@@ -96,6 +104,12 @@ pub(crate) fn restore_tree(
     fault_point(root_pid, Stage::Fork)?;
     // 6. seize every process (EXITKILL: if we die, they die).
     let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
+    // 6b. cgroups: each process joins its own before its memory is
+    //     rebuilt (pages are charged where they are first touched) and
+    //     before its threads exist (they inherit the process's).
+    for img in procs {
+        cgroups.join(img.pid, host_of(img.pid)?)?;
+    }
     // 7. process groups: leaders first, then members; then the group
     //    helpers, whose only job was to hold a group until it was joined.
     set_process_groups(procs, &mut remotes, &tree.group_helpers)?;

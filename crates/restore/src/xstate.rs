@@ -17,6 +17,8 @@ use stasis_sys::{ptrace, xsave, Pid};
 
 /// arch_prctl: ask for permission to use an XSAVE component.
 const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+/// arch_prctl: the same for the process's KVM guests.
+const ARCH_REQ_XCOMP_GUEST_PERM: u64 = 0x1025;
 
 /// This CPU's XSAVE areas, one per thread of `img` (same order), ready for
 /// PTRACE_SETREGSET. `child` is any traced task of ours: its area gives
@@ -45,22 +47,46 @@ pub(crate) fn fit(img: &ProcessImage, child: Pid) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Gives the process back its permission for dynamically enabled XSAVE
-/// components (AMX tile data). Before threads are created: permission is
-/// per process, and the kernel checks every thread's sigaltstack against
-/// the larger signal frame it implies.
+/// components (AMX tile data), and the one it asked for its KVM guests.
+/// Before threads are created: permission is per process, and the kernel
+/// checks every thread's sigaltstack against the larger signal frame it
+/// implies.
 pub(crate) fn permit(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
-    let dynamic = xsave::dynamic(img.xcomp_perm);
+    request(
+        r,
+        img,
+        img.xcomp_perm,
+        ARCH_REQ_XCOMP_PERM,
+        "ARCH_REQ_XCOMP_PERM",
+    )?;
+    request(
+        r,
+        img,
+        img.xcomp_guest_perm,
+        ARCH_REQ_XCOMP_GUEST_PERM,
+        "ARCH_REQ_XCOMP_GUEST_PERM",
+    )
+}
+
+/// Asks (`code`, named `call`) for each dynamic component in `perm`.
+fn request(
+    r: &mut RemoteThread,
+    img: &ProcessImage,
+    perm: u64,
+    code: u64,
+    call: &str,
+) -> Result<()> {
+    let dynamic = xsave::dynamic(perm);
     for i in (0..64u32).filter(|i| dynamic & (1u64 << i) != 0) {
         let res = r
-            .syscall(libc::SYS_arch_prctl, &[ARCH_REQ_XCOMP_PERM, u64::from(i)])
+            .syscall(libc::SYS_arch_prctl, &[code, u64::from(i)])
             .at(img.pid, Stage::Attributes)?;
         if res < 0 {
             return Err(RestoreError::Refused {
                 pid: img.pid,
                 stage: Stage::Attributes,
                 what: format!(
-                    "the process may use XSAVE component {} (ARCH_REQ_XCOMP_PERM) but this \
-                     machine refuses it: {}",
+                    "the process may use XSAVE component {} ({call}) but this machine refuses it: {}",
                     xsave::names(1u64 << i),
                     std::io::Error::from_raw_os_error((-res) as i32)
                 ),

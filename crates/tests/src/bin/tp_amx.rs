@@ -9,7 +9,8 @@
 //! spins on byte 0 of `WORK/go` (a shared mapping), with the tiles live the
 //! whole time. After the loop it stores the configuration, every tile and
 //! the vector registers and compares them with what was loaded. It also
-//! checks that the permission is still granted (ARCH_GET_XCOMP_PERM).
+//! checks that the permission is still granted (ARCH_GET_XCOMP_PERM), and
+//! the one it asked for KVM guests (ARCH_GET_XCOMP_GUEST_PERM).
 //! Without AMX (no `amx_tile` flag, or the kernel refuses the permission)
 //! or AVX-512 it reports SKIP, naming what is missing.
 
@@ -18,6 +19,8 @@ use std::mem::offset_of;
 
 const ARCH_GET_XCOMP_PERM: i64 = 0x1022;
 const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+const ARCH_GET_XCOMP_GUEST_PERM: i64 = 0x1024;
+const ARCH_REQ_XCOMP_GUEST_PERM: i64 = 0x1025;
 const XFEATURE_XTILEDATA: i64 = 18;
 const TILE_BYTES: usize = 1024;
 const ZMM: [usize; 4] = [0, 15, 16, 31];
@@ -148,13 +151,23 @@ fn missing_feature() -> Option<String> {
             std::io::Error::last_os_error()
         ));
     }
+    // The permission for KVM guests too, where the kernel grants it (it
+    // comes back only if the restore asks for it again).
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_GUEST_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
     None
 }
 
-fn xcomp_perm() -> u64 {
+fn xcomp_perm(code: i64) -> u64 {
     let mut perm = 0u64;
     // SAFETY: the kernel writes one u64 to the valid pointer.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &raw mut perm) };
+    unsafe { libc::syscall(libc::SYS_arch_prctl, code, &raw mut perm) };
     perm
 }
 
@@ -166,7 +179,8 @@ fn main() {
         report.skip(why);
         proto.finish(&report);
     }
-    let perm_before = xcomp_perm();
+    let perm_before = xcomp_perm(ARCH_GET_XCOMP_PERM);
+    let guest_perm_before = xcomp_perm(ARCH_GET_XCOMP_GUEST_PERM);
 
     let go_path = proto.path(stasis_tests::GO_FILE);
     std::fs::write(&go_path, [0u8]).expect("create go");
@@ -237,6 +251,15 @@ fn main() {
         });
     }
     report.eq("k1, k7", ctx.k_in, ctx.k_out);
-    report.eq("ARCH_GET_XCOMP_PERM", perm_before, xcomp_perm());
+    report.eq(
+        "ARCH_GET_XCOMP_PERM",
+        perm_before,
+        xcomp_perm(ARCH_GET_XCOMP_PERM),
+    );
+    report.eq(
+        "ARCH_GET_XCOMP_GUEST_PERM",
+        guest_perm_before,
+        xcomp_perm(ARCH_GET_XCOMP_GUEST_PERM),
+    );
     proto.finish(&report);
 }
