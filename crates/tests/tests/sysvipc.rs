@@ -74,9 +74,19 @@ fn rmid(id: i32) {
     unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
 }
 
+/// A segment of stasis's namespace a test made: removed when the test
+/// ends, passed or failed (nothing else would ever remove it).
+struct Segment(i32);
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        rmid(self.0);
+    }
+}
+
 /// Starts and dumps a `--mode host` program; returns its work directory,
-/// PID and segment id.
-fn host_dumped(name: &str) -> (Work, i32, i32) {
+/// PID and segment.
+fn host_dumped(name: &str) -> (Work, i32, Segment) {
     let work = Work::new(name);
     let opts = Opts::default();
     let mut p = start(&work, Program::Bin("tp_sysvipc"), &["--mode", "host"]);
@@ -85,27 +95,26 @@ fn host_dumped(name: &str) -> (Work, i32, i32) {
         "waiting for ready",
         wait_ready(&work, &mut p, opts.ready_timeout),
     );
-    let id = shmid(&work);
+    let seg = Segment(shmid(&work));
     dump_and_check_gone(&work, &mut p, &opts);
-    (work, p.pid, id)
+    (work, p.pid, seg)
 }
 
 /// The segment outlives the dumped process (nobody removed it): the
 /// restore attaches that very segment again, with the saved contents.
 #[test]
 fn cr_sysvipc_host_segment_kept() {
-    let (work, pid, id) = host_dumped("cr_sysvipc_host_segment_kept");
+    let (work, pid, _seg) = host_dumped("cr_sysvipc_host_segment_kept");
     let opts = Opts::default();
     let mut r = restore_and_adopt(&work, pid, &opts);
-    let out = finish(&work, &mut r, opts.finish_timeout);
-    rmid(id);
-    out.assert_pass(&work);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
 
 /// The segment was removed after the dump: recreated with its id.
 #[test]
 fn cr_sysvipc_host_segment_recreated() {
-    let (work, pid, id) = host_dumped("cr_sysvipc_host_segment_recreated");
+    let (work, pid, seg) = host_dumped("cr_sysvipc_host_segment_recreated");
+    let id = seg.0;
     rmid(id);
     let opts = Opts::default();
     let mut r = restore_and_adopt(&work, pid, &opts);
@@ -116,7 +125,8 @@ fn cr_sysvipc_host_segment_recreated() {
 /// leaves nothing behind.
 #[test]
 fn refuse_sysvipc_host_id_taken() {
-    let (work, pid, id) = host_dumped("refuse_sysvipc_host_id_taken");
+    let (work, pid, seg) = host_dumped("refuse_sysvipc_host_id_taken");
+    let id = seg.0;
     rmid(id);
     std::fs::write("/proc/sys/kernel/shm_next_id", id.to_string()).expect("shm_next_id");
     // SAFETY: integer-only syscall.
@@ -191,7 +201,8 @@ fn segment_exists(id: i32) -> bool {
 /// still restores.
 #[test]
 fn failed_restore_removes_created_segments() {
-    let (work, pid, id) = host_dumped("failed_restore_removes_created_segments");
+    let (work, pid, seg) = host_dumped("failed_restore_removes_created_segments");
+    let id = seg.0;
     rmid(id);
     let img = work.img();
     for stage in ["fork", "memory", "registers", "resume"] {
