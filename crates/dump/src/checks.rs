@@ -75,6 +75,9 @@ struct Namespaces {
     /// The root's UTS namespace, which the whole tree must share (its
     /// names are saved when it is not stasis's: uts.rs).
     root_uts: Option<u64>,
+    /// The root's IPC namespace, which the whole tree must share (its
+    /// objects are saved when it is not stasis's: sysvipc.rs).
+    root_ipc: Option<u64>,
 }
 
 fn ns_id(task: &str, ns: &str) -> Option<u64> {
@@ -93,6 +96,7 @@ impl Namespaces {
             ids: NAMESPACES.iter().map(|ns| ns_id(me, ns)).collect(),
             root_mnt: ns_id(&root_s, "mnt"),
             root_uts: ns_id(&root_s, "uts"),
+            root_ipc: ns_id(&root_s, "ipc"),
         })
     }
 }
@@ -105,6 +109,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
         let want = match *ns {
             "mnt" if reference.pid_ns_tree => reference.root_mnt,
             "uts" => reference.root_uts,
+            "ipc" => reference.root_ipc,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
@@ -113,8 +118,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             return Err(refuse(
                 pid,
                 format!(
-                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and a UTS \
-                     namespace the whole tree shares with its root, are restored yet",
+                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS \
+                     and IPC namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

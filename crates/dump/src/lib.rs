@@ -40,6 +40,7 @@ mod seccomp;
 mod shmem;
 mod signals;
 mod stub_site;
+mod sysvipc;
 mod threads;
 mod timers;
 pub mod track;
@@ -385,6 +386,7 @@ fn dump_frozen(
         )?);
     }
     checks::parent_threads(&collected)?;
+    let mut ipc = sysvipc::collect(root, &collected)?;
     kinds::link_tree(
         &mut collected
             .iter_mut()
@@ -447,6 +449,10 @@ fn dump_frozen(
             &mut pages,
         )?;
         kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
+        if let (Some(saved), true) = (ipc.as_mut(), refs.is_empty()) {
+            // Segment contents: in the root's page file.
+            sysvipc::write_contents(saved, state.host_pid, &mut pages)?;
+        }
         page_bytes += pages.offset();
         parent_bytes += state
             .image
@@ -493,6 +499,7 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        ipc: ipc.map(|s| s.ipc),
         cgroups,
         parent,
         tracking,

@@ -55,6 +55,8 @@ pub(crate) fn plan(
             | (if m.write { libc::PROT_WRITE } else { 0 })
             | (if m.exec { libc::PROT_EXEC } else { 0 });
         let is_file = matches!(kind, VmaKind::File { .. } | VmaKind::Saved { .. });
+        // A SysV segment is no shared anonymous object: it is attached again by id.
+        let sysv = matches!(kind, VmaKind::SysvShm { .. });
         if crate::shmem::is_object(s, &kind) {
             let found = crate::shmem::runs(pid, s, shmem)?;
             runs.extend(found.into_iter().map(|(a, b)| (a, b, m.read)));
@@ -68,7 +70,7 @@ pub(crate) fn plan(
             end: m.end,
             prot: prot as u32,
             shared: m.shared,
-            pgoff: if is_file || (m.shared && m.inode != 0) {
+            pgoff: if is_file || sysv || (m.shared && m.inode != 0) {
                 m.offset
             } else {
                 0
@@ -76,8 +78,12 @@ pub(crate) fn plan(
             kind,
             growsdown: s.has_flag("gd"),
             noreserve: s.has_flag("nr"),
-            maywrite: m.shared && is_file && s.has_flag("mw"),
-            shmem: if m.shared && !is_file { m.inode } else { 0 },
+            maywrite: m.shared && (is_file || sysv) && s.has_flag("mw"),
+            shmem: if m.shared && !is_file && !sysv {
+                m.inode
+            } else {
+                0
+            },
             cow_owner: 0,
             advice: crate::procattrs::vma_advice(pid, s, uffd)?,
             huge_page_size: crate::memkinds::huge_page_size(s).unwrap_or(0),
@@ -158,11 +164,12 @@ fn vma_kind(pid: u32, s: &SmapsEntry) -> Result<VmaKind> {
         Some(p) if p.starts_with("[anon:") => VmaKind::Anon,
         Some("/dev/zero (deleted)") if m.shared && m.inode != 0 => VmaKind::Anon,
         Some(p) if p.starts_with("[anon_shmem:") && m.shared => VmaKind::Anon,
-        Some(p) if p.starts_with("/SYSV") && m.is_deleted() => {
-            return Err(unsupported(format!(
-                "mapping {range} ({p}): SysV shared memory is not supported yet"
-            )))
-        }
+        // The inode of a SysV shm mapping is the segment's id.
+        Some(p) if p.starts_with("/SYSV") && m.is_deleted() && m.shared => VmaKind::SysvShm {
+            id: i32::try_from(m.inode).map_err(|_| {
+                unsupported(format!("mapping {range} ({p}): segment id {}", m.inode))
+            })?,
+        },
         Some(p) if p.starts_with('/') && m.is_deleted() => {
             // A memfd or a file deleted while mapped: its contents go
             // into the image (`kinds::saved::link` assigns the id).
@@ -186,6 +193,8 @@ fn vma_kind(pid: u32, s: &SmapsEntry) -> Result<VmaKind> {
 fn page_query(kind: &VmaKind, shared: bool) -> Option<Query> {
     match (kind, shared) {
         (VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall, _) => None,
+        // A segment's memory is saved once, with the segment (sysvipc.rs).
+        (VmaKind::SysvShm { .. }, _) => None,
         // Shared file mappings live in the file itself.
         (VmaKind::File { .. } | VmaKind::Saved { .. }, true) => None,
         // Private file mappings: only pages copied on write (anonymous).

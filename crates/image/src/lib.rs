@@ -24,6 +24,7 @@ pub mod progress;
 pub mod reader;
 pub mod seccomp;
 pub mod show;
+pub mod sysvipc;
 pub mod uts;
 pub mod validate;
 pub mod writer;
@@ -42,6 +43,7 @@ pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
+pub use sysvipc::IpcNs;
 pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,

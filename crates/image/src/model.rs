@@ -37,6 +37,10 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// SysV IPC: the tree's own IPC namespace (every object and its
+    /// sysctls), or the segments of the dumper's namespace the tree maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<crate::sysvipc::IpcNs>,
     /// The cgroups of the tree's processes (absent in older images and in
     /// dumps with `--manage-cgroups=ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -734,6 +738,12 @@ pub enum VmaKind {
     Vvar,
     VvarVclock,
     Vsyscall,
+    /// An attachment (shmat) of the SysV shared memory segment `id` (in
+    /// `Inventory::ipc`), `pgoff` bytes into it; `maywrite` false: attached
+    /// SHM_RDONLY.
+    SysvShm {
+        id: i32,
+    },
 }
 
 /// `nr_pages` pages at `addr` shared copy-on-write with an ancestor.

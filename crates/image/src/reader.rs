@@ -316,12 +316,23 @@ impl ImageDir {
     /// [`PAGES_HEADER_LEN`] and to [`pages_len`]`(img)`, and the xxh3-64 of
     /// the whole payload, streamed in 8 MiB reads.
     pub fn verify_pages(&self, r: &ProcessRef, img: &ProcessImage) -> Result<()> {
+        self.verify_pages_with(r, img, 0)
+    }
+
+    /// [`Self::verify_pages`] for a page file that also holds `extra_end`
+    /// bytes of other data (the root's: SysV shm segment contents).
+    pub fn verify_pages_with(
+        &self,
+        r: &ProcessRef,
+        img: &ProcessImage,
+        extra_end: u64,
+    ) -> Result<()> {
         let path = self.child(&r.pages_file)?;
         let (mut file, file_len) = open_regular(&path, false)?;
         let header = read_header(&path, &mut file, file_len, PAGES_HEADER_LEN)?;
         header.check(&path, FileKind::Pages)?;
         check_len(&path, header.payload_len, file_len - PAGES_HEADER_LEN)?;
-        let needed = pages_len(img);
+        let needed = pages_len(img).max(extra_end);
         if header.payload_len != needed {
             return Err(ImageError::invalid(
                 &path,
@@ -392,7 +403,11 @@ impl ImageDir {
                 }
             }
             seen_pids.insert(r.pid);
-            self.verify_pages(r, &img)?;
+            let ipc_end = match &inventory.ipc {
+                Some(ipc) if r.pid == inventory.root_pid => ipc.payload_end(),
+                _ => 0,
+            };
+            self.verify_pages_with(r, &img, ipc_end)?;
             processes.push(img);
         }
         validate_saved_refs(&inv_path, &processes)?;

@@ -281,6 +281,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        ipc: None,
         cgroups: None,
         parent: None,
         tracking: None,
@@ -1567,4 +1568,82 @@ fn in_parent_runs_take_no_page_file_bytes() {
     // Written only when true: older images read as before.
     let j = serde_json::to_string(&good.mm.pages[0]).unwrap();
     assert!(!j.contains("in_parent"), "{j}");
+}
+
+#[test]
+fn ipc_rules() {
+    use crate::sysvipc::{IpcNs, IpcPerm, IpcSysctl, Message, MsgQueue, SemSet, ShmSegment};
+    let a = sample_process(100, 1);
+    let p = Path::new("/x/inventory.img");
+    let perm = IpcPerm {
+        key: 7,
+        uid: 0,
+        gid: 0,
+        cuid: 0,
+        cgid: 0,
+        mode: 0o600,
+    };
+    let mut good = inventory_for(&[&a]);
+    good.ipc = Some(IpcNs {
+        own: true,
+        end: 0,
+        sysctls: vec![IpcSysctl {
+            name: "kernel/shmmax".into(),
+            value: "4096".into(),
+        }],
+        shm: vec![ShmSegment {
+            id: 3,
+            perm,
+            size: 10000,
+            nattch: 1,
+            cpid: 100,
+            offset: 4096,
+            extents: vec![
+                Extent {
+                    offset: 0,
+                    len: 4096,
+                },
+                Extent {
+                    offset: 8192,
+                    len: 1808,
+                },
+            ],
+        }],
+        sem: vec![SemSet {
+            id: 0,
+            perm,
+            values: vec![1, 2],
+        }],
+        msg: vec![MsgQueue {
+            id: 0,
+            perm,
+            qbytes: 100,
+            messages: vec![Message {
+                mtype: 1,
+                text: b"hi".to_vec(),
+            }],
+        }],
+    });
+    validate_inventory(p, &good).unwrap();
+    assert_eq!(good.ipc.as_ref().unwrap().payload_end(), 4096 + 8192);
+    let bad = |edit: &dyn Fn(&mut IpcNs), word: &str| {
+        let mut m = good.clone();
+        edit(m.ipc.as_mut().unwrap());
+        let e = validate_inventory(p, &m).unwrap_err().to_string();
+        assert!(e.contains(word), "{word}: {e}");
+    };
+    // Only the IPC sysctls may be written back.
+    bad(
+        &|i| i.sysctls[0].name = "kernel/core_pattern".into(),
+        "not an IPC sysctl",
+    );
+    bad(&|i| i.shm[0].extents[1].offset = 100, "out of order");
+    bad(&|i| i.shm[0].extents[1].len = 5000, "outside");
+    bad(&|i| i.shm[0].offset = 10, "offset");
+    bad(&|i| i.sem.push(i.sem[0].clone()), "twice");
+    bad(&|i| i.sem[0].values.clear(), "semaphores");
+    bad(&|i| i.msg[0].messages[0].mtype = 0, "message type");
+    // Semaphores or queues of a namespace that is not the tree's own.
+    bad(&|i| i.own = false, "not the tree's own");
+    bad(&|i| i.end = 100, "ipc.end");
 }

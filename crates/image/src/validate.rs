@@ -362,6 +362,9 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
     c.count("processes", inv.processes.len(), MAX_PROCESSES)?;
     c.string("tool_version", &inv.tool_version, MAX_PATH_LEN)?;
     c.string("kernel_release", &inv.kernel_release, MAX_PATH_LEN)?;
+    if let Some(ipc) = &inv.ipc {
+        crate::sysvipc::validate(&c, ipc)?;
+    }
     if let Some(uts) = &inv.uts {
         if let Err(m) = uts.check() {
             c.ensure(false, || m)?;

@@ -51,6 +51,7 @@ mod rebuild;
 mod seccomp;
 mod shared;
 mod signals;
+mod sysvipc;
 mod threads;
 mod timers;
 mod tree;
@@ -387,7 +388,10 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
         &tree::Setting {
             pid_ns: image.inventory.pid_ns || opts.new_pid_ns,
             shell_job: opts.shell_job,
-            uts: image.inventory.uts.as_ref(),
+            ns: tree::TreeNs {
+                uts: image.inventory.uts.as_ref(),
+                ipc: image.inventory.ipc.as_ref(),
+            },
             cgroups: &cgroups,
             net: tree::Net {
                 tcp_close: opts.tcp_close,

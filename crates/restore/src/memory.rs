@@ -114,6 +114,8 @@ pub(crate) struct ServiceFds {
     pub cow: HashMap<(u32, u64), (u64, u64)>,
     /// This process's PID in the image.
     pub image_pid: u32,
+    /// SysV shm segments the tree attaches: id -> size.
+    pub sysv: HashMap<i32, u64>,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
@@ -478,6 +480,11 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
         flags |= libc::MAP_NORESERVE;
     }
     flags |= crate::hugetlb::map_flags(v);
+    if let VmaKind::SysvShm { id } = v.kind {
+        // Attached by id (never a new anonymous object: sysvipc.rs).
+        crate::sysvipc::attach(r, v, id, &svc.sysv)?;
+        return Ok(v.start);
+    }
     if v.shmem != 0 {
         // Another mapping of the very object the restorer created: mremap
         // with old_size 0 duplicates a shared mapping.

@@ -22,11 +22,19 @@ pub(crate) struct Setting<'a> {
     pub(crate) pid_ns: bool,
     /// criu's `--shell-job`.
     pub(crate) shell_job: bool,
-    /// Its own UTS namespace, if it had one.
-    pub(crate) uts: Option<&'a stasis_image::UtsNs>,
+    /// Its own UTS and IPC namespaces, if it had them.
+    pub(crate) ns: TreeNs<'a>,
     pub(crate) cgroups: &'a crate::cgroups::Prepared,
     /// `--tcp-close`, and the network lock to release once the tree runs.
     pub(crate) net: Net<'a>,
+}
+
+/// The namespaces a restore makes for the tree besides PID and mount:
+/// UTS (its names) and IPC (its objects), when the tree had its own.
+#[derive(Clone, Copy)]
+pub(crate) struct TreeNs<'a> {
+    pub uts: Option<&'a stasis_image::UtsNs>,
+    pub ipc: Option<&'a stasis_image::IpcNs>,
 }
 
 /// Restores every process of the image (parents first in `procs`) and
@@ -42,11 +50,15 @@ pub(crate) fn restore_tree(
     let Setting {
         pid_ns,
         shell_job,
-        uts,
+        ns,
         cgroups,
         net,
     } = *setting;
     let root_pid = procs[0].pid;
+    let TreeNs { uts, ipc } = ns;
+    if let Some(img) = ipc {
+        crate::sysvipc::preflight(img, root_pid)?;
+    }
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
     let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close)?;
@@ -74,11 +86,27 @@ pub(crate) fn restore_tree(
         s.shmem = shared.shmem.clone();
         s.cow = shared.cow.clone();
     }
+    // 3b. SysV IPC: the tree's own IPC namespace (this thread enters a new
+    //    one until the fork, so every process is born in it) and its
+    //    objects with their ids, or the dumper's namespace's segments.
+    let mut ipc = match ipc {
+        Some(img) => Some(crate::sysvipc::Ipc::create(img, root_pid, &pages[0])?),
+        None => None,
+    };
+    if let Some(i) = &ipc {
+        for (s, _) in &mut tree.svcs {
+            s.sysv = i.sizes();
+        }
+    }
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();
     let repaired = std::mem::take(&mut opened.repaired);
-    let (top, mut guard) = fork(procs, zombies, &tree, shared, (files, opened, ready_w))?;
+    let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
+    if let Some(i) = &mut ipc {
+        i.leave()?;
+    }
+    let (top, mut guard) = forked?;
     // 5. ready: every live process has placed its descriptors.
     wait_ready(&ready_r, tree.expected_ready, procs.len(), root_pid)?;
     let host = pids::host_pids(top, pid_ns).at(root_pid, Stage::Fork)?;
@@ -126,6 +154,11 @@ pub(crate) fn restore_tree(
     kinds::saved::seal_all(root_pid, seals)?;
     // Saved files' times once more: the remote mmaps moved access times.
     kinds::saved::times_again(root_pid, times)?;
+    // SysV IPC last: segments marked for removal are removed once every
+    // process has attached them, and the sysctls (shm_rmid_forced) set.
+    if let Some(i) = &mut ipc {
+        i.finish()?;
+    }
     fault_point(root_pid, Stage::Registers)?;
     // The last instant a failure can still undo everything (the network
     // lock stays on: the peers wait for another try).
@@ -137,6 +170,9 @@ pub(crate) fn restore_tree(
     // 10. resume.
     let wait_pid = resume(procs, &built, top, root, tree.stub, tree.session_helper)?;
     guard.armed = false;
+    if let Some(i) = ipc {
+        i.keep();
+    }
     Ok((root, wait_pid))
 }
 

@@ -93,5 +93,6 @@ pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
+pub mod sysvipc;
 pub mod udpq;
 pub mod uffd;

@@ -480,3 +480,19 @@ pub fn status_field(status: &str, key: &str) -> Option<String> {
             .map(|v| v.trim().to_string())
     })
 }
+
+/// Waits (at most 10 s) until process `pid` is in a `ns` namespace
+/// (`uts`, `ipc`, ...) other than ours: a child that unshares after the
+/// fork must have done so before the program reports ready.
+pub fn await_other_ns(pid: i32, ns: &str) -> bool {
+    let link = |p: String| std::fs::read_link(p).ok();
+    let ours = link(format!("/proc/self/ns/{ns}"));
+    for _ in 0..1000 {
+        let theirs = link(format!("/proc/{pid}/ns/{ns}"));
+        if theirs.is_some() && theirs != ours {
+            return true;
+        }
+        nap(POLL_NS);
+    }
+    false
+}

@@ -349,33 +349,6 @@ fn cr_shell() {
 // ---------------------------------------------------------------------------
 // Dump and restore behaviour.
 
-/// `dump -R` leaves the process running, untraced and intact (its maps check
-/// catches anything the dump left behind), with a complete image.
-fn leave_running(name: &str, program: Program, args: &[&str]) {
-    let work = Work::new(name);
-    let opts = Opts::default();
-    let mut p = start(&work, program, args);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
-    let out = dump(&work, p.pid, &["-R"], opts.stasis_timeout);
-    if !out.success() {
-        fail(
-            &work,
-            format!("stasis dump -R failed ({:?}): {}", out.code, out.stderr),
-        );
-    }
-    step(&work, "process after dump -R", p.check_running_untraced());
-    assert!(
-        work.img().join("inventory.img").exists(),
-        "no inventory.img{}",
-        work.diagnostics()
-    );
-    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
-}
-
 #[test]
 fn dump_leave_running() {
     leave_running("dump_leave_running", Program::Bin("tp_memory"), MEM_SMALL);
@@ -680,29 +653,12 @@ fn refuse_child_with_own_uts_namespace() {
 /// A child of `tp_unsupported --with WHAT` holds what is refused: the
 /// one-line error names it (and `word`), not the root, and the tree runs on.
 fn refuse_child(name: &str, what: &str, word: &str) {
-    let work = Work::new(name);
-    let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_unsupported"), &["--with", what]);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
+    refused_child_dump(
+        name,
+        Program::Bin("tp_unsupported"),
+        &["--with", what],
+        word,
     );
-    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
-    assert!(
-        out.code.is_some_and(|c| c != 0)
-            && out.stderr.trim_end().lines().count() == 1
-            && out.stderr.contains(word)
-            && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
-        "dump did not refuse the child's {what} by name: {out:?}"
-    );
-    assert!(!work.img().join("inventory.img").exists());
-    step(
-        &work,
-        "tree after the refused dump",
-        p.check_running_untraced(),
-    );
-    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]

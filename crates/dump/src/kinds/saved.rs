@@ -233,7 +233,12 @@ fn describe(md: &std::fs::Metadata) -> (Owner, FileTimes) {
 }
 
 /// The data extents of `file` (`size` bytes).
-fn extents(pid: u32, file: &std::fs::File, size: u64, what: &str) -> Result<Vec<Extent>> {
+pub(crate) fn extents(
+    pid: u32,
+    file: &std::fs::File,
+    size: u64,
+    what: &str,
+) -> Result<Vec<Extent>> {
     let ext =
         stasis_sys::fileops::data_extents(file.as_fd(), size).map_err(|source| DumpError::Sys {
             pid,
@@ -296,9 +301,24 @@ fn write_contents(
     buf: &mut [u8],
     src: &str,
 ) -> Result<()> {
+    let what = format!("{src} (saved file {})", f.id);
+    f.offset = write_extents(pid, file, &f.data_extents(), pages, buf, &what)?;
+    Ok(())
+}
+
+/// Appends the `extents` of `file` to the page file, each padded to whole
+/// pages; returns the payload offset of the first.
+pub(crate) fn write_extents(
+    pid: u32,
+    file: &std::fs::File,
+    extents: &[Extent],
+    pages: &mut PagesWriter,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<u64> {
     let st = Stage::Memory;
-    f.offset = pages.offset();
-    for e in f.data_extents() {
+    let offset = pages.offset();
+    for e in extents {
         let mut done = 0u64;
         while done < e.len {
             let want = (e.len - done).min(buf.len() as u64) as usize;
@@ -306,7 +326,7 @@ fn write_contents(
                 .map_err(|source| DumpError::Io {
                     pid,
                     stage: st,
-                    what: format!("read {src} (saved file {}) at {}", f.id, e.offset + done),
+                    what: format!("read {what} at {}", e.offset + done),
                     source,
                 })?;
             let padded = want.next_multiple_of(PAGE_SIZE as usize);
@@ -315,7 +335,7 @@ fn write_contents(
             done += want as u64;
         }
     }
-    Ok(())
+    Ok(offset)
 }
 
 /// Refuses, naming the descriptor or mapping and the option, a saved file

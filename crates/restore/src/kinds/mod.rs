@@ -460,6 +460,7 @@ impl ProcFiles {
             shmem: HashMap::new(),
             cow: HashMap::new(),
             image_pid: img.pid,
+            sysv: HashMap::new(),
         }
     }
 }

@@ -187,7 +187,6 @@ fn deleted_dir(pid: u32, id: u64, path: &str) -> Result<std::fs::File> {
 /// 1 MiB buffer) into the new, empty `file`; the rest stays holes. A
 /// directory has neither.
 fn fill(pid: u32, f: &SavedFile, file: &std::fs::File, pg: &Path) -> Result<()> {
-    use std::os::unix::fs::FileExt;
     if matches!(f.kind, SavedFileKind::DeletedDir { .. }) {
         return Ok(());
     }
@@ -199,9 +198,23 @@ fn fill(pid: u32, f: &SavedFile, file: &std::fs::File, pg: &Path) -> Result<()> 
         return Ok(());
     }
     let src = std::fs::File::open(pg).map_err(io(pid, format!("open {}", pg.display())))?;
+    copy_extents(pid, &src, f.offset, &ext, file, &what)
+}
+
+/// Copies `extents` of data stored from payload offset `payload` of the
+/// page file `src` (each extent padded to whole pages there) into `dst`
+/// at the extents' offsets, through a 1 MiB buffer.
+pub(crate) fn copy_extents(
+    pid: u32,
+    src: &std::fs::File,
+    mut payload: u64,
+    extents: &[stasis_image::Extent],
+    dst: &std::fs::File,
+    what: &str,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
-    let mut payload = f.offset;
-    for e in ext {
+    for e in extents {
         let mut done = 0u64;
         while done < e.len {
             let n = buf.len().min((e.len - done) as usize);
@@ -209,8 +222,8 @@ fn fill(pid: u32, f: &SavedFile, file: &std::fs::File, pg: &Path) -> Result<()> 
                 &mut buf[..n],
                 stasis_image::PAGES_HEADER_LEN + payload + done,
             )
-            .map_err(io(pid, format!("read {what} from {}", pg.display())))?;
-            file.write_all_at(&buf[..n], e.offset + done)
+            .map_err(io(pid, format!("read {what} from the page file")))?;
+            dst.write_all_at(&buf[..n], e.offset + done)
                 .map_err(io(pid, format!("fill {what}")))?;
             done += n as u64;
         }

@@ -392,6 +392,10 @@ fn main() {
                     // SAFETY: ends the child.
                     unsafe { libc::_exit(i32::from(uts().0 != "stasis-uts")) };
                 }
+                assert!(
+                    stasis_tests::await_other_ns(pid, "uts"),
+                    "child unshare(uts)"
+                );
                 proto.ready_and_wait();
                 let mut st = 0;
                 // SAFETY: waits for our own child.

@@ -63,6 +63,7 @@ impl Program {
 pub fn bin_path(name: &str) -> PathBuf {
     let p = match name {
         "tp_memory" => env!("CARGO_BIN_EXE_tp_memory"),
+        "tp_sysvipc" => env!("CARGO_BIN_EXE_tp_sysvipc"),
         "tp_regs" => env!("CARGO_BIN_EXE_tp_regs"),
         "tp_amx" => env!("CARGO_BIN_EXE_tp_amx"),
         "tp_files" => env!("CARGO_BIN_EXE_tp_files"),
@@ -935,6 +936,62 @@ pub fn refused_dump(
         &work,
         "process after the refused dump",
         p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A child of the tree holds something the dump must refuse: the dump
+/// fails with one line naming `word` and a process other than the root,
+/// leaves no image, and the tree runs on, passing its own checks.
+pub fn refused_child_dump(name: &str, program: Program, args: &[&str], word: &str) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, program, args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains(word)
+            && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
+        "dump did not refuse the child's {word:?} by name: {out:?}"
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "tree after the refused dump",
+        p.check_running_untraced(),
+    );
+    finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// `dump -R` leaves the process running, untraced and intact (its maps check
+/// catches anything the dump left behind), with a complete image.
+pub fn leave_running(name: &str, program: Program, args: &[&str]) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, program, args);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    let out = dump(&work, p.pid, &["-R"], opts.stasis_timeout);
+    if !out.success() {
+        fail(
+            &work,
+            format!("stasis dump -R failed ({:?}): {}", out.code, out.stderr),
+        );
+    }
+    step(&work, "process after dump -R", p.check_running_untraced());
+    assert!(
+        work.img().join("inventory.img").exists(),
+        "no inventory.img{}",
+        work.diagnostics()
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }

@@ -1,0 +1,292 @@
+//! SysV IPC: the tree's own IPC namespace (every shared memory segment,
+//! semaphore set and message queue in it, and its IPC sysctls), or, in
+//! the dumper's namespace, the segments the tree has attached.
+//!
+//! Everything is read without changing it, by a thread of the dumper that
+//! joined the namespace: SHM_STAT / SEM_STAT / MSG_STAT walk the indices,
+//! GETALL reads semaphores, msgrcv(MSG_COPY|IPC_NOWAIT) copies messages
+//! in queue order; a segment's memory is read through the map_files
+//! entry of a short read-only attachment (its holes stay holes). The
+//! contents go into the root's page file at the end of its data.
+
+use crate::collect::Collected;
+use crate::kinds::saved::{extents, write_extents};
+use crate::{At, DumpError, Result, Stage};
+use stasis_image::sysvipc::{
+    IpcNs, IpcPerm, IpcSysctl, Message, MsgQueue, SemSet, ShmSegment, IPC_SYSCTLS,
+};
+use stasis_image::{PagesWriter, VmaKind};
+use stasis_sys::sysvipc::{self as ipc, Perm, SHM_DEST};
+use stasis_sys::SysError;
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+/// The saved objects, and a descriptor of each segment's memory (in
+/// `ipc.shm` order) for [`write_contents`].
+pub(crate) struct Saved {
+    pub ipc: IpcNs,
+    objects: Vec<OwnedFd>,
+}
+
+fn unsupported(pid: u32, what: String) -> DumpError {
+    DumpError::Unsupported {
+        pid,
+        stage: Stage::Check,
+        what,
+    }
+}
+
+fn perm(p: Perm) -> IpcPerm {
+    IpcPerm {
+        key: p.key,
+        uid: p.uid,
+        gid: p.gid,
+        cuid: p.cuid,
+        cgid: p.cgid,
+        mode: p.mode,
+    }
+}
+
+/// What the namespace thread reads: segments (with their memory),
+/// semaphore sets, queues, sysctls, POSIX queue names.
+type Raw = (
+    Vec<(ipc::Shm, OwnedFd)>,
+    Vec<SemSet>,
+    Vec<MsgQueue>,
+    Vec<IpcSysctl>,
+    Vec<String>,
+);
+
+/// Collects the IPC state of the tree (the root's namespace, which every
+/// process shares: checks.rs), or None when there is none to save.
+pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
+    let st = Stage::Collect;
+    let ino = |t: &str| {
+        std::fs::metadata(format!("/proc/{t}/ns/ipc"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let own = ino(&root.to_string()) != ino("self");
+    // Attachments per segment id in the tree, and the first process with each.
+    let mut attached: BTreeMap<i32, (u64, u32)> = BTreeMap::new();
+    for c in procs {
+        for v in &c.image.mm.vmas {
+            if let VmaKind::SysvShm { id } = v.kind {
+                attached.entry(id).or_insert((0, c.host_pid)).0 += 1;
+            }
+        }
+    }
+    if !own && attached.is_empty() {
+        return Ok(None);
+    }
+    if own {
+        outsiders(root, ino(&root.to_string()), procs)?;
+    }
+    let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, st)?;
+    let wanted: Option<HashSet<i32>> = (!own).then(|| attached.keys().copied().collect());
+    let (shm, sem, msg, sysctls, mqueues) =
+        ipc::in_ns(&ns, move || read_ns(own, wanted.as_ref())).at(root, st)?;
+    if let Some(name) = mqueues.first() {
+        return Err(unsupported(
+            root,
+            format!(
+                "POSIX message queue /{name} in the tree's IPC namespace: its messages can be \
+                 read only by receiving them"
+            ),
+        ));
+    }
+    let rmid_forced = sysctls
+        .iter()
+        .any(|s| s.name == "kernel/shm_rmid_forced" && s.value.trim() != "0");
+    let mut saved = Saved {
+        ipc: IpcNs {
+            own,
+            end: 0,
+            sysctls,
+            shm: Vec::new(),
+            sem,
+            msg,
+        },
+        objects: Vec::new(),
+    };
+    for (s, fd) in shm {
+        let (n, pid) = attached.get(&s.id).copied().unwrap_or((0, root));
+        check_segment(pid, &s, n, rmid_forced)?;
+        let what = format!("SysV shm segment {}", s.id);
+        let ext = extents(pid, &std::fs::File::from(dup(&fd, pid, st)?), s.size, &what)?;
+        saved.ipc.shm.push(ShmSegment {
+            id: s.id,
+            perm: perm(s.perm),
+            size: s.size,
+            nattch: s.nattch,
+            cpid: s.cpid,
+            offset: 0,
+            extents: ext,
+        });
+        saved.objects.push(fd);
+    }
+    if let Some((&id, &(_, pid))) = attached
+        .iter()
+        .find(|(id, _)| !saved.ipc.shm.iter().any(|s| s.id == **id))
+    {
+        return Err(unsupported(
+            pid,
+            format!("a mapping of SysV shm segment {id}, which no longer exists"),
+        ));
+    }
+    Ok(Some(saved))
+}
+
+/// A process outside the tree in the tree's own IPC namespace would share
+/// objects the restore gives only to the tree: refused by name.
+fn outsiders(root: u32, ns: Option<u64>, procs: &[Collected]) -> Result<()> {
+    let tree: HashSet<u32> = procs.iter().map(|c| c.host_pid).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/ipc"))
+            .map(|m| m.ino())
+            .ok();
+        if theirs.is_some() && theirs == ns && !tree.contains(&pid) {
+            return Err(unsupported(
+                root,
+                format!("its IPC namespace, which process {pid} outside the tree shares"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every attachment of a segment must be a mapping of the tree (an
+/// outside one would be lost), and with shm_rmid_forced a segment nobody
+/// attaches would die with the restorer that recreates it.
+fn check_segment(pid: u32, s: &ipc::Shm, in_tree: u64, rmid_forced: bool) -> Result<()> {
+    let name = format!("SysV shm segment {} (key {:#x})", s.id, s.perm.key);
+    if s.nattch != in_tree {
+        return Err(unsupported(
+            pid,
+            format!(
+                "{name}: attached {} times, {in_tree} of them by the tree: a process outside \
+                 the tree has it attached",
+                s.nattch
+            ),
+        ));
+    }
+    if rmid_forced && s.nattch == 0 {
+        return Err(unsupported(
+            pid,
+            format!("{name}: not attached while kernel.shm_rmid_forced is 1 (its creator's life decides it)"),
+        ));
+    }
+    if s.perm.mode & SHM_DEST != 0 && s.nattch == 0 {
+        return Err(unsupported(pid, format!("{name}: being destroyed")));
+    }
+    Ok(())
+}
+
+/// In a thread inside the namespace: every object (or, in the dumper's
+/// namespace, the `wanted` segments only).
+fn read_ns(own: bool, wanted: Option<&HashSet<i32>>) -> stasis_sys::Result<Raw> {
+    let mut shm = Vec::new();
+    for s in ipc::shm_list()? {
+        if wanted.is_some_and(|w| !w.contains(&s.id)) {
+            continue;
+        }
+        let fd = ipc::shm_object(s.id, s.size, false).map_err(|e| SysError {
+            op: format!(
+                "SysV shm segment {} (key {:#x}): {}",
+                s.id, s.perm.key, e.op
+            ),
+            ..e
+        })?;
+        shm.push((s, fd));
+    }
+    if !own {
+        return Ok((shm, Vec::new(), Vec::new(), Vec::new(), Vec::new()));
+    }
+    let mut sem = Vec::new();
+    for s in ipc::sem_list()? {
+        sem.push(SemSet {
+            id: s.id,
+            perm: perm(s.perm),
+            values: ipc::sem_values(s.id, s.nsems as usize)?,
+        });
+    }
+    let mut msg = Vec::new();
+    for q in ipc::msq_list()? {
+        msg.push(MsgQueue {
+            id: q.id,
+            perm: perm(q.perm),
+            qbytes: q.qbytes,
+            messages: messages(q.id, q.qnum)?,
+        });
+    }
+    let sysctls = IPC_SYSCTLS
+        .iter()
+        .filter_map(|name| {
+            let v = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+            Some(IpcSysctl {
+                name: name.to_string(),
+                value: v.trim_end().to_string(),
+            })
+        })
+        .collect();
+    Ok((shm, sem, msg, sysctls, ipc::mqueue_names(None)?))
+}
+
+/// The `n` messages of queue `id`, in order, copied (MSG_COPY).
+fn messages(id: i32, n: u64) -> stasis_sys::Result<Vec<Message>> {
+    let mut out = Vec::new();
+    let mut max = 1usize << 16;
+    let mut i = 0;
+    while i < n {
+        match ipc::msg_copy(id, i, max) {
+            Ok((mtype, text)) => {
+                out.push(Message { mtype, text });
+                i += 1;
+            }
+            Err(e)
+                if e.errno() == Some(libc::E2BIG) && max < stasis_image::sysvipc::MAX_MESSAGE =>
+            {
+                max *= 4;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn dup(fd: &OwnedFd, pid: u32, stage: Stage) -> Result<OwnedFd> {
+    fd.try_clone().map_err(|source| DumpError::Io {
+        pid,
+        stage,
+        what: "dup a SysV shm segment descriptor".into(),
+        source,
+    })
+}
+
+/// Appends every segment's data to the root's page file.
+pub(crate) fn write_contents(saved: &mut Saved, pid: u32, pages: &mut PagesWriter) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let start = pages.offset();
+    for (s, fd) in saved.ipc.shm.iter_mut().zip(&saved.objects) {
+        let f = std::fs::File::from(dup(fd, pid, Stage::Memory)?);
+        let what = format!("SysV shm segment {}", s.id);
+        s.offset = write_extents(pid, &f, &s.extents, pages, &mut buf, &what)?;
+    }
+    // At least one page of IPC data, so that a reader that does not know
+    // `ipc` refuses the root's page file rather than ignore the namespace.
+    if pages.offset() == start {
+        buf[..stasis_image::PAGE_SIZE as usize].fill(0);
+        pages
+            .write_all(&buf[..stasis_image::PAGE_SIZE as usize])
+            .at(pid, Stage::Memory)?;
+    }
+    saved.ipc.end = pages.offset();
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! SysV IPC (shared memory, semaphores, message queues) and the IPC
+//! namespace: reading every object of a namespace without changing it
+//! (SHM_STAT, SEM_STAT, MSG_STAT, msgrcv with MSG_COPY), creating objects
+//! with chosen ids (`/proc/sys/kernel/*_next_id`), and the namespace itself.
+//!
+//! IPC calls and the IPC sysctls act on the *calling thread's* IPC
+//! namespace: [`in_ns`] runs code in a short-lived thread that joined one.
+
+use crate::{check, Pid, Result, SysError};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SHM_STAT: i32 = 13;
+const SHM_INFO: i32 = 14;
+pub const SHM_LOCK: i32 = 11;
+/// Mode bits the kernel keeps in shm_perm.mode.
+pub const SHM_DEST: u32 = 0o1000;
+pub const SHM_LOCKED: u32 = 0o2000;
+pub const SHM_RDONLY: u64 = 0o10000;
+pub const SHM_REMAP: u64 = 0o40000;
+const MSG_COPY: i32 = 0o40000;
+/// hugetlbfs's magic (statfs f_type): SHM_HUGETLB segments.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Owner, permissions and key of an object (struct ipc64_perm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Perm {
+    pub key: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    pub mode: u32,
+}
+
+fn perm(p: &libc::ipc_perm) -> Perm {
+    Perm {
+        key: p.__key,
+        uid: p.uid,
+        gid: p.gid,
+        cuid: p.cuid,
+        cgid: p.cgid,
+        mode: u32::from(p.mode),
+    }
+}
+
+/// A shared memory segment as SHM_STAT / IPC_STAT show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Shm {
+    pub id: i32,
+    pub perm: Perm,
+    pub size: u64,
+    pub nattch: u64,
+    pub cpid: i32,
+}
+
+/// A semaphore set: id, owner, number of semaphores.
+#[derive(Debug, Clone, Copy)]
+pub struct Sem {
+    pub id: i32,
+    pub perm: Perm,
+    pub nsems: u64,
+}
+
+/// A message queue: id, owner, byte limit, messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Msq {
+    pub id: i32,
+    pub perm: Perm,
+    pub qbytes: u64,
+    pub qnum: u64,
+}
+
+/// Runs `f` in a new thread that joined the IPC namespace `ns` (a
+/// descriptor of /proc/PID/ns/ipc): setns changes the calling thread only.
+pub fn in_ns<T: Send + 'static>(
+    ns: &OwnedFd,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = ns
+        .try_clone()
+        .map_err(|e| SysError::new("dup ipc ns", None, e.raw_os_error().unwrap_or(0)))?;
+    std::thread::spawn(move || -> Result<T> {
+        // SAFETY: setns on a namespace descriptor we own; it changes this
+        // short-lived thread only.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWIPC) };
+        check(r.into(), "setns(ipc)", None)?;
+        f()
+    })
+    .join()
+    .map_err(|_| SysError::other("ipc namespace thread", None, "panicked"))?
+}
+
+/// Opens a namespace file such as /proc/PID/ns/ipc.
+pub fn open_ns(path: &str) -> Result<OwnedFd> {
+    crate::util::open(path, libc::O_RDONLY | libc::O_CLOEXEC)
+}
+
+/// Moves the calling thread into a new IPC namespace; returns descriptors
+/// of the old one and of the new one. [`join`] the old one to go back.
+pub fn unshare_ipc() -> Result<(OwnedFd, OwnedFd)> {
+    let old = open_ns("/proc/thread-self/ns/ipc")?;
+    // SAFETY: unshare with an integer flag; affects the calling thread.
+    let r = unsafe { libc::unshare(libc::CLONE_NEWIPC) };
+    check(r.into(), "unshare(CLONE_NEWIPC)", None)?;
+    let new = open_ns("/proc/thread-self/ns/ipc")?;
+    Ok((old, new))
+}
+
+/// Moves the calling thread into the IPC namespace `ns`.
+pub fn join(ns: &OwnedFd) -> Result<()> {
+    // SAFETY: setns on a namespace descriptor we own.
+    let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWIPC) };
+    check(r.into(), "setns(ipc)", None).map(|_| ())
+}
+
+/// Decodes a *ctl return value: None when there is no such object
+/// (EINVAL, EIDRM: a free index or a removed id).
+fn present(r: libc::c_long, call: &str, id: i32, cmd: i32) -> Result<Option<i32>> {
+    if r >= 0 {
+        return Ok(Some(r as i32));
+    }
+    match crate::last_errno() {
+        libc::EINVAL | libc::EIDRM => Ok(None),
+        e => Err(SysError::new(format!("{call}({id}, {cmd})"), None, e)),
+    }
+}
+
+fn shm_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::shmid_ds)>> {
+    // SAFETY: an all-zero shmid_ds is a valid out buffer.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a live buffer of the type the command fills.
+    let r = unsafe { libc::shmctl(id, cmd, &mut ds) };
+    Ok(present(r.into(), "shmctl", id, cmd)?.map(|r| (r, ds)))
+}
+
+/// Every shared memory segment of the calling thread's namespace.
+pub fn shm_list() -> Result<Vec<Shm>> {
+    // SHM_INFO returns the highest index in use (its buffer is a shm_info,
+    // smaller than a shmid_ds).
+    let max = shm_ds(0, SHM_INFO)?.map_or(-1, |(r, _)| r);
+    let mut out = Vec::new();
+    for idx in 0..=max {
+        if let Some((id, ds)) = shm_ds(idx, SHM_STAT)? {
+            out.push(shm_of(id, &ds));
+        }
+    }
+    Ok(out)
+}
+
+fn shm_of(id: i32, ds: &libc::shmid_ds) -> Shm {
+    Shm {
+        id,
+        perm: perm(&ds.shm_perm),
+        size: ds.shm_segsz as u64,
+        nattch: ds.shm_nattch,
+        cpid: ds.shm_cpid,
+    }
+}
+
+/// The segment with this id (IPC_STAT), or None if there is none.
+pub fn shm_stat(id: i32) -> Result<Option<Shm>> {
+    Ok(shm_ds(id, libc::IPC_STAT)?.map(|(_, ds)| shm_of(id, &ds)))
+}
+
+/// Attaches segment `id` in this process (SHM_RDONLY or not); returns the address.
+pub fn shm_attach(id: i32, rdonly: bool) -> Result<u64> {
+    let flags = if rdonly { SHM_RDONLY as i32 } else { 0 };
+    // SAFETY: lets the kernel choose a free address; nothing is overwritten.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+    if p as isize == -1 {
+        return Err(SysError::new(
+            format!("shmat({id})"),
+            None,
+            crate::last_errno(),
+        ));
+    }
+    Ok(p as u64)
+}
+
+/// Detaches the segment attached at `addr` in this process.
+pub fn shm_detach(addr: u64) -> Result<()> {
+    // SAFETY: addr is an attachment this process made and owns; no
+    // reference into it outlives this call.
+    let r = unsafe { libc::shmdt(addr as *const libc::c_void) };
+    check(r.into(), "shmdt", None).map(|_| ())
+}
+
+/// A descriptor of segment `id`'s memory object (through the map_files
+/// entry of an attachment, detached again): read it with pread, its holes
+/// found with SEEK_DATA; `write`: open for writing (to fill it). Refuses
+/// SHM_HUGETLB segments (Err with EOPNOTSUPP).
+pub fn shm_object(id: i32, size: u64, write: bool) -> Result<OwnedFd> {
+    let addr = shm_attach(id, !write)?;
+    let end = addr + size.next_multiple_of(4096);
+    let path = format!("/proc/self/map_files/{addr:x}-{end:x}");
+    let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+    let fd = crate::util::open(&path, mode | libc::O_CLOEXEC);
+    shm_detach(addr)?;
+    let fd = fd?;
+    // SAFETY: an all-zero statfs is a valid out buffer.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; sf is a live buffer.
+    let r = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sf) };
+    check(r.into(), "fstatfs(shm)", None)?;
+    if sf.f_type == HUGETLBFS_MAGIC {
+        return Err(SysError::new(
+            "shm segment on hugetlbfs",
+            None,
+            libc::EOPNOTSUPP,
+        ));
+    }
+    Ok(fd)
+}
+
+#[repr(C)]
+struct SemidDs {
+    perm: libc::ipc_perm,
+    otime: i64,
+    _r1: u64,
+    ctime: i64,
+    _r2: u64,
+    nsems: u64,
+    _r3: u64,
+    _r4: u64,
+}
+
+fn sem_ds(id: i32, cmd: i32) -> Result<Option<(i32, SemidDs)>> {
+    // SAFETY: an all-zero semid64_ds is a valid out buffer.
+    let mut ds: SemidDs = unsafe { std::mem::zeroed() };
+    // SAFETY: raw semctl; the fourth argument points at a live buffer of
+    // the size the command writes (semid64_ds, or the smaller seminfo).
+    let r = unsafe { libc::syscall(libc::SYS_semctl, id, 0, cmd, &mut ds as *mut SemidDs) };
+    Ok(present(r, "semctl", id, cmd)?.map(|r| (r, ds)))
+}
+
+/// Every semaphore set of the calling thread's namespace.
+pub fn sem_list() -> Result<Vec<Sem>> {
+    let max = sem_ds(0, libc::SEM_INFO)?.map_or(-1, |(r, _)| r);
+    let mut out = Vec::new();
+    for idx in 0..=max {
+        if let Some((id, ds)) = sem_ds(idx, libc::SEM_STAT)? {
+            out.push(Sem {
+                id,
+                perm: perm(&ds.perm),
+                nsems: ds.nsems,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The values of the `n` semaphores of set `id` (GETALL).
+pub fn sem_values(id: i32, n: usize) -> Result<Vec<u16>> {
+    let mut v = vec![0u16; n];
+    // SAFETY: GETALL writes n u16 values into v, which holds n.
+    let r = unsafe { libc::syscall(libc::SYS_semctl, id, 0, libc::GETALL, v.as_mut_ptr()) };
+    check(r, "semctl(GETALL)", None)?;
+    Ok(v)
+}
+
+/// Sets every value of set `id` (SETALL).
+pub fn sem_set_values(id: i32, v: &[u16]) -> Result<()> {
+    // SAFETY: SETALL reads as many u16 values as the set has; v holds them.
+    let r = unsafe { libc::syscall(libc::SYS_semctl, id, 0, libc::SETALL, v.as_ptr()) };
+    check(r, "semctl(SETALL)", None).map(|_| ())
+}
+
+fn msq_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::msqid_ds)>> {
+    // SAFETY: an all-zero msqid_ds is a valid out buffer.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a live buffer at least the size the command writes.
+    let r = unsafe { libc::msgctl(id, cmd, &mut ds) };
+    Ok(present(r.into(), "msgctl", id, cmd)?.map(|r| (r, ds)))
+}
+
+/// Every message queue of the calling thread's namespace.
+pub fn msq_list() -> Result<Vec<Msq>> {
+    let max = msq_ds(0, libc::MSG_INFO)?.map_or(-1, |(r, _)| r);
+    let mut out = Vec::new();
+    for idx in 0..=max {
+        if let Some((id, ds)) = msq_ds(idx, libc::MSG_STAT)? {
+            out.push(Msq {
+                id,
+                perm: perm(&ds.msg_perm),
+                qbytes: ds.msg_qbytes,
+                qnum: ds.msg_qnum,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Message number `i` (from 0) of queue `id`, copied without removing it
+/// (MSG_COPY|IPC_NOWAIT): its type and text. `max` bounds the text.
+pub fn msg_copy(id: i32, i: u64, max: usize) -> Result<(i64, Vec<u8>)> {
+    let mut buf = vec![0u8; 8 + max];
+    // SAFETY: buf holds the 8-byte type and `max` bytes of text.
+    let n = unsafe {
+        libc::msgrcv(
+            id,
+            buf.as_mut_ptr().cast(),
+            max,
+            i as i64,
+            MSG_COPY | libc::IPC_NOWAIT,
+        )
+    };
+    let n = check(n as libc::c_long, "msgrcv(MSG_COPY)", None)? as usize;
+    let mtype = i64::from_ne_bytes(buf[..8].try_into().unwrap_or_default());
+    Ok((mtype, buf[8..8 + n].to_vec()))
+}
+
+/// Appends a message to queue `id` (IPC_NOWAIT: never blocks).
+pub fn msg_send(id: i32, mtype: i64, text: &[u8]) -> Result<()> {
+    let mut buf = Vec::with_capacity(8 + text.len());
+    buf.extend_from_slice(&mtype.to_ne_bytes());
+    buf.extend_from_slice(text);
+    // SAFETY: buf holds the type and text.len() bytes of text.
+    let r = unsafe { libc::msgsnd(id, buf.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) };
+    check(r.into(), "msgsnd", None).map(|_| ())
+}
+
+/// Which kind of object for [`create`] and [`set_perm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Shm,
+    Sem,
+    Msg,
+}
+
+impl Kind {
+    fn next_id(self) -> &'static str {
+        match self {
+            Kind::Shm => "/proc/sys/kernel/shm_next_id",
+            Kind::Sem => "/proc/sys/kernel/sem_next_id",
+            Kind::Msg => "/proc/sys/kernel/msg_next_id",
+        }
+    }
+}
+
+/// Creates an object with exactly `id` and `key` (IPC_CREAT|IPC_EXCL, the
+/// id through *_next_id): `size` bytes (shm) or semaphores (sem). A
+/// different id (a race) removes it again and fails with EEXIST.
+pub fn create(kind: Kind, id: i32, key: i32, size: u64, mode: u32) -> Result<()> {
+    std::fs::write(kind.next_id(), id.to_string()).map_err(|e| {
+        SysError::new(
+            format!("write {} = {id}", kind.next_id()),
+            None,
+            e.raw_os_error().unwrap_or(0),
+        )
+    })?;
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
+    // SAFETY: integer-only syscalls.
+    let got = unsafe {
+        match kind {
+            Kind::Shm => libc::shmget(key, size as usize, flags),
+            Kind::Sem => libc::semget(key, size as i32, flags),
+            Kind::Msg => libc::msgget(key, flags),
+        }
+    };
+    let got = check(
+        got.into(),
+        &format!("create {kind:?} id {id} key {key:#x}"),
+        None,
+    )?;
+    if got as i32 != id {
+        remove(kind, got as i32)?;
+        return Err(SysError::new(
+            format!("create {kind:?} id {id}: got id {got}"),
+            None,
+            libc::EEXIST,
+        ));
+    }
+    Ok(())
+}
+
+/// IPC_RMID.
+pub fn remove(kind: Kind, id: i32) -> Result<()> {
+    // SAFETY: IPC_RMID ignores the buffer argument.
+    let r = unsafe {
+        match kind {
+            Kind::Shm => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+            Kind::Sem => libc::semctl(id, 0, libc::IPC_RMID),
+            Kind::Msg => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+        }
+    };
+    check(r.into(), &format!("IPC_RMID {kind:?} {id}"), None).map(|_| ())
+}
+
+/// IPC_SET: owner, mode (low 9 bits) and, for a queue, its byte limit.
+pub fn set_perm(kind: Kind, id: i32, uid: u32, gid: u32, mode: u32, qbytes: u64) -> Result<()> {
+    let what = format!("IPC_SET {kind:?} {id}");
+    let set = |p: &mut libc::ipc_perm| {
+        p.uid = uid;
+        p.gid = gid;
+        p.mode = (mode & 0o777) as u16;
+    };
+    // SAFETY: each buffer is fetched with IPC_STAT first, then handed back.
+    let r = unsafe {
+        match kind {
+            Kind::Shm => {
+                let (_, mut ds) = shm_ds(id, libc::IPC_STAT)?.ok_or_else(|| gone(&what))?;
+                set(&mut ds.shm_perm);
+                libc::shmctl(id, libc::IPC_SET, &mut ds)
+            }
+            Kind::Sem => {
+                let (_, mut ds) = sem_ds(id, libc::IPC_STAT)?.ok_or_else(|| gone(&what))?;
+                set(&mut ds.perm);
+                libc::syscall(
+                    libc::SYS_semctl,
+                    id,
+                    0,
+                    libc::IPC_SET,
+                    &mut ds as *mut SemidDs,
+                ) as i32
+            }
+            Kind::Msg => {
+                let (_, mut ds) = msq_ds(id, libc::IPC_STAT)?.ok_or_else(|| gone(&what))?;
+                set(&mut ds.msg_perm);
+                ds.msg_qbytes = qbytes;
+                libc::msgctl(id, libc::IPC_SET, &mut ds)
+            }
+        }
+    };
+    check(r.into(), &what, None).map(|_| ())
+}
+
+fn gone(what: &str) -> SysError {
+    SysError::new(what, None, libc::EIDRM)
+}
+
+/// SHM_LOCK on segment `id`.
+pub fn shm_lock(id: i32) -> Result<()> {
+    // SAFETY: SHM_LOCK ignores the buffer argument.
+    let r = unsafe { libc::shmctl(id, SHM_LOCK, std::ptr::null_mut()) };
+    check(r.into(), "shmctl(SHM_LOCK)", None).map(|_| ())
+}
+
+/// Names of the POSIX message queues in the calling thread's IPC
+/// namespace: a private instance of its mqueue file system is mounted
+/// (detached, new mount API) and listed.
+pub fn mqueue_names(pid: Option<Pid>) -> Result<Vec<String>> {
+    let err = |op: &str| SysError::new(op, pid, crate::last_errno());
+    // SAFETY: raw new-mount-API calls on literal strings and descriptors
+    // we own; each returned descriptor is wrapped in an OwnedFd at once.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"mqueue".as_ptr(), 1u32);
+        if fs < 0 {
+            return Err(err("fsopen(mqueue)"));
+        }
+        let fs = OwnedFd::from_raw_fd(fs as i32);
+        let r = libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            6u32, // FSCONFIG_CMD_CREATE
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        );
+        if r < 0 {
+            return Err(err("fsconfig(mqueue, create)"));
+        }
+        let mnt = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1u32, 0u32);
+        if mnt < 0 {
+            return Err(err("fsmount(mqueue)"));
+        }
+        let mnt = OwnedFd::from_raw_fd(mnt as i32);
+        let dir = format!("/proc/self/fd/{}", mnt.as_raw_fd());
+        let names = std::fs::read_dir(&dir)
+            .map_err(|e| SysError::new(format!("list {dir}"), pid, e.raw_os_error().unwrap_or(0)))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        Ok(names)
+    }
+}
