@@ -306,6 +306,7 @@ fn dump_frozen(
             .collect::<Vec<_>>(),
         &frozen.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
         pid_ns,
+        opts.shell_job,
     )?;
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;

@@ -46,6 +46,8 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             }
             FdKind::TcpSocket { local, .. } => format!("TCP socket {local:?}"),
             FdKind::UdpSocket { local, .. } => format!("UDP socket {local:?}"),
+            FdKind::PtyMaster { index, .. } => format!("/dev/ptmx (pts {index})"),
+            FdKind::PtySlave { index, .. } => format!("/dev/pts/{index}"),
         })
         .unwrap_or_else(|| "?".into())
 }

@@ -12,6 +12,7 @@ pub mod fileops;
 pub mod hook;
 pub mod inotify;
 pub mod mem;
+pub mod pty;
 pub mod ptrace;
 pub mod remote;
 pub mod sched;

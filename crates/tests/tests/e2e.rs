@@ -89,6 +89,7 @@ selfcheck!(
     Program::Bin("tp_epoll"),
     []
 );
+selfcheck!(selfcheck_pty, negative_pty, Program::Bin("tp_pty"), []);
 selfcheck!(
     selfcheck_inotify,
     negative_inotify,
@@ -181,6 +182,8 @@ fn selfcheck_unsupported_resources_work() {
         "mce",
         "sud",
         "ctty",
+        "pty-queued",
+        "ctty-own",
         "chardev",
         "packet-pipe",
         "thread-child-pdeath",
@@ -789,20 +792,28 @@ fn refuse_guard_region() {
     refuse("guard", &["guard region"]);
 }
 
-/// Shell jobs get the restorer's terminal for every terminal descriptor:
-/// a pty master or a second terminal is refused by name even with `-j`.
+/// A pty master held in the tree (its slave closed) is a pair of the tree
+/// now: restored with its index, the slave's closed state kept.
 #[test]
-fn refuse_pty_master_with_shell_job() {
-    refused_dump(
-        "refuse_pty_master",
-        Program::Bin("tp_unsupported"),
-        &["--with", "ptmx"],
-        &["-j"],
-        &["pseudo-terminal master"],
-        false,
-    );
+fn cr_unsupported_ptmx_now_supported() {
+    cr("cr_unsupported_ptmx", Program::Bin("tp_unsupported"), &["--with", "ptmx"]);
 }
 
+/// A session leader whose controlling terminal is a pty of the tree.
+#[test]
+fn cr_unsupported_ctty_now_supported() {
+    cr("cr_unsupported_ctty", Program::Bin("tp_unsupported"), &["--with", "ctty-own"]);
+}
+
+/// Input written to a pty and not yet read cannot be read without
+/// consuming it: refused by name.
+#[test]
+fn refuse_pty_with_queued_input() {
+    refuse("pty-queued", &["not yet read"]);
+}
+
+/// Shell jobs get the restorer's terminal for every terminal descriptor:
+/// descriptors of a second terminal are refused by name even with `-j`.
 #[test]
 fn refuse_two_terminals_with_shell_job() {
     refused_dump(
@@ -854,6 +865,13 @@ fn cr_epoll_eventfd() {
 #[test]
 fn cr_inotify() {
     cr("cr_inotify", Program::Bin("tp_inotify"), &[]);
+}
+
+/// A pty pair inside the tree: master, slaves, a session with it as its
+/// controlling terminal, a foreground group, non-default settings.
+#[test]
+fn cr_pty() {
+    cr("cr_pty", Program::Bin("tp_pty"), &[]);
 }
 
 /// An inotify instance with events waiting is refused by name (they

@@ -22,6 +22,7 @@
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
 //! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
 //! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
+//! | `PtyMaster`, `PtySlave` | [`pty`] | /dev/ptmx opened until the kernel hands out the saved index; termios, window size, packet mode; slaves by TIOCGPTPEER; then exclusive modes, owner, mode, lock (`pty::finish_all`) |
 //! | `ProcFile` | [`procfile`] | late: `openat` by the process itself, offset |
 //! | `Pidfd` | [`pidfd`] | late: `pidfd_open` by the process itself |
 //!
@@ -40,6 +41,7 @@ mod opath;
 mod pidfd;
 mod pipe;
 mod procfile;
+pub(crate) mod pty;
 mod regular;
 pub(crate) mod saved;
 mod signalfd;
@@ -79,6 +81,8 @@ pub(crate) struct Opened {
     /// `--shell-job`: the restorer's own terminal, which replaces the
     /// terminal the processes had.
     pub(crate) shell_tty: Option<String>,
+    /// Slave descriptions opened: (pty index, index into `owned`).
+    pub(crate) pty_slaves: Vec<(u32, usize)>,
 }
 
 impl Opened {
@@ -219,6 +223,8 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             };
             inet::open(o, cx, &s, false)
         }
+        FdKind::PtyMaster { index, .. } => pty::open_master(o, cx, *index),
+        FdKind::PtySlave { index, flags } => pty::open_slave(o, cx, *index, *flags),
         FdKind::ProcFile { .. } | FdKind::Pidfd { .. } => Err(RestoreError::Refused {
             pid: cx.pid,
             stage: Stage::Fork,

@@ -90,6 +90,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_unix" => env!("CARGO_BIN_EXE_tp_unix"),
         "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
         "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
+        "tp_pty" => env!("CARGO_BIN_EXE_tp_pty"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
