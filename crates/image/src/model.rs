@@ -593,6 +593,10 @@ pub enum FdKind {
     /// The slave /dev/pts/`index` of a pair whose master is in the image,
     /// reopened from the restored master (TIOCGPTPEER).
     PtySlave { index: u32, flags: u32 },
+    /// /dev/tty opened by a process whose controlling terminal is the
+    /// slave /dev/pts/`index` of a pair in the image: opened again by the
+    /// process itself, once its controlling terminal is back.
+    DevTty { index: u32, flags: u32 },
 }
 
 impl FdKind {
@@ -618,7 +622,8 @@ impl FdKind {
             | FdKind::ProcFile { flags, .. }
             | FdKind::Pidfd { flags, .. }
             | FdKind::PtyMaster { flags, .. }
-            | FdKind::PtySlave { flags, .. } => *flags,
+            | FdKind::PtySlave { flags, .. }
+            | FdKind::DevTty { flags, .. } => *flags,
         }
     }
 }

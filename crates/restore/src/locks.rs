@@ -48,6 +48,7 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::UdpSocket { local, .. } => format!("UDP socket {local:?}"),
             FdKind::PtyMaster { index, .. } => format!("/dev/ptmx (pts {index})"),
             FdKind::PtySlave { index, .. } => format!("/dev/pts/{index}"),
+            FdKind::DevTty { index, .. } => format!("/dev/tty (pts {index})"),
         })
         .unwrap_or_else(|| "?".into())
 }

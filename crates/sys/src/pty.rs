@@ -79,6 +79,17 @@ pub fn unsent(fd: &OwnedFd) -> Result<u32> {
     get_int(fd, libc::TIOCOUTQ, "ioctl(TIOCOUTQ)").map(|n| n.max(0) as u32)
 }
 
+/// The device number of the terminal behind a descriptor (TIOCGDEV):
+/// what /dev/tty names, for one opened as /dev/tty.
+pub fn device(fd: &OwnedFd) -> Result<u64> {
+    let mut v: libc::c_uint = 0;
+    // SAFETY: TIOCGDEV writes one unsigned int (new_encode_dev: the
+    // encoding of user space's dev_t).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGDEV, &mut v) };
+    check(r.into(), "ioctl(TIOCGDEV)", None)?;
+    Ok(u64::from(v))
+}
+
 /// The line discipline (TIOCGETD).
 pub fn line_discipline(fd: &OwnedFd) -> Result<i32> {
     get_int(fd, libc::TIOCGETD, "ioctl(TIOCGETD)")

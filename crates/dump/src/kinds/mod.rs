@@ -23,7 +23,7 @@
 //! | `Saved` | [`saved`] | a regular file or directory whose link ends in " (deleted)" (memfds too) |
 //! | `Fifo` | [`fifo`] | a FIFO by path |
 //! | `Regular` | [`regular`] | a regular file or directory by path |
-//! | `PtyMaster`, `PtySlave` | [`pty`] | a character device: /dev/ptmx (5:2), a pty slave (136-143:N); a slave whose master is outside the tree becomes a `CharDevice` (`-j`) in `pty::finish` |
+//! | `PtyMaster`, `PtySlave`, `DevTty` | [`pty`] | a character device: /dev/ptmx (5:2), a pty slave (136-143:N), /dev/tty naming a pty (TIOCGDEV); a slave whose master is outside the tree becomes a `CharDevice` (`-j`) in `pty::finish` |
 //! | `CharDevice` | [`chardev`] | a character device (a terminal only with --shell-job) |
 //!
 //! Adding a kind: a module here with its `identify` (and `link` if it spans
@@ -294,6 +294,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::Pidfd { .. } => (13, 0, 0),
         FdKind::PtyMaster { index, .. } => (17, u64::from(*index), 0),
         FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
+        FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
     }
 }
 

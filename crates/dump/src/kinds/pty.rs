@@ -53,6 +53,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
             flags: d.flags(),
         }));
     }
+    if (libc::major(rdev), libc::minor(rdev)) == (5, 0) {
+        return dev_tty(d);
+    }
     if (libc::major(rdev), libc::minor(rdev)) != (5, 2) {
         return Ok(None);
     }
@@ -62,6 +65,21 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         index,
         flags: d.flags(),
         pty,
+    }))
+}
+
+/// /dev/tty: claimed if the terminal it names is a pty (its master may be
+/// in the tree; [`finish`] decides), else left to `chardev`.
+fn dev_tty(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
+    let tty = dup(d.pid, d.fd)?;
+    let index = match pty::device(&tty) {
+        Ok(dev) => pty_index(dev),
+        Err(e) if e.errno() == Some(libc::EIO) => None,
+        Err(e) => return Err(e).at(d.pid, Stage::Check),
+    };
+    Ok(index.map(|index| FdKind::DevTty {
+        index,
+        flags: d.flags(),
     }))
 }
 
@@ -171,7 +189,30 @@ pub(crate) fn finish(procs: &mut [Proc<'_>], shell_job: bool) -> Result<()> {
             }
         }
     }
-    controlling_terminals(procs, &states, shell_job)
+    controlling_terminals(procs, &states, shell_job)?;
+    dev_ttys(procs)
+}
+
+/// /dev/tty descriptors of pairs in the tree: each names its process's
+/// controlling terminal (the process opens it again itself) and is its
+/// own (a shared one would become one per process).
+fn dev_ttys(procs: &[Proc<'_>]) -> Result<()> {
+    for p in procs {
+        for e in &p.image.files {
+            if let FdKind::DevTty { index, .. } = e.kind {
+                if p.image.ctty_pty != Some(index) {
+                    return Err(refuse(
+                        p.host,
+                        format!(
+                            "fd {} (/dev/tty): names pts {index}, which is no longer its controlling terminal (not supported)",
+                            e.fd
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    super::refuse_shared(procs, "/dev/tty", |k| matches!(k, FdKind::DevTty { .. }))
 }
 
 /// Slaves (and controlling terminals) whose master is not in the tree: the
@@ -181,8 +222,11 @@ fn outside_slaves(procs: &mut [Proc<'_>], masters: &HashSet<u32>, shell_job: boo
     for p in procs.iter_mut() {
         let mut ttys = HashSet::new();
         for e in p.image.files.iter_mut() {
-            let (index, flags) = match e.kind {
-                FdKind::PtySlave { index, flags } if !masters.contains(&index) => (index, flags),
+            let (index, flags, devtty) = match e.kind {
+                FdKind::PtySlave { index, flags } if !masters.contains(&index) => {
+                    (index, flags, false)
+                }
+                FdKind::DevTty { index, flags } if !masters.contains(&index) => (index, flags, true),
                 FdKind::CharDevice { rdev, .. } if is_terminal(rdev) => {
                     ttys.insert(rdev);
                     continue;
@@ -201,8 +245,12 @@ fn outside_slaves(procs: &mut [Proc<'_>], masters: &HashSet<u32>, shell_job: boo
             let rdev = libc::makedev(136 + index / 256, index % 256);
             ttys.insert(rdev);
             e.kind = FdKind::CharDevice {
-                path: format!("/dev/pts/{index}"),
-                rdev,
+                path: if devtty {
+                    "/dev/tty".into()
+                } else {
+                    format!("/dev/pts/{index}")
+                },
+                rdev: if devtty { libc::makedev(5, 0) } else { rdev },
                 flags,
             };
         }

@@ -18,7 +18,7 @@
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | family, addresses of that family, option names, device name |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
 //! | `Pidfd` | [`pidfd`] | pid > 0 |
-//! | `PtyMaster`, `PtySlave` | [`pty`] | index below the kernel's limit, control characters, termios speeds |
+//! | `PtyMaster`, `PtySlave`, `DevTty` | [`pty`] | index below the kernel's limit, control characters, termios speeds |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
 //! Adding a kind: its variant in `FdKind`, a module here if it has rules,
@@ -106,6 +106,8 @@ pub(crate) fn validate_fd(
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
         FdKind::PtyMaster { index, pty, .. } => pty::validate(c, &field, *index, Some(pty)),
-        FdKind::PtySlave { index, .. } => pty::validate(c, &field, *index, None),
+        FdKind::PtySlave { index, .. } | FdKind::DevTty { index, .. } => {
+            pty::validate(c, &field, *index, None)
+        }
     }
 }

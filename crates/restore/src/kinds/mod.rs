@@ -23,6 +23,7 @@
 //! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
 //! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
 //! | `PtyMaster`, `PtySlave` | [`pty`] | /dev/ptmx opened until the kernel hands out the saved index; termios, window size, packet mode; slaves by TIOCGPTPEER; then exclusive modes, owner, mode, lock (`pty::finish_all`) |
+//! | `DevTty` | [`procfile`] | late: `openat("/dev/tty")` by the process itself (its controlling terminal is back since the fork) |
 //! | `ProcFile` | [`procfile`] | late: `openat` by the process itself, offset |
 //! | `Pidfd` | [`pidfd`] | late: `pidfd_open` by the process itself |
 //!
@@ -225,7 +226,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         }
         FdKind::PtyMaster { index, .. } => pty::open_master(o, cx, *index),
         FdKind::PtySlave { index, flags } => pty::open_slave(o, cx, *index, *flags),
-        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } => Err(RestoreError::Refused {
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. } => Err(RestoreError::Refused {
             pid: cx.pid,
             stage: Stage::Fork,
             what: format!(
@@ -241,7 +242,10 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
 /// cannot reach before the fork (nor through its own /proc and PID
 /// namespace). See [`reopen_late`].
 pub(crate) fn is_late(k: &FdKind) -> bool {
-    matches!(k, FdKind::ProcFile { .. } | FdKind::Pidfd { .. })
+    matches!(
+        k,
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. }
+    )
 }
 
 /// Opens one late descriptor in the process: the table of late kinds.
@@ -255,6 +259,8 @@ fn open_late(r: &mut RemoteThread, pid: u32, e: &FdEntry) -> Result<Option<(u64,
         FdKind::Pidfd { pid: target, flags } => {
             pidfd::open(r, pid, e.fd, *target, *flags).map(Some)
         }
+        // Its controlling terminal since the fork (sys/spawn.rs).
+        FdKind::DevTty { flags, .. } => procfile::open(r, pid, e.fd, "/dev/tty", *flags, 0).map(Some),
         _ => Ok(None),
     }
 }

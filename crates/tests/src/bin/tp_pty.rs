@@ -5,7 +5,8 @@
 //! slave. Termios (speeds included), window size, owner and mode of
 //! /dev/pts/N are not the defaults. After restore the root checks every
 //! item, then a resize must send SIGWINCH and the VINTR character SIGINT
-//! to the foreground group, which answers through the terminal.
+//! to the foreground group, which answers through the terminal (a /dev/tty
+//! descriptor it holds).
 //!
 //! Usage: `tp_pty WORKDIR [--corrupt]`.
 
@@ -126,6 +127,12 @@ fn answer_loop(tty: i32) -> ! {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+    // /dev/tty, held: the answers go through it.
+    // SAFETY: opening our controlling terminal.
+    let dt = unsafe { libc::open(c"/dev/tty".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    if dt < 0 {
+        die("open /dev/tty");
+    }
     // Wait until the leader made our group the foreground one.
     // SAFETY: plain calls.
     while unsafe { libc::tcgetpgrp(tty) != libc::getpgrp() } {
@@ -157,7 +164,7 @@ fn answer_loop(tty: i32) -> ! {
             WINCH.load(Ordering::SeqCst),
             INT.load(Ordering::SeqCst)
         );
-        write_all(tty, line.as_bytes());
+        write_all(dt, line.as_bytes());
     }
 }
 
