@@ -2071,3 +2071,49 @@ fn refuse_procattrs_unrestorable_settings() {
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
+
+/// A pty pair comes back with its index or not at all: with /dev/pts/N
+/// held by someone else, the restore refuses it by name before any
+/// process exists.
+#[test]
+fn refuse_restore_pty_index_taken() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let work = Work::new("refuse_pty_taken");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_pty"), &[]);
+    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    dump_and_check_gone(&work, &mut p, &opts);
+    let v = show(&work, &work.img());
+    let index = v.to_string();
+    let index: u32 = index
+        .split("\"pty_master\"")
+        .nth(1)
+        .and_then(|r| r.split("\"index\":").nth(1))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| fail(&work, "no pty_master index in the image"));
+    // Hold every index up to N (the kernel hands out the lowest free one).
+    let mut held = Vec::new();
+    loop {
+        // SAFETY: opening a new pty master, owned below.
+        let fd = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "open /dev/ptmx");
+        // SAFETY: fd is a fresh descriptor of ours.
+        let m = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut n = 0u32;
+        // SAFETY: TIOCGPTN writes one int.
+        assert_eq!(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n) }, 0);
+        held.push(m);
+        if n >= index {
+            break;
+        }
+    }
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    drop(held);
+    assert!(
+        !out.success() && out.stderr.contains(&format!("pts {index} is taken")),
+        "restore did not refuse the taken index: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(!pid_exists(p.pid), "a process of the image exists after a refused restore");
+}

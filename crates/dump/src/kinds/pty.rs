@@ -32,11 +32,18 @@ fn dup(pid: u32, fd: i32) -> Result<OwnedFd> {
 }
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
-    let rdev = match d.stat()? {
-        Some(md) if md.file_type().is_char_device() => md.rdev(),
+    let (rdev, dev) = match d.stat()? {
+        Some(md) if md.file_type().is_char_device() => (md.rdev(), md.dev()),
         _ => return Ok(None),
     };
     if let Some(index) = pty_index(rdev) {
+        // Pairs are made again on our /dev/pts: a slave of another devpts
+        // instance (a container's) would come back as another terminal.
+        if std::fs::metadata("/dev/pts").map(|m| m.dev()).ok() != Some(dev) {
+            return Err(d.refuse(&format!(
+                "pts {index} of another devpts instance than /dev/pts (not supported)"
+            )));
+        }
         let slave = dup(d.pid, d.fd)?;
         // A hung-up slave (its master closed) answers EIO: nothing to read.
         let queued = match pty::readable(&slave) {

@@ -835,6 +835,17 @@ fn main() {
                     libc::close(s2);
                 }
             }
+            let hup = |fd: i32| {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: 0,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd, no wait.
+                unsafe { libc::poll(&mut p, 1, 0) };
+                p.revents & libc::POLLHUP != 0
+            };
+            let hup_before = hup(m1);
             proto.ready_and_wait();
             let alive = |fd: i32| {
                 // SAFETY: fcntl query on a descriptor number.
@@ -846,6 +857,7 @@ fn main() {
                 });
             } else {
                 report.check(alive(m1), || "the master descriptor is gone".into());
+                report.eq("master polls POLLHUP (its slave closed)", (hup_before, true), (hup(m1), true));
             }
         }
         other => panic!("unknown --with {other}"),
