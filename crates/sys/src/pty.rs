@@ -199,5 +199,8 @@ pub fn poll_now(master: &OwnedFd) -> Result<(bool, bool)> {
     // SAFETY: one pollfd, no wait.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
     check(r.into(), "poll(master)", None)?;
-    Ok((p.revents & libc::POLLHUP != 0, p.revents & libc::POLLPRI != 0))
+    Ok((
+        p.revents & libc::POLLHUP != 0,
+        p.revents & libc::POLLPRI != 0,
+    ))
 }

@@ -796,13 +796,21 @@ fn refuse_guard_region() {
 /// now: restored with its index, the slave's closed state kept.
 #[test]
 fn cr_unsupported_ptmx_now_supported() {
-    cr("cr_unsupported_ptmx", Program::Bin("tp_unsupported"), &["--with", "ptmx"]);
+    cr(
+        "cr_unsupported_ptmx",
+        Program::Bin("tp_unsupported"),
+        &["--with", "ptmx"],
+    );
 }
 
 /// A session leader whose controlling terminal is a pty of the tree.
 #[test]
 fn cr_unsupported_ctty_now_supported() {
-    cr("cr_unsupported_ctty", Program::Bin("tp_unsupported"), &["--with", "ctty-own"]);
+    cr(
+        "cr_unsupported_ctty",
+        Program::Bin("tp_unsupported"),
+        &["--with", "ctty-own"],
+    );
 }
 
 /// Input written to a pty and not yet read cannot be read without
@@ -2081,7 +2089,11 @@ fn refuse_restore_pty_index_taken() {
     let work = Work::new("refuse_pty_taken");
     let opts = Opts::default();
     let mut p = start(&work, Program::Bin("tp_pty"), &[]);
-    step(&work, "ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    step(
+        &work,
+        "ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
     dump_and_check_gone(&work, &mut p, &opts);
     let v = show(&work, &work.img());
     let index = v.to_string();
@@ -2096,13 +2108,19 @@ fn refuse_restore_pty_index_taken() {
     let mut held = Vec::new();
     loop {
         // SAFETY: opening a new pty master, owned below.
-        let fd = unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c"/dev/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
         assert!(fd >= 0, "open /dev/ptmx");
         // SAFETY: fd is a fresh descriptor of ours.
         let m = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut n = 0u32;
         // SAFETY: TIOCGPTN writes one int.
-        assert_eq!(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n) }, 0);
+        let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+        assert_eq!(r, 0, "TIOCGPTN");
         held.push(m);
         if n >= index {
             break;
@@ -2115,5 +2133,8 @@ fn refuse_restore_pty_index_taken() {
         "restore did not refuse the taken index: {out:?}{}",
         work.diagnostics()
     );
-    assert!(!pid_exists(p.pid), "a process of the image exists after a refused restore");
+    assert!(
+        !pid_exists(p.pid),
+        "a process of the image exists after a refused restore"
+    );
 }

@@ -97,7 +97,10 @@ fn cr_tmux(name: &str, shell: &str) {
     step(
         w,
         "start tmux",
-        tmux(w, &["new-session", "-d", "-s", "main", "-x", "80", "-y", "24"]),
+        tmux(
+            w,
+            &["new-session", "-d", "-s", "main", "-x", "80", "-y", "24"],
+        ),
     );
     let pid: i32 = step(w, "server pid", tmux(w, &["display", "-p", "#{pid}"]))
         .trim()
@@ -107,27 +110,42 @@ fn cr_tmux(name: &str, shell: &str) {
     // its parent now.
     let mut server = Proc::adopt(pid);
     let cmd = "X=stasis-$((6*7)); echo MARK-$X";
-    step(w, "send-keys", tmux(w, &["send-keys", "-t", "main:0", cmd, "Enter"]));
+    step(
+        w,
+        "send-keys",
+        tmux(w, &["send-keys", "-t", "main:0", cmd, "Enter"]),
+    );
     step(w, "marker", wait_for_line(w, "main:0", "MARK-stasis-42"));
     let opts = Opts::default();
     dump_and_check_gone(w, &mut server, &opts);
     let mut server = restore_and_adopt(w, pid, &opts);
 
-    let text = step(w, "marker after restore", wait_for_line(w, "main:0", "MARK-stasis-42"));
+    let text = step(
+        w,
+        "marker after restore",
+        wait_for_line(w, "main:0", "MARK-stasis-42"),
+    );
     assert!(text.contains(cmd), "the command line is gone:\n{text}");
     step(
         w,
         "send-keys after restore",
         tmux(w, &["send-keys", "-t", "main:0", "echo AGAIN-$X", "Enter"]),
     );
-    step(w, "the shell's variable", wait_for_line(w, "main:0", "AGAIN-stasis-42"));
+    step(
+        w,
+        "the shell's variable",
+        wait_for_line(w, "main:0", "AGAIN-stasis-42"),
+    );
     // A new window: a new pty pair and a fresh shell, which has no X (the
     // control: the value above came from the restored shell).
     step(w, "new-window", tmux(w, &["new-window", "-t", "main"]));
     step(
         w,
         "send-keys in the new window",
-        tmux(w, &["send-keys", "-t", "main:1", "echo NEW-$X-$((1+1))", "Enter"]),
+        tmux(
+            w,
+            &["send-keys", "-t", "main:1", "echo NEW-$X-$((1+1))", "Enter"],
+        ),
     );
     step(w, "a fresh shell", wait_for_line(w, "main:1", "NEW--2"));
     let windows = step(w, "list-windows", tmux(w, &["list-windows", "-t", "main"]));

@@ -233,7 +233,9 @@ fn outside_slaves(procs: &mut [Proc<'_>], masters: &HashSet<u32>, shell_job: boo
                 FdKind::PtySlave { index, flags } if !masters.contains(&index) => {
                     (index, flags, false)
                 }
-                FdKind::DevTty { index, flags } if !masters.contains(&index) => (index, flags, true),
+                FdKind::DevTty { index, flags } if !masters.contains(&index) => {
+                    (index, flags, true)
+                }
                 FdKind::CharDevice { rdev, .. } if is_terminal(rdev) => {
                     ttys.insert(rdev);
                     continue;

@@ -56,16 +56,31 @@ pub struct PtyState {
     pub slave_closed: bool,
 }
 
-pub(super) fn validate(c: &Checker<'_>, field: &str, index: u32, pty: Option<&PtyState>) -> Result<()> {
-    c.ensure(index < MAX_PTY_INDEX, || format!("{field}.index: {index} too large"))?;
+pub(super) fn validate(
+    c: &Checker<'_>,
+    field: &str,
+    index: u32,
+    pty: Option<&PtyState>,
+) -> Result<()> {
+    c.ensure(index < MAX_PTY_INDEX, || {
+        format!("{field}.index: {index} too large")
+    })?;
     let Some(p) = pty else { return Ok(()) };
     c.ensure(p.termios.cc.len() == NCCS, || {
-        format!("{field}.pty.termios.cc: {} control characters, not {NCCS}", p.termios.cc.len())
+        format!(
+            "{field}.pty.termios.cc: {} control characters, not {NCCS}",
+            p.termios.cc.len()
+        )
     })?;
     c.ensure(p.termios.line == 0, || {
-        format!("{field}.pty.termios.line: line discipline {} (only N_TTY)", p.termios.line)
+        format!(
+            "{field}.pty.termios.line: line discipline {} (only N_TTY)",
+            p.termios.line
+        )
     })?;
-    c.ensure(p.mode <= 0o7777, || format!("{field}.pty.mode: {:#o}", p.mode))?;
+    c.ensure(p.mode <= 0o7777, || {
+        format!("{field}.pty.mode: {:#o}", p.mode)
+    })?;
     c.ensure(p.fg_pgrp == 0 || p.session != 0, || {
         format!("{field}.pty.fg_pgrp: {} without a session", p.fg_pgrp)
     })

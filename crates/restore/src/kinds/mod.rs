@@ -226,14 +226,16 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         }
         FdKind::PtyMaster { index, .. } => pty::open_master(o, cx, *index),
         FdKind::PtySlave { index, flags } => pty::open_slave(o, cx, *index, *flags),
-        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. } => Err(RestoreError::Refused {
-            pid: cx.pid,
-            stage: Stage::Fork,
-            what: format!(
-                "fd {}: opened by the process itself, not before the fork",
-                cx.fd
-            ),
-        }),
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. } => {
+            Err(RestoreError::Refused {
+                pid: cx.pid,
+                stage: Stage::Fork,
+                what: format!(
+                    "fd {}: opened by the process itself, not before the fork",
+                    cx.fd
+                ),
+            })
+        }
     }
 }
 
@@ -260,7 +262,9 @@ fn open_late(r: &mut RemoteThread, pid: u32, e: &FdEntry) -> Result<Option<(u64,
             pidfd::open(r, pid, e.fd, *target, *flags).map(Some)
         }
         // Its controlling terminal since the fork (sys/spawn.rs).
-        FdKind::DevTty { flags, .. } => procfile::open(r, pid, e.fd, "/dev/tty", *flags, 0).map(Some),
+        FdKind::DevTty { flags, .. } => {
+            procfile::open(r, pid, e.fd, "/dev/tty", *flags, 0).map(Some)
+        }
         _ => Ok(None),
     }
 }

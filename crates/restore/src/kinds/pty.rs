@@ -21,10 +21,13 @@ const KIND: &str = "pty";
 
 /// The image's state of pair `index` (stored with each master entry).
 fn state(procs: &[ProcessImage], index: u32) -> Option<&PtyState> {
-    procs.iter().flat_map(|p| &p.files).find_map(|e| match &e.kind {
-        FdKind::PtyMaster { index: i, pty, .. } if *i == index => Some(pty),
-        _ => None,
-    })
+    procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match &e.kind {
+            FdKind::PtyMaster { index: i, pty, .. } if *i == index => Some(pty),
+            _ => None,
+        })
 }
 
 fn refused(cx: &Cx<'_>, what: String) -> RestoreError {
@@ -64,7 +67,9 @@ fn master(o: &mut Opened, cx: &Cx<'_>, index: u32) -> Result<usize> {
     if got != termios {
         return Err(refused(
             cx,
-            format!("pts {index}: the kernel changed the terminal settings: {termios:?} became {got:?}"),
+            format!(
+                "pts {index}: the kernel changed the terminal settings: {termios:?} became {got:?}"
+            ),
         ));
     }
     pty::set_winsize(&m, s.winsize).at(pid, st)?;
@@ -80,7 +85,9 @@ fn master_flags(procs: &[ProcessImage], index: u32) -> u32 {
         .iter()
         .flat_map(|p| &p.files)
         .find_map(|e| match e.kind {
-            FdKind::PtyMaster { index: i, flags, .. } if i == index => Some(flags),
+            FdKind::PtyMaster {
+                index: i, flags, ..
+            } if i == index => Some(flags),
             _ => None,
         })
         .unwrap_or(libc::O_RDWR as u32)
@@ -167,8 +174,10 @@ fn finish_pair(o: &Opened, pid: u32, index: u32, master: &OwnedFd, s: &PtyState)
             source,
         }
     };
-    std::os::unix::fs::fchown(&f, Some(s.uid), Some(s.gid))
-        .map_err(io(format!("fchown /dev/pts/{index} to {}:{}", s.uid, s.gid)))?;
+    std::os::unix::fs::fchown(&f, Some(s.uid), Some(s.gid)).map_err(io(format!(
+        "fchown /dev/pts/{index} to {}:{}",
+        s.uid, s.gid
+    )))?;
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(s.mode))
         .map_err(io(format!("fchmod /dev/pts/{index}")))?;
@@ -189,7 +198,8 @@ fn finish_pair(o: &Opened, pid: u32, index: u32, master: &OwnedFd, s: &PtyState)
 /// The restorer's master descriptor of pair `index` (for TIOCSCTTY).
 pub(crate) fn master_fd(o: &Opened, index: u32) -> Option<i32> {
     use std::os::fd::AsRawFd;
-    o.object(KIND, u64::from(index)).map(|i| o.owned[i].as_raw_fd())
+    o.object(KIND, u64::from(index))
+        .map(|i| o.owned[i].as_raw_fd())
 }
 
 /// Each pty's foreground process group, set by its session leader (its
@@ -201,13 +211,17 @@ pub(crate) fn set_foreground(procs: &[ProcessImage], remotes: &mut [RemoteThread
         let Some(index) = img.ctty_pty.filter(|_| img.sid == img.pid) else {
             continue;
         };
-        let Some(s) = state(procs, index) else { continue };
+        let Some(s) = state(procs, index) else {
+            continue;
+        };
         if s.fg_pgrp == 0 || s.fg_pgrp == img.pgid {
             continue; // TIOCSCTTY made the leader's group the foreground
         }
         let what = format!("/dev/tty (pts {index})");
         let path = r.write_scratch(0, b"/dev/tty\0").at(img.pid, st)?;
-        let arg = r.write_scratch(16, &s.fg_pgrp.to_le_bytes()).at(img.pid, st)?;
+        let arg = r
+            .write_scratch(16, &s.fg_pgrp.to_le_bytes())
+            .at(img.pid, st)?;
         let fl = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
         let fd = r
             .call(
@@ -218,7 +232,7 @@ pub(crate) fn set_foreground(procs: &[ProcessImage], remotes: &mut [RemoteThread
             .at(img.pid, st)?;
         let set = r.call(
             libc::SYS_ioctl,
-            &[fd, libc::TIOCSPGRP as u64, arg],
+            &[fd, libc::TIOCSPGRP, arg],
             &format!("TIOCSPGRP {} on {what}", s.fg_pgrp),
         );
         r.call(libc::SYS_close, &[fd], &format!("close {what}"))

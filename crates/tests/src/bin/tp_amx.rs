@@ -251,7 +251,11 @@ fn main() {
         });
     }
     report.eq("k1, k7", ctx.k_in, ctx.k_out);
-    report.eq("ARCH_GET_XCOMP_PERM", perm_before, xcomp_perm(ARCH_GET_XCOMP_PERM));
+    report.eq(
+        "ARCH_GET_XCOMP_PERM",
+        perm_before,
+        xcomp_perm(ARCH_GET_XCOMP_PERM),
+    );
     report.eq(
         "ARCH_GET_XCOMP_GUEST_PERM",
         guest_perm_before,

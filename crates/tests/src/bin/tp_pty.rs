@@ -50,7 +50,9 @@ fn termios(fd: i32) -> libc::termios2 {
 
 fn termios_key(t: &libc::termios2) -> (u32, u32, u32, u32, Vec<u8>, u32, u32) {
     let cc = t.c_cc[..19].to_vec();
-    (t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, cc, t.c_ispeed, t.c_ospeed)
+    (
+        t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, cc, t.c_ispeed, t.c_ospeed,
+    )
 }
 
 fn winsize(fd: i32) -> [u16; 4] {
@@ -99,7 +101,10 @@ fn read_line(m: &i32, packet: bool) -> (String, u8) {
         };
         // SAFETY: one pollfd; a failsafe against a hang, not a timing.
         if unsafe { libc::poll(&mut p, 1, 20_000) } != 1 {
-            return (format!("timeout after {:?}", String::from_utf8_lossy(&line)), status);
+            return (
+                format!("timeout after {:?}", String::from_utf8_lossy(&line)),
+                status,
+            );
         }
         let mut buf = [0u8; 512];
         // SAFETY: reading into our buffer.
@@ -114,12 +119,18 @@ fn read_line(m: &i32, packet: bool) -> (String, u8) {
             _ => line.extend_from_slice(got),
         }
     }
-    (String::from_utf8_lossy(&line).trim_end().to_string(), status)
+    (
+        String::from_utf8_lossy(&line).trim_end().to_string(),
+        status,
+    )
 }
 
 /// The foreground child: answers each line `q` with its view.
 fn answer_loop(tty: i32) -> ! {
-    for (sig, h) in [(libc::SIGWINCH, on_winch as *const () as usize), (libc::SIGINT, on_int as *const () as usize)] {
+    for (sig, h) in [
+        (libc::SIGWINCH, on_winch as *const () as usize),
+        (libc::SIGINT, on_int as *const () as usize),
+    ] {
         // SAFETY: installing a handler without SA_RESTART.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -155,10 +166,21 @@ fn answer_loop(tty: i32) -> ! {
             if ok {
                 libc::close(d);
             }
-            (libc::getpid(), libc::getsid(0), libc::getpgrp(), libc::tcgetpgrp(tty), ok)
+            (
+                libc::getpid(),
+                libc::getsid(0),
+                libc::getpgrp(),
+                libc::tcgetpgrp(tty),
+                ok,
+            )
         };
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let tty_nr = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(4)).unwrap_or("?").to_string();
+        let tty_nr = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(4))
+            .unwrap_or("?")
+            .to_string();
         let line = format!(
             "pid={pid} sid={sid} pgrp={pgrp} fg={fg} devtty={devtty} tty_nr={tty_nr} winch={} int={}\n",
             WINCH.load(Ordering::SeqCst),
@@ -233,7 +255,10 @@ fn state(m: i32, s: i32) -> State {
 fn setup() -> (i32, i32, i32) {
     // SAFETY: plain calls on our own descriptors.
     unsafe {
-        let m = libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        let m = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
         if m < 0 || libc::ioctl(m, libc::TIOCSPTLCK, &0i32) < 0 {
             die("open /dev/ptmx");
         }
@@ -255,7 +280,11 @@ fn setup() -> (i32, i32, i32) {
         if libc::chown(path.as_ptr(), 1, 2) < 0 || libc::chmod(path.as_ptr(), 0o640) < 0 {
             die("chown/chmod the slave");
         }
-        let s = libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        let s = libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
         if s < 0 || libc::ioctl(s, libc::TIOCEXCL) < 0 {
             die("TIOCGPTPEER / TIOCEXCL");
         }
@@ -282,7 +311,9 @@ fn main() {
 
     let mut report = Report::new();
     let after = state(m, s);
-    report.check(hello.contains("winch=0 int=0"), || format!("first answer: {hello}"));
+    report.check(hello.contains("winch=0 int=0"), || {
+        format!("first answer: {hello}")
+    });
     report.eq("pts index", before.index, after.index);
     report.eq("locked", before.locked, after.locked);
     report.eq("packet mode", (before.packet, 1), (after.packet, 1));
@@ -292,10 +323,24 @@ fn main() {
     }
     report.eq("termios (TCGETS2)", want, after.termios);
     report.eq("window size", before.winsize, after.winsize);
-    report.eq("slave exclusive", (before.slave_excl, 1), (after.slave_excl, 1));
-    report.eq("owner and mode of /dev/pts/N", (before.owner, (1, 2, 0o640)), (after.owner, (1, 2, 0o640)));
-    report.eq("session (TIOCGSID)", (before.sid, leader_pid), (after.sid, leader_pid));
-    report.check(before.fg != leader_pid && before.fg > 0, || format!("foreground {}", before.fg));
+    report.eq(
+        "slave exclusive",
+        (before.slave_excl, 1),
+        (after.slave_excl, 1),
+    );
+    report.eq(
+        "owner and mode of /dev/pts/N",
+        (before.owner, (1, 2, 0o640)),
+        (after.owner, (1, 2, 0o640)),
+    );
+    report.eq(
+        "session (TIOCGSID)",
+        (before.sid, leader_pid),
+        (after.sid, leader_pid),
+    );
+    report.check(before.fg != leader_pid && before.fg > 0, || {
+        format!("foreground {}", before.fg)
+    });
     report.eq("foreground group (TIOCGPGRP)", before.fg, after.fg);
 
     // Both ways through the pair, then job control.

@@ -797,7 +797,10 @@ fn main() {
                 let sl = libc::open(libc::ptsname(m), libc::O_RDWR | libc::O_NOCTTY);
                 assert!(sl >= 0, "open slave");
                 let msg = b"typed ahead\n";
-                assert_eq!(libc::write(m, msg.as_ptr().cast(), msg.len()), msg.len() as isize);
+                assert_eq!(
+                    libc::write(m, msg.as_ptr().cast(), msg.len()),
+                    msg.len() as isize
+                );
             }
             proto.ready_and_wait();
         }
@@ -857,7 +860,11 @@ fn main() {
                 });
             } else {
                 report.check(alive(m1), || "the master descriptor is gone".into());
-                report.eq("master polls POLLHUP (its slave closed)", (hup_before, true), (hup(m1), true));
+                report.eq(
+                    "master polls POLLHUP (its slave closed)",
+                    (hup_before, true),
+                    (hup(m1), true),
+                );
             }
         }
         other => panic!("unknown --with {other}"),
