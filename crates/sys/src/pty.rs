@@ -5,19 +5,6 @@
 use crate::{check, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// The terminal settings of `struct termios2` as plain numbers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Termios {
-    pub iflag: u32,
-    pub oflag: u32,
-    pub cflag: u32,
-    pub lflag: u32,
-    pub line: u8,
-    pub cc: [u8; 19],
-    pub ispeed: u32,
-    pub ospeed: u32,
-}
-
 /// ioctl(fd, req, &mut int) for the requests that read one int.
 fn get_int(fd: &OwnedFd, req: libc::Ioctl, what: &str) -> Result<i32> {
     let mut v: libc::c_int = 0;
@@ -112,40 +99,19 @@ pub fn foreground(master: &OwnedFd) -> Result<i32> {
 }
 
 /// The slave's settings (TCGETS2).
-pub fn termios(fd: &OwnedFd) -> Result<Termios> {
+pub fn termios(fd: &OwnedFd) -> Result<libc::termios2> {
     // SAFETY: termios2 is plain old data; all zeroes is a valid value.
     let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
     // SAFETY: TCGETS2 writes one struct termios2 into t.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS2, &mut t) };
     check(r.into(), "ioctl(TCGETS2)", None)?;
-    let mut cc = [0u8; 19];
-    cc.copy_from_slice(&t.c_cc[..19]);
-    Ok(Termios {
-        iflag: t.c_iflag,
-        oflag: t.c_oflag,
-        cflag: t.c_cflag,
-        lflag: t.c_lflag,
-        line: t.c_line,
-        cc,
-        ispeed: t.c_ispeed,
-        ospeed: t.c_ospeed,
-    })
+    Ok(t)
 }
 
 /// Sets the slave's settings (TCSETS2, at once).
-pub fn set_termios(fd: &OwnedFd, v: &Termios) -> Result<()> {
-    // SAFETY: termios2 is plain old data; all zeroes is a valid value.
-    let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
-    t.c_iflag = v.iflag;
-    t.c_oflag = v.oflag;
-    t.c_cflag = v.cflag;
-    t.c_lflag = v.lflag;
-    t.c_line = v.line;
-    t.c_cc[..19].copy_from_slice(&v.cc);
-    t.c_ispeed = v.ispeed;
-    t.c_ospeed = v.ospeed;
+pub fn set_termios(fd: &OwnedFd, t: &libc::termios2) -> Result<()> {
     // SAFETY: TCSETS2 reads one struct termios2 from t.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS2, &t) };
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS2, t) };
     check(r.into(), "ioctl(TCSETS2)", None).map(drop)
 }
 

@@ -114,17 +114,7 @@ fn master_state(d: &Fd<'_>, m: &OwnedFd) -> Result<(u32, PtyState)> {
             "pseudo-terminal master of pts {index}: a packet-mode status byte not yet read (cannot be saved)"
         )));
     }
-    let t = pty::termios(m).at(pid, st)?;
-    let termios = Termios {
-        iflag: t.iflag,
-        oflag: t.oflag,
-        cflag: t.cflag,
-        lflag: t.lflag,
-        line: t.line,
-        cc: t.cc.to_vec(),
-        ispeed: t.ispeed,
-        ospeed: t.ospeed,
-    };
+    let termios = Termios::from_raw(&pty::termios(m).at(pid, st)?);
     let session = pty::session(m).at(pid, st)?.unwrap_or(0).max(0) as u32;
     let fg_pgrp = if session != 0 {
         pty::foreground(m).at(pid, st)?.max(0) as u32

@@ -25,6 +25,39 @@ pub struct Termios {
     pub ospeed: u32,
 }
 
+impl Termios {
+    /// From the kernel's `struct termios2`.
+    pub fn from_raw(t: &libc::termios2) -> Termios {
+        Termios {
+            iflag: t.c_iflag,
+            oflag: t.c_oflag,
+            cflag: t.c_cflag,
+            lflag: t.c_lflag,
+            line: t.c_line,
+            cc: t.c_cc[..NCCS].to_vec(),
+            ispeed: t.c_ispeed,
+            ospeed: t.c_ospeed,
+        }
+    }
+
+    /// To the kernel's `struct termios2` (`cc` validated to NCCS bytes).
+    pub fn to_raw(&self) -> libc::termios2 {
+        let mut c_cc = [0u8; NCCS];
+        let n = self.cc.len().min(NCCS);
+        c_cc[..n].copy_from_slice(&self.cc[..n]);
+        libc::termios2 {
+            c_iflag: self.iflag,
+            c_oflag: self.oflag,
+            c_cflag: self.cflag,
+            c_lflag: self.lflag,
+            c_line: self.line,
+            c_cc,
+            c_ispeed: self.ispeed,
+            c_ospeed: self.ospeed,
+        }
+    }
+}
+
 /// One pseudo-terminal pair.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtyState {

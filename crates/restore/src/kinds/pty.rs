@@ -10,9 +10,10 @@
 //! foreground group are given by the session leader (sys/spawn.rs,
 //! tree.rs).
 
+use super::saved::io;
 use super::{Cx, Opened, OPEN_FLAGS_DROP};
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::{FdKind, ProcessImage, PtyState};
+use stasis_image::{FdKind, ProcessImage, PtyState, Termios};
 use stasis_sys::pty;
 use stasis_sys::remote::RemoteThread;
 use std::os::fd::OwnedFd;
@@ -49,26 +50,14 @@ fn master(o: &mut Opened, cx: &Cx<'_>, index: u32) -> Result<usize> {
     let m = open_index(cx, index, flags)?;
     let (pid, st) = (cx.pid, Stage::Fork);
     pty::set_locked(&m, false).at(pid, st)?;
-    let t = &s.termios;
-    let mut cc = [0u8; 19];
-    cc.copy_from_slice(&t.cc);
-    let termios = pty::Termios {
-        iflag: t.iflag,
-        oflag: t.oflag,
-        cflag: t.cflag,
-        lflag: t.lflag,
-        line: t.line,
-        cc,
-        ispeed: t.ispeed,
-        ospeed: t.ospeed,
-    };
-    pty::set_termios(&m, &termios).at(pid, st)?;
-    let got = pty::termios(&m).at(pid, st)?;
-    if got != termios {
+    pty::set_termios(&m, &s.termios.to_raw()).at(pid, st)?;
+    let got = Termios::from_raw(&pty::termios(&m).at(pid, st)?);
+    if got != s.termios {
         return Err(refused(
             cx,
             format!(
-                "pts {index}: the kernel changed the terminal settings: {termios:?} became {got:?}"
+                "pts {index}: the kernel changed the terminal settings: {:?} became {got:?}",
+                s.termios
             ),
         ));
     }
@@ -155,32 +144,19 @@ fn finish_pair(o: &Opened, pid: u32, index: u32, master: &OwnedFd, s: &PtyState)
     // (the dump saw every slave closed; closing this one again restores
     // that: the master reads EIO and polls POLLHUP).
     let slave = match held {
-        Some(f) => f.try_clone(),
-        None => pty::open_peer(master, libc::O_RDWR)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO))),
-    }
-    .map_err(|source| RestoreError::Io {
-        pid,
-        stage: st,
-        what: format!("open a slave of pts {index}"),
-        source,
-    })?;
-    let f = std::fs::File::from(slave);
-    let io = |what: String| {
-        move |source| RestoreError::Io {
-            pid,
-            stage: st,
-            what,
-            source,
-        }
+        Some(f) => f
+            .try_clone()
+            .map_err(io(pid, format!("dup a slave of pts {index}")))?,
+        None => pty::open_peer(master, libc::O_RDWR).at(pid, st)?,
     };
-    std::os::unix::fs::fchown(&f, Some(s.uid), Some(s.gid)).map_err(io(format!(
-        "fchown /dev/pts/{index} to {}:{}",
-        s.uid, s.gid
-    )))?;
+    let f = std::fs::File::from(slave);
+    std::os::unix::fs::fchown(&f, Some(s.uid), Some(s.gid)).map_err(io(
+        pid,
+        format!("fchown /dev/pts/{index} to {}:{}", s.uid, s.gid),
+    ))?;
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(s.mode))
-        .map_err(io(format!("fchmod /dev/pts/{index}")))?;
+        .map_err(io(pid, format!("fchmod /dev/pts/{index}")))?;
     let f = OwnedFd::from(f);
     pty::set_exclusive(&f, s.slave_exclusive).at(pid, st)?;
     pty::set_exclusive(master, s.master_exclusive).at(pid, st)?;
