@@ -89,7 +89,26 @@ selfcheck!(
     Program::Bin("tp_epoll"),
     []
 );
-selfcheck!(selfcheck_pty, negative_pty, Program::Bin("tp_pty"), []);
+#[test]
+fn selfcheck_pty() {
+    let _pty = pty_lock();
+    let work = Work::new("selfcheck_pty");
+    run_plain(&work, Program::Bin("tp_pty"), &[]).assert_pass(&work);
+}
+
+#[test]
+fn negative_pty() {
+    let _pty = pty_lock();
+    let work = Work::new("negative_pty");
+    let out = run_plain(&work, Program::Bin("tp_pty"), &["--corrupt"]);
+    assert!(
+        out.result.starts_with("FAIL: ")
+            && out.result.contains("termios")
+            && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
 selfcheck!(
     selfcheck_inotify,
     negative_inotify,
@@ -163,6 +182,8 @@ selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
 #[test]
 fn selfcheck_unsupported_resources_work() {
+    // Some resources are ptys.
+    let _pty = pty_lock();
     for what in [
         "pipe",
         "thread",
@@ -744,6 +765,7 @@ fn refuse_syscall_user_dispatch() {
 
 #[test]
 fn refuse_controlling_terminal_without_shell_job() {
+    let _pty = pty_lock();
     refuse("ctty", &["controlling terminal"]);
 }
 
@@ -796,6 +818,7 @@ fn refuse_guard_region() {
 /// now: restored with its index, the slave's closed state kept.
 #[test]
 fn cr_unsupported_ptmx_now_supported() {
+    let _pty = pty_lock();
     cr(
         "cr_unsupported_ptmx",
         Program::Bin("tp_unsupported"),
@@ -806,6 +829,7 @@ fn cr_unsupported_ptmx_now_supported() {
 /// A session leader whose controlling terminal is a pty of the tree.
 #[test]
 fn cr_unsupported_ctty_now_supported() {
+    let _pty = pty_lock();
     cr(
         "cr_unsupported_ctty",
         Program::Bin("tp_unsupported"),
@@ -817,6 +841,7 @@ fn cr_unsupported_ctty_now_supported() {
 /// consuming it: refused by name.
 #[test]
 fn refuse_pty_with_queued_input() {
+    let _pty = pty_lock();
     refuse("pty-queued", &["not yet read"]);
 }
 
@@ -824,6 +849,7 @@ fn refuse_pty_with_queued_input() {
 /// descriptors of a second terminal are refused by name even with `-j`.
 #[test]
 fn refuse_two_terminals_with_shell_job() {
+    let _pty = pty_lock();
     refused_dump(
         "refuse_two_ttys",
         Program::Bin("tp_unsupported"),
@@ -879,6 +905,7 @@ fn cr_inotify() {
 /// controlling terminal, a foreground group, non-default settings.
 #[test]
 fn cr_pty() {
+    let _pty = pty_lock();
     cr("cr_pty", Program::Bin("tp_pty"), &[]);
 }
 
@@ -1582,6 +1609,7 @@ fn open_pty() -> (std::fs::File, String) {
 /// program gets that terminal and writes to it.
 #[test]
 fn cr_shell_job_on_a_terminal() {
+    let _pty = pty_lock();
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let work = Work::new("cr_shell_job");
@@ -2085,6 +2113,7 @@ fn refuse_procattrs_unrestorable_settings() {
 /// process exists.
 #[test]
 fn refuse_restore_pty_index_taken() {
+    let _pty = pty_lock();
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let work = Work::new("refuse_pty_taken");
     let opts = Opts::default();

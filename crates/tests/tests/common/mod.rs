@@ -120,6 +120,14 @@ pub fn stasis_bin() -> PathBuf {
     dir.join("stasis")
 }
 
+/// Serializes the tests of one test binary that open pseudo-terminals: a
+/// pair is restored with its old index, which a pty opened meanwhile by a
+/// concurrent test could take (refused by name, and a flaky test).
+pub fn pty_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Makes the test process a child subreaper, so that a process restored with
 /// `-d` is reparented to us when `stasis restore` exits and can be waited for.
 pub fn ensure_subreaper() {
