@@ -1206,6 +1206,48 @@ fn cr_files2_in_pid_ns() {
     );
 }
 
+/// tp_pty as PID 1 of a PID namespace (`stasis run`): the pty's session
+/// and foreground group are the namespace's PIDs in the image.
+#[test]
+fn cr_pty_in_pid_ns() {
+    let _pty = pty_lock();
+    let work = Work::new("cr_pty_pidns");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let mut init = run_in_pid_ns(&work, "tp_pty");
+    let img = format!("{dir}/img");
+    let pid = init.pid.to_string();
+    let dump_args = ["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"];
+    ok(&work, "dump", &stasis(&work, &dump_args, t));
+    step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(Duration::from_secs(10)),
+    );
+    let r_pid = format!("{dir}/r.pid");
+    let restore_args = [
+        "restore",
+        "-D",
+        &img,
+        "-d",
+        "--pidfile",
+        &r_pid,
+        "-o",
+        "restore.log",
+        "-v4",
+    ];
+    ok(&work, "restore", &stasis(&work, &restore_args, t));
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    work.release_go();
+    let exit = step(&work, "waiting for the restored init", r.wait(t));
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "restored program did not pass: {exit:?}{}",
+        work.diagnostics()
+    );
+}
+
 /// `dump -R` reads saved files without moving their access times
 /// (O_NOATIME) and leaves every descriptor of tp_files2 as it was.
 #[test]
