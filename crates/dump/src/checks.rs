@@ -210,7 +210,7 @@ fn thread_arch(pid: u32, tid: Pid) -> Result<()> {
     Ok(())
 }
 
-/// A thread whose credentials, seccomp state or unshared fs/files differ
+/// A thread whose credentials or unshared fs/files differ
 /// from its leader's: stasis restores these per process.
 fn thread_differs(pid: u32, leader: Pid, lead: &stasis_proc::Status, tid: Pid) -> Result<()> {
     for (what, name) in [
@@ -229,12 +229,6 @@ fn thread_differs(pid: u32, leader: Pid, lead: &stasis_proc::Status, tid: Pid) -
         source,
     })?;
     let t = stasis_proc::parse_status(&text).map_err(|e| refuse(pid, format!("{path}: {e}")))?;
-    if t.seccomp != 0 {
-        return Err(refuse(
-            pid,
-            format!("thread {tid} is under seccomp (mode {})", t.seccomp),
-        ));
-    }
     let creds = |s: &stasis_proc::Status| {
         (
             s.uids,

@@ -24,13 +24,6 @@ pub(crate) struct Collected {
 
 /// What cannot be saved yet, refused before anything is written.
 fn check(pid: u32, status: &Status) -> Result<()> {
-    if status.seccomp != 0 {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what: "a seccomp-filtered process".into(),
-        });
-    }
     if status.ns_pid.len() > 2 {
         return Err(DumpError::Unsupported {
             pid,
@@ -83,6 +76,8 @@ pub(crate) fn collect(
     let stat = stasis_proc::read_stat(pid).at(pid, Stage::Collect)?;
     let status = stasis_proc::read_status(pid).at(pid, Stage::Collect)?;
     check(pid, &status)?;
+    crate::lsm::check(pid)?;
+    let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
     let fds = kinds::collect_fds(pid, shell_job, skip_in_flight)?;
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
     let (vmas, page_plan) = memory::plan(pid, &smaps)?;
@@ -165,6 +160,7 @@ pub(crate) fn collect(
         dumpable: q.dumpable,
         xcomp_perm: q.xcomp_perm,
         xcomp_guest_perm: q.xcomp_guest_perm,
+        seccomp,
         sigactions: q.sigactions,
         shared_pending,
         itimers: timers.0,

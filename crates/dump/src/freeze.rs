@@ -19,8 +19,26 @@ pub struct Frozen {
     done: bool,
 }
 
+/// The options the dump traces with: with CAP_SYS_ADMIN (and no seccomp
+/// of our own), PTRACE_O_SUSPEND_SECCOMP too, so that a target's seccomp
+/// filters do not apply to the dump's remote calls (a filter that kills on
+/// an unexpected call would kill the target).
+fn seize_options() -> libc::c_int {
+    static OPTIONS: std::sync::OnceLock<libc::c_int> = std::sync::OnceLock::new();
+    *OPTIONS.get_or_init(|| {
+        let own = stasis_proc::read_status(std::process::id()).ok();
+        // Capability 21: CAP_SYS_ADMIN.
+        let can_suspend = own.is_some_and(|s| s.seccomp == 0 && s.cap_eff & (1 << 21) != 0);
+        if can_suspend {
+            libc::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP
+        } else {
+            libc::PTRACE_O_TRACESYSGOOD
+        }
+    })
+}
+
 fn seize_one(tid: Pid) -> stasis_sys::Result<bool> {
-    ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)?;
+    ptrace::seize(tid, seize_options())?;
     stasis_sys::hook::kill_point("freeze-seized");
     ptrace::interrupt(tid)?;
     loop {

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod affinity;
+mod cgroups;
 mod checks;
 mod collect;
 mod cow;
@@ -29,10 +30,12 @@ mod fdowner;
 pub mod freeze;
 mod kinds;
 mod locks;
+mod lsm;
 mod memkinds;
 mod memory;
 mod pidns;
 mod procattrs;
+mod seccomp;
 mod signals;
 mod stub_site;
 mod threads;
@@ -67,6 +70,8 @@ pub struct DumpOptions {
     /// Largest memfd or deleted file whose contents go into the image
     /// (criu's `--ghost-limit`; ours defaults to [`DEFAULT_GHOST_LIMIT`]).
     pub ghost_limit: u64,
+    /// Save the tree's cgroups (false: criu's `--manage-cgroups=ignore`).
+    pub cgroups: bool,
 }
 
 /// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
@@ -295,6 +300,13 @@ fn dump_frozen(
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
+    // With the image's PIDs (final after the PID namespace translation).
+    let cgroups = if opts.cgroups {
+        let pids: Vec<u32> = collected.iter().map(|c| c.image.pid).collect();
+        Some(cgroups::collect(&frozen.procs, &pids)?)
+    } else {
+        None
+    };
     // Descriptors naming processes, once PIDs are final.
     kinds::finish_tree(
         &mut collected
@@ -352,6 +364,7 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        cgroups,
         shell_job: opts.shell_job,
         zombies: frozen
             .zombies

@@ -8,6 +8,7 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+pub mod cgroups;
 mod checker;
 pub mod error;
 mod file_kind;
@@ -20,11 +21,13 @@ pub mod model;
 pub mod procattrs;
 pub mod progress;
 pub mod reader;
+pub mod seccomp;
 pub mod show;
 pub mod uts;
 pub mod validate;
 pub mod writer;
 
+pub use cgroups::{CgroupDir, CgroupPath, CgroupSet, Cgroups};
 pub use error::{ImageError, Result};
 pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
@@ -37,6 +40,7 @@ pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;
 pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
+pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
 pub use uts::UtsNs;
 pub use validate::{

@@ -37,6 +37,10 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// The cgroups of the tree's processes (absent in older images and in
+    /// dumps with `--manage-cgroups=ignore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 /// An exited, unreaped process: restored as a child that exits at once
@@ -114,6 +118,9 @@ pub struct ProcessImage {
     /// `xcomp_perm`.
     #[serde(default)]
     pub xcomp_guest_perm: u64,
+    /// Seccomp filters, oldest first (every thread's; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp: Vec<crate::seccomp::SeccompFilter>,
     /// One entry per signal 1..=64 whose disposition is not SIG_DFL.
     pub sigactions: Vec<SigAction>,
     /// Signals pending for the whole process (shared queue), oldest first.

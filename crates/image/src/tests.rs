@@ -197,6 +197,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         dumpable: 1,
         xcomp_perm: 0,
         xcomp_guest_perm: 0,
+        seccomp: Vec::new(),
         sigactions: vec![SigAction {
             signo: 10,
             handler: 0x5555_5555_4100,
@@ -276,6 +277,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        cgroups: None,
     }
 }
 

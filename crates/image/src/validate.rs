@@ -51,6 +51,9 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
     file_id(&c, "exe", &img.exe)?;
     c.string("cwd", &img.cwd, MAX_PATH_LEN)?;
     c.string("root", &img.root, MAX_PATH_LEN)?;
+    if let Err(m) = crate::seccomp::check_filters(&img.seccomp) {
+        c.ensure(false, || format!("seccomp: {m}"))?;
+    }
     c.ensure(img.umask <= 0o777, || {
         format!("umask: {:#o} has bits outside 0o777", img.umask)
     })?;
@@ -353,6 +356,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
     c.string("kernel_release", &inv.kernel_release, MAX_PATH_LEN)?;
     if let Some(uts) = &inv.uts {
         if let Err(m) = uts.check() {
+            c.ensure(false, || m)?;
+        }
+    }
+    if let Some(cg) = &inv.cgroups {
+        if let Err(m) = cg.check() {
             c.ensure(false, || m)?;
         }
     }

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod auxv;
+mod cgroup;
 mod error;
 mod fdinfo;
 mod limits;
@@ -36,6 +37,7 @@ mod timers;
 mod util;
 
 pub use auxv::parse_auxv;
+pub use cgroup::{cgroup_dir, parse_cgroup};
 pub use error::{ParseError, ProcError};
 pub use fdinfo::{parse_fdinfo, FdInfo};
 pub use limits::parse_limits;

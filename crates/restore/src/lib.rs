@@ -35,6 +35,7 @@
 
 mod affinity;
 mod attributes;
+mod cgroups;
 mod creds;
 mod creds_check;
 mod fdowner;
@@ -47,12 +48,15 @@ mod pids;
 mod placement;
 mod procattrs;
 mod rebuild;
+mod seccomp;
 mod shared;
 mod signals;
 mod threads;
 mod timers;
 mod tree;
 mod xstate;
+
+pub use cgroups::{CgroupMode, CgroupRoot};
 
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
 use stasis_sys::{Pid, SysError};
@@ -71,6 +75,10 @@ pub struct RestoreOptions {
     /// criu's `--shell-job`: terminal descriptors are opened on the
     /// restorer's own terminal (the processes join its session).
     pub shell_job: bool,
+    /// criu's `--manage-cgroups` (default: soft, as criu's).
+    pub manage_cgroups: CgroupMode,
+    /// criu's `--cgroup-root`, in the order given.
+    pub cgroup_roots: Vec<CgroupRoot>,
 }
 
 /// A restored, running process (a child of the caller).
@@ -320,6 +328,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
             });
         }
     }
+    // Cgroups checked (and the missing ones made) once every other check
+    // passed; removed again if the restore fails.
+    let mut cgroups = cgroups::prepare(
+        image.inventory.cgroups.as_ref(),
+        opts.manage_cgroups,
+        &opts.cgroup_roots,
+        root,
+    )?;
     fault_point(root, Stage::Preflight)?;
     let pages: Vec<PathBuf> = image
         .inventory
@@ -335,7 +351,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         image.inventory.pid_ns || opts.new_pid_ns,
         opts.shell_job,
         image.inventory.uts.as_ref(),
+        &cgroups,
     )?;
+    cgroups.keep();
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
     log::debug!(

@@ -198,14 +198,14 @@ fn tear_down(
     }
     runs.extend(run);
     for (s, e) in runs {
-        r.call(
+        r.queue(
             libc::SYS_munmap,
             &[s, e - s],
-            &format!("munmap {s:#x}-{e:#x}"),
+            format!("munmap {s:#x}-{e:#x}"),
         )
         .at(pid, st)?;
     }
-
+    r.flush().at(pid, st)?;
     Ok(child_special)
 }
 
@@ -259,7 +259,7 @@ fn map_all(
         }
         if from_cow[i] {
             let (g, len) = svc.cow[&cow_key(svc, v)];
-            r.call(
+            r.queue(
                 libc::SYS_mremap,
                 &[
                     g,
@@ -268,7 +268,7 @@ fn map_all(
                     (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
                     v.start,
                 ],
-                &format!("mremap copy-on-write memory to {:#x}-{:#x}", v.start, v.end),
+                format!("mremap copy-on-write memory to {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
             has_pages[i] = true; // so that the saved protection is applied
@@ -286,7 +286,7 @@ fn map_all(
         // Before the pages arrive, so that they arrive as huge pages where
         // the process had asked for them.
         if has_pages[i] && v.advice.iter().any(|a| a == "hugepage") {
-            r.call(
+            r.queue(
                 libc::SYS_madvise,
                 &[v.start, v.end - v.start, libc::MADV_HUGEPAGE as u64],
                 "madvise(hugepage)",
@@ -294,7 +294,7 @@ fn map_all(
             .at(pid, st)?;
         }
     }
-
+    r.flush().at(pid, st)?;
     Ok(has_pages)
 }
 
@@ -337,10 +337,10 @@ fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result
             continue;
         }
         if has_pages[i] && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
-            r.call(
+            r.queue(
                 libc::SYS_mprotect,
                 &[v.start, v.end - v.start, u64::from(v.prot)],
-                &format!("mprotect {:#x}-{:#x}", v.start, v.end),
+                format!("mprotect {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
         }
@@ -355,16 +355,16 @@ fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result
                 "mergeable" => libc::MADV_MERGEABLE,
                 _ => continue,
             };
-            r.call(
+            r.queue(
                 libc::SYS_madvise,
                 &[v.start, v.end - v.start, advice as u64],
-                &format!("madvise({a})"),
+                format!("madvise({a})"),
             )
             .at(pid, st)?;
         }
         crate::procattrs::vma(r, v)?;
     }
-
+    r.flush().at(pid, st)?;
     Ok(())
 }
 
@@ -500,7 +500,7 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
             // mremap cannot duplicate hugetlb memory: map its file.
             crate::hugetlb::map_shared_view(r, v, base, len)?;
         } else {
-            r.call(
+            r.queue(
                 libc::SYS_mremap,
                 &[
                     base + v.pgoff,
@@ -509,12 +509,12 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
                     (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
                     v.start,
                 ],
-                &format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
+                format!("mremap shared memory to {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, Stage::Memory)?;
         }
         if !fill && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
-            r.call(
+            r.queue(
                 libc::SYS_mprotect,
                 &[v.start, v.end - v.start, u64::from(v.prot)],
                 "mprotect shared memory",
@@ -557,19 +557,24 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
     } else {
         v.prot
     };
+    let args = [
+        at,
+        v.end - v.start,
+        u64::from(prot),
+        flags as u64,
+        fd as u64,
+        v.pgoff,
+    ];
+    let what = format!("mmap {:#x}-{:#x}", v.start, v.end);
+    if at != 0 {
+        // MAP_FIXED: the mapping lands at `at` or the call fails; queued
+        // with the other mappings (one round trip for all of them).
+        r.queue(libc::SYS_mmap, &args, what)
+            .at(pid, Stage::Memory)?;
+        return Ok(at);
+    }
     let got = r
-        .call(
-            libc::SYS_mmap,
-            &[
-                at,
-                v.end - v.start,
-                u64::from(prot),
-                flags as u64,
-                fd as u64,
-                v.pgoff,
-            ],
-            &format!("mmap {:#x}-{:#x}", v.start, v.end),
-        )
+        .call(libc::SYS_mmap, &args, &what)
         .at(pid, Stage::Memory)?;
     if at != 0 && got != at {
         return Err(RestoreError::Refused {
@@ -926,7 +931,7 @@ fn zero_unshared(r: &mut RemoteThread, v: &Vma, mm: &MmState) -> Result<()> {
         holes.push((cur, v.end));
     }
     for (s, e) in holes {
-        r.call(
+        r.queue(
             libc::SYS_madvise,
             &[s, e - s, libc::MADV_DONTNEED as u64],
             "madvise(MADV_DONTNEED)",

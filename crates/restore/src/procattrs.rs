@@ -165,28 +165,28 @@ pub(crate) fn vma(r: &mut RemoteThread, v: &Vma) -> Result<()> {
         ("sequential", libc::MADV_SEQUENTIAL),
     ] {
         if has(name) {
-            r.call(
+            r.queue(
                 libc::SYS_madvise,
                 &[v.start, len, advice as u64],
-                &format!("madvise({name}) {:#x}-{:#x}", v.start, v.end),
+                format!("madvise({name}) {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
         }
     }
     if has("locked") || has("lockonfault") {
         let flags = if has("lockonfault") { MLOCK_ONFAULT } else { 0 };
-        r.call(
+        r.queue(
             libc::SYS_mlock2,
             &[v.start, len, flags],
-            &format!("mlock2 {:#x}-{:#x}", v.start, v.end),
+            format!("mlock2 {:#x}-{:#x}", v.start, v.end),
         )
         .at(pid, st)?;
     }
     if has("sealed") {
-        r.call(
+        r.queue(
             SYS_MSEAL,
             &[v.start, len, 0],
-            &format!("mseal {:#x}-{:#x}", v.start, v.end),
+            format!("mseal {:#x}-{:#x}", v.start, v.end),
         )
         .at(pid, st)?;
     }

@@ -56,6 +56,10 @@ pub(crate) fn rebuild(
     // Per-thread settings once every thread exists.
     crate::procattrs::after_threads(&mut r, &mut others, img)?;
     fault_point(pid, Stage::Attributes)?;
+    // Seccomp filters before the credentials (installing one needs
+    // CAP_SYS_ADMIN or no_new_privs); suspended for our remote calls until
+    // the tree is detached.
+    crate::seccomp::install(&mut r, &others, img)?;
     // Credentials last but one: they may take away what the steps before need.
     creds::all_threads(&mut r, &mut others, img)?;
     fault_point(pid, Stage::Creds)?;

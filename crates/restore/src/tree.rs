@@ -25,6 +25,7 @@ pub(crate) fn restore_tree(
     pid_ns: bool,
     shell_job: bool,
     uts: Option<&stasis_image::UtsNs>,
+    cgroups: &crate::cgroups::Prepared,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
@@ -76,6 +77,12 @@ pub(crate) fn restore_tree(
     fault_point(root_pid, Stage::Fork)?;
     // 6. seize every process (EXITKILL: if we die, they die).
     let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
+    // 6b. cgroups: each process joins its own before its memory is
+    //     rebuilt (pages are charged where they are first touched) and
+    //     before its threads exist (they inherit the process's).
+    for img in procs {
+        cgroups.join(img.pid, host_of(img.pid)?)?;
+    }
     // 7. process groups: leaders first, then members; then the group
     //    helpers, whose only job was to hold a group until it was joined.
     set_process_groups(procs, &mut remotes, &tree.group_helpers)?;

@@ -361,6 +361,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         skip_in_flight: false,
         timeout: None,
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
+        cgroups: true,
     })?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();
@@ -392,6 +393,8 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         allow_changed_files: false,
         new_pid_ns: false,
         shell_job: false,
+        manage_cgroups: stasis_restore::CgroupMode::default(),
+        cgroup_roots: Vec::new(),
     })?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;

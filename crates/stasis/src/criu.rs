@@ -189,7 +189,7 @@ pub static OPTIONS: &[Opt] = &[
     s("shell-job", 'j', No, DR, App, "").neg(),
     s("file-locks", 'l', No, DR, App, "").neg(),
     o("manage-cgroups", Opti, DR, ByValue, "ignore"),
-    o("cgroup-root", Req, RESTORE, Ref, "/x"),
+    o("cgroup-root", Req, RESTORE, App, "/x"),
     o("cgroup-props", Req, DR, Ref, "x"),
     o("cgroup-props-file", Req, DR, Ref, "x.yaml"),
     o("cgroup-dump-controller", Req, D, Ref, "cpu"),
@@ -418,10 +418,7 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
     let bad = || format!("invalid argument for --{}: {}", g.opt.long, v.unwrap_or(""));
     Ok(match g.opt.long {
         "manage-cgroups" => match v {
-            Some("ignore") => Fate::Accepted(
-                "stasis does not touch cgroups: the restored tree joins the restorer's",
-            ),
-            None | Some("none" | "props" | "soft" | "full" | "strict") => Fate::Refused,
+            None | Some("ignore" | "none" | "props" | "soft" | "full" | "strict") => Fate::Applied,
             Some(_) => return Err(bad()),
         },
         "network-lock" => match v {

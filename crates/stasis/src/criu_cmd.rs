@@ -37,6 +37,10 @@ struct Request {
     experimental: bool,
     allow_changed_files: bool,
     new_pid_ns: bool,
+    /// criu's `--manage-cgroups [MODE]` (the last one given).
+    manage_cgroups: Option<stasis_restore::CgroupMode>,
+    /// criu's `--cgroup-root [CONTROLLER:]/PATH`, each one given.
+    cgroup_roots: Vec<stasis_restore::CgroupRoot>,
     /// Notes for the log: accepted options and why they change nothing.
     notes: Vec<String>,
 }
@@ -141,6 +145,18 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         }
         "allow-changed-files" => r.allow_changed_files = true,
         "new-pid-ns" => r.new_pid_ns = true,
+        "manage-cgroups" => {
+            // criu: the mode defaults to soft when the option has none.
+            let v = g.value.as_deref().unwrap_or("soft");
+            r.manage_cgroups = Some(
+                stasis_restore::CgroupMode::parse(v)
+                    .ok_or_else(|| anyhow!("invalid argument for --manage-cgroups: {v}"))?,
+            );
+        }
+        "cgroup-root" => r.cgroup_roots.push(
+            stasis_restore::CgroupRoot::parse(g.value.as_deref().unwrap_or(""))
+                .map_err(|e| anyhow!("invalid argument for --cgroup-root: {e}"))?,
+        ),
         "status-fd" => {
             let _: i32 = number(g)?;
         }
@@ -208,12 +224,6 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
         }
     }
     if let Some(g) = refused {
-        if g.opt.long == "manage-cgroups" {
-            bail!(
-                "option {} is not supported yet (stasis does not dump or restore cgroups; only --manage-cgroups=ignore is accepted)",
-                g.spelled()
-            );
-        }
         bail!("option --{} is not supported yet", g.opt.long);
     }
     if r.extra_positional(&p) {
@@ -312,6 +322,7 @@ fn dump(r: &Request) -> Result<ExitCode> {
         skip_in_flight: r.skip_in_flight,
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
+        cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
     };
     let stats = stasis_dump::dump(&opts)?;
     log::info!(
@@ -334,6 +345,8 @@ fn restore(r: &Request) -> Result<ExitCode> {
         allow_changed_files: r.allow_changed_files,
         new_pid_ns: r.new_pid_ns,
         shell_job: r.shell_job,
+        manage_cgroups: r.manage_cgroups.unwrap_or_default(),
+        cgroup_roots: r.cgroup_roots.clone(),
     };
     let restored = stasis_restore::restore(&opts)?;
     let pid = restored.pid;

@@ -443,3 +443,51 @@ pub fn peek_siginfo(pid: Pid, shared: bool) -> Result<Vec<[u8; 128]>> {
     }
     Ok(out)
 }
+
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_GET_SECCOMP_METADATA: libc::c_uint = 0x420d;
+/// PTRACE_O_SUSPEND_SECCOMP: the tracee's seccomp filters do not apply
+/// while it is traced with this option (restore: the remote calls after
+/// its filters are installed).
+pub const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+/// One classic BPF instruction (`struct sock_filter`).
+pub const BPF_INSN_LEN: usize = 8;
+
+/// Every seccomp filter of the stopped tracee `tid`, oldest first: the
+/// program (BPF_INSN_LEN bytes per instruction) and its flags (only
+/// SECCOMP_FILTER_FLAG_LOG is reported by the kernel).
+pub fn seccomp_filters(tid: Pid) -> Result<Vec<(Vec<u8>, u64)>> {
+    let mut out = Vec::new();
+    for idx in 0usize.. {
+        let n = match raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            idx,
+            0,
+            "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+        ) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => break,
+            r => r? as usize,
+        };
+        let mut prog = vec![0u8; n * BPF_INSN_LEN];
+        let got = raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            idx,
+            prog.as_mut_ptr() as usize,
+            "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+        )? as usize;
+        prog.truncate(got * BPF_INSN_LEN);
+        // struct seccomp_metadata { u64 filter_off; u64 flags; }
+        let mut meta = [idx as u64, 0u64];
+        raw(
+            PTRACE_GET_SECCOMP_METADATA,
+            tid,
+            std::mem::size_of_val(&meta),
+            meta.as_mut_ptr() as usize,
+            "ptrace(PTRACE_GET_SECCOMP_METADATA)",
+        )?;
+        out.push((prog, meta[1]));
+    }
+    Ok(out)
+}

@@ -56,11 +56,11 @@ pub const STUB: [u8; 16] = [
 /// Until a thread has used AMX the kernel refuses (EINVAL) an XSAVE area
 /// with live tile data through PTRACE_SETREGSET; asking for the permission
 /// is not enough.
-pub const RESTORE_STUB: [u8; 32] = {
+pub const RESTORE_STUB: [u8; 96] = {
     let amx: [u8; 12] = [
         0xc4, 0xe2, 0x78, 0x49, 0x07, 0xc4, 0xe2, 0x7b, 0x49, 0xc0, 0x0f, 0x05,
     ];
-    let mut s = [0xcc; 32];
+    let mut s = [0xcc; 96];
     let mut i = 0;
     while i < STUB.len() {
         s[i] = STUB[i];
@@ -71,11 +71,58 @@ pub const RESTORE_STUB: [u8; 32] = {
         s[AMX_WARMUP_OFF as usize + j] = amx[j];
         j += 1;
     }
+    let mut k = 0;
+    while k < BATCH_LOOP.len() {
+        s[BATCH_OFF as usize + k] = BATCH_LOOP[k];
+        k += 1;
+    }
     s
 };
 
 /// Offset of the AMX warm-up sequence in [`RESTORE_STUB`].
 pub const AMX_WARMUP_OFF: u64 = 16;
+/// Offset of [`BATCH_LOOP`] in [`RESTORE_STUB`].
+pub const BATCH_OFF: u64 = 32;
+
+/// The batch loop of the restore stub: runs `r13` system calls described
+/// by 64-byte records at `r12` (number, six arguments, result written
+/// back), stopping after the first that fails, then traps (`int3`), so a
+/// whole list of calls costs one ptrace round trip:
+///
+/// ```text
+///   loop: test r13, r13 ; jz done
+///         mov rax, [r12]      ; mov rdi, [r12+8] ; mov rsi, [r12+16]
+///         mov rdx, [r12+24]   ; mov r10, [r12+32]; mov r8, [r12+40]
+///         mov r9, [r12+48]    ; syscall          ; mov [r12+56], rax
+///         cmp rax, -4095      ; jae done         ; an error: stop here
+///         add r12, 64         ; dec r13          ; jmp loop
+///   done: int3
+/// ```
+pub const BATCH_LOOP: [u8; 64] = [
+    0x4d, 0x85, 0xed, 0x74, 0x3a, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49, 0x8b,
+    0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44,
+    0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x3d,
+    0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x49, 0x83, 0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc1, 0xcc,
+];
+/// Bytes of one batch record.
+const BATCH_RECORD: usize = 64;
+/// Most records run in one round trip.
+pub const BATCH_MAX: usize = 512;
+
+/// One system call of a batch: number and six arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCall {
+    pub nr: libc::c_long,
+    pub args: [u64; 6],
+}
+
+impl BatchCall {
+    pub fn new(nr: libc::c_long, args: &[u64]) -> BatchCall {
+        let mut a = [0u64; 6];
+        a[..args.len().min(6)].copy_from_slice(&args[..args.len().min(6)]);
+        BatchCall { nr, args: a }
+    }
+}
 
 /// Bytes at the end of `[vdso]` used while healing: code, data, saved scratch.
 pub const HEAL_AREA_LEN: u64 = 320;
@@ -279,14 +326,21 @@ struct Heal {
     saved: Vec<u8>,
 }
 
-/// Remote system calls executed by this process so far (each one is a
-/// ptrace round trip: set registers, two syscall stops, get registers).
+/// Remote system calls executed by this process so far.
 static REMOTE_SYSCALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// ptrace round trips they took (one per call, or one per batch: set
+/// registers, run, get registers).
+static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many remote system calls this process has executed so far; the
 /// difference across an operation is its count.
 pub fn remote_syscalls() -> u64 {
     REMOTE_SYSCALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many ptrace round trips those calls took.
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A stopped thread that executes system calls on our behalf.
@@ -300,6 +354,9 @@ pub struct RemoteThread {
     heal: Option<Heal>,
     /// A signal-delivery stop for SIGSTOP seen while injecting: re-delivered on finish.
     pending_stop: bool,
+    /// Calls queued by [`RemoteThread::queue`], each with what it does (for
+    /// its error), run as one batch before any other injection.
+    queued: Vec<(BatchCall, String)>,
 }
 
 impl RemoteThread {
@@ -409,6 +466,7 @@ impl RemoteThread {
                 saved,
             }),
             pending_stop: false,
+            queued: Vec::new(),
         };
         // Park the thread on the stub (a getpid, should we vanish now), then
         // block every signal while we inject: the stub puts the mask back.
@@ -434,6 +492,7 @@ impl RemoteThread {
             base,
             heal: None,
             pending_stop: false,
+            queued: Vec::new(),
         })
     }
 
@@ -539,7 +598,9 @@ impl RemoteThread {
     /// Runs the code at `entry` (which ends in a `syscall`) with `nr` and
     /// `args` in the syscall registers; returns rax after that syscall.
     fn inject(&mut self, entry: u64, nr: libc::c_long, args: &[u64]) -> Result<i64> {
+        self.flush()?;
         REMOTE_SYSCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         log::trace!("tid {}: remote syscall {nr}", self.tid);
         let r = self.injected(entry, nr, args);
         ptrace::set_regs(self.tid, &r)?;
@@ -561,6 +622,143 @@ impl RemoteThread {
         }
         let out = ptrace::get_regs(self.tid)?;
         Ok(out.rax as i64)
+    }
+
+    /// Restore only: runs `calls` in order through the stub's batch loop,
+    /// [`BATCH_MAX`] per ptrace round trip, and returns their results.
+    /// Stops after the first call that fails (a result in -4095..-1): the
+    /// results then end with that one, the calls after it not run.
+    pub fn batch(&mut self, calls: &[BatchCall]) -> Result<Vec<i64>> {
+        if self.heal.is_some() {
+            return Err(SysError::other(
+                "batch of remote syscalls",
+                Some(self.tid),
+                "only in a process being restored",
+            ));
+        }
+        self.flush()?;
+        self.run_batch(calls)
+    }
+
+    fn run_batch(&mut self, calls: &[BatchCall]) -> Result<Vec<i64>> {
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(BATCH_MAX) {
+            let done = self.batch_chunk(chunk, &mut out)?;
+            if done < chunk.len() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One round trip; appends the results of the calls run, returns how
+    /// many ran without failing.
+    fn batch_chunk(&mut self, chunk: &[BatchCall], out: &mut Vec<i64>) -> Result<usize> {
+        let len = chunk.len() * BATCH_RECORD;
+        // Records below a page of stack room at the top of the scratch area;
+        // the calls' own arguments use its low end.
+        let off = self
+            .scratch_len
+            .checked_sub(4096 + len as u64)
+            .filter(|&o| o >= 4096)
+            .ok_or_else(|| SysError::other("batch", Some(self.tid), "scratch area too small"))?;
+        let mut buf = vec![0u8; len];
+        for (rec, c) in buf.chunks_mut(BATCH_RECORD).zip(chunk) {
+            rec[..8].copy_from_slice(&(c.nr as u64).to_le_bytes());
+            for (k, a) in c.args.iter().enumerate() {
+                rec[8 + 8 * k..16 + 8 * k].copy_from_slice(&a.to_le_bytes());
+            }
+        }
+        let at = self.write_scratch(off, &buf)?;
+        REMOTE_SYSCALLS.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::trace!("tid {}: batch of {} remote syscalls", self.tid, chunk.len());
+        let mut regs = self.injected(self.stub + BATCH_OFF, 0, &[]);
+        regs.r12 = at;
+        regs.r13 = chunk.len() as u64;
+        ptrace::set_regs(self.tid, &regs)?;
+        self.run_to_trap()?;
+        // r13 counts the calls not yet done: 0 when all went through, else
+        // the failed one (which ran) and those after it (which did not).
+        let left = ptrace::get_regs(self.tid)?.r13 as usize;
+        let ran = if left == 0 {
+            chunk.len()
+        } else {
+            chunk.len() + 1 - left.min(chunk.len())
+        };
+        let back = self.read_scratch(off, ran * BATCH_RECORD)?;
+        out.extend(back.chunks(BATCH_RECORD).map(|rec| le_u64(rec, 56) as i64));
+        Ok(if left == 0 { ran } else { ran - 1 })
+    }
+
+    /// Continues the thread until the batch loop's trap.
+    fn run_to_trap(&mut self) -> Result<()> {
+        loop {
+            ptrace::cont(self.tid, 0)?;
+            match ptrace::wait(self.tid)? {
+                Stop::Signal(libc::SIGTRAP) => return Ok(()),
+                Stop::Signal(libc::SIGSTOP) => self.pending_stop = true,
+                Stop::Signal(s @ (libc::SIGILL | libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE)) => {
+                    return Err(SysError::other(
+                        "batch of remote syscalls",
+                        Some(self.tid),
+                        format!("injected code faulted with signal {s}"),
+                    ))
+                }
+                Stop::Signal(_) | Stop::Event { .. } | Stop::Syscall => {}
+                Stop::Exited(c) => {
+                    return Err(SysError::other(
+                        "batch of remote syscalls",
+                        Some(self.tid),
+                        format!("task exited with status {c}"),
+                    ))
+                }
+                Stop::Killed(s) => {
+                    return Err(SysError::other(
+                        "batch of remote syscalls",
+                        Some(self.tid),
+                        format!("task killed by signal {s}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Queues a call whose result is not needed, run with the others in one
+    /// round trip at the next [`Self::flush`], which every other
+    /// injection (and [`Self::finish`]) does first: calls keep their order.
+    /// A failure is reported there, naming `what`. Healing mode has no
+    /// batch loop: the call runs at once.
+    pub fn queue(&mut self, nr: libc::c_long, args: &[u64], what: impl Into<String>) -> Result<()> {
+        if self.heal.is_some() {
+            let what = what.into();
+            return self.call(nr, args, &what).map(drop);
+        }
+        self.queued.push((BatchCall::new(nr, args), what.into()));
+        Ok(())
+    }
+
+    /// Runs the queued calls; the first failure is the error, naming its
+    /// call (the calls after it are dropped).
+    pub fn flush(&mut self) -> Result<()> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let calls: Vec<BatchCall> = queued.iter().map(|(c, _)| *c).collect();
+        let results = self.run_batch(&calls)?;
+        if let Some((i, &r)) = results
+            .iter()
+            .enumerate()
+            .find(|(_, r)| (-4095..0).contains(*r))
+        {
+            return Err(SysError::new(
+                format!("remote {}", queued[i].1),
+                Some(self.tid),
+                (-r) as i32,
+            ));
+        }
+        Ok(())
     }
 
     /// Like [`Self::syscall`], but a negative result becomes an error naming `what`.
@@ -621,6 +819,7 @@ impl RemoteThread {
     /// bytes, so that resuming it applies the kernel's own syscall-restart
     /// logic. Plain mode: nothing to undo. The thread stays traced and stopped.
     pub fn finish(mut self) -> Result<()> {
+        self.flush()?;
         let Some(h) = self.heal.take() else {
             return Ok(());
         };

@@ -209,6 +209,28 @@ pub fn has_datagram(fd: &OwnedFd) -> Result<bool> {
     }
 }
 
+/// Whether an out-of-band byte (MSG_OOB) waits to be read: peeked, so
+/// the queue is untouched (EINVAL: none, or the socket keeps it inline).
+pub fn has_oob(fd: &OwnedFd) -> Result<bool> {
+    let mut b = [0u8; 1];
+    // SAFETY: b is a live buffer of its length.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if r >= 0 {
+        return Ok(true);
+    }
+    match last_errno() {
+        libc::EINVAL | libc::EAGAIN | libc::EOPNOTSUPP => Ok(false),
+        e => Err(SysError::new("recv(MSG_OOB|MSG_PEEK)", None, e)),
+    }
+}
+
 /// SIOCOUTQ: bytes in the send queue (UDP: corked data not yet sent).
 pub fn outq(fd: &OwnedFd) -> Result<i32> {
     let mut v: i32 = 0;

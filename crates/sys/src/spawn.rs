@@ -365,13 +365,14 @@ fn die_with(status: i32) -> ! {
     exit_now(libc::WEXITSTATUS(status))
 }
 
+/// The ptrace options a restore traces the tree's processes with.
+pub const RESTORE_PTRACE_OPTIONS: libc::c_int =
+    libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE;
+
 /// Seizes a process of the tree waiting in pause(): PTRACE_SEIZE with
 /// EXITKILL (it dies with us) and PTRACE_INTERRUPT; returns when stopped.
 pub fn seize_waiting(pid: Pid) -> Result<()> {
-    ptrace::seize(
-        pid,
-        libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
-    )?;
+    ptrace::seize(pid, RESTORE_PTRACE_OPTIONS)?;
     ptrace::interrupt(pid)?;
     loop {
         match ptrace::wait(pid)? {

@@ -251,39 +251,6 @@ fn option_syntax_errors() {
             out.stderr
         );
     }
-    // --manage-cgroups in any mode but ignore would put the tree back in
-    // its cgroups: refused, nothing created.
-    for mode in [
-        "--manage-cgroups",
-        "--manage-cgroups=soft",
-        "--manage-cgroups=full",
-    ] {
-        let img = work.path("cg");
-        let out = run_in(
-            &work,
-            work.dir(),
-            &stasis_bin(),
-            &strings(&[
-                "restore",
-                "-D",
-                img.to_str().expect("utf-8"),
-                "-o",
-                "x.log",
-                mode,
-            ]),
-        );
-        assert!(
-            out.code == Some(1)
-                && out.stderr.starts_with(&format!(
-                    "stasis: error: option {mode} is not supported yet"
-                ))
-                && out.stderr.lines().count() == 1
-                && !img.exists(),
-            "{mode}: {:?} {:?}",
-            out.code,
-            out.stderr
-        );
-    }
     // getopt forms: options before the command, clusters, prefixes, -vN.
     let out = run_in(
         &work,

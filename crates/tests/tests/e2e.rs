@@ -177,6 +177,12 @@ selfcheck!(
     Program::Bin("tp_files2"),
     []
 );
+selfcheck!(
+    selfcheck_seccomp,
+    negative_seccomp_plain,
+    Program::Bin("tp_seccomp"),
+    []
+);
 selfcheck!(selfcheck_python, negative_python, Program::Python, []);
 selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
@@ -216,6 +222,9 @@ fn selfcheck_unsupported_resources_work() {
         "guard",
         "ptmx",
         "two-ttys",
+        "mbind",
+        "seccomp-strict",
+        "unix-oob",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -679,13 +688,19 @@ fn negative_own_uts_namespace() {
 /// the child; the tree runs on.
 #[test]
 fn refuse_child_with_own_uts_namespace() {
-    let work = Work::new("refuse_child_uts");
-    let opts = Opts::default();
-    let mut p = start(
-        &work,
-        Program::Bin("tp_unsupported"),
-        &["--with", "uts-ns-child"],
+    refuse_child(
+        "refuse_child_uts",
+        "uts-ns-child",
+        "uts namespace of its own",
     );
+}
+
+/// A child of `tp_unsupported --with WHAT` holds what is refused: the
+/// one-line error names it (and `word`), not the root, and the tree runs on.
+fn refuse_child(name: &str, what: &str, word: &str) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_unsupported"), &["--with", what]);
     step(
         &work,
         "waiting for ready",
@@ -695,9 +710,9 @@ fn refuse_child_with_own_uts_namespace() {
     assert!(
         out.code.is_some_and(|c| c != 0)
             && out.stderr.trim_end().lines().count() == 1
-            && out.stderr.contains("uts namespace of its own")
+            && out.stderr.contains(word)
             && !out.stderr.contains(&format!("dump pid {}:", p.pid)),
-        "dump did not refuse the child's UTS namespace by name: {out:?}"
+        "dump did not refuse the child's {what} by name: {out:?}"
     );
     assert!(!work.img().join("inventory.img").exists());
     step(
@@ -725,7 +740,7 @@ fn refuse_thread_with_own_credentials() {
 
 #[test]
 fn refuse_thread_under_seccomp() {
-    refuse("thread-seccomp", &["under seccomp"]);
+    refuse("thread-seccomp", &["seccomp filters of its own"]);
 }
 
 #[test]
@@ -741,6 +756,45 @@ fn refuse_local_descriptor_table() {
 #[test]
 fn refuse_numa_memory_policy() {
     refuse("mempolicy", &["numa memory policy"]);
+}
+
+#[test]
+fn refuse_unix_out_of_band_byte() {
+    refuse("unix-oob", &["out-of-band byte"]);
+}
+
+#[test]
+fn refuse_strict_seccomp() {
+    refuse_child(
+        "refuse_strict_seccomp",
+        "seccomp-strict",
+        "seccomp mode 1 (strict)",
+    );
+}
+
+/// Seccomp filters (errno and kill actions, the LOG flag, a thread that
+/// inherited them, a child with one more and no_new_privs) act exactly as
+/// before; the dump's own remote calls, which two filters would punish by
+/// killing the process, are not filtered.
+#[test]
+fn cr_seccomp_filters() {
+    cr("cr_seccomp_filters", Program::Bin("tp_seccomp"), &[]);
+}
+
+#[test]
+fn negative_seccomp() {
+    let work = Work::new("negative_seccomp");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_seccomp"),
+        &["--corrupt"],
+        &Opts::default(),
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("Seccomp_filters"),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
 }
 
 #[test]

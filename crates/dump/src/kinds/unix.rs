@@ -135,6 +135,12 @@ fn contents(
         ));
     }
     let stream = sock_type == libc::SOCK_STREAM as u32;
+    // The out-of-band byte is not in the peeked stream.
+    if stream && sock::has_oob(&dup).at(pid, st)? {
+        return Err(d.refuse(
+            "a unix stream socket with an out-of-band byte waiting (MSG_OOB, not supported yet)",
+        ));
+    }
     // An empty read is the end of the data once the reading side is shut
     // down (a seqpacket's EOF); otherwise an empty message.
     let eof = stream || shutdown & 1 != 0;

@@ -4,8 +4,9 @@
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mbind|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
-//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys|pty-queued|ctty-own`
+//! ldt|mempolicy|mbind|seccomp-strict|unix-oob|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys|pty-queued|
+//! ctty-own`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -35,6 +36,10 @@
 //! - `mempolicy`: a NUMA memory policy (MPOL_BIND to node 0) on a thread;
 //! - `mbind`: a NUMA memory policy (MPOL_PREFERRED, node 0) on one
 //!   mapping only (mbind);
+//! - `seccomp-strict`: a child in strict seccomp mode (mode 1), waiting
+//!   in read on a pipe; after go it reads a byte and leaves with exit(2);
+//! - `unix-oob`: a unix stream pair with "abc" and an out-of-band "Z"
+//!   (MSG_OOB) queued; after go both read back;
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
 //! - `sud`: syscall user dispatch on, selector allowing every call;
@@ -535,6 +540,68 @@ fn main() {
             unsafe { libc::syscall(libc::SYS_get_mempolicy, &mut mode, 0usize, 0u64, 0u64, 0u64) };
             report.eq("memory policy mode", 2, mode);
         }
+        "seccomp-strict" => {
+            let (mut up, mut down) = ([0i32; 2], [0i32; 2]);
+            // SAFETY: valid out arrays.
+            unsafe {
+                libc::pipe(up.as_mut_ptr());
+                libc::pipe(down.as_mut_ptr());
+            }
+            // SAFETY: the child makes only raw read/write/exit calls.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                // SAFETY: strict mode allows read, write, exit, sigreturn:
+                // the calls below are exactly those.
+                unsafe {
+                    libc::prctl(libc::PR_SET_SECCOMP, 1u64, 0u64, 0u64, 0u64);
+                    libc::syscall(libc::SYS_write, up[1], b"s".as_ptr(), 1usize);
+                    let mut b = 0u8;
+                    libc::syscall(libc::SYS_read, down[0], &raw mut b, 1usize);
+                    libc::syscall(libc::SYS_exit, 0);
+                }
+            }
+            let mut b = 0u8;
+            // SAFETY: one byte into a live variable: the child is in strict mode.
+            unsafe { libc::read(up[0], (&raw mut b).cast(), 1) };
+            proto.ready_and_wait();
+            // SAFETY: one byte into our pipe, then wait for our own child.
+            let st = unsafe {
+                libc::write(down[1], b"g".as_ptr().cast(), 1);
+                let mut st = 0;
+                libc::waitpid(child, &mut st, 0);
+                st
+            };
+            report.eq("strict child's exit status", 0, st);
+        }
+        "unix-oob" => {
+            let mut sv = [0i32; 2];
+            // SAFETY: valid out array; sends from literals.
+            unsafe {
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr());
+                libc::send(sv[0], b"abc".as_ptr().cast(), 3, 0);
+                libc::send(sv[0], b"Z".as_ptr().cast(), 1, libc::MSG_OOB);
+            }
+            proto.ready_and_wait();
+            let (mut oob, mut data) = ([0u8; 1], [0u8; 8]);
+            // SAFETY: reads into live buffers of their lengths.
+            let (o, n) = unsafe {
+                (
+                    libc::recv(
+                        sv[1],
+                        oob.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_OOB | libc::MSG_DONTWAIT,
+                    ),
+                    libc::recv(sv[1], data.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT),
+                )
+            };
+            report.eq("out-of-band byte", (1, b'Z'), (o, oob[0]));
+            report.eq(
+                "in-band data",
+                b"abc".to_vec(),
+                data[..n.max(0) as usize].to_vec(),
+            );
+        }
         "mbind" => {
             const MPOL_PREFERRED: i64 = 1;
             let nodes: u64 = 1;
@@ -885,15 +952,16 @@ fn allow_all_seccomp() -> bool {
         len: 1,
         filter: &insn as *const libc::sock_filter as *mut libc::sock_filter,
     };
-    // SAFETY: prctl with integers; seccomp reads the valid program above.
+    // Root: CAP_SYS_ADMIN allows it without no_new_privs (which is per
+    // thread, and would make the thread's credentials differ too).
+    // SAFETY: seccomp reads the valid program above.
     unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1u64, 0u64, 0u64, 0u64) == 0
-            && libc::syscall(
-                libc::SYS_seccomp,
-                1u64,
-                0u64,
-                &prog as *const libc::sock_fprog,
-            ) == 0
+        libc::syscall(
+            libc::SYS_seccomp,
+            1u64,
+            0u64,
+            &prog as *const libc::sock_fprog,
+        ) == 0
     }
 }
 

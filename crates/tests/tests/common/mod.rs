@@ -91,6 +91,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
         "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         "tp_pty" => env!("CARGO_BIN_EXE_tp_pty"),
+        "tp_cgroup" => env!("CARGO_BIN_EXE_tp_cgroup"),
+        "tp_seccomp" => env!("CARGO_BIN_EXE_tp_seccomp"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
