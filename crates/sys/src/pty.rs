@@ -115,6 +115,19 @@ pub fn set_termios(fd: &OwnedFd, t: &libc::termios2) -> Result<()> {
     check(r.into(), "ioctl(TCSETS2)", None).map(drop)
 }
 
+/// Whether any termios field of the slave is locked (TIOCGLCKTRMIOS: a
+/// mask set with TIOCSLCKTRMIOS, all zeroes by default).
+pub fn termios_locked(fd: &OwnedFd) -> Result<bool> {
+    // SAFETY: termios is plain old data; all zeroes is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGLCKTRMIOS writes one struct termios into t.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGLCKTRMIOS, &mut t) };
+    check(r.into(), "ioctl(TIOCGLCKTRMIOS)", None)?;
+    Ok(t.c_iflag | t.c_oflag | t.c_cflag | t.c_lflag != 0
+        || t.c_line != 0
+        || t.c_cc.iter().any(|&c| c != 0))
+}
+
 /// Window size: rows, columns, x and y pixels (TIOCGWINSZ).
 pub fn winsize(fd: &OwnedFd) -> Result<[u16; 4]> {
     let mut w = libc::winsize {

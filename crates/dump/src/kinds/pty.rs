@@ -101,6 +101,11 @@ fn master_state(d: &Fd<'_>, m: &OwnedFd) -> Result<(u32, PtyState)> {
             "pseudo-terminal master of pts {index}: line discipline {ldisc} (only N_TTY)"
         )));
     }
+    if pty::termios_locked(m).at(pid, st)? {
+        return Err(d.refuse(&format!(
+            "pseudo-terminal master of pts {index}: locked termios fields (TIOCSLCKTRMIOS; not supported)"
+        )));
+    }
     let queued = pty::readable(m).at(pid, st)?;
     if queued != 0 {
         return Err(d.refuse(&format!(
