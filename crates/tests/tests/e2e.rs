@@ -872,23 +872,19 @@ fn refuse_guard_region() {
 /// now: restored with its index, the slave's closed state kept.
 #[test]
 fn cr_unsupported_ptmx_now_supported() {
+    cr_tp_unsupported_pty("cr_unsupported_ptmx", "ptmx");
+}
+
+/// `cr` of tp_unsupported `--with what`, a case with ptys (serialized).
+fn cr_tp_unsupported_pty(name: &str, what: &str) {
     let _pty = pty_lock();
-    cr(
-        "cr_unsupported_ptmx",
-        Program::Bin("tp_unsupported"),
-        &["--with", "ptmx"],
-    );
+    cr(name, Program::Bin("tp_unsupported"), &["--with", what]);
 }
 
 /// A session leader whose controlling terminal is a pty of the tree.
 #[test]
 fn cr_unsupported_ctty_now_supported() {
-    let _pty = pty_lock();
-    cr(
-        "cr_unsupported_ctty",
-        Program::Bin("tp_unsupported"),
-        &["--with", "ctty-own"],
-    );
+    cr_tp_unsupported_pty("cr_unsupported_ctty", "ctty-own");
 }
 
 /// Input written to a pty and not yet read cannot be read without
@@ -1224,10 +1220,24 @@ fn run_in_pid_ns(work: &Work, name: &str) -> Proc {
 /// use the namespace's PIDs and its own /proc, before and after.
 #[test]
 fn cr_files2_in_pid_ns() {
-    let work = Work::new("cr_files2_pidns");
+    cr_in_pid_ns("cr_files2_pidns", "tp_files2");
+}
+
+/// tp_pty as PID 1 of a PID namespace (`stasis run`): the pty's session
+/// and foreground group are the namespace's PIDs in the image.
+#[test]
+fn cr_pty_in_pid_ns() {
+    let _pty = pty_lock();
+    cr_in_pid_ns("cr_pty_pidns", "tp_pty");
+}
+
+/// `program` as PID 1 of a PID namespace (`stasis run`): dump, restore
+/// (-d), go, and it must pass.
+fn cr_in_pid_ns(name: &str, program: &str) {
+    let work = Work::new(name);
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
-    let mut init = run_in_pid_ns(&work, "tp_files2");
+    let mut init = run_in_pid_ns(&work, program);
     let img = format!("{dir}/img");
     let pid = init.pid.to_string();
     let dump_args = ["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"];
@@ -1244,48 +1254,6 @@ fn cr_files2_in_pid_ns() {
         "-d",
         "--pidfile",
         &format!("{dir}/r.pid"),
-        "-o",
-        "restore.log",
-        "-v4",
-    ];
-    ok(&work, "restore", &stasis(&work, &restore_args, t));
-    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
-    work.release_go();
-    let exit = step(&work, "waiting for the restored init", r.wait(t));
-    assert_eq!(
-        exit,
-        Exit::Code(0),
-        "restored program did not pass: {exit:?}{}",
-        work.diagnostics()
-    );
-}
-
-/// tp_pty as PID 1 of a PID namespace (`stasis run`): the pty's session
-/// and foreground group are the namespace's PIDs in the image.
-#[test]
-fn cr_pty_in_pid_ns() {
-    let _pty = pty_lock();
-    let work = Work::new("cr_pty_pidns");
-    let t = Duration::from_secs(60);
-    let dir = work.dir().to_str().expect("utf-8").to_string();
-    let mut init = run_in_pid_ns(&work, "tp_pty");
-    let img = format!("{dir}/img");
-    let pid = init.pid.to_string();
-    let dump_args = ["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"];
-    ok(&work, "dump", &stasis(&work, &dump_args, t));
-    step(
-        &work,
-        "waiting for the dumped init",
-        init.wait(Duration::from_secs(10)),
-    );
-    let r_pid = format!("{dir}/r.pid");
-    let restore_args = [
-        "restore",
-        "-D",
-        &img,
-        "-d",
-        "--pidfile",
-        &r_pid,
         "-o",
         "restore.log",
         "-v4",

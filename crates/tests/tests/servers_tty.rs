@@ -15,18 +15,14 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `tmux -S SOCK ARGS...` with a clean environment (`SHELL` from
-/// the work directory's `shell` file, /bin/sh without); its stdout.
-fn tmux(work: &Work, args: &[&str]) -> Result<String, String> {
+/// `program` with a clean environment (PATH, HOME the work directory,
+/// TERM, `SHELL` from the work directory's `shell` file or /bin/sh), stdin
+/// from /dev/null, in a session of its own, without our descriptors: a
+/// server it starts must not inherit our terminal or descriptors.
+fn clean_command(work: &Work, program: &str) -> Command {
     let shell = std::fs::read_to_string(work.path("shell")).unwrap_or_else(|_| "/bin/sh".into());
-    let sock = work.path("tmux.sock");
-    let mut cmd = Command::new("tmux");
-    cmd.arg("-S")
-        .arg(&sock)
-        .arg("-f")
-        .arg("/dev/null")
-        .args(args)
-        .env_clear()
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", work.dir())
         .env("SHELL", shell.trim())
@@ -34,8 +30,7 @@ fn tmux(work: &Work, args: &[&str]) -> Result<String, String> {
         .current_dir(work.dir())
         .stdin(Stdio::null());
     // SAFETY: close_range and setsid are async-signal-safe and touch only
-    // the child: the server it starts must not inherit our descriptors or
-    // our terminal.
+    // the child.
     unsafe {
         cmd.pre_exec(|| {
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
@@ -43,6 +38,18 @@ fn tmux(work: &Work, args: &[&str]) -> Result<String, String> {
             Ok(())
         });
     }
+    cmd
+}
+
+/// Runs `tmux -S SOCK -f /dev/null ARGS...` ([`clean_command`]); its
+/// stdout.
+fn tmux(work: &Work, args: &[&str]) -> Result<String, String> {
+    let mut cmd = clean_command(work, "tmux");
+    cmd.arg("-S")
+        .arg(work.path("tmux.sock"))
+        .arg("-f")
+        .arg("/dev/null")
+        .args(args);
     let out = cmd.output().map_err(|e| format!("tmux {args:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -74,31 +81,55 @@ fn wait_for_line(work: &Work, target: &str, line: &str) -> Result<String, String
     }
 }
 
+/// A tmux server with session `main` (its pane running `shell`), adopted
+/// as our child; None (the test skipped, saying so) without tmux. The
+/// guard serializes the tests: each server's ptys come back with their
+/// indices.
+fn start_server(
+    name: &str,
+    shell: &str,
+) -> Option<(Work, Proc, std::sync::MutexGuard<'static, ()>)> {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIP {name}: no tmux in PATH");
+        return None;
+    }
+    ensure_subreaper();
+    let guard = pty_lock();
+    let w = Work::new(name);
+    std::fs::write(w.path("shell"), shell).expect("write shell");
+    let size = ["-x", "80", "-y", "24"];
+    let new = [&["new-session", "-d", "-s", "main"][..], &size[..]].concat();
+    step(&w, "start tmux", tmux(&w, &new));
+    let pid: i32 = step(&w, "server pid", tmux(&w, &["display", "-p", "#{pid}"]))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| fail(&w, format!("server pid: {e}")));
+    // The server detached from its client (daemon): as subreaper we are
+    // its parent now.
+    let server = Proc::adopt(pid);
+    Some((w, server, guard))
+}
+
 /// dash: it holds /dev/tty open (fd 10) for job control.
+/// Types `line` and Enter into pane `target`.
+fn type_line(work: &Work, target: &str, line: &str) {
+    step(
+        work,
+        &format!("send-keys {line:?} to {target}"),
+        tmux(work, &["send-keys", "-t", target, line, "Enter"]),
+    );
+}
+
 /// `script -qfc "tmux -S SOCK attach" WORK/typescript`, once tmux lists
 /// the client.
 fn attach(work: &Work) -> Result<std::process::Child, String> {
     let sock = work.path("tmux.sock");
     let cmd = format!("tmux -S {} -f /dev/null attach -t main", sock.display());
-    let mut c = Command::new("script");
+    let mut c = clean_command(work, "script");
     c.args(["-qfc", &cmd])
         .arg(work.path("typescript"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", work.dir())
-        .env("TERM", "xterm")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: close_range and setsid are async-signal-safe and touch only
-    // the child.
-    unsafe {
-        c.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            libc::setsid();
-            Ok(())
-        });
-    }
     let child = c.spawn().map_err(|e| format!("script: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while tmux(work, &["list-clients"])?.trim().is_empty() {
@@ -137,41 +168,17 @@ fn cr_tmux_server_bash() {
 }
 
 fn cr_tmux(name: &str, shell: &str) {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIP {name}: no tmux in PATH");
+    let Some((work, mut server, _pty)) = start_server(name, shell) else {
         return;
-    }
-    ensure_subreaper();
-    // Each server's ptys come back with their indices: one at a time.
-    let _pty = pty_lock();
-    let work = Work::new(name);
+    };
     let w = &work;
-    std::fs::write(w.path("shell"), shell).expect("write shell");
-    step(
-        w,
-        "start tmux",
-        tmux(
-            w,
-            &["new-session", "-d", "-s", "main", "-x", "80", "-y", "24"],
-        ),
-    );
-    let pid: i32 = step(w, "server pid", tmux(w, &["display", "-p", "#{pid}"]))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| fail(w, format!("server pid: {e}")));
-    // The server detached from its client (daemon): as subreaper we are
-    // its parent now.
-    let mut server = Proc::adopt(pid);
+    let pid = server.pid;
     let cmd = "X=stasis-$((6*7)); echo MARK-$X";
-    step(
-        w,
-        "send-keys",
-        tmux(w, &["send-keys", "-t", "main:0", cmd, "Enter"]),
-    );
+    type_line(w, "main:0", cmd);
     step(w, "marker", wait_for_line(w, "main:0", "MARK-stasis-42"));
     let opts = Opts::default();
     dump_and_check_gone(w, &mut server, &opts);
-    let mut server = restore_and_adopt(w, pid, &opts);
+    server = restore_and_adopt(w, pid, &opts);
 
     let text = step(
         w,
@@ -179,11 +186,7 @@ fn cr_tmux(name: &str, shell: &str) {
         wait_for_line(w, "main:0", "MARK-stasis-42"),
     );
     assert!(text.contains(cmd), "the command line is gone:\n{text}");
-    step(
-        w,
-        "send-keys after restore",
-        tmux(w, &["send-keys", "-t", "main:0", "echo AGAIN-$X", "Enter"]),
-    );
+    type_line(w, "main:0", "echo AGAIN-$X");
     step(
         w,
         "the shell's variable",
@@ -192,14 +195,7 @@ fn cr_tmux(name: &str, shell: &str) {
     // A new window: a new pty pair and a fresh shell, which has no X (the
     // control: the value above came from the restored shell).
     step(w, "new-window", tmux(w, &["new-window", "-t", "main"]));
-    step(
-        w,
-        "send-keys in the new window",
-        tmux(
-            w,
-            &["send-keys", "-t", "main:1", "echo NEW-$X-$((1+1))", "Enter"],
-        ),
-    );
+    type_line(w, "main:1", "echo NEW-$X-$((1+1))");
     step(w, "a fresh shell", wait_for_line(w, "main:1", "NEW--2"));
     let windows = step(w, "list-windows", tmux(w, &["list-windows", "-t", "main"]));
     assert_eq!(windows.lines().count(), 2, "windows:\n{windows}");
@@ -211,11 +207,7 @@ fn cr_tmux(name: &str, shell: &str) {
         "select-window",
         tmux(w, &["select-window", "-t", "main:0"]),
     );
-    step(
-        w,
-        "send-keys for the client",
-        tmux(w, &["send-keys", "-t", "main:0", "echo SEEN-$X", "Enter"]),
-    );
+    type_line(w, "main:0", "echo SEEN-$X");
     step(
         w,
         "the client's terminal",
@@ -232,28 +224,11 @@ fn cr_tmux(name: &str, shell: &str) {
 /// name, and the server runs on.
 #[test]
 fn refuse_tmux_with_attached_client() {
-    let name = "refuse_tmux_attached";
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIP {name}: no tmux in PATH");
+    let Some((work, mut server, _pty)) = start_server("refuse_tmux_attached", "/bin/sh") else {
         return;
-    }
-    ensure_subreaper();
-    let _pty = pty_lock();
-    let work = Work::new(name);
+    };
     let w = &work;
-    step(
-        w,
-        "start tmux",
-        tmux(
-            w,
-            &["new-session", "-d", "-s", "main", "-x", "80", "-y", "24"],
-        ),
-    );
-    let pid: i32 = step(w, "server pid", tmux(w, &["display", "-p", "#{pid}"]))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| fail(w, format!("server pid: {e}")));
-    let mut server = Proc::adopt(pid);
+    let pid = server.pid;
     let mut client = step(w, "attach", attach(w));
     let out = dump(w, pid, &[], Duration::from_secs(60));
     assert!(
