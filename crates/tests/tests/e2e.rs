@@ -394,6 +394,26 @@ fn leave_running(name: &str, program: Program, args: &[&str]) {
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
+/// `dump -R` of tp_pty: the dump asks the pair through duplicates only,
+/// and the program's own checks after it pass on the original pair.
+#[test]
+fn dump_leave_running_pty() {
+    let _pty = pty_lock();
+    leave_running("dump_leave_running_pty", Program::Bin("tp_pty"), &[]);
+}
+
+/// `dump -R` of a master whose slave was closed: the dump opens a slave to
+/// ask it and closes it again, which leaves the master as it was (POLLHUP).
+#[test]
+fn dump_leave_running_ptmx() {
+    let _pty = pty_lock();
+    leave_running(
+        "dump_leave_running_ptmx",
+        Program::Bin("tp_unsupported"),
+        &["--with", "ptmx"],
+    );
+}
+
 #[test]
 fn dump_leave_running() {
     leave_running("dump_leave_running", Program::Bin("tp_memory"), MEM_SMALL);
