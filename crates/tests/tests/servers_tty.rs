@@ -176,9 +176,19 @@ fn cr_tmux(name: &str, shell: &str) {
     let cmd = "X=stasis-$((6*7)); echo MARK-$X";
     type_line(w, "main:0", cmd);
     step(w, "marker", wait_for_line(w, "main:0", "MARK-stasis-42"));
+    // tmux asks the pane's master for its foreground group
+    // (tcgetpgrp) to name the running command and find its directory.
+    let fmt = "#{pane_pid} #{pane_current_command} #{pane_current_path} #{pane_tty}";
+    let pane = |w: &Work| tmux(w, &["display", "-p", "-t", "main:0", fmt]);
+    let before = step(w, "pane before", pane(w));
     let opts = Opts::default();
     dump_and_check_gone(w, &mut server, &opts);
     server = restore_and_adopt(w, pid, &opts);
+    assert_eq!(
+        before,
+        step(w, "pane after", pane(w)),
+        "pane pid, command, path, tty"
+    );
 
     let text = step(
         w,
