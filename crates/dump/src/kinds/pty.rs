@@ -147,6 +147,8 @@ fn master_state(d: &Fd<'_>, m: &OwnedFd) -> Result<(u32, PtyState)> {
             session,
             fg_pgrp,
             slave_closed: hup,
+            atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
         },
     ))
 }

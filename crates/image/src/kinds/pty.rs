@@ -87,6 +87,12 @@ pub struct PtyState {
     /// reads EIO and polls POLLHUP.
     #[serde(default)]
     pub slave_closed: bool,
+    /// Access and modification times of /dev/pts/N, nanoseconds since the
+    /// epoch (the idle time `w` shows); 0: not saved.
+    #[serde(default)]
+    pub atime_ns: i64,
+    #[serde(default)]
+    pub mtime_ns: i64,
 }
 
 pub(super) fn validate(

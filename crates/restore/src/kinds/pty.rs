@@ -157,6 +157,15 @@ fn finish_pair(o: &Opened, pid: u32, index: u32, master: &OwnedFd, s: &PtyState)
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(s.mode))
         .map_err(io(pid, format!("fchmod /dev/pts/{index}")))?;
+    if s.atime_ns > 0 && s.mtime_ns > 0 {
+        // Last: every read and write of the terminal moves them.
+        let at = |ns: i64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64);
+        let times = std::fs::FileTimes::new()
+            .set_accessed(at(s.atime_ns))
+            .set_modified(at(s.mtime_ns));
+        f.set_times(times)
+            .map_err(io(pid, format!("futimens /dev/pts/{index}")))?;
+    }
     let f = OwnedFd::from(f);
     pty::set_exclusive(&f, s.slave_exclusive).at(pid, st)?;
     pty::set_exclusive(master, s.master_exclusive).at(pid, st)?;

@@ -229,6 +229,7 @@ struct State {
     winsize: [u16; 4],
     slave_excl: i32,
     owner: (u32, u32, u32),
+    times: (i64, i64, i64, i64),
     sid: i32,
     fg: i32,
 }
@@ -245,6 +246,7 @@ fn state(m: i32, s: i32) -> State {
         winsize: winsize(m),
         slave_excl: get(s, libc::TIOCGEXCL),
         owner: (md.uid(), md.gid(), md.mode() & 0o7777),
+        times: (md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()),
         sid: get(m, libc::TIOCGSID),
         fg: get(m, libc::TIOCGPGRP),
     }
@@ -306,6 +308,22 @@ fn main() {
     if unsafe { libc::ioctl(m, libc::TIOCPKT, &1i32) } < 0 {
         die("TIOCPKT");
     }
+    // Times of /dev/pts/N in the past (every read or write moves them).
+    let path = std::ffi::CString::new(format!("/dev/pts/{index}")).expect("path");
+    let ts = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        },
+        libc::timespec {
+            tv_sec: 1_100_000_000,
+            tv_nsec: 987_654_321,
+        },
+    ];
+    // SAFETY: a valid path and two timespecs.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), ts.as_ptr(), 0) } < 0 {
+        die("utimensat /dev/pts/N");
+    }
     let before = state(m, s);
     proto.ready_and_wait();
 
@@ -332,6 +350,12 @@ fn main() {
         "owner and mode of /dev/pts/N",
         (before.owner, (1, 2, 0o640)),
         (after.owner, (1, 2, 0o640)),
+    );
+    let want = (1_000_000_000, 123_456_789, 1_100_000_000, 987_654_321);
+    report.eq(
+        "times of /dev/pts/N",
+        (before.times, want),
+        (after.times, want),
     );
     report.eq(
         "session (TIOCGSID)",
