@@ -29,18 +29,18 @@ fn dirs_and_name(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
     if img.cwd_saved == 0 {
-        let at = r.write_scratch(0, &cstr_bytes(&img.cwd)).at(pid, st)?;
-        r.call(libc::SYS_chdir, &[at], &format!("chdir {}", img.cwd))
+        let at = r.stage(&cstr_bytes(&img.cwd)).at(pid, st)?;
+        r.queue(libc::SYS_chdir, &[at], format!("chdir {}", img.cwd))
             .at(pid, st)?;
     }
     if img.root != "/" {
-        let at = r.write_scratch(0, &cstr_bytes(&img.root)).at(pid, st)?;
-        r.call(libc::SYS_chroot, &[at], &format!("chroot {}", img.root))
+        let at = r.stage(&cstr_bytes(&img.root)).at(pid, st)?;
+        r.queue(libc::SYS_chroot, &[at], format!("chroot {}", img.root))
             .at(pid, st)?;
     }
-    r.call(libc::SYS_umask, &[u64::from(img.umask)], "umask")
+    r.queue(libc::SYS_umask, &[u64::from(img.umask)], "umask")
         .at(pid, st)?;
-    r.call(
+    r.queue(
         libc::SYS_personality,
         &[u64::from(img.personality)],
         "personality",
@@ -60,17 +60,15 @@ fn scheduling(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     if old_image
         && (policy & !0x4000_0000 != libc::SCHED_OTHER as u32 || img.sched.rt_priority != 0)
     {
-        let at = r
-            .write_scratch(0, &img.sched.rt_priority.to_le_bytes())
-            .at(pid, st)?;
-        r.call(
+        let at = r.stage(&img.sched.rt_priority.to_le_bytes()).at(pid, st)?;
+        r.queue(
             libc::SYS_sched_setscheduler,
             &[0, u64::from(policy), at],
             "sched_setscheduler",
         )
         .at(pid, st)?;
     }
-    r.call(
+    r.queue(
         libc::SYS_setpriority,
         &[libc::PRIO_PROCESS as u64, 0, img.sched.nice as i64 as u64],
         "setpriority",
@@ -91,11 +89,11 @@ fn rlimits(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         }
         let mut b = l.cur.to_le_bytes().to_vec();
         b.extend_from_slice(&l.max.to_le_bytes());
-        let at = r.write_scratch(0, &b).at(pid, st)?;
-        r.call(
+        let at = r.stage(&b).at(pid, st)?;
+        r.queue(
             libc::SYS_prlimit64,
             &[0, u64::from(l.resource), at, 0],
-            &format!("setrlimit({})", l.resource),
+            format!("setrlimit({})", l.resource),
         )
         .at(pid, st)?;
     }

@@ -20,8 +20,8 @@ fn capset(r: &mut RemoteThread, pid: u32, eff: u64, prm: u64, inh: u64) -> Resul
             b.extend_from_slice(&((v >> half) as u32).to_le_bytes());
         }
     }
-    let at = r.write_scratch(0, &b).at(pid, Stage::Creds)?;
-    r.call(libc::SYS_capset, &[at, at + 8], "capset")
+    let at = r.stage(&b).at(pid, Stage::Creds)?;
+    r.queue(libc::SYS_capset, &[at, at + 8], "capset")
         .at(pid, Stage::Creds)?;
     Ok(())
 }
@@ -53,19 +53,21 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage, inherited: bool, leader: bool
     }
     // Dumpable belongs to the whole process; the parent-death signal to each thread.
     if leader && img.dumpable <= 1 {
-        r.call(
+        r.queue(
             libc::SYS_prctl,
             &[libc::PR_SET_DUMPABLE as u64, u64::from(img.dumpable)],
             "prctl(PR_SET_DUMPABLE)",
         )
         .at(pid, st)?;
     }
-    r.call(
+    r.queue(
         libc::SYS_prctl,
         &[libc::PR_SET_PDEATHSIG as u64, u64::from(img.pdeath_signal)],
         "prctl(PR_SET_PDEATHSIG)",
     )
     .at(pid, st)?;
+    // This thread's credential calls in one round trip.
+    r.flush().at(pid, st)?;
     Ok(())
 }
 
@@ -103,7 +105,7 @@ fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         .unwrap_or(40);
     for cap in 0..=last_cap {
         if c.cap_bounding & (1 << cap) == 0 {
-            r.call(
+            r.queue(
                 libc::SYS_prctl,
                 &[libc::PR_CAPBSET_DROP as u64, cap],
                 "prctl(PR_CAPBSET_DROP)",
@@ -114,7 +116,7 @@ fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let root_only = c.uids == [0; 4] && c.gids == [0; 4];
     let want_bits = u64::from(c.securebits);
     if !root_only || want_bits != 0 {
-        r.call(
+        r.queue(
             libc::SYS_prctl,
             &[libc::PR_SET_SECUREBITS as u64, want_bits | SECBIT_KEEP_CAPS],
             "prctl(PR_SET_SECUREBITS)",
@@ -125,21 +127,21 @@ fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     for g in &c.groups {
         groups.extend_from_slice(&g.to_le_bytes());
     }
-    let at = r.write_scratch(0, &groups).at(pid, st)?;
-    r.call(
+    let at = r.stage(&groups).at(pid, st)?;
+    r.queue(
         libc::SYS_setgroups,
         &[c.groups.len() as u64, at],
         "setgroups",
     )
     .at(pid, st)?;
     let [gr, ge, gs, gf] = c.gids.map(u64::from);
-    r.call(libc::SYS_setresgid, &[gr, ge, gs], "setresgid")
+    r.queue(libc::SYS_setresgid, &[gr, ge, gs], "setresgid")
         .at(pid, st)?;
     let [ur, ue, us, uf] = c.uids.map(u64::from);
-    r.call(libc::SYS_setresuid, &[ur, ue, us], "setresuid")
+    r.queue(libc::SYS_setresuid, &[ur, ue, us], "setresuid")
         .at(pid, st)?;
-    r.call(libc::SYS_setfsgid, &[gf], "setfsgid").at(pid, st)?;
-    r.call(libc::SYS_setfsuid, &[uf], "setfsuid").at(pid, st)?;
+    r.queue(libc::SYS_setfsgid, &[gf], "setfsgid").at(pid, st)?;
+    r.queue(libc::SYS_setfsuid, &[uf], "setfsuid").at(pid, st)?;
     if !root_only || want_bits != 0 {
         // Keep CAP_SETPCAP effective (if permitted) long enough to put securebits back.
         let setpcap = c.cap_permitted & (1 << CAP_SETPCAP);
@@ -151,7 +153,7 @@ fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
             c.cap_inheritable,
         )?;
         if want_bits & SECBIT_KEEP_CAPS == 0 && setpcap != 0 {
-            r.call(
+            r.queue(
                 libc::SYS_prctl,
                 &[libc::PR_SET_SECUREBITS as u64, want_bits],
                 "prctl(PR_SET_SECUREBITS)",
@@ -162,7 +164,7 @@ fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     capset(r, pid, c.cap_effective, c.cap_permitted, c.cap_inheritable)?;
     for cap in 0..=last_cap {
         if c.cap_ambient & (1 << cap) != 0 {
-            r.call(
+            r.queue(
                 libc::SYS_prctl,
                 &[
                     libc::PR_CAP_AMBIENT as u64,
@@ -177,7 +179,7 @@ fn set_ids_and_caps(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         }
     }
     if c.no_new_privs {
-        r.call(
+        r.queue(
             libc::SYS_prctl,
             &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
             "prctl(PR_SET_NO_NEW_PRIVS)",

@@ -344,6 +344,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         .map(|r| dir.pages_path(r))
         .collect();
     let calls0 = stasis_sys::remote::remote_syscalls();
+    let trips0 = stasis_sys::remote::round_trips();
     let (pid, wait_pid) = tree::restore_tree(
         &image.processes,
         &pages,
@@ -357,8 +358,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let threads: usize = image.processes.iter().map(|p| p.threads.len()).sum();
     log::info!("pid {pid}: restored in {:?}", t0.elapsed());
     log::debug!(
-        "pid {pid}: {} remote syscalls for {} processes, {threads} threads, {} mappings",
+        "pid {pid}: {} remote syscalls in {} round trips for {} processes, {threads} threads, {} mappings",
         stasis_sys::remote::remote_syscalls() - calls0,
+        stasis_sys::remote::round_trips() - trips0,
         image.processes.len(),
         image
             .processes

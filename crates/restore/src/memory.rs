@@ -427,22 +427,25 @@ fn keep_apart(vmas: &[Vma], from_cow: &[bool]) -> Vec<bool> {
 fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
     let pid = r.tid().0 as u32;
     let st = Stage::Memory;
+    // The temporary mapping needs its address now; the rest is queued
+    // (and runs before any later call, so it is in place before the next
+    // temporary mapping is made).
     let tmp = map_vma(r, v, true, svc, 0)?;
     let len = v.end - v.start;
     let page = [tmp, PAGE_SIZE];
-    r.call(
+    r.queue(
         libc::SYS_madvise,
         &[page[0], page[1], MADV_POPULATE_WRITE],
         "madvise(populate_write)",
     )
     .at(pid, st)?;
-    r.call(
+    r.queue(
         libc::SYS_madvise,
         &[page[0], page[1], libc::MADV_DONTNEED as u64],
         "madvise(dontneed)",
     )
     .at(pid, st)?;
-    r.call(
+    r.queue(
         libc::SYS_mremap,
         &[
             tmp,
@@ -451,7 +454,7 @@ fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
             (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
             v.start,
         ],
-        &format!("mremap {:#x}-{:#x} into place", v.start, v.end),
+        format!("mremap {:#x}-{:#x} into place", v.start, v.end),
     )
     .at(pid, st)?;
     Ok(())

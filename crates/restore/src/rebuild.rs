@@ -97,9 +97,14 @@ fn drop_service(
     svc_fds.sort_unstable();
     svc_fds.dedup();
     for fd in svc_fds {
-        r.call(libc::SYS_close, &[fd as u64], "close service fd")
-            .at(pid, Stage::Registers)?;
+        r.queue(
+            libc::SYS_close,
+            &[fd as u64],
+            format!("close service fd {fd}"),
+        )
+        .at(pid, Stage::Registers)?;
     }
+    r.flush().at(pid, Stage::Registers)?;
     // Descriptor owners and file locks: after the threads, the credentials
     // and the closes above (closing any descriptor of a file drops the
     // process's POSIX locks on it; see their modules).

@@ -30,14 +30,15 @@ pub(crate) fn dispositions(r: &mut RemoteThread, img: &ProcessImage) -> Result<(
         for w in [h, f, rs, m] {
             b.extend_from_slice(&w.to_le_bytes());
         }
-        let at = r.write_scratch(0, &b).at(pid, st)?;
-        r.call(
+        let at = r.stage(&b).at(pid, st)?;
+        r.queue(
             libc::SYS_rt_sigaction,
             &[u64::from(signo), at, 0, 8],
-            &format!("rt_sigaction({signo})"),
+            format!("rt_sigaction({signo})"),
         )
         .at(pid, st)?;
     }
+    r.flush().at(pid, st)?;
     Ok(())
 }
 

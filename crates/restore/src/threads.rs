@@ -48,8 +48,8 @@ pub(crate) fn set_name(r: &mut RemoteThread, pid: u32, name: &str) -> Result<()>
     let mut comm = name.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
-    let at = r.write_scratch(0, &comm).at(pid, Stage::Attributes)?;
-    r.call(
+    let at = r.stage(&comm).at(pid, Stage::Attributes)?;
+    r.queue(
         libc::SYS_prctl,
         &[libc::PR_SET_NAME as u64, at],
         "prctl(PR_SET_NAME)",
@@ -63,8 +63,8 @@ pub(crate) fn thread_attributes(r: &mut RemoteThread, pid: u32, t: &ThreadState)
     let st = Stage::Attributes;
     set_name(r, pid, &t.comm)?;
     for p in &t.pending {
-        let at = r.write_scratch(0, &p.info).at(pid, st)?;
-        r.call(
+        let at = r.stage(&p.info).at(pid, st)?;
+        r.queue(
             libc::SYS_rt_tgsigqueueinfo,
             &[u64::from(pid), u64::from(t.tid), u64::from(p.signo), at],
             "rt_tgsigqueueinfo",
@@ -77,17 +77,17 @@ pub(crate) fn thread_attributes(r: &mut RemoteThread, pid: u32, t: &ThreadState)
     b.extend_from_slice(&(ss.flags & !(libc::SS_ONSTACK as u32)).to_le_bytes());
     b.extend_from_slice(&[0; 4]);
     b.extend_from_slice(&ss.size.to_le_bytes());
-    let at = r.write_scratch(0, &b).at(pid, st)?;
-    r.call(libc::SYS_sigaltstack, &[at, 0], "sigaltstack")
+    let at = r.stage(&b).at(pid, st)?;
+    r.queue(libc::SYS_sigaltstack, &[at, 0], "sigaltstack")
         .at(pid, st)?;
-    r.call(
+    r.queue(
         libc::SYS_set_tid_address,
         &[t.clear_child_tid],
         "set_tid_address",
     )
     .at(pid, st)?;
     if t.robust_list_head != 0 {
-        r.call(
+        r.queue(
             libc::SYS_set_robust_list,
             &[t.robust_list_head, t.robust_list_len],
             "set_robust_list",
@@ -95,13 +95,15 @@ pub(crate) fn thread_attributes(r: &mut RemoteThread, pid: u32, t: &ThreadState)
         .at(pid, st)?;
     }
     if let Some(rs) = t.rseq {
-        r.call(
+        r.queue(
             libc::SYS_rseq,
             &[rs.addr, u64::from(rs.len), 0, u64::from(rs.signature)],
             "rseq(register)",
         )
         .at(pid, st)?;
     }
+    // This thread's calls in one round trip.
+    r.flush().at(pid, st)?;
     Ok(())
 }
 

@@ -357,7 +357,14 @@ pub struct RemoteThread {
     /// Calls queued by [`RemoteThread::queue`], each with what it does (for
     /// its error), run as one batch before any other injection.
     queued: Vec<(BatchCall, String)>,
+    /// Bytes of scratch given out by [`RemoteThread::stage`] since the last
+    /// flush, from [`STAGE_BASE`] up.
+    staged: u64,
 }
+
+/// Where staged data for queued calls starts in the scratch area (below
+/// it: the arguments of single calls).
+const STAGE_BASE: u64 = 4096;
 
 impl RemoteThread {
     /// Prepares self-healing injection into a thread that is seized and stopped
@@ -467,6 +474,7 @@ impl RemoteThread {
             }),
             pending_stop: false,
             queued: Vec::new(),
+            staged: 0,
         };
         // Park the thread on the stub (a getpid, should we vanish now), then
         // block every signal while we inject: the stub puts the mask back.
@@ -493,6 +501,7 @@ impl RemoteThread {
             heal: None,
             pending_stop: false,
             queued: Vec::new(),
+            staged: 0,
         })
     }
 
@@ -738,12 +747,40 @@ impl RemoteThread {
         Ok(())
     }
 
+    /// Copies `data` into the scratch area for a queued call to point at
+    /// (returned: its address); it stays there until the queue has run.
+    /// Healing mode (calls run at once): the start of the scratch area.
+    pub fn stage(&mut self, data: &[u8]) -> Result<u64> {
+        if self.heal.is_some() {
+            return self.write_scratch(0, data);
+        }
+        let need = (data.len() as u64).div_ceil(16) * 16;
+        let limit = self
+            .scratch_len
+            .saturating_sub(4096 + (BATCH_MAX * BATCH_RECORD) as u64);
+        if STAGE_BASE + self.staged + need > limit {
+            self.flush()?;
+            if STAGE_BASE + need > limit {
+                return Err(SysError::other(
+                    "stage data",
+                    Some(self.tid),
+                    "too large for the scratch area",
+                ));
+            }
+        }
+        let at = self.write_scratch(STAGE_BASE + self.staged, data)?;
+        self.staged += need;
+        Ok(at)
+    }
+
     /// Runs the queued calls; the first failure is the error, naming its
     /// call (the calls after it are dropped).
     pub fn flush(&mut self) -> Result<()> {
         if self.queued.is_empty() {
+            self.staged = 0;
             return Ok(());
         }
+        self.staged = 0;
         let queued = std::mem::take(&mut self.queued);
         let calls: Vec<BatchCall> = queued.iter().map(|(c, _)| *c).collect();
         let results = self.run_batch(&calls)?;
