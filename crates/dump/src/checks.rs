@@ -138,7 +138,10 @@ fn sharing(pid: Pid, shell_job: bool) -> Result<()> {
     let stat = stasis_proc::read_stat(p).at(p, Stage::Check)?;
     // A controlling terminal is the restorer's after a restore, or none:
     // only a shell job may change it (criu's --shell-job).
-    if stat.tty_nr != 0 && !shell_job {
+    // A pty slave is checked with the descriptors (kinds::pty::finish): its
+    // master may be in the tree.
+    let pty = crate::kinds::pty_index(u64::from(stat.tty_nr)).is_some();
+    if stat.tty_nr != 0 && !shell_job && !pty {
         return Err(refuse(
             p,
             format!(

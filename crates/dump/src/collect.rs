@@ -193,6 +193,7 @@ pub(crate) fn collect(
         mm,
         saved_files: Vec::new(),
         file_locks: Vec::new(),
+        ctty_pty: kinds::pty_index(u64::from(stat.tty_nr)),
         fd_owners: Vec::new(),
         proc_attrs: Some(attrs),
         cwd_saved: 0,

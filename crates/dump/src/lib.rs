@@ -417,6 +417,7 @@ fn dump_frozen(
             .collect::<Vec<_>>(),
         &frozen.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
         pid_ns,
+        opts.shell_job,
     )?;
     for c in &mut collected {
         if let (Some(p), Some(pp)) = (parent, c.parent_pid) {

@@ -36,6 +36,7 @@ pub use format::{
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
 pub use kinds::inotify::InotifyWatch;
+pub use kinds::pty::{PtyState, Termios};
 pub use kinds::saved::{Extent, FileTimes, Owner};
 pub use locks::{FdOwner, FileLock, LockKind};
 pub use model::*;

@@ -157,6 +157,11 @@ pub struct ProcessImage {
     /// process that has it. Their bytes are in this process's page file.
     #[serde(default)]
     pub saved_files: Vec<SavedFile>,
+    /// The controlling terminal: index N of the pseudo-terminal pair
+    /// /dev/pts/N whose master is in the image (`None`: no controlling
+    /// terminal, or the shell job's, which is the restorer's).
+    #[serde(default)]
+    pub ctty_pty: Option<u32>,
     /// File locks and leases held (dumped with `--file-locks`).
     #[serde(default)]
     pub file_locks: Vec<crate::FileLock>,
@@ -616,6 +621,21 @@ pub enum FdKind {
     /// (PIDFD_THREAD). Reopened by the process itself on the restored one
     /// (crates/image/src/kinds/pidfd.rs).
     Pidfd { pid: u32, flags: u32 },
+    /// The master of a pseudo-terminal pair whose master is in the image
+    /// (/dev/ptmx): the pair is made again with the same `index`, its
+    /// state from `pty` (crates/image/src/kinds/pty.rs).
+    PtyMaster {
+        index: u32,
+        flags: u32,
+        pty: crate::kinds::pty::PtyState,
+    },
+    /// The slave /dev/pts/`index` of a pair whose master is in the image,
+    /// reopened from the restored master (TIOCGPTPEER).
+    PtySlave { index: u32, flags: u32 },
+    /// /dev/tty opened by a process whose controlling terminal is the
+    /// slave /dev/pts/`index` of a pair in the image: opened again by the
+    /// process itself, once its controlling terminal is back.
+    DevTty { index: u32, flags: u32 },
 }
 
 impl FdKind {
@@ -640,7 +660,10 @@ impl FdKind {
             | FdKind::Epoll { flags, .. }
             | FdKind::Inotify { flags, .. }
             | FdKind::ProcFile { flags, .. }
-            | FdKind::Pidfd { flags, .. } => *flags,
+            | FdKind::Pidfd { flags, .. }
+            | FdKind::PtyMaster { flags, .. }
+            | FdKind::PtySlave { flags, .. }
+            | FdKind::DevTty { flags, .. } => *flags,
         }
     }
 }

@@ -259,6 +259,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         },
         saved_files: Vec::new(),
         file_locks: Vec::new(),
+        ctty_pty: None,
         fd_owners: Vec::new(),
         proc_attrs: None,
         cwd_saved: 0,

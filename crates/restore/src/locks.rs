@@ -47,6 +47,9 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::TcpSocket { local, .. } => format!("TCP socket {local:?}"),
             FdKind::TcpConnection { local, peer, .. } => format!("TCP {local} -> {peer}"),
             FdKind::UdpSocket { local, .. } => format!("UDP socket {local:?}"),
+            FdKind::PtyMaster { index, .. } => format!("/dev/ptmx (pts {index})"),
+            FdKind::PtySlave { index, .. } => format!("/dev/pts/{index}"),
+            FdKind::DevTty { index, .. } => format!("/dev/tty (pts {index})"),
         })
         .unwrap_or_else(|| "?".into())
 }

@@ -139,6 +139,8 @@ pub(crate) fn restore_tree(
     //    helpers, whose only job was to hold a group until it was joined.
     set_process_groups(procs, &mut remotes, &tree.group_helpers)?;
     reap_group_helpers(procs, &mut remotes, &tree.group_helpers)?;
+    // 7b. foreground groups of the terminals: the groups exist now.
+    kinds::pty::set_foreground(procs, &mut remotes)?;
     // 8. rebuild each process; all stay stopped until every one is done,
     //    so a failure can still undo the whole tree.
     let mut built = Vec::with_capacity(procs.len());
@@ -198,6 +200,7 @@ fn open_files(
     for (img, pg) in procs.iter().zip(pages) {
         files.push(ProcFiles::open(img, pg, procs, &mut opened)?);
     }
+    kinds::pty::finish_all(&opened, procs)?;
     Ok((opened, files))
 }
 
@@ -281,6 +284,14 @@ fn plan_tree(
             pid: img.pid as i32,
             exit_signal: img.exit_signal as i32,
             setsid: img.sid == img.pid,
+            // The leader of a session with a pty of the tree as its
+            // controlling terminal takes it right after setsid, before
+            // forking: its children inherit it (a controlling terminal is
+            // per process, copied at fork).
+            ctty_fd: img
+                .ctty_pty
+                .filter(|_| img.sid == img.pid)
+                .and_then(|n| kinds::pty::master_fd(opened, n)),
             zombie_status: None,
             fds: FdPlan {
                 staging,

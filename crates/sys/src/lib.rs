@@ -14,6 +14,7 @@ pub mod inotify;
 pub mod mem;
 pub mod netlock;
 pub mod ptrace;
+pub mod pty;
 pub mod remote;
 pub mod sched;
 pub mod seqpacket;

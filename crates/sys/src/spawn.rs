@@ -67,6 +67,10 @@ pub struct ProcPlan {
     pub exit_signal: i32,
     /// Call setsid() first (a session leader).
     pub setsid: bool,
+    /// After setsid: make the terminal of this descriptor (of the caller,
+    /// inherited; a pty master names its slave) the controlling terminal
+    /// (TIOCSCTTY).
+    pub ctty_fd: Option<i32>,
     /// Exit at once with this wait status (a zombie for its parent to reap).
     pub zombie_status: Option<i32>,
     /// Descriptors; `fds.staging` is ignored (the tree's is used). The
@@ -112,6 +116,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         8 => "setsid failed",
         9 => "mounting /proc for the new PID namespace failed",
         10 => "setting the host or domain name of the new UTS namespace failed",
+        11 => "taking its controlling terminal (TIOCSCTTY) failed",
         _ => "unexpected failure",
     }
 }
@@ -278,6 +283,12 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         if p.setsid && libc::syscall(libc::SYS_setsid) < 0 {
             report(plan.ready_fd, me, 8);
             exit_now(8);
+        }
+        if let Some(fd) = p.ctty_fd {
+            if libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                report(plan.ready_fd, me, 11);
+                exit_now(11);
+            }
         }
         for &c in &p.children {
             let r = fork_plan_child(plan, c, me);

@@ -89,6 +89,26 @@ selfcheck!(
     Program::Bin("tp_epoll"),
     []
 );
+#[test]
+fn selfcheck_pty() {
+    let _pty = pty_lock();
+    let work = Work::new("selfcheck_pty");
+    run_plain(&work, Program::Bin("tp_pty"), &[]).assert_pass(&work);
+}
+
+#[test]
+fn negative_pty() {
+    let _pty = pty_lock();
+    let work = Work::new("negative_pty");
+    let out = run_plain(&work, Program::Bin("tp_pty"), &["--corrupt"]);
+    assert!(
+        out.result.starts_with("FAIL: ")
+            && out.result.contains("termios")
+            && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
 selfcheck!(
     selfcheck_inotify,
     negative_inotify,
@@ -174,6 +194,8 @@ selfcheck!(selfcheck_shell, negative_shell, Program::Shell, []);
 
 #[test]
 fn selfcheck_unsupported_resources_work() {
+    // Some resources are ptys.
+    let _pty = pty_lock();
     for what in [
         "pipe",
         "thread",
@@ -193,6 +215,8 @@ fn selfcheck_unsupported_resources_work() {
         "mce",
         "sud",
         "ctty",
+        "pty-queued",
+        "ctty-own",
         "chardev",
         "packet-pipe",
         "thread-child-pdeath",
@@ -348,6 +372,26 @@ fn cr_shell() {
 
 // ---------------------------------------------------------------------------
 // Dump and restore behaviour.
+
+/// `dump -R` of tp_pty: the dump asks the pair through duplicates only,
+/// and the program's own checks after it pass on the original pair.
+#[test]
+fn dump_leave_running_pty() {
+    let _pty = pty_lock();
+    leave_running("dump_leave_running_pty", Program::Bin("tp_pty"), &[]);
+}
+
+/// `dump -R` of a master whose slave was closed: the dump opens a slave to
+/// ask it and closes it again, which leaves the master as it was (POLLHUP).
+#[test]
+fn dump_leave_running_ptmx() {
+    let _pty = pty_lock();
+    leave_running(
+        "dump_leave_running_ptmx",
+        Program::Bin("tp_unsupported"),
+        &["--with", "ptmx"],
+    );
+}
 
 #[test]
 fn dump_leave_running() {
@@ -757,6 +801,7 @@ fn refuse_syscall_user_dispatch() {
 
 #[test]
 fn refuse_controlling_terminal_without_shell_job() {
+    let _pty = pty_lock();
     refuse("ctty", &["controlling terminal"]);
 }
 
@@ -805,22 +850,38 @@ fn refuse_guard_region() {
     refuse("guard", &["guard region"]);
 }
 
-/// Shell jobs get the restorer's terminal for every terminal descriptor:
-/// a pty master or a second terminal is refused by name even with `-j`.
+/// A pty master held in the tree (its slave closed) is a pair of the tree
+/// now: restored with its index, the slave's closed state kept.
 #[test]
-fn refuse_pty_master_with_shell_job() {
-    refused_dump(
-        "refuse_pty_master",
-        Program::Bin("tp_unsupported"),
-        &["--with", "ptmx"],
-        &["-j"],
-        &["pseudo-terminal master"],
-        false,
-    );
+fn cr_unsupported_ptmx_now_supported() {
+    cr_tp_unsupported_pty("cr_unsupported_ptmx", "ptmx");
 }
 
+/// `cr` of tp_unsupported `--with what`, a case with ptys (serialized).
+fn cr_tp_unsupported_pty(name: &str, what: &str) {
+    let _pty = pty_lock();
+    cr(name, Program::Bin("tp_unsupported"), &["--with", what]);
+}
+
+/// A session leader whose controlling terminal is a pty of the tree.
+#[test]
+fn cr_unsupported_ctty_now_supported() {
+    cr_tp_unsupported_pty("cr_unsupported_ctty", "ctty-own");
+}
+
+/// Input written to a pty and not yet read cannot be read without
+/// consuming it: refused by name.
+#[test]
+fn refuse_pty_with_queued_input() {
+    let _pty = pty_lock();
+    refuse("pty-queued", &["not yet read"]);
+}
+
+/// Shell jobs get the restorer's terminal for every terminal descriptor:
+/// descriptors of a second terminal are refused by name even with `-j`.
 #[test]
 fn refuse_two_terminals_with_shell_job() {
+    let _pty = pty_lock();
     refused_dump(
         "refuse_two_ttys",
         Program::Bin("tp_unsupported"),
@@ -870,6 +931,14 @@ fn cr_epoll_eventfd() {
 #[test]
 fn cr_inotify() {
     cr("cr_inotify", Program::Bin("tp_inotify"), &[]);
+}
+
+/// A pty pair inside the tree: master, slaves, a session with it as its
+/// controlling terminal, a foreground group, non-default settings.
+#[test]
+fn cr_pty() {
+    let _pty = pty_lock();
+    cr("cr_pty", Program::Bin("tp_pty"), &[]);
 }
 
 /// An inotify instance with events waiting is refused by name (they
@@ -1155,10 +1224,24 @@ fn run_in_pid_ns(work: &Work, name: &str) -> Proc {
 /// use the namespace's PIDs and its own /proc, before and after.
 #[test]
 fn cr_files2_in_pid_ns() {
-    let work = Work::new("cr_files2_pidns");
+    cr_in_pid_ns("cr_files2_pidns", "tp_files2");
+}
+
+/// tp_pty as PID 1 of a PID namespace (`stasis run`): the pty's session
+/// and foreground group are the namespace's PIDs in the image.
+#[test]
+fn cr_pty_in_pid_ns() {
+    let _pty = pty_lock();
+    cr_in_pid_ns("cr_pty_pidns", "tp_pty");
+}
+
+/// `program` as PID 1 of a PID namespace (`stasis run`): dump, restore
+/// (-d), go, and it must pass.
+fn cr_in_pid_ns(name: &str, program: &str) {
+    let work = Work::new(name);
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
-    let mut init = run_in_pid_ns(&work, "tp_files2");
+    let mut init = run_in_pid_ns(&work, program);
     let img = format!("{dir}/img");
     let pid = init.pid.to_string();
     let dump_args = ["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"];
@@ -1594,6 +1677,7 @@ fn open_pty() -> (std::fs::File, String) {
 /// program gets that terminal and writes to it.
 #[test]
 fn cr_shell_job_on_a_terminal() {
+    let _pty = pty_lock();
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let work = Work::new("cr_shell_job");
@@ -2090,4 +2174,64 @@ fn refuse_procattrs_unrestorable_settings() {
     fs::write(&core, &original).expect("restore core");
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A pty pair comes back with its index or not at all: with /dev/pts/N
+/// held by someone else, the restore refuses it by name before any
+/// process exists.
+#[test]
+fn refuse_restore_pty_index_taken() {
+    let _pty = pty_lock();
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let work = Work::new("refuse_pty_taken");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_pty"), &[]);
+    step(
+        &work,
+        "ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let v = show(&work, &work.img());
+    let index = v.to_string();
+    let index: u32 = index
+        .split("\"pty_master\"")
+        .nth(1)
+        .and_then(|r| r.split("\"index\":").nth(1))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| fail(&work, "no pty_master index in the image"));
+    // Hold every index up to N (the kernel hands out the lowest free one).
+    let mut held = Vec::new();
+    loop {
+        // SAFETY: opening a new pty master, owned below.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(fd >= 0, "open /dev/ptmx");
+        // SAFETY: fd is a fresh descriptor of ours.
+        let m = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut n = 0u32;
+        // SAFETY: TIOCGPTN writes one int.
+        let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+        assert_eq!(r, 0, "TIOCGPTN");
+        held.push(m);
+        if n >= index {
+            break;
+        }
+    }
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    drop(held);
+    assert!(
+        !out.success() && out.stderr.contains(&format!("pts {index} is taken")),
+        "restore did not refuse the taken index: {out:?}{}",
+        work.diagnostics()
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a process of the image exists after a refused restore"
+    );
 }

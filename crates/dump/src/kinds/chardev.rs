@@ -1,5 +1,6 @@
 //! Character devices by path: the stateless memory devices, and a
 //! terminal only with `--shell-job`; any other device is refused by name.
+//! Pseudo-terminals are claimed before, by `pty`.
 
 use super::Fd;
 use crate::Result;
@@ -26,22 +27,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         return Err(d.refuse("a terminal; use --shell-job (-j) to dump a process attached to one"));
     }
     // A shell job's terminal descriptors are all opened on the restorer's
-    // one terminal: a pty master, or descriptors of two terminals, would
-    // come back as something else.
-    if is_tty(rdev) {
-        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-        if (major, minor) == (5, 2) {
-            return Err(d.refuse("a pseudo-terminal master (not supported yet)"));
-        }
-        if (major, minor) != (5, 0) {
-            d.ttys.insert(rdev);
-            if d.ttys.len() > 1 {
-                return Err(d.refuse(
-                    "a second terminal: a shell job's descriptors may name one terminal only",
-                ));
-            }
-        }
-    }
+    // one terminal: a process naming two is refused in kinds::pty::finish.
     if !is_tty(rdev) && !stateless(rdev) {
         return Err(d.refuse(&format!(
             "character device {}:{}: its driver state cannot be saved (only /dev/null, zero, \

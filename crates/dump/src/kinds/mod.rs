@@ -23,6 +23,7 @@
 //! | `Saved` | [`saved`] | a regular file or directory whose link ends in " (deleted)" (memfds too) |
 //! | `Fifo` | [`fifo`] | a FIFO by path |
 //! | `Regular` | [`regular`] | a regular file or directory by path |
+//! | `PtyMaster`, `PtySlave`, `DevTty` | [`pty`] | a character device: /dev/ptmx (5:2), a pty slave (136-143:N), /dev/tty naming a pty (TIOCGDEV); a slave whose master is outside the tree becomes a `CharDevice` (`-j`) in `pty::finish` |
 //! | `CharDevice` | [`chardev`] | a character device (a terminal only with --shell-job) |
 //!
 //! Adding a kind: a module here with its `identify` (and `link` if it spans
@@ -40,6 +41,7 @@ mod opath;
 mod pidfd;
 mod pipe;
 mod procfile;
+mod pty;
 pub(crate) mod regular;
 pub(crate) mod saved;
 mod signalfd;
@@ -53,6 +55,8 @@ use stasis_image::{FdEntry, FdKind, ProcessImage};
 use stasis_proc::FdInfo;
 use stasis_sys::{util, Pid};
 use std::collections::{HashMap, HashSet};
+
+pub(crate) use pty::pty_index;
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 const DELETED: &str = " (deleted)";
@@ -106,8 +110,6 @@ pub(crate) struct Fd<'a> {
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
     pub(crate) unix: &'a mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
-    /// Terminal devices (rdev) the process's descriptors seen so far name.
-    pub(crate) ttys: &'a mut HashSet<u64>,
 }
 
 impl Fd<'_> {
@@ -206,6 +208,7 @@ const KINDS: &[(&str, Identify)] = &[
     ("unix socket", unix::identify),
     ("pidfd", pidfd::identify),
     ("/proc entry", procfile::identify),
+    ("pseudo-terminal", pty::identify),
     ("O_PATH", opath::identify),
     ("saved file", saved::identify),
     ("fifo", fifo::identify),
@@ -218,7 +221,6 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Resul
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
-    let mut ttys = HashSet::new();
     for fd in stasis_proc::list_fds(pid).at(pid, st)? {
         let link = stasis_proc::read_link(pid, &format!("fd/{fd}")).at(pid, st)?;
         let info = stasis_proc::read_fdinfo(pid, fd).at(pid, st)?;
@@ -231,7 +233,6 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Resul
             sockets,
             md: None,
             unix: &mut unix,
-            ttys: &mut ttys,
         };
         if let Some(why) = crate::memkinds::refuse_hugetlb_fd(pid, fd, &link) {
             return Err(d.refuse(&why));
@@ -320,6 +321,9 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::UnixBound { .. } => (16, 0, 0),
         FdKind::ProcFile { .. } => (12, 0, 0),
         FdKind::Pidfd { .. } => (13, 0, 0),
+        FdKind::PtyMaster { index, .. } => (17, u64::from(*index), 0),
+        FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
+        FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
     }
 }
 
@@ -448,7 +452,14 @@ const FINISH: &[(&str, Finish)] = &[
 
 /// Runs every kind's [`FINISH`] pass, after the PID namespace translation
 /// (`zombies`: their PIDs, translated too).
-pub(crate) fn finish_tree(procs: &mut [Proc<'_>], zombies: &[u32], pid_ns: bool) -> Result<()> {
+pub(crate) fn finish_tree(
+    procs: &mut [Proc<'_>],
+    zombies: &[u32],
+    pid_ns: bool,
+    shell_job: bool,
+) -> Result<()> {
+    // Terminals: PIDs (sessions, groups) final, every descriptor known.
+    pty::finish(procs, shell_job)?;
     let tasks = Tasks::new(procs, zombies);
     for (name, finish) in FINISH {
         log::trace!("checking {name}");

@@ -18,6 +18,7 @@
 //! | `TcpSocket`, `UdpSocket`, `TcpConnection` | [`inet`] | family, addresses of that family, option names, device name; a connection's state ESTABLISHED, queue sizes, window scales |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
 //! | `Pidfd` | [`pidfd`] | pid > 0 |
+//! | `PtyMaster`, `PtySlave`, `DevTty` | [`pty`] | index below the kernel's limit, control characters, termios speeds |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
 //! Adding a kind: its variant in `FdKind`, a module here if it has rules,
@@ -32,6 +33,7 @@ mod opath;
 mod pidfd;
 mod pipe;
 mod procfile;
+pub mod pty;
 pub(crate) mod regular;
 pub(crate) mod saved;
 pub mod unix;
@@ -117,5 +119,9 @@ pub(crate) fn validate_fd(
         .and_then(|()| inet::validate_queued(c, &field, queued)),
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
+        FdKind::PtyMaster { index, pty, .. } => pty::validate(c, &field, *index, Some(pty)),
+        FdKind::PtySlave { index, .. } | FdKind::DevTty { index, .. } => {
+            pty::validate(c, &field, *index, None)
+        }
     }
 }

@@ -23,6 +23,8 @@
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
 //! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
 //! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
+//! | `PtyMaster`, `PtySlave` | [`pty`] | /dev/ptmx opened until the kernel hands out the saved index; termios, window size, packet mode; slaves by TIOCGPTPEER; then exclusive modes, owner, mode, lock (`pty::finish_all`) |
+//! | `DevTty` | [`procfile`] | late: `openat("/dev/tty")` by the process itself (its controlling terminal is back since the fork) |
 //! | `ProcFile` | [`procfile`] | late: `openat` by the process itself, offset |
 //! | `Pidfd` | [`pidfd`] | late: `pidfd_open` by the process itself |
 //!
@@ -41,6 +43,7 @@ mod opath;
 mod pidfd;
 mod pipe;
 mod procfile;
+pub(crate) mod pty;
 mod regular;
 pub(crate) mod saved;
 mod signalfd;
@@ -86,6 +89,8 @@ pub(crate) struct Opened {
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,
+    /// Slave descriptions opened: (pty index, index into `owned`).
+    pub(crate) pty_slaves: Vec<(u32, usize)>,
 }
 
 impl Opened {
@@ -246,14 +251,18 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             };
             inet::open(o, cx, &s, false)
         }
-        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } => Err(RestoreError::Refused {
-            pid: cx.pid,
-            stage: Stage::Fork,
-            what: format!(
-                "fd {}: opened by the process itself, not before the fork",
-                cx.fd
-            ),
-        }),
+        FdKind::PtyMaster { index, .. } => pty::open_master(o, cx, *index),
+        FdKind::PtySlave { index, flags } => pty::open_slave(o, cx, *index, *flags),
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. } => {
+            Err(RestoreError::Refused {
+                pid: cx.pid,
+                stage: Stage::Fork,
+                what: format!(
+                    "fd {}: opened by the process itself, not before the fork",
+                    cx.fd
+                ),
+            })
+        }
     }
 }
 
@@ -262,7 +271,10 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
 /// cannot reach before the fork (nor through its own /proc and PID
 /// namespace). See [`reopen_late`].
 pub(crate) fn is_late(k: &FdKind) -> bool {
-    matches!(k, FdKind::ProcFile { .. } | FdKind::Pidfd { .. })
+    matches!(
+        k,
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. }
+    )
 }
 
 /// Opens one late descriptor in the process: the table of late kinds.
@@ -275,6 +287,10 @@ fn open_late(r: &mut RemoteThread, pid: u32, e: &FdEntry) -> Result<Option<(u64,
         } => procfile::open(r, pid, e.fd, path, *flags, *pos).map(Some),
         FdKind::Pidfd { pid: target, flags } => {
             pidfd::open(r, pid, e.fd, *target, *flags).map(Some)
+        }
+        // Its controlling terminal since the fork (sys/spawn.rs).
+        FdKind::DevTty { flags, .. } => {
+            procfile::open(r, pid, e.fd, "/dev/tty", *flags, 0).map(Some)
         }
         _ => Ok(None),
     }

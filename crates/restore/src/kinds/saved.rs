@@ -67,7 +67,7 @@ pub(crate) type TimesLater = Vec<(std::fs::File, SavedFile)>;
 pub(crate) const CWD_KEY: &str = "cwd-saved";
 
 /// An error of a plain file operation on a saved object.
-fn io(pid: u32, what: String) -> impl FnOnce(std::io::Error) -> RestoreError {
+pub(super) fn io(pid: u32, what: String) -> impl FnOnce(std::io::Error) -> RestoreError {
     move |source| RestoreError::Sys {
         pid,
         stage: Stage::Fork,

@@ -5,7 +5,8 @@
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
 //! ldt|mempolicy|mbind|seccomp-strict|unix-oob|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
-//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys`
+//! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys|pty-queued|
+//! ctty-own`
 //!
 //! - `pipe`: holds both ends of a pipe with 5 bytes buffered in it;
 //! - `thread`: a second thread waits for go and returns a value;
@@ -42,7 +43,9 @@
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
 //! - `sud`: syscall user dispatch on, selector allowing every call;
-//! - `ctty`: a controlling terminal (a pseudo-terminal it made its own);
+//! - `ctty`: a controlling terminal (a pseudo-terminal it made its own)
+//!   whose master is held outside the tree;
+//! - `ctty-own`: the same with the master held in the tree (now supported);
 //! - `chardev`: /dev/kmsg open (a device with a read position in the log);
 //! - `packet-pipe`: a pipe in packet mode (O_DIRECT) with two packets queued;
 //! - `thread-child-pdeath`: a child forked by a non-leader thread, with a
@@ -53,7 +56,9 @@
 //! - `autogroup`: its session's autogroup at nice 5;
 //! - `thread-pdeath`: a thread with a parent-death signal of its own;
 //! - `guard`: a guard region (MADV_GUARD_INSTALL) in an anonymous mapping;
-//! - `ptmx`: a pseudo-terminal master (dumped with `-j`);
+//! - `ptmx`: a pseudo-terminal master, its slave closed (now supported);
+//! - `pty-queued`: a pseudo-terminal pair with input written to the master
+//!   and not yet read from the slave;
 //! - `two-ttys`: the slaves of two pseudo-terminals (dumped with `-j`).
 //!
 //! After go it checks that the resource still works: the pipe yields the
@@ -661,9 +666,12 @@ fn main() {
             proto.ready_and_wait();
             report.eq("a syscall still works", std::process::id() > 0, true);
         }
-        "ctty" => {
+        "ctty" | "ctty-own" => {
             // A session of our own, and a new pseudo-terminal as its
             // controlling terminal; the slave descriptor is closed again.
+            // `ctty` leaves the master to a grandchild outside the tree
+            // (reparented away), which holds it until the work directory
+            // is gone; `ctty-own` keeps it.
             // SAFETY: plain calls on our own process and descriptors.
             unsafe {
                 libc::setsid();
@@ -676,6 +684,22 @@ fn main() {
                 assert!(sl >= 0, "open slave");
                 assert_eq!(libc::ioctl(sl, libc::TIOCSCTTY, 0), 0, "TIOCSCTTY");
                 libc::close(sl);
+                if what == "ctty" {
+                    let dir = std::ffi::CString::new(proto.dir().as_os_str().as_encoded_bytes())
+                        .expect("dir");
+                    let c = libc::fork();
+                    if c == 0 {
+                        if libc::fork() == 0 {
+                            while libc::access(dir.as_ptr(), libc::F_OK) == 0 {
+                                stasis_tests::nap(50_000_000);
+                            }
+                            libc::_exit(0);
+                        }
+                        libc::_exit(0);
+                    }
+                    libc::waitpid(c, std::ptr::null_mut(), 0);
+                    libc::close(m);
+                }
             }
             let tty = |s: String| {
                 s.rsplit(')')
@@ -836,6 +860,21 @@ fn main() {
             proto.ready_and_wait();
             report.eq("first page", 7, m.bytes()[0]);
         }
+        "pty-queued" => {
+            // SAFETY: plain calls on descriptors we own.
+            unsafe {
+                let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                assert!(m >= 0 && libc::unlockpt(m) == 0, "posix_openpt");
+                let sl = libc::open(libc::ptsname(m), libc::O_RDWR | libc::O_NOCTTY);
+                assert!(sl >= 0, "open slave");
+                let msg = b"typed ahead\n";
+                assert_eq!(
+                    libc::write(m, msg.as_ptr().cast(), msg.len()),
+                    msg.len() as isize
+                );
+            }
+            proto.ready_and_wait();
+        }
         "ptmx" | "two-ttys" => {
             // A new pseudo-terminal: (master, slave).
             let pty = || {
@@ -870,6 +909,17 @@ fn main() {
                     libc::close(s2);
                 }
             }
+            let hup = |fd: i32| {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: 0,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd, no wait.
+                unsafe { libc::poll(&mut p, 1, 0) };
+                p.revents & libc::POLLHUP != 0
+            };
+            let hup_before = hup(m1);
             proto.ready_and_wait();
             let alive = |fd: i32| {
                 // SAFETY: fcntl query on a descriptor number.
@@ -881,6 +931,11 @@ fn main() {
                 });
             } else {
                 report.check(alive(m1), || "the master descriptor is gone".into());
+                report.eq(
+                    "master polls POLLHUP (its slave closed)",
+                    (hup_before, true),
+                    (hup(m1), true),
+                );
             }
         }
         other => panic!("unknown --with {other}"),

@@ -91,6 +91,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_unix" => env!("CARGO_BIN_EXE_tp_unix"),
         "tp_httpd" => env!("CARGO_BIN_EXE_tp_httpd"),
         "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
+        "tp_pty" => env!("CARGO_BIN_EXE_tp_pty"),
         "tp_cgroup" => env!("CARGO_BIN_EXE_tp_cgroup"),
         "tp_seccomp" => env!("CARGO_BIN_EXE_tp_seccomp"),
         "tp_shmem" => env!("CARGO_BIN_EXE_tp_shmem"),
@@ -123,6 +124,14 @@ pub fn stasis_bin() -> PathBuf {
     // target/debug/deps/e2e-xxxx -> target/debug/stasis
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join("stasis")
+}
+
+/// Serializes the tests of one test binary that open pseudo-terminals: a
+/// pair is restored with its old index, which a pty opened meanwhile by a
+/// concurrent test could take (refused by name, and a flaky test).
+pub fn pty_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Makes the test process a child subreaper, so that a process restored with
