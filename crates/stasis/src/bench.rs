@@ -415,15 +415,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let read_before = raw_read(&pages, stats.page_bytes)?;
     let calls0 = stasis_sys::remote::remote_syscalls();
     let t = Instant::now();
-    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
-        images_dir: img.clone(),
-        allow_changed_files: false,
-        new_pid_ns: false,
-        shell_job: false,
-        manage_cgroups: stasis_restore::CgroupMode::default(),
-        cgroup_roots: Vec::new(),
-        tcp_close: false,
-    })?;
+    let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
     verify_restored(case, &run, restored.wait_pid)?;
@@ -460,6 +452,19 @@ struct PrecopySample {
     last: Duration,
     last_bytes: u64,
     parent_bytes: u64,
+}
+
+/// The restore options every case uses: stasis's defaults.
+fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
+    stasis_restore::RestoreOptions {
+        images_dir: dir,
+        allow_changed_files: false,
+        new_pid_ns: false,
+        shell_job: false,
+        manage_cgroups: stasis_restore::CgroupMode::default(),
+        cgroup_roots: Vec::new(),
+        tcp_close: false,
+    }
 }
 
 fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_dump::DumpOptions {
@@ -500,15 +505,7 @@ fn run_precopy_round(
     std::thread::sleep(PRECOPY_GAP);
     let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some("../pre"), false))?;
     let _ = run.child.wait();
-    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
-        images_dir: work.join("img"),
-        allow_changed_files: false,
-        new_pid_ns: false,
-        shell_job: false,
-        manage_cgroups: stasis_restore::CgroupMode::default(),
-        cgroup_roots: Vec::new(),
-        tcp_close: false,
-    })?;
+    let restored = stasis_restore::restore(&restore_opts(work.join("img")))?;
     verify_restored(case, &run, restored.wait_pid)?;
     fs::remove_dir_all(&work)?;
     Ok(PrecopySample {
