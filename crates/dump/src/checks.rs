@@ -103,7 +103,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
     for (i, ns) in NAMESPACES.iter().enumerate() {
         let id = ns_id(&task, ns);
         let want = match *ns {
-            "mnt" if reference.pid_ns_tree => reference.root_mnt,
+            // The root's, saved when it is not stasis's (mntns.rs).
+            "mnt" => reference.root_mnt,
             "uts" => reference.root_uts,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
@@ -113,8 +114,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             return Err(refuse(
                 pid,
                 format!(
-                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and a UTS \
-                     namespace the whole tree shares with its root, are restored yet",
+                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS and \
+                     mount namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

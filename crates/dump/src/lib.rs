@@ -41,6 +41,7 @@ mod stub_site;
 mod threads;
 mod timers;
 mod uts;
+mod mntns;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;
@@ -283,6 +284,8 @@ fn dump_frozen(
     deadline.check(Stage::Freeze)?;
     checks::check_tree(frozen, opts.shell_job)?;
     let uts = uts::collect(Pid(root as i32))?;
+    let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
+    let mntns = mntns::collect(Pid(root as i32), &tree_pids)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     for f in &mut frozen.procs {
         collected.push(collect::collect(f, opts.shell_job, opts.skip_in_flight)?);
@@ -363,6 +366,7 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        mntns,
         cgroups,
         shell_job: opts.shell_job,
         zombies: frozen

@@ -276,6 +276,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        mntns: None,
         cgroups: None,
     }
 }

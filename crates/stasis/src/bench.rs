@@ -395,6 +395,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         shell_job: false,
         manage_cgroups: stasis_restore::CgroupMode::default(),
         cgroup_roots: Vec::new(),
+        mounts: stasis_restore::MountOptions::default(),
     })?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;

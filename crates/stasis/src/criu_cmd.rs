@@ -41,6 +41,8 @@ struct Request {
     manage_cgroups: Option<stasis_restore::CgroupMode>,
     /// criu's `--cgroup-root [CONTROLLER:]/PATH`, each one given.
     cgroup_roots: Vec<stasis_restore::CgroupRoot>,
+    /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore).
+    mounts: stasis_restore::MountOptions,
     /// Notes for the log: accepted options and why they change nothing.
     notes: Vec<String>,
 }
@@ -157,6 +159,12 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             stasis_restore::CgroupRoot::parse(g.value.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow!("invalid argument for --cgroup-root: {e}"))?,
         ),
+        "root" => r.mounts.root = g.value.clone(),
+        "ext-mount-map" => {
+            let v = g.value.as_deref().unwrap_or("");
+            let (k, p) = v.split_once(':').unwrap_or((v, ""));
+            r.mounts.ext_map.push((k.to_string(), p.to_string()));
+        }
         "status-fd" => {
             let _: i32 = number(g)?;
         }
@@ -312,6 +320,12 @@ impl Prepared {
 fn dump(r: &Request) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
+    if let Some((m, _)) = r.mounts.ext_map.first() {
+        bail!(
+            "option --ext-mount-map {m}:KEY at dump is not supported yet: stasis names each \
+             external mount by its host path (the KEY to map at restore)"
+        );
+    }
     r.setup_log(Some(&dir))?;
     let opts = stasis_dump::DumpOptions {
         pid,
@@ -347,6 +361,7 @@ fn restore(r: &Request) -> Result<ExitCode> {
         shell_job: r.shell_job,
         manage_cgroups: r.manage_cgroups.unwrap_or_default(),
         cgroup_roots: r.cgroup_roots.clone(),
+        mounts: r.mounts.clone(),
     };
     let restored = stasis_restore::restore(&opts)?;
     let pid = restored.pid;

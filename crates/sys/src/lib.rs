@@ -89,5 +89,6 @@ pub(crate) fn last_errno() -> i32 {
 pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;
+pub mod mount;
 pub mod spawn;
 pub mod udpq;

@@ -19,7 +19,7 @@ pub(super) fn open_path(
     pos: u64,
 ) -> Result<usize> {
     let (pid, st) = (cx.pid, Stage::Fork);
-    let fd = util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
+    let fd = crate::mntns::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
         pid,
         stage: st,
         source: stasis_sys::SysError {

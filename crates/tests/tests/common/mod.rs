@@ -92,6 +92,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_files2" => env!("CARGO_BIN_EXE_tp_files2"),
         "tp_cgroup" => env!("CARGO_BIN_EXE_tp_cgroup"),
         "tp_seccomp" => env!("CARGO_BIN_EXE_tp_seccomp"),
+        "tp_mntns" => env!("CARGO_BIN_EXE_tp_mntns"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)

@@ -1,0 +1,73 @@
+//! End-to-end tests for a tree in a mount namespace of its own (issue 11):
+//! tmpfs contents, a read-only bind of a host directory, a fresh proc, an
+//! open file and a mapping on the tmpfs, with a child in the same
+//! namespace; the restored namespace is not the host's. Needs root.
+
+mod common;
+
+use common::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether the host (this test) sees a mount on `dir`.
+fn host_sees_mount(dir: &std::path::Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(&d))
+}
+
+/// Dump, restore, and while the restored tree runs: the host sees none of
+/// its mounts and none of its tmpfs files; then each process checks itself.
+#[test]
+fn cr_own_mount_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let work = Work::new("cr_own_mount_namespace");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
+    step(&work, "waiting for ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    dump_and_check_gone(&work, &mut p, &opts);
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    for d in ["t", "ro", "p"] {
+        assert!(!host_sees_mount(&work.path(d)), "the host sees the tree's mount on {d}");
+    }
+    assert!(!work.path("t/a").exists(), "the host sees the tree's tmpfs contents");
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn negative_own_mount_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let work = Work::new("negative_own_mount_namespace");
+    let out = run_plain(&work, Program::Bin("tp_mntns"), &["--corrupt"]);
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// An overlayfs in the tree's namespace is refused by name; the tree runs on.
+#[test]
+fn refuse_overlay_in_mount_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    refused_dump(
+        "refuse_overlay_mntns",
+        Program::Bin("tp_mntns"),
+        &["--case", "overlay"],
+        &[],
+        &["overlay"],
+        false,
+    );
+}
