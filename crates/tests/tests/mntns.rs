@@ -71,3 +71,37 @@ fn refuse_overlay_in_mount_namespace() {
         false,
     );
 }
+
+/// An external mount whose host path is gone: the restore fails naming
+/// its key and `--ext-mount-map`, and leaves nothing; with
+/// `--ext-mount-map KEY:NEWPATH` (criu's restore form) it is bound from
+/// there (and the root mount from `--root /`) and the tree passes its
+/// checks.
+#[test]
+fn cr_mount_namespace_ext_mount_map() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let work = Work::new("cr_mntns_ext_mount_map");
+    let mut opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
+    step(&work, "waiting for ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    dump_and_check_gone(&work, &mut p, &opts);
+    let (src, moved) = (work.path("src"), work.path("src-moved"));
+    std::fs::rename(&src, &moved).expect("move src");
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(!out.success(), "restore without the moved source succeeded: {out:?}");
+    let key = src.to_string_lossy().into_owned();
+    assert!(
+        out.stderr.contains(&key) && out.stderr.contains("mount"),
+        "the error does not name the external mount {key}: {:?}",
+        out.stderr
+    );
+    assert!(!pid_exists(p.pid), "a failed restore left process {}", p.pid);
+    assert!(!host_sees_mount(&work.path("t")), "a failed restore left a mount");
+    let map: &'static str = Box::leak(format!("{key}:{}", moved.display()).into_boxed_str());
+    opts.restore_extra = vec!["--ext-mount-map", map, "--root", "/"];
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
