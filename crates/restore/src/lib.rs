@@ -311,6 +311,7 @@ fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Opt
             what: "a mount namespace of its own in a new PID namespace: not restored yet".into(),
         });
     }
+    mntns::check_procs(&image.processes)?;
     mntns::build(Some(ns), &opts.mounts, root)
 }
 

@@ -135,6 +135,33 @@ pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Resu
     Ok(Some(built))
 }
 
+/// What a restore would still make outside the rebuilt tree (a deleted
+/// file recreated next to its old path, a unix socket bound to a path):
+/// refused by name before anything is built.
+pub(crate) fn check_procs(procs: &[stasis_image::ProcessImage]) -> Result<()> {
+    use stasis_image::{FdKind, SavedFileKind};
+    for p in procs {
+        let deleted = p.saved_files.iter().find_map(|f| match &f.kind {
+            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => Some(path),
+            SavedFileKind::Memfd { .. } => None,
+        });
+        let bound = p.files.iter().find(|f| {
+            matches!(&f.kind, FdKind::UnixBound { name, .. } if name.first() == Some(&b'/'))
+        });
+        let what = match (deleted, bound) {
+            (Some(path), _) => format!("deleted file {path}"),
+            (None, Some(f)) => format!("fd {}: a unix socket bound to a path", f.fd),
+            (None, None) => continue,
+        };
+        return Err(RestoreError::Refused {
+            pid: p.pid,
+            stage: Stage::Preflight,
+            what: format!("{what} in a mount namespace of its own: not restored yet"),
+        });
+    }
+    Ok(())
+}
+
 fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
     RestoreError::Refused {
         pid,
