@@ -58,6 +58,9 @@ pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
     })?;
     let ours = stasis_proc::parse_mountinfo(&text).map_err(|e| refuse(r, format!("our mountinfo: {e}")))?;
     let host_groups: HashSet<String> = ours.iter().flat_map(|m| m.optional.clone()).collect();
+    for &p in pids {
+        unreachable_files(r, p)?;
+    }
     let mut mounts: Vec<Mount> = Vec::with_capacity(theirs.len());
     let mut bytes = 0u64;
     for m in &theirs {
@@ -221,6 +224,34 @@ fn host_path_of(m: &MountInfo, ours: &[MountInfo]) -> Option<String> {
             .map(|h| h.mount_point.clone())
             .next()
     })
+}
+
+/// Every file a process holds by path (exe, cwd, descriptors, mappings)
+/// must be the very file its path names in the tree's namespace (seen
+/// through /proc/ROOT/root), since a restore opens it by that path inside
+/// the rebuilt tree. A file on a mount that is not there (the old root
+/// after a pivot_root, a mount of the namespace it came from) whose path
+/// names another file, or none, is refused by name.
+fn unreachable_files(root: u32, pid: u32) -> Result<()> {
+    let mut links = vec![format!("/proc/{pid}/exe"), format!("/proc/{pid}/cwd")];
+    for dir in ["fd", "map_files"] {
+        if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/{dir}")) {
+            links.extend(d.filter_map(std::result::Result::ok).map(|e| e.path().to_string_lossy().into_owned()));
+        }
+    }
+    for l in links {
+        let Ok(target) = std::fs::read_link(&l) else { continue };
+        let t = target.to_string_lossy();
+        if !t.starts_with('/') || t.starts_with("/memfd:") || t.starts_with("/SYSV") || t.ends_with(" (deleted)") {
+            continue; // not a path, or saved whole
+        }
+        let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let held = id(&l);
+        if held.is_some() && held != id(&format!("/proc/{root}/root{t}")) {
+            return Err(refuse(pid, format!("{l} ({t}) is on a mount outside its mount namespace (the old root of a pivot_root, or the namespace it came from), and that path names another file or none there")));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a process of the tree has a descriptor on device `dev`.

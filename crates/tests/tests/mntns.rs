@@ -105,3 +105,16 @@ fn cr_mount_namespace_ext_mount_map() {
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
+
+/// A container's shape: the tree pivoted into a tmpfs root (its contents
+/// saved) holding a bind of the host's / and a proc; the same tmpfs, bind
+/// and proc checks inside.
+#[test]
+fn cr_container_shaped_mount_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let work = Work::new("cr_container_mntns");
+    run_case(&work, Program::Bin("tp_mntns"), &["--case", "pivot"], &Opts::default()).assert_pass(&work);
+}

@@ -1,6 +1,6 @@
 //! tp_mntns: a tree in a mount namespace of its own (needs root).
 //!
-//! Usage: `tp_mntns WORKDIR [--case tree|overlay] [--corrupt]`
+//! Usage: `tp_mntns WORKDIR [--case tree|pivot|overlay] [--corrupt]`
 //!
 //! `tree`: unshares its mount namespace, makes every mount private, mounts
 //! a tmpfs on WORK/t (a file, a subdirectory with a file, a symlink, a
@@ -12,8 +12,11 @@
 //! byte, the open file (offset, contents, and the very file the tree sees
 //! by path), the mapping (same file both ways), the bind read-only, its
 //! proc showing itself, and a mount namespace other than the one it
-//! started from. `overlay`: an overlayfs on WORK/ov instead (a dump must
-//! refuse it by name); checks only that it is still there.
+//! started from. `pivot` (a container's shape): first pivot_root into a
+//! new tmpfs root holding a bind of the host's / at /host (the work
+//! directory is then /host/WORK) and a proc at /proc; then the same
+//! mounts at /t, /ro, /p. `overlay`: an overlayfs on WORK/ov instead (a
+//! dump must refuse it by name); checks only that it is still there.
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -175,22 +178,99 @@ fn overlay(proto: &Proto, dir: &Path) -> ! {
     proto.finish(&r)
 }
 
+/// A container's root: a tmpfs with the host's / bound at /host, a proc
+/// at /proc, and /lib, /lib64, /usr symlinks into /host, entered with
+/// pivot_root; then this program executes itself again from there (as a
+/// container's processes are started inside it: nothing of the old root
+/// stays open or mapped). Returns the protocol in the new root.
+fn pivot(dir: &Path) -> Proto {
+    let nr = dir.join("newroot");
+    std::fs::create_dir_all(&nr).expect("mkdir newroot");
+    mount("rootfs", &nr, Some("tmpfs"), 0, Some("mode=755"));
+    for d in ["host", "proc", "old", "t", "ro", "p"] {
+        std::fs::create_dir(nr.join(d)).expect("mkdir in newroot");
+    }
+    mount("/", &nr.join("host"), None, libc::MS_BIND, None);
+    // SAFETY: chdir/pivot_root/umount2 with valid NUL-terminated paths.
+    unsafe {
+        sys(libc::chdir(c(&nr).as_ptr()), "chdir newroot");
+        sys(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c"old".as_ptr()) as i32, "pivot_root");
+        sys(libc::chdir(c"/".as_ptr()), "chdir /");
+        sys(libc::umount2(c"/old".as_ptr(), libc::MNT_DETACH), "umount old root");
+    }
+    std::fs::remove_dir("/old").expect("rmdir /old");
+    for d in ["lib", "lib64", "usr"] {
+        std::os::unix::fs::symlink(Path::new("/host").join(d), Path::new("/").join(d)).expect("symlink");
+    }
+    // Its own /dev/null, and stdout/stderr reopened through /host: no
+    // descriptor stays on the old root.
+    std::fs::create_dir("/dev").expect("mkdir /dev");
+    let host_dir = Path::new("/host").join(dir.strip_prefix("/").expect("absolute work dir"));
+    // SAFETY: valid paths; descriptors 0-2 replaced with dup2.
+    unsafe {
+        sys(libc::mknod(c"/dev/null".as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)), "mknod /dev/null");
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        let log = libc::open(c(&host_dir.join("out.log")).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+        assert!(null >= 0 && log >= 0, "reopen stdio");
+        libc::dup2(null, 0);
+        libc::dup2(log, 1);
+        libc::dup2(log, 2);
+        libc::close(null);
+        libc::close(log);
+    }
+    mount("proc", Path::new("/proc"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
+    Proto::new(&host_dir)
+}
+
+/// Executes this program again from inside the new root, with the work
+/// directory as seen there and `--inside`.
+fn reexec(proto: &Proto) -> ! {
+    let exe = std::fs::read_link("/proc/self/exe").expect("exe");
+    let exe = Path::new("/host").join(exe.strip_prefix("/").expect("absolute exe"));
+    let mut argv: Vec<CString> = vec![c(&exe), c(proto.dir())];
+    argv.extend(std::env::args().skip(2).map(|a| CString::new(a).expect("arg")));
+    argv.push(CString::new("--inside").expect("arg"));
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: NUL-terminated argv of live CStrings.
+    unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+    stasis_tests::fatal(&format!("execv {}: {}", exe.display(), std::io::Error::last_os_error()))
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
-    let dir = proto.dir().to_path_buf();
-    let host_ns = ns_ino();
-    // SAFETY: unshare with an integer flag, in this single-threaded program.
-    sys(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare(CLONE_NEWNS)");
-    mount("none", Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
+    let mut dir = proto.dir().to_path_buf();
+    let inside = args.flag("inside");
+    // The namespace we started in (for `pivot`, recorded before the exec).
+    let host_ns = match std::fs::read_to_string(dir.join("host-ns")) {
+        Ok(s) if inside => s.trim().parse().expect("host-ns"),
+        _ => ns_ino(),
+    };
+    if !inside {
+        // SAFETY: unshare with an integer flag, in this single-threaded program.
+        sys(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare(CLONE_NEWNS)");
+        mount("none", Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
+    }
     if args.get("case") == Some("overlay") {
         overlay(&proto, &dir);
     }
-    for d in ["t", "src", "ro", "p"] {
-        std::fs::create_dir_all(dir.join(d)).expect("mkdir");
+    if !inside {
+        for d in ["t", "src", "ro", "p"] {
+            std::fs::create_dir_all(dir.join(d)).expect("mkdir");
+        }
+        std::fs::write(dir.join("src/file"), b"host file\n").expect("write src/file");
     }
-    std::fs::write(dir.join("src/file"), b"host file\n").expect("write src/file");
+    if args.get("case") == Some("pivot") && !inside {
+        std::fs::write(dir.join("host-ns"), host_ns.to_string()).expect("write host-ns");
+        reexec(&pivot(&dir));
+    }
+    let mut src = dir.join("src");
+    if inside {
+        src = dir.join("src");
+        dir = "/".into();
+    }
     make_tmpfs(&dir);
-    mount(dir.join("src").to_str().expect("utf-8"), &dir.join("ro"), None, libc::MS_BIND, None);
+    mount(src.to_str().expect("utf-8"), &dir.join("ro"), None, libc::MS_BIND, None);
     mount("none", &dir.join("ro"), None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID, None);
     mount("proc", &dir.join("p"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
     let h = hold(&dir);
