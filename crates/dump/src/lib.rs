@@ -33,6 +33,7 @@ mod locks;
 mod lsm;
 mod memkinds;
 mod memory;
+mod mntns;
 mod pidns;
 mod procattrs;
 mod seccomp;
@@ -41,7 +42,6 @@ mod stub_site;
 mod threads;
 mod timers;
 mod uts;
-mod mntns;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
 use stasis_proc::ProcError;

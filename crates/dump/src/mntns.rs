@@ -29,17 +29,22 @@ fn ns_ino(task: &str) -> Option<u64> {
 /// only /proc: see checks.rs.)
 pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
     let r = root.0 as u32;
-    let pid_ns = |t: &str| std::fs::metadata(format!("/proc/{t}/ns/pid")).ok().map(|m| m.ino());
+    let pid_ns = |t: &str| {
+        std::fs::metadata(format!("/proc/{t}/ns/pid"))
+            .ok()
+            .map(|m| m.ino())
+    };
     let pid_ns_tree = pid_ns(&r.to_string()) != pid_ns("self");
     if pid_ns_tree || ns_ino(&r.to_string()) == ns_ino("self") {
         return Ok(None);
     }
-    let root_dir = std::fs::read_link(format!("/proc/{r}/root")).map_err(|source| DumpError::Io {
-        pid: r,
-        stage: Stage::Collect,
-        what: format!("readlink /proc/{r}/root"),
-        source,
-    })?;
+    let root_dir =
+        std::fs::read_link(format!("/proc/{r}/root")).map_err(|source| DumpError::Io {
+            pid: r,
+            stage: Stage::Collect,
+            what: format!("readlink /proc/{r}/root"),
+            source,
+        })?;
     if root_dir != std::path::Path::new("/") {
         return Err(refuse(
             r,
@@ -56,7 +61,8 @@ pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
         what: "read /proc/self/mountinfo".into(),
         source,
     })?;
-    let ours = stasis_proc::parse_mountinfo(&text).map_err(|e| refuse(r, format!("our mountinfo: {e}")))?;
+    let ours = stasis_proc::parse_mountinfo(&text)
+        .map_err(|e| refuse(r, format!("our mountinfo: {e}")))?;
     let host_groups: HashSet<String> = ours.iter().flat_map(|m| m.optional.clone()).collect();
     for &p in pids {
         unreachable_files(r, p)?;
@@ -78,7 +84,10 @@ fn ordered(pid: u32, list: Vec<MountInfo>) -> Result<Vec<MountInfo>> {
     if roots != 1 || list.len() > img::MAX_MOUNTS {
         return Err(refuse(
             pid,
-            format!("a mount namespace of {} mounts with {roots} roots: not restored", list.len()),
+            format!(
+                "a mount namespace of {} mounts with {roots} roots: not restored",
+                list.len()
+            ),
         ));
     }
     let mut done: HashSet<u32> = HashSet::new();
@@ -89,7 +98,10 @@ fn ordered(pid: u32, list: Vec<MountInfo>) -> Result<Vec<MountInfo>> {
             .into_iter()
             .partition(|m| done.contains(&m.parent_id) || !ids.contains(&m.parent_id));
         if ready.is_empty() {
-            return Err(refuse(pid, "a mount namespace whose mounts form a cycle".into()));
+            return Err(refuse(
+                pid,
+                "a mount namespace whose mounts form a cycle".into(),
+            ));
         }
         done.extend(ready.iter().map(|m| m.mount_id));
         out.extend(ready);
@@ -100,7 +112,12 @@ fn ordered(pid: u32, list: Vec<MountInfo>) -> Result<Vec<MountInfo>> {
 
 /// The image's record of one mount: its flags and propagation (a slave,
 /// or a peer group shared with the dumper's namespace, refused).
-fn mount_of(pid: u32, m: &MountInfo, host_groups: &HashSet<String>, how: MountHow) -> Result<Mount> {
+fn mount_of(
+    pid: u32,
+    m: &MountInfo,
+    host_groups: &HashSet<String>,
+    how: MountHow,
+) -> Result<Mount> {
     let mut attrs = 0;
     for o in m.options.split(',') {
         attrs |= match o {
@@ -114,7 +131,13 @@ fn mount_of(pid: u32, m: &MountInfo, host_groups: &HashSet<String>, how: MountHo
             "nosymfollow" => img::ATTR_NOSYMFOLLOW,
             "rw" | "relatime" => 0,
             other => {
-                return Err(refuse(pid, format!("mount {} ({}): mount option {other}: not restored", m.mount_id, m.mount_point)))
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "mount {} ({}): mount option {other}: not restored",
+                        m.mount_id, m.mount_point
+                    ),
+                ))
             }
         };
     }
@@ -128,7 +151,13 @@ fn mount_of(pid: u32, m: &MountInfo, host_groups: &HashSet<String>, how: MountHo
         } else if o == "unbindable" {
             unbindable = true;
         } else {
-            return Err(refuse(pid, format!("mount {} ({}): propagation {o} (a slave mount): not restored yet", m.mount_id, m.mount_point)));
+            return Err(refuse(
+                pid,
+                format!(
+                    "mount {} ({}): propagation {o} (a slave mount): not restored yet",
+                    m.mount_id, m.mount_point
+                ),
+            ));
         }
     }
     let super_options = m
@@ -168,21 +197,38 @@ fn classify(
             host_path,
         });
     }
-    let name = format!("mount {} ({}, {} from {})", m.mount_id, m.mount_point, m.fs_type, m.source);
+    let name = format!(
+        "mount {} ({}, {} from {})",
+        m.mount_id, m.mount_point, m.fs_type, m.source
+    );
     if before.iter().any(|b| b.dev == (m.major, m.minor)) {
         return Err(refuse(pid, format!("{name}: a second mount of a filesystem of the namespace's own (a bind inside the namespace): not restored yet")));
     }
     if m.root != "/" {
-        return Err(refuse(pid, format!("{name}: a bind of {} of a filesystem of the namespace's own: not restored yet", m.root)));
+        return Err(refuse(
+            pid,
+            format!(
+                "{name}: a bind of {} of a filesystem of the namespace's own: not restored yet",
+                m.root
+            ),
+        ));
     }
     if FRESH.contains(&m.fs_type.as_str()) {
         if m.fs_type == "devpts" && files_on(pids, (m.major, m.minor)) {
-            return Err(refuse(pid, format!("{name}: a devpts instance of its own with open terminals: not restored yet")));
+            return Err(refuse(
+                pid,
+                format!(
+                    "{name}: a devpts instance of its own with open terminals: not restored yet"
+                ),
+            ));
         }
         return Ok(MountHow::Fresh);
     }
     if m.fs_type == "tmpfs" {
-        if tree.iter().any(|o| o.parent_id == m.mount_id && o.mount_point == m.mount_point) {
+        if tree
+            .iter()
+            .any(|o| o.parent_id == m.mount_id && o.mount_point == m.mount_point)
+        {
             return Err(refuse(pid, format!("{name}: covered by another mount on its mount point, so its contents cannot be read: not restored")));
         }
         let dir = format!("/proc/{pid}/root{}", m.mount_point);
@@ -213,12 +259,18 @@ fn host_path_of(m: &MountInfo, ours: &[MountInfo]) -> Option<String> {
         let p = format!("{}{}", h.mount_point.trim_end_matches('/'), rel);
         Some(if p.is_empty() { "/".to_string() } else { p })
     };
-    let same = ours.iter().filter(|h| (h.major, h.minor) == (m.major, m.minor));
-    let visible = same.clone().filter(|h| !covered(h)).filter_map(path).find(|p| {
-        std::fs::metadata(p).is_ok_and(|md| {
-            (libc::major(md.dev()), libc::minor(md.dev())) == (m.major, m.minor)
-        })
-    });
+    let same = ours
+        .iter()
+        .filter(|h| (h.major, h.minor) == (m.major, m.minor));
+    let visible = same
+        .clone()
+        .filter(|h| !covered(h))
+        .filter_map(path)
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|md| {
+                (libc::major(md.dev()), libc::minor(md.dev())) == (m.major, m.minor)
+            })
+        });
     visible.or_else(|| {
         same.filter(|h| covered(h) && h.root == m.root)
             .map(|h| h.mount_point.clone())
@@ -236,13 +288,22 @@ fn unreachable_files(root: u32, pid: u32) -> Result<()> {
     let mut links = vec![format!("/proc/{pid}/exe"), format!("/proc/{pid}/cwd")];
     for dir in ["fd", "map_files"] {
         if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/{dir}")) {
-            links.extend(d.filter_map(std::result::Result::ok).map(|e| e.path().to_string_lossy().into_owned()));
+            links.extend(
+                d.filter_map(std::result::Result::ok)
+                    .map(|e| e.path().to_string_lossy().into_owned()),
+            );
         }
     }
     for l in links {
-        let Ok(target) = std::fs::read_link(&l) else { continue };
+        let Ok(target) = std::fs::read_link(&l) else {
+            continue;
+        };
         let t = target.to_string_lossy();
-        if !t.starts_with('/') || t.starts_with("/memfd:") || t.starts_with("/SYSV") || t.ends_with(" (deleted)") {
+        if !t.starts_with('/')
+            || t.starts_with("/memfd:")
+            || t.starts_with("/SYSV")
+            || t.ends_with(" (deleted)")
+        {
             continue; // not a path, or saved whole
         }
         let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));

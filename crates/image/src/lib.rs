@@ -17,8 +17,8 @@ pub mod hex_bytes;
 pub mod kinds;
 pub mod limits;
 pub mod locks;
-pub mod model;
 pub mod mntns;
+pub mod model;
 pub mod procattrs;
 pub mod progress;
 pub mod reader;
@@ -37,12 +37,12 @@ pub use format::{
 pub use kinds::inotify::InotifyWatch;
 pub use kinds::saved::{Extent, FileTimes, Owner};
 pub use locks::{FdOwner, FileLock, LockKind};
+pub use mntns::{Mount, MountHow, MountNs, TmpfsEntry};
 pub use model::*;
 pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
-pub use mntns::{Mount, MountHow, MountNs, TmpfsEntry};
 pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,

@@ -89,7 +89,11 @@ pub struct TmpfsEntry {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
     /// A regular file's contents.
-    #[serde(default, with = "crate::hex_bytes", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        with = "crate::hex_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub data: Vec<u8>,
 }
 
@@ -119,7 +123,10 @@ impl MountNs {
             if let MountHow::Tmpfs { entries: e } = &m.how {
                 for t in e {
                     if t.path.starts_with('/') || t.path.split('/').any(|c| c == "..") {
-                        return Err(w(&format!("tmpfs entry {:?}: not a plain relative path", t.path)));
+                        return Err(w(&format!(
+                            "tmpfs entry {:?}: not a plain relative path",
+                            t.path
+                        )));
                     }
                     bytes += t.data.len() as u64;
                 }

@@ -333,7 +333,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     fault_point(root, Stage::Validate)?;
     // The tree's mount namespace first: the preflight looks for its files
     // inside it (and the restorer leaves it again on every error).
-    let mut mnt = mntns_first(&image, opts)?;
+    let mnt = mntns_first(&image, opts)?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
@@ -377,7 +377,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         opts.shell_job,
         image.inventory.uts.as_ref(),
         &cgroups,
-        mnt.as_mut(),
     )?;
     drop(mnt);
     cgroups.keep();

@@ -26,7 +26,6 @@ pub(crate) fn restore_tree(
     shell_job: bool,
     uts: Option<&stasis_image::UtsNs>,
     cgroups: &crate::cgroups::Prepared,
-    mut mnt: Option<&mut crate::mntns::Built>,
 ) -> Result<(Pid, Pid)> {
     let root_pid = procs[0].pid;
     // 1. open files: before the fork, so that every process inherits them
@@ -44,7 +43,7 @@ pub(crate) fn restore_tree(
     });
     // The tree's own mount namespace (built before the files were opened
     // in it), entered by the first process forked.
-    tree.plan.mntns = mnt.as_ref().map(|b| (b.ns.as_raw_fd(), b.root.as_raw_fd()));
+    tree.plan.mntns = crate::mntns::for_fork();
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -61,9 +60,7 @@ pub(crate) fn restore_tree(
     }
     // 3b. the restorer leaves the built mount namespace (every file is
     //     open): the first process pivots there, alone in it.
-    if let Some(b) = mnt.as_mut() {
-        b.leave().at(root_pid, Stage::Fork)?;
-    }
+    crate::mntns::leave().at(root_pid, Stage::Fork)?;
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();

@@ -439,7 +439,10 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
                 "stasis always finds external mounts itself: each is saved with its host path \
                  as its key, and bound from there when its filesystem is still there",
             ),
-            Some(m) if m.split_once(':').is_some_and(|(k, p)| !k.is_empty() && !p.is_empty()) => {
+            Some(m)
+                if m.split_once(':')
+                    .is_some_and(|(k, p)| !k.is_empty() && !p.is_empty()) =>
+            {
                 Fate::Applied
             }
             _ => return Err(bad()),

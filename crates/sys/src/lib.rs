@@ -86,9 +86,9 @@ pub(crate) fn last_errno() -> i32 {
         .raw_os_error()
         .unwrap_or(libc::EIO)
 }
+pub mod mount;
 pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;
-pub mod mount;
 pub mod spawn;
 pub mod udpq;

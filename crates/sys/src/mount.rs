@@ -34,11 +34,8 @@ fn owned(ret: libc::c_long, op: &str) -> Result<OwnedFd> {
 /// nothing done here propagates back.
 pub fn unshare_private() -> Result<()> {
     // SAFETY: integer-only syscall on the calling process.
-    check(
-        unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) },
-        "unshare(CLONE_NEWNS)",
-        None,
-    )?;
+    let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) };
+    check(r, "unshare(CLONE_NEWNS)", None)?;
     // SAFETY: mount(2) with a static path and NULL source/type/data.
     let r = unsafe {
         libc::mount(
@@ -67,7 +64,12 @@ pub fn setns_mnt(ns: BorrowedFd<'_>) -> Result<()> {
 /// fchdir(dir).
 pub fn fchdir(dir: BorrowedFd<'_>) -> Result<()> {
     // SAFETY: fchdir on a descriptor we hold.
-    check(unsafe { libc::fchdir(dir.as_raw_fd()) }.into(), "fchdir", None).map(drop)
+    check(
+        unsafe { libc::fchdir(dir.as_raw_fd()) }.into(),
+        "fchdir",
+        None,
+    )
+    .map(drop)
 }
 
 /// openat2(root, path, RESOLVE_IN_ROOT): `path` as a process whose root
@@ -127,7 +129,8 @@ pub fn new_fs(fs_type: &str, source: &str, options: &[&str], attrs: u64) -> Resu
         let v = value.map(|v| cstring(v, "fsconfig")).transpose()?;
         let vp = v.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
         // SAFETY: k and v live for the call.
-        let r = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), vp, 0) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), vp, 0) };
         check(r, &format!("fsconfig {fs_type} {key}"), None).map(drop)
     };
     set(FSCONFIG_SET_STRING, "source", Some(source))?;
@@ -229,7 +232,12 @@ pub fn attach(mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<()> {
 /// Puts mount `to` into the peer group of mount `from`
 /// (MOVE_MOUNT_SET_GROUP).
 pub fn join_peer_group(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<()> {
-    move_mount(from, to, MOVE_MOUNT_SET_GROUP, "move_mount(MOVE_MOUNT_SET_GROUP)")
+    move_mount(
+        from,
+        to,
+        MOVE_MOUNT_SET_GROUP,
+        "move_mount(MOVE_MOUNT_SET_GROUP)",
+    )
 }
 
 /// umount2(path, MNT_DETACH).
@@ -280,7 +288,11 @@ pub fn xattr_names_len(path: &str) -> Result<usize> {
     // SAFETY: size 0 asks only for the length; no buffer is written.
     let r = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
     if r < 0 {
-        return Err(SysError::new(format!("llistxattr {path}"), None, last_errno()));
+        return Err(SysError::new(
+            format!("llistxattr {path}"),
+            None,
+            last_errno(),
+        ));
     }
     Ok(r as usize)
 }

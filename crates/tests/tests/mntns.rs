@@ -30,13 +30,23 @@ fn cr_own_mount_namespace() {
     let work = Work::new("cr_own_mount_namespace");
     let opts = Opts::default();
     let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
-    step(&work, "waiting for ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
     dump_and_check_gone(&work, &mut p, &opts);
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     for d in ["t", "ro", "p"] {
-        assert!(!host_sees_mount(&work.path(d)), "the host sees the tree's mount on {d}");
+        assert!(
+            !host_sees_mount(&work.path(d)),
+            "the host sees the tree's mount on {d}"
+        );
     }
-    assert!(!work.path("t/a").exists(), "the host sees the tree's tmpfs contents");
+    assert!(
+        !work.path("t/a").exists(),
+        "the host sees the tree's tmpfs contents"
+    );
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
 
@@ -86,20 +96,34 @@ fn cr_mount_namespace_ext_mount_map() {
     let work = Work::new("cr_mntns_ext_mount_map");
     let mut opts = Opts::default();
     let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
-    step(&work, "waiting for ready", wait_ready(&work, &mut p, opts.ready_timeout));
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
     dump_and_check_gone(&work, &mut p, &opts);
     let (src, moved) = (work.path("src"), work.path("src-moved"));
     std::fs::rename(&src, &moved).expect("move src");
     let out = restore_detached(&work, &[], opts.stasis_timeout);
-    assert!(!out.success(), "restore without the moved source succeeded: {out:?}");
+    assert!(
+        !out.success(),
+        "restore without the moved source succeeded: {out:?}"
+    );
     let key = src.to_string_lossy().into_owned();
     assert!(
         out.stderr.contains(&key) && out.stderr.contains("mount"),
         "the error does not name the external mount {key}: {:?}",
         out.stderr
     );
-    assert!(!pid_exists(p.pid), "a failed restore left process {}", p.pid);
-    assert!(!host_sees_mount(&work.path("t")), "a failed restore left a mount");
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
     let map: &'static str = Box::leak(format!("{key}:{}", moved.display()).into_boxed_str());
     opts.restore_extra = vec!["--ext-mount-map", map, "--root", "/"];
     let mut r = restore_and_adopt(&work, p.pid, &opts);
@@ -116,5 +140,11 @@ fn cr_container_shaped_mount_namespace() {
         return;
     }
     let work = Work::new("cr_container_mntns");
-    run_case(&work, Program::Bin("tp_mntns"), &["--case", "pivot"], &Opts::default()).assert_pass(&work);
+    run_case(
+        &work,
+        Program::Bin("tp_mntns"),
+        &["--case", "pivot"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
 }

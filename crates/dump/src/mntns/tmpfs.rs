@@ -23,7 +23,11 @@ pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<V
     let mut out = Vec::new();
     let mut todo = vec![String::new()];
     while let Some(rel) = todo.pop() {
-        let path = if rel.is_empty() { dir.to_string() } else { format!("{dir}/{rel}") };
+        let path = if rel.is_empty() {
+            dir.to_string()
+        } else {
+            format!("{dir}/{rel}")
+        };
         let md = std::fs::symlink_metadata(&path).map_err(io(format!("{name}: stat {rel}")))?;
         if md.dev() != top.dev() {
             // A mount point of a mount below: an empty directory here.
@@ -44,7 +48,13 @@ pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<V
                 .collect();
             names.sort();
             names.reverse();
-            todo.extend(names.into_iter().map(|n| if rel.is_empty() { n } else { format!("{rel}/{n}") }));
+            todo.extend(names.into_iter().map(|n| {
+                if rel.is_empty() {
+                    n
+                } else {
+                    format!("{rel}/{n}")
+                }
+            }));
         } else if ft.is_symlink() {
             let t = std::fs::read_link(&path).map_err(io(format!("{name}: readlink {rel}")))?;
             e.target = t.to_string_lossy().into_owned();
@@ -54,7 +64,10 @@ pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<V
             }
             *bytes += md.len();
             if *bytes > MAX_TMPFS_BYTES {
-                return Err(refuse(pid, format!("{name}: tmpfs contents above {MAX_TMPFS_BYTES} bytes: not saved")));
+                return Err(refuse(
+                    pid,
+                    format!("{name}: tmpfs contents above {MAX_TMPFS_BYTES} bytes: not saved"),
+                ));
             }
             e.data = std::fs::read(&path).map_err(io(format!("{name}: read {rel}")))?;
         } else if ft.is_socket() {
@@ -62,7 +75,10 @@ pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<V
         }
         out.push(e);
         if out.len() > MAX_TMPFS_ENTRIES {
-            return Err(refuse(pid, format!("{name}: more than {MAX_TMPFS_ENTRIES} tmpfs entries: not saved")));
+            return Err(refuse(
+                pid,
+                format!("{name}: more than {MAX_TMPFS_ENTRIES} tmpfs entries: not saved"),
+            ));
         }
     }
     Ok(out)

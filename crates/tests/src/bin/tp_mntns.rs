@@ -60,21 +60,53 @@ fn b_contents() -> Vec<u8> {
 /// The tmpfs and its contents.
 fn make_tmpfs(dir: &Path) {
     let t = dir.join("t");
-    mount("tpmnt", &t, Some("tmpfs"), libc::MS_NOEXEC, Some("size=4m,mode=751"));
+    mount(
+        "tpmnt",
+        &t,
+        Some("tmpfs"),
+        libc::MS_NOEXEC,
+        Some("size=4m,mode=751"),
+    );
     std::fs::write(t.join("a"), A).expect("write a");
     std::fs::set_permissions(t.join("a"), std::fs::Permissions::from_mode(0o640)).expect("chmod a");
     std::os::unix::fs::chown(t.join("a"), Some(1234), Some(5678)).expect("chown a");
     std::fs::create_dir(t.join("sub")).expect("mkdir sub");
     std::fs::write(t.join("sub/b"), b_contents()).expect("write b");
-    std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o710)).expect("chmod sub");
+    std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o710))
+        .expect("chmod sub");
     std::os::unix::fs::symlink("sub/b", t.join("link")).expect("symlink");
     // SAFETY: valid paths; mknod with a fifo and a char device.
     unsafe {
-        sys(libc::mknod(c(&t.join("fifo")).as_ptr(), libc::S_IFIFO | 0o620, 0), "mkfifo");
-        sys(libc::chmod(c(&t.join("fifo")).as_ptr(), 0o620), "chmod fifo");
-        sys(libc::mknod(c(&t.join("null")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)), "mknod");
-        let ts = [libc::timespec { tv_sec: A_MTIME, tv_nsec: 0 }, libc::timespec { tv_sec: A_MTIME, tv_nsec: 123 }];
-        sys(libc::utimensat(libc::AT_FDCWD, c(&t.join("a")).as_ptr(), ts.as_ptr(), 0), "utimensat");
+        sys(
+            libc::mknod(c(&t.join("fifo")).as_ptr(), libc::S_IFIFO | 0o620, 0),
+            "mkfifo",
+        );
+        sys(
+            libc::chmod(c(&t.join("fifo")).as_ptr(), 0o620),
+            "chmod fifo",
+        );
+        sys(
+            libc::mknod(
+                c(&t.join("null")).as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3),
+            ),
+            "mknod",
+        );
+        let ts = [
+            libc::timespec {
+                tv_sec: A_MTIME,
+                tv_nsec: 0,
+            },
+            libc::timespec {
+                tv_sec: A_MTIME,
+                tv_nsec: 123,
+            },
+        ];
+        sys(
+            libc::utimensat(libc::AT_FDCWD, c(&t.join("a")).as_ptr(), ts.as_ptr(), 0),
+            "utimensat",
+        );
     }
 }
 
@@ -109,24 +141,69 @@ fn hold(dir: &Path) -> Held {
         libc::lseek(fd, 3, libc::SEEK_SET);
         let bfd = libc::open(c(&t.join("sub/b")).as_ptr(), libc::O_RDWR);
         let len = b_contents().len();
-        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, bfd, 0);
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            bfd,
+            0,
+        );
         assert!(map != libc::MAP_FAILED, "mmap b");
         libc::close(bfd);
-        Held { fd, map: map.cast(), len }
+        Held {
+            fd,
+            map: map.cast(),
+            len,
+        }
     }
 }
 
 fn check_tmpfs(r: &mut Report, t: &Path, corrupt: bool) {
     let want_a: &[u8] = if corrupt { b"corrupted" } else { A };
-    r.eq("t/a contents", std::fs::read(t.join("a")).ok(), Some(want_a.to_vec()));
-    r.eq("t/sub/b contents", std::fs::read(t.join("sub/b")).ok().map(|b| stasis_tests::hash(&b)), Some(stasis_tests::hash(&b_contents())));
-    r.eq("t/link", std::fs::read_link(t.join("link")).ok(), Some("sub/b".into()));
+    r.eq(
+        "t/a contents",
+        std::fs::read(t.join("a")).ok(),
+        Some(want_a.to_vec()),
+    );
+    r.eq(
+        "t/sub/b contents",
+        std::fs::read(t.join("sub/b"))
+            .ok()
+            .map(|b| stasis_tests::hash(&b)),
+        Some(stasis_tests::hash(&b_contents())),
+    );
+    r.eq(
+        "t/link",
+        std::fs::read_link(t.join("link")).ok(),
+        Some("sub/b".into()),
+    );
     let md = |n: &str| std::fs::symlink_metadata(t.join(n)).ok();
-    r.eq("t/a mode, owner, mtime", md("a").map(|m| (m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec())), Some((libc::S_IFREG | 0o640, 1234, 5678, A_MTIME, 123)));
-    r.eq("t/sub mode", md("sub").map(|m| m.mode()), Some(libc::S_IFDIR | 0o710));
-    r.eq("t mode", md("").map(|m| m.mode()), Some(libc::S_IFDIR | 0o751));
-    r.eq("t/fifo", md("fifo").map(|m| (m.file_type().is_fifo(), m.mode() & 0o7777)), Some((true, 0o620)));
-    r.eq("t/null", md("null").map(|m| (m.file_type().is_char_device(), m.rdev())), Some((true, libc::makedev(1, 3))));
+    r.eq(
+        "t/a mode, owner, mtime",
+        md("a").map(|m| (m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec())),
+        Some((libc::S_IFREG | 0o640, 1234, 5678, A_MTIME, 123)),
+    );
+    r.eq(
+        "t/sub mode",
+        md("sub").map(|m| m.mode()),
+        Some(libc::S_IFDIR | 0o710),
+    );
+    r.eq(
+        "t mode",
+        md("").map(|m| m.mode()),
+        Some(libc::S_IFDIR | 0o751),
+    );
+    r.eq(
+        "t/fifo",
+        md("fifo").map(|m| (m.file_type().is_fifo(), m.mode() & 0o7777)),
+        Some((true, 0o620)),
+    );
+    r.eq(
+        "t/null",
+        md("null").map(|m| (m.file_type().is_char_device(), m.rdev())),
+        Some((true, libc::makedev(1, 3))),
+    );
 }
 
 fn check_held(r: &mut Report, t: &Path, h: &Held) {
@@ -135,30 +212,56 @@ fn check_held(r: &mut Report, t: &Path, h: &Held) {
         r.eq("open file offset", libc::lseek(h.fd, 0, libc::SEEK_CUR), 3);
         let mut buf = vec![0u8; A.len()];
         let n = libc::pread(h.fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-        r.eq("open file contents", (n, buf), (A.len() as isize, A.to_vec()));
+        r.eq(
+            "open file contents",
+            (n, buf),
+            (A.len() as isize, A.to_vec()),
+        );
         let mut st: libc::stat = std::mem::zeroed();
         libc::fstat(h.fd, &mut st);
-        let by_path = std::fs::metadata(t.join("a")).ok().map(|m| (m.dev(), m.ino()));
-        r.eq("open file is the tree's t/a", Some((st.st_dev, st.st_ino)), by_path);
+        let by_path = std::fs::metadata(t.join("a"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        r.eq(
+            "open file is the tree's t/a",
+            Some((st.st_dev, st.st_ino)),
+            by_path,
+        );
         let m = std::slice::from_raw_parts_mut(h.map, h.len);
-        r.eq("mapping contents", stasis_tests::hash(m), stasis_tests::hash(&b_contents()));
+        r.eq(
+            "mapping contents",
+            stasis_tests::hash(m),
+            stasis_tests::hash(&b_contents()),
+        );
     }
 }
 
 fn check_ro_proc(r: &mut Report, dir: &Path) {
-    r.eq("ro/file", std::fs::read(dir.join("ro/file")).ok(), Some(b"host file\n".to_vec()));
-    let e = std::fs::write(dir.join("ro/new"), b"x").err().and_then(|e| e.raw_os_error());
+    r.eq(
+        "ro/file",
+        std::fs::read(dir.join("ro/file")).ok(),
+        Some(b"host file\n".to_vec()),
+    );
+    let e = std::fs::write(dir.join("ro/new"), b"x")
+        .err()
+        .and_then(|e| e.raw_os_error());
     r.eq("write to the read-only bind", e, Some(libc::EROFS));
     let stat = std::fs::read_to_string(dir.join("p/self/stat")).unwrap_or_default();
     // SAFETY: getpid has no arguments.
     let me = unsafe { libc::getpid() };
-    r.eq("proc at p shows us", stat.split(' ').next().map(str::to_string), Some(me.to_string()));
+    r.eq(
+        "proc at p shows us",
+        stat.split(' ').next().map(str::to_string),
+        Some(me.to_string()),
+    );
 }
 
 fn checks(dir: &Path, before: &[String], host_ns: u64, h: &Held, corrupt: bool) -> Report {
     let mut r = Report::new();
     r.eq("mounts", mounts(), before.to_vec());
-    r.check(ns_ino() != host_ns, || "in the mount namespace it started from".into());
+    r.check(ns_ino() != host_ns, || {
+        "in the mount namespace it started from".into()
+    });
     check_tmpfs(&mut r, &dir.join("t"), corrupt);
     check_held(&mut r, &dir.join("t"), h);
     check_ro_proc(&mut r, dir);
@@ -170,11 +273,18 @@ fn overlay(proto: &Proto, dir: &Path) -> ! {
         std::fs::create_dir_all(dir.join(d)).expect("mkdir");
     }
     std::fs::write(dir.join("lower/f"), b"lower\n").expect("write");
-    let opts = format!("lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work", dir.display());
+    let opts = format!(
+        "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+        dir.display()
+    );
     mount("tpov", &dir.join("ov"), Some("overlay"), 0, Some(&opts));
     proto.ready_and_wait();
     let mut r = Report::new();
-    r.eq("overlay file", std::fs::read(dir.join("ov/f")).ok(), Some(b"lower\n".to_vec()));
+    r.eq(
+        "overlay file",
+        std::fs::read(dir.join("ov/f")).ok(),
+        Some(b"lower\n".to_vec()),
+    );
     proto.finish(&r)
 }
 
@@ -194,13 +304,20 @@ fn pivot(dir: &Path) -> Proto {
     // SAFETY: chdir/pivot_root/umount2 with valid NUL-terminated paths.
     unsafe {
         sys(libc::chdir(c(&nr).as_ptr()), "chdir newroot");
-        sys(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c"old".as_ptr()) as i32, "pivot_root");
+        sys(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c"old".as_ptr()) as i32,
+            "pivot_root",
+        );
         sys(libc::chdir(c"/".as_ptr()), "chdir /");
-        sys(libc::umount2(c"/old".as_ptr(), libc::MNT_DETACH), "umount old root");
+        sys(
+            libc::umount2(c"/old".as_ptr(), libc::MNT_DETACH),
+            "umount old root",
+        );
     }
     std::fs::remove_dir("/old").expect("rmdir /old");
     for d in ["lib", "lib64", "usr"] {
-        std::os::unix::fs::symlink(Path::new("/host").join(d), Path::new("/").join(d)).expect("symlink");
+        std::os::unix::fs::symlink(Path::new("/host").join(d), Path::new("/").join(d))
+            .expect("symlink");
     }
     // Its own /dev/null, and stdout/stderr reopened through /host: no
     // descriptor stays on the old root.
@@ -208,9 +325,19 @@ fn pivot(dir: &Path) -> Proto {
     let host_dir = Path::new("/host").join(dir.strip_prefix("/").expect("absolute work dir"));
     // SAFETY: valid paths; descriptors 0-2 replaced with dup2.
     unsafe {
-        sys(libc::mknod(c"/dev/null".as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)), "mknod /dev/null");
+        sys(
+            libc::mknod(
+                c"/dev/null".as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3),
+            ),
+            "mknod /dev/null",
+        );
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        let log = libc::open(c(&host_dir.join("out.log")).as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+        let log = libc::open(
+            c(&host_dir.join("out.log")).as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND,
+        );
         assert!(null >= 0 && log >= 0, "reopen stdio");
         libc::dup2(null, 0);
         libc::dup2(log, 1);
@@ -218,7 +345,13 @@ fn pivot(dir: &Path) -> Proto {
         libc::close(null);
         libc::close(log);
     }
-    mount("proc", Path::new("/proc"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
+    mount(
+        "proc",
+        Path::new("/proc"),
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    );
     Proto::new(&host_dir)
 }
 
@@ -228,13 +361,21 @@ fn reexec(proto: &Proto) -> ! {
     let exe = std::fs::read_link("/proc/self/exe").expect("exe");
     let exe = Path::new("/host").join(exe.strip_prefix("/").expect("absolute exe"));
     let mut argv: Vec<CString> = vec![c(&exe), c(proto.dir())];
-    argv.extend(std::env::args().skip(2).map(|a| CString::new(a).expect("arg")));
+    argv.extend(
+        std::env::args()
+            .skip(2)
+            .map(|a| CString::new(a).expect("arg")),
+    );
     argv.push(CString::new("--inside").expect("arg"));
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     // SAFETY: NUL-terminated argv of live CStrings.
     unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
-    stasis_tests::fatal(&format!("execv {}: {}", exe.display(), std::io::Error::last_os_error()))
+    stasis_tests::fatal(&format!(
+        "execv {}: {}",
+        exe.display(),
+        std::io::Error::last_os_error()
+    ))
 }
 
 fn main() {
@@ -248,8 +389,17 @@ fn main() {
     };
     if !inside {
         // SAFETY: unshare with an integer flag, in this single-threaded program.
-        sys(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare(CLONE_NEWNS)");
-        mount("none", Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
+        sys(
+            unsafe { libc::unshare(libc::CLONE_NEWNS) },
+            "unshare(CLONE_NEWNS)",
+        );
+        mount(
+            "none",
+            Path::new("/"),
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        );
     }
     if args.get("case") == Some("overlay") {
         overlay(&proto, &dir);
@@ -270,9 +420,27 @@ fn main() {
         dir = "/".into();
     }
     make_tmpfs(&dir);
-    mount(src.to_str().expect("utf-8"), &dir.join("ro"), None, libc::MS_BIND, None);
-    mount("none", &dir.join("ro"), None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID, None);
-    mount("proc", &dir.join("p"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
+    mount(
+        src.to_str().expect("utf-8"),
+        &dir.join("ro"),
+        None,
+        libc::MS_BIND,
+        None,
+    );
+    mount(
+        "none",
+        &dir.join("ro"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
+        None,
+    );
+    mount(
+        "proc",
+        &dir.join("p"),
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    );
     let h = hold(&dir);
     let before = mounts();
     // SAFETY: fork in a single-threaded program; the child only runs Rust
@@ -288,6 +456,8 @@ fn main() {
     let mut st = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut st, 0) };
-    r.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || format!("child's checks failed (status {st:#x})"));
+    r.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+        format!("child's checks failed (status {st:#x})")
+    });
     proto.finish(&r)
 }
