@@ -7,9 +7,14 @@ mod common;
 
 use common::*;
 
-fn is_root() -> bool {
+/// Whether the test must be skipped (it needs root); says so.
+fn not_root() -> bool {
     // SAFETY: geteuid has no arguments.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    !root
 }
 
 /// Whether the host (this test) sees a mount on `dir`.
@@ -23,8 +28,7 @@ fn host_sees_mount(dir: &std::path::Path) -> bool {
 /// its mounts and none of its tmpfs files; then each process checks itself.
 #[test]
 fn cr_own_mount_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if not_root() {
         return;
     }
     let work = Work::new("cr_own_mount_namespace");
@@ -52,8 +56,7 @@ fn cr_own_mount_namespace() {
 
 #[test]
 fn negative_own_mount_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if not_root() {
         return;
     }
     let work = Work::new("negative_own_mount_namespace");
@@ -68,8 +71,7 @@ fn negative_own_mount_namespace() {
 /// An overlayfs in the tree's namespace is refused by name; the tree runs on.
 #[test]
 fn refuse_overlay_in_mount_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if not_root() {
         return;
     }
     refused_dump(
@@ -89,8 +91,7 @@ fn refuse_overlay_in_mount_namespace() {
 /// checks.
 #[test]
 fn cr_mount_namespace_ext_mount_map() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if not_root() {
         return;
     }
     let work = Work::new("cr_mntns_ext_mount_map");
@@ -135,8 +136,7 @@ fn cr_mount_namespace_ext_mount_map() {
 /// and proc checks inside.
 #[test]
 fn cr_container_shaped_mount_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if not_root() {
         return;
     }
     let work = Work::new("cr_container_mntns");
