@@ -256,7 +256,11 @@ fn host_path_of(m: &MountInfo, ours: &[MountInfo]) -> Option<String> {
                 .strip_prefix(h.root.as_str())
                 .filter(|r| r.is_empty() || r.starts_with('/'))?
         };
-        let p = format!("{}{}", h.mount_point.trim_end_matches('/'), rel);
+        let p = format!(
+            "{}{}",
+            h.mount_point.trim_end_matches('/'),
+            rel.trim_end_matches('/')
+        );
         Some(if p.is_empty() { "/".to_string() } else { p })
     };
     let same = ours

@@ -142,3 +142,70 @@ impl MountNs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(id: u32, parent: u32, at: &str, how: MountHow) -> Mount {
+        Mount {
+            id,
+            parent,
+            mount_point: at.into(),
+            root: "/".into(),
+            fs_type: "tmpfs".into(),
+            source: "none".into(),
+            attrs: 0,
+            super_options: String::new(),
+            dev: (0, 1),
+            shared: 0,
+            unbindable: false,
+            how,
+        }
+    }
+
+    fn entry(path: &str, data: usize) -> TmpfsEntry {
+        TmpfsEntry {
+            path: path.into(),
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            atime: (0, 0),
+            mtime: (0, 0),
+            target: String::new(),
+            data: vec![0; data],
+        }
+    }
+
+    #[test]
+    fn checks_order_paths_and_caps() {
+        let ok = MountNs {
+            mounts: vec![
+                mount(1, 0, "/", MountHow::Fresh),
+                mount(2, 1, "/t", MountHow::Fresh),
+            ],
+        };
+        assert!(ok.check().is_ok());
+        let mut bad = ok.clone();
+        bad.mounts.swap(0, 1);
+        assert!(bad.check().unwrap_err().contains("parent"));
+        let mut bad = ok.clone();
+        bad.mounts[1].mount_point = "/a/../b".into();
+        assert!(bad.check().is_err());
+        let mut bad = ok.clone();
+        bad.mounts[1].attrs = 0x40;
+        assert!(bad.check().unwrap_err().contains("attribute"));
+        let mut bad = ok.clone();
+        bad.mounts[1].how = MountHow::Tmpfs {
+            entries: vec![entry("../x", 0)],
+        };
+        assert!(bad.check().is_err());
+        let mut big = ok;
+        big.mounts[1].how = MountHow::Tmpfs {
+            entries: vec![entry("a", MAX_TMPFS_BYTES as usize + 1)],
+        };
+        assert!(big.check().unwrap_err().contains("at most"));
+        assert!(MountNs { mounts: vec![] }.check().is_err());
+    }
+}

@@ -5,7 +5,8 @@
 //! `tree`: unshares its mount namespace, makes every mount private, mounts
 //! a tmpfs on WORK/t (a file, a subdirectory with a file, a symlink, a
 //! fifo, a device node; known modes, owners and an mtime), binds WORK/src
-//! read-only and nosuid on WORK/ro, mounts a fresh proc on WORK/p, keeps
+//! read-only and nosuid on WORK/ro and twice more, shared in one peer
+//! group, on WORK/s1 and WORK/s2, mounts a fresh proc on WORK/p, keeps
 //! WORK/t/a open at offset 3 and WORK/t/sub/b mapped shared, and forks a
 //! child. After go each process checks: every mount of its namespace as
 //! before (mountinfo without ids and devices), the tmpfs contents byte for
@@ -111,7 +112,8 @@ fn make_tmpfs(dir: &Path) {
 }
 
 /// Every mount as (mount point, options, optional fields, type, source,
-/// super options), sorted.
+/// super options), sorted; peer group numbers (kernel-assigned) replaced
+/// by their order of appearance, so equal groups stay equal.
 fn mounts() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let mut v: Vec<String> = text
@@ -119,6 +121,23 @@ fn mounts() -> Vec<String> {
         .map(|l| l.split(' ').skip(4).collect::<Vec<_>>().join(" "))
         .collect();
     v.sort();
+    let mut groups: Vec<String> = Vec::new();
+    for line in &mut v {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| match w.split_once(':') {
+                Some((k @ ("shared" | "master"), n)) => {
+                    let i = groups.iter().position(|g| g == n).unwrap_or_else(|| {
+                        groups.push(n.to_string());
+                        groups.len() - 1
+                    });
+                    format!("{k}:#{i}")
+                }
+                _ => w.to_string(),
+            })
+            .collect();
+        *line = words.join(" ");
+    }
     v
 }
 
@@ -268,6 +287,21 @@ fn checks(dir: &Path, before: &[String], host_ns: u64, h: &Held, corrupt: bool) 
     r
 }
 
+/// Two binds of the host directory `src` in one peer group: WORK/s1 made
+/// shared, WORK/s2 bound from it.
+fn shared_pair(src: &Path, dir: &Path) {
+    let s1 = dir.join("s1");
+    mount(src.to_str().expect("utf-8"), &s1, None, libc::MS_BIND, None);
+    mount("none", &s1, None, libc::MS_SHARED, None);
+    mount(
+        s1.to_str().expect("utf-8"),
+        &dir.join("s2"),
+        None,
+        libc::MS_BIND,
+        None,
+    );
+}
+
 fn overlay(proto: &Proto, dir: &Path) -> ! {
     for d in ["lower", "upper", "work", "ov"] {
         std::fs::create_dir_all(dir.join(d)).expect("mkdir");
@@ -297,7 +331,7 @@ fn pivot(dir: &Path) -> Proto {
     let nr = dir.join("newroot");
     std::fs::create_dir_all(&nr).expect("mkdir newroot");
     mount("rootfs", &nr, Some("tmpfs"), 0, Some("mode=755"));
-    for d in ["host", "proc", "old", "t", "ro", "p"] {
+    for d in ["host", "proc", "old", "t", "ro", "p", "s1", "s2"] {
         std::fs::create_dir(nr.join(d)).expect("mkdir in newroot");
     }
     mount("/", &nr.join("host"), None, libc::MS_BIND, None);
@@ -405,7 +439,7 @@ fn main() {
         overlay(&proto, &dir);
     }
     if !inside {
-        for d in ["t", "src", "ro", "p"] {
+        for d in ["t", "src", "ro", "p", "s1", "s2"] {
             std::fs::create_dir_all(dir.join(d)).expect("mkdir");
         }
         std::fs::write(dir.join("src/file"), b"host file\n").expect("write src/file");
@@ -434,6 +468,7 @@ fn main() {
         libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
         None,
     );
+    shared_pair(&src, &dir);
     mount(
         "proc",
         &dir.join("p"),
