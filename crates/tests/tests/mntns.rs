@@ -148,3 +148,22 @@ fn cr_container_shaped_mount_namespace() {
     )
     .assert_pass(&work);
 }
+
+/// A slave mount, and a tmpfs file with two hard links, are refused by
+/// name; the tree runs on.
+#[test]
+fn refuse_slave_mount_and_tmpfs_hard_link() {
+    if not_root() {
+        return;
+    }
+    for (case, word) in [("slave", "slave"), ("hardlink", "hard links")] {
+        refused_dump(
+            &format!("refuse_mntns_{case}"),
+            Program::Bin("tp_mntns"),
+            &["--case", case],
+            &[],
+            &[word],
+            false,
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! tp_mntns: a tree in a mount namespace of its own (needs root).
 //!
-//! Usage: `tp_mntns WORKDIR [--case tree|pivot|overlay] [--corrupt]`
+//! Usage: `tp_mntns WORKDIR [--case tree|pivot|slave|hardlink|overlay] [--corrupt]`
 //!
 //! `tree`: unshares its mount namespace, makes every mount private, mounts
 //! a tmpfs on WORK/t (a file, a subdirectory with a file, a symlink, a
@@ -16,7 +16,9 @@
 //! started from. `pivot` (a container's shape): first pivot_root into a
 //! new tmpfs root holding a bind of the host's / at /host (the work
 //! directory is then /host/WORK) and a proc at /proc; then the same
-//! mounts at /t, /ro, /p. `overlay`: an overlayfs on WORK/ov instead (a
+//! mounts at /t, /ro, /p. `slave`, `hardlink`: `tree` with WORK/s2 made
+//! a slave of WORK/s1, or a second hard link to WORK/t/a (a dump must
+//! refuse either by name). `overlay`: an overlayfs on WORK/ov instead (a
 //! dump must refuse it by name); checks only that it is still there.
 
 use stasis_tests::{Proto, Report};
@@ -469,6 +471,12 @@ fn main() {
         None,
     );
     shared_pair(&src, &dir);
+    // Refused by a dump (the program's checks still pass without one).
+    match args.get("case") {
+        Some("slave") => mount("none", &dir.join("s2"), None, libc::MS_SLAVE, None),
+        Some("hardlink") => std::fs::hard_link(dir.join("t/a"), dir.join("t/hl")).expect("link"),
+        _ => {}
+    }
     mount(
         "proc",
         &dir.join("p"),
