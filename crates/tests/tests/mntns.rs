@@ -167,3 +167,48 @@ fn refuse_slave_mount_and_tmpfs_hard_link() {
         );
     }
 }
+
+/// A restore failing at its last stage (the namespace built, every process
+/// in it) leaves no process, no mount the host sees and no staging
+/// directory; a retry works.
+#[test]
+fn failed_restore_leaves_no_mount_namespace() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("failed_restore_mntns");
+    let opts = Opts::default();
+    let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
+    step(
+        &work,
+        "waiting for ready",
+        wait_ready(&work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let child = std::process::Command::new(stasis_bin())
+        .args(["restore", "-D", work.img().to_str().expect("utf-8"), "-d"])
+        .env("STASIS_FAULT", "restore:resume")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stasis");
+    let staging = std::env::temp_dir().join(format!(".stasis-mntns-{}", child.id()));
+    let out = child.wait_with_output().expect("wait for stasis");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("injected fault"),
+        "the injected fault did not fail the restore: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a failed restore left PID {}", p.pid);
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
+    assert!(
+        !staging.exists(),
+        "a failed restore left {}",
+        staging.display()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
