@@ -17,6 +17,18 @@ fn not_root() -> bool {
     !root
 }
 
+/// `tp_mntns` started, ready, dumped and gone.
+fn dumped(work: &Work, opts: &Opts) -> Proc {
+    let mut p = start(work, Program::Bin("tp_mntns"), &[]);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(work, &mut p, opts);
+    p
+}
+
 /// Whether the host (this test) sees a mount on `dir`.
 fn host_sees_mount(dir: &std::path::Path) -> bool {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -33,13 +45,7 @@ fn cr_own_mount_namespace() {
     }
     let work = Work::new("cr_own_mount_namespace");
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
-    dump_and_check_gone(&work, &mut p, &opts);
+    let p = dumped(&work, &opts);
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     for d in ["t", "ro", "p"] {
         assert!(
@@ -96,13 +102,7 @@ fn cr_mount_namespace_ext_mount_map() {
     }
     let work = Work::new("cr_mntns_ext_mount_map");
     let mut opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
-    dump_and_check_gone(&work, &mut p, &opts);
+    let p = dumped(&work, &opts);
     let (src, moved) = (work.path("src"), work.path("src-moved"));
     std::fs::rename(&src, &moved).expect("move src");
     let out = restore_detached(&work, &[], opts.stasis_timeout);
@@ -178,13 +178,7 @@ fn failed_restore_leaves_no_mount_namespace() {
     }
     let work = Work::new("failed_restore_mntns");
     let opts = Opts::default();
-    let mut p = start(&work, Program::Bin("tp_mntns"), &[]);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
-    dump_and_check_gone(&work, &mut p, &opts);
+    let p = dumped(&work, &opts);
     let child = std::process::Command::new(stasis_bin())
         .args(["restore", "-D", work.img().to_str().expect("utf-8"), "-d"])
         .env("STASIS_FAULT", "restore:resume")
