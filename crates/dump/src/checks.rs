@@ -107,7 +107,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
     for (i, ns) in NAMESPACES.iter().enumerate() {
         let id = ns_id(&task, ns);
         let want = match *ns {
-            "mnt" if reference.pid_ns_tree => reference.root_mnt,
+            // The root's, saved when it is not stasis's (mntns.rs).
+            "mnt" => reference.root_mnt,
             "uts" => reference.root_uts,
             "ipc" => reference.root_ipc,
             // A process that unshared its children's PID namespace.
@@ -118,8 +119,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             return Err(refuse(
                 pid,
                 format!(
-                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS \
-                     and IPC namespaces the whole tree shares with its root, are restored yet",
+                    "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS, \
+                     IPC and mount namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

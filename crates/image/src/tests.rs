@@ -283,6 +283,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         pid_ns: false,
         uts: None,
         ipc: None,
+        mntns: None,
         cgroups: None,
         parent: None,
         tracking: None,

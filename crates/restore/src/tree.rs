@@ -72,6 +72,9 @@ pub(crate) fn restore_tree(
             u.domainname.clone().into_bytes(),
         )
     });
+    // The tree's own mount namespace (built before the files were opened
+    // in it), entered by the first process forked.
+    tree.plan.mntns = crate::mntns::for_fork();
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -98,6 +101,9 @@ pub(crate) fn restore_tree(
             s.sysv = i.sizes();
         }
     }
+    // 3c. the restorer leaves the built mount namespace (every file is
+    //     open): the first process pivots there, alone in it.
+    crate::mntns::leave().at(root_pid, Stage::Fork)?;
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();
@@ -263,6 +269,7 @@ fn plan_tree(
             new_pid_ns: pid_ns,
             session_helper,
             uts: None,
+            mntns: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

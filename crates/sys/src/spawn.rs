@@ -104,6 +104,10 @@ pub struct TreePlan {
     /// Create the tree in a new UTS namespace with this host name and
     /// domain name (the first process stasis forks sets them).
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
+    /// Enter this mount namespace and make this directory (a mount of it)
+    /// the root with pivot_root: the first process stasis forks does it,
+    /// every other process inherits it (descriptors of the caller's).
+    pub mntns: Option<(i32, i32)>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -117,6 +121,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         9 => "mounting /proc for the new PID namespace failed",
         10 => "setting the host or domain name of the new UTS namespace failed",
         11 => "taking its controlling terminal (TIOCSCTTY) failed",
+        12 => "entering the rebuilt mount namespace (setns, pivot_root) failed",
         _ => "unexpected failure",
     }
 }
@@ -159,6 +164,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
         return match unsafe { fork_with_pid(&[sid], uts_flag)? } {
             Forked::Child => {
                 set_uts(plan, root.pid);
+                enter_mntns(plan, root.pid);
                 session_helper(plan, sid)
             }
             Forked::Parent(p) => Ok(p),
@@ -168,6 +174,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
     match unsafe { fork_with_pid(&[first], flags)? } {
         Forked::Child => {
             set_uts(plan, root.pid);
+            enter_mntns(plan, root.pid);
             if helper {
                 helper_init(plan)
             } else {
@@ -244,6 +251,17 @@ fn set_uts(plan: &TreePlan, root: i32) {
         {
             report(plan.ready_fd, root, 10);
             exit_now(10);
+        }
+    }
+}
+
+/// In the first process of a tree with its own mount namespace: enters
+/// it (see [`TreePlan::mntns`]), or reports failure 12 and exits.
+fn enter_mntns(plan: &TreePlan, root: i32) {
+    if let Some((ns, dir)) = plan.mntns {
+        if crate::mount::enter_and_pivot(ns, dir) != 0 {
+            report(plan.ready_fd, root, 12);
+            exit_now(12);
         }
     }
 }
