@@ -198,8 +198,10 @@ struct Sample {
     page_bytes: u64,
     filled: u64,
     dump_hwm: u64,
-    /// Remote system calls the restore made.
+    /// Remote system calls the restore made, and the ptrace round trips
+    /// they took (batched calls share one).
     remote_calls: u64,
+    round_trips: u64,
 }
 
 struct Running {
@@ -414,10 +416,12 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
 
     let read_before = raw_read(&pages, stats.page_bytes)?;
     let calls0 = stasis_sys::remote::remote_syscalls();
+    let trips0 = stasis_sys::remote::round_trips();
     let t = Instant::now();
     let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
+    let round_trips = stasis_sys::remote::round_trips() - trips0;
     verify_restored(case, &run, restored.wait_pid)?;
 
     let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
@@ -434,6 +438,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         filled,
         dump_hwm,
         remote_calls,
+        round_trips,
     })
 }
 
@@ -673,7 +678,7 @@ fn run_rounds<S>(
 }
 
 /// Cost of one more process or thread: (case - tiny) / (extra tasks), on
-/// the medians; and remote syscalls per restore.
+/// the medians; and remote syscalls per restore, with their round trips.
 fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
     let med = |name: &str, f: fn(&Sample) -> Duration| {
         rows.iter()
@@ -681,9 +686,12 @@ fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
             .map(|(_, s)| min_med(s.iter().map(f).collect()).1)
     };
     println!();
-    println!("remote syscalls per restore:");
+    println!("remote syscalls per restore (ptrace round trips):");
     for (name, s) in rows {
-        println!("  {:<22} {}", name, s[0].remote_calls);
+        println!(
+            "  {:<22} {} ({})",
+            name, s[0].remote_calls, s[0].round_trips
+        );
     }
     let Some(tiny) = cases.iter().find(|c| c.args.iter().any(|a| a == "tiny")) else {
         return;
