@@ -35,7 +35,11 @@ pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
             .map(|m| m.ino())
     };
     let pid_ns_tree = pid_ns(&r.to_string()) != pid_ns("self");
-    if pid_ns_tree || ns_ino(&r.to_string()) == ns_ino("self") {
+    if ns_ino(&r.to_string()) == ns_ino("self") {
+        return Ok(None);
+    }
+    if pid_ns_tree {
+        run_tree_mounts(r)?;
         return Ok(None);
     }
     let root_dir =
@@ -74,6 +78,63 @@ pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
         mounts.push(mount_of(r, m, &host_groups, how)?);
     }
     Ok(Some(MountNs { mounts }))
+}
+
+/// A `stasis run` tree's private mount namespace is made anew at restore
+/// as a copy of ours with a fresh /proc: a mount the tree made there would
+/// be lost, so it is refused by name.
+fn run_tree_mounts(r: u32) -> Result<()> {
+    let key = |m: &MountInfo| {
+        (
+            m.mount_point.clone(),
+            m.fs_type.clone(),
+            m.root.clone(),
+            m.source.clone(),
+            m.options.clone(),
+        )
+    };
+    let mut ours: Vec<_> = stasis_proc::read_mountinfo(std::process::id())
+        .at(r, Stage::Collect)?
+        .iter()
+        .map(key)
+        .collect();
+    let mut extra = Vec::new();
+    for m in stasis_proc::read_mountinfo(r).at(r, Stage::Collect)? {
+        match ours.iter().position(|k| *k == key(&m)) {
+            Some(i) => {
+                ours.swap_remove(i);
+            }
+            None => extra.push(m),
+        }
+    }
+    // The one mount `stasis run` adds: a proc on /proc.
+    if let Some(i) = extra
+        .iter()
+        .position(|m| m.fs_type == "proc" && m.mount_point == "/proc")
+    {
+        extra.remove(i);
+    }
+    if let Some(m) = extra.first() {
+        return Err(refuse(
+            r,
+            format!(
+                "a mount of its own in the mount namespace of its PID namespace ({} on {}): \
+                 only the /proc `stasis run` made is restored there yet",
+                m.fs_type, m.mount_point
+            ),
+        ));
+    }
+    // Mounts of ours the tree lacks: made here since `stasis run` (a new
+    // copy would have them too) or unmounted by the tree; which of the two
+    // cannot be told, so only noted.
+    for k in &ours {
+        log::warn!(
+            "pid {r}: its PID namespace's mount namespace lacks our mount {} ({}); a restore's copy of ours will have it",
+            k.0,
+            k.1
+        );
+    }
+    Ok(())
 }
 
 /// Parents before children, otherwise in the namespace's order; exactly
