@@ -464,6 +464,7 @@ fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
         manage_cgroups: stasis_restore::CgroupMode::default(),
         cgroup_roots: Vec::new(),
         tcp_close: false,
+        sibling: false,
     }
 }
 
