@@ -174,8 +174,8 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
     let helper = plan.new_pid_ns && root.pid != 1;
     let first = if helper { 1 } else { root.pid };
     if let Some(sid) = plan.session_helper.filter(|_| !plan.new_pid_ns) {
-        // SAFETY: as above; the helper runs raw syscalls only.
         let mut fd = -1;
+        // SAFETY: as above; the helper runs raw syscalls only.
         return match unsafe { fork_with_pid_fd(&[sid], uts_flag, Some(&mut fd))? } {
             Forked::Child => {
                 set_uts(plan, root.pid);

@@ -29,7 +29,10 @@ fn parents_script(work: &Work) -> &'static str {
 /// (the root's parent, stasis's PID) as the script saw them.
 fn parents(work: &Work) -> (u32, u32) {
     let s = fs::read_to_string(work.path("parents")).unwrap_or_default();
-    let v: Vec<u32> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u32> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     match v[..] {
         [root_parent, stasis] => (root_parent, stasis),
         _ => fail(work, format!("action script wrote {s:?}")),
@@ -70,7 +73,10 @@ fn restore_sibling_cli() {
         opts.stasis_timeout,
     );
     assert!(
-        !out.success() && out.stderr.contains("only makes sense with --restore-detached"),
+        !out.success()
+            && out
+                .stderr
+                .contains("only makes sense with --restore-detached"),
         "-S without -d: {out:?}"
     );
     assert!(!pid_exists(pid), "a refused restore left PID {pid}");
@@ -82,9 +88,17 @@ fn restore_sibling_cli() {
     };
     let mut r = restore_and_adopt(&work, pid, &o);
     let (root_parent, stasis_pid) = parents(&work);
-    assert_eq!(root_parent, std::process::id(), "root's parent during restore");
+    assert_eq!(
+        root_parent,
+        std::process::id(),
+        "root's parent during restore"
+    );
     assert_ne!(stasis_pid, std::process::id());
-    assert_eq!(ppid_of(pid), Some(std::process::id()), "root's parent after");
+    assert_eq!(
+        ppid_of(pid),
+        Some(std::process::id()),
+        "root's parent after"
+    );
     step(&work, "restored tree state", r.check_running_untraced());
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
@@ -95,7 +109,11 @@ fn restore_sibling_cli() {
 fn restore_without_sibling_parent_is_restorer() {
     let work = Work::new("restore_not_sibling");
     let opts = Opts::default();
-    let pid = dumped(&work, "tp_memory", &["--size-mib", "8", "--sparse-mib", "16"]);
+    let pid = dumped(
+        &work,
+        "tp_memory",
+        &["--size-mib", "8", "--sparse-mib", "16"],
+    );
     let o = Opts {
         restore_extra: vec!["--action-script", parents_script(&work)],
         ..opts.clone()
@@ -134,7 +152,13 @@ fn failed_sibling_restore_leaves_no_process() {
     let pid = dumped(&work, "tp_tree", &[]);
     let pids = image_pids(&work);
     let out = Command::new(stasis_bin())
-        .args(["restore", "-D", work.img().to_str().expect("utf-8"), "-d", "-S"])
+        .args([
+            "restore",
+            "-D",
+            work.img().to_str().expect("utf-8"),
+            "-d",
+            "-S",
+        ])
         .env("STASIS_FAULT", "restore:resume")
         .stdin(Stdio::null())
         .output()
