@@ -125,6 +125,54 @@ fn restore_without_sibling_parent_is_restorer() {
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
 
+/// `-S --new-pid-ns`: the helper init (PID 1 of the new namespace, the
+/// root's parent, which exits with the root's status) is the caller's
+/// child from the start; the caller waits for it and gets the PASS.
+#[test]
+fn restore_sibling_new_pid_ns() {
+    let work = Work::new("restore_sibling_pidns");
+    let opts = Opts::default();
+    dumped(
+        &work,
+        "tp_memory",
+        &["--size-mib", "8", "--sparse-mib", "16"],
+    );
+    let ppid = "sed -n 's/^PPid:[[:space:]]*//p'";
+    let script = format!(
+        "[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0; \
+         h=$({ppid} /proc/$CRTOOLS_INIT_PID/status); \
+         echo \"$({ppid} /proc/$h/status) $PPID $h\" > {}",
+        work.path("parents").display()
+    );
+    let script: &'static str = Box::leak(script.into_boxed_str());
+    let out = restore_detached(
+        &work,
+        &["-S", "--new-pid-ns", "--action-script", script],
+        opts.stasis_timeout,
+    );
+    if !out.success() {
+        fail(&work, format!("restore -S --new-pid-ns: {out:?}"));
+    }
+    let s = fs::read_to_string(work.path("parents")).unwrap_or_default();
+    let v: Vec<i32> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [helper_parent, _stasis, helper] = v[..] else {
+        fail(&work, format!("action script wrote {s:?}"));
+    };
+    assert_eq!(helper_parent as u32, std::process::id(), "helper's parent");
+    let root: i32 = fs::read_to_string(work.path("pidfile"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| fail(&work, "no pidfile"));
+    assert_ne!(root, helper);
+    assert_eq!(ppid_of(root), Some(helper as u32), "the root's parent");
+    let mut h = Proc::adopt(helper);
+    finish(&work, &mut h, opts.finish_timeout).assert_pass(&work);
+}
+
 /// Every PID of the image (processes and zombies).
 fn image_pids(work: &Work) -> Vec<i32> {
     let v = show(work, &work.img());
