@@ -55,6 +55,7 @@ impl TreeGuard {
     /// none it has not stopped, then kills them all; returns them.
     fn stop_then_kill(&self, root: Pid, root_fd: &std::os::fd::OwnedFd) -> Vec<Pid> {
         let _ = util::pidfd_kill(root_fd, libc::SIGSTOP);
+        wait_stopped(&[root]);
         let mut ours: Vec<Pid> = Vec::new();
         loop {
             let mut now = Vec::new();
@@ -66,6 +67,9 @@ impl TreeGuard {
             for &p in &new {
                 let _ = util::kill(p, libc::SIGSTOP);
             }
+            // Only a process that has stopped forks no more: the next scan
+            // then sees every child it made.
+            wait_stopped(&new);
             ours.extend(new);
         }
         let _ = util::pidfd_kill(root_fd, libc::SIGKILL);
@@ -184,6 +188,21 @@ fn reap_traced(p: Pid) {
     while let Ok(Some(s)) = util::waitpid(p, libc::__WALL) {
         if libc::WIFEXITED(s) || libc::WIFSIGNALED(s) {
             break;
+        }
+    }
+}
+
+/// Waits (up to 2 s) until each of `pids` is stopped, traced-stopped, a
+/// zombie or gone.
+fn wait_stopped(pids: &[Pid]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for &p in pids {
+        while !matches!(util::proc_state(p), None | Some('T' | 't' | 'Z' | 'X')) {
+            if std::time::Instant::now() > deadline {
+                log::warn!("pid {p}: does not stop");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
