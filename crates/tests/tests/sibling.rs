@@ -190,15 +190,30 @@ fn state_of(pid: i32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
-/// A restore with `-S` failing at its last stage (every process built,
-/// none yet ours to wait for) leaves no live process: the root is a zombie
-/// of the caller (as criu leaves it), reaped here; then a retry works.
+/// A restore with `-S` failing before the seize (`fork`: no process
+/// traced yet) or at its last stage (`resume`: every process built and
+/// traced, none yet ours to wait for) leaves no live process: the root is
+/// a zombie of the caller (as criu leaves it), reaped here; then a retry
+/// works.
 #[test]
 fn failed_sibling_restore_leaves_no_process() {
     let work = Work::new("failed_sibling_restore");
     let opts = Opts::default();
     let pid = dumped(&work, "tp_tree", &[]);
-    let pids = image_pids(&work);
+    for fault in ["restore:fork", "restore:resume"] {
+        failed_sibling_restore(&work, pid, fault);
+    }
+    let o = Opts {
+        restore_extra: vec!["-S"],
+        ..opts.clone()
+    };
+    let mut r = restore_and_adopt(&work, pid, &o);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// One `restore -d -S` failing at `fault`; checks and reaps what is left.
+fn failed_sibling_restore(work: &Work, pid: i32, fault: &str) {
+    let pids = image_pids(work);
     let out = Command::new(stasis_bin())
         .args([
             "restore",
@@ -207,21 +222,32 @@ fn failed_sibling_restore_leaves_no_process() {
             "-d",
             "-S",
         ])
-        .env("STASIS_FAULT", "restore:resume")
+        .env("STASIS_FAULT", fault)
         .stdin(Stdio::null())
         .output()
         .expect("run stasis");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("injected fault"),
-        "the injected fault did not fail the restore: {out:?}"
+        !out.status.success()
+            && err.contains("injected fault")
+            && err.contains("killing the partly restored tree")
+            && !err.contains("still exist"),
+        "{fault}: the restore did not fail, or the tree was not killed: {out:?}"
     );
     let alive: Vec<(i32, char)> = pids
         .iter()
         .filter_map(|&p| state_of(p).map(|s| (p, s)))
         .filter(|&(_, s)| s != 'Z' && s != 'X')
         .collect();
-    assert!(alive.is_empty(), "a failed restore left {alive:?} alive");
-    assert_eq!(state_of(pid), Some('Z'), "the root, a zombie of ours");
+    assert!(
+        alive.is_empty(),
+        "{fault}: a failed restore left {alive:?} alive"
+    );
+    assert_eq!(
+        state_of(pid),
+        Some('Z'),
+        "{fault}: the root, a zombie of ours"
+    );
     // Reap what came to us (the root; its orphans, as we are a subreaper).
     let deadline = Instant::now() + Duration::from_secs(10);
     for &p in &pids {
@@ -229,14 +255,11 @@ fn failed_sibling_restore_leaves_no_process() {
             let mut st = 0;
             // SAFETY: WNOHANG wait for one PID of the failed tree.
             unsafe { libc::waitpid(p, &mut st, libc::WNOHANG | libc::__WALL) };
-            assert!(Instant::now() < deadline, "PID {p} is never reaped");
+            assert!(
+                Instant::now() < deadline,
+                "{fault}: PID {p} is never reaped"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let o = Opts {
-        restore_extra: vec!["-S"],
-        ..opts.clone()
-    };
-    let mut r = restore_and_adopt(&work, pid, &o);
-    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
