@@ -87,15 +87,21 @@ pub struct RestoreOptions {
     /// criu's `--root` and `--ext-mount-map`, for a tree with its own
     /// mount namespace.
     pub mounts: MountOptions,
+    /// criu's `--restore-sibling`: the process to wait for (the root, or
+    /// the helper init of a new PID namespace) is created as a child of
+    /// our parent (CLONE_PARENT), not of ours.
+    pub sibling: bool,
 }
 
-/// A restored, running process (a child of the caller).
+/// A restored, running process (a child of the caller; with `sibling`,
+/// of the caller's parent).
 #[derive(Debug, Clone, Copy)]
 pub struct Restored {
     /// The root of the restored tree, as seen from here.
     pub pid: Pid,
-    /// Our child, to wait for: the root, or the helper init of a new PID
-    /// namespace (which exits with the root's status).
+    /// Our child (with `sibling`: our parent's), to wait for: the root, or
+    /// the helper init of a new PID namespace (which exits with the root's
+    /// status).
     pub wait_pid: Pid,
 }
 
@@ -422,6 +428,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
                 tcp_close: opts.tcp_close,
                 lock: image.inventory.net_lock.as_ref(),
             },
+            sibling: opts.sibling,
         },
         &mut hook,
     )?;

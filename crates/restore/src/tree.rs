@@ -27,6 +27,9 @@ pub(crate) struct Setting<'a> {
     pub(crate) cgroups: &'a crate::cgroups::Prepared,
     /// `--tcp-close`, and the network lock to release once the tree runs.
     pub(crate) net: Net<'a>,
+    /// criu's `--restore-sibling`: the first process forked is our
+    /// parent's child (CLONE_PARENT), for the caller to wait for.
+    pub(crate) sibling: bool,
 }
 
 /// The namespaces a restore makes for the tree besides PID and mount:
@@ -53,6 +56,7 @@ pub(crate) fn restore_tree(
         ns,
         cgroups,
         net,
+        sibling,
     } = *setting;
     let root_pid = procs[0].pid;
     let TreeNs { uts, ipc } = ns;
@@ -65,6 +69,18 @@ pub(crate) fn restore_tree(
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
+    tree.plan.sibling = sibling;
+    if let Some(sid) = tree.session_helper.filter(|_| sibling) {
+        // The helper would be the root's parent, and its death would hand
+        // the root to a reaper of the caller's, not to the caller.
+        return Err(RestoreError::Refused {
+            pid: root_pid,
+            stage: Stage::Fork,
+            what: format!(
+                "--restore-sibling: the root's session leader {sid} is not in the tree (its session helper would be the root's parent)"
+            ),
+        });
+    }
     // The tree's own UTS namespace, made by the first process forked.
     tree.plan.uts = uts.map(|u| {
         (
@@ -270,6 +286,7 @@ fn plan_tree(
             session_helper,
             uts: None,
             mntns: None,
+            sibling: false,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),
@@ -429,7 +446,7 @@ fn fork(
     if root.is_err() && !was_subreaper {
         let _ = util::set_child_subreaper(false);
     }
-    let top = root.map_err(|source| match source.errno() {
+    let (top, top_fd) = root.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::Refused {
             pid: root_pid,
             stage: Stage::Fork,
@@ -451,6 +468,7 @@ fn fork(
             .chain(zombies.iter().map(|z| z.pid as i32))
             .collect(),
         was_subreaper,
+        sibling: tree.plan.sibling.then_some(top_fd),
     };
     // Helpers are ours to kill and reap on failure too.
     guard.pids.extend(

@@ -470,6 +470,7 @@ fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
         cgroup_roots: Vec::new(),
         tcp_close: false,
         mounts: stasis_restore::MountOptions::default(),
+        sibling: false,
     }
 }
 

@@ -236,7 +236,7 @@ pub static OPTIONS: &[Opt] = &[
     // Restore.
     s("restore-detached", 'd', No, RESTORE, App, "").neg(),
     b("daemon", RESTORE, App),
-    s("restore-sibling", 'S', No, RESTORE, Ref, "").neg(),
+    s("restore-sibling", 'S', No, RESTORE, App, "").neg(),
     s("root", 'r', Req, RESTORE, App, "/"),
     s("join-ns", 'J', Req, RESTORE, Ref, "net:/proc/1/ns/net"),
     o("veth-pair", Req, RESTORE, Ref, "eth0=veth0"),

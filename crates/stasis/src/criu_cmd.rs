@@ -33,6 +33,8 @@ pub(crate) struct Request {
     pub(crate) timeout: Option<u64>,
     pub(crate) ghost_limit: Option<u64>,
     pub(crate) detached: bool,
+    /// criu's `--restore-sibling`: the restored tree is our parent's child.
+    pub(crate) sibling: bool,
     pub(crate) pidfile: Option<PathBuf>,
     pub(crate) no_default_config: bool,
     pub(crate) close: Vec<i32>,
@@ -159,6 +161,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             )
         }
         "restore-detached" | "daemon" => r.detached = on,
+        "restore-sibling" => r.sibling = on,
         "pidfile" => r.pidfile = Some(path()),
         "no-default-config" => r.no_default_config = true,
         "close" => r.close.push(number(g)?),
@@ -474,6 +477,7 @@ pub(crate) fn restore_tree(
         cgroup_roots: r.cgroup_roots.clone(),
         tcp_close: r.tcp_close,
         mounts: r.mounts.clone(),
+        sibling: r.sibling,
     };
     let restored = stasis_restore::restore_with(&opts, hook)?;
     let pid = restored.pid;
@@ -489,6 +493,10 @@ pub(crate) fn restore_tree(
 
 fn restore(r: &Request) -> Result<ExitCode> {
     let dir = r.images_dir();
+    // criu's rule: the caller waits for a sibling, so we must not.
+    if r.sibling && !r.detached {
+        bail!("restore: --restore-sibling only makes sense with --restore-detached");
+    }
     let restored = restore_tree(r, &mut crate::action::scripts(&r.action_scripts, &dir))?;
     let pid = restored.pid;
     if r.detached {

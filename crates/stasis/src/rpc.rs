@@ -287,7 +287,9 @@ fn dump(sock: &OwnedFd, peer: i32, req: &Req) -> Result<Resp> {
 
 fn restore(sock: &OwnedFd, peer: i32, req: &Req) -> Result<Resp> {
     let o = req.opts.as_ref().context("restore: criu_opts missing")?;
-    let r = request("restore", o, peer)?;
+    let mut r = request("restore", o, peer)?;
+    // criu's RPC restore is always detached: the answer carries the PID.
+    r.detached = true;
     let restored = criu_cmd::restore_tree(&r, &mut notifier(sock, o.notify_scripts == Some(true)))?;
     Ok(Resp {
         restore: Some(RestoreResp {

@@ -35,10 +35,39 @@ pub enum Forked {
 /// until it execs or exits, and it must not return into code that assumes
 /// glibc's cached thread id (glibc is not told about this fork).
 pub unsafe fn fork_with_pid(tids: &[i32], flags: u64) -> Result<Forked> {
+    // SAFETY: the caller's contract, forwarded.
+    unsafe { fork_with_pid_fd(tids, flags, None) }
+}
+
+/// [`fork_with_pid`], also asking clone3 for a pidfd of the child
+/// (CLONE_PIDFD), written to `pidfd` in the parent: a handle that names
+/// this child even after it is reaped and its PID reused.
+///
+/// # Safety
+/// As [`fork_with_pid`].
+pub unsafe fn fork_with_pid_fd(
+    tids: &[i32],
+    mut flags: u64,
+    pidfd: Option<&mut i32>,
+) -> Result<Forked> {
     let set: Vec<libc::pid_t> = tids.to_vec();
+    let pidfd_at = match pidfd {
+        Some(p) => {
+            flags |= libc::CLONE_PIDFD as u64;
+            p as *mut i32 as u64
+        }
+        None => 0,
+    };
     let args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        pidfd: pidfd_at,
+        // clone3 refuses an exit signal with CLONE_PARENT: the child gets
+        // the caller's own.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         set_tid: if set.is_empty() {
             0
         } else {

@@ -3,9 +3,10 @@
 //! recreate namespaces, sessions and groups; the areas (syscall stub,
 //! shared and copy-on-write memory) every process inherits.
 
-use crate::clone::{exit_now, fork_with_pid, CloneArgs, Forked};
+use crate::clone::{exit_now, fork_with_pid, fork_with_pid_fd, CloneArgs, Forked};
 use crate::ptrace::{self, Stop};
 use crate::{check, last_errno, remote, Pid, Result, SysError};
+use std::os::fd::{FromRawFd, OwnedFd};
 
 /// Where the child's descriptors come from. Every `srcs[i]` (a descriptor of
 /// the caller) is first duplicated to `staging + i`; everything below
@@ -108,6 +109,10 @@ pub struct TreePlan {
     /// the root with pivot_root: the first process stasis forks does it,
     /// every other process inherits it (descriptors of the caller's).
     pub mntns: Option<(i32, i32)>,
+    /// criu's `--restore-sibling`: the first process forked (the root, or
+    /// the helper init) is created with CLONE_PARENT, a child of the
+    /// caller's parent instead of the caller's. Not with `session_helper`.
+    pub sibling: bool,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -132,9 +137,17 @@ pub fn tree_failure(code: i32) -> &'static str {
 /// and exits with the root's status; its PID is returned instead. Each live process places its
 /// descriptors, writes `[pid, 0]` (two i32) to the ready pipe, and waits in
 /// pause() with every signal blocked, to be seized by the caller. A failing
-/// process writes `[pid, code]` and exits. Returns the root's PID.
-pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
-    let parent = crate::util::getpid().0;
+/// process writes `[pid, code]` and exits. Returns the PID of the first
+/// process forked and a pidfd of it (CLONE_PIDFD: it names that process
+/// even once a sibling's parent, not us, has reaped it).
+pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
+    // With CLONE_PARENT the first process's parent is our parent.
+    let parent = if plan.sibling {
+        // SAFETY: getppid has no arguments and cannot fail.
+        unsafe { libc::getppid() }
+    } else {
+        crate::util::getpid().0
+    };
     let root = plan
         .procs
         .first()
@@ -154,24 +167,32 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
         0
     };
     flags |= uts_flag;
+    let parent_flag = if plan.sibling {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
+    flags |= parent_flag;
     // Inside a new namespace the root's parent is invisible: getppid() is 0.
     let expect_parent = if plan.new_pid_ns { 0 } else { parent };
     // A tree whose root is not PID 1 gets a helper init in the namespace.
     let helper = plan.new_pid_ns && root.pid != 1;
     let first = if helper { 1 } else { root.pid };
     if let Some(sid) = plan.session_helper.filter(|_| !plan.new_pid_ns) {
+        let mut fd = -1;
         // SAFETY: as above; the helper runs raw syscalls only.
-        return match unsafe { fork_with_pid(&[sid], uts_flag)? } {
+        return match unsafe { fork_with_pid_fd(&[sid], uts_flag, Some(&mut fd))? } {
             Forked::Child => {
                 set_uts(plan, root.pid);
                 enter_mntns(plan, root.pid);
                 session_helper(plan, sid)
             }
-            Forked::Parent(p) => Ok(p),
+            Forked::Parent(p) => Ok((p, owned_pidfd(fd))),
         };
     }
+    let mut fd = -1;
     // SAFETY: as above.
-    match unsafe { fork_with_pid(&[first], flags)? } {
+    match unsafe { fork_with_pid_fd(&[first], flags, Some(&mut fd))? } {
         Forked::Child => {
             set_uts(plan, root.pid);
             enter_mntns(plan, root.pid);
@@ -181,8 +202,15 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
                 tree_child(plan, 0, expect_parent)
             }
         }
-        Forked::Parent(p) => Ok(p),
+        Forked::Parent(p) => Ok((p, owned_pidfd(fd))),
     }
+}
+
+/// The pidfd clone3 wrote for a child it created.
+fn owned_pidfd(fd: i32) -> OwnedFd {
+    // SAFETY: clone3 succeeded with CLONE_PIDFD, so `fd` is a new
+    // descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Forks process `i` of the plan with its PID and exit signal (clone3

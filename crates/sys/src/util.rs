@@ -11,6 +11,19 @@ pub fn pid_exists(pid: Pid) -> bool {
     r == 0 || last_errno() == libc::EPERM
 }
 
+/// The state letter of `pid` in /proc/PID/stat (None: no such process).
+pub fn proc_state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.0)).ok()?;
+    // The state follows the command name, which ends with the last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Whether `pid` names a process that has not exited: it exists and is not
+/// a zombie (state Z or X).
+pub fn is_alive(pid: Pid) -> bool {
+    !matches!(proc_state(pid), None | Some('Z' | 'X'))
+}
+
 pub fn kill(pid: Pid, sig: i32) -> Result<()> {
     // SAFETY: plain syscall with integer arguments.
     check(unsafe { libc::kill(pid.0, sig) }.into(), "kill", Some(pid)).map(drop)

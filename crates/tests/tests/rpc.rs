@@ -213,6 +213,34 @@ fn gocriu_dump_restore_notify() {
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
 
+/// rst_sibling, as runc sets it on every restore: the restored process is
+/// the go-criu client's own child (a sibling of `criu swrk`); the client
+/// releases it, waits for it, and gets its exit.
+#[test]
+fn gocriu_restore_sibling() {
+    let Some(exe) = client("gocriu_restore_sibling") else {
+        return;
+    };
+    let work = Work::new("gocriu_restore_sibling");
+    let mut p = target(&work);
+    let pid = p.pid;
+    let out = go_criu(&work, &exe, &["dump", &img(&work), &pid.to_string()]);
+    if !out.contains("DUMPED") {
+        fail(&work, format!("go-criu dump failed: {out}"));
+    }
+    check_gone(&work, &mut p);
+    let go = work.path("go").to_string_lossy().into_owned();
+    let out = go_criu(&work, &exe, &["restore-sibling", &img(&work), &go]);
+    assert_eq!(
+        line(&out, "RESTORED"),
+        format!("{pid} parent-is-me=true"),
+        "{out}"
+    );
+    assert_eq!(line(&out, "EXIT"), "0 signaled=false", "{out}");
+    assert_eq!(work.result().as_deref(), Some("PASS\n"), "{out}");
+    assert!(!pid_exists(pid), "the client reaped {pid}");
+}
+
 /// A refused option comes back as go-criu's error naming the field; the
 /// target is not touched. A notify callback that fails (post-dump) fails
 /// the dump: the target runs on and the image is withdrawn.
@@ -232,7 +260,7 @@ fn gocriu_refusals_leave_target_running() {
         "{out}"
     );
     let r = line(&out, "RESTORE-REFUSED");
-    assert!(r.contains("criu_opts.rst_sibling"), "{out}");
+    assert!(r.contains("criu_opts.orphan_pts_master"), "{out}");
     step(&work, "after refusals", p.check_running_untraced());
 
     let out = go_criu(

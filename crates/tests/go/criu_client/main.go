@@ -9,6 +9,7 @@
 //	criu_client features
 //	criu_client dump IMGDIR PID [--fail-post-dump]
 //	criu_client restore IMGDIR
+//	criu_client restore-sibling IMGDIR GOFILE
 //	criu_client refused IMGDIR PID
 package main
 
@@ -30,6 +31,7 @@ import (
 type recorder struct {
 	seen         []string
 	failPostDump bool
+	pid          int32
 }
 
 func (r *recorder) note(s string) error { r.seen = append(r.seen, s); return nil }
@@ -44,6 +46,7 @@ func (r *recorder) PostDump() error {
 }
 func (r *recorder) PreRestore() error { return r.note("pre-restore") }
 func (r *recorder) PostRestore(pid int32) error {
+	r.pid = pid
 	return r.note(fmt.Sprintf("post-restore:%d", pid))
 }
 func (r *recorder) NetworkLock() error   { return r.note("network-lock") }
@@ -166,6 +169,8 @@ func main() {
 			die("restore: %v", err)
 		}
 		fmt.Println("RESTORED")
+	case "restore-sibling":
+		restoreSibling(c, os.Args[2], os.Args[3])
 	case "refused":
 		dir := openDir(os.Args[2])
 		pid, _ := strconv.Atoi(os.Args[3])
@@ -176,11 +181,47 @@ func main() {
 		}, nil)
 		fmt.Printf("DUMP-REFUSED %v\n", err)
 		err = c.Restore(&rpc.CriuOpts{
-			ImagesDirFd: proto.Int32(int32(dir.Fd())),
-			RstSibling:  proto.Bool(true),
+			ImagesDirFd:     proto.Int32(int32(dir.Fd())),
+			OrphanPtsMaster: proto.Bool(true),
 		}, nil)
 		fmt.Printf("RESTORE-REFUSED %v\n", err)
 	default:
 		die("unknown command %s", os.Args[1])
 	}
+}
+
+// restoreSibling restores as runc does (rst_sibling): the restored root is
+// our child. It prints its parent, releases the program (writes GOFILE),
+// waits for it, and prints its exit status.
+func restoreSibling(c *criu.Criu, imgdir, gofile string) {
+	dir := openDir(imgdir)
+	r := &recorder{}
+	err := c.Restore(&rpc.CriuOpts{
+		ImagesDirFd: proto.Int32(int32(dir.Fd())),
+		LogLevel:    proto.Int32(4),
+		LogFile:     proto.String("restore.log"),
+		RstSibling:  proto.Bool(true),
+	}, r)
+	if err != nil {
+		die("restore: %v", err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.pid))
+	if err != nil {
+		die("restored pid %d: %v", r.pid, err)
+	}
+	ppid := -1
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "PPid:") {
+			ppid, _ = strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(l, "PPid:")))
+		}
+	}
+	fmt.Printf("RESTORED %d parent-is-me=%v\n", r.pid, ppid == os.Getpid())
+	if err := os.WriteFile(gofile, []byte("1"), 0o644); err != nil {
+		die("release go: %v", err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(int(r.pid), &ws, 0, nil); err != nil {
+		die("wait4 %d: %v", r.pid, err)
+	}
+	fmt.Printf("EXIT %d signaled=%v\n", ws.ExitStatus(), ws.Signaled())
 }
