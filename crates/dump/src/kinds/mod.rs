@@ -35,6 +35,7 @@ mod chardev;
 mod epoll;
 mod eventfd;
 mod fifo;
+mod in_flight;
 mod inet;
 mod inotify;
 mod opath;
@@ -282,6 +283,7 @@ type Link = fn(&mut [&mut ProcessImage]) -> Result<()>;
 /// kinds whose objects span processes.
 const LINKS: &[(&str, Link)] = &[
     ("open file descriptions", link_descriptions),
+    ("descriptors in flight", in_flight::link),
     ("unix socket pairs", unix::link),
     ("unix listeners' waiting clients", unixbound::link),
     ("pipes", pipe::link),
@@ -325,6 +327,15 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
         FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
     }
+}
+
+/// Kinds the processes open themselves at restore, once the tree exists
+/// (they name processes): not in the restorer's hands before the fork.
+fn is_opened_late(k: &FdKind) -> bool {
+    matches!(
+        k,
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. }
+    )
 }
 
 /// Entries sharing an open file description (kcmp) get the same `ofd` id.
