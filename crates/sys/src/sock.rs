@@ -78,7 +78,7 @@ pub fn set_bytes(fd: &OwnedFd, level: i32, opt: i32, v: &[u8]) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt})"), None).map(drop)
 }
 
-fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
@@ -102,7 +102,7 @@ fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {

@@ -1008,6 +1008,32 @@ fn refuse_unix_rights_not_held() {
     );
 }
 
+/// Multicast memberships of UDP sockets (IPv4 any-source, include and
+/// exclude source filters; IPv6) on lo.
+#[test]
+fn cr_udp_multicast() {
+    cr("cr_udp_multicast", Program::Bin("tp_mcast"), &[]);
+}
+
+#[test]
+fn selfcheck_udp_multicast() {
+    let work = Work::new("selfcheck_udp_multicast");
+    run_plain(&work, Program::Bin("tp_mcast"), &[]).assert_pass(&work);
+}
+
+/// The negative control after a real dump and restore.
+#[test]
+fn negative_udp_multicast() {
+    let work = Work::new("negative_udp_multicast");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_mcast"),
+        &["--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
 /// A descriptor in flight on a stream socket is refused by name.
 #[test]
 fn refuse_unix_rights_in_flight() {

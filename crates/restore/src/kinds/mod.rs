@@ -211,6 +211,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 device,
                 flags: *flags,
                 queued: &[],
+                memberships: &[],
             };
             inet::open(o, cx, &s, true)
         }
@@ -242,9 +243,11 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             device,
             flags,
             queued,
+            memberships,
         } => {
             let s = inet::Saved {
                 queued,
+                memberships,
                 family: *family,
                 local: local.as_ref(),
                 peer: peer.as_ref(),

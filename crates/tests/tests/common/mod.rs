@@ -98,6 +98,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_precopy" => env!("CARGO_BIN_EXE_tp_precopy"),
         "tp_tcp" => env!("CARGO_BIN_EXE_tp_tcp"),
         "tp_rights" => env!("CARGO_BIN_EXE_tp_rights"),
+        "tp_mcast" => env!("CARGO_BIN_EXE_tp_mcast"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
