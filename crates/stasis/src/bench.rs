@@ -494,15 +494,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let read_before = raw_read(&pages, stats.page_bytes)?;
     let calls0 = stasis_sys::remote::remote_syscalls();
     let t = Instant::now();
-    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
-        images_dir: img.clone(),
-        allow_changed_files: false,
-        new_pid_ns: false,
-        shell_job: false,
-        manage_cgroups: stasis_restore::CgroupMode::default(),
-        cgroup_roots: Vec::new(),
-        tcp_close: false,
-    })?;
+    let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
     verify_restored(case, &run, restored.wait_pid)?;
@@ -561,6 +553,19 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
     }
 }
 
+/// A plain restore of the image in `dir`.
+fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
+    stasis_restore::RestoreOptions {
+        images_dir: dir,
+        allow_changed_files: false,
+        new_pid_ns: false,
+        shell_job: false,
+        manage_cgroups: stasis_restore::CgroupMode::default(),
+        cgroup_roots: Vec::new(),
+        tcp_close: false,
+    }
+}
+
 /// A dense area written at [`PRECOPY_MIB_S`]: a full dump with the
 /// process left running, then a pre-dump, [`PRECOPY_GAP`] of writing, and
 /// the final dump against it; restored through the chain and verified.
@@ -580,15 +585,7 @@ fn run_precopy_round(
     std::thread::sleep(PRECOPY_GAP);
     let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some("../pre"), false))?;
     let _ = run.child.wait();
-    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
-        images_dir: work.join("img"),
-        allow_changed_files: false,
-        new_pid_ns: false,
-        shell_job: false,
-        manage_cgroups: stasis_restore::CgroupMode::default(),
-        cgroup_roots: Vec::new(),
-        tcp_close: false,
-    })?;
+    let restored = stasis_restore::restore(&restore_opts(work.join("img")))?;
     verify_restored(case, &run, restored.wait_pid)?;
     fs::remove_dir_all(&work)?;
     Ok(PrecopySample {

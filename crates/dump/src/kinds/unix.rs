@@ -170,14 +170,7 @@ fn contents(
              re-sent data would carry the restorer's)",
         ));
     }
-    let mut queued: Vec<Queued> = p
-        .msgs
-        .into_iter()
-        .map(|data| Queued {
-            data,
-            rights: Vec::new(),
-        })
-        .collect();
+    let mut queued: Vec<Queued> = p.msgs.into_iter().map(Queued::plain).collect();
     for (i, fds) in p.fds {
         if let Some(q) = queued.get_mut(i) {
             q.rights = fds.into_iter().map(in_flight::keep).collect();
@@ -185,10 +178,7 @@ fn contents(
     }
     if stream && queued.len() > 1 {
         let data = queued.drain(..).flat_map(|q| q.data).collect();
-        queued.push(Queued {
-            data,
-            rights: Vec::new(),
-        });
+        queued.push(Queued::plain(data));
     }
     Ok((queued, opts))
 }

@@ -20,6 +20,16 @@ pub struct Queued {
     pub rights: Vec<InFlight>,
 }
 
+impl Queued {
+    /// A message (or bytes) without descriptors in flight.
+    pub fn plain(data: Vec<u8>) -> Queued {
+        Queued {
+            data,
+            rights: Vec::new(),
+        }
+    }
+}
+
 /// One descriptor in flight (SCM_RIGHTS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlight {
