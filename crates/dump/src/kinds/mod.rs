@@ -300,6 +300,15 @@ pub(crate) fn link_tree(images: &mut [&mut ProcessImage], ghost_limit: u64) -> R
     saved::check_ghost_limit(images, ghost_limit)
 }
 
+/// A hash of a socket address for [`key`] (0: none).
+fn addr_key(a: Option<&std::net::SocketAddr>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(a) = a else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    a.hash(&mut h);
+    h.finish()
+}
+
 /// Identity key for finding shared open file descriptions: only entries
 /// with the same key are compared with kcmp.
 fn key(k: &FdKind) -> (u8, u64, u64) {
@@ -317,9 +326,13 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
-        FdKind::TcpSocket { .. } => (14, 0, 0),
-        FdKind::TcpConnection { .. } => (17, 0, 0),
-        FdKind::UdpSocket { .. } => (15, 0, 0),
+        // Sockets by address: a server's thousands of connections would
+        // otherwise be compared pairwise.
+        FdKind::TcpSocket { local, .. } => (14, addr_key(local.as_ref()), 0),
+        FdKind::TcpConnection { local, peer, .. } => {
+            (20, addr_key(Some(local)), addr_key(Some(peer)))
+        }
+        FdKind::UdpSocket { local, .. } => (15, addr_key(local.as_ref()), 0),
         FdKind::UnixBound { .. } => (16, 0, 0),
         FdKind::ProcFile { .. } => (12, 0, 0),
         FdKind::Pidfd { .. } => (13, 0, 0),
