@@ -574,6 +574,9 @@ pub enum FdKind {
         #[serde(default)]
         device: String,
         flags: u32,
+        /// Multicast group memberships.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        memberships: Vec<crate::kinds::inet::Membership>,
     },
     /// An eventfd with its counter.
     EventFd {

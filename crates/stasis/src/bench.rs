@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k,
-    /// tiny, tree100, threads64, precopy1g (default: all). `--size-mib`, `--count`,
-    /// `--procs` and `--threads` rescale them.
+    /// tiny, tree100, threads64, precopy1g, server0, conns1000 (default:
+    /// all). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
+    /// rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Rounds per case; min and median are reported.
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// Number of threads in the threads case (default 64; 8 with --quick).
     #[arg(long, value_name = "N")]
     threads: Option<u64>,
+    /// Number of established loopback connections the server of the
+    /// connections case holds (default 1000; 20 with --quick).
+    #[arg(long, value_name = "N")]
+    conns: Option<u64>,
     /// Directory for work and image files (default: a new directory under
     /// the system temp directory). Baselines use the same filesystem.
     #[arg(long, value_name = "DIR")]
@@ -67,6 +72,9 @@ struct Case {
     threads: u64,
     /// The pre-copy case ([`run_precopy_round`]).
     precopy: bool,
+    /// A server case: the connections the bench opens to it (clients
+    /// outside the tree) and keeps across the dump (`--tcp-established`).
+    conns: Option<u64>,
 }
 
 fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
@@ -74,6 +82,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     let count = a.count.unwrap_or(if a.quick { 1000 } else { 10_000 });
     let procs = a.procs.unwrap_or(if a.quick { 10 } else { 100 }).max(1);
     let threads = a.threads.unwrap_or(if a.quick { 8 } else { 64 }).max(1);
+    let conns = a.conns.unwrap_or(if a.quick { 20 } else { 1000 });
     let all = [
         "dense1g",
         "dense4g",
@@ -83,6 +92,8 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "tree100",
         "threads64",
         "precopy1g",
+        "server0",
+        "conns1000",
     ];
     let chosen: Vec<String> = if a.cases.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
@@ -160,6 +171,24 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     PRECOPY_MIB_S.to_string(),
                 ],
             ),
+            "server0" => (
+                "server, no connection".into(),
+                vec![
+                    "--shape".into(),
+                    "conns".into(),
+                    "--count".into(),
+                    "0".into(),
+                ],
+            ),
+            "conns1000" => (
+                format!("server, {conns} conns"),
+                vec![
+                    "--shape".into(),
+                    "conns".into(),
+                    "--count".into(),
+                    conns.to_string(),
+                ],
+            ),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
@@ -173,6 +202,11 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             procs: p,
             threads: t,
             precopy: c == "precopy1g",
+            conns: match c.as_str() {
+                "server0" => Some(0),
+                "conns1000" => Some(conns),
+                _ => None,
+            },
         });
     }
     Ok(out)
@@ -207,6 +241,8 @@ struct Sample {
 struct Running {
     child: Child,
     work: PathBuf,
+    /// A server case's client connections (outside the dumped tree).
+    clients: Vec<std::net::TcpStream>,
 }
 
 impl Drop for Running {
@@ -349,6 +385,38 @@ fn verify_restored(case: &Case, run: &Running, wait_pid: Pid) -> Result<()> {
     Ok(())
 }
 
+/// Opens `n` connections to the server the workload runs (its port in
+/// `WORK/port`), each sending one byte the server leaves unread.
+fn connect_clients(run: &mut Running, n: u64) -> Result<Vec<std::net::TcpStream>> {
+    let port = wait_file(
+        &run.work.join("port"),
+        &mut run.child,
+        Duration::from_secs(60),
+    )?;
+    let port: u16 = port.trim().parse().context("server port")?;
+    (0..n)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.write_all(b"x")?;
+            Ok(c)
+        })
+        .collect()
+}
+
+/// After the restored server answered: every client reads its `y`.
+fn check_clients(case: &Case, run: &mut Running) -> Result<()> {
+    for (i, c) in run.clients.iter_mut().enumerate() {
+        let mut b = [0u8; 1];
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.read_exact(&mut b)
+            .with_context(|| format!("{}: client {i} after restore", case.name))?;
+        if b != *b"y" {
+            bail!("{}: client {i} read {:?} after restore", case.name, b);
+        }
+    }
+    Ok(())
+}
+
 /// Starts the workload of `case` in `work` and waits until it is ready.
 fn start_workload(case: &Case, workload: &Path, work: &Path) -> Result<(Running, u32)> {
     let log = File::create(work.join("out.log"))?;
@@ -363,8 +431,12 @@ fn start_workload(case: &Case, workload: &Path, work: &Path) -> Result<(Running,
     let mut run = Running {
         child,
         work: work.to_path_buf(),
+        clients: Vec::new(),
     };
     let pid = run.child.id();
+    if let Some(n) = case.conns {
+        run.clients = connect_clients(&mut run, n)?;
+    }
     wait_file(
         &work.join("ready"),
         &mut run.child,
@@ -390,8 +462,15 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let write_before = raw_write(&work, filled.div_ceil(4096).max(1) * 4096)?;
 
     reset_hwm();
+    let mut opts = dump_opts(pid, img.clone(), None, false);
+    if case.conns.is_some() {
+        // nftables: one `nft -f` for every connection (iptables runs a
+        // command per rule).
+        opts.tcp_established = true;
+        opts.network_lock = stasis_sys::netlock::Method::Nftables;
+    }
     let t = Instant::now();
-    let stats = stasis_dump::dump(&dump_opts(pid, img.clone(), None, false))?;
+    let stats = stasis_dump::dump(&opts)?;
     let dump = t.elapsed();
     let dump_hwm = read_hwm();
     // The dump killed it: reap it so its PID is free again; its orphaned
@@ -423,6 +502,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
     let round_trips = stasis_sys::remote::round_trips() - trips0;
     verify_restored(case, &run, restored.wait_pid)?;
+    check_clients(case, &mut run)?;
 
     let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
     let raw_read = (read_before + raw_read(&pages, stats.page_bytes)?) / 2;
@@ -694,6 +774,7 @@ fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
             name, s[0].remote_calls, s[0].round_trips
         );
     }
+    print_conn_costs(cases, rows);
     let Some(tiny) = cases.iter().find(|c| c.args.iter().any(|a| a == "tiny")) else {
         return;
     };
@@ -713,6 +794,37 @@ fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
         println!(
             "fixed cost per extra {} ({}): dump {} ms, frozen {} ms, restore {} ms (medians, minus the tiny process)",
             extra.1,
+            c.name,
+            per(|x| x.dump),
+            per(|x| x.frozen),
+            per(|x| x.restore)
+        );
+    }
+}
+
+/// Cost of one established connection: (server with N - server with
+/// none) / N, on the medians of the same run, and the ratio of the two.
+fn print_conn_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
+    let med = |name: &str, f: fn(&Sample) -> Duration| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| min_med(s.iter().map(f).collect()).1)
+    };
+    let Some(base) = cases.iter().find(|c| c.conns == Some(0)) else {
+        return;
+    };
+    for c in cases.iter().filter(|c| c.conns.is_some_and(|n| n > 0)) {
+        let n = c.conns.unwrap_or(1) as f64;
+        let per = |f: fn(&Sample) -> Duration| match (med(&c.name, f), med(&base.name, f)) {
+            (Some(a), Some(b)) => format!(
+                "{:.3} ms ({:.1}x the server without connections)",
+                (a.as_secs_f64() - b.as_secs_f64()) * 1e3 / n,
+                a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+            ),
+            _ => "-".into(),
+        };
+        println!(
+            "cost per established connection ({}): dump {}, frozen {}, restore {} (medians, minus the server without connections)",
             c.name,
             per(|x| x.dump),
             per(|x| x.frozen),

@@ -90,6 +90,7 @@ pub(crate) fn last_errno() -> i32 {
         .raw_os_error()
         .unwrap_or(libc::EIO)
 }
+pub mod mcast;
 pub mod mount;
 pub mod pagemap;
 pub mod sock;

@@ -78,7 +78,7 @@ pub fn set_bytes(fd: &OwnedFd, level: i32, opt: i32, v: &[u8]) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt})"), None).map(drop)
 }
 
-fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
@@ -102,7 +102,7 @@ fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {
@@ -374,8 +374,11 @@ pub const UNIX_OPTS: &[(&str, i32, i32)] = &[
 pub struct Peeked {
     /// One entry per message; a stream: its bytes in one or more pieces.
     pub msgs: Vec<Vec<u8>>,
-    /// Some message carries descriptors (SCM_RIGHTS); they were closed.
+    /// Some message carries descriptors (SCM_RIGHTS).
     pub rights: bool,
+    /// The descriptors in flight, installed in us by the peek: (index of
+    /// the message in `msgs`, its descriptors in order).
+    pub fds: Vec<(usize, Vec<OwnedFd>)>,
     /// Some message was larger than the buffer or was empty.
     pub odd: bool,
     /// Some message came from a bound (named) sender.
@@ -416,15 +419,20 @@ fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
         mh.msg_name = std::ptr::addr_of_mut!(from).cast();
         mh.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
         // SAFETY: every pointer in mh refers to live buffers of their lengths.
-        let n =
-            unsafe { libc::recvmsg(fd.as_raw_fd(), &mut mh, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut mh,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
         if n < 0 {
             match last_errno() {
                 libc::EAGAIN => return Ok(p),
                 e => return Err(SysError::new("recvmsg(MSG_PEEK)", None, e)),
             }
         }
-        close_rights(&mh, &mut p);
+        take_rights(&mh, &mut p);
         // Only the family (2 bytes): an unnamed sender.
         if mh.msg_namelen as usize > std::mem::size_of::<libc::sa_family_t>() {
             p.named_sender = true;
@@ -449,8 +457,10 @@ fn peek_loop(fd: &OwnedFd, limit: usize, eof: bool) -> Result<Peeked> {
     }
 }
 
-/// Closes descriptors an SCM_RIGHTS message installed in us, noting them.
-fn close_rights(mh: &libc::msghdr, p: &mut Peeked) {
+/// Takes the descriptors an SCM_RIGHTS message installed in us (for the
+/// message about to be pushed to `p.msgs`).
+fn take_rights(mh: &libc::msghdr, p: &mut Peeked) {
+    let mut fds = Vec::new();
     // SAFETY: the kernel filled msg_control; the CMSG macros walk it within
     // msg_controllen.
     unsafe {
@@ -461,12 +471,60 @@ fn close_rights(mh: &libc::msghdr, p: &mut Peeked) {
                 let data = libc::CMSG_DATA(c).cast::<i32>();
                 let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                 for i in 0..n {
-                    libc::close(data.add(i).read_unaligned());
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
             }
             c = libc::CMSG_NXTHDR(mh, c);
         }
     }
+    if !fds.is_empty() {
+        p.fds.push((p.msgs.len(), fds));
+    }
+}
+
+/// sendmsg(2) of one message with descriptors in flight (SCM_RIGHTS),
+/// non-blocking, no SIGPIPE; on a stream what did not fit is sent after.
+pub fn send_rights(fd: &OwnedFd, data: &[u8], fds: &[&OwnedFd], stream: bool) -> Result<()> {
+    let mut cbuf = vec![0u64; 8 + fds.len()];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; zero is valid.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is arithmetic; cbuf is at least that long (8 bytes
+    // per descriptor plus the header).
+    let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
+    mh.msg_control = cbuf.as_mut_ptr().cast();
+    mh.msg_controllen = space;
+    // SAFETY: the control buffer is `space` bytes long and aligned; the
+    // CMSG macros stay within it; iov points into `data`, only read.
+    let n = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+        let out = libc::CMSG_DATA(c).cast::<i32>();
+        for (i, f) in fds.iter().enumerate() {
+            out.add(i).write_unaligned(f.as_raw_fd());
+        }
+        libc::sendmsg(fd.as_raw_fd(), &mh, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    };
+    check(n as libc::c_long, "send queued data with descriptors", None)?;
+    let n = n as usize;
+    if n < data.len() {
+        if !stream {
+            return Err(SysError::other(
+                "send queued data with descriptors",
+                None,
+                format!("{n} of {} bytes sent", data.len()),
+            ));
+        }
+        return send_all(fd, &data[n..], true);
+    }
+    Ok(())
 }
 
 /// send(2) of one whole message, non-blocking, no SIGPIPE.

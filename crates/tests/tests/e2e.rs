@@ -967,7 +967,74 @@ fn cr_unix_queued() {
     cr("cr_unix_queued", Program::Bin("tp_unix"), &[]);
 }
 
-/// A descriptor in flight (SCM_RIGHTS) is refused by name.
+/// Descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues:
+/// a pipe's ends, a regular file, a socket, each the very description
+/// the program holds, with the message boundaries.
+#[test]
+fn cr_unix_rights_in_flight() {
+    cr("cr_unix_rights", Program::Bin("tp_rights"), &[]);
+}
+
+#[test]
+fn selfcheck_unix_rights_in_flight() {
+    let work = Work::new("selfcheck_unix_rights");
+    run_plain(&work, Program::Bin("tp_rights"), &[]).assert_pass(&work);
+}
+
+/// The negative control after a real dump and restore.
+#[test]
+fn negative_unix_rights_in_flight() {
+    let work = Work::new("negative_unix_rights");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_rights"),
+        &["--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A descriptor in flight that no process of the tree holds any more is
+/// refused by name.
+#[test]
+fn refuse_unix_rights_not_held() {
+    refused_dump(
+        "refuse_unix_rights_not_held",
+        Program::Bin("tp_rights"),
+        &["--closed"],
+        &[],
+        &["scm_rights", "pipe:[", "no process of the tree holds"],
+        true,
+    );
+}
+
+/// Multicast memberships of UDP sockets (IPv4 any-source, include and
+/// exclude source filters; IPv6) on lo.
+#[test]
+fn cr_udp_multicast() {
+    cr("cr_udp_multicast", Program::Bin("tp_mcast"), &[]);
+}
+
+#[test]
+fn selfcheck_udp_multicast() {
+    let work = Work::new("selfcheck_udp_multicast");
+    run_plain(&work, Program::Bin("tp_mcast"), &[]).assert_pass(&work);
+}
+
+/// The negative control after a real dump and restore.
+#[test]
+fn negative_udp_multicast() {
+    let work = Work::new("negative_udp_multicast");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_mcast"),
+        &["--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A descriptor in flight on a stream socket is refused by name.
 #[test]
 fn refuse_unix_rights_in_flight() {
     refused_dump(

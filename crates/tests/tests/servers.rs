@@ -2,8 +2,11 @@
 //! tree of its own (its own session, port and directory under the test's
 //! work directory), given state through its own client, dumped, killed and
 //! restored; the state is read back through the client, a new request must
-//! be served, and a negative control must fail. No client connection is
-//! open at the dump (connected TCP sockets need `--tcp-established`).
+//! be served, and a negative control must fail. Then a client connection
+//! of the test's own is opened and given state, the dump without
+//! `--tcp-established` is refused naming it, and with the option the
+//! tree is dumped and restored: the same connection reads the state back
+//! and is served a new request.
 //!
 //! A test skips, saying so, only when its package is not installed
 //! (`.ci/run` installs them).
@@ -350,6 +353,105 @@ fn restore_again(work: &Work, r: &mut Proc, trees: &mut Trees, opts: &Opts) -> P
 }
 
 // ---------------------------------------------------------------------
+// A client connection of the test's own (outside the dumped tree) kept
+// open across the dump and restore (`--tcp-established`).
+
+/// Connects to the server on 127.0.0.1:`port` (20 s timeouts).
+fn connect(work: &Work, port: &str) -> TcpStream {
+    let port: u16 = port.parse().expect("port");
+    let s = step(
+        work,
+        "connect",
+        TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()),
+    );
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    s
+}
+
+/// Writes `request` on `conn` and reads exactly the answer `want`.
+fn exchange(conn: &mut TcpStream, request: &str, want: &str) -> Result<(), String> {
+    conn.write_all(request.as_bytes())
+        .map_err(|e| format!("write {request:?}: {e}"))?;
+    let mut got = vec![0u8; want.len()];
+    conn.read_exact(&mut got)
+        .map_err(|e| format!("answer to {request:?}: {e}"))?;
+    match String::from_utf8_lossy(&got) {
+        g if g == want => Ok(()),
+        g => Err(format!("answer to {request:?}: {g:?}, expected {want:?}")),
+    }
+}
+
+/// `GET path` on a kept-alive HTTP/1.1 connection: status and body
+/// (the answer must carry a Content-Length).
+fn http_get(conn: &mut TcpStream, path: &str) -> Result<(u16, String), String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    conn.write_all(req.as_bytes())
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut b)
+            .map_err(|e| format!("GET {path}: head: {e}"))?;
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let status = head.get(9..12).and_then(|c| c.parse().ok());
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok());
+    let (Some(status), Some(len)) = (status, len) else {
+        return Err(format!("GET {path}: answer {head:?}"));
+    };
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)
+        .map_err(|e| format!("GET {path}: body: {e}"))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// With `conn` open (server end in the tree, client end ours): a dump
+/// without `--tcp-established` is refused in one line naming the
+/// connection, leaving no image and the tree running; then a dump with
+/// it (and the default network lock), the tree gone, and a restore.
+/// Returns the restored root; the caller then uses `conn` again.
+fn dump_restore_conn(work: &Work, p: &mut Proc, trees: &mut Trees, conn: &TcpStream) -> Proc {
+    let pids = tree_pids(p.pid);
+    let before: Vec<_> = pids.iter().map(|&pid| identity(pid)).collect();
+    let _ = fs::remove_dir_all(work.img());
+    let out = dump(work, p.pid, &[], Opts::default().stasis_timeout);
+    let (server, client) = (conn.peer_addr(), conn.local_addr());
+    let named = format!(
+        "a TCP connection {} -> {} in state ESTABLISHED",
+        server.expect("peer"),
+        client.expect("local")
+    );
+    let err = out.stderr.trim_end();
+    if out.success() || err.lines().count() != 1 || !err.contains(&named) {
+        fail(work, format!("dump without --tcp-established: {out:?}"));
+    }
+    check_eq(
+        work,
+        "an image after the refused dump",
+        false,
+        work.img().join("inventory.img").exists(),
+    );
+    for pid in &pids {
+        step(
+            work,
+            "a process after the refused dump",
+            running_untraced(*pid),
+        );
+    }
+    let _ = fs::remove_dir_all(work.img());
+    let opts = Opts {
+        dump_extra: vec!["--tcp-established"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(work, p, &opts);
+    restored(work, p.pid, (&pids, before), trees, &opts)
+}
+
+// ---------------------------------------------------------------------
 // redis-server, through redis-cli.
 
 #[test]
@@ -438,6 +540,35 @@ fn redis() {
         cli(&["GET", "k2"]),
     );
     check_eq(&work, "DBSIZE", Ok("(integer) 3".into()), cli(&["DBSIZE"]));
+    // A RESP connection of ours kept across a dump with --tcp-established.
+    let resp = |args: &[&str]| {
+        let mut r = format!("*{}\r\n", args.len());
+        for a in args {
+            r.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        r
+    };
+    let mut conn = connect(&work, &port);
+    let set = resp(&["SET", "kc", "held"]);
+    step(
+        &work,
+        "SET on the connection",
+        exchange(&mut conn, &set, "+OK\r\n"),
+    );
+    let mut again = dump_restore_conn(&work, &mut again, &mut trees, &conn);
+    let get = resp(&["GET", "kc"]);
+    step(
+        &work,
+        "GET on the kept connection",
+        exchange(&mut conn, &get, "$4\r\nheld\r\n"),
+    );
+    let incr = resp(&["INCR", "n"]);
+    step(
+        &work,
+        "INCR on the kept connection",
+        exchange(&mut conn, &incr, ":44\r\n"),
+    );
+    check_eq(&work, "GET kc", Ok("\"held\"".into()), cli(&["GET", "kc"]));
     let _ = cli(&["SHUTDOWN", "NOSAVE"]);
     let exit = step(&work, "redis SHUTDOWN", again.wait(Duration::from_secs(20)));
     check_eq(&work, "redis exit after SHUTDOWN", Exit::Code(0), exit);
@@ -543,7 +674,7 @@ fn memcached() {
         mc_get(&port, "late"),
     );
     p.kill();
-    let r = restore_and_adopt(&work, p.pid, &opts);
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
     trees.track(r.pid);
     for i in 0..50 {
         check_eq(
@@ -570,6 +701,39 @@ fn memcached() {
         "new get",
         Ok(Some("served".into())),
         mc_get(&port, "new"),
+    );
+    // A connection of ours kept across a dump with --tcp-established.
+    let mut conn = connect(&work, &port);
+    let set = "set kc 0 0 4\r\nheld\r\n";
+    step(
+        &work,
+        "set on the connection",
+        exchange(&mut conn, set, "STORED\r\n"),
+    );
+    let _r = dump_restore_conn(&work, &mut r, &mut trees, &conn);
+    let held = "VALUE kc 0 4\r\nheld\r\nEND\r\n";
+    step(
+        &work,
+        "get on the kept connection",
+        exchange(&mut conn, "get kc\r\n", held),
+    );
+    let v3 = format!("VALUE k3 0 {}\r\n{}\r\nEND\r\n", value(3).len(), value(3));
+    step(
+        &work,
+        "get k3 on the kept connection",
+        exchange(&mut conn, "get k3\r\n", &v3),
+    );
+    let set = "set kd 0 0 5\r\nafter\r\n";
+    step(
+        &work,
+        "new set on the kept connection",
+        exchange(&mut conn, set, "STORED\r\n"),
+    );
+    check_eq(
+        &work,
+        "get kd",
+        Ok(Some("after".into())),
+        mc_get(&port, "kd"),
     );
 }
 
@@ -658,7 +822,7 @@ fn nginx(name: &str, user: &str) {
     dump_and_check_gone(&work, &mut p, &opts);
     refused_changed_log(&work, &dir.join("access.log"), &pids, &opts);
     let r = restored(&work, p.pid, (&pids, before), &mut trees, &opts);
-    nginx_after_restore(&work, r, &dir, &get, &mut trees);
+    nginx_after_restore(&work, r, (&dir, &port), &get, &mut trees);
 }
 
 /// Negative control: with the access log the processes hold changed, the
@@ -695,12 +859,14 @@ fn refused_changed_log(work: &Work, log: &Path, pids: &[i32], opts: &Opts) {
     drop(f);
 }
 
-/// The restored nginx serves old and new files, reloads on SIGHUP (new
-/// workers, the old ones reaped) and quits with status 0 on SIGQUIT.
+/// The restored nginx serves old and new files, carries on with a
+/// keep-alive connection of ours across a dump with --tcp-established,
+/// reloads on SIGHUP (new workers, the old ones reaped) and quits with
+/// status 0 on SIGQUIT.
 fn nginx_after_restore(
     work: &Work,
     mut r: Proc,
-    dir: &Path,
+    (dir, port): (&Path, &str),
     get: &dyn Fn(&str) -> Result<String, String>,
     trees: &mut Trees,
 ) {
@@ -713,6 +879,28 @@ fn nginx_after_restore(
     fs::write(dir.join("www/new.txt"), "new\n").expect("new.txt");
     open_to_all(&[&dir.join("www/new.txt")]);
     check_eq(work, "GET of a new file", Ok("new".into()), get("new.txt"));
+    let mut conn = connect(work, port);
+    let (hello, new) = (Ok((200, "hello\n".into())), Ok((200, "new\n".into())));
+    check_eq(
+        work,
+        "GET on the connection",
+        hello.clone(),
+        http_get(&mut conn, "/hello.txt"),
+    );
+    r = dump_restore_conn(work, &mut r, trees, &conn);
+    check_eq(
+        work,
+        "GET on the kept connection",
+        new,
+        http_get(&mut conn, "/new.txt"),
+    );
+    check_eq(
+        work,
+        "GET on the kept connection",
+        hello,
+        http_get(&mut conn, "/hello.txt"),
+    );
+    drop(conn);
     let old = tree_pids(r.pid);
     // SAFETY: plain kill of the restored master, our child.
     unsafe { libc::kill(r.pid, libc::SIGHUP) };
@@ -767,6 +955,7 @@ const srv = http.createServer((req, res) => {
   res.statusCode = v === undefined ? 404 : 200;
   res.end(v === undefined ? 'MISSING\n' : v + '\n');
 });
+srv.keepAliveTimeout = 0;
 srv.listen(Number(process.argv[2]), '127.0.0.1');
 "#;
 
@@ -812,13 +1001,38 @@ fn node() {
     check_eq(&work, "new set", Ok("OK".into()), get("set?k=new&v=served"));
     check_eq(&work, "new get", Ok("served".into()), get("get?k=new"));
     // Negative control: what was set after the dump is not in the image.
-    let _again = restore_again(&work, &mut r, &mut trees, &opts);
+    let mut again = restore_again(&work, &mut r, &mut trees, &opts);
     state("get after the second restore");
     check_eq(
         &work,
         "key set after the dump",
         Ok("MISSING".into()),
         get("get?k=new"),
+    );
+    // A keep-alive connection of ours kept across a dump with
+    // --tcp-established (the server's keep-alive timeout is off).
+    let mut conn = connect(&work, &port);
+    let ok = Ok((200, "OK\n".into()));
+    check_eq(
+        &work,
+        "set on the connection",
+        ok,
+        http_get(&mut conn, "/set?k=held&v=kept"),
+    );
+    let _r = dump_restore_conn(&work, &mut again, &mut trees, &conn);
+    let kept = Ok((200, "kept\n".into()));
+    check_eq(
+        &work,
+        "get on the kept connection",
+        kept,
+        http_get(&mut conn, "/get?k=held"),
+    );
+    let v3 = Ok((200, "v3\n".into()));
+    check_eq(
+        &work,
+        "get k3 on the kept connection",
+        v3,
+        http_get(&mut conn, "/get?k=k3"),
     );
 }
 

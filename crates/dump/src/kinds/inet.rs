@@ -15,9 +15,9 @@
 
 use super::Fd;
 use crate::{At, Result, Stage};
-use stasis_image::kinds::inet::{UdpDatagram, MAX_UDP_QUEUED};
+use stasis_image::kinds::inet::{Membership, UdpDatagram, MAX_UDP_QUEUED};
 use stasis_image::FdKind;
-use stasis_sys::{sock, sockdiag, udpq, util, Pid};
+use stasis_sys::{mcast, sock, sockdiag, udpq, util, Pid};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
@@ -168,6 +168,7 @@ fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
     let peer = sock::peer_addr(dup).at(pid, st)?;
     let (opts, device) = options(d, dup, family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    let memberships = memberships(d, dup, family)?;
     Ok(FdKind::UdpSocket {
         family: family as u32,
         local,
@@ -176,5 +177,31 @@ fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
         opts,
         device,
         flags: d.flags(),
+        memberships,
     })
+}
+
+/// The socket's multicast memberships (`mcast::memberships`): refused
+/// when a source filter is longer than can be read.
+fn memberships(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<Vec<Membership>> {
+    let found = mcast::memberships(d.pid, dup, family).at(d.pid, Stage::Check)?;
+    let mut out = Vec::with_capacity(found.len());
+    for m in found {
+        if m.total_sources > m.sources.len() {
+            return Err(d.refuse(&format!(
+                "a UDP socket in multicast group {} with {} sources in its filter \
+                 (more than {} not supported)",
+                m.group,
+                m.total_sources,
+                mcast::MAX_SOURCES
+            )));
+        }
+        out.push(Membership {
+            ifindex: m.ifindex,
+            group: m.group,
+            include: m.include,
+            sources: m.sources,
+        });
+    }
+    Ok(out)
 }

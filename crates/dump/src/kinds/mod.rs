@@ -35,6 +35,7 @@ mod chardev;
 mod epoll;
 mod eventfd;
 mod fifo;
+mod in_flight;
 mod inet;
 mod inotify;
 mod opath;
@@ -282,6 +283,7 @@ type Link = fn(&mut [&mut ProcessImage]) -> Result<()>;
 /// kinds whose objects span processes.
 const LINKS: &[(&str, Link)] = &[
     ("open file descriptions", link_descriptions),
+    ("descriptors in flight", in_flight::link),
     ("unix socket pairs", unix::link),
     ("unix listeners' waiting clients", unixbound::link),
     ("pipes", pipe::link),
@@ -296,6 +298,15 @@ pub(crate) fn link_tree(images: &mut [&mut ProcessImage], ghost_limit: u64) -> R
         link(images)?;
     }
     saved::check_ghost_limit(images, ghost_limit)
+}
+
+/// A hash of a socket address for [`key`] (0: none).
+fn addr_key(a: Option<&std::net::SocketAddr>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(a) = a else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    a.hash(&mut h);
+    h.finish()
 }
 
 /// Identity key for finding shared open file descriptions: only entries
@@ -315,9 +326,13 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
-        FdKind::TcpSocket { .. } => (14, 0, 0),
-        FdKind::TcpConnection { .. } => (17, 0, 0),
-        FdKind::UdpSocket { .. } => (15, 0, 0),
+        // Sockets by address: a server's thousands of connections would
+        // otherwise be compared pairwise.
+        FdKind::TcpSocket { local, .. } => (14, addr_key(local.as_ref()), 0),
+        FdKind::TcpConnection { local, peer, .. } => {
+            (20, addr_key(Some(local)), addr_key(Some(peer)))
+        }
+        FdKind::UdpSocket { local, .. } => (15, addr_key(local.as_ref()), 0),
         FdKind::UnixBound { .. } => (16, 0, 0),
         FdKind::ProcFile { .. } => (12, 0, 0),
         FdKind::Pidfd { .. } => (13, 0, 0),
@@ -325,6 +340,15 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
         FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
     }
+}
+
+/// Kinds the processes open themselves at restore, once the tree exists
+/// (they name processes): not in the restorer's hands before the fork.
+fn is_opened_late(k: &FdKind) -> bool {
+    matches!(
+        k,
+        FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. }
+    )
 }
 
 /// Entries sharing an open file description (kcmp) get the same `ofd` id.

@@ -85,8 +85,12 @@ pub(super) fn connection(d: &Fd<'_>, dup: &OwnedFd, family: i32, state: u8) -> R
         )));
     }
     if mode == TcpMode::Refuse {
+        let ends = match (sock::local_addr(dup), sock::peer_addr(dup)) {
+            (Ok(Some(l)), Ok(Some(p))) => format!(" {l} -> {p}"),
+            _ => String::new(),
+        };
         return Err(d.refuse(&format!(
-            "a TCP connection in state {name} (criu's --tcp-established saves it, \
+            "a TCP connection{ends} in state {name} (criu's --tcp-established saves it, \
              --tcp-close restores it closed)"
         )));
     }

@@ -4,12 +4,14 @@
 //! shutdown state, the options of `sock::UNIX_OPTS` that differ from a new
 //! socket's, and the data waiting in it, read without taking it (MSG_PEEK
 //! walking the queue with SO_PEEK_OFF on a `pidfd_getfd` duplicate).
-//! Refused by name: descriptors in flight (SCM_RIGHTS), empty datagrams,
+//! Descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues are
+//! kept with their message ([`super::in_flight`]); on a stream they are
+//! refused by name, like empty datagrams,
 //! queued data on a socket that passes credentials (SO_PASSCRED,
 //! SO_PASSPIDFD: the re-sent data would carry the restorer's); bound
 //! sockets and sockets not connected are [`super::unixbound`]'s.
 
-use super::Fd;
+use super::{in_flight, Fd};
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
 use stasis_image::{FdKind, ProcessImage};
@@ -149,10 +151,14 @@ fn contents(
             "a unix socket whose queued data cannot be read: {e}"
         ))
     })?;
-    if p.rights {
-        return Err(
-            d.refuse("a unix socket with descriptors in flight (SCM_RIGHTS, not supported yet)")
-        );
+    // A peek of a stream glues the bytes before a piece sent with
+    // descriptors to it (and a peek of any byte before it returns them):
+    // where they sit in the byte stream cannot be read.
+    if p.rights && stream {
+        return Err(d.refuse(
+            "a unix stream socket with descriptors in flight (SCM_RIGHTS: where they sit \
+             in the byte stream cannot be read)",
+        ));
     }
     if p.odd {
         return Err(d.refuse("a unix socket with an empty or truncated message queued"));
@@ -164,10 +170,15 @@ fn contents(
              re-sent data would carry the restorer's)",
         ));
     }
-    let mut queued: Vec<Queued> = p.msgs.into_iter().map(|data| Queued { data }).collect();
+    let mut queued: Vec<Queued> = p.msgs.into_iter().map(Queued::plain).collect();
+    for (i, fds) in p.fds {
+        if let Some(q) = queued.get_mut(i) {
+            q.rights = fds.into_iter().map(in_flight::keep).collect();
+        }
+    }
     if stream && queued.len() > 1 {
         let data = queued.drain(..).flat_map(|q| q.data).collect();
-        queued.push(Queued { data });
+        queued.push(Queued::plain(data));
     }
     Ok((queued, opts))
 }

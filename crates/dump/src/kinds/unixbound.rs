@@ -147,7 +147,7 @@ fn contents(
         "a unix socket with data queued for a reader of credentials (SO_PASSCRED: \
          re-sent data would carry the restorer's)"
     } else {
-        let queued = p.msgs.into_iter().map(|data| Queued { data }).collect();
+        let queued = p.msgs.into_iter().map(Queued::plain).collect();
         return Ok((queued, opts));
     };
     Err(d.refuse(why))

@@ -18,6 +18,20 @@ pub struct UdpDatagram {
     pub data: Vec<u8>,
 }
 
+/// A multicast group membership of a UDP socket (IP_ADD_MEMBERSHIP,
+/// IPV6_JOIN_GROUP, MCAST_JOIN_GROUP, ...) with its source filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The interface's index (as the kernel keeps it).
+    pub ifindex: u32,
+    pub group: std::net::IpAddr,
+    /// Filter mode: only `sources` (MCAST_INCLUDE), or all but them.
+    #[serde(default)]
+    pub include: bool,
+    #[serde(default)]
+    pub sources: Vec<std::net::IpAddr>,
+}
+
 /// Bytes of queued datagrams one socket may carry in an image.
 pub const MAX_UDP_QUEUED: usize = 16 << 20;
 

@@ -13,6 +13,34 @@ pub const MAX_QUEUED: usize = 16 << 20;
 pub struct Queued {
     #[serde(with = "crate::hex_bytes")]
     pub data: Vec<u8>,
+    /// Descriptors in flight with this message (SCM_RIGHTS), in order:
+    /// each shares its open file description with a descriptor of the
+    /// tree (`ofd`), sent again with the message at restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rights: Vec<InFlight>,
+}
+
+impl Queued {
+    /// A message (or bytes) without descriptors in flight.
+    pub fn plain(data: Vec<u8>) -> Queued {
+        Queued {
+            data,
+            rights: Vec::new(),
+        }
+    }
+}
+
+/// One descriptor in flight (SCM_RIGHTS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The open file description (`FdEntry::ofd`) of a descriptor of the
+    /// tree it shares.
+    pub ofd: u64,
+    /// What it is (its /proc link at the dump), for messages.
+    pub link: String,
+    /// The dump's handle on it until the descriptions are linked.
+    #[serde(skip)]
+    pub token: u64,
 }
 
 pub(super) fn validate(
@@ -30,6 +58,14 @@ pub(super) fn validate(
         format!("{field}.sock_type: {sock_type} is not stream, dgram or seqpacket")
     })?;
     let total: usize = queued.iter().map(|q| q.data.len()).sum();
+    let fds = queued.iter().map(|q| q.rights.len()).max().unwrap_or(0);
+    c.ensure(fds <= 253, || {
+        format!("{field}.queued: {fds} descriptors in one message, more than SCM_MAX_FD")
+    })?;
+    c.ensure(
+        queued.iter().flat_map(|q| &q.rights).all(|r| r.ofd != 0),
+        || format!("{field}.queued: a descriptor in flight without its open file description"),
+    )?;
     c.ensure(total <= MAX_QUEUED, || {
         format!("{field}.queued: {total} bytes, more than {MAX_QUEUED}")
     })?;

@@ -9,8 +9,8 @@
 
 use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::kinds::inet::UdpDatagram;
-use stasis_sys::{sock, udpq, util};
+use stasis_image::kinds::inet::{Membership, UdpDatagram};
+use stasis_sys::{mcast, sock, udpq, util};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -29,6 +29,8 @@ pub(super) struct Saved<'a> {
     pub(super) flags: u32,
     /// UDP: the datagrams waiting.
     pub(super) queued: &'a [UdpDatagram],
+    /// UDP: multicast group memberships.
+    pub(super) memberships: &'a [Membership],
 }
 
 fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
@@ -138,6 +140,21 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>, tcp: bool) -> Res
     }
     if let Some(backlog) = s.listen {
         sock::listen(&fd, backlog).at(pid, st)?;
+    }
+    for m in s.memberships {
+        let m = mcast::Member {
+            ifindex: m.ifindex,
+            group: m.group,
+            include: m.include,
+            sources: m.sources.clone(),
+            total_sources: m.sources.len(),
+        };
+        mcast::join(&fd, &m)
+            .map_err(|mut e| {
+                e.op = format!("fd {}: {}", cx.fd, e.op);
+                e
+            })
+            .at(pid, st)?;
     }
     for (name, &v) in s.opts {
         if AFTER_LISTEN.contains(&name.as_str()) {

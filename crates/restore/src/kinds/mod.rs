@@ -62,6 +62,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 pub(crate) use chardev::own_tty;
+pub(crate) use unix::fill_later as unix_fill_later;
 
 /// Open flags that describe how a file was created, not how it is open;
 /// and O_ASYNC: open(2) records it without arming it, after which F_SETFL
@@ -89,6 +90,9 @@ pub(crate) struct Opened {
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,
+    /// Unix socket pairs whose queues carry descriptors in flight, filled
+    /// once everything is open ([`unix::fill_later`]).
+    pub(crate) unix_later: Vec<unix::Later>,
     /// Slave descriptions opened: (pty index, index into `owned`).
     pub(crate) pty_slaves: Vec<(u32, usize)>,
 }
@@ -207,6 +211,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 device,
                 flags: *flags,
                 queued: &[],
+                memberships: &[],
             };
             inet::open(o, cx, &s, true)
         }
@@ -238,9 +243,11 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             device,
             flags,
             queued,
+            memberships,
         } => {
             let s = inet::Saved {
                 queued,
+                memberships,
                 family: *family,
                 local: local.as_ref(),
                 peer: peer.as_ref(),

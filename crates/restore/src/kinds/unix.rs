@@ -8,7 +8,7 @@
 use super::{Cx, Opened};
 use crate::{At, Result, Stage};
 use stasis_image::kinds::unix::Queued;
-use stasis_image::FdKind;
+use stasis_image::{FdKind, ProcessImage};
 use stasis_sys::{sock, util};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -49,8 +49,9 @@ fn set_opt(cx: &Cx<'_>, fd: &OwnedFd, name: &str, v: i32) -> Result<()> {
         .at(cx.pid, Stage::Fork)
 }
 
-/// Fills `to` with its queued data, sent from `from`.
-fn fill(cx: &Cx<'_>, from: &OwnedFd, queued: &[Queued], sock_type: u32) -> Result<()> {
+/// Fills `to` with its queued data, sent from `from`; the descriptors in
+/// flight with a message are `o`'s of their open file description.
+fn fill(cx: &Cx<'_>, o: &Opened, from: &OwnedFd, queued: &[Queued], sock_type: u32) -> Result<()> {
     let stream = sock_type == libc::SOCK_STREAM as u32;
     if queued.is_empty() {
         return Ok(());
@@ -62,6 +63,10 @@ fn fill(cx: &Cx<'_>, from: &OwnedFd, queued: &[Queued], sock_type: u32) -> Resul
     let was = sock::get_int(from, libc::SOL_SOCKET, libc::SO_SNDBUF).at(pid, st)?;
     sock::set_int(from, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, room).at(pid, st)?;
     for q in queued {
+        if !q.rights.is_empty() {
+            send_rights(cx, o, from, q, stream)?;
+            continue;
+        }
         sock::send_all(from, &q.data, stream)
             .map_err(|mut e| {
                 e.op = format!("fd {}: {}", cx.fd, e.op);
@@ -72,6 +77,71 @@ fn fill(cx: &Cx<'_>, from: &OwnedFd, queued: &[Queued], sock_type: u32) -> Resul
     // The sender's buffer back to what it was (its saved value, if any,
     // is set afterwards).
     sock::set_int(from, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, was / 2).at(pid, st)
+}
+
+/// One message with its descriptors in flight.
+fn send_rights(cx: &Cx<'_>, o: &Opened, from: &OwnedFd, q: &Queued, stream: bool) -> Result<()> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let mut fds = Vec::with_capacity(q.rights.len());
+    for r in &q.rights {
+        let Some(&i) = o.by_ofd.get(&r.ofd) else {
+            return Err(crate::RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!(
+                    "fd {}: a descriptor in flight ({}) whose file no descriptor of the tree opens",
+                    cx.fd, r.link
+                ),
+            });
+        };
+        fds.push(&o.owned[i]);
+    }
+    sock::send_rights(from, &q.data, &fds, stream)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {}", cx.fd, e.op);
+            e
+        })
+        .at(pid, st)
+}
+
+/// A pair whose queues carry descriptors in flight: filled once every
+/// descriptor of the tree is open ([`fill_later`]).
+pub(crate) struct Later {
+    pid: u32,
+    fd: i32,
+    id: u64,
+    peer: u64,
+    sock_type: u32,
+    a: usize,
+    /// The other end: opened for the tree, or a lone end's peer, closed
+    /// once the data is in.
+    b: std::result::Result<usize, OwnedFd>,
+}
+
+/// Fills the pairs put off by [`open`], then sets their options and
+/// shutdown states.
+pub(crate) fn fill_later(o: &mut Opened, procs: &[ProcessImage]) -> Result<()> {
+    for l in std::mem::take(&mut o.unix_later) {
+        let cx = Cx {
+            pid: l.pid,
+            fd: l.fd,
+            procs,
+        };
+        let ea = end(&cx, l.id);
+        let a = &o.owned[l.a];
+        let b = match &l.b {
+            Ok(i) => &o.owned[*i],
+            Err(fd) => fd,
+        };
+        fill(&cx, o, b, ea.0, l.sock_type)?;
+        finish(&cx, a, &ea)?;
+        if l.peer != 0 {
+            let eb = end(&cx, l.peer);
+            fill(&cx, o, a, eb.0, l.sock_type)?;
+            finish(&cx, b, &eb)?;
+        }
+    }
+    Ok(())
 }
 
 /// Options, then the shutdown state, of one end.
@@ -157,17 +227,34 @@ pub(super) fn open(
             } else {
                 stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?
             };
-            fill(cx, &b, ea.0, sock_type)?;
-            fill(cx, &a, eb.0, sock_type)?;
-            finish(cx, &a, &ea)?;
-            if peer != 0 {
-                finish(cx, &b, &eb)?;
+            let rights = ea.0.iter().chain(eb.0).any(|q| !q.rights.is_empty());
+            if !rights {
+                fill(cx, o, &b, ea.0, sock_type)?;
+                fill(cx, o, &a, eb.0, sock_type)?;
+                finish(cx, &a, &ea)?;
+                if peer != 0 {
+                    finish(cx, &b, &eb)?;
+                }
             }
             let ia = o.push(a);
             o.set_object("unix", id, ia);
-            if peer != 0 {
+            let b = if peer != 0 {
                 let ib = o.push(b);
                 o.set_object("unix", peer, ib);
+                Ok(ib)
+            } else {
+                Err(b)
+            };
+            if rights {
+                o.unix_later.push(Later {
+                    pid,
+                    fd: cx.fd,
+                    id,
+                    peer,
+                    sock_type,
+                    a: ia,
+                    b,
+                });
             }
             ia
         }

@@ -18,6 +18,11 @@
 //! * `threads`: one process with `--count` (default 64) threads in all;
 //!   each worker fills 64 KiB of its own and checks it and its TID after go.
 //!
+//! * `conns`: a server listening on 127.0.0.1 (port in `WORK/port`) that
+//!   accepts `--count` (default 10000) connections, each with the byte the
+//!   client sent left unread, before it is ready; after go it reads that
+//!   byte from each and answers one.
+//!
 //! `--huge` asks for transparent huge pages (MADV_HUGEPAGE) on the dense area.
 //! `--write-mib-s N` (dense): once ready, a thread keeps writing N MiB/s of
 //! the dense area (every 10 ms the next pages in turn, each page's first
@@ -51,6 +56,7 @@ fn main() {
     let mut filled = 0usize;
     let mut children: Vec<(usize, i32)> = Vec::new();
     let mut workers: Vec<std::thread::JoinHandle<Result<(), String>>> = Vec::new();
+    let mut conns: Vec<std::net::TcpStream> = Vec::new();
     match shape.as_str() {
         "dense" => {
             let m = Mapping::anon(size);
@@ -104,6 +110,7 @@ fn main() {
             }
         }
         "tiny" => {}
+        "conns" => conns = accept_all(&proto, count),
         "tree" => {
             let kids = tree_children(&proto, count.max(1), 0, seed);
             let m = Mapping::anon(PER_TASK);
@@ -208,7 +215,37 @@ fn main() {
         }
     }
     wait_children(&proto, children, &mut report);
+    answer_all(&conns, &mut report);
     proto.finish(&report);
+}
+
+/// Listens on 127.0.0.1, writes the port to `WORK/port` and accepts
+/// `count` connections.
+fn accept_all(proto: &Proto, count: usize) -> Vec<std::net::TcpStream> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = l.local_addr().expect("port").port();
+    std::fs::write(proto.path("port"), format!("{port}\n")).expect("write port");
+    (0..count).map(|_| l.accept().expect("accept").0).collect()
+}
+
+/// Reads the client's byte from each connection and answers `y`.
+fn answer_all(conns: &[std::net::TcpStream], report: &mut Report) {
+    use std::io::{Read, Write};
+    let bad = conns
+        .iter()
+        .filter(|c| {
+            let mut c: &std::net::TcpStream = c;
+            let mut b = [0u8; 1];
+            let ok = c
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .and_then(|()| c.read_exact(&mut b))
+                .and_then(|()| c.write_all(b"y"));
+            !(ok.is_ok() && b == *b"x")
+        })
+        .count();
+    report.check(bad == 0, || {
+        format!("{bad} of {} connections did not carry on", conns.len())
+    });
 }
 
 /// Dirties `mib_s` MiB/s of [addr, addr + len) without changing it, until

@@ -19,7 +19,8 @@
 //! connect to both listeners and talk, the datagrams are read and a new one
 //! is sent to the path.
 //!
-//! `--rights`: a descriptor in flight (SCM_RIGHTS, unread): refused.
+//! `--rights`: a descriptor in flight (SCM_RIGHTS, unread) on a stream
+//! pair: refused (tp_rights covers datagram and seqpacket queues).
 //! `--pending`: two clients waiting in a unix listener's accept queue
 //! (one created before the listener, one after): after restore they are
 //! accepted in the order they connected. With `--pending-data` the first

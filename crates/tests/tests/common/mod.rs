@@ -98,6 +98,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_precopy" => env!("CARGO_BIN_EXE_tp_precopy"),
         "tp_tcp" => env!("CARGO_BIN_EXE_tp_tcp"),
         "tp_mntns" => env!("CARGO_BIN_EXE_tp_mntns"),
+        "tp_rights" => env!("CARGO_BIN_EXE_tp_rights"),
+        "tp_mcast" => env!("CARGO_BIN_EXE_tp_mcast"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
