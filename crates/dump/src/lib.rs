@@ -44,6 +44,7 @@ mod sysvipc;
 mod threads;
 mod timers;
 pub mod track;
+mod timens;
 mod uts;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -370,6 +371,7 @@ fn dump_frozen(
         },
     };
     let uts = uts::collect(Pid(root as i32))?;
+    let time = timens::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {
@@ -500,6 +502,7 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        time,
         ipc: ipc.map(|s| s.ipc),
         cgroups,
         parent,

@@ -25,6 +25,7 @@ pub mod reader;
 pub mod seccomp;
 pub mod show;
 pub mod sysvipc;
+pub mod timens;
 pub mod uts;
 pub mod validate;
 pub mod writer;
@@ -45,6 +46,7 @@ pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
 pub use sysvipc::IpcNs;
+pub use timens::TimeNs;
 pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,

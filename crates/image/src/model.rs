@@ -37,6 +37,10 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// The tree's own time namespace (the root's, shared by every
+    /// process), when it differed from the dumper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::timens::TimeNs>,
     /// SysV IPC: the tree's own IPC namespace (every object and its
     /// sysctls), or the segments of the dumper's namespace the tree maps.
     #[serde(default, skip_serializing_if = "Option::is_none")]

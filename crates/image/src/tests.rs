@@ -282,6 +282,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         zombies: vec![],
         pid_ns: false,
         uts: None,
+        time: None,
         ipc: None,
         cgroups: None,
         parent: None,

@@ -53,6 +53,7 @@ mod shared;
 mod signals;
 mod sysvipc;
 mod threads;
+mod timens;
 mod timers;
 mod tree;
 mod xstate;
@@ -390,6 +391,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             shell_job: opts.shell_job,
             ns: tree::TreeNs {
                 uts: image.inventory.uts.as_ref(),
+                time: image.inventory.time.as_ref(),
                 ipc: image.inventory.ipc.as_ref(),
             },
             cgroups: &cgroups,

@@ -34,6 +34,7 @@ pub(crate) struct Setting<'a> {
 #[derive(Clone, Copy)]
 pub(crate) struct TreeNs<'a> {
     pub uts: Option<&'a stasis_image::UtsNs>,
+    pub time: Option<&'a stasis_image::TimeNs>,
     pub ipc: Option<&'a stasis_image::IpcNs>,
 }
 
@@ -55,7 +56,7 @@ pub(crate) fn restore_tree(
         net,
     } = *setting;
     let root_pid = procs[0].pid;
-    let TreeNs { uts, ipc } = ns;
+    let TreeNs { uts, time, ipc } = ns;
     if let Some(img) = ipc {
         crate::sysvipc::preflight(img, root_pid)?;
     }
@@ -72,6 +73,9 @@ pub(crate) fn restore_tree(
             u.domainname.clone().into_bytes(),
         )
     });
+    // The tree's own time namespace, made with its offsets and entered
+    // by the first process forked.
+    tree.plan.time_offsets = time.map(crate::timens::offsets_text);
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -263,6 +267,7 @@ fn plan_tree(
             new_pid_ns: pid_ns,
             session_helper,
             uts: None,
+            time_offsets: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

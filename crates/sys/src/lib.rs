@@ -95,5 +95,6 @@ pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
 pub mod sysvipc;
+pub mod timens;
 pub mod udpq;
 pub mod uffd;

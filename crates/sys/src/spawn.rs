@@ -104,6 +104,10 @@ pub struct TreePlan {
     /// Create the tree in a new UTS namespace with this host name and
     /// domain name (the first process stasis forks sets them).
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
+    /// Create the tree in a new time namespace with these offsets (the
+    /// text of /proc/self/timens_offsets; made and entered by the first
+    /// process stasis forks: crate::timens).
+    pub time_offsets: Option<Vec<u8>>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -117,6 +121,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         9 => "mounting /proc for the new PID namespace failed",
         10 => "setting the host or domain name of the new UTS namespace failed",
         11 => "taking its controlling terminal (TIOCSCTTY) failed",
+        12 => "creating the new time namespace with its offsets failed",
         _ => "unexpected failure",
     }
 }
@@ -159,6 +164,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
         return match unsafe { fork_with_pid(&[sid], uts_flag)? } {
             Forked::Child => {
                 set_uts(plan, root.pid);
+                set_time(plan, root.pid);
                 session_helper(plan, sid)
             }
             Forked::Parent(p) => Ok(p),
@@ -168,6 +174,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
     match unsafe { fork_with_pid(&[first], flags)? } {
         Forked::Child => {
             set_uts(plan, root.pid);
+            set_time(plan, root.pid);
             if helper {
                 helper_init(plan)
             } else {
@@ -244,6 +251,16 @@ fn set_uts(plan: &TreePlan, root: i32) {
         {
             report(plan.ready_fd, root, 10);
             exit_now(10);
+        }
+    }
+}
+
+fn set_time(plan: &TreePlan, root: i32) {
+    if let Some(offsets) = &plan.time_offsets {
+        // SAFETY: we are the freshly forked, single-threaded first process.
+        if !unsafe { crate::timens::enter_new(offsets) } {
+            report(plan.ready_fd, root, 12);
+            exit_now(12);
         }
     }
 }

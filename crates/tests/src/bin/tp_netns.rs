@@ -1,0 +1,2 @@
+//! Network namespace test program (placeholder until the netns kind).
+fn main() {}
