@@ -81,6 +81,9 @@ struct Namespaces {
     /// The root's time namespace, which the whole tree must share, also
     /// as the namespace of its children (offsets saved: timens.rs).
     root_time: Option<u64>,
+    /// The root's cgroup namespace, which the whole tree must share (its
+    /// roots are saved when it is not stasis's: cgroupns.rs).
+    root_cgroup: Option<u64>,
 }
 
 fn ns_id(task: &str, ns: &str) -> Option<u64> {
@@ -101,6 +104,7 @@ impl Namespaces {
             root_uts: ns_id(&root_s, "uts"),
             root_ipc: ns_id(&root_s, "ipc"),
             root_time: ns_id(&root_s, "time"),
+            root_cgroup: ns_id(&root_s, "cgroup"),
         })
     }
 }
@@ -115,6 +119,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             "uts" => reference.root_uts,
             "ipc" => reference.root_ipc,
             "time" | "time_for_children" => reference.root_time,
+            "cgroup" => reference.root_cgroup,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
@@ -127,7 +132,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
                 pid,
                 format!(
                     "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS, \
-                     IPC and time namespaces the whole tree shares with its root, are restored yet",
+                     IPC, time and cgroup namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod affinity;
+mod cgroupns;
 mod cgroups;
 mod checks;
 mod collect;
@@ -42,9 +43,9 @@ mod signals;
 mod stub_site;
 mod sysvipc;
 mod threads;
+mod timens;
 mod timers;
 pub mod track;
-mod timens;
 mod uts;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -402,6 +403,7 @@ fn dump_frozen(
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
     // With the image's PIDs (final after the PID namespace translation).
+    let cgroup_ns = cgroupns::collect(&frozen.procs)?;
     let cgroups = if opts.cgroups {
         let pids: Vec<u32> = collected.iter().map(|c| c.image.pid).collect();
         Some(cgroups::collect(&frozen.procs, &pids)?)
@@ -505,6 +507,7 @@ fn dump_frozen(
         time,
         ipc: ipc.map(|s| s.ipc),
         cgroups,
+        cgroup_ns,
         parent,
         tracking,
         net_lock,

@@ -8,6 +8,7 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+pub mod cgroupns;
 pub mod cgroups;
 pub mod chain;
 mod checker;
@@ -30,6 +31,7 @@ pub mod uts;
 pub mod validate;
 pub mod writer;
 
+pub use cgroupns::CgroupNs;
 pub use cgroups::{CgroupDir, CgroupPath, CgroupSet, Cgroups};
 pub use error::{ImageError, Result};
 pub use format::{

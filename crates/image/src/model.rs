@@ -49,6 +49,10 @@ pub struct Inventory {
     /// dumps with `--manage-cgroups=ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups: Option<crate::cgroups::Cgroups>,
+    /// The tree's own cgroup namespace (the root's, shared by every
+    /// process), when it differed from the dumper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_ns: Option<crate::cgroupns::CgroupNs>,
     /// The image this one builds on (pre-copy): runs marked `in_parent`
     /// take their pages from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

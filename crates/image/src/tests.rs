@@ -285,6 +285,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         time: None,
         ipc: None,
         cgroups: None,
+        cgroup_ns: None,
         parent: None,
         tracking: None,
         net_lock: None,

@@ -39,7 +39,10 @@ impl TimeNs {
             }
         }
         if self.boot_id.len() > 64 {
-            return Err(format!("time.boot_id: {} bytes (at most 64)", self.boot_id.len()));
+            return Err(format!(
+                "time.boot_id: {} bytes (at most 64)",
+                self.boot_id.len()
+            ));
         }
         Ok(())
     }

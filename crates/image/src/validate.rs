@@ -370,6 +370,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
             c.ensure(false, || m)?;
         }
     }
+    if let Some(n) = &inv.cgroup_ns {
+        if let Err(m) = n.check() {
+            c.ensure(false, || m)?;
+        }
+    }
     if let Some(t) = &inv.time {
         if let Err(m) = t.check() {
             c.ensure(false, || m)?;

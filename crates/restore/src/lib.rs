@@ -35,6 +35,7 @@
 
 mod affinity;
 mod attributes;
+mod cgroupns;
 mod cgroups;
 mod creds;
 mod creds_check;
@@ -374,6 +375,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     // passed; removed again if the restore fails.
     let mut cgroups = cgroups::prepare(
         image.inventory.cgroups.as_ref(),
+        image.inventory.cgroup_ns.as_ref(),
         opts.manage_cgroups,
         &opts.cgroup_roots,
         root,
@@ -392,6 +394,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             ns: tree::TreeNs {
                 uts: image.inventory.uts.as_ref(),
                 time: image.inventory.time.as_ref(),
+                cgroup: image.inventory.cgroup_ns.as_ref(),
                 ipc: image.inventory.ipc.as_ref(),
             },
             cgroups: &cgroups,

@@ -35,6 +35,7 @@ pub(crate) struct Setting<'a> {
 pub(crate) struct TreeNs<'a> {
     pub uts: Option<&'a stasis_image::UtsNs>,
     pub time: Option<&'a stasis_image::TimeNs>,
+    pub cgroup: Option<&'a stasis_image::CgroupNs>,
     pub ipc: Option<&'a stasis_image::IpcNs>,
 }
 
@@ -56,7 +57,12 @@ pub(crate) fn restore_tree(
         net,
     } = *setting;
     let root_pid = procs[0].pid;
-    let TreeNs { uts, time, ipc } = ns;
+    let TreeNs {
+        uts,
+        time,
+        cgroup,
+        ipc,
+    } = ns;
     if let Some(img) = ipc {
         crate::sysvipc::preflight(img, root_pid)?;
     }
@@ -76,6 +82,8 @@ pub(crate) fn restore_tree(
     // The tree's own time namespace, made with its offsets and entered
     // by the first process forked.
     tree.plan.time_offsets = time.map(crate::timens::offsets_text);
+    // The tree's own cgroup namespace, made by the first process forked.
+    tree.plan.cgroup_ns = crate::cgroupns::plan(cgroup, cgroups, root_pid)?;
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -268,6 +276,7 @@ fn plan_tree(
             session_helper,
             uts: None,
             time_offsets: None,
+            cgroup_ns: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

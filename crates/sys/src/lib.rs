@@ -5,6 +5,7 @@
 //! this crate is safe Rust.
 
 pub mod buf;
+pub mod cgroupns;
 pub mod clone;
 pub mod fdowner;
 pub mod features;
@@ -90,6 +91,7 @@ pub(crate) fn last_errno() -> i32 {
         .raw_os_error()
         .unwrap_or(libc::EIO)
 }
+pub mod nsenter;
 pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;

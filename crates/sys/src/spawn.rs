@@ -108,6 +108,10 @@ pub struct TreePlan {
     /// text of /proc/self/timens_offsets; made and entered by the first
     /// process stasis forks: crate::timens).
     pub time_offsets: Option<Vec<u8>>,
+    /// Create the tree in a new cgroup namespace rooted at the cgroups
+    /// whose `cgroup.procs` files these are (joined, then unshared, by the
+    /// first process stasis forks: crate::cgroupns).
+    pub cgroup_ns: Option<Vec<std::ffi::CString>>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -122,6 +126,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         10 => "setting the host or domain name of the new UTS namespace failed",
         11 => "taking its controlling terminal (TIOCSCTTY) failed",
         12 => "creating the new time namespace with its offsets failed",
+        13 => "joining the cgroup namespace's roots or unsharing it failed",
         _ => "unexpected failure",
     }
 }
@@ -261,6 +266,13 @@ fn set_time(plan: &TreePlan, root: i32) {
         if !unsafe { crate::timens::enter_new(offsets) } {
             report(plan.ready_fd, root, 12);
             exit_now(12);
+        }
+    }
+    if let Some(files) = &plan.cgroup_ns {
+        // SAFETY: as above.
+        if !unsafe { crate::cgroupns::enter_new(files) } {
+            report(plan.ready_fd, root, 13);
+            exit_now(13);
         }
     }
 }

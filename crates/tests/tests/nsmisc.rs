@@ -67,3 +67,55 @@ fn refuse_timens_unentered() {
         false,
     );
 }
+
+/// Removes the cgroups a program listed in WORK/cgroups once it is gone.
+struct Cgroups(std::path::PathBuf);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for d in text.lines().rev() {
+            for _ in 0..100 {
+                if std::fs::remove_dir(d).is_ok() || !std::path::Path::new(d).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+macro_rules! cgroup_case {
+    ($name:ident, $args:expr, $opts:expr, $want_pass:expr) => {
+        #[test]
+        fn $name() {
+            let work = Work::new(stringify!($name));
+            let _clean = Cgroups(work.path("cgroups"));
+            let out = if $opts {
+                run_case(&work, Program::Bin("tp_nsmisc"), $args, &Opts::default())
+            } else {
+                run_plain(&work, Program::Bin("tp_nsmisc"), $args)
+            };
+            if $want_pass {
+                out.assert_pass(&work);
+            } else {
+                assert!(out.result.starts_with("FAIL: "), "{out:?}");
+            }
+        }
+    };
+}
+
+cgroup_case!(selfcheck_cgroupns, &["--mode", "cgroup"], false, true);
+cgroup_case!(
+    negative_cgroupns,
+    &["--mode", "cgroup", "--corrupt"],
+    false,
+    false
+);
+cgroup_case!(cr_cgroupns, &["--mode", "cgroup"], true, true);
+cgroup_case!(
+    negative_cr_cgroupns,
+    &["--mode", "cgroup", "--corrupt"],
+    true,
+    false
+);

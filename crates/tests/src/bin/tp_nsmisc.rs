@@ -11,6 +11,13 @@
 //!   the namespace.
 //! - `time-unentered`: unshares a time namespace for its children and
 //!   never forks (refused).
+//! - `cgroup`: makes `stasis-tpns-PID` and `stasis-tpns-PID/inner` under
+//!   its cgroups in cgroup v2 and v1 pids (listed in WORK/cgroups, deepest
+//!   last, for the harness to remove), joins the first in both, unshares
+//!   its cgroup namespace there, joins `inner` in v2 and forks a child
+//!   that joins `inner` in pids. After go both check that
+//!   /proc/self/cgroup (paths relative to the namespace's root) reads as
+//!   before, that they share the namespace and that it is not PID 1's.
 
 use stasis_tests::{Proto, Report};
 
@@ -31,7 +38,10 @@ fn now_ns(clock: libc::clockid_t) -> i64 {
         tv_nsec: 0,
     };
     // SAFETY: ts is a live out buffer.
-    ok(unsafe { libc::clock_gettime(clock, &mut ts) }, "clock_gettime");
+    ok(
+        unsafe { libc::clock_gettime(clock, &mut ts) },
+        "clock_gettime",
+    );
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
@@ -50,6 +60,7 @@ fn main() {
             unshare_time();
             proto.ready_and_wait();
         }
+        "cgroup" => cgroup(&proto, &mut report, args.corrupt()),
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
@@ -150,5 +161,107 @@ fn time(proto: &Proto, report: &mut Report, corrupt: bool) {
     unsafe { libc::waitpid(pid, &mut st, 0) };
     report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
         format!("child (same namespace, clocks, offsets): status {st:#x}")
+    });
+}
+
+const V2: &str = "/sys/fs/cgroup/unified";
+const PIDS: &str = "/sys/fs/cgroup/pids";
+
+/// /proc/self/cgroup's path for `controllers` ("" for v2).
+fn own_path(controllers: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+        (c == controllers).then(|| path.to_owned())
+    })
+}
+
+fn join(dir: &str) {
+    std::fs::write(format!("{dir}/cgroup.procs"), "0")
+        .unwrap_or_else(|e| panic!("join {dir}: {e}"));
+}
+
+/// Makes the cgroups (outer, inner) in the hierarchy mounted at `mnt`.
+fn make(proto: &Proto, made: &mut Vec<String>, mnt: &str, controllers: &str) -> (String, String) {
+    let base = own_path(controllers).expect("own cgroup");
+    let outer = format!(
+        "{mnt}{}/stasis-tpns-{}",
+        base.trim_end_matches('/'),
+        std::process::id()
+    );
+    let inner = format!("{outer}/inner");
+    for d in [&outer, &inner] {
+        std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+        made.push(d.clone());
+    }
+    std::fs::write(proto.path("cgroups"), made.join("\n")).expect("write WORK/cgroups");
+    (outer, inner)
+}
+
+fn cgroup_view() -> (String, String) {
+    (
+        std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        ns_link("cgroup"),
+    )
+}
+
+fn cgroup(proto: &Proto, report: &mut Report, corrupt: bool) {
+    if !std::path::Path::new(V2).join("cgroup.procs").exists()
+        || !std::path::Path::new(PIDS).join("cgroup.procs").exists()
+    {
+        report.skip("needs cgroup v2 at /sys/fs/cgroup/unified and v1 pids");
+        return;
+    }
+    let mut made = Vec::new();
+    let (v2_outer, v2_inner) = make(proto, &mut made, V2, "");
+    let (pids_outer, pids_inner) = make(proto, &mut made, PIDS, "pids");
+    join(&v2_outer);
+    join(&pids_outer);
+    // SAFETY: integer-only syscall on ourselves.
+    ok(
+        unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
+        "unshare(CLONE_NEWCGROUP)",
+    );
+    join(&v2_inner);
+    let host_ns = std::fs::read_link("/proc/1/ns/cgroup").map(|p| p.display().to_string());
+    // SAFETY: single-threaded; the child runs its checks and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        join(&pids_inner);
+        let before = cgroup_view();
+        proto.wait_go();
+        let after = cgroup_view();
+        let parent = std::fs::read_link(format!(
+            "/proc/{}/ns/cgroup",
+            std::os::unix::process::parent_id()
+        ))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+        let good = before == after && parent == after.1;
+        if !good {
+            eprintln!("child: {before:?} became {after:?}, parent's {parent}");
+        }
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(i32::from(!good)) }
+    }
+    let mut before = cgroup_view();
+    report.check(before.0.contains("0::/inner\n"), || {
+        format!("unexpected view before: {:?}", before.0)
+    });
+    proto.ready_and_wait();
+    let after = cgroup_view();
+    if corrupt {
+        before.0.push('x');
+    }
+    report.eq("/proc/self/cgroup and namespace", before, after.clone());
+    report.check(host_ns.map_or(true, |h| h != after.1), || {
+        "in PID 1's cgroup namespace".into()
+    });
+    let mut st = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+        format!("child (same view, same namespace): status {st:#x}")
     });
 }

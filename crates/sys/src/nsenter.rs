@@ -1,0 +1,34 @@
+//! Running a closure in another process's namespace: a short-lived thread
+//! joins it (setns changes only the calling thread's namespaces) and runs
+//! the closure there.
+
+use crate::{check, Pid, Result, SysError};
+use std::os::fd::AsRawFd;
+
+/// Runs `f` on a new thread that first joins the `name` namespace
+/// (`/proc/PID/ns/NAME`, `flag` = its CLONE_NEW* constant) of `pid`.
+pub fn in_ns_of<T: Send + 'static>(
+    pid: Pid,
+    name: &str,
+    flag: i32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let path = format!("/proc/{}/ns/{name}", pid.0);
+    let ns = std::fs::File::open(&path).map_err(|e| {
+        SysError::new(
+            format!("open {path}"),
+            Some(pid),
+            e.raw_os_error().unwrap_or(0),
+        )
+    })?;
+    let what = format!("setns({name})");
+    std::thread::spawn(move || -> Result<T> {
+        // SAFETY: setns on a namespace descriptor we own; it changes this
+        // short-lived thread only.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), flag) };
+        check(r.into(), &what, Some(pid))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| SysError::other("namespace thread", Some(pid), "panicked"))?
+}

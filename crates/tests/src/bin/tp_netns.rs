@@ -1,2 +1,0 @@
-//! Network namespace test program (placeholder until the netns kind).
-fn main() {}
