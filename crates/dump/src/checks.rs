@@ -84,6 +84,9 @@ struct Namespaces {
     /// The root's cgroup namespace, which the whole tree must share (its
     /// roots are saved when it is not stasis's: cgroupns.rs).
     root_cgroup: Option<u64>,
+    /// The root's network namespace, which the whole tree must share
+    /// (its links, addresses and routes are saved: netns.rs).
+    root_net: Option<u64>,
 }
 
 fn ns_id(task: &str, ns: &str) -> Option<u64> {
@@ -105,6 +108,7 @@ impl Namespaces {
             root_ipc: ns_id(&root_s, "ipc"),
             root_time: ns_id(&root_s, "time"),
             root_cgroup: ns_id(&root_s, "cgroup"),
+            root_net: ns_id(&root_s, "net"),
         })
     }
 }
@@ -120,6 +124,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             "ipc" => reference.root_ipc,
             "time" | "time_for_children" => reference.root_time,
             "cgroup" => reference.root_cgroup,
+            "net" => reference.root_net,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
@@ -132,7 +137,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
                 pid,
                 format!(
                     "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS, \
-                     IPC, time and cgroup namespaces the whole tree shares with its root, are restored yet",
+                     IPC, time, cgroup and network namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

@@ -35,6 +35,7 @@ mod lsm;
 mod memkinds;
 mod memory;
 mod netlock;
+mod netns;
 mod pidns;
 mod procattrs;
 mod seccomp;
@@ -373,6 +374,7 @@ fn dump_frozen(
     };
     let uts = uts::collect(Pid(root as i32))?;
     let time = timens::collect(Pid(root as i32))?;
+    let net = netns::collect(Pid(root as i32))?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {
@@ -505,6 +507,7 @@ fn dump_frozen(
         pid_ns,
         uts,
         time,
+        net,
         ipc: ipc.map(|s| s.ipc),
         cgroups,
         cgroup_ns,

@@ -41,6 +41,10 @@ pub struct Inventory {
     /// process), when it differed from the dumper's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<crate::timens::TimeNs>,
+    /// The tree's own network namespace (the root's, shared by every
+    /// process), when it differed from the dumper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::netns::NetNs>,
     /// SysV IPC: the tree's own IPC namespace (every object and its
     /// sysctls), or the segments of the dumper's namespace the tree maps.
     #[serde(default, skip_serializing_if = "Option::is_none")]

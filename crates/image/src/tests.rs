@@ -283,6 +283,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         pid_ns: false,
         uts: None,
         time: None,
+        net: None,
         ipc: None,
         cgroups: None,
         cgroup_ns: None,

@@ -45,6 +45,7 @@ mod hugetlb;
 mod kinds;
 mod locks;
 mod memory;
+mod netns;
 mod pids;
 mod placement;
 mod procattrs;
@@ -395,6 +396,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
                 uts: image.inventory.uts.as_ref(),
                 time: image.inventory.time.as_ref(),
                 cgroup: image.inventory.cgroup_ns.as_ref(),
+                net: image.inventory.net.as_ref(),
                 ipc: image.inventory.ipc.as_ref(),
             },
             cgroups: &cgroups,

@@ -36,6 +36,7 @@ pub(crate) struct TreeNs<'a> {
     pub uts: Option<&'a stasis_image::UtsNs>,
     pub time: Option<&'a stasis_image::TimeNs>,
     pub cgroup: Option<&'a stasis_image::CgroupNs>,
+    pub net: Option<&'a stasis_image::NetNs>,
     pub ipc: Option<&'a stasis_image::IpcNs>,
 }
 
@@ -61,11 +62,18 @@ pub(crate) fn restore_tree(
         uts,
         time,
         cgroup,
+        net: net_ns,
         ipc,
     } = ns;
     if let Some(img) = ipc {
         crate::sysvipc::preflight(img, root_pid)?;
     }
+    // 0. the tree's own network namespace, entered by this thread before
+    //    its sockets are made and left after the fork (netns.rs).
+    let mut net_ns = match net_ns {
+        Some(img) => Some(crate::netns::Net::enter(img, root_pid)?),
+        None => None,
+    };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
     let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close)?;
@@ -117,6 +125,9 @@ pub(crate) fn restore_tree(
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
     if let Some(i) = &mut ipc {
         i.leave()?;
+    }
+    if let Some(n) = &mut net_ns {
+        n.leave()?;
     }
     let (top, mut guard) = forked?;
     // 5. ready: every live process has placed its descriptors.

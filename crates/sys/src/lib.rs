@@ -13,6 +13,7 @@ pub mod fileops;
 pub mod hook;
 pub mod inotify;
 pub mod mem;
+pub mod netlink;
 pub mod netlock;
 pub mod ptrace;
 pub mod pty;

@@ -32,3 +32,24 @@ pub fn in_ns_of<T: Send + 'static>(
     .join()
     .map_err(|_| SysError::other("namespace thread", Some(pid), "panicked"))?
 }
+
+/// Moves the calling thread into a new namespace (`flag`, named `name` in
+/// /proc/thread-self/ns/); returns a descriptor of the old one, to go back
+/// with [`join`].
+pub fn unshare_thread(name: &str, flag: i32) -> Result<std::os::fd::OwnedFd> {
+    let old = crate::util::open(
+        &format!("/proc/thread-self/ns/{name}"),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    )?;
+    // SAFETY: unshare with an integer flag; affects the calling thread.
+    let r = unsafe { libc::unshare(flag) };
+    check(r.into(), &format!("unshare({name})"), None)?;
+    Ok(old)
+}
+
+/// Moves the calling thread into the namespace `ns` (of type `flag`).
+pub fn join(ns: &impl AsRawFd, flag: i32) -> Result<()> {
+    // SAFETY: setns on a namespace descriptor the caller owns.
+    let r = unsafe { libc::setns(ns.as_raw_fd(), flag) };
+    check(r.into(), "setns", None).map(|_| ())
+}

@@ -98,6 +98,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_precopy" => env!("CARGO_BIN_EXE_tp_precopy"),
         "tp_tcp" => env!("CARGO_BIN_EXE_tp_tcp"),
         "tp_nsmisc" => env!("CARGO_BIN_EXE_tp_nsmisc"),
+        "tp_netns" => env!("CARGO_BIN_EXE_tp_netns"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
