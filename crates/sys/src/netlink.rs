@@ -386,13 +386,5 @@ pub fn in_ns_of_socket<T: Send + 'static>(
     check(ns.into(), "ioctl(SIOCGSKNS)", None)?;
     // SAFETY: fresh descriptor from the kernel.
     let ns = unsafe { OwnedFd::from_raw_fd(ns) };
-    std::thread::spawn(move || -> Result<T> {
-        // SAFETY: setns on a namespace descriptor we own; it changes this
-        // short-lived thread only.
-        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        check(r.into(), "setns(net)", None)?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| SysError::other("namespace thread", None, "panicked"))?
+    crate::nsenter::in_ns(ns, libc::CLONE_NEWNET, None, f)
 }

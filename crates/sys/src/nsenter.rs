@@ -21,16 +21,26 @@ pub fn in_ns_of<T: Send + 'static>(
             e.raw_os_error().unwrap_or(0),
         )
     })?;
-    let what = format!("setns({name})");
+    in_ns(ns.into(), flag, Some(pid), f)
+}
+
+/// Runs `f` on a new thread that first joins the namespace `ns` (of type
+/// `flag`; `pid` names the process it belongs to, for errors).
+pub fn in_ns<T: Send + 'static>(
+    ns: std::os::fd::OwnedFd,
+    flag: i32,
+    pid: Option<Pid>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     std::thread::spawn(move || -> Result<T> {
         // SAFETY: setns on a namespace descriptor we own; it changes this
         // short-lived thread only.
         let r = unsafe { libc::setns(ns.as_raw_fd(), flag) };
-        check(r.into(), &what, Some(pid))?;
+        check(r.into(), "setns", pid)?;
         Ok(f())
     })
     .join()
-    .map_err(|_| SysError::other("namespace thread", Some(pid), "panicked"))?
+    .map_err(|_| SysError::other("namespace thread", pid, "panicked"))?
 }
 
 /// Moves the calling thread into a new namespace (`flag`, named `name` in
