@@ -6,11 +6,12 @@
 //!   and fd77::1/128 on lo and a route to 10.78.0.0/16 via lo, sets
 //!   net.ipv4.ip_forward = 1 and net.ipv4.conf.all.rp_filter = 2, listens
 //!   on TCP 10.77.0.1:7701 and [fd77::1]:7702 and binds UDP
-//!   10.77.0.1:7703, then forks a child. After go it checks that the
+//!   10.77.0.1:7703, makes a unix socket pair with a byte queued, then
+//!   forks a child. After go it checks that the
 //!   addresses, routes, link flags and sysctls (as `ip` prints them) read as
 //!   before, that the child shares its namespace, and connects to both
 //!   listeners and sends a datagram to the UDP socket from inside the
-//!   namespace, checking each arrives.
+//!   namespace, checking each arrives, and reads the queued byte.
 //! - `veth`: its namespace holds a veth pair (refused by name).
 //! - `nft`: its namespace holds an nftables table (refused by name).
 
@@ -114,6 +115,10 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     let l4 = TcpListener::bind("10.77.0.1:7701").expect("listen v4");
     let l6 = TcpListener::bind("[fd77::1]:7702").expect("listen v6");
     let udp = UdpSocket::bind("10.77.0.1:7703").expect("bind udp");
+    // A unix socket pair with a byte queued (sock_diag finds it only
+    // when asked from the namespace).
+    let (mut ua, mut ub) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    ua.write_all(b"u").expect("queue a byte");
     // SAFETY: single-threaded; the child waits for go and _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -141,6 +146,16 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     let got = udp.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
     report.check(got.as_ref().is_ok_and(|b| b == b"dgram"), || {
         format!("udp: {got:?}")
+    });
+    let mut one = [0u8; 1];
+    let got = ub.read_exact(&mut one).map(|_| one);
+    report.check(got.as_ref().is_ok_and(|b| b == b"u"), || {
+        format!("unix pair: {got:?}")
+    });
+    let _ = ua.write_all(b"v");
+    let got = ub.read_exact(&mut one).map(|_| one);
+    report.check(got.as_ref().is_ok_and(|b| b == b"v"), || {
+        format!("unix pair after: {got:?}")
     });
     let mut st = 0;
     // SAFETY: waits for our own child.
