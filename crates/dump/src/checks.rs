@@ -119,7 +119,8 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
     for (i, ns) in NAMESPACES.iter().enumerate() {
         let id = ns_id(&task, ns);
         let want = match *ns {
-            "mnt" if reference.pid_ns_tree => reference.root_mnt,
+            // The root's, saved when it is not stasis's (mntns.rs).
+            "mnt" => reference.root_mnt,
             "uts" => reference.root_uts,
             "ipc" => reference.root_ipc,
             "time" | "time_for_children" => reference.root_time,
@@ -137,7 +138,7 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
                 pid,
                 format!(
                     "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS, \
-                     IPC, time, cgroup and network namespaces the whole tree shares with its root, are restored yet",
+                     IPC, mount, time, cgroup and network namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

@@ -34,6 +34,7 @@ mod locks;
 mod lsm;
 mod memkinds;
 mod memory;
+mod mntns;
 mod netlock;
 mod netns;
 mod pidns;
@@ -375,6 +376,8 @@ fn dump_frozen(
     let uts = uts::collect(Pid(root as i32))?;
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
+    let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
+    let mntns = mntns::collect(Pid(root as i32), &tree_pids)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {
@@ -509,6 +512,7 @@ fn dump_frozen(
         time,
         net,
         ipc: ipc.map(|s| s.ipc),
+        mntns,
         cgroups,
         cgroup_ns,
         parent,

@@ -49,6 +49,11 @@ pub struct Inventory {
     /// sysctls), or the segments of the dumper's namespace the tree maps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipc: Option<crate::sysvipc::IpcNs>,
+    /// The tree's own mount namespace (the root's, shared by every
+    /// process), when it differed from the dumper's; a restore creates a
+    /// new one with the same mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mntns: Option<crate::mntns::MountNs>,
     /// The cgroups of the tree's processes (absent in older images and in
     /// dumps with `--manage-cgroups=ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -285,6 +285,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         time: None,
         net: None,
         ipc: None,
+        mntns: None,
         cgroups: None,
         cgroup_ns: None,
         parent: None,

@@ -370,6 +370,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
             c.ensure(false, || m)?;
         }
     }
+    if let Some(m) = &inv.mntns {
+        if let Err(m) = m.check() {
+            c.ensure(false, || m)?;
+        }
+    }
     if let Some(n) = &inv.cgroup_ns {
         if let Err(m) = n.check() {
             c.ensure(false, || m)?;

@@ -45,6 +45,7 @@ mod hugetlb;
 mod kinds;
 mod locks;
 mod memory;
+mod mntns;
 mod netns;
 mod pids;
 mod placement;
@@ -61,6 +62,7 @@ mod tree;
 mod xstate;
 
 pub use cgroups::{CgroupMode, CgroupRoot};
+pub use mntns::MountOptions;
 
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
 use stasis_sys::{Pid, SysError};
@@ -85,6 +87,9 @@ pub struct RestoreOptions {
     pub cgroup_roots: Vec<CgroupRoot>,
     /// criu's `--tcp-close`: TCP connections are restored closed.
     pub tcp_close: bool,
+    /// criu's `--root` and `--ext-mount-map`, for a tree with its own
+    /// mount namespace.
+    pub mounts: MountOptions,
 }
 
 /// A restored, running process (a child of the caller).
@@ -229,7 +234,7 @@ fn skip_pid_check() -> bool {
 /// Checks that a file the image refers to is still the one that was dumped.
 fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(&f.path).map_err(|source| RestoreError::Io {
+    let md = mntns::metadata(&f.path).map_err(|source| RestoreError::Io {
         pid,
         stage: Stage::Preflight,
         what: format!("file {}", f.path),
@@ -322,6 +327,23 @@ fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<
     Ok(())
 }
 
+/// Builds the image's mount namespace, if it has one (mntns.rs).
+fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Option<mntns::Built>> {
+    let root = image.inventory.root_pid;
+    let Some(ns) = image.inventory.mntns.as_ref() else {
+        return Ok(None);
+    };
+    if opts.new_pid_ns || image.inventory.pid_ns {
+        return Err(RestoreError::Refused {
+            pid: root,
+            stage: Stage::Preflight,
+            what: "a mount namespace of its own in a new PID namespace: not restored yet".into(),
+        });
+    }
+    mntns::check_procs(&image.processes)?;
+    mntns::build(Some(ns), &opts.mounts, root)
+}
+
 /// Restores the image in `opts.images_dir`. Returns once the process runs,
 /// as a child of the caller. On error nothing of the restore is left.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
@@ -353,6 +375,9 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     }
     fault_point(root, Stage::Validate)?;
     action(&mut hook, "pre-restore", root, -1)?;
+    // The tree's mount namespace first: the preflight looks for its files
+    // inside it (and the restorer leaves it again on every error).
+    let mnt = mntns_first(image, opts)?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
@@ -407,6 +432,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
         },
         &mut hook,
     )?;
+    drop(mnt);
     cgroups.keep();
     if let Err(e) = hook("post-resume", pid.0) {
         log::error!("pid {pid}: action post-resume failed: {e} (the tree runs on)");

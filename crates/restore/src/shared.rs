@@ -205,12 +205,14 @@ fn make_cow_objects(
                     })?)
                 }
                 VmaKind::File { file } => {
-                    let f = std::fs::File::open(&file.path).map_err(|source| RestoreError::Io {
-                        pid: owner.pid,
-                        stage: Stage::Fork,
-                        what: format!("open {} for copy-on-write memory", file.path),
-                        source,
-                    })?;
+                    let f = crate::mntns::open(&file.path, libc::O_RDONLY)
+                        .map(std::fs::File::from)
+                        .map_err(|e| RestoreError::Io {
+                            pid: owner.pid,
+                            stage: Stage::Fork,
+                            what: format!("open {} for copy-on-write memory", file.path),
+                            source: e.source,
+                        })?;
                     Some(file_hold.insert(f).as_raw_fd())
                 }
                 _ => None,

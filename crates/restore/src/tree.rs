@@ -92,6 +92,9 @@ pub(crate) fn restore_tree(
     tree.plan.time_offsets = time.map(crate::timens::offsets_text);
     // The tree's own cgroup namespace, made by the first process forked.
     tree.plan.cgroup_ns = crate::cgroupns::plan(cgroup, cgroups, root_pid)?;
+    // The tree's own mount namespace (built before the files were opened
+    // in it), entered by the first process forked.
+    tree.plan.mntns = crate::mntns::for_fork();
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -118,6 +121,9 @@ pub(crate) fn restore_tree(
             s.sysv = i.sizes();
         }
     }
+    // 3c. the restorer leaves the built mount namespace (every file is
+    //     open): the first process pivots there, alone in it.
+    crate::mntns::leave().at(root_pid, Stage::Fork)?;
     // 4. fork: the restorer's copies of everything go once the tree has them.
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();
@@ -288,6 +294,7 @@ fn plan_tree(
             uts: None,
             time_offsets: None,
             cgroup_ns: None,
+            mntns: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

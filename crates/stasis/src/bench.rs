@@ -198,8 +198,10 @@ struct Sample {
     page_bytes: u64,
     filled: u64,
     dump_hwm: u64,
-    /// Remote system calls the restore made.
+    /// Remote system calls the restore made, and the ptrace round trips
+    /// they took (batched calls share one).
     remote_calls: u64,
+    round_trips: u64,
 }
 
 struct Running {
@@ -414,18 +416,12 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
 
     let read_before = raw_read(&pages, stats.page_bytes)?;
     let calls0 = stasis_sys::remote::remote_syscalls();
+    let trips0 = stasis_sys::remote::round_trips();
     let t = Instant::now();
-    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
-        images_dir: img.clone(),
-        allow_changed_files: false,
-        new_pid_ns: false,
-        shell_job: false,
-        manage_cgroups: stasis_restore::CgroupMode::default(),
-        cgroup_roots: Vec::new(),
-        tcp_close: false,
-    })?;
+    let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
     let restore = t.elapsed();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
+    let round_trips = stasis_sys::remote::round_trips() - trips0;
     verify_restored(case, &run, restored.wait_pid)?;
 
     let raw_write = (write_before + raw_write(&work, stats.page_bytes)?) / 2;
@@ -442,6 +438,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         filled,
         dump_hwm,
         remote_calls,
+        round_trips,
     })
 }
 
@@ -460,6 +457,20 @@ struct PrecopySample {
     last: Duration,
     last_bytes: u64,
     parent_bytes: u64,
+}
+
+/// The restore options every case uses: stasis's defaults.
+fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
+    stasis_restore::RestoreOptions {
+        images_dir: dir,
+        allow_changed_files: false,
+        new_pid_ns: false,
+        shell_job: false,
+        manage_cgroups: stasis_restore::CgroupMode::default(),
+        cgroup_roots: Vec::new(),
+        tcp_close: false,
+        mounts: stasis_restore::MountOptions::default(),
+    }
 }
 
 fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_dump::DumpOptions {
@@ -500,15 +511,7 @@ fn run_precopy_round(
     std::thread::sleep(PRECOPY_GAP);
     let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some("../pre"), false))?;
     let _ = run.child.wait();
-    let restored = stasis_restore::restore(&stasis_restore::RestoreOptions {
-        images_dir: work.join("img"),
-        allow_changed_files: false,
-        new_pid_ns: false,
-        shell_job: false,
-        manage_cgroups: stasis_restore::CgroupMode::default(),
-        cgroup_roots: Vec::new(),
-        tcp_close: false,
-    })?;
+    let restored = stasis_restore::restore(&restore_opts(work.join("img")))?;
     verify_restored(case, &run, restored.wait_pid)?;
     fs::remove_dir_all(&work)?;
     Ok(PrecopySample {
@@ -675,7 +678,7 @@ fn run_rounds<S>(
 }
 
 /// Cost of one more process or thread: (case - tiny) / (extra tasks), on
-/// the medians; and remote syscalls per restore.
+/// the medians; and remote syscalls per restore, with their round trips.
 fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
     let med = |name: &str, f: fn(&Sample) -> Duration| {
         rows.iter()
@@ -683,9 +686,12 @@ fn print_fixed_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
             .map(|(_, s)| min_med(s.iter().map(f).collect()).1)
     };
     println!();
-    println!("remote syscalls per restore:");
+    println!("remote syscalls per restore (ptrace round trips):");
     for (name, s) in rows {
-        println!("  {:<22} {}", name, s[0].remote_calls);
+        println!(
+            "  {:<22} {} ({})",
+            name, s[0].remote_calls, s[0].round_trips
+        );
     }
     let Some(tiny) = cases.iter().find(|c| c.args.iter().any(|a| a == "tiny")) else {
         return;

@@ -118,8 +118,8 @@ use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
 
 const NO_SOCKETS: &str =
     "stasis dumps no external unix socket (refused by name): nothing to permit";
-const NO_MNTNS: &str =
-    "stasis dumps no mount namespace of its own (refused by name): nothing to map or permit";
+const ONE_MOUNT_ENGINE: &str =
+    "stasis rebuilds a mount namespace with the new mount API only: nothing to choose";
 const NO_INCREMENTAL: &str =
     "stasis does not deduplicate a chain of pre-dump images: each keeps its own pages, and a restore resolves the chain";
 
@@ -194,12 +194,12 @@ pub static OPTIONS: &[Opt] = &[
     o("cgroup-dump-controller", Req, D, Ref, "cpu"),
     o("cgroup-yard", Req, DR, Ref, "/x"),
     o("external", Req, DR, Ref, "net[1]:x"),
-    s("ext-mount-map", 'M', Req, DR, Acc(NO_MNTNS), "auto"),
-    o("enable-external-sharing", No, DR, Acc(NO_MNTNS), ""),
-    o("enable-external-masters", No, DR, Acc(NO_MNTNS), ""),
-    o("skip-mnt", Req, D, Acc(NO_MNTNS), "/mnt"),
-    o("enable-fs", Req, D, Acc(NO_MNTNS), "nfs"),
-    b("mntns-compat-mode", RESTORE, Acc(NO_MNTNS)),
+    s("ext-mount-map", 'M', Req, DR, ByValue, "auto"),
+    o("enable-external-sharing", No, DR, Ref, ""),
+    o("enable-external-masters", No, DR, Ref, ""),
+    o("skip-mnt", Req, D, Ref, "/mnt"),
+    o("enable-fs", Req, D, Ref, "nfs"),
+    b("mntns-compat-mode", RESTORE, Acc(ONE_MOUNT_ENGINE)),
     b(
         "evasive-devices",
         DR,
@@ -237,7 +237,7 @@ pub static OPTIONS: &[Opt] = &[
     s("restore-detached", 'd', No, RESTORE, App, "").neg(),
     b("daemon", RESTORE, App),
     s("restore-sibling", 'S', No, RESTORE, Ref, "").neg(),
-    s("root", 'r', Req, RESTORE, Ref, "/"),
+    s("root", 'r', Req, RESTORE, App, "/"),
     s("join-ns", 'J', Req, RESTORE, Ref, "net:/proc/1/ns/net"),
     o("veth-pair", Req, RESTORE, Ref, "eth0=veth0"),
     o("inherit-fd", Req, RESTORE, Ref, "fd[3]:x"),
@@ -427,6 +427,20 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
         "pre-dump-mode" => match v {
             Some("splice" | "read") => {
                 Fate::Accepted("stasis's pre-dump reads pages with process_vm_readv either way")
+            }
+            _ => return Err(bad()),
+        },
+        // criu: KEY:PATH at restore (MOUNTPOINT:KEY at dump), or auto.
+        "ext-mount-map" => match v {
+            Some("auto") => Fate::Accepted(
+                "stasis always finds external mounts itself: each is saved with its host path \
+                 as its key, and bound from there when its filesystem is still there",
+            ),
+            Some(m)
+                if m.split_once(':')
+                    .is_some_and(|(k, p)| !k.is_empty() && !p.is_empty()) =>
+            {
+                Fate::Applied
             }
             _ => return Err(bad()),
         },

@@ -57,6 +57,8 @@ pub(crate) struct Request {
     pub(crate) action_scripts: Vec<String>,
     /// The command's argument (`swrk FD`).
     pub(crate) argument: Option<String>,
+    /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore).
+    pub(crate) mounts: stasis_restore::MountOptions,
     /// Notes for the log: accepted options and why they change nothing.
     pub(crate) notes: Vec<String>,
 }
@@ -187,6 +189,12 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             stasis_restore::CgroupRoot::parse(g.value.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow!("invalid argument for --cgroup-root: {e}"))?,
         ),
+        "root" => r.mounts.root = g.value.clone(),
+        "ext-mount-map" => {
+            let v = g.value.as_deref().unwrap_or("");
+            let (k, p) = v.split_once(':').unwrap_or((v, ""));
+            r.mounts.ext_map.push((k.to_string(), p.to_string()));
+        }
         "status-fd" => {
             let _: i32 = number(g)?;
         }
@@ -388,6 +396,12 @@ fn page_server(r: &Request) -> Result<ExitCode> {
 pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
+    if let Some((m, _)) = r.mounts.ext_map.first() {
+        bail!(
+            "option --ext-mount-map {m}:KEY at dump is not supported yet: stasis names each \
+             external mount by its host path (the KEY to map at restore)"
+        );
+    }
     r.setup_log(Some(&dir))?;
     // Connected before anything is frozen: no server, no dump.
     let server = match (r.page_server, r.port) {
@@ -459,6 +473,7 @@ pub(crate) fn restore_tree(
         manage_cgroups: r.manage_cgroups.unwrap_or_default(),
         cgroup_roots: r.cgroup_roots.clone(),
         tcp_close: r.tcp_close,
+        mounts: r.mounts.clone(),
     };
     let restored = stasis_restore::restore_with(&opts, hook)?;
     let pid = restored.pid;

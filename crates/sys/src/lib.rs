@@ -92,6 +92,7 @@ pub(crate) fn last_errno() -> i32 {
         .raw_os_error()
         .unwrap_or(libc::EIO)
 }
+pub mod mount;
 pub mod nsenter;
 pub mod pagemap;
 pub mod sock;

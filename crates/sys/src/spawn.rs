@@ -112,6 +112,10 @@ pub struct TreePlan {
     /// whose `cgroup.procs` files these are (joined, then unshared, by the
     /// first process stasis forks: crate::cgroupns).
     pub cgroup_ns: Option<Vec<std::ffi::CString>>,
+    /// Enter this mount namespace and make this directory (a mount of it)
+    /// the root with pivot_root: the first process stasis forks does it,
+    /// every other process inherits it (descriptors of the caller's).
+    pub mntns: Option<(i32, i32)>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -125,8 +129,9 @@ pub fn tree_failure(code: i32) -> &'static str {
         9 => "mounting /proc for the new PID namespace failed",
         10 => "setting the host or domain name of the new UTS namespace failed",
         11 => "taking its controlling terminal (TIOCSCTTY) failed",
-        12 => "creating the new time namespace with its offsets failed",
-        13 => "joining the cgroup namespace's roots or unsharing it failed",
+        12 => "entering the rebuilt mount namespace (setns, pivot_root) failed",
+        13 => "creating the new time namespace with its offsets failed",
+        14 => "joining the cgroup namespace's roots or unsharing it failed",
         _ => "unexpected failure",
     }
 }
@@ -170,6 +175,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
             Forked::Child => {
                 set_uts(plan, root.pid);
                 set_time(plan, root.pid);
+                enter_mntns(plan, root.pid);
                 session_helper(plan, sid)
             }
             Forked::Parent(p) => Ok(p),
@@ -180,6 +186,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<Pid> {
         Forked::Child => {
             set_uts(plan, root.pid);
             set_time(plan, root.pid);
+            enter_mntns(plan, root.pid);
             if helper {
                 helper_init(plan)
             } else {
@@ -264,15 +271,26 @@ fn set_time(plan: &TreePlan, root: i32) {
     if let Some(offsets) = &plan.time_offsets {
         // SAFETY: we are the freshly forked, single-threaded first process.
         if !unsafe { crate::timens::enter_new(offsets) } {
-            report(plan.ready_fd, root, 12);
-            exit_now(12);
+            report(plan.ready_fd, root, 13);
+            exit_now(13);
         }
     }
     if let Some(files) = &plan.cgroup_ns {
         // SAFETY: as above.
         if !unsafe { crate::cgroupns::enter_new(files) } {
-            report(plan.ready_fd, root, 13);
-            exit_now(13);
+            report(plan.ready_fd, root, 14);
+            exit_now(14);
+        }
+    }
+}
+
+/// In the first process of a tree with its own mount namespace: enters
+/// it (see [`TreePlan::mntns`]), or reports failure 12 and exits.
+fn enter_mntns(plan: &TreePlan, root: i32) {
+    if let Some((ns, dir)) = plan.mntns {
+        if crate::mount::enter_and_pivot(ns, dir) != 0 {
+            report(plan.ready_fd, root, 12);
+            exit_now(12);
         }
     }
 }

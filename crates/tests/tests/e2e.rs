@@ -1194,18 +1194,25 @@ fn cr_files2() {
 /// Starts test program `name` with `stasis run -d` as the init of a new
 /// PID namespace and waits until it is ready; returns it (its PID here).
 fn run_in_pid_ns(work: &Work, name: &str) -> Proc {
+    run_in_pid_ns_with(work, name, &[])
+}
+
+/// The same with arguments after the work directory.
+fn run_in_pid_ns_with(work: &Work, name: &str, args: &[&str]) -> Proc {
     let dir = work.dir().to_str().expect("utf-8").to_string();
     let prog = bin_path(name);
     ensure_subreaper();
-    let run = [
+    let pidfile_arg = format!("{dir}/run.pid");
+    let mut run = vec![
         "run",
         "-d",
         "--pidfile",
-        &format!("{dir}/run.pid"),
+        &pidfile_arg,
         "--",
         prog.to_str().expect("utf-8"),
         &dir,
     ];
+    run.extend_from_slice(args);
     ok(
         work,
         "stasis run",
@@ -1218,6 +1225,31 @@ fn run_in_pid_ns(work: &Work, name: &str) -> Proc {
         wait_ready(work, &mut init, Duration::from_secs(30)),
     );
     init
+}
+
+/// A `stasis run` tree that mounted a tmpfs in its private mount namespace:
+/// the restore's copy would lack it, so the dump refuses it by name, and
+/// the tree runs on with its mount.
+#[test]
+fn refuse_mount_made_in_a_run_tree() {
+    let work = Work::new("refuse_run_tree_mount");
+    let t = Duration::from_secs(60);
+    let mut init = run_in_pid_ns_with(&work, "tp_unsupported", &["--with", "own-tmpfs"]);
+    let out = dump(&work, init.pid, &[], t);
+    assert!(
+        out.code == Some(1)
+            && out.stderr.contains("tmpfs on")
+            && out.stderr.contains("mount of its own")
+            && out.stderr.lines().count() == 1,
+        "the run tree's own tmpfs was not refused by name: {out:?}"
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    step(
+        &work,
+        "tree after the refused dump",
+        init.check_running_untraced(),
+    );
+    finish(&work, &mut init, t).assert_pass(&work);
 }
 
 /// The same inside a PID namespace (`stasis run`): /proc paths and pidfds

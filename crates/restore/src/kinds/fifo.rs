@@ -13,7 +13,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, path: &str, id: u64, flags: u32)
     let (pid, st) = (cx.pid, Stage::Fork);
     holder(o, cx, id, path)?;
     let flags = flags as i32 & !OPEN_FLAGS_DROP;
-    let fd = util::open(path, flags | libc::O_NONBLOCK).at(pid, st)?;
+    let fd = crate::mntns::open(path, flags | libc::O_NONBLOCK).at(pid, st)?;
     if flags & libc::O_NONBLOCK == 0 {
         let keep = flags & (libc::O_APPEND | libc::O_DIRECT);
         util::set_status_flags(&fd, keep).at(pid, st)?;
@@ -46,7 +46,7 @@ fn holder(o: &mut Opened, cx: &Cx<'_>, id: u64, path: &str) -> Result<usize> {
         } if *i == id => Some((data.as_slice(), *capacity)),
         _ => None,
     });
-    let fd = util::open(path, libc::O_RDWR | libc::O_NONBLOCK).at(pid, st)?;
+    let fd = crate::mntns::open(path, libc::O_RDWR | libc::O_NONBLOCK).at(pid, st)?;
     fill_pipe(pid, &fd, data, capacity, &format!("fifo {path}"))?;
     let i = o.push(fd);
     o.set_object("fifo", id, i);

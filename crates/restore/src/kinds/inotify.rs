@@ -10,7 +10,7 @@
 use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::InotifyWatch;
-use stasis_sys::{inotify, util};
+use stasis_sys::inotify;
 use std::os::fd::AsRawFd;
 
 /// How many watch numbers a gap may skip before giving up.
@@ -25,7 +25,7 @@ pub(super) fn open(
     let (pid, st) = (cx.pid, Stage::Fork);
     let ifd = inotify::init(flags as i32 & libc::O_NONBLOCK).at(pid, st)?;
     for w in watches {
-        let mnt = util::open(&w.mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
+        let mnt = crate::mntns::open(&w.mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
         let obj = inotify::open_by_handle(&mnt, w.handle_type, &w.handle, libc::O_PATH).map_err(
             |source| RestoreError::Sys {
                 pid,

@@ -390,7 +390,11 @@ impl ProcFiles {
         }
         // Never through a symlink swapped in since validation.
         let (pid, o) = (img.pid, libc::O_RDONLY);
-        f.pages_k = f.service(pid, &pages.to_string_lossy(), o | libc::O_NOFOLLOW, opened)?;
+        // The page file is the restorer's; the rest is the tree's (in its
+        // own mount namespace when it has one: mntns.rs).
+        let pg = util::open(&pages.to_string_lossy(), o | libc::O_NOFOLLOW).at(pid, Stage::Fork)?;
+        f.srcs.push(opened.push(pg));
+        f.pages_k = f.srcs.len() - 1;
         f.exe_k = f.service(pid, &img.exe.path, o, opened)?;
         saved::map_sources(img, opened, &mut f)?;
         saved::cwd_source(img, opened, &mut f)?;
@@ -431,7 +435,7 @@ impl ProcFiles {
 
     /// A service descriptor: opened here, closed by the process at the end.
     fn service(&mut self, pid: u32, path: &str, flags: i32, opened: &mut Opened) -> Result<usize> {
-        let fd = util::open(path, flags).at(pid, Stage::Fork)?;
+        let fd = crate::mntns::open(path, flags).at(pid, Stage::Fork)?;
         self.srcs.push(opened.push(fd));
         Ok(self.srcs.len() - 1)
     }

@@ -19,14 +19,15 @@ pub(super) fn open_path(
     pos: u64,
 ) -> Result<usize> {
     let (pid, st) = (cx.pid, Stage::Fork);
-    let fd = util::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
-        pid,
-        stage: st,
-        source: stasis_sys::SysError {
-            op: format!("fd {}: {}", cx.fd, source.op),
-            ..source
-        },
-    })?;
+    let fd =
+        crate::mntns::open(path, flags & !OPEN_FLAGS_DROP).map_err(|source| RestoreError::Sys {
+            pid,
+            stage: st,
+            source: stasis_sys::SysError {
+                op: format!("fd {}: {}", cx.fd, source.op),
+                ..source
+            },
+        })?;
     if pos != 0 {
         util::seek_to(&fd, pos, path).at(pid, st)?;
     }

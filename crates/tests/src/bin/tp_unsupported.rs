@@ -4,7 +4,7 @@
 //! Usage: `tp_unsupported WORKDIR --with pipe|socket|tcp|thread|child|huge-deleted|
 //! deleted-2m|aio|io-uring|hugetlb-anon|hugetlb-shared|hugetlb-memfd|hugetlb-memfd-fd|hugetlb-file|
 //! uts-ns|uts-ns-child|clone-files|thread-unshare-files|thread-creds|thread-seccomp|gdt-tls|debugreg|
-//! ldt|mempolicy|mbind|seccomp-strict|unix-oob|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
+//! ldt|mempolicy|mbind|seccomp-strict|unix-oob|own-tmpfs|mdwe|mce|sud|ctty|chardev|packet-pipe|thread-child-pdeath|
 //! mqueue|detached-mount|keyring|autogroup|thread-pdeath|guard|ptmx|two-ttys|pty-queued|
 //! ctty-own`
 //!
@@ -40,6 +40,9 @@
 //!   in read on a pipe; after go it reads a byte and leaves with exit(2);
 //! - `unix-oob`: a unix stream pair with "abc" and an out-of-band "Z"
 //!   (MSG_OOB) queued; after go both read back;
+//! - `own-tmpfs`: (run by `stasis run`, in its private mount namespace) a
+//!   tmpfs mounted at WORK/mnt with a file in it; after go the file reads
+//!   back and the tmpfs is unmounted;
 //! - `mdwe`: memory-deny-write-execute (PR_SET_MDWE);
 //! - `mce`: an early machine-check kill policy (PR_MCE_KILL);
 //! - `sud`: syscall user dispatch on, selector allowing every call;
@@ -605,6 +608,31 @@ fn main() {
                 b"abc".to_vec(),
                 data[..n.max(0) as usize].to_vec(),
             );
+        }
+        "own-tmpfs" => {
+            let mnt = proto.path("mnt");
+            std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+            let c = std::ffi::CString::new(mnt.to_str().expect("utf-8")).expect("path");
+            // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+            let r = unsafe {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+            std::fs::write(mnt.join("f"), b"inside").expect("write");
+            proto.ready_and_wait();
+            report.eq(
+                "file on the tmpfs",
+                b"inside".to_vec(),
+                std::fs::read(mnt.join("f")).unwrap_or_default(),
+            );
+            // SAFETY: umount of the mount made above.
+            unsafe { libc::umount(c.as_ptr()) };
         }
         "mbind" => {
             const MPOL_PREFERRED: i64 = 1;

@@ -99,6 +99,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_tcp" => env!("CARGO_BIN_EXE_tp_tcp"),
         "tp_nsmisc" => env!("CARGO_BIN_EXE_tp_nsmisc"),
         "tp_netns" => env!("CARGO_BIN_EXE_tp_netns"),
+        "tp_mntns" => env!("CARGO_BIN_EXE_tp_mntns"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)

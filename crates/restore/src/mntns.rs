@@ -1,0 +1,345 @@
+//! The tree's own mount namespace, rebuilt before anything else.
+//!
+//! The restorer unshares a private copy of its namespace, builds the saved
+//! mount tree (parents first) on a staging directory, and while it is
+//! there opens every file of the image inside that tree ([`open`]: openat2
+//! with RESOLVE_IN_ROOT on the staging directory), so descriptors and
+//! mappings name the new tree's mounts. It then goes back to its own
+//! namespace; the first process it forks enters the built one and makes
+//! the staging directory its root with pivot_root, detaching the rest
+//! (the restorer's copy of its own mounts). Every other process is forked
+//! inside and inherits it.
+
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::mntns::{Mount, MountHow, MountNs, TmpfsEntry};
+use stasis_sys::mount as sys;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+/// The caller's say in where external mounts come from (criu's options).
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// `--root PATH`: the root mount is bound from PATH.
+    pub root: Option<String>,
+    /// `--ext-mount-map KEY:PATH`: the external mount saved as KEY is
+    /// bound from PATH.
+    pub ext_map: Vec<(String, String)>,
+}
+
+/// The namespace being restored: while the restorer is in it, its root
+/// (for [`open`]) and the way home; then the descriptors the first
+/// process forked enters and pivots with.
+struct Active {
+    root: OwnedFd,
+    home: Option<(OwnedFd, OwnedFd)>,
+    fork: (i32, i32),
+}
+
+static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
+
+fn active() -> std::sync::MutexGuard<'static, Option<Active>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens `path` as the restored processes will see it: inside the
+/// rebuilt mount tree while the restorer is in it, else as is.
+pub(crate) fn open(path: &str, flags: i32) -> stasis_sys::Result<OwnedFd> {
+    match active().as_ref().filter(|a| a.home.is_some()) {
+        Some(a) => sys::open_in_root(a.root.as_fd(), path, flags),
+        None => stasis_sys::util::open(path, flags),
+    }
+}
+
+/// stat of `path` as [`open`] sees it.
+pub(crate) fn metadata(path: &str) -> std::io::Result<std::fs::Metadata> {
+    let fd = open(path, libc::O_PATH).map_err(|e| e.source)?;
+    std::fs::File::from(fd).metadata()
+}
+
+/// The built namespace and its root (descriptors of ours), for the first
+/// process forked ([`stasis_sys::spawn::TreePlan::mntns`]).
+pub(crate) fn for_fork() -> Option<(i32, i32)> {
+    active().as_ref().map(|a| a.fork)
+}
+
+/// Back to the restorer's own namespace and working directory; files are
+/// opened as they are by path from now on.
+pub(crate) fn leave() -> stasis_sys::Result<()> {
+    let home = active().as_mut().and_then(|a| a.home.take());
+    if let Some((ns, cwd)) = home {
+        sys::setns_mnt(ns.as_fd())?;
+        sys::fchdir(cwd.as_fd())?;
+    }
+    Ok(())
+}
+
+/// A mount namespace built for the tree (its descriptors). Dropping it
+/// takes the restorer back to its own namespace (if it has not gone yet)
+/// and removes the staging directory; the built namespace lives on in the
+/// tree, or vanishes with the last descriptor when the restore failed.
+pub(crate) struct Built {
+    _ns: Option<OwnedFd>,
+    _root: Option<OwnedFd>,
+    staging: std::path::PathBuf,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        if let Err(e) = leave() {
+            log::warn!("leaving the built mount namespace: {e}");
+        }
+        *active() = None;
+        let _ = std::fs::remove_dir(&self.staging);
+    }
+}
+
+/// Builds the saved namespace (see the module comment) and stays in it.
+pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Result<Option<Built>> {
+    let Some(ns) = ns else { return Ok(None) };
+    let st = Stage::Preflight;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| RestoreError::Io {
+            pid,
+            stage: st,
+            what,
+            source,
+        }
+    };
+    let staging = std::env::temp_dir().join(format!(".stasis-mntns-{}", std::process::id()));
+    std::fs::create_dir(&staging).map_err(io(&format!("mkdir {}", staging.display())))?;
+    let mut built = Built {
+        _ns: None,
+        _root: None,
+        staging: staging.clone(),
+    };
+    let home = (
+        sys::own_mntns().at(pid, st)?,
+        stasis_sys::util::open(".", libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?,
+    );
+    let stand_in = home.0.try_clone().map_err(io("dup a descriptor"))?;
+    sys::unshare_private().at(pid, st)?;
+    // From here on a failure goes home (Built's drop).
+    *active() = Some(Active {
+        root: stand_in,
+        home: Some(home),
+        fork: (-1, -1),
+    });
+    let ns_fd = sys::own_mntns().at(pid, st)?;
+    let staging_s = staging.to_string_lossy().into_owned();
+    mount_all(ns, opts, &staging_s, pid)?;
+    let root = stasis_sys::util::open(&staging_s, libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?;
+    let dup = root.try_clone().map_err(io("dup the tree's root"))?;
+    if let Some(a) = active().as_mut() {
+        a.root = dup;
+        a.fork = (ns_fd.as_raw_fd(), root.as_raw_fd());
+    }
+    built._ns = Some(ns_fd);
+    built._root = Some(root);
+    log::info!(
+        "pid {pid}: mount namespace of {} mounts built",
+        ns.mounts.len()
+    );
+    Ok(Some(built))
+}
+
+/// Every mount, parents first, attached on `staging` (the root) or at its
+/// mount point inside the tree; then propagation.
+fn mount_all(ns: &MountNs, opts: &MountOptions, staging: &str, pid: u32) -> Result<()> {
+    let mut external = externals(ns, opts, pid)?;
+    let mut mounts: HashMap<u32, OwnedFd> = HashMap::new();
+    for (i, m) in ns.mounts.iter().enumerate() {
+        let fd = match external.remove(&m.id) {
+            Some(fd) => fd,
+            None => fresh(m, pid)?,
+        };
+        sys::set_attrs(fd.as_fd(), m.attrs).map_err(|e| refused(pid, m, e.to_string()))?;
+        let target = if i == 0 {
+            stasis_sys::util::open(staging, libc::O_PATH | libc::O_DIRECTORY)
+                .at(pid, Stage::Preflight)?
+        } else {
+            let root = mounts
+                .get(&ns.mounts[0].id)
+                .map(|f| f.as_fd())
+                .ok_or_else(|| refused(pid, m, "no root mount".into()))?;
+            sys::open_in_root(root, &m.mount_point, libc::O_PATH | libc::O_NOFOLLOW)
+                .map_err(|e| refused(pid, m, format!("its mount point: {e}")))?
+        };
+        sys::attach(fd.as_fd(), target.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?;
+        mounts.insert(m.id, fd);
+    }
+    propagation(ns, &mounts, pid)
+}
+
+/// What a restore would still make outside the rebuilt tree (a deleted
+/// file recreated next to its old path, a unix socket bound to a path):
+/// refused by name before anything is built.
+pub(crate) fn check_procs(procs: &[stasis_image::ProcessImage]) -> Result<()> {
+    use stasis_image::{FdKind, SavedFileKind};
+    for p in procs {
+        let deleted = p.saved_files.iter().find_map(|f| match &f.kind {
+            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => Some(path),
+            SavedFileKind::Memfd { .. } => None,
+        });
+        let bound = p.files.iter().find(
+            |f| matches!(&f.kind, FdKind::UnixBound { name, .. } if name.first() == Some(&b'/')),
+        );
+        let what = match (deleted, bound) {
+            (Some(path), _) => format!("deleted file {path}"),
+            (None, Some(f)) => format!("fd {}: a unix socket bound to a path", f.fd),
+            (None, None) => continue,
+        };
+        return Err(RestoreError::Refused {
+            pid: p.pid,
+            stage: Stage::Preflight,
+            what: format!("{what} in a mount namespace of its own: not restored yet"),
+        });
+    }
+    Ok(())
+}
+
+fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
+    RestoreError::Refused {
+        pid,
+        stage: Stage::Preflight,
+        what: format!("mount {} ({}, {}): {why}", m.id, m.mount_point, m.fs_type),
+    }
+}
+
+/// A new filesystem for `m` (a pseudo filesystem, or a tmpfs filled
+/// with its saved contents), detached.
+fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
+    let options: Vec<&str> = m
+        .super_options
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .collect();
+    let fd = sys::new_fs(&m.fs_type, &m.source, &options, 0)
+        .map_err(|e| refused(pid, m, e.to_string()))?;
+    if let MountHow::Tmpfs { entries } = &m.how {
+        fill(fd.as_raw_fd(), entries).map_err(|e| refused(pid, m, e))?;
+    }
+    Ok(fd)
+}
+
+/// Detached copies of every external mount, taken before anything is
+/// uncovered: first the ones criu's options name or whose host path still
+/// shows their filesystem; then, in order, the ones a mount of ours
+/// covers, uncovered in our private copy of the namespace (detached at
+/// the pivot anyway).
+fn externals(ns: &MountNs, opts: &MountOptions, pid: u32) -> Result<HashMap<u32, OwnedFd>> {
+    let mut out = HashMap::new();
+    let mut covered = Vec::new();
+    for (i, m) in ns.mounts.iter().enumerate() {
+        let MountHow::External { key, host_path } = &m.how else {
+            continue;
+        };
+        let given = if i == 0 { opts.root.as_deref() } else { None }.or_else(|| {
+            opts.ext_map
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        });
+        let src = given.unwrap_or(host_path);
+        let fd = sys::clone_mount(src)
+            .map_err(|e| refused(pid, m, format!("external mount {key}: {e}")))?;
+        if given.is_none() && dev_of(&fd) != m.dev {
+            covered.push((m, host_path.as_str(), i == 0));
+            continue;
+        }
+        out.insert(m.id, fd);
+    }
+    for (m, path, is_root) in covered {
+        let mut fd = sys::clone_mount(path).map_err(|e| refused(pid, m, e.to_string()))?;
+        for _ in 0..8 {
+            if dev_of(&fd) == m.dev || sys::detach(path).is_err() {
+                break;
+            }
+            fd = sys::clone_mount(path).map_err(|e| refused(pid, m, e.to_string()))?;
+        }
+        let dev = dev_of(&fd);
+        if dev != m.dev {
+            return Err(refused(pid, m, format!(
+                "external mount {path}: it is device {}:{} here, {}:{} at the dump; name its source with --ext-mount-map {path}:PATH{}",
+                dev.0, dev.1, m.dev.0, m.dev.1, if is_root { " or --root PATH" } else { "" }
+            )));
+        }
+        out.insert(m.id, fd);
+    }
+    Ok(out)
+}
+
+fn dev_of(fd: &OwnedFd) -> (u32, u32) {
+    fd.try_clone()
+        .and_then(|f| std::fs::File::from(f).metadata())
+        .map(|md| (libc::major(md.dev()), libc::minor(md.dev())))
+        .unwrap_or((0, 0))
+}
+
+/// Creates the saved entries in a fresh tmpfs (the detached mount `mnt`),
+/// parents first; times last, deepest first, since creating an entry
+/// moves its directory's times.
+fn fill(mnt: i32, entries: &[TmpfsEntry]) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+    let base = format!("/proc/self/fd/{mnt}");
+    let at = |e: &TmpfsEntry| {
+        if e.path.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}/{}", e.path)
+        }
+    };
+    let err = |e: &TmpfsEntry, what: &str, x: &dyn std::fmt::Display| {
+        format!("tmpfs entry {:?}: {what}: {x}", e.path)
+    };
+    for e in entries {
+        let p = at(e);
+        let kind = e.mode & libc::S_IFMT;
+        match kind {
+            libc::S_IFDIR if e.path.is_empty() => Ok(()),
+            libc::S_IFDIR => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&p)
+                .map_err(|x| err(e, "mkdir", &x)),
+            libc::S_IFLNK => symlink(&e.target, &p).map_err(|x| err(e, "symlink", &x)),
+            libc::S_IFREG => std::fs::write(&p, &e.data).map_err(|x| err(e, "write", &x)),
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
+                sys::mknod(&p, e.mode, e.rdev).map_err(|x| err(e, "mknod", &x))
+            }
+            _ => Err(err(e, "type", &format!("{kind:#o} not restorable"))),
+        }?;
+        std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).map_err(|x| err(e, "chown", &x))?;
+        if kind != libc::S_IFLNK {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode & 0o7777))
+                .map_err(|x| err(e, "chmod", &x))?;
+        }
+    }
+    for e in entries.iter().rev() {
+        sys::set_times_nofollow(&at(e), e.atime, e.mtime).map_err(|x| err(e, "times", &x))?;
+    }
+    Ok(())
+}
+
+/// Peer groups and unbindable mounts, once every mount is attached (so
+/// that attaching did not propagate anywhere).
+fn propagation(ns: &MountNs, mounts: &HashMap<u32, OwnedFd>, pid: u32) -> Result<()> {
+    let mut first: HashMap<u32, u32> = HashMap::new();
+    for m in &ns.mounts {
+        let fd = mounts[&m.id].as_fd();
+        if m.shared != 0 {
+            match first.get(&m.shared) {
+                Some(f) => sys::join_peer_group(mounts[f].as_fd(), fd),
+                None => {
+                    first.insert(m.shared, m.id);
+                    sys::set_propagation(fd, true)
+                }
+            }
+            .map_err(|e| refused(pid, m, e.to_string()))?;
+        } else if m.unbindable {
+            sys::set_propagation(fd, false).map_err(|e| refused(pid, m, e.to_string()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! Mount namespaces and the new mount API (fsopen/fsconfig/fsmount,
+//! open_tree, move_mount, mount_setattr), openat2 inside a root, and the
+//! few file calls a tmpfs restore needs that std lacks.
+
+use crate::util::cstring;
+use crate::{check, last_errno, Result, SysError};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+const OPEN_TREE_CLONE: u32 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+const MOVE_MOUNT_SET_GROUP: u32 = 0x100;
+const FSCONFIG_SET_FLAG: u32 = 0;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSMOUNT_CLOEXEC: u32 = 1;
+const FSOPEN_CLOEXEC: u32 = 1;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+/// The atime mode field of MOUNT_ATTR_* (relatime is 0 in it).
+const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+/// Every per-mount flag stasis sets (ro, nosuid, nodev, noexec, atime
+/// mode, nodiratime, nosymfollow).
+pub const MOUNT_ATTRS: u64 = 0x0020_00bf;
+
+fn owned(ret: libc::c_long, op: &str) -> Result<OwnedFd> {
+    let fd = check(ret, op, None)?;
+    // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// unshare(CLONE_NEWNS): the caller (single-threaded) gets a private copy
+/// of its mount namespace; then every mount in it is made private, so
+/// nothing done here propagates back.
+pub fn unshare_private() -> Result<()> {
+    // SAFETY: integer-only syscall on the calling process.
+    let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) };
+    check(r, "unshare(CLONE_NEWNS)", None)?;
+    // SAFETY: mount(2) with a static path and NULL source/type/data.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    check(r.into(), "mount --make-rprivate /", None).map(drop)
+}
+
+/// The caller's mount namespace, as a descriptor for [`setns_mnt`].
+pub fn own_mntns() -> Result<OwnedFd> {
+    crate::util::open("/proc/self/ns/mnt", libc::O_RDONLY)
+}
+
+/// setns into the mount namespace `ns` (root and cwd become its root).
+pub fn setns_mnt(ns: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: setns on a descriptor we hold; integer arguments.
+    let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) };
+    check(r.into(), "setns(mnt)", None).map(drop)
+}
+
+/// fchdir(dir).
+pub fn fchdir(dir: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: fchdir on a descriptor we hold.
+    check(
+        unsafe { libc::fchdir(dir.as_raw_fd()) }.into(),
+        "fchdir",
+        None,
+    )
+    .map(drop)
+}
+
+/// openat2(root, path, RESOLVE_IN_ROOT): `path` as a process whose root
+/// directory is `root` would see it (absolute symlinks stay inside).
+pub fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: i32) -> Result<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let c = cstring(path, "openat2")?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: c and how live for the call; the size is the struct's.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    owned(r, &format!("open {path} in the restored mount tree"))
+}
+
+/// open_tree(OPEN_TREE_CLONE): a detached copy of the mount at `path`
+/// (without the mounts below it).
+pub fn clone_mount(path: &str) -> Result<OwnedFd> {
+    let c = cstring(path, "open_tree")?;
+    // SAFETY: c lives for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
+    };
+    owned(r, &format!("open_tree(OPEN_TREE_CLONE) {path}"))
+}
+
+/// A new, detached mount of a new `fs_type` filesystem from `source` with
+/// superblock options `options` (`key=value`, or a flag `key`) and the
+/// per-mount attributes `attrs`.
+pub fn new_fs(fs_type: &str, source: &str, options: &[&str], attrs: u64) -> Result<OwnedFd> {
+    let t = cstring(fs_type, "fsopen")?;
+    // SAFETY: t lives for the call.
+    let r = unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), FSOPEN_CLOEXEC) };
+    let fs = owned(r, &format!("fsopen {fs_type}"))?;
+    let set = |cmd: u32, key: &str, value: Option<&str>| -> Result<()> {
+        let k = cstring(key, "fsconfig")?;
+        let v = value.map(|v| cstring(v, "fsconfig")).transpose()?;
+        let vp = v.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
+        // SAFETY: k and v live for the call.
+        let r =
+            unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), vp, 0) };
+        check(r, &format!("fsconfig {fs_type} {key}"), None).map(drop)
+    };
+    set(FSCONFIG_SET_STRING, "source", Some(source))?;
+    for o in options {
+        match o.split_once('=') {
+            Some((k, v)) => set(FSCONFIG_SET_STRING, k, Some(v))?,
+            None => set(FSCONFIG_SET_FLAG, o, None)?,
+        }
+    }
+    // SAFETY: integer-only fsconfig command on our descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            0usize,
+            0usize,
+            0,
+        )
+    };
+    check(r, &format!("fsconfig {fs_type} create"), None)?;
+    // SAFETY: integer-only fsmount on our descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    owned(r, &format!("fsmount {fs_type}"))
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn setattr(mnt: BorrowedFd<'_>, a: &MountAttr, what: &str) -> Result<()> {
+    // SAFETY: "" with AT_EMPTY_PATH names the mount of our descriptor; a
+    // lives for the call and the size is the struct's.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            a as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r, what, None).map(drop)
+}
+
+/// Sets exactly the per-mount flags `attrs` (MOUNT_ATTR_*) on a mount.
+pub fn set_attrs(mnt: BorrowedFd<'_>, attrs: u64) -> Result<()> {
+    let a = MountAttr {
+        attr_set: attrs,
+        attr_clr: (MOUNT_ATTRS | MOUNT_ATTR_ATIME_MASK) & !attrs | MOUNT_ATTR_ATIME_MASK,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    setattr(mnt, &a, &format!("mount_setattr {attrs:#x}"))
+}
+
+/// Makes a mount shared (`MS_SHARED`) or unbindable (`MS_UNBINDABLE`).
+pub fn set_propagation(mnt: BorrowedFd<'_>, shared: bool) -> Result<()> {
+    let p = if shared {
+        libc::MS_SHARED
+    } else {
+        libc::MS_UNBINDABLE
+    };
+    let a = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: p,
+        userns_fd: 0,
+    };
+    setattr(mnt, &a, "mount_setattr propagation")
+}
+
+fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>, flags: u32, what: &str) -> Result<()> {
+    // SAFETY: empty paths with the EMPTY_PATH flags name our descriptors.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            flags | MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(r, what, None).map(drop)
+}
+
+/// Attaches the detached mount `mnt` on the directory `target` (an O_PATH
+/// descriptor).
+pub fn attach(mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<()> {
+    move_mount(mnt, target, 0, "move_mount")
+}
+
+/// Puts mount `to` into the peer group of mount `from`
+/// (MOVE_MOUNT_SET_GROUP).
+pub fn join_peer_group(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<()> {
+    move_mount(
+        from,
+        to,
+        MOVE_MOUNT_SET_GROUP,
+        "move_mount(MOVE_MOUNT_SET_GROUP)",
+    )
+}
+
+/// umount2(path, MNT_DETACH).
+pub fn detach(path: &str) -> Result<()> {
+    let c = cstring(path, "umount2")?;
+    // SAFETY: c lives for the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    check(r.into(), &format!("umount2 {path}"), None).map(drop)
+}
+
+/// mknod(path, mode, rdev): a device node or fifo.
+pub fn mknod(path: &str, mode: u32, rdev: u64) -> Result<()> {
+    let c = cstring(path, "mknod")?;
+    // SAFETY: c lives for the call.
+    let r = unsafe { libc::mknod(c.as_ptr(), mode, rdev) };
+    check(r.into(), &format!("mknod {path}"), None).map(drop)
+}
+
+/// Access and modification times of `path` itself (a symlink is not
+/// followed), as (seconds, nanoseconds).
+pub fn set_times_nofollow(path: &str, atime: (i64, i64), mtime: (i64, i64)) -> Result<()> {
+    let c = cstring(path, "utimensat")?;
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: c and ts live for the call.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    check(r.into(), &format!("utimensat {path}"), None).map(drop)
+}
+
+/// Length of the extended attribute name list of `path` itself (0: none).
+pub fn xattr_names_len(path: &str) -> Result<usize> {
+    let c = cstring(path, "llistxattr")?;
+    // SAFETY: size 0 asks only for the length; no buffer is written.
+    let r = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if r < 0 {
+        return Err(SysError::new(
+            format!("llistxattr {path}"),
+            None,
+            last_errno(),
+        ));
+    }
+    Ok(r as usize)
+}
+
+/// In a freshly forked child of the restore (raw syscalls only): enter the
+/// mount namespace `ns` and make the directory `root` (a mount of it) its
+/// root with pivot_root, detaching the old root. Returns 0 or -1.
+pub fn enter_and_pivot(ns: i32, root: i32) -> i64 {
+    // SAFETY: integer-only syscalls and static NUL-terminated strings.
+    unsafe {
+        if libc::syscall(libc::SYS_setns, ns, libc::CLONE_NEWNS) < 0
+            || libc::syscall(libc::SYS_fchdir, root) < 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
+            || libc::syscall(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH) < 0
+            || libc::syscall(libc::SYS_chdir, c"/".as_ptr()) < 0
+        {
+            return -1;
+        }
+    }
+    0
+}

@@ -1,0 +1,208 @@
+//! End-to-end tests for a tree in a mount namespace of its own (issue 11):
+//! tmpfs contents, a read-only bind of a host directory, a fresh proc, an
+//! open file and a mapping on the tmpfs, with a child in the same
+//! namespace; the restored namespace is not the host's. Needs root.
+
+mod common;
+
+use common::*;
+
+/// Whether the test must be skipped (it needs root); says so.
+fn not_root() -> bool {
+    // SAFETY: geteuid has no arguments.
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    !root
+}
+
+/// `tp_mntns` started, ready, dumped and gone.
+fn dumped(work: &Work, opts: &Opts) -> Proc {
+    let mut p = start(work, Program::Bin("tp_mntns"), &[]);
+    step(
+        work,
+        "waiting for ready",
+        wait_ready(work, &mut p, opts.ready_timeout),
+    );
+    dump_and_check_gone(work, &mut p, opts);
+    p
+}
+
+/// Whether the host (this test) sees a mount on `dir`.
+fn host_sees_mount(dir: &std::path::Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(&d))
+}
+
+/// Dump, restore, and while the restored tree runs: the host sees none of
+/// its mounts and none of its tmpfs files; then each process checks itself.
+#[test]
+fn cr_own_mount_namespace() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("cr_own_mount_namespace");
+    let opts = Opts::default();
+    let p = dumped(&work, &opts);
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    for d in ["t", "ro", "p"] {
+        assert!(
+            !host_sees_mount(&work.path(d)),
+            "the host sees the tree's mount on {d}"
+        );
+    }
+    assert!(
+        !work.path("t/a").exists(),
+        "the host sees the tree's tmpfs contents"
+    );
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn negative_own_mount_namespace() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("negative_own_mount_namespace");
+    let out = run_plain(&work, Program::Bin("tp_mntns"), &["--corrupt"]);
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// An overlayfs in the tree's namespace is refused by name; the tree runs on.
+#[test]
+fn refuse_overlay_in_mount_namespace() {
+    if not_root() {
+        return;
+    }
+    refused_dump(
+        "refuse_overlay_mntns",
+        Program::Bin("tp_mntns"),
+        &["--case", "overlay"],
+        &[],
+        &["overlay"],
+        false,
+    );
+}
+
+/// An external mount whose host path is gone: the restore fails naming
+/// its key and `--ext-mount-map`, and leaves nothing; with
+/// `--ext-mount-map KEY:NEWPATH` (criu's restore form) it is bound from
+/// there (and the root mount from `--root /`) and the tree passes its
+/// checks.
+#[test]
+fn cr_mount_namespace_ext_mount_map() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("cr_mntns_ext_mount_map");
+    let mut opts = Opts::default();
+    let p = dumped(&work, &opts);
+    let (src, moved) = (work.path("src"), work.path("src-moved"));
+    std::fs::rename(&src, &moved).expect("move src");
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success(),
+        "restore without the moved source succeeded: {out:?}"
+    );
+    let key = src.to_string_lossy().into_owned();
+    assert!(
+        out.stderr.contains(&key) && out.stderr.contains("mount"),
+        "the error does not name the external mount {key}: {:?}",
+        out.stderr
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
+    let map: &'static str = Box::leak(format!("{key}:{}", moved.display()).into_boxed_str());
+    opts.restore_extra = vec!["--ext-mount-map", map, "--root", "/"];
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A container's shape: the tree pivoted into a tmpfs root (its contents
+/// saved) holding a bind of the host's / and a proc; the same tmpfs, bind
+/// and proc checks inside.
+#[test]
+fn cr_container_shaped_mount_namespace() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("cr_container_mntns");
+    run_case(
+        &work,
+        Program::Bin("tp_mntns"),
+        &["--case", "pivot"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+/// A slave mount, and a tmpfs file with two hard links, are refused by
+/// name; the tree runs on.
+#[test]
+fn refuse_slave_mount_and_tmpfs_hard_link() {
+    if not_root() {
+        return;
+    }
+    for (case, word) in [("slave", "slave"), ("hardlink", "hard links")] {
+        refused_dump(
+            &format!("refuse_mntns_{case}"),
+            Program::Bin("tp_mntns"),
+            &["--case", case],
+            &[],
+            &[word],
+            false,
+        );
+    }
+}
+
+/// A restore failing at its last stage (the namespace built, every process
+/// in it) leaves no process, no mount the host sees and no staging
+/// directory; a retry works.
+#[test]
+fn failed_restore_leaves_no_mount_namespace() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("failed_restore_mntns");
+    let opts = Opts::default();
+    let p = dumped(&work, &opts);
+    let child = std::process::Command::new(stasis_bin())
+        .args(["restore", "-D", work.img().to_str().expect("utf-8"), "-d"])
+        .env("STASIS_FAULT", "restore:resume")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stasis");
+    let staging = std::env::temp_dir().join(format!(".stasis-mntns-{}", child.id()));
+    let out = child.wait_with_output().expect("wait for stasis");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("injected fault"),
+        "the injected fault did not fail the restore: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a failed restore left PID {}", p.pid);
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
+    assert!(
+        !staging.exists(),
+        "a failed restore left {}",
+        staging.display()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
