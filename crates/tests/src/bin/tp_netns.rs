@@ -108,7 +108,8 @@ fn echo_tcp(l: &TcpListener, addr: &str, report: &mut Report) {
 fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     unshare_net();
     ip(&["addr", "add", "10.77.0.1/32", "dev", "lo"]);
-    ip(&["addr", "add", "fd77::1/128", "dev", "lo"]);
+    // nodad: usable at once (no tentative period), and restored so.
+    ip(&["addr", "add", "fd77::1/128", "dev", "lo", "nodad"]);
     ip(&["route", "add", "10.78.0.0/16", "dev", "lo"]);
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward");
     std::fs::write("/proc/sys/net/ipv4/conf/all/rp_filter", "2").expect("rp_filter");
