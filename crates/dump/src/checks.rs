@@ -78,6 +78,15 @@ struct Namespaces {
     /// The root's IPC namespace, which the whole tree must share (its
     /// objects are saved when it is not stasis's: sysvipc.rs).
     root_ipc: Option<u64>,
+    /// The root's time namespace, which the whole tree must share, also
+    /// as the namespace of its children (offsets saved: timens.rs).
+    root_time: Option<u64>,
+    /// The root's cgroup namespace, which the whole tree must share (its
+    /// roots are saved when it is not stasis's: cgroupns.rs).
+    root_cgroup: Option<u64>,
+    /// The root's network namespace, which the whole tree must share
+    /// (its links, addresses and routes are saved: netns.rs).
+    root_net: Option<u64>,
 }
 
 fn ns_id(task: &str, ns: &str) -> Option<u64> {
@@ -97,6 +106,9 @@ impl Namespaces {
             root_mnt: ns_id(&root_s, "mnt"),
             root_uts: ns_id(&root_s, "uts"),
             root_ipc: ns_id(&root_s, "ipc"),
+            root_time: ns_id(&root_s, "time"),
+            root_cgroup: ns_id(&root_s, "cgroup"),
+            root_net: ns_id(&root_s, "net"),
         })
     }
 }
@@ -111,16 +123,22 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             "mnt" => reference.root_mnt,
             "uts" => reference.root_uts,
             "ipc" => reference.root_ipc,
+            "time" | "time_for_children" => reference.root_time,
+            "cgroup" => reference.root_cgroup,
+            "net" => reference.root_net,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
         };
+        if id != want && *ns == "time_for_children" && ns_id(&task, "time") == want {
+            return Err(refuse(pid, crate::timens::unentered(id)));
+        }
         if id != want {
             return Err(refuse(
                 pid,
                 format!(
                     "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS, \
-                     IPC and mount namespaces the whole tree shares with its root, are restored yet",
+                     IPC, mount, time, cgroup and network namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod affinity;
+mod cgroupns;
 mod cgroups;
 mod checks;
 mod collect;
@@ -35,6 +36,7 @@ mod memkinds;
 mod memory;
 mod mntns;
 mod netlock;
+mod netns;
 mod pidns;
 mod procattrs;
 mod seccomp;
@@ -43,6 +45,7 @@ mod signals;
 mod stub_site;
 mod sysvipc;
 mod threads;
+mod timens;
 mod timers;
 pub mod track;
 mod uts;
@@ -371,6 +374,8 @@ fn dump_frozen(
         },
     };
     let uts = uts::collect(Pid(root as i32))?;
+    let time = timens::collect(Pid(root as i32))?;
+    let net = netns::collect(Pid(root as i32))?;
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
     let mntns = mntns::collect(Pid(root as i32), &tree_pids)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
@@ -403,6 +408,7 @@ fn dump_frozen(
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
     // With the image's PIDs (final after the PID namespace translation).
+    let cgroup_ns = cgroupns::collect(&frozen.procs)?;
     let cgroups = if opts.cgroups {
         let pids: Vec<u32> = collected.iter().map(|c| c.image.pid).collect();
         Some(cgroups::collect(&frozen.procs, &pids)?)
@@ -503,9 +509,12 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        time,
+        net,
         ipc: ipc.map(|s| s.ipc),
         mntns,
         cgroups,
+        cgroup_ns,
         parent,
         tracking,
         net_lock,

@@ -8,6 +8,7 @@
 //! is specified in docs/image-format.md.
 #![forbid(unsafe_code)]
 
+pub mod cgroupns;
 pub mod cgroups;
 pub mod chain;
 mod checker;
@@ -20,16 +21,19 @@ pub mod limits;
 pub mod locks;
 pub mod mntns;
 pub mod model;
+pub mod netns;
 pub mod procattrs;
 pub mod progress;
 pub mod reader;
 pub mod seccomp;
 pub mod show;
 pub mod sysvipc;
+pub mod timens;
 pub mod uts;
 pub mod validate;
 pub mod writer;
 
+pub use cgroupns::CgroupNs;
 pub use cgroups::{CgroupDir, CgroupPath, CgroupSet, Cgroups};
 pub use error::{ImageError, Result};
 pub use format::{
@@ -42,11 +46,13 @@ pub use kinds::saved::{Extent, FileTimes, Owner};
 pub use locks::{FdOwner, FileLock, LockKind};
 pub use mntns::{Mount, MountHow, MountNs, TmpfsEntry};
 pub use model::*;
+pub use netns::NetNs;
 pub use procattrs::{ProcAttrs, SchedAttrs, ThreadAttrs, VMA_ADVICE};
 pub use reader::{parse_inventory, parse_process, Image, ImageDir};
 pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
 pub use sysvipc::IpcNs;
+pub use timens::TimeNs;
 pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,

@@ -37,6 +37,14 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// The tree's own time namespace (the root's, shared by every
+    /// process), when it differed from the dumper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::timens::TimeNs>,
+    /// The tree's own network namespace (the root's, shared by every
+    /// process), when it differed from the dumper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::netns::NetNs>,
     /// SysV IPC: the tree's own IPC namespace (every object and its
     /// sysctls), or the segments of the dumper's namespace the tree maps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +58,10 @@ pub struct Inventory {
     /// dumps with `--manage-cgroups=ignore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups: Option<crate::cgroups::Cgroups>,
+    /// The tree's own cgroup namespace (the root's, shared by every
+    /// process), when it differed from the dumper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_ns: Option<crate::cgroupns::CgroupNs>,
     /// The image this one builds on (pre-copy): runs marked `in_parent`
     /// take their pages from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

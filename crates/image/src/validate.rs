@@ -375,6 +375,21 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
             c.ensure(false, || m)?;
         }
     }
+    if let Some(n) = &inv.cgroup_ns {
+        if let Err(m) = n.check() {
+            c.ensure(false, || m)?;
+        }
+    }
+    if let Some(n) = &inv.net {
+        if let Err(m) = n.check() {
+            c.ensure(false, || m)?;
+        }
+    }
+    if let Some(t) = &inv.time {
+        if let Err(m) = t.check() {
+            c.ensure(false, || m)?;
+        }
+    }
     if let Some(cg) = &inv.cgroups {
         if let Err(m) = cg.check() {
             c.ensure(false, || m)?;

@@ -91,6 +91,12 @@ impl CgroupRoot {
 pub(crate) struct Prepared {
     /// Per process (image PID): the directories to join.
     joins: HashMap<u32, Vec<PathBuf>>,
+    /// Per process: the directories it is in already by inheritance from
+    /// us, which it joins only when the tree has its own cgroup namespace
+    /// (its root moved itself to the namespace's root: cgroupns.rs).
+    inherited: HashMap<u32, Vec<PathBuf>>,
+    /// The tree's cgroup namespace's roots, located like its cgroups.
+    pub(crate) ns_roots: Vec<PathBuf>,
     made: Vec<PathBuf>,
     keep: bool,
 }
@@ -139,6 +145,7 @@ fn moved(
 /// every check passed.
 pub(crate) fn prepare(
     cg: Option<&Cgroups>,
+    ns: Option<&stasis_image::CgroupNs>,
     mode: CgroupMode,
     roots: &[CgroupRoot],
     root_pid: u32,
@@ -173,14 +180,21 @@ pub(crate) fn prepare(
     let mut prepared = Prepared::default();
     for &(pid, set) in &cg.members {
         let mut dirs = Vec::new();
+        let mut inherited = Vec::new();
         for p in &cg.sets[set as usize].paths {
             let (p, dir) = locate(p)?;
             // Already there: inherited from us through the fork.
             if !own.contains(&(p.controllers.clone(), p.path.clone())) {
                 dirs.push(dir);
+            } else {
+                inherited.push(dir);
             }
         }
         prepared.joins.insert(pid, dirs);
+        prepared.inherited.insert(pid, inherited);
+    }
+    for p in ns.iter().flat_map(|n| &n.roots) {
+        prepared.ns_roots.push(locate(p)?.1);
     }
     // Every cgroup of every set, with its ancestors, parents first; each
     // with the saved cgroup it stands for, if any (ancestors above a
@@ -322,7 +336,11 @@ impl Prepared {
     /// Moves the process `pid` of the image (`host` here) into its
     /// cgroups.
     pub(crate) fn join(&self, pid: u32, host: Pid) -> Result<()> {
-        for dir in self.joins.get(&pid).into_iter().flatten() {
+        let inherited = self
+            .inherited
+            .get(&pid)
+            .filter(|_| !self.ns_roots.is_empty());
+        for dir in self.joins.get(&pid).into_iter().chain(inherited).flatten() {
             std::fs::write(dir.join("cgroup.procs"), host.0.to_string()).map_err(|e| {
                 RestoreError::Refused {
                     pid,

@@ -35,6 +35,7 @@
 
 mod affinity;
 mod attributes;
+mod cgroupns;
 mod cgroups;
 mod creds;
 mod creds_check;
@@ -45,6 +46,7 @@ mod kinds;
 mod locks;
 mod memory;
 mod mntns;
+mod netns;
 mod pids;
 mod placement;
 mod procattrs;
@@ -54,6 +56,7 @@ mod shared;
 mod signals;
 mod sysvipc;
 mod threads;
+mod timens;
 mod timers;
 mod tree;
 mod xstate;
@@ -404,6 +407,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     // passed; removed again if the restore fails.
     let mut cgroups = cgroups::prepare(
         image.inventory.cgroups.as_ref(),
+        image.inventory.cgroup_ns.as_ref(),
         opts.manage_cgroups,
         &opts.cgroup_roots,
         root,
@@ -421,6 +425,9 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             shell_job: opts.shell_job,
             ns: tree::TreeNs {
                 uts: image.inventory.uts.as_ref(),
+                time: image.inventory.time.as_ref(),
+                cgroup: image.inventory.cgroup_ns.as_ref(),
+                net: image.inventory.net.as_ref(),
                 ipc: image.inventory.ipc.as_ref(),
             },
             cgroups: &cgroups,

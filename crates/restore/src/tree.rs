@@ -37,6 +37,9 @@ pub(crate) struct Setting<'a> {
 #[derive(Clone, Copy)]
 pub(crate) struct TreeNs<'a> {
     pub uts: Option<&'a stasis_image::UtsNs>,
+    pub time: Option<&'a stasis_image::TimeNs>,
+    pub cgroup: Option<&'a stasis_image::CgroupNs>,
+    pub net: Option<&'a stasis_image::NetNs>,
     pub ipc: Option<&'a stasis_image::IpcNs>,
 }
 
@@ -59,10 +62,22 @@ pub(crate) fn restore_tree(
         sibling,
     } = *setting;
     let root_pid = procs[0].pid;
-    let TreeNs { uts, ipc } = ns;
+    let TreeNs {
+        uts,
+        time,
+        cgroup,
+        net: net_ns,
+        ipc,
+    } = ns;
     if let Some(img) = ipc {
         crate::sysvipc::preflight(img, root_pid)?;
     }
+    // 0. the tree's own network namespace, entered by this thread before
+    //    its sockets are made and left after the fork (netns.rs).
+    let mut net_ns = match net_ns {
+        Some(img) => Some(crate::netns::Net::enter(img, root_pid)?),
+        None => None,
+    };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
     let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close)?;
@@ -88,6 +103,11 @@ pub(crate) fn restore_tree(
             u.domainname.clone().into_bytes(),
         )
     });
+    // The tree's own time namespace, made with its offsets and entered
+    // by the first process forked.
+    tree.plan.time_offsets = time.map(crate::timens::offsets_text);
+    // The tree's own cgroup namespace, made by the first process forked.
+    tree.plan.cgroup_ns = crate::cgroupns::plan(cgroup, cgroups, root_pid)?;
     // The tree's own mount namespace (built before the files were opened
     // in it), entered by the first process forked.
     tree.plan.mntns = crate::mntns::for_fork();
@@ -127,6 +147,9 @@ pub(crate) fn restore_tree(
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
     if let Some(i) = &mut ipc {
         i.leave()?;
+    }
+    if let Some(n) = &mut net_ns {
+        n.leave()?;
     }
     let (top, mut guard) = forked?;
     // 5. ready: every live process has placed its descriptors.
@@ -286,6 +309,8 @@ fn plan_tree(
             new_pid_ns: pid_ns,
             session_helper,
             uts: None,
+            time_offsets: None,
+            cgroup_ns: None,
             mntns: None,
             sibling: false,
         },

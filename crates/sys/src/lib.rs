@@ -5,6 +5,7 @@
 //! this crate is safe Rust.
 
 pub mod buf;
+pub mod cgroupns;
 pub mod clone;
 pub mod fdowner;
 pub mod features;
@@ -12,6 +13,7 @@ pub mod fileops;
 pub mod hook;
 pub mod inotify;
 pub mod mem;
+pub mod netlink;
 pub mod netlock;
 pub mod ptrace;
 pub mod pty;
@@ -92,10 +94,12 @@ pub(crate) fn last_errno() -> i32 {
 }
 pub mod mcast;
 pub mod mount;
+pub mod nsenter;
 pub mod pagemap;
 pub mod sock;
 pub mod sockdiag;
 pub mod spawn;
 pub mod sysvipc;
+pub mod timens;
 pub mod udpq;
 pub mod uffd;

@@ -1,16 +1,12 @@
 //! AF_UNIX sockets as the kernel's sock_diag netlink interface reports them
 //! (the same source as `ss -x`): type, state, peer, bound name, queued bytes.
 
-use crate::{check, last_errno, Result, SysError};
+use crate::{check, Result};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const UDIAG_SHOW_NAME: u32 = 0x1;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
@@ -60,74 +56,13 @@ fn u32le(b: &[u8], o: usize) -> u32 {
 /// Sends one sock_diag dump request (`req`: the family's request struct,
 /// after the netlink header) and hands each answer's payload to `each`.
 pub(crate) fn diag_dump(req_body: &[u8], mut each: impl FnMut(&[u8])) -> Result<()> {
-    // SAFETY: plain socket creation; the descriptor is ours to own.
-    let fd = check(
-        unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        }
-        .into(),
-        "socket(NETLINK_SOCK_DIAG)",
-        None,
-    )?;
-    // SAFETY: fresh descriptor from the kernel.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut req = vec![0u8; 16 + req_body.len()];
-    let total = req.len() as u32;
-    req[0..4].copy_from_slice(&total.to_le_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_le_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_le_bytes());
-    req[8..12].copy_from_slice(&1u32.to_le_bytes());
-    req[16..].copy_from_slice(req_body);
-    // SAFETY: sockaddr_nl is plain data; zero means "the kernel".
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: req and sa live for the call.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            std::ptr::addr_of!(sa).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    check(n as libc::c_long, "send sock_diag request", None)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(SysError::new("recv sock_diag", None, last_errno()));
-        }
-        let data = &buf[..n as usize];
-        let mut off = 0;
-        while off + 16 <= data.len() {
-            let len = u32le(data, off) as usize;
-            let ty = u16le(data, off + 4);
-            if len < 16 || off + len > data.len() {
-                return Err(SysError::other(
-                    "sock_diag",
-                    None,
-                    "malformed netlink message",
-                ));
-            }
-            match ty {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let err =
-                        i32::from_le_bytes(data[off + 16..off + 20].try_into().unwrap_or_default());
-                    return Err(SysError::new("sock_diag", None, -err));
-                }
-                _ => each(&data[off + 16..off + len]),
-            }
-            off += (len + 3) & !3;
-        }
-    }
+    crate::netlink::transact(
+        NETLINK_SOCK_DIAG,
+        SOCK_DIAG_BY_FAMILY,
+        crate::netlink::NLM_F_DUMP,
+        req_body,
+        |_, m| each(m),
+    )
 }
 
 /// Every AF_UNIX socket of our network namespace, by inode.
@@ -245,6 +180,7 @@ pub fn socketpair(sock_type: i32) -> Result<(OwnedFd, OwnedFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
 
     fn ino(fd: &OwnedFd) -> u64 {

@@ -105,6 +105,14 @@ pub struct TreePlan {
     /// Create the tree in a new UTS namespace with this host name and
     /// domain name (the first process stasis forks sets them).
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
+    /// Create the tree in a new time namespace with these offsets (the
+    /// text of /proc/self/timens_offsets; made and entered by the first
+    /// process stasis forks: crate::timens).
+    pub time_offsets: Option<Vec<u8>>,
+    /// Create the tree in a new cgroup namespace rooted at the cgroups
+    /// whose `cgroup.procs` files these are (joined, then unshared, by the
+    /// first process stasis forks: crate::cgroupns).
+    pub cgroup_ns: Option<Vec<std::ffi::CString>>,
     /// Enter this mount namespace and make this directory (a mount of it)
     /// the root with pivot_root: the first process stasis forks does it,
     /// every other process inherits it (descriptors of the caller's).
@@ -127,6 +135,8 @@ pub fn tree_failure(code: i32) -> &'static str {
         10 => "setting the host or domain name of the new UTS namespace failed",
         11 => "taking its controlling terminal (TIOCSCTTY) failed",
         12 => "entering the rebuilt mount namespace (setns, pivot_root) failed",
+        13 => "creating the new time namespace with its offsets failed",
+        14 => "joining the cgroup namespace's roots or unsharing it failed",
         _ => "unexpected failure",
     }
 }
@@ -184,6 +194,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
         return match unsafe { fork_with_pid_fd(&[sid], uts_flag, Some(&mut fd))? } {
             Forked::Child => {
                 set_uts(plan, root.pid);
+                set_time(plan, root.pid);
                 enter_mntns(plan, root.pid);
                 session_helper(plan, sid)
             }
@@ -195,6 +206,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
     match unsafe { fork_with_pid_fd(&[first], flags, Some(&mut fd))? } {
         Forked::Child => {
             set_uts(plan, root.pid);
+            set_time(plan, root.pid);
             enter_mntns(plan, root.pid);
             if helper {
                 helper_init(plan)
@@ -279,6 +291,23 @@ fn set_uts(plan: &TreePlan, root: i32) {
         {
             report(plan.ready_fd, root, 10);
             exit_now(10);
+        }
+    }
+}
+
+fn set_time(plan: &TreePlan, root: i32) {
+    if let Some(offsets) = &plan.time_offsets {
+        // SAFETY: we are the freshly forked, single-threaded first process.
+        if !unsafe { crate::timens::enter_new(offsets) } {
+            report(plan.ready_fd, root, 13);
+            exit_now(13);
+        }
+    }
+    if let Some(files) = &plan.cgroup_ns {
+        // SAFETY: as above.
+        if !unsafe { crate::cgroupns::enter_new(files) } {
+            report(plan.ready_fd, root, 14);
+            exit_now(14);
         }
     }
 }

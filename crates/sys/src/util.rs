@@ -678,20 +678,7 @@ pub fn close_fd(fd: i32) -> bool {
 /// (read by a short-lived thread that joins that namespace: setns changes
 /// only the calling thread's).
 pub fn uts_names_of(pid: Pid) -> Result<(String, String)> {
-    let path = format!("/proc/{}/ns/uts", pid.0);
-    let ns = std::fs::File::open(&path).map_err(|e| {
-        SysError::new(
-            format!("open {path}"),
-            Some(pid),
-            e.raw_os_error().unwrap_or(0),
-        )
-    })?;
-    std::thread::spawn(move || -> Result<(String, String)> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a namespace descriptor we own; it changes this
-        // short-lived thread only.
-        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUTS) };
-        check(r.into(), "setns(uts)", Some(pid))?;
+    crate::nsenter::in_ns_of(pid, "uts", libc::CLONE_NEWUTS, move || {
         // SAFETY: an all-zero utsname is a valid out buffer.
         let mut u: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: u is a live buffer of the right type.
@@ -706,9 +693,7 @@ pub fn uts_names_of(pid: Pid) -> Result<(String, String)> {
             String::from_utf8_lossy(&b).into_owned()
         };
         Ok((text(&u.nodename), text(&u.domainname)))
-    })
-    .join()
-    .map_err(|_| SysError::other("read uts names", Some(pid), "reader thread panicked"))?
+    })?
 }
 
 /// keyctl(KEYCTL_GET_KEYRING_ID, spec, 0) for the calling thread: the

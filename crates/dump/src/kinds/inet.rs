@@ -109,7 +109,12 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
         TCP_CLOSE => {}
         TCP_LISTEN => {
             let ino = d.socket_ino().unwrap_or(0);
-            let diag = sockdiag::inet_sockets(family, libc::IPPROTO_TCP).at(pid, st)?;
+            // sock_diag answers for its own network namespace: the socket's.
+            let diag = stasis_sys::netlink::in_ns_of_socket(dup, move || {
+                sockdiag::inet_sockets(family, libc::IPPROTO_TCP)
+            })
+            .at(pid, st)?
+            .at(pid, st)?;
             let Some(s) = diag.get(&ino) else {
                 return Err(d.refuse("a listening TCP socket sock_diag does not list"));
             };

@@ -62,7 +62,7 @@ pub(crate) use pty::pty_index;
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 const DELETED: &str = " (deleted)";
 
-/// The unix sockets of our network namespace by inode, from one
+/// The unix sockets of the process's network namespace by inode, from one
 /// sock_diag dump asked for on first use (`cache` is [`Fd`]'s, shared by
 /// every descriptor of a process).
 pub(crate) fn unix_sockets(
@@ -71,7 +71,19 @@ pub(crate) fn unix_sockets(
 ) -> Result<&mut HashMap<u64, stasis_sys::sockdiag::UnixSocket>> {
     match cache {
         Some(u) => Ok(u),
-        None => Ok(cache.insert(stasis_sys::sockdiag::unix_sockets().at(pid, Stage::Check)?)),
+        // sock_diag answers for the asking socket's network namespace:
+        // the process's own (the tree's, when it has one: netns.rs).
+        None => {
+            let found = stasis_sys::nsenter::in_ns_of(
+                stasis_sys::Pid(pid as i32),
+                "net",
+                libc::CLONE_NEWNET,
+                stasis_sys::sockdiag::unix_sockets,
+            )
+            .at(pid, Stage::Check)?
+            .at(pid, Stage::Check)?;
+            Ok(cache.insert(found))
+        }
     }
 }
 

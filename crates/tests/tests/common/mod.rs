@@ -97,6 +97,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_shmem" => env!("CARGO_BIN_EXE_tp_shmem"),
         "tp_precopy" => env!("CARGO_BIN_EXE_tp_precopy"),
         "tp_tcp" => env!("CARGO_BIN_EXE_tp_tcp"),
+        "tp_nsmisc" => env!("CARGO_BIN_EXE_tp_nsmisc"),
+        "tp_netns" => env!("CARGO_BIN_EXE_tp_netns"),
         "tp_mntns" => env!("CARGO_BIN_EXE_tp_mntns"),
         "tp_rights" => env!("CARGO_BIN_EXE_tp_rights"),
         "tp_mcast" => env!("CARGO_BIN_EXE_tp_mcast"),
