@@ -234,7 +234,7 @@ fn thread_arch(pid: u32, tid: Pid) -> Result<()> {
     Ok(())
 }
 
-/// A thread whose credentials or unshared fs/files differ
+/// A thread whose credentials, seccomp mode or unshared fs/files differ
 /// from its leader's: stasis restores these per process.
 fn thread_differs(pid: u32, leader: Pid, lead: &stasis_proc::Status, tid: Pid) -> Result<()> {
     for (what, name) in [
@@ -253,6 +253,17 @@ fn thread_differs(pid: u32, leader: Pid, lead: &stasis_proc::Status, tid: Pid) -
         source,
     })?;
     let t = stasis_proc::parse_status(&text).map_err(|e| refuse(pid, format!("{path}: {e}")))?;
+    // Filters are installed once for every thread (seccomp.rs): a thread
+    // in another mode than its leader has filters of its own.
+    if t.seccomp != lead.seccomp {
+        return Err(refuse(
+            pid,
+            format!(
+                "thread {tid} has seccomp filters of its own (mode {}, the leader's {}): not restored yet",
+                t.seccomp, lead.seccomp
+            ),
+        ));
+    }
     let creds = |s: &stasis_proc::Status| {
         (
             s.uids,

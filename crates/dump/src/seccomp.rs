@@ -11,28 +11,20 @@ use stasis_sys::{ptrace, Pid};
 
 /// The process's filters (empty: none), or its refusal by name.
 pub(crate) fn collect(pid: u32, status: &Status, tids: &[Pid]) -> Result<Vec<SeccompFilter>> {
-    let mode_of = |tid: Pid| -> Result<u32> {
-        if tid.0 as u32 == pid {
-            return Ok(status.seccomp);
+    // Every thread is in the leader's mode: checks.rs refused any other.
+    match status.seccomp {
+        0 => return Ok(Vec::new()),
+        2 => {}
+        mode => {
+            return Err(refuse(
+                pid,
+                format!("thread {pid} is in seccomp mode {mode} (strict): not restored yet"),
+            ))
         }
-        let path = format!("task/{}/status", tid.0);
-        let text = stasis_proc::read(pid, &path).at(pid, Stage::Check)?;
-        let s = stasis_proc::parse_status(&text)
-            .map_err(|e| refuse(pid, format!("/proc/{pid}/{path}: {e}")))?;
-        Ok(s.seccomp)
-    };
+    }
     let mut first: Option<Vec<(Vec<u8>, u64)>> = None;
     for &tid in tids {
-        let filters = match mode_of(tid)? {
-            0 => Vec::new(),
-            2 => ptrace::seccomp_filters(tid).at(pid, Stage::Check)?,
-            mode => {
-                return Err(refuse(
-                    pid,
-                    format!("thread {tid} is in seccomp mode {mode} (strict): not restored yet"),
-                ))
-            }
-        };
+        let filters = ptrace::seccomp_filters(tid).at(pid, Stage::Check)?;
         match &first {
             None => first = Some(filters),
             Some(f) if *f == filters => {}

@@ -6,7 +6,7 @@
 
 use crate::sock::{get_int, set_int};
 use crate::{check, last_errno, Result, SysError};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// One waiting datagram.
@@ -96,28 +96,13 @@ fn walk(fd: &OwnedFd, limit: usize) -> Result<Vec<Datagram>> {
     }
 }
 
+/// The sender's address (flow label dropped: it is not the source's).
 fn parse_from(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*std::ptr::addr_of!(*ss).cast() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*std::ptr::addr_of!(*ss).cast() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                0,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
+    let mut a = crate::sock::from_storage(ss)?;
+    if let SocketAddr::V6(v6) = &mut a {
+        v6.set_flowinfo(0);
     }
+    Some(a)
 }
 
 fn parse_to(mh: &libc::msghdr) -> Option<IpAddr> {

@@ -17,7 +17,7 @@ use super::Fd;
 use crate::{At, Result, Stage};
 use stasis_image::kinds::inet::{Membership, UdpDatagram, MAX_UDP_QUEUED};
 use stasis_image::FdKind;
-use stasis_sys::{mcast, sock, sockdiag, udpq, util, Pid};
+use stasis_sys::{mcast, sock, sockdiag, udpq};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
@@ -29,8 +29,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         return Ok(None);
     }
     let (pid, st) = (d.pid, Stage::Check);
-    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
-    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    let dup = d.dup()?;
     let int = |opt| sock::get_int(&dup, libc::SOL_SOCKET, opt).at(pid, st);
     let family = int(libc::SO_DOMAIN)?;
     let family_name = match family {

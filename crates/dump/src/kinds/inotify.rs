@@ -7,7 +7,6 @@
 use super::Fd;
 use crate::{At, Result, Stage};
 use stasis_image::{FdKind, InotifyWatch};
-use stasis_sys::{util, Pid};
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     if d.link != "anon_inode:inotify" {
@@ -46,8 +45,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
 /// Bytes of events waiting in the instance, asked of a duplicate.
 fn queued(d: &Fd<'_>) -> Result<u32> {
     let (pid, st) = (d.pid, Stage::Check);
-    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
-    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
+    let dup = d.dup()?;
     stasis_sys::inotify::queued_bytes(&dup).at(pid, st)
 }
 

@@ -125,7 +125,30 @@ pub(crate) struct Fd<'a> {
     pub(crate) unix: &'a mut Option<HashMap<u64, stasis_sys::sockdiag::UnixSocket>>,
 }
 
+/// A duplicate of descriptor `fd` of process `pid` (pidfd_getfd: the same
+/// open file), for asking it what only the file can tell.
+pub(crate) fn dup_of(pid: u32, fd: i32) -> Result<std::os::fd::OwnedFd> {
+    let st = Stage::Check;
+    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
+    util::pidfd_getfd(&pidfd, Pid(pid as i32), fd).at(pid, st)
+}
+
 impl Fd<'_> {
+    /// A duplicate of this descriptor ([`dup_of`]).
+    pub(crate) fn dup(&self) -> Result<std::os::fd::OwnedFd> {
+        dup_of(self.pid, self.fd)
+    }
+
+    /// A duplicate of this socket, refused by name if a BPF filter is
+    /// attached to it (not saved).
+    pub(crate) fn socket_dup(&self) -> Result<std::os::fd::OwnedFd> {
+        let dup = self.dup()?;
+        if stasis_sys::sock::filter_len(&dup).at(self.pid, Stage::Check)? != 0 {
+            return Err(self.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
+        }
+        Ok(dup)
+    }
+
     /// The open flags without O_CLOEXEC (kept in `FdEntry::cloexec`).
     pub(crate) fn flags(&self) -> u32 {
         self.info.flags & !O_CLOEXEC

@@ -10,7 +10,7 @@
 use super::{Fd, Proc};
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::{FdKind, PtyState, Termios};
-use stasis_sys::{pty, util, Pid};
+use stasis_sys::pty;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -22,13 +22,6 @@ pub(crate) fn pty_index(rdev: u64) -> Option<u32> {
     (136..=143)
         .contains(&major)
         .then(|| (major - 136) * 256 + minor)
-}
-
-/// A duplicate of descriptor `fd` of process `pid`.
-fn dup(pid: u32, fd: i32) -> Result<OwnedFd> {
-    let st = Stage::Check;
-    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
-    util::pidfd_getfd(&pidfd, Pid(pid as i32), fd).at(pid, st)
 }
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
@@ -44,7 +37,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 "pts {index} of another devpts instance than /dev/pts (not supported)"
             )));
         }
-        let slave = dup(d.pid, d.fd)?;
+        let slave = super::dup_of(d.pid, d.fd)?;
         // A hung-up slave (its master closed) answers EIO: nothing to read.
         let queued = match pty::readable(&slave) {
             Err(e) if e.errno() == Some(libc::EIO) => 0,
@@ -66,7 +59,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     if (libc::major(rdev), libc::minor(rdev)) != (5, 2) {
         return Ok(None);
     }
-    let master = dup(d.pid, d.fd)?;
+    let master = super::dup_of(d.pid, d.fd)?;
     let (index, pty) = master_state(d, &master)?;
     Ok(Some(FdKind::PtyMaster {
         index,
@@ -78,7 +71,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
 /// /dev/tty: claimed if the terminal it names is a pty (its master may be
 /// in the tree; [`finish`] decides), else left to `chardev`.
 fn dev_tty(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
-    let tty = dup(d.pid, d.fd)?;
+    let tty = super::dup_of(d.pid, d.fd)?;
     let index = match pty::device(&tty) {
         Ok(dev) => pty_index(dev),
         Err(e) if e.errno() == Some(libc::EIO) => None,
@@ -289,7 +282,7 @@ fn pair_in_tree(procs: &[Proc<'_>], index: u32, s: &mut PtyState) -> Result<()> 
         })
     });
     let slave = match held {
-        Some((pid, fd)) => Some(dup(pid, fd)?),
+        Some((pid, fd)) => Some(super::dup_of(pid, fd)?),
         None if s.slave_closed && !s.locked => {
             let m = master_of(procs, index)?;
             Some(pty::open_peer(&m, libc::O_RDWR | libc::O_NONBLOCK).at(root, Stage::Check)?)
@@ -324,7 +317,7 @@ fn master_of(procs: &[Proc<'_>], index: u32) -> Result<OwnedFd> {
     for p in procs {
         for e in &p.image.files {
             if matches!(e.kind, FdKind::PtyMaster { index: i, .. } if i == index) {
-                return dup(p.host, e.fd);
+                return super::dup_of(p.host, e.fd);
             }
         }
     }

@@ -15,7 +15,7 @@ use super::{in_flight, Fd};
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
 use stasis_image::{FdKind, ProcessImage};
-use stasis_sys::{sock, util, Pid};
+use stasis_sys::sock;
 use std::collections::{BTreeMap, HashSet};
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
@@ -120,11 +120,7 @@ fn contents(
     pending: bool,
 ) -> Result<(Vec<Queued>, BTreeMap<String, i32>)> {
     let (pid, st) = (d.pid, Stage::Check);
-    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
-    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
-    if sock::filter_len(&dup).at(pid, st)? != 0 {
-        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
-    }
+    let dup = d.socket_dup()?;
     let (fresh, _) = stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?;
     let opts = sock::changed_unix_options(&dup, &fresh);
     // A waiting client's sent data sits in the server side's queue, which

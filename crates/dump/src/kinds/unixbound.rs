@@ -16,8 +16,8 @@ use super::Fd;
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
 use stasis_image::{FdKind, ProcessImage};
+use stasis_sys::sock;
 use stasis_sys::sockdiag::UnixSocket;
-use stasis_sys::{sock, util, Pid};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -116,11 +116,7 @@ fn contents(
     listening: bool,
 ) -> Result<(Vec<Queued>, BTreeMap<String, i32>)> {
     let (pid, st) = (d.pid, Stage::Check);
-    let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, st)?;
-    let dup = util::pidfd_getfd(&pidfd, Pid(pid as i32), d.fd).at(pid, st)?;
-    if sock::filter_len(&dup).at(pid, st)? != 0 {
-        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
-    }
+    let dup = d.socket_dup()?;
     let fresh = sock::socket(libc::AF_UNIX, i32::from(s.sock_type), 0).at(pid, st)?;
     let opts = sock::changed_unix_options(&dup, &fresh);
     // A listener cannot be peeked (EINVAL); an unconnected stream socket

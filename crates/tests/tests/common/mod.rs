@@ -585,12 +585,7 @@ pub fn finish(work: &Work, proc: &mut Proc, timeout: Duration) -> Outcome {
 /// Runs a program through the protocol without stasis: start, ready, go.
 pub fn run_plain(work: &Work, program: Program, args: &[&str]) -> Outcome {
     let opts = Opts::default();
-    let mut p = start(work, program, args);
-    step(
-        work,
-        "waiting for ready",
-        wait_ready(work, &mut p, opts.ready_timeout),
-    );
+    let mut p = start_ready(work, program, args, &opts);
     finish(work, &mut p, opts.finish_timeout)
 }
 
@@ -743,13 +738,19 @@ pub fn restore_and_adopt(work: &Work, pid: i32, opts: &Opts) -> Proc {
 
 /// The standard case: start, ready, dump (gone), restore -d (same PID, our
 /// child), go, wait, read the result.
-pub fn run_case(work: &Work, program: Program, args: &[&str], opts: &Opts) -> Outcome {
+/// Starts `program` and waits until it is ready (test fails otherwise).
+pub fn start_ready(work: &Work, program: Program, args: &[&str], opts: &Opts) -> Proc {
     let mut p = start(work, program, args);
     step(
         work,
         "waiting for ready",
         wait_ready(work, &mut p, opts.ready_timeout),
     );
+    p
+}
+
+pub fn run_case(work: &Work, program: Program, args: &[&str], opts: &Opts) -> Outcome {
+    let mut p = start_ready(work, program, args, opts);
     dump_and_check_gone(work, &mut p, opts);
     let mut r = restore_and_adopt(work, p.pid, opts);
     finish(work, &mut r, opts.finish_timeout)
@@ -910,12 +911,7 @@ pub fn refused_dump(
 ) {
     let work = Work::new(name);
     let opts = Opts::default();
-    let mut p = start(&work, program, args);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
+    let mut p = start_ready(&work, program, args, &opts);
     let out = dump(&work, p.pid, dump_extra, opts.stasis_timeout);
     assert!(
         out.code.is_some_and(|c| c != 0),
@@ -960,12 +956,7 @@ pub fn refused_dump(
 pub fn refused_child_dump(name: &str, program: Program, args: &[&str], word: &str) {
     let work = Work::new(name);
     let opts = Opts::default();
-    let mut p = start(&work, program, args);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
+    let mut p = start_ready(&work, program, args, &opts);
     let out = dump(&work, p.pid, &[], opts.stasis_timeout);
     assert!(
         out.code.is_some_and(|c| c != 0)
@@ -988,12 +979,7 @@ pub fn refused_child_dump(name: &str, program: Program, args: &[&str], word: &st
 pub fn leave_running(name: &str, program: Program, args: &[&str]) {
     let work = Work::new(name);
     let opts = Opts::default();
-    let mut p = start(&work, program, args);
-    step(
-        &work,
-        "waiting for ready",
-        wait_ready(&work, &mut p, opts.ready_timeout),
-    );
+    let mut p = start_ready(&work, program, args, &opts);
     let out = dump(&work, p.pid, &["-R"], opts.stasis_timeout);
     if !out.success() {
         fail(
