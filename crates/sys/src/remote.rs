@@ -633,22 +633,11 @@ impl RemoteThread {
         Ok(out.rax as i64)
     }
 
-    /// Restore only: runs `calls` in order through the stub's batch loop,
-    /// [`BATCH_MAX`] per ptrace round trip, and returns their results.
-    /// Stops after the first call that fails (a result in -4095..-1): the
-    /// results then end with that one, the calls after it not run.
-    pub fn batch(&mut self, calls: &[BatchCall]) -> Result<Vec<i64>> {
-        if self.heal.is_some() {
-            return Err(SysError::other(
-                "batch of remote syscalls",
-                Some(self.tid),
-                "only in a process being restored",
-            ));
-        }
-        self.flush()?;
-        self.run_batch(calls)
-    }
-
+    /// Restore only (the queue never holds calls in healing mode): runs
+    /// `calls` in order through the stub's batch loop, [`BATCH_MAX`] per
+    /// ptrace round trip, and returns their results. Stops after the first
+    /// call that fails (a result in -4095..-1): the results then end with
+    /// that one, the calls after it not run.
     fn run_batch(&mut self, calls: &[BatchCall]) -> Result<Vec<i64>> {
         let mut out = Vec::with_capacity(calls.len());
         for chunk in calls.chunks(BATCH_MAX) {
