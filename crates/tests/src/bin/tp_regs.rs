@@ -8,7 +8,8 @@
 //! `rename` syscall and spins on byte 0 of `WORK/go`, mapped MAP_SHARED (the
 //! program creates `go` with one zero byte; the harness's usual `pwrite("1")`
 //! releases it). After the loop every register is stored and compared with
-//! what was loaded. Without AVX-512 (avx512f + avx512bw) it reports SKIP.
+//! what was loaded. Without AVX-512 (avx512f + avx512bw) it holds ymm0-15
+//! instead (no opmask registers); without AVX it reports SKIP.
 
 use stasis_tests::{Proto, Report, Rng};
 use std::mem::offset_of;
@@ -270,16 +271,176 @@ unsafe fn hold_registers(ctx: *mut Ctx) {
     }
 }
 
+/// The same with AVX only (no AVX-512): ymm0-15, each in the first 32 bytes of
+/// its 64-byte slot in `zmm_in` / `zmm_out`; no opmask registers.
+///
+/// # Safety
+/// The CPU must support avx; `ctx.go_ptr`, `ctx.tmp_path` and
+/// `ctx.ready_path` must point to a readable byte and two NUL-terminated paths.
+#[target_feature(enable = "avx")]
+unsafe fn hold_registers_avx(ctx: *mut Ctx) {
+    // SAFETY: the caller guarantees the CPU features and the pointers. The asm
+    // only touches *ctx and the go byte, saves and restores rbx, rbp, the x87
+    // control word and MXCSR itself, leaves the x87 stack empty, does not use
+    // the stack, and declares every other register it changes as clobbered.
+    unsafe {
+        core::arch::asm!(
+        "mov [rdx + {saved}], rbx",
+        "mov [rdx + {saved} + 8], rbp",
+        "fnstcw [rdx + {fcw_saved}]",
+        "stmxcsr [rdx + {mxcsr_saved}]",
+        "vmovdqu ymm0, [rdx + {zmm_in} + 0]",
+        "vmovdqu ymm1, [rdx + {zmm_in} + 64]",
+        "vmovdqu ymm2, [rdx + {zmm_in} + 128]",
+        "vmovdqu ymm3, [rdx + {zmm_in} + 192]",
+        "vmovdqu ymm4, [rdx + {zmm_in} + 256]",
+        "vmovdqu ymm5, [rdx + {zmm_in} + 320]",
+        "vmovdqu ymm6, [rdx + {zmm_in} + 384]",
+        "vmovdqu ymm7, [rdx + {zmm_in} + 448]",
+        "vmovdqu ymm8, [rdx + {zmm_in} + 512]",
+        "vmovdqu ymm9, [rdx + {zmm_in} + 576]",
+        "vmovdqu ymm10, [rdx + {zmm_in} + 640]",
+        "vmovdqu ymm11, [rdx + {zmm_in} + 704]",
+        "vmovdqu ymm12, [rdx + {zmm_in} + 768]",
+        "vmovdqu ymm13, [rdx + {zmm_in} + 832]",
+        "vmovdqu ymm14, [rdx + {zmm_in} + 896]",
+        "vmovdqu ymm15, [rdx + {zmm_in} + 960]",
+        "mov r8, [rdx + {gpr_in} + 0]",
+        "mov r9, [rdx + {gpr_in} + 8]",
+        "mov r10, [rdx + {gpr_in} + 16]",
+        "mov r12, [rdx + {gpr_in} + 24]",
+        "mov r13, [rdx + {gpr_in} + 32]",
+        "mov r14, [rdx + {gpr_in} + 40]",
+        "mov r15, [rdx + {gpr_in} + 48]",
+        "mov rbx, [rdx + {gpr_in} + 56]",
+        "mov rbp, [rdx + {gpr_in} + 64]",
+        "fldcw [rdx + {fcw_in}]",
+        "ldmxcsr [rdx + {mxcsr_in}]",
+        "fld qword ptr [rdx + {x87_in} + 0]",
+        "fld qword ptr [rdx + {x87_in} + 8]",
+        "fld qword ptr [rdx + {x87_in} + 16]",
+        "fld qword ptr [rdx + {x87_in} + 24]",
+        "fld qword ptr [rdx + {x87_in} + 32]",
+        "fld qword ptr [rdx + {x87_in} + 40]",
+        "fld qword ptr [rdx + {x87_in} + 48]",
+        "fld qword ptr [rdx + {x87_in} + 56]",
+        "mov rdi, [rdx + {tmp_path}]",
+        "mov rsi, [rdx + {ready_path}]",
+        "mov eax, {sys_rename}",
+        "syscall",
+        "mov [rdx + {rename_ret}], rax",
+        "mov rdi, [rdx + {go_ptr}]",
+        "2:",
+        "pause",
+        "cmp byte ptr [rdi], 0x31",
+        "jne 2b",
+        "vmovdqu [rdx + {zmm_out} + 0], ymm0",
+        "vmovdqu [rdx + {zmm_out} + 64], ymm1",
+        "vmovdqu [rdx + {zmm_out} + 128], ymm2",
+        "vmovdqu [rdx + {zmm_out} + 192], ymm3",
+        "vmovdqu [rdx + {zmm_out} + 256], ymm4",
+        "vmovdqu [rdx + {zmm_out} + 320], ymm5",
+        "vmovdqu [rdx + {zmm_out} + 384], ymm6",
+        "vmovdqu [rdx + {zmm_out} + 448], ymm7",
+        "vmovdqu [rdx + {zmm_out} + 512], ymm8",
+        "vmovdqu [rdx + {zmm_out} + 576], ymm9",
+        "vmovdqu [rdx + {zmm_out} + 640], ymm10",
+        "vmovdqu [rdx + {zmm_out} + 704], ymm11",
+        "vmovdqu [rdx + {zmm_out} + 768], ymm12",
+        "vmovdqu [rdx + {zmm_out} + 832], ymm13",
+        "vmovdqu [rdx + {zmm_out} + 896], ymm14",
+        "vmovdqu [rdx + {zmm_out} + 960], ymm15",
+        "mov [rdx + {gpr_out} + 0], r8",
+        "mov [rdx + {gpr_out} + 8], r9",
+        "mov [rdx + {gpr_out} + 16], r10",
+        "mov [rdx + {gpr_out} + 24], r12",
+        "mov [rdx + {gpr_out} + 32], r13",
+        "mov [rdx + {gpr_out} + 40], r14",
+        "mov [rdx + {gpr_out} + 48], r15",
+        "mov [rdx + {gpr_out} + 56], rbx",
+        "mov [rdx + {gpr_out} + 64], rbp",
+        "fnstcw [rdx + {fcw_out}]",
+        "stmxcsr [rdx + {mxcsr_out}]",
+        "fstp qword ptr [rdx + {x87_out} + 0]",
+        "fstp qword ptr [rdx + {x87_out} + 8]",
+        "fstp qword ptr [rdx + {x87_out} + 16]",
+        "fstp qword ptr [rdx + {x87_out} + 24]",
+        "fstp qword ptr [rdx + {x87_out} + 32]",
+        "fstp qword ptr [rdx + {x87_out} + 40]",
+        "fstp qword ptr [rdx + {x87_out} + 48]",
+        "fstp qword ptr [rdx + {x87_out} + 56]",
+        "fldcw [rdx + {fcw_saved}]",
+        "ldmxcsr [rdx + {mxcsr_saved}]",
+        "mov rbx, [rdx + {saved}]",
+        "mov rbp, [rdx + {saved} + 8]",
+        saved = const offset_of!(Ctx, saved),
+        fcw_saved = const offset_of!(Ctx, fcw_saved),
+        mxcsr_saved = const offset_of!(Ctx, mxcsr_saved),
+        zmm_in = const offset_of!(Ctx, zmm_in),
+        zmm_out = const offset_of!(Ctx, zmm_out),
+                gpr_in = const offset_of!(Ctx, gpr_in),
+        gpr_out = const offset_of!(Ctx, gpr_out),
+        fcw_in = const offset_of!(Ctx, fcw_in),
+        fcw_out = const offset_of!(Ctx, fcw_out),
+        mxcsr_in = const offset_of!(Ctx, mxcsr_in),
+        mxcsr_out = const offset_of!(Ctx, mxcsr_out),
+        x87_in = const offset_of!(Ctx, x87_in),
+        x87_out = const offset_of!(Ctx, x87_out),
+        tmp_path = const offset_of!(Ctx, tmp_path),
+        ready_path = const offset_of!(Ctx, ready_path),
+        rename_ret = const offset_of!(Ctx, rename_ret),
+        go_ptr = const offset_of!(Ctx, go_ptr),
+        sys_rename = const libc::SYS_rename,
+        inout("rdx") ctx => _,
+        out("rax") _, out("rcx") _, out("rdi") _, out("rsi") _,
+        out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+        out("ymm0") _,
+        out("ymm1") _,
+        out("ymm2") _,
+        out("ymm3") _,
+        out("ymm4") _,
+        out("ymm5") _,
+        out("ymm6") _,
+        out("ymm7") _,
+        out("ymm8") _,
+        out("ymm9") _,
+        out("ymm10") _,
+        out("ymm11") _,
+        out("ymm12") _,
+        out("ymm13") _,
+        out("ymm14") _,
+        out("ymm15") _,
+        out("st(0)") _,
+        out("st(1)") _,
+        out("st(2)") _,
+        out("st(3)") _,
+        out("st(4)") _,
+        out("st(5)") _,
+        out("st(6)") _,
+        out("st(7)") _,
+        options(nostack),
+        );
+    }
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
-    if !(std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw"))
-    {
+    // zmm0-31 and k0-7 with AVX-512, ymm0-15 with AVX only: the register file
+    // this CPU has, whichever it is (the XSAVE layout is the kernel's).
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw");
+    if !avx512 && !std::arch::is_x86_feature_detected!("avx") {
         proto.ready_and_wait();
-        report.skip("no avx512f/avx512bw");
+        report.skip("no avx");
         proto.finish(&report);
     }
+    let (nregs, width, name) = if avx512 {
+        (32, 64, "zmm")
+    } else {
+        (16, 32, "ymm")
+    };
 
     // The go byte, watched through a shared mapping of the go file.
     let go_path = proto.path(stasis_tests::GO_FILE);
@@ -336,28 +497,34 @@ fn main() {
     let p: *mut Ctx = &raw mut *ctx;
     // SAFETY: the features were detected above; go_ptr and both paths point to
     // live memory (the mapping and proto's CStrings) for the whole call.
-    unsafe { hold_registers(p) };
+    unsafe {
+        if avx512 {
+            hold_registers(p);
+        } else {
+            hold_registers_avx(p);
+        }
+    }
 
     if args.corrupt() {
-        ctx.zmm_out[64 * 17 + 5] ^= 1;
+        ctx.zmm_out[64 * (nregs - 1) + 5] ^= 1;
     }
 
     report.eq("rename(ready.tmp, ready) in asm", 0, ctx.rename_ret);
-    for i in 0..32 {
+    for i in 0..nregs {
         let (want, got) = (
-            &ctx.zmm_in[i * 64..(i + 1) * 64],
-            &ctx.zmm_out[i * 64..(i + 1) * 64],
+            &ctx.zmm_in[i * 64..i * 64 + width],
+            &ctx.zmm_out[i * 64..i * 64 + width],
         );
         if want != got {
-            let bytes: Vec<usize> = (0..64).filter(|&b| want[b] != got[b]).collect();
+            let bytes: Vec<usize> = (0..width).filter(|&b| want[b] != got[b]).collect();
             report.fail(format!(
-                "zmm{i}: {} bytes differ (first byte {})",
+                "{name}{i}: {} bytes differ (first byte {})",
                 bytes.len(),
                 bytes[0]
             ));
         }
     }
-    for i in 0..8 {
+    for i in (0..8).filter(|_| avx512) {
         report.check(ctx.k_in[i] == ctx.k_out[i], || {
             format!("k{i}: {:#x} != {:#x}", ctx.k_out[i], ctx.k_in[i])
         });
