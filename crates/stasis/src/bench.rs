@@ -550,6 +550,7 @@ fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
         cgroup_roots: Vec::new(),
         tcp_close: false,
         mounts: stasis_restore::MountOptions::default(),
+        net: stasis_restore::NetOptions::default(),
         sibling: false,
     }
 }

@@ -61,6 +61,8 @@ pub(crate) struct Request {
     pub(crate) argument: Option<String>,
     /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore).
     pub(crate) mounts: stasis_restore::MountOptions,
+    /// criu's `--veth-pair`, `--external veth[...]`, `--join-ns net:PATH`.
+    pub(crate) net: stasis_restore::NetOptions,
     /// Notes for the log: accepted options and why they change nothing.
     pub(crate) notes: Vec<String>,
 }
@@ -197,6 +199,16 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             let v = g.value.as_deref().unwrap_or("");
             let (k, p) = v.split_once(':').unwrap_or((v, ""));
             r.mounts.ext_map.push((k.to_string(), p.to_string()));
+        }
+        "veth-pair" | "external" => {
+            let v = g.value.as_deref().unwrap_or("");
+            let m = criu::veth_spec(g.opt.long, v)
+                .ok_or_else(|| anyhow!("invalid argument for --{}: {v}", g.opt.long))?;
+            r.net.veths.push(m);
+        }
+        "join-ns" => {
+            let v = g.value.as_deref().unwrap_or("");
+            r.net.join = Some(PathBuf::from(v.strip_prefix("net:").unwrap_or(v)));
         }
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -477,6 +489,7 @@ pub(crate) fn restore_tree(
         cgroup_roots: r.cgroup_roots.clone(),
         tcp_close: r.tcp_close,
         mounts: r.mounts.clone(),
+        net: r.net.clone(),
         sibling: r.sibling,
     };
     let restored = stasis_restore::restore_with(&opts, hook)?;
