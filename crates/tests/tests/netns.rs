@@ -48,15 +48,16 @@ fn negative_cr_netns_own() {
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
-/// A dummy link in the namespace: refused by name.
+/// A link other than lo and veth (a bridge) in the namespace: refused by
+/// name.
 #[test]
-fn refuse_netns_dummy() {
+fn refuse_netns_bridge() {
     refused_dump(
-        "refuse_netns_dummy",
+        "refuse_netns_bridge",
         Program::Bin("tp_netns"),
-        &["--mode", "dummy"],
+        &["--mode", "bridge"],
         &[],
-        &["link d0", "dummy"],
+        &["link b0", "bridge"],
         false,
     );
 }
@@ -211,4 +212,224 @@ fn negative_cr_tcp_netns() {
         &["--tcp-established".into()],
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// criu's `--join-ns net:PATH`: the server's namespace dies with the dump;
+/// the test makes a new one by hand (`ip netns add`) holding the same
+/// veth (name, MAC, MTU), address and route, its outer end not yet on the
+/// bridge (unreachable); the restore joins it, makes the lock there, and
+/// an action script (post-restore) puts the outer end on the bridge
+/// before the lock goes. The client (in a third namespace) carries on.
+#[test]
+fn cr_tcp_netns_join() {
+    let work = Work::new("cr_tcp_netns_join");
+    let clean = NetCleanup(work.path("net-names"));
+    let opts = Opts {
+        dump_extra: vec!["--tcp-established"],
+        ..Opts::default()
+    };
+    let mut p = start_ready(
+        &work,
+        Program::Bin("tp_tcp"),
+        &["--netns", "peer-ns"],
+        &opts,
+    );
+    dump_and_check_gone(&work, &mut p, &opts);
+    let pid = p.pid;
+    let x = pid % 250 + 1;
+    let ns = format!("stj{pid}");
+    let (vo, vi) = (format!("stvo{pid}"), format!("stvi{pid}"));
+    let mut names = std::fs::read_to_string(&clean.0).unwrap_or_default();
+    names.push_str(&format!("{ns}\n"));
+    std::fs::write(&clean.0, names).expect("net-names");
+    let sh = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        if !o.status.success() {
+            fail(
+                &work,
+                format!("ip {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+            );
+        }
+    };
+    let mac = format!("02:93:00:00:{x:02x}:02");
+    sh(&["netns", "add", &ns]);
+    sh(&["-n", &ns, "link", "set", "lo", "up"]);
+    sh(&[
+        "link", "add", &vo, "mtu", "1400", "type", "veth", "peer", "name", &vi, "mtu", "1400",
+        "address", &mac, "netns", &ns,
+    ]);
+    sh(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("10.93.{x}.2/24"),
+        "dev",
+        &vi,
+    ]);
+    sh(&["-n", &ns, "link", "set", &vi, "up"]);
+    sh(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.94.0.0/16",
+        "via",
+        &format!("10.93.{x}.1"),
+    ]);
+    let script = work.path("attach.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n\
+             ip link set {vo} master stbr{pid} up || exit 1\n\
+             for i in $(seq 100); do\n\
+             [ \"$(ip netns exec {ns} cat /sys/class/net/{vi}/operstate)\" = up ] && exit 0\n\
+             sleep 0.05\ndone\nexit 1\n"
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let join = format!("net:/run/netns/{ns}");
+    let ropts = Opts {
+        restore_extra: vec![
+            "--tcp-established",
+            "--join-ns",
+            Box::leak(join.into_boxed_str()),
+            "--action-script",
+            Box::leak(script.display().to_string().into_boxed_str()),
+        ],
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    let inode = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    if inode(&format!("/proc/{}/ns/net", r.pid)) != inode(&format!("/run/netns/{ns}")) {
+        fail(&work, "the restored tree is not in the joined namespace");
+    }
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// `stasis run --net --veth OUTER@BRIDGE --net-addr CIDR`: tp_netns
+/// (`given`) as init of a new PID and network namespace with a veth to a
+/// bridge; dumped, restored without naming the outer end (it comes back
+/// under its saved name, on its saved bridge); the program finds its
+/// namespace as it was. `corrupt` runs the negative control.
+fn run_net_case(name: &str, corrupt: bool) -> Exit {
+    let work = Work::new(name);
+    let clean = NetCleanup(work.path("net-names"));
+    let t = std::time::Duration::from_secs(60);
+    // Both cases run in one test process: names and subnet apart.
+    let me = std::process::id() * 2 + u32::from(corrupt);
+    let x = me % 250 + 1;
+    let (br, vo) = (format!("stbr{me}"), format!("stvr{me}"));
+    std::fs::write(&clean.0, format!("{br}\n")).expect("net-names");
+    for args in [
+        &["link", "add", &br, "type", "bridge"][..],
+        &["addr", "add", &format!("10.96.{x}.1/24"), "dev", &br],
+        &["link", "set", &br, "up"],
+    ] {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+    }
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_netns");
+    ensure_subreaper();
+    let (pidf, veth, addr) = (
+        format!("{dir}/run.pid"),
+        format!("{vo}@{br}"),
+        format!("10.96.{x}.2/24"),
+    );
+    let mut run = vec![
+        "run",
+        "-d",
+        "--pidfile",
+        &pidf,
+        "--net",
+        "--veth",
+        &veth,
+        "--net-addr",
+        &addr,
+        "--",
+        prog.to_str().expect("utf-8"),
+        &dir,
+        "--mode",
+        "given",
+    ];
+    if corrupt {
+        run.push("--corrupt");
+    }
+    let out = stasis(&work, &run, t);
+    assert_eq!(out.code, Some(0), "stasis run: {out:?}");
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let img = format!("{dir}/img");
+    let pid = init.pid.to_string();
+    let out = stasis(
+        &work,
+        &["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"],
+        t,
+    );
+    assert_eq!(out.code, Some(0), "dump: {out:?}{}", work.diagnostics());
+    step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(std::time::Duration::from_secs(10)),
+    );
+    let rpid = format!("{dir}/r.pid");
+    let out = stasis(
+        &work,
+        &[
+            "restore",
+            "-D",
+            &img,
+            "-d",
+            "--pidfile",
+            &rpid,
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
+        t,
+    );
+    assert_eq!(out.code, Some(0), "restore: {out:?}{}", work.diagnostics());
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    let ns = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).ok();
+    if ns(&format!("/proc/{}/ns/net", r.pid)) == ns("/proc/self/ns/net") {
+        fail(&work, "the restored tree is in our network namespace");
+    }
+    let master = std::fs::read_link(format!("/sys/class/net/{vo}/master"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if !master.ends_with(&br) {
+        fail(
+            &work,
+            format!("the outer end {vo} is not on {br}: {master:?}"),
+        );
+    }
+    work.release_go();
+    step(&work, "waiting for the restored init", r.wait(t))
+}
+
+#[test]
+fn cr_run_net_veth() {
+    assert_eq!(run_net_case("cr_run_net_veth", false), Exit::Code(0));
+}
+
+#[test]
+fn negative_cr_run_net_veth() {
+    assert_ne!(
+        run_net_case("negative_cr_run_net_veth", true),
+        Exit::Code(0)
+    );
 }

@@ -17,7 +17,10 @@
 //!   chains, rules), an iptables (nft backend) rule, and sysctls changed
 //!   beyond the few above (per interface, per namespace TCP, core, IPv6):
 //!   after go `nft list ruleset`, `iptables -S` and those read as before.
-//! - `dummy`: its namespace holds a dummy link (refused by name).
+//! - `given`: runs in the namespace it was started in (`stasis run
+//!   --net --veth ...`): after go its links, addresses, routes, rules and
+//!   sysctls read as before, and it is not in PID 1's namespace.
+//! - `bridge`: its namespace holds a bridge (refused by name).
 //! - `legacy`: its namespace holds an iptables-legacy rule (refused by
 //!   name).
 
@@ -100,6 +103,18 @@ fn state() -> Vec<String> {
     v
 }
 
+/// [`state`] less the outer veth end's index (`@ifN`), which a restore
+/// changes.
+fn given_state() -> Vec<String> {
+    let mut v = state();
+    v[0] = v[0]
+        .split(' ')
+        .map(|w| w.split("@if").next().unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    v
+}
+
 fn ns_link(pid: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/net"))
         .map(|p| p.display().to_string())
@@ -111,9 +126,28 @@ fn main() {
     let mut report = Report::new();
     match args.get("mode").unwrap_or("own") {
         "own" => own(&proto, &mut report, args.corrupt()),
-        "dummy" => {
+        "given" => {
+            // The link-local address's duplicate detection first.
+            for _ in 0..500 {
+                if !ip(&["-6", "addr", "show"]).contains("tentative") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let mut before = given_state();
+            proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            report.eq(
+                "links, addresses, routes, rules, sysctls",
+                before,
+                given_state(),
+            );
+        }
+        "bridge" => {
             unshare_net();
-            ip(&["link", "add", "d0", "type", "dummy"]);
+            ip(&["link", "add", "b0", "type", "bridge"]);
             proto.ready_and_wait();
         }
         "legacy" => {
