@@ -116,8 +116,6 @@ const fn b(long: &'static str, scope: u8, fate: Fate) -> Opt {
 use Arg::{No, Optional as Opti, Required as Req};
 use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
 
-const NO_SOCKETS: &str =
-    "stasis dumps no external unix socket (refused by name): nothing to permit";
 const ONE_MOUNT_ENGINE: &str =
     "stasis rebuilds a mount namespace with the new mount API only: nothing to choose";
 const NO_INCREMENTAL: &str =
@@ -150,7 +148,7 @@ pub static OPTIONS: &[Opt] = &[
     s("leave-stopped", 's', No, D, Ref, ""),
     o("timeout", Req, DR, App, "30"),
     o("freeze-cgroup", Req, D, Ref, "/sys/fs/cgroup/x"),
-    s("ext-unix-sk", 'x', Opti, DR, Acc(NO_SOCKETS), ""),
+    s("ext-unix-sk", 'x', Opti, DR, ByValue, ""),
     b("tcp-established", DR, App),
     b("skip-in-flight", DR, App),
     b("tcp-close", DR, App),
@@ -449,6 +447,11 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
                 None => return Err(bad()),
             },
             _ => Fate::Refused,
+        },
+        // criu's inode list (one-sided dumps of stream sockets) is not.
+        "ext-unix-sk" => match v {
+            None => Fate::Applied,
+            Some(_) => Fate::Refused,
         },
         "join-ns" => match v {
             Some(x) if x.starts_with("net:") && x.len() > 4 => Fate::Applied,

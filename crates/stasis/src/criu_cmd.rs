@@ -26,6 +26,8 @@ pub(crate) struct Request {
     /// criu's `--skip-in-flight`: drop connections waiting in a TCP
     /// listener's accept queue.
     pub(crate) skip_in_flight: bool,
+    /// criu's `--ext-unix-sk` (without an inode list).
+    pub(crate) ext_unix_sk: bool,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
     pub(crate) tcp_established: bool,
     pub(crate) tcp_close: bool,
@@ -147,6 +149,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "skip-in-flight" => r.skip_in_flight = on,
+        "ext-unix-sk" => r.ext_unix_sk = on,
         "tcp-established" => r.tcp_established = on,
         "tcp-close" => r.tcp_close = on,
         "network-lock" => {
@@ -439,6 +442,7 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
+        ext_unix_sk: r.ext_unix_sk,
         tcp_established: r.tcp_established,
         tcp_close: r.tcp_close,
         // criu's default.

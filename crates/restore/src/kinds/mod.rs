@@ -156,6 +156,15 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             sock_type,
             flags,
             listener,
+            ext_peer,
+            ..
+        } if !ext_peer.is_empty() => unix::open_external(o, cx, *id, *sock_type, *flags, ext_peer),
+        FdKind::UnixSocket {
+            id,
+            peer,
+            sock_type,
+            flags,
+            listener,
             ..
         } => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
         FdKind::EventFd {
