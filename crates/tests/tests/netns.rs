@@ -85,7 +85,7 @@ impl Drop for NetCleanup {
             return;
         };
         for n in names.lines() {
-            let args: &[&str] = if n.starts_with("stbr") {
+            let args: &[&str] = if n.starts_with("stb") {
                 &["link", "del", n]
             } else {
                 &["netns", "del", n]
@@ -96,36 +96,29 @@ impl Drop for NetCleanup {
 }
 
 /// tp_tcp in a namespace of its own behind a veth on a bridge, dumped
-/// with `--tcp-established` and restored; the lock (inside the namespace)
-/// must leave nothing in ours.
-fn tcp_netns_case(name: &str, args: &[&str], dump: &[&'static str], restore: &[String]) -> Outcome {
-    let work = Work::new(name);
-    let _clean = NetCleanup(work.path("net-names"));
-    let opts = Opts {
-        dump_extra: dump.to_vec(),
-        restore_extra: vec![],
-        ..Opts::default()
-    };
-    let mut p = start_ready(&work, Program::Bin("tp_tcp"), args, &opts);
-    dump_and_check_gone(&work, &mut p, &opts);
+/// with `--tcp-established` (and `dump`) and restored with `restore`; the
+/// lock (inside the namespace) must leave nothing in ours. Returns the
+/// work directory, its cleanup and the outcome.
+fn tcp_netns_case(
+    name: &str,
+    args: &[&str],
+    dump: &[&'static str],
+    restore: &[&'static str],
+) -> (Work, NetCleanup, Outcome) {
+    let (work, clean, pid) = dumped_tcp_netns(name, args, dump);
     let v = show(&work, &work.img());
-    if v["inventory"]["net_lock"]["in_netns"] != serde_json::Value::Bool(true)
-        && !dump.contains(&"skip")
-    {
+    if v["inventory"]["net_lock"]["in_netns"] != serde_json::Value::Bool(true) {
         fail(
             &work,
             "the image's network lock is not in the tree's namespace",
         );
     }
     let ropts = Opts {
-        restore_extra: restore
-            .iter()
-            .map(|s| &*Box::leak(s.clone().into_boxed_str()))
-            .collect(),
+        restore_extra: [&["--tcp-established"][..], restore].concat(),
         ..Opts::default()
     };
-    let mut r = restore_and_adopt(&work, p.pid, &ropts);
-    let out = finish(&work, &mut r, opts.finish_timeout);
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    let out = finish(&work, &mut r, ropts.finish_timeout);
     let nft = std::process::Command::new("nft")
         .args(["list", "tables"])
         .output()
@@ -134,7 +127,34 @@ fn tcp_netns_case(name: &str, args: &[&str], dump: &[&'static str], restore: &[S
     if nft.contains("stasis_") {
         fail(&work, format!("a lock table left in our namespace:\n{nft}"));
     }
-    out
+    (work, clean, out)
+}
+
+/// tp_tcp `args` started and dumped with `--tcp-established` and `dump`
+/// (gone): its work directory, cleanup and PID.
+fn dumped_tcp_netns(name: &str, args: &[&str], dump: &[&'static str]) -> (Work, NetCleanup, i32) {
+    let work = Work::new(name);
+    let clean = NetCleanup(work.path("net-names"));
+    let opts = Opts {
+        dump_extra: [&["--tcp-established"][..], dump].concat(),
+        ..Opts::default()
+    };
+    let mut p = start_ready(&work, Program::Bin("tp_tcp"), args, &opts);
+    dump_and_check_gone(&work, &mut p, &opts);
+    (work, clean, p.pid)
+}
+
+/// The interface `outer` of our namespace is a port of `bridge`.
+fn on_bridge(work: &Work, outer: &str, bridge: &str) {
+    let master = std::fs::read_link(format!("/sys/class/net/{outer}/master"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if !master.ends_with(&format!("/{bridge}")) {
+        fail(
+            work,
+            format!("{outer} is not a port of {bridge}: {master:?}"),
+        );
+    }
 }
 
 #[test]
@@ -148,15 +168,13 @@ fn selfcheck_tcp_netns() {
 /// ours across a veth and a bridge, one pair inside; nftables lock.
 #[test]
 fn cr_tcp_netns_host_peer() {
-    let dump = ["--tcp-established", "--network-lock", "nftables"];
-    let work = Work::new("cr_tcp_netns_host_peer");
-    tcp_netns_case(
+    let (work, _clean, out) = tcp_netns_case(
         "cr_tcp_netns_host_peer",
         &["--netns", "host"],
-        &dump,
-        &["--tcp-established".into()],
-    )
-    .assert_pass(&work);
+        &["--network-lock", "nftables"],
+        &[],
+    );
+    out.assert_pass(&work);
 }
 
 /// Migration between two namespaces as a client in a third sees it: the
@@ -166,20 +184,8 @@ fn cr_tcp_netns_host_peer() {
 /// on (no reset). iptables lock (criu's default).
 #[test]
 fn cr_tcp_netns_migrate() {
-    let work = Work::new("cr_tcp_netns_migrate");
-    let _clean = NetCleanup(work.path("net-names"));
-    let opts = Opts {
-        dump_extra: vec!["--tcp-established"],
-        ..Opts::default()
-    };
-    let mut p = start_ready(
-        &work,
-        Program::Bin("tp_tcp"),
-        &["--netns", "peer-ns"],
-        &opts,
-    );
-    dump_and_check_gone(&work, &mut p, &opts);
-    let pid = p.pid;
+    let (work, _clean, pid) =
+        dumped_tcp_netns("cr_tcp_netns_migrate", &["--netns", "peer-ns"], &[]);
     let pair = format!("stvi{pid}=stvx{pid}@stbr{pid}");
     let ropts = Opts {
         restore_extra: vec![
@@ -190,26 +196,18 @@ fn cr_tcp_netns_migrate() {
         ..Opts::default()
     };
     let mut r = restore_and_adopt(&work, pid, &ropts);
-    let master = std::fs::read_link(format!("/sys/class/net/stvx{pid}/master"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    if !master.ends_with(&format!("stbr{pid}")) {
-        fail(
-            &work,
-            format!("the outer end stvx{pid} is not on the bridge: {master:?}"),
-        );
-    }
-    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+    on_bridge(&work, &format!("stvx{pid}"), &format!("stbr{pid}"));
+    finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
 }
 
 /// The negative control through a real dump and restore in a namespace.
 #[test]
 fn negative_cr_tcp_netns() {
-    let out = tcp_netns_case(
+    let (_work, _clean, out) = tcp_netns_case(
         "negative_cr_tcp_netns",
         &["--netns", "host", "--corrupt"],
-        &["--tcp-established"],
-        &["--tcp-established".into()],
+        &[],
+        &[],
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
@@ -222,20 +220,7 @@ fn negative_cr_tcp_netns() {
 /// before the lock goes. The client (in a third namespace) carries on.
 #[test]
 fn cr_tcp_netns_join() {
-    let work = Work::new("cr_tcp_netns_join");
-    let clean = NetCleanup(work.path("net-names"));
-    let opts = Opts {
-        dump_extra: vec!["--tcp-established"],
-        ..Opts::default()
-    };
-    let mut p = start_ready(
-        &work,
-        Program::Bin("tp_tcp"),
-        &["--netns", "peer-ns"],
-        &opts,
-    );
-    dump_and_check_gone(&work, &mut p, &opts);
-    let pid = p.pid;
+    let (work, clean, pid) = dumped_tcp_netns("cr_tcp_netns_join", &["--netns", "peer-ns"], &[]);
     let x = pid % 250 + 1;
     let ns = format!("stj{pid}");
     let (vo, vi) = (format!("stvo{pid}"), format!("stvi{pid}"));
@@ -314,7 +299,7 @@ fn cr_tcp_netns_join() {
     if inode(&format!("/proc/{}/ns/net", r.pid)) != inode(&format!("/run/netns/{ns}")) {
         fail(&work, "the restored tree is not in the joined namespace");
     }
-    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+    finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
 }
 
 /// `stasis run --net --veth OUTER@BRIDGE --net-addr CIDR`: tp_netns
@@ -329,7 +314,7 @@ fn run_net_case(name: &str, corrupt: bool) -> Exit {
     // Both cases run in one test process: names and subnet apart.
     let me = std::process::id() * 2 + u32::from(corrupt);
     let x = me % 250 + 1;
-    let (br, vo) = (format!("stbr{me}"), format!("stvr{me}"));
+    let (br, vo) = (format!("stbq{me}"), format!("stvq{me}"));
     std::fs::write(&clean.0, format!("{br}\n")).expect("net-names");
     for args in [
         &["link", "add", &br, "type", "bridge"][..],
