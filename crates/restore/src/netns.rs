@@ -145,7 +145,15 @@ fn make_veth(
     args.extend(end_args(&outer, 0, &peer.mac, peer.mtu));
     let host_path = format!("/proc/{}/fd/{}", std::process::id(), host.as_raw_fd());
     args.extend(["netns".into(), host_path]);
-    ip(&args).map_err(|e| failed(pid, format!("veth {} (outer end {outer}): {e}", l.name)))?;
+    ip(&args).map_err(|e| {
+        failed(
+            pid,
+            format!(
+                "veth {} (outer end {outer}): {e} (another outer name: --veth-pair {}=OUTER[@BRIDGE])",
+                l.name, l.name
+            ),
+        )
+    })?;
     let mut set: Vec<String> = vec!["link".into(), "set".into(), outer.clone()];
     if let Some(b) = &bridge {
         set.extend(["master".into(), b.clone()]);
