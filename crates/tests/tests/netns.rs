@@ -96,16 +96,23 @@ impl Drop for NetCleanup {
 }
 
 /// tp_tcp in a namespace of its own behind a veth on a bridge, dumped
-/// with `--tcp-established` (and `dump`) and restored with `restore`; the
-/// lock (inside the namespace) must leave nothing in ours. Returns the
-/// work directory, its cleanup and the outcome.
+/// with `--tcp-established` (and `dump`) and restored with the options
+/// `restore` gives for its PID; the outer veth end (the name `restore`
+/// gives) must be on the bridge, and the lock (inside the namespace) must
+/// leave nothing in ours. Returns the work directory, its cleanup and the
+/// outcome.
 fn tcp_netns_case(
     name: &str,
     args: &[&str],
     dump: &[&'static str],
-    restore: &[&'static str],
+    restore: impl Fn(i32) -> (Vec<String>, String),
 ) -> (Work, NetCleanup, Outcome) {
     let (work, clean, pid) = dumped_tcp_netns(name, args, dump);
+    let (restore, outer) = restore(pid);
+    let restore: Vec<&'static str> = restore
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect();
     let v = show(&work, &work.img());
     if v["inventory"]["net_lock"]["in_netns"] != serde_json::Value::Bool(true) {
         fail(
@@ -114,10 +121,11 @@ fn tcp_netns_case(
         );
     }
     let ropts = Opts {
-        restore_extra: [&["--tcp-established"][..], restore].concat(),
+        restore_extra: [&["--tcp-established"][..], &restore].concat(),
         ..Opts::default()
     };
     let mut r = restore_and_adopt(&work, pid, &ropts);
+    on_bridge(&work, &outer, &format!("stbr{pid}"));
     let out = finish(&work, &mut r, ropts.finish_timeout);
     let nft = std::process::Command::new("nft")
         .args(["list", "tables"])
@@ -165,14 +173,23 @@ fn selfcheck_tcp_netns() {
 }
 
 /// Established connections of a tree in its own namespace, the peer in
-/// ours across a veth and a bridge, one pair inside; nftables lock.
+/// ours across a veth and a bridge, one pair inside; nftables lock. The
+/// outer end is named by criu's `--external veth[IN]:OUT@BRIDGE`.
 #[test]
 fn cr_tcp_netns_host_peer() {
     let (work, _clean, out) = tcp_netns_case(
         "cr_tcp_netns_host_peer",
         &["--netns", "host"],
         &["--network-lock", "nftables"],
-        &[],
+        |pid| {
+            (
+                vec![
+                    "--external".into(),
+                    format!("veth[stvi{pid}]:stvy{pid}@stbr{pid}"),
+                ],
+                format!("stvy{pid}"),
+            )
+        },
     );
     out.assert_pass(&work);
 }
@@ -200,6 +217,70 @@ fn cr_tcp_netns_migrate() {
     finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
 }
 
+/// A restore that fails after its namespace was made (the outer veth
+/// name is taken) leaves nothing: no veth, no lock; the same image then
+/// restores once the name is free.
+#[test]
+fn tcp_netns_failed_restore_leaves_nothing() {
+    let (work, _clean, pid) = dumped_tcp_netns(
+        "tcp_netns_failed_restore_leaves_nothing",
+        &["--netns", "peer-ns"],
+        &[],
+    );
+    let (vo, br) = (format!("stvo{pid}"), format!("stbr{pid}"));
+    let taken = |add: bool| {
+        let args: &[&str] = if add {
+            &["link", "add", &vo, "type", "bridge"]
+        } else {
+            &["link", "del", &vo]
+        };
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        if !o.status.success() {
+            fail(&work, format!("ip {args:?}: {o:?}"));
+        }
+    };
+    taken(true);
+    let t = Opts::default().stasis_timeout;
+    let out = restore_detached(&work, &["--tcp-established"], t);
+    let links = |w: &Work| {
+        std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains(&pid.to_string()))
+                    .count()
+            })
+            .unwrap_or_else(|e| fail(w, format!("/sys/class/net: {e}")))
+    };
+    // The bridge, the peer's veth end and the taken name: nothing more.
+    let left = links(&work);
+    taken(false);
+    if out.success() || !out.stderr.contains(&vo) || !out.stderr.contains("--veth-pair") {
+        fail(
+            &work,
+            format!("the restore did not fail naming {vo}: {out:?}"),
+        );
+    }
+    if pid_exists(pid) || left != 3 {
+        fail(
+            &work,
+            format!(
+                "after the failed restore: process {}, {left} links of ours",
+                pid_exists(pid)
+            ),
+        );
+    }
+    let ropts = Opts {
+        restore_extra: vec!["--tcp-established"],
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    on_bridge(&work, &vo, &br);
+    finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
+}
+
 /// The negative control through a real dump and restore in a namespace.
 #[test]
 fn negative_cr_tcp_netns() {
@@ -207,7 +288,7 @@ fn negative_cr_tcp_netns() {
         "negative_cr_tcp_netns",
         &["--netns", "host", "--corrupt"],
         &[],
-        &[],
+        |pid| (vec![], format!("stvo{pid}")),
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
