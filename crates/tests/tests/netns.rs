@@ -295,7 +295,7 @@ fn negative_cr_tcp_netns() {
 
 /// criu's `--join-ns net:PATH`: the server's namespace dies with the dump;
 /// the test makes a new one by hand (`ip netns add`) holding the same
-/// veth (name, MAC, MTU), address and route, its outer end not yet on the
+/// veth (name, MAC, MTU), addresses and route, its outer end not yet on the
 /// bridge (unreachable); the restore joins it, makes the lock there, and
 /// an action script (post-restore) puts the outer end on the bridge
 /// before the lock goes. The client (in a third namespace) carries on.
@@ -336,6 +336,8 @@ fn cr_tcp_netns_join() {
         "dev",
         &vi,
     ]);
+    let a6 = format!("fd93:{x:x}::2/64");
+    sh(&["-n", &ns, "addr", "add", &a6, "dev", &vi, "nodad"]);
     sh(&["-n", &ns, "link", "set", &vi, "up"]);
     sh(&[
         "-n",

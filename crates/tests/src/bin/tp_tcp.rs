@@ -40,8 +40,9 @@
 //! 10.94.0.0/16 via the bridge. The peer is in the first namespace (`host`,
 //! on the bridge's address) or in a named namespace `stcPID` of its own
 //! (`peer-ns`, 10.93.X.3 behind a second veth on the bridge: migration of
-//! a server between two namespaces as seen by a client in a third); one
-//! IPv4 connection to it, and the pair inside over 127.0.0.1. After
+//! a server between two namespaces as seen by a client in a third; IPv6
+//! fd93:X::1, ::2, ::3/64, no DAD, likewise); an IPv4 and an IPv6
+//! connection to it, and the pair inside over 127.0.0.1. After
 //! restore the veth's address, MAC, MTU, flags and the route must read as
 //! before. The names made are listed in `net-names` (bridge, netns) for
 //! the harness to remove.
@@ -634,6 +635,7 @@ fn net_state(vi: &str) -> Vec<String> {
     vec![
         link_line(&ip(&["-o", "link", "show", "dev", vi])),
         ip(&["-o", "-4", "addr", "show", "dev", vi]),
+        ip(&["-o", "-6", "addr", "show", "dev", vi, "scope", "global"]),
         ip(&["-4", "route", "show"]),
     ]
 }
@@ -643,7 +645,7 @@ fn net_state(vi: &str) -> Vec<String> {
 /// peer's namespace. The program ends in its own namespace; returns the
 /// listener, a descriptor of the peer's namespace (for the peer to join)
 /// and the inner veth's name.
-fn net_setup(proto: &Proto, mode: &str) -> (i32, i32, String) {
+fn net_setup(proto: &Proto, mode: &str) -> (Vec<i32>, i32, String) {
     let pid = std::process::id();
     let x = pid % 250 + 1;
     let (br, vo, vi) = (
@@ -665,8 +667,16 @@ fn net_setup(proto: &Proto, mode: &str) -> (i32, i32, String) {
     std::fs::write(proto.path("net-names"), names).expect("net-names");
     ip(&["link", "add", &br, "type", "bridge"]);
     ip(&["addr", "add", &format!("10.93.{x}.1/24"), "dev", &br]);
+    ip(&[
+        "addr",
+        "add",
+        &format!("fd93:{x:x}::1/64"),
+        "dev",
+        &br,
+        "nodad",
+    ]);
     ip(&["link", "set", &br, "up"]);
-    let peer_ip = if peer_ns {
+    let (peer_ip, peer_ip6) = if peer_ns {
         ip(&["netns", "add", &cn]);
         ip(&[
             "link", "add", &co, "type", "veth", "peer", "name", &ci, "netns", &cn,
@@ -681,12 +691,15 @@ fn net_setup(proto: &Proto, mode: &str) -> (i32, i32, String) {
             "dev",
             &ci,
         ]);
+        let a6 = format!("fd93:{x:x}::3/64");
+        ip(&["-n", &cn, "addr", "add", &a6, "dev", &ci, "nodad"]);
         ip(&["-n", &cn, "link", "set", &ci, "up"]);
         ip(&["-n", &cn, "link", "set", "lo", "up"]);
-        Ipv4Addr::new(10, 93, x as u8, 3)
+        (Ipv4Addr::new(10, 93, x as u8, 3), 3)
     } else {
-        Ipv4Addr::new(10, 93, x as u8, 1)
+        (Ipv4Addr::new(10, 93, x as u8, 1), 1)
     };
+    let peer_ip6 = Ipv6Addr::new(0xfd93, x as u16, 0, 0, 0, 0, 0, peer_ip6);
     let host = open_ns("/proc/self/ns/net");
     let peer = if peer_ns {
         open_ns(&format!("/run/netns/{cn}"))
@@ -695,7 +708,10 @@ fn net_setup(proto: &Proto, mode: &str) -> (i32, i32, String) {
     };
     // The peer's listener, in the peer's namespace.
     setns(peer);
-    let l = listener(SocketAddr::new(IpAddr::V4(peer_ip), 0), None);
+    let ls = vec![
+        listener(SocketAddr::new(IpAddr::V4(peer_ip), 0), None),
+        listener(SocketAddr::new(IpAddr::V6(peer_ip6), 0), Some(1)),
+    ];
     setns(host);
     // SAFETY: integer-only syscall on ourselves (single-threaded).
     let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
@@ -725,6 +741,14 @@ fn net_setup(proto: &Proto, mode: &str) -> (i32, i32, String) {
     setns(own);
     ip(&["link", "set", "lo", "up"]);
     ip(&["addr", "add", &format!("10.93.{x}.2/24"), "dev", &vi]);
+    ip(&[
+        "addr",
+        "add",
+        &format!("fd93:{x:x}::2/64"),
+        "dev",
+        &vi,
+        "nodad",
+    ]);
     ip(&["link", "set", &vi, "up"]);
     ip(&[
         "route",
@@ -740,7 +764,7 @@ fn net_setup(proto: &Proto, mode: &str) -> (i32, i32, String) {
             libc::close(host);
         }
     }
-    (l, peer, vi)
+    (ls, peer, vi)
 }
 
 fn main() {
@@ -750,12 +774,12 @@ fn main() {
     let lo6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0);
     let netns = args.get("netns").map(str::to_string);
     // The peer's listeners: IPv4, IPv6, and (--mapped) IPv4 again for a
-    // dual-stack client; with --netns one IPv4 one, in the peer's
+    // dual-stack client; with --netns an IPv4 and an IPv6 one, in the peer's
     // namespace.
     let (ls, peer_ns, vi) = match &netns {
         Some(mode) => {
-            let (l, ns, vi) = net_setup(&proto, mode);
-            (vec![l], Some(ns), Some(vi))
+            let (ls, ns, vi) = net_setup(&proto, mode);
+            (ls, Some(ns), Some(vi))
         }
         None => {
             let mut ls = vec![listener(lo4, None), listener(lo6, Some(1))];
