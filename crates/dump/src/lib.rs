@@ -73,6 +73,9 @@ pub struct DumpOptions {
     /// Drop connections waiting in a listener's accept queue (criu's
     /// `--skip-in-flight`); without it such a listener is refused.
     pub skip_in_flight: bool,
+    /// criu's `--ext-unix-sk`: datagram sockets connected to a named one
+    /// outside the tree are saved (connected again by name at restore).
+    pub ext_unix_sk: bool,
     /// Save established TCP connections in repair mode (criu's
     /// `--tcp-established`), under a network lock.
     pub tcp_established: bool,
@@ -367,6 +370,7 @@ fn dump_frozen(
     checks::check_tree(frozen, opts.shell_job)?;
     let sockets = kinds::SockOpts {
         skip_in_flight: opts.skip_in_flight,
+        ext_unix_sk: opts.ext_unix_sk,
         tcp: match (opts.tcp_close, opts.tcp_established) {
             (true, _) => kinds::TcpMode::Close,
             (false, true) => kinds::TcpMode::Established,

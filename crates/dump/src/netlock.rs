@@ -6,6 +6,14 @@
 //! (its name goes into the image: the restore releases it); a failed dump,
 //! or one with `--leave-running`, releases it and turns repair mode off on
 //! every connection, so the processes go on as before.
+//!
+//! A tree in a network namespace of its own is locked inside it (the
+//! rules are made by a tool started from a thread that joined it): its
+//! connections' 4-tuples are that namespace's, and its packets never pass
+//! the dumper's. There it is always an nftables table of its own (an
+//! iptables chain would sit in the namespace's `filter` table, whose
+//! rules are saved with the namespace). The namespace dies with the tree; the image says so
+//! (`in_netns`) and the restore locks the new namespace the same way.
 
 use crate::freeze::FrozenTree;
 use crate::{At, Result, Stage};
@@ -13,6 +21,7 @@ use stasis_image::kinds::inet::NetLock;
 use stasis_sys::netlock::{self, Method};
 use stasis_sys::{sock, tcprepair, util, Pid};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 
 /// A lock held on the tree's connections.
 pub(crate) struct Lock {
@@ -23,6 +32,37 @@ pub(crate) struct Lock {
     /// these if the processes go on running.
     socks: Vec<(u32, i32)>,
     armed: bool,
+    /// The tree's own network namespace, where the lock is.
+    ns: Option<OwnedFd>,
+}
+
+/// Runs `f` in the namespace `ns` (the tree's), or here when None.
+fn in_ns<T: Send + 'static>(
+    ns: Option<&OwnedFd>,
+    f: impl FnOnce() -> stasis_sys::Result<T> + Send + 'static,
+) -> stasis_sys::Result<T> {
+    match ns {
+        None => f(),
+        Some(fd) => {
+            let fd = fd.try_clone().map_err(|e| {
+                stasis_sys::SysError::other("dup of a namespace descriptor", None, e.to_string())
+            })?;
+            stasis_sys::nsenter::in_ns(fd, libc::CLONE_NEWNET, None, f)?
+        }
+    }
+}
+
+/// The root's network namespace when it is not the dumper's.
+fn own_netns(root: u32) -> Result<Option<OwnedFd>> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let path = format!("/proc/{root}/ns/net");
+    if ino(&path) == ino("/proc/self/ns/net") {
+        return Ok(None);
+    }
+    util::open(&path, libc::O_RDONLY | libc::O_CLOEXEC)
+        .map(Some)
+        .at(root, Stage::Freeze)
 }
 
 /// (local, peer) of the descriptor if it is a connected TCP socket.
@@ -73,11 +113,25 @@ pub(crate) fn lock_tree(tree: &FrozenTree, method: Method) -> Result<Option<Lock
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let name = format!("stasis_{root}_{secs}");
-    netlock::lock(method, &name, &conns).at(root, Stage::Freeze)?;
+    let ns = own_netns(root)?;
+    // In the tree's namespace the lock is a table of its own whatever the
+    // method (an iptables chain would sit in the namespace's own `filter`
+    // table, which the dump saves and the restore makes again).
+    let method = match method {
+        Method::Iptables if ns.is_some() => Method::Nftables,
+        m => m,
+    };
+    let (n, c) = (name.clone(), conns.clone());
+    in_ns(ns.as_ref(), move || netlock::lock(method, &n, &c)).at(root, Stage::Freeze)?;
     log::info!(
-        "pid {root}: network lock {name} ({}) on {} TCP connection(s)",
+        "pid {root}: network lock {name} ({}) on {} TCP connection(s){}",
         method.name(),
-        conns.len()
+        conns.len(),
+        if ns.is_some() {
+            " in its network namespace"
+        } else {
+            ""
+        }
     );
     Ok(Some(Lock {
         method,
@@ -85,6 +139,7 @@ pub(crate) fn lock_tree(tree: &FrozenTree, method: Method) -> Result<Option<Lock
         conns,
         socks,
         armed: true,
+        ns,
     }))
 }
 
@@ -95,6 +150,7 @@ impl Lock {
             method: self.method.name().to_string(),
             name: self.name.clone(),
             conns: self.conns.clone(),
+            in_netns: self.ns.is_some(),
         })
     }
 
@@ -107,9 +163,14 @@ impl Lock {
     pub(crate) fn release(mut self) -> Result<()> {
         self.armed = false;
         let root = self.socks.first().map_or(0, |s| s.0);
-        let r = netlock::unlock(self.method, &self.name).at(root, Stage::Finish);
+        let r = self.unlock().at(root, Stage::Finish);
         self.repair_off();
         r
+    }
+
+    fn unlock(&self) -> stasis_sys::Result<()> {
+        let (method, name) = (self.method, self.name.clone());
+        in_ns(self.ns.as_ref(), move || netlock::unlock(method, &name))
     }
 
     fn repair_off(&self) {
@@ -126,7 +187,7 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = netlock::unlock(self.method, &self.name) {
+            if let Err(e) = self.unlock() {
                 log::warn!("releasing the network lock {}: {e}", self.name);
             }
             self.repair_off();

@@ -501,6 +501,12 @@ pub enum FdKind {
         /// queue (the listener's `id`), 0 for none; `peer` is then 0.
         #[serde(default)]
         listener: u64,
+        /// A datagram socket connected to a named socket outside the tree
+        /// (criu's `--ext-unix-sk`): that socket's name (a path, or `\0`
+        /// and an abstract name), connected to again at restore; `peer`
+        /// and `listener` are then 0. Empty for none.
+        #[serde(default, with = "crate::hex_bytes")]
+        ext_peer: Vec<u8>,
     },
     /// An AF_UNIX socket that is not connected: bound to a path or an
     /// abstract name (or not bound), listening (its backlog) or not

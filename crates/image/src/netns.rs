@@ -1,22 +1,27 @@
 //! The network namespace of a tree, when the tree's root had one of its
-//! own: its links (lo), addresses, main-table routes and a few sysctls. A
-//! restore creates a new namespace with them before any socket of the
-//! tree is made.
+//! own: its links (lo and veth pairs), addresses, main-table routes, the
+//! namespace's sysctls and its nftables ruleset. A restore creates a new
+//! namespace with them before any socket of the tree is made.
 
 use serde::{Deserialize, Serialize};
 
-/// The sysctls saved, under /proc/sys/net/.
-pub const SYSCTLS: &[&str] = &[
-    "ipv4/ip_forward",
-    "ipv4/conf/all/forwarding",
-    "ipv4/conf/default/forwarding",
-    "ipv4/conf/all/rp_filter",
-    "ipv4/conf/default/rp_filter",
-    "ipv6/conf/all/disable_ipv6",
-    "ipv6/conf/default/disable_ipv6",
-    "ipv6/conf/lo/disable_ipv6",
-    "ipv6/conf/all/forwarding",
-];
+/// The other end of a veth pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethPeer {
+    /// Its name (in its own namespace).
+    pub name: String,
+    /// The peer is in the tree's namespace too: its index there.
+    #[serde(default)]
+    pub inside: Option<i32>,
+    /// Outside: its MAC address, MTU and the bridge it was a port of
+    /// (empty: none), as the dumper's namespace showed them.
+    #[serde(default)]
+    pub mac: Vec<u8>,
+    #[serde(default)]
+    pub mtu: u32,
+    #[serde(default)]
+    pub master: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetLink {
@@ -26,6 +31,14 @@ pub struct NetLink {
     #[serde(default)]
     pub kind: String,
     pub up: bool,
+    #[serde(default)]
+    pub mtu: u32,
+    /// IFLA_ADDRESS (the MAC address).
+    #[serde(default)]
+    pub mac: Vec<u8>,
+    /// A veth's other end.
+    #[serde(default)]
+    pub veth: Option<VethPeer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,22 +75,53 @@ pub struct NetNs {
     pub links: Vec<NetLink>,
     pub addrs: Vec<NetAddr>,
     pub routes: Vec<NetRoute>,
-    /// (name under /proc/sys/net/, value) for the [`SYSCTLS`] present.
+    /// (name under /proc/sys/net/, value): every sysctl the namespace
+    /// shows that is readable and writable.
     pub sysctls: Vec<(String, String)>,
+    /// Its nftables ruleset (`nft list table` of each table, less the
+    /// network lock's), as `nft -f` reads it; empty: none.
+    #[serde(default)]
+    pub nft: String,
+}
+
+/// A sysctl name under /proc/sys/net/: a relative path of plain parts.
+pub fn sysctl_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 256
+        && n.split('/').all(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:@".contains(&b))
+        })
 }
 
 impl NetNs {
-    /// Bounds and names: only [`SYSCTLS`], addresses of 4 or 16 bytes.
+    /// Bounds and names: sysctl names that stay under /proc/sys/net,
+    /// addresses of 4 or 16 bytes, link names the kernel accepts.
     pub fn check(&self) -> Result<(), String> {
-        if self.links.len() > 4096 || self.addrs.len() > 65536 || self.routes.len() > 65536 {
-            return Err("net: too many links, addresses or routes".into());
-        }
-        if let Some((n, _)) = self
-            .sysctls
-            .iter()
-            .find(|(n, _)| !SYSCTLS.contains(&n.as_str()))
+        if self.links.len() > 4096
+            || self.addrs.len() > 65536
+            || self.routes.len() > 65536
+            || self.sysctls.len() > 65536
+            || self.nft.len() > 16 << 20
         {
-            return Err(format!("net.sysctls: {n:?} is not one stasis restores"));
+            return Err("net: too many links, addresses, routes or sysctls".into());
+        }
+        if let Some((n, _)) = self.sysctls.iter().find(|(n, _)| !sysctl_name_ok(n)) {
+            return Err(format!("net.sysctls: {n:?} is not a sysctl name"));
+        }
+        let ifname = |n: &str| {
+            !n.is_empty() && n.len() < 16 && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        };
+        for l in &self.links {
+            let peer_ok = l.veth.as_ref().is_none_or(|p| {
+                (p.name.is_empty() || ifname(&p.name)) && (p.master.is_empty() || ifname(&p.master))
+            });
+            if !ifname(&l.name) || !peer_ok {
+                return Err(format!("net.links: {:?} is not an interface name", l.name));
+            }
         }
         let ok = |v: &Vec<u8>| matches!(v.len(), 0 | 4 | 16);
         if !self.addrs.iter().all(|a| ok(&a.local) && ok(&a.address))

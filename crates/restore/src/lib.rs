@@ -64,6 +64,27 @@ mod xstate;
 pub use cgroups::{CgroupMode, CgroupRoot};
 pub use mntns::MountOptions;
 
+/// criu's `--veth-pair IN=OUT[@BRIDGE]` / `--external veth[IN]:OUT[@BRIDGE]`:
+/// the outer end of the tree's veth IN is made as OUT (in the restorer's
+/// namespace) and, with a bridge, made its port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VethMap {
+    pub inner: String,
+    pub outer: String,
+    pub bridge: Option<String>,
+}
+
+/// How the tree's network namespace is made.
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    /// Outer names (and bridges) of veth pairs; unnamed ones get their
+    /// saved name and bridge.
+    pub veths: Vec<VethMap>,
+    /// criu's `--join-ns net:PATH`: the tree is restored into this network
+    /// namespace, taken as it is.
+    pub join: Option<PathBuf>,
+}
+
 use stasis_image::{FileId, ImageDir, ImageError, ProcessImage};
 use stasis_sys::{Pid, SysError};
 use std::path::PathBuf;
@@ -90,6 +111,8 @@ pub struct RestoreOptions {
     /// criu's `--root` and `--ext-mount-map`, for a tree with its own
     /// mount namespace.
     pub mounts: MountOptions,
+    /// criu's `--veth-pair`, `--external veth[...]`, `--join-ns net:PATH`.
+    pub net: NetOptions,
     /// criu's `--restore-sibling`: the process to wait for (the root, or
     /// the helper init of a new PID namespace) is created as a child of
     /// our parent (CLONE_PARENT), not of ours.
@@ -434,6 +457,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             net: tree::Net {
                 tcp_close: opts.tcp_close,
                 lock: image.inventory.net_lock.as_ref(),
+                opts: &opts.net,
             },
             sibling: opts.sibling,
         },

@@ -1,19 +1,32 @@
 //! The tree's network namespace. The thread that opens the tree's files
-//! and forks it enters a new namespace first (unshare), sets lo up, the
-//! sysctls, addresses and routes, and stays there until the fork: the
-//! sockets it opens for the tree (listeners bound to the namespace's
-//! addresses, UDP, ...) are the new namespace's, and every process is born
-//! in it. Then it goes back to its own namespace.
+//! and forks it enters a new namespace first (unshare), and fills it: the
+//! dump's network lock (when it was made inside the tree's namespace),
+//! lo, veth pairs (the outer end made in the restorer's namespace under
+//! its saved name or the one `--veth-pair`/`--external veth[...]` gives,
+//! and made a port of its bridge), sysctls, addresses, routes and the
+//! nftables ruleset. It stays there until the fork: the sockets it opens
+//! for the tree (listeners bound to the namespace's addresses, TCP
+//! connections, UDP, ...) are the new namespace's, and every process is
+//! born in it. Then it goes back to its own namespace.
+//!
+//! criu's `--join-ns net:PATH`: the namespace at PATH is joined instead
+//! and left as it is (only the lock is made in it).
 
-use crate::{At, RestoreError, Result, Stage};
-use stasis_image::netns::{NetAddr, NetRoute};
+use crate::{At, NetOptions, RestoreError, Result, Stage};
+use stasis_image::kinds::inet::NetLock;
+use stasis_image::netns::{NetAddr, NetLink, NetRoute};
 use stasis_image::NetNs;
-use stasis_sys::{netlink, nsenter};
-use std::os::fd::OwnedFd;
+use stasis_sys::netlock::{self, Method};
+use stasis_sys::{netlink, nsenter, tool};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// The restorer's own namespace while it is in the tree's.
 pub(crate) struct Net {
     back: Option<OwnedFd>,
+    /// The tree's new namespace.
+    inside: OwnedFd,
+    /// The lock made in it, released by [`Net::release_lock`].
+    lock: Option<NetLock>,
     pid: u32,
 }
 
@@ -62,38 +75,227 @@ fn route(r: &NetRoute) -> netlink::Route {
     }
 }
 
-/// Fills the calling thread's (new) namespace.
-fn configure(img: &NetNs, pid: u32) -> Result<()> {
-    for l in &img.links {
-        if l.name != "lo" || !l.kind.is_empty() || l.index != 1 {
+fn mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// `ip link add` arguments for one end: name, index, MAC, MTU.
+fn end_args(name: &str, index: i32, hw: &[u8], mtu: u32) -> Vec<String> {
+    let mut v = vec!["name".to_string(), name.to_string()];
+    if index > 0 {
+        v.extend(["index".into(), index.to_string()]);
+    }
+    if hw.len() == 6 {
+        v.extend(["address".into(), mac(hw)]);
+    }
+    if mtu > 0 {
+        v.extend(["mtu".into(), mtu.to_string()]);
+    }
+    v
+}
+
+fn ip(args: &[String]) -> stasis_sys::Result<()> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    tool::run("ip", &a, None)
+}
+
+/// Makes veth `l` (and its other end) in the calling thread's namespace;
+/// an outer end goes into `host` (the restorer's namespace), under its
+/// saved name or the one the options give, onto its bridge, up.
+fn make_veth(
+    l: &NetLink,
+    links: &[NetLink],
+    opts: &NetOptions,
+    host: &OwnedFd,
+    pid: u32,
+) -> Result<()> {
+    let peer = l.veth.clone().unwrap_or_default();
+    let mut args: Vec<String> = vec!["link".into(), "add".into()];
+    args.extend(end_args(&l.name, l.index, &l.mac, l.mtu));
+    args.extend(["type".into(), "veth".into(), "peer".into()]);
+    if let Some(pi) = peer.inside {
+        let Some(p) = links.iter().find(|p| p.index == pi) else {
             return Err(failed(
                 pid,
-                format!("link {} ({}): only lo is restored", l.name, l.kind),
+                format!("veth {}: its peer (index {pi}) is not in the image", l.name),
+            ));
+        };
+        args.extend(end_args(&p.name, p.index, &p.mac, p.mtu));
+        return ip(&args).map_err(|e| failed(pid, format!("veth {}/{}: {e}", l.name, p.name)));
+    }
+    let given = opts.veths.iter().find(|v| v.inner == l.name);
+    let outer = given.map_or(peer.name.clone(), |v| v.outer.clone());
+    let bridge = match given {
+        Some(v) => v.bridge.clone(),
+        None => Some(peer.master.clone()).filter(|m| !m.is_empty()),
+    };
+    if outer.is_empty() {
+        return Err(failed(
+            pid,
+            format!(
+                "veth {}: its outer end was in another namespace; name it with \
+                 --veth-pair {}=OUTER[@BRIDGE]",
+                l.name, l.name
+            ),
+        ));
+    }
+    args.extend(end_args(&outer, 0, &peer.mac, peer.mtu));
+    let host_path = format!("/proc/{}/fd/{}", std::process::id(), host.as_raw_fd());
+    args.extend(["netns".into(), host_path]);
+    ip(&args).map_err(|e| {
+        failed(
+            pid,
+            format!(
+                "veth {} (outer end {outer}): {e} (another outer name: --veth-pair {}=OUTER[@BRIDGE])",
+                l.name, l.name
+            ),
+        )
+    })?;
+    let mut set: Vec<String> = vec!["link".into(), "set".into(), outer.clone()];
+    if let Some(b) = &bridge {
+        set.extend(["master".into(), b.clone()]);
+    }
+    set.push("up".into());
+    let h = host
+        .try_clone()
+        .map_err(|e| failed(pid, format!("dup of the restorer's namespace: {e}")))?;
+    nsenter::in_ns(h, libc::CLONE_NEWNET, None, move || ip(&set))
+        .and_then(|r| r)
+        .map_err(|e| {
+            failed(
+                pid,
+                format!(
+                    "veth {}: outer end {outer}{}: {e}",
+                    l.name,
+                    bridge
+                        .map(|b| format!(" onto bridge {b}"))
+                        .unwrap_or_default()
+                ),
+            )
+        })
+}
+
+/// Where a sysctl is written: `all` before `default` before each
+/// interface's (writing `all` changes every interface's).
+fn sysctl_rank(name: &str) -> u8 {
+    if name.contains("/all/") {
+        0
+    } else if name.contains("/default/") {
+        1
+    } else {
+        2
+    }
+}
+
+/// Writes the sysctls whose value differs from the new namespace's, in
+/// rank order, then checks every one reads as saved (a second round for
+/// values an `all` write changed again).
+fn write_sysctls(list: &[(String, String)], pid: u32) -> Result<()> {
+    let mut order: Vec<&(String, String)> = list.iter().collect();
+    order.sort_by_key(|(n, _)| sysctl_rank(n));
+    let read = |n: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{n}"))
+            .map(|v| v.trim_end_matches('\n').to_string())
+    };
+    for round in 0..3 {
+        let mut wrong = None;
+        for (name, value) in &order {
+            match read(name) {
+                Ok(v) if v == *value => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(failed(
+                        pid,
+                        format!("sysctl net/{name} (saved {value:?}) in the new namespace: {e}"),
+                    ))
+                }
+            }
+            if round == 2 {
+                wrong = Some((name, value, read(name).unwrap_or_default()));
+                break;
+            }
+            if let Err(e) = std::fs::write(format!("/proc/sys/net/{name}"), value) {
+                log::debug!("sysctl net/{name} = {value:?}: {e} (round {round})");
+            }
+        }
+        if let Some((n, v, now)) = wrong {
+            return Err(failed(
+                pid,
+                format!("sysctl net/{n}: reads {now:?} after writing the saved {v:?}"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Fills the calling thread's (new) namespace.
+fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result<()> {
+    for l in &img.links {
+        if l.kind == "veth" {
+            // A pair inside is made once, by its lower index.
+            if l.veth
+                .as_ref()
+                .and_then(|p| p.inside)
+                .is_some_and(|pi| pi < l.index)
+            {
+                continue;
+            }
+            make_veth(l, &img.links, opts, host, pid)?;
+        } else if l.name != "lo" || !l.kind.is_empty() || l.index != 1 {
+            return Err(failed(
+                pid,
+                format!(
+                    "link {} ({}): only lo and veth pairs are restored",
+                    l.name, l.kind
+                ),
+            ));
+        }
+    }
+    for l in &img.links {
         netlink::set_link_up(l.index, l.up).at(pid, Stage::Fork)?;
     }
-    for (name, value) in &img.sysctls {
-        std::fs::write(format!("/proc/sys/net/{name}"), value)
-            .map_err(|e| failed(pid, format!("sysctl net/{name} = {value}: {e}")))?;
-    }
+    write_sysctls(&img.sysctls, pid)?;
     for a in &img.addrs {
         added(netlink::add_addr(&addr(a))).at(pid, Stage::Fork)?;
     }
     for r in &img.routes {
         added(netlink::add_route(&route(r))).at(pid, Stage::Fork)?;
     }
+    if !img.nft.is_empty() {
+        tool::run("nft", &["-f", "-"], Some(&img.nft))
+            .map_err(|e| failed(pid, format!("nftables ruleset of the namespace: {e}")))?;
+    }
     settle(pid)
 }
 
-/// Waits until no IPv6 address is tentative: an address is usable (a
-/// socket can bind it) only once duplicate address detection finished,
-/// which on lo is at once but asynchronous.
+/// Waits until no IPv6 address is tentative on a link with a carrier
+/// and every veth that is up has an operational state: an address is
+/// usable (a socket can bind it) only once duplicate address detection
+/// finished, which on lo is at once but asynchronous, and a link's
+/// carrier shows (IFF_RUNNING) only once the kernel's link watch ran
+/// (up to a second later).
 fn settle(pid: u32) -> Result<()> {
     const IFA_F_TENTATIVE: u32 = 0x40;
+    const IFF_LOWER_UP: u32 = 0x1_0000;
     for _ in 0..500 {
+        let links = netlink::links().at(pid, Stage::Fork)?;
+        let carrier: Vec<i32> = links
+            .iter()
+            .filter(|l| l.flags & IFF_LOWER_UP != 0)
+            .map(|l| l.index)
+            .collect();
+        let pending = links
+            .iter()
+            .any(|l| l.kind == "veth" && l.flags & libc::IFF_UP as u32 != 0 && l.operstate == 0);
         let addrs = netlink::addrs().at(pid, Stage::Fork)?;
-        if addrs.iter().all(|a| a.flags & IFA_F_TENTATIVE == 0) {
+        if !pending
+            && addrs
+                .iter()
+                .all(|a| a.flags & IFA_F_TENTATIVE == 0 || !carrier.contains(&a.index))
+        {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -104,16 +306,60 @@ fn settle(pid: u32) -> Result<()> {
     ))
 }
 
+/// The dump's lock made again here, when it was made in the tree's
+/// namespace (the old one died with the tree).
+fn relock(lock: Option<&NetLock>, pid: u32) -> Result<Option<NetLock>> {
+    let Some(l) = lock.filter(|l| l.in_netns) else {
+        return Ok(None);
+    };
+    let method = Method::parse(&l.method).unwrap_or(Method::Skip);
+    netlock::lock(method, &l.name, &l.conns).at(pid, Stage::Fork)?;
+    Ok(Some(l.clone()))
+}
+
 impl Net {
-    /// Enters a new network namespace holding the image's contents.
-    pub(crate) fn enter(img: &NetNs, pid: u32) -> Result<Net> {
-        let back = nsenter::unshare_thread("net", libc::CLONE_NEWNET).at(pid, Stage::Fork)?;
+    /// Enters a new network namespace holding the image's contents (or
+    /// joins `--join-ns net:PATH`), the lock made first.
+    pub(crate) fn enter(
+        img: Option<&NetNs>,
+        opts: &NetOptions,
+        lock: Option<&NetLock>,
+        pid: u32,
+    ) -> Result<Net> {
+        let back = match &opts.join {
+            Some(path) => {
+                let back = stasis_sys::util::open(
+                    "/proc/thread-self/ns/net",
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+                .at(pid, Stage::Fork)?;
+                let ns = stasis_sys::util::open(
+                    &path.to_string_lossy(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+                .at(pid, Stage::Fork)?;
+                nsenter::join(&ns, libc::CLONE_NEWNET)
+                    .map_err(|e| failed(pid, format!("--join-ns net:{}: {e}", path.display())))?;
+                back
+            }
+            None => nsenter::unshare_thread("net", libc::CLONE_NEWNET).at(pid, Stage::Fork)?,
+        };
+        let inside =
+            stasis_sys::util::open("/proc/thread-self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)
+                .at(pid, Stage::Fork)?;
         let mut net = Net {
             back: Some(back),
+            inside,
+            lock: None,
             pid,
         };
-        configure(img, pid)?;
-        net.pid = pid;
+        net.lock = relock(lock, pid)?;
+        if let (None, Some(img)) = (&opts.join, img) {
+            let host = net.back.as_ref().ok_or_else(|| {
+                failed(pid, "the restorer's own network namespace is gone".into())
+            })?;
+            configure(img, opts, host, pid)?;
+        }
         Ok(net)
     }
 
@@ -122,6 +368,31 @@ impl Net {
         if let Some(back) = self.back.take() {
             nsenter::join(&back, libc::CLONE_NEWNET).at(self.pid, Stage::Fork)?;
         }
+        Ok(())
+    }
+
+    /// The last step before the tree resumes: the lock made in the tree's
+    /// namespace released there.
+    pub(crate) fn release_lock(&mut self) -> Result<()> {
+        let Some(l) = self.lock.take() else {
+            return Ok(());
+        };
+        let method = Method::parse(&l.method).unwrap_or(Method::Skip);
+        let ns = self
+            .inside
+            .try_clone()
+            .map_err(|e| failed(self.pid, format!("dup of the tree's namespace: {e}")))?;
+        let name = l.name.clone();
+        nsenter::in_ns(ns, libc::CLONE_NEWNET, None, move || {
+            netlock::unlock(method, &name)
+        })
+        .and_then(|r| r)
+        .at(self.pid, Stage::Resume)?;
+        log::info!(
+            "network lock {} ({}) released in the tree's namespace",
+            l.name,
+            l.method
+        );
         Ok(())
     }
 }

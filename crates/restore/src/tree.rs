@@ -74,9 +74,9 @@ pub(crate) fn restore_tree(
     }
     // 0. the tree's own network namespace, entered by this thread before
     //    its sockets are made and left after the fork (netns.rs).
-    let mut net_ns = match net_ns {
-        Some(img) => Some(crate::netns::Net::enter(img, root_pid)?),
-        None => None,
+    let mut net_ns = match (net_ns, &net.opts.join) {
+        (None, None) => None,
+        (img, _) => Some(crate::netns::Net::enter(img, net.opts, net.lock, root_pid)?),
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
@@ -212,8 +212,12 @@ pub(crate) fn restore_tree(
     crate::action(hook, "post-restore", root_pid, root.0)?;
     crate::action(hook, "pre-resume", root_pid, root.0)?;
     fault_point(root_pid, Stage::Resume)?;
-    // The network lock released, the TCP connections out of repair mode.
-    kinds::tcp::go_live(root_pid, net.lock, repaired)?;
+    // The network lock released (in the tree's namespace when it was
+    // made there), the TCP connections out of repair mode.
+    if let Some(n) = &mut net_ns {
+        n.release_lock()?;
+    }
+    kinds::tcp::go_live(root_pid, net.lock.filter(|l| !l.in_netns), repaired)?;
     // 10. resume.
     let wait_pid = resume(procs, &built, top, root, tree.stub, tree.session_helper)?;
     guard.armed = false;
@@ -256,6 +260,7 @@ fn open_files(
 pub(crate) struct Net<'a> {
     pub(crate) tcp_close: bool,
     pub(crate) lock: Option<&'a stasis_image::kinds::inet::NetLock>,
+    pub(crate) opts: &'a crate::NetOptions,
 }
 
 /// The tree to fork and what each process will find.

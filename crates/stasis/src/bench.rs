@@ -550,6 +550,7 @@ fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
         cgroup_roots: Vec::new(),
         tcp_close: false,
         mounts: stasis_restore::MountOptions::default(),
+        net: stasis_restore::NetOptions::default(),
         sibling: false,
     }
 }
@@ -562,6 +563,7 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         shell_job: false,
         file_locks: false,
         skip_in_flight: false,
+        ext_unix_sk: false,
         tcp_established: false,
         tcp_close: false,
         network_lock: stasis_sys::netlock::Method::Skip,

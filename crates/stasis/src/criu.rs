@@ -116,8 +116,6 @@ const fn b(long: &'static str, scope: u8, fate: Fate) -> Opt {
 use Arg::{No, Optional as Opti, Required as Req};
 use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
 
-const NO_SOCKETS: &str =
-    "stasis dumps no external unix socket (refused by name): nothing to permit";
 const ONE_MOUNT_ENGINE: &str =
     "stasis rebuilds a mount namespace with the new mount API only: nothing to choose";
 const NO_INCREMENTAL: &str =
@@ -150,7 +148,7 @@ pub static OPTIONS: &[Opt] = &[
     s("leave-stopped", 's', No, D, Ref, ""),
     o("timeout", Req, DR, App, "30"),
     o("freeze-cgroup", Req, D, Ref, "/sys/fs/cgroup/x"),
-    s("ext-unix-sk", 'x', Opti, DR, Acc(NO_SOCKETS), ""),
+    s("ext-unix-sk", 'x', Opti, DR, ByValue, ""),
     b("tcp-established", DR, App),
     b("skip-in-flight", DR, App),
     b("tcp-close", DR, App),
@@ -193,7 +191,7 @@ pub static OPTIONS: &[Opt] = &[
     o("cgroup-props-file", Req, DR, Ref, "x.yaml"),
     o("cgroup-dump-controller", Req, D, Ref, "cpu"),
     o("cgroup-yard", Req, DR, Ref, "/x"),
-    o("external", Req, DR, Ref, "net[1]:x"),
+    o("external", Req, DR, ByValue, "veth[eth0]:veth9"),
     s("ext-mount-map", 'M', Req, DR, ByValue, "auto"),
     o("enable-external-sharing", No, DR, Ref, ""),
     o("enable-external-masters", No, DR, Ref, ""),
@@ -238,8 +236,8 @@ pub static OPTIONS: &[Opt] = &[
     b("daemon", RESTORE, App),
     s("restore-sibling", 'S', No, RESTORE, App, "").neg(),
     s("root", 'r', Req, RESTORE, App, "/"),
-    s("join-ns", 'J', Req, RESTORE, Ref, "net:/proc/1/ns/net"),
-    o("veth-pair", Req, RESTORE, Ref, "eth0=veth0"),
+    s("join-ns", 'J', Req, RESTORE, ByValue, "net:/proc/1/ns/net"),
+    o("veth-pair", Req, RESTORE, ByValue, "eth0=veth0"),
     o("inherit-fd", Req, RESTORE, Ref, "fd[3]:x"),
     o("exec-cmd", No, RESTORE, Ref, ""),
     o("cpu-cap", Opti, RESTORE | OTHER, ByValue, "fpu"),
@@ -412,10 +410,53 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
 
 /// The fate of an option whose fate depends on its value; an invalid value
 /// is an error, as in criu.
+/// A veth's names: criu's `IN=OUT[@BRIDGE]` (`--veth-pair`) or
+/// `veth[IN]:OUT[@BRIDGE]` (`--external`).
+pub fn veth_spec(long: &str, v: &str) -> Option<stasis_restore::VethMap> {
+    let (inner, rest) = match long {
+        "veth-pair" => v.split_once('=')?,
+        _ => v.strip_prefix("veth[")?.split_once("]:")?,
+    };
+    let (outer, bridge) = match rest.split_once('@') {
+        Some((o, b)) => (o, Some(b.to_string())),
+        None => (rest, None),
+    };
+    let name = |n: &str| !n.is_empty() && n.len() < 16 && !n.contains(['/', ' ']);
+    (name(inner) && name(outer) && bridge.as_deref().is_none_or(name)).then(|| {
+        stasis_restore::VethMap {
+            inner: inner.into(),
+            outer: outer.into(),
+            bridge,
+        }
+    })
+}
+
 pub fn judge_value(g: &Given) -> Result<Fate, String> {
     let v = g.value.as_deref();
     let bad = || format!("invalid argument for --{}: {}", g.opt.long, v.unwrap_or(""));
     Ok(match g.opt.long {
+        "veth-pair" => match v.and_then(|v| veth_spec("veth-pair", v)) {
+            Some(_) => Fate::Applied,
+            None => return Err(bad()),
+        },
+        // Only veth[...] of criu's external resources (mounts, namespaces,
+        // devices, unix sockets, ...) is implemented.
+        "external" => match v {
+            Some(x) if x.starts_with("veth[") => match veth_spec("external", x) {
+                Some(_) => Fate::Applied,
+                None => return Err(bad()),
+            },
+            _ => Fate::Refused,
+        },
+        // criu's inode list (one-sided dumps of stream sockets) is not.
+        "ext-unix-sk" => match v {
+            None => Fate::Applied,
+            Some(_) => Fate::Refused,
+        },
+        "join-ns" => match v {
+            Some(x) if x.starts_with("net:") && x.len() > 4 => Fate::Applied,
+            _ => Fate::Refused,
+        },
         "manage-cgroups" => match v {
             None | Some("ignore" | "none" | "props" | "soft" | "full" | "strict") => Fate::Applied,
             Some(_) => return Err(bad()),

@@ -26,6 +26,8 @@ pub(crate) struct Request {
     /// criu's `--skip-in-flight`: drop connections waiting in a TCP
     /// listener's accept queue.
     pub(crate) skip_in_flight: bool,
+    /// criu's `--ext-unix-sk` (without an inode list).
+    pub(crate) ext_unix_sk: bool,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
     pub(crate) tcp_established: bool,
     pub(crate) tcp_close: bool,
@@ -61,6 +63,8 @@ pub(crate) struct Request {
     pub(crate) argument: Option<String>,
     /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore).
     pub(crate) mounts: stasis_restore::MountOptions,
+    /// criu's `--veth-pair`, `--external veth[...]`, `--join-ns net:PATH`.
+    pub(crate) net: stasis_restore::NetOptions,
     /// Notes for the log: accepted options and why they change nothing.
     pub(crate) notes: Vec<String>,
 }
@@ -145,6 +149,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "skip-in-flight" => r.skip_in_flight = on,
+        "ext-unix-sk" => r.ext_unix_sk = on,
         "tcp-established" => r.tcp_established = on,
         "tcp-close" => r.tcp_close = on,
         "network-lock" => {
@@ -197,6 +202,16 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             let v = g.value.as_deref().unwrap_or("");
             let (k, p) = v.split_once(':').unwrap_or((v, ""));
             r.mounts.ext_map.push((k.to_string(), p.to_string()));
+        }
+        "veth-pair" | "external" => {
+            let v = g.value.as_deref().unwrap_or("");
+            let m = criu::veth_spec(g.opt.long, v)
+                .ok_or_else(|| anyhow!("invalid argument for --{}: {v}", g.opt.long))?;
+            r.net.veths.push(m);
+        }
+        "join-ns" => {
+            let v = g.value.as_deref().unwrap_or("");
+            r.net.join = Some(PathBuf::from(v.strip_prefix("net:").unwrap_or(v)));
         }
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -427,6 +442,7 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
+        ext_unix_sk: r.ext_unix_sk,
         tcp_established: r.tcp_established,
         tcp_close: r.tcp_close,
         // criu's default.
@@ -477,6 +493,7 @@ pub(crate) fn restore_tree(
         cgroup_roots: r.cgroup_roots.clone(),
         tcp_close: r.tcp_close,
         mounts: r.mounts.clone(),
+        net: r.net.clone(),
         sibling: r.sibling,
     };
     let restored = stasis_restore::restore_with(&opts, hook)?;

@@ -13,6 +13,7 @@ mod logger;
 mod page_server;
 mod rpc;
 mod rpc_opts;
+mod run_net;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -46,6 +47,16 @@ enum Cmd {
         /// Write the command's PID (in our namespace) to FILE.
         #[arg(long = "pidfile", value_name = "FILE")]
         pidfile: Option<PathBuf>,
+        /// Run it in a new network namespace too, lo up.
+        #[arg(long = "net")]
+        net: bool,
+        /// With --net: a veth pair, `eth0` inside (up), OUTER in ours (up,
+        /// a port of BRIDGE if given).
+        #[arg(long = "veth", value_name = "OUTER[@BRIDGE]", requires = "net")]
+        veth: Option<String>,
+        /// With --veth: an address (CIDR) for eth0 inside; repeatable.
+        #[arg(long = "net-addr", value_name = "ADDR/PREFIX", requires = "veth")]
+        net_addr: Vec<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -83,6 +94,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run {
             detach,
             pidfile,
+            net,
+            veth,
+            net_addr,
             cmd,
         } => {
             let argv = cmd
@@ -90,8 +104,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|a| std::ffi::CString::new(a.as_str()))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .context("command argument contains a NUL byte")?;
-            let pid = stasis_sys::spawn::run_in_pid_ns(&argv)
-                .with_context(|| format!("run {:?}", cmd[0]))?;
+            let pid = if net {
+                run_net::spawn(argv, veth, net_addr)
+            } else {
+                stasis_sys::spawn::run_in_pid_ns(&argv).map_err(Into::into)
+            }
+            .with_context(|| format!("run {:?}", cmd[0]))?;
             if let Some(p) = pidfile {
                 std::fs::write(&p, format!("{pid}\n"))
                     .with_context(|| format!("write pidfile {}", p.display()))?;

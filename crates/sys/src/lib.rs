@@ -101,5 +101,6 @@ pub mod sockdiag;
 pub mod spawn;
 pub mod sysvipc;
 pub mod timens;
+pub mod tool;
 pub mod udpq;
 pub mod uffd;

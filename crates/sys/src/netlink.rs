@@ -19,7 +19,13 @@ const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
@@ -163,6 +169,17 @@ pub struct Link {
     /// IFLA_INFO_KIND ("veth", "dummy", ...), empty for lo and devices
     /// without one.
     pub kind: String,
+    pub mtu: u32,
+    /// IFLA_ADDRESS: the hardware address.
+    pub mac: Vec<u8>,
+    /// IFLA_LINK: a veth's peer index (in the peer's namespace), 0 if none.
+    pub link: i32,
+    /// IFLA_MASTER: the bridge (or bond) it is a port of, 0 if none.
+    pub master: i32,
+    /// IFLA_LINK_NETNSID: `link` is in another namespace (its id here).
+    pub link_netnsid: Option<i32>,
+    /// IFLA_OPERSTATE (RFC 2863: 0 unknown, 2 down, 6 up, ...).
+    pub operstate: u8,
 }
 
 /// Every interface of the calling thread's network namespace.
@@ -182,10 +199,23 @@ pub fn links() -> Result<Vec<Link>> {
                 name: String::new(),
                 flags: u32le(m, 8),
                 kind: String::new(),
+                mtu: 0,
+                mac: Vec::new(),
+                link: 0,
+                master: 0,
+                link_netnsid: None,
+                operstate: 0,
             };
+            let int = |v: &[u8]| if v.len() >= 4 { u32le(v, 0) } else { 0 };
             for (t, v) in attrs(m, 16) {
                 match t {
                     IFLA_IFNAME => l.name = cstr(v),
+                    IFLA_ADDRESS => l.mac = v.to_vec(),
+                    IFLA_MTU => l.mtu = int(v),
+                    IFLA_LINK => l.link = int(v) as i32,
+                    IFLA_MASTER => l.master = int(v) as i32,
+                    IFLA_LINK_NETNSID => l.link_netnsid = Some(int(v) as i32),
+                    IFLA_OPERSTATE => l.operstate = v.first().copied().unwrap_or(0),
                     IFLA_LINKINFO => {
                         if let Some((_, k)) =
                             attrs(v, 0).into_iter().find(|a| a.0 == IFLA_INFO_KIND)

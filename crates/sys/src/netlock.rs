@@ -11,10 +11,9 @@
 //! jumped to first from INPUT and OUTPUT; unlocking removes the jumps and
 //! the chain. Both run the `nft`/`iptables` commands.
 
-use crate::{Result, SysError};
-use std::io::Write;
+use crate::tool::run;
+use crate::Result;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 
 /// Packets with this mark go through the lock.
 pub const MARK: u32 = 0xc114;
@@ -56,38 +55,6 @@ pub fn on_wire(a: &SocketAddr) -> SocketAddr {
         },
         SocketAddr::V4(_) => *a,
     }
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
-    let what = format!("{cmd} {}", args.join(" "));
-    let mut c = Command::new(cmd);
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .map_err(|e| SysError::other(what.clone(), None, e.to_string()))?;
-    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
-        i.write_all(text.as_bytes())
-            .map_err(|e| SysError::other(what.clone(), None, e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| SysError::other(what.clone(), None, e.to_string()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(SysError::other(
-            what,
-            None,
-            err.lines().next().unwrap_or("failed").to_string(),
-        ));
-    }
-    Ok(())
 }
 
 /// `(saddr, daddr, sport, dport)` of each direction of each connection.

@@ -48,28 +48,456 @@ fn negative_cr_netns_own() {
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
-/// A veth pair in the namespace, no outside name given: refused by name.
+/// A link other than lo and veth (a bridge) in the namespace: refused by
+/// name.
 #[test]
-fn refuse_netns_veth() {
+fn refuse_netns_bridge() {
     refused_dump(
-        "refuse_netns_veth",
+        "refuse_netns_bridge",
         Program::Bin("tp_netns"),
-        &["--mode", "veth"],
+        &["--mode", "bridge"],
         &[],
-        &["link v", "veth"],
+        &["link b0", "bridge"],
         false,
     );
 }
 
-/// nftables rules inside the namespace: refused by name.
+/// iptables-legacy rules inside the namespace: refused by name.
 #[test]
-fn refuse_netns_nft() {
+fn refuse_netns_iptables_legacy() {
     refused_dump(
-        "refuse_netns_nft",
+        "refuse_netns_iptables_legacy",
         Program::Bin("tp_netns"),
-        &["--mode", "nft"],
+        &["--mode", "legacy"],
         &[],
-        &["nftables rules in its network namespace"],
+        &["iptables-legacy rules in its network namespace"],
         false,
+    );
+}
+
+/// Removes what a `--netns` program made outside its own namespace (its
+/// bridge, the peer's named namespace), listed in `WORK/net-names`.
+struct NetCleanup(std::path::PathBuf);
+
+impl Drop for NetCleanup {
+    fn drop(&mut self) {
+        let Ok(names) = std::fs::read_to_string(&self.0) else {
+            return;
+        };
+        for n in names.lines() {
+            let args: &[&str] = if n.starts_with("stb") {
+                &["link", "del", n]
+            } else {
+                &["netns", "del", n]
+            };
+            let _ = std::process::Command::new("ip").args(args).output();
+        }
+    }
+}
+
+/// tp_tcp in a namespace of its own behind a veth on a bridge, dumped
+/// with `--tcp-established` (and `dump`) and restored with the options
+/// `restore` gives for its PID; the outer veth end (the name `restore`
+/// gives) must be on the bridge, and the lock (inside the namespace) must
+/// leave nothing in ours. Returns the work directory, its cleanup and the
+/// outcome.
+fn tcp_netns_case(
+    name: &str,
+    args: &[&str],
+    dump: &[&'static str],
+    restore: impl Fn(i32) -> (Vec<String>, String),
+) -> (Work, NetCleanup, Outcome) {
+    let (work, clean, pid) = dumped_tcp_netns(name, args, dump);
+    let (restore, outer) = restore(pid);
+    let restore: Vec<&'static str> = restore
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect();
+    let v = show(&work, &work.img());
+    if v["inventory"]["net_lock"]["in_netns"] != serde_json::Value::Bool(true) {
+        fail(
+            &work,
+            "the image's network lock is not in the tree's namespace",
+        );
+    }
+    let ropts = Opts {
+        restore_extra: [&["--tcp-established"][..], &restore].concat(),
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    on_bridge(&work, &outer, &format!("stbr{pid}"));
+    let out = finish(&work, &mut r, ropts.finish_timeout);
+    let nft = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if nft.contains("stasis_") {
+        fail(&work, format!("a lock table left in our namespace:\n{nft}"));
+    }
+    (work, clean, out)
+}
+
+/// tp_tcp `args` started and dumped with `--tcp-established` and `dump`
+/// (gone): its work directory, cleanup and PID.
+fn dumped_tcp_netns(name: &str, args: &[&str], dump: &[&'static str]) -> (Work, NetCleanup, i32) {
+    let work = Work::new(name);
+    let clean = NetCleanup(work.path("net-names"));
+    let opts = Opts {
+        dump_extra: [&["--tcp-established"][..], dump].concat(),
+        ..Opts::default()
+    };
+    let mut p = start_ready(&work, Program::Bin("tp_tcp"), args, &opts);
+    dump_and_check_gone(&work, &mut p, &opts);
+    (work, clean, p.pid)
+}
+
+/// The interface `outer` of our namespace is a port of `bridge`.
+fn on_bridge(work: &Work, outer: &str, bridge: &str) {
+    let master = std::fs::read_link(format!("/sys/class/net/{outer}/master"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if !master.ends_with(&format!("/{bridge}")) {
+        fail(
+            work,
+            format!("{outer} is not a port of {bridge}: {master:?}"),
+        );
+    }
+}
+
+#[test]
+fn selfcheck_tcp_netns() {
+    let work = Work::new("selfcheck_tcp_netns");
+    let _clean = NetCleanup(work.path("net-names"));
+    run_plain(&work, Program::Bin("tp_tcp"), &["--netns", "peer-ns"]).assert_pass(&work);
+}
+
+/// Established connections of a tree in its own namespace, the peer in
+/// ours across a veth and a bridge, one pair inside; nftables lock. The
+/// outer end is named by criu's `--external veth[IN]:OUT@BRIDGE`.
+#[test]
+fn cr_tcp_netns_host_peer() {
+    let (work, _clean, out) = tcp_netns_case(
+        "cr_tcp_netns_host_peer",
+        &["--netns", "host"],
+        &["--network-lock", "nftables"],
+        |pid| {
+            (
+                vec![
+                    "--external".into(),
+                    format!("veth[stvi{pid}]:stvy{pid}@stbr{pid}"),
+                ],
+                format!("stvy{pid}"),
+            )
+        },
+    );
+    out.assert_pass(&work);
+}
+
+/// Migration between two namespaces as a client in a third sees it: the
+/// server's namespace dies with the dump, a new one with the same address,
+/// MAC and routes is made at restore, the outer veth end named by
+/// `--veth-pair` and put on the bridge; the client's connection carries
+/// on (no reset). iptables lock (criu's default).
+#[test]
+fn cr_tcp_netns_migrate() {
+    let (work, _clean, pid) =
+        dumped_tcp_netns("cr_tcp_netns_migrate", &["--netns", "peer-ns"], &[]);
+    let pair = format!("stvi{pid}=stvx{pid}@stbr{pid}");
+    let ropts = Opts {
+        restore_extra: vec![
+            "--tcp-established",
+            "--veth-pair",
+            Box::leak(pair.into_boxed_str()),
+        ],
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    on_bridge(&work, &format!("stvx{pid}"), &format!("stbr{pid}"));
+    finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
+}
+
+/// A restore that fails after its namespace was made (the outer veth
+/// name is taken) leaves nothing: no veth, no lock; the same image then
+/// restores once the name is free.
+#[test]
+fn tcp_netns_failed_restore_leaves_nothing() {
+    let (work, _clean, pid) = dumped_tcp_netns(
+        "tcp_netns_failed_restore_leaves_nothing",
+        &["--netns", "peer-ns"],
+        &[],
+    );
+    let (vo, br) = (format!("stvo{pid}"), format!("stbr{pid}"));
+    let taken = |add: bool| {
+        let args: &[&str] = if add {
+            &["link", "add", &vo, "type", "bridge"]
+        } else {
+            &["link", "del", &vo]
+        };
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        if !o.status.success() {
+            fail(&work, format!("ip {args:?}: {o:?}"));
+        }
+    };
+    taken(true);
+    let t = Opts::default().stasis_timeout;
+    let out = restore_detached(&work, &["--tcp-established"], t);
+    let links = |w: &Work| {
+        std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains(&pid.to_string()))
+                    .count()
+            })
+            .unwrap_or_else(|e| fail(w, format!("/sys/class/net: {e}")))
+    };
+    // The bridge, the peer's veth end and the taken name: nothing more.
+    let left = links(&work);
+    taken(false);
+    if out.success() || !out.stderr.contains(&vo) || !out.stderr.contains("--veth-pair") {
+        fail(
+            &work,
+            format!("the restore did not fail naming {vo}: {out:?}"),
+        );
+    }
+    if pid_exists(pid) || left != 3 {
+        fail(
+            &work,
+            format!(
+                "after the failed restore: process {}, {left} links of ours",
+                pid_exists(pid)
+            ),
+        );
+    }
+    let ropts = Opts {
+        restore_extra: vec!["--tcp-established"],
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    on_bridge(&work, &vo, &br);
+    finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
+}
+
+/// The negative control through a real dump and restore in a namespace.
+#[test]
+fn negative_cr_tcp_netns() {
+    let (_work, _clean, out) = tcp_netns_case(
+        "negative_cr_tcp_netns",
+        &["--netns", "host", "--corrupt"],
+        &[],
+        |pid| (vec![], format!("stvo{pid}")),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// criu's `--join-ns net:PATH`: the server's namespace dies with the dump;
+/// the test makes a new one by hand (`ip netns add`) holding the same
+/// veth (name, MAC, MTU), addresses and route, its outer end not yet on the
+/// bridge (unreachable); the restore joins it, makes the lock there, and
+/// an action script (post-restore) puts the outer end on the bridge
+/// before the lock goes. The client (in a third namespace) carries on.
+#[test]
+fn cr_tcp_netns_join() {
+    let (work, clean, pid) = dumped_tcp_netns("cr_tcp_netns_join", &["--netns", "peer-ns"], &[]);
+    let x = pid % 250 + 1;
+    let ns = format!("stj{pid}");
+    let (vo, vi) = (format!("stvo{pid}"), format!("stvi{pid}"));
+    let mut names = std::fs::read_to_string(&clean.0).unwrap_or_default();
+    names.push_str(&format!("{ns}\n"));
+    std::fs::write(&clean.0, names).expect("net-names");
+    let sh = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        if !o.status.success() {
+            fail(
+                &work,
+                format!("ip {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+            );
+        }
+    };
+    let mac = format!("02:93:00:00:{x:02x}:02");
+    sh(&["netns", "add", &ns]);
+    sh(&["-n", &ns, "link", "set", "lo", "up"]);
+    sh(&[
+        "link", "add", &vo, "mtu", "1400", "type", "veth", "peer", "name", &vi, "mtu", "1400",
+        "address", &mac, "netns", &ns,
+    ]);
+    sh(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("10.93.{x}.2/24"),
+        "dev",
+        &vi,
+    ]);
+    let a6 = format!("fd93:{x:x}::2/64");
+    sh(&["-n", &ns, "addr", "add", &a6, "dev", &vi, "nodad"]);
+    sh(&["-n", &ns, "link", "set", &vi, "up"]);
+    sh(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.94.0.0/16",
+        "via",
+        &format!("10.93.{x}.1"),
+    ]);
+    let script = work.path("attach.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n\
+             ip link set {vo} master stbr{pid} up || exit 1\n\
+             for i in $(seq 100); do\n\
+             [ \"$(ip netns exec {ns} cat /sys/class/net/{vi}/operstate)\" = up ] && exit 0\n\
+             sleep 0.05\ndone\nexit 1\n"
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let join = format!("net:/run/netns/{ns}");
+    let ropts = Opts {
+        restore_extra: vec![
+            "--tcp-established",
+            "--join-ns",
+            Box::leak(join.into_boxed_str()),
+            "--action-script",
+            Box::leak(script.display().to_string().into_boxed_str()),
+        ],
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, pid, &ropts);
+    let inode = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    if inode(&format!("/proc/{}/ns/net", r.pid)) != inode(&format!("/run/netns/{ns}")) {
+        fail(&work, "the restored tree is not in the joined namespace");
+    }
+    finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
+}
+
+/// `stasis run --net --veth OUTER@BRIDGE --net-addr CIDR`: tp_netns
+/// (`given`) as init of a new PID and network namespace with a veth to a
+/// bridge; dumped, restored without naming the outer end (it comes back
+/// under its saved name, on its saved bridge); the program finds its
+/// namespace as it was. `corrupt` runs the negative control.
+fn run_net_case(name: &str, corrupt: bool) -> Exit {
+    let work = Work::new(name);
+    let clean = NetCleanup(work.path("net-names"));
+    let t = std::time::Duration::from_secs(60);
+    // Both cases run in one test process: names and subnet apart.
+    let me = std::process::id() * 2 + u32::from(corrupt);
+    let x = me % 250 + 1;
+    let (br, vo) = (format!("stbq{me}"), format!("stvq{me}"));
+    std::fs::write(&clean.0, format!("{br}\n")).expect("net-names");
+    for args in [
+        &["link", "add", &br, "type", "bridge"][..],
+        &["addr", "add", &format!("10.96.{x}.1/24"), "dev", &br],
+        &["link", "set", &br, "up"],
+    ] {
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+    }
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_netns");
+    ensure_subreaper();
+    let (pidf, veth, addr) = (
+        format!("{dir}/run.pid"),
+        format!("{vo}@{br}"),
+        format!("10.96.{x}.2/24"),
+    );
+    let mut run = vec![
+        "run",
+        "-d",
+        "--pidfile",
+        &pidf,
+        "--net",
+        "--veth",
+        &veth,
+        "--net-addr",
+        &addr,
+        "--",
+        prog.to_str().expect("utf-8"),
+        &dir,
+        "--mode",
+        "given",
+    ];
+    if corrupt {
+        run.push("--corrupt");
+    }
+    let out = stasis(&work, &run, t);
+    assert_eq!(out.code, Some(0), "stasis run: {out:?}");
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let img = format!("{dir}/img");
+    let pid = init.pid.to_string();
+    let out = stasis(
+        &work,
+        &["dump", "-t", &pid, "-D", &img, "-o", "dump.log", "-v4"],
+        t,
+    );
+    assert_eq!(out.code, Some(0), "dump: {out:?}{}", work.diagnostics());
+    step(
+        &work,
+        "waiting for the dumped init",
+        init.wait(std::time::Duration::from_secs(10)),
+    );
+    let rpid = format!("{dir}/r.pid");
+    let out = stasis(
+        &work,
+        &[
+            "restore",
+            "-D",
+            &img,
+            "-d",
+            "--pidfile",
+            &rpid,
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
+        t,
+    );
+    assert_eq!(out.code, Some(0), "restore: {out:?}{}", work.diagnostics());
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    let ns = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).ok();
+    if ns(&format!("/proc/{}/ns/net", r.pid)) == ns("/proc/self/ns/net") {
+        fail(&work, "the restored tree is in our network namespace");
+    }
+    let master = std::fs::read_link(format!("/sys/class/net/{vo}/master"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if !master.ends_with(&br) {
+        fail(
+            &work,
+            format!("the outer end {vo} is not on {br}: {master:?}"),
+        );
+    }
+    work.release_go();
+    step(&work, "waiting for the restored init", r.wait(t))
+}
+
+#[test]
+fn cr_run_net_veth() {
+    assert_eq!(run_net_case("cr_run_net_veth", false), Exit::Code(0));
+}
+
+#[test]
+fn negative_cr_run_net_veth() {
+    assert_ne!(
+        run_net_case("negative_cr_run_net_veth", true),
+        Exit::Code(0)
     );
 }

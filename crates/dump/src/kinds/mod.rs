@@ -107,6 +107,9 @@ pub(crate) struct SockOpts {
     /// accept queue are dropped instead of refused.
     pub(crate) skip_in_flight: bool,
     pub(crate) tcp: TcpMode,
+    /// criu's `--ext-unix-sk`: a datagram socket connected to a named one
+    /// outside the tree is saved with that name.
+    pub(crate) ext_unix_sk: bool,
 }
 
 /// One descriptor being identified.

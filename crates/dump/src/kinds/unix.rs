@@ -54,6 +54,14 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                     .map_or(0, |l| l.ino)
             };
             let pending = listener != 0 && !dgram_to_named;
+            // Kept only if that socket proves to be outside the tree
+            // (`link`).
+            let ext_peer = match socks.get(&s.peer) {
+                Some(p) if dgram_to_named && d.sockets.ext_unix_sk => {
+                    p.name.clone().unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
             let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
             return Ok(Some(FdKind::UnixSocket {
                 id: ino,
@@ -65,6 +73,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 name,
                 listener,
                 peer: if listener != 0 { 0 } else { peer },
+                ext_peer,
             }));
         }
     };
@@ -74,6 +83,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
 /// The other end of each socket is in the tree, or was closed; the
 /// listener or named datagram socket a client is connected to is in it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
+    external_datagrams(images)?;
     let mut socks: HashSet<u64> = HashSet::new();
     let mut named: HashSet<u64> = HashSet::new();
     for e in images.iter().flat_map(|img| img.files.iter()) {
@@ -105,6 +115,56 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                         ),
                     });
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--ext-unix-sk`: a datagram socket connected to a named socket outside
+/// the tree keeps that name (and no listener); one connected to a socket
+/// of the tree forgets it. Datagrams waiting in one connected outside
+/// came from outside and cannot be sent again as their sender: refused.
+fn external_datagrams(images: &mut [&mut ProcessImage]) -> Result<()> {
+    let named: HashSet<u64> = images
+        .iter()
+        .flat_map(|img| img.files.iter())
+        .filter_map(|e| match e.kind {
+            FdKind::UnixBound { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        for e in &mut img.files {
+            if let FdKind::UnixSocket {
+                id,
+                listener,
+                ext_peer,
+                queued,
+                ..
+            } = &mut e.kind
+            {
+                if ext_peer.is_empty() {
+                    continue;
+                }
+                if named.contains(listener) {
+                    ext_peer.clear();
+                    continue;
+                }
+                if !queued.is_empty() {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        stage: Stage::Check,
+                        what: format!(
+                            "fd {} (socket:[{id}]): datagrams waiting in a unix socket connected \
+                             outside the dumped tree (--ext-unix-sk cannot send them again as \
+                             their sender)",
+                            e.fd
+                        ),
+                    });
+                }
+                *listener = 0;
             }
         }
     }

@@ -137,6 +137,11 @@ pub struct NetLock {
     pub method: String,
     pub name: String,
     pub conns: Vec<(SocketAddr, SocketAddr)>,
+    /// The lock was made inside the tree's own network namespace (which
+    /// died with the tree): a restore makes it again in the new one before
+    /// any connection is rebuilt, and releases it there.
+    #[serde(default)]
+    pub in_netns: bool,
 }
 
 /// Lock names: what nftables tables and iptables chains both accept.

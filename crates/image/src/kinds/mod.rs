@@ -69,8 +69,18 @@ pub(crate) fn validate_fd(
             queued,
             shutdown,
             name,
+            ext_peer,
             ..
-        } => unix::validate(c, &field, *sock_type, queued, *shutdown, name),
+        } => {
+            c.ensure(
+                ext_peer.is_empty()
+                    || (*sock_type == libc::SOCK_DGRAM as u32
+                        && queued.is_empty()
+                        && ext_peer.len() <= 108),
+                || format!("{field}.ext_peer: only an idle datagram socket has one"),
+            )?;
+            unix::validate(c, &field, *sock_type, queued, *shutdown, name)
+        }
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
         FdKind::UnixBound {

@@ -156,8 +156,12 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             sock_type,
             flags,
             listener,
+            ext_peer,
             ..
-        } => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
+        } => match ext_peer.is_empty() {
+            true => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
+            false => unix::open_external(o, cx, *id, *sock_type, *flags, ext_peer),
+        },
         FdKind::EventFd {
             count,
             semaphore,

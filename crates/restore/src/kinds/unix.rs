@@ -190,6 +190,36 @@ fn through_listener(
     Ok((r.at(pid, st)?, client))
 }
 
+/// A datagram socket connected to a named socket outside the tree
+/// (criu's `--ext-unix-sk`): connected to that name again.
+pub(super) fn open_external(
+    o: &mut Opened,
+    cx: &Cx<'_>,
+    id: u64,
+    sock_type: u32,
+    flags: u32,
+    ext_peer: &[u8],
+) -> Result<usize> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let c = sock::socket(libc::AF_UNIX, sock_type as i32, 0).at(pid, st)?;
+    finish(cx, &c, &end(cx, id))?;
+    sock::connect_unix(&c, ext_peer)
+        .map_err(|mut e| {
+            e.op = format!(
+                "fd {}: connecting to {} outside the tree (--ext-unix-sk): {}",
+                cx.fd,
+                String::from_utf8_lossy(ext_peer),
+                e.op
+            );
+            e
+        })
+        .at(pid, st)?;
+    util::set_status_flags(&c, (flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
+    let i = o.push(c);
+    o.set_object("unix", id, i);
+    Ok(i)
+}
+
 pub(super) fn open(
     o: &mut Opened,
     cx: &Cx<'_>,

@@ -12,8 +12,17 @@
 //!   before, that the child shares its namespace, and connects to both
 //!   listeners and sends a datagram to the UDP socket from inside the
 //!   namespace, checking each arrives, and reads the queued byte.
-//! - `veth`: its namespace holds a veth pair (refused by name).
-//! - `nft`: its namespace holds an nftables table (refused by name).
+//!   It also holds a veth pair with both ends inside (v0 10.79.0.1/24, v1
+//!   10.79.0.2/24, MTU 1300, v1 down), an nftables table (a set, two
+//!   chains, rules), an iptables (nft backend) rule, and sysctls changed
+//!   beyond the few above (per interface, per namespace TCP, core, IPv6):
+//!   after go `nft list ruleset`, `iptables -S` and those read as before.
+//! - `given`: runs in the namespace it was started in (`stasis run
+//!   --net --veth ...`): after go its links, addresses, routes, rules and
+//!   sysctls read as before, and it is not in PID 1's namespace.
+//! - `bridge`: its namespace holds a bridge (refused by name).
+//! - `legacy`: its namespace holds an iptables-legacy rule (refused by
+//!   name).
 
 use stasis_tests::{Proto, Report};
 use std::io::{Read, Write};
@@ -41,6 +50,34 @@ fn unshare_net() {
     ip(&["link", "set", "lo", "up"]);
 }
 
+/// Sysctls `own` changes (name under /proc/sys/net, value).
+const SYSCTLS: &[(&str, &str)] = &[
+    ("ipv4/conf/v0/arp_ignore", "2"),
+    ("ipv4/conf/default/accept_redirects", "0"),
+    ("ipv4/tcp_keepalive_time", "1234"),
+    ("ipv4/ip_local_port_range", "20000\t30000"),
+    ("core/somaxconn", "777"),
+    ("ipv6/conf/all/hop_limit", "33"),
+    ("ipv6/conf/v1/disable_ipv6", "1"),
+];
+
+const NFT: &str = "table inet tpf {
+    set blocked {
+        type ipv4_addr
+        elements = { 10.1.2.3, 10.1.2.4 }
+    }
+    chain input {
+        type filter hook input priority 10; policy accept;
+        ip saddr @blocked drop
+        tcp dport 7798 counter drop
+    }
+    chain out {
+        type filter hook output priority 5; policy accept;
+        udp dport 7797 reject
+    }
+}
+";
+
 /// What `ip` and /proc/sys show of the namespace.
 fn state() -> Vec<String> {
     let mut v = vec![
@@ -50,9 +87,31 @@ fn state() -> Vec<String> {
         ip(&["-4", "route", "show"]),
         ip(&["-6", "route", "show"]),
     ];
+    for (cmd, args) in [
+        ("nft", &["list", "ruleset"][..]),
+        ("iptables", &["-w", "-S"][..]),
+    ] {
+        let out = Command::new(cmd).args(args).output().expect("run");
+        v.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    for (s, _) in SYSCTLS {
+        v.push(std::fs::read_to_string(format!("/proc/sys/net/{s}")).unwrap_or_default());
+    }
     for s in ["ipv4/ip_forward", "ipv4/conf/all/rp_filter"] {
         v.push(std::fs::read_to_string(format!("/proc/sys/net/{s}")).unwrap_or_default());
     }
+    v
+}
+
+/// [`state`] less the outer veth end's index (`@ifN`), which a restore
+/// changes.
+fn given_state() -> Vec<String> {
+    let mut v = state();
+    v[0] = v[0]
+        .split(' ')
+        .map(|w| w.split("@if").next().unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" ");
     v
 }
 
@@ -67,19 +126,37 @@ fn main() {
     let mut report = Report::new();
     match args.get("mode").unwrap_or("own") {
         "own" => own(&proto, &mut report, args.corrupt()),
-        "veth" => {
+        "given" => {
+            // The link-local address's duplicate detection first.
+            for _ in 0..500 {
+                if !ip(&["-6", "addr", "show"]).contains("tentative") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let mut before = given_state();
+            proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            report.eq(
+                "links, addresses, routes, rules, sysctls",
+                before,
+                given_state(),
+            );
+        }
+        "bridge" => {
             unshare_net();
-            ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+            ip(&["link", "add", "b0", "type", "bridge"]);
             proto.ready_and_wait();
         }
-        "nft" => {
+        "legacy" => {
             unshare_net();
-            let ok = Command::new("nft")
-                .args(["add", "table", "inet", "stasis_tp_netns"])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "nft add table");
+            run(
+                "iptables-legacy",
+                &["-A", "INPUT", "-p", "tcp", "--dport", "7796", "-j", "DROP"],
+                None,
+            );
             proto.ready_and_wait();
         }
         m => report.fail(format!("unknown mode {m}")),
@@ -105,8 +182,39 @@ fn echo_tcp(l: &TcpListener, addr: &str, report: &mut Report) {
     });
 }
 
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) {
+    use std::io::Write as _;
+    let mut c = Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let (Some(t), Some(mut i)) = (stdin, c.stdin.take()) {
+        i.write_all(t.as_bytes()).expect("stdin");
+    }
+    let st = c.wait().expect("wait");
+    assert!(st.success(), "{cmd} {args:?}: {st}");
+}
+
 fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     unshare_net();
+    ip(&[
+        "link", "add", "v0", "mtu", "1300", "type", "veth", "peer", "name", "v1", "mtu", "1300",
+    ]);
+    ip(&["addr", "add", "10.79.0.1/24", "dev", "v0"]);
+    ip(&["addr", "add", "10.79.0.2/24", "dev", "v1"]);
+    ip(&["link", "set", "v0", "up"]);
+    run("nft", &["-f", "-"], Some(NFT));
+    run(
+        "iptables",
+        &[
+            "-w", "-A", "INPUT", "-p", "tcp", "--dport", "7799", "-j", "DROP",
+        ],
+        None,
+    );
+    for (s, v) in SYSCTLS {
+        std::fs::write(format!("/proc/sys/net/{s}"), v).expect(s);
+    }
     ip(&["addr", "add", "10.77.0.1/32", "dev", "lo"]);
     // nodad: usable at once (no tentative period), and restored so.
     ip(&["addr", "add", "fd77::1/128", "dev", "lo", "nodad"]);

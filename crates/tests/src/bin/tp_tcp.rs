@@ -33,7 +33,22 @@
 //! `--close` (dump or restore with `--tcp-close`): the connections come
 //! back closed: reading gives end of file, writing EPIPE.
 //!
-//! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close] [--half-closed]`
+//! `--netns host|peer-ns`: the program runs in a network namespace of
+//! its own, reached through a veth pair whose outer end is a port of a
+//! bridge (10.93.X.1/24, X from the PID) in the first namespace; inside:
+//! lo, the veth (10.93.X.2/24, MTU 1400, a MAC of its own), a route to
+//! 10.94.0.0/16 via the bridge. The peer is in the first namespace (`host`,
+//! on the bridge's address) or in a named namespace `stcPID` of its own
+//! (`peer-ns`, 10.93.X.3 behind a second veth on the bridge: migration of
+//! a server between two namespaces as seen by a client in a third; IPv6
+//! fd93:X::1, ::2, ::3/64, no DAD, likewise); an IPv4 and an IPv6
+//! connection to it, and the pair inside over 127.0.0.1. After
+//! restore the veth's address, MAC, MTU, flags and the route must read as
+//! before. The names made are listed in `net-names` (bridge, netns) for
+//! the harness to remove.
+//!
+//! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close] [--half-closed]
+//! [--netns host|peer-ns]`
 
 use stasis_tests::inet::{get, name, set, sock, sockaddr};
 use stasis_tests::{errno, Proto, Report};
@@ -374,11 +389,18 @@ fn peer(proto: &Proto, listeners: &[i32], half: bool) -> ! {
 
 /// Starts the peer by a double fork into a new session; returns once its
 /// first child has exited (the peer is then nobody's descendant here).
-fn start_peer(proto: &Proto, listeners: &[i32], half: bool) {
+fn start_peer(proto: &Proto, listeners: &[i32], half: bool, ns: Option<i32>) {
     // SAFETY: fork in a single-threaded program.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        // The peer leaves the program's namespace (which must die with
+        // the tree) for its own.
+        if let Some(ns) = ns {
+            setns(ns);
+            // SAFETY: the descriptor is not needed any more.
+            unsafe { libc::close(ns) };
+        }
         // SAFETY: plain calls in the child.
         unsafe { libc::setsid() };
         // SAFETY: as above.
@@ -562,21 +584,220 @@ fn check_closed(report: &mut Report, what: &str, fd: i32) {
     });
 }
 
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn open_ns(path: &str) -> i32 {
+    let c = std::ffi::CString::new(path).expect("path");
+    // SAFETY: opening a path; the descriptor is closed by the caller.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "open {path}: errno {}", errno());
+    fd
+}
+
+fn setns(fd: i32) {
+    // SAFETY: joining a namespace we hold a descriptor of.
+    let r = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: errno {}", errno());
+}
+
+/// A link line less what a new outer end changes (its index in `@ifN`)
+/// and the operational state word.
+fn link_line(l: &str) -> String {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for w in l.split_whitespace() {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if w == "state" {
+            skip = true;
+            continue;
+        }
+        out.push(w.split("@if").next().unwrap_or(w).to_string());
+    }
+    out.join(" ")
+}
+
+/// `--netns`: what the program's namespace shows of itself (`ip`).
+fn net_state(vi: &str) -> Vec<String> {
+    vec![
+        link_line(&ip(&["-o", "link", "show", "dev", vi])),
+        ip(&["-o", "-4", "addr", "show", "dev", vi]),
+        ip(&["-o", "-6", "addr", "show", "dev", vi, "scope", "global"]),
+        ip(&["-4", "route", "show"]),
+    ]
+}
+
+/// `--netns MODE`: the bridge, the program's own namespace with its veth,
+/// (`peer-ns`) the peer's namespace; the peer's listener made in the
+/// peer's namespace. The program ends in its own namespace; returns the
+/// listener, a descriptor of the peer's namespace (for the peer to join)
+/// and the inner veth's name.
+fn net_setup(proto: &Proto, mode: &str) -> (Vec<i32>, i32, String) {
+    let pid = std::process::id();
+    let x = pid % 250 + 1;
+    let (br, vo, vi) = (
+        format!("stbr{pid}"),
+        format!("stvo{pid}"),
+        format!("stvi{pid}"),
+    );
+    let (cn, co, ci) = (
+        format!("stc{pid}"),
+        format!("stco{pid}"),
+        format!("stci{pid}"),
+    );
+    let peer_ns = mode == "peer-ns";
+    let names = if peer_ns {
+        format!("{br}\n{cn}\n")
+    } else {
+        format!("{br}\n")
+    };
+    std::fs::write(proto.path("net-names"), names).expect("net-names");
+    ip(&["link", "add", &br, "type", "bridge"]);
+    ip(&["addr", "add", &format!("10.93.{x}.1/24"), "dev", &br]);
+    ip(&[
+        "addr",
+        "add",
+        &format!("fd93:{x:x}::1/64"),
+        "dev",
+        &br,
+        "nodad",
+    ]);
+    ip(&["link", "set", &br, "up"]);
+    let (peer_ip, peer_ip6) = if peer_ns {
+        ip(&["netns", "add", &cn]);
+        ip(&[
+            "link", "add", &co, "type", "veth", "peer", "name", &ci, "netns", &cn,
+        ]);
+        ip(&["link", "set", &co, "master", &br, "up"]);
+        ip(&[
+            "-n",
+            &cn,
+            "addr",
+            "add",
+            &format!("10.93.{x}.3/24"),
+            "dev",
+            &ci,
+        ]);
+        let a6 = format!("fd93:{x:x}::3/64");
+        ip(&["-n", &cn, "addr", "add", &a6, "dev", &ci, "nodad"]);
+        ip(&["-n", &cn, "link", "set", &ci, "up"]);
+        ip(&["-n", &cn, "link", "set", "lo", "up"]);
+        (Ipv4Addr::new(10, 93, x as u8, 3), 3)
+    } else {
+        (Ipv4Addr::new(10, 93, x as u8, 1), 1)
+    };
+    let peer_ip6 = Ipv6Addr::new(0xfd93, x as u16, 0, 0, 0, 0, 0, peer_ip6);
+    let host = open_ns("/proc/self/ns/net");
+    let peer = if peer_ns {
+        open_ns(&format!("/run/netns/{cn}"))
+    } else {
+        host
+    };
+    // The peer's listener, in the peer's namespace.
+    setns(peer);
+    let ls = vec![
+        listener(SocketAddr::new(IpAddr::V4(peer_ip), 0), None),
+        listener(SocketAddr::new(IpAddr::V6(peer_ip6), 0), Some(1)),
+    ];
+    setns(host);
+    // SAFETY: integer-only syscall on ourselves (single-threaded).
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "unshare(CLONE_NEWNET): errno {}", errno());
+    let own = open_ns("/proc/self/ns/net");
+    setns(host);
+    let own_path = format!("/proc/{pid}/fd/{own}");
+    ip(&[
+        "link",
+        "add",
+        &vo,
+        "mtu",
+        "1400",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &vi,
+        "mtu",
+        "1400",
+        "address",
+        &format!("02:93:00:00:{:02x}:02", x),
+        "netns",
+        &own_path,
+    ]);
+    ip(&["link", "set", &vo, "master", &br, "up"]);
+    setns(own);
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["addr", "add", &format!("10.93.{x}.2/24"), "dev", &vi]);
+    ip(&[
+        "addr",
+        "add",
+        &format!("fd93:{x:x}::2/64"),
+        "dev",
+        &vi,
+        "nodad",
+    ]);
+    ip(&["link", "set", &vi, "up"]);
+    ip(&[
+        "route",
+        "add",
+        "10.94.0.0/16",
+        "via",
+        &format!("10.93.{x}.1"),
+    ]);
+    // SAFETY: closing our own descriptors: neither may be in the tree.
+    unsafe {
+        libc::close(own);
+        if peer != host {
+            libc::close(host);
+        }
+    }
+    (ls, peer, vi)
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     let lo4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let lo6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0);
+    let netns = args.get("netns").map(str::to_string);
     // The peer's listeners: IPv4, IPv6, and (--mapped) IPv4 again for a
-    // dual-stack client.
-    let mut ls = vec![listener(lo4, None), listener(lo6, Some(1))];
-    if args.flag("mapped") {
-        ls.push(listener(lo4, None));
-    }
+    // dual-stack client; with --netns an IPv4 and an IPv6 one, in the peer's
+    // namespace.
+    let (ls, peer_ns, vi) = match &netns {
+        Some(mode) => {
+            let (ls, ns, vi) = net_setup(&proto, mode);
+            (ls, Some(ns), Some(vi))
+        }
+        None => {
+            let mut ls = vec![listener(lo4, None), listener(lo6, Some(1))];
+            if args.flag("mapped") {
+                ls.push(listener(lo4, None));
+            }
+            (ls, None, None)
+        }
+    };
     let addrs: Vec<SocketAddr> = ls.iter().filter_map(|&l| name(l, false)).collect();
     // The peer first: it must not inherit the program's connections.
     let half = args.flag("half-closed");
-    start_peer(&proto, &ls, half);
+    start_peer(&proto, &ls, half, peer_ns);
+    if let Some(ns) = peer_ns {
+        // SAFETY: our copy is not needed any more.
+        unsafe { libc::close(ns) };
+    }
+    let net_before = vi.as_deref().map(net_state);
     let mut ends: Vec<(String, End)> = Vec::new();
     for (k, a) in addrs.iter().enumerate() {
         let (family, to) = match k {
@@ -650,6 +871,12 @@ fn main() {
     }
     for ((what, e), b) in ends.iter().zip(&saved) {
         check_same(&mut report, what, e.fd, b);
+    }
+    if let (Some(vi), Some(b)) = (&vi, &net_before) {
+        let now = net_state(vi);
+        for (k, (b, a)) in b.iter().zip(&now).enumerate() {
+            report.eq(&format!("namespace state {k} (ip)"), b, a);
+        }
     }
     totals_from_files(
         &proto,
