@@ -130,6 +130,12 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
         };
+        if id != want && *ns == "pid_for_children" && reference.pid_ns_tree && child_has_pid_ns(pid, id)
+        {
+            // unshare(CLONE_NEWPID) then fork: its children's namespace is
+            // the nested one of a child (pidns.rs saves the levels).
+            continue;
+        }
         if id != want && *ns == "time_for_children" && ns_id(&task, "time") == want {
             return Err(refuse(pid, crate::timens::unentered(id)));
         }
@@ -145,6 +151,15 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a child of `pid` (any thread's) lives in PID namespace `ns`.
+fn child_has_pid_ns(pid: u32, ns: Option<u64>) -> bool {
+    stasis_proc::list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|t| stasis_proc::read_children(pid, t).unwrap_or_default())
+        .any(|c| ns.is_some() && ns_id(&c.to_string(), "pid") == ns)
 }
 
 /// A controlling terminal (without `--shell-job`), and objects a process

@@ -407,6 +407,7 @@ fn dump_frozen(
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
+    pidns::refuse_nested(&collected)?;
     // With the image's PIDs (final after the PID namespace translation).
     let cgroup_ns = cgroupns::collect(&frozen.procs)?;
     let cgroups = if opts.cgroups {

@@ -193,6 +193,16 @@ pub struct ProcessImage {
     /// (`SavedFileKind::DeletedDir`); 0 otherwise (`cwd` is then its path).
     #[serde(default)]
     pub cwd_saved: u64,
+    /// A process in a PID namespace nested below the tree's root's: its
+    /// PID at every level, from the root's namespace (`pid`, first) down
+    /// to its own (last; 1 for a nested namespace's init). Empty for a
+    /// process in the root's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_pids: Vec<u32>,
+    /// Its children's PID namespace (pid_for_children) is the nested one
+    /// of a child of its (unshare(CLONE_NEWPID), then fork), not its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pid_for_children_nested: bool,
 }
 
 /// A file object whose contents are saved in the image: referenced by

@@ -263,6 +263,8 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         fd_owners: Vec::new(),
         proc_attrs: None,
         cwd_saved: 0,
+        ns_pids: Vec::new(),
+        pid_for_children_nested: false,
     }
 }
 

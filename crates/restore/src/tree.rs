@@ -351,9 +351,13 @@ fn plan_tree(
             ready_index,
             children: Vec::new(),
             group_helper: false,
+            nested_pids: img.ns_pids.iter().rev().map(|&p| p as i32).collect(),
+            nested_init: img.ns_pids.len() > 1 && img.ns_pids.last() == Some(&1),
+            pid_for_children_nested: img.pid_for_children_nested,
         });
     }
     link_parents(procs, zombies, &mut tree.plan)?;
+    crate::pids::order_nested(procs, &mut tree.plan)?;
     plan_group_helpers(procs, pid_ns, &tree_pids, &mut tree, ready_w)?;
     tree.expected_ready = procs.len() + tree.group_helpers.len();
     Ok(tree)
@@ -579,6 +583,8 @@ fn set_process_groups(
     let root = &procs[0];
     let mut order: Vec<usize> = (0..procs.len()).collect();
     order.sort_by_key(|&i| procs[i].pgid != procs[i].pid);
+    // The tree's namespace level in our /proc's NSpid.
+    let level = crate::pids::tree_level(remotes.first().map(|r| r.tid()));
     for i in order {
         let img = &procs[i];
         if img.pgid == 0 || (img.pgid == root.pgid && root.pgid != root.pid) {
@@ -595,7 +601,7 @@ fn set_process_groups(
         let host = remotes[i].tid().0 as u32;
         let current = stasis_proc::read_status(host)
             .ok()
-            .and_then(|s| s.ns_pgid.last().copied())
+            .and_then(|s| s.ns_pgid.get(level).copied())
             .unwrap_or(0);
         if current == img.pgid {
             continue; // a session leader is its own group already
@@ -603,7 +609,7 @@ fn set_process_groups(
         let arg = if img.pgid == img.pid {
             0
         } else {
-            u64::from(img.pgid)
+            u64::from(crate::pids::seen_by(procs, img, img.pgid)?)
         };
         remotes[i]
             .call(

@@ -84,6 +84,14 @@ pub struct ProcPlan {
     /// itself the group's leader, reports ready, and waits to be killed
     /// (by its parent, once the members have joined).
     pub group_helper: bool,
+    /// In a PID namespace nested below the tree's: its PID at every level
+    /// from its own (first) up to the tree's (last), the clone3 set_tid
+    /// array. Empty: `pid` in its parent's namespace.
+    pub nested_pids: Vec<i32>,
+    /// The init of a nested PID namespace its parent makes (CLONE_NEWPID).
+    pub nested_init: bool,
+    /// Its pid_for_children is its nested-init child's namespace.
+    pub pid_for_children_nested: bool,
 }
 
 /// A whole tree: `procs[0]` is the root, forked by the caller.
@@ -226,20 +234,39 @@ fn owned_pidfd(fd: i32) -> OwnedFd {
 }
 
 /// Forks process `i` of the plan with its PID and exit signal (clone3
-/// set_tid); the child runs [`tree_child`] expecting `me` as its parent.
+/// set_tid, every level's PID for a nested namespace; its init with
+/// CLONE_NEWPID and a pidfd in `pidfd`); the child runs [`tree_child`]
+/// expecting `me` as its parent (0: a parent outside its namespace).
 /// Returns clone3's result in the caller (the child never returns).
 ///
 /// # Safety
 /// Only from a forked restore child: raw syscalls, no allocation.
-unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32) -> i64 {
+unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32, pidfd: &mut i32) -> i64 {
     let cp = &plan.procs[i];
     let set = [cp.pid];
+    let (tids, n) = if cp.nested_pids.is_empty() {
+        (set.as_ptr(), 1)
+    } else {
+        (cp.nested_pids.as_ptr(), cp.nested_pids.len())
+    };
+    let flags = if cp.nested_init {
+        (libc::CLONE_NEWPID | libc::CLONE_PIDFD) as u64
+    } else {
+        0
+    };
     let args = CloneArgs {
+        flags,
+        pidfd: if cp.nested_init {
+            pidfd as *mut i32 as u64
+        } else {
+            0
+        },
         exit_signal: cp.exit_signal as u64,
-        set_tid: set.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: tids as u64,
+        set_tid_size: n as u64,
         ..Default::default()
     };
+
     // SAFETY: args and set live for the call; without CLONE_VM the child
     // runs on a copy of this stack, like fork.
     let r = unsafe {
@@ -365,12 +392,8 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                 exit_now(11);
             }
         }
-        for &c in &p.children {
-            let r = fork_plan_child(plan, c, me);
-            if r < 0 {
-                report(plan.ready_fd, plan.procs[c].pid, 7);
-                exit_now(7);
-            }
+        if fork_children(plan, p, me) < 0 {
+            exit_now(7);
         }
         let f = &p.fds;
         let staging = plan.staging;
@@ -405,6 +428,92 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         loop {
             libc::syscall(libc::SYS_pause);
         }
+    }
+}
+
+/// Forks the children of `p` (which sees itself as `me`), in plan order:
+/// those in its own PID namespace, then each nested namespace's init
+/// (CLONE_NEWPID) and the other members of that namespace, forked after
+/// setns(init's pidfd, CLONE_NEWPID) made it our pid_for_children. Leaves
+/// pid_for_children as the image says. Returns -1 after reporting a
+/// failure. Raw syscalls only (runs right after a fork).
+///
+/// # Safety
+/// Only from a forked restore child.
+unsafe fn fork_children(plan: &TreePlan, p: &ProcPlan, me: i32) -> i64 {
+    let depth = p.nested_pids.len().max(1);
+    let mut init_fd = -1;
+    let mut in_nested = false;
+    for &c in &p.children {
+        let cp = &plan.procs[c];
+        let below = cp.nested_pids.len() > depth;
+        if (cp.nested_init || !below) && in_nested {
+            // SAFETY: raw syscalls on integers.
+            if unsafe { pid_ns_for_children_own() } < 0 {
+                report(plan.ready_fd, cp.pid, 7);
+                return -1;
+            }
+            in_nested = false;
+        }
+        if below && !cp.nested_init && !in_nested {
+            // SAFETY: setns on a pidfd clone3 gave us.
+            if unsafe { libc::syscall(libc::SYS_setns, init_fd, libc::CLONE_NEWPID) } < 0 {
+                report(plan.ready_fd, cp.pid, 7);
+                return -1;
+            }
+            in_nested = true;
+        }
+        let mut fd = -1;
+        // SAFETY: the caller's contract.
+        let r = unsafe { fork_plan_child(plan, c, if below { 0 } else { me }, &mut fd) };
+        if r < 0 {
+            report(plan.ready_fd, cp.pid, 7);
+            return -1;
+        }
+        if cp.nested_init {
+            if init_fd >= 0 {
+                // SAFETY: closing a pidfd of ours.
+                unsafe { libc::syscall(libc::SYS_close, init_fd) };
+            }
+            init_fd = fd;
+        }
+    }
+    if p.pid_for_children_nested && !in_nested {
+        // SAFETY: setns on a pidfd clone3 gave us.
+        if unsafe { libc::syscall(libc::SYS_setns, init_fd, libc::CLONE_NEWPID) } < 0 {
+            report(plan.ready_fd, p.pid, 7);
+            return -1;
+        }
+    } else if !p.pid_for_children_nested && in_nested {
+        // SAFETY: raw syscalls on integers.
+        if unsafe { pid_ns_for_children_own() } < 0 {
+            report(plan.ready_fd, p.pid, 7);
+            return -1;
+        }
+    }
+    if init_fd >= 0 {
+        // SAFETY: closing a pidfd of ours.
+        unsafe { libc::syscall(libc::SYS_close, init_fd) };
+    }
+    0
+}
+
+/// Makes the caller's own PID namespace its pid_for_children again
+/// (setns on a pidfd of itself). Returns 0 or -1.
+///
+/// # Safety
+/// Raw syscalls only; callable right after a fork.
+unsafe fn pid_ns_for_children_own() -> i64 {
+    // SAFETY: integer-only syscalls.
+    unsafe {
+        let me = libc::syscall(libc::SYS_getpid);
+        let fd = libc::syscall(libc::SYS_pidfd_open, me, 0);
+        if fd < 0 {
+            return -1;
+        }
+        let r = libc::syscall(libc::SYS_setns, fd, libc::CLONE_NEWPID);
+        libc::syscall(libc::SYS_close, fd);
+        r.min(0)
     }
 }
 
@@ -591,7 +700,8 @@ fn helper_init(plan: &TreePlan) -> ! {
             exit_now(9);
         }
         libc::syscall(libc::SYS_setsid);
-        let r = fork_plan_child(plan, 0, 1);
+        let mut unused = -1;
+        let r = fork_plan_child(plan, 0, 1, &mut unused);
         if r < 0 {
             report(plan.ready_fd, root.pid, 7);
             exit_now(7);
@@ -705,7 +815,8 @@ fn session_helper(plan: &TreePlan, sid: i32) -> ! {
             report(plan.ready_fd, root.pid, 8);
             exit_now(8);
         }
-        let r = fork_plan_child(plan, 0, sid);
+        let mut unused = -1;
+        let r = fork_plan_child(plan, 0, sid, &mut unused);
         if r < 0 {
             report(plan.ready_fd, root.pid, 7);
             exit_now(7);
