@@ -16,7 +16,7 @@
 //!
 //! Every process records its NSpid (every level, from /proc/self/status),
 //! getpid() and getppid() before ready, and compares them after go;
-//! b also checks its pid_for_children is still c's namespace. Mismatches
+//! b also checks its pid_for_children is c's namespace. Mismatches
 //! are appended to WORK/nspid.log; each process exits 1 on a mismatch or
 //! a failed child, and the root reports.
 
@@ -188,10 +188,10 @@ fn main() {
             recorded(w);
             check(p, "d", &me, false)
         });
-        let pfc = ns_ino("pid_for_children");
         recorded(w);
         let mut code = check(p, "b", &me, false);
-        if ns_ino("pid_for_children") != pfc || pfc == ns_ino("pid") {
+        let pfc = ns_ino("pid_for_children");
+        if pfc != ns_ino(&format!("../../{c}/ns/pid")) || pfc == ns_ino("pid") {
             log(p, "b: pid_for_children is not c's namespace any more");
             code = 1;
         }

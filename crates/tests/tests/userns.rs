@@ -1,0 +1,57 @@
+//! Nested PID namespaces (and the rest of issue 11) end to end: a
+//! `stasis run` tree dumped, killed, restored, and checked by itself.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, dump, restore (-d), go:
+/// the restored init's outcome.
+fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Outcome {
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path(program);
+    ensure_subreaper();
+    let pidfile_arg = format!("{dir}/run.pid");
+    let mut run = vec!["run", "-d", "--pidfile", &pidfile_arg];
+    run.extend_from_slice(run_extra);
+    run.extend_from_slice(&["--", prog.to_str().expect("utf-8"), &dir]);
+    run.extend_from_slice(args);
+    let out = stasis(work, &run, t);
+    if !out.success() {
+        fail(work, format!("stasis run failed: {}", out.stderr));
+    }
+    let mut init = Proc::adopt(pidfile(work, "run.pid"));
+    step(work, "waiting for ready", wait_ready(work, &mut init, t));
+    let out = dump(work, init.pid, &[], t);
+    if !out.success() {
+        init.kill();
+        fail(work, format!("stasis dump failed: {}", out.stderr));
+    }
+    step(work, "waiting for the dumped init", init.wait(t));
+    let out = restore_detached(work, &[], t);
+    if !out.success() {
+        fail(work, format!("stasis restore failed: {}", out.stderr));
+    }
+    let mut r = Proc::adopt(pidfile(work, "pidfile"));
+    finish(work, &mut r, t)
+}
+
+/// tp_nspid: two nested PID namespaces below the run tree's (one made by
+/// unshare then fork, one by clone(CLONE_NEWPID)), with a member whose
+/// parent is outside its namespace: every process has its PID at every
+/// level again, the inits are inits, pid_for_children is kept.
+#[test]
+fn cr_nested_pid_namespaces() {
+    let work = Work::new("cr_nested_pid_namespaces");
+    cr_run_tree(&work, "tp_nspid", &[], &[]).assert_pass(&work);
+}
+
+/// The negative control through a real dump and restore.
+#[test]
+fn negative_cr_nested_pid_namespaces() {
+    let work = Work::new("negative_cr_nested_pid_namespaces");
+    let out = cr_run_tree(&work, "tp_nspid", &["--corrupt"], &[]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
