@@ -29,6 +29,7 @@ pub mod seccomp;
 pub mod show;
 pub mod sysvipc;
 pub mod timens;
+pub mod userns;
 pub mod uts;
 pub mod validate;
 pub mod writer;
@@ -53,6 +54,7 @@ pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
 pub use sysvipc::IpcNs;
 pub use timens::TimeNs;
+pub use userns::UserNs;
 pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,

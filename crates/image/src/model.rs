@@ -37,6 +37,10 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// The tree's own user namespace (maps, setgroups); the credentials
+    /// in the process images are then as it sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ns: Option<crate::userns::UserNs>,
     /// The tree's own time namespace (the root's, shared by every
     /// process), when it differed from the dumper's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -283,6 +283,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         shell_job: false,
         zombies: vec![],
         pid_ns: false,
+        user_ns: None,
         uts: None,
         time: None,
         net: None,

@@ -365,6 +365,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
     if let Some(ipc) = &inv.ipc {
         crate::sysvipc::validate(&c, ipc)?;
     }
+    if let Some(u) = &inv.user_ns {
+        if let Err(m) = u.check() {
+            c.ensure(false, || m)?;
+        }
+    }
     if let Some(uts) = &inv.uts {
         if let Err(m) = uts.check() {
             c.ensure(false, || m)?;

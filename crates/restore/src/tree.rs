@@ -36,6 +36,7 @@ pub(crate) struct Setting<'a> {
 /// UTS (its names) and IPC (its objects), when the tree had its own.
 #[derive(Clone, Copy)]
 pub(crate) struct TreeNs<'a> {
+    pub user: Option<&'a stasis_image::UserNs>,
     pub uts: Option<&'a stasis_image::UtsNs>,
     pub time: Option<&'a stasis_image::TimeNs>,
     pub cgroup: Option<&'a stasis_image::CgroupNs>,
@@ -63,6 +64,7 @@ pub(crate) fn restore_tree(
     } = *setting;
     let root_pid = procs[0].pid;
     let TreeNs {
+        user,
         uts,
         time,
         cgroup,
@@ -96,6 +98,9 @@ pub(crate) fn restore_tree(
             ),
         });
     }
+    // The tree's own user namespace, made first (it owns every namespace
+    // made for the tree after it), its maps written from outside.
+    tree.plan.user_maps = user.map(crate::userns::maps);
     // The tree's own UTS namespace, made by the first process forked.
     tree.plan.uts = uts.map(|u| {
         (
@@ -313,6 +318,7 @@ fn plan_tree(
             cgroup_ns: None,
             mntns: None,
             sibling: false,
+            user_maps: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

@@ -46,6 +46,12 @@ enum Cmd {
         /// Write the command's PID (in our namespace) to FILE.
         #[arg(long = "pidfile", value_name = "FILE")]
         pidfile: Option<PathBuf>,
+        /// Also in a new user namespace mapping uids and gids 0..COUNT
+        /// inside to OUTSIDE..OUTSIDE+COUNT (default 100000:65536, as
+        /// rootless containers do); the command runs as root inside.
+        #[arg(long = "user", value_name = "OUTSIDE:COUNT", num_args = 0..=1,
+              require_equals = true, default_missing_value = "100000:65536")]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -83,14 +89,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run {
             detach,
             pidfile,
+            user,
             cmd,
         } => {
+            let user = user
+                .map(|u| {
+                    u.split_once(':')
+                        .and_then(|(o, c)| Some((o.parse::<u32>().ok()?, c.parse::<u32>().ok()?)))
+                        .filter(|&(_, c)| c > 0)
+                        .with_context(|| format!("--user {u}: not OUTSIDE:COUNT"))
+                })
+                .transpose()?;
             let argv = cmd
                 .iter()
                 .map(|a| std::ffi::CString::new(a.as_str()))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .context("command argument contains a NUL byte")?;
-            let pid = stasis_sys::spawn::run_in_pid_ns(&argv)
+            let pid = stasis_sys::spawn::run_in_pid_ns(&argv, user)
                 .with_context(|| format!("run {:?}", cmd[0]))?;
             if let Some(p) = pidfile {
                 std::fs::write(&p, format!("{pid}\n"))

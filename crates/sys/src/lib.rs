@@ -103,3 +103,4 @@ pub mod sysvipc;
 pub mod timens;
 pub mod udpq;
 pub mod uffd;
+pub mod userns;

@@ -129,6 +129,12 @@ pub struct TreePlan {
     /// the helper init) is created with CLONE_PARENT, a child of the
     /// caller's parent instead of the caller's. Not with `session_helper`.
     pub sibling: bool,
+    /// Create the tree in a new user namespace, made by the same clone as
+    /// the PID namespace (so it owns it and every namespace the first
+    /// process makes after): its setgroups, uid_map, gid_map and
+    /// projid_map texts, written by us from outside right after the fork
+    /// (nothing the tree does before it is seized needs them).
+    pub user_maps: Option<[String; 4]>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -191,6 +197,9 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
         0
     };
     flags |= parent_flag;
+    if plan.user_maps.is_some() {
+        flags |= libc::CLONE_NEWUSER as u64;
+    }
     // Inside a new namespace the root's parent is invisible: getppid() is 0.
     let expect_parent = if plan.new_pid_ns { 0 } else { parent };
     // A tree whose root is not PID 1 gets a helper init in the namespace.
@@ -222,7 +231,22 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
                 tree_child(plan, 0, expect_parent)
             }
         }
-        Forked::Parent(p) => Ok((p, owned_pidfd(fd))),
+        Forked::Parent(p) => {
+            let pidfd = owned_pidfd(fd);
+            if let Some([setgroups, uid_map, gid_map, projid_map]) = &plan.user_maps {
+                let maps = crate::userns::IdMaps {
+                    uid_map,
+                    gid_map,
+                    projid_map,
+                    setgroups,
+                };
+                if let Err(e) = crate::userns::write_maps(p, &maps) {
+                    kill_and_reap(p);
+                    return Err(e);
+                }
+            }
+            Ok((p, pidfd))
+        }
     }
 }
 
@@ -660,21 +684,49 @@ pub fn mount_private_proc() -> i64 {
 }
 
 /// `stasis run`: starts `argv` as init (PID 1) of a new PID namespace with
-/// its own mount namespace and /proc, as its own session leader. Returns
-/// its PID in our namespace.
-pub fn run_in_pid_ns(argv: &[std::ffi::CString]) -> Result<Pid> {
+/// its own mount namespace and /proc, as its own session leader. With
+/// `user = Some((outside, count))` also in a new user namespace (made
+/// first, owning the others) mapping ids 0..count inside to
+/// outside..outside+count here, uids and gids alike (setgroups left
+/// "allow"); the command runs as root inside (uid and gid 0, no
+/// supplementary groups). Returns its PID in our namespace.
+pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Result<Pid> {
     if argv.is_empty() {
         return Err(SysError::other("run", None, "no command given"));
     }
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    // The child waits on this pipe until its maps are written.
+    let sync = match user {
+        Some(_) => {
+            flags |= libc::CLONE_NEWUSER as u64;
+            Some(crate::util::pipe()?)
+        }
+        None => None,
+    };
+    let sync_fds = sync.as_ref().map(|(r, w)| {
+        use std::os::fd::AsRawFd;
+        (r.as_raw_fd(), w.as_raw_fd())
+    });
     // SAFETY: the child only makes raw syscalls on data prepared before
     // the fork and then execs (or _exits).
     match unsafe { fork_with_pid(&[], flags)? } {
         Forked::Child => {
             // SAFETY: raw syscalls; execvp with a NULL-terminated argv.
             unsafe {
+                if let Some((r, w)) = sync_fds {
+                    libc::syscall(libc::SYS_close, w);
+                    let mut b = 0u8;
+                    if libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize) != 1
+                        || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+                        || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()) < 0
+                        || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+                    {
+                        exit_now(125);
+                    }
+                    libc::syscall(libc::SYS_close, r);
+                }
                 if mount_private_proc() != 0 {
                     exit_now(126);
                 }
@@ -683,7 +735,24 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString]) -> Result<Pid> {
             }
             exit_now(127)
         }
-        Forked::Parent(p) => Ok(p),
+        Forked::Parent(p) => {
+            if let (Some((outside, count)), Some((_, w))) = (user, sync) {
+                let map = format!("0 {outside} {count}\n");
+                let maps = crate::userns::IdMaps {
+                    uid_map: &map,
+                    gid_map: &map,
+                    projid_map: "",
+                    setgroups: "",
+                };
+                if let Err(e) = crate::userns::write_maps(p, &maps) {
+                    kill_and_reap(p);
+                    return Err(e);
+                }
+                // SAFETY: one byte from a local to our pipe.
+                unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&w), b"u".as_ptr().cast(), 1) };
+            }
+            Ok(p)
+        }
     }
 }
 
