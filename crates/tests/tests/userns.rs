@@ -55,3 +55,41 @@ fn negative_cr_nested_pid_namespaces() {
     let out = cr_run_tree(&work, "tp_nspid", &["--corrupt"], &[]);
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
+
+/// The host owner of WORK/name.
+fn host_owner(work: &Work, name: &str) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(work.path(name))
+        .ok()
+        .map(|m| (m.uid(), m.gid()))
+}
+
+/// A `stasis run --user` tree (root inside mapped to 100000): the work
+/// directory opened to the namespace's ids.
+fn cr_user_tree(name: &str, args: &[&str]) -> (Work, Outcome) {
+    use std::os::unix::fs::PermissionsExt;
+    let work = Work::new(name);
+    std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod work dir");
+    let out = cr_run_tree(&work, "tp_userns", args, &["--user"]);
+    (work, out)
+}
+
+/// tp_userns in `stasis run --user`: maps, setgroups, ids, groups and
+/// capabilities of the root and of a child with other ids, as the
+/// namespace sees them; files they create after the restore are owned by
+/// the mapped ids on the host.
+#[test]
+fn cr_user_namespace() {
+    let (work, out) = cr_user_tree("cr_user_namespace", &[]);
+    out.assert_pass(&work);
+    assert_eq!(host_owner(&work, "owned-root"), Some((100_000, 100_000)));
+    assert_eq!(host_owner(&work, "owned-child"), Some((101_001, 102_001)));
+}
+
+/// The negative control through a real dump and restore.
+#[test]
+fn negative_cr_user_namespace() {
+    let (_work, out) = cr_user_tree("negative_cr_user_namespace", &["--corrupt"]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
