@@ -639,6 +639,14 @@ pub enum FdKind {
         flags: u32,
         watches: Vec<crate::kinds::inotify::InotifyWatch>,
     },
+    /// A fanotify group: fanotify_init's flags and event flags (as fdinfo
+    /// shows them) and its inode marks (crates/image/src/kinds/fanotify.rs).
+    Fanotify {
+        flags: u32,
+        init_flags: u32,
+        event_flags: u32,
+        marks: Vec<crate::kinds::fanotify::FanotifyMark>,
+    },
     /// A file or directory under `/proc/PID` of a process of the image
     /// (`pid`, in the image's numbering, which is the numbering of the
     /// process's own /proc): reopened by the process itself, at `path`,
@@ -693,6 +701,7 @@ impl FdKind {
             | FdKind::SignalFd { flags, .. }
             | FdKind::Epoll { flags, .. }
             | FdKind::Inotify { flags, .. }
+            | FdKind::Fanotify { flags, .. }
             | FdKind::ProcFile { flags, .. }
             | FdKind::Pidfd { flags, .. }
             | FdKind::PtyMaster { flags, .. }

@@ -8,6 +8,7 @@ pub mod buf;
 pub mod cgroupns;
 pub mod clone;
 pub mod fdowner;
+pub mod fanotify;
 pub mod features;
 pub mod fileops;
 pub mod hook;

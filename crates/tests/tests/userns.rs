@@ -93,3 +93,76 @@ fn negative_cr_user_namespace() {
     let (_work, out) = cr_user_tree("negative_cr_user_namespace", &["--corrupt"]);
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
+
+/// tp_fanotify without stasis: its checks pass.
+#[test]
+fn selfcheck_fanotify() {
+    let work = Work::new("selfcheck_fanotify");
+    run_plain(&work, Program::Bin("tp_fanotify"), &[]).assert_pass(&work);
+}
+
+/// tp_fanotify's negative control fails without stasis.
+#[test]
+fn negative_fanotify() {
+    let work = Work::new("negative_fanotify");
+    let out = run_plain(&work, Program::Bin("tp_fanotify"), &["--corrupt"]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// Two fanotify groups (a notification group with an inode mark and an
+/// ignore mask, a FID-reporting group with a directory mark): the same
+/// fdinfo after restore, and the marks deliver events.
+#[test]
+fn cr_fanotify() {
+    let work = Work::new("cr_fanotify");
+    run_case(&work, Program::Bin("tp_fanotify"), &[], &Opts::default()).assert_pass(&work);
+}
+
+/// The negative control through a real dump and restore.
+#[test]
+fn negative_cr_fanotify() {
+    let work = Work::new("negative_cr_fanotify");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_fanotify"),
+        &["--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+#[test]
+fn refuse_fanotify_unread_events() {
+    refused_dump(
+        "refuse_fanotify_unread_events",
+        Program::Bin("tp_fanotify"),
+        &["--refuse", "queued"],
+        &[],
+        &["fanotify group with unread events"],
+        true,
+    );
+}
+
+#[test]
+fn refuse_fanotify_permission_class() {
+    refused_dump(
+        "refuse_fanotify_permission_class",
+        Program::Bin("tp_fanotify"),
+        &["--refuse", "perm"],
+        &[],
+        &["fanotify group of a permission class"],
+        true,
+    );
+}
+
+#[test]
+fn refuse_fanotify_mount_mark() {
+    refused_dump(
+        "refuse_fanotify_mount_mark",
+        Program::Bin("tp_fanotify"),
+        &["--refuse", "mount"],
+        &[],
+        &["fanotify mount mark"],
+        true,
+    );
+}

@@ -104,6 +104,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_mcast" => env!("CARGO_BIN_EXE_tp_mcast"),
         "tp_nspid" => env!("CARGO_BIN_EXE_tp_nspid"),
         "tp_userns" => env!("CARGO_BIN_EXE_tp_userns"),
+        "tp_fanotify" => env!("CARGO_BIN_EXE_tp_fanotify"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
