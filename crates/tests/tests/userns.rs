@@ -87,6 +87,14 @@ fn cr_user_namespace() {
     assert_eq!(host_owner(&work, "owned-child"), Some((101_001, 102_001)));
 }
 
+/// The same with a UTS namespace of the tree's own: made again inside
+/// the restored user namespace, owned by it, with its host name.
+#[test]
+fn cr_user_namespace_with_uts() {
+    let (work, out) = cr_user_tree("cr_user_namespace_with_uts", &["--uts"]);
+    out.assert_pass(&work);
+}
+
 /// The negative control through a real dump and restore.
 #[test]
 fn negative_cr_user_namespace() {

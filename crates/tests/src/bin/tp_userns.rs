@@ -2,7 +2,7 @@
 //! checkpoint/restore. Run as PID 1 of `stasis run --user` (root inside,
 //! 0..65536 mapped to 100000.. outside).
 //!
-//! Usage: `tp_userns WORKDIR [--corrupt]`
+//! Usage: `tp_userns WORKDIR [--corrupt] [--uts]`
 //!
 //! The root (uid 0 inside, every capability) forks a child that takes
 //! uids 1000/1001/1002, gids 2000/2001/2002 and groups 5, 6 (losing its
@@ -11,7 +11,9 @@
 //! setgroups; their ids and groups; every capability set; that a file
 //! each creates is owned by its ids inside (the harness checks the host
 //! sees 100000 + id). The root also checks the child's credentials as
-//! /proc/CHILD/status shows them.
+//! /proc/CHILD/status shows them, and that its user namespace owns its
+//! PID and mount namespaces (and with `--uts` the UTS namespace it
+//! made, named tp-userns-uts, before forking).
 
 use stasis_tests::{Proto, Report};
 
@@ -47,6 +49,39 @@ fn make_file(proto: &Proto, name: &str) -> Option<(u32, u32)> {
     Some((m.uid(), m.gid()))
 }
 
+/// The user namespace owning namespace `ns` of this process
+/// (ioctl NS_GET_USERNS), by inode.
+fn owner(ns: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    const NS_GET_USERNS: libc::c_ulong = 0xb7 << 8 | 0x1;
+    let Ok(f) = std::fs::File::open(format!("/proc/self/ns/{ns}")) else {
+        return 0;
+    };
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor.
+    let fd = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), NS_GET_USERNS) };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let u = std::fs::File::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    u.metadata().map_or(0, |m| m.ino())
+}
+
+/// Which of the tree's namespaces its own user namespace does not own.
+fn not_owned(with_uts: bool) -> Vec<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self/ns/user").map_or(1, |m| m.ino());
+    let mut kinds = vec!["pid", "mnt"];
+    if with_uts {
+        kinds.push("uts");
+    }
+    kinds.into_iter().filter(|k| owner(k) != me).collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default()
+}
+
 fn ids() -> (u32, u32) {
     // SAFETY: getuid and getgid cannot fail.
     unsafe { (libc::getuid(), libc::getgid()) }
@@ -60,6 +95,18 @@ fn main() {
     if map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"] {
         report.skip("not in a user namespace of its own (run it with `stasis run --user`)");
         proto.finish(&report);
+    }
+    let uts = args.flag("uts");
+    if uts {
+        let name = b"tp-userns-uts";
+        // SAFETY: a single-threaded process unshares its UTS namespace and names it.
+        let ok = unsafe {
+            libc::unshare(libc::CLONE_NEWUTS) == 0
+                && libc::sethostname(name.as_ptr().cast(), name.len()) == 0
+        };
+        if !ok {
+            stasis_tests::fatal("unshare(CLONE_NEWUTS) + sethostname");
+        }
     }
     let mut fds = [0i32; 2];
     // SAFETY: valid out array.
@@ -112,6 +159,8 @@ fn main() {
     let mut before = creds("self");
     let child_before = creds(&child_s);
     let file = make_file(&proto, "owned-root");
+    let host_before = hostname();
+    report.eq("namespaces not owned by the user namespace before", Vec::<&str>::new(), not_owned(uts));
     if corrupt {
         before = before.replace("uid_map: 0 100000", "uid_map: 0 100001");
     }
@@ -121,6 +170,8 @@ fn main() {
     report.eq("the child's credentials", child_before, creds(&child_s));
     report.eq("owner of a new file", file, make_file(&proto, "owned-root"));
     report.eq("ids", (0, 0), ids());
+    report.eq("host name", host_before, hostname());
+    report.eq("namespaces not owned by the user namespace", Vec::<&str>::new(), not_owned(uts));
     let mut st = 0;
     // SAFETY: our child; valid out pointer.
     let r = unsafe { libc::waitpid(child, &mut st, 0) };
