@@ -136,7 +136,10 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
         };
-        if id != want && *ns == "pid_for_children" && reference.pid_ns_tree && child_has_pid_ns(pid, id)
+        if id != want
+            && *ns == "pid_for_children"
+            && reference.pid_ns_tree
+            && child_has_pid_ns(pid, id)
         {
             // unshare(CLONE_NEWPID) then fork: its children's namespace is
             // the nested one of a child (pidns.rs saves the levels).

@@ -68,7 +68,10 @@ impl UserNs {
             ("projid_map", &self.projid_map),
         ] {
             if map.len() > MAX_MAP_LINES {
-                return Err(format!("user_ns.{what}: {} lines (at most {MAX_MAP_LINES})", map.len()));
+                return Err(format!(
+                    "user_ns.{what}: {} lines (at most {MAX_MAP_LINES})",
+                    map.len()
+                ));
             }
             for r in map {
                 if r.count == 0
@@ -104,8 +107,17 @@ mod tests {
 
     #[test]
     fn check_refuses_empty_and_wrapping() {
-        let r = IdRange { inside: 0, outside: u32::MAX, count: 2 };
-        let u = UserNs { uid_map: vec![r], gid_map: vec![r], projid_map: vec![], setgroups_allow: true };
+        let r = IdRange {
+            inside: 0,
+            outside: u32::MAX,
+            count: 2,
+        };
+        let u = UserNs {
+            uid_map: vec![r],
+            gid_map: vec![r],
+            projid_map: vec![],
+            setgroups_allow: true,
+        };
         assert!(u.check().is_err());
     }
 }

@@ -9,7 +9,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub fn init(flags: u32, event_flags: u32) -> Result<OwnedFd> {
     // SAFETY: plain syscall; the descriptor is ours to own.
     let fd = unsafe { libc::fanotify_init(flags, event_flags) };
-    check(fd.into(), &format!("fanotify_init({flags:#x}, {event_flags:#x})"), None)?;
+    check(
+        fd.into(),
+        &format!("fanotify_init({flags:#x}, {event_flags:#x})"),
+        None,
+    )?;
     // SAFETY: fresh descriptor from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -7,8 +7,8 @@
 pub mod buf;
 pub mod cgroupns;
 pub mod clone;
-pub mod fdowner;
 pub mod fanotify;
+pub mod fdowner;
 pub mod features;
 pub mod fileops;
 pub mod hook;

@@ -749,7 +749,9 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Re
                     return Err(e);
                 }
                 // SAFETY: one byte from a local to our pipe.
-                unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&w), b"u".as_ptr().cast(), 1) };
+                unsafe {
+                    libc::write(std::os::fd::AsRawFd::as_raw_fd(&w), b"u".as_ptr().cast(), 1)
+                };
             }
             Ok(p)
         }

@@ -26,8 +26,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
             continue;
         };
         let text = format!("{first}:{v}");
-        let f = fields(&text)
-            .ok_or_else(|| d.refuse(&format!("fdinfo line {k}:{v}")))?;
+        let f = fields(&text).ok_or_else(|| d.refuse(&format!("fdinfo line {k}:{v}")))?;
         let hex = |name: &str| f.get(name).and_then(|x| u64::from_str_radix(x, 16).ok());
         let line = || d.refuse(&format!("fdinfo line {k}:{v}"));
         if first == "flags" {
@@ -52,7 +51,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 )));
             }
             let mount = super::inotify::mount_point(d.pid, sdev)?.ok_or_else(|| {
-                d.refuse(&format!("fanotify mark on inode {ino}: no mount of device {sdev:#x}"))
+                d.refuse(&format!(
+                    "fanotify mark on inode {ino}: no mount of device {sdev:#x}"
+                ))
             })?;
             marks.push(FanotifyMark {
                 mflags: hex("mflags").ok_or_else(line)? as u32,
@@ -69,9 +70,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         } else if first == "mnt_id" {
             return Err(d.refuse("a fanotify mount mark (FAN_MARK_MOUNT): not restored yet"));
         } else if first == "sdev" {
-            return Err(d.refuse(
-                "a fanotify filesystem mark (FAN_MARK_FILESYSTEM): not restored yet",
-            ));
+            return Err(
+                d.refuse("a fanotify filesystem mark (FAN_MARK_FILESYSTEM): not restored yet")
+            );
         }
     }
     let (init_flags, event_flags) =

@@ -41,7 +41,12 @@ pub(super) fn validate(c: &Checker<'_>, field: &str, marks: &[FanotifyMark]) -> 
         })?;
         c.ensure(
             !m.handle.is_empty() && m.handle.len() <= MAX_HANDLE_LEN,
-            || format!("{f}.handle: {} bytes, 1 to {MAX_HANDLE_LEN}", m.handle.len()),
+            || {
+                format!(
+                    "{f}.handle: {} bytes, 1 to {MAX_HANDLE_LEN}",
+                    m.handle.len()
+                )
+            },
         )?;
         c.ensure(m.mask != 0 || m.ignored_mask != 0, || {
             format!("{f}: neither a mask nor an ignore mask")

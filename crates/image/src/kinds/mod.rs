@@ -27,9 +27,9 @@
 
 mod chardev;
 mod epoll;
+pub mod fanotify;
 mod fifo;
 pub mod inet;
-pub mod fanotify;
 pub mod inotify;
 mod opath;
 mod pidfd;

@@ -34,7 +34,10 @@ pub(super) fn open(
                 pid,
                 stage: st,
                 source: stasis_sys::SysError {
-                    op: format!("fd {}: fanotify mark (inode {}): {}", cx.fd, m.ino, source.op),
+                    op: format!(
+                        "fd {}: fanotify mark (inode {}): {}",
+                        cx.fd, m.ino, source.op
+                    ),
                     ..source
                 },
             },
@@ -51,8 +54,13 @@ pub(super) fn open(
                 FAN_MARK_IGNORED_MASK
             };
             let surv = m.mflags & FAN_MARK_IGNORED_SURV_MODIFY;
-            fanotify::mark(&g, FAN_MARK_ADD | evictable | how | surv, m.ignored_mask, &path)
-                .at(pid, st)?;
+            fanotify::mark(
+                &g,
+                FAN_MARK_ADD | evictable | how | surv,
+                m.ignored_mask,
+                &path,
+            )
+            .at(pid, st)?;
         }
     }
     // The descriptor's O_NONBLOCK may have been changed after fanotify_init.

@@ -37,9 +37,9 @@
 mod chardev;
 pub(crate) mod epoll;
 mod eventfd;
+mod fanotify;
 mod fifo;
 mod inet;
-mod fanotify;
 mod inotify;
 mod opath;
 mod pidfd;

@@ -128,7 +128,10 @@ fn main() {
         FAN_OPEN,
         &a,
     );
-    let g2 = init(libc::FAN_CLASS_NOTIF | FAN_REPORT_FID, libc::O_RDONLY as u32);
+    let g2 = init(
+        libc::FAN_CLASS_NOTIF | FAN_REPORT_FID,
+        libc::O_RDONLY as u32,
+    );
     mark(
         g2,
         libc::FAN_MARK_ADD,
@@ -140,7 +143,12 @@ fn main() {
         Some("perm") => {
             init(FAN_CLASS_CONTENT, libc::O_RDONLY as u32);
         }
-        Some("mount") => mark(g2, libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT, FAN_CLOSE_WRITE, &dir),
+        Some("mount") => mark(
+            g2,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            FAN_CLOSE_WRITE,
+            &dir,
+        ),
         _ => {}
     }
     let before = (fdinfo(g1), fdinfo(g2));
@@ -155,7 +163,11 @@ fn main() {
         // The dump was refused; the process ran on with what it had.
         events(g1);
     } else {
-        report.eq("queued events after restore", (0, 0), (queued(g1), queued(g2)));
+        report.eq(
+            "queued events after restore",
+            (0, 0),
+            (queued(g1), queued(g2)),
+        );
     }
     {
         let mut f = std::fs::OpenOptions::new()
@@ -178,10 +190,13 @@ fn main() {
         || format!("group 1 events after writing a: {ev:?}"),
     );
     std::fs::write(dir.join("b"), "b").expect("create b");
-    let ev2 = if queued(g2) > 0 { events(g2) } else { Vec::new() };
-    report.check(
-        ev2.iter().any(|e| e.0 & FAN_CREATE != 0),
-        || format!("group 2 events after creating b: {ev2:?}"),
-    );
+    let ev2 = if queued(g2) > 0 {
+        events(g2)
+    } else {
+        Vec::new()
+    };
+    report.check(ev2.iter().any(|e| e.0 & FAN_CREATE != 0), || {
+        format!("group 2 events after creating b: {ev2:?}")
+    });
     proto.finish(&report);
 }

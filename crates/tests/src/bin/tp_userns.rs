@@ -23,9 +23,11 @@ fn creds(pid: &str) -> String {
     let mut out: Vec<String> = status
         .lines()
         .filter(|l| {
-            ["Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
-                .iter()
-                .any(|k| l.starts_with(k))
+            [
+                "Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
         })
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
@@ -63,7 +65,9 @@ fn owner(ns: &str) -> u64 {
         return 0;
     }
     // SAFETY: a fresh descriptor nothing else owns.
-    let u = std::fs::File::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let u = std::fs::File::from(unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
     u.metadata().map_or(0, |m| m.ino())
 }
 
@@ -138,7 +142,9 @@ fn main() {
             if !ok || before != after || file != file2 || file != Some((1001, 2001)) {
                 let _ = std::fs::write(
                     proto.path("child-fail"),
-                    format!("set {ok}; before {before:?} after {after:?}; files {file:?} {file2:?}"),
+                    format!(
+                        "set {ok}; before {before:?} after {after:?}; files {file:?} {file2:?}"
+                    ),
                 );
                 1
             } else {
@@ -160,7 +166,11 @@ fn main() {
     let child_before = creds(&child_s);
     let file = make_file(&proto, "owned-root");
     let host_before = hostname();
-    report.eq("namespaces not owned by the user namespace before", Vec::<&str>::new(), not_owned(uts));
+    report.eq(
+        "namespaces not owned by the user namespace before",
+        Vec::<&str>::new(),
+        not_owned(uts),
+    );
     if corrupt {
         before = before.replace("uid_map: 0 100000", "uid_map: 0 100001");
     }
@@ -171,7 +181,11 @@ fn main() {
     report.eq("owner of a new file", file, make_file(&proto, "owned-root"));
     report.eq("ids", (0, 0), ids());
     report.eq("host name", host_before, hostname());
-    report.eq("namespaces not owned by the user namespace", Vec::<&str>::new(), not_owned(uts));
+    report.eq(
+        "namespaces not owned by the user namespace",
+        Vec::<&str>::new(),
+        not_owned(uts),
+    );
     let mut st = 0;
     // SAFETY: our child; valid out pointer.
     let r = unsafe { libc::waitpid(child, &mut st, 0) };
