@@ -6,9 +6,9 @@
 //! dump refused queued events, so the queue is empty as it was.
 
 use super::{Cx, Opened};
-use crate::{At, RestoreError, Result, Stage};
+use crate::{At, Result, Stage};
 use stasis_image::FanotifyMark;
-use stasis_sys::{fanotify, inotify};
+use stasis_sys::fanotify;
 use std::os::fd::AsRawFd;
 
 const FAN_MARK_ADD: u32 = 0x1;
@@ -28,20 +28,8 @@ pub(super) fn open(
     let (pid, st) = (cx.pid, Stage::Fork);
     let g = fanotify::init(init_flags, event_flags).at(pid, st)?;
     for m in marks {
-        let mnt = crate::mntns::open(&m.mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
-        let obj = inotify::open_by_handle(&mnt, m.handle_type, &m.handle, libc::O_PATH).map_err(
-            |source| RestoreError::Sys {
-                pid,
-                stage: st,
-                source: stasis_sys::SysError {
-                    op: format!(
-                        "fd {}: fanotify mark (inode {}): {}",
-                        cx.fd, m.ino, source.op
-                    ),
-                    ..source
-                },
-            },
-        )?;
+        let what = format!("fanotify mark (inode {})", m.ino);
+        let obj = super::inotify::open_handle(cx, &m.mount, m.handle_type, &m.handle, &what)?;
         let path = format!("/proc/self/fd/{}", obj.as_raw_fd());
         let evictable = m.mflags & FAN_MARK_EVICTABLE;
         if m.mask != 0 {
