@@ -98,8 +98,13 @@ pub(crate) fn translate_to_pid_ns(
                 t.notify_tid = level_id(host, t.notify_tid, lv, Stage::Check)?.0;
             }
         }
+        let nested = !img.ns_pids.is_empty();
         for t in &mut img.threads {
-            t.tid = level_id(host, t.tid, lv, Stage::Check)?.0;
+            let (id, ts) = level_id(host, t.tid, lv, Stage::Check)?;
+            t.tid = id;
+            if nested {
+                t.ns_tids = ts.ns_pid.get(lv..).unwrap_or_default().to_vec();
+            }
         }
     }
     for z in zombies.iter_mut() {
@@ -136,9 +141,7 @@ pub(crate) fn refuse_nested(procs: &[Collected]) -> Result<()> {
 
 fn refuse_nested_one(host: u32, img: &stasis_image::ProcessImage) -> Result<()> {
     use stasis_image::FdKind;
-    let what = if img.threads.len() > 1 {
-        Some("several threads".to_string())
-    } else if img.posix_timers.iter().any(|t| t.notify_tid != 0) {
+    let what = if img.posix_timers.iter().any(|t| t.notify_tid != 0) {
         Some("a POSIX timer signalling a thread".to_string())
     } else if !img.fd_owners.is_empty() {
         Some("a descriptor with a signal owner".to_string())

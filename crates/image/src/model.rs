@@ -383,6 +383,11 @@ pub struct ThreadState {
     /// fewer than every CPU online at the dump; empty: not bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpus: Vec<u32>,
+    /// In a process of a nested PID namespace: the thread's id at every
+    /// level, from the tree's namespace (`tid`, first) down to the
+    /// process's own (last). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_tids: Vec<u32>,
 }
 
 /// One armed interval timer (`getitimer`): times in microseconds.

@@ -67,6 +67,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         robust_list_head: 0x7f00_0000_0a00,
         robust_list_len: 24,
         cpus: Vec::new(),
+        ns_tids: Vec::new(),
         pending: vec![PendingSignal {
             signo: 10,
             info: vec![0; 128],

@@ -14,7 +14,8 @@
 //!      └─ d: a member of N1 whose parent (b) is outside it
 //! ```
 //!
-//! Every process records its NSpid (every level, from /proc/self/status),
+//! h and g2 also run a second thread, which checks its own NSpid and
+//! TID. Every process records its NSpid (every level, from /proc/self/status),
 //! getpid() and getppid() before ready, and compares them after go;
 //! b also checks its pid_for_children is c's namespace. Mismatches
 //! are appended to WORK/nspid.log; each process exits 1 on a mismatch or
@@ -32,7 +33,11 @@ struct Seen {
 }
 
 fn seen() -> Seen {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    seen_at("/proc/self/status")
+}
+
+fn seen_at(path: &str) -> Seen {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     let nspid = status
         .lines()
         .find(|l| l.starts_with("NSpid:"))
@@ -109,6 +114,38 @@ fn recorded(w: i32) {
     }
 }
 
+/// Runs `body` (a process's own record-and-check) beside a second thread
+/// that records its NSpid and TID and checks them after go: the
+/// process's code, or 1 if the thread's check failed.
+fn with_thread(proto: &Proto, name: &str, body: impl FnOnce() -> i32) -> i32 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let t = s.spawn(move || {
+            let me = seen_at("/proc/thread-self/status");
+            // SAFETY: gettid cannot fail.
+            let tid = unsafe { libc::gettid() };
+            let _ = tx.send(());
+            proto.wait_go();
+            let now = seen_at("/proc/thread-self/status");
+            // SAFETY: as above.
+            let tid_now = unsafe { libc::gettid() };
+            if now.nspid != me.nspid || tid_now != tid {
+                log(
+                    proto,
+                    &format!(
+                        "{name} thread: was {} (tid {tid}), now {} (tid {tid_now})",
+                        me.nspid, now.nspid
+                    ),
+                );
+                return 1;
+            }
+            0
+        });
+        let _ = rx.recv();
+        body() | t.join().unwrap_or(1)
+    })
+}
+
 /// A process's check after go: its identity must be what it recorded.
 fn check(proto: &Proto, name: &str, before: &Seen, corrupt: bool) -> i32 {
     proto.wait_go();
@@ -160,16 +197,20 @@ fn main() {
                         recorded(w);
                         check(p, "i", &me, false)
                     });
-                    recorded(w);
-                    check(p, "h", &me, corrupt) | reap(i).min(1)
+                    with_thread(p, "h", || {
+                        recorded(w);
+                        check(p, "h", &me, corrupt) | reap(i).min(1)
+                    })
                 });
                 recorded(w);
                 check(p, "g1", &me, false) | reap(h).min(1)
             });
             let g2 = spawn(false, move || {
                 let me = seen();
-                recorded(w);
-                check(p, "g2", &me, false)
+                with_thread(p, "g2", || {
+                    recorded(w);
+                    check(p, "g2", &me, false)
+                })
             });
             recorded(w);
             let mut code = check(p, "c", &me, false) | reap(g1).min(1) | reap(g2).min(1);
