@@ -67,11 +67,15 @@ fn host_owner(work: &Work, name: &str) -> Option<(u32, u32)> {
 /// A `stasis run --user` tree (root inside mapped to 100000): the work
 /// directory opened to the namespace's ids.
 fn cr_user_tree(name: &str, args: &[&str]) -> (Work, Outcome) {
+    cr_user_tree_of(name, "tp_userns", args)
+}
+
+fn cr_user_tree_of(name: &str, program: &str, args: &[&str]) -> (Work, Outcome) {
     use std::os::unix::fs::PermissionsExt;
     let work = Work::new(name);
     std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod work dir");
-    let out = cr_run_tree(&work, "tp_userns", args, &["--user"]);
+    let out = cr_run_tree(&work, program, args, &["--user"]);
     (work, out)
 }
 
@@ -92,6 +96,15 @@ fn cr_user_namespace() {
 #[test]
 fn cr_user_namespace_with_uts() {
     let (work, out) = cr_user_tree("cr_user_namespace_with_uts", &["--uts"]);
+    out.assert_pass(&work);
+}
+
+/// tp_nspid in `stasis run --user`: the nested PID namespaces are made
+/// by processes that hold their capabilities in the tree's user
+/// namespace only.
+#[test]
+fn cr_nested_pid_namespaces_in_user_namespace() {
+    let (work, out) = cr_user_tree_of("cr_nested_pid_in_user_namespace", "tp_nspid", &[]);
     out.assert_pass(&work);
 }
 
