@@ -416,11 +416,11 @@ fn dump_frozen(
         userns::refuse_with(
             root,
             &[
-                ("time", time.is_some()),
-                ("network", net.is_some()),
-                ("IPC", ipc.is_some()),
-                ("mount", mntns.is_some()),
-                ("cgroup", cgroup_ns.is_some()),
+                ("a time", time.is_some()),
+                ("a network", net.is_some()),
+                ("an IPC", ipc.is_some()),
+                ("a mount", mntns.is_some()),
+                ("a cgroup", cgroup_ns.is_some()),
             ],
         )?;
         userns::translate_creds(&mut collected, u)?;

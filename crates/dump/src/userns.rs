@@ -110,7 +110,7 @@ pub(crate) fn refuse_with(root: u32, others: &[(&str, bool)]) -> Result<()> {
     match others.iter().find(|(_, has)| *has) {
         Some((name, _)) => Err(refuse(
             root,
-            format!("a {name} namespace of its own together with a user namespace of its own: not restored yet"),
+            format!("{name} namespace of its own together with a user namespace of its own: not restored yet"),
         )),
         None => Ok(()),
     }

@@ -34,15 +34,15 @@ pub(crate) fn check<'a>(
         ));
     }
     let others = [
-        ("time", inv.time.is_some()),
-        ("network", inv.net.is_some()),
-        ("IPC", inv.ipc.is_some()),
-        ("mount", inv.mntns.is_some()),
-        ("cgroup", inv.cgroup_ns.is_some()),
+        ("a time", inv.time.is_some()),
+        ("a network", inv.net.is_some()),
+        ("an IPC", inv.ipc.is_some()),
+        ("a mount", inv.mntns.is_some()),
+        ("a cgroup", inv.cgroup_ns.is_some()),
     ];
     if let Some((name, _)) = others.iter().find(|(_, has)| *has) {
         return Err(refuse(format!(
-            "a {name} namespace of its own together with a user namespace of its own: not restored yet"
+            "{name} namespace of its own together with a user namespace of its own: not restored yet"
         )));
     }
     Ok(Some(u))

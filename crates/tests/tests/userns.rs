@@ -187,3 +187,47 @@ fn refuse_fanotify_mount_mark() {
         true,
     );
 }
+
+/// A `stasis run --user` tree with an IPC namespace of its own (which the
+/// restorer would make outside the tree's user namespace): the dump
+/// refuses it by name in one line, leaves no image, and the tree runs on
+/// and passes.
+#[test]
+fn refuse_user_namespace_with_own_ipc_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = Work::new("refuse_user_namespace_with_own_ipc");
+    std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod work dir");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_userns");
+    ensure_subreaper();
+    let pidfile_arg = format!("{dir}/run.pid");
+    let run = [
+        "run",
+        "-d",
+        "--pidfile",
+        &pidfile_arg,
+        "--user",
+        "--",
+        prog.to_str().expect("utf-8"),
+        &dir,
+        "--ipc",
+    ];
+    let out = stasis(&work, &run, t);
+    assert!(out.success(), "stasis run failed: {}", out.stderr);
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let out = dump(&work, init.pid, &[], t);
+    let refused = out.code == Some(1)
+        && out.stderr.trim_end().lines().count() == 1
+        && out
+            .stderr
+            .contains("IPC namespace of its own together with a user namespace");
+    if !refused {
+        init.kill();
+        fail(&work, format!("dump not refused by name: {out:?}"));
+    }
+    assert!(!work.img().join("inventory.img").exists());
+    finish(&work, &mut init, t).assert_pass(&work);
+}

@@ -2,7 +2,7 @@
 //! checkpoint/restore. Run as PID 1 of `stasis run --user` (root inside,
 //! 0..65536 mapped to 100000.. outside).
 //!
-//! Usage: `tp_userns WORKDIR [--corrupt] [--uts]`
+//! Usage: `tp_userns WORKDIR [--corrupt] [--uts] [--ipc]`
 //!
 //! The root (uid 0 inside, every capability) forks a child that takes
 //! uids 1000/1001/1002, gids 2000/2001/2002 and groups 5, 6 (losing its
@@ -13,7 +13,8 @@
 //! sees 100000 + id). The root also checks the child's credentials as
 //! /proc/CHILD/status shows them, and that its user namespace owns its
 //! PID and mount namespaces (and with `--uts` the UTS namespace it
-//! made, named tp-userns-uts, before forking).
+//! made, named tp-userns-uts, before forking). `--ipc`: an IPC
+//! namespace of its own too, which the dump must refuse.
 
 use stasis_tests::{Proto, Report};
 
@@ -111,6 +112,10 @@ fn main() {
         if !ok {
             stasis_tests::fatal("unshare(CLONE_NEWUTS) + sethostname");
         }
+    }
+    // SAFETY: a single-threaded process unshares its IPC namespace.
+    if args.flag("ipc") && unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
+        stasis_tests::fatal("unshare(CLONE_NEWIPC)");
     }
     let mut fds = [0i32; 2];
     // SAFETY: valid out array.
