@@ -41,7 +41,7 @@ pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
-pub use kinds::fanotify::FanotifyMark;
+pub use kinds::fanotify::{FanotifyMark, FanotifyTarget};
 pub use kinds::inotify::InotifyWatch;
 pub use kinds::pty::{PtyState, Termios};
 pub use kinds::saved::{Extent, FileTimes, Owner};

@@ -149,6 +149,8 @@ pub(crate) fn restore_tree(
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();
     let repaired = std::mem::take(&mut opened.repaired);
+    // Events the restorer's own work queued in restored fanotify groups.
+    kinds::fanotify::drain_all(&opened, root_pid)?;
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
     if let Some(i) = &mut ipc {
         i.leave()?;

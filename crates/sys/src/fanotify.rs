@@ -31,3 +31,38 @@ pub fn mark(fd: &OwnedFd, flags: u32, mask: u64, path: &str) -> Result<()> {
     )
     .map(drop)
 }
+
+/// Reads and drops every event waiting in group `fd` without blocking,
+/// closing the descriptor each event carries (groups not reporting file
+/// ids give the reader one per event).
+pub fn drain(fd: &OwnedFd) -> Result<()> {
+    const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let mut buf = vec![0u8; 64 << 10];
+    while crate::inotify::queued_bytes(fd)? > 0 {
+        // SAFETY: reading into our own buffer of buf.len() bytes; events
+        // are queued, so the read does not block.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return Err(SysError::new(
+                "read fanotify events",
+                None,
+                crate::last_errno(),
+            ));
+        }
+        let mut off = 0usize;
+        while off + META <= n as usize {
+            // SAFETY: the kernel wrote a whole event metadata record at off.
+            let m: libc::fanotify_event_metadata =
+                unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+            if m.fd >= 0 {
+                // SAFETY: the event's descriptor was installed for us.
+                unsafe { libc::close(m.fd) };
+            }
+            if (m.event_len as usize) < META {
+                break;
+            }
+            off += m.event_len as usize;
+        }
+    }
+    Ok(())
+}

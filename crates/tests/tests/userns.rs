@@ -176,16 +176,32 @@ fn refuse_fanotify_permission_class() {
     );
 }
 
+/// Unmounts a program's tmpfs at WORK/mnt (lazily) when the test ends.
+struct Umount(std::path::PathBuf);
+
+impl Drop for Umount {
+    fn drop(&mut self) {
+        let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) else {
+            return;
+        };
+        // SAFETY: umount2 of a path; failure (nothing mounted) is fine.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A mount mark and a filesystem mark on a tmpfs the program mounted:
+/// restored on the same mount and filesystem, events delivered.
 #[test]
-fn refuse_fanotify_mount_mark() {
-    refused_dump(
-        "refuse_fanotify_mount_mark",
+fn cr_fanotify_mount_and_filesystem_marks() {
+    let work = Work::new("cr_fanotify_mount_marks");
+    let _umount = Umount(work.path("mnt"));
+    run_case(
+        &work,
         Program::Bin("tp_fanotify"),
-        &["--refuse", "mount"],
-        &[],
-        &["fanotify mount mark"],
-        true,
-    );
+        &["--mounts"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
 }
 
 /// A `stasis run --user` tree with an IPC namespace of its own (which the

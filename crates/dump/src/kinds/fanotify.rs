@@ -3,13 +3,14 @@
 //! (`fanotify ino:%lx sdev:%x mflags:%x mask:%x ignored_mask:%x
 //! fhandle-bytes:%x fhandle-type:%x f_handle:%02x...`), saved with the
 //! file handle of the marked object and the mount point of its
-//! filesystem. Refused by name: groups of a permission class (their
-//! pending responses cannot be saved), mount and filesystem marks (not
-//! restored yet), and a group with events waiting to be read.
+//! filesystem; mount marks (`fanotify mnt_id:`) and filesystem marks
+//! (`fanotify sdev:`) with the mount point of that mount or filesystem.
+//! Refused by name: groups of a permission class (their pending
+//! responses cannot be saved), and a group with events waiting to be read.
 
 use super::Fd;
 use crate::{At, Result, Stage};
-use stasis_image::{FanotifyMark, FdKind};
+use stasis_image::{FanotifyMark, FanotifyTarget, FdKind};
 use std::collections::HashMap;
 
 /// FAN_CLASS_CONTENT | FAN_CLASS_PRE_CONTENT.
@@ -56,6 +57,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 ))
             })?;
             marks.push(FanotifyMark {
+                target: FanotifyTarget::Inode,
                 mflags: hex("mflags").ok_or_else(line)? as u32,
                 mask: hex("mask").ok_or_else(line)?,
                 ignored_mask: hex("ignored_mask").ok_or_else(line)?,
@@ -67,12 +69,30 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                     .ok_or_else(line)?,
                 handle,
             });
-        } else if first == "mnt_id" {
-            return Err(d.refuse("a fanotify mount mark (FAN_MARK_MOUNT): not restored yet"));
-        } else if first == "sdev" {
-            return Err(
-                d.refuse("a fanotify filesystem mark (FAN_MARK_FILESYSTEM): not restored yet")
-            );
+        } else if first == "mnt_id" || first == "sdev" {
+            let (target, mount) = if first == "mnt_id" {
+                let id = hex("mnt_id").ok_or_else(line)?;
+                let mounts = stasis_proc::read_mountinfo(d.pid).at(d.pid, Stage::Check)?;
+                let m = mounts.into_iter().find(|m| u64::from(m.mount_id) == id);
+                (FanotifyTarget::Mount, m.map(|m| m.mount_point))
+            } else {
+                let sdev = hex("sdev").ok_or_else(line)?;
+                let m = super::inotify::mount_point(d.pid, sdev)?;
+                (FanotifyTarget::Filesystem, m)
+            };
+            let mount = mount.ok_or_else(|| {
+                d.refuse(&format!("fanotify {k}:{v}: not a mount the process sees"))
+            })?;
+            marks.push(FanotifyMark {
+                target,
+                mflags: hex("mflags").ok_or_else(line)? as u32,
+                mask: hex("mask").ok_or_else(line)?,
+                ignored_mask: hex("ignored_mask").ok_or_else(line)?,
+                ino: 0,
+                mount,
+                handle_type: 0,
+                handle: Vec::new(),
+            });
         }
     }
     let (init_flags, event_flags) =

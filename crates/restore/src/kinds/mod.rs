@@ -37,7 +37,7 @@
 mod chardev;
 pub(crate) mod epoll;
 mod eventfd;
-mod fanotify;
+pub(crate) mod fanotify;
 mod fifo;
 mod inet;
 mod inotify;
@@ -97,6 +97,8 @@ pub(crate) struct Opened {
     pub(crate) unix_later: Vec<unix::Later>,
     /// Slave descriptions opened: (pty index, index into `owned`).
     pub(crate) pty_slaves: Vec<(u32, usize)>,
+    /// fanotify groups made (indices into `owned`), drained before the fork.
+    pub(crate) fanotify: Vec<usize>,
 }
 
 impl Opened {

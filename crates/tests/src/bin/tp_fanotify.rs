@@ -1,7 +1,7 @@
 //! tp_fanotify: fanotify groups and their inode marks survive
 //! checkpoint/restore.
 //!
-//! Usage: `tp_fanotify WORKDIR [--corrupt] [--refuse queued|perm|mount]`
+//! Usage: `tp_fanotify WORKDIR [--corrupt] [--mounts] [--refuse queued|perm]`
 //!
 //! Group 1 (FAN_CLASS_NOTIF, FAN_NONBLOCK, event flags O_RDONLY|O_LARGEFILE)
 //! marks WORK/fan/a for FAN_OPEN, FAN_MODIFY and FAN_CLOSE_WRITE with
@@ -13,8 +13,10 @@
 //! group 1 FAN_MODIFY and FAN_CLOSE_WRITE from this process, carrying a
 //! descriptor of a, and no FAN_OPEN; creating WORK/fan/b gives group 2
 //! FAN_CREATE. `--corrupt` flushes group 1's marks after go.
-//! `--refuse` sets up what the dump must refuse: an unread event, a
-//! permission-class group, a mount mark.
+//! `--mounts`: a tmpfs mounted at WORK/mnt with a mount mark
+//! (FAN_CLOSE_WRITE) in group 1 and a filesystem mark (FAN_CREATE) in
+//! group 2, both checked the same way. `--refuse` sets up what the dump
+//! must refuse: an unread event, a permission-class group.
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -143,13 +145,40 @@ fn main() {
         Some("perm") => {
             init(FAN_CLASS_CONTENT, libc::O_RDONLY as u32);
         }
-        Some("mount") => mark(
-            g2,
+        _ => {}
+    }
+    // A tmpfs of its own (in our mount namespace: the harness unmounts it
+    // too), with a mount mark in group 1 and a filesystem mark in group 2.
+    let mnt = proto.path("mnt");
+    let mounts = args.flag("mounts");
+    if mounts {
+        let _ = std::fs::create_dir(&mnt);
+        let target = CString::new(mnt.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: mount(2) with valid NUL-terminated strings.
+        let r = unsafe {
+            libc::mount(
+                c"tp_fanotify".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"size=1m".as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            stasis_tests::fatal("mount tmpfs");
+        }
+        mark(
+            g1,
             libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
             FAN_CLOSE_WRITE,
-            &dir,
-        ),
-        _ => {}
+            &mnt,
+        );
+        mark(
+            g2,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+            FAN_CREATE | FAN_ONDIR,
+            &mnt,
+        );
     }
     let before = (fdinfo(g1), fdinfo(g2));
     proto.ready();
@@ -198,5 +227,26 @@ fn main() {
     report.check(ev2.iter().any(|e| e.0 & FAN_CREATE != 0), || {
         format!("group 2 events after creating b: {ev2:?}")
     });
+    if mounts {
+        let x = mnt.join("x");
+        std::fs::write(&x, "x").expect("write mnt/x");
+        let ev = events(g1);
+        let x_s = x.display().to_string();
+        report.check(
+            ev.iter().any(|e| e.0 & FAN_CLOSE_WRITE != 0 && e.2 == x_s),
+            || format!("group 1 events after writing on its mount: {ev:?}"),
+        );
+        let ev2 = if queued(g2) > 0 {
+            events(g2)
+        } else {
+            Vec::new()
+        };
+        report.check(ev2.iter().any(|e| e.0 & FAN_CREATE != 0), || {
+            format!("group 2 events after creating on its filesystem: {ev2:?}")
+        });
+        let target = CString::new(mnt.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: unmounting our own tmpfs.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
     proto.finish(&report);
 }
