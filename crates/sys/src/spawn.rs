@@ -290,8 +290,7 @@ unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32, pidfd: &mut i32) -
         set_tid_size: n as u64,
         ..Default::default()
     };
-
-    // SAFETY: args and set live for the call; without CLONE_VM the child
+    // SAFETY: args and the set_tid array live for the call; without CLONE_VM the child
     // runs on a copy of this stack, like fork.
     let r = unsafe {
         libc::syscall(
