@@ -416,7 +416,6 @@ fn dump_frozen(
         userns::refuse_with(
             root,
             &[
-                ("a time", time.is_some()),
                 ("a network", net.is_some()),
                 ("an IPC", ipc.is_some()),
                 ("a mount", mntns.is_some()),

@@ -9,7 +9,7 @@ use stasis_image::{Inventory, UserNs};
 /// The image's user namespace, if any, once checked restorable here: only
 /// with a PID namespace of the tree's own, and none of the namespaces the
 /// restorer makes outside the first process (network, IPC, mount) or
-/// with the host's privileges (time, cgroup).
+/// with the host's privileges (cgroup).
 pub(crate) fn check<'a>(
     inv: &'a Inventory,
     opts: &crate::RestoreOptions,
@@ -34,7 +34,6 @@ pub(crate) fn check<'a>(
         ));
     }
     let others = [
-        ("a time", inv.time.is_some()),
         ("a network", inv.net.is_some()),
         ("an IPC", inv.ipc.is_some()),
         ("a mount", inv.mntns.is_some()),

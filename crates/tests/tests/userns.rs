@@ -108,6 +108,19 @@ fn cr_nested_pid_namespaces_in_user_namespace() {
     out.assert_pass(&work);
 }
 
+/// tp_nsmisc's time namespace (made by the tree's root, so owned by its
+/// user namespace) in `stasis run --user`: made again by the restored
+/// root inside the restored user namespace, with its offsets.
+#[test]
+fn cr_time_namespace_in_user_namespace() {
+    let (work, out) = cr_user_tree_of(
+        "cr_timens_in_user_namespace",
+        "tp_nsmisc",
+        &["--mode", "time"],
+    );
+    out.assert_pass(&work);
+}
+
 /// The negative control through a real dump and restore.
 #[test]
 fn negative_cr_user_namespace() {
