@@ -87,6 +87,9 @@ struct Namespaces {
     /// The root's network namespace, which the whole tree must share
     /// (its links, addresses and routes are saved: netns.rs).
     root_net: Option<u64>,
+    /// The root's user namespace, which the whole tree must share (its
+    /// maps are saved when it is not stasis's: userns.rs).
+    root_user: Option<u64>,
 }
 
 fn ns_id(task: &str, ns: &str) -> Option<u64> {
@@ -109,6 +112,7 @@ impl Namespaces {
             root_time: ns_id(&root_s, "time"),
             root_cgroup: ns_id(&root_s, "cgroup"),
             root_net: ns_id(&root_s, "net"),
+            root_user: ns_id(&root_s, "user"),
         })
     }
 }
@@ -126,10 +130,21 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
             "time" | "time_for_children" => reference.root_time,
             "cgroup" => reference.root_cgroup,
             "net" => reference.root_net,
+            // The root's, saved when it is not stasis's (userns.rs).
+            "user" => reference.root_user,
             // A process that unshared its children's PID namespace.
             "pid_for_children" if reference.pid_ns_tree => own_pid_ns,
             _ => reference.ids[i],
         };
+        if id != want
+            && *ns == "pid_for_children"
+            && reference.pid_ns_tree
+            && child_has_pid_ns(pid, id)
+        {
+            // unshare(CLONE_NEWPID) then fork: its children's namespace is
+            // the nested one of a child (pidns.rs saves the levels).
+            continue;
+        }
         if id != want && *ns == "time_for_children" && ns_id(&task, "time") == want {
             return Err(refuse(pid, crate::timens::unentered(id)));
         }
@@ -138,13 +153,22 @@ fn namespaces(pid: u32, reference: &Namespaces) -> Result<()> {
                 pid,
                 format!(
                     "a {ns} namespace of its own ({ns}:[{}]): only the PID namespace, and UTS, \
-                     IPC, mount, time, cgroup and network namespaces the whole tree shares with its root, are restored yet",
+                     IPC, mount, time, cgroup, network and user namespaces the whole tree shares with its root, are restored yet",
                     id.unwrap_or(0)
                 ),
             ));
         }
     }
     Ok(())
+}
+
+/// Whether a child of `pid` (any thread's) lives in PID namespace `ns`.
+fn child_has_pid_ns(pid: u32, ns: Option<u64>) -> bool {
+    stasis_proc::list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|t| stasis_proc::read_children(pid, t).unwrap_or_default())
+        .any(|c| ns.is_some() && ns_id(&c.to_string(), "pid") == ns)
 }
 
 /// A controlling terminal (without `--shell-job`), and objects a process

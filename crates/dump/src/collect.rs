@@ -38,13 +38,7 @@ pub(crate) struct TrackIn {
 
 /// What cannot be saved yet, refused before anything is written.
 fn check(pid: u32, status: &Status) -> Result<()> {
-    if status.ns_pid.len() > 2 {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what: "a process in a PID namespace nested two levels below stasis's".into(),
-        });
-    }
+    // Nested PID namespaces: pidns.rs (their levels are saved).
     // Per-process x86 state that lives outside the XSAVE area: refused
     // until it is restored (linear address masking changes how every
     // pointer is read; a shadow stack must be rebuilt with the stack).
@@ -197,6 +191,8 @@ pub(crate) fn collect(
         fd_owners: Vec::new(),
         proc_attrs: Some(attrs),
         cwd_saved: 0,
+        ns_pids: Vec::new(),
+        pid_for_children_nested: false,
     };
     Ok(Collected {
         image,

@@ -271,6 +271,12 @@ impl FrozenTree {
         // Leaves first: a parent (above all the init of a PID namespace,
         // which waits for every task of its namespace when it dies) cannot
         // finish exiting while its traced children are not yet released.
+        // Every process is sent SIGKILL before any is waited for: the init
+        // of a nested PID namespace waits for members whose parent is
+        // outside it (still stopped otherwise) to be reaped.
+        for f in self.procs.iter().rev() {
+            let _ = util::kill(f.pid, libc::SIGKILL);
+        }
         for f in self.procs.into_iter().rev() {
             if let Err(e) = f.kill() {
                 first.get_or_insert(e);

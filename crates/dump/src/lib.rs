@@ -48,6 +48,7 @@ mod threads;
 mod timens;
 mod timers;
 pub mod track;
+mod userns;
 mod uts;
 
 use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
@@ -378,6 +379,7 @@ fn dump_frozen(
         },
     };
     let uts = uts::collect(Pid(root as i32))?;
+    let user_ns = userns::collect(Pid(root as i32))?;
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
@@ -411,8 +413,21 @@ fn dump_frozen(
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
     fdowner::collect(&mut collected)?;
+    pidns::refuse_nested(&collected)?;
     // With the image's PIDs (final after the PID namespace translation).
     let cgroup_ns = cgroupns::collect(&frozen.procs)?;
+    if let Some(u) = &user_ns {
+        userns::refuse_with(
+            root,
+            &[
+                ("a network", net.is_some()),
+                ("an IPC", ipc.is_some()),
+                ("a mount", mntns.is_some()),
+                ("a cgroup", cgroup_ns.is_some()),
+            ],
+        )?;
+        userns::translate_creds(&mut collected, u)?;
+    }
     let cgroups = if opts.cgroups {
         let pids: Vec<u32> = collected.iter().map(|c| c.image.pid).collect();
         Some(cgroups::collect(&frozen.procs, &pids)?)
@@ -513,6 +528,7 @@ fn dump_frozen(
         processes: refs,
         pid_ns,
         uts,
+        user_ns,
         time,
         net,
         ipc: ipc.map(|s| s.ipc),

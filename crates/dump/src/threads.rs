@@ -73,6 +73,7 @@ pub(crate) fn collect_thread(pid: u32, tid: Pid) -> Result<ThreadState> {
         robust_list_head,
         robust_list_len,
         cpus,
+        ns_tids: Vec::new(),
     })
 }
 

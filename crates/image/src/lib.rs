@@ -29,6 +29,7 @@ pub mod seccomp;
 pub mod show;
 pub mod sysvipc;
 pub mod timens;
+pub mod userns;
 pub mod uts;
 pub mod validate;
 pub mod writer;
@@ -40,6 +41,7 @@ pub use format::{
     encode_metadata, FileKind, Header, FORMAT_VERSION, HEADER_LEN, INVENTORY_FILE, MAGIC,
     MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
+pub use kinds::fanotify::{FanotifyMark, FanotifyTarget};
 pub use kinds::inotify::InotifyWatch;
 pub use kinds::pty::{PtyState, Termios};
 pub use kinds::saved::{Extent, FileTimes, Owner};
@@ -53,6 +55,7 @@ pub use seccomp::SeccompFilter;
 pub use show::{show_dir, show_file};
 pub use sysvipc::IpcNs;
 pub use timens::TimeNs;
+pub use userns::UserNs;
 pub use uts::UtsNs;
 pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,

@@ -37,6 +37,10 @@ pub struct Inventory {
     /// when it differed from the dumper's; a restore creates a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uts: Option<crate::uts::UtsNs>,
+    /// The tree's own user namespace (maps, setgroups); the credentials
+    /// in the process images are then as it sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ns: Option<crate::userns::UserNs>,
     /// The tree's own time namespace (the root's, shared by every
     /// process), when it differed from the dumper's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,6 +197,16 @@ pub struct ProcessImage {
     /// (`SavedFileKind::DeletedDir`); 0 otherwise (`cwd` is then its path).
     #[serde(default)]
     pub cwd_saved: u64,
+    /// A process in a PID namespace nested below the tree's root's: its
+    /// PID at every level, from the root's namespace (`pid`, first) down
+    /// to its own (last; 1 for a nested namespace's init). Empty for a
+    /// process in the root's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_pids: Vec<u32>,
+    /// Its children's PID namespace (pid_for_children) is the nested one
+    /// of a child of its (unshare(CLONE_NEWPID), then fork), not its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pid_for_children_nested: bool,
 }
 
 /// A file object whose contents are saved in the image: referenced by
@@ -369,6 +383,11 @@ pub struct ThreadState {
     /// fewer than every CPU online at the dump; empty: not bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpus: Vec<u32>,
+    /// In a process of a nested PID namespace: the thread's id at every
+    /// level, from the tree's namespace (`tid`, first) down to the
+    /// process's own (last). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_tids: Vec<u32>,
 }
 
 /// One armed interval timer (`getitimer`): times in microseconds.
@@ -631,6 +650,14 @@ pub enum FdKind {
         flags: u32,
         watches: Vec<crate::kinds::inotify::InotifyWatch>,
     },
+    /// A fanotify group: fanotify_init's flags and event flags (as fdinfo
+    /// shows them) and its inode marks (crates/image/src/kinds/fanotify.rs).
+    Fanotify {
+        flags: u32,
+        init_flags: u32,
+        event_flags: u32,
+        marks: Vec<crate::kinds::fanotify::FanotifyMark>,
+    },
     /// A file or directory under `/proc/PID` of a process of the image
     /// (`pid`, in the image's numbering, which is the numbering of the
     /// process's own /proc): reopened by the process itself, at `path`,
@@ -685,6 +712,7 @@ impl FdKind {
             | FdKind::SignalFd { flags, .. }
             | FdKind::Epoll { flags, .. }
             | FdKind::Inotify { flags, .. }
+            | FdKind::Fanotify { flags, .. }
             | FdKind::ProcFile { flags, .. }
             | FdKind::Pidfd { flags, .. }
             | FdKind::PtyMaster { flags, .. }

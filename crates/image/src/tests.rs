@@ -67,6 +67,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         robust_list_head: 0x7f00_0000_0a00,
         robust_list_len: 24,
         cpus: Vec::new(),
+        ns_tids: Vec::new(),
         pending: vec![PendingSignal {
             signo: 10,
             info: vec![0; 128],
@@ -263,6 +264,8 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         fd_owners: Vec::new(),
         proc_attrs: None,
         cwd_saved: 0,
+        ns_pids: Vec::new(),
+        pid_for_children_nested: false,
     }
 }
 
@@ -281,6 +284,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         shell_job: false,
         zombies: vec![],
         pid_ns: false,
+        user_ns: None,
         uts: None,
         time: None,
         net: None,

@@ -39,6 +39,34 @@ pub fn pages_len(img: &ProcessImage) -> u64 {
     runs.chain(saved).max().unwrap_or(0)
 }
 
+/// The kernel's deepest PID namespace nesting (MAX_PID_NS_LEVEL) + 1.
+const MAX_PID_LEVELS: usize = 33;
+
+/// `ns_pids` and the threads' `ns_tids`: empty, or at least two levels
+/// (at most the kernel's), the first the process's (thread's) own id, no
+/// zero, and every thread with as many levels as its process.
+fn nested_ids(c: &Checker<'_>, img: &ProcessImage) -> Result<()> {
+    let n = img.ns_pids.len();
+    let ok = |ids: &[u32], own: u32| {
+        ids.is_empty() || (ids.len() >= 2 && ids[0] == own && !ids.contains(&0))
+    };
+    c.ensure(n <= MAX_PID_LEVELS && ok(&img.ns_pids, img.pid), || {
+        format!(
+            "ns_pids: {:?} does not start with pid {} (2 to {MAX_PID_LEVELS} levels, none 0)",
+            img.ns_pids, img.pid
+        )
+    })?;
+    for (i, t) in img.threads.iter().enumerate() {
+        c.ensure(t.ns_tids.len() == n && ok(&t.ns_tids, t.tid), || {
+            format!(
+                "threads[{i}].ns_tids: {:?} does not match tid {} and {n} levels",
+                t.ns_tids, t.tid
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks one process image against the rules of the format (see
 /// docs/image-format.md, "Validation"). `file` names the core file in the
 /// error, which is an [`ImageError::Invalid`] naming the field.
@@ -48,6 +76,7 @@ pub fn validate_process(file: &Path, img: &ProcessImage) -> Result<()> {
     // Identity.
     c.ensure(img.pid > 0, || "pid: must be > 0".into())?;
     c.string("comm", &img.comm, MAX_COMM_LEN)?;
+    nested_ids(&c, img)?;
     file_id(&c, "exe", &img.exe)?;
     c.string("cwd", &img.cwd, MAX_PATH_LEN)?;
     c.string("root", &img.root, MAX_PATH_LEN)?;
@@ -364,6 +393,11 @@ pub fn validate_inventory(file: &Path, inv: &Inventory) -> Result<()> {
     c.string("kernel_release", &inv.kernel_release, MAX_PATH_LEN)?;
     if let Some(ipc) = &inv.ipc {
         crate::sysvipc::validate(&c, ipc)?;
+    }
+    if let Some(u) = &inv.user_ns {
+        if let Err(m) = u.check() {
+            c.ensure(false, || m)?;
+        }
     }
     if let Some(uts) = &inv.uts {
         if let Err(m) = uts.check() {

@@ -34,7 +34,8 @@ pub(crate) fn all_threads(
     others: &mut [RemoteThread],
     img: &ProcessImage,
 ) -> Result<()> {
-    let same = creds_inherited(img);
+    // In the tree's own user namespace the ids are the namespace's.
+    let same = !crate::userns::other_than_ours(leader.tid().0 as u32) && creds_inherited(img);
     for tr in others {
         creds(tr, img, same, false)?;
     }

@@ -59,6 +59,7 @@ mod threads;
 mod timens;
 mod timers;
 mod tree;
+mod userns;
 mod xstate;
 
 pub use cgroups::{CgroupMode, CgroupRoot};
@@ -447,6 +448,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             pid_ns: image.inventory.pid_ns || opts.new_pid_ns,
             shell_job: opts.shell_job,
             ns: tree::TreeNs {
+                user: userns::check(&image.inventory, opts)?,
                 uts: image.inventory.uts.as_ref(),
                 time: image.inventory.time.as_ref(),
                 cgroup: image.inventory.cgroup_ns.as_ref(),

@@ -41,6 +41,7 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::SignalFd { .. } => "anon_inode:[signalfd]".into(),
             FdKind::Epoll { .. } => "anon_inode:[eventpoll]".into(),
             FdKind::Inotify { .. } => "anon_inode:inotify".into(),
+            FdKind::Fanotify { .. } => "anon_inode:[fanotify]".into(),
             FdKind::UnixBound { name, .. } => {
                 format!("unix socket {}", String::from_utf8_lossy(name))
             }

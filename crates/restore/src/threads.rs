@@ -117,18 +117,29 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
 /// Creates thread `tid` in the process by a remote clone3 in its leader
 /// (set_tid gives the old TID); with PTRACE_O_TRACECLONE it arrives traced
 /// and stopped before running any instruction.
-fn create_thread(leader: &mut RemoteThread, pid: u32, tid: u32) -> Result<Pid> {
+fn create_thread(leader: &mut RemoteThread, pid: u32, t: &ThreadState) -> Result<Pid> {
     let st = Stage::Attributes;
     let (scratch, _) = leader.scratch();
+    // Its id at every level of a nested PID namespace, innermost first
+    // (the one the leader's clone3 returns); else the one it has.
+    let tids: Vec<u32> = if t.ns_tids.is_empty() {
+        vec![t.tid]
+    } else {
+        t.ns_tids.iter().rev().copied().collect()
+    };
+    let tid = tids[0];
     let mut args = Vec::with_capacity(88);
     // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
-    for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, scratch + 128, 1, 0] {
+    let n = tids.len() as u64;
+    for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, scratch + 128, n, 0] {
         args.extend_from_slice(&v.to_le_bytes());
     }
     leader.write_scratch(0, &args).at(pid, st)?;
-    leader
-        .write_scratch(128, &(tid as i32).to_le_bytes())
-        .at(pid, st)?;
+    let set: Vec<u8> = tids
+        .iter()
+        .flat_map(|&v| (v as i32).to_le_bytes())
+        .collect();
+    leader.write_scratch(128, &set).at(pid, st)?;
     let got = leader
         .call(
             libc::SYS_clone3,
@@ -170,7 +181,7 @@ pub(crate) fn create_all(
     let pid = img.pid;
     let mut threads = Vec::with_capacity(img.threads.len() - 1);
     for t in &img.threads[1..] {
-        let tid = create_thread(leader, pid, t.tid)?;
+        let tid = create_thread(leader, pid, t)?;
         guard.traced[k].1.push(tid);
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;

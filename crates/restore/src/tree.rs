@@ -36,6 +36,7 @@ pub(crate) struct Setting<'a> {
 /// UTS (its names) and IPC (its objects), when the tree had its own.
 #[derive(Clone, Copy)]
 pub(crate) struct TreeNs<'a> {
+    pub user: Option<&'a stasis_image::UserNs>,
     pub uts: Option<&'a stasis_image::UtsNs>,
     pub time: Option<&'a stasis_image::TimeNs>,
     pub cgroup: Option<&'a stasis_image::CgroupNs>,
@@ -63,6 +64,7 @@ pub(crate) fn restore_tree(
     } = *setting;
     let root_pid = procs[0].pid;
     let TreeNs {
+        user,
         uts,
         time,
         cgroup,
@@ -96,6 +98,9 @@ pub(crate) fn restore_tree(
             ),
         });
     }
+    // The tree's own user namespace, made first (it owns every namespace
+    // made for the tree after it), its maps written from outside.
+    tree.plan.user_maps = user.map(crate::userns::maps);
     // The tree's own UTS namespace, made by the first process forked.
     tree.plan.uts = uts.map(|u| {
         (
@@ -144,6 +149,8 @@ pub(crate) fn restore_tree(
     let seals = opened.saved.take_seals();
     let times = opened.saved.take_times();
     let repaired = std::mem::take(&mut opened.repaired);
+    // Events the restorer's own work queued in restored fanotify groups.
+    kinds::fanotify::drain_all(&opened, root_pid)?;
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
     if let Some(i) = &mut ipc {
         i.leave()?;
@@ -318,6 +325,7 @@ fn plan_tree(
             cgroup_ns: None,
             mntns: None,
             sibling: false,
+            user_maps: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),
@@ -356,9 +364,13 @@ fn plan_tree(
             ready_index,
             children: Vec::new(),
             group_helper: false,
+            nested_pids: img.ns_pids.iter().rev().map(|&p| p as i32).collect(),
+            nested_init: img.ns_pids.len() > 1 && img.ns_pids.last() == Some(&1),
+            pid_for_children_nested: img.pid_for_children_nested,
         });
     }
     link_parents(procs, zombies, &mut tree.plan)?;
+    crate::pids::order_nested(procs, &mut tree.plan)?;
     plan_group_helpers(procs, pid_ns, &tree_pids, &mut tree, ready_w)?;
     tree.expected_ready = procs.len() + tree.group_helpers.len();
     Ok(tree)
@@ -584,6 +596,8 @@ fn set_process_groups(
     let root = &procs[0];
     let mut order: Vec<usize> = (0..procs.len()).collect();
     order.sort_by_key(|&i| procs[i].pgid != procs[i].pid);
+    // The tree's namespace level in our /proc's NSpid.
+    let level = crate::pids::tree_level(remotes.first().map(|r| r.tid()));
     for i in order {
         let img = &procs[i];
         if img.pgid == 0 || (img.pgid == root.pgid && root.pgid != root.pid) {
@@ -600,7 +614,7 @@ fn set_process_groups(
         let host = remotes[i].tid().0 as u32;
         let current = stasis_proc::read_status(host)
             .ok()
-            .and_then(|s| s.ns_pgid.last().copied())
+            .and_then(|s| s.ns_pgid.get(level).copied())
             .unwrap_or(0);
         if current == img.pgid {
             continue; // a session leader is its own group already
@@ -608,7 +622,7 @@ fn set_process_groups(
         let arg = if img.pgid == img.pid {
             0
         } else {
-            u64::from(img.pgid)
+            u64::from(crate::pids::seen_by(procs, img, img.pgid)?)
         };
         remotes[i]
             .call(

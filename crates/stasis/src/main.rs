@@ -57,6 +57,12 @@ enum Cmd {
         /// With --veth: an address (CIDR) for eth0 inside; repeatable.
         #[arg(long = "net-addr", value_name = "ADDR/PREFIX", requires = "veth")]
         net_addr: Vec<String>,
+        /// Also in a new user namespace mapping uids and gids 0..COUNT
+        /// inside to OUTSIDE..OUTSIDE+COUNT (default 100000:65536, as
+        /// rootless containers do); the command runs as root inside.
+        #[arg(long = "user", value_name = "OUTSIDE:COUNT", num_args = 0..=1,
+              require_equals = true, default_missing_value = "100000:65536")]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -97,17 +103,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             net,
             veth,
             net_addr,
+            user,
             cmd,
         } => {
+            let user = user
+                .map(|u| {
+                    u.split_once(':')
+                        .and_then(|(o, c)| Some((o.parse::<u32>().ok()?, c.parse::<u32>().ok()?)))
+                        .filter(|&(_, c)| c > 0)
+                        .with_context(|| format!("--user {u}: not OUTSIDE:COUNT"))
+                })
+                .transpose()?;
             let argv = cmd
                 .iter()
                 .map(|a| std::ffi::CString::new(a.as_str()))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .context("command argument contains a NUL byte")?;
             let pid = if net {
-                run_net::spawn(argv, veth, net_addr)
+                run_net::spawn(argv, veth, net_addr, user)
             } else {
-                stasis_sys::spawn::run_in_pid_ns(&argv).map_err(Into::into)
+                stasis_sys::spawn::run_in_pid_ns(&argv, user).map_err(Into::into)
             }
             .with_context(|| format!("run {:?}", cmd[0]))?;
             if let Some(p) = pidfile {

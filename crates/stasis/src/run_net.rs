@@ -50,11 +50,16 @@ fn fill(back: &std::os::fd::OwnedFd, veth: Option<&str>, addrs: &[String]) -> Re
 
 /// Forks `argv` as init of a new PID namespace, in a new network
 /// namespace set up as asked.
-pub(crate) fn spawn(argv: Vec<CString>, veth: Option<String>, addrs: Vec<String>) -> Result<Pid> {
+pub(crate) fn spawn(
+    argv: Vec<CString>,
+    veth: Option<String>,
+    addrs: Vec<String>,
+    user: Option<(u32, u32)>,
+) -> Result<Pid> {
     std::thread::spawn(move || -> Result<Pid> {
         let back = nsenter::unshare_thread("net", libc::CLONE_NEWNET)?;
         fill(&back, veth.as_deref(), &addrs).context("setting up its network namespace")?;
-        Ok(stasis_sys::spawn::run_in_pid_ns(&argv)?)
+        Ok(stasis_sys::spawn::run_in_pid_ns(&argv, user)?)
     })
     .join()
     .map_err(|_| anyhow!("the network namespace thread panicked"))?

@@ -7,6 +7,7 @@
 pub mod buf;
 pub mod cgroupns;
 pub mod clone;
+pub mod fanotify;
 pub mod fdowner;
 pub mod features;
 pub mod fileops;
@@ -104,3 +105,4 @@ pub mod timens;
 pub mod tool;
 pub mod udpq;
 pub mod uffd;
+pub mod userns;

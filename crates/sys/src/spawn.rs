@@ -84,6 +84,14 @@ pub struct ProcPlan {
     /// itself the group's leader, reports ready, and waits to be killed
     /// (by its parent, once the members have joined).
     pub group_helper: bool,
+    /// In a PID namespace nested below the tree's: its PID at every level
+    /// from its own (first) up to the tree's (last), the clone3 set_tid
+    /// array. Empty: `pid` in its parent's namespace.
+    pub nested_pids: Vec<i32>,
+    /// The init of a nested PID namespace its parent makes (CLONE_NEWPID).
+    pub nested_init: bool,
+    /// Its pid_for_children is its nested-init child's namespace.
+    pub pid_for_children_nested: bool,
 }
 
 /// A whole tree: `procs[0]` is the root, forked by the caller.
@@ -121,6 +129,12 @@ pub struct TreePlan {
     /// the helper init) is created with CLONE_PARENT, a child of the
     /// caller's parent instead of the caller's. Not with `session_helper`.
     pub sibling: bool,
+    /// Create the tree in a new user namespace, made by the same clone as
+    /// the PID namespace (so it owns it and every namespace the first
+    /// process makes after): its setgroups, uid_map, gid_map and
+    /// projid_map texts, written by us from outside right after the fork
+    /// (nothing the tree does before it is seized needs them).
+    pub user_maps: Option<[String; 4]>,
 }
 
 /// Failure codes a tree child reports through the ready pipe.
@@ -183,6 +197,9 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
         0
     };
     flags |= parent_flag;
+    if plan.user_maps.is_some() {
+        flags |= libc::CLONE_NEWUSER as u64;
+    }
     // Inside a new namespace the root's parent is invisible: getppid() is 0.
     let expect_parent = if plan.new_pid_ns { 0 } else { parent };
     // A tree whose root is not PID 1 gets a helper init in the namespace.
@@ -214,7 +231,22 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
                 tree_child(plan, 0, expect_parent)
             }
         }
-        Forked::Parent(p) => Ok((p, owned_pidfd(fd))),
+        Forked::Parent(p) => {
+            let pidfd = owned_pidfd(fd);
+            if let Some([setgroups, uid_map, gid_map, projid_map]) = &plan.user_maps {
+                let maps = crate::userns::IdMaps {
+                    uid_map,
+                    gid_map,
+                    projid_map,
+                    setgroups,
+                };
+                if let Err(e) = crate::userns::write_maps(p, &maps) {
+                    kill_and_reap(p);
+                    return Err(e);
+                }
+            }
+            Ok((p, pidfd))
+        }
     }
 }
 
@@ -226,21 +258,39 @@ fn owned_pidfd(fd: i32) -> OwnedFd {
 }
 
 /// Forks process `i` of the plan with its PID and exit signal (clone3
-/// set_tid); the child runs [`tree_child`] expecting `me` as its parent.
+/// set_tid, every level's PID for a nested namespace; its init with
+/// CLONE_NEWPID and a pidfd in `pidfd`); the child runs [`tree_child`]
+/// expecting `me` as its parent (0: a parent outside its namespace).
 /// Returns clone3's result in the caller (the child never returns).
 ///
 /// # Safety
 /// Only from a forked restore child: raw syscalls, no allocation.
-unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32) -> i64 {
+unsafe fn fork_plan_child(plan: &TreePlan, i: usize, me: i32, pidfd: &mut i32) -> i64 {
     let cp = &plan.procs[i];
     let set = [cp.pid];
+    let (tids, n) = if cp.nested_pids.is_empty() {
+        (set.as_ptr(), 1)
+    } else {
+        (cp.nested_pids.as_ptr(), cp.nested_pids.len())
+    };
+    let flags = if cp.nested_init {
+        (libc::CLONE_NEWPID | libc::CLONE_PIDFD) as u64
+    } else {
+        0
+    };
     let args = CloneArgs {
+        flags,
+        pidfd: if cp.nested_init {
+            pidfd as *mut i32 as u64
+        } else {
+            0
+        },
         exit_signal: cp.exit_signal as u64,
-        set_tid: set.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: tids as u64,
+        set_tid_size: n as u64,
         ..Default::default()
     };
-    // SAFETY: args and set live for the call; without CLONE_VM the child
+    // SAFETY: args and the set_tid array live for the call; without CLONE_VM the child
     // runs on a copy of this stack, like fork.
     let r = unsafe {
         libc::syscall(
@@ -365,12 +415,8 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                 exit_now(11);
             }
         }
-        for &c in &p.children {
-            let r = fork_plan_child(plan, c, me);
-            if r < 0 {
-                report(plan.ready_fd, plan.procs[c].pid, 7);
-                exit_now(7);
-            }
+        if fork_children(plan, p, me) < 0 {
+            exit_now(7);
         }
         let f = &p.fds;
         let staging = plan.staging;
@@ -405,6 +451,92 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         loop {
             libc::syscall(libc::SYS_pause);
         }
+    }
+}
+
+/// Forks the children of `p` (which sees itself as `me`), in plan order:
+/// those in its own PID namespace, then each nested namespace's init
+/// (CLONE_NEWPID) and the other members of that namespace, forked after
+/// setns(init's pidfd, CLONE_NEWPID) made it our pid_for_children. Leaves
+/// pid_for_children as the image says. Returns -1 after reporting a
+/// failure. Raw syscalls only (runs right after a fork).
+///
+/// # Safety
+/// Only from a forked restore child.
+unsafe fn fork_children(plan: &TreePlan, p: &ProcPlan, me: i32) -> i64 {
+    let depth = p.nested_pids.len().max(1);
+    let mut init_fd = -1;
+    let mut in_nested = false;
+    for &c in &p.children {
+        let cp = &plan.procs[c];
+        let below = cp.nested_pids.len() > depth;
+        if (cp.nested_init || !below) && in_nested {
+            // SAFETY: raw syscalls on integers.
+            if unsafe { pid_ns_for_children_own() } < 0 {
+                report(plan.ready_fd, cp.pid, 7);
+                return -1;
+            }
+            in_nested = false;
+        }
+        if below && !cp.nested_init && !in_nested {
+            // SAFETY: setns on a pidfd clone3 gave us.
+            if unsafe { libc::syscall(libc::SYS_setns, init_fd, libc::CLONE_NEWPID) } < 0 {
+                report(plan.ready_fd, cp.pid, 7);
+                return -1;
+            }
+            in_nested = true;
+        }
+        let mut fd = -1;
+        // SAFETY: the caller's contract.
+        let r = unsafe { fork_plan_child(plan, c, if below { 0 } else { me }, &mut fd) };
+        if r < 0 {
+            report(plan.ready_fd, cp.pid, 7);
+            return -1;
+        }
+        if cp.nested_init {
+            if init_fd >= 0 {
+                // SAFETY: closing a pidfd of ours.
+                unsafe { libc::syscall(libc::SYS_close, init_fd) };
+            }
+            init_fd = fd;
+        }
+    }
+    if p.pid_for_children_nested && !in_nested {
+        // SAFETY: setns on a pidfd clone3 gave us.
+        if unsafe { libc::syscall(libc::SYS_setns, init_fd, libc::CLONE_NEWPID) } < 0 {
+            report(plan.ready_fd, p.pid, 7);
+            return -1;
+        }
+    } else if !p.pid_for_children_nested && in_nested {
+        // SAFETY: raw syscalls on integers.
+        if unsafe { pid_ns_for_children_own() } < 0 {
+            report(plan.ready_fd, p.pid, 7);
+            return -1;
+        }
+    }
+    if init_fd >= 0 {
+        // SAFETY: closing a pidfd of ours.
+        unsafe { libc::syscall(libc::SYS_close, init_fd) };
+    }
+    0
+}
+
+/// Makes the caller's own PID namespace its pid_for_children again
+/// (setns on a pidfd of itself). Returns 0 or -1.
+///
+/// # Safety
+/// Raw syscalls only; callable right after a fork.
+unsafe fn pid_ns_for_children_own() -> i64 {
+    // SAFETY: integer-only syscalls.
+    unsafe {
+        let me = libc::syscall(libc::SYS_getpid);
+        let fd = libc::syscall(libc::SYS_pidfd_open, me, 0);
+        if fd < 0 {
+            return -1;
+        }
+        let r = libc::syscall(libc::SYS_setns, fd, libc::CLONE_NEWPID);
+        libc::syscall(libc::SYS_close, fd);
+        r.min(0)
     }
 }
 
@@ -551,21 +683,49 @@ pub fn mount_private_proc() -> i64 {
 }
 
 /// `stasis run`: starts `argv` as init (PID 1) of a new PID namespace with
-/// its own mount namespace and /proc, as its own session leader. Returns
-/// its PID in our namespace.
-pub fn run_in_pid_ns(argv: &[std::ffi::CString]) -> Result<Pid> {
+/// its own mount namespace and /proc, as its own session leader. With
+/// `user = Some((outside, count))` also in a new user namespace (made
+/// first, owning the others) mapping ids 0..count inside to
+/// outside..outside+count here, uids and gids alike (setgroups left
+/// "allow"); the command runs as root inside (uid and gid 0, no
+/// supplementary groups). Returns its PID in our namespace.
+pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Result<Pid> {
     if argv.is_empty() {
         return Err(SysError::other("run", None, "no command given"));
     }
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    // The child waits on this pipe until its maps are written.
+    let sync = match user {
+        Some(_) => {
+            flags |= libc::CLONE_NEWUSER as u64;
+            Some(crate::util::pipe()?)
+        }
+        None => None,
+    };
+    let sync_fds = sync.as_ref().map(|(r, w)| {
+        use std::os::fd::AsRawFd;
+        (r.as_raw_fd(), w.as_raw_fd())
+    });
     // SAFETY: the child only makes raw syscalls on data prepared before
     // the fork and then execs (or _exits).
     match unsafe { fork_with_pid(&[], flags)? } {
         Forked::Child => {
             // SAFETY: raw syscalls; execvp with a NULL-terminated argv.
             unsafe {
+                if let Some((r, w)) = sync_fds {
+                    libc::syscall(libc::SYS_close, w);
+                    let mut b = 0u8;
+                    if libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize) != 1
+                        || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+                        || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()) < 0
+                        || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+                    {
+                        exit_now(125);
+                    }
+                    libc::syscall(libc::SYS_close, r);
+                }
                 if mount_private_proc() != 0 {
                     exit_now(126);
                 }
@@ -574,7 +734,26 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString]) -> Result<Pid> {
             }
             exit_now(127)
         }
-        Forked::Parent(p) => Ok(p),
+        Forked::Parent(p) => {
+            if let (Some((outside, count)), Some((_, w))) = (user, sync) {
+                let map = format!("0 {outside} {count}\n");
+                let maps = crate::userns::IdMaps {
+                    uid_map: &map,
+                    gid_map: &map,
+                    projid_map: "",
+                    setgroups: "",
+                };
+                if let Err(e) = crate::userns::write_maps(p, &maps) {
+                    kill_and_reap(p);
+                    return Err(e);
+                }
+                // SAFETY: one byte from a local to our pipe.
+                unsafe {
+                    libc::write(std::os::fd::AsRawFd::as_raw_fd(&w), b"u".as_ptr().cast(), 1)
+                };
+            }
+            Ok(p)
+        }
     }
 }
 
@@ -591,7 +770,8 @@ fn helper_init(plan: &TreePlan) -> ! {
             exit_now(9);
         }
         libc::syscall(libc::SYS_setsid);
-        let r = fork_plan_child(plan, 0, 1);
+        let mut unused = -1;
+        let r = fork_plan_child(plan, 0, 1, &mut unused);
         if r < 0 {
             report(plan.ready_fd, root.pid, 7);
             exit_now(7);
@@ -705,7 +885,8 @@ fn session_helper(plan: &TreePlan, sid: i32) -> ! {
             report(plan.ready_fd, root.pid, 8);
             exit_now(8);
         }
-        let r = fork_plan_child(plan, 0, sid);
+        let mut unused = -1;
+        let r = fork_plan_child(plan, 0, sid, &mut unused);
         if r < 0 {
             report(plan.ready_fd, root.pid, 7);
             exit_now(7);

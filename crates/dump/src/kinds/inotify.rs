@@ -51,7 +51,7 @@ fn queued(d: &Fd<'_>) -> Result<u32> {
 
 /// The mount point (as the process sees it) of the filesystem whose
 /// superblock device is `sdev` (the kernel's encoding: major << 20 | minor).
-fn mount_point(pid: u32, sdev: u64) -> Result<Option<String>> {
+pub(super) fn mount_point(pid: u32, sdev: u64) -> Result<Option<String>> {
     let (major, minor) = ((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
     let mounts = stasis_proc::read_mountinfo(pid).at(pid, Stage::Check)?;
     // A mount of the whole filesystem if there is one, else any of it

@@ -14,6 +14,7 @@
 //! | `SignalFd` | [`signalfd`] | link `anon_inode:[signalfd]` |
 //! | `Epoll` | [`epoll`] | link `anon_inode:[eventpoll]` |
 //! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
+//! | `Fanotify` | [`fanotify`] | link `anon_inode:[fanotify]` |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | link `socket:[INO]`, SO_DOMAIN AF_INET/AF_INET6 on a duplicate (other families refused by name) |
 //! | `UnixBound` | [`unixbound`] | link `socket:[INO]`, AF_UNIX in sock_diag, not connected |
 //! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag, connected, no name at either end |
@@ -34,6 +35,7 @@
 mod chardev;
 mod epoll;
 mod eventfd;
+mod fanotify;
 mod fifo;
 mod in_flight;
 mod inet;
@@ -242,6 +244,7 @@ const KINDS: &[(&str, Identify)] = &[
     ("signalfd", signalfd::identify),
     ("epoll", epoll::identify),
     ("inotify", inotify::identify),
+    ("fanotify", fanotify::identify),
     ("TCP/UDP socket", inet::identify),
     ("unix socket (not connected)", unixbound::identify),
     ("unix socket", unix::identify),
@@ -364,6 +367,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::SignalFd { .. } => (10, 0, 0),
         FdKind::Epoll { .. } => (8, 0, 0),
         FdKind::Inotify { .. } => (11, 0, 0),
+        FdKind::Fanotify { .. } => (21, 0, 0),
         // Sockets by address: a server's thousands of connections would
         // otherwise be compared pairwise.
         FdKind::TcpSocket { local, .. } => (14, addr_key(local.as_ref()), 0),

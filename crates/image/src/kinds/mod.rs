@@ -14,6 +14,7 @@
 //! | `UnixSocket` | [`unix`] | stream, dgram or seqpacket; queued bytes capped; shutdown mode |
 //! | `Epoll` | [`epoll`] | targets are other descriptors of the process |
 //! | `Inotify` | [`inotify`] | watches: wd ascending, mount point, handle size |
+//! | `Fanotify` | [`fanotify`] | marks: mount point, handle size, a mask |
 //! | `UnixBound` | [`unixbound`] | type; an absolute path or an abstract name; queued bytes capped |
 //! | `TcpSocket`, `UdpSocket`, `TcpConnection` | [`inet`] | family, addresses of that family, option names, device name; a connection's state ESTABLISHED, queue sizes, window scales |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
@@ -26,6 +27,7 @@
 
 mod chardev;
 mod epoll;
+pub mod fanotify;
 mod fifo;
 pub mod inet;
 pub mod inotify;
@@ -83,6 +85,7 @@ pub(crate) fn validate_fd(
         }
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
+        FdKind::Fanotify { marks, .. } => fanotify::validate(c, &field, marks),
         FdKind::UnixBound {
             sock_type,
             name,

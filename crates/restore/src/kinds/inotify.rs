@@ -25,20 +25,8 @@ pub(super) fn open(
     let (pid, st) = (cx.pid, Stage::Fork);
     let ifd = inotify::init(flags as i32 & libc::O_NONBLOCK).at(pid, st)?;
     for w in watches {
-        let mnt = crate::mntns::open(&w.mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
-        let obj = inotify::open_by_handle(&mnt, w.handle_type, &w.handle, libc::O_PATH).map_err(
-            |source| RestoreError::Sys {
-                pid,
-                stage: st,
-                source: stasis_sys::SysError {
-                    op: format!(
-                        "fd {}: inotify watch {} (inode {}): {}",
-                        cx.fd, w.wd, w.ino, source.op
-                    ),
-                    ..source
-                },
-            },
-        )?;
+        let what = format!("inotify watch {} (inode {})", w.wd, w.ino);
+        let obj = open_handle(cx, &w.mount, w.handle_type, &w.handle, &what)?;
         let path = format!("/proc/self/fd/{}", obj.as_raw_fd());
         let mut got = inotify::add_watch(&ifd, &path, w.mask).at(pid, st)?;
         while got < w.wd && got > w.wd - MAX_SKIP {
@@ -58,4 +46,27 @@ pub(super) fn open(
     }
     inotify::drain(&ifd).at(pid, st)?;
     Ok(o.push(ifd))
+}
+
+/// The object a saved file handle names (O_PATH), opened on the mount
+/// point of its filesystem; `what` names it in the error.
+pub(super) fn open_handle(
+    cx: &Cx<'_>,
+    mount: &str,
+    handle_type: i32,
+    handle: &[u8],
+    what: &str,
+) -> Result<std::os::fd::OwnedFd> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let mnt = crate::mntns::open(mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
+    inotify::open_by_handle(&mnt, handle_type, handle, libc::O_PATH).map_err(|source| {
+        RestoreError::Sys {
+            pid,
+            stage: st,
+            source: stasis_sys::SysError {
+                op: format!("fd {}: {what}: {}", cx.fd, source.op),
+                ..source
+            },
+        }
+    })
 }

@@ -23,6 +23,7 @@
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
 //! | `Epoll` | [`epoll`] | `epoll_create1`; registrations re-added by the process later |
 //! | `Inotify` | [`inotify`] | `inotify_init1`; watches added on the objects their handles name |
+//! | `Fanotify` | [`fanotify`] | `fanotify_init`; inode marks added on the objects their handles name |
 //! | `PtyMaster`, `PtySlave` | [`pty`] | /dev/ptmx opened until the kernel hands out the saved index; termios, window size, packet mode; slaves by TIOCGPTPEER; then exclusive modes, owner, mode, lock (`pty::finish_all`) |
 //! | `DevTty` | [`procfile`] | late: `openat("/dev/tty")` by the process itself (its controlling terminal is back since the fork) |
 //! | `ProcFile` | [`procfile`] | late: `openat` by the process itself, offset |
@@ -36,6 +37,7 @@
 mod chardev;
 pub(crate) mod epoll;
 mod eventfd;
+pub(crate) mod fanotify;
 mod fifo;
 mod inet;
 mod inotify;
@@ -95,6 +97,8 @@ pub(crate) struct Opened {
     pub(crate) unix_later: Vec<unix::Later>,
     /// Slave descriptions opened: (pty index, index into `owned`).
     pub(crate) pty_slaves: Vec<(u32, usize)>,
+    /// fanotify groups made (indices into `owned`), drained before the fork.
+    pub(crate) fanotify: Vec<usize>,
 }
 
 impl Opened {
@@ -171,6 +175,12 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::SignalFd { mask, flags } => signalfd::open(o, cx, *mask, *flags),
         FdKind::Epoll { .. } => epoll::open(o, cx),
         FdKind::Inotify { flags, watches } => inotify::open(o, cx, *flags, watches),
+        FdKind::Fanotify {
+            flags,
+            init_flags,
+            event_flags,
+            marks,
+        } => fanotify::open(o, cx, *flags, (*init_flags, *event_flags), marks),
         FdKind::UnixBound {
             pending,
             sock_type,

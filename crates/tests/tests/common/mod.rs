@@ -103,6 +103,9 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_rights" => env!("CARGO_BIN_EXE_tp_rights"),
         "tp_mcast" => env!("CARGO_BIN_EXE_tp_mcast"),
         "tp_extunix" => env!("CARGO_BIN_EXE_tp_extunix"),
+        "tp_nspid" => env!("CARGO_BIN_EXE_tp_nspid"),
+        "tp_userns" => env!("CARGO_BIN_EXE_tp_userns"),
+        "tp_fanotify" => env!("CARGO_BIN_EXE_tp_fanotify"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
