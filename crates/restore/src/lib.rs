@@ -339,13 +339,6 @@ fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Opt
     let Some(ns) = image.inventory.mntns.as_ref() else {
         return Ok(None);
     };
-    if opts.new_pid_ns || image.inventory.pid_ns {
-        return Err(RestoreError::Refused {
-            pid: root,
-            stage: Stage::Preflight,
-            what: "a mount namespace of its own in a new PID namespace: not restored yet".into(),
-        });
-    }
     mntns::check_procs(&image.processes)?;
     mntns::build(Some(ns), &opts.mounts, root)
 }
@@ -436,6 +429,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
                 lock: image.inventory.net_lock.as_ref(),
             },
             sibling: opts.sibling,
+            inherit: &opts.mounts.inherit,
         },
         &mut hook,
     )?;

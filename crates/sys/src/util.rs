@@ -248,6 +248,16 @@ pub fn get_robust_list(tid: Pid) -> Result<(u64, u64)> {
     Ok((head, len as u64))
 }
 
+/// fcntl(F_DUPFD_CLOEXEC): a new descriptor of ours for the open file
+/// description of our descriptor `fd` (one inherited by number).
+pub fn dup_cloexec(fd: i32) -> Result<OwnedFd> {
+    // SAFETY: integer-only fcntl; the kernel checks that fd is open.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    check(r.into(), &format!("duplicate descriptor {fd}"), None)?;
+    // SAFETY: r is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
 /// pipe2(O_CLOEXEC): (read end, write end).
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
