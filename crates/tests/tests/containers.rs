@@ -15,6 +15,18 @@
 //! mount points, filesystems and options as before). Negative control: a
 //! corrupted image is refused and nothing is left running.
 //!
+//! podman (4.3, with runc as its runtime and a `criu` link to stasis
+//! first in PATH, since podman and runc look criu up there): a container
+//! from an image `podman import`ed from the same busybox rootfs is
+//! checkpointed and restored in place, then checkpointed with `--export`,
+//! removed, and restored with `--import` under a new name. Setup it needs
+//! here, each for a reason outside stasis: `--network none` (other network
+//! setups are another engineer's), ulimits within ours (root lacks
+//! CAP_SYS_RESOURCE), no new session keyring (stasis refuses one of the
+//! container's own by name), and a runc wrapper dropping the
+//! `--no-new-keyring` podman 4.3 passes to `runc restore`, which runc
+//! 1.1.5 does not take (the same failure with criu).
+//!
 //! crun: Debian's crun is built without CRIU support (`crun checkpoint` is
 //! an unknown command), so there is nothing to drive; the test says so.
 //!
@@ -455,4 +467,181 @@ fn crun_has_no_criu() {
         "SKIP crun: built without CRIU support (`crun checkpoint`: {})",
         text.lines().next().unwrap_or("").trim()
     );
+}
+
+/// podman with runc, a private containers.conf, and `criu` = stasis in
+/// PATH; removes its containers and image on drop.
+struct Podman {
+    dir: PathBuf,
+    image: String,
+    names: Vec<String>,
+}
+
+impl Podman {
+    fn new() -> Result<Podman, String> {
+        if Command::new("podman").arg("--version").output().is_err() {
+            return Err("no podman in PATH (Debian: apt-get install podman)".into());
+        }
+        if let Some(why) = runc_missing() {
+            return Err(why);
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("containers-podman-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let root = dir.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "data", "etc"] {
+            fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+        }
+        fs::copy(BUSYBOX, root.join("bin/busybox")).map_err(|e| e.to_string())?;
+        for a in ["sh", "cat", "echo", "usleep", "ps"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))
+                .map_err(|e| e.to_string())?;
+        }
+        fs::create_dir_all(dir.join("criu")).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(stasis_bin(), dir.join("criu/criu")).map_err(|e| e.to_string())?;
+        let wrap = dir.join("runc-wrap");
+        fs::write(
+            &wrap,
+            "#!/bin/sh\n\
+             # runc 1.1.5's restore lacks --no-new-keyring, which podman 4.3 passes.\n\
+             restore=0; for a; do [ \"$a\" = restore ] && restore=1; done\n\
+             for a; do shift; [ $restore = 1 ] && [ \"$a\" = --no-new-keyring ] && continue; set -- \"$@\" \"$a\"; done\n\
+             exec runc \"$@\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&wrap, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\nkeyring = false\ndefault_ulimits = [\"nproc=1024:1024\", \"nofile=1024:1024\"]\n\
+                 [engine.runtimes]\nrunc = [\"{}\"]\n",
+                wrap.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let tar = dir.join("rootfs.tar");
+        let r = run(
+            {
+                let mut c = Command::new("tar");
+                c.arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".");
+                c
+            },
+            T,
+        );
+        if !r.ok {
+            return Err(format!("tar: {}", r.out));
+        }
+        let p = Podman {
+            image: format!("localhost/stasis-busybox:{}", std::process::id()),
+            dir,
+            names: Vec::new(),
+        };
+        let mut c = p.podman(&["import"]);
+        c.arg(&tar).arg(&p.image);
+        let r = run(c, Duration::from_secs(120));
+        if !r.ok {
+            return Err(format!("podman import: {}", r.out));
+        }
+        Ok(p)
+    }
+
+    fn podman(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.dir.join("criu")];
+        dirs.extend(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(dirs).expect("PATH"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .args(args);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = run(self.podman(args), Duration::from_secs(120));
+        assert!(r.ok, "podman {}: {}", args.join(" "), r.out);
+        r.out
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let out = self.ok(&["exec", name, "cat", "/dev/shm/c"]);
+        out.trim().parse().unwrap_or_else(|_| panic!("counter {out:?}"))
+    }
+
+    fn counts_past(&self, name: &str, past: u64) -> u64 {
+        let t0 = Instant::now();
+        loop {
+            let c = self.counter(name);
+            if c > past {
+                return c;
+            }
+            assert!(t0.elapsed() < T, "{name}: the counter stays at {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Running, at or past `at`, counting on, its own check intact, the
+    /// loop PID 1.
+    fn check_running(&self, name: &str, at: u64) {
+        let first = self.counter(name);
+        assert!(first >= at, "{name}: at {first}, below {at}");
+        self.counts_past(name, first);
+        let r = run(self.podman(&["exec", name, "cat", "/dev/shm/status"]), T);
+        assert!(!r.ok, "{name}: the container's own check failed: {}", r.out);
+        let ps = self.ok(&["exec", name, "ps"]);
+        assert!(
+            ps.lines()
+                .any(|l| l.trim_start().starts_with("1 ") && l.contains("/dev/shm/c")),
+            "{name}: the loop is not PID 1:\n{ps}"
+        );
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = run(self.podman(&["rm", "-f", "-t", "0", n]), T);
+        }
+        let _ = run(self.podman(&["rmi", "-f", &self.image]), T);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn podman_checkpoint_restore_export_import() {
+    let mut p = match Podman::new() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIP podman_checkpoint_restore_export_import: {why}");
+            return;
+        }
+    };
+    let a = format!("stasis-pm-{}-a", std::process::id());
+    let b = format!("stasis-pm-{}-b", std::process::id());
+    p.names.extend([a.clone(), b.clone()]);
+    let image = p.image.clone();
+    p.ok(&[
+        "--runtime", "runc", "run", "-d", "--name", &a, "--network", "none", &image, "/bin/sh",
+        "-c", LOOP,
+    ]);
+    p.counts_past(&a, 3);
+    // In place: checkpoint (the container stops), restore.
+    p.ok(&["container", "checkpoint", &a]);
+    let st = p.ok(&["inspect", "-f", "{{.State.Status}}", &a]);
+    assert_eq!(st.trim(), "exited", "{a} after the checkpoint");
+    let saved: u64 = p.ok(&["mount", &a]).trim().parse::<PathBuf>().map_or(0, |m| {
+        fs::read_to_string(m.join("data/c"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    p.ok(&["container", "restore", &a]);
+    p.check_running(&a, saved);
+    // Exported to a tarball, the container removed, imported as another.
+    let tar = p.dir.join("checkpoint.tar.gz");
+    let before = p.counter(&a);
+    p.ok(&["container", "checkpoint", "--export", tar.to_str().unwrap(), &a]);
+    p.ok(&["rm", "-f", "-t", "0", &a]);
+    p.ok(&["container", "restore", "--import", tar.to_str().unwrap(), "--name", &b]);
+    p.check_running(&b, before);
 }
