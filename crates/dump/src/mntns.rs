@@ -28,7 +28,11 @@ fn ns_ino(task: &str) -> Option<u64> {
 /// PID namespace stasis runs keeps its private namespace, made anew with
 /// only /proc: see checks.rs.)
 /// `ext` lists criu's `--ext-mount-map MOUNTPOINT:KEY` given at dump.
-pub(crate) fn collect(root: Pid, pids: &[u32], ext: &[(String, String)]) -> Result<Option<MountNs>> {
+pub(crate) fn collect(
+    root: Pid,
+    pids: &[u32],
+    ext: &[(String, String)],
+) -> Result<Option<MountNs>> {
     let r = root.0 as u32;
     let pid_ns = |t: &str| {
         std::fs::metadata(format!("/proc/{t}/ns/pid"))
@@ -41,11 +45,7 @@ pub(crate) fn collect(root: Pid, pids: &[u32], ext: &[(String, String)]) -> Resu
     }
     // A `stasis run` tree shares our root directory; a container pivoted
     // into a root of its own is saved like any other namespace.
-    let same_root = |p: &str| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-    };
+    let same_root = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     if pid_ns_tree && same_root(&format!("/proc/{r}/root")) == same_root("/") {
         run_tree_mounts(r)?;
         return Ok(None);

@@ -72,7 +72,10 @@ pub(crate) fn for_fork() -> Option<(i32, i32)> {
 /// The mounts the first process forked makes once it is in the tree's
 /// namespaces ([`stasis_sys::spawn::TreePlan::late_mounts`]).
 pub(crate) fn late_mounts() -> Vec<sys::LateMount> {
-    active().as_ref().map(|a| a.late.clone()).unwrap_or_default()
+    active()
+        .as_ref()
+        .map(|a| a.late.clone())
+        .unwrap_or_default()
 }
 
 /// Back to the restorer's own namespace and working directory; files are
@@ -200,7 +203,9 @@ fn mount_all(
         let is_late = i > 0
             && (ns_bound
                 || late_ids.contains(&m.parent)
-                || bind_src.as_ref().is_some_and(|(of, _)| late_ids.contains(of)));
+                || bind_src
+                    .as_ref()
+                    .is_some_and(|(of, _)| late_ids.contains(of)));
         if is_late {
             if m.shared != 0 || m.unbindable {
                 return Err(refused(pid, m, "shared or unbindable, made inside the new namespaces: propagation not restored yet".into()));

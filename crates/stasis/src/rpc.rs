@@ -94,14 +94,19 @@ fn to_client_log(req: &Req, peer: i32, msg: &str) {
     let Some(file) = o.log_file.as_ref().filter(|f| !f.contains('/')) else {
         return;
     };
-    let Ok(dir) = rpc_opts::client_dir(peer, o.work_dir_fd.unwrap_or(o.images_dir_fd), "log") else {
+    let Ok(dir) = rpc_opts::client_dir(peer, o.work_dir_fd.unwrap_or(o.images_dir_fd), "log")
+    else {
         return;
     };
     let path = dir.join(file);
     if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(msg)) {
         return;
     }
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
         let _ = writeln!(f, "Error: {msg}");
     }
 }
@@ -219,7 +224,11 @@ fn request(command: &str, o: &Opts, peer: i32) -> Result<Request> {
     r.notes.extend(rpc_opts::notes_rpc_only(o));
     r.notes.push(format!(
         "criu_opts as options: {}",
-        given.iter().map(|g| g.spelled()).collect::<Vec<_>>().join(" ")
+        given
+            .iter()
+            .map(|g| g.spelled())
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     if let Some(g) = criu_cmd::judge_all(&mut r, &given)? {
         let name = fields

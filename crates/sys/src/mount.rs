@@ -346,7 +346,9 @@ impl LateMount {
     /// The mount point, for errors.
     pub fn at(&self) -> &std::ffi::CStr {
         match self {
-            LateMount::Attach { at, .. } | LateMount::Fresh { at, .. } | LateMount::Bind { at, .. } => at,
+            LateMount::Attach { at, .. }
+            | LateMount::Fresh { at, .. }
+            | LateMount::Bind { at, .. } => at,
         }
     }
 }
@@ -363,7 +365,10 @@ pub fn clone_mount_at(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
             OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
         )
     };
-    owned(r, "open_tree(OPEN_TREE_CLONE) of a path in the restored tree")
+    owned(
+        r,
+        "open_tree(OPEN_TREE_CLONE) of a path in the restored tree",
+    )
 }
 
 /// In a freshly forked child of the restore (raw syscalls only, on data

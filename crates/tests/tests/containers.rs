@@ -41,7 +41,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BUSYBOX: &str = "/usr/bin/busybox";
+/// Debian's busybox-static: a rootfs needs no libraries for it.
+const BUSYBOX: &str = "/bin/busybox";
 
 /// The container's program: count, and check the count against the file.
 const LOOP: &str = "i=0; while :; do \
@@ -214,7 +215,10 @@ impl Bundle {
     fn counter(&self, id: &str) -> u64 {
         let r = self.exec(id, &["cat", "/dev/shm/c"]);
         assert!(r.ok, "runc exec {id} cat /dev/shm/c: {}", r.out);
-        r.out.trim().parse().unwrap_or_else(|_| panic!("counter {:?}", r.out))
+        r.out
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("counter {:?}", r.out))
     }
 
     /// The container's init PID as runc knows it, if it runs.
@@ -247,7 +251,12 @@ impl Bundle {
                 if ["/proc/keys", "/proc/timer_list"].contains(at) {
                     return None;
                 }
-                Some(format!("{at} {} {} {}", f.get(dash + 1)?, f.get(5)?, f.get(dash + 3)?))
+                Some(format!(
+                    "{at} {} {} {}",
+                    f.get(dash + 1)?,
+                    f.get(5)?,
+                    f.get(dash + 3)?
+                ))
             })
             .collect();
         v.sort();
@@ -298,7 +307,11 @@ fn restore_args(img: &Path) -> Vec<&str> {
         "--image-path",
         img.to_str().expect("utf-8 path"),
         "--work-path",
-        img.with_extension("work").to_str().expect("utf-8 path").to_owned().leak(),
+        img.with_extension("work")
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned()
+            .leak(),
     ]
 }
 
@@ -356,15 +369,26 @@ fn runc_checkpoint_restore_busybox() {
     }
     let mut b = Bundle::new("runc");
     let a = b.id("a");
-    assert!(b.start(&a, &["run", "--no-new-keyring", "-d"]).ok, "runc run");
+    assert!(
+        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
+        "runc run"
+    );
     counts_past(&b, &a, 5);
     no_failure(&b, &a);
     let mounts = b.mounts(&a);
     let (_, pid) = b.state(&a).expect("state");
     let img = b.dir.join("img");
     let r = b.checkpoint(&a, &img, &[]);
-    assert!(r.ok, "runc checkpoint: {}\n{}", r.out, b.log(&img, "dump.log"));
-    assert!(b.state(&a).is_none(), "{a}: still known to runc after the checkpoint");
+    assert!(
+        r.ok,
+        "runc checkpoint: {}\n{}",
+        r.out,
+        b.log(&img, "dump.log")
+    );
+    assert!(
+        b.state(&a).is_none(),
+        "{a}: still known to runc after the checkpoint"
+    );
     let t0 = Instant::now();
     while pid_exists(pid) {
         assert!(t0.elapsed() < T, "{a}: init {pid} survived the checkpoint");
@@ -395,11 +419,19 @@ fn runc_restore_refuses_corrupt_image() {
     }
     let mut b = Bundle::new("corrupt");
     let a = b.id("a");
-    assert!(b.start(&a, &["run", "--no-new-keyring", "-d"]).ok, "runc run");
+    assert!(
+        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
+        "runc run"
+    );
     counts_past(&b, &a, 2);
     let img = b.dir.join("img");
     let r = b.checkpoint(&a, &img, &[]);
-    assert!(r.ok, "runc checkpoint: {}\n{}", r.out, b.log(&img, "dump.log"));
+    assert!(
+        r.ok,
+        "runc checkpoint: {}\n{}",
+        r.out,
+        b.log(&img, "dump.log")
+    );
     // One byte of the inventory flipped: its checksum no longer matches.
     let inv = img.join("inventory.img");
     let mut bytes = fs::read(&inv).expect("inventory");
@@ -430,12 +462,20 @@ fn runc_leave_running_then_restore_copy() {
     }
     let mut b = Bundle::new("leave");
     let a = b.id("a");
-    assert!(b.start(&a, &["run", "--no-new-keyring", "-d"]).ok, "runc run");
+    assert!(
+        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
+        "runc run"
+    );
     let before = counts_past(&b, &a, 3);
     let mounts = b.mounts(&a);
     let img = b.dir.join("img");
     let r = b.checkpoint(&a, &img, &["--leave-running"]);
-    assert!(r.ok, "runc checkpoint --leave-running: {}\n{}", r.out, b.log(&img, "dump.log"));
+    assert!(
+        r.ok,
+        "runc checkpoint --leave-running: {}\n{}",
+        r.out,
+        b.log(&img, "dump.log")
+    );
     // Still running and counting, its check intact.
     counts_past(&b, &a, before);
     no_failure(&b, &a);
@@ -448,7 +488,11 @@ fn runc_leave_running_then_restore_copy() {
 
 #[test]
 fn crun_has_no_criu() {
-    let Ok(out) = Command::new("crun").arg("checkpoint").arg("--help").output() else {
+    let Ok(out) = Command::new("crun")
+        .arg("checkpoint")
+        .arg("--help")
+        .output()
+    else {
         eprintln!("SKIP crun_has_no_criu: no crun in PATH");
         return;
     };
@@ -498,7 +542,8 @@ impl Podman {
                 .map_err(|e| e.to_string())?;
         }
         fs::create_dir_all(dir.join("criu")).map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(stasis_bin(), dir.join("criu/criu")).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(stasis_bin(), dir.join("criu/criu"))
+            .map_err(|e| e.to_string())?;
         let wrap = dir.join("runc-wrap");
         fs::write(
             &wrap,
@@ -559,13 +604,27 @@ impl Podman {
 
     fn ok(&self, args: &[&str]) -> String {
         let r = run(self.podman(args), Duration::from_secs(120));
-        assert!(r.ok, "podman {}: {}", args.join(" "), r.out);
+        if !r.ok {
+            // runc names criu's log; its errors say what stasis refused.
+            let log = r
+                .out
+                .split("log file: ")
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|f| fs::read_to_string(f).ok())
+                .unwrap_or_default();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            panic!("podman {}: {}
+{}", args.join(" "), r.out, errors.join("\n"));
+        }
         r.out
     }
 
     fn counter(&self, name: &str) -> u64 {
         let out = self.ok(&["exec", name, "cat", "/dev/shm/c"]);
-        out.trim().parse().unwrap_or_else(|_| panic!("counter {out:?}"))
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("counter {out:?}"))
     }
 
     fn counts_past(&self, name: &str, past: u64) -> u64 {
@@ -621,27 +680,54 @@ fn podman_checkpoint_restore_export_import() {
     p.names.extend([a.clone(), b.clone()]);
     let image = p.image.clone();
     p.ok(&[
-        "--runtime", "runc", "run", "-d", "--name", &a, "--network", "none", &image, "/bin/sh",
-        "-c", LOOP,
+        "--runtime",
+        "runc",
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        "none",
+        &image,
+        "/bin/sh",
+        "-c",
+        LOOP,
     ]);
     p.counts_past(&a, 3);
     // In place: checkpoint (the container stops), restore.
     p.ok(&["container", "checkpoint", &a]);
     let st = p.ok(&["inspect", "-f", "{{.State.Status}}", &a]);
     assert_eq!(st.trim(), "exited", "{a} after the checkpoint");
-    let saved: u64 = p.ok(&["mount", &a]).trim().parse::<PathBuf>().map_or(0, |m| {
-        fs::read_to_string(m.join("data/c"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
-    });
+    let saved: u64 = p
+        .ok(&["mount", &a])
+        .trim()
+        .parse::<PathBuf>()
+        .map_or(0, |m| {
+            fs::read_to_string(m.join("data/c"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        });
     p.ok(&["container", "restore", &a]);
     p.check_running(&a, saved);
     // Exported to a tarball, the container removed, imported as another.
     let tar = p.dir.join("checkpoint.tar.gz");
     let before = p.counter(&a);
-    p.ok(&["container", "checkpoint", "--export", tar.to_str().unwrap(), &a]);
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--export",
+        tar.to_str().unwrap(),
+        &a,
+    ]);
     p.ok(&["rm", "-f", "-t", "0", &a]);
-    p.ok(&["container", "restore", "--import", tar.to_str().unwrap(), "--name", &b]);
+    p.ok(&[
+        "container",
+        "restore",
+        "--import",
+        tar.to_str().unwrap(),
+        "--name",
+        &b,
+    ]);
     p.check_running(&b, before);
 }

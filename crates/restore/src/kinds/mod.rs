@@ -143,9 +143,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::CharDevice { path, flags, rdev } => chardev::open(o, cx, path, *flags, *rdev),
         FdKind::Path { path, flags, .. } => opath::open(o, cx, path, *flags),
         FdKind::Pipe {
-            id,
-            external: true,
-            ..
+            id, external: true, ..
         } => pipe::inherited(o, cx, *id),
         FdKind::Pipe {
             id,
