@@ -247,10 +247,21 @@ fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
         source,
     })?;
     let is_reg = md.file_type().is_file();
-    if is_reg
-        && !allow_changed
-        && (md.size() != f.size || md.mtime() != f.mtime_sec || md.mtime_nsec() != f.mtime_nsec)
-    {
+    // An archive (tar, podman's checkpoint --export) keeps whole seconds:
+    // the same size and second with no nanoseconds at all is that file
+    // come back through one (a write would have set nanoseconds).
+    let archived = md.mtime_nsec() == 0 && f.mtime_nsec != 0;
+    let mtime_same = md.mtime() == f.mtime_sec && (md.mtime_nsec() == f.mtime_nsec || archived);
+    if is_reg && archived && mtime_same && md.size() == f.size {
+        log::info!(
+            "pid {pid}: file {}: its mtime lost its nanoseconds ({}.{:09} -> {}.0), as an archive restores it: taken as the same file",
+            f.path,
+            f.mtime_sec,
+            f.mtime_nsec,
+            md.mtime()
+        );
+    }
+    if is_reg && !allow_changed && (md.size() != f.size || !mtime_same) {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Preflight,

@@ -258,6 +258,21 @@ pub fn dup_cloexec(fd: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
+/// Whether the other side of pipe end `fd` is closed everywhere: a read
+/// end without writers polls POLLHUP, a write end without readers POLLERR.
+pub fn pipe_peer_gone(fd: &OwnedFd) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, no wait.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    check(r.into(), "poll(pipe)", None)?;
+    Ok(p.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
 /// pipe2(O_CLOEXEC): (read end, write end).
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];

@@ -70,7 +70,21 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                 continue;
             };
             let (reader, writer) = ends.get(id).copied().unwrap_or_default();
-            let Some((rpid, rfd)) = reader.filter(|_| writer) else {
+            // The other end missing from the tree: closed everywhere (a
+            // pipe like any other, restored with that end closed again),
+            // or held outside.
+            let peer_gone = !(reader.is_some() && writer) && {
+                let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, Stage::Collect)?;
+                let dup =
+                    util::pidfd_getfd(&pidfd, Pid(pid as i32), e.fd).at(pid, Stage::Collect)?;
+                util::pipe_peer_gone(&dup).at(pid, Stage::Collect)?
+            };
+            if peer_gone && reader.is_none() {
+                // A write end nobody can read from: nothing to save.
+                saved.insert(*id);
+                continue;
+            }
+            let Some((rpid, rfd)) = reader.filter(|_| writer || peer_gone) else {
                 // The other end is the caller's (runc's stdio): the pipe
                 // and its bytes stay with it; a restore needs it back
                 // through --inherit-fd (restore/kinds/pipe.rs).
