@@ -551,8 +551,17 @@ impl Podman {
                 .map_err(|e| e.to_string())?;
         }
         fs::create_dir_all(dir.join("criu")).map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(stasis_bin(), dir.join("criu/criu"))
-            .map_err(|e| e.to_string())?;
+        let r = run(
+            {
+                let mut c = Command::new(stasis_bin());
+                c.arg("install-criu-link").arg(dir.join("criu"));
+                c
+            },
+            T,
+        );
+        if !r.ok {
+            return Err(format!("stasis install-criu-link: {}", r.out));
+        }
         let wrap = dir.join("runc-wrap");
         fs::write(
             &wrap,
