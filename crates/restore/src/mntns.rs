@@ -286,7 +286,7 @@ fn mount_all(
 /// The path of `root` (relative) of a mount at `mount_point`.
 fn bind_path(mount_point: &str, root: &str) -> String {
     match (mount_point.trim_end_matches('/'), root) {
-        (mp, "") if mp.is_empty() => "/".into(),
+        ("", "") => "/".into(),
         (mp, "") => mp.into(),
         (mp, r) => format!("{mp}/{r}"),
     }

@@ -312,19 +312,17 @@ fn read_counter(mut read: impl FnMut() -> String) -> u64 {
 }
 
 /// `restore -d` from `img`, logging to restore.log beside its dump.log.
-fn restore_args(img: &Path) -> Vec<&str> {
-    vec![
-        "restore",
-        "-d",
-        "--image-path",
-        img.to_str().expect("utf-8 path"),
-        "--work-path",
-        img.with_extension("work")
-            .to_str()
-            .expect("utf-8 path")
-            .to_owned()
-            .leak(),
-    ]
+fn restore_args(img: &Path) -> Vec<String> {
+    let work = img.with_extension("work");
+    ["restore", "-d", "--image-path"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([
+            img.to_string_lossy().into_owned(),
+            "--work-path".into(),
+            work.to_string_lossy().into_owned(),
+        ])
+        .collect()
 }
 
 /// Waits until the counter of `id` passes `past`.
@@ -410,12 +408,24 @@ fn runc_checkpoint_restore_busybox() {
     }
 
     // The same id, then (that one deleted) a new one from the same image.
-    let r = b.start(&a, &restore_args(&img));
+    let r = b.start(
+        &a,
+        &restore_args(&img)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
     check_restored(&b, &a, saved, &mounts);
     assert!(run(b.runc(&["delete", "-f", &a]), T).ok);
     let c = b.id("b");
-    let r = b.start(&c, &restore_args(&img));
+    let r = b.start(
+        &c,
+        &restore_args(&img)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(r.ok, "runc restore as {c}: {}", b.log(&img, "restore.log"));
     check_restored(&b, &c, saved, &mounts);
 }
@@ -447,7 +457,13 @@ fn runc_restore_refuses_corrupt_image() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x5a;
     fs::write(&inv, bytes).expect("write");
-    let r = b.start(&a, &restore_args(&img));
+    let r = b.start(
+        &a,
+        &restore_args(&img)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(!r.ok, "a corrupted image was restored");
     let log = b.log(&img, "restore.log");
     assert!(
@@ -490,7 +506,13 @@ fn runc_leave_running_then_restore_copy() {
     no_failure(&b, &a);
     // Stopped, then restored from the image taken while it ran.
     assert!(run(b.runc(&["delete", "-f", &a]), T).ok);
-    let r = b.start(&a, &restore_args(&img));
+    let r = b.start(
+        &a,
+        &restore_args(&img)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
     check_restored(&b, &a, before, &mounts);
 }
