@@ -115,6 +115,11 @@ struct Bundle {
 
 impl Bundle {
     fn new(name: &str) -> Bundle {
+        Bundle::with_program(name, LOOP)
+    }
+
+    /// A bundle whose container runs `sh -c PROGRAM`.
+    fn with_program(name: &str, program: &str) -> Bundle {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("containers-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -123,7 +128,7 @@ impl Bundle {
             fs::create_dir_all(root.join(d)).expect("rootfs");
         }
         fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copy busybox");
-        for a in ["sh", "cat", "echo", "usleep", "ps", "ls"] {
+        for a in ["sh", "cat", "echo", "usleep", "ps", "ls", "nc", "netstat"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).expect("link");
         }
         fs::create_dir_all(dir.join("state")).expect("state dir");
@@ -141,7 +146,7 @@ impl Bundle {
         let mut cfg: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(&cfg_path).expect("config")).expect("json");
         cfg["process"]["terminal"] = false.into();
-        cfg["process"]["args"] = serde_json::json!(["/bin/sh", "-c", LOOP]);
+        cfg["process"]["args"] = serde_json::json!(["/bin/sh", "-c", program]);
         cfg["root"]["readonly"] = false.into();
         fs::write(&cfg_path, cfg.to_string()).expect("write config");
         b
@@ -515,6 +520,86 @@ fn runc_leave_running_then_restore_copy() {
     );
     assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
     check_restored(&b, &a, before, &mounts);
+}
+
+/// A TCP connection inside the container (its own network namespace,
+/// lo only): a client sends a number every 50 ms, a server answers each
+/// with `got-N`, the client appends the answers to /dev/shm/replies.
+const TCP_LOOP: &str = "nc -l -p 5000 -e sh -c 'while read l; do echo got-$l; done' & \
+    usleep 300000; i=0; \
+    (while :; do i=$((i+1)); echo $i; usleep 50000; done) | nc 127.0.0.1 5000 > /dev/shm/replies";
+
+/// The answers so far: they must be got-1, got-2, ... without a gap.
+fn replies(b: &Bundle, id: &str) -> u64 {
+    let r = b.exec(id, &["cat", "/dev/shm/replies"]);
+    if !r.ok {
+        return 0; // not made yet, right after the start
+    }
+    let mut n = 0;
+    for l in r.out.lines() {
+        // The last line may be half written.
+        if l.is_empty() {
+            continue;
+        }
+        match l.strip_prefix("got-").and_then(|v| v.parse::<u64>().ok()) {
+            Some(v) if v == n + 1 => n = v,
+            _ if l == r.out.lines().last().unwrap_or("") => break,
+            _ => panic!("{id}: answer {l:?} after got-{n}: the stream lost or changed data"),
+        }
+    }
+    n
+}
+
+fn replies_past(b: &Bundle, id: &str, past: u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let n = replies(b, id);
+        if n > past {
+            return n;
+        }
+        assert!(t0.elapsed() < T, "{id}: the connection stays at got-{n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn runc_tcp_established_inside_container() {
+    if let Some(why) = runc_missing() {
+        eprintln!("SKIP runc_tcp_established_inside_container: {why}");
+        return;
+    }
+    let mut b = Bundle::with_program("tcp", TCP_LOOP);
+    let a = b.id("a");
+    assert!(
+        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
+        "runc run"
+    );
+    let before = replies_past(&b, &a, 3);
+    let img = b.dir.join("img");
+    // Without --tcp-established the connection is refused by name.
+    let r = b.checkpoint(&a, &img, &[]);
+    assert!(
+        !r.ok,
+        "a TCP connection was dumped without --tcp-established"
+    );
+    let _ = fs::remove_dir_all(&img);
+    replies_past(&b, &a, before);
+    let r = b.checkpoint(&a, &img, &["--tcp-established"]);
+    assert!(
+        r.ok,
+        "runc checkpoint --tcp-established: {}\n{}",
+        r.out,
+        b.log(&img, "dump.log")
+    );
+    let mut args = restore_args(&img);
+    args.push("--tcp-established".into());
+    let r = b.start(&a, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
+    // The same stream goes on: more answers, none lost or changed.
+    let now = replies(&b, &a);
+    replies_past(&b, &a, now);
+    let ns = b.exec(&a, &["netstat", "-tn"]);
+    assert!(ns.out.contains("ESTABLISHED"), "{}", ns.out);
 }
 
 #[test]
