@@ -114,10 +114,6 @@ struct Bundle {
 }
 
 impl Bundle {
-    fn new(name: &str) -> Bundle {
-        Bundle::with_program(name, LOOP)
-    }
-
     /// A bundle whose container runs `sh -c PROGRAM`.
     fn with_program(name: &str, program: &str) -> Bundle {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -274,6 +270,24 @@ impl Bundle {
         run(c, T)
     }
 
+    /// [`Self::checkpoint`], which must succeed.
+    fn checkpoint_ok(&self, id: &str, img: &Path, extra: &[&str]) {
+        let r = self.checkpoint(id, img, extra);
+        assert!(
+            r.ok,
+            "runc checkpoint {extra:?}: {}\n{}",
+            r.out,
+            self.log(img, "dump.log")
+        );
+    }
+
+    /// `runc restore -d` of `id` from `img`.
+    fn restore(&mut self, id: &str, img: &Path, extra: &[&str]) -> Ran {
+        let mut args = restore_args(img);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.start(id, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     fn log(&self, img: &Path, name: &str) -> String {
         let text = fs::read_to_string(img.with_extension("work").join(name)).unwrap_or_default();
         text.lines()
@@ -330,17 +344,38 @@ fn restore_args(img: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the counter of `id` passes `past`.
-fn counts_past(b: &Bundle, id: &str, past: u64) -> u64 {
+/// A started container of a new bundle running `program`, or None (the
+/// test skipped, saying why) without runc.
+fn started(test: &str, name: &str, program: &str) -> Option<(Bundle, String)> {
+    if let Some(why) = runc_missing() {
+        eprintln!("SKIP {test}: {why}");
+        return None;
+    }
+    let mut b = Bundle::with_program(name, program);
+    let a = b.id("a");
+    assert!(
+        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
+        "runc run"
+    );
+    Some((b, a))
+}
+
+/// Waits until what `read` returns passes `past`; returns it.
+fn wait_past(what: &str, past: u64, mut read: impl FnMut() -> u64) -> u64 {
     let t0 = Instant::now();
     loop {
-        let c = b.counter(id);
+        let c = read();
         if c > past {
             return c;
         }
-        assert!(t0.elapsed() < T, "{id}: the counter stays at {c}");
+        assert!(t0.elapsed() < T, "{what} stays at {c}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until the counter of `id` passes `past`.
+fn counts_past(b: &Bundle, id: &str, past: u64) -> u64 {
+    wait_past(&format!("{id}: the counter"), past, || b.counter(id))
 }
 
 fn no_failure(b: &Bundle, id: &str) {
@@ -378,16 +413,9 @@ fn check_restored(b: &Bundle, id: &str, at_checkpoint: u64, mounts: &[String]) {
 
 #[test]
 fn runc_checkpoint_restore_busybox() {
-    if let Some(why) = runc_missing() {
-        eprintln!("SKIP runc_checkpoint_restore_busybox: {why}");
+    let Some((mut b, a)) = started("runc_checkpoint_restore_busybox", "runc", LOOP) else {
         return;
-    }
-    let mut b = Bundle::new("runc");
-    let a = b.id("a");
-    assert!(
-        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
-        "runc run"
-    );
+    };
     counts_past(&b, &a, 5);
     no_failure(&b, &a);
     let mounts = b.mounts(&a);
@@ -395,13 +423,7 @@ fn runc_checkpoint_restore_busybox() {
     let saved = b.counter(&a);
     let (_, pid) = b.state(&a).expect("state");
     let img = b.dir.join("img");
-    let r = b.checkpoint(&a, &img, &[]);
-    assert!(
-        r.ok,
-        "runc checkpoint: {}\n{}",
-        r.out,
-        b.log(&img, "dump.log")
-    );
+    b.checkpoint_ok(&a, &img, &[]);
     assert!(
         b.state(&a).is_none(),
         "{a}: still known to runc after the checkpoint"
@@ -413,62 +435,31 @@ fn runc_checkpoint_restore_busybox() {
     }
 
     // The same id, then (that one deleted) a new one from the same image.
-    let r = b.start(
-        &a,
-        &restore_args(&img)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let r = b.restore(&a, &img, &[]);
     assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
     check_restored(&b, &a, saved, &mounts);
     assert!(run(b.runc(&["delete", "-f", &a]), T).ok);
     let c = b.id("b");
-    let r = b.start(
-        &c,
-        &restore_args(&img)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let r = b.restore(&c, &img, &[]);
     assert!(r.ok, "runc restore as {c}: {}", b.log(&img, "restore.log"));
     check_restored(&b, &c, saved, &mounts);
 }
 
 #[test]
 fn runc_restore_refuses_corrupt_image() {
-    if let Some(why) = runc_missing() {
-        eprintln!("SKIP runc_restore_refuses_corrupt_image: {why}");
+    let Some((mut b, a)) = started("runc_restore_refuses_corrupt_image", "corrupt", LOOP) else {
         return;
-    }
-    let mut b = Bundle::new("corrupt");
-    let a = b.id("a");
-    assert!(
-        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
-        "runc run"
-    );
+    };
     counts_past(&b, &a, 2);
     let img = b.dir.join("img");
-    let r = b.checkpoint(&a, &img, &[]);
-    assert!(
-        r.ok,
-        "runc checkpoint: {}\n{}",
-        r.out,
-        b.log(&img, "dump.log")
-    );
+    b.checkpoint_ok(&a, &img, &[]);
     // One byte of the inventory flipped: its checksum no longer matches.
     let inv = img.join("inventory.img");
     let mut bytes = fs::read(&inv).expect("inventory");
     let last = bytes.len() - 1;
     bytes[last] ^= 0x5a;
     fs::write(&inv, bytes).expect("write");
-    let r = b.start(
-        &a,
-        &restore_args(&img)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let r = b.restore(&a, &img, &[]);
     assert!(!r.ok, "a corrupted image was restored");
     let log = b.log(&img, "restore.log");
     assert!(
@@ -486,38 +477,19 @@ fn runc_restore_refuses_corrupt_image() {
 
 #[test]
 fn runc_leave_running_then_restore_copy() {
-    if let Some(why) = runc_missing() {
-        eprintln!("SKIP runc_leave_running_then_restore_copy: {why}");
+    let Some((mut b, a)) = started("runc_leave_running_then_restore_copy", "leave", LOOP) else {
         return;
-    }
-    let mut b = Bundle::new("leave");
-    let a = b.id("a");
-    assert!(
-        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
-        "runc run"
-    );
+    };
     let before = counts_past(&b, &a, 3);
     let mounts = b.mounts(&a);
     let img = b.dir.join("img");
-    let r = b.checkpoint(&a, &img, &["--leave-running"]);
-    assert!(
-        r.ok,
-        "runc checkpoint --leave-running: {}\n{}",
-        r.out,
-        b.log(&img, "dump.log")
-    );
+    b.checkpoint_ok(&a, &img, &["--leave-running"]);
     // Still running and counting, its check intact.
     counts_past(&b, &a, before);
     no_failure(&b, &a);
     // Stopped, then restored from the image taken while it ran.
     assert!(run(b.runc(&["delete", "-f", &a]), T).ok);
-    let r = b.start(
-        &a,
-        &restore_args(&img)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let r = b.restore(&a, &img, &[]);
     assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
     check_restored(&b, &a, before, &mounts);
 }
@@ -551,29 +523,14 @@ fn replies(b: &Bundle, id: &str) -> u64 {
 }
 
 fn replies_past(b: &Bundle, id: &str, past: u64) -> u64 {
-    let t0 = Instant::now();
-    loop {
-        let n = replies(b, id);
-        if n > past {
-            return n;
-        }
-        assert!(t0.elapsed() < T, "{id}: the connection stays at got-{n}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_past(&format!("{id}: the connection"), past, || replies(b, id))
 }
 
 #[test]
 fn runc_tcp_established_inside_container() {
-    if let Some(why) = runc_missing() {
-        eprintln!("SKIP runc_tcp_established_inside_container: {why}");
+    let Some((mut b, a)) = started("runc_tcp_established_inside_container", "tcp", TCP_LOOP) else {
         return;
-    }
-    let mut b = Bundle::with_program("tcp", TCP_LOOP);
-    let a = b.id("a");
-    assert!(
-        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
-        "runc run"
-    );
+    };
     let before = replies_past(&b, &a, 3);
     let img = b.dir.join("img");
     // Without --tcp-established the connection is refused by name.
@@ -584,16 +541,8 @@ fn runc_tcp_established_inside_container() {
     );
     let _ = fs::remove_dir_all(&img);
     replies_past(&b, &a, before);
-    let r = b.checkpoint(&a, &img, &["--tcp-established"]);
-    assert!(
-        r.ok,
-        "runc checkpoint --tcp-established: {}\n{}",
-        r.out,
-        b.log(&img, "dump.log")
-    );
-    let mut args = restore_args(&img);
-    args.push("--tcp-established".into());
-    let r = b.start(&a, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    b.checkpoint_ok(&a, &img, &["--tcp-established"]);
+    let r = b.restore(&a, &img, &["--tcp-established"]);
     assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
     // The same stream goes on: more answers, none lost or changed.
     let now = replies(&b, &a);
@@ -755,15 +704,7 @@ impl Podman {
     }
 
     fn counts_past(&self, name: &str, past: u64) -> u64 {
-        let t0 = Instant::now();
-        loop {
-            let c = self.counter(name);
-            if c > past {
-                return c;
-            }
-            assert!(t0.elapsed() < T, "{name}: the counter stays at {c}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_past(&format!("{name}: the counter"), past, || self.counter(name))
     }
 
     /// Running, at or past `at`, counting on, its own check intact, the
