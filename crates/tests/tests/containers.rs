@@ -789,3 +789,122 @@ fn podman_checkpoint_restore_export_import() {
     ]);
     p.check_running(&b, before);
 }
+
+/// runc's stdio without runc: a shell writing to a pipe whose reader is
+/// ours is dumped; a restore without `--inherit-fd` is refused naming the
+/// pipe, and leaves nothing; with `--inherit-fd fd[1]:pipe:[INO]` the
+/// restored shell writes into the pipe we hand over.
+#[test]
+fn external_pipe_needs_inherit_fd() {
+    use std::io::Read;
+    if !Path::new(BUSYBOX).exists() {
+        eprintln!("SKIP external_pipe_needs_inherit_fd: no {BUSYBOX}");
+        return;
+    }
+    ensure_subreaper();
+    let work = Work::new("inherit_fd");
+    let mut sh = Command::new(BUSYBOX);
+    use std::os::unix::process::CommandExt;
+    // Only its stdio: not the test runner's other descriptors.
+    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    unsafe {
+        sh.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut sh = sh
+        .args([
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo line-$i; usleep 50000; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shell");
+    let pid = sh.id() as i32;
+    let mut first = sh.stdout.take().expect("pipe");
+    let mut buf = [0u8; 64];
+    assert!(
+        first.read(&mut buf).expect("read") > 0,
+        "no output before the dump"
+    );
+    let link = fs::read_link(format!("/proc/{pid}/fd/1")).expect("fd 1");
+    let key = link.to_string_lossy().into_owned();
+    assert!(key.starts_with("pipe:["), "{key}");
+    let img = work.img();
+    let out = stasis(
+        &work,
+        &["dump", "-t", &pid.to_string(), "-D", img.to_str().unwrap()],
+        T,
+    );
+    assert!(out.success(), "dump: {}", out.stderr);
+    drop(first);
+    // The tree killed, its PIDs free again (its usleep children reaped).
+    check_gone(&work, &mut Proc::adopt(pid));
+    drop(sh);
+    // Refused without the pipe, nothing left behind.
+    let out = stasis(&work, &["restore", "-D", img.to_str().unwrap(), "-d"], T);
+    assert!(
+        !out.success() && out.stderr.contains(&key) && out.stderr.contains("--inherit-fd"),
+        "restore without --inherit-fd: {}",
+        out.stderr
+    );
+    assert!(!pid_exists(pid), "a refused restore left {pid}");
+    // With our new pipe as its stdout.
+    let (r, w) = {
+        let mut fds = [0i32; 2];
+        // SAFETY: a valid out array of two ints.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        use std::os::fd::FromRawFd;
+        // SAFETY: two fresh descriptors owned by nobody else.
+        unsafe {
+            (
+                fs::File::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        }
+    };
+    let st = Command::new(stasis_bin())
+        .args(["restore", "-D", img.to_str().unwrap(), "-d"])
+        .arg(format!("--inherit-fd=fd[1]:{key}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("stasis restore");
+    let mut restored = Proc::adopt(pid);
+    assert!(
+        st.status.success(),
+        "restore with --inherit-fd: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let mut text = String::new();
+    let mut r = r;
+    while !text.contains('\n') || text.lines().count() < 3 {
+        let n = r.read(&mut buf).expect("read the inherited pipe");
+        assert!(n > 0, "the restored shell closed the pipe");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        text.lines().all(|l| l.starts_with("line-") || l.is_empty()),
+        "{text}"
+    );
+    restored.kill();
+    // Its children (a usleep at most) end by themselves; reap ours.
+    for p in show(&work, &img)["inventory"]["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pid"].as_i64())
+    {
+        let t0 = Instant::now();
+        while pid_exists(p as i32) && t0.elapsed() < T {
+            // SAFETY: WNOHANG wait for one PID of the restored tree.
+            unsafe { libc::waitpid(p as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
