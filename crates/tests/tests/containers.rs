@@ -108,6 +108,9 @@ struct Bundle {
     name: String,
     dir: PathBuf,
     ids: Vec<String>,
+    /// Init PIDs seen: once an engine exits, a subreaper test process
+    /// (tests of this file are one process) inherits them; reaped on drop.
+    pids: std::cell::RefCell<Vec<i32>>,
     /// Our ends of the containers' stdout/stderr pipes (and the runc
     /// processes that handed them over), kept open while they run.
     stdio: Vec<Child>,
@@ -132,6 +135,7 @@ impl Bundle {
             name: name.to_string(),
             dir,
             ids: Vec::new(),
+            pids: Default::default(),
             stdio: Vec::new(),
         };
         let mut spec = b.runc(&["spec", "--bundle"]);
@@ -225,6 +229,9 @@ impl Bundle {
             return None;
         }
         let v: serde_json::Value = serde_json::from_str(&r.out).ok()?;
+        if let Some(p) = v["pid"].as_i64().filter(|p| *p > 0) {
+            self.pids.borrow_mut().push(p as i32);
+        }
         Some((
             v["status"].as_str().unwrap_or("").to_string(),
             v["pid"].as_i64().unwrap_or(0) as i32,
@@ -306,6 +313,9 @@ impl Drop for Bundle {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for &p in self.pids.borrow().iter() {
+            gone(p);
+        }
         if std::env::var_os("KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
@@ -358,6 +368,21 @@ fn started(test: &str, name: &str, program: &str) -> Option<(Bundle, String)> {
         "runc run"
     );
     Some((b, a))
+}
+
+/// Waits (up to T) for `pid` to be gone, reaping it if it is ours (a
+/// container's init whose engine exited, with this process a subreaper).
+fn gone(pid: i32) -> bool {
+    let t0 = Instant::now();
+    while pid_exists(pid) {
+        if t0.elapsed() > T {
+            return false;
+        }
+        // SAFETY: WNOHANG wait for one PID, ours or not.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Waits until what `read` returns passes `past`; returns it.
@@ -428,11 +453,7 @@ fn runc_checkpoint_restore_busybox() {
         b.state(&a).is_none(),
         "{a}: still known to runc after the checkpoint"
     );
-    let t0 = Instant::now();
-    while pid_exists(pid) {
-        assert!(t0.elapsed() < T, "{a}: init {pid} survived the checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(gone(pid), "{a}: init {pid} survived the checkpoint");
 
     // The same id, then (that one deleted) a new one from the same image.
     let r = b.restore(&a, &img, &[]);
@@ -900,11 +921,6 @@ fn external_pipe_needs_inherit_fd() {
         .flatten()
         .filter_map(|p| p["pid"].as_i64())
     {
-        let t0 = Instant::now();
-        while pid_exists(p as i32) && t0.elapsed() < T {
-            // SAFETY: WNOHANG wait for one PID of the restored tree.
-            unsafe { libc::waitpid(p as i32, std::ptr::null_mut(), libc::WNOHANG) };
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        gone(p as i32);
     }
 }
