@@ -351,7 +351,22 @@ fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Opt
         return Ok(None);
     };
     mntns::check_procs(&image.processes)?;
-    mntns::build(Some(ns), &opts.mounts, root)
+    let cg = image.inventory.cgroups.as_ref();
+    let remap = |m: &stasis_image::mntns::Mount, given: &str| {
+        (m.fs_type == "cgroup" && opts.manage_cgroups != CgroupMode::Ignore)
+            .then(|| {
+                cgroups::bind_source(
+                    cg,
+                    &opts.cgroup_roots,
+                    root,
+                    (&m.super_options, &m.root),
+                    given,
+                )
+            })
+            .flatten()
+            .map(|p| p.to_string_lossy().into_owned())
+    };
+    mntns::build(Some(ns), &opts.mounts, &remap, root)
 }
 
 /// Restores the image in `opts.images_dir`. Returns once the process runs,

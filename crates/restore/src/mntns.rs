@@ -31,6 +31,11 @@ pub struct MountOptions {
     pub inherit: Vec<(i32, String)>,
 }
 
+/// Where a mapped external mount is bound from instead of the path the
+/// caller gave (a cgroup v1 bind mapped to its hierarchy's root:
+/// `cgroups::bind_source`).
+pub(crate) type Remap<'a> = &'a dyn Fn(&Mount, &str) -> Option<String>;
+
 /// The namespace being restored: while the restorer is in it, its root
 /// (for [`open`]) and the way home; then the descriptors the first
 /// process forked enters and pivots with.
@@ -112,7 +117,12 @@ impl Drop for Built {
 }
 
 /// Builds the saved namespace (see the module comment) and stays in it.
-pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Result<Option<Built>> {
+pub(crate) fn build(
+    ns: Option<&MountNs>,
+    opts: &MountOptions,
+    remap: Remap<'_>,
+    pid: u32,
+) -> Result<Option<Built>> {
     let Some(ns) = ns else { return Ok(None) };
     let st = Stage::Preflight;
     let io = |what: &str| {
@@ -147,7 +157,7 @@ pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Resu
     });
     let ns_fd = sys::own_mntns().at(pid, st)?;
     let staging_s = staging.to_string_lossy().into_owned();
-    let (late, late_fds) = mount_all(ns, opts, &staging_s, pid)?;
+    let (late, late_fds) = mount_all(ns, (opts, remap), &staging_s, pid)?;
     built._late = late_fds;
     let root = stasis_sys::util::open(&staging_s, libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?;
     let dup = root.try_clone().map_err(io("dup the tree's root"))?;
@@ -176,11 +186,11 @@ const NS_BOUND: [&str; 5] = ["proc", "sysfs", "mqueue", "cgroup", "cgroup2"];
 /// detached mounts it attaches, which must stay open until the fork).
 fn mount_all(
     ns: &MountNs,
-    opts: &MountOptions,
+    (opts, remap): (&MountOptions, Remap<'_>),
     staging: &str,
     pid: u32,
 ) -> Result<(Vec<sys::LateMount>, Vec<OwnedFd>)> {
-    let mut external = externals(ns, opts, pid)?;
+    let mut external = externals(ns, opts, remap, pid)?;
     let mut mounts: HashMap<u32, OwnedFd> = HashMap::new();
     let mut late_ids = std::collections::HashSet::new();
     let (mut late, mut keep) = (Vec::new(), Vec::new());
@@ -350,7 +360,12 @@ fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
 /// shows their filesystem; then, in order, the ones a mount of ours
 /// covers, uncovered in our private copy of the namespace (detached at
 /// the pivot anyway).
-fn externals(ns: &MountNs, opts: &MountOptions, pid: u32) -> Result<HashMap<u32, OwnedFd>> {
+fn externals(
+    ns: &MountNs,
+    opts: &MountOptions,
+    remap: Remap<'_>,
+    pid: u32,
+) -> Result<HashMap<u32, OwnedFd>> {
     let mut out = HashMap::new();
     let mut covered = Vec::new();
     for (i, m) in ns.mounts.iter().enumerate() {
@@ -363,7 +378,15 @@ fn externals(ns: &MountNs, opts: &MountOptions, pid: u32) -> Result<HashMap<u32,
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_str())
         });
-        let src = given.unwrap_or(host_path);
+        let remapped = given.and_then(|g| remap(m, g));
+        if let (Some(r), Some(g)) = (&remapped, given) {
+            log::info!(
+                "pid {pid}: mount {} ({}): bound from {r}, its cgroup in the hierarchy {g} names",
+                m.id,
+                m.mount_point
+            );
+        }
+        let src = remapped.as_deref().or(given).unwrap_or(host_path);
         let fd = sys::clone_mount(src)
             .map_err(|e| refused(pid, m, format!("external mount {key}: {e}")))?;
         if given.is_none() && dev_of(&fd) != m.dev {

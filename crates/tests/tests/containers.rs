@@ -434,6 +434,21 @@ fn check_restored(b: &Bundle, id: &str, at_checkpoint: u64, mounts: &[String]) {
         ps.out
     );
     assert_eq!(b.mounts(id), mounts, "{id}: mount table differs");
+    // runc binds each cgroup v1 hierarchy's cgroup of the container (named
+    // by its id) at /sys/fs/cgroup/CONTROLLER: its own again, not the
+    // whole hierarchy (runc names the hierarchy's root at a restore).
+    let info = b.exec(id, &["cat", "/proc/1/mountinfo"]).out;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(4).is_some_and(|m| m.starts_with("/sys/fs/cgroup/")) && l.contains(" - cgroup ") {
+            assert!(
+                f[3].ends_with(&format!("/{id}")),
+                "{id}: {} shows cgroup {} of its hierarchy",
+                f[4],
+                f[3]
+            );
+        }
+    }
 }
 
 #[test]
