@@ -221,11 +221,26 @@ impl FrozenTree {
         let mut queue = std::collections::VecDeque::from([root]);
         while let Some(p) = queue.pop_front() {
             let pu = p.0 as u32;
-            let stat = match stasis_proc::read_stat(pu) {
+            let mut stat = match stasis_proc::read_stat(pu) {
                 Ok(s) => s,
                 Err(_) if p != root => continue, // exited and reaped meanwhile
                 Err(e) => return Err(e).at(pu, Stage::Freeze),
             };
+            // A child (its parent is frozen: it can only exit) that exits
+            // between the read and the seize cannot be seized (EPERM on a
+            // dying task): read again, and take it as the zombie it is.
+            let mut frozen = None;
+            if stat.state != 'Z' && stat.state != 'X' {
+                match Frozen::freeze(p) {
+                    Ok(f) => frozen = Some(f),
+                    Err(e) if p != root => match stasis_proc::read_stat(pu) {
+                        Ok(s) if s.state == 'Z' || s.state == 'X' => stat = s,
+                        Ok(_) => return Err(e),
+                        Err(_) => continue,
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
             if stat.state == 'Z' || stat.state == 'X' {
                 if p == root {
                     return Err(DumpError::Unsupported {
@@ -244,7 +259,7 @@ impl FrozenTree {
                 });
                 continue;
             }
-            let f = Frozen::freeze(p)?;
+            let Some(f) = frozen else { continue };
             for &tid in &f.tids {
                 let kids = stasis_proc::read_children(pu, tid.0 as u32).at(pu, Stage::Freeze)?;
                 queue.extend(kids.into_iter().map(|k| Pid(k as i32)));

@@ -98,6 +98,10 @@ pub struct DumpOptions {
     /// Keep tracking writes after this dump (criu's `--track-mem`; a
     /// pre-dump always does): only with `leave_running`.
     pub track_mem: bool,
+    /// criu's `--ext-mount-map MOUNTPOINT:KEY` at dump (runc's `ext_mnt`):
+    /// the mount at MOUNTPOINT of the tree's mount namespace is saved as
+    /// external, to be bound at restore from what KEY is mapped to.
+    pub ext_mounts: Vec<(String, String)>,
 }
 
 /// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
@@ -383,7 +387,7 @@ fn dump_frozen(
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
-    let mntns = mntns::collect(Pid(root as i32), &tree_pids)?;
+    let mntns = mntns::collect(Pid(root as i32), &tree_pids, &opts.ext_mounts)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {

@@ -11,7 +11,7 @@ use stasis_image::mntns::{self as img, Mount, MountHow, MountNs};
 use stasis_proc::MountInfo;
 use stasis_sys::Pid;
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 mod tmpfs;
 
@@ -27,7 +27,12 @@ fn ns_ino(task: &str) -> Option<u64> {
 /// The root's mount namespace, if it is not stasis's own. (A tree in a
 /// PID namespace stasis runs keeps its private namespace, made anew with
 /// only /proc: see checks.rs.)
-pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
+/// `ext` lists criu's `--ext-mount-map MOUNTPOINT:KEY` given at dump.
+pub(crate) fn collect(
+    root: Pid,
+    pids: &[u32],
+    ext: &[(String, String)],
+) -> Result<Option<MountNs>> {
     let r = root.0 as u32;
     let pid_ns = |t: &str| {
         std::fs::metadata(format!("/proc/{t}/ns/pid"))
@@ -38,7 +43,10 @@ pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
     if ns_ino(&r.to_string()) == ns_ino("self") {
         return Ok(None);
     }
-    if pid_ns_tree {
+    // A `stasis run` tree shares our root directory; a container pivoted
+    // into a root of its own is saved like any other namespace.
+    let same_root = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if pid_ns_tree && same_root(&format!("/proc/{r}/root")) == same_root("/") {
         run_tree_mounts(r)?;
         return Ok(None);
     }
@@ -74,7 +82,13 @@ pub(crate) fn collect(root: Pid, pids: &[u32]) -> Result<Option<MountNs>> {
     let mut mounts: Vec<Mount> = Vec::with_capacity(theirs.len());
     let mut bytes = 0u64;
     for m in &theirs {
-        let how = classify(r, m, (&theirs, &ours), &mounts, pids, &mut bytes)?;
+        let how = match ext.iter().find(|(at, _)| *at == m.mount_point) {
+            Some((_, key)) => MountHow::External {
+                key: key.clone(),
+                host_path: host_path_of(m, &ours).unwrap_or_default(),
+            },
+            None => classify(r, m, (&theirs, &ours), &mounts, pids, &mut bytes)?,
+        };
         mounts.push(mount_of(r, m, &host_groups, how)?);
     }
     Ok(Some(MountNs { mounts }))
@@ -202,6 +216,15 @@ fn mount_of(
             }
         };
     }
+    // mountinfo names relatime and noatime; strictatime is the absence
+    // of both.
+    if !m
+        .options
+        .split(',')
+        .any(|o| o == "relatime" || o == "noatime")
+    {
+        attrs |= img::ATTR_STRICTATIME;
+    }
     let (mut shared, mut unbindable) = (0, false);
     for o in &m.optional {
         if let Some(g) = o.strip_prefix("shared:") {
@@ -262,6 +285,24 @@ fn classify(
         "mount {} ({}, {} from {})",
         m.mount_id, m.mount_point, m.fs_type, m.source
     );
+    // A bind of a directory or file of an earlier mount of the namespace's
+    // own (a proc, tmpfs, ... made here): bound again from it.
+    if let Some((b, rel)) = before.iter().find_map(|b| {
+        let own = matches!(b.how, MountHow::Fresh | MountHow::Tmpfs { .. });
+        let rel = if b.root == "/" {
+            Some(m.root.as_str())
+        } else {
+            m.root
+                .strip_prefix(b.root.as_str())
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+        }?;
+        (own && b.dev == (m.major, m.minor)).then(|| (b, rel.trim_start_matches('/')))
+    }) {
+        return Ok(MountHow::Bind {
+            of: b.id,
+            root: rel.to_string(),
+        });
+    }
     if before.iter().any(|b| b.dev == (m.major, m.minor)) {
         return Err(refuse(pid, format!("{name}: a second mount of a filesystem of the namespace's own (a bind inside the namespace): not restored yet")));
     }
@@ -373,7 +414,20 @@ fn unreachable_files(root: u32, pid: u32) -> Result<()> {
         }
         let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
         let held = id(&l);
-        if held.is_some() && held != id(&format!("/proc/{root}/root{t}")) {
+        let theirs = format!("/proc/{root}/root{t}");
+        // A character device is the device its number names (runc makes
+        // /dev/null and the like anew in the container's /dev): the same
+        // number at that path there is the same device.
+        let rdev = |p: &str| {
+            std::fs::metadata(p)
+                .ok()
+                .filter(|m| m.file_type().is_char_device())
+                .map(|m| m.rdev())
+        };
+        if rdev(&l).is_some() && rdev(&l) == rdev(&theirs) {
+            continue;
+        }
+        if held.is_some() && held != id(&theirs) {
             return Err(refuse(pid, format!("{l} ({t}) is on a mount outside its mount namespace (the old root of a pivot_root, or the namespace it came from), and that path names another file or none there")));
         }
     }

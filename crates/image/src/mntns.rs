@@ -70,6 +70,10 @@ pub enum MountHow {
     Fresh,
     /// A tmpfs mounted anew with its options and filled with `entries`.
     Tmpfs { entries: Vec<TmpfsEntry> },
+    /// A second mount of a filesystem of the namespace's own: a bind of
+    /// directory or file `root` (relative, "" for its root) of the
+    /// earlier mount `of` (runc's read-only binds of /proc/sys, ...).
+    Bind { of: u32, root: String },
 }
 
 /// One file of a saved tmpfs, parents before children.
@@ -116,6 +120,14 @@ impl MountNs {
             }
             if i > 0 && !self.mounts[..i].iter().any(|p| p.id == m.parent) {
                 return Err(w("parent not listed before it"));
+            }
+            if let MountHow::Bind { of, root } = &m.how {
+                if !self.mounts[..i].iter().any(|p| p.id == *of) {
+                    return Err(w("bind of a mount not listed before it"));
+                }
+                if root.starts_with('/') || root.split('/').any(|c| c == "..") {
+                    return Err(w("bind root not a plain relative path"));
+                }
             }
             if m.attrs & !ATTR_ALL != 0 {
                 return Err(w("unknown attribute bits"));
@@ -192,6 +204,17 @@ mod tests {
         assert!(bad.check().unwrap_err().contains("parent"));
         let mut bad = ok.clone();
         bad.mounts[1].mount_point = "/a/../b".into();
+        assert!(bad.check().is_err());
+        let mut bad = ok.clone();
+        bad.mounts[1].how = MountHow::Bind {
+            of: 2,
+            root: "sys".into(),
+        };
+        assert!(bad.check().unwrap_err().contains("bind of"));
+        bad.mounts[1].how = MountHow::Bind {
+            of: 1,
+            root: "../sys".into(),
+        };
         assert!(bad.check().is_err());
         let mut bad = ok.clone();
         bad.mounts[1].attrs = 0x40;

@@ -464,7 +464,7 @@ pub enum FdKind {
     },
     /// A character device (/dev/null, /dev/zero, a tty with --shell-job, ...).
     CharDevice { path: String, rdev: u64, flags: u32 },
-    /// One end of a pipe whose both ends are in the image. `id` is the
+    /// One end of a pipe (both ends in the image, or `external`). `id` is the
     /// pipe's inode; the bytes waiting in it and its capacity are stored
     /// with the first entry of each pipe (empty elsewhere).
     Pipe {
@@ -475,6 +475,11 @@ pub enum FdKind {
         data: Vec<u8>,
         #[serde(default)]
         capacity: u32,
+        /// Its other end was outside the tree (runc's stdio pipes): its
+        /// bytes stay there; a restore takes the pipe the caller hands it
+        /// with criu's `--inherit-fd fd[N]:pipe:[ID]`, else refuses.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        external: bool,
     },
     /// An open file whose contents are in the image ([`SavedFile`] `id`):
     /// reopened with these flags at this offset.

@@ -141,6 +141,34 @@ fn moved(
     })
 }
 
+/// A container's cgroup v1 bind (its own cgroup of one hierarchy, at
+/// `saved_root` there, runc's /sys/fs/cgroup/CONTROLLER), when the caller
+/// maps it to a cgroup above the container's (runc 1.1 names the
+/// hierarchy's root, or its own cgroup there): the directory of the cgroup the tree is
+/// restored into (its `--cgroup-root` applied), so the container sees its
+/// own cgroup again, not the whole hierarchy. None when that is not the
+/// case (the mapping is used as given).
+pub(crate) fn bind_source(
+    cg: Option<&Cgroups>,
+    roots: &[CgroupRoot],
+    root_pid: u32,
+    (super_options, saved_root): (&str, &str),
+    given: &str,
+) -> Option<PathBuf> {
+    let cg = cg?;
+    let opts: Vec<&str> = super_options.split(',').collect();
+    let root_set = cg.set_of(root_pid)?.paths.clone();
+    let p = root_set
+        .iter()
+        .find(|p| p.path == saved_root && p.controllers.split(',').all(|c| opts.contains(&c)))?;
+    let mounts = stasis_proc::read_mountinfo(std::process::id()).ok()?;
+    let new = moved(p, roots, &root_set).ok()?;
+    let dir = stasis_proc::cgroup_dir(&mounts, &new.controllers, &new.path)?;
+    // Only a cgroup above the tree's own (the hierarchy's root, or the
+    // caller's own cgroup runc names) is narrowed down to it.
+    dir.starts_with(given).then_some(dir)
+}
+
 /// Finds, checks and makes the tree's cgroups. Nothing is created unless
 /// every check passed.
 pub(crate) fn prepare(

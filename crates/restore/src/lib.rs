@@ -271,10 +271,21 @@ fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
         source,
     })?;
     let is_reg = md.file_type().is_file();
-    if is_reg
-        && !allow_changed
-        && (md.size() != f.size || md.mtime() != f.mtime_sec || md.mtime_nsec() != f.mtime_nsec)
-    {
+    // An archive (tar, podman's checkpoint --export) keeps whole seconds:
+    // the same size and second with no nanoseconds at all is that file
+    // come back through one (a write would have set nanoseconds).
+    let archived = md.mtime_nsec() == 0 && f.mtime_nsec != 0;
+    let mtime_same = md.mtime() == f.mtime_sec && (md.mtime_nsec() == f.mtime_nsec || archived);
+    if is_reg && archived && mtime_same && md.size() == f.size {
+        log::info!(
+            "pid {pid}: file {}: its mtime lost its nanoseconds ({}.{:09} -> {}.0), as an archive restores it: taken as the same file",
+            f.path,
+            f.mtime_sec,
+            f.mtime_nsec,
+            md.mtime()
+        );
+    }
+    if is_reg && !allow_changed && (md.size() != f.size || !mtime_same) {
         return Err(RestoreError::Refused {
             pid,
             stage: Stage::Preflight,
@@ -363,15 +374,23 @@ fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Opt
     let Some(ns) = image.inventory.mntns.as_ref() else {
         return Ok(None);
     };
-    if opts.new_pid_ns || image.inventory.pid_ns {
-        return Err(RestoreError::Refused {
-            pid: root,
-            stage: Stage::Preflight,
-            what: "a mount namespace of its own in a new PID namespace: not restored yet".into(),
-        });
-    }
     mntns::check_procs(&image.processes)?;
-    mntns::build(Some(ns), &opts.mounts, root)
+    let cg = image.inventory.cgroups.as_ref();
+    let remap = |m: &stasis_image::mntns::Mount, given: &str| {
+        (m.fs_type == "cgroup" && opts.manage_cgroups != CgroupMode::Ignore)
+            .then(|| {
+                cgroups::bind_source(
+                    cg,
+                    &opts.cgroup_roots,
+                    root,
+                    (&m.super_options, &m.root),
+                    given,
+                )
+            })
+            .flatten()
+            .map(|p| p.to_string_lossy().into_owned())
+    };
+    mntns::build(Some(ns), &opts.mounts, &remap, root)
 }
 
 /// Restores the image in `opts.images_dir`. Returns once the process runs,
@@ -462,6 +481,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
                 opts: &opts.net,
             },
             sibling: opts.sibling,
+            inherit: &opts.mounts.inherit,
         },
         &mut hook,
     )?;

@@ -26,7 +26,15 @@ pub struct MountOptions {
     /// `--ext-mount-map KEY:PATH`: the external mount saved as KEY is
     /// bound from PATH.
     pub ext_map: Vec<(String, String)>,
+    /// `--inherit-fd fd[N]:KEY`: our descriptor N stands in for the
+    /// image's external object KEY (a pipe whose other end was outside).
+    pub inherit: Vec<(i32, String)>,
 }
+
+/// Where a mapped external mount is bound from instead of the path the
+/// caller gave (a cgroup v1 bind mapped to its hierarchy's root:
+/// `cgroups::bind_source`).
+pub(crate) type Remap<'a> = &'a dyn Fn(&Mount, &str) -> Option<String>;
 
 /// The namespace being restored: while the restorer is in it, its root
 /// (for [`open`]) and the way home; then the descriptors the first
@@ -35,6 +43,8 @@ struct Active {
     root: OwnedFd,
     home: Option<(OwnedFd, OwnedFd)>,
     fork: (i32, i32),
+    /// What the first process mounts itself (see [`late`]).
+    late: Vec<sys::LateMount>,
 }
 
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
@@ -64,6 +74,15 @@ pub(crate) fn for_fork() -> Option<(i32, i32)> {
     active().as_ref().map(|a| a.fork)
 }
 
+/// The mounts the first process forked makes once it is in the tree's
+/// namespaces ([`stasis_sys::spawn::TreePlan::late_mounts`]).
+pub(crate) fn late_mounts() -> Vec<sys::LateMount> {
+    active()
+        .as_ref()
+        .map(|a| a.late.clone())
+        .unwrap_or_default()
+}
+
 /// Back to the restorer's own namespace and working directory; files are
 /// opened as they are by path from now on.
 pub(crate) fn leave() -> stasis_sys::Result<()> {
@@ -82,6 +101,8 @@ pub(crate) fn leave() -> stasis_sys::Result<()> {
 pub(crate) struct Built {
     _ns: Option<OwnedFd>,
     _root: Option<OwnedFd>,
+    /// Detached mounts the first process attaches (late mounts).
+    _late: Vec<OwnedFd>,
     staging: std::path::PathBuf,
 }
 
@@ -96,7 +117,12 @@ impl Drop for Built {
 }
 
 /// Builds the saved namespace (see the module comment) and stays in it.
-pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Result<Option<Built>> {
+pub(crate) fn build(
+    ns: Option<&MountNs>,
+    opts: &MountOptions,
+    remap: Remap<'_>,
+    pid: u32,
+) -> Result<Option<Built>> {
     let Some(ns) = ns else { return Ok(None) };
     let st = Stage::Preflight;
     let io = |what: &str| {
@@ -113,6 +139,7 @@ pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Resu
     let mut built = Built {
         _ns: None,
         _root: None,
+        _late: Vec::new(),
         staging: staging.clone(),
     };
     let home = (
@@ -126,15 +153,18 @@ pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Resu
         root: stand_in,
         home: Some(home),
         fork: (-1, -1),
+        late: Vec::new(),
     });
     let ns_fd = sys::own_mntns().at(pid, st)?;
     let staging_s = staging.to_string_lossy().into_owned();
-    mount_all(ns, opts, &staging_s, pid)?;
+    let (late, late_fds) = mount_all(ns, (opts, remap), &staging_s, pid)?;
+    built._late = late_fds;
     let root = stasis_sys::util::open(&staging_s, libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?;
     let dup = root.try_clone().map_err(io("dup the tree's root"))?;
     if let Some(a) = active().as_mut() {
         a.root = dup;
         a.fork = (ns_fd.as_raw_fd(), root.as_raw_fd());
+        a.late = late;
     }
     built._ns = Some(ns_fd);
     built._root = Some(root);
@@ -145,32 +175,131 @@ pub(crate) fn build(ns: Option<&MountNs>, opts: &MountOptions, pid: u32) -> Resu
     Ok(Some(built))
 }
 
+/// Filesystems that belong to a namespace of the process that creates
+/// them (PID, network, IPC, cgroup): made by the tree's first process.
+const NS_BOUND: [&str; 5] = ["proc", "sysfs", "mqueue", "cgroup", "cgroup2"];
+
 /// Every mount, parents first, attached on `staging` (the root) or at its
-/// mount point inside the tree; then propagation.
-fn mount_all(ns: &MountNs, opts: &MountOptions, staging: &str, pid: u32) -> Result<()> {
-    let mut external = externals(ns, opts, pid)?;
+/// mount point inside the tree; then propagation. A namespace-bound
+/// filesystem, every mount stacked on one and every bind of one are left
+/// to the first process forked ([`sys::LateMount`], returned with the
+/// detached mounts it attaches, which must stay open until the fork).
+fn mount_all(
+    ns: &MountNs,
+    (opts, remap): (&MountOptions, Remap<'_>),
+    staging: &str,
+    pid: u32,
+) -> Result<(Vec<sys::LateMount>, Vec<OwnedFd>)> {
+    let mut external = externals(ns, opts, remap, pid)?;
     let mut mounts: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut late_ids = std::collections::HashSet::new();
+    let (mut late, mut keep) = (Vec::new(), Vec::new());
+    let cstr = |m: &Mount, s: &str| {
+        std::ffi::CString::new(s).map_err(|_| refused(pid, m, format!("{s:?}: a NUL byte")))
+    };
     for (i, m) in ns.mounts.iter().enumerate() {
-        let fd = match external.remove(&m.id) {
-            Some(fd) => fd,
-            None => fresh(m, pid)?,
+        let bind_src = match &m.how {
+            MountHow::Bind { of, root } => {
+                let src = ns
+                    .mounts
+                    .iter()
+                    .find(|s| s.id == *of)
+                    .ok_or_else(|| refused(pid, m, format!("bind of unknown mount {of}")))?;
+                Some((src.id, bind_path(&src.mount_point, root)))
+            }
+            _ => None,
+        };
+        let ns_bound = matches!(m.how, MountHow::Fresh) && NS_BOUND.contains(&m.fs_type.as_str());
+        let is_late = i > 0
+            && (ns_bound
+                || late_ids.contains(&m.parent)
+                || bind_src
+                    .as_ref()
+                    .is_some_and(|(of, _)| late_ids.contains(of)));
+        if is_late {
+            if m.shared != 0 || m.unbindable {
+                return Err(refused(pid, m, "shared or unbindable, made inside the new namespaces: propagation not restored yet".into()));
+            }
+            late_ids.insert(m.id);
+            let at = cstr(m, &m.mount_point)?;
+            late.push(match (&m.how, bind_src) {
+                (_, Some((_, from))) => sys::LateMount::Bind {
+                    from: cstr(m, &from)?,
+                    attrs: m.attrs,
+                    at,
+                },
+                (MountHow::Fresh, None) if ns_bound => sys::LateMount::Fresh {
+                    fs: cstr(m, &m.fs_type)?,
+                    source: cstr(m, &m.source)?,
+                    options: m
+                        .super_options
+                        .split(',')
+                        .filter(|o| !o.is_empty())
+                        .map(|o| match o.split_once('=') {
+                            Some((k, v)) => Ok((cstr(m, k)?, Some(cstr(m, v)?))),
+                            None => Ok((cstr(m, o)?, None)),
+                        })
+                        .collect::<Result<_>>()?,
+                    attrs: m.attrs,
+                    at,
+                },
+                _ => {
+                    let fd = match external.remove(&m.id) {
+                        Some(fd) => fd,
+                        None => fresh(m, pid)?,
+                    };
+                    sys::set_attrs(fd.as_fd(), m.attrs)
+                        .map_err(|e| refused(pid, m, e.to_string()))?;
+                    let l = sys::LateMount::Attach {
+                        fd: fd.as_raw_fd(),
+                        at,
+                    };
+                    keep.push(fd);
+                    l
+                }
+            });
+            continue;
+        }
+        let root = || {
+            mounts
+                .get(&ns.mounts[0].id)
+                .map(|f| f.as_fd())
+                .ok_or_else(|| refused(pid, m, "no root mount".into()))
+        };
+        let fd = match (external.remove(&m.id), &bind_src) {
+            (Some(fd), _) => fd,
+            (None, Some((_, from))) => {
+                let p = sys::open_in_root(root()?, from, libc::O_PATH | libc::O_NOFOLLOW)
+                    .map_err(|e| refused(pid, m, format!("its source {from}: {e}")))?;
+                sys::clone_mount_at(p.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?
+            }
+            (None, None) => fresh(m, pid)?,
         };
         sys::set_attrs(fd.as_fd(), m.attrs).map_err(|e| refused(pid, m, e.to_string()))?;
         let target = if i == 0 {
             stasis_sys::util::open(staging, libc::O_PATH | libc::O_DIRECTORY)
                 .at(pid, Stage::Preflight)?
         } else {
-            let root = mounts
-                .get(&ns.mounts[0].id)
-                .map(|f| f.as_fd())
-                .ok_or_else(|| refused(pid, m, "no root mount".into()))?;
-            sys::open_in_root(root, &m.mount_point, libc::O_PATH | libc::O_NOFOLLOW)
+            sys::open_in_root(root()?, &m.mount_point, libc::O_PATH | libc::O_NOFOLLOW)
                 .map_err(|e| refused(pid, m, format!("its mount point: {e}")))?
         };
         sys::attach(fd.as_fd(), target.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?;
         mounts.insert(m.id, fd);
     }
-    propagation(ns, &mounts, pid)
+    propagation(ns, &mounts, pid)?;
+    for l in &late {
+        log::debug!("pid {pid}: mounted by the first process: {:?}", l);
+    }
+    Ok((late, keep))
+}
+
+/// The path of `root` (relative) of a mount at `mount_point`.
+fn bind_path(mount_point: &str, root: &str) -> String {
+    match (mount_point.trim_end_matches('/'), root) {
+        ("", "") => "/".into(),
+        (mp, "") => mp.into(),
+        (mp, r) => format!("{mp}/{r}"),
+    }
 }
 
 /// What a restore would still make outside the rebuilt tree (a deleted
@@ -211,15 +340,17 @@ fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
 /// A new filesystem for `m` (a pseudo filesystem, or a tmpfs filled
 /// with its saved contents), detached.
 fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
-    let options: Vec<&str> = m
-        .super_options
-        .split(',')
-        .filter(|o| !o.is_empty())
-        .collect();
+    let tmpfs = matches!(m.how, MountHow::Tmpfs { .. });
+    let all = m.super_options.split(',').filter(|o| !o.is_empty());
+    // A read-only tmpfs is filled first, then made read-only.
+    let options: Vec<&str> = all.clone().filter(|o| !tmpfs || *o != "ro").collect();
     let fd = sys::new_fs(&m.fs_type, &m.source, &options, 0)
         .map_err(|e| refused(pid, m, e.to_string()))?;
     if let MountHow::Tmpfs { entries } = &m.how {
         fill(fd.as_raw_fd(), entries).map_err(|e| refused(pid, m, e))?;
+        if all.clone().any(|o| o == "ro") {
+            sys::reconfigure_read_only(fd.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?;
+        }
     }
     Ok(fd)
 }
@@ -229,7 +360,12 @@ fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
 /// shows their filesystem; then, in order, the ones a mount of ours
 /// covers, uncovered in our private copy of the namespace (detached at
 /// the pivot anyway).
-fn externals(ns: &MountNs, opts: &MountOptions, pid: u32) -> Result<HashMap<u32, OwnedFd>> {
+fn externals(
+    ns: &MountNs,
+    opts: &MountOptions,
+    remap: Remap<'_>,
+    pid: u32,
+) -> Result<HashMap<u32, OwnedFd>> {
     let mut out = HashMap::new();
     let mut covered = Vec::new();
     for (i, m) in ns.mounts.iter().enumerate() {
@@ -242,7 +378,15 @@ fn externals(ns: &MountNs, opts: &MountOptions, pid: u32) -> Result<HashMap<u32,
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_str())
         });
-        let src = given.unwrap_or(host_path);
+        let remapped = given.and_then(|g| remap(m, g));
+        if let (Some(r), Some(g)) = (&remapped, given) {
+            log::info!(
+                "pid {pid}: mount {} ({}): bound from {r}, its cgroup in the hierarchy {g} names",
+                m.id,
+                m.mount_point
+            );
+        }
+        let src = remapped.as_deref().or(given).unwrap_or(host_path);
         let fd = sys::clone_mount(src)
             .map_err(|e| refused(pid, m, format!("external mount {key}: {e}")))?;
         if given.is_none() && dev_of(&fd) != m.dev {
@@ -327,7 +471,10 @@ fn fill(mnt: i32, entries: &[TmpfsEntry]) -> std::result::Result<(), String> {
 fn propagation(ns: &MountNs, mounts: &HashMap<u32, OwnedFd>, pid: u32) -> Result<()> {
     let mut first: HashMap<u32, u32> = HashMap::new();
     for m in &ns.mounts {
-        let fd = mounts[&m.id].as_fd();
+        // Late mounts are refused if shared or unbindable.
+        let Some(fd) = mounts.get(&m.id).map(|f| f.as_fd()) else {
+            continue;
+        };
         if m.shared != 0 {
             match first.get(&m.shared) {
                 Some(f) => sys::join_peer_group(mounts[f].as_fd(), fd),

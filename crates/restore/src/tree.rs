@@ -30,6 +30,9 @@ pub(crate) struct Setting<'a> {
     /// criu's `--restore-sibling`: the first process forked is our
     /// parent's child (CLONE_PARENT), for the caller to wait for.
     pub(crate) sibling: bool,
+    /// criu's `--inherit-fd fd[N]:KEY`: descriptors of ours that stand in
+    /// for the image's external pipes named KEY.
+    pub(crate) inherit: &'a [(i32, String)],
 }
 
 /// The namespaces a restore makes for the tree besides PID and mount:
@@ -61,6 +64,7 @@ pub(crate) fn restore_tree(
         cgroups,
         net,
         sibling,
+        inherit,
     } = *setting;
     let root_pid = procs[0].pid;
     let TreeNs {
@@ -82,7 +86,7 @@ pub(crate) fn restore_tree(
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
-    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close)?;
+    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close, inherit)?;
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
@@ -116,6 +120,7 @@ pub(crate) fn restore_tree(
     // The tree's own mount namespace (built before the files were opened
     // in it), entered by the first process forked.
     tree.plan.mntns = crate::mntns::for_fork();
+    tree.plan.late_mounts = crate::mntns::late_mounts();
     // 3. shared objects (stub area, shared anonymous memory, copy-on-write
     //    memory): before the fork, since only inheritance gives every
     //    process the very same object.
@@ -241,9 +246,11 @@ fn open_files(
     pages: &[PathBuf],
     shell_job: bool,
     tcp_close: bool,
+    inherit: &[(i32, String)],
 ) -> Result<(Opened, Vec<ProcFiles>)> {
     let mut opened = Opened::default();
     opened.tcp_close = tcp_close;
+    opened.inherit = inherit.to_vec();
     if shell_job {
         opened.shell_tty = Some(kinds::own_tty().ok_or_else(|| RestoreError::Refused {
             pid: procs[0].pid,
@@ -324,6 +331,7 @@ fn plan_tree(
             time_offsets: None,
             cgroup_ns: None,
             mntns: None,
+            late_mounts: Vec::new(),
             sibling: false,
             user_maps: None,
         },

@@ -572,6 +572,7 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         prev_images_dir: prev.map(PathBuf::from),
         track_mem: leave && prev.is_none(),
         cgroups: true,
+        ext_mounts: Vec::new(),
     }
 }
 

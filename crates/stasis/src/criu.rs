@@ -126,7 +126,7 @@ pub static OPTIONS: &[Opt] = &[
     // Common options.
     s("verbosity", 'v', Opti, ANY, App, "4"),
     s("log-file", 'o', Req, ANY, App, "criu.log"),
-    o("config", Req, ANY, Ref, "/nonexistent/criu.conf"),
+    o("config", Req, ANY, ByValue, "/nonexistent/criu.conf"),
     o("no-default-config", No, ANY, App, ""),
     o("pidfile", Req, RESTORE | OTHER, App, "stasis.pid"),
     s("images-dir", 'D', Req, ANY, App, "."),
@@ -147,7 +147,7 @@ pub static OPTIONS: &[Opt] = &[
     s("leave-running", 'R', No, D, App, ""),
     s("leave-stopped", 's', No, D, Ref, ""),
     o("timeout", Req, DR, App, "30"),
-    o("freeze-cgroup", Req, D, Ref, "/sys/fs/cgroup/x"),
+    o("freeze-cgroup", Req, D, App, "/sys/fs/cgroup/x"),
     s("ext-unix-sk", 'x', Opti, DR, ByValue, ""),
     b("tcp-established", DR, App),
     b("skip-in-flight", DR, App),
@@ -215,7 +215,13 @@ pub static OPTIONS: &[Opt] = &[
         Acc("inotify watches are restored through file handles, not paths"),
         "/",
     ),
-    o("empty-ns", Req, D, Ref, "net"),
+    o(
+        "empty-ns",
+        Req,
+        DR,
+        Acc("stasis saves and restores the tree's network namespace in full (what it cannot restore is refused by name): more than the empty one asked for, never less"),
+        "net",
+    ),
     b(
         "weak-sysctls",
         RESTORE,
@@ -238,7 +244,7 @@ pub static OPTIONS: &[Opt] = &[
     s("root", 'r', Req, RESTORE, App, "/"),
     s("join-ns", 'J', Req, RESTORE, ByValue, "net:/proc/1/ns/net"),
     o("veth-pair", Req, RESTORE, ByValue, "eth0=veth0"),
-    o("inherit-fd", Req, RESTORE, Ref, "fd[3]:x"),
+    o("inherit-fd", Req, RESTORE, App, "fd[3]:x"),
     o("exec-cmd", No, RESTORE, Ref, ""),
     o("cpu-cap", Opti, RESTORE | OTHER, ByValue, "fpu"),
     o("lazy-pages", No, DR, Ref, ""),
@@ -460,6 +466,15 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
         "manage-cgroups" => match v {
             None | Some("ignore" | "none" | "props" | "soft" | "full" | "strict") => Fate::Applied,
             Some(_) => return Err(bad()),
+        },
+        // runc names /etc/criu/runc.conf whether it exists or not; criu
+        // reads nothing from a file that is not there, and nor do we.
+        "config" => match v {
+            Some(p) if !std::path::Path::new(p).exists() => {
+                Fate::Accepted("no such file: criu reads nothing from it either")
+            }
+            Some(_) => Fate::Refused,
+            None => return Err(bad()),
         },
         "network-lock" => match v {
             Some("iptables" | "nftables" | "skip") => Fate::Applied,

@@ -61,10 +61,14 @@ pub(crate) struct Request {
     pub(crate) action_scripts: Vec<String>,
     /// The command's argument (`swrk FD`).
     pub(crate) argument: Option<String>,
-    /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore).
+    /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore; at dump
+    /// MOUNTPOINT:KEY), `--inherit-fd fd[N]:KEY` (restore).
     pub(crate) mounts: stasis_restore::MountOptions,
     /// criu's `--veth-pair`, `--external veth[...]`, `--join-ns net:PATH`.
     pub(crate) net: stasis_restore::NetOptions,
+    /// criu's `--freeze-cgroup`: every process of this cgroup must be in
+    /// the tree (stasis freezes the tree itself, with ptrace).
+    pub(crate) freeze_cgroup: Option<String>,
     /// Notes for the log: accepted options and why they change nothing.
     pub(crate) notes: Vec<String>,
 }
@@ -212,6 +216,19 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "join-ns" => {
             let v = g.value.as_deref().unwrap_or("");
             r.net.join = Some(PathBuf::from(v.strip_prefix("net:").unwrap_or(v)));
+        }
+        "freeze-cgroup" => r.freeze_cgroup = g.value.clone(),
+        "inherit-fd" => {
+            let v = g.value.as_deref().unwrap_or("");
+            let parsed = v
+                .strip_prefix("fd[")
+                .and_then(|x| x.split_once("]:"))
+                .and_then(|(n, k)| Some((n.parse::<i32>().ok()?, k)))
+                .filter(|(n, k)| *n >= 0 && !k.is_empty());
+            let Some((fd, key)) = parsed else {
+                bail!("invalid argument for --inherit-fd: {v} (criu's fd[N]:KEY)");
+            };
+            r.mounts.inherit.push((fd, key.to_string()));
         }
         "status-fd" => {
             let _: i32 = number(g)?;
@@ -414,13 +431,10 @@ fn page_server(r: &Request) -> Result<ExitCode> {
 pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
     let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
-    if let Some((m, _)) = r.mounts.ext_map.first() {
-        bail!(
-            "option --ext-mount-map {m}:KEY at dump is not supported yet: stasis names each \
-             external mount by its host path (the KEY to map at restore)"
-        );
-    }
     r.setup_log(Some(&dir))?;
+    if let Some(cg) = &r.freeze_cgroup {
+        crate::freeze_cgroup::check(cg, pid)?;
+    }
     // Connected before anything is frozen: no server, no dump.
     let server = match (r.page_server, r.port) {
         (false, _) => None,
@@ -452,6 +466,8 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         timeout: r.timeout.map(Duration::from_secs),
         ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
         cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
+        // At dump criu reads --ext-mount-map as MOUNTPOINT:KEY.
+        ext_mounts: r.mounts.ext_map.clone(),
     };
     let stats = stasis_dump::dump_with(&opts, hook)?;
     log::info!(

@@ -9,6 +9,7 @@ mod bench;
 mod criu;
 mod criu_check;
 mod criu_cmd;
+mod freeze_cgroup;
 mod logger;
 mod page_server;
 mod rpc;

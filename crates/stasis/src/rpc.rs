@@ -39,13 +39,6 @@ fn serve(sock: &OwnedFd) -> Result<()> {
     let peer = seqpacket::peer_pid(sock).context("the client's PID")?.0;
     while let Some(buf) = seqpacket::recv_record(sock).context("receive a request")? {
         let resp = handle(sock, peer, &buf);
-        if !resp.success {
-            log::error!(
-                "request {}: {}",
-                resp.r#type,
-                resp.cr_errmsg.as_deref().unwrap_or("")
-            );
-        }
         seqpacket::send_record(sock, &resp.encode_to_vec()).context("send the response")?;
     }
     Ok(())
@@ -83,7 +76,38 @@ pub(crate) fn handle(sock: &OwnedFd, peer: i32, buf: &[u8]) -> Resp {
     };
     match dispatch(sock, peer, kind, &req) {
         Ok(resp) => resp,
-        Err(e) => Resp::error(ty, errno_of(&e), crate::one_line(&e)),
+        Err(e) => {
+            let msg = crate::one_line(&e);
+            log::error!("request {ty}: {msg}");
+            to_client_log(&req, peer, &msg);
+            Resp::error(ty, errno_of(&e), msg)
+        }
+    }
+}
+
+/// A failure goes to the request's log file too (runc and podman point
+/// their users there), also when it came before the log was set up (a
+/// refused option).
+fn to_client_log(req: &Req, peer: i32, msg: &str) {
+    use std::io::Write;
+    let Some(o) = req.opts.as_ref() else { return };
+    let Some(file) = o.log_file.as_ref().filter(|f| !f.contains('/')) else {
+        return;
+    };
+    let Ok(dir) = rpc_opts::client_dir(peer, o.work_dir_fd.unwrap_or(o.images_dir_fd), "log")
+    else {
+        return;
+    };
+    let path = dir.join(file);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(msg)) {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = writeln!(f, "Error: {msg}");
     }
 }
 
@@ -197,6 +221,15 @@ fn request(command: &str, o: &Opts, peer: i32) -> Result<Request> {
     }
     let fields = rpc_opts::fields(o)?;
     let given: Vec<_> = fields.iter().map(|f| f.given.clone()).collect();
+    r.notes.extend(rpc_opts::notes_rpc_only(o));
+    r.notes.push(format!(
+        "criu_opts as options: {}",
+        given
+            .iter()
+            .map(|g| g.spelled())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
     if let Some(g) = criu_cmd::judge_all(&mut r, &given)? {
         let name = fields
             .iter()

@@ -221,14 +221,28 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
 
 /// criu_opts fields that have no command-line twin and that stasis does
 /// not implement: refused by name when set.
+/// (orphan_pts_master, which runc always sets, asks for the master of a
+/// pty whose master was outside the tree; stasis refuses such a pty at the
+/// dump, so it changes nothing: see [`notes_rpc_only`].)
 pub fn refused_rpc_only(o: &Opts) -> Option<&'static str> {
-    if o.orphan_pts_master == Some(true) {
-        return Some("orphan_pts_master");
-    }
     if o.pidfd_store_sk.is_some() {
         return Some("pidfd_store_sk");
     }
     None
+}
+
+/// Notes for the log on criu_opts fields without a command-line twin that
+/// are accepted because they change nothing here.
+pub fn notes_rpc_only(o: &Opts) -> Vec<String> {
+    let mut v = Vec::new();
+    if o.orphan_pts_master == Some(true) {
+        v.push(
+            "criu_opts.orphan_pts_master: accepted; a pty whose master is outside the tree is \
+             refused at the dump, so there is no orphan master to hand back"
+                .into(),
+        );
+    }
+    v
 }
 
 /// The path behind descriptor `fd` of the client `peer` (criu reads the
@@ -370,7 +384,8 @@ mod tests {
             "manage_cgroups",
         ];
         let refused = ["orphan_pts_master", "pidfd_store_sk"];
-        assert_eq!(refused_rpc_only(&o), Some("orphan_pts_master"));
+        assert_eq!(refused_rpc_only(&o), Some("pidfd_store_sk"));
+        assert_eq!(notes_rpc_only(&o).len(), 1);
         assert_eq!(
             mapped.len() + by_caller.len() + refused.len(),
             want.len(),

@@ -314,3 +314,218 @@ pub fn enter_and_pivot(ns: i32, root: i32) -> i64 {
     }
     0
 }
+
+/// A mount the first process of a restored tree makes itself, after it
+/// entered the tree's namespaces and pivoted (proc, sysfs, mqueue and
+/// cgroup filesystems belong to the PID, network, IPC or cgroup namespace
+/// of the process that creates them), with every mount stacked on one.
+/// Paths are absolute in the new root; strings are prepared before the
+/// fork, so the child only makes raw calls.
+#[derive(Debug, Clone)]
+pub enum LateMount {
+    /// Attach our detached mount `fd` (attributes already set) at `at`.
+    Attach { fd: i32, at: std::ffi::CString },
+    /// A new filesystem: fsopen(`fs`), its source and superblock options
+    /// (`key=value` or a flag `key`), fsmount with `attrs`, attached at `at`.
+    Fresh {
+        fs: std::ffi::CString,
+        source: std::ffi::CString,
+        options: Vec<(std::ffi::CString, Option<std::ffi::CString>)>,
+        attrs: u64,
+        at: std::ffi::CString,
+    },
+    /// A bind of `from` (a path of the new tree) with `attrs`, at `at`.
+    Bind {
+        from: std::ffi::CString,
+        attrs: u64,
+        at: std::ffi::CString,
+    },
+}
+
+impl LateMount {
+    /// The mount point, for errors.
+    pub fn at(&self) -> &std::ffi::CStr {
+        match self {
+            LateMount::Attach { at, .. }
+            | LateMount::Fresh { at, .. }
+            | LateMount::Bind { at, .. } => at,
+        }
+    }
+}
+
+/// A new, detached bind of the file or directory our descriptor `fd`
+/// (O_PATH) names, without the mounts below it.
+pub fn clone_mount_at(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    // SAFETY: "" with AT_EMPTY_PATH names our descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
+        )
+    };
+    owned(
+        r,
+        "open_tree(OPEN_TREE_CLONE) of a path in the restored tree",
+    )
+}
+
+/// In a freshly forked child of the restore (raw syscalls only, on data
+/// prepared before the fork): makes `mounts` in order. Returns the index
+/// of the first that failed, or -1 when all were made.
+pub fn make_late_mounts(mounts: &[LateMount]) -> i64 {
+    for (i, m) in mounts.iter().enumerate() {
+        // SAFETY: raw syscalls on prepared NUL-terminated strings and
+        // descriptors; every descriptor opened here is closed here.
+        let ok = unsafe { late_mount(m) };
+        if !ok {
+            return i as i64;
+        }
+    }
+    -1
+}
+
+/// # Safety
+/// Only raw syscalls: callable right after a fork.
+unsafe fn late_mount(m: &LateMount) -> bool {
+    let attach = |fd: i64, at: &std::ffi::CStr| -> bool {
+        // SAFETY: fd is a detached mount of ours, at a prepared string.
+        unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd as i32,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                at.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) == 0
+        }
+    };
+    // SAFETY: see the function's contract.
+    unsafe {
+        match m {
+            LateMount::Attach { fd, at } => attach(i64::from(*fd), at),
+            LateMount::Fresh {
+                fs,
+                source,
+                options,
+                attrs,
+                at,
+            } => {
+                let f = libc::syscall(libc::SYS_fsopen, fs.as_ptr(), FSOPEN_CLOEXEC);
+                if f < 0 {
+                    return false;
+                }
+                let set = |cmd: u32, k: &std::ffi::CStr, v: Option<&std::ffi::CString>| {
+                    let vp = v.map_or(std::ptr::null(), |v| v.as_ptr());
+                    libc::syscall(libc::SYS_fsconfig, f as i32, cmd, k.as_ptr(), vp, 0) == 0
+                };
+                let mut ok = set(FSCONFIG_SET_STRING, c"source", Some(source));
+                for (k, v) in options {
+                    if !ok {
+                        break;
+                    }
+                    let cmd = if v.is_some() {
+                        FSCONFIG_SET_STRING
+                    } else {
+                        FSCONFIG_SET_FLAG
+                    };
+                    ok = set(cmd, k, v.as_ref());
+                }
+                ok = ok
+                    && libc::syscall(
+                        libc::SYS_fsconfig,
+                        f as i32,
+                        FSCONFIG_CMD_CREATE,
+                        0usize,
+                        0usize,
+                        0,
+                    ) == 0;
+                let mnt = if ok {
+                    libc::syscall(libc::SYS_fsmount, f as i32, FSMOUNT_CLOEXEC, *attrs)
+                } else {
+                    -1
+                };
+                libc::syscall(libc::SYS_close, f as i32);
+                let done = mnt >= 0 && attach(mnt, at);
+                if mnt >= 0 {
+                    libc::syscall(libc::SYS_close, mnt as i32);
+                }
+                done
+            }
+            LateMount::Bind { from, attrs, at } => {
+                let t = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+                );
+                if t < 0 {
+                    return false;
+                }
+                let a = MountAttr {
+                    attr_set: *attrs,
+                    attr_clr: (MOUNT_ATTRS | MOUNT_ATTR_ATIME_MASK) & !*attrs
+                        | MOUNT_ATTR_ATIME_MASK,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                let done = libc::syscall(
+                    libc::SYS_mount_setattr,
+                    t as i32,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    &a as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) == 0
+                    && attach(t, at);
+                libc::syscall(libc::SYS_close, t as i32);
+                done
+            }
+        }
+    }
+}
+
+/// Makes the filesystem of mount `mnt` read-only (fspick, then
+/// fsconfig "ro" and FSCONFIG_CMD_RECONFIGURE): a tmpfs saved with the
+/// superblock option `ro` is filled first, then made so.
+pub fn reconfigure_read_only(mnt: BorrowedFd<'_>) -> Result<()> {
+    const FSPICK_CLOEXEC: u32 = 1;
+    const FSPICK_EMPTY_PATH: u32 = 8;
+    const FSCONFIG_CMD_RECONFIGURE: u32 = 7;
+    // SAFETY: "" with FSPICK_EMPTY_PATH names our descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fspick,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            FSPICK_CLOEXEC | FSPICK_EMPTY_PATH,
+        )
+    };
+    let fs = owned(r, "fspick")?;
+    // SAFETY: a static key, no value; then an integer-only command.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_FLAG,
+            c"ro".as_ptr(),
+            0usize,
+            0,
+        )
+    };
+    check(r, "fsconfig ro", None)?;
+    // SAFETY: integer-only fsconfig command on our descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_RECONFIGURE,
+            0usize,
+            0usize,
+            0,
+        )
+    };
+    check(r, "fsconfig reconfigure", None).map(drop)
+}

@@ -125,6 +125,9 @@ pub struct TreePlan {
     /// the root with pivot_root: the first process stasis forks does it,
     /// every other process inherits it (descriptors of the caller's).
     pub mntns: Option<(i32, i32)>,
+    /// Mounts the first process makes once it is in every namespace of the
+    /// tree and has pivoted (see [`crate::mount::LateMount`]).
+    pub late_mounts: Vec<crate::mount::LateMount>,
     /// criu's `--restore-sibling`: the first process forked (the root, or
     /// the helper init) is created with CLONE_PARENT, a child of the
     /// caller's parent instead of the caller's. Not with `session_helper`.
@@ -151,6 +154,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         12 => "entering the rebuilt mount namespace (setns, pivot_root) failed",
         13 => "creating the new time namespace with its offsets failed",
         14 => "joining the cgroup namespace's roots or unsharing it failed",
+        15 => "making a proc, sysfs, mqueue or cgroup mount (or one stacked on it) in the new namespaces failed",
         _ => "unexpected failure",
     }
 }
@@ -370,6 +374,10 @@ fn enter_mntns(plan: &TreePlan, root: i32) {
             report(plan.ready_fd, root, 12);
             exit_now(12);
         }
+        if crate::mount::make_late_mounts(&plan.late_mounts) >= 0 {
+            report(plan.ready_fd, root, 15);
+            exit_now(15);
+        }
     }
 }
 
@@ -401,7 +409,8 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                 libc::syscall(libc::SYS_pause);
             }
         }
-        if i == 0 && plan.new_pid_ns && mount_private_proc() != 0 {
+        // A rebuilt mount namespace brings its own proc (late mounts).
+        if i == 0 && plan.new_pid_ns && plan.mntns.is_none() && mount_private_proc() != 0 {
             report(plan.ready_fd, me, 9);
             exit_now(9);
         }
@@ -765,7 +774,7 @@ fn helper_init(plan: &TreePlan) -> ! {
     // SAFETY: raw syscalls on prepared data; no allocation.
     unsafe {
         die_with_parent_and_block_signals();
-        if mount_private_proc() != 0 {
+        if plan.mntns.is_none() && mount_private_proc() != 0 {
             report(plan.ready_fd, root.pid, 9);
             exit_now(9);
         }

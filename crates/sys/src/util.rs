@@ -248,6 +248,31 @@ pub fn get_robust_list(tid: Pid) -> Result<(u64, u64)> {
     Ok((head, len as u64))
 }
 
+/// fcntl(F_DUPFD_CLOEXEC): a new descriptor of ours for the open file
+/// description of our descriptor `fd` (one inherited by number).
+pub fn dup_cloexec(fd: i32) -> Result<OwnedFd> {
+    // SAFETY: integer-only fcntl; the kernel checks that fd is open.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    check(r.into(), &format!("duplicate descriptor {fd}"), None)?;
+    // SAFETY: r is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Whether the other side of pipe end `fd` is closed everywhere: a read
+/// end without writers polls POLLHUP, a write end without readers POLLERR.
+pub fn pipe_peer_gone(fd: &OwnedFd) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, no wait.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    check(r.into(), "poll(pipe)", None)?;
+    Ok(p.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
 /// pipe2(O_CLOEXEC): (read end, write end).
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];

@@ -260,7 +260,7 @@ fn gocriu_refusals_leave_target_running() {
         "{out}"
     );
     let r = line(&out, "RESTORE-REFUSED");
-    assert!(r.contains("criu_opts.orphan_pts_master"), "{out}");
+    assert!(r.contains("criu_opts.pidfd_store_sk"), "{out}");
     step(&work, "after refusals", p.check_running_untraced());
 
     let out = go_criu(

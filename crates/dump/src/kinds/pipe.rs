@@ -1,4 +1,5 @@
-//! Pipes. Both ends must be in the tree; the bytes waiting in a pipe are
+//! Pipes. A pipe whose other end is outside the tree is saved as
+//! external (restored only from the caller's `--inherit-fd`); the bytes waiting in a pipe are
 //! copied without consuming them (`tee` from a `pidfd_getfd` duplicate of a
 //! read end into a private pipe of the same capacity) and saved with its
 //! first entry.
@@ -24,6 +25,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         flags: d.flags(),
         data: Vec::new(),
         capacity: 0,
+        external: false,
     }))
 }
 
@@ -58,21 +60,40 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
         let pid = img.pid;
         for e in img.files.iter_mut() {
             let FdKind::Pipe {
-                id, data, capacity, ..
+                id,
+                data,
+                capacity,
+                external,
+                ..
             } = &mut e.kind
             else {
                 continue;
             };
             let (reader, writer) = ends.get(id).copied().unwrap_or_default();
-            let Some((rpid, rfd)) = reader.filter(|_| writer) else {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    stage: Stage::Check,
-                    what: format!(
-                        "fd {} (pipe:[{id}]): the other end of this pipe is outside the dumped tree",
-                        e.fd
-                    ),
-                });
+            // The other end missing from the tree: closed everywhere (a
+            // pipe like any other, restored with that end closed again),
+            // or held outside.
+            let peer_gone = !(reader.is_some() && writer) && {
+                let pidfd = util::pidfd_open(Pid(pid as i32)).at(pid, Stage::Collect)?;
+                let dup =
+                    util::pidfd_getfd(&pidfd, Pid(pid as i32), e.fd).at(pid, Stage::Collect)?;
+                util::pipe_peer_gone(&dup).at(pid, Stage::Collect)?
+            };
+            if peer_gone && reader.is_none() {
+                // A write end nobody can read from: nothing to save.
+                saved.insert(*id);
+                continue;
+            }
+            let Some((rpid, rfd)) = reader.filter(|_| writer || peer_gone) else {
+                // The other end is the caller's (runc's stdio): the pipe
+                // and its bytes stay with it; a restore needs it back
+                // through --inherit-fd (restore/kinds/pipe.rs).
+                *external = true;
+                log::info!(
+                    "pid {pid}: fd {} (pipe:[{id}]): its other end is outside the tree; restore it with --inherit-fd fd[N]:pipe:[{id}]",
+                    e.fd
+                );
+                continue;
             };
             if !saved.insert(*id) {
                 continue;

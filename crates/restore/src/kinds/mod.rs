@@ -99,6 +99,8 @@ pub(crate) struct Opened {
     pub(crate) pty_slaves: Vec<(u32, usize)>,
     /// fanotify groups made (indices into `owned`), drained before the fork.
     pub(crate) fanotify: Vec<usize>,
+    /// criu's `--inherit-fd fd[N]:KEY` (see [`pipe`]).
+    pub(crate) inherit: Vec<(i32, String)>,
 }
 
 impl Opened {
@@ -144,6 +146,9 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::Regular { file, flags, pos } => regular::open(o, cx, &file.path, *flags, *pos),
         FdKind::CharDevice { path, flags, rdev } => chardev::open(o, cx, path, *flags, *rdev),
         FdKind::Path { path, flags, .. } => opath::open(o, cx, path, *flags),
+        FdKind::Pipe {
+            id, external: true, ..
+        } => pipe::inherited(o, cx, *id),
         FdKind::Pipe {
             id,
             write_end,

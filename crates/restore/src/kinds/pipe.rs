@@ -1,4 +1,5 @@
 //! Pipes whose both ends are in the image: one `pipe2` per pipe (by inode),
+//! or the caller's pipe for one whose other end was outside (`--inherit-fd`),
 //! with its capacity and the bytes that were waiting in it (stored with
 //! its first entry); each end keeps its O_NONBLOCK / O_DIRECT.
 
@@ -22,6 +23,30 @@ pub(super) fn open(
     let i = if write_end { wi } else { ri };
     let keep = (flags as i32) & (libc::O_NONBLOCK | libc::O_DIRECT);
     util::set_status_flags(&o.owned[i], keep).at(pid, st)?;
+    Ok(i)
+}
+
+/// A pipe whose other end was outside the tree: the descriptor the caller
+/// hands over with `--inherit-fd fd[N]:pipe:[ID]` (a duplicate of it, the
+/// same open file description, as criu does), else refused by name.
+pub(super) fn inherited(o: &mut Opened, cx: &Cx<'_>, id: u64) -> Result<usize> {
+    if let Some(i) = o.object("pipe:inherited", id) {
+        return Ok(i);
+    }
+    let key = format!("pipe:[{id}]");
+    let Some(&(fd, _)) = o.inherit.iter().find(|(_, k)| *k == key) else {
+        return Err(crate::RestoreError::Refused {
+            pid: cx.pid,
+            stage: Stage::Fork,
+            what: format!(
+                "fd {}: {key} had its other end outside the tree: give the pipe to use with --inherit-fd fd[N]:{key}",
+                cx.fd
+            ),
+        });
+    };
+    let dup = util::dup_cloexec(fd).at(cx.pid, Stage::Fork)?;
+    let i = o.push(dup);
+    o.set_object("pipe:inherited", id, i);
     Ok(i)
 }
 

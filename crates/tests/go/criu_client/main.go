@@ -181,8 +181,8 @@ func main() {
 		}, nil)
 		fmt.Printf("DUMP-REFUSED %v\n", err)
 		err = c.Restore(&rpc.CriuOpts{
-			ImagesDirFd:     proto.Int32(int32(dir.Fd())),
-			OrphanPtsMaster: proto.Bool(true),
+			ImagesDirFd:  proto.Int32(int32(dir.Fd())),
+			PidfdStoreSk: proto.Int32(5),
 		}, nil)
 		fmt.Printf("RESTORE-REFUSED %v\n", err)
 	default:

@@ -1,0 +1,943 @@
+//! Real container engines checkpointing and restoring real containers with
+//! stasis as their criu.
+//!
+//! runc: a busybox container (a rootfs of Debian's busybox-static in a temp
+//! directory, `runc spec` edited: no terminal, no user namespace, no new
+//! session keyring) runs a shell loop that counts in /dev/shm (the
+//! container's own tmpfs, saved in the image) and in its rootfs, checking
+//! on every round that the file still holds what its memory says (a
+//! mismatch is written to /dev/shm/status). `runc --criu STASIS checkpoint`
+//! must end it; `runc --criu STASIS restore -d` brings it back under the
+//! same and under a new container id, with its stdio pipes handed back
+//! through criu's inherit_fd; `runc exec` then reads the counter from inside
+//! (it carries on from where it was), the loop's own check (no
+//! /dev/shm/status), its PID 1 and the container's mount table (the same
+//! mount points, filesystems and options as before). Negative control: a
+//! corrupted image is refused and nothing is left running.
+//!
+//! podman (4.3, with runc as its runtime and a `criu` link to stasis
+//! first in PATH, since podman and runc look criu up there): a container
+//! from an image `podman import`ed from the same busybox rootfs is
+//! checkpointed and restored in place, then checkpointed with `--export`,
+//! removed, and restored with `--import` under a new name. Setup it needs
+//! here, each for a reason outside stasis: `--network none` (other network
+//! setups are another engineer's), ulimits within ours (root lacks
+//! CAP_SYS_RESOURCE), no new session keyring (stasis refuses one of the
+//! container's own by name), and a runc wrapper dropping the
+//! `--no-new-keyring` podman 4.3 passes to `runc restore`, which runc
+//! 1.1.5 does not take (the same failure with criu).
+//!
+//! crun: Debian's crun is built without CRIU support (`crun checkpoint` is
+//! an unknown command), so there is nothing to drive; the test says so.
+//! (A crun with CRIU uses libcriu, which starts `criu swrk` as go-criu
+//! does.)
+//!
+//! Tests skip, saying so, only when the engine is missing (.ci/run
+//! installs runc and busybox-static).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian's busybox-static: a rootfs needs no libraries for it.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The container's program: count, and check the count against the file.
+const LOOP: &str = "i=0; while :; do \
+    c=$(cat /dev/shm/c 2>/dev/null || echo 0); \
+    if [ \"$c\" != \"$i\" ]; then echo \"FAIL file $c memory $i\" >> /dev/shm/status; fi; \
+    i=$((i+1)); echo $i > /dev/shm/c; \
+    usleep 50000; done";
+
+/// Why the runc tests cannot run here, if they cannot.
+fn runc_missing() -> Option<String> {
+    if Command::new("runc").arg("--version").output().is_err() {
+        return Some("no runc in PATH (Debian: apt-get install runc)".into());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        return Some(format!(
+            "no {BUSYBOX} (Debian: apt-get install busybox-static)"
+        ));
+    }
+    None
+}
+
+/// One output of a command run with a deadline.
+struct Ran {
+    ok: bool,
+    out: String,
+}
+
+/// Runs `cmd` (stdin /dev/null), killing it after `timeout`.
+fn run(mut cmd: Command, timeout: Duration) -> Ran {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t0.elapsed() > timeout => {
+                let _ = child.kill();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("wait for {what}: {e}"),
+        }
+    }
+    let out = child.wait_with_output().expect("output");
+    Ran {
+        ok: out.status.success(),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// A bundle, a private runc state directory, and every container started
+/// from it: deleted (`runc delete -f`) with the temp directory on drop.
+struct Bundle {
+    name: String,
+    dir: PathBuf,
+    ids: Vec<String>,
+    /// Init PIDs seen: once an engine exits, a subreaper test process
+    /// (tests of this file are one process) inherits them; reaped on drop.
+    pids: std::cell::RefCell<Vec<i32>>,
+    /// Our ends of the containers' stdout/stderr pipes (and the runc
+    /// processes that handed them over), kept open while they run.
+    stdio: Vec<Child>,
+}
+
+impl Bundle {
+    /// A bundle whose container runs `sh -c PROGRAM`.
+    fn with_program(name: &str, program: &str) -> Bundle {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("containers-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let root = dir.join("bundle/rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "data", "etc"] {
+            fs::create_dir_all(root.join(d)).expect("rootfs");
+        }
+        fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copy busybox");
+        for a in ["sh", "cat", "echo", "usleep", "ps", "ls", "nc", "netstat"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).expect("link");
+        }
+        fs::create_dir_all(dir.join("state")).expect("state dir");
+        let b = Bundle {
+            name: name.to_string(),
+            dir,
+            ids: Vec::new(),
+            pids: Default::default(),
+            stdio: Vec::new(),
+        };
+        let mut spec = b.runc(&["spec", "--bundle"]);
+        spec.arg(b.bundle());
+        let r = run(spec, T);
+        assert!(r.ok, "runc spec: {}", r.out);
+        let cfg_path = b.bundle().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&cfg_path).expect("config")).expect("json");
+        cfg["process"]["terminal"] = false.into();
+        cfg["process"]["args"] = serde_json::json!(["/bin/sh", "-c", program]);
+        cfg["root"]["readonly"] = false.into();
+        fs::write(&cfg_path, cfg.to_string()).expect("write config");
+        b
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+
+    fn id(&self, suffix: &str) -> String {
+        format!("stasis-{}-{}-{suffix}", self.name, std::process::id())
+    }
+
+    /// `runc --root STATE --criu STASIS ARGS`.
+    fn runc(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root")
+            .arg(self.dir.join("state"))
+            .arg("--criu")
+            .arg(stasis_bin())
+            .args(args);
+        c
+    }
+
+    /// `runc run -d` or `runc restore -d` with stdout and stderr on a pipe
+    /// we hold; returns once runc has.
+    fn start(&mut self, id: &str, args: &[&str]) -> Ran {
+        self.ids.push(id.to_string());
+        let mut c = self.runc(args);
+        c.arg("--bundle").arg(self.bundle()).arg(id);
+        // runc's stdout is a pipe whose reader is a `cat` of ours: the
+        // container inherits the writer (restore: through inherit_fd).
+        let mut cat = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cat");
+        let w = std::os::fd::OwnedFd::from(cat.stdin.take().expect("pipe"));
+        let err = w.try_clone().expect("dup");
+        let t0 = Instant::now();
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("runc");
+        let ok = loop {
+            if let Some(st) = child.try_wait().expect("wait runc") {
+                break st.success();
+            }
+            if t0.elapsed() > T {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stdio.push(cat);
+        Ran {
+            ok,
+            out: String::new(),
+        }
+    }
+
+    fn exec(&self, id: &str, cmd: &[&str]) -> Ran {
+        let mut c = self.runc(&["exec", id, "/bin/busybox"]);
+        c.args(cmd);
+        run(c, T)
+    }
+
+    fn counter(&self, id: &str) -> u64 {
+        // (Not there yet right after the start: tried again.)
+        read_counter(|| self.exec(id, &["cat", "/dev/shm/c"]).out)
+    }
+
+    /// The container's init PID as runc knows it, if it runs.
+    fn state(&self, id: &str) -> Option<(String, i32)> {
+        let r = run(self.runc(&["state", id]), T);
+        if !r.ok {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.out).ok()?;
+        if let Some(p) = v["pid"].as_i64().filter(|p| *p > 0) {
+            self.pids.borrow_mut().push(p as i32);
+        }
+        Some((
+            v["status"].as_str().unwrap_or("").to_string(),
+            v["pid"].as_i64().unwrap_or(0) as i32,
+        ))
+    }
+
+    /// Mount points, filesystem types and per-mount options inside the
+    /// container, but for runc's masked files (bound from /dev/null of the
+    /// container's /dev at the start, from the host's at a restore: runc's
+    /// choice, through ext_mnt).
+    fn mounts(&self, id: &str) -> Vec<String> {
+        let r = self.exec(id, &["cat", "/proc/1/mountinfo"]);
+        assert!(r.ok, "mountinfo: {}", r.out);
+        let mut v: Vec<String> = r
+            .out
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let dash = f.iter().position(|x| *x == "-")?;
+                let at = f.get(4)?;
+                if ["/proc/keys", "/proc/timer_list"].contains(at) {
+                    return None;
+                }
+                Some(format!(
+                    "{at} {} {} {}",
+                    f.get(dash + 1)?,
+                    f.get(5)?,
+                    f.get(dash + 3)?
+                ))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn checkpoint(&self, id: &str, img: &Path, extra: &[&str]) -> Ran {
+        let mut c = self.runc(&["checkpoint", "--image-path"]);
+        c.arg(img)
+            .arg("--work-path")
+            .arg(img.with_extension("work"))
+            .args(extra)
+            .arg(id);
+        run(c, T)
+    }
+
+    /// [`Self::checkpoint`], which must succeed.
+    fn checkpoint_ok(&self, id: &str, img: &Path, extra: &[&str]) {
+        let r = self.checkpoint(id, img, extra);
+        assert!(
+            r.ok,
+            "runc checkpoint {extra:?}: {}\n{}",
+            r.out,
+            self.log(img, "dump.log")
+        );
+    }
+
+    /// `runc restore -d` of `id` from `img`.
+    fn restore(&mut self, id: &str, img: &Path, extra: &[&str]) -> Ran {
+        let mut args = restore_args(img);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.start(id, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn log(&self, img: &Path, name: &str) -> String {
+        let text = fs::read_to_string(img.with_extension("work").join(name)).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("ERROR") || l.starts_with("Error"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = run(self.runc(&["delete", "-f", id]), T);
+        }
+        for c in &mut self.stdio {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for &p in self.pids.borrow().iter() {
+            gone(p);
+        }
+        if std::env::var_os("KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+const T: Duration = Duration::from_secs(60);
+
+/// The counter as `read` returns it; the loop rewrites the file (`echo >`
+/// truncates first) and writes it first only after its first round, so an
+/// empty or failed read is tried again.
+fn read_counter(mut read: impl FnMut() -> String) -> u64 {
+    for _ in 0..50 {
+        if let Ok(n) = read().trim().parse() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "the counter file stays missing, empty or garbled: {:?}",
+        read()
+    );
+}
+
+/// `restore -d` from `img`, logging to restore.log beside its dump.log.
+fn restore_args(img: &Path) -> Vec<String> {
+    let work = img.with_extension("work");
+    ["restore", "-d", "--image-path"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([
+            img.to_string_lossy().into_owned(),
+            "--work-path".into(),
+            work.to_string_lossy().into_owned(),
+        ])
+        .collect()
+}
+
+/// A started container of a new bundle running `program`, or None (the
+/// test skipped, saying why) without runc.
+fn started(test: &str, name: &str, program: &str) -> Option<(Bundle, String)> {
+    if let Some(why) = runc_missing() {
+        eprintln!("SKIP {test}: {why}");
+        return None;
+    }
+    let mut b = Bundle::with_program(name, program);
+    let a = b.id("a");
+    assert!(
+        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
+        "runc run"
+    );
+    Some((b, a))
+}
+
+/// Waits (up to T) for `pid` to be gone, reaping it if it is ours (a
+/// container's init whose engine exited, with this process a subreaper).
+fn gone(pid: i32) -> bool {
+    let t0 = Instant::now();
+    while pid_exists(pid) {
+        if t0.elapsed() > T {
+            return false;
+        }
+        // SAFETY: WNOHANG wait for one PID, ours or not.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Waits until what `read` returns passes `past`; returns it.
+fn wait_past(what: &str, past: u64, mut read: impl FnMut() -> u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let c = read();
+        if c > past {
+            return c;
+        }
+        assert!(t0.elapsed() < T, "{what} stays at {c}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the counter of `id` passes `past`.
+fn counts_past(b: &Bundle, id: &str, past: u64) -> u64 {
+    wait_past(&format!("{id}: the counter"), past, || b.counter(id))
+}
+
+fn no_failure(b: &Bundle, id: &str) {
+    let r = b.exec(id, &["cat", "/dev/shm/status"]);
+    assert!(
+        !r.ok,
+        "{id}: the container's own check failed: {}",
+        r.out.trim()
+    );
+}
+
+/// A restored container runs as PID 1 of its namespace with the count
+/// it had, and goes on counting.
+fn check_restored(b: &Bundle, id: &str, at_checkpoint: u64, mounts: &[String]) {
+    let (status, pid) = b.state(id).expect("restored container state");
+    assert_eq!(status, "running", "{id}");
+    assert!(pid_exists(pid), "{id}: init {pid} is gone");
+    let first = b.counter(id);
+    assert!(
+        first >= at_checkpoint,
+        "{id}: restored at {first}, below {at_checkpoint} at the checkpoint"
+    );
+    counts_past(b, id, first);
+    no_failure(b, id);
+    let ps = b.exec(id, &["ps"]);
+    assert!(
+        ps.out
+            .lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("/dev/shm/c")),
+        "{id}: the loop is not PID 1 of its namespace:\n{}",
+        ps.out
+    );
+    assert_eq!(b.mounts(id), mounts, "{id}: mount table differs");
+    // runc binds each cgroup v1 hierarchy's cgroup of the container (named
+    // by its id) at /sys/fs/cgroup/CONTROLLER: its own again, not the
+    // whole hierarchy (runc names the hierarchy's root at a restore).
+    let info = b.exec(id, &["cat", "/proc/1/mountinfo"]).out;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(4).is_some_and(|m| m.starts_with("/sys/fs/cgroup/")) && l.contains(" - cgroup ") {
+            assert!(
+                f[3].ends_with(&format!("/{id}")),
+                "{id}: {} shows cgroup {} of its hierarchy",
+                f[4],
+                f[3]
+            );
+        }
+    }
+}
+
+#[test]
+fn runc_checkpoint_restore_busybox() {
+    let Some((mut b, a)) = started("runc_checkpoint_restore_busybox", "runc", LOOP) else {
+        return;
+    };
+    counts_past(&b, &a, 5);
+    no_failure(&b, &a);
+    let mounts = b.mounts(&a);
+    // Read before the checkpoint: the count it saved is at least this.
+    let saved = b.counter(&a);
+    let (_, pid) = b.state(&a).expect("state");
+    let img = b.dir.join("img");
+    b.checkpoint_ok(&a, &img, &[]);
+    assert!(
+        b.state(&a).is_none(),
+        "{a}: still known to runc after the checkpoint"
+    );
+    assert!(gone(pid), "{a}: init {pid} survived the checkpoint");
+
+    // The same id, then (that one deleted) a new one from the same image.
+    let r = b.restore(&a, &img, &[]);
+    assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
+    check_restored(&b, &a, saved, &mounts);
+    assert!(run(b.runc(&["delete", "-f", &a]), T).ok);
+    let c = b.id("b");
+    let r = b.restore(&c, &img, &[]);
+    assert!(r.ok, "runc restore as {c}: {}", b.log(&img, "restore.log"));
+    check_restored(&b, &c, saved, &mounts);
+}
+
+#[test]
+fn runc_restore_refuses_corrupt_image() {
+    let Some((mut b, a)) = started("runc_restore_refuses_corrupt_image", "corrupt", LOOP) else {
+        return;
+    };
+    counts_past(&b, &a, 2);
+    let img = b.dir.join("img");
+    b.checkpoint_ok(&a, &img, &[]);
+    // One byte of the inventory flipped: its checksum no longer matches.
+    let inv = img.join("inventory.img");
+    let mut bytes = fs::read(&inv).expect("inventory");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    fs::write(&inv, bytes).expect("write");
+    let r = b.restore(&a, &img, &[]);
+    assert!(!r.ok, "a corrupted image was restored");
+    let log = b.log(&img, "restore.log");
+    assert!(
+        log.contains("checksum") || log.contains("inventory"),
+        "the refusal does not name the damage: {log:?}"
+    );
+    match b.state(&a) {
+        None => {}
+        Some((status, pid)) => assert!(
+            status != "running" && !pid_exists(pid),
+            "{a}: {status} with init {pid} after a refused restore"
+        ),
+    }
+}
+
+#[test]
+fn runc_leave_running_then_restore_copy() {
+    let Some((mut b, a)) = started("runc_leave_running_then_restore_copy", "leave", LOOP) else {
+        return;
+    };
+    let before = counts_past(&b, &a, 3);
+    let mounts = b.mounts(&a);
+    let img = b.dir.join("img");
+    b.checkpoint_ok(&a, &img, &["--leave-running"]);
+    // Still running and counting, its check intact.
+    counts_past(&b, &a, before);
+    no_failure(&b, &a);
+    // Stopped, then restored from the image taken while it ran.
+    assert!(run(b.runc(&["delete", "-f", &a]), T).ok);
+    let r = b.restore(&a, &img, &[]);
+    assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
+    check_restored(&b, &a, before, &mounts);
+}
+
+/// A TCP connection inside the container (its own network namespace,
+/// lo only): a client sends a number every 50 ms, a server answers each
+/// with `got-N`, the client appends the answers to /dev/shm/replies.
+const TCP_LOOP: &str = "nc -l -p 5000 -e sh -c 'while read l; do echo got-$l; done' & \
+    usleep 300000; i=0; \
+    (while :; do i=$((i+1)); echo $i; usleep 50000; done) | nc 127.0.0.1 5000 > /dev/shm/replies";
+
+/// The answers so far: they must be got-1, got-2, ... without a gap.
+fn replies(b: &Bundle, id: &str) -> u64 {
+    let r = b.exec(id, &["cat", "/dev/shm/replies"]);
+    if !r.ok {
+        return 0; // not made yet, right after the start
+    }
+    let mut n = 0;
+    for l in r.out.lines() {
+        // The last line may be half written.
+        if l.is_empty() {
+            continue;
+        }
+        match l.strip_prefix("got-").and_then(|v| v.parse::<u64>().ok()) {
+            Some(v) if v == n + 1 => n = v,
+            _ if l == r.out.lines().last().unwrap_or("") => break,
+            _ => panic!("{id}: answer {l:?} after got-{n}: the stream lost or changed data"),
+        }
+    }
+    n
+}
+
+fn replies_past(b: &Bundle, id: &str, past: u64) -> u64 {
+    wait_past(&format!("{id}: the connection"), past, || replies(b, id))
+}
+
+#[test]
+fn runc_tcp_established_inside_container() {
+    let Some((mut b, a)) = started("runc_tcp_established_inside_container", "tcp", TCP_LOOP) else {
+        return;
+    };
+    let before = replies_past(&b, &a, 3);
+    let img = b.dir.join("img");
+    // Without --tcp-established the connection is refused by name.
+    let r = b.checkpoint(&a, &img, &[]);
+    assert!(
+        !r.ok,
+        "a TCP connection was dumped without --tcp-established"
+    );
+    let _ = fs::remove_dir_all(&img);
+    replies_past(&b, &a, before);
+    b.checkpoint_ok(&a, &img, &["--tcp-established"]);
+    let r = b.restore(&a, &img, &["--tcp-established"]);
+    assert!(r.ok, "runc restore: {}", b.log(&img, "restore.log"));
+    // The same stream goes on: more answers, none lost or changed.
+    let now = replies(&b, &a);
+    replies_past(&b, &a, now);
+    let ns = b.exec(&a, &["netstat", "-tn"]);
+    assert!(ns.out.contains("ESTABLISHED"), "{}", ns.out);
+}
+
+#[test]
+fn crun_has_no_criu() {
+    let Ok(out) = Command::new("crun")
+        .arg("checkpoint")
+        .arg("--help")
+        .output()
+    else {
+        eprintln!("SKIP crun_has_no_criu: no crun in PATH");
+        return;
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && !text.contains("unknown command") {
+        // A crun built with libcriu, which starts `criu swrk` like
+        // go-criu: not driven here yet.
+        eprintln!("SKIP crun_has_no_criu: this crun has CRIU support (libcriu runs `criu swrk`); no crun test yet");
+        return;
+    }
+    eprintln!(
+        "SKIP crun: built without CRIU support (`crun checkpoint`: {})",
+        text.lines().next().unwrap_or("").trim()
+    );
+}
+
+/// podman with runc, a private containers.conf, and `criu` = stasis in
+/// PATH; removes its containers and image on drop.
+struct Podman {
+    dir: PathBuf,
+    image: String,
+    names: Vec<String>,
+}
+
+impl Podman {
+    fn new() -> Result<Podman, String> {
+        if Command::new("podman").arg("--version").output().is_err() {
+            return Err("no podman in PATH (Debian: apt-get install podman)".into());
+        }
+        if let Some(why) = runc_missing() {
+            return Err(why);
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("containers-podman-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let root = dir.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "data", "etc"] {
+            fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+        }
+        fs::copy(BUSYBOX, root.join("bin/busybox")).map_err(|e| e.to_string())?;
+        for a in ["sh", "cat", "echo", "usleep", "ps"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a))
+                .map_err(|e| e.to_string())?;
+        }
+        fs::create_dir_all(dir.join("criu")).map_err(|e| e.to_string())?;
+        let r = run(
+            {
+                let mut c = Command::new(stasis_bin());
+                c.arg("install-criu-link").arg(dir.join("criu"));
+                c
+            },
+            T,
+        );
+        if !r.ok {
+            return Err(format!("stasis install-criu-link: {}", r.out));
+        }
+        let wrap = dir.join("runc-wrap");
+        fs::write(
+            &wrap,
+            "#!/bin/sh\n\
+             # runc 1.1.5's restore lacks --no-new-keyring, which podman 4.3 passes.\n\
+             restore=0; for a; do [ \"$a\" = restore ] && restore=1; done\n\
+             for a; do shift; [ $restore = 1 ] && [ \"$a\" = --no-new-keyring ] && continue; set -- \"$@\" \"$a\"; done\n\
+             exec runc \"$@\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&wrap, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\nkeyring = false\ndefault_ulimits = [\"nproc=1024:1024\", \"nofile=1024:1024\"]\n\
+                 [engine.runtimes]\nrunc = [\"{}\"]\n",
+                wrap.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let tar = dir.join("rootfs.tar");
+        let r = run(
+            {
+                let mut c = Command::new("tar");
+                c.arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".");
+                c
+            },
+            T,
+        );
+        if !r.ok {
+            return Err(format!("tar: {}", r.out));
+        }
+        let p = Podman {
+            image: format!("localhost/stasis-busybox:{}", std::process::id()),
+            dir,
+            names: Vec::new(),
+        };
+        let mut c = p.podman(&["import"]);
+        c.arg(&tar).arg(&p.image);
+        let r = run(c, Duration::from_secs(120));
+        if !r.ok {
+            return Err(format!("podman import: {}", r.out));
+        }
+        Ok(p)
+    }
+
+    fn podman(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.dir.join("criu")];
+        dirs.extend(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(dirs).expect("PATH"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .args(args);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = run(self.podman(args), Duration::from_secs(120));
+        if !r.ok {
+            // runc names criu's log; its errors say what stasis refused.
+            let log = r
+                .out
+                .split("log file: ")
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|f| fs::read_to_string(f).ok())
+                .unwrap_or_default();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            panic!(
+                "podman {}: {}
+{}",
+                args.join(" "),
+                r.out,
+                errors.join("\n")
+            );
+        }
+        r.out
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        read_counter(|| run(self.podman(&["exec", name, "cat", "/dev/shm/c"]), T).out)
+    }
+
+    fn counts_past(&self, name: &str, past: u64) -> u64 {
+        wait_past(&format!("{name}: the counter"), past, || self.counter(name))
+    }
+
+    /// Running, at or past `at`, counting on, its own check intact, the
+    /// loop PID 1.
+    fn check_running(&self, name: &str, at: u64) {
+        let first = self.counter(name);
+        assert!(first >= at, "{name}: at {first}, below {at}");
+        self.counts_past(name, first);
+        let r = run(self.podman(&["exec", name, "cat", "/dev/shm/status"]), T);
+        assert!(!r.ok, "{name}: the container's own check failed: {}", r.out);
+        let ps = self.ok(&["exec", name, "ps"]);
+        assert!(
+            ps.lines()
+                .any(|l| l.trim_start().starts_with("1 ") && l.contains("/dev/shm/c")),
+            "{name}: the loop is not PID 1:\n{ps}"
+        );
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = run(self.podman(&["rm", "-f", "-t", "0", n]), T);
+        }
+        let _ = run(self.podman(&["rmi", "-f", &self.image]), T);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn podman_checkpoint_restore_export_import() {
+    let mut p = match Podman::new() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIP podman_checkpoint_restore_export_import: {why}");
+            return;
+        }
+    };
+    let a = format!("stasis-pm-{}-a", std::process::id());
+    let b = format!("stasis-pm-{}-b", std::process::id());
+    p.names.extend([a.clone(), b.clone()]);
+    let image = p.image.clone();
+    p.ok(&[
+        "--runtime",
+        "runc",
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        "none",
+        &image,
+        "/bin/sh",
+        "-c",
+        LOOP,
+    ]);
+    let saved = p.counts_past(&a, 3);
+    // In place: checkpoint (the container stops), restore.
+    p.ok(&["container", "checkpoint", &a]);
+    let st = p.ok(&["inspect", "-f", "{{.State.Status}}", &a]);
+    assert_eq!(st.trim(), "exited", "{a} after the checkpoint");
+    p.ok(&["container", "restore", &a]);
+    p.check_running(&a, saved);
+    // Exported to a tarball, the container removed, imported as another.
+    let tar = p.dir.join("checkpoint.tar.gz");
+    let before = p.counter(&a);
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--export",
+        tar.to_str().unwrap(),
+        &a,
+    ]);
+    p.ok(&["rm", "-f", "-t", "0", &a]);
+    p.ok(&[
+        "container",
+        "restore",
+        "--import",
+        tar.to_str().unwrap(),
+        "--name",
+        &b,
+    ]);
+    p.check_running(&b, before);
+}
+
+/// runc's stdio without runc: a shell writing to a pipe whose reader is
+/// ours is dumped; a restore without `--inherit-fd` is refused naming the
+/// pipe, and leaves nothing; with `--inherit-fd fd[1]:pipe:[INO]` the
+/// restored shell writes into the pipe we hand over.
+#[test]
+fn external_pipe_needs_inherit_fd() {
+    use std::io::Read;
+    if !Path::new(BUSYBOX).exists() {
+        eprintln!("SKIP external_pipe_needs_inherit_fd: no {BUSYBOX}");
+        return;
+    }
+    ensure_subreaper();
+    let work = Work::new("inherit_fd");
+    let mut sh = Command::new(BUSYBOX);
+    use std::os::unix::process::CommandExt;
+    // Only its stdio: not the test runner's other descriptors.
+    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    unsafe {
+        sh.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut sh = sh
+        .args([
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo line-$i; usleep 50000; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shell");
+    let pid = sh.id() as i32;
+    let mut first = sh.stdout.take().expect("pipe");
+    let mut buf = [0u8; 64];
+    assert!(
+        first.read(&mut buf).expect("read") > 0,
+        "no output before the dump"
+    );
+    let link = fs::read_link(format!("/proc/{pid}/fd/1")).expect("fd 1");
+    let key = link.to_string_lossy().into_owned();
+    assert!(key.starts_with("pipe:["), "{key}");
+    let img = work.img();
+    let out = stasis(
+        &work,
+        &["dump", "-t", &pid.to_string(), "-D", img.to_str().unwrap()],
+        T,
+    );
+    assert!(out.success(), "dump: {}", out.stderr);
+    drop(first);
+    // The tree killed, its PIDs free again (its usleep children reaped).
+    check_gone(&work, &mut Proc::adopt(pid));
+    drop(sh);
+    // Refused without the pipe, nothing left behind.
+    let out = stasis(&work, &["restore", "-D", img.to_str().unwrap(), "-d"], T);
+    assert!(
+        !out.success() && out.stderr.contains(&key) && out.stderr.contains("--inherit-fd"),
+        "restore without --inherit-fd: {}",
+        out.stderr
+    );
+    assert!(!pid_exists(pid), "a refused restore left {pid}");
+    // With our new pipe as its stdout.
+    let (r, w) = {
+        let mut fds = [0i32; 2];
+        // SAFETY: a valid out array of two ints.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        use std::os::fd::FromRawFd;
+        // SAFETY: two fresh descriptors owned by nobody else.
+        unsafe {
+            (
+                fs::File::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        }
+    };
+    let st = Command::new(stasis_bin())
+        .args(["restore", "-D", img.to_str().unwrap(), "-d"])
+        .arg(format!("--inherit-fd=fd[1]:{key}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("stasis restore");
+    let mut restored = Proc::adopt(pid);
+    assert!(
+        st.status.success(),
+        "restore with --inherit-fd: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let mut text = String::new();
+    let mut r = r;
+    while !text.contains('\n') || text.lines().count() < 3 {
+        let n = r.read(&mut buf).expect("read the inherited pipe");
+        assert!(n > 0, "the restored shell closed the pipe");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        text.lines().all(|l| l.starts_with("line-") || l.is_empty()),
+        "{text}"
+    );
+    restored.kill();
+    // Its children (a usleep at most) end by themselves; reap ours.
+    for p in show(&work, &img)["inventory"]["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pid"].as_i64())
+    {
+        gone(p as i32);
+    }
+}
