@@ -554,6 +554,9 @@ pub enum FdKind {
         /// SO_BINDTODEVICE, empty for none.
         #[serde(default)]
         device: String,
+        /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
+        #[serde(default, skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty")]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
     /// A TCP connection (`--tcp-established`): its two ends, options and,
@@ -570,6 +573,9 @@ pub enum FdKind {
         opts: std::collections::BTreeMap<String, i32>,
         #[serde(default)]
         device: String,
+        /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
+        #[serde(default, skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty")]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
     /// A UDP socket, bound and/or connected, with the datagrams waiting.
@@ -585,6 +591,9 @@ pub enum FdKind {
         opts: std::collections::BTreeMap<String, i32>,
         #[serde(default)]
         device: String,
+        /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
+        #[serde(default, skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty")]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
         /// Multicast group memberships.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]

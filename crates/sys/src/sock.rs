@@ -48,8 +48,108 @@ pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
 }
 
+/// SO_LINGER as getsockopt reads it: (l_onoff, l_linger in seconds).
+pub fn get_linger(fd: &OwnedFd) -> Result<(i32, i32)> {
+    let mut l = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: l and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of_mut!(l).cast(),
+            &mut len,
+        )
+    };
+    check(r.into(), "getsockopt(SO_LINGER)", None)?;
+    Ok((l.l_onoff, l.l_linger))
+}
+
+/// Sets SO_LINGER to what [`get_linger`] read. Off with a time kept: the
+/// time is set first (on), then lingering turned off, which keeps it.
+pub fn set_linger(fd: &OwnedFd, (on, secs): (i32, i32)) -> Result<()> {
+    let set = |on: i32| {
+        let l = libc::linger {
+            l_onoff: on,
+            l_linger: secs,
+        };
+        // SAFETY: l lives for the call; its size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::addr_of!(l).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        check(r.into(), &format!("setsockopt(SO_LINGER, {on}, {secs})"), None).map(drop)
+    };
+    set(1)?;
+    if on == 0 {
+        set(0)?;
+    }
+    Ok(())
+}
+
 /// getsockopt of a byte-string option (up to 256 bytes), trailing NULs cut.
 pub fn get_bytes(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
+    let mut b = get_raw(fd, level, opt)?;
+    while b.last() == Some(&0) {
+        b.pop();
+    }
+    Ok(b)
+}
+
+/// Adds a TCP_MD5SIG key for the peers `addr`/`prefixlen` to the TCP
+/// socket `fd` of `family` (TCP_MD5SIG_EXT with TCP_MD5SIG_FLAG_PREFIX;
+/// an IPv4 peer of an IPv6 socket as a v4-mapped address).
+pub fn add_md5_key(
+    fd: &OwnedFd,
+    family: i32,
+    addr: IpAddr,
+    prefixlen: u8,
+    key: &[u8],
+) -> Result<()> {
+    const TCP_MD5SIG_EXT: i32 = 32;
+    const FLAG_PREFIX: u8 = 1;
+    // struct tcp_md5sig: sockaddr_storage (128), flags, prefixlen, keylen
+    // (u16), ifindex (i32), key[80].
+    let mut b = [0u8; 216];
+    if key.len() > 80 {
+        return Err(SysError::other("TCP_MD5SIG", None, "key longer than 80 bytes"));
+    }
+    match (family, addr) {
+        (libc::AF_INET, IpAddr::V4(a)) => {
+            b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b[4..8].copy_from_slice(&a.octets());
+        }
+        (_, a) => {
+            let v6 = match a {
+                // Its prefix stays an IPv4 one (at most 32).
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            b[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b[8..24].copy_from_slice(&v6.octets());
+        }
+    }
+    b[128] = FLAG_PREFIX;
+    b[129] = prefixlen;
+    b[130..132].copy_from_slice(&(key.len() as u16).to_ne_bytes());
+    b[136..136 + key.len()].copy_from_slice(key);
+    set_bytes(fd, libc::IPPROTO_TCP, TCP_MD5SIG_EXT, &b).map_err(|mut e| {
+        e.op = format!("TCP_MD5SIG key for {addr}/{prefixlen}: {}", e.op);
+        e
+    })
+}
+
+/// getsockopt of an option of up to 256 bytes, as the kernel gives it.
+pub fn get_raw(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
     let mut b = vec![0u8; 256];
     let mut len = b.len() as libc::socklen_t;
     // SAFETY: b and len are live out-parameters; len is b's size.
@@ -57,9 +157,6 @@ pub fn get_bytes(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
         unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, b.as_mut_ptr().cast(), &mut len) };
     check(r.into(), &format!("getsockopt({level}, {opt})"), None)?;
     b.truncate(len as usize);
-    while b.last() == Some(&0) {
-        b.pop();
-    }
     Ok(b)
 }
 
@@ -292,6 +389,17 @@ pub const INET_OPTS: &[(&str, i32, i32)] = &[
     ("IP_MTU_DISCOVER", IP, libc::IP_MTU_DISCOVER),
     ("IP_MULTICAST_TTL", IP, libc::IP_MULTICAST_TTL),
     ("IP_MULTICAST_LOOP", IP, libc::IP_MULTICAST_LOOP),
+    // The interface's address (struct in_addr, read and set as 4 bytes);
+    // one chosen by index alone (struct ip_mreqn) reads as 0.
+    ("IP_MULTICAST_IF", IP, libc::IP_MULTICAST_IF),
+    ("IP_MULTICAST_ALL", IP, libc::IP_MULTICAST_ALL),
+    ("IP_RECVTOS", IP, libc::IP_RECVTOS),
+    ("IP_RECVTTL", IP, libc::IP_RECVTTL),
+    ("IP_RECVOPTS", IP, libc::IP_RECVOPTS),
+    ("IP_RETOPTS", IP, libc::IP_RETOPTS),
+    ("IP_RECVORIGDSTADDR", IP, libc::IP_RECVORIGDSTADDR),
+    ("IP_NODEFRAG", IP, 22),
+    ("IP_CHECKSUM", IP, 23),
     ("IP_BIND_ADDRESS_NO_PORT", IP, libc::IP_BIND_ADDRESS_NO_PORT),
     ("IPV6_V6ONLY", IP6, libc::IPV6_V6ONLY),
     ("IPV6_UNICAST_HOPS", IP6, libc::IPV6_UNICAST_HOPS),
@@ -301,6 +409,12 @@ pub const INET_OPTS: &[(&str, i32, i32)] = &[
     ("IPV6_MTU_DISCOVER", IP6, libc::IPV6_MTU_DISCOVER),
     ("IPV6_MULTICAST_HOPS", IP6, libc::IPV6_MULTICAST_HOPS),
     ("IPV6_MULTICAST_LOOP", IP6, libc::IPV6_MULTICAST_LOOP),
+    ("IPV6_MULTICAST_IF", IP6, libc::IPV6_MULTICAST_IF),
+    ("IPV6_MULTICAST_ALL", IP6, 29),
+    ("IPV6_RECVHOPLIMIT", IP6, libc::IPV6_RECVHOPLIMIT),
+    ("IPV6_RECVTCLASS", IP6, libc::IPV6_RECVTCLASS),
+    ("IPV6_DONTFRAG", IP6, libc::IPV6_DONTFRAG),
+    ("IPV6_AUTOFLOWLABEL", IP6, 70),
     ("IPV6_FREEBIND", IP6, 78),
     ("IPV6_TRANSPARENT", IP6, 75),
 ];

@@ -1100,6 +1100,20 @@ fn cr_inet_sockets() {
     cr("cr_inet_sockets", Program::Bin("tp_inet"), &[]);
 }
 
+/// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS) and
+/// the multicast interface, TTL/TOS and IPv6 hop and class options.
+#[test]
+fn cr_inet_socket_options() {
+    cr("cr_inet_socket_options", Program::Bin("tp_inet"), &["--opts"]);
+}
+
+selfcheck!(
+    selfcheck_inet_socket_options,
+    negative_inet_socket_options,
+    Program::Bin("tp_inet"),
+    ["--opts"]
+);
+
 /// A connection waiting in a listener's accept queue is refused by name...
 #[test]
 fn refuse_tcp_in_flight() {

@@ -84,8 +84,10 @@ pub(crate) fn validate_fd(
             local,
             opts,
             device,
+            extra,
             ..
-        } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device),
+        } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device)
+            .and_then(|()| inet::validate_extra(c, &field, extra)),
         FdKind::TcpConnection {
             family,
             local,
@@ -93,9 +95,11 @@ pub(crate) fn validate_fd(
             stream,
             opts,
             device,
+            extra,
             ..
         } => {
             inet::validate(c, &field, *family, [Some(local), Some(peer)], opts, device)?;
+            inet::validate_extra(c, &field, extra)?;
             stream
                 .as_ref()
                 .map_or(Ok(()), |s| inet::validate_stream(c, &field, s))
@@ -107,6 +111,7 @@ pub(crate) fn validate_fd(
             opts,
             device,
             queued,
+            extra,
             ..
         } => inet::validate(
             c,
@@ -116,7 +121,8 @@ pub(crate) fn validate_fd(
             opts,
             device,
         )
-        .and_then(|()| inet::validate_queued(c, &field, queued)),
+        .and_then(|()| inet::validate_queued(c, &field, queued))
+        .and_then(|()| inet::validate_extra(c, &field, extra)),
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
         FdKind::PtyMaster { index, pty, .. } => pty::validate(c, &field, *index, Some(pty)),

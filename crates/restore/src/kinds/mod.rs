@@ -200,6 +200,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             backlog,
             opts,
             device,
+            extra,
             flags,
         } => {
             let s = inet::Saved {
@@ -208,6 +209,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 peer: None,
                 listen: listening.then_some(*backlog),
                 opts,
+                extra,
                 device,
                 flags: *flags,
                 queued: &[],
@@ -222,6 +224,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             stream,
             opts,
             device,
+            extra,
             flags,
         } => {
             let s = tcp::Saved {
@@ -230,6 +233,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 peer,
                 stream: stream.as_deref(),
                 opts,
+                extra,
                 device,
                 flags: *flags,
             };
@@ -241,6 +245,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             peer,
             opts,
             device,
+            extra,
             flags,
             queued,
             memberships,
@@ -253,6 +258,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 peer: peer.as_ref(),
                 listen: None,
                 opts,
+                extra,
                 device,
                 flags: *flags,
             };
