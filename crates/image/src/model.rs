@@ -241,6 +241,10 @@ pub enum SavedFileKind {
     /// directory (it is empty): restored as a new directory under the same
     /// parent, opened, and removed again.
     DeletedDir { path: String },
+    /// A file made with open(DIR, O_TMPFILE) and never linked (its link
+    /// reads `DIR/#INODE (deleted)`): made again in `dir` with O_TMPFILE,
+    /// so linkat() through /proc/self/fd still gives it a name.
+    Tmpfile { dir: String },
 }
 
 fn default_exit_signal() -> u32 {

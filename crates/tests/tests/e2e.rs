@@ -1265,6 +1265,19 @@ fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
 }
 
+/// An O_TMPFILE file never linked comes back linkable.
+#[test]
+fn cr_tmpfile() {
+    cr("cr_tmpfile", Program::Bin("tp_fdkinds"), &["--tmpfile"]);
+}
+
+selfcheck!(
+    selfcheck_tmpfile,
+    negative_tmpfile,
+    Program::Bin("tp_fdkinds"),
+    ["--tmpfile"]
+);
+
 /// Deleted files (owner, mode, holes, times), memfd times, deleted
 /// directories as cwd and fd, /proc entries and pidfds of the tree.
 #[test]
