@@ -505,6 +505,9 @@ pub enum FdKind {
         /// queue (the listener's `id`), 0 for none; `peer` is then 0.
         #[serde(default)]
         listener: u64,
+        /// SO_PEERCRED / SO_PEERGROUPS of this end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peercred: Option<crate::kinds::unix::PeerCred>,
     },
     /// An AF_UNIX socket that is not connected: bound to a path or an
     /// abstract name (or not bound), listening (its backlog) or not
@@ -539,6 +542,10 @@ pub enum FdKind {
         #[serde(default)]
         opts: std::collections::BTreeMap<String, i32>,
         flags: u32,
+        /// A listener: SO_PEERCRED / SO_PEERGROUPS, the credentials of
+        /// the process that called listen() (what its clients see).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peercred: Option<crate::kinds::unix::PeerCred>,
     },
     /// A TCP socket that is not connected: a listener (its backlog) or a
     /// socket not yet listening, bound (`local`) or not

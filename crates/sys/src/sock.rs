@@ -48,6 +48,157 @@ pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
 }
 
+/// SO_PEERCRED (pid, effective uid, effective gid) and SO_PEERGROUPS
+/// (supplementary groups) of a unix socket; None for a socket without
+/// (a datagram socket connected by connect(2): SO_PEERGROUPS ENODATA).
+pub fn peer_cred(fd: &OwnedFd) -> Result<Option<(i32, u32, u32, Vec<u32>)>> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    check(r.into(), "getsockopt(SO_PEERCRED)", None)?;
+    let mut groups = vec![0u32; 65536];
+    let mut len = (groups.len() * 4) as libc::socklen_t;
+    // SAFETY: groups and len are live out-parameters; len is groups' size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    match check(r.into(), "getsockopt(SO_PEERGROUPS)", None) {
+        Err(e) if e.source.raw_os_error() == Some(libc::ENODATA) => return Ok(None),
+        r => r?,
+    };
+    groups.truncate(len as usize / 4);
+    Ok(Some((cred.pid, cred.uid, cred.gid, groups)))
+}
+
+/// The ids a helper of [`as_creator`] takes: effective (and real, saved)
+/// uid and gid, supplementary groups.
+pub struct Ids<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+}
+
+/// Runs `f` in a child of ours with PID `pid` (any free PID when None)
+/// and the ids `ids`, sharing our descriptor table (CLONE_FILES): what a
+/// socket records of its creator (SO_PEERCRED, SO_PEERGROUPS: socketpair,
+/// listen, connect) is then that child's. `f` runs in the forked child:
+/// raw system calls only (no allocation, no locks); it returns whether it
+/// succeeded. The child exits at once (its PID stays what the sockets
+/// report; the number is free again for a process to take).
+pub fn as_creator(
+    pid: Option<i32>,
+    ids: &Ids<'_>,
+    what: &str,
+    f: impl FnOnce() -> bool,
+) -> Result<()> {
+    use crate::clone::{fork_with_pid, Forked};
+    let tids: Vec<i32> = pid.into_iter().collect();
+    let (uid, gid) = (ids.uid, ids.gid);
+    // Ids already ours are left alone (no privilege needed then).
+    let mut own = vec![0u32; 65536];
+    // SAFETY: plain calls; own is a live array of the length passed.
+    let same = unsafe {
+        let n = libc::getgroups(own.len() as i32, own.as_mut_ptr());
+        own.truncate(usize::try_from(n).unwrap_or(0));
+        libc::geteuid() == uid && libc::getegid() == gid && n >= 0 && own == ids.groups
+    };
+    // SAFETY: the child makes raw system calls only (f's contract) and
+    // leaves through _exit.
+    match unsafe { fork_with_pid(&tids, libc::CLONE_FILES as u64)? } {
+        Forked::Child => {
+            // SAFETY: raw calls on valid arguments; groups outlives them.
+            let ok = same
+                || unsafe {
+                    libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) == 0
+                        && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                        && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
+                };
+            crate::clone::exit_now(if !ok {
+                1
+            } else if f() {
+                0
+            } else {
+                2
+            })
+        }
+        Forked::Parent(child) => {
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            let r = unsafe { libc::waitpid(child.0, &mut status, libc::__WALL) };
+            check(r.into(), "waitpid (socket helper)", Some(child))?;
+            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                let step = match libc::WEXITSTATUS(status) {
+                    1 => "setting its ids".to_string(),
+                    _ => what.to_string(),
+                };
+                return Err(SysError::other(
+                    format!("{what} as pid {}, uid {uid}, gid {gid}", child.0),
+                    Some(child),
+                    format!("the helper failed {step} (status {status:#x})"),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// socketpair(AF_UNIX, `ty`) made by an [`as_creator`] helper, put at two
+/// numbers reserved here.
+pub fn socketpair_as(ty: i32, pid: Option<i32>, ids: &Ids<'_>) -> Result<(OwnedFd, OwnedFd)> {
+    let a = socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
+    let b = socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
+    let (na, nb) = (a.as_raw_fd(), b.as_raw_fd());
+    as_creator(pid, ids, "socketpair", || {
+        let mut fds = [0i32; 2];
+        // SAFETY: raw calls; fds is a valid out array, na/nb are open.
+        unsafe {
+            libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) == 0
+                && libc::dup3(fds[0], na, libc::O_CLOEXEC) >= 0
+                && libc::dup3(fds[1], nb, libc::O_CLOEXEC) >= 0
+                && libc::close(fds[0]) == 0
+                && libc::close(fds[1]) == 0
+        }
+    })?;
+    Ok((a, b))
+}
+
+/// listen(2) on `fd`, called by an [`as_creator`] helper.
+pub fn listen_as(fd: &OwnedFd, backlog: i32, pid: Option<i32>, ids: &Ids<'_>) -> Result<()> {
+    let n = fd.as_raw_fd();
+    // SAFETY: a raw call on our open descriptor (shared with the helper).
+    as_creator(pid, ids, "listen", || unsafe { libc::listen(n, backlog) == 0 })
+}
+
+/// connect(2) of `fd` to the unix socket `name`, called by an
+/// [`as_creator`] helper.
+pub fn connect_unix_as(fd: &OwnedFd, name: &[u8], pid: Option<i32>, ids: &Ids<'_>) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    let n = fd.as_raw_fd();
+    // SAFETY: a raw call on our open descriptor with a valid address.
+    as_creator(pid, ids, "connect", || unsafe {
+        libc::connect(n, std::ptr::addr_of!(sa).cast(), len) == 0
+    })
+}
+
 /// SO_LINGER as getsockopt reads it: (l_onoff, l_linger in seconds).
 pub fn get_linger(fd: &OwnedFd) -> Result<(i32, i32)> {
     let mut l = libc::linger {

@@ -967,6 +967,20 @@ fn cr_unix_queued() {
     cr("cr_unix_queued", Program::Bin("tp_unix"), &[]);
 }
 
+/// SO_PEERCRED and SO_PEERGROUPS of socket pairs: made again by their
+/// creator's PID and ids (a process of the tree, or one that exited).
+#[test]
+fn cr_unix_peercred() {
+    cr("cr_unix_peercred", Program::Bin("tp_unix"), &["--peercred"]);
+}
+
+selfcheck!(
+    selfcheck_unix_peercred,
+    negative_unix_peercred,
+    Program::Bin("tp_unix"),
+    ["--peercred"]
+);
+
 /// Descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues:
 /// a pipe's ends, a regular file, a socket, each the very description
 /// the program holds, with the message boundaries.

@@ -69,8 +69,17 @@ pub(crate) fn validate_fd(
             queued,
             shutdown,
             name,
+            peercred,
             ..
-        } => unix::validate(c, &field, *sock_type, queued, *shutdown, name),
+        } => unix::validate(
+            c,
+            &field,
+            *sock_type,
+            queued,
+            *shutdown,
+            name,
+            peercred.as_ref(),
+        ),
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
         FdKind::UnixBound {

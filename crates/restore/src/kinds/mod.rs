@@ -87,6 +87,10 @@ pub(crate) struct Opened {
     pub(crate) shell_tty: Option<String>,
     /// criu's `--tcp-close`: TCP connections come back closed.
     pub(crate) tcp_close: bool,
+    /// The tree comes back with the dump's PIDs in the restorer's PID
+    /// namespace: a socket pair can be made by its creator's PID
+    /// ([`unix`]'s `pair`).
+    pub(crate) peer_pids: bool,
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,
@@ -179,6 +183,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             queued,
             opts,
             flags,
+            peercred,
             ..
         } => {
             let s = unixbound::Saved {
@@ -190,6 +195,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 queued,
                 opts,
                 flags: *flags,
+                peercred: peercred.as_ref(),
             };
             unixbound::open(o, cx, &s)
         }
