@@ -79,7 +79,8 @@ pub struct IpcSysctl {
 
 /// Key, owner and mode of an object (`mode`: the kernel's shm_perm.mode,
 /// permission bits plus SHM_DEST 0o1000 / SHM_LOCKED 0o2000 for segments).
-/// The creator (cuid, cgid) is informational: IPC_SET cannot set it.
+/// The creator (cuid, cgid): IPC_SET cannot set it; the restore makes the
+/// object from a helper with those ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpcPerm {
     pub key: i32,

@@ -338,9 +338,19 @@ impl Kind {
 }
 
 /// Creates an object with exactly `id` and `key` (IPC_CREAT|IPC_EXCL, the
-/// id through *_next_id): `size` bytes (shm) or semaphores (sem). A
-/// different id (a race) removes it again and fails with EEXIST.
-pub fn create(kind: Kind, id: i32, key: i32, size: u64, mode: u32) -> Result<()> {
+/// id through *_next_id): `size` bytes (shm) or semaphores (sem), made by
+/// a helper process with effective ids `creator` (uid, gid): what the
+/// kernel records as its creator (cuid, cgid), which no call sets
+/// afterwards. A different id (a race) removes it again and fails with
+/// EEXIST.
+pub fn create(
+    kind: Kind,
+    id: i32,
+    key: i32,
+    size: u64,
+    mode: u32,
+    creator: (u32, u32),
+) -> Result<()> {
     std::fs::write(kind.next_id(), id.to_string()).map_err(|e| {
         SysError::new(
             format!("write {} = {id}", kind.next_id()),
@@ -349,28 +359,32 @@ pub fn create(kind: Kind, id: i32, key: i32, size: u64, mode: u32) -> Result<()>
         )
     })?;
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
-    // SAFETY: integer-only syscalls.
-    let got = unsafe {
-        match kind {
-            Kind::Shm => libc::shmget(key, size as usize, flags),
-            Kind::Sem => libc::semget(key, size as i32, flags),
-            Kind::Msg => libc::msgget(key, flags),
-        }
+    let ids = crate::sock::Ids {
+        uid: creator.0,
+        gid: creator.1,
+        groups: &[],
     };
-    let got = check(
-        got.into(),
-        &format!("create {kind:?} id {id} key {key:#x}"),
-        None,
-    )?;
-    if got as i32 != id {
-        remove(kind, got as i32)?;
-        return Err(SysError::new(
-            format!("create {kind:?} id {id}: got id {got}"),
-            None,
-            libc::EEXIST,
-        ));
-    }
-    Ok(())
+    let what = format!("create {kind:?} id {id} key {key:#x}");
+    // The helper forked from this thread is in its IPC namespace.
+    crate::sock::as_creator(None, &ids, &what, || {
+        // SAFETY: integer-only syscalls (in the forked helper).
+        unsafe {
+            let got = match kind {
+                Kind::Shm => libc::shmget(key, size as usize, flags),
+                Kind::Sem => libc::semget(key, size as i32, flags),
+                Kind::Msg => libc::msgget(key, flags),
+            };
+            if got >= 0 && got != id {
+                // Another id (a race): removed again, a failure.
+                match kind {
+                    Kind::Shm => libc::shmctl(got, libc::IPC_RMID, std::ptr::null_mut()),
+                    Kind::Sem => libc::semctl(got, 0, libc::IPC_RMID),
+                    Kind::Msg => libc::msgctl(got, libc::IPC_RMID, std::ptr::null_mut()),
+                };
+            }
+            got == id
+        }
+    })
 }
 
 /// IPC_RMID.
