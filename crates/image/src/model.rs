@@ -566,7 +566,10 @@ pub enum FdKind {
         #[serde(default)]
         device: String,
         /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
-        #[serde(default, skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty")]
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
         extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
@@ -585,7 +588,10 @@ pub enum FdKind {
         #[serde(default)]
         device: String,
         /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
-        #[serde(default, skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty")]
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
         extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
@@ -603,7 +609,10 @@ pub enum FdKind {
         #[serde(default)]
         device: String,
         /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
-        #[serde(default, skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty")]
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
         extra: crate::kinds::inet::SockExtra,
         flags: u32,
         /// Multicast group memberships.

@@ -116,8 +116,15 @@ impl Ipc {
         })?;
         for s in &img.shm {
             if create.contains(&s.id) {
-                ipc::create(Kind::Shm, s.id, s.perm.key, s.size, s.perm.mode, creator(&s.perm))
-                    .at(pid, st)?;
+                ipc::create(
+                    Kind::Shm,
+                    s.id,
+                    s.perm.key,
+                    s.size,
+                    s.perm.mode,
+                    creator(&s.perm),
+                )
+                .at(pid, st)?;
                 if !img.own {
                     me.created.push(s.id);
                 }
@@ -130,8 +137,15 @@ impl Ipc {
         }
         for s in &img.sem {
             let n = s.values.len() as u64;
-            ipc::create(Kind::Sem, s.id, s.perm.key, n, s.perm.mode, creator(&s.perm))
-                .at(pid, st)?;
+            ipc::create(
+                Kind::Sem,
+                s.id,
+                s.perm.key,
+                n,
+                s.perm.mode,
+                creator(&s.perm),
+            )
+            .at(pid, st)?;
             ipc::sem_set_values(s.id, &s.values).at(pid, st)?;
             ipc::set_perm(Kind::Sem, s.id, s.perm.uid, s.perm.gid, s.perm.mode, 0).at(pid, st)?;
         }

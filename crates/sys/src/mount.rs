@@ -132,7 +132,11 @@ pub fn clone_mount_of(pid: crate::Pid, path: &str) -> Result<OwnedFd> {
         // SAFETY: unshare and setns change this short-lived thread only;
         // open_tree takes descriptors we hold and c, alive for the call.
         let r = unsafe {
-            check(libc::syscall(libc::SYS_unshare, libc::CLONE_FS), "unshare(CLONE_FS)", Some(pid))?;
+            check(
+                libc::syscall(libc::SYS_unshare, libc::CLONE_FS),
+                "unshare(CLONE_FS)",
+                Some(pid),
+            )?;
             check(
                 libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS).into(),
                 "setns(mnt)",
@@ -145,7 +149,10 @@ pub fn clone_mount_of(pid: crate::Pid, path: &str) -> Result<OwnedFd> {
                 OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
             )
         };
-        owned(r, &format!("open_tree(OPEN_TREE_CLONE) {path} of pid {}", pid.0))
+        owned(
+            r,
+            &format!("open_tree(OPEN_TREE_CLONE) {path} of pid {}", pid.0),
+        )
     })
     .join()
     .map_err(|_| SysError::other("mount clone thread", Some(pid), "panicked"))?

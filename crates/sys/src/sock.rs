@@ -48,10 +48,19 @@ pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
 }
 
+/// What SO_PEERCRED and SO_PEERGROUPS give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
 /// SO_PEERCRED (pid, effective uid, effective gid) and SO_PEERGROUPS
 /// (supplementary groups) of a unix socket; None for a socket without
 /// (a datagram socket connected by connect(2): SO_PEERGROUPS ENODATA).
-pub fn peer_cred(fd: &OwnedFd) -> Result<Option<(i32, u32, u32, Vec<u32>)>> {
+pub fn peer_cred(fd: &OwnedFd) -> Result<Option<PeerCred>> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -86,7 +95,12 @@ pub fn peer_cred(fd: &OwnedFd) -> Result<Option<(i32, u32, u32, Vec<u32>)>> {
         r => r?,
     };
     groups.truncate(len as usize / 4);
-    Ok(Some((cred.pid, cred.uid, cred.gid, groups)))
+    Ok(Some(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+    }))
 }
 
 /// The ids a helper of [`as_creator`] takes: effective (and real, saved)
@@ -185,7 +199,9 @@ pub fn socketpair_as(ty: i32, pid: Option<i32>, ids: &Ids<'_>) -> Result<(OwnedF
 pub fn listen_as(fd: &OwnedFd, backlog: i32, pid: Option<i32>, ids: &Ids<'_>) -> Result<()> {
     let n = fd.as_raw_fd();
     // SAFETY: a raw call on our open descriptor (shared with the helper).
-    as_creator(pid, ids, "listen", || unsafe { libc::listen(n, backlog) == 0 })
+    as_creator(pid, ids, "listen", || unsafe {
+        libc::listen(n, backlog) == 0
+    })
 }
 
 /// connect(2) of `fd` to the unix socket `name`, called by an
@@ -238,7 +254,12 @@ pub fn set_linger(fd: &OwnedFd, (on, secs): (i32, i32)) -> Result<()> {
                 std::mem::size_of::<libc::linger>() as libc::socklen_t,
             )
         };
-        check(r.into(), &format!("setsockopt(SO_LINGER, {on}, {secs})"), None).map(drop)
+        check(
+            r.into(),
+            &format!("setsockopt(SO_LINGER, {on}, {secs})"),
+            None,
+        )
+        .map(drop)
     };
     set(1)?;
     if on == 0 {
@@ -272,7 +293,11 @@ pub fn add_md5_key(
     // (u16), ifindex (i32), key[80].
     let mut b = [0u8; 216];
     if key.len() > 80 {
-        return Err(SysError::other("TCP_MD5SIG", None, "key longer than 80 bytes"));
+        return Err(SysError::other(
+            "TCP_MD5SIG",
+            None,
+            "key longer than 80 bytes",
+        ));
     }
     match (family, addr) {
         (libc::AF_INET, IpAddr::V4(a)) => {

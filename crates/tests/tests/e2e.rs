@@ -1118,7 +1118,11 @@ fn cr_inet_sockets() {
 /// the multicast interface, TTL/TOS and IPv6 hop and class options.
 #[test]
 fn cr_inet_socket_options() {
-    cr("cr_inet_socket_options", Program::Bin("tp_inet"), &["--opts"]);
+    cr(
+        "cr_inet_socket_options",
+        Program::Bin("tp_inet"),
+        &["--opts"],
+    );
 }
 
 selfcheck!(

@@ -114,13 +114,7 @@ pub(super) fn options(
 /// SO_LINGER, TCP_CONGESTION and IP_OPTIONS where they differ from the
 /// new socket `fresh`'s; refuses a ULP (kTLS and others), whose state
 /// cannot be read.
-fn extra(
-    d: &Fd<'_>,
-    dup: &OwnedFd,
-    fresh: &OwnedFd,
-    family: i32,
-    proto: i32,
-) -> Result<SockExtra> {
+fn extra(d: &Fd<'_>, dup: &OwnedFd, fresh: &OwnedFd, family: i32, proto: i32) -> Result<SockExtra> {
     let (pid, st) = (d.pid, Stage::Check);
     let mut e = SockExtra::default();
     let linger = sock::get_linger(dup).at(pid, st)?;

@@ -78,11 +78,11 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
 pub(super) fn peer_cred(d: &Fd<'_>) -> Result<Option<PeerCred>> {
     Ok(sock::peer_cred(&d.dup()?)
         .at(d.pid, Stage::Check)?
-        .map(|(pid, uid, gid, groups)| PeerCred {
-            pid,
-            uid,
-            gid,
-            groups,
+        .map(|c| PeerCred {
+            pid: c.pid,
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.groups,
         }))
 }
 

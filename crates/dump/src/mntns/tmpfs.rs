@@ -60,8 +60,8 @@ pub(super) fn save(
                 ),
             };
             let under = format!("/proc/self/fd/{}/{rel}", clone.as_raw_fd());
-            let hidden =
-                std::fs::symlink_metadata(&under).map_err(io(format!("{name}: stat {rel} under its mount")))?;
+            let hidden = std::fs::symlink_metadata(&under)
+                .map_err(io(format!("{name}: stat {rel} under its mount")))?;
             if !hidden.is_dir() {
                 return Err(refuse(
                     pid,

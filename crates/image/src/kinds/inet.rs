@@ -84,11 +84,15 @@ const MAX_IP_OPTIONS: usize = 40;
 pub(super) fn validate_extra(c: &Checker<'_>, field: &str, e: &SockExtra) -> Result<()> {
     c.ensure(
         e.congestion.len() <= MAX_CONGESTION
-            && e
-                .congestion
+            && e.congestion
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
-        || format!("{field}.extra.congestion: {:?} is not an algorithm name", e.congestion),
+        || {
+            format!(
+                "{field}.extra.congestion: {:?} is not an algorithm name",
+                e.congestion
+            )
+        },
     )?;
     c.ensure(e.ip_options.len() <= MAX_IP_OPTIONS, || {
         format!(
@@ -97,7 +101,10 @@ pub(super) fn validate_extra(c: &Checker<'_>, field: &str, e: &SockExtra) -> Res
         )
     })?;
     c.ensure(e.md5.len() <= MAX_MD5_KEYS, || {
-        format!("{field}.extra.md5: {} keys, more than {MAX_MD5_KEYS}", e.md5.len())
+        format!(
+            "{field}.extra.md5: {} keys, more than {MAX_MD5_KEYS}",
+            e.md5.len()
+        )
     })?;
     for k in &e.md5 {
         let bits = if k.addr.is_ipv4() { 32 } else { 128 };
@@ -110,9 +117,16 @@ pub(super) fn validate_extra(c: &Checker<'_>, field: &str, e: &SockExtra) -> Res
             )
         })?;
     }
-    c.ensure(e.linger.is_none_or(|(on, secs)| matches!(on, 0 | 1) && secs >= 0), || {
-        format!("{field}.extra.linger: {:?} is not a linger setting", e.linger)
-    })
+    c.ensure(
+        e.linger
+            .is_none_or(|(on, secs)| matches!(on, 0 | 1) && secs >= 0),
+        || {
+            format!(
+                "{field}.extra.linger: {:?} is not a linger setting",
+                e.linger
+            )
+        },
+    )
 }
 
 /// Bytes of queued datagrams one socket may carry in an image.

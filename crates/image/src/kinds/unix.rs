@@ -67,9 +67,10 @@ pub(super) fn validate(
     name: &[u8],
     peercred: Option<&PeerCred>,
 ) -> Result<()> {
-    c.ensure(peercred.is_none_or(|p| p.groups.len() <= MAX_GROUPS), || {
-        format!("{field}.peercred.groups: more than {MAX_GROUPS}")
-    })?;
+    c.ensure(
+        peercred.is_none_or(|p| p.groups.len() <= MAX_GROUPS),
+        || format!("{field}.peercred.groups: more than {MAX_GROUPS}"),
+    )?;
     c.ensure(name.len() <= 108, || {
         format!("{field}.name: {} bytes, more than sun_path", name.len())
     })?;

@@ -212,7 +212,9 @@ pub(super) fn as_saved<T>(
 /// SO_PEERGROUPS (made by [`as_saved`]).
 fn pair(o: &Opened, cx: &Cx<'_>, id: u64, sock_type: u32) -> Result<(OwnedFd, OwnedFd)> {
     match cred_of(cx, id) {
-        Some(c) => as_saved(o, cx, c, |p, ids| sock::socketpair_as(sock_type as i32, p, ids)),
+        Some(c) => as_saved(o, cx, c, |p, ids| {
+            sock::socketpair_as(sock_type as i32, p, ids)
+        }),
         None => stasis_sys::sockdiag::socketpair(sock_type as i32).at(cx.pid, Stage::Fork),
     }
 }
@@ -236,7 +238,9 @@ fn through_listener(
     let ty = sock_type as i32;
     let client = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
     let connect = |client: &OwnedFd| match cred_of(cx, server) {
-        Some(c) => as_saved(o, cx, c, |p, ids| sock::connect_unix_as(client, name, p, ids)),
+        Some(c) => as_saved(o, cx, c, |p, ids| {
+            sock::connect_unix_as(client, name, p, ids)
+        }),
         None => sock::connect_unix(client, name).at(pid, st),
     };
     if let Some(i) = o.object("unix listener", super::name_key(name)) {

@@ -110,9 +110,9 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     let mut listener = false;
     if let Some(backlog) = s.listen {
         match s.peercred {
-            Some(c) => super::unix::as_saved(o, cx, c, |p, ids| {
-                sock::listen_as(&fd, backlog, p, ids)
-            })?,
+            Some(c) => {
+                super::unix::as_saved(o, cx, c, |p, ids| sock::listen_as(&fd, backlog, p, ids))?
+            }
             None => sock::listen(&fd, backlog).at(pid, st)?,
         }
         listener = !s.name.is_empty();

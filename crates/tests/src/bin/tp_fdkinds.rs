@@ -157,9 +157,10 @@ fn tmpfile(proto: &Proto, dir: &str, corrupt: bool) -> ! {
     report.check(r == 0, || {
         format!("linkat from /proc/self/fd: errno {}", stasis_tests::errno())
     });
-    report.check(std::fs::read(&linked).ok().as_deref() == Some(&data[..]), || {
-        format!("contents of {linked} differ")
-    });
+    report.check(
+        std::fs::read(&linked).ok().as_deref() == Some(&data[..]),
+        || format!("contents of {linked} differ"),
+    );
     let _ = std::fs::remove_file(&linked);
     proto.finish(&report);
 }

@@ -168,11 +168,27 @@ const MORE_OPTS: &[(&str, i32, i32)] = &[
     ("IP_MULTICAST_IF", libc::IPPROTO_IP, libc::IP_MULTICAST_IF),
     ("IP_MULTICAST_ALL", libc::IPPROTO_IP, libc::IP_MULTICAST_ALL),
     ("IP_RECVTOS", libc::IPPROTO_IP, libc::IP_RECVTOS),
-    ("IPV6_UNICAST_HOPS", libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+    (
+        "IPV6_UNICAST_HOPS",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_UNICAST_HOPS,
+    ),
     ("IPV6_TCLASS", libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
-    ("IPV6_MULTICAST_IF", libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF),
-    ("IPV6_MULTICAST_HOPS", libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS),
-    ("IPV6_RECVHOPLIMIT", libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
+    (
+        "IPV6_MULTICAST_IF",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_IF,
+    ),
+    (
+        "IPV6_MULTICAST_HOPS",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_HOPS,
+    ),
+    (
+        "IPV6_RECVHOPLIMIT",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVHOPLIMIT,
+    ),
 ];
 
 type Readings = Vec<(&'static str, Result<Vec<u8>, i32>)>;
@@ -191,7 +207,12 @@ fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: 
     let l4 = sock(libc::AF_INET, libc::SOCK_STREAM);
     set_linger(l4, 1, 17);
     set_bytes(l4, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno");
-    set_bytes(l4, libc::IPPROTO_IP, libc::IP_OPTIONS, &[7, 7, 4, 0, 0, 0, 0, 0]);
+    set_bytes(
+        l4,
+        libc::IPPROTO_IP,
+        libc::IP_OPTIONS,
+        &[7, 7, 4, 0, 0, 0, 0, 0],
+    );
     set(l4, libc::IPPROTO_IP, libc::IP_TTL, 33);
     bind(l4, lo4());
     listen(l4, 2);

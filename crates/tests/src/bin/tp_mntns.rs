@@ -159,7 +159,13 @@ fn under_mount(t: &Path) -> Option<(u32, u32, u32, i64, i64)> {
         let mut st: libc::stat = std::mem::zeroed();
         let r = libc::fstatat(fd, c"m".as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW);
         libc::close(fd);
-        (r == 0).then_some((st.st_mode, st.st_uid, st.st_gid, st.st_mtime, st.st_mtime_nsec))
+        (r == 0).then_some((
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime,
+            st.st_mtime_nsec,
+        ))
     }
 }
 

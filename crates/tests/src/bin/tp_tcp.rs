@@ -549,7 +549,11 @@ fn check_same(report: &mut Report, what: &str, fd: i32, b: &Before) {
     report.eq(&format!("{what}: TCP_NODELAY"), b.nodelay, a.nodelay);
     report.eq(&format!("{what}: SO_KEEPALIVE"), b.keepalive, a.keepalive);
     report.eq(&format!("{what}: SO_LINGER"), &b.linger, &a.linger);
-    report.eq(&format!("{what}: TCP_CONGESTION"), &b.congestion, &a.congestion);
+    report.eq(
+        &format!("{what}: TCP_CONGESTION"),
+        &b.congestion,
+        &a.congestion,
+    );
     // SAFETY: plain fcntl.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     report.check(fl & libc::O_NONBLOCK != 0, || {

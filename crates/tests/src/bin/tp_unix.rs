@@ -292,10 +292,14 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
         report.eq(&format!("{}: pid before", ends[i].0), want_pids[i], b.0);
     }
     report.eq("ids before", (2222, 4321), (before[5].1, before[6].1));
-    report.eq("ids of the exited child's pair", (1234, 5678, vec![77, 88]), {
-        let b = &before[2];
-        (b.1, b.2, b.3.clone())
-    });
+    report.eq(
+        "ids of the exited child's pair",
+        (1234, 5678, vec![77, 88]),
+        {
+            let b = &before[2];
+            (b.1, b.2, b.3.clone())
+        },
+    );
     proto.ready_and_wait();
     if corrupt {
         before[2].0 += 1;
@@ -305,7 +309,11 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
     }
     // A new client of the listener sees who listened.
     let again = sock(libc::SOCK_STREAM);
-    report.eq("connect to the listener", 0, connect(again, name.as_bytes()));
+    report.eq(
+        "connect to the listener",
+        0,
+        connect(again, name.as_bytes()),
+    );
     report.eq("a new client of the listener", &before[5], &peer(again));
     // SAFETY: ends the running child, then reaps it.
     unsafe {
