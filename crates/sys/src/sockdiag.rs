@@ -211,6 +211,34 @@ pub fn inet_sockets(family: i32, protocol: i32) -> Result<HashMap<u64, InetSocke
     Ok(out)
 }
 
+/// The local addresses of the connection requests (SYN received, the
+/// handshake not finished: request sockets) of TCP over `family` in our
+/// network namespace, one entry per request.
+pub fn tcp_syn_recv(family: i32) -> Result<Vec<std::net::SocketAddr>> {
+    const TCP_SYN_RECV: u32 = 3;
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = libc::IPPROTO_TCP as u8;
+    req[4..8].copy_from_slice(&(1u32 << TCP_SYN_RECV).to_le_bytes());
+    let mut out = Vec::new();
+    diag_dump(&req, |msg| {
+        // inet_diag_msg: family, state, timer, retrans, then sockid:
+        // sport, dport (big-endian), src[16], dst[16], ...
+        if msg.len() >= 72 && u32::from(msg[1]) == TCP_SYN_RECV {
+            let port = u16::from_be_bytes([msg[4], msg[5]]);
+            let ip = if i32::from(msg[0]) == libc::AF_INET {
+                IpAddr::from([msg[8], msg[9], msg[10], msg[11]])
+            } else {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&msg[8..24]);
+                IpAddr::from(a)
+            };
+            out.push(std::net::SocketAddr::new(ip, port));
+        }
+    })?;
+    Ok(out)
+}
+
 /// socketpair(AF_UNIX, `sock_type`) with close-on-exec in the caller.
 pub fn socketpair(sock_type: i32) -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];

@@ -1114,6 +1114,37 @@ fn cr_inet_sockets() {
     cr("cr_inet_sockets", Program::Bin("tp_inet"), &[]);
 }
 
+/// A half-open connection (SYN_RECV) of a listener is refused by name...
+#[test]
+fn refuse_tcp_syn_recv() {
+    refused_dump(
+        "refuse_tcp_syn_recv",
+        Program::Bin("tp_inet"),
+        &["--syn-recv"],
+        &[],
+        &["half-open", "--skip-in-flight"],
+        true,
+    );
+}
+
+/// ...and dropped with --skip-in-flight (the client's data then finds no
+/// connection to complete).
+#[test]
+fn cr_tcp_skip_syn_recv() {
+    let work = Work::new("cr_tcp_skip_syn_recv");
+    let opts = Opts {
+        dump_extra: vec!["--skip-in-flight"],
+        ..Opts::default()
+    };
+    run_case(
+        &work,
+        Program::Bin("tp_inet"),
+        &["--syn-recv", "--expect-dropped"],
+        &opts,
+    )
+    .assert_pass(&work);
+}
+
 /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS) and
 /// the multicast interface, TTL/TOS and IPv6 hop and class options.
 #[test]

@@ -170,6 +170,52 @@ fn md5_keys(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<Vec<Md5Key>> {
         .unwrap_or_default())
 }
 
+/// Connections a listener has half-open (SYN received, the handshake not
+/// finished; also a client's bare ACK held back by TCP_DEFER_ACCEPT): lost
+/// at restore (the client's next segment draws a reset), so refused like
+/// those waiting to be accepted unless criu's `--skip-in-flight`.
+fn half_open(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<()> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let Some(local) = sock::local_addr(dup).at(pid, st)? else {
+        return Ok(());
+    };
+    // An IPv6 listener takes IPv4 clients too (unless IPV6_V6ONLY): their
+    // requests are AF_INET ones.
+    let reqs = stasis_sys::netlink::in_ns_of_socket(dup, move || {
+        let mut v = sockdiag::tcp_syn_recv(family)?;
+        if family == libc::AF_INET6 {
+            v.extend(sockdiag::tcp_syn_recv(libc::AF_INET)?);
+        }
+        Ok::<_, stasis_sys::SysError>(v)
+    })
+    .at(pid, st)?
+    .at(pid, st)?;
+    let canon = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let mine = |a: &std::net::SocketAddr| {
+        a.port() == local.port()
+            && (local.ip().is_unspecified() || canon(a.ip()) == canon(local.ip()))
+    };
+    let n = reqs.iter().filter(|a| mine(a)).count();
+    if n == 0 {
+        return Ok(());
+    }
+    if !d.sockets.skip_in_flight {
+        return Err(d.refuse(&format!(
+            "a listening TCP socket with {n} half-open connection(s) (SYN_RECV; criu's \
+             --skip-in-flight drops them)"
+        )));
+    }
+    log::warn!(
+        "pid {pid}: fd {} ({}): {n} half-open connection(s) dropped (--skip-in-flight)",
+        d.fd,
+        d.link
+    );
+    Ok(())
+}
+
 fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     let (pid, st) = (d.pid, Stage::Check);
     let info = sock::get_bytes(dup, libc::IPPROTO_TCP, libc::TCP_INFO).at(pid, st)?;
@@ -204,6 +250,7 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
                     s.rqueue
                 );
             }
+            half_open(d, dup, family)?;
             listening = true;
             backlog = s.wqueue as i32;
         }

@@ -29,7 +29,10 @@
 //! a TCP_MD5SIG key accepts a client signing with it (`--corrupt` changes
 //! the congestion algorithm of one socket and the listener's key).
 //!
-//! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued|--opts]`
+//! `--syn-recv`: a listener holding a half-open connection (see
+//! `syn_recv`): refused unless `--skip-in-flight` (`--expect-dropped`).
+//!
+//! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued|--opts|--syn-recv]`
 
 use stasis_tests::inet::{
     get, get_bytes, md5_key, name, parse, set, set_bytes, set_linger, sock, sockaddr,
@@ -276,6 +279,81 @@ fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: 
     );
 }
 
+/// `--syn-recv`: a listener with TCP_DEFER_ACCEPT holds a connection
+/// half-open (the client's bare ACK held back): the client is a process
+/// outside the tree (a grandchild that left it), told through files in
+/// the work directory. After go (a refused dump: the process ran on; with
+/// `--expect-dropped`, restored after `--skip-in-flight`) the client sends
+/// a byte: the connection is accepted (or, dropped, it is not).
+fn syn_recv(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: &mut Report) {
+    let l = sock(libc::AF_INET, libc::SOCK_STREAM);
+    set(l, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 30);
+    bind(l, lo4());
+    listen(l, 4);
+    let at = name(l, false).unwrap_or(lo4());
+    let (send_now, done) = (proto.path("client-send"), proto.path("client-done"));
+    let mut ready = [0i32; 2];
+    // SAFETY: a valid out array; fork in a single-threaded program, the
+    // children run plain calls and _exit.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        let c = libc::fork();
+        if c == 0 {
+            if libc::fork() == 0 {
+                // Out of the program's group and session too.
+                libc::setsid();
+                libc::close(ready[0]);
+                libc::close(l);
+                let s = sock(libc::AF_INET, libc::SOCK_STREAM);
+                let r = connect(s, at);
+                libc::write(ready[1], [u8::from(r == 0)].as_ptr().cast(), 1);
+                libc::close(ready[1]);
+                // The byte that completes the accept, once told; gone when
+                // told (or after a minute at most).
+                let mut sent = false;
+                for _ in 0..6000 {
+                    if done.exists() {
+                        break;
+                    }
+                    if !sent && send_now.exists() {
+                        send(s, b"x");
+                        sent = true;
+                    }
+                    stasis_tests::nap(10_000_000);
+                }
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        libc::waitpid(c, std::ptr::null_mut(), 0);
+        libc::close(ready[1]);
+        let mut b = [0u8; 1];
+        libc::read(ready[0], b.as_mut_ptr().cast(), 1);
+        libc::close(ready[0]);
+        report.eq("client connected", 1, b[0]);
+    }
+    // Let the bare ACK arrive (and be held back).
+    stasis_tests::nap(50_000_000);
+    proto.ready_and_wait();
+    let _ = std::fs::write(&send_now, b"");
+    // SAFETY: plain calls on our descriptor.
+    let a = unsafe {
+        libc::fcntl(l, libc::F_SETFL, libc::O_NONBLOCK);
+        let mut p = libc::pollfd {
+            fd: l,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        libc::poll(&mut p, 1, 2000);
+        libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut())
+    };
+    let _ = std::fs::write(&done, b"");
+    let expect = !args.flag("expect-dropped") != args.corrupt();
+    report.check((a >= 0) == expect, || {
+        format!("the half-open connection after go: accept returned {a}")
+    });
+}
+
 /// Send-Q of a listener as `ss` shows it: its backlog.
 fn backlog(port: u16) -> Option<u32> {
     let out = std::process::Command::new("ss")
@@ -381,6 +459,10 @@ fn main() {
         connect(c, name(l, false).unwrap_or(lo4()));
         let _a = accept(l);
         proto.ready_and_wait();
+        proto.finish(&report);
+    }
+    if args.flag("syn-recv") {
+        syn_recv(&proto, &args, &mut report);
         proto.finish(&report);
     }
     if args.flag("opts") {
