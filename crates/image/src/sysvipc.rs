@@ -142,6 +142,11 @@ pub struct SemSet {
     pub id: i32,
     pub perm: IpcPerm,
     pub values: Vec<u16>,
+    /// A semop ran on it (sem_otime not 0: programs test this to see
+    /// whether a set was initialised); the restore runs one that changes
+    /// no value.
+    #[serde(default)]
+    pub operated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1618,6 +1618,7 @@ fn ipc_rules() {
             id: 0,
             perm,
             values: vec![1, 2],
+            operated: true,
         }],
         msg: vec![MsgQueue {
             id: 0,

@@ -147,6 +147,9 @@ impl Ipc {
             )
             .at(pid, st)?;
             ipc::sem_set_values(s.id, &s.values).at(pid, st)?;
+            if s.operated {
+                ipc::sem_touch(s.id, s.values.first().copied().unwrap_or(0)).at(pid, st)?;
+            }
             ipc::set_perm(Kind::Sem, s.id, s.perm.uid, s.perm.gid, s.perm.mode, 0).at(pid, st)?;
         }
         for q in &img.msg {

@@ -59,6 +59,8 @@ pub struct Sem {
     pub id: i32,
     pub perm: Perm,
     pub nsems: u64,
+    /// A semop ran on it (sem_otime is not 0).
+    pub operated: bool,
 }
 
 /// A message queue: id, owner, byte limit, messages.
@@ -243,6 +245,7 @@ pub fn sem_list() -> Result<Vec<Sem>> {
                 id,
                 perm: perm(&ds.perm),
                 nsems: ds.nsems,
+                operated: ds.otime != 0,
             });
         }
     }
@@ -263,6 +266,28 @@ pub fn sem_set_values(id: i32, v: &[u16]) -> Result<()> {
     // SAFETY: SETALL reads as many u16 values as the set has; v holds them.
     let r = unsafe { libc::syscall(libc::SYS_semctl, id, 0, libc::SETALL, v.as_ptr()) };
     check(r, "semctl(SETALL)", None).map(|_| ())
+}
+
+/// A semop that leaves every value as it is (semaphore 0 up and down, or
+/// down and up when at SEMVMX, in one atomic call): it sets the set's
+/// sem_otime, which only a semop sets. `value0`: semaphore 0's value.
+pub fn sem_touch(id: i32, value0: u16) -> Result<()> {
+    let (a, b) = if value0 > 0 { (-1, 1) } else { (1, -1) };
+    let mut ops = [
+        libc::sembuf {
+            sem_num: 0,
+            sem_op: a,
+            sem_flg: libc::IPC_NOWAIT as i16,
+        },
+        libc::sembuf {
+            sem_num: 0,
+            sem_op: b,
+            sem_flg: libc::IPC_NOWAIT as i16,
+        },
+    ];
+    // SAFETY: ops is a live array of the length passed.
+    let r = unsafe { libc::semop(id, ops.as_mut_ptr(), ops.len()) };
+    check(r.into(), &format!("semop (sem_otime) {id}"), None).map(drop)
 }
 
 fn msq_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::msqid_ds)>> {

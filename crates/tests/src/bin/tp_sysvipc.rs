@@ -213,6 +213,16 @@ struct Seen {
     own_ns: bool,
     /// cuid, cgid of every object (segments, sets, queues).
     creators: Vec<(u32, u32)>,
+    /// Whether a semop ran on each set (sem_otime not 0).
+    operated: Vec<bool>,
+}
+
+fn operated(id: i32) -> bool {
+    // SAFETY: an all-zero semid_ds is a valid out buffer.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a live semid_ds.
+    unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+    ds.sem_otime != 0
 }
 
 /// (cuid, cgid) of a segment, a semaphore set and a queue.
@@ -294,6 +304,7 @@ fn seen(o: &Objects) -> Seen {
         ],
         own_ns: ns("/proc/self/ns/ipc") != ns("/proc/1/ns/ipc"),
         creators: creators(&[o.a, o.b, o.c], &[o.s1, o.s2], &[o.q1, o.q2]),
+        operated: vec![operated(o.s1), operated(o.s2)],
     }
 }
 
@@ -350,6 +361,15 @@ fn create_objects() -> Objects {
             "semget 2",
         );
         ok(libc::semctl(s2, 0, libc::SETVAL, 7), "SETVAL");
+        // A semop on s2 (its sem_otime set), none on s1.
+        let mut op = [libc::sembuf {
+            sem_num: 0,
+            sem_op: -1,
+            sem_flg: 0,
+        }];
+        ok(libc::semop(s2, op.as_mut_ptr(), 1), "semop");
+        op[0].sem_op = 1;
+        ok(libc::semop(s2, op.as_mut_ptr(), 1), "semop");
         let q1 = ok(libc::msgget(KEY_Q, libc::IPC_CREAT | 0o620), "msgget");
         let mut md: libc::msqid_ds = std::mem::zeroed();
         libc::msgctl(q1, libc::IPC_STAT, &mut md);
