@@ -48,19 +48,8 @@ pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
 }
 
-/// What SO_PEERCRED and SO_PEERGROUPS give.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCred {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-}
-
-/// SO_PEERCRED (pid, effective uid, effective gid) and SO_PEERGROUPS
-/// (supplementary groups) of a unix socket; None for a socket without
-/// (a datagram socket connected by connect(2): SO_PEERGROUPS ENODATA).
-pub fn peer_cred(fd: &OwnedFd) -> Result<Option<PeerCred>> {
+/// SO_PEERCRED of a unix socket.
+pub fn ucred(fd: &OwnedFd) -> Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -78,6 +67,23 @@ pub fn peer_cred(fd: &OwnedFd) -> Result<Option<PeerCred>> {
         )
     };
     check(r.into(), "getsockopt(SO_PEERCRED)", None)?;
+    Ok(cred)
+}
+
+/// What SO_PEERCRED and SO_PEERGROUPS give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// SO_PEERCRED (pid, effective uid, effective gid) and SO_PEERGROUPS
+/// (supplementary groups) of a unix socket; None for a socket without
+/// (a datagram socket connected by connect(2): SO_PEERGROUPS ENODATA).
+pub fn peer_cred(fd: &OwnedFd) -> Result<Option<PeerCred>> {
+    let cred = ucred(fd)?;
     let mut groups = vec![0u32; 65536];
     let mut len = (groups.len() * 4) as libc::socklen_t;
     // SAFETY: groups and len are live out-parameters; len is groups' size.

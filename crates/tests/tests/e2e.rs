@@ -1131,18 +1131,7 @@ fn refuse_tcp_syn_recv() {
 /// connection to complete).
 #[test]
 fn cr_tcp_skip_syn_recv() {
-    let work = Work::new("cr_tcp_skip_syn_recv");
-    let opts = Opts {
-        dump_extra: vec!["--skip-in-flight"],
-        ..Opts::default()
-    };
-    run_case(
-        &work,
-        Program::Bin("tp_inet"),
-        &["--syn-recv", "--expect-dropped"],
-        &opts,
-    )
-    .assert_pass(&work);
+    skip_in_flight_case("cr_tcp_skip_syn_recv", "--syn-recv");
 }
 
 /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS) and
@@ -1179,7 +1168,13 @@ fn refuse_tcp_in_flight() {
 /// ...and dropped with --skip-in-flight: the listener accepts new ones.
 #[test]
 fn cr_tcp_skip_in_flight() {
-    let work = Work::new("cr_tcp_skip_in_flight");
+    skip_in_flight_case("cr_tcp_skip_in_flight", "--in-flight");
+}
+
+/// tp_inet in `mode`, dumped with --skip-in-flight: what was in flight is
+/// dropped, the listener works on.
+fn skip_in_flight_case(name: &str, mode: &str) {
+    let work = Work::new(name);
     let opts = Opts {
         dump_extra: vec!["--skip-in-flight"],
         ..Opts::default()
@@ -1187,7 +1182,7 @@ fn cr_tcp_skip_in_flight() {
     run_case(
         &work,
         Program::Bin("tp_inet"),
-        &["--in-flight", "--expect-dropped"],
+        &[mode, "--expect-dropped"],
         &opts,
     )
     .assert_pass(&work);
