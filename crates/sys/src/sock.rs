@@ -123,7 +123,8 @@ pub struct Ids<'a> {
 /// listen, connect) is then that child's. `f` runs in the forked child:
 /// raw system calls only (no allocation, no locks); it returns whether it
 /// succeeded. The child exits at once (its PID stays what the sockets
-/// report; the number is free again for a process to take).
+/// report; the number is free again for a process to take). With no PID
+/// to take and ids already ours, `f` runs here.
 pub fn as_creator(
     pid: Option<i32>,
     ids: &Ids<'_>,
@@ -141,6 +142,14 @@ pub fn as_creator(
         own.truncate(usize::try_from(n).unwrap_or(0));
         libc::geteuid() == uid && libc::getegid() == gid && n >= 0 && own == ids.groups
     };
+    if pid.is_none() && same {
+        // Nothing a helper would change: the call is made here.
+        return if f() {
+            Ok(())
+        } else {
+            Err(SysError::new(what, None, last_errno()))
+        };
+    }
     // SAFETY: the child makes raw system calls only (f's contract) and
     // leaves through _exit.
     match unsafe { fork_with_pid(&tids, libc::CLONE_FILES as u64)? } {
