@@ -334,7 +334,7 @@ fn classify(
             return Err(refuse(pid, format!("{name}: covered by another mount on its mount point, so its contents cannot be read: not restored")));
         }
         let dir = format!("/proc/{pid}/root{}", m.mount_point);
-        let entries = tmpfs::save(pid, &name, &dir, bytes)?;
+        let entries = tmpfs::save(pid, &name, &dir, &m.mount_point, bytes)?;
         return Ok(MountHow::Tmpfs { entries });
     }
     Err(refuse(pid, format!("{name}: a {} filesystem that is not a mount of the dumper's namespace: only binds of host paths, proc, sysfs, devpts, mqueue, cgroup, cgroup2 and tmpfs are restored", m.fs_type)))

@@ -215,6 +215,7 @@ fn read_ns(own: bool, wanted: Option<&HashSet<i32>>) -> stasis_sys::Result<Raw> 
             id: s.id,
             perm: perm(s.perm),
             values: ipc::sem_values(s.id, s.nsems as usize)?,
+            operated: s.operated,
         });
     }
     let mut msg = Vec::new();

@@ -255,6 +255,10 @@ pub enum SavedFileKind {
     /// directory (it is empty): restored as a new directory under the same
     /// parent, opened, and removed again.
     DeletedDir { path: String },
+    /// A file made with open(DIR, O_TMPFILE) and never linked (its link
+    /// reads `DIR/#INODE (deleted)`): made again in `dir` with O_TMPFILE,
+    /// so linkat() through /proc/self/fd still gives it a name.
+    Tmpfile { dir: String },
 }
 
 fn default_exit_signal() -> u32 {
@@ -531,6 +535,9 @@ pub enum FdKind {
         /// and `listener` are then 0. Empty for none.
         #[serde(default, with = "crate::hex_bytes")]
         ext_peer: Vec<u8>,
+        /// SO_PEERCRED / SO_PEERGROUPS of this end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peercred: Option<crate::kinds::unix::PeerCred>,
     },
     /// An AF_UNIX socket that is not connected: bound to a path or an
     /// abstract name (or not bound), listening (its backlog) or not
@@ -565,6 +572,10 @@ pub enum FdKind {
         #[serde(default)]
         opts: std::collections::BTreeMap<String, i32>,
         flags: u32,
+        /// A listener: SO_PEERCRED / SO_PEERGROUPS, the credentials of
+        /// the process that called listen() (what its clients see).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peercred: Option<crate::kinds::unix::PeerCred>,
     },
     /// A TCP socket that is not connected: a listener (its backlog) or a
     /// socket not yet listening, bound (`local`) or not
@@ -584,6 +595,12 @@ pub enum FdKind {
         /// SO_BINDTODEVICE, empty for none.
         #[serde(default)]
         device: String,
+        /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
     /// A TCP connection (`--tcp-established`): its two ends, options and,
@@ -600,6 +617,12 @@ pub enum FdKind {
         opts: std::collections::BTreeMap<String, i32>,
         #[serde(default)]
         device: String,
+        /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
     /// A UDP socket, bound and/or connected, with the datagrams waiting.
@@ -615,6 +638,12 @@ pub enum FdKind {
         opts: std::collections::BTreeMap<String, i32>,
         #[serde(default)]
         device: String,
+        /// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS).
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
         /// Multicast group memberships.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]

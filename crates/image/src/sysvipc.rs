@@ -79,7 +79,8 @@ pub struct IpcSysctl {
 
 /// Key, owner and mode of an object (`mode`: the kernel's shm_perm.mode,
 /// permission bits plus SHM_DEST 0o1000 / SHM_LOCKED 0o2000 for segments).
-/// The creator (cuid, cgid) is informational: IPC_SET cannot set it.
+/// The creator (cuid, cgid): IPC_SET cannot set it; the restore makes the
+/// object from a helper with those ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpcPerm {
     pub key: i32,
@@ -141,6 +142,11 @@ pub struct SemSet {
     pub id: i32,
     pub perm: IpcPerm,
     pub values: Vec<u16>,
+    /// A semop ran on it (sem_otime not 0: programs test this to see
+    /// whether a set was initialised); the restore runs one that changes
+    /// no value.
+    #[serde(default)]
+    pub operated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1622,6 +1622,7 @@ fn ipc_rules() {
             id: 0,
             perm,
             values: vec![1, 2],
+            operated: true,
         }],
         msg: vec![MsgQueue {
             id: 0,

@@ -310,7 +310,7 @@ pub(crate) fn check_procs(procs: &[stasis_image::ProcessImage]) -> Result<()> {
     for p in procs {
         let deleted = p.saved_files.iter().find_map(|f| match &f.kind {
             SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => Some(path),
-            SavedFileKind::Memfd { .. } => None,
+            SavedFileKind::Memfd { .. } | SavedFileKind::Tmpfile { .. } => None,
         });
         let bound = p.files.iter().find(
             |f| matches!(&f.kind, FdKind::UnixBound { name, .. } if name.first() == Some(&b'/')),

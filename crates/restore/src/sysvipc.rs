@@ -10,7 +10,7 @@
 //! sysctls get their saved values (shm_rmid_forced last).
 
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::sysvipc::{IpcNs, ShmSegment};
+use stasis_image::sysvipc::{IpcNs, IpcPerm, ShmSegment};
 use stasis_image::{Vma, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::sysvipc::{self as ipc, Kind, SHM_RDONLY, SHM_REMAP};
@@ -30,6 +30,12 @@ pub(crate) struct Ipc {
     created: Vec<i32>,
     done: bool,
     image: IpcNs,
+}
+
+/// The ids an object is made with: its creator's (cuid, cgid), which the
+/// kernel takes from the caller of shmget/semget/msgget only.
+fn creator(p: &IpcPerm) -> (u32, u32) {
+    (p.cuid, p.cgid)
 }
 
 fn refused(pid: u32, what: String) -> RestoreError {
@@ -110,7 +116,15 @@ impl Ipc {
         })?;
         for s in &img.shm {
             if create.contains(&s.id) {
-                ipc::create(Kind::Shm, s.id, s.perm.key, s.size, s.perm.mode).at(pid, st)?;
+                ipc::create(
+                    Kind::Shm,
+                    s.id,
+                    s.perm.key,
+                    s.size,
+                    s.perm.mode,
+                    creator(&s.perm),
+                )
+                .at(pid, st)?;
                 if !img.own {
                     me.created.push(s.id);
                 }
@@ -123,13 +137,24 @@ impl Ipc {
         }
         for s in &img.sem {
             let n = s.values.len() as u64;
-            ipc::create(Kind::Sem, s.id, s.perm.key, n, s.perm.mode).at(pid, st)?;
+            ipc::create(
+                Kind::Sem,
+                s.id,
+                s.perm.key,
+                n,
+                s.perm.mode,
+                creator(&s.perm),
+            )
+            .at(pid, st)?;
             ipc::sem_set_values(s.id, &s.values).at(pid, st)?;
+            if s.operated {
+                ipc::sem_touch(s.id, s.values.first().copied().unwrap_or(0)).at(pid, st)?;
+            }
             ipc::set_perm(Kind::Sem, s.id, s.perm.uid, s.perm.gid, s.perm.mode, 0).at(pid, st)?;
         }
         for q in &img.msg {
             let (u, g, m) = (q.perm.uid, q.perm.gid, q.perm.mode);
-            ipc::create(Kind::Msg, q.id, q.perm.key, 0, m).at(pid, st)?;
+            ipc::create(Kind::Msg, q.id, q.perm.key, 0, m, creator(&q.perm)).at(pid, st)?;
             // Room for every message first (the limit may have been
             // lowered below what the queue holds), the saved limit after.
             let total: u64 = q.messages.iter().map(|x| x.text.len() as u64).sum();

@@ -86,7 +86,8 @@ pub(crate) fn restore_tree(
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
-    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close, inherit)?;
+    let (mut opened, files) =
+        open_files(procs, pages, shell_job, net.tcp_close, inherit, !pid_ns)?;
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
@@ -247,10 +248,12 @@ fn open_files(
     shell_job: bool,
     tcp_close: bool,
     inherit: &[(i32, String)],
+    peer_pids: bool,
 ) -> Result<(Opened, Vec<ProcFiles>)> {
     let mut opened = Opened::default();
     opened.tcp_close = tcp_close;
     opened.inherit = inherit.to_vec();
+    opened.peer_pids = peer_pids;
     if shell_job {
         opened.shell_tty = Some(kinds::own_tty().ok_or_else(|| RestoreError::Refused {
             pid: procs[0].pid,

@@ -116,6 +116,48 @@ pub fn clone_mount(path: &str) -> Result<OwnedFd> {
     owned(r, &format!("open_tree(OPEN_TREE_CLONE) {path}"))
 }
 
+/// open_tree(OPEN_TREE_CLONE) of the mount at `path` (relative to the
+/// root of process `pid`) in that process's mount namespace, without the
+/// mounts below it: what they cover can be read through it (the
+/// directories they are mounted on). A short-lived thread leaves our
+/// fs_struct (unshare(CLONE_FS)), joins the namespace and clones there (a
+/// clone of another namespace's mount is refused from outside it).
+pub fn clone_mount_of(pid: crate::Pid, path: &str) -> Result<OwnedFd> {
+    let root = crate::util::open(&format!("/proc/{}/root", pid.0), libc::O_PATH)?;
+    let ns = crate::util::open(&format!("/proc/{}/ns/mnt", pid.0), libc::O_RDONLY)?;
+    let rel = format!(".{path}");
+    let c = cstring(&rel, "open_tree")?;
+    let path = path.to_string();
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        // SAFETY: unshare and setns change this short-lived thread only;
+        // open_tree takes descriptors we hold and c, alive for the call.
+        let r = unsafe {
+            check(
+                libc::syscall(libc::SYS_unshare, libc::CLONE_FS),
+                "unshare(CLONE_FS)",
+                Some(pid),
+            )?;
+            check(
+                libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS).into(),
+                "setns(mnt)",
+                Some(pid),
+            )?;
+            libc::syscall(
+                libc::SYS_open_tree,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+            )
+        };
+        owned(
+            r,
+            &format!("open_tree(OPEN_TREE_CLONE) {path} of pid {}", pid.0),
+        )
+    })
+    .join()
+    .map_err(|_| SysError::other("mount clone thread", Some(pid), "panicked"))?
+}
+
 /// A new, detached mount of a new `fs_type` filesystem from `source` with
 /// superblock options `options` (`key=value`, or a flag `key`) and the
 /// per-mount attributes `attrs`.

@@ -50,24 +50,7 @@ pub fn set_cloexec(fd: &OwnedFd, on: bool) -> Result<()> {
 /// The process at the other end (SO_PEERCRED): for a socketpair, the one
 /// that created it; for an accepted connection, the one that connected.
 pub fn peer_pid(fd: &OwnedFd) -> Result<Pid> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are live out-parameters of the right size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut len,
-        )
-    };
-    check(r.into(), "getsockopt(SO_PEERCRED)", None)?;
-    Ok(Pid(cred.pid))
+    crate::sock::ucred(fd).map(|c| Pid(c.pid))
 }
 
 /// Receives one record, blocking. `Ok(None)`: the peer closed. A record

@@ -48,8 +48,299 @@ pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
     check(r.into(), &format!("setsockopt({level}, {opt}, {v})"), None).map(drop)
 }
 
+/// SO_PEERCRED of a unix socket.
+pub fn ucred(fd: &OwnedFd) -> Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    check(r.into(), "getsockopt(SO_PEERCRED)", None)?;
+    Ok(cred)
+}
+
+/// What SO_PEERCRED and SO_PEERGROUPS give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// SO_PEERCRED (pid, effective uid, effective gid) and SO_PEERGROUPS
+/// (supplementary groups) of a unix socket; None for a socket without
+/// (a datagram socket connected by connect(2): SO_PEERGROUPS ENODATA).
+pub fn peer_cred(fd: &OwnedFd) -> Result<Option<PeerCred>> {
+    let cred = ucred(fd)?;
+    let mut groups = vec![0u32; 65536];
+    let mut len = (groups.len() * 4) as libc::socklen_t;
+    // SAFETY: groups and len are live out-parameters; len is groups' size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    match check(r.into(), "getsockopt(SO_PEERGROUPS)", None) {
+        Err(e) if e.source.raw_os_error() == Some(libc::ENODATA) => return Ok(None),
+        r => r?,
+    };
+    groups.truncate(len as usize / 4);
+    Ok(Some(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+    }))
+}
+
+/// The ids a helper of [`as_creator`] takes: effective (and real, saved)
+/// uid and gid, supplementary groups.
+pub struct Ids<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+}
+
+/// Runs `f` in a child of ours with PID `pid` (any free PID when None)
+/// and the ids `ids`, sharing our descriptor table (CLONE_FILES): what a
+/// socket records of its creator (SO_PEERCRED, SO_PEERGROUPS: socketpair,
+/// listen, connect) is then that child's. `f` runs in the forked child:
+/// raw system calls only (no allocation, no locks); it returns whether it
+/// succeeded. The child exits at once (its PID stays what the sockets
+/// report; the number is free again for a process to take). With no PID
+/// to take and ids already ours, `f` runs here.
+pub fn as_creator(
+    pid: Option<i32>,
+    ids: &Ids<'_>,
+    what: &str,
+    f: impl FnOnce() -> bool,
+) -> Result<()> {
+    use crate::clone::{fork_with_pid, Forked};
+    let tids: Vec<i32> = pid.into_iter().collect();
+    let (uid, gid) = (ids.uid, ids.gid);
+    // Ids already ours are left alone (no privilege needed then).
+    let mut own = vec![0u32; 65536];
+    // SAFETY: plain calls; own is a live array of the length passed.
+    let same = unsafe {
+        let n = libc::getgroups(own.len() as i32, own.as_mut_ptr());
+        own.truncate(usize::try_from(n).unwrap_or(0));
+        libc::geteuid() == uid && libc::getegid() == gid && n >= 0 && own == ids.groups
+    };
+    if pid.is_none() && same {
+        // Nothing a helper would change: the call is made here.
+        return if f() {
+            Ok(())
+        } else {
+            Err(SysError::new(what, None, last_errno()))
+        };
+    }
+    // SAFETY: the child makes raw system calls only (f's contract) and
+    // leaves through _exit.
+    match unsafe { fork_with_pid(&tids, libc::CLONE_FILES as u64)? } {
+        Forked::Child => {
+            // SAFETY: raw calls on valid arguments; groups outlives them.
+            let ok = same
+                || unsafe {
+                    libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) == 0
+                        && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                        && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
+                };
+            crate::clone::exit_now(if !ok {
+                1
+            } else if f() {
+                0
+            } else {
+                2
+            })
+        }
+        Forked::Parent(child) => {
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            let r = unsafe { libc::waitpid(child.0, &mut status, libc::__WALL) };
+            check(r.into(), "waitpid (socket helper)", Some(child))?;
+            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                let step = match libc::WEXITSTATUS(status) {
+                    1 => "setting its ids".to_string(),
+                    _ => what.to_string(),
+                };
+                return Err(SysError::other(
+                    format!("{what} as pid {}, uid {uid}, gid {gid}", child.0),
+                    Some(child),
+                    format!("the helper failed {step} (status {status:#x})"),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// socketpair(AF_UNIX, `ty`) made by an [`as_creator`] helper, put at two
+/// numbers reserved here.
+pub fn socketpair_as(ty: i32, pid: Option<i32>, ids: &Ids<'_>) -> Result<(OwnedFd, OwnedFd)> {
+    let a = socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
+    let b = socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
+    let (na, nb) = (a.as_raw_fd(), b.as_raw_fd());
+    as_creator(pid, ids, "socketpair", || {
+        let mut fds = [0i32; 2];
+        // SAFETY: raw calls; fds is a valid out array, na/nb are open.
+        unsafe {
+            libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) == 0
+                && libc::dup3(fds[0], na, libc::O_CLOEXEC) >= 0
+                && libc::dup3(fds[1], nb, libc::O_CLOEXEC) >= 0
+                && libc::close(fds[0]) == 0
+                && libc::close(fds[1]) == 0
+        }
+    })?;
+    Ok((a, b))
+}
+
+/// listen(2) on `fd`, called by an [`as_creator`] helper.
+pub fn listen_as(fd: &OwnedFd, backlog: i32, pid: Option<i32>, ids: &Ids<'_>) -> Result<()> {
+    let n = fd.as_raw_fd();
+    // SAFETY: a raw call on our open descriptor (shared with the helper).
+    as_creator(pid, ids, "listen", || unsafe {
+        libc::listen(n, backlog) == 0
+    })
+}
+
+/// connect(2) of `fd` to the unix socket `name`, called by an
+/// [`as_creator`] helper.
+pub fn connect_unix_as(fd: &OwnedFd, name: &[u8], pid: Option<i32>, ids: &Ids<'_>) -> Result<()> {
+    let (sa, len) = unix_addr(name)?;
+    let n = fd.as_raw_fd();
+    // SAFETY: a raw call on our open descriptor with a valid address.
+    as_creator(pid, ids, "connect", || unsafe {
+        libc::connect(n, std::ptr::addr_of!(sa).cast(), len) == 0
+    })
+}
+
+/// SO_LINGER as getsockopt reads it: (l_onoff, l_linger in seconds).
+pub fn get_linger(fd: &OwnedFd) -> Result<(i32, i32)> {
+    let mut l = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: l and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of_mut!(l).cast(),
+            &mut len,
+        )
+    };
+    check(r.into(), "getsockopt(SO_LINGER)", None)?;
+    Ok((l.l_onoff, l.l_linger))
+}
+
+/// Sets SO_LINGER to what [`get_linger`] read. Off with a time kept: the
+/// time is set first (on), then lingering turned off, which keeps it.
+pub fn set_linger(fd: &OwnedFd, (on, secs): (i32, i32)) -> Result<()> {
+    let set = |on: i32| {
+        let l = libc::linger {
+            l_onoff: on,
+            l_linger: secs,
+        };
+        // SAFETY: l lives for the call; its size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::addr_of!(l).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        check(
+            r.into(),
+            &format!("setsockopt(SO_LINGER, {on}, {secs})"),
+            None,
+        )
+        .map(drop)
+    };
+    set(1)?;
+    if on == 0 {
+        set(0)?;
+    }
+    Ok(())
+}
+
 /// getsockopt of a byte-string option (up to 256 bytes), trailing NULs cut.
 pub fn get_bytes(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
+    let mut b = get_raw(fd, level, opt)?;
+    while b.last() == Some(&0) {
+        b.pop();
+    }
+    Ok(b)
+}
+
+/// Adds a TCP_MD5SIG key for the peers `addr`/`prefixlen` to the TCP
+/// socket `fd` of `family` (TCP_MD5SIG_EXT with TCP_MD5SIG_FLAG_PREFIX;
+/// an IPv4 peer of an IPv6 socket as a v4-mapped address).
+pub fn add_md5_key(
+    fd: &OwnedFd,
+    family: i32,
+    addr: IpAddr,
+    prefixlen: u8,
+    key: &[u8],
+) -> Result<()> {
+    const TCP_MD5SIG_EXT: i32 = 32;
+    const FLAG_PREFIX: u8 = 1;
+    // struct tcp_md5sig: sockaddr_storage (128), flags, prefixlen, keylen
+    // (u16), ifindex (i32), key[80].
+    let mut b = [0u8; 216];
+    if key.len() > 80 {
+        return Err(SysError::other(
+            "TCP_MD5SIG",
+            None,
+            "key longer than 80 bytes",
+        ));
+    }
+    match (family, addr) {
+        (libc::AF_INET, IpAddr::V4(a)) => {
+            b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b[4..8].copy_from_slice(&a.octets());
+        }
+        (_, a) => {
+            let v6 = match a {
+                // Its prefix stays an IPv4 one (at most 32).
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            b[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b[8..24].copy_from_slice(&v6.octets());
+        }
+    }
+    b[128] = FLAG_PREFIX;
+    b[129] = prefixlen;
+    b[130..132].copy_from_slice(&(key.len() as u16).to_ne_bytes());
+    b[136..136 + key.len()].copy_from_slice(key);
+    set_bytes(fd, libc::IPPROTO_TCP, TCP_MD5SIG_EXT, &b).map_err(|mut e| {
+        e.op = format!("TCP_MD5SIG key for {addr}/{prefixlen}: {}", e.op);
+        e
+    })
+}
+
+/// getsockopt of an option of up to 256 bytes, as the kernel gives it.
+pub fn get_raw(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
     let mut b = vec![0u8; 256];
     let mut len = b.len() as libc::socklen_t;
     // SAFETY: b and len are live out-parameters; len is b's size.
@@ -57,9 +348,6 @@ pub fn get_bytes(fd: &OwnedFd, level: i32, opt: i32) -> Result<Vec<u8>> {
         unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, b.as_mut_ptr().cast(), &mut len) };
     check(r.into(), &format!("getsockopt({level}, {opt})"), None)?;
     b.truncate(len as usize);
-    while b.last() == Some(&0) {
-        b.pop();
-    }
     Ok(b)
 }
 
@@ -292,6 +580,17 @@ pub const INET_OPTS: &[(&str, i32, i32)] = &[
     ("IP_MTU_DISCOVER", IP, libc::IP_MTU_DISCOVER),
     ("IP_MULTICAST_TTL", IP, libc::IP_MULTICAST_TTL),
     ("IP_MULTICAST_LOOP", IP, libc::IP_MULTICAST_LOOP),
+    // The interface's address (struct in_addr, read and set as 4 bytes);
+    // one chosen by index alone (struct ip_mreqn) reads as 0.
+    ("IP_MULTICAST_IF", IP, libc::IP_MULTICAST_IF),
+    ("IP_MULTICAST_ALL", IP, libc::IP_MULTICAST_ALL),
+    ("IP_RECVTOS", IP, libc::IP_RECVTOS),
+    ("IP_RECVTTL", IP, libc::IP_RECVTTL),
+    ("IP_RECVOPTS", IP, libc::IP_RECVOPTS),
+    ("IP_RETOPTS", IP, libc::IP_RETOPTS),
+    ("IP_RECVORIGDSTADDR", IP, libc::IP_RECVORIGDSTADDR),
+    ("IP_NODEFRAG", IP, 22),
+    ("IP_CHECKSUM", IP, 23),
     ("IP_BIND_ADDRESS_NO_PORT", IP, libc::IP_BIND_ADDRESS_NO_PORT),
     ("IPV6_V6ONLY", IP6, libc::IPV6_V6ONLY),
     ("IPV6_UNICAST_HOPS", IP6, libc::IPV6_UNICAST_HOPS),
@@ -301,6 +600,12 @@ pub const INET_OPTS: &[(&str, i32, i32)] = &[
     ("IPV6_MTU_DISCOVER", IP6, libc::IPV6_MTU_DISCOVER),
     ("IPV6_MULTICAST_HOPS", IP6, libc::IPV6_MULTICAST_HOPS),
     ("IPV6_MULTICAST_LOOP", IP6, libc::IPV6_MULTICAST_LOOP),
+    ("IPV6_MULTICAST_IF", IP6, libc::IPV6_MULTICAST_IF),
+    ("IPV6_MULTICAST_ALL", IP6, 29),
+    ("IPV6_RECVHOPLIMIT", IP6, libc::IPV6_RECVHOPLIMIT),
+    ("IPV6_RECVTCLASS", IP6, libc::IPV6_RECVTCLASS),
+    ("IPV6_DONTFRAG", IP6, libc::IPV6_DONTFRAG),
+    ("IPV6_AUTOFLOWLABEL", IP6, 70),
     ("IPV6_FREEBIND", IP6, 78),
     ("IPV6_TRANSPARENT", IP6, 75),
 ];

@@ -3,6 +3,7 @@
 
 use crate::{check, Result};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -131,6 +132,42 @@ pub struct InetSocket {
     pub rqueue: u32,
     /// A listener: its backlog; otherwise the send queue.
     pub wqueue: u32,
+    /// TCP_MD5SIG keys (INET_DIAG_MD5SIG: given to a caller with
+    /// CAP_NET_ADMIN only).
+    pub md5: Vec<Md5Key>,
+}
+
+/// One TCP_MD5SIG key as INET_DIAG_MD5SIG shows it (`struct
+/// tcp_diag_md5sig`): the peer's address family, prefix and address, the
+/// key. Not shown: a key's interface (TCP_MD5SIG_FLAG_IFINDEX).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Md5Key {
+    pub prefixlen: u8,
+    pub addr: IpAddr,
+    pub key: Vec<u8>,
+}
+
+const INET_DIAG_MD5SIG: u16 = 18;
+/// sizeof(struct tcp_diag_md5sig).
+const MD5SIG_LEN: usize = 100;
+
+fn md5_keys(payload: &[u8]) -> Vec<Md5Key> {
+    payload
+        .chunks_exact(MD5SIG_LEN)
+        .filter_map(|k| {
+            let addr = match i32::from(k[0]) {
+                libc::AF_INET => IpAddr::from([k[4], k[5], k[6], k[7]]),
+                libc::AF_INET6 => IpAddr::from(<[u8; 16]>::try_from(&k[4..20]).ok()?),
+                _ => return None,
+            };
+            let len = usize::from(u16le(k, 2)).min(MD5SIG_LEN - 20);
+            Some(Md5Key {
+                prefixlen: k[1],
+                addr,
+                key: k[20..20 + len].to_vec(),
+            })
+        })
+        .collect()
 }
 
 /// Every socket of `family` (AF_INET or AF_INET6) and `protocol`
@@ -140,21 +177,63 @@ pub fn inet_sockets(family: i32, protocol: i32) -> Result<HashMap<u64, InetSocke
     let mut req = [0u8; 56];
     req[0] = family as u8;
     req[1] = protocol as u8;
+    // INET_DIAG_INFO: the kernel adds the TCP extras (MD5 keys) with it.
+    req[2] = 1 << (2 - 1);
     req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut out = HashMap::new();
     diag_dump(&req, |msg| {
         // inet_diag_msg: family, state, timer, retrans, id (48), expires,
         // rqueue, wqueue, uid, inode
         if msg.len() >= 72 {
-            let s = InetSocket {
+            let mut s = InetSocket {
                 state: msg[1],
                 rqueue: u32le(msg, 56),
                 wqueue: u32le(msg, 60),
                 ino: u64::from(u32le(msg, 68)),
+                md5: Vec::new(),
             };
+            let mut a = 72;
+            while a + 4 <= msg.len() {
+                let alen = usize::from(u16le(msg, a));
+                if alen < 4 || a + alen > msg.len() {
+                    break;
+                }
+                if u16le(msg, a + 2) == INET_DIAG_MD5SIG {
+                    s.md5 = md5_keys(&msg[a + 4..a + alen]);
+                }
+                a += (alen + 3) & !3;
+            }
             if s.ino != 0 {
                 out.insert(s.ino, s);
             }
+        }
+    })?;
+    Ok(out)
+}
+
+/// The local addresses of the connection requests (SYN received, the
+/// handshake not finished: request sockets) of TCP over `family` in our
+/// network namespace, one entry per request.
+pub fn tcp_syn_recv(family: i32) -> Result<Vec<std::net::SocketAddr>> {
+    const TCP_SYN_RECV: u32 = 3;
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = libc::IPPROTO_TCP as u8;
+    req[4..8].copy_from_slice(&(1u32 << TCP_SYN_RECV).to_le_bytes());
+    let mut out = Vec::new();
+    diag_dump(&req, |msg| {
+        // inet_diag_msg: family, state, timer, retrans, then sockid:
+        // sport, dport (big-endian), src[16], dst[16], ...
+        if msg.len() >= 72 && u32::from(msg[1]) == TCP_SYN_RECV {
+            let port = u16::from_be_bytes([msg[4], msg[5]]);
+            let ip = if i32::from(msg[0]) == libc::AF_INET {
+                IpAddr::from([msg[8], msg[9], msg[10], msg[11]])
+            } else {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&msg[8..24]);
+                IpAddr::from(a)
+            };
+            out.push(std::net::SocketAddr::new(ip, port));
         }
     })?;
     Ok(out)

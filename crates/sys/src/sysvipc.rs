@@ -59,6 +59,8 @@ pub struct Sem {
     pub id: i32,
     pub perm: Perm,
     pub nsems: u64,
+    /// A semop ran on it (sem_otime is not 0).
+    pub operated: bool,
 }
 
 /// A message queue: id, owner, byte limit, messages.
@@ -243,6 +245,7 @@ pub fn sem_list() -> Result<Vec<Sem>> {
                 id,
                 perm: perm(&ds.perm),
                 nsems: ds.nsems,
+                operated: ds.otime != 0,
             });
         }
     }
@@ -263,6 +266,28 @@ pub fn sem_set_values(id: i32, v: &[u16]) -> Result<()> {
     // SAFETY: SETALL reads as many u16 values as the set has; v holds them.
     let r = unsafe { libc::syscall(libc::SYS_semctl, id, 0, libc::SETALL, v.as_ptr()) };
     check(r, "semctl(SETALL)", None).map(|_| ())
+}
+
+/// A semop that leaves every value as it is (semaphore 0 up and down, or
+/// down and up when at SEMVMX, in one atomic call): it sets the set's
+/// sem_otime, which only a semop sets. `value0`: semaphore 0's value.
+pub fn sem_touch(id: i32, value0: u16) -> Result<()> {
+    let (a, b) = if value0 > 0 { (-1, 1) } else { (1, -1) };
+    let mut ops = [
+        libc::sembuf {
+            sem_num: 0,
+            sem_op: a,
+            sem_flg: libc::IPC_NOWAIT as i16,
+        },
+        libc::sembuf {
+            sem_num: 0,
+            sem_op: b,
+            sem_flg: libc::IPC_NOWAIT as i16,
+        },
+    ];
+    // SAFETY: ops is a live array of the length passed.
+    let r = unsafe { libc::semop(id, ops.as_mut_ptr(), ops.len()) };
+    check(r.into(), &format!("semop (sem_otime) {id}"), None).map(drop)
 }
 
 fn msq_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::msqid_ds)>> {
@@ -338,9 +363,19 @@ impl Kind {
 }
 
 /// Creates an object with exactly `id` and `key` (IPC_CREAT|IPC_EXCL, the
-/// id through *_next_id): `size` bytes (shm) or semaphores (sem). A
-/// different id (a race) removes it again and fails with EEXIST.
-pub fn create(kind: Kind, id: i32, key: i32, size: u64, mode: u32) -> Result<()> {
+/// id through *_next_id): `size` bytes (shm) or semaphores (sem), made by
+/// a helper process with effective ids `creator` (uid, gid): what the
+/// kernel records as its creator (cuid, cgid), which no call sets
+/// afterwards. A different id (a race) removes it again and fails with
+/// EEXIST.
+pub fn create(
+    kind: Kind,
+    id: i32,
+    key: i32,
+    size: u64,
+    mode: u32,
+    creator: (u32, u32),
+) -> Result<()> {
     std::fs::write(kind.next_id(), id.to_string()).map_err(|e| {
         SysError::new(
             format!("write {} = {id}", kind.next_id()),
@@ -349,28 +384,32 @@ pub fn create(kind: Kind, id: i32, key: i32, size: u64, mode: u32) -> Result<()>
         )
     })?;
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
-    // SAFETY: integer-only syscalls.
-    let got = unsafe {
-        match kind {
-            Kind::Shm => libc::shmget(key, size as usize, flags),
-            Kind::Sem => libc::semget(key, size as i32, flags),
-            Kind::Msg => libc::msgget(key, flags),
-        }
+    let ids = crate::sock::Ids {
+        uid: creator.0,
+        gid: creator.1,
+        groups: &[],
     };
-    let got = check(
-        got.into(),
-        &format!("create {kind:?} id {id} key {key:#x}"),
-        None,
-    )?;
-    if got as i32 != id {
-        remove(kind, got as i32)?;
-        return Err(SysError::new(
-            format!("create {kind:?} id {id}: got id {got}"),
-            None,
-            libc::EEXIST,
-        ));
-    }
-    Ok(())
+    let what = format!("create {kind:?} id {id} key {key:#x}");
+    // The helper forked from this thread is in its IPC namespace.
+    crate::sock::as_creator(None, &ids, &what, || {
+        // SAFETY: integer-only syscalls (in the forked helper).
+        unsafe {
+            let got = match kind {
+                Kind::Shm => libc::shmget(key, size as usize, flags),
+                Kind::Sem => libc::semget(key, size as i32, flags),
+                Kind::Msg => libc::msgget(key, flags),
+            };
+            if got >= 0 && got != id {
+                // Another id (a race): removed again, a failure.
+                match kind {
+                    Kind::Shm => libc::shmctl(got, libc::IPC_RMID, std::ptr::null_mut()),
+                    Kind::Sem => libc::semctl(got, 0, libc::IPC_RMID),
+                    Kind::Msg => libc::msgctl(got, libc::IPC_RMID, std::ptr::null_mut()),
+                };
+            }
+            got == id
+        }
+    })
 }
 
 /// IPC_RMID.

@@ -96,3 +96,48 @@ pub fn get(fd: i32, level: i32, opt: i32) -> i32 {
     }
     v
 }
+
+/// getsockopt of a byte string (up to 64 bytes); on error the errno as text.
+pub fn get_bytes(fd: i32, level: i32, opt: i32) -> Result<Vec<u8>, i32> {
+    let mut b = [0u8; 64];
+    let mut len = b.len() as u32;
+    // SAFETY: b and len are live out-parameters; len is b's size.
+    let r = unsafe { libc::getsockopt(fd, level, opt, b.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return Err(errno());
+    }
+    Ok(b[..len as usize].to_vec())
+}
+
+/// setsockopt of a byte string, asserted.
+pub fn set_bytes(fd: i32, level: i32, opt: i32, v: &[u8]) {
+    // SAFETY: v lives for the call; its length is passed.
+    let r = unsafe { libc::setsockopt(fd, level, opt, v.as_ptr().cast(), v.len() as u32) };
+    assert_eq!(r, 0, "setsockopt({level}, {opt}, {v:?}): errno {}", errno());
+}
+
+/// SO_LINGER, asserted.
+pub fn set_linger(fd: i32, on: i32, secs: i32) {
+    let l = libc::linger {
+        l_onoff: on,
+        l_linger: secs,
+    };
+    // SAFETY: l lives for the call; its size is passed.
+    let b = unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::addr_of!(l).cast::<u8>(),
+            std::mem::size_of::<libc::linger>(),
+        )
+    };
+    set_bytes(fd, libc::SOL_SOCKET, libc::SO_LINGER, b);
+}
+
+/// A TCP_MD5SIG key on `fd` for the IPv4 peer `peer` (struct tcp_md5sig).
+pub fn md5_key(fd: i32, peer: Ipv4Addr, key: &[u8]) {
+    let mut b = [0u8; 216];
+    b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    b[4..8].copy_from_slice(&peer.octets());
+    b[130..132].copy_from_slice(&(key.len() as u16).to_ne_bytes());
+    b[136..136 + key.len()].copy_from_slice(key);
+    set_bytes(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &b);
+}

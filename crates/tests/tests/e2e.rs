@@ -967,6 +967,20 @@ fn cr_unix_queued() {
     cr("cr_unix_queued", Program::Bin("tp_unix"), &[]);
 }
 
+/// SO_PEERCRED and SO_PEERGROUPS of socket pairs: made again by their
+/// creator's PID and ids (a process of the tree, or one that exited).
+#[test]
+fn cr_unix_peercred() {
+    cr("cr_unix_peercred", Program::Bin("tp_unix"), &["--peercred"]);
+}
+
+selfcheck!(
+    selfcheck_unix_peercred,
+    negative_unix_peercred,
+    Program::Bin("tp_unix"),
+    ["--peercred"]
+);
+
 /// Descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues:
 /// a pipe's ends, a regular file, a socket, each the very description
 /// the program holds, with the message boundaries.
@@ -1100,6 +1114,44 @@ fn cr_inet_sockets() {
     cr("cr_inet_sockets", Program::Bin("tp_inet"), &[]);
 }
 
+/// A half-open connection (SYN_RECV) of a listener is refused by name...
+#[test]
+fn refuse_tcp_syn_recv() {
+    refused_dump(
+        "refuse_tcp_syn_recv",
+        Program::Bin("tp_inet"),
+        &["--syn-recv"],
+        &[],
+        &["half-open", "--skip-in-flight"],
+        true,
+    );
+}
+
+/// ...and dropped with --skip-in-flight (the client's data then finds no
+/// connection to complete).
+#[test]
+fn cr_tcp_skip_syn_recv() {
+    skip_in_flight_case("cr_tcp_skip_syn_recv", "--syn-recv");
+}
+
+/// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS) and
+/// the multicast interface, TTL/TOS and IPv6 hop and class options.
+#[test]
+fn cr_inet_socket_options() {
+    cr(
+        "cr_inet_socket_options",
+        Program::Bin("tp_inet"),
+        &["--opts"],
+    );
+}
+
+selfcheck!(
+    selfcheck_inet_socket_options,
+    negative_inet_socket_options,
+    Program::Bin("tp_inet"),
+    ["--opts"]
+);
+
 /// A connection waiting in a listener's accept queue is refused by name...
 #[test]
 fn refuse_tcp_in_flight() {
@@ -1116,7 +1168,13 @@ fn refuse_tcp_in_flight() {
 /// ...and dropped with --skip-in-flight: the listener accepts new ones.
 #[test]
 fn cr_tcp_skip_in_flight() {
-    let work = Work::new("cr_tcp_skip_in_flight");
+    skip_in_flight_case("cr_tcp_skip_in_flight", "--in-flight");
+}
+
+/// tp_inet in `mode`, dumped with --skip-in-flight: what was in flight is
+/// dropped, the listener works on.
+fn skip_in_flight_case(name: &str, mode: &str) {
+    let work = Work::new(name);
     let opts = Opts {
         dump_extra: vec!["--skip-in-flight"],
         ..Opts::default()
@@ -1124,7 +1182,7 @@ fn cr_tcp_skip_in_flight() {
     run_case(
         &work,
         Program::Bin("tp_inet"),
-        &["--in-flight", "--expect-dropped"],
+        &[mode, "--expect-dropped"],
         &opts,
     )
     .assert_pass(&work);
@@ -1250,6 +1308,19 @@ fn cr_memfd() {
 fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
 }
+
+/// An O_TMPFILE file never linked comes back linkable.
+#[test]
+fn cr_tmpfile() {
+    cr("cr_tmpfile", Program::Bin("tp_fdkinds"), &["--tmpfile"]);
+}
+
+selfcheck!(
+    selfcheck_tmpfile,
+    negative_tmpfile,
+    Program::Bin("tp_fdkinds"),
+    ["--tmpfile"]
+);
 
 /// Deleted files (owner, mode, holes, times), memfd times, deleted
 /// directories as cwd and fd, /proc entries and pidfds of the tree.

@@ -80,6 +80,19 @@ fn cr_tcp_established_nftables() {
     );
 }
 
+/// The connection inside the tree signs with a TCP_MD5SIG key: the keys
+/// come back (read through inet sock_diag), the streams carry on.
+#[test]
+fn cr_tcp_established_md5() {
+    let dump = ["--tcp-established", "--network-lock", "nftables"];
+    tcp_case(
+        "cr_tcp_established_md5",
+        &["--md5"],
+        &dump,
+        &["--tcp-established"],
+    );
+}
+
 /// The same with criu's default lock (iptables), and a dual-stack socket
 /// connected to an IPv4 peer (v4-mapped addresses).
 #[test]

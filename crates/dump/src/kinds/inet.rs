@@ -15,7 +15,7 @@
 
 use super::Fd;
 use crate::{At, Result, Stage};
-use stasis_image::kinds::inet::{Membership, UdpDatagram, MAX_UDP_QUEUED};
+use stasis_image::kinds::inet::{Md5Key, Membership, SockExtra, UdpDatagram, MAX_UDP_QUEUED};
 use stasis_image::FdKind;
 use stasis_sys::{mcast, sock, sockdiag, udpq};
 use std::collections::BTreeMap;
@@ -62,15 +62,23 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     }
 }
 
+/// What [`options`] reads: the int options and the others that differ
+/// from a new socket's, the bound device.
+pub(super) struct Options {
+    pub(super) ints: BTreeMap<String, i32>,
+    pub(super) extra: SockExtra,
+    pub(super) device: String,
+}
+
 /// The options that differ from a new socket's, the bound device; refuses
-/// a socket filter.
+/// a socket filter and an upper layer protocol (TCP_ULP).
 pub(super) fn options(
     d: &Fd<'_>,
     dup: &OwnedFd,
     family: i32,
     ty: i32,
     proto: i32,
-) -> Result<(BTreeMap<String, i32>, String)> {
+) -> Result<Options> {
     let (pid, st) = (d.pid, Stage::Check);
     if sock::filter_len(dup).at(pid, st)? != 0 {
         return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
@@ -96,7 +104,116 @@ pub(super) fn options(
         }
     }
     let dev = sock::get_bytes(dup, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).at(pid, st)?;
-    Ok((opts, String::from_utf8_lossy(&dev).into_owned()))
+    Ok(Options {
+        ints: opts,
+        extra: extra(d, dup, &fresh, family, proto)?,
+        device: String::from_utf8_lossy(&dev).into_owned(),
+    })
+}
+
+/// SO_LINGER, TCP_CONGESTION and IP_OPTIONS where they differ from the
+/// new socket `fresh`'s; refuses a ULP (kTLS and others), whose state
+/// cannot be read.
+fn extra(d: &Fd<'_>, dup: &OwnedFd, fresh: &OwnedFd, family: i32, proto: i32) -> Result<SockExtra> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let mut e = SockExtra::default();
+    let linger = sock::get_linger(dup).at(pid, st)?;
+    if linger != sock::get_linger(fresh).at(pid, st)? {
+        e.linger = Some(linger);
+    }
+    if proto == libc::IPPROTO_TCP {
+        let ulp = sock::get_bytes(dup, libc::IPPROTO_TCP, libc::TCP_ULP).at(pid, st)?;
+        if !ulp.is_empty() {
+            let ulp = String::from_utf8_lossy(&ulp);
+            return Err(d.refuse(&format!(
+                "a TCP socket with the upper layer protocol {ulp:?} (TCP_ULP; kTLS and \
+                 other ULPs keep state that cannot be read: not supported)"
+            )));
+        }
+        e.md5 = md5_keys(d, dup, family)?;
+        let cc = sock::get_bytes(dup, libc::IPPROTO_TCP, libc::TCP_CONGESTION).at(pid, st)?;
+        if cc != sock::get_bytes(fresh, libc::IPPROTO_TCP, libc::TCP_CONGESTION).at(pid, st)? {
+            e.congestion = String::from_utf8_lossy(&cc).into_owned();
+        }
+    }
+    if family == libc::AF_INET {
+        e.ip_options = sock::get_raw(dup, libc::IPPROTO_IP, libc::IP_OPTIONS).at(pid, st)?;
+    }
+    Ok(e)
+}
+
+/// The socket's TCP_MD5SIG keys, from inet sock_diag in the socket's
+/// network namespace (a socket the kernel does not list there, neither
+/// listening nor connected, shows none).
+fn md5_keys(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<Vec<Md5Key>> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let Some(ino) = d.socket_ino() else {
+        return Ok(Vec::new());
+    };
+    let diag = stasis_sys::netlink::in_ns_of_socket(dup, move || {
+        sockdiag::inet_sockets(family, libc::IPPROTO_TCP)
+    })
+    .at(pid, st)?
+    .at(pid, st)?;
+    Ok(diag
+        .get(&ino)
+        .map(|s| {
+            s.md5
+                .iter()
+                .map(|k| Md5Key {
+                    addr: k.addr,
+                    prefixlen: k.prefixlen,
+                    key: k.key.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Connections a listener has half-open (SYN received, the handshake not
+/// finished; also a client's bare ACK held back by TCP_DEFER_ACCEPT): lost
+/// at restore (the client's next segment draws a reset), so refused like
+/// those waiting to be accepted unless criu's `--skip-in-flight`.
+fn half_open(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<()> {
+    let (pid, st) = (d.pid, Stage::Check);
+    let Some(local) = sock::local_addr(dup).at(pid, st)? else {
+        return Ok(());
+    };
+    // An IPv6 listener takes IPv4 clients too (unless IPV6_V6ONLY): their
+    // requests are AF_INET ones.
+    let reqs = stasis_sys::netlink::in_ns_of_socket(dup, move || {
+        let mut v = sockdiag::tcp_syn_recv(family)?;
+        if family == libc::AF_INET6 {
+            v.extend(sockdiag::tcp_syn_recv(libc::AF_INET)?);
+        }
+        Ok::<_, stasis_sys::SysError>(v)
+    })
+    .at(pid, st)?
+    .at(pid, st)?;
+    let canon = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let mine = |a: &std::net::SocketAddr| {
+        a.port() == local.port()
+            && (local.ip().is_unspecified() || canon(a.ip()) == canon(local.ip()))
+    };
+    let n = reqs.iter().filter(|a| mine(a)).count();
+    if n == 0 {
+        return Ok(());
+    }
+    if !d.sockets.skip_in_flight {
+        return Err(d.refuse(&format!(
+            "a listening TCP socket with {n} half-open connection(s) (SYN_RECV; criu's \
+             --skip-in-flight drops them)"
+        )));
+    }
+    log::warn!(
+        "pid {pid}: fd {} ({}): {n} half-open connection(s) dropped (--skip-in-flight)",
+        d.fd,
+        d.link
+    );
+    Ok(())
 }
 
 fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
@@ -133,20 +250,22 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
                     s.rqueue
                 );
             }
+            half_open(d, dup, family)?;
             listening = true;
             backlog = s.wqueue as i32;
         }
         s => return super::tcp::connection(d, dup, family, s),
     }
     let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
-    let (opts, device) = options(d, dup, family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    let o = options(d, dup, family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
     Ok(FdKind::TcpSocket {
         family: family as u32,
         local,
         listening,
         backlog,
-        opts,
-        device,
+        opts: o.ints,
+        device: o.device,
+        extra: o.extra,
         flags: d.flags(),
     })
 }
@@ -171,15 +290,16 @@ fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     }
     let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
     let peer = sock::peer_addr(dup).at(pid, st)?;
-    let (opts, device) = options(d, dup, family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    let o = options(d, dup, family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
     let memberships = memberships(d, dup, family)?;
     Ok(FdKind::UdpSocket {
         family: family as u32,
         local,
         peer,
         queued,
-        opts,
-        device,
+        opts: o.ints,
+        device: o.device,
+        extra: o.extra,
         flags: d.flags(),
         memberships,
     })

@@ -132,8 +132,13 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                         name: n.to_string(),
                         seals,
                     },
-                    None => SavedFileKind::Deleted {
-                        path: name.to_string(),
+                    None => match tmpfile_dir(name, md.ino()) {
+                        Some(dir) => SavedFileKind::Tmpfile {
+                            dir: dir.to_string(),
+                        },
+                        None => SavedFileKind::Deleted {
+                            path: name.to_string(),
+                        },
                     },
                 };
                 if is_dir
@@ -180,6 +185,13 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The directory of an O_TMPFILE file never linked: the kernel names its
+/// dentry `#INODE`, so its link reads `DIR/#INODE (deleted)`.
+fn tmpfile_dir(name: &str, ino: u64) -> Option<&str> {
+    let (dir, base) = name.rsplit_once('/')?;
+    (base.strip_prefix('#')? == ino.to_string()).then_some(if dir.is_empty() { "/" } else { dir })
 }
 
 /// Appends the contents of the saved files recorded in `img` to its page
@@ -366,6 +378,7 @@ pub(crate) fn check_ghost_limit(images: &[&mut ProcessImage], limit: u64) -> Res
                 SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => {
                     format!("{path}{DELETED}")
                 }
+                SavedFileKind::Tmpfile { dir } => format!("{dir}/#{}{DELETED}", f.ino),
             };
             return Err(DumpError::Unsupported {
                 pid,

@@ -31,6 +31,8 @@ const NOT_OPTIONS: &[&str] = &[
     "IP_MULTICAST_LOOP",
     "IPV6_MULTICAST_HOPS",
     "IPV6_MULTICAST_LOOP",
+    "IP_MULTICAST_IF",
+    "IPV6_MULTICAST_IF",
 ];
 
 /// The kernel's name of a TCP state.
@@ -107,9 +109,8 @@ pub(super) fn connection(d: &Fd<'_>, dup: &OwnedFd, family: i32, state: u8) -> R
             "a TCP connection in state {name} without both addresses"
         )));
     };
-    let (mut opts, device) =
-        super::inet::options(d, dup, family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
-    opts.retain(|k, _| !NOT_OPTIONS.contains(&k.as_str()));
+    let mut o = super::inet::options(d, dup, family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    o.ints.retain(|k, _| !NOT_OPTIONS.contains(&k.as_str()));
     let stream = if mode == TcpMode::Established {
         let s = tcprepair::dump(dup, MAX_TCP_QUEUE).map_err(|e| {
             d.refuse(&format!(
@@ -132,8 +133,9 @@ pub(super) fn connection(d: &Fd<'_>, dup: &OwnedFd, family: i32, state: u8) -> R
         local,
         peer,
         stream,
-        opts,
-        device,
+        opts: o.ints,
+        device: o.device,
+        extra: o.extra,
         flags: d.flags(),
     })
 }

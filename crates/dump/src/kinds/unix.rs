@@ -8,12 +8,13 @@
 //! kept with their message ([`super::in_flight`]); on a stream they are
 //! refused by name, like empty datagrams,
 //! queued data on a socket that passes credentials (SO_PASSCRED,
-//! SO_PASSPIDFD: the re-sent data would carry the restorer's); bound
+//! SO_PASSPIDFD: the re-sent data would carry the restorer's); each end's
+//! SO_PEERCRED and SO_PEERGROUPS; bound
 //! sockets and sockets not connected are [`super::unixbound`]'s.
 
 use super::{in_flight, Fd};
 use crate::{At, DumpError, Result, Stage};
-use stasis_image::kinds::unix::{Queued, MAX_QUEUED};
+use stasis_image::kinds::unix::{PeerCred, Queued, MAX_QUEUED};
 use stasis_image::{FdKind, ProcessImage};
 use stasis_sys::sock;
 use std::collections::{BTreeMap, HashSet};
@@ -63,7 +64,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 _ => Vec::new(),
             };
             let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
+            let peercred = peer_cred(d)?;
             return Ok(Some(FdKind::UnixSocket {
+                peercred,
                 id: ino,
                 sock_type,
                 flags: d.flags(),
@@ -78,6 +81,18 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         }
     };
     Err(d.refuse(&format!("{why} (not supported yet)")))
+}
+
+/// SO_PEERCRED and SO_PEERGROUPS of the socket (None: it has none).
+pub(super) fn peer_cred(d: &Fd<'_>) -> Result<Option<PeerCred>> {
+    Ok(sock::peer_cred(&d.dup()?)
+        .at(d.pid, Stage::Check)?
+        .map(|c| PeerCred {
+            pid: c.pid,
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.groups,
+        }))
 }
 
 /// The other end of each socket is in the tree, or was closed; the

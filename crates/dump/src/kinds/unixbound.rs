@@ -78,6 +78,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         queued,
         opts,
         flags: d.flags(),
+        peercred: super::unix::peer_cred(d)?,
     }))
 }
 

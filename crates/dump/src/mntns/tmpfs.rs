@@ -6,11 +6,25 @@
 use crate::checks::refuse;
 use crate::{DumpError, Result, Stage};
 use stasis_image::mntns::{TmpfsEntry, MAX_TMPFS_BYTES, MAX_TMPFS_ENTRIES};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Every entry below `dir` (the mount's root), parents first; `bytes`
 /// counts file contents across every tmpfs of the image.
-pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<Vec<TmpfsEntry>> {
+///
+/// The directories other mounts cover are read through a clone of this
+/// mount alone (`mount_point`, in the process's namespace: [`clone_mount_of`]
+/// with the mounts below it left out), so their modes, owners and times
+/// are the tmpfs's own, not the root's of the mount above.
+///
+/// [`clone_mount_of`]: stasis_sys::mount::clone_mount_of
+pub(super) fn save(
+    pid: u32,
+    name: &str,
+    dir: &str,
+    mount_point: &str,
+    bytes: &mut u64,
+) -> Result<Vec<TmpfsEntry>> {
     let io = |what: String| {
         move |source| DumpError::Io {
             pid,
@@ -21,6 +35,7 @@ pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<V
     };
     let top = std::fs::symlink_metadata(dir).map_err(io(format!("{name}: stat {dir}")))?;
     let mut out = Vec::new();
+    let mut alone: Option<std::os::fd::OwnedFd> = None;
     let mut todo = vec![String::new()];
     while let Some(rel) = todo.pop() {
         let path = if rel.is_empty() {
@@ -30,8 +45,30 @@ pub(super) fn save(pid: u32, name: &str, dir: &str, bytes: &mut u64) -> Result<V
         };
         let md = std::fs::symlink_metadata(&path).map_err(io(format!("{name}: stat {rel}")))?;
         if md.dev() != top.dev() {
-            // A mount point of a mount below: an empty directory here.
-            out.push(entry(rel, &md, libc::S_IFDIR | 0o755));
+            // A mount point of a mount below: an empty directory here,
+            // whose own mode, owner and times only a clone without the
+            // mount above shows.
+            let clone = match &alone {
+                Some(c) => c,
+                None => alone.insert(
+                    stasis_sys::mount::clone_mount_of(stasis_sys::Pid(pid as i32), mount_point)
+                        .map_err(|e| DumpError::Sys {
+                            pid,
+                            stage: Stage::Collect,
+                            source: e,
+                        })?,
+                ),
+            };
+            let under = format!("/proc/self/fd/{}/{rel}", clone.as_raw_fd());
+            let hidden = std::fs::symlink_metadata(&under)
+                .map_err(io(format!("{name}: stat {rel} under its mount")))?;
+            if !hidden.is_dir() {
+                return Err(refuse(
+                    pid,
+                    format!("{name}: {rel:?} is a mount point on a file: not restored"),
+                ));
+            }
+            out.push(entry(rel, &hidden, hidden.mode()));
             continue;
         }
         let what = |w: &str| refuse(pid, format!("{name}: {rel:?} is {w}: not restored"));

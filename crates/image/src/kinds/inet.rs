@@ -32,6 +32,103 @@ pub struct Membership {
     pub sources: Vec<std::net::IpAddr>,
 }
 
+/// The options of a TCP or UDP socket that are not ints, each as
+/// getsockopt reads it, present only where it differs from a new socket's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockExtra {
+    /// SO_LINGER: (l_onoff, l_linger in seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger: Option<(i32, i32)>,
+    /// TCP_CONGESTION: the algorithm's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub congestion: String,
+    /// IP_OPTIONS: the IPv4 options the socket sends (up to 40 bytes).
+    #[serde(
+        default,
+        with = "crate::hex_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ip_options: Vec<u8>,
+    /// TCP_MD5SIG keys (read through inet sock_diag: listeners and
+    /// connections).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub md5: Vec<Md5Key>,
+}
+
+/// One TCP_MD5SIG key: the peers it signs for (address and prefix) and
+/// the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Md5Key {
+    pub addr: std::net::IpAddr,
+    pub prefixlen: u8,
+    #[serde(with = "crate::hex_bytes")]
+    pub key: Vec<u8>,
+}
+
+/// TCP_MD5SIG_MAXKEYLEN.
+const MAX_MD5_KEY: usize = 80;
+/// Keys one socket may carry in an image.
+const MAX_MD5_KEYS: usize = 4096;
+
+impl SockExtra {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// TCP_CA_NAME_MAX - 1.
+const MAX_CONGESTION: usize = 15;
+/// The IPv4 header's room for options.
+const MAX_IP_OPTIONS: usize = 40;
+
+pub(super) fn validate_extra(c: &Checker<'_>, field: &str, e: &SockExtra) -> Result<()> {
+    c.ensure(
+        e.congestion.len() <= MAX_CONGESTION
+            && e.congestion
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        || {
+            format!(
+                "{field}.extra.congestion: {:?} is not an algorithm name",
+                e.congestion
+            )
+        },
+    )?;
+    c.ensure(e.ip_options.len() <= MAX_IP_OPTIONS, || {
+        format!(
+            "{field}.extra.ip_options: {} bytes, more than {MAX_IP_OPTIONS}",
+            e.ip_options.len()
+        )
+    })?;
+    c.ensure(e.md5.len() <= MAX_MD5_KEYS, || {
+        format!(
+            "{field}.extra.md5: {} keys, more than {MAX_MD5_KEYS}",
+            e.md5.len()
+        )
+    })?;
+    for k in &e.md5 {
+        let bits = if k.addr.is_ipv4() { 32 } else { 128 };
+        c.ensure(k.key.len() <= MAX_MD5_KEY && k.prefixlen <= bits, || {
+            format!(
+                "{field}.extra.md5: key for {}/{} of {} bytes",
+                k.addr,
+                k.prefixlen,
+                k.key.len()
+            )
+        })?;
+    }
+    c.ensure(
+        e.linger
+            .is_none_or(|(on, secs)| matches!(on, 0 | 1) && secs >= 0),
+        || {
+            format!(
+                "{field}.extra.linger: {:?} is not a linger setting",
+                e.linger
+            )
+        },
+    )
+}
+
 /// Bytes of queued datagrams one socket may carry in an image.
 pub const MAX_UDP_QUEUED: usize = 16 << 20;
 

@@ -72,6 +72,7 @@ pub(crate) fn validate_fd(
             shutdown,
             name,
             ext_peer,
+            peercred,
             ..
         } => {
             c.ensure(
@@ -81,7 +82,15 @@ pub(crate) fn validate_fd(
                         && ext_peer.len() <= 108),
                 || format!("{field}.ext_peer: only an idle datagram socket has one"),
             )?;
-            unix::validate(c, &field, *sock_type, queued, *shutdown, name)
+            unix::validate(
+                c,
+                &field,
+                *sock_type,
+                queued,
+                *shutdown,
+                name,
+                peercred.as_ref(),
+            )
         }
         FdKind::Pipe { data, capacity, .. } => pipe::validate(c, &field, data, *capacity),
         FdKind::Inotify { watches, .. } => inotify::validate(c, &field, watches),
@@ -97,8 +106,10 @@ pub(crate) fn validate_fd(
             local,
             opts,
             device,
+            extra,
             ..
-        } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device),
+        } => inet::validate(c, &field, *family, [local.as_ref(), None], opts, device)
+            .and_then(|()| inet::validate_extra(c, &field, extra)),
         FdKind::TcpConnection {
             family,
             local,
@@ -106,9 +117,11 @@ pub(crate) fn validate_fd(
             stream,
             opts,
             device,
+            extra,
             ..
         } => {
             inet::validate(c, &field, *family, [Some(local), Some(peer)], opts, device)?;
+            inet::validate_extra(c, &field, extra)?;
             stream
                 .as_ref()
                 .map_or(Ok(()), |s| inet::validate_stream(c, &field, s))
@@ -120,6 +133,7 @@ pub(crate) fn validate_fd(
             opts,
             device,
             queued,
+            extra,
             ..
         } => inet::validate(
             c,
@@ -129,7 +143,8 @@ pub(crate) fn validate_fd(
             opts,
             device,
         )
-        .and_then(|()| inet::validate_queued(c, &field, queued)),
+        .and_then(|()| inet::validate_queued(c, &field, queued))
+        .and_then(|()| inet::validate_extra(c, &field, extra)),
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
         FdKind::PtyMaster { index, pty, .. } => pty::validate(c, &field, *index, Some(pty)),

@@ -131,7 +131,9 @@ pub(crate) fn validate_saved(c: &Checker<'_>, img: &ProcessImage) -> Result<()> 
             SavedFileKind::Memfd { name, .. } => {
                 c.string(&format!("{field}.kind.name"), name, MAX_MEMFD_NAME)?
             }
-            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => {
+            SavedFileKind::Deleted { path }
+            | SavedFileKind::DeletedDir { path }
+            | SavedFileKind::Tmpfile { dir: path } => {
                 c.string(&format!("{field}.kind.path"), path, MAX_PATH_LEN)?;
                 c.ensure(path.starts_with('/'), || {
                     format!("{field}.kind.path: {path:?} is not absolute")

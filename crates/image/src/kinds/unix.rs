@@ -8,6 +8,21 @@ use serde::{Deserialize, Serialize};
 /// Bytes of queued data one socket may carry in an image.
 pub const MAX_QUEUED: usize = 16 << 20;
 
+/// The credentials SO_PEERCRED and SO_PEERGROUPS give on a socket: for a
+/// socketpair its creator's, as they were when it made the pair (PID as
+/// the dumper sees it, effective uid and gid, supplementary groups).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub groups: Vec<u32>,
+}
+
+/// NGROUPS_MAX.
+pub const MAX_GROUPS: usize = 65536;
+
 /// One message (or a stream's bytes) waiting in a socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queued {
@@ -50,7 +65,12 @@ pub(super) fn validate(
     queued: &[Queued],
     shutdown: u8,
     name: &[u8],
+    peercred: Option<&PeerCred>,
 ) -> Result<()> {
+    c.ensure(
+        peercred.is_none_or(|p| p.groups.len() <= MAX_GROUPS),
+        || format!("{field}.peercred.groups: more than {MAX_GROUPS}"),
+    )?;
     c.ensure(name.len() <= 108, || {
         format!("{field}.name: {} bytes, more than sun_path", name.len())
     })?;

@@ -9,7 +9,7 @@
 
 use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::kinds::inet::{Membership, UdpDatagram};
+use stasis_image::kinds::inet::{Membership, SockExtra, UdpDatagram};
 use stasis_sys::{mcast, sock, udpq, util};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ pub(super) struct Saved<'a> {
     /// TCP: Some(backlog) for a listener.
     pub(super) listen: Option<i32>,
     pub(super) opts: &'a BTreeMap<String, i32>,
+    pub(super) extra: &'a SockExtra,
     pub(super) device: &'a str,
     pub(super) flags: u32,
     /// UDP: the datagrams waiting.
@@ -105,6 +106,8 @@ pub(super) fn device_and_options(
     fd: &OwnedFd,
     device: &str,
     opts: &BTreeMap<String, i32>,
+    extra: &SockExtra,
+    family: u32,
 ) -> Result<()> {
     if !device.is_empty() {
         sock::set_bytes(
@@ -115,10 +118,50 @@ pub(super) fn device_and_options(
         )
         .at(cx.pid, Stage::Fork)?;
     }
+    set_extra(fd, family, extra)
+        .map_err(|mut e| {
+            e.op = format!("fd {}: {}", cx.fd, e.op);
+            e
+        })
+        .at(cx.pid, Stage::Fork)?;
     for (name, &v) in opts {
-        if !AFTER_LISTEN.contains(&name.as_str()) {
+        if !AFTER_LISTEN.contains(&name.as_str()) && !already(fd, name, v) {
             set_opt(cx, fd, name, v)?;
         }
+    }
+    Ok(())
+}
+
+/// Whether the new socket has the option at the saved value already: a
+/// value that follows from others (TCP_MAXSEG of a socket with IP
+/// options) is then not set, the kernel may refuse it as a setting.
+fn already(fd: &OwnedFd, name: &str, v: i32) -> bool {
+    let Some(&(_, level, opt)) = sock::INET_OPTS.iter().find(|(n, _, _)| *n == name) else {
+        return false;
+    };
+    sock::get_int(fd, level, opt).is_ok_and(|now| now == v)
+}
+
+/// SO_LINGER, TCP_CONGESTION, IP_OPTIONS and TCP_MD5SIG keys, where saved
+/// (before the int options: IP options change TCP_MAXSEG's reading; keys
+/// before a listen or a connection's rebuild).
+fn set_extra(fd: &OwnedFd, family: u32, e: &SockExtra) -> stasis_sys::Result<()> {
+    for k in &e.md5 {
+        sock::add_md5_key(fd, family as i32, k.addr, k.prefixlen, &k.key)?;
+    }
+    if let Some(l) = e.linger {
+        sock::set_linger(fd, l)?;
+    }
+    if !e.congestion.is_empty() {
+        sock::set_bytes(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            e.congestion.as_bytes(),
+        )?;
+    }
+    if !e.ip_options.is_empty() {
+        sock::set_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &e.ip_options)?;
     }
     Ok(())
 }
@@ -131,7 +174,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>, tcp: bool) -> Res
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
     };
     let fd = sock::socket(s.family as i32, ty, proto).at(pid, st)?;
-    device_and_options(cx, &fd, s.device, s.opts)?;
+    device_and_options(cx, &fd, s.device, s.opts, s.extra, s.family)?;
     if let Some(a) = s.local {
         sock::set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).at(pid, st)?;
         sock::bind(&fd, a).at(pid, st)?;

@@ -89,6 +89,10 @@ pub(crate) struct Opened {
     pub(crate) shell_tty: Option<String>,
     /// criu's `--tcp-close`: TCP connections come back closed.
     pub(crate) tcp_close: bool,
+    /// The tree comes back with the dump's PIDs in the restorer's PID
+    /// namespace: a socket pair can be made by its creator's PID
+    /// ([`unix`]'s `pair`).
+    pub(crate) peer_pids: bool,
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,
@@ -198,6 +202,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             queued,
             opts,
             flags,
+            peercred,
             ..
         } => {
             let s = unixbound::Saved {
@@ -209,6 +214,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 queued,
                 opts,
                 flags: *flags,
+                peercred: peercred.as_ref(),
             };
             unixbound::open(o, cx, &s)
         }
@@ -219,6 +225,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             backlog,
             opts,
             device,
+            extra,
             flags,
         } => {
             let s = inet::Saved {
@@ -227,6 +234,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 peer: None,
                 listen: listening.then_some(*backlog),
                 opts,
+                extra,
                 device,
                 flags: *flags,
                 queued: &[],
@@ -241,6 +249,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             stream,
             opts,
             device,
+            extra,
             flags,
         } => {
             let s = tcp::Saved {
@@ -249,6 +258,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 peer,
                 stream: stream.as_deref(),
                 opts,
+                extra,
                 device,
                 flags: *flags,
             };
@@ -260,6 +270,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             peer,
             opts,
             device,
+            extra,
             flags,
             queued,
             memberships,
@@ -272,6 +283,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 peer: peer.as_ref(),
                 listen: None,
                 opts,
+                extra,
                 device,
                 flags: *flags,
             };

@@ -149,6 +149,18 @@ fn create_object(pid: u32, f: &SavedFile) -> Result<(std::fs::File, u32)> {
             Ok((file, 0))
         }
         SavedFileKind::DeletedDir { path } => Ok((deleted_dir(pid, f.id, path)?, 0)),
+        SavedFileKind::Tmpfile { dir } => {
+            // Without O_EXCL: linkable, as the dump cannot tell (see
+            // docs/state.md).
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+                .open(dir)
+                .map_err(io(pid, format!("open({dir}, O_TMPFILE)")))?;
+            Ok((file, 0))
+        }
     }
 }
 
@@ -280,7 +292,12 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, id: u64, flags: u32, pos: u64) -
             stage: st,
             what: format!("fd {}: saved file {id} is not in the image", cx.fd),
         })?;
-    let fd = util::open(&o.reopen_path(obj), flags as i32 & !OPEN_FLAGS_DROP).at(pid, st)?;
+    let mut flags = flags as i32 & !OPEN_FLAGS_DROP;
+    // O_TMPFILE (with O_DIRECTORY) made the object, not this description.
+    if flags & libc::O_TMPFILE & !libc::O_DIRECTORY != 0 {
+        flags &= !libc::O_TMPFILE;
+    }
+    let fd = util::open(&o.reopen_path(obj), flags).at(pid, st)?;
     if pos != 0 {
         util::seek_to(&fd, pos, &format!("fd {}", cx.fd)).at(pid, st)?;
     }

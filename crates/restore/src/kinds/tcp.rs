@@ -11,7 +11,7 @@
 
 use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::kinds::inet::{NetLock, TcpStream};
+use stasis_image::kinds::inet::{NetLock, SockExtra, TcpStream};
 use stasis_sys::netlock::{self, Method};
 use stasis_sys::{sock, tcprepair, util};
 use std::collections::BTreeMap;
@@ -25,6 +25,7 @@ pub(super) struct Saved<'a> {
     pub(super) peer: &'a SocketAddr,
     pub(super) stream: Option<&'a TcpStream>,
     pub(super) opts: &'a BTreeMap<String, i32>,
+    pub(super) extra: &'a SockExtra,
     pub(super) device: &'a str,
     pub(super) flags: u32,
 }
@@ -55,7 +56,7 @@ fn sys_stream(s: &TcpStream) -> tcprepair::Stream {
 pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let fd = sock::socket(s.family as i32, libc::SOCK_STREAM, libc::IPPROTO_TCP).at(pid, st)?;
-    super::inet::device_and_options(cx, &fd, s.device, s.opts)?;
+    super::inet::device_and_options(cx, &fd, s.device, s.opts, s.extra, s.family)?;
     match s.stream.filter(|_| !o.tcp_close) {
         Some(stream) => {
             tcprepair::restore(&fd, &sys_stream(stream), s.local, s.peer).map_err(|mut e| {

@@ -6,8 +6,8 @@
 //! after the data) and its shutdown state are set.
 
 use super::{Cx, Opened};
-use crate::{At, Result, Stage};
-use stasis_image::kinds::unix::Queued;
+use crate::{At, RestoreError, Result, Stage};
+use stasis_image::kinds::unix::{PeerCred, Queued};
 use stasis_image::{FdKind, ProcessImage};
 use stasis_sys::{sock, util};
 use std::collections::BTreeMap;
@@ -157,22 +157,95 @@ fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The saved SO_PEERCRED / SO_PEERGROUPS of end `id`.
+fn cred_of<'a>(cx: &Cx<'a>, id: u64) -> Option<&'a PeerCred> {
+    cx.procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match &e.kind {
+            FdKind::UnixSocket {
+                id: i, peercred, ..
+            } if *i == id => peercred.as_ref(),
+            _ => None,
+        })
+}
+
+/// Runs `f` (a socket call by an `sock::as_creator` helper) as the saved
+/// creator `c`: its PID when the tree keeps the dump's PIDs
+/// ([`Opened::peer_pids`]), its ids. A PID taken here by a process outside
+/// the tree is refused by name.
+pub(super) fn as_saved<T>(
+    o: &Opened,
+    cx: &Cx<'_>,
+    c: &PeerCred,
+    f: impl FnOnce(Option<i32>, &sock::Ids<'_>) -> stasis_sys::Result<T>,
+) -> Result<T> {
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let creator = (o.peer_pids && c.pid > 0).then_some(c.pid);
+    let ids = sock::Ids {
+        uid: c.uid,
+        gid: c.gid,
+        groups: &c.groups,
+    };
+    f(creator, &ids).map_err(|e| {
+        if e.source.raw_os_error() == Some(libc::EEXIST) {
+            RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!(
+                    "fd {}: a unix socket made by PID {}, which a process outside the tree \
+                     holds here (its SO_PEERCRED could not be given back)",
+                    cx.fd, c.pid
+                ),
+            }
+        } else {
+            RestoreError::Sys {
+                pid,
+                stage: st,
+                source: e,
+            }
+        }
+    })
+}
+
+/// A socket pair whose ends report the saved SO_PEERCRED and
+/// SO_PEERGROUPS (made by [`as_saved`]).
+fn pair(o: &Opened, cx: &Cx<'_>, id: u64, sock_type: u32) -> Result<(OwnedFd, OwnedFd)> {
+    match cred_of(cx, id) {
+        Some(c) => as_saved(o, cx, c, |p, ids| {
+            sock::socketpair_as(sock_type as i32, p, ids)
+        }),
+        None => stasis_sys::sockdiag::socketpair(sock_type as i32).at(cx.pid, Stage::Fork),
+    }
+}
+
 /// An accepted connection named `name` and its client: connected through
 /// the image's listener of that name if it was opened already, else
 /// through a listener made for the purpose and closed again (its socket
 /// file removed if it made one).
+///
+/// SO_PEERCRED: the accepted end reports the process that connected, the
+/// client the one that listened; each call is made by [`as_saved`] with
+/// the credentials the other end saved (`server`, `client`).
 fn through_listener(
     o: &Opened,
     cx: &Cx<'_>,
     name: &[u8],
     sock_type: u32,
+    (server, client_id): (u64, u64),
 ) -> Result<(OwnedFd, OwnedFd)> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let ty = sock_type as i32;
     let client = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
+    let connect = |client: &OwnedFd| match cred_of(cx, server) {
+        Some(c) => as_saved(o, cx, c, |p, ids| {
+            sock::connect_unix_as(client, name, p, ids)
+        }),
+        None => sock::connect_unix(client, name).at(pid, st),
+    };
     if let Some(i) = o.object("unix listener", super::name_key(name)) {
         let l = &o.owned[i];
-        sock::connect_unix(&client, name).at(pid, st)?;
+        connect(&client)?;
         return Ok((sock::accept(l).at(pid, st)?, client));
     }
     let path = (name.first() != Some(&0))
@@ -182,12 +255,16 @@ fn through_listener(
     }
     let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
     sock::bind_unix(&l, name).at(pid, st)?;
-    sock::listen(&l, 1).at(pid, st)?;
-    let r = sock::connect_unix(&client, name).and_then(|()| sock::accept(&l));
+    let r = match cred_of(cx, client_id) {
+        Some(c) => as_saved(o, cx, c, |p, ids| sock::listen_as(&l, 1, p, ids)),
+        None => sock::listen(&l, 1).at(pid, st),
+    }
+    .and_then(|()| connect(&client))
+    .and_then(|()| sock::accept(&l).at(pid, st));
     if let Some(p) = &path {
         let _ = std::fs::remove_file(p);
     }
-    Ok((r.at(pid, st)?, client))
+    Ok((r?, client))
 }
 
 /// A datagram socket connected to a named socket outside the tree
@@ -249,13 +326,13 @@ pub(super) fn open(
                 (&[][..], 0, None, &[][..])
             };
             let (a, b) = if !ea.3.is_empty() {
-                let (server, client) = through_listener(o, cx, ea.3, sock_type)?;
+                let (server, client) = through_listener(o, cx, ea.3, sock_type, (id, peer))?;
                 (server, client)
             } else if !eb.3.is_empty() {
-                let (server, client) = through_listener(o, cx, eb.3, sock_type)?;
+                let (server, client) = through_listener(o, cx, eb.3, sock_type, (peer, id))?;
                 (client, server)
             } else {
-                stasis_sys::sockdiag::socketpair(sock_type as i32).at(pid, st)?
+                pair(o, cx, id, sock_type)?
             };
             let rights = ea.0.iter().chain(eb.0).any(|q| !q.rights.is_empty());
             if !rights {

@@ -1,5 +1,7 @@
 //! Unix sockets that are not connected: a new socket gets its options,
-//! is bound to its name and listened on (backlog); a path's file gets its
+//! is bound to its name and listened on (backlog; by a helper with the
+//! PID and ids of the process that listened: `unix::as_saved`, so its
+//! clients' SO_PEERCRED is the same); a path's file gets its
 //! mode and owner back. The dead process's socket file still lies at the
 //! path: it is removed only if it is a socket nobody listens on (connect
 //! is refused); a live socket or another kind of file there is an error.
@@ -10,7 +12,7 @@
 
 use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::kinds::unix::Queued;
+use stasis_image::kinds::unix::{PeerCred, Queued};
 use stasis_sys::sock;
 use stasis_sys::util;
 use std::collections::BTreeMap;
@@ -27,6 +29,8 @@ pub(super) struct Saved<'a> {
     pub(super) queued: &'a [Queued],
     pub(super) opts: &'a BTreeMap<String, i32>,
     pub(super) flags: u32,
+    /// A listener: the credentials of the process that listened.
+    pub(super) peercred: Option<&'a PeerCred>,
 }
 
 /// Sets the unix socket option `name`.
@@ -105,7 +109,12 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     }
     let mut listener = false;
     if let Some(backlog) = s.listen {
-        sock::listen(&fd, backlog).at(pid, st)?;
+        match s.peercred {
+            Some(c) => {
+                super::unix::as_saved(o, cx, c, |p, ids| sock::listen_as(&fd, backlog, p, ids))?
+            }
+            None => sock::listen(&fd, backlog).at(pid, st)?,
+        }
         listener = !s.name.is_empty();
     }
     // A listener's waiting clients; a datagram socket's connected ones.

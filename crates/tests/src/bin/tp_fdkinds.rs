@@ -12,7 +12,13 @@
 //! * FIFO: both ends (non-blocking read end, blocking write end) with
 //!   waiting bytes and a bigger capacity, still connected after restore.
 //!
-//! Usage: `tp_fdkinds WORKDIR [--corrupt]`
+//! `--tmpfile`: an O_TMPFILE file (mode 0640, 70,000 bytes, offset 5),
+//! never linked: after restore its link still reads `DIR/#N (deleted)`,
+//! its contents, offset and mode are the same, and linkat() through
+//! /proc/self/fd gives it a name (`--corrupt`: it was linked and unlinked
+//! again, which makes it unlinkable).
+//!
+//! Usage: `tp_fdkinds WORKDIR [--corrupt] [--tmpfile]`
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -95,10 +101,77 @@ fn listing(dir: &str) -> Vec<String> {
     v
 }
 
+/// `--tmpfile`: see the module comment.
+fn tmpfile(proto: &Proto, dir: &str, corrupt: bool) -> ! {
+    let mut report = Report::new();
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let fd = open(dir, libc::O_TMPFILE | libc::O_RDWR);
+    write(fd, &data);
+    // SAFETY: plain calls on our descriptor.
+    unsafe {
+        libc::fchmod(fd, 0o640);
+        libc::lseek(fd, 5, libc::SEEK_SET);
+    }
+    let link_of = || {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let is_tmp = |l: &str| {
+        l.strip_prefix(&format!("{dir}/#"))
+            .and_then(|r| r.strip_suffix(" (deleted)"))
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    report.check(is_tmp(&link_of()), || format!("before: link {}", link_of()));
+    proto.ready_and_wait();
+    let linked = format!("{dir}/linked");
+    let src = c(&format!("/proc/self/fd/{fd}"));
+    let at = |p: &str| {
+        // SAFETY: valid NUL-terminated paths.
+        unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                c(p).as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        }
+    };
+    if corrupt {
+        at(&format!("{dir}/gone"));
+        let _ = std::fs::remove_file(format!("{dir}/gone"));
+    }
+    let l = link_of();
+    report.check(is_tmp(&l), || format!("after: link {l}"));
+    // SAFETY: zero is a valid stat; plain calls on our descriptor.
+    let (pos, st) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st);
+        (libc::lseek(fd, 0, libc::SEEK_CUR), st)
+    };
+    report.eq("offset", 5, pos);
+    report.eq("mode", 0o100640, st.st_mode);
+    report.eq("links", 0, st.st_nlink);
+    let r = at(&linked);
+    report.check(r == 0, || {
+        format!("linkat from /proc/self/fd: errno {}", stasis_tests::errno())
+    });
+    report.check(
+        std::fs::read(&linked).ok().as_deref() == Some(&data[..]),
+        || format!("contents of {linked} differ"),
+    );
+    let _ = std::fs::remove_file(&linked);
+    proto.finish(&report);
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let corrupt = args.corrupt();
     let dir = proto.dir().to_str().expect("utf-8").to_string();
+    if args.flag("tmpfile") {
+        tmpfile(&proto, &dir, corrupt);
+    }
     let sub = format!("{dir}/files");
     std::fs::create_dir_all(&sub).expect("mkdir");
     let mut rng = Rng::new(0xde1e7ed);

@@ -20,9 +20,23 @@
 //! senders, IPv6 on a connected socket): read after restore with their
 //! sources, in order.
 //!
-//! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued]`
+//! `--opts`: options that are not plain ints, or were not checked by the
+//! default case, each set away from its default: SO_LINGER (on with a
+//! time; off with a time kept), TCP_CONGESTION, IP_OPTIONS, IP_TTL,
+//! IP_TOS, IP_MULTICAST_IF (by address), IP_MULTICAST_ALL, IP_RECVTOS,
+//! IPV6_UNICAST_HOPS, IPV6_TCLASS, IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS,
+//! IPV6_RECVHOPLIMIT; every one read back after restore; a listener with
+//! a TCP_MD5SIG key accepts a client signing with it (`--corrupt` changes
+//! the congestion algorithm of one socket and the listener's key).
+//!
+//! `--syn-recv`: a listener holding a half-open connection (see
+//! `syn_recv`): refused unless `--skip-in-flight` (`--expect-dropped`).
+//!
+//! Usage: `tp_inet WORKDIR [--corrupt] [--in-flight|--established|--udp-queued|--opts|--syn-recv]`
 
-use stasis_tests::inet::{get, name, parse, set, sock, sockaddr};
+use stasis_tests::inet::{
+    get, get_bytes, md5_key, name, parse, set, set_bytes, set_linger, sock, sockaddr,
+};
 use stasis_tests::{errno, Proto, Report};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -147,6 +161,199 @@ struct State {
     backlog: Option<u32>,
 }
 
+/// The options `--opts` sets, read as bytes: (name, level, option).
+const MORE_OPTS: &[(&str, i32, i32)] = &[
+    ("SO_LINGER", libc::SOL_SOCKET, libc::SO_LINGER),
+    ("TCP_CONGESTION", libc::IPPROTO_TCP, libc::TCP_CONGESTION),
+    ("IP_OPTIONS", libc::IPPROTO_IP, libc::IP_OPTIONS),
+    ("IP_TTL", libc::IPPROTO_IP, libc::IP_TTL),
+    ("IP_TOS", libc::IPPROTO_IP, libc::IP_TOS),
+    ("IP_MULTICAST_IF", libc::IPPROTO_IP, libc::IP_MULTICAST_IF),
+    ("IP_MULTICAST_ALL", libc::IPPROTO_IP, libc::IP_MULTICAST_ALL),
+    ("IP_RECVTOS", libc::IPPROTO_IP, libc::IP_RECVTOS),
+    (
+        "IPV6_UNICAST_HOPS",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_UNICAST_HOPS,
+    ),
+    ("IPV6_TCLASS", libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    (
+        "IPV6_MULTICAST_IF",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_IF,
+    ),
+    (
+        "IPV6_MULTICAST_HOPS",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_HOPS,
+    ),
+    (
+        "IPV6_RECVHOPLIMIT",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVHOPLIMIT,
+    ),
+];
+
+type Readings = Vec<(&'static str, Result<Vec<u8>, i32>)>;
+
+fn more_opts(fd: i32) -> Readings {
+    MORE_OPTS
+        .iter()
+        .map(|&(n, l, o)| (n, get_bytes(fd, l, o)))
+        .collect()
+}
+
+/// `--opts`: sockets with the options of [`MORE_OPTS`] set, compared
+/// (every option, set or not) before and after; then each still works.
+fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: &mut Report) {
+    // An IPv4 listener: lingering 17 s, reno, record route, TTL 33.
+    let l4 = sock(libc::AF_INET, libc::SOCK_STREAM);
+    set_linger(l4, 1, 17);
+    set_bytes(l4, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno");
+    set_bytes(
+        l4,
+        libc::IPPROTO_IP,
+        libc::IP_OPTIONS,
+        &[7, 7, 4, 0, 0, 0, 0, 0],
+    );
+    set(l4, libc::IPPROTO_IP, libc::IP_TTL, 33);
+    bind(l4, lo4());
+    listen(l4, 2);
+    // An IPv6 TCP socket, not bound: lingering off with 9 s kept, hop
+    // limit 7, traffic class 0x28.
+    let t6 = sock(libc::AF_INET6, libc::SOCK_STREAM);
+    set_linger(t6, 1, 9);
+    set_linger(t6, 0, 9);
+    set(t6, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 7);
+    set(t6, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 0x28);
+    // UDP over IPv4: multicast through lo by its address, every group's
+    // traffic off, TOS 0x20, TOS of received datagrams on.
+    let u4 = sock(libc::AF_INET, libc::SOCK_DGRAM);
+    set_bytes(u4, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &[127, 0, 0, 1]);
+    set(u4, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, 0);
+    set(u4, libc::IPPROTO_IP, libc::IP_TOS, 0x20);
+    set(u4, libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
+    set(u4, libc::IPPROTO_IP, libc::IP_TTL, 5);
+    bind(u4, lo4());
+    // UDP over IPv6: multicast through interface 1 (lo), 3 hops.
+    let u6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+    set(u6, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, 1);
+    set(u6, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 3);
+    set(u6, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1);
+    bind(u6, lo6());
+    // A listener taking connections signed with a key (TCP_MD5SIG).
+    let lm = sock(libc::AF_INET, libc::SOCK_STREAM);
+    md5_key(lm, Ipv4Addr::LOCALHOST, MD5_KEY);
+    bind(lm, lo4());
+    listen(lm, 2);
+    let socks = [
+        ("ipv4 listener", l4),
+        ("ipv6 tcp socket", t6),
+        ("udp v4", u4),
+        ("udp v6", u6),
+    ];
+    let before: Vec<Readings> = socks.iter().map(|&(_, fd)| more_opts(fd)).collect();
+    proto.ready_and_wait();
+    if args.corrupt() {
+        set_bytes(l4, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"bbr");
+    }
+    for (i, &(what, fd)) in socks.iter().enumerate() {
+        report.eq(what, &before[i], &more_opts(fd));
+    }
+    let port = name(l4, false).map(|a| a.port()).unwrap_or(0);
+    serve_one(
+        report,
+        "ipv4 listener",
+        l4,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+    );
+    if args.corrupt() {
+        md5_key(lm, Ipv4Addr::LOCALHOST, b"another key");
+    }
+    let port = name(lm, false).map(|a| a.port()).unwrap_or(0);
+    serve_md5(
+        report,
+        "listener with a TCP_MD5SIG key",
+        lm,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+    );
+}
+
+/// `--syn-recv`: a listener with TCP_DEFER_ACCEPT holds a connection
+/// half-open (the client's bare ACK held back): the client is a process
+/// outside the tree (a grandchild that left it), told through files in
+/// the work directory. After go (a refused dump: the process ran on; with
+/// `--expect-dropped`, restored after `--skip-in-flight`) the client sends
+/// a byte: the connection is accepted (or, dropped, it is not).
+fn syn_recv(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: &mut Report) {
+    let l = sock(libc::AF_INET, libc::SOCK_STREAM);
+    set(l, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 30);
+    bind(l, lo4());
+    listen(l, 4);
+    let at = name(l, false).unwrap_or(lo4());
+    let (send_now, done) = (proto.path("client-send"), proto.path("client-done"));
+    let mut ready = [0i32; 2];
+    // SAFETY: a valid out array; fork in a single-threaded program, the
+    // children run plain calls and _exit.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        let c = libc::fork();
+        if c == 0 {
+            if libc::fork() == 0 {
+                // Out of the program's group and session too.
+                libc::setsid();
+                libc::close(ready[0]);
+                libc::close(l);
+                let s = sock(libc::AF_INET, libc::SOCK_STREAM);
+                let r = connect(s, at);
+                libc::write(ready[1], [u8::from(r == 0)].as_ptr().cast(), 1);
+                libc::close(ready[1]);
+                // The byte that completes the accept, once told; gone when
+                // told (or after a minute at most).
+                let mut sent = false;
+                for _ in 0..6000 {
+                    if done.exists() {
+                        break;
+                    }
+                    if !sent && send_now.exists() {
+                        send(s, b"x");
+                        sent = true;
+                    }
+                    stasis_tests::nap(10_000_000);
+                }
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        libc::waitpid(c, std::ptr::null_mut(), 0);
+        libc::close(ready[1]);
+        let mut b = [0u8; 1];
+        libc::read(ready[0], b.as_mut_ptr().cast(), 1);
+        libc::close(ready[0]);
+        report.eq("client connected", 1, b[0]);
+    }
+    // Let the bare ACK arrive (and be held back).
+    stasis_tests::nap(50_000_000);
+    proto.ready_and_wait();
+    let _ = std::fs::write(&send_now, b"");
+    // SAFETY: plain calls on our descriptor.
+    let a = unsafe {
+        libc::fcntl(l, libc::F_SETFL, libc::O_NONBLOCK);
+        let mut p = libc::pollfd {
+            fd: l,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        libc::poll(&mut p, 1, 2000);
+        libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut())
+    };
+    let _ = std::fs::write(&done, b"");
+    let expect = args.flag("expect-dropped") == args.corrupt();
+    report.check((a >= 0) == expect, || {
+        format!("the half-open connection after go: accept returned {a}")
+    });
+}
+
 /// Send-Q of a listener as `ss` shows it: its backlog.
 fn backlog(port: u16) -> Option<u32> {
     let out = std::process::Command::new("ss")
@@ -194,7 +401,34 @@ fn serve_one(report: &mut Report, what: &str, listener: i32, to: SocketAddr) {
     } else {
         libc::AF_INET6
     };
-    let c = sock(family, libc::SOCK_STREAM);
+    serve_client(report, what, listener, to, sock(family, libc::SOCK_STREAM));
+}
+
+const MD5_KEY: &[u8] = b"stasis md5 key";
+
+/// `serve_one` with a client signing with [`MD5_KEY`], which gives up
+/// after 5 s (a listener without the key drops its SYNs).
+fn serve_md5(report: &mut Report, what: &str, listener: i32, to: SocketAddr) {
+    let c = sock(libc::AF_INET, libc::SOCK_STREAM);
+    md5_key(c, Ipv4Addr::LOCALHOST, MD5_KEY);
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: tv lives for the call; its size is passed.
+    unsafe {
+        libc::setsockopt(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            std::ptr::addr_of!(tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    serve_client(report, what, listener, to, c);
+}
+
+fn serve_client(report: &mut Report, what: &str, listener: i32, to: SocketAddr, c: i32) {
     let r = connect(c, to);
     report.check(r == 0, || {
         format!("{what}: connect {to}: errno {}", errno())
@@ -225,6 +459,14 @@ fn main() {
         connect(c, name(l, false).unwrap_or(lo4()));
         let _a = accept(l);
         proto.ready_and_wait();
+        proto.finish(&report);
+    }
+    if args.flag("syn-recv") {
+        syn_recv(&proto, &args, &mut report);
+        proto.finish(&report);
+    }
+    if args.flag("opts") {
+        more_options(&proto, &args, &mut report);
         proto.finish(&report);
     }
     if args.flag("udp-queued") {

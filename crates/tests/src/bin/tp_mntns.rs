@@ -4,7 +4,10 @@
 //!
 //! `tree`: unshares its mount namespace, makes every mount private, mounts
 //! a tmpfs on WORK/t (a file, a subdirectory with a file, a symlink, a
-//! fifo, a device node; known modes, owners and an mtime), binds WORK/src
+//! fifo, a device node; known modes, owners and an mtime; a directory
+//! WORK/t/m of mode 0700, owner 4242:4343, known mtime, with another tmpfs
+//! mounted on it: its own attributes checked through a clone of the tmpfs
+//! on WORK/t alone), binds WORK/src
 //! read-only and nosuid on WORK/ro and twice more, shared in one peer
 //! group, on WORK/s1 and WORK/s2, mounts a fresh proc on WORK/p, keeps
 //! WORK/t/a open at offset 3 and WORK/t/sub/b mapped shared, and forks a
@@ -111,6 +114,59 @@ fn make_tmpfs(dir: &Path) {
             "utimensat",
         );
     }
+    // A directory of the tmpfs another tmpfs is mounted on: its own mode,
+    // owner and mtime are hidden under that mount.
+    let m = t.join("m");
+    std::fs::create_dir(&m).expect("mkdir m");
+    std::fs::set_permissions(&m, std::fs::Permissions::from_mode(0o700)).expect("chmod m");
+    std::os::unix::fs::chown(&m, Some(4242), Some(4343)).expect("chown m");
+    let ts = [
+        libc::timespec {
+            tv_sec: M_MTIME,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: M_MTIME,
+            tv_nsec: 456,
+        },
+    ];
+    // SAFETY: valid path, two timespecs.
+    sys(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c(&m).as_ptr(), ts.as_ptr(), 0) },
+        "utimensat m",
+    );
+    mount("tpinner", &m, Some("tmpfs"), 0, Some("size=1m,mode=755"));
+}
+
+const M_MTIME: i64 = 1_400_000_000;
+
+/// Mode, owner and mtime of the directory WORK/t/m under the mount on it,
+/// read through a clone of the tmpfs on WORK/t alone (open_tree without
+/// AT_RECURSIVE).
+fn under_mount(t: &Path) -> Option<(u32, u32, u32, i64, i64)> {
+    // SAFETY: open_tree with a valid path; fstatat on the descriptor it
+    // returned, closed after.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c(t).as_ptr(),
+            1 | libc::O_CLOEXEC as u32,
+        ) as i32;
+        if fd < 0 {
+            return None;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        let r = libc::fstatat(fd, c"m".as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW);
+        libc::close(fd);
+        (r == 0).then_some((
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime,
+            st.st_mtime_nsec,
+        ))
+    }
 }
 
 /// Every mount as (mount point, options, optional fields, type, source,
@@ -214,6 +270,17 @@ fn check_tmpfs(r: &mut Report, t: &Path, corrupt: bool) {
         "t mode",
         md("").map(|m| m.mode()),
         Some(libc::S_IFDIR | 0o751),
+    );
+    r.eq(
+        "t/m under its mount: mode, owner, mtime",
+        under_mount(t),
+        Some((
+            libc::S_IFDIR | if corrupt { 0o755 } else { 0o700 },
+            4242,
+            4343,
+            M_MTIME,
+            456,
+        )),
     );
     r.eq(
         "t/fifo",

@@ -8,8 +8,10 @@
 //!   attachment with mprotect; one detached, locked, with holes; one
 //!   attached read-only in both and marked for removal), semaphore sets
 //!   and message queues (several types, an empty queue, a raised byte
-//!   limit), then forks the child. After go it checks every id, key,
-//!   owner, mode, size, attachment count, content, semaphore value and
+//!   limit; the detached segment, the second set and the empty queue made
+//!   as uid 2345, gid 6789), then forks the child. After go it checks
+//!   every id, key, owner, creator (cuid, cgid), mode, size, attachment
+//!   count, content, semaphore value and
 //!   message (in order), the sysctls, each attachment's address and
 //!   protection, and that the segment is shared with the child (a write
 //!   in one is seen by the other).
@@ -209,6 +211,57 @@ struct Seen {
     sysctls: Vec<String>,
     perms: Vec<String>,
     own_ns: bool,
+    /// cuid, cgid of every object (segments, sets, queues).
+    creators: Vec<(u32, u32)>,
+    /// Whether a semop ran on each set (sem_otime not 0).
+    operated: Vec<bool>,
+}
+
+fn operated(id: i32) -> bool {
+    // SAFETY: an all-zero semid_ds is a valid out buffer.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a live semid_ds.
+    unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+    ds.sem_otime != 0
+}
+
+/// (cuid, cgid) of a segment, a semaphore set and a queue.
+fn creators(shm: &[i32], sem: &[i32], msg: &[i32]) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = shm
+        .iter()
+        .map(|&id| {
+            let p = shm_ds(id).shm_perm;
+            (p.cuid, p.cgid)
+        })
+        .collect();
+    for &id in sem {
+        // SAFETY: an all-zero semid_ds is a valid out buffer.
+        let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: ds is a live semid_ds.
+        unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+        v.push((ds.sem_perm.cuid, ds.sem_perm.cgid));
+    }
+    for &id in msg {
+        // SAFETY: an all-zero msqid_ds is a valid out buffer.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: ds is a live buffer.
+        unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) };
+        v.push((ds.msg_perm.cuid, ds.msg_perm.cgid));
+    }
+    v
+}
+
+/// Runs `f` with effective ids 2345:6789 (the creator the kernel records).
+fn as_other<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: id changes in this single-threaded program, undone after.
+    unsafe {
+        ok(libc::setresgid(u32::MAX, 6789, u32::MAX), "setresgid");
+        ok(libc::setresuid(u32::MAX, 2345, u32::MAX), "setresuid");
+        let r = f();
+        ok(libc::setresuid(u32::MAX, 0, u32::MAX), "setresuid back");
+        ok(libc::setresgid(u32::MAX, 0, u32::MAX), "setresgid back");
+        r
+    }
 }
 
 struct Objects {
@@ -250,6 +303,8 @@ fn seen(o: &Objects) -> Seen {
             perms_at("self", o.pc as usize),
         ],
         own_ns: ns("/proc/self/ns/ipc") != ns("/proc/1/ns/ipc"),
+        creators: creators(&[o.a, o.b, o.c], &[o.s1, o.s2], &[o.q1, o.q2]),
+        operated: vec![operated(o.s1), operated(o.s2)],
     }
 }
 
@@ -267,7 +322,10 @@ fn create_objects() -> Objects {
             libc::shmget(KEY_A, A_LEN, libc::IPC_CREAT | 0o640),
             "shmget A",
         );
-        let b = ok(libc::shmget(libc::IPC_PRIVATE, 8 * PAGE, 0o600), "shmget B");
+        let b = ok(
+            as_other(|| libc::shmget(libc::IPC_PRIVATE, 8 * PAGE, 0o600)),
+            "shmget B",
+        );
         let c = ok(
             libc::shmget(KEY_C, PAGE, libc::IPC_CREAT | 0o644),
             "shmget C",
@@ -298,8 +356,20 @@ fn create_objects() -> Objects {
             libc::semctl(s1, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds),
             "sem IPC_SET",
         );
-        let s2 = ok(libc::semget(libc::IPC_PRIVATE, 1, 0o600), "semget 2");
+        let s2 = ok(
+            as_other(|| libc::semget(libc::IPC_PRIVATE, 1, 0o600)),
+            "semget 2",
+        );
         ok(libc::semctl(s2, 0, libc::SETVAL, 7), "SETVAL");
+        // A semop on s2 (its sem_otime set), none on s1.
+        let mut op = [libc::sembuf {
+            sem_num: 0,
+            sem_op: -1,
+            sem_flg: 0,
+        }];
+        ok(libc::semop(s2, op.as_mut_ptr(), 1), "semop");
+        op[0].sem_op = 1;
+        ok(libc::semop(s2, op.as_mut_ptr(), 1), "semop");
         let q1 = ok(libc::msgget(KEY_Q, libc::IPC_CREAT | 0o620), "msgget");
         let mut md: libc::msqid_ds = std::mem::zeroed();
         libc::msgctl(q1, libc::IPC_STAT, &mut md);
@@ -308,7 +378,10 @@ fn create_objects() -> Objects {
         for (t, m) in messages() {
             send(q1, t, &m);
         }
-        let q2 = ok(libc::msgget(libc::IPC_PRIVATE, 0o600), "msgget 2");
+        let q2 = ok(
+            as_other(|| libc::msgget(libc::IPC_PRIVATE, 0o600)),
+            "msgget 2",
+        );
         Objects {
             a,
             b,

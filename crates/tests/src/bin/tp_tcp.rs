@@ -13,7 +13,8 @@
 //! * a connection with both ends inside the program (IPv4): one end writes
 //!   until full, the other sends 30 000 bytes not read.
 //!
-//! Every socket is non-blocking; some have TCP_NODELAY, SO_KEEPALIVE.
+//! Every socket is non-blocking; some have TCP_NODELAY, SO_KEEPALIVE,
+//! SO_LINGER and the reno congestion algorithm (TCP_CONGESTION).
 //!
 //! After restore each end checks its addresses, O_NONBLOCK and options,
 //! then both ends of every connection go on: each sends 200 000 more bytes
@@ -47,10 +48,15 @@
 //! before. The names made are listed in `net-names` (bridge, netns) for
 //! the harness to remove.
 //!
+//! `--md5`: the connection with both ends inside signs its segments with
+//! a TCP_MD5SIG key (a lost key drops every segment: the streams stall).
+//!
 //! Usage: `tp_tcp WORKDIR [--corrupt] [--mapped] [--close] [--half-closed]
-//! [--netns host|peer-ns]`
+//! [--netns host|peer-ns] [--md5]`
 
-use stasis_tests::inet::{get, name, set, sock, sockaddr};
+use stasis_tests::inet::{
+    get, get_bytes, md5_key, name, set, set_bytes, set_linger, sock, sockaddr,
+};
 use stasis_tests::{errno, Proto, Report};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -543,6 +549,8 @@ struct Before {
     peer: Option<SocketAddr>,
     nodelay: i32,
     keepalive: i32,
+    linger: Result<Vec<u8>, i32>,
+    congestion: Result<Vec<u8>, i32>,
 }
 
 fn before(fd: i32) -> Before {
@@ -551,6 +559,8 @@ fn before(fd: i32) -> Before {
         peer: name(fd, true),
         nodelay: get(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
         keepalive: get(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        linger: get_bytes(fd, libc::SOL_SOCKET, libc::SO_LINGER),
+        congestion: get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION),
     }
 }
 
@@ -560,6 +570,12 @@ fn check_same(report: &mut Report, what: &str, fd: i32, b: &Before) {
     report.eq(&format!("{what}: peer address"), b.peer, a.peer);
     report.eq(&format!("{what}: TCP_NODELAY"), b.nodelay, a.nodelay);
     report.eq(&format!("{what}: SO_KEEPALIVE"), b.keepalive, a.keepalive);
+    report.eq(&format!("{what}: SO_LINGER"), &b.linger, &a.linger);
+    report.eq(
+        &format!("{what}: TCP_CONGESTION"),
+        &b.congestion,
+        &a.congestion,
+    );
     // SAFETY: plain fcntl.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     report.check(fl & libc::O_NONBLOCK != 0, || {
@@ -819,7 +835,21 @@ fn main() {
     }
     // Both ends inside.
     let l = listener(lo4, None);
-    let a = connect(libc::AF_INET, name(l, false).unwrap_or(lo4));
+    let a = if args.flag("md5") {
+        // Both ends sign with a key (TCP_MD5SIG): the listener's is
+        // copied to the accepted end.
+        md5_key(l, Ipv4Addr::LOCALHOST, b"inside key");
+        let c = sock(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+        md5_key(c, Ipv4Addr::LOCALHOST, b"inside key");
+        let to = name(l, false).unwrap_or(lo4);
+        let (ss, len) = sockaddr(&to);
+        // SAFETY: ss holds an address of length len.
+        let r = unsafe { libc::connect(c, std::ptr::addr_of!(ss).cast(), len) };
+        assert_eq!(r, 0, "connect {to} with a key: errno {}", errno());
+        c
+    } else {
+        connect(libc::AF_INET, name(l, false).unwrap_or(lo4))
+    };
     let b = accept(l);
     // SAFETY: the listener is not needed any more.
     unsafe { libc::close(l) };
@@ -834,6 +864,11 @@ fn main() {
             libc::SO_KEEPALIVE,
             1 - (k % 2) as i32,
         );
+        // SO_LINGER and the congestion algorithm, on every other end.
+        if k % 2 == 0 {
+            set_linger(e.fd, 1, 5 + k as i32);
+            set_bytes(e.fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno");
+        }
     }
     // Queues: the reader inside sends INSIDE_UNREAD bytes; every other end
     // writes until its send queue is full.
@@ -877,6 +912,22 @@ fn main() {
         for (k, (b, a)) in b.iter().zip(&now).enumerate() {
             report.eq(&format!("namespace state {k} (ip)"), b, a);
         }
+    }
+    if args.flag("md5") {
+        // Both ends of the inside connection still hold a key, as `ss`
+        // shows it (inet sock_diag: no call reads a key back).
+        let port = name(ends[n - 1].1.fd, false).map_or(0, |a| a.port());
+        let filter = format!("( sport = :{port} or dport = :{port} )");
+        let out = std::process::Command::new("ss")
+            .args(["-tinH", "state", "established", &filter])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        report.eq(
+            "ends with a TCP_MD5SIG key (ss md5keys)",
+            2,
+            out.matches("md5keys:127.0.0.1/32").count(),
+        );
     }
     totals_from_files(
         &proto,

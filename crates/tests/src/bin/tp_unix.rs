@@ -27,7 +27,15 @@
 //! has sent data: refused (the program then goes on).
 //! `--unlinked`: a listener whose path was unlinked: refused.
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked]`
+//! `--peercred`: SO_PEERCRED (pid, uid, gid) and SO_PEERGROUPS of both
+//! ends of three pairs: one the program made, one a child made as uid
+//! 1234, gid 5678, groups 77 and 88 and handed over before exiting (its
+//! PID free again), one a child still running (in the tree) made and
+//! shares; a listener a child listened on as 2222 (exited) with a client
+//! of a child as 4321 (exited): the client and the accepted end read the
+//! same after restore, a new client reads the listener's creator.
+//!
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked|--peercred]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -132,6 +140,187 @@ fn send_fd(sock: i32, fd: i32) {
         libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
         assert_eq!(libc::sendmsg(sock, &mh, 0), 1, "sendmsg SCM_RIGHTS");
     }
+}
+
+fn recv_fd(sock: i32) -> i32 {
+    let mut cbuf = [0u64; 8];
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; the CMSG macros stay inside cbuf.
+    unsafe {
+        let mut mh: libc::msghdr = std::mem::zeroed();
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = std::mem::size_of_val(&cbuf);
+        assert_eq!(libc::recvmsg(sock, &mut mh, 0), 1, "recvmsg SCM_RIGHTS");
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        assert!(!c.is_null(), "no descriptor received");
+        libc::CMSG_DATA(c).cast::<i32>().read_unaligned()
+    }
+}
+
+/// SO_PEERCRED (pid, uid, gid) and SO_PEERGROUPS of a unix socket.
+fn peer(fd: i32) -> (i32, u32, u32, Vec<u32>) {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as u32;
+    let mut g = [0u32; 64];
+    let mut glen = std::mem::size_of_val(&g) as u32;
+    // SAFETY: live out-parameters of the sizes passed.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(c).cast(),
+            &mut len,
+        );
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            g.as_mut_ptr().cast(),
+            &mut glen,
+        );
+    }
+    (c.pid, c.uid, c.gid, g[..glen as usize / 4].to_vec())
+}
+
+/// `--peercred`: see the module comment.
+fn peercred(proto: &Proto, corrupt: bool) -> ! {
+    let mut report = Report::new();
+    let own = pair(libc::SOCK_STREAM);
+    // A child as another user makes a pair, hands both ends over, exits.
+    let via = pair(libc::SOCK_DGRAM);
+    // SAFETY: fork in a single-threaded program.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: plain calls in the child, which ends with _exit.
+        unsafe {
+            let groups = [77u32, 88];
+            if libc::setgroups(2, groups.as_ptr()) != 0
+                || libc::setresgid(5678, 5678, 5678) != 0
+                || libc::setresuid(1234, 1234, 1234) != 0
+            {
+                libc::_exit(1);
+            }
+            let p = pair(libc::SOCK_DGRAM);
+            send_fd(via[1], p[0]);
+            send_fd(via[1], p[1]);
+            libc::_exit(0);
+        }
+    }
+    let handed = [recv_fd(via[0]), recv_fd(via[0])];
+    // SAFETY: reaps our child.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    // A child that stays (in the tree) makes a pair and shares one end.
+    let mut hold = [0i32; 2];
+    // SAFETY: valid out array.
+    assert_eq!(unsafe { libc::pipe(hold.as_mut_ptr()) }, 0);
+    // SAFETY: fork in a single-threaded program.
+    let stays = unsafe { libc::fork() };
+    if stays == 0 {
+        let p = pair(libc::SOCK_SEQPACKET);
+        send_fd(via[1], p[0]);
+        let mut b = [0u8; 1];
+        // SAFETY: blocks until the parent is done; then exits.
+        unsafe {
+            libc::read(hold[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let shared = recv_fd(via[0]);
+    // A listener a child listened on as 2222:2222 (then exited), and a
+    // connection to it from a child as 4321:4321 (exited too).
+    // SAFETY: getpid cannot fail.
+    let name = format!("\0tp_unix-peercred-{}", unsafe { libc::getpid() });
+    let as_child = |uid: u32, act: &dyn Fn() -> i32| -> i32 {
+        // SAFETY: fork in a single-threaded program; the child ends with
+        // _exit.
+        unsafe {
+            let c = libc::fork();
+            if c == 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(uid, uid, uid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    libc::_exit(1);
+                }
+                send_fd(via[1], act());
+                libc::_exit(0);
+            }
+            let fd = recv_fd(via[0]);
+            libc::waitpid(c, std::ptr::null_mut(), 0);
+            fd
+        }
+    };
+    let listener = as_child(2222, &|| {
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, name.as_bytes());
+        listen(l, 4);
+        l
+    });
+    let client = as_child(4321, &|| {
+        let c = sock(libc::SOCK_STREAM);
+        connect(c, name.as_bytes());
+        c
+    });
+    // SAFETY: plain accept on our listener.
+    let server = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    assert!(server >= 0, "accept: errno {}", errno());
+    let ends = [
+        ("own pair, end 0", own[0]),
+        ("own pair, end 1", own[1]),
+        ("pair of an exited child as 1234:5678, end 0", handed[0]),
+        ("pair of an exited child as 1234:5678, end 1", handed[1]),
+        ("pair of a running child", shared),
+        ("client of a listener that listened as 2222", client),
+        ("accepted end of a client that connected as 4321", server),
+    ];
+    let mut before: Vec<_> = ends.iter().map(|&(_, fd)| peer(fd)).collect();
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let want_pids = [me, me, child, child, stays];
+    for (i, b) in before.iter().enumerate().take(want_pids.len()) {
+        report.eq(&format!("{}: pid before", ends[i].0), want_pids[i], b.0);
+    }
+    report.eq("ids before", (2222, 4321), (before[5].1, before[6].1));
+    report.eq(
+        "ids of the exited child's pair",
+        (1234, 5678, vec![77, 88]),
+        {
+            let b = &before[2];
+            (b.1, b.2, b.3.clone())
+        },
+    );
+    proto.ready_and_wait();
+    if corrupt {
+        before[2].0 += 1;
+    }
+    for (i, &(what, fd)) in ends.iter().enumerate() {
+        report.eq(what, &before[i], &peer(fd));
+    }
+    // A new client of the listener sees who listened.
+    let again = sock(libc::SOCK_STREAM);
+    report.eq(
+        "connect to the listener",
+        0,
+        connect(again, name.as_bytes()),
+    );
+    report.eq("a new client of the listener", &before[5], &peer(again));
+    // SAFETY: ends the running child, then reaps it.
+    unsafe {
+        libc::kill(stays, libc::SIGKILL);
+        libc::waitpid(stays, std::ptr::null_mut(), 0);
+    }
+    proto.finish(&report);
 }
 
 fn sock(ty: i32) -> i32 {
@@ -242,6 +431,9 @@ fn talk(report: &mut Report, what: &str, listener: i32, name: &[u8], ty: i32) {
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
+    if args.flag("peercred") {
+        peercred(&proto, args.corrupt());
+    }
     if args.flag("rights") {
         let p = pair(libc::SOCK_STREAM);
         send_fd(p[1], 0);
