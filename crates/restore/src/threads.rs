@@ -114,48 +114,53 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_THREAD
     | libc::CLONE_SYSVSEM) as u64;
 
-/// Creates thread `tid` in the process by a remote clone3 in its leader
-/// (set_tid gives the old TID); with PTRACE_O_TRACECLONE it arrives traced
-/// and stopped before running any instruction.
-fn create_thread(leader: &mut RemoteThread, pid: u32, tid: u32) -> Result<Pid> {
+/// Creates every thread but the leader by remote clone3s in the leader
+/// (set_tid gives each its old TID), all in one round trip; with
+/// PTRACE_O_TRACECLONE each arrives traced and stopped before running any
+/// instruction (the batch loop goes on through the leader's clone event
+/// stops). set_tid either gives the TID asked for or fails (EEXIST), so a
+/// batch that succeeds made exactly these threads.
+fn create_threads(leader: &mut RemoteThread, pid: u32, tids: &[u32]) -> Result<Vec<Pid>> {
     let st = Stage::Attributes;
-    let (scratch, _) = leader.scratch();
-    let mut args = Vec::with_capacity(88);
-    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
-    for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, scratch + 128, 1, 0] {
-        args.extend_from_slice(&v.to_le_bytes());
+    for &tid in tids {
+        // clone_args (flags, pidfd, child_tid, parent_tid, exit_signal,
+        // stack, stack_size, tls, set_tid, set_tid_size, cgroup), then the
+        // TID, which set_tid points at.
+        let mut args = Vec::with_capacity(96);
+        for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] {
+            args.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        args.extend_from_slice(&(tid as i32).to_le_bytes());
+        let at = leader.stage(&args).at(pid, st)?;
+        // set_tid: the address of the TID just after the arguments.
+        let set_tid = at + 88;
+        leader
+            .write_scratch(at - leader.scratch().0 + 64, &set_tid.to_le_bytes())
+            .at(pid, st)?;
+        leader
+            .queue(libc::SYS_clone3, &[at, 88], format!("clone3 thread {tid}"))
+            .at(pid, st)?;
     }
-    leader.write_scratch(0, &args).at(pid, st)?;
-    leader
-        .write_scratch(128, &(tid as i32).to_le_bytes())
-        .at(pid, st)?;
-    let got = leader
-        .call(
-            libc::SYS_clone3,
-            &[scratch, 88],
-            &format!("clone3 thread {tid}"),
-        )
-        .at(pid, st)?;
-    if got != u64::from(tid) {
-        return Err(RestoreError::Refused {
+    leader.flush().at(pid, st)?;
+    let mut out = Vec::with_capacity(tids.len());
+    for &tid in tids {
+        let t = host_tid(leader.tid(), tid).ok_or_else(|| RestoreError::Refused {
             pid,
             stage: st,
-            what: format!("thread {tid} was created as {got}"),
-        });
+            what: format!("new thread {tid} not found in /proc"),
+        })?;
+        match ptrace::wait(t).at(pid, st)? {
+            ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => out.push(t),
+            other => {
+                return Err(RestoreError::Refused {
+                    pid,
+                    stage: st,
+                    what: format!("new thread {tid}: unexpected {other:?}"),
+                })
+            }
+        }
     }
-    let t = host_tid(leader.tid(), tid).ok_or_else(|| RestoreError::Refused {
-        pid,
-        stage: st,
-        what: format!("new thread {tid} not found in /proc"),
-    })?;
-    match ptrace::wait(t).at(pid, st)? {
-        ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => Ok(t),
-        other => Err(RestoreError::Refused {
-            pid,
-            stage: st,
-            what: format!("new thread {tid}: unexpected {other:?}"),
-        }),
-    }
+    Ok(out)
 }
 
 /// Creates every thread but the leader, each traced and set up with what
@@ -168,10 +173,11 @@ pub(crate) fn create_all(
     k: usize,
 ) -> Result<Vec<RemoteThread>> {
     let pid = img.pid;
-    let mut threads = Vec::with_capacity(img.threads.len() - 1);
-    for t in &img.threads[1..] {
-        let tid = create_thread(leader, pid, t.tid)?;
-        guard.traced[k].1.push(tid);
+    let wanted: Vec<u32> = img.threads[1..].iter().map(|t| t.tid).collect();
+    let tids = create_threads(leader, pid, &wanted)?;
+    guard.traced[k].1.extend(tids.iter().copied());
+    let mut threads = Vec::with_capacity(tids.len());
+    for (t, tid) in img.threads[1..].iter().zip(tids) {
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;
         thread_attributes(&mut tr, pid, t)?;
