@@ -448,16 +448,14 @@ fn read_batch(
         Batch::Mem(addr, _) => {
             let f = match mem_file {
                 Some(f) => f,
-                None => mem_file.insert(
-                    std::fs::File::open(format!("/proc/{p}/mem")).map_err(|source| {
-                        DumpError::Io {
-                            pid: p,
-                            stage: st,
-                            what: format!("open /proc/{p}/mem"),
-                            source,
-                        }
-                    })?,
-                ),
+                None => mem_file.insert(std::fs::File::open(format!("/proc/{p}/mem")).map_err(
+                    |source| DumpError::Io {
+                        pid: p,
+                        stage: st,
+                        what: format!("open /proc/{p}/mem"),
+                        source,
+                    },
+                )?),
             };
             // FOLL_FORCE: reads what process_vm_readv cannot.
             f.read_exact_at(dst, *addr).map_err(|source| DumpError::Io {

@@ -3,10 +3,10 @@
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::progress::Progress;
 use stasis_image::{MmState, PageRun, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
+use stasis_sys::buf::FileMap;
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
-use stasis_sys::buf::FileMap;
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 

@@ -105,7 +105,9 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     let chosen: Vec<String> = if !a.cases.is_empty() {
         a.cases.clone()
     } else if a.scale {
-        ["dense1g", "dense4g", "dense16g"].map(String::from).to_vec()
+        ["dense1g", "dense4g", "dense16g"]
+            .map(String::from)
+            .to_vec()
     } else {
         // All but the scale case, which needs --scale.
         all.iter()
@@ -936,7 +938,13 @@ fn print_scale(rows: &[(String, Vec<Sample>)]) {
     println!("scale (medians; per GiB of page data; peak RSS of the bench process):");
     println!(
         "  {:<16} {:>9} {:>9} {:>11} {:>11} {:>12} {:>12}",
-        "case", "dump GB/s", "rest GB/s", "dump ms/GiB", "rest ms/GiB", "dumper MiB", "restorer MiB"
+        "case",
+        "dump GB/s",
+        "rest GB/s",
+        "dump ms/GiB",
+        "rest ms/GiB",
+        "dumper MiB",
+        "restorer MiB"
     );
     for (name, s) in rows {
         let (_, dump) = min_med(s.iter().map(|x| x.dump).collect());

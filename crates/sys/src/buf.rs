@@ -136,11 +136,7 @@ impl FileMap {
     /// copy into a buffer. Someone else writing the file meanwhile can only
     /// change the bytes seen, as with `pread`; the checksum is what makes
     /// them trusted. Use [`Self::as_slice`] only.
-    pub fn read_only(
-        fd: std::os::fd::BorrowedFd<'_>,
-        offset: u64,
-        len: usize,
-    ) -> Result<FileMap> {
+    pub fn read_only(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: usize) -> Result<FileMap> {
         let m = FileMap::map(fd, offset, len, libc::PROT_READ)?;
         // Page-table entries for all of it at once (the pages are in the
         // page cache): best effort, faults would do it too.
