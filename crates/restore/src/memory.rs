@@ -146,7 +146,8 @@ pub(crate) fn rebuild(
 fn unregister_rseq(r: &mut RemoteThread, pid: u32) -> Result<()> {
     let st = Stage::Memory;
     if let Some((addr, len, sig)) = ptrace::get_rseq(r.tid()).at(pid, st)? {
-        r.call(
+        // Queued: it runs first in the tear-down's round trip.
+        r.queue(
             libc::SYS_rseq,
             &[addr, u64::from(len), 1, u64::from(sig)],
             "rseq(unregister)",
