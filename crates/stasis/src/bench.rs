@@ -345,12 +345,16 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
 const RAW_WINDOW: u64 = 1 << 30;
 const RAW_WINDOWED_ABOVE: u64 = 4 << 30;
 
+/// Writes `bytes` from an already-populated buffer into a new file and
+/// fsyncs it; above [`RAW_WINDOWED_ABOVE`] one [`RAW_WINDOW`] buffer is
+/// written again and again.
 fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
-    if bytes > RAW_WINDOWED_ABOVE {
-        return raw_write_windowed(dir, bytes);
-    }
-    let len = usize::try_from(bytes)?;
-    let mut buf = AnonBuf::new(len)?;
+    let window = if bytes > RAW_WINDOWED_ABOVE {
+        RAW_WINDOW
+    } else {
+        bytes
+    };
+    let mut buf = AnonBuf::new(usize::try_from(window)?)?;
     buf.populate()?;
     // Non-zero content, like page data.
     for (i, b) in buf.as_mut_slice().iter_mut().step_by(4096).enumerate() {
@@ -360,32 +364,10 @@ fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
     let _ = fs::remove_file(&path);
     let t = Instant::now();
     let mut f = File::create(&path)?;
-    // 8 MiB writes: much faster here than one huge write.
-    for c in buf.as_slice().chunks(8 << 20) {
-        f.write_all(c)?;
-    }
-    f.sync_all()?;
-    let d = t.elapsed();
-    drop(f);
-    fs::remove_file(&path)?;
-    Ok(d)
-}
-
-/// [`raw_write`] for the scale cases: one populated [`RAW_WINDOW`] buffer
-/// written again and again.
-fn raw_write_windowed(dir: &Path, bytes: u64) -> Result<Duration> {
-    let mut buf = AnonBuf::new(usize::try_from(RAW_WINDOW)?)?;
-    buf.populate()?;
-    for (i, b) in buf.as_mut_slice().iter_mut().step_by(4096).enumerate() {
-        *b = i as u8 | 1;
-    }
-    let path = dir.join("raw-write.tmp");
-    let _ = fs::remove_file(&path);
-    let t = Instant::now();
-    let mut f = File::create(&path)?;
     let mut left = bytes;
     while left > 0 {
-        let n = usize::try_from(left.min(RAW_WINDOW))?;
+        let n = usize::try_from(left.min(window))?;
+        // 8 MiB writes: much faster here than one huge write.
         for c in buf.as_slice()[..n].chunks(8 << 20) {
             f.write_all(c)?;
         }
