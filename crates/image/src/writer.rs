@@ -56,6 +56,9 @@ fn fsync_path(path: &Path) -> Result<()> {
 /// symlinks.
 fn create_file(path: &Path) -> Result<File> {
     OpenOptions::new()
+        // Readable too: a shared writable mapping needs it (page files
+        // filled through mappings, PageSink::reserve).
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
@@ -333,6 +336,36 @@ impl PageSink<'_> {
     /// Payload bytes written so far.
     pub fn offset(&self) -> u64 {
         *self.offset
+    }
+
+    /// Makes the file `len` payload bytes longer than what is written so
+    /// far, for a caller that fills them through a mapping of the file
+    /// (`stasis_sys::buf::FileMap`); returns the file offset where they
+    /// start. [`Self::filled`] counts them once they hold their data.
+    pub fn reserve(&mut self, len: u64) -> Result<u64> {
+        let start = PAGES_HEADER_LEN + *self.offset;
+        self.file
+            .set_len(start + len)
+            .map_err(|e| ImageError::io(self.part, "extend", e))?;
+        Ok(start)
+    }
+
+    /// Counts `len` bytes reserved by [`Self::reserve`] as written (the
+    /// caller filled them, and fed them to the hashing half in order) and
+    /// moves the write position past them.
+    pub fn filled(&mut self, len: u64) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        if len % PAGE_SIZE != 0 {
+            return Err(ImageError::invalid(
+                self.part,
+                format!("{len} bytes filled is not a multiple of the page size"),
+            ));
+        }
+        *self.offset += len;
+        self.file
+            .seek(SeekFrom::Start(PAGES_HEADER_LEN + *self.offset))
+            .map_err(|e| ImageError::io(self.part, "seek", e))?;
+        Ok(())
     }
 
     /// The page file (payload byte `n` is at file offset

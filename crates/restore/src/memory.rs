@@ -3,10 +3,11 @@
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::progress::Progress;
 use stasis_image::{MmState, PageRun, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
+use stasis_sys::buf::FileMap;
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 
 const MADV_POPULATE_WRITE: u64 = stasis_sys::buf::MADV_POPULATE_WRITE as u64;
@@ -145,7 +146,8 @@ pub(crate) fn rebuild(
 fn unregister_rseq(r: &mut RemoteThread, pid: u32) -> Result<()> {
     let st = Stage::Memory;
     if let Some((addr, len, sig)) = ptrace::get_rseq(r.tid()).at(pid, st)? {
-        r.call(
+        // Queued: it runs first in the tear-down's round trip.
+        r.queue(
             libc::SYS_rseq,
             &[addr, u64::from(len), 1, u64::from(sig)],
             "rseq(unregister)",
@@ -599,20 +601,49 @@ fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64)
 /// Runs at least this long are filled by populate + process_vm_writev;
 /// shorter ones by remote preadv, many per call.
 const BIG_RUN: u64 = 256 << 10;
-/// Pieces the big runs are cut into: populated by one remote madvise each.
+/// Pieces the big runs are cut into: the unit of work the child and the
+/// restorer's helper thread share.
 const PIECE: u64 = 32 << 20;
-/// The helper thread's read buffer.
-const COPY_CHUNK: usize = 8 << 20;
+
+/// The pieces not yet taken, `next..end` of the list: the child takes them
+/// from the front, the helper thread from the back.
+struct Unclaimed {
+    next: usize,
+    end: usize,
+}
+
+impl Unclaimed {
+    fn front(m: &std::sync::Mutex<Unclaimed>) -> Option<usize> {
+        let mut u = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (u.next < u.end).then(|| {
+            u.next += 1;
+            u.next - 1
+        })
+    }
+
+    fn back(m: &std::sync::Mutex<Unclaimed>) -> Option<usize> {
+        let mut u = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (u.next < u.end).then(|| {
+            u.end -= 1;
+            u.end
+        })
+    }
+}
 
 /// Fills every page run from the page file.
 ///
-/// Faulting in fresh memory costs more than copying into it, and only the
-/// child itself can fault in its memory in bulk. So big runs are cut into
-/// [`PIECE`]s; for each, the child populates it (remote
-/// `madvise(MADV_POPULATE_WRITE)`) while a helper thread of the restorer
-/// copies the previous piece in with `pread` + `process_vm_writev` (fast
-/// into pages already present): the two run on different CPUs. Small runs
-/// go by remote `preadv`, up to 1024 runs per call.
+/// First touch of fresh memory (allocating, zeroing, and on a VM the
+/// host's own fault) costs more than copying into it, and it is what both
+/// CPUs must share. Big runs are cut into [`PIECE`]s, taken by two workers
+/// from opposite ends of the list: the child takes pieces from the front
+/// and populates them (remote `madvise(MADV_POPULATE_WRITE)`), handing
+/// each to the helper; the helper thread of the restorer copies every
+/// populated piece in (`process_vm_writev` from a read-only mapping of
+/// the page file: one copy, fast into present pages) and, whenever none is waiting, takes a piece
+/// from the back and copies it into the unpopulated memory, which
+/// `process_vm_writev` faults in itself (slower per page than the
+/// populate, but on the other CPU). Small runs go by remote `preadv`, up
+/// to 1024 runs per call.
 fn fill_pages(
     r: &mut RemoteThread,
     pages: &[PageRun],
@@ -650,8 +681,14 @@ fn fill_pages(
         what: format!("open {path}"),
         source,
     })?;
+    let unclaimed = std::sync::Mutex::new(Unclaimed {
+        next: 0,
+        end: pieces.len(),
+    });
+    let pieces = &pieces;
+    let unclaimed = &unclaimed;
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = mpsc::channel::<(u64, u64, u64)>();
+        let (tx, rx) = mpsc::channel::<usize>();
         let (done_tx, done_rx) = mpsc::channel::<u64>();
         let helper = s.spawn(move || -> Result<()> {
             // Not on the child's CPU: it is busy populating (and wake-ups
@@ -665,28 +702,42 @@ fn fill_pages(
                     if others.is_empty() { cpus } else { &others },
                 );
             }
-            let mut buf = vec![0u8; COPY_CHUNK];
-            for (addr, off, len) in rx {
-                let mut done = 0u64;
-                while done < len {
-                    let n = (len - done).min(COPY_CHUNK as u64) as usize;
-                    let at = PAGES_HEADER_LEN + off + done;
-                    file.read_exact_at(&mut buf[..n], at)
-                        .map_err(|source| RestoreError::Io {
-                            pid,
-                            stage: st,
-                            what: format!("read page file at {at}"),
-                            source,
-                        })?;
-                    stasis_sys::mem::write_bytes(child, addr + done, &buf[..n]).at(pid, st)?;
-                    done += n as u64;
-                }
+            let copy = |i: usize| -> Result<()> {
+                let (addr, off, len) = pieces[i];
+                // Straight from the page cache: a mapping of the piece,
+                // no copy into a buffer.
+                let map = FileMap::read_only(
+                    file.as_fd(),
+                    PAGES_HEADER_LEN + off,
+                    usize::try_from(len).unwrap_or(usize::MAX),
+                )
+                .at(pid, st)?;
+                stasis_sys::mem::write_bytes(child, addr, map.as_slice()).at(pid, st)?;
                 let _ = done_tx.send(len);
+                Ok(())
+            };
+            loop {
+                // Populated pieces first: they are the cheap ones.
+                match rx.try_recv() {
+                    Ok(i) => copy(i)?,
+                    Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+                    Err(mpsc::TryRecvError::Empty) => match Unclaimed::back(unclaimed) {
+                        Some(i) => copy(i)?,
+                        // Nothing left to take: copy what the child
+                        // populates until it is done.
+                        None => {
+                            for i in rx.iter() {
+                                copy(i)?;
+                            }
+                            return Ok(());
+                        }
+                    },
+                }
             }
-            Ok(())
         });
         let res = (|| -> Result<()> {
-            for &(addr, off, len) in &pieces {
+            while let Some(i) = Unclaimed::front(unclaimed) {
+                let (addr, _, len) = pieces[i];
                 r.call(
                     libc::SYS_madvise,
                     &[addr, len, MADV_POPULATE_WRITE],
@@ -694,13 +745,20 @@ fn fill_pages(
                 )
                 .at(pid, st)?;
                 // A closed channel means the helper failed: its error wins.
-                if tx.send((addr, off, len)).is_err() {
+                if tx.send(i).is_err() {
                     return Ok(());
                 }
                 progress.add(done_rx.try_iter().sum());
             }
             preadv_runs(r, &small, fd, &mut progress)
         })();
+        if res.is_err() {
+            // The helper must not go on taking pieces.
+            let mut u = unclaimed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            u.end = u.next;
+        }
         drop(tx);
         let copied = helper.join().unwrap_or_else(|_| {
             Err(RestoreError::Refused {
@@ -838,7 +896,7 @@ fn move_vdso(
     }
     for &(s, _, len) in &pairs {
         let to = temp + (s - lo);
-        r.call(
+        r.queue(
             libc::SYS_mremap,
             &[
                 s,
@@ -853,7 +911,7 @@ fn move_vdso(
     }
     for &(s, d, len) in &pairs {
         let from = temp + (s - lo);
-        r.call(
+        r.queue(
             libc::SYS_mremap,
             &[
                 from,
@@ -866,6 +924,8 @@ fn move_vdso(
         )
         .at(pid, st)?;
     }
+    // Six moves, one round trip.
+    r.flush().at(pid, st)?;
     Ok(())
 }
 

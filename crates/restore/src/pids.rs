@@ -20,6 +20,11 @@ fn inner_pid(host: u32, tid: u32) -> Option<u32> {
 /// Our PID of thread `inner` of the process whose leader we know as `leader`.
 pub(crate) fn host_tid(leader: Pid, inner: u32) -> Option<Pid> {
     let l = leader.0 as u32;
+    // Outside a new PID namespace the numbers are equal: one status read,
+    // not one per thread of the process (creating n threads read n²/2).
+    if inner_pid(l, inner) == Some(inner) {
+        return Some(Pid(inner as i32));
+    }
     stasis_proc::list_tasks(l)
         .ok()?
         .into_iter()

@@ -111,7 +111,8 @@ fn drop_service(
     crate::fdowner::restore(r, img)?;
     crate::locks::restore(r, img)?;
     for &(a, l) in svc.shmem.values().chain(svc.cow.values()) {
-        r.call(libc::SYS_munmap, &[a, l], "munmap inherited shared memory")
+        // Queued: one round trip for all of them, before the stub goes.
+        r.queue(libc::SYS_munmap, &[a, l], "munmap inherited shared memory")
             .at(pid, Stage::Registers)?;
     }
     r.call(libc::SYS_munmap, &[stub, STUB_LEN], "munmap stub area")

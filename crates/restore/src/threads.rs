@@ -114,59 +114,57 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_THREAD
     | libc::CLONE_SYSVSEM) as u64;
 
-/// Creates thread `tid` in the process by a remote clone3 in its leader
-/// (set_tid gives the old TID); with PTRACE_O_TRACECLONE it arrives traced
-/// and stopped before running any instruction.
-fn create_thread(leader: &mut RemoteThread, pid: u32, t: &ThreadState) -> Result<Pid> {
+/// Creates every thread but the leader by remote clone3s in the leader
+/// (set_tid gives each its old TID at every level of a nested PID
+/// namespace), all in one round trip; with PTRACE_O_TRACECLONE each
+/// arrives traced and stopped before running any instruction (the batch
+/// loop goes on through the leader's clone event stops). set_tid either
+/// gives the TIDs asked for or fails (EEXIST), so a batch that succeeds
+/// made exactly these threads. `tids` holds each thread's ids innermost
+/// first (the one the leader's clone3 returns).
+fn create_threads(leader: &mut RemoteThread, pid: u32, tids: &[Vec<u32>]) -> Result<Vec<Pid>> {
     let st = Stage::Attributes;
-    let (scratch, _) = leader.scratch();
-    // Its id at every level of a nested PID namespace, innermost first
-    // (the one the leader's clone3 returns); else the one it has.
-    let tids: Vec<u32> = if t.ns_tids.is_empty() {
-        vec![t.tid]
-    } else {
-        t.ns_tids.iter().rev().copied().collect()
-    };
-    let tid = tids[0];
-    let mut args = Vec::with_capacity(88);
-    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
-    let n = tids.len() as u64;
-    for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, scratch + 128, n, 0] {
-        args.extend_from_slice(&v.to_le_bytes());
+    for ids in tids {
+        // clone_args (flags, pidfd, child_tid, parent_tid, exit_signal,
+        // stack, stack_size, tls, set_tid, set_tid_size, cgroup), then the
+        // TIDs, which set_tid points at.
+        let mut args = Vec::with_capacity(88 + 4 * ids.len());
+        for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, 0, ids.len() as u64, 0] {
+            args.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        for &id in ids {
+            args.extend_from_slice(&(id as i32).to_le_bytes());
+        }
+        let at = leader.stage(&args).at(pid, st)?;
+        // set_tid: the address of the TIDs just after the arguments.
+        let set_tid = at + 88;
+        leader
+            .write_scratch(at - leader.scratch().0 + 64, &set_tid.to_le_bytes())
+            .at(pid, st)?;
+        leader
+            .queue(libc::SYS_clone3, &[at, 88], format!("clone3 thread {}", ids[0]))
+            .at(pid, st)?;
     }
-    leader.write_scratch(0, &args).at(pid, st)?;
-    let set: Vec<u8> = tids
-        .iter()
-        .flat_map(|&v| (v as i32).to_le_bytes())
-        .collect();
-    leader.write_scratch(128, &set).at(pid, st)?;
-    let got = leader
-        .call(
-            libc::SYS_clone3,
-            &[scratch, 88],
-            &format!("clone3 thread {tid}"),
-        )
-        .at(pid, st)?;
-    if got != u64::from(tid) {
-        return Err(RestoreError::Refused {
+    leader.flush().at(pid, st)?;
+    let mut out = Vec::with_capacity(tids.len());
+    for tid in tids.iter().map(|ids| ids[0]) {
+        let t = host_tid(leader.tid(), tid).ok_or_else(|| RestoreError::Refused {
             pid,
             stage: st,
-            what: format!("thread {tid} was created as {got}"),
-        });
+            what: format!("new thread {tid} not found in /proc"),
+        })?;
+        match ptrace::wait(t).at(pid, st)? {
+            ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => out.push(t),
+            other => {
+                return Err(RestoreError::Refused {
+                    pid,
+                    stage: st,
+                    what: format!("new thread {tid}: unexpected {other:?}"),
+                })
+            }
+        }
     }
-    let t = host_tid(leader.tid(), tid).ok_or_else(|| RestoreError::Refused {
-        pid,
-        stage: st,
-        what: format!("new thread {tid} not found in /proc"),
-    })?;
-    match ptrace::wait(t).at(pid, st)? {
-        ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::Event { .. } => Ok(t),
-        other => Err(RestoreError::Refused {
-            pid,
-            stage: st,
-            what: format!("new thread {tid}: unexpected {other:?}"),
-        }),
-    }
+    Ok(out)
 }
 
 /// Creates every thread but the leader, each traced and set up with what
@@ -179,10 +177,22 @@ pub(crate) fn create_all(
     k: usize,
 ) -> Result<Vec<RemoteThread>> {
     let pid = img.pid;
-    let mut threads = Vec::with_capacity(img.threads.len() - 1);
-    for t in &img.threads[1..] {
-        let tid = create_thread(leader, pid, t)?;
-        guard.traced[k].1.push(tid);
+    // Each thread's id at every level of a nested PID namespace, innermost
+    // first; else the one it has.
+    let wanted: Vec<Vec<u32>> = img.threads[1..]
+        .iter()
+        .map(|t| {
+            if t.ns_tids.is_empty() {
+                vec![t.tid]
+            } else {
+                t.ns_tids.iter().rev().copied().collect()
+            }
+        })
+        .collect();
+    let tids = create_threads(leader, pid, &wanted)?;
+    guard.traced[k].1.extend(tids.iter().copied());
+    let mut threads = Vec::with_capacity(tids.len());
+    for (t, tid) in img.threads[1..].iter().zip(tids) {
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;
         thread_attributes(&mut tr, pid, t)?;

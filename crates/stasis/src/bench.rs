@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k,
-    /// tiny, tree100, threads64, precopy1g, server0, conns1000 (default:
-    /// all). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
+    /// Cases to run, comma-separated: dense1g, dense4g, dense16g (only
+    /// with --scale), sparse1g, small10k, tiny, tree100, threads64,
+    /// precopy1g, server0, conns1000 (default: all but dense16g). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
     /// rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -61,6 +61,12 @@ pub struct BenchArgs {
     /// The bench_workload binary (default: next to this executable).
     #[arg(long, value_name = "FILE")]
     workload: Option<PathBuf>,
+    /// The scale cases: dense 1, 4 and 16 GiB (16x `--size-mib`), with
+    /// GB/s, cost per GiB and the dumper's and restorer's peak RSS for
+    /// each. Needs `--dir` on a disk filesystem with room for the largest
+    /// image, and 16 GiB of free memory besides: not for tmpfs.
+    #[arg(long)]
+    scale: bool,
 }
 
 struct Case {
@@ -86,6 +92,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     let all = [
         "dense1g",
         "dense4g",
+        "dense16g",
         "sparse1g",
         "small10k",
         "tiny",
@@ -95,11 +102,22 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "server0",
         "conns1000",
     ];
-    let chosen: Vec<String> = if a.cases.is_empty() {
-        all.iter().map(|s| s.to_string()).collect()
-    } else {
+    let chosen: Vec<String> = if !a.cases.is_empty() {
         a.cases.clone()
+    } else if a.scale {
+        ["dense1g", "dense4g", "dense16g"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        // All but the scale case, which needs --scale.
+        all.iter()
+            .filter(|c| **c != "dense16g")
+            .map(|s| s.to_string())
+            .collect()
     };
+    if chosen.iter().any(|c| c == "dense16g") && !a.scale {
+        bail!("the case dense16g needs --scale (and --dir on a disk filesystem)");
+    }
     let mut out = Vec::new();
     for c in chosen {
         let (name, args): (String, Vec<String>) = match c.as_str() {
@@ -119,6 +137,15 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     "dense".into(),
                     "--size-mib".into(),
                     (4 * unit).to_string(),
+                ],
+            ),
+            "dense16g" => (
+                format!("dense {}", human((16 * unit) << 20)),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    (16 * unit).to_string(),
                 ],
             ),
             "sparse1g" => (
@@ -232,6 +259,8 @@ struct Sample {
     page_bytes: u64,
     filled: u64,
     dump_hwm: u64,
+    /// VmHWM of the bench process while it restores.
+    restore_hwm: u64,
     /// Remote system calls the restore made, and the ptrace round trips
     /// they took (batched calls share one).
     remote_calls: u64,
@@ -310,9 +339,22 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
     Ok(n)
 }
 
+/// Baselines above this size stream through a window of this size (the
+/// scale cases: the machine could not hold the whole baseline buffer beside
+/// the workload or the page cache of the image).
+const RAW_WINDOW: u64 = 1 << 30;
+const RAW_WINDOWED_ABOVE: u64 = 4 << 30;
+
+/// Writes `bytes` from an already-populated buffer into a new file and
+/// fsyncs it; above [`RAW_WINDOWED_ABOVE`] one [`RAW_WINDOW`] buffer is
+/// written again and again.
 fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
-    let len = usize::try_from(bytes)?;
-    let mut buf = AnonBuf::new(len)?;
+    let window = if bytes > RAW_WINDOWED_ABOVE {
+        RAW_WINDOW
+    } else {
+        bytes
+    };
+    let mut buf = AnonBuf::new(usize::try_from(window)?)?;
     buf.populate()?;
     // Non-zero content, like page data.
     for (i, b) in buf.as_mut_slice().iter_mut().step_by(4096).enumerate() {
@@ -322,9 +364,14 @@ fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
     let _ = fs::remove_file(&path);
     let t = Instant::now();
     let mut f = File::create(&path)?;
-    // 8 MiB writes: much faster here than one huge write.
-    for c in buf.as_slice().chunks(8 << 20) {
-        f.write_all(c)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(window))?;
+        // 8 MiB writes: much faster here than one huge write.
+        for c in buf.as_slice()[..n].chunks(8 << 20) {
+            f.write_all(c)?;
+        }
+        left -= n as u64;
     }
     f.sync_all()?;
     let d = t.elapsed();
@@ -333,9 +380,34 @@ fn raw_write(dir: &Path, bytes: u64) -> Result<Duration> {
     Ok(d)
 }
 
+/// [`raw_read`] for the scale cases: each [`RAW_WINDOW`] of the page file
+/// read into fresh populated memory, unmapped before the next.
+fn raw_read_windowed(pages: &[PathBuf]) -> Result<Duration> {
+    let t = Instant::now();
+    for p in pages {
+        let mut f = File::open(p)?;
+        let mut left = f
+            .metadata()?
+            .len()
+            .saturating_sub(stasis_image::PAGES_HEADER_LEN);
+        f.seek(SeekFrom::Start(stasis_image::PAGES_HEADER_LEN))?;
+        while left > 0 {
+            let n = usize::try_from(left.min(RAW_WINDOW))?;
+            let mut buf = AnonBuf::new(n)?;
+            buf.populate()?;
+            f.read_exact(&mut buf.as_mut_slice()[..n])?;
+            left -= n as u64;
+        }
+    }
+    Ok(t.elapsed())
+}
+
 /// Populates `bytes` of memory and reads the page files (one per process)
 /// into it, one after another.
 fn raw_read(pages: &[PathBuf], bytes: u64) -> Result<Duration> {
+    if bytes > RAW_WINDOWED_ABOVE {
+        return raw_read_windowed(pages);
+    }
     let len = usize::try_from(bytes)?;
     let t = Instant::now();
     let mut buf = AnonBuf::new(len.max(1))?;
@@ -496,9 +568,11 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     let read_before = raw_read(&pages, stats.page_bytes)?;
     let calls0 = stasis_sys::remote::remote_syscalls();
     let trips0 = stasis_sys::remote::round_trips();
+    reset_hwm();
     let t = Instant::now();
     let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
     let restore = t.elapsed();
+    let restore_hwm = read_hwm();
     let remote_calls = stasis_sys::remote::remote_syscalls() - calls0;
     let round_trips = stasis_sys::remote::round_trips() - trips0;
     verify_restored(case, &run, restored.wait_pid)?;
@@ -517,6 +591,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
         page_bytes: stats.page_bytes,
         filled,
         dump_hwm,
+        restore_hwm,
         remote_calls,
         round_trips,
     })
@@ -725,6 +800,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let _ = fs::remove_dir_all(&base);
     }
     print_table(&rows);
+    if a.scale {
+        print_scale(&rows);
+    }
     print_fixed_costs(&cases, &rows);
     for (name, v) in &precopy {
         print_precopy(name, v);
@@ -832,6 +910,42 @@ fn print_conn_costs(cases: &[Case], rows: &[(String, Vec<Sample>)]) {
             per(|x| x.dump),
             per(|x| x.frozen),
             per(|x| x.restore)
+        );
+    }
+}
+
+/// The scale view: rates and cost per GiB of page data (medians), which
+/// should not grow with the size, and the peak RSS of the dumper and the
+/// restorer (the bench process while it dumps, while it restores), which
+/// should stay flat.
+fn print_scale(rows: &[(String, Vec<Sample>)]) {
+    println!();
+    println!("scale (medians; per GiB of page data; peak RSS of the bench process):");
+    println!(
+        "  {:<16} {:>9} {:>9} {:>11} {:>11} {:>12} {:>12}",
+        "case",
+        "dump GB/s",
+        "rest GB/s",
+        "dump ms/GiB",
+        "rest ms/GiB",
+        "dumper MiB",
+        "restorer MiB"
+    );
+    for (name, s) in rows {
+        let (_, dump) = min_med(s.iter().map(|x| x.dump).collect());
+        let (_, restore) = min_med(s.iter().map(|x| x.restore).collect());
+        let bytes = s[0].page_bytes;
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "  {:<16} {:>9} {:>9} {:>11.0} {:>11.0} {:>12.1} {:>12.1}",
+            name,
+            gbps(bytes, dump),
+            gbps(bytes, restore),
+            dump.as_secs_f64() * 1e3 / gib.max(1e-9),
+            restore.as_secs_f64() * 1e3 / gib.max(1e-9),
+            mib(s.iter().map(|x| x.dump_hwm).max().unwrap_or(0)),
+            mib(s.iter().map(|x| x.restore_hwm).max().unwrap_or(0)),
         );
     }
 }

@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 const MEM_SMALL: &[&str] = &["--size-mib", "16", "--sparse-mib", "64"];
@@ -267,6 +268,27 @@ fn cr_memory_256mib() {
         ..Opts::default()
     };
     let work = Work::new("cr_memory_256mib");
+    run_case(
+        &work,
+        Program::Bin("tp_memory"),
+        &["--size-mib", "256"],
+        &opts,
+    )
+    .assert_pass(&work);
+}
+
+/// The same on tmpfs (/dev/shm), where the dump fills the page file
+/// through shared mappings from two threads (dump/memory.rs
+/// `dump_mapped`) instead of writing it; the restore verifies its checksum
+/// and the process every page.
+#[test]
+fn cr_memory_256mib_tmpfs() {
+    let opts = Opts {
+        ready_timeout: Duration::from_secs(120),
+        finish_timeout: Duration::from_secs(120),
+        ..Opts::default()
+    };
+    let work = Work::under("cr_memory_256mib_tmpfs", Path::new("/dev/shm"));
     run_case(
         &work,
         Program::Bin("tp_memory"),

@@ -166,9 +166,15 @@ pub struct Work {
 
 impl Work {
     pub fn new(name: &str) -> Work {
+        Work::under(name, &std::env::temp_dir())
+    }
+
+    /// A work directory under `base` (e.g. /dev/shm, for the paths that
+    /// differ on tmpfs).
+    pub fn under(name: &str, base: &Path) -> Work {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let base = fs::canonicalize(std::env::temp_dir()).expect("temp dir");
+        let base = fs::canonicalize(base).expect("work base dir");
         let dir = base.join(format!("stasis-e2e-{name}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create work dir");
