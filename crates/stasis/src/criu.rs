@@ -215,13 +215,9 @@ pub static OPTIONS: &[Opt] = &[
         Acc("inotify watches are restored through file handles, not paths"),
         "/",
     ),
-    o(
-        "empty-ns",
-        Req,
-        DR,
-        Acc("stasis saves and restores the tree's network namespace in full (what it cannot restore is refused by name): more than the empty one asked for, never less"),
-        "net",
-    ),
+    // criu leaves the namespace empty for the caller's setup-namespaces
+    // script; stasis would fill it before that script runs.
+    o("empty-ns", Req, D, Ref, "net"),
     b(
         "weak-sysctls",
         RESTORE,
