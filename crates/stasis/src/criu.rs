@@ -253,6 +253,11 @@ pub static OPTIONS: &[Opt] = &[
     // stasis's own (not criu's).
     o("allow-changed-files", No, RESTORE, App, ""),
     o("new-pid-ns", No, RESTORE, App, ""),
+    // Page-file compression (zstd) and single-stream images on a pipe:
+    // criu has neither (its `--stream` is an image-streamer socket).
+    o("compress", Opti, D, App, "zstd:3"),
+    o("to-stdout", No, D, App, ""),
+    o("from-stdin", No, RESTORE, App, ""),
 ];
 
 /// criu's commands, and whether stasis implements each.

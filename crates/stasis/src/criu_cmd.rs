@@ -6,11 +6,12 @@ use crate::criu::{self, Fate, Given, Parsed};
 use crate::{criu_check, logger, open_fds};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// What the options ask for, once judged.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Request {
     pub(crate) command: String,
     pub(crate) scope: u8,
@@ -55,6 +56,13 @@ pub(crate) struct Request {
     pub(crate) port: Option<u16>,
     /// criu's `--address`: the page server's host, or `service`'s socket path.
     pub(crate) address: Option<String>,
+    /// `--compress[=zstd[:LEVEL]]` (stasis's own): compress the page
+    /// files once the image is complete.
+    pub(crate) compress: Option<stasis_image::compress::Compression>,
+    /// `--to-stdout` (dump) / `--from-stdin` (restore), stasis's own: the
+    /// image as one stream (see `stream.rs`).
+    pub(crate) to_stdout: bool,
+    pub(crate) from_stdin: bool,
     /// criu's `--action-script`: run at each action point.
     pub(crate) action_scripts: Vec<String>,
     /// The command's argument (`swrk FD`).
@@ -180,6 +188,14 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "port" => r.port = Some(number(g)?),
         "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
         "new-pid-ns" => r.new_pid_ns = true,
+        "compress" => {
+            r.compress = Some(
+                stasis_image::compress::Compression::parse(g.value.as_deref())
+                    .map_err(|e| anyhow!("invalid argument for --compress: {e}"))?,
+            )
+        }
+        "to-stdout" => r.to_stdout = true,
+        "from-stdin" => r.from_stdin = true,
         "manage-cgroups" => {
             // criu: the mode defaults to soft when the option has none.
             let v = g.value.as_deref().unwrap_or("soft");
@@ -253,7 +269,12 @@ pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given
 
 /// The one-line refusal of an option.
 pub(crate) fn refusal(g: &Given) -> String {
-    format!("option --{} is not supported yet", g.opt.long)
+    match g.opt.long {
+        "stream" => "option --stream (criu's image-streamer socket) is not supported yet: \
+                     stasis streams an image with `dump --to-stdout` and `restore --from-stdin`"
+            .to_string(),
+        long => format!("option --{long} is not supported yet"),
+    }
 }
 
 /// Judges a parsed criu command line. Errors are refusals: nothing has
@@ -360,7 +381,6 @@ impl Prepared {
         for &fd in &r.close {
             stasis_sys::util::close_fd(fd);
         }
-        use std::io::IsTerminal;
         stasis_image::progress::set_enabled(
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
@@ -397,8 +417,28 @@ fn page_server(r: &Request) -> Result<ExitCode> {
 
 /// Dumps as `r` asks, calling `hook` at criu's action points.
 pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
-    let dir = r.images_dir();
     let pid = r.tree.context("dump: no -t PID")?;
+    // The stream's image is written first into -D, or a private directory.
+    let scratch = match (r.to_stdout, &r.images_dir) {
+        (true, None) => Some(crate::stream::ScratchDir::new("dump")?),
+        _ => None,
+    };
+    let dir = scratch
+        .as_ref()
+        .map(|s| s.path().to_path_buf())
+        .unwrap_or_else(|| r.images_dir());
+    if r.to_stdout && r.page_server {
+        bail!("dump pid {pid}: --to-stdout and --page-server both say where the image goes: give one");
+    }
+    if r.to_stdout && r.prev_images_dir.is_some() {
+        bail!(
+            "dump pid {pid}: --to-stdout with --prev-images-dir is not supported yet: the stream \
+             would not hold the parent images (`stasis migrate` sends a whole chain)"
+        );
+    }
+    if r.to_stdout && std::io::stdout().is_terminal() {
+        bail!("dump pid {pid}: --to-stdout: stdout is a terminal, not a pipe or file");
+    }
     if let Some((m, _)) = r.mounts.ext_map.first() {
         bail!(
             "option --ext-mount-map {m}:KEY at dump is not supported yet: stasis names each \
@@ -438,6 +478,23 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
     };
     let stats = stasis_dump::dump_with(&opts, hook)?;
+    if let Some(c) = r.compress {
+        // After the tree was resumed or killed: compression is not frozen time.
+        let t = std::time::Instant::now();
+        let sizes = stasis_image::compress::compress_image(&dir, c).with_context(|| {
+            format!(
+                "dump pid {pid}: compressing the page files (the image in {} is complete, uncompressed)",
+                dir.display()
+            )
+        })?;
+        log::info!(
+            "compressed page files with zstd level {}: {} -> {} bytes in {:?}",
+            c.level,
+            sizes.raw,
+            sizes.stored,
+            t.elapsed()
+        );
+    }
     log::info!(
         "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),
@@ -455,6 +512,14 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
             )
         })?;
         log::info!("sent {sent} bytes of image to the page server");
+    }
+    if r.to_stdout {
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let mut tx = crate::stream::Sender::new(out)?;
+        tx.send_dir(&dir, None)
+            .and_then(|()| tx.finish())
+            .with_context(|| format!("dump pid {pid}: writing the image stream to stdout"))
+            .map(|(_, n)| log::info!("wrote {n} bytes of image to stdout"))?;
     }
     log::info!("descriptors open at exit: {}", open_fds());
     Ok(ExitCode::SUCCESS)
@@ -492,6 +557,9 @@ pub(crate) fn restore_tree(
 }
 
 fn restore(r: &Request) -> Result<ExitCode> {
+    if r.from_stdin {
+        return restore_from_stdin(r);
+    }
     let dir = r.images_dir();
     // criu's rule: the caller waits for a sibling, so we must not.
     if r.sibling && !r.detached {
@@ -511,6 +579,34 @@ fn restore(r: &Request) -> Result<ExitCode> {
     };
     log::info!("restored pid {pid} exited with {code}");
     Ok(ExitCode::from(code as u8))
+}
+
+/// `restore --from-stdin`: the stream goes into -D (or a private
+/// directory, removed afterwards), then the restore runs from there.
+fn restore_from_stdin(r: &Request) -> Result<ExitCode> {
+    if std::io::stdin().is_terminal() {
+        bail!("restore --from-stdin: stdin is a terminal, not a pipe or file");
+    }
+    let scratch = match &r.images_dir {
+        None => Some(crate::stream::ScratchDir::new("restore")?),
+        Some(_) => None,
+    };
+    let dir = scratch
+        .as_ref()
+        .map(|s| s.path().to_path_buf())
+        .unwrap_or_else(|| r.images_dir());
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+    let n = crate::stream::receive(&mut input, &dir)
+        .with_context(|| format!("restore --from-stdin into {}", dir.display()))?;
+    let mut inner = Request {
+        images_dir: Some(dir),
+        from_stdin: false,
+        // Relative log and pid files stay where they would have been.
+        work_dir: Some(r.work_dir.clone().unwrap_or_else(|| r.images_dir())),
+        ..r.clone()
+    };
+    inner.notes.push(format!("read {n} bytes of image from stdin"));
+    restore(&inner)
 }
 
 /// stasis's own features without which it cannot work at all.

@@ -13,6 +13,7 @@ mod logger;
 mod page_server;
 mod rpc;
 mod rpc_opts;
+mod stream;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
