@@ -63,6 +63,8 @@ pub(crate) struct Request {
     /// image as one stream (see `stream.rs`).
     pub(crate) to_stdout: bool,
     pub(crate) from_stdin: bool,
+    /// `--max-rounds N` (`stasis migrate`): most pre-copy rounds.
+    pub(crate) max_rounds: Option<u32>,
     /// criu's `--action-script`: run at each action point.
     pub(crate) action_scripts: Vec<String>,
     /// The command's argument (`swrk FD`).
@@ -196,6 +198,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         }
         "to-stdout" => r.to_stdout = true,
         "from-stdin" => r.from_stdin = true,
+        "max-rounds" => r.max_rounds = Some(number(g)?),
         "manage-cgroups" => {
             // criu: the mode defaults to soft when the option has none.
             let v = g.value.as_deref().unwrap_or("soft");
@@ -312,7 +315,7 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
             p.positionals.get(1).cloned().unwrap_or_default()
         );
     }
-    if matches!(command.as_str(), "dump" | "restore") && !r.no_default_config {
+    if matches!(command.as_str(), "dump" | "restore" | "migrate") && !r.no_default_config {
         if let Some(c) = default_configs().first() {
             bail!(
                 "criu configuration file {} is not read by stasis: pass --no-default-config (or remove it)",
@@ -324,7 +327,7 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
     if command == "swrk" && r.argument.is_none() {
         bail!("swrk: the socket's descriptor must be given (swrk FD)");
     }
-    if matches!(command.as_str(), "dump" | "pre-dump") && r.tree.is_none() {
+    if matches!(command.as_str(), "dump" | "pre-dump" | "migrate") && r.tree.is_none() {
         bail!("{command}: the process tree to dump must be given with -t PID");
     }
     Ok(Outcome::Run(Box::new(Prepared { req: r })))
@@ -390,6 +393,7 @@ impl Prepared {
                 &mut crate::action::scripts(&r.action_scripts, &r.images_dir()),
             ),
             "page-server" => page_server(&r),
+            "migrate" => crate::migrate::migrate(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             "swrk" => crate::rpc::swrk(&r),
@@ -413,6 +417,58 @@ fn page_server(r: &Request) -> Result<ExitCode> {
     }
     crate::page_server::serve(r.address.as_deref(), port, &dir)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dump options `r` asks for, for an image in `dir`; `pre`: a
+/// pre-dump (leaves the tree running and tracks writes).
+pub(crate) fn dump_options(
+    r: &Request,
+    pid: u32,
+    dir: PathBuf,
+    prev: Option<PathBuf>,
+    pre: bool,
+) -> stasis_dump::DumpOptions {
+    stasis_dump::DumpOptions {
+        pid,
+        images_dir: dir,
+        prev_images_dir: prev,
+        track_mem: pre || r.track_mem,
+        leave_running: pre || r.leave_running,
+        shell_job: r.shell_job,
+        file_locks: r.file_locks,
+        skip_in_flight: r.skip_in_flight,
+        tcp_established: r.tcp_established,
+        tcp_close: r.tcp_close,
+        // criu's default.
+        network_lock: r
+            .network_lock
+            .unwrap_or(stasis_sys::netlock::Method::Iptables),
+        timeout: r.timeout.map(Duration::from_secs),
+        ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
+        cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
+    }
+}
+
+/// Compresses the page files of the image in `dir` if `r` asks for it
+/// (after the dump: the tree is no longer frozen).
+pub(crate) fn compress_if_asked(r: &Request, pid: u32, dir: &Path) -> Result<()> {
+    let Some(c) = r.compress else { return Ok(()) };
+    let t = std::time::Instant::now();
+    let sizes = stasis_image::compress::compress_image(dir, c).with_context(|| {
+        format!(
+            "dump pid {pid}: compressing the page files (the image in {} is complete, uncompressed)",
+            dir.display()
+        )
+    })?;
+    log::info!(
+        "compressed the page files of {} with zstd level {}: {} -> {} bytes in {:?}",
+        dir.display(),
+        c.level,
+        sizes.raw,
+        sizes.stored,
+        t.elapsed()
+    );
+    Ok(())
 }
 
 /// Dumps as `r` asks, calling `hook` at criu's action points.
@@ -458,43 +514,9 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
     // criu's pre-dump saves memory and leaves the tree running, tracking
     // writes for the next round; stasis's writes a complete image too.
     let pre = r.command == "pre-dump";
-    let opts = stasis_dump::DumpOptions {
-        pid,
-        images_dir: dir.clone(),
-        prev_images_dir: r.prev_images_dir.clone(),
-        track_mem: pre || r.track_mem,
-        leave_running: pre || r.leave_running,
-        shell_job: r.shell_job,
-        file_locks: r.file_locks,
-        skip_in_flight: r.skip_in_flight,
-        tcp_established: r.tcp_established,
-        tcp_close: r.tcp_close,
-        // criu's default.
-        network_lock: r
-            .network_lock
-            .unwrap_or(stasis_sys::netlock::Method::Iptables),
-        timeout: r.timeout.map(Duration::from_secs),
-        ghost_limit: r.ghost_limit.unwrap_or(stasis_dump::DEFAULT_GHOST_LIMIT),
-        cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
-    };
+    let opts = dump_options(r, pid, dir.clone(), r.prev_images_dir.clone(), pre);
     let stats = stasis_dump::dump_with(&opts, hook)?;
-    if let Some(c) = r.compress {
-        // After the tree was resumed or killed: compression is not frozen time.
-        let t = std::time::Instant::now();
-        let sizes = stasis_image::compress::compress_image(&dir, c).with_context(|| {
-            format!(
-                "dump pid {pid}: compressing the page files (the image in {} is complete, uncompressed)",
-                dir.display()
-            )
-        })?;
-        log::info!(
-            "compressed page files with zstd level {}: {} -> {} bytes in {:?}",
-            c.level,
-            sizes.raw,
-            sizes.stored,
-            t.elapsed()
-        );
-    }
+    compress_if_asked(r, pid, &dir)?;
     log::info!(
         "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),

@@ -10,6 +10,7 @@ mod criu;
 mod criu_check;
 mod criu_cmd;
 mod logger;
+mod migrate;
 mod page_server;
 mod rpc;
 mod rpc_opts;
