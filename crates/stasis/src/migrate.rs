@@ -142,8 +142,37 @@ pub fn migrate(r: &Request) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a local migration waits for the dumped tree's PIDs to be
+/// freed (its parent must reap it; PID 1 does so about a second late).
+const PID_FREE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until no process of the image in `dir` exists any more, so the
+/// restore can take their PIDs again.
+fn wait_pids_free(dir: &Path) -> Result<()> {
+    let inv = stasis_image::ImageDir::open(dir)?.load_inventory()?;
+    if inv.pid_ns {
+        // Restored into a new PID namespace: the old PIDs never clash.
+        return Ok(());
+    }
+    let deadline = Instant::now() + PID_FREE_WAIT;
+    for p in &inv.processes {
+        while Path::new(&format!("/proc/{}", p.pid)).exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "migrate: pid {} still exists {PID_FREE_WAIT:?} after the final dump killed it \
+                     (its parent has not reaped it): cannot restore it here",
+                    p.pid
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok(())
+}
+
 /// Restores the tree from `dir` here, detached (it outlives us).
 fn restore_here(r: &Request, dir: &Path) -> Result<i32> {
+    wait_pids_free(dir)?;
     let rr = Request {
         command: "restore".into(),
         images_dir: Some(dir.to_path_buf()),
