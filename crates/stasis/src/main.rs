@@ -6,6 +6,7 @@
 
 mod action;
 mod bench;
+mod bench_migrate;
 mod criu;
 mod criu_check;
 mod criu_cmd;

@@ -44,8 +44,44 @@ fn round_name(k: usize) -> String {
     format!("round-{k}")
 }
 
-/// Runs `stasis migrate` as `r` asks.
+/// What a migration did.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Page bytes each pre-copy round saved, and how long each froze the tree.
+    pub rounds: Vec<u64>,
+    pub round_frozen: Vec<Duration>,
+    /// Page bytes of the final dump, and how long it froze the tree.
+    pub final_bytes: u64,
+    pub frozen: Duration,
+    /// Image bytes sent to the page server (0 when local).
+    pub sent: u64,
+    /// From the first round to the restored tree (local) or the page
+    /// server's OK.
+    pub total: Duration,
+    /// The restored root (local).
+    pub restored: Option<i32>,
+}
+
+/// Runs `stasis migrate` as `r` asks; prints the figures as one JSON line.
 pub fn migrate(r: &Request) -> Result<ExitCode> {
+    let f = run(r)?;
+    let figures = serde_json::json!({
+        "pid": r.tree,
+        "rounds": f.rounds,
+        "round_frozen_ms": f.round_frozen.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+        "final_bytes": f.final_bytes,
+        "frozen_ms": f.frozen.as_secs_f64() * 1e3,
+        "sent_bytes": f.sent,
+        "total_ms": f.total.as_secs_f64() * 1e3,
+        "restored_pid": f.restored,
+    });
+    log::info!("migrate: done: {figures}");
+    println!("{figures}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The migration itself (see the module documentation).
+pub fn run(r: &Request) -> Result<Figures> {
     let pid = r.tree.context("migrate: the tree to move must be given with -t PID")?;
     if r.to_stdout || r.from_stdin {
         bail!("migrate pid {pid}: --to-stdout/--from-stdin: migrate sends its images itself");
@@ -112,7 +148,7 @@ pub fn migrate(r: &Request) -> Result<ExitCode> {
         last.frozen
     );
     compress_if_asked(r, pid, &dir)?;
-    let restored = match tx {
+    let (restored, sent) = match tx {
         Some(mut tx) => {
             tx.send_dir(&dir, None)
                 .with_context(|| format!("migrate pid {pid}: sending the final image"))?;
@@ -123,23 +159,19 @@ pub fn migrate(r: &Request) -> Result<ExitCode> {
                 )
             })?;
             log::info!("migrate pid {pid}: {sent} bytes sent to the page server");
-            None
+            (None, sent)
         }
-        None => Some(restore_here(r, &dir)?),
+        None => (Some(restore_here(r, &dir)?), 0),
     };
-    let total = t0.elapsed();
-    let figures = serde_json::json!({
-        "pid": pid,
-        "rounds": saved,
-        "round_frozen_ms": round_frozen.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
-        "final_bytes": last.page_bytes,
-        "frozen_ms": last.frozen.as_secs_f64() * 1e3,
-        "total_ms": total.as_secs_f64() * 1e3,
-        "restored_pid": restored,
-    });
-    log::info!("migrate pid {pid}: done: {figures}");
-    println!("{figures}");
-    Ok(ExitCode::SUCCESS)
+    Ok(Figures {
+        rounds: saved,
+        round_frozen,
+        final_bytes: last.page_bytes,
+        frozen: last.frozen,
+        sent,
+        total: t0.elapsed(),
+        restored,
+    })
 }
 
 /// How long a local migration waits for the dumped tree's PIDs to be

@@ -61,6 +61,11 @@ pub fn serve(address: Option<&str>, port: u16, dir: &Path) -> Result<()> {
     let at = endpoint(address, port);
     let l = TcpListener::bind(&at).with_context(|| format!("page server: bind {at}"))?;
     log::info!("page server listening on {at}");
+    serve_on(&l, dir)
+}
+
+/// [`serve`] on a socket already listening.
+pub fn serve_on(l: &TcpListener, dir: &Path) -> Result<()> {
     let (mut s, peer) = l.accept().context("page server: accept")?;
     log::info!("page server: connection from {peer}");
     let res = receive(&mut s, dir);
