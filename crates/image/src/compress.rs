@@ -298,7 +298,8 @@ pub fn compress_file(path: &Path, c: Compression) -> Result<Sizes> {
         level: c.level,
     };
     let mut head = vec![0u8; PAGES_HEADER_LEN as usize];
-    head[..HEADER_LEN].copy_from_slice(&Header::new(FileKind::PagesZstd, stored, checksum).encode());
+    head[..HEADER_LEN]
+        .copy_from_slice(&Header::new(FileKind::PagesZstd, stored, checksum).encode());
     head[HEADER_LEN..HEADER_LEN + 24].copy_from_slice(&x.encode());
     dst.write_all_at(&head, 0).map_err(io_w)?;
     dst.sync_all()
@@ -344,9 +345,8 @@ pub fn inflate_file(src: &Path, dst: &Path) -> Result<()> {
     let out = create(dst)?;
     let mut part = Partial(Some(dst.to_path_buf()));
     let io_w = |e| ImageError::io(dst, "write", e);
-    let corrupt = |e: io::Error| {
-        ImageError::invalid(src, format!("compressed pages do not decompress: {e}"))
-    };
+    let corrupt =
+        |e: io::Error| ImageError::invalid(src, format!("compressed pages do not decompress: {e}"));
     let input = BufReader::with_capacity(CHUNK, (&mut file).take(header.payload_len));
     let mut dec = zstd::stream::read::Decoder::with_buffer(input).map_err(corrupt)?;
     let mut hasher = Xxh3::new();

@@ -66,7 +66,12 @@ pub(crate) fn open_regular(path: &Path, follow: bool) -> Result<(File, u64)> {
 }
 
 /// Reads and checks the 32-byte header at the start of `file`.
-pub(crate) fn read_header(path: &Path, file: &mut File, file_len: u64, needed: u64) -> Result<Header> {
+pub(crate) fn read_header(
+    path: &Path,
+    file: &mut File,
+    file_len: u64,
+    needed: u64,
+) -> Result<Header> {
     if file_len < needed {
         return Err(ImageError::TruncatedHeader {
             path: path.to_path_buf(),

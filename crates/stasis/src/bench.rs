@@ -196,7 +196,10 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                 ],
             ),
             "migrate4g" => (
-                format!("migrate {} at {PRECOPY_MIB_S} MiB/s", human((4 * unit) << 20)),
+                format!(
+                    "migrate {} at {PRECOPY_MIB_S} MiB/s",
+                    human((4 * unit) << 20)
+                ),
                 vec![
                     "--shape".into(),
                     "dense".into(),
@@ -779,7 +782,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let mut compressions = Vec::new();
     for case in cases.iter() {
-        let Some(mib) = case.compress_mib else { continue };
+        let Some(mib) = case.compress_mib else {
+            continue;
+        };
         match crate::bench_migrate::run_compress(mib) {
             Ok(v) => compressions.push((mib, v)),
             Err(e) => {

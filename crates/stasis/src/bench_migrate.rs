@@ -126,10 +126,38 @@ pub fn raw_tcp_copy(dir: &Path, bytes: u64) -> Result<Duration> {
 /// Fills `data` (a multiple of 4 KiB) with the compression case's mix.
 pub fn realistic_pages(data: &mut [u8]) {
     const WORDS: &[&str] = &[
-        "GET", "POST", "/api/v1/users", "/static/app.js", "200", "404", "INFO", "WARN",
-        "request", "completed", "in", "ms", "user_id=", "session", "cache", "miss", "hit",
-        "{\"id\":", "\"name\":", "\"status\":\"ok\"}", "connection", "from", "10.0.0.", "port",
-        "latency", "bytes", "sent", "received", "worker", "thread", "queue", "depth",
+        "GET",
+        "POST",
+        "/api/v1/users",
+        "/static/app.js",
+        "200",
+        "404",
+        "INFO",
+        "WARN",
+        "request",
+        "completed",
+        "in",
+        "ms",
+        "user_id=",
+        "session",
+        "cache",
+        "miss",
+        "hit",
+        "{\"id\":",
+        "\"name\":",
+        "\"status\":\"ok\"}",
+        "connection",
+        "from",
+        "10.0.0.",
+        "port",
+        "latency",
+        "bytes",
+        "sent",
+        "received",
+        "worker",
+        "thread",
+        "queue",
+        "depth",
     ];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -147,7 +175,12 @@ pub fn realistic_pages(data: &mut [u8]) {
                     let r = next();
                     let w = WORDS[(r % WORDS.len() as u64) as usize].as_bytes();
                     let num = format!("{}", (r >> 20) % 10_000);
-                    for part in [w, b" ", num.as_bytes(), if r & 7 == 0 { b"\n" } else { b" " }] {
+                    for part in [
+                        w,
+                        b" ",
+                        num.as_bytes(),
+                        if r & 7 == 0 { b"\n" } else { b" " },
+                    ] {
                         let n = part.len().min(page.len() - at);
                         page[at..at + n].copy_from_slice(&part[..n]);
                         at += n;

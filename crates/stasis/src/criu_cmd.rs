@@ -5,8 +5,8 @@
 use crate::criu::{self, Fate, Given, Parsed};
 use crate::{criu_check, logger, open_fds};
 use anyhow::{anyhow, bail, Context, Result};
-use std::path::{Path, PathBuf};
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -484,7 +484,9 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         .map(|s| s.path().to_path_buf())
         .unwrap_or_else(|| r.images_dir());
     if r.to_stdout && r.page_server {
-        bail!("dump pid {pid}: --to-stdout and --page-server both say where the image goes: give one");
+        bail!(
+            "dump pid {pid}: --to-stdout and --page-server both say where the image goes: give one"
+        );
     }
     if r.to_stdout && r.prev_images_dir.is_some() {
         bail!(
@@ -627,7 +629,9 @@ fn restore_from_stdin(r: &Request) -> Result<ExitCode> {
         work_dir: Some(r.work_dir.clone().unwrap_or_else(|| r.images_dir())),
         ..r.clone()
     };
-    inner.notes.push(format!("read {n} bytes of image from stdin"));
+    inner
+        .notes
+        .push(format!("read {n} bytes of image from stdin"));
     restore(&inner)
 }
 

@@ -82,7 +82,9 @@ pub fn migrate(r: &Request) -> Result<ExitCode> {
 
 /// The migration itself (see the module documentation).
 pub fn run(r: &Request) -> Result<Figures> {
-    let pid = r.tree.context("migrate: the tree to move must be given with -t PID")?;
+    let pid = r
+        .tree
+        .context("migrate: the tree to move must be given with -t PID")?;
     if r.to_stdout || r.from_stdin {
         bail!("migrate pid {pid}: --to-stdout/--from-stdin: migrate sends its images itself");
     }

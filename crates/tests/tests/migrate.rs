@@ -121,7 +121,12 @@ fn migrate_local(
         fail(work, format!("stasis migrate failed: {}", out.stderr));
     }
     let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(exit, Ok(Exit::Signal(libc::SIGKILL)), "{}", work.diagnostics());
+    assert_eq!(
+        exit,
+        Ok(Exit::Signal(libc::SIGKILL)),
+        "{}",
+        work.diagnostics()
+    );
     let figures: serde_json::Value = out
         .stdout
         .lines()
@@ -133,7 +138,9 @@ fn migrate_local(
     assert!(rounds >= 1, "no pre-copy round: {figures}");
     // The final image builds on the last round.
     assert!(
-        work.img().join(format!("round-{rounds}/inventory.img")).exists(),
+        work.img()
+            .join(format!("round-{rounds}/inventory.img"))
+            .exists(),
         "{}",
         work.diagnostics()
     );
@@ -250,7 +257,17 @@ fn compress_chain() {
     let pre = work.path("pre1");
     let out = stasis(
         &work,
-        &["pre-dump", "-t", &pid_s, "-D", s(&pre), "-o", "pre.log", "-v4", "--compress"],
+        &[
+            "pre-dump",
+            "-t",
+            &pid_s,
+            "-D",
+            s(&pre),
+            "-o",
+            "pre.log",
+            "-v4",
+            "--compress",
+        ],
         T,
     );
     assert!(out.success(), "{}", out.stderr);
@@ -291,7 +308,12 @@ fn stream_dump_pipe_restore() {
         pf = s(&work.path("pidfile")),
         r = s(&work.path("restore.log")),
     );
-    let out = run(work.dir(), "pipe", Command::new("sh").args(["-c", &line]), None);
+    let out = run(
+        work.dir(),
+        "pipe",
+        Command::new("sh").args(["-c", &line]),
+        None,
+    );
     if !out.success() {
         // SAFETY: plain kill of the program this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -299,7 +321,12 @@ fn stream_dump_pipe_restore() {
         fail(&work, format!("dump | restore failed: {}", out.stderr));
     }
     let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(exit, Ok(Exit::Signal(libc::SIGKILL)), "{}", work.diagnostics());
+    assert_eq!(
+        exit,
+        Ok(Exit::Signal(libc::SIGKILL)),
+        "{}",
+        work.diagnostics()
+    );
     let mut r = adopt_restored(&work, pid);
     finish(&work, &mut r, T).assert_pass(&work);
 
@@ -413,7 +440,11 @@ fn migrate_to_page_server_across_netns() {
     let mut prog = net.cmd(&net.a, &bin_path("tp_memory"));
     prog.arg(work.dir()).args(["--size-mib", "32"]);
     let mut p = spawn_in_session(&work, prog);
-    step(&work, "ready", wait_ready(&work, &mut p, Duration::from_secs(60)));
+    step(
+        &work,
+        "ready",
+        wait_ready(&work, &mut p, Duration::from_secs(60)),
+    );
     let pid = p.pid;
     let reaper = reap_when_killed(p);
     // Wait until the server listens, then migrate from A.
@@ -448,11 +479,19 @@ fn migrate_to_page_server_across_netns() {
         // SAFETY: plain kill of the program this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = reaper.join();
-        fail(&work, format!("migrate failed: {}\nserver: {}", out.stderr, srv.stderr));
+        fail(
+            &work,
+            format!("migrate failed: {}\nserver: {}", out.stderr, srv.stderr),
+        );
     }
     assert!(srv.success(), "page server: {srv:?}");
     let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(exit, Ok(Exit::Signal(libc::SIGKILL)), "{}", work.diagnostics());
+    assert_eq!(
+        exit,
+        Ok(Exit::Signal(libc::SIGKILL)),
+        "{}",
+        work.diagnostics()
+    );
     assert!(dest.join("round-1/inventory.img").exists());
     // At the destination, in B.
     let mut rest = net.cmd(&net.b, &bin);
