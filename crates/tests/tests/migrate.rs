@@ -521,3 +521,29 @@ fn migrate_to_page_server_across_netns() {
     );
     finish(&work, &mut r, T).assert_pass(&work);
 }
+
+/// What migrate cannot do is refused by name before anything is done: a
+/// restore option restore does not know yet (`--lazy-pages`), options that
+/// contradict a move; the program runs on untouched.
+#[test]
+fn migrate_refusals() {
+    let work = Work::new("migrate_refusals");
+    let mut p = start_ready(&work, Program::Bin("tp_sleep"), &[], &Opts::default());
+    let pid_s = p.pid.to_string();
+    let img = work.img();
+    for (extra, word) in [
+        ("--lazy-pages", "option --lazy-pages is not supported yet"),
+        ("--leave-running", "--leave-running"),
+        ("--to-stdout", "--to-stdout"),
+        ("--stream", "--from-stdin"),
+    ] {
+        let out = stasis(&work, &["migrate", "-t", &pid_s, "-D", s(&img), extra], T);
+        assert!(
+            !out.success() && out.stderr.contains(word) && out.stderr.lines().count() == 1,
+            "{extra}: {out:?}"
+        );
+        assert!(!img.join("round-1").exists(), "{extra}: a round was dumped");
+    }
+    step(&work, "still running", p.check_running_untraced());
+    p.kill();
+}
