@@ -15,9 +15,9 @@
 //! (i32 LE); zeros to 4096. The payload is one or more zstd frames whose
 //! decompressed bytes are exactly the raw payload.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::Xxh3;
@@ -163,35 +163,43 @@ pub(crate) fn verify(
             ),
         ));
     }
+    let digest = stream_payload(path, file, header.payload_len, |_| Ok(()))?;
+    verify_checksum(path, header.checksum, digest)
+}
+
+/// Reads the `len` payload bytes of the page file `file` (from byte
+/// [`PAGES_HEADER_LEN`]) in [`CHUNK`]s, handing each to `each`; returns
+/// their xxh3-64.
+fn stream_payload(
+    path: &Path,
+    file: &mut File,
+    len: u64,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
     file.seek(SeekFrom::Start(PAGES_HEADER_LEN))
         .map_err(|e| ImageError::io(path, "seek", e))?;
     let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; CHUNK];
-    let mut left = header.payload_len;
+    let mut left = len;
     while left > 0 {
         let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-        let n = read_some(path, file, &mut buf[..want])?;
-        if n == 0 {
-            return Err(ImageError::Truncated {
-                path: path.to_path_buf(),
-                expected: header.payload_len,
-                actual: header.payload_len - left,
-            });
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    verify_checksum(path, header.checksum, hasher.digest())
-}
-
-fn read_some(path: &Path, r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    loop {
-        match r.read(buf) {
-            Ok(n) => return Ok(n),
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(ImageError::Truncated {
+                    path: path.to_path_buf(),
+                    expected: len,
+                    actual: len - left,
+                })
+            }
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ImageError::io(path, "read", e)),
-        }
+        };
+        hasher.update(&buf[..n]);
+        each(&buf[..n])?;
+        left -= n as u64;
     }
+    Ok(hasher.digest())
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -211,17 +219,6 @@ impl<W: Write> Write for Counted<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn create(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| ImageError::io(path, "create", e))
 }
 
 /// A file removed on drop unless kept.
@@ -254,7 +251,7 @@ pub fn compress_file(path: &Path, c: Compression) -> Result<Sizes> {
     check_len(path, header.payload_len, file_len - PAGES_HEADER_LEN)?;
     let part_path = PathBuf::from(format!("{}.zst.part", path.display()));
     let _ = std::fs::remove_file(&part_path);
-    let dst = create(&part_path)?;
+    let dst = crate::writer::create_file(&part_path)?;
     let mut part = Partial(Some(part_path.clone()));
     let io_w = |e| ImageError::io(&part_path, "write", e);
     let mut out = Counted {
@@ -267,26 +264,10 @@ pub fn compress_file(path: &Path, c: Compression) -> Result<Sizes> {
         .seek(SeekFrom::Start(PAGES_HEADER_LEN))
         .map_err(io_w)?;
     let mut enc = zstd::stream::write::Encoder::new(out, c.level).map_err(io_w)?;
-    src.seek(SeekFrom::Start(PAGES_HEADER_LEN))
-        .map_err(|e| ImageError::io(path, "seek", e))?;
-    let mut raw_hash = Xxh3::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = header.payload_len;
-    while left > 0 {
-        let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-        let n = read_some(path, &mut src, &mut buf[..want])?;
-        if n == 0 {
-            return Err(ImageError::Truncated {
-                path: path.to_path_buf(),
-                expected: header.payload_len,
-                actual: header.payload_len - left,
-            });
-        }
-        raw_hash.update(&buf[..n]);
-        enc.write_all(&buf[..n]).map_err(io_w)?;
-        left -= n as u64;
-    }
-    verify_checksum(path, header.checksum, raw_hash.digest())?;
+    let raw_hash = stream_payload(path, &mut src, header.payload_len, |b| {
+        enc.write_all(b).map_err(io_w)
+    })?;
+    verify_checksum(path, header.checksum, raw_hash)?;
     let mut out = enc.finish().map_err(io_w)?;
     out.flush().map_err(io_w)?;
     let (stored, checksum) = (out.len, out.hasher.digest());
@@ -342,7 +323,7 @@ pub fn inflate_file(src: &Path, dst: &Path) -> Result<()> {
     let x = Extra::read(src, &file)?;
     file.seek(SeekFrom::Start(PAGES_HEADER_LEN))
         .map_err(|e| ImageError::io(src, "seek", e))?;
-    let out = create(dst)?;
+    let out = crate::writer::create_file(dst)?;
     let mut part = Partial(Some(dst.to_path_buf()));
     let io_w = |e| ImageError::io(dst, "write", e);
     let corrupt =
