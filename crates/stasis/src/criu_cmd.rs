@@ -539,11 +539,21 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
     }
     if r.to_stdout {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        let mut tx = crate::stream::Sender::new(out)?;
-        tx.send_dir(&dir, None)
-            .and_then(|()| tx.finish())
-            .with_context(|| format!("dump pid {pid}: writing the image stream to stdout"))
-            .map(|(_, n)| log::info!("wrote {n} bytes of image to stdout"))?;
+        let sent = crate::stream::Sender::new(out).and_then(|mut tx| {
+            tx.send_dir(&dir, None)?;
+            tx.finish()
+        });
+        match sent {
+            Ok((_, n)) => log::info!("wrote {n} bytes of image to stdout"),
+            Err(e) => {
+                // The tree may be gone: this image is all that is left of it.
+                let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+                return Err(e.context(format!(
+                    "dump pid {pid}: writing the image stream to stdout (the image is complete in {})",
+                    kept.display()
+                )));
+            }
+        }
     }
     log::info!("descriptors open at exit: {}", open_fds());
     Ok(ExitCode::SUCCESS)

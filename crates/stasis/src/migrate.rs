@@ -152,18 +152,37 @@ pub fn run(r: &Request) -> Result<Figures> {
     compress_if_asked(r, pid, &dir)?;
     let (restored, sent) = match tx {
         Some(mut tx) => {
-            tx.send_dir(&dir, None)
-                .with_context(|| format!("migrate pid {pid}: sending the final image"))?;
-            let sent = crate::page_server::finish(tx).with_context(|| {
-                format!(
-                    "migrate pid {pid}: the page server did not take the image (it is complete in {})",
-                    dir.display()
-                )
-            })?;
+            if let Err(e) = tx.send_dir(&dir, None) {
+                let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+                return Err(e.context(format!(
+                    "migrate pid {pid}: sending the final image (it is complete in {})",
+                    kept.display()
+                )));
+            }
+            let sent = match crate::page_server::finish(tx) {
+                Ok(n) => n,
+                Err(e) => {
+                    let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+                    return Err(e.context(format!(
+                        "migrate pid {pid}: the page server did not take the image (it is complete in {})",
+                        kept.display()
+                    )));
+                }
+            };
             log::info!("migrate pid {pid}: {sent} bytes sent to the page server");
             (None, sent)
         }
-        None => (Some(restore_here(r, &dir)?), 0),
+        None => match restore_here(r, &dir) {
+            Ok(pid) => (Some(pid), 0),
+            Err(e) => {
+                // The tree is gone: keep its image.
+                let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+                return Err(e.context(format!(
+                    "migrate pid {pid}: the image is complete in {}",
+                    kept.display()
+                )));
+            }
+        },
     };
     Ok(Figures {
         rounds: saved,

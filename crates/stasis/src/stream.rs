@@ -240,6 +240,14 @@ impl ScratchDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// Keeps the directory (it holds the only copy of an image whose tree
+    /// is gone); returns its path.
+    pub fn keep(self) -> std::path::PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
 }
 
 impl Drop for ScratchDir {
