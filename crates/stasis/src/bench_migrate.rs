@@ -284,6 +284,14 @@ pub fn print_migrate(name: &str, v: &[MigrateSample]) {
         f.frozen.as_secs_f64() / s.full_frozen.as_secs_f64().max(1e-9)
     );
     println!(
+        "  pre-copy rounds frozen: {} ms",
+        f.round_frozen
+            .iter()
+            .map(|d| ms(*d))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    println!(
         "  migration over 127.0.0.1: {} ms (pre-copy + final dump + transfer {} ms, restore {} ms) for {} MiB sent; raw TCP copy of the same bytes {} ms: {:.2}x the raw copy",
         ms(total),
         ms(f.total),

@@ -518,7 +518,11 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
     let pre = r.command == "pre-dump";
     let opts = dump_options(r, pid, dir.clone(), r.prev_images_dir.clone(), pre);
     let stats = stasis_dump::dump_with(&opts, hook)?;
-    compress_if_asked(r, pid, &dir)?;
+    if let Err(e) = compress_if_asked(r, pid, &dir) {
+        // Without -R the tree is gone: keep its (uncompressed) image.
+        let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+        return Err(e.context(format!("the image is kept in {}", kept.display())));
+    }
     log::info!(
         "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),

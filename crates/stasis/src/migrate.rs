@@ -149,40 +149,17 @@ pub fn run(r: &Request) -> Result<Figures> {
         last.page_bytes,
         last.frozen
     );
-    compress_if_asked(r, pid, &dir)?;
-    let (restored, sent) = match tx {
-        Some(mut tx) => {
-            if let Err(e) = tx.send_dir(&dir, None) {
-                let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
-                return Err(e.context(format!(
-                    "migrate pid {pid}: sending the final image (it is complete in {})",
-                    kept.display()
-                )));
-            }
-            let sent = match crate::page_server::finish(tx) {
-                Ok(n) => n,
-                Err(e) => {
-                    let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
-                    return Err(e.context(format!(
-                        "migrate pid {pid}: the page server did not take the image (it is complete in {})",
-                        kept.display()
-                    )));
-                }
-            };
-            log::info!("migrate pid {pid}: {sent} bytes sent to the page server");
-            (None, sent)
+    // The tree is gone from here on: if the image cannot be delivered, it
+    // is kept (even a private directory) and named.
+    let (restored, sent) = match deliver(r, pid, &dir, tx) {
+        Ok(v) => v,
+        Err(e) => {
+            let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+            return Err(e.context(format!(
+                "migrate pid {pid}: the image is complete in {}",
+                kept.display()
+            )));
         }
-        None => match restore_here(r, &dir) {
-            Ok(pid) => (Some(pid), 0),
-            Err(e) => {
-                // The tree is gone: keep its image.
-                let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
-                return Err(e.context(format!(
-                    "migrate pid {pid}: the image is complete in {}",
-                    kept.display()
-                )));
-            }
-        },
     };
     Ok(Figures {
         rounds: saved,
@@ -193,6 +170,30 @@ pub fn run(r: &Request) -> Result<Figures> {
         total: t0.elapsed(),
         restored,
     })
+}
+
+/// After the final dump: compresses if asked, then sends the final image
+/// and waits for the page server's OK, or restores here. Returns the
+/// restored PID (local) and the bytes sent (page server).
+fn deliver(
+    r: &Request,
+    pid: u32,
+    dir: &Path,
+    tx: Option<crate::stream::Sender<std::net::TcpStream>>,
+) -> Result<(Option<i32>, u64)> {
+    compress_if_asked(r, pid, dir)?;
+    match tx {
+        Some(mut tx) => {
+            tx.send_dir(dir, None)
+                .with_context(|| format!("migrate pid {pid}: sending the final image"))?;
+            let sent = crate::page_server::finish(tx).with_context(|| {
+                format!("migrate pid {pid}: the page server did not take the image")
+            })?;
+            log::info!("migrate pid {pid}: {sent} bytes sent to the page server");
+            Ok((None, sent))
+        }
+        None => Ok((Some(restore_here(r, dir)?), 0)),
+    }
 }
 
 /// How long a local migration waits for the dumped tree's PIDs to be
