@@ -64,12 +64,33 @@ fn run(dir: &Path, name: &str, cmd: &mut Command, stdin: Option<&Path>) -> CmdOu
 
 /// Reaps the program in the background once a dump kills it, so its PID
 /// is free for the restore that follows in the same command.
-fn reap_when_killed(p: Proc) -> std::thread::JoinHandle<(Proc, Result<Exit, String>)> {
+fn reap_when_killed(p: Proc) -> Reaper {
     std::thread::spawn(move || {
         let mut p = p;
         let e = p.wait(T);
         (p, e)
     })
+}
+
+type Reaper = std::thread::JoinHandle<(Proc, Result<Exit, String>)>;
+
+/// After the command that was to kill the program (`out`): if it failed,
+/// kills the program and fails the test; else checks that the program
+/// died by SIGKILL and was reaped.
+fn killed_by(work: &Work, pid: i32, reaper: Reaper, out: &CmdOut, what: &str) {
+    if !out.success() {
+        // SAFETY: plain kill of the program this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = reaper.join();
+        fail(work, format!("{what} failed: {}", out.stderr));
+    }
+    let (_, exit) = reaper.join().expect("reaper");
+    assert_eq!(
+        exit,
+        Ok(Exit::Signal(libc::SIGKILL)),
+        "{}",
+        work.diagnostics()
+    );
 }
 
 /// The restored program (reparented to us, the subreaper), running.
@@ -114,19 +135,7 @@ fn migrate_local(
     ];
     a.extend_from_slice(extra);
     let out = stasis(work, &a, T);
-    if !out.success() {
-        // SAFETY: plain kill of the program this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = reaper.join();
-        fail(work, format!("stasis migrate failed: {}", out.stderr));
-    }
-    let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(
-        exit,
-        Ok(Exit::Signal(libc::SIGKILL)),
-        "{}",
-        work.diagnostics()
-    );
+    killed_by(work, pid, reaper, &out, "stasis migrate");
     let figures: serde_json::Value = out
         .stdout
         .lines()
@@ -314,19 +323,7 @@ fn stream_dump_pipe_restore() {
         Command::new("sh").args(["-c", &line]),
         None,
     );
-    if !out.success() {
-        // SAFETY: plain kill of the program this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = reaper.join();
-        fail(&work, format!("dump | restore failed: {}", out.stderr));
-    }
-    let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(
-        exit,
-        Ok(Exit::Signal(libc::SIGKILL)),
-        "{}",
-        work.diagnostics()
-    );
+    killed_by(&work, pid, reaper, &out, "dump | restore");
     let mut r = adopt_restored(&work, pid);
     finish(&work, &mut r, T).assert_pass(&work);
 
@@ -475,23 +472,8 @@ fn migrate_to_page_server_across_netns() {
     ]);
     let out = run(work.dir(), "migrate", &mut mig, None);
     let srv = server.join().expect("server thread");
-    if !out.success() {
-        // SAFETY: plain kill of the program this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = reaper.join();
-        fail(
-            &work,
-            format!("migrate failed: {}\nserver: {}", out.stderr, srv.stderr),
-        );
-    }
+    killed_by(&work, pid, reaper, &out, "migrate to the page server");
     assert!(srv.success(), "page server: {srv:?}");
-    let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(
-        exit,
-        Ok(Exit::Signal(libc::SIGKILL)),
-        "{}",
-        work.diagnostics()
-    );
     assert!(dest.join("round-1/inventory.img").exists());
     // At the destination, in B.
     let mut rest = net.cmd(&net.b, &bin);
