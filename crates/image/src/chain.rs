@@ -134,6 +134,20 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
         .iter()
         .map(|r| dir.pages_path(r))
         .collect();
+    // Compressed page files (verified by `load_all`) are inflated first,
+    // so that everything below and every reader sees raw page files.
+    let mut tmp: Option<TempDir> = None;
+    for (i, img) in image.processes.iter().enumerate() {
+        if crate::compress::is_compressed(&pages[i])? {
+            let t = match &tmp {
+                Some(t) => t,
+                None => tmp.insert(temp_dir()?),
+            };
+            let out = t.0.join(format!("inflated-{}.img", img.pid));
+            crate::compress::inflate_file(&pages[i], &out)?;
+            pages[i] = out;
+        }
+    }
     let needs_parent = image
         .processes
         .iter()
@@ -143,7 +157,7 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
             return Ok(Resolved {
                 image,
                 pages,
-                _tmp: None,
+                _tmp: tmp,
                 _parents: vec![],
             })
         }
@@ -157,7 +171,10 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
     };
     let (pdir, _) = open_parent(dir.path(), &link)?;
     let parent = resolve_at(&pdir, depth + 1)?;
-    let tmp = temp_dir()?;
+    let tmp = match tmp {
+        Some(t) => t,
+        None => temp_dir()?,
+    };
     for (i, img) in image.processes.iter_mut().enumerate() {
         if !img.mm.pages.iter().any(|r| r.in_parent) {
             continue;

@@ -18,6 +18,8 @@ pub enum FileKind {
     Core = 2,
     /// `pages-PID.img`: raw page data.
     Pages = 3,
+    /// `pages-PID.img` compressed with zstd (see `crate::compress`).
+    PagesZstd = 4,
 }
 
 impl FileKind {
@@ -27,6 +29,7 @@ impl FileKind {
             1 => Some(FileKind::Inventory),
             2 => Some(FileKind::Core),
             3 => Some(FileKind::Pages),
+            4 => Some(FileKind::PagesZstd),
             _ => None,
         }
     }
@@ -42,6 +45,7 @@ impl FileKind {
             FileKind::Inventory => "inventory",
             FileKind::Core => "core",
             FileKind::Pages => "pages",
+            FileKind::PagesZstd => "pages-zstd",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod cgroupns;
 pub mod cgroups;
 pub mod chain;
 mod checker;
+pub mod compress;
 pub mod error;
 mod file_kind;
 pub mod format;

@@ -66,7 +66,12 @@ pub(crate) fn open_regular(path: &Path, follow: bool) -> Result<(File, u64)> {
 }
 
 /// Reads and checks the 32-byte header at the start of `file`.
-fn read_header(path: &Path, file: &mut File, file_len: u64, needed: u64) -> Result<Header> {
+pub(crate) fn read_header(
+    path: &Path,
+    file: &mut File,
+    file_len: u64,
+    needed: u64,
+) -> Result<Header> {
     if file_len < needed {
         return Err(ImageError::TruncatedHeader {
             path: path.to_path_buf(),
@@ -90,7 +95,7 @@ fn read_header(path: &Path, file: &mut File, file_len: u64, needed: u64) -> Resu
 }
 
 /// Compares the payload length a header declares with what the file holds.
-fn check_len(path: &Path, declared: u64, actual: u64) -> Result<()> {
+pub(crate) fn check_len(path: &Path, declared: u64, actual: u64) -> Result<()> {
     if actual < declared {
         return Err(ImageError::Truncated {
             path: path.to_path_buf(),
@@ -132,7 +137,7 @@ fn check_metadata_bytes<'a>(path: &Path, kind: FileKind, bytes: &'a [u8]) -> Res
     Ok(payload)
 }
 
-fn verify_checksum(path: &Path, stored: u64, computed: u64) -> Result<()> {
+pub(crate) fn verify_checksum(path: &Path, stored: u64, computed: u64) -> Result<()> {
     if stored != computed {
         return Err(ImageError::ChecksumMismatch {
             path: path.to_path_buf(),
@@ -228,7 +233,7 @@ pub(crate) fn read_any(path: &Path, follow: bool) -> Result<(Header, u64, Option
     let header = read_header(path, &mut file, file_len, HEADER_LEN as u64)?;
     header.check_magic_version(path)?;
     match FileKind::from_u32(header.kind) {
-        Some(FileKind::Pages) => Ok((header, file_len, None)),
+        Some(FileKind::Pages | FileKind::PagesZstd) => Ok((header, file_len, None)),
         Some(_) => {
             let payload = read_payload(path, &mut file, file_len, &header)?;
             Ok((header, file_len, Some(payload)))
@@ -330,9 +335,13 @@ impl ImageDir {
         let path = self.child(&r.pages_file)?;
         let (mut file, file_len) = open_regular(&path, false)?;
         let header = read_header(&path, &mut file, file_len, PAGES_HEADER_LEN)?;
+        let needed = pages_len(img).max(extra_end);
+        if header.kind == FileKind::PagesZstd.as_u32() {
+            header.check_magic_version(&path)?;
+            return crate::compress::verify(&path, &mut file, file_len, &header, needed);
+        }
         header.check(&path, FileKind::Pages)?;
         check_len(&path, header.payload_len, file_len - PAGES_HEADER_LEN)?;
-        let needed = pages_len(img).max(extra_end);
         if header.payload_len != needed {
             return Err(ImageError::invalid(
                 &path,

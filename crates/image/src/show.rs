@@ -37,6 +37,12 @@ pub fn show_file(path: &Path) -> Result<Value> {
     match (FileKind::from_u32(header.kind), payload) {
         (Some(FileKind::Inventory), Some(p)) => to_value(path, &decode::<Inventory>(path, &p)?),
         (Some(FileKind::Core), Some(p)) => to_value(path, &decode::<ProcessImage>(path, &p)?),
+        (Some(FileKind::PagesZstd), _) => {
+            let mut v = pages_header_json(&header, file_len);
+            v["kind"] = json!("pages-zstd");
+            v["compression"] = crate::compress::describe(path)?;
+            Ok(v)
+        }
         _ => Ok(pages_header_json(&header, file_len)),
     }
 }

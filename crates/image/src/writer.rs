@@ -54,7 +54,7 @@ fn fsync_path(path: &Path) -> Result<()> {
 
 /// Creates `path` (which must not exist) with mode 0600, not following
 /// symlinks.
-fn create_file(path: &Path) -> Result<File> {
+pub(crate) fn create_file(path: &Path) -> Result<File> {
     OpenOptions::new()
         // Readable too: a shared writable mapping needs it (page files
         // filled through mappings, PageSink::reserve).

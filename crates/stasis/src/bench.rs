@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 pub struct BenchArgs {
     /// Cases to run, comma-separated: dense1g, dense4g, dense16g (only
     /// with --scale), sparse1g, small10k, tiny, tree100, threads64,
-    /// precopy1g, server0, conns1000 (default: all but dense16g). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
+    /// precopy1g, server0, conns1000, migrate4g, compress (default: all but
+    /// dense16g). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
     /// rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -78,6 +79,10 @@ struct Case {
     threads: u64,
     /// The pre-copy case ([`run_precopy_round`]).
     precopy: bool,
+    /// The migration case ([`run_migrate_round`]).
+    migrate: bool,
+    /// The compression case: MiB of data (see `bench_migrate.rs`).
+    compress_mib: Option<u64>,
     /// A server case: the connections the bench opens to it (clients
     /// outside the tree) and keeps across the dump (`--tcp-established`).
     conns: Option<u64>,
@@ -101,6 +106,8 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "precopy1g",
         "server0",
         "conns1000",
+        "migrate4g",
+        "compress",
     ];
     let chosen: Vec<String> = if !a.cases.is_empty() {
         a.cases.clone()
@@ -216,6 +223,21 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     conns.to_string(),
                 ],
             ),
+            "migrate4g" => (
+                format!(
+                    "migrate {} at {PRECOPY_MIB_S} MiB/s",
+                    human((4 * unit) << 20)
+                ),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    (4 * unit).to_string(),
+                    "--write-mib-s".into(),
+                    PRECOPY_MIB_S.to_string(),
+                ],
+            ),
+            "compress" => ("compress".into(), vec![]),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
@@ -229,6 +251,8 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             procs: p,
             threads: t,
             precopy: c == "precopy1g",
+            migrate: c == "migrate4g",
+            compress_mib: (c == "compress").then_some(if a.quick { 32 } else { 256 }),
             conns: match c.as_str() {
                 "server0" => Some(0),
                 "conns1000" => Some(conns),
@@ -615,7 +639,7 @@ struct PrecopySample {
 }
 
 /// The restore options every case uses: stasis's defaults.
-fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
+pub(crate) fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
     stasis_restore::RestoreOptions {
         images_dir: dir,
         allow_changed_files: false,
@@ -679,6 +703,43 @@ fn run_precopy_round(
         last: last.frozen,
         last_bytes: last.page_bytes,
         parent_bytes: last.parent_bytes,
+    })
+}
+
+/// One round of the migration case (see `bench_migrate.rs`): the frozen
+/// time of a full dump without pre-copy, then `stasis migrate` to a page
+/// server over loopback, the restore there (verified), and the raw copy.
+fn run_migrate_round(
+    case: &Case,
+    workload: &Path,
+    base: &Path,
+    round: usize,
+) -> Result<crate::bench_migrate::MigrateSample> {
+    let work = base.join(format!("migrate-{round}"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let (mut run, pid) = start_workload(case, workload, &work)?;
+    // Left running, and no write tracking left behind for migrate to meet.
+    let mut full = dump_opts(pid, work.join("full"), None, true);
+    full.track_mem = false;
+    let full_frozen = stasis_dump::dump(&full)?.frozen;
+    fs::remove_dir_all(work.join("full"))?;
+    let figures = crate::bench_migrate::migrate_over_loopback(&work, pid)?;
+    // The final dump killed it: reaped, its PID is free again.
+    let _ = run.child.wait();
+    let dest = work.join("dest");
+    let t = Instant::now();
+    let restored = stasis_restore::restore(&restore_opts(dest.clone()))?;
+    let restore = t.elapsed();
+    verify_restored(case, &run, restored.wait_pid)?;
+    fs::remove_dir_all(&dest)?;
+    let raw_copy = crate::bench_migrate::raw_tcp_copy(&work, figures.sent)?;
+    fs::remove_dir_all(&work)?;
+    Ok(crate::bench_migrate::MigrateSample {
+        full_frozen,
+        figures,
+        restore,
+        raw_copy,
     })
 }
 
@@ -775,7 +836,46 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             precopy.push((case.name.clone(), v));
         }
     }
-    for case in cases.iter().filter(|c| !c.precopy) {
+    let mut migrations = Vec::new();
+    for case in cases.iter().filter(|c| c.migrate) {
+        let v = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_migrate_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "full dump frozen {} ms; migrate: {} rounds, final frozen {} ms, total {} ms + restore {} ms; raw TCP copy {} ms",
+                    ms(s.full_frozen),
+                    s.figures.rounds.len(),
+                    ms(s.figures.frozen),
+                    ms(s.figures.total),
+                    ms(s.restore),
+                    ms(s.raw_copy)
+                )
+            },
+        );
+        if !v.is_empty() {
+            migrations.push((case.name.clone(), v));
+        }
+    }
+    let mut compressions = Vec::new();
+    for case in cases.iter() {
+        let Some(mib) = case.compress_mib else {
+            continue;
+        };
+        match crate::bench_migrate::run_compress(mib) {
+            Ok(v) => compressions.push((mib, v)),
+            Err(e) => {
+                eprintln!("  compress: FAILED: {e:#}");
+                failed = Some(e);
+            }
+        }
+    }
+    for case in cases
+        .iter()
+        .filter(|c| !c.precopy && !c.migrate && c.compress_mib.is_none())
+    {
         let samples = run_rounds(
             case,
             rounds,
@@ -806,6 +906,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     print_fixed_costs(&cases, &rows);
     for (name, v) in &precopy {
         print_precopy(name, v);
+    }
+    for (name, v) in &migrations {
+        crate::bench_migrate::print_migrate(name, v);
+    }
+    for (mib, v) in &compressions {
+        crate::bench_migrate::print_compress(*mib, v);
     }
     if let Some(e) = failed {
         return Err(e.context("a benchmark case failed"));

@@ -253,6 +253,13 @@ pub static OPTIONS: &[Opt] = &[
     // stasis's own (not criu's).
     o("allow-changed-files", No, RESTORE, App, ""),
     o("new-pid-ns", No, RESTORE, App, ""),
+    // Page-file compression (zstd) and single-stream images on a pipe:
+    // criu has neither (its `--stream` is an image-streamer socket).
+    o("compress", Opti, D, App, "zstd:3"),
+    o("to-stdout", No, D, App, ""),
+    o("from-stdin", No, RESTORE, App, ""),
+    // `stasis migrate`: most pre-copy rounds before the final dump.
+    o("max-rounds", Req, OTHER, App, "8"),
 ];
 
 /// criu's commands, and whether stasis implements each.
@@ -268,6 +275,9 @@ pub static COMMANDS: &[(&str, u8, bool)] = &[
     ("dedup", OTHER, false),
     ("cpuinfo", OTHER, false),
     ("exec", OTHER, false),
+    // stasis's own: pre-dump rounds, dump and restore in one command, so
+    // every dump and restore option is judged for it.
+    ("migrate", DUMP | PRE_DUMP | RESTORE | OTHER, true),
 ];
 
 /// One option as given on the command line.
@@ -529,6 +539,7 @@ pub fn usage(prog: &str) -> String {
          {prog} check [--feature FEAT] [--extra|--experimental|--all]\n  \
          {prog} swrk FD | service [--address PATH] [-d] [--pidfile FILE]  (criu's RPC)\n  \
          {prog} page-server|lazy-pages|dedup|cpuinfo|exec (refused: not supported yet)\n  \
+         stasis migrate -t PID [-D DIR] [--page-server --address A --port P] [--max-rounds N]\n  \
          stasis run [-d] [--pidfile FILE] -- CMD [ARGS...]\n  stasis show DIR|FILE\n  \
          stasis bench [...]\n  stasis install-criu-link [DIR]\n\n\
          criu {CRIU_VERSION}'s options (README, \"criu compatibility\"):\n"

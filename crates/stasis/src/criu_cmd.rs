@@ -5,12 +5,13 @@
 use crate::criu::{self, Fate, Given, Parsed};
 use crate::{criu_check, logger, open_fds};
 use anyhow::{anyhow, bail, Context, Result};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// What the options ask for, once judged.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Request {
     pub(crate) command: String,
     pub(crate) scope: u8,
@@ -57,6 +58,15 @@ pub(crate) struct Request {
     pub(crate) port: Option<u16>,
     /// criu's `--address`: the page server's host, or `service`'s socket path.
     pub(crate) address: Option<String>,
+    /// `--compress[=zstd[:LEVEL]]` (stasis's own): compress the page
+    /// files once the image is complete.
+    pub(crate) compress: Option<stasis_image::compress::Compression>,
+    /// `--to-stdout` (dump) / `--from-stdin` (restore), stasis's own: the
+    /// image as one stream (see `stream.rs`).
+    pub(crate) to_stdout: bool,
+    pub(crate) from_stdin: bool,
+    /// `--max-rounds N` (`stasis migrate`): most pre-copy rounds.
+    pub(crate) max_rounds: Option<u32>,
     /// criu's `--action-script`: run at each action point.
     pub(crate) action_scripts: Vec<String>,
     /// The command's argument (`swrk FD`).
@@ -189,6 +199,15 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "port" => r.port = Some(number(g)?),
         "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
         "new-pid-ns" => r.new_pid_ns = true,
+        "compress" => {
+            r.compress = Some(
+                stasis_image::compress::Compression::parse(g.value.as_deref())
+                    .map_err(|e| anyhow!("invalid argument for --compress: {e}"))?,
+            )
+        }
+        "to-stdout" => r.to_stdout = true,
+        "from-stdin" => r.from_stdin = true,
+        "max-rounds" => r.max_rounds = Some(number(g)?),
         "manage-cgroups" => {
             // criu: the mode defaults to soft when the option has none.
             let v = g.value.as_deref().unwrap_or("soft");
@@ -285,7 +304,12 @@ pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given
 
 /// The one-line refusal of an option.
 pub(crate) fn refusal(g: &Given) -> String {
-    format!("option --{} is not supported yet", g.opt.long)
+    match g.opt.long {
+        "stream" => "option --stream (criu's image-streamer socket) is not supported yet: \
+                     stasis streams an image with `dump --to-stdout` and `restore --from-stdin`"
+            .to_string(),
+        long => format!("option --{long} is not supported yet"),
+    }
 }
 
 /// Judges a parsed criu command line. Errors are refusals: nothing has
@@ -323,7 +347,7 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
             p.positionals.get(1).cloned().unwrap_or_default()
         );
     }
-    if matches!(command.as_str(), "dump" | "restore") && !r.no_default_config {
+    if matches!(command.as_str(), "dump" | "restore" | "migrate") && !r.no_default_config {
         if let Some(c) = default_configs().first() {
             bail!(
                 "criu configuration file {} is not read by stasis: pass --no-default-config (or remove it)",
@@ -335,7 +359,7 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
     if command == "swrk" && r.argument.is_none() {
         bail!("swrk: the socket's descriptor must be given (swrk FD)");
     }
-    if matches!(command.as_str(), "dump" | "pre-dump") && r.tree.is_none() {
+    if matches!(command.as_str(), "dump" | "pre-dump" | "migrate") && r.tree.is_none() {
         bail!("{command}: the process tree to dump must be given with -t PID");
     }
     Ok(Outcome::Run(Box::new(Prepared { req: r })))
@@ -392,7 +416,6 @@ impl Prepared {
         for &fd in &r.close {
             stasis_sys::util::close_fd(fd);
         }
-        use std::io::IsTerminal;
         stasis_image::progress::set_enabled(
             r.scope & criu::CHECK == 0 && std::io::stderr().is_terminal(),
         );
@@ -402,6 +425,7 @@ impl Prepared {
                 &mut crate::action::scripts(&r.action_scripts, &r.images_dir()),
             ),
             "page-server" => page_server(&r),
+            "migrate" => crate::migrate::migrate(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             "swrk" => crate::rpc::swrk(&r),
@@ -427,30 +451,19 @@ fn page_server(r: &Request) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Dumps as `r` asks, calling `hook` at criu's action points.
-pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
-    let dir = r.images_dir();
-    let pid = r.tree.context("dump: no -t PID")?;
-    r.setup_log(Some(&dir))?;
-    if let Some(cg) = &r.freeze_cgroup {
-        crate::freeze_cgroup::check(cg, pid)?;
-    }
-    // Connected before anything is frozen: no server, no dump.
-    let server = match (r.page_server, r.port) {
-        (false, _) => None,
-        (true, None) => bail!("dump pid {pid}: --page-server needs --port"),
-        (true, Some(port)) => Some(
-            crate::page_server::connect(r.address.as_deref(), port)
-                .with_context(|| format!("dump pid {pid}"))?,
-        ),
-    };
-    // criu's pre-dump saves memory and leaves the tree running, tracking
-    // writes for the next round; stasis's writes a complete image too.
-    let pre = r.command == "pre-dump";
-    let opts = stasis_dump::DumpOptions {
+/// The dump options `r` asks for, for an image in `dir`; `pre`: a
+/// pre-dump (leaves the tree running and tracks writes).
+pub(crate) fn dump_options(
+    r: &Request,
+    pid: u32,
+    dir: PathBuf,
+    prev: Option<PathBuf>,
+    pre: bool,
+) -> stasis_dump::DumpOptions {
+    stasis_dump::DumpOptions {
         pid,
-        images_dir: dir.clone(),
-        prev_images_dir: r.prev_images_dir.clone(),
+        images_dir: dir,
+        prev_images_dir: prev,
         track_mem: pre || r.track_mem,
         leave_running: pre || r.leave_running,
         shell_job: r.shell_job,
@@ -468,8 +481,80 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
         // At dump criu reads --ext-mount-map as MOUNTPOINT:KEY.
         ext_mounts: r.mounts.ext_map.clone(),
+    }
+}
+
+/// Compresses the page files of the image in `dir` if `r` asks for it
+/// (after the dump: the tree is no longer frozen).
+pub(crate) fn compress_if_asked(r: &Request, pid: u32, dir: &Path) -> Result<()> {
+    let Some(c) = r.compress else { return Ok(()) };
+    let t = std::time::Instant::now();
+    let sizes = stasis_image::compress::compress_image(dir, c).with_context(|| {
+        format!(
+            "dump pid {pid}: compressing the page files (the image in {} is complete, uncompressed)",
+            dir.display()
+        )
+    })?;
+    log::info!(
+        "compressed the page files of {} with zstd level {}: {} -> {} bytes in {:?}",
+        dir.display(),
+        c.level,
+        sizes.raw,
+        sizes.stored,
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// Dumps as `r` asks, calling `hook` at criu's action points.
+pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
+    let pid = r.tree.context("dump: no -t PID")?;
+    // The stream's image is written first into -D, or a private directory.
+    let scratch = match (r.to_stdout, &r.images_dir) {
+        (true, None) => Some(crate::stream::ScratchDir::new("dump")?),
+        _ => None,
     };
+    let dir = scratch
+        .as_ref()
+        .map(|s| s.path().to_path_buf())
+        .unwrap_or_else(|| r.images_dir());
+    if r.to_stdout && r.page_server {
+        bail!(
+            "dump pid {pid}: --to-stdout and --page-server both say where the image goes: give one"
+        );
+    }
+    if r.to_stdout && r.prev_images_dir.is_some() {
+        bail!(
+            "dump pid {pid}: --to-stdout with --prev-images-dir is not supported yet: the stream \
+             would not hold the parent images (`stasis migrate` sends a whole chain)"
+        );
+    }
+    if r.to_stdout && std::io::stdout().is_terminal() {
+        bail!("dump pid {pid}: --to-stdout: stdout is a terminal, not a pipe or file");
+    }
+    r.setup_log(Some(&dir))?;
+    if let Some(cg) = &r.freeze_cgroup {
+        crate::freeze_cgroup::check(cg, pid)?;
+    }
+    // Connected before anything is frozen: no server, no dump.
+    let server = match (r.page_server, r.port) {
+        (false, _) => None,
+        (true, None) => bail!("dump pid {pid}: --page-server needs --port"),
+        (true, Some(port)) => Some(
+            crate::page_server::connect(r.address.as_deref(), port)
+                .with_context(|| format!("dump pid {pid}"))?,
+        ),
+    };
+    // criu's pre-dump saves memory and leaves the tree running, tracking
+    // writes for the next round; stasis's writes a complete image too.
+    let pre = r.command == "pre-dump";
+    let opts = dump_options(r, pid, dir.clone(), r.prev_images_dir.clone(), pre);
     let stats = stasis_dump::dump_with(&opts, hook)?;
+    if let Err(e) = compress_if_asked(r, pid, &dir) {
+        // Without -R the tree is gone: keep its (uncompressed) image.
+        let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+        return Err(e.context(format!("the image is kept in {}", kept.display())));
+    }
     log::info!(
         "dumped pid {pid} to {}: {} vmas, {} page runs, {} bytes of pages, {} bytes in the parent image, stopped {:?}",
         dir.display(),
@@ -487,6 +572,24 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
             )
         })?;
         log::info!("sent {sent} bytes of image to the page server");
+    }
+    if r.to_stdout {
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let sent = crate::stream::Sender::new(out).and_then(|mut tx| {
+            tx.send_dir(&dir, None)?;
+            tx.finish()
+        });
+        match sent {
+            Ok((_, n)) => log::info!("wrote {n} bytes of image to stdout"),
+            Err(e) => {
+                // The tree may be gone: this image is all that is left of it.
+                let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
+                return Err(e.context(format!(
+                    "dump pid {pid}: writing the image stream to stdout (the image is complete in {})",
+                    kept.display()
+                )));
+            }
+        }
     }
     log::info!("descriptors open at exit: {}", open_fds());
     Ok(ExitCode::SUCCESS)
@@ -525,6 +628,9 @@ pub(crate) fn restore_tree(
 }
 
 fn restore(r: &Request) -> Result<ExitCode> {
+    if r.from_stdin {
+        return restore_from_stdin(r);
+    }
     let dir = r.images_dir();
     // criu's rule: the caller waits for a sibling, so we must not.
     if r.sibling && !r.detached {
@@ -544,6 +650,36 @@ fn restore(r: &Request) -> Result<ExitCode> {
     };
     log::info!("restored pid {pid} exited with {code}");
     Ok(ExitCode::from(code as u8))
+}
+
+/// `restore --from-stdin`: the stream goes into -D (or a private
+/// directory, removed afterwards), then the restore runs from there.
+fn restore_from_stdin(r: &Request) -> Result<ExitCode> {
+    if std::io::stdin().is_terminal() {
+        bail!("restore --from-stdin: stdin is a terminal, not a pipe or file");
+    }
+    let scratch = match &r.images_dir {
+        None => Some(crate::stream::ScratchDir::new("restore")?),
+        Some(_) => None,
+    };
+    let dir = scratch
+        .as_ref()
+        .map(|s| s.path().to_path_buf())
+        .unwrap_or_else(|| r.images_dir());
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+    let n = crate::stream::receive(&mut input, &dir)
+        .with_context(|| format!("restore --from-stdin into {}", dir.display()))?;
+    let mut inner = Request {
+        images_dir: Some(dir),
+        from_stdin: false,
+        // Relative log and pid files stay where they would have been.
+        work_dir: Some(r.work_dir.clone().unwrap_or_else(|| r.images_dir())),
+        ..r.clone()
+    };
+    inner
+        .notes
+        .push(format!("read {n} bytes of image from stdin"));
+    restore(&inner)
 }
 
 /// stasis's own features without which it cannot work at all.

@@ -6,15 +6,18 @@
 
 mod action;
 mod bench;
+mod bench_migrate;
 mod criu;
 mod criu_check;
 mod criu_cmd;
 mod freeze_cgroup;
 mod logger;
+mod migrate;
 mod page_server;
 mod rpc;
 mod rpc_opts;
 mod run_net;
+mod stream;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
