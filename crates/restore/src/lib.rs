@@ -43,6 +43,9 @@ mod fdowner;
 mod guard;
 mod hugetlb;
 mod kinds;
+pub mod lazy;
+pub mod lazy_daemon;
+pub mod lazy_source;
 mod locks;
 mod memory;
 mod mntns;
@@ -94,6 +97,9 @@ pub struct RestoreOptions {
     /// the helper init of a new PID namespace) is created as a child of
     /// our parent (CLONE_PARENT), not of ours.
     pub sibling: bool,
+    /// criu's `--lazy-pages`: the socket of the lazy-pages daemon that
+    /// serves the private anonymous memory on demand (lazy.rs).
+    pub lazy_pages: Option<PathBuf>,
 }
 
 /// A restored, running process (a child of the caller; with `sibling`,
@@ -368,7 +374,10 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     // A pre-copy image: its parents are loaded and verified too, and each
     // process gets one page file again (temporary, removed when `chain`
     // drops), before anything is created.
-    let chain = stasis_image::chain::resolve_chain(&dir)?;
+    let chain = match &opts.lazy_pages {
+        Some(_) => stasis_image::chain::resolve_lazy(&dir)?,
+        None => stasis_image::chain::resolve_chain(&dir)?,
+    };
     let image = &chain.image;
     log::info!("image validated in {:?}", t0.elapsed());
     let root = image.inventory.root_pid;
@@ -416,7 +425,10 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     let pages: Vec<PathBuf> = chain.pages.clone();
     let calls0 = stasis_sys::remote::remote_syscalls();
     let trips0 = stasis_sys::remote::round_trips();
-    let (pid, wait_pid) = tree::restore_tree(
+    if let Some(socket) = &opts.lazy_pages {
+        lazy::connect(socket, &image.processes)?;
+    }
+    let tree = tree::restore_tree(
         &image.processes,
         &pages,
         &image.inventory.zombies,
@@ -438,7 +450,16 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             sibling: opts.sibling,
         },
         &mut hook,
-    )?;
+    );
+    let (pid, wait_pid) = match tree {
+        Ok(t) => t,
+        Err(e) => {
+            lazy::abandon();
+            return Err(e);
+        }
+    };
+    // The tree runs: the daemon streams the rest of the lazy pages.
+    lazy::resumed(root)?;
     drop(mnt);
     cgroups.keep();
     if let Err(e) = hook("post-resume", pid.0) {

@@ -551,6 +551,7 @@ fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
         tcp_close: false,
         mounts: stasis_restore::MountOptions::default(),
         sibling: false,
+        lazy_pages: None,
     }
 }
 
