@@ -785,6 +785,14 @@ impl Daemon {
             return Ok(());
         };
         let e = e.min(s + STREAM_STEP);
+        // Test hook: STASIS_LAZY_THROTTLE_MS=N sleeps N ms per step, so
+        // tests can act during the lazy phase (and kill the daemon in it).
+        if let Some(ms) = std::env::var("STASIS_LAZY_THROTTLE_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         if let Step::Exited = self.fill(i, s, e, false)? {
             self.procs[i].exited = true;
         }

@@ -102,6 +102,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_mntns" => env!("CARGO_BIN_EXE_tp_mntns"),
         "tp_rights" => env!("CARGO_BIN_EXE_tp_rights"),
         "tp_mcast" => env!("CARGO_BIN_EXE_tp_mcast"),
+        "tp_lazy" => env!("CARGO_BIN_EXE_tp_lazy"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
