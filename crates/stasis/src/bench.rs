@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Cases to run, comma-separated: dense1g, dense4g, sparse1g, small10k,
-    /// tiny, tree100, threads64, precopy1g, server0, conns1000 (default:
-    /// all). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
+    /// tiny, tree100, threads64, precopy1g, server0, conns1000, lazy4g
+    /// (default: all). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
     /// rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -72,6 +72,8 @@ struct Case {
     threads: u64,
     /// The pre-copy case ([`run_precopy_round`]).
     precopy: bool,
+    /// The lazy restore case ([`run_lazy_round`]).
+    lazy: bool,
     /// A server case: the connections the bench opens to it (clients
     /// outside the tree) and keeps across the dump (`--tcp-established`).
     conns: Option<u64>,
@@ -94,6 +96,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "precopy1g",
         "server0",
         "conns1000",
+        "lazy4g",
     ];
     let chosen: Vec<String> = if a.cases.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
@@ -189,6 +192,15 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     conns.to_string(),
                 ],
             ),
+            "lazy4g" => (
+                format!("lazy {}", human((4 * unit) << 20)),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    (4 * unit).to_string(),
+                ],
+            ),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
@@ -202,6 +214,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             procs: p,
             threads: t,
             precopy: c == "precopy1g",
+            lazy: c == "lazy4g",
             conns: match c.as_str() {
                 "server0" => Some(0),
                 "conns1000" => Some(conns),
@@ -605,6 +618,118 @@ fn run_precopy_round(
     })
 }
 
+/// One round of the lazy case.
+struct LazySample {
+    /// A full restore of the image (every page in place when it returns).
+    full: Duration,
+    /// `restore --lazy-pages`: until the tree runs (its first instruction).
+    first: Duration,
+    /// From the same start until the daemon has every page in place.
+    resident: Duration,
+    page_bytes: u64,
+}
+
+/// Waits until no process of `pids` exists (10 s at most).
+fn wait_gone(pids: &[u32]) -> Result<()> {
+    let t = Instant::now();
+    while pids
+        .iter()
+        .any(|&p| stasis_sys::util::pid_exists(Pid(p as i32)))
+    {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("processes of the dumped tree still exist after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// A dense area dumped once, restored in full (verified), then restored
+/// lazily from the same image with a `stasis lazy-pages` daemon: the time
+/// to the first instruction, and until every page is in place (then
+/// verified).
+fn run_lazy_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<LazySample> {
+    let work = base.join(format!("lazy-{round}"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let img = work.join("img");
+    let (mut run, pid) = start_workload(case, workload, &work)?;
+    let pids = tree_pids(pid);
+    let stats = stasis_dump::dump(&dump_opts(pid, img.clone(), None, false))?;
+    let _ = run.child.wait();
+    wait_gone(&pids)?;
+    let t = Instant::now();
+    let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
+    let full = t.elapsed();
+    verify_restored(case, &run, restored.wait_pid)?;
+    // Again from the same image: go back to waiting.
+    {
+        use std::os::unix::fs::FileExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(work.join("go"))?
+            .write_all_at(b"0", 0)?;
+    }
+    let _ = fs::remove_file(work.join("result"));
+    wait_gone(&pids)?;
+    let socket = work.join(stasis_restore::lazy::SOCKET_NAME);
+    let mut daemon = Command::new(std::env::current_exe()?)
+        .args(["lazy-pages", "-D"])
+        .arg(&img)
+        .arg("-W")
+        .arg(&work)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start stasis lazy-pages")?;
+    let t = Instant::now();
+    while !socket.exists() {
+        if daemon.try_wait()?.is_some() || t.elapsed() > Duration::from_secs(30) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            bail!("{}: the lazy-pages daemon did not start", case.name);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut opts = restore_opts(img);
+    opts.lazy_pages = Some(socket);
+    let t = Instant::now();
+    let restored = match stasis_restore::restore(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            return Err(e.into());
+        }
+    };
+    let first = t.elapsed();
+    let st = daemon.wait()?;
+    let resident = t.elapsed();
+    if !st.success() {
+        bail!("{}: the lazy-pages daemon failed ({st})", case.name);
+    }
+    verify_restored(case, &run, restored.wait_pid)?;
+    fs::remove_dir_all(&work)?;
+    Ok(LazySample {
+        full,
+        first,
+        resident,
+        page_bytes: stats.page_bytes,
+    })
+}
+
+fn print_lazy(name: &str, v: &[LazySample]) {
+    let (_, full) = min_med(v.iter().map(|s| s.full).collect());
+    let (_, first) = min_med(v.iter().map(|s| s.first).collect());
+    let (_, resident) = min_med(v.iter().map(|s| s.resident).collect());
+    println!(
+        "\n{name} (medians, {} of pages): lazy restore to the first instruction {} ms; every page in place after {} ms; full restore {} ms",
+        human(v[0].page_bytes),
+        ms(first),
+        ms(resident),
+        ms(full)
+    );
+}
+
 fn print_precopy(name: &str, v: &[PrecopySample]) {
     let (_, full) = min_med(v.iter().map(|s| s.full).collect());
     let (_, pre) = min_med(v.iter().map(|s| s.pre).collect());
@@ -698,7 +823,27 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             precopy.push((case.name.clone(), v));
         }
     }
-    for case in cases.iter().filter(|c| !c.precopy) {
+    let mut lazy = Vec::new();
+    for case in cases.iter().filter(|c| c.lazy) {
+        let v = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_lazy_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "lazy first instruction {} ms, resident {} ms, full restore {} ms",
+                    ms(s.first),
+                    ms(s.resident),
+                    ms(s.full)
+                )
+            },
+        );
+        if !v.is_empty() {
+            lazy.push((case.name.clone(), v));
+        }
+    }
+    for case in cases.iter().filter(|c| !c.precopy && !c.lazy) {
         let samples = run_rounds(
             case,
             rounds,
@@ -726,6 +871,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     print_fixed_costs(&cases, &rows);
     for (name, v) in &precopy {
         print_precopy(name, v);
+    }
+    for (name, v) in &lazy {
+        print_lazy(name, v);
     }
     if let Some(e) = failed {
         return Err(e.context("a benchmark case failed"));
