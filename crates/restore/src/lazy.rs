@@ -153,10 +153,7 @@ impl Link {
             a => Err(refused(
                 pid,
                 Stage::Memory,
-                format!(
-                    "lazy-pages daemon: {}",
-                    a.strip_prefix("ERR ").unwrap_or(a)
-                ),
+                format!("lazy-pages daemon: {}", a.strip_prefix("ERR ").unwrap_or(a)),
             )),
         }
     }
@@ -222,10 +219,7 @@ pub(crate) fn register(r: &mut RemoteThread, image_pid: u32) -> Result<Vec<(u64,
     for &(s, e) in &ranges {
         uffd::register_missing(dup.as_fd(), s, e - s).at(image_pid, st)?;
     }
-    let list: Vec<String> = ranges
-        .iter()
-        .map(|(s, e)| format!("{s:x}-{e:x}"))
-        .collect();
+    let list: Vec<String> = ranges.iter().map(|(s, e)| format!("{s:x}-{e:x}")).collect();
     link.ask(
         &format!(
             "ADD {image_pid} {} {} {}\n",

@@ -134,7 +134,6 @@ struct Proc {
     /// The process, if known (a child forked during the lazy phase is
     /// known only by its descriptor).
     host: u32,
-    pidfd: Option<OwnedFd>,
     pending: Pending,
     /// Faults to answer again (the address space was changing).
     retry: Vec<u64>,
@@ -225,7 +224,9 @@ fn kill_tree(pidfds: &[(u32, &OwnedFd)]) -> Vec<u32> {
 
 /// The watchdog's life (`stasis __lazy-watch DAEMON_PID`): lines on stdin
 /// `ADD KEY HOST_PID FD` (a duplicate of the daemon's descriptor FD is
-/// taken; HOST_PID 0: unknown), `DROP KEY`, `DONE`; each answered `OK`.
+/// taken; HOST_PID 0: unknown), `DROP KEY` (the descriptor goes, the
+/// process stays known: a later failure still kills it), `DONE`; each
+/// answered `OK`.
 /// Stdin closing without `DONE` means the daemon died: kill the tree.
 pub fn watch(args: &[String]) -> Result<(), String> {
     let daemon: i32 = args
@@ -233,7 +234,7 @@ pub fn watch(args: &[String]) -> Result<(), String> {
         .and_then(|a| a.parse().ok())
         .ok_or("usage: __lazy-watch DAEMON_PID")?;
     let dfd = util::pidfd_open(Pid(daemon)).map_err(|e| e.to_string())?;
-    let mut held: BTreeMap<u64, (u32, OwnedFd, Option<OwnedFd>)> = BTreeMap::new();
+    let mut held: BTreeMap<u64, (u32, Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut line = String::new();
@@ -253,10 +254,12 @@ pub fn watch(args: &[String]) -> Result<(), String> {
                 let p = (host != 0)
                     .then(|| util::pidfd_open(Pid(host as i32)).ok())
                     .flatten();
-                held.insert(key, (host, u, p));
+                held.insert(key, (host, Some(u), p));
             }
             ["DROP", key] => {
-                held.remove(&key.parse::<u64>().unwrap_or(0));
+                if let Some(h) = held.get_mut(&key.parse::<u64>().unwrap_or(0)) {
+                    h.1 = None;
+                }
             }
             _ if n == 0 => break,
             _ => {}
@@ -287,6 +290,10 @@ struct Daemon {
     next_key: u64,
     watchdog: Option<Watchdog>,
     restorer: Option<OwnedFd>,
+    /// Every process handed over (host PID, pidfd), kept after its pages
+    /// are all in place: a failure found later (the checksum) still kills
+    /// the whole tree.
+    served: Vec<(u32, OwnedFd)>,
     stats: DaemonStats,
     buf: Vec<u8>,
 }
@@ -361,6 +368,7 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
         next_key: 1,
         watchdog: None,
         restorer: None,
+        served: Vec::new(),
         stats: DaemonStats::default(),
         buf: vec![0u8; STREAM_STEP as usize],
     };
@@ -385,11 +393,7 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
             Ok(d.stats)
         }
         Err(why) => {
-            let pidfds: Vec<(u32, &OwnedFd)> = d
-                .procs
-                .iter()
-                .filter_map(|p| p.pidfd.as_ref().map(|f| (p.host, f)))
-                .collect();
+            let pidfds: Vec<(u32, &OwnedFd)> = d.served.iter().map(|(h, f)| (*h, f)).collect();
             let killed = kill_tree(&pidfds);
             if let Some(w) = d.watchdog.take() {
                 w.finish();
@@ -515,8 +519,8 @@ impl Daemon {
                 fds.push(l.as_fd());
             }
             fds.extend(self.procs.iter().map(|p| p.uffd.as_fd()));
-            let ready = uffd::poll_in(&fds, if busy { 0 } else { 200 })
-                .map_err(|e| e.to_string())?;
+            let ready =
+                uffd::poll_in(&fds, if busy { 0 } else { 200 }).map_err(|e| e.to_string())?;
             let mut ready = ready.into_iter();
             if link.is_some() && ready.next() == Some(true) {
                 let mut b = [0u8; 4096];
@@ -588,7 +592,8 @@ impl Daemon {
                 let fd: i32 = fd.parse().map_err(|_| "bad fd")?;
                 let rpid = self.restorer.as_ref().ok_or("ADD before HELLO")?;
                 let restorer_pid = pidfd_pid(rpid).ok_or("restorer gone")?;
-                let u = util::pidfd_getfd(rpid, Pid(restorer_pid), fd).map_err(|e| e.to_string())?;
+                let u =
+                    util::pidfd_getfd(rpid, Pid(restorer_pid), fd).map_err(|e| e.to_string())?;
                 let link = std::fs::read_link(format!("/proc/self/fd/{}", u.as_raw_fd()))
                     .map_err(|e| e.to_string())?;
                 if link.as_os_str() != "anon_inode:[userfaultfd]" {
@@ -620,6 +625,7 @@ impl Daemon {
                     ));
                 }
                 let pidfd = util::pidfd_open(Pid(host as i32)).map_err(|e| e.to_string())?;
+                self.served.push((host, pidfd));
                 let key = self.next_key;
                 self.next_key += 1;
                 if let Some(w) = self.watchdog.as_mut() {
@@ -635,7 +641,6 @@ impl Daemon {
                     pages_file: name,
                     uffd: u,
                     host,
-                    pidfd: Some(pidfd),
                     pending,
                     retry: Vec::new(),
                     exited: false,
@@ -680,7 +685,6 @@ impl Daemon {
                         pages_file: p.pages_file.clone(),
                         uffd: fd,
                         host: 0,
-                        pidfd: None,
                         pending: p.pending.clone(),
                         retry: Vec::new(),
                         exited: false,

@@ -56,8 +56,8 @@ impl Source {
             .to_socket_addrs()
             .map_err(|e| format!("page server {at}: {e}"))?
             .collect();
-        let mut stream =
-            TcpStream::connect(&addrs[..]).map_err(|e| format!("page server {at}: connect: {e}"))?;
+        let mut stream = TcpStream::connect(&addrs[..])
+            .map_err(|e| format!("page server {at}: connect: {e}"))?;
         let _ = stream.set_nodelay(true);
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&VERSION.to_le_bytes());
@@ -178,7 +178,9 @@ pub fn serve(address: &str, port: u16, dir: &Path) -> Result<u64, String> {
     s.read_exact(&mut head)
         .map_err(|e| format!("lazy page server: {e}"))?;
     if &head[..8] != MAGIC || head[8..] != VERSION.to_le_bytes() {
-        return Err("lazy page server: not a stasis lazy-pages daemon (bad magic or version)".into());
+        return Err(
+            "lazy page server: not a stasis lazy-pages daemon (bad magic or version)".into(),
+        );
     }
     let mut files: Vec<(String, File)> = Vec::new();
     let mut sent = 0u64;

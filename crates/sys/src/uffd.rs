@@ -262,7 +262,11 @@ pub fn read_msg(fd: BorrowedFd<'_>) -> Result<Option<Msg>> {
         return Err(SysError::new("read(userfaultfd)", None, e));
     }
     if n != 32 {
-        return Err(SysError::new("read(userfaultfd): short message", None, libc::EIO));
+        return Err(SysError::new(
+            "read(userfaultfd): short message",
+            None,
+            libc::EIO,
+        ));
     }
     let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
     Ok(Some(match b[0] {

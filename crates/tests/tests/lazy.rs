@@ -63,7 +63,10 @@ impl Bg {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                fail(work, format!("{} did not end within {timeout:?}", self.name));
+                fail(
+                    work,
+                    format!("{} did not end within {timeout:?}", self.name),
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -230,13 +233,27 @@ fn lazy_damaged_page_file_kills_tree() {
     );
     if out.success() {
         let mut r = Proc::adopt(p.pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(r.poll(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(r.poll(), Ok(None)) {
+            let st = fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+            let stack = fs::read_to_string(format!("/proc/{}/stack", p.pid)).unwrap_or_default();
+            fail(
+                &work,
+                format!("still running after the kill:\n{st}\n{stack}"),
+            );
+        }
         let exit = step(&work, "restored process", r.wait(Duration::from_secs(10)));
         assert_eq!(exit, Exit::Signal(libc::SIGKILL), "{}", work.diagnostics());
         assert!(err.contains("killed"), "{err}");
     } else {
         assert!(out.stderr.contains("lazy-pages"), "{out:?}");
     }
-    wait_for(&work, "the restored process to be gone", || !pid_exists(p.pid));
+    wait_for(&work, "the restored process to be gone", || {
+        !pid_exists(p.pid)
+    });
 }
 
 /// The daemon killed mid-way: its watchdog kills the lazy tree (no process
@@ -253,7 +270,8 @@ fn lazy_daemon_killed_kills_tree() {
     let exit = step(&work, "restored process", r.wait(Duration::from_secs(20)));
     assert_eq!(exit, Exit::Signal(libc::SIGKILL), "{}", work.diagnostics());
     wait_for(&work, "the watchdog's message", || {
-        d.stderr(&work).contains("died before every page was in place")
+        d.stderr(&work)
+            .contains("died before every page was in place")
     });
     assert!(
         work.result().is_none(),
@@ -315,13 +333,7 @@ fn lazy_remote_page_server() {
     let mut d = daemon(
         &work,
         &dst,
-        &[
-            "--page-server",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-        ],
+        &["--page-server", "--address", "127.0.0.1", "--port", &port_s],
         20,
     );
     let mut r = restore_and_adopt(&work, p.pid, &opts_lazy());

@@ -146,8 +146,13 @@ fn main() {
         stasis_tests::fatal("mmap");
     }
     // SAFETY: drops the second half of our own mapping E.
-    if unsafe { libc::madvise((e.start() + 2 * q) as *mut libc::c_void, 2 * q, libc::MADV_DONTNEED) }
-        != 0
+    if unsafe {
+        libc::madvise(
+            (e.start() + 2 * q) as *mut libc::c_void,
+            2 * q,
+            libc::MADV_DONTNEED,
+        )
+    } != 0
     {
         stasis_tests::fatal("madvise");
     }
