@@ -489,16 +489,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     // The dump killed it: reap it so its PID is free again; its orphaned
     // children are reaped by init.
     let _ = run.child.wait();
-    let t = Instant::now();
-    while pids
-        .iter()
-        .any(|&p| stasis_sys::util::pid_exists(Pid(p as i32)))
-    {
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("processes of the dumped tree still exist after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_gone(&pids)?;
 
     let image_bytes = dir_bytes(&img)?;
     let pages: Vec<PathBuf> = pids

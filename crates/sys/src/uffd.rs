@@ -4,6 +4,10 @@
 //! since (PAGE_IS_WRITTEN) and protects them again. The descriptor is a
 //! duplicate (pidfd_getfd) of one the target created: its context is the
 //! target's mm.
+//!
+//! Also missing-page mode for lazy restore: UFFDIO_COPY / ZEROPAGE / WAKE
+//! and the messages (faults and the non-cooperative events) read from the
+//! descriptor.
 
 use crate::{check, Result, SysError};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -37,29 +41,26 @@ struct UffdioRegister {
 
 /// UFFDIO_API with asynchronous write-protection (once per descriptor).
 pub fn enable_wp_async(fd: BorrowedFd<'_>) -> Result<()> {
-    let mut a = UffdioApi {
-        api: UFFD_API,
-        features: UFFD_FEATURE_WP_ASYNC,
-        ioctls: 0,
-    };
-    // SAFETY: `a` is a valid struct uffdio_api, live for the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, std::ptr::addr_of_mut!(a)) };
-    check(r as libc::c_long, "ioctl(UFFDIO_API, WP_ASYNC)", None).map(|_| ())
+    enable_features(fd, UFFD_FEATURE_WP_ASYNC)
 }
 
 /// UFFDIO_REGISTER in write-protect mode over [start, start + len).
 pub fn register_wp(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
+    register(fd, start, len, UFFDIO_REGISTER_MODE_WP, "WP")
+}
+
+fn register(fd: BorrowedFd<'_>, start: u64, len: u64, mode: u64, name: &str) -> Result<()> {
     let mut r = UffdioRegister {
         start,
         len,
-        mode: UFFDIO_REGISTER_MODE_WP,
+        mode,
         ioctls: 0,
     };
     // SAFETY: `r` is a valid struct uffdio_register, live for the call.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_REGISTER, std::ptr::addr_of_mut!(r)) };
     if ret < 0 {
         return Err(SysError::new(
-            format!("ioctl(UFFDIO_REGISTER, WP) {start:#x}+{len:#x}"),
+            format!("ioctl(UFFDIO_REGISTER, {name}) {start:#x}+{len:#x}"),
             None,
             crate::last_errno(),
         ));
@@ -171,22 +172,7 @@ pub fn enable_features(fd: BorrowedFd<'_>, features: u64) -> Result<()> {
 
 /// UFFDIO_REGISTER in missing mode over [start, start + len).
 pub fn register_missing(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
-    let mut r = UffdioRegister {
-        start,
-        len,
-        mode: UFFDIO_REGISTER_MODE_MISSING,
-        ioctls: 0,
-    };
-    // SAFETY: `r` is a valid struct uffdio_register, live for the call.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_REGISTER, std::ptr::addr_of_mut!(r)) };
-    if ret < 0 {
-        return Err(SysError::new(
-            format!("ioctl(UFFDIO_REGISTER, MISSING) {start:#x}+{len:#x}"),
-            None,
-            crate::last_errno(),
-        ));
-    }
-    Ok(())
+    register(fd, start, len, UFFDIO_REGISTER_MODE_MISSING, "MISSING")
 }
 
 fn fill_result(ret: i32, done: i64, what: &str, at: u64) -> Result<Fill> {
