@@ -159,9 +159,19 @@ impl Link {
     }
 }
 
+/// While held, a failed restore drops the link (the daemon then ends with
+/// an error instead of waiting).
+pub(crate) struct Connected;
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        abandon();
+    }
+}
+
 /// Connects to the daemon listening at `socket` (before anything is
 /// created: no daemon, no restore).
-pub(crate) fn connect(socket: &Path, procs: &[ProcessImage]) -> Result<()> {
+pub(crate) fn connect(socket: &Path, procs: &[ProcessImage]) -> Result<Connected> {
     let root = procs.first().map_or(0, |p| p.pid);
     let stream = UnixStream::connect(socket).map_err(|source| RestoreError::Io {
         pid: root,
@@ -190,7 +200,7 @@ pub(crate) fn connect(socket: &Path, procs: &[ProcessImage]) -> Result<()> {
     };
     link.ask(&format!("HELLO {}\n", std::process::id()), root)?;
     *LINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
-    Ok(())
+    Ok(Connected)
 }
 
 /// In process `image_pid` (mapped, nothing filled yet): a userfaultfd

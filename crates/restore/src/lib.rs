@@ -388,6 +388,11 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             what: "the root is not listed first".into(),
         });
     }
+    // The lazy-pages daemon first: any failure from here on ends it too.
+    let _lazy = match &opts.lazy_pages {
+        Some(socket) => Some(lazy::connect(socket, &image.processes)?),
+        None => None,
+    };
     fault_point(root, Stage::Validate)?;
     action(&mut hook, "pre-restore", root, -1)?;
     // The tree's mount namespace first: the preflight looks for its files
@@ -425,9 +430,6 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     let pages: Vec<PathBuf> = chain.pages.clone();
     let calls0 = stasis_sys::remote::remote_syscalls();
     let trips0 = stasis_sys::remote::round_trips();
-    if let Some(socket) = &opts.lazy_pages {
-        lazy::connect(socket, &image.processes)?;
-    }
     let tree = tree::restore_tree(
         &image.processes,
         &pages,
@@ -451,13 +453,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
         },
         &mut hook,
     );
-    let (pid, wait_pid) = match tree {
-        Ok(t) => t,
-        Err(e) => {
-            lazy::abandon();
-            return Err(e);
-        }
-    };
+    let (pid, wait_pid) = tree?;
     // The tree runs: the daemon streams the rest of the lazy pages.
     lazy::resumed(root)?;
     drop(mnt);
