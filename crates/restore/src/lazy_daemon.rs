@@ -332,6 +332,8 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
             let (tx, rx) = mpsc::channel();
             let d = opts.images_dir.clone();
             std::thread::spawn(move || {
+                // Behind the faults and the restore for the CPU.
+                let _ = util::set_nice(Pid(0), 19);
                 let res = (|| -> Result<(), String> {
                     let dir = ImageDir::open(&d).map_err(|e| e.to_string())?;
                     let inv = dir.load_inventory().map_err(|e| e.to_string())?;
@@ -359,21 +361,29 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
             (s, None)
         }
     };
-    let listener = listen(&opts.socket)?;
+    // The watchdog before the socket appears: the restore's first request
+    // is answered at once.
+    let watchdog = Watchdog::start()?;
+    let listener = match listen(&opts.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            watchdog.finish();
+            return Err(e);
+        }
+    };
     log::info!("lazy-pages: listening on {}", opts.socket.display());
     let mut d = Daemon {
         source,
         plan,
         procs: Vec::new(),
         next_key: 1,
-        watchdog: None,
+        watchdog: Some(watchdog),
         restorer: None,
         served: Vec::new(),
         stats: DaemonStats::default(),
         buf: vec![0u8; STREAM_STEP as usize],
     };
     let res = (|| {
-        d.watchdog = Some(Watchdog::start()?);
         let (link, _) = listener
             .accept()
             .map_err(|e| format!("accept on {}: {e}", opts.socket.display()))?;

@@ -148,6 +148,13 @@ pub fn get_nice(pid: Pid) -> Result<i32> {
     Ok(20 - r as i32)
 }
 
+/// setpriority(PRIO_PROCESS) of one task (0: the calling thread).
+pub fn set_nice(pid: Pid, nice: i32) -> Result<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, pid.0, nice) };
+    check(r, "setpriority", Some(pid)).map(|_| ())
+}
+
 /// hugetlbfs's statfs magic number.
 pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
