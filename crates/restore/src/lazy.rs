@@ -246,11 +246,20 @@ pub(crate) fn register(r: &mut RemoteThread, image_pid: u32) -> Result<Vec<(u64,
     Ok(ranges)
 }
 
-/// The tree runs: the daemon may stream the rest. Ends the link.
+/// The tree runs: the daemon may stream the rest. Ends the link without
+/// waiting for an answer (the daemon acknowledged every process already;
+/// the restore returns as soon as the tree runs).
 pub(crate) fn resumed(root: u32) -> Result<()> {
     let link = LINK.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(mut l) = link {
-        l.ask("RESUMED\n", root)?;
+        l.stream
+            .write_all(b"RESUMED\n")
+            .map_err(|source| RestoreError::Io {
+                pid: root,
+                stage: Stage::Resume,
+                what: "lazy-pages daemon".into(),
+                source,
+            })?;
     }
     Ok(())
 }
