@@ -192,6 +192,19 @@ fn negative_lazy_corrupt() {
     );
 }
 
+/// A tree (copy-on-write memory shared with children: eager, the rest
+/// lazy in each process) and a multi-threaded process (several threads
+/// faulting on the same pages).
+#[test]
+fn lazy_tree_and_threads() {
+    for prog in ["tp_cow", "tp_threads"] {
+        let work = Work::new(&format!("lazy_{prog}"));
+        let (mut r, mut d) = lazy_case(&work, Program::Bin(prog), &[], 0);
+        finish(&work, &mut r, T).assert_pass(&work);
+        daemon_done(&work, &mut d);
+    }
+}
+
 #[test]
 fn lazy_python() {
     let work = Work::new("lazy_python");
