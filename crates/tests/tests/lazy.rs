@@ -378,3 +378,55 @@ fn lazy_without_daemon_refused() {
     );
     assert!(!pid_exists(p.pid), "a half-restored process was left");
 }
+
+/// A pre-copy chain is refused by name, by the daemon and by the restore
+/// (before anything is created).
+#[test]
+fn lazy_precopy_chain_refused() {
+    let work = Work::new("lazy_chain");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_lazy"), &["--mib", "8"], &opts);
+    let pid_s = p.pid.to_string();
+    let pre = work.path("pre");
+    let out = stasis(
+        &work,
+        &[
+            "pre-dump",
+            "-t",
+            &pid_s,
+            "-D",
+            pre.to_str().expect("utf-8"),
+            "-o",
+            "pre.log",
+        ],
+        T,
+    );
+    assert!(out.success(), "pre-dump: {out:?}");
+    dump_and_check_gone(
+        &work,
+        &mut p,
+        &Opts {
+            dump_extra: vec!["--prev-images-dir", "../pre", "--track-mem"],
+            ..Opts::default()
+        },
+    );
+    let img = work.img();
+    let mut bg = Bg::start(
+        &work,
+        "lazy",
+        &["lazy-pages", "-D", img.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(bg.wait(&work, T), Some(1));
+    assert!(
+        bg.stderr(&work).contains("pre-copy chain"),
+        "{}",
+        bg.stderr(&work)
+    );
+    let out = restore_detached(&work, &["--lazy-pages"], T);
+    assert!(
+        !out.success() && out.stderr.contains("pre-copy chain"),
+        "{out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a half-restored process was left");
+}
