@@ -530,7 +530,7 @@ impl Daemon {
             }
             fds.extend(self.procs.iter().map(|p| p.uffd.as_fd()));
             let ready =
-                uffd::poll_in(&fds, if busy { 0 } else { 200 }).map_err(|e| e.to_string())?;
+                util::poll_in(&fds, if busy { 0 } else { 200 }).map_err(|e| e.to_string())?;
             let mut ready = ready.into_iter();
             if link.is_some() && ready.next() == Some(true) {
                 let mut b = [0u8; 4096];

@@ -280,28 +280,3 @@ pub fn read_msg(fd: BorrowedFd<'_>) -> Result<Option<Msg>> {
         e => Msg::Other(e),
     }))
 }
-
-/// poll(2) for input on `fds` (-1: wait forever); which are readable (or
-/// hung up).
-pub fn poll_in(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `p` is a valid array of `p.len()` pollfd structs.
-        let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
-        if r < 0 {
-            let e = crate::last_errno();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(SysError::new("poll", None, e));
-        }
-        return Ok(p.iter().map(|x| x.revents != 0).collect());
-    }
-}
