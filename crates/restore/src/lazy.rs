@@ -20,7 +20,8 @@
 //! The link is a unix stream socket (criu's `lazy-pages.socket` in the
 //! work directory) carrying lines: `HELLO <our pid>`, then per process
 //! `ADD <image pid> <host pid> <our fd> <start>-<end>,...` (answered `OK`
-//! or `ERR reason`), and `RESUMED` once the tree runs. A restore that
+//! or `ERR reason`), and `RESUMED` once the tree runs (not answered: the
+//! restorer closes the link right after it). A restore that
 //! fails drops the link without `RESUMED`: the daemon then ends too.
 
 use crate::{At, RestoreError, Result, Stage};

@@ -534,12 +534,13 @@ impl Daemon {
             let mut ready = ready.into_iter();
             if link.is_some() && ready.next() == Some(true) {
                 let mut b = [0u8; 4096];
-                let n = link
-                    .as_mut()
-                    .map(|l| l.read(&mut b))
-                    .transpose()
-                    .map_err(|e| format!("restore link: {e}"))?
-                    .unwrap_or(0);
+                let n = match link.as_mut().map(|l| l.read(&mut b)) {
+                    Some(Ok(n)) => n,
+                    // The restorer closes the link right after RESUMED.
+                    Some(Err(_)) if resumed.is_some() => 0,
+                    Some(Err(e)) => return Err(format!("restore link: {e}")),
+                    None => 0,
+                };
                 if n == 0 {
                     if resumed.is_none() {
                         return Err(
@@ -554,16 +555,18 @@ impl Daemon {
                         let l: Vec<u8> = line.drain(..=i).collect();
                         let text = String::from_utf8_lossy(&l).trim_end().to_string();
                         let answer = match self.command(&text) {
-                            Ok(resume) => {
-                                if resume {
-                                    resumed = Some(Instant::now());
-                                    log::info!(
-                                        "lazy-pages: tree resumed, {} bytes to stream",
-                                        self.procs.iter().map(|p| p.pending.bytes()).sum::<u64>()
-                                    );
-                                }
-                                "OK\n".to_string()
+                            // Not answered: the restorer has closed the
+                            // link already (an answer left unread there
+                            // would turn into ECONNRESET here).
+                            Ok(true) => {
+                                resumed = Some(Instant::now());
+                                log::info!(
+                                    "lazy-pages: tree resumed, {} bytes to stream",
+                                    self.procs.iter().map(|p| p.pending.bytes()).sum::<u64>()
+                                );
+                                continue;
                             }
+                            Ok(false) => "OK\n".to_string(),
                             Err(e) => format!("ERR {e}\n"),
                         };
                         if let Some(l) = link.as_mut() {
