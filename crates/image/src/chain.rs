@@ -119,6 +119,44 @@ pub fn resolve_chain(dir: &ImageDir) -> Result<Resolved> {
     resolve_at(dir, 0)
 }
 
+/// For a lazy restore: the image in `dir`, its metadata loaded and
+/// verified but not its page data (the lazy-pages daemon serves the pages
+/// and checks them); an image with a parent is refused by name.
+pub fn resolve_lazy(dir: &ImageDir) -> Result<Resolved> {
+    let image = dir.load_all_with(false)?;
+    if image.inventory.parent.is_some()
+        || image
+            .processes
+            .iter()
+            .any(|p| p.mm.pages.iter().any(|r| r.in_parent))
+    {
+        return Err(ImageError::invalid(
+            &dir.path().join(INVENTORY_FILE),
+            "--lazy-pages: an image with a parent image (pre-copy chain) is not restored lazily yet",
+        ));
+    }
+    let pages: Vec<PathBuf> = image
+        .inventory
+        .processes
+        .iter()
+        .map(|r| dir.pages_path(r))
+        .collect();
+    for p in &pages {
+        if crate::compress::is_compressed(p)? {
+            return Err(ImageError::invalid(
+                p,
+                "--lazy-pages: a compressed page file is not served lazily yet (restore it without --lazy-pages)",
+            ));
+        }
+    }
+    Ok(Resolved {
+        image,
+        pages,
+        _tmp: None,
+        _parents: vec![],
+    })
+}
+
 fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
     let inv_path = dir.path().join(INVENTORY_FILE);
     if depth > MAX_CHAIN {

@@ -384,6 +384,13 @@ impl ImageDir {
     /// thread ids unique across the image), and every page file's length
     /// and checksum.
     pub fn load_all(&self) -> Result<Image> {
+        self.load_all_with(true)
+    }
+
+    /// [`Self::load_all`] without reading the page data (`verify_pages`
+    /// false): for a lazy restore, whose daemon serves the pages and checks
+    /// them on its side.
+    pub fn load_all_with(&self, verify_pages: bool) -> Result<Image> {
         let inventory = self.load_inventory()?;
         let inv_path = self.dir.join(INVENTORY_FILE);
         let mut processes = Vec::with_capacity(inventory.processes.len().min(1024));
@@ -416,7 +423,9 @@ impl ImageDir {
                 Some(ipc) if r.pid == inventory.root_pid => ipc.payload_end(),
                 _ => 0,
             };
-            self.verify_pages_with(r, &img, ipc_end)?;
+            if verify_pages {
+                self.verify_pages_with(r, &img, ipc_end)?;
+            }
             processes.push(img);
         }
         validate_saved_refs(&inv_path, &processes)?;

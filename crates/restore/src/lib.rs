@@ -43,6 +43,9 @@ mod fdowner;
 mod guard;
 mod hugetlb;
 mod kinds;
+pub mod lazy;
+pub mod lazy_daemon;
+pub mod lazy_source;
 mod locks;
 mod memory;
 mod mntns;
@@ -118,6 +121,9 @@ pub struct RestoreOptions {
     /// the helper init of a new PID namespace) is created as a child of
     /// our parent (CLONE_PARENT), not of ours.
     pub sibling: bool,
+    /// criu's `--lazy-pages`: the socket of the lazy-pages daemon that
+    /// serves the private anonymous memory on demand (lazy.rs).
+    pub lazy_pages: Option<PathBuf>,
 }
 
 /// A restored, running process (a child of the caller; with `sibling`,
@@ -411,7 +417,10 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     // A pre-copy image: its parents are loaded and verified too, and each
     // process gets one page file again (temporary, removed when `chain`
     // drops), before anything is created.
-    let chain = stasis_image::chain::resolve_chain(&dir)?;
+    let chain = match &opts.lazy_pages {
+        Some(_) => stasis_image::chain::resolve_lazy(&dir)?,
+        None => stasis_image::chain::resolve_chain(&dir)?,
+    };
     let image = &chain.image;
     log::info!("image validated in {:?}", t0.elapsed());
     let root = image.inventory.root_pid;
@@ -422,6 +431,11 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             what: "the root is not listed first".into(),
         });
     }
+    // The lazy-pages daemon first: any failure from here on ends it too.
+    let _lazy = match &opts.lazy_pages {
+        Some(socket) => Some(lazy::connect(socket, &image.processes)?),
+        None => None,
+    };
     fault_point(root, Stage::Validate)?;
     action(&mut hook, "pre-restore", root, -1)?;
     // The tree's mount namespace first: the preflight looks for its files
@@ -459,7 +473,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     let pages: Vec<PathBuf> = chain.pages.clone();
     let calls0 = stasis_sys::remote::remote_syscalls();
     let trips0 = stasis_sys::remote::round_trips();
-    let (pid, wait_pid) = tree::restore_tree(
+    let tree = tree::restore_tree(
         &image.processes,
         &pages,
         &image.inventory.zombies,
@@ -484,7 +498,10 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             inherit: &opts.mounts.inherit,
         },
         &mut hook,
-    )?;
+    );
+    let (pid, wait_pid) = tree?;
+    // The tree runs: the daemon streams the rest of the lazy pages.
+    lazy::resumed(root)?;
     drop(mnt);
     cgroups.keep();
     if let Err(e) = hook("post-resume", pid.0) {

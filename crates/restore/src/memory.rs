@@ -135,7 +135,10 @@ pub(crate) fn rebuild(
     move_vdso(r, mm, &child_special, stub)?;
     let from_cow = from_cow(mm, svc);
     let has_pages = map_all(r, mm, svc, &from_cow)?;
-    fill(r, mm, svc, &from_cow, spread)?;
+    // Lazy restore: the lazy areas go to the lazy-pages daemon before
+    // anything touches them (lazy.rs); only the other pages are filled.
+    let lazy = crate::lazy::register(r, svc.image_pid)?;
+    fill(r, mm, svc, &from_cow, spread, &lazy)?;
     // Protections and advice after the fill: the pages went in writable.
     finish_vmas(r, mm, &has_pages)?;
     set_mm(r, mm, svc.exe)?;
@@ -310,6 +313,7 @@ fn fill(
     svc: &ServiceFds,
     from_cow: &[bool],
     spread: Option<&[usize]>,
+    lazy: &[(u64, u64)],
 ) -> Result<()> {
     let owned_cow: Vec<&Vma> = mm
         .vmas
@@ -328,6 +332,11 @@ fn fill(
         })
         .copied()
         .collect();
+    let runs = if lazy.is_empty() {
+        runs
+    } else {
+        crate::lazy::split_runs(&runs, lazy).0
+    };
     fill_pages(r, &runs, svc.pages, spread)
 }
 

@@ -129,7 +129,19 @@ fn create_threads(leader: &mut RemoteThread, pid: u32, tids: &[Vec<u32>]) -> Res
         // stack, stack_size, tls, set_tid, set_tid_size, cgroup), then the
         // TIDs, which set_tid points at.
         let mut args = Vec::with_capacity(88 + 4 * ids.len());
-        for v in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, 0, ids.len() as u64, 0] {
+        for v in [
+            CLONE_THREAD_FLAGS,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            ids.len() as u64,
+            0,
+        ] {
             args.extend_from_slice(&u64::to_le_bytes(v));
         }
         for &id in ids {
@@ -142,7 +154,11 @@ fn create_threads(leader: &mut RemoteThread, pid: u32, tids: &[Vec<u32>]) -> Res
             .write_scratch(at - leader.scratch().0 + 64, &set_tid.to_le_bytes())
             .at(pid, st)?;
         leader
-            .queue(libc::SYS_clone3, &[at, 88], format!("clone3 thread {}", ids[0]))
+            .queue(
+                libc::SYS_clone3,
+                &[at, 88],
+                format!("clone3 thread {}", ids[0]),
+            )
             .at(pid, st)?;
     }
     leader.flush().at(pid, st)?;

@@ -86,8 +86,7 @@ pub(crate) fn restore_tree(
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
-    let (mut opened, files) =
-        open_files(procs, pages, shell_job, net.tcp_close, inherit, !pid_ns)?;
+    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close, inherit, !pid_ns)?;
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;

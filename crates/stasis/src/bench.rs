@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 pub struct BenchArgs {
     /// Cases to run, comma-separated: dense1g, dense4g, dense16g (only
     /// with --scale), sparse1g, small10k, tiny, tree100, threads64,
-    /// precopy1g, server0, conns1000, migrate4g, compress (default: all but
-    /// dense16g). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
+    /// precopy1g, server0, conns1000, migrate4g, compress, lazy4g (default:
+    /// all but dense16g). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
     /// rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -83,6 +83,8 @@ struct Case {
     migrate: bool,
     /// The compression case: MiB of data (see `bench_migrate.rs`).
     compress_mib: Option<u64>,
+    /// The lazy restore case ([`run_lazy_round`]).
+    lazy: bool,
     /// A server case: the connections the bench opens to it (clients
     /// outside the tree) and keeps across the dump (`--tcp-established`).
     conns: Option<u64>,
@@ -108,6 +110,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "conns1000",
         "migrate4g",
         "compress",
+        "lazy4g",
     ];
     let chosen: Vec<String> = if !a.cases.is_empty() {
         a.cases.clone()
@@ -238,6 +241,15 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                 ],
             ),
             "compress" => ("compress".into(), vec![]),
+            "lazy4g" => (
+                format!("lazy {}", human((4 * unit) << 20)),
+                vec![
+                    "--shape".into(),
+                    "dense".into(),
+                    "--size-mib".into(),
+                    (4 * unit).to_string(),
+                ],
+            ),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
@@ -253,6 +265,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             precopy: c == "precopy1g",
             migrate: c == "migrate4g",
             compress_mib: (c == "compress").then_some(if a.quick { 32 } else { 256 }),
+            lazy: c == "lazy4g",
             conns: match c.as_str() {
                 "server0" => Some(0),
                 "conns1000" => Some(conns),
@@ -572,16 +585,7 @@ fn run_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<
     // The dump killed it: reap it so its PID is free again; its orphaned
     // children are reaped by init.
     let _ = run.child.wait();
-    let t = Instant::now();
-    while pids
-        .iter()
-        .any(|&p| stasis_sys::util::pid_exists(Pid(p as i32)))
-    {
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("processes of the dumped tree still exist after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_gone(&pids)?;
 
     let image_bytes = dir_bytes(&img)?;
     let pages: Vec<PathBuf> = pids
@@ -651,6 +655,7 @@ pub(crate) fn restore_opts(dir: PathBuf) -> stasis_restore::RestoreOptions {
         mounts: stasis_restore::MountOptions::default(),
         net: stasis_restore::NetOptions::default(),
         sibling: false,
+        lazy_pages: None,
     }
 }
 
@@ -741,6 +746,118 @@ fn run_migrate_round(
         restore,
         raw_copy,
     })
+}
+
+/// One round of the lazy case.
+struct LazySample {
+    /// A full restore of the image (every page in place when it returns).
+    full: Duration,
+    /// `restore --lazy-pages`: until the tree runs (its first instruction).
+    first: Duration,
+    /// From the same start until the daemon has every page in place.
+    resident: Duration,
+    page_bytes: u64,
+}
+
+/// Waits until no process of `pids` exists (10 s at most).
+fn wait_gone(pids: &[u32]) -> Result<()> {
+    let t = Instant::now();
+    while pids
+        .iter()
+        .any(|&p| stasis_sys::util::pid_exists(Pid(p as i32)))
+    {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("processes of the dumped tree still exist after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// A dense area dumped once, restored in full (verified), then restored
+/// lazily from the same image with a `stasis lazy-pages` daemon: the time
+/// to the first instruction, and until every page is in place (then
+/// verified).
+fn run_lazy_round(case: &Case, workload: &Path, base: &Path, round: usize) -> Result<LazySample> {
+    let work = base.join(format!("lazy-{round}"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let img = work.join("img");
+    let (mut run, pid) = start_workload(case, workload, &work)?;
+    let pids = tree_pids(pid);
+    let stats = stasis_dump::dump(&dump_opts(pid, img.clone(), None, false))?;
+    let _ = run.child.wait();
+    wait_gone(&pids)?;
+    let t = Instant::now();
+    let restored = stasis_restore::restore(&restore_opts(img.clone()))?;
+    let full = t.elapsed();
+    verify_restored(case, &run, restored.wait_pid)?;
+    // Again from the same image: go back to waiting.
+    {
+        use std::os::unix::fs::FileExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(work.join("go"))?
+            .write_all_at(b"0", 0)?;
+    }
+    let _ = fs::remove_file(work.join("result"));
+    wait_gone(&pids)?;
+    let socket = work.join(stasis_restore::lazy::SOCKET_NAME);
+    let mut daemon = Command::new(std::env::current_exe()?)
+        .args(["lazy-pages", "-D"])
+        .arg(&img)
+        .arg("-W")
+        .arg(&work)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start stasis lazy-pages")?;
+    let t = Instant::now();
+    while !socket.exists() {
+        if daemon.try_wait()?.is_some() || t.elapsed() > Duration::from_secs(30) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            bail!("{}: the lazy-pages daemon did not start", case.name);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut opts = restore_opts(img);
+    opts.lazy_pages = Some(socket);
+    let t = Instant::now();
+    let restored = match stasis_restore::restore(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            return Err(e.into());
+        }
+    };
+    let first = t.elapsed();
+    let st = daemon.wait()?;
+    let resident = t.elapsed();
+    if !st.success() {
+        bail!("{}: the lazy-pages daemon failed ({st})", case.name);
+    }
+    verify_restored(case, &run, restored.wait_pid)?;
+    fs::remove_dir_all(&work)?;
+    Ok(LazySample {
+        full,
+        first,
+        resident,
+        page_bytes: stats.page_bytes,
+    })
+}
+
+fn print_lazy(name: &str, v: &[LazySample]) {
+    let (_, full) = min_med(v.iter().map(|s| s.full).collect());
+    let (_, first) = min_med(v.iter().map(|s| s.first).collect());
+    let (_, resident) = min_med(v.iter().map(|s| s.resident).collect());
+    println!(
+        "\n{name} (medians, {} of pages): lazy restore to the first instruction {} ms; every page in place after {} ms; full restore {} ms",
+        human(v[0].page_bytes),
+        ms(first),
+        ms(resident),
+        ms(full)
+    );
 }
 
 fn print_precopy(name: &str, v: &[PrecopySample]) {
@@ -872,9 +989,29 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             }
         }
     }
+    let mut lazy = Vec::new();
+    for case in cases.iter().filter(|c| c.lazy) {
+        let v = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| run_lazy_round(case, &workload, &base, r),
+            |s| {
+                format!(
+                    "lazy first instruction {} ms, resident {} ms, full restore {} ms",
+                    ms(s.first),
+                    ms(s.resident),
+                    ms(s.full)
+                )
+            },
+        );
+        if !v.is_empty() {
+            lazy.push((case.name.clone(), v));
+        }
+    }
     for case in cases
         .iter()
-        .filter(|c| !c.precopy && !c.migrate && c.compress_mib.is_none())
+        .filter(|c| !c.precopy && !c.migrate && !c.lazy && c.compress_mib.is_none())
     {
         let samples = run_rounds(
             case,
@@ -912,6 +1049,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     for (mib, v) in &compressions {
         crate::bench_migrate::print_compress(*mib, v);
+    }
+    for (name, v) in &lazy {
+        print_lazy(name, v);
     }
     if let Some(e) = failed {
         return Err(e.context("a benchmark case failed"));

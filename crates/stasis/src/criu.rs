@@ -167,7 +167,7 @@ pub static OPTIONS: &[Opt] = &[
     o("prev-images-dir", Req, D, App, "../parent"),
     b("track-mem", D, App),
     b("auto-dedup", ANY, Acc(NO_INCREMENTAL)),
-    b("page-server", D, App),
+    b("page-server", D | OTHER, App),
     o("address", Req, D | OTHER, App, "127.0.0.1"),
     o("port", Req, D | OTHER, App, "27"),
     o("ps-socket", Req, D | OTHER, Ref, "3"),
@@ -243,7 +243,7 @@ pub static OPTIONS: &[Opt] = &[
     o("inherit-fd", Req, RESTORE, App, "fd[3]:x"),
     o("exec-cmd", No, RESTORE, Ref, ""),
     o("cpu-cap", Opti, RESTORE | OTHER, ByValue, "fpu"),
-    o("lazy-pages", No, DR, Ref, ""),
+    o("lazy-pages", No, DR, App, ""),
     o("status-fd", Req, OTHER, App, "3"),
     // Check.
     o("feature", Req, CHECK, App, "clone3_set_tid"),
@@ -269,7 +269,7 @@ pub static COMMANDS: &[(&str, u8, bool)] = &[
     ("restore", RESTORE, true),
     ("check", CHECK, true),
     ("page-server", OTHER, true),
-    ("lazy-pages", OTHER, false),
+    ("lazy-pages", OTHER, true),
     ("service", OTHER, true),
     ("swrk", OTHER, true),
     ("dedup", OTHER, false),
@@ -538,7 +538,8 @@ pub fn usage(prog: &str) -> String {
         "Usage:\n  {prog} dump|pre-dump -t PID [<options>]\n  {prog} restore [<options>]\n  \
          {prog} check [--feature FEAT] [--extra|--experimental|--all]\n  \
          {prog} swrk FD | service [--address PATH] [-d] [--pidfile FILE]  (criu's RPC)\n  \
-         {prog} page-server|lazy-pages|dedup|cpuinfo|exec (refused: not supported yet)\n  \
+         {prog} page-server --port P [--address A] | lazy-pages [--page-server --address A --port P]\n  \
+         {prog} dedup|cpuinfo|exec (refused: not supported yet)\n  \
          stasis migrate -t PID [-D DIR] [--page-server --address A --port P] [--max-rounds N]\n  \
          stasis run [-d] [--pidfile FILE] -- CMD [ARGS...]\n  stasis show DIR|FILE\n  \
          stasis bench [...]\n  stasis install-criu-link [DIR]\n\n\

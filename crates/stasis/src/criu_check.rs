@@ -1,7 +1,7 @@
 //! `check`: criu's kernel feature names, answered for stasis.
 //!
 //! A feature is "supported" only where stasis uses it and the kernel has
-//! it; a name for something stasis does not do (userns, TCP, lazy pages,
+//! it; a name for something stasis does not do (userns, TCP,
 //! ...) is answered "not supported" whatever the kernel offers, so a caller
 //! that gates a feature on `check --feature` never relies on it.
 
@@ -29,7 +29,6 @@ const fn f(name: &'static str, category: u8, why_not: Option<&'static str>) -> C
 const NS: Option<&str> =
     Some("stasis restores no namespace but the PID and mount ones of `stasis run`");
 const NET: Option<&str> = Some("stasis dumps no socket but unix socket pairs");
-const LAZY: Option<&str> = Some("stasis has no lazy restore");
 
 /// criu 4.1's feature names (`criu check --feature list`).
 static CRIU_FEATURES: &[CriuFeature] = &[
@@ -50,8 +49,10 @@ static CRIU_FEATURES: &[CriuFeature] = &[
     f("autofs", 3, Some("autofs mounts are not restored")),
     f("tcp_half_closed", 2, NET),
     f("compat_cr", 3, Some("32-bit code is refused")),
-    f("uffd", 2, LAZY),
-    f("uffd-noncoop", 2, LAZY),
+    // Lazy restore (restore --lazy-pages): missing-mode userfaultfd with
+    // the fork/remap/remove/unmap events.
+    f("uffd", 2, None),
+    f("uffd-noncoop", 2, None),
     f(
         "can_map_vdso",
         2,
@@ -129,6 +130,8 @@ fn kernel_has(name: &str, stasis: &[Feature]) -> Result<(), String> {
             .map(|s| s.lines().any(|l| l.starts_with("NSpid:")))
             .unwrap_or(false),
         "get_rseq_conf" => probed("rseq") && kernel_at_least(5, 13),
+        // UFFD_FEATURE_EVENT_UNMAP and the others arrived in 4.11.
+        "uffd" | "uffd-noncoop" => probed("userfaultfd") && kernel_at_least(4, 11),
         _ => false,
     };
     if ok {

@@ -53,6 +53,9 @@ pub(crate) struct Request {
     /// criu's `--prev-images-dir` (relative to the images directory).
     pub(crate) prev_images_dir: Option<PathBuf>,
     pub(crate) track_mem: bool,
+    /// criu's `--lazy-pages` (dump: serve the pages on request; restore:
+    /// leave private anonymous memory to the lazy-pages daemon).
+    pub(crate) lazy_pages: bool,
     /// criu's `--page-server`, `--port`.
     pub(crate) page_server: bool,
     pub(crate) port: Option<u16>,
@@ -194,6 +197,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "allow-changed-files" => r.allow_changed_files = true,
         "prev-images-dir" => r.prev_images_dir = Some(path()),
         "track-mem" => r.track_mem = on,
+        "lazy-pages" => r.lazy_pages = on,
         "page-server" => r.page_server = on,
         "address" => r.address = g.value.clone(),
         "port" => r.port = Some(number(g)?),
@@ -426,6 +430,7 @@ impl Prepared {
             ),
             "page-server" => page_server(&r),
             "migrate" => crate::migrate::migrate(&r),
+            "lazy-pages" => lazy_pages(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             "swrk" => crate::rpc::swrk(&r),
@@ -506,6 +511,48 @@ pub(crate) fn compress_if_asked(r: &Request, pid: u32, dir: &Path) -> Result<()>
     Ok(())
 }
 
+/// criu's socket between `restore --lazy-pages` and `lazy-pages`: in the
+/// work directory.
+fn lazy_socket(r: &Request) -> PathBuf {
+    r.in_work_dir(Path::new(stasis_restore::lazy::SOCKET_NAME))
+}
+
+/// criu's `lazy-pages -D DIR [--page-server --address A --port P]`: serves
+/// the lazy restore of the image in DIR until every page is in place.
+fn lazy_pages(r: &Request) -> Result<ExitCode> {
+    let dir = r.images_dir();
+    r.setup_log(Some(&dir))?;
+    if r.detached {
+        bail!("lazy-pages: --daemon is not supported yet");
+    }
+    let remote = match (r.page_server, r.port) {
+        (false, _) => None,
+        (true, None) => bail!("lazy-pages: --page-server needs --port"),
+        (true, Some(p)) => Some((r.address.clone().unwrap_or_else(|| "127.0.0.1".into()), p)),
+    };
+    if let Some(p) = &r.pidfile {
+        let p = r.in_work_dir(p);
+        std::fs::write(&p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("write pidfile {}", p.display()))?;
+    }
+    let opts = stasis_restore::lazy_daemon::DaemonOptions {
+        images_dir: dir.clone(),
+        socket: lazy_socket(r),
+        remote,
+    };
+    let st = stasis_restore::lazy_daemon::run(&opts).map_err(|e| anyhow!("lazy-pages: {e}"))?;
+    log::info!(
+        "lazy-pages: every page in place {:?} after the resume: {} faults ({} bytes), {} bytes streamed, {} zero pages, {} forks",
+        st.resident_after,
+        st.faults,
+        st.fault_bytes,
+        st.streamed_bytes,
+        st.zero_pages,
+        st.forks
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Dumps as `r` asks, calling `hook` at criu's action points.
 pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<ExitCode> {
     let pid = r.tree.context("dump: no -t PID")?;
@@ -536,6 +583,18 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
     if let Some(cg) = &r.freeze_cgroup {
         crate::freeze_cgroup::check(cg, pid)?;
     }
+    if r.lazy_pages
+        && (r.command == "pre-dump" || r.page_server || r.to_stdout || r.compress.is_some())
+    {
+        bail!(
+            "dump pid {pid}: --lazy-pages serves the pages itself: not with pre-dump, --page-server, --to-stdout or --compress"
+        );
+    }
+    let lazy_port = match (r.lazy_pages, r.port) {
+        (true, None) => bail!("dump pid {pid}: --lazy-pages needs --port"),
+        (true, Some(p)) => Some(p),
+        _ => None,
+    };
     // Connected before anything is frozen: no server, no dump.
     let server = match (r.page_server, r.port) {
         (false, _) => None,
@@ -572,6 +631,17 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
             )
         })?;
         log::info!("sent {sent} bytes of image to the page server");
+    }
+    if let Some(port) = lazy_port {
+        // criu's dump --lazy-pages: the image is complete in -D; its pages
+        // are served on request until the lazy-pages daemon has them all.
+        let sent = stasis_restore::lazy_source::serve(
+            r.address.as_deref().unwrap_or("0.0.0.0"),
+            port,
+            &dir,
+        )
+        .map_err(|e| anyhow!("dump pid {pid}: {e}"))?;
+        log::info!("served {sent} bytes of pages to the lazy-pages daemon");
     }
     if r.to_stdout {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
@@ -614,6 +684,7 @@ pub(crate) fn restore_tree(
         mounts: r.mounts.clone(),
         net: r.net.clone(),
         sibling: r.sibling,
+        lazy_pages: r.lazy_pages.then(|| lazy_socket(r)),
     };
     let restored = stasis_restore::restore_with(&opts, hook)?;
     let pid = restored.pid;

@@ -217,6 +217,13 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         };
     }
+    // The watchdog of a lazy-pages daemon (started by the daemon).
+    if argv.get(1).map(String::as_str) == Some(stasis_restore::lazy_daemon::WATCH_COMMAND) {
+        return match stasis_restore::lazy_daemon::watch(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     // Installed as `criu`, stasis answers as criu (same parser either way).
     let prog = match argv.first().map(|a| Path::new(a).file_name()) {
         Some(Some(n)) if n == "criu" => "criu",

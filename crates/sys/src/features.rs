@@ -170,7 +170,7 @@ pub fn probe() -> Vec<Feature> {
     add(
         "userfaultfd",
         file_exists("/proc/sys/vm/unprivileged_userfaultfd") || file_exists("/dev/userfaultfd"),
-        "lazy restore (not used yet)",
+        "pre-copy write tracking and lazy restore (restore --lazy-pages)",
     );
     add(
         "cgroup2",

@@ -148,6 +148,13 @@ pub fn get_nice(pid: Pid) -> Result<i32> {
     Ok(20 - r as i32)
 }
 
+/// setpriority(PRIO_PROCESS) of one task (0: the calling thread).
+pub fn set_nice(pid: Pid, nice: i32) -> Result<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, pid.0, nice) };
+    check(r, "setpriority", Some(pid)).map(|_| ())
+}
+
 /// hugetlbfs's statfs magic number.
 pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
@@ -749,25 +756,38 @@ pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> Result<()> {
 /// Waits until every process of `pidfds` has exited (a pidfd polls
 /// readable once its process is gone).
 pub fn wait_all_exit(pidfds: &[OwnedFd]) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut pfds: Vec<libc::pollfd> = pidfds
+    use std::os::fd::AsFd;
+    let mut left: Vec<std::os::fd::BorrowedFd<'_>> = pidfds.iter().map(|f| f.as_fd()).collect();
+    while !left.is_empty() {
+        let mut ready = poll_in(&left, -1)?.into_iter();
+        left.retain(|_| !ready.next().unwrap_or(false));
+    }
+    Ok(())
+}
+
+/// poll(2) for input on `fds` (-1: wait forever); which are readable (or
+/// hung up).
+pub fn poll_in(fds: &[std::os::fd::BorrowedFd<'_>], timeout_ms: i32) -> Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
         .iter()
         .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(f),
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
-    while !pfds.is_empty() {
-        // SAFETY: pfds is a valid pollfd array of its length.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
-        if r < 0 && last_errno() == libc::EINTR {
-            continue;
+    loop {
+        // SAFETY: `p` is a valid array of `p.len()` pollfd structs.
+        let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+        if r < 0 {
+            let e = crate::last_errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(SysError::new("poll", None, e));
         }
-        check(r.into(), "poll(pidfds)", None)?;
-        pfds.retain(|p| p.revents == 0);
+        return Ok(p.iter().map(|x| x.revents != 0).collect());
     }
-    Ok(())
 }
 
 /// Closes every descriptor of this process but those in `keep` (for a

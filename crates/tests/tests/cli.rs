@@ -276,7 +276,7 @@ fn option_syntax_errors() {
 #[test]
 fn unimplemented_commands_refused_by_name() {
     let work = Work::new("cli_commands");
-    for cmd in ["lazy-pages", "dedup", "cpuinfo", "exec"] {
+    for cmd in ["dedup", "cpuinfo", "exec"] {
         let img = work.path(cmd);
         let args = strings(&[
             cmd,
@@ -330,7 +330,14 @@ fn check_feature_answers_criu_names() {
     let work = Work::new("cli_check");
     let run = |a: &[&str]| run_in(&work, work.dir(), &stasis_bin(), &strings(a));
     // stasis cannot work without these; the kernel here has them.
-    for yes in ["clone3_set_tid", "ns_pid", "mnt_id", "get_rseq_conf"] {
+    for yes in [
+        "clone3_set_tid",
+        "ns_pid",
+        "mnt_id",
+        "get_rseq_conf",
+        "uffd",
+        "uffd-noncoop",
+    ] {
         let out = run(&["check", "--feature", yes]);
         assert!(
             out.success() && out.stdout == format!("{yes} is supported\n"),
@@ -341,14 +348,7 @@ fn check_feature_answers_criu_names() {
         );
     }
     // Things stasis does not do, whatever the kernel offers.
-    for no in [
-        "tun",
-        "userns",
-        "uffd",
-        "nftables",
-        "timens",
-        "seccomp_filters",
-    ] {
+    for no in ["tun", "userns", "nftables", "timens", "seccomp_filters"] {
         let out = run(&["check", "--feature", no]);
         assert_eq!(out.code, Some(1), "{no}: {:?} {:?}", out.stdout, out.stderr);
         assert!(out.stderr.contains(no), "{no}: {:?}", out.stderr);

@@ -106,6 +106,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_nspid" => env!("CARGO_BIN_EXE_tp_nspid"),
         "tp_userns" => env!("CARGO_BIN_EXE_tp_userns"),
         "tp_fanotify" => env!("CARGO_BIN_EXE_tp_fanotify"),
+        "tp_lazy" => env!("CARGO_BIN_EXE_tp_lazy"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
