@@ -94,6 +94,12 @@ pub fn run(r: &Request) -> Result<Figures> {
     if r.leave_running {
         bail!("migrate pid {pid}: --leave-running: a migrated tree runs at the destination only");
     }
+    if r.lazy_pages {
+        // Lazy restore serves one image; migrate makes a pre-copy chain.
+        bail!(
+            "migrate pid {pid}: option --lazy-pages is not supported yet: a pre-copy chain is not restored lazily yet"
+        );
+    }
     let scratch = match &r.images_dir {
         None => Some(crate::stream::ScratchDir::new("migrate")?),
         Some(_) => None,

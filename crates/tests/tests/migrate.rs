@@ -505,7 +505,8 @@ fn migrate_to_page_server_across_netns() {
 }
 
 /// What migrate cannot do is refused by name before anything is done: a
-/// restore option restore does not know yet (`--lazy-pages`), options that
+/// restore option migrate cannot pass on yet (`--lazy-pages`: lazy restore
+/// takes no pre-copy chain yet), options that
 /// contradict a move; the program runs on untouched.
 #[test]
 fn migrate_refusals() {
