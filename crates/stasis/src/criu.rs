@@ -215,9 +215,17 @@ pub static OPTIONS: &[Opt] = &[
         Acc("inotify watches are restored through file handles, not paths"),
         "/",
     ),
-    // criu leaves the namespace empty for the caller's setup-namespaces
-    // script; stasis would fill it before that script runs.
-    o("empty-ns", Req, D, Ref, "net"),
+    // runc sends empty_ns=net on every checkpoint (it manages no network
+    // device). criu would leave the namespace empty for the caller to
+    // fill; stasis restores it in full (links other than lo and veth are
+    // refused by name): a departure, documented in the README.
+    o(
+        "empty-ns",
+        Req,
+        DR,
+        Acc("stasis saves and restores the tree's network namespace in full (what it cannot restore is refused by name), where criu would leave it empty for the caller to set up"),
+        "net",
+    ),
     b(
         "weak-sysctls",
         RESTORE,
