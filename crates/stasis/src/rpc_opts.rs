@@ -220,13 +220,18 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
 }
 
 /// criu_opts fields that have no command-line twin and that stasis does
-/// not implement: refused by name when set.
+/// not implement, or not over RPC yet (lazy_pages): refused by name when set.
 /// (orphan_pts_master, which runc always sets, asks for the master of a
 /// pty whose master was outside the tree; stasis refuses such a pty at the
 /// dump, so it changes nothing: see [`notes_rpc_only`].)
 pub fn refused_rpc_only(o: &Opts) -> Option<&'static str> {
     if o.pidfd_store_sk.is_some() {
         return Some("pidfd_store_sk");
+    }
+    // Over RPC criu's lazy restore is driven by the client, which starts
+    // the lazy-pages daemon: not wired up yet (the command line has it).
+    if o.lazy_pages == Some(true) {
+        return Some("lazy_pages");
     }
     None
 }

@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// Runs `cmd` with stdin from `stdin` (or /dev/null) and stdout/stderr
-/// into files of the work directory; kills it after `timeout`.
+/// into files of the work directory; kills it after `T`.
 fn run(dir: &Path, name: &str, cmd: &mut Command, stdin: Option<&Path>) -> CmdOut {
     let (out_p, err_p) = (
         dir.join(format!("{name}.stdout")),
@@ -30,34 +29,7 @@ fn run(dir: &Path, name: &str, cmd: &mut Command, stdin: Option<&Path>) -> CmdOu
         Some(p) => Stdio::from(fs::File::open(p).expect("stdin file")),
         None => Stdio::null(),
     };
-    cmd.stdin(input)
-        .stdout(fs::File::create(&out_p).expect("stdout file"))
-        .stderr(fs::File::create(&err_p).expect("stderr file"));
-    // SAFETY: close_range is async-signal-safe and touches only the child's table.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + T;
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = CmdOut {
-        code,
-        stdout: fs::read_to_string(&out_p).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_p).unwrap_or_default(),
-    };
+    let out = run_captured(cmd, &out_p, &err_p, input, T);
     eprintln!("{name} -> {:?}\n{}", out.code, out.stderr);
     out
 }

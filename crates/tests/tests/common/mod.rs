@@ -457,6 +457,49 @@ impl CmdOut {
     }
 }
 
+/// Runs `cmd` with stdin from `stdin` and stdout/stderr into the files
+/// `out_p` and `err_p` (so a restored process can never hold a pipe of
+/// ours), none of our other descriptors, killing it after `timeout`.
+pub fn run_captured(
+    cmd: &mut Command,
+    out_p: &Path,
+    err_p: &Path,
+    stdin: Stdio,
+    timeout: Duration,
+) -> CmdOut {
+    cmd.stdin(stdin)
+        .stdout(File::create(out_p).expect("stdout file"))
+        .stderr(File::create(err_p).expect("stderr file"));
+    // What `stasis run` starts must not inherit the test runner's descriptors.
+    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    CmdOut {
+        code,
+        stdout: fs::read_to_string(out_p).unwrap_or_default(),
+        stderr: fs::read_to_string(err_p).unwrap_or_default(),
+    }
+}
+
 /// Runs `stasis ARGS` with stdout/stderr captured through files in the work
 /// directory (so a restored process can never hold a pipe of ours), killing
 /// it after `timeout`.
@@ -474,38 +517,8 @@ pub fn stasis(work: &Work, args: &[&str], timeout: Duration) -> CmdOut {
         work.path(&format!("stasis-{n}.stderr")),
     );
     let mut cmd = Command::new(&bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_p).expect("stdout file"))
-        .stderr(File::create(&err_p).expect("stderr file"));
-    // What `stasis run` starts must not inherit the test runner's descriptors.
-    // SAFETY: close_range is async-signal-safe and touches only the child's table.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("try_wait stasis") {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = CmdOut {
-        code,
-        stdout: fs::read_to_string(&out_p).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_p).unwrap_or_default(),
-    };
+    cmd.args(args);
+    let out = run_captured(&mut cmd, &out_p, &err_p, Stdio::null(), timeout);
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
