@@ -4,11 +4,23 @@
 mod common;
 
 use common::*;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Held by every test that makes a `stasis run` tree and by the one that
+/// mounts a tmpfs in our mount namespace: a run tree's private mount
+/// namespace is a copy of ours, so a mount made (and later removed) here
+/// meanwhile would be in the tree and not here at its dump, which refuses
+/// it as a mount of the tree's own.
+fn mounts_lock() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, dump, restore (-d), go:
 /// the restored init's outcome.
 fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Outcome {
+    let _mounts = mounts_lock();
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
     let prog = bin_path(program);
@@ -206,6 +218,7 @@ impl Drop for Umount {
 /// restored on the same mount and filesystem, events delivered.
 #[test]
 fn cr_fanotify_mount_and_filesystem_marks() {
+    let _mounts = mounts_lock();
     let work = Work::new("cr_fanotify_mount_marks");
     let _umount = Umount(work.path("mnt"));
     run_case(
@@ -224,6 +237,7 @@ fn cr_fanotify_mount_and_filesystem_marks() {
 #[test]
 fn refuse_user_namespace_with_own_ipc_namespace() {
     use std::os::unix::fs::PermissionsExt;
+    let _mounts = mounts_lock();
     let work = Work::new("refuse_user_namespace_with_own_ipc");
     std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod work dir");
