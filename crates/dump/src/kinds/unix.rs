@@ -63,6 +63,12 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 }
                 _ => Vec::new(),
             };
+            // A connected stream, kept as external only if its peer
+            // proves to be outside the tree (`link`).
+            let external = d.sockets.ext_unix_sk
+                && s.sock_type == libc::SOCK_STREAM as u8
+                && listener == 0
+                && peer != 0;
             let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
             let peercred = peer_cred(d)?;
             return Ok(Some(FdKind::UnixSocket {
@@ -77,6 +83,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 listener,
                 peer: if listener != 0 { 0 } else { peer },
                 ext_peer,
+                external,
             }));
         }
     };
@@ -112,6 +119,7 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
             _ => {}
         }
     }
+    external_streams(images, &socks)?;
     for img in images.iter() {
         for e in &img.files {
             if let FdKind::UnixSocket {
@@ -181,6 +189,51 @@ fn external_datagrams(images: &mut [&mut ProcessImage]) -> Result<()> {
                 }
                 *listener = 0;
             }
+        }
+    }
+    Ok(())
+}
+
+/// `--ext-unix-sk`: a stream socket whose peer is outside the tree is
+/// kept as external (restored from the caller's `--inherit-fd
+/// fd[N]:socket:[ID]`), if nothing waits in it: data there came from
+/// outside and cannot be put into a socket the restore does not make.
+/// One whose peer is in the tree is an ordinary pair.
+fn external_streams(images: &mut [&mut ProcessImage], socks: &HashSet<u64>) -> Result<()> {
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        for e in &mut img.files {
+            let FdKind::UnixSocket {
+                id,
+                peer,
+                queued,
+                external,
+                ..
+            } = &mut e.kind
+            else {
+                continue;
+            };
+            if !*external || socks.contains(peer) {
+                *external = false;
+                continue;
+            }
+            if !queued.is_empty() {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    stage: Stage::Check,
+                    what: format!(
+                        "fd {} (socket:[{id}]): data queued in a unix stream socket connected \
+                         outside the dumped tree (--ext-unix-sk cannot put it back into the \
+                         socket the caller hands over)",
+                        e.fd
+                    ),
+                });
+            }
+            log::info!(
+                "pid {pid}: fd {} (socket:[{id}]): its peer is outside the tree; restore it with --inherit-fd fd[N]:socket:[{id}]",
+                e.fd
+            );
+            *peer = 0;
         }
     }
     Ok(())

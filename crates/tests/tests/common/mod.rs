@@ -461,6 +461,12 @@ impl CmdOut {
 /// directory (so a restored process can never hold a pipe of ours), killing
 /// it after `timeout`.
 pub fn stasis(work: &Work, args: &[&str], timeout: Duration) -> CmdOut {
+    stasis_stdin(work, args, timeout, Stdio::null())
+}
+
+/// [`stasis`] with `stdin` as its descriptor 0 (a descriptor handed in
+/// with `--inherit-fd fd[0]:KEY`).
+pub fn stasis_stdin(work: &Work, args: &[&str], timeout: Duration, stdin: Stdio) -> CmdOut {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::SeqCst);
     let bin = stasis_bin();
@@ -475,7 +481,7 @@ pub fn stasis(work: &Work, args: &[&str], timeout: Duration) -> CmdOut {
     );
     let mut cmd = Command::new(&bin);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(File::create(&out_p).expect("stdout file"))
         .stderr(File::create(&err_p).expect("stderr file"));
     // What `stasis run` starts must not inherit the test runner's descriptors.
@@ -622,6 +628,16 @@ pub fn dump(work: &Work, pid: i32, extra: &[&str], timeout: Duration) -> CmdOut 
 
 /// `stasis restore -D WORK/img -o restore.log -v4 -d --pidfile WORK/pidfile EXTRA...`.
 pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOut {
+    restore_detached_stdin(work, extra, timeout, Stdio::null())
+}
+
+/// [`restore_detached`] with `stdin` as stasis's descriptor 0.
+pub fn restore_detached_stdin(
+    work: &Work,
+    extra: &[&str],
+    timeout: Duration,
+    stdin: Stdio,
+) -> CmdOut {
     let img = work.img();
     let pidfile = work.path("pidfile");
     let _ = fs::remove_file(&pidfile);
@@ -637,7 +653,7 @@ pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOu
         pidfile.to_str().expect("utf-8 path"),
     ];
     args.extend_from_slice(extra);
-    stasis(work, &args, timeout)
+    stasis_stdin(work, &args, timeout, stdin)
 }
 
 /// Whether a process with this PID exists at all.
