@@ -1,6 +1,8 @@
 //! Unix sockets, from the kernel's sock_diag netlink interface (what
 //! `ss -x` reads): a connected socket (an accepted connection with its
-//! listener's name) is saved with its peer's inode, which must be in the tree, or 0 when the peer was closed; its
+//! listener's name) is saved with its peer's inode, which must be in the tree, or 0 when the peer was closed
+//! (with `--ext-unix-sk`, an idle stream whose peer is outside is external,
+//! `external_streams`); its
 //! shutdown state, the options of `sock::UNIX_OPTS` that differ from a new
 //! socket's, and the data waiting in it, read without taking it (MSG_PEEK
 //! walking the queue with SO_PEEK_OFF on a `pidfd_getfd` duplicate).
