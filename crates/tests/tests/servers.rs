@@ -1058,6 +1058,20 @@ fn postgres_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
+/// PostgreSQL's `bin` directory, psql and the ids of user postgres; None
+/// (saying so) when not installed.
+fn pg_tools() -> Option<(PathBuf, PathBuf, (u32, u32))> {
+    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
+        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
+        return None;
+    };
+    let Some(ids) = user_ids("postgres") else {
+        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
+        return None;
+    };
+    Some((bin, psql, ids))
+}
+
 /// SysV shared memory segments created by `pids` (`/proc/sysvipc/shm`),
 /// removed on drop: a postmaster killed outright leaves its segment.
 struct ShmOf(Vec<i32>);
@@ -1158,12 +1172,7 @@ fn start_postgres(work: &Work, bin: &Path, psql: PathBuf, ids: (u32, u32)) -> Pg
 /// refused, since the server has written its log since.
 #[test]
 fn postgres() {
-    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
-        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
-        return;
-    };
-    let Some(ids) = user_ids("postgres") else {
-        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
+    let Some((bin, psql, ids)) = pg_tools() else {
         return;
     };
     let (work, opts, mut trees) = (Work::new("srv_postgres"), Opts::default(), Trees::default());
@@ -1382,12 +1391,7 @@ fn pg_query(conn: &mut TcpStream, sql: &str) -> Result<Vec<String>, String> {
 /// writes a new one, which psql sees.
 #[test]
 fn postgres_connection() {
-    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
-        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
-        return;
-    };
-    let Some(ids) = user_ids("postgres") else {
-        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
+    let Some((bin, psql, ids)) = pg_tools() else {
         return;
     };
     let (work, mut trees) = (Work::new("srv_postgres_conn"), Trees::default());

@@ -131,14 +131,12 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                 let outside = (peer != 0 && !socks.contains(&peer))
                     || (listener != 0 && !named.contains(&listener));
                 if outside {
-                    return Err(DumpError::Unsupported {
-                        pid: img.pid,
-                        stage: Stage::Check,
-                        what: format!(
-                            "fd {} (socket:[{id}]): the other end of this unix socket is outside the dumped tree",
-                            e.fd
-                        ),
-                    });
+                    return Err(refused(
+                        img.pid,
+                        e.fd,
+                        id,
+                        "the other end of this unix socket is outside the dumped tree",
+                    ));
                 }
             }
         }
@@ -178,22 +176,28 @@ fn external_datagrams(images: &mut [&mut ProcessImage]) -> Result<()> {
                     continue;
                 }
                 if !queued.is_empty() {
-                    return Err(DumpError::Unsupported {
+                    return Err(refused(
                         pid,
-                        stage: Stage::Check,
-                        what: format!(
-                            "fd {} (socket:[{id}]): datagrams waiting in a unix socket connected \
-                             outside the dumped tree (--ext-unix-sk cannot send them again as \
-                             their sender)",
-                            e.fd
-                        ),
-                    });
+                        e.fd,
+                        *id,
+                        "datagrams waiting in a unix socket connected outside the dumped tree \
+                         (--ext-unix-sk cannot send them again as their sender)",
+                    ));
                 }
                 *listener = 0;
             }
         }
     }
     Ok(())
+}
+
+/// The refusal of socket `id`, descriptor `fd` of `pid`, at link time.
+fn refused(pid: u32, fd: i32, id: u64, why: &str) -> DumpError {
+    DumpError::Unsupported {
+        pid,
+        stage: Stage::Check,
+        what: format!("fd {fd} (socket:[{id}]): {why}"),
+    }
 }
 
 /// `--ext-unix-sk`: a stream socket whose peer is outside the tree is
@@ -220,16 +224,13 @@ fn external_streams(images: &mut [&mut ProcessImage], socks: &HashSet<u64>) -> R
                 continue;
             }
             if !queued.is_empty() {
-                return Err(DumpError::Unsupported {
+                return Err(refused(
                     pid,
-                    stage: Stage::Check,
-                    what: format!(
-                        "fd {} (socket:[{id}]): data queued in a unix stream socket connected \
-                         outside the dumped tree (--ext-unix-sk cannot put it back into the \
-                         socket the caller hands over)",
-                        e.fd
-                    ),
-                });
+                    e.fd,
+                    *id,
+                    "data queued in a unix stream socket connected outside the dumped tree \
+                     (--ext-unix-sk cannot put it back into the socket the caller hands over)",
+                ));
             }
             log::info!(
                 "pid {pid}: fd {} (socket:[{id}]): its peer is outside the tree; restore it with --inherit-fd fd[N]:socket:[{id}]",
