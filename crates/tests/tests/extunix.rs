@@ -89,7 +89,8 @@ fn refuse_ext_unix_stream_queued() {
 
 /// A stream whose other end is outside (journald, D-Bus): dumped with
 /// `--ext-unix-sk` as external `socket:[INO]`; a restore without
-/// `--inherit-fd` for it is refused by name and leaves nothing; with
+/// `--inherit-fd` for it, or given /dev/null for it, is refused by name
+/// and leaves nothing; with
 /// `--inherit-fd fd[0]:socket:[INO]` our socket becomes the program's
 /// descriptor 42 (flags, SO_SNDBUF), and the program's `ping` reaches us
 /// and our `pong` reaches it.
@@ -118,8 +119,20 @@ fn ext_stream(name: &str, args: &[&str]) -> Outcome {
         "restore without --inherit-fd: {out:?}"
     );
     assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
-    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    // Something other than a unix stream socket for it (/dev/null).
     let inherit = format!("--inherit-fd=fd[0]:{key}");
+    let out = restore_detached_stdin(
+        &work,
+        &[&inherit],
+        opts.stasis_timeout,
+        std::process::Stdio::null(),
+    );
+    assert!(
+        !out.success() && out.stderr.contains("not a unix stream socket"),
+        "restore with /dev/null for {key}: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
     let out = restore_detached_stdin(
         &work,
         &[&inherit],
