@@ -457,16 +457,53 @@ impl CmdOut {
     }
 }
 
+/// Runs `cmd` with stdin from `stdin` and stdout/stderr into the files
+/// `out_p` and `err_p` (so a restored process can never hold a pipe of
+/// ours), none of our other descriptors, killing it after `timeout`.
+pub fn run_captured(
+    cmd: &mut Command,
+    out_p: &Path,
+    err_p: &Path,
+    stdin: Stdio,
+    timeout: Duration,
+) -> CmdOut {
+    cmd.stdin(stdin)
+        .stdout(File::create(out_p).expect("stdout file"))
+        .stderr(File::create(err_p).expect("stderr file"));
+    // What `stasis run` starts must not inherit the test runner's descriptors.
+    // SAFETY: close_range is async-signal-safe and touches only the child's table.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    CmdOut {
+        code,
+        stdout: fs::read_to_string(out_p).unwrap_or_default(),
+        stderr: fs::read_to_string(err_p).unwrap_or_default(),
+    }
+}
+
 /// Runs `stasis ARGS` with stdout/stderr captured through files in the work
 /// directory (so a restored process can never hold a pipe of ours), killing
 /// it after `timeout`.
 pub fn stasis(work: &Work, args: &[&str], timeout: Duration) -> CmdOut {
-    stasis_stdin(work, args, timeout, Stdio::null())
-}
-
-/// [`stasis`] with `stdin` as its descriptor 0 (a descriptor handed in
-/// with `--inherit-fd fd[0]:KEY`).
-pub fn stasis_stdin(work: &Work, args: &[&str], timeout: Duration, stdin: Stdio) -> CmdOut {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::SeqCst);
     let bin = stasis_bin();
@@ -480,38 +517,8 @@ pub fn stasis_stdin(work: &Work, args: &[&str], timeout: Duration, stdin: Stdio)
         work.path(&format!("stasis-{n}.stderr")),
     );
     let mut cmd = Command::new(&bin);
-    cmd.args(args)
-        .stdin(stdin)
-        .stdout(File::create(&out_p).expect("stdout file"))
-        .stderr(File::create(&err_p).expect("stderr file"));
-    // What `stasis run` starts must not inherit the test runner's descriptors.
-    // SAFETY: close_range is async-signal-safe and touches only the child's table.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("try_wait stasis") {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = CmdOut {
-        code,
-        stdout: fs::read_to_string(&out_p).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_p).unwrap_or_default(),
-    };
+    cmd.args(args);
+    let out = run_captured(&mut cmd, &out_p, &err_p, Stdio::null(), timeout);
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -628,32 +635,39 @@ pub fn dump(work: &Work, pid: i32, extra: &[&str], timeout: Duration) -> CmdOut 
 
 /// `stasis restore -D WORK/img -o restore.log -v4 -d --pidfile WORK/pidfile EXTRA...`.
 pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOut {
-    restore_detached_stdin(work, extra, timeout, Stdio::null())
+    let mut args = restore_args(work);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    stasis(work, &args, timeout)
 }
 
-/// [`restore_detached`] with `stdin` as stasis's descriptor 0.
+/// [`restore_detached`] with `stdin` as stasis's descriptor 0 (handed in
+/// with `--inherit-fd fd[0]:KEY`); its output in `WORK/restore-stdin.*`.
 pub fn restore_detached_stdin(
     work: &Work,
     extra: &[&str],
     timeout: Duration,
     stdin: Stdio,
 ) -> CmdOut {
-    let img = work.img();
-    let pidfile = work.path("pidfile");
+    let mut cmd = Command::new(stasis_bin());
+    cmd.args(restore_args(work)).args(extra);
+    let (out_p, err_p) = (
+        work.path("restore-stdin.stdout"),
+        work.path("restore-stdin.stderr"),
+    );
+    run_captured(&mut cmd, &out_p, &err_p, stdin, timeout)
+}
+
+/// `restore -D WORK/img -o restore.log -v4 -d --pidfile WORK/pidfile`,
+/// the pidfile removed first.
+fn restore_args(work: &Work) -> Vec<String> {
+    let (img, pidfile) = (work.img(), work.path("pidfile"));
     let _ = fs::remove_file(&pidfile);
-    let mut args = vec![
-        "restore",
-        "-D",
-        img.to_str().expect("utf-8 path"),
-        "-o",
-        "restore.log",
-        "-v4",
-        "-d",
-        "--pidfile",
-        pidfile.to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    stasis_stdin(work, &args, timeout, stdin)
+    let mut args: Vec<String> = ["restore", "-D"].map(String::from).to_vec();
+    args.push(img.to_str().expect("utf-8 path").to_string());
+    args.extend(["-o", "restore.log", "-v4", "-d", "--pidfile"].map(String::from));
+    args.push(pidfile.to_str().expect("utf-8 path").to_string());
+    args
 }
 
 /// Whether a process with this PID exists at all.
