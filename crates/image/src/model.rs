@@ -535,6 +535,14 @@ pub enum FdKind {
         /// and `listener` are then 0. Empty for none.
         #[serde(default, with = "crate::hex_bytes")]
         ext_peer: Vec<u8>,
+        /// A stream socket whose other end was outside the tree (criu's
+        /// `--ext-unix-sk`: a service's stdout to journald, a D-Bus
+        /// connection), with nothing queued: a restore takes the
+        /// connected socket the caller hands it with criu's
+        /// `--inherit-fd fd[N]:socket:[ID]`, else refuses; `peer` and
+        /// `listener` are then 0.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        external: bool,
         /// SO_PEERCRED / SO_PEERGROUPS of this end.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         peercred: Option<crate::kinds::unix::PeerCred>,

@@ -431,6 +431,8 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             what: "the root is not listed first".into(),
         });
     }
+    // Objects outside the tree the caller must hand over (--inherit-fd).
+    kinds::check_inherited(&image.processes, &opts.mounts.inherit)?;
     // The lazy-pages daemon first: any failure from here on ends it too.
     let _lazy = match &opts.lazy_pages {
         Some(socket) => Some(lazy::connect(socket, &image.processes)?),

@@ -59,16 +59,123 @@ fn refuse_ext_unix_without_option() {
     );
 }
 
-/// A stream connected to a server outside: refused by name even with the
-/// option (a new connection would be another stream for the server).
+/// A stream whose other end is outside, without the option: refused by
+/// name, the program runs on.
 #[test]
 fn refuse_ext_unix_stream() {
     refused_dump(
         "refuse_ext_unix_stream",
         Program::Bin("tp_extunix"),
         &["--stream"],
-        &["--ext-unix-sk"],
+        &[],
         &["outside the dumped tree"],
         false,
     );
+}
+
+/// With the option, but data from outside waits in the tree's end: it
+/// cannot be put back into the caller's socket; refused by name.
+#[test]
+fn refuse_ext_unix_stream_queued() {
+    refused_dump(
+        "refuse_ext_unix_stream_queued",
+        Program::Bin("tp_extunix"),
+        &["--stream", "--queued"],
+        &["--ext-unix-sk"],
+        &["data queued"],
+        false,
+    );
+}
+
+/// A stream whose other end is outside (journald, D-Bus): dumped with
+/// `--ext-unix-sk` as external `socket:[INO]`; a restore without
+/// `--inherit-fd` for it, or given /dev/null for it, is refused by name
+/// and leaves nothing; with
+/// `--inherit-fd fd[0]:socket:[INO]` our socket becomes the program's
+/// descriptor 42 (flags, SO_SNDBUF), and the program's `ping` reaches us
+/// and our `pong` reaches it.
+fn ext_stream(name: &str, args: &[&str]) -> Outcome {
+    use std::io::{Read, Write};
+    let work = Work::new(name);
+    let opts = Opts {
+        dump_extra: vec!["--ext-unix-sk"],
+        ..Opts::default()
+    };
+    let mut p = start_ready(&work, Program::Bin("tp_extunix"), args, &opts);
+    let key = step(
+        &work,
+        "the program's descriptor 42",
+        std::fs::read_link(format!("/proc/{}/fd/42", p.pid)).map_err(|e| e.to_string()),
+    );
+    let key = key.to_string_lossy().into_owned();
+    assert!(key.starts_with("socket:["), "{key}");
+    dump_and_check_gone(&work, &mut p, &opts);
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success()
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains(&key)
+            && out.stderr.contains("--inherit-fd"),
+        "restore without --inherit-fd: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
+    // Something other than a unix stream socket for it (/dev/null).
+    let inherit = format!("--inherit-fd=fd[0]:{key}");
+    let out = restore_detached_stdin(
+        &work,
+        &[&inherit],
+        opts.stasis_timeout,
+        std::process::Stdio::null(),
+    );
+    assert!(
+        !out.success() && out.stderr.contains("not a unix stream socket"),
+        "restore with /dev/null for {key}: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let out = restore_detached_stdin(
+        &work,
+        &[&inherit],
+        opts.stasis_timeout,
+        std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)),
+    );
+    let mut r = Proc::adopt(p.pid);
+    if !out.success() {
+        fail(&work, format!("restore with {inherit}: {}", out.stderr));
+    }
+    step(&work, "restored process state", r.check_running_untraced());
+    work.release_go();
+    ours.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let mut got = [0u8; 4];
+    let read = ours.read_exact(&mut got);
+    assert!(
+        read.is_ok() && &got == b"ping",
+        "what the restored program sent: {read:?} {got:?}{}",
+        work.diagnostics()
+    );
+    ours.write_all(b"pong").expect("send pong");
+    let out = finish(&work, &mut r, opts.finish_timeout);
+    if !out.result.starts_with("FAIL") {
+        out.assert_pass(&work);
+    }
+    out
+}
+
+#[test]
+fn cr_ext_unix_stream() {
+    let out = ext_stream("cr_ext_unix_stream", &["--stream"]);
+    assert!(out.result.starts_with("PASS"), "{out:?}");
+}
+
+#[test]
+fn negative_cr_ext_unix_stream() {
+    let out = ext_stream("negative_cr_ext_unix_stream", &["--stream", "--corrupt"]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+#[test]
+fn selfcheck_ext_unix_stream() {
+    let work = Work::new("selfcheck_ext_unix_stream");
+    run_plain(&work, Program::Bin("tp_extunix"), &["--stream"]).assert_pass(&work);
 }

@@ -1058,6 +1058,20 @@ fn postgres_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
+/// PostgreSQL's `bin` directory, psql and the ids of user postgres; None
+/// (saying so) when not installed.
+fn pg_tools() -> Option<(PathBuf, PathBuf, (u32, u32))> {
+    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
+        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
+        return None;
+    };
+    let Some(ids) = user_ids("postgres") else {
+        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
+        return None;
+    };
+    Some((bin, psql, ids))
+}
+
 /// SysV shared memory segments created by `pids` (`/proc/sysvipc/shm`),
 /// removed on drop: a postmaster killed outright leaves its segment.
 struct ShmOf(Vec<i32>);
@@ -1158,12 +1172,7 @@ fn start_postgres(work: &Work, bin: &Path, psql: PathBuf, ids: (u32, u32)) -> Pg
 /// refused, since the server has written its log since.
 #[test]
 fn postgres() {
-    let (Some(bin), Some(psql)) = (postgres_bin(), find_exe("psql")) else {
-        eprintln!("skipped: PostgreSQL not installed (Debian: apt-get install postgresql)");
-        return;
-    };
-    let Some(ids) = user_ids("postgres") else {
-        eprintln!("skipped: no user postgres (Debian: apt-get install postgresql)");
+    let Some((bin, psql, ids)) = pg_tools() else {
         return;
     };
     let (work, opts, mut trees) = (Work::new("srv_postgres"), Opts::default(), Trees::default());
@@ -1295,4 +1304,153 @@ fn refused_sysv_shm(work: &Work, pg: &mut Pg, pids: &[i32], out: &CmdOut) {
         pg.p.wait(Duration::from_secs(30)),
     );
     check_eq(work, "postgres exit after SIGINT", Exit::Code(0), exit);
+}
+
+/// One message of PostgreSQL's protocol (v3): its type and body.
+fn pg_msg(conn: &mut TcpStream) -> Result<(u8, Vec<u8>), String> {
+    let mut head = [0u8; 5];
+    conn.read_exact(&mut head)
+        .map_err(|e| format!("message head: {e}"))?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    conn.read_exact(&mut body)
+        .map_err(|e| format!("message body: {e}"))?;
+    Ok((head[0], body))
+}
+
+/// Reads messages up to ReadyForQuery: the rows (DataRow, each column's
+/// text joined by `|`), or the error's message.
+fn pg_until_ready(conn: &mut TcpStream) -> Result<Vec<String>, String> {
+    let (mut rows, mut err) = (Vec::new(), None);
+    loop {
+        let (t, body) = pg_msg(conn)?;
+        match t {
+            b'Z' => break,
+            b'D' => {
+                let mut cols = Vec::new();
+                let mut at = 2;
+                while at + 4 <= body.len() {
+                    let n =
+                        i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+                    at += 4;
+                    let n = usize::try_from(n).unwrap_or(0);
+                    cols.push(String::from_utf8_lossy(&body[at..at + n]).into_owned());
+                    at += n;
+                }
+                rows.push(cols.join("|"));
+            }
+            b'E' => {
+                // Fields: a type byte and a string each; 'M' the message.
+                let msg = body
+                    .split(|&b| b == 0)
+                    .find_map(|f| f.strip_prefix(b"M"))
+                    .unwrap_or(b"?");
+                err = Some(String::from_utf8_lossy(msg).into_owned());
+            }
+            b'R' if body.get(..4) != Some(&[0, 0, 0, 0][..]) => {
+                return Err(format!("authentication asked for: {body:?}"));
+            }
+            _ => {}
+        }
+    }
+    err.map_or(Ok(rows), Err)
+}
+
+/// A PostgreSQL connection of the test's own on `port` (trust
+/// authentication, user and database postgres), ready for queries.
+fn pg_connect(work: &Work, port: &str) -> TcpStream {
+    let mut conn = connect(work, port);
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut m = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    m.extend_from_slice(&196_608u32.to_be_bytes());
+    m.extend_from_slice(params);
+    step(
+        work,
+        "startup",
+        conn.write_all(&m).map_err(|e| e.to_string()),
+    );
+    step(work, "startup answer", pg_until_ready(&mut conn));
+    conn
+}
+
+/// A simple query on `conn`: its rows.
+fn pg_query(conn: &mut TcpStream, sql: &str) -> Result<Vec<String>, String> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    conn.write_all(&m).map_err(|e| format!("{sql}: {e}"))?;
+    pg_until_ready(conn).map_err(|e| format!("{sql}: {e}"))
+}
+
+/// PostgreSQL with a client connection of the test's own (its backend in
+/// the tree) open across the dump: rows written on it; the dump without
+/// `--tcp-established` refused naming it, the server running on; with
+/// the option dumped and restored, and the same connection (the same
+/// backend, its session state: a temporary table) reads the rows back and
+/// writes a new one, which psql sees.
+#[test]
+fn postgres_connection() {
+    let Some((bin, psql, ids)) = pg_tools() else {
+        return;
+    };
+    let (work, mut trees) = (Work::new("srv_postgres_conn"), Trees::default());
+    let mut pg = start_postgres(&work, &bin, psql, ids);
+    trees.track(pg.p.pid);
+    let _shm = ShmOf(vec![pg.p.pid]);
+    let baseline = tree_pids(pg.p.pid);
+    let create = "create table t(k text, v text); insert into t values ('a', 'by psql')";
+    check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
+    wait_tree(&work, pg.p.pid, &baseline);
+    wait_quiet(&work, &baseline);
+    let mut conn = pg_connect(&work, &pg.port);
+    let setup = "insert into t values ('b', 'on the connection'); \
+                 create temporary table s(x int); insert into s values (41)";
+    step(
+        &work,
+        "writes on the connection",
+        pg_query(&mut conn, setup),
+    );
+    pg.p = dump_restore_conn(&work, &mut pg.p, &mut trees, &conn);
+    check_eq(
+        &work,
+        "rows on the kept connection",
+        Ok(vec!["by psql".to_string(), "on the connection".to_string()]),
+        pg_query(&mut conn, "select v from t order by k"),
+    );
+    check_eq(
+        &work,
+        "its temporary table",
+        Ok(vec!["42".to_string()]),
+        pg_query(&mut conn, "update s set x = x + 1 returning x"),
+    );
+    check_eq(
+        &work,
+        "insert on the kept connection",
+        Ok(vec![]),
+        pg_query(&mut conn, "insert into t values ('c', 'after')"),
+    );
+    check_eq(
+        &work,
+        "rows through psql",
+        Ok("by psql\non the connection\nafter".into()),
+        pg.sql(&work, "select v from t order by k"),
+    );
+    // Negative control: the temporary table is this session's alone.
+    check_eq(
+        &work,
+        "the temporary table from psql",
+        true,
+        pg.sql(&work, "select x from s").is_err(),
+    );
+    drop(conn);
+    // Fast shutdown.
+    // SAFETY: plain kill of the postmaster, our child.
+    unsafe { libc::kill(pg.p.pid, libc::SIGINT) };
+    let exit = step(
+        &work,
+        "postgres shutdown",
+        pg.p.wait(Duration::from_secs(30)),
+    );
+    check_eq(&work, "postgres exit after SIGINT", Exit::Code(0), exit);
 }

@@ -1,6 +1,8 @@
 //! Unix sockets, from the kernel's sock_diag netlink interface (what
 //! `ss -x` reads): a connected socket (an accepted connection with its
-//! listener's name) is saved with its peer's inode, which must be in the tree, or 0 when the peer was closed; its
+//! listener's name) is saved with its peer's inode, which must be in the tree, or 0 when the peer was closed
+//! (with `--ext-unix-sk`, an idle stream whose peer is outside is external,
+//! `external_streams`); its
 //! shutdown state, the options of `sock::UNIX_OPTS` that differ from a new
 //! socket's, and the data waiting in it, read without taking it (MSG_PEEK
 //! walking the queue with SO_PEEK_OFF on a `pidfd_getfd` duplicate).
@@ -63,6 +65,12 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 }
                 _ => Vec::new(),
             };
+            // A connected stream, kept as external only if its peer
+            // proves to be outside the tree (`link`).
+            let external = d.sockets.ext_unix_sk
+                && s.sock_type == libc::SOCK_STREAM as u8
+                && listener == 0
+                && peer != 0;
             let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
             let peercred = peer_cred(d)?;
             return Ok(Some(FdKind::UnixSocket {
@@ -77,6 +85,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 listener,
                 peer: if listener != 0 { 0 } else { peer },
                 ext_peer,
+                external,
             }));
         }
     };
@@ -112,6 +121,7 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
             _ => {}
         }
     }
+    external_streams(images, &socks)?;
     for img in images.iter() {
         for e in &img.files {
             if let FdKind::UnixSocket {
@@ -121,14 +131,12 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                 let outside = (peer != 0 && !socks.contains(&peer))
                     || (listener != 0 && !named.contains(&listener));
                 if outside {
-                    return Err(DumpError::Unsupported {
-                        pid: img.pid,
-                        stage: Stage::Check,
-                        what: format!(
-                            "fd {} (socket:[{id}]): the other end of this unix socket is outside the dumped tree",
-                            e.fd
-                        ),
-                    });
+                    return Err(refused(
+                        img.pid,
+                        e.fd,
+                        id,
+                        "the other end of this unix socket is outside the dumped tree",
+                    ));
                 }
             }
         }
@@ -168,19 +176,67 @@ fn external_datagrams(images: &mut [&mut ProcessImage]) -> Result<()> {
                     continue;
                 }
                 if !queued.is_empty() {
-                    return Err(DumpError::Unsupported {
+                    return Err(refused(
                         pid,
-                        stage: Stage::Check,
-                        what: format!(
-                            "fd {} (socket:[{id}]): datagrams waiting in a unix socket connected \
-                             outside the dumped tree (--ext-unix-sk cannot send them again as \
-                             their sender)",
-                            e.fd
-                        ),
-                    });
+                        e.fd,
+                        *id,
+                        "datagrams waiting in a unix socket connected outside the dumped tree \
+                         (--ext-unix-sk cannot send them again as their sender)",
+                    ));
                 }
                 *listener = 0;
             }
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of socket `id`, descriptor `fd` of `pid`, at link time.
+fn refused(pid: u32, fd: i32, id: u64, why: &str) -> DumpError {
+    DumpError::Unsupported {
+        pid,
+        stage: Stage::Check,
+        what: format!("fd {fd} (socket:[{id}]): {why}"),
+    }
+}
+
+/// `--ext-unix-sk`: a stream socket whose peer is outside the tree is
+/// kept as external (restored from the caller's `--inherit-fd
+/// fd[N]:socket:[ID]`), if nothing waits in it: data there came from
+/// outside and cannot be put into a socket the restore does not make.
+/// One whose peer is in the tree is an ordinary pair.
+fn external_streams(images: &mut [&mut ProcessImage], socks: &HashSet<u64>) -> Result<()> {
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        for e in &mut img.files {
+            let FdKind::UnixSocket {
+                id,
+                peer,
+                queued,
+                external,
+                ..
+            } = &mut e.kind
+            else {
+                continue;
+            };
+            if !*external || socks.contains(peer) {
+                *external = false;
+                continue;
+            }
+            if !queued.is_empty() {
+                return Err(refused(
+                    pid,
+                    e.fd,
+                    *id,
+                    "data queued in a unix stream socket connected outside the dumped tree \
+                     (--ext-unix-sk cannot put it back into the socket the caller hands over)",
+                ));
+            }
+            log::info!(
+                "pid {pid}: fd {} (socket:[{id}]): its peer is outside the tree; restore it with --inherit-fd fd[N]:socket:[{id}]",
+                e.fd
+            );
+            *peer = 0;
         }
     }
     Ok(())

@@ -72,6 +72,7 @@ pub(crate) fn validate_fd(
             shutdown,
             name,
             ext_peer,
+            external,
             peercred,
             ..
         } => {
@@ -81,6 +82,13 @@ pub(crate) fn validate_fd(
                         && queued.is_empty()
                         && ext_peer.len() <= 108),
                 || format!("{field}.ext_peer: only an idle datagram socket has one"),
+            )?;
+            c.ensure(
+                !*external
+                    || (*sock_type == libc::SOCK_STREAM as u32
+                        && queued.is_empty()
+                        && ext_peer.is_empty()),
+                || format!("{field}.external: only an idle stream socket is external"),
             )?;
             unix::validate(
                 c,

@@ -128,6 +128,62 @@ impl Opened {
     }
 }
 
+/// The key under which an object outside the tree was saved (criu's
+/// external key, `--inherit-fd fd[N]:KEY`), for a descriptor whose object
+/// only the caller can hand over: a pipe or a unix stream socket whose
+/// other end was outside.
+fn external_key(kind: &FdKind) -> Option<(String, &'static str)> {
+    match kind {
+        FdKind::Pipe {
+            id, external: true, ..
+        } => Some((format!("pipe:[{id}]"), "the pipe")),
+        FdKind::UnixSocket {
+            id, external: true, ..
+        } => Some((format!("socket:[{id}]"), "a connected unix stream socket")),
+        _ => None,
+    }
+}
+
+/// The refusal of descriptor `fd` of `pid`, whose external object `key`
+/// the caller did not hand over.
+fn not_inherited(pid: u32, stage: Stage, fd: i32, key: &str, what: &str) -> RestoreError {
+    RestoreError::Refused {
+        pid,
+        stage,
+        what: format!(
+            "fd {fd}: {key} had its other end outside the tree: give {what} to use with --inherit-fd fd[N]:{key}"
+        ),
+    }
+}
+
+/// Before anything is made: every external object of the image is one
+/// the caller hands over with `--inherit-fd`.
+pub(crate) fn check_inherited(procs: &[ProcessImage], inherit: &[(i32, String)]) -> Result<()> {
+    for p in procs {
+        for e in &p.files {
+            if let Some((key, what)) = external_key(&e.kind) {
+                if !inherit.iter().any(|(_, k)| *k == key) {
+                    return Err(not_inherited(p.pid, Stage::Preflight, e.fd, &key, what));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The caller's descriptor for the external object `key` (criu's
+/// `--inherit-fd fd[N]:KEY`): a duplicate of it, the same open file
+/// description, as criu does; kept as `kind` `id` among the objects.
+fn inherited(o: &mut Opened, cx: &Cx<'_>, kind: &'static str, id: u64, key: &str) -> Result<usize> {
+    let Some(&(fd, _)) = o.inherit.iter().find(|(_, k)| *k == key) else {
+        return Err(not_inherited(cx.pid, Stage::Fork, cx.fd, key, "it"));
+    };
+    let dup = util::dup_cloexec(fd).at(cx.pid, Stage::Fork)?;
+    let i = o.push(dup);
+    o.set_object(kind, id, i);
+    Ok(i)
+}
+
 /// The key of a unix socket name among [`Opened`]'s objects.
 fn name_key(name: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -170,10 +226,12 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             flags,
             listener,
             ext_peer,
+            external,
             ..
-        } => match ext_peer.is_empty() {
-            true => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
-            false => unix::open_external(o, cx, *id, *sock_type, *flags, ext_peer),
+        } => match (ext_peer.is_empty(), external) {
+            (_, true) => unix::inherited(o, cx, *id, *flags),
+            (true, _) => unix::open(o, cx, *id, *peer, *sock_type, *flags, *listener),
+            (false, _) => unix::open_external(o, cx, *id, *sock_type, *flags, ext_peer),
         },
         FdKind::EventFd {
             count,

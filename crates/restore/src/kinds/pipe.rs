@@ -27,27 +27,12 @@ pub(super) fn open(
 }
 
 /// A pipe whose other end was outside the tree: the descriptor the caller
-/// hands over with `--inherit-fd fd[N]:pipe:[ID]` (a duplicate of it, the
-/// same open file description, as criu does), else refused by name.
+/// hands over with `--inherit-fd fd[N]:pipe:[ID]` ([`super::inherited`]).
 pub(super) fn inherited(o: &mut Opened, cx: &Cx<'_>, id: u64) -> Result<usize> {
-    if let Some(i) = o.object("pipe:inherited", id) {
-        return Ok(i);
+    match o.object("pipe:inherited", id) {
+        Some(i) => Ok(i),
+        None => super::inherited(o, cx, "pipe:inherited", id, &format!("pipe:[{id}]")),
     }
-    let key = format!("pipe:[{id}]");
-    let Some(&(fd, _)) = o.inherit.iter().find(|(_, k)| *k == key) else {
-        return Err(crate::RestoreError::Refused {
-            pid: cx.pid,
-            stage: Stage::Fork,
-            what: format!(
-                "fd {}: {key} had its other end outside the tree: give the pipe to use with --inherit-fd fd[N]:{key}",
-                cx.fd
-            ),
-        });
-    };
-    let dup = util::dup_cloexec(fd).at(cx.pid, Stage::Fork)?;
-    let i = o.push(dup);
-    o.set_object("pipe:inherited", id, i);
-    Ok(i)
 }
 
 /// Creates pipe `id` with its saved capacity and waiting bytes; returns

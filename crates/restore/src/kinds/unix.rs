@@ -1,5 +1,6 @@
 //! Unix socket pairs (connected): one `socketpair` per pair, keyed by
-//! inode; an accepted connection (named as its listener) and its client
+//! inode; a stream whose peer was outside the tree is the caller's
+//! (`--inherit-fd`, [`inherited`]); an accepted connection (named as its listener) and its client
 //! through a listener of that name (`through_listener`); a lone end (its peer closed at dump) gets a pair whose
 //! other end is closed right away. Each end's queued data is sent into it
 //! from the other end (message by message), then its options (SO_PEEK_OFF
@@ -265,6 +266,35 @@ fn through_listener(
         let _ = std::fs::remove_file(p);
     }
     Ok((r?, client))
+}
+
+/// A stream socket whose peer was outside the tree (criu's
+/// `--ext-unix-sk`): the connected unix stream socket the caller hands
+/// over with `--inherit-fd fd[N]:socket:[ID]` ([`super::inherited`]),
+/// given the saved options, shutdown state and O_NONBLOCK.
+pub(super) fn inherited(o: &mut Opened, cx: &Cx<'_>, id: u64, flags: u32) -> Result<usize> {
+    if let Some(i) = o.object("unix", id) {
+        return Ok(i);
+    }
+    let (pid, st) = (cx.pid, Stage::Fork);
+    let key = format!("socket:[{id}]");
+    let i = super::inherited(o, cx, "unix", id, &key)?;
+    let fd = &o.owned[i];
+    let domain = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+    let ty = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE);
+    if domain.ok() != Some(libc::AF_UNIX) || ty.ok() != Some(libc::SOCK_STREAM) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!(
+                "fd {}: --inherit-fd for {key} gives a descriptor that is not a unix stream socket",
+                cx.fd
+            ),
+        });
+    }
+    finish(cx, fd, &end(cx, id))?;
+    util::set_status_flags(fd, (flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
+    Ok(i)
 }
 
 /// A datagram socket connected to a named socket outside the tree

@@ -9,14 +9,24 @@
 //! `WORK/ext.sock`, and `after` then `END` must reach the server through
 //! it: the log must read `before`, `after`, `END`.
 //!
-//! `--stream`: the server listens on a stream socket instead and the
-//! program is connected to it (the dump must refuse it by name).
+//! `--stream`: a stream socket whose other end is held outside the tree
+//! (a service's stdout connected to journald, a D-Bus connection): a
+//! socket pair whose other end a holder outside the tree keeps. The
+//! program's end is descriptor 42, close-on-exec, O_NONBLOCK, with
+//! SO_SNDBUF set. After go it must still be so (SO_TYPE a stream), and
+//! the program sends `ping` and must read `pong` back: from the holder
+//! when not dumped, from the harness (which hands a socket in with
+//! `--inherit-fd fd[N]:socket:[INO]`) after a restore. `--queued`: the
+//! holder sends `early` first, left unread in the program's end (the dump
+//! must refuse it by name).
 //!
-//! Usage: `tp_extunix WORKDIR [--stream] [--corrupt]`
+//! Usage: `tp_extunix WORKDIR [--stream [--queued]] [--corrupt]`
 
 use stasis_tests::{Proto, Report};
+use std::io::Read;
 use std::io::Write;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::time::{Duration, Instant};
 
 /// The server: logs each datagram, ends at `END` (or after 5 minutes, or
@@ -63,22 +73,137 @@ fn outside(f: impl FnOnce()) {
     unsafe { libc::waitpid(pid, &mut st, 0) };
 }
 
+/// The program's end of the stream.
+const FD: i32 = 42;
+const SNDBUF: i32 = 100_000;
+
+/// The holder outside the tree: (`early` first,) answers `ping` with
+/// `pong`, then keeps its end until the program's closes or the work
+/// directory goes.
+fn hold(proto: &Proto, mut b: UnixStream, queued: bool) {
+    if queued {
+        let _ = b.write_all(b"early");
+    }
+    let _ = b.set_read_timeout(Some(Duration::from_millis(200)));
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while start.elapsed() < Duration::from_secs(300) && proto.dir().exists() {
+        match b.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => continue,
+        }
+        if got.ends_with(b"ping") {
+            let _ = b.write_all(b"pong");
+        }
+    }
+    std::process::exit(0)
+}
+
+fn int_opt(fd: i32, opt: i32) -> i32 {
+    let mut v = 0i32;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: an int-sized out value for a socket option.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&raw mut v).cast(), &mut len) };
+    if r == 0 {
+        v
+    } else {
+        -1
+    }
+}
+
+/// `--stream` (see the module doc).
+fn stream(proto: &Proto, queued: bool, corrupt: bool) -> ! {
+    let mut report = Report::new();
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    outside(move || hold(proto, b, queued));
+    // SAFETY: dup3 onto a number this program does not use otherwise.
+    let r = unsafe { libc::dup3(a.as_raw_fd(), FD, libc::O_CLOEXEC) };
+    assert_eq!(r, FD, "dup3");
+    drop(a);
+    // SAFETY: FD was just made and is ours alone.
+    let s = unsafe { OwnedFd::from_raw_fd(FD) };
+    let mut s = UnixStream::from(s);
+    s.set_nonblocking(true).expect("O_NONBLOCK");
+    let v = SNDBUF;
+    // SAFETY: an int option on our socket.
+    let r = unsafe {
+        libc::setsockopt(
+            FD,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const v).cast(),
+            4,
+        )
+    };
+    assert_eq!(r, 0, "SO_SNDBUF");
+    let sndbuf = int_opt(FD, libc::SO_SNDBUF);
+    if queued {
+        // The holder's `early` is in our end before the dump.
+        let mut p = libc::pollfd {
+            fd: FD,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, 10_000) };
+    }
+    proto.ready_and_wait();
+    // SAFETY: fcntl queries of FD.
+    let (fdfl, fl) = unsafe {
+        (
+            libc::fcntl(FD, libc::F_GETFD),
+            libc::fcntl(FD, libc::F_GETFL),
+        )
+    };
+    report.eq(
+        "close-on-exec",
+        true,
+        fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0,
+    );
+    report.eq("O_NONBLOCK", true, fl >= 0 && fl & libc::O_NONBLOCK != 0);
+    report.eq("SO_TYPE", libc::SOCK_STREAM, int_opt(FD, libc::SO_TYPE));
+    report.eq("SO_DOMAIN", libc::AF_UNIX, int_opt(FD, libc::SO_DOMAIN));
+    report.eq("SO_SNDBUF", sndbuf, int_opt(FD, libc::SO_SNDBUF));
+    if let Err(e) = s.write_all(b"ping") {
+        report.fail(format!("send ping: {e}"));
+    }
+    let want: &[u8] = match (queued, corrupt) {
+        (_, true) => b"pang",
+        (true, false) => b"earlypong",
+        (false, false) => b"pong",
+    };
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < want.len() && t.elapsed() < Duration::from_secs(10) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stasis_tests::nap(stasis_tests::POLL_NS);
+            }
+            Err(e) => {
+                report.fail(format!("read: {e}"));
+                break;
+            }
+        }
+    }
+    report.eq(
+        "reply",
+        String::from_utf8_lossy(want),
+        String::from_utf8_lossy(&got),
+    );
+    proto.finish(&report)
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     let path = proto.path("ext.sock");
     if args.flag("stream") {
-        let l = UnixListener::bind(&path).expect("bind stream");
-        outside(move || {
-            // Until the program's end closes.
-            if let Ok((mut c, _)) = l.accept() {
-                let _ = std::io::copy(&mut c, &mut std::io::sink());
-            }
-            std::process::exit(0)
-        });
-        let _c = UnixStream::connect(&path).expect("connect stream");
-        proto.ready_and_wait();
-        proto.finish(&report);
+        stream(&proto, args.flag("queued"), args.corrupt());
     }
     let server = UnixDatagram::bind(&path).expect("bind dgram");
     outside(|| serve(&proto, server));

@@ -635,22 +635,39 @@ pub fn dump(work: &Work, pid: i32, extra: &[&str], timeout: Duration) -> CmdOut 
 
 /// `stasis restore -D WORK/img -o restore.log -v4 -d --pidfile WORK/pidfile EXTRA...`.
 pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOut {
-    let img = work.img();
-    let pidfile = work.path("pidfile");
-    let _ = fs::remove_file(&pidfile);
-    let mut args = vec![
-        "restore",
-        "-D",
-        img.to_str().expect("utf-8 path"),
-        "-o",
-        "restore.log",
-        "-v4",
-        "-d",
-        "--pidfile",
-        pidfile.to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
+    let mut args = restore_args(work);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     stasis(work, &args, timeout)
+}
+
+/// [`restore_detached`] with `stdin` as stasis's descriptor 0 (handed in
+/// with `--inherit-fd fd[0]:KEY`); its output in `WORK/restore-stdin.*`.
+pub fn restore_detached_stdin(
+    work: &Work,
+    extra: &[&str],
+    timeout: Duration,
+    stdin: Stdio,
+) -> CmdOut {
+    let mut cmd = Command::new(stasis_bin());
+    cmd.args(restore_args(work)).args(extra);
+    let (out_p, err_p) = (
+        work.path("restore-stdin.stdout"),
+        work.path("restore-stdin.stderr"),
+    );
+    run_captured(&mut cmd, &out_p, &err_p, stdin, timeout)
+}
+
+/// `restore -D WORK/img -o restore.log -v4 -d --pidfile WORK/pidfile`,
+/// the pidfile removed first.
+fn restore_args(work: &Work) -> Vec<String> {
+    let (img, pidfile) = (work.img(), work.path("pidfile"));
+    let _ = fs::remove_file(&pidfile);
+    let mut args: Vec<String> = ["restore", "-D"].map(String::from).to_vec();
+    args.push(img.to_str().expect("utf-8 path").to_string());
+    args.extend(["-o", "restore.log", "-v4", "-d", "--pidfile"].map(String::from));
+    args.push(pidfile.to_str().expect("utf-8 path").to_string());
+    args
 }
 
 /// Whether a process with this PID exists at all.
