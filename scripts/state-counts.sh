@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 f=docs/state.md
 read -r saved refused ignored lost untested total < <(awk -F'|' '
   NF>=6 && $4 ~ /\*\*(saved|refused|ignored|LOST)\*\*/ {
-    s=$4; gsub(/[ *]/,"",s); n[s]++; t++
+    match($4, /\*\*(saved|refused|ignored|LOST)\*\*/); s=substr($4, RSTART+2, RLENGTH-4); n[s]++; t++
     if (s=="saved" && $5 ~ /^ no (dedicated )?test/) u++ }
   END { print n["saved"]+0, n["refused"]+0, n["ignored"]+0, n["LOST"]+0, u+0, t+0 }' "$f")
 python3 - "$f" "$saved" "$refused" "$ignored" "$lost" "$untested" "$total" <<'PY'
