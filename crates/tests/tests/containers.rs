@@ -622,6 +622,34 @@ struct Podman {
     dir: PathBuf,
     image: String,
     names: Vec<String>,
+    /// podman's `libpod_parent` cgroups did not exist before: removed
+    /// (when empty) at the end.
+    new_cgroups: bool,
+}
+
+/// Removes cgroup `c` and the cgroups below it (conmon's), deepest first;
+/// rmdir only takes an empty cgroup, so one still in use stays.
+fn rmdir_cgroup(c: &Path) {
+    if let Ok(d) = fs::read_dir(c) {
+        for e in d.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(c);
+}
+
+/// podman's parent cgroup of its containers, in every hierarchy.
+fn libpod_cgroups() -> Vec<PathBuf> {
+    fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("libpod_parent"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Podman {
@@ -693,6 +721,7 @@ impl Podman {
             image: format!("localhost/stasis-busybox:{}", std::process::id()),
             dir,
             names: Vec::new(),
+            new_cgroups: libpod_cgroups().is_empty(),
         };
         let mut c = p.podman(&["import"]);
         c.arg(&tar).arg(&p.image);
@@ -769,6 +798,11 @@ impl Drop for Podman {
         }
         let _ = run(self.podman(&["rmi", "-f", &self.image]), T);
         let _ = fs::remove_dir_all(&self.dir);
+        if self.new_cgroups {
+            for c in libpod_cgroups() {
+                rmdir_cgroup(&c);
+            }
+        }
     }
 }
 

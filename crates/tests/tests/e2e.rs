@@ -2359,6 +2359,13 @@ fn refuse_procattrs_unrestorable_settings() {
         fs::write(&core, &original).expect("restore core");
         edit_core(&work, p.pid, &*edit);
         let out = restore_detached(&work, &[], opts.stasis_timeout);
+        if out.success() {
+            // Not refused: end what was restored before failing.
+            for &pid in &pids {
+                // SAFETY: kill(2) on a PID of the restored tree we made.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         assert!(
             !out.success() && out.stderr.contains(word),
             "{what}: restore did not refuse it naming {word:?}: {out:?}{}",
