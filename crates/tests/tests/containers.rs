@@ -727,6 +727,32 @@ fn leave_running_then_restore_copy(engine: Option<Engine>, test: &str) {
     check_restored(&b, &a, before, &mounts);
 }
 
+/// `crun checkpoint --pre-dump` asks libcriu whether criu tracks memory
+/// (FEATURE_CHECK mem_track): stasis says no, so crun stops there, says
+/// why, and the container runs on untouched.
+#[test]
+fn crun_pre_dump_refused_container_runs() {
+    let test = "crun_pre_dump_refused_container_runs";
+    let Some((b, a)) = started(crun(test), test, "predump", LOOP) else {
+        return;
+    };
+    let before = counts_past(&b, &a, 2);
+    let img = b.dir.join("img");
+    let r = b.checkpoint(&a, &img, &["--pre-dump"]);
+    assert!(!r.ok, "a pre-dump without memory tracking succeeded");
+    assert!(
+        r.out.contains("memory tracking not supported"),
+        "crun's refusal does not say why: {}",
+        r.out
+    );
+    assert!(
+        !img.join("inventory.img").exists(),
+        "a refused pre-dump left an image"
+    );
+    counts_past(&b, &a, before);
+    no_failure(&b, &a);
+}
+
 /// A TCP connection inside the container (its own network namespace,
 /// lo only): a client sends a number every 50 ms, a server answers each
 /// with `got-N`, the client appends the answers to /dev/shm/replies.
