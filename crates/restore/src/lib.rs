@@ -440,7 +440,18 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     };
     fault_point(root, Stage::Validate)?;
     action(&mut hook, "pre-restore", root, -1)?;
-    // The tree's mount namespace first: the preflight looks for its files
+    // Cgroups checked, and the missing ones made, before the mount
+    // namespace: a cgroup v1 mount of the tree binds the tree's own cgroup,
+    // which crun (unlike runc) makes only after the restore. Removed again
+    // if the restore fails (dropped after the namespace and the tree).
+    let mut cgroups = cgroups::prepare(
+        image.inventory.cgroups.as_ref(),
+        image.inventory.cgroup_ns.as_ref(),
+        opts.manage_cgroups,
+        &opts.cgroup_roots,
+        root,
+    )?;
+    // The tree's mount namespace next: the preflight looks for its files
     // inside it (and the restorer leaves it again on every error).
     let mnt = mntns_first(image, opts)?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
@@ -462,15 +473,6 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             });
         }
     }
-    // Cgroups checked (and the missing ones made) once every other check
-    // passed; removed again if the restore fails.
-    let mut cgroups = cgroups::prepare(
-        image.inventory.cgroups.as_ref(),
-        image.inventory.cgroup_ns.as_ref(),
-        opts.manage_cgroups,
-        &opts.cgroup_roots,
-        root,
-    )?;
     fault_point(root, Stage::Preflight)?;
     let pages: Vec<PathBuf> = chain.pages.clone();
     let calls0 = stasis_sys::remote::remote_syscalls();
