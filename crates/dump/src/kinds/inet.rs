@@ -35,8 +35,8 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let family_name = match family {
         libc::AF_UNIX => return Ok(None),
         libc::AF_INET | libc::AF_INET6 => "",
-        libc::AF_NETLINK => "a netlink socket",
-        libc::AF_PACKET => "a packet socket",
+        libc::AF_NETLINK => return super::netsk::netlink(d, &dup).map(Some),
+        libc::AF_PACKET => return super::netsk::packet(d, &dup).map(Some),
         libc::AF_ALG => "a crypto (AF_ALG) socket",
         libc::AF_VSOCK => "a vsock socket",
         libc::AF_BLUETOOTH => "a bluetooth socket",
@@ -50,9 +50,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     match (ty, proto) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => tcp(d, &dup, family).map(Some),
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => udp(d, &dup, family).map(Some),
-        (libc::SOCK_RAW, _) => Err(d.refuse("a raw IP socket (not supported)")),
-        (_, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
-            Err(d.refuse("an ICMP (ping) socket (not supported)"))
+        (libc::SOCK_RAW, _) => super::netsk::raw(d, &dup, family, ty, proto).map(Some),
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
+            super::netsk::raw(d, &dup, family, ty, proto).map(Some)
         }
         (_, libc::IPPROTO_SCTP) => Err(d.refuse("an SCTP socket (not supported)")),
         (_, libc::IPPROTO_MPTCP) => Err(d.refuse("an MPTCP socket (not supported)")),
@@ -79,11 +79,22 @@ pub(super) fn options(
     ty: i32,
     proto: i32,
 ) -> Result<Options> {
+    let fresh = sock::socket(family, ty, proto).at(d.pid, Stage::Check)?;
+    options_with(d, dup, &fresh, family, proto)
+}
+
+/// [`options`], compared with the new socket `fresh` of the same kind.
+pub(super) fn options_with(
+    d: &Fd<'_>,
+    dup: &OwnedFd,
+    fresh: &OwnedFd,
+    family: i32,
+    proto: i32,
+) -> Result<Options> {
     let (pid, st) = (d.pid, Stage::Check);
     if sock::filter_len(dup).at(pid, st)? != 0 {
         return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
     }
-    let fresh = sock::socket(family, ty, proto).at(pid, st)?;
     let mut opts = BTreeMap::new();
     for &(name, level, opt) in sock::INET_OPTS {
         if !sock::opt_applies(level, family, proto) {
@@ -93,7 +104,7 @@ pub(super) fn options(
         // new one) is not one it can have set.
         let (Ok(v), Ok(new)) = (
             sock::get_int(dup, level, opt),
-            sock::get_int(&fresh, level, opt),
+            sock::get_int(fresh, level, opt),
         ) else {
             continue;
         };
@@ -106,7 +117,7 @@ pub(super) fn options(
     let dev = sock::get_bytes(dup, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).at(pid, st)?;
     Ok(Options {
         ints: opts,
-        extra: extra(d, dup, &fresh, family, proto)?,
+        extra: extra(d, dup, fresh, family, proto)?,
         device: String::from_utf8_lossy(&dev).into_owned(),
     })
 }

@@ -153,6 +153,18 @@ pub(super) fn validate(
             format!("{field}: address {a} is not of family {family}")
         })?;
     }
+    validate_opt_names(c, field, opts)?;
+    c.ensure(device.len() <= MAX_DEVICE && !device.contains('\0'), || {
+        format!("{field}.device: {device:?} is not a device name")
+    })
+}
+
+/// Every saved option's name looks like one (SO_..., TCP_..., ...).
+pub(super) fn validate_opt_names(
+    c: &Checker<'_>,
+    field: &str,
+    opts: &BTreeMap<String, i32>,
+) -> Result<()> {
     for name in opts.keys() {
         c.ensure(
             !name.is_empty()
@@ -163,9 +175,7 @@ pub(super) fn validate(
             || format!("{field}.opts: {name:?} is not an option name"),
         )?;
     }
-    c.ensure(device.len() <= MAX_DEVICE && !device.contains('\0'), || {
-        format!("{field}.device: {device:?} is not a device name")
-    })
+    Ok(())
 }
 
 pub(super) fn validate_queued(c: &Checker<'_>, field: &str, queued: &[UdpDatagram]) -> Result<()> {
