@@ -88,6 +88,32 @@ fn negative_cr_packet_sockets() {
     );
 }
 
+/// A packet socket with a mapped ring: refused by name.
+#[test]
+fn refuse_packet_ring() {
+    refused_dump(
+        "refuse_packet_ring",
+        Program::Bin("tp_netsk"),
+        &["--kind", "packet", "--ring"],
+        &[],
+        &["packet socket", "PACKET_RX_RING"],
+        true,
+    );
+}
+
+/// A packet socket in a fanout group: refused by name.
+#[test]
+fn refuse_packet_fanout() {
+    refused_dump(
+        "refuse_packet_fanout",
+        Program::Bin("tp_netsk"),
+        &["--kind", "packet", "--fanout"],
+        &[],
+        &["packet socket", "fanout group 77"],
+        true,
+    );
+}
+
 #[test]
 fn selfcheck_raw_sockets() {
     selfcheck("selfcheck_raw_sockets", "raw");

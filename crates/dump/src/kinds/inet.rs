@@ -249,7 +249,9 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
                 if !d.sockets.skip_in_flight {
                     return Err(d.refuse(&format!(
                         "a listening TCP socket with {} connection(s) waiting to be accepted \
-                         (criu's --skip-in-flight drops them)",
+                         (not supported: only a new handshake puts a connection in an accept \
+                         queue, and the kernel picks its server-side sequence numbers, which \
+                         the peer already knows otherwise; criu's --skip-in-flight drops them)",
                         s.rqueue
                     )));
                 }

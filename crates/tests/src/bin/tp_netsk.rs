@@ -2,7 +2,7 @@
 //! The program unshares its network namespace (lo up) first, so nothing
 //! else talks on it and the restore makes the sockets in a new one.
 //!
-//! Usage: `tp_netsk WORKDIR --kind netlink|packet|raw [--queued] [--corrupt]`
+//! Usage: `tp_netsk WORKDIR --kind netlink|packet|raw [--queued|--ring|--fanout] [--corrupt]`
 //!
 //! - `netlink`: a route socket bound by the kernel to RTMGRP_LINK and
 //!   RTMGRP_IPV4_IFADDR and joined to group 36 (beyond the address's 32)
@@ -24,7 +24,9 @@
 //!   SO_RCVBUF, lo's PACKET_MR_PROMISC once and PACKET_MR_ALLMULTI twice;
 //!   a SOCK_RAW one with protocol 0. After go: addresses, options, filter
 //!   read back; a datagram to 127.0.0.1:7777 arrives with its auxdata, one
-//!   to 7778 does not; dropping PROMISC once clears lo's promiscuity,
+//!   to 7778 does not; `--ring`: the second one has a PACKET_RX_RING,
+//!   `--fanout`: the first one is in fanout group 77 (both refused by
+//!   name); dropping PROMISC once clears lo's promiscuity,
 //!   dropping ALLMULTI takes twice (`ip -d link` counts).
 //! - `raw`: a raw ICMP socket bound to 127.0.0.1 with ICMP_FILTER (echo
 //!   replies only) and IP_TTL; an IPPROTO_RAW socket connected to
@@ -535,7 +537,8 @@ fn udp_send(port: u16) {
     s.send_to(b"pkt", ("127.0.0.1", port)).expect("send");
 }
 
-fn packet(proto: &Proto, report: &mut Report, corrupt: bool) {
+fn packet(proto: &Proto, report: &mut Report, args: &stasis_tests::Args) {
+    let corrupt = args.corrupt();
     // SAFETY: a valid C string.
     let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) } as i32;
     let p = socket(
@@ -587,6 +590,18 @@ fn packet(proto: &Proto, report: &mut Report, corrupt: bool) {
     report.eq("add allmulti again", 0, packet_mreq(p, true, lo, 2));
     report.eq("lo promisc, allmulti before", (1, 1), promisc_allmulti());
     let idle = socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+    if args.flag("ring") {
+        // struct tpacket_req: block size, blocks, frame size, frames.
+        let req: Vec<u8> = [4096u32, 1, 2048, 2]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        inet::set_bytes(idle, SOL_PACKET, 5, &req);
+    }
+    if args.flag("fanout") {
+        // Group 77, PACKET_FANOUT_HASH.
+        inet::set(p, SOL_PACKET, 18, 77);
+    }
     report.eq("bound before", Ok((ETH_P_IP, lo)), ll_name(p));
     report.eq("filter before", Ok(prog.clone()), get_filter(p));
     let before = (packet_state(p), packet_state(idle));
@@ -820,7 +835,7 @@ fn main() {
     unshare_net();
     match args.get("kind") {
         Some("netlink") => netlink(&proto, &mut report, args.flag("queued"), args.corrupt()),
-        Some("packet") => packet(&proto, &mut report, args.corrupt()),
+        Some("packet") => packet(&proto, &mut report, &args),
         Some("raw") => raw(&proto, &mut report, args.corrupt()),
         k => panic!("--kind {k:?}: netlink, packet or raw"),
     }
