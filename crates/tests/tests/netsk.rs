@@ -114,6 +114,31 @@ fn refuse_packet_fanout() {
     );
 }
 
+/// A packet waiting in a packet socket, and in a raw one: refused by name.
+#[test]
+fn refuse_packet_queued() {
+    refused_dump(
+        "refuse_packet_queued",
+        Program::Bin("tp_netsk"),
+        &["--kind", "packet", "--queued"],
+        &[],
+        &["packet socket", "packets waiting"],
+        true,
+    );
+}
+
+#[test]
+fn refuse_raw_queued() {
+    refused_dump(
+        "refuse_raw_queued",
+        Program::Bin("tp_netsk"),
+        &["--kind", "raw", "--queued"],
+        &[],
+        &["raw IP socket", "packets waiting"],
+        true,
+    );
+}
+
 #[test]
 fn selfcheck_raw_sockets() {
     selfcheck("selfcheck_raw_sockets", "raw");

@@ -35,7 +35,8 @@
 //!   socket (SOCK_DGRAM) that has pinged (its identifier). After go each
 //!   reads back; the ping socket pings 127.0.0.1 again and gets the reply
 //!   with its identifier, and the raw ICMP socket sees the echo reply but
-//!   not the request.
+//!   not the request. `--queued` (also with `packet`): a packet left
+//!   unread (refused by name).
 
 use stasis_tests::{errno, inet, Proto, Report};
 use std::process::Command;
@@ -605,7 +606,20 @@ fn packet(proto: &Proto, report: &mut Report, args: &stasis_tests::Args) {
     report.eq("bound before", Ok((ETH_P_IP, lo)), ll_name(p));
     report.eq("filter before", Ok(prog.clone()), get_filter(p));
     let before = (packet_state(p), packet_state(idle));
+    if args.flag("queued") {
+        // A packet through the filter, left unread.
+        udp_send(7777);
+        report.check(poll_in(p, 2000), || {
+            "nothing queued in the packet socket".into()
+        });
+    }
     proto.ready_and_wait();
+    if args.flag("queued") {
+        // The dump was refused: the queued packet is still ours to read.
+        report.check(recv(p, libc::MSG_DONTWAIT).is_some(), || {
+            "the queued packet is gone".into()
+        });
+    }
     let mut want = before.clone();
     if corrupt {
         want.0 = want
@@ -739,7 +753,7 @@ fn ping(fd: i32, seq: u16) -> Option<Vec<u8>> {
     poll_in(fd, 5000).then(|| recv(fd, 0)).flatten()
 }
 
-fn raw(proto: &Proto, report: &mut Report, corrupt: bool) {
+fn raw(proto: &Proto, report: &mut Report, corrupt: bool, queued: bool) {
     std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0").expect("ping_group_range");
     let icmp = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
     let lo = in4([127, 0, 0, 1], 0);
@@ -796,7 +810,22 @@ fn raw(proto: &Proto, report: &mut Report, corrupt: bool) {
         (pinger, false),
     ];
     let before: Vec<String> = fds.iter().map(|&(fd, v6)| raw_state(fd, v6)).collect();
+    if queued {
+        // An echo reply left unread in the raw ICMP socket.
+        report.check(ping(pinger, 9).is_some(), || {
+            "no reply to the queued ping".into()
+        });
+        report.check(poll_in(icmp, 2000), || {
+            "nothing queued in the raw socket".into()
+        });
+    }
     proto.ready_and_wait();
+    if queued {
+        // The dump was refused: the queued reply is still ours to read.
+        report.check(recv(icmp, libc::MSG_DONTWAIT).is_some(), || {
+            "the queued reply is gone".into()
+        });
+    }
     for (i, (&(fd, v6), was)) in fds.iter().zip(&before).enumerate() {
         let mut was = was.clone();
         if corrupt && i == 0 {
@@ -836,7 +865,7 @@ fn main() {
     match args.get("kind") {
         Some("netlink") => netlink(&proto, &mut report, args.flag("queued"), args.corrupt()),
         Some("packet") => packet(&proto, &mut report, &args),
-        Some("raw") => raw(&proto, &mut report, args.corrupt()),
+        Some("raw") => raw(&proto, &mut report, args.corrupt(), args.flag("queued")),
         k => panic!("--kind {k:?}: netlink, packet or raw"),
     }
     proto.finish(&report);
