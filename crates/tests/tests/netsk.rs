@@ -32,6 +32,11 @@ fn negative_kind(name: &str, kind: &str, what: &str) {
     );
 }
 
+/// A dump refused in one line naming every one of `words`.
+fn refuse_kind(name: &str, args: &[&str], words: &[&str]) {
+    refused_dump(name, Program::Bin("tp_netsk"), args, &[], words, true);
+}
+
 fn selfcheck(name: &str, kind: &str) {
     let work = Work::new(name);
     run_plain(&work, Program::Bin("tp_netsk"), &["--kind", kind]).assert_pass(&work);
@@ -59,13 +64,10 @@ fn negative_cr_netlink_sockets() {
 /// A notification waiting in a route socket: refused by name.
 #[test]
 fn refuse_netlink_queued() {
-    refused_dump(
+    refuse_kind(
         "refuse_netlink_queued",
-        Program::Bin("tp_netsk"),
         &["--kind", "netlink", "--queued"],
-        &[],
         &["netlink socket", "messages waiting"],
-        true,
     );
 }
 
@@ -91,51 +93,39 @@ fn negative_cr_packet_sockets() {
 /// A packet socket with a mapped ring: refused by name.
 #[test]
 fn refuse_packet_ring() {
-    refused_dump(
+    refuse_kind(
         "refuse_packet_ring",
-        Program::Bin("tp_netsk"),
         &["--kind", "packet", "--ring"],
-        &[],
         &["packet socket", "PACKET_RX_RING"],
-        true,
     );
 }
 
 /// A packet socket in a fanout group: refused by name.
 #[test]
 fn refuse_packet_fanout() {
-    refused_dump(
+    refuse_kind(
         "refuse_packet_fanout",
-        Program::Bin("tp_netsk"),
         &["--kind", "packet", "--fanout"],
-        &[],
         &["packet socket", "fanout group 77"],
-        true,
     );
 }
 
 /// A packet waiting in a packet socket, and in a raw one: refused by name.
 #[test]
 fn refuse_packet_queued() {
-    refused_dump(
+    refuse_kind(
         "refuse_packet_queued",
-        Program::Bin("tp_netsk"),
         &["--kind", "packet", "--queued"],
-        &[],
         &["packet socket", "packets waiting"],
-        true,
     );
 }
 
 #[test]
 fn refuse_raw_queued() {
-    refused_dump(
+    refuse_kind(
         "refuse_raw_queued",
-        Program::Bin("tp_netsk"),
         &["--kind", "raw", "--queued"],
-        &[],
         &["raw IP socket", "packets waiting"],
-        true,
     );
 }
 
