@@ -758,22 +758,16 @@ fn raw(proto: &Proto, report: &mut Report, corrupt: bool, queued: bool) {
     let icmp = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
     let lo = in4([127, 0, 0, 1], 0);
     // SAFETY: lo is a valid sockaddr_in.
-    assert_eq!(
-        unsafe { libc::bind(icmp, std::ptr::addr_of!(lo).cast(), 16) },
-        0,
-        "bind raw"
-    );
+    let r = unsafe { libc::bind(icmp, std::ptr::addr_of!(lo).cast(), 16) };
+    assert_eq!(r, 0, "bind raw");
     // Every ICMP type blocked but 0 (echo reply).
     inet::set_bytes(icmp, libc::IPPROTO_RAW, 1, &(!1u32).to_ne_bytes());
     inet::set(icmp, libc::IPPROTO_IP, libc::IP_TTL, 33);
     let rawip = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
     let two = in4([127, 0, 0, 2], 0);
     // SAFETY: two is a valid sockaddr_in.
-    assert_eq!(
-        unsafe { libc::connect(rawip, std::ptr::addr_of!(two).cast(), 16) },
-        0,
-        "connect raw"
-    );
+    let r = unsafe { libc::connect(rawip, std::ptr::addr_of!(two).cast(), 16) };
+    assert_eq!(r, 0, "connect raw");
     let p253 = socket(libc::AF_INET, libc::SOCK_RAW, 253);
     inet::set(p253, libc::IPPROTO_IP, libc::IP_HDRINCL, 1);
     let icmp6 = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
