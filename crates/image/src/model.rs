@@ -677,6 +677,13 @@ pub enum FdKind {
         /// Options that differ from a new socket's, by name.
         #[serde(default)]
         opts: std::collections::BTreeMap<String, i32>,
+        /// SO_ATTACH_FILTER's instructions (8 bytes each), empty for none.
+        #[serde(
+            default,
+            with = "crate::hex_bytes",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        filter: Vec<u8>,
         flags: u32,
     },
     /// A packet socket (AF_PACKET): protocol, interface, memberships,
@@ -727,6 +734,12 @@ pub enum FdKind {
             skip_serializing_if = "Vec::is_empty"
         )]
         icmp_filter: Vec<u8>,
+        /// Options that are not ints (SO_LINGER, IP_OPTIONS, a BPF filter).
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
+        extra: crate::kinds::inet::SockExtra,
         flags: u32,
     },
     /// An eventfd with its counter.

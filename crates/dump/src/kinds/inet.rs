@@ -6,12 +6,13 @@
 //!
 //! Saved: TCP sockets that are not connected (listening, or bound or not);
 //! UDP sockets bound and/or connected, with the datagrams waiting (their
-//! sources and destinations: `udpq`); connected TCP sockets go to
-//! [`super::tcp`]. Refused by name: connections waiting in a listener's accept queue (unless
-//! `--skip-in-flight`, which drops them), empty or corked datagrams, a
-//! socket filter, other protocols over IP (raw, ICMP, SCTP, MPTCP) and
-//! other address families (netlink, packet, ...). AF_UNIX is left to
-//! [`super::unix`].
+//! sources and destinations: `udpq`); a classic BPF filter (SO_GET_FILTER).
+//! Connected TCP sockets go to [`super::tcp`]; netlink, packet, raw IP
+//! and ping sockets to [`super::netsk`]. Refused by name: connections
+//! waiting in a listener's accept queue (unless `--skip-in-flight`, which
+//! drops them), empty or corked datagrams, an eBPF filter, other
+//! protocols over IP (SCTP, MPTCP) and other address families (AF_ALG,
+//! vsock, XDP, ...). AF_UNIX is left to [`super::unix`].
 
 use super::Fd;
 use crate::{At, Result, Stage};
@@ -71,7 +72,7 @@ pub(super) struct Options {
 }
 
 /// The options that differ from a new socket's, the bound device; refuses
-/// a socket filter and an upper layer protocol (TCP_ULP).
+/// an eBPF filter and an upper layer protocol (TCP_ULP).
 pub(super) fn options(
     d: &Fd<'_>,
     dup: &OwnedFd,
@@ -92,9 +93,6 @@ pub(super) fn options_with(
     proto: i32,
 ) -> Result<Options> {
     let (pid, st) = (d.pid, Stage::Check);
-    if sock::filter_len(dup).at(pid, st)? != 0 {
-        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
-    }
     let mut opts = BTreeMap::new();
     for &(name, level, opt) in sock::INET_OPTS {
         if !sock::opt_applies(level, family, proto) {
@@ -117,8 +115,22 @@ pub(super) fn options_with(
     let dev = sock::get_bytes(dup, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).at(pid, st)?;
     Ok(Options {
         ints: opts,
-        extra: extra(d, dup, fresh, family, proto)?,
+        extra: SockExtra {
+            filter: filter(d, dup)?,
+            ..extra(d, dup, fresh, family, proto)?
+        },
         device: String::from_utf8_lossy(&dev).into_owned(),
+    })
+}
+
+/// The classic BPF filter attached to the socket (SO_ATTACH_FILTER), as
+/// its instructions; an eBPF one (SO_ATTACH_BPF) cannot be read: refused.
+pub(super) fn filter(d: &Fd<'_>, dup: &OwnedFd) -> Result<Vec<u8>> {
+    stasis_sys::nlsock::get_filter(dup).map_err(|e| {
+        d.refuse(&format!(
+            "a socket whose BPF filter cannot be read (an eBPF program, SO_ATTACH_BPF: not \
+             supported): {e}"
+        ))
     })
 }
 

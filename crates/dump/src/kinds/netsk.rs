@@ -6,9 +6,9 @@
 //! - netlink: protocol and type, the bound port id (kernel-assigned or
 //!   chosen), every multicast group (NETLINK_LIST_MEMBERSHIPS), the
 //!   connected peer (port id, group), the options of
-//!   `nlsock::netlink_opts` that differ from a new socket's. Refused by
-//!   name: messages waiting to be read and a dump in progress (netlink_diag
-//!   in the socket's namespace), a socket filter.
+//!   `nlsock::netlink_opts` that differ from a new socket's, a classic BPF
+//!   filter. Refused by name: messages waiting to be read and a dump in
+//!   progress (netlink_diag in the socket's namespace), an eBPF filter.
 //! - packet: type, protocol, the protocol and interface bound to, the
 //!   PACKET_ADD_MEMBERSHIP list (packet_diag), the options of
 //!   `nlsock::packet_opts`, a classic BPF filter. Refused by name: rings
@@ -17,7 +17,8 @@
 //! - raw IP (SOCK_RAW) and ping (SOCK_DGRAM + IPPROTO_ICMP/ICMPV6): both
 //!   addresses, the options of `sock::INET_OPTS` plus IP_HDRINCL,
 //!   IPV6_HDRINCL and IPV6_CHECKSUM, ICMP_FILTER / ICMP6_FILTER, the bound
-//!   device. Refused by name: packets waiting, a socket filter.
+//!   device, SO_LINGER, IP_OPTIONS, a classic BPF filter. Refused by name:
+//!   packets waiting, an eBPF filter.
 
 use super::Fd;
 use crate::{At, Result, Stage};
@@ -48,11 +49,6 @@ pub(super) fn netlink(d: &Fd<'_>, dup: &OwnedFd) -> Result<FdKind> {
     let (ty, protocol) = (int(libc::SO_TYPE)?, int(libc::SO_PROTOCOL)?);
     let what = format!("a netlink socket (protocol {protocol})");
     same_netns(d, dup, &what)?;
-    if sock::filter_len(dup).at(pid, st)? != 0 {
-        return Err(d.refuse(&format!(
-            "{what} with a BPF filter (SO_ATTACH_FILTER, not supported)"
-        )));
-    }
     let (portid, _) = nlsock::nl_name(dup, false).at(pid, st)?;
     let (dst_portid, dst_group) = nlsock::nl_name(dup, true).unwrap_or((0, 0));
     let groups = nlsock::nl_groups(dup).at(pid, st)?;
@@ -87,6 +83,7 @@ pub(super) fn netlink(d: &Fd<'_>, dup: &OwnedFd) -> Result<FdKind> {
         dst_portid,
         dst_group,
         opts: sock::changed_options(&nlsock::netlink_opts(), dup, &fresh),
+        filter: super::inet::filter(d, dup)?,
         flags: d.flags(),
     })
 }
@@ -124,11 +121,7 @@ pub(super) fn packet(d: &Fd<'_>, dup: &OwnedFd) -> Result<FdKind> {
             s.rmem
         )));
     }
-    let filter = nlsock::get_filter(dup).map_err(|e| {
-        d.refuse(&format!(
-            "a packet socket whose filter cannot be read (an eBPF program?): {e}"
-        ))
-    })?;
+    let filter = super::inet::filter(d, dup)?;
     let fresh = sock::socket(libc::AF_PACKET, ty, protocol).at(pid, st)?;
     Ok(FdKind::PacketSocket {
         sock_type: ty,
@@ -219,6 +212,7 @@ pub(super) fn raw(d: &Fd<'_>, dup: &OwnedFd, family: i32, ty: i32, proto: i32) -
         opts,
         device: o.device,
         icmp_filter,
+        extra: o.extra,
         flags: d.flags(),
     })
 }

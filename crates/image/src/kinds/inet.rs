@@ -53,6 +53,14 @@ pub struct SockExtra {
     /// connections).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub md5: Vec<Md5Key>,
+    /// SO_ATTACH_FILTER: a classic BPF program's instructions (8 bytes
+    /// each).
+    #[serde(
+        default,
+        with = "crate::hex_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub filter: Vec<u8>,
 }
 
 /// One TCP_MD5SIG key: the peers it signs for (address and prefix) and
@@ -100,6 +108,7 @@ pub(super) fn validate_extra(c: &Checker<'_>, field: &str, e: &SockExtra) -> Res
             e.ip_options.len()
         )
     })?;
+    super::netsk::validate_filter(c, field, &e.filter)?;
     c.ensure(e.md5.len() <= MAX_MD5_KEYS, || {
         format!(
             "{field}.extra.md5: {} keys, more than {MAX_MD5_KEYS}",

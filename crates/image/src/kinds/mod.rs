@@ -160,8 +160,10 @@ pub(crate) fn validate_fd(
             protocol,
             groups,
             opts,
+            filter,
             ..
-        } => netsk::validate_netlink(c, &field, *sock_type, *protocol, groups, opts),
+        } => netsk::validate_netlink(c, &field, *sock_type, *protocol, groups, opts)
+            .and_then(|()| netsk::validate_filter(c, &field, filter)),
         FdKind::PacketSocket {
             sock_type,
             members,
@@ -177,6 +179,7 @@ pub(crate) fn validate_fd(
             opts,
             device,
             icmp_filter,
+            extra,
             ..
         } => netsk::validate_raw(
             c,
@@ -187,7 +190,8 @@ pub(crate) fn validate_fd(
             opts,
             device,
             icmp_filter,
-        ),
+        )
+        .and_then(|()| inet::validate_extra(c, &field, extra)),
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),
         FdKind::PtyMaster { index, pty, .. } => pty::validate(c, &field, *index, Some(pty)),

@@ -79,7 +79,7 @@ pub(super) fn validate_packet(
     super::inet::validate_opt_names(c, field, opts)
 }
 
-fn validate_filter(c: &Checker<'_>, field: &str, filter: &[u8]) -> Result<()> {
+pub(super) fn validate_filter(c: &Checker<'_>, field: &str, filter: &[u8]) -> Result<()> {
     c.ensure(filter.len() % 8 == 0 && filter.len() <= MAX_FILTER, || {
         format!(
             "{field}.filter: {} bytes is not a classic BPF program",

@@ -357,6 +357,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             dst_portid,
             dst_group,
             opts,
+            filter,
             flags,
         } => {
             let s = netsk::Netlink {
@@ -366,6 +367,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 groups,
                 dst: (*dst_portid, *dst_group),
                 opts,
+                filter,
                 flags: *flags,
             };
             netsk::open_netlink(o, cx, &s)
@@ -401,6 +403,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             opts,
             device,
             icmp_filter,
+            extra,
             flags,
         } => {
             let s = netsk::Raw {
@@ -412,6 +415,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 opts,
                 device,
                 icmp_filter,
+                extra,
                 flags: *flags,
             };
             netsk::open_raw(o, cx, &s)

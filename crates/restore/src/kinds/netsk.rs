@@ -12,6 +12,7 @@
 
 use super::{Cx, Opened};
 use crate::{At, Result, Stage};
+use stasis_image::kinds::inet::SockExtra;
 use stasis_image::kinds::netsk::PacketMember;
 use stasis_sys::{nlsock, sock, util};
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ pub(super) struct Netlink<'a> {
     pub(super) groups: &'a [u32],
     pub(super) dst: (u32, u32),
     pub(super) opts: &'a BTreeMap<String, i32>,
+    pub(super) filter: &'a [u8],
     pub(super) flags: u32,
 }
 
@@ -55,6 +57,9 @@ pub(super) fn open_netlink(o: &mut Opened, cx: &Cx<'_>, s: &Netlink<'_>) -> Resu
     let (pid, st) = (cx.pid, Stage::Fork);
     let fd = sock::socket(libc::AF_NETLINK, s.sock_type, s.protocol).at(pid, st)?;
     set_opts(cx, &fd, &nlsock::netlink_opts(), s.opts)?;
+    if !s.filter.is_empty() {
+        nlsock::attach_filter(&fd, s.filter).at(pid, st)?;
+    }
     if s.portid != 0 {
         nlsock::nl_bind(&fd, s.portid).at(pid, st)?;
     }
@@ -114,6 +119,7 @@ pub(super) struct Raw<'a> {
     pub(super) opts: &'a BTreeMap<String, i32>,
     pub(super) device: &'a str,
     pub(super) icmp_filter: &'a [u8],
+    pub(super) extra: &'a SockExtra,
     pub(super) flags: u32,
 }
 
@@ -125,7 +131,7 @@ pub(super) fn open_raw(o: &mut Opened, cx: &Cx<'_>, s: &Raw<'_>) -> Result<usize
         .iter()
         .map(|(k, v)| (k.clone(), *v))
         .partition(|(k, _)| nlsock::RAW_OPTS.iter().any(|(n, _, _)| n == k));
-    super::inet::device_and_options(cx, &fd, s.device, &inet, &Default::default(), s.family)?;
+    super::inet::device_and_options(cx, &fd, s.device, &inet, s.extra, s.family)?;
     set_opts(cx, &fd, nlsock::RAW_OPTS, &raw)?;
     if !s.icmp_filter.is_empty() {
         let level = if s.family as i32 == libc::AF_INET {

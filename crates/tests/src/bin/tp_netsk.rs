@@ -30,12 +30,14 @@
 //!   dropping ALLMULTI takes twice (`ip -d link` counts).
 //! - `raw`: a raw ICMP socket bound to 127.0.0.1 with ICMP_FILTER (echo
 //!   replies only) and IP_TTL; an IPPROTO_RAW socket connected to
-//!   127.0.0.2; protocol 253 with IP_HDRINCL; a raw ICMPv6 socket with
+//!   127.0.0.2; protocol 253 with IP_HDRINCL and a classic BPF filter
+//!   (payloads starting with 'B' only); a raw ICMPv6 socket with
 //!   ICMP6_FILTER; IPv6 protocol 253 with IPV6_CHECKSUM; an ICMP ping
 //!   socket (SOCK_DGRAM) that has pinged (its identifier). After go each
 //!   reads back; the ping socket pings 127.0.0.1 again and gets the reply
-//!   with its identifier, and the raw ICMP socket sees the echo reply but
-//!   not the request. `--queued` (also with `packet`): a packet left
+//!   with its identifier, the raw ICMP socket sees the echo reply but
+//!   not the request, and of two raw packets only the 'B' one passes the
+//!   filter. `--queued` (also with `packet`): a packet left
 //!   unread (refused by name).
 
 use stasis_tests::{errno, inet, Proto, Report};
@@ -469,18 +471,20 @@ fn ll_name(fd: i32) -> Result<(u16, i32), i32> {
     inet::name_bytes(fd, false).map(|b| (u16::from_be_bytes([b[2], b[3]]), u32_at(&b, 4) as i32))
 }
 
+/// One classic BPF instruction.
+fn ins(code: u16, jt: u8, jf: u8, k: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..2].copy_from_slice(&code.to_ne_bytes());
+    b[2] = jt;
+    b[3] = jf;
+    b[4..8].copy_from_slice(&k.to_ne_bytes());
+    b
+}
+
 /// Classic BPF on an ETH_P_IP SOCK_DGRAM socket (data from the IP
 /// header): UDP (protocol 17) to port 7777 (a 20-byte header), else drop.
-fn filter_prog() -> Vec<[u8; 8]> {
-    fn ins(code: u16, jt: u8, jf: u8, k: u32) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[0..2].copy_from_slice(&code.to_ne_bytes());
-        b[2] = jt;
-        b[3] = jf;
-        b[4..8].copy_from_slice(&k.to_ne_bytes());
-        b
-    }
-    vec![
+fn filter_prog() -> Vec<u8> {
+    [
         ins(0x30, 0, 0, 9),     // ldb [9]
         ins(0x15, 0, 3, 17),    // jeq #17
         ins(0x28, 0, 0, 22),    // ldh [22]
@@ -488,6 +492,31 @@ fn filter_prog() -> Vec<[u8; 8]> {
         ins(0x06, 0, 0, 65535), // ret #65535
         ins(0x06, 0, 0, 0),     // ret #0
     ]
+    .concat()
+}
+
+/// SO_ATTACH_FILTER of `prog`, asserted.
+fn attach(fd: i32, prog: &[u8]) {
+    #[repr(C)]
+    struct Fprog {
+        len: u16,
+        filter: *const u8,
+    }
+    let fp = Fprog {
+        len: (prog.len() / 8) as u16,
+        filter: prog.as_ptr(),
+    };
+    // SAFETY: fp and the program live for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::addr_of!(fp).cast(),
+            std::mem::size_of::<Fprog>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "SO_ATTACH_FILTER: errno {}", errno());
 }
 
 fn get_filter(fd: i32) -> Result<Vec<u8>, i32> {
@@ -547,27 +576,8 @@ fn packet(proto: &Proto, report: &mut Report, args: &stasis_tests::Args) {
         libc::SOCK_DGRAM,
         i32::from(ETH_P_IP.to_be()),
     );
-    let prog: Vec<u8> = filter_prog().concat();
-    #[repr(C)]
-    struct Fprog {
-        len: u16,
-        filter: *const u8,
-    }
-    let fp = Fprog {
-        len: (prog.len() / 8) as u16,
-        filter: prog.as_ptr(),
-    };
-    // SAFETY: fp and the program live for the call.
-    let r = unsafe {
-        libc::setsockopt(
-            p,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::addr_of!(fp).cast(),
-            std::mem::size_of::<Fprog>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "SO_ATTACH_FILTER: errno {}", errno());
+    let prog = filter_prog();
+    attach(p, &prog);
     for (opt, v) in [(8, 1), (9, 1), (10, 1), (12, 64), (17, 1)] {
         inet::set(p, SOL_PACKET, opt, v);
     }
@@ -770,6 +780,15 @@ fn raw(proto: &Proto, report: &mut Report, corrupt: bool, queued: bool) {
     assert_eq!(r, 0, "connect raw");
     let p253 = socket(libc::AF_INET, libc::SOCK_RAW, 253);
     inet::set(p253, libc::IPPROTO_IP, libc::IP_HDRINCL, 1);
+    // Only packets whose first payload byte is 'B' (after a 20-byte header).
+    let prog = [
+        ins(0x30, 0, 0, 20),    // ldb [20]
+        ins(0x15, 0, 1, 0x42),  // jeq #'B'
+        ins(0x06, 0, 0, 65535), // ret #65535
+        ins(0x06, 0, 0, 0),     // ret #0
+    ]
+    .concat();
+    attach(p253, &prog);
     let icmp6 = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
     // ICMP6_FILTER: everything blocked but 129 (echo reply).
     let mut f6 = [0xffu8; 32];
@@ -841,6 +860,32 @@ fn raw(proto: &Proto, report: &mut Report, corrupt: bool, queued: bool) {
             .filter(|r| r.len() >= 8)
             .map(|r| (r[0], u16::from_be_bytes([r[6], r[7]]))),
     );
+    report.eq("raw filter after restore", Ok(prog), get_filter(p253));
+    // Through the filter: 'A' is dropped, 'B' arrives.
+    let out = socket(libc::AF_INET, libc::SOCK_RAW, 253);
+    for payload in [b"A", b"B"] {
+        // SAFETY: payload and lo live for the call.
+        let n = unsafe {
+            libc::sendto(
+                out,
+                payload.as_ptr().cast(),
+                1,
+                0,
+                std::ptr::addr_of!(lo).cast(),
+                16,
+            )
+        };
+        report.eq("raw send", 1, n);
+    }
+    let got = poll_in(p253, 2000).then(|| recv(p253, 0)).flatten();
+    report.eq(
+        "raw packet through the filter",
+        Some(b'B'),
+        got.and_then(|p| p.get(20).copied()),
+    );
+    report.check(!poll_in(p253, 200), || {
+        "a second raw packet passed the filter".into()
+    });
     let seen = poll_in(icmp, 2000).then(|| recv(icmp, 0)).flatten();
     report.eq(
         "raw ICMP saw the reply after",
