@@ -708,6 +708,10 @@ pub enum FdKind {
             skip_serializing_if = "Vec::is_empty"
         )]
         filter: Vec<u8>,
+        /// PACKET_FANOUT as getsockopt reads it (id | (type | flags) << 16),
+        /// 0 for none.
+        #[serde(default)]
+        fanout: u32,
         flags: u32,
     },
     /// A raw IP socket (SOCK_RAW) or an ICMP "ping" socket (SOCK_DGRAM,

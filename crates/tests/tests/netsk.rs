@@ -100,13 +100,13 @@ fn refuse_packet_ring() {
     );
 }
 
-/// A packet socket in a fanout group: refused by name.
+/// A fanout group of two packet sockets: refused by name.
 #[test]
 fn refuse_packet_fanout() {
     refuse_kind(
         "refuse_packet_fanout",
         &["--kind", "packet", "--fanout"],
-        &["packet socket", "fanout group 77"],
+        &["packet socket", "fanout group 77 with 2 members"],
     );
 }
 

@@ -11,8 +11,9 @@
 //!   progress (netlink_diag in the socket's namespace), an eBPF filter.
 //! - packet: type, protocol, the protocol and interface bound to, the
 //!   PACKET_ADD_MEMBERSHIP list (packet_diag), the options of
-//!   `nlsock::packet_opts`, a classic BPF filter. Refused by name: rings
-//!   (PACKET_RX_RING/TX_RING), a fanout group, packets waiting, an eBPF
+//!   `nlsock::packet_opts`, a classic BPF filter, a fanout group of its
+//!   own. Refused by name: rings (PACKET_RX_RING/TX_RING), a fanout group
+//!   of several sockets or with a program, packets waiting, an eBPF
 //!   filter, SOCK_PACKET.
 //! - raw IP (SOCK_RAW) and ping (SOCK_DGRAM + IPPROTO_ICMP/ICMPV6): both
 //!   addresses, the options of `sock::INET_OPTS` plus IP_HDRINCL,
@@ -109,12 +110,10 @@ pub(super) fn packet(d: &Fd<'_>, dup: &OwnedFd) -> Result<FdKind> {
             "a packet socket with a mapped ring (PACKET_RX_RING/PACKET_TX_RING: not supported)",
         ));
     }
-    if let Some(f) = s.fanout {
-        return Err(d.refuse(&format!(
-            "a packet socket in fanout group {} (PACKET_FANOUT: not supported)",
-            f & 0xffff
-        )));
-    }
+    let fanout = match s.fanout {
+        None => 0,
+        Some(f) => fanout(d, dup, &diag, f)?,
+    };
     if s.rmem != 0 || sock::has_datagram(dup).unwrap_or(true) {
         return Err(d.refuse(&format!(
             "a packet socket with packets waiting to be read ({} bytes queued: not supported)",
@@ -140,8 +139,46 @@ pub(super) fn packet(d: &Fd<'_>, dup: &OwnedFd) -> Result<FdKind> {
             .collect(),
         opts: sock::changed_options(&nlsock::packet_opts(), dup, &fresh),
         filter,
+        fanout,
         flags: d.flags(),
     })
+}
+
+/// A fanout group (`diag_fanout`: packet_diag's id | type << 16) as
+/// getsockopt(PACKET_FANOUT) reads it (id | (type | flags) << 16, what
+/// setsockopt takes again). Refused: a group of several sockets (which
+/// member each flow goes to follows the order they joined in, which
+/// nothing shows), a CBPF/EBPF type (its program cannot be read), a
+/// group with a kernel-chosen id (PACKET_FANOUT_FLAG_UNIQUEID: no id may
+/// be asked for with it).
+fn fanout(
+    d: &Fd<'_>,
+    dup: &OwnedFd,
+    diag: &std::collections::HashMap<u64, nlsock::PacketDiag>,
+    diag_fanout: u32,
+) -> Result<u32> {
+    const CBPF: u32 = 6;
+    const EBPF: u32 = 7;
+    const UNIQUEID: u32 = 0x2000;
+    let id = diag_fanout & 0xffff;
+    let members = diag
+        .values()
+        .filter(|p| p.fanout.map(|f| f & 0xffff) == Some(id))
+        .count();
+    let v = sock::get_int(dup, nlsock::SOL_PACKET, 18).at(d.pid, Stage::Check)? as u32;
+    let type_flags = v >> 16;
+    let why = if members > 1 {
+        format!("{members} members: which one gets each flow follows the order they joined in")
+    } else if matches!(type_flags & 0xff, CBPF | EBPF) {
+        "a BPF program choosing the member, which cannot be read".to_string()
+    } else if type_flags & UNIQUEID != 0 {
+        "a kernel-chosen id (PACKET_FANOUT_FLAG_UNIQUEID)".to_string()
+    } else {
+        return Ok(v);
+    };
+    Err(d.refuse(&format!(
+        "a packet socket in fanout group {id} with {why} (not supported)"
+    )))
 }
 
 /// A raw IP socket (`ty` SOCK_RAW) or a ping socket (SOCK_DGRAM).

@@ -380,6 +380,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             members,
             opts,
             filter,
+            fanout,
             flags,
         } => {
             let s = netsk::Packet {
@@ -390,6 +391,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 members,
                 opts,
                 filter,
+                fanout: *fanout,
                 flags: *flags,
             };
             netsk::open_packet(o, cx, &s)

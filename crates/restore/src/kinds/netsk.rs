@@ -6,7 +6,7 @@
 //!   group, connect to the saved peer.
 //! - packet: `socket` with the protocol, the options, the classic BPF
 //!   filter, bind to the protocol and interface, PACKET_ADD_MEMBERSHIP as
-//!   many times as it was added.
+//!   many times as it was added, the fanout group joined.
 //! - raw IP and ping: `socket`, the device and options (`inet`'s), the raw
 //!   ones (IP_HDRINCL, ...), ICMP_FILTER / ICMP6_FILTER, bind, connect.
 
@@ -81,6 +81,7 @@ pub(super) struct Packet<'a> {
     pub(super) members: &'a [PacketMember],
     pub(super) opts: &'a BTreeMap<String, i32>,
     pub(super) filter: &'a [u8],
+    pub(super) fanout: u32,
     pub(super) flags: u32,
 }
 
@@ -105,6 +106,10 @@ pub(super) fn open_packet(o: &mut Opened, cx: &Cx<'_>, s: &Packet<'_>) -> Result
         for _ in 0..m.count {
             nlsock::packet_join(&fd, &pm).at(pid, st)?;
         }
+    }
+    if s.fanout != 0 {
+        // Once bound: only a running socket joins a group.
+        sock::set_int(&fd, nlsock::SOL_PACKET, 18, s.fanout as i32).at(pid, st)?;
     }
     done(o, cx, fd, s.flags)
 }

@@ -21,12 +21,13 @@
 //! - `packet`: a SOCK_DGRAM ETH_P_IP packet socket bound to lo with a
 //!   classic BPF filter (UDP to port 7777 only), PACKET_AUXDATA,
 //!   PACKET_ORIGDEV, PACKET_VERSION, PACKET_RESERVE, PACKET_TIMESTAMP,
-//!   SO_RCVBUF, lo's PACKET_MR_PROMISC once and PACKET_MR_ALLMULTI twice;
+//!   SO_RCVBUF, fanout group 77 (hash, rollover) of its own, lo's
+//!   PACKET_MR_PROMISC once and PACKET_MR_ALLMULTI twice;
 //!   a SOCK_RAW one with protocol 0. After go: addresses, options, filter
 //!   read back; a datagram to 127.0.0.1:7777 arrives with its auxdata, one
 //!   to 7778 does not; `--ring`: the second one has a PACKET_RX_RING,
-//!   `--fanout`: the first one is in fanout group 77 (both refused by
-//!   name); dropping PROMISC once clears lo's promiscuity,
+//!   `--fanout`: a second socket joins the first one's fanout group 77
+//!   (both refused by name); dropping PROMISC once clears lo's promiscuity,
 //!   dropping ALLMULTI takes twice (`ip -d link` counts).
 //! - `raw`: a raw ICMP socket bound to 127.0.0.1 with ICMP_FILTER (echo
 //!   replies only) and IP_TTL; an IPPROTO_RAW socket connected to
@@ -545,6 +546,7 @@ const PACKET_OPTS: &[(&str, i32, i32)] = &[
     ("PACKET_VERSION", SOL_PACKET, 10),
     ("PACKET_RESERVE", SOL_PACKET, 12),
     ("PACKET_TIMESTAMP", SOL_PACKET, 17),
+    ("PACKET_FANOUT", SOL_PACKET, 18),
     ("SO_RCVBUF", libc::SOL_SOCKET, libc::SO_RCVBUF),
 ];
 
@@ -560,6 +562,24 @@ fn packet_state(fd: i32) -> String {
         v.push_str(&format!(" {n}={:?}", getopt(fd, level, opt)));
     }
     v
+}
+
+/// bind(2) of a packet socket to ETH_P_IP on lo, asserted.
+fn bind_ip_lo(fd: i32, lo: i32) {
+    // SAFETY: plain data; zero is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = ETH_P_IP.to_be();
+    sa.sll_ifindex = lo;
+    // SAFETY: sa is a valid sockaddr_ll.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            std::ptr::addr_of!(sa).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "bind packet: errno {}", errno());
 }
 
 fn udp_send(port: u16) {
@@ -582,20 +602,7 @@ fn packet(proto: &Proto, report: &mut Report, args: &stasis_tests::Args) {
         inet::set(p, SOL_PACKET, opt, v);
     }
     inet::set(p, libc::SOL_SOCKET, libc::SO_RCVBUF, 120_000);
-    // SAFETY: plain data; zero is valid.
-    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sa.sll_family = libc::AF_PACKET as u16;
-    sa.sll_protocol = ETH_P_IP.to_be();
-    sa.sll_ifindex = lo;
-    // SAFETY: sa is a valid sockaddr_ll.
-    let r = unsafe {
-        libc::bind(
-            p,
-            std::ptr::addr_of!(sa).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "bind packet: errno {}", errno());
+    bind_ip_lo(p, lo);
     report.eq("add promisc", 0, packet_mreq(p, true, lo, 1));
     report.eq("add allmulti", 0, packet_mreq(p, true, lo, 2));
     report.eq("add allmulti again", 0, packet_mreq(p, true, lo, 2));
@@ -609,10 +616,21 @@ fn packet(proto: &Proto, report: &mut Report, args: &stasis_tests::Args) {
             .collect();
         inet::set_bytes(idle, SOL_PACKET, 5, &req);
     }
-    if args.flag("fanout") {
-        // Group 77, PACKET_FANOUT_HASH.
-        inet::set(p, SOL_PACKET, 18, 77);
-    }
+    // Fanout group 77 of its own, PACKET_FANOUT_HASH with
+    // PACKET_FANOUT_FLAG_ROLLOVER.
+    inet::set(p, SOL_PACKET, 18, 77 | (0x1000 << 16));
+    report.eq(
+        "fanout before",
+        Ok(77 | (0x10 << 24)),
+        getopt(p, SOL_PACKET, 18),
+    );
+    let second = args.flag("fanout").then(|| {
+        // A second member: refused (the order they joined in is not shown).
+        let q = socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_IP.to_be()));
+        bind_ip_lo(q, lo);
+        inet::set(q, SOL_PACKET, 18, 77 | (0x1000 << 16));
+        q
+    });
     report.eq("bound before", Ok((ETH_P_IP, lo)), ll_name(p));
     report.eq("filter before", Ok(prog.clone()), get_filter(p));
     let before = (packet_state(p), packet_state(idle));
@@ -624,6 +642,12 @@ fn packet(proto: &Proto, report: &mut Report, args: &stasis_tests::Args) {
         });
     }
     proto.ready_and_wait();
+    if let Some(q) = second {
+        // The dump was refused: the second member leaves, so the flows
+        // below all reach the first one.
+        // SAFETY: q is ours and not used afterwards.
+        unsafe { libc::close(q) };
+    }
     if args.flag("queued") {
         // The dump was refused: the queued packet is still ours to read.
         report.check(recv(p, libc::MSG_DONTWAIT).is_some(), || {
