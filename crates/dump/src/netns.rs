@@ -1,20 +1,20 @@
 //! The tree's network namespace: when the root has one of its own (every
-//! process shares it, see checks.rs), its links, addresses, main-table
-//! routes, sysctls and nftables ruleset, read (rtnetlink, /proc/sys/net,
-//! `nft list`) by a thread that joined it. Links: lo and veth pairs (the
-//! other end inside, or outside in the dumper's namespace: its name, MAC,
-//! MTU and bridge noted); any other kind is refused by name, and so are
-//! iptables-legacy rules.
+//! process shares it, see checks.rs), its links, addresses, policy
+//! routing rules, routes of every table, nexthop objects, sysctls,
+//! nftables ruleset and iptables-legacy tables, read (rtnetlink,
+//! /proc/sys/net, `nft list`, `iptables-legacy-save -c`) by a thread that
+//! joined it. Links: lo and veth pairs (the other end inside, or outside
+//! in the dumper's namespace: its name, MAC, MTU and bridge noted); any
+//! other kind is refused by name, and so are legacy rules whose state the
+//! saved text does not carry.
 
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
-use stasis_image::netns::{NetAddr, NetLink, NetRoute, VethPeer};
+use stasis_image::netns::{NetAddr, NetLink, RawMsg, VethPeer};
 use stasis_image::NetNs;
-use stasis_sys::{netlink, tool, Pid};
+use stasis_sys::netlink::{self, Object};
+use stasis_sys::{tool, Pid};
 use std::os::unix::fs::MetadataExt;
-
-const RT_TABLE_MAIN: u32 = 254;
-const RTPROT_KERNEL: u8 = 2;
 
 fn ns_ino(task: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{task}/ns/net"))
@@ -76,30 +76,61 @@ fn nft_ruleset(root: u32) -> std::result::Result<String, String> {
     Ok(text)
 }
 
-/// iptables-legacy rules (not nftables, so `nft` does not see them):
-/// refused by name.
-fn legacy_rules() -> Option<String> {
+/// Matches and targets whose state lives in the kernel and that
+/// `iptables-legacy-save` does not show (hit lists, token buckets, the
+/// remaining quota, the nth counter), or that name objects not saved
+/// (ipsets).
+const LEGACY_STATEFUL: &[&str] = &[
+    "-m recent",
+    "-m hashlimit",
+    "-m limit",
+    "-m quota",
+    "--mode nth",
+    "-m set",
+    "-j SET",
+    "-m connlimit",
+    "-j IDLETIMER",
+    "-j LED",
+];
+
+/// iptables-legacy tables (not nftables, so `nft` does not see them),
+/// with counters: (IPv4, IPv6), each empty when no table holds a rule or
+/// a policy other than ACCEPT. A rule whose state the text does not
+/// carry is refused by name.
+fn legacy_rules() -> std::result::Result<(String, String), String> {
+    let mut out = Vec::new();
     for cmd in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        let Ok(out) = tool::output(cmd, &[], None) else {
+        let Ok(text) = tool::output(cmd, &["-c"], None) else {
+            out.push(String::new());
             continue;
         };
-        let changed = out.lines().any(|l| {
-            l.starts_with("-A")
-                || (l.starts_with(':')
-                    && !l.starts_with(":PREROUTING ACCEPT")
-                    && !l.starts_with(":INPUT ACCEPT")
-                    && !l.starts_with(":OUTPUT ACCEPT")
-                    && !l.starts_with(":FORWARD ACCEPT")
-                    && !l.starts_with(":POSTROUTING ACCEPT"))
+        let builtin = ["PREROUTING", "INPUT", "OUTPUT", "FORWARD", "POSTROUTING"];
+        // Rules read `[PKTS:BYTES] -A CHAIN ...` with -c; chains
+        // `:NAME POLICY [PKTS:BYTES]`.
+        let changed = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w[..] {
+                [c, "-A", ..] if c.starts_with('[') => true,
+                ["-A", ..] => true,
+                [chain, policy, ..] if chain.starts_with(':') => {
+                    !builtin.contains(&&chain[1..]) || policy != "ACCEPT"
+                }
+                _ => false,
+            }
         });
-        if changed {
-            return Some(format!(
-                "iptables-legacy rules in its network namespace ({cmd}): not restored \
-                 (nftables and iptables-nft rules are)"
+        if let Some(l) = text.lines().find(|l| {
+            LEGACY_STATEFUL
+                .iter()
+                .any(|m| format!("{l} ").contains(&format!("{m} ")))
+        }) {
+            return Err(format!(
+                "iptables-legacy rule in its network namespace ({cmd}: {l}): its state in \
+                 the kernel is not saved"
             ));
         }
+        out.push(if changed { text } else { String::new() });
     }
-    None
+    Ok((out.remove(0), out.remove(0)))
 }
 
 /// The other end of veth `l`: in the namespace too (`inside`), or in the
@@ -151,12 +182,10 @@ fn read_inside(root: u32, host: Vec<netlink::Link>) -> std::result::Result<NetNs
             l.name, l.index
         ));
     }
-    if let Some(why) = legacy_rules() {
-        return Err(why);
-    }
+    let (iptables_legacy, ip6tables_legacy) = legacy_rules()?;
     let nft = nft_ruleset(root)?;
     let addrs = netlink::addrs().map_err(|e| format!("reading addresses: {e}"))?;
-    let routes = netlink::routes().map_err(|e| format!("reading routes: {e}"))?;
+    let (rules, routes, nexthops) = routing()?;
     Ok(NetNs {
         links: links
             .iter()
@@ -171,13 +200,14 @@ fn read_inside(root: u32, host: Vec<netlink::Link>) -> std::result::Result<NetNs
             })
             .collect(),
         addrs: addrs.into_iter().map(addr).collect(),
-        routes: routes
-            .into_iter()
-            .filter(|r| r.table == RT_TABLE_MAIN && r.protocol != RTPROT_KERNEL)
-            .map(route)
-            .collect(),
+        routes: Vec::new(),
+        route_msgs: routes,
+        rule_msgs: rules,
+        nexthop_msgs: nexthops,
         sysctls: sysctls(),
         nft,
+        iptables_legacy,
+        ip6tables_legacy,
     })
 }
 
@@ -193,21 +223,32 @@ fn addr(a: netlink::Addr) -> NetAddr {
     }
 }
 
-fn route(r: netlink::Route) -> NetRoute {
-    NetRoute {
-        family: r.family,
-        dst_len: r.dst_len,
-        tos: r.tos,
-        table: r.table,
-        protocol: r.protocol,
-        scope: r.scope,
-        rtype: r.rtype,
-        dst: r.dst,
-        gateway: r.gateway,
-        prefsrc: r.prefsrc,
-        oif: r.oif,
-        priority: r.priority,
+/// Rules, routes (every table) and nexthop objects, as the kernel dumps
+/// them. Routes of a family other than IPv4 and IPv6 (multicast
+/// forwarding entries, MPLS) are refused by name.
+fn routing() -> std::result::Result<(Vec<RawMsg>, Vec<RawMsg>, Vec<RawMsg>), String> {
+    let dump = |o: Object, what: &str| {
+        netlink::dump_raw(o).map_err(|e| format!("reading its {what}: {e}"))
+    };
+    let rules = dump(Object::Rule, "policy routing rules")?;
+    let routes = dump(Object::Route, "routes")?;
+    // A kernel without nexthop objects has none to save.
+    let nexthops = match netlink::dump_raw(Object::Nexthop) {
+        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Vec::new(),
+        r => r.map_err(|e| format!("reading its nexthop objects: {e}"))?,
+    };
+    if let Some(r) = routes
+        .iter()
+        .find(|r| !matches!(i32::from(r[0]), libc::AF_INET | libc::AF_INET6))
+    {
+        return Err(format!(
+            "a route of address family {} (multicast forwarding or MPLS) in its network \
+             namespace: not restored",
+            r[0]
+        ));
     }
+    let raw = |v: Vec<Vec<u8>>| v.into_iter().map(RawMsg).collect();
+    Ok((raw(rules), raw(routes), raw(nexthops)))
 }
 
 /// The root's network namespace, if it is not stasis's own.

@@ -1,6 +1,7 @@
 //! The network namespace of a tree, when the tree's root had one of its
-//! own: its links (lo and veth pairs), addresses, main-table routes, the
-//! namespace's sysctls and its nftables ruleset. A restore creates a new
+//! own: its links (lo and veth pairs), addresses, rules, routes of every
+//! table, nexthop objects, the namespace's sysctls, its nftables ruleset
+//! and iptables-legacy tables. A restore creates a new
 //! namespace with them before any socket of the tree is made.
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,14 @@ pub struct NetAddr {
     pub address: Vec<u8>,
 }
 
+/// One rtnetlink object (a rule, route or nexthop) as the kernel's dump
+/// gave it: its fixed header and attributes, without the netlink header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawMsg(#[serde(with = "crate::hex_bytes")] pub Vec<u8>);
+
+/// The main-table route of images written before routes were kept as
+/// [`RawMsg`]s (still restored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetRoute {
     pub family: u8,
@@ -74,7 +83,27 @@ pub struct NetRoute {
 pub struct NetNs {
     pub links: Vec<NetLink>,
     pub addrs: Vec<NetAddr>,
+    /// Older images' main-table routes; empty in new ones.
+    #[serde(default)]
     pub routes: Vec<NetRoute>,
+    /// Every IPv4 and IPv6 route of every table, the kernel's own
+    /// (protocol kernel) included, as RTM_GETROUTE dumped them: the
+    /// restore adds the others and checks the whole set reads back.
+    #[serde(default)]
+    pub route_msgs: Vec<RawMsg>,
+    /// Policy routing rules of every family (`ip rule`, `ip -6 rule`), in
+    /// the kernel's order, the default ones included.
+    #[serde(default)]
+    pub rule_msgs: Vec<RawMsg>,
+    /// Nexthop objects (`ip nexthop`).
+    #[serde(default)]
+    pub nexthop_msgs: Vec<RawMsg>,
+    /// `iptables-legacy-save -c` and `ip6tables-legacy-save -c` output
+    /// (empty: no legacy rules), loaded with the `-restore -c` tools.
+    #[serde(default)]
+    pub iptables_legacy: String,
+    #[serde(default)]
+    pub ip6tables_legacy: String,
     /// (name under /proc/sys/net/, value): every sysctl the namespace
     /// shows that is readable and writable.
     pub sysctls: Vec<(String, String)>,
@@ -106,6 +135,11 @@ impl NetNs {
             || self.routes.len() > 65536
             || self.sysctls.len() > 65536
             || self.nft.len() > 16 << 20
+            || self.route_msgs.len() > 1 << 20
+            || self.rule_msgs.len() > 65536
+            || self.nexthop_msgs.len() > 65536
+            || self.iptables_legacy.len() > 16 << 20
+            || self.ip6tables_legacy.len() > 16 << 20
         {
             return Err("net: too many links, addresses, routes or sysctls".into());
         }
@@ -122,6 +156,11 @@ impl NetNs {
             if !ifname(&l.name) || !peer_ok {
                 return Err(format!("net.links: {:?} is not an interface name", l.name));
             }
+        }
+        let short = |l: &[RawMsg], header: usize| l.iter().any(|m| m.0.len() < header);
+        if short(&self.route_msgs, 12) || short(&self.rule_msgs, 12) || short(&self.nexthop_msgs, 8)
+        {
+            return Err("net: a rule, route or nexthop shorter than its header".into());
         }
         let ok = |v: &Vec<u8>| matches!(v.len(), 0 | 4 | 16);
         if !self.addrs.iter().all(|a| ok(&a.local) && ok(&a.address))

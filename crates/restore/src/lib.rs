@@ -50,6 +50,7 @@ mod locks;
 mod memory;
 mod mntns;
 mod netns;
+mod netroute;
 mod pids;
 mod placement;
 mod procattrs;

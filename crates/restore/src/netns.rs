@@ -3,8 +3,8 @@
 //! dump's network lock (when it was made inside the tree's namespace),
 //! lo, veth pairs (the outer end made in the restorer's namespace under
 //! its saved name or the one `--veth-pair`/`--external veth[...]` gives,
-//! and made a port of its bridge), sysctls, addresses, routes and the
-//! nftables ruleset. It stays there until the fork: the sockets it opens
+//! and made a port of its bridge), sysctls, addresses, nexthops, rules,
+//! routes (netroute.rs), the nftables ruleset and iptables-legacy tables. It stays there until the fork: the sockets it opens
 //! for the tree (listeners bound to the namespace's addresses, TCP
 //! connections, UDP, ...) are the new namespace's, and every process is
 //! born in it. Then it goes back to its own namespace.
@@ -30,7 +30,7 @@ pub(crate) struct Net {
     pid: u32,
 }
 
-fn failed(pid: u32, what: String) -> RestoreError {
+pub(crate) fn failed(pid: u32, what: String) -> RestoreError {
     RestoreError::Refused {
         pid,
         stage: Stage::Fork,
@@ -264,11 +264,14 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
     for r in &img.routes {
         added(netlink::add_route(&route(r))).at(pid, Stage::Fork)?;
     }
+    crate::netroute::restore(img, pid)?;
     if !img.nft.is_empty() {
         tool::run("nft", &["-f", "-"], Some(&img.nft))
             .map_err(|e| failed(pid, format!("nftables ruleset of the namespace: {e}")))?;
     }
-    settle(pid)
+    crate::netroute::legacy(img, pid)?;
+    settle(pid)?;
+    crate::netroute::check(img, pid)
 }
 
 /// Waits until no IPv6 address is tentative on a link with a carrier

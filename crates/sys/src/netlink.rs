@@ -137,17 +137,10 @@ pub(crate) fn transact(
 
 /// The attributes (type, payload) after a fixed header of `skip` bytes.
 fn attrs(msg: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = skip;
-    while off + 4 <= msg.len() {
-        let len = u16le(msg, off) as usize;
-        if len < 4 || off + len > msg.len() {
-            break;
-        }
-        out.push((u16le(msg, off + 2) & 0x3fff, &msg[off + 4..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
+    attributes(msg, skip)
+        .into_iter()
+        .map(|(t, v)| (t & 0x3fff, v))
+        .collect()
 }
 
 fn put_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
@@ -329,49 +322,6 @@ pub struct Route {
     pub priority: u32,
 }
 
-/// Every route of the calling thread's network namespace (all tables).
-pub fn routes() -> Result<Vec<Route>> {
-    let mut out = Vec::new();
-    transact(
-        NETLINK_ROUTE,
-        RTM_GETROUTE,
-        NLM_F_DUMP,
-        &[0u8; 12],
-        |ty, m| {
-            if ty != RTM_NEWROUTE || m.len() < 12 {
-                return;
-            }
-            let mut r = Route {
-                family: m[0],
-                dst_len: m[1],
-                tos: m[3],
-                table: u32::from(m[4]),
-                protocol: m[5],
-                scope: m[6],
-                rtype: m[7],
-                dst: Vec::new(),
-                gateway: Vec::new(),
-                prefsrc: Vec::new(),
-                oif: 0,
-                priority: 0,
-            };
-            for (t, v) in attrs(m, 12) {
-                match t {
-                    RTA_DST => r.dst = v.to_vec(),
-                    RTA_GATEWAY => r.gateway = v.to_vec(),
-                    RTA_PREFSRC => r.prefsrc = v.to_vec(),
-                    RTA_OIF if v.len() >= 4 => r.oif = u32le(v, 0) as i32,
-                    RTA_PRIORITY if v.len() >= 4 => r.priority = u32le(v, 0),
-                    RTA_TABLE if v.len() >= 4 => r.table = u32le(v, 0),
-                    _ => {}
-                }
-            }
-            out.push(r);
-        },
-    )?;
-    Ok(out)
-}
-
 /// Adds a route (fails with EEXIST if it is there).
 pub fn add_route(r: &Route) -> Result<()> {
     let table = r.table.min(255) as u8;
@@ -417,4 +367,93 @@ pub fn in_ns_of_socket<T: Send + 'static>(
     // SAFETY: fresh descriptor from the kernel.
     let ns = unsafe { OwnedFd::from_raw_fd(ns) };
     crate::nsenter::in_ns(ns, libc::CLONE_NEWNET, None, f)
+}
+
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+const RTM_GETRULE: u16 = 34;
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_GETNEXTHOP: u16 = 106;
+
+/// Which rtnetlink objects [`dump_raw`] and [`add_raw`] handle: each is
+/// kept as the kernel dumps it (its fixed header and attributes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    /// fib_rule_hdr, 12 bytes: `ip rule` of every family.
+    Rule,
+    /// rtmsg, 12 bytes: routes of every table and family.
+    Route,
+    /// nhmsg, 8 bytes: `ip nexthop` objects.
+    Nexthop,
+}
+
+impl Object {
+    fn types(self) -> (u16, u16, u16) {
+        match self {
+            Object::Rule => (RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE),
+            Object::Route => (RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE),
+            Object::Nexthop => (RTM_NEWNEXTHOP, 0, RTM_GETNEXTHOP),
+        }
+    }
+
+    /// The fixed header's length.
+    pub fn header(self) -> usize {
+        match self {
+            Object::Nexthop => 8,
+            _ => 12,
+        }
+    }
+}
+
+/// Every object of kind `o` in the calling thread's network namespace, as
+/// the kernel's dump gives it (the payload after the netlink header).
+pub fn dump_raw(o: Object) -> Result<Vec<Vec<u8>>> {
+    let (new, _, get) = o.types();
+    let mut out = Vec::new();
+    transact(
+        NETLINK_ROUTE,
+        get,
+        NLM_F_DUMP,
+        &vec![0u8; o.header()],
+        |ty, m| {
+            if ty == new && m.len() >= o.header() {
+                out.push(m.to_vec());
+            }
+        },
+    )?;
+    Ok(out)
+}
+
+/// Adds one object (`body`: a header and attributes), failing with
+/// EEXIST if it is there.
+pub fn add_raw(o: Object, body: &[u8]) -> Result<()> {
+    let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    transact(NETLINK_ROUTE, o.types().0, flags, body, |_, _| {})
+}
+
+/// Deletes one rule or route given as dumped.
+pub fn del_raw(o: Object, body: &[u8]) -> Result<()> {
+    transact(NETLINK_ROUTE, o.types().1, NLM_F_ACK, body, |_, _| {})
+}
+
+/// The attributes (type with its flags, payload) of `msg` after a fixed
+/// header of `skip` bytes.
+pub fn attributes(msg: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = skip;
+    while off + 4 <= msg.len() {
+        let len = u16le(msg, off) as usize;
+        if len < 4 || off + len > msg.len() {
+            break;
+        }
+        out.push((u16le(msg, off + 2), &msg[off + 4..off + len]));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Appends attribute `ty` (padded).
+pub fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    put_attr(buf, ty, data)
 }

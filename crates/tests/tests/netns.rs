@@ -62,17 +62,55 @@ fn refuse_netns_bridge() {
     );
 }
 
-/// iptables-legacy rules inside the namespace: refused by name.
+/// An iptables-legacy rule whose state lives in the kernel (`-m
+/// recent`) inside the namespace: refused by name.
 #[test]
-fn refuse_netns_iptables_legacy() {
+fn refuse_netns_iptables_legacy_stateful() {
     refused_dump(
-        "refuse_netns_iptables_legacy",
+        "refuse_netns_iptables_legacy_stateful",
         Program::Bin("tp_netns"),
         &["--mode", "legacy"],
         &[],
-        &["iptables-legacy rules in its network namespace"],
+        &["iptables-legacy rule in its network namespace", "-m recent"],
         false,
     );
+}
+
+#[test]
+fn selfcheck_netns_routing() {
+    let work = Work::new("selfcheck_netns_routing");
+    run_plain(&work, Program::Bin("tp_netns"), &["--mode", "routing"]).assert_pass(&work);
+}
+
+/// Policy routing rules (IPv4 and IPv6, every selector and action, a
+/// default one deleted), routes of tables main, local, 100, 200 and 300
+/// (nexthop objects and a group, multipath, metrics, blackhole,
+/// unreachable, prohibit, a kernel route deleted) and iptables-legacy
+/// tables with counters: `ip rule`, `ip route show table all`, `ip
+/// nexthop` and `iptables-legacy-save -c` read as before inside the
+/// restored namespace.
+#[test]
+fn cr_netns_routing() {
+    let work = Work::new("cr_netns_routing");
+    run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "routing"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn negative_cr_netns_routing() {
+    let work = Work::new("negative_cr_netns_routing");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "routing", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
 /// Removes what a `--netns` program made outside its own namespace (its
