@@ -10,7 +10,7 @@
 
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
-use stasis_image::netns::{NetAddr, NetLink, RawMsg, VethPeer};
+use stasis_image::netns::{Macvlan, NetAddr, NetLink, RawMsg, VethPeer};
 use stasis_image::NetNs;
 use stasis_sys::netlink::{self, Object};
 use stasis_sys::{tool, Pid};
@@ -168,19 +168,101 @@ fn veth_peer(l: &netlink::Link, links: &[netlink::Link], host: &[netlink::Link])
     }
 }
 
+/// Macvlan `l`: its mode, flags and broadcast queue length, and its lower
+/// device's name (in the namespace, or in the dumper's: found by index;
+/// in a third, unnamed). Source mode (a MAC list) and a broadcast cutoff
+/// other than the default are refused by name.
+fn macvlan(
+    l: &netlink::Link,
+    links: &[netlink::Link],
+    host: &[netlink::Link],
+    host_id: Option<i32>,
+) -> std::result::Result<Macvlan, String> {
+    const MODE: u16 = 1;
+    const FLAGS: u16 = 2;
+    const BC_QUEUE_LEN: u16 = 7;
+    const BC_CUTOFF: u16 = 9;
+    const SOURCE: u32 = 16;
+    let get = |t: u16| {
+        l.info_data
+            .iter()
+            .find(|(x, _)| *x == t)
+            .map(|(_, v)| v.as_slice())
+    };
+    let u32of = |v: &[u8]| {
+        v.get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mode = get(MODE).map_or(0, u32of);
+    let flags = get(FLAGS).map_or(0, |v| {
+        v.get(..2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    });
+    let cutoff = get(BC_CUTOFF).map_or(1, u32of) as i32;
+    if mode == SOURCE || cutoff != 1 {
+        return Err(format!(
+            "macvlan {} (index {}) in its network namespace: {}: not restored",
+            l.name,
+            l.index,
+            if mode == SOURCE {
+                "source mode (its MAC list)".to_string()
+            } else {
+                format!("broadcast cutoff {cutoff}")
+            }
+        ));
+    }
+    let (lower, inside) = match l.link_netnsid {
+        None => (
+            links
+                .iter()
+                .find(|p| p.index == l.link)
+                .map(|p| p.name.clone()),
+            true,
+        ),
+        Some(id) if Some(id) == host_id => (
+            host.iter()
+                .find(|p| p.index == l.link)
+                .map(|p| p.name.clone()),
+            false,
+        ),
+        Some(_) => (None, false),
+    };
+    Ok(Macvlan {
+        mode,
+        flags,
+        bc_queue_len: get(BC_QUEUE_LEN).map_or(0, u32of),
+        lower: lower.unwrap_or_default(),
+        inside,
+    })
+}
+
 /// The namespace's contents, or why it cannot be restored.
-fn read_inside(root: u32, host: Vec<netlink::Link>) -> std::result::Result<NetNs, String> {
+fn read_inside(
+    root: u32,
+    host: Vec<netlink::Link>,
+    host_ns: std::os::fd::OwnedFd,
+) -> std::result::Result<NetNs, String> {
     let links = netlink::links().map_err(|e| format!("reading links: {e}"))?;
     if let Some(l) = links
         .iter()
-        .find(|l| !(l.name == "lo" && l.kind.is_empty()) && l.kind != "veth")
+        .find(|l| !(l.name == "lo" && l.kind.is_empty()) && l.kind != "veth" && l.kind != "macvlan")
     {
         let kind = if l.kind.is_empty() { "device" } else { &l.kind };
+        let tun = if l.kind == "tun" {
+            " (a tun/tap device is not restored)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "link {} ({kind}, index {}) in its network namespace: only lo and veth pairs \
-             are restored",
+            "link {} ({kind}, index {}) in its network namespace: only lo, veth pairs and \
+             macvlan links are restored{tun}",
             l.name, l.index
         ));
+    }
+    let mut macvlans = Vec::new();
+    for l in links.iter().filter(|l| l.kind == "macvlan") {
+        let host_id = netlink::nsid_of(&host_ns)
+            .map_err(|e| format!("the dumper's namespace id in the tree's: {e}"))?;
+        macvlans.push((l.index, macvlan(l, &links, &host, host_id)?));
     }
     let (iptables_legacy, ip6tables_legacy) = legacy_rules()?;
     let nft = nft_ruleset(root)?;
@@ -197,6 +279,10 @@ fn read_inside(root: u32, host: Vec<netlink::Link>) -> std::result::Result<NetNs
                 mtu: l.mtu,
                 mac: l.mac.clone(),
                 veth: (l.kind == "veth").then(|| veth_peer(l, &links, &host)),
+                macvlan: macvlans
+                    .iter()
+                    .find(|(i, _)| *i == l.index)
+                    .map(|(_, m)| m.clone()),
             })
             .collect(),
         addrs: addrs.into_iter().map(addr).collect(),
@@ -258,8 +344,11 @@ pub(crate) fn collect(root: Pid) -> Result<Option<NetNs>> {
         return Ok(None);
     }
     let host = netlink::links().at(p, Stage::Collect)?;
+    let host_ns =
+        stasis_sys::util::open("/proc/thread-self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)
+            .at(p, Stage::Collect)?;
     stasis_sys::nsenter::in_ns_of(root, "net", libc::CLONE_NEWNET, move || {
-        read_inside(p, host)
+        read_inside(p, host, host_ns)
     })
     .at(p, Stage::Collect)?
     .map(Some)

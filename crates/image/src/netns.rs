@@ -24,6 +24,25 @@ pub struct VethPeer {
     pub master: String,
 }
 
+/// A macvlan link: its mode and flags, and its lower device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Macvlan {
+    /// IFLA_MACVLAN_MODE: 1 private, 2 vepa, 4 bridge, 8 passthru.
+    pub mode: u32,
+    /// IFLA_MACVLAN_FLAGS (1: nopromisc).
+    #[serde(default)]
+    pub flags: u16,
+    /// IFLA_MACVLAN_BC_QUEUE_LEN (0: not shown).
+    #[serde(default)]
+    pub bc_queue_len: u32,
+    /// The lower device's name: in the tree's namespace too (`inside`),
+    /// or in the dumper's (empty: in a third one, named at restore by
+    /// criu's `--external macvlan[NAME]:OUTER`).
+    pub lower: String,
+    #[serde(default)]
+    pub inside: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetLink {
     pub index: i32,
@@ -40,6 +59,9 @@ pub struct NetLink {
     /// A veth's other end.
     #[serde(default)]
     pub veth: Option<VethPeer>,
+    /// A macvlan's mode and lower device.
+    #[serde(default)]
+    pub macvlan: Option<Macvlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +174,10 @@ impl NetNs {
         for l in &self.links {
             let peer_ok = l.veth.as_ref().is_none_or(|p| {
                 (p.name.is_empty() || ifname(&p.name)) && (p.master.is_empty() || ifname(&p.master))
-            });
+            }) && l
+                .macvlan
+                .as_ref()
+                .is_none_or(|m| m.lower.is_empty() || ifname(&m.lower));
             if !ifname(&l.name) || !peer_ok {
                 return Err(format!("net.links: {:?} is not an interface name", l.name));
             }

@@ -3,7 +3,8 @@
 //! dump's network lock (when it was made inside the tree's namespace),
 //! lo, veth pairs (the outer end made in the restorer's namespace under
 //! its saved name or the one `--veth-pair`/`--external veth[...]` gives,
-//! and made a port of its bridge), sysctls, addresses, nexthops, rules,
+//! and made a port of its bridge), macvlan links (on a lower device
+//! inside, or outside: made there and moved in), sysctls, addresses, nexthops, rules,
 //! routes (netroute.rs), the nftables ruleset and iptables-legacy tables. It stays there until the fork: the sockets it opens
 //! for the tree (listeners bound to the namespace's addresses, TCP
 //! connections, UDP, ...) are the new namespace's, and every process is
@@ -14,7 +15,7 @@
 
 use crate::{At, NetOptions, RestoreError, Result, Stage};
 use stasis_image::kinds::inet::NetLock;
-use stasis_image::netns::{NetAddr, NetLink, NetRoute};
+use stasis_image::netns::{Macvlan, NetAddr, NetLink, NetRoute};
 use stasis_image::NetNs;
 use stasis_sys::netlock::{self, Method};
 use stasis_sys::{netlink, nsenter, tool};
@@ -178,6 +179,109 @@ fn make_veth(
         })
 }
 
+/// Makes macvlan `l` on its lower device: one in the namespace, or one
+/// in the restorer's (`host`: the saved name or the one criu's
+/// `--external macvlan[NAME]:OUTER` gives), made there and moved in; then
+/// checks its mode, flags and broadcast queue length read back.
+fn make_macvlan(
+    l: &NetLink,
+    m: &Macvlan,
+    opts: &NetOptions,
+    host: &OwnedFd,
+    pid: u32,
+) -> Result<()> {
+    let mode = match m.mode {
+        1 => "private",
+        2 => "vepa",
+        4 => "bridge",
+        8 => "passthru",
+        _ => {
+            return Err(failed(
+                pid,
+                format!("macvlan {}: mode {} is not restored", l.name, m.mode),
+            ))
+        }
+    };
+    let given = opts.macvlans.iter().find(|v| v.inner == l.name);
+    let lower = given.map_or(m.lower.clone(), |v| v.outer.clone());
+    let hint = format!("--external macvlan[{}]:OUTER", l.name);
+    if lower.is_empty() {
+        return Err(failed(
+            pid,
+            format!(
+                "macvlan {}: its lower device was in another namespace; name it with {hint}",
+                l.name
+            ),
+        ));
+    }
+    let mut args: Vec<String> = vec!["link".into(), "add".into(), "link".into(), lower.clone()];
+    args.extend(end_args(&l.name, l.index, &l.mac, l.mtu));
+    let outside = !m.inside || given.is_some();
+    // The new namespace, named to `ip` by path; open until it ran.
+    let mut _inside = None;
+    if outside {
+        let inside =
+            stasis_sys::util::open("/proc/thread-self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)
+                .at(pid, Stage::Fork)?;
+        args.extend([
+            "netns".into(),
+            format!("/proc/{}/fd/{}", std::process::id(), inside.as_raw_fd()),
+        ]);
+        _inside = Some(inside);
+    }
+    args.extend(["type".into(), "macvlan".into(), "mode".into(), mode.into()]);
+    if m.flags & 1 != 0 {
+        args.extend(["flag".into(), "nopromisc".into()]);
+    }
+    if m.bc_queue_len != 0 {
+        args.extend(["bcqueuelen".into(), m.bc_queue_len.to_string()]);
+    }
+    let made = if outside {
+        let h = host
+            .try_clone()
+            .map_err(|e| failed(pid, format!("dup of the restorer's namespace: {e}")))?;
+        nsenter::in_ns(h, libc::CLONE_NEWNET, None, move || ip(&args)).and_then(|r| r)
+    } else {
+        ip(&args)
+    };
+    made.map_err(|e| {
+        failed(
+            pid,
+            format!(
+                "macvlan {} on lower device {lower}: {e} (another lower device: {hint})",
+                l.name
+            ),
+        )
+    })?;
+    let back = netlink::links()
+        .at(pid, Stage::Fork)?
+        .into_iter()
+        .find(|x| x.index == l.index && x.name == l.name);
+    let get = |x: &netlink::Link, t: u16| {
+        x.info_data
+            .iter()
+            .find(|(y, _)| *y == t)
+            .and_then(|(_, v)| v.get(..4))
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let ok = back.as_ref().is_some_and(|x| {
+        x.kind == "macvlan"
+            && get(x, 1) == m.mode
+            && get(x, 2) as u16 == m.flags
+            && (m.bc_queue_len == 0 || get(x, 7) == m.bc_queue_len)
+    });
+    if !ok {
+        return Err(failed(
+            pid,
+            format!(
+                "macvlan {}: reads back differently after it was made: {back:?}",
+                l.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Where a sysctl is written: `all` before `default` before each
 /// interface's (writing `all` changes every interface's).
 fn sysctl_rank(name: &str) -> u8 {
@@ -244,14 +348,27 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
                 continue;
             }
             make_veth(l, &img.links, opts, host, pid)?;
-        } else if l.name != "lo" || !l.kind.is_empty() || l.index != 1 {
+        } else if l.kind != "macvlan" && (l.name != "lo" || !l.kind.is_empty() || l.index != 1) {
             return Err(failed(
                 pid,
                 format!(
-                    "link {} ({}): only lo and veth pairs are restored",
+                    "link {} ({}): only lo, veth pairs and macvlan links are restored",
                     l.name, l.kind
                 ),
             ));
+        }
+    }
+    // On their lower devices, made above when in the namespace.
+    for l in &img.links {
+        match (&l.kind[..], &l.macvlan) {
+            ("macvlan", Some(m)) => make_macvlan(l, m, opts, host, pid)?,
+            ("macvlan", None) => {
+                return Err(failed(
+                    pid,
+                    format!("macvlan {}: no mode in the image", l.name),
+                ))
+            }
+            _ => {}
         }
     }
     for l in &img.links {

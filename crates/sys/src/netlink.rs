@@ -28,6 +28,7 @@ const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_FLAGS: u16 = 8;
@@ -173,6 +174,9 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// IFLA_OPERSTATE (RFC 2863: 0 unknown, 2 down, 6 up, ...).
     pub operstate: u8,
+    /// IFLA_INFO_DATA's attributes (the kind's own: a macvlan's mode, a
+    /// tun's owner, ...), nested flag cleared.
+    pub info_data: Vec<(u16, Vec<u8>)>,
 }
 
 /// Every interface of the calling thread's network namespace.
@@ -198,6 +202,7 @@ pub fn links() -> Result<Vec<Link>> {
                 master: 0,
                 link_netnsid: None,
                 operstate: 0,
+                info_data: Vec::new(),
             };
             let int = |v: &[u8]| if v.len() >= 4 { u32le(v, 0) } else { 0 };
             for (t, v) in attrs(m, 16) {
@@ -210,10 +215,17 @@ pub fn links() -> Result<Vec<Link>> {
                     IFLA_LINK_NETNSID => l.link_netnsid = Some(int(v) as i32),
                     IFLA_OPERSTATE => l.operstate = v.first().copied().unwrap_or(0),
                     IFLA_LINKINFO => {
-                        if let Some((_, k)) =
-                            attrs(v, 0).into_iter().find(|a| a.0 == IFLA_INFO_KIND)
-                        {
-                            l.kind = cstr(k);
+                        for (t, x) in attrs(v, 0) {
+                            match t {
+                                IFLA_INFO_KIND => l.kind = cstr(x),
+                                IFLA_INFO_DATA => {
+                                    l.info_data = attrs(x, 0)
+                                        .into_iter()
+                                        .map(|(t, y)| (t, y.to_vec()))
+                                        .collect()
+                                }
+                                _ => {}
+                            }
                         }
                     }
                     _ => {}
@@ -456,4 +468,26 @@ pub fn attributes(msg: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
 /// Appends attribute `ty` (padded).
 pub fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
     put_attr(buf, ty, data)
+}
+
+/// The id the calling thread's network namespace gives the namespace of
+/// `ns` (RTM_GETNSID), if it has one: what IFLA_LINK_NETNSID says for a
+/// link whose other end or lower device is there.
+pub fn nsid_of(ns: &impl AsRawFd) -> Result<Option<i32>> {
+    const RTM_NEWNSID: u16 = 88;
+    const RTM_GETNSID: u16 = 90;
+    const NETNSA_NSID: u16 = 1;
+    const NETNSA_FD: u16 = 3;
+    let mut body = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    put_attr(&mut body, NETNSA_FD, &(ns.as_raw_fd() as u32).to_le_bytes());
+    let mut id = None;
+    // The answer, then the acknowledgement that ends the loop.
+    transact(NETLINK_ROUTE, RTM_GETNSID, NLM_F_ACK, &body, |ty, m| {
+        if ty == RTM_NEWNSID {
+            if let Some((_, v)) = attrs(m, 4).into_iter().find(|a| a.0 == NETNSA_NSID) {
+                id = Some(u32le(v, 0) as i32).filter(|&i| i >= 0);
+            }
+        }
+    })?;
+    Ok(id)
 }

@@ -113,6 +113,109 @@ fn negative_cr_netns_routing() {
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
+/// tp_netns `macvlan` dumped and restored with `restore` (given the
+/// program's PID); mv0's lower device must then be our `stbLPID` (`l`:
+/// `m` or `n`), read from outside (`ip -o link` in the restored
+/// namespace).
+fn macvlan_case(
+    name: &str,
+    corrupt: bool,
+    lower: char,
+    restore: fn(i32) -> Vec<String>,
+) -> (Work, Outcome) {
+    let work = Work::new(name);
+    let _clean = NetCleanup(work.path("net-names"));
+    let mut args = vec!["--mode", "macvlan"];
+    if corrupt {
+        args.push("--corrupt");
+    }
+    let mut p = start_ready(&work, Program::Bin("tp_netns"), &args, &Opts::default());
+    dump_and_check_gone(&work, &mut p, &Opts::default());
+    let ropts = Opts {
+        restore_extra: restore(p.pid)
+            .into_iter()
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+            .collect(),
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, p.pid, &ropts);
+    let index = std::fs::read_to_string(format!("/sys/class/net/stb{lower}{}/ifindex", p.pid))
+        .unwrap_or_default();
+    let o = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &r.pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "mv0",
+        ])
+        .output()
+        .expect("nsenter");
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !shown.contains(&format!("mv0@if{}:", index.trim())) {
+        fail(
+            &work,
+            format!("mv0 is not on stb{lower}{} (index {index}): {shown}", p.pid),
+        );
+    }
+    let out = finish(&work, &mut r, ropts.finish_timeout);
+    (work, out)
+}
+
+/// macvlan links: one on a device outside (the saved lower device, by
+/// name), one on a veth inside; `ip -d link`, addresses and routes read as
+/// before inside.
+#[test]
+fn cr_netns_macvlan() {
+    let (work, out) = macvlan_case("cr_netns_macvlan", false, 'm', |_| vec![]);
+    out.assert_pass(&work);
+}
+
+/// criu's `--external macvlan[mv0]:OUTER`: mv0 made on another device
+/// (the other end of the lower's veth pair).
+#[test]
+fn cr_netns_macvlan_external() {
+    let (work, out) = macvlan_case("cr_netns_macvlan_external", false, 'n', |pid| {
+        vec!["--external".into(), format!("macvlan[mv0]:stbn{pid}")]
+    });
+    out.assert_pass(&work);
+}
+
+#[test]
+fn negative_cr_netns_macvlan() {
+    let (_work, out) = macvlan_case("negative_cr_netns_macvlan", true, 'm', |_| vec![]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A persistent tap device in the namespace: refused by name.
+#[test]
+fn refuse_netns_tun() {
+    refused_dump(
+        "refuse_netns_tun",
+        Program::Bin("tp_netns"),
+        &["--mode", "tun"],
+        &[],
+        &["link tap0", "tun/tap device is not restored"],
+        false,
+    );
+}
+
+/// A tun queue held open (/dev/net/tun after TUNSETIFF): refused by name.
+#[test]
+fn refuse_netns_tun_fd() {
+    refused_dump(
+        "refuse_netns_tun_fd",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunfd"],
+        &[],
+        &["tun/tap queue"],
+        false,
+    );
+}
+
 /// Removes what a `--netns` program made outside its own namespace (its
 /// bridge, the peer's named namespace), listed in `WORK/net-names`.
 struct NetCleanup(std::path::PathBuf);

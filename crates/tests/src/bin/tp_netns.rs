@@ -1,6 +1,6 @@
 //! Network namespace test program.
 //!
-//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing [--corrupt]`
+//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunfd [--corrupt]`
 //!
 //! - `own`: unshares its network namespace, sets lo up, adds 10.77.0.1/32
 //!   and fd77::1/128 on lo and a route to 10.78.0.0/16 via lo, sets
@@ -23,6 +23,12 @@
 //! - `bridge`: its namespace holds a bridge (refused by name).
 //! - `legacy`: its namespace holds an iptables-legacy rule with state the
 //!   save text does not carry (`-m recent`: refused by name).
+//! - `macvlan`: macvlan links, one on a device outside, one inside (see
+//!   [`macvlan`]): after go `ip -d link`, addresses and routes read as
+//!   before.
+//! - `tun`: a persistent tap device in its namespace (refused by name);
+//!   `tunfd`: a tun queue it holds open, its device in our first
+//!   namespace (refused by name).
 //! - `routing`: policy routing rules, routes of several tables, nexthop
 //!   objects and iptables-legacy rules (see [`routing`]): after go they
 //!   read as before.
@@ -165,6 +171,45 @@ fn main() {
             );
             proto.ready_and_wait();
         }
+        "macvlan" => {
+            macvlan(&proto);
+            let mut before = macvlan_state();
+            proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            report.eq("links and addresses", before, macvlan_state());
+        }
+        "tun" => {
+            unshare_net();
+            ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
+            proto.ready_and_wait();
+        }
+        "tunfd" => {
+            // In our first namespace (its own would be refused for the
+            // device first); the device goes with the descriptor.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("open /dev/net/tun");
+            let mut ifr = [0u8; 40];
+            let name = format!("stbt{}", std::process::id());
+            ifr[..name.len()].copy_from_slice(name.as_bytes());
+            // IFF_TUN | IFF_NO_PI
+            ifr[16..18].copy_from_slice(&(0x0001u16 | 0x1000).to_le_bytes());
+            // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq.
+            let r = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    0x4004_54ca,
+                    ifr.as_mut_ptr(),
+                )
+            };
+            assert!(r == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+            proto.ready_and_wait();
+            drop(f);
+        }
         "routing" => {
             unshare_net();
             routing();
@@ -189,6 +234,90 @@ fn main() {
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
+}
+
+/// `macvlan`: a macvlan on a device outside (`stbmPID`, one end of a veth
+/// pair made in our first namespace, named in WORKDIR/net-names for the
+/// harness to remove): private mode, MAC, MTU 1400, broadcast queue 333,
+/// IPv4 and IPv6 addresses, up; and one on a veth inside (vepa).
+fn macvlan(proto: &Proto) {
+    use std::os::unix::process::CommandExt;
+    let me = std::process::id();
+    let (lower, peer) = (format!("stbm{me}"), format!("stbn{me}"));
+    ip(&["link", "add", &lower, "type", "veth", "peer", "name", &peer]);
+    std::fs::write(proto.dir().join("net-names"), format!("{lower}\n")).expect("net-names");
+    ip(&["link", "set", &lower, "up"]);
+    ip(&["link", "set", &peer, "up"]);
+    let host = std::fs::File::open("/proc/self/ns/net").expect("our namespace");
+    unshare_net();
+    let inside = format!("/proc/{me}/ns/net");
+    let hostfd = std::os::fd::AsRawFd::as_raw_fd(&host);
+    let mut c = Command::new("ip");
+    c.args([
+        "link",
+        "add",
+        "link",
+        &lower,
+        "name",
+        "mv0",
+        "address",
+        "02:97:00:00:00:01",
+        "mtu",
+        "1400",
+        "netns",
+        &inside,
+        "type",
+        "macvlan",
+        "mode",
+        "private",
+        "bcqueuelen",
+        "333",
+    ]);
+    // SAFETY: setns in the child before exec; async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(hostfd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let st = c.status().expect("ip link add macvlan");
+    assert!(st.success(), "ip link add macvlan: {st}");
+    drop(host);
+    ips(&[
+        &["link", "add", "i0", "type", "veth", "peer", "name", "i1"],
+        &[
+            "link", "add", "link", "i0", "name", "mv1", "type", "macvlan", "mode", "vepa",
+        ],
+        &["addr", "add", "10.97.0.1/24", "dev", "mv0"],
+        &["addr", "add", "fd97::1/64", "dev", "mv0", "nodad"],
+        &["link", "set", "mv0", "up"],
+        &["link", "set", "i0", "up"],
+        &["link", "set", "mv1", "up"],
+    ]);
+}
+
+/// What `ip -d` shows of the namespace's links and addresses.
+fn macvlan_state() -> Vec<String> {
+    for _ in 0..500 {
+        if !ip(&["-6", "addr", "show"]).contains("tentative") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Less the outer lower device's index (`@ifN`): the harness checks it.
+    let links = ip(&["-d", "-o", "link", "show"])
+        .split(' ')
+        .map(|w| w.split("@if").next().unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![
+        links,
+        ip(&["-o", "addr", "show"]),
+        ip(&["route", "show", "table", "all"]),
+    ]
 }
 
 /// Every line of `ip ARGS...` for each argument list.
