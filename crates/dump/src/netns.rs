@@ -10,7 +10,7 @@
 
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
-use stasis_image::netns::{Macvlan, NetAddr, NetLink, RawMsg, VethPeer};
+use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, RawMsg, Tun, VethPeer};
 use stasis_image::NetNs;
 use stasis_sys::netlink::{self, Object};
 use stasis_sys::{tool, Pid};
@@ -235,6 +235,21 @@ fn macvlan(
     })
 }
 
+/// Tun/tap device `l` (IFLA_TUN_*): a persistent one with no queue
+/// attached; one a process holds open is refused by name (the
+/// descriptor is not restored either).
+fn tun(l: &netlink::Link) -> std::result::Result<Tun, String> {
+    let (tun, queues, persist) = tun_info(&l.info_data);
+    if queues > 0 || !persist {
+        return Err(format!(
+            "tun/tap device {} (index {}) in its network namespace: {queues} queue(s) \
+             attached (a process holds /dev/net/tun): not restored",
+            l.name, l.index
+        ));
+    }
+    Ok(tun)
+}
+
 /// The namespace's contents, or why it cannot be restored.
 fn read_inside(
     root: u32,
@@ -242,21 +257,19 @@ fn read_inside(
     host_ns: std::os::fd::OwnedFd,
 ) -> std::result::Result<NetNs, String> {
     let links = netlink::links().map_err(|e| format!("reading links: {e}"))?;
-    if let Some(l) = links
-        .iter()
-        .find(|l| !(l.name == "lo" && l.kind.is_empty()) && l.kind != "veth" && l.kind != "macvlan")
-    {
+    if let Some(l) = links.iter().find(|l| {
+        !(l.name == "lo" && l.kind.is_empty()) && !matches!(&l.kind[..], "veth" | "macvlan" | "tun")
+    }) {
         let kind = if l.kind.is_empty() { "device" } else { &l.kind };
-        let tun = if l.kind == "tun" {
-            " (a tun/tap device is not restored)"
-        } else {
-            ""
-        };
         return Err(format!(
-            "link {} ({kind}, index {}) in its network namespace: only lo, veth pairs and \
-             macvlan links are restored{tun}",
+            "link {} ({kind}, index {}) in its network namespace: only lo, veth pairs, \
+             macvlan links and tun/tap devices are restored",
             l.name, l.index
         ));
+    }
+    let mut tuns = Vec::new();
+    for l in links.iter().filter(|l| l.kind == "tun") {
+        tuns.push((l.index, tun(l)?));
     }
     let mut macvlans = Vec::new();
     for l in links.iter().filter(|l| l.kind == "macvlan") {
@@ -283,6 +296,10 @@ fn read_inside(
                     .iter()
                     .find(|(i, _)| *i == l.index)
                     .map(|(_, m)| m.clone()),
+                tun: tuns
+                    .iter()
+                    .find(|(i, _)| *i == l.index)
+                    .map(|(_, t)| t.clone()),
             })
             .collect(),
         addrs: addrs.into_iter().map(addr).collect(),

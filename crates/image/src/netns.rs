@@ -43,6 +43,49 @@ pub struct Macvlan {
     pub inside: bool,
 }
 
+/// A persistent tun/tap device (no queue attached): what IFLA_INFO_DATA
+/// shows of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tun {
+    /// IFF_TAP (else IFF_TUN).
+    pub tap: bool,
+    /// Packet information header (no IFF_NO_PI).
+    #[serde(default)]
+    pub pi: bool,
+    #[serde(default)]
+    pub vnet_hdr: bool,
+    #[serde(default)]
+    pub multi_queue: bool,
+    /// TUNSETOWNER / TUNSETGROUP (absent: none).
+    #[serde(default)]
+    pub owner: Option<u32>,
+    #[serde(default)]
+    pub group: Option<u32>,
+}
+
+/// What IFLA_INFO_DATA of a tun/tap link shows: the device, its number
+/// of attached queues and whether it is persistent.
+pub fn tun_info(d: &[(u16, Vec<u8>)]) -> (Tun, u32, bool) {
+    let get = |t: u16| d.iter().find(|(x, _)| *x == t).map(|(_, v)| v.as_slice());
+    let flag = |t: u16| get(t).and_then(|v| v.first().copied()).unwrap_or(0) != 0;
+    let word = |t: u16| {
+        get(t)
+            .and_then(|v| v.get(..4))
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // IFLA_TUN_OWNER 1, GROUP 2, TYPE 3, PI 4, VNET_HDR 5, PERSIST 6,
+    // MULTI_QUEUE 7, NUM_QUEUES 8.
+    let tun = Tun {
+        tap: get(3).and_then(|v| v.first().copied()) == Some(2),
+        pi: flag(4),
+        vnet_hdr: flag(5),
+        multi_queue: flag(7),
+        owner: word(1),
+        group: word(2),
+    };
+    (tun, word(8).unwrap_or(0), flag(6))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetLink {
     pub index: i32,
@@ -62,6 +105,9 @@ pub struct NetLink {
     /// A macvlan's mode and lower device.
     #[serde(default)]
     pub macvlan: Option<Macvlan>,
+    /// A tun/tap device's flags and owner.
+    #[serde(default)]
+    pub tun: Option<Tun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

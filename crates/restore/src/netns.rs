@@ -4,7 +4,8 @@
 //! lo, veth pairs (the outer end made in the restorer's namespace under
 //! its saved name or the one `--veth-pair`/`--external veth[...]` gives,
 //! and made a port of its bridge), macvlan links (on a lower device
-//! inside, or outside: made there and moved in), sysctls, addresses, nexthops, rules,
+//! inside, or outside: made there and moved in), persistent tun/tap
+//! devices (TUNSETIFF), sysctls, addresses, nexthops, rules,
 //! routes (netroute.rs), the nftables ruleset and iptables-legacy tables. It stays there until the fork: the sockets it opens
 //! for the tree (listeners bound to the namespace's addresses, TCP
 //! connections, UDP, ...) are the new namespace's, and every process is
@@ -15,7 +16,7 @@
 
 use crate::{At, NetOptions, RestoreError, Result, Stage};
 use stasis_image::kinds::inet::NetLock;
-use stasis_image::netns::{Macvlan, NetAddr, NetLink, NetRoute};
+use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, NetRoute, Tun};
 use stasis_image::NetNs;
 use stasis_sys::netlock::{self, Method};
 use stasis_sys::{netlink, nsenter, tool};
@@ -282,6 +283,45 @@ fn make_macvlan(
     Ok(())
 }
 
+/// Makes persistent tun/tap device `l` in the calling thread's namespace
+/// with its index (TUNSETIFINDEX), flags, owner and group, then its MAC
+/// and MTU; checks what the kernel then shows of it.
+fn make_tun(l: &NetLink, t: &Tun, pid: u32) -> Result<()> {
+    use stasis_sys::tun::*;
+    let what = |e: String| failed(pid, format!("tun/tap device {}: {e}", l.name));
+    let mut flags = if t.tap { IFF_TAP } else { IFF_TUN };
+    for (on, f) in [
+        (!t.pi, IFF_NO_PI),
+        (t.vnet_hdr, IFF_VNET_HDR),
+        (t.multi_queue, IFF_MULTI_QUEUE),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    make_persistent(&l.name, l.index as u32, flags, t.owner, t.group)
+        .map_err(|e| what(e.to_string()))?;
+    let mut set: Vec<String> = vec!["link".into(), "set".into(), "dev".into(), l.name.clone()];
+    if l.mac.len() == 6 && t.tap {
+        set.extend(["address".into(), mac(&l.mac)]);
+    }
+    if l.mtu > 0 {
+        set.extend(["mtu".into(), l.mtu.to_string()]);
+    }
+    ip(&set).map_err(|e| what(e.to_string()))?;
+    let back = netlink::links()
+        .at(pid, Stage::Fork)?
+        .into_iter()
+        .find(|x| x.index == l.index && x.name == l.name && x.kind == "tun")
+        .map(|x| tun_info(&x.info_data));
+    match back {
+        Some((b, 0, true)) if b == *t => Ok(()),
+        b => Err(what(format!(
+            "reads back differently after it was made: {b:?}"
+        ))),
+    }
+}
+
 /// Where a sysctl is written: `all` before `default` before each
 /// interface's (writing `all` changes every interface's).
 fn sysctl_rank(name: &str) -> u8 {
@@ -348,11 +388,14 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
                 continue;
             }
             make_veth(l, &img.links, opts, host, pid)?;
+        } else if let (Some(t), "tun") = (&l.tun, &l.kind[..]) {
+            make_tun(l, t, pid)?;
         } else if l.kind != "macvlan" && (l.name != "lo" || !l.kind.is_empty() || l.index != 1) {
             return Err(failed(
                 pid,
                 format!(
-                    "link {} ({}): only lo, veth pairs and macvlan links are restored",
+                    "link {} ({}): only lo, veth pairs, macvlan links and tun/tap devices \
+                     are restored",
                     l.name, l.kind
                 ),
             ));

@@ -190,15 +190,43 @@ fn negative_cr_netns_macvlan() {
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
-/// A persistent tap device in the namespace: refused by name.
+/// Persistent tun/tap devices in the namespace (type, owner, group,
+/// flags, MAC, MTU, an address): `ip -d link`, addresses and `ip tuntap`
+/// read as before inside.
 #[test]
-fn refuse_netns_tun() {
-    refused_dump(
-        "refuse_netns_tun",
+fn cr_netns_tun() {
+    let work = Work::new("cr_netns_tun");
+    run_case(
+        &work,
         Program::Bin("tp_netns"),
         &["--mode", "tun"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn negative_cr_netns_tun() {
+    let work = Work::new("negative_cr_netns_tun");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "tun", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A tun device in the namespace with a queue attached (the process holds
+/// /dev/net/tun): refused by name.
+#[test]
+fn refuse_netns_tun_attached() {
+    refused_dump(
+        "refuse_netns_tun_attached",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunq"],
         &[],
-        &["link tap0", "tun/tap device is not restored"],
+        &["tun/tap device stbt", "queue(s) attached"],
         false,
     );
 }

@@ -1,6 +1,6 @@
 //! Network namespace test program.
 //!
-//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunfd [--corrupt]`
+//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunfd|tunq [--corrupt]`
 //!
 //! - `own`: unshares its network namespace, sets lo up, adds 10.77.0.1/32
 //!   and fd77::1/128 on lo and a route to 10.78.0.0/16 via lo, sets
@@ -26,9 +26,13 @@
 //! - `macvlan`: macvlan links, one on a device outside, one inside (see
 //!   [`macvlan`]): after go `ip -d link`, addresses and routes read as
 //!   before.
-//! - `tun`: a persistent tap device in its namespace (refused by name);
-//!   `tunfd`: a tun queue it holds open, its device in our first
-//!   namespace (refused by name).
+//! - `tun`: persistent tun/tap devices in its namespace (tap0: owner
+//!   1000, group 1001, vnet_hdr, multi_queue, a MAC, an address; tun1:
+//!   pi, MTU 1400; both up): after go `ip -d link`, addresses and `ip
+//!   tuntap` read as before.
+//! - `tunfd`: a tun queue it holds open, its device in our first
+//!   namespace (refused by name); `tunq`: the same in its own namespace
+//!   (the device with a queue attached refused by name).
 //! - `routing`: policy routing rules, routes of several tables, nexthop
 //!   objects and iptables-legacy rules (see [`routing`]): after go they
 //!   read as before.
@@ -182,12 +186,48 @@ fn main() {
         }
         "tun" => {
             unshare_net();
-            ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
+            ips(&[
+                &[
+                    "tuntap",
+                    "add",
+                    "dev",
+                    "tap0",
+                    "mode",
+                    "tap",
+                    "user",
+                    "1000",
+                    "group",
+                    "1001",
+                    "vnet_hdr",
+                    "multi_queue",
+                ],
+                &["tuntap", "add", "dev", "tun1", "mode", "tun", "pi"],
+                &["link", "set", "tap0", "address", "02:98:00:00:00:01"],
+                &["link", "set", "tun1", "mtu", "1400"],
+                &["addr", "add", "10.98.0.1/24", "dev", "tap0"],
+                &["link", "set", "tap0", "up"],
+                &["link", "set", "tun1", "up"],
+            ]);
+            let state = || {
+                vec![
+                    ip(&["-d", "-o", "link", "show"]),
+                    ip(&["-o", "addr", "show"]),
+                    ip(&["tuntap", "show"]),
+                ]
+            };
+            let mut before = state();
             proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            report.eq("tun/tap links and addresses", before, state());
         }
-        "tunfd" => {
-            // In our first namespace (its own would be refused for the
-            // device first); the device goes with the descriptor.
+        "tunfd" | "tunq" => {
+            // tunfd: in our first namespace (its own would be refused for
+            // the device first); the device goes with the descriptor.
+            if args.get("mode") == Some("tunq") {
+                unshare_net();
+            }
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
