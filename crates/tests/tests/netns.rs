@@ -184,6 +184,36 @@ fn cr_netns_macvlan_external() {
     out.assert_pass(&work);
 }
 
+/// `--external macvlan[mv0]:NAME` naming no device: the restore fails
+/// naming the macvlan and the option, leaving no process; the same image
+/// then restores without it.
+#[test]
+fn netns_macvlan_missing_lower_fails_restore() {
+    let work = Work::new("netns_macvlan_missing_lower_fails_restore");
+    let _clean = NetCleanup(work.path("net-names"));
+    let mut p = start_ready(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "macvlan"],
+        &Opts::default(),
+    );
+    dump_and_check_gone(&work, &mut p, &Opts::default());
+    let t = Opts::default().stasis_timeout;
+    let out = restore_detached(&work, &["--external", "macvlan[mv0]:stnosuch0"], t);
+    if out.success()
+        || !out.stderr.contains("macvlan mv0")
+        || !out.stderr.contains("--external macvlan[mv0]:OUTER")
+        || pid_exists(p.pid)
+    {
+        fail(
+            &work,
+            format!("the restore did not fail naming mv0: {out:?}"),
+        );
+    }
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, Opts::default().finish_timeout).assert_pass(&work);
+}
+
 #[test]
 fn negative_cr_netns_macvlan() {
     let (_work, out) = macvlan_case("negative_cr_netns_macvlan", true, 'm', |_| vec![]);
