@@ -258,7 +258,8 @@ fn read_inside(
 ) -> std::result::Result<NetNs, String> {
     let links = netlink::links().map_err(|e| format!("reading links: {e}"))?;
     if let Some(l) = links.iter().find(|l| {
-        !(l.name == "lo" && l.kind.is_empty()) && !matches!(&l.kind[..], "veth" | "macvlan" | "tun")
+        let lo = l.name == "lo" && l.kind.is_empty();
+        !(lo || matches!(&l.kind[..], "veth" | "macvlan" | "tun"))
     }) {
         let kind = if l.kind.is_empty() { "device" } else { &l.kind };
         return Err(format!(
@@ -326,10 +327,13 @@ fn addr(a: netlink::Addr) -> NetAddr {
     }
 }
 
+/// Rules, routes and nexthops.
+type Routing = (Vec<RawMsg>, Vec<RawMsg>, Vec<RawMsg>);
+
 /// Rules, routes (every table) and nexthop objects, as the kernel dumps
 /// them. Routes of a family other than IPv4 and IPv6 (multicast
 /// forwarding entries, MPLS) are refused by name.
-fn routing() -> std::result::Result<(Vec<RawMsg>, Vec<RawMsg>, Vec<RawMsg>), String> {
+fn routing() -> std::result::Result<Routing, String> {
     let dump = |o: Object, what: &str| {
         netlink::dump_raw(o).map_err(|e| format!("reading its {what}: {e}"))
     };

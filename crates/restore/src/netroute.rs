@@ -267,17 +267,17 @@ fn routes_now(pid: u32) -> Result<Vec<Vec<u8>>> {
 
 /// `now` less `saved`, as multisets of `key`.
 fn extra<'a>(now: &'a [Vec<u8>], saved: &[Vec<u8>], key: fn(&[u8]) -> Vec<u8>) -> Vec<&'a Vec<u8>> {
-    let mut want: Vec<Vec<u8>> = saved.iter().map(|m| key(m)).collect();
+    let mut want: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for m in saved {
+        *want.entry(key(m)).or_default() += 1;
+    }
     now.iter()
-        .filter(|m| {
-            let k = key(m);
-            match want.iter().position(|w| *w == k) {
-                Some(i) => {
-                    want.swap_remove(i);
-                    false
-                }
-                None => true,
+        .filter(|m| match want.get_mut(&key(m)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
             }
+            _ => true,
         })
         .collect()
 }
