@@ -269,7 +269,7 @@ fn refuse_netns_tun_fd() {
         Program::Bin("tp_netns"),
         &["--mode", "tunfd"],
         &[],
-        &["tun/tap queue"],
+        &["tun/tap queue", "device stbt"],
         false,
     );
 }
