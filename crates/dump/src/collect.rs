@@ -70,7 +70,7 @@ fn check(pid: u32, status: &Status) -> Result<()> {
 pub(crate) fn collect(
     frozen: &mut Frozen,
     shell_job: bool,
-    sockets: kinds::SockOpts,
+    sockets: &kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
     track: TrackIn,
 ) -> Result<Collected> {

@@ -77,6 +77,9 @@ pub struct DumpOptions {
     /// criu's `--ext-unix-sk`: datagram sockets connected to a named one
     /// outside the tree are saved (connected again by name at restore).
     pub ext_unix_sk: bool,
+    /// criu's `--external unix[INO]`: the same for these sockets of the
+    /// tree only.
+    pub ext_unix_inos: Vec<u64>,
     /// Save established TCP connections in repair mode (criu's
     /// `--tcp-established`), under a network lock.
     pub tcp_established: bool,
@@ -376,6 +379,7 @@ fn dump_frozen(
     let sockets = kinds::SockOpts {
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
+        ext_unix_inos: opts.ext_unix_inos.clone().into(),
         tcp: match (opts.tcp_close, opts.tcp_established) {
             (true, _) => kinds::TcpMode::Close,
             (false, true) => kinds::TcpMode::Established,
@@ -398,7 +402,7 @@ fn dump_frozen(
         collected.push(collect::collect(
             f,
             opts.shell_job,
-            sockets,
+            &sockets,
             &mut shmem,
             track,
         )?);

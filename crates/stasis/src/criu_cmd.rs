@@ -29,6 +29,8 @@ pub(crate) struct Request {
     pub(crate) skip_in_flight: bool,
     /// criu's `--ext-unix-sk` (without an inode list).
     pub(crate) ext_unix_sk: bool,
+    /// criu's `--external unix[INO]`: these sockets only.
+    pub(crate) ext_unix_inos: Vec<u64>,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
     pub(crate) tcp_established: bool,
     pub(crate) tcp_close: bool,
@@ -230,11 +232,22 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             let (k, p) = v.split_once(':').unwrap_or((v, ""));
             r.mounts.ext_map.push((k.to_string(), p.to_string()));
         }
-        "veth-pair" | "external" => {
+        "veth-pair" => {
             let v = g.value.as_deref().unwrap_or("");
             let m = criu::veth_spec(g.opt.long, v)
                 .ok_or_else(|| anyhow!("invalid argument for --{}: {v}", g.opt.long))?;
             r.net.veths.push(m);
+        }
+        "external" => {
+            let v = g.value.as_deref().unwrap_or("");
+            match criu::External::parse(v).map_err(|e| anyhow!("invalid argument for --external: {e}"))? {
+                criu::External::Veth(m) => r.net.veths.push(m),
+                // criu: MOUNTPOINT:KEY at dump, KEY:PATH at restore, as
+                // --ext-mount-map.
+                criu::External::Mount(a, b) => r.mounts.ext_map.push((a, b)),
+                criu::External::Unix(ino) => r.ext_unix_inos.push(ino),
+                criu::External::AutoMounts | criu::External::Unsupported(_) => {}
+            }
         }
         "join-ns" => {
             let v = g.value.as_deref().unwrap_or("");
@@ -312,6 +325,10 @@ pub(crate) fn refusal(g: &Given) -> String {
         "stream" => "option --stream (criu's image-streamer socket) is not supported yet: \
                      stasis streams an image with `dump --to-stdout` and `restore --from-stdin`"
             .to_string(),
+        "external" => match g.value.as_deref().map(criu::External::parse) {
+            Some(Ok(criu::External::Unsupported(why))) => why,
+            _ => "option --external is not supported yet".to_string(),
+        },
         long => format!("option --{long} is not supported yet"),
     }
 }
@@ -475,6 +492,7 @@ pub(crate) fn dump_options(
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
         ext_unix_sk: r.ext_unix_sk,
+        ext_unix_inos: r.ext_unix_inos.clone(),
         tcp_established: r.tcp_established,
         tcp_close: r.tcp_close,
         // criu's default.

@@ -273,6 +273,63 @@ fn option_syntax_errors() {
     );
 }
 
+/// criu's `--external` kinds: applied (mnt[MOUNTPOINT]:KEY, mnt[KEY]:PATH,
+/// unix[INO], veth), accepted (mnt[]), refused by name in one line
+/// (dev, file, macvlan, mnt[]:s/m), invalid ones an error.
+#[test]
+fn external_resources_judged_by_kind() {
+    let work = Work::new("cli_external");
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("dump", "mnt[/srv]:srv", None),
+        ("restore", "mnt[srv]:/tmp", None),
+        ("dump", "mnt[]", None),
+        ("dump", "mnt[]:", None),
+        ("dump", "unix[12345]", None),
+        ("restore", "veth[eth0]:veth9", None),
+        ("dump", "mnt[]:sm", Some("sharing (s) and masters (m)")),
+        ("dump", "dev[8/1]:disk", Some("mounts of block devices")),
+        ("restore", "dev[disk]:/dev/sda1", Some("mounts of block devices")),
+        ("dump", "file[1a:2b]", Some("external files")),
+        ("restore", "macvlan[eth1]:mv0", Some("external macvlan")),
+        ("dump", "unix[x]", Some("invalid argument for --external")),
+        ("dump", "bogus[1]", Some("invalid argument for --external")),
+        ("dump", "mnt[]:q", Some("invalid argument for --external")),
+    ];
+    for (i, (cmd, ext, want)) in cases.iter().enumerate() {
+        let img = work.path(&format!("img-{i}"));
+        let mut args = strings(&[cmd, "--no-default-config", "-D"]);
+        args.extend(strings(&[img.to_str().expect("utf-8"), "-o", "x.log"]));
+        if *cmd == "dump" {
+            args.extend(strings(&["-t", "99999999"]));
+        }
+        args.extend(strings(&["--external", ext]));
+        let out = run_in(&work, work.dir(), &stasis_bin(), &args);
+        match want {
+            Some(w) => assert!(
+                out.code == Some(1)
+                    && out.stderr.contains(w)
+                    && out.stderr.contains(ext)
+                    && out.stderr.lines().count() == 1
+                    && !img.exists(),
+                "{args:?}: want one line with {w:?}, got {:?} {:?}",
+                out.code,
+                out.stderr
+            ),
+            None => {
+                let reached = if *cmd == "dump" { "dump pid 99999999" } else { "restore" };
+                assert!(
+                    out.code.is_some_and(|c| c != 0)
+                        && out.stderr.contains(reached)
+                        && !out.stderr.contains("not supported yet"),
+                    "{args:?}: expected to reach {reached:?}, got {:?} {:?}",
+                    out.code,
+                    out.stderr
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn unimplemented_commands_refused_by_name() {
     let work = Work::new("cli_commands");

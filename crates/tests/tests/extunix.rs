@@ -95,9 +95,15 @@ fn refuse_ext_unix_stream_queued() {
 /// descriptor 42 (flags, SO_SNDBUF), and the program's `ping` reaches us
 /// and our `pong` reaches it.
 fn ext_stream(name: &str, args: &[&str]) -> Outcome {
+    ext_stream_with(name, args, false)
+}
+
+/// `by_inode`: dumped with criu's `--external unix[INO]` naming that
+/// socket instead of `--ext-unix-sk`.
+fn ext_stream_with(name: &str, args: &[&str], by_inode: bool) -> Outcome {
     use std::io::{Read, Write};
     let work = Work::new(name);
-    let opts = Opts {
+    let mut opts = Opts {
         dump_extra: vec!["--ext-unix-sk"],
         ..Opts::default()
     };
@@ -109,6 +115,10 @@ fn ext_stream(name: &str, args: &[&str]) -> Outcome {
     );
     let key = key.to_string_lossy().into_owned();
     assert!(key.starts_with("socket:["), "{key}");
+    if by_inode {
+        let ino = key.trim_start_matches("socket:[").trim_end_matches(']');
+        opts.dump_extra = vec!["--external", Box::leak(format!("unix[{ino}]").into_boxed_str())];
+    }
     dump_and_check_gone(&work, &mut p, &opts);
     let out = restore_detached(&work, &[], opts.stasis_timeout);
     assert!(
@@ -178,4 +188,36 @@ fn negative_cr_ext_unix_stream() {
 fn selfcheck_ext_unix_stream() {
     let work = Work::new("selfcheck_ext_unix_stream");
     run_plain(&work, Program::Bin("tp_extunix"), &["--stream"]).assert_pass(&work);
+}
+
+/// criu's `--external unix[INO]` naming the program's socket: dumped and
+/// re-joined through `--inherit-fd` as with `--ext-unix-sk`.
+#[test]
+fn cr_ext_unix_stream_by_inode() {
+    let out = ext_stream_with("cr_ext_unix_stream_by_inode", &["--stream"], true);
+    assert!(out.result.starts_with("PASS"), "{out:?}");
+}
+
+#[test]
+fn negative_cr_ext_unix_stream_by_inode() {
+    let out = ext_stream_with(
+        "negative_cr_ext_unix_stream_by_inode",
+        &["--stream", "--corrupt"],
+        true,
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// `--external unix[INO]` naming another socket: this one is still
+/// refused by name, the program runs on.
+#[test]
+fn refuse_ext_unix_other_inode() {
+    refused_dump(
+        "refuse_ext_unix_other_inode",
+        Program::Bin("tp_extunix"),
+        &["--stream"],
+        &["--external", "unix[1]"],
+        &["outside the dumped tree"],
+        false,
+    );
 }

@@ -131,6 +131,47 @@ fn cr_mount_namespace_ext_mount_map() {
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
 
+/// criu's `--external mnt[MOUNTPOINT]:KEY` at dump names the read-only
+/// bind's key; its source moved, a restore without `mnt[KEY]:PATH` fails
+/// naming the key and leaves nothing; with `--external mnt[KEY]:NEWPATH`
+/// it is bound from there and the tree passes its checks.
+#[test]
+fn cr_mount_namespace_external_mnt() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("cr_mntns_external_mnt");
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    // The three binds of WORK/src: ro, and s1 and s2 (one peer group).
+    let names = ["ro", "s1", "s2"];
+    let mut opts = Opts::default();
+    for n in names {
+        let at = work.path(n);
+        opts.dump_extra.push("--external");
+        opts.dump_extra.push(leak(format!("mnt[{}]:ext{n}", at.display())));
+    }
+    let p = dumped(&work, &opts);
+    let (src, moved) = (work.path("src"), work.path("src-moved"));
+    std::fs::rename(&src, &moved).expect("move src");
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("external mount extro"),
+        "restore without mnt[extro]:PATH: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a failed restore left process {}", p.pid);
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
+    opts.restore_extra = vec!["--root", "/"];
+    for n in names {
+        opts.restore_extra.push("--external");
+        opts.restore_extra.push(leak(format!("mnt[ext{n}]:{}", moved.display())));
+    }
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
 /// A container's shape: the tree pivoted into a tmpfs root (its contents
 /// saved) holding a bind of the host's / and a proc; the same tmpfs, bind
 /// and proc checks inside.

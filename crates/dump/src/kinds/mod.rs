@@ -103,7 +103,7 @@ pub(crate) enum TcpMode {
 }
 
 /// How sockets are dumped.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct SockOpts {
     /// criu's `--skip-in-flight`: connections waiting in a listener's
     /// accept queue are dropped instead of refused.
@@ -112,6 +112,15 @@ pub(crate) struct SockOpts {
     /// criu's `--ext-unix-sk`: a datagram socket connected to a named one
     /// outside the tree is saved with that name.
     pub(crate) ext_unix_sk: bool,
+    /// criu's `--external unix[INO]`: the same, for these sockets only.
+    pub(crate) ext_unix_inos: std::sync::Arc<[u64]>,
+}
+
+impl SockOpts {
+    /// Whether the tree's unix socket `ino` may have its other end outside.
+    pub(crate) fn ext_unix(&self, ino: u64) -> bool {
+        self.ext_unix_sk || self.ext_unix_inos.contains(&ino)
+    }
 }
 
 /// One descriptor being identified.
@@ -123,7 +132,7 @@ pub(crate) struct Fd<'a> {
     pub(crate) info: &'a FdInfo,
     pub(crate) shell_job: bool,
     /// How sockets are dumped (criu's socket options).
-    pub(crate) sockets: SockOpts,
+    pub(crate) sockets: &'a SockOpts,
     /// stat of a named file (link starting with '/'), read once on demand.
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
@@ -259,7 +268,7 @@ const KINDS: &[(&str, Identify)] = &[
 ];
 
 /// Records every open descriptor; a descriptor no kind claims is refused.
-pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Result<Vec<FdEntry>> {
+pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: &SockOpts) -> Result<Vec<FdEntry>> {
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
