@@ -28,6 +28,7 @@ mod checks;
 mod collect;
 mod cow;
 mod fdowner;
+mod keyrings;
 pub mod freeze;
 mod kinds;
 mod locks;
@@ -408,6 +409,7 @@ fn dump_frozen(
         )?);
     }
     checks::parent_threads(&collected)?;
+    checks::session_keyrings(&collected.iter().map(|c| &c.image).collect::<Vec<_>>())?;
     let mut ipc = sysvipc::collect(root, &collected)?;
     kinds::link_tree(
         &mut collected

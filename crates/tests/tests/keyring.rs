@@ -1,0 +1,74 @@
+//! A session keyring of its own (runc's per-container one), with
+//! tp_keyring: joined anew at restore with its name, owner, permissions
+//! and user keys, and shared by the same processes; a key whose payload
+//! cannot be read, or one that expires, is refused by name.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn selfcheck_keyring() {
+    let work = Work::new("selfcheck_keyring");
+    run_plain(&work, Program::Bin("tp_keyring"), &[]).assert_pass(&work);
+}
+
+#[test]
+fn negative_keyring() {
+    let work = Work::new("negative_keyring");
+    let out = run_plain(&work, Program::Bin("tp_keyring"), &["--corrupt"]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+fn keyring_case(name: &str, args: &[&str]) -> Outcome {
+    let work = Work::new(name);
+    let out = run_case(&work, Program::Bin("tp_keyring"), args, &Opts::default());
+    if !out.result.starts_with("FAIL") {
+        out.assert_pass(&work);
+    }
+    out
+}
+
+#[test]
+fn cr_session_keyring() {
+    let out = keyring_case("cr_session_keyring", &[]);
+    assert!(out.result.starts_with("PASS"), "{out:?}");
+}
+
+#[test]
+fn negative_cr_session_keyring() {
+    let out = keyring_case("negative_cr_session_keyring", &["--corrupt"]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+#[test]
+fn cr_session_keyring_empty() {
+    let out = keyring_case("cr_session_keyring_empty", &["--empty"]);
+    assert!(out.result.starts_with("PASS"), "{out:?}");
+}
+
+/// A key its possessor may not read: refused by name, the program runs on.
+#[test]
+fn refuse_unreadable_key() {
+    refused_dump(
+        "refuse_unreadable_key",
+        Program::Bin("tp_keyring"),
+        &["--unreadable"],
+        &[],
+        &["tp-secret", "payload cannot be read"],
+        true,
+    );
+}
+
+/// A key with a timeout: refused by name, the program runs on.
+#[test]
+fn refuse_expiring_key() {
+    refused_dump(
+        "refuse_expiring_key",
+        Program::Bin("tp_keyring"),
+        &["--timeout"],
+        &[],
+        &["tp-a", "expires"],
+        true,
+    );
+}
