@@ -396,11 +396,10 @@ pub(crate) fn session_keyrings(images: &[&stasis_image::ProcessImage]) -> Result
     };
     let serial = |i: &stasis_image::ProcessImage| i.session_keyring.as_ref().map(|k| k.serial);
     let name = |i: &stasis_image::ProcessImage| {
-        i.session_keyring
-            .as_ref()
-            .map_or("none of its own (ours or its user's default)".to_string(), |k| {
-                format!("{:?} (key {})", k.name, k.serial)
-            })
+        i.session_keyring.as_ref().map_or(
+            "none of its own (ours or its user's default)".to_string(),
+            |k| format!("{:?} (key {})", k.name, k.serial),
+        )
     };
     if let Some(other) = images.iter().find(|i| serial(i) != serial(root)) {
         return Err(refuse(

@@ -135,7 +135,10 @@ fn read_with(r: &mut RemoteThread, pid: u32, serial: i64, buf: u64) -> Result<Ke
     let list = keyctl_bytes(r, pid, KEYCTL_READ, serial, buf)?.map_err(|e| {
         refuse(
             pid,
-            format!("{what_ring}: its keys cannot be listed (KEYCTL_READ: {})", errno_text(e)),
+            format!(
+                "{what_ring}: its keys cannot be listed (KEYCTL_READ: {})",
+                errno_text(e)
+            ),
         )
     })?;
     let mut keys = Vec::new();
@@ -147,7 +150,10 @@ fn read_with(r: &mut RemoteThread, pid: u32, serial: i64, buf: u64) -> Result<Ke
         if d.kind != "user" {
             return Err(refuse(
                 pid,
-                format!("{what}: a key of type {}: only keys of type user are restored yet", d.kind),
+                format!(
+                    "{what}: a key of type {}: only keys of type user are restored yet",
+                    d.kind
+                ),
             ));
         }
         temporary(k, &what)?;

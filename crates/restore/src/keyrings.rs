@@ -1,10 +1,11 @@
 //! The tree's session keyring (saved by the dump's keyrings.rs). The root
 //! joins a new keyring of its name before it forks (spawn.rs), so every
 //! process of the tree inherits it, as every one shared it at the dump.
-//! Before that, no live keyring of that name may exist that the join would
-//! find instead (`preflight`); after it, in the root, the keyring is
-//! checked to be the new, empty one and gets its keys, owners and
-//! permissions (`fill`).
+//! The join runs as nobody, so that it cannot find a keyring of that name
+//! which only its owner may search (a dead container's still held by a
+//! zombie); after it, in the root, the keyring is checked to be the new,
+//! empty one (anything else is refused by name) and gets its keys, owners
+//! and permissions (`fill`).
 
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::{Keyring, ProcessImage};
@@ -28,8 +29,7 @@ fn refused(pid: u32, stage: Stage, k: &Keyring, what: String) -> RestoreError {
     }
 }
 
-/// The name the root joins, once nothing of that name could be joined in
-/// its place.
+/// The name the root joins.
 pub(crate) fn preflight(procs: &[ProcessImage], own_userns: bool) -> Result<Option<CString>> {
     let Some(img) = procs.first() else {
         return Ok(None);
@@ -43,20 +43,6 @@ pub(crate) fn preflight(procs: &[ProcessImage], own_userns: bool) -> Result<Opti
     }
     let name = CString::new(k.name.clone())
         .map_err(|_| refused(img.pid, st, k, "a name with a NUL byte".into()))?;
-    // /proc/keys: serial flags usage expiry perm uid gid type description...
-    let text = std::fs::read_to_string("/proc/keys").unwrap_or_default();
-    for l in text.lines() {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        let rest = w.get(8..).unwrap_or_default().join(" ");
-        let live = w.get(2).and_then(|u| u.parse::<u32>().ok()).unwrap_or(0) > 0;
-        let keyring = w.get(7) == Some(&"keyring");
-        if live && keyring && (rest == k.name || rest.starts_with(&format!("{}: ", k.name))) {
-            return Err(refused(img.pid, st, k, format!(
-                "a keyring of that name exists already (key {}): the restored root would join it instead of a new one",
-                w.first().unwrap_or(&"?")
-            )));
-        }
-    }
     Ok(Some(name))
 }
 
@@ -90,18 +76,30 @@ pub(crate) fn fill(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
             "keyctl(KEYCTL_READ, session keyring)",
         )
         .at(pid, st)?;
-    if f.first() != Some(&"keyring") || f.get(4) != Some(&k.name.as_str()) || perm != Some(JOINED_PERM) || held != 0 {
+    if f.first() != Some(&"keyring")
+        || f.get(4) != Some(&k.name.as_str())
+        || perm != Some(JOINED_PERM)
+        || held != 0
+    {
         return Err(refused(pid, st, k, format!(
             "the root joined {text:?} holding {} keys, not a new keyring of that name: another keyring of that name was found",
             held / 4
         )));
     }
     for key in &k.keys {
-        let what = format!("key user:{} of its session keyring {:?}", key.description, k.name);
+        let what = format!(
+            "key user:{} of its session keyring {:?}",
+            key.description, k.name
+        );
         let mut desc = key.description.clone().into_bytes();
         desc.push(0);
         if 64 + desc.len() + key.payload.len() > room as usize {
-            return Err(refused(pid, st, k, format!("{what}: too large for the restorer's scratch area")));
+            return Err(refused(
+                pid,
+                st,
+                k,
+                format!("{what}: too large for the restorer's scratch area"),
+            ));
         }
         let ty = r.write_scratch(4096, b"user\0").at(pid, st)?;
         let d = r.write_scratch(4096 + 64, &desc).at(pid, st)?;
@@ -111,7 +109,13 @@ pub(crate) fn fill(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
         let serial = r
             .call(
                 libc::SYS_add_key,
-                &[ty, d, p, key.payload.len() as u64, KEY_SPEC_SESSION_KEYRING as u64],
+                &[
+                    ty,
+                    d,
+                    p,
+                    key.payload.len() as u64,
+                    KEY_SPEC_SESSION_KEYRING as u64,
+                ],
                 &format!("add_key({what})"),
             )
             .at(pid, st)?;

@@ -527,9 +527,7 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
             None => return Err(bad()),
         },
         "external" => match v.map(External::parse) {
-            Some(Ok(External::Veth(_) | External::Mount(..) | External::Unix(_))) => {
-                Fate::Applied
-            }
+            Some(Ok(External::Veth(_) | External::Mount(..) | External::Unix(_))) => Fate::Applied,
             Some(Ok(External::AutoMounts)) => Fate::Accepted(AUTO_EXT_MOUNTS),
             Some(Ok(External::Unsupported(_))) => Fate::Refused,
             Some(Err(e)) => return Err(format!("invalid argument for --external: {e}")),

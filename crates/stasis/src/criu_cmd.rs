@@ -240,7 +240,9 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         }
         "external" => {
             let v = g.value.as_deref().unwrap_or("");
-            match criu::External::parse(v).map_err(|e| anyhow!("invalid argument for --external: {e}"))? {
+            match criu::External::parse(v)
+                .map_err(|e| anyhow!("invalid argument for --external: {e}"))?
+            {
                 criu::External::Veth(m) => r.net.veths.push(m),
                 // criu: MOUNTPOINT:KEY at dump, KEY:PATH at restore, as
                 // --ext-mount-map.

@@ -145,6 +145,7 @@ pub struct TreePlan {
 }
 
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+const NOBODY: libc::c_long = 65534;
 
 /// Failure codes a tree child reports through the ready pipe.
 pub fn tree_failure(code: i32) -> &'static str {
@@ -433,7 +434,19 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         }
         if i == 0 {
             if let Some(name) = &plan.session_keyring {
-                if libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) < 0 {
+                // Joined as nobody (file system ids): the join would take
+                // any keyring of that name its caller may search (a dead
+                // container's, held by a zombie), and only one whose
+                // permissions let anybody search can be found so. Its
+                // owner and permissions are set afterwards (keyrings.rs);
+                // a found one is told from a new one there.
+                let uid = libc::syscall(libc::SYS_setfsuid, NOBODY);
+                let gid = libc::syscall(libc::SYS_setfsgid, NOBODY);
+                let joined =
+                    libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr());
+                libc::syscall(libc::SYS_setfsuid, uid);
+                libc::syscall(libc::SYS_setfsgid, gid);
+                if joined < 0 {
                     report(plan.ready_fd, me, 16);
                     exit_now(16);
                 }

@@ -288,7 +288,11 @@ fn external_resources_judged_by_kind() {
         ("restore", "veth[eth0]:veth9", None),
         ("dump", "mnt[]:sm", Some("sharing (s) and masters (m)")),
         ("dump", "dev[8/1]:disk", Some("mounts of block devices")),
-        ("restore", "dev[disk]:/dev/sda1", Some("mounts of block devices")),
+        (
+            "restore",
+            "dev[disk]:/dev/sda1",
+            Some("mounts of block devices"),
+        ),
         ("dump", "file[1a:2b]", Some("external files")),
         ("restore", "macvlan[eth1]:mv0", Some("external macvlan")),
         ("dump", "unix[x]", Some("invalid argument for --external")),
@@ -316,7 +320,11 @@ fn external_resources_judged_by_kind() {
                 out.stderr
             ),
             None => {
-                let reached = if *cmd == "dump" { "dump pid 99999999" } else { "restore" };
+                let reached = if *cmd == "dump" {
+                    "dump pid 99999999"
+                } else {
+                    "restore"
+                };
                 assert!(
                     out.code.is_some_and(|c| c != 0)
                         && out.stderr.contains(reached)

@@ -117,7 +117,10 @@ fn ext_stream_with(name: &str, args: &[&str], by_inode: bool) -> Outcome {
     assert!(key.starts_with("socket:["), "{key}");
     if by_inode {
         let ino = key.trim_start_matches("socket:[").trim_end_matches(']');
-        opts.dump_extra = vec!["--external", Box::leak(format!("unix[{ino}]").into_boxed_str())];
+        opts.dump_extra = vec![
+            "--external",
+            Box::leak(format!("unix[{ino}]").into_boxed_str()),
+        ];
     }
     dump_and_check_gone(&work, &mut p, &opts);
     let out = restore_detached(&work, &[], opts.stasis_timeout);

@@ -148,7 +148,8 @@ fn cr_mount_namespace_external_mnt() {
     for n in names {
         let at = work.path(n);
         opts.dump_extra.push("--external");
-        opts.dump_extra.push(leak(format!("mnt[{}]:ext{n}", at.display())));
+        opts.dump_extra
+            .push(leak(format!("mnt[{}]:ext{n}", at.display())));
     }
     let p = dumped(&work, &opts);
     let (src, moved) = (work.path("src"), work.path("src-moved"));
@@ -158,7 +159,11 @@ fn cr_mount_namespace_external_mnt() {
         !out.success() && out.stderr.contains("external mount extro"),
         "restore without mnt[extro]:PATH: {out:?}"
     );
-    assert!(!pid_exists(p.pid), "a failed restore left process {}", p.pid);
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
     assert!(
         !host_sees_mount(&work.path("t")),
         "a failed restore left a mount"
@@ -166,7 +171,8 @@ fn cr_mount_namespace_external_mnt() {
     opts.restore_extra = vec!["--root", "/"];
     for n in names {
         opts.restore_extra.push("--external");
-        opts.restore_extra.push(leak(format!("mnt[ext{n}]:{}", moved.display())));
+        opts.restore_extra
+            .push(leak(format!("mnt[ext{n}]:{}", moved.display())));
     }
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);

@@ -92,16 +92,28 @@ fn main() {
     let name = CString::new(format!("stasis-tp-ring.{}", std::process::id())).expect("name");
     let ring = keyctl(KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr() as i64, 0, 0);
     assert!(ring > 0, "KEYCTL_JOIN_SESSION_KEYRING");
-    assert_eq!(keyctl(KEYCTL_SETPERM, ring, 0x3f1b_0000, 0), 0, "setperm ring");
+    assert_eq!(
+        keyctl(KEYCTL_SETPERM, ring, 0x3f1b_0000, 0),
+        0,
+        "setperm ring"
+    );
     if !args.flag("empty") {
         let a: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
         let ka = add_user_key("tp-a", &a);
         let kb = add_user_key("tp-b", b"hello");
         assert_eq!(keyctl(KEYCTL_CHOWN, kb, -1, 1234), 0, "chown tp-b");
-        assert_eq!(keyctl(KEYCTL_SETPERM, kb, 0x3f3f_0000, 0), 0, "setperm tp-b");
+        assert_eq!(
+            keyctl(KEYCTL_SETPERM, kb, 0x3f3f_0000, 0),
+            0,
+            "setperm tp-b"
+        );
         if args.flag("unreadable") {
             let ks = add_user_key("tp-secret", b"secret");
-            assert_eq!(keyctl(KEYCTL_SETPERM, ks, 0x3501_0000, 0), 0, "setperm tp-secret");
+            assert_eq!(
+                keyctl(KEYCTL_SETPERM, ks, 0x3501_0000, 0),
+                0,
+                "setperm tp-secret"
+            );
         }
         if args.flag("timeout") {
             assert_eq!(keyctl(KEYCTL_SET_TIMEOUT, ka, 3600, 0), 0, "timeout tp-a");
