@@ -72,3 +72,31 @@ fn refuse_expiring_key() {
         true,
     );
 }
+
+/// Another keyring of the same name outside the tree, which only its
+/// owner may search (a dead container's, still held by a zombie): the
+/// restored root does not find it, and joins a new one.
+#[test]
+fn cr_session_keyring_name_held_by_owner() {
+    let out = keyring_case("cr_session_keyring_name_held", &["--holder", "owner"]);
+    assert!(out.result.starts_with("PASS"), "{out:?}");
+}
+
+/// Another keyring of the same name which anybody may search: the join
+/// finds it; the restore is refused by name and leaves nothing.
+#[test]
+fn refuse_session_keyring_name_taken() {
+    let work = Work::new("refuse_session_keyring_name_taken");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_keyring"), &["--holder", "anybody"], &opts);
+    dump_and_check_gone(&work, &mut p, &opts);
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success()
+            && out.stderr.trim_end().lines().count() == 1
+            && out.stderr.contains("session keyring")
+            && out.stderr.contains("not a new keyring"),
+        "restore beside a keyring of the same name anybody may search: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
+}

@@ -18,7 +18,14 @@
 //! must refuse it by name. `--corrupt`: the expected payload of `tp-a` is
 //! altered, so the check must fail.
 //!
-//! Usage: `tp_keyring WORKDIR [--empty|--unreadable|--timeout] [--corrupt]`
+//! `--holder MODE`: a holder outside the tree (a double fork into a new
+//! session) keeps another keyring of the same name, made after ours,
+//! with permissions 0x3f1b0000 (`owner`: only its owner may search it,
+//! like a dead container's) or 0x3f1b0008 (`anybody`: anybody may), until
+//! the work directory goes; `holder.ready` says it is there.
+//!
+//! Usage: `tp_keyring WORKDIR [--empty|--unreadable|--timeout]
+//! [--holder owner|anybody] [--corrupt]`
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -86,6 +93,41 @@ fn add_user_key(desc: &str, payload: &[u8]) -> i64 {
     k
 }
 
+/// Starts the holder (see the module doc) and waits until it is there.
+fn hold(proto: &Proto, name: &CString, perm: i64) {
+    // SAFETY: fork in a single-threaded program.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: plain calls in the child, which leaves with _exit.
+        unsafe {
+            libc::setsid();
+            if libc::fork() == 0 {
+                // As nobody, the join cannot find ours: it makes another.
+                libc::syscall(libc::SYS_setfsuid, 65534);
+                let k = keyctl(KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr() as i64, 0, 0);
+                libc::syscall(libc::SYS_setfsuid, 0);
+                if k > 0 && keyctl(KEYCTL_SETPERM, k, perm, 0) == 0 {
+                    let _ = std::fs::write(proto.path("holder.ready"), k.to_string());
+                }
+                let start = std::time::Instant::now();
+                while proto.dir().exists() && start.elapsed().as_secs() < 300 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    let start = std::time::Instant::now();
+    while !proto.path("holder.ready").exists() {
+        assert!(start.elapsed().as_secs() < 20, "the holder did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
@@ -118,6 +160,10 @@ fn main() {
         if args.flag("timeout") {
             assert_eq!(keyctl(KEYCTL_SET_TIMEOUT, ka, 3600, 0), 0, "timeout tp-a");
         }
+    }
+    if let Some(mode) = args.get("holder") {
+        let perm = if mode == "anybody" { 0x3f1b_0008 } else { 0x3f1b_0000 };
+        hold(&proto, &name, perm);
     }
     let mut before = snapshot();
     if args.corrupt() {
