@@ -81,6 +81,9 @@ pub struct DumpOptions {
     /// criu's `--external unix[INO]`: the same for these sockets of the
     /// tree only.
     pub ext_unix_inos: Vec<u64>,
+    /// criu's `--external file[MNT_ID:INODE]`: these files are saved as
+    /// external, handed back with `--inherit-fd` at restore.
+    pub ext_files: Vec<String>,
     /// Save established TCP connections in repair mode (criu's
     /// `--tcp-established`), under a network lock.
     pub tcp_established: bool,
@@ -381,6 +384,7 @@ fn dump_frozen(
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
         ext_unix_inos: opts.ext_unix_inos.clone().into(),
+        ext_files: opts.ext_files.clone().into(),
         tcp: match (opts.tcp_close, opts.tcp_established) {
             (true, _) => kinds::TcpMode::Close,
             (false, true) => kinds::TcpMode::Established,

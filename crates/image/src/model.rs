@@ -516,6 +516,12 @@ pub enum FdKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         external: bool,
     },
+    /// A file the caller named external at the dump (criu's `--external
+    /// file[MNT_ID:INODE]`, the key, with both numbers in hex): nothing of
+    /// it is saved; a restore takes the descriptor the caller hands it
+    /// with `--inherit-fd fd[N]:KEY` (the same open file description, as
+    /// criu does), else refuses.
+    ExternalFile { key: String, flags: u32 },
     /// An open file whose contents are in the image ([`SavedFile`] `id`):
     /// reopened with these flags at this offset.
     Saved { id: u64, flags: u32, pos: u64 },
@@ -790,7 +796,8 @@ impl FdKind {
             | FdKind::Pidfd { flags, .. }
             | FdKind::PtyMaster { flags, .. }
             | FdKind::PtySlave { flags, .. }
-            | FdKind::DevTty { flags, .. } => *flags,
+            | FdKind::DevTty { flags, .. }
+            | FdKind::ExternalFile { flags, .. } => *flags,
         }
     }
 }

@@ -669,6 +669,7 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         skip_in_flight: false,
         ext_unix_sk: false,
         ext_unix_inos: Vec::new(),
+        ext_files: Vec::new(),
         tcp_established: false,
         tcp_close: false,
         network_lock: stasis_sys::netlock::Method::Skip,

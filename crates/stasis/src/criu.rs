@@ -444,6 +444,9 @@ pub enum External {
     /// `unix[INO]` (dump): the unix socket of the tree with this inode may
     /// have its other end outside (criu's per-socket `--ext-unix-sk`).
     Unix(u64),
+    /// `file[MNT_ID:INODE]` (dump, both in hex): the file is saved as
+    /// external, handed back with `--inherit-fd fd[N]:file[MNT_ID:INODE]`.
+    File(String),
     /// A kind stasis does not do yet: the one-line reason.
     Unsupported(String),
 }
@@ -481,10 +484,16 @@ impl External {
                 "--external {v}: mounts of block devices are not restored yet (a mount of a \
                  device not bound from the host is refused at dump)"
             )),
-            ("file", ..) => External::Unsupported(format!(
-                "--external {v}: external files (restored through --inherit-fd \
-                 fd[N]:file[MNT_ID:INODE]) are not supported yet"
-            )),
+            ("file", id, None) => match id.split_once(':') {
+                Some((m, i))
+                    if u64::from_str_radix(m, 16).is_ok() && u64::from_str_radix(i, 16).is_ok() =>
+                {
+                    // The key as the dump writes it: lower-case hex, no 0s in front.
+                    let hex = |x: &str| format!("{:x}", u64::from_str_radix(x, 16).unwrap_or(0));
+                    External::File(format!("file[{}:{}]", hex(m), hex(i)))
+                }
+                _ => return Err(format!("{v}: file[MNT_ID:INODE], both in hex")),
+            },
             ("macvlan" | "tty" | "netdev" | "net" | "pid" | "ipc" | "uts" | "time", ..) => {
                 External::Unsupported(format!(
                     "--external {v}: external {kind} resources are not supported yet"
@@ -527,7 +536,9 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
             None => return Err(bad()),
         },
         "external" => match v.map(External::parse) {
-            Some(Ok(External::Veth(_) | External::Mount(..) | External::Unix(_))) => Fate::Applied,
+            Some(Ok(
+                External::Veth(_) | External::Mount(..) | External::Unix(_) | External::File(_),
+            )) => Fate::Applied,
             Some(Ok(External::AutoMounts)) => Fate::Accepted(AUTO_EXT_MOUNTS),
             Some(Ok(External::Unsupported(_))) => Fate::Refused,
             Some(Err(e)) => return Err(format!("invalid argument for --external: {e}")),

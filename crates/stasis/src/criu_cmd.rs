@@ -31,6 +31,8 @@ pub(crate) struct Request {
     pub(crate) ext_unix_sk: bool,
     /// criu's `--external unix[INO]`: these sockets only.
     pub(crate) ext_unix_inos: Vec<u64>,
+    /// criu's `--external file[MNT_ID:INODE]` (dump).
+    pub(crate) ext_files: Vec<String>,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
     pub(crate) tcp_established: bool,
     pub(crate) tcp_close: bool,
@@ -248,6 +250,7 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
                 // --ext-mount-map.
                 criu::External::Mount(a, b) => r.mounts.ext_map.push((a, b)),
                 criu::External::Unix(ino) => r.ext_unix_inos.push(ino),
+                criu::External::File(key) => r.ext_files.push(key),
                 criu::External::AutoMounts | criu::External::Unsupported(_) => {}
             }
         }
@@ -495,6 +498,7 @@ pub(crate) fn dump_options(
         skip_in_flight: r.skip_in_flight,
         ext_unix_sk: r.ext_unix_sk,
         ext_unix_inos: r.ext_unix_inos.clone(),
+        ext_files: r.ext_files.clone(),
         tcp_established: r.tcp_established,
         tcp_close: r.tcp_close,
         // criu's default.

@@ -114,6 +114,9 @@ pub(crate) struct SockOpts {
     pub(crate) ext_unix_sk: bool,
     /// criu's `--external unix[INO]`: the same, for these sockets only.
     pub(crate) ext_unix_inos: std::sync::Arc<[u64]>,
+    /// criu's `--external file[MNT_ID:INODE]` (not a socket option, but
+    /// asked for with them): these files are saved as external.
+    pub(crate) ext_files: std::sync::Arc<[String]>,
 }
 
 impl SockOpts {
@@ -285,6 +288,18 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: &SockOpts) -> Resu
             md: None,
             unix: &mut unix,
         };
+        if let Some(key) = external_file(pid, fd, &link, &info, sockets) {
+            out.push(FdEntry {
+                fd,
+                cloexec: info.flags & O_CLOEXEC != 0,
+                kind: FdKind::ExternalFile {
+                    key,
+                    flags: d.flags(),
+                },
+                ofd: 0,
+            });
+            continue;
+        }
         if let Some(why) = crate::memkinds::refuse_hugetlb_fd(pid, fd, &link) {
             return Err(d.refuse(&why));
         }
@@ -323,6 +338,24 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: &SockOpts) -> Resu
         });
     }
     Ok(out)
+}
+
+/// The key of descriptor `fd` if the caller named its file external
+/// (criu's `file[MNT_ID:INODE]`, both in hex).
+fn external_file(
+    pid: u32,
+    fd: i32,
+    link: &str,
+    info: &stasis_proc::FdInfo,
+    opts: &SockOpts,
+) -> Option<String> {
+    if opts.ext_files.is_empty() || !link.starts_with('/') {
+        return None;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?.ino();
+    let key = format!("file[{:x}:{ino:x}]", info.mnt_id);
+    opts.ext_files.contains(&key).then_some(key)
 }
 
 /// A kind's pass over the whole tree (every process collected).
@@ -390,6 +423,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::PtyMaster { index, .. } => (17, u64::from(*index), 0),
         FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
         FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
+        FdKind::ExternalFile { .. } => (22, 0, 0),
     }
 }
 
