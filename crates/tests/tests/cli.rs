@@ -181,19 +181,25 @@ fn check_command(cmd: &str, bit: u8, base: &[&str], reached: &str) {
             } else {
                 // Parsed and accepted: stasis went on to the dump/restore
                 // itself, which fails on the missing process/image.
-                assert!(
-                    out.code.is_some_and(|c| c != 0)
-                        && out.stderr.contains(reached)
-                        && !out.stderr.contains("not supported yet"),
-                    "{args:?}: expected to reach {reached:?}, got {:?} {:?}",
-                    out.code,
-                    out.stderr
-                );
+                assert_reached(&args, &out, reached);
             }
             checked += 1;
         }
     }
     eprintln!("{cmd}: {checked} spellings checked");
+}
+
+/// The options were accepted: stasis went on to the command itself, which
+/// failed on the missing process or image (`reached` names it).
+fn assert_reached(args: &[String], out: &CmdOut, reached: &str) {
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.contains(reached)
+            && !out.stderr.contains("not supported yet"),
+        "{args:?}: expected to reach {reached:?}, got {:?} {:?}",
+        out.code,
+        out.stderr
+    );
 }
 
 #[test]
@@ -274,8 +280,8 @@ fn option_syntax_errors() {
 }
 
 /// criu's `--external` kinds: applied (mnt[MOUNTPOINT]:KEY, mnt[KEY]:PATH,
-/// unix[INO], veth), accepted (mnt[]), refused by name in one line
-/// (dev, file, macvlan, mnt[]:s/m), invalid ones an error.
+/// unix[INO], file[MNT_ID:INODE], veth), accepted (mnt[]), refused by
+/// name in one line (dev, macvlan, mnt[]:s/m), invalid ones an error.
 #[test]
 fn external_resources_judged_by_kind() {
     let work = Work::new("cli_external");
@@ -326,14 +332,7 @@ fn external_resources_judged_by_kind() {
                 } else {
                     "restore"
                 };
-                assert!(
-                    out.code.is_some_and(|c| c != 0)
-                        && out.stderr.contains(reached)
-                        && !out.stderr.contains("not supported yet"),
-                    "{args:?}: expected to reach {reached:?}, got {:?} {:?}",
-                    out.code,
-                    out.stderr
-                );
+                assert_reached(&args, &out, reached);
             }
         }
     }

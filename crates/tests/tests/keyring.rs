@@ -88,7 +88,12 @@ fn cr_session_keyring_name_held_by_owner() {
 fn refuse_session_keyring_name_taken() {
     let work = Work::new("refuse_session_keyring_name_taken");
     let opts = Opts::default();
-    let mut p = start_ready(&work, Program::Bin("tp_keyring"), &["--holder", "anybody"], &opts);
+    let mut p = start_ready(
+        &work,
+        Program::Bin("tp_keyring"),
+        &["--holder", "anybody"],
+        &opts,
+    );
     dump_and_check_gone(&work, &mut p, &opts);
     let out = restore_detached(&work, &[], opts.stasis_timeout);
     assert!(

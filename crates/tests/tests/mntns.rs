@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::path::PathBuf;
 
 /// Whether the test must be skipped (it needs root); says so.
 fn not_root() -> bool {
@@ -90,6 +91,29 @@ fn refuse_overlay_in_mount_namespace() {
     );
 }
 
+/// WORK/src (bound in the dumped tree) moved to WORK/src-moved: a restore
+/// fails naming `key` (its external mount), leaving no process and no
+/// mount. Returns the new path.
+fn source_moved_restore_refused(work: &Work, p: &Proc, opts: &Opts, key: &str) -> PathBuf {
+    let moved = work.path("src-moved");
+    std::fs::rename(work.path("src"), &moved).expect("move src");
+    let out = restore_detached(work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains(key) && out.stderr.contains("mount"),
+        "restore without the moved source: no refusal naming {key}: {out:?}"
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
+    moved
+}
+
 /// An external mount whose host path is gone: the restore fails naming
 /// its key and `--ext-mount-map`, and leaves nothing; with
 /// `--ext-mount-map KEY:NEWPATH` (criu's restore form) it is bound from
@@ -103,28 +127,8 @@ fn cr_mount_namespace_ext_mount_map() {
     let work = Work::new("cr_mntns_ext_mount_map");
     let mut opts = Opts::default();
     let p = dumped(&work, &opts);
-    let (src, moved) = (work.path("src"), work.path("src-moved"));
-    std::fs::rename(&src, &moved).expect("move src");
-    let out = restore_detached(&work, &[], opts.stasis_timeout);
-    assert!(
-        !out.success(),
-        "restore without the moved source succeeded: {out:?}"
-    );
-    let key = src.to_string_lossy().into_owned();
-    assert!(
-        out.stderr.contains(&key) && out.stderr.contains("mount"),
-        "the error does not name the external mount {key}: {:?}",
-        out.stderr
-    );
-    assert!(
-        !pid_exists(p.pid),
-        "a failed restore left process {}",
-        p.pid
-    );
-    assert!(
-        !host_sees_mount(&work.path("t")),
-        "a failed restore left a mount"
-    );
+    let key = work.path("src").to_string_lossy().into_owned();
+    let moved = source_moved_restore_refused(&work, &p, &opts, &key);
     let map: &'static str = Box::leak(format!("{key}:{}", moved.display()).into_boxed_str());
     opts.restore_extra = vec!["--ext-mount-map", map, "--root", "/"];
     let mut r = restore_and_adopt(&work, p.pid, &opts);
@@ -152,22 +156,7 @@ fn cr_mount_namespace_external_mnt() {
             .push(leak(format!("mnt[{}]:ext{n}", at.display())));
     }
     let p = dumped(&work, &opts);
-    let (src, moved) = (work.path("src"), work.path("src-moved"));
-    std::fs::rename(&src, &moved).expect("move src");
-    let out = restore_detached(&work, &[], opts.stasis_timeout);
-    assert!(
-        !out.success() && out.stderr.contains("external mount extro"),
-        "restore without mnt[extro]:PATH: {out:?}"
-    );
-    assert!(
-        !pid_exists(p.pid),
-        "a failed restore left process {}",
-        p.pid
-    );
-    assert!(
-        !host_sees_mount(&work.path("t")),
-        "a failed restore left a mount"
-    );
+    let moved = source_moved_restore_refused(&work, &p, &opts, "external mount ext");
     opts.restore_extra = vec!["--root", "/"];
     for n in names {
         opts.restore_extra.push("--external");

@@ -353,7 +353,9 @@ fn external_file(
         return None;
     }
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?.ino();
+    let ino = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .ok()?
+        .ino();
     let key = format!("file[{:x}:{ino:x}]", info.mnt_id);
     opts.ext_files.contains(&key).then_some(key)
 }

@@ -56,7 +56,9 @@ fn main() {
     let wrote = held
         .write_all_at(b"appended\n", n as u64)
         .and_then(|()| held.flush());
-    report.check(wrote.is_ok(), || format!("write through descriptor 42: {wrote:?}"));
+    report.check(wrote.is_ok(), || {
+        format!("write through descriptor 42: {wrote:?}")
+    });
     let text = std::fs::read_to_string(&target).unwrap_or_default();
     report.check(text.ends_with("appended\n"), || {
         format!("{} after the write: {text:?}", target.display())

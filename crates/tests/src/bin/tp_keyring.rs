@@ -162,7 +162,11 @@ fn main() {
         }
     }
     if let Some(mode) = args.get("holder") {
-        let perm = if mode == "anybody" { 0x3f1b_0008 } else { 0x3f1b_0000 };
+        let perm = if mode == "anybody" {
+            0x3f1b_0008
+        } else {
+            0x3f1b_0000
+        };
         hold(&proto, &name, perm);
     }
     let mut before = snapshot();
