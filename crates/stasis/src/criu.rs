@@ -544,10 +544,12 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
             Some(Err(e)) => return Err(format!("invalid argument for --external: {e}")),
             None => return Err(bad()),
         },
-        // criu's inode list (one-sided dumps of stream sockets) is not.
+        // criu's inode list: each inode as `--external unix[INO]` (and
+        // the option itself on, as criu sets it).
         "ext-unix-sk" => match v {
             None => Fate::Applied,
-            Some(_) => Fate::Refused,
+            Some(l) if l.split(',').all(|i| i.trim().parse::<u64>().is_ok()) => Fate::Applied,
+            Some(_) => return Err(bad()),
         },
         "join-ns" => match v {
             Some(x) if x.starts_with("net:") && x.len() > 4 => Fate::Applied,

@@ -170,7 +170,14 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "skip-in-flight" => r.skip_in_flight = on,
-        "ext-unix-sk" => r.ext_unix_sk = on,
+        "ext-unix-sk" => {
+            r.ext_unix_sk = on;
+            for i in g.value.as_deref().unwrap_or("").split(',') {
+                if let Ok(ino) = i.trim().parse() {
+                    r.ext_unix_inos.push(ino);
+                }
+            }
+        }
         "tcp-established" => r.tcp_established = on,
         "tcp-close" => r.tcp_close = on,
         "network-lock" => {

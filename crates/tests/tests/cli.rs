@@ -291,6 +291,8 @@ fn external_resources_judged_by_kind() {
         ("dump", "mnt[]", None),
         ("dump", "mnt[]:", None),
         ("dump", "unix[12345]", None),
+        ("dump", "--ext-unix-sk=12345,678", None),
+        ("dump", "--ext-unix-sk=12x", Some("invalid argument for --ext-unix-sk")),
         ("restore", "veth[eth0]:veth9", None),
         ("dump", "mnt[]:sm", Some("sharing (s) and masters (m)")),
         ("dump", "dev[8/1]:disk", Some("mounts of block devices")),
@@ -313,13 +315,19 @@ fn external_resources_judged_by_kind() {
         if *cmd == "dump" {
             args.extend(strings(&["-t", "99999999"]));
         }
-        args.extend(strings(&["--external", ext]));
+        // An option of its own (`--ext-unix-sk=LIST`), or an --external value.
+        let own = ext.starts_with("--");
+        if own {
+            args.push(ext.to_string());
+        } else {
+            args.extend(strings(&["--external", ext]));
+        }
         let out = run_in(&work, work.dir(), &stasis_bin(), &args);
         match want {
             Some(w) => assert!(
                 out.code == Some(1)
                     && out.stderr.contains(w)
-                    && out.stderr.contains(ext)
+                    && (own || out.stderr.contains(ext))
                     && out.stderr.lines().count() == 1
                     && !img.exists(),
                 "{args:?}: want one line with {w:?}, got {:?} {:?}",
