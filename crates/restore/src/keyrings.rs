@@ -34,10 +34,23 @@ pub(crate) fn preflight(procs: &[ProcessImage], own_userns: bool) -> Result<Opti
     let Some(img) = procs.first() else {
         return Ok(None);
     };
+    let st = Stage::Preflight;
+    // Every process inherits the root's: the image must say so.
+    let serial = |p: &ProcessImage| p.session_keyring.as_ref().map(|k| k.serial);
+    if let Some(p) = procs.iter().find(|p| serial(p) != serial(img)) {
+        return Err(RestoreError::Refused {
+            pid: p.pid,
+            stage: st,
+            what: format!(
+                "its session keyring ({:?}) is not the root's ({:?}): every process of a tree shares the root's",
+                serial(p),
+                serial(img)
+            ),
+        });
+    }
     let Some(k) = &img.session_keyring else {
         return Ok(None);
     };
-    let st = Stage::Preflight;
     if own_userns {
         return Err(refused(img.pid, st, k, "in a tree with a user namespace of its own: not restored yet (its owner is set with KEYCTL_CHOWN, which needs CAP_SYS_ADMIN of the first user namespace)".into()));
     }

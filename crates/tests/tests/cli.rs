@@ -292,7 +292,11 @@ fn external_resources_judged_by_kind() {
         ("dump", "mnt[]:", None),
         ("dump", "unix[12345]", None),
         ("dump", "--ext-unix-sk=12345,678", None),
-        ("dump", "--ext-unix-sk=12x", Some("invalid argument for --ext-unix-sk")),
+        (
+            "dump",
+            "--ext-unix-sk=12x",
+            Some("invalid argument for --ext-unix-sk"),
+        ),
         ("restore", "veth[eth0]:veth9", None),
         ("dump", "mnt[]:sm", Some("sharing (s) and masters (m)")),
         ("dump", "dev[8/1]:disk", Some("mounts of block devices")),

@@ -61,8 +61,11 @@ fn describe(key: i64) -> String {
     String::from_utf8_lossy(b.strip_suffix(&[0]).unwrap_or(&b)).into_owned()
 }
 
+/// A key's description and payload (None: unreadable).
+type KeyState = (String, Option<Vec<u8>>);
+
 /// The keyring's description, and each key's description and payload.
-fn snapshot() -> (String, Vec<(String, Option<Vec<u8>>)>) {
+fn snapshot() -> (String, Vec<KeyState>) {
     let ring = describe(KEY_SPEC_SESSION_KEYRING);
     let list = bytes(KEYCTL_READ, KEY_SPEC_SESSION_KEYRING).unwrap_or_default();
     let keys = list
