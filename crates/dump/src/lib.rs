@@ -84,6 +84,10 @@ pub struct DumpOptions {
     /// criu's `--external file[MNT_ID:INODE]`: these files are saved as
     /// external, handed back with `--inherit-fd` at restore.
     pub ext_files: Vec<String>,
+    /// criu's `--external dev[MAJOR/MINOR]:NAME`: a mount of that block
+    /// device is saved under NAME, mounted from the device
+    /// `--external dev[NAME]:DEVPATH` names at restore.
+    pub ext_devs: Vec<((u32, u32), String)>,
     /// Save established TCP connections in repair mode (criu's
     /// `--tcp-established`), under a network lock.
     pub tcp_established: bool,
@@ -396,7 +400,12 @@ fn dump_frozen(
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
-    let mntns = mntns::collect(Pid(root as i32), &tree_pids, &opts.ext_mounts)?;
+    let mntns = mntns::collect(
+        Pid(root as i32),
+        &tree_pids,
+        &opts.ext_mounts,
+        &opts.ext_devs,
+    )?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {

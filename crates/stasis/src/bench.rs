@@ -670,6 +670,7 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         ext_unix_sk: false,
         ext_unix_inos: Vec::new(),
         ext_files: Vec::new(),
+        ext_devs: Vec::new(),
         tcp_established: false,
         tcp_close: false,
         network_lock: stasis_sys::netlock::Method::Skip,

@@ -447,6 +447,9 @@ pub enum External {
     /// `file[MNT_ID:INODE]` (dump, both in hex): the file is saved as
     /// external, handed back with `--inherit-fd fd[N]:file[MNT_ID:INODE]`.
     File(String),
+    /// `dev[MAJOR/MINOR]:NAME` at dump, `dev[NAME]:DEVPATH` at restore:
+    /// a mount of a block device, mounted anew from DEVPATH.
+    Device(String, String),
     /// A kind stasis does not do yet: the one-line reason.
     Unsupported(String),
 }
@@ -480,10 +483,10 @@ impl External {
             ("unix", id, None) => {
                 External::Unix(id.parse().map_err(|_| format!("{v}: unix[INODE]"))?)
             }
-            ("dev", ..) => External::Unsupported(format!(
-                "--external {v}: mounts of block devices are not restored yet (a mount of a \
-                 device not bound from the host is refused at dump)"
-            )),
+            ("dev", id, Some(val)) if !id.is_empty() && !val.is_empty() => {
+                External::Device(id.to_string(), val.to_string())
+            }
+            ("dev", ..) => return Err(format!("{v}: dev[MAJOR/MINOR]:NAME or dev[NAME]:DEVPATH")),
             ("file", id, None) => match id.split_once(':') {
                 Some((m, i))
                     if u64::from_str_radix(m, 16).is_ok() && u64::from_str_radix(i, 16).is_ok() =>
@@ -537,7 +540,11 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
         },
         "external" => match v.map(External::parse) {
             Some(Ok(
-                External::Veth(_) | External::Mount(..) | External::Unix(_) | External::File(_),
+                External::Veth(_)
+                | External::Mount(..)
+                | External::Unix(_)
+                | External::File(_)
+                | External::Device(..),
             )) => Fate::Applied,
             Some(Ok(External::AutoMounts)) => Fate::Accepted(AUTO_EXT_MOUNTS),
             Some(Ok(External::Unsupported(_))) => Fate::Refused,

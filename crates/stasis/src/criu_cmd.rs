@@ -33,6 +33,8 @@ pub(crate) struct Request {
     pub(crate) ext_unix_inos: Vec<u64>,
     /// criu's `--external file[MNT_ID:INODE]` (dump).
     pub(crate) ext_files: Vec<String>,
+    /// criu's `--external dev[MAJOR/MINOR]:NAME` (dump).
+    pub(crate) ext_devs: Vec<((u32, u32), String)>,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
     pub(crate) tcp_established: bool,
     pub(crate) tcp_close: bool,
@@ -258,6 +260,17 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
                 criu::External::Mount(a, b) => r.mounts.ext_map.push((a, b)),
                 criu::External::Unix(ino) => r.ext_unix_inos.push(ino),
                 criu::External::File(key) => r.ext_files.push(key),
+                // criu: MAJOR/MINOR:NAME at dump, NAME:DEVPATH at restore.
+                criu::External::Device(id, val) if r.command == "restore" => {
+                    r.mounts.ext_devs.push((id, val))
+                }
+                criu::External::Device(id, val) => {
+                    let dev = id
+                        .split_once('/')
+                        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                        .ok_or_else(|| anyhow!("invalid argument for --external: {v} (criu's dev[MAJOR/MINOR]:NAME at dump)"))?;
+                    r.ext_devs.push((dev, val));
+                }
                 criu::External::AutoMounts | criu::External::Unsupported(_) => {}
             }
         }
@@ -506,6 +519,7 @@ pub(crate) fn dump_options(
         ext_unix_sk: r.ext_unix_sk,
         ext_unix_inos: r.ext_unix_inos.clone(),
         ext_files: r.ext_files.clone(),
+        ext_devs: r.ext_devs.clone(),
         tcp_established: r.tcp_established,
         tcp_close: r.tcp_close,
         // criu's default.

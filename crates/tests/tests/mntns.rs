@@ -242,3 +242,103 @@ fn failed_restore_leaves_no_mount_namespace() {
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
+
+/// A loop device with an ext4 filesystem, detached on drop.
+struct Loop {
+    dev: String,
+    rdev: (u32, u32),
+}
+
+impl Loop {
+    fn new(work: &Work) -> Loop {
+        use std::os::unix::fs::MetadataExt;
+        let file = work.path("blk.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("blk.img");
+        let ok = |c: &mut std::process::Command| {
+            let o = c.output().expect("run");
+            assert!(o.status.success(), "{c:?}: {o:?}");
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        ok(std::process::Command::new("mkfs.ext4")
+            .arg("-q")
+            .arg("-F")
+            .arg(&file));
+        let dev = ok(std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file));
+        let rdev = std::fs::metadata(&dev).expect("loop device").rdev();
+        Loop {
+            dev,
+            rdev: (libc::major(rdev), libc::minor(rdev)),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}
+
+/// A block device's filesystem mounted in the tree's namespace: refused
+/// by name without criu's `--external dev[MAJOR/MINOR]:NAME`; with it
+/// dumped, a restore without `--external dev[NAME]:DEVPATH` refused
+/// naming it (nothing left), then mounted anew from the device: the held
+/// file is the one on it, writable.
+fn blockdev_case(name: &str, corrupt: bool) -> Option<Outcome> {
+    if not_root() {
+        return None;
+    }
+    let work = Work::new(name);
+    let lo = Loop::new(&work);
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let dev = leak(lo.dev.clone());
+    let mut args = vec!["--case", "blockdev", "--dev", dev];
+    if corrupt {
+        args.push("--corrupt");
+    }
+    let mut opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_mntns"), &args, &opts);
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("ext4") && out.stderr.trim_end().lines().count() == 1,
+        "dump without --external dev[...]: {out:?}"
+    );
+    step(&work, "after the refused dump", p.check_running_untraced());
+    let ext = leak(format!("dev[{}/{}]:blk", lo.rdev.0, lo.rdev.1));
+    opts.dump_extra = vec!["--external", ext];
+    dump_and_check_gone(&work, &mut p, &opts);
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("dev[blk]"),
+        "restore without dev[blk]:DEVPATH: {out:?}"
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
+    opts.restore_extra = vec!["--external", leak(format!("dev[blk]:{dev}")), "--root", "/"];
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    let out = finish(&work, &mut r, opts.finish_timeout);
+    drop(lo);
+    Some(out)
+}
+
+#[test]
+fn cr_mount_namespace_external_dev() {
+    if let Some(out) = blockdev_case("cr_mntns_external_dev", false) {
+        assert!(out.result.starts_with("PASS"), "{out:?}");
+    }
+}
+
+#[test]
+fn negative_cr_mount_namespace_external_dev() {
+    if let Some(out) = blockdev_case("negative_cr_mntns_external_dev", true) {
+        assert!(out.result.starts_with("FAIL: "), "{out:?}");
+    }
+}
