@@ -15,6 +15,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 mod tmpfs;
 
+/// criu's `--external dev[MAJOR/MINOR]:NAME`: a block device and its name.
+type ExtDev = ((u32, u32), String);
+
 /// Pseudo filesystems a restore mounts anew with their options.
 const FRESH: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"];
 
@@ -33,7 +36,7 @@ pub(crate) fn collect(
     root: Pid,
     pids: &[u32],
     ext: &[(String, String)],
-    devs: &[((u32, u32), String)],
+    devs: &[ExtDev],
 ) -> Result<Option<MountNs>> {
     let r = root.0 as u32;
     let pid_ns = |t: &str| {
@@ -274,7 +277,7 @@ fn classify(
     m: &MountInfo,
     (tree, ours): (&[MountInfo], &[MountInfo]),
     before: &[Mount],
-    (pids, devs): (&[u32], &[((u32, u32), String)]),
+    (pids, devs): (&[u32], &[ExtDev]),
     bytes: &mut u64,
 ) -> Result<MountHow> {
     if let Some(host_path) = host_path_of(m, ours) {

@@ -422,7 +422,7 @@ fn blockdev(proto: &Proto, dir: &Path, dev: &str, corrupt: bool) -> ! {
         text.lines()
             .filter(|l| l.split(' ').nth(4) == Some(mp.as_str()))
             .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_string))
-            .last()
+            .next_back()
     };
     r.eq("filesystem on blk", Some("ext4".to_string()), fs_at(&blk));
     let mut got = vec![0u8; 64];
