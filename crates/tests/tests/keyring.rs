@@ -105,3 +105,18 @@ fn refuse_session_keyring_name_taken() {
     );
     assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
 }
+
+/// A child with a session keyring of its own, not the root's: the dump
+/// refuses it by name (a restored tree shares the root's), and the tree
+/// runs on.
+#[test]
+fn refuse_child_own_session_keyring() {
+    refused_dump(
+        "refuse_child_own_session_keyring",
+        Program::Bin("tp_keyring"),
+        &["--child-own"],
+        &[],
+        &["stasis-tp-child", "is not the tree root's"],
+        true,
+    );
+}

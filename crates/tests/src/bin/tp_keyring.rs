@@ -24,8 +24,12 @@
 //! like a dead container's) or 0x3f1b0008 (`anybody`: anybody may), until
 //! the work directory goes; `holder.ready` says it is there.
 //!
+//! `--child-own`: the child joins a session keyring of its own (not the
+//! parent's) before ready; the dump must refuse it by name (the child's
+//! check then expects its own).
+//!
 //! Usage: `tp_keyring WORKDIR [--empty|--unreadable|--timeout]
-//! [--holder owner|anybody] [--corrupt]`
+//! [--holder owner|anybody] [--child-own] [--corrupt]`
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -185,11 +189,26 @@ fn main() {
     let child = unsafe { libc::fork() };
     assert!(child >= 0, "fork");
     if child == 0 {
+        if args.flag("child-own") {
+            let own =
+                CString::new(format!("stasis-tp-child.{}", std::process::id())).expect("name");
+            let k = keyctl(KEYCTL_JOIN_SESSION_KEYRING, own.as_ptr() as i64, 0, 0);
+            let _ = std::fs::write(proto.path("child.own"), k.to_string());
+        }
         proto.wait_go();
         let k = keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0, 0);
         let _ = std::fs::write(proto.path("child.ring"), k.to_string());
         // SAFETY: leave at once.
         unsafe { libc::_exit(0) };
+    }
+    // The child's own keyring joined before ready (`--child-own`).
+    let start = std::time::Instant::now();
+    while args.flag("child-own") && !proto.path("child.own").exists() {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the child did not join its keyring"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     proto.ready_and_wait();
     let after = snapshot();
@@ -202,7 +221,10 @@ fn main() {
     let mut st = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut st, 0) };
-    let ours = keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0, 0);
+    let ours = match std::fs::read_to_string(proto.path("child.own")) {
+        Ok(own) => own.trim().parse().unwrap_or(0),
+        Err(_) => keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0, 0),
+    };
     let theirs = std::fs::read_to_string(proto.path("child.ring")).unwrap_or_default();
     report.eq("the child's session keyring", ours.to_string(), theirs);
     proto.finish(&report);
