@@ -134,6 +134,9 @@ impl MountNs {
                     return Err(w("bind root not a plain relative path"));
                 }
             }
+            if matches!(&m.how, MountHow::Device { name } if name.is_empty()) {
+                return Err(w("external device without a name"));
+            }
             if m.attrs & !ATTR_ALL != 0 {
                 return Err(w("unknown attribute bits"));
             }
