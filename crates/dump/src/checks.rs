@@ -350,13 +350,14 @@ pub(crate) fn query_thread(r: &mut RemoteThread, pid: u32) -> Result<u32> {
     Ok(le_u32(&r.read_scratch(0, 4).at(pid, Stage::Query)?, 0))
 }
 
-/// The keyrings a restored process inherits are the restorer's: one of
-/// its own (a joined session keyring, a process keyring) is refused. A
-/// process without a session keyring reports its user's default one,
-/// which a restored process of that user finds again by itself. (Asking
-/// installs that default as the process's session keyring, as the
-/// kernel does on any access: the same keyring its lookups fell back to.)
-fn keyrings(r: &mut RemoteThread, pid: u32) -> Result<()> {
+/// The keyrings a restored process inherits are the restorer's, except a
+/// session keyring of its own (a joined one), which is read and saved
+/// (keyrings.rs); a process keyring is refused. A process without a
+/// session keyring reports its user's default one, which a restored
+/// process of that user finds again by itself. (Asking installs that
+/// default as the process's session keyring, as the kernel does on any
+/// access: the same keyring its lookups fell back to.)
+fn keyrings(r: &mut RemoteThread, pid: u32) -> Result<Option<stasis_image::Keyring>> {
     let mut id = |spec: i64| -> Result<Option<i64>> {
         let k = r
             .syscall(libc::SYS_keyctl, &[KEYCTL_GET_KEYRING_ID, spec as u64, 0])
@@ -366,7 +367,7 @@ fn keyrings(r: &mut RemoteThread, pid: u32) -> Result<()> {
     if let Some(k) = id(KEY_SPEC_PROCESS_KEYRING)? {
         return Err(refuse(
             pid,
-            format!("a process keyring of its own (key {k}): keyrings are not restored yet"),
+            format!("a process keyring of its own (key {k}): not restored yet"),
         ));
     }
     let session = id(KEY_SPEC_SESSION_KEYRING)?;
@@ -375,15 +376,38 @@ fn keyrings(r: &mut RemoteThread, pid: u32) -> Result<()> {
         "pid {pid}: session keyring {session:?}, user default {user_default:?}, ours {:?}",
         stasis_sys::util::own_keyring(KEY_SPEC_SESSION_KEYRING)
     );
-    if session.is_some()
-        && session != user_default
-        && session != stasis_sys::util::own_keyring(KEY_SPEC_SESSION_KEYRING)
-    {
+    match session {
+        Some(k)
+            if session != user_default
+                && session != stasis_sys::util::own_keyring(KEY_SPEC_SESSION_KEYRING) =>
+        {
+            crate::keyrings::read_session(r, pid, k).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Every process of the tree has the same session keyring: the root's
+/// own one (the restored root joins it anew and every other process
+/// inherits it), or none of its own.
+pub(crate) fn session_keyrings(images: &[&stasis_image::ProcessImage]) -> Result<()> {
+    let Some(root) = images.first() else {
+        return Ok(());
+    };
+    let serial = |i: &stasis_image::ProcessImage| i.session_keyring.as_ref().map(|k| k.serial);
+    let name = |i: &stasis_image::ProcessImage| {
+        i.session_keyring.as_ref().map_or(
+            "none of its own (ours or its user's default)".to_string(),
+            |k| format!("{:?} (key {})", k.name, k.serial),
+        )
+    };
+    if let Some(other) = images.iter().find(|i| serial(i) != serial(root)) {
         return Err(refuse(
-            pid,
+            other.pid,
             format!(
-                "a session keyring of its own (key {}): keyrings are not restored yet",
-                session.unwrap_or(0)
+                "its session keyring {} is not the tree root's {}: only a tree sharing one session keyring is restored yet",
+                name(other),
+                name(root)
             ),
         ));
     }
@@ -413,8 +437,11 @@ fn autogroup(pid: u32) -> Result<()> {
 /// autogroup nice value, a local descriptor table (modify_ldt),
 /// memory-deny-write-execute, a trapping TSC, a machine-check kill policy
 /// and CPUID faulting (ARCH_SET_CPUID 0).
-pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
-    keyrings(r, pid)?;
+pub(crate) fn query_process(
+    r: &mut RemoteThread,
+    pid: u32,
+) -> Result<Option<stasis_image::Keyring>> {
+    let keyring = keyrings(r, pid)?;
     autogroup(pid)?;
     let (scratch, _) = r.scratch();
     let ldt = r
@@ -467,7 +494,7 @@ pub(crate) fn query_process(r: &mut RemoteThread, pid: u32) -> Result<()> {
             "CPUID faulting (arch_prctl ARCH_SET_CPUID 0)".into(),
         ));
     }
-    Ok(())
+    Ok(keyring)
 }
 
 const MPOL_DEFAULT: u32 = 0;

@@ -70,7 +70,7 @@ fn check(pid: u32, status: &Status) -> Result<()> {
 pub(crate) fn collect(
     frozen: &mut Frozen,
     shell_job: bool,
-    sockets: kinds::SockOpts,
+    sockets: &kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
     track: TrackIn,
 ) -> Result<Collected> {
@@ -193,6 +193,7 @@ pub(crate) fn collect(
         cwd_saved: 0,
         ns_pids: Vec::new(),
         pid_for_children_nested: false,
+        session_keyring: q.session_keyring,
     };
     Ok(Collected {
         image,
@@ -258,8 +259,9 @@ fn query_threads(
         attrs.thread(r, tid)?;
         if tid == p {
             let dynamic = xsave::dynamic(xsave::features(&t.xsave));
-            q = Some(query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?);
-            checks::query_process(r, pid)?;
+            let mut queried = query(r, pid, status.sig_cgt | status.sig_ign, dynamic)?;
+            queried.session_keyring = checks::query_process(r, pid)?;
+            q = Some(queried);
             timers = timers::query_timers(r, pid)?;
             attrs.process(r)?;
             if let Some(u) = uffd.as_mut() {
@@ -305,6 +307,8 @@ struct Queried {
     dumpable: u32,
     securebits: u32,
     brk: u64,
+    /// A session keyring of its own (checks::query_process).
+    session_keyring: Option<stasis_image::Keyring>,
 }
 
 /// State only the process itself can report, through remote syscalls.
@@ -362,5 +366,6 @@ fn query(r: &mut RemoteThread, pid: u32, handled: u64, dynamic: u64) -> Result<Q
         dumpable,
         securebits,
         brk,
+        session_keyring: None,
     })
 }

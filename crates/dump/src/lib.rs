@@ -29,6 +29,7 @@ mod collect;
 mod cow;
 mod fdowner;
 pub mod freeze;
+mod keyrings;
 mod kinds;
 mod locks;
 mod lsm;
@@ -77,6 +78,16 @@ pub struct DumpOptions {
     /// criu's `--ext-unix-sk`: datagram sockets connected to a named one
     /// outside the tree are saved (connected again by name at restore).
     pub ext_unix_sk: bool,
+    /// criu's `--external unix[INO]`: the same for these sockets of the
+    /// tree only.
+    pub ext_unix_inos: Vec<u64>,
+    /// criu's `--external file[MNT_ID:INODE]`: these files are saved as
+    /// external, handed back with `--inherit-fd` at restore.
+    pub ext_files: Vec<String>,
+    /// criu's `--external dev[MAJOR/MINOR]:NAME`: a mount of that block
+    /// device is saved under NAME, mounted from the device
+    /// `--external dev[NAME]:DEVPATH` names at restore.
+    pub ext_devs: Vec<((u32, u32), String)>,
     /// Save established TCP connections in repair mode (criu's
     /// `--tcp-established`), under a network lock.
     pub tcp_established: bool,
@@ -376,6 +387,8 @@ fn dump_frozen(
     let sockets = kinds::SockOpts {
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
+        ext_unix_inos: opts.ext_unix_inos.clone().into(),
+        ext_files: opts.ext_files.clone().into(),
         tcp: match (opts.tcp_close, opts.tcp_established) {
             (true, _) => kinds::TcpMode::Close,
             (false, true) => kinds::TcpMode::Established,
@@ -387,7 +400,12 @@ fn dump_frozen(
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
-    let mntns = mntns::collect(Pid(root as i32), &tree_pids, &opts.ext_mounts)?;
+    let mntns = mntns::collect(
+        Pid(root as i32),
+        &tree_pids,
+        &opts.ext_mounts,
+        &opts.ext_devs,
+    )?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     for f in &mut frozen.procs {
@@ -398,12 +416,13 @@ fn dump_frozen(
         collected.push(collect::collect(
             f,
             opts.shell_job,
-            sockets,
+            &sockets,
             &mut shmem,
             track,
         )?);
     }
     checks::parent_threads(&collected)?;
+    checks::session_keyrings(&collected.iter().map(|c| &c.image).collect::<Vec<_>>())?;
     let mut ipc = sysvipc::collect(root, &collected)?;
     kinds::link_tree(
         &mut collected

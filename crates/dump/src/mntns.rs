@@ -15,6 +15,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 mod tmpfs;
 
+/// criu's `--external dev[MAJOR/MINOR]:NAME`: a block device and its name.
+type ExtDev = ((u32, u32), String);
+
 /// Pseudo filesystems a restore mounts anew with their options.
 const FRESH: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"];
 
@@ -27,11 +30,13 @@ fn ns_ino(task: &str) -> Option<u64> {
 /// The root's mount namespace, if it is not stasis's own. (A tree in a
 /// PID namespace stasis runs keeps its private namespace, made anew with
 /// only /proc: see checks.rs.)
-/// `ext` lists criu's `--ext-mount-map MOUNTPOINT:KEY` given at dump.
+/// `ext` lists criu's `--ext-mount-map MOUNTPOINT:KEY` given at dump,
+/// `devs` its `--external dev[MAJOR/MINOR]:NAME`.
 pub(crate) fn collect(
     root: Pid,
     pids: &[u32],
     ext: &[(String, String)],
+    devs: &[ExtDev],
 ) -> Result<Option<MountNs>> {
     let r = root.0 as u32;
     let pid_ns = |t: &str| {
@@ -87,7 +92,7 @@ pub(crate) fn collect(
                 key: key.clone(),
                 host_path: host_path_of(m, &ours).unwrap_or_default(),
             },
-            None => classify(r, m, (&theirs, &ours), &mounts, pids, &mut bytes)?,
+            None => classify(r, m, (&theirs, &ours), &mounts, (pids, devs), &mut bytes)?,
         };
         mounts.push(mount_of(r, m, &host_groups, how)?);
     }
@@ -272,7 +277,7 @@ fn classify(
     m: &MountInfo,
     (tree, ours): (&[MountInfo], &[MountInfo]),
     before: &[Mount],
-    pids: &[u32],
+    (pids, devs): (&[u32], &[ExtDev]),
     bytes: &mut u64,
 ) -> Result<MountHow> {
     if let Some(host_path) = host_path_of(m, ours) {
@@ -288,7 +293,10 @@ fn classify(
     // A bind of a directory or file of an earlier mount of the namespace's
     // own (a proc, tmpfs, ... made here): bound again from it.
     if let Some((b, rel)) = before.iter().find_map(|b| {
-        let own = matches!(b.how, MountHow::Fresh | MountHow::Tmpfs { .. });
+        let own = matches!(
+            b.how,
+            MountHow::Fresh | MountHow::Tmpfs { .. } | MountHow::Device { .. }
+        );
         let rel = if b.root == "/" {
             Some(m.root.as_str())
         } else {
@@ -314,6 +322,9 @@ fn classify(
                 m.root
             ),
         ));
+    }
+    if let Some((_, name)) = devs.iter().find(|(d, _)| *d == (m.major, m.minor)) {
+        return Ok(MountHow::Device { name: name.clone() });
     }
     if FRESH.contains(&m.fs_type.as_str()) {
         if m.fs_type == "devpts" && files_on(pids, (m.major, m.minor)) {

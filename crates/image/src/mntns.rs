@@ -74,6 +74,11 @@ pub enum MountHow {
     /// directory or file `root` (relative, "" for its root) of the
     /// earlier mount `of` (runc's read-only binds of /proc/sys, ...).
     Bind { of: u32, root: String },
+    /// A filesystem on a block device the caller named external at the
+    /// dump (criu's `--external dev[MAJOR/MINOR]:NAME`): mounted anew with
+    /// its options from the device `--external dev[NAME]:DEVPATH` names
+    /// at restore.
+    Device { name: String },
 }
 
 /// One file of a saved tmpfs, parents before children.
@@ -128,6 +133,9 @@ impl MountNs {
                 if root.starts_with('/') || root.split('/').any(|c| c == "..") {
                     return Err(w("bind root not a plain relative path"));
                 }
+            }
+            if matches!(&m.how, MountHow::Device { name } if name.is_empty()) {
+                return Err(w("external device without a name"));
             }
             if m.attrs & !ATTR_ALL != 0 {
                 return Err(w("unknown attribute bits"));

@@ -207,6 +207,37 @@ pub struct ProcessImage {
     /// of a child of its (unshare(CLONE_NEWPID), then fork), not its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pid_for_children_nested: bool,
+    /// A session keyring of its own (joined with KEYCTL_JOIN_SESSION_KEYRING,
+    /// as runc does for each container), with its keys; `None`: it uses
+    /// the restorer's or its user's default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_keyring: Option<Keyring>,
+}
+
+/// A keyring as KEYCTL_DESCRIBE reports it, and the keys it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyring {
+    /// Its serial at the dump: processes with the same serial shared it.
+    pub serial: i32,
+    /// Its description (the name KEYCTL_JOIN_SESSION_KEYRING took).
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission mask (KEYCTL_SETPERM).
+    pub perm: u32,
+    /// Its keys, in the keyring's order.
+    pub keys: Vec<Key>,
+}
+
+/// A key of type "user" held by a keyring, with its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub description: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub perm: u32,
+    #[serde(with = "hex_bytes")]
+    pub payload: Vec<u8>,
 }
 
 /// A file object whose contents are saved in the image: referenced by
@@ -485,6 +516,12 @@ pub enum FdKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         external: bool,
     },
+    /// A file the caller named external at the dump (criu's `--external
+    /// file[MNT_ID:INODE]`, the key, with both numbers in hex): nothing of
+    /// it is saved; a restore takes the descriptor the caller hands it
+    /// with `--inherit-fd fd[N]:KEY` (the same open file description, as
+    /// criu does), else refuses.
+    ExternalFile { key: String, flags: u32 },
     /// An open file whose contents are in the image ([`SavedFile`] `id`):
     /// reopened with these flags at this offset.
     Saved { id: u64, flags: u32, pos: u64 },
@@ -851,7 +888,8 @@ impl FdKind {
             | FdKind::Pidfd { flags, .. }
             | FdKind::PtyMaster { flags, .. }
             | FdKind::PtySlave { flags, .. }
-            | FdKind::DevTty { flags, .. } => *flags,
+            | FdKind::DevTty { flags, .. }
+            | FdKind::ExternalFile { flags, .. } => *flags,
         }
     }
 }

@@ -266,6 +266,7 @@ fn sample_process(pid: u32, ppid: u32) -> ProcessImage {
         cwd_saved: 0,
         ns_pids: Vec::new(),
         pid_for_children_nested: false,
+        session_keyring: None,
     }
 }
 

@@ -42,6 +42,7 @@ mod creds_check;
 mod fdowner;
 mod guard;
 mod hugetlb;
+mod keyrings;
 mod kinds;
 pub mod lazy;
 pub mod lazy_daemon;

@@ -34,6 +34,7 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             | FdKind::ProcFile { path, .. } => path.clone(),
             FdKind::Pidfd { pid, .. } => format!("pidfd of PID {pid}"),
             FdKind::Pipe { id, .. } => format!("pipe:[{id}]"),
+            FdKind::ExternalFile { key, .. } => key.clone(),
             FdKind::UnixSocket { id, .. } => format!("socket:[{id}]"),
             FdKind::Saved { id, .. } => format!("saved file {id}"),
             FdKind::EventFd { .. } => "anon_inode:[eventfd]".into(),

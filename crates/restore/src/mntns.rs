@@ -29,6 +29,9 @@ pub struct MountOptions {
     /// `--inherit-fd fd[N]:KEY`: our descriptor N stands in for the
     /// image's external object KEY (a pipe whose other end was outside).
     pub inherit: Vec<(i32, String)>,
+    /// `--external dev[NAME]:DEVPATH`: the block device a mount saved as
+    /// external device NAME is mounted from.
+    pub ext_devs: Vec<(String, String)>,
 }
 
 /// Where a mapped external mount is bound from instead of the path the
@@ -246,7 +249,7 @@ fn mount_all(
                 _ => {
                     let fd = match external.remove(&m.id) {
                         Some(fd) => fd,
-                        None => fresh(m, pid)?,
+                        None => fresh(m, opts, pid)?,
                     };
                     sys::set_attrs(fd.as_fd(), m.attrs)
                         .map_err(|e| refused(pid, m, e.to_string()))?;
@@ -273,7 +276,7 @@ fn mount_all(
                     .map_err(|e| refused(pid, m, format!("its source {from}: {e}")))?;
                 sys::clone_mount_at(p.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?
             }
-            (None, None) => fresh(m, pid)?,
+            (None, None) => fresh(m, opts, pid)?,
         };
         sys::set_attrs(fd.as_fd(), m.attrs).map_err(|e| refused(pid, m, e.to_string()))?;
         let target = if i == 0 {
@@ -339,12 +342,16 @@ fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
 
 /// A new filesystem for `m` (a pseudo filesystem, or a tmpfs filled
 /// with its saved contents), detached.
-fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
+fn fresh(m: &Mount, opts: &MountOptions, pid: u32) -> Result<OwnedFd> {
     let tmpfs = matches!(m.how, MountHow::Tmpfs { .. });
     let all = m.super_options.split(',').filter(|o| !o.is_empty());
     // A read-only tmpfs is filled first, then made read-only.
     let options: Vec<&str> = all.clone().filter(|o| !tmpfs || *o != "ro").collect();
-    let fd = sys::new_fs(&m.fs_type, &m.source, &options, 0)
+    let source = match &m.how {
+        MountHow::Device { name } => device(m, name, opts, pid)?,
+        _ => m.source.clone(),
+    };
+    let fd = sys::new_fs(&m.fs_type, &source, &options, 0)
         .map_err(|e| refused(pid, m, e.to_string()))?;
     if let MountHow::Tmpfs { entries } = &m.how {
         fill(fd.as_raw_fd(), entries).map_err(|e| refused(pid, m, e))?;
@@ -353,6 +360,33 @@ fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
         }
     }
     Ok(fd)
+}
+
+/// The block device an external device mount `name` is mounted from:
+/// the one `--external dev[NAME]:DEVPATH` names, which must be a block
+/// device.
+fn device(m: &Mount, name: &str, opts: &MountOptions, pid: u32) -> Result<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Some((_, path)) = opts.ext_devs.iter().find(|(n, _)| n == name) else {
+        return Err(refused(
+            pid,
+            m,
+            format!("external device {name}: give its device with --external dev[{name}]:DEVPATH"),
+        ));
+    };
+    match std::fs::metadata(path) {
+        Ok(md) if md.file_type().is_block_device() => Ok(path.clone()),
+        Ok(_) => Err(refused(
+            pid,
+            m,
+            format!("external device {name}: {path} is not a block device"),
+        )),
+        Err(e) => Err(refused(
+            pid,
+            m,
+            format!("external device {name}: {path}: {e}"),
+        )),
+    }
 }
 
 /// Detached copies of every external mount, taken before anything is

@@ -35,6 +35,10 @@ pub(crate) fn rebuild(
     memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
     fault_point(pid, Stage::Memory)?;
     attributes::attributes(&mut r, img)?;
+    // The root's session keyring, which every process shares.
+    if k == 0 {
+        crate::keyrings::fill(&mut r, img)?;
+    }
     // A deleted working directory has no name: entered by descriptor.
     kinds::saved::fchdir(&mut r, img, svc)?;
     // AMX permission before threads and altstacks (see xstate::permit).

@@ -105,6 +105,8 @@ pub(crate) fn restore_tree(
     // The tree's own user namespace, made first (it owns every namespace
     // made for the tree after it), its maps written from outside.
     tree.plan.user_maps = user.map(crate::userns::maps);
+    // The tree's session keyring, joined anew by the root before it forks.
+    tree.plan.session_keyring = crate::keyrings::preflight(procs, user.is_some())?;
     // The tree's own UTS namespace, made by the first process forked.
     tree.plan.uts = uts.map(|u| {
         (
@@ -336,6 +338,7 @@ fn plan_tree(
             late_mounts: Vec::new(),
             sibling: false,
             user_maps: None,
+            session_keyring: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

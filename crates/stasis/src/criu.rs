@@ -428,6 +428,88 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     Ok(p)
 }
 
+const AUTO_EXT_MOUNTS: &str = "stasis always finds external mounts itself: each is saved \
+     with its host path as its key, and bound from there when its filesystem is still there";
+
+/// One `--external RES` (criu's spellings), as judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum External {
+    /// `veth[IN]:OUT[@BRIDGE]` (restore).
+    Veth(stasis_restore::VethMap),
+    /// `mnt[MOUNTPOINT]:KEY` at dump, `mnt[KEY]:PATH` at restore: the
+    /// same pair as `--ext-mount-map`.
+    Mount(String, String),
+    /// `mnt[]` (criu's automatic external mounts, what stasis always does).
+    AutoMounts,
+    /// `unix[INO]` (dump): the unix socket of the tree with this inode may
+    /// have its other end outside (criu's per-socket `--ext-unix-sk`).
+    Unix(u64),
+    /// `file[MNT_ID:INODE]` (dump, both in hex): the file is saved as
+    /// external, handed back with `--inherit-fd fd[N]:file[MNT_ID:INODE]`.
+    File(String),
+    /// `dev[MAJOR/MINOR]:NAME` at dump, `dev[NAME]:DEVPATH` at restore:
+    /// a mount of a block device, mounted anew from DEVPATH.
+    Device(String, String),
+    /// `macvlan[IN]:OUT` (restore): the lower device of macvlan IN.
+    Macvlan(stasis_restore::MacvlanMap),
+    /// A kind stasis does not do yet: the one-line reason.
+    Unsupported(String),
+}
+
+impl External {
+    pub fn parse(v: &str) -> Result<External, String> {
+        let bad = || format!("{v} (criu's TYPE[ID]:VALUE)");
+        let (kind, rest) = v.split_once('[').ok_or_else(bad)?;
+        let (id, value) = match rest.split_once(']') {
+            Some((id, "")) => (id, None),
+            Some((id, val)) => (id, Some(val.strip_prefix(':').ok_or_else(bad)?)),
+            None => return Err(bad()),
+        };
+        Ok(match (kind, id, value) {
+            ("veth", ..) => External::Veth(veth_spec("external", v).ok_or_else(bad)?),
+            ("mnt", "", None) => External::AutoMounts,
+            ("mnt", "", Some(flags)) if flags.chars().all(|c| c == 'm' || c == 's') => {
+                if flags.is_empty() {
+                    External::AutoMounts
+                } else {
+                    External::Unsupported(format!(
+                        "--external {v}: external mounts' sharing (s) and masters (m) are not \
+                         restored yet (propagation across namespaces is refused at dump)"
+                    ))
+                }
+            }
+            ("mnt", "", Some(_)) => return Err(format!("{v}: mnt[] takes the flags m and s")),
+            ("mnt", id, Some(val)) if !val.is_empty() => {
+                External::Mount(id.to_string(), val.to_string())
+            }
+            ("unix", id, None) => {
+                External::Unix(id.parse().map_err(|_| format!("{v}: unix[INODE]"))?)
+            }
+            ("dev", id, Some(val)) if !id.is_empty() && !val.is_empty() => {
+                External::Device(id.to_string(), val.to_string())
+            }
+            ("dev", ..) => return Err(format!("{v}: dev[MAJOR/MINOR]:NAME or dev[NAME]:DEVPATH")),
+            ("file", id, None) => match id.split_once(':') {
+                Some((m, i))
+                    if u64::from_str_radix(m, 16).is_ok() && u64::from_str_radix(i, 16).is_ok() =>
+                {
+                    // The key as the dump writes it: lower-case hex, no 0s in front.
+                    let hex = |x: &str| format!("{:x}", u64::from_str_radix(x, 16).unwrap_or(0));
+                    External::File(format!("file[{}:{}]", hex(m), hex(i)))
+                }
+                _ => return Err(format!("{v}: file[MNT_ID:INODE], both in hex")),
+            },
+            ("macvlan", ..) => External::Macvlan(macvlan_spec(v).ok_or_else(bad)?),
+            ("tty" | "netdev" | "net" | "pid" | "ipc" | "uts" | "time", ..) => {
+                External::Unsupported(format!(
+                    "--external {v}: external {kind} resources are not supported yet"
+                ))
+            }
+            _ => return Err(format!("{v}: unknown resource type {kind}")),
+        })
+    }
+}
+
 /// The fate of an option whose fate depends on its value; an invalid value
 /// is an error, as in criu.
 /// A veth's names: criu's `IN=OUT[@BRIDGE]` (`--veth-pair`) or
@@ -469,23 +551,26 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
             Some(_) => Fate::Applied,
             None => return Err(bad()),
         },
-        // Only veth[...] and macvlan[...] of criu's external resources (mounts, namespaces,
-        // devices, unix sockets, ...) is implemented.
-        "external" => match v {
-            Some(x) if x.starts_with("veth[") => match veth_spec("external", x) {
-                Some(_) => Fate::Applied,
-                None => return Err(bad()),
-            },
-            Some(x) if x.starts_with("macvlan[") => match macvlan_spec(x) {
-                Some(_) => Fate::Applied,
-                None => return Err(bad()),
-            },
-            _ => Fate::Refused,
+        "external" => match v.map(External::parse) {
+            Some(Ok(
+                External::Veth(_)
+                | External::Mount(..)
+                | External::Unix(_)
+                | External::File(_)
+                | External::Device(..)
+                | External::Macvlan(_),
+            )) => Fate::Applied,
+            Some(Ok(External::AutoMounts)) => Fate::Accepted(AUTO_EXT_MOUNTS),
+            Some(Ok(External::Unsupported(_))) => Fate::Refused,
+            Some(Err(e)) => return Err(format!("invalid argument for --external: {e}")),
+            None => return Err(bad()),
         },
-        // criu's inode list (one-sided dumps of stream sockets) is not.
+        // criu's inode list: each inode as `--external unix[INO]` (and
+        // the option itself on, as criu sets it).
         "ext-unix-sk" => match v {
             None => Fate::Applied,
-            Some(_) => Fate::Refused,
+            Some(l) if l.split(',').all(|i| i.trim().parse::<u64>().is_ok()) => Fate::Applied,
+            Some(_) => return Err(bad()),
         },
         "join-ns" => match v {
             Some(x) if x.starts_with("net:") && x.len() > 4 => Fate::Applied,
@@ -516,10 +601,7 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
         },
         // criu: KEY:PATH at restore (MOUNTPOINT:KEY at dump), or auto.
         "ext-mount-map" => match v {
-            Some("auto") => Fate::Accepted(
-                "stasis always finds external mounts itself: each is saved with its host path \
-                 as its key, and bound from there when its filesystem is still there",
-            ),
+            Some("auto") => Fate::Accepted(AUTO_EXT_MOUNTS),
             Some(m)
                 if m.split_once(':')
                     .is_some_and(|(k, p)| !k.is_empty() && !p.is_empty()) =>

@@ -29,6 +29,12 @@ pub(crate) struct Request {
     pub(crate) skip_in_flight: bool,
     /// criu's `--ext-unix-sk` (without an inode list).
     pub(crate) ext_unix_sk: bool,
+    /// criu's `--external unix[INO]`: these sockets only.
+    pub(crate) ext_unix_inos: Vec<u64>,
+    /// criu's `--external file[MNT_ID:INODE]` (dump).
+    pub(crate) ext_files: Vec<String>,
+    /// criu's `--external dev[MAJOR/MINOR]:NAME` (dump).
+    pub(crate) ext_devs: Vec<((u32, u32), String)>,
     /// criu's `--tcp-established`, `--tcp-close`, `--network-lock`.
     pub(crate) tcp_established: bool,
     pub(crate) tcp_close: bool,
@@ -166,7 +172,14 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "shell-job" => r.shell_job = on,
         "file-locks" => r.file_locks = on,
         "skip-in-flight" => r.skip_in_flight = on,
-        "ext-unix-sk" => r.ext_unix_sk = on,
+        "ext-unix-sk" => {
+            r.ext_unix_sk = on;
+            for i in g.value.as_deref().unwrap_or("").split(',') {
+                if let Ok(ino) = i.trim().parse() {
+                    r.ext_unix_inos.push(ino);
+                }
+            }
+        }
         "tcp-established" => r.tcp_established = on,
         "tcp-close" => r.tcp_close = on,
         "network-lock" => {
@@ -230,21 +243,37 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             let (k, p) = v.split_once(':').unwrap_or((v, ""));
             r.mounts.ext_map.push((k.to_string(), p.to_string()));
         }
-        "external"
-            if g.value
-                .as_deref()
-                .is_some_and(|v| v.starts_with("macvlan[")) =>
-        {
-            let v = g.value.as_deref().unwrap_or("");
-            let m = criu::macvlan_spec(v)
-                .ok_or_else(|| anyhow!("invalid argument for --external: {v}"))?;
-            r.net.macvlans.push(m);
-        }
-        "veth-pair" | "external" => {
+        "veth-pair" => {
             let v = g.value.as_deref().unwrap_or("");
             let m = criu::veth_spec(g.opt.long, v)
                 .ok_or_else(|| anyhow!("invalid argument for --{}: {v}", g.opt.long))?;
             r.net.veths.push(m);
+        }
+        "external" => {
+            let v = g.value.as_deref().unwrap_or("");
+            match criu::External::parse(v)
+                .map_err(|e| anyhow!("invalid argument for --external: {e}"))?
+            {
+                criu::External::Veth(m) => r.net.veths.push(m),
+                // criu: MOUNTPOINT:KEY at dump, KEY:PATH at restore, as
+                // --ext-mount-map.
+                criu::External::Mount(a, b) => r.mounts.ext_map.push((a, b)),
+                criu::External::Unix(ino) => r.ext_unix_inos.push(ino),
+                criu::External::Macvlan(m) => r.net.macvlans.push(m),
+                criu::External::File(key) => r.ext_files.push(key),
+                // criu: MAJOR/MINOR:NAME at dump, NAME:DEVPATH at restore.
+                criu::External::Device(id, val) if r.command == "restore" => {
+                    r.mounts.ext_devs.push((id, val))
+                }
+                criu::External::Device(id, val) => {
+                    let dev = id
+                        .split_once('/')
+                        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                        .ok_or_else(|| anyhow!("invalid argument for --external: {v} (criu's dev[MAJOR/MINOR]:NAME at dump)"))?;
+                    r.ext_devs.push((dev, val));
+                }
+                criu::External::AutoMounts | criu::External::Unsupported(_) => {}
+            }
         }
         "join-ns" => {
             let v = g.value.as_deref().unwrap_or("");
@@ -322,6 +351,10 @@ pub(crate) fn refusal(g: &Given) -> String {
         "stream" => "option --stream (criu's image-streamer socket) is not supported yet: \
                      stasis streams an image with `dump --to-stdout` and `restore --from-stdin`"
             .to_string(),
+        "external" => match g.value.as_deref().map(criu::External::parse) {
+            Some(Ok(criu::External::Unsupported(why))) => why,
+            _ => "option --external is not supported yet".to_string(),
+        },
         long => format!("option --{long} is not supported yet"),
     }
 }
@@ -485,6 +518,9 @@ pub(crate) fn dump_options(
         file_locks: r.file_locks,
         skip_in_flight: r.skip_in_flight,
         ext_unix_sk: r.ext_unix_sk,
+        ext_unix_inos: r.ext_unix_inos.clone(),
+        ext_files: r.ext_files.clone(),
+        ext_devs: r.ext_devs.clone(),
         tcp_established: r.tcp_established,
         tcp_close: r.tcp_close,
         // criu's default.

@@ -236,8 +236,9 @@ fn request(command: &str, o: &Opts, peer: i32) -> Result<Request> {
             .find(|f| f.given.opt.long == g.opt.long && f.given.value == g.value)
             .map_or("?", |f| f.rpc);
         return Err(refused(format!(
-            "criu_opts.{name} is not supported yet (criu's {})",
-            g.spelled()
+            "criu_opts.{name} is not supported yet (criu's {}: {})",
+            g.spelled(),
+            criu_cmd::refusal(&g)
         )));
     }
     r.images_dir = Some(rpc_opts::client_dir(

@@ -138,7 +138,14 @@ pub struct TreePlan {
     /// projid_map texts, written by us from outside right after the fork
     /// (nothing the tree does before it is seized needs them).
     pub user_maps: Option<[String; 4]>,
+    /// The root joins a new session keyring of this name
+    /// (KEYCTL_JOIN_SESSION_KEYRING) before it forks: every process of the
+    /// tree inherits it.
+    pub session_keyring: Option<std::ffi::CString>,
 }
+
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+const NOBODY: libc::c_long = 65534;
 
 /// Failure codes a tree child reports through the ready pipe.
 pub fn tree_failure(code: i32) -> &'static str {
@@ -155,6 +162,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         13 => "creating the new time namespace with its offsets failed",
         14 => "joining the cgroup namespace's roots or unsharing it failed",
         15 => "making a proc, sysfs, mqueue or cgroup mount (or one stacked on it) in the new namespaces failed",
+        16 => "joining its session keyring (KEYCTL_JOIN_SESSION_KEYRING) failed",
         _ => "unexpected failure",
     }
 }
@@ -422,6 +430,26 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
             if libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
                 report(plan.ready_fd, me, 11);
                 exit_now(11);
+            }
+        }
+        if i == 0 {
+            if let Some(name) = &plan.session_keyring {
+                // Joined as nobody (file system ids): the join would take
+                // any keyring of that name its caller may search (a dead
+                // container's, held by a zombie), and only one whose
+                // permissions let anybody search can be found so. Its
+                // owner and permissions are set afterwards (keyrings.rs);
+                // a found one is told from a new one there.
+                let uid = libc::syscall(libc::SYS_setfsuid, NOBODY);
+                let gid = libc::syscall(libc::SYS_setfsgid, NOBODY);
+                let joined =
+                    libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr());
+                libc::syscall(libc::SYS_setfsuid, uid);
+                libc::syscall(libc::SYS_setfsgid, gid);
+                if joined < 0 {
+                    report(plan.ready_fd, me, 16);
+                    exit_now(16);
+                }
             }
         }
         if fork_children(plan, p, me) < 0 {

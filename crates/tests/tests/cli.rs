@@ -181,19 +181,25 @@ fn check_command(cmd: &str, bit: u8, base: &[&str], reached: &str) {
             } else {
                 // Parsed and accepted: stasis went on to the dump/restore
                 // itself, which fails on the missing process/image.
-                assert!(
-                    out.code.is_some_and(|c| c != 0)
-                        && out.stderr.contains(reached)
-                        && !out.stderr.contains("not supported yet"),
-                    "{args:?}: expected to reach {reached:?}, got {:?} {:?}",
-                    out.code,
-                    out.stderr
-                );
+                assert_reached(&args, &out, reached);
             }
             checked += 1;
         }
     }
     eprintln!("{cmd}: {checked} spellings checked");
+}
+
+/// The options were accepted: stasis went on to the command itself, which
+/// failed on the missing process or image (`reached` names it).
+fn assert_reached(args: &[String], out: &CmdOut, reached: &str) {
+    assert!(
+        out.code.is_some_and(|c| c != 0)
+            && out.stderr.contains(reached)
+            && !out.stderr.contains("not supported yet"),
+        "{args:?}: expected to reach {reached:?}, got {:?} {:?}",
+        out.code,
+        out.stderr
+    );
 }
 
 #[test]
@@ -275,6 +281,79 @@ fn option_syntax_errors() {
         out.code,
         out.stderr
     );
+}
+
+/// criu's `--external` kinds: applied (mnt[MOUNTPOINT]:KEY, mnt[KEY]:PATH,
+/// unix[INO], file[MNT_ID:INODE], veth), accepted (mnt[]), refused by
+/// name in one line (dev, macvlan, mnt[]:s/m), invalid ones an error.
+#[test]
+fn external_resources_judged_by_kind() {
+    let work = Work::new("cli_external");
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("dump", "mnt[/srv]:srv", None),
+        ("restore", "mnt[srv]:/tmp", None),
+        ("dump", "mnt[]", None),
+        ("dump", "mnt[]:", None),
+        ("dump", "unix[12345]", None),
+        ("dump", "--ext-unix-sk=12345,678", None),
+        (
+            "dump",
+            "--ext-unix-sk=12x",
+            Some("invalid argument for --ext-unix-sk"),
+        ),
+        ("restore", "veth[eth0]:veth9", None),
+        ("dump", "mnt[]:sm", Some("sharing (s) and masters (m)")),
+        ("dump", "dev[8/1]:disk", None),
+        ("restore", "dev[disk]:/dev/sda1", None),
+        (
+            "dump",
+            "dev[disk]:x",
+            Some("invalid argument for --external"),
+        ),
+        ("dump", "dev[8/1]", Some("invalid argument for --external")),
+        ("dump", "file[1a:2b]", None),
+        ("dump", "file[1a]", Some("invalid argument for --external")),
+        ("restore", "macvlan[eth1]:mv0", Some("external macvlan")),
+        ("dump", "unix[x]", Some("invalid argument for --external")),
+        ("dump", "bogus[1]", Some("invalid argument for --external")),
+        ("dump", "mnt[]:q", Some("invalid argument for --external")),
+    ];
+    for (i, (cmd, ext, want)) in cases.iter().enumerate() {
+        let img = work.path(&format!("img-{i}"));
+        let mut args = strings(&[cmd, "--no-default-config", "-D"]);
+        args.extend(strings(&[img.to_str().expect("utf-8"), "-o", "x.log"]));
+        if *cmd == "dump" {
+            args.extend(strings(&["-t", "99999999"]));
+        }
+        // An option of its own (`--ext-unix-sk=LIST`), or an --external value.
+        let own = ext.starts_with("--");
+        if own {
+            args.push(ext.to_string());
+        } else {
+            args.extend(strings(&["--external", ext]));
+        }
+        let out = run_in(&work, work.dir(), &stasis_bin(), &args);
+        match want {
+            Some(w) => assert!(
+                out.code == Some(1)
+                    && out.stderr.contains(w)
+                    && (own || out.stderr.contains(ext))
+                    && out.stderr.lines().count() == 1
+                    && !img.exists(),
+                "{args:?}: want one line with {w:?}, got {:?} {:?}",
+                out.code,
+                out.stderr
+            ),
+            None => {
+                let reached = if *cmd == "dump" {
+                    "dump pid 99999999"
+                } else {
+                    "restore"
+                };
+                assert_reached(&args, &out, reached);
+            }
+        }
+    }
 }
 
 #[test]

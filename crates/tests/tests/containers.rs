@@ -2,8 +2,8 @@
 //! stasis as their criu.
 //!
 //! runc: a busybox container (a rootfs of Debian's busybox-static in a temp
-//! directory, `runc spec` edited: no terminal, no user namespace, no new
-//! session keyring) runs a shell loop that counts in /dev/shm (the
+//! directory, `runc spec` edited: no terminal, no user namespace; runc's
+//! session keyring `_ses.ID` kept) runs a shell loop that counts in /dev/shm (the
 //! container's own tmpfs, saved in the image) and in its rootfs, checking
 //! on every round that the file still holds what its memory says (a
 //! mismatch is written to /dev/shm/status). `runc --criu STASIS checkpoint`
@@ -21,11 +21,9 @@
 //! checkpointed and restored in place, then checkpointed with `--export`,
 //! removed, and restored with `--import` under a new name. Setup it needs
 //! here, each for a reason outside stasis: `--network none` (other network
-//! setups are another engineer's), ulimits within ours (root lacks
-//! CAP_SYS_RESOURCE), no new session keyring (stasis refuses one of the
-//! container's own by name), and a runc wrapper dropping the
-//! `--no-new-keyring` podman 4.3 passes to `runc restore`, which runc
-//! 1.1.5 does not take (the same failure with criu).
+//! setups are another engineer's) and ulimits within ours (root lacks
+//! CAP_SYS_RESOURCE). The container keeps runc's session keyring of its
+//! own (podman's default), joined anew at restore.
 //!
 //! crun: Debian's crun is built without CRIU support, so
 //! scripts/build-crun.sh builds Debian's crun 1.8.1 source with it,
@@ -473,10 +471,7 @@ fn started(
     }
     let mut b = Bundle::with_program(&engine, name, program);
     let a = b.id("a");
-    assert!(
-        b.start(&a, &["run", "--no-new-keyring", "-d"]).ok,
-        "{engine:?} run"
-    );
+    assert!(b.start(&a, &["run", "-d"]).ok, "{engine:?} run");
     Some((b, a))
 }
 
@@ -877,25 +872,9 @@ impl Podman {
         if !r.ok {
             return Err(format!("stasis install-criu-link: {}", r.out));
         }
-        let wrap = dir.join("runc-wrap");
-        fs::write(
-            &wrap,
-            "#!/bin/sh\n\
-             # runc 1.1.5's restore lacks --no-new-keyring, which podman 4.3 passes.\n\
-             restore=0; for a; do [ \"$a\" = restore ] && restore=1; done\n\
-             for a; do shift; [ $restore = 1 ] && [ \"$a\" = --no-new-keyring ] && continue; set -- \"$@\" \"$a\"; done\n\
-             exec runc \"$@\"\n",
-        )
-        .map_err(|e| e.to_string())?;
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&wrap, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         fs::write(
             dir.join("containers.conf"),
-            format!(
-                "[containers]\nkeyring = false\ndefault_ulimits = [\"nproc=1024:1024\", \"nofile=1024:1024\"]\n\
-                 [engine.runtimes]\nrunc = [\"{}\"]\n",
-                wrap.display()
-            ),
+            "[containers]\ndefault_ulimits = [\"nproc=1024:1024\", \"nofile=1024:1024\"]\n",
         )
         .map_err(|e| e.to_string())?;
         let tar = dir.join("rootfs.tar");

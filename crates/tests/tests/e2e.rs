@@ -853,8 +853,8 @@ fn refuse_detached_mount() {
 }
 
 #[test]
-fn refuse_own_session_keyring() {
-    refuse("keyring", &["session keyring of its own"]);
+fn refuse_process_keyring() {
+    refuse("keyring", &["process keyring of its own"]);
 }
 
 #[test]

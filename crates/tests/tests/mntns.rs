@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::path::PathBuf;
 
 /// Whether the test must be skipped (it needs root); says so.
 fn not_root() -> bool {
@@ -90,6 +91,29 @@ fn refuse_overlay_in_mount_namespace() {
     );
 }
 
+/// WORK/src (bound in the dumped tree) moved to WORK/src-moved: a restore
+/// fails naming `key` (its external mount), leaving no process and no
+/// mount. Returns the new path.
+fn source_moved_restore_refused(work: &Work, p: &Proc, opts: &Opts, key: &str) -> PathBuf {
+    let moved = work.path("src-moved");
+    std::fs::rename(work.path("src"), &moved).expect("move src");
+    let out = restore_detached(work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains(key) && out.stderr.contains("mount"),
+        "restore without the moved source: no refusal naming {key}: {out:?}"
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
+    assert!(
+        !host_sees_mount(&work.path("t")),
+        "a failed restore left a mount"
+    );
+    moved
+}
+
 /// An external mount whose host path is gone: the restore fails naming
 /// its key and `--ext-mount-map`, and leaves nothing; with
 /// `--ext-mount-map KEY:NEWPATH` (criu's restore form) it is bound from
@@ -103,30 +127,42 @@ fn cr_mount_namespace_ext_mount_map() {
     let work = Work::new("cr_mntns_ext_mount_map");
     let mut opts = Opts::default();
     let p = dumped(&work, &opts);
-    let (src, moved) = (work.path("src"), work.path("src-moved"));
-    std::fs::rename(&src, &moved).expect("move src");
-    let out = restore_detached(&work, &[], opts.stasis_timeout);
-    assert!(
-        !out.success(),
-        "restore without the moved source succeeded: {out:?}"
-    );
-    let key = src.to_string_lossy().into_owned();
-    assert!(
-        out.stderr.contains(&key) && out.stderr.contains("mount"),
-        "the error does not name the external mount {key}: {:?}",
-        out.stderr
-    );
-    assert!(
-        !pid_exists(p.pid),
-        "a failed restore left process {}",
-        p.pid
-    );
-    assert!(
-        !host_sees_mount(&work.path("t")),
-        "a failed restore left a mount"
-    );
+    let key = work.path("src").to_string_lossy().into_owned();
+    let moved = source_moved_restore_refused(&work, &p, &opts, &key);
     let map: &'static str = Box::leak(format!("{key}:{}", moved.display()).into_boxed_str());
     opts.restore_extra = vec!["--ext-mount-map", map, "--root", "/"];
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// criu's `--external mnt[MOUNTPOINT]:KEY` at dump names the read-only
+/// bind's key; its source moved, a restore without `mnt[KEY]:PATH` fails
+/// naming the key and leaves nothing; with `--external mnt[KEY]:NEWPATH`
+/// it is bound from there and the tree passes its checks.
+#[test]
+fn cr_mount_namespace_external_mnt() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("cr_mntns_external_mnt");
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    // The three binds of WORK/src: ro, and s1 and s2 (one peer group).
+    let names = ["ro", "s1", "s2"];
+    let mut opts = Opts::default();
+    for n in names {
+        let at = work.path(n);
+        opts.dump_extra.push("--external");
+        opts.dump_extra
+            .push(leak(format!("mnt[{}]:ext{n}", at.display())));
+    }
+    let p = dumped(&work, &opts);
+    let moved = source_moved_restore_refused(&work, &p, &opts, "external mount ext");
+    opts.restore_extra = vec!["--root", "/"];
+    for n in names {
+        opts.restore_extra.push("--external");
+        opts.restore_extra
+            .push(leak(format!("mnt[ext{n}]:{}", moved.display())));
+    }
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
@@ -205,4 +241,104 @@ fn failed_restore_leaves_no_mount_namespace() {
     );
     let mut r = restore_and_adopt(&work, p.pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A loop device with an ext4 filesystem, detached on drop.
+struct Loop {
+    dev: String,
+    rdev: (u32, u32),
+}
+
+impl Loop {
+    fn new(work: &Work) -> Loop {
+        use std::os::unix::fs::MetadataExt;
+        let file = work.path("blk.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("blk.img");
+        let ok = |c: &mut std::process::Command| {
+            let o = c.output().expect("run");
+            assert!(o.status.success(), "{c:?}: {o:?}");
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        ok(std::process::Command::new("mkfs.ext4")
+            .arg("-q")
+            .arg("-F")
+            .arg(&file));
+        let dev = ok(std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file));
+        let rdev = std::fs::metadata(&dev).expect("loop device").rdev();
+        Loop {
+            dev,
+            rdev: (libc::major(rdev), libc::minor(rdev)),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}
+
+/// A block device's filesystem mounted in the tree's namespace: refused
+/// by name without criu's `--external dev[MAJOR/MINOR]:NAME`; with it
+/// dumped, a restore without `--external dev[NAME]:DEVPATH` refused
+/// naming it (nothing left), then mounted anew from the device: the held
+/// file is the one on it, writable.
+fn blockdev_case(name: &str, corrupt: bool) -> Option<Outcome> {
+    if not_root() {
+        return None;
+    }
+    let work = Work::new(name);
+    let lo = Loop::new(&work);
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let dev = leak(lo.dev.clone());
+    let mut args = vec!["--case", "blockdev", "--dev", dev];
+    if corrupt {
+        args.push("--corrupt");
+    }
+    let mut opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_mntns"), &args, &opts);
+    let out = dump(&work, p.pid, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("ext4") && out.stderr.trim_end().lines().count() == 1,
+        "dump without --external dev[...]: {out:?}"
+    );
+    step(&work, "after the refused dump", p.check_running_untraced());
+    let ext = leak(format!("dev[{}/{}]:blk", lo.rdev.0, lo.rdev.1));
+    opts.dump_extra = vec!["--external", ext];
+    dump_and_check_gone(&work, &mut p, &opts);
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains("dev[blk]"),
+        "restore without dev[blk]:DEVPATH: {out:?}"
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a failed restore left process {}",
+        p.pid
+    );
+    opts.restore_extra = vec!["--external", leak(format!("dev[blk]:{dev}")), "--root", "/"];
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    let out = finish(&work, &mut r, opts.finish_timeout);
+    drop(lo);
+    Some(out)
+}
+
+#[test]
+fn cr_mount_namespace_external_dev() {
+    if let Some(out) = blockdev_case("cr_mntns_external_dev", false) {
+        assert!(out.result.starts_with("PASS"), "{out:?}");
+    }
+}
+
+#[test]
+fn negative_cr_mount_namespace_external_dev() {
+    if let Some(out) = blockdev_case("negative_cr_mntns_external_dev", true) {
+        assert!(out.result.starts_with("FAIL: "), "{out:?}");
+    }
 }

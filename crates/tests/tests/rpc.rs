@@ -616,3 +616,73 @@ fn action_script_failure() {
     let mut r = restore_and_adopt(&work, pid, &opts);
     finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
+
+/// criu's external resources through the RPC, judged as on the command
+/// line: `external: ["macvlan[...]"]` is refused by name (EOPNOTSUPP) and the
+/// target runs on; `unix_sk_ino` naming tp_extunix's stream socket (peer
+/// outside the tree) with `external: ["mnt[]"]` dumps it as external
+/// `socket:[INO]`, which a restore without `--inherit-fd` then names.
+#[test]
+fn rpc_external_resources() {
+    let work = Work::new("rpc_external");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_extunix"), &["--stream"], &opts);
+    let key = fs::read_link(format!("/proc/{}/fd/42", p.pid))
+        .expect("fd 42")
+        .to_string_lossy()
+        .into_owned();
+    let ino: u32 = key
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .parse()
+        .expect("inode");
+    fs::create_dir_all(work.img()).expect("img");
+    let dir = fs::File::open(work.img()).expect("open img");
+    let pid = p.pid;
+    let dump = |external: Vec<String>, unix_sk_ino: Vec<stasis_rpc::UnixSk>| Req {
+        r#type: ReqType::Dump as i32,
+        opts: Some(CriuOpts {
+            images_dir_fd: dir.as_raw_fd(),
+            pid: Some(pid),
+            log_file: Some("rpc.log".into()),
+            log_level: Some(4),
+            external,
+            unix_sk_ino,
+            ..CriuOpts::default()
+        }),
+        ..Req::default()
+    };
+    let c = swrk();
+    let r = c
+        .call(&dump(vec!["macvlan[eth1]:mv0".into()], Vec::new()), |_| {
+            true
+        })
+        .expect("dump");
+    let msg = r.cr_errmsg.clone().unwrap_or_default();
+    assert!(
+        !r.success && r.cr_errno == Some(libc::EOPNOTSUPP) && msg.contains("external macvlan"),
+        "{r:?}"
+    );
+    step(&work, "after a refused dump", p.check_running_untraced());
+    let r = c
+        .call(
+            &dump(
+                vec!["mnt[]".into()],
+                vec![stasis_rpc::UnixSk { inode: ino }],
+            ),
+            |_| true,
+        )
+        .expect("dump");
+    assert!(
+        r.success,
+        "dump with unix_sk_ino {ino}: {r:?}{}",
+        work.diagnostics()
+    );
+    let _ = p.wait(Duration::from_secs(10));
+    let out = restore_detached(&work, &[], opts.stasis_timeout);
+    assert!(
+        !out.success() && out.stderr.contains(&key) && out.stderr.contains("--inherit-fd"),
+        "restore without --inherit-fd: {out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a refused restore left {}", p.pid);
+}

@@ -105,7 +105,7 @@ pub(crate) enum TcpMode {
 }
 
 /// How sockets are dumped.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct SockOpts {
     /// criu's `--skip-in-flight`: connections waiting in a listener's
     /// accept queue are dropped instead of refused.
@@ -114,6 +114,18 @@ pub(crate) struct SockOpts {
     /// criu's `--ext-unix-sk`: a datagram socket connected to a named one
     /// outside the tree is saved with that name.
     pub(crate) ext_unix_sk: bool,
+    /// criu's `--external unix[INO]`: the same, for these sockets only.
+    pub(crate) ext_unix_inos: std::sync::Arc<[u64]>,
+    /// criu's `--external file[MNT_ID:INODE]` (not a socket option, but
+    /// asked for with them): these files are saved as external.
+    pub(crate) ext_files: std::sync::Arc<[String]>,
+}
+
+impl SockOpts {
+    /// Whether the tree's unix socket `ino` may have its other end outside.
+    pub(crate) fn ext_unix(&self, ino: u64) -> bool {
+        self.ext_unix_sk || self.ext_unix_inos.contains(&ino)
+    }
 }
 
 /// One descriptor being identified.
@@ -125,7 +137,7 @@ pub(crate) struct Fd<'a> {
     pub(crate) info: &'a FdInfo,
     pub(crate) shell_job: bool,
     /// How sockets are dumped (criu's socket options).
-    pub(crate) sockets: SockOpts,
+    pub(crate) sockets: &'a SockOpts,
     /// stat of a named file (link starting with '/'), read once on demand.
     md: Option<std::fs::Metadata>,
     /// AF_UNIX sockets of our network namespace, asked for once if needed.
@@ -261,7 +273,7 @@ const KINDS: &[(&str, Identify)] = &[
 ];
 
 /// Records every open descriptor; a descriptor no kind claims is refused.
-pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Result<Vec<FdEntry>> {
+pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: &SockOpts) -> Result<Vec<FdEntry>> {
     let st = Stage::Check;
     let mut out = Vec::new();
     let mut unix = None;
@@ -278,6 +290,18 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Resul
             md: None,
             unix: &mut unix,
         };
+        if let Some(key) = external_file(pid, fd, &link, &info, sockets) {
+            out.push(FdEntry {
+                fd,
+                cloexec: info.flags & O_CLOEXEC != 0,
+                kind: FdKind::ExternalFile {
+                    key,
+                    flags: d.flags(),
+                },
+                ofd: 0,
+            });
+            continue;
+        }
         if let Some(why) = crate::memkinds::refuse_hugetlb_fd(pid, fd, &link) {
             return Err(d.refuse(&why));
         }
@@ -316,6 +340,26 @@ pub(crate) fn collect_fds(pid: u32, shell_job: bool, sockets: SockOpts) -> Resul
         });
     }
     Ok(out)
+}
+
+/// The key of descriptor `fd` if the caller named its file external
+/// (criu's `file[MNT_ID:INODE]`, both in hex).
+fn external_file(
+    pid: u32,
+    fd: i32,
+    link: &str,
+    info: &stasis_proc::FdInfo,
+    opts: &SockOpts,
+) -> Option<String> {
+    if opts.ext_files.is_empty() || !link.starts_with('/') {
+        return None;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .ok()?
+        .ino();
+    let key = format!("file[{:x}:{ino:x}]", info.mnt_id);
+    opts.ext_files.contains(&key).then_some(key)
 }
 
 /// A kind's pass over the whole tree (every process collected).
@@ -386,6 +430,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::PtyMaster { index, .. } => (17, u64::from(*index), 0),
         FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
         FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
+        FdKind::ExternalFile { .. } => (22, 0, 0),
     }
 }
 

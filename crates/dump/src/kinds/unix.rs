@@ -60,14 +60,14 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
             // Kept only if that socket proves to be outside the tree
             // (`link`).
             let ext_peer = match socks.get(&s.peer) {
-                Some(p) if dgram_to_named && d.sockets.ext_unix_sk => {
+                Some(p) if dgram_to_named && d.sockets.ext_unix(ino) => {
                     p.name.clone().unwrap_or_default()
                 }
                 _ => Vec::new(),
             };
             // A connected stream, kept as external only if its peer
             // proves to be outside the tree (`link`).
-            let external = d.sockets.ext_unix_sk
+            let external = d.sockets.ext_unix(ino)
                 && s.sock_type == libc::SOCK_STREAM as u8
                 && listener == 0
                 && peer != 0;

@@ -67,6 +67,15 @@ pub(crate) fn validate_fd(
             ..
         } => fifo::validate(c, &field, path, data, *capacity),
         FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } => Ok(()),
+        FdKind::ExternalFile { key, .. } => c.ensure(
+            key.strip_prefix("file[")
+                .and_then(|k| k.strip_suffix(']'))
+                .and_then(|k| k.split_once(':'))
+                .is_some_and(|(m, i)| {
+                    u64::from_str_radix(m, 16).is_ok() && u64::from_str_radix(i, 16).is_ok()
+                }),
+            || format!("{field}.key: {key:?} is not file[MNT_ID:INODE]"),
+        ),
         FdKind::Epoll { targets, .. } => epoll::validate(c, &field, img, f.fd, targets),
         FdKind::UnixSocket {
             sock_type,

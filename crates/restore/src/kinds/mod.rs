@@ -133,7 +133,7 @@ impl Opened {
 /// The key under which an object outside the tree was saved (criu's
 /// external key, `--inherit-fd fd[N]:KEY`), for a descriptor whose object
 /// only the caller can hand over: a pipe or a unix stream socket whose
-/// other end was outside.
+/// other end was outside, a file named external at the dump.
 fn external_key(kind: &FdKind) -> Option<(String, &'static str)> {
     match kind {
         FdKind::Pipe {
@@ -142,6 +142,7 @@ fn external_key(kind: &FdKind) -> Option<(String, &'static str)> {
         FdKind::UnixSocket {
             id, external: true, ..
         } => Some((format!("socket:[{id}]"), "a connected unix stream socket")),
+        FdKind::ExternalFile { key, .. } => Some((key.clone(), "the file")),
         _ => None,
     }
 }
@@ -153,7 +154,7 @@ fn not_inherited(pid: u32, stage: Stage, fd: i32, key: &str, what: &str) -> Rest
         pid,
         stage,
         what: format!(
-            "fd {fd}: {key} had its other end outside the tree: give {what} to use with --inherit-fd fd[N]:{key}"
+            "fd {fd}: {key} is external (outside the tree, or named so at the dump): give {what} to use with --inherit-fd fd[N]:{key}"
         ),
     }
 }
@@ -208,6 +209,9 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
         FdKind::Regular { file, flags, pos } => regular::open(o, cx, &file.path, *flags, *pos),
         FdKind::CharDevice { path, flags, rdev } => chardev::open(o, cx, path, *flags, *rdev),
         FdKind::Path { path, flags, .. } => opath::open(o, cx, path, *flags),
+        FdKind::ExternalFile { key, .. } => {
+            inherited(o, cx, "external file", name_key(key.as_bytes()), key)
+        }
         FdKind::Pipe {
             id, external: true, ..
         } => pipe::inherited(o, cx, *id),

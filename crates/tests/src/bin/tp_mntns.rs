@@ -1,6 +1,7 @@
 //! tp_mntns: a tree in a mount namespace of its own (needs root).
 //!
-//! Usage: `tp_mntns WORKDIR [--case tree|pivot|slave|hardlink|overlay] [--corrupt]`
+//! Usage: `tp_mntns WORKDIR [--case tree|pivot|slave|hardlink|overlay|blockdev
+//! [--dev DEVPATH]] [--corrupt]`
 //!
 //! `tree`: unshares its mount namespace, makes every mount private, mounts
 //! a tmpfs on WORK/t (a file, a subdirectory with a file, a symlink, a
@@ -23,6 +24,12 @@
 //! a slave of WORK/s1, or a second hard link to WORK/t/a (a dump must
 //! refuse either by name). `overlay`: an overlayfs on WORK/ov instead (a
 //! dump must refuse it by name); checks only that it is still there.
+//! `blockdev`: the ext4 filesystem on block device DEVPATH (the harness
+//! made it) mounted on WORK/blk, a file WORK/blk/f written and held open
+//! read-write; after go the mount must be an ext4 on WORK/blk, the held
+//! file the very file WORK/blk/f names with its contents, and a write
+//! through it read back by path (the dump needs criu's `--external
+//! dev[MAJOR/MINOR]:NAME`).
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -391,6 +398,48 @@ fn overlay(proto: &Proto, dir: &Path) -> ! {
     proto.finish(&r)
 }
 
+fn blockdev(proto: &Proto, dir: &Path, dev: &str, corrupt: bool) -> ! {
+    use std::os::unix::fs::FileExt;
+    let blk = dir.join("blk");
+    std::fs::create_dir_all(&blk).expect("mkdir blk");
+    mount(dev, &blk, Some("ext4"), 0, None);
+    let path = blk.join("f");
+    let mut want = b"on the block device\n".to_vec();
+    std::fs::write(&path, &want).expect("write blk/f");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open blk/f");
+    proto.ready_and_wait();
+    if corrupt {
+        want.push(b'!');
+    }
+    let mut r = Report::new();
+    let fs_at = |mp: &Path| {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mp = mp.to_string_lossy().into_owned();
+        text.lines()
+            .filter(|l| l.split(' ').nth(4) == Some(mp.as_str()))
+            .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_string))
+            .next_back()
+    };
+    r.eq("filesystem on blk", Some("ext4".to_string()), fs_at(&blk));
+    let mut got = vec![0u8; 64];
+    let n = f.read_at(&mut got, 0).unwrap_or(0);
+    got.truncate(n);
+    r.eq("held file's contents", want, got);
+    let id = |m: std::io::Result<std::fs::Metadata>| m.map(|m| (m.dev(), m.ino())).ok();
+    r.eq("held file", id(std::fs::metadata(&path)), id(f.metadata()));
+    let wrote = f.write_all_at(b"after\n", n as u64);
+    r.check(wrote.is_ok(), || format!("write: {wrote:?}"));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    r.check(text.ends_with("after\n"), || {
+        format!("blk/f after the write: {text:?}")
+    });
+    proto.finish(&r)
+}
+
 /// A container's root: a tmpfs with the host's / bound at /host, a proc
 /// at /proc, and /lib, /lib64, /usr symlinks into /host, entered with
 /// pivot_root; then this program executes itself again from there (as a
@@ -506,6 +555,14 @@ fn main() {
     }
     if args.get("case") == Some("overlay") {
         overlay(&proto, &dir);
+    }
+    if args.get("case") == Some("blockdev") {
+        blockdev(
+            &proto,
+            &dir,
+            args.get("dev").expect("--dev"),
+            args.corrupt(),
+        );
     }
     if !inside {
         for d in ["t", "src", "ro", "p", "s1", "s2"] {

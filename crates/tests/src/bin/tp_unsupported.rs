@@ -55,7 +55,8 @@
 //!   parent-death signal (which that thread's exit would send);
 //! - `mqueue`: a POSIX message queue descriptor with a message in it;
 //! - `detached-mount`: a detached mount (open_tree OPEN_TREE_CLONE);
-//! - `keyring`: a session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING);
+//! - `keyring`: a process keyring (KEY_SPEC_PROCESS_KEYRING, created; a
+//!   session keyring of its own is restored: tp_keyring);
 //! - `autogroup`: its session's autogroup at nice 5;
 //! - `thread-pdeath`: a thread with a parent-death signal of its own;
 //! - `guard`: a guard region (MADV_GUARD_INSTALL) in an anonymous mapping;
@@ -841,13 +842,14 @@ fn main() {
             report.eq("fstat of the detached mount", 0, r);
         }
         "keyring" => {
-            // SAFETY: keyctl with a NUL-terminated literal name.
-            let key = unsafe { libc::syscall(libc::SYS_keyctl, 1i64, c"stasis-tp".as_ptr()) };
-            assert!(key > 0, "KEYCTL_JOIN_SESSION_KEYRING");
+            // KEYCTL_GET_KEYRING_ID of KEY_SPEC_PROCESS_KEYRING, created.
+            // SAFETY: integer-only keyctl.
+            let key = unsafe { libc::syscall(libc::SYS_keyctl, 0i64, -2i64, 1i64) };
+            assert!(key > 0, "process keyring");
             proto.ready_and_wait();
             // SAFETY: integer-only keyctl.
-            let now = unsafe { libc::syscall(libc::SYS_keyctl, 0i64, -3i64, 0i64) };
-            report.eq("session keyring", key, now);
+            let now = unsafe { libc::syscall(libc::SYS_keyctl, 0i64, -2i64, 0i64) };
+            report.eq("process keyring", key, now);
         }
         "autogroup" => {
             std::fs::write("/proc/self/autogroup", "5").expect("write autogroup");

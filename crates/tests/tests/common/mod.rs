@@ -108,6 +108,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_fanotify" => env!("CARGO_BIN_EXE_tp_fanotify"),
         "tp_lazy" => env!("CARGO_BIN_EXE_tp_lazy"),
         "tp_netsk" => env!("CARGO_BIN_EXE_tp_netsk"),
+        "tp_keyring" => env!("CARGO_BIN_EXE_tp_keyring"),
+        "tp_extfile" => env!("CARGO_BIN_EXE_tp_extfile"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
