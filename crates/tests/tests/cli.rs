@@ -284,8 +284,8 @@ fn option_syntax_errors() {
 }
 
 /// criu's `--external` kinds: applied (mnt[MOUNTPOINT]:KEY, mnt[KEY]:PATH,
-/// unix[INO], file[MNT_ID:INODE], veth), accepted (mnt[]), refused by
-/// name in one line (dev, macvlan, mnt[]:s/m), invalid ones an error.
+/// unix[INO], file[MNT_ID:INODE], dev, veth, macvlan), accepted (mnt[]), refused by
+/// name in one line (tty, mnt[]:s/m), invalid ones an error.
 #[test]
 fn external_resources_judged_by_kind() {
     let work = Work::new("cli_external");
@@ -313,7 +313,8 @@ fn external_resources_judged_by_kind() {
         ("dump", "dev[8/1]", Some("invalid argument for --external")),
         ("dump", "file[1a:2b]", None),
         ("dump", "file[1a]", Some("invalid argument for --external")),
-        ("restore", "macvlan[eth1]:mv0", Some("external macvlan")),
+        ("restore", "macvlan[eth1]:mv0", None),
+        ("dump", "tty[8801:3]", Some("external tty")),
         ("dump", "unix[x]", Some("invalid argument for --external")),
         ("dump", "bogus[1]", Some("invalid argument for --external")),
         ("dump", "mnt[]:q", Some("invalid argument for --external")),

@@ -618,7 +618,7 @@ fn action_script_failure() {
 }
 
 /// criu's external resources through the RPC, judged as on the command
-/// line: `external: ["macvlan[...]"]` is refused by name (EOPNOTSUPP) and the
+/// line: `external: ["tty[...]"]` is refused by name (EOPNOTSUPP) and the
 /// target runs on; `unix_sk_ino` naming tp_extunix's stream socket (peer
 /// outside the tree) with `external: ["mnt[]"]` dumps it as external
 /// `socket:[INO]`, which a restore without `--inherit-fd` then names.
@@ -654,13 +654,13 @@ fn rpc_external_resources() {
     };
     let c = swrk();
     let r = c
-        .call(&dump(vec!["macvlan[eth1]:mv0".into()], Vec::new()), |_| {
+        .call(&dump(vec!["tty[8801:3]".into()], Vec::new()), |_| {
             true
         })
         .expect("dump");
     let msg = r.cr_errmsg.clone().unwrap_or_default();
     assert!(
-        !r.success && r.cr_errno == Some(libc::EOPNOTSUPP) && msg.contains("external macvlan"),
+        !r.success && r.cr_errno == Some(libc::EOPNOTSUPP) && msg.contains("external tty"),
         "{r:?}"
     );
     step(&work, "after a refused dump", p.check_running_untraced());
