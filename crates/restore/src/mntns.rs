@@ -117,9 +117,11 @@ impl Drop for Built {
 }
 
 /// Builds the saved namespace (see the module comment) and stays in it.
+/// `made`: the namespace to build in, made already (owned by the tree's
+/// user namespace: userns.rs); else a copy of ours is unshared.
 pub(crate) fn build(
     ns: Option<&MountNs>,
-    opts: &MountOptions,
+    (opts, made): (&MountOptions, Option<&OwnedFd>),
     remap: Remap<'_>,
     pid: u32,
 ) -> Result<Option<Built>> {
@@ -147,7 +149,6 @@ pub(crate) fn build(
         stasis_sys::util::open(".", libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?,
     );
     let stand_in = home.0.try_clone().map_err(io("dup a descriptor"))?;
-    sys::unshare_private().at(pid, st)?;
     // From here on a failure goes home (Built's drop).
     *active() = Some(Active {
         root: stand_in,
@@ -155,6 +156,10 @@ pub(crate) fn build(
         fork: (-1, -1),
         late: Vec::new(),
     });
+    match made {
+        Some(m) => sys::enter_private(m.as_fd()).at(pid, st)?,
+        None => sys::unshare_private().at(pid, st)?,
+    }
     let ns_fd = sys::own_mntns().at(pid, st)?;
     let staging_s = staging.to_string_lossy().into_owned();
     let (late, late_fds) = mount_all(ns, (opts, remap), &staging_s, pid)?;

@@ -61,3 +61,83 @@ pub fn parent_ino(pid: u32) -> Option<u64> {
     let parent = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     parent.metadata().ok().map(|m| m.ino())
 }
+
+const NS_GET_USERNS: libc::c_ulong = 0xb7 << 8 | 0x1;
+
+/// The inode of the user namespace that owns the namespace at `path`
+/// (`/proc/PID/ns/NAME`; ioctl NS_GET_USERNS), or None on error (EPERM:
+/// an owner outside ours).
+pub fn owner_ino(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path).ok()?;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    owner.metadata().ok().map(|m| m.ino())
+}
+
+/// A child of ours in a new user namespace with `maps`, which has
+/// unshared the namespaces in `flags` (CLONE_NEW*: they belong to its
+/// user namespace) and then only waits, dying with its parent. The
+/// restorer takes the namespaces from /proc/PID/ns and kills it
+/// ([`crate::spawn::kill_and_reap`]) once the tree holds them.
+pub fn spawn_holder(maps: &IdMaps<'_>, flags: i32) -> Result<Pid> {
+    let (go_r, go_w) = crate::util::pipe()?;
+    let (done_r, done_w) = crate::util::pipe()?;
+    let (gr, dw) = (go_r.as_raw_fd(), done_w.as_raw_fd());
+    // SAFETY: the child makes raw syscalls only, on descriptors opened
+    // before the fork.
+    match unsafe { crate::clone::fork_with_pid(&[], libc::CLONE_NEWUSER as u64)? } {
+        crate::clone::Forked::Child => {
+            // SAFETY: raw syscalls with integer arguments or local buffers.
+            unsafe {
+                libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let mut b = 0u8;
+                if libc::syscall(libc::SYS_read, gr, &mut b as *mut u8, 1usize) != 1 {
+                    crate::clone::exit_now(1);
+                }
+                let code: u8 = if libc::syscall(libc::SYS_unshare, flags) == 0 {
+                    0
+                } else {
+                    1
+                };
+                libc::syscall(libc::SYS_write, dw, &code as *const u8, 1usize);
+                loop {
+                    libc::syscall(libc::SYS_pause);
+                }
+            }
+        }
+        crate::clone::Forked::Parent(p) => {
+            drop(go_r);
+            drop(done_w);
+            let fail = |what: String, e: i32| {
+                crate::spawn::kill_and_reap(p);
+                SysError::new(what, Some(p), e)
+            };
+            if let Err(e) = write_maps(p, maps) {
+                crate::spawn::kill_and_reap(p);
+                return Err(e);
+            }
+            let mut b = [0u8; 1];
+            // SAFETY: one byte from a local buffer to our pipe.
+            let w = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+            if w != 1 {
+                return Err(fail("wake the user namespace holder".into(), crate::last_errno()));
+            }
+            // SAFETY: one byte into a local buffer from our pipe.
+            let r = unsafe { libc::read(done_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            if r != 1 || b[0] != 0 {
+                return Err(fail(
+                    format!("unshare({flags:#x}) in the new user namespace"),
+                    libc::EPERM,
+                ));
+            }
+            Ok(p)
+        }
+    }
+}
