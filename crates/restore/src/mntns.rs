@@ -45,6 +45,8 @@ struct Active {
     fork: (i32, i32),
     /// What the first process mounts itself (see [`late`]).
     late: Vec<sys::LateMount>,
+    /// The ptmx of the tree's own devpts, as the tree sees it.
+    ptmx: Option<String>,
 }
 
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
@@ -66,6 +68,17 @@ pub(crate) fn open(path: &str, flags: i32) -> stasis_sys::Result<OwnedFd> {
 pub(crate) fn metadata(path: &str) -> std::io::Result<std::fs::Metadata> {
     let fd = open(path, libc::O_PATH).map_err(|e| e.source)?;
     std::fs::File::from(fd).metadata()
+}
+
+/// Where the tree's pty masters are opened: the ptmx of its own devpts
+/// (the dump made sure every master of the tree is on that one), else
+/// ours.
+pub(crate) fn ptmx() -> String {
+    active()
+        .as_ref()
+        .filter(|a| a.home.is_some())
+        .and_then(|a| a.ptmx.clone())
+        .unwrap_or_else(|| "/dev/ptmx".into())
 }
 
 /// The built namespace and its root (descriptors of ours), for the first
@@ -155,6 +168,11 @@ pub(crate) fn build(
         home: Some(home),
         fork: (-1, -1),
         late: Vec::new(),
+        ptmx: ns
+            .mounts
+            .iter()
+            .find(|m| m.fs_type == "devpts" && matches!(m.how, MountHow::Fresh))
+            .map(|m| format!("{}/ptmx", m.mount_point.trim_end_matches('/'))),
     });
     match made {
         Some(m) => sys::enter_private(m.as_fd()).at(pid, st)?,

@@ -434,6 +434,12 @@ fn spawn_in_user_ns(plan: &TreePlan, user: i32, first: i32, helper: bool) -> Res
 /// and, without a rebuilt mount namespace, a copy of the one it has, for
 /// its own /proc. Reports failure 16 and exits.
 fn enter_user(plan: &TreePlan, root: i32) {
+    // Dumpable, so that the tree's processes may open their children's
+    // namespaces (setns with a pidfd checks ptrace access, and their
+    // memory's user namespace is still ours, where they have no
+    // capability); the image's value is set back with the credentials.
+    // SAFETY: integer-only prctl on ourselves.
+    unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1) };
     let mut flags = 0;
     if plan.uts.is_some() {
         flags |= libc::CLONE_NEWUTS;

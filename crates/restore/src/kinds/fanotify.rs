@@ -37,7 +37,7 @@ pub(super) fn open(
             FanotifyTarget::Inode => {
                 let what = format!("fanotify mark (inode {})", m.ino);
                 let obj =
-                    super::inotify::open_handle(cx, &m.mount, m.handle_type, &m.handle, &what)?;
+                    super::inotify::open_handle(cx, &m.mount, m.handle_type, &m.handle, (&what, None))?;
                 (obj, 0)
             }
             FanotifyTarget::Mount | FanotifyTarget::Filesystem => {
