@@ -230,6 +230,52 @@ fn cr_fanotify_mount_and_filesystem_marks() {
     .assert_pass(&work);
 }
 
+/// A `stasis run --net --user` tree: its network namespace is made by
+/// stasis run before the user namespace, so it belongs to ours, not to
+/// the tree's; a restore makes every namespace inside the tree's user
+/// namespace. The dump refuses it by name in one line, leaves no image,
+/// and the tree runs on and passes.
+#[test]
+fn refuse_user_namespace_with_network_namespace_of_ours() {
+    use std::os::unix::fs::PermissionsExt;
+    let _mounts = mounts_lock();
+    let work = Work::new("refuse_userns_foreign_netns");
+    std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod work dir");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_userns");
+    ensure_subreaper();
+    let pidfile_arg = format!("{dir}/run.pid");
+    let run = [
+        "run",
+        "-d",
+        "--pidfile",
+        &pidfile_arg,
+        "--net",
+        "--user",
+        "--",
+        prog.to_str().expect("utf-8"),
+        &dir,
+    ];
+    let out = stasis(&work, &run, t);
+    assert!(out.success(), "stasis run failed: {}", out.stderr);
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let out = dump(&work, init.pid, &[], t);
+    let refused = out.code == Some(1)
+        && out.stderr.trim_end().lines().count() == 1
+        && out
+            .stderr
+            .contains("belongs to another user namespace than the tree's");
+    if !refused {
+        init.kill();
+        fail(&work, format!("dump not refused by name: {out:?}"));
+    }
+    assert!(!work.img().join("inventory.img").exists());
+    finish(&work, &mut init, t).assert_pass(&work);
+}
+
 /// A `stasis run --user` tree with an IPC namespace of its own (made by
 /// its root, so owned by its user namespace): made again inside the
 /// restored user namespace (by the holder of it), with its objects.
