@@ -4,7 +4,8 @@
 //! PID and mount namespaces) whose init is util-linux `unshare` (UTS,
 //! IPC, network, cgroup and time namespaces, with clock offsets) exec'ing
 //! a busybox shell that names the host, puts lo up with an extra address,
-//! a route and a sysctl, mounts proc, sysfs, a devpts and an mqueue in
+//! a route and a sysctl, waits for eth0 (a veth the test adds, its other
+//! end here) and gives it an address, mounts proc, sysfs, a devpts and an mqueue in
 //! /dev, the host's /dev/null bound on /dev/null (the shell opens it for
 //! a background job), a tmpfs /tmp, pivots into the rootfs, and becomes
 //! the container's shell, which starts tp_container (see that program: a
@@ -13,7 +14,8 @@
 //!
 //! The tree is checked before the dump, dumped, and restored twice side
 //! by side (each copy in its own user, PID, network, ... namespaces, both
-//! alive at once), and each copy checks every piece itself when the test
+//! alive at once, the outer end of each one's veth made here under a name
+//! of the test's, criu's `--veth-pair`), and each copy checks every piece itself when the test
 //! asks it over TCP in its network namespace. Negative control: a third
 //! restore from a copy of the image whose host name was edited (the
 //! inventory rewritten with a valid checksum) must fail its check, naming
@@ -104,6 +106,9 @@ ip link set lo up
 ip addr add 10.7.7.7/32 dev lo
 ip route add 10.8.0.0/16 dev lo
 sysctl -w net.ipv4.ip_default_ttl=77 >/dev/null
+while ! ip link show eth0 >/dev/null 2>&1; do usleep 20000; done
+ip addr add 10.9.0.2/24 dev eth0
+ip link set eth0 up
 mount --bind {r} {r}
 mount -t proc proc {r}/proc
 mount -t sysfs sysfs {r}/sys
@@ -159,8 +164,10 @@ fn ask_when_up(work: &Work, pid: i32, req: &str) -> String {
     }
 }
 
-/// `stasis restore -D IMG -d --pidfile WORK/NAME.pid`: the restored init.
-fn restore_copy(work: &Work, img: &Path, name: &str) -> Proc {
+/// `stasis restore -D IMG -d --pidfile WORK/NAME.pid --veth-pair
+/// eth0=VETH`: the restored init.
+/// The outer end of the container's eth0 is made here as `veth`.
+fn restore_copy(work: &Work, img: &Path, name: &str, veth: &str) -> Proc {
     let pidfile_p = work.path(&format!("{name}.pid"));
     let log = format!("restore-{name}.log");
     let out = stasis(
@@ -175,6 +182,8 @@ fn restore_copy(work: &Work, img: &Path, name: &str) -> Proc {
             "-d",
             "--pidfile",
             pidfile_p.to_str().expect("utf-8"),
+            "--veth-pair",
+            &format!("eth0={veth}"),
         ],
         Duration::from_secs(60),
     );
@@ -250,6 +259,19 @@ fn cr_container_in_every_namespace_twice() {
         fail(&work, format!("stasis run failed: {}", out.stderr));
     }
     let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    // The container's eth0: a veth whose other end is ours (the shell
+    // waits for it).
+    let tag = std::process::id() % 100_000;
+    let outer = |c: &str| format!("vca{tag}{c}");
+    let netns = format!("/proc/{}/ns/net", init.pid);
+    let out = std::process::Command::new("ip")
+        .args(["link", "add", &outer("o"), "type", "veth", "peer", "name", "eth0", "netns", &netns])
+        .output()
+        .expect("run ip");
+    if !out.status.success() {
+        init.kill();
+        fail(&work, format!("ip link add: {}", String::from_utf8_lossy(&out.stderr)));
+    }
     let before = ask_when_up(&work, init.pid, "check");
     if before != "PASS" {
         init.kill();
@@ -261,8 +283,15 @@ fn cr_container_in_every_namespace_twice() {
         fail(&work, format!("stasis dump failed: {}", out.stderr));
     }
     step(&work, "waiting for the dumped init", init.wait(t).map(drop));
-    let mut a = restore_copy(&work, &work.img(), "a");
-    let mut b = restore_copy(&work, &work.img(), "b");
+    let mut a = restore_copy(&work, &work.img(), "a", &outer("a"));
+    let mut b = restore_copy(&work, &work.img(), "b", &outer("b"));
+    for (c, p) in [("a", a.pid), ("b", b.pid)] {
+        // The outer ends, in our namespace, named as asked.
+        let here = std::path::Path::new("/sys/class/net").join(outer(c));
+        if !here.exists() {
+            fail(&work, format!("copy {c} (pid {p}): no outer end {} here", outer(c)));
+        }
+    }
     // Two copies at once, each in namespaces of its own.
     for ns in ["user", "pid", "net", "ipc", "uts", "mnt", "cgroup", "time"] {
         let (x, y) = (ns_ino(a.pid, ns), ns_ino(b.pid, ns));
@@ -278,7 +307,7 @@ fn cr_container_in_every_namespace_twice() {
     b.kill();
     // Negative control: the image edited, the copy sees it.
     let edited = edited_image(&work, "img-edited", "box-x");
-    let mut c = restore_copy(&work, &edited, "edited");
+    let mut c = restore_copy(&work, &edited, "edited", &outer("e"));
     let answer = ask_when_up(&work, c.pid, "check");
     c.kill();
     assert!(

@@ -8,7 +8,9 @@
 //!
 //! It sets up, in order: a TCP server on 0.0.0.0:7070 (the test's only
 //! channel to it, from the container's network namespace) and a second
-//! listener on 10.7.7.7:7071 (an address the shell put on lo); a pty pair
+//! listener on 10.7.7.7:7071 (an address the shell put on lo), its links
+//! as its own sysfs shows them (lo, eth0: a veth with its other end on
+//! the host); a pty pair
 //! from the container's own devpts, with a window size and termios; a
 //! SysV shared memory segment (attached, with contents), a semaphore set
 //! and a message queue with a message; an inotify watch on /tmp; a child
@@ -391,6 +393,25 @@ fn seccomp_state() -> String {
     format!("getpriority {r} errno {e}; {mode}")
 }
 
+/// The links its sysfs shows (its network namespace's), eth0's MTU and
+/// MAC, and whether eth0's address is ours (a bind to it).
+fn links() -> String {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let bound = std::net::UdpSocket::bind("10.9.0.2:0").is_ok();
+    format!(
+        "{names:?} mtu {} mac {} 10.9.0.2 bound {bound}",
+        read("/sys/class/net/eth0/mtu").trim(),
+        read("/sys/class/net/eth0/address").trim()
+    )
+}
+
 /// Connects to 10.7.7.7:7071 and accepts it on `l`.
 fn second_listener(l: &TcpListener) -> String {
     match TcpStream::connect("10.7.7.7:7071") {
@@ -429,6 +450,7 @@ impl World {
                 format!("{}", read("/proc/net/route").contains("0000080A")),
             ),
             ("second listener", second_listener(&self.second)),
+            ("links", links()),
             ("pty", pty_state(&self.pty)),
             ("sysv", sysv_state(&self.sysv)),
             ("inotify", inotify_state(&self.watch, self.probes)),
