@@ -378,7 +378,7 @@ fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<
 fn mntns_first(
     image: &stasis_image::Image,
     opts: &RestoreOptions,
-    made: Option<&std::os::fd::OwnedFd>,
+    held: Option<&userns::Held>,
 ) -> Result<Option<mntns::Built>> {
     let root = image.inventory.root_pid;
     let Some(ns) = image.inventory.mntns.as_ref() else {
@@ -400,7 +400,7 @@ fn mntns_first(
             .flatten()
             .map(|p| p.to_string_lossy().into_owned())
     };
-    mntns::build(Some(ns), (&opts.mounts, made), &remap, root)
+    mntns::build(Some(ns), (&opts.mounts, held), &remap, root)
 }
 
 /// Restores the image in `opts.images_dir`. Returns once the process runs,
@@ -452,7 +452,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     };
     // The tree's mount namespace first: the preflight looks for its files
     // inside it (and the restorer leaves it again on every error).
-    let mnt = mntns_first(image, opts, held.as_ref().and_then(|h| h.mnt.as_ref()))?;
+    let mnt = mntns_first(image, opts, held.as_ref())?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;

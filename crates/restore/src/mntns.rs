@@ -130,11 +130,12 @@ impl Drop for Built {
 }
 
 /// Builds the saved namespace (see the module comment) and stays in it.
-/// `made`: the namespace to build in, made already (owned by the tree's
-/// user namespace: userns.rs); else a copy of ours is unshared.
+/// `held`: the tree's user namespace, whose holder made the namespace to
+/// build in (userns.rs) and opens the tmpfs and devpts made in it; else
+/// a copy of ours is unshared.
 pub(crate) fn build(
     ns: Option<&MountNs>,
-    (opts, made): (&MountOptions, Option<&OwnedFd>),
+    (opts, held): (&MountOptions, Option<&crate::userns::Held>),
     remap: Remap<'_>,
     pid: u32,
 ) -> Result<Option<Built>> {
@@ -174,13 +175,13 @@ pub(crate) fn build(
             .find(|m| m.fs_type == "devpts" && matches!(m.how, MountHow::Fresh))
             .map(|m| format!("{}/ptmx", m.mount_point.trim_end_matches('/'))),
     });
-    match made {
+    match held.and_then(|h| h.mnt.as_ref()) {
         Some(m) => sys::enter_private(m.as_fd()).at(pid, st)?,
         None => sys::unshare_private().at(pid, st)?,
     }
     let ns_fd = sys::own_mntns().at(pid, st)?;
     let staging_s = staging.to_string_lossy().into_owned();
-    let (late, late_fds) = mount_all(ns, (opts, remap), &staging_s, pid)?;
+    let (late, late_fds) = mount_all(ns, (opts, remap, held), &staging_s, pid)?;
     built._late = late_fds;
     let root = stasis_sys::util::open(&staging_s, libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?;
     let dup = root.try_clone().map_err(io("dup the tree's root"))?;
@@ -209,7 +210,7 @@ const NS_BOUND: [&str; 5] = ["proc", "sysfs", "mqueue", "cgroup", "cgroup2"];
 /// detached mounts it attaches, which must stay open until the fork).
 fn mount_all(
     ns: &MountNs,
-    (opts, remap): (&MountOptions, Remap<'_>),
+    (opts, remap, held): (&MountOptions, Remap<'_>, Option<&crate::userns::Held>),
     staging: &str,
     pid: u32,
 ) -> Result<(Vec<sys::LateMount>, Vec<OwnedFd>)> {
@@ -269,7 +270,7 @@ fn mount_all(
                 _ => {
                     let fd = match external.remove(&m.id) {
                         Some(fd) => fd,
-                        None => fresh(m, pid)?,
+                        None => fresh(m, pid, held)?,
                     };
                     sys::set_attrs(fd.as_fd(), m.attrs)
                         .map_err(|e| refused(pid, m, e.to_string()))?;
@@ -296,7 +297,7 @@ fn mount_all(
                     .map_err(|e| refused(pid, m, format!("its source {from}: {e}")))?;
                 sys::clone_mount_at(p.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?
             }
-            (None, None) => fresh(m, pid)?,
+            (None, None) => fresh(m, pid, held)?,
         };
         sys::set_attrs(fd.as_fd(), m.attrs).map_err(|e| refused(pid, m, e.to_string()))?;
         let target = if i == 0 {
@@ -362,20 +363,42 @@ fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
 
 /// A new filesystem for `m` (a pseudo filesystem, or a tmpfs filled
 /// with its saved contents), detached.
-fn fresh(m: &Mount, pid: u32) -> Result<OwnedFd> {
+/// A new filesystem for `m`. In a tree with a user namespace a tmpfs or
+/// devpts is made from a context its holder opened, so the superblock
+/// belongs to that user namespace as when the tree mounted it (a tmpfs
+/// there is nodev; a devpts's ptmx belongs to its root), created and
+/// filled with the filesystem ids of the namespace's root (a superblock
+/// of a user namespace takes files only from ids mapped there).
+fn fresh(m: &Mount, pid: u32, held: Option<&crate::userns::Held>) -> Result<OwnedFd> {
     let tmpfs = matches!(m.how, MountHow::Tmpfs { .. });
-    let all = m.super_options.split(',').filter(|o| !o.is_empty());
+    let all: Vec<&str> = m.super_options.split(',').filter(|o| !o.is_empty()).collect();
     // A read-only tmpfs is filled first, then made read-only.
-    let options: Vec<&str> = all.clone().filter(|o| !tmpfs || *o != "ro").collect();
-    let fd = sys::new_fs(&m.fs_type, &m.source, &options, 0)
-        .map_err(|e| refused(pid, m, e.to_string()))?;
-    if let MountHow::Tmpfs { entries } = &m.how {
-        fill(fd.as_raw_fd(), entries).map_err(|e| refused(pid, m, e))?;
-        if all.clone().any(|o| o == "ro") {
-            sys::reconfigure_read_only(fd.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?;
+    let options: Vec<&str> = all.iter().copied().filter(|o| !tmpfs || *o != "ro").collect();
+    let make = |fd: OwnedFd| -> std::result::Result<OwnedFd, String> {
+        if let MountHow::Tmpfs { entries } = &m.how {
+            fill(fd.as_raw_fd(), entries)?;
+            if all.contains(&"ro") {
+                sys::reconfigure_read_only(fd.as_fd()).map_err(|e| e.to_string())?;
+            }
         }
-    }
-    Ok(fd)
+        Ok(fd)
+    };
+    let inside = held.filter(|_| tmpfs || m.fs_type == "devpts");
+    let made = match inside {
+        Some(h) => {
+            let ctx = h.holder.fsopen(&m.fs_type).map_err(|e| refused(pid, m, e.to_string()))?;
+            stasis_sys::userns::with_fs_ids(h.root_ids, || {
+                Ok(sys::new_fs_from(ctx, &m.fs_type, &m.source, &options, 0)
+                    .map_err(|e| e.to_string())
+                    .and_then(make))
+            })
+            .map_err(|e| refused(pid, m, e.to_string()))?
+        }
+        None => sys::new_fs(&m.fs_type, &m.source, &options, 0)
+            .map_err(|e| e.to_string())
+            .and_then(make),
+    };
+    made.map_err(|e| refused(pid, m, e))
 }
 
 /// Detached copies of every external mount, taken before anything is

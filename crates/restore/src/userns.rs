@@ -47,7 +47,9 @@ pub(crate) fn check<'a>(
 /// as descriptors of ours; dropping it ends the holder (the namespaces
 /// live on in these descriptors, then in the tree).
 pub(crate) struct Held {
-    holder: stasis_sys::Pid,
+    pub(crate) holder: stasis_sys::userns::Holder,
+    /// Our uid and gid of the namespace's root (uid and gid 0 inside).
+    pub(crate) root_ids: (u32, u32),
     pub(crate) user: OwnedFd,
     pub(crate) net: Option<OwnedFd>,
     pub(crate) ipc: Option<OwnedFd>,
@@ -56,7 +58,7 @@ pub(crate) struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        stasis_sys::spawn::kill_and_reap(self.holder);
+        stasis_sys::spawn::kill_and_reap(self.holder.pid);
     }
 }
 
@@ -86,23 +88,30 @@ pub(crate) fn hold(inv: &Inventory, u: &UserNs) -> Result<Held> {
         }
     }
     let holder = stasis_sys::userns::spawn_holder(&ids, flags).at(pid, st)?;
+    let h = holder.pid;
+    let root = |map: &[stasis_image::userns::IdRange]| {
+        map.iter()
+            .find(|r| r.inside == 0 && r.count > 0)
+            .map_or(u32::MAX - 1, |r| r.outside)
+    };
     let mut held = Held {
         holder,
-        user: open_ns(holder, "user").at(pid, st)?,
+        root_ids: (root(&u.uid_map), root(&u.gid_map)),
+        user: open_ns(h, "user").at(pid, st)?,
         net: None,
         ipc: None,
         mnt: None,
     };
     if net {
-        held.net = Some(open_ns(holder, "net").at(pid, st)?);
+        held.net = Some(open_ns(h, "net").at(pid, st)?);
     }
     if ipc {
-        held.ipc = Some(open_ns(holder, "ipc").at(pid, st)?);
+        held.ipc = Some(open_ns(h, "ipc").at(pid, st)?);
     }
     if mnt {
-        held.mnt = Some(open_ns(holder, "mnt").at(pid, st)?);
+        held.mnt = Some(open_ns(h, "mnt").at(pid, st)?);
     }
-    log::info!("pid {pid}: user namespace made (holder {holder}), owning the tree's namespaces");
+    log::info!("pid {pid}: user namespace made (holder {h}), owning the tree's namespaces");
     Ok(held)
 }
 

@@ -183,6 +183,18 @@ pub fn new_fs(fs_type: &str, source: &str, options: &[&str], attrs: u64) -> Resu
     // SAFETY: t lives for the call.
     let r = unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), FSOPEN_CLOEXEC) };
     let fs = owned(r, &format!("fsopen {fs_type}"))?;
+    new_fs_from(fs, fs_type, source, options, attrs)
+}
+
+/// [`new_fs`] from a filesystem context `fs` opened elsewhere (by the
+/// holder of a user namespace: [`crate::userns::Holder::fsopen`]).
+pub fn new_fs_from(
+    fs: OwnedFd,
+    fs_type: &str,
+    source: &str,
+    options: &[&str],
+    attrs: u64,
+) -> Result<OwnedFd> {
     let set = |cmd: u32, key: &str, value: Option<&str>| -> Result<()> {
         let k = cstring(key, "fsconfig")?;
         let v = value.map(|v| cstring(v, "fsconfig")).transpose()?;

@@ -10,7 +10,9 @@
 //! channel to it, from the container's network namespace) and a second
 //! listener on 10.7.7.7:7071 (an address the shell put on lo), its links
 //! as its own sysfs shows them (lo, eth0: a veth with its other end on
-//! the host); a pty pair
+//! the host); that the superblock of its tmpfs belongs to its user
+//! namespace (it may reconfigure it) and its devpts's ptmx to its root;
+//! a pty pair
 //! from the container's own devpts, with a window size and termios; a
 //! SysV shared memory segment (attached, with contents), a semaphore set
 //! and a message queue with a message; an inotify watch on /tmp; a child
@@ -412,6 +414,31 @@ fn links() -> String {
     )
 }
 
+/// Whether the superblock of /tmp belongs to our user namespace:
+/// reconfiguring it (fspick, FSCONFIG_CMD_RECONFIGURE, no change: a
+/// tmpfs keeps what is not given) needs CAP_SYS_ADMIN in the user
+/// namespace that owns it; and the owner of the devpts's ptmx (its
+/// creator's; a devpts reconfigured without options would take its
+/// defaults).
+fn superblocks() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let reconf = |path: &std::ffi::CStr| -> String {
+        // SAFETY: fspick on a static path; fsconfig on the descriptor it gave.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_fspick, libc::AT_FDCWD, path.as_ptr(), 1u32);
+            if fd < 0 {
+                return format!("fspick {}", std::io::Error::last_os_error());
+            }
+            let r = libc::syscall(libc::SYS_fsconfig, fd as i32, 7u32, 0usize, 0usize, 0);
+            let e = std::io::Error::last_os_error();
+            libc::close(fd as i32);
+            if r == 0 { "ours".into() } else { format!("reconfigure: {e}") }
+        }
+    };
+    let ptmx = std::fs::metadata("/dev/pts/ptmx").map_or((9, 9), |m| (m.uid(), m.gid()));
+    format!("/tmp {} ptmx owner {ptmx:?}", reconf(c"/tmp"))
+}
+
 /// Connects to 10.7.7.7:7071 and accepts it on `l`.
 fn second_listener(l: &TcpListener) -> String {
     match TcpStream::connect("10.7.7.7:7071") {
@@ -451,6 +478,7 @@ impl World {
             ),
             ("second listener", second_listener(&self.second)),
             ("links", links()),
+            ("superblocks", superblocks()),
             ("pty", pty_state(&self.pty)),
             ("sysv", sysv_state(&self.sysv)),
             ("inotify", inotify_state(&self.watch, self.probes)),
