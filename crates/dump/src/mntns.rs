@@ -442,14 +442,15 @@ fn unreachable_files(root: u32, pid: u32) -> Result<()> {
 /// A pty master (/dev/ptmx, 5:2) of the tree whose devpts is not `dev`.
 fn master_elsewhere(pids: &[u32], dev: (u32, u32)) -> Option<(u32, String)> {
     pids.iter().find_map(|&p| {
-        std::fs::read_dir(format!("/proc/{p}/fd")).ok()?.find_map(|e| {
-            let e = e.ok()?;
-            let md = std::fs::metadata(e.path()).ok()?;
-            let master = md.file_type().is_char_device()
-                && (libc::major(md.rdev()), libc::minor(md.rdev())) == (5, 2);
-            let on = (libc::major(md.dev()), libc::minor(md.dev())) == dev;
-            (master && !on).then(|| (p, e.file_name().to_string_lossy().into_owned()))
-        })
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .ok()?
+            .find_map(|e| {
+                let e = e.ok()?;
+                let md = std::fs::metadata(e.path()).ok()?;
+                let master = md.file_type().is_char_device()
+                    && (libc::major(md.rdev()), libc::minor(md.rdev())) == (5, 2);
+                let on = (libc::major(md.dev()), libc::minor(md.dev())) == dev;
+                (master && !on).then(|| (p, e.file_name().to_string_lossy().into_owned()))
+            })
     })
 }
-

@@ -371,9 +371,17 @@ fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
 /// of a user namespace takes files only from ids mapped there).
 fn fresh(m: &Mount, pid: u32, held: Option<&crate::userns::Held>) -> Result<OwnedFd> {
     let tmpfs = matches!(m.how, MountHow::Tmpfs { .. });
-    let all: Vec<&str> = m.super_options.split(',').filter(|o| !o.is_empty()).collect();
+    let all: Vec<&str> = m
+        .super_options
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .collect();
     // A read-only tmpfs is filled first, then made read-only.
-    let options: Vec<&str> = all.iter().copied().filter(|o| !tmpfs || *o != "ro").collect();
+    let options: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|o| !tmpfs || *o != "ro")
+        .collect();
     let make = |fd: OwnedFd| -> std::result::Result<OwnedFd, String> {
         if let MountHow::Tmpfs { entries } = &m.how {
             fill(fd.as_raw_fd(), entries)?;
@@ -386,7 +394,10 @@ fn fresh(m: &Mount, pid: u32, held: Option<&crate::userns::Held>) -> Result<Owne
     let inside = held.filter(|_| tmpfs || m.fs_type == "devpts");
     let made = match inside {
         Some(h) => {
-            let ctx = h.holder.fsopen(&m.fs_type).map_err(|e| refused(pid, m, e.to_string()))?;
+            let ctx = h
+                .holder
+                .fsopen(&m.fs_type)
+                .map_err(|e| refused(pid, m, e.to_string()))?;
             stasis_sys::userns::with_fs_ids(h.root_ids, || {
                 Ok(sys::new_fs_from(ctx, &m.fs_type, &m.source, &options, 0)
                     .map_err(|e| e.to_string())

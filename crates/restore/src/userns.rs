@@ -11,9 +11,9 @@
 //! is; that one makes the rest itself (UTS, time, cgroup: sys/spawn.rs
 //! `spawn_in_user_ns`).
 use crate::{At, RestoreError, Result, Stage};
-use std::os::fd::OwnedFd;
 use stasis_image::userns::map_text;
 use stasis_image::{Inventory, UserNs};
+use std::os::fd::OwnedFd;
 
 /// The image's user namespace, if any, once checked restorable here: only
 /// with a PID namespace of the tree's own.

@@ -347,7 +347,12 @@ fn set_uts(plan: &TreePlan, root: i32) {
 /// its init with CLONE_PARENT (our child, as without a user namespace),
 /// tells us its PID, and exits. The first process then makes the UTS,
 /// time, cgroup (and, without a rebuilt one, mount) namespaces itself.
-fn spawn_in_user_ns(plan: &TreePlan, user: i32, first: i32, helper: bool) -> Result<(Pid, OwnedFd)> {
+fn spawn_in_user_ns(
+    plan: &TreePlan,
+    user: i32,
+    first: i32,
+    helper: bool,
+) -> Result<(Pid, OwnedFd)> {
     let root = plan.procs[0].pid;
     let (r, w) = crate::util::pipe()?;
     let wfd = w.as_raw_fd();

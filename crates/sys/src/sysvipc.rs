@@ -113,9 +113,13 @@ pub fn unshare_ipc() -> Result<(OwnedFd, OwnedFd)> {
 pub fn join_made(ns: &OwnedFd) -> Result<(OwnedFd, OwnedFd)> {
     let old = open_ns("/proc/thread-self/ns/ipc")?;
     join(ns)?;
-    let new = ns
-        .try_clone()
-        .map_err(|e| SysError::new("dup an IPC namespace", None, e.raw_os_error().unwrap_or(libc::EBADF)))?;
+    let new = ns.try_clone().map_err(|e| {
+        SysError::new(
+            "dup an IPC namespace",
+            None,
+            e.raw_os_error().unwrap_or(libc::EBADF),
+        )
+    })?;
     Ok((old, new))
 }
 

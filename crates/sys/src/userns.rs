@@ -101,11 +101,17 @@ impl Holder {
         let k = HOLDER_FS
             .iter()
             .position(|f| f.to_bytes() == fs.as_bytes())
-            .ok_or_else(|| SysError::other("holder fsopen", Some(self.pid), "not tmpfs or devpts"))?;
+            .ok_or_else(|| {
+                SysError::other("holder fsopen", Some(self.pid), "not tmpfs or devpts")
+            })?;
         let req = [k as u8];
         // SAFETY: one byte from a local to our pipe.
         if unsafe { libc::write(self.ask.as_raw_fd(), req.as_ptr().cast(), 1) } != 1 {
-            return Err(SysError::new("ask the holder", Some(self.pid), crate::last_errno()));
+            return Err(SysError::new(
+                "ask the holder",
+                Some(self.pid),
+                crate::last_errno(),
+            ));
         }
         let mut b = [0u8; 4];
         // SAFETY: four bytes into a local from our pipe.
@@ -121,7 +127,11 @@ impl Holder {
         // SAFETY: integer-only pidfd_getfd on the holder's descriptor.
         let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
         if r < 0 {
-            return Err(SysError::new("pidfd_getfd", Some(self.pid), crate::last_errno()));
+            return Err(SysError::new(
+                "pidfd_getfd",
+                Some(self.pid),
+                crate::last_errno(),
+            ));
         }
         // SAFETY: a fresh descriptor nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
@@ -186,7 +196,10 @@ pub fn spawn_holder(maps: &IdMaps<'_>, flags: i32) -> Result<Holder> {
             // SAFETY: one byte from a local buffer to our pipe.
             let w = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
             if w != 1 {
-                return Err(fail("wake the user namespace holder".into(), crate::last_errno()));
+                return Err(fail(
+                    "wake the user namespace holder".into(),
+                    crate::last_errno(),
+                ));
             }
             // SAFETY: one byte into a local buffer from our pipe.
             let r = unsafe { libc::read(done_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };

@@ -35,7 +35,9 @@ const UNSHARE: &str = "/usr/bin/unshare";
 /// Why the test cannot run here, if it cannot.
 fn missing() -> Option<String> {
     if !Path::new(BUSYBOX).exists() {
-        return Some(format!("no {BUSYBOX} (Debian: apt-get install busybox-static)"));
+        return Some(format!(
+            "no {BUSYBOX} (Debian: apt-get install busybox-static)"
+        ));
     }
     if !Path::new(UNSHARE).exists() {
         return Some(format!("no {UNSHARE} (util-linux)"));
@@ -141,9 +143,11 @@ fn ask(pid: i32, req: &str) -> Result<String, String> {
             .map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
-        s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
         let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read: {e}"))?;
         Ok(out.trim().to_string())
     })
     .join()
@@ -265,17 +269,34 @@ fn cr_container_in_every_namespace_twice() {
     let outer = |c: &str| format!("vca{tag}{c}");
     let netns = format!("/proc/{}/ns/net", init.pid);
     let out = std::process::Command::new("ip")
-        .args(["link", "add", &outer("o"), "type", "veth", "peer", "name", "eth0", "netns", &netns])
+        .args([
+            "link",
+            "add",
+            &outer("o"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
+        ])
         .output()
         .expect("run ip");
     if !out.status.success() {
         init.kill();
-        fail(&work, format!("ip link add: {}", String::from_utf8_lossy(&out.stderr)));
+        fail(
+            &work,
+            format!("ip link add: {}", String::from_utf8_lossy(&out.stderr)),
+        );
     }
     let before = ask_when_up(&work, init.pid, "check");
     if before != "PASS" {
         init.kill();
-        fail(&work, format!("the container's own check before the dump: {before}"));
+        fail(
+            &work,
+            format!("the container's own check before the dump: {before}"),
+        );
     }
     let out = dump(&work, init.pid, &[], t);
     if !out.success() {
@@ -289,17 +310,26 @@ fn cr_container_in_every_namespace_twice() {
         // The outer ends, in our namespace, named as asked.
         let here = std::path::Path::new("/sys/class/net").join(outer(c));
         if !here.exists() {
-            fail(&work, format!("copy {c} (pid {p}): no outer end {} here", outer(c)));
+            fail(
+                &work,
+                format!("copy {c} (pid {p}): no outer end {} here", outer(c)),
+            );
         }
     }
     // Two copies at once, each in namespaces of its own.
     for ns in ["user", "pid", "net", "ipc", "uts", "mnt", "cgroup", "time"] {
         let (x, y) = (ns_ino(a.pid, ns), ns_ino(b.pid, ns));
         if x == 0 || x == y {
-            fail(&work, format!("the copies share their {ns} namespace ({x} {y})"));
+            fail(
+                &work,
+                format!("the copies share their {ns} namespace ({x} {y})"),
+            );
         }
     }
-    let answers = (ask_when_up(&work, a.pid, "check"), ask_when_up(&work, b.pid, "check"));
+    let answers = (
+        ask_when_up(&work, a.pid, "check"),
+        ask_when_up(&work, b.pid, "check"),
+    );
     if answers != ("PASS".to_string(), "PASS".to_string()) {
         fail(&work, format!("restored copies: {answers:?}"));
     }

@@ -79,14 +79,12 @@ pub(super) fn open_handle(
             return Ok(std::os::fd::OwnedFd::from(root));
         }
     }
-    got.map_err(|source| {
-        RestoreError::Sys {
-            pid,
-            stage: st,
-            source: stasis_sys::SysError {
-                op: format!("fd {}: {what}: {}", cx.fd, source.op),
-                ..source
-            },
-        }
+    got.map_err(|source| RestoreError::Sys {
+        pid,
+        stage: st,
+        source: stasis_sys::SysError {
+            op: format!("fd {}: {what}: {}", cx.fd, source.op),
+            ..source
+        },
     })
 }

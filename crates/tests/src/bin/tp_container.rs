@@ -90,7 +90,12 @@ fn mounts() -> String {
             let f: Vec<&str> = l.split_whitespace().collect();
             let dash = f.iter().position(|x| *x == "-").unwrap_or(f.len());
             let tail = f.get(dash + 1..).map(|t| t.join(" ")).unwrap_or_default();
-            format!("{} {} {}", f.get(4).unwrap_or(&""), f.get(5).unwrap_or(&""), tail)
+            format!(
+                "{} {} {}",
+                f.get(4).unwrap_or(&""),
+                f.get(5).unwrap_or(&""),
+                tail
+            )
         })
         .collect();
     v.sort();
@@ -248,7 +253,11 @@ fn sysv_state(s: &SysV) -> String {
         let n = libc::msgrcv(s.msg, (&raw mut m).cast(), 64, 0, libc::IPC_NOWAIT);
         let got = if n >= 0 {
             send(s);
-            format!("{} {:?}", m.mtype, String::from_utf8_lossy(&m.text[..n as usize]))
+            format!(
+                "{} {:?}",
+                m.mtype,
+                String::from_utf8_lossy(&m.text[..n as usize])
+            )
         } else {
             "no message".into()
         };
@@ -376,7 +385,15 @@ fn seccomp() {
         filter: p.as_mut_ptr(),
     };
     // SAFETY: seccomp reads the program above.
-    if unsafe { libc::syscall(libc::SYS_seccomp, 1u64, 0u64, &prog as *const libc::sock_fprog) } != 0 {
+    if unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1u64,
+            0u64,
+            &prog as *const libc::sock_fprog,
+        )
+    } != 0
+    {
         die("seccomp");
     }
 }
@@ -432,7 +449,11 @@ fn superblocks() -> String {
             let r = libc::syscall(libc::SYS_fsconfig, fd as i32, 7u32, 0usize, 0usize, 0);
             let e = std::io::Error::last_os_error();
             libc::close(fd as i32);
-            if r == 0 { "ours".into() } else { format!("reconfigure: {e}") }
+            if r == 0 {
+                "ours".into()
+            } else {
+                format!("reconfigure: {e}")
+            }
         }
     };
     let ptmx = std::fs::metadata("/dev/pts/ptmx").map_or((9, 9), |m| (m.uid(), m.gid()));
