@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The end-to-end tests drive the real binaries: build them first.
 cargo build --workspace --bins
+# ... and libcriu.so, which crun loads (tests/containers.rs crun_*).
+cargo build -p stasis-libcriu
 cargo test --workspace "$@"

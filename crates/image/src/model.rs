@@ -657,6 +657,95 @@ pub enum FdKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         memberships: Vec<crate::kinds::inet::Membership>,
     },
+    /// A netlink socket: protocol, bound port id, multicast groups,
+    /// connected peer, options (crates/image/src/kinds/netsk.rs).
+    NetlinkSocket {
+        /// NETLINK_ROUTE (0), NETLINK_SOCK_DIAG (4), ...
+        protocol: i32,
+        /// SOCK_RAW or SOCK_DGRAM.
+        sock_type: i32,
+        /// The port id it is bound to (kernel-assigned or chosen); 0: not bound.
+        portid: u32,
+        /// The multicast groups it is in (numbers from 1).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<u32>,
+        /// connect(2)'s destination port id and group (0, 0: not connected).
+        #[serde(default)]
+        dst_portid: u32,
+        #[serde(default)]
+        dst_group: u32,
+        /// Options that differ from a new socket's, by name.
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        /// SO_ATTACH_FILTER's instructions (8 bytes each), empty for none.
+        #[serde(
+            default,
+            with = "crate::hex_bytes",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        filter: Vec<u8>,
+        flags: u32,
+    },
+    /// A packet socket (AF_PACKET): protocol, interface, memberships,
+    /// options, a classic BPF filter (crates/image/src/kinds/netsk.rs).
+    PacketSocket {
+        /// SOCK_RAW or SOCK_DGRAM.
+        sock_type: i32,
+        /// socket(2)'s protocol as SO_PROTOCOL reads it (network byte order).
+        protocol: i32,
+        /// The protocol it is bound to (host byte order: ETH_P_ALL is 3).
+        num: u16,
+        /// The interface it is bound to (0: every one).
+        ifindex: i32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        members: Vec<crate::kinds::netsk::PacketMember>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        /// SO_ATTACH_FILTER's instructions (8 bytes each), empty for none.
+        #[serde(
+            default,
+            with = "crate::hex_bytes",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        filter: Vec<u8>,
+        /// PACKET_FANOUT as getsockopt reads it (id | (type | flags) << 16),
+        /// 0 for none.
+        #[serde(default)]
+        fanout: u32,
+        flags: u32,
+    },
+    /// A raw IP socket (SOCK_RAW) or an ICMP "ping" socket (SOCK_DGRAM,
+    /// IPPROTO_ICMP / IPPROTO_ICMPV6) (crates/image/src/kinds/netsk.rs).
+    RawSocket {
+        /// AF_INET (2) or AF_INET6 (10).
+        family: u32,
+        sock_type: i32,
+        protocol: i32,
+        /// bind(2)'s address (a ping socket: its port is the identifier).
+        #[serde(default)]
+        local: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        peer: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        opts: std::collections::BTreeMap<String, i32>,
+        #[serde(default)]
+        device: String,
+        /// ICMP_FILTER (4 bytes) or ICMP6_FILTER (32 bytes); empty: a new
+        /// socket's.
+        #[serde(
+            default,
+            with = "crate::hex_bytes",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        icmp_filter: Vec<u8>,
+        /// Options that are not ints (SO_LINGER, IP_OPTIONS, a BPF filter).
+        #[serde(
+            default,
+            skip_serializing_if = "crate::kinds::inet::SockExtra::is_empty"
+        )]
+        extra: crate::kinds::inet::SockExtra,
+        flags: u32,
+    },
     /// An eventfd with its counter.
     EventFd {
         count: u64,
@@ -749,6 +838,9 @@ impl FdKind {
             | FdKind::TcpConnection { flags, .. }
             | FdKind::UnixBound { flags, .. }
             | FdKind::UdpSocket { flags, .. }
+            | FdKind::NetlinkSocket { flags, .. }
+            | FdKind::PacketSocket { flags, .. }
+            | FdKind::RawSocket { flags, .. }
             | FdKind::EventFd { flags, .. }
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }

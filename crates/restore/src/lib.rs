@@ -444,13 +444,24 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     };
     fault_point(root, Stage::Validate)?;
     action(&mut hook, "pre-restore", root, -1)?;
+    // Cgroups checked, and the missing ones made, before the mount
+    // namespace: a cgroup v1 mount of the tree binds the tree's own cgroup,
+    // which crun (unlike runc) makes only after the restore. Removed again
+    // if the restore fails (dropped after the namespace and the tree).
+    let mut cgroups = cgroups::prepare(
+        image.inventory.cgroups.as_ref(),
+        image.inventory.cgroup_ns.as_ref(),
+        opts.manage_cgroups,
+        &opts.cgroup_roots,
+        root,
+    )?;
     // The tree's user namespace before any namespace it owns (userns.rs).
     let user = userns::check(&image.inventory, opts)?;
     let held = match user {
         Some(u) => Some(userns::hold(&image.inventory, u)?),
         None => None,
     };
-    // The tree's mount namespace first: the preflight looks for its files
+    // The tree's mount namespace next: the preflight looks for its files
     // inside it (and the restorer leaves it again on every error).
     let mnt = mntns_first(image, opts, held.as_ref())?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
@@ -472,15 +483,6 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             });
         }
     }
-    // Cgroups checked (and the missing ones made) once every other check
-    // passed; removed again if the restore fails.
-    let mut cgroups = cgroups::prepare(
-        image.inventory.cgroups.as_ref(),
-        image.inventory.cgroup_ns.as_ref(),
-        opts.manage_cgroups,
-        &opts.cgroup_roots,
-        root,
-    )?;
     fault_point(root, Stage::Preflight)?;
     let pages: Vec<PathBuf> = chain.pages.clone();
     let calls0 = stasis_sys::remote::remote_syscalls();

@@ -48,6 +48,13 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::TcpSocket { local, .. } => format!("TCP socket {local:?}"),
             FdKind::TcpConnection { local, peer, .. } => format!("TCP {local} -> {peer}"),
             FdKind::UdpSocket { local, .. } => format!("UDP socket {local:?}"),
+            FdKind::NetlinkSocket {
+                protocol, portid, ..
+            } => format!("netlink socket (protocol {protocol}, port id {portid})"),
+            FdKind::PacketSocket { ifindex, .. } => format!("packet socket (ifindex {ifindex})"),
+            FdKind::RawSocket {
+                protocol, local, ..
+            } => format!("raw socket (protocol {protocol}) {local:?}"),
             FdKind::PtyMaster { index, .. } => format!("/dev/ptmx (pts {index})"),
             FdKind::PtySlave { index, .. } => format!("/dev/pts/{index}"),
             FdKind::DevTty { index, .. } => format!("/dev/tty (pts {index})"),

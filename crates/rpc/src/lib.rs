@@ -63,6 +63,12 @@ impl Client {
         Ok(Client { sock, child: None })
     }
 
+    /// A connection over a SOCK_SEQPACKET socket already joined to a
+    /// server (libcriu's `criu_set_service_fd`).
+    pub fn from_socket(sock: OwnedFd) -> Client {
+        Client { sock, child: None }
+    }
+
     /// Sends raw bytes as one record (tests send malformed requests).
     pub fn send_raw(&self, data: &[u8]) -> Result<(), Error> {
         Ok(seqpacket::send_record(&self.sock, data)?)

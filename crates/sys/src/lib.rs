@@ -95,6 +95,7 @@ pub(crate) fn last_errno() -> i32 {
 }
 pub mod mcast;
 pub mod mount;
+pub mod nlsock;
 pub mod nsenter;
 pub mod pagemap;
 pub mod sock;

@@ -649,7 +649,18 @@ pub fn changed_unix_options(
     sock: &OwnedFd,
     fresh: &OwnedFd,
 ) -> std::collections::BTreeMap<String, i32> {
-    UNIX_OPTS
+    changed_options(UNIX_OPTS, sock, fresh)
+}
+
+/// The options of `table` whose value on `sock` differs from the one on
+/// `fresh` (a new socket of the same kind), by name; options either socket
+/// does not answer are left out.
+pub fn changed_options(
+    table: &[(&str, i32, i32)],
+    sock: &OwnedFd,
+    fresh: &OwnedFd,
+) -> std::collections::BTreeMap<String, i32> {
+    table
         .iter()
         .filter_map(|&(name, level, opt)| {
             match (get_int(sock, level, opt), get_int(fresh, level, opt)) {

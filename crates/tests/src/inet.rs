@@ -56,6 +56,19 @@ pub fn parse(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// getsockname (or getpeername with `peer`) of `fd`.
 pub fn name(fd: i32, peer: bool) -> Option<SocketAddr> {
+    let b = name_bytes(fd, peer).ok()?;
+    // SAFETY: zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: b is at most the storage's size (the kernel's answer to it).
+    unsafe {
+        std::ptr::copy_nonoverlapping(b.as_ptr(), std::ptr::addr_of_mut!(ss).cast::<u8>(), b.len())
+    };
+    parse(&ss)
+}
+
+/// getsockname (or getpeername with `peer`) of `fd` as the kernel's
+/// bytes (any family); on error the errno.
+pub fn name_bytes(fd: i32, peer: bool) -> Result<Vec<u8>, i32> {
     // SAFETY: zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
@@ -68,7 +81,13 @@ pub fn name(fd: i32, peer: bool) -> Option<SocketAddr> {
             libc::getsockname(fd, p, &mut len)
         }
     };
-    (r == 0).then(|| parse(&ss)).flatten()
+    if r != 0 {
+        return Err(errno());
+    }
+    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: ss holds n initialised bytes.
+    let b = unsafe { std::slice::from_raw_parts(std::ptr::addr_of!(ss).cast::<u8>(), n) };
+    Ok(b.to_vec())
 }
 
 /// socket(2), asserted.

@@ -931,8 +931,8 @@ fn cr_unsupported_tcp_now_supported() {
 
 /// Other socket families stay refused by name.
 #[test]
-fn refuse_unsupported_netlink_socket() {
-    refuse("netlink", &["netlink socket"]);
+fn refuse_unsupported_xdp_socket() {
+    refuse("xdp", &["AF_XDP socket"]);
 }
 
 /// The program that used to be refused for its socket pair now checkpoints.

@@ -277,6 +277,25 @@ fn dump_restore(work: &Work, p: &mut Proc, trees: &mut Trees, opts: &Opts) -> Pr
 
 /// Waits until `root`'s tree is `pids` again (the backends, workers, ...
 /// that served a client have exited); on timeout names what is there.
+/// The tree of `root` once it has not changed for a second: a server
+/// just started may still have a backend ending (PostgreSQL's, that
+/// answered the readiness probe), which would never come back.
+fn settled_tree(work: &Work, root: i32) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (tree_pids(root), Instant::now());
+    while since.elapsed() < Duration::from_secs(1) {
+        if Instant::now() > deadline {
+            fail(work, format!("tree of {root} never settled: {last:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let now = tree_pids(root);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
 fn wait_tree(work: &Work, root: i32, pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while tree_pids(root) != pids {
@@ -1179,7 +1198,7 @@ fn postgres() {
     let mut pg = start_postgres(&work, &bin, psql, ids);
     trees.track(pg.p.pid);
     let _shm = ShmOf(vec![pg.p.pid]);
-    let baseline = tree_pids(pg.p.pid);
+    let baseline = settled_tree(&work, pg.p.pid);
     let create = "create table t(k text, v text); insert into t values ('a', 'before the dump')";
     check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
     // The backend that served psql has gone.
@@ -1398,7 +1417,7 @@ fn postgres_connection() {
     let mut pg = start_postgres(&work, &bin, psql, ids);
     trees.track(pg.p.pid);
     let _shm = ShmOf(vec![pg.p.pid]);
-    let baseline = tree_pids(pg.p.pid);
+    let baseline = settled_tree(&work, pg.p.pid);
     let create = "create table t(k text, v text); insert into t values ('a', 'by psql')";
     check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
     wait_tree(&work, pg.p.pid, &baseline);

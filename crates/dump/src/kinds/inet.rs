@@ -6,12 +6,13 @@
 //!
 //! Saved: TCP sockets that are not connected (listening, or bound or not);
 //! UDP sockets bound and/or connected, with the datagrams waiting (their
-//! sources and destinations: `udpq`); connected TCP sockets go to
-//! [`super::tcp`]. Refused by name: connections waiting in a listener's accept queue (unless
-//! `--skip-in-flight`, which drops them), empty or corked datagrams, a
-//! socket filter, other protocols over IP (raw, ICMP, SCTP, MPTCP) and
-//! other address families (netlink, packet, ...). AF_UNIX is left to
-//! [`super::unix`].
+//! sources and destinations: `udpq`); a classic BPF filter (SO_GET_FILTER).
+//! Connected TCP sockets go to [`super::tcp`]; netlink, packet, raw IP
+//! and ping sockets to [`super::netsk`]. Refused by name: connections
+//! waiting in a listener's accept queue (unless `--skip-in-flight`, which
+//! drops them), empty or corked datagrams, an eBPF filter, other
+//! protocols over IP (SCTP, MPTCP) and other address families (AF_ALG,
+//! vsock, XDP, ...). AF_UNIX is left to [`super::unix`].
 
 use super::Fd;
 use crate::{At, Result, Stage};
@@ -35,8 +36,8 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     let family_name = match family {
         libc::AF_UNIX => return Ok(None),
         libc::AF_INET | libc::AF_INET6 => "",
-        libc::AF_NETLINK => "a netlink socket",
-        libc::AF_PACKET => "a packet socket",
+        libc::AF_NETLINK => return super::netsk::netlink(d, &dup).map(Some),
+        libc::AF_PACKET => return super::netsk::packet(d, &dup).map(Some),
         libc::AF_ALG => "a crypto (AF_ALG) socket",
         libc::AF_VSOCK => "a vsock socket",
         libc::AF_BLUETOOTH => "a bluetooth socket",
@@ -50,9 +51,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     match (ty, proto) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => tcp(d, &dup, family).map(Some),
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => udp(d, &dup, family).map(Some),
-        (libc::SOCK_RAW, _) => Err(d.refuse("a raw IP socket (not supported)")),
-        (_, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
-            Err(d.refuse("an ICMP (ping) socket (not supported)"))
+        (libc::SOCK_RAW, _) => super::netsk::raw(d, &dup, family, ty, proto).map(Some),
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
+            super::netsk::raw(d, &dup, family, ty, proto).map(Some)
         }
         (_, libc::IPPROTO_SCTP) => Err(d.refuse("an SCTP socket (not supported)")),
         (_, libc::IPPROTO_MPTCP) => Err(d.refuse("an MPTCP socket (not supported)")),
@@ -71,7 +72,7 @@ pub(super) struct Options {
 }
 
 /// The options that differ from a new socket's, the bound device; refuses
-/// a socket filter and an upper layer protocol (TCP_ULP).
+/// an eBPF filter and an upper layer protocol (TCP_ULP).
 pub(super) fn options(
     d: &Fd<'_>,
     dup: &OwnedFd,
@@ -79,11 +80,19 @@ pub(super) fn options(
     ty: i32,
     proto: i32,
 ) -> Result<Options> {
+    let fresh = sock::socket(family, ty, proto).at(d.pid, Stage::Check)?;
+    options_with(d, dup, &fresh, family, proto)
+}
+
+/// [`options`], compared with the new socket `fresh` of the same kind.
+pub(super) fn options_with(
+    d: &Fd<'_>,
+    dup: &OwnedFd,
+    fresh: &OwnedFd,
+    family: i32,
+    proto: i32,
+) -> Result<Options> {
     let (pid, st) = (d.pid, Stage::Check);
-    if sock::filter_len(dup).at(pid, st)? != 0 {
-        return Err(d.refuse("a socket with a BPF filter (SO_ATTACH_FILTER, not supported)"));
-    }
-    let fresh = sock::socket(family, ty, proto).at(pid, st)?;
     let mut opts = BTreeMap::new();
     for &(name, level, opt) in sock::INET_OPTS {
         if !sock::opt_applies(level, family, proto) {
@@ -93,7 +102,7 @@ pub(super) fn options(
         // new one) is not one it can have set.
         let (Ok(v), Ok(new)) = (
             sock::get_int(dup, level, opt),
-            sock::get_int(&fresh, level, opt),
+            sock::get_int(fresh, level, opt),
         ) else {
             continue;
         };
@@ -106,8 +115,22 @@ pub(super) fn options(
     let dev = sock::get_bytes(dup, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).at(pid, st)?;
     Ok(Options {
         ints: opts,
-        extra: extra(d, dup, &fresh, family, proto)?,
+        extra: SockExtra {
+            filter: filter(d, dup)?,
+            ..extra(d, dup, fresh, family, proto)?
+        },
         device: String::from_utf8_lossy(&dev).into_owned(),
+    })
+}
+
+/// The classic BPF filter attached to the socket (SO_ATTACH_FILTER), as
+/// its instructions; an eBPF one (SO_ATTACH_BPF) cannot be read: refused.
+pub(super) fn filter(d: &Fd<'_>, dup: &OwnedFd) -> Result<Vec<u8>> {
+    stasis_sys::nlsock::get_filter(dup).map_err(|e| {
+        d.refuse(&format!(
+            "a socket whose BPF filter cannot be read (an eBPF program, SO_ATTACH_BPF: not \
+             supported): {e}"
+        ))
     })
 }
 
@@ -238,7 +261,9 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
                 if !d.sockets.skip_in_flight {
                     return Err(d.refuse(&format!(
                         "a listening TCP socket with {} connection(s) waiting to be accepted \
-                         (criu's --skip-in-flight drops them)",
+                         (not supported: only a new handshake puts a connection in an accept \
+                         queue, and the kernel picks its server-side sequence numbers, which \
+                         the peer already knows otherwise; criu's --skip-in-flight drops them)",
                         s.rqueue
                     )));
                 }

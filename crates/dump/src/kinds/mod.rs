@@ -16,6 +16,7 @@
 //! | `Inotify` | [`inotify`] | link `anon_inode:inotify` |
 //! | `Fanotify` | [`fanotify`] | link `anon_inode:[fanotify]` |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | link `socket:[INO]`, SO_DOMAIN AF_INET/AF_INET6 on a duplicate (other families refused by name) |
+//! | `NetlinkSocket`, `PacketSocket`, `RawSocket` | [`netsk`] | link `socket:[INO]`, SO_DOMAIN AF_NETLINK / AF_PACKET, or AF_INET(6) with SOCK_RAW or ICMP ping |
 //! | `UnixBound` | [`unixbound`] | link `socket:[INO]`, AF_UNIX in sock_diag, not connected |
 //! | `UnixSocket` | [`unix`] | link `socket:[INO]`, AF_UNIX in sock_diag, connected, no name at either end |
 //! | `Pidfd` | [`pidfd`] | link `anon_inode:[pidfd]` (or `pidfd:`), fdinfo `Pid:` |
@@ -40,6 +41,7 @@ mod fifo;
 mod in_flight;
 mod inet;
 mod inotify;
+mod netsk;
 mod opath;
 mod pidfd;
 mod pipe;
@@ -376,6 +378,9 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         }
         FdKind::UdpSocket { local, .. } => (15, addr_key(local.as_ref()), 0),
         FdKind::UnixBound { .. } => (16, 0, 0),
+        FdKind::NetlinkSocket { portid, .. } => (22, u64::from(*portid), 0),
+        FdKind::PacketSocket { .. } => (23, 0, 0),
+        FdKind::RawSocket { .. } => (24, 0, 0),
         FdKind::ProcFile { .. } => (12, 0, 0),
         FdKind::Pidfd { .. } => (13, 0, 0),
         FdKind::PtyMaster { index, .. } => (17, u64::from(*index), 0),

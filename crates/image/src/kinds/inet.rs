@@ -53,6 +53,14 @@ pub struct SockExtra {
     /// connections).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub md5: Vec<Md5Key>,
+    /// SO_ATTACH_FILTER: a classic BPF program's instructions (8 bytes
+    /// each).
+    #[serde(
+        default,
+        with = "crate::hex_bytes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub filter: Vec<u8>,
 }
 
 /// One TCP_MD5SIG key: the peers it signs for (address and prefix) and
@@ -100,6 +108,7 @@ pub(super) fn validate_extra(c: &Checker<'_>, field: &str, e: &SockExtra) -> Res
             e.ip_options.len()
         )
     })?;
+    super::netsk::validate_filter(c, field, &e.filter)?;
     c.ensure(e.md5.len() <= MAX_MD5_KEYS, || {
         format!(
             "{field}.extra.md5: {} keys, more than {MAX_MD5_KEYS}",
@@ -153,6 +162,18 @@ pub(super) fn validate(
             format!("{field}: address {a} is not of family {family}")
         })?;
     }
+    validate_opt_names(c, field, opts)?;
+    c.ensure(device.len() <= MAX_DEVICE && !device.contains('\0'), || {
+        format!("{field}.device: {device:?} is not a device name")
+    })
+}
+
+/// Every saved option's name looks like one (SO_..., TCP_..., ...).
+pub(super) fn validate_opt_names(
+    c: &Checker<'_>,
+    field: &str,
+    opts: &BTreeMap<String, i32>,
+) -> Result<()> {
     for name in opts.keys() {
         c.ensure(
             !name.is_empty()
@@ -163,9 +184,7 @@ pub(super) fn validate(
             || format!("{field}.opts: {name:?} is not an option name"),
         )?;
     }
-    c.ensure(device.len() <= MAX_DEVICE && !device.contains('\0'), || {
-        format!("{field}.device: {device:?} is not a device name")
-    })
+    Ok(())
 }
 
 pub(super) fn validate_queued(c: &Checker<'_>, field: &str, queued: &[UdpDatagram]) -> Result<()> {

@@ -17,6 +17,7 @@
 //! | `Fanotify` | [`fanotify`] | marks: mount point, handle size, a mask |
 //! | `UnixBound` | [`unixbound`] | type; an absolute path or an abstract name; queued bytes capped |
 //! | `TcpSocket`, `UdpSocket`, `TcpConnection` | [`inet`] | family, addresses of that family, option names, device name; a connection's state ESTABLISHED, queue sizes, window scales |
+//! | `NetlinkSocket`, `PacketSocket`, `RawSocket` | [`netsk`] | socket type, option names; netlink protocol and groups; packet memberships and filter size; raw family and addresses, ICMP filter size |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
 //! | `Pidfd` | [`pidfd`] | pid > 0 |
 //! | `PtyMaster`, `PtySlave`, `DevTty` | [`pty`] | index below the kernel's limit, control characters, termios speeds |
@@ -31,6 +32,7 @@ pub mod fanotify;
 mod fifo;
 pub mod inet;
 pub mod inotify;
+pub mod netsk;
 mod opath;
 mod pidfd;
 mod pipe;
@@ -152,6 +154,43 @@ pub(crate) fn validate_fd(
             device,
         )
         .and_then(|()| inet::validate_queued(c, &field, queued))
+        .and_then(|()| inet::validate_extra(c, &field, extra)),
+        FdKind::NetlinkSocket {
+            sock_type,
+            protocol,
+            groups,
+            opts,
+            filter,
+            ..
+        } => netsk::validate_netlink(c, &field, *sock_type, *protocol, groups, opts)
+            .and_then(|()| netsk::validate_filter(c, &field, filter)),
+        FdKind::PacketSocket {
+            sock_type,
+            members,
+            opts,
+            filter,
+            ..
+        } => netsk::validate_packet(c, &field, *sock_type, members, opts, filter),
+        FdKind::RawSocket {
+            family,
+            sock_type,
+            local,
+            peer,
+            opts,
+            device,
+            icmp_filter,
+            extra,
+            ..
+        } => netsk::validate_raw(
+            c,
+            &field,
+            *family,
+            *sock_type,
+            [local.as_ref(), peer.as_ref()],
+            opts,
+            device,
+            icmp_filter,
+        )
         .and_then(|()| inet::validate_extra(c, &field, extra)),
         FdKind::ProcFile { path, pid, .. } => procfile::validate(c, &field, path, *pid),
         FdKind::Pidfd { pid, .. } => pidfd::validate(c, &field, *pid),

@@ -142,10 +142,13 @@ fn already(fd: &OwnedFd, name: &str, v: i32) -> bool {
     sock::get_int(fd, level, opt).is_ok_and(|now| now == v)
 }
 
-/// SO_LINGER, TCP_CONGESTION, IP_OPTIONS and TCP_MD5SIG keys, where saved
+/// A classic BPF filter, SO_LINGER, TCP_CONGESTION, IP_OPTIONS and TCP_MD5SIG keys, where saved
 /// (before the int options: IP options change TCP_MAXSEG's reading; keys
 /// before a listen or a connection's rebuild).
 fn set_extra(fd: &OwnedFd, family: u32, e: &SockExtra) -> stasis_sys::Result<()> {
+    if !e.filter.is_empty() {
+        stasis_sys::nlsock::attach_filter(fd, &e.filter)?;
+    }
     for k in &e.md5 {
         sock::add_md5_key(fd, family as i32, k.addr, k.prefixlen, &k.key)?;
     }

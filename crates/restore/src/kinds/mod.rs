@@ -18,6 +18,7 @@
 //! | `UnixBound` | [`unixbound`] | `socket`, options, the stale socket file removed, bind, mode and owner, listen; queued datagrams re-sent |
 //! | `TcpSocket`, `UdpSocket` | [`inet`] | `socket`, options, bind, listen (backlog) or connect |
 //! | `TcpConnection` | [`tcp`] | `socket`, options, the connection rebuilt in repair mode (repair off at resume), or closed |
+//! | `NetlinkSocket`, `PacketSocket`, `RawSocket` | [`netsk`] | `socket`, options, bind (port id / protocol and interface / address), groups or memberships, connect |
 //! | `EventFd` | [`eventfd`] | `eventfd2` with its counter |
 //! | `TimerFd` | [`timerfd`] | `timerfd_create` + `timerfd_settime` |
 //! | `SignalFd` | [`signalfd`] | `signalfd4` with its mask |
@@ -41,6 +42,7 @@ pub(crate) mod fanotify;
 mod fifo;
 mod inet;
 mod inotify;
+mod netsk;
 mod opath;
 mod pidfd;
 mod pipe;
@@ -346,6 +348,79 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
                 flags: *flags,
             };
             inet::open(o, cx, &s, false)
+        }
+        FdKind::NetlinkSocket {
+            protocol,
+            sock_type,
+            portid,
+            groups,
+            dst_portid,
+            dst_group,
+            opts,
+            filter,
+            flags,
+        } => {
+            let s = netsk::Netlink {
+                protocol: *protocol,
+                sock_type: *sock_type,
+                portid: *portid,
+                groups,
+                dst: (*dst_portid, *dst_group),
+                opts,
+                filter,
+                flags: *flags,
+            };
+            netsk::open_netlink(o, cx, &s)
+        }
+        FdKind::PacketSocket {
+            sock_type,
+            protocol,
+            num,
+            ifindex,
+            members,
+            opts,
+            filter,
+            fanout,
+            flags,
+        } => {
+            let s = netsk::Packet {
+                sock_type: *sock_type,
+                protocol: *protocol,
+                num: *num,
+                ifindex: *ifindex,
+                members,
+                opts,
+                filter,
+                fanout: *fanout,
+                flags: *flags,
+            };
+            netsk::open_packet(o, cx, &s)
+        }
+        FdKind::RawSocket {
+            family,
+            sock_type,
+            protocol,
+            local,
+            peer,
+            opts,
+            device,
+            icmp_filter,
+            extra,
+            flags,
+        } => {
+            let s = netsk::Raw {
+                family: *family,
+                sock_type: *sock_type,
+                protocol: *protocol,
+                local: local.as_ref(),
+                peer: peer.as_ref(),
+                opts,
+                device,
+                icmp_filter,
+                extra,
+                flags: *flags,
+            };
+            netsk::open_raw(o, cx, &s)
         }
         FdKind::PtyMaster { index, .. } => pty::open_master(o, cx, *index),
         FdKind::PtySlave { index, flags } => pty::open_slave(o, cx, *index, *flags),

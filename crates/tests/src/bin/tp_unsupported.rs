@@ -117,10 +117,10 @@ fn main() {
             let c = std::net::TcpStream::connect(addr);
             report.check(c.is_ok(), || format!("connect to {addr}: {c:?}"));
         }
-        "netlink" => {
+        "xdp" => {
             // SAFETY: plain socket creation; closed when the program exits.
-            let s = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) };
-            report.check(s >= 0, || "socket(AF_NETLINK)".into());
+            let s = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW, 0) };
+            report.check(s >= 0, || "socket(AF_XDP)".into());
             proto.ready_and_wait();
         }
         "huge-deleted" => {
