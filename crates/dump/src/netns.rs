@@ -1,20 +1,20 @@
 //! The tree's network namespace: when the root has one of its own (every
-//! process shares it, see checks.rs), its links, addresses, main-table
-//! routes, sysctls and nftables ruleset, read (rtnetlink, /proc/sys/net,
-//! `nft list`) by a thread that joined it. Links: lo and veth pairs (the
-//! other end inside, or outside in the dumper's namespace: its name, MAC,
-//! MTU and bridge noted); any other kind is refused by name, and so are
-//! iptables-legacy rules.
+//! process shares it, see checks.rs), its links, addresses, policy
+//! routing rules, routes of every table, nexthop objects, sysctls,
+//! nftables ruleset and iptables-legacy tables, read (rtnetlink,
+//! /proc/sys/net, `nft list`, `iptables-legacy-save -c`) by a thread that
+//! joined it. Links: lo and veth pairs (the other end inside, or outside
+//! in the dumper's namespace: its name, MAC, MTU and bridge noted); any
+//! other kind is refused by name, and so are legacy rules whose state the
+//! saved text does not carry.
 
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
-use stasis_image::netns::{NetAddr, NetLink, NetRoute, VethPeer};
+use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, RawMsg, Tun, VethPeer};
 use stasis_image::NetNs;
-use stasis_sys::{netlink, tool, Pid};
+use stasis_sys::netlink::{self, Object};
+use stasis_sys::{tool, Pid};
 use std::os::unix::fs::MetadataExt;
-
-const RT_TABLE_MAIN: u32 = 254;
-const RTPROT_KERNEL: u8 = 2;
 
 fn ns_ino(task: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{task}/ns/net"))
@@ -76,30 +76,61 @@ fn nft_ruleset(root: u32) -> std::result::Result<String, String> {
     Ok(text)
 }
 
-/// iptables-legacy rules (not nftables, so `nft` does not see them):
-/// refused by name.
-fn legacy_rules() -> Option<String> {
+/// Matches and targets whose state lives in the kernel and that
+/// `iptables-legacy-save` does not show (hit lists, token buckets, the
+/// remaining quota, the nth counter), or that name objects not saved
+/// (ipsets).
+const LEGACY_STATEFUL: &[&str] = &[
+    "-m recent",
+    "-m hashlimit",
+    "-m limit",
+    "-m quota",
+    "--mode nth",
+    "-m set",
+    "-j SET",
+    "-m connlimit",
+    "-j IDLETIMER",
+    "-j LED",
+];
+
+/// iptables-legacy tables (not nftables, so `nft` does not see them),
+/// with counters: (IPv4, IPv6), each empty when no table holds a rule or
+/// a policy other than ACCEPT. A rule whose state the text does not
+/// carry is refused by name.
+fn legacy_rules() -> std::result::Result<(String, String), String> {
+    let mut out = Vec::new();
     for cmd in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        let Ok(out) = tool::output(cmd, &[], None) else {
+        let Ok(text) = tool::output(cmd, &["-c"], None) else {
+            out.push(String::new());
             continue;
         };
-        let changed = out.lines().any(|l| {
-            l.starts_with("-A")
-                || (l.starts_with(':')
-                    && !l.starts_with(":PREROUTING ACCEPT")
-                    && !l.starts_with(":INPUT ACCEPT")
-                    && !l.starts_with(":OUTPUT ACCEPT")
-                    && !l.starts_with(":FORWARD ACCEPT")
-                    && !l.starts_with(":POSTROUTING ACCEPT"))
+        let builtin = ["PREROUTING", "INPUT", "OUTPUT", "FORWARD", "POSTROUTING"];
+        // Rules read `[PKTS:BYTES] -A CHAIN ...` with -c; chains
+        // `:NAME POLICY [PKTS:BYTES]`.
+        let changed = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w[..] {
+                [c, "-A", ..] if c.starts_with('[') => true,
+                ["-A", ..] => true,
+                [chain, policy, ..] if chain.starts_with(':') => {
+                    !builtin.contains(&&chain[1..]) || policy != "ACCEPT"
+                }
+                _ => false,
+            }
         });
-        if changed {
-            return Some(format!(
-                "iptables-legacy rules in its network namespace ({cmd}): not restored \
-                 (nftables and iptables-nft rules are)"
+        if let Some(l) = text.lines().find(|l| {
+            LEGACY_STATEFUL
+                .iter()
+                .any(|m| format!("{l} ").contains(&format!("{m} ")))
+        }) {
+            return Err(format!(
+                "iptables-legacy rule in its network namespace ({cmd}: {l}): its state in \
+                 the kernel is not saved"
             ));
         }
+        out.push(if changed { text } else { String::new() });
     }
-    None
+    Ok((out.remove(0), out.remove(0)))
 }
 
 /// The other end of veth `l`: in the namespace too (`inside`), or in the
@@ -137,26 +168,120 @@ fn veth_peer(l: &netlink::Link, links: &[netlink::Link], host: &[netlink::Link])
     }
 }
 
-/// The namespace's contents, or why it cannot be restored.
-fn read_inside(root: u32, host: Vec<netlink::Link>) -> std::result::Result<NetNs, String> {
-    let links = netlink::links().map_err(|e| format!("reading links: {e}"))?;
-    if let Some(l) = links
-        .iter()
-        .find(|l| !(l.name == "lo" && l.kind.is_empty()) && l.kind != "veth")
-    {
-        let kind = if l.kind.is_empty() { "device" } else { &l.kind };
+/// Macvlan `l`: its mode, flags and broadcast queue length, and its lower
+/// device's name (in the namespace, or in the dumper's: found by index;
+/// in a third, unnamed). Source mode (a MAC list) and a broadcast cutoff
+/// other than the default are refused by name.
+fn macvlan(
+    l: &netlink::Link,
+    links: &[netlink::Link],
+    host: &[netlink::Link],
+    host_id: Option<i32>,
+) -> std::result::Result<Macvlan, String> {
+    const MODE: u16 = 1;
+    const FLAGS: u16 = 2;
+    const BC_QUEUE_LEN: u16 = 7;
+    const BC_CUTOFF: u16 = 9;
+    const SOURCE: u32 = 16;
+    let get = |t: u16| {
+        l.info_data
+            .iter()
+            .find(|(x, _)| *x == t)
+            .map(|(_, v)| v.as_slice())
+    };
+    let u32of = |v: &[u8]| {
+        v.get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mode = get(MODE).map_or(0, u32of);
+    let flags = get(FLAGS).map_or(0, |v| {
+        v.get(..2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    });
+    let cutoff = get(BC_CUTOFF).map_or(1, u32of) as i32;
+    if mode == SOURCE || cutoff != 1 {
         return Err(format!(
-            "link {} ({kind}, index {}) in its network namespace: only lo and veth pairs \
-             are restored",
+            "macvlan {} (index {}) in its network namespace: {}: not restored",
+            l.name,
+            l.index,
+            if mode == SOURCE {
+                "source mode (its MAC list)".to_string()
+            } else {
+                format!("broadcast cutoff {cutoff}")
+            }
+        ));
+    }
+    let (lower, inside) = match l.link_netnsid {
+        None => (
+            links
+                .iter()
+                .find(|p| p.index == l.link)
+                .map(|p| p.name.clone()),
+            true,
+        ),
+        Some(id) if Some(id) == host_id => (
+            host.iter()
+                .find(|p| p.index == l.link)
+                .map(|p| p.name.clone()),
+            false,
+        ),
+        Some(_) => (None, false),
+    };
+    Ok(Macvlan {
+        mode,
+        flags,
+        bc_queue_len: get(BC_QUEUE_LEN).map_or(0, u32of),
+        lower: lower.unwrap_or_default(),
+        inside,
+    })
+}
+
+/// Tun/tap device `l` (IFLA_TUN_*): a persistent one with no queue
+/// attached; one a process holds open is refused by name (the
+/// descriptor is not restored either).
+fn tun(l: &netlink::Link) -> std::result::Result<Tun, String> {
+    let (tun, queues, persist) = tun_info(&l.info_data);
+    if queues > 0 || !persist {
+        return Err(format!(
+            "tun/tap device {} (index {}) in its network namespace: {queues} queue(s) \
+             attached (a process holds /dev/net/tun): not restored",
             l.name, l.index
         ));
     }
-    if let Some(why) = legacy_rules() {
-        return Err(why);
+    Ok(tun)
+}
+
+/// The namespace's contents, or why it cannot be restored.
+fn read_inside(
+    root: u32,
+    host: Vec<netlink::Link>,
+    host_ns: std::os::fd::OwnedFd,
+) -> std::result::Result<NetNs, String> {
+    let links = netlink::links().map_err(|e| format!("reading links: {e}"))?;
+    if let Some(l) = links.iter().find(|l| {
+        let lo = l.name == "lo" && l.kind.is_empty();
+        !(lo || matches!(&l.kind[..], "veth" | "macvlan" | "tun"))
+    }) {
+        let kind = if l.kind.is_empty() { "device" } else { &l.kind };
+        return Err(format!(
+            "link {} ({kind}, index {}) in its network namespace: only lo, veth pairs, \
+             macvlan links and tun/tap devices are restored",
+            l.name, l.index
+        ));
     }
+    let mut tuns = Vec::new();
+    for l in links.iter().filter(|l| l.kind == "tun") {
+        tuns.push((l.index, tun(l)?));
+    }
+    let mut macvlans = Vec::new();
+    for l in links.iter().filter(|l| l.kind == "macvlan") {
+        let host_id = netlink::nsid_of(&host_ns)
+            .map_err(|e| format!("the dumper's namespace id in the tree's: {e}"))?;
+        macvlans.push((l.index, macvlan(l, &links, &host, host_id)?));
+    }
+    let (iptables_legacy, ip6tables_legacy) = legacy_rules()?;
     let nft = nft_ruleset(root)?;
     let addrs = netlink::addrs().map_err(|e| format!("reading addresses: {e}"))?;
-    let routes = netlink::routes().map_err(|e| format!("reading routes: {e}"))?;
+    let (rules, routes, nexthops) = routing()?;
     Ok(NetNs {
         links: links
             .iter()
@@ -168,16 +293,25 @@ fn read_inside(root: u32, host: Vec<netlink::Link>) -> std::result::Result<NetNs
                 mtu: l.mtu,
                 mac: l.mac.clone(),
                 veth: (l.kind == "veth").then(|| veth_peer(l, &links, &host)),
+                macvlan: macvlans
+                    .iter()
+                    .find(|(i, _)| *i == l.index)
+                    .map(|(_, m)| m.clone()),
+                tun: tuns
+                    .iter()
+                    .find(|(i, _)| *i == l.index)
+                    .map(|(_, t)| t.clone()),
             })
             .collect(),
         addrs: addrs.into_iter().map(addr).collect(),
-        routes: routes
-            .into_iter()
-            .filter(|r| r.table == RT_TABLE_MAIN && r.protocol != RTPROT_KERNEL)
-            .map(route)
-            .collect(),
+        routes: Vec::new(),
+        route_msgs: routes,
+        rule_msgs: rules,
+        nexthop_msgs: nexthops,
         sysctls: sysctls(),
         nft,
+        iptables_legacy,
+        ip6tables_legacy,
     })
 }
 
@@ -193,21 +327,35 @@ fn addr(a: netlink::Addr) -> NetAddr {
     }
 }
 
-fn route(r: netlink::Route) -> NetRoute {
-    NetRoute {
-        family: r.family,
-        dst_len: r.dst_len,
-        tos: r.tos,
-        table: r.table,
-        protocol: r.protocol,
-        scope: r.scope,
-        rtype: r.rtype,
-        dst: r.dst,
-        gateway: r.gateway,
-        prefsrc: r.prefsrc,
-        oif: r.oif,
-        priority: r.priority,
+/// Rules, routes and nexthops.
+type Routing = (Vec<RawMsg>, Vec<RawMsg>, Vec<RawMsg>);
+
+/// Rules, routes (every table) and nexthop objects, as the kernel dumps
+/// them. Routes of a family other than IPv4 and IPv6 (multicast
+/// forwarding entries, MPLS) are refused by name.
+fn routing() -> std::result::Result<Routing, String> {
+    let dump = |o: Object, what: &str| {
+        netlink::dump_raw(o).map_err(|e| format!("reading its {what}: {e}"))
+    };
+    let rules = dump(Object::Rule, "policy routing rules")?;
+    let routes = dump(Object::Route, "routes")?;
+    // A kernel without nexthop objects has none to save.
+    let nexthops = match netlink::dump_raw(Object::Nexthop) {
+        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Vec::new(),
+        r => r.map_err(|e| format!("reading its nexthop objects: {e}"))?,
+    };
+    if let Some(r) = routes
+        .iter()
+        .find(|r| !matches!(i32::from(r[0]), libc::AF_INET | libc::AF_INET6))
+    {
+        return Err(format!(
+            "a route of address family {} (multicast forwarding or MPLS) in its network \
+             namespace: not restored",
+            r[0]
+        ));
     }
+    let raw = |v: Vec<Vec<u8>>| v.into_iter().map(RawMsg).collect();
+    Ok((raw(rules), raw(routes), raw(nexthops)))
 }
 
 /// The root's network namespace, if it is not stasis's own.
@@ -217,8 +365,11 @@ pub(crate) fn collect(root: Pid) -> Result<Option<NetNs>> {
         return Ok(None);
     }
     let host = netlink::links().at(p, Stage::Collect)?;
+    let host_ns =
+        stasis_sys::util::open("/proc/thread-self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)
+            .at(p, Stage::Collect)?;
     stasis_sys::nsenter::in_ns_of(root, "net", libc::CLONE_NEWNET, move || {
-        read_inside(p, host)
+        read_inside(p, host, host_ns)
     })
     .at(p, Stage::Collect)?
     .map(Some)

@@ -1,6 +1,7 @@
 //! The network namespace of a tree, when the tree's root had one of its
-//! own: its links (lo and veth pairs), addresses, main-table routes, the
-//! namespace's sysctls and its nftables ruleset. A restore creates a new
+//! own: its links (lo and veth pairs), addresses, rules, routes of every
+//! table, nexthop objects, the namespace's sysctls, its nftables ruleset
+//! and iptables-legacy tables. A restore creates a new
 //! namespace with them before any socket of the tree is made.
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,68 @@ pub struct VethPeer {
     pub master: String,
 }
 
+/// A macvlan link: its mode and flags, and its lower device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Macvlan {
+    /// IFLA_MACVLAN_MODE: 1 private, 2 vepa, 4 bridge, 8 passthru.
+    pub mode: u32,
+    /// IFLA_MACVLAN_FLAGS (1: nopromisc).
+    #[serde(default)]
+    pub flags: u16,
+    /// IFLA_MACVLAN_BC_QUEUE_LEN (0: not shown).
+    #[serde(default)]
+    pub bc_queue_len: u32,
+    /// The lower device's name: in the tree's namespace too (`inside`),
+    /// or in the dumper's (empty: in a third one, named at restore by
+    /// criu's `--external macvlan[NAME]:OUTER`).
+    pub lower: String,
+    #[serde(default)]
+    pub inside: bool,
+}
+
+/// A persistent tun/tap device (no queue attached): what IFLA_INFO_DATA
+/// shows of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tun {
+    /// IFF_TAP (else IFF_TUN).
+    pub tap: bool,
+    /// Packet information header (no IFF_NO_PI).
+    #[serde(default)]
+    pub pi: bool,
+    #[serde(default)]
+    pub vnet_hdr: bool,
+    #[serde(default)]
+    pub multi_queue: bool,
+    /// TUNSETOWNER / TUNSETGROUP (absent: none).
+    #[serde(default)]
+    pub owner: Option<u32>,
+    #[serde(default)]
+    pub group: Option<u32>,
+}
+
+/// What IFLA_INFO_DATA of a tun/tap link shows: the device, its number
+/// of attached queues and whether it is persistent.
+pub fn tun_info(d: &[(u16, Vec<u8>)]) -> (Tun, u32, bool) {
+    let get = |t: u16| d.iter().find(|(x, _)| *x == t).map(|(_, v)| v.as_slice());
+    let flag = |t: u16| get(t).and_then(|v| v.first().copied()).unwrap_or(0) != 0;
+    let word = |t: u16| {
+        get(t)
+            .and_then(|v| v.get(..4))
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // IFLA_TUN_OWNER 1, GROUP 2, TYPE 3, PI 4, VNET_HDR 5, PERSIST 6,
+    // MULTI_QUEUE 7, NUM_QUEUES 8.
+    let tun = Tun {
+        tap: get(3).and_then(|v| v.first().copied()) == Some(2),
+        pi: flag(4),
+        vnet_hdr: flag(5),
+        multi_queue: flag(7),
+        owner: word(1),
+        group: word(2),
+    };
+    (tun, word(8).unwrap_or(0), flag(6))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetLink {
     pub index: i32,
@@ -39,6 +102,12 @@ pub struct NetLink {
     /// A veth's other end.
     #[serde(default)]
     pub veth: Option<VethPeer>,
+    /// A macvlan's mode and lower device.
+    #[serde(default)]
+    pub macvlan: Option<Macvlan>,
+    /// A tun/tap device's flags and owner.
+    #[serde(default)]
+    pub tun: Option<Tun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +123,14 @@ pub struct NetAddr {
     pub address: Vec<u8>,
 }
 
+/// One rtnetlink object (a rule, route or nexthop) as the kernel's dump
+/// gave it: its fixed header and attributes, without the netlink header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawMsg(#[serde(with = "crate::hex_bytes")] pub Vec<u8>);
+
+/// The main-table route of images written before routes were kept as
+/// [`RawMsg`]s (still restored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetRoute {
     pub family: u8,
@@ -74,7 +151,27 @@ pub struct NetRoute {
 pub struct NetNs {
     pub links: Vec<NetLink>,
     pub addrs: Vec<NetAddr>,
+    /// Older images' main-table routes; empty in new ones.
+    #[serde(default)]
     pub routes: Vec<NetRoute>,
+    /// Every IPv4 and IPv6 route of every table, the kernel's own
+    /// (protocol kernel) included, as RTM_GETROUTE dumped them: the
+    /// restore adds the others and checks the whole set reads back.
+    #[serde(default)]
+    pub route_msgs: Vec<RawMsg>,
+    /// Policy routing rules of every family (`ip rule`, `ip -6 rule`), in
+    /// the kernel's order, the default ones included.
+    #[serde(default)]
+    pub rule_msgs: Vec<RawMsg>,
+    /// Nexthop objects (`ip nexthop`).
+    #[serde(default)]
+    pub nexthop_msgs: Vec<RawMsg>,
+    /// `iptables-legacy-save -c` and `ip6tables-legacy-save -c` output
+    /// (empty: no legacy rules), loaded with the `-restore -c` tools.
+    #[serde(default)]
+    pub iptables_legacy: String,
+    #[serde(default)]
+    pub ip6tables_legacy: String,
     /// (name under /proc/sys/net/, value): every sysctl the namespace
     /// shows that is readable and writable.
     pub sysctls: Vec<(String, String)>,
@@ -106,6 +203,11 @@ impl NetNs {
             || self.routes.len() > 65536
             || self.sysctls.len() > 65536
             || self.nft.len() > 16 << 20
+            || self.route_msgs.len() > 1 << 20
+            || self.rule_msgs.len() > 65536
+            || self.nexthop_msgs.len() > 65536
+            || self.iptables_legacy.len() > 16 << 20
+            || self.ip6tables_legacy.len() > 16 << 20
         {
             return Err("net: too many links, addresses, routes or sysctls".into());
         }
@@ -118,10 +220,18 @@ impl NetNs {
         for l in &self.links {
             let peer_ok = l.veth.as_ref().is_none_or(|p| {
                 (p.name.is_empty() || ifname(&p.name)) && (p.master.is_empty() || ifname(&p.master))
-            });
+            }) && l
+                .macvlan
+                .as_ref()
+                .is_none_or(|m| m.lower.is_empty() || ifname(&m.lower));
             if !ifname(&l.name) || !peer_ok {
                 return Err(format!("net.links: {:?} is not an interface name", l.name));
             }
+        }
+        let short = |l: &[RawMsg], header: usize| l.iter().any(|m| m.0.len() < header);
+        if short(&self.route_msgs, 12) || short(&self.rule_msgs, 12) || short(&self.nexthop_msgs, 8)
+        {
+            return Err("net: a rule, route or nexthop shorter than its header".into());
         }
         let ok = |v: &Vec<u8>| matches!(v.len(), 0 | 4 | 16);
         if !self.addrs.iter().all(|a| ok(&a.local) && ok(&a.address))

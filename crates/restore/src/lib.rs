@@ -50,6 +50,7 @@ mod locks;
 mod memory;
 mod mntns;
 mod netns;
+mod netroute;
 mod pids;
 mod placement;
 mod procattrs;
@@ -78,12 +79,22 @@ pub struct VethMap {
     pub bridge: Option<String>,
 }
 
+/// criu's `--external macvlan[IN]:OUT`: the tree's macvlan IN is made on
+/// the restorer's device OUT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MacvlanMap {
+    pub inner: String,
+    pub outer: String,
+}
+
 /// How the tree's network namespace is made.
 #[derive(Debug, Clone, Default)]
 pub struct NetOptions {
     /// Outer names (and bridges) of veth pairs; unnamed ones get their
     /// saved name and bridge.
     pub veths: Vec<VethMap>,
+    /// Lower devices of macvlan links; unnamed ones get their saved one.
+    pub macvlans: Vec<MacvlanMap>,
     /// criu's `--join-ns net:PATH`: the tree is restored into this network
     /// namespace, taken as it is.
     pub join: Option<PathBuf>,
@@ -115,7 +126,7 @@ pub struct RestoreOptions {
     /// criu's `--root` and `--ext-mount-map`, for a tree with its own
     /// mount namespace.
     pub mounts: MountOptions,
-    /// criu's `--veth-pair`, `--external veth[...]`, `--join-ns net:PATH`.
+    /// criu's `--veth-pair`, `--external veth[...]`, `--external macvlan[...]`, `--join-ns net:PATH`.
     pub net: NetOptions,
     /// criu's `--restore-sibling`: the process to wait for (the root, or
     /// the helper init of a new PID namespace) is created as a child of

@@ -3,8 +3,10 @@
 //! dump's network lock (when it was made inside the tree's namespace),
 //! lo, veth pairs (the outer end made in the restorer's namespace under
 //! its saved name or the one `--veth-pair`/`--external veth[...]` gives,
-//! and made a port of its bridge), sysctls, addresses, routes and the
-//! nftables ruleset. It stays there until the fork: the sockets it opens
+//! and made a port of its bridge), macvlan links (on a lower device
+//! inside, or outside: made there and moved in), persistent tun/tap
+//! devices (TUNSETIFF), sysctls, addresses, nexthops, rules,
+//! routes (netroute.rs), the nftables ruleset and iptables-legacy tables. It stays there until the fork: the sockets it opens
 //! for the tree (listeners bound to the namespace's addresses, TCP
 //! connections, UDP, ...) are the new namespace's, and every process is
 //! born in it. Then it goes back to its own namespace.
@@ -14,7 +16,7 @@
 
 use crate::{At, NetOptions, RestoreError, Result, Stage};
 use stasis_image::kinds::inet::NetLock;
-use stasis_image::netns::{NetAddr, NetLink, NetRoute};
+use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, NetRoute, Tun};
 use stasis_image::NetNs;
 use stasis_sys::netlock::{self, Method};
 use stasis_sys::{netlink, nsenter, tool};
@@ -30,7 +32,7 @@ pub(crate) struct Net {
     pid: u32,
 }
 
-fn failed(pid: u32, what: String) -> RestoreError {
+pub(crate) fn failed(pid: u32, what: String) -> RestoreError {
     RestoreError::Refused {
         pid,
         stage: Stage::Fork,
@@ -178,6 +180,148 @@ fn make_veth(
         })
 }
 
+/// Makes macvlan `l` on its lower device: one in the namespace, or one
+/// in the restorer's (`host`: the saved name or the one criu's
+/// `--external macvlan[NAME]:OUTER` gives), made there and moved in; then
+/// checks its mode, flags and broadcast queue length read back.
+fn make_macvlan(
+    l: &NetLink,
+    m: &Macvlan,
+    opts: &NetOptions,
+    host: &OwnedFd,
+    pid: u32,
+) -> Result<()> {
+    let mode = match m.mode {
+        1 => "private",
+        2 => "vepa",
+        4 => "bridge",
+        8 => "passthru",
+        _ => {
+            return Err(failed(
+                pid,
+                format!("macvlan {}: mode {} is not restored", l.name, m.mode),
+            ))
+        }
+    };
+    let given = opts.macvlans.iter().find(|v| v.inner == l.name);
+    let lower = given.map_or(m.lower.clone(), |v| v.outer.clone());
+    let hint = format!("--external macvlan[{}]:OUTER", l.name);
+    if lower.is_empty() {
+        return Err(failed(
+            pid,
+            format!(
+                "macvlan {}: its lower device was in another namespace; name it with {hint}",
+                l.name
+            ),
+        ));
+    }
+    let mut args: Vec<String> = vec!["link".into(), "add".into(), "link".into(), lower.clone()];
+    args.extend(end_args(&l.name, l.index, &l.mac, l.mtu));
+    let outside = !m.inside || given.is_some();
+    // The new namespace, named to `ip` by path; open until it ran.
+    let mut _inside = None;
+    if outside {
+        let inside =
+            stasis_sys::util::open("/proc/thread-self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)
+                .at(pid, Stage::Fork)?;
+        args.extend([
+            "netns".into(),
+            format!("/proc/{}/fd/{}", std::process::id(), inside.as_raw_fd()),
+        ]);
+        _inside = Some(inside);
+    }
+    args.extend(["type".into(), "macvlan".into(), "mode".into(), mode.into()]);
+    if m.flags & 1 != 0 {
+        args.extend(["flag".into(), "nopromisc".into()]);
+    }
+    if m.bc_queue_len != 0 {
+        args.extend(["bcqueuelen".into(), m.bc_queue_len.to_string()]);
+    }
+    let made = if outside {
+        let h = host
+            .try_clone()
+            .map_err(|e| failed(pid, format!("dup of the restorer's namespace: {e}")))?;
+        nsenter::in_ns(h, libc::CLONE_NEWNET, None, move || ip(&args)).and_then(|r| r)
+    } else {
+        ip(&args)
+    };
+    made.map_err(|e| {
+        failed(
+            pid,
+            format!(
+                "macvlan {} on lower device {lower}: {e} (another lower device: {hint})",
+                l.name
+            ),
+        )
+    })?;
+    let back = netlink::links()
+        .at(pid, Stage::Fork)?
+        .into_iter()
+        .find(|x| x.index == l.index && x.name == l.name);
+    let get = |x: &netlink::Link, t: u16| {
+        x.info_data
+            .iter()
+            .find(|(y, _)| *y == t)
+            .and_then(|(_, v)| v.get(..4))
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let ok = back.as_ref().is_some_and(|x| {
+        x.kind == "macvlan"
+            && get(x, 1) == m.mode
+            && get(x, 2) as u16 == m.flags
+            && (m.bc_queue_len == 0 || get(x, 7) == m.bc_queue_len)
+    });
+    if !ok {
+        return Err(failed(
+            pid,
+            format!(
+                "macvlan {}: reads back differently after it was made: {back:?}",
+                l.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes persistent tun/tap device `l` in the calling thread's namespace
+/// with its index (TUNSETIFINDEX), flags, owner and group, then its MAC
+/// and MTU; checks what the kernel then shows of it.
+fn make_tun(l: &NetLink, t: &Tun, pid: u32) -> Result<()> {
+    use stasis_sys::tun::*;
+    let what = |e: String| failed(pid, format!("tun/tap device {}: {e}", l.name));
+    let mut flags = if t.tap { IFF_TAP } else { IFF_TUN };
+    for (on, f) in [
+        (!t.pi, IFF_NO_PI),
+        (t.vnet_hdr, IFF_VNET_HDR),
+        (t.multi_queue, IFF_MULTI_QUEUE),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    make_persistent(&l.name, l.index as u32, flags, t.owner, t.group)
+        .map_err(|e| what(e.to_string()))?;
+    let mut set: Vec<String> = vec!["link".into(), "set".into(), "dev".into(), l.name.clone()];
+    if l.mac.len() == 6 && t.tap {
+        set.extend(["address".into(), mac(&l.mac)]);
+    }
+    if l.mtu > 0 {
+        set.extend(["mtu".into(), l.mtu.to_string()]);
+    }
+    ip(&set).map_err(|e| what(e.to_string()))?;
+    let back = netlink::links()
+        .at(pid, Stage::Fork)?
+        .into_iter()
+        .find(|x| x.index == l.index && x.name == l.name && x.kind == "tun")
+        .map(|x| tun_info(&x.info_data));
+    match back {
+        Some((b, 0, true)) if b == *t => Ok(()),
+        b => Err(what(format!(
+            "reads back differently after it was made: {b:?}"
+        ))),
+    }
+}
+
 /// Where a sysctl is written: `all` before `default` before each
 /// interface's (writing `all` changes every interface's).
 fn sysctl_rank(name: &str) -> u8 {
@@ -244,14 +388,30 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
                 continue;
             }
             make_veth(l, &img.links, opts, host, pid)?;
-        } else if l.name != "lo" || !l.kind.is_empty() || l.index != 1 {
+        } else if let (Some(t), "tun") = (&l.tun, &l.kind[..]) {
+            make_tun(l, t, pid)?;
+        } else if l.kind != "macvlan" && (l.name != "lo" || !l.kind.is_empty() || l.index != 1) {
             return Err(failed(
                 pid,
                 format!(
-                    "link {} ({}): only lo and veth pairs are restored",
+                    "link {} ({}): only lo, veth pairs, macvlan links and tun/tap devices \
+                     are restored",
                     l.name, l.kind
                 ),
             ));
+        }
+    }
+    // On their lower devices, made above when in the namespace.
+    for l in &img.links {
+        match (&l.kind[..], &l.macvlan) {
+            ("macvlan", Some(m)) => make_macvlan(l, m, opts, host, pid)?,
+            ("macvlan", None) => {
+                return Err(failed(
+                    pid,
+                    format!("macvlan {}: no mode in the image", l.name),
+                ))
+            }
+            _ => {}
         }
     }
     for l in &img.links {
@@ -264,11 +424,14 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
     for r in &img.routes {
         added(netlink::add_route(&route(r))).at(pid, Stage::Fork)?;
     }
+    crate::netroute::restore(img, pid)?;
     if !img.nft.is_empty() {
         tool::run("nft", &["-f", "-"], Some(&img.nft))
             .map_err(|e| failed(pid, format!("nftables ruleset of the namespace: {e}")))?;
     }
-    settle(pid)
+    crate::netroute::legacy(img, pid)?;
+    settle(pid)?;
+    crate::netroute::check(img, pid)
 }
 
 /// Waits until no IPv6 address is tentative on a link with a carrier

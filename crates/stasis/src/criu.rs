@@ -451,6 +451,16 @@ pub fn veth_spec(long: &str, v: &str) -> Option<stasis_restore::VethMap> {
     })
 }
 
+/// criu's `--external macvlan[IN]:OUT`.
+pub fn macvlan_spec(v: &str) -> Option<stasis_restore::MacvlanMap> {
+    let (inner, outer) = v.strip_prefix("macvlan[")?.split_once("]:")?;
+    let name = |n: &str| !n.is_empty() && n.len() < 16 && !n.contains(['/', ' ', '@']);
+    (name(inner) && name(outer)).then(|| stasis_restore::MacvlanMap {
+        inner: inner.into(),
+        outer: outer.into(),
+    })
+}
+
 pub fn judge_value(g: &Given) -> Result<Fate, String> {
     let v = g.value.as_deref();
     let bad = || format!("invalid argument for --{}: {}", g.opt.long, v.unwrap_or(""));
@@ -459,10 +469,14 @@ pub fn judge_value(g: &Given) -> Result<Fate, String> {
             Some(_) => Fate::Applied,
             None => return Err(bad()),
         },
-        // Only veth[...] of criu's external resources (mounts, namespaces,
+        // Only veth[...] and macvlan[...] of criu's external resources (mounts, namespaces,
         // devices, unix sockets, ...) is implemented.
         "external" => match v {
             Some(x) if x.starts_with("veth[") => match veth_spec("external", x) {
+                Some(_) => Fate::Applied,
+                None => return Err(bad()),
+            },
+            Some(x) if x.starts_with("macvlan[") => match macvlan_spec(x) {
                 Some(_) => Fate::Applied,
                 None => return Err(bad()),
             },

@@ -77,7 +77,7 @@ pub(crate) struct Request {
     /// criu's `--root` and `--ext-mount-map KEY:PATH` (restore; at dump
     /// MOUNTPOINT:KEY), `--inherit-fd fd[N]:KEY` (restore).
     pub(crate) mounts: stasis_restore::MountOptions,
-    /// criu's `--veth-pair`, `--external veth[...]`, `--join-ns net:PATH`.
+    /// criu's `--veth-pair`, `--external veth[...]`, `--external macvlan[...]`, `--join-ns net:PATH`.
     pub(crate) net: stasis_restore::NetOptions,
     /// criu's `--freeze-cgroup`: every process of this cgroup must be in
     /// the tree (stasis freezes the tree itself, with ptrace).
@@ -229,6 +229,16 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
             let v = g.value.as_deref().unwrap_or("");
             let (k, p) = v.split_once(':').unwrap_or((v, ""));
             r.mounts.ext_map.push((k.to_string(), p.to_string()));
+        }
+        "external"
+            if g.value
+                .as_deref()
+                .is_some_and(|v| v.starts_with("macvlan[")) =>
+        {
+            let v = g.value.as_deref().unwrap_or("");
+            let m = criu::macvlan_spec(v)
+                .ok_or_else(|| anyhow!("invalid argument for --external: {v}"))?;
+            r.net.macvlans.push(m);
         }
         "veth-pair" | "external" => {
             let v = g.value.as_deref().unwrap_or("");

@@ -104,6 +104,7 @@ pub mod spawn;
 pub mod sysvipc;
 pub mod timens;
 pub mod tool;
+pub mod tun;
 pub mod udpq;
 pub mod uffd;
 pub mod userns;

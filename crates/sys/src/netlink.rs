@@ -28,6 +28,7 @@ const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_FLAGS: u16 = 8;
@@ -137,17 +138,10 @@ pub(crate) fn transact(
 
 /// The attributes (type, payload) after a fixed header of `skip` bytes.
 fn attrs(msg: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = skip;
-    while off + 4 <= msg.len() {
-        let len = u16le(msg, off) as usize;
-        if len < 4 || off + len > msg.len() {
-            break;
-        }
-        out.push((u16le(msg, off + 2) & 0x3fff, &msg[off + 4..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
+    attributes(msg, skip)
+        .into_iter()
+        .map(|(t, v)| (t & 0x3fff, v))
+        .collect()
 }
 
 fn put_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
@@ -180,6 +174,9 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// IFLA_OPERSTATE (RFC 2863: 0 unknown, 2 down, 6 up, ...).
     pub operstate: u8,
+    /// IFLA_INFO_DATA's attributes (the kind's own: a macvlan's mode, a
+    /// tun's owner, ...), nested flag cleared.
+    pub info_data: Vec<(u16, Vec<u8>)>,
 }
 
 /// Every interface of the calling thread's network namespace.
@@ -205,6 +202,7 @@ pub fn links() -> Result<Vec<Link>> {
                 master: 0,
                 link_netnsid: None,
                 operstate: 0,
+                info_data: Vec::new(),
             };
             let int = |v: &[u8]| if v.len() >= 4 { u32le(v, 0) } else { 0 };
             for (t, v) in attrs(m, 16) {
@@ -217,10 +215,17 @@ pub fn links() -> Result<Vec<Link>> {
                     IFLA_LINK_NETNSID => l.link_netnsid = Some(int(v) as i32),
                     IFLA_OPERSTATE => l.operstate = v.first().copied().unwrap_or(0),
                     IFLA_LINKINFO => {
-                        if let Some((_, k)) =
-                            attrs(v, 0).into_iter().find(|a| a.0 == IFLA_INFO_KIND)
-                        {
-                            l.kind = cstr(k);
+                        for (t, x) in attrs(v, 0) {
+                            match t {
+                                IFLA_INFO_KIND => l.kind = cstr(x),
+                                IFLA_INFO_DATA => {
+                                    l.info_data = attrs(x, 0)
+                                        .into_iter()
+                                        .map(|(t, y)| (t, y.to_vec()))
+                                        .collect()
+                                }
+                                _ => {}
+                            }
                         }
                     }
                     _ => {}
@@ -329,49 +334,6 @@ pub struct Route {
     pub priority: u32,
 }
 
-/// Every route of the calling thread's network namespace (all tables).
-pub fn routes() -> Result<Vec<Route>> {
-    let mut out = Vec::new();
-    transact(
-        NETLINK_ROUTE,
-        RTM_GETROUTE,
-        NLM_F_DUMP,
-        &[0u8; 12],
-        |ty, m| {
-            if ty != RTM_NEWROUTE || m.len() < 12 {
-                return;
-            }
-            let mut r = Route {
-                family: m[0],
-                dst_len: m[1],
-                tos: m[3],
-                table: u32::from(m[4]),
-                protocol: m[5],
-                scope: m[6],
-                rtype: m[7],
-                dst: Vec::new(),
-                gateway: Vec::new(),
-                prefsrc: Vec::new(),
-                oif: 0,
-                priority: 0,
-            };
-            for (t, v) in attrs(m, 12) {
-                match t {
-                    RTA_DST => r.dst = v.to_vec(),
-                    RTA_GATEWAY => r.gateway = v.to_vec(),
-                    RTA_PREFSRC => r.prefsrc = v.to_vec(),
-                    RTA_OIF if v.len() >= 4 => r.oif = u32le(v, 0) as i32,
-                    RTA_PRIORITY if v.len() >= 4 => r.priority = u32le(v, 0),
-                    RTA_TABLE if v.len() >= 4 => r.table = u32le(v, 0),
-                    _ => {}
-                }
-            }
-            out.push(r);
-        },
-    )?;
-    Ok(out)
-}
-
 /// Adds a route (fails with EEXIST if it is there).
 pub fn add_route(r: &Route) -> Result<()> {
     let table = r.table.min(255) as u8;
@@ -417,4 +379,115 @@ pub fn in_ns_of_socket<T: Send + 'static>(
     // SAFETY: fresh descriptor from the kernel.
     let ns = unsafe { OwnedFd::from_raw_fd(ns) };
     crate::nsenter::in_ns(ns, libc::CLONE_NEWNET, None, f)
+}
+
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+const RTM_GETRULE: u16 = 34;
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_GETNEXTHOP: u16 = 106;
+
+/// Which rtnetlink objects [`dump_raw`] and [`add_raw`] handle: each is
+/// kept as the kernel dumps it (its fixed header and attributes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    /// fib_rule_hdr, 12 bytes: `ip rule` of every family.
+    Rule,
+    /// rtmsg, 12 bytes: routes of every table and family.
+    Route,
+    /// nhmsg, 8 bytes: `ip nexthop` objects.
+    Nexthop,
+}
+
+impl Object {
+    fn types(self) -> (u16, u16, u16) {
+        match self {
+            Object::Rule => (RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE),
+            Object::Route => (RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE),
+            Object::Nexthop => (RTM_NEWNEXTHOP, 0, RTM_GETNEXTHOP),
+        }
+    }
+
+    /// The fixed header's length.
+    pub fn header(self) -> usize {
+        match self {
+            Object::Nexthop => 8,
+            _ => 12,
+        }
+    }
+}
+
+/// Every object of kind `o` in the calling thread's network namespace, as
+/// the kernel's dump gives it (the payload after the netlink header).
+pub fn dump_raw(o: Object) -> Result<Vec<Vec<u8>>> {
+    let (new, _, get) = o.types();
+    let mut out = Vec::new();
+    transact(
+        NETLINK_ROUTE,
+        get,
+        NLM_F_DUMP,
+        &vec![0u8; o.header()],
+        |ty, m| {
+            if ty == new && m.len() >= o.header() {
+                out.push(m.to_vec());
+            }
+        },
+    )?;
+    Ok(out)
+}
+
+/// Adds one object (`body`: a header and attributes), failing with
+/// EEXIST if it is there.
+pub fn add_raw(o: Object, body: &[u8]) -> Result<()> {
+    let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    transact(NETLINK_ROUTE, o.types().0, flags, body, |_, _| {})
+}
+
+/// Deletes one rule or route given as dumped.
+pub fn del_raw(o: Object, body: &[u8]) -> Result<()> {
+    transact(NETLINK_ROUTE, o.types().1, NLM_F_ACK, body, |_, _| {})
+}
+
+/// The attributes (type with its flags, payload) of `msg` after a fixed
+/// header of `skip` bytes.
+pub fn attributes(msg: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = skip;
+    while off + 4 <= msg.len() {
+        let len = u16le(msg, off) as usize;
+        if len < 4 || off + len > msg.len() {
+            break;
+        }
+        out.push((u16le(msg, off + 2), &msg[off + 4..off + len]));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Appends attribute `ty` (padded).
+pub fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    put_attr(buf, ty, data)
+}
+
+/// The id the calling thread's network namespace gives the namespace of
+/// `ns` (RTM_GETNSID), if it has one: what IFLA_LINK_NETNSID says for a
+/// link whose other end or lower device is there.
+pub fn nsid_of(ns: &impl AsRawFd) -> Result<Option<i32>> {
+    const RTM_NEWNSID: u16 = 88;
+    const RTM_GETNSID: u16 = 90;
+    const NETNSA_NSID: u16 = 1;
+    const NETNSA_FD: u16 = 3;
+    let mut body = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    put_attr(&mut body, NETNSA_FD, &(ns.as_raw_fd() as u32).to_le_bytes());
+    let mut id = None;
+    // The answer, then the acknowledgement that ends the loop.
+    transact(NETLINK_ROUTE, RTM_GETNSID, NLM_F_ACK, &body, |ty, m| {
+        if ty == RTM_NEWNSID {
+            if let Some((_, v)) = attrs(m, 4).into_iter().find(|a| a.0 == NETNSA_NSID) {
+                id = Some(u32le(v, 0) as i32).filter(|&i| i >= 0);
+            }
+        }
+    })?;
+    Ok(id)
 }

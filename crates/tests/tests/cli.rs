@@ -237,6 +237,10 @@ fn option_syntax_errors() {
             "invalid argument",
         ),
         (
+            &["restore", "--external", "macvlan[mv0:eth0"][..],
+            "invalid argument for --external",
+        ),
+        (
             &["dump", "-t", "5", "--ghost-limit=2000G"][..],
             "above the largest",
         ),

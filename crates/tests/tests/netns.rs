@@ -62,15 +62,214 @@ fn refuse_netns_bridge() {
     );
 }
 
-/// iptables-legacy rules inside the namespace: refused by name.
+/// An iptables-legacy rule whose state lives in the kernel (`-m
+/// recent`) inside the namespace: refused by name.
 #[test]
-fn refuse_netns_iptables_legacy() {
+fn refuse_netns_iptables_legacy_stateful() {
     refused_dump(
-        "refuse_netns_iptables_legacy",
+        "refuse_netns_iptables_legacy_stateful",
         Program::Bin("tp_netns"),
         &["--mode", "legacy"],
         &[],
-        &["iptables-legacy rules in its network namespace"],
+        &["iptables-legacy rule in its network namespace", "-m recent"],
+        false,
+    );
+}
+
+#[test]
+fn selfcheck_netns_routing() {
+    let work = Work::new("selfcheck_netns_routing");
+    run_plain(&work, Program::Bin("tp_netns"), &["--mode", "routing"]).assert_pass(&work);
+}
+
+/// Policy routing rules (IPv4 and IPv6, every selector and action, a
+/// default one deleted), routes of tables main, local, 100, 200 and 300
+/// (nexthop objects and a group, multipath, metrics, blackhole,
+/// unreachable, prohibit, a kernel route deleted) and iptables-legacy
+/// tables with counters: `ip rule`, `ip route show table all`, `ip
+/// nexthop` and `iptables-legacy-save -c` read as before inside the
+/// restored namespace.
+#[test]
+fn cr_netns_routing() {
+    let work = Work::new("cr_netns_routing");
+    run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "routing"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn negative_cr_netns_routing() {
+    let work = Work::new("negative_cr_netns_routing");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "routing", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// tp_netns `macvlan` dumped and restored with `restore` (given the
+/// program's PID); mv0's lower device must then be our `stbLPID` (`l`:
+/// `m` or `n`), read from outside (`ip -o link` in the restored
+/// namespace).
+fn macvlan_case(
+    name: &str,
+    corrupt: bool,
+    lower: char,
+    restore: fn(i32) -> Vec<String>,
+) -> (Work, Outcome) {
+    let work = Work::new(name);
+    let _clean = NetCleanup(work.path("net-names"));
+    let mut args = vec!["--mode", "macvlan"];
+    if corrupt {
+        args.push("--corrupt");
+    }
+    let mut p = start_ready(&work, Program::Bin("tp_netns"), &args, &Opts::default());
+    dump_and_check_gone(&work, &mut p, &Opts::default());
+    let ropts = Opts {
+        restore_extra: restore(p.pid)
+            .into_iter()
+            .map(|s| &*Box::leak(s.into_boxed_str()))
+            .collect(),
+        ..Opts::default()
+    };
+    let mut r = restore_and_adopt(&work, p.pid, &ropts);
+    let index = std::fs::read_to_string(format!("/sys/class/net/stb{lower}{}/ifindex", p.pid))
+        .unwrap_or_default();
+    let o = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &r.pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "mv0",
+        ])
+        .output()
+        .expect("nsenter");
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !shown.contains(&format!("mv0@if{}:", index.trim())) {
+        fail(
+            &work,
+            format!("mv0 is not on stb{lower}{} (index {index}): {shown}", p.pid),
+        );
+    }
+    let out = finish(&work, &mut r, ropts.finish_timeout);
+    (work, out)
+}
+
+/// macvlan links: one on a device outside (the saved lower device, by
+/// name), one on a veth inside; `ip -d link`, addresses and routes read as
+/// before inside.
+#[test]
+fn cr_netns_macvlan() {
+    let (work, out) = macvlan_case("cr_netns_macvlan", false, 'm', |_| vec![]);
+    out.assert_pass(&work);
+}
+
+/// criu's `--external macvlan[mv0]:OUTER`: mv0 made on another device
+/// (the other end of the lower's veth pair).
+#[test]
+fn cr_netns_macvlan_external() {
+    let (work, out) = macvlan_case("cr_netns_macvlan_external", false, 'n', |pid| {
+        vec!["--external".into(), format!("macvlan[mv0]:stbn{pid}")]
+    });
+    out.assert_pass(&work);
+}
+
+/// `--external macvlan[mv0]:NAME` naming no device: the restore fails
+/// naming the macvlan and the option, leaving no process; the same image
+/// then restores without it.
+#[test]
+fn netns_macvlan_missing_lower_fails_restore() {
+    let work = Work::new("netns_macvlan_missing_lower_fails_restore");
+    let _clean = NetCleanup(work.path("net-names"));
+    let mut p = start_ready(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "macvlan"],
+        &Opts::default(),
+    );
+    dump_and_check_gone(&work, &mut p, &Opts::default());
+    let t = Opts::default().stasis_timeout;
+    let out = restore_detached(&work, &["--external", "macvlan[mv0]:stnosuch0"], t);
+    if out.success()
+        || !out.stderr.contains("macvlan mv0")
+        || !out.stderr.contains("--external macvlan[mv0]:OUTER")
+        || pid_exists(p.pid)
+    {
+        fail(
+            &work,
+            format!("the restore did not fail naming mv0: {out:?}"),
+        );
+    }
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, Opts::default().finish_timeout).assert_pass(&work);
+}
+
+#[test]
+fn negative_cr_netns_macvlan() {
+    let (_work, out) = macvlan_case("negative_cr_netns_macvlan", true, 'm', |_| vec![]);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// Persistent tun/tap devices in the namespace (type, owner, group,
+/// flags, MAC, MTU, an address): `ip -d link`, addresses and `ip tuntap`
+/// read as before inside.
+#[test]
+fn cr_netns_tun() {
+    let work = Work::new("cr_netns_tun");
+    run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "tun"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn negative_cr_netns_tun() {
+    let work = Work::new("negative_cr_netns_tun");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "tun", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A tun device in the namespace with a queue attached (the process holds
+/// /dev/net/tun): refused by name.
+#[test]
+fn refuse_netns_tun_attached() {
+    refused_dump(
+        "refuse_netns_tun_attached",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunq"],
+        &[],
+        &["tun/tap device stbt", "queue(s) attached"],
+        false,
+    );
+}
+
+/// A tun queue held open (/dev/net/tun after TUNSETIFF): refused by name.
+#[test]
+fn refuse_netns_tun_fd() {
+    refused_dump(
+        "refuse_netns_tun_fd",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunfd"],
+        &[],
+        &["tun/tap queue", "device stbt"],
         false,
     );
 }

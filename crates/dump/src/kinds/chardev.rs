@@ -28,6 +28,12 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     }
     // A shell job's terminal descriptors are all opened on the restorer's
     // one terminal: a process naming two is refused in kinds::pty::finish.
+    if libc::major(rdev) == 10 && libc::minor(rdev) == 200 {
+        let iff = d.info.get("iff").unwrap_or("none attached");
+        return Err(d.refuse(&format!(
+            "a tun/tap queue (/dev/net/tun, device {iff}): not restored (nor is its device)"
+        )));
+    }
     if !is_tty(rdev) && !stateless(rdev) {
         return Err(d.refuse(&format!(
             "character device {}:{}: its driver state cannot be saved (only /dev/null, zero, \

@@ -1,6 +1,6 @@
 //! Network namespace test program.
 //!
-//! Usage: `tp_netns WORKDIR --mode own|veth|nft [--corrupt]`
+//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunfd|tunq [--corrupt]`
 //!
 //! - `own`: unshares its network namespace, sets lo up, adds 10.77.0.1/32
 //!   and fd77::1/128 on lo and a route to 10.78.0.0/16 via lo, sets
@@ -21,8 +21,21 @@
 //!   --net --veth ...`): after go its links, addresses, routes, rules and
 //!   sysctls read as before, and it is not in PID 1's namespace.
 //! - `bridge`: its namespace holds a bridge (refused by name).
-//! - `legacy`: its namespace holds an iptables-legacy rule (refused by
-//!   name).
+//! - `legacy`: its namespace holds an iptables-legacy rule with state the
+//!   save text does not carry (`-m recent`: refused by name).
+//! - `macvlan`: macvlan links, one on a device outside, one inside (see
+//!   [`macvlan`]): after go `ip -d link`, addresses and routes read as
+//!   before.
+//! - `tun`: persistent tun/tap devices in its namespace (tap0: owner
+//!   1000, group 1001, vnet_hdr, multi_queue, a MAC, an address; tun1:
+//!   pi, MTU 1400; both up): after go `ip -d link`, addresses and `ip
+//!   tuntap` read as before.
+//! - `tunfd`: a tun queue it holds open, its device in our first
+//!   namespace (refused by name); `tunq`: the same in its own namespace
+//!   (the device with a queue attached refused by name).
+//! - `routing`: policy routing rules, routes of several tables, nexthop
+//!   objects and iptables-legacy rules (see [`routing`]): after go they
+//!   read as before.
 
 use stasis_tests::{Proto, Report};
 use std::io::{Read, Write};
@@ -154,14 +167,489 @@ fn main() {
             unshare_net();
             run(
                 "iptables-legacy",
-                &["-A", "INPUT", "-p", "tcp", "--dport", "7796", "-j", "DROP"],
+                &[
+                    "-A", "INPUT", "-p", "tcp", "--dport", "7796", "-m", "recent", "--set", "-j",
+                    "DROP",
+                ],
                 None,
             );
             proto.ready_and_wait();
         }
+        "macvlan" => {
+            macvlan(&proto);
+            let mut before = macvlan_state();
+            proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            report.eq("links and addresses", before, macvlan_state());
+        }
+        "tun" => {
+            unshare_net();
+            ips(&[
+                &[
+                    "tuntap",
+                    "add",
+                    "dev",
+                    "tap0",
+                    "mode",
+                    "tap",
+                    "user",
+                    "1000",
+                    "group",
+                    "1001",
+                    "vnet_hdr",
+                    "multi_queue",
+                ],
+                &["tuntap", "add", "dev", "tun1", "mode", "tun", "pi"],
+                &["link", "set", "tap0", "address", "02:98:00:00:00:01"],
+                &["link", "set", "tun1", "mtu", "1400"],
+                &["addr", "add", "10.98.0.1/24", "dev", "tap0"],
+                &["link", "set", "tap0", "up"],
+                &["link", "set", "tun1", "up"],
+            ]);
+            let state = || {
+                vec![
+                    ip(&["-d", "-o", "link", "show"]),
+                    ip(&["-o", "addr", "show"]),
+                    ip(&["tuntap", "show"]),
+                ]
+            };
+            let mut before = state();
+            proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            report.eq("tun/tap links and addresses", before, state());
+        }
+        "tunfd" | "tunq" => {
+            // tunfd: in our first namespace (its own would be refused for
+            // the device first); the device goes with the descriptor.
+            if args.get("mode") == Some("tunq") {
+                unshare_net();
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("open /dev/net/tun");
+            let mut ifr = [0u8; 40];
+            let name = format!("stbt{}", std::process::id());
+            ifr[..name.len()].copy_from_slice(name.as_bytes());
+            // IFF_TUN | IFF_NO_PI
+            ifr[16..18].copy_from_slice(&(0x0001u16 | 0x1000).to_le_bytes());
+            // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq.
+            let r = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    0x4004_54ca,
+                    ifr.as_mut_ptr(),
+                )
+            };
+            assert!(r == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+            proto.ready_and_wait();
+            drop(f);
+        }
+        "routing" => {
+            unshare_net();
+            routing();
+            let mut before = routing_state();
+            proto.ready_and_wait();
+            if args.corrupt() {
+                before[0].push('x');
+            }
+            let names = [
+                "ip rule",
+                "ip -6 rule",
+                "ip route",
+                "ip -6 route",
+                "ip nexthop",
+                "iptables-legacy",
+                "ip6tables-legacy",
+            ];
+            for ((b, a), n) in before.into_iter().zip(routing_state()).zip(names) {
+                report.eq(n, b, a);
+            }
+        }
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
+}
+
+/// `macvlan`: a macvlan on a device outside (`stbmPID`, one end of a veth
+/// pair made in our first namespace, named in WORKDIR/net-names for the
+/// harness to remove): private mode, MAC, MTU 1400, broadcast queue 333,
+/// IPv4 and IPv6 addresses, up; and one on a veth inside (vepa).
+fn macvlan(proto: &Proto) {
+    use std::os::unix::process::CommandExt;
+    let me = std::process::id();
+    let (lower, peer) = (format!("stbm{me}"), format!("stbn{me}"));
+    ip(&["link", "add", &lower, "type", "veth", "peer", "name", &peer]);
+    std::fs::write(proto.dir().join("net-names"), format!("{lower}\n")).expect("net-names");
+    ip(&["link", "set", &lower, "up"]);
+    ip(&["link", "set", &peer, "up"]);
+    let host = std::fs::File::open("/proc/self/ns/net").expect("our namespace");
+    unshare_net();
+    let inside = format!("/proc/{me}/ns/net");
+    let hostfd = std::os::fd::AsRawFd::as_raw_fd(&host);
+    let mut c = Command::new("ip");
+    c.args([
+        "link",
+        "add",
+        "link",
+        &lower,
+        "name",
+        "mv0",
+        "address",
+        "02:97:00:00:00:01",
+        "mtu",
+        "1400",
+        "netns",
+        &inside,
+        "type",
+        "macvlan",
+        "mode",
+        "private",
+        "bcqueuelen",
+        "333",
+    ]);
+    // SAFETY: setns in the child before exec; async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(hostfd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let st = c.status().expect("ip link add macvlan");
+    assert!(st.success(), "ip link add macvlan: {st}");
+    drop(host);
+    ips(&[
+        &["link", "add", "i0", "type", "veth", "peer", "name", "i1"],
+        &[
+            "link", "add", "link", "i0", "name", "mv1", "type", "macvlan", "mode", "vepa",
+        ],
+        &["addr", "add", "10.97.0.1/24", "dev", "mv0"],
+        &["addr", "add", "fd97::1/64", "dev", "mv0", "nodad"],
+        &["link", "set", "mv0", "up"],
+        &["link", "set", "i0", "up"],
+        &["link", "set", "mv1", "up"],
+    ]);
+}
+
+/// What `ip -d` shows of the namespace's links and addresses.
+fn macvlan_state() -> Vec<String> {
+    for _ in 0..500 {
+        if !ip(&["-6", "addr", "show"]).contains("tentative") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Less the outer lower device's index (`@ifN`): the harness checks it.
+    let links = ip(&["-d", "-o", "link", "show"])
+        .split(' ')
+        .map(|w| w.split("@if").next().unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![
+        links,
+        ip(&["-o", "addr", "show"]),
+        ip(&["route", "show", "table", "all"]),
+    ]
+}
+
+/// Every line of `ip ARGS...` for each argument list.
+fn ips(lists: &[&[&str]]) {
+    for a in lists {
+        ip(a);
+    }
+}
+
+/// `routing`: a veth pair inside (r0 up with addresses, r1 up), nexthop
+/// objects (two gateways, a group of them, a blackhole), routes in tables
+/// main, 100, 200 and 300 (a nexthop group, blackhole, unreachable,
+/// prohibit, metrics, IPv4 and IPv6 multipath), rules with every
+/// selector and action (from/to, fwmark/mask, iif/oif, tos, uidrange,
+/// ipproto and ports, suppress_prefixlength, goto, prohibit, not), the
+/// default rule 32767 deleted, a kernel broadcast route deleted, and
+/// iptables-legacy rules with counters (IPv4 and IPv6, a chain of its
+/// own, a policy).
+fn routing() {
+    ips(&[
+        &["link", "add", "r0", "type", "veth", "peer", "name", "r1"],
+        &["link", "set", "r0", "up"],
+        &["link", "set", "r1", "up"],
+        &["addr", "add", "10.85.0.1/24", "dev", "r0"],
+        &["addr", "add", "fd85::1/64", "dev", "r0", "nodad"],
+        &[
+            "nexthop",
+            "add",
+            "id",
+            "11",
+            "via",
+            "10.85.0.2",
+            "dev",
+            "r0",
+        ],
+        &[
+            "nexthop",
+            "add",
+            "id",
+            "12",
+            "via",
+            "10.85.0.3",
+            "dev",
+            "r0",
+        ],
+        &["nexthop", "add", "id", "13", "group", "11,3/12,1"],
+        &["nexthop", "add", "id", "14", "blackhole"],
+        &["route", "add", "10.86.0.0/16", "nhid", "13", "table", "100"],
+        &["route", "add", "10.87.0.0/16", "nhid", "14", "table", "100"],
+        &["route", "add", "blackhole", "10.88.0.0/16", "table", "100"],
+        &[
+            "route",
+            "add",
+            "10.89.0.0/16",
+            "via",
+            "10.85.0.2",
+            "table",
+            "200",
+            "metric",
+            "50",
+            "mtu",
+            "1200",
+            "advmss",
+            "1000",
+            "src",
+            "10.85.0.1",
+        ],
+        &[
+            "route",
+            "add",
+            "10.90.0.0/16",
+            "nexthop",
+            "via",
+            "10.85.0.2",
+            "weight",
+            "2",
+            "nexthop",
+            "via",
+            "10.85.0.3",
+            "weight",
+            "1",
+        ],
+        &["route", "add", "prohibit", "10.91.0.0/16", "metric", "7"],
+        &[
+            "route",
+            "add",
+            "unreachable",
+            "10.92.0.0/16",
+            "table",
+            "200",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "table",
+            "300",
+            "fd86::/64",
+            "nexthop",
+            "via",
+            "fd85::2",
+            "dev",
+            "r0",
+            "nexthop",
+            "via",
+            "fd85::3",
+            "dev",
+            "r0",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "unreachable",
+            "fd87::/64",
+            "table",
+            "300",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd88::/64",
+            "via",
+            "fd85::2",
+            "metric",
+            "300",
+            "hoplimit",
+            "9",
+        ],
+        &[
+            "rule",
+            "add",
+            "from",
+            "10.85.0.0/24",
+            "to",
+            "10.86.0.0/16",
+            "fwmark",
+            "0x10/0xff",
+            "iif",
+            "r0",
+            "table",
+            "100",
+            "pref",
+            "100",
+        ],
+        &[
+            "rule",
+            "add",
+            "uidrange",
+            "1000-2000",
+            "ipproto",
+            "tcp",
+            "dport",
+            "80-90",
+            "sport",
+            "1000",
+            "table",
+            "200",
+            "pref",
+            "200",
+            "suppress_prefixlength",
+            "8",
+        ],
+        &["rule", "add", "pref", "300", "tos", "0x10", "goto", "400"],
+        &["rule", "add", "pref", "400", "oif", "r1", "prohibit"],
+        &[
+            "rule",
+            "add",
+            "not",
+            "to",
+            "10.0.0.0/8",
+            "pref",
+            "450",
+            "unreachable",
+        ],
+        &["rule", "add", "pref", "500", "fwmark", "7", "blackhole"],
+        &[
+            "-6",
+            "rule",
+            "add",
+            "from",
+            "fd85::/64",
+            "table",
+            "300",
+            "pref",
+            "500",
+        ],
+        &["rule", "del", "pref", "32767"],
+        &[
+            "route",
+            "del",
+            "broadcast",
+            "10.85.0.255",
+            "dev",
+            "r0",
+            "table",
+            "local",
+            "proto",
+            "kernel",
+        ],
+    ]);
+    for (cmd, args) in [
+        ("iptables-legacy", &["-P", "FORWARD", "DROP"][..]),
+        ("iptables-legacy", &["-N", "tpchain"]),
+        (
+            "iptables-legacy",
+            &[
+                "-A", "INPUT", "-p", "tcp", "--dport", "7795", "-c", "5", "300", "-j", "tpchain",
+            ],
+        ),
+        (
+            "iptables-legacy",
+            &["-A", "tpchain", "-s", "10.1.0.0/16", "-j", "DROP"],
+        ),
+        (
+            "iptables-legacy",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "udp",
+                "--dport",
+                "7794",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                "10.85.0.2:53",
+            ],
+        ),
+        (
+            "ip6tables-legacy",
+            &[
+                "-A", "OUTPUT", "-p", "tcp", "--dport", "7793", "-c", "9", "900", "-j", "REJECT",
+            ],
+        ),
+    ] {
+        run(cmd, args, None);
+    }
+}
+
+/// What the namespace shows of its rules, routes (every table), nexthops
+/// and legacy tables (counters included).
+fn routing_state() -> Vec<String> {
+    // Routes in a sorted order (a route's nexthop lines kept with it):
+    // the kernel lists routes of one prefix and metric in the order they
+    // were made, and it makes the link-local ones as links get a carrier.
+    let sorted = |t: String| {
+        let mut routes: Vec<String> = Vec::new();
+        for l in t.lines() {
+            match routes.last_mut() {
+                Some(r) if l.starts_with('\t') => r.push_str(l),
+                _ => routes.push(l.to_string()),
+            }
+        }
+        routes.sort();
+        routes.join("\n")
+    };
+    let mut v = vec![
+        ip(&["rule", "show"]),
+        ip(&["-6", "rule", "show"]),
+        sorted(ip(&["-d", "-4", "route", "show", "table", "all"])),
+        sorted(ip(&["-d", "-6", "route", "show", "table", "all"])),
+        ip(&["nexthop", "show"]),
+    ];
+    for cmd in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let out = Command::new(cmd).arg("-c").output().expect("run");
+        // Table by table in name order (the save lists them in the order
+        // they were loaded), counters included.
+        // The IPv6 chains' own counters count the kernel's neighbour
+        // discovery and MLD packets, live: those are left out there.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = |l: &str| match l.rsplit_once(" [") {
+            Some((a, _)) if cmd.starts_with("ip6") && l.starts_with(':') => a.to_string(),
+            _ => l.to_string(),
+        };
+        let mut tables: Vec<String> = text
+            .split('*')
+            .map(|t| {
+                t.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect();
+        tables.sort();
+        v.push(tables.join("\n*"));
+    }
+    v
 }
 
 fn echo_tcp(l: &TcpListener, addr: &str, report: &mut Report) {
