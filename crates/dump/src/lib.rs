@@ -440,14 +440,13 @@ fn dump_frozen(
     // With the image's PIDs (final after the PID namespace translation).
     let cgroup_ns = cgroupns::collect(&frozen.procs)?;
     if let Some(u) = &user_ns {
+        userns::check_owners(root)?;
         userns::refuse_with(
             root,
-            &[
-                ("a network", net.is_some()),
-                ("an IPC", ipc.is_some()),
-                ("a mount", mntns.is_some()),
-                ("a cgroup", cgroup_ns.is_some()),
-            ],
+            &[(
+                "SysV IPC objects of the dumper's IPC namespace",
+                ipc.as_ref().is_some_and(|i| !i.ipc.own),
+            )],
         )?;
         userns::translate_creds(&mut collected, u)?;
     }

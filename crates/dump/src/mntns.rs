@@ -327,13 +327,18 @@ fn classify(
         return Ok(MountHow::Device { name: name.clone() });
     }
     if FRESH.contains(&m.fs_type.as_str()) {
-        if m.fs_type == "devpts" && files_on(pids, (m.major, m.minor)) {
-            return Err(refuse(
-                pid,
-                format!(
-                    "{name}: a devpts instance of its own with open terminals: not restored yet"
-                ),
-            ));
+        if m.fs_type == "devpts" {
+            // A restore opens every pty master of the tree on the tree's
+            // own devpts (restore kinds/pty.rs): one on another instance
+            // would come back on this one.
+            if let Some((p, fd)) = master_elsewhere(pids, (m.major, m.minor)) {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "{name}: a devpts instance of its own, and pid {p} fd {fd} a pty master of another devpts: not restored yet"
+                    ),
+                ));
+            }
         }
         return Ok(MountHow::Fresh);
     }
@@ -445,14 +450,18 @@ fn unreachable_files(root: u32, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Whether a process of the tree has a descriptor on device `dev`.
-fn files_on(pids: &[u32], dev: (u32, u32)) -> bool {
-    pids.iter().any(|p| {
-        std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|d| {
-            d.filter_map(std::result::Result::ok).any(|e| {
-                std::fs::metadata(e.path())
-                    .is_ok_and(|md| (libc::major(md.dev()), libc::minor(md.dev())) == dev)
+/// A pty master (/dev/ptmx, 5:2) of the tree whose devpts is not `dev`.
+fn master_elsewhere(pids: &[u32], dev: (u32, u32)) -> Option<(u32, String)> {
+    pids.iter().find_map(|&p| {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .ok()?
+            .find_map(|e| {
+                let e = e.ok()?;
+                let md = std::fs::metadata(e.path()).ok()?;
+                let master = md.file_type().is_char_device()
+                    && (libc::major(md.rdev()), libc::minor(md.rdev())) == (5, 2);
+                let on = (libc::major(md.dev()), libc::minor(md.dev())) == dev;
+                (master && !on).then(|| (p, e.file_name().to_string_lossy().into_owned()))
             })
-        })
     })
 }

@@ -102,15 +102,47 @@ pub(crate) fn translate_creds(procs: &mut [Collected], ns: &UserNs) -> Result<()
     Ok(())
 }
 
-/// What is not restored together with a user namespace yet: namespaces
-/// the restorer makes for the tree outside the first process it forks
-/// (they would belong to stasis's user namespace, not the tree's), and
-/// those whose setup needs the host's privileges.
+/// A restore makes the tree's user namespace first and every namespace
+/// of the tree's own inside it (restore userns.rs), so each must belong
+/// to the tree's user namespace (ioctl NS_GET_USERNS), as one the tree
+/// made itself does. One made outside it and entered later (a network
+/// namespace set up by the host before the tree unshared its user
+/// namespace) would come back owned differently: refused by name.
+pub(crate) fn check_owners(root: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |t: &str, name: &str| {
+        std::fs::metadata(format!("/proc/{t}/ns/{name}"))
+            .ok()
+            .map(|m| m.ino())
+    };
+    let user = ino(&root.to_string(), "user");
+    for name in ["pid", "mnt", "net", "ipc", "uts", "cgroup", "time"] {
+        let theirs = ino(&root.to_string(), name);
+        if theirs == ino("self", name) {
+            continue;
+        }
+        let owner = stasis_sys::userns::owner_ino(&format!("/proc/{root}/ns/{name}"));
+        if owner != user {
+            return Err(refuse(
+                root,
+                format!(
+                    "its {name} namespace ({name}:[{}]) belongs to another user namespace than the tree's (user:[{}]): not restored yet",
+                    theirs.unwrap_or(0),
+                    user.unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What is not restored together with a user namespace yet: objects the
+/// restorer would make outside the tree's namespaces.
 pub(crate) fn refuse_with(root: u32, others: &[(&str, bool)]) -> Result<()> {
     match others.iter().find(|(_, has)| *has) {
         Some((name, _)) => Err(refuse(
             root,
-            format!("{name} namespace of its own together with a user namespace of its own: not restored yet"),
+            format!("{name} together with a user namespace of its own: not restored yet"),
         )),
         None => Ok(()),
     }

@@ -387,7 +387,11 @@ fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<
 }
 
 /// Builds the image's mount namespace, if it has one (mntns.rs).
-fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Option<mntns::Built>> {
+fn mntns_first(
+    image: &stasis_image::Image,
+    opts: &RestoreOptions,
+    held: Option<&userns::Held>,
+) -> Result<Option<mntns::Built>> {
     let root = image.inventory.root_pid;
     let Some(ns) = image.inventory.mntns.as_ref() else {
         return Ok(None);
@@ -408,7 +412,7 @@ fn mntns_first(image: &stasis_image::Image, opts: &RestoreOptions) -> Result<Opt
             .flatten()
             .map(|p| p.to_string_lossy().into_owned())
     };
-    mntns::build(Some(ns), &opts.mounts, &remap, root)
+    mntns::build(Some(ns), (&opts.mounts, held), &remap, root)
 }
 
 /// Restores the image in `opts.images_dir`. Returns once the process runs,
@@ -463,9 +467,15 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
         &opts.cgroup_roots,
         root,
     )?;
+    // The tree's user namespace before any namespace it owns (userns.rs).
+    let user = userns::check(&image.inventory, opts)?;
+    let held = match user {
+        Some(u) => Some(userns::hold(&image.inventory, u)?),
+        None => None,
+    };
     // The tree's mount namespace next: the preflight looks for its files
     // inside it (and the restorer leaves it again on every error).
-    let mnt = mntns_first(image, opts)?;
+    let mnt = mntns_first(image, opts, held.as_ref())?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
         preflight_image(img, &dir.path().join(&r.core_file))?;
         preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
@@ -497,7 +507,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
             pid_ns: image.inventory.pid_ns || opts.new_pid_ns,
             shell_job: opts.shell_job,
             ns: tree::TreeNs {
-                user: userns::check(&image.inventory, opts)?,
+                user: held.as_ref(),
                 uts: image.inventory.uts.as_ref(),
                 time: image.inventory.time.as_ref(),
                 cgroup: image.inventory.cgroup_ns.as_ref(),

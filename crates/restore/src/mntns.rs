@@ -48,6 +48,8 @@ struct Active {
     fork: (i32, i32),
     /// What the first process mounts itself (see [`late`]).
     late: Vec<sys::LateMount>,
+    /// The ptmx of the tree's own devpts, as the tree sees it.
+    ptmx: Option<String>,
 }
 
 static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
@@ -69,6 +71,17 @@ pub(crate) fn open(path: &str, flags: i32) -> stasis_sys::Result<OwnedFd> {
 pub(crate) fn metadata(path: &str) -> std::io::Result<std::fs::Metadata> {
     let fd = open(path, libc::O_PATH).map_err(|e| e.source)?;
     std::fs::File::from(fd).metadata()
+}
+
+/// Where the tree's pty masters are opened: the ptmx of its own devpts
+/// (the dump made sure every master of the tree is on that one), else
+/// ours.
+pub(crate) fn ptmx() -> String {
+    active()
+        .as_ref()
+        .filter(|a| a.home.is_some())
+        .and_then(|a| a.ptmx.clone())
+        .unwrap_or_else(|| "/dev/ptmx".into())
 }
 
 /// The built namespace and its root (descriptors of ours), for the first
@@ -120,9 +133,12 @@ impl Drop for Built {
 }
 
 /// Builds the saved namespace (see the module comment) and stays in it.
+/// `held`: the tree's user namespace, whose holder made the namespace to
+/// build in (userns.rs) and opens the tmpfs and devpts made in it; else
+/// a copy of ours is unshared.
 pub(crate) fn build(
     ns: Option<&MountNs>,
-    opts: &MountOptions,
+    (opts, held): (&MountOptions, Option<&crate::userns::Held>),
     remap: Remap<'_>,
     pid: u32,
 ) -> Result<Option<Built>> {
@@ -150,17 +166,25 @@ pub(crate) fn build(
         stasis_sys::util::open(".", libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?,
     );
     let stand_in = home.0.try_clone().map_err(io("dup a descriptor"))?;
-    sys::unshare_private().at(pid, st)?;
     // From here on a failure goes home (Built's drop).
     *active() = Some(Active {
         root: stand_in,
         home: Some(home),
         fork: (-1, -1),
         late: Vec::new(),
+        ptmx: ns
+            .mounts
+            .iter()
+            .find(|m| m.fs_type == "devpts" && matches!(m.how, MountHow::Fresh))
+            .map(|m| format!("{}/ptmx", m.mount_point.trim_end_matches('/'))),
     });
+    match held.and_then(|h| h.mnt.as_ref()) {
+        Some(m) => sys::enter_private(m.as_fd()).at(pid, st)?,
+        None => sys::unshare_private().at(pid, st)?,
+    }
     let ns_fd = sys::own_mntns().at(pid, st)?;
     let staging_s = staging.to_string_lossy().into_owned();
-    let (late, late_fds) = mount_all(ns, (opts, remap), &staging_s, pid)?;
+    let (late, late_fds) = mount_all(ns, (opts, remap, held), &staging_s, pid)?;
     built._late = late_fds;
     let root = stasis_sys::util::open(&staging_s, libc::O_PATH | libc::O_DIRECTORY).at(pid, st)?;
     let dup = root.try_clone().map_err(io("dup the tree's root"))?;
@@ -189,7 +213,7 @@ const NS_BOUND: [&str; 5] = ["proc", "sysfs", "mqueue", "cgroup", "cgroup2"];
 /// detached mounts it attaches, which must stay open until the fork).
 fn mount_all(
     ns: &MountNs,
-    (opts, remap): (&MountOptions, Remap<'_>),
+    (opts, remap, held): (&MountOptions, Remap<'_>, Option<&crate::userns::Held>),
     staging: &str,
     pid: u32,
 ) -> Result<(Vec<sys::LateMount>, Vec<OwnedFd>)> {
@@ -249,7 +273,7 @@ fn mount_all(
                 _ => {
                     let fd = match external.remove(&m.id) {
                         Some(fd) => fd,
-                        None => fresh(m, opts, pid)?,
+                        None => fresh(m, opts, pid, held)?,
                     };
                     sys::set_attrs(fd.as_fd(), m.attrs)
                         .map_err(|e| refused(pid, m, e.to_string()))?;
@@ -276,7 +300,7 @@ fn mount_all(
                     .map_err(|e| refused(pid, m, format!("its source {from}: {e}")))?;
                 sys::clone_mount_at(p.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?
             }
-            (None, None) => fresh(m, opts, pid)?,
+            (None, None) => fresh(m, opts, pid, held)?,
         };
         sys::set_attrs(fd.as_fd(), m.attrs).map_err(|e| refused(pid, m, e.to_string()))?;
         let target = if i == 0 {
@@ -342,24 +366,62 @@ fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
 
 /// A new filesystem for `m` (a pseudo filesystem, or a tmpfs filled
 /// with its saved contents), detached.
-fn fresh(m: &Mount, opts: &MountOptions, pid: u32) -> Result<OwnedFd> {
+/// A new filesystem for `m`. In a tree with a user namespace a tmpfs or
+/// devpts is made from a context its holder opened, so the superblock
+/// belongs to that user namespace as when the tree mounted it (a tmpfs
+/// there is nodev; a devpts's ptmx belongs to its root), created and
+/// filled with the filesystem ids of the namespace's root (a superblock
+/// of a user namespace takes files only from ids mapped there).
+fn fresh(
+    m: &Mount,
+    opts: &MountOptions,
+    pid: u32,
+    held: Option<&crate::userns::Held>,
+) -> Result<OwnedFd> {
     let tmpfs = matches!(m.how, MountHow::Tmpfs { .. });
-    let all = m.super_options.split(',').filter(|o| !o.is_empty());
+    let all: Vec<&str> = m
+        .super_options
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .collect();
     // A read-only tmpfs is filled first, then made read-only.
-    let options: Vec<&str> = all.clone().filter(|o| !tmpfs || *o != "ro").collect();
     let source = match &m.how {
         MountHow::Device { name } => device(m, name, opts, pid)?,
         _ => m.source.clone(),
     };
-    let fd = sys::new_fs(&m.fs_type, &source, &options, 0)
-        .map_err(|e| refused(pid, m, e.to_string()))?;
-    if let MountHow::Tmpfs { entries } = &m.how {
-        fill(fd.as_raw_fd(), entries).map_err(|e| refused(pid, m, e))?;
-        if all.clone().any(|o| o == "ro") {
-            sys::reconfigure_read_only(fd.as_fd()).map_err(|e| refused(pid, m, e.to_string()))?;
+    let options: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|o| !tmpfs || *o != "ro")
+        .collect();
+    let make = |fd: OwnedFd| -> std::result::Result<OwnedFd, String> {
+        if let MountHow::Tmpfs { entries } = &m.how {
+            fill(fd.as_raw_fd(), entries)?;
+            if all.contains(&"ro") {
+                sys::reconfigure_read_only(fd.as_fd()).map_err(|e| e.to_string())?;
+            }
         }
-    }
-    Ok(fd)
+        Ok(fd)
+    };
+    let inside = held.filter(|_| tmpfs || m.fs_type == "devpts");
+    let made = match inside {
+        Some(h) => {
+            let ctx = h
+                .holder
+                .fsopen(&m.fs_type)
+                .map_err(|e| refused(pid, m, e.to_string()))?;
+            stasis_sys::userns::with_fs_ids(h.root_ids, || {
+                Ok(sys::new_fs_from(ctx, &m.fs_type, &source, &options, 0)
+                    .map_err(|e| e.to_string())
+                    .and_then(make))
+            })
+            .map_err(|e| refused(pid, m, e.to_string()))?
+        }
+        None => sys::new_fs(&m.fs_type, &source, &options, 0)
+            .map_err(|e| e.to_string())
+            .and_then(make),
+    };
+    made.map_err(|e| refused(pid, m, e))
 }
 
 /// The block device an external device mount `name` is mounted from:

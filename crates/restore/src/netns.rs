@@ -482,10 +482,12 @@ fn relock(lock: Option<&NetLock>, pid: u32) -> Result<Option<NetLock>> {
 
 impl Net {
     /// Enters a new network namespace holding the image's contents (or
-    /// joins `--join-ns net:PATH`), the lock made first.
+    /// joins `--join-ns net:PATH`), the lock made first. `made`: the new
+    /// namespace, made already (owned by the tree's user namespace:
+    /// userns.rs), else unshared here.
     pub(crate) fn enter(
         img: Option<&NetNs>,
-        opts: &NetOptions,
+        (opts, made): (&NetOptions, Option<&OwnedFd>),
         lock: Option<&NetLock>,
         pid: u32,
     ) -> Result<Net> {
@@ -505,7 +507,18 @@ impl Net {
                     .map_err(|e| failed(pid, format!("--join-ns net:{}: {e}", path.display())))?;
                 back
             }
-            None => nsenter::unshare_thread("net", libc::CLONE_NEWNET).at(pid, Stage::Fork)?,
+            None => match made {
+                Some(ns) => {
+                    let back = stasis_sys::util::open(
+                        "/proc/thread-self/ns/net",
+                        libc::O_RDONLY | libc::O_CLOEXEC,
+                    )
+                    .at(pid, Stage::Fork)?;
+                    nsenter::join(ns, libc::CLONE_NEWNET).at(pid, Stage::Fork)?;
+                    back
+                }
+                None => nsenter::unshare_thread("net", libc::CLONE_NEWNET).at(pid, Stage::Fork)?,
+            },
         };
         let inside =
             stasis_sys::util::open("/proc/thread-self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)

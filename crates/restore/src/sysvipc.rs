@@ -90,8 +90,15 @@ pub(crate) fn preflight(img: &IpcNs, pid: u32) -> Result<Vec<i32>> {
 
 impl Ipc {
     /// Makes the objects (in a new namespace this thread enters, if the
-    /// tree had its own) right before the fork. `pages`: the root's page file.
-    pub(crate) fn create(img: &IpcNs, pid: u32, pages: &Path) -> Result<Ipc> {
+    /// tree had its own) right before the fork. `pages`: the root's page
+    /// file. `made`: that namespace, made already (owned by the tree's
+    /// user namespace: userns.rs), else unshared here.
+    pub(crate) fn create(
+        img: &IpcNs,
+        pid: u32,
+        pages: &Path,
+        made: Option<&OwnedFd>,
+    ) -> Result<Ipc> {
         let st = Stage::Fork;
         let create = preflight(img, pid)?;
         let mut me = Ipc {
@@ -103,7 +110,10 @@ impl Ipc {
             image: img.clone(),
         };
         if img.own {
-            let (back, ns) = ipc::unshare_ipc().at(pid, st)?;
+            let (back, ns) = match made {
+                Some(ns) => ipc::join_made(ns).at(pid, st)?,
+                None => ipc::unshare_ipc().at(pid, st)?,
+            };
             me.back = Some(back);
             me.ns = Some(ns);
             sysctls(pid, img, true)?;
@@ -245,8 +255,22 @@ fn sysctls(pid: u32, img: &IpcNs, raise_only: bool) -> Result<()> {
 
 /// Writes the saved sysctls in the calling thread's namespace;
 /// `raise_only`: only limits, each field at least its present value.
-/// shm_rmid_forced comes last, once every segment is attached.
+/// shm_rmid_forced comes last, once every segment is attached. In a
+/// namespace owned by a user namespace of the tree's the files belong to
+/// its root, who alone may write them: written as that root then.
 fn write_sysctls(img: &IpcNs, raise_only: bool) -> stasis_sys::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata("/proc/sys/kernel/shmmax")
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0));
+    if owner != (0, 0) {
+        let img = img.clone();
+        return ipc::as_ids(owner, move || write_sysctls_here(&img, raise_only));
+    }
+    write_sysctls_here(img, raise_only)
+}
+
+fn write_sysctls_here(img: &IpcNs, raise_only: bool) -> stasis_sys::Result<()> {
     let mut order: Vec<_> = img.sysctls.iter().collect();
     order.sort_by_key(|s| s.name == "kernel/shm_rmid_forced");
     for s in order {

@@ -39,7 +39,8 @@ pub(crate) struct Setting<'a> {
 /// UTS (its names) and IPC (its objects), when the tree had its own.
 #[derive(Clone, Copy)]
 pub(crate) struct TreeNs<'a> {
-    pub user: Option<&'a stasis_image::UserNs>,
+    /// The tree's user namespace and the namespaces made in it already.
+    pub user: Option<&'a crate::userns::Held>,
     pub uts: Option<&'a stasis_image::UtsNs>,
     pub time: Option<&'a stasis_image::TimeNs>,
     pub cgroup: Option<&'a stasis_image::CgroupNs>,
@@ -82,7 +83,12 @@ pub(crate) fn restore_tree(
     //    its sockets are made and left after the fork (netns.rs).
     let mut net_ns = match (net_ns, &net.opts.join) {
         (None, None) => None,
-        (img, _) => Some(crate::netns::Net::enter(img, net.opts, net.lock, root_pid)?),
+        (img, _) => Some(crate::netns::Net::enter(
+            img,
+            (net.opts, user.and_then(|u| u.net.as_ref())),
+            net.lock,
+            root_pid,
+        )?),
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
@@ -103,8 +109,8 @@ pub(crate) fn restore_tree(
         });
     }
     // The tree's own user namespace, made first (it owns every namespace
-    // made for the tree after it), its maps written from outside.
-    tree.plan.user_maps = user.map(crate::userns::maps);
+    // made for the tree after it), and its PID namespace.
+    tree.plan.user_ns = user.map(|u| u.user.as_raw_fd());
     // The tree's session keyring, joined anew by the root before it forks.
     tree.plan.session_keyring = crate::keyrings::preflight(procs, user.is_some())?;
     // The tree's own UTS namespace, made by the first process forked.
@@ -141,7 +147,12 @@ pub(crate) fn restore_tree(
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
     let mut ipc = match ipc {
-        Some(img) => Some(crate::sysvipc::Ipc::create(img, root_pid, &pages[0])?),
+        Some(img) => Some(crate::sysvipc::Ipc::create(
+            img,
+            root_pid,
+            &pages[0],
+            user.and_then(|u| u.ipc.as_ref()),
+        )?),
         None => None,
     };
     if let Some(i) = &ipc {
@@ -337,7 +348,7 @@ fn plan_tree(
             mntns: None,
             late_mounts: Vec::new(),
             sibling: false,
-            user_maps: None,
+            user_ns: None,
             session_keyring: None,
         },
         svcs: Vec::with_capacity(procs.len()),

@@ -1,15 +1,22 @@
-//! The tree's own user namespace: made by the clone that makes the PID
-//! namespace (sys/spawn.rs), so it owns that one and every namespace the
-//! first process makes after it; its maps are written from outside.
-
-use crate::{RestoreError, Result, Stage};
+//! The tree's own user namespace, and the namespaces it owns.
+//!
+//! A namespace belongs to the user namespace of the process that makes
+//! it. So before anything else a holder (a child of ours, see
+//! stasis_sys::userns::spawn_holder) makes the user namespace, gets its
+//! maps written from outside, and unshares in it the namespaces the
+//! restorer fills before the fork: network, IPC, mount. The restorer
+//! joins those (setns: its privileges reach into every user namespace
+//! below its own) to build them. At the fork a forker enters the user
+//! namespace and makes the PID namespace, whose init the first process
+//! is; that one makes the rest itself (UTS, time, cgroup: sys/spawn.rs
+//! `spawn_in_user_ns`).
+use crate::{At, RestoreError, Result, Stage};
 use stasis_image::userns::map_text;
 use stasis_image::{Inventory, UserNs};
+use std::os::fd::OwnedFd;
 
 /// The image's user namespace, if any, once checked restorable here: only
-/// with a PID namespace of the tree's own, and none of the namespaces the
-/// restorer makes outside the first process (network, IPC, mount) or
-/// with the host's privileges (cgroup).
+/// with a PID namespace of the tree's own.
 pub(crate) fn check<'a>(
     inv: &'a Inventory,
     opts: &crate::RestoreOptions,
@@ -33,18 +40,86 @@ pub(crate) fn check<'a>(
             "--restore-sibling with a user namespace of its own: not restored yet".into(),
         ));
     }
-    let others = [
-        ("a network", inv.net.is_some()),
-        ("an IPC", inv.ipc.is_some()),
-        ("a mount", inv.mntns.is_some()),
-        ("a cgroup", inv.cgroup_ns.is_some()),
-    ];
-    if let Some((name, _)) = others.iter().find(|(_, has)| *has) {
-        return Err(refuse(format!(
-            "{name} namespace of its own together with a user namespace of its own: not restored yet"
-        )));
-    }
     Ok(Some(u))
+}
+
+/// The tree's user namespace and the namespaces its holder made in it,
+/// as descriptors of ours; dropping it ends the holder (the namespaces
+/// live on in these descriptors, then in the tree).
+pub(crate) struct Held {
+    pub(crate) holder: stasis_sys::userns::Holder,
+    /// Our uid and gid of the namespace's root (uid and gid 0 inside).
+    pub(crate) root_ids: (u32, u32),
+    pub(crate) user: OwnedFd,
+    pub(crate) net: Option<OwnedFd>,
+    pub(crate) ipc: Option<OwnedFd>,
+    pub(crate) mnt: Option<OwnedFd>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        stasis_sys::spawn::kill_and_reap(self.holder.pid);
+    }
+}
+
+/// Makes the image's user namespace and, owned by it, the network, IPC
+/// and mount namespaces the image has of its own.
+pub(crate) fn hold(inv: &Inventory, u: &UserNs) -> Result<Held> {
+    let pid = inv.root_pid;
+    let st = Stage::Preflight;
+    let [setgroups, uid_map, gid_map, projid_map] = maps(u);
+    let ids = stasis_sys::userns::IdMaps {
+        uid_map: &uid_map,
+        gid_map: &gid_map,
+        projid_map: &projid_map,
+        setgroups: &setgroups,
+    };
+    let net = inv.net.is_some();
+    let ipc = inv.ipc.as_ref().is_some_and(|i| i.own);
+    let mnt = inv.mntns.is_some();
+    let mut flags = 0;
+    for (has, f) in [
+        (net, libc::CLONE_NEWNET),
+        (ipc, libc::CLONE_NEWIPC),
+        (mnt, libc::CLONE_NEWNS),
+    ] {
+        if has {
+            flags |= f;
+        }
+    }
+    let holder = stasis_sys::userns::spawn_holder(&ids, flags).at(pid, st)?;
+    let h = holder.pid;
+    let root = |map: &[stasis_image::userns::IdRange]| {
+        map.iter()
+            .find(|r| r.inside == 0 && r.count > 0)
+            .map_or(u32::MAX - 1, |r| r.outside)
+    };
+    let mut held = Held {
+        holder,
+        root_ids: (root(&u.uid_map), root(&u.gid_map)),
+        user: open_ns(h, "user").at(pid, st)?,
+        net: None,
+        ipc: None,
+        mnt: None,
+    };
+    if net {
+        held.net = Some(open_ns(h, "net").at(pid, st)?);
+    }
+    if ipc {
+        held.ipc = Some(open_ns(h, "ipc").at(pid, st)?);
+    }
+    if mnt {
+        held.mnt = Some(open_ns(h, "mnt").at(pid, st)?);
+    }
+    log::info!("pid {pid}: user namespace made (holder {h}), owning the tree's namespaces");
+    Ok(held)
+}
+
+fn open_ns(p: stasis_sys::Pid, name: &str) -> stasis_sys::Result<OwnedFd> {
+    stasis_sys::util::open(
+        &format!("/proc/{}/ns/{name}", p.0),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    )
 }
 
 /// setgroups, uid_map, gid_map, projid_map as /proc/PID/ takes them.

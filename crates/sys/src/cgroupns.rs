@@ -5,12 +5,26 @@ use std::ffi::CString;
 
 /// Joins each cgroup whose `cgroup.procs` file is listed (writing "0"
 /// moves the writer), then unshares a new cgroup namespace, whose root in
-/// every hierarchy is the caller's cgroup there at that moment. Returns
-/// false if any step failed.
+/// every hierarchy is the caller's cgroup there at that moment (`joined`:
+/// the caller joined them already, see [`join`]). Returns false if any
+/// step failed.
 ///
 /// # Safety
 /// Only from a forked, single-threaded child: raw syscalls, no allocation.
-pub unsafe fn enter_new(procs_files: &[CString]) -> bool {
+pub unsafe fn enter_new(procs_files: &[CString], joined: bool) -> bool {
+    // SAFETY: the caller's contract, forwarded.
+    if !joined && !unsafe { join(procs_files) } {
+        return false;
+    }
+    // SAFETY: integer-only syscall on ourselves.
+    unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP) == 0 }
+}
+
+/// Joins each cgroup whose `cgroup.procs` file is listed.
+///
+/// # Safety
+/// As [`enter_new`].
+pub unsafe fn join(procs_files: &[CString]) -> bool {
     for f in procs_files {
         // SAFETY: raw syscalls on a NUL-terminated path prepared before
         // the fork and a static one-byte buffer.
@@ -31,6 +45,5 @@ pub unsafe fn enter_new(procs_files: &[CString]) -> bool {
             }
         }
     }
-    // SAFETY: integer-only syscall on ourselves.
-    unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP) == 0 }
+    true
 }

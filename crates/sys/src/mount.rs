@@ -36,6 +36,23 @@ pub fn unshare_private() -> Result<()> {
     // SAFETY: integer-only syscall on the calling process.
     let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) };
     check(r, "unshare(CLONE_NEWNS)", None)?;
+    make_rprivate()
+}
+
+/// The calling thread leaves our fs_struct (unshare(CLONE_FS), as
+/// setns(mnt) requires) and enters the mount namespace `ns` made for the
+/// tree elsewhere (a copy of ours, by the holder of the tree's user
+/// namespace: it belongs to that one); then every mount in it is made
+/// private, as [`unshare_private`] does.
+pub fn enter_private(ns: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: integer-only syscall on the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_FS) };
+    check(r, "unshare(CLONE_FS)", None)?;
+    setns_mnt(ns)?;
+    make_rprivate()
+}
+
+fn make_rprivate() -> Result<()> {
     // SAFETY: mount(2) with a static path and NULL source/type/data.
     let r = unsafe {
         libc::mount(
@@ -166,6 +183,18 @@ pub fn new_fs(fs_type: &str, source: &str, options: &[&str], attrs: u64) -> Resu
     // SAFETY: t lives for the call.
     let r = unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), FSOPEN_CLOEXEC) };
     let fs = owned(r, &format!("fsopen {fs_type}"))?;
+    new_fs_from(fs, fs_type, source, options, attrs)
+}
+
+/// [`new_fs`] from a filesystem context `fs` opened elsewhere (by the
+/// holder of a user namespace: [`crate::userns::Holder::fsopen`]).
+pub fn new_fs_from(
+    fs: OwnedFd,
+    fs_type: &str,
+    source: &str,
+    options: &[&str],
+    attrs: u64,
+) -> Result<OwnedFd> {
     let set = |cmd: u32, key: &str, value: Option<&str>| -> Result<()> {
         let k = cstring(key, "fsconfig")?;
         let v = value.map(|v| cstring(v, "fsconfig")).transpose()?;
@@ -340,29 +369,54 @@ pub fn xattr_names_len(path: &str) -> Result<usize> {
 }
 
 /// In a freshly forked child of the restore (raw syscalls only): enter the
-/// mount namespace `ns` and make the directory `root` (a mount of it) its
-/// root with pivot_root, detaching the old root. Returns 0 or -1.
-pub fn enter_and_pivot(ns: i32, root: i32) -> i64 {
+/// mount namespace `ns`, make `late` in the directory `root` (a mount of
+/// it; see [`make_late_mounts`]), then make `root` its root with
+/// pivot_root, detaching the old root. The late mounts come before the
+/// detach: in a mount namespace owned by another user namespace than the
+/// initial one, a new proc or sysfs is refused unless one is already
+/// fully visible in the namespace (the kernel's mount_too_revealing), and
+/// the old root holds the restorer's. Returns 0, or the failure code of
+/// [`crate::spawn::tree_failure`] (12, 15).
+pub fn enter_and_pivot(ns: i32, root: i32, late: &[LateMount]) -> i64 {
     // SAFETY: integer-only syscalls and static NUL-terminated strings.
     unsafe {
         if libc::syscall(libc::SYS_setns, ns, libc::CLONE_NEWNS) < 0
             || libc::syscall(libc::SYS_fchdir, root) < 0
-            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
+        {
+            return 12;
+        }
+        if make_late_mounts(late) >= 0 {
+            return 15;
+        }
+        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
             || libc::syscall(libc::SYS_umount2, c".".as_ptr(), libc::MNT_DETACH) < 0
             || libc::syscall(libc::SYS_chdir, c"/".as_ptr()) < 0
         {
-            return -1;
+            return 12;
         }
     }
     0
+}
+
+/// An absolute path of the new tree as a path relative to its root (the
+/// working directory before the pivot): "/" is ".", "/a/b" is "a/b".
+fn relative(path: &std::ffi::CStr) -> *const libc::c_char {
+    match path.to_bytes() {
+        b"/" | b"" => c".".as_ptr(),
+        // SAFETY: one byte past the leading '/' is still inside the string
+        // (at worst its NUL).
+        [b'/', ..] => unsafe { path.as_ptr().add(1) },
+        _ => path.as_ptr(),
+    }
 }
 
 /// A mount the first process of a restored tree makes itself, after it
 /// entered the tree's namespaces and pivoted (proc, sysfs, mqueue and
 /// cgroup filesystems belong to the PID, network, IPC or cgroup namespace
 /// of the process that creates them), with every mount stacked on one.
-/// Paths are absolute in the new root; strings are prepared before the
-/// fork, so the child only makes raw calls.
+/// Paths are absolute in the new root (made before the pivot, relative to
+/// the new root, the working directory then); strings are prepared before
+/// the fork, so the child only makes raw calls.
 #[derive(Debug, Clone)]
 pub enum LateMount {
     /// Attach our detached mount `fd` (attributes already set) at `at`.
@@ -439,7 +493,7 @@ unsafe fn late_mount(m: &LateMount) -> bool {
                 fd as i32,
                 c"".as_ptr(),
                 libc::AT_FDCWD,
-                at.as_ptr(),
+                relative(at),
                 MOVE_MOUNT_F_EMPTY_PATH,
             ) == 0
         }
@@ -500,7 +554,7 @@ unsafe fn late_mount(m: &LateMount) -> bool {
                 let t = libc::syscall(
                     libc::SYS_open_tree,
                     libc::AT_FDCWD,
-                    from.as_ptr(),
+                    relative(from),
                     OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
                 );
                 if t < 0 {

@@ -6,7 +6,7 @@
 use crate::clone::{exit_now, fork_with_pid, fork_with_pid_fd, CloneArgs, Forked};
 use crate::ptrace::{self, Stop};
 use crate::{check, last_errno, remote, Pid, Result, SysError};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Where the child's descriptors come from. Every `srcs[i]` (a descriptor of
 /// the caller) is first duplicated to `staging + i`; everything below
@@ -132,12 +132,12 @@ pub struct TreePlan {
     /// the helper init) is created with CLONE_PARENT, a child of the
     /// caller's parent instead of the caller's. Not with `session_helper`.
     pub sibling: bool,
-    /// Create the tree in a new user namespace, made by the same clone as
-    /// the PID namespace (so it owns it and every namespace the first
-    /// process makes after): its setgroups, uid_map, gid_map and
-    /// projid_map texts, written by us from outside right after the fork
-    /// (nothing the tree does before it is seized needs them).
-    pub user_maps: Option<[String; 4]>,
+    /// Create the tree in the tree's own user namespace, made beforehand
+    /// (by [`crate::userns::spawn_holder`], with its maps): a descriptor
+    /// of ours of it. Every namespace made for the tree from then on is
+    /// made inside it, so that it belongs to it as the dumped ones did
+    /// (see `spawn_in_user_ns`).
+    pub user_ns: Option<i32>,
     /// The root joins a new session keyring of this name
     /// (KEYCTL_JOIN_SESSION_KEYRING) before it forks: every process of the
     /// tree inherits it.
@@ -162,7 +162,8 @@ pub fn tree_failure(code: i32) -> &'static str {
         13 => "creating the new time namespace with its offsets failed",
         14 => "joining the cgroup namespace's roots or unsharing it failed",
         15 => "making a proc, sysfs, mqueue or cgroup mount (or one stacked on it) in the new namespaces failed",
-        16 => "joining its session keyring (KEYCTL_JOIN_SESSION_KEYRING) failed",
+        16 => "entering the tree's user namespace (setns) or making a namespace in it failed",
+        17 => "joining its session keyring (KEYCTL_JOIN_SESSION_KEYRING) failed",
         _ => "unexpected failure",
     }
 }
@@ -190,14 +191,16 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
         .ok_or_else(|| SysError::other("spawn tree", None, "empty tree"))?;
     // SAFETY: the child runs tree_child: raw syscalls on data prepared
     // before the fork only.
-    let mut flags = if plan.new_pid_ns {
+    // In the tree's user namespace the first process makes them itself.
+    let own_ns = plan.user_ns.is_none();
+    let mut flags = if plan.new_pid_ns && own_ns {
         (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64
     } else {
         0
     };
     // The UTS namespace is made by the first process we fork, which names
     // it before anything else; every other process inherits it.
-    let uts_flag = if plan.uts.is_some() {
+    let uts_flag = if plan.uts.is_some() && own_ns {
         libc::CLONE_NEWUTS as u64
     } else {
         0
@@ -209,9 +212,6 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
         0
     };
     flags |= parent_flag;
-    if plan.user_maps.is_some() {
-        flags |= libc::CLONE_NEWUSER as u64;
-    }
     // Inside a new namespace the root's parent is invisible: getppid() is 0.
     let expect_parent = if plan.new_pid_ns { 0 } else { parent };
     // A tree whose root is not PID 1 gets a helper init in the namespace.
@@ -230,9 +230,13 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
             Forked::Parent(p) => Ok((p, owned_pidfd(fd))),
         };
     }
+    if let Some(user) = plan.user_ns {
+        return spawn_in_user_ns(plan, user, first, helper);
+    }
     let mut fd = -1;
     // SAFETY: as above.
-    match unsafe { fork_with_pid_fd(&[first], flags, Some(&mut fd))? } {
+    let forked = unsafe { fork_with_pid_fd(&[first], flags, Some(&mut fd)) };
+    match forked? {
         Forked::Child => {
             set_uts(plan, root.pid);
             set_time(plan, root.pid);
@@ -243,22 +247,7 @@ pub fn spawn_tree(plan: &TreePlan) -> Result<(Pid, OwnedFd)> {
                 tree_child(plan, 0, expect_parent)
             }
         }
-        Forked::Parent(p) => {
-            let pidfd = owned_pidfd(fd);
-            if let Some([setgroups, uid_map, gid_map, projid_map]) = &plan.user_maps {
-                let maps = crate::userns::IdMaps {
-                    uid_map,
-                    gid_map,
-                    projid_map,
-                    setgroups,
-                };
-                if let Err(e) = crate::userns::write_maps(p, &maps) {
-                    kill_and_reap(p);
-                    return Err(e);
-                }
-            }
-            Ok((p, pidfd))
-        }
+        Forked::Parent(p) => Ok((p, owned_pidfd(fd))),
     }
 }
 
@@ -357,6 +346,127 @@ fn set_uts(plan: &TreePlan, root: i32) {
     }
 }
 
+/// [`spawn_tree`] for a tree in its own user namespace (see
+/// [`TreePlan::user_ns`]). A PID namespace belongs to the user namespace
+/// of the process that makes it, and cannot be entered before its init
+/// exists, so a forker F of ours makes it: F joins the cgroups of the
+/// tree's cgroup namespace (with our privileges), enters the user
+/// namespace, unshares the PID namespace and forks the first process as
+/// its init with CLONE_PARENT (our child, as without a user namespace),
+/// tells us its PID, and exits. The first process then makes the UTS,
+/// time, cgroup (and, without a rebuilt one, mount) namespaces itself.
+fn spawn_in_user_ns(
+    plan: &TreePlan,
+    user: i32,
+    first: i32,
+    helper: bool,
+) -> Result<(Pid, OwnedFd)> {
+    let root = plan.procs[0].pid;
+    let (r, w) = crate::util::pipe()?;
+    let wfd = w.as_raw_fd();
+    // SAFETY: F and the first process make raw syscalls on data prepared
+    // before the fork only.
+    match unsafe { fork_with_pid(&[], 0)? } {
+        Forked::Child => {
+            let fail = |code| {
+                report(plan.ready_fd, root, code);
+                exit_now(code)
+            };
+            die_with_parent_and_block_signals();
+            if let Some(files) = &plan.cgroup_ns {
+                // SAFETY: we are a freshly forked, single-threaded child.
+                if !unsafe { crate::cgroupns::join(files) } {
+                    fail(14);
+                }
+            }
+            let set = [first];
+            let args = CloneArgs {
+                flags: libc::CLONE_PARENT as u64,
+                set_tid: set.as_ptr() as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            // SAFETY: integer-only syscalls on ourselves and a descriptor
+            // of ours; clone3 with args that live for the call.
+            let p = unsafe {
+                if libc::syscall(libc::SYS_setns, user, libc::CLONE_NEWUSER) < 0
+                    || libc::syscall(libc::SYS_unshare, libc::CLONE_NEWPID) < 0
+                {
+                    fail(16);
+                }
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            if p == 0 {
+                enter_user(plan, root);
+                set_uts(plan, root);
+                set_time(plan, root);
+                enter_mntns(plan, root);
+                if helper {
+                    helper_init(plan)
+                } else {
+                    tree_child(plan, 0, 0)
+                }
+            }
+            let pid = p as i32;
+            // SAFETY: four bytes from a local to our pipe.
+            unsafe { libc::syscall(libc::SYS_write, wfd, &pid as *const i32, 4usize) };
+            exit_now(if p < 0 { 7 } else { 0 })
+        }
+        Forked::Parent(f) => {
+            drop(w);
+            let mut b = [0u8; 4];
+            // SAFETY: four bytes into a local buffer from our pipe.
+            let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 4) };
+            let _ = crate::util::waitpid(f, libc::__WALL);
+            let p = i32::from_le_bytes(b);
+            if n != 4 || p <= 0 {
+                return Err(SysError::other(
+                    "spawn tree",
+                    Some(Pid(root)),
+                    "forking the first process in the tree's user namespace failed",
+                ));
+            }
+            // SAFETY: pidfd_open of our own child (not reaped: it is ours).
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+            if fd < 0 {
+                let e = crate::last_errno();
+                kill_and_reap(Pid(p));
+                return Err(SysError::new("pidfd_open", Some(Pid(p)), e));
+            }
+            Ok((Pid(p), owned_pidfd(fd as i32)))
+        }
+    }
+}
+
+/// In the first process of a tree in its own user namespace, forked by
+/// [`spawn_in_user_ns`]: makes the UTS namespace (named by [`set_uts`])
+/// and, without a rebuilt mount namespace, a copy of the one it has, for
+/// its own /proc. Reports failure 16 and exits.
+fn enter_user(plan: &TreePlan, root: i32) {
+    // Dumpable, so that the tree's processes may open their children's
+    // namespaces (setns with a pidfd checks ptrace access, and their
+    // memory's user namespace is still ours, where they have no
+    // capability); the image's value is set back with the credentials.
+    // SAFETY: integer-only prctl on ourselves.
+    unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1) };
+    let mut flags = 0;
+    if plan.uts.is_some() {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    if plan.mntns.is_none() {
+        flags |= libc::CLONE_NEWNS;
+    }
+    // SAFETY: an integer-only syscall on ourselves.
+    if flags != 0 && unsafe { libc::syscall(libc::SYS_unshare, flags) } < 0 {
+        report(plan.ready_fd, root, 16);
+        exit_now(16);
+    }
+}
+
 fn set_time(plan: &TreePlan, root: i32) {
     if let Some(offsets) = &plan.time_offsets {
         // SAFETY: we are the freshly forked, single-threaded first process.
@@ -366,8 +476,10 @@ fn set_time(plan: &TreePlan, root: i32) {
         }
     }
     if let Some(files) = &plan.cgroup_ns {
+        // In its user namespace the cgroups were joined already.
+        let joined = plan.user_ns.is_some();
         // SAFETY: as above.
-        if !unsafe { crate::cgroupns::enter_new(files) } {
+        if !unsafe { crate::cgroupns::enter_new(files, joined) } {
             report(plan.ready_fd, root, 14);
             exit_now(14);
         }
@@ -378,13 +490,10 @@ fn set_time(plan: &TreePlan, root: i32) {
 /// it (see [`TreePlan::mntns`]), or reports failure 12 and exits.
 fn enter_mntns(plan: &TreePlan, root: i32) {
     if let Some((ns, dir)) = plan.mntns {
-        if crate::mount::enter_and_pivot(ns, dir) != 0 {
-            report(plan.ready_fd, root, 12);
-            exit_now(12);
-        }
-        if crate::mount::make_late_mounts(&plan.late_mounts) >= 0 {
-            report(plan.ready_fd, root, 15);
-            exit_now(15);
+        let code = crate::mount::enter_and_pivot(ns, dir, &plan.late_mounts);
+        if code != 0 {
+            report(plan.ready_fd, root, code as i32);
+            exit_now(code as i32);
         }
     }
 }
@@ -447,8 +556,8 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                 libc::syscall(libc::SYS_setfsuid, uid);
                 libc::syscall(libc::SYS_setfsgid, gid);
                 if joined < 0 {
-                    report(plan.ready_fd, me, 16);
-                    exit_now(16);
+                    report(plan.ready_fd, me, 17);
+                    exit_now(17);
                 }
             }
         }

@@ -108,6 +108,21 @@ pub fn unshare_ipc() -> Result<(OwnedFd, OwnedFd)> {
     Ok((old, new))
 }
 
+/// [`unshare_ipc`] into a namespace made elsewhere: descriptors of our
+/// old namespace and of `ns`.
+pub fn join_made(ns: &OwnedFd) -> Result<(OwnedFd, OwnedFd)> {
+    let old = open_ns("/proc/thread-self/ns/ipc")?;
+    join(ns)?;
+    let new = ns.try_clone().map_err(|e| {
+        SysError::new(
+            "dup an IPC namespace",
+            None,
+            e.raw_os_error().unwrap_or(libc::EBADF),
+        )
+    })?;
+    Ok((old, new))
+}
+
 /// Moves the calling thread into the IPC namespace `ns`.
 pub fn join(ns: &OwnedFd) -> Result<()> {
     // SAFETY: setns on a namespace descriptor we own.
@@ -511,4 +526,34 @@ pub fn mqueue_names(pid: Option<Pid>) -> Result<Vec<String>> {
             .collect();
         Ok(names)
     }
+}
+
+/// Runs `f` in a short-lived thread of the calling thread's namespaces
+/// whose effective uid and gid are `ids` (raw setresuid/setresgid change
+/// that thread only): the IPC sysctls of a namespace owned by another
+/// user namespace are writable by that namespace's root alone (the
+/// kernel's ipc_permissions compares the euid, capabilities aside).
+pub fn as_ids<T: Send + 'static>(
+    ids: (u32, u32),
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || -> Result<T> {
+        let keep = u32::MAX as libc::c_long;
+        // SAFETY: integer-only credential syscalls on this thread.
+        unsafe {
+            check(
+                libc::syscall(libc::SYS_setresgid, keep, ids.1 as libc::c_long, keep),
+                "setresgid",
+                None,
+            )?;
+            check(
+                libc::syscall(libc::SYS_setresuid, keep, ids.0 as libc::c_long, keep),
+                "setresuid",
+                None,
+            )?;
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| SysError::other("sysctl thread", None, "panicked"))?
 }

@@ -230,15 +230,16 @@ fn cr_fanotify_mount_and_filesystem_marks() {
     .assert_pass(&work);
 }
 
-/// A `stasis run --user` tree with an IPC namespace of its own (which the
-/// restorer would make outside the tree's user namespace): the dump
-/// refuses it by name in one line, leaves no image, and the tree runs on
-/// and passes.
+/// A `stasis run --net --user` tree: its network namespace is made by
+/// stasis run before the user namespace, so it belongs to ours, not to
+/// the tree's; a restore makes every namespace inside the tree's user
+/// namespace. The dump refuses it by name in one line, leaves no image,
+/// and the tree runs on and passes.
 #[test]
-fn refuse_user_namespace_with_own_ipc_namespace() {
+fn refuse_user_namespace_with_network_namespace_of_ours() {
     use std::os::unix::fs::PermissionsExt;
     let _mounts = mounts_lock();
-    let work = Work::new("refuse_user_namespace_with_own_ipc");
+    let work = Work::new("refuse_userns_foreign_netns");
     std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod work dir");
     let t = Duration::from_secs(60);
@@ -251,11 +252,11 @@ fn refuse_user_namespace_with_own_ipc_namespace() {
         "-d",
         "--pidfile",
         &pidfile_arg,
+        "--net",
         "--user",
         "--",
         prog.to_str().expect("utf-8"),
         &dir,
-        "--ipc",
     ];
     let out = stasis(&work, &run, t);
     assert!(out.success(), "stasis run failed: {}", out.stderr);
@@ -266,11 +267,20 @@ fn refuse_user_namespace_with_own_ipc_namespace() {
         && out.stderr.trim_end().lines().count() == 1
         && out
             .stderr
-            .contains("IPC namespace of its own together with a user namespace");
+            .contains("belongs to another user namespace than the tree's");
     if !refused {
         init.kill();
         fail(&work, format!("dump not refused by name: {out:?}"));
     }
     assert!(!work.img().join("inventory.img").exists());
     finish(&work, &mut init, t).assert_pass(&work);
+}
+
+/// A `stasis run --user` tree with an IPC namespace of its own (made by
+/// its root, so owned by its user namespace): made again inside the
+/// restored user namespace (by the holder of it), with its objects.
+#[test]
+fn cr_user_namespace_with_ipc() {
+    let (work, out) = cr_user_tree("cr_user_namespace_with_ipc", &["--ipc"]);
+    out.assert_pass(&work);
 }

@@ -30,9 +30,12 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         _ => return Ok(None),
     };
     if let Some(index) = pty_index(rdev) {
-        // Pairs are made again on our /dev/pts: a slave of another devpts
-        // instance (a container's) would come back as another terminal.
-        if std::fs::metadata("/dev/pts").map(|m| m.dev()).ok() != Some(dev) {
+        // Pairs are made again on our /dev/pts, or on the devpts of the
+        // tree's own mount namespace at its /dev/pts (dump mntns.rs made
+        // sure every master of the tree is on that one): a slave of any
+        // other devpts instance would come back as another terminal.
+        let devpts = |p: &str| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if devpts("/dev/pts") != Some(dev) && own_devpts(d.pid) != Some(dev) {
             return Err(d.refuse(&format!(
                 "pts {index} of another devpts instance than /dev/pts (not supported)"
             )));
@@ -66,6 +69,13 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         flags: d.flags(),
         pty,
     }))
+}
+
+/// The device of the devpts at /dev/pts as process `pid` sees it.
+fn own_devpts(pid: u32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/root/dev/pts"))
+        .map(|m| m.dev())
+        .ok()
 }
 
 /// /dev/tty: claimed if the terminal it names is a pty (its master may be
@@ -119,10 +129,21 @@ fn master_state(d: &Fd<'_>, m: &OwnedFd) -> Result<(u32, PtyState)> {
     } else {
         0
     };
-    let md = std::fs::metadata(format!("/dev/pts/{index}")).map_err(|source| DumpError::Io {
+    // The slave's node on the master's devpts: the tree's own, or ours.
+    let on_own = std::fs::File::from(super::dup_of(d.pid, d.fd)?)
+        .metadata()
+        .ok()
+        .map(|m| m.dev())
+        .is_some_and(|dev| own_devpts(d.pid) == Some(dev));
+    let node = if on_own {
+        format!("/proc/{}/root/dev/pts/{index}", d.pid)
+    } else {
+        format!("/dev/pts/{index}")
+    };
+    let md = std::fs::metadata(&node).map_err(|source| DumpError::Io {
         pid,
         stage: st,
-        what: format!("stat /dev/pts/{index}"),
+        what: format!("stat {node}"),
         source,
     })?;
     Ok((

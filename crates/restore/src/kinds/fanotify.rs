@@ -36,8 +36,13 @@ pub(super) fn open(
         let (obj, kind) = match m.target {
             FanotifyTarget::Inode => {
                 let what = format!("fanotify mark (inode {})", m.ino);
-                let obj =
-                    super::inotify::open_handle(cx, &m.mount, m.handle_type, &m.handle, &what)?;
+                let obj = super::inotify::open_handle(
+                    cx,
+                    &m.mount,
+                    m.handle_type,
+                    &m.handle,
+                    (&what, None),
+                )?;
                 (obj, 0)
             }
             FanotifyTarget::Mount | FanotifyTarget::Filesystem => {

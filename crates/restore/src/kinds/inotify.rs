@@ -26,7 +26,7 @@ pub(super) fn open(
     let ifd = inotify::init(flags as i32 & libc::O_NONBLOCK).at(pid, st)?;
     for w in watches {
         let what = format!("inotify watch {} (inode {})", w.wd, w.ino);
-        let obj = open_handle(cx, &w.mount, w.handle_type, &w.handle, &what)?;
+        let obj = open_handle(cx, &w.mount, w.handle_type, &w.handle, (&what, Some(w.ino)))?;
         let path = format!("/proc/self/fd/{}", obj.as_raw_fd());
         let mut got = inotify::add_watch(&ifd, &path, w.mask).at(pid, st)?;
         while got < w.wd && got > w.wd - MAX_SKIP {
@@ -55,18 +55,36 @@ pub(super) fn open_handle(
     mount: &str,
     handle_type: i32,
     handle: &[u8],
-    what: &str,
+    (what, root_ino): (&str, Option<u64>),
 ) -> Result<std::os::fd::OwnedFd> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let mnt = crate::mntns::open(mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
-    inotify::open_by_handle(&mnt, handle_type, handle, libc::O_PATH).map_err(|source| {
-        RestoreError::Sys {
+    let got = inotify::open_by_handle(&mnt, handle_type, handle, libc::O_PATH);
+    // A filesystem made anew (a tmpfs of the tree's own mount namespace,
+    // its contents saved) gives new handles; its root is the same
+    // directory still: the mount point itself, with the saved inode
+    // number.
+    if got.as_ref().is_err_and(|e| e.errno() == Some(libc::ESTALE)) {
+        let root = std::fs::File::from(mnt.try_clone().map_err(|source| RestoreError::Io {
             pid,
             stage: st,
-            source: stasis_sys::SysError {
-                op: format!("fd {}: {what}: {}", cx.fd, source.op),
-                ..source
-            },
+            what: format!("fd {}: {what}: dup {mount}", cx.fd),
+            source,
+        })?);
+        let same_root = root.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            Some(m.ino()) == root_ino
+        });
+        if same_root {
+            return Ok(std::os::fd::OwnedFd::from(root));
         }
+    }
+    got.map_err(|source| RestoreError::Sys {
+        pid,
+        stage: st,
+        source: stasis_sys::SysError {
+            op: format!("fd {}: {what}: {}", cx.fd, source.op),
+            ..source
+        },
     })
 }

@@ -1,5 +1,6 @@
 //! Pseudo-terminal pairs whose master is in the image. The pair is made
-//! again with its old index N: /dev/ptmx is opened until the kernel hands
+//! again with its old index N: /dev/ptmx (the ptmx of the tree's own
+//! devpts, if it has one: mntns.rs `ptmx`) is opened until the kernel hands
 //! out N (it gives the lowest free index; the others are closed again), or
 //! refused by name if N is taken. Before any slave is opened: unlocked,
 //! the slave's termios and window size, then packet mode (a termios change
@@ -88,7 +89,7 @@ fn open_index(cx: &Cx<'_>, index: u32, flags: u32) -> Result<OwnedFd> {
     let fl = (flags as i32 & !OPEN_FLAGS_DROP) | libc::O_NOCTTY;
     let mut others = Vec::new();
     loop {
-        let m = stasis_sys::util::open("/dev/ptmx", fl).at(cx.pid, Stage::Fork)?;
+        let m = crate::mntns::open(&crate::mntns::ptmx(), fl).at(cx.pid, Stage::Fork)?;
         let got = pty::index(&m).at(cx.pid, Stage::Fork)?;
         if got == index {
             return Ok(m);

@@ -14,7 +14,9 @@
 //! /proc/CHILD/status shows them, and that its user namespace owns its
 //! PID and mount namespaces (and with `--uts` the UTS namespace it
 //! made, named tp-userns-uts, before forking). `--ipc`: an IPC
-//! namespace of its own too, which the dump must refuse.
+//! namespace of its own too (owned by the user namespace, checked), with
+//! a SysV shared memory segment whose key, size and contents must come
+//! back.
 
 use stasis_tests::{Proto, Report};
 
@@ -73,14 +75,47 @@ fn owner(ns: &str) -> u64 {
 }
 
 /// Which of the tree's namespaces its own user namespace does not own.
-fn not_owned(with_uts: bool) -> Vec<&'static str> {
+fn not_owned(with_uts: bool, with_ipc: bool) -> Vec<&'static str> {
     use std::os::unix::fs::MetadataExt;
     let me = std::fs::metadata("/proc/self/ns/user").map_or(1, |m| m.ino());
     let mut kinds = vec!["pid", "mnt"];
     if with_uts {
         kinds.push("uts");
     }
+    if with_ipc {
+        kinds.push("ipc");
+    }
     kinds.into_iter().filter(|k| owner(k) != me).collect()
+}
+
+const SHM_KEY: libc::key_t = 0x7573_6e73;
+const SHM_TEXT: &[u8] = b"tp_userns segment";
+
+/// Makes (if needed) the segment SHM_KEY, writes SHM_TEXT into it the
+/// first time, and returns what it holds.
+fn shm_write() -> Option<Vec<u8>> {
+    // SAFETY: SysV calls on a 4096-byte segment attached for the copy.
+    unsafe {
+        let id = libc::shmget(SHM_KEY, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600);
+        let (id, fresh) = if id >= 0 {
+            (id, true)
+        } else {
+            (libc::shmget(SHM_KEY, 4096, 0), false)
+        };
+        if id < 0 {
+            return None;
+        }
+        let p = libc::shmat(id, std::ptr::null(), 0);
+        if p as isize == -1 {
+            return None;
+        }
+        if fresh {
+            std::ptr::copy_nonoverlapping(SHM_TEXT.as_ptr(), p.cast(), SHM_TEXT.len());
+        }
+        let v = std::slice::from_raw_parts(p.cast::<u8>(), SHM_TEXT.len()).to_vec();
+        libc::shmdt(p);
+        Some(v)
+    }
 }
 
 fn hostname() -> String {
@@ -113,9 +148,13 @@ fn main() {
             stasis_tests::fatal("unshare(CLONE_NEWUTS) + sethostname");
         }
     }
+    let ipc = args.flag("ipc");
     // SAFETY: a single-threaded process unshares its IPC namespace.
-    if args.flag("ipc") && unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
+    if ipc && unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
         stasis_tests::fatal("unshare(CLONE_NEWIPC)");
+    }
+    if ipc && shm_write() != Some(SHM_TEXT.to_vec()) {
+        stasis_tests::fatal("a SysV segment in the IPC namespace");
     }
     let mut fds = [0i32; 2];
     // SAFETY: valid out array.
@@ -174,7 +213,7 @@ fn main() {
     report.eq(
         "namespaces not owned by the user namespace before",
         Vec::<&str>::new(),
-        not_owned(uts),
+        not_owned(uts, ipc),
     );
     if corrupt {
         before = before.replace("uid_map: 0 100000", "uid_map: 0 100001");
@@ -186,10 +225,17 @@ fn main() {
     report.eq("owner of a new file", file, make_file(&proto, "owned-root"));
     report.eq("ids", (0, 0), ids());
     report.eq("host name", host_before, hostname());
+    if ipc {
+        report.eq(
+            "the SysV segment of its IPC namespace",
+            Some(SHM_TEXT.to_vec()),
+            shm_write(),
+        );
+    }
     report.eq(
         "namespaces not owned by the user namespace",
         Vec::<&str>::new(),
-        not_owned(uts),
+        not_owned(uts, ipc),
     );
     let mut st = 0;
     // SAFETY: our child; valid out pointer.
