@@ -133,35 +133,30 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     if chosen.iter().any(|c| c == "dense16g") && !a.scale {
         bail!("the case dense16g needs --scale (and --dir on a disk filesystem)");
     }
+    let dense = |mib: u64| -> Vec<String> {
+        vec![
+            "--shape".into(),
+            "dense".into(),
+            "--size-mib".into(),
+            mib.to_string(),
+        ]
+    };
+    let writing = |mib: u64| -> Vec<String> {
+        let mut v = dense(mib);
+        v.extend(["--write-mib-s".into(), PRECOPY_MIB_S.to_string()]);
+        v
+    };
     let mut out = Vec::new();
     for c in chosen {
         let (name, args): (String, Vec<String>) = match c.as_str() {
-            "dense1g" => (
-                format!("dense {}", human(unit << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    unit.to_string(),
-                ],
-            ),
+            "dense1g" => (format!("dense {}", human(unit << 20)), dense(unit)),
             "dense4g" => (
                 format!("dense {}", human((4 * unit) << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                ],
+                dense(4 * unit),
             ),
             "dense16g" => (
                 format!("dense {}", human((16 * unit) << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (16 * unit).to_string(),
-                ],
+                dense(16 * unit),
             ),
             "sparse1g" => (
                 format!("sparse {} 1/16", human(unit << 20)),
@@ -204,28 +199,14 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             ),
             "precopy1g" => (
                 format!("pre-copy {} at {PRECOPY_MIB_S} MiB/s", human(unit << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    unit.to_string(),
-                    "--write-mib-s".into(),
-                    PRECOPY_MIB_S.to_string(),
-                ],
+                writing(unit),
             ),
             "precopy4g" => (
                 format!(
                     "pre-copy {} at {PRECOPY_MIB_S} MiB/s, downtime",
                     human((4 * unit) << 20)
                 ),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                    "--write-mib-s".into(),
-                    PRECOPY_MIB_S.to_string(),
-                ],
+                writing(4 * unit),
             ),
             "server0" => (
                 "server, no connection".into(),
@@ -250,25 +231,10 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     "migrate {} at {PRECOPY_MIB_S} MiB/s",
                     human((4 * unit) << 20)
                 ),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                    "--write-mib-s".into(),
-                    PRECOPY_MIB_S.to_string(),
-                ],
+                writing(4 * unit),
             ),
             "compress" => ("compress".into(), vec![]),
-            "lazy4g" => (
-                format!("lazy {}", human((4 * unit) << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                ],
-            ),
+            "lazy4g" => (format!("lazy {}", human((4 * unit) << 20)), dense(4 * unit)),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
