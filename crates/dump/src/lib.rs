@@ -116,7 +116,9 @@ pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 30;
 /// Figures from a completed dump.
 #[derive(Debug, Clone, Default)]
 pub struct DumpStats {
-    /// How long the process was stopped (freeze to resume/kill).
+    /// How long the process was stopped: from the freeze until it was
+    /// resumed or sent SIGKILL (a brief pre-dump round: until it was
+    /// resumed, before its pages were copied).
     pub frozen: Duration,
     /// Bytes of page data written.
     pub page_bytes: u64,
@@ -348,6 +350,11 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         return Err(e);
     }
     stasis_sys::hook::kill_point("dump:release");
+    // Stopped until released or sent SIGKILL; waiting for a killed tree to
+    // be gone (its memory freed) is not frozen time.
+    if stats.frozen.is_zero() {
+        stats.frozen = t0.elapsed();
+    }
     if opts.leave_running {
         if let Some(l) = lock {
             l.release()?;
@@ -358,9 +365,6 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         if let Some(l) = lock {
             l.keep();
         }
-    }
-    if stats.frozen.is_zero() {
-        stats.frozen = t0.elapsed();
     }
     log::info!(
         "pid {pid}: dump done, process stopped for {:?} (the dump took {:?})",
