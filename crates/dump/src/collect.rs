@@ -91,11 +91,17 @@ pub(crate) fn collect(
     crate::lsm::check(pid)?;
     let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
     let fds = kinds::collect_fds(pid, shell_job, sockets)?;
+    let t = std::time::Instant::now();
     let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
+    let smaps_took = t.elapsed();
     let (mut uffd, parent_pid) = track
         .taken
         .map_or((None, None), |(f, p)| (Some(f), Some(p)));
     let (vmas, page_plan) = memory::plan(pid, &smaps, shmem, uffd.as_ref().map(|f| f.as_fd()))?;
+    log::debug!(
+        "pid {pid}: smaps read in {smaps_took:?}, page plan in {:?}",
+        t.elapsed() - smaps_took
+    );
 
     // ---- collect: /proc and ptrace ----
     let tid = p;

@@ -280,6 +280,17 @@ impl FrozenTree {
         first.map_or(Ok(()), Err)
     }
 
+    /// Resumes every process as it was now, before the dump ends (a brief
+    /// pre-dump round); the zombies' records stay.
+    pub fn release_procs(&mut self) -> stasis_sys::Result<()> {
+        let procs = std::mem::take(&mut self.procs);
+        FrozenTree {
+            procs,
+            zombies: Vec::new(),
+        }
+        .release()
+    }
+
     /// Kills every process after a complete dump.
     pub fn kill(self) -> stasis_sys::Result<()> {
         let mut first = None;

@@ -109,6 +109,12 @@ pub struct DumpOptions {
     /// Keep tracking writes after this dump (criu's `--track-mem`; a
     /// pre-dump always does): only with `leave_running`.
     pub track_mem: bool,
+    /// A pre-dump round (criu's `pre-dump`; with `leave_running` and
+    /// `track_mem`): the tree is resumed as soon as the pages written since
+    /// the last round are known and re-protected, and the pages are copied
+    /// while it runs (see `track.rs`). The image is marked `pre_dump`: a
+    /// parent for a later dump, never restored itself.
+    pub pre_dump: bool,
     /// criu's `--ext-mount-map MOUNTPOINT:KEY` at dump (runc's `ext_mnt`):
     /// the mount at MOUNTPOINT of the tree's mount namespace is saved as
     /// external, to be bound at restore from what KEY is mapped to.
@@ -121,7 +127,9 @@ pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 30;
 /// Figures from a completed dump.
 #[derive(Debug, Clone, Default)]
 pub struct DumpStats {
-    /// How long the process was stopped (freeze to resume/kill).
+    /// How long the process was stopped: from the freeze until it was
+    /// resumed or sent SIGKILL (a brief pre-dump round: until it was
+    /// resumed, before its pages were copied).
     pub frozen: Duration,
     /// Bytes of page data written.
     pub page_bytes: u64,
@@ -343,7 +351,8 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         .and_then(|l| l.image());
     // On error `frozen` drops and resumes every thread as it was.
     let round = track::Round::new(parent.as_ref());
-    let mut stats = dump_frozen(&mut frozen, opts, &deadline, round, net_lock)?;
+    let mut lock = lock;
+    let mut stats = dump_frozen(&mut frozen, &mut lock, t0, opts, &deadline, round, net_lock)?;
     if let Err(e) = action(&mut hook, "post-dump", pid) {
         let inv = opts.images_dir.join(stasis_image::INVENTORY_FILE);
         if let Err(re) = std::fs::remove_file(&inv) {
@@ -352,6 +361,11 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         return Err(e);
     }
     stasis_sys::hook::kill_point("dump:release");
+    // Stopped until released or sent SIGKILL; waiting for a killed tree to
+    // be gone (its memory freed) is not frozen time.
+    if stats.frozen.is_zero() {
+        stats.frozen = t0.elapsed();
+    }
     if opts.leave_running {
         if let Some(l) = lock {
             l.release()?;
@@ -363,16 +377,18 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
             l.keep();
         }
     }
-    stats.frozen = t0.elapsed();
     log::info!(
-        "pid {pid}: dump done, process stopped for {:?}",
-        stats.frozen
+        "pid {pid}: dump done, process stopped for {:?} (the dump took {:?})",
+        stats.frozen,
+        t0.elapsed()
     );
     Ok(stats)
 }
 
 fn dump_frozen(
     frozen: &mut freeze::FrozenTree,
+    lock: &mut Option<netlock::Lock>,
+    t0: Instant,
     opts: &DumpOptions,
     deadline: &Deadline,
     mut round: track::Round<'_>,
@@ -484,6 +500,22 @@ fn dump_frozen(
     }
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
+    // A brief round: what was written since the last round is known and
+    // re-protected, the layout and every other state taken: the tree runs
+    // again while its pages are copied. A page it writes from now on is
+    // marked written by its tracker and saved by the next round.
+    let brief = opts.pre_dump && tracking;
+    let mut frozen_for = Duration::ZERO;
+    if brief {
+        if let Some(l) = lock.take() {
+            l.release()?;
+        }
+        frozen.release_procs().at(root, Stage::Finish)?;
+        frozen_for = t0.elapsed();
+        log::info!(
+            "pid {root}: tree resumed after {frozen_for:?} frozen; copying pages while it runs"
+        );
+    }
 
     // Dropping the writer on any error below removes everything it wrote.
     let mut writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
@@ -498,6 +530,7 @@ fn dump_frozen(
             &mut state.image.mm,
             &state.page_plan,
             &mut pages,
+            brief,
         )?;
         kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
         if let (Some(saved), true) = (ipc.as_mut(), refs.is_empty()) {
@@ -524,6 +557,9 @@ fn dump_frozen(
             core_file,
             pages_file,
         });
+    }
+    if brief {
+        track::test_lose_copy_writes(&collected)?;
     }
     fault_point(root, Stage::Write)?;
     deadline.check(Stage::Write)?;
@@ -559,6 +595,7 @@ fn dump_frozen(
         cgroup_ns,
         parent,
         tracking,
+        pre_dump: brief,
         net_lock,
         shell_job: opts.shell_job,
         zombies: frozen
@@ -578,7 +615,7 @@ fn dump_frozen(
     writer.commit(&inventory).at(root, Stage::Commit)?;
     round.succeed();
     Ok(DumpStats {
-        frozen: Duration::ZERO,
+        frozen: frozen_for,
         page_bytes,
         parent_bytes,
         vmas,

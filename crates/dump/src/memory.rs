@@ -317,11 +317,15 @@ fn pieces(plan: &PagePlan) -> Vec<(u64, u64, bool, bool)> {
 /// in cache; the other writes the previous batches into the page file.
 /// [`BUFFERS`] buffers of [`CHUNK`] bytes circulate between them, so memory
 /// use does not grow with the size of the process.
+///
+/// `running`: the process runs while its pages are read (a brief pre-dump
+/// round): a page it unmapped since reads as zeros (see [`read_running`]).
 pub(crate) fn dump_pages(
     pid: Pid,
     mm: &mut MmState,
     plan: &PagePlan,
     out: &mut PagesWriter,
+    running: bool,
 ) -> Result<()> {
     let p = pid.0 as u32;
     let st = Stage::Memory;
@@ -342,7 +346,15 @@ pub(crate) fn dump_pages(
         && std::env::var_os("STASIS_DUMP_MAPPED").is_some()
         && stasis_sys::buf::on_tmpfs(sink.fd())
     {
-        dump_mapped(pid, &batches, total, &mut hasher, &mut sink, &mut progress)?;
+        dump_mapped(
+            pid,
+            &batches,
+            total,
+            &mut hasher,
+            &mut sink,
+            &mut progress,
+            running,
+        )?;
         progress.done();
         return Ok(());
     }
@@ -379,35 +391,9 @@ pub(crate) fn dump_pages(
                     return Ok(());
                 };
                 let n = match b {
-                    Batch::Vm(ranges, n) => {
-                        mem::read_ranges(pid, ranges, &mut buf[..*n]).at(p, st)?;
-                        *n
-                    }
-                    Batch::Mem(addr, n) => {
-                        let f = match &mut mem_file {
-                            Some(f) => f,
-                            None => mem_file.insert(
-                                std::fs::File::open(format!("/proc/{p}/mem")).map_err(
-                                    |source| DumpError::Io {
-                                        pid: p,
-                                        stage: st,
-                                        what: format!("open /proc/{p}/mem"),
-                                        source,
-                                    },
-                                )?,
-                            ),
-                        };
-                        // FOLL_FORCE: reads what process_vm_readv cannot.
-                        f.read_exact_at(&mut buf[..*n], *addr)
-                            .map_err(|source| DumpError::Io {
-                                pid: p,
-                                stage: st,
-                                what: format!("read /proc/{p}/mem at {addr:#x}"),
-                                source,
-                            })?;
-                        *n
-                    }
+                    Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
                 };
+                read_into(pid, b, &mut buf[..n], &mut mem_file, running)?;
                 hasher.update(&buf[..n]);
                 progress.add(n as u64);
                 if full_tx.send((buf, n)).is_err() {
@@ -440,6 +426,25 @@ const MAPPED_PIECE: usize = 16 << 20;
 /// Pieces mapped at once (the dumper's memory use: they count in its RSS).
 const MAPPED_AHEAD: usize = 4;
 
+/// `/proc/PID/mem`, opened on first use.
+fn proc_mem(pid: u32, mem_file: &mut Option<std::fs::File>) -> Result<&std::fs::File> {
+    match mem_file {
+        Some(f) => Ok(f),
+        None => {
+            Ok(
+                mem_file.insert(std::fs::File::open(format!("/proc/{pid}/mem")).map_err(
+                    |source| DumpError::Io {
+                        pid,
+                        stage: Stage::Memory,
+                        what: format!("open /proc/{pid}/mem"),
+                        source,
+                    },
+                )?),
+            )
+        }
+    }
+}
+
 /// Reads one batch from the target into `dst`.
 fn read_batch(
     pid: Pid,
@@ -452,26 +457,72 @@ fn read_batch(
     match b {
         Batch::Vm(ranges, _) => mem::read_ranges(pid, ranges, dst).at(p, st),
         Batch::Mem(addr, _) => {
-            let f = match mem_file {
-                Some(f) => f,
-                None => mem_file.insert(std::fs::File::open(format!("/proc/{p}/mem")).map_err(
-                    |source| DumpError::Io {
-                        pid: p,
-                        stage: st,
-                        what: format!("open /proc/{p}/mem"),
-                        source,
-                    },
-                )?),
-            };
             // FOLL_FORCE: reads what process_vm_readv cannot.
-            f.read_exact_at(dst, *addr).map_err(|source| DumpError::Io {
-                pid: p,
-                stage: st,
-                what: format!("read /proc/{p}/mem at {addr:#x}"),
-                source,
-            })
+            proc_mem(p, mem_file)?
+                .read_exact_at(dst, *addr)
+                .map_err(|source| DumpError::Io {
+                    pid: p,
+                    stage: st,
+                    what: format!("read /proc/{p}/mem at {addr:#x}"),
+                    source,
+                })
         }
     }
+}
+
+/// [`read_batch`], or [`read_running`] when the process runs.
+fn read_into(
+    pid: Pid,
+    b: &Batch,
+    dst: &mut [u8],
+    mem_file: &mut Option<std::fs::File>,
+    running: bool,
+) -> Result<()> {
+    match read_batch(pid, b, dst, mem_file) {
+        Err(e) if running && stasis_sys::util::pid_exists(pid) => {
+            read_running(pid, b, dst, mem_file, e)
+        }
+        r => r,
+    }
+}
+
+/// A batch that failed to read while the process runs (a brief pre-dump
+/// round): the process unmapped or mprotected part of it since the
+/// layout was taken. Read again page by page through /proc/PID/mem
+/// (FOLL_FORCE reads PROT_NONE pages); a page that is gone reads as
+/// zeros. That is safe for the next round: an address unmapped since the
+/// round's re-protection is either still unmapped, or mapped by a new or
+/// moved mapping, which is not registered with the tracker (scan EPERM:
+/// saved whole), so no later round takes this page from this image.
+fn read_running(
+    pid: Pid,
+    b: &Batch,
+    dst: &mut [u8],
+    mem_file: &mut Option<std::fs::File>,
+    first: DumpError,
+) -> Result<()> {
+    let p = pid.0 as u32;
+    let ranges = match b {
+        Batch::Vm(ranges, _) => ranges.clone(),
+        Batch::Mem(addr, n) => vec![(*addr, *n)],
+    };
+    let f = proc_mem(p, mem_file)?;
+    let (mut at, mut gone) = (0usize, 0usize);
+    for (addr, len) in ranges {
+        for off in (0..len).step_by(PAGE_SIZE as usize) {
+            let page = &mut dst[at + off..at + off + PAGE_SIZE as usize];
+            if f.read_exact_at(page, addr + off as u64).is_err() {
+                page.fill(0);
+                gone += 1;
+            }
+        }
+        at += len;
+    }
+    if !stasis_sys::util::pid_exists(pid) {
+        return Err(first);
+    }
+    log::debug!("pid {p}: {gone} pages gone while copying ({first}): saved as zeros");
+    Ok(())
 }
 
 /// The tmpfs path of [`dump_pages`]: on tmpfs, writing a page file is
@@ -490,6 +541,7 @@ fn dump_mapped(
     hasher: &mut stasis_image::PageHasher<'_>,
     sink: &mut stasis_image::PageSink<'_>,
     progress: &mut Progress,
+    running: bool,
 ) -> Result<()> {
     use stasis_sys::buf::FileMap;
     use std::sync::{Arc, Mutex};
@@ -541,7 +593,7 @@ fn dump_mapped(
                             let n = match b {
                                 Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
                             };
-                            read_batch(pid, b, &mut dst[at..at + n], &mut mem_file)?;
+                            read_into(pid, b, &mut dst[at..at + n], &mut mem_file, running)?;
                             at += n;
                         }
                         Ok(map)

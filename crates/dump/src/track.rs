@@ -348,6 +348,30 @@ pub(crate) fn arm(c: &Collected, fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// Test hook of the brief rounds' negative control:
+/// `STASIS_TEST_PRECOPY_LOSE_WRITES=MS` waits MS milliseconds after the
+/// pages were copied, then write-protects every page again while the
+/// tree runs, which is what the brief round must never do: the writes
+/// made during the copy (and the wait) lose their mark, so the next
+/// round takes their stale copies from this image. A program that checks
+/// its memory must then FAIL (tests/precopy.rs).
+pub(crate) fn test_lose_copy_writes(collected: &[Collected]) -> Result<()> {
+    let Some(ms) = std::env::var("STASIS_TEST_PRECOPY_LOSE_WRITES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return Ok(());
+    };
+    log::warn!("STASIS_TEST_PRECOPY_LOSE_WRITES: dropping the writes made during the copy");
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    for c in collected {
+        if let Some(fd) = &c.uffd {
+            arm(c, fd)?;
+        }
+    }
+    Ok(())
+}
+
 /// Starts the holder of `fds` (host PID, image PID, tracker) and returns
 /// the record for the inventory and a pidfd of the holder.
 pub(crate) fn spawn_holder(root: u32, fds: &[(u32, u32, &OwnedFd)]) -> Result<(Tracking, OwnedFd)> {

@@ -14,7 +14,7 @@
 use crate::error::{ImageError, Result};
 use crate::format::{FileKind, INVENTORY_FILE, PAGES_HEADER_LEN};
 use crate::limits::PAGE_SIZE;
-use crate::model::{Inventory, PageRun, ProcessImage};
+use crate::model::{Inventory, ProcessImage};
 use crate::reader::{read_metadata, Image, ImageDir};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -100,8 +100,8 @@ pub struct Resolved {
     pub image: Image,
     pub pages: Vec<PathBuf>,
     _tmp: Option<TempDir>,
-    /// Kept open: the parents' resolutions the merged files were built from.
-    _parents: Vec<Resolved>,
+    /// Kept: the ancestors' inflated page files the merge read.
+    _parents: Option<Box<Located>>,
 }
 
 /// A private directory removed with its contents on drop.
@@ -153,11 +153,35 @@ pub fn resolve_lazy(dir: &ImageDir) -> Result<Resolved> {
         image,
         pages,
         _tmp: None,
-        _parents: vec![],
+        _parents: None,
     })
 }
 
-fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
+/// Where the pages of one process's runs are, in address order: disjoint
+/// pieces (start, end, index into [`Located::files`], payload offset there).
+type Pieces = Vec<(u64, u64, usize, u64)>;
+
+/// An image of a chain with its pages located, not copied: each run of
+/// each process is found in the page file of the image that holds it
+/// (this one, or the nearest ancestor whose run is not `in_parent`).
+struct Located {
+    image: Image,
+    /// Its own page files (raw; inflated into `tmp` if compressed).
+    pages: Vec<PathBuf>,
+    tmp: Option<TempDir>,
+    /// Every page file the pieces refer to (the ancestors' first).
+    files: Vec<PathBuf>,
+    /// Per process, in inventory order.
+    pieces: Vec<Pieces>,
+    /// Kept: the ancestors' inflated page files live in their `tmp`.
+    _parent: Option<Box<Located>>,
+}
+
+/// Loads and verifies the image in `dir` and, if its runs refer to it, its
+/// parent (recursively), and locates every page of every run. One pass:
+/// nothing is copied here, so a chain of K images costs one copy of the
+/// pages at the top ([`resolve_at`]), not one per image.
+fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
     let inv_path = dir.path().join(INVENTORY_FILE);
     if depth > MAX_CHAIN {
         return Err(ImageError::invalid(
@@ -165,7 +189,7 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
             format!("parent chain longer than {MAX_CHAIN} images"),
         ));
     }
-    let mut image = dir.load_all()?;
+    let image = dir.load_all()?;
     let mut pages: Vec<PathBuf> = image
         .inventory
         .processes
@@ -190,25 +214,109 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
         .processes
         .iter()
         .any(|p| p.mm.pages.iter().any(|r| r.in_parent));
-    let link = match (&image.inventory.parent, needs_parent) {
-        (_, false) => {
-            return Ok(Resolved {
-                image,
-                pages,
-                _tmp: tmp,
-                _parents: vec![],
-            })
-        }
+    let parent = match (&image.inventory.parent, needs_parent) {
+        (_, false) => None,
         (None, true) => {
             return Err(ImageError::invalid(
                 &inv_path,
                 "page runs refer to a parent image, but the inventory names none",
             ))
         }
-        (Some(l), true) => l.clone(),
+        (Some(l), true) => {
+            let (pdir, _) = open_parent(dir.path(), l)?;
+            Some((
+                pdir.path().to_path_buf(),
+                Box::new(locate(&pdir, depth + 1)?),
+            ))
+        }
     };
-    let (pdir, _) = open_parent(dir.path(), &link)?;
-    let parent = resolve_at(&pdir, depth + 1)?;
+    let mut files = parent
+        .as_ref()
+        .map(|(_, p)| p.files.clone())
+        .unwrap_or_default();
+    let base = files.len();
+    files.extend(pages.iter().cloned());
+    let mut pieces = Vec::with_capacity(image.processes.len());
+    for (i, img) in image.processes.iter().enumerate() {
+        let mut out: Pieces = Vec::with_capacity(img.mm.pages.len());
+        let from_parent = match &parent {
+            Some((pdir, p)) if img.mm.pages.iter().any(|r| r.in_parent) => {
+                let Some(pi) = p.image.processes.iter().position(|q| q.pid == img.pid) else {
+                    return Err(ImageError::invalid(
+                        &inv_path,
+                        format!(
+                            "process {} refers to its parent image's pages, but {} has no process {}",
+                            img.pid,
+                            pdir.display(),
+                            img.pid
+                        ),
+                    ));
+                };
+                Some(&p.pieces[pi])
+            }
+            _ => None,
+        };
+        for r in &img.mm.pages {
+            let stop = r.addr + r.nr_pages * PAGE_SIZE;
+            if !r.in_parent {
+                out.push((r.addr, stop, base + i, r.offset));
+                continue;
+            }
+            let src = from_parent.map(Vec::as_slice).unwrap_or_default();
+            let mut addr = r.addr;
+            let mut k = src.partition_point(|p| p.1 <= addr);
+            while addr < stop {
+                match src.get(k) {
+                    Some(&(s, e, f, off)) if s <= addr => {
+                        let to = e.min(stop);
+                        out.push((addr, to, f, off + (addr - s)));
+                        addr = to;
+                        k += 1;
+                    }
+                    _ => {
+                        return Err(ImageError::invalid(
+                            &inv_path,
+                            format!(
+                            "process {}: page {addr:#x} is in neither this image nor its parent",
+                            img.pid
+                        ),
+                        ))
+                    }
+                }
+            }
+        }
+        // Runs are in address order in a valid image; the lookups need it.
+        out.sort_unstable_by_key(|p| p.0);
+        pieces.push(out);
+    }
+    Ok(Located {
+        image,
+        pages,
+        tmp,
+        files,
+        pieces,
+        _parent: parent.map(|(_, p)| p),
+    })
+}
+
+fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
+    let loc = locate(dir, depth)?;
+    let Located {
+        mut image,
+        mut pages,
+        tmp,
+        files,
+        pieces,
+        _parent,
+    } = loc;
+    if _parent.is_none() {
+        return Ok(Resolved {
+            image,
+            pages,
+            _tmp: tmp,
+            _parents: None,
+        });
+    }
     let tmp = match tmp {
         Some(t) => t,
         None => temp_dir()?,
@@ -217,32 +325,15 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
         if !img.mm.pages.iter().any(|r| r.in_parent) {
             continue;
         }
-        let Some(pi) = parent.image.processes.iter().position(|p| p.pid == img.pid) else {
-            return Err(ImageError::invalid(
-                &inv_path,
-                format!(
-                    "process {} refers to its parent image's pages, but {} has no process {}",
-                    img.pid,
-                    pdir.path().display(),
-                    img.pid
-                ),
-            ));
-        };
         let out = tmp.0.join(format!("pages-{}.img", img.pid));
-        merge(
-            &pages[i],
-            img,
-            &parent.pages[pi],
-            &parent.image.processes[pi].mm.pages,
-            &out,
-        )?;
+        merge(&pages[i], img, &files, &pieces[i], &out)?;
         pages[i] = out;
     }
     Ok(Resolved {
         image,
         pages,
         _tmp: Some(tmp),
-        _parents: vec![parent],
+        _parents: _parent,
     })
 }
 
@@ -259,14 +350,14 @@ fn temp_dir() -> Result<TempDir> {
     Ok(TempDir(p))
 }
 
-/// Writes `out`: a copy of the page file `own`, followed by the parent's
-/// pages for every `in_parent` run of `img`, whose runs are rewritten to
-/// point there.
+/// Writes `out`: a copy of the page file `own`, followed by the pages of
+/// every `in_parent` run of `img`, read where `pieces` locates them; those
+/// runs are rewritten to point there.
 fn merge(
     own: &Path,
     img: &mut ProcessImage,
-    parent_file: &Path,
-    parent_runs: &[PageRun],
+    files: &[PathBuf],
+    pieces: &Pieces,
     out: &Path,
 ) -> Result<()> {
     let io = |what: &'static str, e| ImageError::io(out, what, e);
@@ -278,41 +369,46 @@ fn merge(
         .open(out)
         .map_err(|e| io("create", e))?;
     let mut end = std::io::copy(&mut src, &mut dst).map_err(|e| io("copy", e))?;
-    let pf = File::open(parent_file).map_err(|e| ImageError::io(parent_file, "open", e))?;
+    let mut open: Vec<Option<File>> = (0..files.len()).map(|_| None).collect();
     let mut buf = vec![0u8; 1 << 20];
     for run in img.mm.pages.iter_mut().filter(|r| r.in_parent) {
         let at = end;
         let mut addr = run.addr;
         let stop = run.addr + run.nr_pages * PAGE_SIZE;
+        let mut k = pieces.partition_point(|p| p.1 <= addr);
         while addr < stop {
-            let (from, n) = find(parent_runs, addr, stop).ok_or_else(|| {
-                ImageError::invalid(
+            // `locate` checked that the pieces cover every run.
+            let Some(&(s, e, f, off)) = pieces.get(k).filter(|p| p.0 <= addr) else {
+                return Err(ImageError::invalid(
                     out,
-                    format!(
-                        "process {}: page {addr:#x} is in neither this image nor its parent",
-                        img.pid
-                    ),
-                )
-            })?;
-            copy_at(&pf, PAGES_HEADER_LEN + from, &dst, end, n, &mut buf)
-                .map_err(|e| io("copy parent pages", e))?;
+                    format!("process {}: page {addr:#x} not located", img.pid),
+                ));
+            };
+            let n = e.min(stop) - addr;
+            let pf = match &mut open[f] {
+                Some(pf) => pf,
+                slot => slot.insert(
+                    File::open(&files[f]).map_err(|e| ImageError::io(&files[f], "open", e))?,
+                ),
+            };
+            copy_at(
+                pf,
+                PAGES_HEADER_LEN + off + (addr - s),
+                &dst,
+                end,
+                n,
+                &mut buf,
+            )
+            .map_err(|e| io("copy parent pages", e))?;
             end += n;
             addr += n;
+            k += 1;
         }
         run.offset = at - PAGES_HEADER_LEN;
         run.in_parent = false;
     }
     dst.sync_data().map_err(|e| io("fsync", e))?;
     Ok(())
-}
-
-/// The payload offset of `addr` in `runs` and how many bytes from there
-/// (at most up to `stop`) are contiguous in the file.
-fn find(runs: &[PageRun], addr: u64, stop: u64) -> Option<(u64, u64)> {
-    let i = runs.partition_point(|r| r.addr + r.nr_pages * PAGE_SIZE <= addr);
-    let r = runs.get(i).filter(|r| r.addr <= addr && !r.in_parent)?;
-    let end = (r.addr + r.nr_pages * PAGE_SIZE).min(stop);
-    Some((r.offset + (addr - r.addr), end - addr))
 }
 
 fn copy_at(

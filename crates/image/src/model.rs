@@ -74,6 +74,11 @@ pub struct Inventory {
     /// next round finds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<crate::chain::Tracking>,
+    /// A pre-dump whose pages were copied after the tree was resumed
+    /// (brief round): a parent for a later dump only, never restored
+    /// itself (its memory is not of one instant).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pre_dump: bool,
     /// The network lock the dump left on the tree's TCP connections; a
     /// successful restore releases it (crates/image/src/kinds/inet.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -295,6 +295,7 @@ fn inventory_for(imgs: &[&ProcessImage]) -> Inventory {
         cgroup_ns: None,
         parent: None,
         tracking: None,
+        pre_dump: false,
         net_lock: None,
     }
 }

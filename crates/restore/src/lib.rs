@@ -430,6 +430,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<Restored> {
     let t0 = Instant::now();
     let dir = ImageDir::open(&opts.images_dir)?;
+    // A brief pre-dump round's memory was copied while the tree ran: it
+    // is only ever a parent (the dump made on it is what restores).
+    let inv = dir.load_inventory()?;
+    if inv.pre_dump {
+        return Err(RestoreError::Refused {
+            pid: inv.root_pid,
+            stage: Stage::Validate,
+            what: format!(
+                "{} is a pre-dump (its pages were copied while the tree ran): restore the dump made with --prev-images-dir on it",
+                opts.images_dir.display()
+            ),
+        });
+    }
     // A pre-copy image: its parents are loaded and verified too, and each
     // process gets one page file again (temporary, removed when `chain`
     // drops), before anything is created.

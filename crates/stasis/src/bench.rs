@@ -14,6 +14,8 @@
 //! * raw read: anonymous memory mmap'd and populated (MADV_POPULATE_WRITE),
 //!   then the page file read into it (warm page cache, as a restore finds it).
 
+mod downtime;
+
 use anyhow::{bail, Context, Result};
 use stasis_sys::buf::AnonBuf;
 use stasis_sys::Pid;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 pub struct BenchArgs {
     /// Cases to run, comma-separated: dense1g, dense4g, dense16g (only
     /// with --scale), sparse1g, small10k, tiny, tree100, threads64,
-    /// precopy1g, server0, conns1000, migrate4g, compress, lazy4g (default:
+    /// precopy1g, precopy4g, server0, conns1000, migrate4g, compress, lazy4g (default:
     /// all but dense16g). `--size-mib`, `--count`, `--procs`, `--threads` and `--conns`
     /// rescale them.
     #[arg(long, value_delimiter = ',')]
@@ -79,6 +81,8 @@ struct Case {
     threads: u64,
     /// The pre-copy case ([`run_precopy_round`]).
     precopy: bool,
+    /// The frozen time and downtime case (`bench/downtime.rs`).
+    downtime: bool,
     /// The migration case ([`run_migrate_round`]).
     migrate: bool,
     /// The compression case: MiB of data (see `bench_migrate.rs`).
@@ -106,6 +110,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         "tree100",
         "threads64",
         "precopy1g",
+        "precopy4g",
         "server0",
         "conns1000",
         "migrate4g",
@@ -128,35 +133,30 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     if chosen.iter().any(|c| c == "dense16g") && !a.scale {
         bail!("the case dense16g needs --scale (and --dir on a disk filesystem)");
     }
+    let dense = |mib: u64| -> Vec<String> {
+        vec![
+            "--shape".into(),
+            "dense".into(),
+            "--size-mib".into(),
+            mib.to_string(),
+        ]
+    };
+    let writing = |mib: u64| -> Vec<String> {
+        let mut v = dense(mib);
+        v.extend(["--write-mib-s".into(), PRECOPY_MIB_S.to_string()]);
+        v
+    };
     let mut out = Vec::new();
     for c in chosen {
         let (name, args): (String, Vec<String>) = match c.as_str() {
-            "dense1g" => (
-                format!("dense {}", human(unit << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    unit.to_string(),
-                ],
-            ),
+            "dense1g" => (format!("dense {}", human(unit << 20)), dense(unit)),
             "dense4g" => (
                 format!("dense {}", human((4 * unit) << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                ],
+                dense(4 * unit),
             ),
             "dense16g" => (
                 format!("dense {}", human((16 * unit) << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (16 * unit).to_string(),
-                ],
+                dense(16 * unit),
             ),
             "sparse1g" => (
                 format!("sparse {} 1/16", human(unit << 20)),
@@ -199,14 +199,14 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             ),
             "precopy1g" => (
                 format!("pre-copy {} at {PRECOPY_MIB_S} MiB/s", human(unit << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    unit.to_string(),
-                    "--write-mib-s".into(),
-                    PRECOPY_MIB_S.to_string(),
-                ],
+                writing(unit),
+            ),
+            "precopy4g" => (
+                format!(
+                    "pre-copy {} at {PRECOPY_MIB_S} MiB/s, downtime",
+                    human((4 * unit) << 20)
+                ),
+                writing(4 * unit),
             ),
             "server0" => (
                 "server, no connection".into(),
@@ -231,25 +231,10 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                     "migrate {} at {PRECOPY_MIB_S} MiB/s",
                     human((4 * unit) << 20)
                 ),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                    "--write-mib-s".into(),
-                    PRECOPY_MIB_S.to_string(),
-                ],
+                writing(4 * unit),
             ),
             "compress" => ("compress".into(), vec![]),
-            "lazy4g" => (
-                format!("lazy {}", human((4 * unit) << 20)),
-                vec![
-                    "--shape".into(),
-                    "dense".into(),
-                    "--size-mib".into(),
-                    (4 * unit).to_string(),
-                ],
-            ),
+            "lazy4g" => (format!("lazy {}", human((4 * unit) << 20)), dense(4 * unit)),
             other => bail!("unknown case {other:?}; known: {}", all.join(", ")),
         };
         let (p, t) = match c.as_str() {
@@ -263,6 +248,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             procs: p,
             threads: t,
             precopy: c == "precopy1g",
+            downtime: c == "precopy4g",
             migrate: c == "migrate4g",
             compress_mib: (c == "compress").then_some(if a.quick { 32 } else { 256 }),
             lazy: c == "lazy4g",
@@ -678,13 +664,14 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         ghost_limit: stasis_dump::DEFAULT_GHOST_LIMIT,
         prev_images_dir: prev.map(PathBuf::from),
         track_mem: leave && prev.is_none(),
+        pre_dump: false,
         cgroups: true,
         ext_mounts: Vec::new(),
     }
 }
 
 /// A dense area written at [`PRECOPY_MIB_S`]: a full dump with the
-/// process left running, then a pre-dump, [`PRECOPY_GAP`] of writing, and
+/// process left running, then a (brief) pre-dump, [`PRECOPY_GAP`] of writing, and
 /// the final dump against it; restored through the chain and verified.
 fn run_precopy_round(
     case: &Case,
@@ -698,7 +685,7 @@ fn run_precopy_round(
     let (mut run, pid) = start_workload(case, workload, &work)?;
     let full = stasis_dump::dump(&dump_opts(pid, work.join("full"), None, true))?.frozen;
     fs::remove_dir_all(work.join("full"))?;
-    let pre = stasis_dump::dump(&dump_opts(pid, work.join("pre"), None, true))?.frozen;
+    let pre = stasis_dump::dump(&downtime::pre_dump_opts(pid, work.join("pre"), None))?.frozen;
     std::thread::sleep(PRECOPY_GAP);
     let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some("../pre"), false))?;
     let _ = run.child.wait();
@@ -956,6 +943,19 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             precopy.push((case.name.clone(), v));
         }
     }
+    let mut downtimes = Vec::new();
+    for case in cases.iter().filter(|c| c.downtime) {
+        let v = run_rounds(
+            case,
+            rounds,
+            &mut failed,
+            |r| downtime::run_downtime_round(case, &workload, &base, r),
+            downtime::line,
+        );
+        if !v.is_empty() {
+            downtimes.push((case.name.clone(), v));
+        }
+    }
     let mut migrations = Vec::new();
     for case in cases.iter().filter(|c| c.migrate) {
         let v = run_rounds(
@@ -1014,7 +1014,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     for case in cases
         .iter()
-        .filter(|c| !c.precopy && !c.migrate && !c.lazy && c.compress_mib.is_none())
+        .filter(|c| !c.precopy && !c.downtime && !c.migrate && !c.lazy && c.compress_mib.is_none())
     {
         let samples = run_rounds(
             case,
@@ -1046,6 +1046,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     print_fixed_costs(&cases, &rows);
     for (name, v) in &precopy {
         print_precopy(name, v);
+    }
+    for (name, v) in &downtimes {
+        downtime::print(name, v);
     }
     for (name, v) in &migrations {
         crate::bench_migrate::print_migrate(name, v);

@@ -513,6 +513,7 @@ pub(crate) fn dump_options(
         images_dir: dir,
         prev_images_dir: prev,
         track_mem: pre || r.track_mem,
+        pre_dump: pre,
         leave_running: pre || r.leave_running,
         shell_job: r.shell_job,
         file_locks: r.file_locks,
@@ -651,7 +652,8 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         ),
     };
     // criu's pre-dump saves memory and leaves the tree running, tracking
-    // writes for the next round; stasis's writes a complete image too.
+    // writes for the next round; stasis's resumes the tree before it
+    // copies the pages (a brief round) and writes the other state too.
     let pre = r.command == "pre-dump";
     let opts = dump_options(r, pid, dir.clone(), r.prev_images_dir.clone(), pre);
     let stats = stasis_dump::dump_with(&opts, hook)?;

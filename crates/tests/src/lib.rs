@@ -281,6 +281,18 @@ pub fn fatal(what: &str) -> ! {
     std::process::exit(2);
 }
 
+/// CLOCK_MONOTONIC in nanoseconds (the same clock across a checkpoint
+/// and restore on one machine, outside a time namespace).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// nanosleep for `ns` nanoseconds (EINTR ends the nap early).
 pub fn nap(ns: i64) {
     let ts = libc::timespec {

@@ -27,7 +27,10 @@
 //! `--write-mib-s N` (dense): once ready, a thread keeps writing N MiB/s of
 //! the dense area (every 10 ms the next pages in turn, each page's first
 //! word rewritten with its own value: dirty to the kernel, same content),
-//! until go.
+//! until go. Each stall of that loop longer than 30 ms (its start and
+//! length, CLOCK_MONOTONIC ns: a freeze, or the time from a freeze until
+//! the restored copy runs) is written to `WORK/gaps` after go, one
+//! `START LEN` per line.
 //! It writes `WORK/ready` (`READY <pid>`) and the number of bytes it filled
 //! to `WORK/filled`, waits for go, re-hashes everything it filled and writes
 //! PASS or FAIL to `WORK/result` (protocol in `stasis_tests`).
@@ -170,7 +173,9 @@ fn main() {
     proto.ready_and_wait();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(w) = writer {
-        w.join().expect("writer");
+        let gaps = w.join().expect("writer");
+        let text: String = gaps.iter().map(|(s, l)| format!("{s} {l}\n")).collect();
+        std::fs::write(proto.path("gaps"), text).expect("write gaps");
     }
 
     if args.corrupt() {
@@ -248,13 +253,29 @@ fn answer_all(conns: &[std::net::TcpStream], report: &mut Report) {
     });
 }
 
+/// Loop stalls at least this long are recorded.
+const GAP_NS: u64 = 30_000_000;
+
 /// Dirties `mib_s` MiB/s of [addr, addr + len) without changing it, until
-/// `stop`.
-fn rewrite(addr: usize, len: usize, mib_s: usize, pg: usize, stop: &std::sync::atomic::AtomicBool) {
+/// `stop`; returns the loop's stalls (start, length in ns).
+fn rewrite(
+    addr: usize,
+    len: usize,
+    mib_s: usize,
+    pg: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(u64, u64)> {
     let per_tick = ((mib_s << 20) / 100 / pg).max(1);
     let pages = len / pg;
     let mut next = 0usize;
+    let mut gaps = Vec::new();
+    let mut last = stasis_tests::monotonic_ns();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let now = stasis_tests::monotonic_ns();
+        if now - last >= GAP_NS {
+            gaps.push((last, now - last));
+        }
+        last = now;
         for _ in 0..per_tick {
             let p = (addr + next * pg) as *mut u64;
             // SAFETY: inside the live dense mapping; same value written back.
@@ -263,6 +284,7 @@ fn rewrite(addr: usize, len: usize, mib_s: usize, pg: usize, stop: &std::sync::a
         }
         stasis_tests::nap(10_000_000);
     }
+    gaps
 }
 
 /// Memory of each process or thread in the `tree` and `threads` shapes.

@@ -1,6 +1,6 @@
 //! tp_precopy: memory written between pre-dumps survives a chain of images.
 //!
-//! Usage: `tp_precopy WORKDIR [--pages N] [--fork] [--corrupt]`
+//! Usage: `tp_precopy WORKDIR [--pages N] [--fork] [--churn N] [--corrupt]`
 //!
 //! State: an anonymous area of N pages (default 16384, 64 MiB, no huge
 //! pages), every page holding a pattern of (page, generation) in each
@@ -8,6 +8,12 @@
 //! unmapped, an area `D` to be moved with mremap; a "hot" area of 16 pages
 //! that the main loop keeps rewriting (generation counter per page) while
 //! it waits, so the process is writing memory whenever it is frozen.
+//!
+//! With `--churn N` the hot area is N pages, written in turn at a steady
+//! pace (a pause of 100 us after each page): the program writes all
+//! through every brief pre-dump round, while its pages are being copied,
+//! and a page written during one round's copy is not written again for
+//! about N/8 ms (one turn).
 //!
 //! Steps, each started by the harness writing `WORK/step` (a number) and
 //! answered in `WORK/stepped` as `STEP PAGES` (pages this step wrote):
@@ -71,6 +77,7 @@ fn read_step(proto: &Proto) -> u64 {
 
 struct Hot {
     m: Mapping,
+    pages: usize,
     gens: Vec<u64>,
     /// The page being written and its new generation (set before writing).
     cur: usize,
@@ -80,7 +87,7 @@ struct Hot {
 impl Hot {
     fn step(&mut self, pg: usize) {
         self.next += 1;
-        self.cur = (self.next as usize) % HOT_PAGES;
+        self.cur = (self.next as usize) % self.pages;
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         fill(&self.m, 3, self.cur, self.next, pg);
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
@@ -90,7 +97,8 @@ impl Hot {
     /// Every page matches its generation; the page being written when the
     /// process stopped may hold a prefix of the new pattern.
     fn verify(&self, pg: usize, report: &mut Report) {
-        for p in 0..HOT_PAGES {
+        let mut bad = 0;
+        for p in 0..self.pages {
             let Some(w) = check_page(&self.m, 3, p, self.gens[p], pg) else {
                 continue;
             };
@@ -101,8 +109,17 @@ impl Hot {
                     v == pattern(3, p, self.next, x)
                 })
                 && check_page_from(&self.m, p, self.gens[p], pg, w);
-            report.check(partial, || format!("hot page {p}: word {w} differs"));
+            if !partial {
+                bad += 1;
+                if bad <= 5 {
+                    report.fail(format!(
+                        "hot page {p} (generation {}): word {w} differs",
+                        self.gens[p]
+                    ));
+                }
+            }
         }
+        report.check(bad == 0, || format!("{bad} hot pages differ"));
     }
 }
 
@@ -205,13 +222,17 @@ fn main() {
         -1,
         0,
     );
+    let churn = usize::try_from(args.num("churn", 0)).expect("churn");
+    let hot_pages = if churn > 0 { churn } else { HOT_PAGES };
     let mut hot = Hot {
-        m: Mapping::anon(HOT_PAGES * pg),
-        gens: vec![0; HOT_PAGES],
+        m: Mapping::anon(hot_pages * pg),
+        pages: hot_pages,
+        gens: vec![0; hot_pages],
         cur: 0,
         next: 0,
     };
-    for p in 0..HOT_PAGES {
+    no_huge(&hot.m);
+    for p in 0..hot_pages {
         fill(&hot.m, 3, p, 0, pg);
     }
     let mut b: Option<Mapping> = None;
@@ -224,6 +245,9 @@ fn main() {
     let mut iter = 0u64;
     while !proto.go_released() {
         hot.step(pg);
+        if churn > 0 {
+            stasis_tests::nap(100_000);
+        }
         iter += 1;
         if !iter.is_multiple_of(256) {
             continue;
