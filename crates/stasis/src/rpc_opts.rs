@@ -69,8 +69,11 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
     f.flag("evasive_devices", "evasive-devices", o.evasive_devices);
     f.flag("shell_job", "shell-job", o.shell_job);
     f.flag("file_locks", "file-locks", o.file_locks);
-    if o.ps.is_some() {
+    if let Some(ps) = &o.ps {
+        // Dump: send the image there; PAGE_SERVER: listen there.
         f.push("ps", "page-server", None);
+        f.value("ps.address", "address", &ps.address);
+        f.value("ps.port", "port", &ps.port.filter(|p| *p != 0));
     }
     f.value("root", "root", &o.root);
     f.value("parent_img", "prev-images-dir", &o.parent_img);
@@ -227,6 +230,10 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
 pub fn refused_rpc_only(o: &Opts) -> Option<&'static str> {
     if o.pidfd_store_sk.is_some() {
         return Some("pidfd_store_sk");
+    }
+    // criu's --ps-socket: a socket already connected to the page server.
+    if o.ps.as_ref().is_some_and(|p| p.fd.is_some()) {
+        return Some("ps.fd");
     }
     // Over RPC criu's lazy restore is driven by the client, which starts
     // the lazy-pages daemon: not wired up yet (the command line has it).

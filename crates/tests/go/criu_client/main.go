@@ -11,6 +11,10 @@
 //	criu_client restore IMGDIR
 //	criu_client restore-sibling IMGDIR GOFILE
 //	criu_client refused IMGDIR PID
+//	criu_client predump IMGDIR PID [PARENT]
+//	criu_client dump-parent IMGDIR PID PARENT
+//	criu_client page-server-chld IMGDIR
+//	criu_client dump-ps IMGDIR PID PORT
 package main
 
 import (
@@ -169,6 +173,59 @@ func main() {
 			die("restore: %v", err)
 		}
 		fmt.Println("RESTORED")
+	case "predump", "dump-parent":
+		dir := openDir(os.Args[2])
+		pid, _ := strconv.Atoi(os.Args[3])
+		opts := &rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			Pid:         proto.Int32(int32(pid)),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String(os.Args[1] + ".log"),
+			TrackMem:    proto.Bool(true),
+		}
+		if len(os.Args) > 4 {
+			opts.ParentImg = proto.String(os.Args[4])
+		}
+		var err error
+		if os.Args[1] == "predump" {
+			err = c.PreDump(opts, nil)
+		} else {
+			err = c.Dump(opts, nil)
+		}
+		if err != nil {
+			die("%s: %v", os.Args[1], err)
+		}
+		fmt.Println("DONE")
+	case "page-server-chld":
+		dir := openDir(os.Args[2])
+		pid, port, err := c.StartPageServerChld(&rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("page-server.log"),
+			Ps:          &rpc.CriuPageServerInfo{Address: proto.String("127.0.0.1")},
+		})
+		if err != nil {
+			die("page server: %v", err)
+		}
+		fmt.Printf("PAGESERVER %d %d\n", pid, port)
+	case "dump-ps":
+		dir := openDir(os.Args[2])
+		pid, _ := strconv.Atoi(os.Args[3])
+		port, _ := strconv.Atoi(os.Args[4])
+		err := c.Dump(&rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			Pid:         proto.Int32(int32(pid)),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("dump.log"),
+			Ps: &rpc.CriuPageServerInfo{
+				Address: proto.String("127.0.0.1"),
+				Port:    proto.Int32(int32(port)),
+			},
+		}, nil)
+		if err != nil {
+			die("dump: %v", err)
+		}
+		fmt.Println("DUMPED")
 	case "restore-sibling":
 		restoreSibling(c, os.Args[2], os.Args[3])
 	case "refused":
