@@ -191,10 +191,11 @@ fn check() -> Result<Resp> {
     Ok(Resp::ok(ReqType::Check))
 }
 
-/// Each feature asked about, answered: memory tracking yes (PRE_DUMP,
+/// Each feature asked about, answered: memory tracking (PRE_DUMP,
 /// parent_img: userfaultfd write-protect and PAGEMAP_SCAN, as `check
-/// --feature mem_dirty_track` says), lazy pages no (criu_opts.lazy_pages
-/// is refused over RPC: the command line has them), no pidfd store.
+/// --feature mem_dirty_track` says), lazy pages (lazy_pages: userfaultfd
+/// with its non-cooperative events, as `check --feature uffd-noncoop`
+/// says), no pidfd store.
 fn features(asked: Option<&Features>) -> Resp {
     let asked = asked.cloned().unwrap_or_default();
     Resp {
@@ -202,7 +203,10 @@ fn features(asked: Option<&Features>) -> Resp {
             mem_track: asked
                 .mem_track
                 .map(|_| crate::criu_check::mem_track_ok(&stasis_sys::features::probe())),
-            lazy_pages: asked.lazy_pages.map(|_| false),
+            lazy_pages: asked.lazy_pages.map(|_| {
+                let f = stasis_sys::features::probe();
+                crate::criu_check::feature("uffd-noncoop", &f) == Some(Ok(()))
+            }),
             pidfd_store: asked.pidfd_store.map(|_| false),
         }),
         ..Resp::ok(ReqType::FeatureCheck)

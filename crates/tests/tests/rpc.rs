@@ -163,12 +163,12 @@ fn gocriu_version_and_features() {
     // criu 4.1 as go-criu counts it; runc asks for at least 3.x.
     assert_eq!(line(&out, "VERSION"), "40100 atleast3=true", "{out}");
     let out = go_criu(&work, &exe, &["features"]);
-    // Asked about mem_track and lazy_pages: both answered; memory
-    // tracking is there (userfaultfd write-protect + PAGEMAP_SCAN), lazy
-    // pages over RPC are not.
+    // Asked about mem_track and lazy_pages: both answered, both there
+    // (userfaultfd write-protect + PAGEMAP_SCAN; userfaultfd with its
+    // non-cooperative events).
     assert_eq!(
         line(&out, "FEATURES"),
-        "mem_track=true/true lazy_pages=true/false pidfd_store_set=false",
+        "mem_track=true/true lazy_pages=true/true pidfd_store_set=false",
         "{out}"
     );
     // The command line agrees.
@@ -268,7 +268,7 @@ fn gocriu_refusals_leave_target_running() {
     let out = go_criu(&work, &exe, &["refused", &img(&work), &pid]);
     let d = line(&out, "DUMP-REFUSED");
     assert!(
-        d.contains("criu_opts.lazy_pages") && d.contains("not supported") && d.contains("err:95"),
+        d.contains("criu_opts.tls") && d.contains("not supported") && d.contains("err:95"),
         "{out}"
     );
     let r = line(&out, "RESTORE-REFUSED");
@@ -454,6 +454,143 @@ fn gocriu_page_server_dump() {
         "page server log_file"
     );
     gocriu_restore_passes(&work, &exe, &recv.to_string_lossy(), p.pid);
+}
+
+/// Starts the go-criu client with `args` in the background (stdout and
+/// stderr into `NAME.out` / `NAME.err` of the work directory).
+fn go_criu_bg(work: &Work, exe: &Path, name: &str, args: &[&str]) -> std::process::Child {
+    let path = format!(
+        "{}:{}",
+        criu_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(exe)
+        .args(args)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(work.path(&format!("{name}.out"))).expect("out"))
+        .stderr(fs::File::create(work.path(&format!("{name}.err"))).expect("err"))
+        .spawn()
+        .expect("start criu_client")
+}
+
+/// Waits up to 60 s for `child` to exit; its exit code.
+fn exit_of(child: &mut std::process::Child) -> Option<i32> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// criu's lazy migration over RPC, as runc's `checkpoint --lazy-pages`
+/// and `restore --lazy-pages` drive it, through go-criu: a DUMP with
+/// lazy_pages and ps {address, port} writes the image and then serves its
+/// pages (its answer comes once every page is taken); `stasis lazy-pages
+/// --page-server` (criu's daemon, started by the user) fetches them; a
+/// RESTORE with lazy_pages and work_dir_fd resumes the program before its
+/// memory is in. Negative control: a lazy RESTORE with no daemon is
+/// refused and nothing runs; the program, restored lazily, passes its own
+/// checks.
+#[test]
+fn gocriu_lazy_dump_restore() {
+    let Some(exe) = client("gocriu_lazy_dump_restore") else {
+        return;
+    };
+    let work = Work::new("gocriu_lazy");
+    let mut p = target(&work);
+    let pid = p.pid.to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let lazy_work = work.path("lazy-work");
+    fs::create_dir_all(&lazy_work).expect("work dir");
+    let lw = lazy_work.to_string_lossy().into_owned();
+    let mut dumper = go_criu_bg(
+        &work,
+        &exe,
+        "dump-lazy",
+        &["dump-lazy", &img(&work), &pid, &port],
+    );
+    let t0 = Instant::now();
+    while !fs::read_to_string(work.img().join("dump.log")).is_ok_and(|l| l.contains("listening")) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = dumper.kill();
+            let _ = dumper.wait();
+            fail(&work, "the lazy dump never listened");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dump_killed(&work, &mut p);
+    // The destination: the image without its page files (they come from
+    // the dump's page server).
+    let dst = work.path("dst");
+    fs::create_dir_all(&dst).expect("dst");
+    for e in fs::read_dir(work.img()).expect("img").flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".img") && !n.starts_with("pages-") {
+            fs::copy(e.path(), dst.join(&n)).expect("copy");
+        }
+    }
+    let dst = dst.to_string_lossy().into_owned();
+
+    let out = go_criu(&work, &exe, &["restore-lazy", &dst, &lw]);
+    assert!(
+        !out.contains("RESTORED") && line(&out, "ERROR").contains("pages-"),
+        "a lazy restore without a lazy-pages daemon (which has the pages): {out}"
+    );
+    assert!(
+        !pid_exists(p.pid),
+        "a refused restore left {} running",
+        p.pid
+    );
+
+    let mut daemon = Command::new(stasis_bin())
+        .args([
+            "lazy-pages",
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .args(["-D", &dst, "-W", &lw, "-o", "lazy-pages.log", "-v4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.path("lazy-pages.err")).expect("err"))
+        .spawn()
+        .expect("start lazy-pages");
+    let t0 = Instant::now();
+    while !lazy_work.join("lazy-pages.socket").exists() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            fail(&work, "the lazy-pages daemon never made its socket");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = go_criu(&work, &exe, &["restore-lazy", &dst, &lw]);
+    let mut r = Proc::adopt(p.pid);
+    if !out.contains("RESTORED") {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        fail(&work, format!("go-criu lazy restore failed: {out}"));
+    }
+    step(&work, "restored process state", r.check_running_untraced());
+    // Its checks (VmFlags among them) once every page is in place: the
+    // daemon ends then.
+    assert_eq!(exit_of(&mut daemon), Some(0), "lazy-pages daemon");
+    finish(&work, &mut r, Opts::default().finish_timeout).assert_pass(&work);
+    assert_eq!(exit_of(&mut dumper), Some(0), "the lazy dump's client");
+    let out = fs::read_to_string(work.path("dump-lazy.out")).unwrap_or_default();
+    assert!(out.contains("DUMPED"), "{out}");
 }
 
 /// stasis-rpc's client for what go-criu has no call for: SINGLE_PRE_DUMP

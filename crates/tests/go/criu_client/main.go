@@ -15,6 +15,8 @@
 //	criu_client dump-parent IMGDIR PID PARENT
 //	criu_client page-server-chld IMGDIR
 //	criu_client dump-ps IMGDIR PID PORT
+//	criu_client dump-lazy IMGDIR PID PORT
+//	criu_client restore-lazy IMGDIR WORKDIR
 package main
 
 import (
@@ -226,6 +228,39 @@ func main() {
 			die("dump: %v", err)
 		}
 		fmt.Println("DUMPED")
+	case "dump-lazy":
+		dir := openDir(os.Args[2])
+		pid, _ := strconv.Atoi(os.Args[3])
+		port, _ := strconv.Atoi(os.Args[4])
+		err := c.Dump(&rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			Pid:         proto.Int32(int32(pid)),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("dump.log"),
+			LazyPages:   proto.Bool(true),
+			Ps: &rpc.CriuPageServerInfo{
+				Address: proto.String("127.0.0.1"),
+				Port:    proto.Int32(int32(port)),
+			},
+		}, nil)
+		if err != nil {
+			die("dump: %v", err)
+		}
+		fmt.Println("DUMPED")
+	case "restore-lazy":
+		dir := openDir(os.Args[2])
+		work := openDir(os.Args[3])
+		err := c.Restore(&rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			WorkDirFd:   proto.Int32(int32(work.Fd())),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("restore.log"),
+			LazyPages:   proto.Bool(true),
+		}, nil)
+		if err != nil {
+			die("restore: %v", err)
+		}
+		fmt.Println("RESTORED")
 	case "restore-sibling":
 		restoreSibling(c, os.Args[2], os.Args[3])
 	case "refused":
@@ -234,7 +269,7 @@ func main() {
 		err := c.Dump(&rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dir.Fd())),
 			Pid:         proto.Int32(int32(pid)),
-			LazyPages:   proto.Bool(true),
+			Tls:         proto.Bool(true),
 		}, nil)
 		fmt.Printf("DUMP-REFUSED %v\n", err)
 		err = c.Restore(&rpc.CriuOpts{
