@@ -313,6 +313,15 @@ fn reaped(pid: i32) -> bool {
     !pid_exists(pid)
 }
 
+/// A TCP port of the loopback nothing listens on (bound, then closed).
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string()
+}
+
 /// Waits up to 10 s for `pid` to have exited: gone, or a zombie (a child
 /// of the swrk worker, which reaps it when it ends).
 fn exited(pid: i32) -> bool {
@@ -406,11 +415,7 @@ fn gocriu_page_server_dump() {
     let work = Work::new("gocriu_page_server");
     let mut p = target(&work);
     let pid = p.pid.to_string();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string();
+    let closed = free_port();
     let out = go_criu(&work, &exe, &["dump-ps", &img(&work), &pid, &closed]);
     assert!(
         !out.contains("DUMPED") && line(&out, "ERROR").contains("page server"),
@@ -505,11 +510,7 @@ fn gocriu_lazy_dump_restore() {
     let work = Work::new("gocriu_lazy");
     let mut p = target(&work);
     let pid = p.pid.to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string();
+    let port = free_port();
     let lazy_work = work.path("lazy-work");
     fs::create_dir_all(&lazy_work).expect("work dir");
     let lw = lazy_work.to_string_lossy().into_owned();

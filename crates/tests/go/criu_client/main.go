@@ -210,11 +210,13 @@ func main() {
 			die("page server: %v", err)
 		}
 		fmt.Printf("PAGESERVER %d %d\n", pid, port)
-	case "dump-ps":
+	case "dump-ps", "dump-lazy":
+		// The image goes to the page server at PORT, or (lazy) its pages
+		// are served there.
 		dir := openDir(os.Args[2])
 		pid, _ := strconv.Atoi(os.Args[3])
 		port, _ := strconv.Atoi(os.Args[4])
-		err := c.Dump(&rpc.CriuOpts{
+		opts := &rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dir.Fd())),
 			Pid:         proto.Int32(int32(pid)),
 			LogLevel:    proto.Int32(4),
@@ -223,27 +225,11 @@ func main() {
 				Address: proto.String("127.0.0.1"),
 				Port:    proto.Int32(int32(port)),
 			},
-		}, nil)
-		if err != nil {
-			die("dump: %v", err)
 		}
-		fmt.Println("DUMPED")
-	case "dump-lazy":
-		dir := openDir(os.Args[2])
-		pid, _ := strconv.Atoi(os.Args[3])
-		port, _ := strconv.Atoi(os.Args[4])
-		err := c.Dump(&rpc.CriuOpts{
-			ImagesDirFd: proto.Int32(int32(dir.Fd())),
-			Pid:         proto.Int32(int32(pid)),
-			LogLevel:    proto.Int32(4),
-			LogFile:     proto.String("dump.log"),
-			LazyPages:   proto.Bool(true),
-			Ps: &rpc.CriuPageServerInfo{
-				Address: proto.String("127.0.0.1"),
-				Port:    proto.Int32(int32(port)),
-			},
-		}, nil)
-		if err != nil {
+		if os.Args[1] == "dump-lazy" {
+			opts.LazyPages = proto.Bool(true)
+		}
+		if err := c.Dump(opts, nil); err != nil {
 			die("dump: %v", err)
 		}
 		fmt.Println("DUMPED")
