@@ -36,6 +36,12 @@
 //! LD_LIBRARY_PATH and `criu` (a link to stasis) through PATH; each
 //! checkpoint checks that the loader opened our libcriu.so.2.
 //!
+//! Pre-copy: `checkpoint --pre-dump` then `--parent-path ../pre` under
+//! runc and crun (FEATURE_CHECK mem_track, PRE_DUMP, DUMP with
+//! parent_img), podman's `--pre-checkpoint` then `--with-previous`: the
+//! final image holds only the pages written since (`stasis show`), and a
+//! restore without its parent image is refused.
+//!
 //! Tests skip, saying so, only when the engine is missing (.ci/run
 //! installs runc and busybox-static and builds crun; under CI=true a
 //! missing crun build fails the crun tests).
