@@ -855,6 +855,33 @@ pub fn page_runs(v: &serde_json::Value) -> Vec<(u64, u64)> {
     runs
 }
 
+/// Pages an image holds itself and pages it takes from its parent
+/// (runs marked `in_parent`), over every `pages` array of `show` output.
+pub fn own_and_parent_pages(v: &serde_json::Value) -> (u64, u64) {
+    fn walk(v: &serde_json::Value, t: &mut (u64, u64)) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    for r in x.as_array().filter(|_| k == "pages").into_iter().flatten() {
+                        let n = r["nr_pages"].as_u64().unwrap_or(0);
+                        if r["in_parent"].as_bool() == Some(true) {
+                            t.1 += n;
+                        } else {
+                            t.0 += n;
+                        }
+                    }
+                    walk(x, t);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, t)),
+            _ => {}
+        }
+    }
+    let mut t = (0, 0);
+    walk(v, &mut t);
+    t
+}
+
 /// Pages of `runs` inside `[start, end)`.
 pub fn pages_in(runs: &[(u64, u64)], start: u64, end: u64, page: u64) -> u64 {
     runs.iter()
