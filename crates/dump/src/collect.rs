@@ -26,6 +26,8 @@ pub(crate) struct Collected {
     pub uffd: Option<OwnedFd>,
     /// Its PID in the parent image, when `uffd` comes from there.
     pub parent_pid: Option<u32>,
+    /// SysV shm segments it opened for the dump (sysvipc::open_remote).
+    pub sysv: Vec<(i32, OwnedFd)>,
 }
 
 /// The write tracker a process starts collection with (pre-copy).
@@ -73,6 +75,7 @@ pub(crate) fn collect(
     sockets: kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
     track: TrackIn,
+    sysv_reads: &[(i32, u64)],
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -122,8 +125,14 @@ pub(crate) fn collect(
 
     // ---- query: remote syscalls, self-healing, one thread at a time ----
     let new_uffd = track.want_new && uffd.is_none();
-    let (threads, q, timers, attrs) =
-        query_threads(frozen, pid, &status, &smaps, new_uffd.then_some(&mut uffd))?;
+    let mut sysv = Vec::new();
+    let (threads, q, timers, attrs) = query_threads(
+        frozen,
+        pid,
+        (&status, &smaps),
+        new_uffd.then_some(&mut uffd),
+        (sysv_reads, &mut sysv),
+    )?;
 
     let mm = MmState {
         start_code: stat.start_code,
@@ -200,6 +209,7 @@ pub(crate) fn collect(
         host_pid: pid,
         uffd,
         parent_pid,
+        sysv,
     })
 }
 
@@ -209,9 +219,9 @@ pub(crate) fn collect(
 fn query_threads(
     frozen: &mut Frozen,
     pid: u32,
-    status: &Status,
-    smaps: &[SmapsEntry],
+    (status, smaps): (&Status, &[SmapsEntry]),
     uffd: Option<&mut Option<OwnedFd>>,
+    (sysv_reads, sysv): (&[(i32, u64)], &mut Vec<(i32, OwnedFd)>),
 ) -> Result<(Vec<ThreadState>, Queried, timers::Timers, ProcAttrs)> {
     let mut uffd = uffd;
     let p = frozen.pid;
@@ -262,6 +272,7 @@ fn query_threads(
             checks::query_process(r, pid)?;
             timers = timers::query_timers(r, pid)?;
             attrs.process(r)?;
+            *sysv = crate::sysvipc::open_remote(r, pid, sysv_reads)?;
             if let Some(u) = uffd.as_mut() {
                 **u = Some(crate::track::inject(r, pid)?);
             }

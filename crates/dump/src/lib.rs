@@ -390,6 +390,7 @@ fn dump_frozen(
     let mntns = mntns::collect(Pid(root as i32), &tree_pids, &opts.ext_mounts)?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
+    let sysv_reads = sysvipc::remote_reads(root, &tree_pids)?;
     for f in &mut frozen.procs {
         let track = collect::TrackIn {
             taken: parent.and_then(|p| p.take_over(f.pid.0 as u32)),
@@ -401,6 +402,7 @@ fn dump_frozen(
             sockets,
             &mut shmem,
             track,
+            sysv_reads.get(&(f.pid.0 as u32)).map_or(&[][..], Vec::as_slice),
         )?);
     }
     checks::parent_threads(&collected)?;
