@@ -252,6 +252,8 @@ fn query_threads(
     let mut timers = (Vec::new(), Vec::new());
     let mut attrs = crate::procattrs::Collector::new(pid, smaps);
     let mut pdeaths = Vec::with_capacity(frozen.tids.len());
+    // A witness for the Landlock probe of every thread (landlock.rs).
+    let landlock = crate::landlock::start(pid, status)?;
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
@@ -261,6 +263,9 @@ fn query_threads(
             stage: Stage::Query,
             what: "remote".into(),
         })?;
+        if let Some(probe) = &landlock {
+            crate::landlock::probe(r, pid, probe)?;
+        }
         let (altstack, clear_child_tid) = query_thread(r, pid)?;
         pdeaths.push((tid, checks::query_thread(r, pid)?));
         t.sigaltstack = altstack;

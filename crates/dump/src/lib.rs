@@ -30,6 +30,7 @@ mod cow;
 mod fdowner;
 pub mod freeze;
 mod kinds;
+mod landlock;
 mod locks;
 mod lsm;
 mod memkinds;

@@ -1,0 +1,89 @@
+//! Landlock domains. No interface shows a thread's domain, and nothing
+//! could give one back as it was (the rules are not readable either), so
+//! a thread in a domain is refused by name. Found by a witness process
+//! ([`stasis_sys::landlock`]): the thread, by a remote call, tries
+//! pidfd_getfd on it; a domain makes that EPERM.
+//!
+//! Not probed: a process in a user namespace other than ours (the
+//! witness's ids and capabilities would have to be made there), and a
+//! thread whose real ids differ from its leader's (the witness takes the
+//! leader's): docs/state.md.
+
+use crate::checks::refuse;
+use crate::{At, Result, Stage};
+use stasis_proc::Status;
+use stasis_sys::landlock::{self, Witness, NO_FD};
+use stasis_sys::remote::RemoteThread;
+use std::os::unix::fs::MetadataExt;
+
+/// A witness for the threads of one process.
+pub(crate) struct Probe {
+    /// Kept alive while the threads are probed.
+    _witness: Witness,
+    /// The witness's PID in the process's PID namespace.
+    nspid: u64,
+    ids: (u32, u32),
+}
+
+fn ns(pid: &str, kind: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .map(|m| m.ino())
+        .ok()
+}
+
+/// A witness for process `pid` (None where Landlock is off or the
+/// process is not probed: see the module's comment).
+pub(crate) fn start(pid: u32, status: &Status) -> Result<Option<Probe>> {
+    let p = pid.to_string();
+    if !landlock::enabled() || ns(&p, "user") != ns("self", "user") {
+        return Ok(None);
+    }
+    let pidns = if ns(&p, "pid") == ns("self", "pid") {
+        None
+    } else {
+        Some(stasis_sys::sysvipc::open_ns(&format!("/proc/{pid}/ns/pid")).at(pid, Stage::Query)?)
+    };
+    let ids = (status.uids[0], status.gids[0]);
+    let witness = landlock::witness(ids.0, ids.1, pidns).at(pid, Stage::Query)?;
+    let st = stasis_proc::read_status(witness.pid.0 as u32).at(pid, Stage::Query)?;
+    let nspid = u64::from(st.ns_pid.last().copied().unwrap_or(witness.pid.0 as u32));
+    Ok(Some(Probe {
+        _witness: witness,
+        nspid,
+        ids,
+    }))
+}
+
+/// Refuses thread `r.tid()` of `pid` if it is in a Landlock domain.
+pub(crate) fn probe(r: &mut RemoteThread, pid: u32, p: &Probe) -> Result<()> {
+    let tid = r.tid();
+    let st = Stage::Query;
+    let ts = stasis_proc::read_status(tid.0 as u32).at(pid, st)?;
+    if (ts.uids[0], ts.gids[0]) != p.ids {
+        return Ok(());
+    }
+    let fd = r
+        .call(libc::SYS_pidfd_open, &[p.nspid, 0], "pidfd_open (Landlock probe)")
+        .at(pid, st)?;
+    let got = r.call(libc::SYS_pidfd_getfd, &[fd, NO_FD, 0], "pidfd_getfd (Landlock probe)");
+    r.call(libc::SYS_close, &[fd], "close (Landlock probe)")
+        .at(pid, st)?;
+    match got {
+        Err(e) if e.errno() == Some(libc::EBADF) => Ok(()),
+        Err(e) if e.errno() == Some(libc::EPERM) => Err(refuse(
+            pid,
+            format!(
+                "thread {} is in a Landlock domain (landlock_restrict_self; its rules cannot be \
+                 read, and a restored thread would run unrestricted)",
+                tid.0
+            ),
+        )),
+        Ok(extra) => {
+            // Cannot happen (no process has that descriptor): closed again.
+            r.call(libc::SYS_close, &[extra], "close (Landlock probe)")
+                .at(pid, st)?;
+            Ok(())
+        }
+        Err(e) => Err(e).at(pid, st),
+    }
+}
