@@ -73,7 +73,7 @@ pub(crate) fn probe(r: &mut RemoteThread, pid: u32, p: &Probe) -> Result<()> {
         Err(e) if e.errno() == Some(libc::EPERM) => Err(refuse(
             pid,
             format!(
-                "thread {} is in a Landlock domain (landlock_restrict_self; its rules cannot be \
+                "thread {} in a Landlock domain (landlock_restrict_self; its rules cannot be \
                  read, and a restored thread would run unrestricted)",
                 tid.0
             ),
