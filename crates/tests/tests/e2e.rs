@@ -232,6 +232,7 @@ fn selfcheck_unsupported_resources_work() {
         "mbind",
         "seccomp-strict",
         "unix-oob",
+        "udp-timestamp",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -765,6 +766,13 @@ fn refuse_numa_memory_policy() {
 #[test]
 fn refuse_unix_out_of_band_byte() {
     refuse("unix-oob", &["out-of-band byte"]);
+}
+
+/// A UDP datagram waiting on a socket that reports receive metadata
+/// (SO_TIMESTAMP): requeued at restore, it would carry a new time.
+#[test]
+fn refuse_udp_datagram_metadata() {
+    refuse("udp-timestamp", &["SO_TIMESTAMP"]);
 }
 
 #[test]
