@@ -971,6 +971,41 @@ fn cr_pty() {
     cr("cr_pty", Program::Bin("tp_pty"), &[]);
 }
 
+/// A pty pair whose output was stopped by a typed ^S (IXON on): still
+/// stopped after restore, and a typed ^Q restarts it.
+#[test]
+fn cr_pty_output_stopped_by_stop_char() {
+    cr(
+        "cr_pty_output_stopped_by_stop_char",
+        Program::Bin("tp_ptystop"),
+        &["--how", "stop-char"],
+    );
+}
+
+/// Stopped by tcflow(TCOOFF) (IXON off): still stopped, and only TCOON
+/// restarts it.
+#[test]
+fn cr_pty_output_stopped_by_tcooff() {
+    cr(
+        "cr_pty_output_stopped_by_tcooff",
+        Program::Bin("tp_ptystop"),
+        &["--how", "tcooff"],
+    );
+}
+
+/// The negative control: never stopped, the program's after-check fails.
+#[test]
+fn negative_cr_pty_output_stopped() {
+    let work = Work::new("negative_cr_pty_output_stopped");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_ptystop"),
+        &["--how", "stop-char", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
 /// An inotify instance with events waiting is refused by name (they
 /// cannot be saved), and the events are still there afterwards.
 #[test]

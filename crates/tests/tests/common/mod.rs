@@ -108,6 +108,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_fanotify" => env!("CARGO_BIN_EXE_tp_fanotify"),
         "tp_lazy" => env!("CARGO_BIN_EXE_tp_lazy"),
         "tp_landlock" => env!("CARGO_BIN_EXE_tp_landlock"),
+        "tp_ptystop" => env!("CARGO_BIN_EXE_tp_ptystop"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
