@@ -4,10 +4,11 @@
 //! ([`stasis_sys::landlock`]): the thread, by a remote call, tries
 //! pidfd_getfd on it; a domain makes that EPERM.
 //!
-//! Not probed: a process in a user namespace other than ours (the
-//! witness's ids and capabilities would have to be made there), and a
-//! thread whose real ids differ from its leader's (the witness takes the
-//! leader's): docs/state.md.
+//! In a user namespace other than ours, the witness joins it and takes
+//! the ids as that namespace numbers them (/proc/PID/uid_map). Not
+//! probed: a thread whose real ids differ from its leader's (the witness
+//! takes the leader's; such threads are refused anyway: checks.rs), and
+//! a process whose ids its namespace does not map.
 
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
@@ -35,16 +36,39 @@ fn ns(pid: &str, kind: &str) -> Option<u64> {
 /// process is not probed: see the module's comment).
 pub(crate) fn start(pid: u32, status: &Status) -> Result<Option<Probe>> {
     let p = pid.to_string();
-    if !landlock::enabled() || ns(&p, "user") != ns("self", "user") {
+    if !landlock::enabled() {
         return Ok(None);
     }
+    let (mut uid, mut gid) = (status.uids[0], status.gids[0]);
+    let userns = if ns(&p, "user") == ns("self", "user") {
+        None
+    } else {
+        let inside = |map: &str, id: u32| -> Option<u32> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/{map}")).ok()?;
+            text.lines().find_map(|l| {
+                let v: Vec<u32> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                match v[..] {
+                    [ins, out, n] if id >= out && id - out < n => Some(ins + (id - out)),
+                    _ => None,
+                }
+            })
+        };
+        let (Some(u), Some(g)) = (inside("uid_map", uid), inside("gid_map", gid)) else {
+            return Ok(None);
+        };
+        (uid, gid) = (u, g);
+        Some(stasis_sys::sysvipc::open_ns(&format!("/proc/{pid}/ns/user")).at(pid, Stage::Query)?)
+    };
     let pidns = if ns(&p, "pid") == ns("self", "pid") {
         None
     } else {
         Some(stasis_sys::sysvipc::open_ns(&format!("/proc/{pid}/ns/pid")).at(pid, Stage::Query)?)
     };
     let ids = (status.uids[0], status.gids[0]);
-    let witness = landlock::witness(ids.0, ids.1, pidns).at(pid, Stage::Query)?;
+    let witness = landlock::witness(uid, gid, pidns, userns).at(pid, Stage::Query)?;
     let st = stasis_proc::read_status(witness.pid.0 as u32).at(pid, Stage::Query)?;
     let nspid = u64::from(st.ns_pid.last().copied().unwrap_or(witness.pid.0 as u32));
     Ok(Some(Probe {
@@ -63,9 +87,17 @@ pub(crate) fn probe(r: &mut RemoteThread, pid: u32, p: &Probe) -> Result<()> {
         return Ok(());
     }
     let fd = r
-        .call(libc::SYS_pidfd_open, &[p.nspid, 0], "pidfd_open (Landlock probe)")
+        .call(
+            libc::SYS_pidfd_open,
+            &[p.nspid, 0],
+            "pidfd_open (Landlock probe)",
+        )
         .at(pid, st)?;
-    let got = r.call(libc::SYS_pidfd_getfd, &[fd, NO_FD, 0], "pidfd_getfd (Landlock probe)");
+    let got = r.call(
+        libc::SYS_pidfd_getfd,
+        &[fd, NO_FD, 0],
+        "pidfd_getfd (Landlock probe)",
+    );
     r.call(libc::SYS_close, &[fd], "close (Landlock probe)")
         .at(pid, st)?;
     match got {

@@ -403,7 +403,9 @@ fn dump_frozen(
             sockets,
             &mut shmem,
             track,
-            sysv_reads.get(&(f.pid.0 as u32)).map_or(&[][..], Vec::as_slice),
+            sysv_reads
+                .get(&(f.pid.0 as u32))
+                .map_or(&[][..], Vec::as_slice),
         )?);
     }
     checks::parent_threads(&collected)?;

@@ -109,7 +109,8 @@ pub(crate) fn open_remote(
         };
         let end = a + size.next_multiple_of(stasis_image::PAGE_SIZE);
         let fd = ipc::shm_object_at(&format!("/proc/{pid}/map_files/{a:x}-{end:x}"), false);
-        r.call(libc::SYS_shmdt, &[a], "shmdt").at(pid, Stage::Query)?;
+        r.call(libc::SYS_shmdt, &[a], "shmdt")
+            .at(pid, Stage::Query)?;
         out.push((id, fd.at(pid, Stage::Query)?));
     }
     Ok(out)
@@ -278,9 +279,10 @@ fn object(s: &ipc::Shm, from: Option<Source>) -> stasis_sys::Result<OwnedFd> {
         // Never attached: all zeros, an empty file of its size stands in.
         None if s.lpid == 0 => {
             let f = stasis_sys::util::memfd_create("sysv-never-attached", libc::MFD_CLOEXEC)?;
-            std::fs::File::from(f.try_clone().map_err(|e| {
-                SysError::new("dup memfd", None, e.raw_os_error().unwrap_or(0))
-            })?)
+            std::fs::File::from(
+                f.try_clone()
+                    .map_err(|e| SysError::new("dup memfd", None, e.raw_os_error().unwrap_or(0)))?,
+            )
             .set_len(s.size)
             .map_err(|e| SysError::new("ftruncate memfd", None, e.raw_os_error().unwrap_or(0)))?;
             Ok(f)

@@ -235,7 +235,12 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
             format!("ipc.sem {}: {} semaphores", s.id, s.values.len())
         })?;
         c.ensure(s.pids.is_empty() || s.pids.len() == s.values.len(), || {
-            format!("ipc.sem {}: {} PIDs for {} semaphores", s.id, s.pids.len(), s.values.len())
+            format!(
+                "ipc.sem {}: {} PIDs for {} semaphores",
+                s.id,
+                s.pids.len(),
+                s.values.len()
+            )
         })?;
     }
     for q in &ipc.msg {

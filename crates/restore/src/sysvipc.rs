@@ -93,7 +93,9 @@ pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Res
     }
     // Last attachers after everyone else; among them, after every one
     // that attaches a segment they were the last attacher of.
-    let last: Vec<usize> = (0..procs.len()).filter(|&k| !plan.touch[k].is_empty()).collect();
+    let last: Vec<usize> = (0..procs.len())
+        .filter(|&k| !plan.touch[k].is_empty())
+        .collect();
     let mut order: Vec<usize> = (0..procs.len()).filter(|k| !last.contains(k)).collect();
     let mut left = last.clone();
     while !left.is_empty() {
@@ -237,7 +239,15 @@ impl Ipc {
                     creator(&s.perm),
                     saved(s.cpid),
                 )
-                .map_err(|e| pid_error(pid, st, s.cpid, &format!("SysV shm segment {} creator", s.id), e))?;
+                .map_err(|e| {
+                    pid_error(
+                        pid,
+                        st,
+                        s.cpid,
+                        &format!("SysV shm segment {} creator", s.id),
+                        e,
+                    )
+                })?;
                 if !img.own {
                     me.created.push(s.id);
                 }
@@ -374,8 +384,12 @@ fn sem_by_pids(pid: u32, s: &SemSet) -> Result<()> {
             by.entry(p).or_default().push(i);
         } else if v != 0 && !ipc::sem_setval_raw(s.id, i as i32, v) {
             // Set by a process the dumper could not see: by the restorer.
-            return Err(stasis_sys::SysError::new("semctl(SETVAL)", None, std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
-                .at(pid, st);
+            return Err(stasis_sys::SysError::new(
+                "semctl(SETVAL)",
+                None,
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
+            .at(pid, st);
         }
     }
     for (p, idx) in &by {
@@ -422,7 +436,12 @@ fn msg_by_pids(pid: u32, q: &MsgQueue) -> Result<()> {
         } else if all() {
             Ok(())
         } else {
-            Err(stasis_sys::SysError::new("msgsnd", None, std::io::Error::last_os_error().raw_os_error().unwrap_or(0))).at(pid, st)
+            Err(stasis_sys::SysError::new(
+                "msgsnd",
+                None,
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
+            .at(pid, st)
         }
     };
     if q.lrpid > 0 {

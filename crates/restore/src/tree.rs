@@ -144,9 +144,9 @@ pub(crate) fn restore_tree(
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
     let mut ipc = match (ipc, &pid_plan) {
-        (Some(img), Some(plan)) => Some(crate::sysvipc::Ipc::create(
-            img, root_pid, &pages[0], plan,
-        )?),
+        (Some(img), Some(plan)) => {
+            Some(crate::sysvipc::Ipc::create(img, root_pid, &pages[0], plan)?)
+        }
         _ => None,
     };
     if let Some(i) = &ipc {

@@ -45,8 +45,16 @@ pub fn enabled() -> bool {
 }
 
 /// Starts a witness for a target with real ids `uid`, `gid`, in the PID
-/// namespace `pidns` (a /proc/PID/ns/pid descriptor; None: ours).
-pub fn witness(uid: u32, gid: u32, pidns: Option<OwnedFd>) -> Result<Witness> {
+/// namespace `pidns` (a /proc/PID/ns/pid descriptor; None: ours) and the
+/// user namespace `userns` (None: ours; the ids are then that
+/// namespace's: the capability check compares capabilities there).
+pub fn witness(
+    uid: u32,
+    gid: u32,
+    pidns: Option<OwnedFd>,
+    userns: Option<OwnedFd>,
+) -> Result<Witness> {
+    let user_fd = userns.as_ref().map_or(-1, |f| f.as_raw_fd());
     let (ready_r, ready_w) = crate::util::pipe()?;
     let (hold_r, hold_w) = crate::util::pipe()?;
     let fds = [
@@ -67,12 +75,13 @@ pub fn witness(uid: u32, gid: u32, pidns: Option<OwnedFd>) -> Result<Witness> {
         let child = unsafe { libc::fork() };
         if child == 0 {
             // SAFETY: raw calls on integers and our pipe descriptors.
-            unsafe { run(uid, gid, fds) }
+            unsafe { run(uid, gid, fds, user_fd) }
         }
         check(child.into(), "fork (Landlock witness)", None).map(|p| Pid(p as i32))
     })
     .join()
     .map_err(|_| SysError::other("Landlock witness thread", None, "panicked"))??;
+    drop(userns);
     drop(ready_w);
     drop(hold_r);
     let w = Witness {
@@ -92,20 +101,25 @@ pub fn witness(uid: u32, gid: u32, pidns: Option<OwnedFd>) -> Result<Witness> {
     Ok(w)
 }
 
-/// The witness: the target's real ids, no capabilities, dumpable,
-/// traceable by anyone; reports "y" (or "n") and waits until the other
-/// end of the hold pipe is closed.
+/// The witness: in the user namespace `user_fd` (if not -1), the
+/// target's real ids, no capabilities, dumpable, traceable by anyone;
+/// reports "y" (or "n") and waits until the other end of the hold pipe
+/// is closed.
 ///
 /// # Safety
 /// Only in a freshly forked child: raw calls, then _exit.
-unsafe fn run(uid: u32, gid: u32, [ready_r, ready_w, hold_r, hold_w]: [i32; 4]) -> ! {
+unsafe fn run(uid: u32, gid: u32, [ready_r, ready_w, hold_r, hold_w]: [i32; 4], user_fd: i32) -> ! {
     // SAFETY: raw calls on integers and small stack buffers.
     unsafe {
         libc::close(ready_r);
         libc::close(hold_w);
         let no_caps = [0u32; 6];
         let header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
-        let ok = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()) == 0
+        let joined = user_fd < 0 || libc::setns(user_fd, libc::CLONE_NEWUSER) == 0;
+        // No supplementary groups (where setgroups is allowed: a user
+        // namespace may deny it; groups play no part in the check).
+        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
+        let ok = joined
             && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
             && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
             && libc::syscall(libc::SYS_capset, header.as_ptr(), no_caps.as_ptr()) == 0

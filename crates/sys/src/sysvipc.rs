@@ -371,7 +371,14 @@ pub fn sem_setval_raw(id: i32, num: i32, value: u16) -> bool {
 /// IPC_NOWAIT. Raw calls only.
 pub fn msg_send_raw(id: i32, buf: &[u8]) -> bool {
     // SAFETY: buf holds the type and buf.len() - 8 bytes of text.
-    unsafe { libc::msgsnd(id, buf.as_ptr().cast(), buf.len().saturating_sub(8), libc::IPC_NOWAIT) == 0 }
+    unsafe {
+        libc::msgsnd(
+            id,
+            buf.as_ptr().cast(),
+            buf.len().saturating_sub(8),
+            libc::IPC_NOWAIT,
+        ) == 0
+    }
 }
 
 /// Receives (and drops) the first message of queue `id`, IPC_NOWAIT,
@@ -380,7 +387,13 @@ pub fn msg_receive_raw(id: i32) -> bool {
     let mut buf = [0u8; 16];
     // SAFETY: buf holds the type and 8 bytes of text (longer ones are cut).
     unsafe {
-        libc::msgrcv(id, buf.as_mut_ptr().cast(), 8, 0, libc::IPC_NOWAIT | libc::MSG_NOERROR) >= 0
+        libc::msgrcv(
+            id,
+            buf.as_mut_ptr().cast(),
+            8,
+            0,
+            libc::IPC_NOWAIT | libc::MSG_NOERROR,
+        ) >= 0
     }
 }
 

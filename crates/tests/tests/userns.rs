@@ -91,6 +91,47 @@ fn cr_user_tree_of(name: &str, program: &str, args: &[&str]) -> (Work, Outcome) 
     (work, out)
 }
 
+/// tp_landlock in `stasis run --user` (its own user and PID namespaces,
+/// root mapped to 100000): the Landlock witness joins the user namespace
+/// and takes the ids it numbers; the domain is refused by name, and the
+/// tree runs on, still restricted.
+#[test]
+fn refuse_landlock_domain_in_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let _mounts = mounts_lock();
+    let work = Work::new("refuse_landlock_domain_in_user_namespace");
+    std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod work dir");
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_landlock");
+    ensure_subreaper();
+    let pidfile_arg = format!("{dir}/run.pid");
+    let run = [
+        "run",
+        "-d",
+        "--pidfile",
+        &pidfile_arg,
+        "--user",
+        "--",
+        prog.to_str().expect("utf-8"),
+        &dir,
+    ];
+    let out = stasis(&work, &run, t);
+    if !out.success() {
+        fail(&work, format!("stasis run failed: {}", out.stderr));
+    }
+    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let out = dump(&work, init.pid, &[], t);
+    let refused = !out.success() && out.stderr.contains("Landlock domain");
+    if !refused {
+        init.kill();
+    }
+    assert!(refused, "the dump did not refuse the domain: {out:?}");
+    finish(&work, &mut init, t).assert_pass(&work);
+}
+
 /// tp_userns in `stasis run --user`: maps, setgroups, ids, groups and
 /// capabilities of the root and of a child with other ids, as the
 /// namespace sees them; files they create after the restore are owned by

@@ -186,7 +186,12 @@ fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     match args.get("mode").unwrap_or("own") {
-        "own" => own(&proto, &mut report, args.corrupt(), args.flag("corrupt-pids")),
+        "own" => own(
+            &proto,
+            &mut report,
+            args.corrupt(),
+            args.flag("corrupt-pids"),
+        ),
         "host" => host(&proto, &mut report, args.corrupt()),
         "child-ns" => child_ns(&proto, &mut report),
         "mqueue" => mqueue(&proto, &mut report),
@@ -361,7 +366,10 @@ fn short_lived(o: &Objects) {
         }
         let mut st = 0;
         libc::waitpid(pid, &mut st, 0);
-        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "short-lived process");
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "short-lived process"
+        );
     }
 }
 
@@ -470,7 +478,10 @@ fn child(proto: &Proto, o: &Objects) -> ! {
         },
     ];
     // SAFETY: ops is a live array of two.
-    ok(unsafe { libc::semop(o.s1, ops.as_mut_ptr(), 2) }, "child semop");
+    ok(
+        unsafe { libc::semop(o.s1, ops.as_mut_ptr(), 2) },
+        "child semop",
+    );
     send(o.q2, 9, b"from the child");
     let a2 = attach(o.a, 0);
     // SAFETY: a2 maps A (4 pages); the first page is made read-only.

@@ -603,7 +603,14 @@ fn main() {
                 let mut got = len;
                 libc::getsockname(u, std::ptr::addr_of_mut!(a).cast(), &mut got);
                 let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                libc::sendto(s, b"tick".as_ptr().cast(), 4, 0, std::ptr::addr_of!(a).cast(), len);
+                libc::sendto(
+                    s,
+                    b"tick".as_ptr().cast(),
+                    4,
+                    0,
+                    std::ptr::addr_of!(a).cast(),
+                    len,
+                );
                 proto.ready_and_wait();
                 let mut data = [0u8; 8];
                 let mut ctl = [0u64; 16];
