@@ -75,7 +75,7 @@ pub(crate) fn collect(
     sockets: kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
     track: TrackIn,
-    sysv_reads: &[(i32, u64)],
+    (sysv_reads, witnesses): (&[(i32, u64)], &mut crate::landlock::Witnesses),
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -132,6 +132,7 @@ pub(crate) fn collect(
         (&status, &smaps),
         new_uffd.then_some(&mut uffd),
         (sysv_reads, &mut sysv),
+        witnesses,
     )?;
 
     let mm = MmState {
@@ -222,6 +223,7 @@ fn query_threads(
     (status, smaps): (&Status, &[SmapsEntry]),
     uffd: Option<&mut Option<OwnedFd>>,
     (sysv_reads, sysv): (&[(i32, u64)], &mut Vec<(i32, OwnedFd)>),
+    witnesses: &mut crate::landlock::Witnesses,
 ) -> Result<(Vec<ThreadState>, Queried, timers::Timers, ProcAttrs)> {
     let mut uffd = uffd;
     let p = frozen.pid;
@@ -253,7 +255,7 @@ fn query_threads(
     let mut attrs = crate::procattrs::Collector::new(pid, smaps);
     let mut pdeaths = Vec::with_capacity(frozen.tids.len());
     // A witness for the Landlock probe of every thread (landlock.rs).
-    let landlock = crate::landlock::start(pid, status)?;
+    let landlock = witnesses.of(pid, status)?;
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
@@ -263,8 +265,9 @@ fn query_threads(
             stage: Stage::Query,
             what: "remote".into(),
         })?;
-        if let Some(probe) = &landlock {
-            crate::landlock::probe(r, pid, probe)?;
+        if let Some(probe) = landlock {
+            let own = status.ns_pid.last().copied().unwrap_or(pid);
+            crate::landlock::probe(r, (pid, own), probe)?;
         }
         let (altstack, clear_child_tid) = query_thread(r, pid)?;
         pdeaths.push((tid, checks::query_thread(r, pid)?));

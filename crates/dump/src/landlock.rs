@@ -1,8 +1,10 @@
 //! Landlock domains. No interface shows a thread's domain, and nothing
 //! could give one back as it was (the rules are not readable either), so
 //! a thread in a domain is refused by name. Found by a witness process
-//! ([`stasis_sys::landlock`]): the thread, by a remote call, tries
-//! pidfd_getfd on it; a domain makes that EPERM.
+//! ([`stasis_sys::landlock`]): the thread, by a remote call, compares
+//! itself with it (kcmp, which needs ptrace read access to both); a domain
+//! makes that EPERM. One witness serves every process of the dump with
+//! the same user and PID namespaces and real ids.
 //!
 //! In a user namespace other than ours, the witness joins it and takes
 //! the ids as that namespace numbers them (/proc/PID/uid_map). Not
@@ -13,11 +15,15 @@
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
 use stasis_proc::Status;
-use stasis_sys::landlock::{self, Witness, NO_FD};
+use stasis_sys::landlock::{self, Witness};
 use stasis_sys::remote::RemoteThread;
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
-/// A witness for the threads of one process.
+/// kcmp(2): compare the address spaces.
+const KCMP_VM: u64 = 1;
+
+/// A witness for the threads of the processes of one kind.
 pub(crate) struct Probe {
     /// Kept alive while the threads are probed.
     _witness: Witness,
@@ -32,13 +38,40 @@ fn ns(pid: &str, kind: &str) -> Option<u64> {
         .ok()
 }
 
-/// A witness for process `pid` (None where Landlock is off or the
-/// process is not probed: see the module's comment).
-pub(crate) fn start(pid: u32, status: &Status) -> Result<Option<Probe>> {
-    let p = pid.to_string();
-    if !landlock::enabled() {
-        return Ok(None);
+/// The witnesses of one dump, one per user namespace, PID namespace and
+/// real ids (a fork each: the processes of a tree mostly share one).
+#[derive(Default)]
+pub(crate) struct Witnesses {
+    /// Landlock's state on this kernel, asked once.
+    enabled: Option<bool>,
+    by: HashMap<(Option<u64>, Option<u64>, u32, u32), Option<Probe>>,
+}
+
+impl Witnesses {
+    /// The witness for process `pid` (None where Landlock is off or the
+    /// process is not probed: see the module's comment).
+    pub(crate) fn of(&mut self, pid: u32, status: &Status) -> Result<Option<&Probe>> {
+        if !*self.enabled.get_or_insert_with(landlock::enabled) {
+            return Ok(None);
+        }
+        let p = pid.to_string();
+        let key = (
+            ns(&p, "user"),
+            ns(&p, "pid"),
+            status.uids[0],
+            status.gids[0],
+        );
+        if !self.by.contains_key(&key) {
+            let w = start(pid, status)?;
+            self.by.insert(key, w);
+        }
+        Ok(self.by.get(&key).and_then(Option::as_ref))
     }
+}
+
+/// A new witness for process `pid` (None: not probed).
+fn start(pid: u32, status: &Status) -> Result<Option<Probe>> {
+    let p = pid.to_string();
     let (mut uid, mut gid) = (status.uids[0], status.gids[0]);
     let userns = if ns(&p, "user") == ns("self", "user") {
         None
@@ -78,30 +111,24 @@ pub(crate) fn start(pid: u32, status: &Status) -> Result<Option<Probe>> {
     }))
 }
 
-/// Refuses thread `r.tid()` of `pid` if it is in a Landlock domain.
-pub(crate) fn probe(r: &mut RemoteThread, pid: u32, p: &Probe) -> Result<()> {
+/// Refuses thread `r.tid()` of `pid` (`self_nspid` in its own PID
+/// namespace) if it is in a Landlock domain.
+pub(crate) fn probe(r: &mut RemoteThread, (pid, self_nspid): (u32, u32), p: &Probe) -> Result<()> {
     let tid = r.tid();
     let st = Stage::Query;
     let ts = stasis_proc::read_status(tid.0 as u32).at(pid, st)?;
     if (ts.uids[0], ts.gids[0]) != p.ids {
         return Ok(());
     }
-    let fd = r
-        .call(
-            libc::SYS_pidfd_open,
-            &[p.nspid, 0],
-            "pidfd_open (Landlock probe)",
-        )
-        .at(pid, st)?;
+    // kcmp compares two processes only if the caller may ptrace-read both
+    // (itself always): one call, nothing changed.
     let got = r.call(
-        libc::SYS_pidfd_getfd,
-        &[fd, NO_FD, 0],
-        "pidfd_getfd (Landlock probe)",
+        libc::SYS_kcmp,
+        &[u64::from(self_nspid), p.nspid, KCMP_VM, 0, 0],
+        "kcmp (Landlock probe)",
     );
-    r.call(libc::SYS_close, &[fd], "close (Landlock probe)")
-        .at(pid, st)?;
     match got {
-        Err(e) if e.errno() == Some(libc::EBADF) => Ok(()),
+        Ok(_) => Ok(()),
         Err(e) if e.errno() == Some(libc::EPERM) => Err(refuse(
             pid,
             format!(
@@ -110,12 +137,6 @@ pub(crate) fn probe(r: &mut RemoteThread, pid: u32, p: &Probe) -> Result<()> {
                 tid.0
             ),
         )),
-        Ok(extra) => {
-            // Cannot happen (no process has that descriptor): closed again.
-            r.call(libc::SYS_close, &[extra], "close (Landlock probe)")
-                .at(pid, st)?;
-            Ok(())
-        }
         Err(e) => Err(e).at(pid, st),
     }
 }

@@ -392,6 +392,7 @@ fn dump_frozen(
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     let sysv_reads = sysvipc::remote_reads(root, &tree_pids)?;
+    let mut witnesses = landlock::Witnesses::default();
     for f in &mut frozen.procs {
         let track = collect::TrackIn {
             taken: parent.and_then(|p| p.take_over(f.pid.0 as u32)),
@@ -403,9 +404,12 @@ fn dump_frozen(
             sockets,
             &mut shmem,
             track,
-            sysv_reads
-                .get(&(f.pid.0 as u32))
-                .map_or(&[][..], Vec::as_slice),
+            (
+                sysv_reads
+                    .get(&(f.pid.0 as u32))
+                    .map_or(&[][..], Vec::as_slice),
+                &mut witnesses,
+            ),
         )?);
     }
     checks::parent_threads(&collected)?;

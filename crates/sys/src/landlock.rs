@@ -8,15 +8,12 @@
 //! process, made to pass every other check for one target: in its PID
 //! namespace (so the target can name it), with the target's real uid and
 //! gid, no capabilities, dumpable, and any process allowed to trace it
-//! (Yama). The target then calls pidfd_getfd on it for a descriptor
-//! number no process has: EBADF means allowed (no domain), EPERM denied
-//! (a domain). Nothing changes in the target.
+//! (Yama, for attach-mode checks). The target then compares itself with
+//! it by kcmp(KCMP_VM), which needs ptrace read access to both: a result
+//! means allowed (no domain), EPERM denied (a domain). Nothing changes.
 
 use crate::{check, Pid, Result, SysError};
 use std::os::fd::{AsRawFd, OwnedFd};
-
-/// A descriptor number no process has (above any RLIMIT_NOFILE cap).
-pub const NO_FD: u64 = 0x7fff_fff0;
 
 /// The witness process; it exits when dropped.
 pub struct Witness {
