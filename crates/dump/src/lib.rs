@@ -412,6 +412,9 @@ fn dump_frozen(
             ),
         )?);
     }
+    // The Landlock witnesses go now: one in the tree's PID namespace must
+    // be reaped before that namespace's init can die.
+    drop(witnesses);
     checks::parent_threads(&collected)?;
     let mut ipc = sysvipc::collect(root, &collected)?;
     kinds::link_tree(

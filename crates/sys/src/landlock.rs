@@ -110,11 +110,17 @@ unsafe fn run(uid: u32, gid: u32, [ready_r, ready_w, hold_r, hold_w]: [i32; 4], 
     unsafe {
         libc::close(ready_r);
         libc::close(hold_w);
+        let joined = user_fd < 0 || libc::setns(user_fd, libc::CLONE_NEWUSER) == 0;
+        // Nothing else of the dumper's: another witness's hold pipe kept
+        // open here would keep that witness waiting forever.
+        let (a, b) = (ready_w.min(hold_r) as u32, ready_w.max(hold_r) as u32);
+        libc::syscall(libc::SYS_close_range, 3u32, a.saturating_sub(1), 0u32);
+        libc::syscall(libc::SYS_close_range, a + 1, b - 1, 0u32);
+        libc::syscall(libc::SYS_close_range, b + 1, u32::MAX, 0u32);
         let no_caps = [0u32; 6];
         let header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
-        let joined = user_fd < 0 || libc::setns(user_fd, libc::CLONE_NEWUSER) == 0;
-        // No supplementary groups (where setgroups is allowed: a user
-        // namespace may deny it; groups play no part in the check).
+                                          // No supplementary groups (where setgroups is allowed: a user
+                                          // namespace may deny it; groups play no part in the check).
         libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
         let ok = joined
             && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
