@@ -975,6 +975,7 @@ fn cr_pty() {
 /// stopped after restore, and a typed ^Q restarts it.
 #[test]
 fn cr_pty_output_stopped_by_stop_char() {
+    let _pty = pty_lock();
     cr(
         "cr_pty_output_stopped_by_stop_char",
         Program::Bin("tp_ptystop"),
@@ -986,6 +987,7 @@ fn cr_pty_output_stopped_by_stop_char() {
 /// restarts it.
 #[test]
 fn cr_pty_output_stopped_by_tcooff() {
+    let _pty = pty_lock();
     cr(
         "cr_pty_output_stopped_by_tcooff",
         Program::Bin("tp_ptystop"),
@@ -996,6 +998,7 @@ fn cr_pty_output_stopped_by_tcooff() {
 /// The negative control: never stopped, the program's after-check fails.
 #[test]
 fn negative_cr_pty_output_stopped() {
+    let _pty = pty_lock();
     let work = Work::new("negative_cr_pty_output_stopped");
     let out = run_case(
         &work,
