@@ -17,10 +17,8 @@ fn mounts_lock() -> MutexGuard<'static, ()> {
     M.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, dump, restore (-d), go:
-/// the restored init's outcome.
-fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Outcome {
-    let _mounts = mounts_lock();
+/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, ready: its init.
+fn run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Proc {
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
     let prog = bin_path(program);
@@ -36,6 +34,15 @@ fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) ->
     }
     let mut init = Proc::adopt(pidfile(work, "run.pid"));
     step(work, "waiting for ready", wait_ready(work, &mut init, t));
+    init
+}
+
+/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, dump, restore (-d), go:
+/// the restored init's outcome.
+fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Outcome {
+    let _mounts = mounts_lock();
+    let t = Duration::from_secs(60);
+    let mut init = run_tree(work, program, args, run_extra);
     let out = dump(work, init.pid, &[], t);
     if !out.success() {
         init.kill();
@@ -103,26 +110,7 @@ fn refuse_landlock_domain_in_user_namespace() {
     std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod work dir");
     let t = Duration::from_secs(60);
-    let dir = work.dir().to_str().expect("utf-8").to_string();
-    let prog = bin_path("tp_landlock");
-    ensure_subreaper();
-    let pidfile_arg = format!("{dir}/run.pid");
-    let run = [
-        "run",
-        "-d",
-        "--pidfile",
-        &pidfile_arg,
-        "--user",
-        "--",
-        prog.to_str().expect("utf-8"),
-        &dir,
-    ];
-    let out = stasis(&work, &run, t);
-    if !out.success() {
-        fail(&work, format!("stasis run failed: {}", out.stderr));
-    }
-    let mut init = Proc::adopt(pidfile(&work, "run.pid"));
-    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let mut init = run_tree(&work, "tp_landlock", &[], &["--user"]);
     let out = dump(&work, init.pid, &[], t);
     let refused = !out.success() && out.stderr.contains("Landlock domain");
     if !refused {
