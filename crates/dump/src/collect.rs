@@ -30,6 +30,9 @@ pub(crate) struct Collected {
     pub sysv: Vec<(i32, OwnedFd)>,
 }
 
+/// SysV segments a process opened for the dump: (id, memory object).
+type SysvOpened = Vec<(i32, OwnedFd)>;
+
 /// The write tracker a process starts collection with (pre-copy).
 pub(crate) struct TrackIn {
     /// Taken back from the parent's holder, with the parent image's PID.
@@ -222,7 +225,7 @@ fn query_threads(
     pid: u32,
     (status, smaps): (&Status, &[SmapsEntry]),
     uffd: Option<&mut Option<OwnedFd>>,
-    (sysv_reads, sysv): (&[(i32, u64)], &mut Vec<(i32, OwnedFd)>),
+    (sysv_reads, sysv): (&[(i32, u64)], &mut SysvOpened),
     witnesses: &mut crate::landlock::Witnesses,
 ) -> Result<(Vec<ThreadState>, Queried, timers::Timers, ProcAttrs)> {
     let mut uffd = uffd;

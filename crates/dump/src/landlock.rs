@@ -38,13 +38,16 @@ fn ns(pid: &str, kind: &str) -> Option<u64> {
         .ok()
 }
 
+/// User namespace, PID namespace (their inodes), real uid and gid.
+type Key = (Option<u64>, Option<u64>, u32, u32);
+
 /// The witnesses of one dump, one per user namespace, PID namespace and
 /// real ids (a fork each: the processes of a tree mostly share one).
 #[derive(Default)]
 pub(crate) struct Witnesses {
     /// Landlock's state on this kernel, asked once.
     enabled: Option<bool>,
-    by: HashMap<(Option<u64>, Option<u64>, u32, u32), Option<Probe>>,
+    by: HashMap<Key, Option<Probe>>,
 }
 
 impl Witnesses {
@@ -61,9 +64,8 @@ impl Witnesses {
             status.uids[0],
             status.gids[0],
         );
-        if !self.by.contains_key(&key) {
-            let w = start(pid, status)?;
-            self.by.insert(key, w);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.by.entry(key) {
+            e.insert(start(pid, status)?);
         }
         Ok(self.by.get(&key).and_then(Option::as_ref))
     }

@@ -304,7 +304,7 @@ fn pair_in_tree(procs: &[Proc<'_>], index: u32, s: &mut PtyState) -> Result<()> 
             // elsewhere, so a full master is not what stops it): by ^S
             // where IXON is on, by tcflow(TCOOFF) where it is off.
             if pty::output_stopped(&sl).at(root, Stage::Check)? {
-                s.stopped = if s.termios.iflag & libc::IXON as u32 != 0 { 1 } else { 2 };
+                s.stopped = if s.termios.iflag & libc::IXON != 0 { 1 } else { 2 };
             }
         }
         None => {

@@ -321,7 +321,10 @@ fn seen(o: &Objects) -> Seen {
 /// The PIDs SysV IPC recorded: (shm_cpid, shm_lpid) of each segment,
 /// every semaphore's sempid, (msg_lspid, msg_lrpid) of each queue. Read
 /// only (IPC_STAT, GETPID): reading them changes none.
-fn pids(o: &Objects) -> (Vec<(i32, i32)>, Vec<i32>, Vec<(i32, i32)>) {
+/// Segments' (cpid, lpid), semaphores' sempid, queues' (lspid, lrpid).
+type Pids = (Vec<(i32, i32)>, Vec<i32>, Vec<(i32, i32)>);
+
+fn pids(o: &Objects) -> Pids {
     let shm = [o.a, o.b, o.c]
         .iter()
         .map(|&id| {
