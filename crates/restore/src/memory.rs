@@ -117,6 +117,9 @@ pub(crate) struct ServiceFds {
     pub image_pid: u32,
     /// SysV shm segments the tree attaches: id -> size.
     pub sysv: HashMap<i32, u64>,
+    /// Segments this process attaches and detaches once more after its
+    /// memory: it was their last attacher (sysvipc::PidPlan).
+    pub sysv_touch: Vec<i32>,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs

@@ -232,6 +232,7 @@ fn selfcheck_unsupported_resources_work() {
         "mbind",
         "seccomp-strict",
         "unix-oob",
+        "udp-timestamp",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -767,6 +768,13 @@ fn refuse_unix_out_of_band_byte() {
     refuse("unix-oob", &["out-of-band byte"]);
 }
 
+/// A UDP datagram waiting on a socket that reports receive metadata
+/// (SO_TIMESTAMP): requeued at restore, it would carry a new time.
+#[test]
+fn refuse_udp_datagram_metadata() {
+    refuse("udp-timestamp", &["SO_TIMESTAMP"]);
+}
+
 #[test]
 fn refuse_strict_seccomp() {
     refuse_child(
@@ -961,6 +969,44 @@ fn cr_inotify() {
 fn cr_pty() {
     let _pty = pty_lock();
     cr("cr_pty", Program::Bin("tp_pty"), &[]);
+}
+
+/// A pty pair whose output was stopped by a typed ^S (IXON on): still
+/// stopped after restore, and a typed ^Q restarts it.
+#[test]
+fn cr_pty_output_stopped_by_stop_char() {
+    let _pty = pty_lock();
+    cr(
+        "cr_pty_output_stopped_by_stop_char",
+        Program::Bin("tp_ptystop"),
+        &["--how", "stop-char"],
+    );
+}
+
+/// Stopped by tcflow(TCOOFF) (IXON off): still stopped, and only TCOON
+/// restarts it.
+#[test]
+fn cr_pty_output_stopped_by_tcooff() {
+    let _pty = pty_lock();
+    cr(
+        "cr_pty_output_stopped_by_tcooff",
+        Program::Bin("tp_ptystop"),
+        &["--how", "tcooff"],
+    );
+}
+
+/// The negative control: never stopped, the program's after-check fails.
+#[test]
+fn negative_cr_pty_output_stopped() {
+    let _pty = pty_lock();
+    let work = Work::new("negative_cr_pty_output_stopped");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_ptystop"),
+        &["--how", "stop-char", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
 /// An inotify instance with events waiting is refused by name (they

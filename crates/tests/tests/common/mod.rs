@@ -110,6 +110,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_netsk" => env!("CARGO_BIN_EXE_tp_netsk"),
         "tp_keyring" => env!("CARGO_BIN_EXE_tp_keyring"),
         "tp_extfile" => env!("CARGO_BIN_EXE_tp_extfile"),
+        "tp_landlock" => env!("CARGO_BIN_EXE_tp_landlock"),
+        "tp_ptystop" => env!("CARGO_BIN_EXE_tp_ptystop"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
