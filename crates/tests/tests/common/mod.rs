@@ -646,6 +646,18 @@ pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOu
     stasis(work, &args, timeout)
 }
 
+/// [`restore_detached`] with variables `env` set for stasis (test hooks
+/// such as `STASIS_FAULT`); its output in `WORK/restore-env.*`.
+pub fn restore_detached_env(work: &Work, env: &[(&str, &str)], timeout: Duration) -> CmdOut {
+    let mut cmd = Command::new(stasis_bin());
+    cmd.args(restore_args(work)).envs(env.iter().copied());
+    let (out_p, err_p) = (
+        work.path("restore-env.stdout"),
+        work.path("restore-env.stderr"),
+    );
+    run_captured(&mut cmd, &out_p, &err_p, Stdio::null(), timeout)
+}
+
 /// [`restore_detached`] with `stdin` as stasis's descriptor 0 (handed in
 /// with `--inherit-fd fd[0]:KEY`); its output in `WORK/restore-stdin.*`.
 pub fn restore_detached_stdin(
