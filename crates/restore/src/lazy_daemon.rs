@@ -56,6 +56,8 @@ pub struct DaemonOptions {
     /// lazy page server of `dump --lazy-pages`; None: from the page files
     /// in `images_dir`.
     pub remote: Option<(String, u16)>,
+    /// criu's `--tls` options for the remote page server.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// What was done.
@@ -353,7 +355,7 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
             (Source::local(&opts.images_dir), Some(rx))
         }
         Some((a, p)) => {
-            let mut s = Source::remote(a, *p)?;
+            let mut s = Source::remote(a, *p, opts.tls.as_ref())?;
             for (name, pend) in plan.values() {
                 fetch_eager(&mut s, &opts.images_dir, name, pend)?;
                 fetched.push(opts.images_dir.join(name));

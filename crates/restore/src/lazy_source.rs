@@ -7,14 +7,17 @@
 //! length, name (a plain `pages-*.img` file name of the dump's image), u64
 //! offset, u64 length (at most [`MAX_READ`]) -> u8 0 and the bytes; u8 2
 //! (SIZE), u16 length, name -> u8 0 and a u64; u8 3 (DONE) -> u8 0, and
-//! the server ends. An error is u8 1, u16 length and a message. Not
-//! encrypted (criu's `--tls` is refused).
+//! the server ends. An error is u8 1, u16 length and a message. With
+//! criu's `--tls` the connection is TLS, both ends authenticated (see
+//! `tls.rs`).
 
+use crate::tls::Conn;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"STASISLP";
 const VERSION: u32 = 1;
@@ -31,7 +34,7 @@ pub enum Source {
         files: Vec<(String, File)>,
     },
     Remote {
-        stream: TcpStream,
+        stream: Conn,
         at: String,
     },
 }
@@ -49,16 +52,27 @@ impl Source {
         }
     }
 
-    /// Connects to the lazy page server at `address:port`.
-    pub fn remote(address: &str, port: u16) -> Result<Source, String> {
+    /// Connects to the lazy page server at `address:port` (over TLS if
+    /// `tls` is given).
+    pub fn remote(
+        address: &str,
+        port: u16,
+        tls: Option<&crate::tls::TlsOptions>,
+    ) -> Result<Source, String> {
+        let cfg = tls.map(|t| t.client_config()).transpose()?;
         let at = format!("{address}:{port}");
         let addrs: Vec<_> = at
             .to_socket_addrs()
             .map_err(|e| format!("page server {at}: {e}"))?
             .collect();
-        let mut stream = TcpStream::connect(&addrs[..])
+        let tcp = TcpStream::connect(&addrs[..])
             .map_err(|e| format!("page server {at}: connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = Conn::connect(tcp, address, cfg.as_ref())
+            .map_err(|e| format!("page server {at}: {e}"))?;
+        if cfg.is_some() {
+            log::info!("page server {at}: TLS, its certificate verified");
+        }
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&VERSION.to_le_bytes());
         stream
@@ -131,6 +145,7 @@ impl Source {
             if stream.write_all(&[DONE]).is_ok() {
                 let _ = answer(stream);
             }
+            stream.close();
         }
     }
 }
@@ -141,7 +156,7 @@ fn push_name(req: &mut Vec<u8>, name: &str) {
 }
 
 /// Reads a status byte: Ok(Ok) for 0, Ok(Err(message)) for an error.
-fn answer(s: &mut TcpStream) -> std::io::Result<Result<(), String>> {
+fn answer(s: &mut Conn) -> std::io::Result<Result<(), String>> {
     let mut st = [0u8; 1];
     s.read_exact(&mut st)?;
     if st[0] == 0 {
@@ -154,7 +169,7 @@ fn answer(s: &mut TcpStream) -> std::io::Result<Result<(), String>> {
     Ok(Err(String::from_utf8_lossy(&m).into_owned()))
 }
 
-fn error(s: &mut TcpStream, msg: &str) -> std::io::Result<()> {
+fn error(s: &mut Conn, msg: &str) -> std::io::Result<()> {
     let m = &msg.as_bytes()[..msg.len().min(1000)];
     let mut b = vec![1u8];
     b.extend_from_slice(&(m.len() as u16).to_le_bytes());
@@ -164,16 +179,31 @@ fn error(s: &mut TcpStream, msg: &str) -> std::io::Result<()> {
 
 /// The page server of `dump --lazy-pages`: listens at `address:port`,
 /// serves the page files of the image in `dir` to one lazy-pages daemon
-/// until it says DONE (Ok) or goes away (an error: pages were left).
-pub fn serve(address: &str, port: u16, dir: &Path) -> Result<u64, String> {
+/// until it says DONE (Ok) or goes away (an error: pages were left);
+/// over TLS if `tls` is given.
+pub fn serve(
+    address: &str,
+    port: u16,
+    dir: &Path,
+    tls: Option<&crate::tls::TlsOptions>,
+) -> Result<u64, String> {
     let at = format!("{address}:{port}");
+    let cfg: Option<Arc<_>> = tls
+        .map(|t| t.server_config())
+        .transpose()
+        .map_err(|e| format!("lazy page server: {e}"))?;
     let l = TcpListener::bind(&at).map_err(|e| format!("lazy page server: bind {at}: {e}"))?;
     log::info!("lazy page server listening on {at}");
-    let (mut s, peer) = l
+    let (tcp, peer) = l
         .accept()
         .map_err(|e| format!("lazy page server: accept: {e}"))?;
-    let _ = s.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     log::info!("lazy page server: connection from {peer}");
+    let mut s =
+        Conn::accept(tcp, cfg.as_ref()).map_err(|e| format!("lazy page server: {peer}: {e}"))?;
+    if cfg.is_some() {
+        log::info!("lazy page server: TLS with {peer}, its certificate verified");
+    }
     let mut head = [0u8; 12];
     s.read_exact(&mut head)
         .map_err(|e| format!("lazy page server: {e}"))?;
@@ -196,6 +226,7 @@ pub fn serve(address: &str, port: u16, dir: &Path) -> Result<u64, String> {
         match op[0] {
             DONE => {
                 let _ = s.write_all(&[0]);
+                s.close();
                 log::info!("lazy page server: done, {sent} bytes served");
                 return Ok(sent);
             }

@@ -64,6 +64,7 @@ mod sysvipc;
 mod threads;
 mod timens;
 mod timers;
+pub mod tls;
 mod tree;
 mod userns;
 mod xstate;

@@ -39,8 +39,8 @@ pub struct MigrateSample {
 /// removed afterwards.
 pub fn migrate_over_loopback(work: &Path, pid: u32) -> Result<crate::migrate::Figures> {
     let dest = work.join("dest");
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let port = l.local_addr()?.port();
+    let l = crate::page_server::listen(Some("127.0.0.1"), 0, None)?;
+    let port = l.tcp.local_addr()?.port();
     let server = {
         let dest = dest.clone();
         std::thread::spawn(move || crate::page_server::serve_on(&l, &dest))

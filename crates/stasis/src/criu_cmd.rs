@@ -67,6 +67,10 @@ pub(crate) struct Request {
     pub(crate) port: Option<u16>,
     /// criu's `--address`: the page server's host, or `service`'s socket path.
     pub(crate) address: Option<String>,
+    /// criu's `--tls` and its `--tls-*` files: the page server's
+    /// connections are TLS, both ends authenticated.
+    pub(crate) tls: bool,
+    pub(crate) tls_options: stasis_restore::tls::TlsOptions,
     /// `--compress[=zstd[:LEVEL]]` (stasis's own): compress the page
     /// files once the image is complete.
     pub(crate) compress: Option<stasis_image::compress::Compression>,
@@ -215,6 +219,12 @@ fn apply(r: &mut Request, g: &Given) -> Result<()> {
         "lazy-pages" => r.lazy_pages = on,
         "page-server" => r.page_server = on,
         "address" => r.address = g.value.clone(),
+        "tls" => r.tls = on,
+        "tls-cacert" => r.tls_options.cacert = Some(path()),
+        "tls-cacrl" => r.tls_options.cacrl = Some(path()),
+        "tls-cert" => r.tls_options.cert = Some(path()),
+        "tls-key" => r.tls_options.key = Some(path()),
+        "tls-no-cn-verify" => r.tls_options.no_cn_verify = true,
         "port" => r.port = Some(number(g)?),
         "action-script" => r.action_scripts.push(g.value.clone().unwrap_or_default()),
         "new-pid-ns" => r.new_pid_ns = true,
@@ -425,6 +435,35 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
 }
 
 impl Request {
+    /// The page server's TLS options, if `--tls` was given.
+    pub(crate) fn tls(&self) -> Option<&stasis_restore::tls::TlsOptions> {
+        self.tls.then_some(&self.tls_options)
+    }
+
+    /// `--tls` and its options as given, for a command we start.
+    pub(crate) fn tls_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v = Vec::new();
+        let Some(t) = self.tls() else {
+            return v;
+        };
+        v.push("--tls".into());
+        for (flag, p) in [
+            ("--tls-cacert", &t.cacert),
+            ("--tls-cacrl", &t.cacrl),
+            ("--tls-cert", &t.cert),
+            ("--tls-key", &t.key),
+        ] {
+            if let Some(p) = p {
+                v.push(flag.into());
+                v.push(p.into());
+            }
+        }
+        if t.no_cn_verify {
+            v.push("--tls-no-cn-verify".into());
+        }
+        v
+    }
+
     fn extra_positional(&self, p: &Parsed) -> bool {
         // `swrk FD` and `cpuinfo dump|check` take one argument.
         p.positionals.len() > 1 + usize::from(matches!(self.command.as_str(), "swrk" | "cpuinfo"))
@@ -524,9 +563,9 @@ fn page_server(r: &Request) -> Result<ExitCode> {
         std::fs::write(&p, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pidfile {}", p.display()))?;
     }
-    let l = crate::page_server::listen(r.address.as_deref(), port)?;
+    let l = crate::page_server::listen(r.address.as_deref(), port, r.tls())?;
     if std::env::var_os(PS_ANNOUNCE).is_some() {
-        let bound = l.local_addr().context("page server: its port")?.port();
+        let bound = l.tcp.local_addr().context("page server: its port")?.port();
         let mut out = std::io::stdout().lock();
         writeln!(out, "{bound}")
             .and_then(|()| out.flush())
@@ -623,6 +662,7 @@ fn lazy_pages(r: &Request) -> Result<ExitCode> {
         images_dir: dir.clone(),
         socket: lazy_socket(r),
         remote,
+        tls: r.tls().cloned(),
     };
     let st = stasis_restore::lazy_daemon::run(&opts).map_err(|e| anyhow!("lazy-pages: {e}"))?;
     log::info!(
@@ -684,7 +724,7 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
         (false, _) => None,
         (true, None) => bail!("dump pid {pid}: --page-server needs --port"),
         (true, Some(port)) => Some(
-            crate::page_server::connect(r.address.as_deref(), port)
+            crate::page_server::connect(r.address.as_deref(), port, r.tls())
                 .with_context(|| format!("dump pid {pid}"))?,
         ),
     };
@@ -724,6 +764,7 @@ pub(crate) fn dump(r: &Request, hook: stasis_dump::ActionHook<'_>) -> Result<Exi
             r.address.as_deref().unwrap_or("0.0.0.0"),
             port,
             &dir,
+            r.tls(),
         )
         .map_err(|e| anyhow!("dump pid {pid}: {e}"))?;
         log::info!("served {sent} bytes of pages to the lazy-pages daemon");

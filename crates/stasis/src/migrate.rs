@@ -116,7 +116,7 @@ pub fn run(r: &Request) -> Result<Figures> {
         (false, _) => None,
         (true, None) => bail!("migrate pid {pid}: --page-server needs --port"),
         (true, Some(port)) => Some(crate::stream::Sender::new(
-            crate::page_server::connect(r.address.as_deref(), port)
+            crate::page_server::connect(r.address.as_deref(), port, r.tls())
                 .with_context(|| format!("migrate pid {pid}"))?,
         )?),
     };
@@ -185,7 +185,7 @@ fn deliver(
     r: &Request,
     pid: u32,
     dir: &Path,
-    tx: Option<crate::stream::Sender<std::net::TcpStream>>,
+    tx: Option<crate::stream::Sender<stasis_restore::tls::Conn>>,
 ) -> Result<(Option<i32>, u64)> {
     compress_if_asked(r, pid, dir)?;
     match tx {

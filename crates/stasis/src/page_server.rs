@@ -12,9 +12,12 @@
 //! The connection carries one image stream (see `stream.rs`; an image
 //! and, for `stasis migrate`, the pre-copy images of its chain in
 //! subdirectories). The server answers one line: `OK` or `ERROR: reason`.
-//! Not encrypted (criu's `--tls` is refused).
+//! With criu's `--tls` the connection is TLS, both ends authenticated
+//! (see `stasis_restore::tls`); the dump's side connects, and so is
+//! accepted or refused, before anything is frozen.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use stasis_restore::tls::{Conn, TlsOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
@@ -24,19 +27,27 @@ pub fn endpoint(address: Option<&str>, port: u16) -> String {
     format!("{}:{port}", address.unwrap_or("0.0.0.0"))
 }
 
-/// Connects to the page server (before anything is frozen).
-pub fn connect(address: Option<&str>, port: u16) -> Result<TcpStream> {
-    let at = endpoint(Some(address.unwrap_or("127.0.0.1")), port);
+/// Connects to the page server (before anything is frozen); over TLS if
+/// `tls` is given, the handshake done and our certificate accepted.
+pub fn connect(address: Option<&str>, port: u16, tls: Option<&TlsOptions>) -> Result<Conn> {
+    let host = address.unwrap_or("127.0.0.1");
+    let at = endpoint(Some(host), port);
+    let cfg = tls
+        .map(|t| t.client_config())
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
     let addrs: Vec<_> = at
         .to_socket_addrs()
         .with_context(|| format!("page server {at}"))?
         .collect();
-    TcpStream::connect(&addrs[..]).with_context(|| format!("page server {at}: connect"))
+    let tcp =
+        TcpStream::connect(&addrs[..]).with_context(|| format!("page server {at}: connect"))?;
+    Conn::connect(tcp, host, cfg.as_ref()).map_err(|e| anyhow!("page server {at}: {e}"))
 }
 
 /// Sends the committed image in `dir`: every regular file, the inventory
 /// last; waits for the server's verdict.
-pub fn send(s: TcpStream, dir: &Path) -> Result<u64> {
+pub fn send(s: Conn, dir: &Path) -> Result<u64> {
     let mut tx = crate::stream::Sender::new(s)?;
     tx.send_dir(dir, None)?;
     finish(tx)
@@ -44,10 +55,12 @@ pub fn send(s: TcpStream, dir: &Path) -> Result<u64> {
 
 /// Ends the stream and waits for the server's verdict; returns the bytes
 /// sent.
-pub fn finish(tx: crate::stream::Sender<TcpStream>) -> Result<u64> {
-    let (s, sent) = tx.finish()?;
+pub fn finish(tx: crate::stream::Sender<Conn>) -> Result<u64> {
+    let (mut s, sent) = tx.finish()?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
+    // A TLS peer gone without close_notify reads as an error: no answer.
+    let _ = BufReader::new(&mut s).read_line(&mut line);
+    s.close();
     match line.trim_end() {
         "OK" => Ok(sent),
         "" => bail!("page server closed the connection without an answer"),
@@ -55,18 +68,34 @@ pub fn finish(tx: crate::stream::Sender<TcpStream>) -> Result<u64> {
     }
 }
 
+/// A listening page server (and its TLS configuration, read before it
+/// listens).
+pub struct Listener {
+    pub tcp: TcpListener,
+    tls: Option<std::sync::Arc<stasis_restore::tls::ServerConfig>>,
+}
+
 /// Listens at `address` (default any) and `port` (0: a free one).
-pub fn listen(address: Option<&str>, port: u16) -> Result<TcpListener> {
+pub fn listen(address: Option<&str>, port: u16, tls: Option<&TlsOptions>) -> Result<Listener> {
+    let cfg = tls
+        .map(|t| t.server_config())
+        .transpose()
+        .map_err(|e| anyhow!("page server: {e}"))?;
     let at = endpoint(address, port);
     let l = TcpListener::bind(&at).with_context(|| format!("page server: bind {at}"))?;
     log::info!("page server listening on {:?}", l.local_addr().ok());
-    Ok(l)
+    Ok(Listener { tcp: l, tls: cfg })
 }
 
 /// [`serve`] on a socket already listening.
-pub fn serve_on(l: &TcpListener, dir: &Path) -> Result<()> {
-    let (mut s, peer) = l.accept().context("page server: accept")?;
+pub fn serve_on(l: &Listener, dir: &Path) -> Result<()> {
+    let (tcp, peer) = l.tcp.accept().context("page server: accept")?;
     log::info!("page server: connection from {peer}");
+    let mut s =
+        Conn::accept(tcp, l.tls.as_ref()).map_err(|e| anyhow!("page server: {peer}: {e}"))?;
+    if l.tls.is_some() {
+        log::info!("page server: TLS with {peer}, its certificate verified");
+    }
     let res = receive(&mut s, dir);
     let answer = match &res {
         Ok(n) => {
@@ -78,11 +107,12 @@ pub fn serve_on(l: &TcpListener, dir: &Path) -> Result<()> {
         }
         Err(e) => format!("ERROR: {e:#}\n"),
     };
-    let _ = s.write_all(answer.as_bytes());
+    let _ = s.write_all(answer.as_bytes()).and_then(|()| s.flush());
+    s.close();
     res.map(|_| ())
 }
 
-fn receive(s: &mut TcpStream, dir: &Path) -> Result<u64> {
+fn receive(s: &mut Conn, dir: &Path) -> Result<u64> {
     let bytes = crate::stream::receive(s, dir)?;
     stasis_image::chain::resolve_chain(&stasis_image::ImageDir::open(dir)?)
         .context("the received image does not verify")?;

@@ -390,6 +390,7 @@ fn page_server(peer: i32, kind: ReqType, req: &Req) -> Result<Resp> {
     if let Some(f) = &r.log_file {
         c.arg("-o").arg(f);
     }
+    c.args(r.tls_args());
     if kind == ReqType::PageServer {
         c.process_group(0);
     }

@@ -5,6 +5,8 @@
 //! memory FAILs; a damaged page file, or a daemon killed mid-way, kill the
 //! lazy tree with a clear error and leave no process hanging.
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 
 use common::*;
@@ -298,9 +300,33 @@ fn lazy_daemon_killed_kills_tree() {
 /// another directory; `lazy-pages --page-server` there fetches them.
 #[test]
 fn lazy_remote_page_server() {
-    let work = Work::new("lazy_remote");
+    lazy_remote(&Work::new("lazy_remote"), &[], &[]);
+}
+
+/// [`lazy_remote_page_server`] over TLS (criu's `--tls`): the page
+/// server of the dump and the lazy-pages daemon authenticate each other
+/// with certificates of one CA made here.
+#[test]
+fn lazy_remote_page_server_tls() {
+    let work = Work::new("lazy_remote_tls");
+    let ca = certs::Ca::new(&work.path("certs"), "ca");
+    let server = ca.leaf("server", "127.0.0.1", "IP:127.0.0.1");
+    let client = ca.leaf("client", "stasis-client", "DNS:stasis-client");
+    lazy_remote(
+        &work,
+        &certs::tls_args(&ca, &server),
+        &certs::tls_args(&ca, &client),
+    );
+    let log = fs::read_to_string(work.img().join("lazy.log")).unwrap_or_default();
+    assert!(log.contains("TLS"), "the daemon did not log TLS: {log}");
+}
+
+/// `dump --lazy-pages` of tp_lazy serving its pages (with `dump_extra`),
+/// the lazy-pages daemon (with `daemon_extra`) fetching them, the program
+/// checking its memory.
+fn lazy_remote(work: &Work, dump_extra: &[String], daemon_extra: &[String]) {
     let opts = Opts::default();
-    let mut p = start_ready(&work, Program::Bin("tp_lazy"), &[], &opts);
+    let mut p = start_ready(work, Program::Bin("tp_lazy"), &[], &opts);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
@@ -309,30 +335,27 @@ fn lazy_remote_page_server() {
     let src = work.path("src");
     fs::create_dir_all(&src).expect("src");
     let pid_s = p.pid.to_string();
-    let mut dumper = Bg::start(
-        &work,
+    let mut dump_args = vec![
         "dump",
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            src.to_str().expect("utf-8"),
-            "-o",
-            "dump.log",
-            "-v4",
-            "--lazy-pages",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port_s,
-        ],
-        &[],
-    );
-    wait_for(&work, "the lazy page server", || {
+        "-t",
+        &pid_s,
+        "-D",
+        src.to_str().expect("utf-8"),
+        "-o",
+        "dump.log",
+        "-v4",
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port_s,
+    ];
+    dump_args.extend(dump_extra.iter().map(String::as_str));
+    let mut dumper = Bg::start(work, "dump", &dump_args, &[]);
+    wait_for(work, "the lazy page server", || {
         fs::read_to_string(src.join("dump.log")).is_ok_and(|l| l.contains("listening"))
     });
-    let exit = step(&work, "dumped process", p.wait(Duration::from_secs(10)));
+    let exit = step(work, "dumped process", p.wait(Duration::from_secs(10)));
     assert_eq!(exit, Exit::Signal(libc::SIGKILL));
     // Everything but the page files.
     let dst = work.img();
@@ -343,19 +366,16 @@ fn lazy_remote_page_server() {
             fs::copy(e.path(), dst.join(&n)).expect("copy");
         }
     }
-    let mut d = daemon(
-        &work,
-        &dst,
-        &["--page-server", "--address", "127.0.0.1", "--port", &port_s],
-        20,
-    );
-    let mut r = restore_and_adopt(&work, p.pid, &opts_lazy());
+    let mut daemon_args = vec!["--page-server", "--address", "127.0.0.1", "--port", &port_s];
+    daemon_args.extend(daemon_extra.iter().map(String::as_str));
+    let mut d = daemon(work, &dst, &daemon_args, 20);
+    let mut r = restore_and_adopt(work, p.pid, &opts_lazy());
     work.release_go();
-    daemon_done(&work, &mut d);
+    daemon_done(work, &mut d);
     fs::write(work.path("resident"), "1").expect("resident");
-    let out = finish(&work, &mut r, T);
-    out.assert_pass(&work);
-    assert_eq!(dumper.wait(&work, T), Some(0), "{}", dumper.stderr(&work));
+    let out = finish(work, &mut r, T);
+    out.assert_pass(work);
+    assert_eq!(dumper.wait(work, T), Some(0), "{}", dumper.stderr(work));
     let left: Vec<String> = fs::read_dir(&dst)
         .expect("dst")
         .flatten()

@@ -268,7 +268,7 @@ fn gocriu_refusals_leave_target_running() {
     let out = go_criu(&work, &exe, &["refused", &img(&work), &pid]);
     let d = line(&out, "DUMP-REFUSED");
     assert!(
-        d.contains("criu_opts.tls") && d.contains("not supported") && d.contains("err:95"),
+        d.contains("criu_opts.cgroup_yard") && d.contains("not supported") && d.contains("err:95"),
         "{out}"
     );
     let r = line(&out, "RESTORE-REFUSED");

@@ -255,7 +255,7 @@ func main() {
 		err := c.Dump(&rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dir.Fd())),
 			Pid:         proto.Int32(int32(pid)),
-			Tls:         proto.Bool(true),
+			CgroupYard:  proto.String("/x"),
 		}, nil)
 		fmt.Printf("DUMP-REFUSED %v\n", err)
 		err = c.Restore(&rpc.CriuOpts{
