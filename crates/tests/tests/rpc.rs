@@ -12,6 +12,8 @@
 //! The go-criu tests skip, saying so, only without `go` or without the
 //! go-criu package (.ci/run installs both).
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 
 use common::*;
@@ -409,10 +411,39 @@ fn gocriu_pre_dump_then_dump() {
 /// page server listens is refused and the target runs on.
 #[test]
 fn gocriu_page_server_dump() {
-    let Some(exe) = client("gocriu_page_server_dump") else {
+    gocriu_page_server("gocriu_page_server_dump", false);
+}
+
+/// [`gocriu_page_server_dump`] with criu's tls fields set on both
+/// requests (certificates of one CA made here): the page server child and
+/// the DUMP authenticate each other.
+#[test]
+fn gocriu_page_server_dump_tls() {
+    gocriu_page_server("gocriu_page_server_dump_tls", true);
+}
+
+fn gocriu_page_server(name: &str, tls: bool) {
+    let Some(exe) = client(name) else {
         return;
     };
-    let work = Work::new("gocriu_page_server");
+    let work = Work::new(name);
+    // go-criu's optional CERTDIR:NAME argument (none without TLS).
+    let (srv_tls, cli_tls) = if tls {
+        let d = work.path("certs");
+        let ca = certs::Ca::new(&d, "ca");
+        ca.leaf("server", "127.0.0.1", "IP:127.0.0.1");
+        ca.leaf("client", "stasis-client", "DNS:stasis-client");
+        let d = d.to_string_lossy().into_owned();
+        (vec![format!("{d}:server")], vec![format!("{d}:client")])
+    } else {
+        (vec![], vec![])
+    };
+    let with = |args: &[&str], extra: &[String]| -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string())
+            .chain(extra.iter().cloned())
+            .collect()
+    };
     let mut p = target(&work);
     let pid = p.pid.to_string();
     let closed = free_port();
@@ -425,7 +456,12 @@ fn gocriu_page_server_dump() {
 
     let recv = work.path("received");
     fs::create_dir_all(&recv).expect("received");
-    let out = go_criu(&work, &exe, &["page-server-chld", &recv.to_string_lossy()]);
+    let args = with(&["page-server-chld", &recv.to_string_lossy()], &srv_tls);
+    let out = go_criu(
+        &work,
+        &exe,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let ps: Vec<i32> = line(&out, "PAGESERVER")
         .split(' ')
         .map(|x| x.parse().expect("number"))
@@ -433,10 +469,11 @@ fn gocriu_page_server_dump() {
     let (ps_pid, port) = (ps[0], ps[1]);
     let guard = KillOnDrop(ps_pid);
     assert!(port > 0 && pid_exists(ps_pid), "{out}");
+    let args = with(&["dump-ps", &img(&work), &pid, &port.to_string()], &cli_tls);
     let out = go_criu(
         &work,
         &exe,
-        &["dump-ps", &img(&work), &pid, &port.to_string()],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     if !out.contains("DUMPED") {
         fail(
@@ -454,10 +491,8 @@ fn gocriu_page_server_dump() {
         recv.join("inventory.img").exists(),
         "no image at the page server"
     );
-    assert!(
-        recv.join("page-server.log").exists(),
-        "page server log_file"
-    );
+    let log = fs::read_to_string(recv.join("page-server.log")).expect("page server log_file");
+    assert_eq!(log.contains("TLS with"), tls, "{log}");
     gocriu_restore_passes(&work, &exe, &recv.to_string_lossy(), p.pid);
 }
 

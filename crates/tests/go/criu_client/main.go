@@ -13,10 +13,13 @@
 //	criu_client refused IMGDIR PID
 //	criu_client predump IMGDIR PID [PARENT]
 //	criu_client dump-parent IMGDIR PID PARENT
-//	criu_client page-server-chld IMGDIR
-//	criu_client dump-ps IMGDIR PID PORT
+//	criu_client page-server-chld IMGDIR [CERTDIR:NAME]
+//	criu_client dump-ps IMGDIR PID PORT [CERTDIR:NAME]
 //	criu_client dump-lazy IMGDIR PID PORT
 //	criu_client restore-lazy IMGDIR WORKDIR
+//
+// CERTDIR:NAME sets criu's tls fields: CERTDIR/ca.pem, CERTDIR/NAME.pem
+// and CERTDIR/NAME.key.
 package main
 
 import (
@@ -200,12 +203,14 @@ func main() {
 		fmt.Println("DONE")
 	case "page-server-chld":
 		dir := openDir(os.Args[2])
-		pid, port, err := c.StartPageServerChld(&rpc.CriuOpts{
+		opts := &rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dir.Fd())),
 			LogLevel:    proto.Int32(4),
 			LogFile:     proto.String("page-server.log"),
 			Ps:          &rpc.CriuPageServerInfo{Address: proto.String("127.0.0.1")},
-		})
+		}
+		withTLS(opts, 3)
+		pid, port, err := c.StartPageServerChld(opts)
 		if err != nil {
 			die("page server: %v", err)
 		}
@@ -229,6 +234,7 @@ func main() {
 		if os.Args[1] == "dump-lazy" {
 			opts.LazyPages = proto.Bool(true)
 		}
+		withTLS(opts, 5)
 		if err := c.Dump(opts, nil); err != nil {
 			die("dump: %v", err)
 		}
@@ -266,6 +272,19 @@ func main() {
 	default:
 		die("unknown command %s", os.Args[1])
 	}
+}
+
+// withTLS sets criu's tls fields from the optional argument os.Args[i],
+// CERTDIR:NAME.
+func withTLS(o *rpc.CriuOpts, i int) {
+	if len(os.Args) <= i {
+		return
+	}
+	dir, name, _ := strings.Cut(os.Args[i], ":")
+	o.Tls = proto.Bool(true)
+	o.TlsCacert = proto.String(dir + "/ca.pem")
+	o.TlsCert = proto.String(dir + "/" + name + ".pem")
+	o.TlsKey = proto.String(dir + "/" + name + ".key")
 }
 
 // restoreSibling restores as runc does (rst_sibling): the restored root is
