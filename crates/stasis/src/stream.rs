@@ -26,6 +26,8 @@ pub const MAGIC: &[u8; 8] = b"STASISPS";
 const VERSION: u32 = 2;
 const FILE: u8 = 1;
 const END: u8 = 2;
+/// The copy buffer for file contents.
+const COPY_BUF: usize = 1 << 20;
 /// Files in one stream, at most (a guard against a hostile peer).
 const MAX_FILES: usize = 3 * 4_194_304 + 1;
 
@@ -73,7 +75,9 @@ impl<W: Write> Sender<W> {
             self.w.write_all(&(name.len() as u16).to_le_bytes())?;
             self.w.write_all(name.as_bytes())?;
             self.w.write_all(&len.to_le_bytes())?;
-            let copied = std::io::copy(&mut (&mut f).take(len), &mut self.w)?;
+            // 1 MiB at a time: few writes (and, over TLS, full records).
+            let mut from = std::io::BufReader::with_capacity(COPY_BUF, (&mut f).take(len));
+            let copied = std::io::copy(&mut from, &mut self.w)?;
             if copied != len {
                 bail!("{n}: changed while sending");
             }
@@ -170,7 +174,10 @@ fn receive_files(r: &mut impl Read, partial: &Path) -> Result<(Vec<String>, u64)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(partial.join(&name))?;
-        let n = std::io::copy(&mut r.take(len), &mut f)?;
+        let mut to = std::io::BufWriter::with_capacity(COPY_BUF, &mut f);
+        let n = std::io::copy(&mut r.take(len), &mut to)?;
+        to.flush()?;
+        drop(to);
         if n != len {
             bail!("{name}: stream ended after {n} of {len} bytes");
         }
