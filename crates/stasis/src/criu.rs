@@ -645,6 +645,7 @@ pub fn usage(prog: &str) -> String {
          {prog} check [--feature FEAT] [--extra|--experimental|--all]\n  \
          {prog} swrk FD | service [--address PATH] [-d] [--pidfile FILE]  (criu's RPC)\n  \
          {prog} page-server --port P [--address A] | lazy-pages [--page-server --address A --port P]\n  \
+             (page server connections: [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F] [--tls-key F] [--tls-no-cn-verify]])\n  \
          {prog} cpuinfo dump|check [-D DIR] [--cpu-cap CAPS]\n  \
          {prog} dedup|exec (refused: not supported yet)\n  \
          stasis migrate -t PID [-D DIR] [--page-server --address A --port P] [--max-rounds N]\n  \
