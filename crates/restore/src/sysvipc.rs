@@ -5,7 +5,8 @@
 //! The namespace is made by the thread that forks the tree (unshare), so
 //! every process inherits it; the objects are created there before the
 //! fork (ids through /proc/sys/kernel/*_next_id), filled, given their
-//! owner and mode (IPC_SET). After every process has attached its
+//! owner and mode (IPC_SET); so are its POSIX message queues (mq_open,
+//! fchown, fchmod, each message sent again in queue order). After every process has attached its
 //! segments, the ones marked for removal are removed again and the
 //! sysctls get their saved values (shm_rmid_forced last).
 
@@ -313,6 +314,21 @@ impl Ipc {
                 }
             }
             ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes).at(pid, st)?;
+        }
+        // POSIX queues: the limits (fs/mqueue/*) were raised above.
+        for q in &img.mqueues {
+            let msgs: Vec<(u32, &[u8])> = q
+                .messages
+                .iter()
+                .map(|m| (m.prio, m.text.as_slice()))
+                .collect();
+            stasis_sys::mqueue::create(
+                &q.name,
+                (q.uid, q.gid, q.mode),
+                (q.maxmsg, q.msgsize),
+                &msgs,
+            )
+            .at(pid, st)?;
         }
         Ok(me)
     }
