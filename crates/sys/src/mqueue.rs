@@ -262,6 +262,10 @@ fn receive_and_return(fd: &OwnedFd, q: &Queue) -> Result<Vec<(u32, Vec<u8>)>> {
             libc::_exit(if sent == got && got == n { 0 } else { 1 });
         }
     }
+    // A dumper killed here leaves the child to put every message back.
+    if child > 0 {
+        crate::hook::kill_point("mqueue-read");
+    }
     let result = if child < 0 {
         Err(SysError::new("fork (mqueue reader)", None, crate::last_errno()))
     } else {
