@@ -201,6 +201,7 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
         ipc: IpcNs {
             own,
             end: 0,
+            mq_end: 0,
             sysctls,
             shm: Vec::new(),
             sem,
@@ -504,5 +505,14 @@ pub(crate) fn write_contents(saved: &mut Saved, pid: u32, pages: &mut PagesWrite
             .at(pid, Stage::Memory)?;
     }
     saved.ipc.end = pages.offset();
+    // One page more with POSIX queues (IpcNs::mq_end): a reader that does
+    // not know them refuses the page file.
+    if !saved.ipc.mqueues.is_empty() {
+        buf[..stasis_image::PAGE_SIZE as usize].fill(0);
+        pages
+            .write_all(&buf[..stasis_image::PAGE_SIZE as usize])
+            .at(pid, Stage::Memory)?;
+        saved.ipc.mq_end = pages.offset();
+    }
     Ok(())
 }

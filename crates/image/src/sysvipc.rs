@@ -59,6 +59,12 @@ pub struct IpcNs {
     /// tree without its IPC state.
     #[serde(default)]
     pub end: u64,
+    /// With POSIX message queues: where the IPC data ends, one page past
+    /// `end` (0 without queues). A reader older than `mqueues` computes
+    /// the end from `end` and the segments only, so it refuses the root's
+    /// page file by its length instead of restoring without the queues.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mq_end: u64,
     #[serde(default)]
     pub sysctls: Vec<IpcSysctl>,
     #[serde(default)]
@@ -92,6 +98,10 @@ pub struct PosixMessage {
     pub prio: u32,
     #[serde(with = "crate::hex_bytes")]
     pub text: Vec<u8>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// MQ_PRIO_MAX: priorities are below it.
@@ -145,7 +155,7 @@ pub struct ShmSegment {
 impl IpcNs {
     /// Where the IPC data ends in the root's page file.
     pub fn payload_end(&self) -> u64 {
-        self.end.max(self.data_end())
+        self.end.max(self.data_end()).max(self.mq_end)
     }
 
     /// Where the segments' contents end in the root's page file.
@@ -226,6 +236,10 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
         "ipc: POSIX message queues of a namespace not the tree's own".into()
     })?;
     validate_mqueues(c, &ipc.mqueues)?;
+    c.ensure(
+        aligned(ipc.mq_end) && (ipc.mqueues.is_empty() || ipc.mq_end > ipc.end),
+        || format!("ipc.mq_end: {:#x} not page-aligned, or not past the other IPC data with POSIX queues", ipc.mq_end),
+    )?;
     c.ensure(aligned(ipc.end), || {
         format!("ipc.end: {:#x} not page-aligned", ipc.end)
     })?;

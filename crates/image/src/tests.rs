@@ -1600,6 +1600,7 @@ fn ipc_rules() {
     good.ipc = Some(IpcNs {
         own: true,
         end: 0,
+        mq_end: 4096 + 8192 + 4096,
         sysctls: vec![IpcSysctl {
             name: "kernel/shmmax".into(),
             value: "4096".into(),
@@ -1661,7 +1662,7 @@ fn ipc_rules() {
         }],
     });
     validate_inventory(p, &good).unwrap();
-    assert_eq!(good.ipc.as_ref().unwrap().payload_end(), 4096 + 8192);
+    assert_eq!(good.ipc.as_ref().unwrap().payload_end(), 4096 + 8192 + 4096);
     let bad = |edit: &dyn Fn(&mut IpcNs), word: &str| {
         let mut m = good.clone();
         edit(m.ipc.as_mut().unwrap());
@@ -1688,4 +1689,6 @@ fn ipc_rules() {
     // Semaphores or queues of a namespace that is not the tree's own.
     bad(&|i| i.own = false, "not the tree's own");
     bad(&|i| i.end = 100, "ipc.end");
+    bad(&|i| i.mq_end = 100, "ipc.mq_end");
+    bad(&|i| i.mq_end = 0, "ipc.mq_end");
 }
