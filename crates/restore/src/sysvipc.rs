@@ -317,18 +317,7 @@ impl Ipc {
         }
         // POSIX queues: the limits (fs/mqueue/*) were raised above.
         for q in &img.mqueues {
-            let msgs: Vec<(u32, &[u8])> = q
-                .messages
-                .iter()
-                .map(|m| (m.prio, m.text.as_slice()))
-                .collect();
-            stasis_sys::mqueue::create(
-                &q.name,
-                (q.uid, q.gid, q.mode),
-                (q.maxmsg, q.msgsize),
-                &msgs,
-            )
-            .at(pid, st)?;
+            posix_queue(q).at(pid, st)?;
         }
         Ok(me)
     }
@@ -397,6 +386,32 @@ impl Drop for Ipc {
                 let _ = ipc::remove(Kind::Shm, id);
             }
         }
+    }
+}
+
+/// Makes one POSIX queue. In a namespace owned by a user namespace of the
+/// tree's, the restorer's ids have no mapping in its mqueue file system
+/// (EOVERFLOW): the queue is then made by a thread with the owner's ids.
+fn posix_queue(q: &stasis_image::sysvipc::PosixQueue) -> stasis_sys::Result<()> {
+    let make = |q: &stasis_image::sysvipc::PosixQueue| {
+        let msgs: Vec<(u32, &[u8])> = q
+            .messages
+            .iter()
+            .map(|m| (m.prio, m.text.as_slice()))
+            .collect();
+        stasis_sys::mqueue::create(
+            &q.name,
+            (q.uid, q.gid, q.mode),
+            (q.maxmsg, q.msgsize),
+            &msgs,
+        )
+    };
+    match make(q) {
+        Err(e) if e.errno() == Some(libc::EOVERFLOW) => {
+            let q = q.clone();
+            ipc::as_ids((q.uid, q.gid), move || make(&q))
+        }
+        r => r,
     }
 }
 
