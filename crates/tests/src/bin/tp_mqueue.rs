@@ -9,7 +9,8 @@
 //!   full message size, sent out of priority order; an empty one with the
 //!   namespace's default attributes; a full one. It keeps a descriptor of
 //!   the first open read-write with O_NONBLOCK and one of the full queue
-//!   write-only (blocking). After go it checks every sysctl, each queue's
+//!   write-only (blocking), both inherited by a child. After go it checks
+//!   that the child's are still the same open file descriptions (kcmp), every sysctl, each queue's
 //!   owner, group, mode, mq_maxmsg, mq_msgsize and message count, that
 //!   the kept descriptors have their flags and are the very queues (a
 //!   message sent through one is received through the name first), then
@@ -158,7 +159,37 @@ fn ns(proto: &Proto, report: &mut Report, corrupt: bool) {
     // SAFETY: as above.
     unsafe { libc::close(f) };
     let f = open(F, libc::O_WRONLY, 0, None);
+    // A child inherits both descriptors (the same open file descriptions).
+    // It stays until the parent closes the pipe, after its checks.
+    let mut pipe = [0i32; 2];
+    // SAFETY: a live two-int buffer.
+    ok(unsafe { libc::pipe(pipe.as_mut_ptr()) }, "pipe");
+    // SAFETY: the child only reads the pipe and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: closes our write end, reads into a live byte.
+        unsafe {
+            libc::close(pipe[1]);
+            libc::read(pipe[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closes our read end.
+    unsafe { libc::close(pipe[0]) };
     proto.ready_and_wait();
+    // SAFETY: kcmp compares two descriptors of ours and the child's.
+    let same = |fd: i32| unsafe {
+        libc::syscall(libc::SYS_kcmp, libc::getpid(), child, 0 /* KCMP_FILE */, fd, fd)
+    };
+    report.eq("fd A shared with the child", 0, same(a));
+    report.eq("fd F shared with the child", 0, same(f));
+    // SAFETY: closes our write end: the child leaves.
+    unsafe { libc::close(pipe[1]) };
+    let mut st = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    report.check(libc::WIFEXITED(st), || format!("child: {st:#x}"));
     if corrupt {
         let r = open(A, libc::O_RDONLY | libc::O_NONBLOCK, 0, None);
         drain_one(r);
