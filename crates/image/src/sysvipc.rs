@@ -321,10 +321,9 @@ fn validate_mqueues(c: &Checker, qs: &[PosixQueue]) -> Result<()> {
     c.count("ipc.mqueues", qs.len(), MAX_IPC_OBJECTS)?;
     let mut seen = std::collections::HashSet::new();
     for q in qs {
-        c.ensure(
-            mq_name_ok(&q.name) && seen.insert(q.name.as_str()),
-            || format!("ipc.mqueues: name {:?} invalid or twice", q.name),
-        )?;
+        c.ensure(mq_name_ok(&q.name) && seen.insert(q.name.as_str()), || {
+            format!("ipc.mqueues: name {:?} invalid or twice", q.name)
+        })?;
         c.ensure(
             (1..=MQ_HARD_MSGMAX).contains(&q.maxmsg)
                 && (1..=MQ_HARD_MSGSIZEMAX).contains(&q.msgsize)

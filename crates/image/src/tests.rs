@@ -1682,7 +1682,10 @@ fn ipc_rules() {
     bad(&|i| i.sem[0].pids.push(7), "PIDs for");
     bad(&|i| i.msg[0].messages[0].mtype = 0, "message type");
     bad(&|i| i.mqueues[0].name = "a/b".into(), "invalid or twice");
-    bad(&|i| i.mqueues.push(i.mqueues[0].clone()), "invalid or twice");
+    bad(
+        &|i| i.mqueues.push(i.mqueues[0].clone()),
+        "invalid or twice",
+    );
     bad(&|i| i.mqueues[0].maxmsg = 1, "maxmsg");
     bad(&|i| i.mqueues[0].messages[1].prio = 10, "out of order");
     bad(&|i| i.mqueues[0].messages[0].text = vec![0; 17], "too big");

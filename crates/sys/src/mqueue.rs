@@ -149,11 +149,8 @@ pub fn read_all(receive: impl Fn(&Queue) -> bool) -> Result<Vec<Queue>> {
         // SAFETY: an all-zero stat is a valid out buffer.
         let mut sb: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat into a live buffer.
-        check(
-            unsafe { libc::fstat(fd.as_raw_fd(), &mut sb) }.into(),
-            "fstat mqueue",
-            None,
-        )?;
+        let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut sb) };
+        check(r.into(), "fstat mqueue", None)?;
         let a = getattr(fd.as_raw_fd())?;
         let st = status(fd.as_raw_fd())?;
         let mut q = Queue {
@@ -211,7 +208,11 @@ fn receive_and_return(fd: &OwnedFd, q: &Queue) -> Result<Vec<(u32, Vec<u8>)>> {
         )
     };
     if base == libc::MAP_FAILED {
-        return Err(SysError::new("mmap mqueue buffer", None, crate::last_errno()));
+        return Err(SysError::new(
+            "mmap mqueue buffer",
+            None,
+            crate::last_errno(),
+        ));
     }
     let base = base.cast::<u8>();
     let raw = fd.as_raw_fd();
@@ -267,13 +268,21 @@ fn receive_and_return(fd: &OwnedFd, q: &Queue) -> Result<Vec<(u32, Vec<u8>)>> {
         crate::hook::kill_point("mqueue-read");
     }
     let result = if child < 0 {
-        Err(SysError::new("fork (mqueue reader)", None, crate::last_errno()))
+        Err(SysError::new(
+            "fork (mqueue reader)",
+            None,
+            crate::last_errno(),
+        ))
     } else {
         let mut status = 0;
         // SAFETY: waits for the child forked above.
         let r = unsafe { libc::waitpid(child, &mut status, 0) };
         if r < 0 {
-            Err(SysError::new("waitpid (mqueue reader)", None, crate::last_errno()))
+            Err(SysError::new(
+                "waitpid (mqueue reader)",
+                None,
+                crate::last_errno(),
+            ))
         } else if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
             Err(SysError::other(
                 format!("POSIX message queue /{}", q.name),
@@ -327,17 +336,11 @@ pub fn create(
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
     // SAFETY: integer-only calls on our descriptor.
-    check(
-        unsafe { libc::fchown(raw, owner.0, owner.1) }.into(),
-        &format!("fchown {what}"),
-        None,
-    )?;
+    let r = unsafe { libc::fchown(raw, owner.0, owner.1) };
+    check(r.into(), &format!("fchown {what}"), None)?;
     // SAFETY: as above.
-    check(
-        unsafe { libc::fchmod(raw, owner.2 & 0o7777) }.into(),
-        &format!("fchmod {what}"),
-        None,
-    )?;
+    let r = unsafe { libc::fchmod(raw, owner.2 & 0o7777) };
+    check(r.into(), &format!("fchmod {what}"), None)?;
     for (prio, text) in messages {
         // SAFETY: sends from a live slice.
         let r = unsafe {

@@ -15,7 +15,11 @@ fn selfcheck_mqueue_ns() {
 #[test]
 fn negative_mqueue_ns() {
     let work = Work::new("negative_mqueue_ns");
-    let out = run_plain(&work, Program::Bin("tp_mqueue"), &["--mode", "ns", "--corrupt"]);
+    let out = run_plain(
+        &work,
+        Program::Bin("tp_mqueue"),
+        &["--mode", "ns", "--corrupt"],
+    );
     assert!(
         out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
         "the negative control did not fail: {out:?}{}",
@@ -26,8 +30,13 @@ fn negative_mqueue_ns() {
 #[test]
 fn cr_mqueue_ns() {
     let work = Work::new("cr_mqueue_ns");
-    run_case(&work, Program::Bin("tp_mqueue"), &["--mode", "ns"], &Opts::default())
-        .assert_pass(&work);
+    run_case(
+        &work,
+        Program::Bin("tp_mqueue"),
+        &["--mode", "ns"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
 }
 
 /// The negative control through a real dump and restore: a message
@@ -51,7 +60,10 @@ fn refuse_mqueue_host_namespace() {
         Program::Bin("tp_mqueue"),
         &["--mode", "host"],
         &[],
-        &["posix message queue /stasis-mq-host", "stasis's ipc namespace"],
+        &[
+            "posix message queue /stasis-mq-host",
+            "stasis's ipc namespace",
+        ],
         true,
     );
 }
@@ -114,7 +126,13 @@ fn interrupted_dump(name: &str, env: (&str, &str), killed: bool) {
     let img = work.img();
     std::fs::create_dir_all(&img).expect("img dir");
     let out = std::process::Command::new(stasis_bin())
-        .args(["dump", "-t", &p.pid.to_string(), "-D", img.to_str().expect("utf-8")])
+        .args([
+            "dump",
+            "-t",
+            &p.pid.to_string(),
+            "-D",
+            img.to_str().expect("utf-8"),
+        ])
         .env(env.0, env.1)
         .stdin(std::process::Stdio::null())
         .output()
@@ -133,16 +151,27 @@ fn interrupted_dump(name: &str, env: (&str, &str), killed: bool) {
     }
     step(&work, "target after the dump", p.check_running_untraced());
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(!img.join("inventory.img").exists(), "an image after {env:?}");
+    assert!(
+        !img.join("inventory.img").exists(),
+        "an image after {env:?}"
+    );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
 #[test]
 fn kill_dumper_mid_mqueue_read() {
-    interrupted_dump("kill_dumper_mid_mqueue_read", ("STASIS_KILL_AT", "mqueue-read"), true);
+    interrupted_dump(
+        "kill_dumper_mid_mqueue_read",
+        ("STASIS_KILL_AT", "mqueue-read"),
+        true,
+    );
 }
 
 #[test]
 fn failed_dump_keeps_mqueue_messages() {
-    interrupted_dump("failed_dump_keeps_mqueue", ("STASIS_FAULT", "dump:collect"), false);
+    interrupted_dump(
+        "failed_dump_keeps_mqueue",
+        ("STASIS_FAULT", "dump:collect"),
+        false,
+    );
 }

@@ -21,7 +21,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     }
     let md = super::stat(d.pid, d.fd, d.link)?;
     if md.nlink() == 0 || d.deleted() {
-        return Err(d.refuse("a POSIX message queue removed with mq_unlink while open (not supported)"));
+        return Err(
+            d.refuse("a POSIX message queue removed with mq_unlink while open (not supported)")
+        );
     }
     let name = d.link.trim_start_matches('/');
     if !stasis_image::sysvipc::mq_name_ok(name) {

@@ -62,9 +62,17 @@ fn sent_a() -> Vec<(u32, Vec<u8>)> {
     ]
 }
 
+/// A queue's name, (owner, group, mode), (maxmsg, msgsize) and messages.
+type Expected = (
+    &'static std::ffi::CStr,
+    (u32, u32, u32),
+    (i64, i64),
+    Vec<(u32, Vec<u8>)>,
+);
+
 /// The same in queue order: by priority, highest first, FIFO within one.
 fn queued(mut v: Vec<(u32, Vec<u8>)>) -> Vec<(u32, Vec<u8>)> {
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|m| std::cmp::Reverse(m.0));
     v
 }
 
@@ -81,7 +89,10 @@ fn open(name: &std::ffi::CStr, flags: i32, mode: u32, attr: Option<(i64, i64)>) 
         std::ptr::null_mut()
     };
     // SAFETY: a NUL-terminated name and a live (or null) attribute buffer.
-    ok(unsafe { libc::mq_open(name.as_ptr(), flags, mode, p) }, "mq_open")
+    ok(
+        unsafe { libc::mq_open(name.as_ptr(), flags, mode, p) },
+        "mq_open",
+    )
 }
 
 fn send(q: i32, prio: u32, text: &[u8]) {
@@ -180,7 +191,14 @@ fn ns(proto: &Proto, report: &mut Report, corrupt: bool) {
     proto.ready_and_wait();
     // SAFETY: kcmp compares two descriptors of ours and the child's.
     let same = |fd: i32| unsafe {
-        libc::syscall(libc::SYS_kcmp, libc::getpid(), child, 0 /* KCMP_FILE */, fd, fd)
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::getpid(),
+            child,
+            0, /* KCMP_FILE */
+            fd,
+            fd,
+        )
     };
     report.eq("fd A shared with the child", 0, same(a));
     report.eq("fd F shared with the child", 0, same(f));
@@ -208,10 +226,15 @@ fn ns(proto: &Proto, report: &mut Report, corrupt: bool) {
     let at = attr(a);
     report.eq("fd A mq_flags", libc::O_NONBLOCK as i64, at.mq_flags);
     report.eq("fd F mq_flags", 0, attr(f).mq_flags);
-    let expect: [(&std::ffi::CStr, (u32, u32, u32), (i64, i64), Vec<(u32, Vec<u8>)>); 3] = [
+    let expect: [Expected; 3] = [
         (A, (2345, 6789, 0o640), (12, BIG as i64), queued(sent_a())),
         (E, (0, 0, 0o600), (7, 200), Vec::new()),
-        (F, (0, 0, 0o604), (2, 8), vec![(3, b"x".to_vec()), (3, b"yy".to_vec())]),
+        (
+            F,
+            (0, 0, 0o604),
+            (2, 8),
+            vec![(3, b"x".to_vec()), (3, b"yy".to_vec())],
+        ),
     ];
     for (name, owner, (maxmsg, msgsize), msgs) in expect {
         let n = name.to_string_lossy();
@@ -226,8 +249,16 @@ fn ns(proto: &Proto, report: &mut Report, corrupt: bool) {
             (st.st_uid, st.st_gid, st.st_mode & 0o7777),
         );
         let at = attr(q);
-        report.eq(&format!("{n} maxmsg, msgsize"), (maxmsg, msgsize), (at.mq_maxmsg, at.mq_msgsize));
-        report.eq(&format!("{n} messages queued"), msgs.len() as i64, at.mq_curmsgs);
+        report.eq(
+            &format!("{n} maxmsg, msgsize"),
+            (maxmsg, msgsize),
+            (at.mq_maxmsg, at.mq_msgsize),
+        );
+        report.eq(
+            &format!("{n} messages queued"),
+            msgs.len() as i64,
+            at.mq_curmsgs,
+        );
         if name == A {
             // A message through the kept descriptor comes first by name.
             send(a, 31, b"probe");
@@ -240,7 +271,11 @@ fn ns(proto: &Proto, report: &mut Report, corrupt: bool) {
             report.eq(&format!("{n} messages, in order"), msgs, got);
             // Room again: a message through the kept write-only descriptor.
             send(f, 2, b"w");
-            report.eq(&format!("{n} through fd F"), vec![(2, b"w".to_vec())], drain(q, 8));
+            report.eq(
+                &format!("{n} through fd F"),
+                vec![(2, b"w".to_vec())],
+                drain(q, 8),
+            );
         } else {
             report.eq(&format!("{n} messages"), msgs, drain(q, 200));
         }
