@@ -92,6 +92,26 @@ fn refuse_mqueue_full_with_blocked_sender() {
     );
 }
 
+/// A descriptor of a queue of stasis's namespace in a tree with its own,
+/// which holds a queue of the same name: refused (st_dev tells them apart).
+#[test]
+fn refuse_mqueue_of_another_namespace() {
+    let unlink = || {
+        // SAFETY: removes the test program's queue of this namespace, if any.
+        unsafe { libc::mq_unlink(c"/stasis-mq-other".as_ptr()) };
+    };
+    unlink();
+    refused_dump(
+        "refuse_mqueue_other_ns",
+        Program::Bin("tp_mqueue"),
+        &["--mode", "other-ns"],
+        &[],
+        &["posix message queue /stasis-mq-other", "not the tree's"],
+        true,
+    );
+    unlink();
+}
+
 #[test]
 fn refuse_mqueue_unlinked() {
     refused_dump(

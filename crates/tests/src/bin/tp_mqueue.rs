@@ -21,6 +21,9 @@
 //!   registration (SIGEV_SIGNAL; refused).
 //! - `unlinked`: its own IPC namespace, a queue removed with mq_unlink
 //!   while open (refused).
+//! - `other-ns`: a queue of stasis's namespace kept open, then its own
+//!   IPC namespace with a queue of the same name (refused: the descriptor
+//!   is not of the tree's namespace).
 //! - `blocked-send`: its own IPC namespace, a full queue and a child
 //!   blocked sending to it (refused: receiving would let its message in).
 //!
@@ -144,6 +147,7 @@ fn main() {
         "notify" => notify(&proto, &mut report),
         "unlinked" => unlinked(&proto, &mut report),
         "blocked-send" => blocked_send(&proto, &mut report),
+        "other-ns" => other_ns(&proto, &mut report),
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
@@ -365,4 +369,17 @@ fn blocked_send(proto: &Proto, report: &mut Report) {
         vec![(1, b"full".to_vec()), (2, b"late".to_vec())],
         got,
     );
+}
+
+fn other_ns(proto: &Proto, report: &mut Report) {
+    // The test removes it from stasis's namespace (its name is not
+    // visible in ours once we unshared).
+    let c = c"/stasis-mq-other";
+    let outer = open(&c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600, None);
+    unshare_ipc();
+    let inner = open(&c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600, None);
+    send(inner, 1, b"inner");
+    proto.ready_and_wait();
+    report.eq("outer queue empty", 0, attr(outer).mq_curmsgs);
+    report.eq("inner queue", 1, attr(inner).mq_curmsgs);
 }
