@@ -375,9 +375,9 @@ fn other_ns(proto: &Proto, report: &mut Report) {
     // The test removes it from stasis's namespace (its name is not
     // visible in ours once we unshared).
     let c = c"/stasis-mq-other";
-    let outer = open(&c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600, None);
+    let outer = open(c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600, None);
     unshare_ipc();
-    let inner = open(&c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600, None);
+    let inner = open(c, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600, None);
     send(inner, 1, b"inner");
     proto.ready_and_wait();
     report.eq("outer queue empty", 0, attr(outer).mq_curmsgs);
