@@ -39,6 +39,18 @@ fn cr_mqueue_ns() {
     .assert_pass(&work);
 }
 
+/// The same with compressed page files (the IPC pages, `mq_end`'s
+/// among them, go through zstd).
+#[test]
+fn cr_mqueue_ns_compressed() {
+    let work = Work::new("cr_mqueue_ns_compressed");
+    let opts = Opts {
+        dump_extra: vec!["--compress=zstd:1"],
+        ..Opts::default()
+    };
+    run_case(&work, Program::Bin("tp_mqueue"), &["--mode", "ns"], &opts).assert_pass(&work);
+}
+
 /// The negative control through a real dump and restore: a message
 /// removed after the restore is caught by the program's own check.
 #[test]
