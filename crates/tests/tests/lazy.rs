@@ -430,3 +430,14 @@ fn lazy_precopy_chain_refused() {
     );
     assert!(!pid_exists(p.pid), "a half-restored process was left");
 }
+
+/// A tree with its own IPC namespace and POSIX queues (the IPC data at
+/// the end of the root's page file, `ipc.mq_end` included), restored
+/// lazily: the program checks every queue and descriptor.
+#[test]
+fn lazy_mqueue_namespace() {
+    let work = Work::new("lazy_mqueue_namespace");
+    let (mut r, mut d) = lazy_case(&work, Program::Bin("tp_mqueue"), &["--mode", "ns"], 0);
+    daemon_done(&work, &mut d);
+    finish(&work, &mut r, T).assert_pass(&work);
+}
