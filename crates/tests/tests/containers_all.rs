@@ -290,14 +290,6 @@ fn cr_container_in_every_namespace_twice() {
             format!("ip link add: {}", String::from_utf8_lossy(&out.stderr)),
         );
     }
-    let up = std::process::Command::new("ip")
-        .args(["link", "set", &outer("o"), "up"])
-        .status()
-        .expect("run ip");
-    if !up.success() {
-        init.kill();
-        fail(&work, "ip link set up of the outer end failed");
-    }
     let before = ask_when_up(&work, init.pid, "check");
     if before != "PASS" {
         init.kill();
