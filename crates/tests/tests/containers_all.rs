@@ -267,6 +267,12 @@ fn cr_container_in_every_namespace_twice() {
     // waits for it).
     let tag = std::process::id() % 100_000;
     let outer = |c: &str| format!("vca{tag}{c}");
+    // Once unshare(1) made the namespaces (under load `stasis run -d`
+    // returns first: eth0 would be made in ours, "File exists").
+    if !stasis_tests::await_other_ns(init.pid, "net") {
+        init.kill();
+        fail(&work, "the container's init did not unshare its network namespace");
+    }
     let netns = format!("/proc/{}/ns/net", init.pid);
     let out = std::process::Command::new("ip")
         .args([
