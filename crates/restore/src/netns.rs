@@ -425,17 +425,38 @@ fn add_addrs(list: &[NetAddr], pid: u32) -> Result<()> {
     let same = |x: &netlink::Addr, a: &NetAddr| {
         x.index == a.index && x.local == a.local && x.address == a.address
     };
+    // Its local route (table local, type local, the address /128), which
+    // the kernel adds just after it clears the tentative flag.
+    let local_route = |a: &NetAddr, routes: &[Vec<u8>]| {
+        let ip = if a.local.is_empty() { &a.address } else { &a.local };
+        routes.iter().any(|m| {
+            m.len() >= 12
+                && i32::from(m[0]) == libc::AF_INET6
+                && m[1] == 128
+                && m[7] == 2
+                && netlink::attributes(m, 12)
+                    .iter()
+                    .any(|(t, v)| t & 0x3fff == 1 && v == ip)
+        })
+    };
+    let mut changed = false;
     for _ in 0..500 {
         let now = netlink::addrs().at(pid, Stage::Fork)?;
+        let routes = netlink::dump_raw(netlink::Object::Route).at(pid, Stage::Fork)?;
         let pending = quick.iter().any(|a| {
             now.iter()
                 .any(|x| same(x, a) && x.flags & IFA_F_TENTATIVE != 0)
+                || !local_route(a, &routes)
         });
+        if !pending && changed {
+            return Ok(());
+        }
         if !pending {
-            for a in quick {
+            for a in &quick {
                 netlink::change_addr(&addr(a)).at(pid, Stage::Fork)?;
             }
-            return Ok(());
+            changed = true;
+            continue;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

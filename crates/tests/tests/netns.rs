@@ -676,6 +676,18 @@ fn run_net_case(name: &str, corrupt: bool, down: &str, flip: bool) -> Exit {
         "waiting for the dumped init",
         init.wait(std::time::Duration::from_secs(10)),
     );
+    // The kernel takes the dead namespace's veth pair down a little
+    // later: the restore makes the outer end again under its name.
+    let gone = (0..1000).any(|_| {
+        let there = std::path::Path::new(&format!("/sys/class/net/{vo}")).exists();
+        if there {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        !there
+    });
+    if !gone {
+        fail(&work, format!("the dumped tree's outer end {vo} is still there after 10 s"));
+    }
     let rpid = format!("{dir}/r.pid");
     let out = stasis(
         &work,
