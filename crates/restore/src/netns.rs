@@ -163,16 +163,20 @@ fn make_veth(
     }
     // Made down; left so when it was down at dump (set up and down
     // again if it had been up: its qdisc then is not noop).
-    if !peer.down {
-        set.push("up".into());
-    } else if was_up(peer.down, &peer.qdisc) {
+    let up = !peer.down || was_up(peer.down, &peer.qdisc);
+    if up {
         set.push("up".into());
     } else if bridge.is_none() {
         return Ok(());
     }
     let mut cmds = vec![set];
-    if peer.down && cmds[0].last().is_some_and(|w| w == "up") {
-        cmds.push(vec!["link".into(), "set".into(), outer.clone(), "down".into()]);
+    if peer.down && up {
+        cmds.push(vec![
+            "link".into(),
+            "set".into(),
+            outer.clone(),
+            "down".into(),
+        ]);
     }
     let h = host
         .try_clone()
@@ -180,19 +184,19 @@ fn make_veth(
     nsenter::in_ns(h, libc::CLONE_NEWNET, None, move || {
         cmds.iter().try_for_each(|c| ip(c))
     })
-        .and_then(|r| r)
-        .map_err(|e| {
-            failed(
-                pid,
-                format!(
-                    "veth {}: outer end {outer}{}: {e}",
-                    l.name,
-                    bridge
-                        .map(|b| format!(" onto bridge {b}"))
-                        .unwrap_or_default()
-                ),
-            )
-        })
+    .and_then(|r| r)
+    .map_err(|e| {
+        failed(
+            pid,
+            format!(
+                "veth {}: outer end {outer}{}: {e}",
+                l.name,
+                bridge
+                    .map(|b| format!(" onto bridge {b}"))
+                    .unwrap_or_default()
+            ),
+        )
+    })
 }
 
 /// Makes macvlan `l` on its lower device: one in the namespace, or one
@@ -428,7 +432,11 @@ fn add_addrs(list: &[NetAddr], pid: u32) -> Result<()> {
     // Its local route (table local, type local, the address /128), which
     // the kernel adds just after it clears the tentative flag.
     let local_route = |a: &NetAddr, routes: &[Vec<u8>]| {
-        let ip = if a.local.is_empty() { &a.address } else { &a.local };
+        let ip = if a.local.is_empty() {
+            &a.address
+        } else {
+            &a.local
+        };
         routes.iter().any(|m| {
             m.len() >= 12
                 && i32::from(m[0]) == libc::AF_INET6

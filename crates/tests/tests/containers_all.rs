@@ -271,7 +271,10 @@ fn cr_container_in_every_namespace_twice() {
     // returns first: eth0 would be made in ours, "File exists").
     if !stasis_tests::await_other_ns(init.pid, "net") {
         init.kill();
-        fail(&work, "the container's init did not unshare its network namespace");
+        fail(
+            &work,
+            "the container's init did not unshare its network namespace",
+        );
     }
     let netns = format!("/proc/{}/ns/net", init.pid);
     let out = std::process::Command::new("ip")

@@ -686,7 +686,10 @@ fn run_net_case(name: &str, corrupt: bool, down: &str, flip: bool) -> Exit {
         !there
     });
     if !gone {
-        fail(&work, format!("the dumped tree's outer end {vo} is still there after 10 s"));
+        fail(
+            &work,
+            format!("the dumped tree's outer end {vo} is still there after 10 s"),
+        );
     }
     let rpid = format!("{dir}/r.pid");
     let out = stasis(
@@ -756,7 +759,12 @@ fn outer_flags(dev: &str) -> String {
 }
 
 /// Waits for `WORK/name`, which `proc` makes.
-fn wait_file(work: &Work, proc: &mut Proc, name: &str, t: std::time::Duration) -> Result<(), String> {
+fn wait_file(
+    work: &Work,
+    proc: &mut Proc,
+    name: &str,
+    t: std::time::Duration,
+) -> Result<(), String> {
     let end = std::time::Instant::now() + t;
     while !work.path(name).exists() {
         if !matches!(proc.poll(), Ok(None)) || std::time::Instant::now() > end {
@@ -806,7 +814,12 @@ fn negative_cr_run_net_veth_outer_down() {
 #[test]
 fn negative_cr_run_net_veth_outer_flipped() {
     assert_eq!(
-        run_net_case("negative_cr_run_net_veth_outer_flipped", false, "outer", true),
+        run_net_case(
+            "negative_cr_run_net_veth_outer_flipped",
+            false,
+            "outer",
+            true
+        ),
         OUTER_DIFFERS
     );
 }

@@ -145,7 +145,9 @@ fn outer_down(proto: &Proto) {
         }
         stasis_tests::fatal(&format!("waited 60 s for {what}"));
     };
-    wait("the harness (outer-down)", &|| proto.path("outer-down").exists());
+    wait("the harness (outer-down)", &|| {
+        proto.path("outer-down").exists()
+    });
     wait("eth0's routes to be linkdown", &|| {
         ip(&["-4", "route", "show", "dev", "eth0"]).contains("linkdown")
             && ip(&["-6", "route", "show", "dev", "eth0"]).contains("linkdown")
