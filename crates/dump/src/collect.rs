@@ -26,7 +26,12 @@ pub(crate) struct Collected {
     pub uffd: Option<OwnedFd>,
     /// Its PID in the parent image, when `uffd` comes from there.
     pub parent_pid: Option<u32>,
+    /// SysV shm segments it opened for the dump (sysvipc::open_remote).
+    pub sysv: Vec<(i32, OwnedFd)>,
 }
+
+/// SysV segments a process opened for the dump: (id, memory object).
+type SysvOpened = Vec<(i32, OwnedFd)>;
 
 /// The write tracker a process starts collection with (pre-copy).
 pub(crate) struct TrackIn {
@@ -73,6 +78,7 @@ pub(crate) fn collect(
     sockets: &kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
     track: TrackIn,
+    (sysv_reads, witnesses): (&[(i32, u64)], &mut crate::landlock::Witnesses),
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
@@ -128,8 +134,15 @@ pub(crate) fn collect(
 
     // ---- query: remote syscalls, self-healing, one thread at a time ----
     let new_uffd = track.want_new && uffd.is_none();
-    let (threads, q, timers, attrs) =
-        query_threads(frozen, pid, &status, &smaps, new_uffd.then_some(&mut uffd))?;
+    let mut sysv = Vec::new();
+    let (threads, q, timers, attrs) = query_threads(
+        frozen,
+        pid,
+        (&status, &smaps),
+        new_uffd.then_some(&mut uffd),
+        (sysv_reads, &mut sysv),
+        witnesses,
+    )?;
 
     let mm = MmState {
         start_code: stat.start_code,
@@ -207,6 +220,7 @@ pub(crate) fn collect(
         host_pid: pid,
         uffd,
         parent_pid,
+        sysv,
     })
 }
 
@@ -216,9 +230,10 @@ pub(crate) fn collect(
 fn query_threads(
     frozen: &mut Frozen,
     pid: u32,
-    status: &Status,
-    smaps: &[SmapsEntry],
+    (status, smaps): (&Status, &[SmapsEntry]),
     uffd: Option<&mut Option<OwnedFd>>,
+    (sysv_reads, sysv): (&[(i32, u64)], &mut SysvOpened),
+    witnesses: &mut crate::landlock::Witnesses,
 ) -> Result<(Vec<ThreadState>, Queried, timers::Timers, ProcAttrs)> {
     let mut uffd = uffd;
     let p = frozen.pid;
@@ -249,6 +264,8 @@ fn query_threads(
     let mut timers = (Vec::new(), Vec::new());
     let mut attrs = crate::procattrs::Collector::new(pid, smaps);
     let mut pdeaths = Vec::with_capacity(frozen.tids.len());
+    // A witness for the Landlock probe of every thread (landlock.rs).
+    let landlock = witnesses.of(pid, status)?;
     for tid in frozen.tids.clone() {
         let mut t = collect_thread(pid, tid)?;
         let remote = RemoteThread::healing(tid, vdso, &writable).at(pid, Stage::Query)?;
@@ -258,6 +275,10 @@ fn query_threads(
             stage: Stage::Query,
             what: "remote".into(),
         })?;
+        if let Some(probe) = landlock {
+            let own = status.ns_pid.last().copied().unwrap_or(pid);
+            crate::landlock::probe(r, (pid, own), probe)?;
+        }
         let (altstack, clear_child_tid) = query_thread(r, pid)?;
         pdeaths.push((tid, checks::query_thread(r, pid)?));
         t.sigaltstack = altstack;
@@ -270,6 +291,7 @@ fn query_threads(
             q = Some(queried);
             timers = timers::query_timers(r, pid)?;
             attrs.process(r)?;
+            *sysv = crate::sysvipc::open_remote(r, pid, sysv_reads)?;
             if let Some(u) = uffd.as_mut() {
                 **u = Some(crate::track::inject(r, pid)?);
             }

@@ -31,6 +31,7 @@ mod fdowner;
 pub mod freeze;
 mod keyrings;
 mod kinds;
+mod landlock;
 mod locks;
 mod lsm;
 mod memkinds;
@@ -424,6 +425,8 @@ fn dump_frozen(
     )?;
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
+    let sysv_reads = sysvipc::remote_reads(root, &tree_pids)?;
+    let mut witnesses = landlock::Witnesses::default();
     for f in &mut frozen.procs {
         let track = collect::TrackIn {
             taken: parent.and_then(|p| p.take_over(f.pid.0 as u32)),
@@ -435,8 +438,17 @@ fn dump_frozen(
             &sockets,
             &mut shmem,
             track,
+            (
+                sysv_reads
+                    .get(&(f.pid.0 as u32))
+                    .map_or(&[][..], Vec::as_slice),
+                &mut witnesses,
+            ),
         )?);
     }
+    // The Landlock witnesses go now: one in the tree's PID namespace must
+    // be reaped before that namespace's init can die.
+    drop(witnesses);
     checks::parent_threads(&collected)?;
     checks::session_keyrings(&collected.iter().map(|c| &c.image).collect::<Vec<_>>())?;
     let mut ipc = sysvipc::collect(root, &collected)?;

@@ -5,9 +5,14 @@
 //! Everything is read without changing it, by a thread of the dumper that
 //! joined the namespace: SHM_STAT / SEM_STAT / MSG_STAT walk the indices,
 //! GETALL reads semaphores, msgrcv(MSG_COPY|IPC_NOWAIT) copies messages
-//! in queue order; a segment's memory is read through the map_files
-//! entry of a short read-only attachment (its holes stay holes). The
-//! contents go into the root's page file at the end of its data.
+//! in queue order; a segment's memory is read through a map_files entry
+//! (its holes stay holes): of a process of the tree that has it attached;
+//! for one nobody attaches, of a short read-only attachment made by its
+//! last attacher (shm_lpid) when that is a process of the tree (a remote
+//! call while collecting it: [`remote_reads`]), else by the dumper, with
+//! shm_lpid given back by a helper with that PID. Reading a segment never
+//! attached (shm_lpid 0: all zeros) reads nothing. The contents go into
+//! the root's page file at the end of its data.
 
 use crate::collect::Collected;
 use crate::kinds::saved::{extents, write_extents};
@@ -18,7 +23,7 @@ use stasis_image::sysvipc::{
 use stasis_image::{PagesWriter, VmaKind};
 use stasis_sys::sysvipc::{self as ipc, Perm, SHM_DEST};
 use stasis_sys::SysError;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -58,6 +63,59 @@ type Raw = (
     Vec<String>,
 );
 
+/// Whether the tree (root `root`) has an IPC namespace of its own.
+fn own_ns(root: u32) -> bool {
+    let ino = |t: &str| {
+        std::fs::metadata(format!("/proc/{t}/ns/ipc"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    ino(&root.to_string()) != ino("self")
+}
+
+/// The segments of the tree's own namespace that no process has attached
+/// and whose last attacher (shm_lpid) is a process of the tree, by that
+/// process (host PID): (id, size). Collecting the process attaches each
+/// read-only for a moment and opens it ([`crate::collect`]), so that
+/// shm_lpid stays its own.
+pub(crate) fn remote_reads(root: u32, tree: &[u32]) -> Result<HashMap<u32, Vec<(i32, u64)>>> {
+    let mut out: HashMap<u32, Vec<(i32, u64)>> = HashMap::new();
+    if !own_ns(root) {
+        return Ok(out);
+    }
+    let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, Stage::Collect)?;
+    for s in ipc::in_ns(&ns, ipc::shm_list).at(root, Stage::Collect)? {
+        let l = s.lpid as u32;
+        if s.nattch == 0 && s.lpid > 0 && tree.contains(&l) {
+            out.entry(l).or_default().push((s.id, s.size));
+        }
+    }
+    Ok(out)
+}
+
+/// In the process `r` controls: each segment of `reads` attached
+/// read-only, opened through the process's map_files entry, detached.
+/// A segment it may not attach is left out (the dumper reads it).
+pub(crate) fn open_remote(
+    r: &mut stasis_sys::remote::RemoteThread,
+    pid: u32,
+    reads: &[(i32, u64)],
+) -> Result<Vec<(i32, OwnedFd)>> {
+    let mut out = Vec::new();
+    for &(id, size) in reads {
+        let what = format!("shmat({id}) to read it");
+        let Ok(a) = r.call(libc::SYS_shmat, &[id as u64, 0, ipc::SHM_RDONLY], &what) else {
+            continue;
+        };
+        let end = a + size.next_multiple_of(stasis_image::PAGE_SIZE);
+        let fd = ipc::shm_object_at(&format!("/proc/{pid}/map_files/{a:x}-{end:x}"), false);
+        r.call(libc::SYS_shmdt, &[a], "shmdt")
+            .at(pid, Stage::Query)?;
+        out.push((id, fd.at(pid, Stage::Query)?));
+    }
+    Ok(out)
+}
+
 /// Collects the IPC state of the tree (the root's namespace, which every
 /// process shares: checks.rs), or None when there is none to save.
 pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
@@ -67,14 +125,28 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
             .map(|m| m.ino())
             .ok()
     };
-    let own = ino(&root.to_string()) != ino("self");
-    // Attachments per segment id in the tree, and the first process with each.
+    let own = own_ns(root);
+    // Attachments per segment id in the tree, and the first process with
+    // each; the map_files entry of one of its attachments.
     let mut attached: BTreeMap<i32, (u64, u32)> = BTreeMap::new();
+    let mut opened: HashMap<i32, Source> = HashMap::new();
     for c in procs {
         for v in &c.image.mm.vmas {
             if let VmaKind::SysvShm { id } = v.kind {
                 attached.entry(id).or_insert((0, c.host_pid)).0 += 1;
+                opened.entry(id).or_insert_with(|| {
+                    Source::Path(format!(
+                        "/proc/{}/map_files/{:x}-{:x}",
+                        c.host_pid, v.start, v.end
+                    ))
+                });
             }
+        }
+    }
+    for c in procs {
+        for (id, fd) in &c.sysv {
+            let fd = dup(fd, c.host_pid, st)?;
+            opened.insert(*id, Source::Fd(fd));
         }
     }
     if !own && attached.is_empty() {
@@ -86,7 +158,7 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
     let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, st)?;
     let wanted: Option<HashSet<i32>> = (!own).then(|| attached.keys().copied().collect());
     let (shm, sem, msg, sysctls, mqueues) =
-        ipc::in_ns(&ns, move || read_ns(own, wanted.as_ref())).at(root, st)?;
+        ipc::in_ns(&ns, move || read_ns(own, wanted.as_ref(), opened)).at(root, st)?;
     if let Some(name) = mqueues.first() {
         return Err(unsupported(
             root,
@@ -121,6 +193,7 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
             size: s.size,
             nattch: s.nattch,
             cpid: s.cpid,
+            lpid: s.lpid,
             offset: 0,
             extents: ext,
         });
@@ -189,15 +262,56 @@ fn check_segment(pid: u32, s: &ipc::Shm, in_tree: u64, rmid_forced: bool) -> Res
     Ok(())
 }
 
+/// Where a segment's memory is opened from without attaching it here.
+enum Source {
+    /// A map_files entry of an attachment in the tree.
+    Path(String),
+    /// Opened while collecting its last attacher ([`open_remote`]).
+    Fd(OwnedFd),
+}
+
+/// A segment's memory object, opened without changing its shm_lpid
+/// (see the module's comment).
+fn object(s: &ipc::Shm, from: Option<Source>) -> stasis_sys::Result<OwnedFd> {
+    match from {
+        Some(Source::Fd(fd)) => Ok(fd),
+        Some(Source::Path(p)) => ipc::shm_object_at(&p, false),
+        // Never attached: all zeros, an empty file of its size stands in.
+        None if s.lpid == 0 => {
+            let f = stasis_sys::util::memfd_create("sysv-never-attached", libc::MFD_CLOEXEC)?;
+            std::fs::File::from(
+                f.try_clone()
+                    .map_err(|e| SysError::new("dup memfd", None, e.raw_os_error().unwrap_or(0)))?,
+            )
+            .set_len(s.size)
+            .map_err(|e| SysError::new("ftruncate memfd", None, e.raw_os_error().unwrap_or(0)))?;
+            Ok(f)
+        }
+        None => {
+            let fd = ipc::shm_object(s.id, s.size, false)?;
+            // Its last attacher again: a helper with that PID, if free
+            // (else a process outside the tree holds it: the running
+            // original then reads the dumper's PID; docs/state.md).
+            let what = format!("SysV shm segment {} (shm_lpid)", s.id);
+            let _ = ipc::by_pid(s.lpid, &what, || ipc::shm_touch_raw(s.id));
+            Ok(fd)
+        }
+    }
+}
+
 /// In a thread inside the namespace: every object (or, in the dumper's
 /// namespace, the `wanted` segments only).
-fn read_ns(own: bool, wanted: Option<&HashSet<i32>>) -> stasis_sys::Result<Raw> {
+fn read_ns(
+    own: bool,
+    wanted: Option<&HashSet<i32>>,
+    mut opened: HashMap<i32, Source>,
+) -> stasis_sys::Result<Raw> {
     let mut shm = Vec::new();
     for s in ipc::shm_list()? {
         if wanted.is_some_and(|w| !w.contains(&s.id)) {
             continue;
         }
-        let fd = ipc::shm_object(s.id, s.size, false).map_err(|e| SysError {
+        let fd = object(&s, opened.remove(&s.id)).map_err(|e| SysError {
             op: format!(
                 "SysV shm segment {} (key {:#x}): {}",
                 s.id, s.perm.key, e.op
@@ -216,6 +330,7 @@ fn read_ns(own: bool, wanted: Option<&HashSet<i32>>) -> stasis_sys::Result<Raw> 
             perm: perm(s.perm),
             values: ipc::sem_values(s.id, s.nsems as usize)?,
             operated: s.operated,
+            pids: ipc::sem_pids(s.id, s.nsems as usize)?,
         });
     }
     let mut msg = Vec::new();
@@ -225,6 +340,8 @@ fn read_ns(own: bool, wanted: Option<&HashSet<i32>>) -> stasis_sys::Result<Raw> 
             perm: perm(q.perm),
             qbytes: q.qbytes,
             messages: messages(q.id, q.qnum)?,
+            lspid: q.lspid,
+            lrpid: q.lrpid,
         });
     }
     let sysctls = IPC_SYSCTLS

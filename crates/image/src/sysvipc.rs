@@ -102,6 +102,10 @@ pub struct ShmSegment {
     /// in the dumper's namespace).
     #[serde(default)]
     pub cpid: i32,
+    /// Last PID to attach or detach it (shm_lpid; 0: none, or an image
+    /// older than this field).
+    #[serde(default)]
+    pub lpid: i32,
     /// Payload offset of the contents in the root's page file.
     pub offset: u64,
     pub extents: Vec<Extent>,
@@ -147,6 +151,10 @@ pub struct SemSet {
     /// no value.
     #[serde(default)]
     pub operated: bool,
+    /// Each semaphore's last PID (GETPID, sempid; 0: none). Empty in an
+    /// image older than this field.
+    #[serde(default)]
+    pub pids: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +164,11 @@ pub struct MsgQueue {
     pub qbytes: u64,
     /// In queue order.
     pub messages: Vec<Message>,
+    /// Last sender and receiver (msg_lspid, msg_lrpid; 0: none).
+    #[serde(default)]
+    pub lspid: i32,
+    #[serde(default)]
+    pub lrpid: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +233,14 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
     for s in &ipc.sem {
         c.ensure(!s.values.is_empty() && s.values.len() <= MAX_SEMS, || {
             format!("ipc.sem {}: {} semaphores", s.id, s.values.len())
+        })?;
+        c.ensure(s.pids.is_empty() || s.pids.len() == s.values.len(), || {
+            format!(
+                "ipc.sem {}: {} PIDs for {} semaphores",
+                s.id,
+                s.pids.len(),
+                s.values.len()
+            )
         })?;
     }
     for q in &ipc.msg {

@@ -1608,6 +1608,7 @@ fn ipc_rules() {
             size: 10000,
             nattch: 1,
             cpid: 100,
+            lpid: 101,
             offset: 4096,
             extents: vec![
                 Extent {
@@ -1625,6 +1626,7 @@ fn ipc_rules() {
             perm,
             values: vec![1, 2],
             operated: true,
+            pids: vec![100, 0],
         }],
         msg: vec![MsgQueue {
             id: 0,
@@ -1634,6 +1636,8 @@ fn ipc_rules() {
                 mtype: 1,
                 text: b"hi".to_vec(),
             }],
+            lspid: 100,
+            lrpid: 0,
         }],
     });
     validate_inventory(p, &good).unwrap();
@@ -1654,6 +1658,7 @@ fn ipc_rules() {
     bad(&|i| i.shm[0].offset = 10, "offset");
     bad(&|i| i.sem.push(i.sem[0].clone()), "twice");
     bad(&|i| i.sem[0].values.clear(), "semaphores");
+    bad(&|i| i.sem[0].pids.push(7), "PIDs for");
     bad(&|i| i.msg[0].messages[0].mtype = 0, "message type");
     // Semaphores or queues of a namespace that is not the tree's own.
     bad(&|i| i.own = false, "not the tree's own");

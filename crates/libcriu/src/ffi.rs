@@ -369,8 +369,10 @@ pub unsafe extern "C" fn criu_feature_check(f: *mut FeatureCheck, size: usize) -
     unsafe { criu_local_feature_check(global(), f, size) }
 }
 
-/// Iterative pre-dumps: refused (stasis has no memory tracking; its
-/// FEATURE_CHECK says so and PRE_DUMP is refused).
+/// criu's loop of PRE_DUMPs and a DUMP on one connection, with the
+/// callback changing the options between rounds: not supported yet
+/// (criu_pre_dump and criu_dump with criu_set_parent_images do the same,
+/// one request each, as crun does).
 #[no_mangle]
 pub unsafe extern "C" fn criu_local_dump_iters(
     _opts: *mut CriuOpts,
@@ -378,7 +380,7 @@ pub unsafe extern "C" fn criu_local_dump_iters(
 ) -> c_int {
     crate::fail(
         libc::EOPNOTSUPP,
-        "criu_dump_iters: iterative pre-dumps are not supported (no memory tracking)",
+        "criu_dump_iters is not supported yet: use criu_pre_dump, then criu_dump with criu_set_parent_images",
     )
 }
 

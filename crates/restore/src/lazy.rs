@@ -27,7 +27,7 @@
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::{PageRun, ProcessImage, Vma, VmaKind, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
-use stasis_sys::{uffd, util};
+use stasis_sys::uffd;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -219,13 +219,7 @@ pub(crate) fn register(r: &mut RemoteThread, image_pid: u32) -> Result<Vec<(u64,
     let st = Stage::Memory;
     let host = r.tid();
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let fd = r
-        .call(libc::SYS_userfaultfd, &[flags], "userfaultfd")
-        .at(image_pid, st)? as i32;
-    let dup = util::pidfd_open(host).and_then(|pfd| util::pidfd_getfd(&pfd, host, fd));
-    let closed = r.call(libc::SYS_close, &[fd as u64], "close(userfaultfd)");
-    let dup = dup.at(image_pid, st)?;
-    closed.at(image_pid, st)?;
+    let dup = crate::fill_uffd::take_uffd(r, image_pid, flags)?;
     uffd::enable_features(dup.as_fd(), FEATURES).at(image_pid, st)?;
     for &(s, e) in &ranges {
         uffd::register_missing(dup.as_fd(), s, e - s).at(image_pid, st)?;

@@ -40,6 +40,7 @@ mod cgroups;
 mod creds;
 mod creds_check;
 mod fdowner;
+mod fill_uffd;
 mod guard;
 mod hugetlb;
 mod keyrings;

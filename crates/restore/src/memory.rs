@@ -4,8 +4,8 @@ use crate::{At, RestoreError, Result, Stage};
 use stasis_image::progress::Progress;
 use stasis_image::{MmState, PageRun, Vma, VmaKind, PAGES_HEADER_LEN, PAGE_SIZE};
 use stasis_sys::buf::FileMap;
+use stasis_sys::ptrace;
 use stasis_sys::remote::RemoteThread;
-use stasis_sys::{ptrace, Pid};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::mpsc;
@@ -117,6 +117,9 @@ pub(crate) struct ServiceFds {
     pub image_pid: u32,
     /// SysV shm segments the tree attaches: id -> size.
     pub sysv: HashMap<i32, u64>,
+    /// Segments this process attaches and detaches once more after its
+    /// memory: it was their last attacher (sysvipc::PidPlan).
+    pub sysv_touch: Vec<i32>,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
@@ -332,12 +335,78 @@ fn fill(
         })
         .copied()
         .collect();
+    let total: u64 = runs.iter().map(|p| p.nr_pages * PAGE_SIZE).sum();
+    let mut progress = Progress::new("restore", total);
     let runs = if lazy.is_empty() {
-        runs
+        fill_by_uffd(r, mm, &runs, from_cow, svc.pages, spread, &mut progress)?
     } else {
         crate::lazy::split_runs(&runs, lazy).0
     };
-    fill_pages(r, &runs, svc.pages, spread)
+    fill_pages(r, &runs, svc.pages, spread, &mut progress)?;
+    progress.done();
+    Ok(())
+}
+
+/// Fills the big runs of the areas [`crate::fill_uffd`] may fill, if it
+/// can; returns the runs left to fill.
+fn fill_by_uffd(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    runs: &[PageRun],
+    from_cow: &[bool],
+    fd: i32,
+    spread: Option<&[usize]>,
+    progress: &mut Progress,
+) -> Result<Vec<PageRun>> {
+    let mut areas: Vec<(u64, u64)> = Vec::new();
+    let mut pieces = Vec::new();
+    let mut rest = Vec::new();
+    let mut vi = 0;
+    for run in runs {
+        let len = run.nr_pages * PAGE_SIZE;
+        while vi < mm.vmas.len() && mm.vmas[vi].end <= run.addr {
+            vi += 1;
+        }
+        let ok = len >= BIG_RUN
+            && mm.vmas.get(vi).is_some_and(|v| {
+                v.start <= run.addr
+                    && run.addr + len <= v.end
+                    && crate::fill_uffd::eligible(v, from_cow[vi])
+            });
+        if !ok {
+            rest.push(*run);
+            continue;
+        }
+        let v = &mm.vmas[vi];
+        if areas.last() != Some(&(v.start, v.end)) {
+            areas.push((v.start, v.end));
+        }
+        cut(run, crate::fill_uffd::PIECE, &mut pieces);
+    }
+    let bytes: u64 = pieces.iter().map(|p| p.2).sum();
+    log::debug!(
+        "{} MiB of {} runs in {} areas may be filled by UFFDIO_COPY",
+        bytes >> 20,
+        runs.len(),
+        areas.len()
+    );
+    if bytes < crate::fill_uffd::MIN || !crate::fill_uffd::fill(r, &areas, &pieces, fd, spread)? {
+        return Ok(runs.to_vec());
+    }
+    progress.add(bytes);
+    Ok(rest)
+}
+
+/// Cuts `run` into pieces of at most `piece` bytes: (address, offset in
+/// the page file, length).
+fn cut(run: &PageRun, piece: u64, out: &mut Vec<(u64, u64, u64)>) {
+    let len = run.nr_pages * PAGE_SIZE;
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(piece);
+        out.push((run.addr + done, run.offset + done, n));
+        done += n;
+    }
 }
 
 /// The saved protection of every VMA mapped writable for its pages, then
@@ -658,6 +727,7 @@ fn fill_pages(
     pages: &[PageRun],
     fd: i32,
     spread: Option<&[usize]>,
+    progress: &mut Progress,
 ) -> Result<()> {
     let child = r.tid();
     let pid = child.0 as u32;
@@ -667,29 +737,12 @@ fn fill_pages(
         .partition(|p| p.nr_pages * PAGE_SIZE >= BIG_RUN);
     let mut pieces = Vec::new();
     for run in &big {
-        let len = run.nr_pages * PAGE_SIZE;
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(PIECE);
-            pieces.push((run.addr + done, run.offset + done, n));
-            done += n;
-        }
+        cut(run, PIECE, &mut pieces);
     }
-    let total: u64 = pages.iter().map(|p| p.nr_pages * PAGE_SIZE).sum();
-    let mut progress = Progress::new("restore", total);
     if pieces.is_empty() {
-        preadv_runs(r, &small, fd, &mut progress)?;
-        progress.done();
-        return Ok(());
+        return preadv_runs(r, &small, fd, progress);
     }
-    // The child's own descriptor of the page file, opened again here.
-    let path = format!("/proc/{pid}/fd/{fd}");
-    let file = std::fs::File::open(&path).map_err(|source| RestoreError::Io {
-        pid,
-        stage: st,
-        what: format!("open {path}"),
-        source,
-    })?;
+    let file = crate::fill_uffd::open_child_fd(pid, fd)?;
     let unclaimed = std::sync::Mutex::new(Unclaimed {
         next: 0,
         end: pieces.len(),
@@ -702,15 +755,7 @@ fn fill_pages(
         let helper = s.spawn(move || -> Result<()> {
             // Not on the child's CPU: it is busy populating (and wake-ups
             // from the pinned restorer would pull this thread there).
-            if let Some(cpus) = spread {
-                let here = stasis_sys::util::current_cpu();
-                let others: Vec<usize> =
-                    cpus.iter().copied().filter(|c| Some(*c) != here).collect();
-                let _ = stasis_sys::util::set_affinity(
-                    Pid(0),
-                    if others.is_empty() { cpus } else { &others },
-                );
-            }
+            crate::fill_uffd::move_away(spread);
             let copy = |i: usize| -> Result<()> {
                 let (addr, off, len) = pieces[i];
                 // Straight from the page cache: a mapping of the piece,
@@ -759,7 +804,7 @@ fn fill_pages(
                 }
                 progress.add(done_rx.try_iter().sum());
             }
-            preadv_runs(r, &small, fd, &mut progress)
+            preadv_runs(r, &small, fd, progress)
         })();
         if res.is_err() {
             // The helper must not go on taking pieces.
@@ -778,9 +823,7 @@ fn fill_pages(
         });
         progress.add(done_rx.try_iter().sum());
         res.and(copied)
-    })?;
-    progress.done();
-    Ok(())
+    })
 }
 
 /// Reads page runs from the page file into place with remote preadv, up to

@@ -33,6 +33,7 @@ pub(crate) fn rebuild(
     // Memory first: it replaces the restorer's copy, and PR_SET_MM_MAP
     // needs the final layout.
     memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
+    crate::sysvipc::touch(&mut r, &svc.sysv_touch)?;
     fault_point(pid, Stage::Memory)?;
     attributes::attributes(&mut r, img)?;
     // The root's session keyring, which every process shares.

@@ -10,11 +10,11 @@
 //! sysctls get their saved values (shm_rmid_forced last).
 
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::sysvipc::{IpcNs, IpcPerm, ShmSegment};
-use stasis_image::{Vma, PAGE_SIZE};
+use stasis_image::sysvipc::{IpcNs, IpcPerm, MsgQueue, SemSet, ShmSegment};
+use stasis_image::{ProcessImage, Vma, VmaKind, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::sysvipc::{self as ipc, Kind, SHM_RDONLY, SHM_REMAP};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -30,6 +30,118 @@ pub(crate) struct Ipc {
     created: Vec<i32>,
     done: bool,
     image: IpcNs,
+    /// Segments whose last attacher (shm_lpid) is no process of the tree
+    /// but which the tree attaches: (id, lpid), touched by a helper with
+    /// that PID once every process has attached them.
+    late: Vec<(i32, i32)>,
+}
+
+/// Where the last PIDs of the objects (shm_lpid, sempid, msg_lspid,
+/// msg_lrpid; shm_cpid) come from: helpers forked with those PIDs
+/// (clone3 set_tid) make the calls that record them. Only when the tree
+/// keeps the dump's PIDs (no PID namespace made for it): in one, the
+/// saved numbers are the dumper's view, not the tree's.
+pub(crate) struct PidPlan {
+    /// The PIDs are given back.
+    pub on: bool,
+    /// Segments some process of the tree attaches.
+    attached: HashSet<i32>,
+    /// The order the processes are rebuilt in (image indices): a process
+    /// that is the last attacher of a segment others attach comes after them.
+    pub order: Vec<usize>,
+    /// Per process (image index): the segments it attaches and detaches
+    /// once more after its own memory (it was their last attacher).
+    pub touch: Vec<Vec<i32>>,
+    late: Vec<(i32, i32)>,
+}
+
+/// The [`PidPlan`] of the image; two processes that each were the last
+/// attacher of a segment the other attaches are refused by name (no
+/// order gives both back).
+pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Result<PidPlan> {
+    let maps: Vec<HashSet<i32>> = procs
+        .iter()
+        .map(|p| {
+            p.mm.vmas
+                .iter()
+                .filter_map(|v| match v.kind {
+                    VmaKind::SysvShm { id } => Some(id),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut plan = PidPlan {
+        on: !pid_ns,
+        attached: maps.iter().flatten().copied().collect(),
+        order: (0..procs.len()).collect(),
+        touch: vec![Vec::new(); procs.len()],
+        late: Vec::new(),
+    };
+    if pid_ns {
+        return Ok(plan);
+    }
+    let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(k, p)| (p.pid, k)).collect();
+    for s in &img.shm {
+        if s.lpid <= 0 || !plan.attached.contains(&s.id) {
+            continue;
+        }
+        match index.get(&(s.lpid as u32)) {
+            Some(&k) => plan.touch[k].push(s.id),
+            None => plan.late.push((s.id, s.lpid)),
+        }
+    }
+    // Last attachers after everyone else; among them, after every one
+    // that attaches a segment they were the last attacher of.
+    let last: Vec<usize> = (0..procs.len())
+        .filter(|&k| !plan.touch[k].is_empty())
+        .collect();
+    let mut order: Vec<usize> = (0..procs.len()).filter(|k| !last.contains(k)).collect();
+    let mut left = last.clone();
+    while !left.is_empty() {
+        let free = left.iter().position(|&k| {
+            left.iter()
+                .all(|&o| o == k || plan.touch[k].iter().all(|id| !maps[o].contains(id)))
+        });
+        let Some(i) = free else {
+            let (a, b) = (procs[left[0]].pid, left.get(1).map_or(0, |&k| procs[k].pid));
+            return Err(RestoreError::Refused {
+                pid: a,
+                stage: Stage::Preflight,
+                what: format!(
+                    "SysV shm: processes {a} and {b} were each the last to attach a segment                      the other one attaches (no order gives both shm_lpid back)"
+                ),
+            });
+        };
+        order.push(left.remove(i));
+    }
+    plan.order = order;
+    Ok(plan)
+}
+
+/// Runs `f` in a helper with PID `p` ([`ipc::by_pid`]); a PID that a
+/// process outside the tree holds here is refused by name.
+fn by_pid(pid: u32, st: Stage, p: i32, what: &str, f: impl FnOnce() -> bool) -> Result<()> {
+    ipc::by_pid(p, what, f).map_err(|e| pid_error(pid, st, p, what, e))
+}
+
+fn pid_error(pid: u32, st: Stage, p: i32, what: &str, e: stasis_sys::SysError) -> RestoreError {
+    if e.source.raw_os_error() == Some(libc::EEXIST) {
+        RestoreError::Refused {
+            pid,
+            stage: st,
+            what: format!(
+                "{what}: PID {p}, which a process outside the tree holds here (the PID SysV IPC \
+                 recorded could not be given back)"
+            ),
+        }
+    } else {
+        RestoreError::Sys {
+            pid,
+            stage: st,
+            source: e,
+        }
+    }
 }
 
 /// The ids an object is made with: its creator's (cuid, cgid), which the
@@ -92,12 +204,14 @@ impl Ipc {
     /// Makes the objects (in a new namespace this thread enters, if the
     /// tree had its own) right before the fork. `pages`: the root's page
     /// file. `made`: that namespace, made already (owned by the tree's
-    /// user namespace: userns.rs), else unshared here.
+    /// user namespace: userns.rs), else unshared here. `plan`: the PIDs
+    /// the objects' creators and last users had.
     pub(crate) fn create(
         img: &IpcNs,
         pid: u32,
         pages: &Path,
         made: Option<&OwnedFd>,
+        plan: &PidPlan,
     ) -> Result<Ipc> {
         let st = Stage::Fork;
         let create = preflight(img, pid)?;
@@ -108,7 +222,9 @@ impl Ipc {
             created: Vec::new(),
             done: false,
             image: img.clone(),
+            late: plan.late.clone(),
         };
+        let saved = |p: i32| (plan.on && p > 0).then_some(p);
         if img.own {
             let (back, ns) = match made {
                 Some(ns) => ipc::join_made(ns).at(pid, st)?,
@@ -133,8 +249,17 @@ impl Ipc {
                     s.size,
                     s.perm.mode,
                     creator(&s.perm),
+                    saved(s.cpid),
                 )
-                .at(pid, st)?;
+                .map_err(|e| {
+                    pid_error(
+                        pid,
+                        st,
+                        s.cpid,
+                        &format!("SysV shm segment {} creator", s.id),
+                        e,
+                    )
+                })?;
                 if !img.own {
                     me.created.push(s.id);
                 }
@@ -143,6 +268,12 @@ impl Ipc {
             ipc::set_perm(Kind::Shm, s.id, s.perm.uid, s.perm.gid, s.perm.mode, 0).at(pid, st)?;
             if s.locked() {
                 ipc::shm_lock(s.id).at(pid, st)?;
+            }
+            // Its last attacher, when no process of the tree attaches it
+            // (else see PidPlan).
+            if let Some(l) = saved(s.lpid).filter(|_| !plan.attached.contains(&s.id)) {
+                let what = format!("SysV shm segment {} last attacher", s.id);
+                by_pid(pid, st, l, &what, || ipc::shm_touch_raw(s.id))?;
             }
         }
         for s in &img.sem {
@@ -154,23 +285,32 @@ impl Ipc {
                 n,
                 s.perm.mode,
                 creator(&s.perm),
+                None,
             )
             .at(pid, st)?;
-            ipc::sem_set_values(s.id, &s.values).at(pid, st)?;
-            if s.operated {
-                ipc::sem_touch(s.id, s.values.first().copied().unwrap_or(0)).at(pid, st)?;
+            if plan.on && s.pids.len() == s.values.len() {
+                sem_by_pids(pid, s)?;
+            } else {
+                ipc::sem_set_values(s.id, &s.values).at(pid, st)?;
+                if s.operated {
+                    ipc::sem_touch(s.id, s.values.first().copied().unwrap_or(0)).at(pid, st)?;
+                }
             }
             ipc::set_perm(Kind::Sem, s.id, s.perm.uid, s.perm.gid, s.perm.mode, 0).at(pid, st)?;
         }
         for q in &img.msg {
             let (u, g, m) = (q.perm.uid, q.perm.gid, q.perm.mode);
-            ipc::create(Kind::Msg, q.id, q.perm.key, 0, m, creator(&q.perm)).at(pid, st)?;
+            ipc::create(Kind::Msg, q.id, q.perm.key, 0, m, creator(&q.perm), None).at(pid, st)?;
             // Room for every message first (the limit may have been
             // lowered below what the queue holds), the saved limit after.
             let total: u64 = q.messages.iter().map(|x| x.text.len() as u64).sum();
-            ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes.max(total)).at(pid, st)?;
-            for msg in &q.messages {
-                ipc::msg_send(q.id, msg.mtype, &msg.text).at(pid, st)?;
+            ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes.max(total).max(1)).at(pid, st)?;
+            if plan.on {
+                msg_by_pids(pid, q)?;
+            } else {
+                for msg in &q.messages {
+                    ipc::msg_send(q.id, msg.mtype, &msg.text).at(pid, st)?;
+                }
             }
             ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes).at(pid, st)?;
         }
@@ -203,7 +343,12 @@ impl Ipc {
             .map(|s| s.id)
             .collect();
         let img = self.image.clone();
+        let late = self.late.clone();
         let work = move || -> stasis_sys::Result<()> {
+            for (id, l) in late {
+                let what = format!("SysV shm segment {id} last attacher");
+                ipc::by_pid(l, &what, || ipc::shm_touch_raw(id))?;
+            }
             for id in dest {
                 ipc::remove(Kind::Shm, id)?;
             }
@@ -216,7 +361,10 @@ impl Ipc {
             Some(ns) => ipc::in_ns(ns, work),
             None => work(),
         }
-        .at(pid, Stage::Resume)
+        .map_err(|e| {
+            let p = e.pid.map_or(0, |p| p.0);
+            pid_error(pid, Stage::Resume, p, "SysV shm segment last attacher", e)
+        })
     }
 
     /// The tree runs: what was created stays.
@@ -236,8 +384,111 @@ impl Drop for Ipc {
     }
 }
 
-/// The segment's saved data, written through its memory object.
+/// Each semaphore's value set (SETVAL) by a helper with its saved last
+/// PID (sempid); a set a semop ran on gets one more (sem_otime), by the
+/// last PID of the semaphore it touches. A semaphore no call changed
+/// (PID 0) is left as created, at 0.
+fn sem_by_pids(pid: u32, s: &SemSet) -> Result<()> {
+    let st = Stage::Fork;
+    let mut by: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, (&p, &v)) in s.pids.iter().zip(&s.values).enumerate() {
+        if p > 0 {
+            by.entry(p).or_default().push(i);
+        } else if v != 0 && !ipc::sem_setval_raw(s.id, i as i32, v) {
+            // Set by a process the dumper could not see: by the restorer.
+            return Err(stasis_sys::SysError::new(
+                "semctl(SETVAL)",
+                None,
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
+            .at(pid, st);
+        }
+    }
+    for (p, idx) in &by {
+        let what = format!("SysV semaphore set {} (sempid)", s.id);
+        by_pid(pid, st, *p, &what, || {
+            idx.iter()
+                .all(|&i| ipc::sem_setval_raw(s.id, i as i32, s.values[i]))
+        })?;
+    }
+    if s.operated {
+        match s.pids.iter().position(|&p| p > 0) {
+            Some(i) => {
+                let what = format!("SysV semaphore set {} (semop)", s.id);
+                by_pid(pid, st, s.pids[i], &what, || {
+                    ipc::sem_touch_raw(s.id, i as u16, s.values[i])
+                })?;
+            }
+            None => ipc::sem_touch(s.id, s.values.first().copied().unwrap_or(0)).at(pid, st)?,
+        }
+    }
+    Ok(())
+}
+
+/// The messages sent by a helper with the saved last sender's PID
+/// (msg_lspid); with a saved last receiver (msg_lrpid), an empty message
+/// sent first is received by a helper with that PID.
+fn msg_by_pids(pid: u32, q: &MsgQueue) -> Result<()> {
+    let st = Stage::Fork;
+    let bufs: Vec<Vec<u8>> = q
+        .messages
+        .iter()
+        .map(|m| {
+            let mut b = m.mtype.to_ne_bytes().to_vec();
+            b.extend_from_slice(&m.text);
+            b
+        })
+        .collect();
+    let dummy = 1i64.to_ne_bytes();
+    let send = |bufs: &[&[u8]]| -> Result<()> {
+        let all = || bufs.iter().all(|b| ipc::msg_send_raw(q.id, b));
+        if q.lspid > 0 {
+            let what = format!("SysV message queue {} (msg_lspid)", q.id);
+            by_pid(pid, st, q.lspid, &what, all)
+        } else if all() {
+            Ok(())
+        } else {
+            Err(stasis_sys::SysError::new(
+                "msgsnd",
+                None,
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
+            .at(pid, st)
+        }
+    };
+    if q.lrpid > 0 {
+        send(&[&dummy])?;
+        let what = format!("SysV message queue {} (msg_lrpid)", q.id);
+        by_pid(pid, st, q.lrpid, &what, || ipc::msg_receive_raw(q.id))?;
+    }
+    if !bufs.is_empty() {
+        let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        send(&refs)?;
+    }
+    Ok(())
+}
+
+/// In a process of the tree, after its memory: attaches and detaches the
+/// segments it was the last attacher of ([`PidPlan::touch`]).
+pub(crate) fn touch(r: &mut RemoteThread, ids: &[i32]) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    for &id in ids {
+        let what = format!("shmat({id}) (shm_lpid)");
+        let a = r
+            .call(libc::SYS_shmat, &[id as u64, 0, SHM_RDONLY], &what)
+            .at(pid, Stage::Memory)?;
+        r.call(libc::SYS_shmdt, &[a], "shmdt (shm_lpid)")
+            .at(pid, Stage::Memory)?;
+    }
+    Ok(())
+}
+
+/// The segment's saved data, written through its memory object (none
+/// saved: nothing is attached, its shm_lpid stays).
 fn fill(pid: u32, s: &ShmSegment, src: &std::fs::File) -> Result<()> {
+    if s.extents.is_empty() {
+        return Ok(());
+    }
     let obj = std::fs::File::from(ipc::shm_object(s.id, s.size, true).at(pid, Stage::Fork)?);
     let what = format!("SysV shm segment {}", s.id);
     crate::kinds::saved::copy_extents(pid, src, s.offset, &s.extents, &obj, &what)

@@ -79,6 +79,11 @@ pub(crate) fn restore_tree(
     if let Some(img) = ipc {
         crate::sysvipc::preflight(img, root_pid)?;
     }
+    // The processes' rebuild order and who gives SysV IPC its last PIDs.
+    let pid_plan = match ipc {
+        Some(img) => Some(crate::sysvipc::pid_plan(img, procs, pid_ns)?),
+        None => None,
+    };
     // 0. the tree's own network namespace, entered by this thread before
     //    its sockets are made and left after the fork (netns.rs).
     let mut net_ns = match (net_ns, &net.opts.join) {
@@ -146,18 +151,24 @@ pub(crate) fn restore_tree(
     // 3b. SysV IPC: the tree's own IPC namespace (this thread enters a new
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
-    let mut ipc = match ipc {
-        Some(img) => Some(crate::sysvipc::Ipc::create(
+    let mut ipc = match (ipc, &pid_plan) {
+        (Some(img), Some(plan)) => Some(crate::sysvipc::Ipc::create(
             img,
             root_pid,
             &pages[0],
             user.and_then(|u| u.ipc.as_ref()),
+            plan,
         )?),
-        None => None,
+        _ => None,
     };
     if let Some(i) = &ipc {
         for (s, _) in &mut tree.svcs {
             s.sysv = i.sizes();
+        }
+    }
+    if let Some(p) = &pid_plan {
+        for (k, (s, _)) in tree.svcs.iter_mut().enumerate() {
+            s.sysv_touch = p.touch[k].clone();
         }
     }
     // 3c. the restorer leaves the built mount namespace (every file is
@@ -213,12 +224,17 @@ pub(crate) fn restore_tree(
     kinds::pty::set_foreground(procs, &mut remotes)?;
     // 8. rebuild each process; all stay stopped until every one is done,
     //    so a failure can still undo the whole tree.
-    let mut built = Vec::with_capacity(procs.len());
-    for (k, (img, r)) in procs.iter().zip(remotes).enumerate() {
+    //    In image order, except that the last attacher of a SysV segment
+    //    others attach comes after them (sysvipc::PidPlan).
+    let order = pid_plan.map_or_else(|| (0..procs.len()).collect(), |p| p.order);
+    let mut remotes: Vec<Option<RemoteThread>> = remotes.into_iter().map(Some).collect();
+    let mut built: Vec<Vec<Pid>> = vec![Vec::new(); procs.len()];
+    for k in order {
         let (svc, ready_fd) = &tree.svcs[k];
-        built.push(rebuild::rebuild(
-            img, r, svc, *ready_fd, tree.stub, &mut guard, k,
-        )?);
+        let Some(r) = remotes[k].take() else {
+            continue; // (the order names each process once)
+        };
+        built[k] = rebuild::rebuild(&procs[k], r, svc, *ready_fd, tree.stub, &mut guard, k)?;
     }
     // 9. seals: after every process has mapped the memfds (a write seal
     //    forbids new writable shared mappings); then the saved files'

@@ -281,7 +281,7 @@ pub static COMMANDS: &[(&str, u8, bool)] = &[
     ("service", OTHER, true),
     ("swrk", OTHER, true),
     ("dedup", OTHER, false),
-    ("cpuinfo", OTHER, false),
+    ("cpuinfo", OTHER, true),
     ("exec", OTHER, false),
     // stasis's own: pre-dump rounds, dump and restore in one command, so
     // every dump and restore option is judged for it.
@@ -643,7 +643,8 @@ pub fn usage(prog: &str) -> String {
          {prog} check [--feature FEAT] [--extra|--experimental|--all]\n  \
          {prog} swrk FD | service [--address PATH] [-d] [--pidfile FILE]  (criu's RPC)\n  \
          {prog} page-server --port P [--address A] | lazy-pages [--page-server --address A --port P]\n  \
-         {prog} dedup|cpuinfo|exec (refused: not supported yet)\n  \
+         {prog} cpuinfo dump|check [-D DIR] [--cpu-cap CAPS]\n  \
+         {prog} dedup|exec (refused: not supported yet)\n  \
          stasis migrate -t PID [-D DIR] [--page-server --address A --port P] [--max-rounds N]\n  \
          stasis run [-d] [--pidfile FILE] -- CMD [ARGS...]\n  stasis show DIR|FILE\n  \
          stasis bench [...]\n  stasis install-criu-link [DIR]\n\n\

@@ -106,6 +106,15 @@ fn fdinfo_has(file: &std::fs::File, key: &str) -> bool {
         && s.lines().any(|l| l.starts_with(key))
 }
 
+/// Whether stasis can track a tree's writes between dumps (pre-dump,
+/// `--track-mem`): userfaultfd write-protect in asynchronous mode
+/// (Linux 6.7, with PAGEMAP_SCAN) and PAGEMAP_SCAN. `check --feature
+/// mem_dirty_track` and the RPC's FEATURE_CHECK mem_track both ask this.
+pub fn mem_track_ok(stasis: &[Feature]) -> bool {
+    let probed = |n: &str| stasis.iter().any(|f| f.name == n && f.ok);
+    probed("userfaultfd") && probed("pagemap_scan")
+}
+
 /// Probes the kernel for a feature stasis uses.
 fn kernel_has(name: &str, stasis: &[Feature]) -> Result<(), String> {
     let probed = |n: &str| stasis.iter().any(|f| f.name == n && f.ok);
@@ -130,6 +139,7 @@ fn kernel_has(name: &str, stasis: &[Feature]) -> Result<(), String> {
             .map(|s| s.lines().any(|l| l.starts_with("NSpid:")))
             .unwrap_or(false),
         "get_rseq_conf" => probed("rseq") && kernel_at_least(5, 13),
+        "mem_dirty_track" => mem_track_ok(stasis),
         // UFFD_FEATURE_EVENT_UNMAP and the others arrived in 4.11.
         "uffd" | "uffd-noncoop" => probed("userfaultfd") && kernel_at_least(4, 11),
         _ => false,

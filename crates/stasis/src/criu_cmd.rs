@@ -85,6 +85,8 @@ pub(crate) struct Request {
     pub(crate) mounts: stasis_restore::MountOptions,
     /// criu's `--veth-pair`, `--external veth[...]`, `--external macvlan[...]`, `--join-ns net:PATH`.
     pub(crate) net: stasis_restore::NetOptions,
+    /// criu's `--cpu-cap` for `cpuinfo check` (criu's CPU_CAP_* bits).
+    pub(crate) cpu_cap: Option<u32>,
     /// criu's `--freeze-cgroup`: every process of this cgroup must be in
     /// the tree (stasis freezes the tree itself, with ptrace).
     pub(crate) freeze_cgroup: Option<String>,
@@ -322,6 +324,13 @@ pub(crate) fn judge_all(r: &mut Request, given: &[Given]) -> Result<Option<Given
         // --address is the page server's on dump, the listener's on service.
         let fate = if g.opt.long == "address" && r.command == "service" {
             Fate::Applied
+        } else if g.opt.long == "cpu-cap" && r.command == "cpuinfo" {
+            // What `cpuinfo check` compares (elsewhere only a note).
+            r.cpu_cap = Some(
+                crate::cpuinfo::parse_caps(g.value.as_deref())
+                    .ok_or_else(|| anyhow!("invalid argument for --cpu-cap: {:?}", g.value))?,
+            );
+            continue;
         } else {
             criu::judge_value(g).map_err(|e| anyhow!(e))?
         };
@@ -403,6 +412,9 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
         }
     }
     r.argument = p.positionals.get(1).cloned();
+    if command == "cpuinfo" && !matches!(r.argument.as_deref(), Some("dump" | "check")) {
+        bail!("cpuinfo: say dump or check (criu's `cpuinfo dump|check`)");
+    }
     if command == "swrk" && r.argument.is_none() {
         bail!("swrk: the socket's descriptor must be given (swrk FD)");
     }
@@ -414,8 +426,8 @@ pub fn prepare(p: Parsed, prog: &str) -> Result<Outcome> {
 
 impl Request {
     fn extra_positional(&self, p: &Parsed) -> bool {
-        // `swrk FD` takes one argument.
-        p.positionals.len() > 1 + usize::from(self.command == "swrk")
+        // `swrk FD` and `cpuinfo dump|check` take one argument.
+        p.positionals.len() > 1 + usize::from(matches!(self.command.as_str(), "swrk" | "cpuinfo"))
     }
 
     pub(crate) fn images_dir(&self) -> PathBuf {
@@ -472,6 +484,7 @@ impl Prepared {
                 &mut crate::action::scripts(&r.action_scripts, &r.images_dir()),
             ),
             "page-server" => page_server(&r),
+            "cpuinfo" => cpuinfo(&r),
             "migrate" => crate::migrate::migrate(&r),
             "lazy-pages" => lazy_pages(&r),
             "restore" => restore(&r),
@@ -483,7 +496,23 @@ impl Prepared {
     }
 }
 
+/// criu's `cpuinfo dump|check -D DIR [--cpu-cap CAPS]`.
+pub(crate) fn cpuinfo(r: &Request) -> Result<ExitCode> {
+    r.setup_log(None)?;
+    let dir = r.images_dir();
+    match r.argument.as_deref() {
+        Some("dump") => crate::cpuinfo::dump(&dir)?,
+        _ => crate::cpuinfo::check(&dir, r.cpu_cap.unwrap_or(crate::cpuinfo::CAP_DEFAULT))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Set by the RPC's PAGE_SERVER: once listening, the page server writes
+/// its port (a free one for port 0) as one line on stdout.
+pub(crate) const PS_ANNOUNCE: &str = "STASIS_PAGE_SERVER_ANNOUNCE";
+
 fn page_server(r: &Request) -> Result<ExitCode> {
+    use std::io::Write;
     let dir = r.images_dir();
     r.setup_log(None)?;
     if r.detached {
@@ -495,7 +524,15 @@ fn page_server(r: &Request) -> Result<ExitCode> {
         std::fs::write(&p, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pidfile {}", p.display()))?;
     }
-    crate::page_server::serve(r.address.as_deref(), port, &dir)?;
+    let l = crate::page_server::listen(r.address.as_deref(), port)?;
+    if std::env::var_os(PS_ANNOUNCE).is_some() {
+        let bound = l.local_addr().context("page server: its port")?.port();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{bound}")
+            .and_then(|()| out.flush())
+            .context("page server: announce the port")?;
+    }
+    crate::page_server::serve_on(&l, &dir)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@
 mod action;
 mod bench;
 mod bench_migrate;
+mod cpuinfo;
 mod criu;
 mod criu_check;
 mod criu_cmd;

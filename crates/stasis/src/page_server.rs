@@ -55,13 +55,12 @@ pub fn finish(tx: crate::stream::Sender<TcpStream>) -> Result<u64> {
     }
 }
 
-/// Serves one dump: listens, accepts one connection, writes the image
-/// into `dir`, verifies it and answers.
-pub fn serve(address: Option<&str>, port: u16, dir: &Path) -> Result<()> {
+/// Listens at `address` (default any) and `port` (0: a free one).
+pub fn listen(address: Option<&str>, port: u16) -> Result<TcpListener> {
     let at = endpoint(address, port);
     let l = TcpListener::bind(&at).with_context(|| format!("page server: bind {at}"))?;
-    log::info!("page server listening on {at}");
-    serve_on(&l, dir)
+    log::info!("page server listening on {:?}", l.local_addr().ok());
+    Ok(l)
 }
 
 /// [`serve`] on a socket already listening.

@@ -16,7 +16,8 @@ use crate::rpc_opts;
 use anyhow::{anyhow, bail, Context, Result};
 use prost::Message;
 use stasis_rpc::{
-    wire, DumpResp, Features, Notify, Opts, Req, ReqType, Resp, RestoreResp, Version,
+    wire, DumpResp, Features, Notify, Opts, PageServerInfo, Req, ReqType, Resp, RestoreResp,
+    Version,
 };
 use stasis_sys::seqpacket;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -152,14 +153,13 @@ fn dispatch(sock: &OwnedFd, peer: i32, kind: ReqType, req: &Req) -> Result<Resp>
         ReqType::Check => check(),
         ReqType::FeatureCheck => Ok(features(req.features.as_ref())),
         ReqType::Dump => dump(sock, peer, req),
+        ReqType::PreDump | ReqType::SinglePreDump => pre_dump(sock, peer, kind, req),
         ReqType::Restore => restore(sock, peer, req),
+        ReqType::PageServer | ReqType::PageServerChld => page_server(peer, kind, req),
+        ReqType::CpuinfoDump | ReqType::CpuinfoCheck => cpuinfo(peer, kind, req),
         ReqType::WaitPid => wait_pid(req),
         ReqType::Notify => bail!("a NOTIFY answer outside a dump or restore"),
         ReqType::Empty => bail!("an EMPTY request"),
-        other => Err(refused(format!(
-            "request {} is not supported yet",
-            other.name()
-        ))),
     }
 }
 
@@ -191,14 +191,22 @@ fn check() -> Result<Resp> {
     Ok(Resp::ok(ReqType::Check))
 }
 
-/// Each feature asked about, answered: stasis has no memory tracking
-/// (incremental dumps), no lazy pages and no pidfd store.
+/// Each feature asked about, answered: memory tracking (PRE_DUMP,
+/// parent_img: userfaultfd write-protect and PAGEMAP_SCAN, as `check
+/// --feature mem_dirty_track` says), lazy pages (lazy_pages: userfaultfd
+/// with its non-cooperative events, as `check --feature uffd-noncoop`
+/// says), no pidfd store.
 fn features(asked: Option<&Features>) -> Resp {
     let asked = asked.cloned().unwrap_or_default();
     Resp {
         features: Some(Features {
-            mem_track: asked.mem_track.map(|_| false),
-            lazy_pages: asked.lazy_pages.map(|_| false),
+            mem_track: asked
+                .mem_track
+                .map(|_| crate::criu_check::mem_track_ok(&stasis_sys::features::probe())),
+            lazy_pages: asked.lazy_pages.map(|_| {
+                let f = stasis_sys::features::probe();
+                crate::criu_check::feature("uffd-noncoop", &f) == Some(Ok(()))
+            }),
             pidfd_store: asked.pidfd_store.map(|_| false),
         }),
         ..Resp::ok(ReqType::FeatureCheck)
@@ -317,6 +325,123 @@ fn dump(sock: &OwnedFd, peer: i32, req: &Req) -> Result<Resp> {
         }),
         ..Resp::ok(ReqType::Dump)
     })
+}
+
+/// PRE_DUMP and SINGLE_PRE_DUMP: criu's pre-dump (memory saved, the tree
+/// left running with its writes tracked for the next round, parent_img
+/// naming the previous round). criu answers both with their own type and
+/// nothing more; a PRE_DUMP connection goes on with more PRE_DUMPs and a
+/// DUMP, which this loop serves as they come.
+fn pre_dump(sock: &OwnedFd, peer: i32, kind: ReqType, req: &Req) -> Result<Resp> {
+    let o = req.opts.as_ref().context("pre-dump: criu_opts missing")?;
+    let mut r = request("pre-dump", o, peer)?;
+    let pid = o
+        .pid
+        .context("criu_opts.pid unset (pre-dump the requesting process): not supported")?;
+    if pid <= 0 {
+        bail!("criu_opts.pid {pid}: not a process");
+    }
+    if o.ps.is_some() {
+        return Err(refused(
+            "criu_opts.ps with a pre-dump is not supported yet: stasis sends a chain's images with the final dump (`stasis migrate`)"
+                .into(),
+        ));
+    }
+    r.tree = Some(pid as u32);
+    criu_cmd::dump(&r, &mut notifier(sock, o.notify_scripts == Some(true)))?;
+    Ok(Resp::ok(kind))
+}
+
+/// PAGE_SERVER and PAGE_SERVER_CHLD: a `page-server` receiving one image
+/// into images_dir_fd, listening at ps.address (default any) and ps.port
+/// (0 or unset: a free port, answered). It runs as our child, its own
+/// process group for PAGE_SERVER (criu daemonizes it), ours for
+/// PAGE_SERVER_CHLD (WAIT_PID on this connection reaps it); we answer
+/// once it listens, with its PID and port.
+fn page_server(peer: i32, kind: ReqType, req: &Req) -> Result<Resp> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let o = req
+        .opts
+        .as_ref()
+        .context("page-server: criu_opts missing")?;
+    let ps =
+        o.ps.as_ref()
+            .context("page-server: criu_opts.ps missing (criu: no page server info in message)")?;
+    let port = ps.port.unwrap_or(0);
+    let Ok(port) = u16::try_from(port) else {
+        bail!("criu_opts.ps.port {port}: not a port");
+    };
+    let r = request("page-server", o, peer)?;
+    let exe = std::env::current_exe().context("find the stasis binary")?;
+    let mut c = std::process::Command::new(exe);
+    c.arg("page-server")
+        .arg("-D")
+        .arg(r.images_dir())
+        .arg("--port")
+        .arg(port.to_string())
+        .arg(format!("-v{}", r.verbosity.unwrap_or(2)));
+    if let Some(a) = &ps.address {
+        c.arg("--address").arg(a);
+    }
+    if let Some(w) = &r.work_dir {
+        c.arg("-W").arg(w);
+    }
+    if let Some(f) = &r.log_file {
+        c.arg("-o").arg(f);
+    }
+    if kind == ReqType::PageServer {
+        c.process_group(0);
+    }
+    let mut child = c
+        .env(criu_cmd::PS_ANNOUNCE, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("start the page server")?;
+    let pid = child.id() as i32;
+    let mut line = String::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|out| std::io::BufReader::new(out).read_line(&mut line));
+    let Ok(port) = line.trim().parse::<u16>() else {
+        let status = child.wait().ok();
+        bail!(
+            "page-server: it did not start listening (read {read:?}, exit {status:?}; see its log)"
+        );
+    };
+    log::info!("page server {pid} listening on port {port}");
+    // Not waited for here: it runs on after this answer (criu's too).
+    drop(child);
+    Ok(Resp {
+        ps: Some(PageServerInfo {
+            address: ps.address.clone(),
+            port: Some(i32::from(port)),
+            pid: Some(pid),
+            fd: None,
+        }),
+        ..Resp::ok(kind)
+    })
+}
+
+/// CPUINFO_DUMP and CPUINFO_CHECK: `cpuinfo dump|check` in
+/// images_dir_fd; cpu_cap is criu's bit mask (default fpu and ins). A
+/// mismatch is a failed answer naming it.
+fn cpuinfo(peer: i32, kind: ReqType, req: &Req) -> Result<Resp> {
+    let o = req.opts.as_ref().context("cpuinfo: criu_opts missing")?;
+    let mut r = request("cpuinfo", o, peer)?;
+    r.argument = Some(
+        if kind == ReqType::CpuinfoDump {
+            "dump"
+        } else {
+            "check"
+        }
+        .into(),
+    );
+    r.cpu_cap = o.cpu_cap;
+    criu_cmd::cpuinfo(&r)?;
+    Ok(Resp::ok(kind))
 }
 
 fn restore(sock: &OwnedFd, peer: i32, req: &Req) -> Result<Resp> {

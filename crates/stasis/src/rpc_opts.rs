@@ -69,8 +69,15 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
     f.flag("evasive_devices", "evasive-devices", o.evasive_devices);
     f.flag("shell_job", "shell-job", o.shell_job);
     f.flag("file_locks", "file-locks", o.file_locks);
-    if o.ps.is_some() {
-        f.push("ps", "page-server", None);
+    if let Some(ps) = &o.ps {
+        // Dump: send the image there (with lazy_pages: serve its pages
+        // there, criu's `dump --lazy-pages --address --port`);
+        // PAGE_SERVER: listen there.
+        if o.lazy_pages != Some(true) {
+            f.push("ps", "page-server", None);
+        }
+        f.value("ps.address", "address", &ps.address);
+        f.value("ps.port", "port", &ps.port.filter(|p| *p != 0));
     }
     f.value("root", "root", &o.root);
     f.value("parent_img", "prev-images-dir", &o.parent_img);
@@ -220,7 +227,7 @@ pub fn fields(o: &Opts) -> Result<Vec<Field>> {
 }
 
 /// criu_opts fields that have no command-line twin and that stasis does
-/// not implement, or not over RPC yet (lazy_pages): refused by name when set.
+/// not implement: refused by name when set.
 /// (orphan_pts_master, which runc always sets, asks for the master of a
 /// pty whose master was outside the tree; stasis refuses such a pty at the
 /// dump, so it changes nothing: see [`notes_rpc_only`].)
@@ -228,10 +235,9 @@ pub fn refused_rpc_only(o: &Opts) -> Option<&'static str> {
     if o.pidfd_store_sk.is_some() {
         return Some("pidfd_store_sk");
     }
-    // Over RPC criu's lazy restore is driven by the client, which starts
-    // the lazy-pages daemon: not wired up yet (the command line has it).
-    if o.lazy_pages == Some(true) {
-        return Some("lazy_pages");
+    // criu's --ps-socket: a socket already connected to the page server.
+    if o.ps.as_ref().is_some_and(|p| p.fd.is_some()) {
+        return Some("ps.fd");
     }
     None
 }
@@ -376,8 +382,18 @@ mod tests {
         let mut got = numbers.clone();
         got.dedup();
         assert_eq!(got, want, "the test sets every field");
-        let mapped: std::collections::BTreeSet<&str> =
-            fields(&o).expect("fields").iter().map(|f| f.rpc).collect();
+        // (With lazy_pages, ps is where the pages are served: no
+        // --page-server; without, it is.)
+        let eager = Opts {
+            lazy_pages: None,
+            ..o.clone()
+        };
+        let mapped: std::collections::BTreeSet<&str> = fields(&o)
+            .expect("fields")
+            .iter()
+            .chain(fields(&eager).expect("fields").iter())
+            .map(|f| f.rpc)
+            .collect();
         let by_caller = [
             "images_dir_fd",
             "pid",

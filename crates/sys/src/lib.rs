@@ -13,6 +13,7 @@ pub mod features;
 pub mod fileops;
 pub mod hook;
 pub mod inotify;
+pub mod landlock;
 pub mod mem;
 pub mod netlink;
 pub mod netlock;

@@ -61,6 +61,29 @@ pub fn readable(fd: &OwnedFd) -> Result<u32> {
     get_int(fd, libc::FIONREAD, "ioctl(FIONREAD)").map(|n| n.max(0) as u32)
 }
 
+/// Whether the terminal's output is stopped (^S with IXON, or tcflow
+/// TCOOFF): a slave then never polls writable (its write room is 0), the
+/// master's reader having nothing left unread. Changes nothing.
+pub fn output_stopped(slave: &OwnedFd) -> Result<bool> {
+    let mut p = libc::pollfd {
+        fd: slave.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: p is one live pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    check(r.into(), "poll(POLLOUT) on a pty slave", None)?;
+    Ok(p.revents & libc::POLLOUT == 0)
+}
+
+/// Stops the output of the pair as tcflow(TCOOFF) does (a typed START
+/// character does not restart it).
+pub fn stop_output_tcooff(slave: &OwnedFd) -> Result<()> {
+    // SAFETY: TCXONC takes an integer argument.
+    let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TCXONC, libc::TCOOFF) };
+    check(r.into(), "ioctl(TCXONC, TCOOFF)", None).map(drop)
+}
+
 /// Bytes written on this end not yet passed on (TIOCOUTQ).
 pub fn unsent(fd: &OwnedFd) -> Result<u32> {
     get_int(fd, libc::TIOCOUTQ, "ioctl(TIOCOUTQ)").map(|n| n.max(0) as u32)

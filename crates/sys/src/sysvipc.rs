@@ -51,6 +51,8 @@ pub struct Shm {
     pub size: u64,
     pub nattch: u64,
     pub cpid: i32,
+    /// Last attach or detach (shm_lpid).
+    pub lpid: i32,
 }
 
 /// A semaphore set: id, owner, number of semaphores.
@@ -70,6 +72,9 @@ pub struct Msq {
     pub perm: Perm,
     pub qbytes: u64,
     pub qnum: u64,
+    /// Last sender and receiver (msg_lspid, msg_lrpid).
+    pub lspid: i32,
+    pub lrpid: i32,
 }
 
 /// Runs `f` in a new thread that joined the IPC namespace `ns` (a
@@ -171,6 +176,7 @@ fn shm_of(id: i32, ds: &libc::shmid_ds) -> Shm {
         size: ds.shm_segsz as u64,
         nattch: ds.shm_nattch,
         cpid: ds.shm_cpid,
+        lpid: ds.shm_lpid,
     }
 }
 
@@ -209,11 +215,18 @@ pub fn shm_detach(addr: u64) -> Result<()> {
 pub fn shm_object(id: i32, size: u64, write: bool) -> Result<OwnedFd> {
     let addr = shm_attach(id, !write)?;
     let end = addr + size.next_multiple_of(4096);
-    let path = format!("/proc/self/map_files/{addr:x}-{end:x}");
-    let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
-    let fd = crate::util::open(&path, mode | libc::O_CLOEXEC);
+    let fd = shm_object_at(&format!("/proc/self/map_files/{addr:x}-{end:x}"), write);
     shm_detach(addr)?;
-    let fd = fd?;
+    fd
+}
+
+/// A segment's memory object opened through a `map_files` entry of one
+/// of its attachments (`path`; any process's: opening it attaches
+/// nothing, so shm_lpid stays). A segment on hugetlbfs is refused
+/// (EOPNOTSUPP).
+pub fn shm_object_at(path: &str, write: bool) -> Result<OwnedFd> {
+    let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+    let fd = crate::util::open(path, mode | libc::O_CLOEXEC)?;
     // SAFETY: an all-zero statfs is a valid out buffer.
     let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open; sf is a live buffer.
@@ -276,6 +289,18 @@ pub fn sem_values(id: i32, n: usize) -> Result<Vec<u16>> {
     Ok(v)
 }
 
+/// The last PID to change each of the `n` semaphores of set `id` (GETPID:
+/// semop, SETVAL, SETALL set it; 0 when none did).
+pub fn sem_pids(id: i32, n: usize) -> Result<Vec<i32>> {
+    (0..n)
+        .map(|i| {
+            // SAFETY: GETPID takes integer arguments only.
+            let r = unsafe { libc::syscall(libc::SYS_semctl, id, i, libc::GETPID, 0) };
+            check(r, "semctl(GETPID)", None).map(|p| p as i32)
+        })
+        .collect()
+}
+
 /// Sets every value of set `id` (SETALL).
 pub fn sem_set_values(id: i32, v: &[u16]) -> Result<()> {
     // SAFETY: SETALL reads as many u16 values as the set has; v holds them.
@@ -283,26 +308,108 @@ pub fn sem_set_values(id: i32, v: &[u16]) -> Result<()> {
     check(r, "semctl(SETALL)", None).map(|_| ())
 }
 
-/// A semop that leaves every value as it is (semaphore 0 up and down, or
-/// down and up when at SEMVMX, in one atomic call): it sets the set's
-/// sem_otime, which only a semop sets. `value0`: semaphore 0's value.
-pub fn sem_touch(id: i32, value0: u16) -> Result<()> {
-    let (a, b) = if value0 > 0 { (-1, 1) } else { (1, -1) };
+/// A semop that leaves every value as it is (semaphore `num` up and
+/// down, or down and up when at 0, in one atomic call): it sets the set's
+/// sem_otime, which only a semop sets, and the semaphore's sempid (the
+/// caller). `value`: that semaphore's value. Raw calls only (it runs in
+/// [`by_pid`] helpers); false on failure, errno set.
+pub fn sem_touch_raw(id: i32, num: u16, value: u16) -> bool {
+    let (a, b) = if value > 0 { (-1, 1) } else { (1, -1) };
     let mut ops = [
         libc::sembuf {
-            sem_num: 0,
+            sem_num: num,
             sem_op: a,
             sem_flg: libc::IPC_NOWAIT as i16,
         },
         libc::sembuf {
-            sem_num: 0,
+            sem_num: num,
             sem_op: b,
             sem_flg: libc::IPC_NOWAIT as i16,
         },
     ];
     // SAFETY: ops is a live array of the length passed.
-    let r = unsafe { libc::semop(id, ops.as_mut_ptr(), ops.len()) };
-    check(r.into(), &format!("semop (sem_otime) {id}"), None).map(drop)
+    unsafe { libc::semop(id, ops.as_mut_ptr(), ops.len()) == 0 }
+}
+
+/// [`sem_touch_raw`] on semaphore 0, by this process.
+pub fn sem_touch(id: i32, value0: u16) -> Result<()> {
+    if sem_touch_raw(id, 0, value0) {
+        Ok(())
+    } else {
+        Err(SysError::new(
+            format!("semop (sem_otime) {id}"),
+            None,
+            crate::last_errno(),
+        ))
+    }
+}
+
+/// Runs `f` (raw system calls only, see [`crate::sock::as_creator`]) in a
+/// helper forked with PID `pid` and our own ids: what SysV IPC records as
+/// the last PID of an operation (shm_lpid, sempid, msg_lspid, msg_lrpid)
+/// is then `pid`. EEXIST: a process holds that PID here.
+pub fn by_pid(pid: i32, what: &str, f: impl FnOnce() -> bool) -> Result<()> {
+    let mut groups = vec![0u32; 65536];
+    // SAFETY: plain calls; groups is a live array of the length passed.
+    let (uid, gid) = unsafe {
+        let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+        groups.truncate(usize::try_from(n).unwrap_or(0));
+        (libc::geteuid(), libc::getegid())
+    };
+    let ids = crate::sock::Ids {
+        uid,
+        gid,
+        groups: &groups,
+    };
+    crate::sock::as_creator(Some(pid), &ids, what, f)
+}
+
+/// shmat and shmdt of segment `id` (read-only, anywhere): shm_lpid becomes
+/// the caller. Raw calls only.
+pub fn shm_touch_raw(id: i32) -> bool {
+    // SAFETY: the kernel picks a free address; the attachment is removed
+    // again at once and never used.
+    unsafe {
+        let a = libc::shmat(id, std::ptr::null(), SHM_RDONLY as i32);
+        a as isize != -1 && libc::shmdt(a) == 0
+    }
+}
+
+/// SETVAL of semaphore `num` of set `id` (the caller becomes its sempid).
+/// Raw calls only.
+pub fn sem_setval_raw(id: i32, num: i32, value: u16) -> bool {
+    // SAFETY: SETVAL takes integer arguments only.
+    unsafe { libc::syscall(libc::SYS_semctl, id, num, libc::SETVAL, i64::from(value)) == 0 }
+}
+
+/// msgsnd of a prepared message (`buf`: the 8-byte type, then the text),
+/// IPC_NOWAIT. Raw calls only.
+pub fn msg_send_raw(id: i32, buf: &[u8]) -> bool {
+    // SAFETY: buf holds the type and buf.len() - 8 bytes of text.
+    unsafe {
+        libc::msgsnd(
+            id,
+            buf.as_ptr().cast(),
+            buf.len().saturating_sub(8),
+            libc::IPC_NOWAIT,
+        ) == 0
+    }
+}
+
+/// Receives (and drops) the first message of queue `id`, IPC_NOWAIT,
+/// MSG_NOERROR: the caller becomes msg_lrpid. Raw calls only.
+pub fn msg_receive_raw(id: i32) -> bool {
+    let mut buf = [0u8; 16];
+    // SAFETY: buf holds the type and 8 bytes of text (longer ones are cut).
+    unsafe {
+        libc::msgrcv(
+            id,
+            buf.as_mut_ptr().cast(),
+            8,
+            0,
+            libc::IPC_NOWAIT | libc::MSG_NOERROR,
+        ) >= 0
+    }
 }
 
 fn msq_ds(id: i32, cmd: i32) -> Result<Option<(i32, libc::msqid_ds)>> {
@@ -324,6 +431,8 @@ pub fn msq_list() -> Result<Vec<Msq>> {
                 perm: perm(&ds.msg_perm),
                 qbytes: ds.msg_qbytes,
                 qnum: ds.msg_qnum,
+                lspid: ds.msg_lspid,
+                lrpid: ds.msg_lrpid,
             });
         }
     }
@@ -381,8 +490,8 @@ impl Kind {
 /// id through *_next_id): `size` bytes (shm) or semaphores (sem), made by
 /// a helper process with effective ids `creator` (uid, gid): what the
 /// kernel records as its creator (cuid, cgid), which no call sets
-/// afterwards. A different id (a race) removes it again and fails with
-/// EEXIST.
+/// afterwards; with PID `pid` when given (a segment's shm_cpid). A
+/// different id (a race) removes it again and fails with EEXIST.
 pub fn create(
     kind: Kind,
     id: i32,
@@ -390,6 +499,7 @@ pub fn create(
     size: u64,
     mode: u32,
     creator: (u32, u32),
+    pid: Option<i32>,
 ) -> Result<()> {
     std::fs::write(kind.next_id(), id.to_string()).map_err(|e| {
         SysError::new(
@@ -406,7 +516,7 @@ pub fn create(
     };
     let what = format!("create {kind:?} id {id} key {key:#x}");
     // The helper forked from this thread is in its IPC namespace.
-    crate::sock::as_creator(None, &ids, &what, || {
+    crate::sock::as_creator(pid, &ids, &what, || {
         // SAFETY: integer-only syscalls (in the forked helper).
         unsafe {
             let got = match kind {

@@ -79,6 +79,8 @@ pub fn inheritable(fd: BorrowedFd<'_>) -> Result<()> {
 
 /// `_IOR(0xAA, 0x02, struct uffdio_range)`.
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
+/// `_IOR(0xAA, 0x01, struct uffdio_range)`.
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
 /// `_IOWR(0xAA, 0x03, struct uffdio_copy)`.
 const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
 /// `_IOWR(0xAA, 0x04, struct uffdio_zeropage)`.
@@ -173,6 +175,26 @@ pub fn enable_features(fd: BorrowedFd<'_>, features: u64) -> Result<()> {
 /// UFFDIO_REGISTER in missing mode over [start, start + len).
 pub fn register_missing(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
     register(fd, start, len, UFFDIO_REGISTER_MODE_MISSING, "MISSING")
+}
+
+/// UFFDIO_UNREGISTER over [start, start + len): the areas there lose
+/// their registration (and the VmFlags that show it).
+pub fn unregister(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
+    let mut rg = UffdioRange { start, len };
+    // SAFETY: `rg` is a valid struct uffdio_range, live for the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            UFFDIO_UNREGISTER,
+            std::ptr::addr_of_mut!(rg),
+        )
+    };
+    check(
+        r as libc::c_long,
+        &format!("ioctl(UFFDIO_UNREGISTER) {start:#x}+{len:#x}"),
+        None,
+    )
+    .map(|_| ())
 }
 
 fn fill_result(ret: i32, done: i64, what: &str, at: u64) -> Result<Fill> {

@@ -34,6 +34,12 @@
 //! LD_LIBRARY_PATH and `criu` (a link to stasis) through PATH; each
 //! checkpoint checks that the loader opened our libcriu.so.2.
 //!
+//! Pre-copy: `checkpoint --pre-dump` then `--parent-path ../pre` under
+//! runc and crun (FEATURE_CHECK mem_track, PRE_DUMP, DUMP with
+//! parent_img), podman's `--pre-checkpoint` then `--with-previous`: the
+//! final image holds only the pages written since (`stasis show`), and a
+//! restore without its parent image is refused.
+//!
 //! Tests skip, saying so, only when the engine is missing (.ci/run
 //! installs runc and busybox-static and builds crun; under CI=true a
 //! missing crun build fails the crun tests).
@@ -644,6 +650,7 @@ on_both_engines! {
     restore_refuses_corrupt_image: runc_restore_refuses_corrupt_image, crun_restore_refuses_corrupt_image;
     leave_running_then_restore_copy: runc_leave_running_then_restore_copy, crun_leave_running_then_restore_copy;
     tcp_established_inside_container: runc_tcp_established_inside_container, crun_tcp_established_inside_container;
+    pre_dump_then_checkpoint: runc_pre_dump_then_checkpoint, crun_pre_dump_then_checkpoint;
 }
 
 fn checkpoint_restore_busybox(engine: Option<Engine>, test: &str) {
@@ -722,30 +729,86 @@ fn leave_running_then_restore_copy(engine: Option<Engine>, test: &str) {
     check_restored(&b, &a, before, &mounts);
 }
 
-/// `crun checkpoint --pre-dump` asks libcriu whether criu tracks memory
-/// (FEATURE_CHECK mem_track): stasis says no, so crun stops there, says
-/// why, and the container runs on untouched.
-#[test]
-fn crun_pre_dump_refused_container_runs() {
-    let test = "crun_pre_dump_refused_container_runs";
-    let Some((b, a)) = started(crun(test), test, "predump", LOOP) else {
+/// [`LOOP`] after writing 4 MB of the shell's heap once (977 pages a
+/// final dump after a pre-dump takes from the parent).
+fn big_loop() -> String {
+    format!("big=$(busybox head -c 4000000 /dev/zero | busybox tr '\\0' x); {LOOP}")
+}
+
+/// Pages an image holds itself and pages it takes from its parent image
+/// (`stasis show`).
+fn own_and_parent(img: &Path) -> (u64, u64) {
+    // (Its output outgrows a pipe: read while it runs.)
+    let o = Command::new(stasis_bin())
+        .arg("show")
+        .arg(img)
+        .stdin(Stdio::null())
+        .output()
+        .expect("stasis show");
+    assert!(
+        o.status.success(),
+        "stasis show {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show: JSON");
+    own_and_parent_pages(&v)
+}
+
+/// `checkpoint --pre-dump --image-path PRE` (the engine asks FEATURE_CHECK
+/// mem_track, then sends PRE_DUMP with track_mem): the container runs on;
+/// then `checkpoint --parent-path ../PRE --image-path IMG`: the final
+/// image holds only the pages written since the pre-dump (the loop's few)
+/// and takes the rest from PRE (among them 4 MB the shell wrote once). Negative control: with PRE moved away, the restore is
+/// refused naming the parent and nothing runs; put back, the container is
+/// restored and carries on from its count.
+fn pre_dump_then_checkpoint(engine: Option<Engine>, test: &str) {
+    let Some((mut b, a)) = started(engine, test, "predump", &big_loop()) else {
         return;
     };
-    let before = counts_past(&b, &a, 2);
-    let img = b.dir.join("img");
-    let r = b.checkpoint(&a, &img, &["--pre-dump"]);
-    assert!(!r.ok, "a pre-dump without memory tracking succeeded");
-    assert!(
-        r.out.contains("memory tracking not supported"),
-        "crun's refusal does not say why: {}",
-        r.out
-    );
-    assert!(
-        !img.join("inventory.img").exists(),
-        "a refused pre-dump left an image"
-    );
+    let before = counts_past(&b, &a, 3);
+    let mounts = b.mounts(&a);
+    let pre = b.dir.join("pre");
+    b.checkpoint_ok(&a, &pre, &["--pre-dump"]);
+    let (status, _) = b.state(&a).expect("state after the pre-dump");
+    assert_eq!(status, "running", "{a} after the pre-dump");
     counts_past(&b, &a, before);
     no_failure(&b, &a);
+    let saved = b.counter(&a);
+    let img = b.dir.join("img");
+    b.checkpoint_ok(&a, &img, &["--parent-path", "../pre"]);
+    assert!(
+        b.state(&a).is_none(),
+        "{a}: still known after the checkpoint"
+    );
+    let (pre_own, _) = own_and_parent(&pre);
+    let (own, parent) = own_and_parent(&img);
+    eprintln!("{test}: pre-dump {pre_own} pages; final {own} own, {parent} in the parent");
+    assert!(
+        pre_own >= 977 && parent >= 977 && own * 8 < pre_own,
+        "final image: {own} pages of its own, {parent} in the parent (pre-dump: {pre_own})"
+    );
+
+    let away = b.dir.join("pre.away");
+    fs::rename(&pre, &away).expect("move the parent away");
+    let r = b.restore(&a, &img, &[]);
+    assert!(!r.ok, "restored without its parent image");
+    let log = b.log(&img, "restore.log");
+    assert!(
+        log.contains("parent"),
+        "the refusal does not name the parent: {log:?}"
+    );
+    if let Some((status, pid)) = b.state(&a) {
+        assert!(
+            status != "running" && !pid_exists(pid),
+            "{a}: {status} with init {pid} after a refused restore"
+        );
+    }
+    let _ = run(b.cmd(&["delete", "-f", &a]), T);
+    fs::rename(&away, &pre).expect("put the parent back");
+    let r = b.restore(&a, &img, &[]);
+    assert!(r.ok, "restore of the chain: {}", b.log(&img, "restore.log"));
+    check_restored(&b, &a, saved, &mounts);
 }
 
 /// A TCP connection inside the container (its own network namespace,
@@ -841,7 +904,9 @@ fn libpod_cgroups() -> Vec<PathBuf> {
 }
 
 impl Podman {
-    fn new() -> Result<Podman, String> {
+    /// `tag` keeps the directory and image of each test apart (the tests
+    /// of this file run in one process, in parallel).
+    fn new(tag: &str) -> Result<Podman, String> {
         if Command::new("podman").arg("--version").output().is_err() {
             return Err("no podman in PATH (Debian: apt-get install podman)".into());
         }
@@ -849,7 +914,7 @@ impl Podman {
             return Err(why);
         }
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("containers-podman-{}", std::process::id()));
+            .join(format!("containers-podman-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let root = dir.join("rootfs");
         for d in ["bin", "proc", "sys", "dev", "tmp", "data", "etc"] {
@@ -890,7 +955,7 @@ impl Podman {
             return Err(format!("tar: {}", r.out));
         }
         let p = Podman {
-            image: format!("localhost/stasis-busybox:{}", std::process::id()),
+            image: format!("localhost/stasis-busybox-{tag}:{}", std::process::id()),
             dir,
             names: Vec::new(),
             new_cgroups: libpod_cgroups().is_empty(),
@@ -938,6 +1003,26 @@ impl Podman {
         r.out
     }
 
+    /// `podman run -d` of container `name` (runc, no network) running
+    /// `sh -c PROGRAM` in the imported busybox image.
+    fn run_loop(&self, name: &str, program: &str) {
+        let image = self.image.clone();
+        self.ok(&[
+            "--runtime",
+            "runc",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            &image,
+            "/bin/sh",
+            "-c",
+            program,
+        ]);
+    }
+
     fn counter(&self, name: &str) -> u64 {
         read_counter(|| run(self.podman(&["exec", name, "cat", "/dev/shm/c"]), T).out)
     }
@@ -978,9 +1063,48 @@ impl Drop for Podman {
     }
 }
 
+/// podman's pre-copy: `container checkpoint --pre-checkpoint` (runc's
+/// `--pre-dump`: the container runs on), then `--with-previous` (runc's
+/// `--parent-path` to the pre-checkpoint) and `restore`: the container
+/// carries on from its count.
+#[test]
+fn podman_pre_checkpoint_with_previous() {
+    let mut p = match Podman::new("pre") {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIP podman_pre_checkpoint_with_previous: {why}");
+            return;
+        }
+    };
+    let a = format!("stasis-pmpre-{}-a", std::process::id());
+    p.names.push(a.clone());
+    p.run_loop(&a, &big_loop());
+    let before = p.counts_past(&a, 3);
+    p.ok(&["container", "checkpoint", "--pre-checkpoint", &a]);
+    let st = p.ok(&["inspect", "-f", "{{.State.Status}}", &a]);
+    assert_eq!(st.trim(), "running", "{a} after the pre-checkpoint");
+    p.counts_past(&a, before);
+    let saved = p.counter(&a);
+    p.ok(&["container", "checkpoint", "--with-previous", &a]);
+    let st = p.ok(&["inspect", "-f", "{{.State.Status}}", &a]);
+    assert_eq!(st.trim(), "exited", "{a} after the checkpoint");
+    // podman keeps both images beside the container's state: the final one
+    // takes the pages not written since from the pre-checkpoint's.
+    let state = PathBuf::from(p.ok(&["inspect", "-f", "{{.StaticDir}}", &a]).trim());
+    let (pre_own, _) = own_and_parent(&state.join("pre-checkpoint"));
+    let (own, parent) = own_and_parent(&state.join("checkpoint"));
+    eprintln!("podman: pre-checkpoint {pre_own} pages; final {own} own, {parent} in the parent");
+    assert!(
+        pre_own >= 977 && parent >= 977 && own * 8 < pre_own,
+        "final image: {own} pages of its own, {parent} in the parent (pre: {pre_own})"
+    );
+    p.ok(&["container", "restore", &a]);
+    p.check_running(&a, saved);
+}
+
 #[test]
 fn podman_checkpoint_restore_export_import() {
-    let mut p = match Podman::new() {
+    let mut p = match Podman::new("export") {
         Ok(p) => p,
         Err(why) => {
             eprintln!("SKIP podman_checkpoint_restore_export_import: {why}");
@@ -990,21 +1114,7 @@ fn podman_checkpoint_restore_export_import() {
     let a = format!("stasis-pm-{}-a", std::process::id());
     let b = format!("stasis-pm-{}-b", std::process::id());
     p.names.extend([a.clone(), b.clone()]);
-    let image = p.image.clone();
-    p.ok(&[
-        "--runtime",
-        "runc",
-        "run",
-        "-d",
-        "--name",
-        &a,
-        "--network",
-        "none",
-        &image,
-        "/bin/sh",
-        "-c",
-        LOOP,
-    ]);
+    p.run_loop(&a, LOOP);
     let saved = p.counts_past(&a, 3);
     // In place: checkpoint (the container stops), restore.
     p.ok(&["container", "checkpoint", &a]);

@@ -24,6 +24,7 @@
 mod common;
 
 use common::*;
+use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -277,6 +278,18 @@ fn cr_container_in_every_namespace_twice() {
         );
     }
     let netns = format!("/proc/{}/ns/net", init.pid);
+    // unshare(1) makes the namespaces after `stasis run` wrote its PID:
+    // until it has, the process is still in our network namespace (whose
+    // eth0 would make the link fail with EEXIST).
+    let ours = fs::read_link("/proc/self/ns/net").expect("our netns");
+    let deadline = Instant::now() + t;
+    while fs::read_link(&netns).ok().as_ref() == Some(&ours) {
+        if Instant::now() > deadline {
+            init.kill();
+            fail(&work, "the container never left our network namespace");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = std::process::Command::new("ip")
         .args([
             "link",

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 const MEM_SMALL: &[&str] = &["--size-mib", "16", "--sparse-mib", "64"];
+const MEM_UFFD: &[&str] = &["--size-mib", "64", "--sparse-mib", "16"];
 
 // ---------------------------------------------------------------------------
 // The programs themselves, without stasis.
@@ -232,6 +233,7 @@ fn selfcheck_unsupported_resources_work() {
         "mbind",
         "seccomp-strict",
         "unix-oob",
+        "udp-timestamp",
     ] {
         let work = Work::new(&format!("selfcheck_unsupported_{what}"));
         run_plain(&work, Program::Bin("tp_unsupported"), &["--with", what]).assert_pass(&work);
@@ -275,6 +277,69 @@ fn cr_memory_256mib() {
         &opts,
     )
     .assert_pass(&work);
+}
+
+/// The big anonymous area (64 MiB) is filled by UFFDIO_COPY from both
+/// of the restorer's threads (restore/fill_uffd.rs): the restore log says
+/// so, and the process finds every page, /proc/self/maps, its VmFlags (no
+/// `um` left behind) and the area's page counts (Rss, Anonymous,
+/// Private_Dirty, AnonHugePages, Swap) as before.
+#[test]
+fn cr_memory_uffd_fill() {
+    let work = Work::new("cr_memory_uffd_fill");
+    run_case(&work, Program::Bin("tp_memory"), MEM_UFFD, &Opts::default()).assert_pass(&work);
+    let log = fs::read_to_string(work.img().join("restore.log")).unwrap_or_default();
+    if uffd_fill_off(&log) {
+        return;
+    }
+    assert!(
+        log.contains("filled by UFFDIO_COPY"),
+        "the restore did not fill by UFFDIO_COPY{}",
+        work.diagnostics()
+    );
+}
+
+/// Where a fault may allocate a transparent huge page (a THP size set to
+/// `always`), the UFFDIO_COPY fill is off (restore/fill_uffd.rs): skipped.
+fn uffd_fill_off(log: &str) -> bool {
+    let off = log.contains("huge pages on fault true");
+    if off {
+        eprintln!("skipped: THP on fault here, the UFFDIO_COPY fill is off");
+    }
+    off
+}
+
+/// Negative control of the above: the same restore with one page of the
+/// UFFDIO_COPY fill left out (`STASIS_FAULT=sys:uffd-fill-hole`) must
+/// make the process fail (the page reads as zeros; which area it falls
+/// in depends on which thread takes the first piece).
+#[test]
+fn negative_memory_uffd_fill_hole() {
+    let work = Work::new("negative_memory_uffd_fill_hole");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_memory"), MEM_UFFD, &opts);
+    dump_and_check_gone(&work, &mut p, &opts);
+    let out = restore_detached_env(
+        &work,
+        &[("STASIS_FAULT", "sys:uffd-fill-hole")],
+        opts.stasis_timeout,
+    );
+    let mut r = Proc::adopt(p.pid);
+    assert!(
+        out.success(),
+        "restore failed: {out:?}{}",
+        work.diagnostics()
+    );
+    let got = finish(&work, &mut r, opts.finish_timeout);
+    let log = fs::read_to_string(work.img().join("restore.log")).unwrap_or_default();
+    if uffd_fill_off(&log) {
+        return;
+    }
+    assert!(
+        log.contains("uffd-fill-hole") && got.result.starts_with("FAIL: "),
+        "the negative control did not fail: {got:?}{}",
+        work.diagnostics()
+    );
 }
 
 /// The same on tmpfs (/dev/shm), where the dump fills the page file
@@ -767,6 +832,13 @@ fn refuse_unix_out_of_band_byte() {
     refuse("unix-oob", &["out-of-band byte"]);
 }
 
+/// A UDP datagram waiting on a socket that reports receive metadata
+/// (SO_TIMESTAMP): requeued at restore, it would carry a new time.
+#[test]
+fn refuse_udp_datagram_metadata() {
+    refuse("udp-timestamp", &["SO_TIMESTAMP"]);
+}
+
 #[test]
 fn refuse_strict_seccomp() {
     refuse_child(
@@ -961,6 +1033,44 @@ fn cr_inotify() {
 fn cr_pty() {
     let _pty = pty_lock();
     cr("cr_pty", Program::Bin("tp_pty"), &[]);
+}
+
+/// A pty pair whose output was stopped by a typed ^S (IXON on): still
+/// stopped after restore, and a typed ^Q restarts it.
+#[test]
+fn cr_pty_output_stopped_by_stop_char() {
+    let _pty = pty_lock();
+    cr(
+        "cr_pty_output_stopped_by_stop_char",
+        Program::Bin("tp_ptystop"),
+        &["--how", "stop-char"],
+    );
+}
+
+/// Stopped by tcflow(TCOOFF) (IXON off): still stopped, and only TCOON
+/// restarts it.
+#[test]
+fn cr_pty_output_stopped_by_tcooff() {
+    let _pty = pty_lock();
+    cr(
+        "cr_pty_output_stopped_by_tcooff",
+        Program::Bin("tp_ptystop"),
+        &["--how", "tcooff"],
+    );
+}
+
+/// The negative control: never stopped, the program's after-check fails.
+#[test]
+fn negative_cr_pty_output_stopped() {
+    let _pty = pty_lock();
+    let work = Work::new("negative_cr_pty_output_stopped");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_ptystop"),
+        &["--how", "stop-char", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
 /// An inotify instance with events waiting is refused by name (they

@@ -53,6 +53,22 @@ fn negative_cr_sysvipc_own() {
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
+/// The PID check's negative control through a real dump and restore.
+#[test]
+fn negative_cr_sysvipc_pids() {
+    let work = Work::new("negative_cr_sysvipc_pids");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "own", "--corrupt-pids"],
+        &Opts::default(),
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn cr_sysvipc_own_namespace() {
     let work = Work::new("cr_sysvipc_own_namespace");

@@ -17,10 +17,8 @@ fn mounts_lock() -> MutexGuard<'static, ()> {
     M.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, dump, restore (-d), go:
-/// the restored init's outcome.
-fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Outcome {
-    let _mounts = mounts_lock();
+/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, ready: its init.
+fn run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Proc {
     let t = Duration::from_secs(60);
     let dir = work.dir().to_str().expect("utf-8").to_string();
     let prog = bin_path(program);
@@ -36,6 +34,15 @@ fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) ->
     }
     let mut init = Proc::adopt(pidfile(work, "run.pid"));
     step(work, "waiting for ready", wait_ready(work, &mut init, t));
+    init
+}
+
+/// `stasis run RUN_EXTRA -- PROGRAM WORK ARGS`, dump, restore (-d), go:
+/// the restored init's outcome.
+fn cr_run_tree(work: &Work, program: &str, args: &[&str], run_extra: &[&str]) -> Outcome {
+    let _mounts = mounts_lock();
+    let t = Duration::from_secs(60);
+    let mut init = run_tree(work, program, args, run_extra);
     let out = dump(work, init.pid, &[], t);
     if !out.success() {
         init.kill();
@@ -89,6 +96,28 @@ fn cr_user_tree_of(name: &str, program: &str, args: &[&str]) -> (Work, Outcome) 
         .expect("chmod work dir");
     let out = cr_run_tree(&work, program, args, &["--user"]);
     (work, out)
+}
+
+/// tp_landlock in `stasis run --user` (its own user and PID namespaces,
+/// root mapped to 100000): the Landlock witness joins the user namespace
+/// and takes the ids it numbers; the domain is refused by name, and the
+/// tree runs on, still restricted.
+#[test]
+fn refuse_landlock_domain_in_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let _mounts = mounts_lock();
+    let work = Work::new("refuse_landlock_domain_in_user_namespace");
+    std::fs::set_permissions(work.dir(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod work dir");
+    let t = Duration::from_secs(60);
+    let mut init = run_tree(&work, "tp_landlock", &[], &["--user"]);
+    let out = dump(&work, init.pid, &[], t);
+    let refused = !out.success() && out.stderr.contains("Landlock domain");
+    if !refused {
+        init.kill();
+    }
+    assert!(refused, "the dump did not refuse the domain: {out:?}");
+    finish(&work, &mut init, t).assert_pass(&work);
 }
 
 /// tp_userns in `stasis run --user`: maps, setgroups, ids, groups and

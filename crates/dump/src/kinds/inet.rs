@@ -295,9 +295,23 @@ fn tcp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     })
 }
 
+/// Options that make recvmsg report a datagram's metadata.
+const RECV_METADATA: [&str; 10] = [
+    "SO_TIMESTAMP",
+    "SO_TIMESTAMPNS",
+    "SO_RXQ_OVFL",
+    "IP_PKTINFO",
+    "IP_RECVTOS",
+    "IP_RECVTTL",
+    "IP_RECVORIGDSTADDR",
+    "IPV6_RECVPKTINFO",
+    "IPV6_RECVHOPLIMIT",
+    "IPV6_RECVTCLASS",
+];
+
 fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     let (pid, st) = (d.pid, Stage::Check);
-    let queued = udpq::peek_datagrams(dup, family, MAX_UDP_QUEUED)
+    let queued: Vec<UdpDatagram> = udpq::peek_datagrams(dup, family, MAX_UDP_QUEUED)
         .map_err(|e| {
             d.refuse(&format!(
                 "a UDP socket whose waiting datagrams cannot be saved: {e}"
@@ -316,6 +330,18 @@ fn udp(d: &Fd<'_>, dup: &OwnedFd, family: i32) -> Result<FdKind> {
     let local = sock::local_addr(dup).at(pid, st)?.filter(|a| a.port() != 0);
     let peer = sock::peer_addr(dup).at(pid, st)?;
     let o = options(d, dup, family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    // A waiting datagram is requeued through loopback at restore: the
+    // receive time, TOS, TTL and incoming interface it then carries are
+    // new. Refused where the program asked to be told them.
+    if !queued.is_empty() {
+        if let Some(name) = o.ints.keys().find(|n| RECV_METADATA.contains(&n.as_str())) {
+            return Err(d.refuse(&format!(
+                "a UDP socket with {} datagram(s) waiting and {name} on: the metadata it \
+                 reports with each (receive time, TOS, TTL, interface) cannot be given back",
+                queued.len()
+            )));
+        }
+    }
     let memberships = memberships(d, dup, family)?;
     Ok(FdKind::UdpSocket {
         family: family as u32,

@@ -163,6 +163,7 @@ fn master_state(d: &Fd<'_>, m: &OwnedFd) -> Result<(u32, PtyState)> {
             slave_closed: hup,
             atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            stopped: 0,
         },
     ))
 }
@@ -319,6 +320,12 @@ fn pair_in_tree(procs: &[Proc<'_>], index: u32, s: &mut PtyState) -> Result<()> 
                     root,
                     format!("pts {index}: {queued} bytes of input not yet read (cannot be saved)"),
                 ));
+            }
+            // Output stopped (the master's unread output is refused
+            // elsewhere, so a full master is not what stops it): by ^S
+            // where IXON is on, by tcflow(TCOOFF) where it is off.
+            if pty::output_stopped(&sl).at(root, Stage::Check)? {
+                s.stopped = if s.termios.iflag & libc::IXON != 0 { 1 } else { 2 };
             }
         }
         None => {

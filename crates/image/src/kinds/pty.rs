@@ -93,6 +93,11 @@ pub struct PtyState {
     pub atime_ns: i64,
     #[serde(default)]
     pub mtime_ns: i64,
+    /// Output stopped: 0 no, 1 by the STOP character (IXON on: taken to
+    /// be a typed ^S, which a typed ^Q undoes), 2 by tcflow(TCOOFF) (IXON
+    /// off: nothing else could have stopped it).
+    #[serde(default)]
+    pub stopped: u8,
 }
 
 pub(super) fn validate(
@@ -116,6 +121,9 @@ pub(super) fn validate(
             "{field}.pty.termios.line: line discipline {} (only N_TTY)",
             p.termios.line
         )
+    })?;
+    c.ensure(p.stopped <= 2, || {
+        format!("{field}.pty.stopped: {} (0, 1 or 2)", p.stopped)
     })?;
     c.ensure(p.mode <= 0o7777, || {
         format!("{field}.pty.mode: {:#o}", p.mode)

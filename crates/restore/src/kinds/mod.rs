@@ -656,6 +656,7 @@ impl ProcFiles {
             cow: HashMap::new(),
             image_pid: img.pid,
             sysv: HashMap::new(),
+            sysv_touch: Vec::new(),
         }
     }
 }

@@ -11,6 +11,12 @@
 //	criu_client restore IMGDIR
 //	criu_client restore-sibling IMGDIR GOFILE
 //	criu_client refused IMGDIR PID
+//	criu_client predump IMGDIR PID [PARENT]
+//	criu_client dump-parent IMGDIR PID PARENT
+//	criu_client page-server-chld IMGDIR
+//	criu_client dump-ps IMGDIR PID PORT
+//	criu_client dump-lazy IMGDIR PID PORT
+//	criu_client restore-lazy IMGDIR WORKDIR
 package main
 
 import (
@@ -169,6 +175,78 @@ func main() {
 			die("restore: %v", err)
 		}
 		fmt.Println("RESTORED")
+	case "predump", "dump-parent":
+		dir := openDir(os.Args[2])
+		pid, _ := strconv.Atoi(os.Args[3])
+		opts := &rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			Pid:         proto.Int32(int32(pid)),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String(os.Args[1] + ".log"),
+			TrackMem:    proto.Bool(true),
+		}
+		if len(os.Args) > 4 {
+			opts.ParentImg = proto.String(os.Args[4])
+		}
+		var err error
+		if os.Args[1] == "predump" {
+			err = c.PreDump(opts, nil)
+		} else {
+			err = c.Dump(opts, nil)
+		}
+		if err != nil {
+			die("%s: %v", os.Args[1], err)
+		}
+		fmt.Println("DONE")
+	case "page-server-chld":
+		dir := openDir(os.Args[2])
+		pid, port, err := c.StartPageServerChld(&rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("page-server.log"),
+			Ps:          &rpc.CriuPageServerInfo{Address: proto.String("127.0.0.1")},
+		})
+		if err != nil {
+			die("page server: %v", err)
+		}
+		fmt.Printf("PAGESERVER %d %d\n", pid, port)
+	case "dump-ps", "dump-lazy":
+		// The image goes to the page server at PORT, or (lazy) its pages
+		// are served there.
+		dir := openDir(os.Args[2])
+		pid, _ := strconv.Atoi(os.Args[3])
+		port, _ := strconv.Atoi(os.Args[4])
+		opts := &rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			Pid:         proto.Int32(int32(pid)),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("dump.log"),
+			Ps: &rpc.CriuPageServerInfo{
+				Address: proto.String("127.0.0.1"),
+				Port:    proto.Int32(int32(port)),
+			},
+		}
+		if os.Args[1] == "dump-lazy" {
+			opts.LazyPages = proto.Bool(true)
+		}
+		if err := c.Dump(opts, nil); err != nil {
+			die("dump: %v", err)
+		}
+		fmt.Println("DUMPED")
+	case "restore-lazy":
+		dir := openDir(os.Args[2])
+		work := openDir(os.Args[3])
+		err := c.Restore(&rpc.CriuOpts{
+			ImagesDirFd: proto.Int32(int32(dir.Fd())),
+			WorkDirFd:   proto.Int32(int32(work.Fd())),
+			LogLevel:    proto.Int32(4),
+			LogFile:     proto.String("restore.log"),
+			LazyPages:   proto.Bool(true),
+		}, nil)
+		if err != nil {
+			die("restore: %v", err)
+		}
+		fmt.Println("RESTORED")
 	case "restore-sibling":
 		restoreSibling(c, os.Args[2], os.Args[3])
 	case "refused":
@@ -177,7 +255,7 @@ func main() {
 		err := c.Dump(&rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dir.Fd())),
 			Pid:         proto.Int32(int32(pid)),
-			LazyPages:   proto.Bool(true),
+			Tls:         proto.Bool(true),
 		}, nil)
 		fmt.Printf("DUMP-REFUSED %v\n", err)
 		err = c.Restore(&rpc.CriuOpts{

@@ -9,8 +9,9 @@
 //! blocks and the brk value; a private, copy-on-write mapping of `WORK/data.bin`
 //! with some pages modified; read-only file and anonymous mappings. After go it
 //! checks all contents, that the data file is unchanged on disk, that
-//! /proc/self/maps is identical line by line (except [vsyscall]) and that the
-//! smaps VmFlags of its own areas are unchanged.
+//! /proc/self/maps is identical line by line (except [vsyscall]), that the
+//! smaps VmFlags of its own areas are unchanged, and the page counts of
+//! the random area (Rss, Anonymous, Private_Dirty, AnonHugePages, Swap).
 
 use stasis_tests::{grow_stack, hash, make_data_file, read_file_raw, Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -404,6 +405,7 @@ fn main() {
     );
     compare_maps(&mut report, &maps_before, &maps_after);
     compare_vmflags(&mut report, &areas, &smaps_before, &smaps_after);
+    compare_pages(&mut report, random.start(), &smaps_before, &smaps_after);
 
     proto.finish(&report);
 }
@@ -433,8 +435,8 @@ fn compare_maps(report: &mut Report, before: &[u8], after: &[u8]) {
     }
 }
 
-/// VmFlags of the VMA starting at `start` (smaps), without the soft-dirty flag.
-fn vmflags(smaps: &[u8], start: usize) -> Option<Vec<String>> {
+/// The rest of the smaps line `key` of the VMA starting at `start`.
+fn smaps_field(smaps: &[u8], start: usize, key: &str) -> Option<String> {
     let text = String::from_utf8_lossy(smaps);
     let mut in_vma = false;
     for line in text.lines() {
@@ -448,17 +450,37 @@ fn vmflags(smaps: &[u8], start: usize) -> Option<Vec<String>> {
             }
         }
         if in_vma {
-            if let Some(f) = line.strip_prefix("VmFlags:") {
-                return Some(
-                    f.split_whitespace()
-                        .filter(|f| *f != "sd")
-                        .map(str::to_string)
-                        .collect(),
-                );
+            if let Some(f) = line.strip_prefix(key).and_then(|l| l.strip_prefix(':')) {
+                return Some(f.trim().to_string());
             }
         }
     }
     None
+}
+
+/// VmFlags of the VMA starting at `start` (smaps), without the soft-dirty flag.
+fn vmflags(smaps: &[u8], start: usize) -> Option<Vec<String>> {
+    smaps_field(smaps, start, "VmFlags").map(|f| {
+        f.split_whitespace()
+            .filter(|f| *f != "sd")
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// The page counts of the big anonymous area (filled by UFFDIO_COPY at
+/// restore, where the kernel allows): every page present, anonymous,
+/// dirty, none huge or swapped, as before.
+fn compare_pages(report: &mut Report, start: usize, before: &[u8], after: &[u8]) {
+    for key in ["Rss", "Anonymous", "Private_Dirty", "AnonHugePages", "Swap"] {
+        let (b, a) = (
+            smaps_field(before, start, key),
+            smaps_field(after, start, key),
+        );
+        report.check(b.is_some() && b == a, || {
+            format!("smaps {key} of the random area {start:#x}: before {b:?}, after {a:?}")
+        });
+    }
 }
 
 fn compare_vmflags(report: &mut Report, areas: &[Area], before: &[u8], after: &[u8]) {

@@ -12,6 +12,9 @@
 //!   as uid 2345, gid 6789), then forks the child. After go it checks
 //!   every id, key, owner, creator (cuid, cgid), mode, size, attachment
 //!   count, content, semaphore value and
+//!   the PIDs the kernel recorded (segments' creator and last attacher,
+//!   each semaphore's last PID, queues' last sender and receiver: from
+//!   itself, the child and a process that has exited), each
 //!   message (in order), the sysctls, each attachment's address and
 //!   protection, and that the segment is shared with the child (a write
 //!   in one is seen by the other).
@@ -25,6 +28,8 @@
 //!   tree (a grandchild orphaned by a double fork; refused).
 //! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO: the value
 //!   is kept (the adjustment itself is lost: docs/state.md).
+//!
+//! `--corrupt-pids` (with `own`): the negative control of the PID check.
 
 use stasis_tests::{Proto, Report};
 use std::ffi::c_void;
@@ -181,7 +186,12 @@ fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     match args.get("mode").unwrap_or("own") {
-        "own" => own(&proto, &mut report, args.corrupt()),
+        "own" => own(
+            &proto,
+            &mut report,
+            args.corrupt(),
+            args.flag("corrupt-pids"),
+        ),
         "host" => host(&proto, &mut report, args.corrupt()),
         "child-ns" => child_ns(&proto, &mut report),
         "mqueue" => mqueue(&proto, &mut report),
@@ -308,6 +318,64 @@ fn seen(o: &Objects) -> Seen {
     }
 }
 
+/// The PIDs SysV IPC recorded: (shm_cpid, shm_lpid) of each segment,
+/// every semaphore's sempid, (msg_lspid, msg_lrpid) of each queue. Read
+/// only (IPC_STAT, GETPID): reading them changes none.
+/// Segments' (cpid, lpid), semaphores' sempid, queues' (lspid, lrpid).
+type Pids = (Vec<(i32, i32)>, Vec<i32>, Vec<(i32, i32)>);
+
+fn pids(o: &Objects) -> Pids {
+    let shm = [o.a, o.b, o.c]
+        .iter()
+        .map(|&id| {
+            let d = shm_ds(id);
+            (d.shm_cpid, d.shm_lpid)
+        })
+        .collect();
+    let mut sem = Vec::new();
+    for (id, n) in [(o.s1, 4), (o.s2, 1)] {
+        for i in 0..n {
+            // SAFETY: GETPID takes integer arguments.
+            sem.push(unsafe { libc::semctl(id, i, libc::GETPID) });
+        }
+    }
+    let msg = [o.q1, o.q2]
+        .iter()
+        .map(|&id| {
+            // SAFETY: an all-zero msqid_ds is a valid out buffer.
+            let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+            // SAFETY: ds is a live buffer.
+            unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) };
+            (ds.msg_lspid, ds.msg_lrpid)
+        })
+        .collect();
+    (shm, sem, msg)
+}
+
+/// A process that exits at once: it inherits the attachments of A and C
+/// (its exit detaches them: their shm_lpid becomes its PID) and waits for
+/// zero on semaphore 0 of s1 (its sempid and s1's sem_otime).
+fn short_lived(o: &Objects) {
+    // SAFETY: single-threaded; the child makes raw calls and _exits.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let mut op = libc::sembuf {
+                sem_num: 0,
+                sem_op: 0,
+                sem_flg: libc::IPC_NOWAIT as i16,
+            };
+            libc::_exit(i32::from(libc::semop(o.s1, &mut op, 1) != 0));
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "short-lived process"
+        );
+    }
+}
+
 fn create_objects() -> Objects {
     for (n, v) in SYSCTLS {
         std::fs::write(format!("/proc/sys/{n}"), v).expect("write IPC sysctl");
@@ -399,6 +467,25 @@ fn create_objects() -> Objects {
 /// The child: its inherited attachments plus a second one of A, split by
 /// mprotect. After go it answers the parent's write through A and checks C.
 fn child(proto: &Proto, o: &Objects) -> ! {
+    // Semaphore 2 of s1 (its sempid), a message into q2 (msg_lspid).
+    let mut ops = [
+        libc::sembuf {
+            sem_num: 2,
+            sem_op: 1,
+            sem_flg: 0,
+        },
+        libc::sembuf {
+            sem_num: 2,
+            sem_op: -1,
+            sem_flg: 0,
+        },
+    ];
+    // SAFETY: ops is a live array of two.
+    ok(
+        unsafe { libc::semop(o.s1, ops.as_mut_ptr(), 2) },
+        "child semop",
+    );
+    send(o.q2, 9, b"from the child");
     let a2 = attach(o.a, 0);
     // SAFETY: a2 maps A (4 pages); the first page is made read-only.
     unsafe { libc::mprotect(a2.cast(), PAGE, libc::PROT_READ) };
@@ -426,7 +513,7 @@ fn child(proto: &Proto, o: &Objects) -> ! {
     unsafe { libc::_exit(i32::from(!ok)) }
 }
 
-fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
+fn own(proto: &Proto, report: &mut Report, corrupt: bool, corrupt_pids: bool) {
     unshare_ipc();
     let o = create_objects();
     // SAFETY: single-threaded; the child runs `child` and _exits.
@@ -434,6 +521,7 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
     if pid == 0 {
         child(proto, &o);
     }
+    short_lived(&o);
     // Marked for removal while attached (here and in the child).
     // SAFETY: IPC_RMID ignores the buffer.
     ok(
@@ -447,12 +535,43 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
         }
         stasis_tests::nap(10_000_000);
     }
+    // The child's message, received here (q2's msg_lrpid).
+    report.eq(
+        "the child's message",
+        vec![(9i64, b"from the child".to_vec())],
+        drain(o.q2),
+    );
+    // A's last attacher: this process, while the child attaches it too.
+    // SAFETY: A is attached and detached again at once.
+    unsafe { libc::shmdt(attach(o.a, libc::SHM_RDONLY) as *const c_void) };
     let mut before = seen(&o);
+    // After seen(), which attaches B: every PID as the dump finds it.
+    let mut pids_before = pids(&o);
     proto.ready_and_wait();
+    let pids_after = pids(&o);
     let after = seen(&o);
     if corrupt {
         before.sems[0].0[3] ^= 1;
     }
+    if corrupt_pids {
+        pids_before.0[2].1 += 1;
+    }
+    let me = std::process::id() as i32;
+    report.check(
+        pids_before.0[0].1 == me
+            && pids_before.0[2].1 != me
+            && pids_before.0[2].1 != pid
+            && pids_before.1[2] == pid
+            && pids_before.1[0] != me
+            && pids_before.2[1] == (pid, me)
+            || corrupt_pids,
+        || format!("the set-up's PIDs are not as planned: {pids_before:?} (me {me}, child {pid})"),
+    );
+    report.eq(
+        "PIDs: shm (cpid, lpid), sempid, msg (lspid, lrpid)",
+        pids_before,
+        pids_after,
+    );
     report.eq(
         "ids, segments, contents, semaphores, queues, sysctls, attachments",
         before,

@@ -64,6 +64,9 @@
 //! - `pty-queued`: a pseudo-terminal pair with input written to the master
 //!   and not yet read from the slave;
 //! - `two-ttys`: the slaves of two pseudo-terminals (dumped with `-j`).
+//! - `udp-timestamp`: a UDP socket with SO_TIMESTAMP on and a datagram
+//!   waiting (its receive time cannot be given back); after go it reads
+//!   the datagram with its timestamp.
 //!
 //! After go it checks that the resource still works: the pipe yields the
 //! buffered bytes and carries new ones, the thread joins with its value, the
@@ -580,6 +583,54 @@ fn main() {
                 st
             };
             report.eq("strict child's exit status", 0, st);
+        }
+        "udp-timestamp" => {
+            // SAFETY: plain socket calls on live buffers of their sizes.
+            unsafe {
+                let u = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                let on: i32 = 1;
+                libc::setsockopt(
+                    u,
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMP,
+                    std::ptr::addr_of!(on).cast(),
+                    4,
+                );
+                let mut a: libc::sockaddr_in = std::mem::zeroed();
+                a.sin_family = libc::AF_INET as u16;
+                a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+                let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                libc::bind(u, std::ptr::addr_of!(a).cast(), len);
+                let mut got = len;
+                libc::getsockname(u, std::ptr::addr_of_mut!(a).cast(), &mut got);
+                let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                libc::sendto(
+                    s,
+                    b"tick".as_ptr().cast(),
+                    4,
+                    0,
+                    std::ptr::addr_of!(a).cast(),
+                    len,
+                );
+                proto.ready_and_wait();
+                let mut data = [0u8; 8];
+                let mut ctl = [0u64; 16];
+                let mut iov = libc::iovec {
+                    iov_base: data.as_mut_ptr().cast(),
+                    iov_len: data.len(),
+                };
+                let mut m: libc::msghdr = std::mem::zeroed();
+                m.msg_iov = &mut iov;
+                m.msg_iovlen = 1;
+                m.msg_control = ctl.as_mut_ptr().cast();
+                m.msg_controllen = std::mem::size_of_val(&ctl);
+                let n = libc::recvmsg(u, &mut m, libc::MSG_DONTWAIT);
+                let c = libc::CMSG_FIRSTHDR(&m);
+                let stamped = !c.is_null()
+                    && (*c).cmsg_level == libc::SOL_SOCKET
+                    && (*c).cmsg_type == libc::SO_TIMESTAMP;
+                report.eq("datagram and its timestamp", (4, true), (n, stamped));
+            }
         }
         "unix-oob" => {
             let mut sv = [0i32; 2];

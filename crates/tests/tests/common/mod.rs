@@ -110,6 +110,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_netsk" => env!("CARGO_BIN_EXE_tp_netsk"),
         "tp_keyring" => env!("CARGO_BIN_EXE_tp_keyring"),
         "tp_extfile" => env!("CARGO_BIN_EXE_tp_extfile"),
+        "tp_landlock" => env!("CARGO_BIN_EXE_tp_landlock"),
+        "tp_ptystop" => env!("CARGO_BIN_EXE_tp_ptystop"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
@@ -644,6 +646,18 @@ pub fn restore_detached(work: &Work, extra: &[&str], timeout: Duration) -> CmdOu
     stasis(work, &args, timeout)
 }
 
+/// [`restore_detached`] with variables `env` set for stasis (test hooks
+/// such as `STASIS_FAULT`); its output in `WORK/restore-env.*`.
+pub fn restore_detached_env(work: &Work, env: &[(&str, &str)], timeout: Duration) -> CmdOut {
+    let mut cmd = Command::new(stasis_bin());
+    cmd.args(restore_args(work)).envs(env.iter().copied());
+    let (out_p, err_p) = (
+        work.path("restore-env.stdout"),
+        work.path("restore-env.stderr"),
+    );
+    run_captured(&mut cmd, &out_p, &err_p, Stdio::null(), timeout)
+}
+
 /// [`restore_detached`] with `stdin` as stasis's descriptor 0 (handed in
 /// with `--inherit-fd fd[0]:KEY`); its output in `WORK/restore-stdin.*`.
 pub fn restore_detached_stdin(
@@ -853,6 +867,33 @@ pub fn page_runs(v: &serde_json::Value) -> Vec<(u64, u64)> {
     }
     walk(v, &mut runs);
     runs
+}
+
+/// Pages an image holds itself and pages it takes from its parent
+/// (runs marked `in_parent`), over every `pages` array of `show` output.
+pub fn own_and_parent_pages(v: &serde_json::Value) -> (u64, u64) {
+    fn walk(v: &serde_json::Value, t: &mut (u64, u64)) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    for r in x.as_array().filter(|_| k == "pages").into_iter().flatten() {
+                        let n = r["nr_pages"].as_u64().unwrap_or(0);
+                        if r["in_parent"].as_bool() == Some(true) {
+                            t.1 += n;
+                        } else {
+                            t.0 += n;
+                        }
+                    }
+                    walk(x, t);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, t)),
+            _ => {}
+        }
+    }
+    let mut t = (0, 0);
+    walk(v, &mut t);
+    t
 }
 
 /// Pages of `runs` inside `[start, end)`.
