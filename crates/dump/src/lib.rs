@@ -408,10 +408,13 @@ fn wait_links_gone(pid: u32, names: &[String], ns: &str) {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|m| m.lines().any(|l| l.contains(ns)));
     let entered = || {
-        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-            std::fs::read_link(e.path().join("ns/net"))
-                .is_ok_and(|l| l.to_string_lossy() == ns)
-        })
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.to_string_lossy() == ns)
+            })
     };
     if mounted || entered() {
         return;
@@ -425,7 +428,10 @@ fn wait_links_gone(pid: u32, names: &[String], ns: &str) {
     };
     while left() > 0 {
         if Instant::now() > end {
-            log::warn!("pid {pid}: {} veth outer end(s) still there 10 s after the kill", left());
+            log::warn!(
+                "pid {pid}: {} veth outer end(s) still there 10 s after the kill",
+                left()
+            );
             return;
         }
         std::thread::sleep(Duration::from_millis(10));

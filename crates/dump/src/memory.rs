@@ -485,7 +485,10 @@ fn read_into(
             // It exited while the round copied (a container's shell loop
             // forks short-lived children): no later dump has it, so no
             // later image takes a page of it from this one.
-            log::debug!("pid {}: exited while its pages were copied ({e}): saved as zeros", pid.0);
+            log::debug!(
+                "pid {}: exited while its pages were copied ({e}): saved as zeros",
+                pid.0
+            );
             dst.fill(0);
             Ok(())
         }

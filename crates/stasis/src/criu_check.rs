@@ -26,7 +26,6 @@ const fn f(name: &'static str, category: u8, why_not: Option<&'static str>) -> C
     }
 }
 
-
 /// criu 4.1's feature names (`criu check --feature list`).
 static CRIU_FEATURES: &[CriuFeature] = &[
     f("mnt_id", 2, None),

@@ -511,7 +511,13 @@ fn check_feature_answers_criu_names() {
         );
     }
     // Things stasis does not do, whatever the kernel offers.
-    for no in ["autofs", "aio_remap", "compat_cr", "pidfd_store", "memfd_hugetlb"] {
+    for no in [
+        "autofs",
+        "aio_remap",
+        "compat_cr",
+        "pidfd_store",
+        "memfd_hugetlb",
+    ] {
         let out = run(&["check", "--feature", no]);
         assert_eq!(out.code, Some(1), "{no}: {:?} {:?}", out.stdout, out.stderr);
         assert!(out.stderr.contains(no), "{no}: {:?}", out.stderr);
