@@ -256,7 +256,11 @@ fn restore_here(r: &Request, dir: &Path) -> Result<(i32, Option<Duration>)> {
         ..r.clone()
     };
     let mut daemon = match r.lazy_pages {
-        true => Some(LazyDaemon::start(&rr, dir)?),
+        true => Some(LazyDaemon::start(
+            dir,
+            rr.work_dir.as_deref().unwrap_or(dir),
+            &crate::criu_cmd::lazy_socket(&rr),
+        )?),
         false => None,
     };
     let res = (|| {
@@ -282,25 +286,27 @@ fn restore_here(r: &Request, dir: &Path) -> Result<(i32, Option<Duration>)> {
     Ok((t.pid.0, Some(t0.elapsed())))
 }
 
-/// The lazy-pages daemon of `migrate --lazy-pages`.
-struct LazyDaemon {
+/// The lazy-pages daemon of `migrate --lazy-pages` (and of the bench's
+/// downtime case): `stasis lazy-pages` as a child.
+pub(crate) struct LazyDaemon {
     child: std::process::Child,
     socket: PathBuf,
 }
 
 impl LazyDaemon {
-    fn start(rr: &Request, dir: &Path) -> Result<LazyDaemon> {
+    /// Starts it for the image in `dir`, working in `work` (its log
+    /// `lazy-pages.log` there) and listening at `socket` (in `work`).
+    pub(crate) fn start(dir: &Path, work: &Path, socket: &Path) -> Result<LazyDaemon> {
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
-        let socket = crate::criu_cmd::lazy_socket(rr);
-        let work = rr.work_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        let socket = socket.to_path_buf();
         let child = Command::new("/proc/self/exe")
             .arg0("stasis")
             .arg("lazy-pages")
             .arg("-D")
             .arg(dir)
             .arg("-W")
-            .arg(&work)
+            .arg(work)
             .args(["-o", "lazy-pages.log", "-v4"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -311,7 +317,7 @@ impl LazyDaemon {
     }
 
     /// Waits until the daemon listens (or fails: it ended).
-    fn listening(&mut self) -> Result<()> {
+    pub(crate) fn listening(&mut self) -> Result<()> {
         let deadline = Instant::now() + PID_FREE_WAIT;
         while !self.socket.exists() {
             if let Some(st) = self.child.try_wait()? {
@@ -327,7 +333,7 @@ impl LazyDaemon {
 
     /// Every page in place (exit 0), or the daemon failed (it killed the
     /// lazy tree and said why on stderr).
-    fn wait(&mut self) -> Result<()> {
+    pub(crate) fn wait(&mut self) -> Result<()> {
         let st = self.child.wait().context("migrate: wait for lazy-pages")?;
         if !st.success() {
             bail!("migrate: the lazy-pages daemon failed ({st}): the restored tree was killed");
@@ -336,7 +342,7 @@ impl LazyDaemon {
     }
 
     /// The restore failed: the daemon goes too.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);

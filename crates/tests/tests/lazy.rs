@@ -435,6 +435,27 @@ fn lazy_precopy_chain() {
         served >= 60 << 20 && last < served / 4,
         "served {served} bytes, final page file {last} bytes: {log}"
     );
+    // A chain is not served from a remote lazy page server: refused by
+    // name before connecting.
+    let img = work.img();
+    let out = stasis(
+        &work,
+        &[
+            "lazy-pages",
+            "-D",
+            img.to_str().expect("utf-8"),
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "1",
+        ],
+        T,
+    );
+    assert!(
+        !out.success() && out.stderr.contains("pre-copy chain"),
+        "{out:?}"
+    );
 }
 
 /// Negative control: the program corrupts a page after the restore
