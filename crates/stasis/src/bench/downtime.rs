@@ -35,6 +35,9 @@ pub(super) struct DowntimeSample {
     /// place (from the resume).
     restore: Duration,
     resident: Duration,
+    /// From the final dump's return until the old PIDs are free (the
+    /// killed tree's memory freed) and the daemon listens.
+    gone: Duration,
     /// The program's longest stall from the final freeze on.
     downtime: Duration,
     /// Its longest stall during the pre-copy rounds.
@@ -118,6 +121,7 @@ pub(super) fn run_downtime_round(
     let t_final = now_ns();
     let parent = format!("../round-{}", saved.len());
     let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some(&parent), false))?;
+    let t_dumped = Instant::now();
     let _ = run.child.wait();
     let img = work.join("img");
     let socket = img.join(stasis_restore::lazy::SOCKET_NAME);
@@ -125,13 +129,14 @@ pub(super) fn run_downtime_round(
     let restored = (|| {
         wait_gone(&pids)?;
         daemon.listening()?;
+        let gone = t_dumped.elapsed();
         let t = Instant::now();
         let mut o = restore_opts(img.clone());
         o.lazy_pages = Some(socket.clone());
         let restored = stasis_restore::restore(&o)?;
-        Ok::<_, anyhow::Error>((restored, t.elapsed()))
+        Ok::<_, anyhow::Error>((restored, t.elapsed(), gone))
     })();
-    let (restored, restore) = match restored {
+    let (restored, restore, gone) = match restored {
         Ok(v) => v,
         Err(e) => {
             daemon.stop();
@@ -153,6 +158,7 @@ pub(super) fn run_downtime_round(
         last_bytes: last.page_bytes,
         restore,
         resident,
+        gone,
         downtime: longest(&g, t_final, end),
         round_stall: longest(&g, t_pre, t_final),
     })
@@ -160,7 +166,7 @@ pub(super) fn run_downtime_round(
 
 pub(super) fn line(s: &DowntimeSample) -> String {
     format!(
-        "full dump frozen {} ms; {} brief rounds in {} ms (frozen {} ms at most, program stalled {} ms at most); final dump frozen {} ms ({}); lazy restore {} ms (every page in place {} ms later); program down {} ms",
+        "full dump frozen {} ms; {} brief rounds in {} ms (frozen {} ms at most, program stalled {} ms at most); final dump frozen {} ms ({}); old tree gone and daemon listening {} ms later; lazy restore {} ms (every page in place {} ms later); program down {} ms",
         ms(s.full),
         s.rounds.len(),
         ms(s.precopy),
@@ -168,6 +174,7 @@ pub(super) fn line(s: &DowntimeSample) -> String {
         ms(s.round_stall),
         ms(s.last),
         human(s.last_bytes),
+        ms(s.gone),
         ms(s.restore),
         ms(s.resident),
         ms(s.downtime)
@@ -184,12 +191,13 @@ pub(super) fn print(name: &str, v: &[DowntimeSample]) {
         .map(|(b, f)| format!("{} frozen {} ms", human(*b), ms(*f)))
         .collect();
     println!(
-        "\n{name} (medians): frozen without pre-copy {} ms, with pre-copy {} ms = {:.3} of it (final dump {} of pages); downtime seen by the program {} ms (lazy restore {} ms to running, every page in place {} ms after); rounds of the median run: {}; program's longest stall during them {} ms",
+        "\n{name} (medians): frozen without pre-copy {} ms, with pre-copy {} ms = {:.3} of it (final dump {} of pages); downtime seen by the program {} ms (old tree gone {} ms after the final dump, lazy restore {} ms to running, every page in place {} ms after); rounds of the median run: {}; program's longest stall during them {} ms",
         ms(full),
         ms(last),
         last.as_secs_f64() / full.as_secs_f64().max(1e-9),
         human(s.last_bytes),
         ms(down),
+        ms(med(|s| s.gone)),
         ms(med(|s| s.restore)),
         ms(med(|s| s.resident)),
         rounds.join(", "),
