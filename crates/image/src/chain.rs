@@ -406,7 +406,14 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
             continue;
         }
         let out = tmp.0.join(format!("pages-{}.img", img.pid));
-        merge(&pages[i], img.pid, &mut img.mm.pages, &files, &pieces[i], &out)?;
+        merge(
+            &pages[i],
+            img.pid,
+            &mut img.mm.pages,
+            &files,
+            &pieces[i],
+            &out,
+        )?;
         pages[i] = out;
     }
     Ok(Resolved {

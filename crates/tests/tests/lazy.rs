@@ -259,7 +259,10 @@ fn expect_checksum_kill(work: &Work, pid: i32) {
         if matches!(r.poll(), Ok(None)) {
             let st = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             let stack = fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
-            fail(work, format!("still running after the kill:\n{st}\n{stack}"));
+            fail(
+                work,
+                format!("still running after the kill:\n{st}\n{stack}"),
+            );
         }
         let exit = step(work, "restored process", r.wait(Duration::from_secs(10)));
         assert_eq!(exit, Exit::Signal(libc::SIGKILL), "{}", work.diagnostics());

@@ -541,7 +541,10 @@ fn migrate_refusals() {
             !out.success() && out.stderr.contains(word) && out.stderr.lines().count() == 1,
             "{extra:?}: {out:?}"
         );
-        assert!(!img.join("round-1").exists(), "{extra:?}: a round was dumped");
+        assert!(
+            !img.join("round-1").exists(),
+            "{extra:?}: a round was dumped"
+        );
     }
     step(&work, "still running", p.check_running_untraced());
     p.kill();

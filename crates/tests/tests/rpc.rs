@@ -654,9 +654,7 @@ fn rpc_external_resources() {
     };
     let c = swrk();
     let r = c
-        .call(&dump(vec!["tty[8801:3]".into()], Vec::new()), |_| {
-            true
-        })
+        .call(&dump(vec!["tty[8801:3]".into()], Vec::new()), |_| true)
         .expect("dump");
     let msg = r.cr_errmsg.clone().unwrap_or_default();
     assert!(
