@@ -9,7 +9,9 @@
 //! (checksums of every file), and each process whose runs point into the
 //! parent gets one page file of its own again, written into a private
 //! temporary directory: its own page file followed by the parent pages it
-//! refers to.
+//! refers to. A lazy restore merges nothing but the few eager pages
+//! ([`resolve_lazy`]); the lazy-pages daemon serves every other page from
+//! the image of the chain that holds it ([`locate_lazy`]).
 
 use crate::error::{ImageError, Result};
 use crate::format::{FileKind, INVENTORY_FILE, PAGES_HEADER_LEN};
