@@ -138,6 +138,12 @@ pub struct DumpStats {
     pub parent_bytes: u64,
     pub vmas: usize,
     pub page_runs: usize,
+    /// The outer ends (in our namespace) of the veths of the tree's own
+    /// network namespace: the kernel removes them when the killed tree's
+    /// namespace is destroyed, which it does in the background.
+    pub outer_links: Vec<String>,
+    /// That namespace (`net:[INODE]`).
+    pub netns: Option<String>,
 }
 
 /// A dump stage, named in every error.
@@ -377,6 +383,9 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         if let Some(l) = lock {
             l.keep();
         }
+        if let Some(ns) = &stats.netns {
+            wait_links_gone(pid, &stats.outer_links, ns);
+        }
     }
     log::info!(
         "pid {pid}: dump done, process stopped for {:?} (the dump took {:?})",
@@ -384,6 +393,49 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         t0.elapsed()
     );
     Ok(stats)
+}
+
+/// Waits (up to 10 s) until the outer ends of the killed tree's veths are
+/// gone: the kernel destroys a dead network namespace `ns`, and with it
+/// these links, from a work queue, and a restore right after the dump
+/// would find their names taken. Not when something else holds the
+/// namespace (a bind mount of ours, `ip netns add`; a process outside the
+/// tree): it lives on, and its links with it.
+fn wait_links_gone(pid: u32, names: &[String], ns: &str) {
+    if names.is_empty() {
+        return;
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.contains(ns)));
+    let entered = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.to_string_lossy() == ns)
+            })
+    };
+    if mounted || entered() {
+        return;
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    let left = || {
+        names
+            .iter()
+            .filter(|n| std::path::Path::new("/sys/class/net").join(n).exists())
+            .count()
+    };
+    while left() > 0 {
+        if Instant::now() > end {
+            log::warn!(
+                "pid {pid}: {} veth outer end(s) still there 10 s after the kill",
+                left()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn dump_frozen(
@@ -544,7 +596,14 @@ fn dump_frozen(
             &mut pages,
             brief,
         )?;
-        kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages)?;
+        match kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages) {
+            // A brief round's tree runs: a process that exited meanwhile
+            // is in no later dump, which takes nothing of it from here.
+            Err(e) if brief && memory::exited(Pid(state.host_pid as i32)) => {
+                log::debug!("pid {pid}: exited while its files were saved ({e})");
+            }
+            r => r?,
+        }
         if let (Some(saved), true) = (ipc.as_mut(), refs.is_empty()) {
             // Segment contents: in the root's page file.
             sysvipc::write_contents(saved, state.host_pid, &mut pages)?;
@@ -626,11 +685,23 @@ fn dump_frozen(
     fault_point(root, Stage::Commit)?;
     writer.commit(&inventory).at(root, Stage::Commit)?;
     round.succeed();
+    let outer_links = inventory
+        .net
+        .iter()
+        .flat_map(|n| &n.links)
+        .filter_map(|l| l.veth.as_ref().filter(|v| v.inside.is_none()))
+        .map(|v| v.name.clone())
+        .collect();
+    let netns = std::fs::read_link(format!("/proc/{root}/ns/net"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned());
     Ok(DumpStats {
         frozen: frozen_for,
         page_bytes,
         parent_bytes,
         vmas,
         page_runs,
+        outer_links,
+        netns,
     })
 }

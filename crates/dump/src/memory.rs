@@ -481,11 +481,26 @@ fn read_into(
     running: bool,
 ) -> Result<()> {
     match read_batch(pid, b, dst, mem_file) {
-        Err(e) if running && stasis_sys::util::pid_exists(pid) => {
-            read_running(pid, b, dst, mem_file, e)
+        Err(e) if running && exited(pid) => {
+            // It exited while the round copied (a container's shell loop
+            // forks short-lived children): no later dump has it, so no
+            // later image takes a page of it from this one.
+            log::debug!(
+                "pid {}: exited while its pages were copied ({e}): saved as zeros",
+                pid.0
+            );
+            dst.fill(0);
+            Ok(())
         }
+        Err(e) if running => read_running(pid, b, dst, mem_file, e),
         r => r,
     }
+}
+
+/// Whether `pid` has exited (gone, or a zombie whose memory is gone): a
+/// process of a tree that runs during a brief pre-dump round may.
+pub(crate) fn exited(pid: Pid) -> bool {
+    !matches!(stasis_sys::util::proc_state(pid), Some(c) if c != 'Z' && c != 'X')
 }
 
 /// A batch that failed to read while the process runs (a brief pre-dump
@@ -520,8 +535,10 @@ fn read_running(
         }
         at += len;
     }
-    if !stasis_sys::util::pid_exists(pid) {
-        return Err(first);
+    if exited(pid) {
+        log::debug!("pid {p}: exited while its pages were copied ({first}): saved as zeros");
+        dst.fill(0);
+        return Ok(());
     }
     log::debug!("pid {p}: {gone} pages gone while copying ({first}): saved as zeros");
     Ok(())

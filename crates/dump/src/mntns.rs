@@ -406,6 +406,9 @@ fn host_path_of(m: &MountInfo, ours: &[MountInfo]) -> Option<String> {
 /// the rebuilt tree. A file on a mount that is not there (the old root
 /// after a pivot_root, a mount of the namespace it came from) whose path
 /// names another file, or none, is refused by name.
+/// statfs f_type of the mqueue file system.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
 fn unreachable_files(root: u32, pid: u32) -> Result<()> {
     let mut links = vec![format!("/proc/{pid}/exe"), format!("/proc/{pid}/cwd")];
     for dir in ["fd", "map_files"] {
@@ -427,6 +430,11 @@ fn unreachable_files(root: u32, pid: u32) -> Result<()> {
             || t.ends_with(" (deleted)")
         {
             continue; // not a path, or saved whole
+        }
+        // A POSIX message queue is opened by name in its IPC namespace, not
+        // by path (kinds/mqueue.rs).
+        if stasis_sys::fileops::fs_type(&l).ok() == Some(MQUEUE_MAGIC) {
+            continue;
         }
         let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
         let held = id(&l);

@@ -162,6 +162,8 @@ fn veth_peer(l: &netlink::Link, links: &[netlink::Link], host: &[netlink::Link])
                 .find(|m| p.master != 0 && m.index == p.master)
                 .map(|m| m.name.clone())
                 .unwrap_or_default(),
+            down: p.flags & libc::IFF_UP as u32 == 0,
+            qdisc: p.qdisc.clone(),
         },
         // In a third namespace: the restore names it (criu's --veth-pair).
         None => VethPeer::default(),
@@ -292,6 +294,7 @@ fn read_inside(
                 up: l.flags & libc::IFF_UP as u32 != 0,
                 mtu: l.mtu,
                 mac: l.mac.clone(),
+                qdisc: l.qdisc.clone(),
                 veth: (l.kind == "veth").then(|| veth_peer(l, &links, &host)),
                 macvlan: macvlans
                     .iter()

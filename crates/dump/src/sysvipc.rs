@@ -5,7 +5,9 @@
 //! Everything is read without changing it, by a thread of the dumper that
 //! joined the namespace: SHM_STAT / SEM_STAT / MSG_STAT walk the indices,
 //! GETALL reads semaphores, msgrcv(MSG_COPY|IPC_NOWAIT) copies messages
-//! in queue order; a segment's memory is read through a map_files entry
+//! in queue order (POSIX message queues are the exception: their
+//! messages are received and sent back at once, stasis_sys::mqueue); a
+//! segment's memory is read through a map_files entry
 //! (its holes stay holes): of a process of the tree that has it attached;
 //! for one nobody attaches, of a short read-only attachment made by its
 //! last attacher (shm_lpid) when that is a process of the tree (a remote
@@ -18,11 +20,12 @@ use crate::collect::Collected;
 use crate::kinds::saved::{extents, write_extents};
 use crate::{At, DumpError, Result, Stage};
 use stasis_image::sysvipc::{
-    IpcNs, IpcPerm, IpcSysctl, Message, MsgQueue, SemSet, ShmSegment, IPC_SYSCTLS,
+    IpcNs, IpcPerm, IpcSysctl, Message, MsgQueue, PosixMessage, PosixQueue, SemSet, ShmSegment,
+    IPC_SYSCTLS,
 };
-use stasis_image::{PagesWriter, VmaKind};
+use stasis_image::{FdKind, PagesWriter, VmaKind};
 use stasis_sys::sysvipc::{self as ipc, Perm, SHM_DEST};
-use stasis_sys::SysError;
+use stasis_sys::{mqueue, SysError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -54,13 +57,13 @@ fn perm(p: Perm) -> IpcPerm {
 }
 
 /// What the namespace thread reads: segments (with their memory),
-/// semaphore sets, queues, sysctls, POSIX queue names.
+/// semaphore sets, queues, sysctls, POSIX queues.
 type Raw = (
     Vec<(ipc::Shm, OwnedFd)>,
     Vec<SemSet>,
     Vec<MsgQueue>,
     Vec<IpcSysctl>,
-    Vec<String>,
+    Vec<mqueue::Queue>,
 );
 
 /// Whether the tree (root `root`) has an IPC namespace of its own.
@@ -149,6 +152,17 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
             opened.insert(*id, Source::Fd(fd));
         }
     }
+    if !own {
+        if let Some((pid, fd, name)) = mq_fds(procs).next() {
+            return Err(unsupported(
+                pid,
+                format!(
+                    "fd {fd}: POSIX message queue /{name} of stasis's IPC namespace (only the \
+                     queues of an IPC namespace of the tree's own are saved)"
+                ),
+            ));
+        }
+    }
     if !own && attached.is_empty() {
         return Ok(None);
     }
@@ -157,17 +171,29 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
     }
     let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, st)?;
     let wanted: Option<HashSet<i32>> = (!own).then(|| attached.keys().copied().collect());
+    let sending = own && in_mq_send(procs);
     let (shm, sem, msg, sysctls, mqueues) =
-        ipc::in_ns(&ns, move || read_ns(own, wanted.as_ref(), opened)).at(root, st)?;
-    if let Some(name) = mqueues.first() {
-        return Err(unsupported(
-            root,
-            format!(
-                "POSIX message queue /{name} in the tree's IPC namespace: its messages can be \
-                 read only by receiving them"
-            ),
-        ));
+        ipc::in_ns(&ns, move || read_ns(own, wanted.as_ref(), opened, sending)).at(root, st)?;
+    for (pid, fd, name) in mq_fds(procs) {
+        let dev = procs
+            .iter()
+            .find(|c| c.host_pid == pid)
+            .and_then(|c| c.image.files.iter().find(|e| e.fd == fd))
+            .and_then(|e| match e.kind {
+                FdKind::Mqueue { dev, .. } => Some(dev),
+                _ => None,
+            });
+        if !mqueues.iter().any(|q| q.name == name && Some(q.dev) == dev) {
+            return Err(unsupported(
+                pid,
+                format!(
+                    "fd {fd}: POSIX message queue /{name} of an IPC namespace not the tree's \
+                     (only the tree's own are saved)"
+                ),
+            ));
+        }
     }
+    let mqueues = posix_queues(root, mqueues)?;
     let rmid_forced = sysctls
         .iter()
         .any(|s| s.name == "kernel/shm_rmid_forced" && s.value.trim() != "0");
@@ -175,10 +201,12 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
         ipc: IpcNs {
             own,
             end: 0,
+            mq_end: 0,
             sysctls,
             shm: Vec::new(),
             sem,
             msg,
+            mqueues,
         },
         objects: Vec::new(),
     };
@@ -209,6 +237,72 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
         ));
     }
     Ok(Some(saved))
+}
+
+/// The POSIX message queues as saved, or the refusal of the first one
+/// that cannot be restored as it is.
+fn posix_queues(root: u32, raw: Vec<mqueue::Queue>) -> Result<Vec<PosixQueue>> {
+    let mut out = Vec::new();
+    for q in raw {
+        let name = format!("POSIX message queue /{}", q.name);
+        if q.notify_pid != 0 {
+            return Err(unsupported(
+                root,
+                format!(
+                    "{name}: an mq_notify registration (process {}, sigev_notify {}, signal {}; not supported)",
+                    q.notify_pid, q.notify, q.signo
+                ),
+            ));
+        }
+        let Some(messages) = q.messages else {
+            return Err(unsupported(
+                root,
+                format!(
+                    "{name}: full ({} messages) while a process of the tree waits in mq_timedsend \
+                     (reading it would let that message in)",
+                    q.curmsgs
+                ),
+            ));
+        };
+        out.push(PosixQueue {
+            name: q.name,
+            uid: q.uid,
+            gid: q.gid,
+            mode: q.mode,
+            maxmsg: q.maxmsg,
+            msgsize: q.msgsize,
+            messages: messages
+                .into_iter()
+                .map(|(prio, text)| PosixMessage { prio, text })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every POSIX message queue descriptor of the tree: (host PID, fd, name).
+fn mq_fds(procs: &[Collected]) -> impl Iterator<Item = (u32, i32, String)> + '_ {
+    procs.iter().flat_map(|c| {
+        c.image.files.iter().filter_map(|e| match &e.kind {
+            FdKind::Mqueue { name, .. } => Some((c.host_pid, e.fd, name.clone())),
+            _ => None,
+        })
+    })
+}
+
+/// Whether a thread of the tree is in mq_timedsend (blocked on a full queue).
+fn in_mq_send(procs: &[Collected]) -> bool {
+    let nr = libc::SYS_mq_timedsend.to_string();
+    procs.iter().any(|c| {
+        std::fs::read_dir(format!("/proc/{}/task", c.host_pid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("syscall"))
+                    .is_ok_and(|s| s.split_whitespace().next() == Some(nr.as_str()))
+            })
+    })
 }
 
 /// A process outside the tree in the tree's own IPC namespace would share
@@ -305,6 +399,7 @@ fn read_ns(
     own: bool,
     wanted: Option<&HashSet<i32>>,
     mut opened: HashMap<i32, Source>,
+    sending: bool,
 ) -> stasis_sys::Result<Raw> {
     let mut shm = Vec::new();
     for s in ipc::shm_list()? {
@@ -354,7 +449,11 @@ fn read_ns(
             })
         })
         .collect();
-    Ok((shm, sem, msg, sysctls, ipc::mqueue_names(None)?))
+    // A queue with a notification registered is not received from (the
+    // messages sent back would fire it); nor a full one while a process
+    // of the tree waits to send (its message would fill the gap).
+    let queues = mqueue::read_all(|q| q.notify_pid == 0 && !(sending && q.curmsgs >= q.maxmsg))?;
+    Ok((shm, sem, msg, sysctls, queues))
 }
 
 /// The `n` messages of queue `id`, in order, copied (MSG_COPY).
@@ -406,5 +505,14 @@ pub(crate) fn write_contents(saved: &mut Saved, pid: u32, pages: &mut PagesWrite
             .at(pid, Stage::Memory)?;
     }
     saved.ipc.end = pages.offset();
+    // One page more with POSIX queues (IpcNs::mq_end): a reader that does
+    // not know them refuses the page file.
+    if !saved.ipc.mqueues.is_empty() {
+        buf[..stasis_image::PAGE_SIZE as usize].fill(0);
+        pages
+            .write_all(&buf[..stasis_image::PAGE_SIZE as usize])
+            .at(pid, Stage::Memory)?;
+        saved.ipc.mq_end = pages.offset();
+    }
     Ok(())
 }

@@ -379,12 +379,21 @@ pub(crate) fn spawn_holder(root: u32, fds: &[(u32, u32, &OwnedFd)]) -> Result<(T
     let mut args = vec![HOLD_COMMAND.to_string()];
     let mut procs = Vec::with_capacity(fds.len());
     for &(host_pid, pid, fd) in fds {
+        let host_start = match start_time(host_pid) {
+            Ok(t) => t,
+            // It exited during a brief round's copy: nothing to track.
+            Err(e) if crate::memory::exited(Pid(host_pid as i32)) => {
+                log::debug!("pid {host_pid}: exited during the round ({e}): not tracked");
+                continue;
+            }
+            Err(e) => return Err(io_err(root, "read stat", e)),
+        };
         uffd::inheritable(fd.as_fd()).at(root, st)?;
         args.push(format!("{host_pid}:{}", fd.as_raw_fd()));
         procs.push(TrackedProc {
             pid,
             host_pid,
-            host_start: start_time(host_pid).map_err(|e| io_err(root, "read stat", e))?,
+            host_start,
             fd: fd.as_raw_fd(),
         });
     }

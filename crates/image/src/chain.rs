@@ -9,12 +9,14 @@
 //! (checksums of every file), and each process whose runs point into the
 //! parent gets one page file of its own again, written into a private
 //! temporary directory: its own page file followed by the parent pages it
-//! refers to.
+//! refers to. A lazy restore merges nothing but the few eager pages
+//! ([`resolve_lazy`]); the lazy-pages daemon serves every other page from
+//! the image of the chain that holds it ([`locate_lazy`]).
 
 use crate::error::{ImageError, Result};
 use crate::format::{FileKind, INVENTORY_FILE, PAGES_HEADER_LEN};
 use crate::limits::PAGE_SIZE;
-use crate::model::{Inventory, ProcessImage};
+use crate::model::{Inventory, PageRun, ProcessImage};
 use crate::reader::{read_metadata, Image, ImageDir};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -121,45 +123,108 @@ pub fn resolve_chain(dir: &ImageDir) -> Result<Resolved> {
 
 /// For a lazy restore: the image in `dir`, its metadata loaded and
 /// verified but not its page data (the lazy-pages daemon serves the pages
-/// and checks them); an image with a parent is refused by name.
-pub fn resolve_lazy(dir: &ImageDir) -> Result<Resolved> {
-    let image = dir.load_all_with(false)?;
-    if image.inventory.parent.is_some()
-        || image
-            .processes
-            .iter()
-            .any(|p| p.mm.pages.iter().any(|r| r.in_parent))
-    {
-        return Err(ImageError::invalid(
-            &dir.path().join(INVENTORY_FILE),
-            "--lazy-pages: an image with a parent image (pre-copy chain) is not restored lazily yet",
-        ));
-    }
-    let pages: Vec<PathBuf> = image
-        .inventory
-        .processes
-        .iter()
-        .map(|r| dir.pages_path(r))
-        .collect();
-    for p in &pages {
-        if crate::compress::is_compressed(p)? {
-            return Err(ImageError::invalid(
-                p,
-                "--lazy-pages: a compressed page file is not served lazily yet (restore it without --lazy-pages)",
-            ));
+/// and checks them). `lazy` gives the lazily filled areas of each process
+/// (`restore::lazy::lazy_ranges`). In a pre-copy chain the pages outside
+/// them that sit in a parent image (the few eager ones: stacks, file
+/// pages, read-only areas) are copied into a temporary page file of the
+/// process, after its own pages; the lazy ones stay `in_parent` (the
+/// daemon serves them from the image of the chain that holds them, see
+/// [`locate_lazy`]): nothing of the chain is merged.
+pub fn resolve_lazy(
+    dir: &ImageDir,
+    lazy: impl FnOnce(&[ProcessImage]) -> Vec<Vec<(u64, u64)>>,
+) -> Result<Resolved> {
+    let Located {
+        mut image,
+        mut pages,
+        files,
+        pieces,
+        ..
+    } = locate(dir, 0, false)?;
+    let ranges = lazy(&image.processes);
+    let mut tmp: Option<TempDir> = None;
+    for (i, img) in image.processes.iter_mut().enumerate() {
+        let (mut eager, inside) = split_runs(&img.mm.pages, ranges.get(i).map_or(&[], |r| r));
+        if !eager.iter().any(|r| r.in_parent) {
+            continue;
         }
+        let t = match &tmp {
+            Some(t) => t,
+            None => tmp.insert(temp_dir()?),
+        };
+        let out = t.0.join(format!("pages-{}.img", img.pid));
+        merge(&pages[i], img.pid, &mut eager, &files, &pieces[i], &out)?;
+        eager.extend(inside);
+        eager.sort_unstable_by_key(|r| r.addr);
+        img.mm.pages = eager;
+        pages[i] = out;
     }
     Ok(Resolved {
         image,
         pages,
-        _tmp: None,
+        _tmp: tmp,
         _parents: None,
+    })
+}
+
+/// Splits page runs by `ranges` (sorted, disjoint): the parts outside
+/// them, and the parts inside.
+pub fn split_runs(runs: &[PageRun], ranges: &[(u64, u64)]) -> (Vec<PageRun>, Vec<PageRun>) {
+    let (mut out, mut inside) = (Vec::new(), Vec::new());
+    for run in runs {
+        let end = run.addr + run.nr_pages * PAGE_SIZE;
+        let mut cur = run.addr;
+        let piece = |s: u64, e: u64| PageRun {
+            addr: s,
+            nr_pages: (e - s) / PAGE_SIZE,
+            offset: run.offset + (s - run.addr),
+            in_parent: run.in_parent,
+        };
+        for &(s, e) in ranges.iter().filter(|&&(s, e)| s < end && e > run.addr) {
+            let (s, e) = (s.max(run.addr), e.min(end));
+            if s > cur {
+                out.push(piece(cur, s));
+            }
+            inside.push(piece(s, e));
+            cur = e;
+        }
+        if cur < end {
+            out.push(piece(cur, end));
+        }
+    }
+    (out, inside)
+}
+
+/// The pages of a chain located for the lazy-pages daemon: the top
+/// image's metadata (page data not verified), every page file of the
+/// chain, and per process where each of its runs' pages are.
+pub struct LazyChain {
+    pub image: Image,
+    /// Every page file the pieces refer to (the ancestors' first).
+    pub files: Vec<PathBuf>,
+    /// Per process (inventory order): (start, end, index into `files`,
+    /// payload offset there), disjoint, in address order.
+    pub pieces: Vec<Pieces>,
+    /// Every image directory of the chain (the ancestors' first), for the
+    /// daemon's background check of their page files.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Loads the image in `dir` and its parents (metadata and links checked,
+/// page data not read) and locates every page of every run.
+pub fn locate_lazy(dir: &ImageDir) -> Result<LazyChain> {
+    let l = locate(dir, 0, false)?;
+    Ok(LazyChain {
+        image: l.image,
+        files: l.files,
+        pieces: l.pieces,
+        dirs: l.dirs,
     })
 }
 
 /// Where the pages of one process's runs are, in address order: disjoint
 /// pieces (start, end, index into [`Located::files`], payload offset there).
-type Pieces = Vec<(u64, u64, usize, u64)>;
+pub type Pieces = Vec<(u64, u64, usize, u64)>;
 
 /// An image of a chain with its pages located, not copied: each run of
 /// each process is found in the page file of the image that holds it
@@ -173,6 +238,8 @@ struct Located {
     files: Vec<PathBuf>,
     /// Per process, in inventory order.
     pieces: Vec<Pieces>,
+    /// Every image directory of the chain (the ancestors' first).
+    dirs: Vec<PathBuf>,
     /// Kept: the ancestors' inflated page files live in their `tmp`.
     _parent: Option<Box<Located>>,
 }
@@ -180,8 +247,10 @@ struct Located {
 /// Loads and verifies the image in `dir` and, if its runs refer to it, its
 /// parent (recursively), and locates every page of every run. One pass:
 /// nothing is copied here, so a chain of K images costs one copy of the
-/// pages at the top ([`resolve_at`]), not one per image.
-fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
+/// pages at the top ([`resolve_at`]), not one per image. Without `verify`
+/// (lazy restore) the page data is neither read nor checked, and a
+/// compressed page file is refused.
+fn locate(dir: &ImageDir, depth: usize, verify: bool) -> Result<Located> {
     let inv_path = dir.path().join(INVENTORY_FILE);
     if depth > MAX_CHAIN {
         return Err(ImageError::invalid(
@@ -189,7 +258,7 @@ fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
             format!("parent chain longer than {MAX_CHAIN} images"),
         ));
     }
-    let image = dir.load_all()?;
+    let image = dir.load_all_with(verify)?;
     let mut pages: Vec<PathBuf> = image
         .inventory
         .processes
@@ -201,6 +270,12 @@ fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
     let mut tmp: Option<TempDir> = None;
     for (i, img) in image.processes.iter().enumerate() {
         if crate::compress::is_compressed(&pages[i])? {
+            if !verify {
+                return Err(ImageError::invalid(
+                    &pages[i],
+                    "--lazy-pages: a compressed page file is not served lazily yet (restore it without --lazy-pages)",
+                ));
+            }
             let t = match &tmp {
                 Some(t) => t,
                 None => tmp.insert(temp_dir()?),
@@ -226,7 +301,7 @@ fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
             let (pdir, _) = open_parent(dir.path(), l)?;
             Some((
                 pdir.path().to_path_buf(),
-                Box::new(locate(&pdir, depth + 1)?),
+                Box::new(locate(&pdir, depth + 1, verify)?),
             ))
         }
     };
@@ -236,6 +311,11 @@ fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
         .unwrap_or_default();
     let base = files.len();
     files.extend(pages.iter().cloned());
+    let mut dirs = parent
+        .as_ref()
+        .map(|(_, p)| p.dirs.clone())
+        .unwrap_or_default();
+    dirs.push(dir.path().to_path_buf());
     let mut pieces = Vec::with_capacity(image.processes.len());
     for (i, img) in image.processes.iter().enumerate() {
         let mut out: Pieces = Vec::with_capacity(img.mm.pages.len());
@@ -295,12 +375,13 @@ fn locate(dir: &ImageDir, depth: usize) -> Result<Located> {
         tmp,
         files,
         pieces,
+        dirs,
         _parent: parent.map(|(_, p)| p),
     })
 }
 
 fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
-    let loc = locate(dir, depth)?;
+    let loc = locate(dir, depth, true)?;
     let Located {
         mut image,
         mut pages,
@@ -308,6 +389,7 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
         files,
         pieces,
         _parent,
+        ..
     } = loc;
     if _parent.is_none() {
         return Ok(Resolved {
@@ -326,7 +408,14 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
             continue;
         }
         let out = tmp.0.join(format!("pages-{}.img", img.pid));
-        merge(&pages[i], img, &files, &pieces[i], &out)?;
+        merge(
+            &pages[i],
+            img.pid,
+            &mut img.mm.pages,
+            &files,
+            &pieces[i],
+            &out,
+        )?;
         pages[i] = out;
     }
     Ok(Resolved {
@@ -351,11 +440,12 @@ fn temp_dir() -> Result<TempDir> {
 }
 
 /// Writes `out`: a copy of the page file `own`, followed by the pages of
-/// every `in_parent` run of `img`, read where `pieces` locates them; those
-/// runs are rewritten to point there.
+/// every `in_parent` run of `runs` (of process `pid`), read where `pieces`
+/// locates them; those runs are rewritten to point there.
 fn merge(
     own: &Path,
-    img: &mut ProcessImage,
+    pid: u32,
+    runs: &mut [PageRun],
     files: &[PathBuf],
     pieces: &Pieces,
     out: &Path,
@@ -371,7 +461,7 @@ fn merge(
     let mut end = std::io::copy(&mut src, &mut dst).map_err(|e| io("copy", e))?;
     let mut open: Vec<Option<File>> = (0..files.len()).map(|_| None).collect();
     let mut buf = vec![0u8; 1 << 20];
-    for run in img.mm.pages.iter_mut().filter(|r| r.in_parent) {
+    for run in runs.iter_mut().filter(|r| r.in_parent) {
         let at = end;
         let mut addr = run.addr;
         let stop = run.addr + run.nr_pages * PAGE_SIZE;
@@ -381,7 +471,7 @@ fn merge(
             let Some(&(s, e, f, off)) = pieces.get(k).filter(|p| p.0 <= addr) else {
                 return Err(ImageError::invalid(
                     out,
-                    format!("process {}: page {addr:#x} not located", img.pid),
+                    format!("process {pid}: page {addr:#x} not located"),
                 ));
             };
             let n = e.min(stop) - addr;

@@ -862,6 +862,11 @@ pub enum FdKind {
     /// slave /dev/pts/`index` of a pair in the image: opened again by the
     /// process itself, once its controlling terminal is back.
     DevTty { index: u32, flags: u32 },
+    /// A POSIX message queue of the tree's own IPC namespace, `/name`
+    /// (saved with its messages in `ipc.mqueues`); `dev`: its st_dev at
+    /// the dump (the namespace's mqueue file system). Opened again by
+    /// name in the new namespace with the access mode and O_NONBLOCK.
+    Mqueue { name: String, dev: u64, flags: u32 },
 }
 
 impl FdKind {
@@ -894,6 +899,7 @@ impl FdKind {
             | FdKind::PtyMaster { flags, .. }
             | FdKind::PtySlave { flags, .. }
             | FdKind::DevTty { flags, .. }
+            | FdKind::Mqueue { flags, .. }
             | FdKind::ExternalFile { flags, .. } => *flags,
         }
     }

@@ -22,6 +22,13 @@ pub struct VethPeer {
     pub mtu: u32,
     #[serde(default)]
     pub master: String,
+    /// Outside: it was down (not IFF_UP) at dump; the restore leaves it
+    /// down (the inner end then has no carrier).
+    #[serde(default)]
+    pub down: bool,
+    /// Outside: its root qdisc's kind (see [`NetLink::qdisc`]).
+    #[serde(default)]
+    pub qdisc: String,
 }
 
 /// A macvlan link: its mode and flags, and its lower device.
@@ -108,6 +115,17 @@ pub struct NetLink {
     /// A tun/tap device's flags and owner.
     #[serde(default)]
     pub tun: Option<Tun>,
+    /// Its root qdisc's kind (IFLA_QDISC): "noop" on a link never up; a
+    /// link down at dump with another one (noqueue, ...) had been up, and
+    /// is set up and down again at restore. Empty: not saved.
+    #[serde(default)]
+    pub qdisc: String,
+}
+
+/// A link down at dump that had been up before (its qdisc is not the
+/// "noop" of a link never up).
+pub fn was_up(down: bool, qdisc: &str) -> bool {
+    down && !qdisc.is_empty() && qdisc != "noop"
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

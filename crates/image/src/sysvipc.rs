@@ -59,6 +59,12 @@ pub struct IpcNs {
     /// tree without its IPC state.
     #[serde(default)]
     pub end: u64,
+    /// With POSIX message queues: where the IPC data ends, one page past
+    /// `end` (0 without queues). A reader older than `mqueues` computes
+    /// the end from `end` and the segments only, so it refuses the root's
+    /// page file by its length instead of restoring without the queues.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mq_end: u64,
     #[serde(default)]
     pub sysctls: Vec<IpcSysctl>,
     #[serde(default)]
@@ -67,7 +73,42 @@ pub struct IpcNs {
     pub sem: Vec<SemSet>,
     #[serde(default)]
     pub msg: Vec<MsgQueue>,
+    /// The POSIX message queues of the namespace (its mqueue file system).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mqueues: Vec<PosixQueue>,
 }
+
+/// A POSIX message queue of the tree's namespace: name (without the
+/// leading '/'), owner, permission bits, mq_maxmsg and mq_msgsize, and
+/// every message in queue order (highest priority first, in arrival
+/// order within one priority).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixQueue {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    pub messages: Vec<PosixMessage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixMessage {
+    pub prio: u32,
+    #[serde(with = "crate::hex_bytes")]
+    pub text: Vec<u8>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// MQ_PRIO_MAX: priorities are below it.
+pub const MQ_PRIO_MAX: u32 = 32768;
+/// The kernel's hard ceilings (HARD_MSGMAX, HARD_MSGSIZEMAX).
+pub const MQ_HARD_MSGMAX: i64 = 65536;
+pub const MQ_HARD_MSGSIZEMAX: i64 = 16 << 20;
 
 /// One sysctl: its path under /proc/sys (one of [`IPC_SYSCTLS`]) and value
 /// as the file shows it (without the newline).
@@ -114,7 +155,7 @@ pub struct ShmSegment {
 impl IpcNs {
     /// Where the IPC data ends in the root's page file.
     pub fn payload_end(&self) -> u64 {
-        self.end.max(self.data_end())
+        self.end.max(self.data_end()).max(self.mq_end)
     }
 
     /// Where the segments' contents end in the root's page file.
@@ -191,6 +232,14 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
         ipc.own || (ipc.sysctls.is_empty() && ipc.sem.is_empty() && ipc.msg.is_empty()),
         || "ipc: sysctls, semaphores or queues of a namespace not the tree's own".into(),
     )?;
+    c.ensure(ipc.own || ipc.mqueues.is_empty(), || {
+        "ipc: POSIX message queues of a namespace not the tree's own".into()
+    })?;
+    validate_mqueues(c, &ipc.mqueues)?;
+    c.ensure(
+        aligned(ipc.mq_end) && (ipc.mqueues.is_empty() || ipc.mq_end > ipc.end),
+        || format!("ipc.mq_end: {:#x} not page-aligned, or not past the other IPC data with POSIX queues", ipc.mq_end),
+    )?;
     c.ensure(aligned(ipc.end), || {
         format!("ipc.end: {:#x} not page-aligned", ipc.end)
     })?;
@@ -254,6 +303,57 @@ pub(crate) fn validate(c: &Checker, ipc: &IpcNs) -> Result<()> {
                     m.text.len()
                 )
             })?;
+        }
+    }
+    Ok(())
+}
+
+/// A queue name as the mqueue file system holds it (without the '/').
+pub fn mq_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.contains(['/', '\0'])
+        && name != "."
+        && name != ".."
+}
+
+fn validate_mqueues(c: &Checker, qs: &[PosixQueue]) -> Result<()> {
+    c.count("ipc.mqueues", qs.len(), MAX_IPC_OBJECTS)?;
+    let mut seen = std::collections::HashSet::new();
+    for q in qs {
+        c.ensure(mq_name_ok(&q.name) && seen.insert(q.name.as_str()), || {
+            format!("ipc.mqueues: name {:?} invalid or twice", q.name)
+        })?;
+        c.ensure(
+            (1..=MQ_HARD_MSGMAX).contains(&q.maxmsg)
+                && (1..=MQ_HARD_MSGSIZEMAX).contains(&q.msgsize)
+                && q.mode <= 0o7777
+                && q.messages.len() as i64 <= q.maxmsg,
+            || {
+                format!(
+                    "ipc.mqueues /{}: maxmsg {}, msgsize {}, mode {:o}, {} messages",
+                    q.name,
+                    q.maxmsg,
+                    q.msgsize,
+                    q.mode,
+                    q.messages.len()
+                )
+            },
+        )?;
+        let mut last = u32::MAX;
+        for m in &q.messages {
+            c.ensure(
+                m.prio < MQ_PRIO_MAX && m.prio <= last && m.text.len() as i64 <= q.msgsize,
+                || {
+                    format!(
+                        "ipc.mqueues /{}: message of priority {} ({} bytes) out of order or too big",
+                        q.name,
+                        m.prio,
+                        m.text.len()
+                    )
+                },
+            )?;
+            last = m.prio;
         }
     }
     Ok(())

@@ -1583,7 +1583,9 @@ fn in_parent_runs_take_no_page_file_bytes() {
 
 #[test]
 fn ipc_rules() {
-    use crate::sysvipc::{IpcNs, IpcPerm, IpcSysctl, Message, MsgQueue, SemSet, ShmSegment};
+    use crate::sysvipc::{
+        IpcNs, IpcPerm, IpcSysctl, Message, MsgQueue, PosixMessage, PosixQueue, SemSet, ShmSegment,
+    };
     let a = sample_process(100, 1);
     let p = Path::new("/x/inventory.img");
     let perm = IpcPerm {
@@ -1598,6 +1600,7 @@ fn ipc_rules() {
     good.ipc = Some(IpcNs {
         own: true,
         end: 0,
+        mq_end: 4096 + 8192 + 4096,
         sysctls: vec![IpcSysctl {
             name: "kernel/shmmax".into(),
             value: "4096".into(),
@@ -1639,9 +1642,27 @@ fn ipc_rules() {
             lspid: 100,
             lrpid: 0,
         }],
+        mqueues: vec![PosixQueue {
+            name: "q".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o640,
+            maxmsg: 4,
+            msgsize: 16,
+            messages: vec![
+                PosixMessage {
+                    prio: 9,
+                    text: b"first".to_vec(),
+                },
+                PosixMessage {
+                    prio: 1,
+                    text: b"then".to_vec(),
+                },
+            ],
+        }],
     });
     validate_inventory(p, &good).unwrap();
-    assert_eq!(good.ipc.as_ref().unwrap().payload_end(), 4096 + 8192);
+    assert_eq!(good.ipc.as_ref().unwrap().payload_end(), 4096 + 8192 + 4096);
     let bad = |edit: &dyn Fn(&mut IpcNs), word: &str| {
         let mut m = good.clone();
         edit(m.ipc.as_mut().unwrap());
@@ -1660,7 +1681,17 @@ fn ipc_rules() {
     bad(&|i| i.sem[0].values.clear(), "semaphores");
     bad(&|i| i.sem[0].pids.push(7), "PIDs for");
     bad(&|i| i.msg[0].messages[0].mtype = 0, "message type");
+    bad(&|i| i.mqueues[0].name = "a/b".into(), "invalid or twice");
+    bad(
+        &|i| i.mqueues.push(i.mqueues[0].clone()),
+        "invalid or twice",
+    );
+    bad(&|i| i.mqueues[0].maxmsg = 1, "maxmsg");
+    bad(&|i| i.mqueues[0].messages[1].prio = 10, "out of order");
+    bad(&|i| i.mqueues[0].messages[0].text = vec![0; 17], "too big");
     // Semaphores or queues of a namespace that is not the tree's own.
     bad(&|i| i.own = false, "not the tree's own");
     bad(&|i| i.end = 100, "ipc.end");
+    bad(&|i| i.mq_end = 100, "ipc.mq_end");
+    bad(&|i| i.mq_end = 0, "ipc.mq_end");
 }

@@ -25,7 +25,7 @@
 //! fails drops the link without `RESUMED`: the daemon then ends too.
 
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::{PageRun, ProcessImage, Vma, VmaKind, PAGE_SIZE};
+use stasis_image::{ProcessImage, Vma, VmaKind, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::uffd;
 use std::collections::HashMap;
@@ -91,33 +91,8 @@ pub fn lazy_ranges(procs: &[ProcessImage]) -> Vec<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// Splits page runs by `ranges` (sorted, disjoint): the parts outside
-/// them, and the parts inside.
-pub fn split_runs(runs: &[PageRun], ranges: &[(u64, u64)]) -> (Vec<PageRun>, Vec<PageRun>) {
-    let (mut out, mut inside) = (Vec::new(), Vec::new());
-    for run in runs {
-        let end = run.addr + run.nr_pages * PAGE_SIZE;
-        let mut cur = run.addr;
-        let piece = |s: u64, e: u64| PageRun {
-            addr: s,
-            nr_pages: (e - s) / PAGE_SIZE,
-            offset: run.offset + (s - run.addr),
-            in_parent: run.in_parent,
-        };
-        for &(s, e) in ranges.iter().filter(|&&(s, e)| s < end && e > run.addr) {
-            let (s, e) = (s.max(run.addr), e.min(end));
-            if s > cur {
-                out.push(piece(cur, s));
-            }
-            inside.push(piece(s, e));
-            cur = e;
-        }
-        if cur < end {
-            out.push(piece(cur, end));
-        }
-    }
-    (out, inside)
-}
+/// Splits page runs by lazy areas (shared with the chain's lazy resolve).
+pub use stasis_image::chain::split_runs;
 
 /// The connection to the daemon, while a lazy restore runs.
 struct Link {

@@ -72,57 +72,59 @@ pub struct DaemonStats {
     pub resident_after: Duration,
 }
 
-/// Pending lazy bytes of one address space: start -> (end, byte offset of
-/// start in the page file, header included).
+/// Pending lazy bytes of one address space: start -> (end, page file
+/// (index into the daemon's files), byte offset of start in it, header
+/// included).
 #[derive(Debug, Clone, Default)]
-struct Pending(BTreeMap<u64, (u64, u64)>);
+struct Pending(BTreeMap<u64, (u64, usize, u64)>);
 
 impl Pending {
-    fn find(&self, addr: u64) -> Option<(u64, u64, u64)> {
+    fn find(&self, addr: u64) -> Option<(u64, u64)> {
         self.0
             .range(..=addr)
             .next_back()
-            .filter(|(_, &(e, _))| addr < e)
-            .map(|(&s, &(e, o))| (s, e, o))
+            .filter(|(_, &(e, _, _))| addr < e)
+            .map(|(&s, &(e, _, _))| (s, e))
     }
 
-    fn insert(&mut self, s: u64, e: u64, off: u64) {
+    fn insert(&mut self, s: u64, e: u64, file: usize, off: u64) {
         if s < e {
-            self.0.insert(s, (e, off));
+            self.0.insert(s, (e, file, off));
         }
     }
 
-    /// Removes [s, e), returning the pieces removed (start, end, offset).
-    fn take(&mut self, s: u64, e: u64) -> Vec<(u64, u64, u64)> {
-        let hit: Vec<(u64, u64, u64)> = self
+    /// Removes [s, e), returning the pieces removed (start, end, file,
+    /// offset).
+    fn take(&mut self, s: u64, e: u64) -> Vec<(u64, u64, usize, u64)> {
+        let hit: Vec<(u64, u64, usize, u64)> = self
             .0
             .range(..e)
-            .filter(|(_, &(pe, _))| pe > s)
-            .map(|(&ps, &(pe, po))| (ps, pe, po))
+            .filter(|(_, &(pe, _, _))| pe > s)
+            .map(|(&ps, &(pe, pf, po))| (ps, pe, pf, po))
             .collect();
         let mut out = Vec::new();
-        for (ps, pe, po) in hit {
+        for (ps, pe, pf, po) in hit {
             self.0.remove(&ps);
             if ps < s {
-                self.0.insert(ps, (s, po));
+                self.0.insert(ps, (s, pf, po));
             }
             if pe > e {
-                self.0.insert(e, (pe, po + (e - ps)));
+                self.0.insert(e, (pe, pf, po + (e - ps)));
             }
             let (cs, ce) = (ps.max(s), pe.min(e));
-            out.push((cs, ce, po + (cs - ps)));
+            out.push((cs, ce, pf, po + (cs - ps)));
         }
         out
     }
 
     fn remap(&mut self, from: u64, to: u64, len: u64) {
-        for (s, e, o) in self.take(from, from + len) {
-            self.insert(s - from + to, e - from + to, o);
+        for (s, e, f, o) in self.take(from, from + len) {
+            self.insert(s - from + to, e - from + to, f, o);
         }
     }
 
     fn bytes(&self) -> u64 {
-        self.0.iter().map(|(s, (e, _))| e - s).sum()
+        self.0.iter().map(|(s, (e, _, _))| e - s).sum()
     }
 }
 
@@ -131,7 +133,6 @@ struct Proc {
     /// Our name for it (the watchdog's too).
     key: u64,
     image_pid: u32,
-    pages_file: String,
     uffd: OwnedFd,
     /// The process, if known (a child forked during the lazy phase is
     /// known only by its descriptor).
@@ -286,8 +287,10 @@ pub fn watch(args: &[String]) -> Result<(), String> {
 /// The daemon's state.
 struct Daemon {
     source: Source,
-    /// Per image PID: page file name and lazy runs' pending bytes.
-    plan: BTreeMap<u32, (String, Pending)>,
+    /// The page files the pending runs point into (names for `source`).
+    files: Vec<String>,
+    /// Per image PID: its lazy runs' pending bytes.
+    plan: BTreeMap<u32, Pending>,
     procs: Vec<Proc>,
     next_key: u64,
     watchdog: Option<Watchdog>,
@@ -305,39 +308,66 @@ struct Daemon {
 pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
     let dir = ImageDir::open(&opts.images_dir).map_err(|e| e.to_string())?;
     let inv = dir.load_inventory().map_err(|e| e.to_string())?;
-    if inv.parent.is_some() {
-        return Err(
-            "an image with a parent image (pre-copy chain) is not restored lazily yet".into(),
-        );
-    }
-    let mut procs = Vec::new();
-    for r in &inv.processes {
-        procs.push(dir.load_process(r).map_err(|e| e.to_string())?);
-    }
-    let ranges = lazy_ranges(&procs);
-    let mut plan = BTreeMap::new();
-    for ((r, img), rg) in inv.processes.iter().zip(&procs).zip(&ranges) {
-        let mut p = Pending::default();
-        for run in split_runs(&img.mm.pages, rg).1 {
-            p.insert(
-                run.addr,
-                run.addr + run.nr_pages * PAGE_SIZE,
-                PAGES_HEADER_LEN + run.offset,
+    // Where each page of each process is: (start, end, file, offset).
+    let (procs, files, pieces, dirs) = if inv.parent.is_some() {
+        // A pre-copy chain: each page is served from the image of the
+        // chain that holds it (nothing merged).
+        if opts.remote.is_some() {
+            return Err(
+                "--page-server: a pre-copy chain (an image with a parent image) is not served \
+                 from a lazy page server yet (serve it from the local images)"
+                    .into(),
             );
         }
-        plan.insert(r.pid, (r.pages_file.clone(), p));
+        let c = stasis_image::chain::locate_lazy(&dir).map_err(|e| e.to_string())?;
+        let mut files = Vec::new();
+        for f in &c.files {
+            let abs = std::path::absolute(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            files.push(abs.to_string_lossy().into_owned());
+        }
+        (c.image.processes, files, c.pieces, c.dirs)
+    } else {
+        let mut procs = Vec::new();
+        for r in &inv.processes {
+            procs.push(dir.load_process(r).map_err(|e| e.to_string())?);
+        }
+        let pieces = procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.mm.pages
+                    .iter()
+                    .map(|r| (r.addr, r.addr + r.nr_pages * PAGE_SIZE, i, r.offset))
+                    .collect()
+            })
+            .collect();
+        let files = inv.processes.iter().map(|r| r.pages_file.clone()).collect();
+        (procs, files, pieces, vec![opts.images_dir.clone()])
+    };
+    let ranges = lazy_ranges(&procs);
+    let mut plan = BTreeMap::new();
+    for ((img, rg), pc) in procs.iter().zip(&ranges).zip(&pieces) {
+        let mut p = Pending::default();
+        for run in split_runs(&img.mm.pages, rg).1 {
+            let (s, e) = (run.addr, run.addr + run.nr_pages * PAGE_SIZE);
+            let k = pc.partition_point(|x: &(u64, u64, usize, u64)| x.1 <= s);
+            for &(ps, pe, f, off) in pc[k..].iter().take_while(|x| x.0 < e) {
+                let cs = ps.max(s);
+                p.insert(cs, pe.min(e), f, PAGES_HEADER_LEN + off + (cs - ps));
+            }
+        }
+        plan.insert(img.pid, p);
     }
     let mut fetched = Vec::new();
     let (source, verify) = match &opts.remote {
         None => {
             // The page files' checksums, verified while the daemon serves.
             let (tx, rx) = mpsc::channel();
-            let d = opts.images_dir.clone();
             std::thread::spawn(move || {
                 // Behind the faults and the restore for the CPU.
                 let _ = util::set_nice(Pid(0), 19);
-                let res = (|| -> Result<(), String> {
-                    let dir = ImageDir::open(&d).map_err(|e| e.to_string())?;
+                let res = dirs.iter().try_for_each(|d| -> Result<(), String> {
+                    let dir = ImageDir::open(d).map_err(|e| e.to_string())?;
                     let inv = dir.load_inventory().map_err(|e| e.to_string())?;
                     for r in &inv.processes {
                         let img = dir.load_process(r).map_err(|e| e.to_string())?;
@@ -349,14 +379,14 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
                             .map_err(|e| e.to_string())?;
                     }
                     Ok(())
-                })();
+                });
                 let _ = tx.send(res);
             });
             (Source::local(&opts.images_dir), Some(rx))
         }
         Some((a, p)) => {
             let mut s = Source::remote(a, *p, opts.tls.as_ref())?;
-            for (name, pend) in plan.values() {
+            for (name, pend) in files.iter().zip(plan.values()) {
                 fetch_eager(&mut s, &opts.images_dir, name, pend)?;
                 fetched.push(opts.images_dir.join(name));
             }
@@ -376,6 +406,7 @@ pub fn run(opts: &DaemonOptions) -> Result<DaemonStats, String> {
     log::info!("lazy-pages: listening on {}", opts.socket.display());
     let mut d = Daemon {
         source,
+        files,
         plan,
         procs: Vec::new(),
         next_key: 1,
@@ -457,7 +488,7 @@ fn fetch_eager(s: &mut Source, dir: &Path, name: &str, lazy: &Pending) -> Result
     let holes: Vec<(u64, u64)> = lazy
         .0
         .iter()
-        .map(|(&s, &(e, o))| (o, o + (e - s)))
+        .map(|(&s, &(e, _, o))| (o, o + (e - s)))
         .collect::<BTreeMap<_, _>>()
         .into_iter()
         .collect();
@@ -614,7 +645,7 @@ impl Daemon {
                 if link.as_os_str() != "anon_inode:[userfaultfd]" {
                     return Err(format!("fd {fd} of the restorer is {}", link.display()));
                 }
-                let (name, pending) = self
+                let pending = self
                     .plan
                     .get(&image_pid)
                     .cloned()
@@ -629,8 +660,8 @@ impl Daemon {
                 }
                 let mut check = Pending::default();
                 for &(s, e) in &regs {
-                    for (ps, pe, po) in pending.clone().take(s, e) {
-                        check.insert(ps, pe, po);
+                    for (ps, pe, pf, po) in pending.clone().take(s, e) {
+                        check.insert(ps, pe, pf, po);
                     }
                 }
                 if check.bytes() != pending.bytes() {
@@ -653,7 +684,6 @@ impl Daemon {
                 self.procs.push(Proc {
                     key,
                     image_pid,
-                    pages_file: name,
                     uffd: u,
                     host,
                     pending,
@@ -697,7 +727,6 @@ impl Daemon {
                     let child = Proc {
                         key,
                         image_pid: p.image_pid,
-                        pages_file: p.pages_file.clone(),
                         uffd: fd,
                         host: 0,
                         pending: p.pending.clone(),
@@ -724,7 +753,7 @@ impl Daemon {
     fn fault(&mut self, i: usize, addr: u64) -> Result<Step, String> {
         let page = addr & !(PAGE_SIZE - 1);
         let p = &self.procs[i];
-        if let Some((s, e, _)) = p.pending.find(page) {
+        if let Some((s, e)) = p.pending.find(page) {
             let win = page & !(FAULT_AROUND - 1);
             let (cs, ce) = (s.max(win), e.min(win + FAULT_AROUND));
             let step = self.fill(i, cs, ce, true)?;
@@ -752,15 +781,14 @@ impl Daemon {
     fn fill(&mut self, i: usize, s: u64, e: u64, fault: bool) -> Result<Step, String> {
         let pieces = self.procs[i].pending.take(s, e);
         let mut result = Step::Ok;
-        for &(ps, pe, po) in &pieces {
+        for &(ps, pe, pf, po) in &pieces {
             if !matches!(result, Step::Ok) {
-                self.procs[i].pending.insert(ps, pe, po);
+                self.procs[i].pending.insert(ps, pe, pf, po);
                 continue;
             }
             let len = (pe - ps) as usize;
-            let name = self.procs[i].pages_file.clone();
             self.source
-                .read(&name, po, &mut self.buf[..len])
+                .read(&self.files[pf], po, &mut self.buf[..len])
                 .map_err(|e| format!("page source: {e}"))?;
             let fd = self.procs[i].uffd.as_fd();
             let mut cur = ps;
@@ -792,7 +820,7 @@ impl Daemon {
                 }
             }
             if let Step::Again = result {
-                self.procs[i].pending.insert(cur, pe, po + (cur - ps));
+                self.procs[i].pending.insert(cur, pe, pf, po + (cur - ps));
             }
         }
         Ok(result)
@@ -800,7 +828,7 @@ impl Daemon {
 
     /// Streams up to [`STREAM_STEP`] bytes of process `i`.
     fn stream(&mut self, i: usize) -> Result<(), String> {
-        let Some((&s, &(e, _))) = self.procs[i].pending.0.iter().next() else {
+        let Some((&s, &(e, _, _))) = self.procs[i].pending.0.iter().next() else {
             return Ok(());
         };
         let e = e.min(s + STREAM_STEP);

@@ -449,7 +449,7 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     // process gets one page file again (temporary, removed when `chain`
     // drops), before anything is created.
     let chain = match &opts.lazy_pages {
-        Some(_) => stasis_image::chain::resolve_lazy(&dir)?,
+        Some(_) => stasis_image::chain::resolve_lazy(&dir, lazy::lazy_ranges)?,
         None => stasis_image::chain::resolve_chain(&dir)?,
     };
     let image = &chain.image;

@@ -59,6 +59,7 @@ pub(crate) fn fd_name(img: &ProcessImage, fd: i32) -> String {
             FdKind::PtyMaster { index, .. } => format!("/dev/ptmx (pts {index})"),
             FdKind::PtySlave { index, .. } => format!("/dev/pts/{index}"),
             FdKind::DevTty { index, .. } => format!("/dev/tty (pts {index})"),
+            FdKind::Mqueue { name, .. } => format!("POSIX message queue /{name}"),
         })
         .unwrap_or_else(|| "?".into())
 }

@@ -16,7 +16,7 @@
 
 use crate::{At, NetOptions, RestoreError, Result, Stage};
 use stasis_image::kinds::inet::NetLock;
-use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, NetRoute, Tun};
+use stasis_image::netns::{tun_info, was_up, Macvlan, NetAddr, NetLink, NetRoute, Tun};
 use stasis_image::NetNs;
 use stasis_sys::netlock::{self, Method};
 use stasis_sys::{netlink, nsenter, tool};
@@ -106,7 +106,8 @@ fn ip(args: &[String]) -> stasis_sys::Result<()> {
 
 /// Makes veth `l` (and its other end) in the calling thread's namespace;
 /// an outer end goes into `host` (the restorer's namespace), under its
-/// saved name or the one the options give, onto its bridge, up.
+/// saved name or the one the options give, onto its bridge, up unless it
+/// was down at dump.
 fn make_veth(
     l: &NetLink,
     links: &[NetLink],
@@ -160,24 +161,42 @@ fn make_veth(
     if let Some(b) = &bridge {
         set.extend(["master".into(), b.clone()]);
     }
-    set.push("up".into());
+    // Made down; left so when it was down at dump (set up and down
+    // again if it had been up: its qdisc then is not noop).
+    let up = !peer.down || was_up(peer.down, &peer.qdisc);
+    if up {
+        set.push("up".into());
+    } else if bridge.is_none() {
+        return Ok(());
+    }
+    let mut cmds = vec![set];
+    if peer.down && up {
+        cmds.push(vec![
+            "link".into(),
+            "set".into(),
+            outer.clone(),
+            "down".into(),
+        ]);
+    }
     let h = host
         .try_clone()
         .map_err(|e| failed(pid, format!("dup of the restorer's namespace: {e}")))?;
-    nsenter::in_ns(h, libc::CLONE_NEWNET, None, move || ip(&set))
-        .and_then(|r| r)
-        .map_err(|e| {
-            failed(
-                pid,
-                format!(
-                    "veth {}: outer end {outer}{}: {e}",
-                    l.name,
-                    bridge
-                        .map(|b| format!(" onto bridge {b}"))
-                        .unwrap_or_default()
-                ),
-            )
-        })
+    nsenter::in_ns(h, libc::CLONE_NEWNET, None, move || {
+        cmds.iter().try_for_each(|c| ip(c))
+    })
+    .and_then(|r| r)
+    .map_err(|e| {
+        failed(
+            pid,
+            format!(
+                "veth {}: outer end {outer}{}: {e}",
+                l.name,
+                bridge
+                    .map(|b| format!(" onto bridge {b}"))
+                    .unwrap_or_default()
+            ),
+        )
+    })
 }
 
 /// Makes macvlan `l` on its lower device: one in the namespace, or one
@@ -375,6 +394,87 @@ fn write_sysctls(list: &[(String, String)], pid: u32) -> Result<()> {
     Ok(())
 }
 
+const IFA_F_NODAD: u32 = 0x02;
+const IFA_F_TENTATIVE: u32 = 0x40;
+const IFF_LOWER_UP: u32 = 0x1_0000;
+
+/// Adds the saved addresses. An IPv6 address that had passed duplicate
+/// address detection at dump (not tentative) but is on a link that is up
+/// without a carrier now (its veth peer down, as at dump) would stay
+/// tentative, without its local route, until a carrier comes: it is
+/// added with nodad (usable at once, its routes made as for a detected
+/// one), then given its saved flags back once it is not tentative.
+fn add_addrs(list: &[NetAddr], pid: u32) -> Result<()> {
+    let no_carrier: Vec<i32> = netlink::links()
+        .at(pid, Stage::Fork)?
+        .iter()
+        .filter(|l| l.flags & libc::IFF_UP as u32 != 0 && l.flags & IFF_LOWER_UP == 0)
+        .map(|l| l.index)
+        .collect();
+    let mut quick = Vec::new();
+    for a in list {
+        let mut x = addr(a);
+        if i32::from(a.family) == libc::AF_INET6
+            && a.flags & (IFA_F_TENTATIVE | IFA_F_NODAD) == 0
+            && no_carrier.contains(&a.index)
+        {
+            x.flags |= IFA_F_NODAD;
+            quick.push(a);
+        }
+        added(netlink::add_addr(&x)).at(pid, Stage::Fork)?;
+    }
+    if quick.is_empty() {
+        return Ok(());
+    }
+    let same = |x: &netlink::Addr, a: &NetAddr| {
+        x.index == a.index && x.local == a.local && x.address == a.address
+    };
+    // Its local route (table local, type local, the address /128), which
+    // the kernel adds just after it clears the tentative flag.
+    let local_route = |a: &NetAddr, routes: &[Vec<u8>]| {
+        let ip = if a.local.is_empty() {
+            &a.address
+        } else {
+            &a.local
+        };
+        routes.iter().any(|m| {
+            m.len() >= 12
+                && i32::from(m[0]) == libc::AF_INET6
+                && m[1] == 128
+                && m[7] == 2
+                && netlink::attributes(m, 12)
+                    .iter()
+                    .any(|(t, v)| t & 0x3fff == 1 && v == ip)
+        })
+    };
+    let mut changed = false;
+    for _ in 0..500 {
+        let now = netlink::addrs().at(pid, Stage::Fork)?;
+        let routes = netlink::dump_raw(netlink::Object::Route).at(pid, Stage::Fork)?;
+        let pending = quick.iter().any(|a| {
+            now.iter()
+                .any(|x| same(x, a) && x.flags & IFA_F_TENTATIVE != 0)
+                || !local_route(a, &routes)
+        });
+        if !pending && changed {
+            return Ok(());
+        }
+        if !pending {
+            for a in &quick {
+                netlink::change_addr(&addr(a)).at(pid, Stage::Fork)?;
+            }
+            changed = true;
+            continue;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(failed(
+        pid,
+        "an IPv6 address added with nodad on a link without carrier stayed tentative for 5 s"
+            .into(),
+    ))
+}
+
 /// Fills the calling thread's (new) namespace.
 fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result<()> {
     for l in &img.links {
@@ -415,12 +515,14 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
         }
     }
     for l in &img.links {
+        // Down at dump but up before (its qdisc): up once first.
+        if was_up(!l.up, &l.qdisc) {
+            netlink::set_link_up(l.index, true).at(pid, Stage::Fork)?;
+        }
         netlink::set_link_up(l.index, l.up).at(pid, Stage::Fork)?;
     }
     write_sysctls(&img.sysctls, pid)?;
-    for a in &img.addrs {
-        added(netlink::add_addr(&addr(a))).at(pid, Stage::Fork)?;
-    }
+    add_addrs(&img.addrs, pid)?;
     for r in &img.routes {
         added(netlink::add_route(&route(r))).at(pid, Stage::Fork)?;
     }
@@ -441,8 +543,6 @@ fn configure(img: &NetNs, opts: &NetOptions, host: &OwnedFd, pid: u32) -> Result
 /// carrier shows (IFF_RUNNING) only once the kernel's link watch ran
 /// (up to a second later).
 fn settle(pid: u32) -> Result<()> {
-    const IFA_F_TENTATIVE: u32 = 0x40;
-    const IFF_LOWER_UP: u32 = 0x1_0000;
     for _ in 0..500 {
         let links = netlink::links().at(pid, Stage::Fork)?;
         let carrier: Vec<i32> = links

@@ -256,6 +256,14 @@ fn route_key(m: &[u8]) -> Vec<u8> {
     )
 }
 
+/// [`route_key`] without the route's flags (rtm_flags: linkdown, dead,
+/// ...): the same route, whatever state its link is in.
+fn route_key_any_flags(m: &[u8]) -> Vec<u8> {
+    let mut k = route_key(m);
+    k[8..12].fill(0);
+    k
+}
+
 /// The IPv4 and IPv6 routes of the namespace.
 fn routes_now(pid: u32) -> Result<Vec<Vec<u8>>> {
     Ok(netlink::dump_raw(Object::Route)
@@ -292,8 +300,14 @@ pub(crate) fn check(img: &NetNs, pid: u32) -> Result<()> {
     }
     let saved: Vec<Vec<u8>> = img.route_msgs.iter().map(|m| m.0.clone()).collect();
     let now = routes_now(pid)?;
+    let missing: Vec<Vec<u8>> = extra(&saved, &now, route_key)
+        .into_iter()
+        .map(|m| route_key_any_flags(m))
+        .collect();
     for m in extra(&now, &saved, route_key) {
-        if m[5] == RTPROT_KERNEL {
+        // One that differs from a saved one in its flags only is not the
+        // kernel's own extra route: it is reported below.
+        if m[5] == RTPROT_KERNEL && !missing.contains(&route_key_any_flags(m)) {
             netlink::del_raw(Object::Route, m).map_err(|e| {
                 failed(pid, format!("removing the kernel's {}: {e}", route_name(m)))
             })?;
@@ -306,10 +320,25 @@ pub(crate) fn check(img: &NetNs, pid: u32) -> Result<()> {
             format!("{} of its namespace {what} after the restore", name(m)),
         )
     };
-    if let Some(m) = extra(&now, &saved, route_key).first() {
+    let more = extra(&now, &saved, route_key);
+    let less = extra(&saved, &now, route_key);
+    for m in &less {
+        if let Some(n) = more
+            .iter()
+            .find(|n| route_key_any_flags(n) == route_key_any_flags(m))
+        {
+            let what = format!(
+                "has rtm_flags {:#x} (at dump {:#x}; 0x10: linkdown, its link has no carrier)",
+                u32at(n, 8),
+                u32at(m, 8)
+            );
+            return Err(differ(&what, m, route_name));
+        }
+    }
+    if let Some(m) = more.first() {
         return Err(differ("is there (it was not)", m, route_name));
     }
-    if let Some(m) = extra(&saved, &now, route_key).first() {
+    if let Some(m) = less.first() {
         return Err(differ("is missing", m, route_name));
     }
     let same = |m: &[u8]| m.to_vec();

@@ -5,7 +5,8 @@
 //! The namespace is made by the thread that forks the tree (unshare), so
 //! every process inherits it; the objects are created there before the
 //! fork (ids through /proc/sys/kernel/*_next_id), filled, given their
-//! owner and mode (IPC_SET). After every process has attached its
+//! owner and mode (IPC_SET); so are its POSIX message queues (mq_open,
+//! fchown, fchmod, each message sent again in queue order). After every process has attached its
 //! segments, the ones marked for removal are removed again and the
 //! sysctls get their saved values (shm_rmid_forced last).
 
@@ -314,6 +315,10 @@ impl Ipc {
             }
             ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes).at(pid, st)?;
         }
+        // POSIX queues: the limits (fs/mqueue/*) were raised above.
+        for q in &img.mqueues {
+            posix_queue(q).at(pid, st)?;
+        }
         Ok(me)
     }
 
@@ -381,6 +386,32 @@ impl Drop for Ipc {
                 let _ = ipc::remove(Kind::Shm, id);
             }
         }
+    }
+}
+
+/// Makes one POSIX queue. In a namespace owned by a user namespace of the
+/// tree's, the restorer's ids have no mapping in its mqueue file system
+/// (EOVERFLOW): the queue is then made by a thread with the owner's ids.
+fn posix_queue(q: &stasis_image::sysvipc::PosixQueue) -> stasis_sys::Result<()> {
+    let make = |q: &stasis_image::sysvipc::PosixQueue| {
+        let msgs: Vec<(u32, &[u8])> = q
+            .messages
+            .iter()
+            .map(|m| (m.prio, m.text.as_slice()))
+            .collect();
+        stasis_sys::mqueue::create(
+            &q.name,
+            (q.uid, q.gid, q.mode),
+            (q.maxmsg, q.msgsize),
+            &msgs,
+        )
+    };
+    match make(q) {
+        Err(e) if e.errno() == Some(libc::EOVERFLOW) => {
+            let q = q.clone();
+            ipc::as_ids((q.uid, q.gid), move || make(&q))
+        }
+        r => r,
     }
 }
 

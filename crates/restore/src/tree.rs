@@ -151,6 +151,7 @@ pub(crate) fn restore_tree(
     // 3b. SysV IPC: the tree's own IPC namespace (this thread enters a new
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
+    let ipc_own = ipc.is_some_and(|i| i.own);
     let mut ipc = match (ipc, &pid_plan) {
         (Some(img), Some(plan)) => Some(crate::sysvipc::Ipc::create(
             img,
@@ -161,6 +162,9 @@ pub(crate) fn restore_tree(
         )?),
         _ => None,
     };
+    // POSIX message queue descriptors: their queues exist now, in the
+    // namespace this thread is in until the fork.
+    kinds::mqueue::open_later(&mut opened, ipc_own)?;
     if let Some(i) = &ipc {
         for (s, _) in &mut tree.svcs {
             s.sysv = i.sizes();

@@ -26,10 +26,6 @@ const fn f(name: &'static str, category: u8, why_not: Option<&'static str>) -> C
     }
 }
 
-const NS: Option<&str> =
-    Some("stasis restores no namespace but the PID and mount ones of `stasis run`");
-const NET: Option<&str> = Some("stasis dumps no socket but unix socket pairs");
-
 /// criu 4.1's feature names (`criu check --feature list`).
 static CRIU_FEATURES: &[CriuFeature] = &[
     f("mnt_id", 2, None),
@@ -38,16 +34,16 @@ static CRIU_FEATURES: &[CriuFeature] = &[
     f("mem_dirty_track", 2, None),
     f("aio_remap", 2, Some("AIO rings are refused")),
     f("timerfd", 2, None),
-    f("tun", 0, Some("tun devices are refused")),
-    f("tun_ns", 0, Some("tun devices are refused")),
-    f("userns", 2, NS),
+    f("tun", 0, None),
+    f("tun_ns", 0, None),
+    f("userns", 2, None),
     f("fdinfo_lock", 2, None),
-    f("seccomp_suspend", 2, Some("seccomp filters are refused")),
-    f("seccomp_filters", 2, Some("seccomp filters are refused")),
-    f("loginuid", 2, Some("the audit login uid is not restored")),
-    f("cgroupns", 2, NS),
+    f("seccomp_suspend", 2, None),
+    f("seccomp_filters", 2, None),
+    f("loginuid", 2, None),
+    f("cgroupns", 2, None),
     f("autofs", 3, Some("autofs mounts are not restored")),
-    f("tcp_half_closed", 2, NET),
+    f("tcp_half_closed", 2, None),
     f("compat_cr", 3, Some("32-bit code is refused")),
     // Lazy restore (restore --lazy-pages): missing-mode userfaultfd with
     // the fork/remap/remove/unmap events.
@@ -58,33 +54,41 @@ static CRIU_FEATURES: &[CriuFeature] = &[
         2,
         Some("the vDSO is moved with mremap, not mapped with arch_prctl"),
     ),
-    f("sk_ns", 2, NET),
-    f("sk_unix_file", 0, Some("named unix sockets are refused")),
-    f("net_diag_raw", 2, NET),
-    f("nsid", 0, NS),
-    f("link_nsid", 0, NS),
+    f("sk_ns", 2, None),
+    f("sk_unix_file", 0, None),
+    f("net_diag_raw", 2, None),
+    f("nsid", 0, None),
+    f("link_nsid", 0, None),
     f(
         "kcmp_epoll",
         2,
         Some("epoll targets are found through fdinfo, not kcmp"),
     ),
-    f("timens", 2, NS),
-    f("external_net_ns", 0, NS),
+    f("timens", 2, None),
+    f("external_net_ns", 0, None),
     f("clone3_set_tid", 2, None),
-    f("newifindex", 2, NET),
-    f("nftables", 0, NET),
-    f("has_ipt_legacy", 0, NET),
-    f("pidfd_store", 2, Some("stasis has no RPC service")),
+    f("newifindex", 2, None),
+    f("nftables", 0, None),
+    f("has_ipt_legacy", 0, None),
+    f(
+        "pidfd_store",
+        2,
+        Some("the RPC pidfd_store_sk option is refused"),
+    ),
     f("ns_pid", 2, None),
     f(
         "apparmor_stacking",
         2,
         Some("LSM profiles are not restored"),
     ),
-    f("network_lock_nftables", 2, NET),
-    f("sockopt_buf_lock", 2, NET),
+    f("network_lock_nftables", 2, None),
+    f(
+        "sockopt_buf_lock",
+        2,
+        Some("SO_BUF_LOCK is not read (buffer sizes the program set are restored)"),
+    ),
     f("memfd_hugetlb", 2, Some("hugetlb memfds are refused")),
-    f("move_mount_set_group", 2, NS),
+    f("move_mount_set_group", 2, None),
     f("openat2", 2, Some("stasis does not use openat2")),
     f("get_rseq_conf", 2, None),
 ];
@@ -96,6 +100,20 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
         .filter_map(|p| p.parse::<u32>().ok());
     let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     v >= (major, minor)
+}
+
+fn exists(path: &str) -> bool {
+    std::path::Path::new(path).exists()
+}
+
+/// Whether a program is in PATH (or /usr/sbin, /sbin).
+fn on_path(prog: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|d| std::path::Path::new(d).join(prog).is_file());
+    found
 }
 
 fn fdinfo_has(file: &std::fs::File, key: &str) -> bool {
@@ -142,6 +160,28 @@ fn kernel_has(name: &str, stasis: &[Feature]) -> Result<(), String> {
         "mem_dirty_track" => mem_track_ok(stasis),
         // UFFD_FEATURE_EVENT_UNMAP and the others arrived in 4.11.
         "uffd" | "uffd-noncoop" => probed("userfaultfd") && kernel_at_least(4, 11),
+        // Persistent tun/tap devices in the tree's network namespace.
+        "tun" | "tun_ns" => std::path::Path::new("/dev/net/tun").exists(),
+        // The namespaces stasis dumps and makes again (docs/state.md).
+        "userns" => exists("/proc/self/ns/user"),
+        "cgroupns" => exists("/proc/self/ns/cgroup"),
+        "timens" => exists("/proc/self/ns/time"),
+        "nsid" | "link_nsid" | "external_net_ns" | "sk_ns" | "newifindex" => {
+            exists("/proc/self/ns/net") && kernel_at_least(4, 19)
+        }
+        // PTRACE_O_SUSPEND_SECCOMP (4.3), PTRACE_SECCOMP_GET_FILTER (4.4).
+        "seccomp_suspend" => kernel_at_least(4, 3),
+        "seccomp_filters" => kernel_at_least(4, 4),
+        "loginuid" => exists("/proc/self/loginuid"),
+        // TCP repair of FIN_WAIT/CLOSE_WAIT/LAST_ACK/CLOSING connections.
+        "tcp_half_closed" => kernel_at_least(4, 11),
+        "sk_unix_file" => kernel_at_least(4, 10),
+        "net_diag_raw" => kernel_at_least(4, 14),
+        // The network lock and the namespace's ruleset use nft(8);
+        // iptables-legacy tables are saved with iptables-legacy-save.
+        "nftables" | "network_lock_nftables" => on_path("nft"),
+        "has_ipt_legacy" => on_path("iptables-legacy-save"),
+        "move_mount_set_group" => kernel_at_least(5, 15),
         _ => false,
     };
     if ok {

@@ -636,7 +636,7 @@ pub(crate) fn compress_if_asked(r: &Request, pid: u32, dir: &Path) -> Result<()>
 
 /// criu's socket between `restore --lazy-pages` and `lazy-pages`: in the
 /// work directory.
-fn lazy_socket(r: &Request) -> PathBuf {
+pub(crate) fn lazy_socket(r: &Request) -> PathBuf {
     r.in_work_dir(Path::new(stasis_restore::lazy::SOCKET_NAME))
 }
 

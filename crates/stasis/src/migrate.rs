@@ -55,11 +55,14 @@ pub struct Figures {
     pub frozen: Duration,
     /// Image bytes sent to the page server (0 when local).
     pub sent: u64,
-    /// From the first round to the restored tree (local) or the page
-    /// server's OK.
+    /// From the first round to the restored tree (local; lazily: to
+    /// every page in place) or the page server's OK.
     pub total: Duration,
     /// The restored root (local).
     pub restored: Option<i32>,
+    /// `--lazy-pages`: from the restored tree running to every page in
+    /// place (the lazy-pages daemon's end).
+    pub resident: Option<Duration>,
 }
 
 /// Runs `stasis migrate` as `r` asks; prints the figures as one JSON line.
@@ -74,6 +77,7 @@ pub fn migrate(r: &Request) -> Result<ExitCode> {
         "sent_bytes": f.sent,
         "total_ms": f.total.as_secs_f64() * 1e3,
         "restored_pid": f.restored,
+        "resident_ms": f.resident.map(|d| d.as_secs_f64() * 1e3),
     });
     log::info!("migrate: done: {figures}");
     println!("{figures}");
@@ -94,10 +98,11 @@ pub fn run(r: &Request) -> Result<Figures> {
     if r.leave_running {
         bail!("migrate pid {pid}: --leave-running: a migrated tree runs at the destination only");
     }
-    if r.lazy_pages {
-        // Lazy restore serves one image; migrate makes a pre-copy chain.
+    if r.lazy_pages && r.page_server {
+        // The destination restores: migrate only sends the chain there.
         bail!(
-            "migrate pid {pid}: option --lazy-pages is not supported yet: a pre-copy chain is not restored lazily yet"
+            "migrate pid {pid}: --lazy-pages with --page-server: the destination restores, there: \
+             `stasis lazy-pages -D DIR` and `stasis restore --lazy-pages -D DIR`"
         );
     }
     let scratch = match &r.images_dir {
@@ -157,7 +162,7 @@ pub fn run(r: &Request) -> Result<Figures> {
     );
     // The tree is gone from here on: if the image cannot be delivered, it
     // is kept (even a private directory) and named.
-    let (restored, sent) = match deliver(r, pid, &dir, tx) {
+    let (restored, sent, resident) = match deliver(r, pid, &dir, tx) {
         Ok(v) => v,
         Err(e) => {
             let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
@@ -175,6 +180,7 @@ pub fn run(r: &Request) -> Result<Figures> {
         sent,
         total: t0.elapsed(),
         restored,
+        resident,
     })
 }
 
@@ -186,7 +192,7 @@ fn deliver(
     pid: u32,
     dir: &Path,
     tx: Option<crate::stream::Sender<stasis_restore::tls::Conn>>,
-) -> Result<(Option<i32>, u64)> {
+) -> Result<(Option<i32>, u64, Option<Duration>)> {
     compress_if_asked(r, pid, dir)?;
     match tx {
         Some(mut tx) => {
@@ -196,9 +202,12 @@ fn deliver(
                 format!("migrate pid {pid}: the page server did not take the image")
             })?;
             log::info!("migrate pid {pid}: {sent} bytes sent to the page server");
-            Ok((None, sent))
+            Ok((None, sent, None))
         }
-        None => Ok((Some(restore_here(r, dir)?), 0)),
+        None => {
+            let (restored, resident) = restore_here(r, dir)?;
+            Ok((Some(restored), 0, resident))
+        }
     }
 }
 
@@ -231,20 +240,113 @@ fn wait_pids_free(dir: &Path) -> Result<()> {
 }
 
 /// Restores the tree from `dir` here, detached (it outlives us).
-fn restore_here(r: &Request, dir: &Path) -> Result<i32> {
-    wait_pids_free(dir)?;
+/// Restores the tree from `dir` here; with `--lazy-pages`, lazily: the
+/// lazy-pages daemon (a child, `stasis lazy-pages`, its socket and log
+/// `lazy-pages.log` in the work directory) is started first, the tree
+/// resumes as soon as it is rebuilt, and migrate waits for the daemon to
+/// have every page in place. Returns the restored PID and, lazily, the
+/// time from the resume to every page in place.
+fn restore_here(r: &Request, dir: &Path) -> Result<(i32, Option<Duration>)> {
     let rr = Request {
         command: "restore".into(),
         images_dir: Some(dir.to_path_buf()),
         detached: true,
-        // Relative log and pid files stay where they would have been.
         work_dir: Some(r.work_dir.clone().unwrap_or_else(|| r.images_dir())),
         notes: vec![],
         ..r.clone()
     };
-    let restored = restore_tree(&rr, &mut |_, _| Ok(()))
-        .with_context(|| format!("migrate: restore from {}", dir.display()))?;
-    Ok(restored.pid.0)
+    let mut daemon = match r.lazy_pages {
+        true => Some(LazyDaemon::start(
+            dir,
+            rr.work_dir.as_deref().unwrap_or(dir),
+            &crate::criu_cmd::lazy_socket(&rr),
+        )?),
+        false => None,
+    };
+    let res = (|| {
+        wait_pids_free(dir)?;
+        if let Some(d) = &mut daemon {
+            d.listening()?;
+        }
+        restore_tree(&rr, &mut |_, _| Ok(()))
+            .with_context(|| format!("migrate: restore from {}", dir.display()))
+    })();
+    let restored = match (res, daemon) {
+        (Ok(t), None) => return Ok((t.pid.0, None)),
+        (Ok(t), Some(d)) => (t, d),
+        (Err(e), Some(mut d)) => {
+            d.stop();
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let (t, mut d) = restored;
+    let t0 = Instant::now();
+    d.wait()?;
+    Ok((t.pid.0, Some(t0.elapsed())))
+}
+
+/// The lazy-pages daemon of `migrate --lazy-pages` (and of the bench's
+/// downtime case): `stasis lazy-pages` as a child.
+pub(crate) struct LazyDaemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl LazyDaemon {
+    /// Starts it for the image in `dir`, working in `work` (its log
+    /// `lazy-pages.log` there) and listening at `socket` (in `work`).
+    pub(crate) fn start(dir: &Path, work: &Path, socket: &Path) -> Result<LazyDaemon> {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let socket = socket.to_path_buf();
+        let child = Command::new("/proc/self/exe")
+            .arg0("stasis")
+            .arg("lazy-pages")
+            .arg("-D")
+            .arg(dir)
+            .arg("-W")
+            .arg(work)
+            .args(["-o", "lazy-pages.log", "-v4"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("migrate: start the lazy-pages daemon")?;
+        Ok(LazyDaemon { child, socket })
+    }
+
+    /// Waits until the daemon listens (or fails: it ended).
+    pub(crate) fn listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + PID_FREE_WAIT;
+        while !self.socket.exists() {
+            if let Some(st) = self.child.try_wait()? {
+                bail!("migrate: the lazy-pages daemon ended before listening ({st})");
+            }
+            if Instant::now() > deadline {
+                bail!("migrate: the lazy-pages daemon did not listen within {PID_FREE_WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Every page in place (exit 0), or the daemon failed (it killed the
+    /// lazy tree and said why on stderr).
+    pub(crate) fn wait(&mut self) -> Result<()> {
+        let st = self.child.wait().context("migrate: wait for lazy-pages")?;
+        if !st.success() {
+            bail!("migrate: the lazy-pages daemon failed ({st}): the restored tree was killed");
+        }
+        Ok(())
+    }
+
+    /// The restore failed: the daemon goes too.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ pub(crate) fn last_errno() -> i32 {
 }
 pub mod mcast;
 pub mod mount;
+pub mod mqueue;
 pub mod nlsock;
 pub mod nsenter;
 pub mod pagemap;

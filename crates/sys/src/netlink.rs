@@ -10,6 +10,7 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -22,6 +23,7 @@ const RTM_GETROUTE: u16 = 26;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_QDISC: u16 = 6;
 const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_OPERSTATE: u16 = 16;
@@ -174,6 +176,8 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// IFLA_OPERSTATE (RFC 2863: 0 unknown, 2 down, 6 up, ...).
     pub operstate: u8,
+    /// IFLA_QDISC: its root qdisc's kind ("noop" until it was first up).
+    pub qdisc: String,
     /// IFLA_INFO_DATA's attributes (the kind's own: a macvlan's mode, a
     /// tun's owner, ...), nested flag cleared.
     pub info_data: Vec<(u16, Vec<u8>)>,
@@ -202,6 +206,7 @@ pub fn links() -> Result<Vec<Link>> {
                 master: 0,
                 link_netnsid: None,
                 operstate: 0,
+                qdisc: String::new(),
                 info_data: Vec::new(),
             };
             let int = |v: &[u8]| if v.len() >= 4 { u32le(v, 0) } else { 0 };
@@ -210,6 +215,7 @@ pub fn links() -> Result<Vec<Link>> {
                     IFLA_IFNAME => l.name = cstr(v),
                     IFLA_ADDRESS => l.mac = v.to_vec(),
                     IFLA_MTU => l.mtu = int(v),
+                    IFLA_QDISC => l.qdisc = cstr(v),
                     IFLA_LINK => l.link = int(v) as i32,
                     IFLA_MASTER => l.master = int(v) as i32,
                     IFLA_LINK_NETNSID => l.link_netnsid = Some(int(v) as i32),
@@ -299,6 +305,16 @@ pub fn addrs() -> Result<Vec<Addr>> {
 
 /// Adds an address (fails with EEXIST if it is there).
 pub fn add_addr(a: &Addr) -> Result<()> {
+    new_addr(a, NLM_F_CREATE | NLM_F_EXCL)
+}
+
+/// Sets the flags of an address that is there to `a.flags` (an IPv6
+/// address's nodad cleared, for one).
+pub fn change_addr(a: &Addr) -> Result<()> {
+    new_addr(a, NLM_F_REPLACE)
+}
+
+fn new_addr(a: &Addr, flags: u16) -> Result<()> {
     let mut body = vec![a.family, a.prefixlen, a.flags as u8, a.scope];
     body.extend_from_slice(&a.index.to_le_bytes());
     if !a.local.is_empty() {
@@ -311,7 +327,7 @@ pub fn add_addr(a: &Addr) -> Result<()> {
     transact(
         NETLINK_ROUTE,
         RTM_NEWADDR,
-        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        NLM_F_ACK | flags,
         &body,
         |_, _| {},
     )

@@ -800,7 +800,98 @@ pub fn map_shared_huge(addr: u64, len: u64, huge: i32) -> Result<()> {
     mmap_noreplace(addr, len, libc::MAP_SHARED | huge, "shared hugetlb memory").map(drop)
 }
 
-/// In a new mount namespace: stop propagation to the parent's mounts and
+/// Detaches the nsfs mounts (binds of namespaces: `ip netns add`'s
+/// /run/netns/NAME, ...) of a mount namespace just copied from the
+/// caller's: they are other processes' namespaces, bound there at the
+/// moment of the copy, not the tree's. Kept, a copy would pin them after
+/// their owner unbound them, and a dump would record them as external
+/// mounts the restore then cannot find. Pass after pass over
+/// /proc/self/mountinfo until one finds none. Raw syscalls and stack
+/// buffers only (runs right after a fork).
+pub fn detach_nsfs_mounts() {
+    for _ in 0..16 {
+        // SAFETY: open/read/close of a NUL-terminated path into our buffers.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open,
+                c"/proc/self/mountinfo".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        let mut buf = [0u8; 8192];
+        let mut have = 0usize;
+        let mut found = false;
+        loop {
+            // SAFETY: reads into the free tail of `buf`.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_read,
+                    fd,
+                    buf[have..].as_mut_ptr(),
+                    buf.len() - have,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            have += n as usize;
+            let mut start = 0;
+            while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+                found |= detach_if_nsfs(&buf[start..start + nl]);
+                start += nl + 1;
+            }
+            if start == 0 && have == buf.len() {
+                // A line longer than the buffer: not a mount we can name.
+                have = 0;
+                continue;
+            }
+            buf.copy_within(start..have, 0);
+            have -= start;
+        }
+        // SAFETY: closes the fd opened above.
+        unsafe { libc::syscall(libc::SYS_close, fd) };
+        if !found {
+            return;
+        }
+    }
+}
+
+/// One mountinfo line: detaches its mount point if its filesystem is
+/// nsfs (the field after " - "). True if it did.
+fn detach_if_nsfs(line: &[u8]) -> bool {
+    let Some(sep) = line.windows(3).position(|w| w == b" - ") else {
+        return false;
+    };
+    if !line[sep + 3..].starts_with(b"nsfs ") {
+        return false;
+    }
+    // Field 5 (mount point), octal escapes (\040 ...) undone.
+    let Some(point) = line[..sep].split(|&b| b == b' ').nth(4) else {
+        return false;
+    };
+    let mut path = [0u8; 4096];
+    let (mut i, mut o) = (0, 0);
+    while i < point.len() && o + 1 < path.len() {
+        if point[i] == b'\\' && i + 3 < point.len() {
+            let d = |b: u8| b.wrapping_sub(b'0');
+            path[o] = d(point[i + 1]) * 64 + d(point[i + 2]) * 8 + d(point[i + 3]);
+            i += 4;
+        } else {
+            path[o] = point[i];
+            i += 1;
+        }
+        o += 1;
+    }
+    path[o] = 0;
+    // SAFETY: umount2 with a NUL-terminated path in our buffer.
+    unsafe { libc::syscall(libc::SYS_umount2, path.as_ptr(), libc::MNT_DETACH) == 0 }
+}
+
+/// In a new mount namespace: stop propagation to the parent's mounts,
+/// detach the nsfs binds the copy holds ([`detach_nsfs_mounts`]) and
 /// mount a /proc that shows the new PID namespace. Returns 0 or -errno.
 /// Raw syscalls only (runs right after a fork).
 pub fn mount_private_proc() -> i64 {
@@ -817,6 +908,7 @@ pub fn mount_private_proc() -> i64 {
         if r < 0 {
             return -1;
         }
+        detach_nsfs_mounts();
         libc::syscall(
             libc::SYS_mount,
             c"proc".as_ptr(),

@@ -6,8 +6,8 @@
 //! IPC calls and the IPC sysctls act on the *calling thread's* IPC
 //! namespace: [`in_ns`] runs code in a short-lived thread that joined one.
 
-use crate::{check, Pid, Result, SysError};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::{check, Result, SysError};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 const SHM_STAT: i32 = 13;
 const SHM_INFO: i32 = 14;
@@ -597,45 +597,6 @@ pub fn shm_lock(id: i32) -> Result<()> {
     // SAFETY: SHM_LOCK ignores the buffer argument.
     let r = unsafe { libc::shmctl(id, SHM_LOCK, std::ptr::null_mut()) };
     check(r.into(), "shmctl(SHM_LOCK)", None).map(|_| ())
-}
-
-/// Names of the POSIX message queues in the calling thread's IPC
-/// namespace: a private instance of its mqueue file system is mounted
-/// (detached, new mount API) and listed.
-pub fn mqueue_names(pid: Option<Pid>) -> Result<Vec<String>> {
-    let err = |op: &str| SysError::new(op, pid, crate::last_errno());
-    // SAFETY: raw new-mount-API calls on literal strings and descriptors
-    // we own; each returned descriptor is wrapped in an OwnedFd at once.
-    unsafe {
-        let fs = libc::syscall(libc::SYS_fsopen, c"mqueue".as_ptr(), 1u32);
-        if fs < 0 {
-            return Err(err("fsopen(mqueue)"));
-        }
-        let fs = OwnedFd::from_raw_fd(fs as i32);
-        let r = libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            6u32, // FSCONFIG_CMD_CREATE
-            std::ptr::null::<u8>(),
-            std::ptr::null::<u8>(),
-            0,
-        );
-        if r < 0 {
-            return Err(err("fsconfig(mqueue, create)"));
-        }
-        let mnt = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1u32, 0u32);
-        if mnt < 0 {
-            return Err(err("fsmount(mqueue)"));
-        }
-        let mnt = OwnedFd::from_raw_fd(mnt as i32);
-        let dir = format!("/proc/self/fd/{}", mnt.as_raw_fd());
-        let names = std::fs::read_dir(&dir)
-            .map_err(|e| SysError::new(format!("list {dir}"), pid, e.raw_os_error().unwrap_or(0)))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        Ok(names)
-    }
 }
 
 /// Runs `f` in a short-lived thread of the calling thread's namespaces

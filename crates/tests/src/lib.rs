@@ -508,3 +508,30 @@ pub fn await_other_ns(pid: i32, ns: &str) -> bool {
     }
     false
 }
+
+/// In a mount namespace just copied from the harness's: detaches its nsfs
+/// mounts (another test's `ip netns add` binds under /run/netns, caught
+/// by the copy): they are not the program's, and a dump would record them
+/// as external mounts that are gone by the restore (as `stasis run` does
+/// for its trees).
+pub fn detach_nsfs_mounts() {
+    for _ in 0..16 {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let points: Vec<String> = info
+            .lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_once(" - ")?;
+                b.starts_with("nsfs ")
+                    .then(|| a.split(' ').nth(4).map(|p| p.replace("\\040", " ")))?
+            })
+            .collect();
+        if points.is_empty() {
+            return;
+        }
+        for p in points {
+            let c = std::ffi::CString::new(p).expect("no NUL");
+            // SAFETY: umount2 with a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}

@@ -490,6 +490,16 @@ fn check_feature_answers_criu_names() {
         "get_rseq_conf",
         "uffd",
         "uffd-noncoop",
+        "tun",
+        "userns",
+        "timens",
+        "cgroupns",
+        "seccomp_filters",
+        "tcp_half_closed",
+        "sk_unix_file",
+        "nftables",
+        "has_ipt_legacy",
+        "external_net_ns",
     ] {
         let out = run(&["check", "--feature", yes]);
         assert!(
@@ -501,7 +511,13 @@ fn check_feature_answers_criu_names() {
         );
     }
     // Things stasis does not do, whatever the kernel offers.
-    for no in ["tun", "userns", "nftables", "timens", "seccomp_filters"] {
+    for no in [
+        "autofs",
+        "aio_remap",
+        "compat_cr",
+        "pidfd_store",
+        "memfd_hugetlb",
+    ] {
         let out = run(&["check", "--feature", no]);
         assert_eq!(out.code, Some(1), "{no}: {:?} {:?}", out.stdout, out.stderr);
         assert!(out.stderr.contains(no), "{no}: {:?}", out.stderr);

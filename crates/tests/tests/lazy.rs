@@ -236,39 +236,43 @@ fn lazy_damaged_page_file_kills_tree() {
     let at = b.len() - 4096 * 3;
     b[at] ^= 0x55;
     fs::write(&pages, b).expect("write pages");
-    let mut d = daemon(&work, &work.img(), &[], 20);
-    // The check may fail before the restore is through (then the restore
-    // fails and leaves nothing) or after (then the tree is killed).
-    let out = restore_detached(&work, &["--lazy-pages"], T);
-    let code = d.wait(&work, T);
-    let err = d.stderr(&work);
+    expect_checksum_kill(&work, p.pid);
+}
+
+/// With a damaged page file in the image (or its chain): starts the
+/// daemon and restores lazily; the daemon's checksum check fails and the
+/// lazy tree is killed (or, if the check fails first, the restore fails
+/// and leaves nothing).
+fn expect_checksum_kill(work: &Work, pid: i32) {
+    let mut d = daemon(work, &work.img(), &[], 20);
+    let out = restore_detached(work, &["--lazy-pages"], T);
+    let code = d.wait(work, T);
+    let err = d.stderr(work);
     assert!(
         code != Some(0) && err.contains("checksum"),
         "daemon: {code:?} {err}"
     );
     if out.success() {
-        let mut r = Proc::adopt(p.pid);
+        let mut r = Proc::adopt(pid);
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(r.poll(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         if matches!(r.poll(), Ok(None)) {
-            let st = fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
-            let stack = fs::read_to_string(format!("/proc/{}/stack", p.pid)).unwrap_or_default();
+            let st = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let stack = fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
             fail(
-                &work,
+                work,
                 format!("still running after the kill:\n{st}\n{stack}"),
             );
         }
-        let exit = step(&work, "restored process", r.wait(Duration::from_secs(10)));
+        let exit = step(work, "restored process", r.wait(Duration::from_secs(10)));
         assert_eq!(exit, Exit::Signal(libc::SIGKILL), "{}", work.diagnostics());
         assert!(err.contains("killed"), "{err}");
     } else {
         assert!(out.stderr.contains("lazy-pages"), "{out:?}");
     }
-    wait_for(&work, "the restored process to be gone", || {
-        !pid_exists(p.pid)
-    });
+    wait_for(work, "the restored process to be gone", || !pid_exists(pid));
 }
 
 /// The daemon killed mid-way: its watchdog kills the lazy tree (no process
@@ -399,54 +403,135 @@ fn lazy_without_daemon_refused() {
     assert!(!pid_exists(p.pid), "a half-restored process was left");
 }
 
-/// A pre-copy chain is refused by name, by the daemon and by the restore
-/// (before anything is created).
-#[test]
-fn lazy_precopy_chain_refused() {
-    let work = Work::new("lazy_chain");
+/// A pre-copy chain (two pre-dumps and the final dump of tp_precopy, its
+/// hot area written all the time) restored lazily: the restore reads no
+/// page of the lazy areas, the daemon serves each page from the image of
+/// the chain that holds it, the program writes during the lazy phase
+/// (throttled streaming) and checks every page. Returns the restored
+/// program and the daemon.
+fn lazy_chain(work: &Work, args: &[&str]) -> (Proc, Bg) {
     let opts = Opts::default();
-    let mut p = start_ready(&work, Program::Bin("tp_lazy"), &["--mib", "8"], &opts);
+    let mut p = start_ready(work, Program::Bin("tp_precopy"), args, &opts);
     let pid_s = p.pid.to_string();
-    let pre = work.path("pre");
+    for (dir, prev) in [("pre1", None), ("pre2", Some("../pre1"))] {
+        let d = work.path(dir);
+        let mut a = vec!["pre-dump", "-t", &pid_s, "-D", d.to_str().expect("utf-8")];
+        a.extend(["-o", "pre.log"]);
+        if let Some(prev) = prev {
+            a.extend(["--prev-images-dir", prev]);
+        }
+        let out = stasis(work, &a, T);
+        assert!(out.success(), "pre-dump {dir}: {out:?}");
+    }
+    let dump = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre2", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(work, &mut p, &dump);
+    let d = daemon(work, &work.img(), &[], 5);
+    let r = restore_and_adopt(work, p.pid, &opts_lazy());
+    (r, d)
+}
+
+/// A number in `text` right before `what` (`... 123 bytes streamed`).
+fn number_before(text: &str, what: &str) -> u64 {
+    text.find(what)
+        .and_then(|i| text[..i].split_whitespace().last())
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn lazy_precopy_chain() {
+    let work = Work::new("lazy_chain");
+    let (mut r, mut d) = lazy_chain(&work, &["--churn", "1024"]);
+    daemon_done(&work, &mut d);
+    finish(&work, &mut r, T).assert_pass(&work);
+    // The pages came from the whole chain (64 MiB area, saved by pre1),
+    // not from the final image alone (only what was written since pre2).
+    let log = fs::read_to_string(work.img().join("lazy.log")).unwrap_or_default();
+    let served = number_before(&log, "bytes), ") + number_before(&log, "bytes streamed");
+    let last = fs::metadata(work.img().join(format!("pages-{}.img", r.pid)))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        served >= 60 << 20 && last < served / 4,
+        "served {served} bytes, final page file {last} bytes: {log}"
+    );
+    // A chain is not served from a remote lazy page server: refused by
+    // name before connecting.
+    let img = work.img();
     let out = stasis(
         &work,
         &[
-            "pre-dump",
-            "-t",
-            &pid_s,
+            "lazy-pages",
             "-D",
-            pre.to_str().expect("utf-8"),
-            "-o",
-            "pre.log",
+            img.to_str().expect("utf-8"),
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "1",
         ],
         T,
     );
-    assert!(out.success(), "pre-dump: {out:?}");
-    dump_and_check_gone(
-        &work,
-        &mut p,
-        &Opts {
-            dump_extra: vec!["--prev-images-dir", "../pre", "--track-mem"],
-            ..Opts::default()
-        },
-    );
-    let img = work.img();
-    let mut bg = Bg::start(
-        &work,
-        "lazy",
-        &["lazy-pages", "-D", img.to_str().expect("utf-8")],
-        &[],
-    );
-    assert_eq!(bg.wait(&work, T), Some(1));
-    assert!(
-        bg.stderr(&work).contains("pre-copy chain"),
-        "{}",
-        bg.stderr(&work)
-    );
-    let out = restore_detached(&work, &["--lazy-pages"], T);
     assert!(
         !out.success() && out.stderr.contains("pre-copy chain"),
         "{out:?}"
     );
-    assert!(!pid_exists(p.pid), "a half-restored process was left");
+}
+
+/// Negative control: the program corrupts a page after the restore
+/// (tp_precopy `--corrupt`): its own check must FAIL.
+#[test]
+fn negative_lazy_precopy_chain_corrupt() {
+    let work = Work::new("lazy_chain_corrupt");
+    let (mut r, mut d) = lazy_chain(&work, &["--corrupt"]);
+    daemon_done(&work, &mut d);
+    let out = finish(&work, &mut r, T);
+    assert!(
+        out.result.starts_with("FAIL") && out.result.contains("area page"),
+        "corrupted memory did not fail: {:?}",
+        out.result
+    );
+}
+
+/// Negative control: a damaged page file of the chain's first image (a
+/// byte of the lazy area flipped) is found by the daemon's background
+/// check: the lazy tree is killed and the daemon fails, naming the file.
+#[test]
+fn negative_lazy_precopy_chain_parent_damaged() {
+    let work = Work::new("lazy_chain_damaged");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_precopy"), &[], &opts);
+    let pid_s = p.pid.to_string();
+    let pre = work.path("pre1");
+    let out = stasis(
+        &work,
+        &["pre-dump", "-t", &pid_s, "-D", pre.to_str().expect("utf-8")],
+        T,
+    );
+    assert!(out.success(), "pre-dump: {out:?}");
+    let dump = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre1", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(&work, &mut p, &dump);
+    let f = pre.join(format!("pages-{}.img", p.pid));
+    let mut b = fs::read(&f).expect("read the parent's page file");
+    let at = b.len() / 2;
+    b[at] ^= 0x40;
+    fs::write(&f, b).expect("damage it");
+    expect_checksum_kill(&work, p.pid);
+}
+
+/// A tree with its own IPC namespace and POSIX queues (the IPC data at
+/// the end of the root's page file, `ipc.mq_end` included), restored
+/// lazily: the program checks every queue and descriptor.
+#[test]
+fn lazy_mqueue_namespace() {
+    let work = Work::new("lazy_mqueue_namespace");
+    let (mut r, mut d) = lazy_case(&work, Program::Bin("tp_mqueue"), &["--mode", "ns"], 0);
+    daemon_done(&work, &mut d);
+    finish(&work, &mut r, T).assert_pass(&work);
 }

@@ -149,6 +149,46 @@ fn negative_migrate_python_corrupt() {
     );
 }
 
+/// `migrate --lazy-pages`: the tree resumes at the destination before its
+/// memory is in place; the lazy-pages daemon serves the chain's pages
+/// (tp_precopy writes all the time, through every round and the lazy
+/// phase, and checks every page once resident).
+#[test]
+fn migrate_local_lazy() {
+    let work = Work::new("migrate_lazy");
+    let (out, figures) = migrate_local(
+        &work,
+        Program::Bin("tp_precopy"),
+        &["--churn", "1024"],
+        &["--lazy-pages"],
+    );
+    out.assert_pass(&work);
+    assert!(
+        figures["resident_ms"].as_f64().is_some(),
+        "not restored lazily: {figures}"
+    );
+    let log = fs::read_to_string(work.img().join("lazy-pages.log")).unwrap_or_default();
+    assert!(log.contains("every page in place"), "lazy-pages.log: {log}");
+}
+
+/// The negative control: the program corrupts a page after the lazy move
+/// and must say so.
+#[test]
+fn negative_migrate_lazy_corrupt() {
+    let work = Work::new("migrate_lazy_corrupt");
+    let (out, _) = migrate_local(
+        &work,
+        Program::Bin("tp_precopy"),
+        &["--corrupt"],
+        &["--lazy-pages"],
+    );
+    assert!(
+        out.result.starts_with("FAIL") && out.result.contains("area page"),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
 #[test]
 fn migrate_local_go() {
     match go_program() {
@@ -476,10 +516,9 @@ fn migrate_to_page_server_across_netns() {
     finish(&work, &mut r, T).assert_pass(&work);
 }
 
-/// What migrate cannot do is refused by name before anything is done: a
-/// restore option migrate cannot pass on yet (`--lazy-pages`: lazy restore
-/// takes no pre-copy chain yet), options that
-/// contradict a move; the program runs on untouched.
+/// What migrate cannot do is refused by name before anything is done:
+/// `--lazy-pages` with `--page-server` (the destination restores), options
+/// that contradict a move; the program runs on untouched.
 #[test]
 fn migrate_refusals() {
     let work = Work::new("migrate_refusals");
@@ -487,17 +526,25 @@ fn migrate_refusals() {
     let pid_s = p.pid.to_string();
     let img = work.img();
     for (extra, word) in [
-        ("--lazy-pages", "option --lazy-pages is not supported yet"),
-        ("--leave-running", "--leave-running"),
-        ("--to-stdout", "--to-stdout"),
-        ("--stream", "--from-stdin"),
+        (
+            &["--lazy-pages", "--page-server", "--port", "1"][..],
+            "--lazy-pages with --page-server",
+        ),
+        (&["--leave-running"], "--leave-running"),
+        (&["--to-stdout"], "--to-stdout"),
+        (&["--stream"], "--from-stdin"),
     ] {
-        let out = stasis(&work, &["migrate", "-t", &pid_s, "-D", s(&img), extra], T);
+        let mut a = vec!["migrate", "-t", &pid_s, "-D", s(&img)];
+        a.extend_from_slice(extra);
+        let out = stasis(&work, &a, T);
         assert!(
             !out.success() && out.stderr.contains(word) && out.stderr.lines().count() == 1,
-            "{extra}: {out:?}"
+            "{extra:?}: {out:?}"
         );
-        assert!(!img.join("round-1").exists(), "{extra}: a round was dumped");
+        assert!(
+            !img.join("round-1").exists(),
+            "{extra:?}: a round was dumped"
+        );
     }
     step(&work, "still running", p.check_running_untraced());
     p.kill();

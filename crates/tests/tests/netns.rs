@@ -588,13 +588,19 @@ fn cr_tcp_netns_join() {
 /// (`given`) as init of a new PID and network namespace with a veth to a
 /// bridge; dumped, restored without naming the outer end (it comes back
 /// under its saved name, on its saved bridge); the program finds its
-/// namespace as it was. `corrupt` runs the negative control.
-fn run_net_case(name: &str, corrupt: bool) -> Exit {
+/// namespace as it was. `corrupt` runs the negative control. `down`
+/// ("inner" or "outer") sets that end of the veth down before the dump
+/// (the outer end after the program saw its link-local address made);
+/// the outer end's flags (up or not, carrier) must read after the restore
+/// as before the dump, else [`OUTER_DIFFERS`]. `flip` sets the outer end
+/// up after the restore (the negative control of that check).
+fn run_net_case(name: &str, corrupt: bool, down: &str, flip: bool) -> Exit {
     let work = Work::new(name);
     let clean = NetCleanup(work.path("net-names"));
     let t = std::time::Duration::from_secs(60);
-    // Both cases run in one test process: names and subnet apart.
-    let me = std::process::id() * 2 + u32::from(corrupt);
+    // The cases run in one test process: names and subnet apart.
+    static CASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let me = std::process::id() * 8 + CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
     let x = me % 250 + 1;
     let (br, vo) = (format!("stbq{me}"), format!("stvq{me}"));
     std::fs::write(&clean.0, format!("{br}\n")).expect("net-names");
@@ -636,10 +642,27 @@ fn run_net_case(name: &str, corrupt: bool) -> Exit {
     if corrupt {
         run.push("--corrupt");
     }
+    if !down.is_empty() {
+        run.extend(["--down", down]);
+    }
     let out = stasis(&work, &run, t);
     assert_eq!(out.code, Some(0), "stasis run: {out:?}");
     let mut init = Proc::adopt(pidfile(&work, "run.pid"));
+    if down == "outer" {
+        step(
+            &work,
+            "waiting for dad-done",
+            wait_file(&work, &mut init, "dad-done", t),
+        );
+        let o = std::process::Command::new("ip")
+            .args(["link", "set", &vo, "down"])
+            .output()
+            .expect("ip");
+        assert!(o.status.success(), "ip link set {vo} down: {o:?}");
+        std::fs::write(work.path("outer-down"), "").expect("outer-down");
+    }
     step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let before = outer_flags(&vo);
     let img = format!("{dir}/img");
     let pid = init.pid.to_string();
     let out = stasis(
@@ -653,6 +676,21 @@ fn run_net_case(name: &str, corrupt: bool) -> Exit {
         "waiting for the dumped init",
         init.wait(std::time::Duration::from_secs(10)),
     );
+    // The kernel takes the dead namespace's veth pair down a little
+    // later: the restore makes the outer end again under its name.
+    let gone = (0..1000).any(|_| {
+        let there = std::path::Path::new(&format!("/sys/class/net/{vo}")).exists();
+        if there {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        !there
+    });
+    if !gone {
+        fail(
+            &work,
+            format!("the dumped tree's outer end {vo} is still there after 10 s"),
+        );
+    }
     let rpid = format!("{dir}/r.pid");
     let out = stasis(
         &work,
@@ -684,19 +722,113 @@ fn run_net_case(name: &str, corrupt: bool) -> Exit {
             format!("the outer end {vo} is not on {br}: {master:?}"),
         );
     }
+    if flip {
+        let o = std::process::Command::new("ip")
+            .args(["link", "set", &vo, "up"])
+            .output()
+            .expect("ip");
+        assert!(o.status.success(), "ip link set {vo} up: {o:?}");
+    }
+    let after = outer_flags(&vo);
+    if after != before {
+        eprintln!("the outer end {vo}: <{before}> before the dump, <{after}> after the restore");
+        r.kill();
+        return OUTER_DIFFERS;
+    }
     work.release_go();
-    step(&work, "waiting for the restored init", r.wait(t))
+    let exit = step(&work, "waiting for the restored init", r.wait(t));
+    if exit != Exit::Code(0) {
+        eprintln!("{name}: {exit:?}{}", work.diagnostics());
+    }
+    exit
+}
+
+/// [`run_net_case`]'s result when the outer end's flags differ.
+const OUTER_DIFFERS: Exit = Exit::Code(200);
+
+/// The flags `ip link` shows of `dev` (UP, NO-CARRIER, ...).
+fn outer_flags(dev: &str) -> String {
+    let o = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "dev", dev])
+        .output()
+        .expect("ip");
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map_or(String::new(), |(f, _)| f.to_string())
+}
+
+/// Waits for `WORK/name`, which `proc` makes.
+fn wait_file(
+    work: &Work,
+    proc: &mut Proc,
+    name: &str,
+    t: std::time::Duration,
+) -> Result<(), String> {
+    let end = std::time::Instant::now() + t;
+    while !work.path(name).exists() {
+        if !matches!(proc.poll(), Ok(None)) || std::time::Instant::now() > end {
+            return Err(format!("no {name} (the program exited or {t:?} passed)"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 #[test]
 fn cr_run_net_veth() {
-    assert_eq!(run_net_case("cr_run_net_veth", false), Exit::Code(0));
+    assert_eq!(
+        run_net_case("cr_run_net_veth", false, "", false),
+        Exit::Code(0)
+    );
 }
 
 #[test]
 fn negative_cr_run_net_veth() {
     assert_ne!(
-        run_net_case("negative_cr_run_net_veth", true),
+        run_net_case("negative_cr_run_net_veth", true, "", false),
+        Exit::Code(0)
+    );
+}
+
+/// The outer end down at dump (the inner end without carrier, its
+/// routes linkdown, its link-local address kept): restored down, the
+/// namespace reads as before (tp_netns) and so does the outer end.
+#[test]
+fn cr_run_net_veth_outer_down() {
+    assert_eq!(
+        run_net_case("cr_run_net_veth_outer_down", false, "outer", false),
+        Exit::Code(0)
+    );
+}
+
+#[test]
+fn negative_cr_run_net_veth_outer_down() {
+    assert_ne!(
+        run_net_case("negative_cr_run_net_veth_outer_down", true, "outer", false),
+        Exit::Code(0)
+    );
+}
+
+/// The outer end set up after the restore: the outer end's check fails.
+#[test]
+fn negative_cr_run_net_veth_outer_flipped() {
+    assert_eq!(
+        run_net_case(
+            "negative_cr_run_net_veth_outer_flipped",
+            false,
+            "outer",
+            true
+        ),
+        OUTER_DIFFERS
+    );
+}
+
+/// The inner end down at dump (the outer end up without carrier).
+#[test]
+fn cr_run_net_veth_inner_down() {
+    assert_eq!(
+        run_net_case("cr_run_net_veth_inner_down", false, "inner", false),
         Exit::Code(0)
     );
 }

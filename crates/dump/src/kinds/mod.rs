@@ -8,6 +8,7 @@
 //!
 //! | kind (`FdKind`) | module | identified by |
 //! |---|---|---|
+//! | `Mqueue` | [`mqueue`] | a file of the mqueue file system (statfs magic) |
 //! | `Pipe` | [`pipe`] | link `pipe:[INO]` |
 //! | `EventFd` | [`eventfd`] | link `anon_inode:[eventfd]` |
 //! | `TimerFd` | [`timerfd`] | link `anon_inode:[timerfd]` |
@@ -41,6 +42,7 @@ mod fifo;
 mod in_flight;
 mod inet;
 mod inotify;
+mod mqueue;
 mod netsk;
 mod opath;
 mod pidfd;
@@ -188,13 +190,11 @@ impl Fd<'_> {
 
     /// Refuses a named file the restore could not reopen as the same
     /// object by its path: one on a detached mount (open_tree, fsmount:
-    /// its link reads `/`, its mount is in no mount table) or a POSIX
-    /// message queue (mqueue file system).
+    /// its link reads `/`, its mount is in no mount table). POSIX message
+    /// queues are opened by name ([`mqueue`]).
     pub(crate) fn refuse_unreachable(&self) -> Result<()> {
-        const MQUEUE_MAGIC: i64 = 0x1980_0202;
-        let proc_path = format!("/proc/{}/fd/{}", self.pid, self.fd);
-        if stasis_sys::fileops::fs_type(&proc_path).ok() == Some(MQUEUE_MAGIC) {
-            return Err(self.refuse("a POSIX message queue (not supported yet)"));
+        if mqueue::is_mqueue(self) {
+            return Ok(());
         }
         if self.link == "/" {
             let text = stasis_proc::read(self.pid, "mountinfo").at(self.pid, Stage::Collect)?;
@@ -252,6 +252,7 @@ type Identify = fn(&mut Fd<'_>) -> Result<Option<FdKind>>;
 /// any other), then O_PATH (any object can be opened so), then those known
 /// by stat.
 const KINDS: &[(&str, Identify)] = &[
+    ("POSIX message queue", mqueue::identify),
     ("pipe", pipe::identify),
     ("eventfd", eventfd::identify),
     ("timerfd", timerfd::identify),
@@ -430,6 +431,7 @@ fn key(k: &FdKind) -> (u8, u64, u64) {
         FdKind::PtyMaster { index, .. } => (17, u64::from(*index), 0),
         FdKind::PtySlave { index, .. } => (18, u64::from(*index), 0),
         FdKind::DevTty { index, .. } => (19, u64::from(*index), 0),
+        FdKind::Mqueue { dev, .. } => (25, *dev, 0),
         FdKind::ExternalFile { .. } => (22, 0, 0),
     }
 }

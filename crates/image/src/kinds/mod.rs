@@ -20,6 +20,7 @@
 //! | `NetlinkSocket`, `PacketSocket`, `RawSocket` | [`netsk`] | socket type, option names; netlink protocol and groups; packet memberships and filter size; raw family and addresses, ICMP filter size |
 //! | `ProcFile` | [`procfile`] | path length, under `/proc/PID` of its `pid` |
 //! | `Pidfd` | [`pidfd`] | pid > 0 |
+//! | `Mqueue` | sysvipc | a queue name (no '/', 1 to 255 bytes) |
 //! | `PtyMaster`, `PtySlave`, `DevTty` | [`pty`] | index below the kernel's limit, control characters, termios speeds |
 //! | `EventFd`, `TimerFd`, `SignalFd` | none | nothing beyond serde |
 //!
@@ -207,5 +208,8 @@ pub(crate) fn validate_fd(
         FdKind::PtySlave { index, .. } | FdKind::DevTty { index, .. } => {
             pty::validate(c, &field, *index, None)
         }
+        FdKind::Mqueue { name, .. } => c.ensure(crate::sysvipc::mq_name_ok(name), || {
+            format!("{field}: POSIX message queue name {name:?}")
+        }),
     }
 }

@@ -42,6 +42,7 @@ pub(crate) mod fanotify;
 mod fifo;
 mod inet;
 mod inotify;
+pub(crate) mod mqueue;
 mod netsk;
 mod opath;
 mod pidfd;
@@ -107,6 +108,9 @@ pub(crate) struct Opened {
     pub(crate) fanotify: Vec<usize>,
     /// criu's `--inherit-fd fd[N]:KEY` (see [`pipe`]).
     pub(crate) inherit: Vec<(i32, String)>,
+    /// POSIX message queue descriptors, opened once the queues exist
+    /// ([`mqueue::open_later`]).
+    pub(crate) mq_later: Vec<mqueue::Later>,
 }
 
 impl Opened {
@@ -426,6 +430,7 @@ fn open_one(o: &mut Opened, cx: &Cx<'_>, kind: &FdKind) -> Result<usize> {
             };
             netsk::open_raw(o, cx, &s)
         }
+        FdKind::Mqueue { name, flags, .. } => mqueue::open(o, cx, name, *flags),
         FdKind::PtyMaster { index, .. } => pty::open_master(o, cx, *index),
         FdKind::PtySlave { index, flags } => pty::open_slave(o, cx, *index, *flags),
         FdKind::ProcFile { .. } | FdKind::Pidfd { .. } | FdKind::DevTty { .. } => {

@@ -5,8 +5,11 @@
 //! migrate` makes them, then the final dump), and the downtime the
 //! program itself sees: the longest stall of its writing loop from the
 //! final freeze until the restored copy runs again (CLOCK_MONOTONIC in the
-//! program, `WORK/gaps`). The restore is the ordinary one (a pre-copy
-//! chain is not restored lazily yet); the chain is merged in $TMPDIR.
+//! program, `WORK/gaps`). The restore is lazy (`restore --lazy-pages` with
+//! `stasis lazy-pages` serving each page from the image of the chain that
+//! holds it): the program runs again once its tree is rebuilt, its
+//! memory arriving by faults and streaming; the time until every page is
+//! in place is given too.
 
 use super::{
     dump_opts, human, min_med, ms, restore_opts, start_workload, tree_pids, verify_restored,
@@ -28,7 +31,13 @@ pub(super) struct DowntimeSample {
     /// Frozen time and page bytes of the final dump.
     last: Duration,
     last_bytes: u64,
+    /// The lazy restore: until the tree runs, and until every page is in
+    /// place (from the resume).
     restore: Duration,
+    resident: Duration,
+    /// From the final dump's return until the old PIDs are free (the
+    /// killed tree's memory freed) and the daemon listens.
+    gone: Duration,
     /// The program's longest stall from the final freeze on.
     downtime: Duration,
     /// Its longest stall during the pre-copy rounds.
@@ -112,11 +121,31 @@ pub(super) fn run_downtime_round(
     let t_final = now_ns();
     let parent = format!("../round-{}", saved.len());
     let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some(&parent), false))?;
+    let t_dumped = Instant::now();
     let _ = run.child.wait();
-    wait_gone(&pids)?;
+    let img = work.join("img");
+    let socket = img.join(stasis_restore::lazy::SOCKET_NAME);
+    let mut daemon = crate::migrate::LazyDaemon::start(&img, &img, &socket)?;
+    let restored = (|| {
+        wait_gone(&pids)?;
+        daemon.listening()?;
+        let gone = t_dumped.elapsed();
+        let t = Instant::now();
+        let mut o = restore_opts(img.clone());
+        o.lazy_pages = Some(socket.clone());
+        let restored = stasis_restore::restore(&o)?;
+        Ok::<_, anyhow::Error>((restored, t.elapsed(), gone))
+    })();
+    let (restored, restore, gone) = match restored {
+        Ok(v) => v,
+        Err(e) => {
+            daemon.stop();
+            return Err(e);
+        }
+    };
     let t = Instant::now();
-    let restored = stasis_restore::restore(&restore_opts(work.join("img")))?;
-    let restore = t.elapsed();
+    daemon.wait()?;
+    let resident = t.elapsed();
     verify_restored(case, &run, restored.wait_pid)?;
     let g = gaps(&work)?;
     let end = now_ns();
@@ -128,6 +157,8 @@ pub(super) fn run_downtime_round(
         last: last.frozen,
         last_bytes: last.page_bytes,
         restore,
+        resident,
+        gone,
         downtime: longest(&g, t_final, end),
         round_stall: longest(&g, t_pre, t_final),
     })
@@ -135,7 +166,7 @@ pub(super) fn run_downtime_round(
 
 pub(super) fn line(s: &DowntimeSample) -> String {
     format!(
-        "full dump frozen {} ms; {} brief rounds in {} ms (frozen {} ms at most, program stalled {} ms at most); final dump frozen {} ms ({}); restore {} ms; program down {} ms",
+        "full dump frozen {} ms; {} brief rounds in {} ms (frozen {} ms at most, program stalled {} ms at most); final dump frozen {} ms ({}); old tree gone and daemon listening {} ms later; lazy restore {} ms (every page in place {} ms later); program down {} ms",
         ms(s.full),
         s.rounds.len(),
         ms(s.precopy),
@@ -143,7 +174,9 @@ pub(super) fn line(s: &DowntimeSample) -> String {
         ms(s.round_stall),
         ms(s.last),
         human(s.last_bytes),
+        ms(s.gone),
         ms(s.restore),
+        ms(s.resident),
         ms(s.downtime)
     )
 }
@@ -158,13 +191,15 @@ pub(super) fn print(name: &str, v: &[DowntimeSample]) {
         .map(|(b, f)| format!("{} frozen {} ms", human(*b), ms(*f)))
         .collect();
     println!(
-        "\n{name} (medians): frozen without pre-copy {} ms, with pre-copy {} ms = {:.3} of it (final dump {} of pages); downtime seen by the program {} ms (restore {} ms, not lazy); rounds of the median run: {}; program's longest stall during them {} ms",
+        "\n{name} (medians): frozen without pre-copy {} ms, with pre-copy {} ms = {:.3} of it (final dump {} of pages); downtime seen by the program {} ms (old tree gone {} ms after the final dump, lazy restore {} ms to running, every page in place {} ms after); rounds of the median run: {}; program's longest stall during them {} ms",
         ms(full),
         ms(last),
         last.as_secs_f64() / full.as_secs_f64().max(1e-9),
         human(s.last_bytes),
         ms(down),
+        ms(med(|s| s.gone)),
         ms(med(|s| s.restore)),
+        ms(med(|s| s.resident)),
         rounds.join(", "),
         ms(med(|s| s.round_stall))
     );

@@ -186,12 +186,18 @@ fn main() {
     unsafe { libc::read(rd[0], (&raw mut b).cast(), 1) };
     let thread = args.flag("thread").then(|| {
         let pids_t = l.pids_q.clone();
-        std::thread::spawn(move || {
+        let (joined, in_cgroup) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
             // SAFETY: gettid has no arguments.
             let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
             join(&pids_t, tid, "tasks");
+            let _ = joined.send(());
             std::thread::park();
-        })
+        });
+        // Ready only once the thread is in its cgroup (else a dump that
+        // comes first finds nothing to refuse).
+        in_cgroup.recv().expect("the thread joined its cgroup");
+        t
     });
     let before = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     proto.ready_and_wait();

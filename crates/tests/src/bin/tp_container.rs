@@ -15,7 +15,8 @@
 //! a pty pair
 //! from the container's own devpts, with a window size and termios; a
 //! SysV shared memory segment (attached, with contents), a semaphore set
-//! and a message queue with a message; an inotify watch on /tmp; a child
+//! and a message queue with a message; a POSIX message queue with two
+//! messages of different priorities, kept open with O_NONBLOCK; an inotify watch on /tmp; a child
 //! in a nested PID namespace (PID 1 there) answering on a pipe; and, last,
 //! a seccomp filter (getpriority fails with EDOM). What it saw then is
 //! kept in memory.
@@ -27,7 +28,9 @@
 //! (ioctl NS_GET_USERNS), the sysctl and route the shell set, the second
 //! listener (connected to and accepted), the pty (size, termios, its
 //! number, and bytes through it), the SysV objects (ids, contents,
-//! values, the message taken and put back), an inotify event for a new
+//! values, the message taken and put back), the POSIX queue (its
+//! descriptor's flags and attributes, the messages in priority order,
+//! taken and put back), an inotify event for a new
 //! file in /tmp on the same watch, the nested child's PID (1, through the
 //! pipe) and NSpid, the seccomp filter acting and /proc's Seccomp: 2.
 
@@ -471,10 +474,77 @@ fn second_listener(l: &TcpListener) -> String {
     }
 }
 
+/// A POSIX message queue of the container's IPC namespace, kept open
+/// read-write with O_NONBLOCK; its messages in send order.
+const MQ_NAME: &std::ffi::CStr = c"/container-q";
+const MQ_SENT: [(u32, &[u8]); 3] = [(2, b"low"), (7, b"high"), (2, b"low again")];
+
+fn make_mqueue() -> i32 {
+    // SAFETY: an all-zero mq_attr, then the two fields mq_open reads.
+    let mut a: libc::mq_attr = unsafe { std::mem::zeroed() };
+    a.mq_maxmsg = 4;
+    a.mq_msgsize = 64;
+    // SAFETY: a NUL-terminated name and a live attribute buffer.
+    let q = unsafe {
+        libc::mq_open(
+            MQ_NAME.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_NONBLOCK,
+            0o640,
+            &mut a as *mut libc::mq_attr,
+        )
+    };
+    if q < 0 {
+        die("mq_open");
+    }
+    for (prio, text) in MQ_SENT {
+        mq_send(q, prio, text);
+    }
+    q
+}
+
+fn mq_send(q: i32, prio: u32, text: &[u8]) {
+    // SAFETY: sends from a live slice.
+    if unsafe { libc::mq_send(q, text.as_ptr().cast(), text.len(), prio) } != 0 {
+        die("mq_send");
+    }
+}
+
+/// The descriptor's attributes and the queue's messages (received, then
+/// sent back in the same order, which rebuilds the queue).
+fn mqueue_state(q: i32) -> String {
+    // SAFETY: an all-zero mq_attr is a valid out buffer.
+    let mut a: libc::mq_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: a live out buffer.
+    unsafe { libc::mq_getattr(q, &mut a) };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let mut prio = 0u32;
+        // SAFETY: receives into a live buffer of the queue's message size.
+        let n = unsafe { libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), &mut prio) };
+        if n < 0 {
+            break;
+        }
+        got.push((prio, buf[..n as usize].to_vec()));
+    }
+    for (prio, text) in &got {
+        mq_send(q, *prio, text);
+    }
+    let msgs: Vec<String> = got
+        .iter()
+        .map(|(p, t)| format!("{p} {:?}", String::from_utf8_lossy(t)))
+        .collect();
+    format!(
+        "flags {:#o} maxmsg {} msgsize {} curmsgs {} messages {msgs:?}",
+        a.mq_flags, a.mq_maxmsg, a.mq_msgsize, a.mq_curmsgs
+    )
+}
+
 struct World {
     second: TcpListener,
     pty: Pty,
     sysv: SysV,
+    mq: i32,
     watch: Watch,
     nested: Nested,
     probes: u32,
@@ -502,6 +572,7 @@ impl World {
             ("superblocks", superblocks()),
             ("pty", pty_state(&self.pty)),
             ("sysv", sysv_state(&self.sysv)),
+            ("mqueue", mqueue_state(self.mq)),
             ("inotify", inotify_state(&self.watch, self.probes)),
             ("nested", nested_state(&self.nested)),
             ("seccomp", seccomp_state()),
@@ -514,6 +585,7 @@ fn main() {
     let second = TcpListener::bind("10.7.7.7:7071").unwrap_or_else(|_| die("listen on 10.7.7.7"));
     let pty = open_pty();
     let sysv = make_sysv();
+    let mq = make_mqueue();
     // SAFETY: inotify calls with a static path.
     let watch = unsafe {
         let fd = libc::inotify_init1(libc::IN_NONBLOCK);
@@ -528,6 +600,7 @@ fn main() {
         second,
         pty,
         sysv,
+        mq,
         watch,
         nested,
         probes: 0,

@@ -552,6 +552,7 @@ fn main() {
             libc::MS_REC | libc::MS_PRIVATE,
             None,
         );
+        stasis_tests::detach_nsfs_mounts();
     }
     if args.get("case") == Some("overlay") {
         overlay(&proto, &dir);

@@ -19,7 +19,9 @@
 //!   after go `nft list ruleset`, `iptables -S` and those read as before.
 //! - `given`: runs in the namespace it was started in (`stasis run
 //!   --net --veth ...`): after go its links, addresses, routes, rules and
-//!   sysctls read as before, and it is not in PID 1's namespace.
+//!   sysctls read as before, and it is not in PID 1's namespace. With
+//!   `--down inner` it sets eth0 down first; with `--down outer` it waits
+//!   for the harness to set the outer end down (see [`outer_down`]).
 //! - `bridge`: its namespace holds a bridge (refused by name).
 //! - `legacy`: its namespace holds an iptables-legacy rule with state the
 //!   save text does not carry (`-m recent`: refused by name).
@@ -128,6 +130,30 @@ fn given_state() -> Vec<String> {
     v
 }
 
+/// `given --down outer`: tells the harness its link-local address is
+/// usable (file `dad-done`), waits until the harness brought the outer
+/// end down (file `outer-down`), then until the kernel marked eth0's
+/// routes linkdown (it does so shortly after the carrier went).
+fn outer_down(proto: &Proto) {
+    std::fs::write(proto.path("dad-done"), "").expect("write dad-done");
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        for _ in 0..6000 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        stasis_tests::fatal(&format!("waited 60 s for {what}"));
+    };
+    wait("the harness (outer-down)", &|| {
+        proto.path("outer-down").exists()
+    });
+    wait("eth0's routes to be linkdown", &|| {
+        ip(&["-4", "route", "show", "dev", "eth0"]).contains("linkdown")
+            && ip(&["-6", "route", "show", "dev", "eth0"]).contains("linkdown")
+    });
+}
+
 fn ns_link(pid: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/net"))
         .map(|p| p.display().to_string())
@@ -140,12 +166,21 @@ fn main() {
     match args.get("mode").unwrap_or("own") {
         "own" => own(&proto, &mut report, args.corrupt()),
         "given" => {
-            // The link-local address's duplicate detection first.
+            // The link-local address (made once the kernel saw eth0's
+            // carrier) and its duplicate detection first.
             for _ in 0..500 {
-                if !ip(&["-6", "addr", "show"]).contains("tentative") {
+                let a = ip(&["-6", "addr", "show", "dev", "eth0"]);
+                if a.contains("fe80") && !a.contains("tentative") {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            match args.get("down") {
+                Some("inner") => {
+                    ip(&["link", "set", "eth0", "down"]);
+                }
+                Some("outer") => outer_down(&proto),
+                _ => {}
             }
             let mut before = given_state();
             proto.ready_and_wait();

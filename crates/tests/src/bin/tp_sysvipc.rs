@@ -23,7 +23,7 @@
 //!   contents, then removes it.
 //! - `child-ns`: a child in an IPC namespace of its own (refused).
 //! - `mqueue`: its own IPC namespace holding a POSIX message queue no
-//!   descriptor has open (refused).
+//!   descriptor has open, with one message (checked after go).
 //! - `outsider`: its own IPC namespace, shared with a process outside the
 //!   tree (a grandchild orphaned by a double fork; refused).
 //! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO: the value

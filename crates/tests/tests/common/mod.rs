@@ -112,6 +112,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_extfile" => env!("CARGO_BIN_EXE_tp_extfile"),
         "tp_landlock" => env!("CARGO_BIN_EXE_tp_landlock"),
         "tp_ptystop" => env!("CARGO_BIN_EXE_tp_ptystop"),
+        "tp_mqueue" => env!("CARGO_BIN_EXE_tp_mqueue"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
