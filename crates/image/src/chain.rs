@@ -229,17 +229,17 @@ pub type Pieces = Vec<(u64, u64, usize, u64)>;
 /// An image of a chain with its pages located, not copied: each run of
 /// each process is found in the page file of the image that holds it
 /// (this one, or the nearest ancestor whose run is not `in_parent`).
-struct Located {
-    image: Image,
+pub(crate) struct Located {
+    pub(crate) image: Image,
     /// Its own page files (raw; inflated into `tmp` if compressed).
-    pages: Vec<PathBuf>,
+    pub(crate) pages: Vec<PathBuf>,
     tmp: Option<TempDir>,
     /// Every page file the pieces refer to (the ancestors' first).
-    files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// Per process, in inventory order.
-    pieces: Vec<Pieces>,
+    pub(crate) pieces: Vec<Pieces>,
     /// Every image directory of the chain (the ancestors' first).
-    dirs: Vec<PathBuf>,
+    pub(crate) dirs: Vec<PathBuf>,
     /// Kept: the ancestors' inflated page files live in their `tmp`.
     _parent: Option<Box<Located>>,
 }
@@ -380,6 +380,12 @@ fn locate(dir: &ImageDir, depth: usize, verify: bool) -> Result<Located> {
     })
 }
 
+/// The image in `dir` and every parent it refers to, loaded and fully
+/// verified, its pages located (for `dedup`).
+pub(crate) fn locate_verified(dir: &ImageDir) -> Result<Located> {
+    locate(dir, 0, true)
+}
+
 fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
     let loc = locate(dir, depth, true)?;
     let Located {
@@ -442,7 +448,7 @@ fn temp_dir() -> Result<TempDir> {
 /// Writes `out`: a copy of the page file `own`, followed by the pages of
 /// every `in_parent` run of `runs` (of process `pid`), read where `pieces`
 /// locates them; those runs are rewritten to point there.
-fn merge(
+pub(crate) fn merge(
     own: &Path,
     pid: u32,
     runs: &mut [PageRun],

@@ -13,6 +13,7 @@ pub mod cgroups;
 pub mod chain;
 mod checker;
 pub mod compress;
+pub mod dedup;
 pub mod error;
 mod file_kind;
 pub mod format;

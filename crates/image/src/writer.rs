@@ -76,6 +76,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 fn is_own_file_name(name: &str) -> bool {
     let numbered = |rest: &str| {
         rest.strip_suffix(".img")
+            .map(|n| n.strip_suffix(".merged").unwrap_or(n))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
     name.strip_prefix("core-").is_some_and(numbered)
@@ -87,7 +88,7 @@ impl ImageWriter {
     /// removes, before anything else is written, a stale `inventory.img`
     /// (so the directory stops looking like an image), stale
     /// `.stasis-partial-*` subdirectories and old `core-N.img` /
-    /// `pages-N.img` files; then creates the private temporary subdirectory
+    /// `pages-N.img` files (and `dedup`'s `*-N.merged.img`); then creates the private temporary subdirectory
     /// (0700).
     pub fn create(dir: &Path) -> Result<ImageWriter> {
         DirBuilder::new()

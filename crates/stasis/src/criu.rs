@@ -119,7 +119,7 @@ use Fate::{Accepted as Acc, Applied as App, ByValue, Refused as Ref};
 const ONE_MOUNT_ENGINE: &str =
     "stasis rebuilds a mount namespace with the new mount API only: nothing to choose";
 const NO_INCREMENTAL: &str =
-    "stasis does not deduplicate a chain of pre-dump images: each keeps its own pages, and a restore resolves the chain";
+    "stasis does not deduplicate after a dump: each image keeps its own pages, a restore resolves the chain, and `stasis dedup -D DIR` merges it on request";
 
 /// Every option of criu 4.1, by long name.
 pub static OPTIONS: &[Opt] = &[
@@ -282,7 +282,7 @@ pub static COMMANDS: &[(&str, u8, bool)] = &[
     ("lazy-pages", OTHER, true),
     ("service", OTHER, true),
     ("swrk", OTHER, true),
-    ("dedup", OTHER, false),
+    ("dedup", OTHER, true),
     ("cpuinfo", OTHER, true),
     ("exec", OTHER, false),
     // stasis's own: pre-dump rounds, dump and restore in one command, so
@@ -647,7 +647,8 @@ pub fn usage(prog: &str) -> String {
          {prog} page-server --port P [--address A] | lazy-pages [--page-server --address A --port P]\n  \
              (page server connections: [--tls [--tls-cacert F] [--tls-cacrl F] [--tls-cert F] [--tls-key F] [--tls-no-cn-verify]])\n  \
          {prog} cpuinfo dump|check [-D DIR] [--cpu-cap CAPS]\n  \
-         {prog} dedup|exec (refused: not supported yet)\n  \
+         {prog} dedup -D DIR (merges DIR's parent chain into it)\n  \
+         {prog} exec (refused: not supported yet)\n  \
          stasis migrate -t PID [-D DIR] [--page-server --address A --port P] [--max-rounds N]\n  \
          stasis run [-d] [--pidfile FILE] -- CMD [ARGS...]\n  stasis show DIR|FILE\n  \
          stasis bench [...]\n  stasis install-criu-link [DIR]\n\n\

@@ -526,6 +526,7 @@ impl Prepared {
             "cpuinfo" => cpuinfo(&r),
             "migrate" => crate::migrate::migrate(&r),
             "lazy-pages" => lazy_pages(&r),
+            "dedup" => dedup(&r),
             "restore" => restore(&r),
             "check" => check(&r),
             "swrk" => crate::rpc::swrk(&r),
@@ -533,6 +534,42 @@ impl Prepared {
             other => bail!("command {other} is not supported yet"),
         }
     }
+}
+
+/// criu's `dedup -D DIR`: criu punches holes in the parent images for the
+/// pages DIR overrides; stasis merges the chain into DIR instead (every
+/// page DIR takes from a parent is copied into it, the parent link is
+/// dropped), so DIR restores alone and the parents may be deleted.
+fn dedup(r: &Request) -> Result<ExitCode> {
+    let dir = r.images_dir();
+    // Before the log, which goes into the image directory by default.
+    if !dir.join(stasis_image::INVENTORY_FILE).is_file() {
+        bail!(
+            "dedup {}: not an image (no {}): nothing was changed",
+            dir.display(),
+            stasis_image::INVENTORY_FILE
+        );
+    }
+    r.setup_log(None)?;
+    let t = std::time::Instant::now();
+    let d = stasis_image::dedup::dedup(&dir)
+        .with_context(|| format!("dedup {}: nothing was changed", dir.display()))?;
+    if d.parents == 0 {
+        log::info!(
+            "dedup {}: no parent image: already standalone",
+            dir.display()
+        );
+    } else {
+        log::info!(
+            "dedup {}: merged {} parent image(s): {} bytes of pages copied into {} process(es) in {:?}",
+            dir.display(),
+            d.parents,
+            d.copied,
+            d.processes,
+            t.elapsed()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// criu's `cpuinfo dump|check -D DIR [--cpu-cap CAPS]`.

@@ -360,29 +360,45 @@ fn external_resources_judged_by_kind() {
 #[test]
 fn unimplemented_commands_refused_by_name() {
     let work = Work::new("cli_commands");
-    for cmd in ["dedup", "exec"] {
-        let img = work.path(cmd);
-        let args = strings(&[
-            cmd,
-            "-D",
-            img.to_str().expect("utf-8"),
-            "-o",
-            "x.log",
-            "--port",
-            "1234",
-            "-t",
-            "1",
-        ]);
-        let out = run_in(&work, work.dir(), &stasis_bin(), &args);
-        assert!(
-            out.code == Some(1)
-                && out.stderr == format!("stasis: error: command {cmd} is not supported yet\n"),
-            "{cmd}: got {:?} {:?}",
-            out.code,
-            out.stderr
-        );
-        assert!(!img.exists(), "{cmd}: the directory was created");
-    }
+    let cmd = "exec";
+    let img = work.path(cmd);
+    let args = strings(&[
+        cmd,
+        "-D",
+        img.to_str().expect("utf-8"),
+        "-o",
+        "x.log",
+        "--port",
+        "1234",
+        "-t",
+        "1",
+    ]);
+    let out = run_in(&work, work.dir(), &stasis_bin(), &args);
+    assert!(
+        out.code == Some(1)
+            && out.stderr == format!("stasis: error: command {cmd} is not supported yet\n"),
+        "{cmd}: got {:?} {:?}",
+        out.code,
+        out.stderr
+    );
+    assert!(!img.exists(), "{cmd}: the directory was created");
+    // `dedup` of a directory that is not an image: refused, not created.
+    let img = work.path("dedup");
+    let out = run_in(
+        &work,
+        work.dir(),
+        &stasis_bin(),
+        &strings(&["dedup", "-D", img.to_str().expect("utf-8"), "-o", "x.log"]),
+    );
+    assert!(
+        out.code == Some(1)
+            && out.stderr.contains("dedup")
+            && out.stderr.contains("nothing was changed"),
+        "dedup: got {:?} {:?}",
+        out.code,
+        out.stderr
+    );
+    assert!(!img.exists(), "dedup: the directory was created");
 }
 
 /// criu's `cpuinfo dump` then `cpuinfo check` on the same CPU: it

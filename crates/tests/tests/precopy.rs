@@ -432,11 +432,18 @@ fn pre_dump_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, String) {
+    let d = work.path(dir);
+    let pid = pid.to_string();
+    let mut args = vec!["pre-dump", "-t", &pid, "-D", d.to_str().expect("utf-8")];
+    args.extend_from_slice(&["-o", "pre.log", "-v4"]);
+    args.extend_from_slice(extra);
+    stasis_env(&args, env)
+}
+
+/// Runs stasis with `args` and `env` set: whether it succeeded, and stderr.
+fn stasis_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(stasis_bin())
-        .args(["pre-dump", "-t", &pid.to_string(), "-D"])
-        .arg(work.path(dir))
-        .args(["-o", "pre.log", "-v4"])
-        .args(extra)
+        .args(args)
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
@@ -536,4 +543,176 @@ fn negative_precopy_brief_lost_writes() {
         "writes lost during the copy were not detected: {:?}",
         out.result
     );
+}
+
+/// `stasis dedup -D DIR` with `env` set: whether it succeeded, and stderr.
+fn dedup_env(work: &Work, env: &[(&str, &str)]) -> (bool, String) {
+    dedup_dir(&work.img(), env)
+}
+
+fn dedup_dir(dir: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let d = dir.to_str().expect("utf-8");
+    stasis_env(&["dedup", "-D", d, "-o", "dedup.log", "-v4"], env)
+}
+
+/// A successful dedup of the final image, then its parents deleted.
+fn dedup_and_drop_parents(work: &Work) {
+    let (ok, err) = dedup_env(work, &[]);
+    assert!(ok, "dedup failed: {err}{}", work.diagnostics());
+    fs::remove_dir_all(work.path("pre1")).expect("remove pre1");
+    fs::remove_dir_all(work.path("pre2")).expect("remove pre2");
+}
+
+/// Every file of the image directory with its bytes (the log aside).
+fn image_files(work: &Work) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(work.img())
+        .expect("read image dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            (!name.ends_with(".log")).then(|| (name, fs::read(e.path()).expect("read")))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts that the image directory holds exactly `before`.
+fn assert_unchanged(work: &Work, before: &[(String, Vec<u8>)], what: &str) {
+    assert!(image_files(work) == before, "{what} changed the image");
+}
+
+/// Flips one byte in the middle of `path`'s page data.
+fn flip(path: &Path) -> Vec<u8> {
+    let mut b = fs::read(path).expect("read");
+    let at = 4096 + (b.len() - 4096) / 2;
+    b[at] ^= 1;
+    fs::write(path, &b).expect("write");
+    b
+}
+
+/// Two pre-dumps and a dump, `stasis dedup -D` on the final image, the
+/// parent directories deleted: the final image restores alone and the
+/// program checks every page.
+#[test]
+fn precopy_dedup_standalone() {
+    let work = Work::new("precopy_dedup");
+    let (p, _) = chain(&work, &["--fork"]);
+    dedup_and_drop_parents(&work);
+    let v = show(&work, &work.img());
+    assert!(
+        v["inventory"]["parent"].is_null() && !v.to_string().contains("\"in_parent\":true"),
+        "dedup left a parent reference{}",
+        work.diagnostics()
+    );
+    // Merged: the final image now holds at least pre1's pages.
+    assert!(
+        work.img()
+            .join(format!("pages-{}.merged.img", p.pid))
+            .exists(),
+        "{}",
+        work.diagnostics()
+    );
+    // A second dedup of a standalone image changes nothing.
+    let before = image_files(&work);
+    let (ok, err) = dedup_env(&work, &[]);
+    assert!(ok, "second dedup failed: {err}");
+    assert_unchanged(&work, &before, "a second dedup");
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// A dedup with a damaged parent page file, and one killed just before
+/// its commit point, leave the image byte-identical and restorable
+/// through its chain.
+#[test]
+fn negative_precopy_dedup_parent_damaged() {
+    let work = Work::new("precopy_dedup_damaged");
+    let (p, _) = chain(&work, &[]);
+    let before = image_files(&work);
+    let pages = work.path(&format!("pre1/pages-{}.img", p.pid));
+    let mut b = flip(&pages);
+    let (ok, err) = dedup_env(&work, &[]);
+    assert!(
+        !ok && err.contains("checksum")
+            && err.contains("pre1")
+            && err.contains("nothing was changed"),
+        "dedup with a damaged parent: {ok} {err}"
+    );
+    assert_unchanged(&work, &before, "a refused dedup");
+    let at = 4096 + (b.len() - 4096) / 2;
+    b[at] ^= 1;
+    fs::write(&pages, &b).expect("repair");
+    // Killed after writing the merged files, before the inventory rename.
+    let (ok, _) = dedup_env(&work, &[("STASIS_TEST_DEDUP_STOP", "1")]);
+    assert!(!ok, "the stop hook did not stop the dedup");
+    let inv = work.img().join("inventory.img");
+    let old_inv = &before
+        .iter()
+        .find(|(n, _)| n == "inventory.img")
+        .expect("inventory")
+        .1;
+    assert!(
+        &fs::read(&inv).expect("read") == old_inv,
+        "the inventory changed"
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// An image after dedup with a flipped byte in its merged page file is
+/// refused at restore, before any process exists.
+#[test]
+fn negative_precopy_dedup_flipped_byte() {
+    let work = Work::new("precopy_dedup_flip");
+    let (p, _) = chain(&work, &[]);
+    dedup_and_drop_parents(&work);
+    flip(&work.img().join(format!("pages-{}.merged.img", p.pid)));
+    let out = restore_detached(&work, &[], T);
+    assert!(
+        !out.success() && out.stderr.contains("checksum") && out.stderr.contains("merged"),
+        "{out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a process was created");
+}
+
+/// A pre-dump image merged with its parent mid-chain: the parent is
+/// deleted, the next dump takes the merged pre-dump as its parent (the
+/// write tracking goes on), and the final image restores through it.
+#[test]
+fn precopy_dedup_pre_dump_mid_chain() {
+    let work = Work::new("precopy_dedup_mid");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &[]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    pre_dump(&work, p.pid, "pre1", &[]);
+    step(&work, &mut p, 1);
+    pre_dump(&work, p.pid, "pre2", &["--prev-images-dir", "../pre1"]);
+    step(&work, &mut p, 2);
+    let (ok, err) = dedup_dir(&work.path("pre2"), &[]);
+    assert!(
+        ok,
+        "dedup of a pre-dump failed: {err}{}",
+        work.diagnostics()
+    );
+    let v = show(&work, &work.path("pre2"));
+    assert!(
+        v["inventory"]["parent"].is_null() && v["inventory"]["pre_dump"] == true,
+        "the merged pre-dump lost its pre_dump mark or kept its parent{}",
+        work.diagnostics()
+    );
+    fs::remove_dir_all(work.path("pre1")).expect("remove pre1");
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre2", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(&work, &mut p, &opts);
+    assert!(
+        show(&work, &work.img())
+            .to_string()
+            .contains("\"in_parent\":true"),
+        "the final dump did not use the merged parent{}",
+        work.diagnostics()
+    );
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
 }
