@@ -1017,7 +1017,11 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString], mut opts: RunNs) -> Result<Pid>
                 if let Some(setup) = opts.setup.take() {
                     if let Err(e) = setup(p) {
                         kill_and_reap(p);
-                        return Err(SysError::other("run: setting up its namespaces", Some(p), e));
+                        return Err(SysError::other(
+                            "run: setting up its namespaces",
+                            Some(p),
+                            e,
+                        ));
                     }
                 }
                 // SAFETY: one byte from a local to our pipe.
@@ -1102,13 +1106,22 @@ unsafe fn enter_run_root(root: *const libc::c_char) -> std::result::Result<(), u
     // SAFETY: mount/chdir/pivot_root/umount2 on NUL-terminated paths.
     unsafe {
         let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
-        step(libc::syscall(libc::SYS_mount, null, c"/".as_ptr(), null, private, null), 0)?;
+        step(
+            libc::syscall(libc::SYS_mount, null, c"/".as_ptr(), null, private, null),
+            0,
+        )?;
         let bind = libc::MS_BIND as libc::c_ulong;
-        step(libc::syscall(libc::SYS_mount, root, root, null, bind, null), 1)?;
+        step(
+            libc::syscall(libc::SYS_mount, root, root, null, bind, null),
+            1,
+        )?;
         step(libc::syscall(libc::SYS_chdir, root), 2)?;
         let proc_flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong;
         let proc = c"proc".as_ptr();
-        step(libc::syscall(libc::SYS_mount, proc, proc, proc, proc_flags, null), 3)?;
+        step(
+            libc::syscall(libc::SYS_mount, proc, proc, proc, proc_flags, null),
+            3,
+        )?;
         let dot = c".".as_ptr();
         step(libc::syscall(libc::SYS_pivot_root, dot, dot), 4)?;
         step(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 5)?;

@@ -456,7 +456,10 @@ fn cr_run_knobs_every_namespace_and_root() {
     args[5] = epid.to_str().expect("utf-8");
     let out = stasis(&work, &args, t);
     if !out.success() {
-        fail(&work, format!("restore of the edited image failed: {}", out.stderr));
+        fail(
+            &work,
+            format!("restore of the edited image failed: {}", out.stderr),
+        );
     }
     let mut e = Proc::adopt(pidfile(&work, "e.pid"));
     let exit = step(&work, "waiting for the edited copy", e.wait(t));

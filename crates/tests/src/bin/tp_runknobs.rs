@@ -44,7 +44,9 @@ fn owner(ns: &str) -> Result<u64, String> {
         return Err(std::io::Error::last_os_error().to_string());
     }
     let path = format!("/proc/self/fd/{fd}");
-    let ino = std::fs::metadata(&path).map(|m| m.ino()).map_err(|e| e.to_string());
+    let ino = std::fs::metadata(&path)
+        .map(|m| m.ino())
+        .map_err(|e| e.to_string());
     // SAFETY: closing the descriptor the ioctl gave us.
     unsafe { libc::close(fd) };
     ino
@@ -60,16 +62,19 @@ fn namespaces(report: &mut Report) {
     report.check(pid == 1, || format!("PID {pid}, not 1"));
     let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     let fields: Vec<&str> = map.split_whitespace().collect();
-    report.check(fields != ["0", "0", "4294967295"] && !fields.is_empty(), || {
-        format!("user namespace: uid_map {map:?} is the initial one")
-    });
+    report.check(
+        fields != ["0", "0", "4294967295"] && !fields.is_empty(),
+        || format!("user namespace: uid_map {map:?} is the initial one"),
+    );
     let user = ns_ino("user");
     for ns in OWNED {
         match owner(ns) {
             Ok(o) => report.check(o == user, || {
                 format!("{ns} namespace: owned by user namespace {o}, not its own {user}")
             }),
-            Err(e) => report.fail(format!("{ns} namespace: owner not its user namespace ({e})")),
+            Err(e) => report.fail(format!(
+                "{ns} namespace: owner not its user namespace ({e})"
+            )),
         }
     }
     let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
@@ -88,6 +93,7 @@ fn namespaces(report: &mut Report) {
 }
 
 fn names() -> (String, String) {
+    // SAFETY: utsname is plain bytes; all zeros is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: u is a live out buffer.
     must(unsafe { libc::uname(&mut u) }.into(), "uname");
@@ -125,10 +131,19 @@ fn main() {
     }
     // SAFETY: plain syscalls on static buffers.
     let qid = unsafe {
-        must(libc::sethostname(c"knob-box".as_ptr(), 8).into(), "sethostname");
-        must(libc::setdomainname(c"knob-dom".as_ptr(), 8).into(), "setdomainname");
+        must(
+            libc::sethostname(c"knob-box".as_ptr(), 8).into(),
+            "sethostname",
+        );
+        must(
+            libc::setdomainname(c"knob-dom".as_ptr(), 8).into(),
+            "setdomainname",
+        );
         let q = must(libc::msgget(KEY, libc::IPC_CREAT | 0o600).into(), "msgget") as i32;
-        let mut m = MsgBuf { mtype: 7, text: [0; 64] };
+        let mut m = MsgBuf {
+            mtype: 7,
+            text: [0; 64],
+        };
         m.text[..MSG.len()].copy_from_slice(MSG);
         must(
             libc::msgsnd(q, std::ptr::addr_of!(m).cast(), MSG.len(), 0).into(),
@@ -145,7 +160,10 @@ fn main() {
     unsafe {
         let q = libc::msgget(KEY, 0);
         report.eq("message queue id", qid, q);
-        let mut m = MsgBuf { mtype: 0, text: [0; 64] };
+        let mut m = MsgBuf {
+            mtype: 0,
+            text: [0; 64],
+        };
         let n = libc::msgrcv(q, std::ptr::addr_of_mut!(m).cast(), 64, 0, libc::IPC_NOWAIT);
         report.check(n >= 0, || {
             format!("msgrcv: {}", std::io::Error::last_os_error())
