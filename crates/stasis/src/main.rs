@@ -68,6 +68,23 @@ enum Cmd {
         #[arg(long = "user", value_name = "OUTSIDE:COUNT", num_args = 0..=1,
               require_equals = true, default_missing_value = "100000:65536")]
         user: Option<String>,
+        /// Also in a new UTS namespace (host and domain name).
+        #[arg(long = "uts")]
+        uts: bool,
+        /// Also in a new IPC namespace (SysV IPC, POSIX message queues).
+        #[arg(long = "ipc")]
+        ipc: bool,
+        /// Also in a new cgroup namespace, rooted at our cgroup.
+        #[arg(long = "cgroup")]
+        cgroup: bool,
+        /// Also in a new time namespace (zero offsets).
+        #[arg(long = "time")]
+        time: bool,
+        /// The mount namespace's root: DIR is bound on itself, the new
+        /// PID namespace's proc mounted on DIR/proc, and the command runs
+        /// in it after pivot_root (criu's and runc's name for it).
+        #[arg(long = "root", value_name = "DIR")]
+        root: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -109,6 +126,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             veth,
             net_addr,
             user,
+            uts,
+            ipc,
+            cgroup,
+            time,
+            root,
             cmd,
         } => {
             let user = user
@@ -124,10 +146,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|a| std::ffi::CString::new(a.as_str()))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .context("command argument contains a NUL byte")?;
+            let mut flags = 0u64;
+            for (on, f) in [
+                (uts, libc::CLONE_NEWUTS),
+                (ipc, libc::CLONE_NEWIPC),
+                (cgroup, libc::CLONE_NEWCGROUP),
+                (time, libc::CLONE_NEWTIME),
+            ] {
+                if on {
+                    flags |= f as u64;
+                }
+            }
+            let root = root
+                .map(|r| {
+                    let abs = std::fs::canonicalize(&r)
+                        .with_context(|| format!("--root {}", r.display()))?;
+                    std::ffi::CString::new(abs.into_os_string().into_encoded_bytes())
+                        .context("--root contains a NUL byte")
+                })
+                .transpose()?;
+            let opts = stasis_sys::spawn::RunNs {
+                user,
+                flags,
+                root,
+                setup: None,
+            };
             let pid = if net {
-                run_net::spawn(argv, veth, net_addr, user)
+                run_net::spawn(argv, veth, net_addr, opts)
             } else {
-                stasis_sys::spawn::run_in_pid_ns(&argv, user).map_err(Into::into)
+                stasis_sys::spawn::run_in_pid_ns(&argv, opts).map_err(Into::into)
             }
             .with_context(|| format!("run {:?}", cmd[0]))?;
             if let Some(p) = pidfile {

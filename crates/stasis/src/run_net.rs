@@ -49,17 +49,32 @@ fn fill(back: &std::os::fd::OwnedFd, veth: Option<&str>, addrs: &[String]) -> Re
 }
 
 /// Forks `argv` as init of a new PID namespace, in a new network
-/// namespace set up as asked.
+/// namespace set up as asked. With a user namespace (`opts.user`) the
+/// network namespace is made in the same clone, so the user namespace
+/// owns it (as it must for a dump), and filled from here before the
+/// command starts; without, a thread of ours makes it first.
 pub(crate) fn spawn(
     argv: Vec<CString>,
     veth: Option<String>,
     addrs: Vec<String>,
-    user: Option<(u32, u32)>,
+    mut opts: stasis_sys::spawn::RunNs,
 ) -> Result<Pid> {
+    if opts.user.is_some() {
+        opts.flags |= libc::CLONE_NEWNET as u64;
+        let back = stasis_sys::util::open("/proc/self/ns/net", libc::O_RDONLY | libc::O_CLOEXEC)?;
+        opts.setup = Some(Box::new(move |pid: Pid| {
+            nsenter::in_ns_of(pid, "net", libc::CLONE_NEWNET, move || {
+                fill(&back, veth.as_deref(), &addrs)
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("setting up its network namespace: {e:#}"))
+        }));
+        return Ok(stasis_sys::spawn::run_in_pid_ns(&argv, opts)?);
+    }
     std::thread::spawn(move || -> Result<Pid> {
         let back = nsenter::unshare_thread("net", libc::CLONE_NEWNET)?;
         fill(&back, veth.as_deref(), &addrs).context("setting up its network namespace")?;
-        Ok(stasis_sys::spawn::run_in_pid_ns(&argv, user)?)
+        Ok(stasis_sys::spawn::run_in_pid_ns(&argv, opts)?)
     })
     .join()
     .map_err(|_| anyhow!("the network namespace thread panicked"))?

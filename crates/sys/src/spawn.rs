@@ -922,18 +922,25 @@ pub fn mount_private_proc() -> i64 {
 
 /// `stasis run`: starts `argv` as init (PID 1) of a new PID namespace with
 /// its own mount namespace and /proc, as its own session leader. With
-/// `user = Some((outside, count))` also in a new user namespace (made
-/// first, owning the others) mapping ids 0..count inside to
+/// `opts.user = Some((outside, count))` also in a new user namespace
+/// (made first, owning the others) mapping ids 0..count inside to
 /// outside..outside+count here, uids and gids alike (setgroups left
 /// "allow"); the command runs as root inside (uid and gid 0, no
-/// supplementary groups). Returns its PID in our namespace.
-pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Result<Pid> {
+/// supplementary groups). `opts.flags` adds namespaces (UTS, IPC, cgroup,
+/// time); `opts.root` pivots the mount namespace into a directory. A
+/// failure before the exec is reported with its stage. Returns its PID
+/// in our namespace.
+pub fn run_in_pid_ns(argv: &[std::ffi::CString], mut opts: RunNs) -> Result<Pid> {
     if argv.is_empty() {
         return Err(SysError::other("run", None, "no command given"));
     }
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let user = opts.user;
+    let root_ptr = opts.root.as_ref().map(|r| r.as_ptr());
+    // One clone3 makes them all: with CLONE_NEWUSER the kernel makes the
+    // user namespace first, so it owns every other one made with it.
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | opts.flags;
     // The child waits on this pipe until its maps are written.
     let sync = match user {
         Some(_) => {
@@ -946,12 +953,24 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Re
         use std::os::fd::AsRawFd;
         (r.as_raw_fd(), w.as_raw_fd())
     });
+    // The child writes (stage, errno) here if it fails before exec; the
+    // write end closes at exec (O_CLOEXEC), so EOF means it ran.
+    let (err_r, err_w) = crate::util::pipe()?;
+    let err_wfd = std::os::fd::AsRawFd::as_raw_fd(&err_w);
     // SAFETY: the child only makes raw syscalls on data prepared before
     // the fork and then execs (or _exits).
     match unsafe { fork_with_pid(&[], flags)? } {
         Forked::Child => {
             // SAFETY: raw syscalls; execvp with a NULL-terminated argv.
             unsafe {
+                let fail = |stage: u8| -> ! {
+                    let e = *libc::__errno_location();
+                    let mut msg = [0u8; 5];
+                    msg[0] = stage;
+                    msg[1..].copy_from_slice(&e.to_ne_bytes());
+                    libc::syscall(libc::SYS_write, err_wfd, msg.as_ptr(), 5usize);
+                    exit_now(126)
+                };
                 if let Some((r, w)) = sync_fds {
                     libc::syscall(libc::SYS_close, w);
                     let mut b = 0u8;
@@ -960,19 +979,29 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Re
                         || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()) < 0
                         || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
                     {
-                        exit_now(125);
+                        fail(RUN_STAGE_IDS);
                     }
                     libc::syscall(libc::SYS_close, r);
                 }
-                if mount_private_proc() != 0 {
-                    exit_now(126);
+                match root_ptr {
+                    None => {
+                        if mount_private_proc() != 0 {
+                            fail(RUN_STAGE_PROC);
+                        }
+                    }
+                    Some(root) => {
+                        if let Err(stage) = enter_run_root(root) {
+                            fail(stage);
+                        }
+                    }
                 }
                 libc::syscall(libc::SYS_setsid);
                 libc::execvp(ptrs[0], ptrs.as_ptr());
+                fail(RUN_STAGE_EXEC);
             }
-            exit_now(127)
         }
         Forked::Parent(p) => {
+            drop(err_w);
             if let (Some((outside, count)), Some((_, w))) = (user, sync) {
                 let map = format!("0 {outside} {count}\n");
                 let maps = crate::userns::IdMaps {
@@ -985,14 +1014,120 @@ pub fn run_in_pid_ns(argv: &[std::ffi::CString], user: Option<(u32, u32)>) -> Re
                     kill_and_reap(p);
                     return Err(e);
                 }
+                if let Some(setup) = opts.setup.take() {
+                    if let Err(e) = setup(p) {
+                        kill_and_reap(p);
+                        return Err(SysError::other(
+                            "run: setting up its namespaces",
+                            Some(p),
+                            e,
+                        ));
+                    }
+                }
                 // SAFETY: one byte from a local to our pipe.
                 unsafe {
                     libc::write(std::os::fd::AsRawFd::as_raw_fd(&w), b"u".as_ptr().cast(), 1)
                 };
             }
+            let mut msg = [0u8; 5];
+            let n = std::io::Read::read(&mut std::fs::File::from(err_r), &mut msg).unwrap_or(0);
+            if n == 5 {
+                kill_and_reap(p);
+                let errno = i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]);
+                let what = match msg[0] {
+                    RUN_STAGE_IDS => "becoming root in its user namespace".to_string(),
+                    RUN_STAGE_PROC => "mounting its /proc".to_string(),
+                    RUN_STAGE_EXEC => format!("exec {:?}", argv[0]),
+                    s => format!(
+                        "entering its root {:?}: {}",
+                        opts.root.as_deref().unwrap_or_default(),
+                        run_root_stage(s)
+                    ),
+                };
+                return Err(SysError {
+                    op: format!("run: {what}"),
+                    pid: Some(p),
+                    source: std::io::Error::from_raw_os_error(errno),
+                });
+            }
             Ok(p)
         }
     }
+}
+
+/// What `stasis run` makes for the tree besides its PID and mount
+/// namespaces.
+#[derive(Default)]
+pub struct RunNs {
+    /// A new user namespace mapping uids and gids 0..count inside to
+    /// outside..outside+count here: `(outside, count)`.
+    pub user: Option<(u32, u32)>,
+    /// More CLONE_NEW* flags (UTS, IPC, cgroup, time), made in the same
+    /// clone3 as the rest, so owned by the new user namespace if any.
+    pub flags: u64,
+    /// The mount namespace's root: entered with pivot_root, with the PID
+    /// namespace's proc on its /proc.
+    pub root: Option<std::ffi::CString>,
+    /// With `user`: run here with the child's PID once its id maps are
+    /// written, before it goes on (to fill a namespace made with it).
+    #[allow(clippy::type_complexity)]
+    pub setup: Option<Box<dyn FnOnce(Pid) -> std::result::Result<(), String> + Send>>,
+}
+
+const RUN_STAGE_IDS: u8 = 1;
+const RUN_STAGE_PROC: u8 = 2;
+const RUN_STAGE_EXEC: u8 = 3;
+const RUN_ROOT_STAGES: [&str; 6] = [
+    "making / private",
+    "bind-mounting it on itself",
+    "chdir into it",
+    "mounting proc on its /proc",
+    "pivot_root",
+    "detaching the old root",
+];
+
+fn run_root_stage(s: u8) -> &'static str {
+    RUN_ROOT_STAGES
+        .get(usize::from(s.wrapping_sub(10)))
+        .copied()
+        .unwrap_or("?")
+}
+
+/// In `stasis run`'s child: `root` becomes the mount namespace's root
+/// (bound on itself, proc mounted on its /proc, pivot_root, the old root
+/// detached). Raw syscalls only (runs right after a fork); the error is
+/// the failed stage (10 + index in RUN_ROOT_STAGES).
+///
+/// # Safety
+/// `root` is a NUL-terminated path.
+unsafe fn enter_run_root(root: *const libc::c_char) -> std::result::Result<(), u8> {
+    let null = std::ptr::null::<libc::c_char>();
+    let step = |r: i64, s: u8| if r < 0 { Err(10 + s) } else { Ok(()) };
+    // SAFETY: mount/chdir/pivot_root/umount2 on NUL-terminated paths.
+    unsafe {
+        let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
+        step(
+            libc::syscall(libc::SYS_mount, null, c"/".as_ptr(), null, private, null),
+            0,
+        )?;
+        let bind = libc::MS_BIND as libc::c_ulong;
+        step(
+            libc::syscall(libc::SYS_mount, root, root, null, bind, null),
+            1,
+        )?;
+        step(libc::syscall(libc::SYS_chdir, root), 2)?;
+        let proc_flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong;
+        let proc = c"proc".as_ptr();
+        step(
+            libc::syscall(libc::SYS_mount, proc, proc, proc, proc_flags, null),
+            3,
+        )?;
+        let dot = c".".as_ptr();
+        step(libc::syscall(libc::SYS_pivot_root, dot, dot), 4)?;
+        step(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 5)?;
+        step(libc::syscall(libc::SYS_chdir, c"/".as_ptr()), 2)?;
+    }
+    Ok(())
 }
 
 /// PID 1 of a new namespace for a restored tree whose root was not an

@@ -367,3 +367,123 @@ fn cr_container_in_every_namespace_twice() {
         "the edited image's copy must fail its check on the host name: {answer}"
     );
 }
+
+/// The work directory made a rootfs for tp_runknobs (the program, the
+/// libraries it links, /proc, a marker `/knob-root`), owned by the uid
+/// that root inside `--user`'s default map is (100000), which writes the
+/// protocol files in it. Its path.
+fn knob_rootfs(work: &Work) -> String {
+    let r = work.dir();
+    std::fs::create_dir_all(r.join("proc")).expect("mkdir proc");
+    std::fs::write(r.join("knob-root"), "").expect("marker");
+    let tp = PathBuf::from(env!("CARGO_BIN_EXE_tp_runknobs"));
+    std::fs::copy(&tp, r.join("tp_runknobs")).expect("copy tp_runknobs");
+    for lib in libraries(&tp) {
+        copy_in(r, &lib);
+    }
+    std::os::unix::fs::chown(r, Some(100_000), Some(100_000)).expect("chown work dir");
+    r.to_str().expect("utf-8").to_string()
+}
+
+/// `stasis run --user --net --root WORK` plus `knobs` with tp_runknobs
+/// as init (its work directory `/`): ready, or dead with its verdict.
+fn run_knobs(work: &Work, knobs: &[&str]) -> Proc {
+    let root = knob_rootfs(work);
+    ensure_subreaper();
+    let pidfile_arg = work.path("run.pid").to_str().expect("utf-8").to_string();
+    let mut run = vec!["run", "-d", "--pidfile", &pidfile_arg, "--user", "--net"];
+    run.extend_from_slice(knobs);
+    run.extend_from_slice(&["--root", &root, "--", "/tp_runknobs", "/"]);
+    let out = stasis(work, &run, Duration::from_secs(60));
+    if !out.success() {
+        fail(work, format!("stasis run failed: {}", out.stderr));
+    }
+    Proc::adopt(pidfile(work, "run.pid"))
+}
+
+/// `stasis run`'s namespace knobs and `--root` (issue 11): tp_runknobs
+/// in its own user, UTS, IPC, cgroup, time, network, mount and PID
+/// namespaces, in a rootfs, is dumped, killed and restored; the restored
+/// copy's namespaces are all new (none ours), and it checks that each is
+/// owned by its user namespace, that it runs in the rootfs, and that its
+/// host and domain names and its SysV message survived. Negative
+/// control: a copy restored from an image with an edited host name fails.
+#[test]
+fn cr_run_knobs_every_namespace_and_root() {
+    let work = Work::new("cr_run_knobs");
+    let t = Duration::from_secs(60);
+    let mut init = run_knobs(&work, &["--uts", "--ipc", "--cgroup", "--time"]);
+    step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
+    let out = dump(&work, init.pid, &[], t);
+    if !out.success() {
+        init.kill();
+        fail(&work, format!("stasis dump failed: {}", out.stderr));
+    }
+    step(&work, "waiting for the dumped init", init.wait(t).map(drop));
+    let img = work.img();
+    let rpid = work.path("r.pid");
+    let args = [
+        "restore",
+        "-D",
+        img.to_str().expect("utf-8"),
+        "-d",
+        "--pidfile",
+        rpid.to_str().expect("utf-8"),
+        "-o",
+        "restore.log",
+        "-v4",
+    ];
+    let out = stasis(&work, &args, t);
+    if !out.success() {
+        fail(&work, format!("restore failed: {}", out.stderr));
+    }
+    let mut r = Proc::adopt(pidfile(&work, "r.pid"));
+    for ns in ["user", "uts", "ipc", "cgroup", "time", "net", "mnt", "pid"] {
+        let ours = ns_ino(std::process::id() as i32, ns);
+        if ns_ino(r.pid, ns) == ours {
+            r.kill();
+            fail(&work, format!("the restored tree is in our {ns} namespace"));
+        }
+    }
+    finish(&work, &mut r, t).assert_pass(&work);
+    // Negative control through the restore: a copy of the image whose
+    // host name was edited must fail the restored program's check (go is
+    // already released).
+    let edited = edited_image(&work, "img-edited", "knob-bad");
+    let epid = work.path("e.pid");
+    let mut args = args;
+    args[2] = edited.to_str().expect("utf-8");
+    args[5] = epid.to_str().expect("utf-8");
+    let out = stasis(&work, &args, t);
+    if !out.success() {
+        fail(
+            &work,
+            format!("restore of the edited image failed: {}", out.stderr),
+        );
+    }
+    let mut e = Proc::adopt(pidfile(&work, "e.pid"));
+    let exit = step(&work, "waiting for the edited copy", e.wait(t));
+    let result = fs::read_to_string(work.path("result")).unwrap_or_default();
+    assert!(
+        exit == Exit::Code(1) && result.starts_with("FAIL: ") && result.contains("host name"),
+        "the copy with an edited host name did not fail: {exit:?} {result:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// Negative control: the same tree without `--uts` shares our UTS
+/// namespace, which is not owned by its user namespace: the program's
+/// own check fails, naming it.
+#[test]
+fn negative_run_knobs_without_uts() {
+    let work = Work::new("negative_run_knobs");
+    let t = Duration::from_secs(60);
+    let mut init = run_knobs(&work, &["--ipc", "--cgroup", "--time"]);
+    let _ = init.wait(t);
+    let result = std::fs::read_to_string(work.path("result")).unwrap_or_default();
+    assert!(
+        result.starts_with("FAIL: ") && result.contains("uts namespace"),
+        "the tree without its own UTS namespace passed: {result:?}{}",
+        work.diagnostics()
+    );
+}

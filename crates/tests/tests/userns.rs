@@ -259,9 +259,9 @@ fn cr_fanotify_mount_and_filesystem_marks() {
     .assert_pass(&work);
 }
 
-/// A `stasis run --net --user` tree: its network namespace is made by
-/// stasis run before the user namespace, so it belongs to ours, not to
-/// the tree's; a restore makes every namespace inside the tree's user
+/// A `stasis run --user` tree started by `unshare --net` (util-linux):
+/// its network namespace is made before the user namespace, so it
+/// belongs to ours, not to the tree's; a restore makes every namespace inside the tree's user
 /// namespace. The dump refuses it by name in one line, leaves no image,
 /// and the tree runs on and passes.
 #[test]
@@ -276,19 +276,19 @@ fn refuse_user_namespace_with_network_namespace_of_ours() {
     let prog = bin_path("tp_userns");
     ensure_subreaper();
     let pidfile_arg = format!("{dir}/run.pid");
-    let run = [
-        "run",
-        "-d",
-        "--pidfile",
-        &pidfile_arg,
-        "--net",
-        "--user",
-        "--",
-        prog.to_str().expect("utf-8"),
-        &dir,
-    ];
-    let out = stasis(&work, &run, t);
-    assert!(out.success(), "stasis run failed: {}", out.stderr);
+    let out = std::process::Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(stasis_bin())
+        .args(["run", "-d", "--pidfile", &pidfile_arg, "--user", "--"])
+        .arg(&prog)
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("unshare --net stasis run");
+    assert!(out.success(), "unshare --net stasis run failed: {out:?}");
     let mut init = Proc::adopt(pidfile(&work, "run.pid"));
     step(&work, "waiting for ready", wait_ready(&work, &mut init, t));
     let out = dump(&work, init.pid, &[], t);
