@@ -335,7 +335,8 @@ fn page_server_loopback() {
 }
 
 /// Pre-dump `program`, dump it against the pre-dump, restore: PASS, and
-/// the final page file under `1/div` of the pre-dump's.
+/// the final page file under `1/div` of the pre-dump's (`div` 0: the
+/// final image takes some of its pages from the pre-dump).
 fn pre_dump_then_dump(work: &Work, program: Program, div: u64) {
     let mut p = start(work, program, &[]);
     step_ok(work, wait_ready(work, &mut p, T));
@@ -349,11 +350,20 @@ fn pre_dump_then_dump(work: &Work, program: Program, div: u64) {
         page_bytes(&work.path("pre1"), p.pid),
         page_bytes(&work.img(), p.pid),
     );
-    assert!(
-        last < pre1 / div,
-        "pre1 {pre1} bytes, final {last}{}",
-        work.diagnostics()
-    );
+    if div == 0 {
+        let (own, parent) = own_and_parent_pages(&show(work, &work.img()));
+        assert!(
+            parent > 0,
+            "the final image ({own} pages of its own, {last} bytes; pre1 {pre1}) takes no page from the pre-dump{}",
+            work.diagnostics()
+        );
+    } else {
+        assert!(
+            last < pre1 / div,
+            "pre1 {pre1} bytes, final {last}{}",
+            work.diagnostics()
+        );
+    }
     let mut r = restore_and_adopt(work, p.pid, &Opts::default());
     finish(work, &mut r, T).assert_pass(work);
 }
@@ -368,11 +378,13 @@ fn precopy_python() {
 /// goroutines allocate all the time, and the runtime rewrites most of its
 /// heap within the brief round's copy (the program runs meanwhile): the
 /// final dump saves 70-90% of what the pre-dump did (measured with the
-/// debug build), so only "less than the pre-dump" is asked.
+/// debug build; under load, with more time between the two dumps, the
+/// final one was larger once: the heap grows), so only "some pages are
+/// taken from the pre-dump" is asked.
 #[test]
 fn precopy_go() {
     match go_program() {
-        Ok(_) => pre_dump_then_dump(&Work::new("precopy_go"), Program::Go, 1),
+        Ok(_) => pre_dump_then_dump(&Work::new("precopy_go"), Program::Go, 0),
         Err(e) if e == NO_GO => eprintln!("SKIP precopy_go: {NO_GO}"),
         Err(e) => panic!("precopy_go: {e}"),
     }
