@@ -350,19 +350,20 @@ fn pre_dump_then_dump(work: &Work, program: Program, div: u64) {
         page_bytes(&work.path("pre1"), p.pid),
         page_bytes(&work.img(), p.pid),
     );
-    if div == 0 {
-        let (own, parent) = own_and_parent_pages(&show(work, &work.img()));
-        assert!(
-            parent > 0,
-            "the final image ({own} pages of its own, {last} bytes; pre1 {pre1}) takes no page from the pre-dump{}",
-            work.diagnostics()
-        );
-    } else {
-        assert!(
-            last < pre1 / div,
+    match pre1.checked_div(div) {
+        None => {
+            let (own, parent) = own_and_parent_pages(&show(work, &work.img()));
+            assert!(
+                parent > 0,
+                "the final image ({own} pages of its own, {last} bytes; pre1 {pre1}) takes no page from the pre-dump{}",
+                work.diagnostics()
+            );
+        }
+        Some(limit) => assert!(
+            last < limit,
             "pre1 {pre1} bytes, final {last}{}",
             work.diagnostics()
-        );
+        ),
     }
     let mut r = restore_and_adopt(work, p.pid, &Opts::default());
     finish(work, &mut r, T).assert_pass(work);
