@@ -416,6 +416,67 @@ fn cr_tcp_netns_migrate() {
     finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
 }
 
+/// The same move in one command: `stasis migrate --tcp-established
+/// --veth-pair ...` pre-copies the server while its client in a third
+/// namespace keeps talking to it, freezes it, sends the rest and restores
+/// it here in a new namespace; the client's connections carry on (no
+/// reset), and the restored server checks every byte.
+#[test]
+fn migrate_tcp_netns() {
+    let work = Work::new("migrate_tcp_netns");
+    let _clean = NetCleanup(work.path("net-names"));
+    let opts = Opts::default();
+    let p = start_ready(
+        &work,
+        Program::Bin("tp_tcp"),
+        &["--netns", "peer-ns"],
+        &opts,
+    );
+    let pid = p.pid;
+    let reaper = reap_when_killed(p, opts.finish_timeout);
+    let pair = format!("stvi{pid}=stvx{pid}@stbr{pid}");
+    let (pid_s, img, pidf) = (
+        pid.to_string(),
+        work.img().display().to_string(),
+        work.path("pidfile").display().to_string(),
+    );
+    let out = stasis(
+        &work,
+        &[
+            "migrate",
+            "-t",
+            &pid_s,
+            "-D",
+            &img,
+            "-o",
+            "migrate.log",
+            "-v4",
+            "--pidfile",
+            &pidf,
+            "--tcp-established",
+            "--veth-pair",
+            &pair,
+        ],
+        opts.stasis_timeout,
+    );
+    killed_by(&work, pid, reaper, &out, "stasis migrate");
+    let figures: serde_json::Value = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| fail(&work, format!("no figures: {:?}", out.stdout)));
+    assert_eq!(figures["restored_pid"].as_i64(), Some(i64::from(pid)));
+    assert!(
+        figures["rounds"].as_array().map_or(0, Vec::len) >= 1,
+        "no pre-copy round: {figures}"
+    );
+    let mut r = Proc::adopt(pid);
+    step(&work, "restored process state", r.check_running_untraced());
+    on_bridge(&work, &format!("stvx{pid}"), &format!("stbr{pid}"));
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
 /// A restore that fails after its namespace was made (the outer veth
 /// name is taken) leaves nothing: no veth, no lock; the same image then
 /// restores once the name is free.

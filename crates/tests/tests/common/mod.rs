@@ -979,6 +979,50 @@ pub fn go_build(dir: &Path, gopath: &std::ffi::OsStr, out: &Path) -> Command {
     cmd
 }
 
+/// Reaps the program in the background once a dump kills it, so its PID
+/// is free for the restore that follows in the same command.
+pub fn reap_when_killed(p: Proc, timeout: Duration) -> Reaper {
+    std::thread::spawn(move || {
+        let mut p = p;
+        let e = p.wait(timeout);
+        (p, e)
+    })
+}
+
+pub type Reaper = std::thread::JoinHandle<(Proc, Result<Exit, String>)>;
+
+/// After the command that was to kill the program (`out`): if it failed,
+/// kills the program and fails the test; else checks that the program
+/// died by SIGKILL and was reaped.
+pub fn killed_by(work: &Work, pid: i32, reaper: Reaper, out: &CmdOut, what: &str) {
+    if !out.success() {
+        // SAFETY: plain kill of the program this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = reaper.join();
+        fail(work, format!("{what} failed: {}", out.stderr));
+    }
+    let (_, exit) = reaper.join().expect("reaper");
+    assert_eq!(
+        exit,
+        Ok(Exit::Signal(libc::SIGKILL)),
+        "{}",
+        work.diagnostics()
+    );
+}
+
+/// Whether `test` can run the Go test program; says SKIP when there is
+/// no Go toolchain, panics on any other failure to build it.
+pub fn have_go(test: &str) -> bool {
+    match go_program() {
+        Ok(_) => true,
+        Err(e) if e == NO_GO => {
+            eprintln!("SKIP {test}: {NO_GO}");
+            false
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
 /// What [`go_program`] says when there is no `go` in PATH.
 pub const NO_GO: &str = "no `go` toolchain in PATH (Debian: apt-get install golang)";
 
