@@ -342,10 +342,9 @@ fn negative_memory_uffd_fill_hole() {
     );
 }
 
-/// The same on tmpfs (/dev/shm), where the dump fills the page file
-/// through shared mappings from two threads (dump/memory.rs
-/// `dump_mapped`) instead of writing it; the restore verifies its checksum
-/// and the process every page.
+/// The same on tmpfs (/dev/shm), where the restore fills memory with
+/// UFFDIO_COPY from both of its threads; the restore verifies the page
+/// file's checksum and the process every page.
 #[test]
 fn cr_memory_256mib_tmpfs() {
     let opts = Opts {
