@@ -122,8 +122,8 @@ pub(crate) fn refuse_lpid_outside(root: u32, tree: &[u32], zombies: &[u32]) -> R
                 root,
                 format!(
                     "SysV shm segment {} (key {:#x}): attached by nobody, and its last attacher \
-                     (shm_lpid) is PID {l}, {who}: reading it would make the running segment's \
-                     shm_lpid stasis's with --leave-running (-R)",
+                     (shm_lpid) is PID {l}, {who}: reading it would make the segment's shm_lpid \
+                     stasis's while the tree runs on (--leave-running, -R, or pre-dump)",
                     s.id, s.perm.key
                 ),
             ));
