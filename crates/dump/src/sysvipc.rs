@@ -96,6 +96,42 @@ pub(crate) fn remote_reads(root: u32, tree: &[u32]) -> Result<HashMap<u32, Vec<(
     Ok(out)
 }
 
+/// `dump -R` (leave running): refuses, before anything in the tree is
+/// touched, a segment of the tree's own namespace that nobody attaches
+/// and whose last attacher (shm_lpid) is a live process outside the
+/// running tree (`tree`: host PIDs). Its memory can only be read through
+/// an attachment, and any attach or detach makes the running segment's
+/// shm_lpid the caller's: a helper gives the PID back only when it is
+/// free, and here a live process holds it.
+/// (A zombie of the tree holds its PID the same way: `zombies`.)
+pub(crate) fn refuse_lpid_outside(root: u32, tree: &[u32], zombies: &[u32]) -> Result<()> {
+    if !own_ns(root) {
+        return Ok(());
+    }
+    let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, Stage::Check)?;
+    for s in ipc::in_ns(&ns, ipc::shm_list).at(root, Stage::Check)? {
+        let l = s.lpid as u32;
+        let alive = || std::path::Path::new(&format!("/proc/{l}")).exists();
+        if s.nattch == 0 && s.lpid > 0 && !tree.contains(&l) && alive() {
+            let who = if zombies.contains(&l) {
+                "a zombie of the tree"
+            } else {
+                "alive outside the tree"
+            };
+            return Err(unsupported(
+                root,
+                format!(
+                    "SysV shm segment {} (key {:#x}): attached by nobody, and its last attacher \
+                     (shm_lpid) is PID {l}, {who}: reading it would make the segment's shm_lpid \
+                     stasis's while the tree runs on (--leave-running, -R, or pre-dump)",
+                    s.id, s.perm.key
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// In the process `r` controls: each segment of `reads` attached
 /// read-only, opened through the process's map_files entry, detached.
 /// A segment it may not attach is left out (the dumper reads it).
@@ -384,8 +420,8 @@ fn object(s: &ipc::Shm, from: Option<Source>) -> stasis_sys::Result<OwnedFd> {
         None => {
             let fd = ipc::shm_object(s.id, s.size, false)?;
             // Its last attacher again: a helper with that PID, if free
-            // (else a process outside the tree holds it: the running
-            // original then reads the dumper's PID; docs/state.md).
+            // (else a process outside the tree holds it: `dump -R` refused
+            // it before, [`refuse_lpid_outside`]; the tree is killed).
             let what = format!("SysV shm segment {} (shm_lpid)", s.id);
             let _ = ipc::by_pid(s.lpid, &what, || ipc::shm_touch_raw(s.id));
             Ok(fd)

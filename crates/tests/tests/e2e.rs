@@ -1440,10 +1440,39 @@ fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
 }
 
-/// An O_TMPFILE file never linked comes back linkable.
+/// An O_TMPFILE file never linked comes back linkable, made by
+/// open(O_TMPFILE) with its description's flags (F_GETFL).
 #[test]
 fn cr_tmpfile() {
     cr("cr_tmpfile", Program::Bin("tp_fdkinds"), &["--tmpfile"]);
+}
+
+/// A description open(O_TMPFILE) made, of a file since linked (F_GETFL
+/// keeps O_TMPFILE), is refused by name; the process runs on unchanged.
+#[test]
+fn refuse_tmpfile_linked() {
+    refused_dump(
+        "refuse_tmpfile_linked",
+        Program::Bin("tp_fdkinds"),
+        &["--tmpfile-linked"],
+        &[],
+        &["O_TMPFILE", "since linked"],
+        true,
+    );
+}
+
+/// An O_TMPFILE file whose directory is gone is refused by name (it can
+/// only be made again in that directory).
+#[test]
+fn refuse_tmpfile_directory_gone() {
+    refused_dump(
+        "refuse_tmpfile_directory_gone",
+        Program::Bin("tp_fdkinds"),
+        &["--tmpfile-gone"],
+        &[],
+        &["O_TMPFILE", "is gone"],
+        true,
+    );
 }
 
 selfcheck!(

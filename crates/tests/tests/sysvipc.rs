@@ -38,6 +38,11 @@ selfcheck!(
     negative_sysvipc_host,
     ["--mode", "host"]
 );
+selfcheck!(
+    selfcheck_sysvipc_lpid_outside,
+    negative_sysvipc_lpid_outside,
+    ["--mode", "lpid-outside"]
+);
 
 /// The negative control through a real dump and restore: the program's
 /// own check must catch the change.
@@ -263,5 +268,21 @@ fn dump_leave_running_sysvipc_own() {
         "dump_leave_running_sysvipc_own",
         Program::Bin("tp_sysvipc"),
         &["--mode", "own"],
+    );
+}
+
+/// `dump -R` of a tree whose own namespace holds a segment nobody
+/// attaches, last attached by a live process outside the tree: refused by
+/// name before the tree is touched (reading the segment would make its
+/// shm_lpid stasis's); the program then finds shm_lpid unchanged.
+#[test]
+fn refuse_leave_running_sysvipc_lpid_outside() {
+    refused_dump(
+        "refuse_leave_running_sysvipc_lpid_outside",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "lpid-outside"],
+        &["-R"],
+        &["shm_lpid", "alive outside the tree", "--leave-running"],
+        true,
     );
 }

@@ -29,6 +29,14 @@
 //! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO: the value
 //!   is kept (the adjustment itself is lost: docs/state.md).
 //!
+//! - `lpid-outside`: its own IPC namespace holding a segment nobody
+//!   attaches, last attached (shm_lpid) by a live process outside the
+//!   tree (a grandchild orphaned by a double fork, which attached and
+//!   detached it and went back to stasis's IPC namespace); after go
+//!   shm_lpid must still be that process and nobody attach it (`dump -R`
+//!   must refuse it: reading it would change shm_lpid). `--corrupt`
+//!   attaches it after go.
+//!
 //! `--corrupt-pids` (with `own`): the negative control of the PID check.
 
 use stasis_tests::{Proto, Report};
@@ -197,6 +205,7 @@ fn main() {
         "mqueue" => mqueue(&proto, &mut report),
         "sem-undo" => sem_undo(&proto, &mut report),
         "outsider" => outsider(&proto, &mut report),
+        "lpid-outside" => lpid_outside(&proto, &mut report, args.corrupt()),
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
@@ -718,4 +727,55 @@ fn outsider(proto: &Proto, report: &mut Report) {
     }
     proto.ready_and_wait();
     report.check(true, String::new);
+}
+
+fn lpid_outside(proto: &Proto, report: &mut Report, corrupt: bool) {
+    let host = std::fs::File::open("/proc/self/ns/ipc").expect("open /proc/self/ns/ipc");
+    unshare_ipc();
+    // SAFETY: integer-only syscall.
+    let id = ok(
+        unsafe { libc::shmget(libc::IPC_PRIVATE, PAGE, 0o600) },
+        "shmget",
+    );
+    let mut p = [0i32; 2];
+    // SAFETY: p is a live array of two descriptors.
+    ok(unsafe { libc::pipe(p.as_mut_ptr()) }, "pipe");
+    // SAFETY: single-threaded; the child forks the grandchild and _exits
+    // at once; the grandchild attaches, writes and detaches the segment,
+    // leaves the namespace, reports its PID, polls go and _exits.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            if libc::fork() == 0 {
+                let a = attach(id, 0);
+                fill(a, PAGE, 5);
+                libc::shmdt(a.cast());
+                use std::os::fd::AsRawFd;
+                ok(libc::setns(host.as_raw_fd(), libc::CLONE_NEWIPC), "setns");
+                let me = libc::getpid();
+                libc::write(p[1], (&me as *const i32).cast(), 4);
+                proto.wait_go();
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+    }
+    drop(host); // the grandchild's; a namespace descriptor is not dumped
+    let mut g = 0i32;
+    // SAFETY: reads 4 bytes into g.
+    let n = unsafe { libc::read(p[0], (&mut g as *mut i32).cast(), 4) };
+    report.eq("grandchild's PID read", 4, n);
+    let seen = || {
+        let d = shm_ds(id);
+        (d.shm_lpid, d.shm_nattch)
+    };
+    report.eq("before: (shm_lpid, shm_nattch)", (g, 0), seen());
+    proto.ready_and_wait();
+    if corrupt {
+        // SAFETY: a read-only attachment of our own segment, detached at once.
+        unsafe { libc::shmdt(attach(id, libc::SHM_RDONLY).cast()) };
+    }
+    report.eq("after: (shm_lpid, shm_nattch)", (g, 0), seen());
 }
