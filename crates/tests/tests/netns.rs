@@ -221,8 +221,10 @@ fn negative_cr_netns_macvlan() {
 }
 
 /// Persistent tun/tap devices in the namespace (type, owner, group,
-/// flags, MAC, MTU, an address): `ip -d link`, addresses and `ip tuntap`
-/// read as before inside.
+/// flags, MAC, MTU, an address, and what a process that closed them set:
+/// offloads, vnet header size and byte order, an ethtool feature turned
+/// off): `ip -d link`, addresses, `ip tuntap` and what they keep (read by
+/// attaching) read as before inside.
 #[test]
 fn cr_netns_tun() {
     let work = Work::new("cr_netns_tun");
@@ -245,6 +247,35 @@ fn negative_cr_netns_tun() {
         &Opts::default(),
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// The negative control of what the devices keep: tap0 given the
+/// kernel's defaults after go, as a restore that lost them would.
+#[test]
+fn negative_cr_netns_tun_kept() {
+    let work = Work::new("negative_cr_netns_tun_kept");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "tun", "--lose-kept"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A socket filter (TUNATTACHFILTER) left on a persistent tap by a
+/// process that closed it: its program cannot be read back, so the dump
+/// refuses it by name, and the filter is still there afterwards.
+#[test]
+fn refuse_netns_tun_filter() {
+    refused_dump(
+        "refuse_netns_tun_filter",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunfilter"],
+        &[],
+        &["tun/tap device tap2", "socket filter", "TUNATTACHFILTER"],
+        true,
+    );
 }
 
 /// A tun device in the namespace with a queue attached (the process holds
