@@ -249,6 +249,35 @@ fn negative_cr_netns_tun() {
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
 
+/// `dump -R` of the same: the dump attaches a queue to each device to read
+/// what it keeps (without a carrier) and closes it, which leaves the
+/// running original's devices as they were: its own checks after the dump
+/// pass on them (links, addresses, what they keep, ethtool features).
+#[test]
+fn dump_leave_running_netns_tun() {
+    leave_running(
+        "dump_leave_running_netns_tun",
+        Program::Bin("tp_netns"),
+        &["--mode", "tun"],
+    );
+}
+
+/// Offloads changed through ethtool after TUNSETOFFLOAD (tap3: csum and
+/// TSO4 allowed, then tx-checksum-ip-generic turned off, which turns TSO
+/// off too): which offloads TUNSETOFFLOAD allowed is not shown, so the
+/// dump refuses it by name, and the device is as it was afterwards.
+#[test]
+fn refuse_netns_tun_offloads_changed_through_ethtool() {
+    refused_dump(
+        "refuse_netns_tun_offloads_changed_through_ethtool",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunethtool"],
+        &[],
+        &["tun/tap device tap3", "offloads changed through ethtool after TUNSETOFFLOAD"],
+        true,
+    );
+}
+
 /// The negative control of what the devices keep: tap0 given the
 /// kernel's defaults after go, as a restore that lost them would.
 #[test]

@@ -1,6 +1,6 @@
 //! Network namespace test program.
 //!
-//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunfilter|tunfd|tunq [--corrupt] [--lose-kept]`
+//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunethtool|tunfilter|tunfd|tunq [--corrupt] [--lose-kept]`
 //!
 //! - `own`: unshares its network namespace, sets lo up, adds 10.77.0.1/32
 //!   and fd77::1/128 on lo and a route to 10.78.0.0/16 via lo, sets
@@ -37,6 +37,8 @@
 //!   off through ethtool; tun1: offloads csum, USO), read back after go
 //!   by attaching to them (with IFF_NO_CARRIER). `--lose-kept`: tap0 is
 //!   given the kernel's defaults after go (the negative control).
+//! - `tunethtool`: tap3 with offloads changed through ethtool after
+//!   TUNSETOFFLOAD (refused by name): after go as before.
 //! - `tunfilter`: tap2 with a socket filter (TUNATTACHFILTER) left by a
 //!   queue since closed (refused by name): after go still there.
 //! - `tunfd`: a tun queue it holds open, its device in our first
@@ -282,6 +284,24 @@ fn main() {
                 before,
                 state(),
             );
+        }
+        "tunethtool" => {
+            // tap3: csum and TSO4 allowed by TUNSETOFFLOAD, then
+            // tx-checksum-ip-generic turned off through ethtool (refused
+            // by name); after go as before.
+            unshare_net();
+            ip(&["tuntap", "add", "dev", "tap3", "mode", "tap"]);
+            tun_keep("tap3", IFF_TAP | IFF_NO_PI, 0x01 | 0x02, 10, false);
+            ethtool_off("tap3", "tx-checksum-ip-generic");
+            let state = || {
+                vec![
+                    ip(&["-d", "-o", "link", "show"]),
+                    tun_kept("tap3", IFF_TAP | IFF_NO_PI),
+                ]
+            };
+            let before = state();
+            proto.ready_and_wait();
+            report.eq("tap3 and its features", before, state());
         }
         "tunfilter" => {
             // A socket filter left on tap2 by a queue since closed
