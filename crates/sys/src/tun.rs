@@ -9,6 +9,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
+const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -92,6 +93,16 @@ impl Queue {
             .open("/dev/net/tun")
             .map_err(|e| SysError::other("open /dev/net/tun", None, e.to_string()))?;
         let q = Queue(f);
+        // TUNSETIFF ignores flags it does not know: a kernel without
+        // IFF_NO_CARRIER (before 6.0) would turn the carrier on.
+        let known = q.get(TUNGETFEATURES, "TUNGETFEATURES")? as u16;
+        if flags & !known != 0 {
+            return Err(SysError::other(
+                "TUNSETIFF",
+                None,
+                format!("flags {:#x} not known to this kernel", flags & !known),
+            ));
+        }
         let mut ifr = [0u8; 40];
         let n = name.len().min(15);
         ifr[..n].copy_from_slice(&name.as_bytes()[..n]);

@@ -273,7 +273,10 @@ fn refuse_netns_tun_offloads_changed_through_ethtool() {
         Program::Bin("tp_netns"),
         &["--mode", "tunethtool"],
         &[],
-        &["tun/tap device tap3", "offloads changed through ethtool after TUNSETOFFLOAD"],
+        &[
+            "tun/tap device tap3",
+            "offloads changed through ethtool after TUNSETOFFLOAD",
+        ],
         true,
     );
 }
