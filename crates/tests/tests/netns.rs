@@ -221,8 +221,10 @@ fn negative_cr_netns_macvlan() {
 }
 
 /// Persistent tun/tap devices in the namespace (type, owner, group,
-/// flags, MAC, MTU, an address): `ip -d link`, addresses and `ip tuntap`
-/// read as before inside.
+/// flags, MAC, MTU, an address, and what a process that closed them set:
+/// offloads, vnet header size and byte order, an ethtool feature turned
+/// off): `ip -d link`, addresses, `ip tuntap` and what they keep (read by
+/// attaching) read as before inside.
 #[test]
 fn cr_netns_tun() {
     let work = Work::new("cr_netns_tun");
@@ -245,6 +247,67 @@ fn negative_cr_netns_tun() {
         &Opts::default(),
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// `dump -R` of the same: the dump attaches a queue to each device to read
+/// what it keeps (without a carrier) and closes it, which leaves the
+/// running original's devices as they were: its own checks after the dump
+/// pass on them (links, addresses, what they keep, ethtool features).
+#[test]
+fn dump_leave_running_netns_tun() {
+    leave_running(
+        "dump_leave_running_netns_tun",
+        Program::Bin("tp_netns"),
+        &["--mode", "tun"],
+    );
+}
+
+/// Offloads changed through ethtool after TUNSETOFFLOAD (tap3: csum and
+/// TSO4 allowed, then tx-checksum-ip-generic turned off, which turns TSO
+/// off too): which offloads TUNSETOFFLOAD allowed is not shown, so the
+/// dump refuses it by name, and the device is as it was afterwards.
+#[test]
+fn refuse_netns_tun_offloads_changed_through_ethtool() {
+    refused_dump(
+        "refuse_netns_tun_offloads_changed_through_ethtool",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunethtool"],
+        &[],
+        &[
+            "tun/tap device tap3",
+            "offloads changed through ethtool after TUNSETOFFLOAD",
+        ],
+        true,
+    );
+}
+
+/// The negative control of what the devices keep: tap0 given the
+/// kernel's defaults after go, as a restore that lost them would.
+#[test]
+fn negative_cr_netns_tun_kept() {
+    let work = Work::new("negative_cr_netns_tun_kept");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "tun", "--lose-kept"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A socket filter (TUNATTACHFILTER) left on a persistent tap by a
+/// process that closed it: its program cannot be read back, so the dump
+/// refuses it by name, and the filter is still there afterwards.
+#[test]
+fn refuse_netns_tun_filter() {
+    refused_dump(
+        "refuse_netns_tun_filter",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunfilter"],
+        &[],
+        &["tun/tap device tap2", "socket filter", "TUNATTACHFILTER"],
+        true,
+    );
 }
 
 /// A tun device in the namespace with a queue attached (the process holds
