@@ -454,10 +454,8 @@ fn dump_frozen(
     deadline.check(Stage::Freeze)?;
     checks::check_tree(frozen, opts.shell_job)?;
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
-    if opts.leave_running {
-        let zombies: Vec<u32> = frozen.zombies.iter().map(|z| z.pid).collect();
-        sysvipc::refuse_lpid_outside(root, &tree_pids, &zombies)?;
-    }
+    let zombies: Vec<u32> = frozen.zombies.iter().map(|z| z.pid).collect();
+    sysvipc::refuse_lpid_outside(root, &tree_pids, &zombies)?;
     let sockets = kinds::SockOpts {
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
