@@ -288,33 +288,10 @@ fn interrupted_lpid_dump(name: &str, env: (&str, &str), killed: bool, corrupt: b
         args.push("--corrupt");
     }
     let mut p = start_ready(&work, Program::Bin("tp_sysvipc"), &args, &opts);
-    let img = work.img();
-    std::fs::create_dir_all(&img).expect("img dir");
-    let out = std::process::Command::new(stasis_bin())
-        .args(["dump", "-t", &p.pid.to_string(), "-D"])
-        .arg(&img)
-        .env(env.0, env.1)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run stasis");
-    use std::os::unix::process::ExitStatusExt;
-    if killed {
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
-    } else {
-        assert!(
-            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("injected"),
-            "{out:?}"
-        );
-    }
-    // A tracee is released when its tracer dies.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while p.check_running_untraced().is_err() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    step(&work, "target after the dump", p.check_running_untraced());
+    let out = interrupted_dump(&work, &mut p, env, killed);
     assert!(
-        !img.join("inventory.img").exists(),
-        "an image after {env:?}"
+        killed || String::from_utf8_lossy(&out.stderr).contains("injected"),
+        "{out:?}"
     );
     let o = finish(&work, &mut p, opts.finish_timeout);
     if corrupt {

@@ -1080,6 +1080,44 @@ pub fn refused_dump(
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
 
+/// A plain dump of `p` that must not finish: `env` (e.g.
+/// `STASIS_FAULT=dump:commit` or `STASIS_KILL_AT=point`) makes it fail
+/// (`killed`: SIGKILL itself). Asserts that, then waits until the target
+/// runs untraced again (a tracee is released when its tracer dies) and
+/// that no image was left; returns the dump's output.
+pub fn interrupted_dump(
+    work: &Work,
+    p: &mut Proc,
+    env: (&str, &str),
+    killed: bool,
+) -> std::process::Output {
+    let img = work.img();
+    fs::create_dir_all(&img).expect("img dir");
+    let out = Command::new(stasis_bin())
+        .args(["dump", "-t", &p.pid.to_string(), "-D"])
+        .arg(&img)
+        .env(env.0, env.1)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stasis");
+    use std::os::unix::process::ExitStatusExt;
+    if killed {
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    } else {
+        assert!(!out.status.success(), "{out:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.check_running_untraced().is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    step(work, "target after the dump", p.check_running_untraced());
+    assert!(
+        !img.join("inventory.img").exists(),
+        "an image after {env:?}"
+    );
+    out
+}
+
 /// A child of the tree holds something the dump must refuse: the dump
 /// fails with one line naming `word` and a process other than the root,
 /// leaves no image, and the tree runs on, passing its own checks.
