@@ -402,8 +402,22 @@ impl Drop for NetPair {
 /// directory, in B, and the program checks its memory there.
 #[test]
 fn migrate_to_page_server_across_netns() {
-    let work = Work::new("migrate_netns");
-    let Some(net) = NetPair::new("ps") else {
+    migrate_across_netns("migrate_netns", "ps", false);
+}
+
+/// The same, restored lazily at the destination (issue 13's third step):
+/// the chain arrives uncompressed, `stasis lazy-pages -D DEST` and
+/// `restore --lazy-pages -D DEST` run in B; the tree resumes before its
+/// memory is in place, the daemon serves every page from the image of the
+/// chain that holds it and ends once all are in; the program checks each.
+#[test]
+fn migrate_to_page_server_across_netns_lazy() {
+    migrate_across_netns("migrate_netns_lazy", "pl", true);
+}
+
+fn migrate_across_netns(name: &str, tag: &str, lazy: bool) {
+    let work = Work::new(name);
+    let Some(net) = NetPair::new(tag) else {
         panic!("cannot set up the network namespaces (ip netns, veth)");
     };
     let bin = stasis_bin();
@@ -457,17 +471,41 @@ fn migrate_to_page_server_across_netns() {
         "10.213.7.2",
         "--port",
         &port,
-        "--compress=zstd:1",
         "-o",
         s(&work.path("migrate.log")),
         "-v4",
     ]);
+    if !lazy {
+        // Lazy restore does not read compressed page files.
+        mig.arg("--compress=zstd:1");
+    }
     let out = run(work.dir(), "migrate", &mut mig, None);
     let srv = server.join().expect("server thread");
     killed_by(&work, pid, reaper, &out, "migrate to the page server");
     assert!(srv.success(), "page server: {srv:?}");
     assert!(dest.join("round-1/inventory.img").exists());
     // At the destination, in B.
+    let mut daemon = lazy.then(|| {
+        let mut d = net.cmd(&net.b, &bin);
+        d.args([
+            "lazy-pages",
+            "-D",
+            s(&dest),
+            "-o",
+            s(&work.path("lazy.log")),
+            "-v4",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = d.spawn().expect("lazy-pages");
+        let deadline = Instant::now() + T;
+        while !dest.join("lazy-pages.socket").exists() {
+            assert!(Instant::now() < deadline, "lazy-pages never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    });
     let mut rest = net.cmd(&net.b, &bin);
     rest.args([
         "restore",
@@ -480,8 +518,17 @@ fn migrate_to_page_server_across_netns() {
         s(&work.path("restore.log")),
         "-v4",
     ]);
+    if lazy {
+        rest.arg("--lazy-pages");
+    }
     let out = run(work.dir(), "restore", &mut rest, None);
-    assert!(out.success(), "restore at the destination: {out:?}");
+    if !out.success() {
+        if let Some(d) = &mut daemon {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        panic!("restore at the destination: {out:?}");
+    }
     let mut r = adopt_restored(&work, pid);
     let netns = fs::read_link(format!("/proc/{pid}/ns/net")).expect("netns");
     let b_ino = fs::metadata(format!("/run/netns/{}", net.b)).map(|m| {
@@ -493,6 +540,16 @@ fn migrate_to_page_server_across_netns() {
         format!("net:[{}]", b_ino.expect("netns b")),
         "restored outside the destination namespace"
     );
+    // Checked once every page is in place: the VmFlags show the
+    // userfaultfd registration (um) while pages are pending.
+    if let Some(mut d) = daemon {
+        let st = d.wait().expect("lazy-pages");
+        let log = fs::read_to_string(work.path("lazy.log")).unwrap_or_default();
+        if !st.success() || !log.contains("every page in place") {
+            r.kill();
+            fail(&work, format!("lazy-pages: {st:?}: {log}"));
+        }
+    }
     finish(&work, &mut r, T).assert_pass(&work);
 }
 
