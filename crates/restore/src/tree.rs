@@ -298,6 +298,7 @@ fn open_files(
     for (img, pg) in procs.iter().zip(pages) {
         files.push(ProcFiles::open(img, pg, procs, &mut opened)?);
     }
+    kinds::unix_connect_later(&mut opened, procs)?;
     kinds::unix_fill_later(&mut opened, procs)?;
     kinds::pty::finish_all(&opened, procs)?;
     Ok((opened, files))

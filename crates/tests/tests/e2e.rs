@@ -1100,10 +1100,29 @@ fn cr_unix_queued() {
 }
 
 /// SO_PEERCRED and SO_PEERGROUPS of socket pairs: made again by their
-/// creator's PID and ids (a process of the tree, or one that exited).
+/// creator's PID and ids (a process of the tree, or one that exited);
+/// of a connection waiting in an accept queue: connected again by the
+/// process holding the client, with its PID and ids.
 #[test]
 fn cr_unix_peercred() {
     cr("cr_unix_peercred", Program::Bin("tp_unix"), &["--peercred"]);
+}
+
+/// The negative control of the waiting connection's SO_PEERCRED, through
+/// a real dump and restore: another PID expected there must fail.
+#[test]
+fn negative_cr_unix_peercred_waiting() {
+    let work = Work::new("negative_cr_unix_peercred_waiting");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--peercred", "--corrupt-waiting"],
+        &Opts::default(),
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("waited"),
+        "{out:?}"
+    );
 }
 
 selfcheck!(

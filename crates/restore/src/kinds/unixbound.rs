@@ -6,7 +6,10 @@
 //! path: it is removed only if it is a socket nobody listens on (connect
 //! is refused); a live socket or another kind of file there is an error.
 //! A named listener is registered for the accepted connections of the
-//! image (see `unix.rs`).
+//! image (see `unix.rs`); its waiting clients are connected once every
+//! descriptor is open ([`connect_later`]: after the accepted connections
+//! were made through it), each by a helper with the PID and ids of the
+//! process holding it (what the accepted end will report).
 //! Queued datagrams are sent to the name from a new unnamed socket;
 //! SO_PEEK_OFF is set after them.
 
@@ -43,12 +46,38 @@ fn set_opt(cx: &Cx<'_>, fd: &std::os::fd::OwnedFd, name: &str, v: i32) -> Result
         .at(cx.pid, Stage::Fork)
 }
 
+/// A bound socket's clients (a listener's waiting connections, a
+/// datagram socket's connected ones), connected by [`connect_later`].
+pub(crate) struct Pending {
+    pid: u32,
+    fd: i32,
+    name: Vec<u8>,
+    sock_type: u32,
+    clients: Vec<u64>,
+}
+
+/// Connects the clients of every bound socket, once every descriptor is
+/// open: a waiting connection goes into the listener's accept queue only
+/// after the connections the tree had accepted from it were made through
+/// it (each by a connect and an accept, which takes the first in line).
+pub(crate) fn connect_later(o: &mut Opened, procs: &[stasis_image::ProcessImage]) -> Result<()> {
+    for p in std::mem::take(&mut o.unix_pending) {
+        let cx = Cx {
+            pid: p.pid,
+            fd: p.fd,
+            procs,
+        };
+        connect_pending(o, &cx, &p)?;
+    }
+    Ok(())
+}
+
 /// Connects the clients that waited in the accept queue, in order: those
 /// opened already (unconnected, by `unix.rs`), or new ones registered for
 /// their entries.
-fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<()> {
+fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
     let (pid, st) = (cx.pid, Stage::Fork);
-    for &cid in s.pending {
+    for &cid in &s.clients {
         let i = match o.object("unix", cid) {
             Some(i) => i,
             None => {
@@ -63,18 +92,39 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<()> {
                 i
             }
         };
-        sock::connect_unix(&o.owned[i], s.name).at(pid, st)?;
+        // Connected as the process that connected it: what the accepted
+        // end reports (SO_PEERCRED, SO_PEERGROUPS).
+        let (o, client) = (&*o, &o.owned[i]);
+        match client_entry(cx, cid).and_then(|(_, c)| c) {
+            Some(c) => super::unix::as_saved(o, cx, c, |p, ids| {
+                sock::connect_unix_as(client, &s.name, p, ids)
+            })?,
+            None => sock::connect_unix(client, &s.name).at(pid, st)?,
+        }
     }
     Ok(())
 }
 
 /// The options saved with client `id`'s entry.
 fn client_opts<'a>(cx: &Cx<'a>, id: u64) -> Option<&'a BTreeMap<String, i32>> {
+    client_entry(cx, id).map(|(opts, _)| opts)
+}
+
+/// Client `id`'s entry: its options and the process that connected it.
+fn client_entry<'a>(
+    cx: &Cx<'a>,
+    id: u64,
+) -> Option<(&'a BTreeMap<String, i32>, Option<&'a PeerCred>)> {
     cx.procs
         .iter()
         .flat_map(|p| &p.files)
         .find_map(|e| match &e.kind {
-            stasis_image::FdKind::UnixSocket { id: i, opts, .. } if *i == id => Some(opts),
+            stasis_image::FdKind::UnixSocket {
+                id: i,
+                opts,
+                connector,
+                ..
+            } if *i == id => Some((opts, connector.as_ref())),
             _ => None,
         })
 }
@@ -118,8 +168,14 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
         listener = !s.name.is_empty();
     }
     // A listener's waiting clients; a datagram socket's connected ones.
-    if !s.name.is_empty() {
-        connect_pending(o, cx, s)?;
+    if !s.name.is_empty() && !s.pending.is_empty() {
+        o.unix_pending.push(Pending {
+            pid,
+            fd: cx.fd,
+            name: s.name.to_vec(),
+            sock_type: s.sock_type,
+            clients: s.pending.to_vec(),
+        });
     }
     if !s.queued.is_empty() {
         let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;

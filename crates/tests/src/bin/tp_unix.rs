@@ -33,9 +33,12 @@
 //! PID free again), one a child still running (in the tree) made and
 //! shares; a listener a child listened on as 2222 (exited) with a client
 //! of a child as 4321 (exited): the client and the accepted end read the
-//! same after restore, a new client reads the listener's creator.
+//! same after restore, a new client reads the listener's creator; a
+//! connection a running child made as 4444:4444 (group 99) waits in that
+//! listener's accept queue: accepted after restore, it reports the child
+//! (`--corrupt-waiting`: expects another PID there, to fail).
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked|--peercred]`
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked|--peercred [--corrupt-waiting]]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -194,7 +197,7 @@ fn peer(fd: i32) -> (i32, u32, u32, Vec<u32>) {
 }
 
 /// `--peercred`: see the module comment.
-fn peercred(proto: &Proto, corrupt: bool) -> ! {
+fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
     let mut report = Report::new();
     let own = pair(libc::SOCK_STREAM);
     // A child as another user makes a pair, hands both ends over, exits.
@@ -275,6 +278,40 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
     // SAFETY: plain accept on our listener.
     let server = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
     assert!(server >= 0, "accept: errno {}", errno());
+    // A child that stays (in the tree) connects as 4444:4444 with group
+    // 99 and holds its client: the connection waits in the accept queue.
+    let mut conn = [0i32; 2];
+    // SAFETY: valid out array.
+    assert_eq!(unsafe { libc::pipe(conn.as_mut_ptr()) }, 0);
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    let waits = unsafe { libc::fork() };
+    if waits == 0 {
+        // SAFETY: plain calls in the child.
+        unsafe {
+            let groups = [99u32];
+            if libc::setgroups(1, groups.as_ptr()) != 0
+                || libc::setresgid(4444, 4444, 4444) != 0
+                || libc::setresuid(4444, 4444, 4444) != 0
+            {
+                libc::_exit(1);
+            }
+            let c = sock(libc::SOCK_STREAM);
+            if connect(c, name.as_bytes()) != 0 {
+                libc::_exit(1);
+            }
+            libc::write(conn[1], b"c".as_ptr().cast(), 1);
+            let mut b = [0u8; 1];
+            libc::read(hold[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: waits for the child's byte (it has connected); the pipe goes.
+    unsafe {
+        libc::read(conn[0], b.as_mut_ptr().cast(), 1);
+        libc::close(conn[0]);
+        libc::close(conn[1]);
+    }
     let ends = [
         ("own pair, end 0", own[0]),
         ("own pair, end 1", own[1]),
@@ -315,10 +352,21 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
         connect(again, name.as_bytes()),
     );
     report.eq("a new client of the listener", &before[5], &peer(again));
-    // SAFETY: ends the running child, then reaps it.
+    // The connection that waited in the accept queue reports the child
+    // that connected.
+    // SAFETY: plain accept on our listener (the waiting connection first).
+    let waited = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    report.eq(
+        "accepted end of a connection that waited (made as 4444 by a running child)",
+        (waits + i32::from(corrupt_waiting), 4444, 4444, vec![99]),
+        peer(waited),
+    );
+    // SAFETY: ends the running children, then reaps them.
     unsafe {
-        libc::kill(stays, libc::SIGKILL);
-        libc::waitpid(stays, std::ptr::null_mut(), 0);
+        for c in [stays, waits] {
+            libc::kill(c, libc::SIGKILL);
+            libc::waitpid(c, std::ptr::null_mut(), 0);
+        }
     }
     proto.finish(&report);
 }
@@ -432,7 +480,7 @@ fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     if args.flag("peercred") {
-        peercred(&proto, args.corrupt());
+        peercred(&proto, args.corrupt(), args.flag("corrupt-waiting"));
     }
     if args.flag("rights") {
         let p = pair(libc::SOCK_STREAM);
