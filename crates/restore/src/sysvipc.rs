@@ -35,13 +35,23 @@ pub(crate) struct Ipc {
     /// but which the tree attaches: (id, lpid), touched by a helper with
     /// that PID once every process has attached them.
     late: Vec<(i32, i32)>,
+    /// The segments to create ([`preflight`]) and the page file holding
+    /// their contents, for [`Ipc::make`].
+    create: Vec<i32>,
+    pages: std::path::PathBuf,
+    /// A pidfd of the init of the tree's new PID namespace (`--new-pid-ns`):
+    /// the helpers that give the PIDs back are forked there.
+    pid_ns: Option<OwnedFd>,
 }
 
 /// Where the last PIDs of the objects (shm_lpid, sempid, msg_lspid,
 /// msg_lrpid; shm_cpid) come from: helpers forked with those PIDs
-/// (clone3 set_tid) make the calls that record them. Only when the tree
-/// keeps the dump's PIDs (no PID namespace made for it): in one, the
-/// saved numbers are the dumper's view, not the tree's.
+/// (clone3 set_tid) make the calls that record them. When the tree keeps
+/// the dump's PIDs, in the restorer's PID namespace or in a new one made
+/// for a tree that had none (`--new-pid-ns`: forked there once its init
+/// exists, [`Ipc::make_in`]); not for a tree that was in a PID namespace
+/// of its own: the saved numbers are then the dumper's view, not the
+/// tree's.
 pub(crate) struct PidPlan {
     /// The PIDs are given back.
     pub on: bool,
@@ -60,6 +70,12 @@ pub(crate) struct PidPlan {
 /// attacher of a segment the other attaches are refused by name (no
 /// order gives both back).
 pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Result<PidPlan> {
+    // A new namespace for a tree that had none: its helper init holds PID 1.
+    let new_ns = pid_ns && procs.first().is_some_and(|p| p.pid != 1);
+    if new_ns {
+        refuse_pid_one(img, procs.first().map_or(0, |p| p.pid))?;
+    }
+    let pid_ns = pid_ns && !new_ns;
     let maps: Vec<HashSet<i32>> = procs
         .iter()
         .map(|p| {
@@ -118,6 +134,39 @@ pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Res
     }
     plan.order = order;
     Ok(plan)
+}
+
+/// `--new-pid-ns` for a tree that had no PID namespace: PID 1 there is
+/// the helper init's, so a PID 1 SysV IPC recorded (the host's init) cannot
+/// be given back: refused by name before anything is made.
+fn refuse_pid_one(img: &IpcNs, root: u32) -> Result<()> {
+    let what = img
+        .shm
+        .iter()
+        .find(|s| s.cpid == 1 || s.lpid == 1)
+        .map(|s| format!("SysV shm segment {} (creator or last attacher)", s.id))
+        .or_else(|| {
+            img.sem
+                .iter()
+                .find(|s| s.pids.contains(&1))
+                .map(|s| format!("SysV semaphore set {} (sempid)", s.id))
+        })
+        .or_else(|| {
+            img.msg
+                .iter()
+                .find(|q| q.lspid == 1 || q.lrpid == 1)
+                .map(|q| format!("SysV message queue {} (last sender or receiver)", q.id))
+        });
+    match what {
+        Some(w) => Err(refused(
+            root,
+            format!(
+                "{w}: PID 1, which the new PID namespace's init holds (--new-pid-ns): the PID \
+                 SysV IPC recorded could not be given back"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Runs `f` in a helper with PID `p` ([`ipc::by_pid`]); a PID that a
@@ -206,13 +255,15 @@ impl Ipc {
     /// tree had its own) right before the fork. `pages`: the root's page
     /// file. `made`: that namespace, made already (owned by the tree's
     /// user namespace: userns.rs), else unshared here. `plan`: the PIDs
-    /// the objects' creators and last users had.
+    /// the objects' creators and last users had. `later`: only the
+    /// namespace and the POSIX queues now, the SysV objects by
+    /// [`Ipc::make_in`] once the tree's new PID namespace has its init.
     pub(crate) fn create(
         img: &IpcNs,
         pid: u32,
         pages: &Path,
         made: Option<&OwnedFd>,
-        plan: &PidPlan,
+        (plan, later): (&PidPlan, bool),
     ) -> Result<Ipc> {
         let st = Stage::Fork;
         let create = preflight(img, pid)?;
@@ -224,8 +275,10 @@ impl Ipc {
             done: false,
             image: img.clone(),
             late: plan.late.clone(),
+            create,
+            pages: pages.to_path_buf(),
+            pid_ns: None,
         };
-        let saved = |p: i32| (plan.on && p > 0).then_some(p);
         if img.own {
             let (back, ns) = match made {
                 Some(ns) => ipc::join_made(ns).at(pid, st)?,
@@ -235,6 +288,49 @@ impl Ipc {
             me.ns = Some(ns);
             sysctls(pid, img, true)?;
         }
+        if !later {
+            me.make(plan)?;
+        }
+        // POSIX queues: the limits (fs/mqueue/*) were raised above.
+        for q in &img.mqueues {
+            posix_queue(q).at(pid, st)?;
+        }
+        Ok(me)
+    }
+
+    /// Right after the fork of the helper init of the tree's new PID
+    /// namespace (`init`, still waiting to fork the root), by the thread
+    /// still in the tree's IPC namespace: the SysV objects made by helpers
+    /// forked into that PID namespace (setns CLONE_NEWPID makes it this
+    /// thread's pid_for_children), where every PID of the tree is free.
+    pub(crate) fn make_in(&mut self, plan: &PidPlan, init: &OwnedFd) -> Result<()> {
+        let (pid, st) = (self.pid, Stage::Fork);
+        let own =
+            stasis_sys::util::open("/proc/thread-self/ns/pid", libc::O_RDONLY | libc::O_CLOEXEC)
+                .at(pid, st)?;
+        stasis_sys::nsenter::join(init, libc::CLONE_NEWPID).at(pid, st)?;
+        let made = self.make(plan);
+        let back = stasis_sys::nsenter::join(&own, libc::CLONE_NEWPID).at(pid, st);
+        made?;
+        back?;
+        self.pid_ns = Some(init.try_clone().map_err(|e| RestoreError::Io {
+            pid,
+            stage: st,
+            what: "dup a pidfd".into(),
+            source: e,
+        })?);
+        Ok(())
+    }
+
+    /// The SysV objects of the image, with their ids, contents, owners
+    /// and the PIDs [`PidPlan`] gives back.
+    fn make(&mut self, plan: &PidPlan) -> Result<()> {
+        let (pid, st) = (self.pid, Stage::Fork);
+        let img = self.image.clone();
+        let create = self.create.clone();
+        let me = self;
+        let saved = |p: i32| (plan.on && p > 0).then_some(p);
+        let pages = &me.pages;
         let src = std::fs::File::open(pages).map_err(|source| RestoreError::Io {
             pid,
             stage: st,
@@ -315,11 +411,7 @@ impl Ipc {
             }
             ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes).at(pid, st)?;
         }
-        // POSIX queues: the limits (fs/mqueue/*) were raised above.
-        for q in &img.mqueues {
-            posix_queue(q).at(pid, st)?;
-        }
-        Ok(me)
+        Ok(())
     }
 
     /// Segment sizes by id, for the attachments.
@@ -349,7 +441,21 @@ impl Ipc {
             .collect();
         let img = self.image.clone();
         let late = self.late.clone();
+        let pid_ns = match &self.pid_ns {
+            Some(fd) => Some(fd.try_clone().map_err(|e| RestoreError::Io {
+                pid,
+                stage: Stage::Resume,
+                what: "dup a pidfd".into(),
+                source: e,
+            })?),
+            None => None,
+        };
         let work = move || -> stasis_sys::Result<()> {
+            // The helpers below are forked into the tree's new PID
+            // namespace (this thread's pid_for_children; the thread ends).
+            if let Some(ns) = &pid_ns {
+                stasis_sys::nsenter::join(ns, libc::CLONE_NEWPID)?;
+            }
             for (id, l) in late {
                 let what = format!("SysV shm segment {id} last attacher");
                 ipc::by_pid(l, &what, || ipc::shm_touch_raw(id))?;
@@ -362,9 +468,17 @@ impl Ipc {
             }
             Ok(())
         };
-        match &self.ns {
-            Some(ns) => ipc::in_ns(ns, work),
-            None => work(),
+        match (&self.ns, self.pid_ns.is_some()) {
+            (Some(ns), _) => ipc::in_ns(ns, work),
+            // A thread of its own for the PID namespace it joins.
+            (None, true) => std::thread::spawn(work).join().unwrap_or_else(|_| {
+                Err(stasis_sys::SysError::other(
+                    "SysV IPC thread",
+                    None,
+                    "panicked",
+                ))
+            }),
+            (None, false) => work(),
         }
         .map_err(|e| {
             let p = e.pid.map_or(0, |p| p.0);

@@ -152,13 +152,27 @@ pub(crate) fn restore_tree(
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
     let ipc_own = ipc.is_some_and(|i| i.own);
+    // `--new-pid-ns` for a tree that had none: the SysV objects are made
+    //    once the namespace's helper init exists (their helpers take PIDs
+    //    there), before it forks the root (it waits on this gate).
+    let gate = match ipc {
+        Some(i)
+            if pid_ns
+                && root_pid != 1
+                && !(i.shm.is_empty() && i.sem.is_empty() && i.msg.is_empty()) =>
+        {
+            Some(util::pipe().at(root_pid, Stage::Fork)?)
+        }
+        _ => None,
+    };
+    tree.plan.gate = gate.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd()));
     let mut ipc = match (ipc, &pid_plan) {
         (Some(img), Some(plan)) => Some(crate::sysvipc::Ipc::create(
             img,
             root_pid,
             &pages[0],
             user.and_then(|u| u.ipc.as_ref()),
-            plan,
+            (plan, gate.is_some()),
         )?),
         _ => None,
     };
@@ -185,6 +199,23 @@ pub(crate) fn restore_tree(
     // Events the restorer's own work queued in restored fanotify groups.
     kinds::fanotify::drain_all(&opened, root_pid)?;
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
+    // The helper init waits at the gate: the SysV objects now, in its
+    //    namespace (a failure closes the gate: it exits, the guard of
+    //    `forked` ends the rest).
+    if let (Some(i), Some(plan), Some((_, w)), Ok((top, _))) = (&mut ipc, &pid_plan, gate, &forked)
+    {
+        let init = util::pidfd_open(*top).at(root_pid, Stage::Fork)?;
+        i.make_in(plan, &init)?;
+        use std::io::Write;
+        std::fs::File::from(w)
+            .write_all(&[1])
+            .map_err(|source| RestoreError::Io {
+                pid: root_pid,
+                stage: Stage::Fork,
+                what: "open the new PID namespace's gate".into(),
+                source,
+            })?;
+    }
     if let Some(i) = &mut ipc {
         i.leave()?;
     }
@@ -371,6 +402,7 @@ fn plan_tree(
             sibling: false,
             user_ns: None,
             session_keyring: None,
+            gate: None,
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

@@ -142,6 +142,12 @@ pub struct TreePlan {
     /// (KEYCTL_JOIN_SESSION_KEYRING) before it forks: every process of the
     /// tree inherits it.
     pub session_keyring: Option<std::ffi::CString>,
+    /// A pipe of the caller's (read end, write end): the helper init of a
+    /// new PID namespace waits for one byte on it before it forks the
+    /// root, so that the caller can fork helpers with chosen PIDs into
+    /// the namespace (which takes them only once its init exists) while
+    /// every PID of the tree is still free there.
+    pub gate: Option<(i32, i32)>,
 }
 
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
@@ -164,6 +170,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         15 => "making a proc, sysfs, mqueue or cgroup mount (or one stacked on it) in the new namespaces failed",
         16 => "entering the tree's user namespace (setns) or making a namespace in it failed",
         17 => "joining its session keyring (KEYCTL_JOIN_SESSION_KEYRING) failed",
+        18 => "the restorer gave up before the root was forked (the new PID namespace's gate)",
         _ => "unexpected failure",
     }
 }
@@ -1143,6 +1150,17 @@ fn helper_init(plan: &TreePlan) -> ! {
             exit_now(9);
         }
         libc::syscall(libc::SYS_setsid);
+        if let Some((r, w)) = plan.gate {
+            // Only the caller's end may keep the pipe open for writing.
+            libc::syscall(libc::SYS_close, w);
+            let mut b = 0u8;
+            let got = libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize);
+            libc::syscall(libc::SYS_close, r);
+            if got != 1 {
+                report(plan.ready_fd, root.pid, 18);
+                exit_now(18);
+            }
+        }
         let mut unused = -1;
         let r = fork_plan_child(plan, 0, 1, &mut unused);
         if r < 0 {
