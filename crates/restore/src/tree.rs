@@ -81,7 +81,12 @@ pub(crate) fn restore_tree(
     }
     // The processes' rebuild order and who gives SysV IPC its last PIDs.
     let pid_plan = match ipc {
-        Some(img) => Some(crate::sysvipc::pid_plan(img, procs, pid_ns)?),
+        Some(img) => Some(crate::sysvipc::pid_plan(
+            img,
+            procs,
+            pid_ns,
+            user.is_some(),
+        )?),
         None => None,
     };
     // 0. the tree's own network namespace, entered by this thread before
@@ -152,13 +157,15 @@ pub(crate) fn restore_tree(
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
     let ipc_own = ipc.is_some_and(|i| i.own);
-    // `--new-pid-ns` for a tree that had none: the SysV objects are made
-    //    once the namespace's helper init exists (their helpers take PIDs
-    //    there), before it forks the root (it waits on this gate).
+    // A new PID namespace: the SysV objects are made once its init exists
+    //    (their helpers take PIDs there): `--new-pid-ns`'s helper init, or
+    //    the root of a tree that was a namespace's init, waits on this
+    //    gate before it forks the rest of the tree.
+    let root_live = pid_plan.as_ref().is_some_and(|p| p.root_live);
     let gate = match ipc {
         Some(i)
             if pid_ns
-                && root_pid != 1
+                && (root_pid != 1 || root_live)
                 && !(i.shm.is_empty() && i.sem.is_empty() && i.msg.is_empty()) =>
         {
             Some(util::pipe().at(root_pid, Stage::Fork)?)
@@ -261,6 +268,11 @@ pub(crate) fn restore_tree(
     //    so a failure can still undo the whole tree.
     //    In image order, except that the last attacher of a SysV segment
     //    others attach comes after them (sysvipc::PidPlan).
+    // What PID 1 recorded in SysV IPC, by the root (PID 1 of its own
+    //    namespace) by remote calls, before any process attaches.
+    if let (Some(i), Some(r)) = (&mut ipc, remotes.first_mut()) {
+        i.by_root(r)?;
+    }
     let order = pid_plan.map_or_else(|| (0..procs.len()).collect(), |p| p.order);
     let mut remotes: Vec<Option<RemoteThread>> = remotes.into_iter().map(Some).collect();
     let mut built: Vec<Vec<Pid>> = vec![Vec::new(); procs.len()];

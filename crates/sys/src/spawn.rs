@@ -144,9 +144,10 @@ pub struct TreePlan {
     pub session_keyring: Option<std::ffi::CString>,
     /// A pipe of the caller's (read end, write end): the helper init of a
     /// new PID namespace waits for one byte on it before it forks the
-    /// root, so that the caller can fork helpers with chosen PIDs into
-    /// the namespace (which takes them only once its init exists) while
-    /// every PID of the tree is still free there.
+    /// root (a root that is the namespace's init, before it forks its
+    /// children), so that the caller can fork helpers with chosen PIDs
+    /// into the namespace (which takes them only once its init exists)
+    /// while every other PID of the tree is still free there.
     pub gate: Option<(i32, i32)>,
 }
 
@@ -565,6 +566,20 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                 if joined < 0 {
                     report(plan.ready_fd, me, 17);
                     exit_now(17);
+                }
+            }
+        }
+        // The init of the tree's own PID namespace: the caller makes
+        // what needs PIDs there (the gate, see TreePlan) before any other.
+        if i == 0 && p.pid == 1 {
+            if let Some((r, w)) = plan.gate {
+                libc::syscall(libc::SYS_close, w);
+                let mut b = 0u8;
+                let got = libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize);
+                libc::syscall(libc::SYS_close, r);
+                if got != 1 {
+                    report(plan.ready_fd, me, 18);
+                    exit_now(18);
                 }
             }
         }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 macro_rules! selfcheck {
     ($pass:ident, $fail:ident, [$($arg:expr),*]) => {
@@ -131,6 +132,64 @@ fn cr_sysvipc_own_namespace_new_pid_ns() {
 fn negative_cr_sysvipc_pids_new_pid_ns() {
     let work = Work::new("negative_cr_sysvipc_pids_new_pid_ns");
     let out = run_new_pid_ns(&work, &["--mode", "own", "--corrupt-pids"]);
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
+        "{out:?}"
+    );
+}
+
+/// `tp_sysvipc ARGS` as PID 1 of a PID namespace of its own (`stasis
+/// run`): dumped, restored (its namespace made anew), released; returns
+/// its outcome.
+fn run_own_pid_ns(work: &Work, args: &[&str]) -> Outcome {
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let prog = bin_path("tp_sysvipc");
+    ensure_subreaper();
+    let run_pid = format!("{dir}/run.pid");
+    let mut run = vec!["run", "-d", "--pidfile", &run_pid, "--"];
+    run.push(prog.to_str().expect("utf-8"));
+    run.push(&dir);
+    run.extend_from_slice(args);
+    let out = stasis(work, &run, t);
+    if !out.success() {
+        fail(work, format!("stasis run: {out:?}"));
+    }
+    let mut init = Proc::adopt(pidfile(work, "run.pid"));
+    step(work, "waiting for ready", wait_ready(work, &mut init, t));
+    let ready = std::fs::read_to_string(work.path("ready")).unwrap_or_default();
+    if !ready.starts_with("READY 1") {
+        fail(work, format!("not PID 1 of its namespace: {ready:?}"));
+    }
+    let out = dump(work, init.pid, &[], t);
+    if !out.success() {
+        fail(work, format!("dump: {out:?}"));
+    }
+    step(work, "waiting for the dumped init", init.wait(t));
+    let out = restore_detached(work, &[], t);
+    if !out.success() {
+        fail(work, format!("restore: {out:?}"));
+    }
+    let mut r = Proc::adopt(pidfile(work, "pidfile"));
+    finish(work, &mut r, t)
+}
+
+/// The tree as PID 1 of a PID namespace of its own (a container's way):
+/// the PIDs SysV IPC recorded as the namespace numbers them, PID 1's
+/// included (the init makes its segments, SETVALs, messages by remote
+/// calls once seized; the others by helpers forked into the namespace
+/// before the init forks its children).
+#[test]
+fn cr_sysvipc_own_namespace_own_pid_ns() {
+    let work = Work::new("cr_sysvipc_own_pid_ns");
+    run_own_pid_ns(&work, &["--mode", "own"]).assert_pass(&work);
+}
+
+/// Its negative control: another PID expected must fail.
+#[test]
+fn negative_cr_sysvipc_pids_own_pid_ns() {
+    let work = Work::new("negative_cr_sysvipc_pids_own_pid_ns");
+    let out = run_own_pid_ns(&work, &["--mode", "own", "--corrupt-pids"]);
     assert!(
         out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
         "{out:?}"
