@@ -1245,6 +1245,20 @@ fn refuse_unix_pending_with_data() {
     );
 }
 
+/// A waiting client held by two processes is refused: which one
+/// connected (what the accepted end reports as SO_PEERCRED) is unknown.
+#[test]
+fn refuse_unix_pending_held_by_two() {
+    refused_dump(
+        "refuse_unix_pending_two",
+        Program::Bin("tp_unix"),
+        &["--pending", "--pending-shared"],
+        &[],
+        &["held by processes"],
+        false,
+    );
+}
+
 /// A unix listener whose path was unlinked is refused.
 #[test]
 fn refuse_unix_unlinked_path() {

@@ -24,7 +24,9 @@
 //! `--pending`: two clients waiting in a unix listener's accept queue
 //! (one created before the listener, one after): after restore they are
 //! accepted in the order they connected. With `--pending-data` the first
-//! has sent data: refused (the program then goes on).
+//! has sent data: refused (the program then goes on); with
+//! `--pending-shared` a child holds them too: refused (which of the two
+//! connected cannot be read).
 //! `--unlinked`: a listener whose path was unlinked: refused.
 //!
 //! `--peercred`: SO_PEERCRED (pid, uid, gid) and SO_PEERGROUPS of both
@@ -38,7 +40,7 @@
 //! listener's accept queue: accepted after restore, it reports the child
 //! (`--corrupt-waiting`: expects another PID there, to fail).
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked|--peercred [--corrupt-waiting]]`
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -511,6 +513,22 @@ fn main() {
         connect(c2, name.as_bytes());
         if args.flag("pending-data") {
             send(c1, b"early");
+        }
+        if args.flag("pending-shared") {
+            // A child holds the waiting clients too (until we exit).
+            let mut p = [0i32; 2];
+            // SAFETY: valid out array; fork in a single-threaded program,
+            // the child blocks until the pipe closes, then _exits.
+            unsafe {
+                assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+                if libc::fork() == 0 {
+                    libc::close(p[1]);
+                    let mut b = [0u8; 1];
+                    libc::read(p[0], b.as_mut_ptr().cast(), 1);
+                    libc::_exit(0);
+                }
+                libc::close(p[0]);
+            }
         }
         proto.ready_and_wait();
         let mut path_name = name.into_bytes();
