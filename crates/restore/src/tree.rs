@@ -102,11 +102,19 @@ pub(crate) fn restore_tree(
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
-    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close, inherit, !pid_ns)?;
+    let (mut opened, files) = open_files(
+        procs,
+        pages,
+        shell_job,
+        net.tcp_close,
+        inherit,
+        (!pid_ns, pid_ns && user.is_none()),
+    )?;
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
     tree.plan.sibling = sibling;
+    tree.plan.sock_calls = opened.sock_calls.take().unwrap_or_default();
     if let Some(sid) = tree.session_helper.filter(|_| sibling) {
         // The helper would be the root's parent, and its death would hand
         // the root to a reaper of the caller's, not to the caller.
@@ -323,12 +331,13 @@ fn open_files(
     shell_job: bool,
     tcp_close: bool,
     inherit: &[(i32, String)],
-    peer_pids: bool,
+    (peer_pids, sock_calls): (bool, bool),
 ) -> Result<(Opened, Vec<ProcFiles>)> {
     let mut opened = Opened::default();
     opened.tcp_close = tcp_close;
     opened.inherit = inherit.to_vec();
     opened.peer_pids = peer_pids;
+    opened.sock_calls = sock_calls.then(Vec::new);
     if shell_job {
         opened.shell_tty = Some(kinds::own_tty().ok_or_else(|| RestoreError::Refused {
             pid: procs[0].pid,
@@ -415,6 +424,7 @@ fn plan_tree(
             user_ns: None,
             session_keyring: None,
             gate: None,
+            sock_calls: Vec::new(),
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

@@ -1011,3 +1011,31 @@ pub fn remove_stale_socket(path: &str, ty: i32) -> Result<bool> {
     })?;
     Ok(true)
 }
+
+/// The PIDs SO_PEERCRED reports on `socks` as a process of the PID
+/// namespace `pid_ns` sees them ([`crate::nsenter::ints_in_pid_ns`]).
+pub fn peer_pids_in_pid_ns(pid_ns: &OwnedFd, socks: &[OwnedFd]) -> Result<Vec<i32>> {
+    let raw: Vec<i32> = socks.iter().map(AsRawFd::as_raw_fd).collect();
+    crate::nsenter::ints_in_pid_ns(pid_ns, raw.len(), "SO_PEERCRED", |out| {
+        raw.iter().zip(out.iter_mut()).all(|(&fd, o)| {
+            let mut c = libc::ucred {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: c and len are live out-parameters of the right size.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERCRED,
+                    std::ptr::addr_of_mut!(c).cast(),
+                    &mut len,
+                )
+            };
+            *o = c.pid;
+            r == 0
+        })
+    })
+}

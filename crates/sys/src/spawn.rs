@@ -149,6 +149,127 @@ pub struct TreePlan {
     /// into the namespace (which takes them only once its init exists)
     /// while every other PID of the tree is still free there.
     pub gate: Option<(i32, i32)>,
+    /// Socket calls the root makes before it forks anything ([`SockCall`]).
+    pub sock_calls: Vec<SockCall>,
+}
+
+/// A call that records its caller in a socket (SO_PEERCRED: listen, what
+/// clients of a listener see; connect, what the accepted end sees), made
+/// in a tree restored into a PID namespace by the root before it forks
+/// anything, on a descriptor of the caller's it inherited (`fd`), as
+/// process `pid` there with effective ids `uid`, `gid` and `groups`:
+/// itself when `pid` is its own PID (its ids set for the call only), else
+/// a helper it forks with that PID (clone3 set_tid, CLONE_FILES), which
+/// exits at once, leaving the PID free for the tree. A PID 1 that is not
+/// the root's is skipped (`--new-pid-ns`: the helper init's).
+#[derive(Debug, Clone)]
+pub struct SockCall {
+    pub fd: i32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// listen(fd, backlog); None: connect(fd) to the unix socket `name`.
+    pub listen: Option<i32>,
+    pub name: Vec<u8>,
+}
+
+/// Makes one [`SockCall`]'s call (raw calls only).
+///
+/// # Safety
+/// Only from a forked restore child or its helper.
+unsafe fn sock_call_now(c: &SockCall) -> bool {
+    // SAFETY: raw calls on an inherited descriptor; sa lives on this stack.
+    unsafe {
+        match c.listen {
+            Some(backlog) => libc::syscall(libc::SYS_listen, c.fd, backlog) == 0,
+            None => {
+                let mut sa: libc::sockaddr_un = std::mem::zeroed();
+                sa.sun_family = libc::AF_UNIX as u16;
+                let n = c.name.len().min(sa.sun_path.len());
+                for k in 0..n {
+                    sa.sun_path[k] = c.name[k] as libc::c_char;
+                }
+                let len = std::mem::size_of::<libc::sa_family_t>() + n;
+                libc::syscall(libc::SYS_connect, c.fd, std::ptr::addr_of!(sa), len) == 0
+            }
+        }
+    }
+}
+
+/// The root's [`SockCall`]s, in order; false after a failure.
+///
+/// # Safety
+/// Only from the forked root, before it forks its children.
+unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
+    let keep = u32::MAX as libc::c_long;
+    for c in &plan.sock_calls {
+        if c.pid == 1 && me != 1 {
+            continue;
+        }
+        // SAFETY: raw calls; every buffer lives on this stack or in the
+        // plan, allocated before the fork.
+        unsafe {
+            if c.pid == me {
+                // A change of ids resets the parent-death signal and the
+                // dumpable flag: both are set back after.
+                let dumpable = libc::syscall(libc::SYS_prctl, libc::PR_GET_DUMPABLE);
+                let mut groups = [0u32; 256];
+                let n = libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr());
+                let euid = libc::syscall(libc::SYS_geteuid);
+                let egid = libc::syscall(libc::SYS_getegid);
+                let ok = n >= 0
+                    && libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setresgid, keep, c.gid, keep) == 0
+                    && libc::syscall(libc::SYS_setresuid, keep, c.uid, keep) == 0
+                    && sock_call_now(c);
+                let back = libc::syscall(libc::SYS_setresuid, keep, euid, keep) == 0
+                    && libc::syscall(libc::SYS_setresgid, keep, egid, keep) == 0
+                    && libc::syscall(libc::SYS_setgroups, n.max(0), groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0
+                    && libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, dumpable) == 0;
+                if !(ok && back) {
+                    return false;
+                }
+                continue;
+            }
+            let tids = [c.pid];
+            let args = CloneArgs {
+                flags: libc::CLONE_FILES as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                set_tid: tids.as_ptr() as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            let r = libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::addr_of!(args),
+                std::mem::size_of::<CloneArgs>(),
+            );
+            if r == 0 {
+                let ok = libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) == 0
+                    && libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) == 0
+                    && sock_call_now(c);
+                exit_now(if ok { 0 } else { 1 });
+            }
+            if r < 0 {
+                return false;
+            }
+            let mut st = 0i32;
+            let got = libc::syscall(
+                libc::SYS_wait4,
+                r,
+                &mut st as *mut i32,
+                libc::__WALL,
+                0usize,
+            );
+            if got != r || st != 0 {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
@@ -172,6 +293,7 @@ pub fn tree_failure(code: i32) -> &'static str {
         16 => "entering the tree's user namespace (setns) or making a namespace in it failed",
         17 => "joining its session keyring (KEYCTL_JOIN_SESSION_KEYRING) failed",
         18 => "the restorer gave up before the root was forked (the new PID namespace's gate)",
+        19 => "a listen or connect as the PID and ids that made a socket (SO_PEERCRED) failed",
         _ => "unexpected failure",
     }
 }
@@ -568,6 +690,10 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                     exit_now(17);
                 }
             }
+        }
+        if i == 0 && !sock_calls(plan, me) {
+            report(plan.ready_fd, me, 19);
+            exit_now(19);
         }
         // The init of the tree's own PID namespace: the caller makes
         // what needs PIDs there (the gate, see TreePlan) before any other.

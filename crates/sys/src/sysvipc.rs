@@ -651,71 +651,41 @@ pub fn pids_in_pid_ns(
     sem: &[(i32, usize)],
     msg: &[i32],
 ) -> Result<Vec<i32>> {
-    use crate::clone::{exit_now, fork_with_pid, Forked};
     let n = shm.len() * 2 + sem.iter().map(|s| s.1).sum::<usize>() + msg.len() * 2;
-    let mut out = vec![0i32; n];
-    let (r, w) = crate::util::pipe()?;
-    crate::nsenter::join(pid_ns, libc::CLONE_NEWPID)?;
-    // SAFETY: the child makes raw calls only, on memory allocated before
-    // the fork, and leaves through _exit.
-    match unsafe { fork_with_pid(&[], 0)? } {
-        Forked::Child => {
-            let mut k = 0;
-            // SAFETY: raw calls; ds buffers live on this stack, `out` is
-            // this child's copy with room for every value.
-            unsafe {
-                for &id in shm {
-                    let mut ds: libc::shmid_ds = std::mem::zeroed();
-                    if libc::shmctl(id, libc::IPC_STAT, &mut ds) < 0 {
-                        exit_now(1);
-                    }
-                    out[k] = ds.shm_cpid;
-                    out[k + 1] = ds.shm_lpid;
-                    k += 2;
+    crate::nsenter::ints_in_pid_ns(pid_ns, n, "SysV IPC PIDs", |out| {
+        let mut k = 0;
+        // SAFETY: raw calls; the ds buffers live on this stack, `out` has
+        // room for every value.
+        unsafe {
+            for &id in shm {
+                let mut ds: libc::shmid_ds = std::mem::zeroed();
+                if libc::shmctl(id, libc::IPC_STAT, &mut ds) < 0 {
+                    return false;
                 }
-                for &(id, count) in sem {
-                    for i in 0..count {
-                        let p = libc::syscall(libc::SYS_semctl, id, i, libc::GETPID, 0);
-                        if p < 0 {
-                            exit_now(1);
-                        }
-                        out[k] = p as i32;
-                        k += 1;
+                out[k] = ds.shm_cpid;
+                out[k + 1] = ds.shm_lpid;
+                k += 2;
+            }
+            for &(id, count) in sem {
+                for i in 0..count {
+                    let p = libc::syscall(libc::SYS_semctl, id, i, libc::GETPID, 0);
+                    if p < 0 {
+                        return false;
                     }
+                    out[k] = p as i32;
+                    k += 1;
                 }
-                for &id in msg {
-                    let mut ds: libc::msqid_ds = std::mem::zeroed();
-                    if libc::msgctl(id, libc::IPC_STAT, &mut ds) < 0 {
-                        exit_now(1);
-                    }
-                    out[k] = ds.msg_lspid;
-                    out[k + 1] = ds.msg_lrpid;
-                    k += 2;
+            }
+            for &id in msg {
+                let mut ds: libc::msqid_ds = std::mem::zeroed();
+                if libc::msgctl(id, libc::IPC_STAT, &mut ds) < 0 {
+                    return false;
                 }
-                let len = out.len() * 4;
-                let sent = libc::write(w.as_raw_fd(), out.as_ptr().cast(), len);
-                exit_now(if sent == len as isize { 0 } else { 1 })
+                out[k] = ds.msg_lspid;
+                out[k + 1] = ds.msg_lrpid;
+                k += 2;
             }
         }
-        Forked::Parent(child) => {
-            drop(w);
-            let mut bytes = Vec::with_capacity(n * 4);
-            let read = std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut bytes);
-            let mut status = 0;
-            // SAFETY: waits for our own child.
-            let waited = unsafe { libc::waitpid(child.0, &mut status, 0) };
-            check(waited.into(), "waitpid (SysV IPC PID reader)", Some(child))?;
-            if read.is_err() || bytes.len() != n * 4 || status != 0 {
-                return Err(SysError::other(
-                    "reading SysV IPC PIDs inside the tree's PID namespace",
-                    Some(child),
-                    format!("the reader failed (status {status:#x})"),
-                ));
-            }
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            Ok(out)
-        }
-    }
+        true
+    })
 }

@@ -1108,6 +1108,47 @@ fn cr_unix_peercred() {
     cr("cr_unix_peercred", Program::Bin("tp_unix"), &["--peercred"]);
 }
 
+/// SO_PEERCRED of listeners and of connections waiting in their accept
+/// queues, in the restorer's PID namespace.
+#[test]
+fn cr_unix_peercred_listen() {
+    cr(
+        "cr_unix_peercred_listen",
+        Program::Bin("tp_unix"),
+        &["--peercred-listen"],
+    );
+}
+
+/// The same as PID 1 of a PID namespace of its own: listened on again
+/// and connected by the root and its helpers with the namespace's PIDs.
+#[test]
+fn cr_unix_peercred_listen_own_pid_ns() {
+    let work = Work::new("cr_unix_peercred_listen_own_pid_ns");
+    cr_own_pid_ns(&work, Program::Bin("tp_unix"), &["--peercred-listen"]).assert_pass(&work);
+}
+
+/// The same restored with `--new-pid-ns`.
+#[test]
+fn cr_unix_peercred_listen_new_pid_ns() {
+    let work = Work::new("cr_unix_peercred_listen_new_pid_ns");
+    cr_new_pid_ns(&work, Program::Bin("tp_unix"), &["--peercred-listen"]).assert_pass(&work);
+}
+
+/// Its negative control in a PID namespace: another PID expected fails.
+#[test]
+fn negative_cr_unix_peercred_listen_own_pid_ns() {
+    let work = Work::new("negative_cr_unix_peercred_listen_own_pid_ns");
+    let out = cr_own_pid_ns(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--peercred-listen", "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("waited"),
+        "{out:?}"
+    );
+}
+
 /// The negative control of the waiting connection's SO_PEERCRED, through
 /// a real dump and restore: another PID expected there must fail.
 #[test]

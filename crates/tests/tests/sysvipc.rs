@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
 
 macro_rules! selfcheck {
     ($pass:ident, $fail:ident, [$($arg:expr),*]) => {
@@ -82,96 +81,28 @@ fn cr_sysvipc_own_namespace() {
     .assert_pass(&work);
 }
 
-/// Dumps `tp_sysvipc ARGS`, restores it with `--new-pid-ns` (a helper
-/// init holds PID 1 there, the tree keeps its PIDs) and lets it check.
-fn run_new_pid_ns(work: &Work, args: &[&str]) -> Outcome {
-    let opts = Opts::default();
-    ensure_subreaper();
-    let mut p = start_ready(work, Program::Bin("tp_sysvipc"), args, &opts);
-    dump_and_check_gone(work, &mut p, &opts);
-    let out = restore_detached(work, &["--new-pid-ns"], opts.stasis_timeout);
-    if !out.success() {
-        fail(work, format!("restore --new-pid-ns failed: {out:?}"));
-    }
-    let root = pidfile(work, "pidfile");
-    let status = std::fs::read_to_string(format!("/proc/{root}/status")).unwrap_or_default();
-    let nspid = status
-        .lines()
-        .find(|l| l.starts_with("NSpid:"))
-        .unwrap_or("");
-    if !nspid.trim_end().ends_with(&format!("\t{}", p.pid)) {
-        fail(
-            work,
-            format!("the copy is not PID {} in a namespace: {nspid:?}", p.pid),
-        );
-    }
-    // The helper init (the root's parent) is ours to wait for: it exits
-    // with the root's status.
-    let helper = std::fs::read_to_string(format!("/proc/{root}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(") ")
-                .and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
-        })
-        .unwrap_or_else(|| fail(work, "no parent of the copy"));
-    let mut helper = Proc::adopt(helper);
-    finish(work, &mut helper, opts.finish_timeout)
-}
-
 /// The same tree restored into a new PID namespace (`--new-pid-ns`):
 /// the PIDs SysV IPC recorded come back inside it (the objects are made
 /// by helpers forked there once its init exists).
 #[test]
 fn cr_sysvipc_own_namespace_new_pid_ns() {
     let work = Work::new("cr_sysvipc_new_pid_ns");
-    run_new_pid_ns(&work, &["--mode", "own"]).assert_pass(&work);
+    cr_new_pid_ns(&work, Program::Bin("tp_sysvipc"), &["--mode", "own"]).assert_pass(&work);
 }
 
 /// Its negative control: another PID expected must fail.
 #[test]
 fn negative_cr_sysvipc_pids_new_pid_ns() {
     let work = Work::new("negative_cr_sysvipc_pids_new_pid_ns");
-    let out = run_new_pid_ns(&work, &["--mode", "own", "--corrupt-pids"]);
+    let out = cr_new_pid_ns(
+        &work,
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "own", "--corrupt-pids"],
+    );
     assert!(
         out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
         "{out:?}"
     );
-}
-
-/// `tp_sysvipc ARGS` as PID 1 of a PID namespace of its own (`stasis
-/// run`): dumped, restored (its namespace made anew), released; returns
-/// its outcome.
-fn run_own_pid_ns(work: &Work, args: &[&str]) -> Outcome {
-    let t = Duration::from_secs(60);
-    let dir = work.dir().to_str().expect("utf-8").to_string();
-    let prog = bin_path("tp_sysvipc");
-    ensure_subreaper();
-    let run_pid = format!("{dir}/run.pid");
-    let mut run = vec!["run", "-d", "--pidfile", &run_pid, "--"];
-    run.push(prog.to_str().expect("utf-8"));
-    run.push(&dir);
-    run.extend_from_slice(args);
-    let out = stasis(work, &run, t);
-    if !out.success() {
-        fail(work, format!("stasis run: {out:?}"));
-    }
-    let mut init = Proc::adopt(pidfile(work, "run.pid"));
-    step(work, "waiting for ready", wait_ready(work, &mut init, t));
-    let ready = std::fs::read_to_string(work.path("ready")).unwrap_or_default();
-    if !ready.starts_with("READY 1") {
-        fail(work, format!("not PID 1 of its namespace: {ready:?}"));
-    }
-    let out = dump(work, init.pid, &[], t);
-    if !out.success() {
-        fail(work, format!("dump: {out:?}"));
-    }
-    step(work, "waiting for the dumped init", init.wait(t));
-    let out = restore_detached(work, &[], t);
-    if !out.success() {
-        fail(work, format!("restore: {out:?}"));
-    }
-    let mut r = Proc::adopt(pidfile(work, "pidfile"));
-    finish(work, &mut r, t)
 }
 
 /// The tree as PID 1 of a PID namespace of its own (a container's way):
@@ -182,14 +113,18 @@ fn run_own_pid_ns(work: &Work, args: &[&str]) -> Outcome {
 #[test]
 fn cr_sysvipc_own_namespace_own_pid_ns() {
     let work = Work::new("cr_sysvipc_own_pid_ns");
-    run_own_pid_ns(&work, &["--mode", "own"]).assert_pass(&work);
+    cr_own_pid_ns(&work, Program::Bin("tp_sysvipc"), &["--mode", "own"]).assert_pass(&work);
 }
 
 /// Its negative control: another PID expected must fail.
 #[test]
 fn negative_cr_sysvipc_pids_own_pid_ns() {
     let work = Work::new("negative_cr_sysvipc_pids_own_pid_ns");
-    let out = run_own_pid_ns(&work, &["--mode", "own", "--corrupt-pids"]);
+    let out = cr_own_pid_ns(
+        &work,
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "own", "--corrupt-pids"],
+    );
     assert!(
         out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
         "{out:?}"

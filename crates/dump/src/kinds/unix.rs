@@ -127,6 +127,65 @@ fn holder(d: &Fd<'_>) -> Result<PeerCred> {
     })
 }
 
+/// A tree in a PID namespace of its own: every saved SO_PEERCRED PID as
+/// that namespace numbers it (read by a child forked there: the creator
+/// may have exited, so NSpid cannot translate it), and a waiting client's
+/// connector, the process holding it, by its PID there.
+pub(crate) fn peer_pids_in_pid_ns(procs: &mut [crate::collect::Collected]) -> Result<()> {
+    let Some(root) = procs.first().map(|c| c.host_pid) else {
+        return Ok(());
+    };
+    let mut socks = Vec::new();
+    let mut at = Vec::new();
+    for (k, c) in procs.iter().enumerate() {
+        for (j, e) in c.image.files.iter().enumerate() {
+            if let FdKind::UnixSocket {
+                peercred: Some(p), ..
+            }
+            | FdKind::UnixBound {
+                peercred: Some(p), ..
+            } = &e.kind
+            {
+                if p.pid > 0 {
+                    socks.push(super::dup_of(c.host_pid, e.fd)?);
+                    at.push((k, j));
+                }
+            }
+        }
+    }
+    if !socks.is_empty() {
+        let ns = stasis_sys::util::open(
+            &format!("/proc/{root}/ns/pid"),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+        .at(root, Stage::Check)?;
+        let pids = sock::peer_pids_in_pid_ns(&ns, &socks).at(root, Stage::Check)?;
+        for ((k, j), pid) in at.into_iter().zip(pids) {
+            if let FdKind::UnixSocket {
+                peercred: Some(p), ..
+            }
+            | FdKind::UnixBound {
+                peercred: Some(p), ..
+            } = &mut procs[k].image.files[j].kind
+            {
+                p.pid = pid;
+            }
+        }
+    }
+    for c in procs.iter_mut() {
+        let me = c.image.pid as i32;
+        for e in &mut c.image.files {
+            if let FdKind::UnixSocket {
+                connector: Some(x), ..
+            } = &mut e.kind
+            {
+                x.pid = me;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The other end of each socket is in the tree, or was closed; the
 /// listener or named datagram socket a client is connected to is in it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {

@@ -94,8 +94,15 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
         };
         // Connected as the process that connected it: what the accepted
         // end reports (SO_PEERCRED, SO_PEERGROUPS).
+        let connector = client_entry(cx, cid).and_then(|(_, c)| c);
+        if let (Some(calls), Some(c)) = (o.sock_calls.as_mut(), connector.filter(|c| c.pid > 0)) {
+            // In a PID namespace: connected by the root's helper with the
+            // connector's PID there, after the listens.
+            calls.push(call(&o.owned[i], c, None, &s.name));
+            continue;
+        }
         let (o, client) = (&*o, &o.owned[i]);
-        match client_entry(cx, cid).and_then(|(_, c)| c) {
+        match connector {
             Some(c) => super::unix::as_saved(o, cx, c, |p, ids| {
                 sock::connect_unix_as(client, &s.name, p, ids)
             })?,
@@ -103,6 +110,24 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A [`stasis_sys::spawn::SockCall`] on `fd` as the saved caller `c`.
+fn call(
+    fd: &std::os::fd::OwnedFd,
+    c: &PeerCred,
+    listen: Option<i32>,
+    name: &[u8],
+) -> stasis_sys::spawn::SockCall {
+    stasis_sys::spawn::SockCall {
+        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+        pid: c.pid,
+        uid: c.uid,
+        gid: c.gid,
+        groups: c.groups.clone(),
+        listen,
+        name: name.to_vec(),
+    }
 }
 
 /// The options saved with client `id`'s entry.
@@ -161,7 +186,12 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     if let Some(backlog) = s.listen {
         match s.peercred {
             Some(c) => {
-                super::unix::as_saved(o, cx, c, |p, ids| sock::listen_as(&fd, backlog, p, ids))?
+                super::unix::as_saved(o, cx, c, |p, ids| sock::listen_as(&fd, backlog, p, ids))?;
+                // In a PID namespace: listened on again by its creator's
+                // PID there, before the tree's processes exist.
+                if let Some(calls) = o.sock_calls.as_mut().filter(|_| c.pid > 0) {
+                    calls.push(call(&fd, c, Some(backlog), s.name));
+                }
             }
             None => sock::listen(&fd, backlog).at(pid, st)?,
         }

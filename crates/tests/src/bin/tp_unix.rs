@@ -40,7 +40,16 @@
 //! listener's accept queue: accepted after restore, it reports the child
 //! (`--corrupt-waiting`: expects another PID there, to fail).
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]]`
+//! `--peercred-listen`: what PID-namespace restores keep (run also as
+//! PID 1 of its own namespace and with `--new-pid-ns`): SO_PEERCRED of a
+//! listener a child listened on as 2222 (exited) and of one of the
+//! program's own, a connection a running child made as 4444:4444 (group
+//! 99) waiting in the first, one of the program's own waiting in the
+//! second; after restore both listeners read the same, each waiting
+//! connection, accepted, reports its maker, a new client the child's
+//! listener's maker (`--corrupt`: expects another PID, to fail).
+//!
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -373,6 +382,133 @@ fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
     proto.finish(&report);
 }
 
+/// `--peercred-listen`: see the module comment.
+fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
+    let mut report = Report::new();
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let via = pair(libc::SOCK_DGRAM);
+    // Unique across tests (as PID 1 of a namespace every copy is PID 1).
+    let name = format!("\0tp_unix-pcl-{}", proto.path("l").display());
+    let own_name = format!("\0tp_unix-pcl-own-{}", proto.path("l").display());
+    // A listener a child listened on as 2222 (then exited).
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    let maker = unsafe { libc::fork() };
+    if maker == 0 {
+        // SAFETY: plain calls in the child.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(2222, 2222, 2222) != 0
+                || libc::setresuid(2222, 2222, 2222) != 0
+            {
+                libc::_exit(1);
+            }
+        }
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, name.as_bytes());
+        listen(l, 4);
+        send_fd(via[1], l);
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(0) };
+    }
+    let listener = recv_fd(via[0]);
+    // SAFETY: reaps our child.
+    unsafe { libc::waitpid(maker, std::ptr::null_mut(), 0) };
+    // A listener of our own, and a connection of ours waiting in it.
+    let own = sock(libc::SOCK_STREAM);
+    bind(own, own_name.as_bytes());
+    listen(own, 4);
+    let mine = sock(libc::SOCK_STREAM);
+    report.eq(
+        "connect to our own listener",
+        0,
+        connect(mine, own_name.as_bytes()),
+    );
+    // A child that stays connects to the child's listener as 4444 (group
+    // 99) and holds its client: that connection waits.
+    let (mut hold, mut conn) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: valid out arrays.
+    assert_eq!(unsafe { libc::pipe(hold.as_mut_ptr()) }, 0);
+    // SAFETY: valid out arrays.
+    assert_eq!(unsafe { libc::pipe(conn.as_mut_ptr()) }, 0);
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    let waits = unsafe { libc::fork() };
+    if waits == 0 {
+        // SAFETY: plain calls in the child (which holds only its client).
+        unsafe {
+            libc::close(mine);
+            libc::close(own);
+            libc::close(listener);
+            let groups = [99u32];
+            let ok = libc::setgroups(1, groups.as_ptr()) == 0
+                && libc::setresgid(4444, 4444, 4444) == 0
+                && libc::setresuid(4444, 4444, 4444) == 0;
+            // It goes with us (set after the ids, which reset it).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let c = sock(libc::SOCK_STREAM);
+            let ok = ok && connect(c, name.as_bytes()) == 0;
+            libc::write(conn[1], if ok { b"c" } else { b"x" }.as_ptr().cast(), 1);
+            let mut b = [0u8; 1];
+            libc::read(hold[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: waits for the child's byte (it has connected); that pipe goes.
+    unsafe {
+        libc::read(conn[0], b.as_mut_ptr().cast(), 1);
+        libc::close(conn[0]);
+        libc::close(conn[1]);
+    }
+    report.eq("the child connected", b'c', b[0]);
+    let listeners_before = (peer(listener), peer(own));
+    report.eq(
+        "the child's listener's pid before",
+        maker,
+        listeners_before.0 .0,
+    );
+    report.eq("our listener's pid before", me, listeners_before.1 .0);
+    // What a connection of ours reports: our PID and ids.
+    let ours = {
+        let p = pair(libc::SOCK_STREAM);
+        peer(p[0])
+    };
+    proto.ready_and_wait();
+    report.eq(
+        "the listeners' SO_PEERCRED",
+        listeners_before.clone(),
+        (peer(listener), peer(own)),
+    );
+    let accept = |l: i32| {
+        // SAFETY: plain accept on our listener.
+        unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) }
+    };
+    let want = (waits + i32::from(corrupt), 4444, 4444, vec![99]);
+    report.eq(
+        "accepted end of a connection that waited (a running child as 4444)",
+        want,
+        peer(accept(listener)),
+    );
+    report.eq(
+        "accepted end of our own connection that waited",
+        ours,
+        peer(accept(own)),
+    );
+    let again = sock(libc::SOCK_STREAM);
+    report.eq("connect again", 0, connect(again, name.as_bytes()));
+    report.eq(
+        "a new client of the child's listener",
+        listeners_before.0,
+        peer(again),
+    );
+    // SAFETY: ends the running child, then reaps it.
+    unsafe {
+        libc::kill(waits, libc::SIGKILL);
+        libc::waitpid(waits, std::ptr::null_mut(), 0);
+    }
+    proto.finish(&report);
+}
+
 fn sock(ty: i32) -> i32 {
     // SAFETY: plain socket creation.
     let fd = unsafe { libc::socket(libc::AF_UNIX, ty, 0) };
@@ -481,6 +617,9 @@ fn talk(report: &mut Report, what: &str, listener: i32, name: &[u8], ty: i32) {
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
+    if args.flag("peercred-listen") {
+        peercred_listen(&proto, args.corrupt());
+    }
     if args.flag("peercred") {
         peercred(&proto, args.corrupt(), args.flag("corrupt-waiting"));
     }
