@@ -154,7 +154,8 @@ pub struct TreePlan {
 }
 
 /// A call that records its caller in a socket (SO_PEERCRED: listen, what
-/// clients of a listener see; connect, what the accepted end sees), made
+/// clients of a listener see; connect, what the accepted end sees;
+/// socketpair, both ends), made
 /// in a tree restored into a PID namespace by the root before it forks
 /// anything, on a descriptor of the caller's it inherited (`fd`), as
 /// process `pid` there with effective ids `uid`, `gid` and `groups`:
@@ -169,9 +170,19 @@ pub struct SockCall {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
-    /// listen(fd, backlog); None: connect(fd) to the unix socket `name`.
-    pub listen: Option<i32>,
-    pub name: Vec<u8>,
+    pub op: SockOp,
+}
+
+/// What a [`SockCall`] does.
+#[derive(Debug, Clone)]
+pub enum SockOp {
+    /// listen(fd, backlog).
+    Listen(i32),
+    /// connect(fd) to the unix socket of this name.
+    Connect(Vec<u8>),
+    /// A new socketpair(AF_UNIX, type) put at `fd` and `peer` in place of
+    /// the (idle) pair there, with their file status flags.
+    Pair { peer: i32, ty: i32 },
 }
 
 /// Makes one [`SockCall`]'s call (raw calls only).
@@ -179,19 +190,40 @@ pub struct SockCall {
 /// # Safety
 /// Only from a forked restore child or its helper.
 unsafe fn sock_call_now(c: &SockCall) -> bool {
-    // SAFETY: raw calls on an inherited descriptor; sa lives on this stack.
+    // SAFETY: raw calls on inherited descriptors; sa and fds live on this
+    // stack.
     unsafe {
-        match c.listen {
-            Some(backlog) => libc::syscall(libc::SYS_listen, c.fd, backlog) == 0,
-            None => {
+        match &c.op {
+            SockOp::Listen(backlog) => libc::syscall(libc::SYS_listen, c.fd, *backlog) == 0,
+            SockOp::Connect(name) => {
                 let mut sa: libc::sockaddr_un = std::mem::zeroed();
                 sa.sun_family = libc::AF_UNIX as u16;
-                let n = c.name.len().min(sa.sun_path.len());
+                let n = name.len().min(sa.sun_path.len());
                 for k in 0..n {
-                    sa.sun_path[k] = c.name[k] as libc::c_char;
+                    sa.sun_path[k] = name[k] as libc::c_char;
                 }
                 let len = std::mem::size_of::<libc::sa_family_t>() + n;
                 libc::syscall(libc::SYS_connect, c.fd, std::ptr::addr_of!(sa), len) == 0
+            }
+            &SockOp::Pair { peer, ty } => {
+                let fa = libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL);
+                let fb = libc::syscall(libc::SYS_fcntl, peer, libc::F_GETFL);
+                let mut fds = [-1i32; 2];
+                fa >= 0
+                    && fb >= 0
+                    && libc::syscall(
+                        libc::SYS_socketpair,
+                        libc::AF_UNIX,
+                        ty | libc::SOCK_CLOEXEC,
+                        0,
+                        fds.as_mut_ptr(),
+                    ) == 0
+                    && libc::syscall(libc::SYS_dup3, fds[0], c.fd, libc::O_CLOEXEC) >= 0
+                    && libc::syscall(libc::SYS_dup3, fds[1], peer, libc::O_CLOEXEC) >= 0
+                    && libc::syscall(libc::SYS_close, fds[0]) == 0
+                    && libc::syscall(libc::SYS_close, fds[1]) == 0
+                    && libc::syscall(libc::SYS_fcntl, c.fd, libc::F_SETFL, fa) == 0
+                    && libc::syscall(libc::SYS_fcntl, peer, libc::F_SETFL, fb) == 0
             }
         }
     }

@@ -10,6 +10,7 @@ use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::kinds::unix::{PeerCred, Queued};
 use stasis_image::{FdKind, ProcessImage};
+use stasis_sys::spawn::SockOp;
 use stasis_sys::{sock, util};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -156,6 +157,14 @@ fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
         sock::shutdown(fd, e.1).at(cx.pid, Stage::Fork)?;
     }
     Ok(())
+}
+
+/// Whether any descriptor is in flight in the image (a pair in flight
+/// keeps the socket it was sent as: not made again).
+fn in_flight(cx: &Cx<'_>) -> bool {
+    cx.procs.iter().flat_map(|p| &p.files).any(|e| {
+        matches!(&e.kind, FdKind::UnixSocket { queued, .. } if queued.iter().any(|q| !q.rights.is_empty()))
+    })
 }
 
 /// The saved SO_PEERCRED / SO_PEERGROUPS of end `id`.
@@ -355,6 +364,7 @@ pub(super) fn open(
             } else {
                 (&[][..], 0, None, &[][..])
             };
+            let plain = ea.3.is_empty() && eb.3.is_empty();
             let (a, b) = if !ea.3.is_empty() {
                 let (server, client) = through_listener(o, cx, ea.3, sock_type, (id, peer))?;
                 (server, client)
@@ -364,6 +374,18 @@ pub(super) fn open(
             } else {
                 pair(o, cx, id, sock_type)?
             };
+            // In a PID namespace an idle pair is made again by the root
+            // (or a helper) with its creator's PID there.
+            let idle = |e: &End<'_>| e.0.is_empty() && e.1 == 0 && e.2.is_none_or(|m| m.is_empty());
+            if let (Some(calls), Some(c)) = (&mut o.sock_calls, cred_of(cx, id)) {
+                if plain && peer != 0 && c.pid > 0 && idle(&ea) && idle(&eb) && !in_flight(cx) {
+                    let op = SockOp::Pair {
+                        peer: std::os::fd::AsRawFd::as_raw_fd(&b),
+                        ty: sock_type as i32,
+                    };
+                    calls.push(super::unixbound::call(&a, c, op));
+                }
+            }
             let rights = ea.0.iter().chain(eb.0).any(|q| !q.rights.is_empty());
             if !rights {
                 fill(cx, o, &b, ea.0, sock_type)?;

@@ -17,6 +17,7 @@ use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::kinds::unix::{PeerCred, Queued};
 use stasis_sys::sock;
+use stasis_sys::spawn::{SockCall, SockOp};
 use stasis_sys::util;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -98,7 +99,7 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
         if let (Some(calls), Some(c)) = (o.sock_calls.as_mut(), connector.filter(|c| c.pid > 0)) {
             // In a PID namespace: connected by the root's helper with the
             // connector's PID there, after the listens.
-            calls.push(call(&o.owned[i], c, None, &s.name));
+            calls.push(call(&o.owned[i], c, SockOp::Connect(s.name.clone())));
             continue;
         }
         let (o, client) = (&*o, &o.owned[i]);
@@ -113,20 +114,14 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
 }
 
 /// A [`stasis_sys::spawn::SockCall`] on `fd` as the saved caller `c`.
-fn call(
-    fd: &std::os::fd::OwnedFd,
-    c: &PeerCred,
-    listen: Option<i32>,
-    name: &[u8],
-) -> stasis_sys::spawn::SockCall {
-    stasis_sys::spawn::SockCall {
+pub(super) fn call(fd: &std::os::fd::OwnedFd, c: &PeerCred, op: SockOp) -> SockCall {
+    SockCall {
         fd: std::os::fd::AsRawFd::as_raw_fd(fd),
         pid: c.pid,
         uid: c.uid,
         gid: c.gid,
         groups: c.groups.clone(),
-        listen,
-        name: name.to_vec(),
+        op,
     }
 }
 
@@ -190,7 +185,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
                 // In a PID namespace: listened on again by its creator's
                 // PID there, before the tree's processes exist.
                 if let Some(calls) = o.sock_calls.as_mut().filter(|_| c.pid > 0) {
-                    calls.push(call(&fd, c, Some(backlog), s.name));
+                    calls.push(call(&fd, c, SockOp::Listen(backlog)));
                 }
             }
             None => sock::listen(&fd, backlog).at(pid, st)?,

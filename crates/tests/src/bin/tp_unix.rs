@@ -41,7 +41,9 @@
 //! (`--corrupt-waiting`: expects another PID there, to fail).
 //!
 //! `--peercred-listen`: what PID-namespace restores keep (run also as
-//! PID 1 of its own namespace and with `--new-pid-ns`): SO_PEERCRED of a
+//! PID 1 of its own namespace and with `--new-pid-ns`): SO_PEERCRED and
+//! SO_PEERGROUPS of two idle pairs (the program's, an end nonblocking;
+//! one a child made as 1234:5678, groups 77 and 88, and exited), of a
 //! listener a child listened on as 2222 (exited) and of one of the
 //! program's own, a connection a running child made as 4444:4444 (group
 //! 99) waiting in the first, one of the program's own waiting in the
@@ -414,6 +416,39 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
     let listener = recv_fd(via[0]);
     // SAFETY: reaps our child.
     unsafe { libc::waitpid(maker, std::ptr::null_mut(), 0) };
+    // Idle pairs: one of ours (an end nonblocking), one a child made as
+    // 1234:5678 with groups 77 and 88 and handed over before exiting.
+    let own_pair = pair(libc::SOCK_STREAM);
+    // SAFETY: fcntl on our descriptor.
+    unsafe { libc::fcntl(own_pair[1], libc::F_SETFL, libc::O_NONBLOCK) };
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    let pair_maker = unsafe { libc::fork() };
+    if pair_maker == 0 {
+        // SAFETY: plain calls in the child.
+        unsafe {
+            let groups = [77u32, 88];
+            if libc::setgroups(2, groups.as_ptr()) != 0
+                || libc::setresgid(5678, 5678, 5678) != 0
+                || libc::setresuid(1234, 1234, 1234) != 0
+            {
+                libc::_exit(1);
+            }
+            let p = pair(libc::SOCK_SEQPACKET);
+            send_fd(via[1], p[0]);
+            send_fd(via[1], p[1]);
+            libc::_exit(0);
+        }
+    }
+    let handed = [recv_fd(via[0]), recv_fd(via[0])];
+    // SAFETY: reaps our child.
+    unsafe { libc::waitpid(pair_maker, std::ptr::null_mut(), 0) };
+    let pairs = [own_pair[0], own_pair[1], handed[0], handed[1]];
+    let pairs_before: Vec<_> = pairs.iter().map(|&fd| peer(fd)).collect();
+    report.eq(
+        "the pairs' PIDs before",
+        vec![me, me, pair_maker, pair_maker],
+        pairs_before.iter().map(|p| p.0).collect::<Vec<_>>(),
+    );
     // A listener of our own, and a connection of ours waiting in it.
     let own = sock(libc::SOCK_STREAM);
     bind(own, own_name.as_bytes());
@@ -474,6 +509,21 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
         peer(p[0])
     };
     proto.ready_and_wait();
+    report.eq(
+        "the pairs' SO_PEERCRED and SO_PEERGROUPS",
+        pairs_before,
+        pairs.iter().map(|&fd| peer(fd)).collect::<Vec<_>>(),
+    );
+    // SAFETY: fcntl on our descriptors.
+    let nonblock = unsafe {
+        (
+            libc::fcntl(own_pair[0], libc::F_GETFL) & libc::O_NONBLOCK,
+            libc::fcntl(own_pair[1], libc::F_GETFL) & libc::O_NONBLOCK,
+        )
+    };
+    report.eq("the pair's O_NONBLOCK", (0, libc::O_NONBLOCK), nonblock);
+    report.eq("a byte through the own pair", 1, send(own_pair[0], b"p"));
+    report.eq("read back", b"p".to_vec(), recv_wait(own_pair[1]));
     report.eq(
         "the listeners' SO_PEERCRED",
         listeners_before.clone(),
