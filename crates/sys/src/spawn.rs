@@ -185,6 +185,27 @@ pub enum SockOp {
     Pair { peer: i32, ty: i32 },
 }
 
+/// Waits for the caller's byte on [`TreePlan::gate`], if any; exits
+/// (reporting `pid`'s failure) when the caller closed it without one.
+/// Raw calls only.
+fn wait_at_gate(plan: &TreePlan, pid: i32) {
+    let Some((r, w)) = plan.gate else {
+        return;
+    };
+    // SAFETY: raw calls on the inherited pipe and a byte on this stack.
+    unsafe {
+        // Only the caller's end may keep the pipe open for writing.
+        libc::syscall(libc::SYS_close, w);
+        let mut b = 0u8;
+        let got = libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize);
+        libc::syscall(libc::SYS_close, r);
+        if got != 1 {
+            report(plan.ready_fd, pid, 18);
+            exit_now(18);
+        }
+    }
+}
+
 /// Makes one [`SockCall`]'s call (raw calls only).
 ///
 /// # Safety
@@ -199,8 +220,8 @@ unsafe fn sock_call_now(c: &SockCall) -> bool {
                 let mut sa: libc::sockaddr_un = std::mem::zeroed();
                 sa.sun_family = libc::AF_UNIX as u16;
                 let n = name.len().min(sa.sun_path.len());
-                for k in 0..n {
-                    sa.sun_path[k] = name[k] as libc::c_char;
+                for (d, &b) in sa.sun_path.iter_mut().zip(name.iter()) {
+                    *d = b as libc::c_char;
                 }
                 let len = std::mem::size_of::<libc::sa_family_t>() + n;
                 libc::syscall(libc::SYS_connect, c.fd, std::ptr::addr_of!(sa), len) == 0
@@ -730,16 +751,7 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
         // The init of the tree's own PID namespace: the caller makes
         // what needs PIDs there (the gate, see TreePlan) before any other.
         if i == 0 && p.pid == 1 {
-            if let Some((r, w)) = plan.gate {
-                libc::syscall(libc::SYS_close, w);
-                let mut b = 0u8;
-                let got = libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize);
-                libc::syscall(libc::SYS_close, r);
-                if got != 1 {
-                    report(plan.ready_fd, me, 18);
-                    exit_now(18);
-                }
-            }
+            wait_at_gate(plan, me);
         }
         if fork_children(plan, p, me) < 0 {
             exit_now(7);
@@ -1323,17 +1335,7 @@ fn helper_init(plan: &TreePlan) -> ! {
             exit_now(9);
         }
         libc::syscall(libc::SYS_setsid);
-        if let Some((r, w)) = plan.gate {
-            // Only the caller's end may keep the pipe open for writing.
-            libc::syscall(libc::SYS_close, w);
-            let mut b = 0u8;
-            let got = libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize);
-            libc::syscall(libc::SYS_close, r);
-            if got != 1 {
-                report(plan.ready_fd, root.pid, 18);
-                exit_now(18);
-            }
-        }
+        wait_at_gate(plan, root.pid);
         let mut unused = -1;
         let r = fork_plan_child(plan, 0, 1, &mut unused);
         if r < 0 {

@@ -90,11 +90,11 @@ fn cr_sysvipc_own_namespace_new_pid_ns() {
     cr_new_pid_ns(&work, Program::Bin("tp_sysvipc"), &["--mode", "own"]).assert_pass(&work);
 }
 
-/// Its negative control: another PID expected must fail.
-#[test]
-fn negative_cr_sysvipc_pids_new_pid_ns() {
-    let work = Work::new("negative_cr_sysvipc_pids_new_pid_ns");
-    let out = cr_new_pid_ns(
+/// The PID check's negative control through `cr` (a PID namespace
+/// driver): another PID expected must fail.
+fn negative_pids(name: &str, cr: fn(&Work, Program, &[&str]) -> Outcome) {
+    let work = Work::new(name);
+    let out = cr(
         &work,
         Program::Bin("tp_sysvipc"),
         &["--mode", "own", "--corrupt-pids"],
@@ -103,6 +103,12 @@ fn negative_cr_sysvipc_pids_new_pid_ns() {
         out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
         "{out:?}"
     );
+}
+
+/// Its negative control.
+#[test]
+fn negative_cr_sysvipc_pids_new_pid_ns() {
+    negative_pids("negative_cr_sysvipc_pids_new_pid_ns", cr_new_pid_ns);
 }
 
 /// The tree as PID 1 of a PID namespace of its own (a container's way):
@@ -116,19 +122,10 @@ fn cr_sysvipc_own_namespace_own_pid_ns() {
     cr_own_pid_ns(&work, Program::Bin("tp_sysvipc"), &["--mode", "own"]).assert_pass(&work);
 }
 
-/// Its negative control: another PID expected must fail.
+/// Its negative control.
 #[test]
 fn negative_cr_sysvipc_pids_own_pid_ns() {
-    let work = Work::new("negative_cr_sysvipc_pids_own_pid_ns");
-    let out = cr_own_pid_ns(
-        &work,
-        Program::Bin("tp_sysvipc"),
-        &["--mode", "own", "--corrupt-pids"],
-    );
-    assert!(
-        out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
-        "{out:?}"
-    );
+    negative_pids("negative_cr_sysvipc_pids_own_pid_ns", cr_own_pid_ns);
 }
 
 fn shmid(work: &Work) -> i32 {

@@ -209,12 +209,10 @@ fn peer(fd: i32) -> (i32, u32, u32, Vec<u32>) {
     (c.pid, c.uid, c.gid, g[..glen as usize / 4].to_vec())
 }
 
-/// `--peercred`: see the module comment.
-fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
-    let mut report = Report::new();
-    let own = pair(libc::SOCK_STREAM);
-    // A child as another user makes a pair, hands both ends over, exits.
-    let via = pair(libc::SOCK_DGRAM);
+/// A pair of type `ty` a child made as uid 1234, gid 5678, groups 77 and
+/// 88, handed over through `via` before exiting: its ends and the child's
+/// PID (free again).
+fn pair_of_exited_child(via: [i32; 2], ty: i32) -> ([i32; 2], i32) {
     // SAFETY: fork in a single-threaded program.
     let child = unsafe { libc::fork() };
     if child == 0 {
@@ -227,7 +225,7 @@ fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
             {
                 libc::_exit(1);
             }
-            let p = pair(libc::SOCK_DGRAM);
+            let p = pair(ty);
             send_fd(via[1], p[0]);
             send_fd(via[1], p[1]);
             libc::_exit(0);
@@ -236,6 +234,56 @@ fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
     let handed = [recv_fd(via[0]), recv_fd(via[0])];
     // SAFETY: reaps our child.
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    (handed, child)
+}
+
+/// A child that connects to `name` as uid and gid 4444 with group 99
+/// and holds its client (closing `close` first) until killed or we exit:
+/// its connection waits in the listener's accept queue. Its PID.
+fn waiting_client_of_child(name: &str, close: &[i32]) -> i32 {
+    let mut conn = [0i32; 2];
+    // SAFETY: valid out array.
+    assert_eq!(unsafe { libc::pipe(conn.as_mut_ptr()) }, 0);
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: plain calls in the child.
+        unsafe {
+            for &fd in close {
+                libc::close(fd);
+            }
+            let groups = [99u32];
+            let ok = libc::setgroups(1, groups.as_ptr()) == 0
+                && libc::setresgid(4444, 4444, 4444) == 0
+                && libc::setresuid(4444, 4444, 4444) == 0;
+            // It goes with us (set after the ids, which reset it).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let c = sock(libc::SOCK_STREAM);
+            let ok = ok && connect(c, name.as_bytes()) == 0;
+            libc::write(conn[1], if ok { b"c" } else { b"x" }.as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: waits for the child's byte (it has connected); the pipe goes.
+    unsafe {
+        libc::read(conn[0], b.as_mut_ptr().cast(), 1);
+        libc::close(conn[0]);
+        libc::close(conn[1]);
+    }
+    assert_eq!(b[0], b'c', "the child did not connect");
+    child
+}
+
+/// `--peercred`: see the module comment.
+fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
+    let mut report = Report::new();
+    let own = pair(libc::SOCK_STREAM);
+    // A child as another user makes a pair, hands both ends over, exits.
+    let via = pair(libc::SOCK_DGRAM);
+    let (handed, child) = pair_of_exited_child(via, libc::SOCK_DGRAM);
     // A child that stays (in the tree) makes a pair and shares one end.
     let mut hold = [0i32; 2];
     // SAFETY: valid out array.
@@ -293,38 +341,7 @@ fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
     assert!(server >= 0, "accept: errno {}", errno());
     // A child that stays (in the tree) connects as 4444:4444 with group
     // 99 and holds its client: the connection waits in the accept queue.
-    let mut conn = [0i32; 2];
-    // SAFETY: valid out array.
-    assert_eq!(unsafe { libc::pipe(conn.as_mut_ptr()) }, 0);
-    // SAFETY: fork in a single-threaded program; the child ends with _exit.
-    let waits = unsafe { libc::fork() };
-    if waits == 0 {
-        // SAFETY: plain calls in the child.
-        unsafe {
-            let groups = [99u32];
-            if libc::setgroups(1, groups.as_ptr()) != 0
-                || libc::setresgid(4444, 4444, 4444) != 0
-                || libc::setresuid(4444, 4444, 4444) != 0
-            {
-                libc::_exit(1);
-            }
-            let c = sock(libc::SOCK_STREAM);
-            if connect(c, name.as_bytes()) != 0 {
-                libc::_exit(1);
-            }
-            libc::write(conn[1], b"c".as_ptr().cast(), 1);
-            let mut b = [0u8; 1];
-            libc::read(hold[0], b.as_mut_ptr().cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    let mut b = [0u8; 1];
-    // SAFETY: waits for the child's byte (it has connected); the pipe goes.
-    unsafe {
-        libc::read(conn[0], b.as_mut_ptr().cast(), 1);
-        libc::close(conn[0]);
-        libc::close(conn[1]);
-    }
+    let waits = waiting_client_of_child(&name, &[]);
     let ends = [
         ("own pair, end 0", own[0]),
         ("own pair, end 1", own[1]),
@@ -421,27 +438,7 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
     let own_pair = pair(libc::SOCK_STREAM);
     // SAFETY: fcntl on our descriptor.
     unsafe { libc::fcntl(own_pair[1], libc::F_SETFL, libc::O_NONBLOCK) };
-    // SAFETY: fork in a single-threaded program; the child ends with _exit.
-    let pair_maker = unsafe { libc::fork() };
-    if pair_maker == 0 {
-        // SAFETY: plain calls in the child.
-        unsafe {
-            let groups = [77u32, 88];
-            if libc::setgroups(2, groups.as_ptr()) != 0
-                || libc::setresgid(5678, 5678, 5678) != 0
-                || libc::setresuid(1234, 1234, 1234) != 0
-            {
-                libc::_exit(1);
-            }
-            let p = pair(libc::SOCK_SEQPACKET);
-            send_fd(via[1], p[0]);
-            send_fd(via[1], p[1]);
-            libc::_exit(0);
-        }
-    }
-    let handed = [recv_fd(via[0]), recv_fd(via[0])];
-    // SAFETY: reaps our child.
-    unsafe { libc::waitpid(pair_maker, std::ptr::null_mut(), 0) };
+    let (handed, pair_maker) = pair_of_exited_child(via, libc::SOCK_SEQPACKET);
     let pairs = [own_pair[0], own_pair[1], handed[0], handed[1]];
     let pairs_before: Vec<_> = pairs.iter().map(|&fd| peer(fd)).collect();
     report.eq(
@@ -460,42 +457,8 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
         connect(mine, own_name.as_bytes()),
     );
     // A child that stays connects to the child's listener as 4444 (group
-    // 99) and holds its client: that connection waits.
-    let (mut hold, mut conn) = ([0i32; 2], [0i32; 2]);
-    // SAFETY: valid out arrays.
-    assert_eq!(unsafe { libc::pipe(hold.as_mut_ptr()) }, 0);
-    // SAFETY: valid out arrays.
-    assert_eq!(unsafe { libc::pipe(conn.as_mut_ptr()) }, 0);
-    // SAFETY: fork in a single-threaded program; the child ends with _exit.
-    let waits = unsafe { libc::fork() };
-    if waits == 0 {
-        // SAFETY: plain calls in the child (which holds only its client).
-        unsafe {
-            libc::close(mine);
-            libc::close(own);
-            libc::close(listener);
-            let groups = [99u32];
-            let ok = libc::setgroups(1, groups.as_ptr()) == 0
-                && libc::setresgid(4444, 4444, 4444) == 0
-                && libc::setresuid(4444, 4444, 4444) == 0;
-            // It goes with us (set after the ids, which reset it).
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let c = sock(libc::SOCK_STREAM);
-            let ok = ok && connect(c, name.as_bytes()) == 0;
-            libc::write(conn[1], if ok { b"c" } else { b"x" }.as_ptr().cast(), 1);
-            let mut b = [0u8; 1];
-            libc::read(hold[0], b.as_mut_ptr().cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    let mut b = [0u8; 1];
-    // SAFETY: waits for the child's byte (it has connected); that pipe goes.
-    unsafe {
-        libc::read(conn[0], b.as_mut_ptr().cast(), 1);
-        libc::close(conn[0]);
-        libc::close(conn[1]);
-    }
-    report.eq("the child connected", b'c', b[0]);
+    // 99) and holds its client (only): that connection waits.
+    let waits = waiting_client_of_child(&name, &[mine, own, listener]);
     let listeners_before = (peer(listener), peer(own));
     report.eq(
         "the child's listener's pid before",
