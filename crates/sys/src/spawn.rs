@@ -183,6 +183,50 @@ pub enum SockOp {
     /// A new socketpair(AF_UNIX, type) put at `fd` and `peer` in place of
     /// the (idle) pair there, with their file status flags.
     Pair { peer: i32, ty: i32 },
+    /// A connection accepted from the listener at `listener` (bound to
+    /// `name`): a new socket connected to `name` (the call), accepted, put
+    /// at `client` and at `fd` (the accepted end) in place of the (idle)
+    /// connection there, with their file status flags.
+    Accepted {
+        listener: i32,
+        client: i32,
+        name: Vec<u8>,
+        ty: i32,
+    },
+}
+
+/// connect(2) of `fd` to the unix socket `name` (raw calls only).
+///
+/// # Safety
+/// Raw calls only; callable right after a fork.
+unsafe fn connect_raw(fd: i32, name: &[u8]) -> bool {
+    // SAFETY: sa lives on this stack; its length is passed.
+    unsafe {
+        let mut sa: libc::sockaddr_un = std::mem::zeroed();
+        sa.sun_family = libc::AF_UNIX as u16;
+        let n = name.len().min(sa.sun_path.len());
+        for (d, &b) in sa.sun_path.iter_mut().zip(name.iter()) {
+            *d = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + n;
+        libc::syscall(libc::SYS_connect, fd, std::ptr::addr_of!(sa), len) == 0
+    }
+}
+
+/// Puts the new sockets `new` at the numbers `at` (close-on-exec), with
+/// the file status flags `flags` the old ones there had.
+///
+/// # Safety
+/// Raw calls only; callable right after a fork.
+unsafe fn put_in_place(new: [i32; 2], at: [i32; 2], flags: [i64; 2]) -> bool {
+    // SAFETY: raw calls on descriptors of ours.
+    unsafe {
+        (0..2).all(|k| {
+            libc::syscall(libc::SYS_dup3, new[k], at[k], libc::O_CLOEXEC) >= 0
+                && libc::syscall(libc::SYS_close, new[k]) == 0
+                && libc::syscall(libc::SYS_fcntl, at[k], libc::F_SETFL, flags[k]) == 0
+        })
+    }
 }
 
 /// Waits for the caller's byte on [`TreePlan::gate`], if any; exits
@@ -216,22 +260,14 @@ unsafe fn sock_call_now(c: &SockCall) -> bool {
     unsafe {
         match &c.op {
             SockOp::Listen(backlog) => libc::syscall(libc::SYS_listen, c.fd, *backlog) == 0,
-            SockOp::Connect(name) => {
-                let mut sa: libc::sockaddr_un = std::mem::zeroed();
-                sa.sun_family = libc::AF_UNIX as u16;
-                let n = name.len().min(sa.sun_path.len());
-                for (d, &b) in sa.sun_path.iter_mut().zip(name.iter()) {
-                    *d = b as libc::c_char;
-                }
-                let len = std::mem::size_of::<libc::sa_family_t>() + n;
-                libc::syscall(libc::SYS_connect, c.fd, std::ptr::addr_of!(sa), len) == 0
-            }
+            SockOp::Connect(name) => connect_raw(c.fd, name),
             &SockOp::Pair { peer, ty } => {
-                let fa = libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL);
-                let fb = libc::syscall(libc::SYS_fcntl, peer, libc::F_GETFL);
+                let flags = [
+                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL),
+                    libc::syscall(libc::SYS_fcntl, peer, libc::F_GETFL),
+                ];
                 let mut fds = [-1i32; 2];
-                fa >= 0
-                    && fb >= 0
+                flags.iter().all(|&f| f >= 0)
                     && libc::syscall(
                         libc::SYS_socketpair,
                         libc::AF_UNIX,
@@ -239,12 +275,27 @@ unsafe fn sock_call_now(c: &SockCall) -> bool {
                         0,
                         fds.as_mut_ptr(),
                     ) == 0
-                    && libc::syscall(libc::SYS_dup3, fds[0], c.fd, libc::O_CLOEXEC) >= 0
-                    && libc::syscall(libc::SYS_dup3, fds[1], peer, libc::O_CLOEXEC) >= 0
-                    && libc::syscall(libc::SYS_close, fds[0]) == 0
-                    && libc::syscall(libc::SYS_close, fds[1]) == 0
-                    && libc::syscall(libc::SYS_fcntl, c.fd, libc::F_SETFL, fa) == 0
-                    && libc::syscall(libc::SYS_fcntl, peer, libc::F_SETFL, fb) == 0
+                    && put_in_place(fds, [c.fd, peer], flags)
+            }
+            SockOp::Accepted {
+                listener,
+                client,
+                name,
+                ty,
+            } => {
+                let flags = [
+                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL),
+                    libc::syscall(libc::SYS_fcntl, *client, libc::F_GETFL),
+                ];
+                let x = libc::syscall(libc::SYS_socket, libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0)
+                    as i32;
+                if flags.iter().any(|&f| f < 0) || x < 0 || !connect_raw(x, name) {
+                    return false;
+                }
+                let null = std::ptr::null_mut::<libc::c_void>();
+                let y = libc::syscall(libc::SYS_accept4, *listener, null, null, libc::SOCK_CLOEXEC)
+                    as i32;
+                y >= 0 && put_in_place([y, x], [c.fd, *client], flags)
             }
         }
     }

@@ -159,6 +159,48 @@ fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
     Ok(())
 }
 
+/// In a PID namespace (`Opened::sock_calls`): an idle pair (`a`, `b`), or
+/// an idle connection accepted through the image's listener, is made
+/// again by the root (or a helper) with its maker's PID there: the pair's
+/// creator, the connection's connector (what the accepted end reports).
+fn redo_in_pid_ns(
+    o: &mut Opened,
+    cx: &Cx<'_>,
+    (id, peer, sock_type): (u64, u64, u32),
+    (a, b): (&OwnedFd, &OwnedFd),
+    accepted: Option<(u64, Option<i32>, &[u8])>,
+) -> Result<()> {
+    if o.sock_calls.is_none() || peer == 0 {
+        return Ok(());
+    }
+    let idle = |e: &End<'_>| e.0.is_empty() && e.1 == 0 && e.2.is_none_or(|m| m.is_empty());
+    if !idle(&end(cx, id)) || !idle(&end(cx, peer)) || in_flight(cx) {
+        return Ok(());
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd;
+    let ty = sock_type as i32;
+    let call = match accepted {
+        None => cred_of(cx, id).map(|c| (c, a, SockOp::Pair { peer: raw(b), ty })),
+        Some((server, Some(listener), name)) => {
+            let (s, c) = if server == id { (a, b) } else { (b, a) };
+            let op = SockOp::Accepted {
+                listener,
+                client: raw(c),
+                name: name.to_vec(),
+                ty,
+            };
+            cred_of(cx, server).map(|cred| (cred, s, op))
+        }
+        Some(_) => None,
+    };
+    if let (Some(calls), Some((c, fd, op))) = (&mut o.sock_calls, call) {
+        if c.pid > 0 {
+            calls.push(super::unixbound::call(fd, c, op));
+        }
+    }
+    Ok(())
+}
+
 /// Whether any descriptor is in flight in the image (a pair in flight
 /// keeps the socket it was sent as: not made again).
 fn in_flight(cx: &Cx<'_>) -> bool {
@@ -243,7 +285,7 @@ fn through_listener(
     name: &[u8],
     sock_type: u32,
     (server, client_id): (u64, u64),
-) -> Result<(OwnedFd, OwnedFd)> {
+) -> Result<(OwnedFd, OwnedFd, Option<i32>)> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let ty = sock_type as i32;
     let client = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
@@ -256,7 +298,8 @@ fn through_listener(
     if let Some(i) = o.object("unix listener", super::name_key(name)) {
         let l = &o.owned[i];
         connect(&client)?;
-        return Ok((sock::accept(l).at(pid, st)?, client));
+        let lfd = std::os::fd::AsRawFd::as_raw_fd(l);
+        return Ok((sock::accept(l).at(pid, st)?, client, Some(lfd)));
     }
     let path = (name.first() != Some(&0))
         .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
@@ -274,7 +317,7 @@ fn through_listener(
     if let Some(p) = &path {
         let _ = std::fs::remove_file(p);
     }
-    Ok((r?, client))
+    Ok((r?, client, None))
 }
 
 /// A stream socket whose peer was outside the tree (criu's
@@ -364,28 +407,21 @@ pub(super) fn open(
             } else {
                 (&[][..], 0, None, &[][..])
             };
-            let plain = ea.3.is_empty() && eb.3.is_empty();
+            // (server id, listener's descriptor, name) of an accepted
+            // connection.
+            let mut accepted = None;
             let (a, b) = if !ea.3.is_empty() {
-                let (server, client) = through_listener(o, cx, ea.3, sock_type, (id, peer))?;
+                let (server, client, l) = through_listener(o, cx, ea.3, sock_type, (id, peer))?;
+                accepted = Some((id, l, ea.3));
                 (server, client)
             } else if !eb.3.is_empty() {
-                let (server, client) = through_listener(o, cx, eb.3, sock_type, (peer, id))?;
+                let (server, client, l) = through_listener(o, cx, eb.3, sock_type, (peer, id))?;
+                accepted = Some((peer, l, eb.3));
                 (client, server)
             } else {
                 pair(o, cx, id, sock_type)?
             };
-            // In a PID namespace an idle pair is made again by the root
-            // (or a helper) with its creator's PID there.
-            let idle = |e: &End<'_>| e.0.is_empty() && e.1 == 0 && e.2.is_none_or(|m| m.is_empty());
-            if let (Some(calls), Some(c)) = (&mut o.sock_calls, cred_of(cx, id)) {
-                if plain && peer != 0 && c.pid > 0 && idle(&ea) && idle(&eb) && !in_flight(cx) {
-                    let op = SockOp::Pair {
-                        peer: std::os::fd::AsRawFd::as_raw_fd(&b),
-                        ty: sock_type as i32,
-                    };
-                    calls.push(super::unixbound::call(&a, c, op));
-                }
-            }
+            redo_in_pid_ns(o, cx, (id, peer, sock_type), (&a, &b), accepted)?;
             let rights = ea.0.iter().chain(eb.0).any(|q| !q.rights.is_empty());
             if !rights {
                 fill(cx, o, &b, ea.0, sock_type)?;

@@ -102,6 +102,11 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
             calls.push(call(&o.owned[i], c, SockOp::Connect(s.name.clone())));
             continue;
         }
+        // A connection accepted through this listener is not made again
+        // after this one is queued (its accept would take this one).
+        if let Some(calls) = o.sock_calls.as_mut() {
+            calls.retain(|c| !matches!(&c.op, SockOp::Accepted { name, .. } if *name == s.name));
+        }
         let (o, client) = (&*o, &o.owned[i]);
         match connector {
             Some(c) => super::unix::as_saved(o, cx, c, |p, ids| {

@@ -43,7 +43,9 @@
 //! `--peercred-listen`: what PID-namespace restores keep (run also as
 //! PID 1 of its own namespace and with `--new-pid-ns`): SO_PEERCRED and
 //! SO_PEERGROUPS of two idle pairs (the program's, an end nonblocking;
-//! one a child made as 1234:5678, groups 77 and 88, and exited), of a
+//! one a child made as 1234:5678, groups 77 and 88, and exited), of an
+//! idle connection a child made as 4321 (exited) to the first listener
+//! below and the program accepted, of a
 //! listener a child listened on as 2222 (exited) and of one of the
 //! program's own, a connection a running child made as 4444:4444 (group
 //! 99) waiting in the first, one of the program's own waiting in the
@@ -237,6 +239,28 @@ fn pair_of_exited_child(via: [i32; 2], ty: i32) -> ([i32; 2], i32) {
     (handed, child)
 }
 
+/// The descriptor `act` makes in a child as uid and gid `uid` (no
+/// groups), handed over through `via` before it exits; and its PID.
+fn fd_of_child(via: [i32; 2], uid: u32, act: &dyn Fn() -> i32) -> (i32, i32) {
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    unsafe {
+        let c = libc::fork();
+        if c == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                libc::_exit(1);
+            }
+            send_fd(via[1], act());
+            libc::_exit(0);
+        }
+        let fd = recv_fd(via[0]);
+        libc::waitpid(c, std::ptr::null_mut(), 0);
+        (fd, c)
+    }
+}
+
 /// A child that connects to `name` as uid and gid 4444 with group 99
 /// and holds its client (closing `close` first) until killed or we exit:
 /// its connection waits in the listener's accept queue. Its PID.
@@ -305,26 +329,7 @@ fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
     // connection to it from a child as 4321:4321 (exited too).
     // SAFETY: getpid cannot fail.
     let name = format!("\0tp_unix-peercred-{}", unsafe { libc::getpid() });
-    let as_child = |uid: u32, act: &dyn Fn() -> i32| -> i32 {
-        // SAFETY: fork in a single-threaded program; the child ends with
-        // _exit.
-        unsafe {
-            let c = libc::fork();
-            if c == 0 {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setresgid(uid, uid, uid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    libc::_exit(1);
-                }
-                send_fd(via[1], act());
-                libc::_exit(0);
-            }
-            let fd = recv_fd(via[0]);
-            libc::waitpid(c, std::ptr::null_mut(), 0);
-            fd
-        }
-    };
+    let as_child = |uid: u32, act: &dyn Fn() -> i32| fd_of_child(via, uid, act).0;
     let listener = as_child(2222, &|| {
         let l = sock(libc::SOCK_STREAM);
         bind(l, name.as_bytes());
@@ -410,29 +415,27 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
     // Unique across tests (as PID 1 of a namespace every copy is PID 1).
     let name = format!("\0tp_unix-pcl-{}", proto.path("l").display());
     let own_name = format!("\0tp_unix-pcl-own-{}", proto.path("l").display());
-    // A listener a child listened on as 2222 (then exited).
-    // SAFETY: fork in a single-threaded program; the child ends with _exit.
-    let maker = unsafe { libc::fork() };
-    if maker == 0 {
-        // SAFETY: plain calls in the child.
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(2222, 2222, 2222) != 0
-                || libc::setresuid(2222, 2222, 2222) != 0
-            {
-                libc::_exit(1);
-            }
-        }
+    // A listener a child listened on as 2222 (then exited), and a
+    // connection to it a child made as 4321 (exited too), accepted.
+    let (listener, maker) = fd_of_child(via, 2222, &|| {
         let l = sock(libc::SOCK_STREAM);
         bind(l, name.as_bytes());
         listen(l, 4);
-        send_fd(via[1], l);
-        // SAFETY: ends the child.
-        unsafe { libc::_exit(0) };
-    }
-    let listener = recv_fd(via[0]);
-    // SAFETY: reaps our child.
-    unsafe { libc::waitpid(maker, std::ptr::null_mut(), 0) };
+        l
+    });
+    let (client, connector) = fd_of_child(via, 4321, &|| {
+        let c = sock(libc::SOCK_STREAM);
+        connect(c, name.as_bytes());
+        c
+    });
+    // SAFETY: plain accept on our listener.
+    let server = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    let conn_before = (peer(client), peer(server));
+    report.eq(
+        "the accepted connection's PIDs before (listener, connector)",
+        (maker, connector),
+        (conn_before.0 .0, conn_before.1 .0),
+    );
     // Idle pairs: one of ours (an end nonblocking), one a child made as
     // 1234:5678 with groups 77 and 88 and handed over before exiting.
     let own_pair = pair(libc::SOCK_STREAM);
@@ -472,6 +475,13 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
         peer(p[0])
     };
     proto.ready_and_wait();
+    report.eq(
+        "the accepted connection's SO_PEERCRED (client, server)",
+        conn_before,
+        (peer(client), peer(server)),
+    );
+    report.eq("a byte through it", 1, send(client, b"a"));
+    report.eq("read by the server", b"a".to_vec(), recv_wait(server));
     report.eq(
         "the pairs' SO_PEERCRED and SO_PEERGROUPS",
         pairs_before,
