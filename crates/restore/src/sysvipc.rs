@@ -39,8 +39,8 @@ pub(crate) struct Ipc {
     /// their contents, for [`Ipc::make`].
     create: Vec<i32>,
     pages: std::path::PathBuf,
-    /// A pidfd of the init of the tree's new PID namespace (`--new-pid-ns`):
-    /// the helpers that give the PIDs back are forked there.
+    /// A pidfd of the init of the tree's new PID namespace: the helpers
+    /// that give the PIDs back are forked there.
     pid_ns: Option<OwnedFd>,
     /// What the root, PID 1 of its own namespace, does once seized
     /// ([`PidPlan::root_live`]).
@@ -69,12 +69,13 @@ struct RootMsg {
 
 /// Where the last PIDs of the objects (shm_lpid, sempid, msg_lspid,
 /// msg_lrpid; shm_cpid) come from: helpers forked with those PIDs
-/// (clone3 set_tid) make the calls that record them. When the tree keeps
-/// the dump's PIDs, in the restorer's PID namespace or in a new one made
-/// for a tree that had none (`--new-pid-ns`: forked there once its init
-/// exists, [`Ipc::make_in`]); not for a tree that was in a PID namespace
-/// of its own: the saved numbers are then the dumper's view, not the
-/// tree's.
+/// (clone3 set_tid) make the calls that record them: in the restorer's
+/// PID namespace, or in a new one made for the tree (forked there once
+/// its init exists, [`Ipc::make_in`]): for a tree that had none
+/// (`--new-pid-ns`), or that was the init of one of its own (the dump
+/// read the PIDs as that namespace numbers them; what PID 1 recorded, the
+/// root redoes, [`PidPlan::root_live`]). Not with a user namespace of the
+/// tree's own (the PIDs read 0 there).
 pub(crate) struct PidPlan {
     /// The PIDs are given back.
     pub on: bool,
