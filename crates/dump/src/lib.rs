@@ -453,6 +453,9 @@ fn dump_frozen(
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
     checks::check_tree(frozen, opts.shell_job)?;
+    let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
+    let zombies: Vec<u32> = frozen.zombies.iter().map(|z| z.pid).collect();
+    sysvipc::refuse_lpid_outside(root, &tree_pids, &zombies)?;
     let sockets = kinds::SockOpts {
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
@@ -468,7 +471,6 @@ fn dump_frozen(
     let user_ns = userns::collect(Pid(root as i32))?;
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
-    let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
     let mntns = mntns::collect(
         Pid(root as i32),
         &tree_pids,
@@ -504,13 +506,11 @@ fn dump_frozen(
     checks::parent_threads(&collected)?;
     checks::session_keyrings(&collected.iter().map(|c| &c.image).collect::<Vec<_>>())?;
     let mut ipc = sysvipc::collect(root, &collected)?;
-    kinds::link_tree(
-        &mut collected
-            .iter_mut()
-            .map(|c| &mut c.image)
-            .collect::<Vec<_>>(),
-        opts.ghost_limit,
-    )?;
+    {
+        let mut images: Vec<_> = collected.iter_mut().map(|c| &mut c.image).collect();
+        kinds::link_tree(&mut images, opts.ghost_limit)?;
+        kinds::inotify::refuse_unnamed_made_anew(&images, mntns.as_ref())?;
+    }
     // After the open file descriptions are linked: a flock belongs to one.
     locks::collect(&mut collected, opts.file_locks)?;
     cow::find_shared(&mut collected)?;

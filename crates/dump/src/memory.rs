@@ -341,26 +341,6 @@ pub(crate) fn dump_pages(
     let mut progress = Progress::new("dump", total);
     let mut mem_file: Option<std::fs::File> = None;
     let (mut hasher, mut sink) = out.split();
-    // The mapped path measured slower than the streaming one on a quiet
-    // machine (1 GiB on tmpfs: 1.21-1.37 s against 0.87-1.07 s, twice the
-    // dumper's RSS; docs/architecture.md "Speed, round two"): opt-in only.
-    if total >= MAPPED_MIN
-        && std::env::var_os("STASIS_DUMP_MAPPED").is_some()
-        && stasis_sys::buf::on_tmpfs(sink.fd())
-    {
-        dump_mapped(
-            pid,
-            &batches,
-            total,
-            &mut hasher,
-            &mut sink,
-            &mut progress,
-            running,
-        )?;
-        progress.done();
-        return Ok(());
-    }
-
     std::thread::scope(|s| -> Result<()> {
         let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
@@ -418,15 +398,6 @@ pub(crate) fn dump_pages(
     progress.done();
     Ok(())
 }
-
-/// Page data at least this large goes to a tmpfs page file through
-/// [`dump_mapped`].
-const MAPPED_MIN: u64 = 64 << 20;
-/// Payload bytes per piece of [`dump_mapped`]: mapped, populated and read
-/// by one worker.
-const MAPPED_PIECE: usize = 16 << 20;
-/// Pieces mapped at once (the dumper's memory use: they count in its RSS).
-const MAPPED_AHEAD: usize = 4;
 
 /// `/proc/PID/mem`, opened on first use.
 fn proc_mem(pid: u32, mem_file: &mut Option<std::fs::File>) -> Result<&std::fs::File> {
@@ -541,128 +512,6 @@ fn read_running(
         return Ok(());
     }
     log::debug!("pid {p}: {gone} pages gone while copying ({first}): saved as zeros");
-    Ok(())
-}
-
-/// The tmpfs path of [`dump_pages`]: on tmpfs, writing a page file is
-/// mostly allocating its pages (and, on a VM, the host's first touch of
-/// them), which `write(2)` does under the file's lock, one CPU at a time.
-/// Here the file is extended first and filled through shared mappings of
-/// it: two workers each take the next [`MAPPED_PIECE`] of payload, map it,
-/// populate it (`MADV_POPULATE_WRITE`: the allocation, on both CPUs at
-/// once) and read the target's pages straight into it (one copy, no
-/// buffer); this thread hashes the pieces in file order as they complete
-/// and unmaps them, at most [`MAPPED_AHEAD`] mapped at a time.
-fn dump_mapped(
-    pid: Pid,
-    batches: &[Batch],
-    total: u64,
-    hasher: &mut stasis_image::PageHasher<'_>,
-    sink: &mut stasis_image::PageSink<'_>,
-    progress: &mut Progress,
-    running: bool,
-) -> Result<()> {
-    use stasis_sys::buf::FileMap;
-    use std::sync::{Arc, Mutex};
-    let p = pid.0 as u32;
-    let st = Stage::Memory;
-    let start = sink.reserve(total).at(p, st)?;
-    // Pieces: (first batch, end batch, payload offset, length).
-    let mut pieces = Vec::new();
-    let (mut first, mut off, mut len) = (0usize, 0u64, 0usize);
-    for (i, b) in batches.iter().enumerate() {
-        let n = match b {
-            Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
-        };
-        if len > 0 && len + n > MAPPED_PIECE {
-            pieces.push((first, i, off, len));
-            off += len as u64;
-            first = i;
-            len = 0;
-        }
-        len += n;
-    }
-    if len > 0 {
-        pieces.push((first, batches.len(), off, len));
-    }
-    let fd = sink.fd();
-    std::thread::scope(|s| -> Result<()> {
-        let (job_tx, job_rx) = mpsc::channel::<usize>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = mpsc::channel::<(usize, Result<FileMap>)>();
-        for _ in 0..2 {
-            let job_rx = Arc::clone(&job_rx);
-            let done_tx = done_tx.clone();
-            let pieces = &pieces;
-            s.spawn(move || {
-                let mut mem_file = None;
-                loop {
-                    let next = job_rx
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .recv();
-                    let Ok(k) = next else { return };
-                    let (b0, b1, off, len) = pieces[k];
-                    let filled = (|| -> Result<FileMap> {
-                        let mut map = FileMap::new(fd, start + off, len).at(p, st)?;
-                        map.populate().at(p, st)?;
-                        let dst = map.as_mut_slice();
-                        let mut at = 0;
-                        for b in &batches[b0..b1] {
-                            let n = match b {
-                                Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
-                            };
-                            read_into(pid, b, &mut dst[at..at + n], &mut mem_file, running)?;
-                            at += n;
-                        }
-                        Ok(map)
-                    })();
-                    let failed = filled.is_err();
-                    if done_tx.send((k, filled)).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let mut sent = 0;
-        while sent < pieces.len().min(MAPPED_AHEAD) {
-            let _ = job_tx.send(sent);
-            sent += 1;
-        }
-        let mut waiting = std::collections::BTreeMap::new();
-        let mut next = 0;
-        let res = (|| -> Result<()> {
-            while next < pieces.len() {
-                let Some(map) = waiting.remove(&next) else {
-                    let Ok((k, m)) = done_rx.recv() else {
-                        return Err(DumpError::Io {
-                            pid: p,
-                            stage: st,
-                            what: "page reader threads ended early".into(),
-                            source: std::io::Error::other("worker gone"),
-                        });
-                    };
-                    waiting.insert(k, m?);
-                    continue;
-                };
-                let map: FileMap = map;
-                hasher.update(map.as_slice());
-                progress.add(map.as_slice().len() as u64);
-                drop(map);
-                next += 1;
-                if sent < pieces.len() {
-                    let _ = job_tx.send(sent);
-                    sent += 1;
-                }
-            }
-            Ok(())
-        })();
-        // Workers stop once the job channel closes.
-        drop(job_tx);
-        res
-    })?;
-    sink.filled(total).at(p, st)?;
     Ok(())
 }
 

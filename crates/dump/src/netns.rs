@@ -10,7 +10,7 @@
 
 use crate::checks::refuse;
 use crate::{At, Result, Stage};
-use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, RawMsg, Tun, VethPeer};
+use stasis_image::netns::{tun_info, Macvlan, NetAddr, NetLink, RawMsg, Tun, TunKept, VethPeer};
 use stasis_image::NetNs;
 use stasis_sys::netlink::{self, Object};
 use stasis_sys::{tool, Pid};
@@ -238,18 +238,76 @@ fn macvlan(
 }
 
 /// Tun/tap device `l` (IFLA_TUN_*): a persistent one with no queue
-/// attached; one a process holds open is refused by name (the
-/// descriptor is not restored either).
+/// attached, and what it keeps; one a process holds open is refused by
+/// name (the descriptor is not restored either).
 fn tun(l: &netlink::Link) -> std::result::Result<Tun, String> {
-    let (tun, queues, persist) = tun_info(&l.info_data);
+    let (mut tun, queues, persist) = tun_info(&l.info_data);
+    let dev = format!(
+        "tun/tap device {} (index {}) in its network namespace",
+        l.name, l.index
+    );
     if queues > 0 || !persist {
         return Err(format!(
-            "tun/tap device {} (index {}) in its network namespace: {queues} queue(s) \
-             attached (a process holds /dev/net/tun): not restored",
-            l.name, l.index
+            "{dev}: {queues} queue(s) attached (a process holds /dev/net/tun): not restored"
         ));
     }
+    tun.kept = tun_kept(&l.name, &tun).map_err(|e| format!("{dev}: {e}"))?;
     Ok(tun)
+}
+
+/// What persistent device `name` keeps: its ethtool features, the
+/// offloads TUNSETOFFLOAD allowed (read from them), vnet header size and
+/// byte order (read by attaching to it, which changes nothing of it).
+/// Refused: a socket filter (TUNATTACHFILTER; its program cannot be read
+/// back), and offloads changed through ethtool after TUNSETOFFLOAD (which
+/// offloads it allowed is then not shown).
+fn tun_kept(name: &str, t: &Tun) -> std::result::Result<TunKept, String> {
+    use stasis_sys::{ethtool, tun::*};
+    let (requested, active) = ethtool::requested_and_active(name).map_err(|e| e.to_string())?;
+    // The offloads TUNSETOFFLOAD governs, as the device has them (a
+    // process can change each: requested on by default).
+    let feats = ethtool::features(name).map_err(|e| e.to_string())?;
+    let user: Vec<&(&str, u32)> = OFFLOADS
+        .iter()
+        .filter(|(n, _)| feats.iter().any(|x| x.available && x.name == *n))
+        .collect();
+    let on = |v: &[String]| -> Vec<&str> {
+        user.iter()
+            .map(|(n, _)| *n)
+            .filter(|n| v.iter().any(|x| x == n))
+            .collect()
+    };
+    let (req, act) = (on(&requested), on(&active));
+    // TUNSETOFFLOAD asks for exactly what it allows, so after it the
+    // requested offloads are the active ones; a device it never touched
+    // asks for all of them and has none. Anything else was changed through
+    // ethtool since.
+    if req != act && !(req.len() == user.len() && act.is_empty()) {
+        return Err(format!(
+            "offloads changed through ethtool after TUNSETOFFLOAD (asked for {req:?}, on {act:?}): \
+             which ones TUNSETOFFLOAD allowed is not shown (not supported)"
+        ));
+    }
+    let offload = user
+        .iter()
+        .filter(|(n, _)| act.contains(n))
+        .fold(0, |a, (_, f)| a | f);
+    let flags = iff_flags(t.tap, t.pi, t.vnet_hdr, t.multi_queue);
+    let (k, filter) = read_kept(name, flags).map_err(|e| format!("attaching to read it: {e}"))?;
+    if filter > 0 {
+        return Err(format!(
+            "a socket filter of {filter} instructions (TUNATTACHFILTER) left by a process that \
+             closed it: its program cannot be read back (not supported)"
+        ));
+    }
+    Ok(TunKept {
+        offload,
+        vnet_hdr_sz: k.vnet_hdr_sz.max(0) as u32,
+        vnet_le: k.vnet_le,
+        vnet_be: k.vnet_be,
+        features_requested: requested,
+        features_active: active,
+    })
 }
 
 /// The namespace's contents, or why it cannot be restored.

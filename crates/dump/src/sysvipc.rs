@@ -10,11 +10,15 @@
 //! segment's memory is read through a map_files entry
 //! (its holes stay holes): of a process of the tree that has it attached;
 //! for one nobody attaches, of a short read-only attachment made by its
-//! last attacher (shm_lpid) when that is a process of the tree (a remote
-//! call while collecting it: [`remote_reads`]), else by the dumper, with
-//! shm_lpid given back by a helper with that PID. Reading a segment never
-//! attached (shm_lpid 0: all zeros) reads nothing. The contents go into
-//! the root's page file at the end of its data.
+//! last attacher (shm_lpid): a process of the tree (a remote call while
+//! collecting it: [`remote_reads`]), or a helper forked with that PID
+//! when it is free (`stasis_sys::sysvipc::shm_object_as`). The dumper
+//! itself never attaches a segment, so shm_lpid stays what it was whether
+//! the dump succeeds, fails or is killed (with `-R` too); a last attacher
+//! whose PID is held outside the tree is refused before anything is read
+//! ([`refuse_lpid_outside`]). Reading a segment never attached (shm_lpid
+//! 0: all zeros) reads nothing. The contents go into the root's page file
+//! at the end of its data.
 
 use crate::collect::Collected;
 use crate::kinds::saved::{extents, write_extents};
@@ -96,9 +100,48 @@ pub(crate) fn remote_reads(root: u32, tree: &[u32]) -> Result<HashMap<u32, Vec<(
     Ok(out)
 }
 
+/// Refuses, before anything in the tree is touched, a segment of the
+/// tree's own namespace that nobody attaches and whose last attacher
+/// (shm_lpid) is a live process outside the tree (`tree`: host PIDs).
+/// Its memory can only be read through an attachment, and any attach or
+/// detach makes the segment's shm_lpid the caller's: only a helper with
+/// that PID reads it unchanged, and here a live process holds the PID. A
+/// tree that runs on (`-R`, pre-dump, or any dump that fails after the
+/// read) would find its shm_lpid changed.
+/// (A zombie of the tree holds its PID the same way: `zombies`.)
+pub(crate) fn refuse_lpid_outside(root: u32, tree: &[u32], zombies: &[u32]) -> Result<()> {
+    if !own_ns(root) {
+        return Ok(());
+    }
+    let ns = ipc::open_ns(&format!("/proc/{root}/ns/ipc")).at(root, Stage::Check)?;
+    for s in ipc::in_ns(&ns, ipc::shm_list).at(root, Stage::Check)? {
+        let l = s.lpid as u32;
+        let alive = || std::path::Path::new(&format!("/proc/{l}")).exists();
+        if s.nattch == 0 && s.lpid > 0 && !tree.contains(&l) && alive() {
+            let who = if zombies.contains(&l) {
+                "a zombie of the tree"
+            } else {
+                "alive outside the tree"
+            };
+            return Err(unsupported(
+                root,
+                format!(
+                    "SysV shm segment {} (key {:#x}): attached by nobody, and its last attacher \
+                     (shm_lpid) is PID {l}, {who}: reading it would make the segment's shm_lpid \
+                     stasis's, which a tree running on (--leave-running, -R, pre-dump, or a failed \
+                     dump) would see",
+                    s.id, s.perm.key
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// In the process `r` controls: each segment of `reads` attached
 /// read-only, opened through the process's map_files entry, detached.
-/// A segment it may not attach is left out (the dumper reads it).
+/// A segment it may not attach is left out (a helper with its PID would
+/// read it: that PID is held, so the dump fails before reading it).
 pub(crate) fn open_remote(
     r: &mut stasis_sys::remote::RemoteThread,
     pid: u32,
@@ -418,15 +461,10 @@ fn object(s: &ipc::Shm, from: Option<Source>) -> stasis_sys::Result<OwnedFd> {
             .map_err(|e| SysError::new("ftruncate memfd", None, e.raw_os_error().unwrap_or(0)))?;
             Ok(f)
         }
-        None => {
-            let fd = ipc::shm_object(s.id, s.size, false)?;
-            // Its last attacher again: a helper with that PID, if free
-            // (else a process outside the tree holds it: the running
-            // original then reads the dumper's PID; docs/state.md).
-            let what = format!("SysV shm segment {} (shm_lpid)", s.id);
-            let _ = ipc::by_pid(s.lpid, &what, || ipc::shm_touch_raw(s.id));
-            Ok(fd)
-        }
+        // Read by a helper with its last attacher's PID (a process
+        // outside the tree that holds it was refused before,
+        // [`refuse_lpid_outside`]; EEXIST: taken since, nothing read).
+        None => ipc::shm_object_as(s.lpid, s.id, s.size),
     }
 }
 

@@ -68,10 +68,38 @@ pub struct Tun {
     pub owner: Option<u32>,
     #[serde(default)]
     pub group: Option<u32>,
+    /// What the device keeps for the next process to attach (not shown
+    /// by rtnetlink).
+    #[serde(default)]
+    pub kept: TunKept,
+}
+
+/// What a persistent tun/tap device keeps from a process that closed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunKept {
+    /// TUNSETOFFLOAD's TUN_F_* flags, from its active ethtool features
+    /// (0: none allowed).
+    #[serde(default)]
+    pub offload: u32,
+    /// TUNSETVNETHDRSZ (0: not read, the kernel's default 10).
+    #[serde(default)]
+    pub vnet_hdr_sz: u32,
+    /// TUNSETVNETLE, TUNSETVNETBE.
+    #[serde(default)]
+    pub vnet_le: bool,
+    #[serde(default)]
+    pub vnet_be: bool,
+    /// Its ethtool features (ETH_SS_FEATURES names): those a process can
+    /// change that were asked for, and those on. Empty: not read.
+    #[serde(default)]
+    pub features_requested: Vec<String>,
+    #[serde(default)]
+    pub features_active: Vec<String>,
 }
 
 /// What IFLA_INFO_DATA of a tun/tap link shows: the device, its number
-/// of attached queues and whether it is persistent.
+/// of queues a process holds (attached, or detached by TUNSETQUEUE) and
+/// whether it is persistent.
 pub fn tun_info(d: &[(u16, Vec<u8>)]) -> (Tun, u32, bool) {
     let get = |t: u16| d.iter().find(|(x, _)| *x == t).map(|(_, v)| v.as_slice());
     let flag = |t: u16| get(t).and_then(|v| v.first().copied()).unwrap_or(0) != 0;
@@ -81,7 +109,7 @@ pub fn tun_info(d: &[(u16, Vec<u8>)]) -> (Tun, u32, bool) {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     // IFLA_TUN_OWNER 1, GROUP 2, TYPE 3, PI 4, VNET_HDR 5, PERSIST 6,
-    // MULTI_QUEUE 7, NUM_QUEUES 8.
+    // MULTI_QUEUE 7.
     let tun = Tun {
         tap: get(3).and_then(|v| v.first().copied()) == Some(2),
         pi: flag(4),
@@ -89,8 +117,11 @@ pub fn tun_info(d: &[(u16, Vec<u8>)]) -> (Tun, u32, bool) {
         multi_queue: flag(7),
         owner: word(1),
         group: word(2),
+        kept: TunKept::default(),
     };
-    (tun, word(8).unwrap_or(0), flag(6))
+    // NUM_QUEUES 8, NUM_DISABLED_QUEUES 9.
+    let held = word(8).unwrap_or(0) + word(9).unwrap_or(0);
+    (tun, held, flag(6))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -339,36 +339,6 @@ impl PageSink<'_> {
         *self.offset
     }
 
-    /// Makes the file `len` payload bytes longer than what is written so
-    /// far, for a caller that fills them through a mapping of the file
-    /// (`stasis_sys::buf::FileMap`); returns the file offset where they
-    /// start. [`Self::filled`] counts them once they hold their data.
-    pub fn reserve(&mut self, len: u64) -> Result<u64> {
-        let start = PAGES_HEADER_LEN + *self.offset;
-        self.file
-            .set_len(start + len)
-            .map_err(|e| ImageError::io(self.part, "extend", e))?;
-        Ok(start)
-    }
-
-    /// Counts `len` bytes reserved by [`Self::reserve`] as written (the
-    /// caller filled them, and fed them to the hashing half in order) and
-    /// moves the write position past them.
-    pub fn filled(&mut self, len: u64) -> Result<()> {
-        use std::io::{Seek, SeekFrom};
-        if len % PAGE_SIZE != 0 {
-            return Err(ImageError::invalid(
-                self.part,
-                format!("{len} bytes filled is not a multiple of the page size"),
-            ));
-        }
-        *self.offset += len;
-        self.file
-            .seek(SeekFrom::Start(PAGES_HEADER_LEN + *self.offset))
-            .map_err(|e| ImageError::io(self.part, "seek", e))?;
-        Ok(())
-    }
-
     /// The page file (payload byte `n` is at file offset
     /// [`PAGES_HEADER_LEN`] + `n`), e.g. to start its writeback early.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -303,22 +303,25 @@ fn make_macvlan(
 }
 
 /// Makes persistent tun/tap device `l` in the calling thread's namespace
-/// with its index (TUNSETIFINDEX), flags, owner and group, then its MAC
-/// and MTU; checks what the kernel then shows of it.
+/// with its index (TUNSETIFINDEX), flags, owner and group and what it
+/// keeps (offloads, vnet header size and byte order), then its MAC, MTU
+/// and ethtool features; checks what the kernel then shows of it.
 fn make_tun(l: &NetLink, t: &Tun, pid: u32) -> Result<()> {
-    use stasis_sys::tun::*;
+    use stasis_sys::{ethtool, tun::*};
     let what = |e: String| failed(pid, format!("tun/tap device {}: {e}", l.name));
-    let mut flags = if t.tap { IFF_TAP } else { IFF_TUN };
-    for (on, f) in [
-        (!t.pi, IFF_NO_PI),
-        (t.vnet_hdr, IFF_VNET_HDR),
-        (t.multi_queue, IFF_MULTI_QUEUE),
-    ] {
-        if on {
-            flags |= f;
-        }
-    }
-    make_persistent(&l.name, l.index as u32, flags, t.owner, t.group)
+    let flags = iff_flags(t.tap, t.pi, t.vnet_hdr, t.multi_queue);
+    let k = &t.kept;
+    let kept = Kept {
+        offload: k.offload,
+        vnet_hdr_sz: if k.vnet_hdr_sz == 0 {
+            DEFAULT_VNET_HDR_SZ
+        } else {
+            k.vnet_hdr_sz as i32
+        },
+        vnet_le: k.vnet_le,
+        vnet_be: k.vnet_be,
+    };
+    make_persistent(&l.name, l.index as u32, flags, t.owner, t.group, &kept)
         .map_err(|e| what(e.to_string()))?;
     let mut set: Vec<String> = vec!["link".into(), "set".into(), "dev".into(), l.name.clone()];
     if l.mac.len() == 6 && t.tap {
@@ -328,17 +331,43 @@ fn make_tun(l: &NetLink, t: &Tun, pid: u32) -> Result<()> {
         set.extend(["mtu".into(), l.mtu.to_string()]);
     }
     ip(&set).map_err(|e| what(e.to_string()))?;
+    if !k.features_requested.is_empty() {
+        ethtool::set_requested(&l.name, &k.features_requested).map_err(|e| what(e.to_string()))?;
+    }
     let back = netlink::links()
         .at(pid, Stage::Fork)?
         .into_iter()
         .find(|x| x.index == l.index && x.name == l.name && x.kind == "tun")
         .map(|x| tun_info(&x.info_data));
+    let shown = Tun {
+        kept: Default::default(),
+        ..t.clone()
+    };
     match back {
-        Some((b, 0, true)) if b == *t => Ok(()),
-        b => Err(what(format!(
-            "reads back differently after it was made: {b:?}"
-        ))),
+        Some((b, 0, true)) if b == shown => {}
+        b => {
+            return Err(what(format!(
+                "reads back differently after it was made: {b:?}"
+            )))
+        }
     }
+    let (got, _) = read_kept(&l.name, flags).map_err(|e| what(e.to_string()))?;
+    if got != (Kept { offload: 0, ..kept }) {
+        return Err(what(format!(
+            "keeps {got:?} after it was made, not {kept:?}"
+        )));
+    }
+    if !k.features_requested.is_empty() {
+        let (req, act) = ethtool::requested_and_active(&l.name).map_err(|e| what(e.to_string()))?;
+        if req != k.features_requested || act != k.features_active {
+            return Err(what(format!(
+                "its ethtool features read back differently after it was made: asked for \
+                 {req:?}, on {act:?}; saved: asked for {:?}, on {:?}",
+                k.features_requested, k.features_active
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where a sysctl is written: `all` before `default` before each

@@ -122,14 +122,6 @@ unsafe impl Send for FileMap {}
 unsafe impl Sync for FileMap {}
 
 impl FileMap {
-    /// mmap(2) `len` bytes (> 0) of `fd` from `offset` (page-aligned),
-    /// MAP_SHARED, read-write. The file must already be that long, and no
-    /// one else may write to or truncate it while the map lives (the
-    /// caller's own new file).
-    pub fn new(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: usize) -> Result<FileMap> {
-        FileMap::map(fd, offset, len, libc::PROT_READ | libc::PROT_WRITE)
-    }
-
     /// A read-only shared mapping of `len` bytes (> 0) of `fd` from
     /// `offset` (page-aligned), e.g. of an image's page file, to hand its
     /// pages to the kernel (`process_vm_writev`) or hash them without a
@@ -176,31 +168,11 @@ impl FileMap {
         Ok(FileMap { ptr: p.cast(), len })
     }
 
-    /// Faults every page in, writable (MADV_POPULATE_WRITE): allocates the
-    /// file's pages now, in bulk, on the calling thread.
-    pub fn populate(&mut self) -> Result<()> {
-        // SAFETY: advice on our own live mapping; it does not change contents.
-        let r = unsafe { libc::madvise(self.ptr.cast(), self.len.max(1), MADV_POPULATE_WRITE) };
-        if r != 0 {
-            return Err(SysError::new(
-                "madvise(MADV_POPULATE_WRITE) of a file mapping",
-                None,
-                last_errno(),
-            ));
-        }
-        Ok(())
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is live, readable and `len` bytes long for as
-        // long as `self`; the file has no other writer (see `new`), and no
+        // long as `self` (see `read_only` on writers), and no
         // &mut alias exists while &self is held.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
@@ -209,16 +181,4 @@ impl Drop for FileMap {
         // SAFETY: unmaps exactly the mapping we own; no slice outlives self.
         unsafe { libc::munmap(self.ptr.cast(), self.len.max(1)) };
     }
-}
-
-/// Whether `fd` is on tmpfs (statfs f_type), where the page cache is the
-/// file's only home: no writeback, and the first touch of every page is
-/// the cost of writing it.
-pub fn on_tmpfs(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: all-zero is a valid statfs.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: st is a valid out-pointer; the fd is borrowed live.
-    let r = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
-    r == 0 && st.f_type == libc::TMPFS_MAGIC
 }

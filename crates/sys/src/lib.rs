@@ -7,6 +7,7 @@
 pub mod buf;
 pub mod cgroupns;
 pub mod clone;
+pub mod ethtool;
 pub mod fanotify;
 pub mod fdowner;
 pub mod features;

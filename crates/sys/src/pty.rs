@@ -61,26 +61,26 @@ pub fn readable(fd: &OwnedFd) -> Result<u32> {
     get_int(fd, libc::FIONREAD, "ioctl(FIONREAD)").map(|n| n.max(0) as u32)
 }
 
-/// Whether the terminal's output is stopped (^S with IXON, or tcflow
-/// TCOOFF): a slave then never polls writable (its write room is 0), the
-/// master's reader having nothing left unread. Changes nothing.
-pub fn output_stopped(slave: &OwnedFd) -> Result<bool> {
+/// Whether the output of this end is stopped (^S with IXON, or tcflow
+/// TCOOFF on it): it then never polls writable (its write room is 0), the
+/// other end's reader having nothing left unread. Changes nothing.
+pub fn output_stopped(end: &OwnedFd) -> Result<bool> {
     let mut p = libc::pollfd {
-        fd: slave.as_raw_fd(),
+        fd: end.as_raw_fd(),
         events: libc::POLLOUT,
         revents: 0,
     };
     // SAFETY: p is one live pollfd.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
-    check(r.into(), "poll(POLLOUT) on a pty slave", None)?;
+    check(r.into(), "poll(POLLOUT) on a pty", None)?;
     Ok(p.revents & libc::POLLOUT == 0)
 }
 
-/// Stops the output of the pair as tcflow(TCOOFF) does (a typed START
+/// Stops the output of this end as tcflow(TCOOFF) does (a typed START
 /// character does not restart it).
-pub fn stop_output_tcooff(slave: &OwnedFd) -> Result<()> {
+pub fn stop_output_tcooff(end: &OwnedFd) -> Result<()> {
     // SAFETY: TCXONC takes an integer argument.
-    let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TCXONC, libc::TCOOFF) };
+    let r = unsafe { libc::ioctl(end.as_raw_fd(), libc::TCXONC, libc::TCOOFF) };
     check(r.into(), "ioctl(TCXONC, TCOOFF)", None).map(drop)
 }
 
@@ -205,4 +205,21 @@ pub fn poll_now(master: &OwnedFd) -> Result<(bool, bool)> {
         p.revents & libc::POLLHUP != 0,
         p.revents & libc::POLLPRI != 0,
     ))
+}
+
+/// Reads the packet-mode status byte waiting on `master`, if one does
+/// (a read of a packet-mode master returns it alone, and clears it).
+pub fn take_status(master: &OwnedFd) -> Result<Option<u8>> {
+    if !poll_now(master)?.1 {
+        return Ok(None);
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reads one byte into b; POLLPRI said it is there.
+    let r = unsafe { libc::read(master.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    check(
+        r as libc::c_long,
+        "read the status byte of a packet-mode master",
+        None,
+    )?;
+    Ok(Some(b[0]))
 }

@@ -226,7 +226,12 @@ pub fn shm_object(id: i32, size: u64, write: bool) -> Result<OwnedFd> {
 /// (EOPNOTSUPP).
 pub fn shm_object_at(path: &str, write: bool) -> Result<OwnedFd> {
     let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
-    let fd = crate::util::open(path, mode | libc::O_CLOEXEC)?;
+    not_hugetlb(crate::util::open(path, mode | libc::O_CLOEXEC)?)
+}
+
+/// `fd` (a segment's memory object), unless it is on hugetlbfs
+/// (EOPNOTSUPP).
+fn not_hugetlb(fd: OwnedFd) -> Result<OwnedFd> {
     // SAFETY: an all-zero statfs is a valid out buffer.
     let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open; sf is a live buffer.
@@ -362,6 +367,80 @@ pub fn by_pid(pid: i32, what: &str, f: impl FnOnce() -> bool) -> Result<()> {
         groups: &groups,
     };
     crate::sock::as_creator(Some(pid), &ids, what, f)
+}
+
+/// A read-only descriptor of segment `id`'s memory object, opened by a
+/// helper forked with PID `pid` (clone3 set_tid; EEXIST: a process holds
+/// that PID here): it attaches the segment read-only, opens the map_files
+/// entry of that attachment into our descriptor table (CLONE_FILES) and
+/// detaches it, so the segment's shm_lpid is `pid` again, and its
+/// attachment count as it was. Nothing here attaches it: a dumper killed
+/// at any instant leaves shm_lpid `pid` (the helper's exit detaches it if
+/// it did not).
+pub fn shm_object_as(pid: i32, id: i32, size: u64) -> Result<OwnedFd> {
+    let len = size.next_multiple_of(4096).max(4096) as usize;
+    // The address the helper attaches at (SHM_REMAP over its copy of this
+    // reservation), so that the path is known before the fork.
+    // SAFETY: a fresh private PROT_NONE mapping; nothing else uses it.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(SysError::new(
+            "mmap (shm reservation)",
+            None,
+            crate::last_errno(),
+        ));
+    }
+    let addr = at as u64;
+    let out = (|| {
+        // The descriptor number the helper puts the object at.
+        let slot = crate::util::open("/dev/null", libc::O_RDONLY | libc::O_CLOEXEC)?;
+        let path = std::ffi::CString::new(format!(
+            "/proc/self/map_files/{addr:x}-{:x}",
+            addr + len as u64
+        ))
+        .map_err(|_| SysError::new("map_files path", None, libc::EINVAL))?;
+        let (p, to) = (path.as_ptr(), slot.as_raw_fd());
+        let what = format!("shmat, open and shmdt of segment {id}");
+        by_pid(pid, &what, || {
+            // SAFETY: raw calls; the attachment replaces this helper's copy
+            // of the reservation and is removed again; p is a live string.
+            unsafe {
+                let flags = SHM_RDONLY | SHM_REMAP;
+                if libc::syscall(libc::SYS_shmat, id, addr, flags) as u64 != addr {
+                    return false;
+                }
+                let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, p, libc::O_RDONLY);
+                let moved = fd >= 0
+                    && libc::syscall(libc::SYS_dup3, fd, to, libc::O_CLOEXEC) == i64::from(to);
+                if fd >= 0 {
+                    libc::syscall(libc::SYS_close, fd);
+                }
+                libc::syscall(libc::SYS_shmdt, addr) == 0 && moved
+            }
+        })?;
+        crate::hook::kill_point("sysv-read");
+        // SAFETY: an all-zero stat is a valid out buffer; slot is open.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::fstat(slot.as_raw_fd(), &mut st) };
+        check(r.into(), "fstat(shm)", None)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(SysError::other(what, None, "the helper opened no segment"));
+        }
+        not_hugetlb(slot)
+    })();
+    // SAFETY: the reservation made above, unused by anything else.
+    unsafe { libc::munmap(at, len) };
+    out
 }
 
 /// shmat and shmdt of segment `id` (read-only, anywhere): shm_lpid becomes

@@ -535,3 +535,32 @@ pub fn detach_nsfs_mounts() {
         }
     }
 }
+
+/// Every inotify event waiting in `fd` as (wd, mask, name); `fd` must not block
+/// (or must have events waiting).
+pub fn inotify_events(fd: i32) -> Vec<(i32, u32, String)> {
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD into n; then a read into our buffer.
+    let len = unsafe {
+        libc::ioctl(fd, libc::FIONREAD, &mut n);
+        if n == 0 {
+            return out;
+        }
+        libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+    };
+    let mut at = 0usize;
+    while at + 16 <= len.max(0) as usize {
+        let i32_at = |o: usize| i32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
+        let (wd, mask, nlen) = (i32_at(at), i32_at(at + 4) as u32, i32_at(at + 12) as usize);
+        let name = buf[at + 16..at + 16 + nlen]
+            .split(|&b| b == 0)
+            .next()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .unwrap_or_default();
+        out.push((wd, mask, name));
+        at += 16 + nlen;
+    }
+    out
+}

@@ -342,10 +342,9 @@ fn negative_memory_uffd_fill_hole() {
     );
 }
 
-/// The same on tmpfs (/dev/shm), where the dump fills the page file
-/// through shared mappings from two threads (dump/memory.rs
-/// `dump_mapped`) instead of writing it; the restore verifies its checksum
-/// and the process every page.
+/// The same on tmpfs (/dev/shm), where the restore fills memory with
+/// UFFDIO_COPY from both of its threads; the restore verifies the page
+/// file's checksum and the process every page.
 #[test]
 fn cr_memory_256mib_tmpfs() {
     let opts = Opts {
@@ -1035,15 +1034,35 @@ fn cr_pty() {
     cr("cr_pty", Program::Bin("tp_pty"), &[]);
 }
 
-/// A pty pair whose output was stopped by a typed ^S (IXON on): still
-/// stopped after restore, and a typed ^Q restarts it.
+/// A pty pair whose output was stopped with IXON on, by a typed ^S or by
+/// tcflow(TCOOFF): the two look the same (the kernel does not show which;
+/// typing ^Q to find out would restart a ^S stop of the running
+/// original), so the dump refuses both by name, and the program then
+/// finds its stop as it was (^Q restarts the first, only TCOON the
+/// second).
 #[test]
-fn cr_pty_output_stopped_by_stop_char() {
+fn refuse_pty_output_stopped_by_stop_char() {
     let _pty = pty_lock();
-    cr(
-        "cr_pty_output_stopped_by_stop_char",
+    refused_dump(
+        "refuse_pty_output_stopped_by_stop_char",
         Program::Bin("tp_ptystop"),
         &["--how", "stop-char"],
+        &[],
+        &["output stopped while IXON is on", "cannot be told apart"],
+        true,
+    );
+}
+
+#[test]
+fn refuse_pty_output_stopped_by_tcooff_with_ixon() {
+    let _pty = pty_lock();
+    refused_dump(
+        "refuse_pty_output_stopped_by_tcooff_with_ixon",
+        Program::Bin("tp_ptystop"),
+        &["--how", "tcooff-ixon"],
+        &[],
+        &["output stopped while IXON is on", "cannot be told apart"],
+        true,
     );
 }
 
@@ -1059,18 +1078,44 @@ fn cr_pty_output_stopped_by_tcooff() {
     );
 }
 
-/// The negative control: never stopped, the program's after-check fails.
+/// The same with the master in packet mode: the status byte the stop
+/// queued had been read before the dump, and none waits after restore.
+#[test]
+fn cr_pty_output_stopped_by_tcooff_packet_mode() {
+    let _pty = pty_lock();
+    cr(
+        "cr_pty_output_stopped_by_tcooff_packet_mode",
+        Program::Bin("tp_ptystop"),
+        &["--how", "tcooff", "--packet"],
+    );
+}
+
+/// The master's output stopped by tcflow(TCOOFF) on the master: still
+/// stopped (the slave's not), and TCOON on the master restarts it.
+#[test]
+fn cr_pty_master_output_stopped_by_tcooff() {
+    let _pty = pty_lock();
+    cr(
+        "cr_pty_master_output_stopped_by_tcooff",
+        Program::Bin("tp_ptystop"),
+        &["--how", "master"],
+    );
+}
+
+/// The negative controls: never stopped, the program's after-check fails.
 #[test]
 fn negative_cr_pty_output_stopped() {
     let _pty = pty_lock();
-    let work = Work::new("negative_cr_pty_output_stopped");
-    let out = run_case(
-        &work,
-        Program::Bin("tp_ptystop"),
-        &["--how", "stop-char", "--corrupt"],
-        &Opts::default(),
-    );
-    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+    for how in ["tcooff", "master"] {
+        let work = Work::new(&format!("negative_cr_pty_output_stopped_{how}"));
+        let out = run_case(
+            &work,
+            Program::Bin("tp_ptystop"),
+            &["--how", how, "--corrupt"],
+            &Opts::default(),
+        );
+        assert!(out.result.starts_with("FAIL: "), "{how}: {out:?}");
+    }
 }
 
 /// An inotify instance with events waiting is refused by name (they
@@ -1515,10 +1560,39 @@ fn cr_fdkinds() {
     cr("cr_fdkinds", Program::Bin("tp_fdkinds"), &[]);
 }
 
-/// An O_TMPFILE file never linked comes back linkable.
+/// An O_TMPFILE file never linked comes back linkable, made by
+/// open(O_TMPFILE) with its description's flags (F_GETFL).
 #[test]
 fn cr_tmpfile() {
     cr("cr_tmpfile", Program::Bin("tp_fdkinds"), &["--tmpfile"]);
+}
+
+/// A description open(O_TMPFILE) made, of a file since linked (F_GETFL
+/// keeps O_TMPFILE), is refused by name; the process runs on unchanged.
+#[test]
+fn refuse_tmpfile_linked() {
+    refused_dump(
+        "refuse_tmpfile_linked",
+        Program::Bin("tp_fdkinds"),
+        &["--tmpfile-linked"],
+        &[],
+        &["O_TMPFILE", "since linked"],
+        true,
+    );
+}
+
+/// An O_TMPFILE file whose directory is gone is refused by name (it can
+/// only be made again in that directory).
+#[test]
+fn refuse_tmpfile_directory_gone() {
+    refused_dump(
+        "refuse_tmpfile_directory_gone",
+        Program::Bin("tp_fdkinds"),
+        &["--tmpfile-gone"],
+        &[],
+        &["O_TMPFILE", "is gone"],
+        true,
+    );
 }
 
 selfcheck!(

@@ -14,17 +14,6 @@ use std::fs;
 use std::time::Duration;
 
 /// The program, or `None` (the test is skipped) without a toolchain.
-fn have_go(test: &str) -> bool {
-    match go_program() {
-        Ok(_) => true,
-        Err(e) if e == NO_GO => {
-            eprintln!("SKIP {test}: {NO_GO}");
-            false
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
-}
-
 fn opts() -> Opts {
     Opts {
         ready_timeout: Duration::from_secs(60),

@@ -215,6 +215,38 @@ fn lazy_python() {
     daemon_done(&work, &mut d);
 }
 
+/// A Go program (its runtime's own threads, heap and madvise calls)
+/// restored lazily: it keeps running while its pages come in and checks
+/// its state itself.
+#[test]
+fn lazy_go() {
+    if !have_go("lazy_go") {
+        return;
+    }
+    let work = Work::new("lazy_go");
+    let (mut r, mut d) = lazy_case(&work, Program::Go, &[], 0);
+    finish(&work, &mut r, T).assert_pass(&work);
+    daemon_done(&work, &mut d);
+}
+
+/// The negative control: the Go program damages its own state after the
+/// lazy restore and must say so.
+#[test]
+fn negative_lazy_go() {
+    if !have_go("negative_lazy_go") {
+        return;
+    }
+    let work = Work::new("negative_lazy_go");
+    let (mut r, mut d) = lazy_case(&work, Program::Go, &["--corrupt"], 0);
+    let out = finish(&work, &mut r, T);
+    daemon_done(&work, &mut d);
+    assert!(
+        out.result.starts_with("FAIL"),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
 /// A page of a lazy area damaged in the page file: the daemon's checksum
 /// check fails, and it kills the lazy tree with one clear line.
 #[test]

@@ -34,37 +34,6 @@ fn run(dir: &Path, name: &str, cmd: &mut Command, stdin: Option<&Path>) -> CmdOu
     out
 }
 
-/// Reaps the program in the background once a dump kills it, so its PID
-/// is free for the restore that follows in the same command.
-fn reap_when_killed(p: Proc) -> Reaper {
-    std::thread::spawn(move || {
-        let mut p = p;
-        let e = p.wait(T);
-        (p, e)
-    })
-}
-
-type Reaper = std::thread::JoinHandle<(Proc, Result<Exit, String>)>;
-
-/// After the command that was to kill the program (`out`): if it failed,
-/// kills the program and fails the test; else checks that the program
-/// died by SIGKILL and was reaped.
-fn killed_by(work: &Work, pid: i32, reaper: Reaper, out: &CmdOut, what: &str) {
-    if !out.success() {
-        // SAFETY: plain kill of the program this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = reaper.join();
-        fail(work, format!("{what} failed: {}", out.stderr));
-    }
-    let (_, exit) = reaper.join().expect("reaper");
-    assert_eq!(
-        exit,
-        Ok(Exit::Signal(libc::SIGKILL)),
-        "{}",
-        work.diagnostics()
-    );
-}
-
 /// The restored program (reparented to us, the subreaper), running.
 fn adopt_restored(work: &Work, pid: i32) -> Proc {
     let pidfile = fs::read_to_string(work.path("pidfile")).unwrap_or_default();
@@ -90,7 +59,7 @@ fn migrate_local(
     };
     let p = start_ready(work, program, args, &opts);
     let pid = p.pid;
-    let reaper = reap_when_killed(p);
+    let reaper = reap_when_killed(p, T);
     let pid_s = pid.to_string();
     let (img, pidfile) = (work.img(), work.path("pidfile"));
     let mut a = vec![
@@ -191,17 +160,28 @@ fn negative_migrate_lazy_corrupt() {
 
 #[test]
 fn migrate_local_go() {
-    match go_program() {
-        Ok(_) => {}
-        Err(e) if e == NO_GO => {
-            eprintln!("SKIP migrate_local_go: {NO_GO}");
-            return;
-        }
-        Err(e) => panic!("migrate_local_go: {e}"),
+    if !have_go("migrate_local_go") {
+        return;
     }
     let work = Work::new("migrate_go");
     let (out, _) = migrate_local(&work, Program::Go, &[], &[]);
     out.assert_pass(&work);
+}
+
+/// `migrate --lazy-pages` of a Go program: pre-copy rounds, the final
+/// dump, and a lazy restore of the chain while its runtime runs.
+#[test]
+fn migrate_local_lazy_go() {
+    if !have_go("migrate_local_lazy_go") {
+        return;
+    }
+    let work = Work::new("migrate_lazy_go");
+    let (out, figures) = migrate_local(&work, Program::Go, &[], &["--lazy-pages"]);
+    out.assert_pass(&work);
+    assert!(
+        figures["resident_ms"].as_f64().is_some(),
+        "not restored lazily: {figures}"
+    );
 }
 
 /// 32 MiB checked page by page, every round and the final image
@@ -318,7 +298,7 @@ fn stream_dump_pipe_restore() {
         &Opts::default(),
     );
     let pid = p.pid;
-    let reaper = reap_when_killed(p);
+    let reaper = reap_when_killed(p, T);
     let bin = stasis_bin();
     let line = format!(
         "'{b}' dump -t {pid} --to-stdout --compress=zstd:1 -o '{d}' -v4 | tee '{st}' | \
@@ -455,7 +435,7 @@ fn migrate_to_page_server_across_netns() {
         wait_ready(&work, &mut p, Duration::from_secs(60)),
     );
     let pid = p.pid;
-    let reaper = reap_when_killed(p);
+    let reaper = reap_when_killed(p, T);
     // Wait until the server listens, then migrate from A.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !fs::read_to_string(work.path("ps.log"))

@@ -342,3 +342,65 @@ fn negative_cr_mount_namespace_external_dev() {
         assert!(out.result.starts_with("FAIL: "), "{out:?}");
     }
 }
+
+/// inotify watches and a fanotify mark on objects (not the root) of a
+/// tmpfs the restore makes anew: found again by the paths the dump saved
+/// (their handles are stale there); each still reports its events.
+#[test]
+fn cr_mount_namespace_notify_marks() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("cr_mount_namespace_notify_marks");
+    run_case(
+        &work,
+        Program::Bin("tp_mntns"),
+        &["--case", "notify"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+#[test]
+fn selfcheck_mount_namespace_notify_marks() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("selfcheck_mount_namespace_notify_marks");
+    run_plain(&work, Program::Bin("tp_mntns"), &["--case", "notify"]).assert_pass(&work);
+}
+
+#[test]
+fn negative_mount_namespace_notify_marks() {
+    if not_root() {
+        return;
+    }
+    let work = Work::new("negative_mount_namespace_notify_marks");
+    let out = run_plain(
+        &work,
+        Program::Bin("tp_mntns"),
+        &["--case", "notify", "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
+/// A watch on a file of such a tmpfs that was unlinked while open has no
+/// path to be found by: refused by name; the tree runs on.
+#[test]
+fn refuse_mount_namespace_notify_deleted() {
+    if not_root() {
+        return;
+    }
+    refused_dump(
+        "refuse_mntns_notify_deleted",
+        Program::Bin("tp_mntns"),
+        &["--case", "notify-deleted"],
+        &[],
+        &["inotify watch", "makes anew", "no name"],
+        true,
+    );
+}

@@ -221,8 +221,10 @@ fn negative_cr_netns_macvlan() {
 }
 
 /// Persistent tun/tap devices in the namespace (type, owner, group,
-/// flags, MAC, MTU, an address): `ip -d link`, addresses and `ip tuntap`
-/// read as before inside.
+/// flags, MAC, MTU, an address, and what a process that closed them set:
+/// offloads, vnet header size and byte order, an ethtool feature turned
+/// off): `ip -d link`, addresses, `ip tuntap` and what they keep (read by
+/// attaching) read as before inside.
 #[test]
 fn cr_netns_tun() {
     let work = Work::new("cr_netns_tun");
@@ -245,6 +247,67 @@ fn negative_cr_netns_tun() {
         &Opts::default(),
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// `dump -R` of the same: the dump attaches a queue to each device to read
+/// what it keeps (without a carrier) and closes it, which leaves the
+/// running original's devices as they were: its own checks after the dump
+/// pass on them (links, addresses, what they keep, ethtool features).
+#[test]
+fn dump_leave_running_netns_tun() {
+    leave_running(
+        "dump_leave_running_netns_tun",
+        Program::Bin("tp_netns"),
+        &["--mode", "tun"],
+    );
+}
+
+/// Offloads changed through ethtool after TUNSETOFFLOAD (tap3: csum and
+/// TSO4 allowed, then tx-checksum-ip-generic turned off, which turns TSO
+/// off too): which offloads TUNSETOFFLOAD allowed is not shown, so the
+/// dump refuses it by name, and the device is as it was afterwards.
+#[test]
+fn refuse_netns_tun_offloads_changed_through_ethtool() {
+    refused_dump(
+        "refuse_netns_tun_offloads_changed_through_ethtool",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunethtool"],
+        &[],
+        &[
+            "tun/tap device tap3",
+            "offloads changed through ethtool after TUNSETOFFLOAD",
+        ],
+        true,
+    );
+}
+
+/// The negative control of what the devices keep: tap0 given the
+/// kernel's defaults after go, as a restore that lost them would.
+#[test]
+fn negative_cr_netns_tun_kept() {
+    let work = Work::new("negative_cr_netns_tun_kept");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_netns"),
+        &["--mode", "tun", "--lose-kept"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// A socket filter (TUNATTACHFILTER) left on a persistent tap by a
+/// process that closed it: its program cannot be read back, so the dump
+/// refuses it by name, and the filter is still there afterwards.
+#[test]
+fn refuse_netns_tun_filter() {
+    refused_dump(
+        "refuse_netns_tun_filter",
+        Program::Bin("tp_netns"),
+        &["--mode", "tunfilter"],
+        &[],
+        &["tun/tap device tap2", "socket filter", "TUNATTACHFILTER"],
+        true,
+    );
 }
 
 /// A tun device in the namespace with a queue attached (the process holds
@@ -414,6 +477,67 @@ fn cr_tcp_netns_migrate() {
     let mut r = restore_and_adopt(&work, pid, &ropts);
     on_bridge(&work, &format!("stvx{pid}"), &format!("stbr{pid}"));
     finish(&work, &mut r, ropts.finish_timeout).assert_pass(&work);
+}
+
+/// The same move in one command: `stasis migrate --tcp-established
+/// --veth-pair ...` pre-copies the server while its client in a third
+/// namespace keeps talking to it, freezes it, sends the rest and restores
+/// it here in a new namespace; the client's connections carry on (no
+/// reset), and the restored server checks every byte.
+#[test]
+fn migrate_tcp_netns() {
+    let work = Work::new("migrate_tcp_netns");
+    let _clean = NetCleanup(work.path("net-names"));
+    let opts = Opts::default();
+    let p = start_ready(
+        &work,
+        Program::Bin("tp_tcp"),
+        &["--netns", "peer-ns"],
+        &opts,
+    );
+    let pid = p.pid;
+    let reaper = reap_when_killed(p, opts.finish_timeout);
+    let pair = format!("stvi{pid}=stvx{pid}@stbr{pid}");
+    let (pid_s, img, pidf) = (
+        pid.to_string(),
+        work.img().display().to_string(),
+        work.path("pidfile").display().to_string(),
+    );
+    let out = stasis(
+        &work,
+        &[
+            "migrate",
+            "-t",
+            &pid_s,
+            "-D",
+            &img,
+            "-o",
+            "migrate.log",
+            "-v4",
+            "--pidfile",
+            &pidf,
+            "--tcp-established",
+            "--veth-pair",
+            &pair,
+        ],
+        opts.stasis_timeout,
+    );
+    killed_by(&work, pid, reaper, &out, "stasis migrate");
+    let figures: serde_json::Value = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| fail(&work, format!("no figures: {:?}", out.stdout)));
+    assert_eq!(figures["restored_pid"].as_i64(), Some(i64::from(pid)));
+    assert!(
+        figures["rounds"].as_array().map_or(0, Vec::len) >= 1,
+        "no pre-copy round: {figures}"
+    );
+    let mut r = Proc::adopt(pid);
+    step(&work, "restored process state", r.check_running_untraced());
+    on_bridge(&work, &format!("stvx{pid}"), &format!("stbr{pid}"));
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
 }
 
 /// A restore that fails after its namespace was made (the outer veth

@@ -38,6 +38,11 @@ selfcheck!(
     negative_sysvipc_host,
     ["--mode", "host"]
 );
+selfcheck!(
+    selfcheck_sysvipc_lpid_outside,
+    negative_sysvipc_lpid_outside,
+    ["--mode", "lpid-outside"]
+);
 
 /// The negative control through a real dump and restore: the program's
 /// own check must catch the change.
@@ -310,5 +315,129 @@ fn dump_leave_running_sysvipc_own() {
         "dump_leave_running_sysvipc_own",
         Program::Bin("tp_sysvipc"),
         &["--mode", "own"],
+    );
+}
+
+/// A dump of a tree whose own namespace holds segments nobody attaches,
+/// last attached by a reaped process, the root and a live child, that
+/// fails after everything was read and written (`STASIS_FAULT=dump:commit`)
+/// or is killed (`STASIS_KILL_AT`: right after a helper with the exited
+/// process's PID read its segment, or after the collect stage) leaves
+/// every segment's shm_lpid, shm_nattch, the attached segment's times and
+/// each process's attachments as they were: the program's own checks
+/// after go. `corrupt`: the negative control (the program attaches a
+/// segment itself after go) must fail.
+fn interrupted_lpid_dump(name: &str, env: (&str, &str), killed: bool, corrupt: bool) {
+    let work = Work::new(name);
+    let opts = Opts::default();
+    let mut args = vec!["--mode", "lpid-kept", "--times"];
+    if corrupt {
+        args.push("--corrupt");
+    }
+    let mut p = start_ready(&work, Program::Bin("tp_sysvipc"), &args, &opts);
+    let out = interrupted_dump(&work, &mut p, env, killed);
+    assert!(
+        killed || String::from_utf8_lossy(&out.stderr).contains("injected"),
+        "{out:?}"
+    );
+    let o = finish(&work, &mut p, opts.finish_timeout);
+    if corrupt {
+        assert!(
+            o.result.starts_with("FAIL: ") && o.result.contains("shm_lpid"),
+            "the negative control did not fail: {o:?}{}",
+            work.diagnostics()
+        );
+    } else {
+        o.assert_pass(&work);
+    }
+}
+
+#[test]
+fn failed_dump_keeps_sysvipc_lpid() {
+    interrupted_lpid_dump(
+        "failed_dump_keeps_sysvipc_lpid",
+        ("STASIS_FAULT", "dump:commit"),
+        false,
+        false,
+    );
+}
+
+#[test]
+fn negative_failed_dump_sysvipc_lpid() {
+    interrupted_lpid_dump(
+        "negative_failed_dump_sysvipc_lpid",
+        ("STASIS_FAULT", "dump:commit"),
+        false,
+        true,
+    );
+}
+
+#[test]
+fn kill_dumper_after_sysvipc_lpid_read() {
+    for (i, point) in ["sysv-read", "dump:collect"].into_iter().enumerate() {
+        interrupted_lpid_dump(
+            &format!("kill_dumper_after_sysvipc_lpid_read_{i}"),
+            ("STASIS_KILL_AT", point),
+            true,
+            false,
+        );
+    }
+}
+
+/// `dump -R` of the same tree: every shm_lpid, attachment count and the
+/// attached segment's times as they were, with a complete image.
+#[test]
+fn dump_leave_running_sysvipc_lpid_kept() {
+    leave_running(
+        "dump_leave_running_sysvipc_lpid_kept",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "lpid-kept", "--times"],
+    );
+}
+
+/// The same tree dumped and restored: every segment's creator, last
+/// attacher (the reaped process, the root, the child), attachment count
+/// and contents come back.
+#[test]
+fn cr_sysvipc_lpid_kept() {
+    let work = Work::new("cr_sysvipc_lpid_kept");
+    run_case(
+        &work,
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "lpid-kept"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+/// A plain dump (no `-R`) of a segment nobody attaches whose last
+/// attacher is alive outside the tree: refused before anything is read,
+/// since a dump failing after the read would hand the tree back with
+/// shm_lpid changed; the program then finds shm_lpid unchanged.
+#[test]
+fn refuse_sysvipc_lpid_outside() {
+    refused_dump(
+        "refuse_sysvipc_lpid_outside",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "lpid-outside"],
+        &[],
+        &["shm_lpid", "alive outside the tree", "failed dump"],
+        true,
+    );
+}
+
+/// `dump -R` of a tree whose own namespace holds a segment nobody
+/// attaches, last attached by a live process outside the tree: refused by
+/// name before the tree is touched (reading the segment would make its
+/// shm_lpid stasis's); the program then finds shm_lpid unchanged.
+#[test]
+fn refuse_leave_running_sysvipc_lpid_outside() {
+    refused_dump(
+        "refuse_leave_running_sysvipc_lpid_outside",
+        Program::Bin("tp_sysvipc"),
+        &["--mode", "lpid-outside"],
+        &["-R"],
+        &["shm_lpid", "alive outside the tree", "--leave-running"],
+        true,
     );
 }

@@ -56,6 +56,11 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                     "fanotify mark on inode {ino}: no mount of device {sdev:#x}"
                 ))
             })?;
+            let handle_type = f
+                .get("fhandle-type")
+                .and_then(|x| i32::from_str_radix(x, 16).ok())
+                .ok_or_else(line)?;
+            let path = super::inotify::object_path(d.pid, &mount, handle_type, &handle);
             marks.push(FanotifyMark {
                 target: FanotifyTarget::Inode,
                 mflags: hex("mflags").ok_or_else(line)? as u32,
@@ -63,11 +68,9 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 ignored_mask: hex("ignored_mask").ok_or_else(line)?,
                 ino,
                 mount,
-                handle_type: f
-                    .get("fhandle-type")
-                    .and_then(|x| i32::from_str_radix(x, 16).ok())
-                    .ok_or_else(line)?,
+                handle_type,
                 handle,
+                path,
             });
         } else if first == "mnt_id" || first == "sdev" {
             let (target, mount) = if first == "mnt_id" {
@@ -92,6 +95,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 mount,
                 handle_type: 0,
                 handle: Vec::new(),
+                path: None,
             });
         }
     }

@@ -1,12 +1,18 @@
 //! inotify instances: each watch from its fdinfo line (`inotify wd:%x
 //! ino:%lx sdev:%x mask:%x ignored_mask:%x fhandle-bytes:%x fhandle-type:%x
 //! f_handle:%02x...`), saved with the file handle of the watched object and
-//! the mount point of its filesystem. Events waiting to be read cannot be
-//! saved: an instance with any is refused.
+//! the mount point of its filesystem, and the object's path where it has
+//! one ([`object_path`]: a restore on a filesystem made anew, a tmpfs of
+//! the tree's own, finds it by that; [`refuse_unnamed_made_anew`] refuses
+//! a watch or mark there on an object without one). Events waiting to be
+//! read cannot be saved: an instance with any is refused.
 
 use super::Fd;
-use crate::{At, Result, Stage};
-use stasis_image::{FdKind, InotifyWatch};
+use crate::{At, DumpError, Result, Stage};
+use stasis_image::mntns::{MountHow, MountNs};
+use stasis_image::{FdKind, InotifyWatch, ProcessImage};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 
 pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
     if d.link != "anon_inode:inotify" {
@@ -23,6 +29,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
         }
         let mount = mount_point(d.pid, sdev)?
             .ok_or_else(|| d.refuse(&format!("watch {wd}: no mount of device {sdev:#x}")))?;
+        let path = object_path(d.pid, &mount, handle_type, &handle);
         watches.push(InotifyWatch {
             wd,
             mask,
@@ -30,6 +37,7 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
             mount,
             handle_type,
             handle,
+            path,
         });
     }
     watches.sort_by_key(|w| w.wd);
@@ -62,6 +70,100 @@ pub(super) fn mount_point(pid: u32, sdev: u64) -> Result<Option<String>> {
         .collect();
     of_dev.sort_by_key(|m| m.root != "/");
     Ok(of_dev.into_iter().next().map(|m| m.mount_point))
+}
+
+/// The path, as process `pid` sees it, of the object a file handle names
+/// on the filesystem mounted at `mount`: opened by the handle
+/// (open_by_handle_at on that mount, through /proc/PID/root), named below
+/// the mount by the two descriptors' links, and checked to name that very
+/// object (device and inode, the last component not followed). None when
+/// it has no such name: deleted, or not below the mount.
+pub(super) fn object_path(
+    pid: u32,
+    mount: &str,
+    handle_type: i32,
+    handle: &[u8],
+) -> Option<String> {
+    let mnt = stasis_sys::util::open(
+        &format!("/proc/{pid}/root{mount}"),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )
+    .ok()?;
+    let obj = stasis_sys::inotify::open_by_handle(&mnt, handle_type, handle, libc::O_PATH).ok()?;
+    let link = |fd: &std::os::fd::OwnedFd| {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .ok()
+            .and_then(|l| l.to_str().map(str::to_string))
+    };
+    let (m, o) = (link(&mnt)?, link(&obj)?);
+    if o.ends_with(super::DELETED) {
+        return None;
+    }
+    let rel = if o == m {
+        ""
+    } else if m == "/" {
+        o.strip_prefix('/')?
+    } else {
+        o.strip_prefix(m.as_str())?.strip_prefix('/')?
+    };
+    let path = match (rel, mount) {
+        ("", _) => mount.to_string(),
+        (r, "/") => format!("/{r}"),
+        (r, _) => format!("{mount}/{r}"),
+    };
+    let named = std::fs::symlink_metadata(format!("/proc/{pid}/root{path}")).ok()?;
+    let held = std::fs::File::from(obj).metadata().ok()?;
+    (named.dev() == held.dev() && named.ino() == held.ino()).then_some(path)
+}
+
+/// A watch or mark on an object of a tmpfs of the tree's own mount
+/// namespace (`mntns`), which a restore makes anew (so the saved file
+/// handle is stale there), is found by its path: refused by name when the
+/// object had none.
+pub(crate) fn refuse_unnamed_made_anew(
+    images: &[&mut ProcessImage],
+    mntns: Option<&MountNs>,
+) -> Result<()> {
+    let Some(ns) = mntns else { return Ok(()) };
+    let anew = |mount: &str| {
+        ns.mounts
+            .iter()
+            .any(|m| m.mount_point == mount && matches!(m.how, MountHow::Tmpfs { .. }))
+    };
+    for img in images {
+        for e in &img.files {
+            let unnamed: Vec<(String, u64, &str)> = match &e.kind {
+                FdKind::Inotify { watches, .. } => watches
+                    .iter()
+                    .filter(|w| w.path.is_none() && anew(&w.mount))
+                    .map(|w| (format!("inotify watch {}", w.wd), w.ino, w.mount.as_str()))
+                    .collect(),
+                FdKind::Fanotify { marks, .. } => marks
+                    .iter()
+                    .filter(|m| {
+                        m.target == stasis_image::FanotifyTarget::Inode
+                            && m.path.is_none()
+                            && anew(&m.mount)
+                    })
+                    .map(|m| ("fanotify mark".to_string(), m.ino, m.mount.as_str()))
+                    .collect(),
+                _ => continue,
+            };
+            if let Some((what, ino, mount)) = unnamed.first() {
+                return Err(DumpError::Unsupported {
+                    pid: img.pid,
+                    stage: Stage::Check,
+                    what: format!(
+                        "fd {}: {what} on inode {ino} of the tmpfs at {mount}, which a restore \
+                         makes anew: the object has no name there (deleted, or out of reach) to \
+                         find it by (not supported)",
+                        e.fd
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One watch: (wd, mask, ino, sdev, handle type, handle bytes).

@@ -41,7 +41,7 @@ mod fanotify;
 mod fifo;
 mod in_flight;
 mod inet;
-mod inotify;
+pub(crate) mod inotify;
 mod mqueue;
 mod netsk;
 mod opath;

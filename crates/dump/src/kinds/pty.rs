@@ -164,6 +164,7 @@ fn master_state(d: &Fd<'_>, m: &OwnedFd) -> Result<(u32, PtyState)> {
             atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
             stopped: 0,
+            master_stopped: false,
         },
     ))
 }
@@ -322,11 +323,30 @@ fn pair_in_tree(procs: &[Proc<'_>], index: u32, s: &mut PtyState) -> Result<()> 
                 ));
             }
             // Output stopped (the master's unread output is refused
-            // elsewhere, so a full master is not what stops it): by ^S
-            // where IXON is on, by tcflow(TCOOFF) where it is off.
+            // elsewhere, so a full master is not what stops it). With
+            // IXON off only tcflow(TCOOFF) can have stopped it (turning
+            // IXON off restarts a ^S stop). With IXON on, a typed ^S and
+            // TCOOFF look the same (the kernel's tco_stopped is not
+            // shown), and typing ^Q to tell them apart would restart a ^S
+            // stop of the running original.
             if pty::output_stopped(&sl).at(root, Stage::Check)? {
-                s.stopped = if s.termios.iflag & libc::IXON != 0 { 1 } else { 2 };
+                if s.termios.iflag & libc::IXON != 0 {
+                    return Err(refuse(
+                        root,
+                        format!(
+                            "pts {index}: output stopped while IXON is on: a typed STOP \
+                             character (^S) and tcflow(TCOOFF) cannot be told apart (not supported)"
+                        ),
+                    ));
+                }
+                s.stopped = 2;
             }
+            // The master's output: only tcflow(TCOOFF) on it stops it (its
+            // own termios has IXON off and cannot be changed); the
+            // slave's input is empty (above), so a full buffer is not
+            // what keeps it from polling writable.
+            s.master_stopped =
+                pty::output_stopped(&master_of(procs, index)?).at(root, Stage::Check)?;
         }
         None => {
             return Err(refuse(

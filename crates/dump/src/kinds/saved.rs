@@ -133,9 +133,12 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                         seals,
                     },
                     None => match tmpfile_dir(name, md.ino()) {
-                        Some(dir) => SavedFileKind::Tmpfile {
-                            dir: dir.to_string(),
-                        },
+                        Some(dir) => {
+                            check_tmpfile(pid, &what, dir, &md)?;
+                            SavedFileKind::Tmpfile {
+                                dir: dir.to_string(),
+                            }
+                        }
                         None => SavedFileKind::Deleted {
                             path: name.to_string(),
                         },
@@ -181,6 +184,77 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                 }
             } else {
                 img.mm.vmas[i].kind = VmaKind::Saved { id };
+            }
+        }
+    }
+    check_tmpfile_flags(images)
+}
+
+/// An O_TMPFILE file is made again by open(DIR, O_TMPFILE) in its own
+/// directory (the only call that gives a description F_GETFL shows as
+/// O_TMPFILE): refused by name when it was linked since (its descriptors
+/// still read `DIR/#INODE (deleted)`, but a name shares the file), or
+/// when that directory is gone, or no longer a directory of the file's
+/// filesystem.
+fn check_tmpfile(pid: u32, what: &str, dir: &str, md: &std::fs::Metadata) -> Result<()> {
+    if md.nlink() != 0 {
+        return Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!(
+                "{what}: an O_TMPFILE file since linked ({} links): its descriptors cannot be \
+                 made again on the named file (not supported)",
+                md.nlink()
+            ),
+        });
+    }
+    let at = format!("/proc/{pid}/root{dir}");
+    match std::fs::metadata(&at) {
+        Ok(d) if d.is_dir() && d.dev() == md.dev() => Ok(()),
+        _ => Err(DumpError::Unsupported {
+            pid,
+            stage: Stage::Check,
+            what: format!(
+                "{what}: an O_TMPFILE file whose directory {dir} is gone or now on another \
+                 filesystem, so open({dir}, O_TMPFILE) cannot make it again (not supported)"
+            ),
+        }),
+    }
+}
+
+/// O_TMPFILE's own bit (O_TMPFILE is it with O_DIRECTORY).
+const TMPFILE_BIT: u32 = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
+
+/// A description made by open(O_TMPFILE) keeps the bit in its flags
+/// (F_GETFL) after the file was linked (linkat): only a file never linked
+/// can be made again by such an open, so any other is refused by name.
+fn check_tmpfile_flags(images: &[&mut ProcessImage]) -> Result<()> {
+    for img in images {
+        for e in &img.files {
+            let (flags, tmpfile) = match &e.kind {
+                FdKind::Saved { id, flags, .. } => (
+                    *flags,
+                    images
+                        .iter()
+                        .flat_map(|i| &i.saved_files)
+                        .any(|f| f.id == *id && matches!(f.kind, SavedFileKind::Tmpfile { .. })),
+                ),
+                k => (k.flags(), false),
+            };
+            if flags & TMPFILE_BIT != 0 && !tmpfile {
+                let link = std::fs::read_link(format!("/proc/{}/fd/{}", img.pid, e.fd))
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return Err(DumpError::Unsupported {
+                    pid: img.pid,
+                    stage: Stage::Check,
+                    what: format!(
+                        "fd {} ({link}): opened with O_TMPFILE and since linked: no open gives \
+                         a description with O_TMPFILE in its flags (F_GETFL) to a file that \
+                         had a name (not supported)",
+                        e.fd
+                    ),
+                });
             }
         }
     }

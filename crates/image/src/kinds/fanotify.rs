@@ -48,6 +48,10 @@ pub struct FanotifyMark {
     pub handle_type: i32,
     #[serde(with = "crate::hex_bytes")]
     pub handle: Vec<u8>,
+    /// The marked inode's path (as the process saw it), as for an inotify
+    /// watch (`InotifyWatch::path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 pub(super) fn validate(c: &Checker<'_>, field: &str, marks: &[FanotifyMark]) -> Result<()> {
@@ -55,6 +59,7 @@ pub(super) fn validate(c: &Checker<'_>, field: &str, marks: &[FanotifyMark]) -> 
     for (k, m) in marks.iter().enumerate() {
         let f = format!("{field}.marks[{k}]");
         c.string(&format!("{f}.mount"), &m.mount, MAX_PATH_LEN)?;
+        crate::kinds::inotify::validate_path(c, &format!("{f}.path"), m.path.as_deref())?;
         c.ensure(m.mount.starts_with('/'), || {
             format!("{f}.mount: {:?} is not absolute", m.mount)
         })?;

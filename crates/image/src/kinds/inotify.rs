@@ -27,6 +27,20 @@ pub struct InotifyWatch {
     pub handle_type: i32,
     #[serde(with = "crate::hex_bytes")]
     pub handle: Vec<u8>,
+    /// The watched object's path (as the process saw it), found at the
+    /// dump; a restore opens it when the handle is stale (a tmpfs of the
+    /// tree's own, made anew). Absent: no name was found (older images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Rules of a saved object path (`path` of a watch or mark).
+pub(super) fn validate_path(c: &Checker<'_>, field: &str, path: Option<&str>) -> Result<()> {
+    let Some(p) = path else { return Ok(()) };
+    c.string(field, p, MAX_PATH_LEN)?;
+    c.ensure(p.starts_with('/'), || {
+        format!("{field}: {p:?} is not absolute")
+    })
 }
 
 pub(super) fn validate(c: &Checker<'_>, field: &str, watches: &[InotifyWatch]) -> Result<()> {
@@ -38,6 +52,7 @@ pub(super) fn validate(c: &Checker<'_>, field: &str, watches: &[InotifyWatch]) -
             format!("{f}.wd: {} not above the one before", w.wd)
         })?;
         c.string(&format!("{f}.mount"), &w.mount, MAX_PATH_LEN)?;
+        validate_path(c, &format!("{f}.path"), w.path.as_deref())?;
         c.ensure(w.mount.starts_with('/'), || {
             format!("{f}.mount: {:?} is not absolute", w.mount)
         })?;

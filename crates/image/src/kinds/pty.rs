@@ -93,11 +93,16 @@ pub struct PtyState {
     pub atime_ns: i64,
     #[serde(default)]
     pub mtime_ns: i64,
-    /// Output stopped: 0 no, 1 by the STOP character (IXON on: taken to
-    /// be a typed ^S, which a typed ^Q undoes), 2 by tcflow(TCOOFF) (IXON
-    /// off: nothing else could have stopped it).
+    /// The slave's output stopped: 0 no, 2 by tcflow(TCOOFF) (IXON off:
+    /// nothing else could have stopped it). 1 (stopped with IXON on) was
+    /// written by older versions and is refused: a typed ^S and TCOOFF
+    /// cannot be told apart.
     #[serde(default)]
     pub stopped: u8,
+    /// The master's output stopped: only tcflow(TCOOFF) on the master can
+    /// (its own termios, IXON off, cannot be changed).
+    #[serde(default)]
+    pub master_stopped: bool,
 }
 
 pub(super) fn validate(
@@ -122,8 +127,12 @@ pub(super) fn validate(
             p.termios.line
         )
     })?;
-    c.ensure(p.stopped <= 2, || {
-        format!("{field}.pty.stopped: {} (0, 1 or 2)", p.stopped)
+    c.ensure(p.stopped == 0 || p.stopped == 2, || {
+        format!(
+            "{field}.pty.stopped: {} (0 or 2; 1, output stopped with IXON on, is refused: \
+             a typed ^S and tcflow(TCOOFF) cannot be told apart)",
+            p.stopped
+        )
     })?;
     c.ensure(p.mode <= 0o7777, || {
         format!("{field}.pty.mode: {:#o}", p.mode)

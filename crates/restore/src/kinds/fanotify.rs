@@ -1,7 +1,8 @@
 //! fanotify groups: made by the restorer with the saved flags and event
 //! flags, each inode mark added again on the object its file handle names
-//! (`open_by_handle_at` on the mount point of its filesystem, then
-//! `fanotify_mark` through the object's /proc/self/fd link): its mask
+//! (`open_by_handle_at` on the mount point of its filesystem, or on a
+//! filesystem made anew the path the dump found, then `fanotify_mark`
+//! through the object's /proc/self/fd link): its mask
 //! first, then its ignore mask with the same kind of ignore flags; a
 //! mount or filesystem mark on the mount point it was saved with
 //! (FAN_MARK_MOUNT, FAN_MARK_FILESYSTEM). The dump refused queued events:
@@ -41,7 +42,7 @@ pub(super) fn open(
                     &m.mount,
                     m.handle_type,
                     &m.handle,
-                    (&what, None),
+                    (&what, None, m.path.as_deref()),
                 )?;
                 (obj, 0)
             }

@@ -1,7 +1,9 @@
 //! inotify instances: created by the restorer, each watch added again on
 //! the object its file handle names (`open_by_handle_at` on the mount
 //! point of its filesystem, then `inotify_add_watch` through the object's
-//! /proc/self/fd link, so a renamed object is still found). The kernel
+//! /proc/self/fd link, so a renamed object is still found); on a
+//! filesystem made anew (a tmpfs of the tree's own: the handle is stale)
+//! the object at the path the dump found for it. The kernel
 //! gives watch descriptors in increasing order: a watch whose number is not
 //! the next one is added and removed until it is (the IN_IGNORED events of
 //! those removals are then read away; the dump refused queued events, so
@@ -26,7 +28,13 @@ pub(super) fn open(
     let ifd = inotify::init(flags as i32 & libc::O_NONBLOCK).at(pid, st)?;
     for w in watches {
         let what = format!("inotify watch {} (inode {})", w.wd, w.ino);
-        let obj = open_handle(cx, &w.mount, w.handle_type, &w.handle, (&what, Some(w.ino)))?;
+        let obj = open_handle(
+            cx,
+            &w.mount,
+            w.handle_type,
+            &w.handle,
+            (&what, Some(w.ino), w.path.as_deref()),
+        )?;
         let path = format!("/proc/self/fd/{}", obj.as_raw_fd());
         let mut got = inotify::add_watch(&ifd, &path, w.mask).at(pid, st)?;
         while got < w.wd && got > w.wd - MAX_SKIP {
@@ -49,17 +57,34 @@ pub(super) fn open(
 }
 
 /// The object a saved file handle names (O_PATH), opened on the mount
-/// point of its filesystem; `what` names it in the error.
+/// point of its filesystem; `what` names it in the error. A stale handle
+/// (a filesystem made anew) falls back to `path`, the object's path the
+/// dump found, and for the root of the filesystem (inode `root_ino`) to
+/// the mount point.
 pub(super) fn open_handle(
     cx: &Cx<'_>,
     mount: &str,
     handle_type: i32,
     handle: &[u8],
-    (what, root_ino): (&str, Option<u64>),
+    (what, root_ino, path): (&str, Option<u64>, Option<&str>),
 ) -> Result<std::os::fd::OwnedFd> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let mnt = crate::mntns::open(mount, libc::O_RDONLY | libc::O_DIRECTORY).at(pid, st)?;
     let got = inotify::open_by_handle(&mnt, handle_type, handle, libc::O_PATH);
+    if let (Err(e), Some(p)) = (&got, path) {
+        if e.errno() == Some(libc::ESTALE) {
+            return crate::mntns::open(p, libc::O_PATH | libc::O_NOFOLLOW).map_err(|source| {
+                RestoreError::Sys {
+                    pid,
+                    stage: st,
+                    source: stasis_sys::SysError {
+                        op: format!("fd {}: {what}: stale handle, by path: {}", cx.fd, source.op),
+                        ..source
+                    },
+                }
+            });
+        }
+    }
     // A filesystem made anew (a tmpfs of the tree's own mount namespace,
     // its contents saved) gives new handles; its root is the same
     // directory still: the mount point itself, with the saved inode

@@ -170,7 +170,7 @@ fn finish_pair(o: &Opened, pid: u32, index: u32, master: &OwnedFd, s: &PtyState)
     let f = OwnedFd::from(f);
     pty::set_exclusive(&f, s.slave_exclusive).at(pid, st)?;
     pty::set_exclusive(master, s.master_exclusive).at(pid, st)?;
-    stop_output(pid, index, master, &f, s.stopped)?;
+    stop_output(pid, index, master, &f, s)?;
     drop(f);
     if held.is_none() && !s.slave_closed {
         return Err(RestoreError::Refused {
@@ -182,39 +182,48 @@ fn finish_pair(o: &Opened, pid: u32, index: u32, master: &OwnedFd, s: &PtyState)
     pty::set_locked(master, s.locked).at(pid, st)
 }
 
-/// Output stopped again as it was: the STOP character typed on the
-/// master (the line discipline takes it, as from a keyboard: a typed
-/// START undoes it), or tcflow(TCOOFF); then waits (at most 2 s) until
-/// the slave no longer polls writable.
-fn stop_output(pid: u32, index: u32, master: &OwnedFd, slave: &OwnedFd, how: u8) -> Result<()> {
+/// Output stopped again as it was: the slave's and the master's, each by
+/// tcflow(TCOOFF) on that end (a typed START character does not restart
+/// it); then waits (at most 2 s) until the end no longer polls writable.
+fn stop_output(
+    pid: u32,
+    index: u32,
+    master: &OwnedFd,
+    slave: &OwnedFd,
+    s: &PtyState,
+) -> Result<()> {
     let st = Stage::Fork;
-    match how {
-        1 => {
-            let t = Termios::from_raw(&pty::termios(master).at(pid, st)?);
-            let c = t.cc.get(libc::VSTOP).copied().unwrap_or(0x13);
-            let mut m = std::fs::File::from(
-                master
-                    .try_clone()
-                    .map_err(io(pid, format!("dup the master of pts {index}")))?,
-            );
-            use std::io::Write;
-            m.write_all(&[c])
-                .map_err(io(pid, format!("write STOP to the master of pts {index}")))?;
+    for (on, end, what) in [
+        (s.stopped == 2, slave, "its output"),
+        (s.master_stopped, master, "its master's output"),
+    ] {
+        if on && !stopped_again(end).at(pid, st)? {
+            return Err(RestoreError::Refused {
+                pid,
+                stage: st,
+                what: format!("pts {index}: {what} did not stop"),
+            });
         }
-        2 => pty::stop_output_tcooff(slave).at(pid, st)?,
-        _ => return Ok(()),
     }
+    // In packet mode the slave's stop queued a status byte (TIOCPKT_STOP)
+    // for the master's reader; the dump saw none waiting (it refuses one),
+    // so the original's reader had taken it.
+    if s.packet && s.stopped == 2 {
+        pty::take_status(master).at(pid, st)?;
+    }
+    Ok(())
+}
+
+/// TCOOFF on `end`, then whether it stopped within 2 s.
+fn stopped_again(end: &OwnedFd) -> stasis_sys::Result<bool> {
+    pty::stop_output_tcooff(end)?;
     for _ in 0..200 {
-        if pty::output_stopped(slave).at(pid, st)? {
-            return Ok(());
+        if pty::output_stopped(end)? {
+            return Ok(true);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Err(RestoreError::Refused {
-        pid,
-        stage: st,
-        what: format!("pts {index}: its output did not stop"),
-    })
+    Ok(false)
 }
 
 /// The restorer's master descriptor of pair `index` (for TIOCSCTTY).

@@ -9,7 +9,9 @@
 //! owner, mode and times, in that order (fchown clears set-id bits, and
 //! every write or fchmod moves the times; the change time cannot be set by
 //! any call: it is the time of the restore). Each descriptor is a new open
-//! of `/proc/self/fd/OBJ` ([`open`]); mappings go through the object itself
+//! of `/proc/self/fd/OBJ` ([`open`]), except the description an O_TMPFILE
+//! file was made with (its flags show O_TMPFILE), made again by that very
+//! call ([`create_tmpfile`]); mappings go through the object itself
 //! ([`map_sources`]); a deleted working directory is entered by the process
 //! through a service descriptor of it ([`cwd_source`], [`fchdir`]). Seals
 //! come last ([`seal_all`]), once every process has mapped the memfd, and
@@ -19,11 +21,11 @@
 use super::{Cx, Opened, ProcFiles, OPEN_FLAGS_DROP};
 use crate::memory::ServiceFds;
 use crate::{At, RestoreError, Result, Stage};
-use stasis_image::{ProcessImage, SavedFile, SavedFileKind, VmaKind, PAGE_SIZE};
+use stasis_image::{FdKind, ProcessImage, SavedFile, SavedFileKind, VmaKind, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::util;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 const F_SEAL_SEAL: u32 = libc::F_SEAL_SEAL as u32;
@@ -38,6 +40,9 @@ pub(crate) struct SavedObjects {
     seal_later: Vec<(u64, OwnedFd, u32)>,
     /// Saved files whose times are set again at the end.
     times_later: TimesLater,
+    /// O_TMPFILE file id -> index of the description its open(O_TMPFILE)
+    /// made (F_GETFL shows O_TMPFILE), for the descriptors that had it.
+    tmpfile_desc: HashMap<u64, usize>,
 }
 
 impl SavedObjects {
@@ -84,7 +89,17 @@ pub(super) fn io(pid: u32, what: String) -> impl FnOnce(std::io::Error) -> Resto
 pub(crate) fn create_all(o: &mut Opened, procs: &[ProcessImage], pages: &[PathBuf]) -> Result<()> {
     for (img, pg) in procs.iter().zip(pages) {
         for f in &img.saved_files {
-            let (file, seals) = create_object(img.pid, f)?;
+            let (file, seals) = match &f.kind {
+                SavedFileKind::Tmpfile { dir } => {
+                    let (file, desc) = create_tmpfile(img.pid, dir, tmpfile_flags(procs, f.id))?;
+                    if let Some(d) = desc {
+                        let i = o.push(d);
+                        o.saved.tmpfile_desc.insert(f.id, i);
+                    }
+                    (file, 0)
+                }
+                _ => create_object(img.pid, f)?,
+            };
             fill(img.pid, f, &file, pg)?;
             set_metadata(img.pid, &file, f)?;
             if f.times.is_some() {
@@ -149,19 +164,54 @@ fn create_object(pid: u32, f: &SavedFile) -> Result<(std::fs::File, u32)> {
             Ok((file, 0))
         }
         SavedFileKind::DeletedDir { path } => Ok((deleted_dir(pid, f.id, path)?, 0)),
-        SavedFileKind::Tmpfile { dir } => {
-            // Without O_EXCL: linkable, as the dump cannot tell (see
-            // docs/state.md).
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-                .open(dir)
-                .map_err(io(pid, format!("open({dir}, O_TMPFILE)")))?;
-            Ok((file, 0))
-        }
+        SavedFileKind::Tmpfile { dir } => Ok((create_tmpfile(pid, dir, None)?.0, 0)),
     }
+}
+
+/// O_TMPFILE's own bit (O_TMPFILE is it with O_DIRECTORY).
+const TMPFILE_BIT: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
+
+/// The flags of the description that open(O_TMPFILE) made for saved
+/// file `id`, if a descriptor of the tree still has it (F_GETFL shows
+/// O_TMPFILE; one description at most: each such open makes a new file).
+fn tmpfile_flags(procs: &[ProcessImage], id: u64) -> Option<i32> {
+    procs
+        .iter()
+        .flat_map(|p| &p.files)
+        .find_map(|e| match e.kind {
+            FdKind::Saved { id: i, flags, .. } if i == id && flags as i32 & TMPFILE_BIT != 0 => {
+                Some(flags as i32)
+            }
+            _ => None,
+        })
+}
+
+/// An O_TMPFILE file made again in `dir` by the very call that made it,
+/// open(DIR, O_TMPFILE | flags), with the flags of its description when
+/// one is in the tree (`flags`): that description is returned too, for
+/// its descriptors ([`open`]); the object the restorer fills and maps is
+/// a read-write reopen (the description may be write-only or append).
+/// Without O_EXCL: linkable, as the dump cannot tell (docs/state.md).
+fn create_tmpfile(
+    pid: u32,
+    dir: &str,
+    flags: Option<i32>,
+) -> Result<(std::fs::File, Option<OwnedFd>)> {
+    let fl = flags.map_or(libc::O_RDWR, |f| f & !OPEN_FLAGS_DROP) | libc::O_TMPFILE;
+    let made = util::open(dir, fl).map_err(|source| RestoreError::Sys {
+        pid,
+        stage: Stage::Fork,
+        source: stasis_sys::SysError {
+            op: format!("{} with O_TMPFILE (flags {fl:#o})", source.op),
+            ..source
+        },
+    })?;
+    if flags.is_none() {
+        return Ok((std::fs::File::from(made), None));
+    }
+    let again = format!("/proc/self/fd/{}", made.as_raw_fd());
+    let obj = util::open(&again, libc::O_RDWR).at(pid, Stage::Fork)?;
+    Ok((std::fs::File::from(obj), Some(made)))
 }
 
 /// A new directory for the deleted directory `path`: under its own name
@@ -293,8 +343,15 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, id: u64, flags: u32, pos: u64) -
             what: format!("fd {}: saved file {id} is not in the image", cx.fd),
         })?;
     let mut flags = flags as i32 & !OPEN_FLAGS_DROP;
-    // O_TMPFILE (with O_DIRECTORY) made the object, not this description.
-    if flags & libc::O_TMPFILE & !libc::O_DIRECTORY != 0 {
+    // The description open(O_TMPFILE) made (create_tmpfile), at its
+    // offset.
+    if flags & TMPFILE_BIT != 0 {
+        if let Some(&i) = o.saved.tmpfile_desc.get(&id) {
+            util::seek_to(&o.owned[i], pos, &format!("fd {}", cx.fd)).at(pid, st)?;
+            return Ok(i);
+        }
+        // An image without it (a file since linked, refused at dump by
+        // now): a reopen, without the bit.
         flags &= !libc::O_TMPFILE;
     }
     let fd = util::open(&o.reopen_path(obj), flags).at(pid, st)?;

@@ -13,12 +13,22 @@
 //!   waiting bytes and a bigger capacity, still connected after restore.
 //!
 //! `--tmpfile`: an O_TMPFILE file (mode 0640, 70,000 bytes, offset 5),
-//! never linked: after restore its link still reads `DIR/#N (deleted)`,
-//! its contents, offset and mode are the same, and linkat() through
-//! /proc/self/fd gives it a name (`--corrupt`: it was linked and unlinked
-//! again, which makes it unlinkable).
+//! never linked, opened O_RDWR|O_APPEND and duplicated, with a second
+//! description opened read-only through /proc/self/fd (offset 7), and a
+//! second O_TMPFILE file opened write-only (a hole, then data): after
+//! restore each link still reads `DIR/#N (deleted)`, the contents,
+//! offsets, mode and inodes are the same (the duplicate shares its
+//! offset), F_GETFL of every descriptor is as before (O_TMPFILE on the
+//! descriptions open(O_TMPFILE) made, not on the reopen), and linkat()
+//! through /proc/self/fd gives it a name (`--corrupt`: it was linked and
+//! unlinked again, which makes it unlinkable, and its descriptor is
+//! replaced by a reopen through /proc/self/fd, without O_TMPFILE).
+//! `--tmpfile-linked`: an O_TMPFILE file linked with linkat and still
+//! open (F_GETFL keeps O_TMPFILE: a dump must refuse it by name);
+//! `--tmpfile-gone`: one whose directory was removed (likewise). Both
+//! check after go that the descriptor is as it was.
 //!
-//! Usage: `tp_fdkinds WORKDIR [--corrupt] [--tmpfile]`
+//! Usage: `tp_fdkinds WORKDIR [--corrupt] [--tmpfile|--tmpfile-linked|--tmpfile-gone]`
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -105,13 +115,31 @@ fn listing(dir: &str) -> Vec<String> {
 fn tmpfile(proto: &Proto, dir: &str, corrupt: bool) -> ! {
     let mut report = Report::new();
     let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let fd = open(dir, libc::O_TMPFILE | libc::O_RDWR);
+    let fd = open(dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_APPEND);
     write(fd, &data);
-    // SAFETY: plain calls on our descriptor.
-    unsafe {
+    // SAFETY: plain calls on our descriptors.
+    let (fd_dup, fd_ro, wfd) = unsafe {
         libc::fchmod(fd, 0o640);
         libc::lseek(fd, 5, libc::SEEK_SET);
+        (
+            libc::dup(fd),
+            open(&format!("/proc/self/fd/{fd}"), libc::O_RDONLY),
+            open(dir, libc::O_TMPFILE | libc::O_WRONLY),
+        )
+    };
+    // SAFETY: lseek and pwrite on our descriptors, from a live buffer.
+    unsafe {
+        libc::lseek(fd_ro, 7, libc::SEEK_SET);
+        libc::pwrite(wfd, data.as_ptr().cast(), 5000, 3 * PAGE as i64);
     }
+    let flags = || [getfl(fd), getfl(fd_dup), getfl(fd_ro), getfl(wfd)];
+    let inodes = || [fd, fd_dup, fd_ro, wfd].map(|f| fstat(f).st_ino);
+    let (flags_before, inodes_before) = (flags(), inodes());
+    let tmp_bit = libc::O_TMPFILE & !libc::O_DIRECTORY;
+    report.check(
+        flags_before[0] & tmp_bit != 0 && flags_before[2] & tmp_bit == 0,
+        || format!("before: flags {flags_before:?}"),
+    );
     let link_of = || {
         std::fs::read_link(format!("/proc/self/fd/{fd}"))
             .map(|p| p.to_string_lossy().into_owned())
@@ -141,7 +169,35 @@ fn tmpfile(proto: &Proto, dir: &str, corrupt: bool) -> ! {
     if corrupt {
         at(&format!("{dir}/gone"));
         let _ = std::fs::remove_file(format!("{dir}/gone"));
+        let again = open(
+            &format!("/proc/self/fd/{fd}"),
+            libc::O_RDWR | libc::O_APPEND,
+        );
+        // SAFETY: moves our own descriptor over fd, at fd's offset.
+        unsafe {
+            libc::lseek(again, 5, libc::SEEK_SET);
+            libc::dup2(again, fd);
+            libc::close(again);
+        }
     }
+    report.eq("F_GETFL of each descriptor", flags_before, flags());
+    // One file behind the first three descriptors, another behind the
+    // last (a restore makes new inodes).
+    let same = |i: [u64; 4]| [i[0] == i[1], i[1] == i[2], i[2] != i[3]];
+    report.eq(
+        "inodes (same, same, other)",
+        same(inodes_before),
+        same(inodes()),
+    );
+    report.check(is_tmp(&link(wfd)), || format!("after: link {}", link(wfd)));
+    report.eq("offset of the read-only reopen", 7, pos(fd_ro));
+    let wdata = std::fs::read(format!("/proc/self/fd/{wfd}")).unwrap_or_default();
+    report.eq("size of the write-only file", 3 * PAGE + 5000, wdata.len());
+    report.check(
+        wdata[..wdata.len().min(3 * PAGE)].iter().all(|&b| b == 0)
+            && wdata.get(3 * PAGE..) == Some(&data[..5000]),
+        || "contents of the write-only file differ".into(),
+    );
     let l = link_of();
     report.check(is_tmp(&l), || format!("after: link {l}"));
     // SAFETY: zero is a valid stat; plain calls on our descriptor.
@@ -151,6 +207,9 @@ fn tmpfile(proto: &Proto, dir: &str, corrupt: bool) -> ! {
         (libc::lseek(fd, 0, libc::SEEK_CUR), st)
     };
     report.eq("offset", 5, pos);
+    // SAFETY: lseek on our descriptor: the duplicate shares its offset.
+    let shared = unsafe { libc::lseek(fd_dup, 9, libc::SEEK_SET) } == 9 && self::pos(fd) == 9;
+    report.check(shared, || "the duplicate does not share the offset".into());
     report.eq("mode", 0o100640, st.st_mode);
     report.eq("links", 0, st.st_nlink);
     let r = at(&linked);
@@ -165,12 +224,57 @@ fn tmpfile(proto: &Proto, dir: &str, corrupt: bool) -> ! {
     proto.finish(&report);
 }
 
+/// `--tmpfile-linked`, `--tmpfile-gone`: see the module comment.
+fn tmpfile_refused(proto: &Proto, dir: &str, linked: bool) -> ! {
+    let mut report = Report::new();
+    let sub = format!("{dir}/tdir");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let fd = open(&sub, libc::O_TMPFILE | libc::O_RDWR);
+    write(fd, b"tmpfile");
+    if linked {
+        let src = c(&format!("/proc/self/fd/{fd}"));
+        // SAFETY: valid NUL-terminated paths.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                c(&format!("{sub}/named")).as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        report.eq("linkat", 0, r);
+    } else {
+        std::fs::remove_dir(&sub).expect("rmdir");
+    }
+    let seen = || {
+        (
+            getfl(fd),
+            fstat(fd).st_ino,
+            fstat(fd).st_nlink,
+            pos(fd),
+            link(fd),
+        )
+    };
+    let before = seen();
+    proto.ready_and_wait();
+    report.eq("(F_GETFL, inode, links, offset, link)", before, seen());
+    if linked {
+        let _ = std::fs::remove_file(format!("{sub}/named"));
+        let _ = std::fs::remove_dir(&sub);
+    }
+    proto.finish(&report);
+}
+
 fn main() {
     let (proto, args) = Proto::from_args();
     let corrupt = args.corrupt();
     let dir = proto.dir().to_str().expect("utf-8").to_string();
     if args.flag("tmpfile") {
         tmpfile(&proto, &dir, corrupt);
+    }
+    if args.flag("tmpfile-linked") || args.flag("tmpfile-gone") {
+        tmpfile_refused(&proto, &dir, args.flag("tmpfile-linked"));
     }
     let sub = format!("{dir}/files");
     std::fs::create_dir_all(&sub).expect("mkdir");

@@ -44,35 +44,6 @@ fn add(fd: i32, path: &std::path::Path, mask: u32) -> i32 {
     unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) }
 }
 
-/// Every event waiting in `fd` as (wd, mask, name); `fd` must not block
-/// (or must have events waiting).
-fn events(fd: i32) -> Vec<(i32, u32, String)> {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::new();
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD into n; then a read into our buffer.
-    let len = unsafe {
-        libc::ioctl(fd, libc::FIONREAD, &mut n);
-        if n == 0 {
-            return out;
-        }
-        libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
-    };
-    let mut at = 0usize;
-    while at + 16 <= len.max(0) as usize {
-        let i32_at = |o: usize| i32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
-        let (wd, mask, nlen) = (i32_at(at), i32_at(at + 4) as u32, i32_at(at + 12) as usize);
-        let name = buf[at + 16..at + 16 + nlen]
-            .split(|&b| b == 0)
-            .next()
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .unwrap_or_default();
-        out.push((wd, mask, name));
-        at += 16 + nlen;
-    }
-    out
-}
-
 fn main() {
     let (proto, args) = Proto::from_args();
     let w = proto.path("w");
@@ -91,7 +62,7 @@ fn main() {
     let wd_gone = add(a, &w.join("gone"), libc::IN_ATTRIB);
     // SAFETY: removing our own watch.
     unsafe { libc::inotify_rm_watch(a, wd_gone) };
-    let drained = events(a);
+    let drained = stasis_tests::inotify_events(a);
     let wd_f = add(a, &w.join("f"), libc::IN_MODIFY | libc::IN_CLOSE_WRITE);
     let wd_b = add(b, &w.join("f"), libc::IN_OPEN);
     let queued = if args.flag("queued") {
@@ -115,15 +86,23 @@ fn main() {
         (true, false),
         (fa & libc::O_NONBLOCK != 0, fb & libc::O_NONBLOCK != 0),
     );
-    report.eq("events queued after restore (A)", queued, events(a));
-    report.eq("events queued after restore (B)", vec![], events(b));
+    report.eq(
+        "events queued after restore (A)",
+        queued,
+        stasis_tests::inotify_events(a),
+    );
+    report.eq(
+        "events queued after restore (B)",
+        vec![],
+        stasis_tests::inotify_events(b),
+    );
     let new = if args.corrupt() { "other" } else { "new" };
     let _ = std::fs::write(w.join(new), b"n");
     let _ = std::fs::OpenOptions::new()
         .append(true)
         .open(w.join("f"))
         .map(|mut f| std::io::Write::write_all(&mut f, b"y"));
-    let got = events(a);
+    let got = stasis_tests::inotify_events(a);
     report.eq(
         "events of A",
         vec![
@@ -133,7 +112,10 @@ fn main() {
         ],
         got,
     );
-    let got_b: Vec<(i32, u32)> = events(b).into_iter().map(|e| (e.0, e.1)).collect();
+    let got_b: Vec<(i32, u32)> = stasis_tests::inotify_events(b)
+        .into_iter()
+        .map(|e| (e.0, e.1))
+        .collect();
     report.eq("events of B", vec![(wd_b, libc::IN_OPEN)], got_b);
     proto.finish(&report);
 }

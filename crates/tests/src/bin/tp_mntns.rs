@@ -30,6 +30,15 @@
 //! file the very file WORK/blk/f names with its contents, and a write
 //! through it read back by path (the dump needs criu's `--external
 //! dev[MAJOR/MINOR]:NAME`).
+//! `notify`: a tmpfs on WORK/n (made anew by a restore, so file handles of
+//! its objects go stale) with an inotify watch on the file n/sub/f
+//! (IN_MODIFY), one on the directory n/sub (IN_CREATE) and a fanotify
+//! inode mark on n/g (FAN_MODIFY); after go each watch and mark is as
+//! before (number, masks, and the inode of the path it was added by),
+//! writing f gives IN_MODIFY on its watch, creating n/sub/new IN_CREATE
+//! named `new`, writing g a FAN_MODIFY carrying g (`--corrupt` removes the
+//! file's watch). `notify-deleted`: a watch on a file of that tmpfs held
+//! open and unlinked (a dump must refuse it by name: it has no path).
 
 use stasis_tests::{Proto, Report};
 use std::ffi::CString;
@@ -557,6 +566,14 @@ fn main() {
     if args.get("case") == Some("overlay") {
         overlay(&proto, &dir);
     }
+    if matches!(args.get("case"), Some("notify" | "notify-deleted")) {
+        notify(
+            &proto,
+            &dir,
+            args.get("case") == Some("notify-deleted"),
+            args.corrupt(),
+        );
+    }
     if args.get("case") == Some("blockdev") {
         blockdev(
             &proto,
@@ -627,5 +644,142 @@ fn main() {
     r.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
         format!("child's checks failed (status {st:#x})")
     });
+    proto.finish(&r)
+}
+
+/// `key:value` fields `keys` of the fdinfo lines of `fd` starting with
+/// `prefix`, each line's joined.
+fn fdinfo_fields(fd: i32, prefix: &str, keys: &[&str]) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|t| keys.iter().any(|k| t.split(':').next() == Some(k)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// Fanotify events waiting in non-blocking `fd`: (mask, path of its fd).
+fn fanotify_events(fd: i32) -> Vec<(u64, String)> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a read into our own buffer.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let size = std::mem::size_of::<libc::fanotify_event_metadata>();
+    while at + size <= n.max(0) as usize {
+        // SAFETY: the kernel wrote a whole metadata record at `at`.
+        let m: libc::fanotify_event_metadata =
+            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", m.fd))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if m.fd >= 0 {
+            // SAFETY: the event's descriptor is ours to close.
+            unsafe { libc::close(m.fd) };
+        }
+        out.push((m.mask, path));
+        if m.event_len == 0 {
+            break;
+        }
+        at += m.event_len as usize;
+    }
+    out
+}
+
+fn notify(proto: &Proto, dir: &Path, deleted: bool, corrupt: bool) -> ! {
+    const FAN_MODIFY: u64 = 0x2;
+    let mut r = Report::new();
+    let n = dir.join("n");
+    std::fs::create_dir_all(&n).expect("mkdir n");
+    mount("tpnotify", &n, Some("tmpfs"), 0, Some("size=1m"));
+    std::fs::create_dir(n.join("sub")).expect("mkdir sub");
+    for f in ["sub/f", "g", "gone"] {
+        std::fs::write(n.join(f), b"x").expect("write");
+    }
+    // SAFETY: plain calls with valid NUL-terminated paths.
+    let (ifd, w_file, w_dir, gfd) = unsafe {
+        let ifd = libc::inotify_init1(libc::IN_NONBLOCK);
+        let w_file = libc::inotify_add_watch(ifd, c(&n.join("sub/f")).as_ptr(), libc::IN_MODIFY);
+        let w_dir = libc::inotify_add_watch(ifd, c(&n.join("sub")).as_ptr(), libc::IN_CREATE);
+        let gfd = libc::fanotify_init(
+            libc::FAN_CLASS_NOTIF | libc::FAN_NONBLOCK,
+            (libc::O_RDONLY | libc::O_LARGEFILE) as u32,
+        );
+        let m = libc::fanotify_mark(
+            gfd,
+            libc::FAN_MARK_ADD,
+            FAN_MODIFY,
+            libc::AT_FDCWD,
+            c(&n.join("g")).as_ptr(),
+        );
+        sys(m, "fanotify_mark");
+        (ifd, w_file, w_dir, gfd)
+    };
+    r.check(ifd >= 0 && w_file > 0 && w_dir > 0 && gfd >= 0, || {
+        format!("setup: {ifd} {w_file} {w_dir} {gfd}")
+    });
+    let _held = if deleted {
+        let held = std::fs::File::open(n.join("gone")).expect("open gone");
+        // SAFETY: valid path, our inotify instance.
+        unsafe { libc::inotify_add_watch(ifd, c(&n.join("gone")).as_ptr(), libc::IN_MODIFY) };
+        std::fs::remove_file(n.join("gone")).expect("unlink gone");
+        stasis_tests::inotify_events(ifd); // the unlink's IN_ATTRIB
+        Some(held)
+    } else {
+        None
+    };
+    let ino = |p: &str| format!("{:x}", std::fs::metadata(n.join(p)).map_or(0, |m| m.ino()));
+    let seen = || {
+        (
+            fdinfo_fields(ifd, "inotify wd:", &["wd", "mask", "ignored_mask"]),
+            fdinfo_fields(gfd, "fanotify ino:", &["mflags", "mask", "ignored_mask"]),
+            fdinfo_fields(ifd, "inotify wd:", &["wd", "ino"]),
+            fdinfo_fields(gfd, "fanotify ino:", &["ino"]),
+        )
+    };
+    let (w0, m0, _, _) = seen();
+    proto.ready_and_wait();
+    if corrupt {
+        // SAFETY: removes a watch of our own instance.
+        unsafe { libc::inotify_rm_watch(ifd, w_file) };
+        stasis_tests::inotify_events(ifd); // its IN_IGNORED
+    }
+    let (w1, m1, wino, mino) = seen();
+    r.eq("inotify watches (wd, masks)", w0, w1);
+    r.eq("fanotify marks (flags, masks)", m0, m1);
+    if !deleted {
+        let mut want = vec![
+            format!("wd:{w_file:x} ino:{}", ino("sub/f")),
+            format!("wd:{w_dir:x} ino:{}", ino("sub")),
+        ];
+        let mut wino = wino;
+        want.sort();
+        wino.sort();
+        r.eq("inodes watched: n/sub/f, n/sub", want, wino);
+        r.eq("inode marked: n/g", vec![format!("ino:{}", ino("g"))], mino);
+    }
+    std::fs::write(n.join("sub/f"), b"modified").expect("write f");
+    std::fs::write(n.join("sub/new"), b"").expect("create new");
+    let ev = stasis_tests::inotify_events(ifd);
+    let has = |wd: i32, mask: u32, name: &str| {
+        ev.iter()
+            .any(|(w, m, nm)| *w == wd && m & mask != 0 && nm == name)
+    };
+    r.check(
+        has(w_file, libc::IN_MODIFY, "") && has(w_dir, libc::IN_CREATE, "new"),
+        || format!("inotify events {ev:?}"),
+    );
+    std::fs::write(n.join("g"), b"modified").expect("write g");
+    let g = n.join("g").display().to_string();
+    let fev = fanotify_events(gfd);
+    r.check(
+        fev.iter().any(|(m, p)| m & FAN_MODIFY != 0 && *p == g),
+        || format!("fanotify events {fev:?}"),
+    );
     proto.finish(&r)
 }

@@ -1,6 +1,6 @@
 //! Network namespace test program.
 //!
-//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunfd|tunq [--corrupt]`
+//! Usage: `tp_netns WORKDIR --mode own|given|bridge|legacy|routing|macvlan|tun|tunethtool|tunfilter|tunfd|tunq [--corrupt] [--lose-kept]`
 //!
 //! - `own`: unshares its network namespace, sets lo up, adds 10.77.0.1/32
 //!   and fd77::1/128 on lo and a route to 10.78.0.0/16 via lo, sets
@@ -32,6 +32,15 @@
 //!   1000, group 1001, vnet_hdr, multi_queue, a MAC, an address; tun1:
 //!   pi, MTU 1400; both up): after go `ip -d link`, addresses and `ip
 //!   tuntap` read as before.
+//!   Each also keeps what a process that closed it set (tap0: offloads
+//!   csum, TSO4, TSO6, ECN, a 12-byte little-endian vnet header, rx-gro
+//!   off through ethtool; tun1: offloads csum, USO), read back after go
+//!   by attaching to them (with IFF_NO_CARRIER). `--lose-kept`: tap0 is
+//!   given the kernel's defaults after go (the negative control).
+//! - `tunethtool`: tap3 with offloads changed through ethtool after
+//!   TUNSETOFFLOAD (refused by name): after go as before.
+//! - `tunfilter`: tap2 with a socket filter (TUNATTACHFILTER) left by a
+//!   queue since closed (refused by name): after go still there.
 //! - `tunfd`: a tun queue it holds open, its device in our first
 //!   namespace (refused by name); `tunq`: the same in its own namespace
 //!   (the device with a queue attached refused by name).
@@ -237,6 +246,15 @@ fn main() {
                     "multi_queue",
                 ],
                 &["tuntap", "add", "dev", "tun1", "mode", "tun", "pi"],
+            ]);
+            // What they keep once the process that set it closed them:
+            // tap0 offloads (csum, TSO4,
+            // TSO6, ECN), a 12-byte little-endian vnet header, rx-gro
+            // turned off through ethtool; tun1 offloads (csum, USO).
+            tun_keep("tap0", TAP0, 0x01 | 0x02 | 0x04 | 0x08, 12, true);
+            ethtool_off("tap0", "rx-gro");
+            tun_keep("tun1", TUN1, 0x01 | 0x20 | 0x40, 10, false);
+            ips(&[
                 &["link", "set", "tap0", "address", "02:98:00:00:00:01"],
                 &["link", "set", "tun1", "mtu", "1400"],
                 &["addr", "add", "10.98.0.1/24", "dev", "tap0"],
@@ -248,6 +266,8 @@ fn main() {
                     ip(&["-d", "-o", "link", "show"]),
                     ip(&["-o", "addr", "show"]),
                     ip(&["tuntap", "show"]),
+                    tun_kept("tap0", TAP0),
+                    tun_kept("tun1", TUN1),
                 ]
             };
             let mut before = state();
@@ -255,7 +275,50 @@ fn main() {
             if args.corrupt() {
                 before[0].push('x');
             }
-            report.eq("tun/tap links and addresses", before, state());
+            if args.flag("lose-kept") {
+                // As a restore that made tap0 with the kernel's defaults.
+                tun_keep("tap0", TAP0, 0, 10, false);
+            }
+            report.eq(
+                "tun/tap links, addresses and what they keep",
+                before,
+                state(),
+            );
+        }
+        "tunethtool" => {
+            // tap3: csum and TSO4 allowed by TUNSETOFFLOAD, then
+            // tx-checksum-ip-generic turned off through ethtool (refused
+            // by name); after go as before.
+            unshare_net();
+            ip(&["tuntap", "add", "dev", "tap3", "mode", "tap"]);
+            tun_keep("tap3", IFF_TAP | IFF_NO_PI, 0x01 | 0x02, 10, false);
+            ethtool_off("tap3", "tx-checksum-ip-generic");
+            let state = || {
+                vec![
+                    ip(&["-d", "-o", "link", "show"]),
+                    tun_kept("tap3", IFF_TAP | IFF_NO_PI),
+                ]
+            };
+            let before = state();
+            proto.ready_and_wait();
+            report.eq("tap3 and its features", before, state());
+        }
+        "tunfilter" => {
+            // A socket filter left on tap2 by a queue since closed
+            // (refused by name: its program cannot be read back); after
+            // go it is still there, the rest as before.
+            unshare_net();
+            ip(&["tuntap", "add", "dev", "tap2", "mode", "tap"]);
+            tun_filter("tap2", IFF_TAP | IFF_NO_PI);
+            let state = || {
+                vec![
+                    ip(&["-d", "-o", "link", "show"]),
+                    tun_kept("tap2", IFF_TAP | IFF_NO_PI),
+                ]
+            };
+            let before = state();
+            proto.ready_and_wait();
+            report.eq("tap2 and its filter", before, state());
         }
         "tunfd" | "tunq" => {
             // tunfd: in our first namespace (its own would be refused for
@@ -263,25 +326,7 @@ fn main() {
             if args.get("mode") == Some("tunq") {
                 unshare_net();
             }
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")
-                .expect("open /dev/net/tun");
-            let mut ifr = [0u8; 40];
-            let name = format!("stbt{}", std::process::id());
-            ifr[..name.len()].copy_from_slice(name.as_bytes());
-            // IFF_TUN | IFF_NO_PI
-            ifr[16..18].copy_from_slice(&(0x0001u16 | 0x1000).to_le_bytes());
-            // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq.
-            let r = unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&f),
-                    0x4004_54ca,
-                    ifr.as_mut_ptr(),
-                )
-            };
-            assert!(r == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+            let f = tun_queue(&format!("stbt{}", std::process::id()), IFF_TUN | IFF_NO_PI);
             proto.ready_and_wait();
             drop(f);
         }
@@ -796,3 +841,145 @@ fn own(proto: &Proto, report: &mut Report, corrupt: bool) {
         format!("child (same namespace as its parent): status {st:#x}")
     });
 }
+
+const IFF_TUN: u16 = 0x0001;
+const IFF_TAP: u16 = 0x0002;
+const IFF_NO_CARRIER: u16 = 0x0040;
+const IFF_MULTI_QUEUE: u16 = 0x0100;
+const IFF_NO_PI: u16 = 0x1000;
+const IFF_VNET_HDR: u16 = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNATTACHFILTER: libc::c_ulong = 0x4010_54d5;
+const TUNGETFILTER: libc::c_ulong = 0x8010_54db;
+const TUNSETVNETLE: libc::c_ulong = 0x4004_54dc;
+const TUNGETVNETLE: libc::c_ulong = 0x8004_54dd;
+
+/// A queue of tun/tap device `name` (TUNSETIFF with `flags`).
+fn tun_queue(name: &str, flags: u16) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun");
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&flags.to_le_bytes());
+    tun_call(
+        &f,
+        0x4004_54ca,
+        ifr.as_mut_ptr() as libc::c_ulong,
+        "TUNSETIFF",
+    );
+    f
+}
+
+fn tun_call(f: &std::fs::File, req: libc::c_ulong, arg: libc::c_ulong, op: &str) {
+    // SAFETY: a tun ioctl; pointer arguments point at live locals of the
+    // size the request reads or writes.
+    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(f), req, arg) };
+    assert!(r >= 0, "{op}: {}", std::io::Error::last_os_error());
+}
+
+fn tun_int(f: &std::fs::File, req: libc::c_ulong, v: Option<i32>, op: &str) -> i32 {
+    let mut x: libc::c_int = v.unwrap_or(0);
+    tun_call(f, req, std::ptr::addr_of_mut!(x) as libc::c_ulong, op);
+    x
+}
+
+/// Attaches to `name` (without a carrier: an up link would get an IPv6
+/// link-local address), allows `offload` (TUNSETOFFLOAD), sets the vnet
+/// header size and little-endian header, and closes it again.
+fn tun_keep(name: &str, flags: u16, offload: u32, hdr_sz: i32, le: bool) {
+    let f = tun_queue(name, flags | IFF_NO_CARRIER);
+    tun_call(&f, TUNSETOFFLOAD, offload.into(), "TUNSETOFFLOAD");
+    tun_int(&f, TUNSETVNETHDRSZ, Some(hdr_sz), "TUNSETVNETHDRSZ");
+    tun_int(&f, TUNSETVNETLE, Some(le.into()), "TUNSETVNETLE");
+}
+
+/// A socket filter (TUNATTACHFILTER: accept everything) left on tap
+/// `name` by a queue that then closes.
+fn tun_filter(name: &str, flags: u16) {
+    let f = tun_queue(name, flags);
+    // struct sock_filter { code: BPF_RET|BPF_K, jt, jf, k: accept all }.
+    let prog: [u64; 1] = [0x06 | (0xffff_ffffu64 << 32)];
+    let fprog: [u64; 2] = [1, prog.as_ptr() as u64];
+    tun_call(
+        &f,
+        TUNATTACHFILTER,
+        fprog.as_ptr() as libc::c_ulong,
+        "TUNATTACHFILTER",
+    );
+}
+
+/// SIOCETHTOOL on `name` with `buf` as the command.
+fn ethtool(name: &str, buf: &mut [u32]) {
+    let s = UdpSocket::bind("0.0.0.0:0").expect("socket for SIOCETHTOOL");
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..24].copy_from_slice(&(buf.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: the ifreq names a live buffer as large as the command says.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            0x8946,
+            ifr.as_mut_ptr(),
+        )
+    };
+    assert!(
+        r >= 0,
+        "SIOCETHTOOL {:#x} on {name}: {}",
+        buf[0],
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `ethtool -K name feature off`: the feature's bit found by name in the
+/// ETH_SS_FEATURES strings.
+fn ethtool_off(name: &str, feature: &str) {
+    let mut info = [0x37, 0, 1 << 4, 0, 0];
+    ethtool(name, &mut info);
+    let n = info[4] as usize;
+    let mut strings = vec![0u32; 3 + 8 * n];
+    strings[..3].copy_from_slice(&[0x1b, 4, n as u32]);
+    ethtool(name, &mut strings);
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let bit = bytes
+        .chunks(32)
+        .position(|c| c.starts_with(feature.as_bytes()) && c[feature.len()] == 0)
+        .expect("feature name");
+    let mut set = [0x3b, 2, 0, 0, 0, 0];
+    set[2 + 2 * (bit / 32)] = 1 << (bit % 32);
+    ethtool(name, &mut set);
+}
+
+/// What device `name` (TUNSETIFF `flags`) keeps, as a process attaching
+/// to it reads it (with IFF_NO_CARRIER, changing nothing): vnet header
+/// size and byte order, the socket filter's length (a tap's), and its
+/// ethtool features requested and on (ETHTOOL_GFEATURES, by bit).
+fn tun_kept(name: &str, flags: u16) -> String {
+    let f = tun_queue(name, flags | IFF_NO_CARRIER);
+    let hdr = tun_int(&f, TUNGETVNETHDRSZ, None, "TUNGETVNETHDRSZ");
+    let le = tun_int(&f, TUNGETVNETLE, None, "TUNGETVNETLE");
+    let mut fprog = [0u64; 2];
+    if flags & IFF_TAP != 0 {
+        tun_call(
+            &f,
+            TUNGETFILTER,
+            fprog.as_mut_ptr() as libc::c_ulong,
+            "TUNGETFILTER",
+        );
+    }
+    drop(f);
+    let mut feats = [0x3a, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+    ethtool(name, &mut feats);
+    format!(
+        "{name}: vnet header {hdr} bytes, le {le}, filter length {}, features asked for \
+         {:#x} {:#x}, on {:#x} {:#x}",
+        fprog[0], feats[3], feats[7], feats[4], feats[8]
+    )
+}
+
+const TAP0: u16 = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+const TUN1: u16 = IFF_TUN;

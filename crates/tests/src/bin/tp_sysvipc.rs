@@ -29,6 +29,25 @@
 //! - `sem-undo`: its own IPC namespace, a semop with SEM_UNDO: the value
 //!   is kept (the adjustment itself is lost: docs/state.md).
 //!
+//! - `lpid-outside`: its own IPC namespace holding a segment nobody
+//!   attaches, last attached (shm_lpid) by a live process outside the
+//!   tree (a grandchild orphaned by a double fork, which attached and
+//!   detached it and went back to stasis's IPC namespace); after go
+//!   shm_lpid must still be that process and nobody attach it (`dump -R`
+//!   must refuse it: reading it would change shm_lpid). `--corrupt`
+//!   attaches it after go.
+//!
+//! - `lpid-kept`: its own IPC namespace holding segments nobody attaches
+//!   whose last attacher (shm_lpid) is a process that exited (reaped: its
+//!   PID is free), itself, and a live child, and one segment it has
+//!   attached. After go (a failed dump, `dump -R`, or a restore) it checks
+//!   every segment's creator, last attacher, attachment count, size and
+//!   contents, and that neither it nor the child has an attachment more
+//!   or less; `--times` (no restore: the dump's attachments stamp a
+//!   segment nobody attaches) also the attached segment's shm_atime,
+//!   shm_dtime and shm_ctime. `--corrupt` attaches the first segment
+//!   after go.
+//!
 //! `--corrupt-pids` (with `own`): the negative control of the PID check.
 
 use stasis_tests::{Proto, Report};
@@ -197,6 +216,8 @@ fn main() {
         "mqueue" => mqueue(&proto, &mut report),
         "sem-undo" => sem_undo(&proto, &mut report),
         "outsider" => outsider(&proto, &mut report),
+        "lpid-outside" => lpid_outside(&proto, &mut report, args.corrupt()),
+        "lpid-kept" => lpid_kept(&proto, &mut report, args.corrupt(), args.flag("times")),
         m => report.fail(format!("unknown mode {m}")),
     }
     proto.finish(&report);
@@ -724,4 +745,199 @@ fn outsider(proto: &Proto, report: &mut Report) {
     }
     proto.ready_and_wait();
     report.check(true, String::new);
+}
+
+fn lpid_outside(proto: &Proto, report: &mut Report, corrupt: bool) {
+    let host = std::fs::File::open("/proc/self/ns/ipc").expect("open /proc/self/ns/ipc");
+    unshare_ipc();
+    // SAFETY: integer-only syscall.
+    let id = ok(
+        unsafe { libc::shmget(libc::IPC_PRIVATE, PAGE, 0o600) },
+        "shmget",
+    );
+    let mut p = [0i32; 2];
+    // SAFETY: p is a live array of two descriptors.
+    ok(unsafe { libc::pipe(p.as_mut_ptr()) }, "pipe");
+    // SAFETY: single-threaded; the child forks the grandchild and _exits
+    // at once; the grandchild attaches, writes and detaches the segment,
+    // leaves the namespace, reports its PID, polls go and _exits.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            if libc::fork() == 0 {
+                let a = attach(id, 0);
+                fill(a, PAGE, 5);
+                libc::shmdt(a.cast());
+                use std::os::fd::AsRawFd;
+                ok(libc::setns(host.as_raw_fd(), libc::CLONE_NEWIPC), "setns");
+                let me = libc::getpid();
+                libc::write(p[1], (&me as *const i32).cast(), 4);
+                proto.wait_go();
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+    }
+    drop(host); // the grandchild's; a namespace descriptor is not dumped
+    let mut g = 0i32;
+    // SAFETY: reads 4 bytes into g.
+    let n = unsafe { libc::read(p[0], (&mut g as *mut i32).cast(), 4) };
+    report.eq("grandchild's PID read", 4, n);
+    let seen = || {
+        let d = shm_ds(id);
+        (d.shm_lpid, d.shm_nattch)
+    };
+    report.eq("before: (shm_lpid, shm_nattch)", (g, 0), seen());
+    proto.ready_and_wait();
+    if corrupt {
+        // SAFETY: a read-only attachment of our own segment, detached at once.
+        unsafe { libc::shmdt(attach(id, libc::SHM_RDONLY).cast()) };
+    }
+    report.eq("after: (shm_lpid, shm_nattch)", (g, 0), seen());
+}
+
+/// The SysV attachments in /proc/PID/maps (address, flags, inode).
+fn sysv_maps(pid: i32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("SYSV"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A segment as `lpid-kept` compares it: (cpid, lpid, nattch, size).
+fn lpid_kept_state(id: i32) -> (i32, i32, u64, usize) {
+    let d = shm_ds(id);
+    (d.shm_cpid, d.shm_lpid, d.shm_nattch, d.shm_segsz)
+}
+
+fn shm_times(id: i32) -> (i64, i64, i64) {
+    let d = shm_ds(id);
+    (d.shm_atime, d.shm_dtime, d.shm_ctime)
+}
+
+/// Attaches segment `id`, fills `len` bytes with `seed`, detaches it.
+fn fill_detached(id: i32, len: usize, seed: u8) {
+    let a = attach(id, 0);
+    fill(a, len, seed);
+    // SAFETY: a was attached above and is not used after.
+    unsafe { libc::shmdt(a.cast()) };
+}
+
+/// The hash of `len` bytes of segment `id` (a read-only attachment:
+/// shm_lpid becomes ours; read after the PIDs were checked).
+fn contents(id: i32, len: usize) -> u64 {
+    let a = attach(id, libc::SHM_RDONLY);
+    let h = hash(a, len);
+    // SAFETY: a was attached above and is not used after.
+    unsafe { libc::shmdt(a.cast()) };
+    h
+}
+
+fn lpid_kept(proto: &Proto, report: &mut Report, corrupt: bool, times: bool) {
+    unshare_ipc();
+    let get = |n: usize| {
+        // SAFETY: integer-only syscall.
+        let id = unsafe { libc::shmget(libc::IPC_PRIVATE, n * PAGE, 0o600) };
+        ok(id, "shmget")
+    };
+    // D: last attached by a process that exited; E: by itself; G: by the
+    // live child; F: attached here.
+    let (d, e, g, f) = (get(2), get(3), get(1), get(1));
+    // SAFETY: single-threaded; the child fills D, detaches and _exits.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            fill_detached(d, 2 * PAGE, 6);
+            libc::_exit(0);
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+    }
+    fill_detached(e, PAGE, 7);
+    let pf = attach(f, 0);
+    fill(pf, PAGE, 8);
+    let (mut ready, mut release) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: live arrays of two descriptors.
+    ok(unsafe { libc::pipe(ready.as_mut_ptr()) }, "pipe");
+    // SAFETY: as above.
+    ok(unsafe { libc::pipe(release.as_mut_ptr()) }, "pipe");
+    // SAFETY: single-threaded; the child fills G, detaches it, reports,
+    // and waits (a blocking read) until the parent is done checking.
+    let child = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::close(release[1]);
+            fill_detached(g, PAGE, 9);
+            libc::write(ready[1], b"r".as_ptr().cast(), 1);
+            let mut b = [0u8; 1];
+            libc::read(release[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+        libc::close(release[0]);
+        let mut b = [0u8; 1];
+        libc::read(ready[0], b.as_mut_ptr().cast(), 1);
+        pid
+    };
+    let segs = [d, e, g, f];
+    let state = || segs.map(lpid_kept_state);
+    let maps = || (sysv_maps(std::process::id() as i32), sysv_maps(child));
+    let before = (state(), maps(), shm_times(f));
+    let me = std::process::id() as i32;
+    report.check(
+        before.0[0].1 > 0 && before.0[0].1 != me && before.0[1].1 == me,
+        || format!("setup: shm_lpid of D, E: {:?}", before.0),
+    );
+    report.eq("setup: shm_lpid of G", child, before.0[2].1);
+    proto.ready_and_wait();
+    if corrupt {
+        // SAFETY: a read-only attachment of our own segment, detached at once.
+        unsafe { libc::shmdt(attach(d, libc::SHM_RDONLY).cast()) };
+    }
+    report.eq(
+        "(shm_cpid, shm_lpid, shm_nattch, size) of D (lpid exited), E (itself), G (child), F (attached)",
+        before.0,
+        state(),
+    );
+    report.eq("SysV attachments of itself and the child", before.1, maps());
+    if times {
+        report.eq(
+            "F's (shm_atime, shm_dtime, shm_ctime)",
+            before.2,
+            shm_times(f),
+        );
+    }
+    report.eq(
+        "contents",
+        vec![
+            hash_filled(2 * PAGE, 6),
+            hash_filled(PAGE, 7),
+            hash_filled(PAGE, 9),
+            hash_filled(PAGE, 8),
+        ],
+        vec![
+            contents(d, 2 * PAGE),
+            contents(e, PAGE),
+            contents(g, PAGE),
+            hash(pf, PAGE),
+        ],
+    );
+    // SAFETY: releases and reaps our own child.
+    unsafe {
+        libc::close(release[1]);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        report.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+            format!("child status {st:#x}")
+        });
+    }
+}
+
+/// The hash of `len` bytes as [`fill`] writes them with `seed`.
+fn hash_filled(len: usize, seed: u8) -> u64 {
+    let mut v = vec![0u8; len];
+    fill(v.as_mut_ptr(), len, seed);
+    hash(v.as_ptr(), len)
 }

@@ -979,6 +979,50 @@ pub fn go_build(dir: &Path, gopath: &std::ffi::OsStr, out: &Path) -> Command {
     cmd
 }
 
+/// Reaps the program in the background once a dump kills it, so its PID
+/// is free for the restore that follows in the same command.
+pub fn reap_when_killed(p: Proc, timeout: Duration) -> Reaper {
+    std::thread::spawn(move || {
+        let mut p = p;
+        let e = p.wait(timeout);
+        (p, e)
+    })
+}
+
+pub type Reaper = std::thread::JoinHandle<(Proc, Result<Exit, String>)>;
+
+/// After the command that was to kill the program (`out`): if it failed,
+/// kills the program and fails the test; else checks that the program
+/// died by SIGKILL and was reaped.
+pub fn killed_by(work: &Work, pid: i32, reaper: Reaper, out: &CmdOut, what: &str) {
+    if !out.success() {
+        // SAFETY: plain kill of the program this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = reaper.join();
+        fail(work, format!("{what} failed: {}", out.stderr));
+    }
+    let (_, exit) = reaper.join().expect("reaper");
+    assert_eq!(
+        exit,
+        Ok(Exit::Signal(libc::SIGKILL)),
+        "{}",
+        work.diagnostics()
+    );
+}
+
+/// Whether `test` can run the Go test program; says SKIP when there is
+/// no Go toolchain, panics on any other failure to build it.
+pub fn have_go(test: &str) -> bool {
+    match go_program() {
+        Ok(_) => true,
+        Err(e) if e == NO_GO => {
+            eprintln!("SKIP {test}: {NO_GO}");
+            false
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
 /// What [`go_program`] says when there is no `go` in PATH.
 pub const NO_GO: &str = "no `go` toolchain in PATH (Debian: apt-get install golang)";
 
@@ -1034,6 +1078,44 @@ pub fn refused_dump(
         p.check_running_untraced(),
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
+}
+
+/// A plain dump of `p` that must not finish: `env` (e.g.
+/// `STASIS_FAULT=dump:commit` or `STASIS_KILL_AT=point`) makes it fail
+/// (`killed`: SIGKILL itself). Asserts that, then waits until the target
+/// runs untraced again (a tracee is released when its tracer dies) and
+/// that no image was left; returns the dump's output.
+pub fn interrupted_dump(
+    work: &Work,
+    p: &mut Proc,
+    env: (&str, &str),
+    killed: bool,
+) -> std::process::Output {
+    let img = work.img();
+    fs::create_dir_all(&img).expect("img dir");
+    let out = Command::new(stasis_bin())
+        .args(["dump", "-t", &p.pid.to_string(), "-D"])
+        .arg(&img)
+        .env(env.0, env.1)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stasis");
+    use std::os::unix::process::ExitStatusExt;
+    if killed {
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    } else {
+        assert!(!out.status.success(), "{out:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.check_running_untraced().is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    step(work, "target after the dump", p.check_running_untraced());
+    assert!(
+        !img.join("inventory.img").exists(),
+        "an image after {env:?}"
+    );
+    out
 }
 
 /// A child of the tree holds something the dump must refuse: the dump
