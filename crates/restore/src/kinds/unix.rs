@@ -181,7 +181,7 @@ fn redo_in_pid_ns(
     let ty = sock_type as i32;
     let call = match accepted {
         None => cred_of(cx, id).map(|c| (c, a, SockOp::Pair { peer: raw(b), ty })),
-        Some((server, Some(listener), name)) => {
+        Some((server, Some(listener), name)) if super::unixbound::same_view(name) => {
             let (s, c) = if server == id { (a, b) } else { (b, a) };
             let op = SockOp::Accepted {
                 listener,

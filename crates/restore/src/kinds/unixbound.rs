@@ -96,7 +96,11 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
         // Connected as the process that connected it: what the accepted
         // end reports (SO_PEERCRED, SO_PEERGROUPS).
         let connector = client_entry(cx, cid).and_then(|(_, c)| c);
-        if let (Some(calls), Some(c)) = (o.sock_calls.as_mut(), connector.filter(|c| c.pid > 0)) {
+        let reach = same_view(&s.name);
+        if let (Some(calls), Some(c)) = (
+            o.sock_calls.as_mut().filter(|_| reach),
+            connector.filter(|c| c.pid > 0),
+        ) {
             // In a PID namespace: connected by the root's helper with the
             // connector's PID there, after the listens.
             calls.push(call(&o.owned[i], c, SockOp::Connect(s.name.clone())));
@@ -116,6 +120,13 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the root resolves the unix socket name `name` as the restorer
+/// bound it: an abstract name, or a path when the tree is not given a
+/// rebuilt mount namespace (where the root has pivoted).
+pub(super) fn same_view(name: &[u8]) -> bool {
+    name.first() == Some(&0) || crate::mntns::for_fork().is_none()
 }
 
 /// A [`stasis_sys::spawn::SockCall`] on `fd` as the saved caller `c`.
