@@ -181,17 +181,20 @@ pub enum SockOp {
     /// connect(fd) to the unix socket of this name.
     Connect(Vec<u8>),
     /// A new socketpair(AF_UNIX, type) put at `fd` and `peer` in place of
-    /// the (idle) pair there, with their file status flags.
-    Pair { peer: i32, ty: i32 },
+    /// the pair there, with what it had ([`put_in_place`]; `shut`: the
+    /// saved shutdown states of `fd` and `peer`).
+    Pair { peer: i32, ty: i32, shut: [u8; 2] },
     /// A connection accepted from the listener at `listener` (bound to
     /// `name`): a new socket connected to `name` (the call), accepted, put
     /// at `client` and at `fd` (the accepted end) in place of the (idle)
-    /// connection there, with their file status flags.
+    /// connection there, with what it had ([`put_in_place`]; `shut`: the
+    /// saved shutdown states of `fd` and `client`).
     Accepted {
         listener: i32,
         client: i32,
         name: Vec<u8>,
         ty: i32,
+        shut: [u8; 2],
     },
 }
 
@@ -213,19 +216,166 @@ unsafe fn connect_raw(fd: i32, name: &[u8]) -> bool {
     }
 }
 
-/// Puts the new sockets `new` at the numbers `at` (close-on-exec), with
-/// the file status flags `flags` the old ones there had.
+/// The socket options [`put_in_place`] copies (`sock::UNIX_OPTS` but
+/// SO_PEEK_OFF, set after the data).
+const COPIED_OPTS: [libc::c_int; 9] = [
+    libc::SO_PASSCRED,
+    libc::SO_PASSSEC,
+    libc::SO_RCVBUF,
+    libc::SO_SNDBUF,
+    libc::SO_RCVLOWAT,
+    libc::SO_TIMESTAMP,
+    libc::SO_TIMESTAMPNS,
+    libc::SO_MARK,
+    libc::SO_PRIORITY,
+];
+
+/// Largest message moved between sockets (the image's limit per socket).
+const MOVE_BUF: usize = 16 << 20;
+
+/// An int socket option of `fd` (None: not readable).
+///
+/// # Safety
+/// Raw calls only.
+unsafe fn get_opt(fd: i32, opt: libc::c_int) -> Option<i32> {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: v and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &mut v as *mut i32,
+            &mut len as *mut u32,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Sets an int socket option (buffer sizes as getsockopt read them:
+/// halved, with the FORCE variants).
+///
+/// # Safety
+/// Raw calls only.
+unsafe fn set_opt(fd: i32, opt: libc::c_int, v: i32) -> bool {
+    let (opt, v) = match opt {
+        libc::SO_RCVBUF => (libc::SO_RCVBUFFORCE, v / 2),
+        libc::SO_SNDBUF => (libc::SO_SNDBUFFORCE, v / 2),
+        o => (o, v),
+    };
+    // SAFETY: v lives for the call; its size is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &v as *const i32,
+            4,
+        ) == 0
+    }
+}
+
+/// Moves what waits in socket `old` into the new socket whose peer is
+/// `from` (message by message; a stream's bytes in chunks), through
+/// `buf` (MOVE_BUF bytes). True once `old` has nothing more.
+///
+/// # Safety
+/// Raw calls only; `buf` is MOVE_BUF writable bytes.
+unsafe fn move_queued(old: i32, from: i32, stream: bool, buf: *mut u8) -> bool {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    loop {
+        // SAFETY: buf holds MOVE_BUF bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                old,
+                buf,
+                MOVE_BUF,
+                libc::MSG_DONTWAIT,
+                null,
+                null,
+            )
+        };
+        if n < 0 {
+            let e = last_errno();
+            return e == libc::EAGAIN || e == libc::EWOULDBLOCK;
+        }
+        if n == 0 {
+            return true;
+        }
+        let mut off = 0i64;
+        while off < n {
+            // SAFETY: the bytes from off to n were just received into buf.
+            let w = unsafe {
+                libc::syscall(
+                    libc::SYS_sendto,
+                    from,
+                    buf.add(off as usize),
+                    (n - off) as usize,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    null,
+                    0,
+                )
+            };
+            if w <= 0 || (!stream && w != n) {
+                return false;
+            }
+            off += w;
+        }
+    }
+}
+
+/// Puts the new sockets `new` (a connected pair) at the numbers `at`
+/// (close-on-exec) in place of the old pair there, with what the old ones
+/// had: the data waiting in each, its options (SO_PEEK_OFF after the
+/// data), the file status flags `flags`, then the shutdown states `shut`
+/// (SHUT_* + 1 as sock_diag shows them, 0 for none).
 ///
 /// # Safety
 /// Raw calls only; callable right after a fork.
-unsafe fn put_in_place(new: [i32; 2], at: [i32; 2], flags: [i64; 2]) -> bool {
-    // SAFETY: raw calls on descriptors of ours.
+unsafe fn put_in_place(
+    new: [i32; 2],
+    at: [i32; 2],
+    flags: [i64; 2],
+    (ty, shut): (i32, [u8; 2]),
+) -> bool {
+    // SAFETY: raw calls on descriptors of ours and on a buffer mapped here.
     unsafe {
-        (0..2).all(|k| {
-            libc::syscall(libc::SYS_dup3, new[k], at[k], libc::O_CLOEXEC) >= 0
-                && libc::syscall(libc::SYS_close, new[k]) == 0
-                && libc::syscall(libc::SYS_fcntl, at[k], libc::F_SETFL, flags[k]) == 0
-        })
+        let buf = libc::syscall(
+            libc::SYS_mmap,
+            0usize,
+            MOVE_BUF,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0usize,
+        );
+        if buf < 0 {
+            return false;
+        }
+        let room = i32::try_from(MOVE_BUF * 2).unwrap_or(i32::MAX);
+        let stream = ty == libc::SOCK_STREAM;
+        let moved = (0..2).all(|k| set_opt(new[k], libc::SO_SNDBUF, room))
+            && (0..2).all(|k| move_queued(at[k], new[1 - k], stream, buf as *mut u8));
+        libc::syscall(libc::SYS_munmap, buf, MOVE_BUF);
+        moved
+            && (0..2).all(|k| {
+                COPIED_OPTS
+                    .iter()
+                    .all(|&o| get_opt(at[k], o).is_none_or(|v| set_opt(new[k], o, v)))
+                    && get_opt(at[k], libc::SO_PEEK_OFF)
+                        .is_none_or(|v| v < 0 || set_opt(new[k], libc::SO_PEEK_OFF, v))
+            })
+            && (0..2).all(|k| {
+                libc::syscall(libc::SYS_dup3, new[k], at[k], libc::O_CLOEXEC) >= 0
+                    && libc::syscall(libc::SYS_close, new[k]) == 0
+                    && libc::syscall(libc::SYS_fcntl, at[k], libc::F_SETFL, flags[k]) == 0
+                    && (shut[k] == 0
+                        || libc::syscall(libc::SYS_shutdown, at[k], i32::from(shut[k]) - 1) == 0)
+            })
     }
 }
 
@@ -254,50 +404,76 @@ fn wait_at_gate(plan: &TreePlan, pid: i32) {
 ///
 /// # Safety
 /// Only from a forked restore child or its helper.
-unsafe fn sock_call_now(c: &SockCall) -> bool {
-    // SAFETY: raw calls on inherited descriptors; sa and fds live on this
-    // stack.
+unsafe fn sock_call_now(c: &SockCall, tmp: [i32; 2]) -> bool {
+    // SAFETY: raw calls on inherited descriptors; fds lives on this stack.
     unsafe {
         match &c.op {
             SockOp::Listen(backlog) => libc::syscall(libc::SYS_listen, c.fd, *backlog) == 0,
             SockOp::Connect(name) => connect_raw(c.fd, name),
-            &SockOp::Pair { peer, ty } => {
-                let flags = [
-                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL),
-                    libc::syscall(libc::SYS_fcntl, peer, libc::F_GETFL),
-                ];
+            &SockOp::Pair { ty, .. } => {
                 let mut fds = [-1i32; 2];
-                flags.iter().all(|&f| f >= 0)
-                    && libc::syscall(
-                        libc::SYS_socketpair,
-                        libc::AF_UNIX,
-                        ty | libc::SOCK_CLOEXEC,
-                        0,
-                        fds.as_mut_ptr(),
-                    ) == 0
-                    && put_in_place(fds, [c.fd, peer], flags)
+                libc::syscall(
+                    libc::SYS_socketpair,
+                    libc::AF_UNIX,
+                    ty | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                ) == 0
+                    && (0..2).all(|k| {
+                        libc::syscall(libc::SYS_dup3, fds[k], tmp[k], libc::O_CLOEXEC) >= 0
+                            && libc::syscall(libc::SYS_close, fds[k]) == 0
+                    })
             }
-            SockOp::Accepted {
-                listener,
-                client,
-                name,
-                ty,
-            } => {
-                let flags = [
-                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL),
-                    libc::syscall(libc::SYS_fcntl, *client, libc::F_GETFL),
-                ];
+            SockOp::Accepted { name, ty, .. } => {
                 let x = libc::syscall(libc::SYS_socket, libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0)
                     as i32;
-                if flags.iter().any(|&f| f < 0) || x < 0 || !connect_raw(x, name) {
-                    return false;
-                }
-                let null = std::ptr::null_mut::<libc::c_void>();
-                let y = libc::syscall(libc::SYS_accept4, *listener, null, null, libc::SOCK_CLOEXEC)
-                    as i32;
-                y >= 0 && put_in_place([y, x], [c.fd, *client], flags)
+                x >= 0
+                    && connect_raw(x, name)
+                    && libc::syscall(libc::SYS_dup3, x, tmp[1], libc::O_CLOEXEC) >= 0
+                    && libc::syscall(libc::SYS_close, x) == 0
             }
         }
+    }
+}
+
+/// After [`sock_call_now`], by the root with its own ids (moving data and
+/// forcing buffer sizes needs its privileges): the new pair, or the new
+/// client accepted, put in place of the old ones ([`put_in_place`]).
+///
+/// # Safety
+/// Raw calls only; from the forked root.
+unsafe fn sock_call_finish(c: &SockCall, tmp: [i32; 2]) -> bool {
+    let (other, ty, shut, new) = match &c.op {
+        SockOp::Listen(_) | SockOp::Connect(_) => return true,
+        &SockOp::Pair { peer, ty, shut } => (peer, ty, shut, tmp[0]),
+        SockOp::Accepted {
+            listener,
+            client,
+            ty,
+            shut,
+            ..
+        } => {
+            let null = std::ptr::null_mut::<libc::c_void>();
+            // SAFETY: accept4 on an inherited listener, no address wanted.
+            let y = unsafe {
+                libc::syscall(libc::SYS_accept4, *listener, null, null, libc::SOCK_CLOEXEC)
+            } as i32;
+            // SAFETY: closes the unused slot.
+            unsafe { libc::syscall(libc::SYS_close, tmp[0]) };
+            if y < 0 {
+                return false;
+            }
+            (*client, *ty, *shut, y)
+        }
+    };
+    // SAFETY: raw calls on descriptors of ours.
+    unsafe {
+        let flags = [
+            libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL),
+            libc::syscall(libc::SYS_fcntl, other, libc::F_GETFL),
+        ];
+        flags.iter().all(|&f| f >= 0)
+            && put_in_place([new, tmp[1]], [c.fd, other], flags, (ty, shut))
     }
 }
 
@@ -314,6 +490,20 @@ unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
         // SAFETY: raw calls; every buffer lives on this stack or in the
         // plan, allocated before the fork.
         unsafe {
+            // Two free numbers (duplicates, replaced) for a new pair or
+            // client, shared with a helper.
+            let tmp = match c.op {
+                SockOp::Pair { .. } | SockOp::Accepted { .. } => [
+                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_DUPFD_CLOEXEC, 0) as i32,
+                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_DUPFD_CLOEXEC, 0) as i32,
+                ],
+                _ => [-1, -1],
+            };
+            if matches!(c.op, SockOp::Pair { .. } | SockOp::Accepted { .. })
+                && tmp.iter().any(|&t| t < 0)
+            {
+                return false;
+            }
             if c.pid == me {
                 // A change of ids resets the parent-death signal and the
                 // dumpable flag: both are set back after.
@@ -326,13 +516,13 @@ unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
                     && libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
                     && libc::syscall(libc::SYS_setresgid, keep, c.gid, keep) == 0
                     && libc::syscall(libc::SYS_setresuid, keep, c.uid, keep) == 0
-                    && sock_call_now(c);
+                    && sock_call_now(c, tmp);
                 let back = libc::syscall(libc::SYS_setresuid, keep, euid, keep) == 0
                     && libc::syscall(libc::SYS_setresgid, keep, egid, keep) == 0
                     && libc::syscall(libc::SYS_setgroups, n.max(0), groups.as_ptr()) == 0
                     && libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0
                     && libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, dumpable) == 0;
-                if !(ok && back) {
+                if !(ok && back && sock_call_finish(c, tmp)) {
                     return false;
                 }
                 continue;
@@ -354,7 +544,7 @@ unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
                 let ok = libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
                     && libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) == 0
                     && libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) == 0
-                    && sock_call_now(c);
+                    && sock_call_now(c, tmp);
                 exit_now(if ok { 0 } else { 1 });
             }
             if r < 0 {
@@ -368,7 +558,7 @@ unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
                 libc::__WALL,
                 0usize,
             );
-            if got != r || st != 0 {
+            if got != r || st != 0 || !sock_call_finish(c, tmp) {
                 return false;
             }
         }

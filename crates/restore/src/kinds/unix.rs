@@ -159,10 +159,12 @@ fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
     Ok(())
 }
 
-/// In a PID namespace (`Opened::sock_calls`): an idle pair (`a`, `b`), or
-/// an idle connection accepted through the image's listener, is made
-/// again by the root (or a helper) with its maker's PID there: the pair's
-/// creator, the connection's connector (what the accepted end reports).
+/// In a PID namespace (`Opened::sock_calls`): a pair (`a`, `b`), or a
+/// connection accepted through the image's listener, is made again by the
+/// root (or a helper) with its maker's PID there: the pair's creator, the
+/// connection's connector (what the accepted end reports); what waits in
+/// them and their options are moved over, their shutdown states set again
+/// (`spawn::SockOp`).
 fn redo_in_pid_ns(
     o: &mut Opened,
     cx: &Cx<'_>,
@@ -170,24 +172,30 @@ fn redo_in_pid_ns(
     (a, b): (&OwnedFd, &OwnedFd),
     accepted: Option<(u64, Option<i32>, &[u8])>,
 ) -> Result<()> {
-    if o.sock_calls.is_none() || peer == 0 {
-        return Ok(());
-    }
-    let idle = |e: &End<'_>| e.0.is_empty() && e.1 == 0 && e.2.is_none_or(|m| m.is_empty());
-    if !idle(&end(cx, id)) || !idle(&end(cx, peer)) || in_flight(cx) {
+    if o.sock_calls.is_none() || peer == 0 || in_flight(cx) {
         return Ok(());
     }
     let raw = std::os::fd::AsRawFd::as_raw_fd;
     let ty = sock_type as i32;
+    let shut = |x: u64, y: u64| [end(cx, x).1, end(cx, y).1];
     let call = match accepted {
-        None => cred_of(cx, id).map(|c| (c, a, SockOp::Pair { peer: raw(b), ty })),
+        None => cred_of(cx, id).map(|c| {
+            let op = SockOp::Pair {
+                peer: raw(b),
+                ty,
+                shut: shut(id, peer),
+            };
+            (c, a, op)
+        }),
         Some((server, Some(listener), name)) if super::unixbound::same_view(name) => {
+            let other = if server == id { peer } else { id };
             let (s, c) = if server == id { (a, b) } else { (b, a) };
             let op = SockOp::Accepted {
                 listener,
                 client: raw(c),
                 name: name.to_vec(),
                 ty,
+                shut: shut(server, other),
             };
             cred_of(cx, server).map(|cred| (cred, s, op))
         }

@@ -42,10 +42,11 @@
 //!
 //! `--peercred-listen`: what PID-namespace restores keep (run also as
 //! PID 1 of its own namespace and with `--new-pid-ns`): SO_PEERCRED and
-//! SO_PEERGROUPS of two idle pairs (the program's, an end nonblocking;
-//! one a child made as 1234:5678, groups 77 and 88, and exited), of an
-//! idle connection a child made as 4321 (exited) to the first listener
-//! below and the program accepted, of a
+//! SO_PEERGROUPS of two pairs (the program's, an end nonblocking, a
+//! message waiting each way, SO_RCVBUF set; a seqpacket one a child made
+//! as 1234:5678, groups 77 and 88, and exited, two records waiting, then
+//! EOF), of a connection a child made as 4321 (exited) to the first
+//! listener below and the program accepted (data waiting), of a
 //! listener a child listened on as 2222 (exited) and of one of the
 //! program's own, a connection a running child made as 4444:4444 (group
 //! 99) waiting in the first, one of the program's own waiting in the
@@ -430,6 +431,7 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
     });
     // SAFETY: plain accept on our listener.
     let server = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    send(client, b"hello");
     let conn_before = (peer(client), peer(server));
     report.eq(
         "the accepted connection's PIDs before (listener, connector)",
@@ -442,6 +444,16 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
     // SAFETY: fcntl on our descriptor.
     unsafe { libc::fcntl(own_pair[1], libc::F_SETFL, libc::O_NONBLOCK) };
     let (handed, pair_maker) = pair_of_exited_child(via, libc::SOCK_SEQPACKET);
+    // What waits in them: a message each way in ours (and a receive
+    // buffer set), two records and then EOF in the child's.
+    send(own_pair[0], b"to-1");
+    send(own_pair[1], b"to-0");
+    set(own_pair[0], libc::SO_RCVBUF, 70_000);
+    let rcvbuf = get(own_pair[0], libc::SO_RCVBUF);
+    send(handed[0], b"m1");
+    send(handed[0], b"m2");
+    // SAFETY: shutdown of our descriptor.
+    unsafe { libc::shutdown(handed[0], libc::SHUT_WR) };
     let pairs = [own_pair[0], own_pair[1], handed[0], handed[1]];
     let pairs_before: Vec<_> = pairs.iter().map(|&fd| peer(fd)).collect();
     report.eq(
@@ -480,6 +492,11 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
         conn_before,
         (peer(client), peer(server)),
     );
+    report.eq(
+        "what waited in the server",
+        b"hello".to_vec(),
+        recv_wait(server),
+    );
     report.eq("a byte through it", 1, send(client, b"a"));
     report.eq("read by the server", b"a".to_vec(), recv_wait(server));
     report.eq(
@@ -495,6 +512,25 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
         )
     };
     report.eq("the pair's O_NONBLOCK", (0, libc::O_NONBLOCK), nonblock);
+    report.eq(
+        "what waited in our pair's end 1",
+        b"to-1".to_vec(),
+        recv_wait(own_pair[1]),
+    );
+    report.eq(
+        "what waited in our pair's end 0",
+        b"to-0".to_vec(),
+        recv_wait(own_pair[0]),
+    );
+    report.eq("SO_RCVBUF", rcvbuf, get(own_pair[0], libc::SO_RCVBUF));
+    let records: Vec<_> = (0..3)
+        .map(|_| recv(handed[1], libc::MSG_DONTWAIT))
+        .collect();
+    report.eq(
+        "the child's pair: two records, then EOF",
+        vec![(2, b"m1".to_vec()), (2, b"m2".to_vec()), (0, Vec::new())],
+        records,
+    );
     report.eq("a byte through the own pair", 1, send(own_pair[0], b"p"));
     report.eq("read back", b"p".to_vec(), recv_wait(own_pair[1]));
     report.eq(
