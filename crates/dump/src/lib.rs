@@ -515,6 +515,9 @@ fn dump_frozen(
     locks::collect(&mut collected, opts.file_locks)?;
     cow::find_shared(&mut collected)?;
     let pid_ns = pidns::translate_to_pid_ns(&mut collected, &mut frozen.zombies)?;
+    if pid_ns {
+        kinds::unix::peer_pids_in_pid_ns(&mut collected)?;
+    }
     fdowner::collect(&mut collected)?;
     pidns::refuse_nested(&collected)?;
     // With the image's PIDs (final after the PID namespace translation).

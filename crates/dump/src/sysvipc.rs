@@ -279,7 +279,44 @@ pub(crate) fn collect(root: u32, procs: &[Collected]) -> Result<Option<Saved>> {
             format!("a mapping of SysV shm segment {id}, which no longer exists"),
         ));
     }
+    if own {
+        pids_as_the_tree_sees_them(root, &ns, &mut saved.ipc)?;
+    }
     Ok(Some(saved))
+}
+
+/// A tree in a PID namespace of its own: the PIDs the objects recorded as
+/// that namespace numbers them (the image's PIDs are its), read by a
+/// child forked into it (`ipc::pids_in_pid_ns`); the dumper's view of an
+/// exited process's PID could not be translated.
+fn pids_as_the_tree_sees_them(root: u32, ns: &OwnedFd, img: &mut IpcNs) -> Result<()> {
+    let st = Stage::Collect;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    if ino(&format!("/proc/{root}/ns/pid")) == ino("/proc/self/ns/pid") {
+        return Ok(());
+    }
+    let pid_ns = ipc::open_ns(&format!("/proc/{root}/ns/pid")).at(root, st)?;
+    let shm: Vec<i32> = img.shm.iter().map(|s| s.id).collect();
+    let sem: Vec<(i32, usize)> = img.sem.iter().map(|s| (s.id, s.pids.len())).collect();
+    let msg: Vec<i32> = img.msg.iter().map(|q| q.id).collect();
+    let pids =
+        ipc::in_ns(ns, move || ipc::pids_in_pid_ns(&pid_ns, &shm, &sem, &msg)).at(root, st)?;
+    let mut it = pids.into_iter();
+    let mut next = || it.next().unwrap_or(0);
+    for s in &mut img.shm {
+        s.cpid = next();
+        s.lpid = next();
+    }
+    for s in &mut img.sem {
+        for p in &mut s.pids {
+            *p = next();
+        }
+    }
+    for q in &mut img.msg {
+        q.lspid = next();
+        q.lrpid = next();
+    }
+    Ok(())
 }
 
 /// The POSIX message queues as saved, or the refusal of the first one

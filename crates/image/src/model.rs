@@ -588,6 +588,13 @@ pub enum FdKind {
         /// SO_PEERCRED / SO_PEERGROUPS of this end.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         peercred: Option<crate::kinds::unix::PeerCred>,
+        /// A client waiting in an accept queue (`listener` set): the
+        /// process taken as the one that connected (the one process of
+        /// the tree holding this end) with its effective ids and groups:
+        /// what the server's end, once accepted, reports as SO_PEERCRED /
+        /// SO_PEERGROUPS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connector: Option<crate::kinds::unix::PeerCred>,
     },
     /// An AF_UNIX socket that is not connected: bound to a path or an
     /// abstract name (or not bound), listening (its backlog) or not

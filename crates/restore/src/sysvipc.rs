@@ -35,13 +35,47 @@ pub(crate) struct Ipc {
     /// but which the tree attaches: (id, lpid), touched by a helper with
     /// that PID once every process has attached them.
     late: Vec<(i32, i32)>,
+    /// The segments to create ([`preflight`]) and the page file holding
+    /// their contents, for [`Ipc::make`].
+    create: Vec<i32>,
+    pages: std::path::PathBuf,
+    /// A pidfd of the init of the tree's new PID namespace: the helpers
+    /// that give the PIDs back are forked there.
+    pid_ns: Option<OwnedFd>,
+    /// What the root, PID 1 of its own namespace, does once seized
+    /// ([`PidPlan::root_live`]).
+    root: ByRoot,
+}
+
+/// The calls the root makes by remote calls because PID 1 recorded them:
+/// segments it made (their ids), SETVALs (set, semaphore, value), queues.
+#[derive(Default)]
+struct ByRoot {
+    shm: Vec<i32>,
+    sem: Vec<(i32, i32, u16)>,
+    msg: Vec<RootMsg>,
+}
+
+/// A queue's last sender or receiver was PID 1: `dummy`, an empty message
+/// it sends first (and then receives); `receive`, the type of the message
+/// it receives (an empty one sent before the queue's messages); `send`,
+/// the messages (type, then text) it sends.
+struct RootMsg {
+    id: i32,
+    dummy: bool,
+    receive: Option<i64>,
+    send: Vec<Vec<u8>>,
 }
 
 /// Where the last PIDs of the objects (shm_lpid, sempid, msg_lspid,
 /// msg_lrpid; shm_cpid) come from: helpers forked with those PIDs
-/// (clone3 set_tid) make the calls that record them. Only when the tree
-/// keeps the dump's PIDs (no PID namespace made for it): in one, the
-/// saved numbers are the dumper's view, not the tree's.
+/// (clone3 set_tid) make the calls that record them: in the restorer's
+/// PID namespace, or in a new one made for the tree (forked there once
+/// its init exists, [`Ipc::make_in`]): for a tree that had none
+/// (`--new-pid-ns`), or that was the init of one of its own (the dump
+/// read the PIDs as that namespace numbers them; what PID 1 recorded, the
+/// root redoes, [`PidPlan::root_live`]). Not with a user namespace of the
+/// tree's own (the PIDs read 0 there).
 pub(crate) struct PidPlan {
     /// The PIDs are given back.
     pub on: bool,
@@ -54,12 +88,31 @@ pub(crate) struct PidPlan {
     /// once more after its own memory (it was their last attacher).
     pub touch: Vec<Vec<i32>>,
     late: Vec<(i32, i32)>,
+    /// The tree is the init of a PID namespace of its own (no user
+    /// namespace): PID 1 is its root, alive while the helpers make the
+    /// objects, so what PID 1 recorded is done by the root itself, by
+    /// remote calls once it is seized ([`Ipc::by_root`]).
+    pub root_live: bool,
 }
 
 /// The [`PidPlan`] of the image; two processes that each were the last
 /// attacher of a segment the other attaches are refused by name (no
 /// order gives both back).
-pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Result<PidPlan> {
+pub(crate) fn pid_plan(
+    img: &IpcNs,
+    procs: &[ProcessImage],
+    pid_ns: bool,
+    user_ns: bool,
+) -> Result<PidPlan> {
+    // A new namespace for a tree that had none: its helper init holds PID 1.
+    let new_ns = pid_ns && procs.first().is_some_and(|p| p.pid != 1);
+    if new_ns {
+        refuse_pid_one(img, procs.first().map_or(0, |p| p.pid))?;
+    }
+    // The init of its own PID namespace, with the dump's view of the PIDs
+    // (an IPC namespace of its own), without a user namespace.
+    let root_live = pid_ns && !new_ns && img.own && !user_ns;
+    let pid_ns = pid_ns && !new_ns && !root_live;
     let maps: Vec<HashSet<i32>> = procs
         .iter()
         .map(|p| {
@@ -78,13 +131,18 @@ pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Res
         order: (0..procs.len()).collect(),
         touch: vec![Vec::new(); procs.len()],
         late: Vec::new(),
+        root_live,
     };
     if pid_ns {
         return Ok(plan);
     }
     let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(k, p)| (p.pid, k)).collect();
     for s in &img.shm {
-        if s.lpid <= 0 || !plan.attached.contains(&s.id) {
+        // A segment the root makes once seized (it was its creator), or
+        // whose last attacher was the root: touched after the fork too,
+        // by that process if it is one of the tree, else by a helper.
+        let after_fork = root_live && (s.cpid == 1 || s.lpid == 1);
+        if s.lpid <= 0 || !(plan.attached.contains(&s.id) || after_fork) {
             continue;
         }
         match index.get(&(s.lpid as u32)) {
@@ -118,6 +176,39 @@ pub(crate) fn pid_plan(img: &IpcNs, procs: &[ProcessImage], pid_ns: bool) -> Res
     }
     plan.order = order;
     Ok(plan)
+}
+
+/// `--new-pid-ns` for a tree that had no PID namespace: PID 1 there is
+/// the helper init's, so a PID 1 SysV IPC recorded (the host's init) cannot
+/// be given back: refused by name before anything is made.
+fn refuse_pid_one(img: &IpcNs, root: u32) -> Result<()> {
+    let what = img
+        .shm
+        .iter()
+        .find(|s| s.cpid == 1 || s.lpid == 1)
+        .map(|s| format!("SysV shm segment {} (creator or last attacher)", s.id))
+        .or_else(|| {
+            img.sem
+                .iter()
+                .find(|s| s.pids.contains(&1))
+                .map(|s| format!("SysV semaphore set {} (sempid)", s.id))
+        })
+        .or_else(|| {
+            img.msg
+                .iter()
+                .find(|q| q.lspid == 1 || q.lrpid == 1)
+                .map(|q| format!("SysV message queue {} (last sender or receiver)", q.id))
+        });
+    match what {
+        Some(w) => Err(refused(
+            root,
+            format!(
+                "{w}: PID 1, which the new PID namespace's init holds (--new-pid-ns): the PID \
+                 SysV IPC recorded could not be given back"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Runs `f` in a helper with PID `p` ([`ipc::by_pid`]); a PID that a
@@ -206,13 +297,15 @@ impl Ipc {
     /// tree had its own) right before the fork. `pages`: the root's page
     /// file. `made`: that namespace, made already (owned by the tree's
     /// user namespace: userns.rs), else unshared here. `plan`: the PIDs
-    /// the objects' creators and last users had.
+    /// the objects' creators and last users had. `later`: only the
+    /// namespace and the POSIX queues now, the SysV objects by
+    /// [`Ipc::make_in`] once the tree's new PID namespace has its init.
     pub(crate) fn create(
         img: &IpcNs,
         pid: u32,
         pages: &Path,
         made: Option<&OwnedFd>,
-        plan: &PidPlan,
+        (plan, later): (&PidPlan, bool),
     ) -> Result<Ipc> {
         let st = Stage::Fork;
         let create = preflight(img, pid)?;
@@ -224,8 +317,11 @@ impl Ipc {
             done: false,
             image: img.clone(),
             late: plan.late.clone(),
+            create,
+            pages: pages.to_path_buf(),
+            pid_ns: None,
+            root: ByRoot::default(),
         };
-        let saved = |p: i32| (plan.on && p > 0).then_some(p);
         if img.own {
             let (back, ns) = match made {
                 Some(ns) => ipc::join_made(ns).at(pid, st)?,
@@ -235,13 +331,61 @@ impl Ipc {
             me.ns = Some(ns);
             sysctls(pid, img, true)?;
         }
+        if !later {
+            me.make(plan)?;
+        }
+        // POSIX queues: the limits (fs/mqueue/*) were raised above.
+        for q in &img.mqueues {
+            posix_queue(q).at(pid, st)?;
+        }
+        Ok(me)
+    }
+
+    /// Right after the fork of the helper init of the tree's new PID
+    /// namespace (`init`, still waiting to fork the root), by the thread
+    /// still in the tree's IPC namespace: the SysV objects made by helpers
+    /// forked into that PID namespace (setns CLONE_NEWPID makes it this
+    /// thread's pid_for_children), where every PID of the tree is free.
+    pub(crate) fn make_in(&mut self, plan: &PidPlan, init: &OwnedFd) -> Result<()> {
+        let (pid, st) = (self.pid, Stage::Fork);
+        let own =
+            stasis_sys::util::open("/proc/thread-self/ns/pid", libc::O_RDONLY | libc::O_CLOEXEC)
+                .at(pid, st)?;
+        stasis_sys::nsenter::join(init, libc::CLONE_NEWPID).at(pid, st)?;
+        let made = self.make(plan);
+        let back = stasis_sys::nsenter::join(&own, libc::CLONE_NEWPID).at(pid, st);
+        made?;
+        back?;
+        self.pid_ns = Some(init.try_clone().map_err(|e| RestoreError::Io {
+            pid,
+            stage: st,
+            what: "dup a pidfd".into(),
+            source: e,
+        })?);
+        Ok(())
+    }
+
+    /// The SysV objects of the image, with their ids, contents, owners
+    /// and the PIDs [`PidPlan`] gives back.
+    fn make(&mut self, plan: &PidPlan) -> Result<()> {
+        let (pid, st) = (self.pid, Stage::Fork);
+        let img = self.image.clone();
+        let create = self.create.clone();
+        let me = self;
+        let saved = |p: i32| (plan.on && p > 0).then_some(p);
+        let pages = &me.pages;
         let src = std::fs::File::open(pages).map_err(|source| RestoreError::Io {
             pid,
             stage: st,
             what: format!("open {}", pages.display()),
             source,
         })?;
+        let by_root = |p: i32| plan.root_live && p == 1;
         for s in &img.shm {
+            if create.contains(&s.id) && by_root(s.cpid) {
+                me.root.shm.push(s.id);
+                continue;
+            }
             if create.contains(&s.id) {
                 ipc::create(
                     Kind::Shm,
@@ -272,7 +416,9 @@ impl Ipc {
             }
             // Its last attacher, when no process of the tree attaches it
             // (else see PidPlan).
-            if let Some(l) = saved(s.lpid).filter(|_| !plan.attached.contains(&s.id)) {
+            if let Some(l) =
+                saved(s.lpid).filter(|&l| !plan.attached.contains(&s.id) && !by_root(l))
+            {
                 let what = format!("SysV shm segment {} last attacher", s.id);
                 by_pid(pid, st, l, &what, || ipc::shm_touch_raw(s.id))?;
             }
@@ -290,7 +436,9 @@ impl Ipc {
             )
             .at(pid, st)?;
             if plan.on && s.pids.len() == s.values.len() {
-                sem_by_pids(pid, s)?;
+                for (num, v) in sem_by_pids(pid, s, plan.root_live)? {
+                    me.root.sem.push((s.id, num, v));
+                }
             } else {
                 ipc::sem_set_values(s.id, &s.values).at(pid, st)?;
                 if s.operated {
@@ -307,7 +455,9 @@ impl Ipc {
             let total: u64 = q.messages.iter().map(|x| x.text.len() as u64).sum();
             ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes.max(total).max(1)).at(pid, st)?;
             if plan.on {
-                msg_by_pids(pid, q)?;
+                if let Some(m) = msg_by_pids(pid, q, plan.root_live)? {
+                    me.root.msg.push(m);
+                }
             } else {
                 for msg in &q.messages {
                     ipc::msg_send(q.id, msg.mtype, &msg.text).at(pid, st)?;
@@ -315,11 +465,129 @@ impl Ipc {
             }
             ipc::set_perm(Kind::Msg, q.id, u, g, m, q.qbytes).at(pid, st)?;
         }
-        // POSIX queues: the limits (fs/mqueue/*) were raised above.
-        for q in &img.mqueues {
-            posix_queue(q).at(pid, st)?;
+        Ok(())
+    }
+
+    /// Once the tree is seized, before any process is rebuilt: what PID 1
+    /// recorded, done by the root (`r`), PID 1 of its own namespace, by
+    /// remote calls ([`PidPlan::root_live`]): the segments it made (made
+    /// now with its effective ids set to their creator's for the call,
+    /// then filled by the restorer), its semaphores' SETVAL, its queues'
+    /// messages.
+    pub(crate) fn by_root(&mut self, r: &mut RemoteThread) -> Result<()> {
+        let root = std::mem::take(&mut self.root);
+        if root.shm.is_empty() && root.sem.is_empty() && root.msg.is_empty() {
+            return Ok(());
         }
-        Ok(me)
+        let (pid, st) = (self.pid, Stage::Fork);
+        let Some(ns) = &self.ns else {
+            return Ok(());
+        };
+        // This thread works in the tree's IPC namespace meanwhile.
+        let own = ipc::open_ns("/proc/thread-self/ns/ipc").at(pid, st)?;
+        ipc::join(ns).at(pid, st)?;
+        let done = self.root_calls(r, &root);
+        let back = ipc::join(&own).at(pid, st);
+        done?;
+        back
+    }
+
+    fn root_calls(&self, r: &mut RemoteThread, root: &ByRoot) -> Result<()> {
+        let (pid, st) = (self.pid, Stage::Fork);
+        let keep = u64::from(u32::MAX);
+        let src = std::fs::File::open(&self.pages).map_err(|source| RestoreError::Io {
+            pid,
+            stage: st,
+            what: format!("open {}", self.pages.display()),
+            source,
+        })?;
+        for s in self.image.shm.iter().filter(|s| root.shm.contains(&s.id)) {
+            ipc::write_next_id(Kind::Shm, s.id).at(pid, st)?;
+            let euid = r.call(libc::SYS_geteuid, &[], "geteuid").at(pid, st)?;
+            let egid = r.call(libc::SYS_getegid, &[], "getegid").at(pid, st)?;
+            let (cuid, cgid) = creator(&s.perm);
+            let what = format!("SysV shm segment {} made by PID 1 as {cuid}:{cgid}", s.id);
+            r.call(libc::SYS_setresgid, &[keep, cgid.into(), keep], &what)
+                .at(pid, st)?;
+            r.call(libc::SYS_setresuid, &[keep, cuid.into(), keep], &what)
+                .at(pid, st)?;
+            let flags = libc::IPC_CREAT | libc::IPC_EXCL | (s.perm.mode & 0o777) as i32;
+            let got = r.call(
+                libc::SYS_shmget,
+                &[s.perm.key as u32 as u64, s.size, flags as u64],
+                &what,
+            );
+            r.call(libc::SYS_setresuid, &[keep, euid, keep], "setresuid back")
+                .at(pid, st)?;
+            r.call(libc::SYS_setresgid, &[keep, egid, keep], "setresgid back")
+                .at(pid, st)?;
+            let got = got.at(pid, st)?;
+            if got != s.id as u64 {
+                return Err(RestoreError::Refused {
+                    pid,
+                    stage: st,
+                    what: format!("{what}: got id {got}"),
+                });
+            }
+            fill(pid, s, &src)?;
+            ipc::set_perm(Kind::Shm, s.id, s.perm.uid, s.perm.gid, s.perm.mode, 0).at(pid, st)?;
+            if s.locked() {
+                ipc::shm_lock(s.id).at(pid, st)?;
+            }
+        }
+        for &(id, num, v) in &root.sem {
+            let what = format!("semctl({id}, {num}, SETVAL) by PID 1 (sempid)");
+            r.call(
+                libc::SYS_semctl,
+                &[id as u64, num as u64, libc::SETVAL as u64, v.into()],
+                &what,
+            )
+            .at(pid, st)?;
+        }
+        for m in &root.msg {
+            self.root_msg(r, m)?;
+        }
+        Ok(())
+    }
+
+    /// One queue's [`RootMsg`], with room for every message meanwhile.
+    fn root_msg(&self, r: &mut RemoteThread, m: &RootMsg) -> Result<()> {
+        let (pid, st) = (self.pid, Stage::Fork);
+        let Some(q) = self.image.msg.iter().find(|q| q.id == m.id) else {
+            return Ok(());
+        };
+        let (u, g, mode) = (q.perm.uid, q.perm.gid, q.perm.mode);
+        let total: u64 = q.messages.iter().map(|x| x.text.len() as u64).sum();
+        ipc::set_perm(Kind::Msg, q.id, u, g, mode, q.qbytes.max(total).max(1)).at(pid, st)?;
+        let what = format!("SysV message queue {} by PID 1", q.id);
+        let nowait = libc::IPC_NOWAIT as u64;
+        let send = |r: &mut RemoteThread, b: &[u8]| -> Result<()> {
+            let at = r.write_scratch(0, b).at(pid, st)?;
+            r.call(
+                libc::SYS_msgsnd,
+                &[q.id as u64, at, (b.len() - 8) as u64, nowait],
+                &what,
+            )
+            .at(pid, st)
+            .map(drop)
+        };
+        if m.dummy {
+            send(r, &1i64.to_ne_bytes())?;
+        }
+        if let Some(t) = m.receive {
+            let at = r.write_scratch(0, &[0u8; 16]).at(pid, st)?;
+            let flags = nowait | libc::MSG_NOERROR as u64;
+            r.call(
+                libc::SYS_msgrcv,
+                &[q.id as u64, at, 8, t as u64, flags],
+                &what,
+            )
+            .at(pid, st)?;
+        }
+        for b in &m.send {
+            send(r, b)?;
+        }
+        ipc::set_perm(Kind::Msg, q.id, u, g, mode, q.qbytes).at(pid, st)
     }
 
     /// Segment sizes by id, for the attachments.
@@ -349,7 +617,21 @@ impl Ipc {
             .collect();
         let img = self.image.clone();
         let late = self.late.clone();
+        let pid_ns = match &self.pid_ns {
+            Some(fd) => Some(fd.try_clone().map_err(|e| RestoreError::Io {
+                pid,
+                stage: Stage::Resume,
+                what: "dup a pidfd".into(),
+                source: e,
+            })?),
+            None => None,
+        };
         let work = move || -> stasis_sys::Result<()> {
+            // The helpers below are forked into the tree's new PID
+            // namespace (this thread's pid_for_children; the thread ends).
+            if let Some(ns) = &pid_ns {
+                stasis_sys::nsenter::join(ns, libc::CLONE_NEWPID)?;
+            }
             for (id, l) in late {
                 let what = format!("SysV shm segment {id} last attacher");
                 ipc::by_pid(l, &what, || ipc::shm_touch_raw(id))?;
@@ -362,9 +644,17 @@ impl Ipc {
             }
             Ok(())
         };
-        match &self.ns {
-            Some(ns) => ipc::in_ns(ns, work),
-            None => work(),
+        match (&self.ns, self.pid_ns.is_some()) {
+            (Some(ns), _) => ipc::in_ns(ns, work),
+            // A thread of its own for the PID namespace it joins.
+            (None, true) => std::thread::spawn(work).join().unwrap_or_else(|_| {
+                Err(stasis_sys::SysError::other(
+                    "SysV IPC thread",
+                    None,
+                    "panicked",
+                ))
+            }),
+            (None, false) => work(),
         }
         .map_err(|e| {
             let p = e.pid.map_or(0, |p| p.0);
@@ -419,11 +709,21 @@ fn posix_queue(q: &stasis_image::sysvipc::PosixQueue) -> stasis_sys::Result<()> 
 /// PID (sempid); a set a semop ran on gets one more (sem_otime), by the
 /// last PID of the semaphore it touches. A semaphore no call changed
 /// (PID 0) is left as created, at 0.
-fn sem_by_pids(pid: u32, s: &SemSet) -> Result<()> {
+///
+/// `root_live`: PID 1 is the tree's root (alive): its semaphores are set
+/// by the restorer here and returned (semaphore, value) for the root to
+/// set again once seized; the semop is made by a helper of another PID,
+/// else by the restorer (the root's SETVAL then gives that semaphore its
+/// PID back).
+fn sem_by_pids(pid: u32, s: &SemSet, root_live: bool) -> Result<Vec<(i32, u16)>> {
     let st = Stage::Fork;
     let mut by: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut root = Vec::new();
     for (i, (&p, &v)) in s.pids.iter().zip(&s.values).enumerate() {
-        if p > 0 {
+        if root_live && p == 1 {
+            root.push((i as i32, v));
+        }
+        if p > 0 && !(root_live && p == 1) {
             by.entry(p).or_default().push(i);
         } else if v != 0 && !ipc::sem_setval_raw(s.id, i as i32, v) {
             // Set by a process the dumper could not see: by the restorer.
@@ -443,7 +743,7 @@ fn sem_by_pids(pid: u32, s: &SemSet) -> Result<()> {
         })?;
     }
     if s.operated {
-        match s.pids.iter().position(|&p| p > 0) {
+        match s.pids.iter().position(|&p| p > 0 && !(root_live && p == 1)) {
             Some(i) => {
                 let what = format!("SysV semaphore set {} (semop)", s.id);
                 by_pid(pid, st, s.pids[i], &what, || {
@@ -453,14 +753,21 @@ fn sem_by_pids(pid: u32, s: &SemSet) -> Result<()> {
             None => ipc::sem_touch(s.id, s.values.first().copied().unwrap_or(0)).at(pid, st)?,
         }
     }
-    Ok(())
+    Ok(root)
 }
 
 /// The messages sent by a helper with the saved last sender's PID
 /// (msg_lspid); with a saved last receiver (msg_lrpid), an empty message
 /// sent first is received by a helper with that PID.
-fn msg_by_pids(pid: u32, q: &MsgQueue) -> Result<()> {
+///
+/// `root_live` (PID 1 is the tree's root, alive): what PID 1 did is left
+/// to the root once seized ([`RootMsg`]): as the last sender it sends
+/// every message (after the last receiver took an empty one the restorer
+/// sent); as the last receiver only, it takes an empty message of a type
+/// no other has, sent before them.
+fn msg_by_pids(pid: u32, q: &MsgQueue, root_live: bool) -> Result<Option<RootMsg>> {
     let st = Stage::Fork;
+    let (s1, r1) = (root_live && q.lspid == 1, root_live && q.lrpid == 1);
     let bufs: Vec<Vec<u8>> = q
         .messages
         .iter()
@@ -487,16 +794,54 @@ fn msg_by_pids(pid: u32, q: &MsgQueue) -> Result<()> {
             .at(pid, st)
         }
     };
+    let receive = |p: i32| {
+        let what = format!("SysV message queue {} (msg_lrpid)", q.id);
+        by_pid(pid, st, p, &what, || ipc::msg_receive_raw(q.id))
+    };
+    if s1 {
+        if q.lrpid > 1 {
+            if !ipc::msg_send_raw(q.id, &dummy) {
+                return Err(stasis_sys::SysError::new(
+                    "msgsnd",
+                    None,
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                ))
+                .at(pid, st);
+            }
+            receive(q.lrpid)?;
+        }
+        return Ok(Some(RootMsg {
+            id: q.id,
+            dummy: r1,
+            receive: r1.then_some(0),
+            send: bufs,
+        }));
+    }
+    if r1 {
+        // An empty message of a type no message has, first in line.
+        let t = (1i64..)
+            .find(|t| q.messages.iter().all(|m| m.mtype != *t))
+            .unwrap_or(1);
+        let first = t.to_ne_bytes();
+        let mut refs: Vec<&[u8]> = vec![&first];
+        refs.extend(bufs.iter().map(Vec::as_slice));
+        send(&refs)?;
+        return Ok(Some(RootMsg {
+            id: q.id,
+            dummy: false,
+            receive: Some(t),
+            send: Vec::new(),
+        }));
+    }
     if q.lrpid > 0 {
         send(&[&dummy])?;
-        let what = format!("SysV message queue {} (msg_lrpid)", q.id);
-        by_pid(pid, st, q.lrpid, &what, || ipc::msg_receive_raw(q.id))?;
+        receive(q.lrpid)?;
     }
     if !bufs.is_empty() {
         let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
         send(&refs)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// In a process of the tree, after its memory: attaches and detaches the

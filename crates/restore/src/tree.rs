@@ -81,7 +81,12 @@ pub(crate) fn restore_tree(
     }
     // The processes' rebuild order and who gives SysV IPC its last PIDs.
     let pid_plan = match ipc {
-        Some(img) => Some(crate::sysvipc::pid_plan(img, procs, pid_ns)?),
+        Some(img) => Some(crate::sysvipc::pid_plan(
+            img,
+            procs,
+            pid_ns,
+            user.is_some(),
+        )?),
         None => None,
     };
     // 0. the tree's own network namespace, entered by this thread before
@@ -97,11 +102,19 @@ pub(crate) fn restore_tree(
     };
     // 1. open files: before the fork, so that every process inherits them
     //    and descriptions shared in the image are shared again.
-    let (mut opened, files) = open_files(procs, pages, shell_job, net.tcp_close, inherit, !pid_ns)?;
+    let (mut opened, files) = open_files(
+        procs,
+        pages,
+        shell_job,
+        net.tcp_close,
+        inherit,
+        (!pid_ns, pid_ns && user.is_none()),
+    )?;
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
     tree.plan.sibling = sibling;
+    tree.plan.sock_calls = opened.sock_calls.take().unwrap_or_default();
     if let Some(sid) = tree.session_helper.filter(|_| sibling) {
         // The helper would be the root's parent, and its death would hand
         // the root to a reaper of the caller's, not to the caller.
@@ -152,13 +165,29 @@ pub(crate) fn restore_tree(
     //    one until the fork, so every process is born in it) and its
     //    objects with their ids, or the dumper's namespace's segments.
     let ipc_own = ipc.is_some_and(|i| i.own);
+    // A new PID namespace: the SysV objects are made once its init exists
+    //    (their helpers take PIDs there): `--new-pid-ns`'s helper init, or
+    //    the root of a tree that was a namespace's init, waits on this
+    //    gate before it forks the rest of the tree.
+    let root_live = pid_plan.as_ref().is_some_and(|p| p.root_live);
+    let gate = match ipc {
+        Some(i)
+            if pid_ns
+                && (root_pid != 1 || root_live)
+                && !(i.shm.is_empty() && i.sem.is_empty() && i.msg.is_empty()) =>
+        {
+            Some(util::pipe().at(root_pid, Stage::Fork)?)
+        }
+        _ => None,
+    };
+    tree.plan.gate = gate.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd()));
     let mut ipc = match (ipc, &pid_plan) {
         (Some(img), Some(plan)) => Some(crate::sysvipc::Ipc::create(
             img,
             root_pid,
             &pages[0],
             user.and_then(|u| u.ipc.as_ref()),
-            plan,
+            (plan, gate.is_some()),
         )?),
         _ => None,
     };
@@ -185,6 +214,23 @@ pub(crate) fn restore_tree(
     // Events the restorer's own work queued in restored fanotify groups.
     kinds::fanotify::drain_all(&opened, root_pid)?;
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
+    // The helper init waits at the gate: the SysV objects now, in its
+    //    namespace (a failure closes the gate: it exits, the guard of
+    //    `forked` ends the rest).
+    if let (Some(i), Some(plan), Some((_, w)), Ok((top, _))) = (&mut ipc, &pid_plan, gate, &forked)
+    {
+        let init = util::pidfd_open(*top).at(root_pid, Stage::Fork)?;
+        i.make_in(plan, &init)?;
+        use std::io::Write;
+        std::fs::File::from(w)
+            .write_all(&[1])
+            .map_err(|source| RestoreError::Io {
+                pid: root_pid,
+                stage: Stage::Fork,
+                what: "open the new PID namespace's gate".into(),
+                source,
+            })?;
+    }
     if let Some(i) = &mut ipc {
         i.leave()?;
     }
@@ -230,6 +276,11 @@ pub(crate) fn restore_tree(
     //    so a failure can still undo the whole tree.
     //    In image order, except that the last attacher of a SysV segment
     //    others attach comes after them (sysvipc::PidPlan).
+    // What PID 1 recorded in SysV IPC, by the root (PID 1 of its own
+    //    namespace) by remote calls, before any process attaches.
+    if let (Some(i), Some(r)) = (&mut ipc, remotes.first_mut()) {
+        i.by_root(r)?;
+    }
     let order = pid_plan.map_or_else(|| (0..procs.len()).collect(), |p| p.order);
     let mut remotes: Vec<Option<RemoteThread>> = remotes.into_iter().map(Some).collect();
     let mut built: Vec<Vec<Pid>> = vec![Vec::new(); procs.len()];
@@ -280,12 +331,13 @@ fn open_files(
     shell_job: bool,
     tcp_close: bool,
     inherit: &[(i32, String)],
-    peer_pids: bool,
+    (peer_pids, sock_calls): (bool, bool),
 ) -> Result<(Opened, Vec<ProcFiles>)> {
     let mut opened = Opened::default();
     opened.tcp_close = tcp_close;
     opened.inherit = inherit.to_vec();
     opened.peer_pids = peer_pids;
+    opened.sock_calls = sock_calls.then(Vec::new);
     if shell_job {
         opened.shell_tty = Some(kinds::own_tty().ok_or_else(|| RestoreError::Refused {
             pid: procs[0].pid,
@@ -298,6 +350,7 @@ fn open_files(
     for (img, pg) in procs.iter().zip(pages) {
         files.push(ProcFiles::open(img, pg, procs, &mut opened)?);
     }
+    kinds::unix_connect_later(&mut opened, procs)?;
     kinds::unix_fill_later(&mut opened, procs)?;
     kinds::pty::finish_all(&opened, procs)?;
     Ok((opened, files))
@@ -370,6 +423,8 @@ fn plan_tree(
             sibling: false,
             user_ns: None,
             session_keyring: None,
+            gate: None,
+            sock_calls: Vec::new(),
         },
         svcs: Vec::with_capacity(procs.len()),
         group_helpers: Vec::new(),

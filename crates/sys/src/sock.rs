@@ -50,6 +50,13 @@ pub fn set_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
 
 /// SO_PEERCRED of a unix socket.
 pub fn ucred(fd: &OwnedFd) -> Result<libc::ucred> {
+    ucred_raw(fd.as_raw_fd())
+        .ok_or_else(|| SysError::new("getsockopt(SO_PEERCRED)", None, last_errno()))
+}
+
+/// SO_PEERCRED of descriptor `fd`, None on failure (errno set). Raw
+/// calls only: callable in a forked child.
+fn ucred_raw(fd: i32) -> Option<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -59,15 +66,14 @@ pub fn ucred(fd: &OwnedFd) -> Result<libc::ucred> {
     // SAFETY: cred and len are live out-parameters of the right size.
     let r = unsafe {
         libc::getsockopt(
-            fd.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             std::ptr::addr_of_mut!(cred).cast(),
             &mut len,
         )
     };
-    check(r.into(), "getsockopt(SO_PEERCRED)", None)?;
-    Ok(cred)
+    (r == 0).then_some(cred)
 }
 
 /// What SO_PEERCRED and SO_PEERGROUPS give.
@@ -1010,4 +1016,21 @@ pub fn remove_stale_socket(path: &str, ty: i32) -> Result<bool> {
         )
     })?;
     Ok(true)
+}
+
+/// The PIDs SO_PEERCRED reports on `socks` as a process of the PID
+/// namespace `pid_ns` sees them ([`crate::nsenter::ints_in_pid_ns`]).
+pub fn peer_pids_in_pid_ns(pid_ns: &OwnedFd, socks: &[OwnedFd]) -> Result<Vec<i32>> {
+    let raw: Vec<i32> = socks.iter().map(AsRawFd::as_raw_fd).collect();
+    crate::nsenter::ints_in_pid_ns(pid_ns, raw.len(), "SO_PEERCRED", |out| {
+        raw.iter()
+            .zip(out.iter_mut())
+            .all(|(&fd, o)| match ucred_raw(fd) {
+                Some(c) => {
+                    *o = c.pid;
+                    true
+                }
+                None => false,
+            })
+    })
 }

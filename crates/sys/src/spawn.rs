@@ -142,6 +142,428 @@ pub struct TreePlan {
     /// (KEYCTL_JOIN_SESSION_KEYRING) before it forks: every process of the
     /// tree inherits it.
     pub session_keyring: Option<std::ffi::CString>,
+    /// A pipe of the caller's (read end, write end): the helper init of a
+    /// new PID namespace waits for one byte on it before it forks the
+    /// root (a root that is the namespace's init, before it forks its
+    /// children), so that the caller can fork helpers with chosen PIDs
+    /// into the namespace (which takes them only once its init exists)
+    /// while every other PID of the tree is still free there.
+    pub gate: Option<(i32, i32)>,
+    /// Socket calls the root makes before it forks anything ([`SockCall`]).
+    pub sock_calls: Vec<SockCall>,
+}
+
+/// A call that records its caller in a socket (SO_PEERCRED: listen, what
+/// clients of a listener see; connect, what the accepted end sees;
+/// socketpair, both ends), made
+/// in a tree restored into a PID namespace by the root before it forks
+/// anything, on a descriptor of the caller's it inherited (`fd`), as
+/// process `pid` there with effective ids `uid`, `gid` and `groups`:
+/// itself when `pid` is its own PID (its ids set for the call only), else
+/// a helper it forks with that PID (clone3 set_tid, CLONE_FILES), which
+/// exits at once, leaving the PID free for the tree. A PID 1 that is not
+/// the root's is skipped (`--new-pid-ns`: the helper init's).
+#[derive(Debug, Clone)]
+pub struct SockCall {
+    pub fd: i32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub op: SockOp,
+}
+
+/// What a [`SockCall`] does.
+#[derive(Debug, Clone)]
+pub enum SockOp {
+    /// listen(fd, backlog).
+    Listen(i32),
+    /// connect(fd) to the unix socket of this name.
+    Connect(Vec<u8>),
+    /// A new socketpair(AF_UNIX, type) put at `fd` and `peer` in place of
+    /// the pair there, with what it had ([`put_in_place`]; `shut`: the
+    /// saved shutdown states of `fd` and `peer`).
+    Pair { peer: i32, ty: i32, shut: [u8; 2] },
+    /// A connection accepted from the listener at `listener` (bound to
+    /// `name`): a new socket connected to `name` (the call), accepted, put
+    /// at `client` and at `fd` (the accepted end) in place of the (idle)
+    /// connection there, with what it had ([`put_in_place`]; `shut`: the
+    /// saved shutdown states of `fd` and `client`).
+    Accepted {
+        listener: i32,
+        client: i32,
+        name: Vec<u8>,
+        ty: i32,
+        shut: [u8; 2],
+    },
+}
+
+/// connect(2) of `fd` to the unix socket `name` (raw calls only).
+///
+/// # Safety
+/// Raw calls only; callable right after a fork.
+unsafe fn connect_raw(fd: i32, name: &[u8]) -> bool {
+    // SAFETY: sa lives on this stack; its length is passed.
+    unsafe {
+        let mut sa: libc::sockaddr_un = std::mem::zeroed();
+        sa.sun_family = libc::AF_UNIX as u16;
+        let n = name.len().min(sa.sun_path.len());
+        for (d, &b) in sa.sun_path.iter_mut().zip(name.iter()) {
+            *d = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + n;
+        libc::syscall(libc::SYS_connect, fd, std::ptr::addr_of!(sa), len) == 0
+    }
+}
+
+/// The socket options [`put_in_place`] copies (`sock::UNIX_OPTS` but
+/// SO_PEEK_OFF, set after the data).
+const COPIED_OPTS: [libc::c_int; 9] = [
+    libc::SO_PASSCRED,
+    libc::SO_PASSSEC,
+    libc::SO_RCVBUF,
+    libc::SO_SNDBUF,
+    libc::SO_RCVLOWAT,
+    libc::SO_TIMESTAMP,
+    libc::SO_TIMESTAMPNS,
+    libc::SO_MARK,
+    libc::SO_PRIORITY,
+];
+
+/// Largest message moved between sockets (the image's limit per socket).
+const MOVE_BUF: usize = 16 << 20;
+
+/// An int socket option of `fd` (None: not readable).
+///
+/// # Safety
+/// Raw calls only.
+unsafe fn get_opt(fd: i32, opt: libc::c_int) -> Option<i32> {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: v and len are live out-parameters of the right size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &mut v as *mut i32,
+            &mut len as *mut u32,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Sets an int socket option (buffer sizes as getsockopt read them:
+/// halved, with the FORCE variants).
+///
+/// # Safety
+/// Raw calls only.
+unsafe fn set_opt(fd: i32, opt: libc::c_int, v: i32) -> bool {
+    let (opt, v) = match opt {
+        libc::SO_RCVBUF => (libc::SO_RCVBUFFORCE, v / 2),
+        libc::SO_SNDBUF => (libc::SO_SNDBUFFORCE, v / 2),
+        o => (o, v),
+    };
+    // SAFETY: v lives for the call; its size is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &v as *const i32,
+            4,
+        ) == 0
+    }
+}
+
+/// Moves what waits in socket `old` into the new socket whose peer is
+/// `from` (message by message; a stream's bytes in chunks), through
+/// `buf` (MOVE_BUF bytes). True once `old` has nothing more.
+///
+/// # Safety
+/// Raw calls only; `buf` is MOVE_BUF writable bytes.
+unsafe fn move_queued(old: i32, from: i32, stream: bool, buf: *mut u8) -> bool {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    loop {
+        // SAFETY: buf holds MOVE_BUF bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                old,
+                buf,
+                MOVE_BUF,
+                libc::MSG_DONTWAIT,
+                null,
+                null,
+            )
+        };
+        if n < 0 {
+            let e = last_errno();
+            return e == libc::EAGAIN || e == libc::EWOULDBLOCK;
+        }
+        if n == 0 {
+            return true;
+        }
+        let mut off = 0i64;
+        while off < n {
+            // SAFETY: the bytes from off to n were just received into buf.
+            let w = unsafe {
+                libc::syscall(
+                    libc::SYS_sendto,
+                    from,
+                    buf.add(off as usize),
+                    (n - off) as usize,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    null,
+                    0,
+                )
+            };
+            if w <= 0 || (!stream && w != n) {
+                return false;
+            }
+            off += w;
+        }
+    }
+}
+
+/// Puts the new sockets `new` (a connected pair) at the numbers `at`
+/// (close-on-exec) in place of the old pair there, with what the old ones
+/// had: the data waiting in each, its options (SO_PEEK_OFF after the
+/// data), the file status flags `flags`, then the shutdown states `shut`
+/// (SHUT_* + 1 as sock_diag shows them, 0 for none).
+///
+/// # Safety
+/// Raw calls only; callable right after a fork.
+unsafe fn put_in_place(
+    new: [i32; 2],
+    at: [i32; 2],
+    flags: [i64; 2],
+    (ty, shut): (i32, [u8; 2]),
+) -> bool {
+    // SAFETY: raw calls on descriptors of ours and on a buffer mapped here.
+    unsafe {
+        let buf = libc::syscall(
+            libc::SYS_mmap,
+            0usize,
+            MOVE_BUF,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0usize,
+        );
+        if buf < 0 {
+            return false;
+        }
+        let room = i32::try_from(MOVE_BUF * 2).unwrap_or(i32::MAX);
+        let stream = ty == libc::SOCK_STREAM;
+        let moved = (0..2).all(|k| set_opt(new[k], libc::SO_SNDBUF, room))
+            && (0..2).all(|k| move_queued(at[k], new[1 - k], stream, buf as *mut u8));
+        libc::syscall(libc::SYS_munmap, buf, MOVE_BUF);
+        moved
+            && (0..2).all(|k| {
+                COPIED_OPTS
+                    .iter()
+                    .all(|&o| get_opt(at[k], o).is_none_or(|v| set_opt(new[k], o, v)))
+                    && get_opt(at[k], libc::SO_PEEK_OFF)
+                        .is_none_or(|v| v < 0 || set_opt(new[k], libc::SO_PEEK_OFF, v))
+            })
+            && (0..2).all(|k| {
+                libc::syscall(libc::SYS_dup3, new[k], at[k], libc::O_CLOEXEC) >= 0
+                    && libc::syscall(libc::SYS_close, new[k]) == 0
+                    && libc::syscall(libc::SYS_fcntl, at[k], libc::F_SETFL, flags[k]) == 0
+                    && (shut[k] == 0
+                        || libc::syscall(libc::SYS_shutdown, at[k], i32::from(shut[k]) - 1) == 0)
+            })
+    }
+}
+
+/// Waits for the caller's byte on [`TreePlan::gate`], if any; exits
+/// (reporting `pid`'s failure) when the caller closed it without one.
+/// Raw calls only.
+fn wait_at_gate(plan: &TreePlan, pid: i32) {
+    let Some((r, w)) = plan.gate else {
+        return;
+    };
+    // SAFETY: raw calls on the inherited pipe and a byte on this stack.
+    unsafe {
+        // Only the caller's end may keep the pipe open for writing.
+        libc::syscall(libc::SYS_close, w);
+        let mut b = 0u8;
+        let got = libc::syscall(libc::SYS_read, r, &mut b as *mut u8, 1usize);
+        libc::syscall(libc::SYS_close, r);
+        if got != 1 {
+            report(plan.ready_fd, pid, 18);
+            exit_now(18);
+        }
+    }
+}
+
+/// Makes one [`SockCall`]'s call (raw calls only).
+///
+/// # Safety
+/// Only from a forked restore child or its helper.
+unsafe fn sock_call_now(c: &SockCall, tmp: [i32; 2]) -> bool {
+    // SAFETY: raw calls on inherited descriptors; fds lives on this stack.
+    unsafe {
+        match &c.op {
+            SockOp::Listen(backlog) => libc::syscall(libc::SYS_listen, c.fd, *backlog) == 0,
+            SockOp::Connect(name) => connect_raw(c.fd, name),
+            &SockOp::Pair { ty, .. } => {
+                let mut fds = [-1i32; 2];
+                libc::syscall(
+                    libc::SYS_socketpair,
+                    libc::AF_UNIX,
+                    ty | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                ) == 0
+                    && (0..2).all(|k| {
+                        libc::syscall(libc::SYS_dup3, fds[k], tmp[k], libc::O_CLOEXEC) >= 0
+                            && libc::syscall(libc::SYS_close, fds[k]) == 0
+                    })
+            }
+            SockOp::Accepted { name, ty, .. } => {
+                let x = libc::syscall(libc::SYS_socket, libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0)
+                    as i32;
+                x >= 0
+                    && connect_raw(x, name)
+                    && libc::syscall(libc::SYS_dup3, x, tmp[1], libc::O_CLOEXEC) >= 0
+                    && libc::syscall(libc::SYS_close, x) == 0
+            }
+        }
+    }
+}
+
+/// After [`sock_call_now`], by the root with its own ids (moving data and
+/// forcing buffer sizes needs its privileges): the new pair, or the new
+/// client accepted, put in place of the old ones ([`put_in_place`]).
+///
+/// # Safety
+/// Raw calls only; from the forked root.
+unsafe fn sock_call_finish(c: &SockCall, tmp: [i32; 2]) -> bool {
+    let (other, ty, shut, new) = match &c.op {
+        SockOp::Listen(_) | SockOp::Connect(_) => return true,
+        &SockOp::Pair { peer, ty, shut } => (peer, ty, shut, tmp[0]),
+        SockOp::Accepted {
+            listener,
+            client,
+            ty,
+            shut,
+            ..
+        } => {
+            let null = std::ptr::null_mut::<libc::c_void>();
+            // SAFETY: accept4 on an inherited listener, no address wanted.
+            let y = unsafe {
+                libc::syscall(libc::SYS_accept4, *listener, null, null, libc::SOCK_CLOEXEC)
+            } as i32;
+            // SAFETY: closes the unused slot.
+            unsafe { libc::syscall(libc::SYS_close, tmp[0]) };
+            if y < 0 {
+                return false;
+            }
+            (*client, *ty, *shut, y)
+        }
+    };
+    // SAFETY: raw calls on descriptors of ours.
+    unsafe {
+        let flags = [
+            libc::syscall(libc::SYS_fcntl, c.fd, libc::F_GETFL),
+            libc::syscall(libc::SYS_fcntl, other, libc::F_GETFL),
+        ];
+        flags.iter().all(|&f| f >= 0)
+            && put_in_place([new, tmp[1]], [c.fd, other], flags, (ty, shut))
+    }
+}
+
+/// The root's [`SockCall`]s, in order; false after a failure.
+///
+/// # Safety
+/// Only from the forked root, before it forks its children.
+unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
+    let keep = u32::MAX as libc::c_long;
+    for c in &plan.sock_calls {
+        if c.pid == 1 && me != 1 {
+            continue;
+        }
+        // SAFETY: raw calls; every buffer lives on this stack or in the
+        // plan, allocated before the fork.
+        unsafe {
+            // Two free numbers (duplicates, replaced) for a new pair or
+            // client, shared with a helper.
+            let tmp = match c.op {
+                SockOp::Pair { .. } | SockOp::Accepted { .. } => [
+                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_DUPFD_CLOEXEC, 0) as i32,
+                    libc::syscall(libc::SYS_fcntl, c.fd, libc::F_DUPFD_CLOEXEC, 0) as i32,
+                ],
+                _ => [-1, -1],
+            };
+            if matches!(c.op, SockOp::Pair { .. } | SockOp::Accepted { .. })
+                && tmp.iter().any(|&t| t < 0)
+            {
+                return false;
+            }
+            if c.pid == me {
+                // A change of ids resets the parent-death signal and the
+                // dumpable flag: both are set back after.
+                let dumpable = libc::syscall(libc::SYS_prctl, libc::PR_GET_DUMPABLE);
+                let mut groups = [0u32; 256];
+                let n = libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr());
+                let euid = libc::syscall(libc::SYS_geteuid);
+                let egid = libc::syscall(libc::SYS_getegid);
+                let ok = n >= 0
+                    && libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setresgid, keep, c.gid, keep) == 0
+                    && libc::syscall(libc::SYS_setresuid, keep, c.uid, keep) == 0
+                    && sock_call_now(c, tmp);
+                let back = libc::syscall(libc::SYS_setresuid, keep, euid, keep) == 0
+                    && libc::syscall(libc::SYS_setresgid, keep, egid, keep) == 0
+                    && libc::syscall(libc::SYS_setgroups, n.max(0), groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0
+                    && libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, dumpable) == 0;
+                if !(ok && back && sock_call_finish(c, tmp)) {
+                    return false;
+                }
+                continue;
+            }
+            let tids = [c.pid];
+            let args = CloneArgs {
+                flags: libc::CLONE_FILES as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                set_tid: tids.as_ptr() as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            let r = libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::addr_of!(args),
+                std::mem::size_of::<CloneArgs>(),
+            );
+            if r == 0 {
+                let ok = libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) == 0
+                    && libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) == 0
+                    && sock_call_now(c, tmp);
+                exit_now(if ok { 0 } else { 1 });
+            }
+            if r < 0 {
+                return false;
+            }
+            let mut st = 0i32;
+            let got = libc::syscall(
+                libc::SYS_wait4,
+                r,
+                &mut st as *mut i32,
+                libc::__WALL,
+                0usize,
+            );
+            if got != r || st != 0 || !sock_call_finish(c, tmp) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
@@ -164,6 +586,8 @@ pub fn tree_failure(code: i32) -> &'static str {
         15 => "making a proc, sysfs, mqueue or cgroup mount (or one stacked on it) in the new namespaces failed",
         16 => "entering the tree's user namespace (setns) or making a namespace in it failed",
         17 => "joining its session keyring (KEYCTL_JOIN_SESSION_KEYRING) failed",
+        18 => "the restorer gave up before the root was forked (the new PID namespace's gate)",
+        19 => "a listen or connect as the PID and ids that made a socket (SO_PEERCRED) failed",
         _ => "unexpected failure",
     }
 }
@@ -560,6 +984,15 @@ fn tree_child(plan: &TreePlan, i: usize, parent: i32) -> ! {
                     exit_now(17);
                 }
             }
+        }
+        if i == 0 && !sock_calls(plan, me) {
+            report(plan.ready_fd, me, 19);
+            exit_now(19);
+        }
+        // The init of the tree's own PID namespace: the caller makes
+        // what needs PIDs there (the gate, see TreePlan) before any other.
+        if i == 0 && p.pid == 1 {
+            wait_at_gate(plan, me);
         }
         if fork_children(plan, p, me) < 0 {
             exit_now(7);
@@ -1143,6 +1576,7 @@ fn helper_init(plan: &TreePlan) -> ! {
             exit_now(9);
         }
         libc::syscall(libc::SYS_setsid);
+        wait_at_gate(plan, root.pid);
         let mut unused = -1;
         let r = fork_plan_child(plan, 0, 1, &mut unused);
         if r < 0 {

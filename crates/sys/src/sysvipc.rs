@@ -571,6 +571,18 @@ impl Kind {
 /// kernel records as its creator (cuid, cgid), which no call sets
 /// afterwards; with PID `pid` when given (a segment's shm_cpid). A
 /// different id (a race) removes it again and fails with EEXIST.
+/// The id the next object of `kind` made in the calling thread's IPC
+/// namespace gets (/proc/sys/kernel/*_next_id).
+pub fn write_next_id(kind: Kind, id: i32) -> Result<()> {
+    std::fs::write(kind.next_id(), id.to_string()).map_err(|e| {
+        SysError::new(
+            format!("write {} = {id}", kind.next_id()),
+            None,
+            e.raw_os_error().unwrap_or(0),
+        )
+    })
+}
+
 pub fn create(
     kind: Kind,
     id: i32,
@@ -580,13 +592,7 @@ pub fn create(
     creator: (u32, u32),
     pid: Option<i32>,
 ) -> Result<()> {
-    std::fs::write(kind.next_id(), id.to_string()).map_err(|e| {
-        SysError::new(
-            format!("write {} = {id}", kind.next_id()),
-            None,
-            e.raw_os_error().unwrap_or(0),
-        )
-    })?;
+    write_next_id(kind, id)?;
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
     let ids = crate::sock::Ids {
         uid: creator.0,
@@ -706,4 +712,59 @@ pub fn as_ids<T: Send + 'static>(
     })
     .join()
     .map_err(|_| SysError::other("sysctl thread", None, "panicked"))?
+}
+
+/// The PIDs SysV IPC recorded, as a process of the PID namespace `pid_ns`
+/// (a descriptor of it, or a pidfd of a process in it) sees them: each
+/// segment's (shm_cpid, shm_lpid) of `shm`, each semaphore's sempid of
+/// the sets `sem` (id, count), each queue's (msg_lspid, msg_lrpid) of
+/// `msg`, in that order, flattened. The kernel translates a recorded PID
+/// into the caller's PID namespace (0 for one outside it), so a child
+/// forked into that namespace (this thread's pid_for_children; the thread
+/// must be one of its own, in the objects' IPC namespace) reads them with
+/// raw calls and writes them to a pipe: even the PIDs of processes that
+/// have exited come out as the namespace numbered them.
+pub fn pids_in_pid_ns(
+    pid_ns: &OwnedFd,
+    shm: &[i32],
+    sem: &[(i32, usize)],
+    msg: &[i32],
+) -> Result<Vec<i32>> {
+    let n = shm.len() * 2 + sem.iter().map(|s| s.1).sum::<usize>() + msg.len() * 2;
+    crate::nsenter::ints_in_pid_ns(pid_ns, n, "SysV IPC PIDs", |out| {
+        let mut k = 0;
+        // SAFETY: raw calls; the ds buffers live on this stack, `out` has
+        // room for every value.
+        unsafe {
+            for &id in shm {
+                let mut ds: libc::shmid_ds = std::mem::zeroed();
+                if libc::shmctl(id, libc::IPC_STAT, &mut ds) < 0 {
+                    return false;
+                }
+                out[k] = ds.shm_cpid;
+                out[k + 1] = ds.shm_lpid;
+                k += 2;
+            }
+            for &(id, count) in sem {
+                for i in 0..count {
+                    let p = libc::syscall(libc::SYS_semctl, id, i, libc::GETPID, 0);
+                    if p < 0 {
+                        return false;
+                    }
+                    out[k] = p as i32;
+                    k += 1;
+                }
+            }
+            for &id in msg {
+                let mut ds: libc::msqid_ds = std::mem::zeroed();
+                if libc::msgctl(id, libc::IPC_STAT, &mut ds) < 0 {
+                    return false;
+                }
+                out[k] = ds.msg_lspid;
+                out[k + 1] = ds.msg_lrpid;
+                k += 2;
+            }
+        }
+        true
+    })
 }

@@ -1145,10 +1145,70 @@ fn cr_unix_queued() {
 }
 
 /// SO_PEERCRED and SO_PEERGROUPS of socket pairs: made again by their
-/// creator's PID and ids (a process of the tree, or one that exited).
+/// creator's PID and ids (a process of the tree, or one that exited);
+/// of a connection waiting in an accept queue: connected again by the
+/// process holding the client, with its PID and ids.
 #[test]
 fn cr_unix_peercred() {
     cr("cr_unix_peercred", Program::Bin("tp_unix"), &["--peercred"]);
+}
+
+/// SO_PEERCRED of listeners and of connections waiting in their accept
+/// queues, in the restorer's PID namespace.
+#[test]
+fn cr_unix_peercred_listen() {
+    cr(
+        "cr_unix_peercred_listen",
+        Program::Bin("tp_unix"),
+        &["--peercred-listen"],
+    );
+}
+
+/// The same as PID 1 of a PID namespace of its own: listened on again
+/// and connected by the root and its helpers with the namespace's PIDs.
+#[test]
+fn cr_unix_peercred_listen_own_pid_ns() {
+    let work = Work::new("cr_unix_peercred_listen_own_pid_ns");
+    cr_own_pid_ns(&work, Program::Bin("tp_unix"), &["--peercred-listen"]).assert_pass(&work);
+}
+
+/// The same restored with `--new-pid-ns`.
+#[test]
+fn cr_unix_peercred_listen_new_pid_ns() {
+    let work = Work::new("cr_unix_peercred_listen_new_pid_ns");
+    cr_new_pid_ns(&work, Program::Bin("tp_unix"), &["--peercred-listen"]).assert_pass(&work);
+}
+
+/// Its negative control in a PID namespace: another PID expected fails.
+#[test]
+fn negative_cr_unix_peercred_listen_own_pid_ns() {
+    let work = Work::new("negative_cr_unix_peercred_listen_own_pid_ns");
+    let out = cr_own_pid_ns(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--peercred-listen", "--corrupt"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("waited"),
+        "{out:?}"
+    );
+}
+
+/// The negative control of the waiting connection's SO_PEERCRED, through
+/// a real dump and restore: another PID expected there must fail.
+#[test]
+fn negative_cr_unix_peercred_waiting() {
+    let work = Work::new("negative_cr_unix_peercred_waiting");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--peercred", "--corrupt-waiting"],
+        &Opts::default(),
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("waited"),
+        "{out:?}"
+    );
 }
 
 selfcheck!(
@@ -1267,6 +1327,20 @@ fn refuse_unix_pending_with_data() {
         &["--pending", "--pending-data"],
         &[],
         &["data sent"],
+        false,
+    );
+}
+
+/// A waiting client held by two processes is refused: which one
+/// connected (what the accepted end reports as SO_PEERCRED) is unknown.
+#[test]
+fn refuse_unix_pending_held_by_two() {
+    refused_dump(
+        "refuse_unix_pending_two",
+        Program::Bin("tp_unix"),
+        &["--pending", "--pending-shared"],
+        &[],
+        &["held by processes"],
         false,
     );
 }

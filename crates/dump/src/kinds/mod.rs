@@ -54,7 +54,7 @@ pub(crate) mod saved;
 mod signalfd;
 mod tcp;
 mod timerfd;
-mod unix;
+pub(crate) mod unix;
 mod unixbound;
 
 use crate::{At, DumpError, Result, Stage};

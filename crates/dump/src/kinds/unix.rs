@@ -73,8 +73,10 @@ pub(super) fn identify(d: &mut Fd<'_>) -> Result<Option<FdKind>> {
                 && peer != 0;
             let (queued, opts) = contents(d, sock_type, shutdown, pending)?;
             let peercred = peer_cred(d)?;
+            let connector = if pending { Some(holder(d)?) } else { None };
             return Ok(Some(FdKind::UnixSocket {
                 peercred,
+                connector,
                 id: ino,
                 sock_type,
                 flags: d.flags(),
@@ -104,6 +106,86 @@ pub(super) fn peer_cred(d: &Fd<'_>) -> Result<Option<PeerCred>> {
         }))
 }
 
+/// A client waiting in an accept queue: its connection has no descriptor
+/// yet, so what SO_PEERCRED will report on the server's end (the process
+/// that called connect, its effective ids and groups then) cannot be
+/// read. The one process of the tree holding the client is taken as that
+/// process ([`link`] refuses a client held by several): its PID and its
+/// effective ids and groups now.
+fn holder(d: &Fd<'_>) -> Result<PeerCred> {
+    let text = stasis_proc::read(d.pid, "status").at(d.pid, Stage::Check)?;
+    let st = stasis_proc::parse_status(&text).map_err(|e| DumpError::Unsupported {
+        pid: d.pid,
+        stage: Stage::Check,
+        what: format!("status: {e}"),
+    })?;
+    Ok(PeerCred {
+        pid: d.pid as i32,
+        uid: st.uids[1],
+        gid: st.gids[1],
+        groups: st.groups,
+    })
+}
+
+/// A tree in a PID namespace of its own: every saved SO_PEERCRED PID as
+/// that namespace numbers it (read by a child forked there: the creator
+/// may have exited, so NSpid cannot translate it), and a waiting client's
+/// connector, the process holding it, by its PID there.
+pub(crate) fn peer_pids_in_pid_ns(procs: &mut [crate::collect::Collected]) -> Result<()> {
+    let Some(root) = procs.first().map(|c| c.host_pid) else {
+        return Ok(());
+    };
+    let mut socks = Vec::new();
+    let mut at = Vec::new();
+    for (k, c) in procs.iter().enumerate() {
+        for (j, e) in c.image.files.iter().enumerate() {
+            if let FdKind::UnixSocket {
+                peercred: Some(p), ..
+            }
+            | FdKind::UnixBound {
+                peercred: Some(p), ..
+            } = &e.kind
+            {
+                if p.pid > 0 {
+                    socks.push(super::dup_of(c.host_pid, e.fd)?);
+                    at.push((k, j));
+                }
+            }
+        }
+    }
+    if !socks.is_empty() {
+        let ns = stasis_sys::util::open(
+            &format!("/proc/{root}/ns/pid"),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+        .at(root, Stage::Check)?;
+        let pids = sock::peer_pids_in_pid_ns(&ns, &socks).at(root, Stage::Check)?;
+        for ((k, j), pid) in at.into_iter().zip(pids) {
+            if let FdKind::UnixSocket {
+                peercred: Some(p), ..
+            }
+            | FdKind::UnixBound {
+                peercred: Some(p), ..
+            } = &mut procs[k].image.files[j].kind
+            {
+                p.pid = pid;
+            }
+        }
+    }
+    for c in procs.iter_mut() {
+        let me = c.image.pid as i32;
+        for e in &mut c.image.files {
+            if let FdKind::UnixSocket {
+                connector: Some(x), ..
+            } = &mut e.kind
+            {
+                x.pid = me;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The other end of each socket is in the tree, or was closed; the
 /// listener or named datagram socket a client is connected to is in it.
 pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
@@ -122,6 +204,7 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
         }
     }
     external_streams(images, &socks)?;
+    one_connector(images)?;
     for img in images.iter() {
         for e in &img.files {
             if let FdKind::UnixSocket {
@@ -192,6 +275,40 @@ fn external_datagrams(images: &mut [&mut ProcessImage]) -> Result<()> {
 }
 
 /// The refusal of socket `id`, descriptor `fd` of `pid`, at link time.
+/// A client waiting in an accept queue held by several processes: which
+/// of them connected (what the accepted end would report) cannot be read.
+fn one_connector(images: &[&mut ProcessImage]) -> Result<()> {
+    let mut seen: std::collections::HashMap<u64, i32> = std::collections::HashMap::new();
+    for img in images {
+        for e in &img.files {
+            if let FdKind::UnixSocket {
+                id,
+                connector: Some(c),
+                ..
+            } = &e.kind
+            {
+                match seen.insert(*id, c.pid) {
+                    Some(other) if other != c.pid => {
+                        return Err(refused(
+                            img.pid,
+                            e.fd,
+                            *id,
+                            &format!(
+                                "a client waiting in an accept queue held by processes {other} \
+                                 and {} (which one connected, whose credentials the accepted \
+                                 end reports as SO_PEERCRED, cannot be read)",
+                                c.pid
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn refused(pid: u32, fd: i32, id: u64, why: &str) -> DumpError {
     DumpError::Unsupported {
         pid,

@@ -86,8 +86,15 @@ pub(crate) fn validate_fd(
             ext_peer,
             external,
             peercred,
+            connector,
             ..
         } => {
+            c.ensure(
+                connector
+                    .as_ref()
+                    .is_none_or(|p| p.groups.len() <= unix::MAX_GROUPS),
+                || format!("{field}.connector.groups: more than {}", unix::MAX_GROUPS),
+            )?;
             c.ensure(
                 ext_peer.is_empty()
                     || (*sock_type == libc::SOCK_DGRAM as u32

@@ -68,6 +68,7 @@ use std::path::Path;
 
 pub(crate) use chardev::own_tty;
 pub(crate) use unix::fill_later as unix_fill_later;
+pub(crate) use unixbound::connect_later as unix_connect_later;
 
 /// Open flags that describe how a file was created, not how it is open;
 /// and O_ASYNC: open(2) records it without arming it, after which F_SETFL
@@ -96,12 +97,20 @@ pub(crate) struct Opened {
     /// namespace: a socket pair can be made by its creator's PID
     /// ([`unix`]'s `pair`).
     pub(crate) peer_pids: bool,
+    /// A tree restored into a PID namespace (no user namespace of its
+    /// own): the listens and waiting connects whose caller's PID
+    /// SO_PEERCRED records, made again (listen) or only (connect) by the
+    /// root before it forks anything (`spawn::SockCall`).
+    pub(crate) sock_calls: Option<Vec<stasis_sys::spawn::SockCall>>,
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,
     /// Unix socket pairs whose queues carry descriptors in flight, filled
     /// once everything is open ([`unix::fill_later`]).
     pub(crate) unix_later: Vec<unix::Later>,
+    /// Clients of bound sockets, connected once everything is open
+    /// ([`unixbound::connect_later`]).
+    pub(crate) unix_pending: Vec<unixbound::Pending>,
     /// Slave descriptions opened: (pty index, index into `owned`).
     pub(crate) pty_slaves: Vec<(u32, usize)>,
     /// fanotify groups made (indices into `owned`), drained before the fork.

@@ -10,6 +10,7 @@ use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::kinds::unix::{PeerCred, Queued};
 use stasis_image::{FdKind, ProcessImage};
+use stasis_sys::spawn::SockOp;
 use stasis_sys::{sock, util};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -158,6 +159,64 @@ fn finish(cx: &Cx<'_>, fd: &OwnedFd, e: &End<'_>) -> Result<()> {
     Ok(())
 }
 
+/// In a PID namespace (`Opened::sock_calls`): a pair (`a`, `b`), or a
+/// connection accepted through the image's listener, is made again by the
+/// root (or a helper) with its maker's PID there: the pair's creator, the
+/// connection's connector (what the accepted end reports); what waits in
+/// them and their options are moved over, their shutdown states set again
+/// (`spawn::SockOp`).
+fn redo_in_pid_ns(
+    o: &mut Opened,
+    cx: &Cx<'_>,
+    (id, peer, sock_type): (u64, u64, u32),
+    (a, b): (&OwnedFd, &OwnedFd),
+    accepted: Option<(u64, Option<i32>, &[u8])>,
+) -> Result<()> {
+    if o.sock_calls.is_none() || peer == 0 || in_flight(cx) {
+        return Ok(());
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd;
+    let ty = sock_type as i32;
+    let shut = |x: u64, y: u64| [end(cx, x).1, end(cx, y).1];
+    let call = match accepted {
+        None => cred_of(cx, id).map(|c| {
+            let op = SockOp::Pair {
+                peer: raw(b),
+                ty,
+                shut: shut(id, peer),
+            };
+            (c, a, op)
+        }),
+        Some((server, Some(listener), name)) if super::unixbound::same_view(name) => {
+            let other = if server == id { peer } else { id };
+            let (s, c) = if server == id { (a, b) } else { (b, a) };
+            let op = SockOp::Accepted {
+                listener,
+                client: raw(c),
+                name: name.to_vec(),
+                ty,
+                shut: shut(server, other),
+            };
+            cred_of(cx, server).map(|cred| (cred, s, op))
+        }
+        Some(_) => None,
+    };
+    if let (Some(calls), Some((c, fd, op))) = (&mut o.sock_calls, call) {
+        if c.pid > 0 {
+            calls.push(super::unixbound::call(fd, c, op));
+        }
+    }
+    Ok(())
+}
+
+/// Whether any descriptor is in flight in the image (a pair in flight
+/// keeps the socket it was sent as: not made again).
+fn in_flight(cx: &Cx<'_>) -> bool {
+    cx.procs.iter().flat_map(|p| &p.files).any(|e| {
+        matches!(&e.kind, FdKind::UnixSocket { queued, .. } if queued.iter().any(|q| !q.rights.is_empty()))
+    })
+}
+
 /// The saved SO_PEERCRED / SO_PEERGROUPS of end `id`.
 fn cred_of<'a>(cx: &Cx<'a>, id: u64) -> Option<&'a PeerCred> {
     cx.procs
@@ -234,7 +293,7 @@ fn through_listener(
     name: &[u8],
     sock_type: u32,
     (server, client_id): (u64, u64),
-) -> Result<(OwnedFd, OwnedFd)> {
+) -> Result<(OwnedFd, OwnedFd, Option<i32>)> {
     let (pid, st) = (cx.pid, Stage::Fork);
     let ty = sock_type as i32;
     let client = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
@@ -247,7 +306,8 @@ fn through_listener(
     if let Some(i) = o.object("unix listener", super::name_key(name)) {
         let l = &o.owned[i];
         connect(&client)?;
-        return Ok((sock::accept(l).at(pid, st)?, client));
+        let lfd = std::os::fd::AsRawFd::as_raw_fd(l);
+        return Ok((sock::accept(l).at(pid, st)?, client, Some(lfd)));
     }
     let path = (name.first() != Some(&0))
         .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
@@ -265,7 +325,7 @@ fn through_listener(
     if let Some(p) = &path {
         let _ = std::fs::remove_file(p);
     }
-    Ok((r?, client))
+    Ok((r?, client, None))
 }
 
 /// A stream socket whose peer was outside the tree (criu's
@@ -355,15 +415,21 @@ pub(super) fn open(
             } else {
                 (&[][..], 0, None, &[][..])
             };
+            // (server id, listener's descriptor, name) of an accepted
+            // connection.
+            let mut accepted = None;
             let (a, b) = if !ea.3.is_empty() {
-                let (server, client) = through_listener(o, cx, ea.3, sock_type, (id, peer))?;
+                let (server, client, l) = through_listener(o, cx, ea.3, sock_type, (id, peer))?;
+                accepted = Some((id, l, ea.3));
                 (server, client)
             } else if !eb.3.is_empty() {
-                let (server, client) = through_listener(o, cx, eb.3, sock_type, (peer, id))?;
+                let (server, client, l) = through_listener(o, cx, eb.3, sock_type, (peer, id))?;
+                accepted = Some((peer, l, eb.3));
                 (client, server)
             } else {
                 pair(o, cx, id, sock_type)?
             };
+            redo_in_pid_ns(o, cx, (id, peer, sock_type), (&a, &b), accepted)?;
             let rights = ea.0.iter().chain(eb.0).any(|q| !q.rights.is_empty());
             if !rights {
                 fill(cx, o, &b, ea.0, sock_type)?;

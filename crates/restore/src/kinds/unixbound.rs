@@ -6,7 +6,10 @@
 //! path: it is removed only if it is a socket nobody listens on (connect
 //! is refused); a live socket or another kind of file there is an error.
 //! A named listener is registered for the accepted connections of the
-//! image (see `unix.rs`).
+//! image (see `unix.rs`); its waiting clients are connected once every
+//! descriptor is open ([`connect_later`]: after the accepted connections
+//! were made through it), each by a helper with the PID and ids of the
+//! process holding it (what the accepted end will report).
 //! Queued datagrams are sent to the name from a new unnamed socket;
 //! SO_PEEK_OFF is set after them.
 
@@ -14,6 +17,7 @@ use super::{Cx, Opened};
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::kinds::unix::{PeerCred, Queued};
 use stasis_sys::sock;
+use stasis_sys::spawn::{SockCall, SockOp};
 use stasis_sys::util;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -43,12 +47,38 @@ fn set_opt(cx: &Cx<'_>, fd: &std::os::fd::OwnedFd, name: &str, v: i32) -> Result
         .at(cx.pid, Stage::Fork)
 }
 
+/// A bound socket's clients (a listener's waiting connections, a
+/// datagram socket's connected ones), connected by [`connect_later`].
+pub(crate) struct Pending {
+    pid: u32,
+    fd: i32,
+    name: Vec<u8>,
+    sock_type: u32,
+    clients: Vec<u64>,
+}
+
+/// Connects the clients of every bound socket, once every descriptor is
+/// open: a waiting connection goes into the listener's accept queue only
+/// after the connections the tree had accepted from it were made through
+/// it (each by a connect and an accept, which takes the first in line).
+pub(crate) fn connect_later(o: &mut Opened, procs: &[stasis_image::ProcessImage]) -> Result<()> {
+    for p in std::mem::take(&mut o.unix_pending) {
+        let cx = Cx {
+            pid: p.pid,
+            fd: p.fd,
+            procs,
+        };
+        connect_pending(o, &cx, &p)?;
+    }
+    Ok(())
+}
+
 /// Connects the clients that waited in the accept queue, in order: those
 /// opened already (unconnected, by `unix.rs`), or new ones registered for
 /// their entries.
-fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<()> {
+fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
     let (pid, st) = (cx.pid, Stage::Fork);
-    for &cid in s.pending {
+    for &cid in &s.clients {
         let i = match o.object("unix", cid) {
             Some(i) => i,
             None => {
@@ -63,18 +93,74 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<()> {
                 i
             }
         };
-        sock::connect_unix(&o.owned[i], s.name).at(pid, st)?;
+        // Connected as the process that connected it: what the accepted
+        // end reports (SO_PEERCRED, SO_PEERGROUPS).
+        let connector = client_entry(cx, cid).and_then(|(_, c)| c);
+        let reach = same_view(&s.name);
+        if let (Some(calls), Some(c)) = (
+            o.sock_calls.as_mut().filter(|_| reach),
+            connector.filter(|c| c.pid > 0),
+        ) {
+            // In a PID namespace: connected by the root's helper with the
+            // connector's PID there, after the listens.
+            calls.push(call(&o.owned[i], c, SockOp::Connect(s.name.clone())));
+            continue;
+        }
+        // A connection accepted through this listener is not made again
+        // after this one is queued (its accept would take this one).
+        if let Some(calls) = o.sock_calls.as_mut() {
+            calls.retain(|c| !matches!(&c.op, SockOp::Accepted { name, .. } if *name == s.name));
+        }
+        let (o, client) = (&*o, &o.owned[i]);
+        match connector {
+            Some(c) => super::unix::as_saved(o, cx, c, |p, ids| {
+                sock::connect_unix_as(client, &s.name, p, ids)
+            })?,
+            None => sock::connect_unix(client, &s.name).at(pid, st)?,
+        }
     }
     Ok(())
 }
 
+/// Whether the root resolves the unix socket name `name` as the restorer
+/// bound it: an abstract name, or a path when the tree is not given a
+/// rebuilt mount namespace (where the root has pivoted).
+pub(super) fn same_view(name: &[u8]) -> bool {
+    name.first() == Some(&0) || crate::mntns::for_fork().is_none()
+}
+
+/// A [`stasis_sys::spawn::SockCall`] on `fd` as the saved caller `c`.
+pub(super) fn call(fd: &std::os::fd::OwnedFd, c: &PeerCred, op: SockOp) -> SockCall {
+    SockCall {
+        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+        pid: c.pid,
+        uid: c.uid,
+        gid: c.gid,
+        groups: c.groups.clone(),
+        op,
+    }
+}
+
 /// The options saved with client `id`'s entry.
 fn client_opts<'a>(cx: &Cx<'a>, id: u64) -> Option<&'a BTreeMap<String, i32>> {
+    client_entry(cx, id).map(|(opts, _)| opts)
+}
+
+/// Client `id`'s entry: its options and the process that connected it.
+fn client_entry<'a>(
+    cx: &Cx<'a>,
+    id: u64,
+) -> Option<(&'a BTreeMap<String, i32>, Option<&'a PeerCred>)> {
     cx.procs
         .iter()
         .flat_map(|p| &p.files)
         .find_map(|e| match &e.kind {
-            stasis_image::FdKind::UnixSocket { id: i, opts, .. } if *i == id => Some(opts),
+            stasis_image::FdKind::UnixSocket {
+                id: i,
+                opts,
+                connector,
+                ..
+            } if *i == id => Some((opts, connector.as_ref())),
             _ => None,
         })
 }
@@ -111,15 +197,26 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     if let Some(backlog) = s.listen {
         match s.peercred {
             Some(c) => {
-                super::unix::as_saved(o, cx, c, |p, ids| sock::listen_as(&fd, backlog, p, ids))?
+                super::unix::as_saved(o, cx, c, |p, ids| sock::listen_as(&fd, backlog, p, ids))?;
+                // In a PID namespace: listened on again by its creator's
+                // PID there, before the tree's processes exist.
+                if let Some(calls) = o.sock_calls.as_mut().filter(|_| c.pid > 0) {
+                    calls.push(call(&fd, c, SockOp::Listen(backlog)));
+                }
             }
             None => sock::listen(&fd, backlog).at(pid, st)?,
         }
         listener = !s.name.is_empty();
     }
     // A listener's waiting clients; a datagram socket's connected ones.
-    if !s.name.is_empty() {
-        connect_pending(o, cx, s)?;
+    if !s.name.is_empty() && !s.pending.is_empty() {
+        o.unix_pending.push(Pending {
+            pid,
+            fd: cx.fd,
+            name: s.name.to_vec(),
+            sock_type: s.sock_type,
+            clients: s.pending.to_vec(),
+        });
     }
     if !s.queued.is_empty() {
         let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;

@@ -333,7 +333,9 @@ fn seen(o: &Objects) -> Seen {
             perms_at("self", o.pa as usize),
             perms_at("self", o.pc as usize),
         ],
-        own_ns: ns("/proc/self/ns/ipc") != ns("/proc/1/ns/ipc"),
+        // Compared with the namespace it started in (PID 1 may be a new
+        // PID namespace's helper init, in the tree's IPC namespace).
+        own_ns: ns("/proc/self/ns/ipc") != OUTER.get().cloned().flatten(),
         creators: creators(&[o.a, o.b, o.c], &[o.s1, o.s2], &[o.q1, o.q2]),
         operated: vec![operated(o.s1), operated(o.s2)],
     }
@@ -534,7 +536,11 @@ fn child(proto: &Proto, o: &Objects) -> ! {
     unsafe { libc::_exit(i32::from(!ok)) }
 }
 
+/// The IPC namespace the program started in (before `own` unshared).
+static OUTER: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
 fn own(proto: &Proto, report: &mut Report, corrupt: bool, corrupt_pids: bool) {
+    let _ = OUTER.set(std::fs::read_link("/proc/self/ns/ipc").ok());
     unshare_ipc();
     let o = create_objects();
     // SAFETY: single-threaded; the child runs `child` and _exits.

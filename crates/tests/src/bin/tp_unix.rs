@@ -24,7 +24,9 @@
 //! `--pending`: two clients waiting in a unix listener's accept queue
 //! (one created before the listener, one after): after restore they are
 //! accepted in the order they connected. With `--pending-data` the first
-//! has sent data: refused (the program then goes on).
+//! has sent data: refused (the program then goes on); with
+//! `--pending-shared` a child holds them too: refused (which of the two
+//! connected cannot be read).
 //! `--unlinked`: a listener whose path was unlinked: refused.
 //!
 //! `--peercred`: SO_PEERCRED (pid, uid, gid) and SO_PEERGROUPS of both
@@ -33,9 +35,26 @@
 //! PID free again), one a child still running (in the tree) made and
 //! shares; a listener a child listened on as 2222 (exited) with a client
 //! of a child as 4321 (exited): the client and the accepted end read the
-//! same after restore, a new client reads the listener's creator.
+//! same after restore, a new client reads the listener's creator; a
+//! connection a running child made as 4444:4444 (group 99) waits in that
+//! listener's accept queue: accepted after restore, it reports the child
+//! (`--corrupt-waiting`: expects another PID there, to fail).
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data]|--unlinked|--peercred]`
+//! `--peercred-listen`: what PID-namespace restores keep (run also as
+//! PID 1 of its own namespace and with `--new-pid-ns`): SO_PEERCRED and
+//! SO_PEERGROUPS of two pairs (the program's, an end nonblocking, a
+//! message waiting each way, SO_RCVBUF set; a seqpacket one a child made
+//! as 1234:5678, groups 77 and 88, and exited, two records waiting, then
+//! EOF), of a connection a child made as 4321 (exited) to the first
+//! listener below and the program accepted (data waiting), of a
+//! listener a child listened on as 2222 (exited) and of one of the
+//! program's own, a connection a running child made as 4444:4444 (group
+//! 99) waiting in the first, one of the program's own waiting in the
+//! second; after restore both listeners read the same, each waiting
+//! connection, accepted, reports its maker, a new client the child's
+//! listener's maker (`--corrupt`: expects another PID, to fail).
+//!
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -193,12 +212,10 @@ fn peer(fd: i32) -> (i32, u32, u32, Vec<u32>) {
     (c.pid, c.uid, c.gid, g[..glen as usize / 4].to_vec())
 }
 
-/// `--peercred`: see the module comment.
-fn peercred(proto: &Proto, corrupt: bool) -> ! {
-    let mut report = Report::new();
-    let own = pair(libc::SOCK_STREAM);
-    // A child as another user makes a pair, hands both ends over, exits.
-    let via = pair(libc::SOCK_DGRAM);
+/// A pair of type `ty` a child made as uid 1234, gid 5678, groups 77 and
+/// 88, handed over through `via` before exiting: its ends and the child's
+/// PID (free again).
+fn pair_of_exited_child(via: [i32; 2], ty: i32) -> ([i32; 2], i32) {
     // SAFETY: fork in a single-threaded program.
     let child = unsafe { libc::fork() };
     if child == 0 {
@@ -211,7 +228,7 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
             {
                 libc::_exit(1);
             }
-            let p = pair(libc::SOCK_DGRAM);
+            let p = pair(ty);
             send_fd(via[1], p[0]);
             send_fd(via[1], p[1]);
             libc::_exit(0);
@@ -220,6 +237,78 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
     let handed = [recv_fd(via[0]), recv_fd(via[0])];
     // SAFETY: reaps our child.
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    (handed, child)
+}
+
+/// The descriptor `act` makes in a child as uid and gid `uid` (no
+/// groups), handed over through `via` before it exits; and its PID.
+fn fd_of_child(via: [i32; 2], uid: u32, act: &dyn Fn() -> i32) -> (i32, i32) {
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    unsafe {
+        let c = libc::fork();
+        if c == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                libc::_exit(1);
+            }
+            send_fd(via[1], act());
+            libc::_exit(0);
+        }
+        let fd = recv_fd(via[0]);
+        libc::waitpid(c, std::ptr::null_mut(), 0);
+        (fd, c)
+    }
+}
+
+/// A child that connects to `name` as uid and gid 4444 with group 99
+/// and holds its client (closing `close` first) until killed or we exit:
+/// its connection waits in the listener's accept queue. Its PID.
+fn waiting_client_of_child(name: &str, close: &[i32]) -> i32 {
+    let mut conn = [0i32; 2];
+    // SAFETY: valid out array.
+    assert_eq!(unsafe { libc::pipe(conn.as_mut_ptr()) }, 0);
+    // SAFETY: fork in a single-threaded program; the child ends with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: plain calls in the child.
+        unsafe {
+            for &fd in close {
+                libc::close(fd);
+            }
+            let groups = [99u32];
+            let ok = libc::setgroups(1, groups.as_ptr()) == 0
+                && libc::setresgid(4444, 4444, 4444) == 0
+                && libc::setresuid(4444, 4444, 4444) == 0;
+            // It goes with us (set after the ids, which reset it).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let c = sock(libc::SOCK_STREAM);
+            let ok = ok && connect(c, name.as_bytes()) == 0;
+            libc::write(conn[1], if ok { b"c" } else { b"x" }.as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: waits for the child's byte (it has connected); the pipe goes.
+    unsafe {
+        libc::read(conn[0], b.as_mut_ptr().cast(), 1);
+        libc::close(conn[0]);
+        libc::close(conn[1]);
+    }
+    assert_eq!(b[0], b'c', "the child did not connect");
+    child
+}
+
+/// `--peercred`: see the module comment.
+fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
+    let mut report = Report::new();
+    let own = pair(libc::SOCK_STREAM);
+    // A child as another user makes a pair, hands both ends over, exits.
+    let via = pair(libc::SOCK_DGRAM);
+    let (handed, child) = pair_of_exited_child(via, libc::SOCK_DGRAM);
     // A child that stays (in the tree) makes a pair and shares one end.
     let mut hold = [0i32; 2];
     // SAFETY: valid out array.
@@ -241,26 +330,7 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
     // connection to it from a child as 4321:4321 (exited too).
     // SAFETY: getpid cannot fail.
     let name = format!("\0tp_unix-peercred-{}", unsafe { libc::getpid() });
-    let as_child = |uid: u32, act: &dyn Fn() -> i32| -> i32 {
-        // SAFETY: fork in a single-threaded program; the child ends with
-        // _exit.
-        unsafe {
-            let c = libc::fork();
-            if c == 0 {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setresgid(uid, uid, uid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    libc::_exit(1);
-                }
-                send_fd(via[1], act());
-                libc::_exit(0);
-            }
-            let fd = recv_fd(via[0]);
-            libc::waitpid(c, std::ptr::null_mut(), 0);
-            fd
-        }
-    };
+    let as_child = |uid: u32, act: &dyn Fn() -> i32| fd_of_child(via, uid, act).0;
     let listener = as_child(2222, &|| {
         let l = sock(libc::SOCK_STREAM);
         bind(l, name.as_bytes());
@@ -275,6 +345,9 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
     // SAFETY: plain accept on our listener.
     let server = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
     assert!(server >= 0, "accept: errno {}", errno());
+    // A child that stays (in the tree) connects as 4444:4444 with group
+    // 99 and holds its client: the connection waits in the accept queue.
+    let waits = waiting_client_of_child(&name, &[]);
     let ends = [
         ("own pair, end 0", own[0]),
         ("own pair, end 1", own[1]),
@@ -315,10 +388,182 @@ fn peercred(proto: &Proto, corrupt: bool) -> ! {
         connect(again, name.as_bytes()),
     );
     report.eq("a new client of the listener", &before[5], &peer(again));
+    // The connection that waited in the accept queue reports the child
+    // that connected.
+    // SAFETY: plain accept on our listener (the waiting connection first).
+    let waited = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    report.eq(
+        "accepted end of a connection that waited (made as 4444 by a running child)",
+        (waits + i32::from(corrupt_waiting), 4444, 4444, vec![99]),
+        peer(waited),
+    );
+    // SAFETY: ends the running children, then reaps them.
+    unsafe {
+        for c in [stays, waits] {
+            libc::kill(c, libc::SIGKILL);
+            libc::waitpid(c, std::ptr::null_mut(), 0);
+        }
+    }
+    proto.finish(&report);
+}
+
+/// `--peercred-listen`: see the module comment.
+fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
+    let mut report = Report::new();
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let via = pair(libc::SOCK_DGRAM);
+    // Unique across tests (as PID 1 of a namespace every copy is PID 1).
+    let name = format!("\0tp_unix-pcl-{}", proto.path("l").display());
+    let own_name = format!("\0tp_unix-pcl-own-{}", proto.path("l").display());
+    // A listener a child listened on as 2222 (then exited), and a
+    // connection to it a child made as 4321 (exited too), accepted.
+    let (listener, maker) = fd_of_child(via, 2222, &|| {
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, name.as_bytes());
+        listen(l, 4);
+        l
+    });
+    let (client, connector) = fd_of_child(via, 4321, &|| {
+        let c = sock(libc::SOCK_STREAM);
+        connect(c, name.as_bytes());
+        c
+    });
+    // SAFETY: plain accept on our listener.
+    let server = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+    send(client, b"hello");
+    let conn_before = (peer(client), peer(server));
+    report.eq(
+        "the accepted connection's PIDs before (listener, connector)",
+        (maker, connector),
+        (conn_before.0 .0, conn_before.1 .0),
+    );
+    // Idle pairs: one of ours (an end nonblocking), one a child made as
+    // 1234:5678 with groups 77 and 88 and handed over before exiting.
+    let own_pair = pair(libc::SOCK_STREAM);
+    // SAFETY: fcntl on our descriptor.
+    unsafe { libc::fcntl(own_pair[1], libc::F_SETFL, libc::O_NONBLOCK) };
+    let (handed, pair_maker) = pair_of_exited_child(via, libc::SOCK_SEQPACKET);
+    // What waits in them: a message each way in ours (and a receive
+    // buffer set), two records and then EOF in the child's.
+    send(own_pair[0], b"to-1");
+    send(own_pair[1], b"to-0");
+    set(own_pair[0], libc::SO_RCVBUF, 70_000);
+    let rcvbuf = get(own_pair[0], libc::SO_RCVBUF);
+    send(handed[0], b"m1");
+    send(handed[0], b"m2");
+    // SAFETY: shutdown of our descriptor.
+    unsafe { libc::shutdown(handed[0], libc::SHUT_WR) };
+    let pairs = [own_pair[0], own_pair[1], handed[0], handed[1]];
+    let pairs_before: Vec<_> = pairs.iter().map(|&fd| peer(fd)).collect();
+    report.eq(
+        "the pairs' PIDs before",
+        vec![me, me, pair_maker, pair_maker],
+        pairs_before.iter().map(|p| p.0).collect::<Vec<_>>(),
+    );
+    // A listener of our own, and a connection of ours waiting in it.
+    let own = sock(libc::SOCK_STREAM);
+    bind(own, own_name.as_bytes());
+    listen(own, 4);
+    let mine = sock(libc::SOCK_STREAM);
+    report.eq(
+        "connect to our own listener",
+        0,
+        connect(mine, own_name.as_bytes()),
+    );
+    // A child that stays connects to the child's listener as 4444 (group
+    // 99) and holds its client (only): that connection waits.
+    let waits = waiting_client_of_child(&name, &[mine, own, listener]);
+    let listeners_before = (peer(listener), peer(own));
+    report.eq(
+        "the child's listener's pid before",
+        maker,
+        listeners_before.0 .0,
+    );
+    report.eq("our listener's pid before", me, listeners_before.1 .0);
+    // What a connection of ours reports: our PID and ids.
+    let ours = {
+        let p = pair(libc::SOCK_STREAM);
+        peer(p[0])
+    };
+    proto.ready_and_wait();
+    report.eq(
+        "the accepted connection's SO_PEERCRED (client, server)",
+        conn_before,
+        (peer(client), peer(server)),
+    );
+    report.eq(
+        "what waited in the server",
+        b"hello".to_vec(),
+        recv_wait(server),
+    );
+    report.eq("a byte through it", 1, send(client, b"a"));
+    report.eq("read by the server", b"a".to_vec(), recv_wait(server));
+    report.eq(
+        "the pairs' SO_PEERCRED and SO_PEERGROUPS",
+        pairs_before,
+        pairs.iter().map(|&fd| peer(fd)).collect::<Vec<_>>(),
+    );
+    // SAFETY: fcntl on our descriptors.
+    let nonblock = unsafe {
+        (
+            libc::fcntl(own_pair[0], libc::F_GETFL) & libc::O_NONBLOCK,
+            libc::fcntl(own_pair[1], libc::F_GETFL) & libc::O_NONBLOCK,
+        )
+    };
+    report.eq("the pair's O_NONBLOCK", (0, libc::O_NONBLOCK), nonblock);
+    report.eq(
+        "what waited in our pair's end 1",
+        b"to-1".to_vec(),
+        recv_wait(own_pair[1]),
+    );
+    report.eq(
+        "what waited in our pair's end 0",
+        b"to-0".to_vec(),
+        recv_wait(own_pair[0]),
+    );
+    report.eq("SO_RCVBUF", rcvbuf, get(own_pair[0], libc::SO_RCVBUF));
+    let records: Vec<_> = (0..3)
+        .map(|_| recv(handed[1], libc::MSG_DONTWAIT))
+        .collect();
+    report.eq(
+        "the child's pair: two records, then EOF",
+        vec![(2, b"m1".to_vec()), (2, b"m2".to_vec()), (0, Vec::new())],
+        records,
+    );
+    report.eq("a byte through the own pair", 1, send(own_pair[0], b"p"));
+    report.eq("read back", b"p".to_vec(), recv_wait(own_pair[1]));
+    report.eq(
+        "the listeners' SO_PEERCRED",
+        listeners_before.clone(),
+        (peer(listener), peer(own)),
+    );
+    let accept = |l: i32| {
+        // SAFETY: plain accept on our listener.
+        unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) }
+    };
+    let want = (waits + i32::from(corrupt), 4444, 4444, vec![99]);
+    report.eq(
+        "accepted end of a connection that waited (a running child as 4444)",
+        want,
+        peer(accept(listener)),
+    );
+    report.eq(
+        "accepted end of our own connection that waited",
+        ours,
+        peer(accept(own)),
+    );
+    let again = sock(libc::SOCK_STREAM);
+    report.eq("connect again", 0, connect(again, name.as_bytes()));
+    report.eq(
+        "a new client of the child's listener",
+        listeners_before.0,
+        peer(again),
+    );
     // SAFETY: ends the running child, then reaps it.
     unsafe {
-        libc::kill(stays, libc::SIGKILL);
-        libc::waitpid(stays, std::ptr::null_mut(), 0);
+        libc::kill(waits, libc::SIGKILL);
+        libc::waitpid(waits, std::ptr::null_mut(), 0);
     }
     proto.finish(&report);
 }
@@ -431,8 +676,11 @@ fn talk(report: &mut Report, what: &str, listener: i32, name: &[u8], ty: i32) {
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
+    if args.flag("peercred-listen") {
+        peercred_listen(&proto, args.corrupt());
+    }
     if args.flag("peercred") {
-        peercred(&proto, args.corrupt());
+        peercred(&proto, args.corrupt(), args.flag("corrupt-waiting"));
     }
     if args.flag("rights") {
         let p = pair(libc::SOCK_STREAM);
@@ -463,6 +711,22 @@ fn main() {
         connect(c2, name.as_bytes());
         if args.flag("pending-data") {
             send(c1, b"early");
+        }
+        if args.flag("pending-shared") {
+            // A child holds the waiting clients too (until we exit).
+            let mut p = [0i32; 2];
+            // SAFETY: valid out array; fork in a single-threaded program,
+            // the child blocks until the pipe closes, then _exits.
+            unsafe {
+                assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+                if libc::fork() == 0 {
+                    libc::close(p[1]);
+                    let mut b = [0u8; 1];
+                    libc::read(p[0], b.as_mut_ptr().cast(), 1);
+                    libc::_exit(0);
+                }
+                libc::close(p[0]);
+            }
         }
         proto.ready_and_wait();
         let mut path_name = name.into_bytes();

@@ -1163,3 +1163,77 @@ pub fn leave_running(name: &str, program: Program, args: &[&str]) {
     );
     finish(&work, &mut p, opts.finish_timeout).assert_pass(&work);
 }
+
+/// `program ARGS` as PID 1 of a PID namespace of its own (`stasis run`):
+/// dumped, restored (its namespace made anew), released; its outcome.
+pub fn cr_own_pid_ns(work: &Work, program: Program, args: &[&str]) -> Outcome {
+    let t = Duration::from_secs(60);
+    let dir = work.dir().to_str().expect("utf-8").to_string();
+    let Program::Bin(name) = program else {
+        fail(work, "cr_own_pid_ns runs test programs only");
+    };
+    let prog = bin_path(name);
+    ensure_subreaper();
+    let run_pid = format!("{dir}/run.pid");
+    let mut run = vec!["run", "-d", "--pidfile", &run_pid, "--"];
+    run.push(prog.to_str().expect("utf-8"));
+    run.push(&dir);
+    run.extend_from_slice(args);
+    let out = stasis(work, &run, t);
+    if !out.success() {
+        fail(work, format!("stasis run: {out:?}"));
+    }
+    let mut init = Proc::adopt(pidfile(work, "run.pid"));
+    step(work, "waiting for ready", wait_ready(work, &mut init, t));
+    let ready = fs::read_to_string(work.path("ready")).unwrap_or_default();
+    if !ready.starts_with("READY 1") {
+        fail(work, format!("not PID 1 of its namespace: {ready:?}"));
+    }
+    let out = dump(work, init.pid, &[], t);
+    if !out.success() {
+        fail(work, format!("dump: {out:?}"));
+    }
+    step(work, "waiting for the dumped init", init.wait(t));
+    let out = restore_detached(work, &[], t);
+    if !out.success() {
+        fail(work, format!("restore: {out:?}"));
+    }
+    let mut r = Proc::adopt(pidfile(work, "pidfile"));
+    finish(work, &mut r, t)
+}
+
+/// Dumps `program ARGS`, restores it with `--new-pid-ns` (a helper init
+/// holds PID 1 there, the tree keeps its PIDs), releases it; its outcome.
+pub fn cr_new_pid_ns(work: &Work, program: Program, args: &[&str]) -> Outcome {
+    let opts = Opts::default();
+    ensure_subreaper();
+    let mut p = start_ready(work, program, args, &opts);
+    dump_and_check_gone(work, &mut p, &opts);
+    let out = restore_detached(work, &["--new-pid-ns"], opts.stasis_timeout);
+    if !out.success() {
+        fail(work, format!("restore --new-pid-ns failed: {out:?}"));
+    }
+    let root = pidfile(work, "pidfile");
+    let status = fs::read_to_string(format!("/proc/{root}/status")).unwrap_or_default();
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .unwrap_or("");
+    if !nspid.trim_end().ends_with(&format!("\t{}", p.pid)) {
+        fail(
+            work,
+            format!("the copy is not PID {} in a namespace: {nspid:?}", p.pid),
+        );
+    }
+    // The helper init (the root's parent) is ours to wait for: it exits
+    // with the root's status.
+    let helper = fs::read_to_string(format!("/proc/{root}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+        })
+        .unwrap_or_else(|| fail(work, "no parent of the copy"));
+    let mut helper = Proc::adopt(helper);
+    finish(work, &mut helper, opts.finish_timeout)
+}
