@@ -196,7 +196,7 @@ fn read_sum(path: &Path, file: &File, len: u64, chunk: u64) -> Result<u64> {
     }
     // The file may have grown since it was measured: nothing may follow.
     let mut extra = [0u8; 1];
-    if matches!((&*file).read_at(&mut extra, PAGES_HEADER_LEN + len), Ok(n) if n > 0) {
+    if matches!(file.read_at(&mut extra, PAGES_HEADER_LEN + len), Ok(n) if n > 0) {
         return Err(ImageError::TrailingData {
             path: path.to_path_buf(),
             expected: len,
@@ -253,7 +253,7 @@ fn parallel_sum(
         Ok(out)
     };
     let results: Vec<Result<Vec<(usize, u64)>>> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads.min(npieces)).map(|_| s.spawn(&work)).collect();
+        let helpers: Vec<_> = (1..threads.min(npieces)).map(|_| s.spawn(work)).collect();
         let mut all = vec![work()];
         for h in helpers {
             all.push(
