@@ -563,7 +563,8 @@ fn mutations(pid: i32) -> Vec<(Mutation, &'static str)> {
         let f = file.clone();
         // Byte flips in the header (magic, version, kind, length, checksum)
         // and in the payload.
-        // (Bytes 32..4096 of a page file are padding, ignored by design.)
+        // (Bytes 40..4096 of a page file are padding, ignored by design;
+        // 32..40 hold the chunk size, see chunked_page_checksums.)
         let payload_at = if file.starts_with("pages") { 4096 } else { 40 };
         for off in [0usize, 9, 13, 17, 25, payload_at, 4200] {
             let f = f.clone();
