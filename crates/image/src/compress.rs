@@ -247,7 +247,10 @@ pub fn compress_file(path: &Path, c: Compression) -> Result<Sizes> {
             stored: header.payload_len,
         });
     }
-    header.check(path, FileKind::Pages)?;
+    if header.kind != FileKind::PagesChunked.as_u32() {
+        header.check(path, FileKind::Pages)?;
+    }
+    let chunk = crate::pagesum::chunk_of(path, &src, &header)?;
     check_len(path, header.payload_len, file_len - PAGES_HEADER_LEN)?;
     let part_path = PathBuf::from(format!("{}.zst.part", path.display()));
     let _ = std::fs::remove_file(&part_path);
@@ -264,17 +267,24 @@ pub fn compress_file(path: &Path, c: Compression) -> Result<Sizes> {
         .seek(SeekFrom::Start(PAGES_HEADER_LEN))
         .map_err(io_w)?;
     let mut enc = zstd::stream::write::Encoder::new(out, c.level).map_err(io_w)?;
+    // A chunked file's own checksum is checked too; the compressed file
+    // records the whole payload's xxh3-64, as it always did.
+    let mut chunked = (chunk != 0).then(|| crate::pagesum::PageSum::new(chunk));
     let raw_hash = stream_payload(path, &mut src, header.payload_len, |b| {
+        if let Some(c) = &mut chunked {
+            c.update(b);
+        }
         enc.write_all(b).map_err(io_w)
     })?;
-    verify_checksum(path, header.checksum, raw_hash)?;
+    let own = chunked.map_or(raw_hash, |c| c.digest());
+    verify_checksum(path, header.checksum, own)?;
     let mut out = enc.finish().map_err(io_w)?;
     out.flush().map_err(io_w)?;
     let (stored, checksum) = (out.len, out.hasher.digest());
     drop(out);
     let x = Extra {
         raw_len: header.payload_len,
-        raw_xxh3: header.checksum,
+        raw_xxh3: raw_hash,
         codec: CODEC_ZSTD,
         level: c.level,
     };

@@ -14,7 +14,7 @@
 
 use crate::chain::{locate_verified, merge};
 use crate::error::{ImageError, Result};
-use crate::format::{encode_metadata, FileKind, Header, INVENTORY_FILE, PAGES_HEADER_LEN};
+use crate::format::{encode_metadata, FileKind, INVENTORY_FILE, PAGES_HEADER_LEN};
 use crate::model::{Inventory, ProcessRef};
 use crate::reader::{parse_process, ImageDir};
 use crate::validate::{pages_len, validate_inventory};
@@ -76,7 +76,8 @@ fn remove_stale(path: &Path) -> Result<()> {
 }
 
 /// Rewrites the header of the page file `path` (a copy of another page
-/// file with pages appended) for its current payload: length and xxh3-64.
+/// file with pages appended) for its current payload: length and checksum
+/// (kind `pages-chunked`).
 fn reseal_pages(path: &Path) -> Result<u64> {
     let io = |what: &'static str, e| ImageError::io(path, what, e);
     let f = std::fs::OpenOptions::new()
@@ -88,7 +89,7 @@ fn reseal_pages(path: &Path) -> Result<u64> {
     let payload = len
         .checked_sub(PAGES_HEADER_LEN)
         .ok_or_else(|| ImageError::invalid(path, "merged page file shorter than its header"))?;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut hasher = crate::pagesum::PageSum::new(crate::pagesum::CHUNK);
     let mut buf = vec![0u8; 1 << 20];
     let mut at = PAGES_HEADER_LEN;
     while at < len {
@@ -98,9 +99,7 @@ fn reseal_pages(path: &Path) -> Result<u64> {
         hasher.update(&buf[..n]);
         at += n as u64;
     }
-    let mut head = vec![0u8; PAGES_HEADER_LEN as usize];
-    let h = Header::new(FileKind::Pages, payload, hasher.digest()).encode();
-    head[..h.len()].copy_from_slice(&h);
+    let head = hasher.header_block(payload);
     f.write_all_at(&head, 0)
         .map_err(|e| io("write header", e))?;
     f.sync_all().map_err(|e| io("fsync", e))?;

@@ -20,6 +20,9 @@ pub enum FileKind {
     Pages = 3,
     /// `pages-PID.img` compressed with zstd (see `crate::compress`).
     PagesZstd = 4,
+    /// `pages-PID.img`: raw page data whose checksum is computed chunk by
+    /// chunk (see `crate::pagesum`).
+    PagesChunked = 5,
 }
 
 impl FileKind {
@@ -30,6 +33,7 @@ impl FileKind {
             2 => Some(FileKind::Core),
             3 => Some(FileKind::Pages),
             4 => Some(FileKind::PagesZstd),
+            5 => Some(FileKind::PagesChunked),
             _ => None,
         }
     }
@@ -46,6 +50,7 @@ impl FileKind {
             FileKind::Core => "core",
             FileKind::Pages => "pages",
             FileKind::PagesZstd => "pages-zstd",
+            FileKind::PagesChunked => "pages-chunked",
         }
     }
 }

@@ -6,7 +6,8 @@
 //!      8     4  version      u32 LE, FORMAT_VERSION
 //!     12     4  kind         u32 LE, FileKind
 //!     16     8  payload_len  u64 LE, bytes of payload after the header
-//!     24     8  checksum     u64 LE, xxh3-64 of the payload
+//!     24     8  checksum     u64 LE, xxh3-64 of the payload (pages-chunked:
+//!                            of its chunks' xxh3-64s, see `crate::pagesum`)
 //! ```
 //!
 //! Metadata files (inventory, core) put the payload right after these 32

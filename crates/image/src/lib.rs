@@ -24,6 +24,7 @@ pub mod locks;
 pub mod mntns;
 pub mod model;
 pub mod netns;
+pub mod pagesum;
 pub mod procattrs;
 pub mod progress;
 pub mod reader;

@@ -19,12 +19,6 @@ use crate::validate::{
     is_plain_name, pages_len, validate_inventory, validate_process, validate_saved_refs,
 };
 
-/// Size of the reads that stream a page file through the checksum: small
-/// enough that the hash reads each chunk from the CPU's cache, not from
-/// memory again (1 GiB on tmpfs, same run: 1.0-1.1 s with 512 KiB reads,
-/// 1.9-2.8 s with 8 MiB ones; docs/architecture.md "Speed, round three").
-const VERIFY_CHUNK: usize = 512 << 10;
-
 /// An image directory opened for reading.
 #[derive(Debug, Clone)]
 pub struct ImageDir {
@@ -236,7 +230,9 @@ pub(crate) fn read_any(path: &Path, follow: bool) -> Result<(Header, u64, Option
     let header = read_header(path, &mut file, file_len, HEADER_LEN as u64)?;
     header.check_magic_version(path)?;
     match FileKind::from_u32(header.kind) {
-        Some(FileKind::Pages | FileKind::PagesZstd) => Ok((header, file_len, None)),
+        Some(FileKind::Pages | FileKind::PagesZstd | FileKind::PagesChunked) => {
+            Ok((header, file_len, None))
+        }
         Some(_) => {
             let payload = read_payload(path, &mut file, file_len, &header)?;
             Ok((header, file_len, Some(payload)))
@@ -321,8 +317,9 @@ impl ImageDir {
 
     /// Checks the page file of `r` against `img`: header (magic, version,
     /// kind), payload length equal to the file size minus
-    /// [`PAGES_HEADER_LEN`] and to [`pages_len`]`(img)`, and the xxh3-64 of
-    /// the whole payload, streamed in [`VERIFY_CHUNK`] reads.
+    /// [`PAGES_HEADER_LEN`] and to [`pages_len`]`(img)`, and the checksum
+    /// (`crate::pagesum`: the whole payload's xxh3-64 for kind 3, hashed on
+    /// every CPU for kind 5).
     pub fn verify_pages(&self, r: &ProcessRef, img: &ProcessImage) -> Result<()> {
         self.verify_pages_with(r, img, 0)
     }
@@ -343,7 +340,11 @@ impl ImageDir {
             header.check_magic_version(&path)?;
             return crate::compress::verify(&path, &mut file, file_len, &header, needed);
         }
-        header.check(&path, FileKind::Pages)?;
+        if header.kind != FileKind::PagesChunked.as_u32() {
+            header.check(&path, FileKind::Pages)?;
+        }
+        header.check_magic_version(&path)?;
+        let chunk = crate::pagesum::chunk_of(&path, &file, &header)?;
         check_len(&path, header.payload_len, file_len - PAGES_HEADER_LEN)?;
         if header.payload_len != needed {
             return Err(ImageError::invalid(
@@ -354,31 +355,8 @@ impl ImageDir {
                 ),
             ));
         }
-        use std::io::{Seek, SeekFrom};
-        file.seek(SeekFrom::Start(PAGES_HEADER_LEN))
-            .map_err(|e| ImageError::io(&path, "seek", e))?;
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let chunk = usize::try_from(needed.min(VERIFY_CHUNK as u64)).unwrap_or(VERIFY_CHUNK);
-        let mut buf = vec![0u8; chunk.max(1)];
-        let mut left = needed;
-        while left > 0 {
-            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            let n = match file.read(&mut buf[..want]) {
-                Ok(0) => {
-                    return Err(ImageError::Truncated {
-                        path,
-                        expected: needed,
-                        actual: needed - left,
-                    })
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ImageError::io(&path, "read", e)),
-            };
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        verify_checksum(&path, header.checksum, hasher.digest())
+        let sum = crate::pagesum::file_sum(&path, &file, needed, chunk)?;
+        verify_checksum(&path, header.checksum, sum)
     }
 
     /// Loads and checks the whole image before anything is restored: the

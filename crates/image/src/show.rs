@@ -43,6 +43,13 @@ pub fn show_file(path: &Path) -> Result<Value> {
             v["compression"] = crate::compress::describe(path)?;
             Ok(v)
         }
+        (Some(FileKind::PagesChunked), _) => {
+            let mut v = pages_header_json(&header, file_len);
+            v["kind"] = json!("pages-chunked");
+            let (file, _) = crate::reader::open_regular(path, true)?;
+            v["checksum_chunk"] = json!(crate::pagesum::chunk_of(path, &file, &header)?);
+            Ok(v)
+        }
         _ => Ok(pages_header_json(&header, file_len)),
     }
 }

@@ -958,7 +958,8 @@ fn show_file_and_dir() {
     assert_eq!(v["mm"]["vmas"][4]["growsdown"], true);
     assert_eq!(v["files"][1]["kind"]["type"], "regular");
     let v = show_file(&pages_path(t.path(), 100)).unwrap();
-    assert_eq!(v["kind"], "pages");
+    assert_eq!(v["kind"], "pages-chunked");
+    assert_eq!(v["checksum_chunk"], crate::pagesum::CHUNK);
     assert_eq!(v["payload_len"], pages_len(&imgs[0]));
     assert_eq!(v["version"], FORMAT_VERSION);
     let v = show_dir(t.path()).unwrap();

@@ -11,11 +11,11 @@ use std::io::{IoSlice, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::Xxh3;
+use crate::pagesum::PageSum;
 
 use crate::error::{ImageError, Result};
 use crate::format::{
-    encode_metadata, FileKind, Header, INVENTORY_FILE, MAX_METADATA_LEN, PAGES_HEADER_LEN,
+    encode_metadata, FileKind, INVENTORY_FILE, MAX_METADATA_LEN, PAGES_HEADER_LEN,
 };
 use crate::model::{Inventory, ProcessImage, PAGE_SIZE};
 use crate::validate::{validate_inventory, validate_process};
@@ -182,12 +182,12 @@ impl ImageWriter {
             part,
             final_path: self.tmp.join(&name),
             name,
-            hasher: Xxh3::new(),
+            hasher: PageSum::new(crate::pagesum::CHUNK),
             hashed: 0,
             offset: 0,
             done: false,
         };
-        w.write_header(0, 0)?;
+        w.write_header(0)?;
         Ok(w)
     }
 
@@ -279,14 +279,15 @@ impl Drop for ImageWriter {
 ///
 /// The [`PAGES_HEADER_LEN`]-byte header is written as a placeholder first
 /// and rewritten by [`PagesWriter::finish`] with the final payload length
-/// and the xxh3-64 of the whole payload, which is hashed as it streams by.
+/// and the checksum, hashed as it streams by: kind `pages-chunked`, chunks
+/// of [`crate::pagesum::CHUNK`] (a restore checks them on every CPU).
 /// Dropping it without `finish` removes the file.
 pub struct PagesWriter {
     file: File,
     part: PathBuf,
     final_path: PathBuf,
     name: String,
-    hasher: Xxh3,
+    hasher: PageSum,
     /// Bytes fed to `hasher`; equal to `offset` except while split.
     hashed: u64,
     offset: u64,
@@ -295,7 +296,7 @@ pub struct PagesWriter {
 
 /// The hashing half of a split [`PagesWriter`] (see [`PagesWriter::split`]).
 pub struct PageHasher<'a> {
-    hasher: &'a mut Xxh3,
+    hasher: &'a mut PageSum,
     hashed: &'a mut u64,
 }
 
@@ -357,10 +358,8 @@ impl std::fmt::Debug for PagesWriter {
 }
 
 impl PagesWriter {
-    fn write_header(&mut self, payload_len: u64, checksum: u64) -> Result<()> {
-        let mut block = vec![0u8; PAGES_HEADER_LEN as usize];
-        let header = Header::new(FileKind::Pages, payload_len, checksum).encode();
-        block[..header.len()].copy_from_slice(&header);
+    fn write_header(&mut self, payload_len: u64) -> Result<()> {
+        let block = self.hasher.header_block(payload_len);
         self.file
             .write_all_at(&block, 0)
             .map_err(|e| ImageError::io(&self.part, "write", e))?;
@@ -465,8 +464,7 @@ impl PagesWriter {
                 format!("{} bytes written but {} hashed", self.offset, self.hashed),
             ));
         }
-        let digest = self.hasher.digest();
-        self.write_header(self.offset, digest)?;
+        self.write_header(self.offset)?;
         fs::rename(&self.part, &self.final_path)
             .map_err(|e| ImageError::io(&self.final_path, "rename", e))?;
         self.done = true;

@@ -563,7 +563,8 @@ fn mutations(pid: i32) -> Vec<(Mutation, &'static str)> {
         let f = file.clone();
         // Byte flips in the header (magic, version, kind, length, checksum)
         // and in the payload.
-        // (Bytes 32..4096 of a page file are padding, ignored by design.)
+        // (Bytes 40..4096 of a page file are padding, ignored by design;
+        // 32..40 hold the chunk size, see chunked_page_checksums.)
         let payload_at = if file.starts_with("pages") { 4096 } else { 40 };
         for off in [0usize, 9, 13, 17, 25, payload_at, 4200] {
             let f = f.clone();
@@ -960,6 +961,82 @@ fn corrupt_images_are_refused() {
         let _ = fs::remove_dir_all(dir.with_extension("outside"));
     }
     // The pristine image is good: the checks above refused only damage.
+    work.reset_go();
+    let mut r = restore_and_adopt(&work, pid, &Opts::default());
+    finish(&work, &mut r, Duration::from_secs(60)).assert_pass(&work);
+}
+
+/// A page file big enough to be checked on every CPU (kind 5: chunked
+/// checksums, docs/image-format.md "Page file checksums"): a flipped byte
+/// in a middle or the last chunk, a changed or invalid chunk size, or the
+/// kind set back to 3 without a whole-payload checksum are refused before
+/// any process exists; the same pages as an old kind 3 file (the whole
+/// payload's checksum) restore, and the process checks every page.
+#[test]
+fn chunked_page_checksums() {
+    let work = Work::new("chunked_page_checksums");
+    let (pid, pristine) = dumped_image(
+        &work,
+        Program::Bin("tp_memory"),
+        &["--size-mib", "48", "--sparse-mib", "8"],
+    );
+    let pages = format!("pages-{pid}.img");
+    let orig = fs::read(pristine.join(&pages)).expect("read pages");
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    assert_eq!(orig[12..16], 5u32.to_le_bytes(), "the dump writes kind 5");
+    assert_eq!(u64_at(&orig, 32), 1 << 20, "chunk size");
+    let payload = orig.len() - 4096;
+    assert!(
+        payload >= 32 << 20,
+        "a page file of {payload} bytes is too small for the parallel check"
+    );
+    type PageEdit = Box<dyn Fn(&mut Vec<u8>)>;
+    let edits: Vec<(&str, PageEdit, &str)> = vec![
+        (
+            "a byte flipped in a middle chunk",
+            Box::new(move |b| b[4096 + payload / 2 + 12345] ^= 0x10),
+            "checksum",
+        ),
+        (
+            "a byte flipped in the last chunk",
+            Box::new(|b| {
+                let n = b.len();
+                b[n - 3] ^= 1;
+            }),
+            "checksum",
+        ),
+        (
+            "chunk size 2 MiB",
+            Box::new(|b| b[32..40].copy_from_slice(&(2u64 << 20).to_le_bytes())),
+            "checksum",
+        ),
+        (
+            "chunk size not a power of two",
+            Box::new(|b| b[32..40].copy_from_slice(&3000u64.to_le_bytes())),
+            "chunk size",
+        ),
+        (
+            "kind 3 with the chunked checksum",
+            Box::new(|b| b[12..16].copy_from_slice(&3u32.to_le_bytes())),
+            "checksum",
+        ),
+    ];
+    for (what, edit, word) in &edits {
+        let dir = work.path("bad");
+        copy_dir(&pristine, &dir);
+        let mut b = orig.clone();
+        edit(&mut b);
+        fs::write(dir.join(&pages), &b).expect("write pages");
+        restore_must_fail(&work, &dir, pid, &[], &[&pages, word], what);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    // The same pages as a kind 3 file, as stasis wrote them before.
+    let mut b = orig;
+    b[12..16].copy_from_slice(&3u32.to_le_bytes());
+    b[32..4096].fill(0);
+    let whole = stasis_tests::hash(&b[4096..]);
+    b[24..32].copy_from_slice(&whole.to_le_bytes());
+    fs::write(work.img().join(&pages), &b).expect("write pages");
     work.reset_go();
     let mut r = restore_and_adopt(&work, pid, &Opts::default());
     finish(&work, &mut r, Duration::from_secs(60)).assert_pass(&work);
