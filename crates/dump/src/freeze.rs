@@ -300,25 +300,8 @@ impl FrozenTree {
         // Every process is sent SIGKILL before any is waited for: the init
         // of a nested PID namespace waits for members whose parent is
         // outside it (still stopped otherwise) to be reaped.
-        let pidfds: Vec<_> = self
-            .procs
-            .iter()
-            .filter_map(|f| Some((f.pid, util::pidfd_open(f.pid).ok()?)))
-            .collect();
         for f in self.procs.iter().rev() {
             let _ = util::kill(f.pid, libc::SIGKILL);
-        }
-        // Its memory is freed from a thread of ours (process_mrelease),
-        // while the process exits, which then needs not wait for it
-        // before its PID is free (docs/architecture.md, Pre-copy).
-        if std::env::var_os("STASIS_TEST_NO_MRELEASE").is_none() {
-            for (pid, fd) in pidfds {
-                std::thread::spawn(move || {
-                    if let Err(e) = util::process_mrelease(&fd, pid) {
-                        log::debug!("pid {pid}: {e}");
-                    }
-                });
-            }
         }
         for f in self.procs.into_iter().rev() {
             if let Err(e) = f.kill() {

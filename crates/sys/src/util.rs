@@ -79,16 +79,6 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// process_mrelease(2): frees the memory of a process sent SIGKILL, in the
-/// caller's context (the process itself then has little left to free
-/// when it exits).
-pub fn process_mrelease(pidfd: &OwnedFd, pid: Pid) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on our descriptor.
-    let r = unsafe { libc::syscall(libc::SYS_process_mrelease, pidfd.as_raw_fd(), 0) };
-    check(r, "process_mrelease", Some(pid)).map(drop)
-}
-
 /// pidfd_getfd(2): a duplicate of another process's descriptor.
 pub fn pidfd_getfd(pidfd: &OwnedFd, pid: Pid, fd: i32) -> Result<OwnedFd> {
     use std::os::fd::AsRawFd;
