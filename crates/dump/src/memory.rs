@@ -193,9 +193,7 @@ impl Scan<'_> {
                 anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | self.guard,
             };
             out.clear();
-            match self
-                .pm
-                .scan_categories((v.start, v.end), q, (flags, CATEGORIES | self.guard), out)
+            match scan_halves(self.pm, (v.start, v.end), q, (flags, CATEGORIES | self.guard), out)
             {
                 Ok(()) => return Ok(flags & PM_SCAN_CHECK_WPASYNC != 0),
                 Err(e) if e.errno() == Some(libc::EINVAL) && self.guard != 0 => self.guard = 0,
@@ -211,6 +209,53 @@ impl Scan<'_> {
             }
         }
     }
+}
+
+/// Mappings at least this large are scanned in two halves at once.
+const SPLIT_AT: u64 = 256 << 20;
+
+/// [`Pagemap::scan_categories`] of [start, end): a large range in two
+/// halves (cut on a 2 MiB boundary) by two threads, so that the walk of
+/// its page tables, done while the tree is frozen, uses two CPUs. The
+/// kernel walks each half under the mmap read lock on its own; a run cut
+/// at the boundary is joined again.
+fn scan_halves(
+    pm: &Pagemap,
+    (start, end): (u64, u64),
+    q: Query,
+    flags: (u64, u64),
+    out: &mut Vec<(u64, u64, u64)>,
+) -> stasis_sys::Result<()> {
+    let mid = (start + (end - start) / 2) & !((2 << 20) - 1);
+    if end - start < SPLIT_AT || mid <= start {
+        return pm.scan_categories((start, end), q, flags, out);
+    }
+    let mut upper = Vec::new();
+    let (a, b) = std::thread::scope(|s| {
+        let h = s.spawn(|| pm.scan_categories((mid, end), q, flags, &mut upper));
+        let a = pm.scan_categories((start, mid), q, flags, out);
+        (a, h.join())
+    });
+    a?;
+    match b {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(stasis_sys::SysError::other(
+                "PAGEMAP_SCAN",
+                None,
+                "scanning thread panicked",
+            ))
+        }
+    }
+    let mut rest = upper.into_iter();
+    if let (Some(last), Some(first)) = (out.last_mut(), rest.as_slice().first()) {
+        if last.1 == first.0 && last.2 == first.2 {
+            last.1 = first.1;
+            rest.next();
+        }
+    }
+    out.extend(rest);
+    Ok(())
 }
 
 /// Whether a page of categories `c` matches `q` (as the kernel matches).
@@ -757,13 +802,34 @@ fn dump_mapped(
 
 #[cfg(test)]
 mod tests {
-    use super::{pieces, PagePlan};
+    use super::{matches, page_query, pieces, PagePlan};
+    use stasis_image::VmaKind;
+    use stasis_sys::pagemap::{
+        PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+        PAGE_IS_WRITTEN,
+    };
+
+    /// The plan's queries, applied to the categories of the single pass,
+    /// select what the kernel would have selected with them.
+    #[test]
+    fn queries_match_categories() {
+        let anon = page_query(&VmaKind::Anon, false).expect("private anonymous");
+        assert!(matches(anon, PAGE_IS_PRESENT | PAGE_IS_WRITTEN));
+        assert!(matches(anon, PAGE_IS_SWAPPED));
+        assert!(!matches(anon, PAGE_IS_PRESENT | PAGE_IS_PFNZERO));
+        assert!(!matches(anon, PAGE_IS_GUARD));
+        let shared = page_query(&VmaKind::Anon, true).expect("shared anonymous");
+        assert!(matches(shared, PAGE_IS_PRESENT | PAGE_IS_FILE));
+        let vdso = page_query(&VmaKind::Vdso, false);
+        assert!(vdso.is_none());
+    }
 
     #[test]
     fn pieces_cut_at_parent_ranges() {
         let plan = PagePlan {
             runs: vec![(0x1000, 0x5000, true), (0x8000, 0x9000, false)],
             from_parent: vec![(0x0, 0x2000), (0x3000, 0x4000), (0x8000, 0x9000)],
+            unchanged: vec![],
         };
         assert_eq!(
             pieces(&plan),
