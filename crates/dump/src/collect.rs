@@ -127,7 +127,11 @@ pub(crate) fn collect(
     )?;
     log::debug!(
         "pid {pid}: smaps and numa_maps {} in {smaps_took:?}, page plan in {:?}",
-        if early_used { "taken from the pre-read" } else { "read" },
+        if early_used {
+            "taken from the pre-read"
+        } else {
+            "read"
+        },
         t.elapsed() - smaps_took
     );
 

@@ -338,9 +338,7 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         None => track::running_holder(pid),
     };
     action(&mut hook, "pre-dump", pid)?;
-    let pre = preread::wanted(opts)
-        .then(|| preread::take(pid))
-        .flatten();
+    let pre = preread::wanted(opts).then(|| preread::take(pid)).flatten();
     let t0 = Instant::now();
     let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
     log::info!(
@@ -483,7 +481,10 @@ fn dump_frozen(
     let user_ns = userns::collect(Pid(root as i32))?;
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
-    log::debug!("pid {root}: namespaces (uts, user, time, net) at {:?}", t0.elapsed());
+    log::debug!(
+        "pid {root}: namespaces (uts, user, time, net) at {:?}",
+        t0.elapsed()
+    );
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
     let mntns = mntns::collect(
         Pid(root as i32),
@@ -496,7 +497,10 @@ fn dump_frozen(
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     let sysv_reads = sysvipc::remote_reads(root, &tree_pids)?;
-    log::debug!("pid {root}: mount namespace and SysV IPC at {:?}", t0.elapsed());
+    log::debug!(
+        "pid {root}: mount namespace and SysV IPC at {:?}",
+        t0.elapsed()
+    );
     let mut witnesses = landlock::Witnesses::default();
     for f in &mut frozen.procs {
         let track = collect::TrackIn {

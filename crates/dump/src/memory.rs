@@ -9,8 +9,8 @@ use stasis_image::{
 };
 use stasis_proc::SmapsEntry;
 use stasis_sys::pagemap::{
-    Pagemap, Query, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT,
-    PAGE_IS_SWAPPED, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
+    Pagemap, Query, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+    PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
 };
 use stasis_sys::{mem, Pid};
 use std::os::fd::BorrowedFd;
@@ -193,8 +193,13 @@ impl Scan<'_> {
                 anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | self.guard,
             };
             out.clear();
-            match scan_halves(self.pm, (v.start, v.end), q, (flags, CATEGORIES | self.guard), out)
-            {
+            match scan_halves(
+                self.pm,
+                (v.start, v.end),
+                q,
+                (flags, CATEGORIES | self.guard),
+                out,
+            ) {
                 Ok(()) => return Ok(flags & PM_SCAN_CHECK_WPASYNC != 0),
                 Err(e) if e.errno() == Some(libc::EINVAL) && self.guard != 0 => self.guard = 0,
                 Err(e) if e.errno() == Some(libc::EPERM) && flags & PM_SCAN_CHECK_WPASYNC != 0 => {

@@ -157,7 +157,10 @@ pub(crate) fn take(root: u32) -> Option<Preread> {
         e.smaps = stasis_proc::read_smaps(pid).ok()?;
         e.policies = crate::memkinds::refuse_policies(pid);
     }
-    log::debug!("pid {root}: smaps and numa_maps read in {:?} before the freeze", t.elapsed());
+    log::debug!(
+        "pid {root}: smaps and numa_maps read in {:?} before the freeze",
+        t.elapsed()
+    );
     test_signal(root);
     Some(Preread { counters, procs })
 }
@@ -220,7 +223,11 @@ impl Preread {
             } else {
                 log::debug!(
                     "pid {pid}: pre-read not used: {}",
-                    if same_tasks { "its mappings changed" } else { "new tasks" }
+                    if same_tasks {
+                        "its mappings changed"
+                    } else {
+                        "new tasks"
+                    }
                 );
             }
         }

@@ -94,9 +94,11 @@ impl Pagemap {
         out: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
         let ret = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | q.mask | q.anyof;
-        self.scan_each(start, end, q, (flags, ret), |a, b, _| match out.last_mut() {
-            Some(last) if last.1 == a => last.1 = b,
-            _ => out.push((a, b)),
+        self.scan_each(start, end, q, (flags, ret), |a, b, _| {
+            match out.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => out.push((a, b)),
+            }
         })
     }
 

@@ -61,12 +61,9 @@ pub fn sys_exit_tracepoint() -> Result<u64> {
             Err(_) => {
                 let mnt = crate::mount::new_fs("tracefs", "tracefs", &[], 0)
                     .map_err(|e| e.to_string())?;
-                let f = crate::mount::open_in_root(
-                    std::os::fd::AsFd::as_fd(&mnt),
-                    REL,
-                    libc::O_RDONLY,
-                )
-                .map_err(|e| e.to_string())?;
+                let f =
+                    crate::mount::open_in_root(std::os::fd::AsFd::as_fd(&mnt), REL, libc::O_RDONLY)
+                        .map_err(|e| e.to_string())?;
                 std::io::read_to_string(std::fs::File::from(f)).map_err(|e| e.to_string())?
             }
         };
