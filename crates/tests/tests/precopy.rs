@@ -471,8 +471,8 @@ fn stasis_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 /// 16384 pages in turn all the time (`--churn`): each round resumes the
 /// program before copying its pages, so it writes pages while they are
 /// copied. `lose` sets the negative control's hook on the last round.
-fn brief_chain(work: &Work, lose: Option<&str>) -> Proc {
-    let mut p = start(work, Program::Bin("tp_precopy"), &["--churn", "16384"]);
+fn brief_chain(work: &Work, churn: &str, lose: Option<&str>) -> Proc {
+    let mut p = start(work, Program::Bin("tp_precopy"), &["--churn", churn]);
     step_ok(work, wait_ready(work, &mut p, T));
     let rounds = [
         ("pre1", None),
@@ -524,7 +524,7 @@ fn brief_chain(work: &Work, lose: Option<&str>) -> Proc {
 #[test]
 fn precopy_brief_rounds_writer() {
     let work = Work::new("precopy_brief");
-    let p = brief_chain(&work, None);
+    let p = brief_chain(&work, "16384", None);
     let pre3 = work.path("pre3");
     let out = stasis(
         &work,
@@ -540,6 +540,17 @@ fn precopy_brief_rounds_writer() {
     finish(&work, &mut r, T).assert_pass(&work);
 }
 
+/// The same with a churned area of 260 MiB: the page plan scans it in
+/// two halves at once (memory::scan_halves), re-arming the tracker in the
+/// same pass, while the program writes it all through the rounds.
+#[test]
+fn precopy_brief_rounds_large_area() {
+    let work = Work::new("precopy_brief_large");
+    let p = brief_chain(&work, "66560", None);
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
 /// Negative control: the last round drops the marks of the writes made
 /// during its copy (test hook: it write-protects everything again after
 /// the copy and a 300 ms wait, while the program runs). The final dump
@@ -548,7 +559,7 @@ fn precopy_brief_rounds_writer() {
 #[test]
 fn negative_precopy_brief_lost_writes() {
     let work = Work::new("precopy_brief_lost");
-    let p = brief_chain(&work, Some("300"));
+    let p = brief_chain(&work, "16384", Some("300"));
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     let out = finish(&work, &mut r, T);
     assert!(
