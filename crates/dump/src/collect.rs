@@ -28,6 +28,8 @@ pub(crate) struct Collected {
     pub parent_pid: Option<u32>,
     /// SysV shm segments it opened for the dump (sysvipc::open_remote).
     pub sysv: Vec<(i32, OwnedFd)>,
+    /// Its tracker was re-armed with the page plan (memory::plan).
+    pub armed: bool,
 }
 
 /// SysV segments a process opened for the dump: (id, memory object).
@@ -71,17 +73,20 @@ fn check(pid: u32, status: &Status) -> Result<()> {
 }
 
 /// Collects one frozen process; `shmem` records the pages of shared
-/// anonymous objects saved by the processes collected before.
+/// anonymous objects saved by the processes collected before; `early`:
+/// its smaps and numa_maps read before the freeze, verified unchanged
+/// (preread.rs).
 pub(crate) fn collect(
     frozen: &mut Frozen,
     shell_job: bool,
     sockets: &kinds::SockOpts,
     shmem: &mut crate::shmem::Saved,
-    track: TrackIn,
+    (track, early): (TrackIn, Option<crate::preread::Early>),
     (sysv_reads, witnesses): (&[(i32, u64)], &mut crate::landlock::Witnesses),
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
+    let early_used = early.is_some();
 
     // ---- check: what we cannot save yet, before anything is written ----
     if let Some(what) = crate::memkinds::refuse_tasks(pid, &frozen.tids) {
@@ -96,16 +101,37 @@ pub(crate) fn collect(
     check(pid, &status)?;
     crate::lsm::check(pid)?;
     let seccomp = crate::seccomp::collect(pid, &status, &frozen.tids)?;
-    let fds = kinds::collect_fds(pid, shell_job, sockets)?;
     let t = std::time::Instant::now();
-    let smaps = stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?;
+    let fds = kinds::collect_fds(pid, shell_job, sockets)?;
+    log::debug!("pid {pid}: descriptors collected in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let (smaps, policies) = match early {
+        Some(e) => (e.smaps, e.policies),
+        None => (
+            stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?,
+            crate::memkinds::refuse_policies(pid),
+        ),
+    };
     let smaps_took = t.elapsed();
     let (mut uffd, parent_pid) = track
         .taken
         .map_or((None, None), |(f, p)| (Some(f), Some(p)));
-    let (vmas, page_plan) = memory::plan(pid, &smaps, shmem, uffd.as_ref().map(|f| f.as_fd()))?;
+    // A further brief round re-arms the tracker taken from the last one
+    // in the same pass as it finds what was written since.
+    let armed = track.want_new && uffd.is_some();
+    let (vmas, page_plan) = memory::plan(
+        pid,
+        (&smaps, policies),
+        shmem,
+        (uffd.as_ref().map(|f| f.as_fd()), armed),
+    )?;
     log::debug!(
-        "pid {pid}: smaps read in {smaps_took:?}, page plan in {:?}",
+        "pid {pid}: smaps and numa_maps {} in {smaps_took:?}, page plan in {:?}",
+        if early_used {
+            "taken from the pre-read"
+        } else {
+            "read"
+        },
         t.elapsed() - smaps_took
     );
 
@@ -221,6 +247,7 @@ pub(crate) fn collect(
         uffd,
         parent_pid,
         sysv,
+        armed,
     })
 }
 

@@ -40,6 +40,7 @@ mod mntns;
 mod netlock;
 mod netns;
 mod pidns;
+mod preread;
 mod procattrs;
 mod seccomp;
 mod shmem;
@@ -337,6 +338,7 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         None => track::running_holder(pid),
     };
     action(&mut hook, "pre-dump", pid)?;
+    let pre = preread::wanted(opts).then(|| preread::take(pid)).flatten();
     let t0 = Instant::now();
     let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
     log::info!(
@@ -345,6 +347,8 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         frozen.zombies.len(),
         t0.elapsed()
     );
+    let early = pre.map(|p| p.verify(&frozen)).unwrap_or_default();
+    log::debug!("pid {pid}: pre-read checked at {:?}", t0.elapsed());
     // Declared after `frozen`: on error it is released (and repair mode
     // turned off) before the threads resume.
     let lock = if opts.tcp_established && !opts.tcp_close {
@@ -359,7 +363,15 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
     // On error `frozen` drops and resumes every thread as it was.
     let round = track::Round::new(parent.as_ref());
     let mut lock = lock;
-    let mut stats = dump_frozen(&mut frozen, &mut lock, t0, opts, &deadline, round, net_lock)?;
+    let mut stats = dump_frozen(
+        &mut frozen,
+        &mut lock,
+        (t0, early),
+        opts,
+        &deadline,
+        round,
+        net_lock,
+    )?;
     if let Err(e) = action(&mut hook, "post-dump", pid) {
         let inv = opts.images_dir.join(stasis_image::INVENTORY_FILE);
         if let Err(re) = std::fs::remove_file(&inv) {
@@ -441,7 +453,7 @@ fn wait_links_gone(pid: u32, names: &[String], ns: &str) {
 fn dump_frozen(
     frozen: &mut freeze::FrozenTree,
     lock: &mut Option<netlock::Lock>,
-    t0: Instant,
+    (t0, mut early): (Instant, std::collections::HashMap<u32, preread::Early>),
     opts: &DumpOptions,
     deadline: &Deadline,
     mut round: track::Round<'_>,
@@ -456,6 +468,7 @@ fn dump_frozen(
     let tree_pids: Vec<u32> = frozen.procs.iter().map(|f| f.pid.0 as u32).collect();
     let zombies: Vec<u32> = frozen.zombies.iter().map(|z| z.pid).collect();
     sysvipc::refuse_lpid_outside(root, &tree_pids, &zombies)?;
+    log::debug!("pid {root}: tree checked at {:?}", t0.elapsed());
     let sockets = kinds::SockOpts {
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
@@ -471,27 +484,38 @@ fn dump_frozen(
     let user_ns = userns::collect(Pid(root as i32))?;
     let time = timens::collect(Pid(root as i32))?;
     let net = netns::collect(Pid(root as i32))?;
+    log::debug!(
+        "pid {root}: namespaces (uts, user, time, net) at {:?}",
+        t0.elapsed()
+    );
     let mntns = mntns::collect(
         Pid(root as i32),
         &tree_pids,
         &opts.ext_mounts,
         &opts.ext_devs,
     )?;
+    // A tracker taken from the last round is re-armed with the page plan.
+    round.armed = tracking && parent.is_some();
     let mut collected = Vec::with_capacity(frozen.procs.len());
     let mut shmem = shmem::Saved::default();
     let sysv_reads = sysvipc::remote_reads(root, &tree_pids)?;
+    log::debug!(
+        "pid {root}: mount namespace and SysV IPC at {:?}",
+        t0.elapsed()
+    );
     let mut witnesses = landlock::Witnesses::default();
     for f in &mut frozen.procs {
         let track = collect::TrackIn {
             taken: parent.and_then(|p| p.take_over(f.pid.0 as u32)),
             want_new: tracking,
         };
+        let pre = early.remove(&(f.pid.0 as u32));
         collected.push(collect::collect(
             f,
             opts.shell_job,
             &sockets,
             &mut shmem,
-            track,
+            (track, pre),
             (
                 sysv_reads
                     .get(&(f.pid.0 as u32))
@@ -552,18 +576,21 @@ fn dump_frozen(
         pid_ns,
         opts.shell_job,
     )?;
+    log::debug!("pid {root}: state collected at {:?}", t0.elapsed());
     for c in &mut collected {
         if let (Some(p), Some(pp)) = (parent, c.parent_pid) {
             track::use_parent(c, p, pp)?;
         }
     }
+    log::debug!("pid {root}: unchanged pages found at {:?}", t0.elapsed());
     if tracking {
         round.armed = true;
-        for c in &collected {
+        for c in collected.iter().filter(|c| !c.armed) {
             if let Some(fd) = &c.uffd {
                 track::arm(c, fd)?;
             }
         }
+        log::debug!("pid {root}: write tracking armed at {:?}", t0.elapsed());
     }
     fault_point(root, Stage::Collect)?;
     deadline.check(Stage::Collect)?;
@@ -632,6 +659,7 @@ fn dump_frozen(
             pages_file,
         });
     }
+    log::debug!("pid {root}: pages written at {:?}", t0.elapsed());
     if brief {
         track::test_lose_copy_writes(&collected)?;
     }
@@ -687,6 +715,7 @@ fn dump_frozen(
     };
     fault_point(root, Stage::Commit)?;
     writer.commit(&inventory).at(root, Stage::Commit)?;
+    log::debug!("pid {root}: image committed at {:?}", t0.elapsed());
     round.succeed();
     let outer_links = inventory
         .net

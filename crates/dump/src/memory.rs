@@ -9,7 +9,8 @@ use stasis_image::{
 };
 use stasis_proc::SmapsEntry;
 use stasis_sys::pagemap::{
-    Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+    Pagemap, Query, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+    PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
 };
 use stasis_sys::{mem, Pid};
 use std::os::fd::BorrowedFd;
@@ -24,30 +25,41 @@ pub(crate) struct PagePlan {
     /// image (pre-copy): the parts of `runs` inside them are recorded as
     /// `in_parent` and not read.
     pub from_parent: Vec<(u64, u64)>,
+    /// Sorted, disjoint ranges of present pages not written since the
+    /// last pre-dump (of mappings its tracker still has).
+    pub unchanged: Vec<(u64, u64)>,
 }
 
 /// Classifies every mapping and finds the pages worth saving.
-/// `shmem`: what the tree's shared anonymous objects have saved so far.
-/// `uffd`: the write tracker of an earlier pre-dump, whose own
-/// registrations are not refused.
+/// `policies`: memkinds::refuse_policies. `shmem`: what the tree's shared
+/// anonymous objects have saved so far. `track`: the write tracker of an
+/// earlier pre-dump (its own registrations are not refused), and whether
+/// to re-arm it in the same pass (a further brief round).
 pub(crate) fn plan(
     pid: u32,
-    smaps: &[SmapsEntry],
+    (smaps, policies): (&[SmapsEntry], Option<String>),
     shmem: &mut crate::shmem::Saved,
-    uffd: Option<BorrowedFd<'_>>,
+    track: (Option<BorrowedFd<'_>>, bool),
 ) -> Result<(Vec<Vma>, PagePlan)> {
     let st = Stage::Collect;
+    let (uffd, rearm) = track;
     let pm = Pagemap::open(Pid(pid as i32)).at(pid, st)?;
-    refuse_guard_regions(pid, &pm, smaps)?;
-    if let Some(what) = crate::memkinds::refuse_policies(pid) {
+    if let Some(what) = policies {
         return Err(DumpError::Unsupported {
             pid,
             stage: Stage::Check,
             what,
         });
     }
+    let mut scan = Scan {
+        pid,
+        pm: &pm,
+        guard: GUARD_CATEGORY,
+    };
     let mut vmas = Vec::with_capacity(smaps.len());
     let mut runs = Vec::new();
+    let mut unchanged: Vec<(u64, u64)> = Vec::new();
+    let mut found = Vec::new();
     for s in smaps {
         let m = &s.map;
         let kind = vma_kind(pid, s)?;
@@ -57,15 +69,9 @@ pub(crate) fn plan(
         let is_file = matches!(kind, VmaKind::File { .. } | VmaKind::Saved { .. });
         // A SysV segment is no shared anonymous object: it is attached again by id.
         let sysv = matches!(kind, VmaKind::SysvShm { .. });
-        if crate::shmem::is_object(s, &kind) {
-            let found = crate::shmem::runs(pid, s, shmem)?;
-            runs.extend(found.into_iter().map(|(a, b)| (a, b, m.read)));
-        } else if let Some(q) = page_query(&kind, m.shared) {
-            let mut found = Vec::new();
-            pm.scan(m.start, m.end, q, &mut found).at(pid, st)?;
-            runs.extend(found.into_iter().map(|(a, b)| (a, b, m.read)));
-        }
-        vmas.push(Vma {
+        let object = crate::shmem::is_object(s, &kind);
+        let query = page_query(&kind, m.shared);
+        let vma = Vma {
             start: m.start,
             end: m.end,
             prot: prot as u32,
@@ -87,46 +93,179 @@ pub(crate) fn plan(
             cow_owner: 0,
             advice: crate::procattrs::vma_advice(pid, s, uffd)?,
             huge_page_size: crate::memkinds::huge_page_size(s).unwrap_or(0),
-        });
+        };
+        found.clear();
+        let tracked = match uffd {
+            Some(fd) if !object && query.is_some() && crate::track::trackable(&vma) => {
+                scan.mapping(&vma, Some((fd, rearm)), &mut found)?
+            }
+            _ if m.end > USER_SPACE_END => false,
+            _ => scan.mapping(&vma, None, &mut found)?,
+        };
+        if object {
+            let shared = crate::shmem::runs(pid, s, shmem)?;
+            runs.extend(shared.into_iter().map(|(a, b)| (a, b, m.read)));
+        }
+        for &(a, b, c) in &found {
+            if c & scan.guard != 0 {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    stage: Stage::Check,
+                    what: format!(
+                        "a guard region (MADV_GUARD_INSTALL) at {a:#x}-{b:#x}: not restored yet"
+                    ),
+                });
+            }
+            if query.is_some_and(|q| !object && matches(q, c)) {
+                // Merged within this mapping only.
+                match runs.last_mut() {
+                    Some(last) if last.1 == a && a > m.start => last.1 = b,
+                    _ => runs.push((a, b, m.read)),
+                }
+            }
+            if tracked && c & PAGE_IS_PRESENT != 0 && c & PAGE_IS_WRITTEN == 0 {
+                match unchanged.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => unchanged.push((a, b)),
+                }
+            }
+        }
+        vmas.push(vma);
     }
     Ok((
         vmas,
         PagePlan {
             runs,
             from_parent: Vec::new(),
+            unchanged,
         },
     ))
 }
 
-/// Guard regions (MADV_GUARD_INSTALL) live in page tables only: a mapping
-/// made afresh would have none, and the area would read as memory instead
-/// of faulting. Refused by name; one scan of the whole address space
-/// (kernels before 6.14 have no guard regions and refuse the category).
-fn refuse_guard_regions(pid: u32, pm: &Pagemap, smaps: &[SmapsEntry]) -> Result<()> {
-    let (Some(first), Some(last)) = (
-        smaps.first(),
-        smaps.iter().rfind(|s| s.map.end <= USER_SPACE_END),
-    ) else {
-        return Ok(());
-    };
-    let q = Query {
-        inverted: 0,
-        mask: 0,
-        anyof: stasis_sys::pagemap::PAGE_IS_GUARD,
-    };
-    let mut found = Vec::new();
-    match pm.scan(first.map.start, last.map.end, q, &mut found) {
-        Err(e) if e.errno() == Some(libc::EINVAL) => return Ok(()),
-        r => r.at(pid, Stage::Collect)?,
+/// PAGE_IS_GUARD, or 0 on kernels before 6.14 (no guard regions; the
+/// category is refused with EINVAL).
+const GUARD_CATEGORY: u64 = PAGE_IS_GUARD;
+
+/// The categories one pass reports for each page.
+const CATEGORIES: u64 =
+    PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_WRITTEN;
+
+/// One PAGEMAP_SCAN pass per mapping: every page present, swapped out or
+/// a guard region, with its categories; for a mapping tracked by an
+/// earlier pre-dump, also which present pages were written since (and,
+/// re-arming, the written ones write-protected again in the same pass).
+struct Scan<'a> {
+    pid: u32,
+    pm: &'a Pagemap,
+    guard: u64,
+}
+
+impl Scan<'_> {
+    /// Scans `v` into `out`; returns whether the pages' "written"
+    /// category is the tracker's (the mapping is registered with it).
+    fn mapping(
+        &mut self,
+        v: &Vma,
+        tracker: Option<(BorrowedFd<'_>, bool)>,
+        out: &mut Vec<(u64, u64, u64)>,
+    ) -> Result<bool> {
+        let pid = self.pid;
+        let mut flags = 0;
+        if let Some((fd, rearm)) = tracker {
+            flags = PM_SCAN_CHECK_WPASYNC;
+            if rearm {
+                // Registered (again) first: a mapping new since the last
+                // round has no write-protected page, so every page reads
+                // as written: saved whole, and protected by this pass.
+                match stasis_sys::uffd::register_wp(fd, v.start, v.end - v.start) {
+                    Ok(()) => flags |= PM_SCAN_WP_MATCHING,
+                    Err(e) => {
+                        log::info!("pid {pid}: {:#x}-{:#x} not tracked: {e}", v.start, v.end);
+                        flags = 0;
+                    }
+                }
+            }
+        }
+        loop {
+            let q = Query {
+                inverted: 0,
+                mask: 0,
+                anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | self.guard,
+            };
+            out.clear();
+            match scan_halves(
+                self.pm,
+                (v.start, v.end),
+                q,
+                (flags, CATEGORIES | self.guard),
+                out,
+            ) {
+                Ok(()) => return Ok(flags & PM_SCAN_CHECK_WPASYNC != 0),
+                Err(e) if e.errno() == Some(libc::EINVAL) && self.guard != 0 => self.guard = 0,
+                Err(e) if e.errno() == Some(libc::EPERM) && flags & PM_SCAN_CHECK_WPASYNC != 0 => {
+                    log::debug!(
+                        "pid {pid}: {:#x}-{:#x} is not tracked (new, replaced or moved): saved whole",
+                        v.start,
+                        v.end
+                    );
+                    flags = 0;
+                }
+                Err(e) => return Err(e).at(pid, Stage::Collect),
+            }
+        }
     }
-    if let Some(&(a, b)) = found.first() {
-        return Err(DumpError::Unsupported {
-            pid,
-            stage: Stage::Check,
-            what: format!("a guard region (MADV_GUARD_INSTALL) at {a:#x}-{b:#x}: not restored yet"),
-        });
+}
+
+/// Mappings at least this large are scanned in two halves at once.
+const SPLIT_AT: u64 = 256 << 20;
+
+/// [`Pagemap::scan_categories`] of [start, end): a large range in two
+/// halves (cut on a 2 MiB boundary) by two threads, so that the walk of
+/// its page tables, done while the tree is frozen, uses two CPUs. The
+/// kernel walks each half under the mmap read lock on its own; a run cut
+/// at the boundary is joined again.
+fn scan_halves(
+    pm: &Pagemap,
+    (start, end): (u64, u64),
+    q: Query,
+    flags: (u64, u64),
+    out: &mut Vec<(u64, u64, u64)>,
+) -> stasis_sys::Result<()> {
+    let mid = (start + (end - start) / 2) & !((2 << 20) - 1);
+    if end - start < SPLIT_AT || mid <= start {
+        return pm.scan_categories((start, end), q, flags, out);
     }
+    let mut upper = Vec::new();
+    let (a, b) = std::thread::scope(|s| {
+        let h = s.spawn(|| pm.scan_categories((mid, end), q, flags, &mut upper));
+        let a = pm.scan_categories((start, mid), q, flags, out);
+        (a, h.join())
+    });
+    a?;
+    match b {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(stasis_sys::SysError::other(
+                "PAGEMAP_SCAN",
+                None,
+                "scanning thread panicked",
+            ))
+        }
+    }
+    let mut rest = upper.into_iter();
+    if let (Some(last), Some(first)) = (out.last_mut(), rest.as_slice().first()) {
+        if last.1 == first.0 && last.2 == first.2 {
+            last.1 = first.1;
+            rest.next();
+        }
+    }
+    out.extend(rest);
     Ok(())
+}
+
+/// Whether a page of categories `c` matches `q` (as the kernel matches).
+fn matches(q: Query, c: u64) -> bool {
+    (c ^ q.inverted) & q.mask == q.mask && (q.anyof == 0 || c & q.anyof != 0)
 }
 
 /// What a mapping is (from its smaps entry), or its refusal by name.
@@ -517,13 +656,34 @@ fn read_running(
 
 #[cfg(test)]
 mod tests {
-    use super::{pieces, PagePlan};
+    use super::{matches, page_query, pieces, PagePlan};
+    use stasis_image::VmaKind;
+    use stasis_sys::pagemap::{
+        PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+        PAGE_IS_WRITTEN,
+    };
+
+    /// The plan's queries, applied to the categories of the single pass,
+    /// select what the kernel would have selected with them.
+    #[test]
+    fn queries_match_categories() {
+        let anon = page_query(&VmaKind::Anon, false).expect("private anonymous");
+        assert!(matches(anon, PAGE_IS_PRESENT | PAGE_IS_WRITTEN));
+        assert!(matches(anon, PAGE_IS_SWAPPED));
+        assert!(!matches(anon, PAGE_IS_PRESENT | PAGE_IS_PFNZERO));
+        assert!(!matches(anon, PAGE_IS_GUARD));
+        let shared = page_query(&VmaKind::Anon, true).expect("shared anonymous");
+        assert!(matches(shared, PAGE_IS_PRESENT | PAGE_IS_FILE));
+        let vdso = page_query(&VmaKind::Vdso, false);
+        assert!(vdso.is_none());
+    }
 
     #[test]
     fn pieces_cut_at_parent_ranges() {
         let plan = PagePlan {
             runs: vec![(0x1000, 0x5000, true), (0x8000, 0x9000, false)],
             from_parent: vec![(0x0, 0x2000), (0x3000, 0x4000), (0x8000, 0x9000)],
+            unchanged: vec![],
         };
         assert_eq!(
             pieces(&plan),

@@ -247,7 +247,7 @@ pub(crate) fn inject(r: &mut RemoteThread, pid: u32) -> Result<OwnedFd> {
 
 /// Mappings whose writes this process's tracker sees: private ones of
 /// ordinary pages.
-fn trackable(v: &Vma) -> bool {
+pub(crate) fn trackable(v: &Vma) -> bool {
     !v.shared
         && v.shmem == 0
         && v.huge_page_size == 0
@@ -255,30 +255,6 @@ fn trackable(v: &Vma) -> bool {
             v.kind,
             VmaKind::Anon | VmaKind::Heap | VmaKind::File { .. } | VmaKind::Saved { .. }
         )
-}
-
-/// Present pages not written since the last round, per mapping still
-/// registered in async write-protect mode (others: none).
-fn unchanged(pid: u32, pm: &Pagemap, vmas: &[Vma]) -> Result<Vec<(u64, u64)>> {
-    let q = Query {
-        inverted: PAGE_IS_WRITTEN,
-        mask: PAGE_IS_PRESENT | PAGE_IS_WRITTEN,
-        anyof: 0,
-    };
-    let mut out = Vec::new();
-    for v in vmas.iter().filter(|v| trackable(v)) {
-        match pm.scan_flags(v.start, v.end, q, PM_SCAN_CHECK_WPASYNC, &mut out) {
-            Err(e) if e.errno() == Some(libc::EPERM) => {
-                log::debug!(
-                    "pid {pid}: {:#x}-{:#x} is not tracked (new, replaced or moved): saved whole",
-                    v.start,
-                    v.end
-                );
-            }
-            r => r.at(pid, Stage::Memory)?,
-        }
-    }
-    Ok(out)
 }
 
 /// Intersection of two sorted lists of disjoint ranges.
@@ -311,9 +287,9 @@ pub(crate) fn use_parent(c: &mut Collected, parent: &Parent, parent_pid: u32) ->
     let Some(covered) = parent.covered.get(&parent_pid) else {
         return Ok(());
     };
-    let pm = Pagemap::open(Pid(pid as i32)).at(pid, Stage::Memory)?;
-    let same = unchanged(pid, &pm, &c.image.mm.vmas)?;
-    c.page_plan.from_parent = intersect(&same, covered);
+    // Present pages not written since the last round, of the mappings
+    // still registered with the tracker (memory::plan's pass).
+    c.page_plan.from_parent = intersect(&c.page_plan.unchanged, covered);
     Ok(())
 }
 

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// rescale them.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
+    /// Log the dumps and restores of the run into FILE at debug level (the
+    /// dump's timing of each frozen step).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
     /// Rounds per case; min and median are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -888,6 +892,9 @@ fn gbps(bytes: u64, d: Duration) -> String {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    if let Some(f) = &a.log_file {
+        crate::logger::init(Some(f), Some(4))?;
+    }
     let cases = cases(a)?;
     let rounds = if a.quick { 1 } else { a.rounds.max(1) };
     let workload = match &a.workload {

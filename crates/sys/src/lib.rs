@@ -101,6 +101,7 @@ pub mod mqueue;
 pub mod nlsock;
 pub mod nsenter;
 pub mod pagemap;
+pub mod perf;
 pub mod sock;
 pub mod sockdiag;
 pub mod spawn;

@@ -93,6 +93,41 @@ impl Pagemap {
         flags: u64,
         out: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
+        let ret = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | q.mask | q.anyof;
+        self.scan_each(start, end, q, (flags, ret), |a, b, _| {
+            match out.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => out.push((a, b)),
+            }
+        })
+    }
+
+    /// [`Pagemap::scan_flags`] that also gives each run's categories
+    /// (of `return_mask`): appends (start, end, categories) to `out`,
+    /// merging adjacent runs of equal categories.
+    pub fn scan_categories(
+        &self,
+        (start, end): (u64, u64),
+        q: Query,
+        (flags, return_mask): (u64, u64),
+        out: &mut Vec<(u64, u64, u64)>,
+    ) -> Result<()> {
+        self.scan_each(start, end, q, (flags, return_mask), |a, b, c| {
+            match out.last_mut() {
+                Some(last) if last.1 == a && last.2 == c => last.1 = b,
+                _ => out.push((a, b, c)),
+            }
+        })
+    }
+
+    fn scan_each(
+        &self,
+        start: u64,
+        end: u64,
+        q: Query,
+        (flags, return_mask): (u64, u64),
+        mut each: impl FnMut(u64, u64, u64),
+    ) -> Result<()> {
         let mut regions = vec![PageRegion::default(); 512];
         let mut cur = start;
         while cur < end {
@@ -106,7 +141,7 @@ impl Pagemap {
                 category_inverted: q.inverted,
                 category_mask: q.mask,
                 category_anyof_mask: q.anyof,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | q.mask | q.anyof,
+                return_mask,
                 ..Default::default()
             };
             // SAFETY: arg is a valid pm_scan_arg whose `vec` points to
@@ -126,10 +161,7 @@ impl Pagemap {
                 ));
             }
             for r in &regions[..n as usize] {
-                match out.last_mut() {
-                    Some(last) if last.1 == r.start => last.1 = r.end,
-                    _ => out.push((r.start, r.end)),
-                }
+                each(r.start, r.end, r.categories);
             }
             if arg.walk_end <= cur {
                 break;

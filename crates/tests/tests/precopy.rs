@@ -471,8 +471,8 @@ fn stasis_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 /// 16384 pages in turn all the time (`--churn`): each round resumes the
 /// program before copying its pages, so it writes pages while they are
 /// copied. `lose` sets the negative control's hook on the last round.
-fn brief_chain(work: &Work, lose: Option<&str>) -> Proc {
-    let mut p = start(work, Program::Bin("tp_precopy"), &["--churn", "16384"]);
+fn brief_chain(work: &Work, churn: &str, lose: Option<&str>) -> Proc {
+    let mut p = start(work, Program::Bin("tp_precopy"), &["--churn", churn]);
     step_ok(work, wait_ready(work, &mut p, T));
     let rounds = [
         ("pre1", None),
@@ -524,7 +524,7 @@ fn brief_chain(work: &Work, lose: Option<&str>) -> Proc {
 #[test]
 fn precopy_brief_rounds_writer() {
     let work = Work::new("precopy_brief");
-    let p = brief_chain(&work, None);
+    let p = brief_chain(&work, "16384", None);
     let pre3 = work.path("pre3");
     let out = stasis(
         &work,
@@ -540,6 +540,17 @@ fn precopy_brief_rounds_writer() {
     finish(&work, &mut r, T).assert_pass(&work);
 }
 
+/// The same with a churned area of 260 MiB: the page plan scans it in
+/// two halves at once (memory::scan_halves), re-arming the tracker in the
+/// same pass, while the program writes it all through the rounds.
+#[test]
+fn precopy_brief_rounds_large_area() {
+    let work = Work::new("precopy_brief_large");
+    let p = brief_chain(&work, "66560", None);
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
 /// Negative control: the last round drops the marks of the writes made
 /// during its copy (test hook: it write-protects everything again after
 /// the copy and a 300 ms wait, while the program runs). The final dump
@@ -548,7 +559,7 @@ fn precopy_brief_rounds_writer() {
 #[test]
 fn negative_precopy_brief_lost_writes() {
     let work = Work::new("precopy_brief_lost");
-    let p = brief_chain(&work, Some("300"));
+    let p = brief_chain(&work, "16384", Some("300"));
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     let out = finish(&work, &mut r, T);
     assert!(
@@ -728,4 +739,86 @@ fn precopy_dedup_pre_dump_mid_chain() {
     );
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// tp_precopy `--advise`: a pre-dump, a second one that must use its
+/// pre-read of smaps (nothing changed meanwhile), then the final dump with
+/// the test hook that has the program apply MADV_DONTFORK to a whole
+/// mapping between the pre-read and the freeze. `trust` is the negative
+/// control's hook: the pre-read is used whatever ran meanwhile.
+fn preread_chain(work: &Work, trust: bool) -> Proc {
+    let mut p = start(
+        work,
+        Program::Bin("tp_precopy"),
+        &["--pages", "1024", "--advise"],
+    );
+    step_ok(work, wait_ready(work, &mut p, T));
+    pre_dump(work, p.pid, "pre1", &[]);
+    let (ok, err) = pre_dump_env(work, p.pid, "pre2", &["--prev-images-dir", "../pre1"], &[]);
+    assert!(ok, "pre-dump pre2: {err}");
+    let log = fs::read_to_string(work.path("pre2").join("pre.log")).unwrap_or_default();
+    assert!(
+        log.contains("taken from the pre-read"),
+        "pre2 did not use its pre-read:\n{log}"
+    );
+    let mut env = vec![("STASIS_TEST_PREREAD_SIGNAL", "300")];
+    if trust {
+        env.push(("STASIS_TEST_PREREAD_TRUST", "1"));
+    }
+    let img = work.img();
+    let pid = p.pid.to_string();
+    let args = [
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        img.to_str().expect("utf-8"),
+        "--prev-images-dir",
+        "../pre2",
+        "--track-mem",
+        "-o",
+        "dump.log",
+        "-v4",
+    ];
+    let (ok, err) = stasis_env(&args, &env);
+    if !ok {
+        fail(work, format!("final dump failed: {err}"));
+    }
+    check_gone(work, &mut p);
+    let log = fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+    assert!(log.contains("before the freeze"), "no pre-read:\n{log}");
+    assert_eq!(
+        log.contains("system call(s) that may change mappings ran meanwhile"),
+        !trust,
+        "{log}"
+    );
+    p
+}
+
+/// A mapping's flags changed between the final dump's pre-read of smaps
+/// and its freeze (madvise on the whole mapping: the layout is the same)
+/// are seen: the counted system call makes the dump read smaps again
+/// while frozen, and the program finds its mapping still MADV_DONTFORK.
+#[test]
+fn precopy_preread_sees_advice() {
+    let work = Work::new("precopy_preread");
+    let p = preread_chain(&work, false);
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// Negative control: the pre-read is trusted although the program applied
+/// MADV_DONTFORK after it (test hook STASIS_TEST_PREREAD_TRUST): the
+/// restored mapping lacks the advice and the program must FAIL.
+#[test]
+fn negative_precopy_preread_trusted() {
+    let work = Work::new("precopy_preread_trusted");
+    let p = preread_chain(&work, true);
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    let out = finish(&work, &mut r, T);
+    assert!(
+        out.result.starts_with("FAIL") && out.result.contains("MADV_DONTFORK"),
+        "a stale pre-read went unnoticed: {:?}",
+        out.result
+    );
 }

@@ -22,6 +22,13 @@
 //!   (mremap MREMAP_FIXED) and rewrite its first page, map a new area `B`
 //!   and fill it.
 //!
+//! With `--advise`: an area `E` of 16 pages between two PROT_NONE pages
+//! (a mapping of its own); on SIGUSR1 a handler applies MADV_DONTFORK to
+//! the whole of `E` (its VmFlags change, its extent does not). After go,
+//! the signal must have arrived and `E` must be `dc` in /proc/self/smaps
+//! (the dump sends the signal between its pre-read of smaps and the
+//! freeze: STASIS_TEST_PREREAD_SIGNAL).
+//!
 //! With `--fork`: a child forked before the first pre-dump rewrites every
 //! 4th page of its own area at step 1 and exits at step 2; a second child
 //! is forked at step 2 (after every pre-dump). Each child checks its own
@@ -31,6 +38,7 @@
 //! address) and the hot area, and that `C` is unmapped.
 
 use stasis_tests::{Mapping, Proto, Report};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const HOT_PAGES: usize = 16;
 const C_PAGES: usize = 256;
@@ -187,6 +195,64 @@ fn wait_child(pid: i32) -> i32 {
     st
 }
 
+const E_PAGES: usize = 16;
+static E_ADDR: AtomicUsize = AtomicUsize::new(0);
+static ADVISED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    let pg = 4096;
+    let addr = E_ADDR.load(Ordering::SeqCst);
+    // SAFETY: advice on our own area E (async-signal-safe system call).
+    if unsafe { libc::madvise(addr as *mut libc::c_void, E_PAGES * pg, libc::MADV_DONTFORK) } == 0 {
+        ADVISED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Area E between two PROT_NONE pages, and the SIGUSR1 handler.
+fn advise_setup(pg: usize) -> Mapping {
+    let m = Mapping::new(
+        (E_PAGES + 2) * pg,
+        libc::PROT_NONE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    );
+    // SAFETY: the middle of our own reservation.
+    let e = unsafe { m.addr.add(pg) };
+    // SAFETY: likewise.
+    if unsafe { libc::mprotect(e.cast(), E_PAGES * pg, libc::PROT_READ | libc::PROT_WRITE) } != 0 {
+        stasis_tests::fatal("mprotect E");
+    }
+    E_ADDR.store(e as usize, Ordering::SeqCst);
+    // SAFETY: a plain handler for SIGUSR1; the struct is zeroed then filled.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) != 0 {
+            stasis_tests::fatal("sigaction SIGUSR1");
+        }
+    }
+    m
+}
+
+/// Checks that E was advised and is `dc` in smaps.
+fn advise_verify(report: &mut Report) {
+    report.check(ADVISED.load(Ordering::SeqCst), || {
+        "SIGUSR1 never arrived (E not advised)".into()
+    });
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let head = format!("{:x}-", E_ADDR.load(Ordering::SeqCst));
+    let flags = smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .find(|l| l.starts_with("VmFlags:"))
+        .unwrap_or("");
+    report.check(flags.split_whitespace().any(|f| f == "dc"), || {
+        format!("area E lost MADV_DONTFORK: {flags:?}")
+    });
+}
+
 fn no_huge(m: &Mapping) {
     // SAFETY: advice on our own mapping.
     if unsafe { libc::madvise(m.addr.cast(), m.len, libc::MADV_NOHUGEPAGE) } != 0 {
@@ -235,6 +301,8 @@ fn main() {
     for p in 0..hot_pages {
         fill(&hot.m, 3, p, 0, pg);
     }
+    let advise = args.flag("advise");
+    let _e = advise.then(|| advise_setup(pg));
     let mut b: Option<Mapping> = None;
     let mut done = 0u64;
     let forks = args.flag("fork");
@@ -348,6 +416,9 @@ fn main() {
         });
     }
     hot.verify(pg, &mut report);
+    if advise {
+        advise_verify(&mut report);
+    }
     if let Some(c) = second {
         let st = wait_child(c);
         report.check(st == 0, || {
