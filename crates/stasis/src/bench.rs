@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// image, and 16 GiB of free memory besides: not for tmpfs.
     #[arg(long)]
     scale: bool,
+    /// Debug log of the dumps and restores (with the time and ptrace
+    /// round trips of each restore stage, per process) appended to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) log_file: Option<PathBuf>,
 }
 
 struct Case {

@@ -116,6 +116,9 @@ pub(crate) fn open_fds() -> usize {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Bench(args) => {
+            if let Some(f) = &args.log_file {
+                logger::init(Some(f), Some(3))?;
+            }
             bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
