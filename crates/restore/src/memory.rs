@@ -590,7 +590,10 @@ fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds, temp: Option<u64>)
 fn apart_temp(mm: &MmState, svc: &ServiceFds, stub: u64, len: u64) -> Option<u64> {
     let guard = 16 * PAGE_SIZE;
     let free = |at: u64| -> Option<u64> {
-        let (lo, hi) = (at.checked_sub(guard)?, at.checked_add(len)?.checked_add(guard)?);
+        let (lo, hi) = (
+            at.checked_sub(guard)?,
+            at.checked_add(len)?.checked_add(guard)?,
+        );
         let hits = |s: u64, e: u64| s < hi && lo < e;
         let busy = lo < 1 << 32
             || hi > stasis_image::USER_SPACE_END

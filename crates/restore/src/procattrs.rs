@@ -273,11 +273,7 @@ fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Resu
 }
 
 /// io_flusher and timer slack, set by each thread itself.
-fn per_thread(
-    all: &mut [&mut RemoteThread],
-    a: &ProcAttrs,
-    pid: u32,
-) -> Result<[Option<u32>; 3]> {
+fn per_thread(all: &mut [&mut RemoteThread], a: &ProcAttrs, pid: u32) -> Result<[Option<u32>; 3]> {
     let st = Stage::Attributes;
     // What every thread inherited from the leader, asked in one round
     // trip with the leader's queued calls: its timer slack, then its three
@@ -286,9 +282,11 @@ fn per_thread(
         libc::SYS_prctl,
         &[libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
     )];
-    asked.extend((0u64..3).map(|which| {
-        BatchCall::new(libc::SYS_prctl, &[PR_GET_SPECULATION_CTRL, which, 0, 0, 0])
-    }));
+    asked.extend(
+        (0u64..3).map(|which| {
+            BatchCall::new(libc::SYS_prctl, &[PR_GET_SPECULATION_CTRL, which, 0, 0, 0])
+        }),
+    );
     let got = all[0].queries(&asked).at(pid, st)?;
     let inherited = match got.first() {
         Some(&v) if v >= 0 => v as u64,

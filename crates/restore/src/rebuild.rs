@@ -207,6 +207,9 @@ impl Prof {
     }
 
     pub(crate) fn log(&self, pid: u32, what: &str) {
-        log::debug!("pid {pid}: {what} (us/round trips): {}", self.parts.join(", "));
+        log::debug!(
+            "pid {pid}: {what} (us/round trips): {}",
+            self.parts.join(", ")
+        );
     }
 }

@@ -251,7 +251,12 @@ pub(crate) fn restore_tree(
     //    first and runs at once (rebuild::start), then each is waited for.
     let mut started = Vec::with_capacity(procs.len());
     for (k, r) in remotes.iter_mut().enumerate() {
-        started.push(Some(rebuild::start(&procs[k], r, &tree.svcs[k].0, tree.stub)?));
+        started.push(Some(rebuild::start(
+            &procs[k],
+            r,
+            &tree.svcs[k].0,
+            tree.stub,
+        )?));
     }
     for r in &mut remotes {
         crate::memory::tear_down_end(r)?;

@@ -93,9 +93,8 @@ pub const SINGLE_OFF: u64 = 28;
 /// here with PTRACE_CONT and costs one ptrace stop (the trap) instead of
 /// two (syscall entry and exit) for stepping through [`STUB`].
 pub const SINGLE: [u8; 3] = [0x0f, 0x05, 0xcc];
-const _: () = assert!(
-    AMX_WARMUP_OFF + 12 <= SINGLE_OFF && SINGLE_OFF + SINGLE.len() as u64 <= BATCH_OFF
-);
+const _: () =
+    assert!(AMX_WARMUP_OFF + 12 <= SINGLE_OFF && SINGLE_OFF + SINGLE.len() as u64 <= BATCH_OFF);
 /// Offset of [`BATCH_LOOP`] in [`RESTORE_STUB`].
 pub const BATCH_OFF: u64 = 32;
 
@@ -629,7 +628,9 @@ impl RemoteThread {
     /// fetches another instruction from there.
     fn may_touch_stub(&self, nr: libc::c_long, args: &[u64]) -> bool {
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        let hits = |start: u64, len: u64| start < self.stub + 4096 && self.stub < start.saturating_add(len);
+        let hits = |start: u64, len: u64| {
+            start < self.stub + 4096 && self.stub < start.saturating_add(len)
+        };
         match nr {
             libc::SYS_munmap
             | libc::SYS_mmap
