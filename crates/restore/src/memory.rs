@@ -150,21 +150,64 @@ pub(crate) fn tear_down_end(r: &mut RemoteThread) -> Result<()> {
     r.flush_end().at(pid, Stage::Memory)
 }
 
-/// The memory of a process whose tear-down is done ([`tear_down_end`]).
+/// What [`map_start`] mapped: which VMAs come from copy-on-write
+/// objects, which were mapped writable for their pages.
+pub(crate) struct Mapped {
+    from_cow: Vec<bool>,
+    has_pages: Vec<bool>,
+}
+
+/// Starts the mapping of every area (the vDSO moves, then `map_all`) once
+/// the tear-down is done, without waiting: the tree's processes map at
+/// once when no mapping's order across processes matters (see
+/// `tree.rs`); [`map_end`] waits.
+pub(crate) fn map_start(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    svc: &ServiceFds,
+    stub: u64,
+    child_special: &ChildSpecial,
+) -> Result<Mapped> {
+    let pid = r.tid().0 as u32;
+    move_vdso(r, mm, child_special, stub)?;
+    let from_cow = from_cow(mm, svc);
+    let has_pages = map_all(r, mm, svc, &from_cow, stub)?;
+    r.flush_start().at(pid, Stage::Memory)?;
+    Ok(Mapped {
+        from_cow,
+        has_pages,
+    })
+}
+
+/// Waits for the mappings [`map_start`] started.
+pub(crate) fn map_end(r: &mut RemoteThread) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    r.flush_end().at(pid, Stage::Memory)
+}
+
+/// The memory of a process whose tear-down is done ([`tear_down_end`]),
+/// and whose areas are mapped when `mapped` says so (else mapped here).
 pub(crate) fn rebuild(
     r: &mut RemoteThread,
     mm: &MmState,
     svc: &ServiceFds,
     stub: u64,
     spread: Option<&[usize]>,
-    child_special: &ChildSpecial,
+    (child_special, mapped): (&ChildSpecial, Option<Mapped>),
 ) -> Result<()> {
     let pid = r.tid().0 as u32;
     let mut prof = crate::rebuild::Prof::new();
-    move_vdso(r, mm, child_special, stub)?;
-    prof.mark("vdso");
-    let from_cow = from_cow(mm, svc);
-    let has_pages = map_all(r, mm, svc, &from_cow, stub)?;
+    let Mapped {
+        from_cow,
+        has_pages,
+    } = match mapped {
+        Some(m) => m,
+        None => {
+            let m = map_start(r, mm, svc, stub, child_special)?;
+            map_end(r)?;
+            m
+        }
+    };
     prof.mark("map_all");
     // Lazy restore: the lazy areas go to the lazy-pages daemon before
     // anything touches them (lazy.rs); only the other pages are filled.
@@ -337,7 +380,7 @@ fn map_all(
             .at(pid, st)?;
         }
     }
-    r.flush().at(pid, st)?;
+    // Queued: the caller starts them (map_start).
     Ok(has_pages)
 }
 

@@ -15,6 +15,21 @@ use stasis_sys::{ptrace, util, Pid};
 pub(crate) struct Started {
     xsaves: Vec<Vec<u8>>,
     special: memory::ChildSpecial,
+    /// Set by [`map_start`].
+    mapped: Option<memory::Mapped>,
+}
+
+/// Starts mapping the process's areas once its tear-down is done, without
+/// waiting (`memory::map_start`); `memory::map_end` waits.
+pub(crate) fn map_start(
+    img: &ProcessImage,
+    r: &mut RemoteThread,
+    svc: &ServiceFds,
+    stub: u64,
+    started: &mut Started,
+) -> Result<()> {
+    started.mapped = Some(memory::map_start(r, &img.mm, svc, stub, &started.special)?);
+    Ok(())
 }
 
 /// The first stages of a process, up to its tear-down, which is started
@@ -33,7 +48,11 @@ pub(crate) fn start(
     // (queued: they run first in the tear-down's batch).
     crate::procattrs::before_memory(r, img)?;
     let special = memory::tear_down_start(r, svc, stub)?;
-    Ok(Started { xsaves, special })
+    Ok(Started {
+        xsaves,
+        special,
+        mapped: None,
+    })
 }
 
 /// The stages for one process, in order, once [`start`] and
@@ -49,13 +68,24 @@ pub(crate) fn rebuild(
 ) -> Result<Vec<Pid>> {
     let pid = img.pid;
     let mut prof = Prof::new();
-    let Started { xsaves, special } = started;
+    let Started {
+        xsaves,
+        special,
+        mapped,
+    } = started;
     // Remote syscalls are cheapest with both on one CPU (best effort).
     let pin = util::CpuPin::new(r.tid()).ok();
     let spread = pin.as_ref().map(|p| p.original().to_vec());
     // Memory first: it replaces the restorer's copy, and PR_SET_MM_MAP
     // needs the final layout.
-    memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref(), &special)?;
+    memory::rebuild(
+        &mut r,
+        &img.mm,
+        svc,
+        stub,
+        spread.as_deref(),
+        (&special, mapped),
+    )?;
     prof.mark("memory");
     crate::sysvipc::touch(&mut r, &svc.sysv_touch)?;
     fault_point(pid, Stage::Memory)?;

@@ -215,6 +215,8 @@ pub(crate) fn create_all(
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;
         thread_attributes(&mut tr, pid, t)?;
+        // One thread at a time: the threads of a process share the stub
+        // area, where each batch's records and data are.
         tr.flush().at(pid, Stage::Attributes)?;
         threads.push(tr);
     }

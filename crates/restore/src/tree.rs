@@ -7,7 +7,7 @@ use crate::kinds::{self, Opened, ProcFiles};
 use crate::memory::{ServiceFds, STUB_LEN};
 use crate::shared::SharedObjects;
 use crate::{fault_point, pids, rebuild, At, RestoreError, Result, Stage};
-use stasis_image::{ProcessImage, Zombie};
+use stasis_image::{ProcessImage, VmaKind, Zombie};
 use stasis_sys::ptrace;
 use stasis_sys::remote::{restart_fixed, RemoteThread};
 use stasis_sys::spawn::{self, FdPlan};
@@ -260,6 +260,24 @@ pub(crate) fn restore_tree(
     }
     for r in &mut remotes {
         crate::memory::tear_down_end(r)?;
+    }
+    //    Then every process's mappings, at once too, unless a SysV segment
+    //    is attached (the order of attachments across processes is part of
+    //    what is restored: sysvipc::PidPlan).
+    let sysv_attached = procs.iter().any(|p| {
+        p.mm.vmas
+            .iter()
+            .any(|v| matches!(v.kind, VmaKind::SysvShm { .. }))
+    });
+    if !sysv_attached {
+        for (k, (r, s)) in remotes.iter_mut().zip(&mut started).enumerate() {
+            if let Some(s) = s {
+                rebuild::map_start(&procs[k], r, &tree.svcs[k].0, tree.stub, s)?;
+            }
+        }
+        for r in &mut remotes {
+            crate::memory::map_end(r)?;
+        }
     }
     let mut remotes: Vec<Option<RemoteThread>> = remotes.into_iter().map(Some).collect();
     let mut built: Vec<Vec<Pid>> = vec![Vec::new(); procs.len()];

@@ -715,7 +715,9 @@ impl RemoteThread {
     /// starts other processes' batches; [`Self::flush_end`] waits and
     /// reports as [`Self::flush`] does. False: nothing was started (no
     /// calls, or too many: then `flush_end` runs them all). Nothing else
-    /// may be done with this thread in between.
+    /// may be done with this thread in between, nor with another thread
+    /// whose scratch area is the same memory (the threads of one process:
+    /// they would overwrite each other's records).
     pub fn flush_start(&mut self) -> Result<bool> {
         if self.heal.is_some() || self.queued.is_empty() || self.queued.len() > BATCH_MAX {
             return Ok(false);
