@@ -261,6 +261,7 @@ pub(crate) fn restore_tree(
     for r in &mut remotes {
         crate::memory::tear_down_end(r)?;
     }
+    prof.mark("tear-down all");
     //    Then every process's mappings, at once too, unless a SysV segment
     //    is attached (the order of attachments across processes is part of
     //    what is restored: sysvipc::PidPlan).
@@ -279,6 +280,7 @@ pub(crate) fn restore_tree(
             crate::memory::map_end(r)?;
         }
     }
+    prof.mark("map all");
     let mut remotes: Vec<Option<RemoteThread>> = remotes.into_iter().map(Some).collect();
     let mut built: Vec<Vec<Pid>> = vec![Vec::new(); procs.len()];
     for k in order {
