@@ -368,6 +368,34 @@ impl ImageDir {
         self.load_all_with(true)
     }
 
+    /// `load(r)` for every process of the inventory, on two threads when
+    /// there is more than one; results in the inventory's order.
+    fn load_each<T: Send>(refs: &[ProcessRef], load: impl Fn(&ProcessRef) -> T + Sync) -> Vec<T> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<T>>> = refs.iter().map(|_| Mutex::new(None)).collect();
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(r) = refs.get(i) else { break };
+            let got = load(r);
+            if let Ok(mut s) = slots[i].lock() {
+                *s = Some(got);
+            }
+        };
+        std::thread::scope(|s| {
+            if refs.len() > 1 {
+                s.spawn(work);
+            }
+            work();
+        });
+        slots
+            .into_iter()
+            .zip(refs)
+            .map(|(m, r)| m.into_inner().ok().flatten().unwrap_or_else(|| load(r)))
+            .collect()
+    }
+
     /// [`Self::load_all`] without reading the page data (`verify_pages`
     /// false): for a lazy restore, whose daemon serves the pages and checks
     /// them on its side.
@@ -377,8 +405,26 @@ impl ImageDir {
         let mut processes = Vec::with_capacity(inventory.processes.len().min(1024));
         let mut seen_pids = HashSet::new();
         let mut tids = HashSet::new();
-        for r in &inventory.processes {
-            let img = self.load_process(r)?;
+        let ipc_end = |r: &ProcessRef| match &inventory.ipc {
+            Some(ipc) if r.pid == inventory.root_pid => ipc.payload_end(),
+            _ => 0,
+        };
+        // Every process's file loaded, and its pages verified, on two
+        // threads (a tree's processes are independent); the results are
+        // then checked in inventory order, as one after another would be,
+        // so the first error is the same.
+        let loaded = Self::load_each(&inventory.processes, |r| {
+            self.load_process(r).map(|img| {
+                let pages = if verify_pages {
+                    self.verify_pages_with(r, &img, ipc_end(r))
+                } else {
+                    Ok(())
+                };
+                (img, pages)
+            })
+        });
+        for (r, got) in inventory.processes.iter().zip(loaded) {
+            let (img, pages) = got?;
             let core = self.dir.join(&r.core_file);
             if r.pid != inventory.root_pid && !seen_pids.contains(&img.ppid) {
                 return Err(ImageError::invalid(
@@ -400,13 +446,7 @@ impl ImageDir {
                 }
             }
             seen_pids.insert(r.pid);
-            let ipc_end = match &inventory.ipc {
-                Some(ipc) if r.pid == inventory.root_pid => ipc.payload_end(),
-                _ => 0,
-            };
-            if verify_pages {
-                self.verify_pages_with(r, &img, ipc_end)?;
-            }
+            pages?;
             processes.push(img);
         }
         validate_saved_refs(&inv_path, &processes)?;

@@ -36,10 +36,16 @@ pub(crate) fn all_threads(
 ) -> Result<()> {
     // In the tree's own user namespace the ids are the namespace's.
     let same = !crate::userns::other_than_ours(leader.tid().0 as u32) && creds_inherited(img);
-    for tr in others {
+    // One thread at a time: the threads of a process share the stub
+    // area, where each batch's records and data are.
+    for tr in others.iter_mut() {
         creds(tr, img, same, false)?;
+        tr.flush().at(img.pid, Stage::Creds)?;
     }
-    creds(leader, img, same, true)
+    creds(leader, img, same, true)?;
+    // The leader's credential calls in one round trip.
+    leader.flush().at(img.pid, Stage::Creds)?;
+    Ok(())
 }
 
 /// Credentials, in the order the kernel allows: bounding set and
@@ -67,8 +73,7 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage, inherited: bool, leader: bool
         "prctl(PR_SET_PDEATHSIG)",
     )
     .at(pid, st)?;
-    // This thread's credential calls in one round trip.
-    r.flush().at(pid, st)?;
+    // Queued: the caller runs this thread's calls in one round trip.
     Ok(())
 }
 

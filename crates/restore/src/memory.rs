@@ -124,27 +124,102 @@ pub(crate) struct ServiceFds {
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
 /// the restorer's helper thread may use.
+/// The special mappings (vDSO trio) a forked process has: what
+/// [`tear_down_start`] leaves of the restorer's layout.
+pub(crate) type ChildSpecial = Vec<(VmaKind, u64, u64)>;
+
+/// Starts the tear-down of what the fork inherited (rseq unregistered
+/// first: its area is about to go), with the calls queued before, without
+/// waiting: the tree's processes tear down at once, each on whichever CPU
+/// is free, and [`tear_down_end`] waits for each.
+pub(crate) fn tear_down_start(
+    r: &mut RemoteThread,
+    svc: &ServiceFds,
+    stub: u64,
+) -> Result<ChildSpecial> {
+    let pid = r.tid().0 as u32;
+    unregister_rseq(r, pid)?;
+    let child_special = tear_down(r, pid, svc, stub)?;
+    r.flush_start().at(pid, Stage::Memory)?;
+    Ok(child_special)
+}
+
+/// Waits for the tear-down [`tear_down_start`] started.
+pub(crate) fn tear_down_end(r: &mut RemoteThread) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    r.flush_end().at(pid, Stage::Memory)
+}
+
+/// What [`map_start`] mapped: which VMAs come from copy-on-write
+/// objects, which were mapped writable for their pages.
+pub(crate) struct Mapped {
+    from_cow: Vec<bool>,
+    has_pages: Vec<bool>,
+}
+
+/// Starts the mapping of every area (the vDSO moves, then `map_all`) once
+/// the tear-down is done, without waiting: the tree's processes map at
+/// once when no mapping's order across processes matters (see
+/// `tree.rs`); [`map_end`] waits.
+pub(crate) fn map_start(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    svc: &ServiceFds,
+    stub: u64,
+    child_special: &ChildSpecial,
+) -> Result<Mapped> {
+    let pid = r.tid().0 as u32;
+    move_vdso(r, mm, child_special, stub)?;
+    let from_cow = from_cow(mm, svc);
+    let has_pages = map_all(r, mm, svc, &from_cow, stub)?;
+    r.flush_start().at(pid, Stage::Memory)?;
+    Ok(Mapped {
+        from_cow,
+        has_pages,
+    })
+}
+
+/// Waits for the mappings [`map_start`] started.
+pub(crate) fn map_end(r: &mut RemoteThread) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    r.flush_end().at(pid, Stage::Memory)
+}
+
+/// The memory of a process whose tear-down is done ([`tear_down_end`]),
+/// and whose areas are mapped when `mapped` says so (else mapped here).
 pub(crate) fn rebuild(
     r: &mut RemoteThread,
     mm: &MmState,
     svc: &ServiceFds,
     stub: u64,
     spread: Option<&[usize]>,
+    (child_special, mapped): (&ChildSpecial, Option<Mapped>),
 ) -> Result<()> {
     let pid = r.tid().0 as u32;
-    // rseq first: its area is in memory about to go.
-    unregister_rseq(r, pid)?;
-    let child_special = tear_down(r, pid, svc, stub)?;
-    move_vdso(r, mm, &child_special, stub)?;
-    let from_cow = from_cow(mm, svc);
-    let has_pages = map_all(r, mm, svc, &from_cow)?;
+    let mut prof = crate::rebuild::Prof::new();
+    let Mapped {
+        from_cow,
+        has_pages,
+    } = match mapped {
+        Some(m) => m,
+        None => {
+            let m = map_start(r, mm, svc, stub, child_special)?;
+            map_end(r)?;
+            m
+        }
+    };
+    prof.mark("map_all");
     // Lazy restore: the lazy areas go to the lazy-pages daemon before
     // anything touches them (lazy.rs); only the other pages are filled.
     let lazy = crate::lazy::register(r, svc.image_pid)?;
     fill(r, mm, svc, &from_cow, spread, &lazy)?;
+    prof.mark("fill");
     // Protections and advice after the fill: the pages went in writable.
     finish_vmas(r, mm, &has_pages)?;
+    prof.mark("finish_vmas");
     set_mm(r, mm, svc.exe)?;
+    prof.mark("set_mm");
+    prof.log(pid, "memory");
     Ok(())
 }
 
@@ -164,8 +239,9 @@ fn unregister_rseq(r: &mut RemoteThread, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Tears down everything the fork inherited but the stub area, the shared
-/// objects and the vDSO trio; returns the special mappings the child has.
+/// Queues the tear-down of everything the fork inherited but the stub
+/// area, the shared objects and the vDSO trio; returns the special
+/// mappings the child has.
 fn tear_down(
     r: &mut RemoteThread,
     pid: u32,
@@ -215,7 +291,6 @@ fn tear_down(
         )
         .at(pid, st)?;
     }
-    r.flush().at(pid, st)?;
     Ok(child_special)
 }
 
@@ -247,6 +322,7 @@ fn map_all(
     mm: &MmState,
     svc: &ServiceFds,
     from_cow: &[bool],
+    stub: u64,
 ) -> Result<Vec<bool>> {
     let pid = r.tid().0 as u32;
     let st = Stage::Memory;
@@ -288,10 +364,10 @@ fn map_all(
             continue;
         }
         if apart[i] {
-            map_apart(r, v, svc)?;
+            map_apart(r, v, svc, apart_temp(mm, svc, stub, v.end - v.start))?;
             has_pages[i] = true; // mapped writable: the saved protection is applied below
         } else {
-            map_vma(r, v, has_pages[i], svc, v.start)?;
+            map_vma(r, v, has_pages[i], svc, v.start, false)?;
         }
         // Before the pages arrive, so that they arrive as huge pages where
         // the process had asked for them.
@@ -304,7 +380,7 @@ fn map_all(
             .at(pid, st)?;
         }
     }
-    r.flush().at(pid, st)?;
+    // Queued: the caller starts them (map_start).
     Ok(has_pages)
 }
 
@@ -446,7 +522,7 @@ fn finish_vmas(r: &mut RemoteThread, mm: &MmState, has_pages: &[bool]) -> Result
         }
         crate::procattrs::vma(r, v)?;
     }
-    r.flush().at(pid, st)?;
+    // Flushed with set_mm's call.
     Ok(())
 }
 
@@ -506,13 +582,19 @@ fn keep_apart(vmas: &[Vma], from_cow: &[bool]) -> Vec<bool> {
 /// Maps `v` writable away from its neighbours, gives it an anon_vma (one
 /// page written, then dropped again), and moves it into place: with an
 /// anon_vma of its own it cannot merge with a neighbour.
-fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
+///
+/// `temp`: a place free in both layouts (see [`apart_temp`]), where the
+/// temporary mapping is made without replacing anything, queued with the
+/// rest; without one the kernel picks the address (a round trip).
+fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds, temp: Option<u64>) -> Result<()> {
     let pid = r.tid().0 as u32;
     let st = Stage::Memory;
-    // The temporary mapping needs its address now; the rest is queued
-    // (and runs before any later call, so it is in place before the next
-    // temporary mapping is made).
-    let tmp = map_vma(r, v, true, svc, 0)?;
+    // The rest is queued (and runs before any later call, so it is in
+    // place before the next temporary mapping is made).
+    let tmp = match temp {
+        Some(at) => map_vma(r, v, true, svc, at, true)?,
+        None => map_vma(r, v, true, svc, 0, false)?,
+    };
     let len = v.end - v.start;
     let page = [tmp, PAGE_SIZE];
     r.queue(
@@ -542,11 +624,54 @@ fn map_apart(r: &mut RemoteThread, v: &Vma, svc: &ServiceFds) -> Result<()> {
     Ok(())
 }
 
+/// Where [`map_apart`] may make its temporary mapping of `len` bytes
+/// without a round trip: past the stub area (whose gap in the image's
+/// layout was chosen free), when that range and a guard on both sides is
+/// free in the image's layout and holds none of the objects the process
+/// inherited, so the temporary mapping has no neighbour whose anon_vma it
+/// could share. None: let the kernel pick.
+fn apart_temp(mm: &MmState, svc: &ServiceFds, stub: u64, len: u64) -> Option<u64> {
+    let guard = 16 * PAGE_SIZE;
+    let free = |at: u64| -> Option<u64> {
+        let (lo, hi) = (
+            at.checked_sub(guard)?,
+            at.checked_add(len)?.checked_add(guard)?,
+        );
+        let hits = |s: u64, e: u64| s < hi && lo < e;
+        let busy = lo < 1 << 32
+            || hi > stasis_image::USER_SPACE_END
+            || hits(stub, stub + STUB_LEN)
+            || mm.vmas.iter().any(|v| hits(v.start, v.end))
+            || svc
+                .shmem
+                .values()
+                .chain(svc.cow.values())
+                .any(|&(a, l)| hits(a, a + l));
+        (!busy).then_some(at)
+    };
+    // Just above the stub area, else in any gap of the image's layout.
+    let above = (stub + STUB_LEN + (1 << 20) + 0xffff) & !0xffff;
+    free(above).or_else(|| free_candidates(mm, len).into_iter().find_map(free))
+}
+
 /// Maps `v` at `at` (its own start, or 0 for any address the kernel picks);
 /// returns the address. `fill`: writable, for its pages to be copied in.
-fn map_vma(r: &mut RemoteThread, v: &Vma, fill: bool, svc: &ServiceFds, at: u64) -> Result<u64> {
+/// `noreplace`: at `at` without replacing anything (MAP_FIXED_NOREPLACE:
+/// the call fails instead).
+fn map_vma(
+    r: &mut RemoteThread,
+    v: &Vma,
+    fill: bool,
+    svc: &ServiceFds,
+    at: u64,
+    noreplace: bool,
+) -> Result<u64> {
     let pid = r.tid().0 as u32;
-    let fixed = if at != 0 { libc::MAP_FIXED } else { 0 };
+    let fixed = match (at, noreplace) {
+        (0, _) => 0,
+        (_, true) => libc::MAP_FIXED_NOREPLACE,
+        (_, false) => libc::MAP_FIXED,
+    };
     let mut flags = fixed
         | if v.shared {
             libc::MAP_SHARED
@@ -976,8 +1101,7 @@ fn move_vdso(
         )
         .at(pid, st)?;
     }
-    // Six moves, one round trip.
-    r.flush().at(pid, st)?;
+    // Six moves, queued: they run first in map_all's round trip.
     Ok(())
 }
 
@@ -1000,16 +1124,15 @@ fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
     ] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    let (scratch, _) = r.scratch();
-    let auxv_at = scratch + 104;
+    // Staged and queued: one round trip with the protections and advice
+    // of finish_vmas.
+    let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let auxv_at = r.stage(&auxv).at(pid, Stage::Memory)?;
     b.extend_from_slice(&auxv_at.to_le_bytes());
     b.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
     b.extend_from_slice(&exe_fd.to_le_bytes());
-    for w in &mm.auxv {
-        b.extend_from_slice(&w.to_le_bytes());
-    }
-    let at = r.write_scratch(0, &b).at(pid, Stage::Memory)?;
-    r.call(
+    let at = r.stage(&b).at(pid, Stage::Memory)?;
+    r.queue(
         libc::SYS_prctl,
         &[
             libc::PR_SET_MM as u64,
@@ -1021,6 +1144,7 @@ fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
         "prctl(PR_SET_MM_MAP)",
     )
     .at(pid, Stage::Memory)?;
+    r.flush().at(pid, Stage::Memory)?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@
 
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::{ProcAttrs, ProcessImage, Vma, VmaKind};
-use stasis_sys::remote::RemoteThread;
+use stasis_sys::remote::{BatchCall, RemoteThread};
 use stasis_sys::sched::{self, SchedAttr};
 use stasis_sys::Pid;
 
@@ -136,14 +136,15 @@ pub(crate) fn before_memory(r: &mut RemoteThread, img: &ProcessImage) -> Result<
         1 => (1, 0),
         _ => (1, 1 << 1),
     };
-    r.call(
+    // Queued: they run first in the tear-down's round trip.
+    r.queue(
         libc::SYS_prctl,
         &[libc::PR_SET_THP_DISABLE as u64, on, flags, 0, 0],
-        &format!("prctl(PR_SET_THP_DISABLE, {on}, {flags})"),
+        format!("prctl(PR_SET_THP_DISABLE, {on}, {flags})"),
     )
     .at(pid, st)?;
     if a.memory_merge {
-        r.call(
+        r.queue(
             libc::SYS_prctl,
             &[PR_SET_MEMORY_MERGE, 1, 0, 0, 0],
             "prctl(PR_SET_MEMORY_MERGE, 1)",
@@ -208,8 +209,8 @@ pub(crate) fn after_threads(
     let mut all: Vec<&mut RemoteThread> = Vec::with_capacity(threads.len() + 1);
     all.push(r);
     all.extend(threads.iter_mut());
-    per_thread(&mut all, a, pid)?;
-    speculation(&mut all, a, pid)
+    let current = per_thread(&mut all, a, pid)?;
+    speculation(&mut all, a, pid, current)
 }
 
 /// The process's own settings: subreaper, membarrier, KSM opt-outs,
@@ -219,8 +220,9 @@ fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Resu
     let pid = img.pid;
     let st = Stage::Attributes;
     loginuid(r, a, pid)?;
+    // Queued: one round trip with the queries of `per_thread`.
     if a.child_subreaper {
-        r.call(
+        r.queue(
             libc::SYS_prctl,
             &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
             "prctl(PR_SET_CHILD_SUBREAPER, 1)",
@@ -230,10 +232,10 @@ fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Resu
     for bit in 0..32 {
         let cmd = 1u64 << bit;
         if u64::from(a.membarrier) & cmd != 0 {
-            r.call(
+            r.queue(
                 libc::SYS_membarrier,
                 &[cmd, 0, 0],
-                &format!("membarrier(register {cmd:#x})"),
+                format!("membarrier(register {cmd:#x})"),
             )
             .at(pid, st)?;
         }
@@ -250,20 +252,20 @@ fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Resu
                     VmaKind::Anon | VmaKind::Heap | VmaKind::File { .. } | VmaKind::Saved { .. }
                 )
         }) {
-            r.call(
+            r.queue(
                 libc::SYS_madvise,
                 &[v.start, v.end - v.start, libc::MADV_UNMERGEABLE as u64],
-                &format!("madvise(unmergeable) {:#x}-{:#x}", v.start, v.end),
+                format!("madvise(unmergeable) {:#x}-{:#x}", v.start, v.end),
             )
             .at(pid, st)?;
         }
     }
     // After the last mapping the restore makes in this process.
     if a.mlockall != 0 {
-        r.call(
+        r.queue(
             libc::SYS_mlockall,
             &[u64::from(a.mlockall)],
-            &format!("mlockall({:#x})", a.mlockall),
+            format!("mlockall({:#x})", a.mlockall),
         )
         .at(pid, st)?;
     }
@@ -271,58 +273,76 @@ fn process_wide(r: &mut RemoteThread, a: &ProcAttrs, img: &ProcessImage) -> Resu
 }
 
 /// io_flusher and timer slack, set by each thread itself.
-fn per_thread(all: &mut [&mut RemoteThread], a: &ProcAttrs, pid: u32) -> Result<()> {
+fn per_thread(all: &mut [&mut RemoteThread], a: &ProcAttrs, pid: u32) -> Result<[Option<u32>; 3]> {
     let st = Stage::Attributes;
+    // What every thread inherited from the leader, asked in one round
+    // trip with the leader's queued calls: its timer slack, then its three
+    // speculation controls (see `speculation`).
+    let mut asked = vec![BatchCall::new(
+        libc::SYS_prctl,
+        &[libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
+    )];
+    asked.extend(
+        (0u64..3).map(|which| {
+            BatchCall::new(libc::SYS_prctl, &[PR_GET_SPECULATION_CTRL, which, 0, 0, 0])
+        }),
+    );
+    let got = all[0].queries(&asked).at(pid, st)?;
+    let inherited = match got.first() {
+        Some(&v) if v >= 0 => v as u64,
+        v => {
+            return Err(refused(
+                pid,
+                st,
+                format!("remote prctl(PR_GET_TIMERSLACK) failed: {v:?}"),
+            ))
+        }
+    };
+    let mut current = [None; 3];
+    for (c, &v) in current.iter_mut().zip(got.iter().skip(1)) {
+        *c = u32::try_from(v).ok();
+    }
+    // Queued: each thread's calls run with its credentials' round trip.
     for (t, ta) in all.iter_mut().zip(&a.threads) {
         if ta.io_flusher {
-            t.call(
-                libc::SYS_prctl,
-                &[PR_SET_IO_FLUSHER, 1, 0, 0, 0],
-                &format!("prctl(PR_SET_IO_FLUSHER) in thread {}", t.tid()),
-            )
-            .at(pid, st)?;
+            let what = format!("prctl(PR_SET_IO_FLUSHER) in thread {}", t.tid());
+            t.queue(libc::SYS_prctl, &[PR_SET_IO_FLUSHER, 1, 0, 0, 0], what)
+                .at(pid, st)?;
         }
     }
     // Timer slack, by each thread itself (from outside it needs
     // CAP_SYS_NICE). Every thread has the leader's so far. 0 is what
     // real-time threads have, and the policy set in `finish` gives it back
     // (PR_SET_TIMERSLACK 0 would mean "the default" instead).
-    let inherited = all[0]
-        .call(
-            libc::SYS_prctl,
-            &[libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0],
-            "prctl(PR_GET_TIMERSLACK)",
-        )
-        .at(pid, st)?;
     for (t, ta) in all.iter_mut().zip(&a.threads) {
         if ta.timer_slack_ns != 0 && ta.timer_slack_ns != inherited {
-            t.call(
+            let what = format!(
+                "prctl(PR_SET_TIMERSLACK, {}) in thread {}",
+                ta.timer_slack_ns,
+                t.tid()
+            );
+            t.queue(
                 libc::SYS_prctl,
                 &[libc::PR_SET_TIMERSLACK as u64, ta.timer_slack_ns, 0, 0, 0],
-                &format!(
-                    "prctl(PR_SET_TIMERSLACK, {}) in thread {}",
-                    ta.timer_slack_ns,
-                    t.tid()
-                ),
+                what,
             )
             .at(pid, st)?;
         }
     }
-    Ok(())
+    Ok(current)
 }
 
-/// Speculation controls of every thread.
-fn speculation(all: &mut [&mut RemoteThread], a: &ProcAttrs, pid: u32) -> Result<()> {
+/// Speculation controls of every thread; `current`: the leader's, which
+/// every thread inherited.
+fn speculation(
+    all: &mut [&mut RemoteThread],
+    a: &ProcAttrs,
+    pid: u32,
+    current: [Option<u32>; 3],
+) -> Result<()> {
     let st = Stage::Attributes;
     // Speculation controls last: force-disable cannot be undone. Every
     // thread was created by the leader, so all have the leader's values.
-    let mut current = [None; 3];
-    for (c, which) in current.iter_mut().zip(0u64..) {
-        let v = all[0]
-            .syscall(libc::SYS_prctl, &[PR_GET_SPECULATION_CTRL, which, 0, 0, 0])
-            .at(pid, st)?;
-        *c = u32::try_from(v).ok();
-    }
     for (t, ta) in all.iter_mut().zip(&a.threads) {
         for (which, (&want, &have)) in ta.spec.iter().zip(&current).enumerate() {
             if want == have {

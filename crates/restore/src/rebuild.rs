@@ -11,28 +11,82 @@ use stasis_image::ProcessImage;
 use stasis_sys::remote::{restart_fixed, RemoteThread};
 use stasis_sys::{ptrace, util, Pid};
 
-/// The stages for one process, in order. Returns its tids, leader first.
-pub(crate) fn rebuild(
+/// What [`start`] did for a process, for [`rebuild`].
+pub(crate) struct Started {
+    xsaves: Vec<Vec<u8>>,
+    special: memory::ChildSpecial,
+    /// Set by [`map_start`].
+    mapped: Option<memory::Mapped>,
+}
+
+/// Starts mapping the process's areas once its tear-down is done, without
+/// waiting (`memory::map_start`); `memory::map_end` waits.
+pub(crate) fn map_start(
     img: &ProcessImage,
-    mut r: RemoteThread,
+    r: &mut RemoteThread,
     svc: &ServiceFds,
-    ready_fd: i32,
     stub: u64,
-    guard: &mut TreeGuard,
-    k: usize,
-) -> Result<Vec<Pid>> {
-    let pid = img.pid;
-    // Remote syscalls are cheapest with both on one CPU (best effort).
-    let pin = util::CpuPin::new(r.tid()).ok();
-    let spread = pin.as_ref().map(|p| p.original().to_vec());
+    started: &mut Started,
+) -> Result<()> {
+    started.mapped = Some(memory::map_start(r, &img.mm, svc, stub, &started.special)?);
+    Ok(())
+}
+
+/// The first stages of a process, up to its tear-down, which is started
+/// but not waited for (see `memory::tear_down_start`): the tree's
+/// processes are all started before any is waited for.
+pub(crate) fn start(
+    img: &ProcessImage,
+    r: &mut RemoteThread,
+    svc: &ServiceFds,
+    stub: u64,
+) -> Result<Started> {
     // Refused before the address space is touched if this CPU cannot hold
     // the saved register state.
     let xsaves = xstate::fit(img, r.tid())?;
-    // THP and KSM modes before memory: they decide how it is populated.
-    crate::procattrs::before_memory(&mut r, img)?;
+    // THP and KSM modes before memory: they decide how it is populated
+    // (queued: they run first in the tear-down's batch).
+    crate::procattrs::before_memory(r, img)?;
+    let special = memory::tear_down_start(r, svc, stub)?;
+    Ok(Started {
+        xsaves,
+        special,
+        mapped: None,
+    })
+}
+
+/// The stages for one process, in order, once [`start`] and
+/// `memory::tear_down_end` are done. Returns its tids, leader first.
+pub(crate) fn rebuild(
+    img: &ProcessImage,
+    mut r: RemoteThread,
+    (svc, ready_fd): (&ServiceFds, i32),
+    stub: u64,
+    guard: &mut TreeGuard,
+    k: usize,
+    started: Started,
+) -> Result<Vec<Pid>> {
+    let pid = img.pid;
+    let mut prof = Prof::new();
+    let Started {
+        xsaves,
+        special,
+        mapped,
+    } = started;
+    // Remote syscalls are cheapest with both on one CPU (best effort).
+    let pin = util::CpuPin::new(r.tid()).ok();
+    let spread = pin.as_ref().map(|p| p.original().to_vec());
     // Memory first: it replaces the restorer's copy, and PR_SET_MM_MAP
     // needs the final layout.
-    memory::rebuild(&mut r, &img.mm, svc, stub, spread.as_deref())?;
+    memory::rebuild(
+        &mut r,
+        &img.mm,
+        svc,
+        stub,
+        spread.as_deref(),
+        (&special, mapped),
+    )?;
+    prof.mark("memory");
     crate::sysvipc::touch(&mut r, &svc.sysv_touch)?;
     fault_point(pid, Stage::Memory)?;
     attributes::attributes(&mut r, img)?;
@@ -42,10 +96,12 @@ pub(crate) fn rebuild(
     }
     // A deleted working directory has no name: entered by descriptor.
     kinds::saved::fchdir(&mut r, img, svc)?;
+    prof.mark("attributes");
     // AMX permission before threads and altstacks (see xstate::permit).
     xstate::permit(&mut r, img)?;
     threads::thread_attributes(&mut r, pid, &img.threads[0])?;
     let mut others = threads::create_all(&mut r, img, stub, guard, k)?;
+    prof.mark("threads");
     // Live tiles need one tile instruction per thread, through the stub.
     xstate::warm(&mut r, pid, &xsaves[0])?;
     for (tr, area) in others.iter_mut().zip(&xsaves[1..]) {
@@ -58,20 +114,26 @@ pub(crate) fn rebuild(
     kinds::reopen_late(&mut r, img)?;
     // Registrations name descriptor numbers, known only in the process.
     kinds::epoll::add_targets(&mut r, img)?;
+    prof.mark("timers+late");
     // Per-thread settings once every thread exists.
     crate::procattrs::after_threads(&mut r, &mut others, img)?;
+    prof.mark("after_threads");
     fault_point(pid, Stage::Attributes)?;
     // Seccomp filters before the credentials (installing one needs
     // CAP_SYS_ADMIN or no_new_privs); suspended for our remote calls until
     // the tree is detached.
     crate::seccomp::install(&mut r, &others, img)?;
+    prof.mark("seccomp");
     // Credentials last but one: they may take away what the steps before need.
     creds::all_threads(&mut r, &mut others, img)?;
+    prof.mark("creds");
     fault_point(pid, Stage::Creds)?;
     drop_service(&mut r, img, svc, ready_fd, stub)?;
+    prof.mark("drop_service");
     let mut tids = vec![r.tid()];
     tids.extend(others.iter().map(|t| t.tid()));
     registers(img, &tids, &xsaves)?;
+    prof.mark("registers");
     // Threads created while pinned inherited the pin: give every one the
     // original mask back.
     if let Some(pin) = pin {
@@ -84,6 +146,8 @@ pub(crate) fn rebuild(
     // SCHED_DEADLINE, which needs every CPU.
     crate::procattrs::finish(img, &tids)?;
     affinity::apply(pid, &img.threads, &tids)?;
+    prof.mark("finish");
+    prof.log(pid, "rebuild");
     Ok(tids)
 }
 
@@ -109,7 +173,8 @@ fn drop_service(
         )
         .at(pid, Stage::Registers)?;
     }
-    r.flush().at(pid, Stage::Registers)?;
+    // Queued: the closes run before the first call below (the owners and
+    // locks), or else with the unmaps.
     // Descriptor owners and file locks: after the threads, the credentials
     // and the closes above (closing any descriptor of a file drops the
     // process's POSIX locks on it; see their modules).
@@ -139,4 +204,42 @@ fn registers(img: &ProcessImage, tids: &[Pid], xsaves: &[Vec<u8>]) -> Result<()>
         ptrace::set_regs(tid, &regs).at(pid, Stage::Registers)?;
     }
     Ok(())
+}
+
+/// Time and ptrace round trips of each stage of one process's rebuild
+/// (debug log).
+pub(crate) struct Prof {
+    at: std::time::Instant,
+    trips: u64,
+    parts: Vec<String>,
+}
+
+impl Prof {
+    pub(crate) fn new() -> Prof {
+        Prof {
+            at: std::time::Instant::now(),
+            trips: stasis_sys::remote::round_trips(),
+            parts: Vec::new(),
+        }
+    }
+
+    pub(crate) fn mark(&mut self, what: &str) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let (now, trips) = (std::time::Instant::now(), stasis_sys::remote::round_trips());
+        self.parts.push(format!(
+            "{what} {}us/{}",
+            now.duration_since(self.at).as_micros(),
+            trips - self.trips
+        ));
+        (self.at, self.trips) = (now, trips);
+    }
+
+    pub(crate) fn log(&self, pid: u32, what: &str) {
+        log::debug!(
+            "pid {pid}: {what} (us/round trips): {}",
+            self.parts.join(", ")
+        );
+    }
 }

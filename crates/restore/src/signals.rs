@@ -3,7 +3,7 @@
 
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::ProcessImage;
-use stasis_sys::remote::RemoteThread;
+use stasis_sys::remote::{BatchCall, RemoteThread};
 
 /// Signal dispositions: the saved ones, and SIG_DFL for whatever the
 /// restorer's own runtime had installed.
@@ -38,21 +38,21 @@ pub(crate) fn dispositions(r: &mut RemoteThread, img: &ProcessImage) -> Result<(
         )
         .at(pid, st)?;
     }
-    r.flush().at(pid, st)?;
+    // Flushed with the first call of `drain`.
     Ok(())
 }
 
 /// Signals that arrived while the tree was built (SIGCHLD from a zombie
-/// child, say) are not the process's: drained, all being blocked.
+/// child, say) are not the process's: drained, all being blocked. The
+/// first wait runs in one round trip with the calls queued before it.
 pub(crate) fn drain(r: &mut RemoteThread, pid: u32) -> Result<()> {
     let st = Stage::Attributes;
     let all = r.write_scratch(0, &(!0u64).to_le_bytes()).at(pid, st)?;
     let zero = r.write_scratch(16, &[0u8; 16]).at(pid, st)?;
+    let wait = BatchCall::new(libc::SYS_rt_sigtimedwait, &[all, 0, zero, 8]);
     for _ in 0..128 {
-        let got = r
-            .syscall(libc::SYS_rt_sigtimedwait, &[all, 0, zero, 8])
-            .at(pid, st)?;
-        if got < 0 {
+        let got = r.queries(&[wait]).at(pid, st)?;
+        if got.first().is_none_or(|&g| g < 0) {
             break;
         }
     }

@@ -102,8 +102,8 @@ pub(crate) fn thread_attributes(r: &mut RemoteThread, pid: u32, t: &ThreadState)
         )
         .at(pid, st)?;
     }
-    // This thread's calls in one round trip.
-    r.flush().at(pid, st)?;
+    // Queued: a new thread's run in one round trip (create_all), the
+    // leader's with its next calls.
     Ok(())
 }
 
@@ -124,6 +124,9 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
 /// first (the one the leader's clone3 returns).
 fn create_threads(leader: &mut RemoteThread, pid: u32, tids: &[Vec<u32>]) -> Result<Vec<Pid>> {
     let st = Stage::Attributes;
+    if tids.is_empty() {
+        return Ok(Vec::new());
+    }
     for ids in tids {
         // clone_args (flags, pidfd, child_tid, parent_tid, exit_signal,
         // stack, stack_size, tls, set_tid, set_tid_size, cgroup), then the
@@ -212,6 +215,9 @@ pub(crate) fn create_all(
         let mut tr = RemoteThread::plain(tid, stub, stub + 4096, STUB_LEN - 4096)
             .at(pid, Stage::Attributes)?;
         thread_attributes(&mut tr, pid, t)?;
+        // One thread at a time: the threads of a process share the stub
+        // area, where each batch's records and data are.
+        tr.flush().at(pid, Stage::Attributes)?;
         threads.push(tr);
     }
     Ok(threads)

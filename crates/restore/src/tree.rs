@@ -7,7 +7,7 @@ use crate::kinds::{self, Opened, ProcFiles};
 use crate::memory::{ServiceFds, STUB_LEN};
 use crate::shared::SharedObjects;
 use crate::{fault_point, pids, rebuild, At, RestoreError, Result, Stage};
-use stasis_image::{ProcessImage, Zombie};
+use stasis_image::{ProcessImage, VmaKind, Zombie};
 use stasis_sys::ptrace;
 use stasis_sys::remote::{restart_fixed, RemoteThread};
 use stasis_sys::spawn::{self, FdPlan};
@@ -67,6 +67,7 @@ pub(crate) fn restore_tree(
         sibling,
         inherit,
     } = *setting;
+    let mut prof = crate::rebuild::Prof::new();
     let root_pid = procs[0].pid;
     let TreeNs {
         user,
@@ -110,6 +111,7 @@ pub(crate) fn restore_tree(
         inherit,
         (!pid_ns, pid_ns && user.is_none()),
     )?;
+    prof.mark("open_files");
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
     // 2. plan: who forks whom, with which descriptors, which helpers.
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
@@ -156,6 +158,7 @@ pub(crate) fn restore_tree(
         .map(|(id, i)| (id, opened.owned[i].as_raw_fd()))
         .collect();
     let shared = SharedObjects::create(procs, pages, &saved_fds)?;
+    prof.mark("plan+shared");
     tree.stub = shared.stub;
     for (s, _) in &mut tree.svcs {
         s.shmem = shared.shmem.clone();
@@ -213,6 +216,7 @@ pub(crate) fn restore_tree(
     let repaired = std::mem::take(&mut opened.repaired);
     // Events the restorer's own work queued in restored fanotify groups.
     kinds::fanotify::drain_all(&opened, root_pid)?;
+    prof.mark("pre-fork");
     let forked = fork(procs, zombies, &tree, shared, (files, opened, ready_w));
     // The helper init waits at the gate: the SysV objects now, in its
     //    namespace (a failure closes the gate: it exits, the guard of
@@ -238,9 +242,19 @@ pub(crate) fn restore_tree(
         n.leave()?;
     }
     let (top, mut guard) = forked?;
+    prof.mark("fork");
     // 5. ready: every live process has placed its descriptors.
     wait_ready(&ready_r, tree.expected_ready, procs.len(), root_pid)?;
-    let host = pids::host_pids(top, pid_ns).at(root_pid, Stage::Fork)?;
+    prof.mark("wait_ready");
+    // Outside a new PID namespace every process has its image PID (clone3
+    // set_tid gives it or fails) and reported ready under it: no walk of
+    // /proc needed.
+    let host = if pid_ns {
+        pids::host_pids(top, pid_ns).at(root_pid, Stage::Fork)?
+    } else {
+        procs.iter().map(|p| (p.pid, Pid(p.pid as i32))).collect()
+    };
+    prof.mark("host_pids");
     let host_of = |pid: u32| -> Result<Pid> {
         host.get(&pid)
             .copied()
@@ -260,6 +274,7 @@ pub(crate) fn restore_tree(
     crate::action(hook, "post-setup-namespaces", root_pid, root.0)?;
     // 6. seize every process (EXITKILL: if we die, they die).
     let mut remotes = seize_all(procs, &host_of, tree.stub, &mut guard)?;
+    prof.mark("seize");
     // 6b. cgroups: each process joins its own before its memory is
     //     rebuilt (pages are charged where they are first touched) and
     //     before its threads exist (they inherit the process's).
@@ -272,6 +287,7 @@ pub(crate) fn restore_tree(
     reap_group_helpers(procs, &mut remotes, &tree.group_helpers)?;
     // 7b. foreground groups of the terminals: the groups exist now.
     kinds::pty::set_foreground(procs, &mut remotes)?;
+    prof.mark("cgroups+pgroups");
     // 8. rebuild each process; all stay stopped until every one is done,
     //    so a failure can still undo the whole tree.
     //    In image order, except that the last attacher of a SysV segment
@@ -282,14 +298,48 @@ pub(crate) fn restore_tree(
         i.by_root(r)?;
     }
     let order = pid_plan.map_or_else(|| (0..procs.len()).collect(), |p| p.order);
+    //    Every process's tear-down of the restorer's copy is started
+    //    first and runs at once (rebuild::start), then each is waited for.
+    let mut started = Vec::with_capacity(procs.len());
+    for (k, r) in remotes.iter_mut().enumerate() {
+        started.push(Some(rebuild::start(
+            &procs[k],
+            r,
+            &tree.svcs[k].0,
+            tree.stub,
+        )?));
+    }
+    for r in &mut remotes {
+        crate::memory::tear_down_end(r)?;
+    }
+    prof.mark("tear-down all");
+    //    Then every process's mappings, at once too, unless a SysV segment
+    //    is attached (the order of attachments across processes is part of
+    //    what is restored: sysvipc::PidPlan).
+    let sysv_attached = procs.iter().any(|p| {
+        p.mm.vmas
+            .iter()
+            .any(|v| matches!(v.kind, VmaKind::SysvShm { .. }))
+    });
+    if !sysv_attached {
+        for (k, (r, s)) in remotes.iter_mut().zip(&mut started).enumerate() {
+            if let Some(s) = s {
+                rebuild::map_start(&procs[k], r, &tree.svcs[k].0, tree.stub, s)?;
+            }
+        }
+        for r in &mut remotes {
+            crate::memory::map_end(r)?;
+        }
+    }
+    prof.mark("map all");
     let mut remotes: Vec<Option<RemoteThread>> = remotes.into_iter().map(Some).collect();
     let mut built: Vec<Vec<Pid>> = vec![Vec::new(); procs.len()];
     for k in order {
         let (svc, ready_fd) = &tree.svcs[k];
-        let Some(r) = remotes[k].take() else {
+        let (Some(r), Some(s)) = (remotes[k].take(), started[k].take()) else {
             continue; // (the order names each process once)
         };
-        built[k] = rebuild::rebuild(&procs[k], r, svc, *ready_fd, tree.stub, &mut guard, k)?;
+        built[k] = rebuild::rebuild(&procs[k], r, (svc, *ready_fd), tree.stub, &mut guard, k, s)?;
     }
     // 9. seals: after every process has mapped the memfds (a write seal
     //    forbids new writable shared mappings); then the saved files'
@@ -297,6 +347,7 @@ pub(crate) fn restore_tree(
     kinds::saved::seal_all(root_pid, seals)?;
     // Saved files' times once more: the remote mmaps moved access times.
     kinds::saved::times_again(root_pid, times)?;
+    prof.mark("rebuild all");
     // SysV IPC last: segments marked for removal are removed once every
     // process has attached them, and the sysctls (shm_rmid_forced) set.
     if let Some(i) = &mut ipc {
@@ -316,6 +367,8 @@ pub(crate) fn restore_tree(
     kinds::tcp::go_live(root_pid, net.lock.filter(|l| !l.in_netns), repaired)?;
     // 10. resume.
     let wait_pid = resume(procs, &built, top, root, tree.stub, tree.session_helper)?;
+    prof.mark("finish+resume");
+    prof.log(root_pid, "restore of the tree");
     guard.armed = false;
     if let Some(i) = ipc {
         i.keep();
@@ -582,6 +635,10 @@ fn fork(
     if let Err(e) = util::set_child_subreaper(true) {
         log::warn!("pid {root_pid}: {e}: a failed restore may leave zombies to our parent");
     }
+    // Free heap memory goes back to the kernel first: every process of
+    // the tree is a copy of the restorer, whose anonymous pages the fork
+    // copies page by page and the rebuild unmaps again in each.
+    util::trim_heap();
     let root = spawn::spawn_tree(&tree.plan);
     shared.unmap();
     drop(inherited);
@@ -671,10 +728,17 @@ fn seize_all(
     guard: &mut TreeGuard,
 ) -> Result<Vec<RemoteThread>> {
     let mut remotes = Vec::with_capacity(procs.len());
+    // Every process seized and interrupted first, then each waited for:
+    // they all go to their stops at once.
+    let mut hosts = Vec::with_capacity(procs.len());
     for img in procs {
         let p = host_of(img.pid)?;
-        spawn::seize_waiting(p).at(img.pid, Stage::Fork)?;
+        spawn::seize_interrupt(p).at(img.pid, Stage::Fork)?;
         guard.traced.push((p, Vec::new()));
+        hosts.push(p);
+    }
+    for (img, &p) in procs.iter().zip(&hosts) {
+        spawn::wait_seized(p).at(img.pid, Stage::Fork)?;
         remotes.push(
             RemoteThread::plain(p, stub, stub + 4096, STUB_LEN - 4096).at(img.pid, Stage::Fork)?,
         );

@@ -35,7 +35,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Log the dumps and restores of the run into FILE at debug level (the
-    /// dump's timing of each frozen step).
+    /// dump's timing of each frozen step; the time and ptrace round trips
+    /// of each restore stage, per process and for the tree).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// Rounds per case; min and median are reported.

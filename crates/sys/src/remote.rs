@@ -71,6 +71,11 @@ pub const RESTORE_STUB: [u8; 96] = {
         s[AMX_WARMUP_OFF as usize + j] = amx[j];
         j += 1;
     }
+    let mut m = 0;
+    while m < SINGLE.len() {
+        s[SINGLE_OFF as usize + m] = SINGLE[m];
+        m += 1;
+    }
     let mut k = 0;
     while k < BATCH_LOOP.len() {
         s[BATCH_OFF as usize + k] = BATCH_LOOP[k];
@@ -81,6 +86,15 @@ pub const RESTORE_STUB: [u8; 96] = {
 
 /// Offset of the AMX warm-up sequence in [`RESTORE_STUB`].
 pub const AMX_WARMUP_OFF: u64 = 16;
+/// Offset of [`SINGLE`] in [`RESTORE_STUB`] (between the AMX warm-up and
+/// the batch loop).
+pub const SINGLE_OFF: u64 = 28;
+/// One call that stops once: `syscall; int3`. A single restore call runs
+/// here with PTRACE_CONT and costs one ptrace stop (the trap) instead of
+/// two (syscall entry and exit) for stepping through [`STUB`].
+pub const SINGLE: [u8; 3] = [0x0f, 0x05, 0xcc];
+const _: () =
+    assert!(AMX_WARMUP_OFF + 12 <= SINGLE_OFF && SINGLE_OFF + SINGLE.len() as u64 <= BATCH_OFF);
 /// Offset of [`BATCH_LOOP`] in [`RESTORE_STUB`].
 pub const BATCH_OFF: u64 = 32;
 
@@ -360,6 +374,9 @@ pub struct RemoteThread {
     /// Bytes of scratch given out by [`RemoteThread::stage`] since the last
     /// flush, from [`STAGE_BASE`] up.
     staged: u64,
+    /// Where the records of a batch [`RemoteThread::flush_start`] started
+    /// are (its results are read by `flush_end`).
+    started: Option<u64>,
 }
 
 /// Where staged data for queued calls starts in the scratch area (below
@@ -475,6 +492,7 @@ impl RemoteThread {
             pending_stop: false,
             queued: Vec::new(),
             staged: 0,
+            started: None,
         };
         // Park the thread on the stub (a getpid, should we vanish now), then
         // block every signal while we inject: the stub puts the mask back.
@@ -502,6 +520,7 @@ impl RemoteThread {
             pending_stop: false,
             queued: Vec::new(),
             staged: 0,
+            started: None,
         })
     }
 
@@ -604,13 +623,48 @@ impl RemoteThread {
         Ok(())
     }
 
+    /// Whether a call may unmap, move, replace or change the code page of
+    /// the stub: it must then stop at its syscall exit, before the thread
+    /// fetches another instruction from there.
+    fn may_touch_stub(&self, nr: libc::c_long, args: &[u64]) -> bool {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        let hits = |start: u64, len: u64| {
+            start < self.stub + 4096 && self.stub < start.saturating_add(len)
+        };
+        match nr {
+            libc::SYS_munmap
+            | libc::SYS_mmap
+            | libc::SYS_mprotect
+            | libc::SYS_pkey_mprotect
+            | libc::SYS_madvise
+            | libc::SYS_remap_file_pages => hits(a(0), a(1)),
+            libc::SYS_mremap => hits(a(0), a(1)) || hits(a(4), a(2)),
+            libc::SYS_shmat | libc::SYS_shmdt => true,
+            _ => false,
+        }
+    }
+
     /// Runs the code at `entry` (which ends in a `syscall`) with `nr` and
     /// `args` in the syscall registers; returns rax after that syscall.
+    /// Restore mode: a plain call runs through [`SINGLE`] (one stop).
     fn inject(&mut self, entry: u64, nr: libc::c_long, args: &[u64]) -> Result<i64> {
         self.flush()?;
         REMOTE_SYSCALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         log::trace!("tid {}: remote syscall {nr}", self.tid);
+        if self.heal.is_none() && entry == self.stub && !self.may_touch_stub(nr, args) {
+            let r = self.injected(self.stub + SINGLE_OFF, nr, args);
+            ptrace::set_regs(self.tid, &r)?;
+            self.run_to_trap()?;
+            if fail_point("syscall-exit") {
+                return Err(SysError::other(
+                    format!("remote syscall {nr}"),
+                    Some(self.tid),
+                    "injected fault (STASIS_FAULT)",
+                ));
+            }
+            return Ok(ptrace::get_regs(self.tid)?.rax as i64);
+        }
         let r = self.injected(entry, nr, args);
         ptrace::set_regs(self.tid, &r)?;
         // From here until finish() the thread holds an injected register
@@ -652,6 +706,57 @@ impl RemoteThread {
     /// One round trip; appends the results of the calls run, returns how
     /// many ran without failing.
     fn batch_chunk(&mut self, chunk: &[BatchCall], out: &mut Vec<i64>) -> Result<usize> {
+        let off = self.batch_start(chunk)?;
+        self.batch_end(chunk.len(), off, out)
+    }
+
+    /// Starts the queued calls (restore mode, at most [`BATCH_MAX`]) and
+    /// returns without waiting: the thread runs them while the caller
+    /// starts other processes' batches; [`Self::flush_end`] waits and
+    /// reports as [`Self::flush`] does. False: nothing was started (no
+    /// calls, or too many: then `flush_end` runs them all). Nothing else
+    /// may be done with this thread in between, nor with another thread
+    /// whose scratch area is the same memory (the threads of one process:
+    /// they would overwrite each other's records).
+    pub fn flush_start(&mut self) -> Result<bool> {
+        if self.heal.is_some() || self.queued.is_empty() || self.queued.len() > BATCH_MAX {
+            return Ok(false);
+        }
+        let calls: Vec<BatchCall> = self.queued.iter().map(|(c, _)| *c).collect();
+        let off = self.batch_start(&calls)?;
+        self.started = Some(off);
+        Ok(true)
+    }
+
+    /// The first failed call of a batch of queued calls, as the error
+    /// naming it.
+    fn first_failure(&self, queued: &[(BatchCall, String)], results: &[i64]) -> Result<()> {
+        match results.iter().position(|r| (-4095..0).contains(r)) {
+            Some(i) => Err(SysError::new(
+                format!("remote {}", queued[i].1),
+                Some(self.tid),
+                (-results[i]) as i32,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the batch [`Self::flush_start`] started (or runs the
+    /// queue, if it started none); the first failure is the error.
+    pub fn flush_end(&mut self) -> Result<()> {
+        let Some(off) = self.started.take() else {
+            return self.flush();
+        };
+        self.staged = 0;
+        let queued = std::mem::take(&mut self.queued);
+        let mut results = Vec::with_capacity(queued.len());
+        self.batch_end(queued.len(), off, &mut results)?;
+        self.first_failure(&queued, &results)
+    }
+
+    /// Writes the records of `chunk`, points the thread at the batch loop
+    /// and lets it run; returns where the records are.
+    fn batch_start(&mut self, chunk: &[BatchCall]) -> Result<u64> {
         let len = chunk.len() * BATCH_RECORD;
         // Records below a page of stack room at the top of the scratch area;
         // the calls' own arguments use its low end.
@@ -675,14 +780,22 @@ impl RemoteThread {
         regs.r12 = at;
         regs.r13 = chunk.len() as u64;
         ptrace::set_regs(self.tid, &regs)?;
-        self.run_to_trap()?;
+        ptrace::cont(self.tid, 0)?;
+        Ok(off)
+    }
+
+    /// Waits for the batch of `n` calls at `off` to trap; appends the
+    /// results of the calls run, returns how many ran without failing.
+    fn batch_end(&mut self, n: usize, off: u64, out: &mut Vec<i64>) -> Result<usize> {
+        self.wait_trap()?;
+        let chunk_len = n;
         // r13 counts the calls not yet done: 0 when all went through, else
         // the failed one (which ran) and those after it (which did not).
         let left = ptrace::get_regs(self.tid)?.r13 as usize;
         let ran = if left == 0 {
-            chunk.len()
+            chunk_len
         } else {
-            chunk.len() + 1 - left.min(chunk.len())
+            chunk_len + 1 - left.min(chunk_len)
         };
         let back = self.read_scratch(off, ran * BATCH_RECORD)?;
         out.extend(back.chunks(BATCH_RECORD).map(|rec| le_u64(rec, 56) as i64));
@@ -691,11 +804,20 @@ impl RemoteThread {
 
     /// Continues the thread until the batch loop's trap.
     fn run_to_trap(&mut self) -> Result<()> {
+        ptrace::cont(self.tid, 0)?;
+        self.wait_trap()
+    }
+
+    /// Waits for the thread (continued) to reach the trap, continuing it
+    /// past any other stop.
+    fn wait_trap(&mut self) -> Result<()> {
         loop {
-            ptrace::cont(self.tid, 0)?;
             match ptrace::wait(self.tid)? {
                 Stop::Signal(libc::SIGTRAP) => return Ok(()),
-                Stop::Signal(libc::SIGSTOP) => self.pending_stop = true,
+                Stop::Signal(libc::SIGSTOP) => {
+                    self.pending_stop = true;
+                    ptrace::cont(self.tid, 0)?;
+                }
                 Stop::Signal(s @ (libc::SIGILL | libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE)) => {
                     return Err(SysError::other(
                         "batch of remote syscalls",
@@ -703,7 +825,7 @@ impl RemoteThread {
                         format!("injected code faulted with signal {s}"),
                     ))
                 }
-                Stop::Signal(_) | Stop::Event { .. } | Stop::Syscall => {}
+                Stop::Signal(_) | Stop::Event { .. } | Stop::Syscall => ptrace::cont(self.tid, 0)?,
                 Stop::Exited(c) => {
                     return Err(SysError::other(
                         "batch of remote syscalls",
@@ -773,18 +895,45 @@ impl RemoteThread {
         let queued = std::mem::take(&mut self.queued);
         let calls: Vec<BatchCall> = queued.iter().map(|(c, _)| *c).collect();
         let results = self.run_batch(&calls)?;
-        if let Some((i, &r)) = results
-            .iter()
-            .enumerate()
-            .find(|(_, r)| (-4095..0).contains(*r))
-        {
-            return Err(SysError::new(
-                format!("remote {}", queued[i].1),
-                Some(self.tid),
-                (-r) as i32,
-            ));
+        self.first_failure(&queued, &results)
+    }
+
+    /// Runs the queued calls, then `calls`, in one round trip (restore
+    /// mode), and returns the results of `calls`: for queries whose
+    /// results are needed, batched with the calls before them. A failing
+    /// queued call is the error, as in [`Self::flush`]; a failing query is
+    /// a result like any other (the queries after it run in another round
+    /// trip). Healing mode: one call at a time.
+    pub fn queries(&mut self, calls: &[BatchCall]) -> Result<Vec<i64>> {
+        if self.heal.is_some() {
+            return calls.iter().map(|c| self.syscall(c.nr, &c.args)).collect();
         }
-        Ok(())
+        self.staged = 0;
+        let queued = std::mem::take(&mut self.queued);
+        let n = queued.len();
+        let all: Vec<BatchCall> = queued
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(calls.iter().copied())
+            .collect();
+        let mut out = Vec::with_capacity(calls.len());
+        let mut start = 0;
+        while start < all.len() {
+            let results = self.run_batch(&all[start..])?;
+            for (i, &r) in (start..).zip(&results) {
+                if i >= n {
+                    out.push(r);
+                } else if (-4095..0).contains(&r) {
+                    return Err(SysError::new(
+                        format!("remote {}", queued[i].1),
+                        Some(self.tid),
+                        (-r) as i32,
+                    ));
+                }
+            }
+            start += results.len().max(1);
+        }
+        Ok(out)
     }
 
     /// Like [`Self::syscall`], but a negative result becomes an error naming `what`.

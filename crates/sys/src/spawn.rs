@@ -1158,8 +1158,22 @@ pub const RESTORE_PTRACE_OPTIONS: libc::c_int =
 /// Seizes a process of the tree waiting in pause(): PTRACE_SEIZE with
 /// EXITKILL (it dies with us) and PTRACE_INTERRUPT; returns when stopped.
 pub fn seize_waiting(pid: Pid) -> Result<()> {
+    seize_interrupt(pid)?;
+    wait_seized(pid)
+}
+
+/// The first half of [`seize_waiting`]: seized and asked to stop. Seizing
+/// a whole tree this way first and then waiting for each
+/// ([`wait_seized`]) lets every process go to its stop at once, instead
+/// of one wake-up after another.
+pub fn seize_interrupt(pid: Pid) -> Result<()> {
     ptrace::seize(pid, RESTORE_PTRACE_OPTIONS)?;
-    ptrace::interrupt(pid)?;
+    ptrace::interrupt(pid)
+}
+
+/// The second half of [`seize_waiting`]: waits until the seized process
+/// stopped in PTRACE_EVENT_STOP.
+pub fn wait_seized(pid: Pid) -> Result<()> {
     loop {
         match ptrace::wait(pid)? {
             Stop::Event {

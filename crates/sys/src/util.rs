@@ -803,3 +803,9 @@ pub fn close_others(keep: &[i32]) {
         close_fd(fd);
     }
 }
+
+/// Gives the memory malloc holds free back to the kernel (malloc_trim).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases memory malloc holds free.
+    unsafe { libc::malloc_trim(0) };
+}

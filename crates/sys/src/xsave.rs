@@ -36,14 +36,22 @@ pub struct Component {
     pub xfd: bool,
 }
 
-/// CPUID.(EAX=0xD, ECX=i) for component `i` >= 2.
+/// CPUID.(EAX=0xD, ECX=i) for component `i` >= 2, read once per component
+/// (CPUID traps to the hypervisor in a virtual machine, and every thread
+/// of every process dumped or restored asks).
 pub fn component(i: u32) -> Component {
-    let r = core::arch::x86_64::__cpuid_count(0xd, i);
-    Component {
-        offset: r.ebx as usize,
-        size: r.eax as usize,
-        xfd: r.ecx & 0b100 != 0,
-    }
+    static TABLE: std::sync::OnceLock<[Component; 64]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        std::array::from_fn(|i| {
+            let r = core::arch::x86_64::__cpuid_count(0xd, i as u32);
+            Component {
+                offset: r.ebx as usize,
+                size: r.eax as usize,
+                xfd: r.ecx & 0b100 != 0,
+            }
+        })
+    });
+    table[(i & 63) as usize]
 }
 
 /// The user feature mask ptrace stored in an area it returned.
