@@ -171,6 +171,18 @@ selfcheck!(
     Program::Bin("tp_procattrs"),
     []
 );
+selfcheck!(
+    selfcheck_chroot,
+    negative_chroot,
+    Program::Bin("tp_chroot"),
+    []
+);
+selfcheck!(
+    selfcheck_procsys,
+    negative_procsys,
+    Program::Bin("tp_procsys"),
+    []
+);
 selfcheck!(selfcheck_inet, negative_inet, Program::Bin("tp_inet"), []);
 selfcheck!(selfcheck_unix, negative_unix, Program::Bin("tp_unix"), []);
 selfcheck!(
@@ -2456,6 +2468,28 @@ fn cr_procattrs_mlockall_future() {
         Program::Bin("tp_procattrs"),
         &["--mlockall-future"],
     );
+}
+
+/// A process chroot()ed into WORK with its cwd in WORK/sub: restored with
+/// that root (the harness reads /proc/PID/root; the program checks /,
+/// /.., a file inside and its cwd).
+#[test]
+fn cr_chroot() {
+    let work = Work::new("cr_chroot");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_chroot"), &[], &opts);
+    dump_and_check_gone(&work, &mut p, &opts);
+    let mut r = restore_and_adopt(&work, p.pid, &opts);
+    let root = fs::read_link(format!("/proc/{}/root", p.pid)).ok();
+    assert_eq!(root.as_deref(), Some(work.dir()), "restored root");
+    finish(&work, &mut r, opts.finish_timeout).assert_pass(&work);
+}
+
+/// Descriptors on /proc/meminfo and a sysfs file: link targets, offsets
+/// and reads after a restore.
+#[test]
+fn cr_procsys_files() {
+    cr("cr_procsys_files", Program::Bin("tp_procsys"), &[]);
 }
 
 /// Re-encodes the core file of `pid` in the image after `edit` changed

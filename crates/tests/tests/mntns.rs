@@ -66,8 +66,27 @@ fn negative_own_mount_namespace() {
     if not_root() {
         return;
     }
-    let work = Work::new("negative_own_mount_namespace");
-    let out = run_plain(&work, Program::Bin("tp_mntns"), &["--corrupt"]);
+    negative("negative_own_mount_namespace", &[]);
+}
+
+/// `tp_mntns --case CASE` dumped, restored and passing its checks.
+fn cr_case(name: &str, case: &str) {
+    let work = Work::new(name);
+    run_case(
+        &work,
+        Program::Bin("tp_mntns"),
+        &["--case", case],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}
+
+/// `tp_mntns ARGS --corrupt` run without a dump must fail its checks.
+fn negative(name: &str, args: &[&str]) {
+    let work = Work::new(name);
+    let mut args = args.to_vec();
+    args.push("--corrupt");
+    let out = run_plain(&work, Program::Bin("tp_mntns"), &args);
     assert!(
         out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
         "the negative control did not fail: {out:?}{}",
@@ -175,14 +194,7 @@ fn cr_container_shaped_mount_namespace() {
     if not_root() {
         return;
     }
-    let work = Work::new("cr_container_mntns");
-    run_case(
-        &work,
-        Program::Bin("tp_mntns"),
-        &["--case", "pivot"],
-        &Opts::default(),
-    )
-    .assert_pass(&work);
+    cr_case("cr_container_mntns", "pivot");
 }
 
 /// A slave mount, and a tmpfs file with two hard links, are refused by
@@ -351,14 +363,7 @@ fn cr_mount_namespace_notify_marks() {
     if not_root() {
         return;
     }
-    let work = Work::new("cr_mount_namespace_notify_marks");
-    run_case(
-        &work,
-        Program::Bin("tp_mntns"),
-        &["--case", "notify"],
-        &Opts::default(),
-    )
-    .assert_pass(&work);
+    cr_case("cr_mount_namespace_notify_marks", "notify");
 }
 
 #[test]
@@ -375,16 +380,9 @@ fn negative_mount_namespace_notify_marks() {
     if not_root() {
         return;
     }
-    let work = Work::new("negative_mount_namespace_notify_marks");
-    let out = run_plain(
-        &work,
-        Program::Bin("tp_mntns"),
-        &["--case", "notify", "--corrupt"],
-    );
-    assert!(
-        out.result.starts_with("FAIL: ") && out.exit == Exit::Code(1),
-        "the negative control did not fail: {out:?}{}",
-        work.diagnostics()
+    negative(
+        "negative_mount_namespace_notify_marks",
+        &["--case", "notify"],
     );
 }
 
@@ -402,5 +400,27 @@ fn refuse_mount_namespace_notify_deleted() {
         &[],
         &["inotify watch", "makes anew", "no name"],
         true,
+    );
+}
+
+/// A tmpfs made unbindable (MS_UNBINDABLE) in the tree's namespace: after
+/// a restore mountinfo shows it `unbindable` and a bind of it fails.
+#[test]
+fn cr_mount_namespace_unbindable() {
+    if not_root() {
+        return;
+    }
+    cr_case("cr_mount_namespace_unbindable", "unbindable");
+}
+
+/// The same mount left private: the program's checks must fail.
+#[test]
+fn negative_mount_namespace_unbindable() {
+    if not_root() {
+        return;
+    }
+    negative(
+        "negative_mount_namespace_unbindable",
+        &["--case", "unbindable"],
     );
 }

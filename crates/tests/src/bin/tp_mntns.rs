@@ -1,6 +1,6 @@
 //! tp_mntns: a tree in a mount namespace of its own (needs root).
 //!
-//! Usage: `tp_mntns WORKDIR [--case tree|pivot|slave|hardlink|overlay|blockdev
+//! Usage: `tp_mntns WORKDIR [--case tree|pivot|slave|hardlink|unbindable|overlay|blockdev
 //! [--dev DEVPATH]] [--corrupt]`
 //!
 //! `tree`: unshares its mount namespace, makes every mount private, mounts
@@ -22,7 +22,10 @@
 //! directory is then /host/WORK) and a proc at /proc; then the same
 //! mounts at /t, /ro, /p. `slave`, `hardlink`: `tree` with WORK/s2 made
 //! a slave of WORK/s1, or a second hard link to WORK/t/a (a dump must
-//! refuse either by name). `overlay`: an overlayfs on WORK/ov instead (a
+//! refuse either by name). `unbindable`: `tree` plus a tmpfs on WORK/u
+//! made MS_UNBINDABLE; after go mountinfo shows it `unbindable` and a bind
+//! of it fails with EINVAL (`--corrupt` leaves it private instead).
+//! `overlay`: an overlayfs on WORK/ov instead (a
 //! dump must refuse it by name); checks only that it is still there.
 //! `blockdev`: the ext4 filesystem on block device DEVPATH (the harness
 //! made it) mounted on WORK/blk, a file WORK/blk/f written and held open
@@ -372,6 +375,46 @@ fn checks(dir: &Path, before: &[String], host_ns: u64, h: &Held, corrupt: bool) 
     r
 }
 
+/// A tmpfs on `u` made unbindable (left private with `corrupt`).
+fn unbindable(u: &Path, corrupt: bool) {
+    std::fs::create_dir_all(u).expect("mkdir u");
+    mount("tpunbind", u, Some("tmpfs"), 0, Some("size=1m"));
+    if !corrupt {
+        mount("none", u, None, libc::MS_UNBINDABLE, None);
+    }
+}
+
+/// WORK/u is `unbindable` in mountinfo, and a bind of it fails (EINVAL).
+fn check_unbindable(r: &mut Report, dir: &Path) {
+    let u = dir.join("u");
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let at = u.to_string_lossy().into_owned();
+    let fields: Vec<String> = text
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(at.as_str()))
+        .filter_map(|l| l.split(" - ").next())
+        .map(|l| l.split(' ').skip(6).collect::<Vec<_>>().join(" "))
+        .collect();
+    r.eq("u's propagation", fields, vec!["unbindable".to_string()]);
+    let target = dir.join("t/sub");
+    // SAFETY: mount with valid NUL-terminated paths; undone if it worked.
+    let e = unsafe {
+        let rc = libc::mount(
+            c(&u).as_ptr(),
+            c(&target).as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        );
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if rc == 0 {
+            libc::umount2(c(&target).as_ptr(), libc::MNT_DETACH);
+        }
+        (rc == 0).then_some(0).or(e)
+    };
+    r.eq("bind of u", e, Some(libc::EINVAL));
+}
+
 /// Two binds of the host directory `src` in one peer group: WORK/s1 made
 /// shared, WORK/s2 bound from it.
 fn shared_pair(src: &Path, dir: &Path) {
@@ -617,6 +660,7 @@ fn main() {
     match args.get("case") {
         Some("slave") => mount("none", &dir.join("s2"), None, libc::MS_SLAVE, None),
         Some("hardlink") => std::fs::hard_link(dir.join("t/a"), dir.join("t/hl")).expect("link"),
+        Some("unbindable") => unbindable(&dir.join("u"), args.corrupt()),
         _ => {}
     }
     mount(
@@ -628,22 +672,27 @@ fn main() {
     );
     let h = hold(&dir);
     let before = mounts();
+    // For `unbindable`, --corrupt leaves the mount private instead.
+    let corrupt = args.corrupt() && args.get("case") != Some("unbindable");
     // SAFETY: fork in a single-threaded program; the child only runs Rust
     // code of this program and exits.
     let child = unsafe { libc::fork() };
     if child == 0 {
         proto.wait_go();
-        let r = checks(&dir, &before, host_ns, &h, args.corrupt());
+        let r = checks(&dir, &before, host_ns, &h, corrupt);
         std::process::exit(i32::from(!r.verdict().0.starts_with("PASS")));
     }
     proto.ready_and_wait();
-    let mut r = checks(&dir, &before, host_ns, &h, args.corrupt());
+    let mut r = checks(&dir, &before, host_ns, &h, corrupt);
     let mut st = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut st, 0) };
     r.check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
         format!("child's checks failed (status {st:#x})")
     });
+    if args.get("case") == Some("unbindable") {
+        check_unbindable(&mut r, &dir);
+    }
     proto.finish(&r)
 }
 

@@ -113,6 +113,8 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_landlock" => env!("CARGO_BIN_EXE_tp_landlock"),
         "tp_ptystop" => env!("CARGO_BIN_EXE_tp_ptystop"),
         "tp_mqueue" => env!("CARGO_BIN_EXE_tp_mqueue"),
+        "tp_chroot" => env!("CARGO_BIN_EXE_tp_chroot"),
+        "tp_procsys" => env!("CARGO_BIN_EXE_tp_procsys"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
