@@ -49,8 +49,12 @@ fn main() {
     let smaps_path = CString::new("/proc/self/smaps").expect("path");
     let mut areas: Vec<Area> = Vec::with_capacity(16);
 
-    // 1. Pseudo-random anonymous memory.
-    let random = Mapping::anon(size);
+    // 1. Pseudo-random anonymous memory, in a VMA of its own: PROT_NONE
+    // reservations on both sides keep it from merging with a neighbour such
+    // as the buffers above, whose pages the smaps reads themselves make
+    // present, so that its smaps page counts measure only this area. It
+    // starts on a 2 MiB boundary, as the kernel would place it anyway.
+    let random = isolated_anon(size, pg);
     Rng::new(RANDOM_SEED).fill(random.bytes_mut());
     let random_hash = hash(random.bytes());
     areas.push(Area {
@@ -408,6 +412,39 @@ fn main() {
     compare_pages(&mut report, random.start(), &smaps_before, &smaps_after);
 
     proto.finish(&report);
+}
+
+/// `len` bytes of private anonymous memory on a 2 MiB boundary, between
+/// PROT_NONE areas of at least one page.
+fn isolated_anon(len: usize, pg: usize) -> Mapping {
+    const ALIGN: usize = 2 << 20;
+    let reserve = Mapping::new(
+        len + 2 * ALIGN,
+        libc::PROT_NONE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        -1,
+        0,
+    );
+    let at = (reserve.start() + pg).next_multiple_of(ALIGN);
+    // SAFETY: replaces part of our own PROT_NONE reservation, which nothing
+    // refers to, with fresh memory.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p as usize != at {
+        stasis_tests::fatal("mmap(MAP_FIXED) in the reservation");
+    }
+    Mapping {
+        addr: p.cast(),
+        len,
+    }
 }
 
 /// Compares /proc/self/maps line by line, ignoring [vsyscall].
