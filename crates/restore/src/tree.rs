@@ -109,7 +109,7 @@ pub(crate) fn restore_tree(
         shell_job,
         net.tcp_close,
         inherit,
-        (!pid_ns, pid_ns && user.is_none()),
+        (!pid_ns, pid_ns),
     )?;
     prof.mark("open_files");
     let (ready_r, ready_w) = util::pipe().at(root_pid, Stage::Fork)?;
@@ -117,6 +117,11 @@ pub(crate) fn restore_tree(
     let mut tree = plan_tree(procs, zombies, pid_ns, &files, &opened, &ready_w)?;
     tree.plan.sibling = sibling;
     tree.plan.sock_calls = opened.sock_calls.take().unwrap_or_default();
+    if let Some(u) = user {
+        for c in &mut tree.plan.sock_calls {
+            u.call_ids_inside(root_pid, c)?;
+        }
+    }
     if let Some(sid) = tree.session_helper.filter(|_| sibling) {
         // The helper would be the root's parent, and its death would hand
         // the root to a reaper of the caller's, not to the caller.

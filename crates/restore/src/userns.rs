@@ -50,6 +50,11 @@ pub(crate) struct Held {
     pub(crate) holder: stasis_sys::userns::Holder,
     /// Our uid and gid of the namespace's root (uid and gid 0 inside).
     pub(crate) root_ids: (u32, u32),
+    /// The image's uid and gid maps.
+    pub(crate) maps: (
+        Vec<stasis_image::userns::IdRange>,
+        Vec<stasis_image::userns::IdRange>,
+    ),
     pub(crate) user: OwnedFd,
     pub(crate) net: Option<OwnedFd>,
     pub(crate) ipc: Option<OwnedFd>,
@@ -97,6 +102,7 @@ pub(crate) fn hold(inv: &Inventory, u: &UserNs) -> Result<Held> {
     let mut held = Held {
         holder,
         root_ids: (root(&u.uid_map), root(&u.gid_map)),
+        maps: (u.uid_map.clone(), u.gid_map.clone()),
         user: open_ns(h, "user").at(pid, st)?,
         net: None,
         ipc: None,
@@ -120,6 +126,36 @@ fn open_ns(p: stasis_sys::Pid, name: &str) -> stasis_sys::Result<OwnedFd> {
         &format!("/proc/{}/ns/{name}", p.0),
         libc::O_RDONLY | libc::O_CLOEXEC,
     )
+}
+
+impl Held {
+    /// The ids of a socket call ([`stasis_sys::spawn::SockCall`]), saved as
+    /// ours, made the ones the namespace numbers them by; the first id the
+    /// namespace does not map is refused by name.
+    pub(crate) fn call_ids_inside(
+        &self,
+        pid: u32,
+        c: &mut stasis_sys::spawn::SockCall,
+    ) -> Result<()> {
+        use stasis_image::userns::to_inside;
+        let (uids, gids) = &self.maps;
+        let maker = c.pid;
+        let refuse = |what: &str, id: u32| RestoreError::Refused {
+            pid,
+            stage: Stage::Fork,
+            what: format!(
+                "a unix socket made as {what} {id} by PID {}, which the tree's user namespace does \
+                 not map (its SO_PEERCRED could not be given back)",
+                maker
+            ),
+        };
+        c.uid = to_inside(uids, c.uid).ok_or_else(|| refuse("uid", c.uid))?;
+        c.gid = to_inside(gids, c.gid).ok_or_else(|| refuse("gid", c.gid))?;
+        for g in &mut c.groups {
+            *g = to_inside(gids, *g).ok_or_else(|| refuse("group", *g))?;
+        }
+        Ok(())
+    }
 }
 
 /// setgroups, uid_map, gid_map, projid_map as /proc/PID/ takes them.

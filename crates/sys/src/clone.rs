@@ -109,3 +109,80 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
 }
+
+/// Runs `f(arg)` on a new thread of the calling process and waits for it
+/// to end: a raw clone (CLONE_VM | CLONE_THREAD and the rest a thread
+/// shares), on `stack`, with no libc thread state. What the thread does
+/// to its own credentials (raw setresuid and the like change the calling
+/// thread only) stays with it, while what it makes reports the process's
+/// PID: SO_PEERCRED records the caller's thread group and credentials.
+/// False if the thread could not be made.
+///
+/// # Safety
+/// `f` may make raw syscalls only: it shares the caller's thread-local
+/// storage and signal handlers. `stack` is used by nothing else until
+/// this returns.
+pub unsafe fn on_raw_thread(f: extern "C" fn(usize), arg: usize, stack: &mut [u8]) -> bool {
+    const FLAGS: libc::c_long = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_PARENT_SETTID
+        | libc::CLONE_CHILD_CLEARTID) as libc::c_long;
+    let tid = std::sync::atomic::AtomicI32::new(0);
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let tid_at = tid.as_ptr();
+    let ret: libc::c_long;
+    // SAFETY: clone(flags, top, &tid, &tid, 0). The new thread starts on
+    // `top` (16-byte aligned, so f is entered as the ABI wants), calls
+    // f(arg) and exits the thread alone (SYS_exit); it never returns here.
+    // The kernel writes its TID to `tid` before clone returns to us and
+    // clears it, with a futex wake, when the thread is gone.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "mov eax, 60",
+            "xor edi, edi",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone => ret,
+            in("rdi") FLAGS,
+            in("rsi") top,
+            in("rdx") tid_at,
+            in("r10") tid_at,
+            in("r8") 0usize,
+            in("r12") arg,
+            in("r13") f as usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        return false;
+    }
+    loop {
+        let t = tid.load(std::sync::atomic::Ordering::Acquire);
+        if t == 0 {
+            return true;
+        }
+        // SAFETY: waits on our own word; the kernel's wake at the thread's
+        // exit is a shared futex wake, so this wait is not private.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                tid_at,
+                libc::FUTEX_WAIT,
+                t,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+}

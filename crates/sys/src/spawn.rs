@@ -158,8 +158,9 @@ pub struct TreePlan {
 /// socketpair, both ends), made
 /// in a tree restored into a PID namespace by the root before it forks
 /// anything, on a descriptor of the caller's it inherited (`fd`), as
-/// process `pid` there with effective ids `uid`, `gid` and `groups`:
-/// itself when `pid` is its own PID (its ids set for the call only), else
+/// process `pid` there with ids `uid`, `gid` and `groups` (as the tree's
+/// user namespace numbers them): a thread of its own when `pid` is its
+/// own PID (the thread's ids are its alone), else
 /// a helper it forks with that PID (clone3 set_tid, CLONE_FILES), which
 /// exits at once, leaving the PID free for the tree. A PID 1 that is not
 /// the root's is skipped (`--new-pid-ns`: the helper init's).
@@ -255,26 +256,37 @@ unsafe fn get_opt(fd: i32, opt: libc::c_int) -> Option<i32> {
 }
 
 /// Sets an int socket option (buffer sizes as getsockopt read them:
-/// halved, with the FORCE variants).
+/// halved, with the FORCE variants; where those need a capability we lack
+/// (in a user namespace: CAP_NET_ADMIN of the host's), with the plain
+/// ones, the size read back to be sure it is the one asked for).
 ///
 /// # Safety
 /// Raw calls only.
 unsafe fn set_opt(fd: i32, opt: libc::c_int, v: i32) -> bool {
-    let (opt, v) = match opt {
-        libc::SO_RCVBUF => (libc::SO_RCVBUFFORCE, v / 2),
-        libc::SO_SNDBUF => (libc::SO_SNDBUFFORCE, v / 2),
-        o => (o, v),
+    let set = |opt: libc::c_int, v: i32| {
+        // SAFETY: v lives for the call; its size is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_setsockopt,
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const i32,
+                4,
+            ) == 0
+        }
     };
-    // SAFETY: v lives for the call; its size is passed.
-    unsafe {
-        libc::syscall(
-            libc::SYS_setsockopt,
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            &v as *const i32,
-            4,
-        ) == 0
+    match opt {
+        libc::SO_RCVBUF | libc::SO_SNDBUF => {
+            let force = if opt == libc::SO_RCVBUF {
+                libc::SO_RCVBUFFORCE
+            } else {
+                libc::SO_SNDBUFFORCE
+            };
+            // SAFETY: raw calls on our descriptor.
+            set(force, v / 2) || (set(opt, v / 2) && unsafe { get_opt(fd, opt) } == Some(v))
+        }
+        o => set(o, v),
     }
 }
 
@@ -358,16 +370,22 @@ unsafe fn put_in_place(
         }
         let room = i32::try_from(MOVE_BUF * 2).unwrap_or(i32::MAX);
         let stream = ty == libc::SOCK_STREAM;
-        let moved = (0..2).all(|k| set_opt(new[k], libc::SO_SNDBUF, room))
-            && (0..2).all(|k| move_queued(at[k], new[1 - k], stream, buf as *mut u8));
+        // Room to move what waits: as much as we may (a move that does not
+        // fit fails below); the saved sizes are set after.
+        for fd in new {
+            set_opt(fd, libc::SO_SNDBUF, room);
+        }
+        let moved = (0..2).all(|k| move_queued(at[k], new[1 - k], stream, buf as *mut u8));
         libc::syscall(libc::SYS_munmap, buf, MOVE_BUF);
         moved
             && (0..2).all(|k| {
-                COPIED_OPTS
-                    .iter()
-                    .all(|&o| get_opt(at[k], o).is_none_or(|v| set_opt(new[k], o, v)))
-                    && get_opt(at[k], libc::SO_PEEK_OFF)
-                        .is_none_or(|v| v < 0 || set_opt(new[k], libc::SO_PEEK_OFF, v))
+                // Only what differs is set: some options need capabilities
+                // even to be set to what they are (SO_MARK).
+                COPIED_OPTS.iter().all(|&o| {
+                    get_opt(at[k], o)
+                        .is_none_or(|v| get_opt(new[k], o) == Some(v) || set_opt(new[k], o, v))
+                }) && get_opt(at[k], libc::SO_PEEK_OFF)
+                    .is_none_or(|v| v < 0 || set_opt(new[k], libc::SO_PEEK_OFF, v))
             })
             && (0..2).all(|k| {
                 libc::syscall(libc::SYS_dup3, new[k], at[k], libc::O_CLOEXEC) >= 0
@@ -477,12 +495,46 @@ unsafe fn sock_call_finish(c: &SockCall, tmp: [i32; 2]) -> bool {
     }
 }
 
+/// A call the root makes as itself ([`own_call`]).
+struct OwnCall<'a> {
+    call: &'a SockCall,
+    tmp: [i32; 2],
+    ok: std::sync::atomic::AtomicBool,
+}
+
+/// On a thread of the root ([`crate::clone::on_raw_thread`]): takes the
+/// call's ids and makes it.
+extern "C" fn own_call(arg: usize) {
+    // SAFETY: `arg` is the OwnCall the root waits on; raw calls only.
+    let job = unsafe { &*(arg as *const OwnCall<'_>) };
+    // SAFETY: raw calls on inherited descriptors.
+    let ok = unsafe { take_ids(job.call) && sock_call_now(job.call, job.tmp) };
+    job.ok.store(ok, std::sync::atomic::Ordering::Release);
+}
+
+/// Takes a call's ids (every uid and gid, and the groups: these only
+/// when they differ from ours, so that a user namespace that denies
+/// setgroups takes the groups it gave).
+///
+/// # Safety
+/// Raw calls only; changes the calling thread's credentials.
+unsafe fn take_ids(c: &SockCall) -> bool {
+    let mut groups = [0u32; 256];
+    // SAFETY: raw integer calls; `groups` lives on this stack.
+    unsafe {
+        let n = libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr());
+        let same = usize::try_from(n).is_ok_and(|n| groups[..n] == c.groups[..]);
+        (same || libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0)
+            && libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) == 0
+            && libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) == 0
+    }
+}
+
 /// The root's [`SockCall`]s, in order; false after a failure.
 ///
 /// # Safety
 /// Only from the forked root, before it forks its children.
 unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
-    let keep = u32::MAX as libc::c_long;
     for c in &plan.sock_calls {
         if c.pid == 1 && me != 1 {
             continue;
@@ -505,24 +557,24 @@ unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
                 return false;
             }
             if c.pid == me {
-                // A change of ids resets the parent-death signal and the
-                // dumpable flag: both are set back after.
+                // On a thread of ours: the ids it takes are its own, the
+                // PID it reports ours. Its change of ids resets our
+                // dumpable flag (it is the process's): set back after.
                 let dumpable = libc::syscall(libc::SYS_prctl, libc::PR_GET_DUMPABLE);
-                let mut groups = [0u32; 256];
-                let n = libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr());
-                let euid = libc::syscall(libc::SYS_geteuid);
-                let egid = libc::syscall(libc::SYS_getegid);
-                let ok = n >= 0
-                    && libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
-                    && libc::syscall(libc::SYS_setresgid, keep, c.gid, keep) == 0
-                    && libc::syscall(libc::SYS_setresuid, keep, c.uid, keep) == 0
-                    && sock_call_now(c, tmp);
-                let back = libc::syscall(libc::SYS_setresuid, keep, euid, keep) == 0
-                    && libc::syscall(libc::SYS_setresgid, keep, egid, keep) == 0
-                    && libc::syscall(libc::SYS_setgroups, n.max(0), groups.as_ptr()) == 0
-                    && libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0
-                    && libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, dumpable) == 0;
-                if !(ok && back && sock_call_finish(c, tmp)) {
+                let job = OwnCall {
+                    call: c,
+                    tmp,
+                    ok: std::sync::atomic::AtomicBool::new(false),
+                };
+                let mut stack = [0u8; 64 << 10];
+                let ran = crate::clone::on_raw_thread(
+                    own_call,
+                    std::ptr::addr_of!(job) as usize,
+                    &mut stack,
+                );
+                let back = libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, dumpable) == 0;
+                let ok = job.ok.load(std::sync::atomic::Ordering::Acquire);
+                if !(ran && ok && back && sock_call_finish(c, tmp)) {
                     return false;
                 }
                 continue;
@@ -541,10 +593,7 @@ unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
                 std::mem::size_of::<CloneArgs>(),
             );
             if r == 0 {
-                let ok = libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) == 0
-                    && libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) == 0
-                    && libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) == 0
-                    && sock_call_now(c, tmp);
+                let ok = take_ids(c) && sock_call_now(c, tmp);
                 exit_now(if ok { 0 } else { 1 });
             }
             if r < 0 {

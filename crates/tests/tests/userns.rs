@@ -313,3 +313,29 @@ fn cr_user_namespace_with_ipc() {
     let (work, out) = cr_user_tree("cr_user_namespace_with_ipc", &["--ipc"]);
     out.assert_pass(&work);
 }
+
+/// tp_unix `--peercred-listen` in `stasis run --user` (its own user and
+/// PID namespaces): listeners, accepted and waiting connections and
+/// pairs report the PIDs, ids and groups of their makers as the
+/// namespaces number them, made again inside them with the ids the user
+/// namespace maps.
+#[test]
+fn cr_unix_peercred_in_user_namespace() {
+    let (work, out) = cr_user_tree_of(
+        "cr_unix_peercred_in_user_namespace",
+        "tp_unix",
+        &["--peercred-listen"],
+    );
+    out.assert_pass(&work);
+}
+
+/// The negative control through a real dump and restore.
+#[test]
+fn negative_cr_unix_peercred_in_user_namespace() {
+    let (_work, out) = cr_user_tree_of(
+        "negative_cr_unix_peercred_in_user_namespace",
+        "tp_unix",
+        &["--peercred-listen", "--corrupt"],
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
