@@ -290,51 +290,117 @@ unsafe fn set_opt(fd: i32, opt: libc::c_int, v: i32) -> bool {
     }
 }
 
+/// Most descriptors one message carries (the kernel's SCM_MAX_FD).
+const MAX_RIGHTS: usize = 253;
+
 /// Moves what waits in socket `old` into the new socket whose peer is
 /// `from` (message by message; a stream's bytes in chunks), through
-/// `buf` (MOVE_BUF bytes). True once `old` has nothing more.
+/// `buf` (MOVE_BUF bytes), each message with the descriptors in flight
+/// in it (SCM_RIGHTS: received here, sent on with it, closed again; no
+/// other control message is passed on). True once `old` has nothing
+/// more.
 ///
 /// # Safety
 /// Raw calls only; `buf` is MOVE_BUF writable bytes.
 unsafe fn move_queued(old: i32, from: i32, stream: bool, buf: *mut u8) -> bool {
-    let null = std::ptr::null_mut::<libc::c_void>();
+    const CTL: usize = 2048;
+    let mut ctl = [0u64; CTL / 8];
+    let mut out = [0u64; CTL / 8];
+    let mut fds = [-1i32; MAX_RIGHTS];
     loop {
-        // SAFETY: buf holds MOVE_BUF bytes.
+        let mut iov = libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: MOVE_BUF,
+        };
+        // SAFETY: msghdr is plain data; every pointer in it is to a
+        // buffer of the size given, live for the call.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl.as_mut_ptr().cast();
+        mh.msg_controllen = CTL;
+        // SAFETY: as above.
         let n = unsafe {
             libc::syscall(
-                libc::SYS_recvfrom,
+                libc::SYS_recvmsg,
                 old,
-                buf,
-                MOVE_BUF,
-                libc::MSG_DONTWAIT,
-                null,
-                null,
+                &mut mh as *mut libc::msghdr,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
             )
         };
         if n < 0 {
             let e = last_errno();
             return e == libc::EAGAIN || e == libc::EWOULDBLOCK;
         }
-        if n == 0 {
+        // The descriptors that came with it.
+        let mut k = 0usize;
+        // SAFETY: the CMSG walk stays inside the control bytes the kernel
+        // wrote (msg_controllen); each SCM_RIGHTS payload holds ints.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&mh);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let len = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
+                    let p = libc::CMSG_DATA(c).cast::<i32>();
+                    for i in 0..len / 4 {
+                        if k < MAX_RIGHTS {
+                            fds[k] = p.add(i).read_unaligned();
+                            k += 1;
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&mh, c);
+            }
+        }
+        if n == 0 && k == 0 {
             return true;
         }
         let mut off = 0i64;
-        while off < n {
-            // SAFETY: the bytes from off to n were just received into buf.
+        let mut first = true;
+        while off < n || first {
+            let mut iov = libc::iovec {
+                // SAFETY: off is within the n bytes received.
+                iov_base: unsafe { buf.add(off as usize) }.cast(),
+                iov_len: (n - off) as usize,
+            };
+            // SAFETY: as above.
+            let mut omh: libc::msghdr = unsafe { std::mem::zeroed() };
+            omh.msg_iov = &mut iov;
+            omh.msg_iovlen = 1;
+            if first && k > 0 {
+                // SAFETY: out holds CMSG_SPACE(4 * MAX_RIGHTS) bytes.
+                unsafe {
+                    omh.msg_control = out.as_mut_ptr().cast();
+                    omh.msg_controllen = libc::CMSG_SPACE(4 * k as u32) as usize;
+                    let c = libc::CMSG_FIRSTHDR(&omh);
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_RIGHTS;
+                    (*c).cmsg_len = libc::CMSG_LEN(4 * k as u32) as usize;
+                    let p = libc::CMSG_DATA(c).cast::<i32>();
+                    for (i, &fd) in fds[..k].iter().enumerate() {
+                        p.add(i).write_unaligned(fd);
+                    }
+                }
+            }
+            // SAFETY: as above.
             let w = unsafe {
                 libc::syscall(
-                    libc::SYS_sendto,
+                    libc::SYS_sendmsg,
                     from,
-                    buf.add(off as usize),
-                    (n - off) as usize,
+                    &omh as *const libc::msghdr,
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    null,
-                    0,
                 )
             };
-            if w <= 0 || (!stream && w != n) {
+            if first {
+                for &fd in &fds[..k] {
+                    // SAFETY: the descriptors received above, ours to close.
+                    unsafe { libc::syscall(libc::SYS_close, fd) };
+                }
+            }
+            if w < 0 || (w == 0 && n > 0) || (!stream && w != n) {
                 return false;
             }
+            first = false;
             off += w;
         }
     }

@@ -2733,3 +2733,48 @@ fn refuse_restore_pty_index_taken() {
         "a process of the image exists after a refused restore"
     );
 }
+
+/// The same as PID 1 of its own namespace with a descriptor in flight in
+/// another pair: only that pair keeps the sockets it was sent with.
+#[test]
+fn cr_unix_peercred_listen_own_pid_ns_in_flight() {
+    let work = Work::new("cr_unix_peercred_listen_own_pid_ns_in_flight");
+    cr_own_pid_ns(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--peercred-listen", "--in-flight"],
+    )
+    .assert_pass(&work);
+}
+
+/// An end of a stream pair in flight in another pair (SCM_RIGHTS) and
+/// kept: without a PID namespace the pair keeps its SO_PEERCRED and works.
+#[test]
+fn cr_unix_pair_in_flight() {
+    cr(
+        "cr_unix_pair_in_flight",
+        Program::Bin("tp_unix"),
+        &["--pair-in-flight"],
+    );
+}
+
+/// The same restored with `--new-pid-ns`: the pair would have to be made
+/// again there to report its PIDs, which its message in flight prevents:
+/// refused by name before any process is made.
+#[test]
+fn refuse_unix_pair_in_flight_new_pid_ns() {
+    let work = Work::new("refuse_unix_pair_in_flight_new_pid_ns");
+    let opts = Opts::default();
+    let mut p = start_ready(&work, Program::Bin("tp_unix"), &["--pair-in-flight"], &opts);
+    dump_and_check_gone(&work, &mut p, &opts);
+    let out = restore_detached(&work, &["--new-pid-ns"], opts.stasis_timeout);
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("pair in flight (SCM_RIGHTS) whose SO_PEERCRED")
+            && out.stderr.lines().count() == 1,
+        "{out:?}"
+    );
+    assert!(!pid_exists(p.pid), "a process was made");
+}

@@ -339,3 +339,25 @@ fn negative_cr_unix_peercred_in_user_namespace() {
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
+
+/// tp_unix `--pair-in-flight` as PID 1 of its own PID namespace (`stasis
+/// run`): the pair in flight reports PIDs there that only a pair made
+/// again in the namespace could give back: the dump refuses it by name,
+/// and the tree runs on with its state intact.
+#[test]
+fn refuse_unix_pair_in_flight_own_pid_ns() {
+    let _mounts = mounts_lock();
+    let work = Work::new("refuse_unix_pair_in_flight_own_pid_ns");
+    let t = Duration::from_secs(60);
+    let mut init = run_tree(&work, "tp_unix", &["--pair-in-flight"], &[]);
+    let out = dump(&work, init.pid, &[], t);
+    let refused = !out.success()
+        && out
+            .stderr
+            .contains("pair in flight (SCM_RIGHTS) whose SO_PEERCRED");
+    if !refused {
+        init.kill();
+    }
+    assert!(refused, "the dump did not refuse the pair: {out:?}");
+    finish(&work, &mut init, t).assert_pass(&work);
+}

@@ -183,6 +183,57 @@ pub(crate) fn peer_pids_in_pid_ns(procs: &mut [crate::collect::Collected]) -> Re
             }
         }
     }
+    refuse_sent_with_peer_pid(procs)
+}
+
+/// In a PID namespace a pair's SO_PEERCRED PID is given back by making
+/// the pair again in the namespace (restore `kinds::unix`); a message in
+/// flight keeps the socket it was sent as, so a pair one end of which is
+/// itself in flight (SCM_RIGHTS) cannot be made again: refused by name
+/// when that PID is one the namespace numbers.
+fn refuse_sent_with_peer_pid(procs: &[crate::collect::Collected]) -> Result<()> {
+    let entries = || {
+        procs
+            .iter()
+            .flat_map(|c| c.image.files.iter().map(move |e| (c, e)))
+    };
+    let sent: HashSet<u64> = entries()
+        .filter_map(|(_, e)| match &e.kind {
+            FdKind::UnixSocket { queued, .. } => Some(queued),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(|q| q.rights.iter().map(|r| r.ofd))
+        .collect();
+    let flying: HashSet<u64> = entries()
+        .filter_map(|(_, e)| match e.kind {
+            FdKind::UnixSocket { id, .. } if e.ofd != 0 && sent.contains(&e.ofd) => Some(id),
+            _ => None,
+        })
+        .collect();
+    for (c, e) in entries() {
+        if let FdKind::UnixSocket {
+            id,
+            peer,
+            peercred: Some(p),
+            ..
+        } = &e.kind
+        {
+            if p.pid > 0 && peer != &0 && (flying.contains(id) || flying.contains(peer)) {
+                return Err(refused(
+                    c.image.pid,
+                    e.fd,
+                    *id,
+                    &format!(
+                        "a unix socket pair in flight (SCM_RIGHTS) whose SO_PEERCRED names PID {} \
+                         of the tree's PID namespace (not supported: the pair cannot be made again \
+                         there with that PID while a message holds it)",
+                        p.pid
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -172,8 +172,25 @@ fn redo_in_pid_ns(
     (a, b): (&OwnedFd, &OwnedFd),
     accepted: Option<(u64, Option<i32>, &[u8])>,
 ) -> Result<()> {
-    if o.sock_calls.is_none() || peer == 0 || in_flight(cx) {
+    if o.sock_calls.is_none() || peer == 0 {
         return Ok(());
+    }
+    if in_flight(cx, [id, peer]) {
+        // The dump refuses this for a tree in a PID namespace of its own;
+        // here a restore into a new one (`--new-pid-ns`).
+        return match cred_of(cx, id) {
+            Some(c) if c.pid > 0 => Err(RestoreError::Refused {
+                pid: cx.pid,
+                stage: Stage::Fork,
+                what: format!(
+                    "fd {}: a unix socket pair in flight (SCM_RIGHTS) whose SO_PEERCRED names \
+                     PID {}: it cannot be made again in the new PID namespace while a message \
+                     holds it (not supported)",
+                    cx.fd, c.pid
+                ),
+            }),
+            _ => Ok(()),
+        };
     }
     let raw = std::os::fd::AsRawFd::as_raw_fd;
     let ty = sock_type as i32;
@@ -209,11 +226,23 @@ fn redo_in_pid_ns(
     Ok(())
 }
 
-/// Whether any descriptor is in flight in the image (a pair in flight
-/// keeps the socket it was sent as: not made again).
-fn in_flight(cx: &Cx<'_>) -> bool {
-    cx.procs.iter().flat_map(|p| &p.files).any(|e| {
-        matches!(&e.kind, FdKind::UnixSocket { queued, .. } if queued.iter().any(|q| !q.rights.is_empty()))
+/// Whether one of the sockets `ends` is itself in flight: the message
+/// keeps the socket it was sent as, so such a pair is not made again.
+/// (Descriptors in flight in their queues move over with the data.)
+fn in_flight(cx: &Cx<'_>, ends: [u64; 2]) -> bool {
+    let entries = || cx.procs.iter().flat_map(|p| &p.files);
+    let sent: std::collections::HashSet<u64> = entries()
+        .filter_map(|e| match &e.kind {
+            FdKind::UnixSocket { queued, .. } => Some(queued),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(|q| q.rights.iter().map(|r| r.ofd))
+        .collect();
+    entries().any(|e| {
+        matches!(&e.kind, FdKind::UnixSocket { id, .. } if ends.contains(id))
+            && e.ofd != 0
+            && sent.contains(&e.ofd)
     })
 }
 

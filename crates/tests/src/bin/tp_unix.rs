@@ -53,8 +53,13 @@
 //! second; after restore both listeners read the same, each waiting
 //! connection, accepted, reports its maker, a new client the child's
 //! listener's maker (`--corrupt`: expects another PID, to fail).
+//! `--pair-in-flight`: an end of a stream pair in flight in a seqpacket
+//! pair (and kept): its SO_PEERCRED, then a byte through the end received.
+//! `--in-flight`: also a pipe's read end in flight in another pair of
+//! the program's (its SO_PEERCRED kept too), received after the restore
+//! and read through.
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen]`
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen [--in-flight]|--pair-in-flight]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -408,11 +413,21 @@ fn peercred(proto: &Proto, corrupt: bool, corrupt_waiting: bool) -> ! {
 }
 
 /// `--peercred-listen`: see the module comment.
-fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
+fn peercred_listen(proto: &Proto, corrupt: bool, in_flight: bool) -> ! {
     let mut report = Report::new();
     // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };
     let via = pair(libc::SOCK_DGRAM);
+    // `--in-flight`: a pipe's read end waits in a pair of ours (SCM_RIGHTS).
+    let carrier = in_flight.then(|| {
+        let c = pair(libc::SOCK_SEQPACKET);
+        let mut p = [0i32; 2];
+        // SAFETY: pipe into a local array.
+        report.eq("pipe", 0, unsafe { libc::pipe(p.as_mut_ptr()) });
+        // Sent and kept (in flight, a descriptor must be held too).
+        send_fd(c[1], p[0]);
+        (c, p[1], [peer(c[0]), peer(c[1])])
+    });
     // Unique across tests (as PID 1 of a namespace every copy is PID 1).
     let name = format!("\0tp_unix-pcl-{}", proto.path("l").display());
     let own_name = format!("\0tp_unix-pcl-own-{}", proto.path("l").display());
@@ -560,12 +575,34 @@ fn peercred_listen(proto: &Proto, corrupt: bool) -> ! {
         listeners_before.0,
         peer(again),
     );
+    if let Some((c, w, before)) = carrier {
+        report.eq(
+            "SO_PEERCRED of the pair a descriptor is in flight in",
+            before,
+            [peer(c[0]), peer(c[1])],
+        );
+        let r = recv_fd(c[0]);
+        report.eq("a byte into the pipe", 1, send_pipe(w, b"f"));
+        let mut b = [0u8; 1];
+        // SAFETY: one byte into a local buffer.
+        let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+        report.eq(
+            "read through the end that was in flight",
+            (1, *b"f"),
+            (n, b),
+        );
+    }
     // SAFETY: ends the running child, then reaps it.
     unsafe {
         libc::kill(waits, libc::SIGKILL);
         libc::waitpid(waits, std::ptr::null_mut(), 0);
     }
     proto.finish(&report);
+}
+
+fn send_pipe(fd: i32, b: &[u8]) -> isize {
+    // SAFETY: a live buffer.
+    unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) }
 }
 
 fn sock(ty: i32) -> i32 {
@@ -677,10 +714,31 @@ fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     if args.flag("peercred-listen") {
-        peercred_listen(&proto, args.corrupt());
+        peercred_listen(&proto, args.corrupt(), args.flag("in-flight"));
     }
     if args.flag("peercred") {
         peercred(&proto, args.corrupt(), args.flag("corrupt-waiting"));
+    }
+    if args.flag("pair-in-flight") {
+        // A stream pair one end of which is in flight (and kept).
+        let a = pair(libc::SOCK_STREAM);
+        let carrier = pair(libc::SOCK_SEQPACKET);
+        send_fd(carrier[1], a[1]);
+        let before = [peer(a[0]), peer(a[1])];
+        proto.ready_and_wait();
+        report.eq(
+            "SO_PEERCRED of the pair in flight",
+            before,
+            [peer(a[0]), peer(a[1])],
+        );
+        let got = recv_fd(carrier[0]);
+        report.eq("a byte into the pair", 1, send(a[0], b"q"));
+        report.eq(
+            "read through the end that was in flight",
+            b"q".to_vec(),
+            recv_wait(got),
+        );
+        proto.finish(&report);
     }
     if args.flag("rights") {
         let p = pair(libc::SOCK_STREAM);
