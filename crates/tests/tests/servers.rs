@@ -1092,21 +1092,37 @@ fn pg_tools() -> Option<(PathBuf, PathBuf, (u32, u32))> {
 }
 
 /// SysV shared memory segments created by `pids` (`/proc/sysvipc/shm`),
-/// removed on drop: a postmaster killed outright leaves its segment.
+/// removed on drop: a postmaster killed outright leaves its segment. Drop
+/// it after the server is ended (only a segment nobody attaches goes).
 struct ShmOf(Vec<i32>);
 
 impl Drop for ShmOf {
     fn drop(&mut self) {
-        let table = fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
-        for l in table.lines().skip(1) {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // key shmid perms size cpid lpid nattch ...
-            let (Some(id), Some(cpid)) = (f.get(1), f.get(4).and_then(|c| c.parse().ok())) else {
-                continue;
-            };
-            if self.0.contains(&cpid) && f.get(6) == Some(&"0") {
-                let _ = Command::new("ipcrm").args(["-m", id]).status();
+        // The server was just killed: its processes may take a moment to
+        // detach. A segment still attached after two seconds is left.
+        for _ in 0..40 {
+            let table = fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+            let mut attached = false;
+            for l in table.lines().skip(1) {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // key shmid perms size cpid lpid nattch ...
+                let (Some(id), Some(cpid)) = (f.get(1), f.get(4).and_then(|c| c.parse().ok()))
+                else {
+                    continue;
+                };
+                if !self.0.contains(&cpid) {
+                    continue;
+                }
+                if f.get(6) == Some(&"0") {
+                    let _ = Command::new("ipcrm").args(["-m", id]).status();
+                } else {
+                    attached = true;
+                }
             }
+            if !attached {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -1194,10 +1210,12 @@ fn postgres() {
     let Some((bin, psql, ids)) = pg_tools() else {
         return;
     };
+    // Declared first, so dropped last: after `trees` has ended the server.
+    let mut shm = ShmOf(Vec::new());
     let (work, opts, mut trees) = (Work::new("srv_postgres"), Opts::default(), Trees::default());
     let mut pg = start_postgres(&work, &bin, psql, ids);
     trees.track(pg.p.pid);
-    let _shm = ShmOf(vec![pg.p.pid]);
+    shm.0.push(pg.p.pid);
     let baseline = settled_tree(&work, pg.p.pid);
     let create = "create table t(k text, v text); insert into t values ('a', 'before the dump')";
     check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
@@ -1413,10 +1431,12 @@ fn postgres_connection() {
     let Some((bin, psql, ids)) = pg_tools() else {
         return;
     };
+    // Declared first, so dropped last: after `trees` has ended the server.
+    let mut shm = ShmOf(Vec::new());
     let (work, mut trees) = (Work::new("srv_postgres_conn"), Trees::default());
     let mut pg = start_postgres(&work, &bin, psql, ids);
     trees.track(pg.p.pid);
-    let _shm = ShmOf(vec![pg.p.pid]);
+    shm.0.push(pg.p.pid);
     let baseline = settled_tree(&work, pg.p.pid);
     let create = "create table t(k text, v text); insert into t values ('a', 'by psql')";
     check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
