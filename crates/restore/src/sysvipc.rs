@@ -12,6 +12,7 @@
 
 use crate::{At, RestoreError, Result, Stage};
 use stasis_image::sysvipc::{IpcNs, IpcPerm, MsgQueue, SemSet, ShmSegment};
+use stasis_image::userns::{to_inside, IdRange};
 use stasis_image::{ProcessImage, Vma, VmaKind, PAGE_SIZE};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::sysvipc::{self as ipc, Kind, SHM_RDONLY, SHM_REMAP};
@@ -45,7 +46,13 @@ pub(crate) struct Ipc {
     /// What the root, PID 1 of its own namespace, does once seized
     /// ([`PidPlan::root_live`]).
     root: ByRoot,
+    /// The uid and gid maps of the tree's own user namespace, if it has
+    /// one: the root's calls name ids as the namespace maps them.
+    inside: Option<IdMaps>,
 }
+
+/// A user namespace's uid and gid maps.
+pub(crate) type IdMaps = (Vec<IdRange>, Vec<IdRange>);
 
 /// The calls the root makes by remote calls because PID 1 recorded them:
 /// segments it made (their ids), SETVALs (set, semaphore, value), queues.
@@ -110,8 +117,9 @@ pub(crate) fn pid_plan(
         refuse_pid_one(img, procs.first().map_or(0, |p| p.pid))?;
     }
     // The init of its own PID namespace, with the dump's view of the PIDs
-    // (an IPC namespace of its own), without a user namespace.
-    let root_live = pid_ns && !new_ns && img.own && !user_ns;
+    // (an IPC namespace of its own), in a user namespace of its own or not.
+    let _ = user_ns;
+    let root_live = pid_ns && !new_ns && img.own;
     let pid_ns = pid_ns && !new_ns && !root_live;
     let maps: Vec<HashSet<i32>> = procs
         .iter()
@@ -236,6 +244,9 @@ fn pid_error(pid: u32, st: Stage, p: i32, what: &str, e: stasis_sys::SysError) -
     }
 }
 
+/// Securebits: a change of ids leaves the capabilities alone.
+const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
+
 /// The ids an object is made with: its creator's (cuid, cgid), which the
 /// kernel takes from the caller of shmget/semget/msgget only.
 fn creator(p: &IpcPerm) -> (u32, u32) {
@@ -304,7 +315,7 @@ impl Ipc {
         img: &IpcNs,
         pid: u32,
         pages: &Path,
-        made: Option<&OwnedFd>,
+        (made, inside): (Option<&OwnedFd>, Option<IdMaps>),
         (plan, later): (&PidPlan, bool),
     ) -> Result<Ipc> {
         let st = Stage::Fork;
@@ -321,6 +332,7 @@ impl Ipc {
             pages: pages.to_path_buf(),
             pid_ns: None,
             root: ByRoot::default(),
+            inside,
         };
         if img.own {
             let (back, ns) = match made {
@@ -501,11 +513,34 @@ impl Ipc {
             what: format!("open {}", self.pages.display()),
             source,
         })?;
+        // In a user namespace of the tree's the root's ids of ours are
+        // not mapped there, so they cannot be named to be set back: its
+        // securebits stop a change of ids from touching its capabilities
+        // meanwhile (SECBIT_NO_SETUID_FIXUP), and the ids it is left with
+        // are the creds stage's to set.
+        let fixup = match &self.inside {
+            Some(_) if !root.shm.is_empty() => {
+                let bits = r
+                    .call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64], "prctl")
+                    .at(pid, st)?;
+                r.call(
+                    libc::SYS_prctl,
+                    &[
+                        libc::PR_SET_SECUREBITS as u64,
+                        bits | SECBIT_NO_SETUID_FIXUP,
+                    ],
+                    "prctl(PR_SET_SECUREBITS, NO_SETUID_FIXUP)",
+                )
+                .at(pid, st)?;
+                Some(bits)
+            }
+            _ => None,
+        };
         for s in self.image.shm.iter().filter(|s| root.shm.contains(&s.id)) {
             ipc::write_next_id(Kind::Shm, s.id).at(pid, st)?;
             let euid = r.call(libc::SYS_geteuid, &[], "geteuid").at(pid, st)?;
             let egid = r.call(libc::SYS_getegid, &[], "getegid").at(pid, st)?;
-            let (cuid, cgid) = creator(&s.perm);
+            let (cuid, cgid) = self.creator_of_root(&s.perm, s.id)?;
             let what = format!("SysV shm segment {} made by PID 1 as {cuid}:{cgid}", s.id);
             r.call(libc::SYS_setresgid, &[keep, cgid.into(), keep], &what)
                 .at(pid, st)?;
@@ -517,10 +552,12 @@ impl Ipc {
                 &[s.perm.key as u32 as u64, s.size, flags as u64],
                 &what,
             );
-            r.call(libc::SYS_setresuid, &[keep, euid, keep], "setresuid back")
-                .at(pid, st)?;
-            r.call(libc::SYS_setresgid, &[keep, egid, keep], "setresgid back")
-                .at(pid, st)?;
+            if self.inside.is_none() {
+                r.call(libc::SYS_setresuid, &[keep, euid, keep], "setresuid back")
+                    .at(pid, st)?;
+                r.call(libc::SYS_setresgid, &[keep, egid, keep], "setresgid back")
+                    .at(pid, st)?;
+            }
             let got = got.at(pid, st)?;
             if got != s.id as u64 {
                 return Err(RestoreError::Refused {
@@ -547,7 +584,36 @@ impl Ipc {
         for m in &root.msg {
             self.root_msg(r, m)?;
         }
+        if let Some(bits) = fixup {
+            r.call(
+                libc::SYS_prctl,
+                &[libc::PR_SET_SECUREBITS as u64, bits],
+                "prctl(PR_SET_SECUREBITS) back",
+            )
+            .at(pid, st)?;
+        }
         Ok(())
+    }
+
+    /// The creator's ids of segment `id` (ours) as the root names them:
+    /// in the tree's user namespace, as it maps them (an unmapped one is
+    /// refused by name).
+    fn creator_of_root(&self, p: &IpcPerm, id: i32) -> Result<(u32, u32)> {
+        let (cuid, cgid) = creator(p);
+        let Some((uids, gids)) = &self.inside else {
+            return Ok((cuid, cgid));
+        };
+        match (to_inside(uids, cuid), to_inside(gids, cgid)) {
+            (Some(u), Some(g)) => Ok((u, g)),
+            _ => Err(RestoreError::Refused {
+                pid: self.pid,
+                stage: Stage::Fork,
+                what: format!(
+                    "SysV shm segment {id} made by PID 1 as {cuid}:{cgid}, which the tree's user \
+                     namespace does not map"
+                ),
+            }),
+        }
     }
 
     /// One queue's [`RootMsg`], with room for every message meanwhile.
@@ -628,14 +694,28 @@ impl Ipc {
         };
         let work = move || -> stasis_sys::Result<()> {
             // The helpers below are forked into the tree's new PID
-            // namespace (this thread's pid_for_children; the thread ends).
-            if let Some(ns) = &pid_ns {
-                stasis_sys::nsenter::join(ns, libc::CLONE_NEWPID)?;
-            }
-            for (id, l) in late {
+            // namespace (this thread's pid_for_children meanwhile: a
+            // thread cannot be made then, as the sysctls of a namespace
+            // owned by the tree's user namespace need).
+            let own = match &pid_ns {
+                Some(ns) => {
+                    let own = stasis_sys::util::open(
+                        "/proc/thread-self/ns/pid",
+                        libc::O_RDONLY | libc::O_CLOEXEC,
+                    )?;
+                    stasis_sys::nsenter::join(ns, libc::CLONE_NEWPID)?;
+                    Some(own)
+                }
+                None => None,
+            };
+            let touched = late.into_iter().try_for_each(|(id, l)| {
                 let what = format!("SysV shm segment {id} last attacher");
-                ipc::by_pid(l, &what, || ipc::shm_touch_raw(id))?;
+                ipc::by_pid(l, &what, || ipc::shm_touch_raw(id))
+            });
+            if let Some(own) = &own {
+                stasis_sys::nsenter::join(own, libc::CLONE_NEWPID)?;
             }
+            touched?;
             for id in dest {
                 ipc::remove(Kind::Shm, id)?;
             }

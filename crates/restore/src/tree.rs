@@ -194,7 +194,10 @@ pub(crate) fn restore_tree(
             img,
             root_pid,
             &pages[0],
-            user.and_then(|u| u.ipc.as_ref()),
+            (
+                user.and_then(|u| u.ipc.as_ref()),
+                user.map(|u| u.maps.clone()),
+            ),
             (plan, gate.is_some()),
         )?),
         _ => None,

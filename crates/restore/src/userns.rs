@@ -51,10 +51,7 @@ pub(crate) struct Held {
     /// Our uid and gid of the namespace's root (uid and gid 0 inside).
     pub(crate) root_ids: (u32, u32),
     /// The image's uid and gid maps.
-    pub(crate) maps: (
-        Vec<stasis_image::userns::IdRange>,
-        Vec<stasis_image::userns::IdRange>,
-    ),
+    pub(crate) maps: crate::sysvipc::IdMaps,
     pub(crate) user: OwnedFd,
     pub(crate) net: Option<OwnedFd>,
     pub(crate) ipc: Option<OwnedFd>,

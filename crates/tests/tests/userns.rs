@@ -361,3 +361,31 @@ fn refuse_unix_pair_in_flight_own_pid_ns() {
     assert!(refused, "the dump did not refuse the pair: {out:?}");
     finish(&work, &mut init, t).assert_pass(&work);
 }
+
+/// tp_sysvipc `--mode own` in `stasis run --user` (its own user, PID and
+/// IPC namespaces): every object back with its id, owner and creator as
+/// the user namespace maps them, and the PIDs SysV IPC recorded as the
+/// PID namespace numbers them, PID 1's included.
+#[test]
+fn cr_sysvipc_in_user_namespace() {
+    let (work, out) = cr_user_tree_of(
+        "cr_sysvipc_in_user_namespace",
+        "tp_sysvipc",
+        &["--mode", "own"],
+    );
+    out.assert_pass(&work);
+}
+
+/// Its negative control: the PIDs it expects are off by one.
+#[test]
+fn negative_cr_sysvipc_pids_in_user_namespace() {
+    let (_work, out) = cr_user_tree_of(
+        "negative_cr_sysvipc_pids_in_user_namespace",
+        "tp_sysvipc",
+        &["--mode", "own", "--corrupt-pids"],
+    );
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains("PIDs"),
+        "{out:?}"
+    );
+}
