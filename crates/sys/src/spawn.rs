@@ -197,6 +197,9 @@ pub enum SockOp {
         ty: i32,
         shut: [u8; 2],
     },
+    /// unlink of this path (NUL-terminated) by the root itself, after
+    /// the calls before it: the socket file of a listener made for them.
+    Unlink(Vec<u8>),
 }
 
 /// connect(2) of `fd` to the unix socket `name` (raw calls only).
@@ -494,6 +497,7 @@ unsafe fn sock_call_now(c: &SockCall, tmp: [i32; 2]) -> bool {
         match &c.op {
             SockOp::Listen(backlog) => libc::syscall(libc::SYS_listen, c.fd, *backlog) == 0,
             SockOp::Connect(name) => connect_raw(c.fd, name),
+            SockOp::Unlink(_) => true,
             &SockOp::Pair { ty, .. } => {
                 let mut fds = [-1i32; 2];
                 libc::syscall(
@@ -528,7 +532,7 @@ unsafe fn sock_call_now(c: &SockCall, tmp: [i32; 2]) -> bool {
 /// Raw calls only; from the forked root.
 unsafe fn sock_call_finish(c: &SockCall, tmp: [i32; 2]) -> bool {
     let (other, ty, shut, new) = match &c.op {
-        SockOp::Listen(_) | SockOp::Connect(_) => return true,
+        SockOp::Listen(_) | SockOp::Connect(_) | SockOp::Unlink(_) => return true,
         &SockOp::Pair { peer, ty, shut } => (peer, ty, shut, tmp[0]),
         SockOp::Accepted {
             listener,
@@ -602,6 +606,11 @@ unsafe fn take_ids(c: &SockCall) -> bool {
 /// Only from the forked root, before it forks its children.
 unsafe fn sock_calls(plan: &TreePlan, me: i32) -> bool {
     for c in &plan.sock_calls {
+        if let SockOp::Unlink(path) = &c.op {
+            // SAFETY: a NUL-terminated path of the plan's.
+            unsafe { libc::syscall(libc::SYS_unlink, path.as_ptr()) };
+            continue;
+        }
         if c.pid == 1 && me != 1 {
             continue;
         }

@@ -2778,3 +2778,54 @@ fn refuse_unix_pair_in_flight_new_pid_ns() {
     );
     assert!(!pid_exists(p.pid), "a process was made");
 }
+
+/// tp_unix `--lone-accepted` as PID 1 of its own namespace: accepted
+/// connections whose listener is closed, or opened after them, report
+/// their makers' PIDs there.
+#[test]
+fn cr_unix_peercred_lone_accepted_own_pid_ns() {
+    let work = Work::new("cr_unix_peercred_lone_accepted_own_pid_ns");
+    cr_own_pid_ns(&work, Program::Bin("tp_unix"), &["--lone-accepted"]).assert_pass(&work);
+}
+
+/// The same with the closed listener's name a path, restored with
+/// `--new-pid-ns` (the listener made for the connection is removed again).
+#[test]
+fn cr_unix_peercred_lone_accepted_new_pid_ns() {
+    let work = Work::new("cr_unix_peercred_lone_accepted_new_pid_ns");
+    cr_new_pid_ns(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--lone-accepted", "--path"],
+    )
+    .assert_pass(&work);
+    let left = work.path("socks").join("gone.sock");
+    assert!(!left.exists(), "{} left behind", left.display());
+}
+
+/// Its negative control.
+#[test]
+fn negative_cr_unix_peercred_lone_accepted() {
+    let work = Work::new("negative_cr_unix_peercred_lone_accepted");
+    let out = cr_own_pid_ns(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--lone-accepted", "--corrupt"],
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// The same without a PID namespace: the listener made for the
+/// connection to the closed path listener lets only its connector (a
+/// child's uid 4343) connect, and is removed again.
+#[test]
+fn cr_unix_lone_accepted_path() {
+    let work = Work::new("cr_unix_lone_accepted_path");
+    run_case(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--lone-accepted", "--path"],
+        &Opts::default(),
+    )
+    .assert_pass(&work);
+}

@@ -97,11 +97,14 @@ pub(crate) struct Opened {
     /// namespace: a socket pair can be made by its creator's PID
     /// ([`unix`]'s `pair`).
     pub(crate) peer_pids: bool,
-    /// A tree restored into a PID namespace (no user namespace of its
-    /// own): the listens and waiting connects whose caller's PID
-    /// SO_PEERCRED records, made again (listen) or only (connect) by the
-    /// root before it forks anything (`spawn::SockCall`).
+    /// A tree restored into a PID namespace: the listens, pairs, accepted
+    /// and waiting connections whose caller's PID SO_PEERCRED records,
+    /// made again (or only: waiting connects) by the root before it forks
+    /// anything (`spawn::SockCall`).
     pub(crate) sock_calls: Option<Vec<stasis_sys::spawn::SockCall>>,
+    /// Accepted connections whose listener was not open when they were:
+    /// their calls, once every descriptor is ([`unixbound::connect_later`]).
+    pub(crate) accepted_later: Vec<unix::AcceptedLater>,
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,

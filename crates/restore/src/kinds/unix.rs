@@ -216,6 +216,28 @@ fn redo_in_pid_ns(
             };
             cred_of(cx, server).map(|cred| (cred, s, op))
         }
+        // Its listener not open (yet): made once every descriptor is,
+        // through the image's listener of that name, or one made for it
+        // (`unixbound::connect_later`).
+        Some((server, None, name)) if super::unixbound::same_view(name) => {
+            let other = if server == id { peer } else { id };
+            let (s, c) = if server == id { (a, b) } else { (b, a) };
+            if let Some(cred) = cred_of(cx, server).filter(|c| c.pid > 0) {
+                let op = SockOp::Accepted {
+                    listener: -1,
+                    client: raw(c),
+                    name: name.to_vec(),
+                    ty,
+                    shut: shut(server, other),
+                };
+                o.accepted_later.push(AcceptedLater {
+                    pid: cx.pid,
+                    call: super::unixbound::call(s, cred, op),
+                    listened: cred_of(cx, other).cloned(),
+                });
+            }
+            None
+        }
         Some(_) => None,
     };
     if let (Some(calls), Some((c, fd, op))) = (&mut o.sock_calls, call) {
@@ -224,6 +246,16 @@ fn redo_in_pid_ns(
         }
     }
     Ok(())
+}
+
+/// An accepted connection made again in a PID namespace once every
+/// descriptor is open ([`redo_in_pid_ns`]): its call (its listener to be
+/// found), and who listened (what its client reports) if that was a
+/// process of the namespace.
+pub(crate) struct AcceptedLater {
+    pub(crate) pid: u32,
+    pub(crate) call: stasis_sys::spawn::SockCall,
+    pub(crate) listened: Option<PeerCred>,
 }
 
 /// Whether one of the sockets `ends` is itself in flight: the message
@@ -345,6 +377,9 @@ fn through_listener(
     }
     let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
     sock::bind_unix(&l, name).at(pid, st)?;
+    if let Some(p) = &path {
+        super::unixbound::only_for(pid, p, cred_of(cx, server))?;
+    }
     let r = match cred_of(cx, client_id) {
         Some(c) => as_saved(o, cx, c, |p, ids| sock::listen_as(&l, 1, p, ids)),
         None => sock::listen(&l, 1).at(pid, st),

@@ -62,6 +62,7 @@ pub(crate) struct Pending {
 /// after the connections the tree had accepted from it were made through
 /// it (each by a connect and an accept, which takes the first in line).
 pub(crate) fn connect_later(o: &mut Opened, procs: &[stasis_image::ProcessImage]) -> Result<()> {
+    accepted_later(o)?;
     for p in std::mem::take(&mut o.unix_pending) {
         let cx = Cx {
             pid: p.pid,
@@ -71,6 +72,94 @@ pub(crate) fn connect_later(o: &mut Opened, procs: &[stasis_image::ProcessImage]
         connect_pending(o, &cx, &p)?;
     }
     Ok(())
+}
+
+/// In a PID namespace, the accepted connections whose listener was not
+/// open when they were made ([`super::unix::AcceptedLater`]), made again
+/// by the root through the image's listener of that name, or else
+/// through a listener made here for it: bound to the name and listened
+/// on (again by the root as who listened, what the client reports), left
+/// to the root, which closes it with the rest of what it does not keep,
+/// and which removes its socket file after the accept.
+fn accepted_later(o: &mut Opened) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    for mut a in std::mem::take(&mut o.accepted_later) {
+        let (pid, st) = (a.pid, Stage::Fork);
+        let connector = PeerCred {
+            pid: a.call.pid,
+            uid: a.call.uid,
+            gid: a.call.gid,
+            groups: Vec::new(),
+        };
+        let SockOp::Accepted {
+            listener, name, ty, ..
+        } = &mut a.call.op
+        else {
+            continue;
+        };
+        let name = name.clone();
+        let mut unlink = None;
+        match o.object("unix listener", super::name_key(&name)) {
+            Some(i) => *listener = o.owned[i].as_raw_fd(),
+            None => {
+                let l = sock::socket(libc::AF_UNIX, *ty, 0).at(pid, st)?;
+                if name.first() != Some(&0) {
+                    let p = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name))
+                        .into_owned();
+                    sock::remove_stale_socket(&p, *ty).at(pid, st)?;
+                }
+                sock::bind_unix(&l, &name).at(pid, st)?;
+                if name.first() != Some(&0) {
+                    let p = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name))
+                        .into_owned();
+                    only_for(pid, &p, Some(&connector))?;
+                    let mut z = p.into_bytes();
+                    z.push(0);
+                    unlink = Some(z);
+                }
+                sock::listen(&l, 1).at(pid, st)?;
+                *listener = l.as_raw_fd();
+                if let (Some(calls), Some(c)) = (
+                    o.sock_calls.as_mut(),
+                    a.listened.as_ref().filter(|c| c.pid > 0),
+                ) {
+                    calls.push(call(&l, c, SockOp::Listen(1)));
+                }
+                o.push(l);
+            }
+        }
+        if let Some(calls) = o.sock_calls.as_mut() {
+            calls.push(a.call);
+            if let Some(path) = unlink {
+                calls.push(SockCall {
+                    fd: -1,
+                    pid: 0,
+                    uid: 0,
+                    gid: 0,
+                    groups: Vec::new(),
+                    op: SockOp::Unlink(path),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The socket file `path` of a listener made for one connection: only
+/// its connector (`c`, else the restorer) may connect (connect needs
+/// write permission on it).
+pub(super) fn only_for(pid: u32, path: &str, c: Option<&PeerCred>) -> Result<()> {
+    let io = |what: &str, source| RestoreError::Io {
+        pid,
+        stage: Stage::Fork,
+        what: format!("{what} {path}"),
+        source,
+    };
+    if let Some(c) = c {
+        std::os::unix::fs::lchown(path, Some(c.uid), Some(c.gid)).map_err(|e| io("chown", e))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("chmod", e))
 }
 
 /// Connects the clients that waited in the accept queue, in order: those

@@ -53,13 +53,21 @@
 //! second; after restore both listeners read the same, each waiting
 //! connection, accepted, reports its maker, a new client the child's
 //! listener's maker (`--corrupt`: expects another PID, to fail).
+//! `--lone-accepted`: SO_PEERCRED of two accepted connections whose
+//! listeners a restore does not open before them: one a child listened
+//! on as 2323 and that was closed (a path in WORKDIR/socks with `--path`,
+//! else abstract) and a child connected to as 4343; one connected to by
+//! a child as 4545, whose listener (ours, abstract) was moved to a number
+//! above it. After restore: both ends of both, what waited, a byte each
+//! way, a new client of the moved listener (`--corrupt`: expects another
+//! PID, to fail).
 //! `--pair-in-flight`: an end of a stream pair in flight in a seqpacket
 //! pair (and kept): its SO_PEERCRED, then a byte through the end received.
 //! `--in-flight`: also a pipe's read end in flight in another pair of
 //! the program's (its SO_PEERCRED kept too), received after the restore
 //! and read through.
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen [--in-flight]|--pair-in-flight]`
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen [--in-flight]|--pair-in-flight|--lone-accepted [--path]]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -600,6 +608,99 @@ fn peercred_listen(proto: &Proto, corrupt: bool, in_flight: bool) -> ! {
     proto.finish(&report);
 }
 
+/// `--lone-accepted`: see the module comment.
+fn lone_accepted(proto: &Proto, corrupt: bool, path: bool) -> ! {
+    let mut report = Report::new();
+    let via = pair(libc::SOCK_DGRAM);
+    let tag = proto.path("l").display().to_string();
+    // 1. A listener a child listened on as 2323 and that is gone: a
+    // connection to it a child made as 4343 (exited), accepted.
+    let name1 = if path {
+        let dir = proto.path("socks");
+        std::fs::create_dir_all(&dir).expect("mkdir socks");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod socks");
+        dir.join("gone.sock").display().to_string()
+    } else {
+        format!("\0tp_unix-gone-{tag}")
+    };
+    let (l1, _) = fd_of_child(via, 2323, &|| {
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, name1.as_bytes());
+        if path {
+            let _ = std::fs::set_permissions(
+                &name1,
+                std::os::unix::fs::PermissionsExt::from_mode(0o777),
+            );
+        }
+        listen(l, 4);
+        l
+    });
+    let (c1, _) = fd_of_child(via, 4343, &|| {
+        let c = sock(libc::SOCK_STREAM);
+        connect(c, name1.as_bytes());
+        c
+    });
+    let accept = |l: i32| {
+        // SAFETY: plain accept on our listener.
+        unsafe { libc::accept(l, std::ptr::null_mut(), std::ptr::null_mut()) }
+    };
+    let s1 = accept(l1);
+    // SAFETY: our descriptor.
+    unsafe { libc::close(l1) };
+    // 2. A listener of ours on a number above the connection it accepted
+    // (a child made as 4545, exited), which restores open first.
+    let name2 = format!("\0tp_unix-after-{tag}");
+    let l2 = sock(libc::SOCK_STREAM);
+    bind(l2, name2.as_bytes());
+    listen(l2, 4);
+    let (c2, _) = fd_of_child(via, 4545, &|| {
+        let c = sock(libc::SOCK_STREAM);
+        connect(c, name2.as_bytes());
+        c
+    });
+    let s2 = accept(l2);
+    // SAFETY: our descriptors: the listener moved to 200.
+    let l2 = unsafe {
+        let n = libc::dup2(l2, 200);
+        libc::close(l2);
+        n
+    };
+    report.check(l2 == 200 && s2 < l2, || {
+        format!("listener at {l2}, connection at {s2}")
+    });
+    send(c1, b"one");
+    let before = [peer(s1), peer(c1), peer(s2), peer(c2)];
+    report.check(before.iter().all(|p| p.0 > 0), || {
+        format!("PIDs before: {before:?}")
+    });
+    proto.ready_and_wait();
+    let mut want = before.clone();
+    if corrupt {
+        want[0].0 += 1;
+    }
+    report.eq(
+        "SO_PEERCRED of the accepted connections (server, client; twice)",
+        want,
+        [peer(s1), peer(c1), peer(s2), peer(c2)],
+    );
+    report.eq("what waited", b"one".to_vec(), recv_wait(s1));
+    report.eq("a byte back", 1, send(s2, b"2"));
+    report.eq("read by the client", b"2".to_vec(), recv_wait(c2));
+    let again = sock(libc::SOCK_STREAM);
+    report.eq(
+        "connect to the moved listener",
+        0,
+        connect(again, name2.as_bytes()),
+    );
+    report.eq(
+        "a new client of it: the listener's SO_PEERCRED",
+        before[3].clone(),
+        peer(again),
+    );
+    proto.finish(&report);
+}
+
 fn send_pipe(fd: i32, b: &[u8]) -> isize {
     // SAFETY: a live buffer.
     unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) }
@@ -718,6 +819,9 @@ fn main() {
     }
     if args.flag("peercred") {
         peercred(&proto, args.corrupt(), args.flag("corrupt-waiting"));
+    }
+    if args.flag("lone-accepted") {
+        lone_accepted(&proto, args.corrupt(), args.flag("path"));
     }
     if args.flag("pair-in-flight") {
         // A stream pair one end of which is in flight (and kept).
