@@ -2829,3 +2829,26 @@ fn cr_unix_lone_accepted_path() {
     )
     .assert_pass(&work);
 }
+
+selfcheck!(selfcheck_rseq, negative_rseq, Program::Bin("tp_rseq"), []);
+
+/// tp_rseq: the rseq area glibc registered in each of two threads is
+/// registered again after restore, at the same address, with the same
+/// length and signature.
+#[test]
+fn cr_rseq() {
+    cr("cr_rseq", Program::Bin("tp_rseq"), &[]);
+}
+
+/// Its negative control through a real dump and restore.
+#[test]
+fn negative_cr_rseq() {
+    let work = Work::new("negative_cr_rseq");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_rseq"),
+        &["--corrupt"],
+        &Opts::default(),
+    );
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}

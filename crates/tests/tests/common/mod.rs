@@ -115,6 +115,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_mqueue" => env!("CARGO_BIN_EXE_tp_mqueue"),
         "tp_chroot" => env!("CARGO_BIN_EXE_tp_chroot"),
         "tp_procsys" => env!("CARGO_BIN_EXE_tp_procsys"),
+        "tp_rseq" => env!("CARGO_BIN_EXE_tp_rseq"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
