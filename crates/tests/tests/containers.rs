@@ -873,10 +873,13 @@ struct Podman {
     dir: PathBuf,
     image: String,
     names: Vec<String>,
-    /// podman's `libpod_parent` cgroups did not exist before: removed
-    /// (when empty) at the end.
-    new_cgroups: bool,
 }
+
+/// Podman values alive in this test process, and whether podman's
+/// `libpod_parent` cgroups did not exist before the first of them: then
+/// the last one to go removes them (when empty). The tests run in
+/// parallel, so one that ends may leave them to another still running.
+static LIBPOD: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
 
 /// Removes cgroup `c` and the cgroups below it (conmon's), deepest first;
 /// rmdir only takes an empty cgroup, so one still in use stays.
@@ -958,8 +961,14 @@ impl Podman {
             image: format!("localhost/stasis-busybox-{tag}:{}", std::process::id()),
             dir,
             names: Vec::new(),
-            new_cgroups: libpod_cgroups().is_empty(),
         };
+        {
+            let mut live = LIBPOD.lock().unwrap_or_else(|e| e.into_inner());
+            if live.0 == 0 {
+                live.1 = libpod_cgroups().is_empty();
+            }
+            live.0 += 1;
+        }
         let mut c = p.podman(&["import"]);
         c.arg(&tar).arg(&p.image);
         let r = run(c, Duration::from_secs(120));
@@ -1055,7 +1064,9 @@ impl Drop for Podman {
         }
         let _ = run(self.podman(&["rmi", "-f", &self.image]), T);
         let _ = fs::remove_dir_all(&self.dir);
-        if self.new_cgroups {
+        let mut live = LIBPOD.lock().unwrap_or_else(|e| e.into_inner());
+        live.0 -= 1;
+        if live.0 == 0 && live.1 {
             for c in libpod_cgroups() {
                 rmdir_cgroup(&c);
             }
