@@ -84,6 +84,25 @@ pub(crate) fn ptmx() -> String {
         .unwrap_or_else(|| "/dev/ptmx".into())
 }
 
+/// Runs `f` where absolute paths name what the tree will see: while the
+/// restorer is in the built namespace, on a thread of its own whose root
+/// is the built tree's (unshare CLONE_FS, fchdir, chroot: the rest of the
+/// restorer keeps its root); else here. For a unix socket bound to a path
+/// (bind takes the path as its name, so it cannot be bound by a path
+/// relative to that root).
+pub(crate) fn in_tree_root<T: Send>(pid: u32, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let root = match active().as_ref().filter(|a| a.home.is_some()) {
+        Some(a) => a.root.try_clone().map_err(|source| RestoreError::Io {
+            pid,
+            stage: Stage::Fork,
+            what: "dup the rebuilt tree's root".into(),
+            source,
+        })?,
+        None => return f(),
+    };
+    sys::on_thread_in_root(root.as_fd(), f).at(pid, Stage::Fork)?
+}
+
 /// The built namespace and its root (descriptors of ours), for the first
 /// process forked ([`stasis_sys::spawn::TreePlan::mntns`]).
 pub(crate) fn for_fork() -> Option<(i32, i32)> {

@@ -89,6 +89,28 @@ pub fn fchdir(dir: BorrowedFd<'_>) -> Result<()> {
     .map(drop)
 }
 
+/// Runs `f` on a new thread of ours whose root directory (and working
+/// directory) is `root`: the thread unshares its fs information
+/// (CLONE_FS) before chroot, so the rest of the process keeps its own.
+/// Absolute paths in `f` name what a process rooted at `root` sees,
+/// including names that take the path as given (bind of a unix socket).
+pub fn on_thread_in_root<T: Send>(root: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: integer-only unshare of this thread's fs information.
+            let r = unsafe { libc::unshare(libc::CLONE_FS) };
+            check(r.into(), "unshare(CLONE_FS)", None)?;
+            fchdir(root)?;
+            // SAFETY: a NUL-terminated path; changes this thread's root only.
+            let r = unsafe { libc::chroot(c".".as_ptr()) };
+            check(r.into(), "chroot", None)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(crate::SysError::other("thread in a root", None, "panicked")))
+    })
+}
+
 /// openat2(root, path, RESOLVE_IN_ROOT): `path` as a process whose root
 /// directory is `root` would see it (absolute symlinks stay inside).
 pub fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: i32) -> Result<OwnedFd> {

@@ -487,3 +487,77 @@ fn negative_run_knobs_without_uts() {
         work.diagnostics()
     );
 }
+
+/// How long the tp_unix rootfs tests wait for each step.
+const T: Duration = Duration::from_secs(60);
+
+/// `stasis run --root WORK -- /tp_unix / ARGS` (its own PID and mount
+/// namespaces, pivoted into the work directory: a restore rebuilds that
+/// mount namespace): ready, or dead with its verdict.
+fn run_unix_in_root(work: &Work, args: &[&str]) -> Proc {
+    let r = work.dir();
+    fs::create_dir_all(r.join("proc")).expect("mkdir proc");
+    let tp = PathBuf::from(env!("CARGO_BIN_EXE_tp_unix"));
+    fs::copy(&tp, r.join("tp_unix")).expect("copy tp_unix");
+    for lib in libraries(&tp) {
+        copy_in(r, &lib);
+    }
+    ensure_subreaper();
+    let pidfile_arg = work.path("run.pid").to_str().expect("utf-8").to_string();
+    let root = r.to_str().expect("utf-8").to_string();
+    let mut run = vec!["run", "-d", "--pidfile", &pidfile_arg, "--root", &root];
+    run.extend_from_slice(&["--", "/tp_unix", "/", "--own-stdio"]);
+    run.extend_from_slice(args);
+    let out = stasis(work, &run, Duration::from_secs(60));
+    if !out.success() {
+        fail(work, format!("stasis run failed: {}", out.stderr));
+    }
+    let mut p = Proc::adopt(pidfile(work, "run.pid"));
+    step(work, "waiting for ready", wait_ready(work, &mut p, T));
+    p
+}
+
+/// tp_unix `--lone-accepted --path` as PID 1 in a rootfs (`stasis run
+/// --root`): the listener made for the connection whose path listener
+/// was closed is bound where the pivoted root will find its path (by a
+/// thread rooted in the rebuilt tree), the connection made again there
+/// with its maker's PID, and the file removed after.
+#[test]
+fn cr_unix_peercred_lone_accepted_in_rootfs() {
+    let work = Work::new("cr_unix_lone_accepted_rootfs");
+    let mut init = run_unix_in_root(&work, &["--lone-accepted", "--path"]);
+    let out = dump(&work, init.pid, &[], T);
+    if !out.success() {
+        init.kill();
+        fail(&work, format!("stasis dump failed: {}", out.stderr));
+    }
+    step(&work, "waiting for the dumped init", init.wait(T).map(drop));
+    let out = restore_detached(&work, &[], T);
+    if !out.success() {
+        fail(&work, format!("restore failed: {}", out.stderr));
+    }
+    let mut r = Proc::adopt(pidfile(&work, "pidfile"));
+    finish(&work, &mut r, T).assert_pass(&work);
+    let left = work.path("socks").join("gone.sock");
+    assert!(!left.exists(), "{} left behind", left.display());
+}
+
+/// tp_unix `--lone-accepted --keep-listener` in a rootfs: a listener
+/// bound to a path, which a restore would bind outside the rebuilt tree:
+/// the dump refuses it by name, and the tree runs on with its checks
+/// passing.
+#[test]
+fn refuse_unix_path_socket_in_rootfs() {
+    let work = Work::new("refuse_unix_path_socket_rootfs");
+    let mut init = run_unix_in_root(&work, &["--lone-accepted", "--keep-listener"]);
+    let out = dump(&work, init.pid, &[], T);
+    let refused = !out.success()
+        && out
+            .stderr
+            .contains("a unix socket bound to a path in a mount namespace of its own");
+    if !refused {
+        init.kill();
+    }
+    assert!(refused, "the dump did not refuse the socket: {out:?}");
+    finish(&work, &mut init, T).assert_pass(&work);
+}

@@ -2852,3 +2852,20 @@ fn negative_cr_rseq() {
     );
     assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }
+
+/// `--lone-accepted --path` as PID 1 of `stasis run` (its own PID and
+/// mount namespaces, the latter rebuilt by the restore): the listener
+/// made for the accepted connection is bound where the tree will see its
+/// path (from a thread rooted in the rebuilt tree), and gone after.
+#[test]
+fn cr_unix_peercred_lone_accepted_own_pid_ns_path() {
+    let work = Work::new("cr_unix_peercred_lone_accepted_own_pid_ns_path");
+    cr_own_pid_ns(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--lone-accepted", "--path"],
+    )
+    .assert_pass(&work);
+    let left = work.path("socks").join("gone.sock");
+    assert!(!left.exists(), "{} left behind", left.display());
+}

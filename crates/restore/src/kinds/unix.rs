@@ -217,9 +217,9 @@ fn redo_in_pid_ns(
             cred_of(cx, server).map(|cred| (cred, s, op))
         }
         // Its listener not open (yet): made once every descriptor is,
-        // through the image's listener of that name, or one made for it
-        // (`unixbound::connect_later`).
-        Some((server, None, name)) if super::unixbound::same_view(name) => {
+        // through the image's listener of that name, or one made for it,
+        // in the tree's view of the name (`unixbound::accepted_later`).
+        Some((server, None, name)) => {
             let other = if server == id { peer } else { id };
             let (s, c) = if server == id { (a, b) } else { (b, a) };
             if let Some(cred) = cred_of(cx, server).filter(|c| c.pid > 0) {
@@ -372,24 +372,29 @@ fn through_listener(
     }
     let path = (name.first() != Some(&0))
         .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
-    if let Some(p) = &path {
-        sock::remove_stale_socket(p, ty).at(pid, st)?;
-    }
-    let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
-    sock::bind_unix(&l, name).at(pid, st)?;
-    if let Some(p) = &path {
-        super::unixbound::only_for(pid, p, cred_of(cx, server))?;
-    }
-    let r = match cred_of(cx, client_id) {
-        Some(c) => as_saved(o, cx, c, |p, ids| sock::listen_as(&l, 1, p, ids)),
-        None => sock::listen(&l, 1).at(pid, st),
-    }
-    .and_then(|()| connect(&client))
-    .and_then(|()| sock::accept(&l).at(pid, st));
-    if let Some(p) = &path {
-        let _ = std::fs::remove_file(p);
-    }
-    Ok((r?, client, None))
+    // The name as the tree sees it: in a rebuilt mount namespace, from a
+    // thread rooted in the rebuilt tree (the helpers it forks too).
+    let accepted = crate::mntns::in_tree_root(pid, || {
+        if let Some(p) = &path {
+            sock::remove_stale_socket(p, ty).at(pid, st)?;
+        }
+        let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
+        sock::bind_unix(&l, name).at(pid, st)?;
+        if let Some(p) = &path {
+            super::unixbound::only_for(pid, p, cred_of(cx, server))?;
+        }
+        let r = match cred_of(cx, client_id) {
+            Some(c) => as_saved(o, cx, c, |p, ids| sock::listen_as(&l, 1, p, ids)),
+            None => sock::listen(&l, 1).at(pid, st),
+        }
+        .and_then(|()| connect(&client))
+        .and_then(|()| sock::accept(&l).at(pid, st));
+        if let Some(p) = &path {
+            let _ = std::fs::remove_file(p);
+        }
+        r
+    })?;
+    Ok((accepted, client, None))
 }
 
 /// A stream socket whose peer was outside the tree (criu's

@@ -103,16 +103,21 @@ fn accepted_later(o: &mut Opened) -> Result<()> {
             Some(i) => *listener = o.owned[i].as_raw_fd(),
             None => {
                 let l = sock::socket(libc::AF_UNIX, *ty, 0).at(pid, st)?;
-                if name.first() != Some(&0) {
-                    let p = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name))
-                        .into_owned();
-                    sock::remove_stale_socket(&p, *ty).at(pid, st)?;
-                }
-                sock::bind_unix(&l, &name).at(pid, st)?;
-                if name.first() != Some(&0) {
-                    let p = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name))
-                        .into_owned();
-                    only_for(pid, &p, Some(&connector))?;
+                let path = (name.first() != Some(&0)).then(|| {
+                    String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name)).into_owned()
+                });
+                // A path as the root will name it after its pivot.
+                crate::mntns::in_tree_root(pid, || {
+                    if let Some(p) = &path {
+                        sock::remove_stale_socket(p, *ty).at(pid, st)?;
+                    }
+                    sock::bind_unix(&l, &name).at(pid, st)?;
+                    match &path {
+                        Some(p) => only_for(pid, p, Some(&connector)),
+                        None => Ok(()),
+                    }
+                })?;
+                if let Some(p) = path {
                     let mut z = p.into_bytes();
                     z.push(0);
                     unlink = Some(z);

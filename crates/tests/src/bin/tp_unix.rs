@@ -60,14 +60,17 @@
 //! a child as 4545, whose listener (ours, abstract) was moved to a number
 //! above it. After restore: both ends of both, what waited, a byte each
 //! way, a new client of the moved listener (`--corrupt`: expects another
-//! PID, to fail).
+//! PID, to fail). `--keep-listener`: also a listener bound to
+//! WORKDIR/kept.sock.
+//! `--own-stdio`: stdio on WORKDIR/tp_unix and WORKDIR/tp_unix.log (in a
+//! rootfs, where the harness's files are out of reach).
 //! `--pair-in-flight`: an end of a stream pair in flight in a seqpacket
 //! pair (and kept): its SO_PEERCRED, then a byte through the end received.
 //! `--in-flight`: also a pipe's read end in flight in another pair of
 //! the program's (its SO_PEERCRED kept too), received after the restore
 //! and read through.
 //!
-//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen [--in-flight]|--pair-in-flight|--lone-accepted [--path]]`
+//! Usage: `tp_unix WORKDIR [--corrupt] [--rights|--pending [--pending-data|--pending-shared]|--unlinked|--peercred [--corrupt-waiting]|--peercred-listen [--in-flight]|--pair-in-flight|--lone-accepted [--path] [--keep-listener]] [--own-stdio]`
 
 use stasis_tests::{errno, Proto, Report};
 
@@ -609,10 +612,21 @@ fn peercred_listen(proto: &Proto, corrupt: bool, in_flight: bool) -> ! {
 }
 
 /// `--lone-accepted`: see the module comment.
-fn lone_accepted(proto: &Proto, corrupt: bool, path: bool) -> ! {
+fn lone_accepted(proto: &Proto, corrupt: bool, (path, keep): (bool, bool)) -> ! {
     let mut report = Report::new();
+    // `--keep-listener`: also a listener of ours on WORKDIR/kept.sock.
+    let _kept = keep.then(|| {
+        let l = sock(libc::SOCK_STREAM);
+        bind(l, proto.path("kept.sock").display().to_string().as_bytes());
+        listen(l, 2);
+        l
+    });
     let via = pair(libc::SOCK_DGRAM);
-    let tag = proto.path("l").display().to_string();
+    // Unique abstract names: copies in rootfs all see WORKDIR as "/".
+    let mut r = [0u8; 8];
+    // SAFETY: fills a local buffer.
+    unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    let tag = format!("{}-{:x}", proto.path("l").display(), u64::from_le_bytes(r));
     // 1. A listener a child listened on as 2323 and that is gone: a
     // connection to it a child made as 4343 (exited), accepted.
     let name1 = if path {
@@ -814,6 +828,21 @@ fn talk(report: &mut Report, what: &str, listener: i32, name: &[u8], ty: i32) {
 fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
+    if args.flag("own-stdio") {
+        // In a rootfs: stdio on files of its own (the harness's are
+        // outside its root, which a dump refuses).
+        let (i, o) = (
+            std::fs::File::open(proto.path("tp_unix")).expect("open stdin"),
+            std::fs::File::create(proto.path("tp_unix.log")).expect("create log"),
+        );
+        // SAFETY: dup2 of descriptors we hold onto 0, 1, 2.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::dup2(i.as_raw_fd(), 0);
+            libc::dup2(o.as_raw_fd(), 1);
+            libc::dup2(o.as_raw_fd(), 2);
+        }
+    }
     if args.flag("peercred-listen") {
         peercred_listen(&proto, args.corrupt(), args.flag("in-flight"));
     }
@@ -821,7 +850,11 @@ fn main() {
         peercred(&proto, args.corrupt(), args.flag("corrupt-waiting"));
     }
     if args.flag("lone-accepted") {
-        lone_accepted(&proto, args.corrupt(), args.flag("path"));
+        lone_accepted(
+            &proto,
+            args.corrupt(),
+            (args.flag("path"), args.flag("keep-listener")),
+        );
     }
     if args.flag("pair-in-flight") {
         // A stream pair one end of which is in flight (and kept).
