@@ -483,22 +483,12 @@ pub(crate) fn refuse_made_outside(
     images: &[&mut stasis_image::ProcessImage],
     mntns: Option<&MountNs>,
 ) -> Result<()> {
-    use stasis_image::{FdKind, SavedFileKind};
     if mntns.is_none() {
         return Ok(());
     }
     for p in images {
-        let deleted = p.saved_files.iter().find_map(|f| match &f.kind {
-            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => Some(path),
-            SavedFileKind::Memfd { .. } | SavedFileKind::Tmpfile { .. } => None,
-        });
-        let bound = p.files.iter().find(
-            |f| matches!(&f.kind, FdKind::UnixBound { name, .. } if name.first() == Some(&b'/')),
-        );
-        let what = match (deleted, bound) {
-            (Some(path), _) => format!("deleted file {path}"),
-            (None, Some(f)) => format!("fd {}: a unix socket bound to a path", f.fd),
-            (None, None) => continue,
+        let Some(what) = p.made_outside_rebuilt_mntns() else {
+            continue;
         };
         return Err(DumpError::Unsupported {
             pid: p.pid,

@@ -352,19 +352,9 @@ fn bind_path(mount_point: &str, root: &str) -> String {
 /// file recreated next to its old path, a unix socket bound to a path):
 /// refused by name before anything is built.
 pub(crate) fn check_procs(procs: &[stasis_image::ProcessImage]) -> Result<()> {
-    use stasis_image::{FdKind, SavedFileKind};
     for p in procs {
-        let deleted = p.saved_files.iter().find_map(|f| match &f.kind {
-            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => Some(path),
-            SavedFileKind::Memfd { .. } | SavedFileKind::Tmpfile { .. } => None,
-        });
-        let bound = p.files.iter().find(
-            |f| matches!(&f.kind, FdKind::UnixBound { name, .. } if name.first() == Some(&b'/')),
-        );
-        let what = match (deleted, bound) {
-            (Some(path), _) => format!("deleted file {path}"),
-            (None, Some(f)) => format!("fd {}: a unix socket bound to a path", f.fd),
-            (None, None) => continue,
+        let Some(what) = p.made_outside_rebuilt_mntns() else {
+            continue;
         };
         return Err(RestoreError::Refused {
             pid: p.pid,
