@@ -534,7 +534,6 @@ fn dump_frozen(
         let mut images: Vec<_> = collected.iter_mut().map(|c| &mut c.image).collect();
         kinds::link_tree(&mut images, opts.ghost_limit)?;
         kinds::inotify::refuse_unnamed_made_anew(&images, mntns.as_ref())?;
-        mntns::refuse_made_outside(&images, mntns.as_ref())?;
     }
     // After the open file descriptions are linked: a flock belongs to one.
     locks::collect(&mut collected, opts.file_locks)?;

@@ -473,31 +473,3 @@ fn master_elsewhere(pids: &[u32], dev: (u32, u32)) -> Option<(u32, String)> {
             })
     })
 }
-
-/// A tree with a mount namespace of its own is restored into a rebuilt
-/// one, where a deleted file would be made again, or a unix socket bound
-/// to a path, outside the tree (the restore refuses them too, for images
-/// made before this check): refused by name here, so that the tree runs
-/// on instead of a restore failing later.
-pub(crate) fn refuse_made_outside(
-    images: &[&mut stasis_image::ProcessImage],
-    mntns: Option<&MountNs>,
-) -> Result<()> {
-    if mntns.is_none() {
-        return Ok(());
-    }
-    for p in images {
-        let Some(what) = p.made_outside_rebuilt_mntns() else {
-            continue;
-        };
-        return Err(DumpError::Unsupported {
-            pid: p.pid,
-            stage: Stage::Check,
-            what: format!(
-                "{what} in a mount namespace of its own (not supported yet: a restore would \
-                 make it outside the rebuilt tree)"
-            ),
-        });
-    }
-    Ok(())
-}

@@ -876,27 +876,6 @@ pub enum FdKind {
     Mqueue { name: String, dev: u64, flags: u32 },
 }
 
-impl ProcessImage {
-    /// What a restore into a rebuilt mount namespace would make outside
-    /// the tree (not restored yet): a deleted file it recreates next to
-    /// its old path, or a unix socket it binds to a path; named for an
-    /// error message.
-    pub fn made_outside_rebuilt_mntns(&self) -> Option<String> {
-        let deleted = self.saved_files.iter().find_map(|f| match &f.kind {
-            SavedFileKind::Deleted { path } | SavedFileKind::DeletedDir { path } => Some(path),
-            SavedFileKind::Memfd { .. } | SavedFileKind::Tmpfile { .. } => None,
-        });
-        let bound = self.files.iter().find(
-            |f| matches!(&f.kind, FdKind::UnixBound { name, .. } if name.first() == Some(&b'/')),
-        );
-        match (deleted, bound) {
-            (Some(path), _) => Some(format!("deleted file {path}")),
-            (None, Some(f)) => Some(format!("fd {}: a unix socket bound to a path", f.fd)),
-            (None, None) => None,
-        }
-    }
-}
-
 impl FdKind {
     /// The open file status flags the descriptor had (fdinfo `flags:`
     /// without O_CLOEXEC). Every kind records them.

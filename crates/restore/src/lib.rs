@@ -398,7 +398,6 @@ fn mntns_first(
     let Some(ns) = image.inventory.mntns.as_ref() else {
         return Ok(None);
     };
-    mntns::check_procs(&image.processes)?;
     let cg = image.inventory.cgroups.as_ref();
     let remap = |m: &stasis_image::mntns::Mount, given: &str| {
         (m.fs_type == "cgroup" && opts.manage_cgroups != CgroupMode::Ignore)

@@ -348,23 +348,6 @@ fn bind_path(mount_point: &str, root: &str) -> String {
     }
 }
 
-/// What a restore would still make outside the rebuilt tree (a deleted
-/// file recreated next to its old path, a unix socket bound to a path):
-/// refused by name before anything is built.
-pub(crate) fn check_procs(procs: &[stasis_image::ProcessImage]) -> Result<()> {
-    for p in procs {
-        let Some(what) = p.made_outside_rebuilt_mntns() else {
-            continue;
-        };
-        return Err(RestoreError::Refused {
-            pid: p.pid,
-            stage: Stage::Preflight,
-            what: format!("{what} in a mount namespace of its own: not restored yet"),
-        });
-    }
-    Ok(())
-}
-
 fn refused(pid: u32, m: &Mount, why: String) -> RestoreError {
     RestoreError::Refused {
         pid,

@@ -87,6 +87,24 @@ impl Proto {
         (Proto::new(Path::new(&dir)), Args { rest })
     }
 
+    /// For a program run in a rootfs (WORKDIR its root), whose stdio the
+    /// harness's files outside it would make a dump refuse: stdin on the
+    /// program's own copy WORKDIR/NAME, stdout and stderr on
+    /// WORKDIR/NAME.log.
+    pub fn stdio_in_workdir(&self, name: &str) {
+        use std::os::fd::AsRawFd;
+        let (i, o) = (
+            std::fs::File::open(self.path(name)).expect("open stdin"),
+            std::fs::File::create(self.path(&format!("{name}.log"))).expect("create log"),
+        );
+        // SAFETY: dup2 of descriptors we hold onto 0, 1, 2.
+        unsafe {
+            libc::dup2(i.as_raw_fd(), 0);
+            libc::dup2(o.as_raw_fd(), 1);
+            libc::dup2(o.as_raw_fd(), 2);
+        }
+    }
+
     /// The work directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -491,22 +491,23 @@ fn negative_run_knobs_without_uts() {
 /// How long the tp_unix rootfs tests wait for each step.
 const T: Duration = Duration::from_secs(60);
 
-/// `stasis run --root WORK -- /tp_unix / ARGS` (its own PID and mount
-/// namespaces, pivoted into the work directory: a restore rebuilds that
-/// mount namespace): ready, or dead with its verdict.
-fn run_unix_in_root(work: &Work, args: &[&str]) -> Proc {
+/// `stasis run --root WORK -- /NAME / --own-stdio ARGS` (its own PID and
+/// mount namespaces, pivoted into the work directory: a restore rebuilds
+/// that mount namespace): ready, or dead with its verdict.
+fn run_in_root(work: &Work, (name, tp): (&str, &str), args: &[&str]) -> Proc {
     let r = work.dir();
     fs::create_dir_all(r.join("proc")).expect("mkdir proc");
-    let tp = PathBuf::from(env!("CARGO_BIN_EXE_tp_unix"));
-    fs::copy(&tp, r.join("tp_unix")).expect("copy tp_unix");
+    let tp = PathBuf::from(tp);
+    fs::copy(&tp, r.join(name)).expect("copy the test program");
     for lib in libraries(&tp) {
         copy_in(r, &lib);
     }
     ensure_subreaper();
     let pidfile_arg = work.path("run.pid").to_str().expect("utf-8").to_string();
     let root = r.to_str().expect("utf-8").to_string();
+    let prog = format!("/{name}");
     let mut run = vec!["run", "-d", "--pidfile", &pidfile_arg, "--root", &root];
-    run.extend_from_slice(&["--", "/tp_unix", "/", "--own-stdio"]);
+    run.extend_from_slice(&["--", &prog, "/", "--own-stdio"]);
     run.extend_from_slice(args);
     let out = stasis(work, &run, Duration::from_secs(60));
     if !out.success() {
@@ -517,6 +518,27 @@ fn run_unix_in_root(work: &Work, args: &[&str]) -> Proc {
     p
 }
 
+/// [`run_in_root`] for tp_unix.
+fn run_unix_in_root(work: &Work, args: &[&str]) -> Proc {
+    run_in_root(work, ("tp_unix", env!("CARGO_BIN_EXE_tp_unix")), args)
+}
+
+/// Dumps the tree of `init`, restores it (`-d`) and lets it finish.
+fn cr_in_root(work: &Work, mut init: Proc) -> Outcome {
+    let out = dump(work, init.pid, &[], T);
+    if !out.success() {
+        init.kill();
+        fail(work, format!("stasis dump failed: {}", out.stderr));
+    }
+    step(work, "waiting for the dumped init", init.wait(T).map(drop));
+    let out = restore_detached(work, &[], T);
+    if !out.success() {
+        fail(work, format!("restore failed: {}", out.stderr));
+    }
+    let mut r = Proc::adopt(pidfile(work, "pidfile"));
+    finish(work, &mut r, T)
+}
+
 /// tp_unix `--lone-accepted --path` as PID 1 in a rootfs (`stasis run
 /// --root`): the listener made for the connection whose path listener
 /// was closed is bound where the pivoted root will find its path (by a
@@ -525,39 +547,58 @@ fn run_unix_in_root(work: &Work, args: &[&str]) -> Proc {
 #[test]
 fn cr_unix_peercred_lone_accepted_in_rootfs() {
     let work = Work::new("cr_unix_lone_accepted_rootfs");
-    let mut init = run_unix_in_root(&work, &["--lone-accepted", "--path"]);
-    let out = dump(&work, init.pid, &[], T);
-    if !out.success() {
-        init.kill();
-        fail(&work, format!("stasis dump failed: {}", out.stderr));
-    }
-    step(&work, "waiting for the dumped init", init.wait(T).map(drop));
-    let out = restore_detached(&work, &[], T);
-    if !out.success() {
-        fail(&work, format!("restore failed: {}", out.stderr));
-    }
-    let mut r = Proc::adopt(pidfile(&work, "pidfile"));
-    finish(&work, &mut r, T).assert_pass(&work);
+    let init = run_unix_in_root(&work, &["--lone-accepted", "--path"]);
+    cr_in_root(&work, init).assert_pass(&work);
     let left = work.path("socks").join("gone.sock");
     assert!(!left.exists(), "{} left behind", left.display());
 }
 
-/// tp_unix `--lone-accepted --keep-listener` in a rootfs: a listener
-/// bound to a path, which a restore would bind outside the rebuilt tree:
-/// the dump refuses it by name, and the tree runs on with its checks
-/// passing.
+/// tp_unix `--lone-accepted --path --keep-listener` in a rootfs (`stasis
+/// run --root`, whose mount namespace a restore rebuilds): a listener
+/// and a datagram socket bound to paths, bound again where the pivoted
+/// tree finds them (from a thread rooted in the rebuilt tree), with the
+/// connection waiting in the listener and the datagram waiting in the
+/// other; clients reach both by their paths after.
 #[test]
-fn refuse_unix_path_socket_in_rootfs() {
-    let work = Work::new("refuse_unix_path_socket_rootfs");
-    let mut init = run_unix_in_root(&work, &["--lone-accepted", "--keep-listener"]);
-    let out = dump(&work, init.pid, &[], T);
-    let refused = !out.success()
-        && out
-            .stderr
-            .contains("a unix socket bound to a path in a mount namespace of its own");
-    if !refused {
-        init.kill();
-    }
-    assert!(refused, "the dump did not refuse the socket: {out:?}");
-    finish(&work, &mut init, T).assert_pass(&work);
+fn cr_unix_path_sockets_in_rootfs() {
+    let work = Work::new("cr_unix_path_sockets_rootfs");
+    let init = run_unix_in_root(&work, &["--lone-accepted", "--path", "--keep-listener"]);
+    cr_in_root(&work, init).assert_pass(&work);
+}
+
+/// Its negative control through the same dump and restore.
+#[test]
+fn negative_cr_unix_path_sockets_in_rootfs() {
+    let work = Work::new("negative_cr_unix_path_sockets_rootfs");
+    let init = run_unix_in_root(
+        &work,
+        &["--lone-accepted", "--path", "--keep-listener", "--corrupt"],
+    );
+    let out = cr_in_root(&work, init);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
+}
+
+/// tp_files2 in a rootfs (`stasis run --root`): its deleted file (with
+/// a hole, another owner, set times, mapped), deleted directories as
+/// working directory and descriptor, made again inside the rebuilt tree
+/// (from a thread rooted in it), so their links name what the tree sees
+/// and nothing is left in their parents; its /proc files and pidfds.
+#[test]
+fn cr_deleted_files_in_rootfs() {
+    let work = Work::new("cr_deleted_files_rootfs");
+    let init = run_in_root(&work, ("tp_files2", env!("CARGO_BIN_EXE_tp_files2")), &[]);
+    cr_in_root(&work, init).assert_pass(&work);
+}
+
+/// Its negative control through the same dump and restore.
+#[test]
+fn negative_cr_deleted_files_in_rootfs() {
+    let work = Work::new("negative_cr_deleted_files_rootfs");
+    let init = run_in_root(
+        &work,
+        ("tp_files2", env!("CARGO_BIN_EXE_tp_files2")),
+        &["--corrupt"],
+    );
+    let out = cr_in_root(&work, init);
+    assert!(out.result.starts_with("FAIL: "), "{out:?}");
 }

@@ -144,10 +144,12 @@ pub(super) fn link(images: &mut [&mut ProcessImage]) -> Result<()> {
                         },
                     },
                 };
+                // The parent as the process sees it (its root may be a
+                // container's).
                 if is_dir
-                    && !std::path::Path::new(name)
-                        .parent()
-                        .is_some_and(|p| p.is_dir())
+                    && !std::path::Path::new(name).parent().is_some_and(|p| {
+                        std::path::Path::new(&format!("/proc/{pid}/root{}", p.display())).is_dir()
+                    })
                 {
                     return Err(DumpError::Unsupported {
                         pid,

@@ -137,7 +137,9 @@ fn create_object(pid: u32, f: &SavedFile) -> Result<(std::fs::File, u32)> {
             let fd = util::memfd_create(name, flags).at(pid, Stage::Fork)?;
             Ok((std::fs::File::from(fd), *seals))
         }
-        SavedFileKind::Deleted { path } => {
+        // Where the tree sees the path: in a rebuilt mount namespace, from
+        // a thread rooted in the rebuilt tree.
+        SavedFileKind::Deleted { path } => crate::mntns::in_tree_root(pid, || {
             // Under its own name if free (the fd link then reads as
             // before), else a temporary one; unlinked at once.
             let p = Path::new(path);
@@ -162,8 +164,10 @@ fn create_object(pid: u32, f: &SavedFile) -> Result<(std::fs::File, u32)> {
             };
             std::fs::remove_file(&at).map_err(io(pid, format!("unlink {}", at.display())))?;
             Ok((file, 0))
+        }),
+        SavedFileKind::DeletedDir { path } => {
+            crate::mntns::in_tree_root(pid, || Ok((deleted_dir(pid, f.id, path)?, 0)))
         }
-        SavedFileKind::DeletedDir { path } => Ok((deleted_dir(pid, f.id, path)?, 0)),
         SavedFileKind::Tmpfile { dir } => Ok((create_tmpfile(pid, dir, None)?.0, 0)),
     }
 }
@@ -198,13 +202,17 @@ fn create_tmpfile(
     flags: Option<i32>,
 ) -> Result<(std::fs::File, Option<OwnedFd>)> {
     let fl = flags.map_or(libc::O_RDWR, |f| f & !OPEN_FLAGS_DROP) | libc::O_TMPFILE;
-    let made = util::open(dir, fl).map_err(|source| RestoreError::Sys {
-        pid,
-        stage: Stage::Fork,
-        source: stasis_sys::SysError {
-            op: format!("{} with O_TMPFILE (flags {fl:#o})", source.op),
-            ..source
-        },
+    // `dir` as the tree sees it (a rebuilt mount namespace's, from a
+    // thread rooted in it).
+    let made = crate::mntns::in_tree_root(pid, || {
+        util::open(dir, fl).map_err(|source| RestoreError::Sys {
+            pid,
+            stage: Stage::Fork,
+            source: stasis_sys::SysError {
+                op: format!("{} with O_TMPFILE (flags {fl:#o})", source.op),
+                ..source
+            },
+        })
     })?;
     if flags.is_none() {
         return Ok((std::fs::File::from(made), None));

@@ -204,7 +204,7 @@ fn redo_in_pid_ns(
             };
             (c, a, op)
         }),
-        Some((server, Some(listener), name)) if super::unixbound::same_view(name) => {
+        Some((server, Some(listener), name)) => {
             let other = if server == id { peer } else { id };
             let (s, c) = if server == id { (a, b) } else { (b, a) };
             let op = SockOp::Accepted {
@@ -238,7 +238,6 @@ fn redo_in_pid_ns(
             }
             None
         }
-        Some(_) => None,
     };
     if let (Some(calls), Some((c, fd, op))) = (&mut o.sock_calls, call) {
         if c.pid > 0 {
@@ -366,7 +365,7 @@ fn through_listener(
     };
     if let Some(i) = o.object("unix listener", super::name_key(name)) {
         let l = &o.owned[i];
-        connect(&client)?;
+        crate::mntns::in_tree_root(pid, || connect(&client))?;
         let lfd = std::os::fd::AsRawFd::as_raw_fd(l);
         return Ok((sock::accept(l).at(pid, st)?, client, Some(lfd)));
     }

@@ -190,11 +190,7 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
         // Connected as the process that connected it: what the accepted
         // end reports (SO_PEERCRED, SO_PEERGROUPS).
         let connector = client_entry(cx, cid).and_then(|(_, c)| c);
-        let reach = same_view(&s.name);
-        if let (Some(calls), Some(c)) = (
-            o.sock_calls.as_mut().filter(|_| reach),
-            connector.filter(|c| c.pid > 0),
-        ) {
+        if let (Some(calls), Some(c)) = (o.sock_calls.as_mut(), connector.filter(|c| c.pid > 0)) {
             // In a PID namespace: connected by the root's helper with the
             // connector's PID there, after the listens.
             calls.push(call(&o.owned[i], c, SockOp::Connect(s.name.clone())));
@@ -206,21 +202,14 @@ fn connect_pending(o: &mut Opened, cx: &Cx<'_>, s: &Pending) -> Result<()> {
             calls.retain(|c| !matches!(&c.op, SockOp::Accepted { name, .. } if *name == s.name));
         }
         let (o, client) = (&*o, &o.owned[i]);
-        match connector {
+        crate::mntns::in_tree_root(pid, || match connector {
             Some(c) => super::unix::as_saved(o, cx, c, |p, ids| {
                 sock::connect_unix_as(client, &s.name, p, ids)
-            })?,
-            None => sock::connect_unix(client, &s.name).at(pid, st)?,
-        }
+            }),
+            None => sock::connect_unix(client, &s.name).at(pid, st),
+        })?;
     }
     Ok(())
-}
-
-/// Whether the root resolves the unix socket name `name` as the restorer
-/// bound it: an abstract name, or a path when the tree is not given a
-/// rebuilt mount namespace (where the root has pivoted).
-pub(super) fn same_view(name: &[u8]) -> bool {
-    name.first() == Some(&0) || crate::mntns::for_fork().is_none()
 }
 
 /// A [`stasis_sys::spawn::SockCall`] on `fd` as the saved caller `c`.
@@ -269,24 +258,29 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     }
     let path = (s.name.first().is_some_and(|&c| c != 0))
         .then(|| String::from_utf8_lossy(s.name.strip_suffix(&[0]).unwrap_or(s.name)).into_owned());
-    if let Some(p) = &path {
-        sock::remove_stale_socket(p, s.sock_type as i32).at(pid, st)?;
-    }
-    if !s.name.is_empty() {
-        sock::bind_unix(&fd, s.name).at(pid, st)?;
-    }
-    if let Some(p) = &path {
-        let io = |what: &str, source| RestoreError::Io {
-            pid,
-            stage: st,
-            what: format!("{what} {p}"),
-            source,
-        };
-        let (mode, uid, gid) = s.owner;
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| io("chown", e))?;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io("chmod", e))?;
-    }
+    // A path as the tree sees it (in a rebuilt mount namespace, from a
+    // thread rooted in the rebuilt tree).
+    crate::mntns::in_tree_root(pid, || {
+        if let Some(p) = &path {
+            sock::remove_stale_socket(p, s.sock_type as i32).at(pid, st)?;
+        }
+        if !s.name.is_empty() {
+            sock::bind_unix(&fd, s.name).at(pid, st)?;
+        }
+        if let Some(p) = &path {
+            let io = |what: &str, source| RestoreError::Io {
+                pid,
+                stage: st,
+                what: format!("{what} {p}"),
+                source,
+            };
+            let (mode, uid, gid) = s.owner;
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| io("chown", e))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("chmod", e))?;
+        }
+        Ok(())
+    })?;
     let mut listener = false;
     if let Some(backlog) = s.listen {
         match s.peercred {
@@ -314,9 +308,12 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
     }
     if !s.queued.is_empty() {
         let from = sock::socket(libc::AF_UNIX, s.sock_type as i32, 0).at(pid, st)?;
-        for q in s.queued {
-            sock::sendto_unix(&from, s.name, &q.data).at(pid, st)?;
-        }
+        crate::mntns::in_tree_root(pid, || {
+            for q in s.queued {
+                sock::sendto_unix(&from, s.name, &q.data).at(pid, st)?;
+            }
+            Ok(())
+        })?;
     }
     if let Some(&v) = s.opts.get("SO_PEEK_OFF") {
         set_opt(cx, &fd, "SO_PEEK_OFF", v)?;

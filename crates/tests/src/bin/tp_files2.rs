@@ -24,7 +24,9 @@
 //! `shared-pidfd` (a pidfd inherited by a second child: one open file
 //! description in two processes).
 //!
-//! Usage: `tp_files2 WORKDIR [--corrupt] [--refuse KIND]`
+//! `--own-stdio`: stdio on files in WORKDIR (in a rootfs).
+//!
+//! Usage: `tp_files2 WORKDIR [--corrupt] [--refuse KIND] [--own-stdio]`
 
 use stasis_tests::{Mapping, Proto, Report, Rng};
 use std::ffi::CString;
@@ -312,13 +314,16 @@ fn refuse_mode(proto: &Proto, kind: &str) -> ! {
 
 fn main() {
     let (proto, args) = Proto::from_args();
+    if args.flag("own-stdio") {
+        proto.stdio_in_workdir("tp_files2");
+    }
     if let Some(kind) = args.get("refuse") {
         let kind = kind.to_string();
         refuse_mode(&proto, &kind);
     }
     let corrupt = args.corrupt();
     let dir = proto.dir().to_str().expect("utf-8").to_string();
-    let sub = format!("{dir}/files2");
+    let sub = format!("{}/files2", dir.trim_end_matches('/'));
     std::fs::create_dir_all(&sub).expect("mkdir");
     let mut rng = Rng::new(0xf11e5);
 

@@ -61,9 +61,13 @@
 //! above it. After restore: both ends of both, what waited, a byte each
 //! way, a new client of the moved listener (`--corrupt`: expects another
 //! PID, to fail). `--keep-listener`: also a listener bound to
-//! WORKDIR/kept.sock.
-//! `--own-stdio`: stdio on WORKDIR/tp_unix and WORKDIR/tp_unix.log (in a
-//! rootfs, where the harness's files are out of reach).
+//! WORKDIR/kept.sock with a connection of the program's waiting, and a
+//! datagram socket bound to WORKDIR/dgram.sock with a datagram waiting:
+//! after restore their names, the waiting connection accepted (its
+//! SO_PEERCRED, a byte through it), a new client, the datagram and a new
+//! one sent to the path.
+//! `--own-stdio`: stdio on files in WORKDIR (in a rootfs, where the
+//! harness's files are out of reach: `Proto::stdio_in_workdir`).
 //! `--pair-in-flight`: an end of a stream pair in flight in a seqpacket
 //! pair (and kept): its SO_PEERCRED, then a byte through the end received.
 //! `--in-flight`: also a pipe's read end in flight in another pair of
@@ -614,12 +618,32 @@ fn peercred_listen(proto: &Proto, corrupt: bool, in_flight: bool) -> ! {
 /// `--lone-accepted`: see the module comment.
 fn lone_accepted(proto: &Proto, corrupt: bool, (path, keep): (bool, bool)) -> ! {
     let mut report = Report::new();
-    // `--keep-listener`: also a listener of ours on WORKDIR/kept.sock.
-    let _kept = keep.then(|| {
+    // `--keep-listener`: also a listener of ours on WORKDIR/kept.sock,
+    // with a connection of ours waiting, and a datagram socket on
+    // WORKDIR/dgram.sock with a datagram waiting.
+    let kept_name = proto.path("kept.sock").display().to_string();
+    let dgram_name = proto.path("dgram.sock").display().to_string();
+    let kept = keep.then(|| {
         let l = sock(libc::SOCK_STREAM);
-        bind(l, proto.path("kept.sock").display().to_string().as_bytes());
+        bind(l, kept_name.as_bytes());
         listen(l, 2);
-        l
+        let waiting = sock(libc::SOCK_STREAM);
+        report.eq(
+            "connect to the kept listener",
+            0,
+            connect(waiting, kept_name.as_bytes()),
+        );
+        let d = sock(libc::SOCK_DGRAM);
+        bind(d, dgram_name.as_bytes());
+        let from = sock(libc::SOCK_DGRAM);
+        report.eq(
+            "a datagram to the path",
+            2,
+            sendto(from, dgram_name.as_bytes(), b"d1"),
+        );
+        // SAFETY: our descriptor.
+        unsafe { libc::close(from) };
+        (l, waiting, d, peer(waiting))
     });
     let via = pair(libc::SOCK_DGRAM);
     // Unique abstract names: copies in rootfs all see WORKDIR as "/".
@@ -712,6 +736,46 @@ fn lone_accepted(proto: &Proto, corrupt: bool, (path, keep): (bool, bool)) -> ! 
         before[3].clone(),
         peer(again),
     );
+    if let Some((l, waiting, d, waiting_peer)) = kept {
+        report.eq(
+            "the kept listener's name",
+            path_name(&kept_name),
+            local_name(l),
+        );
+        let a = accept(l);
+        report.eq(
+            "its waiting connection's SO_PEERCRED",
+            waiting_peer,
+            peer(waiting),
+        );
+        report.eq(
+            "the accepted end's SO_PEERCRED PID (ours)",
+            // SAFETY: getpid cannot fail.
+            unsafe { libc::getpid() },
+            peer(a).0,
+        );
+        report.eq("a byte through it", 1, send(waiting, b"w"));
+        report.eq("read by the accepted end", b"w".to_vec(), recv_wait(a));
+        let c = sock(libc::SOCK_STREAM);
+        report.eq(
+            "a new client of the kept listener",
+            0,
+            connect(c, kept_name.as_bytes()),
+        );
+        report.eq(
+            "the datagram socket's name",
+            path_name(&dgram_name),
+            local_name(d),
+        );
+        report.eq("the datagram that waited", b"d1".to_vec(), recv_wait(d));
+        let from = sock(libc::SOCK_DGRAM);
+        report.eq(
+            "a datagram to the path after",
+            2,
+            sendto(from, dgram_name.as_bytes(), b"d2"),
+        );
+        report.eq("read", b"d2".to_vec(), recv_wait(d));
+    }
     proto.finish(&report);
 }
 
@@ -756,6 +820,13 @@ fn listen(fd: i32, n: i32) {
     // SAFETY: plain call.
     let r = unsafe { libc::listen(fd, n) };
     assert_eq!(r, 0, "listen: errno {}", errno());
+}
+
+/// A path as getsockname gives it back: with its NUL.
+fn path_name(p: &str) -> Vec<u8> {
+    let mut v = p.as_bytes().to_vec();
+    v.push(0);
+    v
 }
 
 fn local_name(fd: i32) -> Vec<u8> {
@@ -829,19 +900,7 @@ fn main() {
     let (proto, args) = Proto::from_args();
     let mut report = Report::new();
     if args.flag("own-stdio") {
-        // In a rootfs: stdio on files of its own (the harness's are
-        // outside its root, which a dump refuses).
-        let (i, o) = (
-            std::fs::File::open(proto.path("tp_unix")).expect("open stdin"),
-            std::fs::File::create(proto.path("tp_unix.log")).expect("create log"),
-        );
-        // SAFETY: dup2 of descriptors we hold onto 0, 1, 2.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::dup2(i.as_raw_fd(), 0);
-            libc::dup2(o.as_raw_fd(), 1);
-            libc::dup2(o.as_raw_fd(), 2);
-        }
+        proto.stdio_in_workdir("tp_unix");
     }
     if args.flag("peercred-listen") {
         peercred_listen(&proto, args.corrupt(), args.flag("in-flight"));
