@@ -438,17 +438,21 @@ pub(super) fn open_external(
     let (pid, st) = (cx.pid, Stage::Fork);
     let c = sock::socket(libc::AF_UNIX, sock_type as i32, 0).at(pid, st)?;
     finish(cx, &c, &end(cx, id))?;
-    sock::connect_unix(&c, ext_peer)
-        .map_err(|mut e| {
-            e.op = format!(
-                "fd {}: connecting to {} outside the tree (--ext-unix-sk): {}",
-                cx.fd,
-                String::from_utf8_lossy(ext_peer),
-                e.op
-            );
-            e
-        })
-        .at(pid, st)?;
+    // The path as the tree sees it (a container's /dev/log is the bind
+    // its mount namespace has there).
+    crate::mntns::in_tree_root(pid, || {
+        sock::connect_unix(&c, ext_peer)
+            .map_err(|mut e| {
+                e.op = format!(
+                    "fd {}: connecting to {} outside the tree (--ext-unix-sk): {}",
+                    cx.fd,
+                    String::from_utf8_lossy(ext_peer),
+                    e.op
+                );
+                e
+            })
+            .at(pid, st)
+    })?;
     util::set_status_flags(&c, (flags as i32) & libc::O_NONBLOCK).at(pid, st)?;
     let i = o.push(c);
     o.set_object("unix", id, i);
