@@ -91,8 +91,13 @@ pub(crate) fn ptmx() -> String {
 /// (bind takes the path as its name, so it cannot be bound by a path
 /// relative to that root).
 pub(crate) fn in_tree_root<T: Send>(pid: u32, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let root = match active().as_ref().filter(|a| a.home.is_some()) {
-        Some(a) => a.root.try_clone().map_err(|source| RestoreError::Io {
+    // The lock is let go before `f` runs (it may take it).
+    let root = active()
+        .as_ref()
+        .filter(|a| a.home.is_some())
+        .map(|a| a.root.try_clone());
+    let root = match root {
+        Some(r) => r.map_err(|source| RestoreError::Io {
             pid,
             stage: Stage::Fork,
             what: "dup the rebuilt tree's root".into(),
