@@ -997,7 +997,11 @@ impl Podman {
                 .out
                 .split("log file: ")
                 .nth(1)
-                .and_then(|l| l.split_whitespace().next())
+                // The path ends where podman's quoting does (`"`, `\n`).
+                .and_then(|l| {
+                    l.split(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+                        .next()
+                })
                 .and_then(|f| fs::read_to_string(f).ok())
                 .unwrap_or_default();
             let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
