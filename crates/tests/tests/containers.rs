@@ -1272,3 +1272,39 @@ fn external_pipe_needs_inherit_fd() {
         gone(p as i32);
     }
 }
+
+/// runc passes criu's `--freeze-cgroup`: a process `runc exec -d` left in
+/// the container's cgroup, whose parent is outside the tree, would run on
+/// while the tree is dumped, so the checkpoint is refused naming it, and
+/// the container runs on.
+#[test]
+fn runc_checkpoint_refuses_exec_process() {
+    let Some((b, a)) = started(
+        Some(Engine::Runc),
+        "runc_checkpoint_refuses_exec_process",
+        "exec",
+        LOOP,
+    ) else {
+        return;
+    };
+    counts_past(&b, &a, 2);
+    // (Its stdio not on our pipes: it outlives the call.)
+    let st = b
+        .cmd(&["exec", "-d", &a, "/bin/busybox", "sleep", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("runc exec -d");
+    assert!(st.success(), "runc exec -d: {st}");
+    let img = b.dir.join("img");
+    let r = b.checkpoint(&a, &img, &[]);
+    assert!(!r.ok, "the checkpoint was not refused");
+    let log = b.log(&img, "dump.log");
+    assert!(
+        log.contains("is in the cgroup but not in the tree"),
+        "the refusal does not name the process: {log:?}"
+    );
+    let now = b.counter(&a);
+    counts_past(&b, &a, now + 2);
+}
