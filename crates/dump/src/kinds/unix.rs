@@ -197,14 +197,7 @@ fn refuse_sent_with_peer_pid(procs: &[crate::collect::Collected]) -> Result<()> 
             .iter()
             .flat_map(|c| c.image.files.iter().map(move |e| (c, e)))
     };
-    let sent: HashSet<u64> = entries()
-        .filter_map(|(_, e)| match &e.kind {
-            FdKind::UnixSocket { queued, .. } => Some(queued),
-            _ => None,
-        })
-        .flatten()
-        .flat_map(|q| q.rights.iter().map(|r| r.ofd))
-        .collect();
+    let sent = stasis_image::kinds::unix::ofds_in_flight(entries().map(|(_, e)| e));
     let flying: HashSet<u64> = entries()
         .filter_map(|(_, e)| match e.kind {
             FdKind::UnixSocket { id, .. } if e.ofd != 0 && sent.contains(&e.ofd) => Some(id),

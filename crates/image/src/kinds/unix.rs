@@ -58,6 +58,22 @@ pub struct InFlight {
     pub token: u64,
 }
 
+/// The open file descriptions (`FdEntry::ofd`) of every descriptor in
+/// flight in a message queued in one of `files`' unix sockets.
+pub fn ofds_in_flight<'a>(
+    files: impl IntoIterator<Item = &'a crate::FdEntry>,
+) -> std::collections::HashSet<u64> {
+    files
+        .into_iter()
+        .filter_map(|e| match &e.kind {
+            crate::FdKind::UnixSocket { queued, .. } => Some(queued),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(|q| q.rights.iter().map(|r| r.ofd))
+        .collect()
+}
+
 pub(super) fn validate(
     c: &Checker<'_>,
     field: &str,

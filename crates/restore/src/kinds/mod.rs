@@ -105,6 +105,9 @@ pub(crate) struct Opened {
     /// Accepted connections whose listener was not open when they were:
     /// their calls, once every descriptor is ([`unixbound::connect_later`]).
     pub(crate) accepted_later: Vec<unix::AcceptedLater>,
+    /// The open file descriptions in flight in the image's messages
+    /// (gathered once, by `unix::in_flight`).
+    pub(crate) in_flight: Option<std::collections::HashSet<u64>>,
     /// Copies of the TCP connections rebuilt in repair mode, for
     /// [`tcp::go_live`].
     pub(crate) repaired: Vec<OwnedFd>,

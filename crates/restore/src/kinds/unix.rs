@@ -175,7 +175,7 @@ fn redo_in_pid_ns(
     if o.sock_calls.is_none() || peer == 0 {
         return Ok(());
     }
-    if in_flight(cx, [id, peer]) {
+    if in_flight(o, cx, [id, peer]) {
         // The dump refuses this for a tree in a PID namespace of its own;
         // here a restore into a new one (`--new-pid-ns`).
         return match cred_of(cx, id) {
@@ -259,18 +259,13 @@ pub(crate) struct AcceptedLater {
 
 /// Whether one of the sockets `ends` is itself in flight: the message
 /// keeps the socket it was sent as, so such a pair is not made again.
-/// (Descriptors in flight in their queues move over with the data.)
-fn in_flight(cx: &Cx<'_>, ends: [u64; 2]) -> bool {
-    let entries = || cx.procs.iter().flat_map(|p| &p.files);
-    let sent: std::collections::HashSet<u64> = entries()
-        .filter_map(|e| match &e.kind {
-            FdKind::UnixSocket { queued, .. } => Some(queued),
-            _ => None,
-        })
-        .flatten()
-        .flat_map(|q| q.rights.iter().map(|r| r.ofd))
-        .collect();
-    entries().any(|e| {
+/// (Descriptors in flight in their queues move over with the data.) The
+/// descriptions in flight are gathered once per restore.
+fn in_flight(o: &mut Opened, cx: &Cx<'_>, ends: [u64; 2]) -> bool {
+    let sent = o.in_flight.get_or_insert_with(|| {
+        stasis_image::kinds::unix::ofds_in_flight(cx.procs.iter().flat_map(|p| &p.files))
+    });
+    cx.procs.iter().flat_map(|p| &p.files).any(|e| {
         matches!(&e.kind, FdKind::UnixSocket { id, .. } if ends.contains(id))
             && e.ofd != 0
             && sent.contains(&e.ofd)
