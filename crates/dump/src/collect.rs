@@ -286,6 +286,7 @@ fn query_threads(
             });
         }
     }
+    frozen.set_site(vdso, writable.clone());
     let mut threads = Vec::with_capacity(frozen.tids.len());
     let mut q = None;
     let mut timers = (Vec::new(), Vec::new());

@@ -4,6 +4,11 @@ use crate::{At, DumpError, Result, Stage};
 use stasis_sys::ptrace::{self, Stop, PTRACE_EVENT_STOP};
 use stasis_sys::remote::RemoteThread;
 use stasis_sys::{util, Pid};
+use std::os::fd::OwnedFd;
+
+/// A process's `[vdso]` range (the stub site) and its private writable
+/// areas (for the scratch area): what [`RemoteThread::healing`] needs.
+type StubSite = ((u64, u64), Vec<(u64, u64)>);
 
 /// Every thread of a process, seized and stopped in PTRACE_EVENT_STOP.
 ///
@@ -16,6 +21,9 @@ pub struct Frozen {
     /// The process was in a group stop (SIGSTOP/SIGTSTP) when seized.
     pub was_stopped: bool,
     remote: Option<RemoteThread>,
+    /// Where remote calls can be made in it again (the stub site and the
+    /// private writable areas), for [`Frozen::keeper`].
+    site: Option<StubSite>,
     done: bool,
 }
 
@@ -92,6 +100,7 @@ impl Frozen {
             tids: Vec::new(),
             was_stopped: false,
             remote: None,
+            site: None,
             done: false,
         };
         loop {
@@ -126,6 +135,109 @@ impl Frozen {
         // the PID counter wrapped a thread's TID can be below the PID.
         f.tids.sort_by_key(|&t| t != pid);
         Ok(f)
+    }
+
+    /// Records where remote calls can be made again (see [`Frozen::keeper`]).
+    pub fn set_site(&mut self, vdso: (u64, u64), writable: Vec<(u64, u64)>) {
+        self.site = Some((vdso, writable));
+    }
+
+    /// A memory keeper for a process about to be killed: a process made
+    /// by a remote `clone(CLONE_VM | CLONE_PTRACE)`, which shares the
+    /// target's memory and is stopped (traced by us) before it runs a
+    /// single instruction. While it lives, the target's exit does not free
+    /// its memory (the mm has another user), so the target's PIDs are free
+    /// at once; the keeper is killed right after and frees the memory in
+    /// its own exit, while the caller goes on (docs/architecture.md,
+    /// "Freeing a killed tree's memory later"). Only after the image is
+    /// complete (the target never runs again), for a process of our own
+    /// PID namespace (the init of another one waits for every member
+    /// anyway) holding at least [`KEEP_FROM`] bytes. None when any of that
+    /// does not hold or a step fails: the kill then frees the memory first,
+    /// as it always did.
+    fn keeper(&mut self) -> Option<Pid> {
+        let pid = self.pid;
+        let (vdso, writable) = self.site.clone()?;
+        let ns = |p: &str| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        };
+        if ns(&format!("/proc/{}/ns/pid", pid.0)) != ns("/proc/self/ns/pid") {
+            return None;
+        }
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", pid.0)).ok()?;
+        let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        if resident * 4096 < KEEP_FROM {
+            return None;
+        }
+        let mut r = RemoteThread::healing(pid, vdso, &writable).ok()?;
+        // The exit signal is 0: no signal to anyone should it die early.
+        let flags = (libc::CLONE_VM | libc::CLONE_PTRACE) as u64;
+        let made = r.syscall(libc::SYS_clone, &[flags, 0, 0, 0, 0]);
+        if let Err(e) = r.finish() {
+            log::debug!("pid {}: after the keeper's clone: {e}", pid.0);
+        }
+        let k = match made {
+            Ok(k) if k > 0 => Pid(k as i32),
+            Ok(e) => {
+                log::debug!("pid {}: no memory keeper: clone: errno {}", pid.0, -e);
+                return None;
+            }
+            Err(e) => {
+                log::debug!("pid {}: no memory keeper: {e}", pid.0);
+                return None;
+            }
+        };
+        // Traced from birth: it stops before its first instruction, and
+        // dies should its tracer end (never to run the target's code).
+        let stopped = match ptrace::wait(k) {
+            Ok(Stop::Event { .. } | Stop::Signal(_)) => {
+                ptrace::set_options(k, seize_options() | libc::PTRACE_O_EXITKILL)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| Self::own_session(k, vdso, &writable))
+            }
+            other => Err(format!("{other:?}")),
+        };
+        match stopped {
+            Ok(()) => {
+                log::debug!("pid {}: memory keeper {} holds its memory", pid.0, k.0);
+                Some(k)
+            }
+            Err(why) => {
+                log::warn!("pid {}: memory keeper {}: {why}; killed", pid.0, k.0);
+                let _ = util::kill(k, libc::SIGKILL);
+                while !matches!(
+                    ptrace::wait(k),
+                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
+                ) {}
+                None
+            }
+        }
+    }
+
+    /// Puts keeper `k` in a session of its own: it was born in the
+    /// target's process group and session, and a PID that is still some
+    /// process's group or session ID cannot be given to a restored process.
+    /// Its registers (left at the target's stub, which is gone) are first
+    /// pointed away from the stub site: it never runs them.
+    fn own_session(
+        k: Pid,
+        vdso: (u64, u64),
+        writable: &[(u64, u64)],
+    ) -> std::result::Result<(), String> {
+        let err = |e: stasis_sys::SysError| e.to_string();
+        let mut regs = ptrace::get_regs(k).map_err(err)?;
+        regs.rip = 0;
+        regs.orig_rax = u64::MAX;
+        ptrace::set_regs(k, &regs).map_err(err)?;
+        let mut kr = RemoteThread::healing(k, vdso, writable).map_err(err)?;
+        let sid = kr.syscall(libc::SYS_setsid, &[]);
+        kr.finish().map_err(err)?;
+        match sid.map_err(err)? {
+            s if s == i64::from(k.0) => Ok(()),
+            e => Err(format!("setsid: {e}")),
+        }
     }
 
     pub fn set_remote(&mut self, r: RemoteThread) {
@@ -191,6 +303,49 @@ impl Drop for Frozen {
         }
     }
 }
+
+/// The memory keepers of a killed tree (see [`Frozen::keeper`]) and the
+/// write trackers of that memory. Dropping it kills the keepers, whose
+/// exits free the memory while the caller goes on (a thread of ours takes
+/// their exits, then closes the trackers). Should the thread that traced
+/// them end first, the kernel kills them (PTRACE_O_EXITKILL).
+#[derive(Default)]
+pub struct Keepers {
+    pids: Vec<Pid>,
+    trackers: Vec<OwnedFd>,
+}
+
+impl Drop for Keepers {
+    fn drop(&mut self) {
+        let pids = std::mem::take(&mut self.pids);
+        let trackers = std::mem::take(&mut self.trackers);
+        if pids.is_empty() {
+            return;
+        }
+        for &k in &pids {
+            let _ = util::kill(k, libc::SIGKILL);
+        }
+        std::thread::spawn(move || {
+            for k in pids {
+                while !matches!(
+                    ptrace::wait(k),
+                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
+                ) {}
+            }
+            drop(trackers);
+        });
+    }
+}
+
+impl std::fmt::Debug for Keepers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keepers({:?})", self.pids)
+    }
+}
+
+/// Processes holding less memory than this are killed without a keeper
+/// (their exit frees it in well under a millisecond).
+const KEEP_FROM: u64 = 64 << 20;
 
 /// An exited, not yet reaped member of the tree.
 pub struct ZombieInfo {
@@ -293,6 +448,26 @@ impl FrozenTree {
 
     /// Kills every process after a complete dump.
     pub fn kill(self) -> stasis_sys::Result<()> {
+        self.kill_tree()
+    }
+
+    /// [`FrozenTree::kill`], but each large process's memory is freed
+    /// after its PIDs are (see [`Frozen::keeper`]). `trackers` (write
+    /// trackers of the tree's memory) are closed once that memory is gone.
+    /// The memory is freed when the returned [`Keepers`] is dropped.
+    pub fn kill_freeing_later(
+        mut self,
+        trackers: Vec<OwnedFd>,
+    ) -> (stasis_sys::Result<()>, Keepers) {
+        let pids: Vec<Pid> = self.procs.iter_mut().filter_map(Frozen::keeper).collect();
+        let r = self.kill_tree();
+        if !pids.is_empty() {
+            log::debug!("the tree is gone; its memory is held by {pids:?} until released");
+        }
+        (r, Keepers { pids, trackers })
+    }
+
+    fn kill_tree(self) -> stasis_sys::Result<()> {
         let mut first = None;
         // Leaves first: a parent (above all the init of a PID namespace,
         // which waits for every task of its namespace when it dies) cannot

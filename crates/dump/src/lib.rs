@@ -121,6 +121,12 @@ pub struct DumpOptions {
     /// the mount at MOUNTPOINT of the tree's mount namespace is saved as
     /// external, to be bound at restore from what KEY is mapped to.
     pub ext_mounts: Vec<(String, String)>,
+    /// When the tree is killed (not `leave_running`): free the memory of
+    /// its large processes after their PIDs rather than before, so that a
+    /// restore of the same PIDs right after can begin at once (`stasis
+    /// migrate`; see `freeze::Frozen::keeper`). The dump then returns while
+    /// that memory is still being freed, by processes sharing it.
+    pub free_memory_later: bool,
 }
 
 /// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
@@ -137,6 +143,10 @@ pub struct DumpStats {
     pub page_bytes: u64,
     /// Bytes of pages recorded as unchanged since the parent image.
     pub parent_bytes: u64,
+    /// With `free_memory_later`: what holds the killed tree's memory; it
+    /// is freed once every clone of this is dropped (keep it until the
+    /// restore of the same PIDs has begun, or let it go at once).
+    pub keepers: Option<std::sync::Arc<freeze::Keepers>>,
     pub vmas: usize,
     pub page_runs: usize,
     /// The outer ends (in our namespace) of the veths of the tree's own
@@ -363,7 +373,7 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
     // On error `frozen` drops and resumes every thread as it was.
     let round = track::Round::new(parent.as_ref());
     let mut lock = lock;
-    let mut stats = dump_frozen(
+    let (mut stats, trackers) = dump_frozen(
         &mut frozen,
         &mut lock,
         (t0, early),
@@ -390,8 +400,16 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
             l.release()?;
         }
         frozen.release().at(pid, Stage::Finish)?;
+        drop(trackers);
     } else {
-        frozen.kill().at(pid, Stage::Finish)?;
+        if opts.free_memory_later {
+            let (killed, keepers) = frozen.kill_freeing_later(trackers);
+            stats.keepers = Some(std::sync::Arc::new(keepers));
+            killed.at(pid, Stage::Finish)?;
+        } else {
+            frozen.kill().at(pid, Stage::Finish)?;
+            drop(trackers);
+        }
         if let Some(l) = lock {
             l.keep();
         }
@@ -458,7 +476,7 @@ fn dump_frozen(
     deadline: &Deadline,
     mut round: track::Round<'_>,
     net_lock: Option<stasis_image::kinds::inet::NetLock>,
-) -> Result<DumpStats> {
+) -> Result<(DumpStats, Vec<std::os::fd::OwnedFd>)> {
     let parent = round.parent();
     let tracking = opts.track_mem && opts.leave_running;
     let root = opts.pid;
@@ -727,13 +745,22 @@ fn dump_frozen(
     let netns = std::fs::read_link(format!("/proc/{root}/ns/net"))
         .ok()
         .map(|l| l.to_string_lossy().into_owned());
-    Ok(DumpStats {
-        frozen: frozen_for,
-        page_bytes,
-        parent_bytes,
-        vmas,
-        page_runs,
-        outer_links,
-        netns,
-    })
+    // Our copies of the write trackers are closed only once the tree is
+    // released or gone: closing the last one of a live process clears the
+    // write protection of every page it tracked (a walk of its page
+    // tables, about 100 ms for 4 GiB), which must not be frozen time.
+    let trackers = collected.iter_mut().filter_map(|c| c.uffd.take()).collect();
+    Ok((
+        DumpStats {
+            frozen: frozen_for,
+            page_bytes,
+            parent_bytes,
+            keepers: None,
+            vmas,
+            page_runs,
+            outer_links,
+            netns,
+        },
+        trackers,
+    ))
 }

@@ -97,10 +97,10 @@ pub(crate) fn plan(
         found.clear();
         let tracked = match uffd {
             Some(fd) if !object && query.is_some() && crate::track::trackable(&vma) => {
-                scan.mapping(&vma, Some((fd, rearm)), &mut found)?
+                scan.mapping(&vma, query, Some((fd, rearm)), &mut found)?
             }
             _ if m.end > USER_SPACE_END => false,
-            _ => scan.mapping(&vma, None, &mut found)?,
+            _ => scan.mapping(&vma, query, None, &mut found)?,
         };
         if object {
             let shared = crate::shmem::runs(pid, s, shmem)?;
@@ -146,9 +146,17 @@ pub(crate) fn plan(
 /// category is refused with EINVAL).
 const GUARD_CATEGORY: u64 = PAGE_IS_GUARD;
 
-/// The categories one pass reports for each page.
-const CATEGORIES: u64 =
-    PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_WRITTEN;
+/// The categories one pass reports for each page; PAGE_IS_FILE only
+/// where the mapping's query needs it ([`categories`]).
+const CATEGORIES: u64 = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_WRITTEN;
+
+/// What a pass over a mapping with `query` asks for. PAGE_IS_FILE makes
+/// the kernel look up the page behind every present entry: about two
+/// thirds of a pass over 4 GiB of anonymous memory (42-51 ms against
+/// 14-18 ms without it), and only private file mappings need it.
+fn categories(query: Option<Query>) -> u64 {
+    CATEGORIES | query.map_or(0, |q| (q.mask | q.anyof) & PAGE_IS_FILE)
+}
 
 /// One PAGEMAP_SCAN pass per mapping: every page present, swapped out or
 /// a guard region, with its categories; for a mapping tracked by an
@@ -166,6 +174,7 @@ impl Scan<'_> {
     fn mapping(
         &mut self,
         v: &Vma,
+        query: Option<Query>,
         tracker: Option<(BorrowedFd<'_>, bool)>,
         out: &mut Vec<(u64, u64, u64)>,
     ) -> Result<bool> {
@@ -197,7 +206,7 @@ impl Scan<'_> {
                 self.pm,
                 (v.start, v.end),
                 q,
-                (flags, CATEGORIES | self.guard),
+                (flags, categories(query) | self.guard),
                 out,
             ) {
                 Ok(()) => return Ok(flags & PM_SCAN_CHECK_WPASYNC != 0),

@@ -153,7 +153,23 @@ pub fn resolve_lazy(
             None => tmp.insert(temp_dir()?),
         };
         let out = t.0.join(format!("pages-{}.img", img.pid));
-        merge(&pages[i], img.pid, &mut eager, &files, &pieces[i], &out)?;
+        let mut skip: Vec<(u64, u64)> = inside
+            .iter()
+            .filter(|r| !r.in_parent)
+            .map(|r| {
+                let s = PAGES_HEADER_LEN + r.offset;
+                (s, s + r.nr_pages * PAGE_SIZE)
+            })
+            .collect();
+        skip.sort_unstable();
+        merge(
+            &pages[i],
+            img.pid,
+            &mut eager,
+            (&files, &pieces[i]),
+            &out,
+            (false, &skip),
+        )?;
         eager.extend(inside);
         eager.sort_unstable_by_key(|r| r.addr);
         img.mm.pages = eager;
@@ -418,9 +434,9 @@ fn resolve_at(dir: &ImageDir, depth: usize) -> Result<Resolved> {
             &pages[i],
             img.pid,
             &mut img.mm.pages,
-            &files,
-            &pieces[i],
+            (&files, &pieces[i]),
             &out,
+            (false, &[]),
         )?;
         pages[i] = out;
     }
@@ -447,14 +463,19 @@ fn temp_dir() -> Result<TempDir> {
 
 /// Writes `out`: a copy of the page file `own`, followed by the pages of
 /// every `in_parent` run of `runs` (of process `pid`), read where `pieces`
-/// locates them; those runs are rewritten to point there.
+/// locates them; those runs are rewritten to point there. `durable`:
+/// synced to disk (an image file); a restore's temporary copy is not
+/// (on a disk file system that sync was most of a lazy restore's time).
+/// `skip`: sorted byte ranges of `own` left out of the copy (a hole
+/// there: the pages of a lazy restore, which the daemon serves from the
+/// image itself).
 pub(crate) fn merge(
     own: &Path,
     pid: u32,
     runs: &mut [PageRun],
-    files: &[PathBuf],
-    pieces: &Pieces,
+    (files, pieces): (&[PathBuf], &Pieces),
     out: &Path,
+    (durable, skip): (bool, &[(u64, u64)]),
 ) -> Result<()> {
     let io = |what: &'static str, e| ImageError::io(out, what, e);
     let mut src = File::open(own).map_err(|e| ImageError::io(own, "open", e))?;
@@ -464,9 +485,25 @@ pub(crate) fn merge(
         .mode(0o600)
         .open(out)
         .map_err(|e| io("create", e))?;
-    let mut end = std::io::copy(&mut src, &mut dst).map_err(|e| io("copy", e))?;
-    let mut open: Vec<Option<File>> = (0..files.len()).map(|_| None).collect();
     let mut buf = vec![0u8; 1 << 20];
+    let mut end = if skip.is_empty() {
+        std::io::copy(&mut src, &mut dst).map_err(|e| io("copy", e))?
+    } else {
+        // Everything but the skipped byte ranges, at the same offsets.
+        let len = src
+            .metadata()
+            .map_err(|e| ImageError::io(own, "stat", e))?
+            .len();
+        let mut at = 0;
+        for &(s, e) in skip.iter().chain(std::iter::once(&(len, len))) {
+            let s = s.clamp(at, len);
+            copy_at(&src, at, &dst, at, s - at, &mut buf).map_err(|e| io("copy", e))?;
+            at = at.max(e.min(len));
+        }
+        dst.set_len(len).map_err(|e| io("truncate", e))?;
+        len
+    };
+    let mut open: Vec<Option<File>> = (0..files.len()).map(|_| None).collect();
     for run in runs.iter_mut().filter(|r| r.in_parent) {
         let at = end;
         let mut addr = run.addr;
@@ -503,7 +540,9 @@ pub(crate) fn merge(
         run.offset = at - PAGES_HEADER_LEN;
         run.in_parent = false;
     }
-    dst.sync_data().map_err(|e| io("fsync", e))?;
+    if durable {
+        dst.sync_data().map_err(|e| io("fsync", e))?;
+    }
     Ok(())
 }
 

@@ -160,9 +160,9 @@ pub fn dedup(dir: &Path) -> Result<Dedup> {
             &loc.pages[i],
             img.pid,
             &mut merged.mm.pages,
-            &loc.files,
-            &loc.pieces[i],
+            (&loc.files, &loc.pieces[i]),
             &pages_path,
+            (true, &[]),
         )?;
         let payload = reseal_pages(&pages_path)?;
         out.copied += payload + PAGES_HEADER_LEN - before;

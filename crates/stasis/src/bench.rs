@@ -672,6 +672,7 @@ fn dump_opts(pid: u32, dir: PathBuf, prev: Option<&str>, leave: bool) -> stasis_
         pre_dump: false,
         cgroups: true,
         ext_mounts: Vec::new(),
+        free_memory_later: false,
     }
 }
 

@@ -646,6 +646,7 @@ pub(crate) fn dump_options(
         cgroups: r.manage_cgroups != Some(stasis_restore::CgroupMode::Ignore),
         // At dump criu reads --ext-mount-map as MOUNTPOINT:KEY.
         ext_mounts: r.mounts.ext_map.clone(),
+        free_memory_later: false,
     }
 }
 

@@ -153,8 +153,11 @@ pub fn run(r: &Request) -> Result<Figures> {
     let prev = (!saved.is_empty()).then(|| PathBuf::from(round_name(saved.len())));
     let mut opts = dump_options(r, pid, dir.clone(), prev, false);
     opts.track_mem = false;
-    let last = stasis_dump::dump_with(&opts, &mut |_, _| Ok(()))
+    // The PIDs free at once; the memory is freed while the restore runs.
+    opts.free_memory_later = true;
+    let mut last = stasis_dump::dump_with(&opts, &mut |_, _| Ok(()))
         .with_context(|| format!("migrate pid {pid}: final dump"))?;
+    let keepers = last.keepers.take();
     log::info!(
         "migrate pid {pid}: final dump: {} bytes of pages, stopped {:?}",
         last.page_bytes,
@@ -162,7 +165,7 @@ pub fn run(r: &Request) -> Result<Figures> {
     );
     // The tree is gone from here on: if the image cannot be delivered, it
     // is kept (even a private directory) and named.
-    let (restored, sent, resident) = match deliver(r, pid, &dir, tx) {
+    let (restored, sent, resident) = match deliver(r, pid, &dir, tx, keepers) {
         Ok(v) => v,
         Err(e) => {
             let kept = scratch.map(|s| s.keep()).unwrap_or(dir);
@@ -187,12 +190,21 @@ pub fn run(r: &Request) -> Result<Figures> {
 /// After the final dump: compresses if asked, then sends the final image
 /// and waits for the page server's OK, or restores here. Returns the
 /// restored PID (local) and the bytes sent (page server).
+/// `keepers` hold the dumped tree's memory: let go at once unless the
+/// restore is here and lazy (then once the restored tree runs).
 fn deliver(
     r: &Request,
     pid: u32,
     dir: &Path,
     tx: Option<crate::stream::Sender<stasis_restore::tls::Conn>>,
+    keepers: Option<Keepers>,
 ) -> Result<(Option<i32>, u64, Option<Duration>)> {
+    let keepers = if tx.is_none() && r.lazy_pages {
+        keepers
+    } else {
+        drop(keepers);
+        None
+    };
     compress_if_asked(r, pid, dir)?;
     match tx {
         Some(mut tx) => {
@@ -205,11 +217,14 @@ fn deliver(
             Ok((None, sent, None))
         }
         None => {
-            let (restored, resident) = restore_here(r, dir)?;
+            let (restored, resident) = restore_here(r, dir, keepers)?;
             Ok((Some(restored), 0, resident))
         }
     }
 }
+
+/// What holds a killed tree's memory until dropped (stasis_dump::DumpStats).
+type Keepers = std::sync::Arc<stasis_dump::freeze::Keepers>;
 
 /// How long a local migration waits for the dumped tree's PIDs to be
 /// freed (its parent must reap it; PID 1 does so about a second late).
@@ -246,7 +261,12 @@ fn wait_pids_free(dir: &Path) -> Result<()> {
 /// resumes as soon as it is rebuilt, and migrate waits for the daemon to
 /// have every page in place. Returns the restored PID and, lazily, the
 /// time from the resume to every page in place.
-fn restore_here(r: &Request, dir: &Path) -> Result<(i32, Option<Duration>)> {
+/// `keepers` (the dumped tree's memory) are let go once the tree runs.
+fn restore_here(
+    r: &Request,
+    dir: &Path,
+    keepers: Option<Keepers>,
+) -> Result<(i32, Option<Duration>)> {
     let rr = Request {
         command: "restore".into(),
         images_dir: Some(dir.to_path_buf()),
@@ -271,6 +291,7 @@ fn restore_here(r: &Request, dir: &Path) -> Result<(i32, Option<Duration>)> {
         restore_tree(&rr, &mut |_, _| Ok(()))
             .with_context(|| format!("migrate: restore from {}", dir.display()))
     })();
+    drop(keepers);
     let restored = match (res, daemon) {
         (Ok(t), None) => return Ok((t.pid.0, None)),
         (Ok(t), Some(d)) => (t, d),

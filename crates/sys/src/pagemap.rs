@@ -160,13 +160,18 @@ impl Pagemap {
                     last_errno(),
                 ));
             }
-            for r in &regions[..n as usize] {
+            let got = &regions[..n as usize];
+            for r in got {
                 each(r.start, r.end, r.categories);
             }
-            if arg.walk_end <= cur {
+            // The walk ended unless the vector is full. A full vector's
+            // walk_end can lag behind what was reported (the kernel copies
+            // regions out in batches): go on after both, never twice over
+            // the same pages.
+            if got.len() < regions.len() || arg.walk_end <= cur {
                 break;
             }
-            cur = arg.walk_end;
+            cur = got.last().map_or(arg.walk_end, |r| r.end.max(arg.walk_end));
         }
         Ok(())
     }

@@ -184,6 +184,72 @@ fn migrate_local_lazy_go() {
     );
 }
 
+/// `migrate --lazy-pages` of tp_memory holding `mib` MiB (every page
+/// checked after the move); returns the memory keeper migrate named.
+fn migrate_lazy_memory(work: &Work, mib: &str) -> Option<i32> {
+    let (out, _) = migrate_local(
+        work,
+        Program::Bin("tp_memory"),
+        &["--size-mib", mib],
+        &["--lazy-pages", "--max-rounds", "2"],
+    );
+    out.assert_pass(work);
+    keeper_in_log(work)
+}
+
+/// The memory keeper `stasis migrate` named in its log (`-v4`), if any.
+fn keeper_in_log(work: &Work) -> Option<i32> {
+    let log = fs::read_to_string(work.img().join("migrate.log")).unwrap_or_default();
+    log.lines().find_map(|l| {
+        let rest = l.split("memory keeper ").nth(1)?;
+        let (pid, tail) = rest.split_once(' ')?;
+        tail.starts_with("holds its memory")
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
+/// `migrate --lazy-pages` of a process holding 96 MiB: the final dump
+/// frees the old PIDs at once and the old memory later, through a memory
+/// keeper (a process sharing that memory, stopped before it runs, killed
+/// once the restored tree runs). The program checks every page after the
+/// move, and the keeper is gone afterwards (reaped here: the test is the
+/// subreaper it was reparented to).
+#[test]
+fn migrate_local_lazy_memory_keeper() {
+    let work = Work::new("migrate_keeper");
+    let Some(k) = migrate_lazy_memory(&work, "96") else {
+        fail(&work, "no memory keeper in migrate.log".to_string());
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut st = 0;
+        // SAFETY: plain waitpid on a PID; reaps it only if it is our child.
+        unsafe { libc::waitpid(k, &mut st, libc::WNOHANG | libc::__WALL) };
+        let cmdline = fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("tp_memory") {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(
+                &work,
+                format!("memory keeper {k} still there 10 s after the move"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The control: a process below the keeper threshold (64 MiB) is killed
+/// the plain way, and migrate's log names no keeper.
+#[test]
+fn negative_migrate_small_no_memory_keeper() {
+    let work = Work::new("migrate_no_keeper");
+    if let Some(k) = migrate_lazy_memory(&work, "8") {
+        fail(&work, format!("memory keeper {k} for an 8 MiB process"));
+    }
+}
+
 /// 32 MiB checked page by page, every round and the final image
 /// compressed: restore inflates the whole chain.
 #[test]

@@ -120,7 +120,12 @@ pub(super) fn run_downtime_round(
     let precopy = t.elapsed();
     let t_final = now_ns();
     let parent = format!("../round-{}", saved.len());
-    let last = stasis_dump::dump(&dump_opts(pid, work.join("img"), Some(&parent), false))?;
+    // As `stasis migrate` makes it: the PIDs free at once, the memory
+    // held until the restored tree runs.
+    let mut o = dump_opts(pid, work.join("img"), Some(&parent), false);
+    o.free_memory_later = true;
+    let mut last = stasis_dump::dump(&o)?;
+    let keepers = last.keepers.take();
     let t_dumped = Instant::now();
     let _ = run.child.wait();
     let img = work.join("img");
@@ -133,8 +138,10 @@ pub(super) fn run_downtime_round(
         let t = Instant::now();
         let mut o = restore_opts(img.clone());
         o.lazy_pages = Some(socket.clone());
-        let restored = stasis_restore::restore(&o)?;
-        Ok::<_, anyhow::Error>((restored, t.elapsed(), gone))
+        let restored = stasis_restore::restore(&o);
+        let took = t.elapsed();
+        drop(keepers);
+        Ok::<_, anyhow::Error>((restored?, took, gone))
     })();
     let (restored, restore, gone) = match restored {
         Ok(v) => v,
