@@ -42,10 +42,10 @@ pub(crate) fn all_threads(
         creds(tr, img, same, false)?;
         tr.flush().at(img.pid, Stage::Creds)?;
     }
-    creds(leader, img, same, true)?;
-    // The leader's credential calls in one round trip.
-    leader.flush().at(img.pid, Stage::Creds)?;
-    Ok(())
+    // The leader's credential calls are queued: they run first in the
+    // next round trip (the service descriptors' closes, rebuild.rs),
+    // in order, and a failure there names its call.
+    creds(leader, img, same, true)
 }
 
 /// Credentials, in the order the kernel allows: bounding set and

@@ -1125,7 +1125,7 @@ fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
         b.extend_from_slice(&v.to_le_bytes());
     }
     // Staged and queued: one round trip with the protections and advice
-    // of finish_vmas.
+    // of finish_vmas and the attributes that follow.
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
     let auxv_at = r.stage(&auxv).at(pid, Stage::Memory)?;
     b.extend_from_slice(&auxv_at.to_le_bytes());
@@ -1144,7 +1144,8 @@ fn set_mm(r: &mut RemoteThread, mm: &MmState, exe_fd: i32) -> Result<()> {
         "prctl(PR_SET_MM_MAP)",
     )
     .at(pid, Stage::Memory)?;
-    r.flush().at(pid, Stage::Memory)?;
+    // Not flushed here: it runs first in the next round trip (the
+    // attributes' signal queries), which fails naming it if it fails.
     Ok(())
 }
 
