@@ -2758,6 +2758,24 @@ fn cr_unix_pair_in_flight() {
     );
 }
 
+/// The control: the program expects another PID on the end it kept, and
+/// must say so after the restore.
+#[test]
+fn negative_cr_unix_pair_in_flight() {
+    let work = Work::new("negative_cr_unix_pair_in_flight");
+    let out = run_case(
+        &work,
+        Program::Bin("tp_unix"),
+        &["--pair-in-flight", "--corrupt"],
+        &Opts::default(),
+    );
+    assert!(
+        out.result.starts_with("FAIL: ")
+            && out.result.contains("SO_PEERCRED of the pair in flight"),
+        "{out:?}"
+    );
+}
+
 /// The same restored with `--new-pid-ns`: the pair would have to be made
 /// again there to report its PIDs, which its message in flight prevents:
 /// refused by name before any process is made.

@@ -214,6 +214,14 @@ fn name_key(name: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The file system path a unix socket name stands for (its trailing NUL
+/// dropped), or None for an abstract or empty name.
+fn name_path(name: &[u8]) -> Option<String> {
+    name.first()
+        .is_some_and(|&c| c != 0)
+        .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned())
+}
+
 /// What every kind's `open` gets: the process and descriptor being opened
 /// (for errors) and the whole image (objects stored with another entry).
 pub(crate) struct Cx<'a> {

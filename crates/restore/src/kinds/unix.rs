@@ -364,8 +364,7 @@ fn through_listener(
         let lfd = std::os::fd::AsRawFd::as_raw_fd(l);
         return Ok((sock::accept(l).at(pid, st)?, client, Some(lfd)));
     }
-    let path = (name.first() != Some(&0))
-        .then(|| String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
+    let path = super::name_path(name);
     // The name as the tree sees it: in a rebuilt mount namespace, from a
     // thread rooted in the rebuilt tree (the helpers it forks too).
     let accepted = crate::mntns::in_tree_root(pid, || {
@@ -375,7 +374,7 @@ fn through_listener(
         let l = sock::socket(libc::AF_UNIX, ty, 0).at(pid, st)?;
         sock::bind_unix(&l, name).at(pid, st)?;
         if let Some(p) = &path {
-            super::unixbound::only_for(pid, p, cred_of(cx, server))?;
+            super::unixbound::only_for(pid, p, cred_of(cx, server).map(|c| (c.uid, c.gid)))?;
         }
         let r = match cred_of(cx, client_id) {
             Some(c) => as_saved(o, cx, c, |p, ids| sock::listen_as(&l, 1, p, ids)),

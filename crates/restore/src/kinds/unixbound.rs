@@ -85,12 +85,8 @@ fn accepted_later(o: &mut Opened) -> Result<()> {
     use std::os::fd::AsRawFd;
     for mut a in std::mem::take(&mut o.accepted_later) {
         let (pid, st) = (a.pid, Stage::Fork);
-        let connector = PeerCred {
-            pid: a.call.pid,
-            uid: a.call.uid,
-            gid: a.call.gid,
-            groups: Vec::new(),
-        };
+        // Who connects through it (the socket file is made theirs).
+        let connector = (a.call.uid, a.call.gid);
         let SockOp::Accepted {
             listener, name, ty, ..
         } = &mut a.call.op
@@ -103,9 +99,7 @@ fn accepted_later(o: &mut Opened) -> Result<()> {
             Some(i) => *listener = o.owned[i].as_raw_fd(),
             None => {
                 let l = sock::socket(libc::AF_UNIX, *ty, 0).at(pid, st)?;
-                let path = (name.first() != Some(&0)).then(|| {
-                    String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(&name)).into_owned()
-                });
+                let path = super::name_path(&name);
                 // A path as the root will name it after its pivot.
                 crate::mntns::in_tree_root(pid, || {
                     if let Some(p) = &path {
@@ -113,7 +107,7 @@ fn accepted_later(o: &mut Opened) -> Result<()> {
                     }
                     sock::bind_unix(&l, &name).at(pid, st)?;
                     match &path {
-                        Some(p) => only_for(pid, p, Some(&connector)),
+                        Some(p) => only_for(pid, p, Some(connector)),
                         None => Ok(()),
                     }
                 })?;
@@ -151,17 +145,17 @@ fn accepted_later(o: &mut Opened) -> Result<()> {
 }
 
 /// The socket file `path` of a listener made for one connection: only
-/// its connector (`c`, else the restorer) may connect (connect needs
-/// write permission on it).
-pub(super) fn only_for(pid: u32, path: &str, c: Option<&PeerCred>) -> Result<()> {
+/// its connector (`owner`: uid and gid, else the restorer) may connect
+/// (connect needs write permission on it).
+pub(super) fn only_for(pid: u32, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
     let io = |what: &str, source| RestoreError::Io {
         pid,
         stage: Stage::Fork,
         what: format!("{what} {path}"),
         source,
     };
-    if let Some(c) = c {
-        std::os::unix::fs::lchown(path, Some(c.uid), Some(c.gid)).map_err(|e| io("chown", e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| io("chown", e))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| io("chmod", e))
@@ -256,8 +250,7 @@ pub(super) fn open(o: &mut Opened, cx: &Cx<'_>, s: &Saved<'_>) -> Result<usize> 
             set_opt(cx, &fd, name, v)?;
         }
     }
-    let path = (s.name.first().is_some_and(|&c| c != 0))
-        .then(|| String::from_utf8_lossy(s.name.strip_suffix(&[0]).unwrap_or(s.name)).into_owned());
+    let path = super::name_path(s.name);
     // A path as the tree sees it (in a rebuilt mount namespace, from a
     // thread rooted in the rebuilt tree).
     crate::mntns::in_tree_root(pid, || {

@@ -69,7 +69,8 @@
 //! `--own-stdio`: stdio on files in WORKDIR (in a rootfs, where the
 //! harness's files are out of reach: `Proto::stdio_in_workdir`).
 //! `--pair-in-flight`: an end of a stream pair in flight in a seqpacket
-//! pair (and kept): its SO_PEERCRED, then a byte through the end received.
+//! pair (and kept): its SO_PEERCRED, then a byte through the end received
+//! (`--corrupt`: expects another PID, to fail).
 //! `--in-flight`: also a pipe's read end in flight in another pair of
 //! the program's (its SO_PEERCRED kept too), received after the restore
 //! and read through.
@@ -920,7 +921,11 @@ fn main() {
         let a = pair(libc::SOCK_STREAM);
         let carrier = pair(libc::SOCK_SEQPACKET);
         send_fd(carrier[1], a[1]);
-        let before = [peer(a[0]), peer(a[1])];
+        let mut before = [peer(a[0]), peer(a[1])];
+        if args.corrupt() {
+            // The negative control expects another PID on the end kept.
+            before[0].0 += 1;
+        }
         proto.ready_and_wait();
         report.eq(
             "SO_PEERCRED of the pair in flight",
