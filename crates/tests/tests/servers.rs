@@ -1094,10 +1094,41 @@ fn pg_tools() -> Option<(PathBuf, PathBuf, (u32, u32))> {
 /// SysV shared memory segments created by `pids` (`/proc/sysvipc/shm`),
 /// removed on drop: a postmaster killed outright leaves its segment. Drop
 /// it after the server is ended (only a segment nobody attaches goes).
-struct ShmOf(Vec<i32>);
+struct ShmOf(Vec<i32>, Vec<PathBuf>);
+
+impl ShmOf {
+    /// Tracks the server `pid`: its SysV segments, and the POSIX shared
+    /// memory files of PostgreSQL's dynamic shared memory that it and its
+    /// children map (/dev/shm/PostgreSQL.N, which a server that is killed
+    /// never removes).
+    fn track(&mut self, pid: i32) {
+        self.0.push(pid);
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let pids =
+            std::iter::once(pid.to_string()).chain(children.split_whitespace().map(String::from));
+        for p in pids {
+            let maps = fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
+            for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+                let path = PathBuf::from(path);
+                if path.starts_with("/dev/shm")
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("PostgreSQL."))
+                    && !self.1.contains(&path)
+                {
+                    self.1.push(path);
+                }
+            }
+        }
+    }
+}
 
 impl Drop for ShmOf {
     fn drop(&mut self) {
+        for f in &self.1 {
+            let _ = fs::remove_file(f);
+        }
         // The server was just killed: its processes may take a moment to
         // detach. A segment still attached after two seconds is left.
         for _ in 0..40 {
@@ -1211,11 +1242,11 @@ fn postgres() {
         return;
     };
     // Declared first, so dropped last: after `trees` has ended the server.
-    let mut shm = ShmOf(Vec::new());
+    let mut shm = ShmOf(Vec::new(), Vec::new());
     let (work, opts, mut trees) = (Work::new("srv_postgres"), Opts::default(), Trees::default());
     let mut pg = start_postgres(&work, &bin, psql, ids);
     trees.track(pg.p.pid);
-    shm.0.push(pg.p.pid);
+    shm.track(pg.p.pid);
     let baseline = settled_tree(&work, pg.p.pid);
     let create = "create table t(k text, v text); insert into t values ('a', 'before the dump')";
     check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
@@ -1432,11 +1463,11 @@ fn postgres_connection() {
         return;
     };
     // Declared first, so dropped last: after `trees` has ended the server.
-    let mut shm = ShmOf(Vec::new());
+    let mut shm = ShmOf(Vec::new(), Vec::new());
     let (work, mut trees) = (Work::new("srv_postgres_conn"), Trees::default());
     let mut pg = start_postgres(&work, &bin, psql, ids);
     trees.track(pg.p.pid);
-    shm.0.push(pg.p.pid);
+    shm.track(pg.p.pid);
     let baseline = settled_tree(&work, pg.p.pid);
     let create = "create table t(k text, v text); insert into t values ('a', 'by psql')";
     check_eq(&work, "create", Ok(String::new()), pg.sql(&work, create));
