@@ -92,7 +92,8 @@ struct Namespaces {
     root_user: Option<u64>,
 }
 
-fn ns_id(task: &str, ns: &str) -> Option<u64> {
+/// The inode of namespace `ns` of `task` (a PID, or "self").
+pub(crate) fn ns_id(task: &str, ns: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{task}/ns/{ns}"))
         .ok()

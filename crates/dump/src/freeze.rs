@@ -158,12 +158,7 @@ impl Frozen {
     fn keeper(&mut self) -> Option<Pid> {
         let pid = self.pid;
         let (vdso, writable) = self.site.clone()?;
-        let ns = |p: &str| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        };
-        if ns(&format!("/proc/{}/ns/pid", pid.0)) != ns("/proc/self/ns/pid") {
+        if crate::checks::ns_id(&pid.0.to_string(), "pid") != crate::checks::ns_id("self", "pid") {
             return None;
         }
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", pid.0)).ok()?;
@@ -207,10 +202,7 @@ impl Frozen {
             Err(why) => {
                 log::warn!("pid {}: memory keeper {}: {why}; killed", pid.0, k.0);
                 let _ = util::kill(k, libc::SIGKILL);
-                while !matches!(
-                    ptrace::wait(k),
-                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
-                ) {}
+                reap_traced(k);
                 None
             }
         }
@@ -309,7 +301,7 @@ impl Drop for Frozen {
 /// exits free the memory while the caller goes on (a thread of ours takes
 /// their exits, then closes the trackers). Should the thread that traced
 /// them end first, the kernel kills them (PTRACE_O_EXITKILL).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Keepers {
     pids: Vec<Pid>,
     trackers: Vec<OwnedFd>,
@@ -326,21 +318,19 @@ impl Drop for Keepers {
             let _ = util::kill(k, libc::SIGKILL);
         }
         std::thread::spawn(move || {
-            for k in pids {
-                while !matches!(
-                    ptrace::wait(k),
-                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
-                ) {}
-            }
+            pids.into_iter().for_each(reap_traced);
             drop(trackers);
         });
     }
 }
 
-impl std::fmt::Debug for Keepers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keepers({:?})", self.pids)
-    }
+/// Takes the exit of `k`, a killed tracee of ours, from ptrace (its
+/// parent reaps it then).
+fn reap_traced(k: Pid) {
+    while !matches!(
+        ptrace::wait(k),
+        Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_)
+    ) {}
 }
 
 /// Processes holding less memory than this are killed without a keeper
