@@ -86,7 +86,7 @@ pub(crate) fn collect(
 ) -> Result<Collected> {
     let p = frozen.pid;
     let pid = p.0 as u32;
-    let early_used = early.is_some();
+    let early_used = early.as_ref().map(|e| e.before_freeze);
 
     // ---- check: what we cannot save yet, before anything is written ----
     if let Some(what) = crate::memkinds::refuse_tasks(pid, &frozen.tids) {
@@ -127,10 +127,10 @@ pub(crate) fn collect(
     )?;
     log::debug!(
         "pid {pid}: smaps and numa_maps {} in {smaps_took:?}, page plan in {:?}",
-        if early_used {
-            "taken from the pre-read"
-        } else {
-            "read"
+        match early_used {
+            Some(true) => "taken from the pre-read",
+            Some(false) => "read ahead",
+            None => "read",
         },
         t.elapsed() - smaps_took
     );

@@ -52,23 +52,49 @@ fn same_mapping(v: &stasis_image::Vma, w: &stasis_image::Vma) -> bool {
 /// page copied on write).
 const FILE_PAGE: u64 = 1 << 61;
 
-fn pagemap(pid: u32, start: u64, end: u64) -> Result<Vec<u64>> {
-    let path = format!("/proc/{pid}/pagemap");
-    let io = |source| DumpError::Io {
-        pid,
-        stage: Stage::Collect,
-        what: format!("read {path}"),
-        source,
-    };
-    let f = std::fs::File::open(&path).map_err(io)?;
-    let n = ((end - start) / PAGE_SIZE) as usize;
-    let mut buf = vec![0u8; n * 8];
-    f.read_exact_at(&mut buf, start / PAGE_SIZE * 8)
-        .map_err(io)?;
-    Ok(buf
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-        .collect())
+/// /proc/PID/pagemap of the processes one worker reads, each opened once,
+/// and the entries of ancestors' VMAs, which every child compares with:
+/// read once.
+#[derive(Default)]
+struct Pagemaps {
+    files: HashMap<u32, std::fs::File>,
+    owners: HashMap<(u32, u64, u64), std::rc::Rc<Vec<u64>>>,
+}
+
+impl Pagemaps {
+    fn read(&mut self, pid: u32, start: u64, end: u64) -> Result<Vec<u64>> {
+        let path = format!("/proc/{pid}/pagemap");
+        let io = |source| DumpError::Io {
+            pid,
+            stage: Stage::Collect,
+            what: format!("read {path}"),
+            source,
+        };
+        let f = match self.files.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(std::fs::File::open(&path).map_err(io)?)
+            }
+        };
+        let n = ((end - start) / PAGE_SIZE) as usize;
+        let mut buf = vec![0u8; n * 8];
+        f.read_exact_at(&mut buf, start / PAGE_SIZE * 8)
+            .map_err(io)?;
+        Ok(buf
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect())
+    }
+
+    /// An ancestor's entries for `start..end`, read on first use.
+    fn owner(&mut self, pid: u32, start: u64, end: u64) -> Result<std::rc::Rc<Vec<u64>>> {
+        if let Some(v) = self.owners.get(&(pid, start, end)) {
+            return Ok(v.clone());
+        }
+        let v = std::rc::Rc::new(self.read(pid, start, end)?);
+        self.owners.insert((pid, start, end), v.clone());
+        Ok(v)
+    }
 }
 
 /// A VMA of a descendant with pages shared: (VMA index, owner PID, runs).
@@ -92,6 +118,57 @@ fn subtract(runs: &[(u64, u64, bool)], cut: &[(u64, u64)]) -> Vec<(u64, u64, boo
     out
 }
 
+/// The VMAs of process `c` with pages shared copy-on-write with an
+/// ancestor.
+fn shared_of(
+    procs: &[Collected],
+    c: usize,
+    index: &HashMap<u32, usize>,
+    maps: &mut Pagemaps,
+) -> Result<Vec<SharedVma>> {
+    let parent = |i: usize| index.get(&procs[i].image.ppid).copied();
+    let mut found: Vec<SharedVma> = Vec::new();
+    for (vi, v) in procs[c].image.mm.vmas.iter().enumerate() {
+        if !cow_candidate(v) {
+            continue;
+        }
+        // The topmost ancestor mapping the same private anonymous range.
+        let mut owner = None;
+        let mut a = parent(c);
+        while let Some(p) = a {
+            let same = procs[p].image.mm.vmas.iter().any(|w| same_mapping(v, w));
+            if !same {
+                break;
+            }
+            owner = Some(p);
+            a = parent(p);
+        }
+        let Some(o) = owner else { continue };
+        let mine = maps.read(procs[c].host_pid, v.start, v.end)?;
+        let theirs = maps.owner(procs[o].host_pid, v.start, v.end)?;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (k, (&m, &t)) in mine.iter().zip(theirs.iter()).enumerate() {
+            let same = m & PRESENT != 0
+                && t & PRESENT != 0
+                && m & SWAPPED == 0
+                && (m | t) & FILE_PAGE == 0 // the file's own pages are not copies
+                && m & PFN_MASK != 0 // PFNs hidden without CAP_SYS_ADMIN
+                && m & PFN_MASK == t & PFN_MASK;
+            if same {
+                let a = v.start + k as u64 * PAGE_SIZE;
+                match runs.last_mut() {
+                    Some(r) if r.1 == a => r.1 = a + PAGE_SIZE,
+                    _ => runs.push((a, a + PAGE_SIZE)),
+                }
+            }
+        }
+        if !runs.is_empty() {
+            found.push((vi, procs[o].host_pid, runs));
+        }
+    }
+    Ok(found)
+}
+
 /// Finds, for every process but the root, the pages of its private
 /// anonymous VMAs that are the very pages of its owner's VMA at the same
 /// address; marks the VMA (`cow_owner`), records the runs (`cow_pages`),
@@ -102,48 +179,39 @@ pub(crate) fn find_shared(procs: &mut [Collected]) -> Result<()> {
         .enumerate()
         .map(|(i, c)| (c.host_pid, i))
         .collect();
-    let parent = |i: usize, procs: &[Collected]| index.get(&procs[i].image.ppid).copied();
-    for c in 1..procs.len() {
-        // (VMA index, owner PID, shared runs)
-        let mut found: Vec<SharedVma> = Vec::new();
-        for (vi, v) in procs[c].image.mm.vmas.iter().enumerate() {
-            if !cow_candidate(v) {
-                continue;
-            }
-            // The topmost ancestor mapping the same private anonymous range.
-            let mut owner = None;
-            let mut a = parent(c, procs);
-            while let Some(p) = a {
-                let same = procs[p].image.mm.vmas.iter().any(|w| same_mapping(v, w));
-                if !same {
-                    break;
-                }
-                owner = Some(p);
-                a = parent(p, procs);
-            }
-            let Some(o) = owner else { continue };
-            let mine = pagemap(procs[c].host_pid, v.start, v.end)?;
-            let theirs = pagemap(procs[o].host_pid, v.start, v.end)?;
-            let mut runs: Vec<(u64, u64)> = Vec::new();
-            for (k, (&m, &t)) in mine.iter().zip(&theirs).enumerate() {
-                let same = m & PRESENT != 0
-                    && t & PRESENT != 0
-                    && m & SWAPPED == 0
-                    && (m | t) & FILE_PAGE == 0 // the file's own pages are not copies
-                    && m & PFN_MASK != 0 // PFNs hidden without CAP_SYS_ADMIN
-                    && m & PFN_MASK == t & PFN_MASK;
-                if same {
-                    let a = v.start + k as u64 * PAGE_SIZE;
-                    match runs.last_mut() {
-                        Some(r) if r.1 == a => r.1 = a + PAGE_SIZE,
-                        _ => runs.push((a, a + PAGE_SIZE)),
-                    }
-                }
-            }
-            if !runs.is_empty() {
-                found.push((vi, procs[o].host_pid, runs));
-            }
+    // The pagemaps are read on two threads (every other process each):
+    // only reads, of a frozen tree; the results are applied in order.
+    let n = procs.len();
+    let (evens, odds) = {
+        let all: &[Collected] = procs;
+        let scan = |first: usize| -> Result<Vec<(usize, Vec<SharedVma>)>> {
+            let mut maps = Pagemaps::default();
+            (first..n)
+                .step_by(2)
+                .map(|c| Ok((c, shared_of(all, c, &index, &mut maps)?)))
+                .collect()
+        };
+        if n <= 2 {
+            (scan(1), Ok(Vec::new()))
+        } else {
+            std::thread::scope(|s| {
+                let odds = s.spawn(|| scan(2));
+                let evens = scan(1);
+                let odds = odds.join().unwrap_or_else(|_| {
+                    Err(DumpError::Io {
+                        pid: all.first().map_or(0, |c| c.host_pid),
+                        stage: Stage::Collect,
+                        what: "copy-on-write scan thread".into(),
+                        source: std::io::Error::other("panicked"),
+                    })
+                });
+                (evens, odds)
+            })
         }
+    };
+    let mut found_all: Vec<(usize, Vec<SharedVma>)> = evens?.into_iter().chain(odds?).collect();
+    found_all.sort_unstable_by_key(|(c, _)| *c);
+    for (c, found) in found_all {
         let me = &mut procs[c];
         let mut all_cut = Vec::new();
         for (vi, owner, runs) in found {

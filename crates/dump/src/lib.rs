@@ -522,26 +522,34 @@ fn dump_frozen(
         t0.elapsed()
     );
     let mut witnesses = landlock::Witnesses::default();
-    for f in &mut frozen.procs {
-        let track = collect::TrackIn {
-            taken: parent.and_then(|p| p.take_over(f.pid.0 as u32)),
-            want_new: tracking,
-        };
-        let pre = early.remove(&(f.pid.0 as u32));
-        collected.push(collect::collect(
-            f,
-            opts.shell_job,
-            &sockets,
-            &mut shmem,
-            (track, pre),
-            (
-                sysv_reads
-                    .get(&(f.pid.0 as u32))
-                    .map_or(&[][..], Vec::as_slice),
-                &mut witnesses,
-            ),
-        )?);
-    }
+    let ahead: Vec<u32> = tree_pids
+        .iter()
+        .copied()
+        .filter(|p| !early.contains_key(p))
+        .collect();
+    std::thread::scope(|scope| -> Result<()> {
+        let ahead = preread::Ahead::start(scope, ahead);
+        for f in &mut frozen.procs {
+            let pid = f.pid.0 as u32;
+            let track = collect::TrackIn {
+                taken: parent.and_then(|p| p.take_over(pid)),
+                want_new: tracking,
+            };
+            let pre = early.remove(&pid).or_else(|| ahead.take(pid));
+            collected.push(collect::collect(
+                f,
+                opts.shell_job,
+                &sockets,
+                &mut shmem,
+                (track, pre),
+                (
+                    sysv_reads.get(&pid).map_or(&[][..], Vec::as_slice),
+                    &mut witnesses,
+                ),
+            )?);
+        }
+        Ok(())
+    })?;
     // The Landlock witnesses go now: one in the tree's PID namespace must
     // be reaped before that namespace's init can die.
     drop(witnesses);

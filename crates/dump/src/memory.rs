@@ -489,11 +489,33 @@ pub(crate) fn dump_pages(
     let mut progress = Progress::new("dump", total);
     let mut mem_file: Option<std::fs::File> = None;
     let (mut hasher, mut sink) = out.split();
+    if let [b] = &batches[..] {
+        // One batch (most processes of a tree): no writer thread.
+        let n = match b {
+            Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
+        };
+        let mut buf = vec![0u8; n];
+        read_into(pid, b, &mut buf, &mut mem_file, running)?;
+        hasher.update(&buf);
+        sink.write_all(&buf).at(p, st)?;
+        progress.add(n as u64);
+        progress.done();
+        return Ok(());
+    }
     std::thread::scope(|s| -> Result<()> {
         let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-        for _ in 0..BUFFERS {
-            let _ = empty_tx.send(vec![0u8; CHUNK]);
+        // No larger or more buffers than the batches need: zeroing eight
+        // 1 MiB buffers cost a small process of a tree more than its pages.
+        let len = batches
+            .iter()
+            .map(|b| match b {
+                Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
+            })
+            .max()
+            .unwrap_or(0);
+        for _ in 0..BUFFERS.min(batches.len()) {
+            let _ = empty_tx.send(vec![0u8; len]);
         }
         let writer = s.spawn(move || -> Result<()> {
             let mut flushed = sink.offset();

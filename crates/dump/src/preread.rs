@@ -84,6 +84,8 @@ pub(crate) struct Early {
     pub smaps: Vec<SmapsEntry>,
     /// memkinds::refuse_policies as read then.
     pub policies: Option<String>,
+    /// Read before the freeze (a pre-read), not read ahead while frozen.
+    pub before_freeze: bool,
     start_time: u64,
     tids: Vec<Pid>,
 }
@@ -136,6 +138,7 @@ pub(crate) fn take(root: u32) -> Option<Preread> {
                 Early {
                     smaps: Vec::new(),
                     policies: None,
+                    before_freeze: true,
                     start_time: st.start_time,
                     tids: f.tids.clone(),
                 },
@@ -233,5 +236,50 @@ impl Preread {
         }
         log::debug!("pid {root}: pre-read verified in {:?}", t.elapsed());
         ok
+    }
+}
+
+/// Reads, on a helper thread, the smaps and numa_maps of each process of
+/// `pids` (frozen) that `early` does not already hold, in order, ahead of
+/// the collection that needs them: reading them costs the kernel a page
+/// walk and takes no ptrace, so one core does it while the other runs the
+/// remote queries of the process before. [`Ahead::take`] hands each over;
+/// a read that failed is simply not handed over, and the collection reads
+/// the file itself and reports the error where it always has.
+pub(crate) struct Ahead {
+    rx: std::sync::mpsc::Receiver<(u32, Option<Early>)>,
+}
+
+/// How many processes the helper may read ahead (bounds its memory).
+const AHEAD: usize = 8;
+
+impl Ahead {
+    /// Starts the helper in `scope`.
+    pub(crate) fn start<'s>(scope: &'s std::thread::Scope<'s, '_>, pids: Vec<u32>) -> Ahead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
+        scope.spawn(move || {
+            for pid in pids {
+                let early = stasis_proc::read_smaps(pid).ok().map(|smaps| Early {
+                    smaps,
+                    policies: crate::memkinds::refuse_policies(pid),
+                    before_freeze: false,
+                    start_time: 0,
+                    tids: Vec::new(),
+                });
+                // The collection stopped (an error): nothing more to read.
+                if tx.send((pid, early)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ahead { rx }
+    }
+
+    /// What the helper read of `pid`, the next process it was given.
+    pub(crate) fn take(&self, pid: u32) -> Option<Early> {
+        match self.rx.recv() {
+            Ok((p, early)) if p == pid => early,
+            _ => None,
+        }
     }
 }

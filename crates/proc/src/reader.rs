@@ -29,8 +29,15 @@ fn parse_err(path: &Path, e: ParseError) -> ProcError {
 
 /// Reads the whole of `/proc/PID/name`.
 pub fn read(pid: u32, name: &str) -> Result<Vec<u8>, ProcError> {
+    use std::io::Read;
     let path = proc_path(pid, name);
-    std::fs::read(&path).map_err(|e| io_err(&path, e))
+    // /proc files report no size: start with room for most of them, so
+    // that a file is read in a few system calls, not a dozen growing ones.
+    let mut buf = Vec::with_capacity(16 << 10);
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(|e| io_err(&path, e))?;
+    Ok(buf)
 }
 
 fn read_parse<T>(

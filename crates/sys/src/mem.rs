@@ -135,3 +135,56 @@ fn transfer(
     }
     Ok(())
 }
+
+/// A traced task's memory through `/proc/TID/mem`: reads and writes
+/// pages whatever their protection (FOLL_FORCE, as PTRACE_PEEKDATA and
+/// PTRACE_POKEDATA do; a write to a read-only private page copies it),
+/// many bytes per system call instead of a word.
+#[derive(Debug)]
+pub struct ForcedMem {
+    file: std::fs::File,
+    tid: Pid,
+}
+
+impl ForcedMem {
+    /// Opens the memory of `tid`, which the caller traces.
+    pub fn open(tid: Pid) -> Result<ForcedMem> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", tid.0))
+            .map_err(|e| {
+                SysError::new(
+                    format!("open /proc/{}/mem", tid.0),
+                    Some(tid),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )
+            })?;
+        Ok(ForcedMem { file, tid })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `addr`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, addr).map_err(|e| {
+            SysError::new(
+                format!("read /proc/{}/mem at {addr:#x}", self.tid.0),
+                Some(self.tid),
+                e.raw_os_error().unwrap_or(libc::EFAULT),
+            )
+        })
+    }
+
+    /// Writes all of `data` at `addr`, in one system call when it lies in
+    /// one page.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, addr).map_err(|e| {
+            SysError::new(
+                format!("write /proc/{}/mem at {addr:#x}", self.tid.0),
+                Some(self.tid),
+                e.raw_os_error().unwrap_or(libc::EFAULT),
+            )
+        })
+    }
+}

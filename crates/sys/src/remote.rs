@@ -147,6 +147,9 @@ const HEAL_DATA_OFF: usize = HEAL_CODE_LEN;
 const HEAL_SAVED_OFF: usize = 256;
 /// Scratch bytes for the injected calls' results (every dump query fits).
 pub const HEAL_SCRATCH: u64 = 64;
+/// Bytes of the healing code written (and, from its end, removed) in the
+/// first of two writes.
+const HEAL_HALF: usize = 32;
 
 /// Words of the context block, in order.
 const D_SRC: usize = 0;
@@ -338,6 +341,8 @@ struct Heal {
     area: u64,
     /// The scratch area's original bytes, written back by finish().
     saved: Vec<u8>,
+    /// The thread's memory, to write the area.
+    fmem: mem::ForcedMem,
 }
 
 /// Remote system calls executed by this process so far.
@@ -403,10 +408,12 @@ impl RemoteThread {
                 "no [vdso] mapping, nor zero padding past an executable segment, to hold the syscall stub",
             )
         })?;
-        let mut found = Vec::with_capacity(HEAL_AREA_LEN as usize / 8);
-        for i in 0..HEAL_AREA_LEN / 8 {
-            found.push(ptrace::peek(tid, area.start + i * 8)?);
-        }
+        // The area is read and written through /proc/TID/mem: a few
+        // system calls instead of a PEEKDATA or POKEDATA per word.
+        let fmem = mem::ForcedMem::open(tid)?;
+        let mut bytes = [0u8; HEAL_AREA_LEN as usize];
+        fmem.read(area.start, &mut bytes)?;
+        let found = to_words(&bytes);
         if !padding_is_ours(&found) {
             return Err(SysError::other(
                 "prepare remote syscalls",
@@ -461,21 +468,21 @@ impl RemoteThread {
         if (orig_regs.orig_rax as i64) >= 0 && orig_regs.rax as i64 == ERESTART_RESTARTBLOCK {
             back.rax = NR_RESTART_SYSCALL;
         }
-        let code = to_words(&heal_code());
-        for (i, w) in code.iter().enumerate() {
-            ptrace::poke(tid, area.start + i as u64 * 8, *w)?;
-            if i == 3 {
-                kill_point("heal-stub-half");
-            }
-        }
+        // Each write lands whole or not at all should we be killed (one
+        // copy into one page); the code goes in two, as a dumper killed
+        // between them may leave it (see padding_is_ours).
+        let code = heal_code();
+        fmem.write(area.start, &code[..HEAL_HALF])?;
+        kill_point("heal-stub-half");
+        fmem.write(area.start + HEAL_HALF as u64, &code[HEAL_HALF..])?;
         kill_point("heal-stub");
-        let mut data = context_block(area.start, scratch, &back, orig_mask).to_vec();
-        data.resize((HEAL_SAVED_OFF - HEAL_DATA_OFF) / 8, 0);
-        data.extend(to_words(&saved));
-        let data_at = area.start + HEAL_DATA_OFF as u64;
-        for (i, w) in data.iter().enumerate() {
-            ptrace::poke(tid, data_at + i as u64 * 8, *w)?;
-        }
+        let mut data: Vec<u8> = context_block(area.start, scratch, &back, orig_mask)
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        data.resize(HEAL_SAVED_OFF - HEAL_DATA_OFF, 0);
+        data.extend_from_slice(&saved);
+        fmem.write(area.start + HEAL_DATA_OFF as u64, &data)?;
         kill_point("heal-frame");
         let t = RemoteThread {
             tid,
@@ -488,6 +495,7 @@ impl RemoteThread {
                 orig_mask,
                 area: area.start,
                 saved,
+                fmem,
             }),
             pending_stop: false,
             queued: Vec::new(),
@@ -1040,12 +1048,11 @@ impl RemoteThread {
         // the next dump recognises (see padding_is_ours): data first, then
         // code, so that data is never left without its code.
         kill_point("finish-regs");
-        for i in (0..HEAL_AREA_LEN / 8).rev() {
-            ptrace::poke(tid, h.area + i * 8, 0)?;
-            if i == HEAL_CODE_LEN as u64 / 8 - 4 {
-                kill_point("finish-unpatch-half");
-            }
-        }
+        let zeros = [0u8; HEAL_AREA_LEN as usize];
+        let tail = HEAL_CODE_LEN - HEAL_HALF;
+        h.fmem.write(h.area + tail as u64, &zeros[tail..])?;
+        kill_point("finish-unpatch-half");
+        h.fmem.write(h.area, &zeros[..tail])?;
         kill_point("finish-unpatch");
         if self.pending_stop {
             crate::util::kill(tid, libc::SIGSTOP)?;
