@@ -53,8 +53,9 @@ mod timers;
 pub mod track;
 mod userns;
 mod uts;
+mod write;
 
-use stasis_image::{ImageError, ImageWriter, Inventory, ProcessRef};
+use stasis_image::{ImageError, ImageWriter, Inventory};
 use stasis_proc::ProcError;
 use stasis_sys::{Pid, SysError};
 use std::path::PathBuf;
@@ -640,51 +641,13 @@ fn dump_frozen(
     // Dropping the writer on any error below removes everything it wrote.
     let mut writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
     writer.set_hook(stasis_sys::hook::kill_point);
-    let mut refs = Vec::with_capacity(collected.len());
-    let (mut page_bytes, mut parent_bytes, mut vmas, mut page_runs) = (0, 0, 0, 0);
-    for state in &mut collected {
-        let pid = state.image.pid;
-        let mut pages = writer.pages_writer(pid).at(pid, Stage::Write)?;
-        memory::dump_pages(
-            Pid(state.host_pid as i32),
-            &mut state.image.mm,
-            &state.page_plan,
-            &mut pages,
-            brief,
-        )?;
-        match kinds::saved::write_saved(&mut state.image, state.host_pid, &mut pages) {
-            // A brief round's tree runs: a process that exited meanwhile
-            // is in no later dump, which takes nothing of it from here.
-            Err(e) if brief && memory::exited(Pid(state.host_pid as i32)) => {
-                log::debug!("pid {pid}: exited while its files were saved ({e})");
-            }
-            r => r?,
-        }
-        if let (Some(saved), true) = (ipc.as_mut(), refs.is_empty()) {
-            // Segment contents: in the root's page file.
-            sysvipc::write_contents(saved, state.host_pid, &mut pages)?;
-        }
-        page_bytes += pages.offset();
-        parent_bytes += state
-            .image
-            .mm
-            .pages
-            .iter()
-            .filter(|r| r.in_parent)
-            .map(|r| r.nr_pages * stasis_image::PAGE_SIZE)
-            .sum::<u64>();
-        let pages_file = pages.finish().at(pid, Stage::Memory)?;
-        fault_point(pid, Stage::Memory)?;
-        deadline.check(Stage::Memory)?;
-        let core_file = writer.write_process(&state.image).at(pid, Stage::Write)?;
-        vmas += state.image.mm.vmas.len();
-        page_runs += state.image.mm.pages.len();
-        refs.push(ProcessRef {
-            pid,
-            core_file,
-            pages_file,
-        });
-    }
+    let write::Written {
+        refs,
+        page_bytes,
+        parent_bytes,
+        vmas,
+        page_runs,
+    } = write::all(&writer, &mut collected, ipc.as_mut(), brief, deadline)?;
     log::debug!("pid {root}: pages written at {:?}", t0.elapsed());
     if brief {
         track::test_lose_copy_writes(&collected)?;

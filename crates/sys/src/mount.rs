@@ -72,7 +72,16 @@ pub fn own_mntns() -> Result<OwnedFd> {
 }
 
 /// setns into the mount namespace `ns` (root and cwd become its root).
+///
+/// The calling thread first leaves a shared fs_struct (unshare(CLONE_FS),
+/// a no-op when it is already its own): setns(mnt) refuses with EINVAL a
+/// thread whose fs_struct has another user, and a thread we just joined
+/// may still hold ours for a moment (a thread's exit wakes its joiner
+/// before it lets go of its fs_struct).
 pub fn setns_mnt(ns: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: integer-only syscall on the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_FS) };
+    check(r, "unshare(CLONE_FS)", None)?;
     // SAFETY: setns on a descriptor we hold; integer arguments.
     let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) };
     check(r.into(), "setns(mnt)", None).map(drop)
