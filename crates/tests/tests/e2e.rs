@@ -274,6 +274,110 @@ fn cr_memory_small() {
     cr("cr_memory_small", Program::Bin("tp_memory"), MEM_SMALL);
 }
 
+/// A swap file for the tests of this binary that need swap: on while any
+/// of them holds a [`SwapOn`], then off and removed. One file for all, so
+/// that no test's swapoff pulls back the pages another pushed out.
+static SWAP: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Where the swap file goes: a disk filesystem (not tmpfs, which cannot
+/// hold swap), named after this test binary's PID.
+fn swap_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/var/tmp/stasis-test-swap-{}", std::process::id()))
+}
+
+struct SwapOn;
+
+impl SwapOn {
+    fn new() -> SwapOn {
+        let mut users = SWAP.lock().unwrap_or_else(|e| e.into_inner());
+        if *users == 0 {
+            let path = swap_path();
+            let _ = fs::remove_file(&path);
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .expect("create the swap file");
+                let zeros = vec![0u8; 1 << 20];
+                for _ in 0..32 {
+                    f.write_all(&zeros).expect("write the swap file");
+                }
+                f.sync_all().expect("sync the swap file");
+            }
+            let out = std::process::Command::new("mkswap")
+                .arg(&path)
+                .output()
+                .expect("run mkswap");
+            assert!(out.status.success(), "mkswap: {out:?}");
+            let c = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+            // SAFETY: swapon with a NUL-terminated path we own.
+            let r = unsafe { libc::swapon(c.as_ptr(), 0) };
+            assert!(
+                r == 0,
+                "swapon {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        *users += 1;
+        SwapOn
+    }
+}
+
+impl Drop for SwapOn {
+    fn drop(&mut self) {
+        let mut users = SWAP.lock().unwrap_or_else(|e| e.into_inner());
+        *users -= 1;
+        if *users == 0 {
+            let path = swap_path();
+            if let Ok(c) = std::ffi::CString::new(path.to_str().unwrap_or_default()) {
+                // SAFETY: swapoff with a NUL-terminated path we own.
+                unsafe { libc::swapoff(c.as_ptr()) };
+            }
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Private pages swapped out (MADV_PAGEOUT, checked in pagemap by the
+/// program) when the tree is dumped come back as they were.
+#[test]
+fn cr_swapped_pages() {
+    let _swap = SwapOn::new();
+    cr("cr_swapped_pages", Program::Bin("tp_swap"), &[]);
+}
+
+/// Negative control: the same, with the program changing one byte after
+/// the restore, must fail its check.
+#[test]
+fn negative_cr_swapped_pages() {
+    let _swap = SwapOn::new();
+    negative_cr(
+        "negative_cr_swapped_pages",
+        Program::Bin("tp_swap"),
+        &[],
+        "the swapped-out pages changed",
+    );
+}
+
+/// A negative control through checkpoint/restore: the program, run with
+/// `args` and `--corrupt`, must report FAIL naming `what`.
+fn negative_cr(name: &str, program: Program, args: &[&str], what: &str) {
+    let work = Work::new(name);
+    let mut args = args.to_vec();
+    args.push("--corrupt");
+    let out = run_case(&work, program, &args, &Opts::default());
+    assert!(
+        out.result.starts_with("FAIL: ") && out.result.contains(what),
+        "the negative control did not fail: {out:?}{}",
+        work.diagnostics()
+    );
+}
+
 #[test]
 fn cr_memory_256mib() {
     let opts = Opts {
@@ -870,17 +974,11 @@ fn cr_seccomp_filters() {
 
 #[test]
 fn negative_seccomp() {
-    let work = Work::new("negative_seccomp");
-    let out = run_case(
-        &work,
+    negative_cr(
+        "negative_seccomp",
         Program::Bin("tp_seccomp"),
-        &["--corrupt"],
-        &Opts::default(),
-    );
-    assert!(
-        out.result.starts_with("FAIL: ") && out.result.contains("Seccomp_filters"),
-        "the negative control did not fail: {out:?}{}",
-        work.diagnostics()
+        &[],
+        "Seccomp_filters",
     );
 }
 
@@ -1397,8 +1495,10 @@ fn cr_tcp_skip_syn_recv() {
     skip_in_flight_case("cr_tcp_skip_syn_recv", "--syn-recv");
 }
 
-/// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS) and
-/// the multicast interface, TTL/TOS and IPv6 hop and class options.
+/// Options that are not ints (SO_LINGER, TCP_CONGESTION, IP_OPTIONS), the
+/// multicast interface, TTL/TOS and IPv6 hop and class options, and 24
+/// plain int options of the socket, TCP, UDP, IP and IPv6 levels set to
+/// values a new socket does not have.
 #[test]
 fn cr_inet_socket_options() {
     cr(

@@ -192,7 +192,57 @@ const MORE_OPTS: &[(&str, i32, i32)] = &[
         libc::IPPROTO_IPV6,
         libc::IPV6_RECVHOPLIMIT,
     ),
+    // Plain ints, set below to values a new socket does not have.
+    ("SO_PRIORITY", libc::SOL_SOCKET, libc::SO_PRIORITY),
+    ("SO_RCVLOWAT", libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+    ("SO_OOBINLINE", libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    ("SO_TIMESTAMPNS", libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
+    (
+        "TCP_USER_TIMEOUT",
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+    ),
+    (
+        "TCP_NOTSENT_LOWAT",
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+    ),
+    ("TCP_SYNCNT", libc::IPPROTO_TCP, libc::TCP_SYNCNT),
+    ("TCP_LINGER2", libc::IPPROTO_TCP, libc::TCP_LINGER2),
+    ("TCP_CORK", libc::IPPROTO_TCP, libc::TCP_CORK),
+    ("UDP_CORK", libc::IPPROTO_UDP, UDP_CORK),
+    ("UDP_SEGMENT", libc::IPPROTO_UDP, UDP_SEGMENT),
+    ("IP_FREEBIND", libc::IPPROTO_IP, libc::IP_FREEBIND),
+    ("IP_RECVERR", libc::IPPROTO_IP, libc::IP_RECVERR),
+    ("IP_PKTINFO", libc::IPPROTO_IP, libc::IP_PKTINFO),
+    ("IP_MTU_DISCOVER", libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+    ("IP_MULTICAST_TTL", libc::IPPROTO_IP, libc::IP_MULTICAST_TTL),
+    (
+        "IP_MULTICAST_LOOP",
+        libc::IPPROTO_IP,
+        libc::IP_MULTICAST_LOOP,
+    ),
+    ("IP_RECVTTL", libc::IPPROTO_IP, libc::IP_RECVTTL),
+    ("IP_TRANSPARENT", libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+    ("IPV6_DONTFRAG", libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG),
+    ("IPV6_AUTOFLOWLABEL", libc::IPPROTO_IPV6, IPV6_AUTOFLOWLABEL),
+    (
+        "IPV6_RECVPKTINFO",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVPKTINFO,
+    ),
+    (
+        "IPV6_MULTICAST_LOOP",
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_LOOP,
+    ),
+    ("IPV6_RECVERR", libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
 ];
+
+/// Option numbers the libc crate does not name (linux/udp.h, in6.h).
+const UDP_CORK: i32 = 1;
+const UDP_SEGMENT: i32 = 103;
+const IPV6_AUTOFLOWLABEL: i32 = 70;
 
 type Readings = Vec<(&'static str, Result<Vec<u8>, i32>)>;
 
@@ -217,6 +267,18 @@ fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: 
         &[7, 7, 4, 0, 0, 0, 0, 0],
     );
     set(l4, libc::IPPROTO_IP, libc::IP_TTL, 33);
+    // Plain ints (docs/state.md, "other int options").
+    for (level, opt, v) in [
+        (libc::SOL_SOCKET, libc::SO_PRIORITY, 5),
+        (libc::SOL_SOCKET, libc::SO_RCVLOWAT, 3),
+        (libc::SOL_SOCKET, libc::SO_OOBINLINE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 12_345),
+        (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 65_536),
+        (libc::IPPROTO_TCP, libc::TCP_SYNCNT, 4),
+        (libc::IPPROTO_TCP, libc::TCP_LINGER2, 17),
+    ] {
+        set(l4, level, opt, v);
+    }
     bind(l4, lo4());
     listen(l4, 2);
     // An IPv6 TCP socket, not bound: lingering off with 9 s kept, hop
@@ -226,6 +288,7 @@ fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: 
     set_linger(t6, 0, 9);
     set(t6, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 7);
     set(t6, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 0x28);
+    set(t6, libc::IPPROTO_TCP, libc::TCP_CORK, 1);
     // UDP over IPv4: multicast through lo by its address, every group's
     // traffic off, TOS 0x20, TOS of received datagrams on.
     let u4 = sock(libc::AF_INET, libc::SOCK_DGRAM);
@@ -234,12 +297,40 @@ fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: 
     set(u4, libc::IPPROTO_IP, libc::IP_TOS, 0x20);
     set(u4, libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
     set(u4, libc::IPPROTO_IP, libc::IP_TTL, 5);
+    for (level, opt, v) in [
+        (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1),
+        (libc::IPPROTO_UDP, UDP_CORK, 1),
+        (libc::IPPROTO_UDP, UDP_SEGMENT, 1400),
+        (libc::IPPROTO_IP, libc::IP_FREEBIND, 1),
+        (libc::IPPROTO_IP, libc::IP_RECVERR, 1),
+        (libc::IPPROTO_IP, libc::IP_PKTINFO, 1),
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        ),
+        (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4),
+        (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 0),
+        (libc::IPPROTO_IP, libc::IP_RECVTTL, 1),
+        (libc::IPPROTO_IP, libc::IP_TRANSPARENT, 1),
+    ] {
+        set(u4, level, opt, v);
+    }
     bind(u4, lo4());
     // UDP over IPv6: multicast through interface 1 (lo), 3 hops.
     let u6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
     set(u6, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, 1);
     set(u6, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 3);
     set(u6, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1);
+    for (opt, v) in [
+        (libc::IPV6_DONTFRAG, 1),
+        (IPV6_AUTOFLOWLABEL, 0),
+        (libc::IPV6_RECVPKTINFO, 1),
+        (libc::IPV6_MULTICAST_LOOP, 0),
+        (libc::IPV6_RECVERR, 1),
+    ] {
+        set(u6, libc::IPPROTO_IPV6, opt, v);
+    }
     bind(u6, lo6());
     // A listener taking connections signed with a key (TCP_MD5SIG).
     let lm = sock(libc::AF_INET, libc::SOCK_STREAM);
@@ -256,6 +347,7 @@ fn more_options(proto: &stasis_tests::Proto, args: &stasis_tests::Args, report: 
     proto.ready_and_wait();
     if args.corrupt() {
         set_bytes(l4, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"bbr");
+        set(u4, libc::IPPROTO_IP, libc::IP_RECVTTL, 0);
     }
     for (i, &(what, fd)) in socks.iter().enumerate() {
         report.eq(what, &before[i], &more_opts(fd));

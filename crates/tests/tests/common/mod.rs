@@ -116,6 +116,7 @@ pub fn bin_path(name: &str) -> PathBuf {
         "tp_chroot" => env!("CARGO_BIN_EXE_tp_chroot"),
         "tp_procsys" => env!("CARGO_BIN_EXE_tp_procsys"),
         "tp_rseq" => env!("CARGO_BIN_EXE_tp_rseq"),
+        "tp_swap" => env!("CARGO_BIN_EXE_tp_swap"),
         other => panic!("unknown test program {other}"),
     };
     PathBuf::from(p)
