@@ -105,11 +105,12 @@ pub(crate) fn collect(
     let fds = kinds::collect_fds(pid, shell_job, sockets)?;
     log::debug!("pid {pid}: descriptors collected in {:?}", t.elapsed());
     let t = std::time::Instant::now();
-    let (smaps, policies) = match early {
-        Some(e) => (e.smaps, e.policies),
+    let (smaps, policies, planned) = match early {
+        Some(e) => (e.smaps, e.policies, e.planned),
         None => (
             stasis_proc::read_smaps(pid).at(pid, Stage::Collect)?,
             crate::memkinds::refuse_policies(pid),
+            None,
         ),
     };
     let smaps_took = t.elapsed();
@@ -119,12 +120,16 @@ pub(crate) fn collect(
     // A further brief round re-arms the tracker taken from the last one
     // in the same pass as it finds what was written since.
     let armed = track.want_new && uffd.is_some();
-    let (vmas, page_plan) = memory::plan(
-        pid,
-        (&smaps, policies),
-        shmem,
-        (uffd.as_ref().map(|f| f.as_fd()), armed),
-    )?;
+    let (vmas, page_plan) = match planned {
+        // Planned ahead as this would: no tracker to register with.
+        Some(p) if uffd.is_none() => p,
+        _ => memory::plan(
+            pid,
+            (&smaps, policies),
+            shmem,
+            (uffd.as_ref().map(|f| f.as_fd()), armed),
+        )?,
+    };
     log::debug!(
         "pid {pid}: smaps and numa_maps {} in {smaps_took:?}, page plan in {:?}",
         match early_used {

@@ -86,6 +86,11 @@ pub(crate) struct Early {
     pub policies: Option<String>,
     /// Read before the freeze (a pre-read), not read ahead while frozen.
     pub before_freeze: bool,
+    /// Read ahead only: the mappings and page plan, made as the
+    /// collection would without a write tracker, when the process maps
+    /// no shared anonymous object (whose pages go to the first process
+    /// that maps them: planned in order by the collection).
+    pub planned: Option<(Vec<stasis_image::Vma>, crate::memory::PagePlan)>,
     start_time: u64,
     tids: Vec<Pid>,
 }
@@ -139,6 +144,7 @@ pub(crate) fn take(root: u32) -> Option<Preread> {
                     smaps: Vec::new(),
                     policies: None,
                     before_freeze: true,
+                    planned: None,
                     start_time: st.start_time,
                     tids: f.tids.clone(),
                 },
@@ -240,10 +246,11 @@ impl Preread {
 }
 
 /// Reads, on a helper thread, the smaps and numa_maps of each process of
-/// `pids` (frozen) that `early` does not already hold, in order, ahead of
-/// the collection that needs them: reading them costs the kernel a page
-/// walk and takes no ptrace, so one core does it while the other runs the
-/// remote queries of the process before. [`Ahead::take`] hands each over;
+/// `pids` (frozen) that `early` does not already hold, and makes its page
+/// plan (PAGEMAP_SCAN), in order, ahead of the collection that needs
+/// them: that costs the kernel page walks and takes no ptrace, so one
+/// core does it while the other runs the remote queries of the process
+/// before (which change nothing of another process's memory). [`Ahead::take`] hands each over;
 /// a read that failed is simply not handed over, and the collection reads
 /// the file itself and reports the error where it always has.
 pub(crate) struct Ahead {
@@ -259,12 +266,28 @@ impl Ahead {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
         scope.spawn(move || {
             for pid in pids {
-                let early = stasis_proc::read_smaps(pid).ok().map(|smaps| Early {
-                    smaps,
-                    policies: crate::memkinds::refuse_policies(pid),
-                    before_freeze: false,
-                    start_time: 0,
-                    tids: Vec::new(),
+                let early = stasis_proc::read_smaps(pid).ok().map(|smaps| {
+                    let policies = crate::memkinds::refuse_policies(pid);
+                    // A plan that fails (a refusal) is left to the
+                    // collection, which reports it where it always has.
+                    let mut objects = crate::shmem::Saved::default();
+                    let planned = match crate::memory::plan(
+                        pid,
+                        (&smaps, policies.clone()),
+                        &mut objects,
+                        (None, false),
+                    ) {
+                        Ok(p) if objects.is_empty() => Some(p),
+                        _ => None,
+                    };
+                    Early {
+                        smaps,
+                        policies,
+                        before_freeze: false,
+                        planned,
+                        start_time: 0,
+                        tids: Vec::new(),
+                    }
                 });
                 // The collection stopped (an error): nothing more to read.
                 if tx.send((pid, early)).is_err() {

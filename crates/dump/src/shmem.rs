@@ -20,6 +20,13 @@ use std::os::fd::AsFd;
 #[derive(Default)]
 pub(crate) struct Saved(HashMap<u64, Vec<(u64, u64)>>);
 
+impl Saved {
+    /// Whether no shared anonymous object was seen yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Whether the mapping is a window on a shared anonymous object (not
 /// hugetlb) whose pages [`runs`] finds.
 pub(crate) fn is_object(s: &SmapsEntry, kind: &VmaKind) -> bool {
