@@ -384,6 +384,15 @@ enum Batch {
     Mem(u64, usize),
 }
 
+impl Batch {
+    /// Bytes the batch reads.
+    fn len(&self) -> usize {
+        match self {
+            Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
+        }
+    }
+}
+
 /// Cuts the plan into batches and records every page run, with its file
 /// offset, in `mm.pages`.
 fn batches(mm: &mut MmState, plan: &PagePlan, base: u64) -> Vec<Batch> {
@@ -480,20 +489,13 @@ pub(crate) fn dump_pages(
     let p = pid.0 as u32;
     let st = Stage::Memory;
     let batches = batches(mm, plan, out.offset());
-    let total: u64 = batches
-        .iter()
-        .map(|b| match b {
-            Batch::Vm(_, n) | Batch::Mem(_, n) => *n as u64,
-        })
-        .sum();
+    let total: u64 = batches.iter().map(|b| b.len() as u64).sum();
     let mut progress = Progress::new("dump", total);
     let mut mem_file: Option<std::fs::File> = None;
     let (mut hasher, mut sink) = out.split();
     if let [b] = &batches[..] {
         // One batch (most processes of a tree): no writer thread.
-        let n = match b {
-            Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
-        };
+        let n = b.len();
         let mut buf = vec![0u8; n];
         read_into(pid, b, &mut buf, &mut mem_file, running)?;
         hasher.update(&buf);
@@ -507,13 +509,7 @@ pub(crate) fn dump_pages(
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         // No larger or more buffers than the batches need: zeroing eight
         // 1 MiB buffers cost a small process of a tree more than its pages.
-        let len = batches
-            .iter()
-            .map(|b| match b {
-                Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
-            })
-            .max()
-            .unwrap_or(0);
+        let len = batches.iter().map(Batch::len).max().unwrap_or(0);
         for _ in 0..BUFFERS.min(batches.len()) {
             let _ = empty_tx.send(vec![0u8; len]);
         }
@@ -542,9 +538,7 @@ pub(crate) fn dump_pages(
                 let Ok(mut buf) = empty_rx.recv() else {
                     return Ok(());
                 };
-                let n = match b {
-                    Batch::Vm(_, n) | Batch::Mem(_, n) => *n,
-                };
+                let n = b.len();
                 read_into(pid, b, &mut buf[..n], &mut mem_file, running)?;
                 hasher.update(&buf[..n]);
                 progress.add(n as u64);

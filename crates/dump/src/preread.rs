@@ -250,9 +250,10 @@ impl Preread {
 /// plan (PAGEMAP_SCAN), in order, ahead of the collection that needs
 /// them: that costs the kernel page walks and takes no ptrace, so one
 /// core does it while the other runs the remote queries of the process
-/// before (which change nothing of another process's memory). [`Ahead::take`] hands each over;
-/// a read that failed is simply not handed over, and the collection reads
-/// the file itself and reports the error where it always has.
+/// before (which change nothing of another process's memory).
+/// [`Ahead::take`] hands each over; a read that failed is simply not
+/// handed over, and the collection reads the file itself and reports the
+/// error where it always has.
 pub(crate) struct Ahead {
     rx: std::sync::mpsc::Receiver<(u32, Option<Early>)>,
 }
