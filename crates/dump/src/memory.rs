@@ -658,7 +658,19 @@ fn read_running(
         Batch::Vm(ranges, _) => ranges.clone(),
         Batch::Mem(addr, n) => vec![(*addr, *n)],
     };
-    let f = proc_mem(p, mem_file)?;
+    let f = match proc_mem(p, mem_file) {
+        Ok(f) => f,
+        // Between the failed read and this open, an exiting process (its
+        // memory already gone, not yet a zombie) was reaped: ESRCH.
+        Err(e) if exited(pid) => {
+            log::debug!(
+                "pid {p}: exited while its pages were copied ({first}; {e}): saved as zeros"
+            );
+            dst.fill(0);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let (mut at, mut gone) = (0usize, 0usize);
     for (addr, len) in ranges {
         for off in (0..len).step_by(PAGE_SIZE as usize) {
