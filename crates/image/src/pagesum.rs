@@ -151,7 +151,11 @@ pub(crate) fn chunk_of(path: &Path, file: &File, header: &Header) -> Result<u64>
 /// mappings on every CPU this process may use; the rest is read on this
 /// thread.
 pub(crate) fn file_sum(path: &Path, file: &File, len: u64, chunk: u64) -> Result<u64> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    // Asked once: std reads the cgroup's CPU quota files each time, and a
+    // tree's restore checks a page file per process.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
     if chunk != 0 && len >= PARALLEL_MIN && threads > 1 && !serial() {
         if let Some(sum) = parallel_sum(path, file, len, chunk, threads)? {
             return Ok(sum);

@@ -14,11 +14,17 @@ fn cstr_bytes(s: &str) -> Vec<u8> {
 /// The attributes stage for the process (its threads follow, in
 /// threads.rs): in this order since none depends on another, and all come
 /// before the credentials, which may take away the right to set them.
-pub(crate) fn attributes(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+/// `inherited_sigs`: the signals the process inherited a handler or
+/// SIG_IGN for (`ServiceFds::inherited_sigs`).
+pub(crate) fn attributes(
+    r: &mut RemoteThread,
+    img: &ProcessImage,
+    inherited_sigs: u64,
+) -> Result<()> {
     dirs_and_name(r, img)?;
     scheduling(r, img)?;
     rlimits(r, img)?;
-    crate::signals::dispositions(r, img)?;
+    crate::signals::dispositions(r, img, inherited_sigs)?;
     crate::signals::drain(r, img.pid)?;
     crate::signals::queue_pending(r, img)
 }
@@ -81,8 +87,13 @@ fn scheduling(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
 fn rlimits(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
-    // Limits equal to the ones inherited from the restorer need no call.
-    let current = stasis_proc::read_limits(pid).unwrap_or_default();
+    // Limits equal to the ones inherited from the restorer need no call
+    // (read by our PID of the process: in a PID namespace of the tree's,
+    // the image's names another process here).
+    let host = r.tid();
+    let current = stasis_sys::util::rlimits(host)
+        .or_else(|_| stasis_proc::read_limits(host.0 as u32))
+        .unwrap_or_default();
     for l in &img.rlimits {
         if current.contains(&(l.resource, l.cur, l.max)) {
             continue;

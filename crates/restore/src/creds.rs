@@ -35,7 +35,8 @@ pub(crate) fn all_threads(
     img: &ProcessImage,
 ) -> Result<()> {
     // In the tree's own user namespace the ids are the namespace's.
-    let same = !crate::userns::other_than_ours(leader.tid().0 as u32) && creds_inherited(img);
+    let host = leader.tid().0 as u32;
+    let same = !crate::userns::other_than_ours(host) && creds_inherited(img, host);
     // One thread at a time: the threads of a process share the stub
     // area, where each batch's records and data are.
     for tr in others.iter_mut() {
@@ -79,9 +80,11 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage, inherited: bool, leader: bool
 
 /// Whether the image's credentials are exactly the ones the restored
 /// process inherited from the restorer (ids, groups, every capability
-/// set, securebits, no_new_privs): then there is nothing to set.
-fn creds_inherited(img: &ProcessImage) -> bool {
-    let Ok(s) = stasis_proc::read_status(img.pid) else {
+/// set, securebits, no_new_privs): then there is nothing to set. `host`:
+/// our PID of the process (in a PID namespace of the tree's the image's
+/// names another process here).
+fn creds_inherited(img: &ProcessImage, host: u32) -> bool {
+    let Ok(s) = stasis_proc::read_status(host) else {
         return false;
     };
     let c = &img.creds;

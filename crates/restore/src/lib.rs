@@ -328,17 +328,19 @@ fn check_file(pid: u32, f: &FileId, allow_changed: bool) -> Result<()> {
 /// Preflight checks on what the image asks for, before anything exists:
 /// credentials an unprivileged caller could not obtain itself (see
 /// creds_check.rs), and descriptor numbers no process can have.
-fn preflight_image(img: &ProcessImage, core: &std::path::Path) -> Result<()> {
+fn preflight_image(
+    img: &ProcessImage,
+    core: &std::path::Path,
+    caller: &creds_check::Caller,
+) -> Result<()> {
     let pid = img.pid;
     let refused = |what: String| RestoreError::Refused {
         pid,
         stage: Stage::Preflight,
         what,
     };
-    let caller = creds_check::Caller::current()
-        .map_err(|e| refused(format!("reading the caller's credentials: {e}")))?;
     if !caller.is_root() {
-        if let Some(why) = creds_check::refusal(&caller, &img.creds) {
+        if let Some(why) = creds_check::refusal(caller, &img.creds) {
             return Err(refused(format!(
                 "credentials refused: {why}; only root may restore credentials \
                  the caller could not obtain itself"
@@ -364,7 +366,17 @@ fn preflight_image(img: &ProcessImage, core: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<()> {
+/// Files [`preflight`] found unchanged: (path, size, mtime) as an image
+/// names them. The processes of a tree map the same libraries: each is
+/// looked at once.
+type Checked = std::collections::HashSet<(String, u64, i64, i64)>;
+
+fn preflight(
+    img: &ProcessImage,
+    opts: &RestoreOptions,
+    pid_ns: bool,
+    checked: &mut Checked,
+) -> Result<()> {
     let pid = img.pid;
     // In a new PID namespace the image's PIDs cannot clash with ours.
     if !pid_ns && !skip_pid_check() && stasis_sys::util::pid_exists(Pid(pid as i32)) {
@@ -374,15 +386,24 @@ fn preflight(img: &ProcessImage, opts: &RestoreOptions, pid_ns: bool) -> Result<
             what: format!("PID {pid} is already in use by another process"),
         });
     }
-    check_file(pid, &img.exe, opts.allow_changed_files)?;
-    for v in &img.mm.vmas {
-        if let stasis_image::VmaKind::File { file } = &v.kind {
+    let mapped = img.mm.vmas.iter().filter_map(|v| match &v.kind {
+        stasis_image::VmaKind::File { file } => Some(file),
+        _ => None,
+    });
+    let open = img.files.iter().filter_map(|fd| match &fd.kind {
+        stasis_image::FdKind::Regular { file, .. } => Some(file),
+        _ => None,
+    });
+    for file in std::iter::once(&img.exe).chain(mapped).chain(open) {
+        let key = (
+            file.path.clone(),
+            file.size,
+            file.mtime_sec,
+            file.mtime_nsec,
+        );
+        if !checked.contains(&key) {
             check_file(pid, file, opts.allow_changed_files)?;
-        }
-    }
-    for fd in &img.files {
-        if let stasis_image::FdKind::Regular { file, .. } = &fd.kind {
-            check_file(pid, file, opts.allow_changed_files)?;
+            checked.insert(key);
         }
     }
     Ok(())
@@ -490,9 +511,20 @@ pub fn restore_with(opts: &RestoreOptions, mut hook: ActionHook<'_>) -> Result<R
     // The tree's mount namespace next: the preflight looks for its files
     // inside it (and the restorer leaves it again on every error).
     let mnt = mntns_first(image, opts, held.as_ref())?;
+    let mut checked = Checked::new();
+    let caller = creds_check::Caller::current().map_err(|e| RestoreError::Refused {
+        pid: image.inventory.root_pid,
+        stage: Stage::Preflight,
+        what: format!("reading the caller's credentials: {e}"),
+    })?;
     for (img, r) in image.processes.iter().zip(&image.inventory.processes) {
-        preflight_image(img, &dir.path().join(&r.core_file))?;
-        preflight(img, opts, image.inventory.pid_ns || opts.new_pid_ns)?;
+        preflight_image(img, &dir.path().join(&r.core_file), &caller)?;
+        preflight(
+            img,
+            opts,
+            image.inventory.pid_ns || opts.new_pid_ns,
+            &mut checked,
+        )?;
         procattrs::preflight(img)?;
     }
     for z in image

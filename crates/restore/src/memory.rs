@@ -120,6 +120,9 @@ pub(crate) struct ServiceFds {
     /// Segments this process attaches and detaches once more after its
     /// memory: it was their last attacher (sysvipc::PidPlan).
     pub sysv_touch: Vec<i32>,
+    /// Signals the restorer catches or ignores (SigCgt | SigIgn), as
+    /// every process of the tree, a fork of it, inherited them.
+    pub inherited_sigs: u64,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs
@@ -136,10 +139,11 @@ pub(crate) fn tear_down_start(
     r: &mut RemoteThread,
     svc: &ServiceFds,
     stub: u64,
+    layout: &Inherited,
 ) -> Result<ChildSpecial> {
     let pid = r.tid().0 as u32;
     unregister_rseq(r, pid)?;
-    let child_special = tear_down(r, pid, svc, stub)?;
+    let child_special = tear_down(r, pid, svc, stub, layout)?;
     r.flush_start().at(pid, Stage::Memory)?;
     Ok(child_special)
 }
@@ -239,59 +243,87 @@ fn unregister_rseq(r: &mut RemoteThread, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// What every process of the tree inherited of the restorer's layout,
+/// read once from the restorer (see [`tear_down`]).
+pub(crate) struct Inherited {
+    /// The vDSO trio, at the same addresses in every fork of ours.
+    special: ChildSpecial,
+    /// One past the restorer's highest mapping, or the top of the default
+    /// 47-bit address space if higher.
+    top: u64,
+}
+
+/// The top of the default address space (below it without a hint, also
+/// with 5-level page tables).
+const DEFAULT_TOP: u64 = 0x7fff_ffff_f000;
+
+impl Inherited {
+    /// Reads the restorer's own layout (`root`: the image's root, for an
+    /// error).
+    pub(crate) fn read(root: u32) -> Result<Inherited> {
+        let maps =
+            stasis_proc::read_maps(std::process::id()).map_err(|e| RestoreError::Refused {
+                pid: root,
+                stage: Stage::Memory,
+                what: format!("the restorer's own layout: {e}"),
+            })?;
+        let special = maps
+            .iter()
+            .filter_map(|m| match special_kind(m.path.as_deref()) {
+                Some(VmaKind::Vsyscall) | None => None,
+                Some(k) => Some((k, m.start, m.end)),
+            })
+            .collect();
+        let top = maps
+            .iter()
+            .filter(|m| special_kind(m.path.as_deref()) != Some(VmaKind::Vsyscall))
+            .map(|m| m.end)
+            .fold(DEFAULT_TOP, u64::max);
+        Ok(Inherited { special, top })
+    }
+}
+
 /// Queues the tear-down of everything the fork inherited but the stub
 /// area, the shared objects and the vDSO trio; returns the special
 /// mappings the child has.
+///
+/// Every process of the tree is a fork of the restorer: its vDSO trio is
+/// the restorer's, and whatever else it maps goes. So the process's own
+/// layout is not read: the whole address space but the kept areas is
+/// unmapped, one munmap per gap between them (munmap accepts holes).
 fn tear_down(
     r: &mut RemoteThread,
     pid: u32,
     svc: &ServiceFds,
     stub: u64,
-) -> Result<Vec<(VmaKind, u64, u64)>> {
+    layout: &Inherited,
+) -> Result<ChildSpecial> {
     let st = Stage::Memory;
-    let maps = stasis_proc::read_maps(pid).map_err(|e| RestoreError::Refused {
-        pid,
-        stage: st,
-        what: e.to_string(),
-    })?;
-    let mut child_special = Vec::new();
-    // Consecutive doomed mappings are unmapped by one call spanning them
-    // (munmap accepts holes): one remote syscall per run between kept
-    // mappings, not one per mapping.
-    let mut run: Option<(u64, u64)> = None;
-    let mut runs = Vec::new();
-    for m in &maps {
-        let keep = if let Some(k) = special_kind(m.path.as_deref()) {
-            if k != VmaKind::Vsyscall {
-                child_special.push((k, m.start, m.end));
-            }
-            true
-        } else {
-            (m.start >= stub && m.end <= stub + STUB_LEN)
-                // shared memory: unmapped once every VMA sharing it has been set up
-                || svc
-                    .shmem
-                    .values()
-                    .any(|&(a, l)| m.start >= a && m.end <= a + l)
-                // copy-on-write objects: moved into place below, or unmapped at the end
-                || svc.cow.values().any(|&(a, l)| m.start >= a && m.end <= a + l)
-        };
-        if keep {
-            runs.extend(run.take());
-        } else {
-            run = Some(run.map_or((m.start, m.end), |(s, _)| (s, m.end)));
+    let mut kept: Vec<(u64, u64)> = layout.special.iter().map(|&(_, s, e)| (s, e)).collect();
+    // The stub area; shared memory, unmapped once every VMA sharing it has
+    // been set up; copy-on-write objects, moved into place below or
+    // unmapped at the end.
+    kept.push((stub, stub + STUB_LEN));
+    kept.extend(
+        svc.shmem
+            .values()
+            .chain(svc.cow.values())
+            .map(|&(a, l)| (a, a + l)),
+    );
+    kept.sort_unstable();
+    let mut at = 0u64;
+    for (s, e) in kept.into_iter().chain([(layout.top, layout.top)]) {
+        if s > at {
+            r.queue(
+                libc::SYS_munmap,
+                &[at, s - at],
+                format!("munmap {at:#x}-{s:#x}"),
+            )
+            .at(pid, st)?;
         }
+        at = at.max(e);
     }
-    runs.extend(run);
-    for (s, e) in runs {
-        r.queue(
-            libc::SYS_munmap,
-            &[s, e - s],
-            format!("munmap {s:#x}-{e:#x}"),
-        )
-        .at(pid, st)?;
-    }
-    Ok(child_special)
+    Ok(layout.special.clone())
 }
 
 /// For each VMA: do its pages come (at least partly) from a copy-on-write

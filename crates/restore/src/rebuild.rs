@@ -40,6 +40,7 @@ pub(crate) fn start(
     r: &mut RemoteThread,
     svc: &ServiceFds,
     stub: u64,
+    layout: &memory::Inherited,
 ) -> Result<Started> {
     // Refused before the address space is touched if this CPU cannot hold
     // the saved register state.
@@ -47,7 +48,7 @@ pub(crate) fn start(
     // THP and KSM modes before memory: they decide how it is populated
     // (queued: they run first in the tear-down's batch).
     crate::procattrs::before_memory(r, img)?;
-    let special = memory::tear_down_start(r, svc, stub)?;
+    let special = memory::tear_down_start(r, svc, stub, layout)?;
     Ok(Started {
         xsaves,
         special,
@@ -89,7 +90,7 @@ pub(crate) fn rebuild(
     prof.mark("memory");
     crate::sysvipc::touch(&mut r, &svc.sysv_touch)?;
     fault_point(pid, Stage::Memory)?;
-    attributes::attributes(&mut r, img)?;
+    attributes::attributes(&mut r, img, svc.inherited_sigs)?;
     // The root's session keyring, which every process shares.
     if k == 0 {
         crate::keyrings::fill(&mut r, img)?;

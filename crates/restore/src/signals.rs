@@ -1,21 +1,16 @@
 //! Signal state of a process: dispositions, signals to drain, pending
 //! signals (per-thread pending signals are set in threads.rs).
 
-use crate::{At, RestoreError, Result, Stage};
+use crate::{At, Result, Stage};
 use stasis_image::ProcessImage;
 use stasis_sys::remote::{BatchCall, RemoteThread};
 
 /// Signal dispositions: the saved ones, and SIG_DFL for whatever the
-/// restorer's own runtime had installed.
-pub(crate) fn dispositions(r: &mut RemoteThread, img: &ProcessImage) -> Result<()> {
+/// restorer's own runtime had installed (`inherited`: SigCgt | SigIgn of
+/// the restorer at the fork, which the process has still).
+pub(crate) fn dispositions(r: &mut RemoteThread, img: &ProcessImage, inherited: u64) -> Result<()> {
     let pid = img.pid;
     let st = Stage::Attributes;
-    let status = stasis_proc::read_status(r.tid().0 as u32).map_err(|e| RestoreError::Refused {
-        pid,
-        stage: st,
-        what: e.to_string(),
-    })?;
-    let inherited = status.sig_cgt | status.sig_ign;
     for signo in 1..=64u32 {
         if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
             continue;

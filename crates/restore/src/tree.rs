@@ -309,12 +309,14 @@ pub(crate) fn restore_tree(
     //    Every process's tear-down of the restorer's copy is started
     //    first and runs at once (rebuild::start), then each is waited for.
     let mut started = Vec::with_capacity(procs.len());
+    let layout = crate::memory::Inherited::read(root_pid)?;
     for (k, r) in remotes.iter_mut().enumerate() {
         started.push(Some(rebuild::start(
             &procs[k],
             r,
             &tree.svcs[k].0,
             tree.stub,
+            &layout,
         )?));
     }
     for r in &mut remotes {
@@ -493,6 +495,14 @@ fn plan_tree(
         expected_ready: 0,
         stub: 0,
     };
+    // Our signal dispositions, which the fork gives every process.
+    let inherited_sigs = stasis_proc::read_status(std::process::id())
+        .map(|s| s.sig_cgt | s.sig_ign)
+        .map_err(|e| RestoreError::Refused {
+            pid: procs[0].pid,
+            stage: Stage::Fork,
+            what: format!("the restorer's own signal dispositions: {e}"),
+        })?;
     for (img, f) in procs.iter().zip(files) {
         let mut srcs: Vec<i32> = f
             .srcs
@@ -501,8 +511,9 @@ fn plan_tree(
             .collect();
         let ready_index = srcs.len();
         srcs.push(ready_w.as_raw_fd());
-        tree.svcs
-            .push((f.service_fds(img, staging), staging + ready_index as i32));
+        let mut svc = f.service_fds(img, staging);
+        svc.inherited_sigs = inherited_sigs;
+        tree.svcs.push((svc, staging + ready_index as i32));
         tree.plan.procs.push(spawn::ProcPlan {
             pid: img.pid as i32,
             exit_signal: img.exit_signal as i32,
@@ -783,10 +794,15 @@ fn set_process_groups(
             continue;
         }
         let host = remotes[i].tid().0 as u32;
-        let current = stasis_proc::read_status(host)
-            .ok()
-            .and_then(|s| s.ns_pgid.get(level).copied())
-            .unwrap_or(0);
+        let current = if level == 0 {
+            // Our namespace's number is the tree's: no /proc read.
+            util::getpgid(Pid(host as i32)).map_or(0, |g| g as u32)
+        } else {
+            stasis_proc::read_status(host)
+                .ok()
+                .and_then(|s| s.ns_pgid.get(level).copied())
+                .unwrap_or(0)
+        };
         if current == img.pgid {
             continue; // a session leader is its own group already
         }

@@ -174,5 +174,8 @@ pub(crate) fn other_than_ours(host: u32) -> bool {
             .ok()
             .map(|m| m.ino())
     };
-    ino(&host.to_string()) != ino("self")
+    // Ours never changes (a process with threads cannot setns into
+    // another user namespace): read once.
+    static OURS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    ino(&host.to_string()) != *OURS.get_or_init(|| ino("self"))
 }

@@ -804,6 +804,40 @@ pub fn close_others(keep: &[i32]) {
     }
 }
 
+/// getpgid(2): the process group of `pid`, as our PID namespace numbers it.
+pub fn getpgid(pid: Pid) -> Result<i32> {
+    // SAFETY: integer argument only.
+    check(unsafe { libc::getpgid(pid.0) }.into(), "getpgid", Some(pid)).map(|g| g as i32)
+}
+
+/// Every resource limit of process `pid` as (resource, soft, hard), by
+/// prlimit64 without a new value: a few system calls where
+/// /proc/PID/limits is a text file to open, format and parse. Needs what
+/// reading needs (the same ids, or CAP_SYS_RESOURCE).
+pub fn rlimits(pid: Pid) -> Result<Vec<(u32, u64, u64)>> {
+    // RLIMIT_CPU (0) to RLIMIT_RTTIME (15), the lines of /proc/PID/limits.
+    (0..16u32)
+        .map(|res| {
+            let mut old = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: no new limit; `old` is a live out-parameter of the
+            // kernel's struct rlimit64.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    pid.0,
+                    res,
+                    std::ptr::null::<libc::rlimit64>(),
+                    &mut old as *mut libc::rlimit64,
+                )
+            };
+            check(r, "prlimit64", Some(pid)).map(|_| (res, old.rlim_cur, old.rlim_max))
+        })
+        .collect()
+}
+
 /// Gives the memory malloc holds free back to the kernel (malloc_trim).
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases memory malloc holds free.

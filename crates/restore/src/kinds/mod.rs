@@ -126,6 +126,12 @@ pub(crate) struct Opened {
     /// POSIX message queue descriptors, opened once the queues exist
     /// ([`mqueue::open_later`]).
     pub(crate) mq_later: Vec<mqueue::Later>,
+    /// Service files (executables, mapped files) by (path, open flags):
+    /// opened once for the whole tree. Every process of a tree of one
+    /// program maps the same libraries, and each process of the tree
+    /// inherits every descriptor of the restorer before it closes all but
+    /// its own: one per process and library made that quadratic.
+    services: HashMap<(String, i32), usize>,
 }
 
 impl Opened {
@@ -637,9 +643,20 @@ impl ProcFiles {
     }
 
     /// A service descriptor: opened here, closed by the process at the end.
+    /// The description is shared by every process that maps the file so:
+    /// only mmap, PR_SET_MM_EXE_FILE and close use it, never its offset.
     fn service(&mut self, pid: u32, path: &str, flags: i32, opened: &mut Opened) -> Result<usize> {
-        let fd = crate::mntns::open(path, flags).at(pid, Stage::Fork)?;
-        self.srcs.push(opened.push(fd));
+        let key = (path.to_owned(), flags);
+        let idx = match opened.services.get(&key) {
+            Some(&i) => i,
+            None => {
+                let fd = crate::mntns::open(path, flags).at(pid, Stage::Fork)?;
+                let i = opened.push(fd);
+                opened.services.insert(key, i);
+                i
+            }
+        };
+        self.srcs.push(idx);
         Ok(self.srcs.len() - 1)
     }
 
@@ -685,6 +702,7 @@ impl ProcFiles {
             image_pid: img.pid,
             sysv: HashMap::new(),
             sysv_touch: Vec::new(),
+            inherited_sigs: 0,
         }
     }
 }
