@@ -159,6 +159,8 @@ pub(crate) fn tear_down_end(r: &mut RemoteThread) -> Result<()> {
 pub(crate) struct Mapped {
     from_cow: Vec<bool>,
     has_pages: Vec<bool>,
+    /// The pages are filled already ([`fill_start`]).
+    filled: bool,
 }
 
 /// Starts the mapping of every area (the vDSO moves, then `map_all`) once
@@ -180,7 +182,85 @@ pub(crate) fn map_start(
     Ok(Mapped {
         from_cow,
         has_pages,
+        filled: false,
     })
+}
+
+/// What [`fill_start`] started: the bytes its one preadv must read, and
+/// the first address (for an error).
+pub(crate) struct Filling(u64, u64);
+
+/// Starts filling the pages of a mapped process ([`map_start`],
+/// [`map_end`]) without waiting, when one preadv does it all: every run
+/// small (no helper, no userfaultfd), their page-file bytes contiguous, no
+/// lazy restore. The tree's processes then fill at once, each on whichever
+/// CPU is free, as they tear down and map; [`fill_end`] waits and checks.
+/// None: nothing started, [`rebuild`] fills as it always has.
+pub(crate) fn fill_start(
+    r: &mut RemoteThread,
+    mm: &MmState,
+    svc: &ServiceFds,
+    mapped: &mut Mapped,
+) -> Result<Option<Filling>> {
+    if crate::lazy::active() {
+        return Ok(None);
+    }
+    let runs = own_runs(mm, &mapped.from_cow);
+    let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
+        return Ok(None);
+    };
+    let bytes = last.offset + last.nr_pages * PAGE_SIZE - first.offset;
+    let one_call = runs.len() <= SCRATCH_IOV_MAX
+        && bytes <= MAX_BATCH_BYTES
+        && runs
+            .iter()
+            .all(|p| p.nr_pages * PAGE_SIZE < BIG_RUN && !p.in_parent)
+        && runs
+            .windows(2)
+            .all(|w| w[1].offset == w[0].offset + w[0].nr_pages * PAGE_SIZE);
+    if !one_call {
+        return Ok(None);
+    }
+    let pid = r.tid().0 as u32;
+    let mut iov = Vec::with_capacity(runs.len() * 16);
+    for run in &runs {
+        iov.extend_from_slice(&run.addr.to_le_bytes());
+        iov.extend_from_slice(&(run.nr_pages * PAGE_SIZE).to_le_bytes());
+    }
+    let at = r.write_scratch(0, &iov).at(pid, Stage::Memory)?;
+    r.queue(
+        libc::SYS_preadv,
+        &[
+            svc.pages as u64,
+            at,
+            runs.len() as u64,
+            PAGES_HEADER_LEN + first.offset,
+            0,
+        ],
+        format!("preadv pages into {:#x}", first.addr),
+    )
+    .at(pid, Stage::Memory)?;
+    r.flush_start().at(pid, Stage::Memory)?;
+    mapped.filled = true;
+    Ok(Some(Filling(bytes, first.addr)))
+}
+
+/// Waits for the fill [`fill_start`] started: every byte read.
+pub(crate) fn fill_end(r: &mut RemoteThread, f: Filling) -> Result<()> {
+    let pid = r.tid().0 as u32;
+    let got = r.flush_end_results().at(pid, Stage::Memory)?;
+    let Filling(bytes, addr) = f;
+    if got.last().copied() != Some(bytes as i64) {
+        return Err(RestoreError::Refused {
+            pid,
+            stage: Stage::Memory,
+            what: format!(
+                "short read of page data at {addr:#x}: {:?} of {bytes} bytes",
+                got.last()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Waits for the mappings [`map_start`] started.
@@ -204,6 +284,7 @@ pub(crate) fn rebuild(
     let Mapped {
         from_cow,
         has_pages,
+        filled,
     } = match mapped {
         Some(m) => m,
         None => {
@@ -216,7 +297,9 @@ pub(crate) fn rebuild(
     // Lazy restore: the lazy areas go to the lazy-pages daemon before
     // anything touches them (lazy.rs); only the other pages are filled.
     let lazy = crate::lazy::register(r, svc.image_pid)?;
-    fill(r, mm, svc, &from_cow, spread, &lazy)?;
+    if !filled {
+        fill(r, mm, svc, &from_cow, spread, &lazy)?;
+    }
     prof.mark("fill");
     // Protections and advice after the fill: the pages went in writable.
     finish_vmas(r, mm, &has_pages)?;
@@ -416,6 +499,27 @@ fn map_all(
     Ok(has_pages)
 }
 
+/// The runs to fill: all but those already in place in an owner's
+/// copy-on-write VMAs.
+fn own_runs(mm: &MmState, from_cow: &[bool]) -> Vec<PageRun> {
+    let owned_cow: Vec<&Vma> = mm
+        .vmas
+        .iter()
+        .zip(from_cow)
+        .filter(|(v, &c)| c && v.cow_owner == 0)
+        .map(|(v, _)| v)
+        .collect();
+    mm.pages
+        .iter()
+        .filter(|p| {
+            !owned_cow
+                .iter()
+                .any(|v| p.addr >= v.start && p.addr < v.end)
+        })
+        .copied()
+        .collect()
+}
+
 /// Fills the pages, but those already in place in an owner's
 /// copy-on-write VMAs.
 fn fill(
@@ -426,23 +530,7 @@ fn fill(
     spread: Option<&[usize]>,
     lazy: &[(u64, u64)],
 ) -> Result<()> {
-    let owned_cow: Vec<&Vma> = mm
-        .vmas
-        .iter()
-        .zip(from_cow)
-        .filter(|(v, &c)| c && v.cow_owner == 0)
-        .map(|(v, _)| v)
-        .collect();
-    let runs: Vec<PageRun> = mm
-        .pages
-        .iter()
-        .filter(|p| {
-            !owned_cow
-                .iter()
-                .any(|v| p.addr >= v.start && p.addr < v.end)
-        })
-        .copied()
-        .collect();
+    let runs = own_runs(mm, from_cow);
     let total: u64 = runs.iter().map(|p| p.nr_pages * PAGE_SIZE).sum();
     let mut progress = Progress::new("restore", total);
     let runs = if lazy.is_empty() {

@@ -32,6 +32,21 @@ pub(crate) fn map_start(
     Ok(())
 }
 
+/// Starts filling the pages of a process mapped by [`map_start`] without
+/// waiting, when one call fills them (`memory::fill_start`);
+/// `memory::fill_end` waits.
+pub(crate) fn fill_start(
+    img: &ProcessImage,
+    r: &mut RemoteThread,
+    svc: &ServiceFds,
+    started: &mut Started,
+) -> Result<Option<memory::Filling>> {
+    match started.mapped.as_mut() {
+        Some(m) => memory::fill_start(r, &img.mm, svc, m),
+        None => Ok(None),
+    }
+}
+
 /// The first stages of a process, up to its tear-down, which is started
 /// but not waited for (see `memory::tear_down_start`): the tree's
 /// processes are all started before any is waited for.

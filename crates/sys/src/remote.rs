@@ -752,14 +752,27 @@ impl RemoteThread {
     /// Waits for the batch [`Self::flush_start`] started (or runs the
     /// queue, if it started none); the first failure is the error.
     pub fn flush_end(&mut self) -> Result<()> {
-        let Some(off) = self.started.take() else {
-            return self.flush();
-        };
+        self.flush_end_results().map(drop)
+    }
+
+    /// [`Self::flush_end`], returning the results of the calls.
+    pub fn flush_end_results(&mut self) -> Result<Vec<i64>> {
         self.staged = 0;
         let queued = std::mem::take(&mut self.queued);
-        let mut results = Vec::with_capacity(queued.len());
-        self.batch_end(queued.len(), off, &mut results)?;
-        self.first_failure(&queued, &results)
+        let results = match self.started.take() {
+            Some(off) => {
+                let mut out = Vec::with_capacity(queued.len());
+                self.batch_end(queued.len(), off, &mut out)?;
+                out
+            }
+            None if queued.is_empty() => Vec::new(),
+            None => {
+                let calls: Vec<BatchCall> = queued.iter().map(|(c, _)| *c).collect();
+                self.run_batch(&calls)?
+            }
+        };
+        self.first_failure(&queued, &results)?;
+        Ok(results)
     }
 
     /// Writes the records of `chunk`, points the thread at the batch loop
