@@ -616,7 +616,7 @@ fn read_into(
     running: bool,
 ) -> Result<()> {
     match read_batch(pid, b, dst, mem_file) {
-        Err(e) if running && exited(pid) => {
+        Err(e) if running && (exited(pid) || no_memory(&e)) => {
             // It exited while the round copied (a container's shell loop
             // forks short-lived children): no later dump has it, so no
             // later image takes a page of it from this one.
@@ -636,6 +636,19 @@ fn read_into(
 /// process of a tree that runs during a brief pre-dump round may.
 pub(crate) fn exited(pid: Pid) -> bool {
     !matches!(stasis_sys::util::proc_state(pid), Some(c) if c != 'Z' && c != 'X')
+}
+
+/// Whether `e` says the process has no memory any more: ESRCH from
+/// process_vm_readv or the open of /proc/PID/mem (the kernel's
+/// `mm_access` finds no mm). A process that is exiting has dropped its
+/// memory well before it becomes a zombie (its state still says running
+/// meanwhile: [`exited`] cannot tell); exec swaps the mm, never clears it.
+fn no_memory(e: &DumpError) -> bool {
+    match e {
+        DumpError::Sys { source, .. } => source.errno() == Some(libc::ESRCH),
+        DumpError::Io { source, .. } => source.raw_os_error() == Some(libc::ESRCH),
+        _ => false,
+    }
 }
 
 /// A batch that failed to read while the process runs (a brief pre-dump
@@ -660,9 +673,9 @@ fn read_running(
     };
     let f = match proc_mem(p, mem_file) {
         Ok(f) => f,
-        // Between the failed read and this open, an exiting process (its
-        // memory already gone, not yet a zombie) was reaped: ESRCH.
-        Err(e) if exited(pid) => {
+        // An exiting process (its memory already gone, not yet a zombie, or
+        // reaped since the failed read): ESRCH.
+        Err(e) if exited(pid) || no_memory(&e) => {
             log::debug!(
                 "pid {p}: exited while its pages were copied ({first}; {e}): saved as zeros"
             );

@@ -123,6 +123,9 @@ pub(crate) struct ServiceFds {
     /// Signals the restorer catches or ignores (SigCgt | SigIgn), as
     /// every process of the tree, a fork of it, inherited them.
     pub inherited_sigs: u64,
+    /// The restorer's /proc/self/status before the fork: the credentials
+    /// every process of the tree inherited (in our user namespace).
+    pub restorer: Option<std::sync::Arc<stasis_proc::Status>>,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs

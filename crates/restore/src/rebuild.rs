@@ -141,7 +141,7 @@ pub(crate) fn rebuild(
     crate::seccomp::install(&mut r, &others, img)?;
     prof.mark("seccomp");
     // Credentials last but one: they may take away what the steps before need.
-    creds::all_threads(&mut r, &mut others, img)?;
+    creds::all_threads(&mut r, &mut others, img, svc.restorer.as_deref())?;
     prof.mark("creds");
     fault_point(pid, Stage::Creds)?;
     drop_service(&mut r, img, svc, ready_fd, stub)?;

@@ -511,14 +511,15 @@ fn plan_tree(
         expected_ready: 0,
         stub: 0,
     };
-    // Our signal dispositions, which the fork gives every process.
-    let inherited_sigs = stasis_proc::read_status(std::process::id())
-        .map(|s| s.sig_cgt | s.sig_ign)
-        .map_err(|e| RestoreError::Refused {
-            pid: procs[0].pid,
-            stage: Stage::Fork,
-            what: format!("the restorer's own signal dispositions: {e}"),
-        })?;
+    // Our signal dispositions and credentials, which the fork gives every
+    // process.
+    let me = stasis_proc::read_status(std::process::id()).map_err(|e| RestoreError::Refused {
+        pid: procs[0].pid,
+        stage: Stage::Fork,
+        what: format!("the restorer's own signal dispositions and credentials: {e}"),
+    })?;
+    let inherited_sigs = me.sig_cgt | me.sig_ign;
+    let me = std::sync::Arc::new(me);
     for (img, f) in procs.iter().zip(files) {
         let mut srcs: Vec<i32> = f
             .srcs
@@ -529,6 +530,7 @@ fn plan_tree(
         srcs.push(ready_w.as_raw_fd());
         let mut svc = f.service_fds(img, staging);
         svc.inherited_sigs = inherited_sigs;
+        svc.restorer = Some(me.clone());
         tree.svcs.push((svc, staging + ready_index as i32));
         tree.plan.procs.push(spawn::ProcPlan {
             pid: img.pid as i32,

@@ -703,6 +703,7 @@ impl ProcFiles {
             sysv: HashMap::new(),
             sysv_touch: Vec::new(),
             inherited_sigs: 0,
+            restorer: None,
         }
     }
 }
