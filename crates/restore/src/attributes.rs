@@ -14,17 +14,17 @@ fn cstr_bytes(s: &str) -> Vec<u8> {
 /// The attributes stage for the process (its threads follow, in
 /// threads.rs): in this order since none depends on another, and all come
 /// before the credentials, which may take away the right to set them.
-/// `inherited_sigs`: the signals the process inherited a handler or
-/// SIG_IGN for (`ServiceFds::inherited_sigs`).
+/// `restorer`: our status before the fork, which the process inherited
+/// (`ServiceFds::restorer`).
 pub(crate) fn attributes(
     r: &mut RemoteThread,
     img: &ProcessImage,
-    inherited_sigs: u64,
+    restorer: &stasis_proc::Status,
 ) -> Result<()> {
     dirs_and_name(r, img)?;
     scheduling(r, img)?;
     rlimits(r, img)?;
-    crate::signals::dispositions(r, img, inherited_sigs)?;
+    crate::signals::dispositions(r, img, restorer.sig_cgt | restorer.sig_ign)?;
     crate::signals::drain(r, img.pid)?;
     crate::signals::queue_pending(r, img)
 }

@@ -29,17 +29,17 @@ fn capset(r: &mut RemoteThread, pid: u32, eff: u64, prm: u64, inh: u64) -> Resul
 /// Credentials of every thread (per thread in the kernel), the leader
 /// last; nothing but dumpable and the parent-death signal when they are
 /// already the ones every thread inherited from the restorer.
-/// `restorer`: the restorer's status before the fork (what a process in
-/// our user namespace inherited), else the process's own is read.
+/// `restorer`: our status before the fork (what a process in our user
+/// namespace inherited).
 pub(crate) fn all_threads(
     leader: &mut RemoteThread,
     others: &mut [RemoteThread],
     img: &ProcessImage,
-    restorer: Option<&stasis_proc::Status>,
+    restorer: &stasis_proc::Status,
 ) -> Result<()> {
     // In the tree's own user namespace the ids are the namespace's.
-    let host = leader.tid().0 as u32;
-    let same = !crate::userns::other_than_ours(host) && creds_inherited(img, host, restorer);
+    let same =
+        !crate::userns::other_than_ours(leader.tid().0 as u32) && creds_inherited(img, restorer);
     // One thread at a time: the threads of a process share the stub
     // area, where each batch's records and data are.
     for tr in others.iter_mut() {
@@ -83,22 +83,10 @@ fn creds(r: &mut RemoteThread, img: &ProcessImage, inherited: bool, leader: bool
 
 /// Whether the image's credentials are exactly the ones the restored
 /// process inherited from the restorer (ids, groups, every capability
-/// set, securebits, no_new_privs): then there is nothing to set. `host`:
-/// our PID of the process (in a PID namespace of the tree's the image's
-/// names another process here), read when `restorer` (what it inherited)
-/// is not given.
-fn creds_inherited(img: &ProcessImage, host: u32, restorer: Option<&stasis_proc::Status>) -> bool {
-    let read;
-    let s = match restorer {
-        Some(s) => s,
-        None => match stasis_proc::read_status(host) {
-            Ok(st) => {
-                read = st;
-                &read
-            }
-            Err(_) => return false,
-        },
-    };
+/// set, securebits, no_new_privs): then there is nothing to set. `s`:
+/// our status before the fork, which a process in our user namespace
+/// inherited.
+fn creds_inherited(img: &ProcessImage, s: &stasis_proc::Status) -> bool {
     let c = &img.creds;
     let mut groups = s.groups.clone();
     groups.sort_unstable();

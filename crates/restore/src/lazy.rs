@@ -179,14 +179,14 @@ pub(crate) fn connect(socket: &Path, procs: &[ProcessImage]) -> Result<Connected
     Ok(Connected)
 }
 
-/// In process `image_pid` (mapped, nothing filled yet): a userfaultfd
-/// over its lazy areas, handed to the daemon. Returns the areas (empty
-/// when no lazy restore runs).
 /// Whether this restore is lazy (a daemon link is open).
 pub(crate) fn active() -> bool {
     LINK.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
+/// In process `image_pid` (mapped, nothing filled yet): a userfaultfd
+/// over its lazy areas, handed to the daemon. Returns the areas (empty
+/// when no lazy restore runs).
 pub(crate) fn register(r: &mut RemoteThread, image_pid: u32) -> Result<Vec<(u64, u64)>> {
     let mut guard = LINK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(link) = guard.as_mut() else {

@@ -120,12 +120,10 @@ pub(crate) struct ServiceFds {
     /// Segments this process attaches and detaches once more after its
     /// memory: it was their last attacher (sysvipc::PidPlan).
     pub sysv_touch: Vec<i32>,
-    /// Signals the restorer catches or ignores (SigCgt | SigIgn), as
-    /// every process of the tree, a fork of it, inherited them.
-    pub inherited_sigs: u64,
-    /// The restorer's /proc/self/status before the fork: the credentials
-    /// every process of the tree inherited (in our user namespace).
-    pub restorer: Option<std::sync::Arc<stasis_proc::Status>>,
+    /// The restorer's /proc/self/status before the fork: the signal
+    /// dispositions (SigCgt, SigIgn) every process of the tree, a fork of
+    /// it, inherited, and the credentials (in our user namespace).
+    pub restorer: std::sync::Arc<stasis_proc::Status>,
 }
 
 /// `spread`: if the restorer and the child are pinned to one CPU, the CPUs

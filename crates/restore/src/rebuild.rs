@@ -105,7 +105,7 @@ pub(crate) fn rebuild(
     prof.mark("memory");
     crate::sysvipc::touch(&mut r, &svc.sysv_touch)?;
     fault_point(pid, Stage::Memory)?;
-    attributes::attributes(&mut r, img, svc.inherited_sigs)?;
+    attributes::attributes(&mut r, img, &svc.restorer)?;
     // The root's session keyring, which every process shares.
     if k == 0 {
         crate::keyrings::fill(&mut r, img)?;
@@ -141,7 +141,7 @@ pub(crate) fn rebuild(
     crate::seccomp::install(&mut r, &others, img)?;
     prof.mark("seccomp");
     // Credentials last but one: they may take away what the steps before need.
-    creds::all_threads(&mut r, &mut others, img, svc.restorer.as_deref())?;
+    creds::all_threads(&mut r, &mut others, img, &svc.restorer)?;
     prof.mark("creds");
     fault_point(pid, Stage::Creds)?;
     drop_service(&mut r, img, svc, ready_fd, stub)?;

@@ -518,7 +518,6 @@ fn plan_tree(
         stage: Stage::Fork,
         what: format!("the restorer's own signal dispositions and credentials: {e}"),
     })?;
-    let inherited_sigs = me.sig_cgt | me.sig_ign;
     let me = std::sync::Arc::new(me);
     for (img, f) in procs.iter().zip(files) {
         let mut srcs: Vec<i32> = f
@@ -528,10 +527,10 @@ fn plan_tree(
             .collect();
         let ready_index = srcs.len();
         srcs.push(ready_w.as_raw_fd());
-        let mut svc = f.service_fds(img, staging);
-        svc.inherited_sigs = inherited_sigs;
-        svc.restorer = Some(me.clone());
-        tree.svcs.push((svc, staging + ready_index as i32));
+        tree.svcs.push((
+            f.service_fds(img, staging, me.clone()),
+            staging + ready_index as i32,
+        ));
         tree.plan.procs.push(spawn::ProcPlan {
             pid: img.pid as i32,
             exit_signal: img.exit_signal as i32,

@@ -687,7 +687,13 @@ impl ProcFiles {
 
     /// The service descriptors of this process as the child will number
     /// them (staging range starting at `staging`).
-    pub(crate) fn service_fds(&self, img: &ProcessImage, staging: i32) -> ServiceFds {
+    /// `restorer`: our status before the fork (`ServiceFds::restorer`).
+    pub(crate) fn service_fds(
+        &self,
+        img: &ProcessImage,
+        staging: i32,
+        restorer: std::sync::Arc<stasis_proc::Status>,
+    ) -> ServiceFds {
         let at = |i: usize| staging + i as i32;
         ServiceFds {
             pages: at(self.pages_k),
@@ -702,8 +708,7 @@ impl ProcFiles {
             image_pid: img.pid,
             sysv: HashMap::new(),
             sysv_touch: Vec::new(),
-            inherited_sigs: 0,
-            restorer: None,
+            restorer,
         }
     }
 }
