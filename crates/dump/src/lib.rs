@@ -350,6 +350,26 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
     };
     action(&mut hook, "pre-dump", pid)?;
     let pre = preread::wanted(opts).then(|| preread::take(pid)).flatten();
+    // A dump on top of a pre-copy round copies its pages frozen (a brief
+    // round copies them while the tree runs): their files are allocated
+    // now, sized by the round before, so that the frozen copy only copies.
+    let brief = opts.pre_dump && opts.track_mem && opts.leave_running;
+    let reserve = match &parent {
+        Some(p) if p.link.is_some() && !brief => {
+            let t = Instant::now();
+            let want = p.reserve();
+            let r =
+                stasis_image::PageReserve::new(&opts.images_dir, &want).at(pid, Stage::Write)?;
+            memory::warm_buffers();
+            log::debug!(
+                "pid {pid}: {} MiB of page files and the copy's buffers allocated ahead in {:?}",
+                want.iter().map(|w| w.1).sum::<u64>() >> 20,
+                t.elapsed()
+            );
+            Some(r)
+        }
+        _ => None,
+    };
     let t0 = Instant::now();
     let mut frozen = freeze::FrozenTree::freeze(Pid(pid as i32))?;
     log::info!(
@@ -381,7 +401,7 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         opts,
         &deadline,
         round,
-        net_lock,
+        (net_lock, reserve),
     )?;
     if let Err(e) = action(&mut hook, "post-dump", pid) {
         let inv = opts.images_dir.join(stasis_image::INVENTORY_FILE);
@@ -476,7 +496,10 @@ fn dump_frozen(
     opts: &DumpOptions,
     deadline: &Deadline,
     mut round: track::Round<'_>,
-    net_lock: Option<stasis_image::kinds::inet::NetLock>,
+    (net_lock, reserve): (
+        Option<stasis_image::kinds::inet::NetLock>,
+        Option<stasis_image::PageReserve>,
+    ),
 ) -> Result<(DumpStats, Vec<std::os::fd::OwnedFd>)> {
     let parent = round.parent();
     let tracking = opts.track_mem && opts.leave_running;
@@ -639,7 +662,11 @@ fn dump_frozen(
     }
 
     // Dropping the writer on any error below removes everything it wrote.
-    let mut writer = ImageWriter::create(&opts.images_dir).at(root, Stage::Write)?;
+    let mut writer = match reserve {
+        Some(r) => ImageWriter::create_reserved(&opts.images_dir, r),
+        None => ImageWriter::create(&opts.images_dir),
+    }
+    .at(root, Stage::Write)?;
     writer.set_hook(stasis_sys::hook::kill_point);
     let write::Written {
         refs,

@@ -45,6 +45,9 @@ pub(crate) struct Parent {
     pub link: Option<ParentLink>,
     /// Per image PID: sorted, merged address ranges the chain holds pages of.
     covered: HashMap<u32, Vec<(u64, u64)>>,
+    /// Per image PID: payload bytes of the parent's own page file (what
+    /// that round saved: about what the next one will).
+    saved: HashMap<u32, u64>,
     tracking: Option<Tracking>,
     /// A pidfd of the parent's holder, if it is still the one recorded.
     holder: Option<OwnedFd>,
@@ -75,8 +78,15 @@ pub(crate) fn load_parent(pid: u32, images_dir: &Path, prev: &Path) -> Result<Pa
         inventory_xxh3: chain::inventory_digest(&pdir).at(pid, st)?,
     };
     let mut covered = HashMap::new();
+    let mut saved = HashMap::new();
     for r in &inv.processes {
         let img = dir.load_process(r).at(pid, st)?;
+        if let Ok(m) = std::fs::metadata(dir.pages_path(r)) {
+            saved.insert(
+                img.pid,
+                m.len().saturating_sub(stasis_image::PAGES_HEADER_LEN),
+            );
+        }
         let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(img.mm.pages.len());
         for p in &img.mm.pages {
             let end = p.addr + p.nr_pages * stasis_image::PAGE_SIZE;
@@ -106,6 +116,7 @@ pub(crate) fn load_parent(pid: u32, images_dir: &Path, prev: &Path) -> Result<Pa
     Ok(Parent {
         link: Some(link),
         covered,
+        saved,
         tracking: inv.tracking,
         holder,
     })
@@ -157,6 +168,7 @@ pub(crate) fn running_holder(root: u32) -> Option<Parent> {
         return Some(Parent {
             link: None,
             covered: HashMap::new(),
+            saved: HashMap::new(),
             tracking: Some(tracking),
             holder: Some(holder),
         });
@@ -183,7 +195,32 @@ fn verify_holder(t: &Tracking) -> std::result::Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// At most this many bytes of page files are allocated ahead of a dump
+/// ([`Parent::reserve`]), whatever the parent saved.
+const RESERVE_MAX: u64 = 256 << 20;
+
 impl Parent {
+    /// What to allocate ahead for a dump on top of this parent: each
+    /// process's page file sized as the parent round saved of it, with a
+    /// quarter and 1 MiB more (the tree writes on meanwhile), at most
+    /// [`RESERVE_MAX`] in all (the largest processes first).
+    pub(crate) fn reserve(&self) -> Vec<(u32, u64)> {
+        let mut want: Vec<(u32, u64)> = self
+            .saved
+            .iter()
+            .filter(|(_, &b)| b > 0)
+            .map(|(&p, &b)| (p, (b + b / 4 + (1 << 20)) & !(stasis_image::PAGE_SIZE - 1)))
+            .collect();
+        want.sort_by_key(|&(p, b)| (std::cmp::Reverse(b), p));
+        let mut left = RESERVE_MAX;
+        want.retain_mut(|(_, b)| {
+            *b = (*b).min(left);
+            left -= *b;
+            *b > 0
+        });
+        want
+    }
+
     /// The tracker of host process `host_pid`, taken back from the holder,
     /// with the process's PID in the parent image; None (logged) if the
     /// process was not tracked or its tracker is gone.

@@ -64,7 +64,9 @@ pub use validate::{
     is_plain_name, pages_len, saved_span, validate_inventory, validate_process,
     validate_saved_refs, MAX_SAVED_FILE, USER_SPACE_END,
 };
-pub use writer::{core_file_name, pages_file_name, ImageWriter, PageHasher, PageSink, PagesWriter};
+pub use writer::{
+    core_file_name, pages_file_name, ImageWriter, PageHasher, PageReserve, PageSink, PagesWriter,
+};
 
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,10 @@ pub const PARTIAL_PREFIX: &str = ".stasis-partial-";
 /// Suffix of a page file that is still being written.
 const PART_SUFFIX: &str = ".part";
 
+/// Suffix (after [`PARTIAL_PREFIX`] and the writer's PID) of the directory
+/// of page files allocated ahead ([`PageReserve`]).
+const RESERVE_SUFFIX: &str = ".reserve";
+
 /// Writes an image directory; see the module documentation for the protocol.
 /// Dropping it without [`ImageWriter::commit`] removes the temporary
 /// directory and everything in it.
@@ -35,6 +39,7 @@ pub struct ImageWriter {
     tmp: PathBuf,
     committed: bool,
     hook: Option<fn(&str)>,
+    reserve: Option<PageReserve>,
 }
 
 /// File name of the core file of `pid`.
@@ -91,6 +96,17 @@ impl ImageWriter {
     /// `pages-N.img` files (and `dedup`'s `*-N.merged.img`); then creates the private temporary subdirectory
     /// (0700).
     pub fn create(dir: &Path) -> Result<ImageWriter> {
+        Self::create_with(dir, None)
+    }
+
+    /// [`Self::create`] for a writer whose page files were allocated ahead
+    /// in `dir` ([`PageReserve`]): [`Self::pages_writer`] writes into them
+    /// instead of new files.
+    pub fn create_reserved(dir: &Path, reserve: PageReserve) -> Result<ImageWriter> {
+        Self::create_with(dir, Some(reserve))
+    }
+
+    fn create_with(dir: &Path, reserve: Option<PageReserve>) -> Result<ImageWriter> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -118,7 +134,10 @@ impl ImageWriter {
             let ft = entry
                 .file_type()
                 .map_err(|e| ImageError::io(&path, "stat", e))?;
-            if name.starts_with(PARTIAL_PREFIX) && ft.is_dir() {
+            // Our own page files allocated ahead stay (a stale one goes
+            // with the other partial directories).
+            let ours = reserve.as_ref().is_some_and(|r| r.dir == path);
+            if name.starts_with(PARTIAL_PREFIX) && ft.is_dir() && !ours {
                 fs::remove_dir_all(&path).map_err(|e| ImageError::io(&path, "remove", e))?;
             } else if is_own_file_name(name) && !ft.is_dir() {
                 fs::remove_file(&path).map_err(|e| ImageError::io(&path, "remove", e))?;
@@ -135,6 +154,7 @@ impl ImageWriter {
             tmp,
             committed: false,
             hook: None,
+            reserve,
         };
         // The umask can only clear bits, but make the mode exact anyway.
         fs::set_permissions(&writer.tmp, fs::Permissions::from_mode(0o700))
@@ -173,10 +193,15 @@ impl ImageWriter {
 
     /// Starts `pages-PID.img`. Until [`PagesWriter::finish`] the file carries
     /// a `.part` suffix, and [`ImageWriter::commit`] refuses to proceed.
+    /// A file allocated ahead for `pid` ([`Self::create_reserved`]) is moved
+    /// in and written over.
     pub fn pages_writer(&self, pid: u32) -> Result<PagesWriter> {
         let name = pages_file_name(pid);
         let part = self.tmp.join(format!("{name}{PART_SUFFIX}"));
-        let file = create_file(&part)?;
+        let file = match self.reserve.as_ref().and_then(|r| r.take(pid, &part)) {
+            Some(f) => f,
+            None => create_file(&part)?,
+        };
         let mut w = PagesWriter {
             file,
             part,
@@ -264,6 +289,89 @@ impl ImageWriter {
         fs::remove_dir(&self.tmp).map_err(|e| ImageError::io(&self.tmp, "remove", e))?;
         self.committed = true;
         fsync_path(&self.dir)
+    }
+}
+
+/// Page files allocated before a dump freezes its tree, so that the pages
+/// written while it is frozen go into blocks that already exist (on tmpfs
+/// the allocation is most of a write's cost). Used by a dump that follows a
+/// pre-copy round, whose size the round predicts. Best effort: a file that
+/// cannot be allocated is simply not reserved. Dropping it removes what
+/// was not taken.
+#[derive(Debug)]
+pub struct PageReserve {
+    dir: PathBuf,
+    files: std::sync::Mutex<std::collections::HashMap<u32, (File, PathBuf)>>,
+}
+
+impl PageReserve {
+    fn path(images_dir: &Path) -> PathBuf {
+        images_dir.join(format!(
+            "{PARTIAL_PREFIX}{}{RESERVE_SUFFIX}",
+            std::process::id()
+        ))
+    }
+
+    /// Allocates, for each (image PID, payload bytes), a page file of that
+    /// size in a private subdirectory of `images_dir` (which must exist).
+    pub fn new(images_dir: &Path, wanted: &[(u32, u64)]) -> Result<PageReserve> {
+        let dir = Self::path(images_dir);
+        let _ = fs::remove_dir_all(&dir);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| ImageError::io(&dir, "create dir", e))?;
+        let r = PageReserve {
+            dir,
+            files: std::sync::Mutex::new(std::collections::HashMap::new()),
+        };
+        let mut files = std::collections::HashMap::new();
+        for &(pid, bytes) in wanted {
+            let path = r.dir.join(pages_file_name(pid));
+            let file = create_file(&path)?;
+            if Self::fill(&file, PAGES_HEADER_LEN.saturating_add(bytes)).is_err() {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            files.insert(pid, (file, path));
+        }
+        if let Ok(mut f) = r.files.lock() {
+            *f = files;
+        }
+        Ok(r)
+    }
+
+    /// Writes `len` zero bytes into `file`: its pages then exist, and have
+    /// been written once (a fallocated page of tmpfs is only allocated; on a
+    /// VM the host backs it only at its first write, a cost that would
+    /// otherwise fall inside the frozen copy).
+    fn fill(file: &File, len: u64) -> std::io::Result<()> {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The file reserved for `pid`, renamed to `to`.
+    fn take(&self, pid: u32, to: &Path) -> Option<File> {
+        let (file, path) = self.files.lock().ok()?.remove(&pid)?;
+        match fs::rename(&path, to) {
+            Ok(()) => Some(file),
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PageReserve {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -465,6 +573,10 @@ impl PagesWriter {
             ));
         }
         self.write_header(self.offset)?;
+        // A file allocated ahead may be longer than what was written.
+        self.file
+            .set_len(PAGES_HEADER_LEN + self.offset)
+            .map_err(|e| ImageError::io(&self.part, "truncate", e))?;
         fs::rename(&self.part, &self.final_path)
             .map_err(|e| ImageError::io(&self.final_path, "rename", e))?;
         self.done = true;

@@ -156,6 +156,76 @@ fn precopy_two_pre_dumps_then_dump() {
         "no run refers to the parent{}",
         work.diagnostics()
     );
+    // The final dump wrote into page files allocated before the freeze,
+    // and left none of them behind.
+    let log = fs::read_to_string(work.img().join("dump.log")).unwrap_or_default();
+    assert!(
+        log.contains("allocated ahead"),
+        "no page file allocated ahead{}",
+        work.diagnostics()
+    );
+    assert_eq!(partial_entries(&work.img()), Vec::<String>::new());
+    let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
+    finish(&work, &mut r, T).assert_pass(&work);
+}
+
+/// Names in `dir` a writer keeps only while it works (`.stasis-partial-*`).
+fn partial_entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".stasis-partial-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A final dump that fails after its page files were allocated ahead
+/// leaves the program running, untraced, and the directory without an
+/// image or any of those files; the next dump then succeeds.
+#[test]
+fn precopy_failed_final_dump_leaves_nothing() {
+    let work = Work::new("precopy_failed_final");
+    let mut p = start(&work, Program::Bin("tp_precopy"), &["--pages", "4096"]);
+    step_ok(&work, wait_ready(&work, &mut p, T));
+    pre_dump(&work, p.pid, "pre1", &[]);
+    step(&work, &mut p, 1);
+    fs::create_dir_all(work.img()).expect("create img dir");
+    let (pid_s, img) = (p.pid.to_string(), work.img());
+    let img_s = img.to_str().expect("utf-8 path");
+    let (ok, err) = stasis_env(
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            img_s,
+            "--prev-images-dir",
+            "../pre1",
+            "--track-mem",
+            "-o",
+            "fail.log",
+            "-v4",
+        ],
+        &[("STASIS_FAULT", "dump:write image")],
+    );
+    assert!(!ok && err.contains("injected"), "{err}");
+    let log = fs::read_to_string(work.img().join("fail.log")).unwrap_or_default();
+    assert!(
+        log.contains("allocated ahead"),
+        "nothing allocated ahead: {log}"
+    );
+    assert!(!work.img().join("inventory.img").exists());
+    assert_eq!(partial_entries(&work.img()), Vec::<String>::new());
+    step_ok(&work, p.check_running_untraced());
+    step(&work, &mut p, 2);
+    let opts = Opts {
+        dump_extra: vec!["--prev-images-dir", "../pre1", "--track-mem"],
+        ..Opts::default()
+    };
+    dump_and_check_gone(&work, &mut p, &opts);
+    assert_eq!(partial_entries(&work.img()), Vec::<String>::new());
     let mut r = restore_and_adopt(&work, p.pid, &Opts::default());
     finish(&work, &mut r, T).assert_pass(&work);
 }
