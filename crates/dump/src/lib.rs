@@ -344,6 +344,14 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         start: Instant::now(),
         limit: opts.timeout,
     };
+    // The copy buffers hold the tree's memory: not kept past the dump.
+    struct ClearPool;
+    impl Drop for ClearPool {
+        fn drop(&mut self) {
+            memory::clear_pool();
+        }
+    }
+    let _pool = ClearPool;
     let parent = match &opts.prev_images_dir {
         Some(prev) => Some(track::load_parent(pid, &opts.images_dir, prev)?),
         None => track::running_holder(pid),
@@ -358,15 +366,15 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
         Some(p) if p.link.is_some() && !brief => {
             let t = Instant::now();
             let want = p.reserve();
-            let r =
-                stasis_image::PageReserve::new(&opts.images_dir, &want).at(pid, Stage::Write)?;
-            memory::warm_buffers();
+            let r = stasis_image::PageReserve::new(&opts.images_dir, &want);
+            // Two processes' pages are written at once.
+            memory::warm_buffers(want.len().min(2));
             log::debug!(
                 "pid {pid}: {} MiB of page files and the copy's buffers allocated ahead in {:?}",
-                want.iter().map(|w| w.1).sum::<u64>() >> 20,
+                r.as_ref().map_or(0, |r| r.bytes()) >> 20,
                 t.elapsed()
             );
-            Some(r)
+            r
         }
         _ => None,
     };

@@ -396,13 +396,21 @@ fn unpool(bufs: impl IntoIterator<Item = Vec<u8>>) {
     }
 }
 
-/// Fills the pool with one process's worth of buffers, every page of them
-/// written: a dump whose copy is frozen time (after a pre-copy round) then
-/// takes no page fault there for its buffers (on a VM, the host backs a
-/// guest page only at its first write: 1.7 ms per MiB was measured here).
-pub(crate) fn warm_buffers() {
+/// Fills the pool with `procs` processes' worth of buffers, every page of
+/// them written: a dump whose copy is frozen time (after a pre-copy round)
+/// then takes no page fault there for its buffers (on a VM, the host backs
+/// a guest page only at its first write: 1.7 ms per MiB was measured here).
+pub(crate) fn warm_buffers(procs: usize) {
     let have = POOL.lock().map(|p| p.len()).unwrap_or(0);
-    unpool((have..BUFFERS).map(|_| vec![1u8; CHUNK]));
+    unpool((have..procs.min(2) * BUFFERS).map(|_| vec![1u8; CHUNK]));
+}
+
+/// Empties the pool: its buffers hold copies of a dumped tree's memory,
+/// which a long-lived caller (migrate, bench) should not keep.
+pub(crate) fn clear_pool() {
+    if let Ok(mut p) = POOL.lock() {
+        *p = Vec::new();
+    }
 }
 
 /// Bytes written between two calls that start writeback.

@@ -314,31 +314,48 @@ impl PageReserve {
 
     /// Allocates, for each (image PID, payload bytes), a page file of that
     /// size in a private subdirectory of `images_dir` (which must exist).
-    pub fn new(images_dir: &Path, wanted: &[(u32, u64)]) -> Result<PageReserve> {
+    /// Best effort: None when the directory cannot be made; a file that
+    /// cannot be made or filled is left out, and so is any beyond half of
+    /// the space left on the filesystem (the dump itself needs the rest).
+    pub fn new(images_dir: &Path, wanted: &[(u32, u64)]) -> Option<PageReserve> {
         let dir = Self::path(images_dir);
         let _ = fs::remove_dir_all(&dir);
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| ImageError::io(&dir, "create dir", e))?;
+        DirBuilder::new().mode(0o700).create(&dir).ok()?;
         let r = PageReserve {
             dir,
             files: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
+        let mut budget = stasis_sys::util::available_bytes(images_dir).unwrap_or(0) / 2;
         let mut files = std::collections::HashMap::new();
         for &(pid, bytes) in wanted {
+            let len = PAGES_HEADER_LEN.saturating_add(bytes);
+            if len > budget {
+                continue;
+            }
             let path = r.dir.join(pages_file_name(pid));
-            let file = create_file(&path)?;
-            if Self::fill(&file, PAGES_HEADER_LEN.saturating_add(bytes)).is_err() {
+            let Ok(file) = create_file(&path) else {
+                continue;
+            };
+            if Self::fill(&file, len).is_err() {
                 let _ = fs::remove_file(&path);
                 continue;
             }
+            budget -= len;
             files.insert(pid, (file, path));
         }
         if let Ok(mut f) = r.files.lock() {
             *f = files;
         }
-        Ok(r)
+        Some(r)
+    }
+
+    /// Bytes of page files still reserved (not yet taken).
+    pub fn bytes(&self) -> u64 {
+        self.files.lock().map_or(0, |f| {
+            f.values()
+                .map(|(file, _)| file.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
     }
 
     /// Writes `len` zero bytes into `file`: its pages then exist, and have

@@ -485,6 +485,20 @@ pub fn start_writeback(fd: std::os::fd::BorrowedFd<'_>, off: u64, len: u64) -> R
     check(r.into(), "sync_file_range", None).map(drop)
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem of `path`
+/// (statvfs(3): f_bavail blocks of f_frsize bytes).
+pub fn available_bytes(path: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| SysError::new("statvfs", None, libc::EINVAL))?;
+    // SAFETY: all-zero is a valid statvfs; the kernel fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out pointer.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    check(r.into(), "statvfs", None)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// The CPU the calling thread is running on (sched_getcpu(3)).
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: no arguments, no memory touched.
