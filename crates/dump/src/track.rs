@@ -46,8 +46,11 @@ pub(crate) struct Parent {
     /// Per image PID: sorted, merged address ranges the chain holds pages of.
     covered: HashMap<u32, Vec<(u64, u64)>>,
     /// Per image PID: payload bytes of the parent's own page file (what
-    /// that round saved: about what the next one will).
+    /// that round saved: about what the next one will, unless that round
+    /// was the first, which saved everything).
     saved: HashMap<u32, u64>,
+    /// The parent has no parent of its own: a full image.
+    first_round: bool,
     tracking: Option<Tracking>,
     /// A pidfd of the parent's holder, if it is still the one recorded.
     holder: Option<OwnedFd>,
@@ -117,6 +120,7 @@ pub(crate) fn load_parent(pid: u32, images_dir: &Path, prev: &Path) -> Result<Pa
         link: Some(link),
         covered,
         saved,
+        first_round: inv.parent.is_none(),
         tracking: inv.tracking,
         holder,
     })
@@ -169,6 +173,7 @@ pub(crate) fn running_holder(root: u32) -> Option<Parent> {
             link: None,
             covered: HashMap::new(),
             saved: HashMap::new(),
+            first_round: false,
             tracking: Some(tracking),
             holder: Some(holder),
         });
@@ -198,12 +203,16 @@ fn verify_holder(t: &Tracking) -> std::result::Result<OwnedFd, String> {
 /// At most this many bytes of page files are allocated ahead of a dump
 /// ([`Parent::reserve`]), whatever the parent saved.
 const RESERVE_MAX: u64 = 256 << 20;
+/// The same after a first round: it saved the whole memory, which says
+/// nothing of what was written since.
+const RESERVE_MAX_FIRST: u64 = 64 << 20;
 
 impl Parent {
     /// What to allocate ahead for a dump on top of this parent: each
     /// process's page file sized as the parent round saved of it, with a
     /// quarter and 1 MiB more (the tree writes on meanwhile), at most
-    /// [`RESERVE_MAX`] in all (the largest processes first).
+    /// [`RESERVE_MAX`] in all (the largest processes first), or
+    /// [`RESERVE_MAX_FIRST`] on top of a first round.
     pub(crate) fn reserve(&self) -> Vec<(u32, u64)> {
         let mut want: Vec<(u32, u64)> = self
             .saved
@@ -212,7 +221,11 @@ impl Parent {
             .map(|(&p, &b)| (p, (b + b / 4 + (1 << 20)) & !(stasis_image::PAGE_SIZE - 1)))
             .collect();
         want.sort_by_key(|&(p, b)| (std::cmp::Reverse(b), p));
-        let mut left = RESERVE_MAX;
+        let mut left = if self.first_round {
+            RESERVE_MAX_FIRST
+        } else {
+            RESERVE_MAX
+        };
         want.retain_mut(|(_, b)| {
             *b = (*b).min(left);
             left -= *b;
@@ -515,7 +528,8 @@ impl Drop for Round<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::intersect;
+    use super::{intersect, Parent, RESERVE_MAX, RESERVE_MAX_FIRST};
+    use std::collections::HashMap;
 
     #[test]
     fn intersect_sorted_ranges() {
@@ -526,5 +540,37 @@ mod tests {
             vec![(5, 10), (20, 25), (28, 30), (40, 45)]
         );
         assert!(intersect(&a, &[]).is_empty());
+    }
+
+    fn parent_saving(saved: &[(u32, u64)], first_round: bool) -> Parent {
+        Parent {
+            link: None,
+            covered: HashMap::new(),
+            saved: saved.iter().copied().collect(),
+            first_round,
+            tracking: None,
+            holder: None,
+        }
+    }
+
+    #[test]
+    fn reserve_sizes() {
+        const MIB: u64 = 1 << 20;
+        // A quarter and 1 MiB more, page-aligned; empty files left out.
+        let p = parent_saving(&[(1, 8 * MIB), (2, 0), (3, 4097)], false);
+        let mut got = p.reserve();
+        got.sort_unstable();
+        assert_eq!(got, vec![(1, 11 * MIB), (3, 4096 + MIB)]);
+        // The largest first, up to the cap; what is left over goes to the next.
+        let p = parent_saving(&[(1, 100 * MIB), (2, 300 * MIB)], false);
+        assert_eq!(p.reserve(), vec![(2, RESERVE_MAX)]);
+        let p = parent_saving(&[(1, 60 * MIB), (2, 160 * MIB)], false);
+        assert_eq!(
+            p.reserve(),
+            vec![(2, 201 * MIB), (1, RESERVE_MAX - 201 * MIB)]
+        );
+        // After a first (full) round, the smaller cap.
+        let p = parent_saving(&[(1, 4096 * MIB)], true);
+        assert_eq!(p.reserve(), vec![(1, RESERVE_MAX_FIRST)]);
     }
 }
