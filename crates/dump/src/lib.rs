@@ -130,6 +130,20 @@ pub struct DumpOptions {
     pub free_memory_later: bool,
 }
 
+impl DumpOptions {
+    /// Whether the trackers carry on after this dump (`track_mem` with the
+    /// tree left running).
+    fn tracking(&self) -> bool {
+        self.track_mem && self.leave_running
+    }
+
+    /// Whether this is a brief pre-dump round: the tree runs again once
+    /// the written set is taken, while its pages are copied.
+    fn brief(&self) -> bool {
+        self.pre_dump && self.tracking()
+    }
+}
+
 /// Default `--ghost-limit`: 1 GiB (criu's default is 1 MiB).
 pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 30;
 
@@ -361,14 +375,13 @@ pub fn dump_with(opts: &DumpOptions, mut hook: ActionHook<'_>) -> Result<DumpSta
     // A dump on top of a pre-copy round copies its pages frozen (a brief
     // round copies them while the tree runs): their files are allocated
     // now, sized by the round before, so that the frozen copy only copies.
-    let brief = opts.pre_dump && opts.track_mem && opts.leave_running;
     let reserve = match &parent {
-        Some(p) if p.link.is_some() && !brief => {
+        Some(p) if p.link.is_some() && !opts.brief() => {
             let t = Instant::now();
             let want = p.reserve();
             let r = stasis_image::PageReserve::new(&opts.images_dir, &want);
             // Two processes' pages are written at once.
-            memory::warm_buffers(want.len().min(2));
+            memory::warm_buffers(want.len());
             log::debug!(
                 "pid {pid}: {} MiB of page files and the copy's buffers allocated ahead in {:?}",
                 r.as_ref().map_or(0, |r| r.bytes()) >> 20,
@@ -510,7 +523,7 @@ fn dump_frozen(
     ),
 ) -> Result<(DumpStats, Vec<std::os::fd::OwnedFd>)> {
     let parent = round.parent();
-    let tracking = opts.track_mem && opts.leave_running;
+    let tracking = opts.tracking();
     let root = opts.pid;
     fault_point(root, Stage::Freeze)?;
     deadline.check(Stage::Freeze)?;
@@ -656,7 +669,7 @@ fn dump_frozen(
     // re-protected, the layout and every other state taken: the tree runs
     // again while its pages are copied. A page it writes from now on is
     // marked written by its tracker and saved by the next round.
-    let brief = opts.pre_dump && tracking;
+    let brief = opts.brief();
     let mut frozen_for = Duration::ZERO;
     if brief {
         if let Some(l) = lock.take() {

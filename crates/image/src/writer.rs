@@ -302,6 +302,7 @@ impl ImageWriter {
 pub struct PageReserve {
     dir: PathBuf,
     files: std::sync::Mutex<std::collections::HashMap<u32, (File, PathBuf)>>,
+    bytes: u64,
 }
 
 impl PageReserve {
@@ -321,18 +322,15 @@ impl PageReserve {
         let dir = Self::path(images_dir);
         let _ = fs::remove_dir_all(&dir);
         DirBuilder::new().mode(0o700).create(&dir).ok()?;
-        let r = PageReserve {
-            dir,
-            files: std::sync::Mutex::new(std::collections::HashMap::new()),
-        };
         let mut budget = stasis_sys::util::available_bytes(images_dir).unwrap_or(0) / 2;
         let mut files = std::collections::HashMap::new();
-        for &(pid, bytes) in wanted {
-            let len = PAGES_HEADER_LEN.saturating_add(bytes);
+        let mut bytes = 0;
+        for &(pid, want) in wanted {
+            let len = PAGES_HEADER_LEN.saturating_add(want);
             if len > budget {
                 continue;
             }
-            let path = r.dir.join(pages_file_name(pid));
+            let path = dir.join(pages_file_name(pid));
             let Ok(file) = create_file(&path) else {
                 continue;
             };
@@ -341,21 +339,19 @@ impl PageReserve {
                 continue;
             }
             budget -= len;
+            bytes += len;
             files.insert(pid, (file, path));
         }
-        if let Ok(mut f) = r.files.lock() {
-            *f = files;
-        }
-        Some(r)
+        Some(PageReserve {
+            dir,
+            files: std::sync::Mutex::new(files),
+            bytes,
+        })
     }
 
-    /// Bytes of page files still reserved (not yet taken).
+    /// Bytes of the page files reserved.
     pub fn bytes(&self) -> u64 {
-        self.files.lock().map_or(0, |f| {
-            f.values()
-                .map(|(file, _)| file.metadata().map_or(0, |m| m.len()))
-                .sum()
-        })
+        self.bytes
     }
 
     /// Writes `len` zero bytes into `file`: its pages then exist, and have

@@ -223,12 +223,9 @@ pub(crate) fn fill_start(
         return Ok(None);
     }
     let pid = r.tid().0 as u32;
-    let mut iov = Vec::with_capacity(runs.len() * 16);
-    for run in &runs {
-        iov.extend_from_slice(&run.addr.to_le_bytes());
-        iov.extend_from_slice(&(run.nr_pages * PAGE_SIZE).to_le_bytes());
-    }
-    let at = r.write_scratch(0, &iov).at(pid, Stage::Memory)?;
+    let at = r
+        .write_scratch(0, &runs_iov(&runs))
+        .at(pid, Stage::Memory)?;
     r.queue(
         libc::SYS_preadv,
         &[
@@ -1084,22 +1081,21 @@ fn preadv_runs(
     let mut i = 0;
     while i < runs.len() {
         let first = runs[i];
-        let mut iov = Vec::with_capacity(SCRATCH_IOV_MAX * 16);
         let mut bytes = 0u64;
         let mut n = 0;
-        while i < runs.len() && n < SCRATCH_IOV_MAX {
-            let run = runs[i];
+        while i + n < runs.len() && n < SCRATCH_IOV_MAX {
+            let run = runs[i + n];
             let len = run.nr_pages * PAGE_SIZE;
             if n > 0 && (run.offset != first.offset + bytes || bytes + len > MAX_BATCH_BYTES) {
                 break;
             }
-            iov.extend_from_slice(&run.addr.to_le_bytes());
-            iov.extend_from_slice(&len.to_le_bytes());
             bytes += len;
             n += 1;
-            i += 1;
         }
-        let at = r.write_scratch(0, &iov).at(pid, Stage::Memory)?;
+        let at = r
+            .write_scratch(0, &runs_iov(&runs[i..i + n]))
+            .at(pid, Stage::Memory)?;
+        i += n;
         let got = r
             .call(
                 libc::SYS_preadv,
@@ -1120,6 +1116,17 @@ fn preadv_runs(
         progress.add(bytes);
     }
     Ok(())
+}
+
+/// The iovec array (address, length as little-endian u64 pairs) a
+/// remote preadv reads `runs` into.
+fn runs_iov(runs: &[PageRun]) -> Vec<u8> {
+    let mut iov = Vec::with_capacity(runs.len() * 16);
+    for run in runs {
+        iov.extend_from_slice(&run.addr.to_le_bytes());
+        iov.extend_from_slice(&(run.nr_pages * PAGE_SIZE).to_le_bytes());
+    }
+    iov
 }
 
 /// Moves the child's [vdso]/[vvar]/[vvar_vclock] to the saved addresses,
